@@ -1,0 +1,3 @@
+"""mcp-extproc: an Envoy external processor that authenticates, authorizes and records MCP exchanges."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,187 @@
+"""One error hierarchy. Each class knows its safe client message, HTTP status and JSON-RPC code.
+
+Internal detail (stack, upstream text, key ids) goes to the log bound to the exchange id; only
+``client_message`` ever leaves the gateway. The mapping to an HTTP reply lives in ``extproc.envoy.responses``.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class: something the gateway refuses, with a message safe to show the client."""
+
+    status: int = 500
+    jsonrpc_code: int = -32603  # JSON-RPC "internal error"
+    client_message: str = "internal gateway error"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or self.client_message)
+
+    @property
+    def safe_message(self) -> str:
+        """What the client may read."""
+        return self.client_message
+
+
+class ConfigError(GatewayError):
+    """gateway.yaml (or another config file) is invalid; the message names the file and key."""
+
+    client_message = "gateway misconfigured"
+
+
+# --- request shape -------------------------------------------------------------------------------------------
+
+
+class NotFound(GatewayError):
+    """The path does not belong to any configured MCP server."""
+
+    status = 404
+    jsonrpc_code = -32601
+    client_message = "no MCP server at this path"
+
+
+class BodyTooLarge(GatewayError):
+    """Request body over the configured limit."""
+
+    status = 413
+    jsonrpc_code = -32600
+    client_message = "request body too large"
+
+
+class InvalidRequest(GatewayError):
+    """The body is not a JSON-RPC request we can forward."""
+
+    status = 400
+    jsonrpc_code = -32700
+    client_message = "request body is not valid JSON-RPC"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.client_message = detail
+
+
+# --- authentication (401 / 503) ------------------------------------------------------------------------------
+
+
+class AuthError(GatewayError):
+    """The caller is not authenticated. ``client_message`` goes into WWW-Authenticate's error_description."""
+
+    status = 401
+    jsonrpc_code = -32001
+    client_message = "authentication required"
+    oauth_error: str | None = "invalid_token"  # RFC 6750 error code; None for "no credentials at all"
+
+    def __init__(self, description: str | None = None) -> None:
+        super().__init__(description or self.client_message)
+        if description:
+            self.client_message = description
+
+
+class MissingToken(AuthError):
+    """No bearer token in the Authorization header."""
+
+    client_message = "bearer token required"
+    oauth_error = None
+
+
+class TokenError(AuthError):
+    """A token was presented but is not acceptable."""
+
+    client_message = "invalid token"
+
+
+class TokenTooLarge(TokenError):
+    client_message = "token too large"
+
+
+class MalformedToken(TokenError):
+    client_message = "token is not a well-formed JWT"
+
+
+class TokenExpired(TokenError):
+    client_message = "token expired"
+
+
+class TokenNotYetValid(TokenError):
+    client_message = "token not yet valid"
+
+
+class WrongAudience(TokenError):
+    client_message = "token audience is not this resource"
+
+
+class WrongIssuer(TokenError):
+    client_message = "token issuer is not trusted"
+
+
+class BadSignature(TokenError):
+    client_message = "token signature invalid"
+
+
+class AlgorithmNotAllowed(TokenError):
+    def __init__(self, alg: str) -> None:
+        super().__init__(f"token algorithm {alg!r} not allowed")
+
+
+class MissingClaim(TokenError):
+    def __init__(self, claim: str) -> None:
+        super().__init__(f"token is missing required claim {claim!r}")
+
+
+class UnknownKeyId(TokenError):
+    """The token names a signing key the issuer does not publish."""
+
+    def __init__(self, kid: str) -> None:
+        # The kid is attacker-chosen: keep it short in the message.
+        super().__init__(f"token signed with unknown key id {kid[:64]!r}")
+
+
+class IssuerUnavailable(AuthError):
+    """No signing keys could be obtained from the issuer (cold start with the IdP unreachable)."""
+
+    status = 503
+    jsonrpc_code = -32002
+    client_message = "identity provider keys unavailable; try again later"
+    oauth_error = None
+
+
+# --- authorization (403) -------------------------------------------------------------------------------------
+
+
+class Forbidden(GatewayError):
+    status = 403
+    jsonrpc_code = -32003
+    client_message = "forbidden"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.client_message = detail
+
+
+class OriginNotAllowed(Forbidden):
+    def __init__(self, origin: str) -> None:
+        super().__init__(f"origin {origin[:200]!r} not allowed")
+
+
+class SessionNotYours(Forbidden):
+    def __init__(self) -> None:
+        super().__init__("session belongs to another identity")
+
+
+class PolicyDenied(Forbidden):
+    """A policy rule (or the default) denied the call."""
+
+    def __init__(self, rule: str, what: str) -> None:
+        super().__init__(f"denied by policy rule {rule!r}: {what}")
+        self.rule = rule
+
+
+# --- recording (503) -----------------------------------------------------------------------------------------
+
+
+class StoreError(GatewayError):
+    """The recording store failed; with recording.required the exchange is refused."""
+
+    status = 503
+    jsonrpc_code = -32004
+    client_message = "recording unavailable; request refused"

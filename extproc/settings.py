@@ -1,0 +1,164 @@
+"""Typed gateway config (gateway.yaml). Validated on load; errors name the file and the key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from extproc.errors import ConfigError
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_HOSTPORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})$")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    """'host:port' -> (host, port); raises ValueError with a plain message."""
+    m = _HOSTPORT.match(value)
+    if not m or not 0 < int(m["port"]) < 65536:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return m["host"].strip("[]"), int(m["port"])
+
+
+class Listen(_Model):
+    address: str = "127.0.0.1"
+    port: Port = 8080
+
+
+class Processor(_Model):
+    """Where Envoy reaches the processor: 'host:port' or 'unix:/path/to.sock'."""
+
+    address: str = "127.0.0.1:50051"
+    message_timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 5000
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if v.startswith("unix:"):
+            if not v[5:].startswith("/"):
+                raise ValueError("unix socket path must be absolute, e.g. unix:/run/mcp-extproc.sock")
+            return v
+        split_hostport(v)
+        return v
+
+    @property
+    def unix_path(self) -> str | None:
+        return self.address[5:] if self.address.startswith("unix:") else None
+
+
+class Server(_Model):
+    """One MCP server behind the gateway, reached by clients at /<name>/mcp."""
+
+    name: str
+    upstream: str
+    path: str = "/mcp"
+    tls: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("must be lowercase letters, digits and '-', at most 63 characters (it becomes a path)")
+        return v
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, v: str) -> str:
+        split_hostport(v)
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+    @property
+    def prefix(self) -> str:
+        """The public path clients use."""
+        return f"/{self.name}/mcp"
+
+
+class Recording(_Model):
+    store: Literal["file"] = "file"
+    directory: Path = Path("recordings")
+    flush_interval_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
+    queue_size: Annotated[int, Field(ge=16)] = 10_000
+    max_event_body_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
+    required: bool = True
+
+
+class Limits(_Model):
+    max_request_body_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
+
+
+class Admin(_Model):
+    port: Port = 9901
+
+
+class Settings(_Model):
+    listen: Listen = Listen()
+    processor: Processor = Processor()
+    admin: Admin = Admin()
+    servers: list[Server]
+    recording: Recording = Recording()
+    limits: Limits = Limits()
+
+    @model_validator(mode="after")
+    def _unique(self) -> Settings:
+        seen: set[str] = set()
+        for s in self.servers:
+            if s.name in seen:
+                raise ValueError(f"server name {s.name!r} is defined twice")
+            seen.add(s.name)
+        if not self.servers:
+            raise ValueError("servers: at least one MCP server is required")
+        return self
+
+    def server(self, name: str) -> Server | None:
+        return next((s for s in self.servers if s.name == name), None)
+
+
+def load(path: str | Path) -> Settings:
+    """Read and validate gateway.yaml; relative directories resolve against the file's folder."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    settings = parse(doc, source=str(path))
+    rec = settings.recording
+    if not rec.directory.is_absolute():
+        rec = rec.model_copy(update={"directory": (path.parent / rec.directory).resolve()})
+        settings = settings.model_copy(update={"recording": rec})
+    return settings
+
+
+def parse(doc: dict, source: str = "<config>") -> Settings:
+    """Validate a config mapping; every problem is reported as ``source: key.path: message``."""
+    try:
+        return Settings.model_validate(doc)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            lines.append(f"{source}: {key}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
