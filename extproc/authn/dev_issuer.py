@@ -1,0 +1,229 @@
+"""DEVELOPMENT-ONLY OIDC issuer. NEVER USE IT IN PRODUCTION.
+
+It publishes discovery and a JWKS over plain HTTP on loopback, and mints any token for anyone: there is no
+login, no client authentication and the private keys sit unencrypted in a directory. It exists so tests,
+the demo and a developer laptop have a real issuer to talk to.
+
+Key directory layout: ``<kid>.pem`` (RSA private keys, mode 0600), ``current`` (the kid new tokens are signed
+with) and ``issuer.url`` (written when serving, so ``token`` can mint without a running server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jwt
+import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+log = logging.getLogger(__name__)
+
+WARNING = "DEVELOPMENT-ONLY issuer: mints tokens for anyone, keys unprotected on disk. NEVER USE IN PRODUCTION."
+DEFAULT_ISSUER = "http://127.0.0.1:9400"
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+class KeyDir:
+    """RSA signing keys persisted in a directory; the newest is ``current``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not (self.path / "current").exists():
+            self.rotate()
+
+    @property
+    def current_kid(self) -> str:
+        return (self.path / "current").read_text().strip()
+
+    def private_key(self, kid: str) -> rsa.RSAPrivateKey:
+        key = serialization.load_pem_private_key((self.path / f"{kid}.pem").read_bytes(), password=None)
+        assert isinstance(key, rsa.RSAPrivateKey)
+        return key
+
+    def jwks(self) -> dict[str, Any]:
+        """Public halves of every key in the directory."""
+        keys = []
+        for pem in sorted(self.path.glob("*.pem")):
+            jwk = jwt.algorithms.RSAAlgorithm.to_jwk(self.private_key(pem.stem).public_key(), as_dict=True)
+            keys.append({**jwk, "kid": pem.stem, "use": "sig", "alg": "RS256"})
+        return {"keys": keys}
+
+    def rotate(self, keep_previous: bool = True) -> str:
+        """Generate a new current key; with ``keep_previous=False`` older keys are deleted (unpublished)."""
+        kid = f"dev-{secrets.token_hex(6)}"
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        target = self.path / f"{kid}.pem"
+        target.touch(mode=0o600)
+        target.write_bytes(pem)
+        if not keep_previous:
+            for old in self.path.glob("*.pem"):
+                if old != target:
+                    old.unlink()
+        (self.path / "current").write_text(kid + "\n")
+        return kid
+
+    @property
+    def issuer(self) -> str:
+        """The issuer URL last served from this directory (or the CLI default)."""
+        f = self.path / "issuer.url"
+        return f.read_text().strip() if f.exists() else DEFAULT_ISSUER
+
+    def mint(
+        self,
+        sub: str,
+        *,
+        aud: str | Sequence[str],
+        groups: Sequence[str] = (),
+        ttl: int = 3600,
+        issuer: str | None = None,
+        extra_claims: Mapping[str, Any] | None = None,
+        headers: Mapping[str, Any] | None = None,
+        kid: str | None = None,
+        key: Any = None,
+        alg: str = "RS256",
+    ) -> str:
+        """A signed token. ``extra_claims`` values of None delete a claim; ``kid``/``key`` override the signer."""
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": issuer or self.issuer,
+            "sub": sub,
+            "aud": aud if isinstance(aud, str) else list(aud),
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+            "jti": secrets.token_hex(8),
+            "preferred_username": sub,
+            "groups": list(groups),
+        }
+        for name, value in (extra_claims or {}).items():
+            if value is None:
+                claims.pop(name, None)
+            else:
+                claims[name] = value
+        current = self.current_kid
+        signer = key if key is not None else self.private_key(current)
+        return jwt.encode(claims, signer, algorithm=alg, headers={"kid": kid or current, **(headers or {})})
+
+
+def mint_token(key_dir: str | Path, sub: str, *, aud: str | Sequence[str], **kwargs: Any) -> str:
+    """Mint with the persisted key, no server needed. DEVELOPMENT ONLY."""
+    return KeyDir(key_dir).mint(sub, aud=aud, **kwargs)
+
+
+class DevIssuer:
+    """DEVELOPMENT-ONLY issuer served over real HTTP on loopback. Use as a context manager in tests."""
+
+    def __init__(self, key_dir: str | Path, host: str = "127.0.0.1", port: int = 0) -> None:
+        if host not in _LOOPBACK:
+            raise ValueError(f"the development issuer only listens on loopback, not {host!r}")
+        self.keys = KeyDir(key_dir)
+        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        bound_port = self._sock.getsockname()[1]
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}"
+        (self.keys.path / "issuer.url").write_text(self.url + "\n")
+        self._jwks = self.keys.jwks()
+        self._jwks_down = False
+        self._lock = threading.Lock()
+        self._jwks_fetches = 0
+        app = Starlette(
+            routes=[
+                Route("/.well-known/openid-configuration", self._discovery),
+                Route("/jwks", self._jwks_endpoint),
+            ]
+        )
+        self._server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+        self._thread: threading.Thread | None = None
+
+    # --- serving -----------------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> DevIssuer:
+        """Serve in a background thread; returns once the socket accepts requests."""
+        log.warning("%s Serving %s", WARNING, self.url)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._server.serve(sockets=[self._sock])), name="dev-issuer", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"development issuer did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._sock.close()
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until Ctrl-C (for the CLI)."""
+        log.warning("%s Serving %s (Ctrl-C to stop)", WARNING, self.url)
+        self._server.run(sockets=[self._sock])
+        self._sock.close()
+
+    def __enter__(self) -> DevIssuer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- test controls -----------------------------------------------------------------------------------
+
+    @property
+    def jwks_fetches(self) -> int:
+        with self._lock:
+            return self._jwks_fetches
+
+    def set_jwks_down(self, down: bool) -> None:
+        """While down, the JWKS endpoint answers 503 (discovery keeps working)."""
+        self._jwks_down = down
+
+    def rotate(self, keep_previous: bool = True) -> str:
+        """Publish a new key and sign new tokens with it; returns its kid."""
+        kid = self.keys.rotate(keep_previous)
+        self._jwks = self.keys.jwks()
+        return kid
+
+    def mint(self, sub: str, *, aud: str | Sequence[str], **kwargs: Any) -> str:
+        """A token from this issuer; see ``KeyDir.mint`` for the options."""
+        kwargs.setdefault("issuer", self.url)
+        return self.keys.mint(sub, aud=aud, **kwargs)
+
+    # --- endpoints ---------------------------------------------------------------------------------------
+
+    async def _discovery(self, request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "issuer": self.url,
+                "jwks_uri": f"{self.url}/jwks",
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "subject_types_supported": ["public"],
+                "response_types_supported": ["token"],
+                "x-warning": WARNING,
+            }
+        )
+
+    async def _jwks_endpoint(self, request: Request) -> JSONResponse:
+        with self._lock:
+            self._jwks_fetches += 1
+        if self._jwks_down:
+            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
+        return JSONResponse(self._jwks)

@@ -1,0 +1,1 @@
+"""Sample MCP server and client used by the demo and the integration tests."""

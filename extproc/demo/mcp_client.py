@@ -1,0 +1,106 @@
+"""MCP client driver (official SDK, Streamable HTTP) used by the demo and the integration tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import MCP_SESSION_ID, streamable_http_client
+from mcp.types import CallToolResult
+
+
+@dataclass
+class SessionResult:
+    """What one scripted session saw: session id, listed tools, tool results and progress notifications."""
+
+    session_id: str | None
+    protocol_version: str
+    tools: list[str]
+    echo: dict[str, Any]
+    count: dict[str, Any]
+    progress: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _SessionIdTap:
+    """httpx2 response hook keeping the first Mcp-Session-Id the server sends (the initialize response's)."""
+
+    def __init__(self) -> None:
+        self.session_id: str | None = None
+
+    async def __call__(self, response: httpx2.Response) -> None:
+        """Remember the session id if this is the first response carrying one."""
+        if self.session_id is None:
+            self.session_id = response.headers.get(MCP_SESSION_ID)
+
+
+@dataclass
+class Connection:
+    """An initialized SDK client and the Mcp-Session-Id the server assigned to it."""
+
+    client: Client
+    _tap: _SessionIdTap
+
+    @property
+    def session_id(self) -> str | None:
+        """The session id, or None if the server runs without sessions."""
+        return self._tap.session_id
+
+
+@asynccontextmanager
+async def connect(url: str, token: str | None = None) -> AsyncIterator[Connection]:
+    """Open an MCP session over Streamable HTTP; on exit the SDK sends DELETE for the session."""
+    # The SDK keeps the session id inside its transport and does not expose it, so read it off the wire.
+    tap = _SessionIdTap()
+    headers = {"authorization": f"Bearer {token}"} if token else None
+    # Same timeouts as the SDK's own default client: a response stream may stay open a long time.
+    timeout = httpx2.Timeout(30.0, read=300.0)
+    async with httpx2.AsyncClient(headers=headers, timeout=timeout, event_hooks={"response": [tap]}) as http:
+        # mode="legacy": the initialize handshake (stateful, Mcp-Session-Id); the default "auto" first
+        # probes `server/discover`. cache=None: every call must reach the wire, the gateway is what we test.
+        async with Client(streamable_http_client(url, http_client=http), mode="legacy", cache=None) as client:
+            yield Connection(client, tap)
+
+
+def _plain(result: CallToolResult) -> dict[str, Any]:
+    """A tool result as its JSON wire shape (content, structuredContent, isError)."""
+    return result.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+async def run_session(url: str, token: str | None = None, progress: bool = True) -> SessionResult:
+    """Initialize, list tools, call echo and count_slowly (collecting progress), then close the session."""
+    notes: list[dict[str, Any]] = []
+
+    # Parameter names must match the SDK's ProgressFnT protocol.
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        notes.append({"progress": progress, "total": total, "message": message})
+
+    async with connect(url, token) as conn:
+        listed = await conn.client.list_tools()
+        echo = await conn.client.call_tool("echo", {"text": "hello"})
+        count = await conn.client.call_tool(
+            "count_slowly", {"n": 3, "delay": 0.05}, progress_callback=on_progress if progress else None
+        )
+        return SessionResult(
+            session_id=conn.session_id,
+            protocol_version=conn.client.protocol_version,
+            tools=[tool.name for tool in listed.tools],
+            echo=_plain(echo),
+            count=_plain(count),
+            progress=notes,
+        )
+
+
+async def call_tool(url: str, name: str, args: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+    """Call one tool in a fresh session and return the result's wire shape."""
+    async with connect(url, token) as conn:
+        return _plain(await conn.client.call_tool(name, args))
+
+
+async def list_tools(url: str, token: str | None = None) -> list[str]:
+    """List tool names in a fresh session."""
+    async with connect(url, token) as conn:
+        return [tool.name for tool in (await conn.client.list_tools()).tools]

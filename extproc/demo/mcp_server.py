@@ -1,0 +1,164 @@
+"""Sample MCP server (official SDK, Streamable HTTP) that also records what reached it, for tests."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Literal, get_args
+
+import anyio
+import uvicorn
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+MCP_PATH = "/mcp"
+SEEN_PATH = "/_seen"
+
+
+def build_mcp(name: str, log_level: LogLevel = "WARNING") -> MCPServer:
+    """The sample server's tools, resource and prompt."""
+    mcp = MCPServer(name, instructions="Sample server for mcp-extproc demos and tests.", log_level=log_level)
+
+    @mcp.tool()
+    def echo(text: str) -> str:
+        """Return the text unchanged."""
+        return text
+
+    @mcp.tool()
+    def add(a: int | float, b: int | float) -> int | float:
+        """Return a + b."""
+        return a + b
+
+    @mcp.tool()
+    async def count_slowly(n: int, ctx: Context, delay: float = 0.1) -> str:
+        """Count to n, sending one progress notification per step."""
+        for i in range(1, n + 1):
+            await anyio.sleep(delay)
+            await ctx.report_progress(i, n, f"step {i}/{n}")
+        return f"counted to {n}"
+
+    @mcp.tool()
+    def whoami(ctx: Context) -> dict[str, str | None]:
+        """Return the identity headers the gateway forwarded (x-mcp-user, x-mcp-groups)."""
+        headers = ctx.headers or {}
+        return {"user": headers.get("x-mcp-user"), "groups": headers.get("x-mcp-groups")}
+
+    @mcp.resource("demo://server-name")
+    def server_name() -> str:
+        """The name this server was started with."""
+        return name
+
+    @mcp.prompt()
+    def greet(who: str) -> str:
+        """A one-line greeting prompt."""
+        return f"Say hello to {who}."
+
+    return mcp
+
+
+def _summarize(body: bytes) -> tuple[str | None, str | None]:
+    """JSON-RPC method and tool name of a request body (first message of a batch); (None, None) if not JSON-RPC."""
+    try:
+        message: Any = json.loads(body) if body else None
+    except ValueError:
+        return None, None
+    if isinstance(message, list):
+        message = message[0] if message else None
+    if not isinstance(message, dict):
+        return None, None
+    method = message.get("method")
+    params = message.get("params")
+    tool = params.get("name") if method == "tools/call" and isinstance(params, dict) else None
+    return method, tool
+
+
+class SeenRecorder:
+    """ASGI wrapper: records every request to /mcp (method, tool, headers) and serves them at GET /_seen."""
+
+    def __init__(self, app: ASGIApp, name: str) -> None:
+        self.app = app
+        self.name = name
+        self.requests: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Record /mcp requests, answer /_seen, pass everything else (including lifespan) through."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == SEEN_PATH:
+            await JSONResponse({"name": self.name, "requests": self.requests})(scope, receive, send)
+            return
+        if scope["path"].rstrip("/") != MCP_PATH:
+            await self.app(scope, receive, send)
+            return
+
+        body, replay = await _buffer_body(receive)
+        method, tool = _summarize(body) if scope["method"] == "POST" else (None, None)
+        headers: dict[str, str] = {}
+        for key, value in scope["headers"]:
+            k, v = key.decode("latin-1").lower(), value.decode("latin-1")
+            headers[k] = f"{headers[k]},{v}" if k in headers else v
+        self.requests.append({"method": method, "tool": tool, "http_method": scope["method"], "headers": headers})
+        await self.app(scope, replay, send)
+
+
+async def _buffer_body(receive: Receive) -> tuple[bytes, Receive]:
+    """Read the whole request body, and return it with a receive that replays it once then defers to the original."""
+    chunks: list[bytes] = []
+    pending: Message | None = None
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            pending = message  # client went away mid-body; the app must still see the disconnect
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed, pending
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        if pending is not None:
+            message, pending = pending, None
+            return message
+        # After the body, the app only waits here for http.disconnect (e.g. to end an SSE stream).
+        return await receive()
+
+    return body, replay
+
+
+def build_app(name: str, json_response: bool, *, log_level: LogLevel = "WARNING") -> SeenRecorder:
+    """The sample server as an ASGI app: MCP at /mcp (stateful sessions), request log at GET /_seen."""
+    app = build_mcp(name, log_level).streamable_http_app(
+        streamable_http_path=MCP_PATH,
+        json_response=json_response,
+        # The server sits behind Envoy, so the Host header is whatever the gateway forwards;
+        # the SDK's default localhost-only Host/Origin check would reject proxied traffic.
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+    )
+    return SeenRecorder(app, name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and serve until interrupted."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--name", default="sample")
+    parser.add_argument("--json-response", action="store_true", help="answer POSTs with application/json, not SSE")
+    parser.add_argument("--log-level", default="WARNING", choices=get_args(LogLevel))
+    args = parser.parse_args(argv)
+    app = build_app(args.name, args.json_response, log_level=args.log_level)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Envoy HeaderMap <-> plain dicts (lower-case names; pseudo-headers such as ':path' kept)."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import base_pb2
+
+# Never written to a recording, in any form: credentials and anything that smells like one.
+CREDENTIAL_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "api-key",
+        "x-auth-token",
+        "x-amz-security-token",
+        "x-goog-api-key",
+    }
+)
+_CREDENTIAL_WORDS = ("token", "secret", "password", "apikey", "api-key", "credential")
+
+
+def to_dict(header_map: base_pb2.HeaderMap) -> dict[str, str]:
+    """Flatten a HeaderMap; repeated names are joined with ', ' as HTTP allows."""
+    out: dict[str, str] = {}
+    for h in header_map.headers:
+        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        key = h.key.lower()
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return out
+
+
+def is_credential(name: str) -> bool:
+    """True for headers that may carry a secret; they are dropped from recordings."""
+    return name in CREDENTIAL_HEADERS or any(w in name for w in _CREDENTIAL_WORDS)
+
+
+def recordable(headers: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Split headers into what may be recorded and the names of the credential headers left out."""
+    kept: dict[str, str] = {}
+    dropped: list[str] = []
+    for k, v in headers.items():
+        if is_credential(k):
+            dropped.append(k)
+        else:
+            kept[k] = v
+    return kept, dropped

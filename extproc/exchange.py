@@ -1,0 +1,235 @@
+"""One HTTP exchange = one ext_proc stream: a method per phase, owning all state of the exchange.
+
+Flow per phase: request headers (route, admit) -> request body (parse JSON-RPC, record) ->
+response headers (learn the session, pick the body parser) -> response body chunks (record each) -> end.
+Events before the MCP session is known (an initialize request) are held and written once the server
+names the session in its response headers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+
+from extproc.envoy import responses
+from extproc.envoy.headers import recordable, to_dict
+from extproc.errors import GatewayError, NotFound, StoreError
+from extproc.gateway import Gateway
+from extproc.mcp.jsonrpc import parse_body
+from extproc.mcp.sse import SseParser
+from extproc.recording.events import (
+    Event,
+    ExchangeEnd,
+    ExchangeStart,
+    McpRequest,
+    McpResponse,
+    ResponseChunk,
+    ResponseStart,
+    body_fields,
+)
+from extproc.settings import Server
+
+log = logging.getLogger(__name__)
+
+SESSION_HEADER = "mcp-session-id"
+
+
+class Exchange:
+    """State and handlers for one request/response pair."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.id = gw.new_id()
+        self.started = gw.clock()
+        self.server: Server | None = None
+        self.session: str | None = None
+        self.recording = False
+        self.finished = False
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.request_ids: list[Any] = []
+        self._index = 0
+        self._held: list[Event] = []
+        self._sse: SseParser | None = None
+        self._json: bytearray | None = None
+
+    # --- phases ----------------------------------------------------------------------------------------------
+
+    async def on_request_headers(self, msg: ep.HttpHeaders, attributes: Any = None) -> ep.ProcessingResponse:
+        """Route and admit the request; record its start."""
+        headers = to_dict(msg.headers)
+        path = headers.get(":path", "")
+        try:
+            self.server = self.gw.router.match(path)
+            if self.server is None:
+                raise NotFound(f"no server for path {path[:200]!r}")
+            if self.gw.settings.recording.required and not self.gw.recorder.accepting:
+                raise StoreError("recorder not accepting events")
+        except GatewayError as e:
+            return self._refuse(e)
+        self.session = headers.get(SESSION_HEADER) or None
+        self.recording = True
+        kept, dropped = recordable(headers)
+        self._emit(
+            ExchangeStart(
+                client=_client_address(attributes, headers),
+                server=self.server.name,
+                method=headers.get(":method", ""),
+                path=path,
+                headers=kept,
+                credentials_removed=dropped,
+            )
+        )
+        return responses.request_headers()
+
+    async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
+        """Parse and record the (buffered) JSON-RPC body; it goes upstream unchanged."""
+        body = msg.body
+        self.bytes_in += len(body)
+        parsed = parse_body(body)
+        self.request_ids = [m.get("id") for m in parsed.messages if "id" in m]
+        self._emit(
+            McpRequest(
+                messages=list(parsed.messages),
+                batch=parsed.batch,
+                error=parsed.error,
+                body=body_fields(body),
+                size=len(body),
+            )
+        )
+        return responses.request_body()
+
+    async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
+        """Learn the session (from an initialize response) and how the body is framed."""
+        headers = to_dict(msg.headers)
+        self.status = int(headers.get(":status", "0") or 0)
+        if self.session is None:
+            self._set_session(headers.get(SESSION_HEADER) or f"x-{self.id}")
+        content_type = headers.get("content-type", "")
+        if content_type.startswith("text/event-stream"):
+            self._sse = SseParser()
+        elif content_type.startswith("application/json"):
+            self._json = bytearray()
+        kept, dropped = recordable(headers)
+        self._emit(ResponseStart(status=self.status, headers=kept, credentials_removed=dropped))
+        if msg.end_of_stream:
+            self.finish("complete")
+        return responses.response_headers()
+
+    async def on_response_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
+        """Record one streamed chunk: SSE events as they complete, a JSON body at its end, other bytes as is."""
+        chunk = msg.body
+        self.bytes_out += len(chunk)
+        if self._sse is not None:
+            for event in self._sse.feed(chunk):
+                self._emit_sse(event.data, event.event, event.id, event.raw)
+        elif self._json is not None:
+            self._json += chunk
+            if len(self._json) > self.gw.settings.recording.max_event_body_bytes:
+                self._emit(ResponseChunk(body=body_fields(bytes(self._json)), size=len(self._json)))
+                self._json = None  # too big to hold: the rest is recorded chunk by chunk
+        elif chunk:
+            self._emit(ResponseChunk(body=body_fields(chunk), size=len(chunk)))
+        if msg.end_of_stream:
+            self._end_body()
+            self.finish("complete")
+        return responses.response_body()
+
+    def finish(self, outcome: str, detail: str = "") -> None:
+        """Record the end exactly once. Called at the last body chunk, or by the stream loop when it stops."""
+        if self.finished:
+            return
+        self.finished = True
+        if not self.recording:
+            return
+        if self.session is None:  # the stream died before the server named a session
+            self._set_session(f"x-{self.id}")
+        if outcome != "complete":
+            self._end_body()
+        self._emit(
+            ExchangeEnd(
+                outcome=outcome,
+                status=self.status,
+                duration_ms=round((self.gw.clock() - self.started) * 1000, 3),
+                bytes_in=self.bytes_in,
+                bytes_out=self.bytes_out,
+                detail=detail,
+            ),
+            must=False,
+        )
+
+    # --- helpers ---------------------------------------------------------------------------------------------
+
+    def _end_body(self) -> None:
+        if self._sse is not None:
+            tail = self._sse.finish()
+            if tail.strip():
+                self._emit(ResponseChunk(body=body_fields(tail), size=len(tail)))
+        elif self._json is not None:
+            raw, self._json = bytes(self._json), None
+            parsed = parse_body(raw)
+            self._emit(
+                McpResponse(messages=list(parsed.messages), error=parsed.error, body=body_fields(raw), size=len(raw))
+            )
+
+    def _emit_sse(self, data: str, event: str, event_id: str | None, raw: bytes) -> None:
+        messages: list[dict[str, Any]] = []
+        error = None
+        if data:
+            parsed = parse_body(data.encode())
+            messages, error = list(parsed.messages), parsed.error
+        self._emit(
+            McpResponse(
+                messages=messages,
+                sse_event=event,
+                sse_id=event_id,
+                error=error,
+                body=body_fields(raw) if error else {},
+                size=len(raw),
+            )
+        )
+
+    def _set_session(self, session: str) -> None:
+        self.session = session
+        held, self._held = self._held, []
+        for ev in held:
+            ev.session = session
+            self._send(ev, must=True)
+
+    def _emit(self, ev: Event, must: bool = True) -> None:
+        ev.exchange = self.id
+        ev.index = self._index
+        ev.time = self.gw.clock()
+        self._index += 1
+        if self.session is None:
+            self._held.append(ev)
+            return
+        ev.session = self.session
+        self._send(ev, must)
+
+    def _send(self, ev: Event, must: bool) -> None:
+        if self.gw.recorder.emit(ev) or not must:
+            return
+        if self.gw.settings.recording.required:
+            # Fail closed: the stream loop aborts the gRPC stream, so Envoy fails the request.
+            raise StoreError(f"recording queue full; event {ev.type} of exchange {self.id} lost")
+        log.warning("recording event lost (recording.required is false): %s %s", self.id, ev.type)
+
+    def _refuse(self, err: GatewayError) -> ep.ProcessingResponse:
+        log.info("exchange %s refused: %s %s", self.id, type(err).__name__, err)
+        self.finished = True
+        msg_id = self.request_ids[0] if len(self.request_ids) == 1 else None
+        return responses.error_reply(err, msg_id)
+
+
+def _client_address(attributes: Any, headers: dict[str, str]) -> str:
+    """The downstream address Envoy saw (ext_proc attribute), else the last X-Forwarded-For hop."""
+    if attributes is not None:
+        struct = attributes.get("envoy.filters.http.ext_proc")
+        if struct is not None and "source.address" in struct.fields:
+            return struct.fields["source.address"].string_value
+    xff = headers.get("x-forwarded-for", "")
+    return xff.rsplit(",", 1)[-1].strip()

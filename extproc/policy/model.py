@@ -1,0 +1,261 @@
+"""The policy file format (apiVersion mcp-extproc/v1) as strict pydantic models; also the JSON Schema source.
+
+These models only validate one file. Cross-file checks (unique names, servers known to gateway.yaml) and the
+lookup structures used per request live in ``compiled.py``; per-request code never touches these models.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from extproc.policy.globs import check_glob, compile_globs
+
+API_VERSION = "mcp-extproc/v1"
+
+# MCP methods a rule may name (spec 2025-06-18 and 2025-11-25). A method glob must match one of them, so a typo
+# in a deny rule is a load error instead of a rule that silently never fires.
+KNOWN_METHODS: tuple[str, ...] = (
+    "initialize", "ping",
+    "tools/list", "tools/call",
+    "resources/list", "resources/templates/list", "resources/read", "resources/subscribe", "resources/unsubscribe",
+    "prompts/list", "prompts/get",
+    "completion/complete", "logging/setLevel",
+    "tasks/get", "tasks/result", "tasks/list", "tasks/cancel",
+    "sampling/createMessage", "elicitation/create", "roots/list",
+    "notifications/initialized", "notifications/cancelled", "notifications/progress", "notifications/message",
+    "notifications/roots/list_changed", "notifications/resources/list_changed", "notifications/resources/updated",
+    "notifications/tools/list_changed", "notifications/prompts/list_changed", "notifications/elicitation/complete",
+    "notifications/tasks/status",
+)  # fmt: skip
+TOOL_METHODS = ("tools/call",)
+RESOURCE_METHODS = ("resources/read", "resources/subscribe", "resources/unsubscribe")
+PROMPT_METHODS = ("prompts/get",)
+
+_RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SERVER = re.compile(r"^(\*|[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)$")
+_POINTER_SEGMENT = re.compile(r"^([^~]|~[01])*$")
+
+
+def _rule_name(v: str) -> str:
+    if not _RULE_NAME.match(v):
+        raise ValueError("must start with a letter or digit and use only letters, digits, '.', '_' and '-'")
+    if v == "default-deny" or v.startswith("builtin-"):
+        raise ValueError(f"{v!r} is reserved (default-deny and builtin-* are names the gateway uses)")
+    return v
+
+
+def _regex(v: str) -> str:
+    try:
+        re.compile(v)
+    except re.error as e:
+        raise ValueError(f"invalid regular expression {v!r}: {e}") from None
+    return v
+
+
+def _server(v: str) -> str:
+    if not _SERVER.match(v):
+        raise ValueError(f"server {v!r} is not a server name from gateway.yaml (lowercase, digits, '-') or '*'")
+    return v
+
+
+def _method(v: str) -> str:
+    matcher = compile_globs([check_glob(v)])
+    if not any(matcher(m) for m in KNOWN_METHODS):  # a pattern that can never fire is almost always a typo
+        raise ValueError(f"method {v!r} matches no MCP method (e.g. tools/call, resources/read, notifications/*)")
+    return v
+
+
+def _pointer(v: str) -> str:
+    if not v.startswith("/"):
+        raise ValueError(f"JSON pointer {v!r} must start with '/', e.g. /params/arguments/token")
+    if not all(_POINTER_SEGMENT.match(s) for s in v[1:].split("/")):
+        raise ValueError(f"JSON pointer {v!r}: '~' must be followed by 0 or 1 (RFC 6901)")
+    return v
+
+
+def _scalars(v: list[Any] | None) -> list[Any] | None:
+    if v is not None and not all(isinstance(x, str | int | float | bool) for x in v):
+        raise ValueError("values must be strings, numbers or booleans")
+    return v
+
+
+RuleName = Annotated[str, AfterValidator(_rule_name), Field(description="Unique across all policy files.")]
+Regex = Annotated[str, AfterValidator(_regex)]
+ServerName = Annotated[str, AfterValidator(_server)]
+NameGlob = Annotated[str, AfterValidator(check_glob)]
+UriGlob = Annotated[str, AfterValidator(lambda v: check_glob(v, uri=True))]
+MethodGlob = Annotated[str, AfterValidator(_method)]
+Pointer = Annotated[str, AfterValidator(_pointer)]
+Scalars = Annotated[list[Any] | None, AfterValidator(_scalars)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ClaimMatch(_Model):
+    """A condition on one token claim; a list-valued claim matches when any element does."""
+
+    claim: str = Field(min_length=1, description="Top-level claim name, or a JSON pointer (/realm_access/roles).")
+    values: Scalars = Field(None, description="The claim equals one of these (type-exact: 1 is not '1').")
+    pattern: Regex | None = Field(None, description="The claim is a string fully matching this regex.")
+
+    @model_validator(mode="after")
+    def _one(self) -> ClaimMatch:
+        if (self.values is None) == (self.pattern is None):
+            raise ValueError("give exactly one of values or pattern")
+        if self.claim.startswith("/"):
+            _pointer(self.claim)
+        return self
+
+
+class Subjects(_Model):
+    """Who a rule is about: (one of users OR one of groups) AND every claim condition."""
+
+    users: list[str] = Field([], description="Principal usernames; '*' is any caller.")
+    groups: list[str] = Field([], description="The caller is in at least one of these groups.")
+    claims: list[ClaimMatch] = Field([], description="All must hold (AND), in addition to users/groups.")
+
+    @model_validator(mode="after")
+    def _some(self) -> Subjects:
+        if not (self.users or self.groups or self.claims):
+            raise ValueError("name at least one of users, groups or claims (use users: ['*'] for everyone)")
+        return self
+
+
+class Targets(_Model):
+    """What a rule is about. Omitted methods default to the methods the listed tools/resources/prompts use."""
+
+    servers: list[ServerName] = Field(min_length=1, description="Server names from gateway.yaml, or '*'.")
+    methods: list[MethodGlob] | None = Field(None, min_length=1, description="JSON-RPC method names or globs.")
+    tools: list[NameGlob] | None = Field(None, min_length=1, description="Tool names/globs (tools/call).")
+    resources: list[UriGlob] | None = Field(
+        None, min_length=1, description="Resource URI globs (resources/read, subscribe); '*' stops at '/'."
+    )
+    prompts: list[NameGlob] | None = Field(None, min_length=1, description="Prompt names/globs (prompts/get).")
+
+    def effective_methods(self) -> list[str]:
+        """The methods this target covers, with the default applied."""
+        if self.methods is not None:
+            return self.methods
+        derived = [
+            *(TOOL_METHODS if self.tools else ()),
+            *(RESOURCE_METHODS if self.resources else ()),
+            *(PROMPT_METHODS if self.prompts else ()),
+        ]
+        return derived or ["*"]
+
+    @model_validator(mode="after")
+    def _objects_reachable(self) -> Targets:
+        covers = compile_globs(self.effective_methods())
+        for key, methods in (("tools", TOOL_METHODS), ("resources", RESOURCE_METHODS), ("prompts", PROMPT_METHODS)):
+            if getattr(self, key) and not any(covers(m) for m in methods):
+                raise ValueError(f"{key} only apply to {', '.join(methods)}, which methods does not include")
+        return self
+
+
+class ArgConstraint(_Model):
+    """Conditions on one tools/call argument; all given kinds must hold."""
+
+    values: Scalars = Field(None, description="The argument equals one of these (type-exact).")
+    pattern: Regex | None = Field(None, description="The argument is a string fully matching this regex.")
+    min: float | None = Field(None, description="The argument is a number >= min.")
+    max: float | None = Field(None, description="The argument is a number <= max.")
+    max_length: int | None = Field(None, ge=0, description="String length (characters) or array length (items).")
+    optional: bool = Field(False, description="An absent argument is never the reason a call is refused.")
+
+    @model_validator(mode="after")
+    def _some(self) -> ArgConstraint:
+        if self.values is None and self.pattern is None and self.min is None and self.max is None:
+            if self.max_length is None:
+                raise ValueError("give at least one of values, pattern, min, max, max_length")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+
+class Rule(_Model):
+    """One allow or deny rule."""
+
+    name: RuleName
+    description: str | None = None
+    effect: Literal["allow", "deny"]
+    subjects: Subjects
+    targets: Targets
+    arguments: dict[str, ArgConstraint] | None = Field(
+        None, min_length=1, description="tools/call only: the rule applies only when every condition holds."
+    )
+
+    @model_validator(mode="after")
+    def _arguments_need_tools_call(self) -> Rule:
+        if self.arguments is not None:
+            covers = compile_globs(self.targets.effective_methods())
+            if [m for m in KNOWN_METHODS if covers(m)] != ["tools/call"]:
+                raise ValueError("arguments apply only to tools/call: list tools, or set methods: [tools/call]")
+        return self
+
+
+class Redaction(_Model):
+    """Replace what matches with "[REDACTED:<name>]" before a recording is stored."""
+
+    name: RuleName
+    path: Pointer | None = Field(None, description="RFC 6901 pointer into each message; '*' segment = any.")
+    pattern: Regex | None = Field(None, description="Regex over every string; a (?P<value>...) group narrows it.")
+    key: Regex | None = Field(None, description="Regex fully matching object keys whose values are redacted.")
+
+    @model_validator(mode="after")
+    def _one(self) -> Redaction:
+        if sum(x is not None for x in (self.path, self.pattern, self.key)) != 1:
+            raise ValueError("give exactly one of path, pattern or key")
+        return self
+
+
+class RecordingRules(_Model):
+    """Redactions for the recordings of some servers."""
+
+    servers: list[ServerName] = Field(min_length=1)
+    defaults: bool = Field(True, description="Apply the built-in redactions (tokens, keys, passwords).")
+    redact: list[Redaction] = []
+
+
+class Viewer(_Model):
+    """Who may list and replay which recordings."""
+
+    name: RuleName
+    description: str | None = None
+    subjects: Subjects
+    servers: list[ServerName] = Field(min_length=1)
+    sessions: Literal["own", "all"] = Field(description="own: only sessions the viewer made; all: everyone's.")
+
+
+class PolicyFile(_Model):
+    """One file under policies/. Files are merged; every name is unique across them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, title="mcp-extproc policy")
+
+    api_version: Literal["mcp-extproc/v1"] = Field(alias="apiVersion")
+    description: str | None = None
+    rules: list[Rule] = []
+    recording: list[RecordingRules] = []
+    viewers: list[Viewer] = []
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema editors use for policies/*.yaml (checked in as policies/schema.json)."""
+    schema = PolicyFile.model_json_schema(by_alias=True)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://mcp-extproc.dev/schema/policy-v1.json",
+        **schema,
+    }
+
+
+ALL_KEYS: frozenset[str] = frozenset(
+    (f.alias or n)
+    for m in (ClaimMatch, Subjects, Targets, ArgConstraint, Rule, Redaction, RecordingRules, Viewer, PolicyFile)
+    for n, f in m.model_fields.items()
+)
+"""Every key the format knows; used to suggest a spelling for an unknown key."""

@@ -1,0 +1,117 @@
+"""Typed recording events. Each carries the session, the exchange, its index within the exchange and a time.
+
+The recorder adds the per-file fields (``seq``, ``prev``) when it writes; see ``recorder.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+def body_fields(raw: bytes) -> dict[str, Any]:
+    """Raw bytes as JSON-safe fields: text when it is UTF-8, base64 otherwise. Nothing is dropped."""
+    try:
+        return {"raw": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"raw_b64": base64.b64encode(raw).decode()}
+
+
+def body_bytes(fields: dict[str, Any]) -> bytes:
+    """Inverse of ``body_fields``."""
+    if "raw_b64" in fields:
+        return base64.b64decode(fields["raw_b64"])
+    return str(fields.get("raw", "")).encode()
+
+
+@dataclass(slots=True, kw_only=True)
+class Event:
+    """Base: ``type`` names the event; ``session``/``exchange``/``index``/``time`` place it."""
+
+    type: ClassVar[str] = "event"
+    session: str = ""
+    exchange: str = ""
+    index: int = 0
+    time: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON-ready form; ``type`` first so files read naturally."""
+        d: dict[str, Any] = {"type": self.type}
+        for name in self.__dataclass_fields__:
+            d[name] = getattr(self, name)
+        return d
+
+
+@dataclass(slots=True, kw_only=True)
+class ExchangeStart(Event):
+    type: ClassVar[str] = "exchange.start"
+    client: str = ""
+    server: str = ""
+    method: str = ""
+    path: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    credentials_removed: list[str] = field(default_factory=list)
+    principal: dict[str, Any] | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class McpRequest(Event):
+    """The request body: parsed JSON-RPC messages plus the raw body (or the parse error)."""
+
+    type: ClassVar[str] = "mcp.request"
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    batch: bool = False
+    error: str | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+    size: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
+class PolicyDecision(Event):
+    type: ClassVar[str] = "policy.decision"
+    allowed: bool = False
+    rule: str = ""
+    reason: str = ""
+    message_id: str | int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class ResponseStart(Event):
+    type: ClassVar[str] = "http.response"
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    credentials_removed: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True, kw_only=True)
+class McpResponse(Event):
+    """One response unit: a JSON body, or one SSE event, with its parsed JSON-RPC messages."""
+
+    type: ClassVar[str] = "mcp.response"
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    sse_event: str | None = None
+    sse_id: str | None = None
+    error: str | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+    size: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
+class ResponseChunk(Event):
+    """Bytes of a response that are not MCP messages (or a truncated SSE tail)."""
+
+    type: ClassVar[str] = "http.chunk"
+    body: dict[str, Any] = field(default_factory=dict)
+    size: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
+class ExchangeEnd(Event):
+    type: ClassVar[str] = "exchange.end"
+    outcome: str = "complete"  # complete | denied | reset | error
+    status: int = 0
+    duration_ms: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    detail: str = ""

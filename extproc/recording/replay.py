@@ -1,0 +1,136 @@
+"""Reading recordings back: verify hash chains, merge writers into one ordered session, pair requests/responses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from extproc.recording.recorder import GENESIS
+from extproc.recording.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a recording, precise enough to act on."""
+
+    writer: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.writer}: line {self.line}: {self.message}"
+
+
+def verify_stream(writer: str, data: bytes) -> tuple[list[dict[str, Any]], list[Problem]]:
+    """Parse one writer's stream and check its chain: every line's ``prev`` is the SHA-256 of the line before."""
+    events: list[dict[str, Any]] = []
+    problems: list[Problem] = []
+    prev = GENESIS
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    else:
+        problems.append(Problem(writer, len(lines), "last line is not terminated (truncated write)"))
+    for n, line in enumerate(lines, start=1):
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            problems.append(Problem(writer, n, "not valid JSON (edited or corrupted)"))
+            prev = hashlib.sha256(line).hexdigest()
+            continue
+        if ev.get("seq") != n - 1:
+            problems.append(Problem(writer, n, f"sequence {ev.get('seq')!r}, expected {n - 1} (line removed or reordered)"))
+        if ev.get("prev") != prev:
+            problems.append(Problem(writer, n, "hash chain broken: previous line was altered, removed or reordered"))
+        prev = hashlib.sha256(line).hexdigest()
+        events.append(ev)
+    return events, problems
+
+
+@dataclass(slots=True)
+class Session:
+    """One MCP session merged across writers; ``problems`` empty means every chain verified."""
+
+    id: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    writers: list[str] = field(default_factory=list)
+
+    @property
+    def exchanges(self) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for ev in self.events:
+            out.setdefault(ev.get("exchange", ""), []).append(ev)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """One row for ``sessions list``."""
+        starts = [e for e in self.events if e.get("type") == "exchange.start"]
+        ends = [e for e in self.events if e.get("type") == "exchange.end"]
+        principal = next((e["principal"] for e in starts if e.get("principal")), None)
+        return {
+            "session": self.id,
+            "server": starts[0].get("server", "") if starts else "",
+            "user": (principal or {}).get("username", ""),
+            "started": self.events[0]["time"] if self.events else None,
+            "ended": self.events[-1]["time"] if self.events else None,
+            "exchanges": len(starts),
+            "incomplete": len(starts) - len(ends),
+            "events": len(self.events),
+            "verified": not self.problems,
+        }
+
+
+def load_session(store: Store, key: str) -> Session:
+    """Read, verify and merge one session (all writers) in time order."""
+    session = Session(id=key)
+    for writer, data in store.read_session(key).items():
+        events, problems = verify_stream(writer, data)
+        session.writers.append(writer)
+        session.problems.extend(problems)
+        for ev in events:
+            ev["_writer"] = writer
+        session.events.extend(events)
+    if not session.writers:
+        raise KeyError(key)
+    session.events.sort(key=lambda e: (e.get("time", 0.0), e["_writer"], e.get("seq", 0)))
+    real_id = next((e.get("session") for e in session.events if e.get("session")), None)
+    session.id = real_id or key
+    return session
+
+
+def pair_messages(session: Session) -> list[dict[str, Any]]:
+    """JSON-RPC requests paired with their responses by id, in request order.
+
+    Messages from the client arrive in ``mcp.request`` events, from the server in ``mcp.response`` events.
+    A notification the server sends while a request of the same exchange is open (progress) is attached
+    to that request; other notifications stand alone.
+    """
+    calls: list[dict[str, Any]] = []
+    open_calls: dict[tuple[str, str], dict[str, Any]] = {}  # (who asked, id) -> call awaiting its response
+    for ev in session.events:
+        kind = ev.get("type")
+        if kind not in ("mcp.request", "mcp.response"):
+            continue
+        sender = "client" if kind == "mcp.request" else "server"
+        for msg in ev.get("messages", []):
+            if "method" not in msg:  # a response: closes the call the other side opened
+                asker = "server" if sender == "client" else "client"
+                call = open_calls.pop((asker, json.dumps(msg.get("id"))), None)
+                if call is not None:
+                    call["response"], call["response_time"] = msg, ev["time"]
+                continue
+            if sender == "server" and "id" not in msg:
+                parent = next((c for c in reversed(calls) if c["exchange"] == ev.get("exchange")
+                               and c["from"] == "client" and c["response"] is None), None)
+                if parent is not None:
+                    parent["notifications"].append({"time": ev["time"], "message": msg})
+                    continue
+            call = {"from": sender, "exchange": ev.get("exchange"), "time": ev["time"], "request": msg,
+                    "response": None, "response_time": None, "notifications": []}
+            calls.append(call)
+            if "id" in msg:
+                open_calls[(sender, json.dumps(msg["id"]))] = call
+    return calls

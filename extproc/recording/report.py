@@ -1,0 +1,106 @@
+"""Human-readable views of recordings for `sessions list` and `sessions show`."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from extproc.recording.replay import Session, pair_messages
+
+
+def _ts(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _short(doc: Any, limit: int = 160) -> str:
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def sessions_table(rows: list[dict[str, Any]]) -> Table:
+    """The `sessions list` table."""
+    table = Table(title="recorded MCP sessions")
+    for col in ("session", "server", "user", "started", "exchanges", "incomplete", "verified"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["session"],
+            r["server"],
+            r["user"] or "-",
+            _ts(r["started"]),
+            str(r["exchanges"]),
+            str(r["incomplete"]),
+            "yes" if r["verified"] else "[red]NO[/red]",
+        )
+    return table
+
+
+def session_doc(session: Session) -> dict[str, Any]:
+    """Everything `sessions show --json` prints."""
+    exchanges = []
+    for ex_id, events in session.exchanges.items():
+        start = next((e for e in events if e["type"] == "exchange.start"), {})
+        end = next((e for e in events if e["type"] == "exchange.end"), None)
+        resp = next((e for e in events if e["type"] == "http.response"), {})
+        exchanges.append(
+            {
+                "exchange": ex_id,
+                "time": start.get("time", events[0]["time"]),
+                "method": start.get("method"),
+                "path": start.get("path"),
+                "client": start.get("client"),
+                "principal": start.get("principal"),
+                "status": resp.get("status"),
+                "outcome": end["outcome"] if end else "incomplete",
+                "duration_ms": end["duration_ms"] if end else None,
+                "events": [{k: v for k, v in e.items() if k != "_writer"} for e in events],
+            }
+        )
+    return {
+        "summary": session.summary(),
+        "problems": [str(p) for p in session.problems],
+        "exchanges": exchanges,
+        "calls": pair_messages(session),
+    }
+
+
+def print_session(console: Console, session: Session) -> None:
+    """Exchanges in order, then every JSON-RPC request with its response and any progress it streamed."""
+    doc = session_doc(session)
+    s = doc["summary"]
+    verified = "[green]chain verified[/green]" if s["verified"] else "[red]VERIFICATION FAILED[/red]"
+    console.print(f"[bold]session {s['session']}[/bold]  server={s['server']}  user={s['user'] or '-'}  {verified}")
+    console.print(f"  {s['exchanges']} exchanges, {s['events']} events, {s['incomplete']} incomplete")
+    for p in doc["problems"]:
+        console.print(f"  [red]problem:[/red] {p}")
+    console.print("\n[bold]exchanges[/bold]")
+    for ex in doc["exchanges"]:
+        who = (ex["principal"] or {}).get("username", "")
+        console.print(
+            f"  {_ts(ex['time'])}  {ex['method'] or '?':6} {ex['path'] or ''}  -> {ex['status'] or '-'}"
+            f"  {ex['outcome']}  {ex['duration_ms'] if ex['duration_ms'] is not None else '-'} ms"
+            + (f"  by {who}" if who else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print("\n[bold]JSON-RPC[/bold]")
+    for call in doc["calls"]:
+        req = call["request"]
+        arrow = "->" if call["from"] == "client" else "<-"
+        params = req.get("params")
+        console.print(f"  {_ts(call['time'])}  {arrow} {req.get('method')} {_short(params) if params else ''}",
+                      highlight=False, markup=False, soft_wrap=True)
+        for n in call["notifications"]:
+            m = n["message"]
+            console.print(f"  {_ts(n['time'])}     ~ {m.get('method')} {_short(m.get('params'))}",
+                          highlight=False, markup=False, soft_wrap=True)
+        if call["response"] is not None:
+            r = call["response"]
+            body = r.get("result") if "result" in r else {"error": r.get("error")}
+            console.print(f"  {_ts(call['response_time'])}     <= {_short(body)}", highlight=False, markup=False, soft_wrap=True)

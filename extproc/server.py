@@ -1,0 +1,123 @@
+"""grpc.aio ExternalProcessor: receive, dispatch to the exchange, send. Nothing else lives here.
+
+A stream must never end cleanly before its exchange is done: Envoy treats a clean close as "carry on
+without the processor", which would let traffic pass unrecorded. Any internal error aborts the stream
+with a gRPC error instead, and Envoy (failure_mode_allow: false) fails the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from extproc.exchange import Exchange
+from extproc.gateway import Gateway
+from extproc.recording.recorder import Recorder
+from extproc.recording.store.file import FileStore
+from extproc.settings import Settings
+
+log = logging.getLogger(__name__)
+SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+
+class Processor(ep_grpc.ExternalProcessorServicer):
+    """The stream loop: one Exchange per stream, one handler per phase."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.active = 0
+
+    async def Process(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ep.ProcessingResponse]:
+        ex = Exchange(self.gw)
+        self.active += 1
+        outcome, detail = "reset", "stream closed before the exchange ended"
+        try:
+            async for req in request_iterator:
+                phase = req.WhichOneof("request")
+                if phase == "request_headers":
+                    yield await ex.on_request_headers(req.request_headers, req.attributes)
+                elif phase == "request_body":
+                    yield await ex.on_request_body(req.request_body)
+                elif phase == "response_headers":
+                    yield await ex.on_response_headers(req.response_headers)
+                elif phase == "response_body":
+                    yield await ex.on_response_body(req.response_body)
+                else:  # trailers are not requested (SKIP); answering keeps Envoy moving if config drifts
+                    yield _passthrough(phase)
+            outcome, detail = ("complete", "") if ex.finished else (outcome, detail)
+        except asyncio.CancelledError:
+            outcome, detail = "reset", "client or Envoy cancelled the stream"
+            raise
+        except Exception as e:  # any bug or store failure: fail the request, never pass it unprocessed
+            outcome, detail = "error", type(e).__name__
+            log.exception("exchange %s failed; aborting stream", ex.id)
+            await context.abort(grpc.StatusCode.INTERNAL, f"mcp-extproc internal error (exchange {ex.id})")
+        finally:
+            self.active -= 1
+            ex.finish(outcome, detail)
+
+
+def _passthrough(phase: str | None) -> ep.ProcessingResponse:
+    if phase == "request_trailers":
+        return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
+    if phase == "response_trailers":
+        return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+    raise ValueError(f"unexpected ext_proc message {phase!r}")
+
+
+def listen_address(settings: Settings, worker: int = 0) -> str:
+    """The gRPC bind address of worker ``worker`` (ports or socket paths are numbered per worker)."""
+    proc = settings.processor
+    if proc.unix_path:
+        return f"unix:{proc.unix_path}" if proc.workers == 1 else f"unix:{proc.unix_path}.{worker}"
+    host, _, port = proc.address.rpartition(":")
+    return f"{host}:{int(port) + worker}"
+
+
+async def serve(settings: Settings, worker: int = 0, ready: asyncio.Event | None = None) -> None:
+    """Run one processor until SIGTERM/SIGINT; in-flight exchanges finish and recordings are flushed."""
+    store = FileStore(settings.recording.directory)
+    recorder = Recorder(
+        store,
+        queue_size=settings.recording.queue_size,
+        flush_interval=settings.recording.flush_interval_ms / 1000,
+    )
+    await recorder.start()
+    gw = Gateway.build(settings, recorder)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+    ep_grpc.add_ExternalProcessorServicer_to_server(Processor(gw), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = listen_address(settings, worker)
+    if address.startswith("unix:") and os.path.exists(address[5:]):
+        os.unlink(address[5:])  # a stale socket from a previous run
+    server.add_insecure_port(address)
+    await server.start()
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("processor listening on %s (writer %s)", address, recorder.writer_id)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("shutting down: finishing in-flight exchanges")
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(grace=30)
+    await recorder.close()
+    await store.close()
+    log.info("processor stopped; recordings flushed")
