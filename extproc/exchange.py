@@ -15,7 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc.envoy import responses
 from extproc.envoy.headers import recordable, to_dict
-from extproc.errors import GatewayError, NotFound, StoreError
+from extproc.errors import GatewayError, InvalidRequest, NotFound, StoreError
 from extproc.gateway import Gateway
 from extproc.mcp.jsonrpc import parse_body
 from extproc.mcp.sse import SseParser
@@ -100,6 +100,8 @@ class Exchange:
                 size=len(body),
             )
         )
+        if parsed.error:  # what cannot be parsed cannot be authorized: refuse it, recorded
+            return self._refuse(InvalidRequest(f"request body is not valid JSON-RPC ({parsed.error})"))
         return responses.request_body()
 
     async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
@@ -219,8 +221,10 @@ class Exchange:
         log.warning("recording event lost (recording.required is false): %s %s", self.id, ev.type)
 
     def _refuse(self, err: GatewayError) -> ep.ProcessingResponse:
+        """Answer the client ourselves; Envoy sends nothing upstream. Recorded if the exchange is."""
         log.info("exchange %s refused: %s %s", self.id, type(err).__name__, err)
-        self.finished = True
+        self.status = err.status
+        self.finish("denied", err.safe_message)
         msg_id = self.request_ids[0] if len(self.request_ids) == 1 else None
         return responses.error_reply(err, msg_id)
 

@@ -66,7 +66,9 @@ class KeyDir:
         """Generate a new current key; with ``keep_previous=False`` older keys are deleted (unpublished)."""
         kid = f"dev-{secrets.token_hex(6)}"
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         target = self.path / f"{kid}.pem"
         target.touch(mode=0o600)
         target.write_bytes(pem)

@@ -186,7 +186,10 @@ class KeySet:
                 self._jwks_uri = None  # rediscover next time, in case the JWKS moved
             log.warning(
                 "cannot refresh signing keys of %s (%s: %s); keeping %d cached key(s)",
-                self.cfg.issuer, type(e).__name__, e, len(self._keys),
+                self.cfg.issuer,
+                type(e).__name__,
+                e,
+                len(self._keys),
             )
             return False
         if keys.keys() != self._keys.keys():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from extproc.policy.globs import check_glob, compile_globs
 
@@ -82,12 +82,23 @@ def _scalars(v: list[Any] | None) -> list[Any] | None:
     return v
 
 
-RuleName = Annotated[str, AfterValidator(_rule_name), Field(description="Unique across all policy files.")]
-Regex = Annotated[str, AfterValidator(_regex)]
-ServerName = Annotated[str, AfterValidator(_server)]
+# The WithJsonSchema annotations only shape policies/schema.json (editor hints); validation is the AfterValidator.
+RuleName = Annotated[
+    str,
+    AfterValidator(_rule_name),
+    WithJsonSchema({"type": "string", "pattern": _RULE_NAME.pattern, "description": "Unique across all files."}),
+]
+Regex = Annotated[str, AfterValidator(_regex), WithJsonSchema({"type": "string", "format": "regex"})]
+ServerName = Annotated[
+    str, AfterValidator(_server), WithJsonSchema({"type": "string", "pattern": _SERVER.pattern})
+]
 NameGlob = Annotated[str, AfterValidator(check_glob)]
 UriGlob = Annotated[str, AfterValidator(lambda v: check_glob(v, uri=True))]
-MethodGlob = Annotated[str, AfterValidator(_method)]
+MethodGlob = Annotated[
+    str,
+    AfterValidator(_method),
+    WithJsonSchema({"anyOf": [{"enum": list(KNOWN_METHODS)}, {"type": "string", "pattern": r"[*?\[]"}]}),
+]
 Pointer = Annotated[str, AfterValidator(_pointer)]
 Scalars = Annotated[list[Any] | None, AfterValidator(_scalars)]
 

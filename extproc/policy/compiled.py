@@ -1,0 +1,278 @@
+"""Compile validated policy files into lookup structures: rules bucketed by (server, method, object name).
+
+Everything here runs once per load. Cross-file checks (unique names, servers known to gateway.yaml) report
+``file:line: message`` using the line map the loader kept from the YAML nodes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from extproc.errors import ConfigError
+from extproc.policy.globs import Matcher, compile_globs
+from extproc.policy.model import KNOWN_METHODS, PROMPT_METHODS, RESOURCE_METHODS, TOOL_METHODS, PolicyFile, Subjects
+from extproc.policy.redact import Redactor, compile_redactor
+
+ANY_SERVER = "*"
+
+# Which McpCall field names the object a method acts on (and so which index key it is bucketed by).
+OBJECT_FIELD: dict[str, str] = {
+    **{m: "tool" for m in TOOL_METHODS},
+    **{m: "uri" for m in RESOURCE_METHODS},
+    **{m: "prompt" for m in PROMPT_METHODS},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedFile:
+    """One parsed policy file with the YAML line of every key path (keys are str(segment))."""
+
+    path: str
+    doc: PolicyFile
+    lines: dict[tuple[str, ...], int]
+
+    def where(self, *loc: object) -> str:
+        """``file:line`` of the deepest known node on ``loc``."""
+        key = tuple(str(p) for p in loc)
+        while key and key not in self.lines:
+            key = key[:-1]
+        return f"{self.path}:{self.lines.get(key, 1)}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimCheck:
+    claim: str
+    pointer: tuple[str, ...] | None  # set when the claim is given as a JSON pointer
+    values: tuple[object, ...] | None
+    regex: re.Pattern[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledSubjects:
+    any_user: bool
+    users: frozenset[str]
+    groups: frozenset[str]
+    claims: tuple[ClaimCheck, ...]
+
+    @property
+    def names_someone(self) -> bool:
+        """True when users or groups are given (otherwise only the claims decide)."""
+        return self.any_user or bool(self.users or self.groups)
+
+
+@dataclass(frozen=True, slots=True)
+class ArgCheck:
+    name: str
+    values: tuple[object, ...] | None
+    regex: re.Pattern[str] | None
+    min: float | None
+    max: float | None
+    max_length: int | None
+    optional: bool
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledRule:
+    """A rule ready to evaluate; ``order`` is its position across all files (file name order)."""
+
+    name: str
+    deny: bool
+    order: int
+    source: str
+    subjects: CompiledSubjects
+    servers: frozenset[str] | None  # None: every server
+    methods: Matcher
+    objects: dict[str, Matcher]  # McpCall field ("tool", "uri", "prompt") -> matcher, only for listed kinds
+    arguments: tuple[ArgCheck, ...]
+    description: str = ""
+
+    @property
+    def effect(self) -> str:
+        return "deny" if self.deny else "allow"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledViewer:
+    name: str
+    source: str
+    subjects: CompiledSubjects
+    servers: frozenset[str] | None
+    all_sessions: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """Candidate rules for one (server, method): deny rules first, then allow rules, each in policy order."""
+
+    generic: tuple[CompiledRule, ...]
+    by_object: dict[str, tuple[CompiledRule, ...]]  # exact object name -> its rules merged with ``generic``
+
+    def candidates(self, obj: str | None) -> tuple[CompiledRule, ...]:
+        """Rules that may apply to a call on ``obj`` (tool name, URI or prompt)."""
+        if obj is None:
+            return self.generic
+        return self.by_object.get(obj, self.generic)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledPolicy:
+    """The merged, compiled policy of a directory. Immutable: a reload builds a new one."""
+
+    rules: tuple[CompiledRule, ...]
+    viewers: tuple[CompiledViewer, ...]
+    files: tuple[str, ...]
+    fingerprint: str
+    servers: frozenset[str]  # servers named in rules or known to the gateway
+    index: dict[tuple[str, str], Bucket] = field(repr=False)
+    redactors: dict[str, Redactor] = field(repr=False)
+
+    def bucket(self, server: str, method: str) -> Bucket:
+        """Candidate rules for a server and method; unknown methods take the (rare) slow path."""
+        key = server if server in self.servers else ANY_SERVER
+        found = self.index.get((key, method))
+        if found is not None:
+            return found
+        rules = [r for r in self.rules if (r.servers is None or key in r.servers) and r.methods(method)]
+        return _bucket(rules, OBJECT_FIELD.get(method))
+
+    def redactor(self, server: str) -> Redactor:
+        """The redactions that apply to recordings of ``server``."""
+        return self.redactors.get(server) or self.redactors[ANY_SERVER]
+
+
+def compile_policy(
+    files: Sequence[LoadedFile], known_servers: set[str] | None, fingerprint: str = ""
+) -> CompiledPolicy:
+    """Merge and compile validated files; raises ConfigError listing every cross-file problem."""
+    errors: list[str] = []
+    seen: dict[str, str] = {}
+    rules: list[CompiledRule] = []
+    viewers: list[CompiledViewer] = []
+    named: set[str] = set()
+
+    def claim_name(name: str, where: str) -> None:
+        if name in seen:
+            errors.append(f"{where}: name {name!r} is already used at {seen[name]}")
+        else:
+            seen[name] = where
+
+    def check_servers(lf: LoadedFile, servers: list[str], *loc: object) -> frozenset[str] | None:
+        for i, s in enumerate(servers):
+            if s != ANY_SERVER and known_servers is not None and s not in known_servers:
+                known = ", ".join(sorted(known_servers)) or "none"
+                errors.append(f"{lf.where(*loc, i)}: server {s!r} is not defined in gateway.yaml (known: {known})")
+        named.update(s for s in servers if s != ANY_SERVER)
+        return None if ANY_SERVER in servers else frozenset(servers)
+
+    for lf in files:
+        for i, rule in enumerate(lf.doc.rules):
+            where = lf.where("rules", i)
+            claim_name(rule.name, where)
+            t = rule.targets
+            objects = {
+                fld: compile_globs(pats, uri=fld == "uri")
+                for fld, pats in (("tool", t.tools), ("uri", t.resources), ("prompt", t.prompts))
+                if pats
+            }
+            args = tuple(
+                ArgCheck(
+                    name=n,
+                    values=tuple(c.values) if c.values is not None else None,
+                    regex=re.compile(c.pattern) if c.pattern is not None else None,
+                    min=c.min,
+                    max=c.max,
+                    max_length=c.max_length,
+                    optional=c.optional,
+                )
+                for n, c in (rule.arguments or {}).items()
+            )
+            rules.append(
+                CompiledRule(
+                    name=rule.name,
+                    deny=rule.effect == "deny",
+                    order=len(rules),
+                    source=where,
+                    subjects=_subjects(rule.subjects),
+                    servers=check_servers(lf, t.servers, "rules", i, "targets", "servers"),
+                    methods=compile_globs(t.effective_methods()),
+                    objects=objects,
+                    arguments=args,
+                    description=rule.description or "",
+                )
+            )
+        for i, v in enumerate(lf.doc.viewers):
+            where = lf.where("viewers", i)
+            claim_name(v.name, where)
+            servers = check_servers(lf, v.servers, "viewers", i, "servers")
+            viewers.append(CompiledViewer(v.name, where, _subjects(v.subjects), servers, v.sessions == "all"))
+        for i, rec in enumerate(lf.doc.recording):
+            check_servers(lf, rec.servers, "recording", i, "servers")
+            for j, red in enumerate(rec.redact):
+                claim_name(red.name, lf.where("recording", i, "redact", j))
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+    servers = frozenset(named | (known_servers or set()))
+    return CompiledPolicy(
+        rules=tuple(rules),
+        viewers=tuple(viewers),
+        files=tuple(lf.path for lf in files),
+        fingerprint=fingerprint,
+        servers=servers,
+        index=_index(rules, servers),
+        redactors=_redactors(files, servers),
+    )
+
+
+def _subjects(s: Subjects) -> CompiledSubjects:
+    claims = tuple(
+        ClaimCheck(
+            claim=c.claim,
+            pointer=_split_pointer(c.claim) if c.claim.startswith("/") else None,
+            values=tuple(c.values) if c.values is not None else None,
+            regex=re.compile(c.pattern) if c.pattern is not None else None,
+        )
+        for c in s.claims
+    )
+    users = frozenset(u for u in s.users if u != "*")
+    return CompiledSubjects(any_user="*" in s.users, users=users, groups=frozenset(s.groups), claims=claims)
+
+
+def _split_pointer(pointer: str) -> tuple[str, ...]:
+    return tuple(p.replace("~1", "/").replace("~0", "~") for p in pointer[1:].split("/"))
+
+
+def _bucket(rules: Sequence[CompiledRule], obj_field: str | None) -> Bucket:
+    ordered = sorted(rules, key=lambda r: (not r.deny, r.order))
+    if obj_field is None:
+        return Bucket(generic=tuple(ordered), by_object={})
+    # A rule listing only exact names is filed under each name; one with a glob (or no filter) is generic.
+    generic = [r for r in ordered if obj_field not in r.objects or r.objects[obj_field].has_wildcards]
+    is_generic = set(generic)
+    names = {n for r in ordered if r not in is_generic for n in r.objects[obj_field].exact}
+    by_object = {
+        n: tuple(r for r in ordered if r in is_generic or n in r.objects[obj_field].exact) for n in sorted(names)
+    }
+    return Bucket(generic=tuple(generic), by_object=by_object)
+
+
+def _index(rules: list[CompiledRule], servers: frozenset[str]) -> dict[tuple[str, str], Bucket]:
+    index: dict[tuple[str, str], Bucket] = {}
+    for server in (*servers, ANY_SERVER):
+        for_server = [r for r in rules if r.servers is None or server in r.servers]
+        for method in KNOWN_METHODS:
+            index[(server, method)] = _bucket([r for r in for_server if r.methods(method)], OBJECT_FIELD.get(method))
+    return index
+
+
+def _redactors(files: Sequence[LoadedFile], servers: frozenset[str]) -> dict[str, Redactor]:
+    out: dict[str, Redactor] = {}
+    entries = [rec for lf in files for rec in lf.doc.recording]
+    for server in (*servers, ANY_SERVER):
+        applies = [e for e in entries if ANY_SERVER in e.servers or server in e.servers]
+        out[server] = compile_redactor(
+            [red for e in applies for red in e.redact], defaults=all(e.defaults for e in applies)
+        )
+    return out

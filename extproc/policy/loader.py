@@ -1,0 +1,256 @@
+"""Load a directory of policy files into one CompiledPolicy, and keep it fresh with PolicyWatcher.
+
+Every problem is reported as ``file:line: message`` (lines come from the YAML nodes, not from guessing) and all
+problems of a load are raised together in one ConfigError. The watcher never lets a bad edit through: the last
+good policy stays in force, the failure is logged with its reason and counted in ``reload_failures``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from extproc.errors import ConfigError
+from extproc.policy.compiled import CompiledPolicy, LoadedFile, compile_policy
+from extproc.policy.model import ALL_KEYS, PolicyFile
+
+log = logging.getLogger(__name__)
+
+TEST_SUFFIX = ".tests.yaml"
+M = TypeVar("M", bound=BaseModel)
+
+
+def policy_files(directory: str | Path) -> list[Path]:
+    """The policy files of a directory: ``*.yaml``, not dot-files (ConfigMap internals), not ``*.tests.yaml``."""
+    return [p for p in _yaml_files(directory) if not p.name.endswith(TEST_SUFFIX)]
+
+
+def test_files(directory: str | Path) -> list[Path]:
+    """The policy test files of a directory (``*.tests.yaml``)."""
+    return [p for p in _yaml_files(directory) if p.name.endswith(TEST_SUFFIX)]
+
+
+def _yaml_files(directory: str | Path) -> list[Path]:
+    d = Path(directory)
+    if not d.is_dir():
+        raise ConfigError(f"{d}: not a directory")
+    # is_file() follows symlinks, so a ConfigMap's "x.yaml -> ..data/x.yaml" counts and "..data" does not.
+    return sorted(p for p in d.iterdir() if p.name.endswith(".yaml") and not p.name.startswith(".") and p.is_file())
+
+
+def load_policy(directory: str | Path, known_servers: set[str] | None = None) -> CompiledPolicy:
+    """Read, validate and compile every policy file of ``directory``; raises ConfigError with all problems."""
+    paths = policy_files(directory)
+    if not paths:
+        raise ConfigError(f"{directory}: no policy files (*.yaml)")
+    contents = [(p, _read(p)) for p in paths]
+    loaded: list[LoadedFile] = []
+    errors: list[str] = []
+    for path, data in contents:
+        try:
+            doc, lines = parse_yaml(data, str(path))
+            loaded.append(LoadedFile(str(path), validate(PolicyFile, doc, str(path), lines), lines))
+        except ConfigError as e:
+            errors.extend(str(e).splitlines())
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return compile_policy(loaded, known_servers, fingerprint=_digest([(p.name, d) for p, d in contents]))
+
+
+def fingerprint(directory: str | Path) -> str:
+    """A hash of the policy files' names and contents (through symlinks), to notice any edit or swap."""
+    return _digest([(p.name, _read(p)) for p in policy_files(directory)])
+
+
+def _digest(items: list[tuple[str, bytes]]) -> str:
+    h = hashlib.sha256()
+    for name, data in items:
+        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+
+
+def parse_yaml(data: bytes, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """Parse one YAML document; returns the data and the 1-based line of every key path."""
+    try:
+        loader = yaml.SafeLoader(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{source}:1: not UTF-8 text ({e.reason})") from None
+    try:
+        node = loader.get_single_node()
+        doc = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else 1
+        raise ConfigError(f"{source}:{line}: not valid YAML: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}:1: not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
+    if node is None:
+        raise ConfigError(f"{source}:1: empty file; expected a mapping starting with apiVersion: mcp-extproc/v1")
+    lines: dict[tuple[str, ...], int] = {}
+    errors: list[str] = []
+    _mark_lines(node, (), lines, errors, source)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return doc, lines
+
+
+def _mark_lines(
+    node: yaml.Node, path: tuple[str, ...], lines: dict[tuple[str, ...], int], errors: list[str], source: str
+) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if not isinstance(key_node, yaml.ScalarNode):
+                errors.append(f"{source}:{key_node.start_mark.line + 1}: keys must be plain strings")
+                continue
+            if path + (key,) in lines:  # PyYAML silently keeps the last of duplicate keys; we refuse
+                errors.append(f"{source}:{key_node.start_mark.line + 1}: duplicate key {key!r}")
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            _mark_lines(value_node, path + (key,), lines, errors, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _mark_lines(item, path + (str(i),), lines, errors, source)
+
+
+def validate(model: type[M], doc: Any, source: str, lines: dict[tuple[str, ...], int]) -> M:
+    """Validate a parsed document against ``model``; raises ConfigError with ``file:line: message`` lines."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}:1: expected a mapping at the top level (apiVersion: mcp-extproc/v1, ...)")
+    try:
+        return model.model_validate(doc)
+    except ValidationError as e:
+        messages: dict[str, None] = {}  # ordered set: union members may repeat a message
+        for err in e.errors():
+            loc = tuple(str(p) for p in err["loc"])
+            key = loc
+            while key and key not in lines:
+                key = key[:-1]
+            line = lines.get(key, 1)
+            messages[f"{source}:{line}: {_where(err['loc'], doc)}{_plain(err)}"] = None
+        raise ConfigError("\n".join(sorted(messages, key=_line_of))) from None
+
+
+def _line_of(message: str) -> int:
+    parts = message.split(":")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+def _where(loc: tuple[int | str, ...], doc: dict[str, Any]) -> str:
+    """"rule 'x': targets.tools[2]: " for an error location, naming the rule or viewer when it has a name."""
+    head, rest = "", list(loc)
+    if len(loc) >= 2 and loc[0] in ("rules", "viewers") and isinstance(loc[1], int):
+        items = doc.get(str(loc[0]))
+        item = items[loc[1]] if isinstance(items, list) and loc[1] < len(items) else None
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            head, rest = f"{'rule' if loc[0] == 'rules' else 'viewer'} {item['name']!r}: ", rest[2:]
+    if rest and not isinstance(rest[-1], int):
+        rest.pop()  # _plain names the last key itself
+    text = ""
+    for p in rest:
+        text += f"[{p}]" if isinstance(p, int) else (f".{p}" if text else str(p))
+    return head + (f"{text}: " if text else "")
+
+
+def _plain(err: Any) -> str:
+    key = str(err["loc"][-1]) if err["loc"] else ""
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(key, ALL_KEYS, n=1)
+        return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    if kind == "missing":
+        return f"missing required key {key!r}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if key and not key.isdigit():
+        return f"{key}: {msg}"
+    return msg
+
+
+class PolicyWatcher:
+    """Polls a policy directory and swaps ``current`` on a valid change; a bad edit keeps the last good policy.
+
+    Change detection hashes the contents of the resolved files, so a Kubernetes ConfigMap update (an atomic
+    swap of the ``..data`` symlink to a new timestamped directory) is seen even though no file's mtime moves.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        known_servers: set[str] | None = None,
+        *,
+        interval: float = 1.0,
+        on_change: Callable[[CompiledPolicy], None] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.known_servers = known_servers
+        self.interval = interval
+        self.on_change = on_change
+        self.current: CompiledPolicy = load_policy(self.directory, known_servers)  # startup: a bad policy is fatal
+        self.reloads = 0
+        self.reload_failures = 0
+        self.last_error: str | None = None
+        self._seen = self.current.fingerprint
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start polling in a background task."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="policy-watcher")
+
+    async def close(self) -> None:
+        """Stop polling."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def check(self) -> bool:
+        """Look once for a change; returns True if a new policy was installed."""
+        try:
+            seen = await asyncio.to_thread(fingerprint, self.directory)
+        except ConfigError as e:
+            seen = f"unreadable: {e}"
+        if seen == self._seen:
+            return False
+        self._seen = seen  # remember even a bad version, so one bad edit is counted (and logged) once
+        try:
+            policy = await asyncio.to_thread(load_policy, self.directory, self.known_servers)
+        except Exception as e:
+            self.reload_failures += 1
+            self.last_error = str(e)
+            log.error("policy reload rejected, keeping the last good policy:\n%s", e)
+            return False
+        self._seen = policy.fingerprint
+        self.current = policy
+        self.reloads += 1
+        self.last_error = None
+        log.info("policy reloaded from %s: %d rules", self.directory, len(policy.rules))
+        if self.on_change is not None:
+            self.on_change(policy)
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.check()
+            except Exception:  # the watcher must outlive any surprise; the policy in force is untouched
+                log.exception("policy watcher check failed")

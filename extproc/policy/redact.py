@@ -1,0 +1,180 @@
+"""Redaction of recorded payloads: JSON pointer paths, object keys and regex patterns, with built-in defaults.
+
+Applied by the recorder before anything is stored. One walk over the payload builds a redacted copy (the input
+is never mutated) and reports, for each redaction, the rule and the JSON pointer of what it replaced — never
+the replaced text. Pointers are relative to one JSON-RPC message (``/params/arguments/token``,
+``/result/content/*/text``); for a batch each element is one message and reported pointers start with its index.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from extproc.policy.model import Redaction as RedactionRule
+
+# Built-in redactions, on unless a recording entry for the server says ``defaults: false``.
+# Patterns with a (?P<value>...) group replace only that group, keeping e.g. "password=" readable.
+BUILTIN_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("builtin-private-key", r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)"),
+    ("builtin-bearer-token", r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]+=*"),
+    ("builtin-jwt", r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"),
+    ("builtin-aws-access-key", r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"),
+    ("builtin-aws-secret-key", r"(?i)aws_?secret_?access_?key[\"'\s:=]+(?P<value>[A-Za-z0-9/+=]{40})"),
+    (
+        "builtin-password-assignment",
+        r"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|token)\b[\"']?\s*[:=]\s*[\"']?(?P<value>[^\s\"',;&}]+)",
+    ),
+)
+BUILTIN_KEYS: tuple[tuple[str, str], ...] = (
+    (
+        "builtin-password-field",
+        r"(?i).*(?:password|passwd|passphrase|secret|api[_-]?key|private[_-]?key|access[_-]?token|refresh[_-]?token"
+        r"|id[_-]?token|auth[_-]?token|session[_-]?token)|pwd|token|authorization|cookie|set-cookie",
+    ),
+)
+
+
+def marker(rule: str) -> str:
+    """The text that replaces a redacted value."""
+    return f"[REDACTED:{rule}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Redaction:
+    """One replacement: which rule replaced what (a JSON pointer into the payload), never the secret itself."""
+
+    rule: str
+    pointer: str
+    kind: Literal["path", "key", "pattern"]
+    count: int = 1  # pattern redactions: matches replaced in that string
+
+
+@dataclass(slots=True)
+class _Node:
+    """A JSON pointer trie: ``rule`` ends a pointer here; ``wild`` follows a '*' segment."""
+
+    children: dict[str, _Node] = field(default_factory=dict)
+    wild: _Node | None = None
+    rule: str | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Redactor:
+    """The compiled redactions of one server."""
+
+    paths: _Node | None
+    keys: tuple[tuple[str, re.Pattern[str]], ...]
+    patterns: tuple[tuple[str, re.Pattern[str], Callable[[re.Match[str]], str]], ...]
+    rules: tuple[str, ...]  # every rule name, for summaries
+
+    def apply(self, payload: Any) -> tuple[Any, list[Redaction]]:
+        """Return a redacted copy of ``payload`` and what was redacted."""
+        found: list[Redaction] = []
+        roots = (self.paths,) if self.paths is not None else ()
+        if isinstance(payload, list):  # a JSON-RPC batch: pointers apply to each message
+            out = [self._walk(m, roots, [str(i)], found) for i, m in enumerate(payload)]
+            return out, found
+        return self._walk(payload, roots, [], found), found
+
+    def _walk(self, value: Any, nodes: tuple[_Node, ...], path: list[str], found: list[Redaction]) -> Any:
+        for n in nodes:
+            if n.rule is not None:
+                found.append(Redaction(n.rule, _pointer(path), "path"))
+                return marker(n.rule)
+        if isinstance(value, str):
+            return self._text(value, path, found)
+        if isinstance(value, dict):
+            out: dict[Any, Any] = {}
+            for k, v in value.items():
+                path.append(str(k))
+                key_rule = next((name for name, rx in self.keys if rx.fullmatch(str(k))), None)
+                if key_rule is not None and not _is_empty(v):
+                    found.append(Redaction(key_rule, _pointer(path), "key"))
+                    out[k] = marker(key_rule)
+                else:
+                    out[k] = self._walk(v, _step(nodes, str(k)), path, found)
+                path.pop()
+            return out
+        if isinstance(value, list):
+            items = []
+            for i, v in enumerate(value):
+                path.append(str(i))
+                items.append(self._walk(v, _step(nodes, str(i)), path, found))
+                path.pop()
+            return items
+        return value
+
+    def _text(self, text: str, path: list[str], found: list[Redaction]) -> str:
+        for name, rx, replace in self.patterns:
+            text, n = rx.subn(replace, text)
+            if n:
+                found.append(Redaction(name, _pointer(path), "pattern", n))
+        return text
+
+
+def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -> Redactor:
+    """Compile a server's redaction rules (plus the built-ins when ``defaults``)."""
+    root = _Node()
+    keys: list[tuple[str, re.Pattern[str]]] = []
+    patterns: list[tuple[str, str]] = []
+    for r in rules:
+        if r.path is not None:
+            node = root
+            for seg in r.path[1:].split("/"):
+                if seg == "*":
+                    node.wild = node.wild or _Node()
+                    node = node.wild
+                else:
+                    node = node.children.setdefault(seg.replace("~1", "/").replace("~0", "~"), _Node())
+            node.rule = node.rule or r.name
+        elif r.key is not None:
+            keys.append((r.name, re.compile(r.key)))
+        elif r.pattern is not None:
+            patterns.append((r.name, r.pattern))
+    if defaults:
+        keys += [(n, re.compile(p)) for n, p in BUILTIN_KEYS]
+        patterns += BUILTIN_PATTERNS
+    names = tuple(r.name for r in rules if r.path is not None) + tuple(n for n, _ in (*keys, *patterns))
+    return Redactor(
+        paths=root if root.children or root.wild else None,
+        keys=tuple(keys),
+        patterns=tuple((n, re.compile(p), _replacer(n)) for n, p in patterns),
+        rules=names,
+    )
+
+
+def _step(nodes: tuple[_Node, ...], seg: str) -> tuple[_Node, ...]:
+    if not nodes:
+        return nodes
+    out = []
+    for n in nodes:
+        child = n.children.get(seg)
+        if child is not None:
+            out.append(child)
+        if n.wild is not None:
+            out.append(n.wild)
+    return tuple(out)
+
+
+def _is_empty(v: Any) -> bool:
+    # "password": "" or null leaks nothing; leaving it shows the field was empty, which helps debugging.
+    return v is None or v == ""
+
+
+def _pointer(path: list[str]) -> str:
+    return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in path)
+
+
+def _replacer(name: str) -> Callable[[re.Match[str]], str]:
+    mark = marker(name)
+
+    def replace(m: re.Match[str]) -> str:
+        if "value" in m.re.groupindex and m.group("value") is not None:
+            start, end = m.start("value") - m.start(), m.end("value") - m.start()
+            return m.group(0)[:start] + mark + m.group(0)[end:]
+        return mark
+
+    return replace

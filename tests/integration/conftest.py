@@ -1,0 +1,148 @@
+"""Real parts for integration tests: sample MCP servers (mcp SDK) and the gateway (processor + Envoy from the wheel).
+
+Every fixture starts real processes on loopback and always stops them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from extproc.launcher import Stack, free_port, http_ok, wait_until
+from extproc.recording.replay import Session, load_session
+from extproc.recording.store import safe_key
+from extproc.recording.store.file import FileStore
+
+
+@dataclass
+class SampleServer:
+    """A running sample MCP server subprocess."""
+
+    name: str
+    port: int
+    json_response: bool
+    proc: subprocess.Popen
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def mcp_url(self) -> str:
+        return f"{self.base_url}/mcp"
+
+    @property
+    def upstream(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def seen(self) -> list[dict[str, Any]]:
+        """Every HTTP request that reached the server's /mcp, in order."""
+        return httpx.get(f"{self.base_url}/_seen", timeout=5).json()["requests"]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def start_mcp_server(tmp_path: Path) -> Iterator[Callable[..., SampleServer]]:
+    """Factory: start a sample MCP server named ``name`` (SSE responses unless ``json_response``)."""
+    started: list[SampleServer] = []
+
+    def start(name: str = "demo", json_response: bool = False) -> SampleServer:
+        port = free_port()
+        cmd = [sys.executable, "-m", "extproc.demo.mcp_server", "--port", str(port), "--name", name]
+        cmd += ["--json-response"] if json_response else []
+        with (tmp_path / f"mcp-{name}.log").open("ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        server = SampleServer(name, port, json_response, proc)
+        started.append(server)
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"MCP server {name} exited: {(tmp_path / f'mcp-{name}.log').read_text()}")
+            return http_ok(f"{server.base_url}/_seen")
+
+        wait_until(ready, 20, f"MCP server {name}")
+        return server
+
+    yield start
+    for s in started:
+        _stop(s.proc)
+
+
+@pytest.fixture(params=[False, True], ids=["sse", "json"])
+def sample_server(request: pytest.FixtureRequest, start_mcp_server: Callable[..., SampleServer]) -> SampleServer:
+    """One sample server, in SSE and in JSON response mode."""
+    return start_mcp_server("demo", json_response=request.param)
+
+
+@dataclass
+class Gateway:
+    """A running gateway and the config it was started with."""
+
+    stack: Stack
+    config: dict[str, Any]
+    log: Path
+
+    def url(self, server: str = "demo") -> str:
+        return self.stack.url(server)
+
+    @property
+    def endpoint(self) -> str:
+        return self.stack.endpoint
+
+    @property
+    def store(self) -> FileStore:
+        return FileStore(self.config["recording"]["directory"])
+
+    def session(self, session_id: str) -> Session:
+        """A recorded session, read back as `sessions show` reads it."""
+        return load_session(self.store, safe_key(session_id))
+
+    def stop(self) -> None:
+        self.stack.stop()
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    """Factory: write a gateway.yaml for ``servers`` (plus ``overrides``) and start processor + Envoy."""
+    started: list[Gateway] = []
+
+    def start(servers: list[SampleServer], unix_socket: bool = False, **overrides: Any) -> Gateway:
+        workdir = tmp_path / f"gw{len(started)}"
+        workdir.mkdir()
+        processor = f"unix:{workdir}/p.sock" if unix_socket else f"127.0.0.1:{free_port()}"
+        config: dict[str, Any] = {
+            "listen": {"address": "127.0.0.1", "port": free_port()},
+            "processor": {"address": processor},
+            "admin": {"port": free_port()},
+            "servers": [{"name": s.name, "upstream": s.upstream} for s in servers],
+            "recording": {"directory": str(workdir / "recordings"), "flush_interval_ms": 50},
+        }
+        for key, value in overrides.items():
+            config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+        path = workdir / "gateway.yaml"
+        path.write_text(yaml.safe_dump(config))
+        gw = Gateway(Stack(config=path, workdir=workdir), config, workdir / "gateway.log")
+        started.append(gw)
+        gw.stack.start(log=gw.log)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
