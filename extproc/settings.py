@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from extproc.errors import ConfigError
 
@@ -115,16 +115,18 @@ class Settings(_Model):
     recording: Recording = Recording()
     limits: Limits = Limits()
 
-    @model_validator(mode="after")
-    def _unique(self) -> Settings:
+    # A field validator (not a model validator) so the error is reported under the key ``servers``.
+    @field_validator("servers")
+    @classmethod
+    def _unique(cls, servers: list[Server]) -> list[Server]:
         seen: set[str] = set()
-        for s in self.servers:
+        for s in servers:
             if s.name in seen:
                 raise ValueError(f"server name {s.name!r} is defined twice")
             seen.add(s.name)
-        if not self.servers:
-            raise ValueError("servers: at least one MCP server is required")
-        return self
+        if not servers:
+            raise ValueError("at least one MCP server is required")
+        return servers
 
     def server(self, name: str) -> Server | None:
         return next((s for s in self.servers if s.name == name), None)

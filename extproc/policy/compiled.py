@@ -45,7 +45,7 @@ class LoadedFile:
 class ClaimCheck:
     claim: str
     pointer: tuple[str, ...] | None  # set when the claim is given as a JSON pointer
-    values: tuple[object, ...] | None
+    values: frozenset[tuple[str, object]] | None  # value_key() of each allowed value
     regex: re.Pattern[str] | None
 
 
@@ -65,7 +65,7 @@ class CompiledSubjects:
 @dataclass(frozen=True, slots=True)
 class ArgCheck:
     name: str
-    values: tuple[object, ...] | None
+    values: frozenset[tuple[str, object]] | None  # value_key() of each allowed value
     regex: re.Pattern[str] | None
     min: float | None
     max: float | None
@@ -102,14 +102,18 @@ class CompiledViewer:
     all_sessions: bool
 
 
+Candidates = tuple[tuple[CompiledRule, ...], tuple[str, ...]]
+"""Rules in evaluation order and their names (precomputed, so a Decision's ``considered`` is a slice)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Bucket:
     """Candidate rules for one (server, method): deny rules first, then allow rules, each in policy order."""
 
-    generic: tuple[CompiledRule, ...]
-    by_object: dict[str, tuple[CompiledRule, ...]]  # exact object name -> its rules merged with ``generic``
+    generic: Candidates
+    by_object: dict[str, Candidates]  # exact object name -> its rules merged with ``generic``
 
-    def candidates(self, obj: str | None) -> tuple[CompiledRule, ...]:
+    def candidates(self, obj: str | None) -> Candidates:
         """Rules that may apply to a call on ``obj`` (tool name, URI or prompt)."""
         if obj is None:
             return self.generic
@@ -179,7 +183,7 @@ def compile_policy(
             args = tuple(
                 ArgCheck(
                     name=n,
-                    values=tuple(c.values) if c.values is not None else None,
+                    values=_keys(c.values),
                     regex=re.compile(c.pattern) if c.pattern is not None else None,
                     min=c.min,
                     max=c.max,
@@ -231,13 +235,28 @@ def _subjects(s: Subjects) -> CompiledSubjects:
         ClaimCheck(
             claim=c.claim,
             pointer=_split_pointer(c.claim) if c.claim.startswith("/") else None,
-            values=tuple(c.values) if c.values is not None else None,
+            values=_keys(c.values),
             regex=re.compile(c.pattern) if c.pattern is not None else None,
         )
         for c in s.claims
     )
     users = frozenset(u for u in s.users if u != "*")
     return CompiledSubjects(any_user="*" in s.users, users=users, groups=frozenset(s.groups), claims=claims)
+
+
+def value_key(v: object) -> tuple[str, object] | None:
+    """A hashable, type-exact key for a JSON scalar: 1 == 1.0, but True != 1 and "1" != 1; None if not a scalar."""
+    if isinstance(v, bool):
+        return ("b", v)
+    if isinstance(v, int | float):
+        return ("n", v)
+    if isinstance(v, str):
+        return ("s", v)
+    return None
+
+
+def _keys(values: list[object] | None) -> frozenset[tuple[str, object]] | None:
+    return None if values is None else frozenset(k for k in map(value_key, values) if k is not None)
 
 
 def _split_pointer(pointer: str) -> tuple[str, ...]:
@@ -247,15 +266,19 @@ def _split_pointer(pointer: str) -> tuple[str, ...]:
 def _bucket(rules: Sequence[CompiledRule], obj_field: str | None) -> Bucket:
     ordered = sorted(rules, key=lambda r: (not r.deny, r.order))
     if obj_field is None:
-        return Bucket(generic=tuple(ordered), by_object={})
+        return Bucket(generic=_named(ordered), by_object={})
     # A rule listing only exact names is filed under each name; one with a glob (or no filter) is generic.
     generic = [r for r in ordered if obj_field not in r.objects or r.objects[obj_field].has_wildcards]
     is_generic = set(generic)
     names = {n for r in ordered if r not in is_generic for n in r.objects[obj_field].exact}
     by_object = {
-        n: tuple(r for r in ordered if r in is_generic or n in r.objects[obj_field].exact) for n in sorted(names)
+        n: _named([r for r in ordered if r in is_generic or n in r.objects[obj_field].exact]) for n in sorted(names)
     }
-    return Bucket(generic=tuple(generic), by_object=by_object)
+    return Bucket(generic=_named(generic), by_object=by_object)
+
+
+def _named(rules: Sequence[CompiledRule]) -> Candidates:
+    return tuple(rules), tuple(r.name for r in rules)
 
 
 def _index(rules: list[CompiledRule], servers: frozenset[str]) -> dict[tuple[str, str], Bucket]:

@@ -102,11 +102,16 @@ class Recorder:
         await asyncio.wait_for(self._synced.wait(), timeout)
 
     async def _run(self) -> None:
-        last_sync = self._clock()
+        last_sync = last_write = self._clock()
         dirty = False
         stopping = False
         while not stopping:
-            timeout = max(0.0, self.flush_interval - (self._clock() - last_sync)) if dirty or self._pending else None
+            if self._pending:  # the store failed: retry once per interval, not in a tight loop
+                timeout: float | None = max(0.0, self.flush_interval - (self._clock() - last_write))
+            elif dirty:
+                timeout = max(0.0, self.flush_interval - (self._clock() - last_sync))
+            else:
+                timeout = None
             try:
                 first = await asyncio.wait_for(self._queue.get(), timeout)
             except TimeoutError:
@@ -122,6 +127,7 @@ class Recorder:
             self._chain(batch)
             ended = any(isinstance(e, ExchangeEnd) for e in batch)
             dirty = await self._write() or dirty
+            last_write = self._clock()
             if dirty and (ended or stopping or self._clock() - last_sync >= self.flush_interval):
                 dirty = not await self._sync()
                 last_sync = self._clock()

@@ -1,0 +1,537 @@
+"""Gateway benchmark: what the processor with recording costs on top of Envoy, on this machine, in one run.
+
+Three rows, the same upstream, load generator and request mix (50/50 JSON-RPC tools/call answered with
+application/json, and tools/call answered with a 3-event text/event-stream):
+
+  upstream direct      generator -> upstream            (ceiling of the Python generator + upstream)
+  envoy only           generator -> Envoy -> upstream   (the gateway's bootstrap minus the ext_proc filter)
+  envoy + processor    generator -> Envoy <-> processor (recording to a temp dir) -> upstream
+
+The upstream and the generator each run in their own process, so neither shares an event loop with what
+is measured. They do share the machine's cores with Envoy and the processor: see bench/README.md.
+
+    python bench/gateway_bench.py [--seconds 10] [--concurrency 16] [--out bench/results/gateway.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extproc.envoy.bootstrap import PROCESSOR_CLUSTER, render
+from extproc.launcher import Stack, can_connect, envoy_binary, free_port, http_ok, wait_until
+from extproc.settings import load as load_settings
+
+SERVER = "bench"
+ENVOY_CONCURRENCY = 2  # what Stack.start passes; both Envoy scenarios must run the same number of workers
+
+# --- the request mix: fixed bytes, so the upstream does no JSON work and the generator can check bodies -------
+
+JSON_CALL = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}'
+SSE_CALL = b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"slow_echo","arguments":{"text":"hi"}}}'
+JSON_RESULT = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hello"}],"isError":false}}'
+SSE_EVENTS = [
+    b'event: message\nid: 1\ndata: {"jsonrpc":"2.0","method":"notifications/progress",'
+    b'"params":{"progressToken":"p2","progress":1,"total":2}}\n\n',
+    b'event: message\nid: 2\ndata: {"jsonrpc":"2.0","method":"notifications/progress",'
+    b'"params":{"progressToken":"p2","progress":2,"total":2}}\n\n',
+    b'event: message\nid: 3\ndata: {"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"hi"}],'
+    b'"isError":false}}\n\n',
+]
+KINDS = ("json", "sse")
+EXPECTED_BODY = {"json": JSON_RESULT, "sse": b"".join(SSE_EVENTS)}
+# Events the recorder writes per exchange: exchange.start, mcp.request, http.response, one mcp.response per
+# JSON body or SSE event, exchange.end. Used to check that every request of scenario B was recorded.
+EVENTS_PER_EXCHANGE = {"json": 5, "sse": 7}
+
+
+def request_bytes(path: str, kind: str, session: str) -> bytes:
+    """One keep-alive POST; the upstream picks its answer from X-Bench-Response."""
+    body = JSON_CALL if kind == "json" else SSE_CALL
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Accept: application/json, text/event-stream\r\nMcp-Session-Id: {session}\r\n"
+        f"X-Bench-Response: {kind}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+# --- upstream: minimal HTTP/1.1 keep-alive server on asyncio streams ------------------------------------------
+
+_JSON_REPLY = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(JSON_RESULT) + JSON_RESULT
+)
+_SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n" \
+    b"Transfer-Encoding: chunked\r\n\r\n"
+_SSE_CHUNKS = [b"%x\r\n%s\r\n" % (len(e), e) for e in SSE_EVENTS] + [b"0\r\n\r\n"]
+
+
+async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            head = (await reader.readuntil(b"\r\n\r\n")).lower()
+            await reader.readexactly(_content_length(head))
+            if b"\r\nx-bench-response: sse" in head:
+                # Head and each event in its own write, as a server flushing events as they are produced.
+                writer.write(_SSE_HEAD)
+                for chunk in _SSE_CHUNKS:
+                    writer.write(chunk)
+            else:
+                writer.write(_JSON_REPLY)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+def _content_length(lowered_head: bytes) -> int:
+    i = lowered_head.find(b"\r\ncontent-length:")
+    if i < 0:
+        return 0
+    end = lowered_head.index(b"\r\n", i + 17)
+    return int(lowered_head[i + 17 : end])
+
+
+def run_upstream(port: int) -> None:
+    """Process entry: serve until terminated."""
+
+    async def main() -> None:
+        server = await asyncio.start_server(_serve_connection, "127.0.0.1", port, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+# --- load generator: N keep-alive connections, closed loop, per-request latency ------------------------------
+
+
+@dataclass
+class LoadResult:
+    """What one generator run saw in its measurement window (latencies in seconds)."""
+
+    window_s: float
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    issued: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))  # whole run, incl. warm-up
+    failures: dict[str, int] = field(default_factory=dict)  # reason -> count, whole run
+    cpu_s: dict[str, float] = field(default_factory=dict)  # process name -> CPU seconds in the window
+    machine_busy: float = 0.0  # fraction of all cores busy in the window
+
+
+class BadResponse(Exception):
+    """The gateway answered something other than the upstream's exact bytes."""
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Status and decoded body of one HTTP/1.1 response (Content-Length or chunked)."""
+    head = (await reader.readuntil(b"\r\n\r\n")).lower()
+    status = int(head[9:12])
+    if b"\r\ncontent-length:" in head:
+        return status, await reader.readexactly(_content_length(head))
+    if b"\r\ntransfer-encoding: chunked" not in head:
+        raise BadResponse("response without length")
+    parts: list[bytes] = []
+    while True:
+        size = int((await reader.readline()).split(b";", 1)[0], 16)
+        if size == 0:
+            while await reader.readline() not in (b"\r\n", b""):  # trailers, none expected
+                pass
+            return status, b"".join(parts)
+        parts.append((await reader.readexactly(size + 2))[:-2])
+
+
+async def _client(
+    n: int, port: int, path: str, measure_from: float, stop_at: float, result: LoadResult
+) -> None:
+    requests = {k: request_bytes(path, k, f"bench-{n}") for k in KINDS}
+    kind_index = n % 2  # alternate kinds per connection, start half of them on each: an exact 50/50 mix
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+    try:
+        while (start := time.perf_counter()) < stop_at:
+            kind = KINDS[kind_index]
+            kind_index ^= 1
+            result.issued[kind] += 1
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                assert reader is not None
+                writer.write(requests[kind])
+                status, body = await read_response(reader)
+                if status != 200:
+                    raise BadResponse(f"status {status}")
+                if body != EXPECTED_BODY[kind]:
+                    raise BadResponse("body differs from the upstream's")
+            except (OSError, asyncio.IncompleteReadError, BadResponse, ValueError) as e:
+                reason = str(e) if isinstance(e, BadResponse) else type(e).__name__
+                result.failures[reason] = result.failures.get(reason, 0) + 1
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+                await asyncio.sleep(0.01)  # do not spin on a dead gateway
+                continue
+            done = time.perf_counter()
+            if measure_from <= done <= stop_at:
+                result.latencies[kind].append(done - start)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+async def generate(port: int, path: str, concurrency: int, seconds: float, warmup: float,
+                   pids: dict[str, int]) -> LoadResult:
+    """Drive ``concurrency`` connections for warm-up + ``seconds``; CPU of ``pids`` is sampled over the window."""
+    now = time.perf_counter()
+    measure_from, stop_at = now + warmup, now + warmup + seconds
+    result = LoadResult(window_s=seconds)
+    clients = [asyncio.create_task(_client(n, port, path, measure_from, stop_at, result)) for n in range(concurrency)]
+    pids = {**pids, "generator": os.getpid()}
+    await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+    cpu0, busy0 = {k: cpu_seconds(p) for k, p in pids.items()}, machine_ticks()
+    await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+    cpu1, busy1 = {k: cpu_seconds(p) for k, p in pids.items()}, machine_ticks()
+    await asyncio.gather(*clients)  # let in-flight requests finish so the recording check can be exact
+    result.cpu_s = {k: round(cpu1[k] - cpu0[k], 3) for k in pids}
+    busy, total = busy1[0] - busy0[0], busy1[1] - busy0[1]
+    result.machine_busy = busy / total if total else 0.0
+    return result
+
+
+def run_generator(out: Connection, port: int, path: str, concurrency: int, seconds: float, warmup: float,
+                  pids: dict[str, int]) -> None:
+    """Process entry: run the load and send the LoadResult back through ``out``."""
+    out.send(asyncio.run(generate(port, path, concurrency, seconds, warmup, pids)))
+    out.close()
+
+
+# --- CPU accounting from /proc (Linux); zeros elsewhere ------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies over all cores since boot."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0, 0
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+# --- scenarios -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """Where the generator sends requests, and which processes (besides it) do the work."""
+
+    port: int
+    path: str
+    pids: dict[str, int]
+
+
+def write_gateway_yaml(workdir: Path, upstream_port: int) -> Path:
+    """A gateway.yaml with one server, one processor worker, recording into ``workdir``/recordings."""
+    doc = {
+        "listen": {"address": "127.0.0.1", "port": free_port()},
+        "processor": {"address": f"127.0.0.1:{free_port()}", "workers": 1},
+        "admin": {"port": free_port()},
+        "servers": [{"name": SERVER, "upstream": f"127.0.0.1:{upstream_port}", "path": "/mcp"}],
+        "recording": {"directory": str(workdir / "recordings")},
+    }
+    path = workdir / "gateway.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def envoy_only_bootstrap(config: Path) -> dict[str, Any]:
+    """The gateway's own bootstrap with the ext_proc filter (and its cluster) removed: nothing else differs."""
+    bootstrap = render(load_settings(config))
+    for listener in bootstrap["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                hcm = network_filter["typed_config"]
+                hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
+    clusters = bootstrap["static_resources"]["clusters"]
+    bootstrap["static_resources"]["clusters"] = [c for c in clusters if c["name"] != PROCESSOR_CLUSTER]
+    return bootstrap
+
+
+def stop_process(p: subprocess.Popen[bytes] | BaseProcess, timeout: float = 10) -> None:
+    """SIGTERM, wait, then SIGKILL; safe to call on an already finished process."""
+    if isinstance(p, BaseProcess):
+        if p.is_alive():
+            p.terminate()
+            p.join(timeout)
+        if p.is_alive():
+            p.kill()
+            p.join()
+        return
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@contextmanager
+def upstream_process(ctx: mp.context.SpawnContext) -> Iterator[Target]:
+    port = free_port()
+    proc = ctx.Process(target=run_upstream, args=(port,), name="bench-upstream", daemon=True)
+    proc.start()
+    try:
+        wait_until(lambda: proc.is_alive() and can_connect(f"127.0.0.1:{port}"), 10, "the upstream")
+        assert proc.pid is not None
+        yield Target(port, "/mcp", {"upstream": proc.pid})
+    finally:
+        stop_process(proc)
+
+
+@contextmanager
+def envoy_only(config: Path, workdir: Path, upstream: Target) -> Iterator[Target]:
+    settings = load_settings(config)
+    bootstrap = workdir / "envoy-only.yaml"
+    bootstrap.write_text(yaml.safe_dump(envoy_only_bootstrap(config), sort_keys=False))
+    cmd = [
+        str(envoy_binary()), "-c", str(bootstrap), "--log-level", "warning", "--use-dynamic-base-id",
+        "--concurrency", str(ENVOY_CONCURRENCY), "--drain-time-s", "1",
+    ]
+    with (workdir / "envoy-only.log").open("ab") as log:
+        envoy = subprocess.Popen(cmd, stdout=log, stderr=log)
+    try:
+        ready = f"http://127.0.0.1:{settings.admin.port}/ready"
+        wait_until(lambda: envoy.poll() is None and http_ok(ready), 30, "Envoy (envoy only) to be ready")
+        yield Target(settings.listen.port, f"/{SERVER}/mcp", {**upstream.pids, "envoy": envoy.pid})
+    finally:
+        stop_process(envoy)
+
+
+@contextmanager
+def envoy_and_processor(config: Path, workdir: Path, upstream: Target) -> Iterator[Target]:
+    stack = Stack(config=config, workdir=workdir / "stack")
+    try:
+        stack.start(log=workdir / "stack.log")
+        assert stack.envoy is not None and len(stack.processors) == 1
+        args = [str(a) for a in stack.envoy.args]
+        if args[args.index("--concurrency") + 1] != str(ENVOY_CONCURRENCY):
+            raise RuntimeError("Stack starts Envoy with a different --concurrency; update ENVOY_CONCURRENCY")
+        pids = {**upstream.pids, "envoy": stack.envoy.pid, "processor": stack.processors[0].pid}
+        yield Target(stack.settings.listen.port, f"/{SERVER}/mcp", pids)
+    finally:
+        stack.stop()  # Envoy first, then the processor flushes its recording
+
+
+def run_load(ctx: mp.context.SpawnContext, target: Target, args: argparse.Namespace) -> LoadResult:
+    """Run one generator process against ``target`` and return what it measured."""
+    receive, send = ctx.Pipe(duplex=False)
+    gen = ctx.Process(
+        target=run_generator, name="bench-generator", daemon=True,
+        args=(send, target.port, target.path, args.concurrency, args.seconds, args.warmup, target.pids),
+    )
+    gen.start()
+    send.close()
+    try:
+        if not receive.poll(args.warmup + args.seconds + 60):
+            raise TimeoutError("the load generator did not report back")
+        return receive.recv()
+    finally:
+        stop_process(gen)
+        receive.close()
+
+
+def count_recorded_events(directory: Path) -> int:
+    return sum(len(p.read_bytes().splitlines()) for p in directory.rglob("*.jsonl"))
+
+
+# --- figures -------------------------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (0 when empty)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, round(q / 100 * len(sorted_values) + 0.5 - 1e-9))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def summarize(result: LoadResult) -> dict[str, Any]:
+    """Throughput, latency percentiles (ms, overall and per kind) and CPU per request for one scenario."""
+    everything = sorted(x for values in result.latencies.values() for x in values)
+    completed = len(everything)
+
+    def ms(values: list[float], q: float) -> float:
+        return round(percentile(values, q) * 1000, 3)
+
+    per_kind = {}
+    for kind, values in result.latencies.items():
+        values = sorted(values)
+        per_kind[kind] = {"requests": len(values), "p50_ms": ms(values, 50), "p99_ms": ms(values, 99)}
+    return {
+        "requests": completed,
+        "rps": round(completed / result.window_s, 1),
+        "p50_ms": ms(everything, 50),
+        "p90_ms": ms(everything, 90),
+        "p99_ms": ms(everything, 99),
+        "max_ms": round(everything[-1] * 1000, 3) if everything else 0.0,
+        "by_kind": per_kind,
+        "failures": result.failures,
+        "cpu_s": result.cpu_s,
+        "cpu_ms_per_request": {k: round(v * 1000 / max(completed, 1), 3) for k, v in result.cpu_s.items()},
+        "machine_busy_pct": round(result.machine_busy * 100, 1),
+    }
+
+
+def envoy_version() -> str:
+    out = subprocess.run([str(envoy_binary()), "--version"], capture_output=True, text=True, check=False).stdout
+    m = re.search(r"/(\d+\.\d+\.\d+)/", out)
+    return m.group(1) if m else out.strip()
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    with suppress(OSError):
+        model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("model name")), "")
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "envoy": envoy_version(),
+    }
+
+
+def cpu_note(cpus: int | None) -> str:
+    return (
+        f"This machine has {cpus} CPU(s). The load generator, the upstream, Envoy ({ENVOY_CONCURRENCY} worker threads)"
+        " and the processor all run on them and compete for CPU, so absolute req/s is a floor for this box, not the"
+        " gateway's capacity. Compare rows of the same run; the B/A ratio is the figure to track."
+    )
+
+
+def print_report(report: dict[str, Any]) -> None:
+    rows = report["scenarios"]
+    print()
+    print(f"{'scenario':<20}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+          f"{'json p50':>10}{'sse p50':>9}{'busy %':>8}{'failed':>8}")
+    for name, r in rows.items():
+        print(f"{name:<20}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+              f"{r['by_kind']['json']['p50_ms']:>10.2f}{r['by_kind']['sse']['p50_ms']:>9.2f}"
+              f"{r['machine_busy_pct']:>8.0f}{sum(r['failures'].values()):>8}")
+    print()
+    print("CPU ms per request (all threads of each process, measurement window only):")
+    names = ["generator", "upstream", "envoy", "processor"]
+    print(f"{'scenario':<20}" + "".join(f"{n:>11}" for n in names))
+    for name, r in rows.items():
+        cells = [r["cpu_ms_per_request"].get(n) for n in names]
+        print(f"{name:<20}" + "".join(f"{'-' if c is None else f'{c:.3f}':>11}" for c in cells))
+    ratios = report["ratios"]["envoy+processor / envoy only"]
+    print()
+    print(f"envoy+processor / envoy only: throughput x{ratios['rps']:.2f}, "
+          f"p50 x{ratios['p50_ms']:.2f}, p99 x{ratios['p99_ms']:.2f}")
+    check = report["recording_check"]
+    print(f"recording check: {check['recorded_events']} events written, {check['expected_events']} expected "
+          f"({'ok' if check['ok'] else 'MISMATCH'})")
+    print()
+    print("Note: " + report["note"])
+
+
+# --- main ------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=10, help="measurement window per scenario (default 10)")
+    parser.add_argument("--warmup", type=float, default=1, help="warm-up before each window (default 1)")
+    parser.add_argument("--concurrency", type=int, default=16, help="keep-alive connections (default 16)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/gateway.json"), help="JSON results file")
+    args = parser.parse_args(argv)
+    # SIGTERM (e.g. from CI) unwinds through the finally blocks below, so no process outlives the run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    ctx = mp.get_context("spawn")
+    info = machine_info()
+    print(f"{info['cpu_count']} CPUs ({info['cpu_model']}), Python {info['python']}, Envoy {info['envoy']}; "
+          f"{args.concurrency} connections, {args.warmup:g}s warm-up + {args.seconds:g}s per scenario, "
+          "50/50 JSON and SSE tools/call")
+    scenarios: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp, upstream_process(ctx) as upstream:
+        workdir = Path(tmp)
+        config = write_gateway_yaml(workdir, upstream.port)
+
+        print("upstream direct ...", flush=True)
+        scenarios["upstream direct"] = summarize(run_load(ctx, upstream, args))
+
+        print("envoy only ...", flush=True)
+        with envoy_only(config, workdir, upstream) as target:
+            scenarios["envoy only"] = summarize(run_load(ctx, target, args))
+
+        print("envoy + processor (recording on) ...", flush=True)
+        with envoy_and_processor(config, workdir, upstream) as target:
+            loaded = run_load(ctx, target, args)
+            scenarios["envoy + processor"] = summarize(loaded)
+        # The Stack is stopped here, so the processor has flushed every event it accepted.
+        recorded = count_recorded_events(load_settings(config).recording.directory)
+        expected = sum(EVENTS_PER_EXCHANGE[k] * n for k, n in loaded.issued.items())
+
+    a, b = scenarios["envoy only"], scenarios["envoy + processor"]
+    report = {
+        "machine": info,
+        "parameters": {
+            "seconds": args.seconds, "warmup_s": args.warmup, "concurrency": args.concurrency,
+            "mix": {"json": 0.5, "sse": 0.5}, "sse_events_per_response": len(SSE_EVENTS),
+            "envoy_concurrency": ENVOY_CONCURRENCY, "processor_workers": 1, "recording": "file store, temp dir",
+            "sessions": "one Mcp-Session-Id per connection (as after initialize)",
+        },
+        "scenarios": scenarios,
+        "ratios": {
+            "envoy+processor / envoy only": {
+                k: round(b[k] / a[k], 3) if a[k] else None for k in ("rps", "p50_ms", "p90_ms", "p99_ms")
+            }
+        },
+        # Exact only when no request failed: a failed one may have been partly recorded.
+        "recording_check": {"recorded_events": recorded, "expected_events": expected,
+                            "ok": recorded == expected and not loaded.failures},
+        "note": cpu_note(info["cpu_count"]),
+    }
+    print_report(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nresults written to {args.out}")
+    return 0 if report["recording_check"]["ok"] and not any(s["failures"] for s in scenarios.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

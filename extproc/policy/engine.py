@@ -1,0 +1,282 @@
+"""Pure policy decisions: who may make which MCP call, see which list items, view which recordings.
+
+No I/O and no gRPC here. ``decide`` is what the request path calls; ``explain`` runs the very same evaluation
+(``_evaluate``) but keeps a trace of every candidate rule for ``mcp-extproc policy explain``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from extproc.authn.principal import Principal
+from extproc.mcp.jsonrpc import McpCall
+from extproc.policy.compiled import OBJECT_FIELD, ArgCheck, CompiledPolicy, CompiledRule, CompiledSubjects, value_key
+from extproc.policy.redact import Redaction, marker
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DENY = "default-deny"
+_DOT_SEGMENT = re.compile(r"(?i)(?:^|[/\\])(?:\.|%2e){1,2}(?:[/\\?#]|$)")
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome for one call (or a batch, with ``elements``): which rule decided, why, and what was looked at."""
+
+    allowed: bool
+    rule: str  # the deciding rule's name, or "default-deny"
+    reason: str  # for logs and recordings; never contains argument values
+    considered: tuple[str, ...] = ()  # candidate rules evaluated, in evaluation order, up to the deciding one
+    elements: tuple[Decision, ...] = ()  # per-element decisions of a batch
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTrace:
+    """One candidate rule as ``explain`` saw it."""
+
+    rule: str
+    effect: str
+    source: str
+    matched: bool
+    why: str
+
+
+def decide(policy: CompiledPolicy, who: Principal, server: str, call: McpCall) -> Decision:
+    """Deny by default; an explicit deny rule wins over any allow; an evaluation error is a deny."""
+    try:
+        return _evaluate(policy, who, server, call)
+    except Exception as e:
+        log.exception("policy evaluation failed; denying %s", describe_call(server, call))
+        return Decision(False, DEFAULT_DENY, f"policy evaluation error ({type(e).__name__}); denied")
+
+
+def explain(policy: CompiledPolicy, who: Principal, server: str, call: McpCall) -> tuple[Decision, list[RuleTrace]]:
+    """The decision plus why each candidate rule matched or not (same evaluation as ``decide``)."""
+    trace: list[RuleTrace] = []
+    try:
+        return _evaluate(policy, who, server, call, trace=trace), trace
+    except Exception as e:
+        return Decision(False, DEFAULT_DENY, f"policy evaluation error ({type(e).__name__}: {e}); denied"), trace
+
+
+def _evaluate(
+    policy: CompiledPolicy,
+    who: Principal,
+    server: str,
+    call: McpCall,
+    *,
+    listing: bool = False,
+    trace: list[RuleTrace] | None = None,
+) -> Decision:
+    """THE evaluation order. Every decision the gateway makes goes through here:
+
+    1. A malformed call is denied: tools/call without a tool name, prompts/get without a prompt name,
+       resources/* without a URI, or a URI with '.'/'..' segments (they could walk out of an allowed glob).
+    2. Candidates come from the compiled index: rules for this server (or '*') and this method, filed under the
+       call's tool/URI/prompt name, plus rules using globs. Deny rules come first, then allow rules, each in
+       policy order (files by name, rules top to bottom).
+    3. A candidate applies when its subjects match the caller, its tools/resources/prompts match the call's
+       object (when the method has one), and all its argument conditions hold (tools/call only).
+    4. The first deny rule that applies denies: an explicit deny wins over any allow.
+    5. Otherwise the first allow rule that applies allows.
+    6. Otherwise: default deny.
+    ``listing`` (for filter_list) ignores argument conditions: an allow rule with conditions counts (some call
+    could pass them) and a deny rule with conditions does not (it refuses only some calls).
+    Exceptions propagate to decide(), which turns them into a deny.
+    """
+    field = OBJECT_FIELD.get(call.method)
+    obj: str | None = getattr(call, field) if field is not None else None
+    if field is not None and not obj:
+        return Decision(False, DEFAULT_DENY, f"{call.method} without a {'name' if field != 'uri' else 'uri'}")
+    if field == "uri" and obj is not None and _DOT_SEGMENT.search(obj):
+        return Decision(False, DEFAULT_DENY, "resource URI contains '.' or '..' segments")
+
+    rules, names = policy.bucket(server, call.method).candidates(obj)
+    decision: Decision | None = None
+    for i, rule in enumerate(rules):
+        why = _miss(rule, who, call, field, obj, listing, trace is not None)
+        if trace is not None:
+            trace.append(RuleTrace(rule.name, rule.effect, rule.source, why is None, why or _applies(rule, decision)))
+        if why is None and decision is None:
+            verb = "denies" if rule.deny else "allows"
+            decision = Decision(not rule.deny, rule.name, f"rule {rule.name!r} {verb} {describe_call(server, call)}",
+                                names[: i + 1])  # fmt: skip
+            if trace is None:
+                return decision
+    if decision is not None:
+        return decision
+    return Decision(False, DEFAULT_DENY, f"no rule allows {describe_call(server, call)}", names)
+
+
+def _applies(rule: CompiledRule, decided: Decision | None) -> str:
+    if decided is None:
+        return f"applies: {rule.effect}s (deciding)"
+    return f"applies, but {decided.rule!r} decided first"
+
+
+def _miss(
+    rule: CompiledRule, who: Principal, call: McpCall, field: str | None, obj: str | None, listing: bool, detail: bool
+) -> str | None:
+    """Why ``rule`` does not apply (None when it does). Server and method were matched by the index."""
+    why = subjects_miss(rule.subjects, who, detail)
+    if why is not None:
+        return why
+    if field is not None and field in rule.objects and not rule.objects[field](obj or ""):
+        return f"{field} {obj!r} is not listed" if detail else "object not listed"
+    if rule.arguments:
+        if listing:
+            return "has argument conditions (deny applies only to some calls)" if rule.deny else None
+        return _arguments_miss(rule, call.arguments, detail)
+    return None
+
+
+def subjects_miss(s: CompiledSubjects, who: Principal, detail: bool = False) -> str | None:
+    """Why the caller is not one of these subjects (None when it is)."""
+    if s.names_someone and not (s.any_user or who.username in s.users or not s.groups.isdisjoint(who.groups)):
+        if not detail:
+            return "subject not listed"
+        return (
+            f"user {who.username!r} not in users {sorted(s.users)} and groups {list(who.groups)} "
+            f"not in groups {sorted(s.groups)}"
+        )
+    for c in s.claims:
+        value = _claim(who.claims, c.claim, c.pointer)
+        items = value if isinstance(value, list) else [value]
+        if value is _MISSING or not any(
+            (value_key(v) in c.values) if c.values is not None else (isinstance(v, str) and c.regex.fullmatch(v))  # type: ignore[union-attr]
+            for v in items
+        ):
+            return f"claim {c.claim!r} {'is absent' if value is _MISSING else 'does not match'}"
+    return None
+
+
+def _claim(claims: Mapping[str, Any], name: str, pointer: tuple[str, ...] | None) -> Any:
+    if pointer is None:
+        return claims.get(name, _MISSING)
+    node: Any = claims
+    for seg in pointer:
+        if isinstance(node, dict) and seg in node:
+            node = node[seg]
+        elif isinstance(node, list) and seg.isdigit() and int(seg) < len(node):
+            node = node[int(seg)]
+        else:
+            return _MISSING
+    return node
+
+
+def _arguments_miss(rule: CompiledRule, args: Mapping[str, Any], detail: bool) -> str | None:
+    """Argument conditions, failing closed both ways.
+
+    Allow rules need every condition to hold. Deny rules apply unless a condition definitely fails: an absent
+    or wrongly typed argument cannot prove the call harmless. ``optional`` makes an absent argument harmless
+    (an allow rule still applies, a deny rule does not).
+    """
+    for a in rule.arguments:
+        value = args.get(a.name, _MISSING)
+        if value is _MISSING:
+            if a.optional == rule.deny:
+                return f"argument {a.name!r} is absent" + (" (optional)" if a.optional else "")
+            continue
+        failed, unknown = _check_argument(a, value)
+        if failed or (unknown and not rule.deny):
+            return f"argument {a.name!r} {failed or unknown}"
+    return None
+
+
+def _check_argument(a: ArgCheck, v: Any) -> tuple[str, str]:
+    """(what definitely fails, what cannot be checked for this value's type); empty strings when fine."""
+    is_num = isinstance(v, int | float) and not isinstance(v, bool)
+    if a.values is not None and value_key(v) is None:
+        return "", "is not a string, number or boolean"
+    if a.values is not None and value_key(v) not in a.values:
+        return "is not one of the listed values", ""
+    if a.regex is not None:
+        if not isinstance(v, str):
+            return "", "is not a string (pattern)"
+        if not a.regex.fullmatch(v):
+            return "does not match the pattern", ""
+    if a.min is not None or a.max is not None:
+        if not is_num:
+            return "", "is not a number (min/max)"
+        if (a.min is not None and v < a.min) or (a.max is not None and v > a.max):
+            return f"is outside [{a.min}, {a.max}]", ""
+    if a.max_length is not None:
+        if not isinstance(v, str | list):
+            return "", "is not a string or array (max_length)"
+        if len(v) > a.max_length:
+            return f"is longer than {a.max_length}", ""
+    return "", ""
+
+
+def decide_batch(policy: CompiledPolicy, who: Principal, server: str, calls: Sequence[McpCall]) -> Decision:
+    """Decide every element of a JSON-RPC batch; one denied element denies the whole batch."""
+    if not calls:
+        return Decision(False, DEFAULT_DENY, "empty batch")
+    decisions = tuple(decide(policy, who, server, c) for c in calls)
+    for i, d in enumerate(decisions):
+        if not d.allowed:
+            return Decision(False, d.rule, f"batch element {i}: {d.reason}", d.considered, decisions)
+    rules = ",".join(dict.fromkeys(d.rule for d in decisions))
+    considered = tuple(dict.fromkeys(n for d in decisions for n in d.considered))
+    return Decision(True, rules, f"all {len(decisions)} batch elements allowed", considered, decisions)
+
+
+# list method -> (result key, method that uses an item, item key, McpCall field)
+_LISTS = {
+    "tools/list": ("tools", "tools/call", "name", "tool"),
+    "resources/list": ("resources", "resources/read", "uri", "uri"),
+    "prompts/list": ("prompts", "prompts/get", "name", "prompt"),
+}
+
+
+def filter_list(policy: CompiledPolicy, who: Principal, server: str, method: str, result: dict) -> dict:
+    """Keep only the list items the caller may use (argument conditions not considered); others pass unchanged."""
+    spec = _LISTS.get(method)
+    if spec is None or not isinstance(result, dict) or not isinstance(result.get(spec[0]), list):
+        return result
+    key, use, item_key, field = spec
+    kept = []
+    for item in result[key]:
+        name = item.get(item_key) if isinstance(item, dict) else None
+        if not isinstance(name, str):
+            continue  # an item we cannot name is an item we cannot authorize
+        try:
+            if _evaluate(policy, who, server, McpCall(method=use, **{field: name}), listing=True).allowed:
+                kept.append(item)
+        except Exception:
+            log.exception("policy evaluation failed while filtering %s; hiding the item", method)
+    return {**result, key: kept}
+
+
+def redact(policy: CompiledPolicy, server: str, payload: object) -> tuple[object, list[Redaction]]:
+    """Redacted copy of a payload for recording, and what was redacted; on error nothing of it is kept."""
+    try:
+        return policy.redactor(server).apply(payload)
+    except Exception as e:  # e.g. RecursionError on absurd nesting: store nothing rather than something raw
+        log.error("redaction failed for server %s (%s); recording a placeholder", server, type(e).__name__)
+        return marker("redaction-error"), [Redaction("redaction-error", "", "path")]
+
+
+def may_view(policy: CompiledPolicy, who: Principal, server: str, owner_subject: str) -> bool:
+    """May ``who`` list and replay a recording of ``server`` made by ``owner_subject``? No viewer rule: no."""
+    try:
+        return any(
+            (v.servers is None or server in v.servers)
+            and (v.all_sessions or owner_subject == who.subject)
+            and subjects_miss(v.subjects, who) is None
+            for v in policy.viewers
+        )
+    except Exception:
+        log.exception("viewer evaluation failed; refusing")
+        return False
+
+
+def describe_call(server: str, call: McpCall) -> str:
+    """'tools/call delete_repo on github' — safe to show a client (no argument values)."""
+    obj = call.tool or call.prompt or call.uri
+    return f"{call.method}{f' {obj[:200]!r}' if obj else ''} on server {server!r}"

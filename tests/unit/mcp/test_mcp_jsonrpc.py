@@ -1,0 +1,191 @@
+"""JSON-RPC body parsing: one message or a batch; anything else comes back with ``error`` set, never raised."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from extproc.mcp.jsonrpc import McpCall, error_response, is_request, parse_body, to_call
+
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}
+NOTE = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+RESULT = {"jsonrpc": "2.0", "id": 1, "result": {"tools": []}}
+ERROR = {"jsonrpc": "2.0", "id": "x", "error": {"code": -32601, "message": "no such method"}}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param(INIT, id="request"),
+        pytest.param(NOTE, id="notification"),
+        pytest.param(RESULT, id="result"),
+        pytest.param(ERROR, id="error-response"),
+    ],
+)
+def test_parse_body_single_message(message: dict) -> None:
+    parsed = parse_body(json.dumps(message).encode())
+
+    assert parsed.messages == (message,)
+    assert parsed.batch is False
+    assert parsed.error is None
+
+
+def test_parse_body_batch_keeps_order_and_flags_batch() -> None:
+    batch = [INIT, NOTE, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}]
+
+    parsed = parse_body(json.dumps(batch).encode())
+
+    assert parsed.messages == tuple(batch)
+    assert parsed.batch is True
+    assert parsed.error is None
+
+
+def test_parse_body_accepts_surrounding_whitespace_and_utf8() -> None:
+    msg = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "echo", "arguments": {"t": "héllo ☃"}}}
+
+    parsed = parse_body(b"\r\n  " + json.dumps(msg, ensure_ascii=False).encode() + b"\n")
+
+    assert parsed.messages == (msg,)
+
+
+@pytest.mark.parametrize(
+    ("body", "error_start"),
+    [
+        pytest.param(b"", "empty body", id="empty"),
+        pytest.param(b" \r\n\t", "empty body", id="whitespace-only"),
+        pytest.param(b"[]", "empty batch", id="empty-batch"),
+        pytest.param(b"{not json", "not JSON", id="garbage"),
+        pytest.param(b'{"jsonrpc":"2.0","method":"x"} trailing', "not JSON", id="trailing-garbage"),
+        pytest.param(b"\xff\xfe\xfa", "not JSON", id="undecodable-bytes"),
+        pytest.param(b'{"jsonrpc":"2.0","method":"\xc3("}', "not JSON", id="invalid-utf8-in-string"),
+        pytest.param(b'"just a string"', "not a JSON-RPC 2.0 message", id="scalar"),
+        pytest.param(b"42", "not a JSON-RPC 2.0 message", id="number"),
+        pytest.param(b"null", "not a JSON-RPC 2.0 message", id="null"),
+        pytest.param(b'{"id":1,"method":"tools/list"}', "not a JSON-RPC 2.0 message", id="missing-jsonrpc"),
+        pytest.param(b'{"jsonrpc":"1.0","id":1,"method":"x"}', "not a JSON-RPC 2.0 message", id="wrong-version"),
+        pytest.param(b'{"jsonrpc":"2.0","id":1}', "not a JSON-RPC 2.0 message", id="no-method-result-or-error"),
+        pytest.param(
+            b'[{"jsonrpc":"2.0","id":1,"method":"a"}, 7]', "batch element is not a JSON-RPC 2.0 message", id="batch-scalar"
+        ),
+        pytest.param(
+            b'[{"jsonrpc":"2.0","id":1,"method":"a"}, {"id":2}]',
+            "batch element is not a JSON-RPC 2.0 message",
+            id="batch-non-jsonrpc-element",
+        ),
+        pytest.param(b"[[]]", "batch element is not a JSON-RPC 2.0 message", id="nested-batch"),
+    ],
+)
+def test_parse_body_rejects_without_raising(body: bytes, error_start: str) -> None:
+    parsed = parse_body(body)
+
+    assert parsed.error is not None
+    assert parsed.error.startswith(error_start)
+    assert parsed.messages == ()
+    assert parsed.batch is False
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        pytest.param(INIT, True, id="request"),
+        pytest.param(NOTE, True, id="notification"),
+        pytest.param(RESULT, False, id="result"),
+        pytest.param(ERROR, False, id="error"),
+        pytest.param({"jsonrpc": "2.0", "id": 1, "method": 5}, False, id="non-string-method"),
+    ],
+)
+def test_is_request(message: dict, expected: bool) -> None:
+    assert is_request(message) is expected
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        pytest.param(
+            {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "hi"}}},
+            McpCall(method="tools/call", id=7, tool="echo", arguments={"text": "hi"}),
+            id="tools-call",
+        ),
+        pytest.param(
+            {"jsonrpc": "2.0", "id": "r1", "method": "resources/read", "params": {"uri": "file:///etc/motd"}},
+            McpCall(method="resources/read", id="r1", uri="file:///etc/motd"),
+            id="resources-read",
+        ),
+        pytest.param(
+            {"jsonrpc": "2.0", "id": 2, "method": "prompts/get", "params": {"name": "greet", "arguments": {"who": "x"}}},
+            McpCall(method="prompts/get", id=2, prompt="greet"),
+            id="prompts-get-name-is-prompt-not-tool-and-arguments-dropped",
+        ),
+        pytest.param(
+            {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 3}},
+            McpCall(method="notifications/cancelled"),
+            id="notification-has-no-id",
+        ),
+        pytest.param(
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call"},
+            McpCall(method="tools/call", id=1),
+            id="no-params",
+        ),
+        pytest.param(
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": None},
+            McpCall(method="tools/call", id=1),
+            id="null-params",
+        ),
+        pytest.param(
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ["echo", {"a": 1}]},
+            McpCall(method="tools/call", id=1),
+            id="positional-params",
+        ),
+        pytest.param(
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": 42, "arguments": {"a": 1}}},
+            McpCall(method="tools/call", id=1, arguments={"a": 1}),
+            id="non-string-tool-name",
+        ),
+        pytest.param(
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": ["a"]}},
+            McpCall(method="tools/call", id=1, tool="echo"),
+            id="list-arguments",
+        ),
+        pytest.param(
+            {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": {"href": "x"}}},
+            McpCall(method="resources/read", id=1),
+            id="non-string-uri",
+        ),
+        pytest.param(
+            {"jsonrpc": "2.0", "id": 1, "method": "resources/list", "params": {"name": "echo", "arguments": {"a": 1}}},
+            McpCall(method="resources/list", id=1),
+            id="name-and-arguments-ignored-for-other-methods",
+        ),
+    ],
+)
+def test_to_call(message: dict, expected: McpCall) -> None:
+    call = to_call(message)
+
+    assert call == expected
+    assert call.is_notification is ("id" not in message)
+
+
+@pytest.mark.parametrize(
+    ("msg_id", "data", "expected"),
+    [
+        pytest.param(
+            7, None, {"jsonrpc": "2.0", "id": 7, "error": {"code": -32601, "message": "nope"}}, id="int-id-no-data"
+        ),
+        pytest.param(
+            "abc",
+            {"why": "x"},
+            {"jsonrpc": "2.0", "id": "abc", "error": {"code": -32601, "message": "nope", "data": {"why": "x"}}},
+            id="string-id-with-data",
+        ),
+        pytest.param(
+            None, 0, {"jsonrpc": "2.0", "id": None, "error": {"code": -32601, "message": "nope", "data": 0}}, id="null-id"
+        ),
+    ],
+)
+def test_error_response(msg_id: str | int | None, data: object, expected: dict) -> None:
+    doc = error_response(msg_id, -32601, "nope", data)
+
+    assert doc == expected
+    # It is itself a JSON-RPC message (a response), so our own parser accepts it.
+    assert parse_body(json.dumps(doc).encode()).messages == (expected,)
