@@ -18,8 +18,11 @@ from rich.console import Console
 from extproc import settings as settings_mod
 from extproc.errors import ConfigError
 
-app = typer.Typer(help="Envoy external processor that authenticates, authorizes and records MCP traffic.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Envoy external processor that authenticates, authorizes and records MCP traffic.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 sessions_app = typer.Typer(help="List, show and verify recorded MCP sessions.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 
@@ -141,7 +144,9 @@ def sessions_list(config: ConfigOptional = None, dir: DirOpt = None, json_out: J
 
 
 @sessions_app.command("show")
-def sessions_show(session_id: str, config: ConfigOptional = None, dir: DirOpt = None, json_out: JsonOpt = False) -> None:
+def sessions_show(
+    session_id: str, config: ConfigOptional = None, dir: DirOpt = None, json_out: JsonOpt = False
+) -> None:
     """Show every exchange of a session, JSON-RPC requests paired with their responses."""
     from extproc.recording.report import print_session, session_doc
 

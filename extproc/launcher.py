@@ -62,7 +62,7 @@ def can_connect(address: str) -> bool:
 
 def http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 (loopback admin URL)
+        with urllib.request.urlopen(url, timeout=1) as r:
             return r.status == 200
     except OSError:
         return False
@@ -99,18 +99,27 @@ class Stack:
     def start(self, log: Path | None = None, envoy_log_level: str = "warning") -> Stack:
         s = self.settings
         self.workdir.mkdir(parents=True, exist_ok=True)
-        out = open(log, "ab") if log else None  # noqa: SIM115 (lives as long as the processes)
+        out = open(log, "ab") if log else None
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for worker in range(s.processor.workers):
             cmd = [sys.executable, "-m", "extproc", "serve", "--config", str(self.config), "--worker", str(worker)]
             self.processors.append(subprocess.Popen(cmd, stdout=out, stderr=out, env=env))
         for worker in range(s.processor.workers):
-            wait_until(lambda w=worker: self._alive() and can_connect(listen_address(s, w)), 20, f"processor {worker}")
+            address = listen_address(s, worker)
+            wait_until(lambda a=address: self._alive() and can_connect(a), 20, f"processor {worker}")  # type: ignore[misc]
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(render_yaml(s))
         cmd = [
-            str(envoy_binary()), "-c", str(bootstrap), "--log-level", envoy_log_level,
-            "--use-dynamic-base-id", "--concurrency", "2", "--drain-time-s", "1",
+            str(envoy_binary()),
+            "-c",
+            str(bootstrap),
+            "--log-level",
+            envoy_log_level,
+            "--use-dynamic-base-id",
+            "--concurrency",
+            "2",
+            "--drain-time-s",
+            "1",
         ]
         self.envoy = subprocess.Popen(cmd, stdout=out, stderr=out)
         ready = f"http://127.0.0.1:{s.admin.port}/ready"
@@ -120,7 +129,8 @@ class Stack:
     def _alive(self) -> bool:
         for p in [*self.processors, *([self.envoy] if self.envoy else [])]:
             if p.poll() is not None:
-                raise RuntimeError(f"{Path(p.args[0]).name} exited with status {p.returncode}; see its log")
+                name = "Envoy" if p is self.envoy else "processor"
+                raise RuntimeError(f"{name} exited with status {p.returncode}; see its log")
         return True
 
     def stop(self, timeout: float = 30) -> None:

@@ -35,7 +35,7 @@ class Processor(ep_grpc.ExternalProcessorServicer):
         self.gw = gw
         self.active = 0
 
-    async def Process(  # noqa: N802 (gRPC method name)
+    async def Process(
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ep.ProcessingResponse]:
         ex = Exchange(self.gw)
@@ -99,7 +99,7 @@ async def serve(settings: Settings, worker: int = 0, ready: asyncio.Event | None
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = listen_address(settings, worker)
-    if address.startswith("unix:") and os.path.exists(address[5:]):
+    if address.startswith("unix:") and os.path.exists(address[5:]):  # noqa: ASYNC240 (start-up only)
         os.unlink(address[5:])  # a stale socket from a previous run
     server.add_insecure_port(address)
     await server.start()

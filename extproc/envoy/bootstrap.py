@@ -114,9 +114,24 @@ def _local_replies() -> dict[str, Any]:
 
     def mapper(status: int, message: str) -> dict[str, Any]:
         return {
-            "filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": f"mcp_extproc.local_reply_{status}"}}}},
+            "filter": {
+                "status_code_filter": {
+                    "comparison": {
+                        "op": "EQ",
+                        "value": {"default_value": status, "runtime_key": f"mcp_extproc.local_reply_{status}"},
+                    }
+                }
+            },
             "body_format_override": {
-                "json_format": {"jsonrpc": "2.0", "id": None, "error": {"code": -32600 if status == 413 else -32603, "message": message, "data": {"envoy": "%LOCAL_REPLY_BODY%"}}},
+                "json_format": {
+                    "jsonrpc": "2.0",
+                    "id": None,
+                    "error": {
+                        "code": -32600 if status == 413 else -32603,
+                        "message": message,
+                        "data": {"envoy": "%LOCAL_REPLY_BODY%"},
+                    },
+                },
                 "content_type": "application/json",
             },
         }
@@ -143,14 +158,19 @@ def render(settings: Settings) -> dict[str, Any]:
         "route_config": {"name": "mcp", "virtual_hosts": [{"name": "mcp", "domains": ["*"], "routes": routes}]},
         "http_filters": [
             _ext_proc_filter(settings),
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": _T + "extensions.filters.http.router.v3.Router"}},
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _T + "extensions.filters.http.router.v3.Router"},
+            },
         ],
         "local_reply_config": _local_replies(),
     }
     clusters = [_cluster(PROCESSOR_CLUSTER, processor_addresses(settings), http2=True)]
     for s in settings.servers:
         host, port = split_hostport(s.upstream)
-        clusters.append(_cluster(server_cluster_name(s), [_socket(host, port)], http2=False, tls_sni=host if s.tls else None))
+        clusters.append(
+            _cluster(server_cluster_name(s), [_socket(host, port)], http2=False, tls_sni=host if s.tls else None)
+        )
     return {
         "admin": {"address": _socket("127.0.0.1", settings.admin.port)},  # loopback only, never exposed
         "static_resources": {

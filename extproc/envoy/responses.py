@@ -20,7 +20,9 @@ def header_mutation(set_headers: Mapping[str, str] | None = None, remove: Iterab
     """A mutation that overwrites ``set_headers`` and removes ``remove``."""
     return ep.HeaderMutation(
         set_headers=[
-            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, raw_value=v.encode()), append_action=_OVERWRITE)
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=k, raw_value=v.encode()), append_action=_OVERWRITE
+            )
             for k, v in (set_headers or {}).items()
         ],
         remove_headers=list(remove),
@@ -88,7 +90,9 @@ def immediate(
     )
 
 
-def json_reply(status: int, doc: object, headers: Mapping[str, str] | None = None, details: str = "") -> ep.ProcessingResponse:
+def json_reply(
+    status: int, doc: object, headers: Mapping[str, str] | None = None, details: str = ""
+) -> ep.ProcessingResponse:
     """Immediate response with a JSON body."""
     return immediate(
         status,

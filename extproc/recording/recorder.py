@@ -94,12 +94,12 @@ class Recorder:
         await self._task
         self._task = None
 
-    async def flushed(self, timeout: float = 5.0) -> None:
+    async def flushed(self, within: float = 5.0) -> None:
         """Wait until everything emitted so far has been written and synced (for tests and shutdown)."""
         self._synced.clear()
         if self._queue.empty() and not self._pending:
             return
-        await asyncio.wait_for(self._synced.wait(), timeout)
+        await asyncio.wait_for(self._synced.wait(), within)
 
     async def _run(self) -> None:
         last_sync = last_write = self._clock()

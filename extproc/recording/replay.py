@@ -41,7 +41,9 @@ def verify_stream(writer: str, data: bytes) -> tuple[list[dict[str, Any]], list[
             prev = hashlib.sha256(line).hexdigest()
             continue
         if ev.get("seq") != n - 1:
-            problems.append(Problem(writer, n, f"sequence {ev.get('seq')!r}, expected {n - 1} (line removed or reordered)"))
+            problems.append(
+                Problem(writer, n, f"sequence {ev.get('seq')!r}, expected {n - 1} (line removed or reordered)")
+            )
         if ev.get("prev") != prev:
             problems.append(Problem(writer, n, "hash chain broken: previous line was altered, removed or reordered"))
         prev = hashlib.sha256(line).hexdigest()
@@ -123,13 +125,26 @@ def pair_messages(session: Session) -> list[dict[str, Any]]:
                     call["response"], call["response_time"] = msg, ev["time"]
                 continue
             if sender == "server" and "id" not in msg:
-                parent = next((c for c in reversed(calls) if c["exchange"] == ev.get("exchange")
-                               and c["from"] == "client" and c["response"] is None), None)
+                parent = next(
+                    (
+                        c
+                        for c in reversed(calls)
+                        if c["exchange"] == ev.get("exchange") and c["from"] == "client" and c["response"] is None
+                    ),
+                    None,
+                )
                 if parent is not None:
                     parent["notifications"].append({"time": ev["time"], "message": msg})
                     continue
-            call = {"from": sender, "exchange": ev.get("exchange"), "time": ev["time"], "request": msg,
-                    "response": None, "response_time": None, "notifications": []}
+            call = {
+                "from": sender,
+                "exchange": ev.get("exchange"),
+                "time": ev["time"],
+                "request": msg,
+                "response": None,
+                "response_time": None,
+                "notifications": [],
+            }
             calls.append(call)
             if "id" in msg:
                 open_calls[(sender, json.dumps(msg["id"]))] = call

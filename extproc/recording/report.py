@@ -94,13 +94,23 @@ def print_session(console: Console, session: Session) -> None:
         req = call["request"]
         arrow = "->" if call["from"] == "client" else "<-"
         params = req.get("params")
-        console.print(f"  {_ts(call['time'])}  {arrow} {req.get('method')} {_short(params) if params else ''}",
-                      highlight=False, markup=False, soft_wrap=True)
+        console.print(
+            f"  {_ts(call['time'])}  {arrow} {req.get('method')} {_short(params) if params else ''}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
         for n in call["notifications"]:
             m = n["message"]
-            console.print(f"  {_ts(n['time'])}     ~ {m.get('method')} {_short(m.get('params'))}",
-                          highlight=False, markup=False, soft_wrap=True)
+            console.print(
+                f"  {_ts(n['time'])}     ~ {m.get('method')} {_short(m.get('params'))}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
         if call["response"] is not None:
             r = call["response"]
             body = r.get("result") if "result" in r else {"error": r.get("error")}
-            console.print(f"  {_ts(call['response_time'])}     <= {_short(body)}", highlight=False, markup=False, soft_wrap=True)
+            console.print(
+                f"  {_ts(call['response_time'])}     <= {_short(body)}", highlight=False, markup=False, soft_wrap=True
+            )

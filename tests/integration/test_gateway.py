@@ -79,8 +79,12 @@ async def test_verify_fails_after_one_byte_changes(start_mcp_server, start_gatew
 async def test_credentials_never_reach_the_store(start_mcp_server, start_gateway) -> None:
     gw = start_gateway([start_mcp_server("demo")])
     headers = {**ACCEPT, "authorization": SECRET, "cookie": "sid=cookie-secret", "x-api-key": "key-secret"}
-    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
     r = httpx.post(gw.url(), json=body, headers=headers, timeout=10)
     assert r.status_code == 200
     gw.stop()
@@ -94,7 +98,12 @@ async def test_credentials_never_reach_the_store(start_mcp_server, start_gateway
 async def test_body_over_limit_gets_413_and_is_not_forwarded(start_mcp_server, start_gateway) -> None:
     server = start_mcp_server("demo")
     gw = start_gateway([server], limits={"max_request_body_bytes": 64 * 1024})
-    big = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x" * 100_000}}}
+    big = {
+        "jsonrpc": "2.0",
+        "id": 9,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "x" * 100_000}},
+    }
     r = httpx.post(gw.url(), json=big, headers=ACCEPT, timeout=10)
     assert r.status_code == 413
     assert r.headers["content-type"] == "application/json"
@@ -132,7 +141,9 @@ async def test_two_servers_each_get_only_their_own_traffic(start_mcp_server, sta
         assert other not in json.dumps(seen)
     assert httpx.post(f"{gw.endpoint}/gamma/mcp", json={}, headers=ACCEPT).status_code == 404
     gw.stop()
-    servers = {e["server"] for s in gw.store.list_sessions() for e in gw.session(s).events if e["type"] == "exchange.start"}
+    servers = {
+        e["server"] for s in gw.store.list_sessions() for e in gw.session(s).events if e["type"] == "exchange.start"
+    }
     assert servers == {"alpha", "beta"}
 
 
@@ -149,8 +160,12 @@ async def test_processor_down_fails_closed(start_mcp_server, start_gateway) -> N
 
 def _open_session(url: str) -> dict[str, str]:
     """initialize + notifications/initialized over plain HTTP; returns headers carrying the session id."""
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
     r = httpx.post(url, json=init, headers=ACCEPT, timeout=10)
     headers = {**ACCEPT, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
     httpx.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers, timeout=10)
@@ -160,8 +175,12 @@ def _open_session(url: str) -> dict[str, str]:
 def test_sigterm_lets_in_flight_exchange_finish(start_mcp_server, start_gateway) -> None:
     gw = start_gateway([start_mcp_server("demo")])
     headers = _open_session(gw.url())
-    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": "count_slowly", "arguments": {"n": 6, "delay": 0.15}, "_meta": {"progressToken": "p"}}}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "count_slowly", "arguments": {"n": 6, "delay": 0.15}, "_meta": {"progressToken": "p"}},
+    }
     lines = []
     with httpx.stream("POST", gw.url(), json=call, headers=headers, timeout=20) as r:
         for line in r.iter_lines():
