@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from envoy.config.core.v3 import base_pb2
 
 # Never written to a recording, in any form: credentials and anything that smells like one.
@@ -31,6 +33,7 @@ def to_dict(header_map: base_pb2.HeaderMap) -> dict[str, str]:
     return out
 
 
+@functools.lru_cache(maxsize=1024)  # header names repeat endlessly; classify each once
 def is_credential(name: str) -> bool:
     """True for headers that may carry a secret; they are dropped from recordings."""
     return name in CREDENTIAL_HEADERS or any(w in name for w in _CREDENTIAL_WORDS)
