@@ -10,24 +10,20 @@ with) and ``issuer.url`` (written when serving, so ``token`` can mint without a 
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
 import secrets
 import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import jwt
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +38,7 @@ class KeyDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._loaded: dict[str, rsa.RSAPrivateKey] = {}
         if not (self.path / "current").exists():
             self.rotate()
 
@@ -50,9 +47,13 @@ class KeyDir:
         return (self.path / "current").read_text().strip()
 
     def private_key(self, kid: str) -> rsa.RSAPrivateKey:
-        key = serialization.load_pem_private_key((self.path / f"{kid}.pem").read_bytes(), password=None)
-        assert isinstance(key, rsa.RSAPrivateKey)
-        return key
+        if kid not in self._loaded:
+            pem = (self.path / f"{kid}.pem").read_bytes()
+            # Our own freshly generated keys: skip cryptography's slow RSA consistency check.
+            key = serialization.load_pem_private_key(pem, password=None, unsafe_skip_rsa_key_validation=True)
+            assert isinstance(key, rsa.RSAPrivateKey)
+            self._loaded[kid] = key
+        return self._loaded[kid]
 
     def jwks(self) -> dict[str, Any]:
         """Public halves of every key in the directory."""
@@ -99,7 +100,7 @@ class KeyDir:
         key: Any = None,
         alg: str = "RS256",
     ) -> str:
-        """A signed token. ``extra_claims`` values of None delete a claim; ``kid``/``key`` override the signer."""
+        """A signed token. None values in ``extra_claims``/``headers`` delete that entry; ``kid``/``key`` override."""
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": issuer or self.issuer,
@@ -119,7 +120,9 @@ class KeyDir:
                 claims[name] = value
         current = self.current_kid
         signer = key if key is not None else self.private_key(current)
-        return jwt.encode(claims, signer, algorithm=alg, headers={"kid": kid or current, **(headers or {})})
+        header = {"kid": kid or current, **(headers or {})}
+        header = {name: value for name, value in header.items() if value is not None}
+        return jwt.encode(claims, signer, algorithm=alg, headers=header)
 
 
 def mint_token(key_dir: str | Path, sub: str, *, aud: str | Sequence[str], **kwargs: Any) -> str:
@@ -128,58 +131,53 @@ def mint_token(key_dir: str | Path, sub: str, *, aud: str | Sequence[str], **kwa
 
 
 class DevIssuer:
-    """DEVELOPMENT-ONLY issuer served over real HTTP on loopback. Use as a context manager in tests."""
+    """DEVELOPMENT-ONLY issuer served over real HTTP on loopback. Use as a context manager in tests.
+
+    A stdlib threading HTTP server: two tiny JSON endpoints need no framework, and it stops in milliseconds.
+    """
 
     def __init__(self, key_dir: str | Path, host: str = "127.0.0.1", port: int = 0) -> None:
         if host not in _LOOPBACK:
             raise ValueError(f"the development issuer only listens on loopback, not {host!r}")
         self.keys = KeyDir(key_dir)
-        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        bound_port = self._sock.getsockname()[1]
-        self.url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}"
-        (self.keys.path / "issuer.url").write_text(self.url + "\n")
         self._jwks = self.keys.jwks()
         self._jwks_down = False
         self._lock = threading.Lock()
         self._jwks_fetches = 0
-        app = Starlette(
-            routes=[
-                Route("/.well-known/openid-configuration", self._discovery),
-                Route("/jwks", self._jwks_endpoint),
-            ]
-        )
-        self._server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+        server_class = _HttpServer6 if ":" in host else ThreadingHTTPServer
+        self._http = server_class((host, port), _handler(self))
+        bound_port = self._http.server_address[1]
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}"
+        (self.keys.path / "issuer.url").write_text(self.url + "\n")
         self._thread: threading.Thread | None = None
 
     # --- serving -----------------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 10.0) -> DevIssuer:
-        """Serve in a background thread; returns once the socket accepts requests."""
+    def start(self) -> DevIssuer:
+        """Serve in a background thread (the socket already listens, so requests work immediately)."""
         log.warning("%s Serving %s", WARNING, self.url)
         self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._server.serve(sockets=[self._sock])), name="dev-issuer", daemon=True
+            target=self._http.serve_forever, kwargs={"poll_interval": 0.05}, name="dev-issuer", daemon=True
         )
         self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError(f"development issuer did not start on {self.url}")
-            time.sleep(0.01)
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
-        self._server.should_exit = True
+    def stop(self) -> None:
         if self._thread is not None:
-            self._thread.join(timeout)
-        self._sock.close()
+            self._http.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._http.server_close()
 
     def serve_forever(self) -> None:
         """Serve in the calling thread until Ctrl-C (for the CLI)."""
         log.warning("%s Serving %s (Ctrl-C to stop)", WARNING, self.url)
-        self._server.run(sockets=[self._sock])
-        self._sock.close()
+        try:
+            self._http.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self._http.server_close()
 
     def __enter__(self) -> DevIssuer:
         return self.start()
@@ -211,9 +209,10 @@ class DevIssuer:
 
     # --- endpoints ---------------------------------------------------------------------------------------
 
-    async def _discovery(self, request: Request) -> JSONResponse:
-        return JSONResponse(
-            {
+    def respond(self, path: str) -> tuple[int, dict[str, Any]]:
+        """(status, JSON body) for a GET of ``path``."""
+        if path == "/.well-known/openid-configuration":
+            return 200, {
                 "issuer": self.url,
                 "jwks_uri": f"{self.url}/jwks",
                 "id_token_signing_alg_values_supported": ["RS256"],
@@ -221,11 +220,31 @@ class DevIssuer:
                 "response_types_supported": ["token"],
                 "x-warning": WARNING,
             }
-        )
+        if path == "/jwks":
+            with self._lock:
+                self._jwks_fetches += 1
+            if self._jwks_down:
+                return 503, {"error": "temporarily unavailable"}
+            return 200, self._jwks
+        return 404, {"error": "not found"}
 
-    async def _jwks_endpoint(self, request: Request) -> JSONResponse:
-        with self._lock:
-            self._jwks_fetches += 1
-        if self._jwks_down:
-            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
-        return JSONResponse(self._jwks)
+
+class _HttpServer6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def _handler(issuer: DevIssuer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, doc = issuer.respond(self.path.split("?", 1)[0])
+            body = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("dev issuer: " + format, *args)
+
+    return Handler

@@ -118,6 +118,7 @@ class KeySet:
 
     @property
     def has_keys(self) -> bool:
+        """Ready to verify (for a readiness check)."""
         return bool(self._keys)
 
     def has(self, kid: str) -> bool:
@@ -143,7 +144,8 @@ class KeySet:
         if key is not None:
             return key
         if not self._keys:
-            raise IssuerUnavailable(f"no signing keys for issuer {self.cfg.issuer}")
+            log.warning("no signing keys for issuer %s yet; refusing its tokens with 503", self.cfg.issuer)
+            raise IssuerUnavailable()
         if kid is None:
             raise MalformedToken("token header has no key id (kid) and the issuer publishes several keys")
         raise UnknownKeyId(kid)

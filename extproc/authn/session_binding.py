@@ -58,11 +58,12 @@ def unbind(client_value: str, who: Principal, key: bytes) -> str:
     if m is None:
         raise SessionNotYours()
     try:
-        sid, mac = _unb64(m[1]), _unb64(m[2])
+        sid = _unb64(m[1])
         server_id = sid.decode()
     except (binascii.Error, ValueError):
         raise SessionNotYours() from None
-    if not hmac.compare_digest(mac, _mac(sid, who, key)):
+    # Compare the canonical encodings, so no second spelling of the same MAC is accepted.
+    if not hmac.compare_digest(m[2].encode(), _b64(_mac(sid, who, key)).encode()):
         raise SessionNotYours()
     return server_id
 

@@ -19,11 +19,13 @@ import logging
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import jwt
+import jwt.exceptions as jex
 from jwt.utils import base64url_decode
 
 from extproc.authn.config import AuthConfig, IssuerConfig, origin_of
@@ -109,10 +111,10 @@ class Authenticator:
         cache_size: int = 10_000,
     ) -> None:
         self.cfg = cfg
-        self._fetcher = HttpFetcher() if fetch_json is None else None
-        fetch = fetch_json or self._fetcher
-        assert fetch is not None
-        self.keysets = {i.issuer: KeySet(i, fetch, clock=clock, sleep=sleep) for i in cfg.issuers}
+        self._own_fetcher: HttpFetcher | None = None
+        if fetch_json is None:
+            fetch_json = self._own_fetcher = HttpFetcher()
+        self.keysets = {i.issuer: KeySet(i, fetch_json, clock=clock, sleep=sleep) for i in cfg.issuers}
         self._origins = {origin_of(cfg.public_url), *cfg.allowed_origins}
         self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
         self._cache_size = cache_size
@@ -129,8 +131,8 @@ class Authenticator:
     async def close(self) -> None:
         for ks in self.keysets.values():
             await ks.close()
-        if self._fetcher is not None:
-            await self._fetcher.aclose()
+        if self._own_fetcher is not None:
+            await self._own_fetcher.aclose()
 
     def check_origin(self, origin: str | None) -> None:
         """Refuse browser requests from other sites (DNS rebinding). ``None`` means no Origin header."""
@@ -164,7 +166,7 @@ class Authenticator:
         claims = self._verify(token, key, alg, keyset.cfg)
         who = _principal(claims, keyset.cfg, digest)
 
-        self._cache[digest] = _Cached(who, float(claims["exp"]), keyset, key.kid)
+        self._cache[digest] = _Cached(who, int(claims["exp"]), keyset, key.kid)  # float() overflows on huge ints
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return who
@@ -194,7 +196,7 @@ class Authenticator:
                     "enforce_minimum_key_length": True,
                 },
             )
-        except jwt.PyJWTError as e:
+        except jex.PyJWTError as e:
             raise _translate(e) from None
         except (TypeError, ValueError) as e:  # key object rejected by the algorithm (e.g. wrong EC curve)
             raise BadSignature(f"token algorithm {alg} does not fit its signing key") from e
@@ -213,31 +215,27 @@ def _split(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return header, payload
 
 
-def _translate(e: jwt.PyJWTError) -> TokenError:
-    """pyjwt's exception -> our precise, client-safe error. Subclasses before their bases."""
-    if isinstance(e, jwt.ExpiredSignatureError):
-        return TokenExpired()
-    if isinstance(e, jwt.ImmatureSignatureError):
-        return TokenNotYetValid()
-    if isinstance(e, jwt.MissingRequiredClaimError):
-        return MissingClaim(e.claim)
-    if isinstance(e, jwt.InvalidAudienceError):
-        return WrongAudience()
-    if isinstance(e, jwt.InvalidIssuerError):
-        return WrongIssuer()
-    if isinstance(e, jwt.InvalidSignatureError):
-        return BadSignature()
-    if isinstance(e, jwt.InvalidAlgorithmError):
-        return BadSignature("token algorithm does not fit its signing key")
-    if isinstance(e, jwt.InvalidKeyError):
-        return BadSignature("token signing key rejected")
-    if isinstance(e, jwt.InvalidIssuedAtError):
-        return MalformedToken("token claim 'iat' must be a number")
-    if isinstance(e, jwt.InvalidSubjectError):
-        return MalformedToken("token claim 'sub' must be a string")
-    if isinstance(e, jwt.DecodeError):
-        return MalformedToken(f"token is not a well-formed JWT: {e}"[:200])
-    return TokenError()
+# pyjwt's exception -> our precise, client-safe error. First match wins, so subclasses come before their bases
+# (InvalidSignatureError is a DecodeError).
+_TRANSLATIONS: list[tuple[type[jex.PyJWTError], Callable[[Any], TokenError]]] = [
+    (jex.ExpiredSignatureError, lambda e: TokenExpired()),
+    (jex.ImmatureSignatureError, lambda e: TokenNotYetValid()),
+    (jex.MissingRequiredClaimError, lambda e: MissingClaim(e.claim)),
+    (jex.InvalidAudienceError, lambda e: WrongAudience()),
+    (jex.InvalidIssuerError, lambda e: WrongIssuer()),
+    (jex.InvalidSignatureError, lambda e: BadSignature()),
+    (jex.InvalidAlgorithmError, lambda e: BadSignature("token algorithm does not fit its signing key")),
+    (jex.InvalidKeyError, lambda e: BadSignature("token signing key rejected")),
+    (jex.InvalidIssuedAtError, lambda e: MalformedToken("token claim 'iat' must be a number")),
+    (jex.InvalidSubjectError, lambda e: MalformedToken("token claim 'sub' must be a string")),
+    (jex.InvalidJTIError, lambda e: MalformedToken("token claim 'jti' must be a string")),
+    (jex.DecodeError, lambda e: MalformedToken(f"token is not a well-formed JWT: {e}"[:200])),
+    (jex.InvalidTokenError, lambda e: MalformedToken(f"token rejected: {e}"[:200])),  # e.g. unsupported `crit`
+]
+
+
+def _translate(e: jex.PyJWTError) -> TokenError:
+    return next((make(e) for cls, make in _TRANSLATIONS if isinstance(e, cls)), TokenError())
 
 
 def _principal(claims: dict[str, Any], issuer: IssuerConfig, digest: bytes) -> Principal:

@@ -133,6 +133,12 @@ class Recorder:
                 last_sync = self._clock()
             if not dirty and not self._pending and self._queue.empty():
                 self._synced.set()
+        if self._pending:  # the store is still failing at shutdown: say exactly what could not be written
+            lost = sum(len(lines) for lines in self._pending.values())
+            self.lost_events += lost
+            log.error(
+                "recording store failing at shutdown: %d events of %d sessions not written", lost, len(self._pending)
+            )
 
     def _chain(self, events: list[Event]) -> None:
         for e in events:
@@ -155,7 +161,6 @@ class Recorder:
             del self._pending[session]
             self.written_events += len(lines)
             wrote = True
-        self._set_health(True)
         return wrote
 
     async def _sync(self) -> bool:
@@ -164,6 +169,7 @@ class Recorder:
         except StoreError as e:
             self._set_health(False, str(e))
             return False
+        self._set_health(True)  # healthy again only once data is durable, not merely appended
         return True
 
     def _set_health(self, ok: bool, why: str = "") -> None:

@@ -37,6 +37,8 @@ def verify_stream(writer: str, data: bytes) -> tuple[list[dict[str, Any]], list[
         try:
             ev = json.loads(line)
         except ValueError:
+            ev = None
+        if not isinstance(ev, dict):  # a JSON array or scalar is as corrupt as garbage, and has no .get
             problems.append(Problem(writer, n, "not valid JSON (edited or corrupted)"))
             prev = hashlib.sha256(line).hexdigest()
             continue

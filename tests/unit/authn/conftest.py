@@ -44,9 +44,9 @@ class Ticker:
         self._ticks.put_nowait(None)
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``condition()`` holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+async def wait_for(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait until ``condition()`` holds; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
@@ -93,7 +93,7 @@ def ticker() -> Ticker:
 
 @pytest.fixture(name="wait_for")
 def wait_for_fixture() -> Callable[..., Awaitable[None]]:
-    """``await wait_for(lambda: cond, timeout=5)`` — fixtures instead of imports keep conftest import-free."""
+    """``await wait_for(lambda: cond, within=5)`` — fixtures instead of imports keep conftest import-free."""
     return wait_for
 
 

@@ -182,6 +182,19 @@ REJECTED = [
     pytest.param(lambda iss: _bearer(iss.mint("a", aud=AUD, extra_claims={"exp": None})), MissingClaim, id="no-exp"),
     pytest.param(lambda iss: _bearer(iss.mint("a", aud=AUD, extra_claims={"sub": None})), MissingClaim, id="no-sub"),
     pytest.param(lambda iss: _bearer(iss.mint("a", aud=AUD, extra_claims={"aud": None})), MissingClaim, id="no-aud"),
+    pytest.param(lambda iss: _bearer(iss.mint("a", aud=AUD, extra_claims={"sub": 7})), MalformedToken, id="int-sub"),
+    pytest.param(lambda iss: _bearer(iss.mint("a", aud=AUD, extra_claims={"jti": 7})), MalformedToken, id="int-jti"),
+    pytest.param(lambda iss: _bearer(iss.mint("a", aud=AUD, extra_claims={"iat": "x"})), MalformedToken, id="bad-iat"),
+    pytest.param(lambda iss: _bearer(iss.mint("a", aud=AUD, extra_claims={"nbf": "x"})), MalformedToken, id="bad-nbf"),
+    pytest.param(
+        lambda iss: _bearer(iss.mint("a", aud=AUD, extra_claims={"groups": [1]})), MalformedToken, id="bad-groups"
+    ),
+    pytest.param(
+        lambda iss: _bearer(iss.mint("a", aud=AUD, headers={"crit": ["exp"]})), MalformedToken, id="unsupported-crit"
+    ),
+    pytest.param(
+        lambda iss: _bearer(_forge({"alg": "RS256", "kid": 5}, _claims(iss))), MalformedToken, id="non-string-kid"
+    ),
     pytest.param(_altered_payload, BadSignature, id="payload-altered"),
     pytest.param(lambda iss: "Bearer not-a-jwt", MalformedToken, id="garbage"),
     pytest.param(lambda iss: "Bearer abc.def.ghi", MalformedToken, id="bad-base64-json"),
@@ -210,7 +223,7 @@ async def test_username_claim_missing_is_refused(issuer: DevIssuer, make_auth) -
 
 async def test_required_claims(issuer: DevIssuer, make_auth) -> None:
     auth = await make_auth(issuer.url, required_claims=["client.id"])
-    with pytest.raises(MissingClaim, match="client.id"):
+    with pytest.raises(MissingClaim, match=r"client\.id"):
         await auth.authenticate(_bearer(issuer.mint("alice", aud=AUD)))
     ok = await auth.authenticate(_bearer(issuer.mint("alice", aud=AUD, extra_claims={"client": {"id": "c1"}})))
     assert ok.subject == "alice"
@@ -257,3 +270,18 @@ def test_identity_headers_are_header_safe() -> None:
     headers = identity_headers(who)
     assert headers["x-mcp-user"] == "alice%0D%0Ax-evil:%201"
     assert headers["x-mcp-groups"] == "eng,a%2Cb"
+
+
+async def test_token_without_kid_only_when_issuer_has_a_single_key(issuer: DevIssuer, auth: Authenticator) -> None:
+    assert (await auth.authenticate(_bearer(issuer.mint("alice", aud=AUD, headers={"kid": None})))).subject == "alice"
+    issuer.rotate()
+    await auth.keysets[issuer.url].refresh()
+    with pytest.raises(MalformedToken, match="no key id"):
+        await auth.authenticate(_bearer(issuer.mint("bob", aud=AUD, headers={"kid": None})))
+
+
+async def test_huge_exp_does_not_break_the_cache(issuer: DevIssuer, auth: Authenticator) -> None:
+    header = _bearer(issuer.mint("alice", aud=AUD, extra_claims={"exp": 10**400}))
+    assert (await auth.authenticate(header)).subject == "alice"
+    assert (await auth.authenticate(header)).subject == "alice"
+    assert auth.cache_hits == 1

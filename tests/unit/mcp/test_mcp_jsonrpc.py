@@ -66,7 +66,9 @@ def test_parse_body_accepts_surrounding_whitespace_and_utf8() -> None:
         pytest.param(b'{"jsonrpc":"1.0","id":1,"method":"x"}', "not a JSON-RPC 2.0 message", id="wrong-version"),
         pytest.param(b'{"jsonrpc":"2.0","id":1}', "not a JSON-RPC 2.0 message", id="no-method-result-or-error"),
         pytest.param(
-            b'[{"jsonrpc":"2.0","id":1,"method":"a"}, 7]', "batch element is not a JSON-RPC 2.0 message", id="batch-scalar"
+            b'[{"jsonrpc":"2.0","id":1,"method":"a"}, 7]',
+            "batch element is not a JSON-RPC 2.0 message",
+            id="batch-scalar",
         ),
         pytest.param(
             b'[{"jsonrpc":"2.0","id":1,"method":"a"}, {"id":2}]',
@@ -103,7 +105,12 @@ def test_is_request(message: dict, expected: bool) -> None:
     ("message", "expected"),
     [
         pytest.param(
-            {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "hi"}}},
+            {
+                "jsonrpc": "2.0",
+                "id": 7,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": "hi"}},
+            },
             McpCall(method="tools/call", id=7, tool="echo", arguments={"text": "hi"}),
             id="tools-call",
         ),
@@ -113,7 +120,12 @@ def test_is_request(message: dict, expected: bool) -> None:
             id="resources-read",
         ),
         pytest.param(
-            {"jsonrpc": "2.0", "id": 2, "method": "prompts/get", "params": {"name": "greet", "arguments": {"who": "x"}}},
+            {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "prompts/get",
+                "params": {"name": "greet", "arguments": {"who": "x"}},
+            },
             McpCall(method="prompts/get", id=2, prompt="greet"),
             id="prompts-get-name-is-prompt-not-tool-and-arguments-dropped",
         ),
@@ -179,7 +191,10 @@ def test_to_call(message: dict, expected: McpCall) -> None:
             id="string-id-with-data",
         ),
         pytest.param(
-            None, 0, {"jsonrpc": "2.0", "id": None, "error": {"code": -32601, "message": "nope", "data": 0}}, id="null-id"
+            None,
+            0,
+            {"jsonrpc": "2.0", "id": None, "error": {"code": -32601, "message": "nope", "data": 0}},
+            id="null-id",
         ),
     ],
 )

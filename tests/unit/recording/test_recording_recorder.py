@@ -1,0 +1,270 @@
+"""The recorder: ordered, hash-chained, one stream per (session, writer); a failing store loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from extproc.errors import StoreError
+from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
+from extproc.recording.recorder import GENESIS, Recorder, chain_line
+from extproc.recording.replay import load_session, verify_stream
+from extproc.recording.store.file import FileStore
+
+
+async def wait_for(check: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait on a condition (not a fixed sleep)."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.002)
+
+
+def _events(session: str, n: int, exchange: str = "ex1", t0: float = 1000.0) -> list[McpRequest]:
+    return [
+        McpRequest(session=session, exchange=exchange, index=i, time=t0 + i, messages=[{"i": i}], size=i)
+        for i in range(n)
+    ]
+
+
+def _jsonl_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jsonl"))
+
+
+def _lines(data: bytes) -> list[dict]:
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_chain_line_puts_chain_fields_first_and_keeps_unicode() -> None:
+    line = chain_line(3, GENESIS, {"type": "mcp.request", "text": "héllo"})
+
+    assert line == ('{"seq":3,"prev":"' + GENESIS + '","type":"mcp.request","text":"héllo"}').encode()
+
+
+async def test_events_are_written_in_order_with_a_valid_chain(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    rec = Recorder(store, writer_id="w1", flush_interval=0.01)
+    await rec.start()
+    sent = [ExchangeStart(session="s1", exchange="e", index=0, time=1.0, server="weather"), *_events("s1", 5)]
+    sent.append(ExchangeEnd(session="s1", exchange="e", index=9, time=9.0, outcome="complete"))
+
+    assert all(rec.emit(e) for e in sent)
+    await rec.close()
+    await store.close()
+
+    data = store.read_session("s1")["w1"]
+    events, problems = verify_stream("w1", data)
+    assert problems == []
+    assert [e["seq"] for e in events] == list(range(7))
+    assert [e["type"] for e in events] == ["exchange.start", *["mcp.request"] * 5, "exchange.end"]
+    assert [e.get("messages") for e in events[1:6]] == [[{"i": i}] for i in range(5)]
+    # The chain is the SHA-256 of the exact previous line.
+    lines = data.splitlines()
+    assert events[0]["prev"] == GENESIS
+    assert all(events[i]["prev"] == hashlib.sha256(lines[i - 1]).hexdigest() for i in range(1, 7))
+    assert rec.written_events == 7
+    assert rec.lost_events == 0
+
+
+async def test_each_session_has_its_own_file_and_chain(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    rec = Recorder(store, writer_id="w1", flush_interval=0.01)
+    await rec.start()
+    for a, b in zip(_events("alpha", 3), _events("beta", 3), strict=True):  # interleaved
+        rec.emit(a)
+        rec.emit(b)
+    await rec.close()
+    await store.close()
+
+    assert store.list_sessions() == ["alpha", "beta"]
+    assert _jsonl_files(tmp_path) == [
+        "alpha/w1.jsonl",
+        "beta/w1.jsonl",
+    ]
+    for sid in ("alpha", "beta"):
+        events, problems = verify_stream("w1", store.read_session(sid)["w1"])
+        assert problems == []
+        assert [(e["session"], e["seq"], e["index"]) for e in events] == [(sid, i, i) for i in range(3)]
+
+
+async def test_two_writers_on_one_session_are_merged_in_time_order(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    rec_a = Recorder(store, writer_id="proc-a", flush_interval=0.01)
+    rec_b = Recorder(store, writer_id="proc-b", flush_interval=0.01)
+    await rec_a.start()
+    await rec_b.start()
+    # Two processor workers handle alternate exchanges of the same MCP session.
+    for t in (1.0, 3.0, 5.0):
+        rec_a.emit(McpRequest(session="sess", exchange=f"a{t}", time=t))
+    for t in (2.0, 4.0, 6.0):
+        rec_b.emit(McpRequest(session="sess", exchange=f"b{t}", time=t))
+    await rec_a.close()
+    await rec_b.close()
+    await store.close()
+
+    assert sorted(store.read_session("sess")) == ["proc-a", "proc-b"]
+    session = load_session(store, "sess")
+    assert session.problems == []
+    assert sorted(session.writers) == ["proc-a", "proc-b"]
+    assert [e["time"] for e in session.events] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert [e["_writer"] for e in session.events] == ["proc-a", "proc-b"] * 3
+    # Each writer keeps its own chain: both start at seq 0.
+    assert [e["seq"] for e in session.events] == [0, 0, 1, 1, 2, 2]
+
+
+def test_emit_when_queue_full_returns_false_and_counts() -> None:
+    rec = Recorder(FileStore("/nonexistent-never-written"), writer_id="w", queue_size=2)  # not started: nothing drains
+
+    results = [rec.emit(e) for e in _events("s", 5)]
+
+    assert results == [True, True, False, False, False]
+    assert rec.lost_events == 3
+    assert rec.accepting is False
+
+
+async def test_close_flushes_everything(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    # A long flush interval and no exchange.end: only close() makes these reach the file.
+    rec = Recorder(store, writer_id="w", flush_interval=60, queue_size=5000)
+    await rec.start()
+    for e in _events("s", 1300):  # more than one batch
+        assert rec.emit(e)
+
+    await rec.close()
+    await store.close()
+
+    events, problems = verify_stream("w", store.read_session("s")["w"])
+    assert problems == []
+    assert [e["index"] for e in events] == list(range(1300))
+    assert rec.written_events == 1300
+
+
+async def test_close_without_start_is_a_no_op(tmp_path: Path) -> None:
+    rec = Recorder(FileStore(tmp_path), writer_id="w")
+
+    await rec.close()
+
+    assert _jsonl_files(tmp_path) == []
+
+
+async def test_flushed_waits_until_written(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    rec = Recorder(store, writer_id="w", flush_interval=0.01)
+    await rec.start()
+    for e in _events("s", 10):
+        rec.emit(e)
+
+    await rec.flushed(within=5)
+
+    assert len(_lines(store.read_session("s")["w"])) == 10
+    await rec.close()
+    await store.close()
+
+
+class FlakyStore:
+    """Delegates to a real FileStore, but fails (like a full disk) while ``down`` is set."""
+
+    def __init__(self, inner: FileStore) -> None:
+        self.inner = inner
+        self.down = True
+        self.attempts = 0
+
+    async def append(self, session: str, writer: str, data: bytes) -> None:
+        self.attempts += 1
+        if self.down:
+            raise StoreError(f"cannot append to {session}: disk full")
+        await self.inner.append(session, writer, data)
+
+    async def sync(self) -> None:
+        if self.down:
+            raise StoreError("cannot fsync: disk full")
+        await self.inner.sync()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def list_sessions(self) -> list[str]:
+        return self.inner.list_sessions()
+
+    def read_session(self, session: str) -> dict[str, bytes]:
+        return self.inner.read_session(session)
+
+
+async def test_failing_store_keeps_events_and_writes_them_once_it_recovers(tmp_path: Path) -> None:
+    store = FlakyStore(FileStore(tmp_path))
+    rec = Recorder(store, writer_id="w", flush_interval=0.01)
+    await rec.start()
+    for e in _events("s", 3):
+        rec.emit(e)
+
+    await wait_for(lambda: store.attempts >= 2 and not rec.healthy)
+    assert rec.accepting is False
+    for e in _events("s", 3, t0=2000.0):  # still accepted into the queue while the store is down
+        assert rec.emit(e)
+    assert store.read_session("s") == {}
+
+    store.down = False
+    await wait_for(lambda: rec.healthy and rec.written_events == 6)
+    await rec.close()
+    await store.close()
+
+    events, problems = verify_stream("w", store.read_session("s")["w"])
+    assert problems == []
+    assert [e["time"] for e in events] == [1000.0, 1001.0, 1002.0, 2000.0, 2001.0, 2002.0]  # nothing lost or doubled
+    assert rec.lost_events == 0
+
+
+async def test_failing_store_is_retried_once_per_interval_not_in_a_tight_loop(tmp_path: Path) -> None:
+    store = FlakyStore(FileStore(tmp_path))
+    interval = 0.03
+    rec = Recorder(store, writer_id="w", flush_interval=interval)
+    await rec.start()
+    rec.emit(_events("s", 1)[0])
+    await wait_for(lambda: store.attempts >= 1)
+    started = time.monotonic()
+
+    await wait_for(lambda: store.attempts >= 4)
+
+    # Three retries take at least ~3 intervals; a busy loop would make thousands in that time.
+    assert time.monotonic() - started >= 2.5 * interval
+    store.down = False
+    await rec.close()
+    await store.close()
+
+
+async def test_file_store_under_a_regular_file_fails_then_recovers(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("I am a file, not a directory")
+    store = FileStore(blocker / "recordings")
+    rec = Recorder(store, writer_id="w", flush_interval=0.01)
+    await rec.start()
+    for e in _events("s", 4):
+        rec.emit(e)
+
+    await wait_for(lambda: not rec.healthy)
+    assert rec.written_events == 0
+
+    blocker.unlink()  # the operator fixes the disk
+    await wait_for(lambda: rec.healthy and rec.written_events == 4)
+    await rec.close()
+    await store.close()
+
+    events, problems = verify_stream("w", (blocker / "recordings" / "s" / "w.jsonl").read_bytes())
+    assert problems == []
+    assert [e["index"] for e in events] == [0, 1, 2, 3]
+
+
+async def test_file_store_append_error_names_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    store = FileStore(blocker / "rec")
+
+    with pytest.raises(StoreError, match=r"cannot append to .*blocker/rec/s/w\.jsonl"):
+        await store.append("s", "w", b"x\n")
