@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 
 from extproc import settings as settings_mod
+from extproc.authn.cli import dev_issuer, token
+from extproc.policy.cli import app as policy_app
 from extproc.errors import ConfigError
 
 app = typer.Typer(
@@ -25,6 +27,9 @@ app = typer.Typer(
 )
 sessions_app = typer.Typer(help="List, show and verify recorded MCP sessions.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
+app.add_typer(policy_app, name="policy")
+app.command("dev-issuer")(dev_issuer)
+app.command("token")(token)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml")]
 console = Console()

@@ -13,9 +13,13 @@ from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
+from extproc.authn.challenge import METADATA_PATH, www_authenticate
+from extproc.authn.principal import Principal
+from extproc.authn.session_binding import bind, unbind
+from extproc.authn.verify import identity_headers
 from extproc.envoy import responses
 from extproc.envoy.headers import recordable, to_dict
-from extproc.errors import GatewayError, InvalidRequest, NotFound, StoreError
+from extproc.errors import AuthError, GatewayError, InvalidRequest, NotFound, SessionNotYours, StoreError
 from extproc.gateway import Gateway
 from extproc.mcp.jsonrpc import parse_body
 from extproc.mcp.sse import SseParser
@@ -34,6 +38,9 @@ from extproc.settings import Server
 log = logging.getLogger(__name__)
 
 SESSION_HEADER = "mcp-session-id"
+# Never forwarded as the client sent them: the token stays at the gateway (no token passthrough, per the MCP
+# spec) and identity headers are only ever set by the gateway itself.
+UPSTREAM_REMOVE = ("authorization", "x-mcp-user", "x-mcp-groups")
 
 
 class Exchange:
@@ -44,6 +51,7 @@ class Exchange:
         self.id = gw.new_id()
         self.started = gw.clock()
         self.server: Server | None = None
+        self.principal: Principal | None = None
         self.session: str | None = None
         self.recording = False
         self.finished = False
@@ -59,19 +67,42 @@ class Exchange:
     # --- phases ----------------------------------------------------------------------------------------------
 
     async def on_request_headers(self, msg: ep.HttpHeaders, attributes: Any = None) -> ep.ProcessingResponse:
-        """Route and admit the request; record its start."""
+        """Admit the request: route, authenticate, check the session's owner; record its start.
+
+        The order is the security order: nothing is recorded or forwarded for an unknown path or an
+        unauthenticated caller (those are logged and counted); a caller presenting someone else's session
+        is refused and the refusal recorded under the caller's identity.
+        """
         headers = to_dict(msg.headers)
         path = headers.get(":path", "")
+        gw = self.gw
+        if gw.auth is not None and path.split("?", 1)[0] == METADATA_PATH:
+            self.finished = True
+            return responses.json_reply(200, gw.metadata)
         try:
-            self.server = self.gw.router.match(path)
+            self.server = gw.router.match(path)
             if self.server is None:
                 raise NotFound(f"no server for path {path[:200]!r}")
-            if self.gw.settings.recording.required and not self.gw.recorder.accepting:
+            if gw.auth is not None:
+                gw.auth.check_origin(headers.get("origin"))
+                self.principal = await gw.auth.authenticate(headers.get("authorization"))
+            if gw.settings.recording.required and not gw.recorder.accepting:
                 raise StoreError("recorder not accepting events")
+        except AuthError as e:
+            challenge = {"www-authenticate": www_authenticate(e, gw.metadata_url)} if e.status == 401 else {}
+            return self._refuse(e, challenge)
         except GatewayError as e:
             return self._refuse(e)
-        self.session = headers.get(SESSION_HEADER) or None
+
         self.recording = True
+        client_session = headers.get(SESSION_HEADER) or None
+        denied: GatewayError | None = None
+        if client_session is not None and self.principal is not None:
+            try:
+                client_session = unbind(client_session, self.principal, gw.session_key)
+            except SessionNotYours as e:
+                denied, client_session = e, f"denied-{self.id}"
+        self.session = client_session
         kept, dropped = recordable(headers)
         self._emit(
             ExchangeStart(
@@ -81,9 +112,21 @@ class Exchange:
                 path=path,
                 headers=kept,
                 credentials_removed=dropped,
+                principal=self.principal.to_record() if self.principal else None,
             )
         )
-        return responses.request_headers()
+        if denied is not None:
+            return self._refuse(denied)
+        return responses.request_headers(self._upstream_headers(), remove=UPSTREAM_REMOVE)
+
+    def _upstream_headers(self) -> dict[str, str]:
+        """What the MCP server gets instead of the caller's token: the server's own session id, maybe who."""
+        out = {}
+        if self.principal is not None and self.session is not None:
+            out[SESSION_HEADER] = self.session
+        if self.principal is not None and self.gw.settings.auth and self.gw.settings.auth.forward_identity_headers:
+            out.update(identity_headers(self.principal))
+        return out
 
     async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
         """Parse and record the (buffered) JSON-RPC body; it goes upstream unchanged."""
@@ -108,8 +151,9 @@ class Exchange:
         """Learn the session (from an initialize response) and how the body is framed."""
         headers = to_dict(msg.headers)
         self.status = int(headers.get(":status", "0") or 0)
+        server_session = headers.get(SESSION_HEADER)
         if self.session is None:
-            self._set_session(headers.get(SESSION_HEADER) or f"x-{self.id}")
+            self._set_session(server_session or f"x-{self.id}")
         content_type = headers.get("content-type", "")
         if content_type.startswith("text/event-stream"):
             self._sse = SseParser()
@@ -119,6 +163,10 @@ class Exchange:
         self._emit(ResponseStart(status=self.status, headers=kept, credentials_removed=dropped))
         if msg.end_of_stream:
             self.finish("complete")
+        if server_session and self.principal is not None:  # the client only ever sees the bound id
+            return responses.response_headers(
+                {SESSION_HEADER: bind(server_session, self.principal, self.gw.session_key)}
+            )
         return responses.response_headers()
 
     async def on_response_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
@@ -220,13 +268,13 @@ class Exchange:
             raise StoreError(f"recording queue full; event {ev.type} of exchange {self.id} lost")
         log.warning("recording event lost (recording.required is false): %s %s", self.id, ev.type)
 
-    def _refuse(self, err: GatewayError) -> ep.ProcessingResponse:
+    def _refuse(self, err: GatewayError, headers: dict[str, str] | None = None) -> ep.ProcessingResponse:
         """Answer the client ourselves; Envoy sends nothing upstream. Recorded if the exchange is."""
         log.info("exchange %s refused: %s %s", self.id, type(err).__name__, err)
         self.status = err.status
-        self.finish("denied", err.safe_message)
+        self.finish("denied", f"{type(err).__name__}: {err.safe_message}")
         msg_id = self.request_ids[0] if len(self.request_ids) == 1 else None
-        return responses.error_reply(err, msg_id)
+        return responses.error_reply(err, msg_id, headers)
 
 
 def _client_address(attributes: Any, headers: dict[str, str]) -> str:

@@ -7,6 +7,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from extproc.authn.challenge import protected_resource_metadata, resource_metadata_url
+from extproc.authn.session_binding import load_key
+from extproc.authn.verify import Authenticator
 from extproc.recording.recorder import Recorder
 from extproc.routing import Router
 from extproc.settings import Settings
@@ -14,14 +17,23 @@ from extproc.settings import Settings
 
 @dataclass
 class Gateway:
-    """Config, router and recorder; clock and id generator injectable for tests."""
+    """Config, router, authenticator and recorder; clock and id generator injectable for tests."""
 
     settings: Settings
     recorder: Recorder
     router: Router
+    auth: Authenticator | None = None
+    session_key: bytes = b""
+    metadata_url: str = ""
+    metadata: dict[str, object] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
     new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
 
     @classmethod
-    def build(cls, settings: Settings, recorder: Recorder) -> Gateway:
-        return cls(settings=settings, recorder=recorder, router=Router(settings))
+    def build(cls, settings: Settings, recorder: Recorder, auth: Authenticator | None = None) -> Gateway:
+        gw = cls(settings=settings, recorder=recorder, router=Router(settings), auth=auth)
+        if settings.auth is not None:
+            gw.session_key = load_key(settings.auth.session_secret_file)
+            gw.metadata_url = resource_metadata_url(settings.auth)
+            gw.metadata = protected_resource_metadata(settings.auth)
+        return gw

@@ -18,6 +18,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from extproc.authn.verify import Authenticator
 from extproc.exchange import Exchange
 from extproc.gateway import Gateway
 from extproc.recording.recorder import Recorder
@@ -93,7 +94,12 @@ async def serve(settings: Settings, worker: int = 0, ready: asyncio.Event | None
         flush_interval=settings.recording.flush_interval_ms / 1000,
     )
     await recorder.start()
-    gw = Gateway.build(settings, recorder)
+    auth = Authenticator(settings.auth) if settings.auth is not None else None
+    if auth is not None:
+        await auth.start()  # warms the JWKS cache; an unreachable IdP means 503s until it answers, never open
+    else:
+        log.warning("allow_anonymous: true — requests are NOT authenticated; never run like this in production")
+    gw = Gateway.build(settings, recorder, auth)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
     ep_grpc.add_ExternalProcessorServicer_to_server(Processor(gw), server)
     health_servicer = health.aio.HealthServicer()
@@ -120,4 +126,6 @@ async def serve(settings: Settings, worker: int = 0, ready: asyncio.Event | None
     await server.stop(grace=30)
     await recorder.close()
     await store.close()
+    if auth is not None:
+        await auth.close()
     log.info("processor stopped; recordings flushed")

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from extproc.authn.config import AuthConfig
 from extproc.errors import ConfigError
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -114,6 +115,10 @@ class Settings(_Model):
     servers: list[Server]
     recording: Recording = Recording()
     limits: Limits = Limits()
+    auth: AuthConfig | None = None
+    # Without `auth`, the gateway refuses to start unless this says, explicitly, that anonymous access is intended
+    # (local experiments only): no exchange may reach an MCP server without a verified identity by accident.
+    allow_anonymous: bool = False
 
     # A field validator (not a model validator) so the error is reported under the key ``servers``.
     @field_validator("servers")
@@ -127,6 +132,14 @@ class Settings(_Model):
         if not servers:
             raise ValueError("at least one MCP server is required")
         return servers
+
+    @model_validator(mode="after")
+    def _auth_or_anonymous(self) -> Settings:
+        if self.auth is None and not self.allow_anonymous:
+            raise ValueError("auth: required (or set allow_anonymous: true to run without authentication, for tests)")
+        if self.auth is not None and self.allow_anonymous:
+            raise ValueError("allow_anonymous: cannot be true when auth is configured")
+        return self
 
     def server(self, name: str) -> Server | None:
         return next((s for s in self.servers if s.name == name), None)
@@ -158,9 +171,9 @@ def parse(doc: dict, source: str = "<config>") -> Settings:
     except ValidationError as e:
         lines = []
         for err in e.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            key = ".".join(str(p) for p in err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            lines.append(f"{source}: {key}: {msg}")
+            lines.append(f"{source}: {key}: {msg}" if key else f"{source}: {msg}")  # model checks name their key
         raise ConfigError("\n".join(lines)) from None

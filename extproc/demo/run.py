@@ -27,6 +27,7 @@ def write_config(workdir: Path, mcp_port: int) -> Path:
         "admin": {"port": free_port()},
         "servers": [{"name": "demo", "upstream": f"127.0.0.1:{mcp_port}", "path": "/mcp"}],
         "recording": {"directory": str(workdir / "recordings")},
+        "allow_anonymous": True,
     }
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

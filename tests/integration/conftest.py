@@ -134,6 +134,8 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
             "servers": [{"name": s.name, "upstream": s.upstream} for s in servers],
             "recording": {"directory": str(workdir / "recordings"), "flush_interval_ms": 50},
         }
+        if "auth" not in overrides:
+            config["allow_anonymous"] = True  # foundation tests; identity tests pass an auth section
         for key, value in overrides.items():
             config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
         path = workdir / "gateway.yaml"

@@ -74,6 +74,7 @@ def _settings(required: bool = True) -> Any:
         {
             "servers": [{"name": "weather", "upstream": "127.0.0.1:8000"}],
             "recording": {"required": required, "max_event_body_bytes": 1024},
+            "allow_anonymous": True,
         }
     )
 

@@ -13,7 +13,7 @@ SERVER = {"name": "weather", "upstream": "127.0.0.1:8000"}
 
 
 def _doc(**over: object) -> dict:
-    doc: dict = {"servers": [SERVER]}
+    doc: dict = {"servers": [SERVER], "allow_anonymous": True}
     doc.update(over)
     return doc
 
@@ -157,9 +157,9 @@ def test_settings_are_frozen() -> None:
         s.servers[0].name = "other"  # type: ignore[misc]
 
 
-def _write(path: Path, text: str) -> Path:
+def _write(path: Path, text: str, anonymous: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(text + ("allow_anonymous: true\n" if anonymous else ""))
     return path
 
 
@@ -200,7 +200,7 @@ def test_load_keeps_absolute_recording_directory(tmp_path: Path) -> None:
     ],
 )
 def test_load_errors_name_the_file(tmp_path: Path, text: str, message: str) -> None:
-    cfg = _write(tmp_path / "my-gateway.yaml", text)
+    cfg = _write(tmp_path / "my-gateway.yaml", text, anonymous=False)
 
     with pytest.raises(ConfigError) as err:
         load(cfg)
@@ -214,3 +214,9 @@ def test_load_missing_file(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read: No such file"):
         load(missing)
+
+
+def test_auth_is_required_unless_anonymous_is_explicit() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse({"servers": [SERVER]}, source="g.yaml")
+    assert str(e.value) == "g.yaml: auth: required (or set allow_anonymous: true to run without authentication, for tests)"

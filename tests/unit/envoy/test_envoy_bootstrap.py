@@ -33,7 +33,7 @@ CONFIGS = [
 
 
 def _settings(doc: dict) -> Settings:
-    return parse(doc)
+    return parse({"allow_anonymous": True, **doc})
 
 
 @pytest.mark.parametrize("doc", CONFIGS)
