@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,8 @@ from extproc.policy.redact import Redaction, marker
 log = logging.getLogger(__name__)
 
 DEFAULT_DENY = "default-deny"
-_DOT_SEGMENT = re.compile(r"(?i)(?:^|[/\\])(?:\.|%2e){1,2}(?:[/\\?#]|$)")
+# A '.' or '..' path segment, raw or percent-encoded, between raw or encoded separators (/, \\, %2f, %5c).
+_DOT_SEGMENT = re.compile(r"(?i)(?:^|[/\\]|%2f|%5c)(?:\.|%2e){1,2}(?:[/\\?#]|%2f|%5c|$)")
 _MISSING = object()
 
 
@@ -103,9 +104,8 @@ def _evaluate(
         if trace is not None:
             trace.append(RuleTrace(rule.name, rule.effect, rule.source, why is None, why or _applies(rule, decision)))
         if why is None and decision is None:
-            verb = "denies" if rule.deny else "allows"
-            decision = Decision(not rule.deny, rule.name, f"rule {rule.name!r} {verb} {describe_call(server, call)}",
-                                names[: i + 1])  # fmt: skip
+            what = f"rule {rule.name!r} {_verb(rule)} {describe_call(server, call)}"
+            decision = Decision(not rule.deny, rule.name, what, names[: i + 1])
             if trace is None:
                 return decision
     if decision is not None:
@@ -113,10 +113,14 @@ def _evaluate(
     return Decision(False, DEFAULT_DENY, f"no rule allows {describe_call(server, call)}", names)
 
 
+def _verb(rule: CompiledRule) -> str:
+    return "denies" if rule.deny else "allows"
+
+
 def _applies(rule: CompiledRule, decided: Decision | None) -> str:
     if decided is None:
-        return f"applies: {rule.effect}s (deciding)"
-    return f"applies, but {decided.rule!r} decided first"
+        return f"deciding rule: {_verb(rule)}"
+    return f"not deciding: {decided.rule!r} came first"
 
 
 def _miss(
@@ -140,10 +144,10 @@ def subjects_miss(s: CompiledSubjects, who: Principal, detail: bool = False) -> 
     if s.names_someone and not (s.any_user or who.username in s.users or not s.groups.isdisjoint(who.groups)):
         if not detail:
             return "subject not listed"
-        return (
-            f"user {who.username!r} not in users {sorted(s.users)} and groups {list(who.groups)} "
-            f"not in groups {sorted(s.groups)}"
-        )
+        parts = [f"user {who.username!r} not in users {sorted(s.users)}"] if s.users else []
+        if s.groups:
+            parts.append(f"groups {list(who.groups)} not in groups {sorted(s.groups)}")
+        return " and ".join(parts)
     for c in s.claims:
         value = _claim(who.claims, c.claim, c.pointer)
         items = value if isinstance(value, list) else [value]
@@ -179,6 +183,7 @@ def _arguments_miss(rule: CompiledRule, args: Mapping[str, Any], detail: bool) -
     for a in rule.arguments:
         value = args.get(a.name, _MISSING)
         if value is _MISSING:
+            # allow+required or deny+optional: the rule does not apply; allow+optional, deny+required: it may.
             if a.optional == rule.deny:
                 return f"argument {a.name!r} is absent" + (" (optional)" if a.optional else "")
             continue
@@ -226,11 +231,11 @@ def decide_batch(policy: CompiledPolicy, who: Principal, server: str, calls: Seq
     return Decision(True, rules, f"all {len(decisions)} batch elements allowed", considered, decisions)
 
 
-# list method -> (result key, method that uses an item, item key, McpCall field)
-_LISTS = {
-    "tools/list": ("tools", "tools/call", "name", "tool"),
-    "resources/list": ("resources", "resources/read", "uri", "uri"),
-    "prompts/list": ("prompts", "prompts/get", "name", "prompt"),
+# list method -> (result key, item key, the call that uses an item)
+_LISTS: dict[str, tuple[str, str, Callable[[str], McpCall]]] = {
+    "tools/list": ("tools", "name", lambda n: McpCall("tools/call", tool=n)),
+    "resources/list": ("resources", "uri", lambda u: McpCall("resources/read", uri=u)),
+    "prompts/list": ("prompts", "name", lambda n: McpCall("prompts/get", prompt=n)),
 }
 
 
@@ -239,14 +244,14 @@ def filter_list(policy: CompiledPolicy, who: Principal, server: str, method: str
     spec = _LISTS.get(method)
     if spec is None or not isinstance(result, dict) or not isinstance(result.get(spec[0]), list):
         return result
-    key, use, item_key, field = spec
+    key, item_key, use = spec
     kept = []
     for item in result[key]:
         name = item.get(item_key) if isinstance(item, dict) else None
         if not isinstance(name, str):
             continue  # an item we cannot name is an item we cannot authorize
         try:
-            if _evaluate(policy, who, server, McpCall(method=use, **{field: name}), listing=True).allowed:
+            if _evaluate(policy, who, server, use(name), listing=True).allowed:
                 kept.append(item)
         except Exception:
             log.exception("policy evaluation failed while filtering %s; hiding the item", method)

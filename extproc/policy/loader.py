@@ -26,6 +26,7 @@ from extproc.policy.model import ALL_KEYS, PolicyFile
 log = logging.getLogger(__name__)
 
 TEST_SUFFIX = ".tests.yaml"
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in: same nodes and marks, ~5x faster
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -34,7 +35,7 @@ def policy_files(directory: str | Path) -> list[Path]:
     return [p for p in _yaml_files(directory) if not p.name.endswith(TEST_SUFFIX)]
 
 
-def test_files(directory: str | Path) -> list[Path]:
+def case_files(directory: str | Path) -> list[Path]:
     """The policy test files of a directory (``*.tests.yaml``)."""
     return [p for p in _yaml_files(directory) if p.name.endswith(TEST_SUFFIX)]
 
@@ -61,9 +62,14 @@ def load_policy(directory: str | Path, known_servers: set[str] | None = None) ->
             loaded.append(LoadedFile(str(path), validate(PolicyFile, doc, str(path), lines), lines))
         except ConfigError as e:
             errors.extend(str(e).splitlines())
+    digest = _digest([(p.name, d) for p, d in contents])
+    try:
+        policy = compile_policy(loaded, known_servers, fingerprint=digest)
+    except ConfigError as e:  # cross-file problems of the files that did validate, reported alongside
+        errors.extend(str(e).splitlines())
     if errors:
         raise ConfigError("\n".join(errors))
-    return compile_policy(loaded, known_servers, fingerprint=_digest([(p.name, d) for p, d in contents]))
+    return policy
 
 
 def fingerprint(directory: str | Path) -> str:
@@ -88,7 +94,7 @@ def _read(path: Path) -> bytes:
 def parse_yaml(data: bytes, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
     """Parse one YAML document; returns the data and the 1-based line of every key path."""
     try:
-        loader = yaml.SafeLoader(data.decode("utf-8"))
+        loader = _Loader(data.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{source}:1: not UTF-8 text ({e.reason})") from None
     try:
@@ -121,13 +127,13 @@ def _mark_lines(
             if not isinstance(key_node, yaml.ScalarNode):
                 errors.append(f"{source}:{key_node.start_mark.line + 1}: keys must be plain strings")
                 continue
-            if path + (key,) in lines:  # PyYAML silently keeps the last of duplicate keys; we refuse
+            if (*path, key) in lines:  # PyYAML silently keeps the last of duplicate keys; we refuse
                 errors.append(f"{source}:{key_node.start_mark.line + 1}: duplicate key {key!r}")
-            lines[path + (key,)] = key_node.start_mark.line + 1
-            _mark_lines(value_node, path + (key,), lines, errors, source)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            _mark_lines(value_node, (*path, key), lines, errors, source)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _mark_lines(item, path + (str(i),), lines, errors, source)
+            _mark_lines(item, (*path, str(i)), lines, errors, source)
 
 
 def validate(model: type[M], doc: Any, source: str, lines: dict[tuple[str, ...], int]) -> M:
@@ -154,7 +160,7 @@ def _line_of(message: str) -> int:
 
 
 def _where(loc: tuple[int | str, ...], doc: dict[str, Any]) -> str:
-    """"rule 'x': targets.tools[2]: " for an error location, naming the rule or viewer when it has a name."""
+    """The "rule 'x': targets.tools[2]: " prefix for an error location, naming the rule or viewer."""
     head, rest = "", list(loc)
     if len(loc) >= 2 and loc[0] in ("rules", "viewers") and isinstance(loc[1], int):
         items = doc.get(str(loc[0]))
@@ -177,7 +183,9 @@ def _plain(err: Any) -> str:
         return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
     if kind == "missing":
         return f"missing required key {key!r}"
-    msg = str(err["msg"]).removeprefix("Value error, ")
+    if kind == "literal_error":
+        return f"{key}: must be {err['ctx']['expected']}, not {err['input']!r}"
+    msg = str(err["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
     if key and not key.isdigit():
         return f"{key}: {msg}"
     return msg

@@ -77,6 +77,8 @@ def _pointer(v: str) -> str:
 
 
 def _scalars(v: list[Any] | None) -> list[Any] | None:
+    if v is not None and not v:
+        raise ValueError("values must list at least one value")
     if v is not None and not all(isinstance(x, str | int | float | bool) for x in v):
         raise ValueError("values must be strings, numbers or booleans")
     return v
@@ -89,9 +91,7 @@ RuleName = Annotated[
     WithJsonSchema({"type": "string", "pattern": _RULE_NAME.pattern, "description": "Unique across all files."}),
 ]
 Regex = Annotated[str, AfterValidator(_regex), WithJsonSchema({"type": "string", "format": "regex"})]
-ServerName = Annotated[
-    str, AfterValidator(_server), WithJsonSchema({"type": "string", "pattern": _SERVER.pattern})
-]
+ServerName = Annotated[str, AfterValidator(_server), WithJsonSchema({"type": "string", "pattern": _SERVER.pattern})]
 NameGlob = Annotated[str, AfterValidator(check_glob)]
 UriGlob = Annotated[str, AfterValidator(lambda v: check_glob(v, uri=True))]
 MethodGlob = Annotated[
@@ -100,7 +100,11 @@ MethodGlob = Annotated[
     WithJsonSchema({"anyOf": [{"enum": list(KNOWN_METHODS)}, {"type": "string", "pattern": r"[*?\[]"}]}),
 ]
 Pointer = Annotated[str, AfterValidator(_pointer)]
-Scalars = Annotated[list[Any] | None, AfterValidator(_scalars)]
+Scalars = Annotated[
+    list[Any] | None,
+    AfterValidator(_scalars),
+    WithJsonSchema({"type": "array", "items": {"type": ["string", "number", "boolean"]}, "minItems": 1}),
+]
 
 
 class _Model(BaseModel):
@@ -259,7 +263,6 @@ def json_schema() -> dict[str, Any]:
     schema = PolicyFile.model_json_schema(by_alias=True)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://mcp-extproc.dev/schema/policy-v1.json",
         **schema,
     }
 
