@@ -110,33 +110,38 @@ def _ext_proc_filter(settings: Settings) -> dict[str, Any]:
 
 
 def _local_replies() -> dict[str, Any]:
-    """Envoy's own error replies (body too large, no upstream) as JSON-RPC errors instead of plain text."""
+    """Envoy's own error replies (body too large, upstream down) as JSON-RPC errors instead of plain text.
 
-    def mapper(status: int, message: str) -> dict[str, Any]:
+    The 503 mapper is narrowed to upstream-failure flags so it never rewrites the processor's immediate
+    responses, which carry their own JSON-RPC error (e.g. 503 when the identity provider is unreachable).
+    """
+
+    def mapper(status: int, code: int, message: str, flags: list[str] | None = None) -> dict[str, Any]:
+        match: dict[str, Any] = {
+            "status_code_filter": {
+                "comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": f"mcp_extproc.{status}"}}
+            }
+        }
+        if flags:
+            match = {"and_filter": {"filters": [match, {"response_flag_filter": {"flags": flags}}]}}
+        error = {"code": code, "message": message, "data": {"envoy": "%LOCAL_REPLY_BODY%"}}
         return {
-            "filter": {
-                "status_code_filter": {
-                    "comparison": {
-                        "op": "EQ",
-                        "value": {"default_value": status, "runtime_key": f"mcp_extproc.local_reply_{status}"},
-                    }
-                }
-            },
+            "filter": match,
             "body_format_override": {
-                "json_format": {
-                    "jsonrpc": "2.0",
-                    "id": None,
-                    "error": {
-                        "code": -32600 if status == 413 else -32603,
-                        "message": message,
-                        "data": {"envoy": "%LOCAL_REPLY_BODY%"},
-                    },
-                },
+                "json_format": {"jsonrpc": "2.0", "id": None, "error": error},
                 "content_type": "application/json",
             },
         }
 
-    return {"mappers": [mapper(413, "request body too large"), mapper(503, "MCP server unavailable")]}
+    # UF/UH/UO/URX/UC/UT: upstream connect failure, no healthy host, overflow, retries exhausted,
+    # connection terminated, upstream timeout. The processor itself never answers 413.
+    upstream_down = ["UF", "UH", "UO", "URX", "UC", "UT"]
+    return {
+        "mappers": [
+            mapper(413, -32600, "request body too large"),
+            mapper(503, -32603, "MCP server unavailable", upstream_down),
+        ]
+    }
 
 
 def render(settings: Settings) -> dict[str, Any]:

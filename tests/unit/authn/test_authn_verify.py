@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+import tokens
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from extproc.authn.dev_issuer import DevIssuer
@@ -36,13 +33,8 @@ from extproc.errors import (
 AUD = "https://gw.example.test"
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def _forge(header: dict, payload: dict, sign: Callable[[bytes], bytes] = lambda _: b"") -> str:
-    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(payload).encode())}"
-    return f"{signing_input}.{_b64(sign(signing_input.encode()))}"
+    return tokens.forge(header, payload, sign)
 
 
 def _claims(iss: DevIssuer, **extra: object) -> dict:
@@ -137,23 +129,15 @@ _OTHER_EC = ec.generate_private_key(ec.SECP256R1())
 
 
 def _alg_none(iss: DevIssuer) -> str | None:
-    return _bearer(_forge({"alg": "none", "typ": "JWT", "kid": iss.keys.current_kid}, _claims(iss)))
+    return _bearer(tokens.alg_none(iss, AUD))
 
 
 def _hs256_with_public_key(iss: DevIssuer) -> str | None:
-    public_pem = (
-        iss.keys.private_key(iss.keys.current_kid)
-        .public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    header = {"alg": "HS256", "typ": "JWT", "kid": iss.keys.current_kid}
-    return _bearer(_forge(header, _claims(iss), lambda m: hmac.new(public_pem, m, hashlib.sha256).digest()))
+    return _bearer(tokens.hs256_with_public_key(iss, AUD))
 
 
 def _altered_payload(iss: DevIssuer) -> str | None:
-    header, _, signature = iss.mint("alice", aud=AUD).split(".")
-    payload = _b64(json.dumps(_claims(iss, sub="admin")).encode())
-    return _bearer(f"{header}.{payload}.{signature}")
+    return _bearer(tokens.altered_payload(iss, AUD))
 
 
 REJECTED = [
