@@ -19,16 +19,29 @@ from extproc.authn.session_binding import bind, unbind
 from extproc.authn.verify import identity_headers
 from extproc.envoy import responses
 from extproc.envoy.headers import recordable, to_dict
-from extproc.errors import AuthError, GatewayError, InvalidRequest, NotFound, SessionNotYours, StoreError
+from extproc.errors import (
+    AuthError,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    PolicyDenied,
+    SessionNotYours,
+    StoreError,
+)
 from extproc.gateway import Gateway
-from extproc.mcp.jsonrpc import parse_body
+from extproc.mcp.jsonrpc import error_response, parse_body
 from extproc.mcp.sse import SseParser
+from extproc.policy.compiled import CompiledPolicy
+from extproc.policy.enforce import authorize, filter_body, redact_for_record
+from extproc.policy.engine import describe_call
 from extproc.recording.events import (
     Event,
     ExchangeEnd,
     ExchangeStart,
+    ListFiltered,
     McpRequest,
     McpResponse,
+    PolicyDecision,
     ResponseChunk,
     ResponseStart,
     body_fields,
@@ -52,6 +65,9 @@ class Exchange:
         self.started = gw.clock()
         self.server: Server | None = None
         self.principal: Principal | None = None
+        self.policy: CompiledPolicy | None = None  # one snapshot per exchange: a reload never splits a decision
+        self._lists: dict[str, str] = {}
+        self._filtering = False
         self.session: str | None = None
         self.recording = False
         self.finished = False
@@ -95,6 +111,7 @@ class Exchange:
             return self._refuse(e)
 
         self.recording = True
+        self.policy = gw.policy.current if gw.policy is not None else None
         client_session = headers.get(SESSION_HEADER) or None
         denied: GatewayError | None = None
         if client_session is not None and self.principal is not None:
@@ -129,23 +146,52 @@ class Exchange:
         return out
 
     async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
-        """Parse and record the (buffered) JSON-RPC body; it goes upstream unchanged."""
+        """Parse, record and authorize the (buffered) JSON-RPC body; allowed bodies go upstream unchanged."""
         body = msg.body
         self.bytes_in += len(body)
         parsed = parse_body(body)
         self.request_ids = [m.get("id") for m in parsed.messages if "id" in m]
+        messages, raw, redactions = redact_for_record(self.policy, self._server_name, list(parsed.messages), body)
         self._emit(
             McpRequest(
-                messages=list(parsed.messages),
+                messages=messages,
                 batch=parsed.batch,
                 error=parsed.error,
-                body=body_fields(body),
+                body=body_fields(raw) if raw is not None else {"raw_redacted": True},
                 size=len(body),
+                redactions=redactions,
             )
         )
         if parsed.error:  # what cannot be parsed cannot be authorized: refuse it, recorded
             return self._refuse(InvalidRequest(f"request body is not valid JSON-RPC ({parsed.error})"))
+        if self.policy is None or self.principal is None:
+            return responses.request_body()
+        verdict = authorize(self.policy, self.principal, self._server_name, parsed.messages)
+        for call, d in zip(verdict.calls, verdict.decisions, strict=True):
+            self._emit(
+                PolicyDecision(
+                    allowed=d.allowed,
+                    rule=d.rule,
+                    reason=d.reason,
+                    call=describe_call(self._server_name, call),
+                    message_id=call.id,
+                )
+            )
+        if (denied := verdict.denied) is not None:
+            call, d = denied
+            err = PolicyDenied(d.rule, describe_call(self._server_name, call))
+            if parsed.batch:  # one denied element denies the batch: every request gets the error
+                errors = [
+                    error_response(c.id, err.jsonrpc_code, err.safe_message) for c in verdict.calls if c.id is not None
+                ]
+                return self._refuse(err, doc=errors)
+            return self._refuse(err)
+        self._lists = verdict.lists
         return responses.request_body()
+
+    @property
+    def _server_name(self) -> str:
+        return self.server.name if self.server else ""
 
     async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
         """Learn the session (from an initialize response) and how the body is framed."""
@@ -163,29 +209,36 @@ class Exchange:
         self._emit(ResponseStart(status=self.status, headers=kept, credentials_removed=dropped))
         if msg.end_of_stream:
             self.finish("complete")
+        bound = {}
         if server_session and self.principal is not None:  # the client only ever sees the bound id
-            return responses.response_headers(
-                {SESSION_HEADER: bind(server_session, self.principal, self.gw.session_key)}
-            )
-        return responses.response_headers()
+            bound = {SESSION_HEADER: bind(server_session, self.principal, self.gw.session_key)}
+        # List responses are rewritten for the caller, so this one body is buffered; all others keep streaming.
+        self._filtering = bool(self._lists) and 200 <= self.status < 300 and not msg.end_of_stream
+        return responses.response_headers(bound, buffer_body=self._filtering)
 
     async def on_response_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
         """Record one streamed chunk: SSE events as they complete, a JSON body at its end, other bytes as is."""
         chunk = msg.body
         self.bytes_out += len(chunk)
+        sse = self._sse is not None
         if self._sse is not None:
             for event in self._sse.feed(chunk):
                 self._emit_sse(event.data, event.event, event.id, event.raw)
         elif self._json is not None:
             self._json += chunk
             if len(self._json) > self.gw.settings.recording.max_event_body_bytes:
-                self._emit(ResponseChunk(body=body_fields(bytes(self._json)), size=len(self._json)))
+                self._emit_chunk(bytes(self._json))
                 self._json = None  # too big to hold: the rest is recorded chunk by chunk
         elif chunk:
-            self._emit(ResponseChunk(body=body_fields(chunk), size=len(chunk)))
+            self._emit_chunk(chunk)
         if msg.end_of_stream:
             self._end_body()
             self.finish("complete")
+        if self._filtering and self.policy is not None and self.principal is not None:
+            body, hidden = filter_body(self.policy, self.principal, self._server_name, self._lists, chunk, sse)
+            for method, msg_id, names in hidden:
+                self._emit(ListFiltered(method=method, message_id=msg_id, hidden=names), must=False)
+            return responses.response_body(replace=body)
         return responses.response_body()
 
     def finish(self, outcome: str, detail: str = "") -> None:
@@ -217,30 +270,29 @@ class Exchange:
         if self._sse is not None:
             tail = self._sse.finish()
             if tail.strip():
-                self._emit(ResponseChunk(body=body_fields(tail), size=len(tail)))
+                self._emit_chunk(tail)
         elif self._json is not None:
             raw, self._json = bytes(self._json), None
             parsed = parse_body(raw)
-            self._emit(
-                McpResponse(messages=list(parsed.messages), error=parsed.error, body=body_fields(raw), size=len(raw))
-            )
+            self._emit_response(list(parsed.messages), parsed.error, raw, keep_raw=True)
 
     def _emit_sse(self, data: str, event: str, event_id: str | None, raw: bytes) -> None:
-        messages: list[dict[str, Any]] = []
-        error = None
-        if data:
-            parsed = parse_body(data.encode())
-            messages, error = list(parsed.messages), parsed.error
-        self._emit(
-            McpResponse(
-                messages=messages,
-                sse_event=event,
-                sse_id=event_id,
-                error=error,
-                body=body_fields(raw) if error else {},
-                size=len(raw),
-            )
-        )
+        parsed = parse_body(data.encode()) if data else None
+        messages = list(parsed.messages) if parsed else []
+        error = parsed.error if parsed else None
+        self._emit_response(messages, error, raw, keep_raw=error is not None, sse_event=event, sse_id=event_id)
+
+    def _emit_response(
+        self, messages: list[dict[str, Any]], error: str | None, raw: bytes, keep_raw: bool, **sse: Any
+    ) -> None:
+        """One mcp.response event, redacted by the policy's recording rules before it is queued."""
+        messages, kept, redactions = redact_for_record(self.policy, self._server_name, messages, raw)
+        body = {"raw_redacted": True} if kept is None else (body_fields(kept) if keep_raw else {})
+        self._emit(McpResponse(messages=messages, error=error, body=body, size=len(raw), redactions=redactions, **sse))
+
+    def _emit_chunk(self, raw: bytes) -> None:
+        _, kept, _ = redact_for_record(self.policy, self._server_name, [], raw)  # text patterns still apply
+        self._emit(ResponseChunk(body=body_fields(kept if kept is not None else b""), size=len(raw)))
 
     def _set_session(self, session: str) -> None:
         self.session = session
@@ -268,11 +320,15 @@ class Exchange:
             raise StoreError(f"recording queue full; event {ev.type} of exchange {self.id} lost")
         log.warning("recording event lost (recording.required is false): %s %s", self.id, ev.type)
 
-    def _refuse(self, err: GatewayError, headers: dict[str, str] | None = None) -> ep.ProcessingResponse:
+    def _refuse(
+        self, err: GatewayError, headers: dict[str, str] | None = None, doc: object = None
+    ) -> ep.ProcessingResponse:
         """Answer the client ourselves; Envoy sends nothing upstream. Recorded if the exchange is."""
         log.info("exchange %s refused: %s %s", self.id, type(err).__name__, err)
         self.status = err.status
         self.finish("denied", f"{type(err).__name__}: {err.safe_message}")
+        if doc is not None:
+            return responses.json_reply(err.status, doc, headers, f"mcp_extproc_{type(err).__name__}")
         msg_id = self.request_ids[0] if len(self.request_ids) == 1 else None
         return responses.error_reply(err, msg_id, headers)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from extproc.authn.challenge import protected_resource_metadata, resource_metadata_url
 from extproc.authn.session_binding import load_key
 from extproc.authn.verify import Authenticator
+from extproc.policy.loader import PolicyWatcher
 from extproc.recording.recorder import Recorder
 from extproc.routing import Router
 from extproc.settings import Settings
@@ -23,6 +24,7 @@ class Gateway:
     recorder: Recorder
     router: Router
     auth: Authenticator | None = None
+    policy: PolicyWatcher | None = None  # exchanges read ``policy.current`` once each
     session_key: bytes = b""
     metadata_url: str = ""
     metadata: dict[str, object] = field(default_factory=dict)
@@ -30,8 +32,14 @@ class Gateway:
     new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
 
     @classmethod
-    def build(cls, settings: Settings, recorder: Recorder, auth: Authenticator | None = None) -> Gateway:
-        gw = cls(settings=settings, recorder=recorder, router=Router(settings), auth=auth)
+    def build(
+        cls,
+        settings: Settings,
+        recorder: Recorder,
+        auth: Authenticator | None = None,
+        policy: PolicyWatcher | None = None,
+    ) -> Gateway:
+        gw = cls(settings=settings, recorder=recorder, router=Router(settings), auth=auth, policy=policy)
         if settings.auth is not None:
             gw.session_key = load_key(settings.auth.session_secret_file)
             gw.metadata_url = resource_metadata_url(settings.auth)

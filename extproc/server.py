@@ -21,8 +21,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from extproc.authn.verify import Authenticator
 from extproc.exchange import Exchange
 from extproc.gateway import Gateway
-from extproc.recording.recorder import Recorder
-from extproc.recording.store.file import FileStore
+from extproc.policy.loader import PolicyWatcher
+from extproc.recording.setup import build_runtime
 from extproc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,19 +87,23 @@ def listen_address(settings: Settings, worker: int = 0) -> str:
 
 async def serve(settings: Settings, worker: int = 0, ready: asyncio.Event | None = None) -> None:
     """Run one processor until SIGTERM/SIGINT; in-flight exchanges finish and recordings are flushed."""
-    store = FileStore(settings.recording.directory)
-    recorder = Recorder(
-        store,
-        queue_size=settings.recording.queue_size,
-        flush_interval=settings.recording.flush_interval_ms / 1000,
-    )
-    await recorder.start()
+    recording = build_runtime(settings.recording)
+    recorder = recording.recorder
+    await recording.start()
     auth = Authenticator(settings.auth) if settings.auth is not None else None
     if auth is not None:
         await auth.start()  # warms the JWKS cache; an unreachable IdP means 503s until it answers, never open
     else:
         log.warning("allow_anonymous: true — requests are NOT authenticated; never run like this in production")
-    gw = Gateway.build(settings, recorder, auth)
+    policy = None
+    if settings.policy is not None:  # a bad policy at start-up is fatal (ConfigError): never start open
+        policy = PolicyWatcher(
+            settings.policy.directory,
+            {s.name for s in settings.servers},
+            interval=settings.policy.reload_interval_ms / 1000,
+        )
+        await policy.start()
+    gw = Gateway.build(settings, recorder, auth, policy)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
     ep_grpc.add_ExternalProcessorServicer_to_server(Processor(gw), server)
     health_servicer = health.aio.HealthServicer()
@@ -124,8 +128,9 @@ async def serve(settings: Settings, worker: int = 0, ready: asyncio.Event | None
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.stop(grace=30)
-    await recorder.close()
-    await store.close()
+    await recording.close()
     if auth is not None:
         await auth.close()
+    if policy is not None:
+        await policy.close()
     log.info("processor stopped; recordings flushed")

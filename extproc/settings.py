@@ -91,17 +91,88 @@ class Server(_Model):
         return f"/{self.name}/mcp"
 
 
+_CREDENTIAL_KEYS = ("access_key", "secret", "session_token", "password", "credentials", "profile")
+
+
+class ObjectLock(_Model):
+    """S3 Object Lock retention applied to every object (the bucket must have Object Lock enabled)."""
+
+    mode: Literal["GOVERNANCE", "COMPLIANCE"]
+    retain_days: Annotated[int, Field(ge=1, le=36_500)]
+
+
+class S3(_Model):
+    """S3 (or S3-compatible) bucket. Credentials come only from boto3's default chain, never from this file."""
+
+    bucket: Annotated[str, Field(min_length=3, max_length=63)]
+    prefix: str = "mcp-recordings"
+    region: str | None = None
+    endpoint_url: str | None = None  # S3-compatible stores (MinIO, Ceph, a test server)
+    object_lock: ObjectLock | None = None
+    kms_key_id: str | None = None  # SSE-KMS key id or ARN; unset = the bucket's default encryption
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for key in data:
+                if any(word in str(key).lower() for word in _CREDENTIAL_KEYS):
+                    raise ValueError(
+                        f"{key}: credentials are never read from gateway.yaml; use the AWS default chain "
+                        "(IRSA, EKS pod identity, instance role, environment)"
+                    )
+        return data
+
+
 class Recording(_Model):
-    store: Literal["file"] = "file"
+    store: Literal["file", "s3"] = "file"
     directory: Path = Path("recordings")
+    s3: S3 | None = None
+    # Write-ahead spool: every event is on local disk before anything else; default <directory>/.spool.
+    spool_directory: Path | None = None
+    spool_max_bytes: Annotated[int, Field(ge=16 << 10)] = 1 << 30
+    segment_max_bytes: Annotated[int, Field(ge=1024, le=256 << 20)] = 1 << 20
+    segment_max_age_ms: Annotated[int, Field(ge=10, le=3_600_000)] = 2000
+    compression: Literal["none", "gzip", "zstd"] = "none"  # of stored segments (s3 store)
+    signing_key: Path | None = None  # Ed25519 private key (PEM) that signs segment manifests
+    session_idle_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
+    completer_interval_s: Annotated[float, Field(gt=0)] = 30.0
     flush_interval_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
     queue_size: Annotated[int, Field(ge=16)] = 10_000
     max_event_body_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
     required: bool = True
 
+    @model_validator(mode="after")
+    def _store_settings(self) -> Recording:
+        if self.store == "s3" and self.s3 is None:
+            raise ValueError("store: s3 needs an s3: section (bucket, prefix, …)")
+        if self.store == "file" and self.s3 is not None:
+            raise ValueError("s3: given but store is 'file'")
+        return self
+
+    @property
+    def spool(self) -> Path:
+        return self.spool_directory or self.directory / ".spool"
+
+    def resolved(self, base: Path) -> Recording:
+        """Relative paths resolve against the config file's folder."""
+        update = {}
+        for name in ("directory", "spool_directory", "signing_key"):
+            value = getattr(self, name)
+            if value is not None and not value.is_absolute():
+                update[name] = (base / value).resolve()
+        return self.model_copy(update=update)
+
 
 class Limits(_Model):
     max_request_body_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
+
+
+class Policy(_Model):
+    """Where the YAML policies live; the processor watches the directory and reloads valid edits."""
+
+    directory: Path = Path("policies")
+    reload_interval_ms: Annotated[int, Field(ge=100, le=600_000)] = 1000
 
 
 class Admin(_Model):
@@ -116,6 +187,7 @@ class Settings(_Model):
     recording: Recording = Recording()
     limits: Limits = Limits()
     auth: AuthConfig | None = None
+    policy: Policy | None = None
     # Without `auth`, the gateway refuses to start unless this says, explicitly, that anonymous access is intended
     # (local experiments only): no exchange may reach an MCP server without a verified identity by accident.
     allow_anonymous: bool = False
@@ -139,6 +211,8 @@ class Settings(_Model):
             raise ValueError("auth: required (or set allow_anonymous: true to run without authentication, for tests)")
         if self.auth is not None and self.allow_anonymous:
             raise ValueError("allow_anonymous: cannot be true when auth is configured")
+        if self.auth is not None and self.policy is None:
+            raise ValueError("policy: required when auth is configured (deny by default needs rules to allow anything)")
         return self
 
     def server(self, name: str) -> Server | None:
@@ -157,10 +231,11 @@ def load(path: str | Path) -> Settings:
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     settings = parse(doc, source=str(path))
-    rec = settings.recording
-    if not rec.directory.is_absolute():
-        rec = rec.model_copy(update={"directory": (path.parent / rec.directory).resolve()})
-        settings = settings.model_copy(update={"recording": rec})
+    settings = settings.model_copy(update={"recording": settings.recording.resolved(path.parent)})
+    pol = settings.policy
+    if pol is not None and not pol.directory.is_absolute():
+        pol = pol.model_copy(update={"directory": (path.parent / pol.directory).resolve()})
+        settings = settings.model_copy(update={"policy": pol})
     return settings
 
 

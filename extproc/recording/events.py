@@ -65,15 +65,29 @@ class McpRequest(Event):
     error: str | None = None
     body: dict[str, Any] = field(default_factory=dict)
     size: int = 0
+    redactions: list[dict[str, Any]] = field(default_factory=list)  # which rule redacted what, before storing
 
 
 @dataclass(slots=True, kw_only=True)
 class PolicyDecision(Event):
+    """One decision per JSON-RPC request of the body (a batch gets one per element)."""
+
     type: ClassVar[str] = "policy.decision"
     allowed: bool = False
     rule: str = ""
     reason: str = ""
+    call: str = ""
     message_id: str | int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class ListFiltered(Event):
+    """A list response rewritten so the caller sees only what it may use; names of what was hidden."""
+
+    type: ClassVar[str] = "policy.list_filtered"
+    method: str = ""
+    message_id: str | int | None = None
+    hidden: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -95,6 +109,7 @@ class McpResponse(Event):
     error: str | None = None
     body: dict[str, Any] = field(default_factory=dict)
     size: int = 0
+    redactions: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -115,3 +130,16 @@ class ExchangeEnd(Event):
     bytes_in: int = 0
     bytes_out: int = 0
     detail: str = ""
+
+
+@dataclass(slots=True, kw_only=True)
+class ExchangeIncomplete(Event):
+    """Written by the completer for an exchange whose end was never recorded (its processor was killed).
+
+    It goes into the completer's own stream; the partial log of the exchange stays as it was written.
+    """
+
+    type: ClassVar[str] = "exchange.incomplete"
+    writer: str = ""  # the stream that holds the exchange's events
+    last_seq: int = -1  # the last event of that stream that was saved
+    reason: str = "processor stopped before the exchange ended"

@@ -5,6 +5,7 @@ Every fixture starts real processes on loopback and always stops them.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from extproc.authn.dev_issuer import DevIssuer, KeyDir
 from extproc.launcher import Stack, free_port, http_ok, wait_until
 from extproc.recording.replay import Session, load_session
 from extproc.recording.store import safe_key
@@ -148,3 +150,48 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     yield start
     for gw in started:
         gw.stop()
+
+
+ALLOW_ALL = """
+apiVersion: mcp-extproc/v1
+rules:
+  - name: allow-everything
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: ["*"], methods: ["*"]}
+"""
+
+
+@pytest.fixture(scope="session")
+def key_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("issuer-keys")
+    KeyDir(path)  # RSA generation is the slow part: once per run
+    return path
+
+
+@pytest.fixture
+def issuer(tmp_path: Path, key_template: Path) -> Iterator[DevIssuer]:
+    """A real (development) OIDC issuer serving discovery + JWKS over HTTP on loopback."""
+    shutil.copytree(key_template, tmp_path / "issuer")
+    with DevIssuer(tmp_path / "issuer") as iss:
+        yield iss
+
+
+@pytest.fixture
+def start_authed(start_gateway, issuer: DevIssuer, tmp_path: Path) -> Callable[..., Gateway]:
+    """Start a gateway trusting ``issuer`` with the given policy (allow-all by default); public URL = endpoint."""
+
+    def start(servers: list[SampleServer], policy: str = ALLOW_ALL, **issuer_overrides: object) -> Gateway:
+        port = free_port()
+        policies = tmp_path / f"policies-{port}"
+        policies.mkdir()
+        (policies / "policy.yaml").write_text(policy)
+        auth = {
+            "public_url": f"http://127.0.0.1:{port}",
+            "issuers": [{"issuer": issuer.url, **issuer_overrides}],
+            "forward_identity_headers": True,
+        }
+        policy_cfg = {"directory": str(policies), "reload_interval_ms": 200}
+        return start_gateway(servers, listen={"port": port}, auth=auth, policy=policy_cfg)
+
+    return start

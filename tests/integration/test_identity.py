@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import jwt
 import pytest
 import tokens
-from conftest import Gateway, SampleServer
+from conftest import Gateway
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from extproc.authn.dev_issuer import DevIssuer, KeyDir
+from extproc.authn.dev_issuer import DevIssuer
 from extproc.demo.mcp_client import connect, run_session
-from extproc.launcher import free_port, wait_until
+from extproc.launcher import wait_until
 
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 INIT = {
@@ -27,36 +24,6 @@ INIT = {
     "method": "initialize",
     "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
 }
-
-
-@pytest.fixture(scope="module")
-def key_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("issuer-keys")
-    KeyDir(path)  # RSA generation is the slow part: once per module
-    return path
-
-
-@pytest.fixture
-def issuer(tmp_path: Path, key_template: Path) -> Iterator[DevIssuer]:
-    shutil.copytree(key_template, tmp_path / "issuer")
-    with DevIssuer(tmp_path / "issuer") as iss:
-        yield iss
-
-
-@pytest.fixture
-def start_authed(start_gateway, issuer: DevIssuer) -> Callable[..., Gateway]:
-    """Start a gateway whose auth section trusts ``issuer``; its public URL is its own endpoint."""
-
-    def start(servers: list[SampleServer], **issuer_overrides: object) -> Gateway:
-        port = free_port()
-        auth = {
-            "public_url": f"http://127.0.0.1:{port}",
-            "issuers": [{"issuer": issuer.url, **issuer_overrides}],
-            "forward_identity_headers": True,
-        }
-        return start_gateway(servers, listen={"port": port}, auth=auth)
-
-    return start
 
 
 def _token(gw: Gateway, dev: DevIssuer, sub: str = "alice", groups: tuple[str, ...] = ("eng",), **kw) -> str:

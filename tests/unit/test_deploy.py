@@ -308,6 +308,7 @@ def processor_socket(tmp_path: Path) -> Iterator[str]:
     doc["processor"]["address"] = address
     doc["recording"]["directory"] = str(tmp_path / "recordings")
     doc.pop("auth", None)  # its issuer is a placeholder; the health service does not depend on it
+    doc.pop("policy", None)  # its directory is the pod's ConfigMap mount
     doc["allow_anonymous"] = True
     config.write_text(yaml.safe_dump(doc))
     proc = subprocess.Popen(
