@@ -127,3 +127,23 @@ async def test_policy_reload_while_a_session_is_open(start_mcp_server, start_aut
         assert "nobody-echoes" in await _denied(conn, "echo", {"text": "still"})
     echoes = [r for r in server.seen() if r["tool"] == "echo"]
     assert len(echoes) == 1
+
+
+def test_filtered_json_list_has_a_correct_content_length(start_mcp_server, start_authed, issuer) -> None:
+    import httpx
+
+    gw = start_authed([start_mcp_server("demo", json_response=True)], policy=POLICY)
+    token = issuer.mint("alice", aud=gw.endpoint, groups=["eng"])
+    headers = {"authorization": f"Bearer {token}", "accept": "application/json, text/event-stream"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    r = httpx.post(gw.url(), json=init, headers=headers, timeout=10)
+    headers |= {"mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    listed = httpx.post(gw.url(), json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=headers, timeout=10)
+    assert listed.status_code == 200
+    assert int(listed.headers["content-length"]) == len(listed.content)
+    assert sorted(t["name"] for t in listed.json()["result"]["tools"]) == ["count_slowly", "echo"]

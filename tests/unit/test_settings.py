@@ -220,3 +220,11 @@ def test_auth_is_required_unless_anonymous_is_explicit() -> None:
     with pytest.raises(ConfigError) as e:
         parse({"servers": [SERVER]}, source="g.yaml")
     assert str(e.value) == "g.yaml: auth: required (or set allow_anonymous: true to run without authentication, for tests)"
+
+
+def test_several_workers_need_a_shared_session_key() -> None:
+    auth = {"public_url": "https://gw.example", "issuers": [{"issuer": "https://idp.example"}]}
+    doc = {"servers": [SERVER], "auth": auth, "policy": {}, "processor": {"workers": 2}}
+    with pytest.raises(ConfigError, match=r"auth.session_secret_file: required when processor.workers > 1"):
+        parse(doc, source="g.yaml")
+    parse({**doc, "auth": {**auth, "session_secret_file": "/etc/key"}})
