@@ -211,6 +211,9 @@ class Settings(_Model):
             raise ValueError("auth: required (or set allow_anonymous: true to run without authentication, for tests)")
         if self.auth is not None and self.allow_anonymous:
             raise ValueError("allow_anonymous: cannot be true when auth is configured")
+        if self.auth is not None and self.processor.workers > 1 and self.auth.session_secret_file is None:
+            # Each worker would make its own random binding key: a session opened on one would be refused on another.
+            raise ValueError("auth.session_secret_file: required when processor.workers > 1 (one key for all workers)")
         if self.auth is not None and self.policy is None:
             raise ValueError("policy: required when auth is configured (deny by default needs rules to allow anything)")
         return self
