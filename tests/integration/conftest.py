@@ -5,7 +5,6 @@ Every fixture starts real processes on loopback and always stops them.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from extproc.authn.dev_issuer import DevIssuer, KeyDir
+from extproc.authn.dev_issuer import DevIssuer
 from extproc.launcher import Stack, free_port, http_ok, wait_until
 from extproc.recording.replay import Session, load_session
 from extproc.recording.store import safe_key
@@ -160,21 +159,6 @@ rules:
     subjects: {users: ["*"]}
     targets: {servers: ["*"], methods: ["*"]}
 """
-
-
-@pytest.fixture(scope="session")
-def key_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("issuer-keys")
-    KeyDir(path)  # RSA generation is the slow part: once per run
-    return path
-
-
-@pytest.fixture
-def issuer(tmp_path: Path, key_template: Path) -> Iterator[DevIssuer]:
-    """A real (development) OIDC issuer serving discovery + JWKS over HTTP on loopback."""
-    shutil.copytree(key_template, tmp_path / "issuer")
-    with DevIssuer(tmp_path / "issuer") as iss:
-        yield iss
 
 
 @pytest.fixture

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from extproc.authn.config import AuthConfig
-from extproc.authn.dev_issuer import DevIssuer, KeyDir
+from extproc.authn.dev_issuer import DevIssuer
 from extproc.authn.verify import Authenticator
 
 PUBLIC_URL = "https://gw.example.test"
@@ -64,21 +62,6 @@ def auth_config(issuer_url: str, **issuer_overrides: Any) -> AuthConfig:
 
 
 MakeAuth = Callable[..., Awaitable[Authenticator]]
-
-
-@pytest.fixture(scope="session")
-def key_dir_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One generated RSA key for the whole run (generation is the slow part); tests get a copy."""
-    path = tmp_path_factory.mktemp("issuer-template")
-    KeyDir(path)
-    return path
-
-
-@pytest.fixture
-def issuer(tmp_path: Path, key_dir_template: Path) -> Iterator[DevIssuer]:
-    shutil.copytree(key_dir_template, tmp_path / "issuer")
-    with DevIssuer(tmp_path / "issuer") as iss:
-        yield iss
 
 
 @pytest.fixture
