@@ -219,7 +219,9 @@ def test_load_missing_file(tmp_path: Path) -> None:
 def test_auth_is_required_unless_anonymous_is_explicit() -> None:
     with pytest.raises(ConfigError) as e:
         parse({"servers": [SERVER]}, source="g.yaml")
-    assert str(e.value) == "g.yaml: auth: required (or set allow_anonymous: true to run without authentication, for tests)"
+    assert (
+        str(e.value) == "g.yaml: auth: required (or set allow_anonymous: true to run without authentication, for tests)"
+    )
 
 
 def test_several_workers_need_a_shared_session_key() -> None:
