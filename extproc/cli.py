@@ -17,8 +17,8 @@ from rich.console import Console
 
 from extproc import settings as settings_mod
 from extproc.authn.cli import dev_issuer, token
-from extproc.policy.cli import app as policy_app
 from extproc.errors import ConfigError
+from extproc.policy.cli import app as policy_app
 
 app = typer.Typer(
     help="Envoy external processor that authenticates, authorizes and records MCP traffic.",
@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 sessions_app = typer.Typer(help="List, show and verify recorded MCP sessions.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
+keys_app = typer.Typer(help="Signing keys for recording manifests.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
 app.command("dev-issuer")(dev_issuer)
 app.command("token")(token)
@@ -54,14 +56,33 @@ def _logging(verbose: bool = False) -> None:
 @app.command()
 def serve(
     config: ConfigOpt = Path("gateway.yaml"),
-    worker: Annotated[int, typer.Option(help="worker index: listens on the worker's own port/socket")] = 0,
+    worker: Annotated[
+        int | None, typer.Option(help="run only this worker index, on the worker's own port/socket")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="run N worker processes (default: processor.workers); Envoy needs as many")
+    ] = None,
     verbose: bool = False,
 ) -> None:
-    """Run the ext_proc gRPC processor."""
+    """Run the ext_proc gRPC processor: one process per worker, each on its own port (port+i) or socket (.i)."""
     from extproc.server import serve as run
+    from extproc.workers import serve_workers
 
     _logging(verbose)
-    asyncio.run(run(_load(config), worker=worker))
+    settings = _load(config)
+    if worker is not None:
+        asyncio.run(run(settings, worker=worker))
+        return
+    count = workers or settings.processor.workers
+    if count != settings.processor.workers:
+        console.print(
+            f"[yellow]--workers {count} differs from processor.workers {settings.processor.workers}: "
+            "render Envoy's config for the same number[/yellow]"
+        )
+    if count == 1:
+        asyncio.run(run(settings))
+        return
+    raise typer.Exit(serve_workers(config, count, verbose))
 
 
 @app.command("envoy-config")
@@ -108,40 +129,65 @@ def up(config: ConfigOpt = Path("gateway.yaml")) -> None:
             stack.stop()
 
 
-def _store(config: Path | None, directory: Path | None):
+def _store(config: Path | None, directory: Path | None):  # type: ignore[no-untyped-def]
+    from extproc.recording.setup import build_store
     from extproc.recording.store.file import FileStore
 
     if directory is not None:
         return FileStore(directory)
     if config is not None or Path("gateway.yaml").exists():
-        return FileStore(_load(config or Path("gateway.yaml")).recording.directory)
+        return build_store(_load(config or Path("gateway.yaml")).recording)
     return FileStore(Path("recordings"))
+
+
+def _public_key(config: Path | None, public_key: Path | None):  # type: ignore[no-untyped-def]
+    """The key manifests must be signed with: --public-key, else the public half of the configured signing key."""
+    from extproc.recording.manifest import load_public_key
+
+    path = public_key
+    if path is None and (config is not None or Path("gateway.yaml").exists()):
+        path = _load(config or Path("gateway.yaml")).recording.signing_key
+    if path is None:
+        return None
+    try:
+        return load_public_key(path)
+    except (OSError, ValueError) as e:
+        console.print(f"[red]cannot read public key {path}: {e}[/red]")
+        raise typer.Exit(2) from None
 
 
 ConfigOptional = Annotated[Path | None, typer.Option("--config", "-c", help="gateway.yaml (for the store)")]
 DirOpt = Annotated[Path | None, typer.Option("--dir", help="recording directory (instead of --config)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+KeyOpt = Annotated[
+    Path | None, typer.Option("--public-key", help="Ed25519 public key (PEM) the manifests must be signed with")
+]
 
 
-def _session(store, session_id: str):
+def _session(store, session_id: str, public_key=None):  # type: ignore[no-untyped-def]
     from extproc.recording.replay import load_session
     from extproc.recording.store import safe_key
 
     try:
-        return load_session(store, safe_key(session_id))
+        return load_session(store, safe_key(session_id), public_key)
     except KeyError:
         console.print(f"[red]no recorded session {session_id!r}[/red]")
         raise typer.Exit(1) from None
 
 
 @sessions_app.command("list")
-def sessions_list(config: ConfigOptional = None, dir: DirOpt = None, json_out: JsonOpt = False) -> None:
-    """List recorded sessions."""
+def sessions_list(
+    config: ConfigOptional = None, dir: DirOpt = None, json_out: JsonOpt = False, public_key: KeyOpt = None
+) -> None:
+    """List recorded sessions (state: complete, open, or incomplete when a processor died mid-exchange)."""
     from extproc.recording.replay import load_session
     from extproc.recording.report import sessions_table
 
     store = _store(config, dir)
-    rows = sorted((load_session(store, k).summary() for k in store.list_sessions()), key=lambda r: r["started"] or 0)
+    key = _public_key(config if dir is None else None, public_key)
+    rows = sorted(
+        (load_session(store, k, key).summary() for k in store.list_sessions()), key=lambda r: r["started"] or 0
+    )
     if json_out:
         print(json.dumps(rows, indent=2))
     else:
@@ -150,12 +196,17 @@ def sessions_list(config: ConfigOptional = None, dir: DirOpt = None, json_out: J
 
 @sessions_app.command("show")
 def sessions_show(
-    session_id: str, config: ConfigOptional = None, dir: DirOpt = None, json_out: JsonOpt = False
+    session_id: str,
+    config: ConfigOptional = None,
+    dir: DirOpt = None,
+    json_out: JsonOpt = False,
+    public_key: KeyOpt = None,
 ) -> None:
     """Show every exchange of a session, JSON-RPC requests paired with their responses."""
     from extproc.recording.report import print_session, session_doc
 
-    session = _session(_store(config, dir), session_id)
+    key = _public_key(config if dir is None else None, public_key)
+    session = _session(_store(config, dir), session_id, key)
     if json_out:
         print(json.dumps(session_doc(session), indent=2, ensure_ascii=False))
     else:
@@ -163,14 +214,46 @@ def sessions_show(
 
 
 @sessions_app.command("verify")
-def sessions_verify(session_id: str, config: ConfigOptional = None, dir: DirOpt = None) -> None:
-    """Check the hash chains of a session; exit 1 and say what is wrong if anything is."""
-    session = _session(_store(config, dir), session_id)
-    if session.problems:
+def sessions_verify(
+    session_id: str,
+    config: ConfigOptional = None,
+    dir: DirOpt = None,
+    public_key: KeyOpt = None,
+    allow_open: Annotated[
+        bool, typer.Option("--allow-open", help="a stream still being written (no final manifest) is not a failure")
+    ] = False,
+) -> None:
+    """Check signatures, manifests and hash chains; exit 1 and name exactly what is wrong if anything is."""
+    key = _public_key(config if dir is None else None, public_key)
+    session = _session(_store(config, dir), session_id, key)
+    for note in session.notes:
+        console.print(f"[yellow]NOTE[/yellow] {note}", highlight=False)
+    for why in session.unfinished:
+        console.print(f"[yellow]OPEN[/yellow] {why}" if allow_open else f"[red]FAIL[/red] {why}", highlight=False)
+    if session.problems or (session.unfinished and not allow_open):
         for p in session.problems:
             console.print(f"[red]FAIL[/red] {p}", highlight=False)
         raise typer.Exit(1)
-    console.print(f"OK: {len(session.events)} events in {len(session.writers)} stream(s), every chain intact")
+    signed = "signatures checked, " if key is not None else ""
+    console.print(
+        f"OK: {len(session.events)} events in {len(session.writers)} stream(s), {signed}every chain and manifest "
+        f"intact; state {session.summary()['state']}"
+    )
+
+
+@keys_app.command("generate")
+def keys_generate(out: Annotated[Path, typer.Option("--out", help="folder for signing.key and signing.pub")]) -> None:
+    """Make an Ed25519 key pair: signing.key for recording.signing_key, signing.pub for auditors."""
+    from extproc.recording.manifest import generate_keys, key_id, load_public_key
+
+    try:
+        key_path, pub_path = generate_keys(out)
+    except FileExistsError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    kid = key_id(load_public_key(pub_path))
+    console.print(f"private key {key_path} (mode 0600; set recording.signing_key to it)")
+    console.print(f"public key  {pub_path} (give to auditors: sessions verify --public-key)  key id {kid}")
 
 
 @app.command()

@@ -83,6 +83,7 @@ class Stack:
     workdir: Path
     processors: list[subprocess.Popen] = field(default_factory=list)
     envoy: subprocess.Popen | None = None
+    _log: Path | None = None
 
     @property
     def settings(self) -> settings_mod.Settings:
@@ -100,13 +101,10 @@ class Stack:
         s = self.settings
         self.workdir.mkdir(parents=True, exist_ok=True)
         out = open(log, "ab") if log else None
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._log = log
+        self.processors = [self._spawn(worker) for worker in range(s.processor.workers)]
         for worker in range(s.processor.workers):
-            cmd = [sys.executable, "-m", "extproc", "serve", "--config", str(self.config), "--worker", str(worker)]
-            self.processors.append(subprocess.Popen(cmd, stdout=out, stderr=out, env=env))
-        for worker in range(s.processor.workers):
-            address = listen_address(s, worker)
-            wait_until(lambda a=address: self._alive() and can_connect(a), 20, f"processor {worker}")  # type: ignore[misc]
+            self._wait_worker(worker)
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(render_yaml(s))
         cmd = [
@@ -125,6 +123,22 @@ class Stack:
         ready = f"http://127.0.0.1:{s.admin.port}/ready"
         wait_until(lambda: self._alive() and http_ok(ready), 30, "Envoy to be ready")
         return self
+
+    def _spawn(self, worker: int) -> subprocess.Popen:
+        out = open(self._log, "ab") if self._log else None
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "extproc", "serve", "--config", str(self.config), "--worker", str(worker)]
+        return subprocess.Popen(cmd, stdout=out, stderr=out, env=env)
+
+    def _wait_worker(self, worker: int) -> None:
+        address = listen_address(self.settings, worker)
+        wait_until(lambda: self._alive() and can_connect(address), 20, f"processor {worker}")
+
+    def restart_worker(self, worker: int) -> None:
+        """Start worker ``worker`` again after it died (crash tests); Envoy keeps running."""
+        self.processors[worker].wait()
+        self.processors[worker] = self._spawn(worker)
+        self._wait_worker(worker)
 
     def _alive(self) -> bool:
         for p in [*self.processors, *([self.envoy] if self.envoy else [])]:

@@ -1,8 +1,11 @@
-"""The recorder: a bounded queue in front of the store, batched writes, one hash chain per (session, writer).
+"""The recorder: a bounded queue in front of the spool, batched writes, one hash chain per (session, writer).
 
 ``emit`` never blocks the data path: it enqueues or reports that it could not. A single writer task
-serializes batches, chains them (each line carries the SHA-256 of the previous line of its file) and
-appends them; ``sync`` (fsync) runs on a short interval and whenever an exchange ends.
+serializes batches, chains them (each line carries the SHA-256 of the previous line of its stream) and appends
+them to the spool; ``sync`` (fsync) runs on a short interval and whenever an exchange ends. Streams are cut into
+segments (at an exchange end, a size or an age); each finished segment gets a signed manifest and is handed to
+the uploader. A stream ends, with a ``final`` manifest, when its session ends (DELETE, 404 for the session,
+idle time) or the processor stops.
 """
 
 from __future__ import annotations
@@ -16,15 +19,19 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from extproc.errors import StoreError
-from extproc.recording.events import Event, ExchangeEnd
+from extproc.recording.events import Event, ExchangeEnd, ExchangeStart, ResponseStart
+from extproc.recording.manifest import GENESIS, Manifest, Signer
+from extproc.recording.spool import Spool
 from extproc.recording.store import Store
+from extproc.recording.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
-GENESIS = "0" * 64
+__all__ = ["GENESIS", "Recorder", "chain_line", "new_writer_id"]
 _MAX_BATCH = 512
 
 
@@ -39,13 +46,28 @@ def chain_line(seq: int, prev: str, event: dict) -> bytes:
 
 
 @dataclass(slots=True)
-class _Chain:
+class _Stream:
+    """Chain and segment state of one (session, writer) stream."""
+
+    session: str
+    writer: str
     seq: int = 0
     prev: str = GENESIS
+    segment: int = 0
+    seg_first: int = 0
+    seg_size: int = 0
+    seg_opened: float = 0.0
+    seg_hash: hashlib._Hash = field(default_factory=hashlib.sha256)
+    prev_manifest: str = GENESIS
+    open: set[str] = field(default_factory=set)
+    ending: set[str] = field(default_factory=set)  # exchanges whose end also ends the session
+    end_now: bool = False  # the session is over: end the stream at the next cut
+    last_event: float = 0.0
+    ops: list[tuple[int, bytes] | Manifest] = field(default_factory=list)  # not yet in the spool, in order
 
 
 class Recorder:
-    """Queue -> batch -> chain -> store. ``healthy`` is False while the store is failing."""
+    """Queue -> batch -> chain -> spool -> (uploader) -> store. ``healthy`` is False while the spool is failing."""
 
     def __init__(
         self,
@@ -54,25 +76,48 @@ class Recorder:
         writer_id: str | None = None,
         queue_size: int = 10_000,
         flush_interval: float = 0.2,
+        spool_dir: Path | None = None,
+        spool_max_bytes: int = 1 << 30,
+        segment_bytes: int = 1 << 20,
+        segment_age: float = 2.0,
+        idle_timeout: float = 1800.0,
+        signer: Signer | None = None,
+        required: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.writer_id = writer_id or new_writer_id()
         self.flush_interval = flush_interval
+        self.segment_bytes = segment_bytes
+        self.segment_age = segment_age
+        self.idle_timeout = idle_timeout
+        self.signer = signer or Signer(None)
+        self.required = required
         self.healthy = True
         self.lost_events = 0
         self.written_events = 0
+        if spool_dir is None:
+            root = getattr(store, "root", None)
+            if root is None:
+                raise ValueError("spool_dir is required for a store without a local root")
+            spool_dir = Path(root) / ".spool"
+        self.spool = Spool(spool_dir, self.writer_id, spool_max_bytes)
+        self.uploader = Uploader(self.spool, store)
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=queue_size)
-        self._chains: dict[str, _Chain] = {}
-        self._pending: dict[str, list[bytes]] = {}  # serialized, chained, not yet appended (store failing)
+        self._streams: dict[str, _Stream] = {}
+        self._epochs: dict[str, int] = {}  # sessions whose stream this writer ended, and how often
+        self._pending_bytes = 0  # chained, not yet in the spool
+        self._orphans: list[_Stream] = []  # streams ended (final) whose ops are not in the spool yet
         self._clock = clock
+        self.wall_clock = wall_clock
         self._task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
 
     @property
     def accepting(self) -> bool:
-        """Whether a new exchange can be recorded now (store healthy and queue not full)."""
-        return self.healthy and not self._queue.full()
+        """Whether a new exchange can be recorded now: spool writable and not full, queue not full."""
+        return self.healthy and not self._queue.full() and (self.spool.has_room or not self.spool.is_open)
 
     def emit(self, event: Event) -> bool:
         """Enqueue without blocking; False (and counted) when the queue is full."""
@@ -84,32 +129,57 @@ class Recorder:
         return True
 
     async def start(self) -> None:
+        try:
+            await self.spool.open()
+        except StoreError as e:  # the loop retries; until then nothing is admitted (fail closed)
+            self._set_health(False, str(e))
+        self.uploader.start()
         self._task = asyncio.create_task(self._run(), name="recorder")
 
-    async def close(self) -> None:
-        """Drain the queue, write and sync everything, stop the writer task."""
+    async def close(self, drain_within: float = 10.0) -> None:
+        """Drain the queue, end every stream (final manifests), sync, and ship what the store will take."""
         if self._task is None:
             return
         await self._queue.put(_STOP)
         await self._task
         self._task = None
+        await self.uploader.stop()
+        if not await self.uploader.drain(drain_within):
+            log.error("store unavailable at shutdown: %d segments stay in the spool", len(self.spool.ready))
+        await self.spool.close()
+        lat = sorted(self.uploader.latencies) or [0.0]
+        log.info(
+            "recorder closed: written_events=%d lost_events=%d uploaded_segments=%d "
+            "upload_latency_ms_p50=%.1f upload_latency_ms_p95=%.1f upload_latency_ms_max=%.1f",
+            self.written_events,
+            self.lost_events,
+            self.uploader.uploaded,
+            lat[len(lat) // 2] * 1000,
+            lat[int(len(lat) * 0.95)] * 1000,
+            lat[-1] * 1000,
+        )
 
     async def flushed(self, within: float = 5.0) -> None:
         """Wait until everything emitted so far has been written and synced (for tests and shutdown)."""
         self._synced.clear()
-        if self._queue.empty() and not self._pending:
+        if self._queue.empty() and not self._has_ops():
             return
         await asyncio.wait_for(self._synced.wait(), within)
+
+    def _has_ops(self) -> bool:
+        return any(s.ops for s in self._streams.values()) or bool(self._orphans)
 
     async def _run(self) -> None:
         last_sync = last_write = self._clock()
         dirty = False
         stopping = False
         while not stopping:
-            if self._pending:  # the store failed: retry once per interval, not in a tight loop
+            if self._has_ops() or not self.healthy:  # the spool failed: retry once per interval, not in a tight loop
                 timeout: float | None = max(0.0, self.flush_interval - (self._clock() - last_write))
             elif dirty:
                 timeout = max(0.0, self.flush_interval - (self._clock() - last_sync))
+            elif self._streams:  # segments age and sessions go idle even without traffic
+                timeout = min(self.segment_age, self.idle_timeout, 1.0)
             else:
                 timeout = None
             try:
@@ -124,57 +194,150 @@ class Recorder:
             if any(e is _STOP for e in batch):
                 stopping = True
                 batch = [e for e in batch if e is not _STOP]
-            self._chain(batch)
-            ended = any(isinstance(e, ExchangeEnd) for e in batch)
+            ended = self._chain(batch)
+            self._cut(ended, stopping)
             dirty = await self._write() or dirty
             last_write = self._clock()
+            dirty = dirty or not self.healthy  # a sync attempt is also the health probe
             if dirty and (ended or stopping or self._clock() - last_sync >= self.flush_interval):
                 dirty = not await self._sync()
                 last_sync = self._clock()
-            if not dirty and not self._pending and self._queue.empty():
+            if not dirty and not self._has_ops() and self._queue.empty():
                 self._synced.set()
-        if self._pending:  # the store is still failing at shutdown: say exactly what could not be written
-            lost = sum(len(lines) for lines in self._pending.values())
+        lost = sum(1 for s in [*self._streams.values(), *self._orphans] for op in s.ops if isinstance(op, tuple))
+        if lost:  # the spool is still failing at shutdown: say exactly what could not be written
             self.lost_events += lost
-            log.error(
-                "recording store failing at shutdown: %d events of %d sessions not written", lost, len(self._pending)
-            )
+            log.error("recording spool failing at shutdown: %d events not written", lost)
 
-    def _chain(self, events: list[Event]) -> None:
+    # --- chaining and segments ---------------------------------------------------------------------------------
+
+    def _stream(self, session: str) -> _Stream:
+        st = self._streams.get(session)
+        if st is None:
+            epoch = self._epochs.get(session, 0)
+            writer = self.writer_id if epoch == 0 else f"{self.writer_id}.{epoch}"
+            st = self._streams[session] = _Stream(session, writer, seg_opened=self._clock())
+        return st
+
+    def _chain(self, events: list[Event]) -> bool:
+        """Chain events into their streams' pending ops. True if an exchange ended (a segment boundary)."""
+        ended = False
         for e in events:
-            chain = self._chains.setdefault(e.session, _Chain())
-            line = chain_line(chain.seq, chain.prev, e.to_dict())
-            chain.seq += 1
-            chain.prev = hashlib.sha256(line).hexdigest()
-            self._pending.setdefault(e.session, []).append(line + b"\n")
+            st = self._stream(e.session)
+            line = chain_line(st.seq, st.prev, e.to_dict()) + b"\n"
+            if not self.required and not self._room_for(len(line)):
+                self.lost_events += 1  # counted and logged, never chained: what is kept still verifies
+                log.warning("recording event lost (recording.required is false): %s %s", e.exchange, e.type)
+                continue
+            self._pending_bytes += len(line)
+            if st.seg_size == 0:
+                st.seg_opened = self._clock()
+            st.seq += 1
+            st.prev = hashlib.sha256(line[:-1]).hexdigest()
+            st.seg_hash.update(line)
+            st.seg_size += len(line)
+            st.last_event = self._clock()
+            st.ops.append((st.segment, line))
+            if isinstance(e, ExchangeStart):
+                st.open.add(e.exchange)
+                if e.method == "DELETE":
+                    st.ending.add(e.exchange)
+            elif isinstance(e, ResponseStart) and e.status == 404 and not e.session.startswith("x-"):
+                st.ending.add(e.exchange)  # the server no longer knows this session
+            elif isinstance(e, ExchangeEnd):
+                st.open.discard(e.exchange)
+                ended = True
+                if e.exchange in st.ending or e.session.startswith("x-"):  # x-: a one-exchange session
+                    st.end_now = True
+            if st.seg_size >= self.segment_bytes:
+                self._seal(st, final=False)
+        return ended
+
+    def _room_for(self, size: int) -> bool:
+        spool = self.spool
+        return self.healthy and spool.is_open and spool.size + self._pending_bytes + size <= spool.max_bytes
+
+    def _cut(self, ended: bool, stopping: bool) -> None:
+        """Seal segments at exchange ends, by age, and end streams whose session is over or idle."""
+        now = self._clock()
+        for session, st in list(self._streams.items()):
+            final = stopping or (not st.open and (st.end_now or now - st.last_event >= self.idle_timeout))
+            if final:
+                self._seal(st, final=True)
+                del self._streams[session]
+                self._epochs[session] = self._epochs.get(session, 0) + 1
+                if st.ops:
+                    self._orphans.append(st)
+            elif st.seg_size and (ended or now - st.seg_opened >= self.segment_age):
+                self._seal(st, final=False)
+
+    def _seal(self, st: _Stream, final: bool) -> None:
+        if st.seg_size == 0 and not final:
+            return
+        manifest = Manifest(
+            session=st.session,
+            writer=st.writer,
+            segment=st.segment,
+            first=st.seg_first,
+            last=st.seq - 1,
+            count=st.seq - st.seg_first,
+            size=st.seg_size,
+            sha256=st.seg_hash.hexdigest(),
+            head=st.prev,
+            prev_manifest=st.prev_manifest,
+            final=final,
+            open=sorted(st.open),
+            created=self.wall_clock(),
+        )
+        self.signer.sign(manifest)
+        st.ops.append(manifest)
+        st.prev_manifest = manifest.digest()
+        st.segment += 1
+        st.seg_first, st.seg_size, st.seg_hash = st.seq, 0, hashlib.sha256()
+
+    # --- spool I/O ---------------------------------------------------------------------------------------------
 
     async def _write(self) -> bool:
-        """Append pending lines per session; on failure keep them for the next round. True if anything written."""
+        """Move pending ops of every stream into the spool, in order; on failure keep the rest. True if any."""
         wrote = False
-        for session in list(self._pending):
-            lines = self._pending[session]
-            try:
-                await self.store.append(session, self.writer_id, b"".join(lines))
-            except StoreError as e:
-                self._set_health(False, str(e))
-                return wrote
-            del self._pending[session]
-            self.written_events += len(lines)
-            wrote = True
+        for st in [*self._streams.values(), *self._orphans]:
+            while st.ops:
+                op = st.ops[0]
+                try:
+                    if isinstance(op, Manifest):
+                        await self.spool.seal(op, op.to_bytes())
+                        st.ops.pop(0)
+                        continue
+                    n = 1
+                    while n < len(st.ops) and isinstance(st.ops[n], tuple) and st.ops[n][0] == op[0]:  # type: ignore[index]
+                        n += 1
+                    data = b"".join(o[1] for o in st.ops[:n])  # type: ignore[index]
+                    await self.spool.append(st.session, st.writer, op[0], data)
+                except StoreError as e:
+                    self._set_health(False, str(e))
+                    return wrote
+                del st.ops[:n]
+                self.written_events += n
+                self._pending_bytes -= len(data)
+                wrote = True
+        self._orphans = [s for s in self._orphans if s.ops]
         return wrote
 
     async def _sync(self) -> bool:
         try:
-            await self.store.sync()
+            if not self.spool.is_open:
+                await self.spool.open()
+            await self.spool.sync()
         except StoreError as e:
             self._set_health(False, str(e))
             return False
-        self._set_health(True)  # healthy again only once data is durable, not merely appended
+        # Healthy again only once everything chained is durable in the spool, not merely when a sync works.
+        self._set_health(not self._has_ops())
         return True
 
     def _set_health(self, ok: bool, why: str = "") -> None:
         if ok != self.healthy:
-            (log.info if ok else log.error)("recording store %s%s", "recovered" if ok else "failing: ", why)
+            (log.info if ok else log.error)("recording spool %s%s", "recovered" if ok else "failing: ", why)
         self.healthy = ok
 
 

@@ -7,20 +7,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from extproc.recording.recorder import GENESIS
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from extproc.recording.manifest import GENESIS
 from extproc.recording.store import Store
+from extproc.recording.verify import Problem, check_stream
 
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with a recording, precise enough to act on."""
-
-    writer: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.writer}: line {self.line}: {self.message}"
+__all__ = ["Problem", "Session", "load_session", "pair_messages", "verify_stream"]
 
 
 def verify_stream(writer: str, data: bytes) -> tuple[list[dict[str, Any]], list[Problem]]:
@@ -61,6 +54,8 @@ class Session:
     events: list[dict[str, Any]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     writers: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)  # streams without a final manifest, and why
 
     @property
     def exchanges(self) -> dict[str, list[dict[str, Any]]]:
@@ -72,7 +67,15 @@ class Session:
     def summary(self) -> dict[str, Any]:
         """One row for ``sessions list``."""
         starts = [e for e in self.events if e.get("type") == "exchange.start"]
-        ends = [e for e in self.events if e.get("type") == "exchange.end"]
+        ends = {e.get("exchange") for e in self.events if e.get("type") == "exchange.end"}
+        marked = {e.get("exchange") for e in self.events if e.get("type") == "exchange.incomplete"} - ends
+        unended = [e for e in starts if e.get("exchange") not in ends]
+        if marked:
+            state = "incomplete"  # a processor died mid-exchange; what it wrote before is kept
+        elif unended or self.unfinished:
+            state = "open"
+        else:
+            state = "complete"
         principal = next((e["principal"] for e in starts if e.get("principal")), None)
         return {
             "session": self.id,
@@ -81,19 +84,25 @@ class Session:
             "started": self.events[0]["time"] if self.events else None,
             "ended": self.events[-1]["time"] if self.events else None,
             "exchanges": len(starts),
-            "incomplete": len(starts) - len(ends),
+            "incomplete": len(unended),
+            "state": state,
             "events": len(self.events),
             "verified": not self.problems,
         }
 
 
-def load_session(store: Store, key: str) -> Session:
-    """Read, verify and merge one session (all writers) in time order."""
+def load_session(store: Store, key: str, public_key: Ed25519PublicKey | None = None) -> Session:
+    """Read, verify (chains, manifests, signatures when a key is given) and merge one session in time order."""
     session = Session(id=key)
-    for writer, data in store.read_session(key).items():
-        events, problems = verify_stream(writer, data)
+    for writer, stream in store.read_session(key).items():
+        events, problems = verify_stream(writer, stream.data)
+        check = check_stream(key, writer, stream, public_key)
         session.writers.append(writer)
         session.problems.extend(problems)
+        session.problems.extend(check.problems)
+        session.notes.extend(check.notes)
+        if check.unfinished:
+            session.unfinished.append(check.unfinished)
         for ev in events:
             ev["_writer"] = writer
         session.events.extend(events)

@@ -26,7 +26,7 @@ def _short(doc: Any, limit: int = 160) -> str:
 def sessions_table(rows: list[dict[str, Any]]) -> Table:
     """The `sessions list` table."""
     table = Table(title="recorded MCP sessions")
-    for col in ("session", "server", "user", "started", "exchanges", "incomplete", "verified"):
+    for col in ("session", "server", "user", "started", "exchanges", "state", "verified"):
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(
@@ -35,7 +35,7 @@ def sessions_table(rows: list[dict[str, Any]]) -> Table:
             r["user"] or "-",
             _ts(r["started"]),
             str(r["exchanges"]),
-            str(r["incomplete"]),
+            "[yellow]incomplete[/yellow]" if r["state"] == "incomplete" else r["state"],
             "yes" if r["verified"] else "[red]NO[/red]",
         )
     return table
@@ -47,6 +47,7 @@ def session_doc(session: Session) -> dict[str, Any]:
     for ex_id, events in session.exchanges.items():
         start = next((e for e in events if e["type"] == "exchange.start"), {})
         end = next((e for e in events if e["type"] == "exchange.end"), None)
+        marker = next((e for e in events if e["type"] == "exchange.incomplete"), None)
         resp = next((e for e in events if e["type"] == "http.response"), {})
         exchanges.append(
             {
@@ -57,7 +58,8 @@ def session_doc(session: Session) -> dict[str, Any]:
                 "client": start.get("client"),
                 "principal": start.get("principal"),
                 "status": resp.get("status"),
-                "outcome": end["outcome"] if end else "incomplete",
+                "outcome": end["outcome"] if end else "incomplete" if marker else "open",
+                "incomplete": marker.get("reason") if marker and not end else None,
                 "duration_ms": end["duration_ms"] if end else None,
                 "events": [{k: v for k, v in e.items() if k != "_writer"} for e in events],
             }
@@ -65,6 +67,7 @@ def session_doc(session: Session) -> dict[str, Any]:
     return {
         "summary": session.summary(),
         "problems": [str(p) for p in session.problems],
+        "notes": session.notes,
         "exchanges": exchanges,
         "calls": pair_messages(session),
     }
@@ -76,7 +79,9 @@ def print_session(console: Console, session: Session) -> None:
     s = doc["summary"]
     verified = "[green]chain verified[/green]" if s["verified"] else "[red]VERIFICATION FAILED[/red]"
     console.print(f"[bold]session {s['session']}[/bold]  server={s['server']}  user={s['user'] or '-'}  {verified}")
-    console.print(f"  {s['exchanges']} exchanges, {s['events']} events, {s['incomplete']} incomplete")
+    console.print(f"  {s['exchanges']} exchanges, {s['events']} events, state {s['state']}")
+    for note in doc["notes"]:
+        console.print(f"  [yellow]note:[/yellow] {note}", highlight=False)
     for p in doc["problems"]:
         console.print(f"  [red]problem:[/red] {p}")
     console.print("\n[bold]exchanges[/bold]")
@@ -85,7 +90,8 @@ def print_session(console: Console, session: Session) -> None:
         console.print(
             f"  {_ts(ex['time'])}  {ex['method'] or '?':6} {ex['path'] or ''}  -> {ex['status'] or '-'}"
             f"  {ex['outcome']}  {ex['duration_ms'] if ex['duration_ms'] is not None else '-'} ms"
-            + (f"  by {who}" if who else ""),
+            + (f"  by {who}" if who else "")
+            + (f"  ({ex['incomplete']})" if ex["incomplete"] else ""),
             highlight=False,
             soft_wrap=True,
         )

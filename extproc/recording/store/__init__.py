@@ -1,9 +1,14 @@
-"""Recording stores behind one small Protocol: the recorder never knows whether it writes to disk or S3."""
+"""Recording stores behind one small Protocol: the recorder never knows whether it writes to disk or S3.
+
+The recorder writes to a local spool (``recording/spool.py``); the uploader ships each finished segment,
+with its signed manifest, to a store. A store only ever receives whole, immutable segments, in order per stream.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass, field
 from typing import Protocol
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -16,25 +21,41 @@ def safe_key(name: str) -> str:
     return "h-" + hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One finished segment of a writer stream: its JSON lines (uncompressed) and its manifest."""
+
+    session: str
+    writer: str
+    number: int
+    data: bytes
+    manifest: bytes
+    created: float  # wall-clock time the segment was sealed (S3 keys are dated by it)
+
+
+@dataclass(slots=True)
+class StreamData:
+    """One writer's stream as stored: its lines in segment order, and its manifests in segment order."""
+
+    data: bytes = b""
+    manifests: list[bytes] = field(default_factory=list)
+
+
 class Store(Protocol):
-    """Append-only streams of bytes, one per (session, writer); durable after ``sync``."""
+    """Where finished segments live for good: a local directory or an S3 bucket."""
 
-    async def append(self, session: str, writer: str, data: bytes) -> None:
-        """Append ``data`` to the stream; visible to readers, durable after the next ``sync``."""
-        ...
-
-    async def sync(self) -> None:
-        """Make everything appended so far durable (fsync, upload)."""
+    async def put_segment(self, segment: Segment) -> None:
+        """Store one segment and then its manifest; idempotent (a retry after an unconfirmed put is safe)."""
         ...
 
     async def close(self) -> None:
-        """Sync and release resources."""
+        """Release resources."""
         ...
 
     def list_sessions(self) -> list[str]:
         """Keys of all recorded sessions."""
         ...
 
-    def read_session(self, session: str) -> dict[str, bytes]:
+    def read_session(self, session: str) -> dict[str, StreamData]:
         """Every writer's stream of one session, by writer id."""
         ...

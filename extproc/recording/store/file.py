@@ -1,93 +1,98 @@
-"""Local directory store: <root>/<session>/<writer>.jsonl, append-only, fsynced on ``sync``."""
+"""Local directory store: ``<root>/<session>/<writer>.jsonl`` plus ``<writer>.manifests`` (one manifest per line).
+
+A segment is a finished chunk of the stream file: its lines are appended, fsynced, then its manifest line.
+Readers see whole segments only; the events of a segment still being written live in the spool.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-from collections import OrderedDict
+import threading
 from pathlib import Path
-from typing import Any
-
-import aiofiles
 
 from extproc.errors import StoreError
-from extproc.recording.store import safe_key
+from extproc.recording.store import Segment, StreamData, safe_key
 
 SUFFIX = ".jsonl"
+MANIFESTS = ".manifests"
 
 
 class FileStore:
-    """Keeps a bounded set of open append handles; ``sync`` fsyncs the ones written since the last sync."""
+    """Append-only files; a retried segment is detected by its number and never appended twice."""
 
-    def __init__(self, root: str | Path, max_open: int = 256) -> None:
+    def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self._open: OrderedDict[Path, Any] = OrderedDict()
-        self._dirty: set[Path] = set()
-        self._max_open = max_open
+        self._shipped: dict[Path, tuple[int, int]] = {}  # data path -> (segments stored, data bytes)
+        self._lock = threading.Lock()  # several uploaders (own spool, adopted ones) may put at once
 
-    def _path(self, session: str, writer: str) -> Path:
-        return self.root / safe_key(session) / (safe_key(writer) + SUFFIX)
+    def _paths(self, session: str, writer: str) -> tuple[Path, Path]:
+        folder = self.root / safe_key(session)
+        return folder / (safe_key(writer) + SUFFIX), folder / (safe_key(writer) + MANIFESTS)
 
-    async def append(self, session: str, writer: str, data: bytes) -> None:
-        path = self._path(session, writer)
+    async def put_segment(self, segment: Segment) -> None:
+        data_path, manifest_path = self._paths(segment.session, segment.writer)
         try:
-            f = self._open.get(path)
-            if f is None:
-                await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-                f = await aiofiles.open(path, "ab")
-                self._open[path] = f
-                await self._evict()
-            else:
-                self._open.move_to_end(path)
-            await f.write(data)
-            await f.flush()
-            self._dirty.add(path)
+            await asyncio.to_thread(self._put, segment, data_path, manifest_path)
         except OSError as e:
-            await self._forget(path)
-            raise StoreError(f"cannot append to {path}: {e.strerror or e}") from e
+            self._shipped.pop(data_path, None)
+            raise StoreError(f"cannot append to {data_path}: {e.strerror or e}") from e
 
-    async def _evict(self) -> None:
-        while len(self._open) > self._max_open:
-            path, f = self._open.popitem(last=False)
-            if path in self._dirty:
-                await asyncio.to_thread(os.fsync, f.fileno())
-                self._dirty.discard(path)
-            await f.close()
+    def _put(self, segment: Segment, data_path: Path, manifest_path: Path) -> None:
+        with self._lock:
+            self._put_locked(segment, data_path, manifest_path)
 
-    async def _forget(self, path: Path) -> None:
-        f = self._open.pop(path, None)
-        self._dirty.discard(path)
-        if f is not None:
-            try:
-                await f.close()
-            except OSError:
-                pass
+    def _put_locked(self, segment: Segment, data_path: Path, manifest_path: Path) -> None:
+        done, size = self._shipped.get(data_path) or self._scan(data_path, manifest_path)
+        if segment.number < done:
+            return  # stored by an earlier attempt whose confirmation was lost
+        if segment.number > done:
+            raise StoreError(f"segment {segment.number} of {data_path} arrives before segment {done}")
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(data_path, "ab") as f:
+            if f.tell() != size:  # an earlier attempt appended data but not its manifest: drop that half
+                f.truncate(size)
+            f.write(segment.data)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(manifest_path, "ab") as f:
+            f.write(segment.manifest + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._shipped[data_path] = (done + 1, size + len(segment.data))
 
-    async def sync(self) -> None:
-        dirty, self._dirty = self._dirty, set()
-        for path in dirty:
-            f = self._open.get(path)
-            if f is None:
-                continue
-            try:
-                await asyncio.to_thread(os.fsync, f.fileno())
-            except OSError as e:
-                self._dirty.add(path)
-                raise StoreError(f"cannot fsync {path}: {e.strerror or e}") from e
+    @staticmethod
+    def _scan(data_path: Path, manifest_path: Path) -> tuple[int, int]:
+        """How many segments, and data bytes, are stored already (first touch of a stream in this process)."""
+        if not manifest_path.exists():
+            return 0, 0
+        raw = manifest_path.read_bytes()
+        if raw and not raw.endswith(b"\n"):  # a torn manifest write: that segment was never confirmed
+            raw = raw[: raw.rfind(b"\n") + 1]
+            with open(manifest_path, "r+b") as f:
+                f.truncate(len(raw))
+        lines = raw.splitlines()
+        return len(lines), sum(int(json.loads(line).get("size", 0)) for line in lines)
 
     async def close(self) -> None:
-        try:
-            await self.sync()
-        finally:
-            for f in self._open.values():
-                await f.close()
-            self._open.clear()
+        self._shipped.clear()
 
     def list_sessions(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("*" + SUFFIX)))
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and any(p.glob("*" + SUFFIX))
+        )
 
-    def read_session(self, session: str) -> dict[str, bytes]:
+    def read_session(self, session: str) -> dict[str, StreamData]:
         folder = self.root / safe_key(session)
-        return {p.name.removesuffix(SUFFIX): p.read_bytes() for p in sorted(folder.glob("*" + SUFFIX))}
+        out = {}
+        for p in sorted(folder.glob("*" + SUFFIX)):
+            writer = p.name.removesuffix(SUFFIX)
+            manifests = folder / (writer + MANIFESTS)
+            lines = manifests.read_bytes().splitlines() if manifests.exists() else []
+            out[writer] = StreamData(p.read_bytes(), lines)
+        return out

@@ -9,12 +9,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from extproc.errors import StoreError
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
 from extproc.recording.recorder import GENESIS, Recorder, chain_line
 from extproc.recording.replay import load_session, verify_stream
+from extproc.recording.store import Segment, StreamData
 from extproc.recording.store.file import FileStore
 
 
@@ -59,7 +58,7 @@ async def test_events_are_written_in_order_with_a_valid_chain(tmp_path: Path) ->
     await rec.close()
     await store.close()
 
-    data = store.read_session("s1")["w1"]
+    data = store.read_session("s1")["w1"].data
     events, problems = verify_stream("w1", data)
     assert problems == []
     assert [e["seq"] for e in events] == list(range(7))
@@ -89,7 +88,7 @@ async def test_each_session_has_its_own_file_and_chain(tmp_path: Path) -> None:
         "beta/w1.jsonl",
     ]
     for sid in ("alpha", "beta"):
-        events, problems = verify_stream("w1", store.read_session(sid)["w1"])
+        events, problems = verify_stream("w1", store.read_session(sid)["w1"].data)
         assert problems == []
         assert [(e["session"], e["seq"], e["index"]) for e in events] == [(sid, i, i) for i in range(3)]
 
@@ -140,7 +139,7 @@ async def test_close_flushes_everything(tmp_path: Path) -> None:
     await rec.close()
     await store.close()
 
-    events, problems = verify_stream("w", store.read_session("s")["w"])
+    events, problems = verify_stream("w", store.read_session("s")["w"].data)
     assert problems == []
     assert [e["index"] for e in events] == list(range(1300))
     assert rec.written_events == 1300
@@ -154,38 +153,35 @@ async def test_close_without_start_is_a_no_op(tmp_path: Path) -> None:
     assert _jsonl_files(tmp_path) == []
 
 
-async def test_flushed_waits_until_written(tmp_path: Path) -> None:
+async def test_flushed_waits_until_durable_in_the_spool(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    rec = Recorder(store, writer_id="w", flush_interval=0.01)
+    rec = Recorder(store, writer_id="w", flush_interval=0.01, segment_age=60)
     await rec.start()
     for e in _events("s", 10):
         rec.emit(e)
 
     await rec.flushed(within=5)
 
-    assert len(_lines(store.read_session("s")["w"])) == 10
+    assert len(_lines((tmp_path / ".spool" / "w" / "w@s" / "00000000.seg").read_bytes())) == 10
+    assert store.read_session("s") == {}  # the segment is not finished yet: the store only gets whole segments
     await rec.close()
     await store.close()
 
 
 class FlakyStore:
-    """Delegates to a real FileStore, but fails (like a full disk) while ``down`` is set."""
+    """Delegates to a real FileStore, but refuses segments (like S3 being down) while ``down`` is set."""
 
     def __init__(self, inner: FileStore) -> None:
         self.inner = inner
+        self.root = inner.root
         self.down = True
         self.attempts = 0
 
-    async def append(self, session: str, writer: str, data: bytes) -> None:
+    async def put_segment(self, segment: Segment) -> None:
         self.attempts += 1
         if self.down:
-            raise StoreError(f"cannot append to {session}: disk full")
-        await self.inner.append(session, writer, data)
-
-    async def sync(self) -> None:
-        if self.down:
-            raise StoreError("cannot fsync: disk full")
-        await self.inner.sync()
+            raise StoreError(f"cannot upload segment {segment.number}: connection refused")
+        await self.inner.put_segment(segment)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -193,38 +189,43 @@ class FlakyStore:
     def list_sessions(self) -> list[str]:
         return self.inner.list_sessions()
 
-    def read_session(self, session: str) -> dict[str, bytes]:
+    def read_session(self, session: str) -> dict[str, StreamData]:
         return self.inner.read_session(session)
 
 
-async def test_failing_store_keeps_events_and_writes_them_once_it_recovers(tmp_path: Path) -> None:
+async def test_store_down_spool_holds_everything_and_ships_it_once_it_recovers(tmp_path: Path) -> None:
     store = FlakyStore(FileStore(tmp_path))
-    rec = Recorder(store, writer_id="w", flush_interval=0.01)
+    rec = Recorder(store, writer_id="w", flush_interval=0.01, segment_age=0.01)
+    rec.uploader.backoff = 0.001
     await rec.start()
     for e in _events("s", 3):
         rec.emit(e)
 
-    await wait_for(lambda: store.attempts >= 2 and not rec.healthy)
-    assert rec.accepting is False
-    for e in _events("s", 3, t0=2000.0):  # still accepted into the queue while the store is down
+    await wait_for(lambda: store.attempts >= 2 and rec.uploader.failing)
+    assert rec.accepting  # the spool has room: traffic goes on while the store is down
+    for e in _events("s", 3, t0=2000.0):
         assert rec.emit(e)
+    await wait_for(lambda: rec.written_events == 6)
     assert store.read_session("s") == {}
+    assert rec.spool.size > 0
 
     store.down = False
-    await wait_for(lambda: rec.healthy and rec.written_events == 6)
+    await wait_for(lambda: not rec.uploader.failing and not rec.spool.ready)
     await rec.close()
-    await store.close()
 
-    events, problems = verify_stream("w", store.read_session("s")["w"])
+    events, problems = verify_stream("w", store.read_session("s")["w"].data)
     assert problems == []
     assert [e["time"] for e in events] == [1000.0, 1001.0, 1002.0, 2000.0, 2001.0, 2002.0]  # nothing lost or doubled
+    assert load_session(store, "s").problems == []
     assert rec.lost_events == 0
+    assert not (tmp_path / ".spool" / "w").exists()  # shipped, then deleted from the spool
 
 
-async def test_failing_store_is_retried_once_per_interval_not_in_a_tight_loop(tmp_path: Path) -> None:
+async def test_store_down_is_retried_with_backoff_not_in_a_tight_loop(tmp_path: Path) -> None:
     store = FlakyStore(FileStore(tmp_path))
-    interval = 0.03
-    rec = Recorder(store, writer_id="w", flush_interval=interval)
+    rec = Recorder(store, writer_id="w", flush_interval=0.01, segment_age=0.01)
+    rec.uploader.backoff = 0.02
+    rec.uploader._rand = lambda: 1.0  # the jitter's ceiling: 0.04, 0.08, 0.16 s
     await rec.start()
     rec.emit(_events("s", 1)[0])
     await wait_for(lambda: store.attempts >= 1)
@@ -232,11 +233,50 @@ async def test_failing_store_is_retried_once_per_interval_not_in_a_tight_loop(tm
 
     await wait_for(lambda: store.attempts >= 4)
 
-    # Three retries take at least ~3 intervals; a busy loop would make thousands in that time.
-    assert time.monotonic() - started >= 2.5 * interval
+    assert time.monotonic() - started >= 0.2  # three retries back off exponentially; a busy loop makes thousands
     store.down = False
     await rec.close()
-    await store.close()
+
+
+async def test_spool_full_stops_accepting_until_the_store_drains_it(tmp_path: Path) -> None:
+    store = FlakyStore(FileStore(tmp_path))
+    rec = Recorder(store, writer_id="w", flush_interval=0.01, segment_age=0.01, spool_max_bytes=2000)
+    rec.uploader.backoff = 0.001
+    await rec.start()
+    sent = 0
+    for e in _events("s", 30):  # one at a time, as exchanges would while admitted
+        rec.emit(e)
+        sent += 1
+        await wait_for(lambda: rec.written_events == sent or not rec.accepting)  # noqa: B023
+        if not rec.accepting:
+            break
+
+    assert sent < 30
+    assert rec.spool.size <= 2000
+    store.down = False
+    await wait_for(lambda: rec.accepting and rec.written_events == sent)
+    await rec.close()
+
+    events, problems = verify_stream("w", store.read_session("s")["w"].data)
+    assert problems == [] and len(events) == sent  # the events of admitted exchanges waited in memory, none lost
+
+
+async def test_spool_full_with_recording_optional_drops_and_counts(tmp_path: Path) -> None:
+    store = FlakyStore(FileStore(tmp_path))
+    rec = Recorder(store, writer_id="w", flush_interval=0.01, segment_age=0.01, spool_max_bytes=2000, required=False)
+    rec.uploader.backoff = 0.001
+    await rec.start()
+    for n, e in enumerate(_events("s", 30), start=1):
+        rec.emit(e)
+        await wait_for(lambda: rec.written_events + rec.lost_events == n)  # noqa: B023
+
+    store.down = False
+    await rec.close()
+
+    assert rec.lost_events > 0
+    session = load_session(store, "s")
+    assert session.problems == []  # what was kept still verifies: dropped events were never chained
+    assert len(session.events) == 30 - rec.lost_events
 
 
 async def test_file_store_under_a_regular_file_fails_then_recovers(tmp_path: Path) -> None:
@@ -259,12 +299,3 @@ async def test_file_store_under_a_regular_file_fails_then_recovers(tmp_path: Pat
     events, problems = verify_stream("w", (blocker / "recordings" / "s" / "w.jsonl").read_bytes())
     assert problems == []
     assert [e["index"] for e in events] == [0, 1, 2, 3]
-
-
-async def test_file_store_append_error_names_the_path(tmp_path: Path) -> None:
-    blocker = tmp_path / "blocker"
-    blocker.write_text("")
-    store = FileStore(blocker / "rec")
-
-    with pytest.raises(StoreError, match=r"cannot append to .*blocker/rec/s/w\.jsonl"):
-        await store.append("s", "w", b"x\n")

@@ -1,0 +1,164 @@
+"""The completer: finishes what a killed processor left behind, at start-up and then periodically.
+
+A writer's spool folder is locked (flock) by its live process; the kernel drops the lock when the process dies,
+however it dies. The completer adopts every unlocked folder: it seals the unfinished tail of each stream (every
+complete line written before the kill is kept, a torn last line is dropped), with a final manifest signed on the
+dead writer's behalf, ships everything to the store, and records an ``exchange.incomplete`` marker, in its own
+stream, for every exchange that started but never ended. The partial log stays exactly as it was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from extproc.recording.events import ExchangeIncomplete
+from extproc.recording.manifest import GENESIS, Manifest, Signer
+from extproc.recording.recorder import Recorder
+from extproc.recording.spool import HEAD, Spool, read_meta
+from extproc.recording.store import Store
+from extproc.recording.uploader import Uploader
+
+log = logging.getLogger(__name__)
+
+
+class Completer:
+    """Adopts dead writers' spools under ``root`` and completes their streams."""
+
+    def __init__(self, root: Path, store: Store, recorder: Recorder, signer: Signer, interval: float = 30.0) -> None:
+        self.root = Path(root)
+        self.store = store
+        self.recorder = recorder
+        self.signer = signer
+        self.interval = interval
+        self.marked = 0
+        self._adopted: dict[Path, Uploader] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="completer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for uploader in self._adopted.values():
+            await uploader.spool.close(remove_if_empty=False)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:  # a bad folder must not stop the completer for the others
+                log.exception("completer round failed")
+            await asyncio.sleep(self.interval)
+
+    async def run_once(self, drain_within: float = 5.0) -> int:
+        """Adopt and complete every dead writer's folder; ship adopted spools. Returns folders adopted now."""
+        adopted = 0
+        if self.root.is_dir():
+            own = self.recorder.spool.path.resolve()
+            for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+                if folder.resolve() == own or folder in self._adopted:
+                    continue
+                spool = await Spool.adopt(folder)
+                if spool is None:
+                    continue  # its writer is alive
+                adopted += 1
+                log.warning("completing the recordings of dead writer %s", folder.name)
+                for stream in spool.streams():
+                    await self._complete(spool, stream)
+                self._adopted[folder] = Uploader(spool, self.store)
+        for folder, uploader in list(self._adopted.items()):
+            if await uploader.drain(drain_within):
+                await uploader.spool.close()
+                del self._adopted[folder]
+        return adopted
+
+    async def _complete(self, spool: Spool, stream: Path) -> None:
+        try:
+            meta = read_meta(stream)
+        except (OSError, ValueError):  # killed between creating the folder and its first line
+            await asyncio.to_thread(_remove_empty, stream)
+            return
+        last = await asyncio.to_thread(_newest_manifest, stream)
+        if last is not None and last.final:
+            return  # the stream was ended properly; its segments only need shipping
+        manifest = await asyncio.to_thread(self._seal_tail, stream, meta, last)
+        await spool.seal(manifest, manifest.to_bytes())
+        for exchange in manifest.open:
+            self.recorder.emit(
+                ExchangeIncomplete(
+                    session=meta["session"],
+                    exchange=exchange,
+                    time=self.recorder.wall_clock(),
+                    writer=meta["writer"],
+                    last_seq=manifest.last,
+                )
+            )
+            self.marked += 1
+
+    def _seal_tail(self, stream: Path, meta: dict[str, str], last: Manifest | None) -> Manifest:
+        """The final manifest for what follows ``last``: every intact line of the unsealed segment file."""
+        segment = last.segment + 1 if last else 0
+        seq = last.last + 1 if last else 0
+        prev = last.head if last else GENESIS
+        open_ = set(last.open) if last else set()
+        path = stream / f"{segment:08d}.seg"
+        data = path.read_bytes() if path.exists() else b""
+        kept, first = 0, seq
+        for line in data.split(b"\n")[:-1]:  # a last piece without its newline is a torn write
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                break
+            if not isinstance(ev, dict) or ev.get("seq") != seq or ev.get("prev") != prev:
+                break
+            if ev.get("type") == "exchange.start":
+                open_.add(ev.get("exchange", ""))
+            elif ev.get("type") == "exchange.end":
+                open_.discard(ev.get("exchange", ""))
+            kept += len(line) + 1
+            seq += 1
+            prev = hashlib.sha256(line).hexdigest()
+        if kept != len(data):
+            log.warning("%s: dropping %d bytes after the last intact line (torn write)", path, len(data) - kept)
+            with open(path, "r+b") as f:
+                f.truncate(kept)
+        elif not path.exists():
+            path.touch()
+        manifest = Manifest(
+            session=meta["session"],
+            writer=meta["writer"],
+            segment=segment,
+            first=first,
+            last=seq - 1,
+            count=seq - first,
+            size=kept,
+            sha256=hashlib.sha256(data[:kept]).hexdigest(),
+            head=prev,
+            prev_manifest=last.digest() if last else GENESIS,
+            final=True,
+            open=sorted(open_),
+            created=self.recorder.wall_clock(),
+            sealed_by=self.recorder.writer_id,
+        )
+        return self.signer.sign(manifest)
+
+
+def _newest_manifest(stream: Path) -> Manifest | None:
+    numbered = sorted(stream.glob("[0-9]*.manifest"))
+    path = numbered[-1] if numbered else stream / HEAD
+    return Manifest.from_bytes(path.read_bytes()) if path.exists() else None
+
+
+def _remove_empty(folder: Path) -> None:
+    for p in folder.iterdir():
+        p.unlink()
+    folder.rmdir()

@@ -1,0 +1,73 @@
+"""Build the recording path from gateway.yaml: store, signer, recorder (spool + uploader) and completer."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from extproc.recording.completer import Completer
+from extproc.recording.manifest import Signer
+from extproc.recording.recorder import Recorder
+from extproc.recording.store import Store
+from extproc.recording.store.file import FileStore
+from extproc.settings import Recording
+
+log = logging.getLogger(__name__)
+
+
+def build_store(rec: Recording) -> Store:
+    """The configured backend (for the processor and for the sessions CLI alike)."""
+    if rec.store == "s3" and rec.s3 is not None:
+        from extproc.recording.store.s3 import S3Store
+
+        lock = rec.s3.object_lock
+        return S3Store(
+            rec.s3.bucket,
+            rec.s3.prefix,
+            region=rec.s3.region,
+            endpoint_url=rec.s3.endpoint_url,
+            object_lock_mode=lock.mode if lock else None,
+            object_lock_days=lock.retain_days if lock else 0,
+            kms_key_id=rec.s3.kms_key_id,
+            compression=rec.compression,
+        )
+    return FileStore(rec.directory)
+
+
+@dataclass
+class RecordingRuntime:
+    """What a processor runs for recording; ``start``/``close`` in that order."""
+
+    store: Store
+    recorder: Recorder
+    completer: Completer
+
+    async def start(self) -> None:
+        await self.recorder.start()
+        self.completer.start()  # first round at once: a predecessor's leftovers are shipped and marked
+
+    async def close(self) -> None:
+        await self.completer.stop()
+        await self.recorder.close()
+        await self.store.close()
+
+
+def build_runtime(rec: Recording) -> RecordingRuntime:
+    store = build_store(rec)
+    signer = Signer.from_file(rec.signing_key)
+    if signer.public is None:
+        log.warning("recording.signing_key not set: segment manifests are hashed and chained but not signed")
+    recorder = Recorder(
+        store,
+        queue_size=rec.queue_size,
+        flush_interval=rec.flush_interval_ms / 1000,
+        spool_dir=rec.spool,
+        spool_max_bytes=rec.spool_max_bytes,
+        segment_bytes=rec.segment_max_bytes,
+        segment_age=rec.segment_max_age_ms / 1000,
+        idle_timeout=rec.session_idle_timeout_s,
+        signer=signer,
+        required=rec.required,
+    )
+    completer = Completer(rec.spool, store, recorder, signer, interval=rec.completer_interval_s)
+    return RecordingRuntime(store, recorder, completer)

@@ -1,0 +1,270 @@
+"""The write-ahead spool: every event reaches a local file (appended, fsynced on the flush interval) before
+anything else happens to it. Finished segments wait here, with their signed manifest, until the uploader has a
+confirmed copy in the store; only then are they deleted.
+
+Layout, one folder per writer (processor process), locked by it while it lives::
+
+    <spool>/<writer>/lock                      flock held by the live writer; free = the writer is gone
+    <spool>/<writer>/<stream>/meta.json        {"session": …, "writer": …}
+    <spool>/<writer>/<stream>/00000003.seg     the segment's JSON lines, exactly as they will be stored
+    <spool>/<writer>/<stream>/00000003.manifest   present = sealed, waiting for upload
+    <spool>/<writer>/<stream>/head.manifest    the newest manifest already uploaded (to continue the chain)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import shutil
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from extproc.errors import StoreError
+from extproc.recording.manifest import Manifest
+from extproc.recording.store import Segment, safe_key
+
+HEAD = "head.manifest"
+
+
+class SpoolFull(StoreError):
+    """The spool reached its size bound (the store has not taken segments for a while)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A finished segment waiting in the spool for upload."""
+
+    folder: Path
+    session: str
+    writer: str
+    number: int
+    created: float
+    final: bool
+
+    @property
+    def data_path(self) -> Path:
+        return self.folder / f"{self.number:08d}.seg"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / f"{self.number:08d}.manifest"
+
+
+def stream_folder(session: str, writer: str) -> str:
+    return f"{safe_key(writer)}@{safe_key(session)}"
+
+
+class Spool:
+    """One writer's spool folder. Blocking file work runs in a thread; the event loop never waits on a disk."""
+
+    def __init__(self, root: Path, writer: str, max_bytes: int = 1 << 30, max_open: int = 256) -> None:
+        self.path = Path(root) / safe_key(writer)
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.is_open = False
+        self.ready: deque[Sealed] = deque()  # sealed, in seal order: each stream's segments stay in order
+        self.changed = asyncio.Event()  # set when something was sealed (wakes the uploader)
+        self._lock: IO[bytes] | None = None
+        self._handles: OrderedDict[Path, IO[bytes]] = OrderedDict()
+        self._dirty: set[Path] = set()
+        self._max_open = max_open
+
+    @property
+    def has_room(self) -> bool:
+        return self.is_open and self.size < self.max_bytes
+
+    # --- owning a folder ---------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create and lock the folder; adopt whatever a previous life of this folder left (sealed or not)."""
+        try:
+            await asyncio.to_thread(self._open)
+        except OSError as e:
+            raise StoreError(f"cannot open spool {self.path}: {e.strerror or e}") from e
+        self.is_open = True
+
+    def _open(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = open(self.path / "lock", "ab")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise
+        self._lock = lock
+        self._rescan()
+
+    @classmethod
+    async def adopt(cls, path: Path, max_bytes: int = 1 << 30) -> Spool | None:
+        """Take over a dead writer's folder (its lock is free); None while its writer is alive."""
+        spool = cls(path.parent, path.name, max_bytes)
+        spool.path = path
+        try:
+            await spool.open()
+        except StoreError:
+            return None
+        return spool
+
+    def _rescan(self) -> None:
+        self.size = 0
+        found: list[Sealed] = []
+        for folder in sorted(p for p in self.path.iterdir() if p.is_dir()):
+            self.size += sum(p.stat().st_size for p in folder.glob("*.seg"))
+            meta = read_meta(folder)
+            for m in sorted(folder.glob("[0-9]*.manifest")):
+                manifest = Manifest.from_bytes(m.read_bytes())
+                found.append(
+                    Sealed(folder, meta["session"], meta["writer"], manifest.segment, manifest.created, manifest.final)
+                )
+        self.ready.extend(found)
+
+    def streams(self) -> list[Path]:
+        """Stream folders present (for recovery)."""
+        return sorted(p for p in self.path.iterdir() if p.is_dir()) if self.path.is_dir() else []
+
+    # --- writing -----------------------------------------------------------------------------------------------
+
+    async def append(self, session: str, writer: str, segment: int, data: bytes) -> None:
+        """Append lines to a segment file; fsynced by the next ``sync`` or ``seal``."""
+        if not self.is_open:
+            await self.open()
+        if self.size and self.size + len(data) > self.max_bytes:
+            raise SpoolFull(f"spool {self.path} is full ({self.size} of {self.max_bytes} bytes): store not keeping up")
+        folder = self.path / stream_folder(session, writer)
+        path = folder / f"{segment:08d}.seg"
+        try:
+            await asyncio.to_thread(self._append, folder, path, session, writer, data)
+        except OSError as e:
+            self._forget(path)
+            raise StoreError(f"cannot append to spool file {path}: {e.strerror or e}") from e
+        self.size += len(data)
+
+    def _append(self, folder: Path, path: Path, session: str, writer: str, data: bytes) -> None:
+        f = self._handles.get(path)
+        if f is None:
+            if not folder.is_dir():
+                folder.mkdir(parents=True)
+                write_atomic(folder / "meta.json", json.dumps({"session": session, "writer": writer}).encode())
+            f = open(path, "ab")
+            self._handles[path] = f
+            while len(self._handles) > self._max_open:
+                old, h = self._handles.popitem(last=False)
+                if old in self._dirty:
+                    os.fsync(h.fileno())
+                    self._dirty.discard(old)
+                h.close()
+        else:
+            self._handles.move_to_end(path)
+        f.write(data)
+        f.flush()
+        self._dirty.add(path)
+
+    def _forget(self, path: Path) -> None:
+        f = self._handles.pop(path, None)
+        self._dirty.discard(path)
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    async def sync(self) -> None:
+        """fsync every segment file written since the last sync."""
+        dirty, self._dirty = self._dirty, set()
+        try:
+            await asyncio.to_thread(self._fsync, dirty)
+        except OSError as e:
+            self._dirty |= dirty
+            raise StoreError(f"cannot fsync spool {self.path}: {e.strerror or e}") from e
+
+    def _fsync(self, paths: set[Path]) -> None:
+        for p in paths:
+            f = self._handles.get(p)
+            if f is not None:
+                os.fsync(f.fileno())
+
+    async def seal(self, manifest: Manifest, raw: bytes) -> None:
+        """Finish a segment: its data durable, then its manifest written atomically; queue it for upload."""
+        folder = self.path / stream_folder(manifest.session, manifest.writer)
+        data_path = folder / f"{manifest.segment:08d}.seg"
+        try:
+            await asyncio.to_thread(self._seal, folder, data_path, manifest, raw)
+        except OSError as e:
+            raise StoreError(f"cannot seal spool segment {data_path}: {e.strerror or e}") from e
+        self.ready.append(
+            Sealed(folder, manifest.session, manifest.writer, manifest.segment, manifest.created, manifest.final)
+        )
+        self.changed.set()
+
+    def _seal(self, folder: Path, data_path: Path, manifest: Manifest, raw: bytes) -> None:
+        f = self._handles.pop(data_path, None)
+        if f is not None:
+            os.fsync(f.fileno())
+            f.close()
+            self._dirty.discard(data_path)
+        elif not data_path.exists():  # an empty segment (a final manifest with nothing after the last one)
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (folder / "meta.json").exists():
+                meta = {"session": manifest.session, "writer": manifest.writer}
+                write_atomic(folder / "meta.json", json.dumps(meta).encode())
+            data_path.touch()
+        write_atomic(folder / f"{manifest.segment:08d}.manifest", raw)
+
+    # --- uploading ---------------------------------------------------------------------------------------------
+
+    async def load(self, item: Sealed) -> Segment:
+        data, manifest = await asyncio.to_thread(lambda: (item.data_path.read_bytes(), item.manifest_path.read_bytes()))
+        return Segment(item.session, item.writer, item.number, data, manifest, item.created)
+
+    async def shipped(self, item: Sealed) -> None:
+        """The store confirmed the segment: delete it here, keep its manifest as the stream's head."""
+        size = await asyncio.to_thread(self._shipped, item)
+        self.size = max(0, self.size - size)
+
+    @staticmethod
+    def _shipped(item: Sealed) -> int:
+        size = item.data_path.stat().st_size if item.data_path.exists() else 0
+        if item.final:  # the stream is over and stored: nothing of it needs to stay
+            shutil.rmtree(item.folder, ignore_errors=True)
+            return size
+        item.data_path.unlink(missing_ok=True)
+        os.replace(item.manifest_path, item.folder / HEAD)
+        return size
+
+    async def close(self, remove_if_empty: bool = True) -> None:
+        """fsync and close files; release the lock (and drop the folder when nothing is left in it)."""
+        if not self.is_open:
+            return
+        try:
+            await self.sync()
+        finally:
+            await asyncio.to_thread(self._close, remove_if_empty)
+            self.is_open = False
+
+    def _close(self, remove_if_empty: bool) -> None:
+        for f in self._handles.values():
+            f.close()
+        self._handles.clear()
+        if remove_if_empty and not any(p.is_dir() for p in self.path.iterdir()):
+            shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def read_meta(folder: Path) -> dict[str, str]:
+    return json.loads((folder / "meta.json").read_bytes())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name, fsync, rename: readers see the whole file or none of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

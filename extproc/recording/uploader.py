@@ -1,0 +1,116 @@
+"""The uploader: ships sealed segments from a spool to the store, in order, and deletes them only once stored.
+
+A failing store is retried with exponential backoff and full jitter (so N workers that lost S3 together do not
+come back in lockstep); meanwhile the spool grows, up to its bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from extproc.errors import StoreError
+from extproc.recording.spool import Spool
+from extproc.recording.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Uploader:
+    """One task per spool. ``failing`` is True while the store refuses segments."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        store: Store,
+        *,
+        backoff: float = 0.1,
+        max_backoff: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.spool = spool
+        self.store = store
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.failing = False
+        self.uploaded = 0
+        self.failures = 0
+        self.latencies: list[float] = []  # seconds from "sealed and queued" to "store confirmed", recent ones
+        self._clock = clock
+        self._rand = rand
+        self._task: asyncio.Task[None] | None = None
+        self._queued_at: dict[tuple[str, str, int], float] = {}
+        # Held while shipping: a segment in flight is never abandoned half-way (a cancelled thread would go on).
+        self._shipping = asyncio.Lock()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="uploader")
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            if not self.spool.ready:
+                self.spool.changed.clear()
+                await self.spool.changed.wait()
+            if await self.ship_once():
+                attempt = 0
+                continue
+            attempt += 1
+            # Full jitter: sleep a random time up to the exponential ceiling.
+            ceiling = min(self.max_backoff, self.backoff * 2 ** min(attempt, 20))
+            await asyncio.sleep(ceiling * self._rand())
+
+    async def ship_once(self) -> bool:
+        """Ship every ready segment, oldest first; False as soon as the store refuses one (it stays queued)."""
+        async with self._shipping:
+            return await self._ship()
+
+    async def _ship(self) -> bool:
+        while self.spool.ready:
+            item = self.spool.ready[0]
+            key = (item.session, item.writer, item.number)
+            queued = self._queued_at.setdefault(key, self._clock())
+            try:
+                segment = await self.spool.load(item)
+                await self.store.put_segment(segment)
+            except (StoreError, OSError) as e:
+                self.failures += 1
+                if not self.failing:
+                    log.error("recording store failing, segments stay in the spool: %s", e)
+                self.failing = True
+                return False
+            await self.spool.shipped(item)
+            self.spool.ready.popleft()
+            self._queued_at.pop(key, None)
+            self.uploaded += 1
+            self.latencies = [*self.latencies[-999:], self._clock() - queued]
+            if self.failing:
+                log.info("recording store recovered; spool at %d bytes", self.spool.size)
+            self.failing = False
+        return True
+
+    async def drain(self, within: float) -> bool:
+        """Ship everything now (shutdown): retry with backoff until ``within`` seconds passed. True if empty."""
+        deadline = self._clock() + within
+        attempt = 0
+        while not await self.ship_once():
+            attempt += 1
+            left = deadline - self._clock()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(left, self.backoff * 2 ** min(attempt, 6) * self._rand()))
+        return True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            async with self._shipping:  # only ever cancelled while waiting, never mid-upload
+                self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None

@@ -1,0 +1,54 @@
+"""`mcp-extproc serve --workers N`: N processor processes, each on its own endpoint (port+i or socket.i).
+
+One Python process is one core's worth of ext_proc work; Envoy balances streams over the workers' endpoints
+(the bootstrap lists one endpoint per worker). Each worker records as its own writer, so no file or object is
+shared; a worker that dies is started again, and its successor's completer finishes what it left.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _start(config: Path, worker: int, verbose: bool) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "extproc", "serve", "--config", str(config), "--worker", str(worker)]
+    return subprocess.Popen(cmd + (["--verbose"] if verbose else []))
+
+
+def serve_workers(config: Path, count: int, verbose: bool = False, restart_delay: float = 1.0) -> int:
+    """Run ``count`` workers until SIGTERM/SIGINT, restarting any that dies; then stop them all (they drain)."""
+    procs = {i: _start(config, i, verbose) for i in range(count)}
+    stopping = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("started %d processor workers: %s", count, [p.pid for p in procs.values()])
+    while not stopping:
+        time.sleep(0.2)  # a supervisor's poll, not a wait for a test condition
+        for i, p in procs.items():
+            if p.poll() is not None and not stopping:
+                log.error("worker %d (pid %d) exited with %s; starting it again", i, p.pid, p.returncode)
+                time.sleep(restart_delay)
+                procs[i] = _start(config, i, verbose)
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    status = 0
+    for p in procs.values():
+        try:
+            status = max(status, p.wait(60) or 0)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            status = 1
+    return status
