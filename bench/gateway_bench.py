@@ -1,11 +1,13 @@
 """Gateway benchmark: what the processor with recording costs on top of Envoy, on this machine, in one run.
 
-Three rows, the same upstream, load generator and request mix (50/50 JSON-RPC tools/call answered with
+Four rows, the same upstream, load generator and request mix (50/50 JSON-RPC tools/call answered with
 application/json, and tools/call answered with a 3-event text/event-stream):
 
-  upstream direct      generator -> upstream            (ceiling of the Python generator + upstream)
-  envoy only           generator -> Envoy -> upstream   (the gateway's bootstrap minus the ext_proc filter)
-  envoy + processor    generator -> Envoy <-> processor (recording to a temp dir) -> upstream
+  upstream direct                    generator -> upstream           (ceiling of the generator + upstream)
+  envoy only (A)                     generator -> Envoy -> upstream  (the bootstrap minus the ext_proc filter)
+  envoy + processor, anonymous (B0)  generator -> Envoy <-> processor (recording, allow_anonymous) -> upstream
+  envoy + processor, auth+policy (B) the production path: bearer tokens from a development issuer on loopback,
+                                     a policy directory with one allow rule, session ids bound to their owner
 
 The upstream and the generator each run in their own process, so neither shares an event loop with what
 is measured. They do share the machine's cores with Envoy and the processor: see bench/README.md.
@@ -24,6 +26,7 @@ import multiprocessing as mp
 import os
 import platform
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -39,12 +42,33 @@ from typing import Any, cast
 
 import yaml
 
+from extproc.authn.dev_issuer import DevIssuer
+from extproc.authn.principal import Principal
+from extproc.authn.session_binding import bind, load_key
 from extproc.envoy.bootstrap import PROCESSOR_CLUSTER, render
 from extproc.launcher import Stack, can_connect, envoy_binary, free_port, http_ok, wait_until
 from extproc.settings import load as load_settings
 
 SERVER = "bench"
-ENVOY_CONCURRENCY = 2  # what Stack.start passes; both Envoy scenarios must run the same number of workers
+ENVOY_CONCURRENCY = 2  # what Stack.start passes; all Envoy scenarios must run the same number of workers
+
+UPSTREAM, ENVOY, ANONYMOUS, AUTHED = (
+    "upstream direct",
+    "envoy only",
+    "envoy + processor (anonymous)",
+    "envoy + processor (auth + policy)",
+)
+BENCH_GROUP = "bench"  # every bench caller's token carries it; the policy's one rule allows this group
+# One allow rule for exactly what the generator calls: with deny by default, anything else would be refused.
+POLICY = f"""\
+apiVersion: mcp-extproc/v1
+description: The gateway benchmark's callers may call its two tools.
+rules:
+  - name: bench-tools
+    effect: allow
+    subjects: {{groups: [{BENCH_GROUP}]}}
+    targets: {{servers: [{SERVER}], methods: [tools/call], tools: [echo, slow_echo]}}
+"""
 
 # --- the request mix: fixed bytes, so the upstream does no JSON work and the generator can check bodies -------
 
@@ -62,16 +86,27 @@ SSE_EVENTS = [
 KINDS = ("json", "sse")
 EXPECTED_BODY = {"json": JSON_RESULT, "sse": b"".join(SSE_EVENTS)}
 # Events the recorder writes per exchange: exchange.start, mcp.request, http.response, one mcp.response per
-# JSON body or SSE event, exchange.end. Used to check that every request of scenario B was recorded.
+# JSON body or SSE event, exchange.end. With a policy, also one policy.decision per JSON-RPC request (each
+# body here holds one). Used to check that every request of the processor scenarios was recorded.
 EVENTS_PER_EXCHANGE = {"json": 5, "sse": 7}
+DECISIONS_PER_EXCHANGE = 1
 
 
-def request_bytes(path: str, kind: str, session: str) -> bytes:
+@dataclass(frozen=True)
+class Identity:
+    """What one generator connection presents: its session id as the client holds it, and maybe a token."""
+
+    session: str
+    authorization: str | None = None
+
+
+def request_bytes(path: str, kind: str, who: Identity) -> bytes:
     """One keep-alive POST; the upstream picks its answer from X-Bench-Response."""
     body = JSON_CALL if kind == "json" else SSE_CALL
+    auth = f"Authorization: {who.authorization}\r\n" if who.authorization else ""
     head = (
         f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        f"Accept: application/json, text/event-stream\r\nMcp-Session-Id: {session}\r\n"
+        f"Accept: application/json, text/event-stream\r\n{auth}Mcp-Session-Id: {who.session}\r\n"
         f"X-Bench-Response: {kind}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -79,11 +114,11 @@ def request_bytes(path: str, kind: str, session: str) -> bytes:
 
 # --- upstream: minimal HTTP/1.1 keep-alive server on asyncio streams ------------------------------------------
 
-_JSON_REPLY = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(JSON_RESULT) + JSON_RESULT
-)
+# Like the MCP SDK's server, every response carries the session id the request named (so with auth the processor
+# binds it for the client on every response, as in production).
+_JSON_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: %s\r\nContent-Length: %d\r\n\r\n"
 _SSE_HEAD = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nMcp-Session-Id: %s\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n"
 )
 _SSE_CHUNKS = [b"%x\r\n%s\r\n" % (len(e), e) for e in SSE_EVENTS] + [b"0\r\n\r\n"]
@@ -92,17 +127,19 @@ _SSE_CHUNKS = [b"%x\r\n%s\r\n" % (len(e), e) for e in SSE_EVENTS] + [b"0\r\n\r\n
 async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sse_gap: float) -> None:
     try:
         while True:
-            head = (await reader.readuntil(b"\r\n\r\n")).lower()
+            raw = await reader.readuntil(b"\r\n\r\n")
+            head = raw.lower()
             await reader.readexactly(_content_length(head))
+            session = _header_value(raw, head, b"mcp-session-id")
             if b"\r\nx-bench-response: sse" not in head:
-                writer.write(_JSON_REPLY)
+                writer.write(_JSON_HEAD % (session, len(JSON_RESULT)) + JSON_RESULT)
             elif not sse_gap:
                 # Each event in its own write, but back to back: Envoy usually reads them as one body chunk.
-                for chunk in (_SSE_HEAD, *_SSE_CHUNKS):
+                for chunk in (_SSE_HEAD % session, *_SSE_CHUNKS):
                     writer.write(chunk)
             else:
                 # A pause between events, as a server producing them over time: one body chunk per event.
-                writer.write(_SSE_HEAD)
+                writer.write(_SSE_HEAD % session)
                 for chunk in _SSE_CHUNKS:
                     await asyncio.sleep(sse_gap)
                     writer.write(chunk)
@@ -119,6 +156,15 @@ def _content_length(lowered_head: bytes) -> int:
         return 0
     end = lowered_head.index(b"\r\n", i + 17)
     return int(lowered_head[i + 17 : end])
+
+
+def _header_value(raw_head: bytes, lowered_head: bytes, name: bytes) -> bytes:
+    """The value of header ``name`` (lowercase) as sent, case kept; empty when absent."""
+    i = lowered_head.find(b"\r\n" + name + b":")
+    if i < 0:
+        return b""
+    start = i + len(name) + 3
+    return raw_head[start : raw_head.index(b"\r\n", start)].strip()
 
 
 def run_upstream(port: int, sse_gap: float) -> None:
@@ -152,12 +198,14 @@ class BadResponse(Exception):
     """The gateway answered something other than the upstream's exact bytes."""
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """Status and decoded body of one HTTP/1.1 response (Content-Length or chunked)."""
-    head = (await reader.readuntil(b"\r\n\r\n")).lower()
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes]:
+    """Status, session id header (as sent) and decoded body of one HTTP/1.1 response (Content-Length or chunked)."""
+    raw = await reader.readuntil(b"\r\n\r\n")
+    head = raw.lower()
     status = int(head[9:12])
+    session = _header_value(raw, head, b"mcp-session-id")
     if b"\r\ncontent-length:" in head:
-        return status, await reader.readexactly(_content_length(head))
+        return status, session, await reader.readexactly(_content_length(head))
     if b"\r\ntransfer-encoding: chunked" not in head:
         raise BadResponse("response without length")
     parts: list[bytes] = []
@@ -166,12 +214,27 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         if size == 0:
             while await reader.readline() not in (b"\r\n", b""):  # trailers, none expected
                 pass
-            return status, b"".join(parts)
+            return status, session, b"".join(parts)
         parts.append((await reader.readexactly(size + 2))[:-2])
 
 
-async def _client(n: int, port: int, path: str, measure_from: float, stop_at: float, result: LoadResult) -> None:
-    requests = {k: request_bytes(path, k, f"bench-{n}") for k in KINDS}
+def check_response(status: int, session: bytes, body: bytes, kind: str, who: Identity) -> None:
+    """Raise ``BadResponse`` unless this is the upstream's exact answer, under the client's own session id."""
+    # Any other status is a failure, 401/403 included (bad token, session bound to someone else, policy deny): a
+    # run that measured refusals would measure nothing. The gateway's error body is a fixed JSON-RPC error per
+    # cause, so it makes a precise reason without multiplying the failure keys.
+    if status != 200:
+        raise BadResponse(f"status {status}: {body[:160].decode(errors='replace')}")
+    if body != EXPECTED_BODY[kind]:
+        raise BadResponse("body differs from the upstream's")
+    if session != who.session.encode():  # with auth: the server's id bound again for this caller, same value
+        raise BadResponse("response session id differs from the client's")
+
+
+async def _client(
+    n: int, port: int, path: str, who: Identity, measure_from: float, stop_at: float, result: LoadResult
+) -> None:
+    requests = {k: request_bytes(path, k, who) for k in KINDS}
     kind_index = n % 2  # alternate kinds per connection, start half of them on each: an exact 50/50 mix
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
@@ -185,11 +248,7 @@ async def _client(n: int, port: int, path: str, measure_from: float, stop_at: fl
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 assert reader is not None
                 writer.write(requests[kind])
-                status, body = await read_response(reader)
-                if status != 200:
-                    raise BadResponse(f"status {status}")
-                if body != EXPECTED_BODY[kind]:
-                    raise BadResponse("body differs from the upstream's")
+                check_response(*await read_response(reader), kind, who)
             except (OSError, asyncio.IncompleteReadError, BadResponse, ValueError) as e:
                 reason = str(e) if isinstance(e, BadResponse) else type(e).__name__
                 result.failures[reason] = result.failures.get(reason, 0) + 1
@@ -207,13 +266,16 @@ async def _client(n: int, port: int, path: str, measure_from: float, stop_at: fl
 
 
 async def generate(
-    port: int, path: str, concurrency: int, seconds: float, warmup: float, pids: dict[str, int]
+    port: int, path: str, identities: list[Identity], seconds: float, warmup: float, pids: dict[str, int]
 ) -> LoadResult:
-    """Drive ``concurrency`` connections for warm-up + ``seconds``; CPU of ``pids`` is sampled over the window."""
+    """One connection per identity for warm-up + ``seconds``; CPU of ``pids`` is sampled over the window."""
     now = time.perf_counter()
     measure_from, stop_at = now + warmup, now + warmup + seconds
     result = LoadResult(window_s=seconds)
-    clients = [asyncio.create_task(_client(n, port, path, measure_from, stop_at, result)) for n in range(concurrency)]
+    clients = [
+        asyncio.create_task(_client(n, port, path, who, measure_from, stop_at, result))
+        for n, who in enumerate(identities)
+    ]
     pids = {**pids, "generator": os.getpid()}
     await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
     cpu0, busy0 = {k: cpu_seconds(p) for k, p in pids.items()}, machine_ticks()
@@ -227,10 +289,16 @@ async def generate(
 
 
 def run_generator(
-    out: Connection, port: int, path: str, concurrency: int, seconds: float, warmup: float, pids: dict[str, int]
+    out: Connection,
+    port: int,
+    path: str,
+    identities: list[Identity],
+    seconds: float,
+    warmup: float,
+    pids: dict[str, int],
 ) -> None:
     """Process entry: run the load and send the LoadResult back through ``out``."""
-    out.send(asyncio.run(generate(port, path, concurrency, seconds, warmup, pids)))
+    out.send(asyncio.run(generate(port, path, identities, seconds, warmup, pids)))
     out.close()
 
 
@@ -264,25 +332,78 @@ def machine_ticks() -> tuple[int, int]:
 
 @dataclass
 class Target:
-    """Where the generator sends requests, and which processes (besides it) do the work."""
+    """Where the generator sends requests, which processes (besides it) do the work, and who calls."""
 
     port: int
     path: str
     pids: dict[str, int]
+    identities: list[Identity]
 
 
-def write_gateway_yaml(workdir: Path, upstream_port: int) -> Path:
-    """A gateway.yaml with one server, one processor worker, recording into ``workdir``/recordings."""
-    doc = {
+def anonymous_identities(count: int) -> list[Identity]:
+    """One session per connection (as after initialize), no token."""
+    return [Identity(f"bench-{n}") for n in range(count)]
+
+
+def _gateway_doc(workdir: Path, upstream_port: int) -> dict[str, Any]:
+    """One server, one processor worker, recording into ``workdir``/recordings."""
+    return {
         "listen": {"address": "127.0.0.1", "port": free_port()},
         "processor": {"address": f"127.0.0.1:{free_port()}", "workers": 1},
         "admin": {"port": free_port()},
         "servers": [{"name": SERVER, "upstream": f"127.0.0.1:{upstream_port}", "path": "/mcp"}],
         "recording": {"directory": str(workdir / "recordings")},
     }
+
+
+def _write_config(workdir: Path, doc: dict[str, Any]) -> Path:
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def write_anonymous_config(workdir: Path, upstream_port: int) -> Path:
+    """gateway.yaml without auth (allow_anonymous: true, so no policy either): the processor's floor."""
+    workdir.mkdir()
+    return _write_config(workdir, {**_gateway_doc(workdir, upstream_port), "allow_anonymous": True})
+
+
+def write_authed_config(workdir: Path, upstream_port: int, issuer_url: str) -> Path:
+    """gateway.yaml as in production: one trusted issuer, a policy directory, a session-binding key file."""
+    workdir.mkdir()
+    policies = workdir / "policies"
+    policies.mkdir()
+    (policies / "bench.yaml").write_text(POLICY)
+    # 32 random bytes written as hex, as `openssl rand -hex 32` would: load_key strips surrounding whitespace,
+    # so raw random bytes could lose some. The bench reads the key back with load_key, as the processor does.
+    key = workdir / "session.key"
+    key.touch(mode=0o600)
+    key.write_text(secrets.token_hex(32) + "\n")
+    doc = _gateway_doc(workdir, upstream_port)
+    listen = doc["listen"]
+    doc["auth"] = {
+        "public_url": f"http://{listen['address']}:{listen['port']}",  # tokens' audience = the listen URL
+        "issuers": [{"issuer": issuer_url}],
+        "session_secret_file": str(key),
+    }
+    doc["policy"] = {"directory": str(policies)}
+    return _write_config(workdir, doc)
+
+
+def authed_identities(config: Path, issuer: DevIssuer, count: int) -> list[Identity]:
+    """A caller per connection: a token for ``bench-user-<n>`` and session ``bench-<n>`` bound to that caller."""
+    auth = load_settings(config).auth
+    assert auth is not None
+    key = load_key(auth.session_secret_file)
+    identities = []
+    for n in range(count):
+        sub = f"bench-user-{n}"
+        token = issuer.mint(sub, aud=auth.resource_id, groups=[BENCH_GROUP])
+        # What the processor derives from the verified token (issuer as configured, subject = sub): binding a
+        # session for anyone else would get 403.
+        who = Principal(issuer=issuer.url, subject=sub, username=sub)
+        identities.append(Identity(bind(f"bench-{n}", who, key), f"Bearer {token}"))
+    return identities
 
 
 def envoy_only_bootstrap(config: Path) -> dict[str, Any]:
@@ -318,21 +439,22 @@ def stop_process(p: subprocess.Popen[bytes] | BaseProcess, timeout: float = 10) 
 
 
 @contextmanager
-def upstream_process(ctx: mp.context.SpawnContext, sse_gap: float) -> Iterator[Target]:
+def upstream_process(ctx: mp.context.SpawnContext, sse_gap: float, concurrency: int) -> Iterator[Target]:
     port = free_port()
     proc = ctx.Process(target=run_upstream, args=(port, sse_gap), name="bench-upstream", daemon=True)
     proc.start()
     try:
         wait_until(lambda: proc.is_alive() and can_connect(f"127.0.0.1:{port}"), 10, "the upstream")
         assert proc.pid is not None
-        yield Target(port, "/mcp", {"upstream": proc.pid})
+        yield Target(port, "/mcp", {"upstream": proc.pid}, anonymous_identities(concurrency))
     finally:
         stop_process(proc)
 
 
 @contextmanager
-def envoy_only(config: Path, workdir: Path, upstream: Target) -> Iterator[Target]:
+def envoy_only(config: Path, upstream: Target) -> Iterator[Target]:
     settings = load_settings(config)
+    workdir = config.parent
     bootstrap = workdir / "envoy-only.yaml"
     bootstrap.write_text(yaml.safe_dump(envoy_only_bootstrap(config), sort_keys=False))
     cmd = [
@@ -352,22 +474,24 @@ def envoy_only(config: Path, workdir: Path, upstream: Target) -> Iterator[Target
     try:
         ready = f"http://127.0.0.1:{settings.admin.port}/ready"
         wait_until(lambda: envoy.poll() is None and http_ok(ready), 30, "Envoy (envoy only) to be ready")
-        yield Target(settings.listen.port, f"/{SERVER}/mcp", {**upstream.pids, "envoy": envoy.pid})
+        pids = {**upstream.pids, "envoy": envoy.pid}
+        yield Target(settings.listen.port, f"/{SERVER}/mcp", pids, upstream.identities)
     finally:
         stop_process(envoy)
 
 
 @contextmanager
-def envoy_and_processor(config: Path, workdir: Path, upstream: Target) -> Iterator[Target]:
-    stack = Stack(config=config, workdir=workdir / "stack")
+def envoy_and_processor(config: Path, upstream: Target, identities: list[Identity]) -> Iterator[Target]:
+    """``launcher.Stack`` as ``mcp-extproc up`` runs it, for ``config``; its files go next to the config."""
+    stack = Stack(config=config, workdir=config.parent / "stack")
     try:
-        stack.start(log=workdir / "stack.log")
+        stack.start(log=config.parent / "stack.log")
         assert stack.envoy is not None and len(stack.processors) == 1
         args = [str(a) for a in cast("list[str]", stack.envoy.args)]
         if args[args.index("--concurrency") + 1] != str(ENVOY_CONCURRENCY):
             raise RuntimeError("Stack starts Envoy with a different --concurrency; update ENVOY_CONCURRENCY")
         pids = {**upstream.pids, "envoy": stack.envoy.pid, "processor": stack.processors[0].pid}
-        yield Target(stack.settings.listen.port, f"/{SERVER}/mcp", pids)
+        yield Target(stack.settings.listen.port, f"/{SERVER}/mcp", pids, identities)
     finally:
         stack.stop()  # Envoy first, then the processor flushes its recording
 
@@ -379,7 +503,7 @@ def run_load(ctx: mp.context.SpawnContext, target: Target, args: argparse.Namesp
         target=run_generator,
         name="bench-generator",
         daemon=True,
-        args=(send, target.port, target.path, args.concurrency, args.seconds, args.warmup, target.pids),
+        args=(send, target.port, target.path, target.identities, args.seconds, args.warmup, target.pids),
     )
     gen.start()
     send.close()
@@ -394,6 +518,17 @@ def run_load(ctx: mp.context.SpawnContext, target: Target, args: argparse.Namesp
 
 def count_recorded_events(directory: Path) -> int:
     return sum(len(p.read_bytes().splitlines()) for p in directory.rglob("*.jsonl"))
+
+
+def recording_check(config: Path, loaded: LoadResult) -> dict[str, Any]:
+    """Events in the store (read once the Stack has stopped, so everything is flushed) against the expected count."""
+    settings = load_settings(config)
+    decisions = DECISIONS_PER_EXCHANGE if settings.policy is not None else 0
+    recorded = count_recorded_events(settings.recording.directory)
+    expected = sum((EVENTS_PER_EXCHANGE[k] + decisions) * n for k, n in loaded.issued.items())
+    # Exact only when no request failed: a failed one may have been partly recorded.
+    ok = recorded == expected and not loaded.failures
+    return {"recorded_events": recorded, "expected_events": expected, "ok": ok}
 
 
 # --- figures -------------------------------------------------------------------------------------------------
@@ -466,41 +601,50 @@ def cpu_note(cpus: int | None) -> str:
         f"This machine has {cpus} CPU(s). The load generator, the upstream, Envoy ({ENVOY_CONCURRENCY} worker threads)"
         " and the processor (one Python event loop, so at most about one core) all run on them and compete for CPU:"
         " absolute req/s is what this box gives with everything on it, not the gateway's capacity. Compare rows of"
-        " the same run; the B/A ratios and the CPU ms per request are the figures to track."
+        " the same run; the ratios (B0/A, B/A, B/B0) and the CPU ms per request are the figures to track."
     )
+
+
+NAME_WIDTH = 36
+RATIOS = {"B0/A": (ANONYMOUS, ENVOY), "B/A": (AUTHED, ENVOY), "B/B0": (AUTHED, ANONYMOUS)}
 
 
 def print_report(report: dict[str, Any]) -> None:
     rows = report["scenarios"]
+    w = NAME_WIDTH
     print()
     print(
-        f"{'scenario':<20}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+        f"{'scenario':<{w}}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
         f"{'json p50':>10}{'sse p50':>9}{'busy %':>8}{'failed':>8}"
     )
     for name, r in rows.items():
         print(
-            f"{name:<20}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+            f"{name:<{w}}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}{r['p99_ms']:>9.2f}"
             f"{r['by_kind']['json']['p50_ms']:>10.2f}{r['by_kind']['sse']['p50_ms']:>9.2f}"
             f"{r['machine_busy_pct']:>8.0f}{sum(r['failures'].values()):>8}"
         )
     print()
     print("CPU ms per request (all threads of each process, measurement window only):")
     names = ["generator", "upstream", "envoy", "processor"]
-    print(f"{'scenario':<20}" + "".join(f"{n:>11}" for n in names))
+    print(f"{'scenario':<{w}}" + "".join(f"{n:>11}" for n in names))
     for name, r in rows.items():
         cells = [r["cpu_ms_per_request"].get(n) for n in names]
-        print(f"{name:<20}" + "".join(f"{'-' if c is None else f'{c:.3f}':>11}" for c in cells))
-    ratios = report["ratios"]["B/A"]
+        print(f"{name:<{w}}" + "".join(f"{'-' if c is None else f'{c:.3f}':>11}" for c in cells))
     print()
-    print(
-        f"B/A (envoy + processor / envoy only): throughput x{ratios['rps']:.2f}, "
-        f"p50 x{ratios['p50_ms']:.2f}, p99 x{ratios['p99_ms']:.2f}"
-    )
-    check = report["recording_check"]
-    print(
-        f"recording check: {check['recorded_events']} events written, {check['expected_events']} expected "
-        f"({'ok' if check['ok'] else 'MISMATCH'})"
-    )
+    for label, ratio in report["ratios"].items():
+        over, under = RATIOS[label]
+        print(
+            f"{label:<5} ({over} / {under}): throughput x{ratio['rps']:.2f}, "
+            f"p50 x{ratio['p50_ms']:.2f}, p99 x{ratio['p99_ms']:.2f}"
+        )
+    for name, check in report["recording_check"].items():
+        print(
+            f"recording check, {name}: {check['recorded_events']} events written, {check['expected_events']} "
+            f"expected ({'ok' if check['ok'] else 'MISMATCH'})"
+        )
+    for name, r in rows.items():
+        for reason, count in r["failures"].items():
+            print(f"FAILED, {name}: {count} x {reason}")
     print()
     print("Note: " + report["note"])
 
@@ -510,35 +654,41 @@ def print_report(report: dict[str, Any]) -> None:
 RESULTS = Path(__file__).resolve().parent / "results" / "gateway.json"
 
 
-def run_scenarios(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """The three rows, one after the other against one upstream; and the check that B recorded every request."""
+def run_scenarios(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The four rows, one after the other against one upstream; and the check that B0 and B recorded everything."""
     ctx = mp.get_context("spawn")
     scenarios: dict[str, dict[str, Any]] = {}
+    checks: dict[str, dict[str, Any]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp,
-        upstream_process(ctx, args.sse_gap_ms / 1000) as upstream,
+        upstream_process(ctx, args.sse_gap_ms / 1000, args.concurrency) as upstream,
     ):
         workdir = Path(tmp)
-        config = write_gateway_yaml(workdir, upstream.port)
+        anonymous = write_anonymous_config(workdir / "anonymous", upstream.port)
 
-        print("upstream direct ...", flush=True)
-        scenarios["upstream direct"] = summarize(run_load(ctx, upstream, args))
+        print(f"{UPSTREAM} ...", flush=True)
+        scenarios[UPSTREAM] = summarize(run_load(ctx, upstream, args))
 
-        print("envoy only ...", flush=True)
-        with envoy_only(config, workdir, upstream) as target:
-            scenarios["envoy only"] = summarize(run_load(ctx, target, args))
+        print(f"{ENVOY} ...", flush=True)
+        with envoy_only(anonymous, upstream) as target:
+            scenarios[ENVOY] = summarize(run_load(ctx, target, args))
 
-        print("envoy + processor (recording on) ...", flush=True)
-        with envoy_and_processor(config, workdir, upstream) as target:
+        print(f"{ANONYMOUS}, recording on ...", flush=True)
+        with envoy_and_processor(anonymous, upstream, upstream.identities) as target:
             loaded = run_load(ctx, target, args)
-            scenarios["envoy + processor"] = summarize(loaded)
+            scenarios[ANONYMOUS] = summarize(loaded)
         # The Stack is stopped here, so the processor has flushed every event it accepted.
-        recorded = count_recorded_events(load_settings(config).recording.directory)
-    expected = sum(EVENTS_PER_EXCHANGE[k] * n for k, n in loaded.issued.items())
-    # Exact only when no request failed: a failed one may have been partly recorded.
-    ok = recorded == expected and not loaded.failures
-    check = {"recorded_events": recorded, "expected_events": expected, "ok": ok}
-    return scenarios, check
+        checks[ANONYMOUS] = recording_check(anonymous, loaded)
+
+        print(f"{AUTHED}, recording on ...", flush=True)
+        with DevIssuer(workdir / "issuer-keys") as issuer:
+            authed = write_authed_config(workdir / "authed", upstream.port, issuer.url)
+            identities = authed_identities(authed, issuer, args.concurrency)
+            with envoy_and_processor(authed, upstream, identities) as target:
+                loaded = run_load(ctx, target, args)
+                scenarios[AUTHED] = summarize(loaded)
+        checks[AUTHED] = recording_check(authed, loaded)
+    return scenarios, checks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -563,8 +713,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.concurrency} connections, {args.warmup:g}s warm-up + {args.seconds:g}s per scenario, "
         "50/50 JSON and SSE tools/call"
     )
-    scenarios, check = run_scenarios(args)
-    a, b = scenarios["envoy only"], scenarios["envoy + processor"]
+    scenarios, checks = run_scenarios(args)
+
+    def ratio(over: str, under: str) -> dict[str, float | None]:
+        b, a = scenarios[over], scenarios[under]
+        return {k: round(b[k] / a[k], 3) if a[k] else None for k in ("rps", "p50_ms", "p90_ms", "p99_ms")}
+
     report = {
         "machine": info,
         "parameters": {
@@ -577,18 +731,21 @@ def main(argv: list[str] | None = None) -> int:
             "envoy_concurrency": ENVOY_CONCURRENCY,
             "processor_workers": 1,
             "recording": "file store in a temp dir",
-            "sessions": "one Mcp-Session-Id per connection (as after initialize)",
+            "sessions": "one Mcp-Session-Id per connection (as after initialize), echoed on every response",
+            "auth": "B: one caller (token) per connection from a development issuer on loopback, session ids "
+            "bound to it, one allow rule; B0: allow_anonymous",
         },
         "scenarios": scenarios,
-        "ratios": {"B/A": {k: round(b[k] / a[k], 3) if a[k] else None for k in ("rps", "p50_ms", "p90_ms", "p99_ms")}},
-        "recording_check": check,
+        "ratios": {label: ratio(over, under) for label, (over, under) in RATIOS.items()},
+        "recording_check": checks,
         "note": cpu_note(info["cpu_count"]),
     }
     print_report(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nresults written to {args.out}")
-    return 0 if check["ok"] and not any(s["failures"] for s in scenarios.values()) else 1
+    ok = all(c["ok"] for c in checks.values()) and not any(s["failures"] for s in scenarios.values())
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
