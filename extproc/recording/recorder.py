@@ -62,6 +62,8 @@ class _Stream:
     open: set[str] = field(default_factory=set)
     ending: set[str] = field(default_factory=set)  # exchanges whose end also ends the session
     end_now: bool = False  # the session is over: end the stream at the next cut
+    due: bool = False  # an exchange ended: seal the segment, at most once per flush interval
+    last_seal: float = 0.0
     last_event: float = 0.0
     ops: list[tuple[int, bytes] | Manifest] = field(default_factory=list)  # not yet in the spool, in order
 
@@ -162,12 +164,16 @@ class Recorder:
     async def flushed(self, within: float = 5.0) -> None:
         """Wait until everything emitted so far has been written and synced (for tests and shutdown)."""
         self._synced.clear()
-        if self._queue.empty() and not self._has_ops():
+        if self._queue.empty() and not self._has_ops() and not self._seal_due():
             return
         await asyncio.wait_for(self._synced.wait(), within)
 
     def _has_ops(self) -> bool:
         return any(s.ops for s in self._streams.values()) or bool(self._orphans)
+
+    def _seal_due(self) -> bool:
+        """A segment whose seal is held back until the flush interval has passed."""
+        return any(s.due and s.seg_size for s in self._streams.values())
 
     async def _run(self) -> None:
         last_sync = last_write = self._clock()
@@ -178,6 +184,8 @@ class Recorder:
                 timeout: float | None = max(0.0, self.flush_interval - (self._clock() - last_write))
             elif dirty:
                 timeout = max(0.0, self.flush_interval - (self._clock() - last_sync))
+            elif self._seal_due():  # a held-back seal comes due within the interval
+                timeout = self.flush_interval
             elif self._streams:  # segments age and sessions go idle even without traffic
                 timeout = min(self.segment_age, self.idle_timeout, 1.0)
             else:
@@ -202,7 +210,7 @@ class Recorder:
             if dirty and (ended or stopping or self._clock() - last_sync >= self.flush_interval):
                 dirty = not await self._sync()
                 last_sync = self._clock()
-            if not dirty and not self._has_ops() and self._queue.empty():
+            if not dirty and not self._has_ops() and not self._seal_due() and self._queue.empty():
                 self._synced.set()
         lost = sum(1 for s in [*self._streams.values(), *self._orphans] for op in s.ops if isinstance(op, tuple))
         if lost:  # the spool is still failing at shutdown: say exactly what could not be written
@@ -246,7 +254,7 @@ class Recorder:
                 st.ending.add(e.exchange)  # the server no longer knows this session
             elif isinstance(e, ExchangeEnd):
                 st.open.discard(e.exchange)
-                ended = True
+                st.due = ended = True
                 if e.exchange in st.ending or e.session.startswith("x-"):  # x-: a one-exchange session
                     st.end_now = True
             if st.seg_size >= self.segment_bytes:
@@ -268,7 +276,12 @@ class Recorder:
                 self._epochs[session] = self._epochs.get(session, 0) + 1
                 if st.ops:
                     self._orphans.append(st)
-            elif st.seg_size and (ended or now - st.seg_opened >= self.segment_age):
+            elif st.seg_size and (
+                (st.due and now - st.last_seal >= self.flush_interval) or now - st.seg_opened >= self.segment_age
+            ):
+                # Sealing signs a manifest: once per stream per flush interval, not once per exchange, so a busy
+                # session costs one signature per interval. A crash before the seal loses nothing: the completer
+                # seals every complete line left in the spool.
                 self._seal(st, final=False)
 
     def _seal(self, st: _Stream, final: bool) -> None:
@@ -291,6 +304,7 @@ class Recorder:
         )
         self.signer.sign(manifest)
         st.ops.append(manifest)
+        st.due, st.last_seal = False, self._clock()
         st.prev_manifest = manifest.digest()
         st.segment += 1
         st.seg_first, st.seg_size, st.seg_hash = st.seq, 0, hashlib.sha256()
