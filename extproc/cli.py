@@ -165,14 +165,18 @@ KeyOpt = Annotated[
 
 
 def _session(store, session_id: str, public_key=None):  # type: ignore[no-untyped-def]
+    from extproc.authn.session_binding import server_id_of
     from extproc.recording.replay import load_session
     from extproc.recording.store import safe_key
 
-    try:
-        return load_session(store, safe_key(session_id), public_key)
-    except KeyError:
-        console.print(f"[red]no recorded session {session_id!r}[/red]")
-        raise typer.Exit(1) from None
+    # Recordings are kept under the MCP server's session id; a client holds the gateway-bound form of it.
+    for key in dict.fromkeys([session_id, server_id_of(session_id) or session_id]):
+        try:
+            return load_session(store, safe_key(key), public_key)
+        except KeyError:
+            continue
+    console.print(f"[red]no recorded session {session_id!r}[/red]")
+    raise typer.Exit(1)
 
 
 @sessions_app.command("list")

@@ -8,6 +8,7 @@ names the session in its response headers.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -29,7 +30,7 @@ from extproc.errors import (
     StoreError,
 )
 from extproc.gateway import Gateway
-from extproc.mcp.jsonrpc import error_response, parse_body
+from extproc.mcp.jsonrpc import error_response, is_request, parse_body
 from extproc.mcp.sse import SseParser
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.enforce import authorize, filter_body, redact_for_record
@@ -67,6 +68,7 @@ class Exchange:
         self.principal: Principal | None = None
         self.policy: CompiledPolicy | None = None  # one snapshot per exchange: a reload never splits a decision
         self._lists: dict[str, str] = {}
+        self._awaiting: set[str] = set()  # ids of requests in the body still without a response
         self._filtering = False
         self.session: str | None = None
         self.recording = False
@@ -151,6 +153,7 @@ class Exchange:
         self.bytes_in += len(body)
         parsed = parse_body(body)
         self.request_ids = [m.get("id") for m in parsed.messages if "id" in m]
+        self._awaiting = {json.dumps(m["id"]) for m in parsed.messages if "id" in m and is_request(m)}
         messages, raw, redactions = redact_for_record(self.policy, self._server_name, list(parsed.messages), body)
         self._emit(
             McpRequest(
@@ -246,6 +249,10 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
+        if outcome == "reset" and self.request_ids and not self._awaiting and self.status:
+            # MCP: a POST's stream is done once every request in it has its response; clients often close
+            # the connection right then, before Envoy relays the final empty chunk.
+            outcome, detail = "complete", "client closed the stream after the last response"
         if not self.recording:
             return
         if self.session is None:  # the stream died before the server named a session
@@ -286,6 +293,9 @@ class Exchange:
         self, messages: list[dict[str, Any]], error: str | None, raw: bytes, keep_raw: bool, **sse: Any
     ) -> None:
         """One mcp.response event, redacted by the policy's recording rules before it is queued."""
+        for m in messages:
+            if "id" in m and "method" not in m:
+                self._awaiting.discard(json.dumps(m["id"]))
         messages, kept, redactions = redact_for_record(self.policy, self._server_name, messages, raw)
         body = {"raw_redacted": True} if kept is None else (body_fields(kept) if keep_raw else {})
         self._emit(McpResponse(messages=messages, error=error, body=body, size=len(raw), redactions=redactions, **sse))

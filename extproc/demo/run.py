@@ -20,6 +20,7 @@ from rich.console import Console
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.demo.mcp_client import connect
 from extproc.launcher import Stack, can_connect, free_port, wait_until
+from extproc.recording.manifest import generate_keys, load_public_key
 from extproc.recording.replay import load_session
 from extproc.recording.report import print_session
 from extproc.recording.store import safe_key
@@ -39,7 +40,7 @@ def write_config(workdir: Path, mcp_port: int, issuer_url: str) -> Path:
             {"name": "demo", "upstream": f"127.0.0.1:{mcp_port}"},
             {"name": "github", "upstream": f"127.0.0.1:{free_port()}"},  # named by the example policy; not running
         ],
-        "recording": {"directory": str(workdir / "recordings")},
+        "recording": {"directory": str(workdir / "recordings"), "signing_key": str(workdir / "keys" / "signing.key")},
         "auth": {
             "public_url": f"http://127.0.0.1:{port}",
             "issuers": [{"issuer": issuer_url}],
@@ -61,7 +62,7 @@ async def client_session(url: str, token: str, console: Console) -> str | None:
 
     async with connect(url, token=token) as conn:
         tools = await conn.client.list_tools()
-        console.print(f"    tools/list -> {', '.join(t.name for t in tools.tools)}  (filtered by policy)")
+        console.print(f"    tools/list -> {', '.join(t.name for t in tools.tools)}  (as alice's policy allows)")
         echo = await conn.client.call_tool("echo", {"text": "hello"})
         console.print(f"    tools/call echo -> {echo.structured_content}")
         count = await conn.client.call_tool("count_slowly", {"n": 3, "delay": 0.1}, progress_callback=on_progress)
@@ -89,6 +90,7 @@ def run_demo(workdir: Path, console: Console) -> int:
             stderr=out,
         )
     issuer = DevIssuer(workdir / "issuer").start()
+    generate_keys(workdir / "keys")  # Ed25519: the processor signs every segment manifest with it
     config = write_config(workdir, mcp_port, issuer.url)
     stack = Stack(config=config, workdir=workdir)
     session_id: str | None = None
@@ -114,11 +116,13 @@ def run_demo(workdir: Path, console: Console) -> int:
         server.wait(10)
     console.print("[bold]5.[/bold] everything stopped; the recording, as `mcp-extproc sessions show` prints it:\n")
     store = FileStore(workdir / "recordings")
-    session = load_session(store, safe_key(server_session_id(session_id)))
+    public_key = load_public_key(workdir / "keys" / "signing.pub")  # what an auditor would be given
+    session = load_session(store, safe_key(server_session_id(session_id)), public_key)
     print_session(console, session)
     console.print(
         f"\nTry: .venv/bin/mcp-extproc sessions list --dir {workdir / 'recordings'}\n"
         f"     .venv/bin/mcp-extproc sessions verify {session.id} --dir {workdir / 'recordings'}"
+        f" --public-key {workdir / 'keys' / 'signing.pub'}"
     )
     return 0 if not session.problems else 1
 

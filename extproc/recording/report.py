@@ -57,7 +57,7 @@ def session_doc(session: Session) -> dict[str, Any]:
                 "path": start.get("path"),
                 "client": start.get("client"),
                 "principal": start.get("principal"),
-                "status": resp.get("status"),
+                "status": resp.get("status") or (end or {}).get("status"),  # a refusal has no upstream response
                 "outcome": end["outcome"] if end else "incomplete" if marker else "open",
                 "incomplete": marker.get("reason") if marker and not end else None,
                 "duration_ms": end["duration_ms"] if end else None,
@@ -95,6 +95,7 @@ def print_session(console: Console, session: Session) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    refused = {e["exchange"]: e for e in session.events if e["type"] == "exchange.end" and e["outcome"] == "denied"}
     console.print("\n[bold]JSON-RPC[/bold]")
     for call in doc["calls"]:
         req = call["request"]
@@ -119,4 +120,11 @@ def print_session(console: Console, session: Session) -> None:
             body = r.get("result") if "result" in r else {"error": r.get("error")}
             console.print(
                 f"  {_ts(call['response_time'])}     <= {_short(body)}", highlight=False, markup=False, soft_wrap=True
+            )
+        elif (refusal := refused.get(call["exchange"])) is not None:
+            console.print(
+                f"  {_ts(refusal['time'])}     <= refused by the gateway ({refusal['status']}): {refusal['detail']}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
             )

@@ -582,3 +582,17 @@ async def test_queue_full_mid_exchange_fails_closed_when_recording_is_required(t
 
     with pytest.raises(StoreError, match="recording queue full"):
         await ex.on_request_body(body(json.dumps(CALL).encode()))
+
+
+async def test_reset_after_every_request_was_answered_is_complete(rig: Rig) -> None:
+    ex = rig.exchange()
+    await ex.on_request_headers(request_headers(session="sess-1"))
+    await ex.on_request_body(body(json.dumps(CALL).encode()))
+    await ex.on_response_headers(response_headers("text/event-stream"))
+    answer = {"jsonrpc": "2.0", "id": CALL["id"], "result": {"content": []}}
+    await ex.on_response_body(body(_sse(_progress(1), answer), end=False))
+
+    ex.finish("reset", "client or Envoy cancelled the stream")  # the client hung up once it had its answer
+
+    end = (await rig.recorded())["sess-1"][-1]
+    assert (end["outcome"], end["detail"]) == ("complete", "client closed the stream after the last response")
