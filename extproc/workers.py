@@ -17,27 +17,37 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def _start(config: Path, worker: int, verbose: bool) -> subprocess.Popen[bytes]:
+class StopSignal:
+    """SIGTERM/SIGINT set ``requested``; supervisor loops poll it and then shut their children down in order."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._set)
+
+    def _set(self, *_: object) -> None:
+        self.requested = True
+
+
+def worker_command(config: Path, worker: int, verbose: bool = False) -> list[str]:
+    """The command line of processor worker ``worker`` (it listens on its own port or socket)."""
     cmd = [sys.executable, "-m", "extproc", "serve", "--config", str(config), "--worker", str(worker)]
-    return subprocess.Popen(cmd + (["--verbose"] if verbose else []))
+    return cmd + (["--verbose"] if verbose else [])
+
+
+def _start(config: Path, worker: int, verbose: bool) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(worker_command(config, worker, verbose))
 
 
 def serve_workers(config: Path, count: int, verbose: bool = False, restart_delay: float = 1.0) -> int:
     """Run ``count`` workers until SIGTERM/SIGINT, restarting any that dies; then stop them all (they drain)."""
+    stop = StopSignal()
     procs = {i: _start(config, i, verbose) for i in range(count)}
-    stopping = False
-
-    def on_signal(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     log.info("started %d processor workers: %s", count, [p.pid for p in procs.values()])
-    while not stopping:
+    while not stop.requested:
         time.sleep(0.2)  # a supervisor's poll, not a wait for a test condition
         for i, p in procs.items():
-            if p.poll() is not None and not stopping:
+            if p.poll() is not None and not stop.requested:
                 log.error("worker %d (pid %d) exited with %s; starting it again", i, p.pid, p.returncode)
                 time.sleep(restart_delay)
                 procs[i] = _start(config, i, verbose)
