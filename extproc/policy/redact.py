@@ -67,8 +67,12 @@ class Redactor:
 
     paths: _Node | None
     keys: tuple[tuple[str, re.Pattern[str]], ...]
-    patterns: tuple[tuple[str, re.Pattern[str], Callable[[re.Match[str]], str]], ...]
+    # (name, regex, replacement, shortest text it can match): shorter strings skip the regex entirely
+    patterns: tuple[tuple[str, re.Pattern[str], Callable[[re.Match[str]], str], int], ...]
     rules: tuple[str, ...]  # every rule name, for summaries
+    # Object keys repeat endlessly ("jsonrpc", "params", "text"): remember each key's rule, bounded because
+    # keys come from clients and servers.
+    key_memo: dict[str, str | None] = field(default_factory=dict)
 
     def apply(self, payload: Any) -> tuple[Any, list[Redaction]]:
         """Return a redacted copy of ``payload`` and what was redacted."""
@@ -90,7 +94,7 @@ class Redactor:
             out: dict[Any, Any] = {}
             for k, v in value.items():
                 path.append(str(k))
-                key_rule = next((name for name, rx in self.keys if rx.fullmatch(str(k))), None)
+                key_rule = self._key_rule(str(k))
                 if key_rule is not None and not _is_empty(v):
                     found.append(Redaction(key_rule, _pointer(path), "key"))
                     out[k] = marker(key_rule)
@@ -107,8 +111,19 @@ class Redactor:
             return items
         return value
 
+    def _key_rule(self, key: str) -> str | None:
+        try:
+            return self.key_memo[key]
+        except KeyError:
+            rule = next((name for name, rx in self.keys if rx.fullmatch(key)), None)
+            if len(self.key_memo) < _KEY_MEMO_MAX:
+                self.key_memo[key] = rule
+            return rule
+
     def _text(self, text: str, path: list[str], found: list[Redaction]) -> str:
-        for name, rx, replace in self.patterns:
+        for name, rx, replace, min_len in self.patterns:
+            if len(text) < min_len:
+                continue
             text, n = rx.subn(replace, text)
             if n:
                 found.append(Redaction(name, _pointer(path), "pattern", n))
@@ -141,9 +156,20 @@ def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -
     return Redactor(
         paths=root if root.children or root.wild else None,
         keys=tuple(keys),
-        patterns=tuple((n, re.compile(p), _replacer(n)) for n, p in patterns),
+        patterns=tuple((n, rx, _replacer(n), _min_length(rx)) for n, rx in ((n, re.compile(p)) for n, p in patterns)),
         rules=names,
     )
+
+
+_KEY_MEMO_MAX = 4096
+
+
+def _min_length(rx: re.Pattern[str]) -> int:
+    """The shortest string ``rx`` can match (0 if unknown): from the regex parser's own width computation."""
+    try:
+        return int(re._parser.parse(rx.pattern, rx.flags).getwidth()[0])  # type: ignore[attr-defined]
+    except Exception:
+        return 0
 
 
 def _step(nodes: tuple[_Node, ...], seg: str) -> tuple[_Node, ...]:
