@@ -27,6 +27,7 @@ test-integration: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/gateway_bench.py
+	$(BIN)/python bench/exchange_bench.py
 	$(BIN)/python bench/policy_bench.py
 
 lint: $(STAMP)

@@ -119,7 +119,10 @@ class Recorder:
     @property
     def accepting(self) -> bool:
         """Whether a new exchange can be recorded now: spool writable and not full, queue not full."""
-        return self.healthy and not self._queue.full() and (self.spool.has_room or not self.spool.is_open)
+        # New exchanges are admitted only below 90% of the queue: the rest is headroom for the events of exchanges
+        # already admitted, so a burst refuses new work (503) instead of failing work in flight.
+        admit = self._queue.qsize() < self._queue.maxsize * 0.9
+        return self.healthy and admit and (self.spool.has_room or not self.spool.is_open)
 
     def emit(self, event: Event) -> bool:
         """Enqueue without blocking; False (and counted) when the queue is full."""

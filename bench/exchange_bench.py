@@ -1,0 +1,126 @@
+"""Our own per-exchange cost, without gRPC or Envoy: the exchange phases driven in-process.
+
+Real ext_proc protobufs (as Envoy sends them), a real Gateway with the example policy, a cached bearer token, a
+real recorder chaining, spooling and sealing into a file store. What it prints is the Python work mcp-extproc does
+per exchange on top of grpc.aio's own cost; compare with "CPU ms per request" of bench/gateway_bench.py.
+
+    python bench/exchange_bench.py [--exchanges 5000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import pstats
+import tempfile
+import time
+from pathlib import Path
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+
+from extproc.authn.principal import Principal
+from extproc.authn.session_binding import bind
+from extproc.exchange import Exchange
+from extproc.gateway import Gateway
+from extproc.policy.loader import PolicyWatcher
+from extproc.recording.setup import build_runtime
+from extproc.settings import parse
+
+ROOT = Path(__file__).resolve().parents[1]
+ALICE = Principal(issuer="https://idp.example", subject="alice", username="alice", groups=("eng",))
+CALL = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "hi"}}}
+RESULT = {"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": "hi"}], "isError": False}}
+
+
+class CachedAuth:
+    """Stands in for the Authenticator's cache hit: the token was verified on an earlier request."""
+
+    def check_origin(self, origin: str | None) -> None:
+        return None
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        return ALICE
+
+
+def _headers(values: dict[str, str], end: bool = False) -> ep.HttpHeaders:
+    hm = base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in values.items()])
+    return ep.HttpHeaders(headers=hm, end_of_stream=end)
+
+
+async def run(exchanges: int, workdir: Path, profile: bool) -> dict[str, float]:
+    settings = parse(
+        {
+            "servers": [{"name": "demo", "upstream": "127.0.0.1:9"}, {"name": "github", "upstream": "127.0.0.1:9"}],
+            "recording": {"directory": str(workdir / "rec")},
+            "auth": {"public_url": "https://gw.example", "issuers": [{"issuer": "https://idp.example"}]},
+            "policy": {"directory": str(ROOT / "policies")},
+        }
+    )
+    runtime = build_runtime(settings.recording)
+    await runtime.start()
+    policy = PolicyWatcher(ROOT / "policies", {"demo", "github"})
+    gw = Gateway.build(settings, runtime.recorder, CachedAuth(), policy)  # type: ignore[arg-type]
+    session = bind("sess-1", ALICE, gw.session_key)
+    req_headers = _headers(
+        {
+            ":method": "POST",
+            ":path": "/demo/mcp",
+            ":authority": "gw",
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            "authorization": "Bearer x" * 40,
+            "mcp-session-id": session,
+        }
+    )
+    req_body = ep.HttpBody(body=json.dumps(CALL).encode(), end_of_stream=True)
+    resp_headers = _headers({":status": "200", "content-type": "text/event-stream", "mcp-session-id": "sess-1"})
+    resp_body = ep.HttpBody(body=f"event: message\ndata: {json.dumps(RESULT)}\n\n".encode(), end_of_stream=True)
+
+    prof = cProfile.Profile() if profile else None
+    cpu0 = time.process_time()
+    if prof:
+        prof.enable()
+    for _ in range(exchanges):
+        ex = Exchange(gw)
+        await ex.on_request_headers(req_headers)
+        await ex.on_request_body(req_body)
+        await ex.on_response_headers(resp_headers)
+        await ex.on_response_body(resp_body)
+        await asyncio.sleep(0)  # the recorder task runs between exchanges, as between gRPC messages
+        while not runtime.recorder.accepting:  # noqa: ASYNC110 (back-pressure: where the gateway would answer 503)
+            await asyncio.sleep(0.001)
+    await runtime.recorder.flushed(within=60)
+    if prof:
+        prof.disable()
+    cpu = time.process_time() - cpu0
+    await runtime.close()
+    await policy.close()
+    if prof:
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(r"extproc", 20)
+        print(out.getvalue())
+    return {"exchanges": exchanges, "cpu_ms_per_exchange": cpu * 1000 / exchanges}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--exchanges", type=int, default=5000)
+    parser.add_argument("--profile", action="store_true", help="print the top extproc functions (slows it down)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = asyncio.run(run(args.exchanges, Path(tmp), args.profile))
+    print(
+        f"{result['exchanges']} exchanges (auth cache hit, example policy, redaction, recording with signed "
+        f"segments): {result['cpu_ms_per_exchange']:.3f} ms CPU per exchange in mcp-extproc's own code"
+    )
+    results = ROOT / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "exchange.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
