@@ -62,6 +62,9 @@ def serve(
         int | None, typer.Option(help="run N worker processes (default: processor.workers); Envoy needs as many")
     ] = None,
     verbose: bool = False,
+    passthrough: Annotated[
+        bool, typer.Option(hidden=True, help="benchmark baseline: CONTINUE to everything, nothing recorded")
+    ] = False,
 ) -> None:
     """Run the ext_proc gRPC processor: one process per worker, each on its own port (port+i) or socket (.i)."""
     from extproc.server import serve as run
@@ -69,8 +72,8 @@ def serve(
 
     _logging(verbose)
     settings = _load(config)
-    if worker is not None:
-        asyncio.run(run(settings, worker=worker))
+    if worker is not None or passthrough:
+        asyncio.run(run(settings, worker=worker or 0, passthrough=passthrough))
         return
     count = workers or settings.processor.workers
     if count != settings.processor.workers:

@@ -19,6 +19,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.authn.verify import Authenticator
+from extproc.envoy import responses
 from extproc.exchange import Exchange
 from extproc.gateway import Gateway
 from extproc.policy.loader import PolicyWatcher
@@ -68,6 +69,27 @@ class Processor(ep_grpc.ExternalProcessorServicer):
             ex.finish(outcome, detail)
 
 
+class PassThrough(ep_grpc.ExternalProcessorServicer):
+    """CONTINUE to every message, nothing else: the benchmark's baseline for the cost of gRPC itself.
+
+    Never deploy it: it authenticates, authorizes and records nothing (`serve --passthrough`, benchmarks only).
+    """
+
+    _CONTINUE = {
+        "request_headers": responses.request_headers(),
+        "request_body": responses.request_body(),
+        "response_headers": responses.response_headers(),
+        "response_body": responses.response_body(),
+    }
+
+    async def Process(
+        self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ep.ProcessingResponse]:
+        async for req in request_iterator:
+            phase = req.WhichOneof("request")
+            yield self._CONTINUE.get(phase) or _passthrough(phase)  # type: ignore[arg-type]
+
+
 def _passthrough(phase: str | None) -> ep.ProcessingResponse:
     if phase == "request_trailers":
         return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
@@ -85,8 +107,13 @@ def listen_address(settings: Settings, worker: int = 0) -> str:
     return f"{host}:{int(port) + worker}"
 
 
-async def serve(settings: Settings, worker: int = 0, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: Settings, worker: int = 0, ready: asyncio.Event | None = None, passthrough: bool = False
+) -> None:
     """Run one processor until SIGTERM/SIGINT; in-flight exchanges finish and recordings are flushed."""
+    if passthrough:
+        log.warning("--passthrough: NOTHING is authenticated, authorized or recorded (benchmark baseline only)")
+        return await _serve_grpc(PassThrough(), listen_address(settings, worker), ready)
     recording = build_runtime(settings.recording)
     recorder = recording.recorder
     await recording.start()
@@ -104,18 +131,29 @@ async def serve(settings: Settings, worker: int = 0, ready: asyncio.Event | None
         )
         await policy.start()
     gw = Gateway.build(settings, recorder, auth, policy)
+    log.info("recording as writer %s", recorder.writer_id)
+    await _serve_grpc(Processor(gw), listen_address(settings, worker), ready)
+    await recording.close()  # after the last stream ended: everything it recorded is flushed
+    if auth is not None:
+        await auth.close()
+    if policy is not None:
+        await policy.close()
+    log.info("processor stopped; recordings flushed")
+
+
+async def _serve_grpc(servicer: ep_grpc.ExternalProcessorServicer, address: str, ready: asyncio.Event | None) -> None:
+    """Serve ext_proc + gRPC health on ``address`` until SIGTERM/SIGINT; then drain in-flight streams (30 s)."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
-    ep_grpc.add_ExternalProcessorServicer_to_server(Processor(gw), server)
+    ep_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    address = listen_address(settings, worker)
     if address.startswith("unix:") and os.path.exists(address[5:]):  # noqa: ASYNC240 (start-up only)
         os.unlink(address[5:])  # a stale socket from a previous run
     server.add_insecure_port(address)
     await server.start()
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("processor listening on %s (writer %s)", address, recorder.writer_id)
+    log.info("processor listening on %s", address)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -128,9 +166,3 @@ async def serve(settings: Settings, worker: int = 0, ready: asyncio.Event | None
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.stop(grace=30)
-    await recording.close()
-    if auth is not None:
-        await auth.close()
-    if policy is not None:
-        await policy.close()
-    log.info("processor stopped; recordings flushed")
