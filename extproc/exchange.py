@@ -234,15 +234,16 @@ class Exchange:
                 self._json = None  # too big to hold: the rest is recorded chunk by chunk
         elif chunk:
             self._emit_chunk(chunk)
+        reply = responses.response_body()
+        if self._filtering and self.policy is not None and self.principal is not None:  # the whole body, buffered
+            body, hidden = filter_body(self.policy, self.principal, self._server_name, self._lists, chunk, sse)
+            for method, msg_id, names in hidden:
+                self._emit(ListFiltered(method=method, message_id=msg_id, hidden=names))
+            reply = responses.response_body(replace=body)
         if msg.end_of_stream:
             self._end_body()
             self.finish("complete")
-        if self._filtering and self.policy is not None and self.principal is not None:
-            body, hidden = filter_body(self.policy, self.principal, self._server_name, self._lists, chunk, sse)
-            for method, msg_id, names in hidden:
-                self._emit(ListFiltered(method=method, message_id=msg_id, hidden=names), must=False)
-            return responses.response_body(replace=body)
-        return responses.response_body()
+        return reply
 
     def finish(self, outcome: str, detail: str = "") -> None:
         """Record the end exactly once. Called at the last body chunk, or by the stream loop when it stops."""

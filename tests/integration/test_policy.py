@@ -69,6 +69,8 @@ async def test_allowed_denied_and_filtered(sample_server: SampleServer, start_au
     assert ("default-deny", False) in decisions
     filtered = [e for e in events if e["type"] == "policy.list_filtered"]
     assert filtered and sorted(filtered[0]["hidden"]) == ["add", "whoami"]
+    listing = [e["type"] for e in events if e["exchange"] == filtered[0]["exchange"]]
+    assert listing[-1] == "exchange.end"  # what was hidden is part of the exchange, before its end
     denied_ends = [e for e in events if e["type"] == "exchange.end" and e["outcome"] == "denied"]
     assert len(denied_ends) == 3 and all(e["status"] == 403 for e in denied_ends)
 
