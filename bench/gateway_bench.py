@@ -1,10 +1,12 @@
 """Gateway benchmark: what the processor with recording costs on top of Envoy, on this machine, in one run.
 
-Four rows, the same upstream, load generator and request mix (50/50 JSON-RPC tools/call answered with
+Five rows, the same upstream, load generator and request mix (50/50 JSON-RPC tools/call answered with
 application/json, and tools/call answered with a 3-event text/event-stream):
 
   upstream direct                    generator -> upstream           (ceiling of the generator + upstream)
   envoy only (A)                     generator -> Envoy -> upstream  (the bootstrap minus the ext_proc filter)
+  envoy + no-op processor (N)        generator -> Envoy <-> processor (serve --passthrough: CONTINUE to every
+                                     message, nothing recorded) -> upstream: what gRPC itself costs
   envoy + processor, anonymous (B0)  generator -> Envoy <-> processor (recording, allow_anonymous) -> upstream
   envoy + processor, auth+policy (B) the production path: bearer tokens from a development issuer on loopback,
                                      a policy directory with one allow rule, session ids bound to their owner
@@ -45,16 +47,19 @@ import yaml
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.authn.principal import Principal
 from extproc.authn.session_binding import bind, load_key
-from extproc.envoy.bootstrap import PROCESSOR_CLUSTER, render
+from extproc.envoy.bootstrap import PROCESSOR_CLUSTER, render, render_yaml
 from extproc.launcher import Stack, can_connect, envoy_binary, free_port, http_ok, wait_until
+from extproc.server import listen_address
 from extproc.settings import load as load_settings
+from extproc.workers import worker_command
 
 SERVER = "bench"
 ENVOY_CONCURRENCY = 2  # what Stack.start passes; all Envoy scenarios must run the same number of workers
 
-UPSTREAM, ENVOY, ANONYMOUS, AUTHED = (
+UPSTREAM, ENVOY, NOOP, ANONYMOUS, AUTHED = (
     "upstream direct",
     "envoy only",
+    "envoy + no-op processor",
     "envoy + processor (anonymous)",
     "envoy + processor (auth + policy)",
 )
@@ -451,13 +456,9 @@ def upstream_process(ctx: mp.context.SpawnContext, sse_gap: float, concurrency: 
         stop_process(proc)
 
 
-@contextmanager
-def envoy_only(config: Path, upstream: Target) -> Iterator[Target]:
-    settings = load_settings(config)
-    workdir = config.parent
-    bootstrap = workdir / "envoy-only.yaml"
-    bootstrap.write_text(yaml.safe_dump(envoy_only_bootstrap(config), sort_keys=False))
-    cmd = [
+def envoy_command(bootstrap: Path) -> list[str]:
+    """Envoy's command line as ``Stack.start`` builds it (the scenarios that do not go through Stack use this)."""
+    return [
         str(envoy_binary()),
         "-c",
         str(bootstrap),
@@ -469,15 +470,68 @@ def envoy_only(config: Path, upstream: Target) -> Iterator[Target]:
         "--drain-time-s",
         "1",
     ]
-    with (workdir / "envoy-only.log").open("ab") as log:
-        envoy = subprocess.Popen(cmd, stdout=log, stderr=log)
+
+
+def start_envoy(bootstrap: Path, log: Path, admin_port: int, what: str) -> subprocess.Popen[bytes]:
+    """Envoy on ``bootstrap``, waited for until ready (stopped again if it never gets there)."""
+    with log.open("ab") as out:
+        envoy = subprocess.Popen(envoy_command(bootstrap), stdout=out, stderr=out)
     try:
-        ready = f"http://127.0.0.1:{settings.admin.port}/ready"
-        wait_until(lambda: envoy.poll() is None and http_ok(ready), 30, "Envoy (envoy only) to be ready")
+        ready = f"http://127.0.0.1:{admin_port}/ready"
+        wait_until(lambda: envoy.poll() is None and http_ok(ready), 30, f"Envoy ({what}) to be ready")
+    except BaseException:
+        stop_process(envoy)
+        raise
+    return envoy
+
+
+@contextmanager
+def envoy_only(config: Path, upstream: Target) -> Iterator[Target]:
+    settings = load_settings(config)
+    workdir = config.parent
+    bootstrap = workdir / "envoy-only.yaml"
+    bootstrap.write_text(yaml.safe_dump(envoy_only_bootstrap(config), sort_keys=False))
+    envoy = start_envoy(bootstrap, workdir / "envoy-only.log", settings.admin.port, "envoy only")
+    try:
         pids = {**upstream.pids, "envoy": envoy.pid}
         yield Target(settings.listen.port, f"/{SERVER}/mcp", pids, upstream.identities)
     finally:
         stop_process(envoy)
+
+
+@contextmanager
+def envoy_and_noop_processor(config: Path, upstream: Target) -> Iterator[Target]:
+    """What ``Stack.start`` runs for ``config`` (same bootstrap, ext_proc filter and processing modes included,
+    same worker command line), except that the processor is started with ``--passthrough``: it answers CONTINUE
+    to every ext_proc message and records nothing, so what it costs is gRPC's own."""
+    settings = load_settings(config)
+    if settings.processor.workers != 1:
+        raise RuntimeError("the no-op scenario runs one processor worker, like the others")
+    workdir = config.parent / "stack"  # where Stack would put its files
+    workdir.mkdir()
+    log = config.parent / "stack.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # as Stack._spawn
+    with log.open("ab") as out:
+        processor = subprocess.Popen([*worker_command(config, 0), "--passthrough"], stdout=out, stderr=out, env=env)
+    envoy: subprocess.Popen[bytes] | None = None
+    try:
+        address = listen_address(settings, 0)
+
+        def listening() -> bool:
+            if processor.poll() is not None:  # fail at once, as Stack does, rather than after the timeout
+                raise RuntimeError(f"the no-op processor exited with status {processor.returncode}; see {log}")
+            return can_connect(address)
+
+        wait_until(listening, 20, "the no-op processor")
+        bootstrap = workdir / "envoy.yaml"
+        bootstrap.write_text(render_yaml(settings))  # what Stack.start writes
+        envoy = start_envoy(bootstrap, log, settings.admin.port, "no-op processor")
+        pids = {**upstream.pids, "envoy": envoy.pid, "processor": processor.pid}
+        yield Target(settings.listen.port, f"/{SERVER}/mcp", pids, upstream.identities)
+    finally:
+        if envoy is not None:  # Envoy first, as Stack.stop does
+            stop_process(envoy)
+        stop_process(processor)
 
 
 @contextmanager
@@ -488,8 +542,9 @@ def envoy_and_processor(config: Path, upstream: Target, identities: list[Identit
         stack.start(log=config.parent / "stack.log")
         assert stack.envoy is not None and len(stack.processors) == 1
         args = [str(a) for a in cast("list[str]", stack.envoy.args)]
-        if args[args.index("--concurrency") + 1] != str(ENVOY_CONCURRENCY):
-            raise RuntimeError("Stack starts Envoy with a different --concurrency; update ENVOY_CONCURRENCY")
+        if args != envoy_command(Path(args[args.index("-c") + 1])):
+            # The other Envoy scenarios start Envoy themselves: they must keep running what Stack runs.
+            raise RuntimeError(f"Stack starts Envoy differently ({args}); update envoy_command / ENVOY_CONCURRENCY")
         pids = {**upstream.pids, "envoy": stack.envoy.pid, "processor": stack.processors[0].pid}
         yield Target(stack.settings.listen.port, f"/{SERVER}/mcp", pids, identities)
     finally:
@@ -529,6 +584,13 @@ def recording_check(config: Path, loaded: LoadResult) -> dict[str, Any]:
     # Exact only when no request failed: a failed one may have been partly recorded.
     ok = recorded == expected and not loaded.failures
     return {"recorded_events": recorded, "expected_events": expected, "ok": ok}
+
+
+def empty_recording_check(config: Path) -> dict[str, Any]:
+    """The no-op processor must record nothing: its recording directory is absent or holds no file at all."""
+    directory = load_settings(config).recording.directory
+    files = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+    return {"files_in_recording_dir": len(files), "first_files": files[:5], "ok": not files}
 
 
 # --- figures -------------------------------------------------------------------------------------------------
@@ -601,12 +663,20 @@ def cpu_note(cpus: int | None) -> str:
         f"This machine has {cpus} CPU(s). The load generator, the upstream, Envoy ({ENVOY_CONCURRENCY} worker threads)"
         " and the processor (one Python event loop, so at most about one core) all run on them and compete for CPU:"
         " absolute req/s is what this box gives with everything on it, not the gateway's capacity. Compare rows of"
-        " the same run; the ratios (B0/A, B/A, B/B0) and the CPU ms per request are the figures to track."
+        " the same run; the ratios (N/A, B0/A, B/A, B0/N, B/N, B/B0) and the CPU ms per request are the figures to"
+        " track."
     )
 
 
 NAME_WIDTH = 36
-RATIOS = {"B0/A": (ANONYMOUS, ENVOY), "B/A": (AUTHED, ENVOY), "B/B0": (AUTHED, ANONYMOUS)}
+RATIOS = {
+    "N/A": (NOOP, ENVOY),  # what gRPC to a processor that does nothing costs on top of Envoy alone
+    "B0/A": (ANONYMOUS, ENVOY),
+    "B/A": (AUTHED, ENVOY),
+    "B0/N": (ANONYMOUS, NOOP),  # what our processing costs on top of the transport
+    "B/N": (AUTHED, NOOP),
+    "B/B0": (AUTHED, ANONYMOUS),
+}
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -633,11 +703,26 @@ def print_report(report: dict[str, Any]) -> None:
     print()
     for label, ratio in report["ratios"].items():
         over, under = RATIOS[label]
+        cpu = ratio.get("processor_cpu_ms")
         print(
             f"{label:<5} ({over} / {under}): throughput x{ratio['rps']:.2f}, "
             f"p50 x{ratio['p50_ms']:.2f}, p99 x{ratio['p99_ms']:.2f}"
+            + (f", processor CPU/request x{cpu:.2f}" if cpu is not None else "")
+        )
+    noop_cpu = rows[NOOP]["cpu_ms_per_request"]["processor"]
+    for name in (ANONYMOUS, AUTHED):
+        cpu = rows[name]["cpu_ms_per_request"]["processor"]
+        print(
+            f"processor CPU per exchange, {name}: {cpu:.3f} ms = {noop_cpu:.3f} ms gRPC transport (no-op) "
+            f"+ {cpu - noop_cpu:.3f} ms our processing"
         )
     for name, check in report["recording_check"].items():
+        if "files_in_recording_dir" in check:
+            print(
+                f"recording check, {name}: {check['files_in_recording_dir']} files in the recording directory, "
+                f"none expected ({'ok' if check['ok'] else 'MISMATCH: ' + ', '.join(check['first_files'])})"
+            )
+            continue
         print(
             f"recording check, {name}: {check['recorded_events']} events written, {check['expected_events']} "
             f"expected ({'ok' if check['ok'] else 'MISMATCH'})"
@@ -655,7 +740,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "gateway.json"
 
 
 def run_scenarios(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """The four rows, one after the other against one upstream; and the check that B0 and B recorded everything."""
+    """The five rows, one after the other against one upstream; the checks that N recorded nothing and that B0 and
+    B recorded everything."""
     ctx = mp.get_context("spawn")
     scenarios: dict[str, dict[str, Any]] = {}
     checks: dict[str, dict[str, Any]] = {}
@@ -672,6 +758,12 @@ def run_scenarios(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], 
         print(f"{ENVOY} ...", flush=True)
         with envoy_only(anonymous, upstream) as target:
             scenarios[ENVOY] = summarize(run_load(ctx, target, args))
+
+        print(f"{NOOP} (--passthrough, nothing recorded) ...", flush=True)
+        noop = write_anonymous_config(workdir / "noop", upstream.port)  # its own recording dir, to check it stays empty
+        with envoy_and_noop_processor(noop, upstream) as target:
+            scenarios[NOOP] = summarize(run_load(ctx, target, args))
+        checks[NOOP] = empty_recording_check(noop)
 
         print(f"{ANONYMOUS}, recording on ...", flush=True)
         with envoy_and_processor(anonymous, upstream, upstream.identities) as target:
@@ -717,7 +809,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def ratio(over: str, under: str) -> dict[str, float | None]:
         b, a = scenarios[over], scenarios[under]
-        return {k: round(b[k] / a[k], 3) if a[k] else None for k in ("rps", "p50_ms", "p90_ms", "p99_ms")}
+        out = {k: round(b[k] / a[k], 3) if a[k] else None for k in ("rps", "p50_ms", "p90_ms", "p99_ms")}
+        b_cpu, a_cpu = b["cpu_ms_per_request"].get("processor"), a["cpu_ms_per_request"].get("processor")
+        if b_cpu is not None and a_cpu:  # only between two processor scenarios
+            out["processor_cpu_ms"] = round(b_cpu / a_cpu, 3)
+        return out
 
     report = {
         "machine": info,
@@ -734,6 +830,8 @@ def main(argv: list[str] | None = None) -> int:
             "sessions": "one Mcp-Session-Id per connection (as after initialize), echoed on every response",
             "auth": "B: one caller (token) per connection from a development issuer on loopback, session ids "
             "bound to it, one allow rule; B0: allow_anonymous",
+            "noop": "N: the B0 config and bootstrap, processor started with --passthrough (CONTINUE to every "
+            "ext_proc message, nothing authenticated or recorded)",
         },
         "scenarios": scenarios,
         "ratios": {label: ratio(over, under) for label, (over, under) in RATIOS.items()},
