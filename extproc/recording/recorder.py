@@ -25,7 +25,7 @@ from pathlib import Path
 from extproc.errors import StoreError
 from extproc.recording.events import Event, ExchangeEnd, ExchangeStart, ResponseStart
 from extproc.recording.manifest import GENESIS, Manifest, Signer
-from extproc.recording.spool import Spool
+from extproc.recording.spool import Append, Spool
 from extproc.recording.store import Store
 from extproc.recording.uploader import Uploader
 
@@ -315,30 +315,40 @@ class Recorder:
     # --- spool I/O ---------------------------------------------------------------------------------------------
 
     async def _write(self) -> bool:
-        """Move pending ops of every stream into the spool, in order; on failure keep the rest. True if any."""
-        wrote = False
+        """Move pending ops of every stream into the spool in one batch, in order; on failure keep the rest."""
+        batch: list[Append | Manifest] = []
+        owners: list[tuple[_Stream, int]] = []  # per batch op: its stream and how many of the stream's ops it covers
         for st in [*self._streams.values(), *self._orphans]:
-            while st.ops:
-                op = st.ops[0]
-                try:
-                    if isinstance(op, Manifest):
-                        await self.spool.seal(op, op.to_bytes())
-                        st.ops.pop(0)
-                        continue
-                    n = 1
-                    while n < len(st.ops) and isinstance(st.ops[n], tuple) and st.ops[n][0] == op[0]:  # type: ignore[index]
-                        n += 1
-                    data = b"".join(o[1] for o in st.ops[:n])  # type: ignore[index]
-                    await self.spool.append(st.session, st.writer, op[0], data)
-                except StoreError as e:
-                    self._set_health(False, str(e))
-                    return wrote
-                del st.ops[:n]
-                self.written_events += n
-                self._pending_bytes -= len(data)
-                wrote = True
+            i = 0
+            while i < len(st.ops):
+                op = st.ops[i]
+                if isinstance(op, Manifest):
+                    batch.append(op)
+                    owners.append((st, 1))
+                    i += 1
+                    continue
+                n = i + 1  # consecutive lines of the same segment go in one append
+                while n < len(st.ops) and isinstance(st.ops[n], tuple) and st.ops[n][0] == op[0]:  # type: ignore[index]
+                    n += 1
+                batch.append(Append(st.session, st.writer, op[0], b"".join(o[1] for o in st.ops[i:n])))  # type: ignore[index]
+                owners.append((st, n - i))
+                i = n
+        if not batch:
+            return False
+        try:
+            done, error = await self.spool.write(batch)
+        except StoreError as e:  # full: nothing was written
+            self._set_health(False, str(e))
+            return False
+        for item, (st, count) in zip(batch[:done], owners[:done], strict=True):
+            del st.ops[:count]
+            if isinstance(item, Append):
+                self.written_events += count
+                self._pending_bytes -= len(item.data)
+        if error is not None:
+            self._set_health(False, str(error))
         self._orphans = [s for s in self._orphans if s.ops]
-        return wrote
+        return done > 0
 
     async def _sync(self) -> bool:
         try:

@@ -35,6 +35,16 @@ class SpoolFull(StoreError):
 
 
 @dataclass(frozen=True, slots=True)
+class Append:
+    """Lines for one segment file of one stream."""
+
+    session: str
+    writer: str
+    segment: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Sealed:
     """A finished segment waiting in the spool for upload."""
 
@@ -128,20 +138,53 @@ class Spool:
 
     # --- writing -----------------------------------------------------------------------------------------------
 
-    async def append(self, session: str, writer: str, segment: int, data: bytes) -> None:
-        """Append lines to a segment file; fsynced by the next ``sync`` or ``seal``."""
+    async def write(self, ops: list[Append | Manifest]) -> tuple[int, StoreError | None]:
+        """Apply appends and seals in order, all in ONE thread hop; returns how many were done and the error, if any.
+
+        The recorder hands over everything chained since its last round; a thread hop per stream per round would
+        cost more than the writes themselves. Ops after a failure are not attempted, so order is kept.
+        """
         if not self.is_open:
             await self.open()
-        if self.size and self.size + len(data) > self.max_bytes:
+        adding = sum(len(op.data) for op in ops if isinstance(op, Append))
+        if self.size and self.size + adding > self.max_bytes:
             raise SpoolFull(f"spool {self.path} is full ({self.size} of {self.max_bytes} bytes): store not keeping up")
-        folder = self.path / stream_folder(session, writer)
-        path = folder / f"{segment:08d}.seg"
-        try:
-            await asyncio.to_thread(self._append, folder, path, session, writer, data)
-        except OSError as e:
-            self._forget(path)
-            raise StoreError(f"cannot append to spool file {path}: {e.strerror or e}") from e
-        self.size += len(data)
+        done, error = await asyncio.to_thread(self._write_ops, ops)
+        for op in ops[:done]:
+            if isinstance(op, Append):
+                self.size += len(op.data)
+            else:
+                self.ready.append(
+                    Sealed(
+                        self.path / stream_folder(op.session, op.writer),
+                        op.session,
+                        op.writer,
+                        op.segment,
+                        op.created,
+                        op.final,
+                    )
+                )
+                self.changed.set()
+        return done, error
+
+    def _write_ops(self, ops: list[Append | Manifest]) -> tuple[int, StoreError | None]:
+        for i, op in enumerate(ops):
+            if isinstance(op, Append):
+                folder = self.path / stream_folder(op.session, op.writer)
+                path = folder / f"{op.segment:08d}.seg"
+                try:
+                    self._append(folder, path, op.session, op.writer, op.data)
+                except OSError as e:
+                    self._forget(path)
+                    return i, StoreError(f"cannot append to spool file {path}: {e.strerror or e}")
+            else:
+                folder = self.path / stream_folder(op.session, op.writer)
+                data_path = folder / f"{op.segment:08d}.seg"
+                try:
+                    self._seal(folder, data_path, op, op.to_bytes())
+                except OSError as e:
+                    return i, StoreError(f"cannot seal spool segment {data_path}: {e.strerror or e}")
+        return len(ops), None
 
     def _append(self, folder: Path, path: Path, session: str, writer: str, data: bytes) -> None:
         f = self._handles.get(path)
