@@ -170,7 +170,9 @@ class Exchange:
         if self.policy is None or self.principal is None:
             return responses.request_body()
         verdict = authorize(self.policy, self.principal, self._server_name, parsed.messages)
+        decided = self.gw.metrics.decisions
         for call, d in zip(verdict.calls, verdict.decisions, strict=True):
+            decided.labels(self._server_name, "true" if d.allowed else "false").inc()
             self._emit(
                 PolicyDecision(
                     allowed=d.allowed,
@@ -256,6 +258,7 @@ class Exchange:
             outcome, detail = "complete", "client closed the stream after the last response"
         if not self.recording:
             return
+        self.gw.metrics.exchanges.labels(self._server_name, outcome).inc()
         if self.session is None:  # the stream died before the server named a session
             self._set_session(f"x-{self.id}")
         if outcome != "complete":
@@ -336,6 +339,7 @@ class Exchange:
     ) -> ep.ProcessingResponse:
         """Answer the client ourselves; Envoy sends nothing upstream. Recorded if the exchange is."""
         log.info("exchange %s refused: %s %s", self.id, type(err).__name__, err)
+        self.gw.metrics.refusals.labels(str(err.status), type(err).__name__).inc()
         self.status = err.status
         self.finish("denied", f"{type(err).__name__}: {err.safe_message}")
         if doc is not None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from extproc.authn.challenge import protected_resource_metadata, resource_metadata_url
 from extproc.authn.session_binding import load_key
 from extproc.authn.verify import Authenticator
+from extproc.metrics import Metrics
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.recorder import Recorder
 from extproc.routing import Router
@@ -25,6 +26,7 @@ class Gateway:
     router: Router
     auth: Authenticator | None = None
     policy: PolicyWatcher | None = None  # exchanges read ``policy.current`` once each
+    metrics: Metrics = field(default_factory=Metrics)
     session_key: bytes = b""
     metadata_url: str = ""
     metadata: dict[str, object] = field(default_factory=dict)
@@ -40,6 +42,7 @@ class Gateway:
         policy: PolicyWatcher | None = None,
     ) -> Gateway:
         gw = cls(settings=settings, recorder=recorder, router=Router(settings), auth=auth, policy=policy)
+        gw.metrics.watch(gw)
         if settings.auth is not None:
             gw.session_key = load_key(settings.auth.session_secret_file)
             gw.metadata_url = resource_metadata_url(settings.auth)

@@ -35,13 +35,12 @@ class Processor(ep_grpc.ExternalProcessorServicer):
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.active = 0
 
     async def Process(
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ep.ProcessingResponse]:
         ex = Exchange(self.gw)
-        self.active += 1
+        self.gw.metrics.active.inc()
         outcome, detail = "reset", "stream closed before the exchange ended"
         try:
             async for req in request_iterator:
@@ -65,7 +64,7 @@ class Processor(ep_grpc.ExternalProcessorServicer):
             log.exception("exchange %s failed; aborting stream", ex.id)
             await context.abort(grpc.StatusCode.INTERNAL, f"mcp-extproc internal error (exchange {ex.id})")
         finally:
-            self.active -= 1
+            self.gw.metrics.active.dec()
             ex.finish(outcome, detail)
 
 
@@ -132,6 +131,10 @@ async def serve(
         await policy.start()
     gw = Gateway.build(settings, recorder, auth, policy)
     log.info("recording as writer %s", recorder.writer_id)
+    if settings.processor.metrics_port is not None:
+        port = settings.processor.metrics_port + worker
+        gw.metrics.serve(settings.processor.metrics_address, port)
+        log.info("metrics on http://%s:%d/metrics", settings.processor.metrics_address, port)
     await _serve_grpc(Processor(gw), listen_address(settings, worker), ready)
     await recording.close()  # after the last stream ended: everything it recorded is flushed
     if auth is not None:

@@ -41,6 +41,8 @@ class Processor(_Model):
     address: str = "127.0.0.1:50051"
     message_timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 5000
     workers: Annotated[int, Field(ge=1, le=64)] = 1
+    metrics_port: Port | None = None  # Prometheus /metrics of worker i on metrics_port + i; off when unset
+    metrics_address: str = "127.0.0.1"
 
     @field_validator("address")
     @classmethod

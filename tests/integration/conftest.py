@@ -165,7 +165,9 @@ rules:
 def start_authed(start_gateway, issuer: DevIssuer, tmp_path: Path) -> Callable[..., Gateway]:
     """Start a gateway trusting ``issuer`` with the given policy (allow-all by default); public URL = endpoint."""
 
-    def start(servers: list[SampleServer], policy: str = ALLOW_ALL, **issuer_overrides: object) -> Gateway:
+    def start(
+        servers: list[SampleServer], policy: str = ALLOW_ALL, gateway: dict | None = None, **issuer_overrides: object
+    ) -> Gateway:
         port = free_port()
         policies = tmp_path / f"policies-{port}"
         policies.mkdir()
@@ -176,6 +178,6 @@ def start_authed(start_gateway, issuer: DevIssuer, tmp_path: Path) -> Callable[.
             "forward_identity_headers": True,
         }
         policy_cfg = {"directory": str(policies), "reload_interval_ms": 200}
-        return start_gateway(servers, listen={"port": port}, auth=auth, policy=policy_cfg)
+        return start_gateway(servers, listen={"port": port}, auth=auth, policy=policy_cfg, **(gateway or {}))
 
     return start
