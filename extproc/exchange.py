@@ -151,7 +151,7 @@ class Exchange:
         """Parse, record and authorize the (buffered) JSON-RPC body; allowed bodies go upstream unchanged."""
         body = msg.body
         self.bytes_in += len(body)
-        parsed = parse_body(body)
+        parsed = parse_body(body, strict=True)  # what the policy decides on must be what the server reads
         self.request_ids = [m.get("id") for m in parsed.messages if "id" in m]
         self._awaiting = {json.dumps(m["id"]) for m in parsed.messages if "id" in m and is_request(m)}
         messages, raw, redactions = redact_for_record(self.policy, self._server_name, list(parsed.messages), body)

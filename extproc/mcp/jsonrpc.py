@@ -34,14 +34,69 @@ class McpCall:
         return self.id is None
 
 
-def parse_body(body: bytes) -> ParsedBody:
-    """Parse a JSON-RPC body. Never raises: an unparseable body comes back with ``error`` set."""
+# Keys whose meaning the gateway decides on. A server whose JSON decoder matches keys case-insensitively (Go's
+# encoding/json, which also folds the long s (U+017F) to 's' and the Kelvin sign to 'k') would read "Params" as
+# "params": the gateway must never authorize one spelling while the server executes another.
+_DECIDED_KEYS = frozenset({"jsonrpc", "id", "method", "params", "result", "error", "name", "arguments", "uri"})
+
+
+class AmbiguousJson(ValueError):
+    """A key that another JSON decoder could read differently from the gateway."""
+
+
+def _fold(key: str) -> str:
+    return key.replace("\x00", "").casefold()
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: refuse duplicate keys and keys that fold onto each other (at any depth)."""
+    out: dict[str, Any] = {}
+    folded: set[str] = set()
+    for key, value in pairs:
+        if key in out:
+            raise AmbiguousJson(f"duplicate key {key[:40]!r}")
+        f = _fold(key)
+        if f in folded:
+            raise AmbiguousJson(f"key {key[:40]!r} is ambiguous (case or Unicode folding)")
+        folded.add(f)
+        out[key] = value
+    return out
+
+
+def _check_decided_keys(m: dict[str, Any]) -> None:
+    """At the levels the gateway decides on (message, params), a folded spelling of a decided key is refused:
+    {"error": {}, "Method": "tools/call"} would pass as a response here and run as a call elsewhere."""
+    params = m.get("params")
+    for obj in (m, params if isinstance(params, dict) else {}):
+        for key in obj:
+            f = _fold(key)
+            if f in _DECIDED_KEYS and key != f:
+                raise AmbiguousJson(f"key {key[:40]!r} is ambiguous (case or Unicode folding)")
+
+
+def parse_body(body: bytes, strict: bool = False) -> ParsedBody:
+    """Parse a JSON-RPC body. Never raises: an unparseable body comes back with ``error`` set.
+
+    ``strict`` (request bodies, which policy decides on) also refuses duplicate and case-folded keys and messages
+    whose shape another decoder could read as something else.
+    """
     if not body.strip():
         return ParsedBody(error="empty body")
     try:
-        doc = json.loads(body)
+        doc = json.loads(body, object_pairs_hook=_strict_object) if strict else json.loads(body)
+    except AmbiguousJson as e:
+        return ParsedBody(error=f"ambiguous JSON: {e}")
     except (ValueError, UnicodeDecodeError) as e:
         return ParsedBody(error=f"not JSON: {e}")
+    except RecursionError:
+        return ParsedBody(error="not JSON: nested too deeply")
+    if strict:
+        try:
+            for m in doc if isinstance(doc, list) else [doc]:
+                if isinstance(m, dict):
+                    _check_decided_keys(m)
+        except AmbiguousJson as e:
+            return ParsedBody(error=f"ambiguous JSON: {e}")
     if isinstance(doc, list):
         if not doc:
             return ParsedBody(error="empty batch")
@@ -54,7 +109,12 @@ def parse_body(body: bytes) -> ParsedBody:
 
 
 def _is_message(m: object) -> bool:
-    return isinstance(m, dict) and m.get("jsonrpc") == "2.0" and ("method" in m or "result" in m or "error" in m)
+    """A JSON-RPC 2.0 request/notification (string method, no result/error) or response (result or error)."""
+    if not isinstance(m, dict) or m.get("jsonrpc") != "2.0":
+        return False
+    if "method" in m:
+        return isinstance(m["method"], str) and "result" not in m and "error" not in m
+    return "result" in m or "error" in m
 
 
 def is_request(m: Message) -> bool:

@@ -8,45 +8,15 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
+from gateway_parts import Gateway, SampleServer
 
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.launcher import Stack, free_port, http_ok, wait_until
-from extproc.recording.replay import Session, load_session
-from extproc.recording.store import safe_key
-from extproc.recording.store.file import FileStore
-
-
-@dataclass
-class SampleServer:
-    """A running sample MCP server subprocess."""
-
-    name: str
-    port: int
-    json_response: bool
-    proc: subprocess.Popen
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def mcp_url(self) -> str:
-        return f"{self.base_url}/mcp"
-
-    @property
-    def upstream(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def seen(self) -> list[dict[str, Any]]:
-        """Every HTTP request that reached the server's /mcp, in order."""
-        return httpx.get(f"{self.base_url}/_seen", timeout=5).json()["requests"]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -90,33 +60,6 @@ def start_mcp_server(tmp_path: Path) -> Iterator[Callable[..., SampleServer]]:
 def sample_server(request: pytest.FixtureRequest, start_mcp_server: Callable[..., SampleServer]) -> SampleServer:
     """One sample server, in SSE and in JSON response mode."""
     return start_mcp_server("demo", json_response=request.param)
-
-
-@dataclass
-class Gateway:
-    """A running gateway and the config it was started with."""
-
-    stack: Stack
-    config: dict[str, Any]
-    log: Path
-
-    def url(self, server: str = "demo") -> str:
-        return self.stack.url(server)
-
-    @property
-    def endpoint(self) -> str:
-        return self.stack.endpoint
-
-    @property
-    def store(self) -> FileStore:
-        return FileStore(self.config["recording"]["directory"])
-
-    def session(self, session_id: str) -> Session:
-        """A recorded session, read back as `sessions show` reads it."""
-        return load_session(self.store, safe_key(session_id))
-
-    def stop(self) -> None:
-        self.stack.stop()
 
 
 @pytest.fixture

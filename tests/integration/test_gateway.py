@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import httpx
-from conftest import SampleServer
+from gateway_parts import SampleServer
 
 from extproc.demo.mcp_client import call_tool, run_session
 

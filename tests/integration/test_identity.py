@@ -10,8 +10,8 @@ import httpx
 import jwt
 import pytest
 import tokens
-from conftest import Gateway
 from cryptography.hazmat.primitives.asymmetric import rsa
+from gateway_parts import Gateway
 
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.demo.mcp_client import connect, run_session

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Gateway, SampleServer
+from gateway_parts import Gateway, SampleServer
 
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.demo.mcp_client import connect
@@ -149,3 +149,24 @@ def test_filtered_json_list_has_a_correct_content_length(start_mcp_server, start
     assert listed.status_code == 200
     assert int(listed.headers["content-length"]) == len(listed.content)
     assert sorted(t["name"] for t in listed.json()["result"]["tools"]) == ["count_slowly", "echo"]
+
+
+async def test_case_folded_keys_cannot_smuggle_a_call_past_the_policy(start_mcp_server, start_authed, issuer) -> None:
+    import httpx
+
+    server = start_mcp_server("demo")
+    gw = start_authed([server], policy=POLICY)
+    token = issuer.mint("alice", aud=gw.endpoint, groups=["eng"])
+    headers = {
+        "authorization": f"Bearer {token}",
+        "accept": "application/json, text/event-stream",
+        "content-type": "application/json",
+    }
+    smuggled = (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"a"}},'
+        b'"Params":{"name":"add","arguments":{"a":1,"b":1}}}'
+    )
+    r = httpx.post(gw.url(), content=smuggled, headers=headers, timeout=10)
+    assert r.status_code == 400
+    assert "ambiguous" in r.json()["error"]["message"]
+    assert server.seen() == []

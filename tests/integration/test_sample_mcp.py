@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import SampleServer
+from gateway_parts import SampleServer
 
 from extproc.demo.mcp_client import run_session
 

@@ -204,3 +204,46 @@ def test_error_response(msg_id: str | int | None, data: object, expected: dict) 
     assert doc == expected
     # It is itself a JSON-RPC message (a response), so our own parser accepts it.
     assert parse_body(json.dumps(doc).encode()).messages == (expected,)
+
+
+# --- strict parsing of request bodies: what the policy decides on must be what any server decodes ----------------
+
+_CALL = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"forecast","arguments":{}}'
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        pytest.param(_CALL + ',"Params":{"name":"delete_repo","arguments":{}}}', "ambiguous", id="case-folded-params"),
+        pytest.param(_CALL + ',"param\u017f":{"name":"delete_repo"}}', "ambiguous", id="long-s-folds-to-s"),
+        pytest.param(_CALL + ',"params":{"name":"delete_repo"}}', "duplicate key", id="duplicate-params"),
+        pytest.param(
+            '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","Name":"delete_repo"}}',
+            "ambiguous",
+            id="nested-name-folded",
+        ),
+        pytest.param(
+            '{"jsonrpc":"2.0","id":1,"error":{},"Method":"tools/call","Params":{}}',
+            "ambiguous",
+            id="response-smuggling",
+        ),
+        pytest.param('{"jsonrpc":"2.0","id":1,"method":7}', "not a JSON-RPC", id="non-string-method"),
+        pytest.param('{"jsonrpc":"2.0","id":1,"method":"ping","result":{}}', "not a JSON-RPC", id="method-and-result"),
+        pytest.param("[" * 5000 + "]" * 5000, "nested too deeply", id="deep-nesting"),
+    ],
+)
+def test_strict_parse_refuses_what_another_decoder_could_read_differently(body: str, reason: str) -> None:
+    parsed = parse_body(body.encode(), strict=True)
+    assert parsed.messages == ()
+    assert reason in (parsed.error or "")
+
+
+def test_strict_parse_accepts_ordinary_requests() -> None:
+    parsed = parse_body((_CALL + "}").encode(), strict=True)
+    assert parsed.error is None and parsed.messages[0]["params"]["name"] == "forecast"
+
+
+def test_strict_parse_allows_any_casing_inside_tool_arguments() -> None:
+    body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"f","arguments":{"Name":"x","URI":"y"}}}'
+    parsed = parse_body(body.encode(), strict=True)
+    assert parsed.error is None and parsed.messages[0]["params"]["arguments"] == {"Name": "x", "URI": "y"}

@@ -1,0 +1,71 @@
+"""The running parts integration tests hold: a sample MCP server process and a gateway (processor + Envoy).
+
+A module of its own (not conftest) so test files can import these types unambiguously.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from extproc.launcher import Stack
+from extproc.recording.replay import Session, load_session
+from extproc.recording.store import safe_key
+from extproc.recording.store.file import FileStore
+
+
+@dataclass
+class SampleServer:
+    """A running sample MCP server subprocess."""
+
+    name: str
+    port: int
+    json_response: bool
+    proc: subprocess.Popen
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def mcp_url(self) -> str:
+        return f"{self.base_url}/mcp"
+
+    @property
+    def upstream(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def seen(self) -> list[dict[str, Any]]:
+        """Every HTTP request that reached the server's /mcp, in order."""
+        return httpx.get(f"{self.base_url}/_seen", timeout=5).json()["requests"]
+
+
+@dataclass
+class Gateway:
+    """A running gateway and the config it was started with."""
+
+    stack: Stack
+    config: dict[str, Any]
+    log: Path
+
+    def url(self, server: str = "demo") -> str:
+        return self.stack.url(server)
+
+    @property
+    def endpoint(self) -> str:
+        return self.stack.endpoint
+
+    @property
+    def store(self) -> FileStore:
+        return FileStore(self.config["recording"]["directory"])
+
+    def session(self, session_id: str) -> Session:
+        """A recorded session, read back as `sessions show` reads it."""
+        return load_session(self.store, safe_key(session_id))
+
+    def stop(self) -> None:
+        self.stack.stop()
