@@ -14,12 +14,12 @@ from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from extproc.authn.challenge import METADATA_PATH, www_authenticate
+from extproc.authn.challenge import www_authenticate
 from extproc.authn.principal import Principal
 from extproc.authn.session_binding import bind, unbind
 from extproc.authn.verify import identity_headers
 from extproc.envoy import responses
-from extproc.envoy.headers import recordable, to_dict
+from extproc.envoy.headers import recordable, recordable_path, to_dict
 from extproc.errors import (
     AuthError,
     GatewayError,
@@ -30,10 +30,10 @@ from extproc.errors import (
     StoreError,
 )
 from extproc.gateway import Gateway
-from extproc.mcp.jsonrpc import error_response, is_request, parse_body
+from extproc.mcp.jsonrpc import McpCall, error_response, is_request, parse_body
 from extproc.mcp.sse import SseParser
 from extproc.policy.compiled import CompiledPolicy
-from extproc.policy.enforce import authorize, filter_body, redact_for_record
+from extproc.policy.enforce import authorize, filter_body, redact_for_record, redact_text
 from extproc.policy.engine import describe_call
 from extproc.recording.events import (
     Event,
@@ -94,13 +94,13 @@ class Exchange:
         headers = to_dict(msg.headers)
         path = headers.get(":path", "")
         gw = self.gw
-        if gw.auth is not None and path.split("?", 1)[0] == METADATA_PATH:
+        if gw.auth is not None and path.split("?", 1)[0] == gw.metadata_path:
             self.finished = True
             return responses.json_reply(200, gw.metadata)
         try:
             self.server = gw.router.match(path)
             if self.server is None:
-                raise NotFound(f"no server for path {path[:200]!r}")
+                raise NotFound(f"no server for path {path.split('?', 1)[0][:200]!r}")
             if gw.auth is not None:
                 gw.auth.check_origin(headers.get("origin"))
                 self.principal = await gw.auth.authenticate(headers.get("authorization"))
@@ -120,15 +120,15 @@ class Exchange:
             try:
                 client_session = unbind(client_session, self.principal, gw.session_key)
             except SessionNotYours as e:
-                denied, client_session = e, f"denied-{self.id}"
+                denied, client_session = e, f"x-{self.id}"  # a refused exchange is a session of its own
         self.session = client_session
-        kept, dropped = recordable(headers)
+        kept, dropped = recordable({**headers, ":path": recordable_path(path)})
         self._emit(
             ExchangeStart(
                 client=_client_address(attributes, headers),
                 server=self.server.name,
                 method=headers.get(":method", ""),
-                path=path,
+                path=recordable_path(path),
                 headers=kept,
                 credentials_removed=dropped,
                 principal=self.principal.to_record() if self.principal else None,
@@ -136,7 +136,16 @@ class Exchange:
         )
         if denied is not None:
             return self._refuse(denied)
+        if msg.end_of_stream and (held := self._held_refusal()) is not None:
+            return self._refuse(held)
         return responses.request_headers(self._upstream_headers(), remove=UPSTREAM_REMOVE)
+
+    def _held_refusal(self) -> StoreError | None:
+        """Events held until the server names the session (initialize, stateless servers) are not queued yet: the
+        request may go upstream only if the recorder can still take them."""
+        if self._held and self.gw.settings.recording.required and not self.gw.recorder.accepting:
+            return StoreError("recorder not accepting events; held events of a session-less exchange")
+        return None
 
     def _upstream_headers(self) -> dict[str, str]:
         """What the MCP server gets instead of the caller's token: the server's own session id, maybe who."""
@@ -168,7 +177,8 @@ class Exchange:
         if parsed.error:  # what cannot be parsed cannot be authorized: refuse it, recorded
             return self._refuse(InvalidRequest(f"request body is not valid JSON-RPC ({parsed.error})"))
         if self.policy is None or self.principal is None:
-            return responses.request_body()
+            held = self._held_refusal()
+            return self._refuse(held) if held is not None else responses.request_body()
         verdict = authorize(self.policy, self.principal, self._server_name, parsed.messages)
         decided = self.gw.metrics.decisions
         for call, d in zip(verdict.calls, verdict.decisions, strict=True):
@@ -178,13 +188,13 @@ class Exchange:
                     allowed=d.allowed,
                     rule=d.rule,
                     reason=d.reason,
-                    call=describe_call(self._server_name, call),
+                    call=self._describe(call),
                     message_id=call.id,
                 )
             )
         if (denied := verdict.denied) is not None:
             call, d = denied
-            err = PolicyDenied(d.rule, describe_call(self._server_name, call))
+            err = PolicyDenied(d.rule, self._describe(call))
             if parsed.batch:  # one denied element denies the batch: every request gets the error
                 errors = [
                     error_response(c.id, err.jsonrpc_code, err.safe_message) for c in verdict.calls if c.id is not None
@@ -192,7 +202,14 @@ class Exchange:
                 return self._refuse(err, doc=errors)
             return self._refuse(err)
         self._lists = verdict.lists
+        if (held := self._held_refusal()) is not None:
+            return self._refuse(held)
         return responses.request_body()
+
+    def _describe(self, call: McpCall) -> str:
+        """'tools/call x on server y' with the server's redactions applied: a resource URI may carry a secret."""
+        text = describe_call(self._server_name, call)
+        return redact_text(self.policy, self._server_name, text) if self.policy is not None else text
 
     @property
     def _server_name(self) -> str:
@@ -259,8 +276,8 @@ class Exchange:
         if not self.recording:
             return
         self.gw.metrics.exchanges.labels(self._server_name, outcome).inc()
-        if self.session is None:  # the stream died before the server named a session
-            self._set_session(f"x-{self.id}")
+        if self.session is None:  # refused, or the stream died, before the server named a session
+            self._set_session(f"x-{self.id}", must=False)
         if outcome != "complete":
             self._end_body()
         self._emit(
@@ -308,12 +325,12 @@ class Exchange:
         _, kept, _ = redact_for_record(self.policy, self._server_name, [], raw)  # text patterns still apply
         self._emit(ResponseChunk(body=body_fields(kept if kept is not None else b""), size=len(raw)))
 
-    def _set_session(self, session: str) -> None:
+    def _set_session(self, session: str, must: bool = True) -> None:
         self.session = session
         held, self._held = self._held, []
         for ev in held:
             ev.session = session
-            self._send(ev, must=True)
+            self._send(ev, must)
 
     def _emit(self, ev: Event, must: bool = True) -> None:
         ev.exchange = self.id

@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from extproc.authn.challenge import protected_resource_metadata, resource_metadata_url
 from extproc.authn.session_binding import load_key
@@ -29,6 +30,7 @@ class Gateway:
     metrics: Metrics = field(default_factory=Metrics)
     session_key: bytes = b""
     metadata_url: str = ""
+    metadata_path: str = ""  # the path Envoy sees for metadata_url (RFC 9728 puts public_url's path after it)
     metadata: dict[str, object] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
     new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
@@ -46,5 +48,6 @@ class Gateway:
         if settings.auth is not None:
             gw.session_key = load_key(settings.auth.session_secret_file)
             gw.metadata_url = resource_metadata_url(settings.auth)
+            gw.metadata_path = urlsplit(gw.metadata_url).path
             gw.metadata = protected_resource_metadata(settings.auth)
         return gw

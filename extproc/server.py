@@ -65,7 +65,10 @@ class Processor(ep_grpc.ExternalProcessorServicer):
             await context.abort(grpc.StatusCode.INTERNAL, f"mcp-extproc internal error (exchange {ex.id})")
         finally:
             self.gw.metrics.active.dec()
-            ex.finish(outcome, detail)
+            try:
+                ex.finish(outcome, detail)
+            except Exception:  # never mask the stream's own outcome (cancel, abort) with a recording error
+                log.exception("exchange %s: recording its end failed", ex.id)
 
 
 class PassThrough(ep_grpc.ExternalProcessorServicer):
@@ -113,34 +116,37 @@ async def serve(
     if passthrough:
         log.warning("--passthrough: NOTHING is authenticated, authorized or recorded (benchmark baseline only)")
         return await _serve_grpc(PassThrough(), listen_address(settings, worker), ready)
-    recording = build_runtime(settings.recording)
-    recorder = recording.recorder
-    await recording.start()
-    auth = Authenticator(settings.auth) if settings.auth is not None else None
-    if auth is not None:
-        await auth.start()  # warms the JWKS cache; an unreachable IdP means 503s until it answers, never open
-    else:
-        log.warning("allow_anonymous: true — requests are NOT authenticated; never run like this in production")
+    # The policy is loaded first: a bad one is fatal (ConfigError) before anything else starts. Never start open.
     policy = None
-    if settings.policy is not None:  # a bad policy at start-up is fatal (ConfigError): never start open
+    if settings.policy is not None:
         policy = PolicyWatcher(
             settings.policy.directory,
             {s.name for s in settings.servers},
             interval=settings.policy.reload_interval_ms / 1000,
         )
-        await policy.start()
-    gw = Gateway.build(settings, recorder, auth, policy)
-    log.info("recording as writer %s", recorder.writer_id)
-    if settings.processor.metrics_port is not None:
-        port = settings.processor.metrics_port + worker
-        gw.metrics.serve(settings.processor.metrics_address, port)
-        log.info("metrics on http://%s:%d/metrics", settings.processor.metrics_address, port)
-    await _serve_grpc(Processor(gw), listen_address(settings, worker), ready)
-    await recording.close()  # after the last stream ended: everything it recorded is flushed
-    if auth is not None:
-        await auth.close()
-    if policy is not None:
-        await policy.close()
+    recording = build_runtime(settings.recording)
+    auth = Authenticator(settings.auth) if settings.auth is not None else None
+    await recording.start()
+    try:
+        if auth is not None:
+            await auth.start()  # warms the JWKS cache; an unreachable IdP means 503s until it answers, never open
+        else:
+            log.warning("allow_anonymous: true — requests are NOT authenticated; never run like this in production")
+        if policy is not None:
+            await policy.start()
+        gw = Gateway.build(settings, recording.recorder, auth, policy)
+        log.info("recording as writer %s", recording.recorder.writer_id)
+        if settings.processor.metrics_port is not None:
+            port = settings.processor.metrics_port + worker
+            gw.metrics.serve(settings.processor.metrics_address, port)
+            log.info("metrics on http://%s:%d/metrics", settings.processor.metrics_address, port)
+        await _serve_grpc(Processor(gw), listen_address(settings, worker), ready)
+    finally:  # also when start-up fails half-way (port in use, unreadable key): flush and release the spool
+        await recording.close()  # after the last stream ended: everything it recorded is flushed
+        if auth is not None:
+            await auth.close()
+        if policy is not None:
+            await policy.close()
     log.info("processor stopped; recordings flushed")
 
 

@@ -216,6 +216,8 @@ class Settings(_Model):
         if self.auth is not None and self.processor.workers > 1 and self.auth.session_secret_file is None:
             # Each worker would make its own random binding key: a session opened on one would be refused on another.
             raise ValueError("auth.session_secret_file: required when processor.workers > 1 (one key for all workers)")
+        if self.auth is None and self.policy is not None:
+            raise ValueError("policy: needs auth (rules match identities; anonymous callers would pass unchecked)")
         if self.auth is not None and self.policy is None:
             raise ValueError("policy: required when auth is configured (deny by default needs rules to allow anything)")
         return self

@@ -208,7 +208,7 @@ def _split(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
         header_b64, payload_b64, _ = token.split(".")
         header = json.loads(base64url_decode(header_b64))
         payload = json.loads(base64url_decode(payload_b64))
-    except (ValueError, binascii.Error) as e:  # bad base64, bad UTF-8, bad JSON
+    except (ValueError, binascii.Error, RecursionError) as e:  # bad base64, UTF-8 or JSON; absurd nesting
         raise MalformedToken() from e
     if not isinstance(header, dict) or not isinstance(payload, dict):
         raise MalformedToken()

@@ -104,3 +104,9 @@ def redact_for_record(
     if not found:
         return messages, raw, []
     return list(redacted), None, [asdict(r) for r in found]  # type: ignore[call-overload]
+
+
+def redact_text(policy: CompiledPolicy, server: str, text: str) -> str:
+    """A short text (a call description, an error detail) with the server's recording patterns applied."""
+    redacted, _ = redact(policy, server, text)
+    return redacted if isinstance(redacted, str) else text

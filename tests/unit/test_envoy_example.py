@@ -22,7 +22,9 @@ def test_example_matches_renderer() -> None:
 def test_envoy_validates_example() -> None:
     out = subprocess.run(
         [str(envoy_binary()), "--mode", "validate", "-c", str(ROOT / "envoy" / "envoy.example.yaml")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "OK" in out.stdout + out.stderr

@@ -596,3 +596,25 @@ async def test_reset_after_every_request_was_answered_is_complete(rig: Rig) -> N
 
     end = (await rig.recorded())["sess-1"][-1]
     assert (end["outcome"], end["detail"]) == ("complete", "client closed the stream after the last response")
+
+
+async def test_session_less_request_is_refused_when_its_held_events_could_not_be_recorded(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ex = rig.exchange()
+    await ex.on_request_headers(request_headers())  # initialize: no session yet, its events are held
+    monkeypatch.setattr(Recorder, "accepting", property(lambda self: False))  # the queue filled meanwhile
+
+    resp = await ex.on_request_body(body(json.dumps(INIT).encode()))
+
+    status, doc, _ = _immediate(resp)
+    assert status == 503 and doc["error"]["message"] == "recording unavailable; request refused"
+
+
+async def test_a_token_in_the_query_string_is_not_recorded(rig: Rig) -> None:
+    ex = rig.exchange()
+    await ex.on_request_headers(request_headers(path="/weather/mcp?access_token=qs-secret-91&page=2", session="s"))
+    ex.finish("reset")
+    start = (await rig.recorded())["s"][0]
+    assert start["path"] == "/weather/mcp?access_token=[REDACTED]&page=2"
+    assert b"qs-secret-91" not in rig.written_bytes()

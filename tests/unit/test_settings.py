@@ -230,3 +230,8 @@ def test_several_workers_need_a_shared_session_key() -> None:
     with pytest.raises(ConfigError, match=r"auth.session_secret_file: required when processor.workers > 1"):
         parse(doc, source="g.yaml")
     parse({**doc, "auth": {**auth, "session_secret_file": "/etc/key"}})
+
+
+def test_a_policy_needs_auth() -> None:
+    with pytest.raises(ConfigError, match=r"policy: needs auth"):
+        parse({"servers": [SERVER], "allow_anonymous": True, "policy": {}}, source="g.yaml")

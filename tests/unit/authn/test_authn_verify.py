@@ -269,3 +269,9 @@ async def test_huge_exp_does_not_break_the_cache(issuer: DevIssuer, auth: Authen
     assert (await auth.authenticate(header)).subject == "alice"
     assert (await auth.authenticate(header)).subject == "alice"
     assert auth.cache_hits == 1
+
+
+async def test_absurdly_nested_token_header_is_malformed_not_a_crash(auth: Authenticator) -> None:
+    nested = tokens.b64(b"[" * 3000 + b"]" * 3000)  # deeper than the JSON decoder's recursion limit
+    with pytest.raises(MalformedToken):
+        await auth.authenticate(f"Bearer {nested}.e30.sig")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from envoy.config.core.v3 import base_pb2
 
-from extproc.envoy.headers import is_credential, recordable, to_dict
+from extproc.envoy.headers import is_credential, recordable, recordable_path, to_dict
 
 
 def _map(*headers: base_pb2.HeaderValue) -> base_pb2.HeaderMap:
@@ -104,3 +104,33 @@ def test_recordable_on_a_converted_header_map() -> None:
 
     assert kept == {"mcp-session-id": "sess-42"}
     assert dropped == ["authorization", "cookie"]
+
+
+@pytest.mark.parametrize(
+    ("name", "credential"),
+    [
+        pytest.param("x-forwarded-authorization", True, id="forwarded-authorization"),
+        pytest.param("x-functions-key", True, id="functions-key"),
+        pytest.param(":path", False, id="path-kept-its-query-redacted-instead"),
+        pytest.param(":authority", False, id="authority-kept"),
+        pytest.param("mcp-session-id", False, id="session-kept"),
+        pytest.param("accept", False, id="accept-kept"),
+    ],
+)
+def test_credential_classification_of_more_headers(name: str, credential: bool) -> None:
+    assert is_credential(name) is credential
+
+
+@pytest.mark.parametrize(
+    ("path", "recorded"),
+    [
+        pytest.param("/demo/mcp", "/demo/mcp", id="no-query"),
+        pytest.param("/demo/mcp?access_token=eyJabc&x=1", "/demo/mcp?access_token=[REDACTED]&x=1", id="token"),
+        pytest.param(
+            "/demo/mcp?api_key=k&sig=s&page=2", "/demo/mcp?api_key=[REDACTED]&sig=[REDACTED]&page=2", id="keys"
+        ),
+        pytest.param("/demo/mcp?flag", "/demo/mcp?flag", id="bare-name"),
+    ],
+)
+def test_recordable_path_hides_credential_query_values(path: str, recorded: str) -> None:
+    assert recordable_path(path) == recorded
