@@ -158,6 +158,8 @@ class Exchange:
 
     async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
         """Parse, record and authorize the (buffered) JSON-RPC body; allowed bodies go upstream unchanged."""
+        if not self.recording:  # a body whose headers were never admitted: config drift; never let it pass
+            raise RuntimeError("ext_proc request body without admitted request headers")
         body = msg.body
         self.bytes_in += len(body)
         parsed = parse_body(body, strict=True)  # what the policy decides on must be what the server reads

@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+# An event ends at a blank line: two line endings in a row, each CRLF, LF or CR (mixed is allowed: "\n\r\n").
+_EOL = rb"(?:\r\n|\r(?!\n)|\n)"
+_BOUNDARY = re.compile(_EOL + _EOL)
 _LINE = re.compile(rb"\r\n|\n|\r")
 
 
@@ -38,6 +40,8 @@ class SseParser:
         for m in _BOUNDARY.finditer(buf, scan_from):
             if m.start() < start:  # overlap with a boundary already consumed
                 continue
+            if m.end() == len(buf) and buf.endswith(b"\r"):  # maybe the first half of a CRLF: wait for more
+                break
             block, raw = buf[start : m.start()], buf[start : m.end()]
             start = m.end()
             event = parse_event(block, raw)

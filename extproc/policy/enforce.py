@@ -13,7 +13,7 @@ from extproc.authn.principal import Principal
 from extproc.mcp.jsonrpc import McpCall, Message, is_request, to_call
 from extproc.mcp.sse import SseParser
 from extproc.policy.compiled import CompiledPolicy
-from extproc.policy.engine import Decision, decide, filter_list, redact
+from extproc.policy.engine import Decision, decide_batch, filter_list, redact
 
 LIST_METHODS = frozenset({"tools/list", "resources/list", "prompts/list"})
 _ITEM_NAME = {
@@ -43,7 +43,8 @@ class Verdict:
 def authorize(policy: CompiledPolicy, who: Principal, server: str, messages: tuple[Message, ...]) -> Verdict:
     """Decide each request/notification of the body; responses the client sends back are not decided."""
     calls = tuple(to_call(m) for m in messages if is_request(m))
-    return Verdict(calls, tuple(decide(policy, who, server, c) for c in calls))
+    # decide_batch is the one place "one denied element denies the batch" lives; `policy test` runs it too.
+    return Verdict(calls, decide_batch(policy, who, server, calls).elements if calls else ())
 
 
 def filter_body(
@@ -53,7 +54,9 @@ def filter_body(
     hidden: list[tuple[str, Any, list[str]]] = []
 
     def rewrite(msg: Any) -> Any:
-        if not isinstance(msg, dict) or "result" not in msg:
+        if isinstance(msg, list):  # a batch of responses
+            return [rewrite(m) for m in msg]
+        if not isinstance(msg, dict) or not isinstance(msg.get("result"), dict):
             return msg
         method = lists.get(json.dumps(msg.get("id")))
         if method is None:
@@ -70,7 +73,7 @@ def filter_body(
             doc = json.loads(body)
         except ValueError:
             return body, hidden  # not JSON: nothing we can filter, and nothing to leak from a list
-        doc = [rewrite(m) for m in doc] if isinstance(doc, list) else rewrite(doc)
+        doc = rewrite(doc)
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode(), hidden
 
     parser = SseParser()

@@ -174,3 +174,12 @@ def test_finish_after_clean_end_is_empty() -> None:
 
     assert len(parser.feed(b"data: a\r\n\r\ndata: b\r\n\r\n")) == 2
     assert parser.finish() == b""
+
+
+@pytest.mark.parametrize(
+    "blank", [b"\n\r\n", b"\r\n\n", b"\r\r\n", b"\n\r"], ids=["lf-crlf", "crlf-lf", "cr-crlf", "lf-cr"]
+)
+def test_mixed_line_endings_still_end_an_event(blank: bytes) -> None:
+    parser = SseParser()
+    events = parser.feed(b"data: one" + blank + b"data: two\n\n")
+    assert [e.data for e in events] == ["one", "two"]

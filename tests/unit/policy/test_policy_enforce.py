@@ -32,3 +32,43 @@ def test_a_secret_in_a_resource_uri_is_redacted_from_the_call_description(tmp_pa
 
     assert "SECRETKEY123456" not in text
     assert "[REDACTED:" in text and text.startswith("resources/read")  # a built-in rule may win
+
+
+LISTS = """
+apiVersion: mcp-extproc/v1
+rules:
+  - name: echo-only
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [echo]}
+"""
+
+
+def _listing(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from extproc.authn.principal import Principal
+
+    (tmp_path / "p.yaml").write_text(LISTS)
+    return load_policy(tmp_path, {"demo"}), Principal(issuer="i", subject="a", username="a")
+
+
+def test_a_batch_inside_sse_data_is_filtered_too(tmp_path: Path) -> None:
+    import json
+
+    from extproc.policy.enforce import filter_body
+
+    policy, who = _listing(tmp_path)
+    batch = [{"jsonrpc": "2.0", "id": 5, "result": {"tools": [{"name": "echo"}, {"name": "delete_repo"}]}}]
+    body = f"event: message\ndata: {json.dumps(batch)}\n\n".encode()
+
+    out, hidden = filter_body(policy, who, "demo", {"5": "tools/list"}, body, sse=True)
+
+    assert b"delete_repo" not in out and b'"echo"' in out
+    assert hidden == [("tools/list", 5, ["delete_repo"])]
+
+
+def test_a_list_result_that_is_not_an_object_passes_without_crashing(tmp_path: Path) -> None:
+    from extproc.policy.enforce import filter_body
+
+    policy, who = _listing(tmp_path)
+    body = b'{"jsonrpc":"2.0","id":5,"result":"odd"}'
+    assert filter_body(policy, who, "demo", {"5": "tools/list"}, body, sse=False) == (body, [])
