@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from hashlib import sha256
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -70,6 +71,7 @@ class Exchange:
         self._lists: dict[str, str] = {}
         self._awaiting: set[str] = set()  # ids of requests in the body still without a response
         self._filtering = False
+        self._withhold = False  # an oversized JSON body under a policy: its chunks are hashed, not stored
         self.session: str | None = None
         self.recording = False
         self.finished = False
@@ -251,8 +253,11 @@ class Exchange:
         elif self._json is not None:
             self._json += chunk
             if len(self._json) > self.gw.settings.recording.max_event_body_bytes:
+                # Too big to hold: the rest is recorded chunk by chunk. Path and key redactions need the parsed
+                # document, so with a policy the content is withheld (size and SHA-256 kept), never stored raw.
+                self._withhold = self.policy is not None
                 self._emit_chunk(bytes(self._json))
-                self._json = None  # too big to hold: the rest is recorded chunk by chunk
+                self._json = None
         elif chunk:
             self._emit_chunk(chunk)
         reply = responses.response_body()
@@ -324,6 +329,10 @@ class Exchange:
         self._emit(McpResponse(messages=messages, error=error, body=body, size=len(raw), redactions=redactions, **sse))
 
     def _emit_chunk(self, raw: bytes) -> None:
+        if self._withhold:
+            body = {"withheld": "JSON body over recording.max_event_body_bytes", "sha256": sha256(raw).hexdigest()}
+            self._emit(ResponseChunk(body=body, size=len(raw)))
+            return
         _, kept, _ = redact_for_record(self.policy, self._server_name, [], raw)  # text patterns still apply
         self._emit(ResponseChunk(body=body_fields(kept if kept is not None else b""), size=len(raw)))
 

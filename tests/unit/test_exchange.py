@@ -618,3 +618,30 @@ async def test_a_token_in_the_query_string_is_not_recorded(rig: Rig) -> None:
     start = (await rig.recorded())["s"][0]
     assert start["path"] == "/weather/mcp?access_token=[REDACTED]&page=2"
     assert b"qs-secret-91" not in rig.written_bytes()
+
+
+async def test_oversized_json_under_a_policy_is_withheld_not_stored_raw(rig: Rig, tmp_path: Path) -> None:
+    import hashlib
+
+    from extproc.policy.loader import load_policy
+
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "pol" / "p.yaml").write_text(
+        "apiVersion: mcp-extproc/v1\nrules: []\n"
+        "recording:\n  - servers: [weather]\n    redact: [{name: ssn, key: ssn}]\n"
+    )
+    raw = json.dumps({"jsonrpc": "2.0", "id": 7, "result": {"ssn": "SSN-123-45-6789", "pad": "y" * 3000}}).encode()
+    ex = rig.exchange()
+    await ex.on_request_headers(request_headers(session="s"))
+    ex.policy = load_policy(tmp_path / "pol", {"weather"})  # as a gateway with this policy would hold
+    await ex.on_request_body(body(json.dumps(CALL).encode()))
+    await ex.on_response_headers(response_headers("application/json"))
+    parts = _chunks(raw, [700])
+    for i, chunk in enumerate(parts):
+        await ex.on_response_body(body(chunk, end=i == len(parts) - 1))
+
+    chunks = [e for e in (await rig.recorded())["s"] if e["type"] == "http.chunk"]
+    assert b"SSN-123-45-6789" not in rig.written_bytes()
+    assert all("raw" not in c["body"] and c["body"]["sha256"] for c in chunks)
+    assert chunks[0]["body"]["sha256"] == hashlib.sha256(raw[: chunks[0]["size"]]).hexdigest()
+    assert sum(c["size"] for c in chunks) == len(raw)
