@@ -108,6 +108,10 @@ class Recorder:
         self.uploader = Uploader(self.spool, store)
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=queue_size)
         self._streams: dict[str, _Stream] = {}
+        # Streams with work (lines not spooled, an open segment, a seal due, an end pending). Each round touches only
+        # these; all streams (idle SSE sessions can be many) are scanned for the idle timeout at most once a second.
+        self._active: dict[str, _Stream] = {}
+        self._next_idle_scan = 0.0
         self._epochs: dict[str, int] = {}  # sessions whose stream this writer ended, and how often
         self._pending_bytes = 0  # chained, not yet in the spool
         self._orphans: list[_Stream] = []  # streams ended (final) whose ops are not in the spool yet
@@ -172,11 +176,11 @@ class Recorder:
         await asyncio.wait_for(self._synced.wait(), within)
 
     def _has_ops(self) -> bool:
-        return any(s.ops for s in self._streams.values()) or bool(self._orphans)
+        return any(s.ops for s in self._active.values()) or bool(self._orphans)
 
     def _seal_due(self) -> bool:
         """A segment whose seal is held back until the flush interval has passed."""
-        return any(s.due and s.seg_size for s in self._streams.values())
+        return any(s.due and s.seg_size for s in self._active.values())
 
     async def _run(self) -> None:
         last_sync = last_write = self._clock()
@@ -208,6 +212,7 @@ class Recorder:
             ended = self._chain(batch)
             self._cut(ended, stopping)
             dirty = await self._write() or dirty
+            self._settle()
             last_write = self._clock()
             dirty = dirty or not self.healthy  # a sync attempt is also the health probe
             if dirty and (ended or stopping or self._clock() - last_sync >= self.flush_interval):
@@ -234,7 +239,7 @@ class Recorder:
         """Chain events into their streams' pending ops. True if an exchange ended (a segment boundary)."""
         ended = False
         for e in events:
-            st = self._stream(e.session)
+            st = self._active[e.session] = self._stream(e.session)
             line = chain_line(st.seq, st.prev, e.to_dict()) + b"\n"
             if not self.required and not self._room_for(len(line)):
                 self.lost_events += 1  # counted and logged, never chained: what is kept still verifies
@@ -271,11 +276,16 @@ class Recorder:
     def _cut(self, ended: bool, stopping: bool) -> None:
         """Seal segments at exchange ends, by age, and end streams whose session is over or idle."""
         now = self._clock()
-        for session, st in list(self._streams.items()):
+        candidates = self._active
+        if stopping or now >= self._next_idle_scan:  # idle streams have no work but may time out
+            candidates = self._streams
+            self._next_idle_scan = now + min(1.0, self.idle_timeout)
+        for session, st in list(candidates.items()):
             final = stopping or (not st.open and (st.end_now or now - st.last_event >= self.idle_timeout))
             if final:
                 self._seal(st, final=True)
                 del self._streams[session]
+                self._active.pop(session, None)
                 self._epochs[session] = self._epochs.get(session, 0) + 1
                 if st.ops:
                     self._orphans.append(st)
@@ -318,7 +328,7 @@ class Recorder:
         """Move pending ops of every stream into the spool in one batch, in order; on failure keep the rest."""
         batch: list[Append | Manifest] = []
         owners: list[tuple[_Stream, int]] = []  # per batch op: its stream and how many of the stream's ops it covers
-        for st in [*self._streams.values(), *self._orphans]:
+        for st in [*self._active.values(), *self._orphans]:
             i = 0
             while i < len(st.ops):
                 op = st.ops[i]
@@ -349,6 +359,12 @@ class Recorder:
             self._set_health(False, str(error))
         self._orphans = [s for s in self._orphans if s.ops]
         return done > 0
+
+    def _settle(self) -> None:
+        """Forget streams whose work is done until their next event."""
+        for session, st in list(self._active.items()):
+            if not (st.ops or st.seg_size or st.due or st.end_now):
+                del self._active[session]
 
     async def _sync(self) -> bool:
         try:
