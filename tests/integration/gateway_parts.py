@@ -69,3 +69,22 @@ class Gateway:
 
     def stop(self) -> None:
         self.stack.stop()
+
+
+ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+def open_session(url: str, token: str | None = None) -> dict[str, str]:
+    """initialize + notifications/initialized over plain HTTP; returns the headers for the session's next requests."""
+    base = {**ACCEPT, **({"authorization": f"Bearer {token}"} if token else {})}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    r = httpx.post(url, json=init, headers=base, timeout=10)
+    assert r.status_code == 200, r.text
+    headers = {**base, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    httpx.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers, timeout=10)
+    return headers

@@ -25,6 +25,7 @@ import boto3
 import httpx
 import pytest
 from botocore.exceptions import ClientError
+from gateway_parts import open_session
 from moto.server import ThreadedMotoServer
 
 from extproc.demo.mcp_client import run_session
@@ -108,20 +109,6 @@ def _s3_recording(moto: Moto, key: Path, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _open_session(url: str) -> dict[str, str]:
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
-    r = httpx.post(url, json=init, headers=ACCEPT, timeout=10)
-    assert r.status_code == 200, r.text
-    headers = {**ACCEPT, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
-    httpx.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers, timeout=10)
-    return headers
-
-
 def _echo(url: str, headers: dict[str, str], text: str, n: int) -> httpx.Response:
     call = {"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": text}}}
     return httpx.post(url, json=call, headers=headers, timeout=20)
@@ -184,7 +171,7 @@ async def test_s3_outage_loses_nothing_and_duplicates_nothing(
     server = start_mcp_server("demo")
     gw = start_gateway([server], recording=_s3_recording(moto, key))
     spool = Path(gw.config["recording"]["directory"]) / ".spool"
-    headers = _open_session(gw.url())
+    headers = open_session(gw.url())
     sid = headers["mcp-session-id"]
     for i in range(3):
         assert _echo(gw.url(), headers, f"before-{i}", 10 + i).status_code == 200
@@ -218,7 +205,7 @@ def test_killed_processor_leaves_an_incomplete_exchange_with_everything_written(
     key, pub = keys
     gw = start_gateway([start_mcp_server("demo")], recording={"signing_key": str(key), "segment_max_age_ms": 200})
     spool = Path(gw.config["recording"]["directory"]) / ".spool"
-    headers = _open_session(gw.url())
+    headers = open_session(gw.url())
     sid = headers["mcp-session-id"]
     call = {
         "jsonrpc": "2.0",
@@ -273,7 +260,7 @@ async def test_spool_full_refuses_with_503_and_forwards_nothing(
     key, _ = keys
     server = start_mcp_server("demo")
     gw = start_gateway([server], recording=_s3_recording(moto, key, spool_max_bytes=16 << 10))
-    headers = _open_session(gw.url())
+    headers = open_session(gw.url())
     moto.stop()
     refused = None
     for i in range(60):

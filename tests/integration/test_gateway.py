@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import httpx
-from gateway_parts import SampleServer
+from gateway_parts import SampleServer, open_session
 
 from extproc.demo.mcp_client import call_tool, run_session
 
@@ -158,23 +158,9 @@ async def test_processor_down_fails_closed(start_mcp_server, start_gateway) -> N
     assert server.seen() == []  # nothing passed unprocessed
 
 
-def _open_session(url: str) -> dict[str, str]:
-    """initialize + notifications/initialized over plain HTTP; returns headers carrying the session id."""
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
-    r = httpx.post(url, json=init, headers=ACCEPT, timeout=10)
-    headers = {**ACCEPT, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
-    httpx.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers, timeout=10)
-    return headers
-
-
 def test_sigterm_lets_in_flight_exchange_finish(start_mcp_server, start_gateway) -> None:
     gw = start_gateway([start_mcp_server("demo")])
-    headers = _open_session(gw.url())
+    headers = open_session(gw.url())
     call = {
         "jsonrpc": "2.0",
         "id": 2,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from gateway_parts import Gateway, SampleServer
+from gateway_parts import Gateway, SampleServer, open_session
 
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.demo.mcp_client import connect
@@ -135,16 +135,7 @@ def test_filtered_json_list_has_a_correct_content_length(start_mcp_server, start
     import httpx
 
     gw = start_authed([start_mcp_server("demo", json_response=True)], policy=POLICY)
-    token = issuer.mint("alice", aud=gw.endpoint, groups=["eng"])
-    headers = {"authorization": f"Bearer {token}", "accept": "application/json, text/event-stream"}
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
-    r = httpx.post(gw.url(), json=init, headers=headers, timeout=10)
-    headers |= {"mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    headers = open_session(gw.url(), token=issuer.mint("alice", aud=gw.endpoint, groups=["eng"]))
     listed = httpx.post(gw.url(), json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=headers, timeout=10)
     assert listed.status_code == 200
     assert int(listed.headers["content-length"]) == len(listed.content)
