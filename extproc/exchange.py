@@ -65,22 +65,25 @@ class Exchange:
         self.gw = gw
         self.id = gw.new_id()
         self.started = gw.clock()
+        # Who and where, set when the request headers are admitted.
         self.server: Server | None = None
         self.principal: Principal | None = None
         self.policy: CompiledPolicy | None = None  # one snapshot per exchange: a reload never splits a decision
-        self._lists: dict[str, str] = {}
-        self._awaiting: set[str] = set()  # ids of requests in the body still without a response
-        self._filtering = False
-        self._withhold = False  # an oversized JSON body under a policy: its chunks are hashed, not stored
-        self.session: str | None = None
+        self.session: str | None = None  # the MCP server's session id (None until known)
+        # Progress.
         self.recording = False
         self.finished = False
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
         self.request_ids: list[Any] = []
+        # Internals of recording and filtering.
         self._index = 0
-        self._held: list[Event] = []
+        self._held: list[Event] = []  # events before the session is known
+        self._awaiting: set[str] = set()  # ids of requests in the body still without a response
+        self._lists: dict[str, str] = {}  # list requests whose responses are filtered
+        self._filtering = False
+        self._withhold = False  # an oversized JSON body under a policy: its chunks are hashed, not stored
         self._sse: SseParser | None = None
         self._json: bytearray | None = None
 
