@@ -60,6 +60,18 @@ class InvalidRequest(GatewayError):
         self.client_message = detail
 
 
+class HeaderMismatch(InvalidRequest):
+    """A stateless (2026-07-28) request whose MCP headers disagree with its body: the spec's HEADER_MISMATCH."""
+
+    jsonrpc_code = -32020
+
+
+class InvalidEnvelope(InvalidRequest):
+    """A request claiming a stateless revision without the ``params._meta`` envelope it requires."""
+
+    jsonrpc_code = -32602
+
+
 # --- authentication (401 / 503) ------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from hashlib import sha256
 from typing import Any
 
@@ -32,6 +33,7 @@ from extproc.errors import (
 )
 from extproc.gateway import Gateway
 from extproc.mcp.jsonrpc import McpCall, error_response, is_request, parse_body
+from extproc.mcp.protocol import check_headers, classify, run_key
 from extproc.mcp.sse import SseParser
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.enforce import authorize, filter_body, redact_for_record, redact_text
@@ -53,6 +55,8 @@ from extproc.settings import Server
 log = logging.getLogger(__name__)
 
 SESSION_HEADER = "mcp-session-id"
+# Tells a stateless (2026-07-28) client which recorded run its request joined; it has no session id to go by.
+RECORDING_HEADER = "mcp-extproc-recording"
 # Never forwarded as the client sent them: the token stays at the gateway (no token passthrough, per the MCP
 # spec) and identity headers are only ever set by the gateway itself.
 UPSTREAM_REMOVE = ("authorization", "x-mcp-user", "x-mcp-groups")
@@ -77,6 +81,10 @@ class Exchange:
         self.bytes_in = 0
         self.bytes_out = 0
         self.request_ids: list[Any] = []
+        self.client = ""  # downstream address
+        self._request_headers: dict[str, str] = {}
+        self._header_names: list[str] = []  # as sent, repeats kept: a duplicated MCP header is refused
+        self._run: str | None = None  # the recorded run of a stateless request
         # Internals of recording and filtering.
         self._index = 0
         self._held: list[Event] = []  # events before the session is known
@@ -127,10 +135,13 @@ class Exchange:
             except SessionNotYours as e:
                 denied, client_session = e, f"x-{self.id}"  # a refused exchange is a session of its own
         self.session = client_session
+        self.client = _client_address(attributes, headers)
+        self._request_headers = headers
+        self._header_names = [h.key for h in msg.headers.headers]
         kept, dropped = recordable({**headers, ":path": recordable_path(path)})
         self._emit(
             ExchangeStart(
-                client=_client_address(attributes, headers),
+                client=self.client,
                 server=self.server.name,
                 method=headers.get(":method", ""),
                 path=recordable_path(path),
@@ -169,6 +180,11 @@ class Exchange:
         self.bytes_in += len(body)
         parsed = parse_body(body, strict=True)  # what the policy decides on must be what the server reads
         self.request_ids = [m.get("id") for m in parsed.messages if "id" in m]
+        if self.session is None and not parsed.error:
+            rev = classify(self._request_headers, parsed.messages)
+            if rev.stateless:  # no session id at 2026-07-28: the unit is the client's run, known before recording
+                self._run = self._run_unit(rev.client_info)
+                self._set_session(self._run)
         self._awaiting = {json.dumps(m["id"]) for m in parsed.messages if "id" in m and is_request(m)}
         messages, raw, redactions = redact_for_record(self.policy, self._server_name, list(parsed.messages), body)
         self._emit(
@@ -183,6 +199,10 @@ class Exchange:
         )
         if parsed.error:  # what cannot be parsed cannot be authorized: refuse it, recorded
             return self._refuse(InvalidRequest(f"request body is not valid JSON-RPC ({parsed.error})"))
+        try:  # the headers Envoy and the server read must say what the decided body says
+            check_headers(self._header_names, self._request_headers, parsed.messages, parsed.batch)
+        except InvalidRequest as e:
+            return self._refuse(e)
         if self.policy is None or self.principal is None:
             held = self._held_refusal()
             return self._refuse(held) if held is not None else responses.request_body()
@@ -213,6 +233,18 @@ class Exchange:
             return self._refuse(held)
         return responses.request_body()
 
+    def _run_unit(self, client_info: Mapping[str, Any] | None) -> str:
+        """The recorded run a stateless request belongs to (extproc/mcp/protocol.py RunTracker)."""
+        who = self.principal
+        key = run_key(
+            who.issuer if who else "",
+            who.subject if who else f"anonymous@{self.client}",
+            self._server_name,
+            self._request_headers.get("authorization", ""),
+            client_info,
+        )
+        return self.gw.runs.unit(key, self.gw.clock(), self._request_headers.get("traceparent"))
+
     def _describe(self, call: McpCall) -> str:
         """'tools/call x on server y' with the server's redactions applied: a resource URI may carry a secret."""
         text = describe_call(self._server_name, call)
@@ -241,6 +273,8 @@ class Exchange:
         bound = {}
         if server_session and self.principal is not None:  # the client only ever sees the bound id
             bound = {SESSION_HEADER: bind(server_session, self.principal, self.gw.session_key)}
+        if self._run is not None:
+            bound[RECORDING_HEADER] = self._run
         # List responses are rewritten for the caller, so this one body is buffered; all others keep streaming.
         self._filtering = bool(self._lists) and 200 <= self.status < 300 and not msg.end_of_stream
         return responses.response_headers(bound, buffer_body=self._filtering)

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from extproc.authn.challenge import protected_resource_metadata, resource_metadata_url
 from extproc.authn.session_binding import load_key
 from extproc.authn.verify import Authenticator
+from extproc.mcp.protocol import RunTracker
 from extproc.metrics import Metrics
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.recorder import Recorder
@@ -32,6 +33,7 @@ class Gateway:
     metadata_url: str = ""
     metadata_path: str = ""  # the path Envoy sees for metadata_url (RFC 9728 puts public_url's path after it)
     metadata: dict[str, object] = field(default_factory=dict)
+    runs: RunTracker = field(default_factory=lambda: RunTracker(300.0))  # recording units of stateless traffic
     clock: Callable[[], float] = time.time
     new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
 
@@ -44,6 +46,7 @@ class Gateway:
         policy: PolicyWatcher | None = None,
     ) -> Gateway:
         gw = cls(settings=settings, recorder=recorder, router=Router(settings), auth=auth, policy=policy)
+        gw.runs = RunTracker(settings.recording.run_idle_gap_s)
         gw.metrics.watch(gw)
         if settings.auth is not None:
             gw.session_key = load_key(settings.auth.session_secret_file)

@@ -138,6 +138,9 @@ class Recording(_Model):
     compression: Literal["none", "gzip", "zstd"] = "none"  # of stored segments (s3 store)
     signing_key: Path | None = None  # Ed25519 private key (PEM) that signs segment manifests
     session_idle_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
+    # Stateless (2026-07-28) traffic has no session id: one client's requests are one recorded run until it stays
+    # silent this long (a W3C traceparent overrides the gap). See extproc/mcp/protocol.py RunTracker.
+    run_idle_gap_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     completer_interval_s: Annotated[float, Field(gt=0)] = 30.0
     flush_interval_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
     queue_size: Annotated[int, Field(ge=16)] = 10_000

@@ -11,16 +11,10 @@ from typing import Any
 
 from extproc.authn.principal import Principal
 from extproc.mcp.jsonrpc import McpCall, Message, is_request, to_call
+from extproc.mcp.methods import LISTINGS
 from extproc.mcp.sse import SseParser
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.engine import Decision, decide_batch, filter_list, redact
-
-LIST_METHODS = frozenset({"tools/list", "resources/list", "prompts/list"})
-_ITEM_NAME = {
-    "tools/list": ("tools", "name"),
-    "resources/list": ("resources", "uri"),
-    "prompts/list": ("prompts", "name"),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +31,7 @@ class Verdict:
     @property
     def lists(self) -> dict[str, str]:
         """JSON-encoded id -> list method, for the list requests whose responses must be filtered."""
-        return {json.dumps(c.id): c.method for c in self.calls if c.method in LIST_METHODS and c.id is not None}
+        return {json.dumps(c.id): c.method for c in self.calls if c.method in LISTINGS and c.id is not None}
 
 
 def authorize(policy: CompiledPolicy, who: Principal, server: str, messages: tuple[Message, ...]) -> Verdict:
@@ -62,11 +56,11 @@ def filter_body(
         if method is None:
             return msg
         result = filter_list(policy, who, server, method, msg["result"])
-        key, name = _ITEM_NAME[method]
-        before = [i.get(name) for i in msg["result"].get(key, []) if isinstance(i, dict)]
-        after = {i.get(name) for i in result.get(key, []) if isinstance(i, dict)}
+        listing = LISTINGS[method]
+        before = [i.get(listing.item) for i in msg["result"].get(listing.key, []) if isinstance(i, dict)]
+        after = {i.get(listing.item) for i in result.get(listing.key, []) if isinstance(i, dict)}
         hidden.append((method, msg.get("id"), [str(n) for n in before if n not in after]))
-        return {**msg, "result": result}
+        return {**msg, "result": private(result)}
 
     if not sse:
         try:
@@ -91,6 +85,14 @@ def filter_body(
         out += f"data: {data}\n\n".encode()
     out += parser.finish()
     return bytes(out), hidden
+
+
+def private(result: dict[str, Any]) -> dict[str, Any]:
+    """A result rewritten for one caller may be cached for that caller only (2026-07-28 caching hints): a shared
+    cache must never hand one identity's filtered list to another. Results without hints (2025) stay as they are."""
+    if "cacheScope" in result or "resultType" in result:
+        return {**result, "cacheScope": "private"}
+    return result
 
 
 def redact_for_record(

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from extproc.authn.principal import Principal
 from extproc.mcp.jsonrpc import McpCall
+from extproc.mcp.methods import LISTINGS, Listing
 from extproc.policy.compiled import OBJECT_FIELD, ArgCheck, CompiledPolicy, CompiledRule, CompiledSubjects, value_key
 from extproc.policy.redact import Redaction, marker
 
@@ -231,31 +232,31 @@ def decide_batch(policy: CompiledPolicy, who: Principal, server: str, calls: Seq
     return Decision(True, rules, f"all {len(decisions)} batch elements allowed", considered, decisions)
 
 
-# list method -> (result key, item key, the call that uses an item)
-_LISTS: dict[str, tuple[str, str, Callable[[str], McpCall]]] = {
-    "tools/list": ("tools", "name", lambda n: McpCall("tools/call", tool=n)),
-    "resources/list": ("resources", "uri", lambda u: McpCall("resources/read", uri=u)),
-    "prompts/list": ("prompts", "name", lambda n: McpCall("prompts/get", prompt=n)),
-}
+def _use(listing: Listing, name: str) -> McpCall:
+    """The call that uses one listed item: what the caller must be allowed for the item to stay in the list."""
+    if listing.use == "tools/call":
+        return McpCall(listing.use, tool=name)
+    if listing.use == "prompts/get":
+        return McpCall(listing.use, prompt=name)
+    return McpCall(listing.use, uri=name)
 
 
 def filter_list(policy: CompiledPolicy, who: Principal, server: str, method: str, result: dict) -> dict:
     """Keep only the list items the caller may use (argument conditions not considered); others pass unchanged."""
-    spec = _LISTS.get(method)
-    if spec is None or not isinstance(result, dict) or not isinstance(result.get(spec[0]), list):
+    listing = LISTINGS.get(method)
+    if listing is None or not isinstance(result, dict) or not isinstance(result.get(listing.key), list):
         return result
-    key, item_key, use = spec
     kept = []
-    for item in result[key]:
-        name = item.get(item_key) if isinstance(item, dict) else None
+    for item in result[listing.key]:
+        name = item.get(listing.item) if isinstance(item, dict) else None
         if not isinstance(name, str):
             continue  # an item we cannot name is an item we cannot authorize
         try:
-            if _evaluate(policy, who, server, use(name), listing=True).allowed:
+            if _evaluate(policy, who, server, _use(listing, name), listing=True).allowed:
                 kept.append(item)
         except Exception:
             log.exception("policy evaluation failed while filtering %s; hiding the item", method)
-    return {**result, key: kept}
+    return {**result, listing.key: kept}
 
 
 def redact(policy: CompiledPolicy, server: str, payload: object) -> tuple[object, list[Redaction]]:

@@ -11,25 +11,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
+from extproc.mcp.methods import KNOWN_METHODS
 from extproc.policy.globs import check_glob, compile_globs
 
 API_VERSION = "mcp-extproc/v1"
 
-# MCP methods a rule may name (spec 2025-06-18 and 2025-11-25). A method glob must match one of them, so a typo
-# in a deny rule is a load error instead of a rule that silently never fires.
-KNOWN_METHODS: tuple[str, ...] = (
-    "initialize", "ping",
-    "tools/list", "tools/call",
-    "resources/list", "resources/templates/list", "resources/read", "resources/subscribe", "resources/unsubscribe",
-    "prompts/list", "prompts/get",
-    "completion/complete", "logging/setLevel",
-    "tasks/get", "tasks/result", "tasks/list", "tasks/cancel",
-    "sampling/createMessage", "elicitation/create", "roots/list",
-    "notifications/initialized", "notifications/cancelled", "notifications/progress", "notifications/message",
-    "notifications/roots/list_changed", "notifications/resources/list_changed", "notifications/resources/updated",
-    "notifications/tools/list_changed", "notifications/prompts/list_changed", "notifications/elicitation/complete",
-    "notifications/tasks/status",
-)  # fmt: skip
+# A method glob must match one of the MCP methods of some revision (extproc/mcp/methods.py), so a typo in a deny
+# rule is a load error instead of a rule that silently never fires.
 TOOL_METHODS = ("tools/call",)
 RESOURCE_METHODS = ("resources/read", "resources/subscribe", "resources/unsubscribe")
 PROMPT_METHODS = ("prompts/get",)

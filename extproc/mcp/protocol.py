@@ -1,0 +1,218 @@
+"""Which MCP revision a request speaks, whether its HTTP headers agree with its body, and its recording unit.
+
+Both generations pass one gateway, decided per request:
+- 2025 revisions: the initialize handshake; the server's ``Mcp-Session-Id`` names the session (the recording unit).
+- 2026-07-28 (stateless): every request carries ``params._meta`` (protocol version, client capabilities, client
+  info) and mirrors its method and target in ``Mcp-Method`` / ``Mcp-Name`` / ``Mcp-Param-*`` headers. The gateway
+  runs the specification's validation ladder (the official SDK's own classifier) before anything is forwarded, so
+  Envoy, the policy and the server can never see different requests. The recording unit is a *run*: see
+  ``RunTracker``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request, decode_header_value
+from mcp_types.jsonrpc import HEADER_MISMATCH
+
+from extproc.errors import HeaderMismatch, InvalidEnvelope
+from extproc.mcp.jsonrpc import Message
+from extproc.mcp.methods import NAME_BEARING, STATELESS_REVISIONS, is_stateless
+
+VERSION_HEADER = "mcp-protocol-version"
+METHOD_HEADER = "mcp-method"
+NAME_HEADER = "mcp-name"
+PARAM_PREFIX = "mcp-param-"
+META_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
+# Headers that carry a claim about the body: at most one copy each, and only on requests entitled to them.
+_ROUTING = (VERSION_HEADER, METHOD_HEADER, NAME_HEADER)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRevision:
+    """What one POST body speaks. ``stateless`` requests are 2026-07-28 (or later) single requests."""
+
+    revision: str | None
+    stateless: bool
+    client_info: Mapping[str, Any] | None = None
+
+
+def _meta(m: Message) -> Mapping[str, Any] | None:
+    params = m.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+def classify(headers: Mapping[str, str], messages: Sequence[Message]) -> RequestRevision:
+    """The revision a request body claims: the ``MCP-Protocol-Version`` header, else the body's ``_meta``."""
+    meta = _meta(messages[0]) if len(messages) == 1 else None
+    declared = headers.get(VERSION_HEADER) or (meta or {}).get(META_VERSION)
+    revision = declared if isinstance(declared, str) else None
+    info = (meta or {}).get(META_CLIENT_INFO)
+    return RequestRevision(revision, is_stateless(revision), info if isinstance(info, dict) else None)
+
+
+def check_headers(
+    names: Iterable[str], headers: Mapping[str, str], messages: Sequence[Message], batch: bool
+) -> RequestRevision:
+    """Refuse a request whose headers could make Envoy or the server see something other than the decided body.
+
+    ``names`` are the header names as sent (repeats kept); ``headers`` the folded, lower-case map. Raises
+    ``HeaderMismatch`` (the spec's HEADER_MISMATCH) or ``InvalidEnvelope``; returns the revision otherwise.
+    """
+    _refuse_duplicates(names)
+    rev = classify(headers, messages)
+    claims = [h for h in headers if h in (METHOD_HEADER, NAME_HEADER) or h.startswith(PARAM_PREFIX)]
+    if not rev.stateless:
+        # 2025 revisions define no routing headers: a server speaking both generations must not act on them.
+        if claims:
+            raise HeaderMismatch(f"{claims[0]} header is only valid on {'/'.join(STATELESS_REVISIONS)} requests")
+        return rev
+    if batch or len(messages) != 1:
+        raise InvalidEnvelope(f"{rev.revision} requests are single JSON-RPC messages, not batches")
+    message = messages[0]
+    method = message.get("method")
+    if not isinstance(method, str):
+        raise InvalidEnvelope(f"{rev.revision} requests carry a method")
+    if "id" not in message:  # a notification: no envelope is required, but a header must still tell the truth
+        if METHOD_HEADER in headers and headers[METHOD_HEADER] != method:
+            raise HeaderMismatch(f"{METHOD_HEADER} header does not match the request body's method")
+        return rev
+    # The official ladder: _meta envelope present, version / method / name headers equal to the body. The version
+    # list is the claimed one: whether the server speaks it is the server's answer, not the gateway's.
+    verdict = classify_inbound_request(
+        message, headers=headers, supported_modern_versions=[rev.revision] if rev.revision else []
+    )
+    if isinstance(verdict, InboundLadderRejection):
+        raise (HeaderMismatch if verdict.code == HEADER_MISMATCH else InvalidEnvelope)(verdict.message)
+    if NAME_HEADER in headers and method not in NAME_BEARING:
+        raise HeaderMismatch(f"{NAME_HEADER} header on {method[:80]!r}, which names no target")
+    _check_param_headers(headers, message)
+    return rev
+
+
+def _refuse_duplicates(names: Iterable[str]) -> None:
+    """First-copy and last-copy readers would disagree: a routing header may appear once."""
+    seen: set[str] = set()
+    for name in names:
+        key = name.lower()
+        if key in _ROUTING or key.startswith(PARAM_PREFIX):
+            if key in seen:
+                raise HeaderMismatch(f"{key} header appears more than once")
+            seen.add(key)
+
+
+def _scalars(value: Any, out: set[str]) -> set[str]:
+    """Every scalar in an argument tree, rendered as a client mirrors it into a header."""
+    if isinstance(value, bool):
+        out.add("true" if value else "false")
+    elif isinstance(value, str | int | float):
+        out.add(str(value))
+    elif isinstance(value, dict):
+        for v in value.values():
+            _scalars(v, out)
+    return out
+
+
+def _check_param_headers(headers: Mapping[str, str], message: Message) -> None:
+    """``Mcp-Param-*`` headers exist only on tools/call and must mirror a value the body's arguments carry.
+
+    The exact header-to-argument map lives in the tool's input schema (``x-mcp-header``); whatever the map, a
+    header value the arguments do not carry is a claim the body does not back, and is refused.
+    """
+    params = [h for h in headers if h.startswith(PARAM_PREFIX)]
+    if not params:
+        return
+    if message.get("method") != "tools/call":
+        raise HeaderMismatch(f"{params[0]} header on a request that is not tools/call")
+    args = message.get("params", {}).get("arguments")
+    carried = _scalars(args, set()) if isinstance(args, dict) else set()
+    for h in params:
+        decoded = decode_header_value(headers[h])
+        if decoded is None or decoded not in carried:
+            raise HeaderMismatch(f"{h} header does not match any argument of the request body")
+
+
+@dataclass
+class _Run:
+    unit: str
+    last: float
+
+
+class RunTracker:
+    """The recording unit of stateless traffic: one *run* of one client.
+
+    A run is every request with the same issuer + subject, server, access token (hash) and client info, until the
+    client stays silent longer than ``idle_gap_s``. A W3C ``traceparent`` overrides the gap: requests of one trace
+    are one run (whatever their timing), requests of another trace another. The unit id names no identity (it is a
+    hash) and is path-safe. State is per processor: with several workers and no traceparent a run may be recorded
+    as one unit per worker (``sessions show`` of either names the other by the same key hash).
+    """
+
+    def __init__(self, idle_gap_s: float, max_runs: int = 100_000) -> None:
+        self.idle_gap_s = idle_gap_s
+        self.max_runs = max_runs
+        self._runs: dict[str, _Run] = {}
+
+    def unit(self, key: Sequence[str], now: float, traceparent: str | None = None) -> str:
+        """The run this request belongs to (opening a new one when there is none or the last went idle)."""
+        digest = _digest(key)
+        trace = _trace_id(traceparent)
+        if trace is not None:
+            return f"t-{digest[:16]}-{trace}"
+        run = self._runs.get(digest)
+        if run is None or now - run.last > self.idle_gap_s:
+            if len(self._runs) >= self.max_runs:
+                self._evict(now)
+            run = self._runs[digest] = _Run(f"r-{digest[:16]}-{int(now * 1000):x}", now)
+        run.last = now
+        return run.unit
+
+    def _evict(self, now: float) -> None:
+        """Forget idle runs; if all are live, the oldest half (a new run starts for those clients)."""
+        idle = [k for k, r in self._runs.items() if now - r.last > self.idle_gap_s]
+        if not idle:
+            idle = sorted(self._runs, key=lambda k: self._runs[k].last)[: len(self._runs) // 2]
+        for k in idle:
+            del self._runs[k]
+
+
+def run_key(
+    issuer: str, subject: str, server: str, credential: str, client_info: Mapping[str, Any] | None
+) -> tuple[str, ...]:
+    """The fields that make two stateless requests one run (the credential is hashed, never kept)."""
+    info = client_info or {}
+    return (
+        issuer,
+        subject,
+        server,
+        hashlib.sha256(credential.encode()).hexdigest(),
+        str(info.get("name", "")),
+        str(info.get("version", "")),
+    )
+
+
+def _digest(parts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        b = p.encode()
+        h.update(len(b).to_bytes(4, "big") + b)
+    return h.hexdigest()
+
+
+def _trace_id(traceparent: str | None) -> str | None:
+    """The trace id of a valid W3C traceparent (``00-<32 hex>-<16 hex>-<2 hex>``), else None."""
+    if not traceparent:
+        return None
+    parts = traceparent.strip().split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    trace = parts[1].lower()
+    if trace == "0" * 32 or any(c not in "0123456789abcdef" for c in trace):
+        return None
+    return trace
