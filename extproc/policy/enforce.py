@@ -36,9 +36,32 @@ class Verdict:
 
 def authorize(policy: CompiledPolicy, who: Principal, server: str, messages: tuple[Message, ...]) -> Verdict:
     """Decide each request/notification of the body; responses the client sends back are not decided."""
-    calls = tuple(to_call(m) for m in messages if is_request(m))
+    calls = tuple(c for m in messages if is_request(m) for c in (to_call(m), *implied_calls(m)))
     # decide_batch is the one place "one denied element denies the batch" lives; `policy test` runs it too.
     return Verdict(calls, decide_batch(policy, who, server, calls).elements if calls else ())
+
+
+# subscriptions/listen flags -> the list a caller must be allowed to see for its change notifications.
+_LISTEN_FLAGS = (("toolsListChanged", "tools/list"), ("promptsListChanged", "prompts/list"),
+                 ("resourcesListChanged", "resources/list"))  # fmt: skip
+
+
+def implied_calls(m: Message) -> tuple[McpCall, ...]:
+    """What a request also asks for: a ``subscriptions/listen`` stream carries list changes and resource updates, so
+    a caller may subscribe only to lists it may see and resources it may read. Decided (and recorded) beside the
+    request itself; id-less, so no response is treated as theirs."""
+    if m.get("method") != "subscriptions/listen":
+        return ()
+    params = m.get("params")
+    notes = params.get("notifications") if isinstance(params, dict) else None
+    if not isinstance(notes, dict):
+        return ()
+    implied = [McpCall(method) for flag, method in _LISTEN_FLAGS if notes.get(flag) is True]
+    uris = notes.get("resourceSubscriptions")
+    for uri in uris if isinstance(uris, list) else []:
+        # A URI that is not a string is a call without a target: malformed, denied.
+        implied.append(McpCall("resources/read", uri=uri if isinstance(uri, str) else None))
+    return tuple(implied)
 
 
 def filter_body(

@@ -26,7 +26,7 @@ def _messages(session, event_type: str) -> list[dict]:
 
 async def test_full_session_is_recorded_in_order(sample_server: SampleServer, start_gateway) -> None:
     gw = start_gateway([sample_server])
-    result = await run_session(gw.url())
+    result = await run_session(gw.url(), mode="legacy")  # the 2025 handshake; 2026-07-28 in test_mcp_2026.py
     assert result.tools == ["echo", "add", "count_slowly", "whoami"]
     assert result.echo["structuredContent"] == {"result": "hello"}
     if not sample_server.json_response:

@@ -41,9 +41,9 @@ async def test_valid_token_session_works_and_is_attributed(start_mcp_server, sta
     server = start_mcp_server("demo")
     gw = start_authed([server])
     token = _token(gw, issuer, groups=("eng", "oncall"))
-    result = await run_session(gw.url(), token=token)
+    result = await run_session(gw.url(), token=token, mode="legacy")
     assert result.echo["structuredContent"] == {"result": "hello"}
-    async with connect(gw.url(), token=token) as conn:
+    async with connect(gw.url(), token=token, mode="legacy") as conn:
         who = await conn.client.call_tool("whoami", {})
         assert who.structured_content == {"user": "alice", "groups": "eng,oncall"}
     gw.stop()

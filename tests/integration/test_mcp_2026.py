@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import httpx
 import pytest
 from gateway_parts import ACCEPT, SampleServer
@@ -34,3 +37,178 @@ async def test_default_client_speaks_2026_and_its_run_is_one_recording(
     starts = [e for e in session.events if e["type"] == "exchange.start"]
     assert len(starts) == len(sent)  # every exchange of the run in one recording
     print(sent)
+
+
+POLICY = """
+apiVersion: mcp-extproc/v1
+rules:
+  - name: basics
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: ["*"], methods: [server/discover, initialize, "notifications/*", tools/list, resources/list,
+                                        subscriptions/listen]}
+  - name: eng-echo
+    effect: allow
+    subjects: {groups: [eng]}
+    targets: {servers: [demo], tools: [echo, count_slowly]}
+    arguments: {text: {max_length: 64, optional: true}}
+  - name: whoami-everyone
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [whoami]}
+  - name: nobody-adds
+    effect: deny
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [add]}
+"""
+V = "2026-07-28"
+META = {
+    "io.modelcontextprotocol/protocolVersion": V,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+}
+
+
+def _raw_call(name: str, args: dict, msg_id: int = 7) -> dict:
+    return {
+        "jsonrpc": "2.0",
+        "id": msg_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": args, "_meta": META},
+    }
+
+
+def _modern_headers(token: str, method: str = "tools/call", name: str | None = "echo", **extra: str) -> dict:
+    out = {**ACCEPT, "authorization": f"Bearer {token}", "mcp-protocol-version": V, "mcp-method": method, **extra}
+    if name is not None:
+        out["mcp-name"] = name
+    return out
+
+
+async def _denied(conn, tool: str, args: dict) -> str:
+    with pytest.raises(Exception) as caught:  # the SDK raises its MCPError carrying the JSON-RPC error
+        await conn.client.call_tool(tool, args)
+    return str(caught.value)
+
+
+async def test_auto_client_is_decided_filtered_and_identified(
+    sample_server: SampleServer, start_authed, issuer
+) -> None:
+    gw = start_authed([sample_server], policy=POLICY)
+    token = issuer.mint("alice", aud=gw.endpoint, groups=["eng"])
+    async with connect(gw.url(), token=token) as conn:
+        assert conn.client.protocol_version == V  # auto negotiated the stateless revision through the gateway
+        listed = await conn.client.list_tools()
+        assert sorted(t.name for t in listed.tools) == ["count_slowly", "echo", "whoami"]  # add hidden
+        assert (await conn.client.call_tool("echo", {"text": "hi"})).structured_content == {"result": "hi"}
+        assert "nobody-adds" in await _denied(conn, "add", {"a": 1, "b": 2})
+        assert "default-deny" in await _denied(conn, "echo", {"text": "x" * 100})  # argument constraint
+        who = (await conn.client.call_tool("whoami", {})).structured_content
+        assert who is not None and who["user"] == "alice"  # the gateway's identity headers
+        runs = list(conn.runs)
+    gw.stop()
+    assert len(runs) == 1  # the agent's whole run is one recording
+    session = gw.session(runs[0])
+    assert session.problems == []
+    decisions = [e for e in session.events if e["type"] == "policy.decision"]
+    assert [d["rule"] for d in decisions if not d["allowed"]] == ["nobody-adds", "default-deny"]
+    assert any(e["type"] == "policy.list_filtered" and e["hidden"] == ["add"] for e in session.events)
+    assert all(r["method"] != "tools/call" or r["tool"] != "add" for r in sample_server.seen())
+    starts = [e for e in session.events if e["type"] == "exchange.start"]
+    assert {s["principal"]["subject"] for s in starts} == {"alice"}
+
+
+async def test_filtered_list_is_private_to_the_caller(start_mcp_server, start_authed, issuer) -> None:
+    """A shared cache must never hand one identity's filtered list to another: the result says private."""
+    gw = start_authed([start_mcp_server("demo", json_response=True)], policy=POLICY)
+    token = issuer.mint("bob", aud=gw.endpoint)
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}}
+    r = httpx.post(gw.url(), json=body, headers=_modern_headers(token, "tools/list", None), timeout=10)
+    assert r.status_code == 200, r.text
+    result = r.json()["result"]
+    assert [t["name"] for t in result["tools"]] == ["whoami"]
+    assert result["cacheScope"] == "private"
+    assert "ttlMs" in result  # the server's freshness hint is kept
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "code"),
+    [
+        pytest.param({"mcp-method": "tools/list"}, _raw_call("echo", {"text": "hi"}), -32020, id="method"),
+        pytest.param({"mcp-name": "whoami"}, _raw_call("echo", {"text": "hi"}), -32020, id="name"),
+        pytest.param({"mcp-protocol-version": "2025-11-25"}, _raw_call("echo", {"text": "hi"}), -32020, id="version"),
+        pytest.param({"mcp-param-text": "other"}, _raw_call("echo", {"text": "hi"}), -32020, id="param"),
+        pytest.param(
+            {},
+            {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo", "arguments": {}}},
+            -32602,
+            id="missing-meta",
+        ),
+    ],
+)
+async def test_header_mismatch_never_reaches_the_server(
+    start_mcp_server, start_authed, issuer, headers: dict, body: dict, code: int
+) -> None:
+    server = start_mcp_server("demo", json_response=True)
+    gw = start_authed([server], policy=POLICY)
+    token = issuer.mint("alice", aud=gw.endpoint, groups=["eng"])
+    r = httpx.post(gw.url(), json=body, headers={**_modern_headers(token), **headers}, timeout=10)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == code
+    assert server.seen() == []
+    gw.stop()
+    ends = [json.loads(x) for p in gw.store.root.rglob("*.jsonl") for x in p.read_bytes().splitlines()]
+    assert any(e["type"] == "exchange.end" and e["status"] == 400 for e in ends)  # refused, and recorded
+
+
+async def test_duplicated_routing_header_is_refused(start_mcp_server, start_authed, issuer) -> None:
+    server = start_mcp_server("demo", json_response=True)
+    gw = start_authed([server], policy=POLICY)
+    token = issuer.mint("alice", aud=gw.endpoint, groups=["eng"])
+    headers = [*_modern_headers(token).items(), ("mcp-name", "echo")]
+    r = httpx.post(gw.url(), content=json.dumps(_raw_call("echo", {"text": "hi"})), headers=headers, timeout=10)
+    assert r.status_code == 400 and "more than once" in r.json()["error"]["message"]
+    assert server.seen() == []
+
+
+async def test_listen_only_to_what_the_caller_may_read(start_mcp_server, start_authed, issuer) -> None:
+    server = start_mcp_server("demo", json_response=True)
+    gw = start_authed([server], policy=POLICY)
+    token = issuer.mint("bob", aud=gw.endpoint)
+    listen = {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "method": "subscriptions/listen",
+        "params": {"_meta": META, "notifications": {"toolsListChanged": True, "resourceSubscriptions": ["demo://x"]}},
+    }
+    r = httpx.post(gw.url(), json=listen, headers=_modern_headers(token, "subscriptions/listen", None), timeout=10)
+    assert r.status_code == 403, r.text
+    assert "resources/read 'demo://x'" in r.json()["error"]["message"]
+    assert server.seen() == []
+
+
+async def test_runs_split_by_identity_gap_and_trace(start_mcp_server, start_authed, issuer) -> None:
+    gw = start_authed(
+        [start_mcp_server("demo", json_response=True)], policy=POLICY, gateway={"recording": {"run_idle_gap_s": 1.5}}
+    )
+    alice = issuer.mint("alice", aud=gw.endpoint, groups=["eng"])
+    bob = issuer.mint("bob", aud=gw.endpoint)
+
+    def run_of(token: str, **headers: str) -> str:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}}
+        r = httpx.post(
+            gw.url(), json=body, headers={**_modern_headers(token, "tools/list", None), **headers}, timeout=10
+        )
+        assert r.status_code == 200, r.text
+        return r.headers["mcp-extproc-recording"]
+
+    first = run_of(alice)
+    assert run_of(alice) == first
+    assert run_of(bob) != first
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    traced = run_of(alice, traceparent=trace)
+    assert traced != first
+
+    await asyncio.sleep(2)  # the idle gap itself is what is tested
+    assert run_of(alice) != first  # silent longer than the gap: a new run
+    assert run_of(alice, traceparent=trace) == traced  # one trace stays one run across the gap

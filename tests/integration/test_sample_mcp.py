@@ -10,7 +10,7 @@ TOKEN = "test-token"
 
 
 async def test_run_session(sample_server: SampleServer) -> None:
-    result = await run_session(sample_server.mcp_url, token=TOKEN)
+    result = await run_session(sample_server.mcp_url, token=TOKEN, mode="legacy")
 
     assert result.session_id
     assert result.tools == ["echo", "add", "count_slowly", "whoami"]

@@ -1,0 +1,153 @@
+"""Header/body consistency of MCP requests (the spec's ladder) and the recording unit of stateless traffic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from extproc.errors import HeaderMismatch, InvalidEnvelope
+from extproc.mcp.protocol import RunTracker, check_headers, run_key
+
+V = "2026-07-28"
+META = {
+    "io.modelcontextprotocol/protocolVersion": V,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "agent", "version": "1"},
+}
+
+
+def _call(name: str = "echo", args: dict[str, Any] | None = None, meta: dict | None = META) -> dict[str, Any]:
+    params: dict[str, Any] = {"name": name, "arguments": args or {"text": "hi"}}
+    if meta is not None:
+        params["_meta"] = meta
+    return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+
+
+def _modern(**extra: str) -> dict[str, str]:
+    return {"mcp-protocol-version": V, "mcp-method": "tools/call", "mcp-name": "echo", **extra}
+
+
+def _check(headers: dict[str, str], message: dict, names: list[str] | None = None, batch: bool = False):
+    return check_headers(names if names is not None else list(headers), headers, [message], batch)
+
+
+def test_consistent_modern_request_passes() -> None:
+    rev = _check(_modern(), _call())
+    assert rev.stateless and rev.revision == V
+    assert rev.client_info == {"name": "agent", "version": "1"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "message", "error"),
+    [
+        pytest.param(_modern(**{"mcp-method": "tools/list"}), _call(), HeaderMismatch, id="method"),
+        pytest.param(_modern(**{"mcp-name": "add"}), _call(), HeaderMismatch, id="name"),
+        pytest.param({k: v for k, v in _modern().items() if k != "mcp-name"}, _call(), HeaderMismatch, id="no-name"),
+        pytest.param(_modern(**{"mcp-protocol-version": "2026-12-31"}), _call(), HeaderMismatch, id="version"),
+        pytest.param(_modern(), _call(meta=None), InvalidEnvelope, id="missing-meta"),
+        pytest.param(
+            _modern(),
+            _call(meta={"io.modelcontextprotocol/protocolVersion": V}),
+            InvalidEnvelope,
+            id="meta-without-capabilities",
+        ),
+        pytest.param(_modern(**{"mcp-param-text": "bye"}), _call(), HeaderMismatch, id="param-value"),
+        pytest.param(
+            {"mcp-protocol-version": V, "mcp-method": "tools/list", "mcp-name": "x"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"_meta": META}},
+            HeaderMismatch,
+            id="name-on-unnamed-method",
+        ),
+        pytest.param(
+            {"mcp-protocol-version": V, "mcp-method": "tools/list", "mcp-param-x": "1"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"_meta": META}},
+            HeaderMismatch,
+            id="param-on-list",
+        ),
+        pytest.param(
+            {"mcp-protocol-version": "2025-11-25", "mcp-method": "tools/call"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo"}},
+            HeaderMismatch,
+            id="routing-header-on-2025",
+        ),
+    ],
+)
+def test_mismatches_are_refused(headers: dict[str, str], message: dict, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        _check(headers, message)
+
+
+def test_param_header_matching_an_argument_passes() -> None:
+    _check(_modern(**{"mcp-param-region": "eu"}), _call(args={"text": "hi", "where": {"region": "eu"}}))
+    _check(_modern(**{"mcp-param-n": "3"}), _call(args={"n": 3}))
+    _check(_modern(**{"mcp-param-t": "=?base64?aMOpbGxv?="}), _call(args={"t": "héllo"}))
+
+
+@pytest.mark.parametrize("header", ["mcp-method", "MCP-Name", "mcp-protocol-version", "Mcp-Param-Text"])
+def test_duplicated_routing_header_is_refused(header: str) -> None:
+    headers = _modern(**{"mcp-param-text": "hi"})
+    with pytest.raises(HeaderMismatch, match="more than once"):
+        _check(headers, _call(), names=[*headers, header])
+
+
+def test_modern_batch_is_refused() -> None:
+    with pytest.raises(InvalidEnvelope):
+        check_headers(list(_modern()), _modern(), [_call(), _call()], True)
+
+
+def test_2025_request_without_routing_headers_passes() -> None:
+    rev = _check({"mcp-protocol-version": "2025-11-25"}, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    assert not rev.stateless
+
+
+def test_body_meta_alone_makes_a_request_stateless() -> None:
+    """A client that forgets the version header is still held to the stateless ladder (the header is required)."""
+    with pytest.raises(HeaderMismatch):
+        _check({}, _call())
+
+
+KEY = run_key("https://idp", "alice", "demo", "Bearer t1", {"name": "agent", "version": "1"})
+
+
+def test_requests_within_the_idle_gap_are_one_run() -> None:
+    runs = RunTracker(idle_gap_s=60)
+    first = runs.unit(KEY, now=1000.0)
+    assert runs.unit(KEY, now=1030.0) == first
+    assert runs.unit(KEY, now=1089.0) == first  # the gap counts from the last request
+    assert runs.unit(KEY, now=1150.0) != first  # silent for 61 s: a new run
+    assert first.startswith("r-") and "/" not in first and "alice" not in first
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        run_key("https://idp", "bob", "demo", "Bearer t1", {"name": "agent", "version": "1"}),
+        run_key("https://other", "alice", "demo", "Bearer t1", {"name": "agent", "version": "1"}),
+        run_key("https://idp", "alice", "beta", "Bearer t1", {"name": "agent", "version": "1"}),
+        run_key("https://idp", "alice", "demo", "Bearer t2", {"name": "agent", "version": "1"}),
+        run_key("https://idp", "alice", "demo", "Bearer t1", {"name": "other-agent", "version": "1"}),
+    ],
+    ids=["subject", "issuer", "server", "token", "client"],
+)
+def test_any_key_field_makes_another_run(other: tuple[str, ...]) -> None:
+    runs = RunTracker(idle_gap_s=60)
+    assert runs.unit(KEY, 1.0) != runs.unit(other, 1.0)
+
+
+def test_traceparent_joins_across_gaps_and_splits_traces() -> None:
+    runs = RunTracker(idle_gap_s=1)
+    t1 = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    t2 = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    a = runs.unit(KEY, 0.0, t1)
+    assert runs.unit(KEY, 500.0, t1) == a  # one trace, one run, whatever the gap
+    assert runs.unit(KEY, 500.5, t2) != a
+    assert a.endswith("4bf92f3577b34da6a3ce929d0e0e4736")
+    assert runs.unit(KEY, 0.0, "garbage") == runs.unit(KEY, 0.1, None)  # an invalid traceparent is ignored
+
+
+def test_tracker_is_bounded() -> None:
+    runs = RunTracker(idle_gap_s=1000, max_runs=10)
+    for i in range(100):
+        runs.unit((str(i),), float(i))
+    assert len(runs._runs) <= 10
