@@ -19,6 +19,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from extproc.authn.challenge import www_authenticate
 from extproc.authn.principal import Principal
 from extproc.authn.session_binding import bind, unbind
+from extproc.authn.state_binding import RequestStateNotYours, open_sealed, seal
 from extproc.authn.verify import identity_headers
 from extproc.envoy import responses
 from extproc.envoy.headers import recordable, recordable_path, to_dict
@@ -32,7 +33,9 @@ from extproc.errors import (
     StoreError,
 )
 from extproc.gateway import Gateway
+from extproc.mcp.body import SseRewriter, rewrite_json
 from extproc.mcp.jsonrpc import McpCall, error_response, is_request, parse_body
+from extproc.mcp.methods import INPUT_REQUIRED
 from extproc.mcp.protocol import check_headers, classify, run_key
 from extproc.mcp.sse import SseParser
 from extproc.policy.compiled import CompiledPolicy
@@ -85,12 +88,15 @@ class Exchange:
         self._request_headers: dict[str, str] = {}
         self._header_names: list[str] = []  # as sent, repeats kept: a duplicated MCP header is refused
         self._run: str | None = None  # the recorded run of a stateless request
+        self._may_ask = False  # a stateless call whose result may ask for input: its requestState gets sealed
+        self._sse_rewrite: SseRewriter | None = None
         # Internals of recording and filtering.
         self._index = 0
         self._held: list[Event] = []  # events before the session is known
         self._awaiting: set[str] = set()  # ids of requests in the body still without a response
         self._lists: dict[str, str] = {}  # list requests whose responses are filtered
         self._filtering = False
+        self._seal_json = False
         self._withhold = False  # an oversized JSON body under a policy: its chunks are hashed, not stored
         self._sse: SseParser | None = None
         self._json: bytearray | None = None
@@ -201,11 +207,12 @@ class Exchange:
             return self._refuse(InvalidRequest(f"request body is not valid JSON-RPC ({parsed.error})"))
         try:  # the headers Envoy and the server read must say what the decided body says
             check_headers(self._header_names, self._request_headers, parsed.messages, parsed.batch)
-        except InvalidRequest as e:
+            forward = self._open_request_state(parsed.messages, body)  # a retry continues only its own round
+        except (InvalidRequest, RequestStateNotYours) as e:
             return self._refuse(e)
         if self.policy is None or self.principal is None:
             held = self._held_refusal()
-            return self._refuse(held) if held is not None else responses.request_body()
+            return self._refuse(held) if held is not None else responses.request_body(forward)
         verdict = authorize(self.policy, self.principal, self._server_name, parsed.messages)
         decided = self.gw.metrics.decisions
         for call, d in zip(verdict.calls, verdict.decisions, strict=True):
@@ -231,7 +238,38 @@ class Exchange:
         self._lists = verdict.lists
         if (held := self._held_refusal()) is not None:
             return self._refuse(held)
-        return responses.request_body()
+        return responses.request_body(forward)
+
+    def _open_request_state(self, messages: tuple[dict[str, Any], ...], body: bytes) -> bytes | None:
+        """For a stateless call by a known identity: note whether its result may ask for input (then the state in
+        it is sealed to this caller), and open the sealed state a retry carries. Returns the body to forward when
+        it changed (the server gets back exactly the state it issued), else None."""
+        if self._run is None or self.principal is None or len(messages) != 1:
+            return None
+        message = messages[0]
+        self._may_ask = message.get("method") in INPUT_REQUIRED
+        params = message.get("params")
+        sealed = params.get("requestState") if isinstance(params, dict) else None
+        if sealed is None:
+            return None
+        if not isinstance(sealed, str):
+            raise InvalidRequest("params.requestState must be a string")
+        state = open_sealed(sealed, self.principal, self._server_name, self.gw.session_key)
+        for ensure_ascii in (False, True):  # the client's own JSON spelling of the value, found exactly once
+            spelled = json.dumps(sealed, ensure_ascii=ensure_ascii).encode()
+            if body.count(spelled) == 1:
+                return body.replace(spelled, json.dumps(state, ensure_ascii=False).encode())
+        raise InvalidRequest("params.requestState is spelled ambiguously in the request body")
+
+    def _seal_state(self, message: dict[str, Any]) -> dict[str, Any]:
+        """An input_required result on its way to the client: its requestState sealed to the caller and server."""
+        result = message.get("result")
+        if not isinstance(result, dict) or not isinstance(state := result.get("requestState"), str):
+            return message
+        if self.principal is None:
+            return message
+        sealed = seal(state, self.principal, self._server_name, self.gw.session_key)
+        return {**message, "result": {**result, "requestState": sealed}}
 
     def _run_unit(self, client_info: Mapping[str, Any] | None) -> str:
         """The recorded run a stateless request belongs to (extproc/mcp/protocol.py RunTracker)."""
@@ -262,8 +300,13 @@ class Exchange:
         if self.session is None:
             self._set_session(server_session or f"x-{self.id}")
         content_type = headers.get("content-type", "")
+        sealing = self._may_ask and 200 <= self.status < 300 and not msg.end_of_stream
         if content_type.startswith("text/event-stream"):
-            self._sse = SseParser()
+            if sealing:  # events stream on, each rewritten if it carries request state
+                self._sse_rewrite = SseRewriter(self._seal_state, b'"requestState"')
+                self._sse = self._sse_rewrite.parser
+            else:
+                self._sse = SseParser()
         elif content_type.startswith("application/json"):
             self._json = bytearray()
         kept, dropped = recordable(headers)
@@ -275,16 +318,27 @@ class Exchange:
             bound = {SESSION_HEADER: bind(server_session, self.principal, self.gw.session_key)}
         if self._run is not None:
             bound[RECORDING_HEADER] = self._run
-        # List responses are rewritten for the caller, so this one body is buffered; all others keep streaming.
+        # List responses (and JSON results that may carry request state) are rewritten for the caller, so this one
+        # body is buffered; all others keep streaming.
         self._filtering = bool(self._lists) and 200 <= self.status < 300 and not msg.end_of_stream
-        return responses.response_headers(bound, buffer_body=self._filtering)
+        self._seal_json = sealing and self._json is not None
+        remove = ("content-length",) if self._sse_rewrite is not None else ()
+        return responses.response_headers(bound, remove, buffer_body=self._filtering or self._seal_json)
 
     async def on_response_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
         """Record one streamed chunk: SSE events as they complete, a JSON body at its end, other bytes as is."""
         chunk = msg.body
         self.bytes_out += len(chunk)
         sse = self._sse is not None
-        if self._sse is not None:
+        reply = responses.response_body()
+        if self._sse_rewrite is not None:
+            out, events = self._sse_rewrite.feed(chunk)
+            for event in events:
+                self._emit_sse(event.data, event.event, event.id, event.raw)
+            if msg.end_of_stream:
+                out += self._sse_rewrite.finish()
+            reply = responses.streamed_body(out)
+        elif self._sse is not None:
             for event in self._sse.feed(chunk):
                 self._emit_sse(event.data, event.event, event.id, event.raw)
         elif self._json is not None:
@@ -297,7 +351,9 @@ class Exchange:
                 self._json = None
         elif chunk:
             self._emit_chunk(chunk)
-        reply = responses.response_body()
+        if self._seal_json:  # the whole JSON body, buffered
+            sealed = rewrite_json(chunk, self._seal_state)
+            reply = responses.response_body(replace=sealed) if sealed is not chunk else reply
         if self._filtering and self.policy is not None and self.principal is not None:  # the whole body, buffered
             body, hidden = filter_body(self.policy, self.principal, self._server_name, self._lists, chunk, sse)
             for method, msg_id, names in hidden:

@@ -10,6 +10,7 @@ import anyio
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import ElicitRequest, ElicitRequestFormParams, InputRequiredResult
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -135,9 +136,35 @@ async def _buffer_body(receive: Receive) -> tuple[bytes, Receive]:
     return body, replay
 
 
-def build_app(name: str, json_response: bool, *, log_level: LogLevel = "WARNING") -> SeenRecorder:
+def add_approval_tool(mcp: MCPServer) -> None:
+    """``approve``: a multi-round-trip tool (2026-07-28). The first round asks the client for a yes/no (an
+    InputRequiredResult carrying ``requestState``); the retry carries the answer and the state back."""
+
+    @mcp.tool()
+    async def approve(action: str, ctx: Context) -> str | InputRequiredResult:
+        """Ask the user to approve ``action``, then report the answer."""
+        await ctx.report_progress(0, 1, "asking")  # with a progress token, the reply streams as SSE
+        if ctx.input_responses is None:
+            ask = ElicitRequest(
+                params=ElicitRequestFormParams(
+                    message=f"Approve {action}?",
+                    requested_schema={"type": "object", "properties": {"ok": {"type": "boolean"}}},
+                )
+            )
+            return InputRequiredResult(input_requests={"approval": ask}, request_state=f"pending:{action}")
+        answer = ctx.input_responses.get("approval")
+        content = getattr(answer, "content", None) or {}
+        return f"{action}: {'approved' if content.get('ok') else 'refused'} (state {ctx.request_state})"
+
+
+def build_app(
+    name: str, json_response: bool, *, log_level: LogLevel = "WARNING", mrtr: bool = False
+) -> SeenRecorder:
     """The sample server as an ASGI app: MCP at /mcp (stateful sessions), request log at GET /_seen."""
-    app = build_mcp(name, log_level).streamable_http_app(
+    mcp = build_mcp(name, log_level)
+    if mrtr:
+        add_approval_tool(mcp)
+    app = mcp.streamable_http_app(
         streamable_http_path=MCP_PATH,
         json_response=json_response,
         # The server sits behind Envoy, so the Host header is whatever the gateway forwards;
@@ -155,8 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="sample")
     parser.add_argument("--json-response", action="store_true", help="answer POSTs with application/json, not SSE")
     parser.add_argument("--log-level", default="WARNING", choices=get_args(LogLevel))
+    parser.add_argument("--mrtr", action="store_true", help="add the multi-round-trip `approve` tool (2026-07-28)")
     args = parser.parse_args(argv)
-    app = build_app(args.name, args.json_response, log_level=args.log_level)
+    app = build_app(args.name, args.json_response, log_level=args.log_level, mrtr=args.mrtr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
 
 

@@ -42,9 +42,26 @@ def request_headers(set_headers: Mapping[str, str] | None = None, remove: Iterab
     return ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=_common(set_headers, remove)))
 
 
-def request_body() -> ep.ProcessingResponse:
-    """Let the (buffered) request body through unchanged."""
-    return ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse()))
+def request_body(replace: bytes | None = None) -> ep.ProcessingResponse:
+    """Let the (buffered) request body through, unchanged or replaced (Content-Length follows)."""
+    if replace is None:
+        return ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse()))
+    return ep.ProcessingResponse(
+        request_body=ep.BodyResponse(
+            response=ep.CommonResponse(
+                status=ep.CommonResponse.CONTINUE_AND_REPLACE,
+                body_mutation=ep.BodyMutation(body=replace),
+                header_mutation=header_mutation({"content-length": str(len(replace))}),
+            )
+        )
+    )
+
+
+def streamed_body(replace: bytes) -> ep.ProcessingResponse:
+    """A STREAMED response chunk replaced by ``replace`` (possibly empty: held back for a later chunk)."""
+    return ep.ProcessingResponse(
+        response_body=ep.BodyResponse(response=ep.CommonResponse(body_mutation=ep.BodyMutation(body=replace)))
+    )
 
 
 def response_headers(

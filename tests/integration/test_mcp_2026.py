@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import httpx
+import httpx2
 import pytest
 from gateway_parts import ACCEPT, SampleServer
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp_types import ElicitResult
 
 from extproc.demo.mcp_client import connect, run_session
 
@@ -212,3 +217,86 @@ async def test_runs_split_by_identity_gap_and_trace(start_mcp_server, start_auth
     await asyncio.sleep(2)  # the idle gap itself is what is tested
     assert run_of(alice) != first  # silent longer than the gap: a new run
     assert run_of(alice, traceparent=trace) == traced  # one trace stays one run across the gap
+
+
+MRTR_POLICY = POLICY.replace("tools: [echo, count_slowly]", "tools: [echo, count_slowly, approve]")
+
+
+@pytest.mark.parametrize("progress", [False, True], ids=["json", "sse"])
+async def test_multi_round_trip_is_one_call_and_bound_to_the_caller(
+    start_mcp_server, start_authed, issuer, progress: bool
+) -> None:
+    server = start_mcp_server("demo", mrtr=True)
+    gw = start_authed([server], policy=MRTR_POLICY)
+    token = issuer.mint("alice", aud=gw.endpoint, groups=["eng"])
+    states: list[str] = []
+    runs: list[str] = []
+
+    async def tap(response: httpx2.Response) -> None:
+        await response.aread()
+        runs.append(response.headers["mcp-extproc-recording"])
+        if b'"requestState"' in response.content:
+            states.extend(re.findall(r'"requestState":"([^"]+)"', response.text))
+
+    async def accept(ctx, params):
+        return ElicitResult(action="accept", content={"ok": True})
+
+    notes: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        notes.append(value)
+
+    async with httpx2.AsyncClient(
+        headers={"authorization": f"Bearer {token}"}, event_hooks={"response": [tap]}
+    ) as http:
+        async with Client(
+            streamable_http_client(gw.url(), http_client=http), elicitation_callback=accept, cache=None
+        ) as client:
+            result = await client.call_tool(
+                "approve", {"action": "deploy"}, progress_callback=on_progress if progress else None
+            )
+    # The server got its own state back (it decrypts and reads it), the client only ever held the sealed one.
+    assert result.structured_content == {"result": "deploy: approved (state pending:deploy)"}
+    assert states and all(s.startswith("mxs1.") for s in states)
+    if progress:
+        assert notes  # streamed through the rewriter as SSE
+
+    # Another identity replaying alice's round is refused before the server sees it.
+    seen_before = len(server.seen())
+    bob = issuer.mint("bob", aud=gw.endpoint, groups=["eng"])
+    retry = {
+        "jsonrpc": "2.0",
+        "id": 9,
+        "method": "tools/call",
+        "params": {
+            "name": "approve",
+            "arguments": {"action": "deploy"},
+            "requestState": states[0],
+            "inputResponses": {"approval": {"action": "accept", "content": {"ok": True}}},
+            "_meta": META,
+        },
+    }
+    r = httpx.post(gw.url(), json=retry, headers=_modern_headers(bob, name="approve"), timeout=10)
+    assert r.status_code == 403 and "request state" in r.json()["error"]["message"]
+    forged = {**retry, "params": {**retry["params"], "requestState": "mxs1.AAAA." + states[0].split(".", 2)[2]}}
+    r = httpx.post(gw.url(), json=forged, headers=_modern_headers(token, name="approve"), timeout=10)
+    assert r.status_code == 403
+    assert len(server.seen()) == seen_before
+    gw.stop()
+
+    # Both rounds are in alice's one recorded run: the input_required result, then the retry carrying its state.
+    [run] = set(runs)
+    session = gw.session(run)
+    assert session.problems == []
+    calls = [
+        m
+        for e in session.events
+        if e["type"] == "mcp.request"
+        for m in e["messages"]
+        if m.get("params", {}).get("name") == "approve"
+    ]
+    assert len(calls) == 2 and "requestState" not in calls[0]["params"] and "requestState" in calls[1]["params"]
+    asked = [
+        m for e in session.events if e["type"] == "mcp.response" for m in e["messages"] if m.get("id") == calls[0]["id"]
+    ]
+    assert asked[0]["result"]["resultType"] == "input_required"

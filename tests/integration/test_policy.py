@@ -18,7 +18,7 @@ rules:
   - name: basics
     effect: allow
     subjects: {users: ["*"]}
-    targets: {servers: ["*"], methods: [initialize, ping, "notifications/*", tools/list]}
+    targets: {servers: ["*"], methods: [initialize, server/discover, ping, "notifications/*", tools/list]}
   - name: eng-echo
     effect: allow
     subjects: {groups: [eng]}
