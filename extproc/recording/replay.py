@@ -9,6 +9,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from extproc.authn.state_binding import unsealed_view
 from extproc.recording.manifest import GENESIS
 from extproc.recording.store import Store
 from extproc.recording.verify import Problem, check_stream
@@ -159,4 +160,27 @@ def pair_messages(session: Session) -> list[dict[str, Any]]:
             calls.append(call)
             if "id" in msg:
                 open_calls[(sender, json.dumps(msg["id"]))] = call
-    return calls
+    return _link_rounds(calls)
+
+
+def _state(msg: dict[str, Any] | None, where: str) -> str | None:
+    part = (msg or {}).get(where)
+    value = part.get("requestState") if isinstance(part, dict) else None
+    return unsealed_view(value) if isinstance(value, str) else None
+
+
+def _link_rounds(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Multi-round-trip requests (2026-07-28): a retry carrying the request state an earlier round's
+    ``input_required`` result handed out is a further round of that call, listed under it in ``rounds``."""
+    waiting: dict[str, dict[str, Any]] = {}  # request state handed out -> the call it continues
+    out: list[dict[str, Any]] = []
+    for call in calls:
+        call.setdefault("rounds", [])
+        first = waiting.pop(state, None) if (state := _state(call["request"], "params")) else None
+        if first is not None:
+            first["rounds"].append(call)
+        else:
+            out.append(call)
+        if (handed := _state(call["response"], "result")) is not None:
+            waiting[handed] = first or call
+    return out

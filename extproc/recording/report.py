@@ -97,34 +97,40 @@ def print_session(console: Console, session: Session) -> None:
         )
     refused = {e["exchange"]: e for e in session.events if e["type"] == "exchange.end" and e["outcome"] == "denied"}
     console.print("\n[bold]JSON-RPC[/bold]")
-    for call in doc["calls"]:
-        req = call["request"]
-        arrow = "->" if call["from"] == "client" else "<-"
-        params = req.get("params")
+    for first in doc["calls"]:
+        for n, call in enumerate([first, *first.get("rounds", [])]):
+            _print_call(console, call, refused, f"round {n + 1} " if first.get("rounds") else "")
+
+
+def _print_call(console: Console, call: dict[str, Any], refused: dict[str, dict[str, Any]], label: str) -> None:
+    """One JSON-RPC call: request, the notifications under it, its response or the gateway's refusal."""
+    req = call["request"]
+    arrow = "->" if call["from"] == "client" else "<-"
+    params = req.get("params")
+    console.print(
+        f"  {_ts(call['time'])}  {arrow} {label}{req.get('method')} {_short(params) if params else ''}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    for n in call["notifications"]:
+        m = n["message"]
         console.print(
-            f"  {_ts(call['time'])}  {arrow} {req.get('method')} {_short(params) if params else ''}",
+            f"  {_ts(n['time'])}     ~ {m.get('method')} {_short(m.get('params'))}",
             highlight=False,
             markup=False,
             soft_wrap=True,
         )
-        for n in call["notifications"]:
-            m = n["message"]
-            console.print(
-                f"  {_ts(n['time'])}     ~ {m.get('method')} {_short(m.get('params'))}",
-                highlight=False,
-                markup=False,
-                soft_wrap=True,
-            )
-        if call["response"] is not None:
-            r = call["response"]
-            body = r.get("result") if "result" in r else {"error": r.get("error")}
-            console.print(
-                f"  {_ts(call['response_time'])}     <= {_short(body)}", highlight=False, markup=False, soft_wrap=True
-            )
-        elif (refusal := refused.get(call["exchange"])) is not None:
-            console.print(
-                f"  {_ts(refusal['time'])}     <= refused by the gateway ({refusal['status']}): {refusal['detail']}",
-                highlight=False,
-                markup=False,
-                soft_wrap=True,
-            )
+    if call["response"] is not None:
+        r = call["response"]
+        body = r.get("result") if "result" in r else {"error": r.get("error")}
+        console.print(
+            f"  {_ts(call['response_time'])}     <= {_short(body)}", highlight=False, markup=False, soft_wrap=True
+        )
+    elif (refusal := refused.get(call["exchange"])) is not None:
+        console.print(
+            f"  {_ts(refusal['time'])}     <= refused by the gateway ({refusal['status']}): {refusal['detail']}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )

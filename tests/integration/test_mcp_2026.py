@@ -15,6 +15,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import ElicitResult
 
 from extproc.demo.mcp_client import connect, run_session
+from extproc.recording.replay import pair_messages
 
 
 def _types(session) -> list[str]:
@@ -300,3 +301,7 @@ async def test_multi_round_trip_is_one_call_and_bound_to_the_caller(
         m for e in session.events if e["type"] == "mcp.response" for m in e["messages"] if m.get("id") == calls[0]["id"]
     ]
     assert asked[0]["result"]["resultType"] == "input_required"
+    # `sessions show` lists the retry as the second round of the same call.
+    [approve] = [c for c in pair_messages(session) if c["request"].get("params", {}).get("name") == "approve"]
+    assert [r["request"]["id"] for r in approve["rounds"]] == [calls[1]["id"]]
+    assert approve["rounds"][0]["response"]["result"]["structuredContent"]["result"].startswith("deploy: approved")
