@@ -130,6 +130,9 @@ def _store(config: Path | None, directory: Path | None):  # type: ignore[no-unty
     from extproc.recording.store.file import FileStore
 
     if directory is not None:
+        if not directory.is_dir():  # a typo must not look like "nothing recorded"
+            console.print(f"[red]no recording directory {directory}[/red]", highlight=False)
+            raise typer.Exit(2)
         return FileStore(directory)
     if config is not None or Path("gateway.yaml").exists():
         return build_store(_load(config or Path("gateway.yaml")).recording)

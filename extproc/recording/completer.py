@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 from pathlib import Path
 
+from extproc.recording import chain
 from extproc.recording.events import ExchangeIncomplete
 from extproc.recording.manifest import GENESIS, Manifest, Signer
 from extproc.recording.recorder import Recorder
@@ -112,21 +112,13 @@ class Completer:
         open_ = set(last.open) if last else set()
         path = stream / f"{segment:08d}.seg"
         data = path.read_bytes() if path.exists() else b""
-        kept, first = 0, seq
-        for line in data.split(b"\n")[:-1]:  # a last piece without its newline is a torn write
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                break
-            if not isinstance(ev, dict) or ev.get("seq") != seq or ev.get("prev") != prev:
-                break
+        kept, first, head = 0, seq, prev
+        for kept, ev, head in chain.intact(data, seq, prev):  # noqa: B007 (the last values are what count)
             if ev.get("type") == "exchange.start":
                 open_.add(ev.get("exchange", ""))
             elif ev.get("type") == "exchange.end":
                 open_.discard(ev.get("exchange", ""))
-            kept += len(line) + 1
             seq += 1
-            prev = hashlib.sha256(line).hexdigest()
         if kept != len(data):
             log.warning("%s: dropping %d bytes after the last intact line (torn write)", path, len(data) - kept)
             with open(path, "r+b") as f:
@@ -142,7 +134,7 @@ class Completer:
             count=seq - first,
             size=kept,
             sha256=hashlib.sha256(data[:kept]).hexdigest(),
-            head=prev,
+            head=head,
             prev_manifest=last.digest() if last else GENESIS,
             final=True,
             open=sorted(open_),
