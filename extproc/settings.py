@@ -139,6 +139,7 @@ class Recording(_Model):
     signing_key: Path | None = None  # Ed25519 private key (PEM) that signs segment manifests
     session_idle_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
     completer_interval_s: Annotated[float, Field(gt=0)] = 30.0
+    digest_interval_s: Annotated[float, Field(gt=0)] = 300.0  # each writer's signed digest of what it stored
     flush_interval_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
     queue_size: Annotated[int, Field(ge=16)] = 10_000
     max_event_body_bytes: Annotated[int, Field(ge=1024)] = 1 << 20

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from extproc.recording import chain
@@ -19,7 +20,7 @@ from extproc.recording.events import ExchangeIncomplete
 from extproc.recording.manifest import GENESIS, Manifest, Signer
 from extproc.recording.recorder import Recorder
 from extproc.recording.spool import HEAD, Spool, read_meta
-from extproc.recording.store import Store
+from extproc.recording.store import Segment, Store
 from extproc.recording.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,17 @@ log = logging.getLogger(__name__)
 class Completer:
     """Adopts dead writers' spools under ``root`` and completes their streams."""
 
-    def __init__(self, root: Path, store: Store, recorder: Recorder, signer: Signer, interval: float = 30.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        store: Store,
+        recorder: Recorder,
+        signer: Signer,
+        interval: float = 30.0,
+        on_stored: Callable[[Segment], None] | None = None,
+    ) -> None:
         self.root = Path(root)
+        self.on_stored = on_stored  # adopted segments go into this writer's digests
         self.store = store
         self.recorder = recorder
         self.signer = signer
@@ -74,7 +84,7 @@ class Completer:
                 log.warning("completing the recordings of dead writer %s", folder.name)
                 for stream in spool.streams():
                     await self._complete(spool, stream)
-                self._adopted[folder] = Uploader(spool, self.store)
+                self._adopted[folder] = Uploader(spool, self.store, on_stored=self.on_stored)
         for folder, uploader in list(self._adopted.items()):
             if await uploader.drain(drain_within):
                 await uploader.spool.close()
