@@ -18,6 +18,7 @@ from extproc import settings as settings_mod
 from extproc.authn.cli import dev_issuer, token
 from extproc.errors import ConfigError
 from extproc.policy.cli import app as policy_app
+from extproc.recording.cli import store_app
 
 app = typer.Typer(
     help="Envoy external processor that authenticates, authorizes and records MCP traffic.",
@@ -29,6 +30,7 @@ app.add_typer(sessions_app, name="sessions")
 keys_app = typer.Typer(help="Signing keys for recording manifests.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
+app.add_typer(store_app, name="store")
 app.command("dev-issuer")(dev_issuer)
 app.command("token")(token)
 
@@ -130,6 +132,9 @@ def _store(config: Path | None, directory: Path | None):  # type: ignore[no-unty
     from extproc.recording.store.file import FileStore
 
     if directory is not None:
+        if not directory.is_dir():  # a typo must not look like "nothing recorded"
+            console.print(f"[red]no recording directory {directory}[/red]", highlight=False)
+            raise typer.Exit(2)
         return FileStore(directory)
     if config is not None or Path("gateway.yaml").exists():
         return build_store(_load(config or Path("gateway.yaml")).recording)

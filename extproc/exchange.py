@@ -52,6 +52,8 @@ from extproc.recording.events import (
     ResponseChunk,
     ResponseStart,
     body_fields,
+    is_synthetic_session,
+    synthetic_session_id,
 )
 from extproc.settings import Server
 
@@ -80,6 +82,7 @@ class Exchange:
         # Progress.
         self.recording = False
         self.finished = False
+        self.ends_session = False  # a DELETE, or the server answered 404 for the session (it no longer knows it)
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -132,6 +135,7 @@ class Exchange:
             return self._refuse(e)
 
         self.recording = True
+        self.ends_session = headers.get(":method") == "DELETE"
         self.policy = gw.policy.current if gw.policy is not None else None
         client_session = headers.get(SESSION_HEADER) or None
         denied: GatewayError | None = None
@@ -139,7 +143,7 @@ class Exchange:
             try:
                 client_session = unbind(client_session, self.principal, gw.session_key)
             except SessionNotYours as e:
-                denied, client_session = e, f"x-{self.id}"  # a refused exchange is a session of its own
+                denied, client_session = e, synthetic_session_id(self.id)  # a refused exchange is a session of its own
         self.session = client_session
         self.client = _client_address(attributes, headers)
         self._request_headers = headers
@@ -298,7 +302,8 @@ class Exchange:
         self.status = int(headers.get(":status", "0") or 0)
         server_session = headers.get(SESSION_HEADER)
         if self.session is None:
-            self._set_session(server_session or f"x-{self.id}")
+            self._set_session(server_session or synthetic_session_id(self.id))
+        self.ends_session |= self.status == 404 and not is_synthetic_session(self.session or "")
         content_type = headers.get("content-type", "")
         sealing = self._may_ask and 200 <= self.status < 300 and not msg.end_of_stream
         if content_type.startswith("text/event-stream"):
@@ -377,7 +382,7 @@ class Exchange:
             return
         self.gw.metrics.exchanges.labels(self._server_name, outcome).inc()
         if self.session is None:  # refused, or the stream died, before the server named a session
-            self._set_session(f"x-{self.id}", must=False)
+            self._set_session(synthetic_session_id(self.id), must=False)
         if outcome != "complete":
             self._end_body()
         self._emit(
@@ -388,6 +393,7 @@ class Exchange:
                 bytes_in=self.bytes_in,
                 bytes_out=self.bytes_out,
                 detail=detail,
+                ends_session=self.ends_session or is_synthetic_session(self.session or ""),
             ),
             must=False,
         )

@@ -142,6 +142,7 @@ class Recording(_Model):
     # silent this long (a W3C traceparent overrides the gap). See extproc/mcp/protocol.py RunTracker.
     run_idle_gap_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     completer_interval_s: Annotated[float, Field(gt=0)] = 30.0
+    digest_interval_s: Annotated[float, Field(gt=0)] = 300.0  # each writer's signed digest of what it stored
     flush_interval_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
     queue_size: Annotated[int, Field(ge=16)] = 10_000
     max_event_body_bytes: Annotated[int, Field(ge=1024)] = 1 << 20

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
+from extproc.recording import chain
 from extproc.recording.events import ExchangeIncomplete
 from extproc.recording.manifest import GENESIS, Manifest, Signer
 from extproc.recording.recorder import Recorder
 from extproc.recording.spool import HEAD, Spool, read_meta
-from extproc.recording.store import Store
+from extproc.recording.store import Segment, Store
 from extproc.recording.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,17 @@ log = logging.getLogger(__name__)
 class Completer:
     """Adopts dead writers' spools under ``root`` and completes their streams."""
 
-    def __init__(self, root: Path, store: Store, recorder: Recorder, signer: Signer, interval: float = 30.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        store: Store,
+        recorder: Recorder,
+        signer: Signer,
+        interval: float = 30.0,
+        on_stored: Callable[[Segment], None] | None = None,
+    ) -> None:
         self.root = Path(root)
+        self.on_stored = on_stored  # adopted segments go into this writer's digests
         self.store = store
         self.recorder = recorder
         self.signer = signer
@@ -74,7 +84,7 @@ class Completer:
                 log.warning("completing the recordings of dead writer %s", folder.name)
                 for stream in spool.streams():
                     await self._complete(spool, stream)
-                self._adopted[folder] = Uploader(spool, self.store)
+                self._adopted[folder] = Uploader(spool, self.store, on_stored=self.on_stored)
         for folder, uploader in list(self._adopted.items()):
             if await uploader.drain(drain_within):
                 await uploader.spool.close()
@@ -112,21 +122,13 @@ class Completer:
         open_ = set(last.open) if last else set()
         path = stream / f"{segment:08d}.seg"
         data = path.read_bytes() if path.exists() else b""
-        kept, first = 0, seq
-        for line in data.split(b"\n")[:-1]:  # a last piece without its newline is a torn write
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                break
-            if not isinstance(ev, dict) or ev.get("seq") != seq or ev.get("prev") != prev:
-                break
+        kept, first, head = 0, seq, prev
+        for kept, ev, head in chain.intact(data, seq, prev):  # noqa: B007 (the last values are what count)
             if ev.get("type") == "exchange.start":
                 open_.add(ev.get("exchange", ""))
             elif ev.get("type") == "exchange.end":
                 open_.discard(ev.get("exchange", ""))
-            kept += len(line) + 1
             seq += 1
-            prev = hashlib.sha256(line).hexdigest()
         if kept != len(data):
             log.warning("%s: dropping %d bytes after the last intact line (torn write)", path, len(data) - kept)
             with open(path, "r+b") as f:
@@ -142,7 +144,7 @@ class Completer:
             count=seq - first,
             size=kept,
             sha256=hashlib.sha256(data[:kept]).hexdigest(),
-            head=prev,
+            head=head,
             prev_manifest=last.digest() if last else GENESIS,
             final=True,
             open=sorted(open_),

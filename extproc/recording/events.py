@@ -25,6 +25,18 @@ def body_bytes(fields: dict[str, Any]) -> bytes:
     return str(fields.get("raw", "")).encode()
 
 
+SYNTHETIC_PREFIX = "x-"
+
+
+def synthetic_session_id(exchange_id: str) -> str:
+    """The recording unit of an exchange no server session covers (refused early, or a stateless server): its own."""
+    return SYNTHETIC_PREFIX + exchange_id
+
+
+def is_synthetic_session(session: str) -> bool:
+    return session.startswith(SYNTHETIC_PREFIX)
+
+
 @dataclass(slots=True, kw_only=True)
 class Event:
     """Base: ``type`` names the event; ``session``/``exchange``/``index``/``time`` place it."""
@@ -130,6 +142,9 @@ class ExchangeEnd(Event):
     bytes_in: int = 0
     bytes_out: int = 0
     detail: str = ""
+    # Stated by the exchange: the session is over with this exchange (it ended it, the server no longer knows it,
+    # or it was a session of one exchange). The recorder then ends the session's stream with a final manifest.
+    ends_session: bool = False
 
 
 @dataclass(slots=True, kw_only=True)

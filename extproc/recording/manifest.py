@@ -105,20 +105,31 @@ class Signer:
         if self._private is None:
             return manifest
         manifest.key_id = self.key_id
-        manifest.sig = base64.b64encode(self._private.sign(manifest.signed_part())).decode()
+        manifest.sig = self.sign_bytes(manifest.signed_part())
         return manifest
+
+    def sign_bytes(self, data: bytes) -> str:
+        """Base64 Ed25519 signature of ``data`` (digests use this; a Signer without a key must not be asked)."""
+        if self._private is None:
+            raise ValueError("no signing key")
+        return base64.b64encode(self._private.sign(data)).decode()
 
 
 def check_signature(manifest: Manifest, public: Ed25519PublicKey) -> str | None:
     """None if ``manifest`` is signed by ``public``; else why not."""
-    if not manifest.sig:
+    return check_signed(manifest.sig, manifest.key_id, manifest.signed_part(), public, "manifest")
+
+
+def check_signed(sig: str, kid: str, signed: bytes, public: Ed25519PublicKey, what: str) -> str | None:
+    """None if ``sig`` is ``public``'s signature of ``signed``; else why not."""
+    if not sig:
         return "unsigned"
-    if manifest.key_id and manifest.key_id != key_id(public):
-        return f"signed by another key ({manifest.key_id})"
+    if kid and kid != key_id(public):
+        return f"signed by another key ({kid})"
     try:
-        public.verify(base64.b64decode(manifest.sig), manifest.signed_part())
+        public.verify(base64.b64decode(sig), signed)
     except (InvalidSignature, ValueError):
-        return "signature does not match its content (manifest edited)"
+        return f"signature does not match its content ({what} edited)"
     return None
 
 

@@ -4,8 +4,8 @@
 serializes batches, chains them (each line carries the SHA-256 of the previous line of its stream) and appends
 them to the spool; ``sync`` (fsync) runs on a short interval and whenever an exchange ends. Streams are cut into
 segments (at an exchange end, a size or an age); each finished segment gets a signed manifest and is handed to
-the uploader. A stream ends, with a ``final`` manifest, when its session ends (DELETE, 404 for the session,
-idle time) or the processor stops.
+the uploader. A stream ends, with a ``final`` manifest, when an exchange states that its session is over
+(``ExchangeEnd.ends_session``), when the session goes idle, or when the processor stops.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from extproc.errors import StoreError
-from extproc.recording.events import Event, ExchangeEnd, ExchangeStart, ResponseStart
+from extproc.recording.events import Event, ExchangeEnd, ExchangeStart
 from extproc.recording.manifest import GENESIS, Manifest, Signer
 from extproc.recording.spool import Append, Spool
 from extproc.recording.store import Store
@@ -60,7 +60,6 @@ class _Stream:
     seg_hash: hashlib._Hash = field(default_factory=hashlib.sha256)
     prev_manifest: str = GENESIS
     open: set[str] = field(default_factory=set)
-    ending: set[str] = field(default_factory=set)  # exchanges whose end also ends the session
     end_now: bool = False  # the session is over: end the stream at the next cut
     due: bool = False  # an exchange ended: seal the segment, at most once per flush interval
     last_seal: float = 0.0
@@ -85,6 +84,8 @@ class Recorder:
         idle_timeout: float = 1800.0,
         signer: Signer | None = None,
         required: bool = True,
+        spool: Spool | None = None,
+        uploader: Uploader | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -99,13 +100,14 @@ class Recorder:
         self.healthy = True
         self.lost_events = 0
         self.written_events = 0
-        if spool_dir is None:
-            root = getattr(store, "root", None)
-            if root is None:
-                raise ValueError("spool_dir is required for a store without a local root")
-            spool_dir = Path(root) / ".spool"
-        self.spool = Spool(spool_dir, self.writer_id, spool_max_bytes)
-        self.uploader = Uploader(self.spool, store)
+        if spool is None:
+            spool = (
+                Spool(spool_dir, self.writer_id, spool_max_bytes)
+                if spool_dir is not None
+                else Spool.beside(store, self.writer_id, spool_max_bytes)
+            )
+        self.spool = spool
+        self.uploader = uploader or Uploader(spool, store)
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=queue_size)
         self._streams: dict[str, _Stream] = {}
         # Streams with work (lines not spooled, an open segment, a seal due, an end pending). Each round touches only
@@ -256,15 +258,10 @@ class Recorder:
             st.ops.append((st.segment, line))
             if isinstance(e, ExchangeStart):
                 st.open.add(e.exchange)
-                if e.method == "DELETE":
-                    st.ending.add(e.exchange)
-            elif isinstance(e, ResponseStart) and e.status == 404 and not e.session.startswith("x-"):
-                st.ending.add(e.exchange)  # the server no longer knows this session
             elif isinstance(e, ExchangeEnd):
                 st.open.discard(e.exchange)
                 st.due = ended = True
-                if e.exchange in st.ending or e.session.startswith("x-"):  # x-: a one-exchange session
-                    st.end_now = True
+                st.end_now = st.end_now or e.ends_session
             if st.seg_size >= self.segment_bytes:
                 self._seal(st, final=False)
         return ended

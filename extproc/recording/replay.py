@@ -2,49 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from extproc.authn.state_binding import unsealed_view
-from extproc.recording.manifest import GENESIS
+from extproc.recording import chain, jsonio
+from extproc.recording.chain import Problem
 from extproc.recording.store import Store
-from extproc.recording.verify import Problem, check_stream
+from extproc.recording.verify import check_parsed
 
 __all__ = ["Problem", "Session", "load_session", "pair_messages", "verify_stream"]
 
 
 def verify_stream(writer: str, data: bytes) -> tuple[list[dict[str, Any]], list[Problem]]:
     """Parse one writer's stream and check its chain: every line's ``prev`` is the SHA-256 of the line before."""
-    events: list[dict[str, Any]] = []
-    problems: list[Problem] = []
-    prev = GENESIS
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    else:
-        problems.append(Problem(writer, len(lines), "last line is not terminated (truncated write)"))
-    for n, line in enumerate(lines, start=1):
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            ev = None
-        if not isinstance(ev, dict):  # a JSON array or scalar is as corrupt as garbage, and has no .get
-            problems.append(Problem(writer, n, "not valid JSON (edited or corrupted)"))
-            prev = hashlib.sha256(line).hexdigest()
-            continue
-        if ev.get("seq") != n - 1:
-            problems.append(
-                Problem(writer, n, f"sequence {ev.get('seq')!r}, expected {n - 1} (line removed or reordered)")
-            )
-        if ev.get("prev") != prev:
-            problems.append(Problem(writer, n, "hash chain broken: previous line was altered, removed or reordered"))
-        prev = hashlib.sha256(line).hexdigest()
-        events.append(ev)
-    return events, problems
+    stream = chain.read(data)
+    return chain.events(stream), chain.check(writer, stream)
 
 
 @dataclass(slots=True)
@@ -57,6 +32,7 @@ class Session:
     writers: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)  # streams without a final manifest, and why
+    signatures_checked: bool = False  # manifests checked against a public key (else: hashes and chains only)
 
     @property
     def exchanges(self) -> dict[str, list[dict[str, Any]]]:
@@ -88,16 +64,19 @@ class Session:
             "incomplete": len(unended),
             "state": state,
             "events": len(self.events),
-            "verified": not self.problems,
+            # "yes" only when signatures were checked: hashes alone can be recomputed by whoever edits the files.
+            "verified": "no" if self.problems else "yes" if self.signatures_checked else "hashes only",
         }
 
 
 def load_session(store: Store, key: str, public_key: Ed25519PublicKey | None = None) -> Session:
     """Read, verify (chains, manifests, signatures when a key is given) and merge one session in time order."""
     session = Session(id=key)
+    session.signatures_checked = public_key is not None
     for writer, stream in store.read_session(key).items():
-        events, problems = verify_stream(writer, stream.data)
-        check = check_stream(key, writer, stream, public_key)
+        parsed = chain.read(stream.data)  # each stream split, parsed and hashed once for both checks
+        events, problems = chain.events(parsed), chain.check(writer, parsed)
+        check = check_parsed(key, writer, stream.manifests, parsed, public_key)
         session.writers.append(writer)
         session.problems.extend(problems)
         session.problems.extend(check.problems)
@@ -123,7 +102,7 @@ def pair_messages(session: Session) -> list[dict[str, Any]]:
     to that request; other notifications stand alone.
     """
     calls: list[dict[str, Any]] = []
-    open_calls: dict[tuple[str, str], dict[str, Any]] = {}  # (who asked, id) -> call awaiting its response
+    open_calls: dict[tuple[str, bytes], dict[str, Any]] = {}  # (who asked, id) -> call awaiting its response
     for ev in session.events:
         kind = ev.get("type")
         if kind not in ("mcp.request", "mcp.response"):
@@ -132,7 +111,7 @@ def pair_messages(session: Session) -> list[dict[str, Any]]:
         for msg in ev.get("messages", []):
             if "method" not in msg:  # a response: closes the call the other side opened
                 asker = "server" if sender == "client" else "client"
-                call = open_calls.pop((asker, json.dumps(msg.get("id"))), None)
+                call = open_calls.pop((asker, jsonio.dumps(msg.get("id"))), None)
                 if call is not None:
                     call["response"], call["response_time"] = msg, ev["time"]
                 continue
@@ -159,7 +138,7 @@ def pair_messages(session: Session) -> list[dict[str, Any]]:
             }
             calls.append(call)
             if "id" in msg:
-                open_calls[(sender, json.dumps(msg["id"]))] = call
+                open_calls[(sender, jsonio.dumps(msg["id"]))] = call
     return _link_rounds(calls)
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from extproc.recording import jsonio
 from extproc.recording.replay import Session, pair_messages
 
 
@@ -19,7 +19,7 @@ def _ts(t: float | None) -> str:
 
 
 def _short(doc: Any, limit: int = 160) -> str:
-    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    text = jsonio.dumps(doc).decode()
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -36,7 +36,7 @@ def sessions_table(rows: list[dict[str, Any]]) -> Table:
             _ts(r["started"]),
             str(r["exchanges"]),
             "[yellow]incomplete[/yellow]" if r["state"] == "incomplete" else r["state"],
-            "yes" if r["verified"] else "[red]NO[/red]",
+            "[red]NO[/red]" if r["verified"] == "no" else r["verified"],
         )
     return table
 
@@ -77,7 +77,10 @@ def print_session(console: Console, session: Session) -> None:
     """Exchanges in order, then every JSON-RPC request with its response and any progress it streamed."""
     doc = session_doc(session)
     s = doc["summary"]
-    verified = "[green]chain verified[/green]" if s["verified"] else "[red]VERIFICATION FAILED[/red]"
+    verified = {
+        "yes": "[green]signatures and chains verified[/green]",
+        "hashes only": "[green]chains verified[/green] (signatures not checked)",
+    }.get(s["verified"], "[red]VERIFICATION FAILED[/red]")
     console.print(f"[bold]session {s['session']}[/bold]  server={s['server']}  user={s['user'] or '-'}  {verified}")
     console.print(f"  {s['exchanges']} exchanges, {s['events']} events, state {s['state']}")
     for note in doc["notes"]:

@@ -1,4 +1,4 @@
-"""Build the recording path from gateway.yaml: store, signer, recorder (spool + uploader) and completer."""
+"""Build the recording path from gateway.yaml: store, signer, spool, uploader, digest log, recorder, completer."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import logging
 from dataclasses import dataclass
 
 from extproc.recording.completer import Completer
+from extproc.recording.digest import DigestLog
 from extproc.recording.manifest import Signer
-from extproc.recording.recorder import Recorder
+from extproc.recording.recorder import Recorder, new_writer_id
+from extproc.recording.spool import Spool
 from extproc.recording.store import Store
 from extproc.recording.store.file import FileStore
+from extproc.recording.uploader import Uploader
 from extproc.settings import Recording
 
 log = logging.getLogger(__name__)
@@ -41,14 +44,17 @@ class RecordingRuntime:
     store: Store
     recorder: Recorder
     completer: Completer
+    digests: DigestLog
 
     async def start(self) -> None:
         await self.recorder.start()
         self.completer.start()  # first round at once: a predecessor's leftovers are shipped and marked
+        self.digests.start()
 
     async def close(self) -> None:
         await self.completer.stop()
         await self.recorder.close()
+        await self.digests.close()  # after the last segments were shipped: the closing digest lists them
         await self.store.close()
 
 
@@ -57,17 +63,23 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
     signer = Signer.from_file(rec.signing_key)
     if signer.public is None:
         log.warning("recording.signing_key not set: segment manifests are hashed and chained but not signed")
+    writer = new_writer_id()
+    digests = DigestLog(store, writer, signer, interval=rec.digest_interval_s)
+    spool = Spool(rec.spool, writer, rec.spool_max_bytes)
     recorder = Recorder(
         store,
+        writer_id=writer,
+        spool=spool,
+        uploader=Uploader(spool, store, on_stored=digests.stored),
         queue_size=rec.queue_size,
         flush_interval=rec.flush_interval_ms / 1000,
-        spool_dir=rec.spool,
-        spool_max_bytes=rec.spool_max_bytes,
         segment_bytes=rec.segment_max_bytes,
         segment_age=rec.segment_max_age_ms / 1000,
         idle_timeout=rec.session_idle_timeout_s,
         signer=signer,
         required=rec.required,
     )
-    completer = Completer(rec.spool, store, recorder, signer, interval=rec.completer_interval_s)
-    return RecordingRuntime(store, recorder, completer)
+    completer = Completer(
+        rec.spool, store, recorder, signer, interval=rec.completer_interval_s, on_stored=digests.stored
+    )
+    return RecordingRuntime(store, recorder, completer, digests)

@@ -25,7 +25,7 @@ from typing import IO
 
 from extproc.errors import StoreError
 from extproc.recording.manifest import Manifest
-from extproc.recording.store import Segment, safe_key
+from extproc.recording.store import LocalStore, Segment, Store, safe_key
 
 HEAD = "head.manifest"
 
@@ -82,6 +82,13 @@ class Spool:
         self._handles: OrderedDict[Path, IO[bytes]] = OrderedDict()
         self._dirty: set[Path] = set()
         self._max_open = max_open
+
+    @classmethod
+    def beside(cls, store: Store, writer: str, max_bytes: int = 1 << 30) -> Spool:
+        """The default spool of a local store: ``<root>/.spool`` (a remote store needs an explicit spool folder)."""
+        if not isinstance(store, LocalStore):
+            raise ValueError("a spool folder is required for a store without a local root")
+        return cls(Path(store.root) / ".spool", writer, max_bytes)
 
     @property
     def has_room(self) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from extproc.errors import StoreError
 from extproc.recording.spool import Spool
-from extproc.recording.store import Store
+from extproc.recording.store import Segment, Store
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,10 @@ class Uploader:
         max_backoff: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        on_stored: Callable[[Segment], None] | None = None,
     ) -> None:
         self.spool = spool
+        self.on_stored = on_stored  # told of every segment the store confirmed (the writer's digest log)
         self.store = store
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -83,6 +85,8 @@ class Uploader:
                     log.error("recording store failing, segments stay in the spool: %s", e)
                 self.failing = True
                 return False
+            if self.on_stored is not None:
+                self.on_stored(segment)
             await self.spool.shipped(item)
             self.spool.ready.popleft()
             self._queued_at.pop(key, None)

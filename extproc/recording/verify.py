@@ -8,28 +8,14 @@ checks run for every backend, because every store returns a stream as its lines 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from extproc.recording import chain
+from extproc.recording.chain import Problem
 from extproc.recording.manifest import GENESIS, Manifest, check_signature
 from extproc.recording.store import StreamData, safe_key
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with a recording, precise enough to act on."""
-
-    writer: str
-    line: int
-    message: str
-    segment: int | None = None
-
-    def __str__(self) -> str:
-        where = f"segment {self.segment}" if self.segment is not None else f"line {self.line}"
-        return f"{self.writer}: {where}: {self.message}"
 
 
 @dataclass(slots=True)
@@ -43,41 +29,25 @@ class StreamCheck:
     unfinished: str | None = None  # why the stream has no final manifest (live, or its end cut off)
 
 
-@dataclass(slots=True)
-class _Line:
-    number: int  # 1-based line number in the stream
-    raw: bytes
-    seq: int | None
-    session: str | None
-
-
-def _parse(data: bytes) -> list[_Line]:
-    out = []
-    pieces = data.split(b"\n")
-    if pieces and pieces[-1] == b"":
-        pieces.pop()
-    for n, raw in enumerate(pieces, start=1):
-        try:
-            ev: Any = json.loads(raw)
-        except ValueError:
-            ev = None
-        ok = isinstance(ev, dict) and isinstance(ev.get("seq"), int)
-        out.append(_Line(n, raw, ev["seq"] if ok else None, ev.get("session") if ok else None))
-    return out
-
-
 def check_stream(key: str, writer: str, stream: StreamData, public_key: Ed25519PublicKey | None = None) -> StreamCheck:
     """Check manifests (signature, identity, continuity) and the lines each one covers."""
+    return check_parsed(key, writer, stream.manifests, chain.read(stream.data), public_key)
+
+
+def check_parsed(
+    key: str, writer: str, raw_manifests: list[bytes], parsed: chain.Stream, public_key: Ed25519PublicKey | None
+) -> StreamCheck:
+    """``check_stream`` on a stream already read by ``chain.read``."""
     result = StreamCheck()
     bad = result.problems.append
     manifests: list[Manifest] = []
-    for i, raw in enumerate(stream.manifests):
+    for i, raw in enumerate(raw_manifests):
         try:
             manifests.append(Manifest.from_bytes(raw))
         except ValueError as e:
             bad(Problem(writer, 0, f"manifest unreadable (edited or corrupted): {e}", i))
     result.segments = len(manifests)
-    lines = _parse(stream.data)
+    lines = parsed.lines
     if not manifests:
         if lines:
             bad(Problem(writer, 1, f"{len(lines)} lines and no manifest: unsigned data"))
@@ -127,12 +97,14 @@ def _check_signatures(
         result.notes.append(f"{writer}: manifests are not signed; integrity rests on hashes only")
 
 
-def _check_lines(key: str, writer: str, manifests: list[Manifest], lines: list[_Line], result: StreamCheck) -> None:
+def _check_lines(
+    key: str, writer: str, manifests: list[Manifest], lines: list[chain.Line], result: StreamCheck
+) -> None:
     """Assign every line to the segment its ``seq`` falls in, then compare each segment with its manifest."""
     bad = result.problems.append
     ranges = [(m.first, m.last, i) for i, m in enumerate(manifests)]
-    groups: dict[int, list[_Line]] = {i: [] for i in range(len(manifests))}
-    unsigned: list[_Line] = []
+    groups: dict[int, list[chain.Line]] = {i: [] for i in range(len(manifests))}
+    unsigned: list[chain.Line] = []
     current: int | None = None
     for ln in lines:
         if ln.session is not None and safe_key(ln.session) != key:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -42,7 +43,7 @@ class StreamData:
 
 
 class Store(Protocol):
-    """Where finished segments live for good: a local directory or an S3 bucket."""
+    """Where finished segments (and each writer's digests of them) live for good: a local directory or S3."""
 
     async def put_segment(self, segment: Segment) -> None:
         """Store one segment and then its manifest; idempotent (a retry after an unconfirmed put is safe)."""
@@ -59,3 +60,18 @@ class Store(Protocol):
     def read_session(self, session: str) -> dict[str, StreamData]:
         """Every writer's stream of one session, by writer id."""
         ...
+
+    async def put_digest(self, writer: str, number: int, data: bytes) -> None:
+        """Store digest ``number`` of a writer's digest chain (``digest.py``) under the store's digest prefix."""
+        ...
+
+    def read_digests(self) -> dict[str, dict[int, bytes]]:
+        """Every stored digest: writer key -> digest number -> its bytes."""
+        ...
+
+
+@runtime_checkable
+class LocalStore(Protocol):
+    """A store on the local disk: its spool defaults to a folder inside it."""
+
+    root: Path

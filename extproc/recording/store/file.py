@@ -17,6 +17,7 @@ from extproc.recording.store import Segment, StreamData, safe_key
 
 SUFFIX = ".jsonl"
 MANIFESTS = ".manifests"
+DIGESTS = ".digests"  # <root>/.digests/<writer>/<number>.json: a dot-name is never a session
 
 
 class FileStore:
@@ -87,6 +88,22 @@ class FileStore:
             if p.is_dir() and not p.name.startswith(".") and any(p.glob("*" + SUFFIX))
         )
 
+    async def put_digest(self, writer: str, number: int, data: bytes) -> None:
+        path = self.root / DIGESTS / safe_key(writer) / f"{number:08d}.json"
+        try:
+            await asyncio.to_thread(_write_new, path, data)
+        except OSError as e:
+            raise StoreError(f"cannot write digest {path}: {e.strerror or e}") from e
+
+    def read_digests(self) -> dict[str, dict[int, bytes]]:
+        out: dict[str, dict[int, bytes]] = {}
+        folder = self.root / DIGESTS
+        for writer in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
+            for p in sorted(writer.glob("*.json")):
+                if p.stem.isdigit():
+                    out.setdefault(writer.name, {})[int(p.stem)] = p.read_bytes()
+        return out
+
     def read_session(self, session: str) -> dict[str, StreamData]:
         folder = self.root / safe_key(session)
         out = {}
@@ -96,3 +113,14 @@ class FileStore:
             lines = manifests.read_bytes().splitlines() if manifests.exists() else []
             out[writer] = StreamData(p.read_bytes(), lines)
         return out
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write whole (temporary name, fsync, rename); the same bytes again are a no-op."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -22,6 +22,9 @@ from extproc.errors import StoreError
 from extproc.recording.store import Segment, StreamData, safe_key
 from extproc.recording.store.codec import EXTENSIONS, Compression, compress, decompress
 
+_DIGEST = re.compile(r"^(?P<n>\d{8})\.json$")
+_YEAR = re.compile(r"^\d{4}$")
+DIGESTS = "digests"  # <prefix>/digests/<writer>/<number>.json, beside the dated segment folders
 _SEGMENT = re.compile(r"^(?P<n>\d{8})\.(?P<kind>jsonl(?:\.gz|\.zst)?|manifest\.json)$")
 
 
@@ -96,6 +99,23 @@ class S3Store:
             **extra,
         )
 
+    async def put_digest(self, writer: str, number: int, data: bytes) -> None:
+        key = "/".join(p for p in (self.prefix, DIGESTS, safe_key(writer), f"{number:08d}.json") if p)
+        try:
+            await asyncio.to_thread(self._put, key, data)
+        except Exception as e:  # as for segments: any botocore failure means "not stored"
+            raise StoreError(f"cannot upload digest {number} of {writer!r} to s3://{self.bucket}: {e}") from e
+
+    def read_digests(self) -> dict[str, dict[int, bytes]]:
+        root = "/".join(p for p in (self.prefix, DIGESTS) if p) + "/"
+        out: dict[str, dict[int, bytes]] = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root):
+            for obj in page.get("Contents", []):
+                writer, _, name = obj["Key"].removeprefix(root).partition("/")
+                if (m := _DIGEST.match(name)) is not None:
+                    out.setdefault(writer, {})[int(m["n"])] = self._get(obj["Key"])
+        return out
+
     async def close(self) -> None:
         self._client = None
 
@@ -111,8 +131,9 @@ class S3Store:
 
     def _days(self) -> list[str]:
         root = f"{self.prefix}/" if self.prefix else ""
-        days: list[str] = [root]
-        for _ in range(3):  # YYYY/ -> MM/ -> DD/
+        years = [p for p in self._prefixes(root) if _YEAR.match(p.removeprefix(root).rstrip("/"))]  # not digests/
+        days: list[str] = years
+        for _ in range(2):  # MM/ -> DD/
             days = [p for d in days for p in self._prefixes(d)]
         return days
 

@@ -1,0 +1,170 @@
+"""Per-writer digest chain: signed, chained lists of every segment a writer stored (the store-wide evidence).
+
+A manifest proves a segment and links it to the one before, but nothing in a stream proves the stream (or the
+whole session) ever existed: deleting a session folder, or a stream's last segments, leaves no trace inside
+what remains. So each writer (processor process) also keeps a digest chain, in the spirit of CloudTrail's
+log-file integrity digests: every ``interval`` seconds, and at close, it stores a digest naming every segment
+it shipped in the period (session, stream, segment number, SHA-256, first and last seq). Each digest carries
+the SHA-256 of the previous one and an Ed25519 signature; an empty period still gets a digest, so a gap in
+time is as visible as a gap in numbers. ``audit.py`` walks the digests against the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from extproc.errors import StoreError
+from extproc.recording import jsonio
+from extproc.recording.manifest import GENESIS, Manifest, Signer
+from extproc.recording.store import Segment, Store
+
+log = logging.getLogger(__name__)
+VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One stored segment as a digest names it."""
+
+    session: str
+    stream: str  # the stream's writer id (the manifest's ``writer``)
+    segment: int
+    sha256: str
+    first: int
+    last: int
+    final: bool = False
+
+    @classmethod
+    def of(cls, m: Manifest) -> Listed:
+        return cls(m.session, m.writer, m.segment, m.sha256, m.first, m.last, m.final)
+
+
+@dataclass(slots=True)
+class Digest:
+    """One period of one writer. ``sig`` covers every other field (canonical JSON)."""
+
+    writer: str
+    number: int
+    start: float  # wall-clock seconds: the period covered
+    end: float
+    prev: str  # SHA-256 of the previous digest's stored bytes; GENESIS for number 0
+    segments: list[Listed] = field(default_factory=list)
+    final: bool = False  # the writer closed: nothing follows
+    v: int = VERSION
+    key_id: str = ""
+    sig: str = ""
+
+    def doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def signed_part(self) -> bytes:
+        doc = self.doc()
+        doc.pop("sig")
+        return jsonio.dumps_sorted(doc)
+
+    def to_bytes(self) -> bytes:
+        return jsonio.dumps_sorted(self.doc())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Digest:
+        """Parse a stored digest; ValueError if it is not one."""
+        doc = jsonio.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("digest is not a JSON object")
+        try:
+            known = {k: doc[k] for k in cls.__dataclass_fields__ if k in doc}
+            known["segments"] = [Listed(**s) for s in known.get("segments", [])]
+            return cls(**known)
+        except TypeError as e:
+            raise ValueError(f"digest fields are wrong: {e}") from None
+
+
+def digest_hash(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+class DigestLog:
+    """Collects what this writer's uploaders stored and writes the writer's digest chain to the store.
+
+    ``add`` is called by an uploader once the store confirmed a segment. A digest the store refuses stays queued
+    (with its number and chain link fixed) and is retried first next time, so the chain never forks.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        writer: str,
+        signer: Signer,
+        interval: float = 300.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.signer = signer
+        self.interval = interval
+        self.written = 0
+        self._wall = wall_clock
+        self._period: list[Listed] = []
+        self._start = wall_clock()
+        self._number = 0
+        self._prev = GENESIS
+        self._pending: list[tuple[int, bytes]] = []  # sealed, not yet stored
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, manifest: Manifest) -> None:
+        self._period.append(Listed.of(manifest))
+
+    def stored(self, segment: Segment) -> None:
+        """An uploader's ``on_stored``: the store confirmed ``segment``."""
+        self.add(Manifest.from_bytes(segment.manifest))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="digests")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()
+
+    async def close(self) -> bool:
+        """Write the closing digest (and any still queued). False if the store refused (logged)."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        return await self.flush(final=True)
+
+    def seal(self, final: bool = False) -> Digest:
+        """End the current period: its digest is numbered, chained and signed, and queued for the store."""
+        now = self._wall()
+        digest = Digest(self.writer, self._number, self._start, now, self._prev, self._period, final)
+        if self.signer.public is not None:
+            digest.key_id = self.signer.key_id
+            digest.sig = self.signer.sign_bytes(digest.signed_part())
+        raw = digest.to_bytes()
+        self._pending.append((digest.number, raw))
+        self._number, self._prev, self._period, self._start = digest.number + 1, digest_hash(raw), [], now
+        return digest
+
+    async def flush(self, final: bool = False) -> bool:
+        """Seal the period and store every queued digest in order; False as soon as the store refuses one."""
+        self.seal(final)
+        while self._pending:
+            number, raw = self._pending[0]
+            try:
+                await self.store.put_digest(self.writer, number, raw)
+            except StoreError as e:
+                log.error("cannot store digest %d of writer %s (retried next interval): %s", number, self.writer, e)
+                return False
+            self._pending.pop(0)
+            self.written += 1
+        return True
