@@ -306,7 +306,9 @@ class Exchange:
 
     def _end_body(self) -> None:
         if self._sse is not None:
-            tail = self._sse.finish()
+            events, tail = self._sse.finish()  # a final bare CR completes the last event
+            for event in events:
+                self._emit_sse(event.data, event.event, event.id, event.raw)
             if tail.strip():
                 self._emit_chunk(tail)
         elif self._json is not None:

@@ -135,7 +135,35 @@ async def _buffer_body(receive: Receive) -> tuple[bytes, Receive]:
     return body, replay
 
 
-def build_app(name: str, json_response: bool, *, log_level: LogLevel = "WARNING") -> SeenRecorder:
+class BareCrLineEnds:
+    """ASGI wrapper: SSE responses end their lines with a bare CR (allowed by the SSE standard, rare in practice)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Rewrite CRLF and LF to CR in text/event-stream bodies (JSON data has no raw line ends)."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sse = False
+
+        async def send_cr(message: Message) -> None:
+            nonlocal sse
+            if message["type"] == "http.response.start":
+                sse = any(
+                    k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in message["headers"]
+                )
+            elif message["type"] == "http.response.body" and sse:
+                message = {**message, "body": message.get("body", b"").replace(b"\r\n", b"\r").replace(b"\n", b"\r")}
+            await send(message)
+
+        await self.app(scope, receive, send_cr)
+
+
+def build_app(
+    name: str, json_response: bool, *, log_level: LogLevel = "WARNING", bare_cr: bool = False
+) -> SeenRecorder:
     """The sample server as an ASGI app: MCP at /mcp (stateful sessions), request log at GET /_seen."""
     app = build_mcp(name, log_level).streamable_http_app(
         streamable_http_path=MCP_PATH,
@@ -144,7 +172,7 @@ def build_app(name: str, json_response: bool, *, log_level: LogLevel = "WARNING"
         # the SDK's default localhost-only Host/Origin check would reject proxied traffic.
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
-    return SeenRecorder(app, name)
+    return SeenRecorder(BareCrLineEnds(app) if bare_cr else app, name)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,8 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="sample")
     parser.add_argument("--json-response", action="store_true", help="answer POSTs with application/json, not SSE")
     parser.add_argument("--log-level", default="WARNING", choices=get_args(LogLevel))
+    parser.add_argument("--bare-cr", action="store_true", help="end SSE lines with a bare CR (for tests)")
     args = parser.parse_args(argv)
-    app = build_app(args.name, args.json_response, log_level=args.log_level)
+    app = build_app(args.name, args.json_response, log_level=args.log_level, bare_cr=args.bare_cr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
 
 

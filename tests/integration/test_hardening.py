@@ -1,0 +1,78 @@
+"""Bypasses found in review, each tried through real Envoy: what the policy decided on must be what happened."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+from gateway_parts import Gateway, open_session
+
+from extproc.authn.dev_issuer import DevIssuer
+from extproc.mcp.sse import SseParser
+
+POLICY = """
+apiVersion: mcp-extproc/v1
+rules:
+  - name: basics
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: ["*"], methods: [initialize, ping, "notifications/*", tools/list, resources/list]}
+  - name: guest-whoami
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [whoami]}
+  - name: echo-short
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [echo]}
+    arguments: {text: {max_length: 8}}
+  - name: no-secrets-echoed
+    effect: deny
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [echo]}
+    arguments: {text: {pattern: ".*secret.*"}}
+recording:
+  - servers: [demo]
+    defaults: true
+"""
+
+
+def _events(gw: Gateway) -> list[dict]:
+    return [json.loads(x) for p in gw.store.root.rglob("*.jsonl") for x in p.read_bytes().splitlines()]
+
+
+def test_sse_list_with_bare_cr_line_ends_is_filtered(start_mcp_server, start_authed, issuer: DevIssuer) -> None:
+    server = start_mcp_server("demo", False, "--bare-cr")
+    gw = start_authed([server], policy=POLICY)
+    headers = open_session(gw.url(), token=issuer.mint("guest", aud=gw.endpoint))
+
+    r = httpx.post(gw.url(), json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=headers, timeout=10)
+
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    for hidden in (b"count_slowly", b'"add"'):
+        assert hidden not in r.content
+    parser = SseParser()
+    events = parser.feed(r.content)
+    assert parser.finish() == ([], b"")  # the client gets whole events only
+    (listed,) = [json.loads(e.data) for e in events if e.data]
+    assert sorted(t["name"] for t in listed["result"]["tools"]) == ["echo", "whoami"]
+    gw.stop()
+    filtered = [e for e in _events(gw) if e["type"] == "policy.list_filtered"]
+    assert [sorted(e["hidden"]) for e in filtered] == [["add", "count_slowly"]]
+
+
+def test_batch_repeating_a_request_id_never_reaches_the_server(start_mcp_server, start_authed, issuer) -> None:
+    server = start_mcp_server("demo")
+    gw = start_authed([server], policy=POLICY)
+    headers = open_session(gw.url(), token=issuer.mint("guest", aud=gw.endpoint))
+    before = len(server.seen())
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 1, "method": "resources/list"},
+    ]
+
+    r = httpx.post(gw.url(), json=batch, headers=headers, timeout=10)
+
+    assert len(server.seen()) == before
+    assert r.status_code == 400
+    assert "repeats request id 1" in r.text
