@@ -201,7 +201,7 @@ class Exchange:
             )
         if (denied := verdict.denied) is not None:
             call, d = denied
-            err = PolicyDenied(d.rule, self._describe(call))
+            err: GatewayError = InvalidRequest(d.reason) if d.invalid else PolicyDenied(d.rule, self._describe(call))
             if parsed.batch:  # one denied element denies the batch: every request gets the error
                 errors = [
                     error_response(c.id, err.jsonrpc_code, err.safe_message) for c in verdict.calls if c.id is not None

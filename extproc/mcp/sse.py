@@ -128,9 +128,7 @@ def parse_event(block: bytes, raw: bytes = b"") -> SseEvent | None:
     )
 
 
-def format_event(
-    data: str | None, event: str | None = None, id: str | None = None, retry: int | None = None
-) -> bytes:
+def format_event(data: str | None, event: str | None = None, id: str | None = None, retry: int | None = None) -> bytes:
     """One SSE event block, LF line ends, ending in a blank line. ``data=None`` writes a block that is not
     dispatched (only ``id``/``retry``). Raises ValueError for an event name or id a line end would split."""
     out = []

@@ -25,12 +25,12 @@ rules:
     effect: allow
     subjects: {users: ["*"]}
     targets: {servers: [demo], tools: [echo]}
-    arguments: {text: {max_length: 8}}
+    arguments: {text: {max_length: 8, optional: true}}
   - name: no-secrets-echoed
     effect: deny
     subjects: {users: ["*"]}
     targets: {servers: [demo], tools: [echo]}
-    arguments: {text: {pattern: ".*secret.*"}}
+    arguments: {text: {pattern: ".*secret.*", optional: true}}
 recording:
   - servers: [demo]
     defaults: true
@@ -76,3 +76,23 @@ def test_batch_repeating_a_request_id_never_reaches_the_server(start_mcp_server,
     assert len(server.seen()) == before
     assert r.status_code == 400
     assert "repeats request id 1" in r.text
+
+
+def test_folded_argument_names_cannot_skip_argument_conditions(start_mcp_server, start_authed, issuer) -> None:
+    server = start_mcp_server("demo")
+    gw = start_authed([server], policy=POLICY)
+    headers = open_session(gw.url(), token=issuer.mint("guest", aud=gw.endpoint))
+
+    def call(arguments: dict) -> httpx.Response:
+        msg = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "echo", "arguments": arguments}}
+        return httpx.post(gw.url(), json=msg, headers=headers, timeout=10)
+
+    folded = [call({"Text": "my secret"}), call({"TEXT": "far too long for the rule"})]
+    ok = call({"text": "hi"})
+
+    assert [r["tool"] for r in server.seen() if r["method"] == "tools/call"] == ["echo"]  # only the plain one
+    assert [r.status_code for r in folded] == [400, 400] and ok.status_code == 200
+    assert "different spelling of 'text'" in folded[0].json()["error"]["message"]
+    gw.stop()
+    decisions = [e for e in _events(gw) if e["type"] == "policy.decision" and not e["allowed"]]
+    assert len(decisions) == 2 and all("different spelling" in e["reason"] for e in decisions)
