@@ -133,9 +133,9 @@ def ambiguous_arguments(rules: Sequence[CompiledRule], args: Mapping[str, Any]) 
         folded[f] = key
     for rule in rules:
         for a in rule.arguments:
-            key = folded.get(fold_key(a.name))
-            if key is not None and key != a.name:
-                return f"argument {key[:40]!r} is a different spelling of {a.name!r}, which the policy constrains"
+            spelled = folded.get(fold_key(a.name))
+            if spelled is not None and spelled != a.name:
+                return f"argument {spelled[:40]!r} is a different spelling of {a.name!r}, which the policy constrains"
     return None
 
 
