@@ -96,3 +96,48 @@ def test_folded_argument_names_cannot_skip_argument_conditions(start_mcp_server,
     gw.stop()
     decisions = [e for e in _events(gw) if e["type"] == "policy.decision" and not e["allowed"]]
     assert len(decisions) == 2 and all("different spelling" in e["reason"] for e in decisions)
+
+
+def test_the_same_sub_from_a_second_issuer_is_someone_else(start_mcp_server, start_gateway, issuer, tmp_path) -> None:
+    from extproc.launcher import free_port
+
+    server = start_mcp_server("demo")
+    with DevIssuer(tmp_path / "second-issuer") as second:
+        policies = tmp_path / "two-issuer-policies"
+        policies.mkdir()
+        (policies / "p.yaml").write_text(
+            POLICY.replace(
+                'subjects: {users: ["*"]}\n    targets: {servers: [demo], tools: [whoami]}',
+                f'subjects: {{users: ["{issuer.url}#alice"]}}\n    targets: {{servers: [demo], tools: [whoami]}}',
+            ).replace(  # a rule written as if there were one issuer: with two, plain "alice" is nobody
+                "recording:",
+                "  - name: plain-alice\n    effect: allow\n    subjects: {users: [alice]}\n"
+                "    targets: {servers: [demo], tools: [whoami]}\nrecording:",
+            )
+        )
+        port = free_port()
+        auth = {
+            "public_url": f"http://127.0.0.1:{port}",
+            "issuers": [{"issuer": issuer.url}, {"issuer": second.url}],
+            "forward_identity_headers": True,
+        }
+        gw = start_gateway(
+            [server], listen={"port": port}, auth=auth, policy={"directory": str(policies), "reload_interval_ms": 200}
+        )
+        whoami = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}
+
+        def call(dev: DevIssuer) -> httpx.Response:
+            headers = open_session(gw.url(), token=dev.mint("alice", aud=gw.endpoint, groups=["eng"]))
+            return httpx.post(gw.url(), json=whoami, headers=headers, timeout=10)
+
+        impostor, alice = call(second), call(issuer)
+
+    assert impostor.status_code == 403
+    assert alice.status_code == 200, alice.text
+    (event,) = [e for e in SseParser().feed(alice.content) if e.data]
+    assert json.loads(event.data)["result"]["structuredContent"] == {
+        "user": f"{issuer.url}#alice",
+        "groups": f"{issuer.url}#eng",
+    }
+    calls = [r for r in server.seen() if r["tool"] == "whoami"]
+    assert [r["headers"]["x-mcp-user"] for r in calls] == [f"{issuer.url}#alice"]
