@@ -232,7 +232,7 @@ class Exchange:
             )
         if (denied := verdict.denied) is not None:
             call, d = denied
-            err = PolicyDenied(d.rule, self._describe(call))
+            err: GatewayError = InvalidRequest(d.reason) if d.invalid else PolicyDenied(d.rule, self._describe(call))
             if parsed.batch:  # one denied element denies the batch: every request gets the error
                 errors = [
                     error_response(c.id, err.jsonrpc_code, err.safe_message) for c in verdict.calls if c.id is not None
@@ -402,7 +402,9 @@ class Exchange:
 
     def _end_body(self) -> None:
         if self._sse is not None:
-            tail = self._sse.finish()
+            events, tail = self._sse.finish()  # a final bare CR completes the last event
+            for event in events:
+                self._emit_sse(event.data, event.event, event.id, event.raw)
             if tail.strip():
                 self._emit_chunk(tail)
         elif self._json is not None:

@@ -60,6 +60,11 @@ class IssuerConfig(_Model):
     jwks_uri: str | None = None  # skip discovery and use this JWKS URL
     jwks_refresh_seconds: Seconds = 300
     unknown_kid_refetch_seconds: Seconds = 30  # at most one JWKS refetch per interval for unknown `kid`s
+    # Put before every username / group of this issuer's tokens (the Kubernetes API server's
+    # --oidc-username-prefix / --oidc-groups-prefix). None = the default: no prefix when this is the only issuer,
+    # "<issuer>#" when there are several, so `sub=alice` of one issuer is never `alice` of another.
+    username_prefix: str | None = None
+    groups_prefix: str | None = None
 
     @field_validator("issuer")
     @classmethod
@@ -94,6 +99,10 @@ class IssuerConfig(_Model):
     @property
     def discovery_url(self) -> str:
         return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+def _default_prefix(issuer: IssuerConfig, several: bool) -> str:
+    return f"{issuer.issuer}#" if several else ""
 
 
 class AuthConfig(_Model):
@@ -136,6 +145,27 @@ class AuthConfig(_Model):
         dup = next((n for n in names if names.count(n) > 1), None)
         if dup:
             raise ValueError(f"issuer {dup!r} is configured twice")
+        default = len(self.issuers) > 1
+        resolved = [
+            i.model_copy(
+                update={
+                    "username_prefix": i.username_prefix
+                    if i.username_prefix is not None
+                    else _default_prefix(i, default),
+                    "groups_prefix": i.groups_prefix if i.groups_prefix is not None else _default_prefix(i, default),
+                }
+            )
+            for i in self.issuers
+        ]
+        for kind in ("username_prefix", "groups_prefix"):
+            prefixes = [getattr(i, kind) for i in resolved]
+            shared = next((p for p in prefixes if prefixes.count(p) > 1), None)
+            if shared is not None:
+                raise ValueError(
+                    f"issuers: {kind} {shared!r} is used by more than one issuer, so their users or groups could be "
+                    "mistaken for each other; give each issuer its own prefix (or leave it unset: '<issuer>#')"
+                )
+        object.__setattr__(self, "issuers", resolved)  # frozen model: the resolved prefixes, set once at load
         return self
 
     @property

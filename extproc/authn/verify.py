@@ -85,8 +85,8 @@ def claim_at(claims: dict[str, Any], path: str) -> Any:
 def identity_headers(who: Principal) -> dict[str, str]:
     """``x-mcp-user`` / ``x-mcp-groups`` for the upstream; percent-encoded so they are always header-safe."""
     return {
-        "x-mcp-user": quote(who.username, safe="@._-+:"),
-        "x-mcp-groups": ",".join(quote(g, safe="@._-+:/") for g in who.groups),
+        "x-mcp-user": quote(who.username, safe="@._-+:/#"),
+        "x-mcp-groups": ",".join(quote(g, safe="@._-+:/#") for g in who.groups),
     }
 
 
@@ -259,8 +259,8 @@ def _principal(claims: dict[str, Any], issuer: IssuerConfig, digest: bytes) -> P
     return Principal(
         issuer=issuer.issuer,
         subject=claims["sub"],
-        username=username,
-        groups=tuple(groups),
+        username=(issuer.username_prefix or "") + username,
+        groups=tuple((issuer.groups_prefix or "") + g for g in groups),
         token_id=token_id,
         claims=claims,
     )

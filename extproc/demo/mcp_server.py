@@ -157,8 +157,39 @@ def add_approval_tool(mcp: MCPServer) -> None:
         return f"{action}: {'approved' if content.get('ok') else 'refused'} (state {ctx.request_state})"
 
 
+class BareCrLineEnds:
+    """ASGI wrapper: SSE responses end their lines with a bare CR (allowed by the SSE standard, rare in practice)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Rewrite CRLF and LF to CR in text/event-stream bodies (JSON data has no raw line ends)."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sse = False
+
+        async def send_cr(message: Message) -> None:
+            nonlocal sse
+            if message["type"] == "http.response.start":
+                sse = any(
+                    k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in message["headers"]
+                )
+            elif message["type"] == "http.response.body" and sse:
+                message = {**message, "body": message.get("body", b"").replace(b"\r\n", b"\r").replace(b"\n", b"\r")}
+            await send(message)
+
+        await self.app(scope, receive, send_cr)
+
+
 def build_app(
-    name: str, json_response: bool, *, log_level: LogLevel = "WARNING", mrtr: bool = False
+    name: str,
+    json_response: bool,
+    *,
+    log_level: LogLevel = "WARNING",
+    mrtr: bool = False,
+    bare_cr: bool = False,
 ) -> SeenRecorder:
     """The sample server as an ASGI app: MCP at /mcp (stateful sessions), request log at GET /_seen."""
     mcp = build_mcp(name, log_level)
@@ -171,7 +202,7 @@ def build_app(
         # the SDK's default localhost-only Host/Origin check would reject proxied traffic.
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
-    return SeenRecorder(app, name)
+    return SeenRecorder(BareCrLineEnds(app) if bare_cr else app, name)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,8 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json-response", action="store_true", help="answer POSTs with application/json, not SSE")
     parser.add_argument("--log-level", default="WARNING", choices=get_args(LogLevel))
     parser.add_argument("--mrtr", action="store_true", help="add the multi-round-trip `approve` tool (2026-07-28)")
+    parser.add_argument("--bare-cr", action="store_true", help="end SSE lines with a bare CR (for tests)")
     args = parser.parse_args(argv)
-    app = build_app(args.name, args.json_response, log_level=args.log_level, mrtr=args.mrtr)
+    app = build_app(args.name, args.json_response, log_level=args.log_level, mrtr=args.mrtr, bare_cr=args.bare_cr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
 
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from extproc.mcp.sse import SseEvent, SseParser
+from extproc.mcp.sse import SseEvent, SseParser, format_event
 
 Rewrite = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -38,15 +38,6 @@ def rewrite_json(body: bytes, fn: Rewrite) -> bytes:
         return body
     new, changed = _apply(doc, fn)
     return dumps(new).encode() if changed else body
-
-
-def format_event(data: str, event: str = "message", event_id: str | None = None) -> bytes:
-    """One SSE event: optional event name and id, one ``data:`` line per data line, a blank line."""
-    out = "" if event == "message" else f"event: {event}\n"
-    if event_id is not None:
-        out += f"id: {event_id}\n"
-    out += "".join(f"data: {line}\n" for line in data.split("\n"))
-    return (out + "\n").encode()
 
 
 class SseRewriter:

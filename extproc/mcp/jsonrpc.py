@@ -44,7 +44,8 @@ class AmbiguousJson(ValueError):
     """A key that another JSON decoder could read differently from the gateway."""
 
 
-def _fold(key: str) -> str:
+def fold_key(key: str) -> str:
+    """The spelling a case-insensitive decoder reads: NULs dropped, Unicode case folding (long s to s)."""
     return key.replace("\x00", "").casefold()
 
 
@@ -55,7 +56,7 @@ def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     for key, value in pairs:
         if key in out:
             raise AmbiguousJson(f"duplicate key {key[:40]!r}")
-        f = _fold(key)
+        f = fold_key(key)
         if f in folded:
             raise AmbiguousJson(f"key {key[:40]!r} is ambiguous (case or Unicode folding)")
         folded.add(f)
@@ -69,7 +70,7 @@ def _check_decided_keys(m: dict[str, Any]) -> None:
     params = m.get("params")
     for obj in (m, params if isinstance(params, dict) else {}):
         for key in obj:
-            f = _fold(key)
+            f = fold_key(key)
             if f in _DECIDED_KEYS and key != f:
                 raise AmbiguousJson(f"key {key[:40]!r} is ambiguous (case or Unicode folding)")
 
@@ -102,10 +103,32 @@ def parse_body(body: bytes, strict: bool = False) -> ParsedBody:
             return ParsedBody(error="empty batch")
         if not all(_is_message(m) for m in doc):
             return ParsedBody(error="batch element is not a JSON-RPC 2.0 message")
+        if strict and (dup := _duplicate_request_id(doc)) is not None:
+            return ParsedBody(error=f"batch repeats request id {dup[:40]}")
         return ParsedBody(messages=tuple(doc), batch=True)
     if not _is_message(doc):
         return ParsedBody(error="not a JSON-RPC 2.0 message")
     return ParsedBody(messages=(doc,))
+
+
+def _duplicate_request_id(batch: list[Message]) -> str | None:
+    """The first request id used twice in a batch (JSON-encoded), else None.
+
+    Responses are matched to requests by id, and so is list filtering: two requests with one id make "the
+    response to id 1" ambiguous. Numbers compare by value (1 and 1.0 are one id to most decoders).
+    """
+    seen: set[object] = set()
+    for m in batch:
+        if not is_request(m) or "id" not in m:
+            continue
+        i = m["id"]
+        key: tuple[str, object] = ("j", json.dumps(i))
+        if isinstance(i, float) and i.is_integer():
+            key = ("j", json.dumps(int(i)))
+        if key in seen:
+            return json.dumps(i)
+        seen.add(key)
+    return None
 
 
 def _is_message(m: object) -> bool:

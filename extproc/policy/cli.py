@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,6 +30,8 @@ Servers = Annotated[
     str | None, typer.Option("--servers", help="Comma-separated server names from gateway.yaml (checks names).")
 ]
 Gateway = Annotated[Path | None, typer.Option("--gateway", help="Read the server names from this gateway.yaml.")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+_LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<message>.*)$")
 
 
 def _out() -> Console:
@@ -62,22 +65,55 @@ def _gateway_servers(path: Path) -> set[str]:
     return {s["name"] for s in servers}
 
 
-def _load(directory: Path, servers: str | None, gateway: Path | None) -> CompiledPolicy:
+def _error_doc(lines: list[str]) -> dict[str, Any]:
+    """Problems as JSON: file, line and message of each (file and line omitted when the problem has none)."""
+    errors: list[dict[str, Any]] = []
+    for line in lines:
+        m = _LOCATED.match(line)
+        errors.append({"file": m["file"], "line": int(m["line"]), "message": m["message"]} if m else {"message": line})
+    return {"ok": False, "errors": errors}
+
+
+def _fail(e: ConfigError, json_out: bool, code: int) -> typer.Exit:
+    """Report every problem (stderr, or the JSON document on stdout) and return the exit to raise."""
+    lines = str(e).splitlines()
+    if json_out:
+        typer.echo(json.dumps(_error_doc(lines), indent=2))
+    else:
+        err = _err()
+        for line in lines:
+            err.print(f"[red]error[/red] {escape(line)}")
+    return typer.Exit(code)
+
+
+def _load(
+    directory: Path, servers: str | None, gateway: Path | None, json_out: bool = False, code: int = 1
+) -> CompiledPolicy:
     try:
         return load_policy(directory, _known_servers(servers, gateway))
     except ConfigError as e:
-        err = _err()
-        for line in str(e).splitlines():
-            err.print(f"[red]error[/red] {escape(line)}")
-        raise typer.Exit(1) from None
+        raise _fail(e, json_out, code) from None
 
 
 @app.command()
-def check(directory: Dir, servers: Servers = None, gateway: Gateway = None) -> None:
-    """Validate a policy directory; print file:line errors and exit 1, or a short summary."""
-    policy = _load(directory, servers, gateway)
+def check(directory: Dir, servers: Servers = None, gateway: Gateway = None, json_out: Json = False) -> None:
+    """Validate a policy directory; print every file:line error and exit 1, or a short summary."""
+    policy = _load(directory, servers, gateway, json_out)
     effects = Counter(r.effect for r in policy.rules)
     redactions = {n for s in policy.servers for n in policy.redactor(s).rules if not n.startswith("builtin-")}
+    if json_out:
+        doc = {
+            "ok": True,
+            "directory": str(directory),
+            "files": list(policy.files),
+            "rules": {"allow": effects["allow"], "deny": effects["deny"]},
+            "redactions": sorted(redactions),
+            "viewers": [v.name for v in policy.viewers],
+            "servers": sorted(policy.servers),
+            "fingerprint": policy.fingerprint,
+        }
+        typer.echo(json.dumps(doc, indent=2))
+        return
     _out().print(
         f"[green]OK[/green] {escape(str(directory))}: {len(policy.files)} file(s), {len(policy.rules)} rules "
         f"({effects['allow']} allow, {effects['deny']} deny), {len(redactions)} redactions, "
@@ -114,9 +150,14 @@ def explain(
     subject: Annotated[str | None, typer.Option(help="Caller's subject (defaults to the user).")] = None,
     servers: Servers = None,
     gateway: Gateway = None,
+    json_out: Json = False,
 ) -> None:
-    """Show the decision for one call, the deciding rule, and why each candidate rule matched or not."""
-    policy = _load(directory, servers, gateway)
+    """Show the decision for one call, the deciding rule, and why each candidate rule matched or not.
+
+    Exit status: 0 allowed, 1 denied (by a rule, by default, or refused as invalid), 2 the question could not be
+    asked (policy or options invalid).
+    """
+    policy = _load(directory, servers, gateway, json_out, code=2)
     who = Who(
         user=user,
         subject=subject,
@@ -125,9 +166,27 @@ def explain(
     ).principal()
     call = Call(method=method, tool=tool, uri=uri, prompt=prompt, arguments=_json_option(args, "--args")).mcp_call()
     decision, trace = explain_call(policy, who, server, call)
+    source = next((t.source for t in trace if t.rule == decision.rule), "")
+    if json_out:
+        doc = {
+            "allowed": decision.allowed,
+            "invalid": decision.invalid,
+            "call": describe_call(server, call),
+            "caller": {"user": who.username, "groups": list(who.groups)},
+            "rule": decision.rule,
+            "source": source or None,
+            "reason": decision.reason,
+            "considered": [
+                {"rule": t.rule, "effect": t.effect, "source": t.source, "applies": t.matched, "why": t.why}
+                for t in trace
+            ],
+        }
+        typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+        raise typer.Exit(0 if decision.allowed else 1)
     out = _out()
     verdict = "[bold green]ALLOW[/bold green]" if decision.allowed else "[bold red]DENY[/bold red]"
-    source = next((t.source for t in trace if t.rule == decision.rule), "")
+    if decision.invalid:
+        verdict += " [red](invalid request: the gateway answers 400)[/red]"
     out.print(f"{verdict} {escape(describe_call(server, call))}")
     out.print(f"  caller:  {escape(who.username)} (groups: {escape(', '.join(who.groups) or '-')})")
     out.print(f"  decided by: [bold]{escape(decision.rule)}[/bold]" + (f" ({escape(source)})" if source else ""))
@@ -147,34 +206,41 @@ def explain(
     skipped = len(policy.rules) - len(trace)
     if skipped:
         out.print(f"  {skipped} other rule(s) target other servers, methods or tools")
+    raise typer.Exit(0 if decision.allowed else 1)
 
 
 @app.command("test")
-def test_cmd(directory: Dir, servers: Servers = None, gateway: Gateway = None) -> None:
-    """Run the cases of every *.tests.yaml in the directory; exit 1 if any fails."""
-    policy = _load(directory, servers, gateway)
-    out = _out()
+def test_cmd(directory: Dir, servers: Servers = None, gateway: Gateway = None, json_out: Json = False) -> None:
+    """Run the cases of every *.tests.yaml in the directory; exit 1 if any fails or nothing can be run."""
+    policy = _load(directory, servers, gateway, json_out)
     try:
         cases = load_cases(directory)
     except ConfigError as e:
-        for line in str(e).splitlines():
-            _err().print(f"[red]error[/red] {escape(line)}")
-        raise typer.Exit(1) from None
+        raise _fail(e, json_out, 1) from None
     if not cases:
-        _err().print(f"[red]error[/red] no test cases (*.tests.yaml) in {escape(str(directory))}")
-        raise typer.Exit(1)
+        raise _fail(ConfigError(f"no test cases (*.tests.yaml) in {directory}"), json_out, 1)
     results = run_cases(policy, cases)
-    for r in results:
-        status = "[green]PASS[/green]" if r.passed else "[red]FAIL[/red]"
-        out.print(f"{status} {escape(r.name)}  [dim]{escape(r.source)}[/dim]  {escape(r.detail)}")
     failed = sum(not r.passed for r in results)
-    summary = f"{len(results) - failed} passed, {failed} failed"
-    out.print(f"[red]{summary}[/red]" if failed else f"[green]{summary}[/green]")
+    if json_out:
+        doc = {
+            "ok": not failed,
+            "passed": len(results) - failed,
+            "failed": failed,
+            "cases": [{"name": r.name, "source": r.source, "passed": r.passed, "detail": r.detail} for r in results],
+        }
+        typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        out = _out()
+        for r in results:
+            status = "[green]PASS[/green]" if r.passed else "[red]FAIL[/red]"
+            out.print(f"{status} {escape(r.name)}  [dim]{escape(r.source)}[/dim]  {escape(r.detail)}")
+        summary = f"{len(results) - failed} passed, {failed} failed"
+        out.print(f"[red]{summary}[/red]" if failed else f"[green]{summary}[/green]")
     if failed:
         raise typer.Exit(1)
 
 
 @app.command()
-def schema() -> None:
-    """Print the JSON Schema of policy files (policies/schema.json is this output)."""
+def schema(json_out: Json = True) -> None:
+    """Print the JSON Schema of policy files (policies/schema.json is this output; it is always JSON)."""
     typer.echo(json.dumps(json_schema(), indent=2))

@@ -6,15 +6,18 @@ Pure functions on plain data (messages, bytes), called by the exchange; nothing 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from extproc.authn.principal import Principal
 from extproc.mcp.jsonrpc import McpCall, Message, is_request, to_call
 from extproc.mcp.methods import LISTINGS
-from extproc.mcp.sse import SseParser
+from extproc.mcp.sse import SseParser, format_event
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.engine import Decision, decide_batch, filter_list, redact
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,20 +96,30 @@ def filter_body(
         doc = rewrite(doc)
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode(), hidden
 
+    # Every event is written anew from the fields the parser understood (format_event), never copied: a block
+    # the parser read one way cannot reach the client to be read another way. Dropped, never passed through:
+    # events whose data is not JSON (an MCP stream carries JSON-RPC only) and the stream's unterminated tail,
+    # which a conforming client discards too. The exchange records both as the server sent them.
     parser = SseParser()
+    events = parser.feed(body)
+    last, tail = parser.finish()
     out = bytearray()
-    for event in parser.feed(body):
-        try:
-            data = json.dumps(rewrite(json.loads(event.data)), separators=(",", ":"), ensure_ascii=False)
-        except ValueError:
-            out += event.raw  # not JSON-RPC: passed through as the server sent it
+    dropped = len(tail)
+    for event in [*events, *last]:
+        if not event.dispatched:  # keeps what it changes in the client (last event id, retry), nothing else
+            if event.id is not None or event.retry is not None:
+                out += format_event(None, id=event.id, retry=event.retry)
             continue
-        if event.event != "message":
-            out += f"event: {event.event}\n".encode()
-        if event.id is not None:
-            out += f"id: {event.id}\n".encode()
-        out += f"data: {data}\n\n".encode()
-    out += parser.finish()
+        data = event.data
+        if data:  # an empty data field (a resumption priming event) is understood as it is
+            try:
+                data = json.dumps(rewrite(json.loads(data)), separators=(",", ":"), ensure_ascii=False)
+            except (ValueError, RecursionError):
+                dropped += len(event.raw)
+                continue
+        out += format_event(data, event.event, event.id, event.retry)
+    if dropped:
+        log.warning("SSE list response: %d bytes the filter could not read were dropped", dropped)
     return bytes(out), hidden
 
 

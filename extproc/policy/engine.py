@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from extproc.authn.principal import Principal
-from extproc.mcp.jsonrpc import McpCall
+from extproc.mcp.jsonrpc import McpCall, fold_key
 from extproc.mcp.methods import LISTINGS, Listing
 from extproc.policy.compiled import OBJECT_FIELD, ArgCheck, CompiledPolicy, CompiledRule, CompiledSubjects, value_key
 from extproc.policy.redact import Redaction, marker
@@ -35,6 +35,7 @@ class Decision:
     reason: str  # for logs and recordings; never contains argument values
     considered: tuple[str, ...] = ()  # candidate rules evaluated, in evaluation order, up to the deciding one
     elements: tuple[Decision, ...] = ()  # per-element decisions of a batch
+    invalid: bool = False  # refused because the call itself is ambiguous (HTTP 400), not by a rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,9 @@ def _evaluate(
 
     1. A malformed call is denied: tools/call without a tool name, prompts/get without a prompt name,
        resources/* without a URI, or a URI with '.'/'..' segments (they could walk out of an allowed glob).
+       An ambiguous call is denied as invalid: tool arguments whose names fold onto each other or onto an
+       argument a candidate rule constrains, spelled differently (a server matching names case-insensitively
+       would read "Text" as the "text" a rule checks).
     2. Candidates come from the compiled index: rules for this server (or '*') and this method, filed under the
        call's tool/URI/prompt name, plus rules using globs. Deny rules come first, then allow rules, each in
        policy order (files by name, rules top to bottom).
@@ -99,6 +103,8 @@ def _evaluate(
         return Decision(False, DEFAULT_DENY, "resource URI contains '.' or '..' segments")
 
     rules, names = policy.bucket(server, call.method).candidates(obj)
+    if call.arguments and (ambiguous := ambiguous_arguments(rules, call.arguments)) is not None:
+        return Decision(False, DEFAULT_DENY, ambiguous, invalid=True)
     decision: Decision | None = None
     for i, rule in enumerate(rules):
         why = _miss(rule, who, call, field, obj, listing, trace is not None)
@@ -112,6 +118,26 @@ def _evaluate(
     if decision is not None:
         return decision
     return Decision(False, DEFAULT_DENY, f"no rule allows {describe_call(server, call)}", names)
+
+
+def ambiguous_arguments(rules: Sequence[CompiledRule], args: Mapping[str, Any]) -> str | None:
+    """Why the argument names are ambiguous to a decoder that folds case (None when they are not).
+
+    Folding is the one used for request keys by strict parsing (``fold_key``): Unicode case folding, so the long
+    s folds to 's' as Go's encoding/json matches it.
+    """
+    folded: dict[str, str] = {}
+    for key in args:
+        f = fold_key(key)
+        if f in folded:
+            return f"arguments {folded[f][:40]!r} and {key[:40]!r} are the same name to a case-insensitive server"
+        folded[f] = key
+    for rule in rules:
+        for a in rule.arguments:
+            spelled = folded.get(fold_key(a.name))
+            if spelled is not None and spelled != a.name:
+                return f"argument {spelled[:40]!r} is a different spelling of {a.name!r}, which the policy constrains"
+    return None
 
 
 def _verb(rule: CompiledRule) -> str:
@@ -226,7 +252,7 @@ def decide_batch(policy: CompiledPolicy, who: Principal, server: str, calls: Seq
     decisions = tuple(decide(policy, who, server, c) for c in calls)
     for i, d in enumerate(decisions):
         if not d.allowed:
-            return Decision(False, d.rule, f"batch element {i}: {d.reason}", d.considered, decisions)
+            return Decision(False, d.rule, f"batch element {i}: {d.reason}", d.considered, decisions, d.invalid)
     rules = ",".join(dict.fromkeys(d.rule for d in decisions))
     considered = tuple(dict.fromkeys(n for d in decisions for n in d.considered))
     return Decision(True, rules, f"all {len(decisions)} batch elements allowed", considered, decisions)

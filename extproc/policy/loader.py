@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from extproc.errors import ConfigError
 from extproc.policy.compiled import CompiledPolicy, LoadedFile, compile_policy
-from extproc.policy.model import ALL_KEYS, PolicyFile
+from extproc.policy.model import ALL_KEYS, API_VERSION, PolicyFile
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +56,58 @@ def load_policy(directory: str | Path, known_servers: set[str] | None = None) ->
     contents = [(p, _read(p)) for p in paths]
     loaded: list[LoadedFile] = []
     errors: list[str] = []
+    salvaged: list[LoadedFile] = []
     for path, data in contents:
         try:
             doc, lines = parse_yaml(data, str(path))
+        except ConfigError as e:
+            errors.extend(str(e).splitlines())
+            continue
+        try:
             loaded.append(LoadedFile(str(path), validate(PolicyFile, doc, str(path), lines), lines))
         except ConfigError as e:
             errors.extend(str(e).splitlines())
+            if (partial := _salvage(doc, lines, str(path))) is not None:
+                salvaged.append(partial)
     digest = _digest([(p.name, d) for p, d in contents])
     try:
-        policy = compile_policy(loaded, known_servers, fingerprint=digest)
-    except ConfigError as e:  # cross-file problems of the files that did validate, reported alongside
+        policy = compile_policy(loaded + salvaged, known_servers, fingerprint=digest)
+    except ConfigError as e:  # cross-file problems (names, servers), also of the valid parts of invalid files
         errors.extend(str(e).splitlines())
-    if errors:
-        raise ConfigError("\n".join(errors))
+    if errors or salvaged:
+        raise ConfigError("\n".join(dict.fromkeys(errors)))  # once each, in the order found
     return policy
+
+
+_SECTIONS = ("rules", "recording", "viewers")
+
+
+def _salvage(doc: Any, lines: dict[tuple[str, ...], int], path: str) -> LoadedFile | None:
+    """The items of an invalid file that are valid on their own, renumbered, so the cross-file checks (unique
+    names, known servers) run on them too and one ``policy check`` reports every problem. Never installed."""
+    if not isinstance(doc, dict):
+        return None
+    kept: dict[str, Any] = {"apiVersion": API_VERSION}
+    new_lines = {k: v for k, v in lines.items() if not k or k[0] not in _SECTIONS}
+    for section in _SECTIONS:
+        items = doc.get(section)
+        if not isinstance(items, list):
+            continue
+        good: list[Any] = []
+        for i, item in enumerate(items):
+            try:
+                PolicyFile.model_validate({"apiVersion": API_VERSION, section: [item]})
+            except ValidationError:
+                continue
+            for k, v in lines.items():
+                if k[:2] == (section, str(i)):
+                    new_lines[(section, str(len(good)), *k[2:])] = v
+            good.append(item)
+        kept[section] = good
+    try:
+        return LoadedFile(path, PolicyFile.model_validate(kept), new_lines)
+    except ValidationError:
+        return None
 
 
 def fingerprint(directory: str | Path) -> str:

@@ -34,9 +34,9 @@ def start_mcp_server(tmp_path: Path) -> Iterator[Callable[..., SampleServer]]:
     """Factory: start a sample MCP server named ``name`` (SSE responses unless ``json_response``)."""
     started: list[SampleServer] = []
 
-    def start(name: str = "demo", json_response: bool = False, mrtr: bool = False) -> SampleServer:
+    def start(name: str = "demo", json_response: bool = False, *extra: str, mrtr: bool = False) -> SampleServer:
         port = free_port()
-        cmd = [sys.executable, "-m", "extproc.demo.mcp_server", "--port", str(port), "--name", name]
+        cmd = [sys.executable, "-m", "extproc.demo.mcp_server", "--port", str(port), "--name", name, *extra]
         cmd += ["--json-response"] if json_response else []
         cmd += ["--mrtr"] if mrtr else []
         with (tmp_path / f"mcp-{name}.log").open("ab") as out:

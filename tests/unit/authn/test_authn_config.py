@@ -71,3 +71,37 @@ def test_allowed_origins_are_normalized() -> None:
         "https://app.test",
         "http://localhost:3000",
     ]
+
+
+# --- identity qualified per issuer -------------------------------------------------------------------------------
+
+
+def _two(*issuers: dict[str, Any]) -> AuthConfig:
+    return AuthConfig.model_validate({"issuers": list(issuers), "public_url": "https://gw.example.test"})
+
+
+def test_a_single_issuer_has_no_prefix_by_default() -> None:
+    issuer = _cfg().issuers[0]
+    assert (issuer.username_prefix, issuer.groups_prefix) == ("", "")
+
+
+def test_several_issuers_are_prefixed_with_their_url_by_default() -> None:
+    cfg = _two({"issuer": "https://a.test"}, {"issuer": "https://b.test", "username_prefix": "b:"})
+    assert [(i.username_prefix, i.groups_prefix) for i in cfg.issuers] == [
+        ("https://a.test#", "https://a.test#"),
+        ("b:", "https://b.test#"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "issuers",
+    [
+        pytest.param([{"username_prefix": ""}, {"username_prefix": ""}], id="both-unprefixed"),
+        pytest.param([{"groups_prefix": "corp:"}, {"groups_prefix": "corp:"}], id="same-group-prefix"),
+        pytest.param([{"username_prefix": "https://b.test#"}, {}], id="explicit-equals-other-default"),
+    ],
+)
+def test_issuers_sharing_a_prefix_are_refused(issuers: list[dict[str, Any]]) -> None:
+    a, b = issuers
+    with pytest.raises(ValidationError, match="used by more than one issuer"):
+        _two({"issuer": "https://a.test", **a}, {"issuer": "https://b.test", **b})

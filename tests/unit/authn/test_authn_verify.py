@@ -275,3 +275,37 @@ async def test_absurdly_nested_token_header_is_malformed_not_a_crash(auth: Authe
     nested = tokens.b64(b"[" * 3000 + b"]" * 3000)  # deeper than the JSON decoder's recursion limit
     with pytest.raises(MalformedToken):
         await auth.authenticate(f"Bearer {nested}.e30.sig")
+
+
+# --- two issuers: the same `sub` is two different people ----------------------------------------------------------
+
+
+async def test_users_and_groups_are_qualified_per_issuer_when_several_issuers_are_trusted(
+    issuer: DevIssuer, clock, tmp_path: Path
+) -> None:
+    from extproc.authn.config import AuthConfig
+
+    with DevIssuer(tmp_path / "second") as second:
+        cfg = AuthConfig.model_validate(
+            {
+                "issuers": [{"issuer": issuer.url}, {"issuer": second.url, "username_prefix": "partner:"}],
+                "public_url": AUD,
+            }
+        )
+        auth = Authenticator(cfg, clock=clock)
+        await auth.start()
+        try:
+            first = await auth.authenticate(_bearer(issuer.mint("alice", aud=AUD, groups=["eng"])))
+            other = await auth.authenticate(_bearer(second.mint("alice", aud=AUD, groups=["eng"])))
+        finally:
+            await auth.close()
+
+    assert (first.username, first.groups) == (f"{issuer.url}#alice", (f"{issuer.url}#eng",))
+    assert (other.username, other.groups) == ("partner:alice", (f"{second.url}#eng",))
+    assert first.subject == other.subject == "alice"  # the token's own claim, kept as is (with its issuer)
+    assert identity_headers(first)["x-mcp-user"] == f"{issuer.url}#alice"
+
+
+async def test_a_single_issuer_keeps_plain_names(issuer: DevIssuer, auth: Authenticator) -> None:
+    who = await auth.authenticate(_bearer(issuer.mint("alice", aud=AUD, groups=["eng"])))
+    assert (who.username, who.groups) == ("alice", ("eng",))

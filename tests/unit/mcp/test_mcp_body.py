@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from extproc.mcp.body import SseRewriter, format_event, rewrite_json
-from extproc.mcp.sse import SseParser
+from extproc.mcp.body import SseRewriter, rewrite_json
+from extproc.mcp.sse import SseParser, format_event
 
 
 def _mark(m: dict) -> dict:

@@ -247,3 +247,45 @@ def test_strict_parse_allows_any_casing_inside_tool_arguments() -> None:
     body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"f","arguments":{"Name":"x","URI":"y"}}}'
     parsed = parse_body(body.encode(), strict=True)
     assert parsed.error is None and parsed.messages[0]["params"]["arguments"] == {"Name": "x", "URI": "y"}
+
+
+# --- duplicate request ids in a batch: "the response to id 1" must name one request --------------------------------
+
+
+def _req(msg_id: object, method: str = "tools/list") -> dict:
+    return {"jsonrpc": "2.0", "id": msg_id, "method": method}
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        pytest.param([_req(1), _req(1, "resources/list")], id="same-int"),
+        pytest.param([_req("a"), _req("a", "resources/list")], id="same-string"),
+        pytest.param([_req(1), _req(1.0, "resources/list")], id="int-and-float"),
+        pytest.param([_req(None), _req(None)], id="null-ids"),
+        pytest.param([_req(1), {"jsonrpc": "2.0", "method": "notifications/x"}, _req(1)], id="around-a-notification"),
+    ],
+)
+def test_strict_parse_refuses_batches_repeating_a_request_id(batch: list) -> None:
+    parsed = parse_body(json.dumps(batch).encode(), strict=True)
+
+    assert parsed.messages == ()
+    assert "repeats request id" in (parsed.error or "")
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        pytest.param([_req(1), _req(2)], id="distinct"),
+        pytest.param([_req(1), _req("1")], id="number-and-string-differ"),
+        pytest.param(
+            [{"jsonrpc": "2.0", "method": "notifications/x"}, {"jsonrpc": "2.0", "method": "notifications/x"}],
+            id="notifications-have-no-id",
+        ),
+        pytest.param([_req(1), {"jsonrpc": "2.0", "id": 1, "result": {}}], id="a-response-may-share-an-id"),
+    ],
+)
+def test_strict_parse_accepts_batches_with_distinct_request_ids(batch: list) -> None:
+    parsed = parse_body(json.dumps(batch).encode(), strict=True)
+
+    assert parsed.error is None and len(parsed.messages) == len(batch)

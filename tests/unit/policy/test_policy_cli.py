@@ -55,7 +55,7 @@ def test_explain_shows_decision_rule_and_every_candidate() -> None:
     args = ["explain", EXAMPLE, "--user", "ivan", "--groups", "eng,interns", "--server", "github"]
     args += ["--method", "tools/call", "--tool", "create_issue", "--args", '{"owner": "acme", "title": "x"}']
     result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # 0 allow, 1 deny, 2 error
     lines = result.output.splitlines()
     assert lines[0] == "DENY tools/call 'create_issue' on server 'github'"
     assert "caller:  ivan (groups: eng, interns)" in lines[1]
@@ -71,7 +71,7 @@ def test_explain_default_deny_with_claims() -> None:
     args = ["explain", EXAMPLE, "--user", "rita", "--groups", "release-managers", "--server", "github"]
     args += ["--tool", "merge_pull_request", "--args", '{"merge_method": "squash"}', "--claims", '{"amr": ["pwd"]}']
     result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
     assert result.output.startswith("DENY ")
     assert "decided by: default-deny" in result.output
     assert "claim 'amr' does not match" in result.output
@@ -146,3 +146,132 @@ def test_schema_prints_the_checked_in_schema() -> None:
     result = runner.invoke(app, ["schema"])
     assert result.exit_code == 0
     assert json.loads(result.output) == json.loads((REPO / "policies" / "schema.json").read_text())
+
+
+# --- exit codes, --json, every problem in one run, folded argument names ------------------------------------------
+
+_EXPLAIN = ["explain", EXAMPLE, "--server", "github", "--tool", "create_issue"]
+
+
+def test_explain_exit_status_is_0_allow_1_deny_2_error(tmp_path: Path) -> None:
+    allowed = runner.invoke(app, [*_EXPLAIN, "--user", "erin", "--groups", "eng", "--args", '{"owner": "acme"}'])
+    denied = runner.invoke(app, [*_EXPLAIN, "--user", "erin", "--args", '{"owner": "acme"}'])
+    write(tmp_path, "bad.yaml", "apiVersion: mcp-extproc/v1\nrules: 3\n")
+    broken = runner.invoke(app, ["explain", str(tmp_path), "--user", "a", "--server", "github", "--tool", "t"])
+
+    assert (allowed.exit_code, denied.exit_code, broken.exit_code) == (0, 1, 2), allowed.output + denied.output
+    assert allowed.output.startswith("ALLOW") and denied.output.startswith("DENY")
+
+
+def test_explain_refuses_a_folded_spelling_of_a_constrained_argument() -> None:
+    args = json.dumps({"owner": "acme", "Title": "x" * 1000})
+    result = runner.invoke(app, [*_EXPLAIN, "--user", "erin", "--groups", "eng", "--args", args])
+
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("DENY (invalid request: the gateway answers 400)")
+    assert "argument 'Title' is a different spelling of 'title'" in result.output
+
+
+def test_explain_json() -> None:
+    args = [*_EXPLAIN, "--user", "erin", "--groups", "eng", "--args", '{"owner": "acme"}', "--json"]
+    result = runner.invoke(app, args)
+
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert (doc["allowed"], doc["invalid"], doc["rule"]) == (True, False, "github-issues-eng")
+    assert doc["source"].startswith(f"{EXAMPLE}/example.yaml:")
+    assert {"rule": "github-issues-eng", "applies": True}.items() <= next(
+        c for c in doc["considered"] if c["rule"] == "github-issues-eng"
+    ).items()
+
+
+def test_check_json_ok_and_errors(tmp_path: Path) -> None:
+    ok = runner.invoke(app, ["check", EXAMPLE, "--servers", "demo,github", "--json"])
+    write(tmp_path, "bad.yaml", "apiVersion: mcp-extproc/v1\nrules:\n  - name: r\n    effect: maybe\n")
+    bad = runner.invoke(app, ["check", str(tmp_path), "--json"])
+
+    assert ok.exit_code == 0 and json.loads(ok.output)["ok"] is True
+    assert json.loads(ok.output)["servers"] == ["demo", "github"]
+    assert bad.exit_code == 1
+    errors = json.loads(bad.output)["errors"]
+    assert {"file": str(tmp_path / "bad.yaml"), "line": 4} in [{k: e[k] for k in ("file", "line")} for e in errors]
+
+
+def test_test_json(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["test", EXAMPLE, "--servers", "demo,github", "--json"])
+
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["ok"] and doc["failed"] == 0 and doc["passed"] == len(doc["cases"]) > 0
+
+
+def test_check_reports_every_problem_once_in_one_run(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "a.yaml",
+        """
+        apiVersion: mcp-extproc/v1
+        rules:
+          - name: broken
+            effect: maybe
+            subjects: {users: ["*"]}
+            targets: {servers: [github], tools: [x]}
+          - name: fine-but-unknown-server
+            effect: allow
+            subjects: {users: ["*"]}
+            targets: {servers: [gitlab], tools: [x]}
+          - name: shared
+            effect: allow
+            subjects: {users: ["*"]}
+            targets: {servers: [github], tools: [x]}
+    """,
+    )
+    write(
+        tmp_path,
+        "b.yaml",
+        """
+        apiVersion: mcp-extproc/v1
+        rules:
+          - name: shared
+            effect: allow
+            subjects: {users: ["*"]}
+            targets: {servers: [github], tools: [y]}
+          - name: bad-regex
+            effect: allow
+            subjects: {users: ["*"]}
+            targets: {servers: [github], tools: [create_issue]}
+            arguments: {title: {pattern: "("}}
+    """,
+    )
+    result = runner.invoke(app, ["check", str(tmp_path), "--servers", "github"])
+
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert len(lines) == len(set(lines)) == 4, result.output
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    assert f"error {a}:4: rule 'broken': effect: must be 'allow' or 'deny', not 'maybe'" in lines
+    assert f"error {b}:11: rule 'bad-regex': arguments.title: pattern: invalid regular expression" in result.output
+    # the cross-file checks ran on the valid rules of both invalid files
+    assert f"error {a}:10: server 'gitlab' is not defined in gateway.yaml (known: github)" in lines
+    assert f"error {b}:3: name 'shared' is already used at {a}:11" in lines
+
+
+def test_policy_test_cases_see_folded_arguments_as_the_gateway_does(tmp_path: Path) -> None:
+    shutil.copy(REPO / "policies" / "example.yaml", tmp_path / "example.yaml")
+    write(
+        tmp_path,
+        "fold.tests.yaml",
+        """
+        apiVersion: mcp-extproc/v1
+        cases:
+          - name: a long Title is not a short title
+            who: {user: erin, groups: [eng]}
+            server: github
+            call: {method: tools/call, tool: create_issue, arguments: {owner: acme, Title: "x"}}
+            expect: allow
+    """,
+    )
+    result = runner.invoke(app, ["test", str(tmp_path)])
+
+    assert result.exit_code == 1
+    assert "expected allow, got deny by 'default-deny'" in result.output

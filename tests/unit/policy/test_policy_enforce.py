@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from extproc.mcp.jsonrpc import McpCall
 from extproc.policy.enforce import redact_text
 from extproc.policy.engine import describe_call
@@ -72,3 +74,57 @@ def test_a_list_result_that_is_not_an_object_passes_without_crashing(tmp_path: P
     policy, who = _listing(tmp_path)
     body = b'{"jsonrpc":"2.0","id":5,"result":"odd"}'
     assert filter_body(policy, who, "demo", {"5": "tools/list"}, body, sse=False) == (body, [])
+
+
+def _tools_event(msg_id: int, *names: str) -> str:
+    import json
+
+    return "data: " + json.dumps({"jsonrpc": "2.0", "id": msg_id, "result": {"tools": [{"name": n} for n in names]}})
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(("id: 1\r" + _tools_event(5, "echo", "delete_repo") + "\r\r").encode(), id="bare-cr-last-event"),
+        pytest.param((_tools_event(5, "echo", "delete_repo") + "\r\n\r").encode(), id="crlf-then-final-cr"),
+        pytest.param(("\ufeff" + _tools_event(5, "echo", "delete_repo") + "\r\r").encode(), id="bom-and-cr"),
+    ],
+)
+def test_sse_list_events_ended_by_a_final_bare_cr_are_filtered(tmp_path: Path, body: bytes) -> None:
+    from extproc.policy.enforce import filter_body
+
+    policy, who = _listing(tmp_path)
+
+    out, hidden = filter_body(policy, who, "demo", {"5": "tools/list"}, body, sse=True)
+
+    assert b"delete_repo" not in out and b'"echo"' in out
+    assert hidden == [("tools/list", 5, ["delete_repo"])]
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        pytest.param(_tools_event(6, "delete_repo"), id="unterminated-event"),
+        pytest.param(_tools_event(6, "delete_repo") + "\n", id="event-without-blank-line"),
+        pytest.param("data: not json delete_repo\n\n", id="non-json-event"),
+        pytest.param("DATA: " + _tools_event(6, "delete_repo")[6:] + "\n\n", id="field-a-lenient-client-might-read"),
+    ],
+)
+def test_a_filtered_sse_body_holds_only_what_the_filter_understood(tmp_path: Path, tail: str) -> None:
+    from extproc.mcp.sse import SseParser
+    from extproc.policy.enforce import filter_body
+
+    policy, who = _listing(tmp_path)
+    body = (": keepalive\nretry: 300\n\nid: 4\ndata:\n\n" + _tools_event(5, "echo") + "\n\n" + tail).encode()
+
+    out, _ = filter_body(policy, who, "demo", {"5": "tools/list", "6": "tools/list"}, body, sse=True)
+
+    assert b"delete_repo" not in out
+    parser = SseParser()
+    events = parser.feed(out)
+    assert parser.finish() == ([], b"")  # ends cleanly: nothing half-written
+    assert [(e.data[:20], e.id, e.retry) for e in events] == [
+        ("", None, 300),
+        ("", "4", None),
+        ('{"jsonrpc":"2.0","id', None, None),
+    ]

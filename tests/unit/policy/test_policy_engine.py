@@ -280,3 +280,69 @@ def test_claim_values_are_type_exact(
     compile_yaml: Callable[..., CompiledPolicy], claims: dict[str, Any], expected: bool
 ) -> None:
     assert decide(compile_yaml(CLAIMS), who("u", **claims), "demo", McpCall("ping", id=1)).allowed is expected
+
+
+# --- argument names a case-insensitive server reads as another name ------------------------------------------------
+
+FOLDING_POLICY = """
+apiVersion: mcp-extproc/v1
+rules:
+  - name: echo
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [echo, query]}
+    arguments:
+      text: {max_length: 8, optional: true}
+      sql: {pattern: "select .*", optional: true}
+  - name: no-secrets
+    effect: deny
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [echo]}
+    arguments: {text: {pattern: ".*secret.*"}}
+  - name: anything-else
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [free]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("tool_name", "arguments", "why"),
+    [
+        pytest.param("echo", {"Text": "my secret"}, "different spelling of 'text'", id="deny-rule-skipped-by-case"),
+        pytest.param("echo", {"TEXT": "x" * 1000}, "different spelling of 'text'", id="max-length-skipped-by-case"),
+        pytest.param("query", {"\u017fql": "drop table t"}, "different spelling of 'sql'", id="long-s-folds-to-s"),
+        pytest.param("echo", {"text": "a", "Text": "b"}, "same name", id="two-spellings-of-a-constrained-name"),
+        pytest.param("free", {"path": "a", "Path": "b"}, "same name", id="two-spellings-of-any-name"),
+    ],
+)
+def test_ambiguous_argument_names_are_invalid(
+    compile_yaml: Callable[..., CompiledPolicy], tool_name: str, arguments: dict, why: str
+) -> None:
+    policy = compile_yaml(FOLDING_POLICY)
+    call = tool(tool_name, **arguments)
+
+    decision = decide(policy, NOBODY, "demo", call)
+    explained, _ = explain(policy, NOBODY, "demo", call)
+    batch = decide_batch(policy, NOBODY, "demo", [tool("free"), call])
+
+    assert (decision.allowed, decision.invalid, decision.rule) == (False, True, DEFAULT_DENY)
+    assert why in decision.reason
+    assert explained == decision
+    assert (batch.allowed, batch.invalid) == (False, True)
+
+
+@pytest.mark.parametrize(
+    ("tool_name", "arguments"),
+    [
+        pytest.param("echo", {"text": "hi"}, id="exact-spelling"),
+        pytest.param("free", {"Text": "unconstrained here"}, id="constrained-elsewhere-only"),
+        pytest.param("echo", {"text": "hi", "textColor": "red", "Mode": 1}, id="other-names-any-case"),
+    ],
+)
+def test_distinct_argument_names_are_decided_normally(
+    compile_yaml: Callable[..., CompiledPolicy], tool_name: str, arguments: dict
+) -> None:
+    decision = decide(compile_yaml(FOLDING_POLICY), NOBODY, "demo", tool(tool_name, **arguments))
+
+    assert decision.allowed and not decision.invalid
