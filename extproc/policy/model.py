@@ -29,7 +29,11 @@ KNOWN_METHODS: tuple[str, ...] = (
     "notifications/roots/list_changed", "notifications/resources/list_changed", "notifications/resources/updated",
     "notifications/tools/list_changed", "notifications/prompts/list_changed", "notifications/elicitation/complete",
     "notifications/tasks/status",
+    "http/get", "http/delete",
 )  # fmt: skip
+# HTTP requests without a JSON-RPC body, decided like methods: GET opens the server-to-client stream of a session,
+# DELETE ends a session. POST bodies are decided by their JSON-RPC methods.
+HTTP_METHODS = {"GET": "http/get", "DELETE": "http/delete"}
 TOOL_METHODS = ("tools/call",)
 RESOURCE_METHODS = ("resources/read", "resources/subscribe", "resources/unsubscribe")
 PROMPT_METHODS = ("prompts/get",)

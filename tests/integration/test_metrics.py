@@ -14,7 +14,7 @@ rules:
   - name: basics
     effect: allow
     subjects: {users: ["*"]}
-    targets: {servers: ["*"], methods: [initialize, ping, "notifications/*", tools/list]}
+    targets: {servers: ["*"], methods: [initialize, ping, "notifications/*", tools/list, http/get, http/delete]}
   - name: echo
     effect: allow
     subjects: {users: ["*"]}

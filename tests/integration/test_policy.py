@@ -18,7 +18,7 @@ rules:
   - name: basics
     effect: allow
     subjects: {users: ["*"]}
-    targets: {servers: ["*"], methods: [initialize, ping, "notifications/*", tools/list]}
+    targets: {servers: ["*"], methods: [initialize, ping, "notifications/*", tools/list, http/get, http/delete]}
   - name: eng-echo
     effect: allow
     subjects: {groups: [eng]}
