@@ -264,3 +264,26 @@ def test_a_second_gateway_cannot_share_the_ports_of_a_running_one(start_mcp_serv
         start_gateway([server], listen={"port": first.config["listen"]["port"]})
     for _ in range(20):  # every connection still reaches the first gateway's own parts
         assert httpx.post(first.url(), json=INIT, headers=ACCEPT, timeout=10).status_code == 200
+
+
+# --- graceful drain ------------------------------------------------------------------------------------------
+
+
+async def test_stop_drains_so_an_open_sse_stream_finishes_and_is_recorded_complete(
+    start_mcp_server, start_gateway
+) -> None:
+    import asyncio
+
+    from extproc.demo.mcp_client import call_tool
+
+    server = start_mcp_server("demo")
+    gw = start_gateway([server], edge={"drain_time_s": 20})
+    slow = asyncio.create_task(call_tool(gw.url(), "count_slowly", {"n": 20, "delay": 0.15}))
+    while not any(r["tool"] == "count_slowly" for r in server.seen()):  # the stream is open
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(gw.stop)  # drain, then stop Envoy, then the processor
+    assert (await slow)["structuredContent"] == {"result": "counted to 20"}
+    events = _events(gw)
+    (call_exchange,) = {e["exchange"] for e in events if e["type"] == "mcp.request" and "count_slowly" in str(e)}
+    ends = [e for e in events if e["type"] == "exchange.end" and e["exchange"] == call_exchange]
+    assert [e["outcome"] for e in ends] == ["complete"]
