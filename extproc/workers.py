@@ -7,14 +7,46 @@ shared; a worker that dies is started again, and its successor's completer finis
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from extproc.settings import Settings
+
 log = logging.getLogger(__name__)
+
+# Set by the launcher for each worker it starts: the worker writes its pid there once it serves on its own socket.
+READY_FILE_ENV = "MCP_EXTPROC_READY_FILE"
+
+
+async def serve_and_announce(settings: Settings, worker: int, passthrough: bool = False) -> None:
+    """Serve one worker; once it serves, write its pid to $MCP_EXTPROC_READY_FILE (when set).
+
+    A health check alone cannot tell the launcher that *this* process serves: another process already on the port
+    answers it too. The file is written only after this process bound its address and started serving.
+    """
+    from extproc.server import serve
+
+    ready = asyncio.Event()
+    path = os.environ.get(READY_FILE_ENV)
+
+    async def announce() -> None:
+        await ready.wait()
+        if path:
+            tmp = f"{path}.tmp"
+            Path(tmp).write_text(str(os.getpid()))  # noqa: ASYNC240 (a few bytes, once)
+            os.replace(tmp, path)
+
+    task = asyncio.create_task(announce())
+    try:
+        await serve(settings, worker=worker, ready=ready, passthrough=passthrough)
+    finally:
+        task.cancel()
 
 
 class StopSignal:

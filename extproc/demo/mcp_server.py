@@ -11,6 +11,7 @@ import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ElicitRequest, ElicitRequestFormParams, InputRequiredResult
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -183,25 +184,53 @@ class BareCrLineEnds:
         await self.app(scope, receive, send_cr)
 
 
+Gzip = Literal["off", "negotiated", "always"]
+
+
+class ForceGzip:
+    """ASGI wrapper that asks for gzip on every request: a server that compresses whatever the client accepts."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]
+            scope = {**scope, "headers": [*headers, (b"accept-encoding", b"gzip")]}
+        await self.app(scope, receive, send)
+
+
 def build_app(
     name: str,
     json_response: bool,
     *,
     log_level: LogLevel = "WARNING",
+    gzip: Gzip = "off",
+    dns_rebinding_protection: bool = False,
     mrtr: bool = False,
     bare_cr: bool = False,
 ) -> SeenRecorder:
-    """The sample server as an ASGI app: MCP at /mcp (stateful sessions), request log at GET /_seen."""
+    """The sample server as an ASGI app: MCP at /mcp (stateful sessions), request log at GET /_seen.
+
+    ``gzip`` compresses JSON responses for clients that accept it ("negotiated") or always ("always").
+    ``dns_rebinding_protection`` turns on the SDK's localhost-only Host check, the default of SDK servers bound
+    to localhost (the gateway sends the server its own host name, so it passes). ``mrtr`` adds the
+    multi-round-trip ``approve`` tool; ``bare_cr`` ends SSE lines with a bare CR.
+    """
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=dns_rebinding_protection,
+        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+    )
     mcp = build_mcp(name, log_level)
     if mrtr:
         add_approval_tool(mcp)
-    app = mcp.streamable_http_app(
-        streamable_http_path=MCP_PATH,
-        json_response=json_response,
-        # The server sits behind Envoy, so the Host header is whatever the gateway forwards;
-        # the SDK's default localhost-only Host/Origin check would reject proxied traffic.
-        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+    app: ASGIApp = mcp.streamable_http_app(
+        streamable_http_path=MCP_PATH, json_response=json_response, transport_security=security
     )
+    if gzip != "off":
+        app = GZipMiddleware(app, minimum_size=200)
+        app = ForceGzip(app) if gzip == "always" else app
     return SeenRecorder(BareCrLineEnds(app) if bare_cr else app, name)
 
 
@@ -213,10 +242,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="sample")
     parser.add_argument("--json-response", action="store_true", help="answer POSTs with application/json, not SSE")
     parser.add_argument("--log-level", default="WARNING", choices=get_args(LogLevel))
+    parser.add_argument("--gzip", default="off", choices=get_args(Gzip), help="compress JSON responses")
+    parser.add_argument("--dns-rebinding-protection", action="store_true", help="accept only localhost Host headers")
     parser.add_argument("--mrtr", action="store_true", help="add the multi-round-trip `approve` tool (2026-07-28)")
     parser.add_argument("--bare-cr", action="store_true", help="end SSE lines with a bare CR (for tests)")
     args = parser.parse_args(argv)
-    app = build_app(args.name, args.json_response, log_level=args.log_level, mrtr=args.mrtr, bare_cr=args.bare_cr)
+    app = build_app(
+        args.name,
+        args.json_response,
+        log_level=args.log_level,
+        gzip=args.gzip,
+        dns_rebinding_protection=args.dns_rebinding_protection,
+        mrtr=args.mrtr,
+        bare_cr=args.bare_cr,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
 
 

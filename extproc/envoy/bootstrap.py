@@ -15,6 +15,7 @@ from extproc.settings import Server, Settings, split_hostport
 
 _T = "type.googleapis.com/envoy."
 PROCESSOR_CLUSTER = "mcp_extproc"
+PROCESSOR_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"  # gRPC health service name
 
 
 def _socket(host: str, port: int) -> dict[str, Any]:
@@ -72,17 +73,34 @@ def server_cluster_name(server: Server) -> str:
     return f"mcp_server_{server.name}"
 
 
-def _route(server: Server) -> dict[str, Any]:
-    # path_separated_prefix matches /<name>/mcp and /<name>/mcp/..., not /<name>/mcpx.
-    return {
-        "name": server.name,
-        "match": {"path_separated_prefix": server.prefix},
-        "route": {
-            "cluster": server_cluster_name(server),
-            "prefix_rewrite": server.path,
-            "timeout": "0s",  # SSE streams live as long as the session; idle timeout still applies
-        },
+MCP_METHODS = ("POST", "GET", "DELETE")  # Streamable HTTP: send, open the server's stream, end the session
+
+
+def _routes(server: Server) -> list[dict[str, Any]]:
+    """The exact MCP path (query allowed) with the MCP methods goes upstream; other methods there get 405.
+
+    ``path`` matches the whole path without its query string, after the connection manager normalized it, so
+    ``/demo/mcp/``, ``/demo/mcp/x`` and ``/demo/mcp/../x`` never reach the server. The processor refuses the
+    same requests first (and records the refusal); these routes hold even if it did not.
+    """
+    route: dict[str, Any] = {
+        "cluster": server_cluster_name(server),
+        "prefix_rewrite": server.path,
+        "timeout": "0s",  # SSE streams live as long as the session; stream_idle_timeout still applies
     }
+    authority = server.upstream_authority
+    if authority is not None:
+        route["host_rewrite_literal"] = authority  # the server's own name: its DNS-rebinding check passes
+    methods = {"name": ":method", "string_match": {"safe_regex": {"regex": f"^({'|'.join(MCP_METHODS)})$"}}}
+    return [
+        {"name": server.name, "match": {"path": server.prefix, "headers": [methods]}, "route": route},
+        {
+            "name": f"{server.name}_method_not_allowed",
+            "match": {"path": server.prefix},
+            "direct_response": {"status": 405, "body": {"inline_string": '{"error":"method not allowed"}'}},
+            "response_headers_to_add": [{"header": {"key": "allow", "value": ", ".join(MCP_METHODS)}}],
+        },
+    ]
 
 
 def _ext_proc_filter(settings: Settings) -> dict[str, Any]:
@@ -144,10 +162,8 @@ def _local_replies() -> dict[str, Any]:
     }
 
 
-def render(settings: Settings) -> dict[str, Any]:
-    """The Envoy bootstrap for ``settings`` as a plain dict."""
-    limit = settings.limits.max_request_body_bytes
-    routes = [_route(s) for s in settings.servers]
+def _virtual_host(settings: Settings) -> dict[str, Any]:
+    routes = [r for s in settings.servers for r in _routes(s)]
     routes.append(
         {
             "name": "not_found",
@@ -155,29 +171,145 @@ def render(settings: Settings) -> dict[str, Any]:
             "direct_response": {"status": 404, "body": {"inline_string": '{"error":"no MCP server at this path"}'}},
         }
     )
+    return {
+        "name": "mcp",
+        "domains": ["*"],
+        "routes": routes,
+        # Applied by the router, after the processor: the server gets identity (uncompressed) bodies the processor
+        # can filter and redact, and never an underscore spelling of the identity headers (x_mcp_user is
+        # HTTP_X_MCP_USER to a WSGI server, like x-mcp-user). The processor strips x-mcp-user/x-mcp-groups itself
+        # before setting them, so they are not listed here (this would remove the gateway's own values).
+        "request_headers_to_remove": ["accept-encoding", "x_mcp_user", "x_mcp_groups"],
+    }
+
+
+def _http_filters(settings: Settings) -> list[dict[str, Any]]:
+    """Compressor, ext_proc, router. Response filters run in reverse order: the compressor sees what the
+    processor let through, so list filtering and redaction always work on identity bodies."""
+    filters = [_compressor_filter()] if settings.edge.compress_responses else []
+    filters.append(_ext_proc_filter(settings))
+    router = {"@type": _T + "extensions.filters.http.router.v3.Router"}
+    return [*filters, {"name": "envoy.filters.http.router", "typed_config": router}]
+
+
+def _compressor_filter() -> dict[str, Any]:
+    """gzip for clients that accept it, on Envoy's default content types (application/json among them; SSE
+    streams are left as they are, so each event reaches the client the moment it is produced)."""
+    return {
+        "name": "envoy.filters.http.compressor",
+        "typed_config": {
+            "@type": _T + "extensions.filters.http.compressor.v3.Compressor",
+            "response_direction_config": {"common_config": {"min_content_length": 256}},
+            "compressor_library": {
+                "name": "gzip",
+                "typed_config": {"@type": _T + "extensions.compression.gzip.compressor.v3.Gzip"},
+            },
+        },
+    }
+
+
+def _edge_hcm(settings: Settings) -> dict[str, Any]:
+    """The connection manager's edge-proxy settings (Envoy's edge best practices), from ``edge:``."""
+    edge = settings.edge
+    return {
+        "use_remote_address": edge.use_remote_address,
+        "xff_num_trusted_hops": edge.xff_num_trusted_hops,
+        # One spelling of every path: what the processor routes and decides on is what the server reads.
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        "stream_idle_timeout": _seconds(edge.stream_idle_timeout_s),
+        "request_headers_timeout": _seconds(edge.request_headers_timeout_s),
+        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
+        "http2_protocol_options": {
+            "max_concurrent_streams": edge.http2_max_concurrent_streams,
+            "initial_stream_window_size": edge.http2_initial_stream_window_bytes,
+            "initial_connection_window_size": edge.http2_initial_connection_window_bytes,
+        },
+    }
+
+
+def _overload_manager(settings: Settings) -> dict[str, Any]:
+    """Shed load before running out: a cap on client connections, and heap limits (shrink, then refuse)."""
+    edge = settings.edge
+    heap = "envoy.resource_monitors.fixed_heap"
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {
+                "name": heap,
+                "typed_config": {
+                    "@type": _T + "extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                    "max_heap_size_bytes": edge.max_heap_bytes,
+                },
+            },
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": _T + "extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": edge.max_downstream_connections,
+                },
+            },
+        ],
+        "actions": [
+            {"name": "envoy.overload_actions.shrink_heap", "triggers": [_threshold(heap, 0.95)]},
+            {"name": "envoy.overload_actions.stop_accepting_requests", "triggers": [_threshold(heap, 0.98)]},
+        ],
+    }
+
+
+def _threshold(monitor: str, value: float) -> dict[str, Any]:
+    return {"name": monitor, "threshold": {"value": value}}
+
+
+def _circuit_breakers(settings: Settings) -> dict[str, Any]:
+    """Envoy's default (1,024 requests per cluster) would refuse the 1,025th open SSE stream with a 503."""
+    n = settings.limits.max_concurrent_streams
+    limits = {"max_connections": n, "max_pending_requests": n, "max_requests": n, "max_retries": 3}
+    return {"thresholds": [{"priority": "DEFAULT", **limits}]}
+
+
+def _processor_health_check() -> dict[str, Any]:
+    """gRPC health of each worker: a worker that died leaves the rotation at once, and comes back when serving."""
+    return {
+        "timeout": "1s",
+        "interval": "1s",
+        "no_traffic_interval": "1s",
+        "unhealthy_threshold": 1,
+        "healthy_threshold": 1,
+        "grpc_health_check": {"service_name": PROCESSOR_SERVICE},
+    }
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}s"
+
+
+def render(settings: Settings) -> dict[str, Any]:
+    """The Envoy bootstrap for ``settings`` as a plain dict."""
+    limit = settings.limits.max_request_body_bytes
     hcm = {
         "@type": _T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "mcp",
         "codec_type": "AUTO",
-        "use_remote_address": True,
-        "route_config": {"name": "mcp", "virtual_hosts": [{"name": "mcp", "domains": ["*"], "routes": routes}]},
-        "http_filters": [
-            _ext_proc_filter(settings),
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {"@type": _T + "extensions.filters.http.router.v3.Router"},
-            },
-        ],
+        **_edge_hcm(settings),
+        "route_config": {"name": "mcp", "virtual_hosts": [_virtual_host(settings)]},
+        "http_filters": _http_filters(settings),
         "local_reply_config": _local_replies(),
     }
-    clusters = [_cluster(PROCESSOR_CLUSTER, processor_addresses(settings), http2=True)]
+    processor = _cluster(PROCESSOR_CLUSTER, processor_addresses(settings), http2=True)
+    processor["health_checks"] = [_processor_health_check()]
+    clusters = [processor]
     for s in settings.servers:
         host, port = split_hostport(s.upstream)
         clusters.append(
             _cluster(server_cluster_name(s), [_socket(host, port)], http2=False, tls_sni=host if s.tls else None)
         )
+    for c in clusters:
+        c["circuit_breakers"] = _circuit_breakers(settings)
     return {
         "admin": {"address": _socket("127.0.0.1", settings.admin.port)},  # loopback only, never exposed
+        "overload_manager": _overload_manager(settings),
         "static_resources": {
             "listeners": [
                 {
@@ -185,6 +317,8 @@ def render(settings: Settings) -> dict[str, Any]:
                     "address": _socket(settings.listen.address, settings.listen.port),
                     # The request body is buffered for the processor; over this Envoy answers 413 itself.
                     "per_connection_buffer_limit_bytes": limit,
+                    # A port another process already holds is a start-up error, never a silently shared socket.
+                    "enable_reuse_port": False,
                     "filter_chains": [
                         {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
                     ],

@@ -71,12 +71,17 @@ SERVER_NOTIFICATIONS: dict[str, frozenset[str]] = {
 # The tasks extension (2025-11-25 experimental, an extension at 2026-07-28): both directions.
 TASK_METHODS = frozenset({"tasks/get", "tasks/result", "tasks/list", "tasks/cancel", "notifications/tasks/status"})
 
+# HTTP requests without a JSON-RPC body, decided like methods (2025 revisions): GET opens the server-to-client
+# stream of a session, DELETE ends a session. POST bodies are decided by their JSON-RPC methods.
+HTTP_METHODS = {"GET": "http/get", "DELETE": "http/delete"}
+
 # Every method a policy rule may name: a rule naming anything else is a typo and fails the load.
 KNOWN_METHODS: tuple[str, ...] = tuple(
     sorted(
         set().union(*CLIENT_METHODS.values(), *CLIENT_NOTIFICATIONS.values(), *SERVER_METHODS.values())
         | set().union(*SERVER_NOTIFICATIONS.values())
         | TASK_METHODS
+        | set(HTTP_METHODS.values())
     )
 )
 

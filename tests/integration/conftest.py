@@ -35,6 +35,7 @@ def start_mcp_server(tmp_path: Path) -> Iterator[Callable[..., SampleServer]]:
     started: list[SampleServer] = []
 
     def start(name: str = "demo", json_response: bool = False, *extra: str, mrtr: bool = False) -> SampleServer:
+        """``extra``: more command-line options of the sample server (``--gzip always`` ...)."""
         port = free_port()
         cmd = [sys.executable, "-m", "extproc.demo.mcp_server", "--port", str(port), "--name", name, *extra]
         cmd += ["--json-response"] if json_response else []
@@ -68,7 +69,10 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     """Factory: write a gateway.yaml for ``servers`` (plus ``overrides``) and start processor + Envoy."""
     started: list[Gateway] = []
 
-    def start(servers: list[SampleServer], unix_socket: bool = False, **overrides: Any) -> Gateway:
+    def start(
+        servers: list[SampleServer], unix_socket: bool = False, server_settings: dict | None = None, **overrides: Any
+    ) -> Gateway:
+        """``server_settings``: more keys for every ``servers[]`` entry (``host`` ...)."""
         workdir = tmp_path / f"gw{len(started)}"
         workdir.mkdir()
         processor = f"unix:{workdir}/p.sock" if unix_socket else f"127.0.0.1:{free_port()}"
@@ -76,7 +80,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
             "listen": {"address": "127.0.0.1", "port": free_port()},
             "processor": {"address": processor},
             "admin": {"port": free_port()},
-            "servers": [{"name": s.name, "upstream": s.upstream} for s in servers],
+            "servers": [{"name": s.name, "upstream": s.upstream, **(server_settings or {})} for s in servers],
             "recording": {"directory": str(workdir / "recordings"), "flush_interval_ms": 50},
         }
         if "auth" not in overrides:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from extproc.demo.mcp_client import call_tool
@@ -52,3 +58,62 @@ def _connectable(path: Path) -> bool:
     from extproc.launcher import can_connect
 
     return can_connect(f"unix:{path}")
+
+
+def _write_config(tmp_path: Path, upstream: str) -> tuple[Path, int]:
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen": {"port": port},
+                "processor": {"address": f"unix:{tmp_path}/p.sock"},
+                "admin": {"port": free_port()},
+                "servers": [{"name": "demo", "upstream": upstream}],
+                "recording": {"directory": "rec", "flush_interval_ms": 50},
+                "edge": {"drain_time_s": 2},
+                "allow_anonymous": True,
+            }
+        )
+    )
+    return config, port
+
+
+async def _works(url: str) -> bool:
+    try:
+        result = await call_tool(url, "echo", {"text": "again"})
+    except Exception:  # the SDK raises on the 5xx of a request that met the dead processor
+        return False
+    return result["structuredContent"] == {"result": "again"}
+
+
+async def test_up_restarts_a_dead_processor_and_stops_cleanly_on_group_sigterm(start_mcp_server, tmp_path) -> None:
+    server = start_mcp_server("demo")
+    config, port = _write_config(tmp_path, server.upstream)
+    url = f"http://127.0.0.1:{port}/demo/mcp"
+    out, err = tmp_path / "up.out", tmp_path / "up.err"
+    with out.open("wb") as o, err.open("wb") as e:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "extproc", "up", "--config", str(config)], stdout=o, stderr=e, start_new_session=True
+        )
+    try:
+        wait_until(lambda: "gateway up" in out.read_text(), 60, "`up` to report the gateway up")
+        pid = int(re.search(r"processors 0: pid (\d+)", out.read_text())[1])  # type: ignore[index]
+        slow = asyncio.create_task(call_tool(url, "count_slowly", {"n": 50, "delay": 0.1}))
+        await asyncio.sleep(1.5)  # the call is in flight, its exchange open in the processor
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(Exception):  # noqa: B017 (the SDK's error type for a failed stream varies)
+            await slow
+        deadline = time.monotonic() + 60
+        while not await _works(url):
+            assert time.monotonic() < deadline, "requests never worked again after the processor died"
+            await asyncio.sleep(0.2)
+        assert re.search(r"processor 0 \(pid \d+\) exited with -9; restarting in", err.read_text())
+        os.killpg(up.pid, signal.SIGTERM)  # what a terminal's Ctrl-C or a service manager does to the group
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+    assert "Traceback" not in err.read_text() + out.read_text()
+    events = [json.loads(x) for p in (tmp_path / "rec").rglob("*.jsonl") for x in p.read_bytes().splitlines()]
+    assert "exchange.incomplete" in {e["type"] for e in events}  # the successor's completer closed the dead one's

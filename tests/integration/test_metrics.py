@@ -14,7 +14,8 @@ rules:
   - name: basics
     effect: allow
     subjects: {users: ["*"]}
-    targets: {servers: ["*"], methods: [initialize, server/discover, ping, "notifications/*", tools/list]}
+    targets: {servers: ["*"], methods: [initialize, server/discover, ping, "notifications/*", tools/list, http/get,
+                                        http/delete]}
   - name: echo
     effect: allow
     subjects: {users: ["*"]}

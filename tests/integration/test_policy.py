@@ -18,7 +18,8 @@ rules:
   - name: basics
     effect: allow
     subjects: {users: ["*"]}
-    targets: {servers: ["*"], methods: [initialize, server/discover, ping, "notifications/*", tools/list]}
+    targets: {servers: ["*"], methods: [initialize, server/discover, ping, "notifications/*", tools/list, http/get,
+                                        http/delete]}
   - name: eng-echo
     effect: allow
     subjects: {groups: [eng]}
@@ -136,6 +137,7 @@ def test_filtered_json_list_has_a_correct_content_length(start_mcp_server, start
 
     gw = start_authed([start_mcp_server("demo", json_response=True)], policy=POLICY)
     headers = open_session(gw.url(), token=issuer.mint("alice", aud=gw.endpoint, groups=["eng"]))
+    headers["accept-encoding"] = "identity"  # uncompressed, so the length the processor set is what arrives
     listed = httpx.post(gw.url(), json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=headers, timeout=10)
     assert listed.status_code == 200
     assert int(listed.headers["content-length"]) == len(listed.content)

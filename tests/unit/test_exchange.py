@@ -338,6 +338,8 @@ async def test_other_response_bodies_are_recorded_chunk_by_chunk(rig: Rig) -> No
         pytest.param("/weather", id="no-mcp-suffix"),
         pytest.param("/weather/sse", id="other-suffix"),
         pytest.param("/../weather/mcp", id="traversal"),
+        pytest.param("/weather/mcp/", id="trailing-slash"),
+        pytest.param("/weather/mcp/x", id="below-the-mcp-path"),
     ],
 )
 async def test_unknown_path_is_refused_with_404_and_nothing_recorded(rig: Rig, path: str) -> None:
@@ -645,3 +647,57 @@ async def test_oversized_json_under_a_policy_is_withheld_not_stored_raw(rig: Rig
     assert all("raw" not in c["body"] and c["body"]["sha256"] for c in chunks)
     assert chunks[0]["body"]["sha256"] == hashlib.sha256(raw[: chunks[0]["size"]]).hexdigest()
     assert sum(c["size"] for c in chunks) == len(raw)
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "OPTIONS", "TRACE", "HEAD", "CONNECT"])
+async def test_non_mcp_methods_are_refused_with_405_and_recorded(rig: Rig, method: str) -> None:
+    ex = rig.exchange()
+
+    status, doc, hdrs = _immediate(await ex.on_request_headers(request_headers(session="s", **{":method": method})))
+
+    assert (status, hdrs["allow"]) == (405, "POST, GET, DELETE")
+    assert doc["error"]["message"] == "method not allowed; MCP uses POST, GET and DELETE"
+    end = (await rig.recorded())["s"][-1]
+    assert (end["type"], end["outcome"], end["status"]) == ("exchange.end", "denied", 405)
+
+
+async def test_origin_other_than_the_gateways_is_refused_without_auth(rig: Rig) -> None:
+    ex = rig.exchange()
+    status, _, _ = _immediate(await ex.on_request_headers(request_headers(origin="http://evil.example")))
+    assert status == 403
+    ok = await rig.exchange().on_request_headers(request_headers(session="s", origin="http://127.0.0.1:8080"))
+    assert ok.WhichOneof("response") == "request_headers"
+
+
+@pytest.mark.parametrize(
+    ("encoding", "refused"),
+    [("gzip", True), ("br", True), ("GZIP", True), ("identity", False), ("", False)],
+)
+async def test_encoded_response_under_a_policy_is_refused_with_502(
+    rig: Rig, tmp_path: Path, encoding: str, refused: bool
+) -> None:
+    from extproc.policy.loader import load_policy
+
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "pol" / "p.yaml").write_text("apiVersion: mcp-extproc/v1\nrules: []\n")
+    ex = rig.exchange()
+    await ex.on_request_headers(request_headers(session="s"))
+    ex.policy = load_policy(tmp_path / "pol", {"weather"})
+    extra = {"content-encoding": encoding} if encoding else {}
+    resp = await ex.on_response_headers(response_headers("application/json", **extra))
+    if refused:
+        status, doc, _ = _immediate(resp)
+        assert status == 502
+        assert "cannot inspect" in doc["error"]["message"]
+        end = (await rig.recorded())["s"][-1]
+        assert (end["outcome"], end["status"], end["detail"].split(":")[0]) == ("denied", 502, "EncodedResponse")
+    else:
+        assert resp.WhichOneof("response") == "response_headers"
+
+
+async def test_encoded_response_without_a_policy_passes_as_recorded_bytes(rig: Rig) -> None:
+    """Nothing to filter or redact without a policy: the bytes are recorded as they came."""
+    ex = rig.exchange()
+    await ex.on_request_headers(request_headers(session="s"))
+    resp = await ex.on_response_headers(response_headers("application/json", **{"content-encoding": "gzip"}))
+    assert resp.WhichOneof("response") == "response_headers"

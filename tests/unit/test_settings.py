@@ -235,3 +235,25 @@ def test_several_workers_need_a_shared_session_key() -> None:
 def test_a_policy_needs_auth() -> None:
     with pytest.raises(ConfigError, match=r"policy: needs auth"):
         parse({"servers": [SERVER], "allow_anonymous": True, "policy": {}}, source="g.yaml")
+
+
+@pytest.mark.parametrize(
+    ("server", "authority"),
+    [
+        ({"upstream": "127.0.0.1:8000"}, "127.0.0.1:8000"),
+        ({"upstream": "10.0.0.1:80"}, "10.0.0.1"),
+        ({"upstream": "mcp.internal:443", "tls": True}, "mcp.internal"),
+        ({"upstream": "[::1]:8000"}, "[::1]:8000"),
+        ({"upstream": "127.0.0.1:8000", "host": "client"}, None),
+        ({"upstream": "127.0.0.1:8000", "host": "mcp.example.com:8443"}, "mcp.example.com:8443"),
+    ],
+)
+def test_server_host_defaults_to_the_upstreams_own_authority(server: dict, authority: str | None) -> None:
+    s = parse({"allow_anonymous": True, "servers": [{"name": "a", **server}]})
+    assert s.servers[0].upstream_authority == authority
+
+
+@pytest.mark.parametrize("host", ["", "a b", "http://x", "x/y"])
+def test_server_host_must_be_a_mode_or_an_authority(host: str) -> None:
+    with pytest.raises(ConfigError, match=r"servers\.0\.host"):
+        parse({"allow_anonymous": True, "servers": [{"name": "a", "upstream": "127.0.0.1:1", "host": host}]})

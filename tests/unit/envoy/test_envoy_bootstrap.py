@@ -86,8 +86,10 @@ def _hcm(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _ext_proc(cfg: dict[str, Any]) -> dict[str, Any]:
     filters = _hcm(cfg)["http_filters"]
-    assert [f["name"] for f in filters] == ["envoy.filters.http.ext_proc", "envoy.filters.http.router"]
-    return filters[0]["typed_config"]
+    # The compressor is first so that on the response path (filters run in reverse) it runs after the processor.
+    names = ["envoy.filters.http.compressor", "envoy.filters.http.ext_proc", "envoy.filters.http.router"]
+    assert [f["name"] for f in filters] == names
+    return filters[1]["typed_config"]
 
 
 def _cluster(cfg: dict[str, Any], name: str) -> dict[str, Any]:
@@ -116,20 +118,75 @@ def test_ext_proc_fails_closed_and_streams_responses() -> None:
     }
 
 
-def test_one_route_per_server_with_prefix_rewrite_then_404() -> None:
+def test_exact_path_routes_per_server_then_405_then_404() -> None:
     cfg = render(_settings({"servers": TWO_SERVERS}))
     (vhost,) = _hcm(cfg)["route_config"]["virtual_hosts"]
     routes = vhost["routes"]
 
-    assert [(r["match"], r.get("route", {}).get("prefix_rewrite")) for r in routes] == [
-        ({"path_separated_prefix": "/weather/mcp"}, "/"),
-        ({"path_separated_prefix": "/github/mcp"}, "/mcp/readonly"),
-        ({"prefix": "/"}, None),
+    assert [
+        (r["match"].get("path", r["match"].get("prefix")), r.get("route", {}).get("prefix_rewrite")) for r in routes
+    ] == [
+        ("/weather/mcp", "/"),
+        ("/weather/mcp", None),
+        ("/github/mcp", "/mcp/readonly"),
+        ("/github/mcp", None),
+        ("/", None),
     ]
+    methods = routes[0]["match"]["headers"]
+    assert methods == [{"name": ":method", "string_match": {"safe_regex": {"regex": "^(POST|GET|DELETE)$"}}}]
     assert routes[0]["route"]["cluster"] == "mcp_server_weather"
-    assert routes[1]["route"]["cluster"] == "mcp_server_github"
-    assert all(r["route"]["timeout"] == "0s" for r in routes[:2])  # SSE streams must not be cut
-    assert routes[2]["direct_response"]["status"] == 404
+    assert routes[2]["route"]["cluster"] == "mcp_server_github"
+    assert all(r["route"]["timeout"] == "0s" for r in (routes[0], routes[2]))  # SSE streams must not be cut
+    assert routes[1]["direct_response"]["status"] == 405
+    assert routes[1]["response_headers_to_add"] == [{"header": {"key": "allow", "value": "POST, GET, DELETE"}}]
+    assert routes[4]["direct_response"]["status"] == 404
+    assert vhost["request_headers_to_remove"] == ["accept-encoding", "x_mcp_user", "x_mcp_groups"]
+
+
+@pytest.mark.parametrize(
+    ("server", "authority"),
+    [
+        pytest.param({"upstream": "127.0.0.1:8000"}, "127.0.0.1:8000", id="upstream-default"),
+        pytest.param({"upstream": "api.example.com:443", "tls": True}, "api.example.com", id="upstream-tls-443"),
+        pytest.param({"upstream": "127.0.0.1:8000", "host": "mcp.internal"}, "mcp.internal", id="literal"),
+        pytest.param({"upstream": "127.0.0.1:8000", "host": "client"}, None, id="client"),
+    ],
+)
+def test_upstream_gets_its_own_authority_unless_configured(server: dict, authority: str | None) -> None:
+    cfg = render(_settings({"servers": [{"name": "w", **server}]}))
+    route = _hcm(cfg)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+
+    assert route.get("host_rewrite_literal") == authority
+
+
+def test_edge_settings_are_rendered_from_gateway_yaml() -> None:
+    edge = {
+        "use_remote_address": False,
+        "xff_num_trusted_hops": 2,
+        "max_downstream_connections": 500,
+        "max_heap_bytes": 256 << 20,
+        "stream_idle_timeout_s": 60,
+        "request_headers_timeout_s": 5,
+        "http2_max_concurrent_streams": 50,
+        "compress_responses": False,
+    }
+    cfg = render(_settings({"servers": ONE_SERVER, "edge": edge, "limits": {"max_concurrent_streams": 20_000}}))
+    hcm = _hcm(cfg)
+
+    assert (hcm["use_remote_address"], hcm["xff_num_trusted_hops"]) == (False, 2)
+    assert (hcm["normalize_path"], hcm["merge_slashes"]) == (True, True)
+    assert hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+    assert hcm["common_http_protocol_options"] == {"headers_with_underscores_action": "REJECT_REQUEST"}
+    assert (hcm["stream_idle_timeout"], hcm["request_headers_timeout"]) == ("60.000s", "5.000s")
+    assert hcm["http2_protocol_options"]["max_concurrent_streams"] == 50
+    assert [f["name"] for f in hcm["http_filters"]] == ["envoy.filters.http.ext_proc", "envoy.filters.http.router"]
+    monitors = {m["name"]: m["typed_config"] for m in cfg["overload_manager"]["resource_monitors"]}
+    assert monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"] == 256 << 20
+    conns = monitors["envoy.resource_monitors.global_downstream_max_connections"]
+    assert conns["max_active_downstream_connections"] == 500
+    for cluster in cfg["static_resources"]["clusters"]:  # long-lived SSE streams each hold a request
+        assert cluster["circuit_breakers"]["thresholds"][0]["max_requests"] == 20_000
+    assert cfg["static_resources"]["listeners"][0]["enable_reuse_port"] is False
 
 
 def test_upstream_clusters_tls_only_where_asked() -> None:
