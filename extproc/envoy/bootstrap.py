@@ -11,10 +11,12 @@ from typing import Any
 
 import yaml
 
+from extproc.routing import UPSTREAM_HEADER
 from extproc.settings import Server, Settings, split_hostport
 
 _T = "type.googleapis.com/envoy."
 PROCESSOR_CLUSTER = "mcp_extproc"
+BACKENDS_CLUSTER = "mcp_backends"
 
 
 def _socket(host: str, port: int) -> dict[str, Any]:
@@ -85,6 +87,41 @@ def _route(server: Server) -> dict[str, Any]:
     }
 
 
+def _backends_route() -> dict[str, Any]:
+    """Requests the processor sent to a backend by address (scoped backends, discovered servers).
+
+    Matches only when the routing header is present, and Envoy strips any client copy before the processor runs
+    (``_strip_routing_header``): only the processor's header, set together with clear_route_cache, selects it.
+    """
+    return {
+        "name": "backends",
+        "match": {"prefix": "/", "headers": [{"name": UPSTREAM_HEADER, "present_match": True}]},
+        "route": {"cluster": BACKENDS_CLUSTER, "timeout": "0s"},
+    }
+
+
+def _backends_cluster() -> dict[str, Any]:
+    """One cluster for every backend reached by address: the processor names the IP:port per request."""
+    return {
+        "name": BACKENDS_CLUSTER,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": "2s",
+        "original_dst_lb_config": {"use_http_header": True, "http_header_name": UPSTREAM_HEADER},
+    }
+
+
+def _strip_routing_header() -> dict[str, Any]:
+    """Removes the client's copy of the routing header before ext_proc, so a client can never choose a backend."""
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": _T + "extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"request_mutations": [{"remove": UPSTREAM_HEADER}]},
+        },
+    }
+
+
 def _ext_proc_filter(settings: Settings) -> dict[str, Any]:
     timeout_ms = settings.processor.message_timeout_ms
     return {
@@ -147,7 +184,8 @@ def _local_replies() -> dict[str, Any]:
 def render(settings: Settings) -> dict[str, Any]:
     """The Envoy bootstrap for ``settings`` as a plain dict."""
     limit = settings.limits.max_request_body_bytes
-    routes = [_route(s) for s in settings.servers]
+    routes = [_route(s) for s in settings.servers if s.upstream is not None]
+    routes.append(_backends_route())
     routes.append(
         {
             "name": "not_found",
@@ -162,6 +200,7 @@ def render(settings: Settings) -> dict[str, Any]:
         "use_remote_address": True,
         "route_config": {"name": "mcp", "virtual_hosts": [{"name": "mcp", "domains": ["*"], "routes": routes}]},
         "http_filters": [
+            _strip_routing_header(),
             _ext_proc_filter(settings),
             {
                 "name": "envoy.filters.http.router",
@@ -170,8 +209,10 @@ def render(settings: Settings) -> dict[str, Any]:
         ],
         "local_reply_config": _local_replies(),
     }
-    clusters = [_cluster(PROCESSOR_CLUSTER, processor_addresses(settings), http2=True)]
+    clusters = [_cluster(PROCESSOR_CLUSTER, processor_addresses(settings), http2=True), _backends_cluster()]
     for s in settings.servers:
+        if s.upstream is None:  # backends: reached through BACKENDS_CLUSTER
+            continue
         host, port = split_hostport(s.upstream)
         clusters.append(
             _cluster(server_cluster_name(s), [_socket(host, port)], http2=False, tls_sni=host if s.tls else None)

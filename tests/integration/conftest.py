@@ -75,7 +75,8 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
             "listen": {"address": "127.0.0.1", "port": free_port()},
             "processor": {"address": processor},
             "admin": {"port": free_port()},
-            "servers": [{"name": s.name, "upstream": s.upstream} for s in servers],
+            "servers": overrides.pop("server_entries", None)
+            or [{"name": s.name, "upstream": s.upstream} for s in servers],
             "recording": {"directory": str(workdir / "recordings"), "flush_interval_ms": 50},
         }
         if "auth" not in overrides:

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from extproc.envoy.bootstrap import PROCESSOR_CLUSTER, processor_addresses, render, render_yaml
+from extproc.envoy.bootstrap import BACKENDS_CLUSTER, PROCESSOR_CLUSTER, processor_addresses, render, render_yaml
 from extproc.launcher import envoy_binary
+from extproc.routing import UPSTREAM_HEADER
 from extproc.server import listen_address
 from extproc.settings import Settings, parse
 
@@ -18,6 +19,16 @@ ONE_SERVER = [{"name": "weather", "upstream": "127.0.0.1:8000"}]
 TWO_SERVERS = [
     {"name": "weather", "upstream": "127.0.0.1:8000", "path": "/"},
     {"name": "github", "upstream": "api.githubcopilot.com:443", "path": "/mcp/readonly", "tls": True},
+]
+
+SCOPED = [
+    {
+        "name": "team",
+        "backends": [
+            {"name": "a", "upstream": "10.0.0.1:8080", "subjects": {"groups": ["team-a"]}},
+            {"name": "b", "upstream": "mcp.team-b.svc:8080", "subjects": {"groups": ["team-b"]}},
+        ],
+    }
 ]
 
 CONFIGS = [
@@ -29,6 +40,7 @@ CONFIGS = [
         id="3-unix-workers",
     ),
     pytest.param({"servers": TWO_SERVERS, "listen": {"address": "0.0.0.0", "port": 10000}}, id="2-servers-one-tls"),
+    pytest.param({"servers": [*ONE_SERVER, *SCOPED]}, id="scoped-backends"),
 ]
 
 
@@ -86,8 +98,12 @@ def _hcm(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _ext_proc(cfg: dict[str, Any]) -> dict[str, Any]:
     filters = _hcm(cfg)["http_filters"]
-    assert [f["name"] for f in filters] == ["envoy.filters.http.ext_proc", "envoy.filters.http.router"]
-    return filters[0]["typed_config"]
+    assert [f["name"] for f in filters] == [
+        "envoy.filters.http.header_mutation",
+        "envoy.filters.http.ext_proc",
+        "envoy.filters.http.router",
+    ]
+    return filters[1]["typed_config"]
 
 
 def _cluster(cfg: dict[str, Any], name: str) -> dict[str, Any]:
@@ -124,12 +140,27 @@ def test_one_route_per_server_with_prefix_rewrite_then_404() -> None:
     assert [(r["match"], r.get("route", {}).get("prefix_rewrite")) for r in routes] == [
         ({"path_separated_prefix": "/weather/mcp"}, "/"),
         ({"path_separated_prefix": "/github/mcp"}, "/mcp/readonly"),
+        ({"prefix": "/", "headers": [{"name": UPSTREAM_HEADER, "present_match": True}]}, None),
         ({"prefix": "/"}, None),
     ]
     assert routes[0]["route"]["cluster"] == "mcp_server_weather"
     assert routes[1]["route"]["cluster"] == "mcp_server_github"
     assert all(r["route"]["timeout"] == "0s" for r in routes[:2])  # SSE streams must not be cut
-    assert routes[2]["direct_response"]["status"] == 404
+    assert routes[2]["route"] == {"cluster": BACKENDS_CLUSTER, "timeout": "0s"}
+    assert routes[3]["direct_response"]["status"] == 404
+
+
+def test_scoped_backends_go_through_the_per_request_cluster_and_clients_cannot_pick_it() -> None:
+    cfg = render(_settings({"servers": [*ONE_SERVER, *SCOPED]}))
+    (vhost,) = _hcm(cfg)["route_config"]["virtual_hosts"]
+    names = [c["name"] for c in cfg["static_resources"]["clusters"]]
+
+    assert "mcp_server_team" not in names and [r["name"] for r in vhost["routes"]][:2] == ["weather", "backends"]
+    cluster = _cluster(cfg, BACKENDS_CLUSTER)
+    assert cluster["type"] == "ORIGINAL_DST" and cluster["lb_policy"] == "CLUSTER_PROVIDED"
+    assert cluster["original_dst_lb_config"] == {"use_http_header": True, "http_header_name": UPSTREAM_HEADER}
+    strip = _hcm(cfg)["http_filters"][0]  # runs before ext_proc: a client's copy never reaches the processor
+    assert strip["typed_config"]["mutations"] == {"request_mutations": [{"remove": UPSTREAM_HEADER}]}
 
 
 def test_upstream_clusters_tls_only_where_asked() -> None:
