@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from extproc.authn.config import AuthConfig
 from extproc.errors import ConfigError
+from extproc.kube.config import Discovery
 from extproc.policy.model import Subjects
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -230,6 +231,7 @@ class Settings(_Model):
     limits: Limits = Limits()
     auth: AuthConfig | None = None
     policy: Policy | None = None
+    discovery: Discovery | None = None  # servers found at run time (Kubernetes Services)
     # Without `auth`, the gateway refuses to start unless this says, explicitly, that anonymous access is intended
     # (local experiments only): no exchange may reach an MCP server without a verified identity by accident.
     allow_anonymous: bool = False
@@ -243,9 +245,13 @@ class Settings(_Model):
             if s.name in seen:
                 raise ValueError(f"server name {s.name!r} is defined twice")
             seen.add(s.name)
-        if not servers:
-            raise ValueError("at least one MCP server is required")
         return servers
+
+    @model_validator(mode="after")
+    def _some_server(self) -> Settings:
+        if not self.servers and (self.discovery is None or self.discovery.kubernetes is None):
+            raise ValueError("servers: at least one MCP server is required (or discovery.kubernetes to find them)")
+        return self
 
     @model_validator(mode="after")
     def _auth_or_anonymous(self) -> Settings:

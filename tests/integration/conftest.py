@@ -75,10 +75,11 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
             "listen": {"address": "127.0.0.1", "port": free_port()},
             "processor": {"address": processor},
             "admin": {"port": free_port()},
-            "servers": overrides.pop("server_entries", None)
-            or [{"name": s.name, "upstream": s.upstream} for s in servers],
+            "servers": [{"name": s.name, "upstream": s.upstream} for s in servers],
             "recording": {"directory": str(workdir / "recordings"), "flush_interval_ms": 50},
         }
+        if "server_entries" in overrides:  # servers as written (backends, or none with discovery)
+            config["servers"] = overrides.pop("server_entries")
         if "auth" not in overrides:
             config["allow_anonymous"] = True  # foundation tests; identity tests pass an auth section
         for key, value in overrides.items():
