@@ -57,6 +57,7 @@ from extproc.recording.events import (
     is_synthetic_session,
     synthetic_session_id,
 )
+from extproc.routing import UPSTREAM_HEADER, Backend
 from extproc.settings import Server
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Exchange:
         self.started = gw.clock()
         # Who and where, set when the request headers are admitted.
         self.server: Server | None = None
+        self.backend: Backend | None = None  # which backend of the server serves this caller
         self.principal: Principal | None = None
         self.policy: CompiledPolicy | None = None  # one snapshot per exchange: a reload never splits a decision
         self.session: str | None = None  # the MCP server's session id (None until known)
@@ -143,10 +145,12 @@ class Exchange:
         self.ends_session = headers.get(":method") == "DELETE"
         self.policy = gw.policy.current if gw.policy is not None else None
         client_session = headers.get(SESSION_HEADER) or None
-        denied: GatewayError | None = None
-        if client_session is not None and self.principal is not None:
+        denied, to_backend = await self._to_backend(path)
+        if denied is not None and client_session is not None:
+            client_session = f"x-{self.id}"
+        elif client_session is not None and self.principal is not None:
             try:
-                client_session = unbind(client_session, self.principal, gw.session_key)
+                client_session = unbind(client_session, self.principal, gw.session_key, self._scope)
             except SessionNotYours as e:
                 denied, client_session = e, synthetic_session_id(self.id)  # a refused exchange is a session of its own
         self.session = client_session
@@ -158,6 +162,7 @@ class Exchange:
             ExchangeStart(
                 client=self.client,
                 server=self.server.name,
+                backend=self.backend.name if self.backend else "",
                 method=headers.get(":method", ""),
                 path=recordable_path(path),
                 headers=kept,
@@ -174,7 +179,24 @@ class Exchange:
             return refused
         if msg.end_of_stream and (held := self._held_refusal()) is not None:
             return self._refuse(held)
-        return responses.request_headers(self._upstream_headers(), remove=UPSTREAM_REMOVE)
+        remove = UPSTREAM_REMOVE if to_backend else (*UPSTREAM_REMOVE, UPSTREAM_HEADER)
+        return responses.request_headers(
+            {**self._upstream_headers(), **to_backend}, remove=remove, clear_route_cache=bool(to_backend)
+        )
+
+    async def _to_backend(self, path: str) -> tuple[GatewayError | None, dict[str, str]]:
+        """Pick the caller's backend (routing.py decides); the headers that send the request there, or why not."""
+        assert self.server is not None
+        try:
+            self.backend = self.gw.router.backend(self.server, self.principal)
+            return None, await self.gw.router.upstream_headers(self.server, self.backend, path)
+        except GatewayError as e:
+            return e, {}
+
+    @property
+    def _scope(self) -> str:
+        """What the caller's session id is bound to: server and backend (an id from backend A is refused on B)."""
+        return self.backend.scope(self._server_name) if self.backend is not None else ""
 
     def _authorize_http(self, name: str) -> ep.ProcessingResponse | None:
         """GET (open the server's stream) and DELETE (end the session) are decided like methods, named ``name``."""
@@ -278,7 +300,7 @@ class Exchange:
             return None
         if not isinstance(sealed, str):
             raise InvalidRequest("params.requestState must be a string")
-        state = open_sealed(sealed, self.principal, self._server_name, self.gw.session_key)
+        state = open_sealed(sealed, self.principal, self._scope or self._server_name, self.gw.session_key)
         for ensure_ascii in (False, True):  # the client's own JSON spelling of the value, found exactly once
             spelled = json.dumps(sealed, ensure_ascii=ensure_ascii).encode()
             if body.count(spelled) == 1:
@@ -292,7 +314,7 @@ class Exchange:
             return message
         if self.principal is None:
             return message
-        sealed = seal(state, self.principal, self._server_name, self.gw.session_key)
+        sealed = seal(state, self.principal, self._scope or self._server_name, self.gw.session_key)
         return {**message, "result": {**result, "requestState": sealed}}
 
     def _run_unit(self, client_info: Mapping[str, Any] | None) -> str:
@@ -344,7 +366,7 @@ class Exchange:
             self.finish("complete")
         bound = {}
         if server_session and self.principal is not None:  # the client only ever sees the bound id
-            bound = {SESSION_HEADER: bind(server_session, self.principal, self.gw.session_key)}
+            bound = {SESSION_HEADER: bind(server_session, self.principal, self.gw.session_key, self._scope)}
         if self._run is not None:
             bound[RECORDING_HEADER] = self._run
         # List responses (and JSON results that may carry request state) are rewritten for the caller, so this one

@@ -22,6 +22,7 @@ from extproc.authn.verify import Authenticator
 from extproc.envoy import responses
 from extproc.exchange import Exchange
 from extproc.gateway import Gateway
+from extproc.kube.discovery import start_discovery
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.setup import build_runtime
 from extproc.settings import Settings
@@ -121,9 +122,10 @@ async def serve(
     if settings.policy is not None:
         policy = PolicyWatcher(
             settings.policy.directory,
-            {s.name for s in settings.servers},
+            None if settings.discovery is not None else {s.name for s in settings.servers},  # discovered: unknown
             interval=settings.policy.reload_interval_ms / 1000,
         )
+    discovery = await start_discovery(settings)
     recording = build_runtime(settings.recording)
     auth = Authenticator(settings.auth) if settings.auth is not None else None
     await recording.start()
@@ -135,6 +137,7 @@ async def serve(
         if policy is not None:
             await policy.start()
         gw = Gateway.build(settings, recording.recorder, auth, policy)
+        gw.router.discovered = discovery
         log.info("recording as writer %s", recording.recorder.writer_id)
         if settings.processor.metrics_port is not None:
             port = settings.processor.metrics_port + worker
@@ -147,6 +150,8 @@ async def serve(
             await auth.close()
         if policy is not None:
             await policy.close()
+        if discovery is not None:
+            discovery.close()
     log.info("processor stopped; recordings flushed")
 
 

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from extproc.authn.config import AuthConfig, origin_of
 from extproc.errors import ConfigError
+from extproc.kube.config import Discovery
+from extproc.policy.model import Subjects
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _HOSTPORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})$")
@@ -73,11 +75,35 @@ class Processor(_Model):
         return self.address[5:] if self.address.startswith("unix:") else None
 
 
-class Server(_Model):
-    """One MCP server behind the gateway, reached by clients at /<name>/mcp."""
+class Backend(_Model):
+    """One upstream of a server, reached only by callers matching ``subjects`` (the policy's subject syntax)."""
 
     name: str
     upstream: str
+    path: str | None = None  # default: the server's path
+    subjects: Subjects
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("must be lowercase letters, digits and '-', at most 63 characters")
+        return v
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, v: str) -> str:
+        split_hostport(v)
+        return v
+
+
+class Server(_Model):
+    """One MCP server behind the gateway, reached by clients at /<name>/mcp: one upstream, or identity-scoped
+    backends (the first whose subjects match the caller is used; none matching is a 403)."""
+
+    name: str
+    upstream: str | None = None
+    backends: list[Backend] | None = None
     path: str = "/mcp"
     tls: bool = False
     # The Host the server is sent: "upstream" (its own host:port, so a server with DNS-rebinding protection
@@ -94,13 +120,28 @@ class Server(_Model):
     @property
     def upstream_authority(self) -> str | None:
         """The Host header the server gets, or None to keep the client's."""
-        if self.host == "client":
-            return None
+        if self.host == "client" or (self.host == "upstream" and self.upstream is None):
+            return None  # backends are reached by address through one per-request cluster
         if self.host != "upstream":
             return self.host
+        assert self.upstream is not None
         host, port = split_hostport(self.upstream)
         host = f"[{host}]" if ":" in host else host
         return host if port == (443 if self.tls else 80) else f"{host}:{port}"
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Server:
+        if (self.upstream is None) == (self.backends is None):
+            raise ValueError("give exactly one of upstream or backends")
+        if self.backends is not None:
+            if not self.backends:
+                raise ValueError("backends: list at least one backend")
+            if self.tls:
+                raise ValueError("tls: not supported with backends (they are reached by address, per request)")
+            names = [b.name for b in self.backends]
+            if dup := next((n for n in names if names.count(n) > 1), None):
+                raise ValueError(f"backends: name {dup!r} is used twice")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -111,8 +152,9 @@ class Server(_Model):
 
     @field_validator("upstream")
     @classmethod
-    def _upstream(cls, v: str) -> str:
-        split_hostport(v)
+    def _upstream(cls, v: str | None) -> str | None:
+        if v is not None:
+            split_hostport(v)
         return v
 
     @field_validator("path")
@@ -249,6 +291,7 @@ class Settings(_Model):
     edge: Edge = Edge()
     auth: AuthConfig | None = None
     policy: Policy | None = None
+    discovery: Discovery | None = None  # servers found at run time (Kubernetes Services)
     # Without `auth`, the gateway refuses to start unless this says, explicitly, that anonymous access is intended
     # (local experiments only): no exchange may reach an MCP server without a verified identity by accident.
     allow_anonymous: bool = False
@@ -262,9 +305,13 @@ class Settings(_Model):
             if s.name in seen:
                 raise ValueError(f"server name {s.name!r} is defined twice")
             seen.add(s.name)
-        if not servers:
-            raise ValueError("at least one MCP server is required")
         return servers
+
+    @model_validator(mode="after")
+    def _some_server(self) -> Settings:
+        if not self.servers and (self.discovery is None or self.discovery.kubernetes is None):
+            raise ValueError("servers: at least one MCP server is required (or discovery.kubernetes to find them)")
+        return self
 
     @model_validator(mode="after")
     def _auth_or_anonymous(self) -> Settings:
@@ -296,7 +343,10 @@ def load(path: str | Path) -> Settings:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    settings = parse(doc, source=str(path))
+    try:
+        settings = parse(doc, source=str(path))
+    except ConfigError as e:
+        raise ConfigError(with_lines(str(e), str(path))) from None
     settings = settings.model_copy(update={"recording": settings.recording.resolved(path.parent)})
     pol = settings.policy
     if pol is not None and not pol.directory.is_absolute():
@@ -318,3 +368,25 @@ def parse(doc: dict, source: str = "<config>") -> Settings:
                 msg = "unknown key"
             lines.append(f"{source}: {key}: {msg}" if key else f"{source}: {msg}")  # model checks name their key
         raise ConfigError("\n".join(lines)) from None
+
+
+def with_lines(errors: str, source: str) -> str:
+    """``source: key: msg`` lines of ``parse`` as ``source:line: key: msg`` (line of the deepest known key)."""
+    from extproc.policy.loader import parse_yaml  # the YAML line map the policy loader keeps
+
+    try:
+        _, lines = parse_yaml(Path(source).read_bytes(), source)
+    except (ConfigError, OSError):
+        return errors
+    out = []
+    for line in errors.splitlines():
+        head = f"{source}: "
+        if not line.startswith(head):
+            out.append(line)
+            continue
+        rest = line[len(head) :]
+        key = tuple(rest.split(": ", 1)[0].split(".")) if ": " in rest else ()
+        while key and key not in lines:
+            key = key[:-1]
+        out.append(f"{source}:{lines.get(key, 1)}: {rest}")
+    return "\n".join(out)

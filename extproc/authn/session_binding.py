@@ -1,9 +1,11 @@
 """Stateless binding of MCP session ids to the identity that opened them.
 
 The client never sees the upstream server's session id alone: it gets ``<b64url(server id)>.<b64url(mac)>``
-where mac = HMAC-SHA256(key, server id, issuer, subject). A request presenting a session id must come from
-the same issuer+subject, so a leaked or guessed session id is useless to anyone else. No state is kept,
-so any worker holding the same key can check it.
+where mac = HMAC-SHA256(key, server id, issuer, subject, scope). A request presenting a session id must come from
+the same issuer+subject, so a leaked or guessed session id is useless to anyone else. The scope names the
+gateway server and the backend the session was opened on (``<server>/<backend>``), so an id opened on one
+backend is refused on another, even for the same caller. No state is kept, so any worker holding the same key
+can check it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 
 MIN_KEY_BYTES = 32
 MAX_CLIENT_VALUE = 2048
-_DOMAIN = b"mcp-extproc session binding v1"
+_DOMAIN = b"mcp-extproc session binding v2"
 _SHAPE = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]{43})")  # 43 chars = 32-byte MAC, unpadded
 
 
@@ -36,24 +38,24 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _mac(server_id: bytes, who: Principal, key: bytes) -> bytes:
+def _mac(server_id: bytes, who: Principal, key: bytes, scope: str) -> bytes:
     # Length-prefixed fields: ("ab", "c") and ("a", "bc") must not collide.
     msg = _DOMAIN
-    for part in (server_id, who.issuer.encode(), who.subject.encode()):
+    for part in (server_id, who.issuer.encode(), who.subject.encode(), scope.encode()):
         msg += len(part).to_bytes(4, "big") + part
     return hmac.new(key, msg, hashlib.sha256).digest()
 
 
-def bind(server_session_id: str, who: Principal, key: bytes) -> str:
+def bind(server_session_id: str, who: Principal, key: bytes, scope: str = "") -> str:
     """The session id handed to the client for the server's ``server_session_id`` (URL- and header-safe)."""
     if not server_session_id:
         raise ValueError("empty server session id")
     sid = server_session_id.encode()
-    return f"{_b64(sid)}.{_b64(_mac(sid, who, key))}"
+    return f"{_b64(sid)}.{_b64(_mac(sid, who, key, scope))}"
 
 
-def unbind(client_value: str, who: Principal, key: bytes) -> str:
-    """The server's session id, if ``who`` opened the session; else ``SessionNotYours`` (also if malformed)."""
+def unbind(client_value: str, who: Principal, key: bytes, scope: str = "") -> str:
+    """The server's session id, if ``who`` opened the session on ``scope``; else ``SessionNotYours``."""
     m = _SHAPE.fullmatch(client_value) if len(client_value) <= MAX_CLIENT_VALUE else None
     if m is None:
         raise SessionNotYours()
@@ -63,7 +65,7 @@ def unbind(client_value: str, who: Principal, key: bytes) -> str:
     except (binascii.Error, ValueError):
         raise SessionNotYours() from None
     # Compare the canonical encodings, so no second spelling of the same MAC is accepted.
-    if not hmac.compare_digest(m[2].encode(), _b64(_mac(sid, who, key)).encode()):
+    if not hmac.compare_digest(m[2].encode(), _b64(_mac(sid, who, key, scope)).encode()):
         raise SessionNotYours()
     return server_id
 

@@ -11,11 +11,13 @@ from typing import Any
 
 import yaml
 
+from extproc.routing import UPSTREAM_HEADER
 from extproc.settings import Server, Settings, split_hostport
 
 _T = "type.googleapis.com/envoy."
 PROCESSOR_CLUSTER = "mcp_extproc"
 PROCESSOR_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"  # gRPC health service name
+BACKENDS_CLUSTER = "mcp_backends"
 
 
 def _socket(host: str, port: int) -> dict[str, Any]:
@@ -103,6 +105,41 @@ def _routes(server: Server) -> list[dict[str, Any]]:
     ]
 
 
+def _backends_route() -> dict[str, Any]:
+    """Requests the processor sent to a backend by address (scoped backends, discovered servers).
+
+    Matches only when the routing header is present, and Envoy strips any client copy before the processor runs
+    (``_strip_routing_header``): only the processor's header, set together with clear_route_cache, selects it.
+    """
+    return {
+        "name": "backends",
+        "match": {"prefix": "/", "headers": [{"name": UPSTREAM_HEADER, "present_match": True}]},
+        "route": {"cluster": BACKENDS_CLUSTER, "timeout": "0s"},
+    }
+
+
+def _backends_cluster() -> dict[str, Any]:
+    """One cluster for every backend reached by address: the processor names the IP:port per request."""
+    return {
+        "name": BACKENDS_CLUSTER,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": "2s",
+        "original_dst_lb_config": {"use_http_header": True, "http_header_name": UPSTREAM_HEADER},
+    }
+
+
+def _strip_routing_header() -> dict[str, Any]:
+    """Removes the client's copy of the routing header before ext_proc, so a client can never choose a backend."""
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": _T + "extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"request_mutations": [{"remove": UPSTREAM_HEADER}]},
+        },
+    }
+
+
 def _ext_proc_filter(settings: Settings) -> dict[str, Any]:
     timeout_ms = settings.processor.message_timeout_ms
     return {
@@ -163,7 +200,8 @@ def _local_replies() -> dict[str, Any]:
 
 
 def _virtual_host(settings: Settings) -> dict[str, Any]:
-    routes = [r for s in settings.servers for r in _routes(s)]
+    routes = [r for s in settings.servers if s.upstream is not None for r in _routes(s)]
+    routes.append(_backends_route())
     routes.append(
         {
             "name": "not_found",
@@ -184,9 +222,11 @@ def _virtual_host(settings: Settings) -> dict[str, Any]:
 
 
 def _http_filters(settings: Settings) -> list[dict[str, Any]]:
-    """Compressor, ext_proc, router. Response filters run in reverse order: the compressor sees what the
-    processor let through, so list filtering and redaction always work on identity bodies."""
-    filters = [_compressor_filter()] if settings.edge.compress_responses else []
+    """Routing-header strip, compressor, ext_proc, router. Response filters run in reverse order: the compressor
+    sees what the processor let through, so list filtering and redaction always work on identity bodies."""
+    filters = [_strip_routing_header()]
+    if settings.edge.compress_responses:
+        filters.append(_compressor_filter())
     filters.append(_ext_proc_filter(settings))
     router = {"@type": _T + "extensions.filters.http.router.v3.Router"}
     return [*filters, {"name": "envoy.filters.http.router", "typed_config": router}]
@@ -299,8 +339,10 @@ def render(settings: Settings) -> dict[str, Any]:
     }
     processor = _cluster(PROCESSOR_CLUSTER, processor_addresses(settings), http2=True)
     processor["health_checks"] = [_processor_health_check()]
-    clusters = [processor]
+    clusters = [processor, _backends_cluster()]
     for s in settings.servers:
+        if s.upstream is None:  # backends: reached through BACKENDS_CLUSTER
+            continue
         host, port = split_hostport(s.upstream)
         clusters.append(
             _cluster(server_cluster_name(s), [_socket(host, port)], http2=False, tls_sni=host if s.tls else None)

@@ -37,9 +37,13 @@ def _common(
     return ep.CommonResponse(header_mutation=header_mutation(set_headers, remove), clear_route_cache=clear_route_cache)
 
 
-def request_headers(set_headers: Mapping[str, str] | None = None, remove: Iterable[str] = ()) -> ep.ProcessingResponse:
-    """Let the request headers through, optionally mutated."""
-    return ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=_common(set_headers, remove)))
+def request_headers(
+    set_headers: Mapping[str, str] | None = None, remove: Iterable[str] = (), clear_route_cache: bool = False
+) -> ep.ProcessingResponse:
+    """Let the request headers through, optionally mutated; ``clear_route_cache`` makes Envoy route them again."""
+    return ep.ProcessingResponse(
+        request_headers=ep.HeadersResponse(response=_common(set_headers, remove, clear_route_cache))
+    )
 
 
 def request_body(replace: bytes | None = None) -> ep.ProcessingResponse:

@@ -230,6 +230,11 @@ def compile_policy(
     )
 
 
+def compile_subjects(s: Subjects) -> CompiledSubjects:
+    """Subjects ready for ``engine.subjects_miss`` (also used by gateway.yaml backends and grants)."""
+    return _subjects(s)
+
+
 def _subjects(s: Subjects) -> CompiledSubjects:
     claims = tuple(
         ClaimCheck(

@@ -60,6 +60,7 @@ class ExchangeStart(Event):
     type: ClassVar[str] = "exchange.start"
     client: str = ""
     server: str = ""
+    backend: str = ""  # which backend of the server the caller was routed to ("" for a single-upstream server)
     method: str = ""
     path: str = ""
     headers: dict[str, str] = field(default_factory=dict)

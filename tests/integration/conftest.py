@@ -83,6 +83,8 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
             "servers": [{"name": s.name, "upstream": s.upstream, **(server_settings or {})} for s in servers],
             "recording": {"directory": str(workdir / "recordings"), "flush_interval_ms": 50},
         }
+        if "server_entries" in overrides:  # servers as written (backends, or none with discovery)
+            config["servers"] = overrides.pop("server_entries")
         if "auth" not in overrides:
             config["allow_anonymous"] = True  # foundation tests; identity tests pass an auth section
         for key, value in overrides.items():

@@ -205,7 +205,7 @@ def test_load_errors_name_the_file(tmp_path: Path, text: str, message: str) -> N
     with pytest.raises(ConfigError) as err:
         load(cfg)
 
-    assert str(err.value).startswith(f"{cfg}: ")
+    assert str(err.value).startswith(f"{cfg}:")
     assert message in str(err.value)
 
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from extproc.envoy.bootstrap import PROCESSOR_CLUSTER, processor_addresses, render, render_yaml
+from extproc.envoy.bootstrap import BACKENDS_CLUSTER, PROCESSOR_CLUSTER, processor_addresses, render, render_yaml
 from extproc.launcher import envoy_binary
+from extproc.routing import UPSTREAM_HEADER
 from extproc.server import listen_address
 from extproc.settings import Settings, parse
 
@@ -18,6 +19,16 @@ ONE_SERVER = [{"name": "weather", "upstream": "127.0.0.1:8000"}]
 TWO_SERVERS = [
     {"name": "weather", "upstream": "127.0.0.1:8000", "path": "/"},
     {"name": "github", "upstream": "api.githubcopilot.com:443", "path": "/mcp/readonly", "tls": True},
+]
+
+SCOPED = [
+    {
+        "name": "team",
+        "backends": [
+            {"name": "a", "upstream": "10.0.0.1:8080", "subjects": {"groups": ["team-a"]}},
+            {"name": "b", "upstream": "mcp.team-b.svc:8080", "subjects": {"groups": ["team-b"]}},
+        ],
+    }
 ]
 
 CONFIGS = [
@@ -29,6 +40,7 @@ CONFIGS = [
         id="3-unix-workers",
     ),
     pytest.param({"servers": TWO_SERVERS, "listen": {"address": "0.0.0.0", "port": 10000}}, id="2-servers-one-tls"),
+    pytest.param({"servers": [*ONE_SERVER, *SCOPED]}, id="scoped-backends"),
 ]
 
 
@@ -86,10 +98,16 @@ def _hcm(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _ext_proc(cfg: dict[str, Any]) -> dict[str, Any]:
     filters = _hcm(cfg)["http_filters"]
-    # The compressor is first so that on the response path (filters run in reverse) it runs after the processor.
-    names = ["envoy.filters.http.compressor", "envoy.filters.http.ext_proc", "envoy.filters.http.router"]
+    # The routing-header strip runs before the processor; the compressor before it too, so that on the response
+    # path (filters run in reverse) it runs after the processor.
+    names = [
+        "envoy.filters.http.header_mutation",
+        "envoy.filters.http.compressor",
+        "envoy.filters.http.ext_proc",
+        "envoy.filters.http.router",
+    ]
     assert [f["name"] for f in filters] == names
-    return filters[1]["typed_config"]
+    return filters[2]["typed_config"]
 
 
 def _cluster(cfg: dict[str, Any], name: str) -> dict[str, Any]:
@@ -131,6 +149,7 @@ def test_exact_path_routes_per_server_then_405_then_404() -> None:
         ("/github/mcp", "/mcp/readonly"),
         ("/github/mcp", None),
         ("/", None),
+        ("/", None),
     ]
     methods = routes[0]["match"]["headers"]
     assert methods == [{"name": ":method", "string_match": {"safe_regex": {"regex": "^(POST|GET|DELETE)$"}}}]
@@ -139,7 +158,9 @@ def test_exact_path_routes_per_server_then_405_then_404() -> None:
     assert all(r["route"]["timeout"] == "0s" for r in (routes[0], routes[2]))  # SSE streams must not be cut
     assert routes[1]["direct_response"]["status"] == 405
     assert routes[1]["response_headers_to_add"] == [{"header": {"key": "allow", "value": "POST, GET, DELETE"}}]
-    assert routes[4]["direct_response"]["status"] == 404
+    assert routes[4]["route"] == {"cluster": BACKENDS_CLUSTER, "timeout": "0s"}
+    assert routes[4]["match"]["headers"] == [{"name": UPSTREAM_HEADER, "present_match": True}]
+    assert routes[5]["direct_response"]["status"] == 404
     assert vhost["request_headers_to_remove"] == ["accept-encoding", "x_mcp_user", "x_mcp_groups"]
 
 
@@ -179,7 +200,8 @@ def test_edge_settings_are_rendered_from_gateway_yaml() -> None:
     assert hcm["common_http_protocol_options"] == {"headers_with_underscores_action": "REJECT_REQUEST"}
     assert (hcm["stream_idle_timeout"], hcm["request_headers_timeout"]) == ("60.000s", "5.000s")
     assert hcm["http2_protocol_options"]["max_concurrent_streams"] == 50
-    assert [f["name"] for f in hcm["http_filters"]] == ["envoy.filters.http.ext_proc", "envoy.filters.http.router"]
+    names = [f["name"] for f in hcm["http_filters"]]
+    assert names == ["envoy.filters.http.header_mutation", "envoy.filters.http.ext_proc", "envoy.filters.http.router"]
     monitors = {m["name"]: m["typed_config"] for m in cfg["overload_manager"]["resource_monitors"]}
     assert monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"] == 256 << 20
     conns = monitors["envoy.resource_monitors.global_downstream_max_connections"]
@@ -187,6 +209,20 @@ def test_edge_settings_are_rendered_from_gateway_yaml() -> None:
     for cluster in cfg["static_resources"]["clusters"]:  # long-lived SSE streams each hold a request
         assert cluster["circuit_breakers"]["thresholds"][0]["max_requests"] == 20_000
     assert cfg["static_resources"]["listeners"][0]["enable_reuse_port"] is False
+
+
+def test_scoped_backends_go_through_the_per_request_cluster_and_clients_cannot_pick_it() -> None:
+    cfg = render(_settings({"servers": [*ONE_SERVER, *SCOPED]}))
+    (vhost,) = _hcm(cfg)["route_config"]["virtual_hosts"]
+    names = [c["name"] for c in cfg["static_resources"]["clusters"]]
+
+    assert "mcp_server_team" not in names
+    assert [r["name"] for r in vhost["routes"]][:3] == ["weather", "weather_method_not_allowed", "backends"]
+    cluster = _cluster(cfg, BACKENDS_CLUSTER)
+    assert cluster["type"] == "ORIGINAL_DST" and cluster["lb_policy"] == "CLUSTER_PROVIDED"
+    assert cluster["original_dst_lb_config"] == {"use_http_header": True, "http_header_name": UPSTREAM_HEADER}
+    strip = _hcm(cfg)["http_filters"][0]  # runs before ext_proc: a client's copy never reaches the processor
+    assert strip["typed_config"]["mutations"] == {"request_mutations": [{"remove": UPSTREAM_HEADER}]}
 
 
 def test_upstream_clusters_tls_only_where_asked() -> None:

@@ -1,0 +1,1 @@
+"""Kubernetes: server discovery from labelled Services, SubjectAccessReview delegation (official client)."""
