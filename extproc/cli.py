@@ -16,6 +16,7 @@ from rich.console import Console
 
 from extproc import settings as settings_mod
 from extproc.authn.cli import dev_issuer, token
+from extproc.doctor import doctor
 from extproc.errors import ConfigError
 from extproc.policy.cli import app as policy_app
 
@@ -31,6 +32,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
 app.command("dev-issuer")(dev_issuer)
 app.command("token")(token)
+app.command("doctor")(doctor)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml")]
 console = Console()
