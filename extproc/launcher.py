@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from extproc import settings as settings_mod
+from extproc.envoy.access_log import envoy_log_args
 from extproc.envoy.bootstrap import render_yaml
 from extproc.server import listen_address
 from extproc.workers import worker_command
@@ -83,11 +84,13 @@ class Stack:
     workdir: Path
     processors: list[subprocess.Popen] = field(default_factory=list)
     envoy: subprocess.Popen | None = None
+    log_format: str | None = None  # overrides the config's log_format for every process started
     _log: Path | None = None
 
     @property
     def settings(self) -> settings_mod.Settings:
-        return settings_mod.load(self.config)
+        s = settings_mod.load(self.config)
+        return s.model_copy(update={"log_format": self.log_format}) if self.log_format else s
 
     @property
     def endpoint(self) -> str:
@@ -118,6 +121,7 @@ class Stack:
             "2",
             "--drain-time-s",
             "1",
+            *envoy_log_args(s),
         ]
         self.envoy = subprocess.Popen(cmd, stdout=out, stderr=out)
         ready = f"http://127.0.0.1:{s.admin.port}/ready"
@@ -127,7 +131,9 @@ class Stack:
     def _spawn(self, worker: int) -> subprocess.Popen:
         out = open(self._log, "ab") if self._log else None
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        return subprocess.Popen(worker_command(self.config, worker), stdout=out, stderr=out, env=env)
+        return subprocess.Popen(
+            worker_command(self.config, worker, log_format=self.log_format), stdout=out, stderr=out, env=env
+        )
 
     def _wait_worker(self, worker: int) -> None:
         address = listen_address(self.settings, worker)

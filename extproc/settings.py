@@ -193,6 +193,7 @@ class Settings(_Model):
     # Without `auth`, the gateway refuses to start unless this says, explicitly, that anonymous access is intended
     # (local experiments only): no exchange may reach an MCP server without a verified identity by accident.
     allow_anonymous: bool = False
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, for every process the gateway starts
 
     # A field validator (not a model validator) so the error is reported under the key ``servers``.
     @field_validator("servers")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from typing import Any, Literal, get_args
 
 import anyio
@@ -155,8 +156,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="sample")
     parser.add_argument("--json-response", action="store_true", help="answer POSTs with application/json, not SSE")
     parser.add_argument("--log-level", default="WARNING", choices=get_args(LogLevel))
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
     args = parser.parse_args(argv)
     app = build_app(args.name, args.json_response, log_level=args.log_level)
+    if args.log_format == "json":  # uvicorn's loggers then propagate to our JSON handler
+        from extproc.logs import setup
+
+        setup("json")
+        logging.getLogger().setLevel(args.log_level)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), log_config=None)
+        return
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from extproc.envoy.access_log import access_logs
 from extproc.settings import Server, Settings, split_hostport
 
 _T = "type.googleapis.com/envoy."
@@ -169,6 +170,7 @@ def render(settings: Settings) -> dict[str, Any]:
             },
         ],
         "local_reply_config": _local_replies(),
+        "access_log": access_logs(settings),
     }
     clusters = [_cluster(PROCESSOR_CLUSTER, processor_addresses(settings), http2=True)]
     for s in settings.servers:
