@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from hashlib import sha256
+from time import perf_counter
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -190,7 +191,9 @@ class Exchange:
         if self.policy is None or self.principal is None:
             held = self._held_refusal()
             return self._refuse(held) if held is not None else responses.request_body()
+        t0 = perf_counter()
         verdict = self.verdict = authorize(self.policy, self.principal, self._server_name, parsed.messages)
+        self.gw.metrics.decision_seconds.observe(perf_counter() - t0)
         decided = self.gw.metrics.decisions
         for call, d in zip(verdict.calls, verdict.decisions, strict=True):
             decided.labels(self._server_name, "true" if d.allowed else "false").inc()
@@ -295,7 +298,7 @@ class Exchange:
         )  # fmt: skip
         if not self.recording:
             return
-        self.gw.metrics.exchanges.labels(self._server_name, outcome).inc()
+        self.gw.metrics.exchange_ended(self._server_name, outcome, self.gw.clock() - self.started)
         if self.session is None:  # refused, or the stream died, before the server named a session
             self._set_session(f"x-{self.id}", must=False)
         if outcome != "complete":

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator
+from time import perf_counter
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -45,16 +46,19 @@ class Processor(ep_grpc.ExternalProcessorServicer):
         try:
             async for req in request_iterator:
                 phase = req.WhichOneof("request")
+                t0 = perf_counter()
                 if phase == "request_headers":
-                    yield await ex.on_request_headers(req.request_headers, req.attributes)
+                    reply = await ex.on_request_headers(req.request_headers, req.attributes)
                 elif phase == "request_body":
-                    yield await ex.on_request_body(req.request_body)
+                    reply = await ex.on_request_body(req.request_body)
                 elif phase == "response_headers":
-                    yield await ex.on_response_headers(req.response_headers)
+                    reply = await ex.on_response_headers(req.response_headers)
                 elif phase == "response_body":
-                    yield await ex.on_response_body(req.response_body)
+                    reply = await ex.on_response_body(req.response_body)
                 else:  # trailers are not requested (SKIP); answering keeps Envoy moving if config drifts
-                    yield _passthrough(phase)
+                    reply = _passthrough(phase)
+                self.gw.metrics.message(phase, perf_counter() - t0)
+                yield reply
             outcome, detail = ("complete", "") if ex.finished else (outcome, detail)
         except asyncio.CancelledError:
             outcome, detail = "reset", "client or Envoy cancelled the stream"

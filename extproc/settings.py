@@ -178,7 +178,8 @@ class Policy(_Model):
 
 
 class Admin(_Model):
-    port: Port = 9901
+    port: Port = 9901  # Envoy admin, always on 127.0.0.1
+    stats_port: Port | None = None  # a listener serving only /stats/prometheus (for Prometheus); off when unset
 
 
 class Settings(_Model):

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from extproc.envoy.access_log import access_logs
+from extproc.envoy.stats import add_stats_listener
 from extproc.settings import Server, Settings, split_hostport
 
 _T = "type.googleapis.com/envoy."
@@ -178,7 +179,7 @@ def render(settings: Settings) -> dict[str, Any]:
         clusters.append(
             _cluster(server_cluster_name(s), [_socket(host, port)], http2=False, tls_sni=host if s.tls else None)
         )
-    return {
+    bootstrap = {
         "admin": {"address": _socket("127.0.0.1", settings.admin.port)},  # loopback only, never exposed
         "static_resources": {
             "listeners": [
@@ -195,6 +196,7 @@ def render(settings: Settings) -> dict[str, Any]:
             "clusters": clusters,
         },
     }
+    return add_stats_listener(bootstrap, settings)
 
 
 def render_yaml(settings: Settings) -> str:
