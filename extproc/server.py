@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.authn.verify import Authenticator
 from extproc.envoy import responses
+from extproc.envoy.tls import server_credentials
 from extproc.exchange import Exchange
 from extproc.gateway import Gateway
 from extproc.policy.loader import PolicyWatcher
@@ -144,7 +145,7 @@ async def serve(
             port = settings.processor.metrics_port + worker
             gw.metrics.serve(settings.processor.metrics_address, port)
             log.info("metrics on http://%s:%d/metrics", settings.processor.metrics_address, port)
-        await _serve_grpc(Processor(gw), listen_address(settings, worker), ready)
+        await _serve_grpc(Processor(gw), listen_address(settings, worker), ready, server_credentials(settings))
     finally:  # also when start-up fails half-way (port in use, unreadable key): flush and release the spool
         await recording.close()  # after the last stream ended: everything it recorded is flushed
         if auth is not None:
@@ -154,15 +155,25 @@ async def serve(
     log.info("processor stopped; recordings flushed")
 
 
-async def _serve_grpc(servicer: ep_grpc.ExternalProcessorServicer, address: str, ready: asyncio.Event | None) -> None:
-    """Serve ext_proc + gRPC health on ``address`` until SIGTERM/SIGINT; then drain in-flight streams (30 s)."""
+async def _serve_grpc(
+    servicer: ep_grpc.ExternalProcessorServicer,
+    address: str,
+    ready: asyncio.Event | None,
+    credentials: grpc.ServerCredentials | None = None,
+) -> None:
+    """Serve ext_proc + gRPC health on ``address`` until SIGTERM/SIGINT; then drain in-flight streams (30 s).
+
+    With ``credentials`` (processor.tls) the port takes only TLS clients presenting a certificate of the CA."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
     ep_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if address.startswith("unix:") and os.path.exists(address[5:]):  # noqa: ASYNC240 (start-up only)
         os.unlink(address[5:])  # a stale socket from a previous run
-    server.add_insecure_port(address)
+    if credentials is not None:
+        server.add_secure_port(address, credentials)
+    else:
+        server.add_insecure_port(address)
     await server.start()
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -157,16 +157,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json-response", action="store_true", help="answer POSTs with application/json, not SSE")
     parser.add_argument("--log-level", default="WARNING", choices=get_args(LogLevel))
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate chain (tests of upstream TLS)")
+    parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
     args = parser.parse_args(argv)
+    tls = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key} if args.tls_cert else {}
     app = build_app(args.name, args.json_response, log_level=args.log_level)
     if args.log_format == "json":  # uvicorn's loggers then propagate to our JSON handler
         from extproc.logs import setup
 
         setup("json")
         logging.getLogger().setLevel(args.log_level)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), log_config=None)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), log_config=None, **tls)
         return
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), **tls)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@ in the test suite, so a typo here fails CI rather than a deploy.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from extproc.envoy.access_log import access_logs
 from extproc.envoy.stats import add_stats_listener
+from extproc.envoy.tls import apply_tls
 from extproc.settings import Server, Settings, split_hostport
 
 _T = "type.googleapis.com/envoy."
@@ -146,8 +148,8 @@ def _local_replies() -> dict[str, Any]:
     }
 
 
-def render(settings: Settings) -> dict[str, Any]:
-    """The Envoy bootstrap for ``settings`` as a plain dict."""
+def render(settings: Settings, sds_dir: Path | None = None) -> dict[str, Any]:
+    """The Envoy bootstrap for ``settings`` as a plain dict (TLS SDS files referred to in ``sds_dir``)."""
     limit = settings.limits.max_request_body_bytes
     routes = [_route(s) for s in settings.servers]
     routes.append(
@@ -196,10 +198,10 @@ def render(settings: Settings) -> dict[str, Any]:
             "clusters": clusters,
         },
     }
-    return add_stats_listener(bootstrap, settings)
+    return apply_tls(add_stats_listener(bootstrap, settings), settings, sds_dir)
 
 
-def render_yaml(settings: Settings) -> str:
+def render_yaml(settings: Settings, sds_dir: Path | None = None) -> str:
     """The bootstrap as YAML, with a header saying where it came from."""
     head = "# Rendered by `mcp-extproc envoy-config`; edit gateway.yaml instead of this file.\n"
-    return head + yaml.safe_dump(render(settings), sort_keys=False, width=120)
+    return head + yaml.safe_dump(render(settings, sds_dir), sort_keys=False, width=120)
