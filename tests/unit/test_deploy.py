@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE_CONFIG = DEPLOY / "gateway.compose.yaml"
+COMPOSE_S3_CONFIG = DEPLOY / "gateway.compose.s3.yaml"
 K8S_BASE = K8S / "base"
 OVERLAYS = {"dev": K8S / "overlays" / "dev", "eks": K8S / "overlays" / "eks"}
 K8S_CONFIG = OVERLAYS["dev"] / "gateway.yaml"
@@ -46,6 +47,7 @@ BIN = Path(sys.executable).parent  # the venv's bin: mcp-extproc and python, as 
 
 GATEWAY_CONFIGS = [
     pytest.param(COMPOSE_CONFIG, id="compose"),
+    pytest.param(COMPOSE_S3_CONFIG, id="compose-s3"),
     pytest.param(K8S_CONFIG, id="k8s-dev"),
     pytest.param(EKS_CONFIG, id="k8s-eks"),
 ]
@@ -132,9 +134,8 @@ def test_gateway_config_loads(path: Path) -> None:
     assert s.recording.directory == Path("/var/lib/mcp-extproc/recordings")
 
 
-def test_only_the_local_stack_runs_without_authentication() -> None:
-    assert settings.load(COMPOSE_CONFIG).allow_anonymous  # published on 127.0.0.1 only (test_compose_wires_...)
-    for path in (K8S_CONFIG, EKS_CONFIG):
+def test_every_shipped_stack_authenticates() -> None:
+    for path in (COMPOSE_CONFIG, COMPOSE_S3_CONFIG, K8S_CONFIG, EKS_CONFIG):
         k8s = settings.load(path)
         assert k8s.auth is not None and not k8s.allow_anonymous and k8s.policy is not None
         assert k8s.recording.signing_key and k8s.auth.session_secret_file, "keys come from the pod's keys volume"
@@ -270,7 +271,9 @@ def test_dockerfile_creates_the_writable_directories() -> None:
     """Compose copies an image directory's owner into an empty named volume: these must belong to the user."""
     install = " ".join(line for line in _dockerfile() if "install -d -o" in line)
     s = settings.load(COMPOSE_CONFIG)
-    for path in (str(PurePosixPath(s.processor.unix_path or "").parent), str(s.recording.directory)):
+    dirs = [str(PurePosixPath(s.processor.unix_path or "").parent), str(s.recording.directory)]
+    dirs += [str(PurePosixPath(str(s.recording.signing_key)).parent), "/var/lib/dev-issuer"]
+    for path in dirs:
         assert path in install, f"{path} is not created, owned by the image user, in deploy/Dockerfile"
 
 
@@ -420,21 +423,34 @@ def _compose() -> dict[str, Any]:
     return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
 
 
+def _interpolate(value: str) -> str:
+    """Compose's ``${VAR:-default}`` with VAR unset: the default."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
 def _compose_mounts(service: dict[str, Any]) -> dict[str, str]:
     """target -> source of a service's short-syntax volumes."""
-    return {v.split(":")[1]: v.split(":")[0] for v in service.get("volumes", [])}
+    return {_interpolate(v).split(":")[1]: _interpolate(v).split(":")[0] for v in service.get("volumes", [])}
+
+
+GATEWAY_SERVICES = {"processor", "envoy", "keys", "dev-issuer", "demo-mcp", "client", "minio-bucket"}
 
 
 def test_compose_references_files_that_exist() -> None:
     services = _compose()["services"]
-    assert set(services) == {"processor", "envoy", "demo-mcp"}
+    assert set(services) == GATEWAY_SERVICES | {"minio"}
     build = services["processor"]["build"]
     assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
     for name, svc in services.items():
-        assert svc["image"] == services["processor"]["image"], f"{name} runs the one image"
+        if name in GATEWAY_SERVICES:
+            assert svc["image"] == services["processor"]["image"], f"{name} runs the one image"
+            assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"], name
         for target, source in _compose_mounts(svc).items():
             if source.startswith("."):
                 assert (DEPLOY / source).exists(), f"{name}: {source} (mounted at {target}) does not exist"
+            else:
+                assert source in _compose()["volumes"], f"{name}: volume {source} is not declared"
+    assert "s3" in services["minio"]["profiles"] and "s3" in services["minio-bucket"]["profiles"]
 
 
 def test_compose_wires_gateway_config() -> None:
@@ -448,8 +464,6 @@ def test_compose_wires_gateway_config() -> None:
     assert processor[str(s.recording.directory)] in _compose()["volumes"]
     assert processor[POLICY_DIR] == "./k8s/base/policies"
     assert "/tmp" in services["envoy"]["tmpfs"], "the entrypoint writes the bootstrap to /tmp on a read-only root"
-    for name in ("processor", "envoy"):
-        assert services[name]["read_only"] is True and services[name]["cap_drop"] == ["ALL"]
     assert services["processor"]["healthcheck"]["test"][-1] == s.processor.address
     assert services["envoy"]["healthcheck"]["test"][-1] == f"http://127.0.0.1:{s.admin.port}/ready"
     assert services["envoy"]["ports"] == [f"127.0.0.1:{s.listen.port}:{s.listen.port}"]
@@ -457,7 +471,39 @@ def test_compose_wires_gateway_config() -> None:
         host, port = settings.split_hostport(server.upstream)
         assert host in services and str(port) in services[host]["command"], f"upstream {server.upstream}"
     for name, svc in services.items():
-        assert svc["command"][0] in _image_commands(), f"{name}: {svc['command'][0]} is not in the image"
+        if name in GATEWAY_SERVICES - {"client"}:
+            assert svc["command"][0] in _image_commands(), f"{name}: {svc['command'][0]} is not in the image"
+
+
+def test_compose_quick_start_identity_keys_and_client_fit_together() -> None:
+    """What `up`, the token command and `run --rm client` rely on, checked without a Docker engine."""
+    services = _compose()["services"]
+    s = settings.load(COMPOSE_CONFIG)
+    assert s.auth is not None and s.policy is not None
+    issuer = s.auth.issuers[0].issuer
+    dev = services["dev-issuer"]
+    command = dev["command"]
+    assert f"http://{command[command.index('--host') + 1]}:{command[command.index('--port') + 1]}" == issuer
+    assert dev["network_mode"] == "service:processor", "the processor reaches the issuer on its own loopback"
+    keys_dir = command[command.index("--key-dir") + 1]
+    client = services["client"]
+    script = client["command"][0]
+    assert f"--key-dir {keys_dir}" in script and f"--issuer {issuer}" in script
+    assert f"--aud {s.auth.public_url}" in script, "the token's audience is the gateway's public URL"
+    assert f"http://envoy:{s.listen.port}/{s.servers[0].name}/mcp" in script
+    assert _compose_mounts(client)[keys_dir] == _compose_mounts(dev)[keys_dir] == "issuer"
+    assert s.auth.public_url == f"http://localhost:{s.listen.port}"
+    # The keys service writes what the config reads, on the volume the processor mounts there.
+    key_dir = str(PurePosixPath(str(s.recording.signing_key)).parent)
+    assert PurePosixPath(s.auth.session_secret_file or "").parent == PurePosixPath(key_dir)
+    assert _compose_mounts(services["processor"])[key_dir] == _compose_mounts(services["keys"])[key_dir] == "keys"
+    assert "generate_keys(keys)" in services["keys"]["command"][-1] and "session.key" in services["keys"]["command"][-1]
+    assert services["processor"]["depends_on"]["keys"]["condition"] == "service_completed_successfully"
+    # The s3 option: the bucket the config names is the one minio-bucket creates, with Object Lock.
+    s3 = settings.load(COMPOSE_S3_CONFIG).recording.s3
+    assert s3 is not None and s3.object_lock is not None
+    assert f'Bucket="{s3.bucket}", ObjectLockEnabledForBucket=True' in services["minio-bucket"]["command"][-1]
+    assert s3.endpoint_url == "http://minio:9000"
 
 
 def test_compose_config_accepted_by_docker_compose() -> None:
