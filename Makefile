@@ -4,7 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration bench lint clean
+.PHONY: demo test test-unit test-integration bench lint clean tools
+
+# Command-line tools the deploy checks run: promtool (Debian `prometheus`) and kubectl (Debian `kubectl`).
+APT_TOOLS := promtool:prometheus kubectl:kubectl
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
@@ -16,13 +20,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mcp-extproc demo
 
-test: $(STAMP)
+tools:
+	@missing=""; for t in $(APT_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (apt)"; $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: $(STAMP) tools
 	$(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) tools
 	$(BIN)/python -m pytest -q tests/integration
 
 bench: $(STAMP)

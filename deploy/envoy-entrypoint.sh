@@ -15,6 +15,13 @@ bootstrap="${ENVOY_BOOTSTRAP:-/tmp/envoy.yaml}"
 mcp-extproc envoy-config --config "$config" --output "$bootstrap"
 envoy="$(python -c 'from extproc.launcher import envoy_binary; print(envoy_binary())')"
 
+# log_format: json in gateway.yaml -> Envoy's own lines in the same JSON shape as the processor's (no spaces in it).
+log_format="$(python -c 'import sys; from extproc import settings; from extproc.envoy.access_log import envoy_log_args
+print(" ".join(envoy_log_args(settings.load(sys.argv[1]))[1:]))' "$config")"
+if [ -n "$log_format" ]; then
+    set -- --log-format "$log_format" "$@"
+fi
+
 # --disable-hot-restart: no shared memory or hot-restart socket to set up; the orchestrator replaces containers.
 # --concurrency: left alone, Envoy starts one worker per CPU of the node, not of the container's CPU share.
 # exec: Envoy becomes PID 1 and receives SIGTERM itself.

@@ -45,6 +45,22 @@ def check_http(url: str, timeout: float) -> str | None:
         return f"{url}: {e}"
 
 
+def drain(admin: str, wait: float, timeout: float) -> int:
+    """Envoy stops accepting new connections and closes idle ones (HTTP/1 `Connection: close`, HTTP/2 GOAWAY);
+    in-flight streams go on for ``wait`` seconds while the endpoint removal reaches the load balancers."""
+    import time
+
+    url = admin.rstrip("/") + "/drain_listeners?graceful&inbound_only"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=timeout) as reply:
+            ok = reply.status == 200
+    except OSError as e:
+        print(f"drain: {url}: {e}", file=sys.stderr)
+        ok = False
+    time.sleep(wait)  # the processor (a sidecar) stops only after Envoy exits: it then flushes recordings
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one check; the exit status is the probe result."""
     parser = argparse.ArgumentParser(prog="mcp-extproc-healthcheck", description=__doc__.splitlines()[0])
@@ -55,8 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     grpc_p.add_argument("--service", default="", help="service name; '' is the whole server")
     http_p = sub.add_parser("http", help="HTTP GET that must answer 200")
     http_p.add_argument("url")
+    drain_p = sub.add_parser("drain", help="preStop: ask Envoy to drain its listeners, then wait")
+    drain_p.add_argument("admin", help="Envoy admin base URL, e.g. http://127.0.0.1:9901")
+    drain_p.add_argument("--wait", type=float, default=15.0, help="seconds to keep serving in-flight streams")
     args = parser.parse_args(argv)
 
+    if args.kind == "drain":
+        return drain(args.admin, args.wait, args.timeout)
     if args.kind == "grpc":
         problem = check_grpc(args.address, args.service, args.timeout)
     else:

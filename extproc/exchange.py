@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Mapping
 from hashlib import sha256
+from time import perf_counter
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -35,13 +36,14 @@ from extproc.errors import (
     StoreError,
 )
 from extproc.gateway import Gateway
+from extproc.logs import access, verdict_fields
 from extproc.mcp.body import SseRewriter, rewrite_json
 from extproc.mcp.jsonrpc import McpCall, error_response, is_request, parse_body
 from extproc.mcp.methods import HTTP_METHODS, INPUT_REQUIRED
 from extproc.mcp.protocol import check_headers, classify, run_key
 from extproc.mcp.sse import SseParser
 from extproc.policy.compiled import CompiledPolicy
-from extproc.policy.enforce import authorize, filter_body, redact_for_record, redact_text
+from extproc.policy.enforce import Verdict, authorize, filter_body, redact_for_record, redact_text
 from extproc.policy.engine import describe_call
 from extproc.recording.events import (
     Event,
@@ -100,6 +102,8 @@ class Exchange:
         self._run: str | None = None  # the recorded run of a stateless request
         self._may_ask = False  # a stateless call whose result may ask for input: its requestState gets sealed
         self._sse_rewrite: SseRewriter | None = None
+        self.request_id = ""  # Envoy's x-request-id: joins our access line to Envoy's
+        self.verdict: Verdict | None = None
         # Internals of recording and filtering.
         self._index = 0
         self._held: list[Event] = []  # events before the session is known
@@ -122,6 +126,7 @@ class Exchange:
         """
         headers = to_dict(msg.headers)
         path = headers.get(":path", "")
+        self.request_id = headers.get("x-request-id", "")[:128]
         gw = self.gw
         if gw.auth is not None and path.split("?", 1)[0] == gw.metadata_path:
             self.finished = True
@@ -259,7 +264,9 @@ class Exchange:
         if self.policy is None or self.principal is None:
             held = self._held_refusal()
             return self._refuse(held) if held is not None else responses.request_body(forward)
-        verdict = authorize(self.policy, self.principal, self._server_name, parsed.messages)
+        t0 = perf_counter()
+        verdict = self.verdict = authorize(self.policy, self.principal, self._server_name, parsed.messages)
+        self.gw.metrics.decision_seconds.observe(perf_counter() - t0)
         decided = self.gw.metrics.decisions
         for call, d in zip(verdict.calls, verdict.decisions, strict=True):
             decided.labels(self._server_name, "true" if d.allowed else "false").inc()
@@ -424,9 +431,15 @@ class Exchange:
             # MCP: a POST's stream is done once every request in it has its response; clients often close
             # the connection right then, before Envoy relays the final empty chunk.
             outcome, detail = "complete", "client closed the stream after the last response"
+        access(
+            exchange=self.id, request_id=self.request_id, session=self.session, server=self._server_name,
+            user=self.principal.username if self.principal else "", status=self.status, outcome=outcome,
+            duration_ms=(self.gw.clock() - self.started) * 1000, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
+            detail=detail, **verdict_fields(self.verdict),
+        )  # fmt: skip
         if not self.recording:
             return
-        self.gw.metrics.exchanges.labels(self._server_name, outcome).inc()
+        self.gw.metrics.exchange_ended(self._server_name, outcome, self.gw.clock() - self.started)
         if self.session is None:  # refused, or the stream died, before the server named a session
             self._set_session(synthetic_session_id(self.id), must=False)
         if outcome != "complete":

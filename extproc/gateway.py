@@ -47,7 +47,7 @@ class Gateway:
     ) -> Gateway:
         gw = cls(settings=settings, recorder=recorder, router=Router(settings), auth=auth, policy=policy)
         gw.runs = RunTracker(settings.recording.run_idle_gap_s)
-        gw.metrics.watch(gw)
+        gw.metrics.watch(recorder, policy, auth)
         if settings.auth is not None:
             gw.session_key = load_key(settings.auth.session_secret_file)
             gw.metadata_url = resource_metadata_url(settings.auth)

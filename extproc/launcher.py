@@ -21,7 +21,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc import settings as settings_mod
+from extproc.envoy.access_log import envoy_log_args
 from extproc.envoy.bootstrap import PROCESSOR_CLUSTER, PROCESSOR_SERVICE, render_yaml
+from extproc.envoy.tls import write_sds_files
 from extproc.server import listen_address
 from extproc.workers import READY_FILE_ENV, worker_command
 
@@ -135,6 +137,7 @@ class Stack:
     workdir: Path
     processors: list[subprocess.Popen] = field(default_factory=list)
     envoy: subprocess.Popen | None = None
+    log_format: str | None = None  # overrides the config's log_format for every process started
     _log: Path | None = None
     _started: list[float] = field(default_factory=list)
     _deaths: list[int] = field(default_factory=list)
@@ -142,7 +145,8 @@ class Stack:
 
     @property
     def settings(self) -> settings_mod.Settings:
-        return settings_mod.load(self.config)
+        s = settings_mod.load(self.config)
+        return s.model_copy(update={"log_format": self.log_format}) if self.log_format else s
 
     @property
     def endpoint(self) -> str:
@@ -163,7 +167,8 @@ class Stack:
         for worker in range(s.processor.workers):
             self._wait_worker(worker)
         bootstrap = self.workdir / "envoy.yaml"
-        bootstrap.write_text(render_yaml(s))
+        write_sds_files(s, self.workdir / "sds")
+        bootstrap.write_text(render_yaml(s, self.workdir / "sds"))
         cmd = [
             str(envoy_binary()),
             "-c",
@@ -177,6 +182,7 @@ class Stack:
             str(s.edge.drain_time_s),
             "--drain-strategy",
             "immediate",  # every connection is told to close at once; in-flight streams get drain_time_s
+            *envoy_log_args(s),
         ]
         self.envoy = subprocess.Popen(cmd, stdout=out, stderr=out, process_group=0)
         ready = f"http://127.0.0.1:{s.admin.port}/ready"
@@ -192,7 +198,7 @@ class Stack:
         out = open(self._log, "ab") if self._log else None
         self._ready_file(worker).unlink(missing_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", READY_FILE_ENV: str(self._ready_file(worker))}
-        cmd = worker_command(self.config, worker)
+        cmd = worker_command(self.config, worker, log_format=self.log_format)
         return subprocess.Popen(cmd, stdout=out, stderr=out, env=env, process_group=0)
 
     def _wait_worker(self, worker: int) -> None:

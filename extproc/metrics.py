@@ -1,85 +1,258 @@
-"""Prometheus metrics of one processor: what was refused and why, decisions, reloads, recording health.
+"""Prometheus metrics of one processor: latency, what was refused and why, decisions, reloads, recording health.
 
-Counters are incremented on the exchange's own paths (a label lookup and an add: about a microsecond); the state
-of the recorder, the policy watcher and the JWKS caches is read only when Prometheus scrapes. Each processor
-(worker) has its own registry and port.
+Counters and histograms are updated on the exchange's own paths (a label lookup and an add: about a
+microsecond); the state of the recorder, the policy watcher and the JWKS caches is read only when Prometheus
+scrapes, through the small Protocols below (this module imports none of the parts it reads). Each processor
+(worker) has its own registry and port, which also serves ``/ready`` and ``/live`` for orchestrators.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from extproc.gateway import Gateway
+log = logging.getLogger(__name__)
+
+# Per ext_proc message our work is ~0.1-1 ms; a policy decision a few µs; an exchange up to minutes (SSE).
+MESSAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+DECISION_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005)
+EXCHANGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+UPLOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+PHASES = ("request_headers", "request_body", "response_headers", "response_body")
+
+
+class RecorderReading(Protocol):
+    """A frozen reading of the recorder (read-only fields)."""
+
+    @property
+    def healthy(self) -> bool: ...
+    @property
+    def accepting(self) -> bool: ...
+    @property
+    def written_events(self) -> int: ...
+    @property
+    def lost_events(self) -> int: ...
+    @property
+    def queued_events(self) -> int: ...
+    @property
+    def segments_waiting(self) -> int: ...
+    @property
+    def spool_bytes(self) -> int: ...
+    @property
+    def uploads(self) -> int: ...
+    @property
+    def upload_failures(self) -> int: ...
+    @property
+    def store_failing(self) -> bool: ...
+
+
+class RecordingSource(Protocol):
+    """The recorder as metrics see it: a reading, and a hook called with each upload's latency."""
+
+    def stats(self) -> RecorderReading: ...
+    def on_uploaded(self, observe: Callable[[float], None]) -> None: ...
+
+
+class PolicySource(Protocol):
+    reloads: int
+    reload_failures: int
+
+
+class KeySource(Protocol):
+    @property
+    def has_keys(self) -> bool: ...
+    def keys_age(self) -> float | None: ...
+
+
+class JwksCounts(Protocol):
+    jwks_fetches: int
+    fetch_failures: int
+
+
+class IdentitySource(Protocol):
+    @property
+    def keysets(self) -> Mapping[str, Any]: ...  # issuer -> KeySource with .metrics: JwksCounts
 
 
 class Metrics:
-    """The processor's counters; ``watch`` adds live readings of the gateway's parts."""
+    """The processor's counters and histograms; ``watch`` adds live readings of the gateway's parts."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
         self.exchanges = Counter(
-            "mcp_extproc_exchanges",
-            "Exchanges recorded, by server and outcome",
+            "mcp_extproc_exchanges", "Exchanges recorded, by server and outcome", ["server", "outcome"], registry=r
+        )
+        self.exchange_seconds = Histogram(
+            "mcp_extproc_exchange_duration_seconds",
+            "Exchange duration (request headers to end of response), by server and outcome",
             ["server", "outcome"],
-            registry=self.registry,
+            buckets=EXCHANGE_BUCKETS,
+            registry=r,
         )
         self.refusals = Counter(
             "mcp_extproc_refusals",
             "Requests the gateway answered itself, by HTTP status and reason (error class)",
             ["status", "reason"],
-            registry=self.registry,
+            registry=r,
         )
         self.decisions = Counter(
-            "mcp_extproc_policy_decisions",
-            "Policy decisions per JSON-RPC request",
-            ["server", "allowed"],
-            registry=self.registry,
+            "mcp_extproc_policy_decisions", "Policy decisions per JSON-RPC request", ["server", "allowed"], registry=r
         )
-        self.active = Gauge("mcp_extproc_active_streams", "ext_proc streams in progress", registry=self.registry)
+        self.decision_seconds = Histogram(
+            "mcp_extproc_policy_decision_seconds",
+            "Time to authorize one request body (every call in it)",
+            buckets=DECISION_BUCKETS,
+            registry=r,
+        )
+        message = Histogram(
+            "mcp_extproc_message_seconds",
+            "Processing time of one ext_proc message, by phase (our code, not gRPC transport)",
+            ["phase"],
+            buckets=MESSAGE_BUCKETS,
+            registry=r,
+        )
+        self._message = {p: message.labels(p) for p in PHASES}  # children bound once: no label lookup per message
+        self.upload_seconds = Histogram(
+            "mcp_extproc_recording_upload_seconds",
+            "Segment sealed to stored (spool to store latency, retries included)",
+            buckets=UPLOAD_BUCKETS,
+            registry=r,
+        )
+        self.active = Gauge("mcp_extproc_active_streams", "ext_proc streams in progress", registry=r)
+        self.ready: Callable[[], list[str]] = lambda: ["not started"]
 
-    def watch(self, gw: Gateway) -> None:
-        """Expose the recorder, policy and identity state of ``gw`` at scrape time."""
-        self.registry.register(_GatewayCollector(gw))
+    def message(self, phase: str, seconds: float) -> None:
+        """Observe one ext_proc message's processing time."""
+        child = self._message.get(phase)
+        if child is not None:
+            child.observe(seconds)
 
-    def serve(self, address: str, port: int) -> None:
-        """Serve /metrics over HTTP (a daemon thread of prometheus_client)."""
-        start_http_server(port, addr=address, registry=self.registry)
+    def exchange_ended(self, server: str, outcome: str, seconds: float) -> None:
+        """Count a recorded exchange and observe its duration."""
+        self.exchanges.labels(server, outcome).inc()
+        self.exchange_seconds.labels(server, outcome).observe(seconds)
+
+    def watch(
+        self,
+        recording: RecordingSource,
+        policy: PolicySource | None = None,
+        identity: IdentitySource | None = None,
+    ) -> None:
+        """Expose the recorder, policy and identity state at scrape time; readiness reads the same parts."""
+        self.registry.register(_Readings(recording, policy, identity))
+        recording.on_uploaded(self.upload_seconds.observe)
+        self.ready = lambda: not_ready(recording, identity)
+
+    def serve(self, address: str, port: int) -> ThreadingHTTPServer:
+        """Serve /metrics, /ready and /live over HTTP in a daemon thread."""
+        server = ThreadingHTTPServer((address, port), _handler(self))
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+        return server
 
 
-class _GatewayCollector(Collector):
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
+def not_ready(recording: RecordingSource, identity: IdentitySource | None) -> list[str]:
+    """Why this processor should not get traffic yet (empty: ready). The policy is loaded before anything starts."""
+    why = []
+    st = recording.stats()
+    if not st.healthy:
+        why.append("recording spool not durable")
+    elif not st.accepting:
+        why.append("recorder not accepting (queue or spool full)")
+    if identity is not None:
+        why += [f"no signing keys from {iss}" for iss, ks in identity.keysets.items() if not ks.has_keys]
+    return why
+
+
+def _handler(metrics: Metrics) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+            elif path == "/ready":
+                why = metrics.ready()
+                self._send(503 if why else 200, ("\n".join(why) or "ready").encode() + b"\n")
+            elif path == "/live":
+                self._send(200, b"live\n")
+            else:
+                self._send(404, b"not found: /metrics, /ready, /live\n")
+
+        def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+class _Readings(Collector):
+    def __init__(
+        self, recording: RecordingSource, policy: PolicySource | None, identity: IdentitySource | None
+    ) -> None:
+        self.recording, self.policy, self.identity = recording, policy, identity
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        rec = self.gw.recorder
-        yield _counter("mcp_extproc_recording_events_written", "Events written to the spool", rec.written_events)
-        yield _counter("mcp_extproc_recording_events_lost", "Events lost (recording.required: false)", rec.lost_events)
-        yield _gauge("mcp_extproc_recording_healthy", "1 while the recording can be made durable", rec.healthy)
-        yield _gauge("mcp_extproc_recording_accepting", "1 while new exchanges are admitted", rec.accepting)
-        yield _gauge("mcp_extproc_recording_spool_bytes", "Bytes waiting in the spool", rec.spool.size)
-        if self.gw.policy is not None:
-            yield _counter("mcp_extproc_policy_reloads", "Valid policy edits applied", self.gw.policy.reloads)
+        st = self.recording.stats()
+        yield _counter("mcp_extproc_recording_events_written", "Events written to the spool", st.written_events)
+        yield _counter("mcp_extproc_recording_events_lost", "Events lost (recording.required: false)", st.lost_events)
+        yield _gauge("mcp_extproc_recording_healthy", "1 while the recording can be made durable", st.healthy)
+        yield _gauge("mcp_extproc_recording_accepting", "1 while new exchanges are admitted", st.accepting)
+        yield _gauge("mcp_extproc_recording_spool_bytes", "Bytes waiting in the spool", st.spool_bytes)
+        yield _gauge("mcp_extproc_recording_queued_events", "Events emitted, not yet in the spool", st.queued_events)
+        yield _gauge(
+            "mcp_extproc_recording_segments_waiting",
+            "Sealed segments in the spool, not yet stored",
+            st.segments_waiting,
+        )
+        yield _counter("mcp_extproc_recording_uploads", "Segments stored", st.uploads)
+        yield _counter("mcp_extproc_recording_upload_failures", "Segment uploads the store refused", st.upload_failures)
+        yield _gauge("mcp_extproc_recording_store_failing", "1 while the store refuses segments", st.store_failing)
+        if self.policy is not None:
+            yield _counter("mcp_extproc_policy_reloads", "Valid policy edits applied", self.policy.reloads)
             yield _counter(
                 "mcp_extproc_policy_reload_failures",
                 "Policy edits rejected (last good kept)",
-                self.gw.policy.reload_failures,
+                self.policy.reload_failures,
             )
-        if self.gw.auth is not None:
-            fetches = CounterMetricFamily("mcp_extproc_jwks_fetches", "JWKS fetches per issuer", labels=["issuer"])
-            failures = CounterMetricFamily(
-                "mcp_extproc_jwks_fetch_failures", "Failed discovery/JWKS fetches per issuer", labels=["issuer"]
-            )
-            for issuer, keyset in self.gw.auth.keysets.items():
-                fetches.add_metric([issuer], keyset.metrics.jwks_fetches)
-                failures.add_metric([issuer], keyset.metrics.fetch_failures)
-            yield fetches
-            yield failures
+        if self.identity is not None:
+            yield from _identity(self.identity)
+
+
+def _identity(identity: IdentitySource) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    fetches = CounterMetricFamily("mcp_extproc_jwks_fetches", "JWKS fetches per issuer", labels=["issuer"])
+    failures = CounterMetricFamily(
+        "mcp_extproc_jwks_fetch_failures", "Failed discovery/JWKS fetches per issuer", labels=["issuer"]
+    )
+    age = GaugeMetricFamily(
+        "mcp_extproc_jwks_age_seconds",
+        "Seconds since the issuer's keys were last fetched (absent: never)",
+        labels=["issuer"],
+    )
+    loaded = GaugeMetricFamily(
+        "mcp_extproc_jwks_keys_loaded", "1 while the issuer's keys are loaded", labels=["issuer"]
+    )
+    for issuer, keyset in identity.keysets.items():
+        counts: JwksCounts = keyset.metrics
+        fetches.add_metric([issuer], counts.jwks_fetches)
+        failures.add_metric([issuer], counts.fetch_failures)
+        loaded.add_metric([issuer], float(keyset.has_keys))
+        if (seconds := keyset.keys_age()) is not None:
+            age.add_metric([issuer], seconds)
+    yield from (fetches, failures, age, loaded)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

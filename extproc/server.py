@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator
+from time import perf_counter
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -20,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.authn.verify import Authenticator
 from extproc.envoy import responses
+from extproc.envoy.tls import server_credentials
 from extproc.exchange import Exchange
 from extproc.gateway import Gateway
 from extproc.kube.discovery import start_discovery
@@ -46,16 +48,19 @@ class Processor(ep_grpc.ExternalProcessorServicer):
         try:
             async for req in request_iterator:
                 phase = req.WhichOneof("request")
+                t0 = perf_counter()
                 if phase == "request_headers":
-                    yield await ex.on_request_headers(req.request_headers, req.attributes)
+                    reply = await ex.on_request_headers(req.request_headers, req.attributes)
                 elif phase == "request_body":
-                    yield await ex.on_request_body(req.request_body)
+                    reply = await ex.on_request_body(req.request_body)
                 elif phase == "response_headers":
-                    yield await ex.on_response_headers(req.response_headers)
+                    reply = await ex.on_response_headers(req.response_headers)
                 elif phase == "response_body":
-                    yield await ex.on_response_body(req.response_body)
+                    reply = await ex.on_response_body(req.response_body)
                 else:  # trailers are not requested (SKIP); answering keeps Envoy moving if config drifts
-                    yield _passthrough(phase)
+                    reply = _passthrough(phase)
+                self.gw.metrics.message(phase, perf_counter() - t0)
+                yield reply
             outcome, detail = ("complete", "") if ex.finished else (outcome, detail)
         except asyncio.CancelledError:
             outcome, detail = "reset", "client or Envoy cancelled the stream"
@@ -143,7 +148,7 @@ async def serve(
             port = settings.processor.metrics_port + worker
             gw.metrics.serve(settings.processor.metrics_address, port)
             log.info("metrics on http://%s:%d/metrics", settings.processor.metrics_address, port)
-        await _serve_grpc(Processor(gw), listen_address(settings, worker), ready)
+        await _serve_grpc(Processor(gw), listen_address(settings, worker), ready, server_credentials(settings))
     finally:  # also when start-up fails half-way (port in use, unreadable key): flush and release the spool
         await recording.close()  # after the last stream ended: everything it recorded is flushed
         if auth is not None:
@@ -155,8 +160,15 @@ async def serve(
     log.info("processor stopped; recordings flushed")
 
 
-async def _serve_grpc(servicer: ep_grpc.ExternalProcessorServicer, address: str, ready: asyncio.Event | None) -> None:
-    """Serve ext_proc + gRPC health on ``address`` until SIGTERM/SIGINT; then drain in-flight streams (30 s)."""
+async def _serve_grpc(
+    servicer: ep_grpc.ExternalProcessorServicer,
+    address: str,
+    ready: asyncio.Event | None,
+    credentials: grpc.ServerCredentials | None = None,
+) -> None:
+    """Serve ext_proc + gRPC health on ``address`` until SIGTERM/SIGINT; then drain in-flight streams (30 s).
+
+    With ``credentials`` (processor.tls) the port takes only TLS clients presenting a certificate of the CA."""
     # so_reuseport off: a port another process holds is a start-up error, never a socket shared with it (the
     # kernel would split Envoy's streams between two processors).
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)])
@@ -165,7 +177,10 @@ async def _serve_grpc(servicer: ep_grpc.ExternalProcessorServicer, address: str,
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if address.startswith("unix:") and os.path.exists(address[5:]):  # noqa: ASYNC240 (start-up only)
         os.unlink(address[5:])  # a stale socket from a previous run
-    server.add_insecure_port(address)
+    if credentials is not None:
+        server.add_secure_port(address, credentials)
+    else:
+        server.add_insecure_port(address)
     await server.start()
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -35,12 +35,39 @@ def split_hostport(value: str) -> tuple[str, int]:
     return m["host"].strip("[]"), int(m["port"])
 
 
+def _absolute(v: Path | None) -> Path | None:
+    if v is not None and not v.is_absolute():
+        raise ValueError(f"{v}: must be an absolute path (TLS files are read by Envoy, from its working directory)")
+    return v
+
+
+class ListenTls(_Model):
+    """TLS on Envoy's listener. The files are re-read when they change (SDS from files), no restart needed."""
+
+    cert_file: Path  # PEM chain, leaf first
+    key_file: Path
+    client_ca_file: Path | None = None  # PEM bundle; with it clients may present certificates (mTLS)
+    require_client_cert: bool = False
+    # Watched for changes: a rotation replaces the files there (cert-manager and the kubelet swap a symlink).
+    # Default: the folder of cert_file.
+    watch_directory: Path | None = None
+
+    _paths = field_validator("cert_file", "key_file", "client_ca_file", "watch_directory")(_absolute)
+
+    @model_validator(mode="after")
+    def _client_ca(self) -> ListenTls:
+        if self.require_client_cert and self.client_ca_file is None:
+            raise ValueError("require_client_cert: needs client_ca_file (the CA bundle client certificates chain to)")
+        return self
+
+
 class Listen(_Model):
     address: str = "127.0.0.1"
     port: Port = 8080
     # Browser Origins allowed to call besides the gateway's own (auth.public_url's, or without auth the listen
     # address's); any other Origin gets 403 in every mode. Requests without an Origin (non-browser) pass.
     allowed_origins: list[str] = []
+    tls: ListenTls | None = None
 
     @field_validator("allowed_origins")
     @classmethod
@@ -51,6 +78,19 @@ class Listen(_Model):
         return [origin_of(o) for o in v]
 
 
+class ProcessorTls(_Model):
+    """Envoy <-> processor over TCP with mutual TLS (when they are on different hosts; a Unix socket otherwise)."""
+
+    cert_file: Path  # the processor's server certificate
+    key_file: Path
+    ca_file: Path  # CA bundle both sides check the other's certificate against
+    client_cert_file: Path  # Envoy's client certificate
+    client_key_file: Path
+    server_name: str = ""  # SNI and the SAN Envoy expects in the processor's certificate; default: its host
+
+    _paths = field_validator("cert_file", "key_file", "ca_file", "client_cert_file", "client_key_file")(_absolute)
+
+
 class Processor(_Model):
     """Where Envoy reaches the processor: 'host:port' or 'unix:/path/to.sock'."""
 
@@ -59,6 +99,13 @@ class Processor(_Model):
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     metrics_port: Port | None = None  # Prometheus /metrics of worker i on metrics_port + i; off when unset
     metrics_address: str = "127.0.0.1"
+    tls: ProcessorTls | None = None
+
+    @model_validator(mode="after")
+    def _tls_over_tcp(self) -> Processor:
+        if self.tls is not None and self.unix_path:
+            raise ValueError("tls: only over TCP; a Unix socket is reachable only inside the pod or host")
+        return self
 
     @field_validator("address")
     @classmethod
@@ -105,7 +152,14 @@ class Server(_Model):
     upstream: str | None = None
     backends: list[Backend] | None = None
     path: str = "/mcp"
-    tls: bool = False
+    tls: bool = False  # TLS to the upstream, its certificate verified (CA bundle, SAN, SNI)
+    tls_ca_file: Path | None = None  # CA bundle for the upstream's certificate; default: the system's
+    tls_server_name: str | None = None  # the name the certificate must carry (and SNI); default: upstream's host
+    # Skip verifying the upstream's certificate: anyone on the path can impersonate the server. Logged loudly.
+    tls_insecure_skip_verify: bool = False
+
+    _ca = field_validator("tls_ca_file")(_absolute)
+
     # The Host the server is sent: "upstream" (its own host:port, so a server with DNS-rebinding protection
     # accepts it), "client" (as the client sent it) or a literal host[:port].
     host: str = "upstream"
@@ -141,6 +195,14 @@ class Server(_Model):
             names = [b.name for b in self.backends]
             if dup := next((n for n in names if names.count(n) > 1), None):
                 raise ValueError(f"backends: name {dup!r} is used twice")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_options(self) -> Server:
+        if not self.tls and (self.tls_ca_file or self.tls_server_name or self.tls_insecure_skip_verify):
+            raise ValueError("tls_ca_file, tls_server_name, tls_insecure_skip_verify need tls: true")
+        if self.tls_insecure_skip_verify and (self.tls_ca_file or self.tls_server_name):
+            raise ValueError("tls_insecure_skip_verify: true verifies nothing; drop tls_ca_file/tls_server_name")
         return self
 
     @field_validator("name")
@@ -278,7 +340,8 @@ class Policy(_Model):
 
 
 class Admin(_Model):
-    port: Port = 9901
+    port: Port = 9901  # Envoy admin, always on 127.0.0.1
+    stats_port: Port | None = None  # a listener serving only /stats/prometheus (for Prometheus); off when unset
 
 
 class Settings(_Model):
@@ -295,6 +358,7 @@ class Settings(_Model):
     # Without `auth`, the gateway refuses to start unless this says, explicitly, that anonymous access is intended
     # (local experiments only): no exchange may reach an MCP server without a verified identity by accident.
     allow_anonymous: bool = False
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, for every process the gateway starts
 
     # A field validator (not a model validator) so the error is reported under the key ``servers``.
     @field_validator("servers")

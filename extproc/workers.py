@@ -61,20 +61,22 @@ class StopSignal:
         self.requested = True
 
 
-def worker_command(config: Path, worker: int, verbose: bool = False) -> list[str]:
+def worker_command(config: Path, worker: int, verbose: bool = False, log_format: str | None = None) -> list[str]:
     """The command line of processor worker ``worker`` (it listens on its own port or socket)."""
     cmd = [sys.executable, "-m", "extproc", "serve", "--config", str(config), "--worker", str(worker)]
-    return cmd + (["--verbose"] if verbose else [])
+    return cmd + (["--verbose"] if verbose else []) + (["--log-format", log_format] if log_format else [])
 
 
-def _start(config: Path, worker: int, verbose: bool) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(worker_command(config, worker, verbose))
+def _start(config: Path, worker: int, verbose: bool, log_format: str | None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(worker_command(config, worker, verbose, log_format))
 
 
-def serve_workers(config: Path, count: int, verbose: bool = False, restart_delay: float = 1.0) -> int:
+def serve_workers(
+    config: Path, count: int, verbose: bool = False, log_format: str | None = None, restart_delay: float = 1.0
+) -> int:
     """Run ``count`` workers until SIGTERM/SIGINT, restarting any that dies; then stop them all (they drain)."""
     stop = StopSignal()
-    procs = {i: _start(config, i, verbose) for i in range(count)}
+    procs = {i: _start(config, i, verbose, log_format) for i in range(count)}
     log.info("started %d processor workers: %s", count, [p.pid for p in procs.values()])
     while not stop.requested:
         time.sleep(0.2)  # a supervisor's poll, not a wait for a test condition
@@ -82,7 +84,7 @@ def serve_workers(config: Path, count: int, verbose: bool = False, restart_delay
             if p.poll() is not None and not stop.requested:
                 log.error("worker %d (pid %d) exited with %s; starting it again", i, p.pid, p.returncode)
                 time.sleep(restart_delay)
-                procs[i] = _start(config, i, verbose)
+                procs[i] = _start(config, i, verbose, log_format)
     for p in procs.values():
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)

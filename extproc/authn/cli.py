@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -17,9 +16,12 @@ def dev_issuer(
     host: Annotated[str, typer.Option(help="Loopback address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 9400,
     key_dir: KeyDirOption = Path(".demo/issuer"),
+    log_format: Annotated[str, typer.Option("--log-format", help="text or json")] = "text",
 ) -> None:
     """Serve a DEVELOPMENT-ONLY OIDC issuer (discovery + JWKS) until Ctrl-C. Never use in production."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from extproc.logs import setup
+
+    setup("json" if log_format == "json" else "text")
     typer.secho(WARNING, fg=typer.colors.RED, bold=True, err=True)
     issuer = DevIssuer(key_dir, host=host, port=port)
     typer.echo(f"issuer {issuer.url}  jwks {issuer.url}/jwks  keys in {key_dir}", err=True)

@@ -76,6 +76,7 @@ class JwksMetrics:
     jwks_fetches: int = 0
     fetch_failures: int = 0
     refetches_suppressed: int = 0  # unknown-kid refetches skipped by the rate limit
+    last_success: float | None = None  # clock() of the last JWKS fetch that gave keys
 
 
 def parse_jwks(doc: dict[str, Any]) -> dict[str, SigningKey]:
@@ -120,6 +121,11 @@ class KeySet:
     def has_keys(self) -> bool:
         """Ready to verify (for a readiness check)."""
         return bool(self._keys)
+
+    def keys_age(self) -> float | None:
+        """Seconds since the keys were last fetched successfully (None: never)."""
+        last = self.metrics.last_success
+        return None if last is None else self._clock() - last
 
     def has(self, kid: str) -> bool:
         """Is this key still published? (Cached verifications stop counting once their key is withdrawn.)"""
@@ -194,6 +200,7 @@ class KeySet:
                 len(self._keys),
             )
             return False
+        self.metrics.last_success = self._clock()
         if keys.keys() != self._keys.keys():
             log.info("issuer %s now publishes key ids %s", self.cfg.issuer, sorted(k[:64] for k in keys))
         self._keys = keys

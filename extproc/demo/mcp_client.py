@@ -123,3 +123,24 @@ async def list_tools(url: str, token: str | None = None, mode: str = "auto") -> 
     """List tool names in a fresh session."""
     async with connect(url, token, mode) as conn:
         return [tool.name for tool in (await conn.client.list_tools()).tools]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m extproc.demo.mcp_client URL [--token T]`: one scripted session, its result as JSON."""
+    import argparse
+    import asyncio
+    import dataclasses
+    import json
+    import os
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("url", help="the gateway's MCP URL, e.g. http://localhost:8080/demo/mcp")
+    parser.add_argument("--token", default=os.environ.get("MCP_TOKEN"), help="bearer token (default: $MCP_TOKEN)")
+    args = parser.parse_args(argv)
+    result = asyncio.run(run_session(args.url, args.token))
+    print(json.dumps(dataclasses.asdict(result), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from typing import Any, Literal, get_args
 
 import anyio
@@ -246,7 +247,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dns-rebinding-protection", action="store_true", help="accept only localhost Host headers")
     parser.add_argument("--mrtr", action="store_true", help="add the multi-round-trip `approve` tool (2026-07-28)")
     parser.add_argument("--bare-cr", action="store_true", help="end SSE lines with a bare CR (for tests)")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate chain (tests of upstream TLS)")
+    parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
     args = parser.parse_args(argv)
+    tls = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key} if args.tls_cert else {}
     app = build_app(
         args.name,
         args.json_response,
@@ -256,7 +261,14 @@ def main(argv: list[str] | None = None) -> None:
         mrtr=args.mrtr,
         bare_cr=args.bare_cr,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    if args.log_format == "json":  # uvicorn's loggers then propagate to our JSON handler
+        from extproc.logs import setup
+
+        setup("json")
+        logging.getLogger().setLevel(args.log_level)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), log_config=None, **tls)
+        return
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), **tls)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,14 @@ in the test suite, so a typo here fails CI rather than a deploy.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from extproc.envoy.access_log import access_logs
+from extproc.envoy.stats import add_stats_listener
+from extproc.envoy.tls import apply_tls
 from extproc.routing import UPSTREAM_HEADER
 from extproc.settings import Server, Settings, split_hostport
 
@@ -325,8 +329,8 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}s"
 
 
-def render(settings: Settings) -> dict[str, Any]:
-    """The Envoy bootstrap for ``settings`` as a plain dict."""
+def render(settings: Settings, sds_dir: Path | None = None) -> dict[str, Any]:
+    """The Envoy bootstrap for ``settings`` as a plain dict (TLS SDS files referred to in ``sds_dir``)."""
     limit = settings.limits.max_request_body_bytes
     hcm = {
         "@type": _T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -336,6 +340,7 @@ def render(settings: Settings) -> dict[str, Any]:
         "route_config": {"name": "mcp", "virtual_hosts": [_virtual_host(settings)]},
         "http_filters": _http_filters(settings),
         "local_reply_config": _local_replies(),
+        "access_log": access_logs(settings),
     }
     processor = _cluster(PROCESSOR_CLUSTER, processor_addresses(settings), http2=True)
     processor["health_checks"] = [_processor_health_check()]
@@ -349,7 +354,7 @@ def render(settings: Settings) -> dict[str, Any]:
         )
     for c in clusters:
         c["circuit_breakers"] = _circuit_breakers(settings)
-    return {
+    bootstrap = {
         "admin": {"address": _socket("127.0.0.1", settings.admin.port)},  # loopback only, never exposed
         "overload_manager": _overload_manager(settings),
         "static_resources": {
@@ -369,9 +374,10 @@ def render(settings: Settings) -> dict[str, Any]:
             "clusters": clusters,
         },
     }
+    return apply_tls(add_stats_listener(bootstrap, settings), settings, sds_dir)
 
 
-def render_yaml(settings: Settings) -> str:
+def render_yaml(settings: Settings, sds_dir: Path | None = None) -> str:
     """The bootstrap as YAML, with a header saying where it came from."""
     head = "# Rendered by `mcp-extproc envoy-config`; edit gateway.yaml instead of this file.\n"
-    return head + yaml.safe_dump(render(settings), sort_keys=False, width=120)
+    return head + yaml.safe_dump(render(settings, sds_dir), sort_keys=False, width=120)

@@ -67,6 +67,22 @@ class _Stream:
     ops: list[tuple[int, bytes] | Manifest] = field(default_factory=list)  # not yet in the spool, in order
 
 
+@dataclass(frozen=True, slots=True)
+class RecorderStats:
+    """What the recorder can say about itself: health, throughput, backlog (queued and spooled) and uploads."""
+
+    healthy: bool
+    accepting: bool
+    written_events: int
+    lost_events: int
+    queued_events: int  # emitted, not yet in the spool
+    segments_waiting: int  # sealed in the spool, not yet in the store
+    spool_bytes: int
+    uploads: int
+    upload_failures: int
+    store_failing: bool
+
+
 class Recorder:
     """Queue -> batch -> chain -> spool -> (uploader) -> store. ``healthy`` is False while the spool is failing."""
 
@@ -129,6 +145,18 @@ class Recorder:
         # already admitted, so a burst refuses new work (503) instead of failing work in flight.
         admit = self._queue.qsize() < self._queue.maxsize * 0.9
         return self.healthy and admit and (self.spool.has_room or not self.spool.is_open)
+
+    def stats(self) -> RecorderStats:
+        """A reading for metrics and readiness (no locks: plain integer reads on the event loop's thread)."""
+        up = self.uploader
+        return RecorderStats(
+            self.healthy, self.accepting, self.written_events, self.lost_events, self._queue.qsize(),
+            len(self.spool.ready), self.spool.size, up.uploaded, up.failures, up.failing,
+        )  # fmt: skip
+
+    def on_uploaded(self, observe: Callable[[float], None]) -> None:
+        """Call ``observe`` with each stored segment's latency (sealed to stored, seconds)."""
+        self.uploader.on_uploaded.append(observe)
 
     def emit(self, event: Event) -> bool:
         """Enqueue without blocking; False (and counted) when the queue is full."""

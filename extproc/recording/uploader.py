@@ -42,6 +42,7 @@ class Uploader:
         self.uploaded = 0
         self.failures = 0
         self.latencies: list[float] = []  # seconds from "sealed and queued" to "store confirmed", recent ones
+        self.on_uploaded: list[Callable[[float], None]] = []  # called with each latency (metrics histograms)
         self._clock = clock
         self._rand = rand
         self._task: asyncio.Task[None] | None = None
@@ -92,6 +93,8 @@ class Uploader:
             self._queued_at.pop(key, None)
             self.uploaded += 1
             self.latencies = [*self.latencies[-999:], self._clock() - queued]
+            for observe in self.on_uploaded:
+                observe(self.latencies[-1])
             if self.failing:
                 log.info("recording store recovered; spool at %d bytes", self.spool.size)
             self.failing = False

@@ -6,7 +6,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from extproc.demo.mcp_client import connect
-from extproc.launcher import free_port
+from extproc.launcher import free_port, wait_until
 
 POLICY = """
 apiVersion: mcp-extproc/v1
@@ -51,3 +51,42 @@ async def test_metrics_count_what_happened(start_mcp_server, start_authed, issue
     assert m[("mcp_extproc_recording_events_lost_total", ())] == 0
     assert m[("mcp_extproc_policy_reload_failures_total", ())] == 0
     assert m[("mcp_extproc_jwks_fetches_total", (("issuer", issuer.url),))] >= 1
+
+
+async def test_latency_histograms_backlog_and_jwks_age(start_mcp_server, start_authed, issuer) -> None:
+    metrics_port = free_port()
+    gw = start_authed([start_mcp_server("demo")], policy=POLICY, gateway={"processor": {"metrics_port": metrics_port}})
+    async with connect(gw.url(), token=issuer.mint("alice", aud=gw.endpoint)) as conn:
+        await conn.client.call_tool("echo", {"text": "hi"})
+
+    url = f"http://127.0.0.1:{metrics_port}"
+    m = _scrape(f"{url}/metrics")
+    for phase in ("request_headers", "request_body", "response_headers", "response_body"):
+        assert m[("mcp_extproc_message_seconds_count", (("phase", phase),))] >= 1, phase
+    assert m[("mcp_extproc_policy_decision_seconds_count", ())] >= 4
+    complete = (("outcome", "complete"), ("server", "demo"))
+    assert m[("mcp_extproc_exchange_duration_seconds_count", complete)] >= 4
+    assert m[("mcp_extproc_exchange_duration_seconds_sum", complete)] > 0
+    assert 0 <= m[("mcp_extproc_jwks_age_seconds", (("issuer", issuer.url),))] < 60
+    assert m[("mcp_extproc_jwks_keys_loaded", (("issuer", issuer.url),))] == 1
+    assert m[("mcp_extproc_recording_queued_events", ())] >= 0
+    assert m[("mcp_extproc_recording_store_failing", ())] == 0
+
+    def uploaded() -> bool:  # the file store takes segments once they are sealed (age 2 s or the stream's end)
+        return _scrape(f"{url}/metrics").get(("mcp_extproc_recording_upload_seconds_count", ()), 0) >= 1
+
+    wait_until(uploaded, 20, "a segment upload to be observed")
+    m = _scrape(f"{url}/metrics")
+    assert m[("mcp_extproc_recording_uploads_total", ())] >= 1
+    assert httpx.get(f"{url}/ready", timeout=5).status_code == 200
+    assert httpx.get(f"{url}/live", timeout=5).status_code == 200
+    assert httpx.get(f"{url}/nope", timeout=5).status_code == 404
+
+
+async def test_not_ready_while_the_issuer_has_given_no_keys(start_mcp_server, start_authed, issuer) -> None:
+    metrics_port = free_port()
+    issuer.stop()  # the processor starts (serving 503s, never open) but must not be sent traffic
+    gw = start_authed([start_mcp_server("demo")], policy=POLICY, gateway={"processor": {"metrics_port": metrics_port}})
+    ready = httpx.get(f"http://127.0.0.1:{metrics_port}/ready", timeout=5)
+    assert ready.status_code == 503 and f"no signing keys from {issuer.url}" in ready.text
+    assert gw.endpoint
