@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from extproc import settings as settings_mod
+from extproc.audit.cli import app as audit_app
 from extproc.authn.cli import dev_issuer, token
 from extproc.errors import ConfigError
 from extproc.policy.cli import app as policy_app
@@ -29,6 +30,7 @@ app.add_typer(sessions_app, name="sessions")
 keys_app = typer.Typer(help="Signing keys for recording manifests.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
+app.add_typer(audit_app, name="audit")
 app.command("dev-issuer")(dev_issuer)
 app.command("token")(token)
 

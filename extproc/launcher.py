@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -20,6 +21,11 @@ from extproc import settings as settings_mod
 from extproc.envoy.bootstrap import render_yaml
 from extproc.server import listen_address
 from extproc.workers import worker_command
+
+
+def audit_command(config: Path) -> list[str]:
+    """The audit service's command line."""
+    return [sys.executable, "-m", "extproc", "audit", "--config", str(config)]
 
 
 def envoy_binary() -> Path:
@@ -83,6 +89,7 @@ class Stack:
     workdir: Path
     processors: list[subprocess.Popen] = field(default_factory=list)
     envoy: subprocess.Popen | None = None
+    audit: subprocess.Popen | None = None  # the audit service, when gateway.yaml has an audit: section
     _log: Path | None = None
 
     @property
@@ -105,6 +112,10 @@ class Stack:
         self.processors = [self._spawn(worker) for worker in range(s.processor.workers)]
         for worker in range(s.processor.workers):
             self._wait_worker(worker)
+        if s.audit is not None:
+            self.audit = subprocess.Popen(audit_command(self.config), stdout=out, stderr=out)
+            address = f"{s.audit.address}:{s.audit.port}"
+            wait_until(lambda: self._alive() and can_connect(address), 30, "the audit service")
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(render_yaml(s))
         cmd = [
@@ -140,15 +151,15 @@ class Stack:
         self._wait_worker(worker)
 
     def _alive(self) -> bool:
-        for p in [*self.processors, *([self.envoy] if self.envoy else [])]:
+        for p in [*self.processors, *([self.envoy] if self.envoy else []), *([self.audit] if self.audit else [])]:
             if p.poll() is not None:
-                name = "Envoy" if p is self.envoy else "processor"
+                name = "Envoy" if p is self.envoy else "audit service" if p is self.audit else "processor"
                 raise RuntimeError(f"{name} exited with status {p.returncode}; see its log")
         return True
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM Envoy, then the processors (they finish in-flight exchanges and flush recordings)."""
-        for group in ([self.envoy] if self.envoy else [], self.processors):
+        for group in ([self.envoy] if self.envoy else [], [*self.processors, *([self.audit] if self.audit else [])]):
             for p in group:
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
@@ -158,7 +169,7 @@ class Stack:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-        self.envoy = None
+        self.envoy = self.audit = None
         self.processors = []
 
     def __enter__(self) -> Stack:

@@ -144,10 +144,34 @@ def _local_replies() -> dict[str, Any]:
     }
 
 
+AUDIT_CLUSTER = "mcp_extproc_audit"
+
+
+def audit_parts(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The audit service's route and cluster. ext_proc is off on that route: auditors' traffic is not MCP traffic
+    and is never recorded as such (the audit service keeps its own trail)."""
+    audit = settings.audit
+    if audit is None:
+        return [], []
+    route = {
+        "name": "audit",
+        "match": {"path_separated_prefix": audit.prefix.rstrip("/")},
+        "route": {"cluster": AUDIT_CLUSTER, "timeout": "0s"},  # replay streams last as long as the playback
+        "typed_per_filter_config": {
+            "envoy.filters.http.ext_proc": {
+                "@type": _T + "extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+                "disabled": True,
+            }
+        },
+    }
+    return [route], [_cluster(AUDIT_CLUSTER, [_socket(audit.address, audit.port)], http2=False)]
+
+
 def render(settings: Settings) -> dict[str, Any]:
     """The Envoy bootstrap for ``settings`` as a plain dict."""
     limit = settings.limits.max_request_body_bytes
-    routes = [_route(s) for s in settings.servers]
+    audit_routes, audit_clusters = audit_parts(settings)
+    routes = [*audit_routes, *(_route(s) for s in settings.servers)]
     routes.append(
         {
             "name": "not_found",
@@ -170,7 +194,7 @@ def render(settings: Settings) -> dict[str, Any]:
         ],
         "local_reply_config": _local_replies(),
     }
-    clusters = [_cluster(PROCESSOR_CLUSTER, processor_addresses(settings), http2=True)]
+    clusters = [_cluster(PROCESSOR_CLUSTER, processor_addresses(settings), http2=True), *audit_clusters]
     for s in settings.servers:
         host, port = split_hostport(s.upstream)
         clusters.append(
