@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration bench lint clean
+.PHONY: demo test test-unit test-integration bench lint clean chromium
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
@@ -16,19 +16,25 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mcp-extproc demo
 
-test: $(STAMP)
+# The web viewer's browser test drives Debian's chromium (installed when missing; needs root or sudo).
+chromium:
+	@test -x /usr/bin/chromium || { $$(command -v sudo) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$(command -v sudo) apt-get install -y -qq chromium chromium-driver; }
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) chromium
 	$(BIN)/python -m pytest -q tests/integration
 
 bench: $(STAMP)
 	$(BIN)/python bench/gateway_bench.py
 	$(BIN)/python bench/exchange_bench.py
 	$(BIN)/python bench/policy_bench.py
+	$(BIN)/python bench/audit_index_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check extproc tests bench

@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 
 import httpx
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -123,6 +123,7 @@ class WebViewer:
         issuer = next((i for i in auth.issuers if i.issuer == audit.login_issuer), auth.issuers[0])
         self.issuer = issuer
         self.secret = audit.client_secret_file.read_text().strip() if audit.client_secret_file else None
+        self._page = (static_dir() / "index.html").read_text().replace("{{PREFIX}}", self.prefix)
         self.id_tokens: Authenticator | None = None
         if audit.client_id:
             # ID tokens are checked by the gateway's own verifier, with the viewer's client id as the audience.
@@ -162,7 +163,7 @@ class WebViewer:
             "referrer-policy": "no-referrer",
             "cache-control": "no-store",
         }
-        return FileResponse(static_dir() / "index.html", headers=headers)
+        return HTMLResponse(self._page, headers=headers)
 
     async def _endpoints(self) -> dict[str, Any]:
         if self._discovery is None:
