@@ -197,7 +197,7 @@ class Audit(_Model):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        if not re.fullmatch(r"/([A-Za-z0-9._-]+/)+", v):
+        if not re.fullmatch(r"/([A-Za-z0-9._-]+/)+", v) or any(p in (".", "..") for p in v.split("/")):
             raise ValueError("must look like /audit/ (slashes at both ends, letters, digits, '.', '_', '-')")
         return v
 
