@@ -55,7 +55,7 @@ class DevLogin:
         why = self._check(params)
         if why:
             return 400, f"<!doctype html><title>refused</title><p>{html.escape(why)}</p>"
-        keep = ("response_type", "client_id", "redirect_uri", "state", "nonce", "code_challenge")
+        keep: tuple[str, ...] = ("response_type", "client_id", "redirect_uri", "state", "nonce", "code_challenge")
         keep += ("code_challenge_method",)
         hidden = "".join(
             f'<input type="hidden" name="{k}" value="{html.escape(params.get(k, ""))}">' for k in keep if k in params
