@@ -16,6 +16,7 @@ from rich.console import Console
 
 from extproc import settings as settings_mod
 from extproc.audit.cli import app as audit_app
+from extproc.audit.cli import redrive_command
 from extproc.authn.cli import dev_issuer, token
 from extproc.errors import ConfigError
 from extproc.policy.cli import app as policy_app
@@ -27,6 +28,7 @@ app = typer.Typer(
 )
 sessions_app = typer.Typer(help="List, show and verify recorded MCP sessions.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
+sessions_app.command("redrive")(redrive_command)
 keys_app = typer.Typer(help="Signing keys for recording manifests.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
@@ -118,6 +120,8 @@ def up(config: ConfigOpt = Path("gateway.yaml")) -> None:
             stack.start()
             for s in stack.settings.servers:
                 console.print(f"MCP server [bold]{s.name}[/bold] at {stack.url(s.name)}  (upstream {s.upstream})")
+            if stack.settings.audit is not None:
+                console.print(f"audit viewer at {stack.endpoint}{stack.settings.audit.prefix}")
             console.print("gateway up; Ctrl-C to stop")
             while not stop.requested:
                 time.sleep(0.2)

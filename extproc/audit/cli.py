@@ -43,3 +43,58 @@ def reindex_command(ctx: typer.Context) -> None:
     settings = _settings(ctx.obj)
     n = reindex(settings)
     typer.echo(f"indexed {n} sessions into {index_path(settings)}")
+
+
+def redrive_command(
+    session_id: str,
+    to: Annotated[
+        str, typer.Option("--to", help="the MCP server to re-drive against (a staging copy), e.g. http://host/mcp")
+    ],
+    allow_tools: Annotated[
+        str, typer.Option("--allow-tools", help="comma-separated tools that may be called again (side effects!)")
+    ] = "",
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="gateway.yaml (store and audit trail)")] = None,
+    dir: Annotated[
+        Path | None, typer.Option("--dir", help="recording directory (no audit trail without --config)")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="MCP_EXTPROC_TOKEN", help="bearer token for --to")
+    ] = None,
+) -> None:
+    """Re-send a session's recorded requests, in order, in a fresh session; print per call identical or the diff."""
+    import getpass
+
+    from extproc.audit.redrive import redrive
+    from extproc.authn.principal import Principal
+    from extproc.cli import _session, _store, console
+
+    session = _session(_store(config, dir), session_id)
+    allowed = {t.strip() for t in allow_tools.split(",") if t.strip()}
+    if config is not None:  # on the audit trail before anything is sent
+        user = getpass.getuser()
+        who = Principal(issuer="local-cli", subject=user, username=user)
+        query = {"to": to[:200], "allow_tools": ",".join(sorted(allowed))[:200]}
+        if not asyncio.run(_record(config, who, session.id, query)):
+            console.print("[red]cannot write the audit trail; nothing re-driven[/red]")
+            raise typer.Exit(1)
+    outcomes = redrive(session, to, allowed, token)
+    for o in outcomes:
+        console.print(o.line(), highlight=False, markup=False, soft_wrap=True)
+    if any(o.verdict in ("differs", "failed") for o in outcomes):
+        raise typer.Exit(1)
+
+
+async def _record(config: Path, who, target: str, query: dict[str, str]) -> bool:  # type: ignore[no-untyped-def]
+    from extproc.audit.trail import AuditTrail
+    from extproc.cli import _load
+    from extproc.recording.setup import build_runtime
+
+    runtime = build_runtime(_load(config).recording)
+    await runtime.recorder.start()
+    try:
+        ok = AuditTrail(runtime.recorder).record(who, "local", "redrive", target, query, "ok", 0)
+        await runtime.recorder.flushed()
+        return ok and runtime.recorder.healthy
+    finally:
+        await runtime.recorder.close()
+        await runtime.store.close()
