@@ -6,6 +6,7 @@ import asyncio
 import io
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -246,6 +247,19 @@ async def test_bad_input_and_bad_tokens_are_refused_clearly(audit: Audit) -> Non
         assert r.status_code == mcp.status_code == 401
         assert r.headers["www-authenticate"] == mcp.headers["www-authenticate"]
         assert r.json()["error"]["message"]
+
+    # The sessions commands work through the API, as a remote auditor would (token from the environment).
+    env = {**os.environ, "MCP_EXTPROC_TOKEN": a.token("carol")}
+    cli = [sys.executable, "-m", "extproc", "sessions"]
+    done = subprocess.run([*cli, "list", "--api", a.base, "--json"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and [r["session"] for r in json.loads(done.stdout)] == [key], done.stderr
+    done = subprocess.run([*cli, "verify", key, "--api", a.base], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and "signatures checked" in done.stdout, done.stdout + done.stderr
+    done = subprocess.run([*cli, "show", key, "--api", a.base], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and "tools/call" in done.stdout, done.stdout + done.stderr
+    env["MCP_EXTPROC_TOKEN"] = a.token("dave")
+    done = subprocess.run([*cli, "show", key, "--api", a.base], capture_output=True, text=True, env=env)
+    assert done.returncode == 1 and "404: no such session" in done.stdout
 
     # State-changing requests need the CSRF token.
     r = httpx.post(f"{a.base}/logout", timeout=10, follow_redirects=False)
