@@ -240,8 +240,9 @@ class WebViewer:
             return error_response(401, f"ID token refused: {e.safe_message}")
         if who.claims.get("nonce") != pending.nonce:
             return error_response(401, "ID token refused: nonce does not match this login")
+        if not self.ctx.trail.record(who, client_of(request), "login", "", {}, "ok", 303):
+            return error_response(503, "audit trail unavailable: no login without a record of it")
         sid, _ = self.logins.create(who, float(who.claims.get("exp", 0)))  # type: ignore[arg-type]
-        self.ctx.trail.record(who, client_of(request), "login", "", {}, "ok", 303)
         response = RedirectResponse(pending.next, status_code=303)
         response.delete_cookie(LOGIN_COOKIE, path=self.prefix)
         response.set_cookie(

@@ -33,6 +33,11 @@ rules:
     effect: allow
     subjects: {users: ["*"]}
     targets: {servers: ["*"], methods: ["*"]}
+recording:
+  - servers: [alpha]
+    redact:
+      - name: echo-text
+        path: /params/arguments/text
 viewers:
   - name: team-a-sees-alpha
     subjects: {groups: [team-a]}
@@ -149,6 +154,11 @@ async def test_viewers_see_only_their_grant_and_every_access_is_on_a_verifiable_
     assert calls["tools/call"]["response"] is not None
     decisions = [e for ex in doc["exchanges"] for e in ex["events"] if e["type"] == "policy.decision"]
     assert decisions and all(d["rule"] == "allow-everything" for d in decisions)
+    # Stored redacted, served redacted, the rule named.
+    echo = next(c for c in doc["calls"] if (c["request"].get("params") or {}).get("name") == "echo")
+    assert echo["request"]["params"]["arguments"]["text"] == "[REDACTED:echo-text]"
+    redacted = [e for ex in doc["exchanges"] for e in ex["events"] if e.get("redactions")]
+    assert {r["rule"] for e in redacted for r in e["redactions"]} == {"echo-text"}
     verify = a.get("alice", f"/api/sessions/{bob_alpha}/verify", "team-a").json()
     assert verify["verified"] and verify["problems"] == []
     assert a.get("carol", "/api/sessions", state="complete").status_code == 200
