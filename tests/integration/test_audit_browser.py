@@ -144,6 +144,10 @@ async def test_web_viewer_login_find_play_incomplete_and_refused(
             assert await page.text_content("#error") == "no such session"
             await page.screenshot(path=str(ARTIFACTS / "5-refused.png"))
 
+            # Logged in, a state-changing request without the CSRF token (or with a wrong one) is refused.
+            for form in ({}, {"csrf": "forged"}):
+                refused = await page.request.post(base + "logout", form=form, max_redirects=0)
+                assert refused.status == 403, form
             # Logout (the form carries the CSRF token) ends the login.
             await page.goto(base)
             await page.click("#logout button")
