@@ -229,8 +229,8 @@
       el("p", {}, el("a", { href: PREFIX }, "← all sessions")),
       el("h1", {}, "Session " + s.session),
       el("div", { class: "summary", id: "summary" }, stateBadge(s.state), verifiedBadge(s.verified),
-        `server ${s.server || "-"}`, `user ${s.user || "-"}`, `started ${fmt(s.started)}`,
-        `${s.exchanges} exchanges`, `${s.events} events`, verifyBtn),
+        ...[`server ${s.server || "-"}`, `user ${s.user || "-"}`, `started ${fmt(s.started)}`,
+          `${s.exchanges} exchanges`, `${s.events} events`].map((t) => el("span", {}, t)), verifyBtn),
       s.state === "incomplete"
         ? el("p", { class: "state-incomplete", id: "incomplete-note" },
             "Incomplete: a processor stopped before some exchanges ended; what it wrote before is kept.") : null,
