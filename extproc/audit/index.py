@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
 CREATE INDEX IF NOT EXISTS by_time ON sessions (started DESC, key DESC);
 CREATE INDEX IF NOT EXISTS by_server ON sessions (server, started DESC, key DESC);
 CREATE INDEX IF NOT EXISTS by_user ON sessions (user, started DESC, key DESC);
+CREATE INDEX IF NOT EXISTS by_state ON sessions (state, started DESC, key DESC);
+CREATE INDEX IF NOT EXISTS by_owner ON sessions (owner_subject, started DESC, key DESC);
 """
 
 
@@ -137,6 +139,7 @@ class SessionIndex:
 
     def _update(self, changed: dict[str, str]) -> int:
         done = 0
+        batch: list[tuple[SessionRow, str]] = []
         for key, mark in changed.items():
             try:
                 row = summarize(key, load_session(self.store, key, self.public_key))
@@ -145,22 +148,35 @@ class SessionIndex:
             except Exception:  # one unreadable session must not stop the index for the others
                 log.exception("cannot index session %s", key)
                 continue
-            self.put(row, ("F" if row.final else "") + mark)  # F: final, skipped until its folder changes
+            batch.append((row, ("F" if row.final else "") + mark))  # F: final, skipped until its folder changes
             done += 1
+            if len(batch) >= 500:
+                self.put_many(batch)
+                batch = []
+        self.put_many(batch)
         return done
 
     def put(self, row: SessionRow, mark: str) -> None:
-        values = (
-            row.key, row.id, row.server, row.owner_issuer, row.owner_subject, row.user, row.started, row.ended,
-            row.state, int(row.verified), int(row.final), row.exchanges, row.events, json.dumps(row.tools), mark,
-        )  # fmt: skip
+        self.put_many([(row, mark)])
+
+    def put_many(self, rows: list[tuple[SessionRow, str]]) -> None:
+        """Write rows in one transaction (one commit per batch, not per session)."""
+        if not rows:
+            return
+        values = [
+            (
+                r.key, r.id, r.server, r.owner_issuer, r.owner_subject, r.user, r.started, r.ended, r.state,
+                int(r.verified), int(r.final), r.exchanges, r.events, json.dumps(r.tools), mark,
+            )
+            for r, mark in rows
+        ]  # fmt: skip
+        keys = [(r.key,) for r, _ in rows]
+        tools = [(r.key, t) for r, _ in rows for t in r.tools]
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.execute(
-                f"INSERT OR REPLACE INTO sessions ({_COLUMNS}, mark) VALUES ({','.join('?' * 15)})", values
-            )
-            self._db.execute("DELETE FROM session_tools WHERE key = ?", (row.key,))
-            self._db.executemany("INSERT INTO session_tools VALUES (?, ?)", [(row.key, t) for t in row.tools])
+            self._db.executemany(f"INSERT OR REPLACE INTO sessions ({_COLUMNS}, mark) VALUES ({_MARKS})", values)
+            self._db.executemany("DELETE FROM session_tools WHERE key = ?", keys)
+            self._db.executemany("INSERT INTO session_tools VALUES (?, ?)", tools)
             self._db.execute("COMMIT")
 
     def _changes(self, marks: dict[str, str], watermark: float) -> dict[str, str]:
