@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -17,7 +16,7 @@ from extproc.audit.trail import AuditTrail
 from extproc.authn.challenge import www_authenticate
 from extproc.authn.principal import Principal
 from extproc.authn.verify import Authenticator
-from extproc.errors import AuthError, GatewayError
+from extproc.errors import AuthError
 from extproc.policy.compiled import CompiledPolicy
 from extproc.recording.store import Store
 
@@ -57,7 +56,6 @@ class AuditContext:
     public_key: Ed25519PublicKey | None
     metadata_url: str  # the gateway's resource metadata URL, named in every 401 challenge
     logins: CookieLogins | None = None
-    refresh_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def identify(self, request: Request) -> Principal:
         """The caller: a web viewer login (cookie) or a bearer token, verified by the gateway's own code."""
@@ -87,10 +85,6 @@ def auth_error_response(e: AuthError, metadata_url: str) -> JSONResponse:
     """401 with the WWW-Authenticate challenge the gateway gives; 503 when the issuer's keys are unavailable."""
     headers = {"www-authenticate": www_authenticate(e, metadata_url)} if e.status == 401 else {}
     return error_response(e.status, e.safe_message, headers)
-
-
-def gateway_error_response(e: GatewayError) -> JSONResponse:
-    return error_response(e.status, e.safe_message)
 
 
 def json_default(o: Any) -> Any:
