@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration bench lint clean tools
+.PHONY: demo test test-unit test-integration bench lint clean tools chromium
 
 # Command-line tools the deploy checks run: promtool (Debian `prometheus`) and kubectl (Debian `kubectl`).
 APT_TOOLS := promtool:prometheus kubectl:kubectl
@@ -27,19 +27,26 @@ tools:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test: $(STAMP) tools
+
+# The web viewer's browser test drives Debian's chromium (installed when missing; needs root or sudo).
+chromium:
+	@test -x /usr/bin/chromium || { $$(command -v sudo) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$(command -v sudo) apt-get install -y -qq chromium chromium-driver; }
+
+test: $(STAMP) tools chromium
 	$(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: $(STAMP) tools
+test-integration: $(STAMP) tools chromium
 	$(BIN)/python -m pytest -q tests/integration
 
 bench: $(STAMP)
 	$(BIN)/python bench/gateway_bench.py
 	$(BIN)/python bench/exchange_bench.py
 	$(BIN)/python bench/policy_bench.py
+	$(BIN)/python bench/audit_index_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check extproc tests bench

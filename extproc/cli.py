@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 
 from extproc import settings as settings_mod
+from extproc.audit.cli import app as audit_app
+from extproc.audit.cli import redrive_command
 from extproc.authn.cli import dev_issuer, token
 from extproc.doctor import doctor
 from extproc.errors import ConfigError
@@ -27,10 +29,12 @@ app = typer.Typer(
 )
 sessions_app = typer.Typer(help="List, show and verify recorded MCP sessions.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
+sessions_app.command("redrive")(redrive_command)
 keys_app = typer.Typer(help="Signing keys for recording manifests.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
 app.add_typer(store_app, name="store")
+app.add_typer(audit_app, name="audit")
 app.command("dev-issuer")(dev_issuer)
 app.command("token")(token)
 app.command("doctor")(doctor)
@@ -141,6 +145,8 @@ def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None
                 console.print(f"MCP server [bold]{s.name}[/bold] at {stack.url(s.name)}  (upstream {s.upstream})")
             pids = ", ".join(f"{i}: pid {p.pid}" for i, p in enumerate(stack.processors))
             console.print(f"processors {pids}; Envoy pid {stack.envoy.pid if stack.envoy else '-'}")
+            if stack.settings.audit is not None:
+                console.print(f"audit viewer at {stack.endpoint}{stack.settings.audit.prefix}")
             console.print("gateway up; Ctrl-C to stop")
             while not stop.requested:
                 time.sleep(0.2)  # a supervisor's poll
@@ -189,6 +195,10 @@ def _public_key(config: Path | None, public_key: Path | None):  # type: ignore[n
 ConfigOptional = Annotated[Path | None, typer.Option("--config", "-c", help="gateway.yaml (for the store)")]
 DirOpt = Annotated[Path | None, typer.Option("--dir", help="recording directory (instead of --config)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+ApiOpt = Annotated[
+    str | None, typer.Option("--api", help="audit service URL (e.g. https://gw/audit/) instead of a store")
+]
+TokenOpt = Annotated[str | None, typer.Option("--token", envvar="MCP_EXTPROC_TOKEN", help="bearer token for --api")]
 KeyOpt = Annotated[
     Path | None, typer.Option("--public-key", help="Ed25519 public key (PEM) the manifests must be signed with")
 ]
@@ -209,11 +219,29 @@ def _session(store, session_id: str, public_key=None):  # type: ignore[no-untype
     raise typer.Exit(1)
 
 
+def _remote(run, api: str, token: str | None):  # type: ignore[no-untyped-def]
+    """Run a sessions command through the audit API; its refusal (401, 404, …) is printed, exit 1."""
+    from extproc.audit import remote
+
+    try:
+        return run(remote, remote.AuditApi(api, token))
+    except remote.RemoteError as e:
+        console.print(f"[red]{e}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+
+
 @sessions_app.command("list")
 def sessions_list(
-    config: ConfigOptional = None, dir: DirOpt = None, json_out: JsonOpt = False, public_key: KeyOpt = None
+    config: ConfigOptional = None,
+    dir: DirOpt = None,
+    json_out: JsonOpt = False,
+    public_key: KeyOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """List recorded sessions (state: complete, open, or incomplete when a processor died mid-exchange)."""
+    if api is not None:
+        return _remote(lambda r, a: r.remote_list(console, a, json_out), api, token)
     from extproc.recording.replay import load_session
     from extproc.recording.report import sessions_table
 
@@ -235,8 +263,12 @@ def sessions_show(
     dir: DirOpt = None,
     json_out: JsonOpt = False,
     public_key: KeyOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Show every exchange of a session, JSON-RPC requests paired with their responses."""
+    if api is not None:
+        return _remote(lambda r, a: r.remote_show(console, a, session_id, json_out), api, token)
     from extproc.recording.report import print_session, session_doc
 
     key = _public_key(config if dir is None else None, public_key)
@@ -256,8 +288,14 @@ def sessions_verify(
     allow_open: Annotated[
         bool, typer.Option("--allow-open", help="a stream still being written (no final manifest) is not a failure")
     ] = False,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Check signatures, manifests and hash chains; exit 1 and name exactly what is wrong if anything is."""
+    if api is not None:
+        if not _remote(lambda r, a: r.remote_verify(console, a, session_id, allow_open), api, token):
+            raise typer.Exit(1)
+        return
     key = _public_key(config if dir is None else None, public_key)
     session = _session(_store(config, dir), session_id, key)
     for note in session.notes:

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -28,6 +29,11 @@ from extproc.server import listen_address
 from extproc.workers import READY_FILE_ENV, worker_command
 
 log = logging.getLogger(__name__)
+
+
+def audit_command(config: Path) -> list[str]:
+    """The audit service's command line."""
+    return [sys.executable, "-m", "extproc", "audit", "--config", str(config)]
 
 
 def envoy_binary() -> Path:
@@ -138,6 +144,7 @@ class Stack:
     processors: list[subprocess.Popen] = field(default_factory=list)
     envoy: subprocess.Popen | None = None
     log_format: str | None = None  # overrides the config's log_format for every process started
+    audit: subprocess.Popen | None = None  # the audit service, when gateway.yaml has an audit: section
     _log: Path | None = None
     _started: list[float] = field(default_factory=list)
     _deaths: list[int] = field(default_factory=list)
@@ -166,6 +173,10 @@ class Stack:
         self._deaths = [0] * s.processor.workers
         for worker in range(s.processor.workers):
             self._wait_worker(worker)
+        if s.audit is not None:
+            self.audit = subprocess.Popen(audit_command(self.config), stdout=out, stderr=out)
+            address = f"{s.audit.address}:{s.audit.port}"
+            wait_until(lambda: self._alive() and can_connect(address), 30, "the audit service")
         bootstrap = self.workdir / "envoy.yaml"
         write_sds_files(s, self.workdir / "sds")
         bootstrap.write_text(render_yaml(s, self.workdir / "sds"))
@@ -242,9 +253,9 @@ class Stack:
                 log.warning("processor %d restarted (pid %d)", i, self.processors[i].pid)
 
     def _alive(self) -> bool:
-        for p in [*self.processors, *([self.envoy] if self.envoy else [])]:
+        for p in [*self.processors, *([self.envoy] if self.envoy else []), *([self.audit] if self.audit else [])]:
             if p.poll() is not None:
-                name = "Envoy" if p is self.envoy else "processor"
+                name = "Envoy" if p is self.envoy else "audit service" if p is self.audit else "processor"
                 raise RuntimeError(f"{name} exited with status {p.returncode}; see its log")
         return True
 
@@ -265,9 +276,10 @@ class Stack:
             time.sleep(0.1)  # polling Envoy's counter; there is no event to wait on
 
     def stop(self, timeout: float = 30) -> None:
-        """Drain Envoy, SIGTERM it, then the processors (they finish in-flight exchanges and flush recordings)."""
+        """Drain Envoy, SIGTERM it, then the processors and the audit service (they finish in-flight exchanges and
+        flush recordings)."""
         self.drain()
-        for group in ([self.envoy] if self.envoy else [], self.processors):
+        for group in ([self.envoy] if self.envoy else [], [*self.processors, *([self.audit] if self.audit else [])]):
             for p in group:
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
@@ -277,7 +289,7 @@ class Stack:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-        self.envoy = None
+        self.envoy = self.audit = None
         self.processors = []
 
     def __enter__(self) -> Stack:

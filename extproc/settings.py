@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from extproc.authn.config import AuthConfig, origin_of
 from extproc.errors import ConfigError
 from extproc.kube.config import Discovery
+from extproc.policy.compiled import RESERVED_SERVERS
 from extproc.policy.model import Subjects
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -344,6 +345,26 @@ class Admin(_Model):
     stats_port: Port | None = None  # a listener serving only /stats/prometheus (for Prometheus); off when unset
 
 
+class Audit(_Model):
+    """The audit service: recordings served to the people the policy's ``viewers`` rules allow."""
+
+    prefix: str = "/audit/"  # its public path behind the gateway's listener
+    address: str = "127.0.0.1"
+    port: Port = 8090
+    client_id: str | None = None  # OIDC client of the web viewer (Authorization Code + PKCE)
+    client_secret_file: Path | None = None  # a confidential client's secret, read from this file
+    login_issuer: str | None = None  # which configured issuer the web viewer logs in with; default: the first
+    index: Path | None = None  # SQLite session index; default <recording.directory>/.audit-index.sqlite
+    index_interval_ms: Annotated[int, Field(ge=50, le=600_000)] = 2000
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"/([A-Za-z0-9._-]+/)+", v) or any(p in (".", "..") for p in v.split("/")):
+            raise ValueError("must look like /audit/ (slashes at both ends, letters, digits, '.', '_', '-')")
+        return v
+
+
 class Settings(_Model):
     listen: Listen = Listen()
     processor: Processor = Processor()
@@ -359,6 +380,7 @@ class Settings(_Model):
     # (local experiments only): no exchange may reach an MCP server without a verified identity by accident.
     allow_anonymous: bool = False
     log_format: Literal["text", "json"] = "text"  # json: one object per line, for every process the gateway starts
+    audit: Audit | None = None
 
     # A field validator (not a model validator) so the error is reported under the key ``servers``.
     @field_validator("servers")
@@ -368,6 +390,8 @@ class Settings(_Model):
         for s in servers:
             if s.name in seen:
                 raise ValueError(f"server name {s.name!r} is defined twice")
+            if s.name in RESERVED_SERVERS:
+                raise ValueError(f"server name {s.name!r} is reserved (it names the audit trail in viewer rules)")
             seen.add(s.name)
         return servers
 
@@ -388,6 +412,8 @@ class Settings(_Model):
             raise ValueError("auth.session_secret_file: required when processor.workers > 1 (one key for all workers)")
         if self.auth is None and self.policy is not None:
             raise ValueError("policy: needs auth (rules match identities; anonymous callers would pass unchecked)")
+        if self.audit is not None and (self.auth is None or self.policy is None):
+            raise ValueError("audit: needs auth and policy (recordings are served only to viewers the policy names)")
         if self.auth is not None and self.policy is None:
             raise ValueError("policy: required when auth is configured (deny by default needs rules to allow anything)")
         return self
@@ -416,6 +442,14 @@ def load(path: str | Path) -> Settings:
     if pol is not None and not pol.directory.is_absolute():
         pol = pol.model_copy(update={"directory": (path.parent / pol.directory).resolve()})
         settings = settings.model_copy(update={"policy": pol})
+    audit = settings.audit
+    if audit is not None:
+        update = {}
+        for name in ("client_secret_file", "index"):
+            value = getattr(audit, name)
+            if value is not None and not value.is_absolute():
+                update[name] = (path.parent / value).resolve()
+        settings = settings.model_copy(update={"audit": audit.model_copy(update=update)})
     return settings
 
 

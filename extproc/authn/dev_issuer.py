@@ -1,8 +1,8 @@
 """DEVELOPMENT-ONLY OIDC issuer. NEVER USE IT IN PRODUCTION.
 
-It publishes discovery and a JWKS over plain HTTP on loopback, and mints any token for anyone: there is no
-login, no client authentication and the private keys sit unencrypted in a directory. It exists so tests,
-the demo and a developer laptop have a real issuer to talk to.
+It publishes discovery and a JWKS over plain HTTP on loopback, and mints any token for anyone: its login page
+(``dev_login.py``) asks only for a name, there is no client authentication and the private keys sit unencrypted
+in a directory. It exists so tests, the demo and a developer laptop have a real issuer to talk to.
 
 Key directory layout: ``<kid>.pem`` (RSA private keys, mode 0600), ``current`` (the kid new tokens are signed
 with) and ``issuer.url`` (written when serving, so ``token`` can mint without a running server).
@@ -20,10 +20,13 @@ from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from extproc.authn.dev_login import DevLogin
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +153,7 @@ class DevIssuer:
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}"
         (self.keys.path / "issuer.url").write_text(self.url + "\n")
         self._thread: threading.Thread | None = None
+        self.login = DevLogin(self.mint)
 
     # --- serving -----------------------------------------------------------------------------------------
 
@@ -217,7 +221,11 @@ class DevIssuer:
                 "jwks_uri": f"{self.url}/jwks",
                 "id_token_signing_alg_values_supported": ["RS256"],
                 "subject_types_supported": ["public"],
-                "response_types_supported": ["token"],
+                "response_types_supported": ["code"],
+                "authorization_endpoint": f"{self.url}/authorize",
+                "token_endpoint": f"{self.url}/token",
+                "grant_types_supported": ["authorization_code"],
+                "code_challenge_methods_supported": ["S256"],
                 "x-warning": WARNING,
             }
         if path == "/jwks":
@@ -236,11 +244,33 @@ class _HttpServer6(ThreadingHTTPServer):
 def _handler(issuer: DevIssuer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            status, doc = issuer.respond(self.path.split("?", 1)[0])
-            body = json.dumps(doc).encode()
+            path, _, query = self.path.partition("?")
+            if path == "/authorize":
+                status, page = issuer.login.login_page(dict(parse_qsl(query)))
+                return self._send(status, page.encode(), "text/html; charset=utf-8")
+            status, doc = issuer.respond(path)
+            self._send(status, json.dumps(doc).encode(), "application/json")
+
+        def do_POST(self) -> None:
+            size = min(int(self.headers.get("content-length") or 0), 64 << 10)
+            form = dict(parse_qsl(self.rfile.read(size).decode("utf-8", "replace")))
+            path = self.path.split("?", 1)[0]
+            if path == "/authorize":
+                status, doc = issuer.login.authorize(form)
+                if status == 302:
+                    return self._send(302, b"", "text/plain", {"location": doc["location"]})
+            elif path == "/token":
+                status, doc = issuer.login.token(form)
+            else:
+                status, doc = 404, {"error": "not found"}
+            self._send(status, json.dumps(doc).encode(), "application/json", {"cache-control": "no-store"})
+
+        def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", ctype)
             self.send_header("content-length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 

@@ -203,8 +203,32 @@ def _local_replies() -> dict[str, Any]:
     }
 
 
+AUDIT_CLUSTER = "mcp_extproc_audit"
+
+
+def audit_parts(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The audit service's route and cluster. ext_proc is off on that route: auditors' traffic is not MCP traffic
+    and is never recorded as such (the audit service keeps its own trail)."""
+    audit = settings.audit
+    if audit is None:
+        return [], []
+    route = {
+        "name": "audit",
+        "match": {"path_separated_prefix": audit.prefix.rstrip("/")},
+        "route": {"cluster": AUDIT_CLUSTER, "timeout": "0s"},  # replay streams last as long as the playback
+        "typed_per_filter_config": {
+            "envoy.filters.http.ext_proc": {
+                "@type": _T + "extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+                "disabled": True,
+            }
+        },
+    }
+    return [route], [_cluster(AUDIT_CLUSTER, [_socket(audit.address, audit.port)], http2=False)]
+
+
 def _virtual_host(settings: Settings) -> dict[str, Any]:
-    routes = [r for s in settings.servers if s.upstream is not None for r in _routes(s)]
+    audit_routes, _ = audit_parts(settings)
+    routes = [*audit_routes, *(r for s in settings.servers if s.upstream is not None for r in _routes(s))]
     routes.append(_backends_route())
     routes.append(
         {
@@ -344,7 +368,7 @@ def render(settings: Settings, sds_dir: Path | None = None) -> dict[str, Any]:
     }
     processor = _cluster(PROCESSOR_CLUSTER, processor_addresses(settings), http2=True)
     processor["health_checks"] = [_processor_health_check()]
-    clusters = [processor, _backends_cluster()]
+    clusters = [processor, _backends_cluster(), *audit_parts(settings)[1]]
     for s in settings.servers:
         if s.upstream is None:  # backends: reached through BACKENDS_CLUSTER
             continue

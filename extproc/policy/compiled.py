@@ -16,6 +16,8 @@ from extproc.policy.model import KNOWN_METHODS, PROMPT_METHODS, RESOURCE_METHODS
 from extproc.policy.redact import Redactor, compile_redactor
 
 ANY_SERVER = "*"
+AUDIT_SERVER = "audit"  # the auditors' own trail: a viewer rule naming it grants reading who looked at what
+RESERVED_SERVERS = frozenset({AUDIT_SERVER})
 
 # Which McpCall field names the object a method acts on (and so which index key it is bucketed by).
 OBJECT_FIELD: dict[str, str] = {
@@ -164,7 +166,7 @@ def compile_policy(
 
     def check_servers(lf: LoadedFile, servers: list[str], *loc: object) -> frozenset[str] | None:
         for i, s in enumerate(servers):
-            if s != ANY_SERVER and known_servers is not None and s not in known_servers:
+            if s != ANY_SERVER and known_servers is not None and s not in known_servers | RESERVED_SERVERS:
                 known = ", ".join(sorted(known_servers)) or "none"
                 errors.append(f"{lf.where(*loc, i)}: server {s!r} is not defined in gateway.yaml (known: {known})")
         named.update(s for s in servers if s != ANY_SERVER)

@@ -1,0 +1,100 @@
+"""``mcp-extproc audit``: run the audit service; ``audit reindex`` rebuilds its session index from the store."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="The audit service: recordings for the viewers the policy names.", invoke_without_command=True)
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml")]
+
+
+def _settings(config: Path):  # type: ignore[no-untyped-def]
+    from extproc.cli import _load
+
+    settings = _load(config)
+    if settings.auth is None or settings.policy is None:
+        typer.secho(f"{config}: the audit service needs auth: and policy: (viewers rules)", fg="red", err=True)
+        raise typer.Exit(2)
+    return settings
+
+
+@app.callback()
+def audit(ctx: typer.Context, config: ConfigOpt = Path("gateway.yaml"), verbose: bool = False) -> None:
+    """Serve the audit API and web viewer (default prefix /audit/)."""
+    ctx.obj = config
+    if ctx.invoked_subcommand is not None:
+        return
+    from extproc.audit.service import serve_audit
+    from extproc.cli import _logging
+
+    _logging(verbose)
+    asyncio.run(serve_audit(_settings(config)))
+
+
+@app.command("reindex")
+def reindex_command(ctx: typer.Context) -> None:
+    """Rebuild the session index from the store (the store is the source of truth)."""
+    from extproc.audit.service import index_path, reindex
+
+    settings = _settings(ctx.obj)
+    n = reindex(settings)
+    typer.echo(f"indexed {n} sessions into {index_path(settings)}")
+
+
+def redrive_command(
+    session_id: str,
+    to: Annotated[
+        str, typer.Option("--to", help="the MCP server to re-drive against (a staging copy), e.g. http://host/mcp")
+    ],
+    allow_tools: Annotated[
+        str, typer.Option("--allow-tools", help="comma-separated tools that may be called again (side effects!)")
+    ] = "",
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="gateway.yaml (store and audit trail)")] = None,
+    dir: Annotated[
+        Path | None, typer.Option("--dir", help="recording directory (no audit trail without --config)")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="MCP_EXTPROC_TOKEN", help="bearer token for --to")
+    ] = None,
+) -> None:
+    """Re-send a session's recorded requests, in order, in a fresh session; print per call identical or the diff."""
+    import getpass
+
+    from extproc.audit.redrive import redrive
+    from extproc.authn.principal import Principal
+    from extproc.cli import _session, _store, console
+
+    session = _session(_store(config, dir), session_id)
+    allowed = {t.strip() for t in allow_tools.split(",") if t.strip()}
+    if config is not None:  # on the audit trail before anything is sent
+        user = getpass.getuser()
+        who = Principal(issuer="local-cli", subject=user, username=user)
+        query = {"to": to[:200], "allow_tools": ",".join(sorted(allowed))[:200]}
+        if not asyncio.run(_record(config, who, session.id, query)):
+            console.print("[red]cannot write the audit trail; nothing re-driven[/red]")
+            raise typer.Exit(1)
+    outcomes = redrive(session, to, allowed, token)
+    for o in outcomes:
+        console.print(o.line(), highlight=False, markup=False, soft_wrap=True)
+    if any(o.verdict in ("differs", "failed") for o in outcomes):
+        raise typer.Exit(1)
+
+
+async def _record(config: Path, who, target: str, query: dict[str, str]) -> bool:  # type: ignore[no-untyped-def]
+    from extproc.audit.trail import AuditTrail
+    from extproc.cli import _load
+    from extproc.recording.setup import build_runtime
+
+    runtime = build_runtime(_load(config).recording)
+    await runtime.recorder.start()
+    try:
+        ok = AuditTrail(runtime.recorder).record(who, "local", "redrive", target, query, "ok", 0)
+        await runtime.recorder.flushed()
+        return ok and runtime.recorder.healthy
+    finally:
+        await runtime.recorder.close()
+        await runtime.store.close()

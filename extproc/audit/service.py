@@ -1,0 +1,140 @@
+"""Run the audit service: the API (and the web viewer) on uvicorn, the index kept current in the background.
+
+It records like a processor does (its own writer in the same spool root, same store, same signing key), so the
+audit trail is a recording like any other, and it completes dead writers' spools like any processor would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route, Router
+
+from extproc.audit.api import api_routes
+from extproc.audit.context import AuditContext, error_response
+from extproc.audit.index import SessionIndex
+from extproc.audit.openapi import openapi_document
+from extproc.audit.trail import AuditTrail
+from extproc.authn.challenge import resource_metadata_url
+from extproc.authn.verify import Authenticator
+from extproc.policy.loader import PolicyWatcher
+from extproc.recording.manifest import Signer
+from extproc.recording.setup import build_runtime, build_store
+from extproc.settings import Audit, Settings
+
+log = logging.getLogger(__name__)
+
+
+def index_path(settings: Settings) -> Path:
+    audit = settings.audit or Audit()
+    return audit.index or settings.recording.directory / ".audit-index.sqlite"
+
+
+def build_app(ctx: AuditContext, prefix: str, extra_routes: list[Route | Mount] | None = None) -> Starlette:
+    """The service under ``prefix``: API, OpenAPI document and (when given) the web viewer's routes."""
+    document = openapi_document(prefix)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = {404: "no such path", 405: "method not allowed"}.get(status, "request failed")
+        return error_response(status, message)
+
+    async def to_prefix(request: Request) -> Response:
+        return RedirectResponse(prefix, status_code=308)
+
+    routes = [*api_routes(), Route("/api/openapi.json", openapi), *(extra_routes or [])]
+    app = Starlette(
+        routes=[
+            Route(prefix.rstrip("/"), to_prefix),
+            Mount(prefix.rstrip("/"), app=Router(routes, redirect_slashes=False)),
+        ],
+        exception_handlers={HTTPException: http_error},
+    )
+    app.state.ctx = ctx
+    return app
+
+
+async def keep_index(index: SessionIndex, interval: float) -> None:
+    """Refresh the index from the store forever; a failing round is logged and retried."""
+    while True:
+        try:
+            n = await asyncio.to_thread(index.refresh)
+            if n:
+                log.debug("index: %d sessions updated", n)
+        except Exception:
+            log.exception("index refresh failed")
+        await asyncio.sleep(interval)
+
+
+async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT; the trail is flushed on the way out."""
+    audit, auth_cfg, policy_cfg = settings.audit or Audit(), settings.auth, settings.policy
+    if auth_cfg is None or policy_cfg is None:
+        raise ValueError("the audit service needs auth and policy in gateway.yaml")
+    policy = PolicyWatcher(
+        policy_cfg.directory, {s.name for s in settings.servers}, interval=policy_cfg.reload_interval_ms / 1000
+    )
+    runtime = build_runtime(settings.recording)
+    signer = Signer.from_file(settings.recording.signing_key)
+    index = SessionIndex(index_path(settings), runtime.store, signer.public)
+    authenticator = Authenticator(auth_cfg)
+    ctx = AuditContext(
+        authenticator=authenticator,
+        policy=policy,
+        index=index,
+        store=runtime.store,
+        trail=AuditTrail(runtime.recorder),
+        public_key=signer.public,
+        metadata_url=resource_metadata_url(auth_cfg),
+    )
+    from extproc.audit.web import WebViewer
+
+    web = WebViewer.build(settings, ctx)
+    ctx.logins = web.logins
+    app = build_app(ctx, audit.prefix, web.routes())
+    await runtime.start()
+    refresher: asyncio.Task[None] | None = None
+    try:
+        await authenticator.start()
+        await policy.start()
+        await asyncio.to_thread(index.refresh)
+        refresher = asyncio.create_task(keep_index(index, audit.index_interval_ms / 1000), name="audit-index")
+        config = uvicorn.Config(
+            app, host=audit.address, port=audit.port, log_level="warning", lifespan="off", proxy_headers=False
+        )  # the peer stays the peer; x-forwarded-for is recorded beside it
+        server = uvicorn.Server(config)
+        if ready is not None:
+            ready.set()
+        log.info("audit service on http://%s:%d%s", audit.address, audit.port, audit.prefix)
+        await server.serve()
+    finally:
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+        await web.close()
+        await runtime.close()
+        await authenticator.close()
+        await policy.close()
+        index.close()
+
+
+def reindex(settings: Settings) -> int:
+    """Rebuild the index from the store; returns the number of sessions indexed."""
+    signer = Signer.from_file(settings.recording.signing_key)
+    index = SessionIndex(index_path(settings), build_store(settings.recording), signer.public)
+    try:
+        return index.reindex()
+    finally:
+        index.close()
