@@ -21,7 +21,7 @@ from mcp_types.jsonrpc import HEADER_MISMATCH
 
 from extproc.errors import HeaderMismatch, InvalidEnvelope
 from extproc.mcp.jsonrpc import Message
-from extproc.mcp.methods import NAME_BEARING, STATELESS_REVISIONS, is_stateless
+from extproc.mcp.methods import NAME_BEARING, is_stateless
 
 VERSION_HEADER = "mcp-protocol-version"
 METHOD_HEADER = "mcp-method"
@@ -69,9 +69,12 @@ def check_headers(
     rev = classify(headers, messages)
     claims = [h for h in headers if h in (METHOD_HEADER, NAME_HEADER) or h.startswith(PARAM_PREFIX)]
     if not rev.stateless:
-        # 2025 revisions define no routing headers: a server speaking both generations must not act on them.
+        # 2025 revisions define no routing headers, but clients that speak both generations send them anyway; a
+        # server speaking both may act on them, so whatever they claim must be what the body says.
         if claims:
-            raise HeaderMismatch(f"{claims[0]} header is only valid on {'/'.join(STATELESS_REVISIONS)} requests")
+            if batch or len(messages) != 1:
+                raise HeaderMismatch(f"{claims[0]} header on a batch, which it cannot describe")
+            _check_claims(headers, messages[0])
         return rev
     if batch or len(messages) != 1:
         raise InvalidEnvelope(f"{rev.revision} requests are single JSON-RPC messages, not batches")
@@ -90,10 +93,24 @@ def check_headers(
     )
     if isinstance(verdict, InboundLadderRejection):
         raise (HeaderMismatch if verdict.code == HEADER_MISMATCH else InvalidEnvelope)(verdict.message)
-    if NAME_HEADER in headers and method not in NAME_BEARING:
-        raise HeaderMismatch(f"{NAME_HEADER} header on {method[:80]!r}, which names no target")
-    _check_param_headers(headers, message)
+    _check_claims(headers, message)
     return rev
+
+
+def _check_claims(headers: Mapping[str, str], message: Message) -> None:
+    """``Mcp-Method``, ``Mcp-Name`` and ``Mcp-Param-*`` equal to what the body says, and only where they apply."""
+    method = message.get("method")
+    if METHOD_HEADER in headers and headers[METHOD_HEADER] != method:
+        raise HeaderMismatch(f"{METHOD_HEADER} header does not match the request body's method")
+    if NAME_HEADER in headers:
+        key = NAME_BEARING.get(method) if isinstance(method, str) else None
+        if key is None:
+            raise HeaderMismatch(f"{NAME_HEADER} header on {str(method)[:80]!r}, which names no target")
+        params = message.get("params")
+        target = params.get(key) if isinstance(params, dict) else None
+        if decode_header_value(headers[NAME_HEADER]) != target:
+            raise HeaderMismatch(f"{NAME_HEADER} header does not match the request body's {key!r} parameter")
+    _check_param_headers(headers, message)
 
 
 def _refuse_duplicates(names: Iterable[str]) -> None:

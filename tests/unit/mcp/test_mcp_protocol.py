@@ -66,10 +66,16 @@ def test_consistent_modern_request_passes() -> None:
             id="param-on-list",
         ),
         pytest.param(
-            {"mcp-protocol-version": "2025-11-25", "mcp-method": "tools/call"},
+            {"mcp-protocol-version": "2025-11-25", "mcp-method": "tools/list"},
             {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo"}},
             HeaderMismatch,
-            id="routing-header-on-2025",
+            id="wrong-method-on-2025",
+        ),
+        pytest.param(
+            {"mcp-protocol-version": "2025-11-25", "mcp-method": "tools/call", "mcp-name": "add"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo"}},
+            HeaderMismatch,
+            id="wrong-name-on-2025",
         ),
     ],
 )
@@ -99,6 +105,18 @@ def test_modern_batch_is_refused() -> None:
 def test_2025_request_without_routing_headers_passes() -> None:
     rev = _check({"mcp-protocol-version": "2025-11-25"}, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
     assert not rev.stateless
+
+
+def test_2025_request_with_truthful_routing_headers_passes() -> None:
+    """Clients speaking both generations send the headers on 2025 requests too; true claims pass."""
+    headers = {"mcp-protocol-version": "2025-11-25", "mcp-method": "tools/call", "mcp-name": "echo"}
+    _check(headers, {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo"}})
+
+
+def test_2025_batch_with_routing_headers_is_refused() -> None:
+    headers = {"mcp-method": "tools/list"}
+    with pytest.raises(HeaderMismatch):
+        check_headers(list(headers), headers, [{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}] * 2, True)
 
 
 def test_body_meta_alone_makes_a_request_stateless() -> None:
