@@ -1,9 +1,13 @@
-"""One HTTP exchange = one ext_proc stream: a method per phase, owning all state of the exchange.
+"""One HTTP exchange = one ext_proc stream: a method per phase, each delegating to the part that owns the job.
 
-Flow per phase: request headers (route, admit) -> request body (parse JSON-RPC, record) ->
-response headers (learn the session, pick the body parser) -> response body chunks (record each) -> end.
-Events before the MCP session is known (an initialize request) are held and written once the server
-names the session in its response headers.
+request headers -> admission (admission.py) and the exchange's start, recorded
+request body    -> JSON-RPC parsing, header/body consistency (mcp/protocol.py), policy (policy/enforce.py)
+response headers-> the recording unit, how the body is framed and rewritten (mcp/body.py)
+response body   -> every SSE event / JSON document recorded (redacted) as it passes; lists filtered
+end             -> exchange.end, exactly once
+
+Events go through the exchange log (recording/exchange_log.py): numbered, held until the recording unit is
+known, sent fail-closed.
 """
 
 from __future__ import annotations
@@ -17,36 +21,24 @@ from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from extproc.authn.challenge import www_authenticate
+from extproc.admission import SESSION_HEADER, Admitted, Unrecorded, admit
 from extproc.authn.principal import Principal
-from extproc.authn.session_binding import bind, unbind
+from extproc.authn.session_binding import bind
 from extproc.authn.state_binding import RequestStateNotYours, open_sealed, seal
 from extproc.authn.verify import identity_headers
 from extproc.envoy import responses
 from extproc.envoy.headers import recordable, recordable_path, to_dict
-from extproc.errors import (
-    AuthError,
-    EncodedResponse,
-    GatewayError,
-    InvalidRequest,
-    MethodNotAllowed,
-    NotFound,
-    PolicyDenied,
-    SessionNotYours,
-    StoreError,
-)
+from extproc.errors import EncodedResponse, GatewayError, InvalidRequest, PolicyDenied
 from extproc.gateway import Gateway
 from extproc.logs import access, verdict_fields
-from extproc.mcp.body import SseRewriter, rewrite_json
-from extproc.mcp.jsonrpc import McpCall, error_response, is_request, parse_body
+from extproc.mcp.body import Piece, ResponseBody, rewrite_json
+from extproc.mcp.jsonrpc import McpCall, ParsedBody, error_response, is_request, parse_body
 from extproc.mcp.methods import HTTP_METHODS, INPUT_REQUIRED
 from extproc.mcp.protocol import check_headers, classify, run_key
-from extproc.mcp.sse import SseParser
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.enforce import Verdict, authorize, filter_body, redact_for_record, redact_text
 from extproc.policy.engine import describe_call
 from extproc.recording.events import (
-    Event,
     ExchangeEnd,
     ExchangeStart,
     ListFiltered,
@@ -59,19 +51,17 @@ from extproc.recording.events import (
     is_synthetic_session,
     synthetic_session_id,
 )
-from extproc.routing import UPSTREAM_HEADER, Backend
-from extproc.settings import Server
+from extproc.recording.exchange_log import ExchangeLog
+from extproc.routing import UPSTREAM_HEADER
 
 log = logging.getLogger(__name__)
 
-SESSION_HEADER = "mcp-session-id"
 # Tells a stateless (2026-07-28) client which recorded run its request joined; it has no session id to go by.
 RECORDING_HEADER = "mcp-extproc-recording"
 # Never forwarded as the client sent them: the token stays at the gateway (no token passthrough, per the MCP
 # spec) and identity headers are only ever set by the gateway itself, in neither spelling (a WSGI server reads
 # x_mcp_user as x-mcp-user; Envoy also rejects underscore names).
 UPSTREAM_REMOVE = ("authorization", "x-mcp-user", "x-mcp-groups", "x_mcp_user", "x_mcp_groups")
-ALLOWED_METHODS = ("POST", "GET", "DELETE")  # Streamable HTTP; Envoy's routes allow the same
 IDENTITY_ENCODINGS = ("", "identity")
 
 
@@ -82,169 +72,222 @@ class Exchange:
         self.gw = gw
         self.id = gw.new_id()
         self.started = gw.clock()
-        # Who and where, set when the request headers are admitted.
-        self.server: Server | None = None
-        self.backend: Backend | None = None  # which backend of the server serves this caller
+        self.log = ExchangeLog(self.id, gw.sink, gw.clock, gw.options.required)
+        # Who and where, fixed at admission.
+        self.admitted: Admitted | None = None
         self.principal: Principal | None = None
         self.policy: CompiledPolicy | None = None  # one snapshot per exchange: a reload never splits a decision
-        self.session: str | None = None  # the MCP server's session id (None until known)
+        self.client = ""  # downstream address
+        self.request_id = ""  # Envoy's x-request-id: joins our access line to Envoy's
         # Progress.
-        self.recording = False
         self.finished = False
         self.ends_session = False  # a DELETE, or the server answered 404 for the session (it no longer knows it)
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
         self.request_ids: list[Any] = []
-        self.client = ""  # downstream address
-        self._request_headers: dict[str, str] = {}
+        self.verdict: Verdict | None = None
+        # What the request asked for, that shapes the response.
+        self._headers: dict[str, str] = {}
         self._header_names: list[str] = []  # as sent, repeats kept: a duplicated MCP header is refused
         self._run: str | None = None  # the recorded run of a stateless request
         self._may_ask = False  # a stateless call whose result may ask for input: its requestState gets sealed
-        self._sse_rewrite: SseRewriter | None = None
-        self.request_id = ""  # Envoy's x-request-id: joins our access line to Envoy's
-        self.verdict: Verdict | None = None
-        # Internals of recording and filtering.
-        self._index = 0
-        self._held: list[Event] = []  # events before the session is known
         self._awaiting: set[str] = set()  # ids of requests in the body still without a response
         self._lists: dict[str, str] = {}  # list requests whose responses are filtered
-        self._filtering = False
-        self._seal_json = False
-        self._withhold = False  # an oversized JSON body under a policy: its chunks are hashed, not stored
-        self._sse: SseParser | None = None
-        self._json: bytearray | None = None
+        # The response.
+        self._body: ResponseBody | None = None
+        self._buffered: str | None = None  # "filter" or "seal": the whole body comes in one message
+
+    @property
+    def session(self) -> str | None:
+        """The recording unit: the server's session id, a stateless run, or the exchange alone (None until known)."""
+        return self.log.unit
+
+    @property
+    def recording(self) -> bool:
+        return self.admitted is not None
+
+    @property
+    def server_name(self) -> str:
+        return self.admitted.server.name if self.admitted else ""
 
     # --- phases ----------------------------------------------------------------------------------------------
 
     async def on_request_headers(self, msg: ep.HttpHeaders, attributes: Any = None) -> ep.ProcessingResponse:
-        """Admit the request: route, authenticate, check the session's owner; record its start.
-
-        The order is the security order: nothing is recorded or forwarded for an unknown path or an
-        unauthenticated caller (those are logged and counted); a caller presenting someone else's session
-        is refused and the refusal recorded under the caller's identity.
-        """
-        headers = to_dict(msg.headers)
-        path = headers.get(":path", "")
+        """Admit the request (admission.py) and record its start; a refusal of a known caller is recorded too."""
+        headers = self._headers = to_dict(msg.headers)
         self.request_id = headers.get("x-request-id", "")[:128]
-        gw = self.gw
-        if gw.auth is not None and path.split("?", 1)[0] == gw.metadata_path:
-            self.finished = True
-            return responses.json_reply(200, gw.metadata)
-        try:
-            self.server = gw.router.match(path)
-            if self.server is None:
-                raise NotFound(f"no server for path {path.split('?', 1)[0][:200]!r}")
-            gw.router.check_origin(headers.get("origin"))  # in every mode: the server sees its own host name
-            if gw.auth is not None:
-                self.principal = await gw.auth.authenticate(headers.get("authorization"))
-            if gw.settings.recording.required and not gw.recorder.accepting:
-                raise StoreError("recorder not accepting events")
-        except AuthError as e:
-            challenge = {"www-authenticate": www_authenticate(e, gw.metadata_url)} if e.status == 401 else {}
-            return self._refuse(e, challenge)
-        except GatewayError as e:
-            return self._refuse(e)
+        opts = self.gw.options
+        if opts.metadata and headers.get(":path", "").split("?", 1)[0] == opts.metadata_path:
+            self.finished = True  # RFC 9728 metadata: public, and not an exchange
+            return responses.json_reply(200, dict(opts.metadata))
+        admission = await admit(self.gw, headers, self.id)
+        if isinstance(admission, Unrecorded):
+            return self._refuse(admission.error, dict(admission.headers))
+        self._admit(admission, msg, attributes)
+        if admission.refusal is not None:
+            return self._refuse(admission.refusal, dict(admission.refusal_headers))
+        method = headers.get(":method", "")
+        if method in HTTP_METHODS and (refused := self._authorize_http(HTTP_METHODS[method])) is not None:
+            return refused
+        if msg.end_of_stream and (held := self.log.cannot_hold()) is not None:
+            return self._refuse(held)
+        route = admission.route_headers
+        remove = UPSTREAM_REMOVE if route else (*UPSTREAM_REMOVE, UPSTREAM_HEADER)
+        return responses.request_headers({**self._upstream_headers(), **route}, remove, clear_route_cache=bool(route))
 
-        self.recording = True
+    async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
+        """Parse, record and authorize the (buffered) JSON-RPC body; allowed bodies go upstream as decided."""
+        if self.admitted is None:  # a body whose headers were never admitted: config drift; never let it pass
+            raise RuntimeError("ext_proc request body without admitted request headers")
+        body = msg.body
+        self.bytes_in += len(body)
+        parsed = parse_body(body, strict=True)  # what the policy decides on must be what the server reads
+        self._note_request(parsed)
+        self._record_request(parsed, body)
+        if parsed.error:  # what cannot be parsed cannot be authorized: refuse it, recorded
+            return self._refuse(InvalidRequest(f"request body is not valid JSON-RPC ({parsed.error})"))
+        try:  # the headers Envoy and the server read must say what the decided body says
+            check_headers(self._header_names, self._headers, parsed.messages, parsed.batch)
+            forward = self._open_request_state(parsed.messages, body)  # a retry continues only its own round
+        except (InvalidRequest, RequestStateNotYours) as e:
+            return self._refuse(e)
+        if (refused := self._decide(parsed)) is not None:
+            return refused
+        held = self.log.cannot_hold()
+        return self._refuse(held) if held is not None else responses.request_body(forward)
+
+    async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
+        """Learn the recording unit (the server names its session) and how the body is framed."""
+        headers = to_dict(msg.headers)
+        self.status = int(headers.get(":status", "0") or 0)
+        server_session = headers.get(SESSION_HEADER)
+        if self.session is None:
+            self.log.set_unit(server_session or synthetic_session_id(self.id))
+        self.ends_session |= self.status == 404 and not is_synthetic_session(self.session or "")
+        kept, dropped = recordable(headers)
+        self.log.emit(ResponseStart(status=self.status, headers=kept, credentials_removed=dropped))
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding not in IDENTITY_ENCODINGS and self.policy is not None and not msg.end_of_stream:
+            # Envoy asks servers for identity bodies; one that compresses anyway cannot be filtered or redacted.
+            return self._refuse(EncodedResponse(encoding))
+        if msg.end_of_stream:
+            self.finish("complete")
+        ok = 200 <= self.status < 300 and not msg.end_of_stream
+        content_type = headers.get("content-type", "")
+        seal_sse = self._seal_state if ok and self._may_ask else None
+        self._body = ResponseBody(content_type, self.gw.options.max_event_body_bytes, seal_sse)
+        # List responses (and JSON results that may carry request state) are rewritten for the caller, so this one
+        # body is buffered; all others keep streaming.
+        if ok and self._lists:
+            self._buffered = "filter"
+        elif ok and self._may_ask and content_type.startswith("application/json"):
+            self._buffered = "seal"
+        remove = ("content-length",) if self._body.rewriting else ()
+        return responses.response_headers(self._client_headers(server_session), remove, self._buffered is not None)
+
+    async def on_response_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
+        """Record one chunk: SSE events as they complete, a JSON body at its end, other bytes as they are."""
+        assert self._body is not None, "response body before response headers"
+        chunk = msg.body
+        self.bytes_out += len(chunk)
+        pieces, released = self._body.feed(chunk)
+        if msg.end_of_stream:
+            more, tail = self._body.end()
+            pieces, released = pieces + more, (released + tail if released is not None else None)
+        for piece in pieces:
+            self._record_piece(piece)
+        reply = self._rewrite_buffered(chunk) if self._buffered else None
+        if msg.end_of_stream:
+            self.finish("complete")
+        if reply is not None:
+            return reply
+        return responses.streamed_body(released) if released is not None else responses.response_body()
+
+    def finish(self, outcome: str, detail: str = "") -> None:
+        """Record the end exactly once. Called at the last body chunk, or by the stream loop when it stops."""
+        if self.finished:
+            return
+        self.finished = True
+        if outcome == "reset" and self.request_ids and not self._awaiting and self.status:
+            # MCP: a POST's stream is done once every request in it has its response; clients often close
+            # the connection right then, before Envoy relays the final empty chunk.
+            outcome, detail = "complete", "client closed the stream after the last response"
+        duration = self.gw.clock() - self.started
+        access(
+            exchange=self.id, request_id=self.request_id, session=self.session, server=self.server_name,
+            user=self.principal.username if self.principal else "", status=self.status, outcome=outcome,
+            duration_ms=duration * 1000, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
+            detail=detail, **verdict_fields(self.verdict),
+        )  # fmt: skip
+        if self.admitted is None:
+            return
+        self.gw.metrics.exchange_ended(self.server_name, outcome, duration)
+        if self.session is None:  # refused, or the stream died, before the server named a session
+            self.log.set_unit(synthetic_session_id(self.id), must=False)
+        if self._body is not None and outcome != "complete":
+            for piece in self._body.end()[0]:
+                self._record_piece(piece)
+        end = ExchangeEnd(
+            outcome=outcome,
+            status=self.status,
+            duration_ms=round(duration * 1000, 3),
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            detail=detail,
+            ends_session=self.ends_session or is_synthetic_session(self.session or ""),
+        )
+        self.log.emit(end, must=False)
+
+    # --- request side ----------------------------------------------------------------------------------------
+
+    def _admit(self, admission: Admitted, msg: ep.HttpHeaders, attributes: Any) -> None:
+        """From here on the exchange is recorded: who, where, which session; then its start."""
+        headers = self._headers
+        self.admitted, self.principal = admission, admission.principal
+        self.policy = self.gw.policy.current if self.gw.policy is not None else None
         self.ends_session = headers.get(":method") == "DELETE"
-        self.policy = gw.policy.current if gw.policy is not None else None
-        client_session = headers.get(SESSION_HEADER) or None
-        denied, to_backend = await self._to_backend(path)
-        if denied is not None and client_session is not None:
-            client_session = f"x-{self.id}"
-        elif client_session is not None and self.principal is not None:
-            try:
-                client_session = unbind(client_session, self.principal, gw.session_key, self._scope)
-            except SessionNotYours as e:
-                denied, client_session = e, synthetic_session_id(self.id)  # a refused exchange is a session of its own
-        self.session = client_session
         self.client = _client_address(attributes, headers)
-        self._request_headers = headers
         self._header_names = [h.key for h in msg.headers.headers]
-        kept, dropped = recordable({**headers, ":path": recordable_path(path)})
-        self._emit(
+        if admission.session is not None:
+            self.log.set_unit(admission.session)
+        path = recordable_path(headers.get(":path", ""))
+        kept, dropped = recordable({**headers, ":path": path})
+        self.log.emit(
             ExchangeStart(
                 client=self.client,
-                server=self.server.name,
-                backend=self.backend.name if self.backend else "",
+                server=admission.server.name,
+                backend=admission.backend.name if admission.backend else "",
                 method=headers.get(":method", ""),
-                path=recordable_path(path),
+                path=path,
                 headers=kept,
                 credentials_removed=dropped,
                 principal=self.principal.to_record() if self.principal else None,
             )
         )
-        if denied is not None:
-            return self._refuse(denied)
-        method = headers.get(":method", "")
-        if method not in ALLOWED_METHODS:
-            return self._refuse(MethodNotAllowed(method), {"allow": ", ".join(ALLOWED_METHODS)})
-        if method in HTTP_METHODS and (refused := self._authorize_http(HTTP_METHODS[method])) is not None:
-            return refused
-        if msg.end_of_stream and (held := self._held_refusal()) is not None:
-            return self._refuse(held)
-        remove = UPSTREAM_REMOVE if to_backend else (*UPSTREAM_REMOVE, UPSTREAM_HEADER)
-        return responses.request_headers(
-            {**self._upstream_headers(), **to_backend}, remove=remove, clear_route_cache=bool(to_backend)
-        )
-
-    async def _to_backend(self, path: str) -> tuple[GatewayError | None, dict[str, str]]:
-        """Pick the caller's backend (routing.py decides); the headers that send the request there, or why not."""
-        assert self.server is not None
-        try:
-            self.backend = self.gw.router.backend(self.server, self.principal)
-            return None, await self.gw.router.upstream_headers(self.server, self.backend, path)
-        except GatewayError as e:
-            return e, {}
-
-    @property
-    def _scope(self) -> str:
-        """What the caller's session id is bound to: server and backend (an id from backend A is refused on B)."""
-        return self.backend.scope(self._server_name) if self.backend is not None else ""
-
-    def _authorize_http(self, name: str) -> ep.ProcessingResponse | None:
-        """GET (open the server's stream) and DELETE (end the session) are decided like methods, named ``name``."""
-        if self.policy is None or self.principal is None:
-            return None
-        verdict = authorize(self.policy, self.principal, self._server_name, ({"method": name},))
-        call, d = verdict.calls[0], verdict.decisions[0]
-        self.gw.metrics.decisions.labels(self._server_name, "true" if d.allowed else "false").inc()
-        self._emit(PolicyDecision(allowed=d.allowed, rule=d.rule, reason=d.reason, call=self._describe(call)))
-        return None if d.allowed else self._refuse(PolicyDenied(d.rule, self._describe(call)))
-
-    def _held_refusal(self) -> StoreError | None:
-        """Events held until the server names the session (initialize, stateless servers) are not queued yet: the
-        request may go upstream only if the recorder can still take them."""
-        if self._held and self.gw.settings.recording.required and not self.gw.recorder.accepting:
-            return StoreError("recorder not accepting events; held events of a session-less exchange")
-        return None
 
     def _upstream_headers(self) -> dict[str, str]:
         """What the MCP server gets instead of the caller's token: the server's own session id, maybe who."""
         out = {}
         if self.principal is not None and self.session is not None:
             out[SESSION_HEADER] = self.session
-        if self.principal is not None and self.gw.settings.auth and self.gw.settings.auth.forward_identity_headers:
+        if self.principal is not None and self.gw.options.forward_identity:
             out.update(identity_headers(self.principal))
         return out
 
-    async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
-        """Parse, record and authorize the (buffered) JSON-RPC body; allowed bodies go upstream unchanged."""
-        if not self.recording:  # a body whose headers were never admitted: config drift; never let it pass
-            raise RuntimeError("ext_proc request body without admitted request headers")
-        body = msg.body
-        self.bytes_in += len(body)
-        parsed = parse_body(body, strict=True)  # what the policy decides on must be what the server reads
+    def _note_request(self, parsed: ParsedBody) -> None:
+        """Request ids (to pair responses) and, for a stateless request, the run it belongs to."""
         self.request_ids = [m.get("id") for m in parsed.messages if "id" in m]
+        self._awaiting = {json.dumps(m["id"]) for m in parsed.messages if "id" in m and is_request(m)}
         if self.session is None and not parsed.error:
-            rev = classify(self._request_headers, parsed.messages)
+            rev = classify(self._headers, parsed.messages)
             if rev.stateless:  # no session id at 2026-07-28: the unit is the client's run, known before recording
                 self._run = self._run_unit(rev.client_info)
-                self._set_session(self._run)
-        self._awaiting = {json.dumps(m["id"]) for m in parsed.messages if "id" in m and is_request(m)}
-        messages, raw, redactions = redact_for_record(self.policy, self._server_name, list(parsed.messages), body)
-        self._emit(
+                self.log.set_unit(self._run)
+
+    def _record_request(self, parsed: ParsedBody, body: bytes) -> None:
+        messages, raw, redactions = redact_for_record(self.policy, self.server_name, list(parsed.messages), body)
+        self.log.emit(
             McpRequest(
                 messages=messages,
                 batch=parsed.batch,
@@ -254,44 +297,66 @@ class Exchange:
                 redactions=redactions,
             )
         )
-        if parsed.error:  # what cannot be parsed cannot be authorized: refuse it, recorded
-            return self._refuse(InvalidRequest(f"request body is not valid JSON-RPC ({parsed.error})"))
-        try:  # the headers Envoy and the server read must say what the decided body says
-            check_headers(self._header_names, self._request_headers, parsed.messages, parsed.batch)
-            forward = self._open_request_state(parsed.messages, body)  # a retry continues only its own round
-        except (InvalidRequest, RequestStateNotYours) as e:
-            return self._refuse(e)
+
+    def _decide(self, parsed: ParsedBody) -> ep.ProcessingResponse | None:
+        """Every request of the body decided and recorded; one denial refuses the whole body."""
         if self.policy is None or self.principal is None:
-            held = self._held_refusal()
-            return self._refuse(held) if held is not None else responses.request_body(forward)
+            return None
         t0 = perf_counter()
-        verdict = self.verdict = authorize(self.policy, self.principal, self._server_name, parsed.messages)
+        verdict = self.verdict = authorize(self.policy, self.principal, self.server_name, parsed.messages)
         self.gw.metrics.decision_seconds.observe(perf_counter() - t0)
-        decided = self.gw.metrics.decisions
         for call, d in zip(verdict.calls, verdict.decisions, strict=True):
-            decided.labels(self._server_name, "true" if d.allowed else "false").inc()
-            self._emit(
-                PolicyDecision(
-                    allowed=d.allowed,
-                    rule=d.rule,
-                    reason=d.reason,
-                    call=self._describe(call),
-                    message_id=call.id,
-                )
-            )
-        if (denied := verdict.denied) is not None:
-            call, d = denied
-            err: GatewayError = InvalidRequest(d.reason) if d.invalid else PolicyDenied(d.rule, self._describe(call))
-            if parsed.batch:  # one denied element denies the batch: every request gets the error
-                errors = [
-                    error_response(c.id, err.jsonrpc_code, err.safe_message) for c in verdict.calls if c.id is not None
-                ]
-                return self._refuse(err, doc=errors)
-            return self._refuse(err)
-        self._lists = verdict.lists
-        if (held := self._held_refusal()) is not None:
-            return self._refuse(held)
-        return responses.request_body(forward)
+            self._record_decision(call, d.allowed, d.rule, d.reason)
+        if (denied := verdict.denied) is None:
+            self._lists = verdict.lists
+            return None
+        call, d = denied
+        err: GatewayError = InvalidRequest(d.reason) if d.invalid else PolicyDenied(d.rule, self._describe(call))
+        if parsed.batch:  # one denied element denies the batch: every request gets the error
+            errors = [
+                error_response(c.id, err.jsonrpc_code, err.safe_message) for c in verdict.calls if c.id is not None
+            ]
+            return self._refuse(err, doc=errors)
+        return self._refuse(err)
+
+    def _authorize_http(self, name: str) -> ep.ProcessingResponse | None:
+        """GET (open the server's stream) and DELETE (end the session) are decided like methods, named ``name``."""
+        if self.policy is None or self.principal is None:
+            return None
+        verdict = authorize(self.policy, self.principal, self.server_name, ({"method": name},))
+        call, d = verdict.calls[0], verdict.decisions[0]
+        self._record_decision(call, d.allowed, d.rule, d.reason)
+        return None if d.allowed else self._refuse(PolicyDenied(d.rule, self._describe(call)))
+
+    def _record_decision(self, call: McpCall, allowed: bool, rule: str, reason: str) -> None:
+        self.gw.metrics.decisions.labels(self.server_name, "true" if allowed else "false").inc()
+        self.log.emit(
+            PolicyDecision(allowed=allowed, rule=rule, reason=reason, call=self._describe(call), message_id=call.id)
+        )
+
+    def _describe(self, call: McpCall) -> str:
+        """'tools/call x on server y' with the server's redactions applied: a resource URI may carry a secret."""
+        text = describe_call(self.server_name, call)
+        return redact_text(self.policy, self.server_name, text) if self.policy is not None else text
+
+    def _run_unit(self, client_info: Mapping[str, Any] | None) -> str:
+        """The recorded run a stateless request belongs to (extproc/mcp/protocol.py RunTracker)."""
+        who = self.principal
+        key = run_key(
+            who.issuer if who else "",
+            who.subject if who else f"anonymous@{self.client}",
+            self.server_name,
+            self._headers.get("authorization", ""),
+            client_info,
+        )
+        return self.gw.runs.unit(key, self.gw.clock(), self._headers.get("traceparent"))
+
+    # --- multi-round-trip request state (2026-07-28) ---------------------------------------------------------
+
+    @property
+    def _state_scope(self) -> str:
+        assert self.admitted is not None
+        return self.admitted.scope or self.admitted.server.name
 
     def _open_request_state(self, messages: tuple[dict[str, Any], ...], body: bytes) -> bytes | None:
         """For a stateless call by a known identity: note whether its result may ask for input (then the state in
@@ -307,7 +372,7 @@ class Exchange:
             return None
         if not isinstance(sealed, str):
             raise InvalidRequest("params.requestState must be a string")
-        state = open_sealed(sealed, self.principal, self._scope or self._server_name, self.gw.session_key)
+        state = open_sealed(sealed, self.principal, self._state_scope, self.gw.options.session_key)
         for ensure_ascii in (False, True):  # the client's own JSON spelling of the value, found exactly once
             spelled = json.dumps(sealed, ensure_ascii=ensure_ascii).encode()
             if body.count(spelled) == 1:
@@ -321,206 +386,71 @@ class Exchange:
             return message
         if self.principal is None:
             return message
-        sealed = seal(state, self.principal, self._scope or self._server_name, self.gw.session_key)
+        sealed = seal(state, self.principal, self._state_scope, self.gw.options.session_key)
         return {**message, "result": {**result, "requestState": sealed}}
 
-    def _run_unit(self, client_info: Mapping[str, Any] | None) -> str:
-        """The recorded run a stateless request belongs to (extproc/mcp/protocol.py RunTracker)."""
-        who = self.principal
-        key = run_key(
-            who.issuer if who else "",
-            who.subject if who else f"anonymous@{self.client}",
-            self._server_name,
-            self._request_headers.get("authorization", ""),
-            client_info,
-        )
-        return self.gw.runs.unit(key, self.gw.clock(), self._request_headers.get("traceparent"))
+    # --- response side ---------------------------------------------------------------------------------------
 
-    def _describe(self, call: McpCall) -> str:
-        """'tools/call x on server y' with the server's redactions applied: a resource URI may carry a secret."""
-        text = describe_call(self._server_name, call)
-        return redact_text(self.policy, self._server_name, text) if self.policy is not None else text
-
-    @property
-    def _server_name(self) -> str:
-        return self.server.name if self.server else ""
-
-    async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
-        """Learn the session (from an initialize response) and how the body is framed."""
-        headers = to_dict(msg.headers)
-        self.status = int(headers.get(":status", "0") or 0)
-        server_session = headers.get(SESSION_HEADER)
-        if self.session is None:
-            self._set_session(server_session or synthetic_session_id(self.id))
-        self.ends_session |= self.status == 404 and not is_synthetic_session(self.session or "")
-        content_type = headers.get("content-type", "")
-        sealing = self._may_ask and 200 <= self.status < 300 and not msg.end_of_stream
-        if content_type.startswith("text/event-stream"):
-            if sealing:  # events stream on, each rewritten if it carries request state
-                self._sse_rewrite = SseRewriter(self._seal_state, b'"requestState"')
-                self._sse = self._sse_rewrite.parser
-            else:
-                self._sse = SseParser()
-        elif content_type.startswith("application/json"):
-            self._json = bytearray()
-        kept, dropped = recordable(headers)
-        self._emit(ResponseStart(status=self.status, headers=kept, credentials_removed=dropped))
-        encoding = headers.get("content-encoding", "").strip().lower()
-        if encoding not in IDENTITY_ENCODINGS and self.policy is not None and not msg.end_of_stream:
-            # Envoy asks servers for identity bodies; one that compresses anyway cannot be filtered or redacted.
-            return self._refuse(EncodedResponse(encoding))
-        if msg.end_of_stream:
-            self.finish("complete")
-        bound = {}
-        if server_session and self.principal is not None:  # the client only ever sees the bound id
-            bound = {SESSION_HEADER: bind(server_session, self.principal, self.gw.session_key, self._scope)}
+    def _client_headers(self, server_session: str | None) -> dict[str, str]:
+        """The client only ever sees the bound session id; a stateless client learns its recorded run."""
+        out = {}
+        if server_session and self.principal is not None and self.admitted is not None:
+            out[SESSION_HEADER] = bind(server_session, self.principal, self.gw.options.session_key, self.admitted.scope)
         if self._run is not None:
-            bound[RECORDING_HEADER] = self._run
-        # List responses (and JSON results that may carry request state) are rewritten for the caller, so this one
-        # body is buffered; all others keep streaming.
-        self._filtering = bool(self._lists) and 200 <= self.status < 300 and not msg.end_of_stream
-        self._seal_json = sealing and self._json is not None
-        remove = ("content-length",) if self._sse_rewrite is not None else ()
-        return responses.response_headers(bound, remove, buffer_body=self._filtering or self._seal_json)
+            out[RECORDING_HEADER] = self._run
+        return out
 
-    async def on_response_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
-        """Record one streamed chunk: SSE events as they complete, a JSON body at its end, other bytes as is."""
-        chunk = msg.body
-        self.bytes_out += len(chunk)
-        sse = self._sse is not None
-        reply = responses.response_body()
-        if self._sse_rewrite is not None:
-            out, events = self._sse_rewrite.feed(chunk)
-            for event in events:
-                self._emit_sse(event.data, event.event, event.id, event.raw)
-            if msg.end_of_stream:
-                out += self._sse_rewrite.finish()
-            reply = responses.streamed_body(out)
-        elif self._sse is not None:
-            for event in self._sse.feed(chunk):
-                self._emit_sse(event.data, event.event, event.id, event.raw)
-        elif self._json is not None:
-            self._json += chunk
-            if len(self._json) > self.gw.settings.recording.max_event_body_bytes:
-                # Too big to hold: the rest is recorded chunk by chunk. Path and key redactions need the parsed
-                # document, so with a policy the content is withheld (size and SHA-256 kept), never stored raw.
-                self._withhold = self.policy is not None
-                self._emit_chunk(bytes(self._json))
-                self._json = None
-        elif chunk:
-            self._emit_chunk(chunk)
-        if self._seal_json:  # the whole JSON body, buffered
-            sealed = rewrite_json(chunk, self._seal_state)
-            reply = responses.response_body(replace=sealed) if sealed is not chunk else reply
-        if self._filtering and self.policy is not None and self.principal is not None:  # the whole body, buffered
-            body, hidden = filter_body(self.policy, self.principal, self._server_name, self._lists, chunk, sse)
-            for method, msg_id, names in hidden:
-                self._emit(ListFiltered(method=method, message_id=msg_id, hidden=names))
-            reply = responses.response_body(replace=body)
-        if msg.end_of_stream:
-            self._end_body()
-            self.finish("complete")
-        return reply
+    def _rewrite_buffered(self, body: bytes) -> ep.ProcessingResponse | None:
+        """The whole (buffered) body rewritten for the caller: lists filtered, or request state sealed."""
+        if self._buffered == "seal":
+            sealed = rewrite_json(body, self._seal_state)
+            return responses.response_body(replace=sealed) if sealed is not body else None
+        if self.policy is None or self.principal is None:
+            return None
+        sse = self._body is not None and self._body.sse
+        filtered, hidden = filter_body(self.policy, self.principal, self.server_name, self._lists, body, sse)
+        for method, msg_id, names in hidden:
+            self.log.emit(ListFiltered(method=method, message_id=msg_id, hidden=names))
+        return responses.response_body(replace=filtered)
 
-    def finish(self, outcome: str, detail: str = "") -> None:
-        """Record the end exactly once. Called at the last body chunk, or by the stream loop when it stops."""
-        if self.finished:
-            return
-        self.finished = True
-        if outcome == "reset" and self.request_ids and not self._awaiting and self.status:
-            # MCP: a POST's stream is done once every request in it has its response; clients often close
-            # the connection right then, before Envoy relays the final empty chunk.
-            outcome, detail = "complete", "client closed the stream after the last response"
-        access(
-            exchange=self.id, request_id=self.request_id, session=self.session, server=self._server_name,
-            user=self.principal.username if self.principal else "", status=self.status, outcome=outcome,
-            duration_ms=(self.gw.clock() - self.started) * 1000, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
-            detail=detail, **verdict_fields(self.verdict),
-        )  # fmt: skip
-        if not self.recording:
-            return
-        self.gw.metrics.exchange_ended(self._server_name, outcome, self.gw.clock() - self.started)
-        if self.session is None:  # refused, or the stream died, before the server named a session
-            self._set_session(synthetic_session_id(self.id), must=False)
-        if outcome != "complete":
-            self._end_body()
-        self._emit(
-            ExchangeEnd(
-                outcome=outcome,
-                status=self.status,
-                duration_ms=round((self.gw.clock() - self.started) * 1000, 3),
-                bytes_in=self.bytes_in,
-                bytes_out=self.bytes_out,
-                detail=detail,
-                ends_session=self.ends_session or is_synthetic_session(self.session or ""),
-            ),
-            must=False,
-        )
+    def _record_piece(self, piece: Piece) -> None:
+        """One SSE event or JSON document as mcp.response (parsed, redacted), or raw bytes as http.chunk."""
+        if piece.event is not None:
+            parsed = parse_body(piece.event.data.encode()) if piece.event.data else None
+            messages = list(parsed.messages) if parsed else []
+            error = parsed.error if parsed else None
+            sse = {"sse_event": piece.event.event, "sse_id": piece.event.id}
+            self._record_response(messages, error, piece.raw, keep_raw=error is not None, **sse)
+        elif piece.document:
+            parsed = parse_body(piece.raw)
+            self._record_response(list(parsed.messages), parsed.error, piece.raw, keep_raw=True)
+        else:
+            self._record_chunk(piece.raw)
 
-    # --- helpers ---------------------------------------------------------------------------------------------
-
-    def _end_body(self) -> None:
-        if self._sse is not None:
-            events, tail = self._sse.finish()  # a final bare CR completes the last event
-            for event in events:
-                self._emit_sse(event.data, event.event, event.id, event.raw)
-            if tail.strip():
-                self._emit_chunk(tail)
-        elif self._json is not None:
-            raw, self._json = bytes(self._json), None
-            parsed = parse_body(raw)
-            self._emit_response(list(parsed.messages), parsed.error, raw, keep_raw=True)
-
-    def _emit_sse(self, data: str, event: str, event_id: str | None, raw: bytes) -> None:
-        parsed = parse_body(data.encode()) if data else None
-        messages = list(parsed.messages) if parsed else []
-        error = parsed.error if parsed else None
-        self._emit_response(messages, error, raw, keep_raw=error is not None, sse_event=event, sse_id=event_id)
-
-    def _emit_response(
+    def _record_response(
         self, messages: list[dict[str, Any]], error: str | None, raw: bytes, keep_raw: bool, **sse: Any
     ) -> None:
         """One mcp.response event, redacted by the policy's recording rules before it is queued."""
         for m in messages:
             if "id" in m and "method" not in m:
                 self._awaiting.discard(json.dumps(m["id"]))
-        messages, kept, redactions = redact_for_record(self.policy, self._server_name, messages, raw)
+        messages, kept, redactions = redact_for_record(self.policy, self.server_name, messages, raw)
         body = {"raw_redacted": True} if kept is None else (body_fields(kept) if keep_raw else {})
-        self._emit(McpResponse(messages=messages, error=error, body=body, size=len(raw), redactions=redactions, **sse))
+        self.log.emit(
+            McpResponse(messages=messages, error=error, body=body, size=len(raw), redactions=redactions, **sse)
+        )
 
-    def _emit_chunk(self, raw: bytes) -> None:
-        if self._withhold:
+    def _record_chunk(self, raw: bytes) -> None:
+        if self._body is not None and self._body.oversized and self.policy is not None:
+            # Path and key redactions need the parsed document: an oversized JSON body under a policy is withheld
+            # (size and SHA-256 kept), never stored raw.
             body = {"withheld": "JSON body over recording.max_event_body_bytes", "sha256": sha256(raw).hexdigest()}
-            self._emit(ResponseChunk(body=body, size=len(raw)))
+            self.log.emit(ResponseChunk(body=body, size=len(raw)))
             return
-        _, kept, _ = redact_for_record(self.policy, self._server_name, [], raw)  # text patterns still apply
-        self._emit(ResponseChunk(body=body_fields(kept if kept is not None else b""), size=len(raw)))
+        _, kept, _ = redact_for_record(self.policy, self.server_name, [], raw)  # text patterns still apply
+        self.log.emit(ResponseChunk(body=body_fields(kept if kept is not None else b""), size=len(raw)))
 
-    def _set_session(self, session: str, must: bool = True) -> None:
-        self.session = session
-        held, self._held = self._held, []
-        for ev in held:
-            ev.session = session
-            self._send(ev, must)
-
-    def _emit(self, ev: Event, must: bool = True) -> None:
-        ev.exchange = self.id
-        ev.index = self._index
-        ev.time = self.gw.clock()
-        self._index += 1
-        if self.session is None:
-            self._held.append(ev)
-            return
-        ev.session = self.session
-        self._send(ev, must)
-
-    def _send(self, ev: Event, must: bool) -> None:
-        if self.gw.recorder.emit(ev) or not must:
-            return
-        if self.gw.settings.recording.required:
-            # Fail closed: the stream loop aborts the gRPC stream, so Envoy fails the request.
-            raise StoreError(f"recording queue full; event {ev.type} of exchange {self.id} lost")
-        log.warning("recording event lost (recording.required is false): %s %s", self.id, ev.type)
+    # --- refusals --------------------------------------------------------------------------------------------
 
     def _refuse(
         self, err: GatewayError, headers: dict[str, str] | None = None, doc: object = None

@@ -6,33 +6,25 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from extproc.authn.challenge import protected_resource_metadata, resource_metadata_url
-from extproc.authn.session_binding import load_key
-from extproc.authn.verify import Authenticator
 from extproc.mcp.protocol import RunTracker
 from extproc.metrics import Metrics
-from extproc.policy.loader import PolicyWatcher
-from extproc.recording.recorder import Recorder
+from extproc.ports import Authenticator, EventSink, PolicySource
 from extproc.routing import Router
+from extproc.runtime import ExchangeOptions, compile_options
 from extproc.settings import Settings
 
 
 @dataclass
 class Gateway:
-    """Config, router, authenticator and recorder; clock and id generator injectable for tests."""
+    """Options, router and the collaborators behind their ports; clock and id generator injectable for tests."""
 
-    settings: Settings
-    recorder: Recorder
+    options: ExchangeOptions
+    sink: EventSink  # the recorder
     router: Router
-    auth: Authenticator | None = None
-    policy: PolicyWatcher | None = None  # exchanges read ``policy.current`` once each
+    auth: Authenticator | None = None  # None: anonymous (allow_anonymous)
+    policy: PolicySource | None = None  # exchanges read ``policy.current`` once each
     metrics: Metrics = field(default_factory=Metrics)
-    session_key: bytes = b""
-    metadata_url: str = ""
-    metadata_path: str = ""  # the path Envoy sees for metadata_url (RFC 9728 puts public_url's path after it)
-    metadata: dict[str, object] = field(default_factory=dict)
     runs: RunTracker = field(default_factory=lambda: RunTracker(300.0))  # recording units of stateless traffic
     clock: Callable[[], float] = time.time
     new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
@@ -41,16 +33,18 @@ class Gateway:
     def build(
         cls,
         settings: Settings,
-        recorder: Recorder,
+        sink: EventSink,
         auth: Authenticator | None = None,
-        policy: PolicyWatcher | None = None,
+        policy: PolicySource | None = None,
+        router: Router | None = None,
     ) -> Gateway:
-        gw = cls(settings=settings, recorder=recorder, router=Router(settings), auth=auth, policy=policy)
-        gw.runs = RunTracker(settings.recording.run_idle_gap_s)
-        gw.metrics.watch(recorder, policy, auth)
-        if settings.auth is not None:
-            gw.session_key = load_key(settings.auth.session_secret_file)
-            gw.metadata_url = resource_metadata_url(settings.auth)
-            gw.metadata_path = urlsplit(gw.metadata_url).path
-            gw.metadata = protected_resource_metadata(settings.auth)
-        return gw
+        """Compile ``settings`` once and wire the parts."""
+        options = compile_options(settings)
+        return cls(
+            options=options,
+            sink=sink,
+            router=router or Router(settings),
+            auth=auth,
+            policy=policy,
+            runs=RunTracker(options.run_idle_gap_s),
+        )

@@ -27,6 +27,7 @@ from extproc.gateway import Gateway
 from extproc.kube.discovery import start_discovery
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.setup import build_runtime
+from extproc.routing import Router
 from extproc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,12 +108,8 @@ def _passthrough(phase: str | None) -> ep.ProcessingResponse:
 
 
 def listen_address(settings: Settings, worker: int = 0) -> str:
-    """The gRPC bind address of worker ``worker`` (ports or socket paths are numbered per worker)."""
-    proc = settings.processor
-    if proc.unix_path:
-        return f"unix:{proc.unix_path}" if proc.workers == 1 else f"unix:{proc.unix_path}.{worker}"
-    host, _, port = proc.address.rpartition(":")
-    return f"{host}:{int(port) + worker}"
+    """The gRPC bind address of worker ``worker``."""
+    return settings.processor.endpoint(worker)
 
 
 async def serve(
@@ -141,8 +138,8 @@ async def serve(
             log.warning("allow_anonymous: true — requests are NOT authenticated; never run like this in production")
         if policy is not None:
             await policy.start()
-        gw = Gateway.build(settings, recording.recorder, auth, policy)
-        gw.router.discovered = discovery
+        gw = Gateway.build(settings, recording.recorder, auth, policy, Router(settings, discovery))
+        gw.metrics.watch(recording.recorder, policy, auth)
         log.info("recording as writer %s", recording.recorder.writer_id)
         if settings.processor.metrics_port is not None:
             port = settings.processor.metrics_port + worker

@@ -122,6 +122,14 @@ class Processor(_Model):
     def unix_path(self) -> str | None:
         return self.address[5:] if self.address.startswith("unix:") else None
 
+    def endpoint(self, worker: int = 0) -> str:
+        """Worker ``worker``'s gRPC address: ``unix:/path[.i]`` or ``host:port+i`` (the one numbering of workers,
+        used by the processor to bind, by the launcher to wait for it and by the Envoy bootstrap)."""
+        if self.unix_path:
+            return self.address if self.workers == 1 else f"{self.address}.{worker}"
+        host, _, port = self.address.rpartition(":")
+        return f"{host}:{int(port) + worker}"
+
 
 class Backend(_Model):
     """One upstream of a server, reached only by callers matching ``subjects`` (the policy's subject syntax)."""

@@ -31,11 +31,10 @@ def _socket(host: str, port: int) -> dict[str, Any]:
 def processor_addresses(settings: Settings) -> list[dict[str, Any]]:
     """One endpoint per processor worker: Envoy balances streams across its connections to each of them."""
     proc = settings.processor
+    endpoints = [proc.endpoint(i) for i in range(proc.workers)]
     if proc.unix_path:
-        paths = [proc.unix_path] if proc.workers == 1 else [f"{proc.unix_path}.{i}" for i in range(proc.workers)]
-        return [{"pipe": {"path": p}} for p in paths]
-    host, port = split_hostport(proc.address)
-    return [_socket(host, port + i) for i in range(proc.workers)]
+        return [{"pipe": {"path": e.removeprefix("unix:")}} for e in endpoints]
+    return [_socket(*split_hostport(e)) for e in endpoints]
 
 
 def _cluster(name: str, addresses: list[dict[str, Any]], http2: bool, tls_sni: str | None = None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from extproc.mcp.sse import SseEvent, SseParser, format_event
@@ -84,3 +85,64 @@ class SseRewriter:
             return ev.raw
         new, changed = _apply(doc, self._fn)
         return format_event(dumps(new), ev.event, ev.id) if changed else ev.raw
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Something of a response to record: one SSE event, one whole JSON document, or raw bytes."""
+
+    raw: bytes
+    event: SseEvent | None = None  # an SSE event
+    document: bool = False  # a whole JSON document (parsed when recorded)
+
+
+class ResponseBody:
+    """Reads one response body as it streams, in the framing its Content-Type names.
+
+    SSE: events as they complete (optionally rewritten for the client as they pass, see ``SseRewriter``). JSON:
+    one document at the end; past ``max_json`` bytes it is too big to hold and goes on as raw chunks
+    (``oversized``). Anything else: raw chunks. Per chunk the work is proportional to the chunk.
+    """
+
+    def __init__(self, content_type: str, max_json: int, rewrite: Rewrite | None = None) -> None:
+        self.sse = content_type.startswith("text/event-stream")
+        self.oversized = False
+        self._max_json = max_json
+        self._rewriter = SseRewriter(rewrite, b'"requestState"') if self.sse and rewrite is not None else None
+        self._parser = self._rewriter.parser if self._rewriter is not None else (SseParser() if self.sse else None)
+        self._json: bytearray | None = bytearray() if content_type.startswith("application/json") else None
+        self._ended = False
+
+    @property
+    def rewriting(self) -> bool:
+        """True when SSE events are rewritten as they pass: the client gets the bytes ``feed`` returns."""
+        return self._rewriter is not None
+
+    def feed(self, chunk: bytes) -> tuple[list[Piece], bytes | None]:
+        """The pieces this chunk completes, and (when rewriting) the bytes to send in its place."""
+        if self._rewriter is not None:
+            out, events = self._rewriter.feed(chunk)
+            return [Piece(e.raw, e) for e in events], out
+        if self._parser is not None:
+            return [Piece(e.raw, e) for e in self._parser.feed(chunk)], None
+        if self._json is not None:
+            self._json += chunk
+            if len(self._json) <= self._max_json:
+                return [], None
+            raw, self._json, self.oversized = bytes(self._json), None, True
+            return [Piece(raw)], None
+        return ([Piece(chunk)] if chunk else []), None
+
+    def end(self) -> tuple[list[Piece], bytes]:
+        """At the end of the stream (or when it stopped): what is left to record, and to release (rewriting)."""
+        if self._ended:
+            return [], b""
+        self._ended = True
+        release = self._rewriter.finish() if self._rewriter is not None else b""
+        if self._parser is not None:
+            events, tail = self._parser.finish()  # a final bare CR completes the last event
+            return [Piece(e.raw, e) for e in events] + ([Piece(tail)] if tail.strip() else []), release
+        if self._json is not None:
+            raw, self._json = bytes(self._json), None
+            return [Piece(raw, document=True)], release
+        return [], release

@@ -1,0 +1,47 @@
+"""gateway.yaml compiled once into frozen options: nothing on the request path reads the config as written."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from extproc.authn.challenge import protected_resource_metadata, resource_metadata_url
+from extproc.authn.session_binding import load_key
+from extproc.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeOptions:
+    """What one exchange needs to know of the config."""
+
+    required: bool = True  # fail closed: an exchange that cannot be recorded is refused (recording.required)
+    max_event_body_bytes: int = 1 << 20  # a JSON body past this is recorded chunk by chunk
+    forward_identity: bool = False  # set x-mcp-user / x-mcp-groups upstream
+    session_key: bytes = b""  # binds session ids and request state to their owner
+    metadata_url: str = ""  # RFC 9728 protected-resource metadata, served without a token ("" without auth)
+    metadata_path: str = ""  # the path Envoy sees for metadata_url (RFC 9728 puts public_url's path after it)
+    metadata: Mapping[str, object] = field(default_factory=dict)
+    run_idle_gap_s: float = 300.0  # stateless traffic: silence that ends a recorded run
+
+
+def compile_options(settings: Settings) -> ExchangeOptions:
+    """The exchange's options from ``settings`` (reads the session key file: a missing one is a ConfigError)."""
+    rec = settings.recording
+    common = {
+        "required": rec.required,
+        "max_event_body_bytes": rec.max_event_body_bytes,
+        "run_idle_gap_s": rec.run_idle_gap_s,
+    }
+    auth = settings.auth
+    if auth is None:
+        return ExchangeOptions(**common)  # type: ignore[arg-type]
+    url = resource_metadata_url(auth)
+    return ExchangeOptions(
+        **common,  # type: ignore[arg-type]
+        forward_identity=auth.forward_identity_headers,
+        session_key=load_key(auth.session_secret_file),
+        metadata_url=url,
+        metadata_path=urlsplit(url).path,
+        metadata=protected_resource_metadata(auth),
+    )
