@@ -67,6 +67,10 @@ def check_headers(
     """
     _refuse_duplicates(names)
     rev = classify(headers, messages)
+    claimed = [(_meta(m) or {}).get(META_VERSION) for m in messages]
+    if VERSION_HEADER in headers and any(v is not None and v != headers[VERSION_HEADER] for v in claimed):
+        # One side reading the header and the other the body would speak two different protocols.
+        raise HeaderMismatch(f"{VERSION_HEADER} header does not match the request envelope's protocol version")
     claims = [h for h in headers if h in (METHOD_HEADER, NAME_HEADER) or h.startswith(PARAM_PREFIX)]
     if not rev.stateless:
         # 2025 revisions define no routing headers, but clients that speak both generations send them anyway; a

@@ -113,6 +113,12 @@ def test_2025_request_with_truthful_routing_headers_passes() -> None:
     _check(headers, {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo"}})
 
 
+def test_body_envelope_and_version_header_must_agree() -> None:
+    """A 2025 header over a 2026 envelope: a server reading the body would speak another protocol than decided."""
+    with pytest.raises(HeaderMismatch):
+        _check(_modern(**{"mcp-protocol-version": "2025-11-25"}), _call())
+
+
 def test_2025_batch_with_routing_headers_is_refused() -> None:
     headers = {"mcp-method": "tools/list"}
     with pytest.raises(HeaderMismatch):
