@@ -46,7 +46,11 @@ async def test_ships_in_order_and_reports_each_stored_segment(tmp_path: Path) ->
     spool = await _spool(tmp_path, 3)
     store = Store(tmp_path / "store")
     stored: list[int] = []
-    up = Uploader(spool, store, on_stored=lambda seg: stored.append(seg.number))
+
+    async def on_stored(seg: Segment) -> None:
+        stored.append(seg.number)
+
+    up = Uploader(spool, store, on_stored=on_stored)
 
     assert await up.ship_once()
 
@@ -60,7 +64,11 @@ async def test_a_refused_segment_stays_and_nothing_after_it_is_tried(tmp_path: P
     spool = await _spool(tmp_path, 2)
     store = Store(tmp_path / "store", failures=1)
     stored: list[int] = []
-    up = Uploader(spool, store, on_stored=lambda seg: stored.append(seg.number))
+
+    async def on_stored(seg: Segment) -> None:
+        stored.append(seg.number)
+
+    up = Uploader(spool, store, on_stored=on_stored)
 
     assert not await up.ship_once()
     assert up.failing and store.puts == [0] and stored == [] and len(spool.ready) == 2
