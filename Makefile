@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/gateway_bench.py
 	$(BIN)/python bench/exchange_bench.py
 	$(BIN)/python bench/policy_bench.py
+	$(BIN)/python bench/recorder_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check extproc tests bench
