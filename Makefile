@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/exchange_bench.py
 	$(BIN)/python bench/policy_bench.py
 	$(BIN)/python bench/audit_index_bench.py
+	$(BIN)/python bench/recorder_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check extproc tests bench

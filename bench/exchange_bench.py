@@ -39,9 +39,6 @@ RESULT = {"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "te
 class CachedAuth:
     """Stands in for the Authenticator's cache hit: the token was verified on an earlier request."""
 
-    def check_origin(self, origin: str | None) -> None:
-        return None
-
     async def authenticate(self, authorization: str | None) -> Principal:
         return ALICE
 
@@ -64,7 +61,7 @@ async def run(exchanges: int, workdir: Path, profile: bool) -> dict[str, float]:
     await runtime.start()
     policy = PolicyWatcher(ROOT / "policies", {"demo", "github"})
     gw = Gateway.build(settings, runtime.recorder, CachedAuth(), policy)  # type: ignore[arg-type]
-    session = bind("sess-1", ALICE, gw.session_key)
+    session = bind("sess-1", ALICE, gw.options.session_key, "demo/")
     req_headers = _headers(
         {
             ":method": "POST",

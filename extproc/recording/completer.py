@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from extproc.recording import chain
+from extproc.recording.digest import close_for_dead_writer
 from extproc.recording.events import ExchangeIncomplete
 from extproc.recording.manifest import GENESIS, Manifest, Signer
 from extproc.recording.recorder import Recorder
@@ -36,7 +37,7 @@ class Completer:
         recorder: Recorder,
         signer: Signer,
         interval: float = 30.0,
-        on_stored: Callable[[Segment], None] | None = None,
+        on_stored: Callable[[Segment], Awaitable[None]] | None = None,
     ) -> None:
         self.root = Path(root)
         self.on_stored = on_stored  # adopted segments go into this writer's digests
@@ -46,6 +47,7 @@ class Completer:
         self.interval = interval
         self.marked = 0
         self._adopted: dict[Path, Uploader] = {}
+        self._open_chains: set[Path] = set()  # adopted folders whose writer's digest chain is not closed yet
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -85,7 +87,13 @@ class Completer:
                 for stream in spool.streams():
                     await self._complete(spool, stream)
                 self._adopted[folder] = Uploader(spool, self.store, on_stored=self.on_stored)
+                self._open_chains.add(folder)
+        for folder in sorted(self._open_chains):  # before shipping: the folder goes once it is empty
+            if await close_for_dead_writer(folder, folder.name, self.store, self.signer, self.recorder.writer_id):
+                self._open_chains.discard(folder)
         for folder, uploader in list(self._adopted.items()):
+            if folder in self._open_chains:
+                continue  # its chain is closed first (the store refused: next round)
             if await uploader.drain(drain_within):
                 await uploader.spool.close()
                 del self._adopted[folder]

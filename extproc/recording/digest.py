@@ -7,6 +7,11 @@ log-file integrity digests: every ``interval`` seconds, and at close, it stores 
 it shipped in the period (session, stream, segment number, SHA-256, first and last seq). Each digest carries
 the SHA-256 of the previous one and an Ed25519 signature; an empty period still gets a digest, so a gap in
 time is as visible as a gap in numbers. ``audit.py`` walks the digests against the store.
+
+So that a killed writer's last period is not lost, the log keeps a small journal in the writer's spool folder
+(``digest.head``: the next number and link; ``digest.period``: the segments stored since the last digest, one
+line each; ``digest.<n>.json``: a digest not yet stored). The completer that adopts a dead writer's folder stores
+its queued digests and closes its chain on its behalf (``close_for_dead_writer``), signed and marked ``closed_by``.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from extproc.errors import StoreError
@@ -56,6 +63,7 @@ class Digest:
     prev: str  # SHA-256 of the previous digest's stored bytes; GENESIS for number 0
     segments: list[Listed] = field(default_factory=list)
     final: bool = False  # the writer closed: nothing follows
+    closed_by: str = ""  # the writer that closed this chain for a dead one (the completer), else empty
     v: int = VERSION
     key_id: str = ""
     sig: str = ""
@@ -103,8 +111,10 @@ class DigestLog:
         signer: Signer,
         interval: float = 300.0,
         wall_clock: Callable[[], float] = time.time,
+        journal: Path | None = None,
     ) -> None:
         self.store = store
+        self.journal = journal  # the writer's spool folder (see the module docstring); None: memory only
         self.writer = writer
         self.signer = signer
         self.interval = interval
@@ -117,12 +127,16 @@ class DigestLog:
         self._pending: list[tuple[int, bytes]] = []  # sealed, not yet stored
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, manifest: Manifest) -> None:
-        self._period.append(Listed.of(manifest))
+    def add(self, manifest: Manifest) -> Listed:
+        entry = Listed.of(manifest)
+        self._period.append(entry)
+        return entry
 
-    def stored(self, segment: Segment) -> None:
+    async def stored(self, segment: Segment) -> None:
         """An uploader's ``on_stored``: the store confirmed ``segment``."""
-        self.add(Manifest.from_bytes(segment.manifest))
+        entry = self.add(Manifest.from_bytes(segment.manifest))
+        if self.journal is not None:
+            await asyncio.to_thread(_append, self.journal / PERIOD, jsonio.dumps(asdict(entry)) + b"\n")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="digests")
@@ -147,10 +161,7 @@ class DigestLog:
         """End the current period: its digest is numbered, chained and signed, and queued for the store."""
         now = self._wall()
         digest = Digest(self.writer, self._number, self._start, now, self._prev, self._period, final)
-        if self.signer.public is not None:
-            digest.key_id = self.signer.key_id
-            digest.sig = self.signer.sign_bytes(digest.signed_part())
-        raw = digest.to_bytes()
+        raw = sign(digest, self.signer)
         self._pending.append((digest.number, raw))
         self._number, self._prev, self._period, self._start = digest.number + 1, digest_hash(raw), [], now
         return digest
@@ -158,6 +169,9 @@ class DigestLog:
     async def flush(self, final: bool = False) -> bool:
         """Seal the period and store every queued digest in order; False as soon as the store refuses one."""
         self.seal(final)
+        if self.journal is not None:
+            number, raw = self._pending[-1]
+            await asyncio.to_thread(_journal_sealed, self.journal, number, raw, self._number, self._prev)
         while self._pending:
             number, raw = self._pending[0]
             try:
@@ -167,4 +181,88 @@ class DigestLog:
                 return False
             self._pending.pop(0)
             self.written += 1
+            if self.journal is not None:
+                await asyncio.to_thread((self.journal / f"digest.{number:08d}.json").unlink, missing_ok=True)
         return True
+
+
+HEAD = "digest.head"
+PERIOD = "digest.period"
+
+
+def sign(digest: Digest, signer: Signer) -> bytes:
+    if signer.public is not None:
+        digest.key_id = signer.key_id
+        digest.sig = signer.sign_bytes(digest.signed_part())
+    return digest.to_bytes()
+
+
+def _append(path: Path, line: bytes) -> None:
+    try:
+        with open(path, "ab") as f:  # no fsync: a killed process loses nothing the kernel has
+            f.write(line)
+    except FileNotFoundError:  # the folder went with a clean close; the closing digest is in memory
+        pass
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _journal_sealed(folder: Path, number: int, raw: bytes, next_number: int, prev: str) -> None:
+    """The sealed digest waits as a file until stored; the head moves on; the period starts empty."""
+    if not folder.is_dir():
+        return
+    _write_atomic(folder / f"digest.{number:08d}.json", raw)
+    _write_atomic(folder / HEAD, jsonio.dumps({"next": next_number, "prev": prev}))
+    (folder / PERIOD).unlink(missing_ok=True)
+
+
+async def close_for_dead_writer(folder: Path, writer: str, store: Store, signer: Signer, closer: str) -> bool:
+    """Store a dead writer's queued digests and its closing digest (its last period), from its journal.
+
+    True when done (or there was no journal); False if the store refused (the journal stays: retried later).
+    """
+    journal = await asyncio.to_thread(_read_journal, folder)
+    if journal is None:
+        return True
+    queued, head, entries = journal
+    now = time.time()
+    closing = Digest(writer, head["next"], now, now, head["prev"], entries, final=True, closed_by=closer)
+    closed = bool(queued) and Digest.from_bytes(queued[-1][1]).final  # it closed, but could not store it
+    try:
+        for number, raw in queued:
+            await store.put_digest(writer, number, raw)
+        if not closed:
+            await store.put_digest(writer, closing.number, sign(closing, signer))
+    except StoreError as e:
+        log.error("cannot close the digest chain of dead writer %s (retried next round): %s", writer, e)
+        return False
+    await asyncio.to_thread(_forget_journal, folder)
+    log.warning("closed the digest chain of dead writer %s at digest %d", writer, closing.number)
+    return True
+
+
+def _read_journal(folder: Path) -> tuple[list[tuple[int, bytes]], dict[str, Any], list[Listed]] | None:
+    queued = [(int(p.name.split(".")[1]), p.read_bytes()) for p in sorted(folder.glob("digest.[0-9]*.json"))]
+    head_path, period_path = folder / HEAD, folder / PERIOD
+    if not queued and not head_path.exists() and not period_path.exists():
+        return None
+    head = jsonio.loads(head_path.read_bytes()) if head_path.exists() else {"next": 0, "prev": GENESIS}
+    entries = []
+    for line in period_path.read_bytes().split(b"\n") if period_path.exists() else []:
+        try:
+            entries.append(Listed(**jsonio.loads(line)))
+        except (ValueError, TypeError):  # a torn last line: its segment shows up as "not listed in any digest"
+            continue
+    return queued, head, entries
+
+
+def _forget_journal(folder: Path) -> None:
+    for path in [*folder.glob("digest.[0-9]*.json"), folder / HEAD, folder / PERIOD]:
+        path.unlink(missing_ok=True)

@@ -19,8 +19,8 @@ def dumps(doc: Any) -> bytes:
     """Compact UTF-8 JSON (non-ASCII kept as is)."""
     try:
         return orjson.dumps(doc)
-    except TypeError:  # an integer beyond 64 bits
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    except TypeError:  # an integer beyond 64 bits, a non-string key, a lone surrogate (from a "\ud800" escape)
+        return _exact(doc, sort_keys=False)
 
 
 def dumps_sorted(doc: Any) -> bytes:
@@ -28,7 +28,15 @@ def dumps_sorted(doc: Any) -> bytes:
     try:
         return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
     except TypeError:
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return _exact(doc, sort_keys=True)
+
+
+def _exact(doc: Any, sort_keys: bool) -> bytes:
+    text = json.dumps(doc, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form: keep it as its JSON escape, losing nothing
+        return json.dumps(doc, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def loads(raw: bytes | str) -> Any:

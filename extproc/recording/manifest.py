@@ -13,7 +13,7 @@ import base64
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from extproc.errors import ConfigError
+from extproc.recording import jsonio
 
 GENESIS = "0" * 64
 VERSION = 1
@@ -49,15 +50,18 @@ class Manifest:
     key_id: str = ""
     sig: str = ""
 
+    def _doc(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}  # flat: no deep copy needed
+
     def signed_part(self) -> bytes:
         """The bytes the signature covers: canonical JSON of everything except ``sig``."""
-        doc = asdict(self)
+        doc = self._doc()
         doc.pop("sig")
-        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return _canonical(doc)
 
     def to_bytes(self) -> bytes:
         """One JSON line, stable field order (hashing this is how the next manifest links to it)."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        return _canonical(self._doc())
 
     def digest(self) -> str:
         return hashlib.sha256(self.to_bytes()).hexdigest()
@@ -65,7 +69,7 @@ class Manifest:
     @classmethod
     def from_bytes(cls, raw: bytes) -> Manifest:
         """Parse a stored manifest; ValueError if it is not one."""
-        doc = json.loads(raw)
+        doc = jsonio.loads(raw)
         if not isinstance(doc, dict):
             raise ValueError("manifest is not a JSON object")
         known = {k: doc[k] for k in cls.__dataclass_fields__ if k in doc}
@@ -73,6 +77,12 @@ class Manifest:
             return cls(**known)
         except TypeError as e:
             raise ValueError(f"manifest is missing fields: {e}") from None
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    # The standard library on purpose: signatures and chain links are recomputed from parsed manifests, so this
+    # exact form (sorted keys, ASCII escapes) is part of the format of every manifest already stored.
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
 def key_id(public: Ed25519PublicKey) -> str:

@@ -1,8 +1,10 @@
-"""The recorder: a bounded queue in front of the spool, batched writes, one hash chain per (session, writer).
+"""The recorder: a bounded buffer in front of the spool, batched writes, one hash chain per (session, writer).
 
-``emit`` never blocks the data path: it enqueues or reports that it could not. A single writer task
-serializes batches, chains them (each line carries the SHA-256 of the previous line of its stream) and appends
-them to the spool; ``sync`` (fsync) runs on a short interval and whenever an exchange ends. Streams are cut into
+``emit`` never blocks the data path: it appends to a plain list or reports that it could not; only the first
+event of a round wakes the writer, which then lingers a few milliseconds so the events of nearby exchanges
+share the round. A single writer task serializes each event once (orjson), chains it (each line carries the
+SHA-256 of the previous line of its stream) and appends the round to the spool in one thread hop, together with
+the ``fsync`` that runs on a short interval and whenever an exchange ends. Streams are cut into
 segments (at an exchange end, a size or an age); each finished segment gets a signed manifest and is handed to
 the uploader. A stream ends, with a ``final`` manifest, when an exchange states that its session is over
 (``ExchangeEnd.ends_session``), when the session goes idle, or when the processor stops.
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import socket
@@ -22,7 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from extproc.errors import StoreError
+from extproc.recording import jsonio
 from extproc.recording.events import Event, ExchangeEnd, ExchangeStart
 from extproc.recording.manifest import GENESIS, Manifest, Signer
 from extproc.recording.spool import Append, Spool
@@ -32,7 +36,7 @@ from extproc.recording.uploader import Uploader
 log = logging.getLogger(__name__)
 
 __all__ = ["GENESIS", "Recorder", "chain_line", "new_writer_id"]
-_MAX_BATCH = 512
+_MAX_BATCH = 4096  # events chained per round (a round is one thread hop to the spool)
 
 
 def new_writer_id() -> str:
@@ -42,7 +46,17 @@ def new_writer_id() -> str:
 
 def chain_line(seq: int, prev: str, event: dict) -> bytes:
     """One JSON line with its chain fields first; the hash of these exact bytes is the next ``prev``."""
-    return json.dumps({"seq": seq, "prev": prev, **event}, separators=(",", ":"), ensure_ascii=False).encode()
+    return jsonio.dumps({"seq": seq, "prev": prev, **event})
+
+
+def event_line(seq: int, prev: str, event: Event) -> bytes:
+    """``chain_line`` of ``event.to_dict()``, byte for byte, with the event serialized once by orjson directly."""
+    try:
+        body = orjson.dumps(event)  # a dataclass: its fields in declaration order, as to_dict gives them
+    except TypeError:  # an integer beyond 64 bits or a non-string key (client-controlled JSON): the exact fallback
+        return chain_line(seq, prev, event.to_dict())
+    head = b'{"seq":%d,"prev":"%s","type":%s' % (seq, prev.encode(), orjson.dumps(event.type))
+    return head + (b"," + body[1:] if len(body) > 2 else b"}")
 
 
 @dataclass(slots=True)
@@ -102,6 +116,7 @@ class Recorder:
         required: bool = True,
         spool: Spool | None = None,
         uploader: Uploader | None = None,
+        linger: float = 0.005,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -124,7 +139,12 @@ class Recorder:
             )
         self.spool = spool
         self.uploader = uploader or Uploader(spool, store)
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=queue_size)
+        # Events not yet chained. A list, not an asyncio.Queue: the writer is woken once per round, not per event.
+        self._buf: list[Event] = []
+        self._max_queue = queue_size
+        self._waiter: asyncio.Future[None] | None = None
+        self._stopping = False
+        self.linger = min(linger, flush_interval)
         self._streams: dict[str, _Stream] = {}
         # Streams with work (lines not spooled, an open segment, a seal due, an end pending). Each round touches only
         # these; all streams (idle SSE sessions can be many) are scanned for the idle timeout at most once a second.
@@ -143,14 +163,14 @@ class Recorder:
         """Whether a new exchange can be recorded now: spool writable and not full, queue not full."""
         # New exchanges are admitted only below 90% of the queue: the rest is headroom for the events of exchanges
         # already admitted, so a burst refuses new work (503) instead of failing work in flight.
-        admit = self._queue.qsize() < self._queue.maxsize * 0.9
+        admit = len(self._buf) < self._max_queue * 0.9
         return self.healthy and admit and (self.spool.has_room or not self.spool.is_open)
 
     def stats(self) -> RecorderStats:
         """A reading for metrics and readiness (no locks: plain integer reads on the event loop's thread)."""
         up = self.uploader
         return RecorderStats(
-            self.healthy, self.accepting, self.written_events, self.lost_events, self._queue.qsize(),
+            self.healthy, self.accepting, self.written_events, self.lost_events, len(self._buf),
             len(self.spool.ready), self.spool.size, up.uploaded, up.failures, up.failing,
         )  # fmt: skip
 
@@ -160,11 +180,13 @@ class Recorder:
 
     def emit(self, event: Event) -> bool:
         """Enqueue without blocking; False (and counted) when the queue is full."""
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if len(self._buf) >= self._max_queue:
             self.lost_events += 1
             return False
+        self._buf.append(event)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():  # only the first event of a round wakes the writer
+            waiter.set_result(None)
         return True
 
     async def start(self) -> None:
@@ -179,7 +201,9 @@ class Recorder:
         """Drain the queue, end every stream (final manifests), sync, and ship what the store will take."""
         if self._task is None:
             return
-        await self._queue.put(_STOP)
+        self._stopping = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
         await self._task
         self._task = None
         await self.uploader.stop()
@@ -201,7 +225,7 @@ class Recorder:
     async def flushed(self, within: float = 5.0) -> None:
         """Wait until everything emitted so far has been written and synced (for tests and shutdown)."""
         self._synced.clear()
-        if self._queue.empty() and not self._has_ops() and not self._seal_due():
+        if not self._buf and not self._has_ops() and not self._seal_due():
             return
         await asyncio.wait_for(self._synced.wait(), within)
 
@@ -213,47 +237,67 @@ class Recorder:
         return any(s.due and s.seg_size for s in self._active.values())
 
     async def _run(self) -> None:
-        last_sync = last_write = self._clock()
-        dirty = False
-        stopping = False
-        while not stopping:
-            if self._has_ops() or not self.healthy:  # the spool failed: retry once per interval, not in a tight loop
-                timeout: float | None = max(0.0, self.flush_interval - (self._clock() - last_write))
-            elif dirty:
-                timeout = max(0.0, self.flush_interval - (self._clock() - last_sync))
-            elif self._seal_due():  # a held-back seal comes due within the interval
-                timeout = self.flush_interval
-            elif self._streams:  # segments age and sessions go idle even without traffic
-                timeout = min(self.segment_age, self.idle_timeout, 1.0)
-            else:
-                timeout = None
-            try:
-                first = await asyncio.wait_for(self._queue.get(), timeout)
-            except TimeoutError:
-                first = None
-            batch: list[Event] = []
-            if first is not None:
-                batch.append(first)
-                while len(batch) < _MAX_BATCH and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-            if any(e is _STOP for e in batch):
-                stopping = True
-                batch = [e for e in batch if e is not _STOP]
+        last_sync = self._clock()
+        dirty = False  # written to the spool, not yet fsynced
+        while True:
+            await self._next_round(self._timeout(dirty, last_sync))
+            stopping = self._stopping
+            batch = self._take(everything=stopping)
             ended = self._chain(batch)
             self._cut(ended, stopping)
-            dirty = await self._write() or dirty
+            sync_due = ended or stopping or self._clock() - last_sync >= self.flush_interval
+            wrote, synced = await self._write(sync=sync_due)
+            dirty = (dirty or wrote) and not synced
             self._settle()
-            last_write = self._clock()
             dirty = dirty or not self.healthy  # a sync attempt is also the health probe
-            if dirty and (ended or stopping or self._clock() - last_sync >= self.flush_interval):
-                dirty = not await self._sync()
+            if dirty and sync_due:
+                synced = await self._sync()
+                dirty = not synced
+            if synced:
                 last_sync = self._clock()
-            if not dirty and not self._has_ops() and not self._seal_due() and self._queue.empty():
+            if not dirty and not self._has_ops() and not self._seal_due() and not self._buf:
                 self._synced.set()
+            if stopping and not self._buf:
+                break
         lost = sum(1 for s in [*self._streams.values(), *self._orphans] for op in s.ops if isinstance(op, tuple))
         if lost:  # the spool is still failing at shutdown: say exactly what could not be written
             self.lost_events += lost
             log.error("recording spool failing at shutdown: %d events not written", lost)
+
+    def _timeout(self, dirty: bool, last_sync: float) -> float | None:
+        """How long the writer may sleep with nothing emitted: it still owes retries, syncs, seals and idle ends."""
+        if self._has_ops() or not self.healthy:  # the spool failed: retry once per interval, not in a tight loop
+            return self.flush_interval
+        if dirty:
+            return max(0.0, self.flush_interval - (self._clock() - last_sync))
+        if self._seal_due():  # a held-back seal comes due within the interval
+            return self.flush_interval
+        if self._streams:  # segments age and sessions go idle even without traffic
+            return min(self.segment_age, self.idle_timeout, 1.0)
+        return None
+
+    async def _next_round(self, wake_after: float | None) -> None:
+        """Sleep until an event is emitted (or ``wake_after`` seconds), then linger so the round gathers neighbours."""
+        if self._buf or self._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(wake_after, _wake, waiter) if wake_after is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+        if self._buf and self.linger > 0 and not self._stopping:
+            await asyncio.sleep(self.linger)
+
+    def _take(self, everything: bool) -> list[Event]:
+        if everything or len(self._buf) <= _MAX_BATCH:
+            batch, self._buf = self._buf, []
+        else:
+            batch, self._buf = self._buf[:_MAX_BATCH], self._buf[_MAX_BATCH:]
+        return batch
 
     # --- chaining and segments ---------------------------------------------------------------------------------
 
@@ -270,7 +314,7 @@ class Recorder:
         ended = False
         for e in events:
             st = self._active[e.session] = self._stream(e.session)
-            line = chain_line(st.seq, st.prev, e.to_dict()) + b"\n"
+            line = event_line(st.seq, st.prev, e) + b"\n"
             if not self.required and not self._room_for(len(line)):
                 self.lost_events += 1  # counted and logged, never chained: what is kept still verifies
                 log.warning("recording event lost (recording.required is false): %s %s", e.exchange, e.type)
@@ -349,8 +393,10 @@ class Recorder:
 
     # --- spool I/O ---------------------------------------------------------------------------------------------
 
-    async def _write(self) -> bool:
-        """Move pending ops of every stream into the spool in one batch, in order; on failure keep the rest."""
+    async def _write(self, sync: bool) -> tuple[bool, bool]:
+        """Move pending ops of every stream into the spool in one batch, in order; on failure keep the rest.
+
+        Returns (something written, synced): with ``sync`` and a healthy spool the fsync shares the thread hop."""
         batch: list[Append | Manifest] = []
         owners: list[tuple[_Stream, int]] = []  # per batch op: its stream and how many of the stream's ops it covers
         for st in [*self._active.values(), *self._orphans]:
@@ -369,12 +415,13 @@ class Recorder:
                 owners.append((st, n - i))
                 i = n
         if not batch:
-            return False
+            return False, False
+        sync = sync and self.healthy and self.spool.is_open
         try:
-            done, error = await self.spool.write(batch)
-        except StoreError as e:  # full: nothing was written
+            done, error = await self.spool.write(batch, sync=sync)
+        except StoreError as e:  # full (nothing was written), or the fsync failed
             self._set_health(False, str(e))
-            return False
+            return False, False
         for item, (st, count) in zip(batch[:done], owners[:done], strict=True):
             del st.ops[:count]
             if isinstance(item, Append):
@@ -383,7 +430,9 @@ class Recorder:
         if error is not None:
             self._set_health(False, str(error))
         self._orphans = [s for s in self._orphans if s.ops]
-        return done > 0
+        if sync and error is None:
+            self._set_health(not self._has_ops())
+        return done > 0, sync and error is None
 
     def _settle(self) -> None:
         """Forget streams whose work is done until their next event."""
@@ -409,8 +458,6 @@ class Recorder:
         self.healthy = ok
 
 
-class _Stop(Event):
-    type = "stop"
-
-
-_STOP = _Stop()
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

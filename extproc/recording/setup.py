@@ -64,8 +64,8 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
     if signer.public is None:
         log.warning("recording.signing_key not set: segment manifests are hashed and chained but not signed")
     writer = new_writer_id()
-    digests = DigestLog(store, writer, signer, interval=rec.digest_interval_s)
     spool = Spool(rec.spool, writer, rec.spool_max_bytes)
+    digests = DigestLog(store, writer, signer, interval=rec.digest_interval_s, journal=spool.path)
     recorder = Recorder(
         store,
         writer_id=writer,

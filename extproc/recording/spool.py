@@ -145,8 +145,11 @@ class Spool:
 
     # --- writing -----------------------------------------------------------------------------------------------
 
-    async def write(self, ops: list[Append | Manifest]) -> tuple[int, StoreError | None]:
+    async def write(self, ops: list[Append | Manifest], sync: bool = False) -> tuple[int, StoreError | None]:
         """Apply appends and seals in order, all in ONE thread hop; returns how many were done and the error, if any.
+
+        With ``sync``, everything written since the last sync is fsynced in the same hop once all ops are done
+        (StoreError if that fails).
 
         The recorder hands over everything chained since its last round; a thread hop per stream per round would
         cost more than the writes themselves. Ops after a failure are not attempted, so order is kept.
@@ -156,7 +159,7 @@ class Spool:
         adding = sum(len(op.data) for op in ops if isinstance(op, Append))
         if self.size and self.size + adding > self.max_bytes:
             raise SpoolFull(f"spool {self.path} is full ({self.size} of {self.max_bytes} bytes): store not keeping up")
-        done, error = await asyncio.to_thread(self._write_ops, ops)
+        done, error = await asyncio.to_thread(self._write_ops, ops, sync)
         for op in ops[:done]:
             if isinstance(op, Append):
                 self.size += len(op.data)
@@ -174,7 +177,18 @@ class Spool:
                 self.changed.set()
         return done, error
 
-    def _write_ops(self, ops: list[Append | Manifest]) -> tuple[int, StoreError | None]:
+    def _write_ops(self, ops: list[Append | Manifest], sync: bool) -> tuple[int, StoreError | None]:
+        done, error = self._apply(ops)
+        if sync and error is None:
+            dirty, self._dirty = self._dirty, set()
+            try:
+                self._fsync(dirty)
+            except OSError as e:
+                self._dirty |= dirty
+                return done, StoreError(f"cannot fsync spool {self.path}: {e.strerror or e}")
+        return done, error
+
+    def _apply(self, ops: list[Append | Manifest]) -> tuple[int, StoreError | None]:
         for i, op in enumerate(ops):
             if isinstance(op, Append):
                 folder = self.path / stream_folder(op.session, op.writer)

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from extproc.errors import StoreError
 from extproc.recording.spool import Spool
@@ -31,7 +31,7 @@ class Uploader:
         max_backoff: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
-        on_stored: Callable[[Segment], None] | None = None,
+        on_stored: Callable[[Segment], Awaitable[None]] | None = None,
     ) -> None:
         self.spool = spool
         self.on_stored = on_stored  # told of every segment the store confirmed (the writer's digest log)
@@ -87,7 +87,7 @@ class Uploader:
                 self.failing = True
                 return False
             if self.on_stored is not None:
-                self.on_stored(segment)
+                await self.on_stored(segment)
             await self.spool.shipped(item)
             self.spool.ready.popleft()
             self._queued_at.pop(key, None)

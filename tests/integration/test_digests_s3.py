@@ -43,7 +43,7 @@ def s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[S3Stor
 
 
 def _keys(client: Any, bucket: str, part: str) -> list[str]:
-    found = client.list_objects_v2(Bucket=bucket, Prefix="rec/").get("Contents", [])
+    found = client.list_objects_v2(Bucket=bucket, Prefix="rec").get("Contents", [])
     return [o["Key"] for o in found if part in o["Key"]]
 
 
@@ -58,7 +58,7 @@ async def test_s3_store_verify_names_deleted_session_segments_and_edited_digest(
     store, client, config = s3
     key, pub = generate_keys(tmp_path / "keys")
     await record_with_digests(store, tmp_path / "spool", key, ["sess-a", "sess-b"])
-    assert store.list_sessions() == ["sess-a", "sess-b"]  # the digests/ folder is not taken for a session
+    assert store.list_sessions() == ["sess-a", "sess-b"]  # digests are not taken for a session
     code, out = _verify(config, pub)
     assert code == 0, out
     assert "OK: 3 digests, 2 sessions, 10 segments listed; signatures checked" in out
@@ -68,7 +68,7 @@ async def test_s3_store_verify_names_deleted_session_segments_and_edited_digest(
     for k in _keys(client, store.bucket, "/sess-a/w/0000000"):  # the last segments of a stream
         if k.rsplit("/", 1)[-1] >= "00000003":
             client.delete_object(Bucket=store.bucket, Key=k)
-    [first] = _keys(client, store.bucket, "digests/w/00000000.json")
+    [first] = _keys(client, store.bucket, "rec-digests/w/00000000.json")
     body = client.get_object(Bucket=store.bucket, Key=first)["Body"].read()
     client.put_object(Bucket=store.bucket, Key=first, Body=body.replace(b'"final":false', b'"final":true', 1))
 

@@ -1,8 +1,9 @@
 """S3 store: every finished segment is an immutable object, followed by its signed manifest.
 
 Keys: ``<prefix>/YYYY/MM/DD/<session>/<writer>/<segment>.jsonl[.gz|.zst]`` and ``…/<segment>.manifest.json``
-(the day is the segment's, in UTC). Each put carries its SHA-256 (``ChecksumSHA256``: S3 rejects a body that
-does not match), optionally an Object Lock retention and an SSE-KMS key. Credentials come only from boto3's
+(the day is the segment's, in UTC); each writer's digests under ``<prefix>-digests/<writer>/<number>.json``.
+Each put carries its SHA-256 (``ChecksumSHA256``: S3 rejects a body that does not match), optionally an Object
+Lock retention and an SSE-KMS key. Credentials come only from boto3's
 default chain (IRSA, EKS pod identity, instance role, environment), never from gateway.yaml.
 
 boto3 is synchronous: every call runs in a worker thread so the event loop never blocks on the network.
@@ -24,7 +25,6 @@ from extproc.recording.store.codec import EXTENSIONS, Compression, compress, dec
 
 _DIGEST = re.compile(r"^(?P<n>\d{8})\.json$")
 _YEAR = re.compile(r"^\d{4}$")
-DIGESTS = "digests"  # <prefix>/digests/<writer>/<number>.json, beside the dated segment folders
 _SEGMENT = re.compile(r"^(?P<n>\d{8})\.(?P<kind>jsonl(?:\.gz|\.zst)?|manifest\.json)$")
 
 
@@ -46,6 +46,9 @@ class S3Store:
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        # Digests beside the segments, not among them: ``<prefix>-digests/<writer>/<number>.json`` (its own
+        # prefix, so access and retention can be set apart from the segments').
+        self.digest_prefix = f"{self.prefix}-digests" if self.prefix else "digests"
         self.object_lock_mode = object_lock_mode
         self.object_lock_days = object_lock_days
         self.kms_key_id = kms_key_id
@@ -100,14 +103,14 @@ class S3Store:
         )
 
     async def put_digest(self, writer: str, number: int, data: bytes) -> None:
-        key = "/".join(p for p in (self.prefix, DIGESTS, safe_key(writer), f"{number:08d}.json") if p)
+        key = f"{self.digest_prefix}/{safe_key(writer)}/{number:08d}.json"
         try:
             await asyncio.to_thread(self._put, key, data)
         except Exception as e:  # as for segments: any botocore failure means "not stored"
             raise StoreError(f"cannot upload digest {number} of {writer!r} to s3://{self.bucket}: {e}") from e
 
     def read_digests(self) -> dict[str, dict[int, bytes]]:
-        root = "/".join(p for p in (self.prefix, DIGESTS) if p) + "/"
+        root = self.digest_prefix + "/"
         out: dict[str, dict[int, bytes]] = {}
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root):
             for obj in page.get("Contents", []):
@@ -131,7 +134,7 @@ class S3Store:
 
     def _days(self) -> list[str]:
         root = f"{self.prefix}/" if self.prefix else ""
-        years = [p for p in self._prefixes(root) if _YEAR.match(p.removeprefix(root).rstrip("/"))]  # not digests/
+        years = [p for p in self._prefixes(root) if _YEAR.match(p.removeprefix(root).rstrip("/"))]  # only YYYY/
         days: list[str] = years
         for _ in range(2):  # MM/ -> DD/
             days = [p for d in days for p in self._prefixes(d)]

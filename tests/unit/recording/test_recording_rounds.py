@@ -1,0 +1,57 @@
+"""The writer is woken once per round, not per event: events emitted close together share one spool write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
+from extproc.recording.recorder import Recorder
+from extproc.recording.replay import load_session
+from extproc.recording.spool import Spool
+from extproc.recording.store.file import FileStore
+
+
+class CountingSpool(Spool):
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.writes: list[int] = []
+
+    async def write(self, ops: list, sync: bool = False) -> Any:  # type: ignore[override]
+        self.writes.append(len(ops))
+        return await super().write(ops, sync)
+
+
+async def test_a_burst_of_exchanges_is_one_round(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    spool = CountingSpool(tmp_path / ".spool", "w")
+    rec = Recorder(store, writer_id="w", spool=spool, flush_interval=0.05, linger=0.02, segment_age=60)
+    await rec.start()
+    for n in range(50):  # 50 exchanges of 5 sessions, emitted as the event loop's callbacks would
+        sid, ex = f"s{n % 5}", f"e{n}"
+        rec.emit(ExchangeStart(session=sid, exchange=ex, index=0, method="POST"))
+        rec.emit(McpRequest(session=sid, exchange=ex, index=1, messages=[{"id": n}]))
+        rec.emit(ExchangeEnd(session=sid, exchange=ex, index=2))
+
+    await rec.flushed()
+
+    assert spool.writes[0] >= 5  # one write for all 150 events (appends of 5 streams plus their seals)
+    assert len(spool.writes) <= 2
+    assert rec.written_events == 150
+    await rec.close()
+    for n in range(5):
+        session = load_session(store, f"s{n}")
+        assert session.problems == [] and len(session.events) == 30
+
+
+async def test_close_drains_more_than_a_round(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    rec = Recorder(store, writer_id="w", queue_size=20_000, flush_interval=60)
+    await rec.start()
+    for n in range(10_000):
+        assert rec.emit(McpRequest(session="s", exchange="e", index=n))
+
+    await rec.close()
+
+    assert rec.written_events == 10_000 and rec.lost_events == 0
+    assert [e["index"] for e in load_session(store, "s").events] == list(range(10_000))

@@ -1,0 +1,110 @@
+"""The uploader: ships in order, deletes only what the store confirmed, backs off with jitter, tells the digests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from extproc.errors import StoreError
+from extproc.recording.manifest import Manifest
+from extproc.recording.spool import Append, Spool
+from extproc.recording.store import Segment
+from extproc.recording.store.file import FileStore
+from extproc.recording.uploader import Uploader
+
+
+class Store(FileStore):
+    """A real file store that refuses the first ``failures`` puts."""
+
+    def __init__(self, root: Path, failures: int = 0) -> None:
+        super().__init__(root)
+        self.failures = failures
+        self.puts: list[int] = []
+
+    async def put_segment(self, segment: Segment) -> None:
+        self.puts.append(segment.number)
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("connection refused")
+        await super().put_segment(segment)
+
+
+def _manifest(segment: int, final: bool = False) -> Manifest:
+    return Manifest("s", "w", segment, segment, segment, 1, 2, "x" * 64, "y" * 64, "0" * 64, final=final, created=1.0)
+
+
+async def _spool(tmp_path: Path, segments: int) -> Spool:
+    spool = Spool(tmp_path / "spool", "w")
+    await spool.open()
+    for n in range(segments):
+        await spool.write([Append("s", "w", n, b"%d\n" % n), _manifest(n, final=n == segments - 1)])
+    return spool
+
+
+async def test_ships_in_order_and_reports_each_stored_segment(tmp_path: Path) -> None:
+    spool = await _spool(tmp_path, 3)
+    store = Store(tmp_path / "store")
+    stored: list[int] = []
+
+    async def on_stored(seg: Segment) -> None:
+        stored.append(seg.number)
+
+    up = Uploader(spool, store, on_stored=on_stored)
+
+    assert await up.ship_once()
+
+    assert store.puts == stored == [0, 1, 2]
+    assert store.read_session("s")["w"].data == b"0\n1\n2\n"
+    assert not spool.ready and up.uploaded == 3 and len(up.latencies) == 3
+    await spool.close()
+
+
+async def test_a_refused_segment_stays_and_nothing_after_it_is_tried(tmp_path: Path) -> None:
+    spool = await _spool(tmp_path, 2)
+    store = Store(tmp_path / "store", failures=1)
+    stored: list[int] = []
+
+    async def on_stored(seg: Segment) -> None:
+        stored.append(seg.number)
+
+    up = Uploader(spool, store, on_stored=on_stored)
+
+    assert not await up.ship_once()
+    assert up.failing and store.puts == [0] and stored == [] and len(spool.ready) == 2
+    assert await up.ship_once()
+
+    assert not up.failing and store.puts == [0, 0, 1] and stored == [0, 1]
+    await spool.close()
+
+
+async def test_drain_retries_with_backoff_until_its_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = await _spool(tmp_path, 1)
+    store = Store(tmp_path / "store", failures=1000)
+    now = [0.0]
+    sleeps: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:  # the uploader's clock advances by what it waits
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    up = Uploader(spool, store, backoff=0.1, clock=lambda: now[0], rand=lambda: 1.0)
+    monkeypatch.setattr("extproc.recording.uploader.asyncio.sleep", fake_sleep)
+
+    assert not await up.drain(within=5.0)
+    monkeypatch.undo()
+
+    assert sleeps[:4] == [0.2, 0.4, 0.8, 1.6]  # exponential (the jitter's ceiling here), never a tight loop
+    assert sum(sleeps) <= 5.0 + 1e-9 and len(spool.ready) == 1
+    await spool.close()
+
+
+async def test_stop_cancels_the_idle_task(tmp_path: Path) -> None:
+    spool = await _spool(tmp_path, 0)
+    up = Uploader(spool, Store(tmp_path / "store"))
+    up.start()
+
+    await up.stop()
+
+    assert up._task is None
+    await spool.close()
