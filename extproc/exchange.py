@@ -20,7 +20,7 @@ from extproc.authn.principal import Principal
 from extproc.authn.session_binding import bind, unbind
 from extproc.authn.verify import identity_headers
 from extproc.envoy import responses
-from extproc.envoy.headers import recordable, recordable_path, to_dict
+from extproc.envoy.headers import recordable, to_dict
 from extproc.errors import (
     AuthError,
     GatewayError,
@@ -34,7 +34,7 @@ from extproc.gateway import Gateway
 from extproc.mcp.jsonrpc import McpCall, error_response, is_request, parse_body
 from extproc.mcp.sse import SseParser
 from extproc.policy.compiled import CompiledPolicy
-from extproc.policy.enforce import authorize, filter_body, redact_for_record, redact_text
+from extproc.policy.enforce import authorize, filter_body, record_redactor, redact_for_record, redact_text
 from extproc.policy.engine import describe_call
 from extproc.recording.events import (
     Event,
@@ -127,15 +127,16 @@ class Exchange:
             except SessionNotYours as e:
                 denied, client_session = e, f"x-{self.id}"  # a refused exchange is a session of its own
         self.session = client_session
-        kept, dropped = recordable({**headers, ":path": recordable_path(path)})
+        kept, dropped, found = recordable(headers, record_redactor(self.policy, self.server.name))
         self._emit(
             ExchangeStart(
                 client=_client_address(attributes, headers),
                 server=self.server.name,
                 method=headers.get(":method", ""),
-                path=recordable_path(path),
+                path=kept.get(":path", ""),
                 headers=kept,
                 credentials_removed=dropped,
+                redactions=found,
                 principal=self.principal.to_record() if self.principal else None,
             )
         )
@@ -234,8 +235,8 @@ class Exchange:
             self._sse = SseParser()
         elif content_type.startswith("application/json"):
             self._json = bytearray()
-        kept, dropped = recordable(headers)
-        self._emit(ResponseStart(status=self.status, headers=kept, credentials_removed=dropped))
+        kept, dropped, found = recordable(headers, record_redactor(self.policy, self._server_name))
+        self._emit(ResponseStart(status=self.status, headers=kept, credentials_removed=dropped, redactions=found))
         if msg.end_of_stream:
             self.finish("complete")
         bound = {}

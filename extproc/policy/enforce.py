@@ -15,6 +15,7 @@ from extproc.mcp.jsonrpc import McpCall, Message, is_request, to_call
 from extproc.mcp.sse import SseParser, format_event
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.engine import Decision, decide_batch, filter_list, redact
+from extproc.policy.redact import Redactor, compile_redactor
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,14 @@ def redact_for_record(
     if not found:
         return messages, raw, []
     return list(redacted), None, [asdict(r) for r in found]  # type: ignore[call-overload]
+
+
+_BUILTIN = compile_redactor([], defaults=True)
+
+
+def record_redactor(policy: CompiledPolicy | None, server: str) -> Redactor:
+    """The redactions for what is recorded of ``server`` (headers, path, bodies); the built-ins without a policy."""
+    return policy.redactor(server) if policy is not None else _BUILTIN
 
 
 def redact_text(policy: CompiledPolicy, server: str, text: str) -> str:
