@@ -260,6 +260,21 @@ async def test_sse_response_in_odd_chunks_gives_one_mcp_response_per_event(rig: 
     assert events[-1]["bytes_out"] == len(stream)
 
 
+async def test_sse_with_bare_cr_line_ends_records_the_last_event_as_a_message(rig: Rig) -> None:
+    result = {"jsonrpc": "2.0", "id": 7, "result": {"content": []}}
+    stream = _sse(_progress(1), result).replace(b"\n", b"\r")  # the last event ends "\r\r": complete at EOF
+    ex = rig.exchange()
+    await ex.on_request_headers(request_headers(session="sess-1"))
+    await ex.on_request_body(body(json.dumps(CALL).encode()))
+    await ex.on_response_headers(response_headers("text/event-stream"))
+
+    await ex.on_response_body(body(stream, end=True))
+
+    events = (await rig.recorded())["sess-1"]
+    assert _types(events)[3:] == ["mcp.response", "mcp.response", "exchange.end"]  # no http.chunk tail
+    assert events[4]["messages"] == [result]
+
+
 async def test_sse_event_that_is_not_json_rpc_keeps_its_raw_bytes(rig: Rig) -> None:
     ex = rig.exchange()
     await ex.on_request_headers(request_headers(session="s"))
