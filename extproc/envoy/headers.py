@@ -37,6 +37,8 @@ class ValueRedactor(Protocol):
 
     def text(self, text: str, pointer: str) -> tuple[str, list[Any]]: ...
 
+    def field(self, name: str, text: str, pointer: str) -> tuple[str, list[Any]]: ...
+
 
 def recordable_path(path: str, redactor: ValueRedactor | None = None) -> tuple[str, list[dict[str, Any]]]:
     """The request path as it may be recorded, and what was redacted in it (rule and where).
@@ -82,17 +84,17 @@ def recordable(
         elif k == ":path":
             kept[k], in_path = recordable_path(v, redactor)
             found += in_path
-        elif redactor is not None and (rule := redactor.key_rule(k)) is not None:
-            found.append({"rule": rule, "pointer": f"/headers/{k}", "kind": "key", "count": 1})
-            kept[k] = marker(rule)
-        elif redactor is not None:
-            kept[k] = _text(redactor, v, f"/headers/{k}", found)
-        else:
+        elif redactor is None:
             kept[k] = v
+        else:
+            kept[k], redactions = redactor.field(k, v, f"/headers/{k}")
+            if redactions:
+                found += [asdict(r) for r in redactions]
     return kept, dropped, found
 
 
 def _text(redactor: ValueRedactor, text: str, pointer: str, found: list[dict[str, Any]]) -> str:
     out, redactions = redactor.text(text, pointer)
-    found += [asdict(r) for r in redactions]
+    if redactions:
+        found += [asdict(r) for r in redactions]
     return out

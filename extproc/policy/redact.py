@@ -131,7 +131,16 @@ class Redactor:
             if len(text) <= _TEXT_MEMO_LEN and len(self.text_memo) < _KEY_MEMO_MAX:
                 self.text_memo[text] = memo  # header values repeat (accept, user-agent, authority ...)
         out, hits = memo
+        if not hits:
+            return out, []
         return out, [Redaction(rule, pointer, kind, count) for rule, kind, count in hits]  # type: ignore[arg-type]
+
+    def field(self, name: str, text: str, pointer: str) -> tuple[str, list[Redaction]]:
+        """A named value (a header, a query parameter): replaced whole when a key rule names it, else ``text``."""
+        rule = self._key_rule(name)
+        if rule is None:
+            return self.text(text, pointer)
+        return marker(rule), [Redaction(rule, pointer, "key")]
 
     def _key_rule(self, key: str) -> str | None:
         try:
