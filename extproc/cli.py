@@ -12,7 +12,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from extproc import __version__
 from extproc import settings as settings_mod
 from extproc.audit.cli import app as audit_app
 from extproc.audit.cli import redrive_command
@@ -43,11 +45,26 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml")]
 console = Console()
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mcp-extproc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Envoy external processor that authenticates, authorizes and records MCP traffic."""
+
+
 def _load(path: Path) -> settings_mod.Settings:
     try:
         return settings_mod.load(path)
     except ConfigError as e:
-        console.print(f"[red]config error[/red]\n{e}", highlight=False)
+        console.print(f"[red]config error[/red]\n{escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
 
 

@@ -27,7 +27,7 @@ from extproc.authn.session_binding import bind
 from extproc.authn.state_binding import RequestStateNotYours, open_sealed, seal
 from extproc.authn.verify import identity_headers
 from extproc.envoy import responses
-from extproc.envoy.headers import recordable, recordable_path, to_dict
+from extproc.envoy.headers import recordable, to_dict
 from extproc.errors import EncodedResponse, GatewayError, InvalidRequest, PolicyDenied
 from extproc.gateway import Gateway
 from extproc.logs import access, verdict_fields
@@ -36,7 +36,7 @@ from extproc.mcp.jsonrpc import McpCall, ParsedBody, error_response, is_request,
 from extproc.mcp.methods import HTTP_METHODS, INPUT_REQUIRED
 from extproc.mcp.protocol import check_headers, classify, run_key
 from extproc.policy.compiled import CompiledPolicy
-from extproc.policy.enforce import Verdict, authorize, filter_body, redact_for_record, redact_text
+from extproc.policy.enforce import Verdict, authorize, filter_body, record_redactor, redact_for_record, redact_text
 from extproc.policy.engine import describe_call
 from extproc.recording.events import (
     ExchangeEnd,
@@ -165,8 +165,8 @@ class Exchange:
         if self.session is None:
             self.log.set_unit(server_session or synthetic_session_id(self.id))
         self.ends_session |= self.status == 404 and not is_synthetic_session(self.session or "")
-        kept, dropped = recordable(headers)
-        self.log.emit(ResponseStart(status=self.status, headers=kept, credentials_removed=dropped))
+        kept, dropped, found = recordable(headers, record_redactor(self.policy, self.server_name))
+        self.log.emit(ResponseStart(status=self.status, headers=kept, credentials_removed=dropped, redactions=found))
         encoding = headers.get("content-encoding", "").strip().lower()
         if encoding not in IDENTITY_ENCODINGS and self.policy is not None and not msg.end_of_stream:
             # Envoy asks servers for identity bodies; one that compresses anyway cannot be filtered or redacted.
@@ -251,17 +251,17 @@ class Exchange:
         self._header_names = [h.key for h in msg.headers.headers]
         if admission.session is not None:
             self.log.set_unit(admission.session)
-        path = recordable_path(headers.get(":path", ""))
-        kept, dropped = recordable({**headers, ":path": path})
+        kept, dropped, found = recordable(headers, record_redactor(self.policy, admission.server.name))
         self.log.emit(
             ExchangeStart(
                 client=self.client,
                 server=admission.server.name,
                 backend=admission.backend.name if admission.backend else "",
                 method=headers.get(":method", ""),
-                path=path,
+                path=kept.get(":path", ""),
                 headers=kept,
                 credentials_removed=dropped,
+                redactions=found,
                 principal=self.principal.to_record() if self.principal else None,
             )
         )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from extproc.authn.config import AuthConfig, origin_of
@@ -14,6 +14,7 @@ from extproc.errors import ConfigError
 from extproc.kube.config import Discovery
 from extproc.policy.compiled import RESERVED_SERVERS
 from extproc.policy.model import Subjects
+from extproc.yamlfile import Lines, did_you_mean, line_of, parse_yaml
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _HOSTPORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})$")
@@ -431,20 +432,21 @@ class Settings(_Model):
 
 
 def load(path: str | Path) -> Settings:
-    """Read and validate gateway.yaml; relative directories resolve against the file's folder."""
+    """Read and validate gateway.yaml; relative directories resolve against the file's folder.
+
+    Problems are reported as ``file:line: key.path: message``, all at once, unknown keys with a "did you mean".
+    """
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not data.strip():
+        raise ConfigError(f"{path}:1: empty file; expected a mapping at the top level (servers: ...)")
+    doc, lines = parse_yaml(data, str(path))
     if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    try:
-        settings = parse(doc, source=str(path))
-    except ConfigError as e:
-        raise ConfigError(with_lines(str(e), str(path))) from None
+        raise ConfigError(f"{path}:1: expected a mapping at the top level (servers: ...)")
+    settings = parse(doc, source=str(path), lines=lines)
     settings = settings.model_copy(update={"recording": settings.recording.resolved(path.parent)})
     pol = settings.policy
     if pol is not None and not pol.directory.is_absolute():
@@ -461,38 +463,39 @@ def load(path: str | Path) -> Settings:
     return settings
 
 
-def parse(doc: dict, source: str = "<config>") -> Settings:
-    """Validate a config mapping; every problem is reported as ``source: key.path: message``."""
+def parse(doc: dict, source: str = "<config>", lines: Lines | None = None) -> Settings:
+    """Validate a config mapping; every problem is reported as ``source[:line]: key.path: message``."""
     try:
         return Settings.model_validate(doc)
     except ValidationError as e:
-        lines = []
+        out = []
         for err in e.errors():
             key = ".".join(str(p) for p in err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            lines.append(f"{source}: {key}: {msg}" if key else f"{source}: {msg}")  # model checks name their key
-        raise ConfigError("\n".join(lines)) from None
+                msg = f"unknown key{did_you_mean(str(err['loc'][-1]), _known_keys())}"
+            where = f"{source}:{line_of(lines, err['loc'])}" if lines is not None else source
+            out.append(f"{where}: {key}: {msg}" if key else f"{where}: {msg}")  # model checks name their key
+        raise ConfigError("\n".join(out)) from None
 
 
-def with_lines(errors: str, source: str) -> str:
-    """``source: key: msg`` lines of ``parse`` as ``source:line: key: msg`` (line of the deepest known key)."""
-    from extproc.policy.loader import parse_yaml  # the YAML line map the policy loader keeps
-
-    try:
-        _, lines = parse_yaml(Path(source).read_bytes(), source)
-    except (ConfigError, OSError):
-        return errors
-    out = []
-    for line in errors.splitlines():
-        head = f"{source}: "
-        if not line.startswith(head):
-            out.append(line)
+@functools.cache
+def _known_keys() -> frozenset[str]:
+    """Every key gateway.yaml knows (at any level), to suggest a spelling for an unknown one."""
+    keys: set[str] = set()
+    todo: list[Any] = [Settings]
+    seen: set[Any] = set()
+    while todo:
+        model = todo.pop()
+        if model in seen:
             continue
-        rest = line[len(head) :]
-        key = tuple(rest.split(": ", 1)[0].split(".")) if ": " in rest else ()
-        while key and key not in lines:
-            key = key[:-1]
-        out.append(f"{source}:{lines.get(key, 1)}: {rest}")
-    return "\n".join(out)
+        seen.add(model)
+        for name, f in model.model_fields.items():
+            keys.add(f.alias or name)
+            stack = [f.annotation]
+            while stack:
+                t = stack.pop()
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    todo.append(t)
+                stack.extend(get_args(t))
+    return frozenset(keys)

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import re
+from dataclasses import asdict
+from typing import Any, Protocol
+from urllib.parse import unquote_plus
 
 from envoy.config.core.v3 import base_pb2
 
-# Never written to a recording, in any form: credentials and anything that smells like one.
-CREDENTIAL_HEADERS = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "set-cookie",
-        "x-api-key",
-        "api-key",
-        "x-auth-token",
-        "x-amz-security-token",
-        "x-goog-api-key",
-    }
-)
-_CREDENTIAL_WORDS = ("token", "secret", "password", "apikey", "api-key", "credential", "auth", "key", "cookie")
-# Query parameters whose values are never recorded (tokens in URLs: access_token, api_key, sig, code ...).
-_QUERY_CREDENTIAL = re.compile(r"(?i)token|secret|passw|key|auth|sig|code|credential|session")
+from extproc.secrets import SECRET_NAME_RULE, is_secret_name, marker
 
 
 def to_dict(header_map: base_pb2.HeaderMap) -> dict[str, str]:
@@ -36,38 +21,80 @@ def to_dict(header_map: base_pb2.HeaderMap) -> dict[str, str]:
     return out
 
 
-@functools.lru_cache(maxsize=1024)  # header names repeat endlessly; classify each once
 def is_credential(name: str) -> bool:
-    """True for headers that may carry a secret; they are dropped from recordings.
+    """True for headers that may carry a secret (by name); they are dropped from recordings.
 
     Pseudo-headers are Envoy's own and never credentials (':authority' contains "auth"); a token in ':path' is
-    a query value, removed by ``recordable_path``.
+    a query value, replaced by ``recordable_path``.
     """
-    if name.startswith(":"):
-        return False
-    return name in CREDENTIAL_HEADERS or any(w in name for w in _CREDENTIAL_WORDS)
+    return is_secret_name(name)
 
 
-def recordable_path(path: str) -> str:
-    """The request path with the values of credential-looking query parameters replaced."""
+class ValueRedactor(Protocol):
+    """The recording redactions of a server (``policy.redact.Redactor``): key rules and value patterns."""
+
+    def key_rule(self, key: str) -> str | None: ...
+
+    def text(self, text: str, pointer: str) -> tuple[str, list[Any]]: ...
+
+    def field(self, name: str, text: str, pointer: str) -> tuple[str, list[Any]]: ...
+
+
+def recordable_path(path: str, redactor: ValueRedactor | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """The request path as it may be recorded, and what was redacted in it (rule and where).
+
+    Query parameters named like credentials (the secrets classifier, then the policy's key rules) lose their
+    value; every other value, decoded, and the path itself go through the value patterns (bearer tokens, JWTs,
+    cloud keys, the policy's own patterns). A redacted query value is replaced whole.
+    """
     base, sep, query = path.partition("?")
+    found: list[dict[str, Any]] = []
+    if redactor is not None:
+        base = _text(redactor, base, "/path", found)
     if not sep:
-        return path
-    pairs = [p.partition("=") for p in query.split("&")]
-    return (
-        base
-        + "?"
-        + "&".join(f"{k}{eq}{'[REDACTED]' if eq and _QUERY_CREDENTIAL.search(k) else v}" for k, eq, v in pairs)
-    )
+        return base, found
+    pairs = []
+    for item in query.split("&"):
+        key, eq, value = item.partition("=")
+        name = unquote_plus(key)
+        rule = SECRET_NAME_RULE if is_secret_name(name) else redactor.key_rule(name) if redactor else None
+        if eq and value and rule is not None:
+            found.append({"rule": rule, "pointer": f"/query/{name}", "kind": "key", "count": 1})
+            value = marker(rule)
+        elif eq and redactor is not None:
+            decoded = unquote_plus(value)
+            before = len(found)
+            if _text(redactor, decoded, f"/query/{name}", found) != decoded:
+                value = marker(found[before]["rule"])
+        pairs.append(f"{key}{eq}{value}")
+    return f"{base}?{'&'.join(pairs)}", found
 
 
-def recordable(headers: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """Split headers into what may be recorded and the names of the credential headers left out."""
+def recordable(
+    headers: dict[str, str], redactor: ValueRedactor | None = None
+) -> tuple[dict[str, str], list[str], list[dict[str, Any]]]:
+    """Headers as they may be recorded: credential headers left out (their names returned), ``:path`` through
+    ``recordable_path``, and every other value through the redactor's key rules and value patterns."""
     kept: dict[str, str] = {}
     dropped: list[str] = []
+    found: list[dict[str, Any]] = []
     for k, v in headers.items():
-        if is_credential(k):
+        if is_secret_name(k):
             dropped.append(k)
-        else:
+        elif k == ":path":
+            kept[k], in_path = recordable_path(v, redactor)
+            found += in_path
+        elif redactor is None:
             kept[k] = v
-    return kept, dropped
+        else:
+            kept[k], redactions = redactor.field(k, v, f"/headers/{k}")
+            if redactions:
+                found += [asdict(r) for r in redactions]
+    return kept, dropped, found
+
+
+def _text(redactor: ValueRedactor, text: str, pointer: str, found: list[dict[str, Any]]) -> str:
+    out, redactions = redactor.text(text, pointer)
+    if redactions:
+        found += [asdict(r) for r in redactions]
+    return out

@@ -16,7 +16,8 @@ from extproc.errors import ConfigError
 from extproc.mcp.jsonrpc import McpCall
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.engine import decide, decide_batch, may_view
-from extproc.policy.loader import case_files, parse_yaml, validate
+from extproc.policy.loader import case_files, validate
+from extproc.yamlfile import parse_yaml
 
 
 class _Model(BaseModel):

@@ -11,13 +11,17 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from extproc.authn.principal import Principal
-from extproc.mcp.jsonrpc import McpCall, Message, is_request, to_call
+from extproc.mcp.jsonrpc import McpCall, Message, error_response, is_request, to_call
 from extproc.mcp.methods import LISTINGS
 from extproc.mcp.sse import SseParser, format_event
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.engine import Decision, decide_batch, filter_list, redact
+from extproc.policy.redact import Redactor, compile_redactor
 
 log = logging.getLogger(__name__)
+
+_BOM = b"\xef\xbb\xbf"
+_UNREADABLE = "the server's list response could not be read by the gateway; withheld"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +93,14 @@ def filter_body(
         return {**msg, "result": private(result)}
 
     if not sse:
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return body, hidden  # not JSON: nothing we can filter, and nothing to leak from a list
+        try:  # a leading BOM is skipped, as lenient clients skip it
+            doc = json.loads(body.removeprefix(_BOM))
+        except (ValueError, RecursionError):
+            # Not JSON to us, but maybe to a more lenient client: never passed on unfiltered. The client gets an
+            # error for each list request instead; the recording keeps what the server sent.
+            log.warning("JSON list response the filter could not read (%d bytes) withheld", len(body))
+            errors = [error_response(json.loads(k), -32603, _UNREADABLE) for k in lists]
+            return json.dumps(errors[0] if len(errors) == 1 else errors, separators=(",", ":")).encode(), hidden
         doc = rewrite(doc)
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode(), hidden
 
@@ -145,6 +153,14 @@ def redact_for_record(
     if not found:
         return messages, raw, []
     return list(redacted), None, [asdict(r) for r in found]  # type: ignore[call-overload]
+
+
+_BUILTIN = compile_redactor([], defaults=True)
+
+
+def record_redactor(policy: CompiledPolicy | None, server: str) -> Redactor:
+    """The redactions for what is recorded of ``server`` (headers, path, bodies); the built-ins without a policy."""
+    return policy.redactor(server) if policy is not None else _BUILTIN
 
 
 def redact_text(policy: CompiledPolicy, server: str, text: str) -> str:

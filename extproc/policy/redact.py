@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from extproc.policy.model import Redaction as RedactionRule
+from extproc.secrets import SECRET_NAME_RULE, is_secret_name, marker
 
 # Built-in redactions, on unless a recording entry for the server says ``defaults: false``.
 # Patterns with a (?P<value>...) group replace only that group, keeping e.g. "password=" readable.
@@ -22,24 +23,27 @@ BUILTIN_PATTERNS: tuple[tuple[str, str], ...] = (
     ("builtin-bearer-token", r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]+=*"),
     ("builtin-jwt", r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"),
     ("builtin-aws-access-key", r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"),
+    ("builtin-github-token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})\b"),
     ("builtin-aws-secret-key", r"(?i)aws_?secret_?access_?key[\"'\s:=]+(?P<value>[A-Za-z0-9/+=]{40})"),
     (
         "builtin-password-assignment",
         r"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|token)\b[\"']?\s*[:=]\s*[\"']?(?P<value>[^\s\"',;&}]+)",
     ),
 )
-BUILTIN_KEYS: tuple[tuple[str, str], ...] = (
-    (
-        "builtin-password-field",
-        r"(?i).*(?:password|passwd|passphrase|secret|api[_-]?key|private[_-]?key|access[_-]?token|refresh[_-]?token"
-        r"|id[_-]?token|auth[_-]?token|session[_-]?token)|pwd|token|authorization|cookie|set-cookie",
-    ),
-)
-
-
-def marker(rule: str) -> str:
-    """The text that replaces a redacted value."""
-    return f"[REDACTED:{rule}]"
+# Text each built-in pattern cannot match without (lower case): a substring test skips the regex for the many
+# strings that cannot hold such a secret (header values, ordinary text), which is most of the cost otherwise.
+_HINTS: dict[str, tuple[str, ...]] = {
+    "builtin-private-key": ("private key",),
+    "builtin-bearer-token": ("bearer",),
+    "builtin-jwt": ("eyj",),
+    "builtin-aws-access-key": ("akia", "asia", "abia", "acca"),
+    "builtin-github-token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    "builtin-aws-secret-key": ("aws",),
+    "builtin-password-assignment": ("password", "passwd", "pwd", "secret", "api", "token"),
+}
+# A key whose name says "credential" (password, api_key, clientSecret, x-github-pat ...): the one classifier that
+# also decides which headers and query parameters are never recorded.
+BUILTIN_KEYS: tuple[tuple[str, Callable[[str], bool]], ...] = ((SECRET_NAME_RULE, is_secret_name),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +70,16 @@ class Redactor:
     """The compiled redactions of one server."""
 
     paths: _Node | None
-    keys: tuple[tuple[str, re.Pattern[str]], ...]
+    keys: tuple[tuple[str, Callable[[str], object]], ...]  # (rule, does this key name match)
     # (name, regex, replacement, shortest text it can match): shorter strings skip the regex entirely
-    patterns: tuple[tuple[str, re.Pattern[str], Callable[[re.Match[str]], str], int], ...]
+    patterns: tuple[tuple[str, re.Pattern[str], Callable[[re.Match[str]], str], int, tuple[str, ...] | None], ...]
     rules: tuple[str, ...]  # every rule name, for summaries
+    # When every pattern has hints: one search for any hint decides whether a text needs the patterns at all.
+    any_hint: tuple[str, ...] | None = None
     # Object keys repeat endlessly ("jsonrpc", "params", "text"): remember each key's rule, bounded because
     # keys come from clients and servers.
     key_memo: dict[str, str | None] = field(default_factory=dict)
+    text_memo: dict[str, tuple[str, tuple[tuple[str, str, int], ...]]] = field(default_factory=dict)
 
     def apply(self, payload: Any) -> tuple[Any, list[Redaction]]:
         """Return a redacted copy of ``payload`` and what was redacted."""
@@ -111,29 +118,66 @@ class Redactor:
             return items
         return value
 
+    def key_rule(self, key: str) -> str | None:
+        """The rule redacting the value of a key (a JSON key, header or query parameter name), if any."""
+        return self._key_rule(key)
+
+    def text(self, text: str, pointer: str) -> tuple[str, list[Redaction]]:
+        """``text`` with the value patterns applied (a header value, a path); what was redacted, at ``pointer``."""
+        memo = self.text_memo.get(text) if len(text) <= _TEXT_MEMO_LEN else None
+        if memo is None:
+            found: list[Redaction] = []
+            memo = self._text(text, [], found), tuple((r.rule, r.kind, r.count) for r in found)
+            if len(text) <= _TEXT_MEMO_LEN and len(self.text_memo) < _KEY_MEMO_MAX:
+                self.text_memo[text] = memo  # header values repeat (accept, user-agent, authority ...)
+        out, hits = memo
+        if not hits:
+            return out, []
+        return out, [Redaction(rule, pointer, kind, count) for rule, kind, count in hits]  # type: ignore[arg-type]
+
+    def field(self, name: str, text: str, pointer: str) -> tuple[str, list[Redaction]]:
+        """A named value (a header, a query parameter): replaced whole when a key rule names it, else ``text``."""
+        rule = self._key_rule(name)
+        if rule is None:
+            return self.text(text, pointer)
+        return marker(rule), [Redaction(rule, pointer, "key")]
+
     def _key_rule(self, key: str) -> str | None:
         try:
             return self.key_memo[key]
         except KeyError:
-            rule = next((name for name, rx in self.keys if rx.fullmatch(key)), None)
+            rule = next((name for name, matches in self.keys if matches(key)), None)
             if len(self.key_memo) < _KEY_MEMO_MAX:
                 self.key_memo[key] = rule
             return rule
 
     def _text(self, text: str, path: list[str], found: list[Redaction]) -> str:
-        for name, rx, replace, min_len in self.patterns:
+        low: str | None = None
+        if self.any_hint is not None:
+            low = text.lower()
+            for h in self.any_hint:
+                if h in low:
+                    break
+            else:
+                return text
+        for name, rx, replace, min_len, hints in self.patterns:
             if len(text) < min_len:
                 continue
+            if hints is not None:
+                low = text.lower() if low is None else low
+                if not any(h in low for h in hints):
+                    continue
             text, n = rx.subn(replace, text)
             if n:
                 found.append(Redaction(name, _pointer(path), "pattern", n))
+                low = None
         return text
 
 
 def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -> Redactor:
     """Compile a server's redaction rules (plus the built-ins when ``defaults``)."""
     root = _Node()
-    keys: list[tuple[str, re.Pattern[str]]] = []
+    keys: list[tuple[str, Callable[[str], object]]] = []
     patterns: list[tuple[str, str]] = []
     for r in rules:
         if r.path is not None:
@@ -146,22 +190,34 @@ def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -
                     node = node.children.setdefault(seg.replace("~1", "/").replace("~0", "~"), _Node())
             node.rule = node.rule or r.name
         elif r.key is not None:
-            keys.append((r.name, re.compile(r.key)))
+            keys.append((r.name, re.compile(r.key).fullmatch))
         elif r.pattern is not None:
             patterns.append((r.name, r.pattern))
     if defaults:
-        keys += [(n, re.compile(p)) for n, p in BUILTIN_KEYS]
+        keys += BUILTIN_KEYS
         patterns += BUILTIN_PATTERNS
     names = tuple(r.name for r in rules if r.path is not None) + tuple(n for n, _ in (*keys, *patterns))
+    compiled = tuple(
+        (n, rx, _replacer(n), _min_length(rx), _HINTS.get(n) if n.startswith("builtin-") else None)
+        for n, rx in ((n, re.compile(p)) for n, p in patterns)
+    )
     return Redactor(
         paths=root if root.children or root.wild else None,
         keys=tuple(keys),
-        patterns=tuple((n, rx, _replacer(n), _min_length(rx)) for n, rx in ((n, re.compile(p)) for n, p in patterns)),
+        patterns=compiled,
+        any_hint=_any_hint(compiled),
         rules=names,
     )
 
 
 _KEY_MEMO_MAX = 4096
+_TEXT_MEMO_LEN = 256
+
+
+def _any_hint(patterns: Sequence[tuple[Any, ...]]) -> tuple[str, ...] | None:
+    if not patterns or any(p[4] is None for p in patterns):
+        return None  # a pattern without hints must always run
+    return tuple(sorted({h for p in patterns for h in p[4]}))
 
 
 def _min_length(rx: re.Pattern[str]) -> int:

@@ -66,6 +66,7 @@ class ExchangeStart(Event):
     headers: dict[str, str] = field(default_factory=dict)
     credentials_removed: list[str] = field(default_factory=list)
     principal: dict[str, Any] | None = None
+    redactions: list[dict[str, Any]] = field(default_factory=list)  # in header values and the path, by rule
 
 
 @dataclass(slots=True, kw_only=True)
@@ -109,6 +110,7 @@ class ResponseStart(Event):
     status: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     credentials_removed: list[str] = field(default_factory=list)
+    redactions: list[dict[str, Any]] = field(default_factory=list)  # in header values, by rule
 
 
 @dataclass(slots=True, kw_only=True)

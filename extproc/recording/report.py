@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -25,15 +26,26 @@ def _short(doc: Any, limit: int = 160) -> str:
 
 def sessions_table(rows: list[dict[str, Any]]) -> Table:
     """The `sessions list` table."""
-    table = Table(title="recorded MCP sessions")
-    for col in ("session", "server", "user", "started", "exchanges", "state", "verified"):
-        table.add_column(col, overflow="fold")
+    # Session ids are what users copy into `sessions show`: never wrapped. The rest is kept narrow so a row fits
+    # 80 columns for the usual ids (one space between columns, the start to the minute in UTC); long server and
+    # user names fold. `--json` has everything in full.
+    table = Table(
+        title="recorded MCP sessions", box=box.SIMPLE_HEAD, pad_edge=False, padding=0, title_justify="left"
+    )
+    longest = max((len(r["session"]) for r in rows), default=7)
+    table.add_column("session", no_wrap=True, min_width=longest)
+    table.add_column("server", overflow="fold", min_width=6)
+    table.add_column("user", overflow="fold", min_width=5)
+    table.add_column("started UTC", no_wrap=True)
+    table.add_column("exch", justify="right", no_wrap=True)
+    table.add_column("state", overflow="fold", min_width=8)
+    table.add_column("verified", overflow="fold", min_width=3)
     for r in rows:
         table.add_row(
             r["session"],
             r["server"],
             r["user"] or "-",
-            _ts(r["started"]),
+            _ts(r["started"])[5:16],  # MM-DD HH:MM; the full time is in --json
             str(r["exchanges"]),
             "[yellow]incomplete[/yellow]" if r["state"] == "incomplete" else r["state"],
             "[red]NO[/red]" if r["verified"] == "no" else r["verified"],

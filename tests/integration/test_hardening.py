@@ -141,3 +141,29 @@ def test_the_same_sub_from_a_second_issuer_is_someone_else(start_mcp_server, sta
     }
     calls = [r for r in server.seen() if r["tool"] == "whoami"]
     assert [r["headers"]["x-mcp-user"] for r in calls] == [f"{issuer.url}#alice"]
+
+
+def test_credentials_in_header_values_and_the_query_are_never_stored(start_mcp_server, start_authed, issuer) -> None:
+    ghp = "ghp_" + "Qx7r" * 10
+    gw = start_authed([start_mcp_server("demo")], policy=POLICY)
+    jwt = issuer.mint("guest", aud=gw.endpoint)  # any JWT: here the caller's own token, sent a second time
+    url = f"{gw.url()}?pat={ghp}&jwt={jwt}&page=2"
+    headers = open_session(url, token=jwt)
+    extra = {"x-github-pat": ghp, "x-access": "AKIAIOSFODNN7EXAMPLE", "x-pass": "hunter2-x", "x-note": f"tok {ghp}"}
+    r = httpx.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "ping"}, headers={**headers, **extra}, timeout=10)
+    assert r.status_code == 200
+    gw.stop()
+
+    stored = b"".join(p.read_bytes() for p in gw.store.root.rglob("*.jsonl"))
+    for secret in (ghp, jwt, "AKIAIOSFODNN7EXAMPLE", "hunter2-x"):
+        assert secret.encode() not in stored, secret
+    start = [e for e in _events(gw) if e["type"] == "exchange.start"][-1]
+    assert start["path"].endswith("&page=2") and "[REDACTED:builtin-password-field]" in start["path"]
+    assert {"x-github-pat", "x-pass"} <= set(start["credentials_removed"])
+    assert start["headers"]["x-access"] == "[REDACTED:builtin-aws-access-key]"
+    assert {(x["rule"], x["pointer"]) for x in start["redactions"]} >= {
+        ("builtin-password-field", "/query/pat"),
+        ("builtin-password-field", "/query/jwt"),
+        ("builtin-aws-access-key", "/headers/x-access"),
+        ("builtin-github-token", "/headers/x-note"),
+    }

@@ -260,6 +260,21 @@ async def test_sse_response_in_odd_chunks_gives_one_mcp_response_per_event(rig: 
     assert events[-1]["bytes_out"] == len(stream)
 
 
+async def test_sse_with_bare_cr_line_ends_records_the_last_event_as_a_message(rig: Rig) -> None:
+    result = {"jsonrpc": "2.0", "id": 7, "result": {"content": []}}
+    stream = _sse(_progress(1), result).replace(b"\n", b"\r")  # the last event ends "\r\r": complete at EOF
+    ex = rig.exchange()
+    await ex.on_request_headers(request_headers(session="sess-1"))
+    await ex.on_request_body(body(json.dumps(CALL).encode()))
+    await ex.on_response_headers(response_headers("text/event-stream"))
+
+    await ex.on_response_body(body(stream, end=True))
+
+    events = (await rig.recorded())["sess-1"]
+    assert _types(events)[3:] == ["mcp.response", "mcp.response", "exchange.end"]  # no http.chunk tail
+    assert events[4]["messages"] == [result]
+
+
 async def test_sse_event_that_is_not_json_rpc_keeps_its_raw_bytes(rig: Rig) -> None:
     ex = rig.exchange()
     await ex.on_request_headers(request_headers(session="s"))
@@ -618,8 +633,35 @@ async def test_a_token_in_the_query_string_is_not_recorded(rig: Rig) -> None:
     await ex.on_request_headers(request_headers(path="/weather/mcp?access_token=qs-secret-91&page=2", session="s"))
     ex.finish("reset")
     start = (await rig.recorded())["s"][0]
-    assert start["path"] == "/weather/mcp?access_token=[REDACTED]&page=2"
+    assert start["path"] == "/weather/mcp?access_token=[REDACTED:builtin-password-field]&page=2"
+    assert start["headers"][":path"] == start["path"]
+    assert start["redactions"] == [
+        {"rule": "builtin-password-field", "pointer": "/query/access_token", "kind": "key", "count": 1}
+    ]
     assert b"qs-secret-91" not in rig.written_bytes()
+
+
+async def test_credentials_in_header_values_and_query_values_are_not_recorded(rig: Rig) -> None:
+    ghp = "ghp_" + "Zz09" * 10
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+    ex = rig.exchange()
+    extra = {"x-access": "AKIAIOSFODNN7EXAMPLE", "x-github-pat": ghp, "x-note": f"forwarded {ghp}"}
+    await ex.on_request_headers(request_headers(path=f"/weather/mcp?pat={ghp}&q={jwt}&page=2", session="s", **extra))
+    ex.finish("reset")
+
+    start = (await rig.recorded())["s"][0]
+    written = rig.written_bytes()
+    for secret in (ghp, jwt, "AKIAIOSFODNN7EXAMPLE"):
+        assert secret.encode() not in written
+    assert "x-github-pat" in start["credentials_removed"]
+    assert start["headers"]["x-access"] == "[REDACTED:builtin-aws-access-key]"
+    assert start["headers"]["x-note"] == "forwarded [REDACTED:builtin-github-token]"
+    assert {(r["rule"], r["pointer"]) for r in start["redactions"]} == {
+        ("builtin-password-field", "/query/pat"),
+        ("builtin-jwt", "/query/q"),
+        ("builtin-aws-access-key", "/headers/x-access"),
+        ("builtin-github-token", "/headers/x-note"),
+    }
 
 
 async def test_oversized_json_under_a_policy_is_withheld_not_stored_raw(rig: Rig, tmp_path: Path) -> None:

@@ -193,20 +193,52 @@ def test_load_keeps_absolute_recording_directory(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        pytest.param("servers:\n  - name: a\n   upstream: [\n", "not valid YAML", id="syntax-error"),
-        pytest.param("- just\n- a list\n", "expected a mapping at the top level", id="list-at-top"),
-        pytest.param("", "expected a mapping at the top level", id="empty-file"),
-        pytest.param("servers: [{name: a, upstream: nope}]\n", "servers.0.upstream: expected host:port", id="invalid"),
+        pytest.param("servers:\n  - name: a\n   upstream: [\n", ":3: not valid YAML: ", id="syntax-error"),
+        pytest.param("- just\n- a list\n", ":1: expected a mapping at the top level", id="list-at-top"),
+        pytest.param("", ":1: empty file; expected a mapping at the top level", id="empty-file"),
+        pytest.param(
+            "servers: [{name: a, upstream: nope}]\n", ":1: servers.0.upstream: expected host:port", id="invalid"
+        ),
+        pytest.param(
+            "servers:\n  - name: a\n    upstream: 127.0.0.1:1\nrecordng:\n  directory: x\n",
+            ":4: recordng: unknown key (did you mean 'recording'?)",
+            id="typo-top-level",
+        ),
+        pytest.param(
+            "servers:\n  - name: a\n    upstream: 127.0.0.1:1\n    upstrem_tls: true\n",
+            ":4: servers.0.upstrem_tls: unknown key",
+            id="typo-nested",
+        ),
+        pytest.param(
+            "servers:\n  - name: a\n    upstream: 127.0.0.1:1\nservers: []\n", ":4: duplicate key 'servers'", id="dup"
+        ),
     ],
 )
-def test_load_errors_name_the_file(tmp_path: Path, text: str, message: str) -> None:
+def test_load_errors_name_the_file_and_line(tmp_path: Path, text: str, message: str) -> None:
     cfg = _write(tmp_path / "my-gateway.yaml", text, anonymous=False)
 
     with pytest.raises(ConfigError) as err:
         load(cfg)
 
     assert str(err.value).startswith(f"{cfg}:")
-    assert message in str(err.value)
+    assert f"{cfg}{message}" in str(err.value), str(err.value)
+    assert "Traceback" not in str(err.value) and "problem_mark" not in str(err.value)
+
+
+def test_load_reports_every_problem_with_its_line(tmp_path: Path) -> None:
+    cfg = _write(
+        tmp_path / "gateway.yaml",
+        "servers:\n  - name: Bad\n    upstream: nope\nlisten:\n  prot: 1\n",
+        anonymous=False,
+    )
+
+    with pytest.raises(ConfigError) as err:
+        load(cfg)
+
+    lines = str(err.value).splitlines()
+    assert f"{cfg}:2: servers.0.name" in "\n".join(lines)
+    assert f"{cfg}:3: servers.0.upstream: expected host:port" in "\n".join(lines)
+    assert f"{cfg}:5: listen.prot: unknown key (did you mean 'port'?)" in lines
 
 
 def test_load_missing_file(tmp_path: Path) -> None:

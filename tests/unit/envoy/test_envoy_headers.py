@@ -65,7 +65,7 @@ def test_to_dict_empty() -> None:
     ],
 )
 def test_credential_headers_are_dropped(name: str) -> None:
-    kept, dropped = recordable({":path": "/a/mcp", name: "s3cr3t", "accept": "*/*"})
+    kept, dropped, _ = recordable({":path": "/a/mcp", name: "s3cr3t", "accept": "*/*"})
 
     assert is_credential(name)
     assert dropped == [name]
@@ -87,7 +87,7 @@ def test_credential_headers_are_dropped(name: str) -> None:
     ],
 )
 def test_ordinary_headers_are_kept(name: str) -> None:
-    kept, dropped = recordable({name: "v"})
+    kept, dropped, _ = recordable({name: "v"})
 
     assert not is_credential(name)
     assert (kept, dropped) == ({name: "v"}, [])
@@ -100,7 +100,7 @@ def test_recordable_on_a_converted_header_map() -> None:
         base_pb2.HeaderValue(key="Mcp-Session-Id", raw_value=b"sess-42"),
     )
 
-    kept, dropped = recordable(to_dict(hm))
+    kept, dropped, _ = recordable(to_dict(hm))
 
     assert kept == {"mcp-session-id": "sess-42"}
     assert dropped == ["authorization", "cookie"]
@@ -121,16 +121,104 @@ def test_credential_classification_of_more_headers(name: str, credential: bool) 
     assert is_credential(name) is credential
 
 
+_R = "[REDACTED:builtin-password-field]"
+
+
 @pytest.mark.parametrize(
     ("path", "recorded"),
     [
         pytest.param("/demo/mcp", "/demo/mcp", id="no-query"),
-        pytest.param("/demo/mcp?access_token=eyJabc&x=1", "/demo/mcp?access_token=[REDACTED]&x=1", id="token"),
-        pytest.param(
-            "/demo/mcp?api_key=k&sig=s&page=2", "/demo/mcp?api_key=[REDACTED]&sig=[REDACTED]&page=2", id="keys"
-        ),
+        pytest.param("/demo/mcp?access_token=eyJabc&x=1", f"/demo/mcp?access_token={_R}&x=1", id="token"),
+        pytest.param("/demo/mcp?api_key=k&sig=s&page=2", f"/demo/mcp?api_key={_R}&sig={_R}&page=2", id="keys"),
+        pytest.param("/demo/mcp?pat=ghp_x&jwt=e&x-pass=p", f"/demo/mcp?pat={_R}&jwt={_R}&x-pass={_R}", id="more-names"),
+        pytest.param("/demo/mcp?Api%5FKey=k", f"/demo/mcp?Api%5FKey={_R}", id="encoded-name"),
         pytest.param("/demo/mcp?flag", "/demo/mcp?flag", id="bare-name"),
     ],
 )
 def test_recordable_path_hides_credential_query_values(path: str, recorded: str) -> None:
-    assert recordable_path(path) == recorded
+    assert recordable_path(path)[0] == recorded
+
+
+# --- values: the built-in and the policy's value patterns, recorded with the rule that matched ------------------
+
+_JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln"
+_GHP = "ghp_" + "a1B2c3D4" * 5
+
+
+def _redactor(*rules: dict):  # type: ignore[no-untyped-def]
+    from extproc.policy.model import Redaction
+    from extproc.policy.redact import compile_redactor
+
+    return compile_redactor([Redaction.model_validate(r) for r in rules], defaults=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "rule"),
+    [
+        pytest.param("x-access", "AKIAIOSFODNN7EXAMPLE", "builtin-aws-access-key", id="aws-key-in-any-header"),
+        pytest.param("x-forwarded-claims", f"v={_JWT}", "builtin-jwt", id="jwt"),
+        pytest.param("x-upstream", f"Bearer {_JWT}", "builtin-bearer-token", id="bearer"),
+        pytest.param("x-gh", _GHP, "builtin-github-token", id="github-token"),
+        pytest.param("x-tenant", "tenant-4711", "tenant-ids", id="policy-pattern"),
+    ],
+)
+def test_header_values_go_through_the_value_patterns(name: str, value: str, rule: str) -> None:
+    redactor = _redactor({"name": "tenant-ids", "pattern": r"tenant-\d+"})
+
+    kept, dropped, found = recordable({":path": "/a/mcp", name: value, "accept": "*/*"}, redactor)
+
+    assert dropped == [] and kept["accept"] == "*/*"
+    assert f"[REDACTED:{rule}]" in kept[name] and value not in kept[name]
+    assert (found[0]["rule"], found[0]["pointer"], found[0]["kind"]) == (rule, f"/headers/{name}", "pattern")
+
+
+@pytest.mark.parametrize(
+    ("name", "dropped"),
+    [
+        pytest.param("x-github-pat", True, id="pat"),
+        pytest.param("x-pass", True, id="pass"),
+        pytest.param("x-tenant-secret", True, id="secret"),
+        pytest.param("x-keyboard-layout", False, id="keyboard-is-not-key"),
+        pytest.param("x-author", False, id="author-is-not-auth"),
+    ],
+)
+def test_header_names_use_the_one_classifier(name: str, dropped: bool) -> None:
+    _, removed, _ = recordable({name: "v"}, _redactor())
+    assert (removed == [name]) is dropped
+
+
+def test_policy_key_rules_apply_to_header_and_query_names() -> None:
+    redactor = _redactor({"name": "internal-ids", "key": "x-internal-.*|internal_id"})
+
+    kept, _, found = recordable({":path": "/a/mcp?internal_id=42&page=1", "x-internal-user": "u-1"}, redactor)
+
+    assert kept == {
+        ":path": "/a/mcp?internal_id=[REDACTED:internal-ids]&page=1",
+        "x-internal-user": _mark("internal-ids"),
+    }
+    assert {(f["rule"], f["pointer"]) for f in found} == {
+        ("internal-ids", "/query/internal_id"),
+        ("internal-ids", "/headers/x-internal-user"),
+    }
+
+
+def _mark(rule: str) -> str:
+    return f"[REDACTED:{rule}]"
+
+
+def test_query_values_are_decoded_before_the_patterns_and_replaced_whole() -> None:
+    path = f"/demo/mcp?pat=x&q=Bearer%20{_JWT[:20]}abc&note={_GHP}&page=2"
+
+    recorded, found = recordable_path(path, _redactor())
+
+    assert recorded == (
+        f"/demo/mcp?pat={_mark('builtin-password-field')}&q={_mark('builtin-bearer-token')}"
+        f"&note={_mark('builtin-github-token')}&page=2"
+    )
+    assert [f["pointer"] for f in found] == ["/query/pat", "/query/q", "/query/note"]
+
+
+def test_a_token_in_the_path_itself_is_redacted() -> None:
+    recorded, found = recordable_path(f"/demo/mcp/{_GHP}/x", _redactor())
+    assert recorded == f"/demo/mcp/{_mark('builtin-github-token')}/x"
+    assert found[0]["pointer"] == "/path"

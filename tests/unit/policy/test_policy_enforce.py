@@ -128,3 +128,37 @@ def test_a_filtered_sse_body_holds_only_what_the_filter_understood(tmp_path: Pat
         ("", "4", None),
         ('{"jsonrpc":"2.0","id', None, None),
     ]
+
+
+def test_a_json_list_behind_a_bom_is_filtered(tmp_path: Path) -> None:
+    from extproc.policy.enforce import filter_body
+
+    policy, who = _listing(tmp_path)
+    body = b"\xef\xbb\xbf" + _tools_event(5, "echo", "delete_repo").removeprefix("data: ").encode()
+
+    out, hidden = filter_body(policy, who, "demo", {"5": "tools/list"}, body, sse=False)
+
+    assert b"delete_repo" not in out and b'"echo"' in out
+    assert hidden == [("tools/list", 5, ["delete_repo"])]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"delete_repo"},]},}', id="trailing-commas"),
+        pytest.param(b"{'jsonrpc':'2.0','id':5,'result':{'tools':[{'name':'delete_repo'}]}}", id="single-quotes"),
+        pytest.param(b"[" * 100_000, id="too-deep"),
+    ],
+)
+def test_a_json_list_the_filter_cannot_read_is_withheld(tmp_path: Path, body: bytes) -> None:
+    import json
+
+    from extproc.policy.enforce import filter_body
+
+    policy, who = _listing(tmp_path)
+
+    out, _ = filter_body(policy, who, "demo", {"5": "tools/list"}, body, sse=False)
+
+    assert b"delete_repo" not in out
+    doc = json.loads(out)
+    assert doc["id"] == 5 and doc["error"]["code"] == -32603
