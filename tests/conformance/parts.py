@@ -5,8 +5,8 @@ Server under test, in order of preference:
   conformance repository). No package registry ships it, so its folder (with its package.json and
   package-lock.json) is given by path; its npm dependencies are installed from the npm registry into
   ``.conformance/reference/`` and it runs on the pinned Node through ``tsx``. Its source is never committed here.
-- ``sample``: the project's own sample server (``extproc.demo.mcp_server``, official Python SDK), which serves
-  both protocol revisions but has none of the suite's ``test_*`` tools, so many scenarios fail both ways.
+- ``fixture``: the project's own fixture server (``fixture_server.py``, official Python SDK, both revisions),
+  written to the scenarios' stated requirements: the core tools, resources and prompts, and basic MRTR.
 """
 
 from __future__ import annotations
@@ -102,13 +102,13 @@ def start_reference(source: Path, log: Path) -> ServerUnderTest:
     return server
 
 
-def start_sample(log: Path) -> ServerUnderTest:
-    """The project's sample server (official Python SDK, both protocol revisions), SSE responses."""
+def start_fixture(log: Path) -> ServerUnderTest:
+    """The project's conformance fixture server (official Python SDK, both protocol revisions)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "extproc.demo.mcp_server", "--port", str(port), "--name", "demo"]
+    cmd = [sys.executable, str(Path(__file__).with_name("fixture_server.py")), str(port)]
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    server = ServerUnderTest("sample", port, proc, "extproc.demo.mcp_server (mcp Python SDK)")
+    server = ServerUnderTest("fixture", port, proc, "tests/conformance/fixture_server.py (mcp Python SDK)")
     _wait_listening(server, log)
     return server
 

@@ -10,7 +10,7 @@ listed with its reason in expected-differences.yaml (``--strict``: on any differ
                                     [--work DIR] [--strict]
 
 ``--reference DIR`` (or ``$MCP_CONFORMANCE_REFERENCE``) is the folder of the suite's reference server
-(``examples/servers/typescript`` of the conformance repository); without it, the project's sample server.
+(``examples/servers/typescript`` of the conformance repository); without it, the project's fixture server.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def run(reference: Path | None, legs: list[str], modes: list[str], work: Path) -
     suite.ensure_installed()
     outcome = Outcome()
     server_log = work / "server.log"
-    server = parts.start_reference(reference, server_log) if reference else parts.start_sample(server_log)
+    server = parts.start_reference(reference, server_log) if reference else parts.start_fixture(server_log)
     try:
         started = time.monotonic()
         for leg in legs:

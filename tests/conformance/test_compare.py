@@ -62,7 +62,7 @@ def test_entries_for_another_mode_or_a_scenario_not_run_are_not_stale() -> None:
 
 
 def test_known_differences_file_loads(tmp_path: Path) -> None:
-    assert set(load_expected()) <= {"reference", "sample"}
+    assert set(load_expected()) <= {"reference", "fixture"}
     bad = tmp_path / "x.yaml"
     bad.write_text("sample:\n  auth:\n    s:\n      - a\n")
     with pytest.raises(ValueError, match=r"x.yaml: sample.auth.s: give each check id with its reason"):
