@@ -76,8 +76,12 @@ class Verdict:
         return not self.unexpected and not self.stale
 
 
-def judge(results: Results, legs: list[str], modes: list[str], expected: Expected) -> Verdict:
-    """Sort every difference into expected or unexpected; find listed checks that no longer differ."""
+def judge(results: Results, legs: list[str], modes: list[str], expected: Expected, stale: bool = True) -> Verdict:
+    """Sort every difference into expected or unexpected; find listed checks that no longer differ.
+
+    Entries are per scenario, not per leg (a check may differ on one wire only), so ``stale`` is only sound when
+    every leg ran.
+    """
     verdict = Verdict()
     seen: set[tuple[str, str, str]] = set()  # (mode, scenario, check) that differed somewhere
     for leg in legs:
@@ -90,7 +94,7 @@ def judge(results: Results, legs: list[str], modes: list[str], expected: Expecte
                     verdict.unexpected.append(diff)
                 else:
                     verdict.expected.append((diff, sorted({listed[c] for c in diff.checks})))
-    for mode in modes:
+    for mode in modes if stale else []:
         ran = {s for leg in legs for s in results[(leg, mode)]}
         for scenario, checks in expected.get(mode, {}).items():
             for check in checks:

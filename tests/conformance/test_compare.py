@@ -55,6 +55,12 @@ def test_judge_sorts_expected_unexpected_and_stale() -> None:
     assert "known" in rows and " NO" in rows
 
 
+def test_staleness_is_not_judged_on_a_subset_of_legs() -> None:
+    run = results([res("s", a="SUCCESS")], [res("s", a="SUCCESS")])
+    assert judge(run, ["L"], ["auth"], {"auth": {"s": {"a": "differs on another wire"}}}, stale=False).ok
+    assert not judge(run, ["L"], ["auth"], {"auth": {"s": {"a": "differs on another wire"}}}).ok
+
+
 def test_entries_for_another_mode_or_a_scenario_not_run_are_not_stale() -> None:
     run = results([res("s", a="SUCCESS")], [res("s", a="SUCCESS")], mode="anonymous")
     verdict = judge(run, ["L"], ["anonymous"], {"auth": {"s": {"a": "why"}}, "anonymous": {"other": {"a": "why"}}})

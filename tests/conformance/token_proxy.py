@@ -16,7 +16,8 @@ import anyio
 import httpx
 import uvicorn
 
-HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"authorization"}
+# Hop-by-hop headers are the proxy's own business; a client's Authorization is replaced by the injected one.
+DROPPED = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"authorization"}
 
 
 def build_app(upstream: str, token: str) -> Any:
@@ -42,13 +43,13 @@ def build_app(upstream: str, token: str) -> Any:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in DROPPED]
         headers.append((b"authorization", bearer))
         target = scope["raw_path"].decode() + (f"?{scope['query_string'].decode()}" if scope["query_string"] else "")
         request = client.build_request(scope["method"], target, headers=headers, content=body)
         response = await client.send(request, stream=True)
         try:
-            out = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
+            out = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in DROPPED]
             await send({"type": "http.response.start", "status": response.status_code, "headers": out})
             async with anyio.create_task_group() as tg:
 
