@@ -77,6 +77,17 @@ class HeaderMismatch(InvalidRequest):
     jsonrpc_code = -32020
 
 
+class RemovedMethod(GatewayError):
+    """A stateless request naming a method its revision removed: the spec's answer, METHOD_NOT_FOUND."""
+
+    status = 404
+    jsonrpc_code = -32601
+
+    def __init__(self, method: str, revision: str) -> None:
+        super().__init__(f"method {method[:80]!r} does not exist at {revision}")
+        self.client_message = f"Method not found: {method[:80]}"
+
+
 class InvalidEnvelope(InvalidRequest):
     """A request claiming a stateless revision without the ``params._meta`` envelope it requires."""
 

@@ -28,7 +28,7 @@ from extproc.authn.state_binding import RequestStateNotYours, open_sealed, seal
 from extproc.authn.verify import identity_headers
 from extproc.envoy import responses
 from extproc.envoy.headers import recordable, to_dict
-from extproc.errors import EncodedResponse, GatewayError, InvalidRequest, PolicyDenied
+from extproc.errors import EncodedResponse, GatewayError, InvalidRequest, PolicyDenied, RemovedMethod
 from extproc.gateway import Gateway
 from extproc.logs import access, verdict_fields
 from extproc.mcp.body import Piece, ResponseBody, rewrite_json
@@ -150,7 +150,7 @@ class Exchange:
         try:  # the headers Envoy and the server read must say what the decided body says
             check_headers(self._header_names, self._headers, parsed.messages, parsed.batch)
             forward = self._open_request_state(parsed.messages, body)  # a retry continues only its own round
-        except (InvalidRequest, RequestStateNotYours) as e:
+        except (InvalidRequest, RemovedMethod, RequestStateNotYours) as e:
             return self._refuse(e)
         if (refused := self._decide(parsed)) is not None:
             return refused

@@ -85,6 +85,15 @@ KNOWN_METHODS: tuple[str, ...] = tuple(
     )
 )
 
+
+def removed_in(revision: str) -> frozenset[str]:
+    """Client methods an earlier revision had and ``revision`` removed (at 2026-07-28: initialize, ping,
+    logging/setLevel, resources/subscribe and unsubscribe, and their notifications)."""
+    now = CLIENT_METHODS.get(revision, frozenset()) | CLIENT_NOTIFICATIONS.get(revision, frozenset())
+    before = set().union(*(CLIENT_METHODS[r] | CLIENT_NOTIFICATIONS[r] for r in CLIENT_METHODS if r < revision))
+    return frozenset(before - now) if revision in CLIENT_METHODS else frozenset()
+
+
 # Methods that name their target in params, mirrored in the Mcp-Name header at 2026-07-28.
 NAME_BEARING: dict[str, str] = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 

@@ -19,9 +19,9 @@ from typing import Any
 from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request, decode_header_value
 from mcp_types.jsonrpc import HEADER_MISMATCH
 
-from extproc.errors import HeaderMismatch, InvalidEnvelope
+from extproc.errors import HeaderMismatch, InvalidEnvelope, RemovedMethod
 from extproc.mcp.jsonrpc import Message
-from extproc.mcp.methods import NAME_BEARING, is_stateless
+from extproc.mcp.methods import NAME_BEARING, is_stateless, removed_in
 
 VERSION_HEADER = "mcp-protocol-version"
 METHOD_HEADER = "mcp-method"
@@ -90,6 +90,8 @@ def check_headers(
         if METHOD_HEADER in headers and headers[METHOD_HEADER] != method:
             raise HeaderMismatch(f"{METHOD_HEADER} header does not match the request body's method")
         return rev
+    if rev.revision is not None and method in removed_in(rev.revision):
+        raise RemovedMethod(method, rev.revision)  # answered as the server must; nothing to authorize or forward
     # The official ladder: _meta envelope present, version / method / name headers equal to the body. The version
     # list is the claimed one: whether the server speaks it is the server's answer, not the gateway's.
     verdict = classify_inbound_request(

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from extproc.errors import HeaderMismatch, InvalidEnvelope
+from extproc.errors import HeaderMismatch, InvalidEnvelope, RemovedMethod
+from extproc.mcp.methods import removed_in
 from extproc.mcp.protocol import RunTracker, check_headers, run_key
 
 V = "2026-07-28"
@@ -175,3 +176,17 @@ def test_tracker_is_bounded() -> None:
     for i in range(100):
         runs.unit((str(i),), float(i))
     assert len(runs._runs) <= 10
+
+
+@pytest.mark.parametrize("method", ["resources/subscribe", "initialize", "ping", "logging/setLevel"])
+def test_methods_the_revision_removed_are_not_found(method: str) -> None:
+    message = {"jsonrpc": "2.0", "id": 3, "method": method, "params": {"uri": "x", "_meta": META}}
+    with pytest.raises(RemovedMethod) as e:
+        _check({"mcp-protocol-version": V, "mcp-method": method}, message)
+    assert (e.value.status, e.value.jsonrpc_code) == (404, -32601)
+
+
+def test_removed_methods_are_named_per_revision() -> None:
+    assert removed_in("2026-07-28") >= {"initialize", "ping", "resources/subscribe", "resources/unsubscribe"}
+    assert "tools/call" not in removed_in("2026-07-28")
+    assert removed_in("2025-11-25") == frozenset()
