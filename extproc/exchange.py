@@ -23,6 +23,7 @@ from extproc.envoy import responses
 from extproc.envoy.headers import recordable, recordable_path, to_dict
 from extproc.errors import (
     AuthError,
+    AuthorizationUnavailable,
     GatewayError,
     InvalidRequest,
     NotFound,
@@ -36,6 +37,7 @@ from extproc.mcp.sse import SseParser
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.enforce import authorize, filter_body, redact_for_record, redact_text
 from extproc.policy.engine import describe_call
+from extproc.policy.facts import Facts, gather
 from extproc.recording.events import (
     Event,
     ExchangeEnd,
@@ -85,6 +87,7 @@ class Exchange:
         self._awaiting: set[str] = set()  # ids of requests in the body still without a response
         self._lists: dict[str, str] = {}  # list requests whose responses are filtered
         self._filtering = False
+        self._facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
         self._withhold = False  # an oversized JSON body under a policy: its chunks are hashed, not stored
         self._sse: SseParser | None = None
         self._json: bytearray | None = None
@@ -208,7 +211,12 @@ class Exchange:
         if self.policy is None or self.principal is None:
             held = self._held_refusal()
             return self._refuse(held) if held is not None else responses.request_body()
-        verdict = authorize(self.policy, self.principal, self._server_name, parsed.messages)
+        gw = self.gw
+        methods = {str(m.get("method")) for m in parsed.messages if is_request(m)}
+        self._facts = await gather(
+            self.policy, self._server_name, self.principal, gw.clock(), gw.reviewer, gw.grants, methods
+        )
+        verdict = authorize(self.policy, self.principal, self._server_name, parsed.messages, self._facts)
         decided = self.gw.metrics.decisions
         for call, d in zip(verdict.calls, verdict.decisions, strict=True):
             decided.labels(self._server_name, "true" if d.allowed else "false").inc()
@@ -219,11 +227,15 @@ class Exchange:
                     reason=d.reason,
                     call=self._describe(call),
                     message_id=call.id,
+                    kubernetes=d.kubernetes,
+                    grant=d.grant,
                 )
             )
         if (denied := verdict.denied) is not None:
             call, d = denied
-            err = PolicyDenied(d.rule, self._describe(call))
+            err: GatewayError = (
+                AuthorizationUnavailable() if d.unavailable else PolicyDenied(d.rule, self._describe(call))
+            )
             if parsed.batch:  # one denied element denies the batch: every request gets the error
                 errors = [
                     error_response(c.id, err.jsonrpc_code, err.safe_message) for c in verdict.calls if c.id is not None
@@ -287,7 +299,9 @@ class Exchange:
             self._emit_chunk(chunk)
         reply = responses.response_body()
         if self._filtering and self.policy is not None and self.principal is not None:  # the whole body, buffered
-            body, hidden = filter_body(self.policy, self.principal, self._server_name, self._lists, chunk, sse)
+            body, hidden = filter_body(
+                self.policy, self.principal, self._server_name, self._lists, chunk, sse, self._facts
+            )
             for method, msg_id, names in hidden:
                 self._emit(ListFiltered(method=method, message_id=msg_id, hidden=names))
             reply = responses.response_body(replace=body)

@@ -12,6 +12,7 @@ from extproc.authn.challenge import protected_resource_metadata, resource_metada
 from extproc.authn.session_binding import load_key
 from extproc.authn.verify import Authenticator
 from extproc.metrics import Metrics
+from extproc.policy.facts import GrantSource, Reviewer
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.recorder import Recorder
 from extproc.routing import Router
@@ -28,6 +29,8 @@ class Gateway:
     auth: Authenticator | None = None
     policy: PolicyWatcher | None = None  # exchanges read ``policy.current`` once each
     metrics: Metrics = field(default_factory=Metrics)
+    reviewer: Reviewer | None = None  # Kubernetes SubjectAccessReviews for rules that require them
+    grants: GrantSource | None = None  # signed just-in-time grants
     session_key: bytes = b""
     metadata_url: str = ""
     metadata_path: str = ""  # the path Envoy sees for metadata_url (RFC 9728 puts public_url's path after it)

@@ -22,6 +22,7 @@ from extproc.authn.verify import Authenticator
 from extproc.envoy import responses
 from extproc.exchange import Exchange
 from extproc.gateway import Gateway
+from extproc.kube import sar
 from extproc.kube.discovery import start_discovery
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.setup import build_runtime
@@ -138,6 +139,7 @@ async def serve(
             await policy.start()
         gw = Gateway.build(settings, recording.recorder, auth, policy)
         gw.router.discovered = discovery
+        gw.reviewer = sar.from_settings(settings.kubernetes)
         log.info("recording as writer %s", recording.recorder.writer_id)
         if settings.processor.metrics_port is not None:
             port = settings.processor.metrics_port + worker

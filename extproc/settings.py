@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from extproc.authn.config import AuthConfig
 from extproc.errors import ConfigError
-from extproc.kube.config import Discovery
+from extproc.kube.config import Discovery, KubernetesAuthz
 from extproc.policy.model import Subjects
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -232,6 +232,7 @@ class Settings(_Model):
     auth: AuthConfig | None = None
     policy: Policy | None = None
     discovery: Discovery | None = None  # servers found at run time (Kubernetes Services)
+    kubernetes: KubernetesAuthz | None = None  # SubjectAccessReviews for policy rules with `kubernetes:`
     # Without `auth`, the gateway refuses to start unless this says, explicitly, that anonymous access is intended
     # (local experiments only): no exchange may reach an MCP server without a verified identity by accident.
     allow_anonymous: bool = False

@@ -14,6 +14,7 @@ from extproc.mcp.jsonrpc import McpCall, Message, is_request, to_call
 from extproc.mcp.sse import SseParser
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.engine import Decision, decide_batch, filter_list, redact
+from extproc.policy.facts import Facts
 
 LIST_METHODS = frozenset({"tools/list", "resources/list", "prompts/list"})
 _ITEM_NAME = {
@@ -40,15 +41,23 @@ class Verdict:
         return {json.dumps(c.id): c.method for c in self.calls if c.method in LIST_METHODS and c.id is not None}
 
 
-def authorize(policy: CompiledPolicy, who: Principal, server: str, messages: tuple[Message, ...]) -> Verdict:
+def authorize(
+    policy: CompiledPolicy, who: Principal, server: str, messages: tuple[Message, ...], facts: Facts | None = None
+) -> Verdict:
     """Decide each request/notification of the body; responses the client sends back are not decided."""
     calls = tuple(to_call(m) for m in messages if is_request(m))
     # decide_batch is the one place "one denied element denies the batch" lives; `policy test` runs it too.
-    return Verdict(calls, decide_batch(policy, who, server, calls).elements if calls else ())
+    return Verdict(calls, decide_batch(policy, who, server, calls, facts).elements if calls else ())
 
 
 def filter_body(
-    policy: CompiledPolicy, who: Principal, server: str, lists: dict[str, str], body: bytes, sse: bool
+    policy: CompiledPolicy,
+    who: Principal,
+    server: str,
+    lists: dict[str, str],
+    body: bytes,
+    sse: bool,
+    facts: Facts | None = None,
 ) -> tuple[bytes, list[tuple[str, Any, list[str]]]]:
     """Rewrite list results in a whole response body (JSON or SSE); returns the body and what was hidden."""
     hidden: list[tuple[str, Any, list[str]]] = []
@@ -61,7 +70,7 @@ def filter_body(
         method = lists.get(json.dumps(msg.get("id")))
         if method is None:
             return msg
-        result = filter_list(policy, who, server, method, msg["result"])
+        result = filter_list(policy, who, server, method, msg["result"], facts)
         key, name = _ITEM_NAME[method]
         before = [i.get(name) for i in msg["result"].get(key, []) if isinstance(i, dict)]
         after = {i.get(name) for i in result.get(key, []) if isinstance(i, dict)}
