@@ -18,6 +18,7 @@ from extproc import settings as settings_mod
 from extproc.authn.cli import dev_issuer, token
 from extproc.errors import ConfigError
 from extproc.policy.cli import app as policy_app
+from extproc.policy.grant_cli import app as grant_app
 
 app = typer.Typer(
     help="Envoy external processor that authenticates, authorizes and records MCP traffic.",
@@ -29,6 +30,7 @@ app.add_typer(sessions_app, name="sessions")
 keys_app = typer.Typer(help="Signing keys for recording manifests.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
+app.add_typer(grant_app, name="grant")
 app.command("dev-issuer")(dev_issuer)
 app.command("token")(token)
 

@@ -24,6 +24,7 @@ from extproc.exchange import Exchange
 from extproc.gateway import Gateway
 from extproc.kube import sar
 from extproc.kube.discovery import start_discovery
+from extproc.policy.grants import grant_store
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.setup import build_runtime
 from extproc.settings import Settings
@@ -140,6 +141,7 @@ async def serve(
         gw = Gateway.build(settings, recording.recorder, auth, policy)
         gw.router.discovered = discovery
         gw.reviewer = sar.from_settings(settings.kubernetes)
+        gw.grants = grant_store(settings)
         log.info("recording as writer %s", recording.recorder.writer_id)
         if settings.processor.metrics_port is not None:
             port = settings.processor.metrics_port + worker

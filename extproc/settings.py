@@ -218,6 +218,12 @@ class Policy(_Model):
     reload_interval_ms: Annotated[int, Field(ge=100, le=600_000)] = 1000
 
 
+class Grants(_Model):
+    """Signed just-in-time grants (``mcp-extproc grant create``), verified with recording.signing_key."""
+
+    directory: Path = Path("grants")
+
+
 class Admin(_Model):
     port: Port = 9901
 
@@ -233,6 +239,7 @@ class Settings(_Model):
     policy: Policy | None = None
     discovery: Discovery | None = None  # servers found at run time (Kubernetes Services)
     kubernetes: KubernetesAuthz | None = None  # SubjectAccessReviews for policy rules with `kubernetes:`
+    grants: Grants | None = None
     # Without `auth`, the gateway refuses to start unless this says, explicitly, that anonymous access is intended
     # (local experiments only): no exchange may reach an MCP server without a verified identity by accident.
     allow_anonymous: bool = False
@@ -269,6 +276,12 @@ class Settings(_Model):
             raise ValueError("policy: required when auth is configured (deny by default needs rules to allow anything)")
         return self
 
+    @model_validator(mode="after")
+    def _grants_need_key(self) -> Settings:
+        if self.grants is not None and (self.recording.signing_key is None or self.policy is None):
+            raise ValueError("grants: need recording.signing_key (grants are signed with it) and a policy")
+        return self
+
     def server(self, name: str) -> Server | None:
         return next((s for s in self.servers if s.name == name), None)
 
@@ -289,6 +302,9 @@ def load(path: str | Path) -> Settings:
     except ConfigError as e:
         raise ConfigError(with_lines(str(e), str(path))) from None
     settings = settings.model_copy(update={"recording": settings.recording.resolved(path.parent)})
+    if settings.grants is not None and not settings.grants.directory.is_absolute():
+        grants = Grants(directory=(path.parent / settings.grants.directory).resolve())
+        settings = settings.model_copy(update={"grants": grants})
     pol = settings.policy
     if pol is not None and not pol.directory.is_absolute():
         pol = pol.model_copy(update={"directory": (path.parent / pol.directory).resolve()})

@@ -32,8 +32,11 @@ class Review:
 class GrantLike(Protocol):
     """What the engine needs of a grant (``extproc.policy.grants.Grant``)."""
 
-    id: str
-    reason: str
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
 
     def covers(self, who: Principal, server: str, method: str, tool: str | None, now: float) -> bool: ...
 
@@ -52,7 +55,7 @@ class Reviewer(Protocol):
 
 
 class GrantSource(Protocol):
-    def active(self, now: float) -> Sequence[GrantLike]: ...
+    async def active(self, now: float) -> Sequence[GrantLike]: ...
 
 
 async def gather(
@@ -75,4 +78,4 @@ async def gather(
         else:
             answers = await asyncio.gather(*(reviewer.review(c, who) for c in checks))
             reviews = dict(zip(checks, answers, strict=True))
-    return Facts(reviews, grants.active(now) if grants is not None else (), now)
+    return Facts(reviews, await grants.active(now) if grants is not None else (), now)
