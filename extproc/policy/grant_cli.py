@@ -26,7 +26,7 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _setup(config: Path) -> tuple[Path, Path]:
+def _setup(config: Path, server: str | None = None) -> tuple[Path, Path]:
     from extproc import settings as settings_mod
 
     try:
@@ -36,6 +36,9 @@ def _setup(config: Path) -> tuple[Path, Path]:
     if s.grants is None or s.recording.signing_key is None:
         _fail(f"{config}: no grants section (grants: {{directory: ...}}) or no recording.signing_key")
     assert s.grants is not None and s.recording.signing_key is not None
+    if server is not None and s.discovery is None and s.server(server) is None:
+        known = ", ".join(x.name for x in s.servers)
+        _fail(f"{config}: server {server!r} is not defined in gateway.yaml (known: {known})")
     return s.grants.directory, s.recording.signing_key
 
 
@@ -60,7 +63,7 @@ def create(
     config: Config = Path("gateway.yaml"),
 ) -> None:
     """Sign and write a grant; it is honoured from now until it expires, with no reload."""
-    directory, key = _setup(config)
+    directory, key = _setup(config, server)
     approver = approved_by or getpass.getuser()
     try:
         seconds = grants.parse_duration(duration)
