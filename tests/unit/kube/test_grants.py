@@ -163,7 +163,7 @@ def test_cli_create_list_revoke(tmp_path: Path) -> None:
     assert gid in r.output and "active" in r.output and "INC-123" in r.output
     loaded = grants.load_dir(tmp_path / "grants", load_public_key(key))
     assert [g.id for g in loaded.grants] == [gid]
-    r = run(app, [*args[:4], "nope", *args[5:], "--reason", "x", "--approved-by", "alice", "--config", str(cfg)])
+    r = run(app, [*args[:5], "nope", *args[6:], "--reason", "x", "--approved-by", "alice", "--config", str(cfg)])
     assert r.exit_code == 2 and "server 'nope' is not defined in gateway.yaml (known: prod)" in r.output
     r = run(app, [*args, "--reason", "mine", "--approved-by", "bob", "--config", str(cfg)])
     assert r.exit_code == 2 and "nobody approves their own grant" in r.output
