@@ -22,6 +22,7 @@ from extproc.authn.cli import dev_issuer, token
 from extproc.doctor import doctor
 from extproc.errors import ConfigError
 from extproc.policy.cli import app as policy_app
+from extproc.policy.grant_cli import app as grant_app
 from extproc.recording.cli import store_app
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
 app.add_typer(store_app, name="store")
 app.add_typer(audit_app, name="audit")
+app.add_typer(grant_app, name="grant")
 app.command("dev-issuer")(dev_issuer)
 app.command("token")(token)
 app.command("doctor")(doctor)

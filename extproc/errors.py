@@ -210,6 +210,14 @@ class PolicyDenied(Forbidden):
         self.rule = rule
 
 
+class AuthorizationUnavailable(GatewayError):
+    """A policy rule needs an outside authority's answer (a Kubernetes SubjectAccessReview) and it gave none."""
+
+    status = 503
+    jsonrpc_code = -32005
+    client_message = "authorization service unavailable; request refused"
+
+
 # --- upstream (502) -----------------------------------------------------------------------------------------
 
 

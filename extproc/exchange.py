@@ -28,7 +28,14 @@ from extproc.authn.state_binding import RequestStateNotYours, open_sealed, seal
 from extproc.authn.verify import identity_headers
 from extproc.envoy import responses
 from extproc.envoy.headers import recordable, to_dict
-from extproc.errors import EncodedResponse, GatewayError, InvalidRequest, PolicyDenied, RemovedMethod
+from extproc.errors import (
+    AuthorizationUnavailable,
+    EncodedResponse,
+    GatewayError,
+    InvalidRequest,
+    PolicyDenied,
+    RemovedMethod,
+)
 from extproc.gateway import Gateway
 from extproc.logs import access, verdict_fields
 from extproc.mcp.body import Piece, ResponseBody, rewrite_json
@@ -38,6 +45,7 @@ from extproc.mcp.protocol import check_headers, classify, run_key
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.enforce import Verdict, authorize, filter_body, record_redactor, redact_for_record, redact_text
 from extproc.policy.engine import describe_call
+from extproc.policy.facts import Facts, gather
 from extproc.recording.events import (
     ExchangeEnd,
     ExchangeStart,
@@ -94,6 +102,7 @@ class Exchange:
         self._may_ask = False  # a stateless call whose result may ask for input: its requestState gets sealed
         self._awaiting: set[str] = set()  # ids of requests in the body still without a response
         self._lists: dict[str, str] = {}  # list requests whose responses are filtered
+        self._facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
         # The response.
         self._body: ResponseBody | None = None
         self._buffered: str | None = None  # "filter" or "seal": the whole body comes in one message
@@ -152,7 +161,7 @@ class Exchange:
             forward = self._open_request_state(parsed.messages, body)  # a retry continues only its own round
         except (InvalidRequest, RemovedMethod, RequestStateNotYours) as e:
             return self._refuse(e)
-        if (refused := self._decide(parsed)) is not None:
+        if (refused := await self._decide(parsed)) is not None:
             return refused
         held = self.log.cannot_hold()
         return self._refuse(held) if held is not None else responses.request_body(forward)
@@ -298,20 +307,31 @@ class Exchange:
             )
         )
 
-    def _decide(self, parsed: ParsedBody) -> ep.ProcessingResponse | None:
+    async def _decide(self, parsed: ParsedBody) -> ep.ProcessingResponse | None:
         """Every request of the body decided and recorded; one denial refuses the whole body."""
         if self.policy is None or self.principal is None:
             return None
+        gw = self.gw
+        methods = {str(m.get("method")) for m in parsed.messages if is_request(m)}
+        self._facts = await gather(
+            self.policy, self.server_name, self.principal, gw.clock(), gw.reviewer, gw.grants, methods
+        )
         t0 = perf_counter()
-        verdict = self.verdict = authorize(self.policy, self.principal, self.server_name, parsed.messages)
-        self.gw.metrics.decision_seconds.observe(perf_counter() - t0)
+        verdict = self.verdict = authorize(self.policy, self.principal, self.server_name, parsed.messages, self._facts)
+        gw.metrics.decision_seconds.observe(perf_counter() - t0)
         for call, d in zip(verdict.calls, verdict.decisions, strict=True):
-            self._record_decision(call, d.allowed, d.rule, d.reason)
+            self._record_decision(call, d.allowed, d.rule, d.reason, kubernetes=d.kubernetes, grant=d.grant)
         if (denied := verdict.denied) is None:
             self._lists = verdict.lists
             return None
         call, d = denied
-        err: GatewayError = InvalidRequest(d.reason) if d.invalid else PolicyDenied(d.rule, self._describe(call))
+        err: GatewayError = (
+            InvalidRequest(d.reason)
+            if d.invalid
+            else AuthorizationUnavailable()
+            if d.unavailable
+            else PolicyDenied(d.rule, self._describe(call))
+        )
         if parsed.batch:  # one denied element denies the batch: every request gets the error
             errors = [
                 error_response(c.id, err.jsonrpc_code, err.safe_message) for c in verdict.calls if c.id is not None
@@ -328,10 +348,12 @@ class Exchange:
         self._record_decision(call, d.allowed, d.rule, d.reason)
         return None if d.allowed else self._refuse(PolicyDenied(d.rule, self._describe(call)))
 
-    def _record_decision(self, call: McpCall, allowed: bool, rule: str, reason: str) -> None:
+    def _record_decision(self, call: McpCall, allowed: bool, rule: str, reason: str, **outside: Any) -> None:
+        """One policy.decision; ``outside``: what an outside authority said (a SubjectAccessReview, a grant)."""
         self.gw.metrics.decisions.labels(self.server_name, "true" if allowed else "false").inc()
+        desc = self._describe(call)
         self.log.emit(
-            PolicyDecision(allowed=allowed, rule=rule, reason=reason, call=self._describe(call), message_id=call.id)
+            PolicyDecision(allowed=allowed, rule=rule, reason=reason, call=desc, message_id=call.id, **outside)
         )
 
     def _describe(self, call: McpCall) -> str:
@@ -408,7 +430,9 @@ class Exchange:
         if self.policy is None or self.principal is None:
             return None
         sse = self._body is not None and self._body.sse
-        filtered, hidden = filter_body(self.policy, self.principal, self.server_name, self._lists, body, sse)
+        filtered, hidden = filter_body(
+            self.policy, self.principal, self.server_name, self._lists, body, sse, self._facts
+        )
         for method, msg_id, names in hidden:
             self.log.emit(ListFiltered(method=method, message_id=msg_id, hidden=names))
         return responses.response_body(replace=filtered)

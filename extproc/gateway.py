@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from extproc.mcp.protocol import RunTracker
 from extproc.metrics import Metrics
+from extproc.policy.facts import GrantSource, Reviewer
 from extproc.ports import Authenticator, EventSink, PolicySource
 from extproc.routing import Router
 from extproc.runtime import ExchangeOptions, compile_options
@@ -35,6 +36,8 @@ class Gateway:
     policy: PolicySource | None = None  # exchanges read ``policy.current`` once each
     metrics: Metrics = field(default_factory=Metrics)
     runs: RunTracker = field(default_factory=lambda: RunTracker(300.0))  # recording units of stateless traffic
+    reviewer: Reviewer | None = None  # Kubernetes SubjectAccessReviews for rules that require them
+    grants: GrantSource | None = None  # signed just-in-time grants
     clock: Callable[[], float] = time.time
     new_id: Callable[[], str] = field(default_factory=lambda: exchange_ids())
 

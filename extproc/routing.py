@@ -97,6 +97,7 @@ class Router:
         self.discovered = discovered
         self._resolved: dict[str, tuple[float, str]] = {}
         self._origins = allowed_origins(settings)
+        self._literal: dict[str, str] = {}  # upstream "ip:port" as written -> the header value
 
     def _route(self, name: str) -> Route | None:
         route = self._static.get(name)
@@ -134,10 +135,14 @@ class Router:
         """Headers that send this request to ``backend``: none for a static route, else address and path."""
         if not backend.dynamic:
             return {}
-        host, port = split_hostport(backend.upstream)
-        address = await self._resolve(host)
+        target = self._literal.get(backend.upstream)
+        if target is None:
+            host, port = split_hostport(backend.upstream)
+            address = await self._resolve(host)
+            target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+            if address == host and len(self._literal) < 100_000:  # an IP literal: the same answer forever
+                self._literal[backend.upstream] = target
         rest = path[len(server.prefix) :]  # "", "/...", "?..." (match() checked the prefix)
-        target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         upstream_path = backend.path + rest if not rest or rest[0] == "?" else backend.path.rstrip("/") + rest
         return {UPSTREAM_HEADER: target, ":path": upstream_path}
 

@@ -24,7 +24,9 @@ from extproc.envoy import responses
 from extproc.envoy.tls import server_credentials
 from extproc.exchange import Exchange
 from extproc.gateway import Gateway
+from extproc.kube import sar
 from extproc.kube.discovery import start_discovery
+from extproc.policy.grants import grant_store
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.setup import build_runtime
 from extproc.routing import Router
@@ -140,6 +142,8 @@ async def serve(
             await policy.start()
         gw = Gateway.build(settings, recording.recorder, auth, policy, Router(settings, discovery))
         gw.metrics.watch(recording.recorder, policy, auth)
+        gw.reviewer = sar.from_settings(settings.kubernetes)
+        gw.grants = grant_store(settings)
         log.info("recording as writer %s", recording.recorder.writer_id)
         if settings.processor.metrics_port is not None:
             port = settings.processor.metrics_port + worker

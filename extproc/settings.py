@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from extproc.authn.config import AuthConfig, origin_of
 from extproc.errors import ConfigError
-from extproc.kube.config import Discovery
+from extproc.kube.config import Discovery, KubernetesAuthz
 from extproc.policy.compiled import RESERVED_SERVERS
 from extproc.policy.model import Subjects
 from extproc.yamlfile import Lines, did_you_mean, line_of, parse_yaml
@@ -349,6 +349,12 @@ class Policy(_Model):
     reload_interval_ms: Annotated[int, Field(ge=100, le=600_000)] = 1000
 
 
+class Grants(_Model):
+    """Signed just-in-time grants (``mcp-extproc grant create``), verified with recording.signing_key."""
+
+    directory: Path = Path("grants")
+
+
 class Admin(_Model):
     port: Port = 9901  # Envoy admin, always on 127.0.0.1
     stats_port: Port | None = None  # a listener serving only /stats/prometheus (for Prometheus); off when unset
@@ -385,6 +391,8 @@ class Settings(_Model):
     auth: AuthConfig | None = None
     policy: Policy | None = None
     discovery: Discovery | None = None  # servers found at run time (Kubernetes Services)
+    kubernetes: KubernetesAuthz | None = None  # SubjectAccessReviews for policy rules with `kubernetes:`
+    grants: Grants | None = None
     # Without `auth`, the gateway refuses to start unless this says, explicitly, that anonymous access is intended
     # (local experiments only): no exchange may reach an MCP server without a verified identity by accident.
     allow_anonymous: bool = False
@@ -427,6 +435,12 @@ class Settings(_Model):
             raise ValueError("policy: required when auth is configured (deny by default needs rules to allow anything)")
         return self
 
+    @model_validator(mode="after")
+    def _grants_need_key(self) -> Settings:
+        if self.grants is not None and (self.recording.signing_key is None or self.policy is None):
+            raise ValueError("grants: need recording.signing_key (grants are signed with it) and a policy")
+        return self
+
     def server(self, name: str) -> Server | None:
         return next((s for s in self.servers if s.name == name), None)
 
@@ -448,6 +462,9 @@ def load(path: str | Path) -> Settings:
         raise ConfigError(f"{path}:1: expected a mapping at the top level (servers: ...)")
     settings = parse(doc, source=str(path), lines=lines)
     settings = settings.model_copy(update={"recording": settings.recording.resolved(path.parent)})
+    if settings.grants is not None and not settings.grants.directory.is_absolute():
+        grants = Grants(directory=(path.parent / settings.grants.directory).resolve())
+        settings = settings.model_copy(update={"grants": grants})
     pol = settings.policy
     if pol is not None and not pol.directory.is_absolute():
         pol = pol.model_copy(update={"directory": (path.parent / pol.directory).resolve()})

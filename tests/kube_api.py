@@ -8,7 +8,9 @@ server that goes away and comes back on the same port.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +51,7 @@ class FakeKubeApi:
         self._cond = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
         self._closing = False
+        self.connections: set[Any] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -78,6 +81,10 @@ class FakeKubeApi:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        for conn in list(self.connections):  # keep-alive connections too: a stopped API server answers nothing
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self.connections.clear()
 
     def kubeconfig(self, path: Path) -> Path:
         path.write_text(
@@ -179,13 +186,25 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        self.fake.connections.add(self.connection)
+
+    def finish(self) -> None:
+        self.fake.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
     def _json(self, code: int, doc: dict[str, Any]) -> None:
         body = json.dumps(doc).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except OSError:  # the client gave up (a timeout under test)
+            self.close_connection = True
 
     def _authorized(self) -> bool:
         if self.headers.get("Authorization") != f"Bearer {TOKEN}":

@@ -60,3 +60,11 @@ def api_client(access: ApiAccess) -> object:
         return config.new_client_from_config(config_file=str(access.kubeconfig), context=access.context)
     except (config.ConfigException, OSError, ValueError) as e:
         raise ConfigError(f"kubernetes: cannot build an API client: {e}") from e
+
+
+class KubernetesAuthz(ApiAccess):
+    """SubjectAccessReviews for policy rules with ``kubernetes:``; prefixes as the API server's --oidc-*-prefix."""
+
+    username_prefix: str = ""
+    groups_prefix: str = ""
+    cache_ttl_s: Annotated[float, Field(ge=0, le=3600)] = 10.0  # allow and deny are both cached this long

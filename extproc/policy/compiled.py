@@ -7,7 +7,7 @@ Everything here runs once per load. Cross-file checks (unique names, servers kno
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from extproc.errors import ConfigError
@@ -18,6 +18,8 @@ from extproc.policy.redact import Redactor, compile_redactor
 ANY_SERVER = "*"
 AUDIT_SERVER = "audit"  # the auditors' own trail: a viewer rule naming it grants reading who looked at what
 RESERVED_SERVERS = frozenset({AUDIT_SERVER})
+# A list request is filtered with the decisions of the call that uses an item: it needs that call's reviews too.
+_USES = {"tools/list": ("tools/call",), "resources/list": ("resources/read",), "prompts/list": ("prompts/get",)}
 
 # Which McpCall field names the object a method acts on (and so which index key it is bucketed by).
 OBJECT_FIELD: dict[str, str] = {
@@ -75,6 +77,21 @@ class ArgCheck:
     optional: bool
 
 
+@dataclass(frozen=True, slots=True)
+class KubeCheck:
+    """A rule's Kubernetes authorization requirement; hashable, so reviews are cached and shared by it."""
+
+    verb: str
+    group: str
+    resource: str
+    name: str | None = None
+    namespace: str | None = None
+    subresource: str | None = None
+
+    def to_record(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if getattr(self, k) is not None}
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class CompiledRule:
     """A rule ready to evaluate; ``order`` is its position across all files (file name order)."""
@@ -89,6 +106,7 @@ class CompiledRule:
     objects: dict[str, Matcher]  # McpCall field ("tool", "uri", "prompt") -> matcher, only for listed kinds
     arguments: tuple[ArgCheck, ...]
     description: str = ""
+    kubernetes: KubeCheck | None = None
 
     @property
     def effect(self) -> str:
@@ -133,6 +151,7 @@ class CompiledPolicy:
     servers: frozenset[str]  # servers named in rules or known to the gateway
     index: dict[tuple[str, str], Bucket] = field(repr=False)
     redactors: dict[str, Redactor] = field(repr=False)
+    checks: dict[str, tuple[KubeCheck, ...]] = field(default_factory=dict, repr=False)
 
     def bucket(self, server: str, method: str) -> Bucket:
         """Candidate rules for a server and method; unknown methods take the (rare) slow path."""
@@ -142,6 +161,23 @@ class CompiledPolicy:
             return found
         rules = [r for r in self.rules if (r.servers is None or key in r.servers) and r.methods(method)]
         return _bucket(rules, OBJECT_FIELD.get(method))
+
+    def kube_checks(self, server: str, methods: Iterable[str] | None = None) -> tuple[KubeCheck, ...]:
+        """The Kubernetes checks rules for ``server`` (and these methods) may need: reviewed before deciding."""
+        key = server if server in self.servers else ANY_SERVER
+        if methods is None:
+            return self.checks.get(key, ())
+        if not self.checks.get(key):
+            return ()
+        wanted = {m for method in methods for m in (method, *_USES.get(method, ()))}
+        found: dict[KubeCheck, None] = {}
+        for method in wanted:
+            for rule in self.bucket(server, method).generic[0]:
+                if rule.kubernetes is not None:
+                    found[rule.kubernetes] = None
+            for rules, _ in self.bucket(server, method).by_object.values():
+                found.update((r.kubernetes, None) for r in rules if r.kubernetes is not None)
+        return tuple(found)
 
     def redactor(self, server: str) -> Redactor:
         """The redactions that apply to recordings of ``server``."""
@@ -206,6 +242,7 @@ def compile_policy(
                     objects=objects,
                     arguments=args,
                     description=rule.description or "",
+                    kubernetes=KubeCheck(**rule.kubernetes.model_dump()) if rule.kubernetes is not None else None,
                 )
             )
         for i, v in enumerate(lf.doc.viewers):
@@ -229,6 +266,12 @@ def compile_policy(
         servers=servers,
         index=_index(rules, servers),
         redactors=_redactors(files, servers),
+        checks={
+            s: tuple(
+                dict.fromkeys(r.kubernetes for r in rules if r.kubernetes and (r.servers is None or s in r.servers))
+            )
+            for s in (*servers, ANY_SERVER)
+        },
     )
 
 

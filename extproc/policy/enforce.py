@@ -16,6 +16,7 @@ from extproc.mcp.methods import LISTINGS
 from extproc.mcp.sse import SseParser, format_event
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.engine import Decision, decide_batch, filter_list, redact
+from extproc.policy.facts import Facts
 from extproc.policy.redact import Redactor, compile_redactor
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,13 @@ class Verdict:
         return {json.dumps(c.id): c.method for c in self.calls if c.method in LISTINGS and c.id is not None}
 
 
-def authorize(policy: CompiledPolicy, who: Principal, server: str, messages: tuple[Message, ...]) -> Verdict:
+def authorize(
+    policy: CompiledPolicy, who: Principal, server: str, messages: tuple[Message, ...], facts: Facts | None = None
+) -> Verdict:
     """Decide each request/notification of the body; responses the client sends back are not decided."""
     calls = tuple(c for m in messages if is_request(m) for c in (to_call(m), *implied_calls(m)))
     # decide_batch is the one place "one denied element denies the batch" lives; `policy test` runs it too.
-    return Verdict(calls, decide_batch(policy, who, server, calls).elements if calls else ())
+    return Verdict(calls, decide_batch(policy, who, server, calls, facts).elements if calls else ())
 
 
 # subscriptions/listen flags -> the list a caller must be allowed to see for its change notifications.
@@ -72,7 +75,13 @@ def implied_calls(m: Message) -> tuple[McpCall, ...]:
 
 
 def filter_body(
-    policy: CompiledPolicy, who: Principal, server: str, lists: dict[str, str], body: bytes, sse: bool
+    policy: CompiledPolicy,
+    who: Principal,
+    server: str,
+    lists: dict[str, str],
+    body: bytes,
+    sse: bool,
+    facts: Facts | None = None,
 ) -> tuple[bytes, list[tuple[str, Any, list[str]]]]:
     """Rewrite list results in a whole response body (JSON or SSE); returns the body and what was hidden."""
     hidden: list[tuple[str, Any, list[str]]] = []
@@ -85,7 +94,7 @@ def filter_body(
         method = lists.get(json.dumps(msg.get("id")))
         if method is None:
             return msg
-        result = filter_list(policy, who, server, method, msg["result"])
+        result = filter_list(policy, who, server, method, msg["result"], facts)
         listing = LISTINGS[method]
         before = [i.get(listing.item) for i in msg["result"].get(listing.key, []) if isinstance(i, dict)]
         after = {i.get(listing.item) for i in result.get(listing.key, []) if isinstance(i, dict)}

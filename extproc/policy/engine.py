@@ -16,6 +16,7 @@ from extproc.authn.principal import Principal
 from extproc.mcp.jsonrpc import McpCall, fold_key
 from extproc.mcp.methods import LISTINGS, Listing
 from extproc.policy.compiled import OBJECT_FIELD, ArgCheck, CompiledPolicy, CompiledRule, CompiledSubjects, value_key
+from extproc.policy.facts import Facts
 from extproc.policy.redact import Redaction, marker
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ class Decision:
     considered: tuple[str, ...] = ()  # candidate rules evaluated, in evaluation order, up to the deciding one
     elements: tuple[Decision, ...] = ()  # per-element decisions of a batch
     invalid: bool = False  # refused because the call itself is ambiguous (HTTP 400), not by a rule
+    kubernetes: dict[str, object] | None = None  # the SubjectAccessReview the deciding rule required, and its answer
+    grant: dict[str, object] | None = None  # the just-in-time grant that allowed the call (id, reason, approver, ...)
+    unavailable: bool = False  # denied because an authority (the Kubernetes API server) did not answer: a 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +53,10 @@ class RuleTrace:
     why: str
 
 
-def decide(policy: CompiledPolicy, who: Principal, server: str, call: McpCall) -> Decision:
+def decide(policy: CompiledPolicy, who: Principal, server: str, call: McpCall, facts: Facts | None = None) -> Decision:
     """Deny by default; an explicit deny rule wins over any allow; an evaluation error is a deny."""
     try:
-        return _evaluate(policy, who, server, call)
+        return _evaluate(policy, who, server, call, facts=facts)
     except Exception as e:
         log.exception("policy evaluation failed; denying %s", describe_call(server, call))
         return Decision(False, DEFAULT_DENY, f"policy evaluation error ({type(e).__name__}); denied")
@@ -75,6 +79,7 @@ def _evaluate(
     *,
     listing: bool = False,
     trace: list[RuleTrace] | None = None,
+    facts: Facts | None = None,
 ) -> Decision:
     """THE evaluation order. Every decision the gateway makes goes through here:
 
@@ -89,8 +94,11 @@ def _evaluate(
     3. A candidate applies when its subjects match the caller, its tools/resources/prompts match the call's
        object (when the method has one), and all its argument conditions hold (tools/call only).
     4. The first deny rule that applies denies: an explicit deny wins over any allow.
-    5. Otherwise the first allow rule that applies allows.
-    6. Otherwise: default deny.
+    5. Otherwise the first allow rule that applies allows. A rule requiring a Kubernetes authorization applies only
+       if the API server's SubjectAccessReview (in ``facts``) allowed it; an unanswered review denies right there,
+       marked ``unavailable`` (503): fail closed, never skipped.
+    6. Otherwise a signed, unexpired just-in-time grant (in ``facts``) for this caller, server and tool allows.
+    7. Otherwise: default deny.
     ``listing`` (for filter_list) ignores argument conditions: an allow rule with conditions counts (some call
     could pass them) and a deny rule with conditions does not (it refuses only some calls).
     Exceptions propagate to decide(), which turns them into a deny.
@@ -108,15 +116,32 @@ def _evaluate(
     decision: Decision | None = None
     for i, rule in enumerate(rules):
         why = _miss(rule, who, call, field, obj, listing, trace is not None)
+        review = None
+        if why is None and rule.kubernetes is not None:
+            review = (facts.reviews if facts is not None else {}).get(rule.kubernetes)
+            if review is None or review.unavailable:
+                if decision is None:
+                    what = f"rule {rule.name!r} needs a Kubernetes authorization the API server did not give"
+                    record: dict[str, object] = (
+                        review.to_record(rule.kubernetes) if review else {"outcome": "unavailable"}
+                    )
+                    return Decision(False, rule.name, what, names[: i + 1], kubernetes=record, unavailable=True)
+            elif not review.allowed:
+                why = f"kubernetes: {rule.kubernetes.verb} {rule.kubernetes.resource} not allowed ({review.reason})"
         if trace is not None:
             trace.append(RuleTrace(rule.name, rule.effect, rule.source, why is None, why or _applies(rule, decision)))
         if why is None and decision is None:
             what = f"rule {rule.name!r} {_verb(rule)} {describe_call(server, call)}"
-            decision = Decision(not rule.deny, rule.name, what, names[: i + 1])
+            k8s = review.to_record(rule.kubernetes) if review is not None and rule.kubernetes is not None else None
+            decision = Decision(not rule.deny, rule.name, what, names[: i + 1], kubernetes=k8s)
             if trace is None:
                 return decision
     if decision is not None:
         return decision
+    for g in facts.grants if facts is not None else ():
+        if g.covers(who, server, call.method, call.tool, facts.now):  # type: ignore[union-attr]
+            what = f"grant {g.id} ({g.reason[:200]}) allows {describe_call(server, call)}"
+            return Decision(True, f"grant:{g.id}", what, names, grant=g.to_record())
     return Decision(False, DEFAULT_DENY, f"no rule allows {describe_call(server, call)}", names)
 
 
@@ -245,11 +270,13 @@ def _check_argument(a: ArgCheck, v: Any) -> tuple[str, str]:
     return "", ""
 
 
-def decide_batch(policy: CompiledPolicy, who: Principal, server: str, calls: Sequence[McpCall]) -> Decision:
+def decide_batch(
+    policy: CompiledPolicy, who: Principal, server: str, calls: Sequence[McpCall], facts: Facts | None = None
+) -> Decision:
     """Decide every element of a JSON-RPC batch; one denied element denies the whole batch."""
     if not calls:
         return Decision(False, DEFAULT_DENY, "empty batch")
-    decisions = tuple(decide(policy, who, server, c) for c in calls)
+    decisions = tuple(decide(policy, who, server, c, facts) for c in calls)
     for i, d in enumerate(decisions):
         if not d.allowed:
             return Decision(False, d.rule, f"batch element {i}: {d.reason}", d.considered, decisions, d.invalid)
@@ -267,7 +294,9 @@ def _use(listing: Listing, name: str) -> McpCall:
     return McpCall(listing.use, uri=name)
 
 
-def filter_list(policy: CompiledPolicy, who: Principal, server: str, method: str, result: dict) -> dict:
+def filter_list(
+    policy: CompiledPolicy, who: Principal, server: str, method: str, result: dict, facts: Facts | None = None
+) -> dict:
     """Keep only the list items the caller may use (argument conditions not considered); others pass unchanged."""
     listing = LISTINGS.get(method)
     if listing is None or not isinstance(result, dict) or not isinstance(result.get(listing.key), list):
@@ -278,7 +307,7 @@ def filter_list(policy: CompiledPolicy, who: Principal, server: str, method: str
         if not isinstance(name, str):
             continue  # an item we cannot name is an item we cannot authorize
         try:
-            if _evaluate(policy, who, server, _use(listing, name), listing=True).allowed:
+            if _evaluate(policy, who, server, _use(listing, name), listing=True, facts=facts).allowed:
                 kept.append(item)
         except Exception:
             log.exception("policy evaluation failed while filtering %s; hiding the item", method)

@@ -180,6 +180,17 @@ class ArgConstraint(_Model):
         return self
 
 
+class KubernetesCheck(_Model):
+    """The rule applies only if the Kubernetes API server allows the caller this (a SubjectAccessReview)."""
+
+    verb: str = Field(min_length=1, description="e.g. use")
+    group: str = Field("", description="API group, e.g. mcp-extproc.io")
+    resource: str = Field(min_length=1, description="e.g. mcpservers")
+    name: str | None = Field(None, description="Resource name, e.g. the server name")
+    namespace: str | None = Field(None, description="Namespace of a namespaced resource (a RoleBinding's)")
+    subresource: str | None = None
+
+
 class Rule(_Model):
     """One allow or deny rule."""
 
@@ -191,6 +202,15 @@ class Rule(_Model):
     arguments: dict[str, ArgConstraint] | None = Field(
         None, min_length=1, description="tools/call only: the rule applies only when every condition holds."
     )
+    kubernetes: KubernetesCheck | None = Field(
+        None, description="allow rules only: also require this Kubernetes authorization (SubjectAccessReview)."
+    )
+
+    @model_validator(mode="after")
+    def _kubernetes_on_allow(self) -> Rule:
+        if self.kubernetes is not None and self.effect != "allow":
+            raise ValueError("kubernetes applies to allow rules only (a deny needs no API server's consent)")
+        return self
 
     @model_validator(mode="after")
     def _arguments_need_tools_call(self) -> Rule:
@@ -257,7 +277,18 @@ def json_schema() -> dict[str, Any]:
 
 ALL_KEYS: frozenset[str] = frozenset(
     (f.alias or n)
-    for m in (ClaimMatch, Subjects, Targets, ArgConstraint, Rule, Redaction, RecordingRules, Viewer, PolicyFile)
+    for m in (
+        ClaimMatch,
+        Subjects,
+        Targets,
+        ArgConstraint,
+        KubernetesCheck,
+        Rule,
+        Redaction,
+        RecordingRules,
+        Viewer,
+        PolicyFile,
+    )
     for n, f in m.model_fields.items()
 )
 """Every key the format knows; used to suggest a spelling for an unknown key."""

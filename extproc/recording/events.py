@@ -92,6 +92,8 @@ class PolicyDecision(Event):
     reason: str = ""
     call: str = ""
     message_id: str | int | None = None
+    kubernetes: dict[str, Any] | None = None  # the SubjectAccessReview the rule required: outcome, reason, cached
+    grant: dict[str, Any] | None = None  # the just-in-time grant used: id, reason, approver, until
 
 
 @dataclass(slots=True, kw_only=True)

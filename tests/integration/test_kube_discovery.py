@@ -3,6 +3,7 @@ down -> the last known set keeps routing. The API server is a loopback stand-in 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,3 +69,72 @@ def _events(path: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+RBAC_POLICY = """
+apiVersion: mcp-extproc/v1
+rules:
+  - name: session-basics
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: ["*"], methods: [initialize, ping, "notifications/*", tools/list]}
+  - name: tickets-via-rbac
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [tickets], tools: ["*"]}
+    kubernetes: {verb: use, group: mcp-extproc.io, resource: mcpservers, name: tickets, namespace: team-a}
+"""
+
+
+def _call(url: str, headers: dict) -> httpx.Response:
+    body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}}}
+    return httpx.post(url, json=body, headers=headers, timeout=15)
+
+
+def test_subject_access_review_gates_calls_and_fails_closed(
+    start_mcp_server, start_authed, issuer, kube_api: FakeKubeApi, tmp_path: Path
+) -> None:
+    server = start_mcp_server("tickets")
+    kube_api.put_service("team-a", "tickets", server.port, {"mcp-extproc.io/server": "tickets"})
+    kube_api.sar = lambda spec: (
+        {"allowed": True, "reason": 'RBAC: allowed by RoleBinding "mcp-users/team-a"'}
+        if "oidc:team-a" in spec["groups"]
+        else {"allowed": False, "reason": "no RBAC policy matched"}
+    )
+    kubernetes = {
+        "kubeconfig": str(kube_api.kubeconfig(tmp_path / "kc-sar")),
+        "username_prefix": "oidc:",
+        "groups_prefix": "oidc:",
+        "cache_ttl_s": 0.5,
+        "request_timeout_s": 1,
+    }
+    gw = start_authed(
+        [],
+        policy=RBAC_POLICY,
+        gateway={"server_entries": [], "discovery": discovery(kube_api, tmp_path), "kubernetes": kubernetes},
+    )
+    url = gw.url("tickets")
+    wait_until(lambda: _status(url, issuer.mint("x", aud=gw.endpoint)) == 200, 10, "discovered")
+    alice = open_session(url, issuer.mint("alice", aud=gw.endpoint, groups=("team-a",)))
+    bob = open_session(url, issuer.mint("bob", aud=gw.endpoint, groups=("team-b",)))
+
+    assert _call(url, alice).status_code == 200
+    r = _call(url, bob)
+    assert r.status_code == 403 and "default-deny" in r.text
+    assert {s["user"] for s in kube_api.reviews} == {"oidc:alice", "oidc:bob"}
+
+    kube_api.stop()
+    time.sleep(0.6)  # past the cache TTL: the next call needs the API server
+    r = _call(url, alice)
+    assert r.status_code == 503 and "authorization service unavailable" in r.text
+    # routing kept the last known set: a call needing no review still works
+    listed = httpx.post(url, json={"jsonrpc": "2.0", "id": 4, "method": "tools/list"}, headers=alice, timeout=10)
+    assert listed.status_code == 200
+    gw.stop()
+
+    decisions = [e for p in gw.store.root.rglob("*.jsonl") for e in _events(p) if e.get("type") == "policy.decision"]
+    gated = [d for d in decisions if d["kubernetes"] is not None]
+    outcomes = {(d["allowed"], d["kubernetes"]["outcome"]) for d in gated}
+    assert (True, "allowed") in outcomes and (False, "unavailable") in outcomes
+    allowed = next(d for d in gated if d["allowed"])
+    assert allowed["kubernetes"]["reason"] == 'RBAC: allowed by RoleBinding "mcp-users/team-a"'

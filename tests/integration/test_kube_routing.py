@@ -79,6 +79,9 @@ def test_each_caller_reaches_only_the_backend_of_their_team(start_mcp_server, st
     assert ("alice", "team", "a") in by_user and ("bob", "team", "b") in by_user
     assert ("carol", "team", "") in by_user  # the refusal is recorded, with no backend chosen
     assert not any(s == "alice" and bk == "b" and srv == "team" for s, srv, bk in by_user)
+    # Envoy removed the client's copy before the processor ran: no recorded request carries it.
+    assert starts and not any(UPSTREAM_HEADER in e["headers"] for e in starts)
+    assert any("x-envoy-original-dst-host" in e["headers"] for e in starts)  # (what was sent is recorded)
 
 
 def _events(path) -> list[dict]:
