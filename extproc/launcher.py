@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from extproc import settings as settings_mod
 from extproc.envoy.bootstrap import PROCESSOR_CLUSTER, PROCESSOR_SERVICE, render_yaml
 from extproc.server import listen_address
-from extproc.workers import READY_FILE_ENV, worker_command
+from extproc.workers import READY_FILE_ENV, RESTART_BACKOFF, STABLE_AFTER, worker_command
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # seconds before restart n of a worker that keeps dying
-STABLE_AFTER = 60.0  # a worker that ran this long starts again from the shortest backoff
 
 
 @dataclass

@@ -275,12 +275,13 @@ async def test_stop_drains_so_an_open_sse_stream_finishes_and_is_recorded_comple
     import asyncio
 
     from extproc.demo.mcp_client import call_tool
+    from extproc.launcher import wait_until
 
     server = start_mcp_server("demo")
     gw = start_gateway([server], edge={"drain_time_s": 20})
     slow = asyncio.create_task(call_tool(gw.url(), "count_slowly", {"n": 20, "delay": 0.15}))
-    while not any(r["tool"] == "count_slowly" for r in server.seen()):  # the stream is open
-        await asyncio.sleep(0.05)
+    opened = lambda: any(r["tool"] == "count_slowly" for r in server.seen())  # noqa: E731
+    await asyncio.to_thread(wait_until, opened, 20, "the call's stream to be open")
     await asyncio.to_thread(gw.stop)  # drain, then stop Envoy, then the processor
     assert (await slow)["structuredContent"] == {"result": "counted to 20"}
     events = _events(gw)
