@@ -262,9 +262,8 @@ def _threshold(monitor: str, value: float) -> dict[str, Any]:
     return {"name": monitor, "threshold": {"value": value}}
 
 
-def _circuit_breakers(settings: Settings) -> dict[str, Any]:
+def _circuit_breakers(n: int) -> dict[str, Any]:
     """Envoy's default (1,024 requests per cluster) would refuse the 1,025th open SSE stream with a 503."""
-    n = settings.limits.max_concurrent_streams
     limits = {"max_connections": n, "max_pending_requests": n, "max_requests": n, "max_retries": 3}
     return {"thresholds": [{"priority": "DEFAULT", **limits}]}
 
@@ -305,8 +304,10 @@ def render(settings: Settings) -> dict[str, Any]:
         clusters.append(
             _cluster(server_cluster_name(s), [_socket(host, port)], http2=False, tls_sni=host if s.tls else None)
         )
+    # Every exchange holds one ext_proc stream for its whole life: the processor carries all servers' streams.
+    streams = settings.limits.max_concurrent_streams
     for c in clusters:
-        c["circuit_breakers"] = _circuit_breakers(settings)
+        c["circuit_breakers"] = _circuit_breakers(streams * len(settings.servers) if c is processor else streams)
     return {
         "admin": {"address": _socket("127.0.0.1", settings.admin.port)},  # loopback only, never exposed
         "overload_manager": _overload_manager(settings),
