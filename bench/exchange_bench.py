@@ -39,9 +39,6 @@ RESULT = {"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "te
 class CachedAuth:
     """Stands in for the Authenticator's cache hit: the token was verified on an earlier request."""
 
-    def check_origin(self, origin: str | None) -> None:
-        return None
-
     async def authenticate(self, authorization: str | None) -> Principal:
         return ALICE
 
