@@ -108,6 +108,24 @@ def envoy_sees_processors(admin_port: int, count: int) -> bool:
     return len(flags) == count and all(f == "healthy" for f in flags)
 
 
+def envoy_command(bootstrap: Path, edge: settings_mod.Edge, log_level: str = "warning") -> list[str]:
+    """Envoy's command line for a rendered bootstrap (`up`, the tests and the benchmark run the same)."""
+    return [
+        str(envoy_binary()),
+        "-c",
+        str(bootstrap),
+        "--log-level",
+        log_level,
+        "--use-dynamic-base-id",
+        "--concurrency",
+        "2",
+        "--drain-time-s",
+        str(edge.drain_time_s),
+        "--drain-strategy",
+        "immediate",  # every connection is told to close at once; in-flight streams get drain_time_s
+    ]
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now (for tests and the demo)."""
     with socket.socket() as s:
@@ -160,20 +178,7 @@ class Stack:
             self._wait_worker(worker)
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(render_yaml(s))
-        cmd = [
-            str(envoy_binary()),
-            "-c",
-            str(bootstrap),
-            "--log-level",
-            envoy_log_level,
-            "--use-dynamic-base-id",
-            "--concurrency",
-            "2",
-            "--drain-time-s",
-            str(s.edge.drain_time_s),
-            "--drain-strategy",
-            "immediate",  # every connection is told to close at once; in-flight streams get drain_time_s
-        ]
+        cmd = envoy_command(bootstrap, s.edge, envoy_log_level)
         self.envoy = subprocess.Popen(cmd, stdout=out, stderr=out, process_group=0)
         ready = f"http://127.0.0.1:{s.admin.port}/ready"
         wait_until(lambda: self._alive() and http_ok(ready), 30, "Envoy to be ready")
