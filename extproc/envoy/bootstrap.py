@@ -304,10 +304,12 @@ def render(settings: Settings) -> dict[str, Any]:
         clusters.append(
             _cluster(server_cluster_name(s), [_socket(host, port)], http2=False, tls_sni=host if s.tls else None)
         )
-    # Every exchange holds one ext_proc stream for its whole life: the processor carries all servers' streams.
+    # Every exchange holds one ext_proc stream for its whole life, also while it waits for a connection to its
+    # server: the processor carries every server's open and waiting requests (N each), so an overflow is always
+    # the server cluster's 503, never a processor failure (500) that would also refuse other servers' requests.
     streams = settings.limits.max_concurrent_streams
     for c in clusters:
-        c["circuit_breakers"] = _circuit_breakers(streams * len(settings.servers) if c is processor else streams)
+        c["circuit_breakers"] = _circuit_breakers(2 * streams * len(settings.servers) if c is processor else streams)
     return {
         "admin": {"address": _socket("127.0.0.1", settings.admin.port)},  # loopback only, never exposed
         "overload_manager": _overload_manager(settings),
