@@ -33,7 +33,7 @@ from extproc.errors import (
     StoreError,
 )
 from extproc.gateway import Gateway
-from extproc.mcp.jsonrpc import McpCall, error_response, is_request, parse_body
+from extproc.mcp.jsonrpc import TRANSPORT_METHODS, McpCall, error_response, is_request, parse_body
 from extproc.mcp.sse import SseParser
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.enforce import authorize, filter_body, redact_for_record, redact_text
@@ -60,7 +60,6 @@ SESSION_HEADER = "mcp-session-id"
 # spec) and identity headers are only ever set by the gateway itself, in neither spelling (a WSGI server reads
 # x_mcp_user as x-mcp-user; Envoy also rejects underscore names).
 UPSTREAM_REMOVE = ("authorization", "x-mcp-user", "x-mcp-groups", "x_mcp_user", "x_mcp_groups")
-ALLOWED_METHODS = ("POST", "GET", "DELETE")  # Streamable HTTP; Envoy's routes allow the same
 IDENTITY_ENCODINGS = ("", "identity")
 
 
@@ -148,8 +147,8 @@ class Exchange:
         if denied is not None:
             return self._refuse(denied)
         method = headers.get(":method", "")
-        if method not in ALLOWED_METHODS:
-            return self._refuse(MethodNotAllowed(method), {"allow": ", ".join(ALLOWED_METHODS)})
+        if method not in TRANSPORT_METHODS:
+            return self._refuse(MethodNotAllowed(method), {"allow": ", ".join(TRANSPORT_METHODS)})
         if method in HTTP_METHODS and (refused := self._authorize_http(HTTP_METHODS[method])) is not None:
             return refused
         if msg.end_of_stream and (held := self._held_refusal()) is not None:

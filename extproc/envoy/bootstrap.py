@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from extproc.mcp.jsonrpc import TRANSPORT_METHODS
 from extproc.settings import Server, Settings, split_hostport
 
 _T = "type.googleapis.com/envoy."
@@ -73,9 +74,6 @@ def server_cluster_name(server: Server) -> str:
     return f"mcp_server_{server.name}"
 
 
-MCP_METHODS = ("POST", "GET", "DELETE")  # Streamable HTTP: send, open the server's stream, end the session
-
-
 def _routes(server: Server) -> list[dict[str, Any]]:
     """The exact MCP path (query allowed) with the MCP methods goes upstream; other methods there get 405.
 
@@ -91,14 +89,14 @@ def _routes(server: Server) -> list[dict[str, Any]]:
     authority = server.upstream_authority
     if authority is not None:
         route["host_rewrite_literal"] = authority  # the server's own name: its DNS-rebinding check passes
-    methods = {"name": ":method", "string_match": {"safe_regex": {"regex": f"^({'|'.join(MCP_METHODS)})$"}}}
+    methods = {"name": ":method", "string_match": {"safe_regex": {"regex": f"^({'|'.join(TRANSPORT_METHODS)})$"}}}
     return [
         {"name": server.name, "match": {"path": server.prefix, "headers": [methods]}, "route": route},
         {
             "name": f"{server.name}_method_not_allowed",
             "match": {"path": server.prefix},
             "direct_response": {"status": 405, "body": {"inline_string": '{"error":"method not allowed"}'}},
-            "response_headers_to_add": [{"header": {"key": "allow", "value": ", ".join(MCP_METHODS)}}],
+            "response_headers_to_add": [{"header": {"key": "allow", "value": ", ".join(TRANSPORT_METHODS)}}],
         },
     ]
 
