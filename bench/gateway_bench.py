@@ -49,7 +49,9 @@ from extproc.authn.principal import Principal
 from extproc.authn.session_binding import bind, load_key
 from extproc.envoy.bootstrap import PROCESSOR_CLUSTER, render, render_yaml
 from extproc.launcher import Stack, can_connect, envoy_binary, free_port, http_ok, wait_until
+from extproc.launcher import envoy_command as launcher_envoy_command
 from extproc.server import listen_address
+from extproc.settings import Edge
 from extproc.settings import load as load_settings
 from extproc.workers import worker_command
 
@@ -458,18 +460,7 @@ def upstream_process(ctx: mp.context.SpawnContext, sse_gap: float, concurrency: 
 
 def envoy_command(bootstrap: Path) -> list[str]:
     """Envoy's command line as ``Stack.start`` builds it (the scenarios that do not go through Stack use this)."""
-    return [
-        str(envoy_binary()),
-        "-c",
-        str(bootstrap),
-        "--log-level",
-        "warning",
-        "--use-dynamic-base-id",
-        "--concurrency",
-        str(ENVOY_CONCURRENCY),
-        "--drain-time-s",
-        "1",
-    ]
+    return launcher_envoy_command(bootstrap, Edge())
 
 
 def start_envoy(bootstrap: Path, log: Path, admin_port: int, what: str) -> subprocess.Popen[bytes]:

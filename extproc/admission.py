@@ -16,12 +16,12 @@ from extproc.authn.principal import Principal
 from extproc.authn.session_binding import unbind
 from extproc.errors import AuthError, GatewayError, MethodNotAllowed, NotFound, StoreError
 from extproc.gateway import Gateway
+from extproc.mcp.jsonrpc import TRANSPORT_METHODS
 from extproc.recording.events import synthetic_session_id
 from extproc.routing import Backend
 from extproc.settings import Server
 
 SESSION_HEADER = "mcp-session-id"
-ALLOWED_METHODS = ("POST", "GET", "DELETE")  # Streamable HTTP; Envoy's routes allow the same
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +77,8 @@ async def admit(gw: Gateway, headers: Mapping[str, str], exchange_id: str) -> Ad
         if session is not None and principal is not None:
             session = unbind(session, principal, gw.options.session_key, admitted.scope)
         method = headers.get(":method", "")
-        if method not in ALLOWED_METHODS:
-            return _refused(admitted, session, MethodNotAllowed(method), {"allow": ", ".join(ALLOWED_METHODS)})
+        if method not in TRANSPORT_METHODS:
+            return _refused(admitted, session, MethodNotAllowed(method), {"allow": ", ".join(TRANSPORT_METHODS)})
         return Admitted(server, principal, backend, route, session)
     except GatewayError as e:  # no backend for this caller, or someone else's session
         # A refused exchange presenting a session id is a unit of its own: it never joins the session it named.

@@ -26,7 +26,7 @@ from extproc.envoy.access_log import envoy_log_args
 from extproc.envoy.bootstrap import PROCESSOR_CLUSTER, PROCESSOR_SERVICE, render_yaml
 from extproc.envoy.tls import write_sds_files
 from extproc.server import listen_address
-from extproc.workers import READY_FILE_ENV, worker_command
+from extproc.workers import READY_FILE_ENV, RESTART_BACKOFF, STABLE_AFTER, worker_command
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +116,29 @@ def envoy_sees_processors(admin_port: int, count: int) -> bool:
     return len(flags) == count and all(f == "healthy" for f in flags)
 
 
+def envoy_command(bootstrap: Path, edge: settings_mod.Edge, log_level: str = "warning") -> list[str]:
+    """Envoy's command line for a rendered bootstrap (`up`, the tests and the benchmark run the same)."""
+    return [
+        str(envoy_binary()),
+        "-c",
+        str(bootstrap),
+        "--log-level",
+        log_level,
+        "--use-dynamic-base-id",
+        "--concurrency",
+        "2",
+        "--drain-time-s",
+        str(edge.drain_time_s),
+        "--drain-strategy",
+        "immediate",  # every connection is told to close at once; in-flight streams get drain_time_s
+    ]
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now (for tests and the demo)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # seconds before restart n of a worker that keeps dying
-STABLE_AFTER = 60.0  # a worker that ran this long starts again from the shortest backoff
 
 
 @dataclass
@@ -180,21 +194,7 @@ class Stack:
         bootstrap = self.workdir / "envoy.yaml"
         write_sds_files(s, self.workdir / "sds")
         bootstrap.write_text(render_yaml(s, self.workdir / "sds"))
-        cmd = [
-            str(envoy_binary()),
-            "-c",
-            str(bootstrap),
-            "--log-level",
-            envoy_log_level,
-            "--use-dynamic-base-id",
-            "--concurrency",
-            "2",
-            "--drain-time-s",
-            str(s.edge.drain_time_s),
-            "--drain-strategy",
-            "immediate",  # every connection is told to close at once; in-flight streams get drain_time_s
-            *envoy_log_args(s),
-        ]
+        cmd = [*envoy_command(bootstrap, s.edge, envoy_log_level), *envoy_log_args(s)]
         self.envoy = subprocess.Popen(cmd, stdout=out, stderr=out, process_group=0)
         ready = f"http://127.0.0.1:{s.admin.port}/ready"
         wait_until(lambda: self._alive() and http_ok(ready), 30, "Envoy to be ready")

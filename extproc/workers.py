@@ -20,6 +20,9 @@ from extproc.settings import Settings
 
 log = logging.getLogger(__name__)
 
+RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # seconds before restart n of a worker that keeps dying
+STABLE_AFTER = 60.0  # a worker that ran this long starts again from the shortest backoff
+
 # Set by the launcher for each worker it starts: the worker writes its pid there once it serves on its own socket.
 READY_FILE_ENV = "MCP_EXTPROC_READY_FILE"
 
@@ -71,20 +74,29 @@ def _start(config: Path, worker: int, verbose: bool, log_format: str | None) -> 
     return subprocess.Popen(worker_command(config, worker, verbose, log_format))
 
 
-def serve_workers(
-    config: Path, count: int, verbose: bool = False, log_format: str | None = None, restart_delay: float = 1.0
-) -> int:
-    """Run ``count`` workers until SIGTERM/SIGINT, restarting any that dies; then stop them all (they drain)."""
+def serve_workers(config: Path, count: int, verbose: bool = False, log_format: str | None = None) -> int:
+    """Run ``count`` workers until SIGTERM/SIGINT, restarting any that dies (with backoff); then stop them all."""
     stop = StopSignal()
     procs = {i: _start(config, i, verbose, log_format) for i in range(count)}
+    started = dict.fromkeys(procs, time.monotonic())
+    deaths = dict.fromkeys(procs, 0)
+    restart_at: dict[int, float] = {}
     log.info("started %d processor workers: %s", count, [p.pid for p in procs.values()])
     while not stop.requested:
         time.sleep(0.2)  # a supervisor's poll, not a wait for a test condition
+        now = time.monotonic()
         for i, p in procs.items():
-            if p.poll() is not None and not stop.requested:
-                log.error("worker %d (pid %d) exited with %s; starting it again", i, p.pid, p.returncode)
-                time.sleep(restart_delay)
-                procs[i] = _start(config, i, verbose, log_format)
+            if p.poll() is None or stop.requested:
+                continue
+            if i not in restart_at:
+                deaths[i] = 0 if now - started[i] > STABLE_AFTER else deaths[i]
+                delay = RESTART_BACKOFF[min(deaths[i], len(RESTART_BACKOFF) - 1)]
+                deaths[i] += 1
+                restart_at[i] = now + delay
+                log.error("worker %d (pid %d) exited with %s; restarting in %.1fs", i, p.pid, p.returncode, delay)
+            elif now >= restart_at[i]:
+                del restart_at[i]
+                procs[i], started[i] = _start(config, i, verbose, log_format), now
     for p in procs.values():
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)

@@ -28,7 +28,7 @@ import jwt
 import jwt.exceptions as jex
 from jwt.utils import base64url_decode
 
-from extproc.authn.config import AuthConfig, IssuerConfig, origin_of
+from extproc.authn.config import AuthConfig, IssuerConfig
 from extproc.authn.jwks import Clock, FetchJson, HttpFetcher, KeySet, SigningKey, Sleep
 from extproc.authn.principal import Principal
 from extproc.errors import (
@@ -37,7 +37,6 @@ from extproc.errors import (
     MalformedToken,
     MissingClaim,
     MissingToken,
-    OriginNotAllowed,
     TokenError,
     TokenExpired,
     TokenNotYetValid,
@@ -115,7 +114,6 @@ class Authenticator:
         if fetch_json is None:
             fetch_json = self._own_fetcher = HttpFetcher()
         self.keysets = {i.issuer: KeySet(i, fetch_json, clock=clock, sleep=sleep) for i in cfg.issuers}
-        self._origins = {origin_of(cfg.public_url), *cfg.allowed_origins}
         self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
         self._cache_size = cache_size
         self.cache_hits = 0
@@ -133,11 +131,6 @@ class Authenticator:
             await ks.close()
         if self._own_fetcher is not None:
             await self._own_fetcher.aclose()
-
-    def check_origin(self, origin: str | None) -> None:
-        """Refuse browser requests from other sites (DNS rebinding). ``None`` means no Origin header."""
-        if origin is not None and origin.lower() not in self._origins:
-            raise OriginNotAllowed(origin)
 
     async def authenticate(self, authorization_header: str | None) -> Principal:
         """The verified caller, or one of the typed ``AuthError``s."""

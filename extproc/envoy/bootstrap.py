@@ -15,6 +15,7 @@ import yaml
 from extproc.envoy.access_log import access_logs
 from extproc.envoy.stats import add_stats_listener
 from extproc.envoy.tls import apply_tls
+from extproc.mcp.jsonrpc import TRANSPORT_METHODS
 from extproc.routing import UPSTREAM_HEADER
 from extproc.settings import Server, Settings, split_hostport
 
@@ -78,9 +79,6 @@ def server_cluster_name(server: Server) -> str:
     return f"mcp_server_{server.name}"
 
 
-MCP_METHODS = ("POST", "GET", "DELETE")  # Streamable HTTP: send, open the server's stream, end the session
-
-
 def _routes(server: Server) -> list[dict[str, Any]]:
     """The exact MCP path (query allowed) with the MCP methods goes upstream; other methods there get 405.
 
@@ -96,14 +94,14 @@ def _routes(server: Server) -> list[dict[str, Any]]:
     authority = server.upstream_authority
     if authority is not None:
         route["host_rewrite_literal"] = authority  # the server's own name: its DNS-rebinding check passes
-    methods = {"name": ":method", "string_match": {"safe_regex": {"regex": f"^({'|'.join(MCP_METHODS)})$"}}}
+    methods = {"name": ":method", "string_match": {"safe_regex": {"regex": f"^({'|'.join(TRANSPORT_METHODS)})$"}}}
     return [
         {"name": server.name, "match": {"path": server.prefix, "headers": [methods]}, "route": route},
         {
             "name": f"{server.name}_method_not_allowed",
             "match": {"path": server.prefix},
             "direct_response": {"status": 405, "body": {"inline_string": '{"error":"method not allowed"}'}},
-            "response_headers_to_add": [{"header": {"key": "allow", "value": ", ".join(MCP_METHODS)}}],
+            "response_headers_to_add": [{"header": {"key": "allow", "value": ", ".join(TRANSPORT_METHODS)}}],
         },
     ]
 
@@ -329,9 +327,8 @@ def _threshold(monitor: str, value: float) -> dict[str, Any]:
     return {"name": monitor, "threshold": {"value": value}}
 
 
-def _circuit_breakers(settings: Settings) -> dict[str, Any]:
+def _circuit_breakers(n: int) -> dict[str, Any]:
     """Envoy's default (1,024 requests per cluster) would refuse the 1,025th open SSE stream with a 503."""
-    n = settings.limits.max_concurrent_streams
     limits = {"max_connections": n, "max_pending_requests": n, "max_requests": n, "max_retries": 3}
     return {"thresholds": [{"priority": "DEFAULT", **limits}]}
 
@@ -375,8 +372,13 @@ def render(settings: Settings, sds_dir: Path | None = None) -> dict[str, Any]:
         clusters.append(
             _cluster(server_cluster_name(s), [_socket(host, port)], http2=False, tls_sni=host if s.tls else None)
         )
+    # Every exchange holds one ext_proc stream for its whole life, also while it waits for a connection to its
+    # server: the processor carries every server's open and waiting requests (N each), so an overflow is always
+    # the server cluster's 503, never a processor failure (500) that would also refuse other servers' requests.
+    streams = settings.limits.max_concurrent_streams
+    processor_streams = 2 * streams * max(1, len(settings.servers))  # discovered servers: at least one's worth
     for c in clusters:
-        c["circuit_breakers"] = _circuit_breakers(settings)
+        c["circuit_breakers"] = _circuit_breakers(processor_streams if c is processor else streams)
     bootstrap = {
         "admin": {"address": _socket("127.0.0.1", settings.admin.port)},  # loopback only, never exposed
         "overload_manager": _overload_manager(settings),

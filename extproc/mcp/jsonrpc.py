@@ -9,6 +9,10 @@ from typing import Any
 Message = dict[str, Any]
 
 
+# The HTTP methods of MCP's Streamable HTTP transport: send messages, open the server's stream, end the session.
+TRANSPORT_METHODS = ("POST", "GET", "DELETE")
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedBody:
     """The messages of one body. ``error`` is set (and ``messages`` empty) when the body is not JSON-RPC."""

@@ -275,15 +275,71 @@ async def test_stop_drains_so_an_open_sse_stream_finishes_and_is_recorded_comple
     import asyncio
 
     from extproc.demo.mcp_client import call_tool
+    from extproc.launcher import wait_until
 
     server = start_mcp_server("demo")
     gw = start_gateway([server], edge={"drain_time_s": 20})
     slow = asyncio.create_task(call_tool(gw.url(), "count_slowly", {"n": 20, "delay": 0.15}))
-    while not any(r["tool"] == "count_slowly" for r in server.seen()):  # the stream is open
-        await asyncio.sleep(0.05)
+    opened = lambda: any(r["tool"] == "count_slowly" for r in server.seen())  # noqa: E731
+    await asyncio.to_thread(wait_until, opened, 20, "the call's stream to be open")
     await asyncio.to_thread(gw.stop)  # drain, then stop Envoy, then the processor
     assert (await slow)["structuredContent"] == {"result": "counted to 20"}
     events = _events(gw)
     (call_exchange,) = {e["exchange"] for e in events if e["type"] == "mcp.request" and "count_slowly" in str(e)}
     ends = [e for e in events if e["type"] == "exchange.end" and e["exchange"] == call_exchange]
     assert [e["outcome"] for e in ends] == ["complete"]
+
+
+# --- circuit breakers ----------------------------------------------------------------------------------------
+
+
+async def test_open_streams_per_server_are_limited_by_the_number_in_gateway_yaml(
+    start_mcp_server, start_gateway
+) -> None:
+    """Each SSE stream holds a connection to its (HTTP/1.1) server for its whole life: limits.max_concurrent_streams
+    streams are open per server, as many more wait for a free connection, and the next is refused at once (503).
+    The processor's cluster holds that for every server, so another server is not starved."""
+    import asyncio
+
+    from extproc.launcher import wait_until
+
+    demo = start_mcp_server("demo")
+    other = start_mcp_server("other")
+    gw = start_gateway([demo, other], limits={"max_concurrent_streams": 16})
+    h = open_session(gw.url())
+
+    def call(i: int) -> dict:
+        args = {"n": 100, "delay": 0.5}
+        return {
+            "jsonrpc": "2.0",
+            "id": 100 + i,
+            "method": "tools/call",
+            "params": {"name": "count_slowly", "arguments": args},
+        }
+
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as client:
+        streams = [client.stream("POST", gw.url(), json=call(i), headers=h) for i in range(16)]
+        opened = [await s.__aenter__() for s in streams]
+        waiting = [asyncio.create_task(client.post(gw.url(), json=call(50 + i), headers=h)) for i in range(16)]
+        try:
+            assert [r.status_code for r in opened] == [200] * 16
+            stats = (
+                f"http://127.0.0.1:{gw.config['admin']['port']}/stats?filter=mcp_server_demo.upstream_rq_pending_active"
+            )
+
+            def queued() -> bool:
+                return httpx.get(stats, timeout=5).text.strip().endswith(": 16")
+
+            await asyncio.to_thread(wait_until, queued, 30, "16 requests waiting in Envoy's queue")
+            over = await client.post(gw.url(), json=call(99), headers=h)
+            assert over.status_code == 503
+            assert over.json()["error"]["message"] == "MCP server unavailable"
+            assert not any(t.done() for t in waiting)  # held by Envoy, not forwarded
+            assert sum(r["tool"] == "count_slowly" for r in demo.seen()) == 16
+            # The processor's cluster is not full: the other server still serves.
+            assert httpx.post(gw.url("other"), json=INIT, headers=ACCEPT, timeout=10).status_code == 200
+        finally:
+            for t in waiting:
+                t.cancel()
+            for s in streams:
+                await s.__aexit__(None, None, None)

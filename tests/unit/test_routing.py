@@ -45,16 +45,37 @@ def test_origins_without_auth_are_the_listen_address_and_configured_ones() -> No
             router.check_origin(bad)
 
 
+AUTHED = {
+    "servers": SERVERS,
+    "auth": {
+        "public_url": "https://gw.example.test/",
+        "issuers": [{"issuer": "https://id.example.test"}],
+        "allowed_origins": ["https://app.example.test"],
+    },
+    "policy": {"directory": "/nonexistent"},
+}
+
+
 def test_origins_with_auth_are_the_public_urls_and_configured_ones() -> None:
-    settings = parse(
-        {
-            "servers": SERVERS,
-            "auth": {
-                "public_url": "https://mcp.example.com/",
-                "issuers": [{"issuer": "https://id.example.com"}],
-                "allowed_origins": ["https://app.example.com"],
-            },
-            "policy": {"directory": "/nonexistent"},
-        }
-    )
-    assert allowed_origins(settings) == {"https://mcp.example.com", "https://app.example.com"}
+    assert allowed_origins(parse(AUTHED)) == {"https://gw.example.test", "https://app.example.test"}
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        pytest.param(None, True, id="no-origin"),
+        pytest.param("https://gw.example.test", True, id="own-origin"),
+        pytest.param("https://GW.example.test", True, id="own-origin-case"),
+        pytest.param("https://app.example.test", True, id="listed"),
+        pytest.param("https://evil.example.test", False, id="other-site"),
+        pytest.param("null", False, id="opaque-origin"),
+        pytest.param("http://gw.example.test", False, id="other-scheme"),
+    ],
+)
+def test_check_origin_with_auth(origin: str | None, allowed: bool) -> None:
+    router = Router(parse(AUTHED))
+    if allowed:
+        router.check_origin(origin)
+    else:
+        with pytest.raises(OriginNotAllowed):
+            router.check_origin(origin)

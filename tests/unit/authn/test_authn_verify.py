@@ -21,7 +21,6 @@ from extproc.errors import (
     MalformedToken,
     MissingClaim,
     MissingToken,
-    OriginNotAllowed,
     TokenExpired,
     TokenNotYetValid,
     TokenTooLarge,
@@ -219,26 +218,7 @@ async def test_disallowed_algorithm_for_issuer(issuer: DevIssuer, make_auth) -> 
         await auth.authenticate(_bearer(issuer.mint("alice", aud=AUD)))
 
 
-# --- origin, helpers -----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("origin", "allowed"),
-    [
-        pytest.param(None, True, id="no-origin"),
-        pytest.param("https://gw.example.test", True, id="own-origin"),
-        pytest.param("https://app.example.test", True, id="listed"),
-        pytest.param("https://evil.example.test", False, id="other-site"),
-        pytest.param("null", False, id="opaque-origin"),
-        pytest.param("http://gw.example.test", False, id="other-scheme"),
-    ],
-)
-async def test_check_origin(auth: Authenticator, origin: str | None, allowed: bool) -> None:
-    if allowed:
-        auth.check_origin(origin)
-    else:
-        with pytest.raises(OriginNotAllowed):
-            auth.check_origin(origin)
+# --- helpers -----------------------------------------------------------------------------------------
 
 
 def test_claim_at() -> None:

@@ -206,8 +206,11 @@ def test_edge_settings_are_rendered_from_gateway_yaml() -> None:
     assert monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"] == 256 << 20
     conns = monitors["envoy.resource_monitors.global_downstream_max_connections"]
     assert conns["max_active_downstream_connections"] == 500
-    for cluster in cfg["static_resources"]["clusters"]:  # long-lived SSE streams each hold a request
+    for cluster in cfg["static_resources"]["clusters"][1:]:  # long-lived SSE streams each hold a request
         assert cluster["circuit_breakers"]["thresholds"][0]["max_requests"] == 20_000
+    two = render(_settings({"servers": TWO_SERVERS}))
+    assert _cluster(two, PROCESSOR_CLUSTER)["circuit_breakers"]["thresholds"][0]["max_requests"] == 40_000
+    assert _cluster(two, "mcp_server_github")["circuit_breakers"]["thresholds"][0]["max_requests"] == 10_000
     assert cfg["static_resources"]["listeners"][0]["enable_reuse_port"] is False
 
 
