@@ -50,6 +50,7 @@ from extproc.recording.events import (
     is_synthetic_session,
     synthetic_session_id,
 )
+from extproc.recording.exchange_log import ExchangeLog
 from extproc.settings import Server
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,7 @@ class Exchange:
         self.bytes_out = 0
         self.request_ids: list[Any] = []
         # Internals of recording and filtering.
-        self._index = 0
-        self._held: list[Event] = []  # events before the session is known
+        self.record_log = ExchangeLog(gw.recorder, self.id, gw.clock, gw.settings.recording.required)
         self._awaiting: set[str] = set()  # ids of requests in the body still without a response
         self._lists: dict[str, str] = {}  # list requests whose responses are filtered
         self._filtering = False
@@ -130,7 +130,8 @@ class Exchange:
                 client_session = unbind(client_session, self.principal, gw.session_key)
             except SessionNotYours as e:
                 denied, client_session = e, synthetic_session_id(self.id)  # a refused exchange is a session of its own
-        self.session = client_session
+        if client_session is not None:
+            self._set_session(client_session)
         kept, dropped = recordable({**headers, ":path": recordable_path(path)})
         self._emit(
             ExchangeStart(
@@ -152,9 +153,7 @@ class Exchange:
     def _held_refusal(self) -> StoreError | None:
         """Events held until the server names the session (initialize, stateless servers) are not queued yet: the
         request may go upstream only if the recorder can still take them."""
-        if self._held and self.gw.settings.recording.required and not self.gw.recorder.accepting:
-            return StoreError("recorder not accepting events; held events of a session-less exchange")
-        return None
+        return self.record_log.held_refusal()
 
     def _upstream_headers(self) -> dict[str, str]:
         """What the MCP server gets instead of the caller's token: the server's own session id, maybe who."""
@@ -347,29 +346,10 @@ class Exchange:
 
     def _set_session(self, session: str, must: bool = True) -> None:
         self.session = session
-        held, self._held = self._held, []
-        for ev in held:
-            ev.session = session
-            self._send(ev, must)
+        self.record_log.name_session(session, must)  # releases held events; fails closed (the stream loop aborts)
 
     def _emit(self, ev: Event, must: bool = True) -> None:
-        ev.exchange = self.id
-        ev.index = self._index
-        ev.time = self.gw.clock()
-        self._index += 1
-        if self.session is None:
-            self._held.append(ev)
-            return
-        ev.session = self.session
-        self._send(ev, must)
-
-    def _send(self, ev: Event, must: bool) -> None:
-        if self.gw.recorder.emit(ev) or not must:
-            return
-        if self.gw.settings.recording.required:
-            # Fail closed: the stream loop aborts the gRPC stream, so Envoy fails the request.
-            raise StoreError(f"recording queue full; event {ev.type} of exchange {self.id} lost")
-        log.warning("recording event lost (recording.required is false): %s %s", self.id, ev.type)
+        self.record_log.emit(ev, must)
 
     def _refuse(
         self, err: GatewayError, headers: dict[str, str] | None = None, doc: object = None

@@ -72,7 +72,7 @@ class ExchangeLog:
     def held_refusal(self) -> RecordingRefused | None:
         """Held events are not queued yet: work may go on only if the sink can still take them (required mode)."""
         if self._held and self.required and not self.sink.accepting:
-            return RecordingRefused(f"recorder not accepting events; {len(self._held)} held events of {self.exchange}")
+            return RecordingRefused("recorder not accepting events; held events of a session-less exchange")
         return None
 
     def _send(self, event: Event, must: bool) -> None:
