@@ -1,4 +1,4 @@
-"""The one chain reader: a stream's bytes as numbered lines, each parsed once, and the hash chain checked.
+"""The chain format, written and read in one place: a stream's lines, each parsed once, the hash chain checked.
 
 Every line the recorder writes is ``{"seq": n, "prev": <SHA-256 of the previous line>, ...event}``. Replay, the
 manifest checks and the completer all read streams through here, so a line is split, parsed and hashed once.
@@ -11,8 +11,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from extproc.recording import jsonio
+from extproc.recording.events import Event
 from extproc.recording.manifest import GENESIS
+
+
+def chain_line(seq: int, prev: str, event: dict) -> bytes:
+    """One JSON line with its chain fields first; the hash of these exact bytes is the next ``prev``."""
+    return jsonio.dumps({"seq": seq, "prev": prev, **event})
+
+
+def event_line(seq: int, prev: str, event: Event) -> bytes:
+    """``chain_line`` of ``event.to_dict()``, byte for byte, with the event serialized once by orjson directly."""
+    try:
+        body = orjson.dumps(event)  # a dataclass: its fields in declaration order, as to_dict gives them
+    except TypeError:  # an integer beyond 64 bits or a non-string key (client-controlled JSON): the exact fallback
+        return chain_line(seq, prev, event.to_dict())
+    head = b'{"seq":%d,"prev":"%s","type":%s' % (seq, prev.encode(), orjson.dumps(event.type))
+    return head + (b"," + body[1:] if len(body) > 2 else b"}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,10 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
 from extproc.errors import StoreError
-from extproc.recording import jsonio
+from extproc.recording.chain import chain_line, event_line
 from extproc.recording.events import Event, ExchangeEnd, ExchangeStart
 from extproc.recording.manifest import GENESIS, Manifest, Signer
 from extproc.recording.spool import Append, Spool
@@ -35,28 +33,13 @@ from extproc.recording.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GENESIS", "Recorder", "chain_line", "new_writer_id"]
+__all__ = ["GENESIS", "Recorder", "chain_line", "event_line", "new_writer_id"]
 _MAX_BATCH = 4096  # events chained per round (a round is one thread hop to the spool)
 
 
 def new_writer_id() -> str:
     """Unique per processor process: each writer owns its own stream per session, so no file is shared."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def chain_line(seq: int, prev: str, event: dict) -> bytes:
-    """One JSON line with its chain fields first; the hash of these exact bytes is the next ``prev``."""
-    return jsonio.dumps({"seq": seq, "prev": prev, **event})
-
-
-def event_line(seq: int, prev: str, event: Event) -> bytes:
-    """``chain_line`` of ``event.to_dict()``, byte for byte, with the event serialized once by orjson directly."""
-    try:
-        body = orjson.dumps(event)  # a dataclass: its fields in declaration order, as to_dict gives them
-    except TypeError:  # an integer beyond 64 bits or a non-string key (client-controlled JSON): the exact fallback
-        return chain_line(seq, prev, event.to_dict())
-    head = b'{"seq":%d,"prev":"%s","type":%s' % (seq, prev.encode(), orjson.dumps(event.type))
-    return head + (b"," + body[1:] if len(body) > 2 else b"}")
 
 
 @dataclass(slots=True)
@@ -210,16 +193,11 @@ class Recorder:
         if not await self.uploader.drain(drain_within):
             log.error("store unavailable at shutdown: %d segments stay in the spool", len(self.spool.ready))
         await self.spool.close()
-        lat = sorted(self.uploader.latencies) or [0.0]
         log.info(
-            "recorder closed: written_events=%d lost_events=%d uploaded_segments=%d "
-            "upload_latency_ms_p50=%.1f upload_latency_ms_p95=%.1f upload_latency_ms_max=%.1f",
+            "recorder closed: written_events=%d lost_events=%d %s",
             self.written_events,
             self.lost_events,
-            self.uploader.uploaded,
-            lat[len(lat) // 2] * 1000,
-            lat[int(len(lat) * 0.95)] * 1000,
-            lat[-1] * 1000,
+            self.uploader.summary(),
         )
 
     async def flushed(self, within: float = 5.0) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import os
 import shutil
 from collections import OrderedDict, deque
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from extproc.errors import StoreError
+from extproc.recording import jsonio
 from extproc.recording.manifest import Manifest
 from extproc.recording.store import LocalStore, Segment, Store, safe_key
 
@@ -212,7 +212,7 @@ class Spool:
         if f is None:
             if not folder.is_dir():
                 folder.mkdir(parents=True)
-                write_atomic(folder / "meta.json", json.dumps({"session": session, "writer": writer}).encode())
+                write_atomic(folder / "meta.json", jsonio.dumps({"session": session, "writer": writer}))
             f = open(path, "ab")
             self._handles[path] = f
             while len(self._handles) > self._max_open:
@@ -274,7 +274,7 @@ class Spool:
             folder.mkdir(parents=True, exist_ok=True)
             if not (folder / "meta.json").exists():
                 meta = {"session": manifest.session, "writer": manifest.writer}
-                write_atomic(folder / "meta.json", json.dumps(meta).encode())
+                write_atomic(folder / "meta.json", jsonio.dumps(meta))
             data_path.touch()
         write_atomic(folder / f"{manifest.segment:08d}.manifest", raw)
 
@@ -321,7 +321,10 @@ class Spool:
 
 
 def read_meta(folder: Path) -> dict[str, str]:
-    return json.loads((folder / "meta.json").read_bytes())
+    meta = jsonio.loads((folder / "meta.json").read_bytes())
+    if not isinstance(meta, dict):
+        raise ValueError(f"{folder / 'meta.json'}: not a JSON object")
+    return meta
 
 
 def write_atomic(path: Path, data: bytes) -> None:

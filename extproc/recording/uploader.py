@@ -100,6 +100,14 @@ class Uploader:
             self.failing = False
         return True
 
+    def summary(self) -> str:
+        """For the shutdown log line: segments shipped and their upload latency."""
+        lat = sorted(self.latencies) or [0.0]
+        return (
+            f"uploaded_segments={self.uploaded} upload_latency_ms_p50={lat[len(lat) // 2] * 1000:.1f} "
+            f"upload_latency_ms_p95={lat[int(len(lat) * 0.95)] * 1000:.1f} upload_latency_ms_max={lat[-1] * 1000:.1f}"
+        )
+
     async def drain(self, within: float) -> bool:
         """Ship everything now (shutdown): retry with backoff until ``within`` seconds passed. True if empty."""
         deadline = self._clock() + within

@@ -7,12 +7,12 @@ Readers see whole segments only; the events of a segment still being written liv
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 from pathlib import Path
 
 from extproc.errors import StoreError
+from extproc.recording import jsonio
 from extproc.recording.store import Segment, StreamData, safe_key
 
 SUFFIX = ".jsonl"
@@ -74,7 +74,7 @@ class FileStore:
             with open(manifest_path, "r+b") as f:
                 f.truncate(len(raw))
         lines = raw.splitlines()
-        return len(lines), sum(int(json.loads(line).get("size", 0)) for line in lines)
+        return len(lines), sum(int(jsonio.loads(line).get("size", 0)) for line in lines)
 
     async def close(self) -> None:
         self._shipped.clear()
