@@ -409,7 +409,8 @@ def authed_identities(config: Path, issuer: DevIssuer, count: int) -> list[Ident
         # What the processor derives from the verified token (issuer as configured, subject = sub): binding a
         # session for anyone else would get 403.
         who = Principal(issuer=issuer.url, subject=sub, username=sub)
-        identities.append(Identity(bind(f"bench-{n}", who, key), f"Bearer {token}"))
+        # Bound to server and backend (a static server has one, unnamed), as the gateway binds them.
+        identities.append(Identity(bind(f"bench-{n}", who, key, f"{SERVER}/"), f"Bearer {token}"))
     return identities
 
 

@@ -293,6 +293,10 @@ class Recording(_Model):
     completer_interval_s: Annotated[float, Field(gt=0)] = 30.0
     digest_interval_s: Annotated[float, Field(gt=0)] = 300.0  # each writer's signed digest of what it stored
     flush_interval_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
+    # A stream's segment is sealed (signed, shipped) when an exchange ends, at most once per this interval; default
+    # 5 x flush_interval_ms. Every event is in the fsynced spool before that: a longer interval delays only what
+    # the store shows, never what survives a crash.
+    seal_interval_ms: Annotated[int, Field(ge=1, le=600_000)] | None = None
     queue_size: Annotated[int, Field(ge=16)] = 10_000
     max_event_body_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
     required: bool = True

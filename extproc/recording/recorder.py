@@ -90,6 +90,7 @@ class Recorder:
         writer_id: str | None = None,
         queue_size: int = 10_000,
         flush_interval: float = 0.2,
+        seal_interval: float | None = None,
         spool_dir: Path | None = None,
         spool_max_bytes: int = 1 << 30,
         segment_bytes: int = 1 << 20,
@@ -106,6 +107,9 @@ class Recorder:
         self.store = store
         self.writer_id = writer_id or new_writer_id()
         self.flush_interval = flush_interval
+        # A segment is sealed (signed, shipped) when an exchange of its stream ends, at most once per this interval:
+        # every seal costs a signature, fsyncs and a store write, and the spool already holds every event durably.
+        self.seal_interval = seal_interval if seal_interval is not None else 5 * flush_interval
         self.segment_bytes = segment_bytes
         self.segment_age = segment_age
         self.idle_timeout = idle_timeout
@@ -211,7 +215,7 @@ class Recorder:
         return any(s.ops for s in self._active.values()) or bool(self._orphans)
 
     def _seal_due(self) -> bool:
-        """A segment whose seal is held back until the flush interval has passed."""
+        """A segment whose seal is held back until the seal interval has passed."""
         return any(s.due and s.seg_size for s in self._active.values())
 
     async def _run(self) -> None:
@@ -337,9 +341,9 @@ class Recorder:
                 if st.ops:
                     self._orphans.append(st)
             elif st.seg_size and (
-                (st.due and now - st.last_seal >= self.flush_interval) or now - st.seg_opened >= self.segment_age
+                (st.due and now - st.last_seal >= self.seal_interval) or now - st.seg_opened >= self.segment_age
             ):
-                # Sealing signs a manifest: once per stream per flush interval, not once per exchange, so a busy
+                # Sealing signs a manifest: once per stream per seal interval, not once per exchange, so a busy
                 # session costs one signature per interval. A crash before the seal loses nothing: the completer
                 # seals every complete line left in the spool.
                 self._seal(st, final=False)

@@ -73,6 +73,7 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
         uploader=Uploader(spool, store, on_stored=digests.stored),
         queue_size=rec.queue_size,
         flush_interval=rec.flush_interval_ms / 1000,
+        seal_interval=rec.seal_interval_ms / 1000 if rec.seal_interval_ms is not None else None,
         segment_bytes=rec.segment_max_bytes,
         segment_age=rec.segment_max_age_ms / 1000,
         idle_timeout=rec.session_idle_timeout_s,
