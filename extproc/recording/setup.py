@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from extproc.recording.bounds import BoundedRecorder, RecordingLevels, Retention, log_unrecorded
 from extproc.recording.completer import Completer
 from extproc.recording.manifest import Signer
 from extproc.recording.recorder import Recorder
@@ -41,12 +42,17 @@ class RecordingRuntime:
     store: Store
     recorder: Recorder
     completer: Completer
+    retention: Retention | None = None
 
     async def start(self) -> None:
         await self.recorder.start()
         self.completer.start()  # first round at once: a predecessor's leftovers are shipped and marked
+        if self.retention is not None:
+            self.retention.start()
 
     async def close(self) -> None:
+        if self.retention is not None:
+            await self.retention.stop()
         await self.completer.stop()
         await self.recorder.close()
         await self.store.close()
@@ -57,8 +63,10 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
     signer = Signer.from_file(rec.signing_key)
     if signer.public is None:
         log.warning("recording.signing_key not set: segment manifests are hashed and chained but not signed")
-    recorder = Recorder(
+    log_unrecorded(dict(rec.servers), rec.off_acknowledged)
+    recorder = BoundedRecorder(
         store,
+        levels=RecordingLevels(dict(rec.servers), rec.max_event_body_bytes),
         queue_size=rec.queue_size,
         flush_interval=rec.flush_interval_ms / 1000,
         spool_dir=rec.spool,
@@ -70,4 +78,14 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
         required=rec.required,
     )
     completer = Completer(rec.spool, store, recorder, signer, interval=rec.completer_interval_s)
-    return RecordingRuntime(store, recorder, completer)
+    retention = None
+    if rec.retention is not None and rec.store == "file":
+        days = rec.retention.max_age_days
+        retention = Retention(
+            rec.directory,
+            recorder.emit,
+            max_age_s=days * 86400 if days is not None else None,
+            max_total_bytes=rec.retention.max_total_bytes,
+            interval=rec.retention.interval_s,
+        )
+    return RecordingRuntime(store, recorder, completer, retention)
