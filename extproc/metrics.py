@@ -127,6 +127,7 @@ class Metrics:
             registry=r,
         )
         self.active = Gauge("mcp_extproc_active_streams", "ext_proc streams in progress", registry=r)
+        self._ended: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.ready: Callable[[], list[str]] = lambda: ["not started"]
 
     def message(self, phase: str, seconds: float) -> None:
@@ -136,9 +137,15 @@ class Metrics:
             child.observe(seconds)
 
     def exchange_ended(self, server: str, outcome: str, seconds: float) -> None:
-        """Count a recorded exchange and observe its duration."""
-        self.exchanges.labels(server, outcome).inc()
-        self.exchange_seconds.labels(server, outcome).observe(seconds)
+        """Count a recorded exchange and observe its duration (label children cached: servers x outcomes is small)."""
+        children = self._ended.get((server, outcome))
+        if children is None:
+            children = self._ended[(server, outcome)] = (
+                self.exchanges.labels(server, outcome),
+                self.exchange_seconds.labels(server, outcome),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch(
         self,

@@ -275,6 +275,20 @@ class S3(_Model):
         return data
 
 
+class Retention(_Model):
+    """File store retention: whole sessions deleted by age, then oldest first over a total size; each recorded."""
+
+    max_age_days: Annotated[float, Field(gt=0)] | None = None
+    max_total_bytes: Annotated[int, Field(ge=1 << 20)] | None = None
+    interval_s: Annotated[float, Field(gt=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> Retention:
+        if self.max_age_days is None and self.max_total_bytes is None:
+            raise ValueError("retention: set max_age_days, max_total_bytes or both")
+        return self
+
+
 class Recording(_Model):
     store: Literal["file", "s3"] = "file"
     directory: Path = Path("recordings")
@@ -298,8 +312,13 @@ class Recording(_Model):
     # the store shows, never what survives a crash.
     seal_interval_ms: Annotated[int, Field(ge=1, le=600_000)] | None = None
     queue_size: Annotated[int, Field(ge=16)] = 10_000
+    # A body (request, response, SSE event, chunk) over this is kept as size + SHA-256 only, at every level.
     max_event_body_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
     required: bool = True
+    # Per server: full (default), metadata (no payloads: who, method, tool, decision, status, sizes, hashes), off.
+    servers: dict[str, Literal["full", "metadata", "off"]] = {}
+    off_acknowledged: str = ""  # why some servers are not recorded at all: required for `off`, logged at start
+    retention: Retention | None = None  # file store only (S3: lifecycle rules on the bucket)
 
     @model_validator(mode="after")
     def _store_settings(self) -> Recording:
@@ -307,6 +326,12 @@ class Recording(_Model):
             raise ValueError("store: s3 needs an s3: section (bucket, prefix, …)")
         if self.store == "file" and self.s3 is not None:
             raise ValueError("s3: given but store is 'file'")
+        if "off" in self.servers.values() and not self.off_acknowledged.strip():
+            raise ValueError(
+                "servers: 'off' records nothing for a server; say why in recording.off_acknowledged (it is logged)"
+            )
+        if self.retention is not None and self.store != "file":
+            raise ValueError("retention: file store only; for S3 use lifecycle rules on the bucket")
         return self
 
     @property
@@ -435,6 +460,9 @@ class Settings(_Model):
             raise ValueError("policy: needs auth (rules match identities; anonymous callers would pass unchecked)")
         if self.audit is not None and (self.auth is None or self.policy is None):
             raise ValueError("audit: needs auth and policy (recordings are served only to viewers the policy names)")
+        unknown = sorted(set(self.recording.servers) - {s.name for s in self.servers})
+        if unknown:
+            raise ValueError(f"recording.servers: {', '.join(unknown)} not in servers")
         if self.auth is not None and self.policy is None:
             raise ValueError("policy: required when auth is configured (deny by default needs rules to allow anything)")
         return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from extproc.recording.bounds import BoundedRecorder, RecordingLevels, Retention, log_unrecorded
 from extproc.recording.completer import Completer
 from extproc.recording.digest import DigestLog
 from extproc.recording.manifest import Signer
@@ -45,13 +46,18 @@ class RecordingRuntime:
     recorder: Recorder
     completer: Completer
     digests: DigestLog
+    retention: Retention | None = None
 
     async def start(self) -> None:
         await self.recorder.start()
         self.completer.start()  # first round at once: a predecessor's leftovers are shipped and marked
         self.digests.start()
+        if self.retention is not None:
+            self.retention.start()
 
     async def close(self) -> None:
+        if self.retention is not None:
+            await self.retention.stop()
         await self.completer.stop()
         await self.recorder.close()
         await self.digests.close()  # after the last segments were shipped: the closing digest lists them
@@ -66,8 +72,10 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
     writer = new_writer_id()
     spool = Spool(rec.spool, writer, rec.spool_max_bytes)
     digests = DigestLog(store, writer, signer, interval=rec.digest_interval_s, journal=spool.path)
-    recorder = Recorder(
+    log_unrecorded(dict(rec.servers), rec.off_acknowledged)
+    recorder = BoundedRecorder(
         store,
+        levels=RecordingLevels(dict(rec.servers), rec.max_event_body_bytes),
         writer_id=writer,
         spool=spool,
         uploader=Uploader(spool, store, on_stored=digests.stored),
@@ -83,4 +91,14 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
     completer = Completer(
         rec.spool, store, recorder, signer, interval=rec.completer_interval_s, on_stored=digests.stored
     )
-    return RecordingRuntime(store, recorder, completer, digests)
+    retention = None
+    if rec.retention is not None and rec.store == "file":
+        days = rec.retention.max_age_days
+        retention = Retention(
+            rec.directory,
+            recorder.emit,
+            max_age_s=days * 86400 if days is not None else None,
+            max_total_bytes=rec.retention.max_total_bytes,
+            interval=rec.retention.interval_s,
+        )
+    return RecordingRuntime(store, recorder, completer, digests, retention)
