@@ -36,11 +36,14 @@ def audit(ctx: typer.Context, config: ConfigOpt = Path("gateway.yaml"), verbose:
 
 
 @app.command("reindex")
-def reindex_command(ctx: typer.Context) -> None:
+def reindex_command(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="gateway.yaml")] = None,
+) -> None:
     """Rebuild the session index from the store (the store is the source of truth)."""
     from extproc.audit.service import index_path, reindex
 
-    settings = _settings(ctx.obj)
+    settings = _settings(config or ctx.obj)
     n = reindex(settings)
     typer.echo(f"indexed {n} sessions into {index_path(settings)}")
 

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     tools TEXT, mark TEXT
 );
 CREATE TABLE IF NOT EXISTS session_tools (key TEXT, tool TEXT, PRIMARY KEY (tool, key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tools_by_key ON session_tools (key);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
 CREATE INDEX IF NOT EXISTS by_time ON sessions (started DESC, key DESC);
 CREATE INDEX IF NOT EXISTS by_server ON sessions (server, started DESC, key DESC);

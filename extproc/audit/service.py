@@ -108,7 +108,8 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
     try:
         await authenticator.start()
         await policy.start()
-        await asyncio.to_thread(index.refresh)
+        # The first refresh runs in the background too: a large store without an index takes minutes to read,
+        # and the service answers (with what is indexed so far) meanwhile.
         refresher = asyncio.create_task(keep_index(index, audit.index_interval_ms / 1000), name="audit-index")
         config = uvicorn.Config(
             app, host=audit.address, port=audit.port, log_level="warning", lifespan="off", proxy_headers=False

@@ -271,6 +271,13 @@ async def test_bad_input_and_bad_tokens_are_refused_clearly(audit: Audit) -> Non
     done = subprocess.run([*cli, "show", key, "--api", a.base], capture_output=True, text=True, env=env)
     assert done.returncode == 1 and "404: no such session" in done.stdout
 
+    # The index is rebuilt from the store at any time, beside the running service.
+    config = str(a.gw.stack.config)
+    done = subprocess.run([sys.executable, "-m", "extproc", "audit", "reindex", "--config", config],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0 and "indexed" in done.stdout, done.stdout + done.stderr
+    assert a.keys("carol") == [key]
+
     # State-changing requests need the CSRF token.
     r = httpx.post(f"{a.base}/logout", timeout=10, follow_redirects=False)
     assert r.status_code == 403 and "CSRF" in r.json()["error"]["message"]
