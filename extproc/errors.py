@@ -221,6 +221,17 @@ class AuthorizationUnavailable(GatewayError):
 # --- upstream (502) -----------------------------------------------------------------------------------------
 
 
+class ReservedSessionId(GatewayError):
+    """The server named its session like a recording unit the gateway names itself (x-, r-, t-, audit-)."""
+
+    status = 502
+    jsonrpc_code = -32603
+    client_message = "MCP server sent a session id the gateway cannot record under"
+
+    def __init__(self, session: str) -> None:
+        super().__init__(f"upstream session id {session[:60]!r} uses a reserved recording prefix")
+
+
 class EncodedResponse(GatewayError):
     """The server answered with a Content-Encoding the processor cannot read, where it must filter or redact."""
 

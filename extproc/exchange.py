@@ -35,6 +35,7 @@ from extproc.errors import (
     InvalidRequest,
     PolicyDenied,
     RemovedMethod,
+    ReservedSessionId,
 )
 from extproc.gateway import Gateway
 from extproc.logs import access, verdict_fields
@@ -56,6 +57,7 @@ from extproc.recording.events import (
     ResponseChunk,
     ResponseStart,
     body_fields,
+    is_reserved_unit,
     is_synthetic_session,
     synthetic_session_id,
 )
@@ -171,6 +173,8 @@ class Exchange:
         headers = to_dict(msg.headers)
         self.status = int(headers.get(":status", "0") or 0)
         server_session = headers.get(SESSION_HEADER)
+        if server_session and is_reserved_unit(server_session):  # it would write into another recording unit
+            return self._refuse(ReservedSessionId(server_session))
         if self.session is None:
             self.log.set_unit(server_session or synthetic_session_id(self.id))
         self.ends_session |= self.status == 404 and not is_synthetic_session(self.session or "")

@@ -37,6 +37,16 @@ def is_synthetic_session(session: str) -> bool:
     return session.startswith(SYNTHETIC_PREFIX)
 
 
+# Recording units the gateway names itself: an exchange alone (x-), a stateless run (r-, t-), the auditors' trail
+# (audit-). An MCP server naming its session like one of them could write into a unit that is not its own.
+RESERVED_UNIT_PREFIXES = (SYNTHETIC_PREFIX, "r-", "t-", "audit-")
+
+
+def is_reserved_unit(session: str) -> bool:
+    """True for a session id only the gateway may give a recording unit."""
+    return session.startswith(RESERVED_UNIT_PREFIXES)
+
+
 @dataclass(slots=True, kw_only=True)
 class Event:
     """Base: ``type`` names the event; ``session``/``exchange``/``index``/``time`` place it."""

@@ -241,3 +241,17 @@ async def test_not_required_lets_traffic_pass_when_events_are_lost(policy: FakeP
     ex = Exchange(_gateway(sink, policy, required=False))
     reply = await ex.on_request_headers(_request(session=bind("s", ALICE, KEY, SCOPE)))
     assert _status(reply) is None
+
+
+@pytest.mark.parametrize("named", ["audit-2026-12-01", "x-someone", "r-0123-abc", "t-0123-abc"])
+async def test_a_server_cannot_name_its_session_like_a_gateway_unit(policy: FakePolicy, named: str) -> None:
+    """A malicious server naming its session audit-<day> would write into the auditors' trail."""
+    sink = FakeSink()
+    ex = Exchange(_gateway(sink, policy))
+    await ex.on_request_headers(_request())
+    await ex.on_request_body(_body({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {}}))
+    reply = await ex.on_response_headers(
+        _headers({":status": "200", "content-type": "application/json", "mcp-session-id": named})
+    )
+    assert _status(reply) == 502
+    assert {e.session for e in sink.events} == {"x-ex1"}
