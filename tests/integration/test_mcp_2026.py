@@ -305,3 +305,31 @@ async def test_multi_round_trip_is_one_call_and_bound_to_the_caller(
     [approve] = [c for c in pair_messages(session) if c["request"].get("params", {}).get("name") == "approve"]
     assert [r["request"]["id"] for r in approve["rounds"]] == [calls[1]["id"]]
     assert approve["rounds"][0]["response"]["result"]["structuredContent"]["result"].startswith("deploy: approved")
+
+
+async def test_listen_stream_is_recorded_with_its_notifications(start_mcp_server, start_authed, issuer) -> None:
+    server = start_mcp_server("demo", json_response=True)
+    gw = start_authed([server], policy=POLICY)
+    token = issuer.mint("alice", aud=gw.endpoint, groups=["eng"])
+    listen = {
+        "jsonrpc": "2.0",
+        "id": 4,
+        "method": "subscriptions/listen",
+        "params": {"_meta": META, "notifications": {"toolsListChanged": True}},
+    }
+    headers = _modern_headers(token, "subscriptions/listen", None)
+    async with httpx.AsyncClient(timeout=10) as client:
+        async with client.stream("POST", gw.url(), json=listen, headers=headers) as r:
+            assert r.status_code == 200
+            run = r.headers["mcp-extproc-recording"]
+            async for line in r.aiter_lines():  # the server acknowledges the subscription on the stream
+                if "notifications/subscriptions/acknowledged" in line:
+                    break
+    gw.stop()
+    session = gw.session(run)
+    methods = [m.get("method") for e in session.events if e["type"] == "mcp.response" for m in e["messages"]]
+    assert "notifications/subscriptions/acknowledged" in methods
+    decided = [e["call"] for e in session.events if e["type"] == "policy.decision"]
+    assert any(c.startswith("subscriptions/listen") for c in decided) and any(
+        c.startswith("tools/list") for c in decided
+    )
