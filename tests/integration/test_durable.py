@@ -169,7 +169,8 @@ async def test_s3_outage_loses_nothing_and_duplicates_nothing(
 ) -> None:
     key, pub = keys
     server = start_mcp_server("demo")
-    gw = start_gateway([server], recording=_s3_recording(moto, key))
+    # A seal at every exchange end (as often as the flush interval allows): the outage must leave several segments.
+    gw = start_gateway([server], recording={**_s3_recording(moto, key), "seal_interval_ms": 50})
     spool = Path(gw.config["recording"]["directory"]) / ".spool"
     headers = open_session(gw.url())
     sid = headers["mcp-session-id"]

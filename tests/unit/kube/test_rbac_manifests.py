@@ -68,7 +68,7 @@ def test_recordings_iam_policy_puts_under_the_prefix_and_never_deletes() -> None
 def test_irsa_service_account_and_network_policy_match_the_gateway() -> None:
     (sa,) = _docs("serviceaccount-irsa.yaml")
     assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(":role/mcp-extproc-recordings")
-    deployment = yaml.safe_load((RBAC.parent / "deployment.yaml").read_text())
+    deployment = yaml.safe_load((RBAC.parent / "base" / "deployment.yaml").read_text())
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
     (netpol,) = _docs("networkpolicy-mcp-servers.yaml")
     (rule,) = netpol["spec"]["ingress"]
