@@ -71,6 +71,14 @@ class Gateway:
         self.stack.stop()
 
 
+def recording_key(client_session: str | None) -> str:
+    """The recording a client's session id names: a 2025 session's bound id carries the server's id; a stateless
+    client holds its recorded run (the ``mcp-extproc-recording`` header) as it is."""
+    from extproc.authn.session_binding import server_id_of
+
+    return safe_key(server_id_of(client_session or "") or client_session or "")
+
+
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 

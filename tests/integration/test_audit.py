@@ -17,14 +17,12 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from gateway_parts import Gateway
+from gateway_parts import Gateway, recording_key
 
 from extproc.authn.dev_issuer import DevIssuer
-from extproc.authn.session_binding import server_id_of
 from extproc.demo.mcp_client import connect, run_session
 from extproc.launcher import free_port, wait_until
 from extproc.recording.manifest import generate_keys
-from extproc.recording.store import safe_key
 
 POLICY = """
 apiVersion: mcp-extproc/v1
@@ -98,7 +96,7 @@ def audit(start_mcp_server, start_authed, issuer: DevIssuer, tmp_path: Path) -> 
 async def _record(a: Audit, who: str, server: str, *groups: str) -> str:
     result = await run_session(a.gw.url(server), token=a.token(who, *groups), progress=False)
     assert result.session_id
-    return safe_key(server_id_of(result.session_id) or "")  # the recording key, as the API lists it
+    return recording_key(result.session_id)  # the recording key, as the API lists it
 
 
 def _wait_listed(a: Audit, keys: set[str]) -> None:
@@ -295,7 +293,7 @@ async def _paced_session(a: Audit) -> str:
         await asyncio.sleep(0.4)
         await conn.client.call_tool("echo", {"text": "three"})
         assert conn.session_id
-        return safe_key(server_id_of(conn.session_id) or "")
+        return recording_key(conn.session_id)
 
 
 def _replay(a: Audit, key: str, **params: Any) -> list[tuple[float, float]]:

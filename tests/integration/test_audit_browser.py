@@ -12,14 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_parts import Gateway, open_session
+from gateway_parts import Gateway, open_session, recording_key
 
 from extproc.authn.dev_issuer import DevIssuer
-from extproc.authn.session_binding import server_id_of
 from extproc.demo.mcp_client import run_session
 from extproc.launcher import free_port, wait_until
 from extproc.recording.manifest import generate_keys
-from extproc.recording.store import safe_key
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "audit"
@@ -58,7 +56,7 @@ def _kill_mid_call(gw: Gateway, token: str) -> str:
     except httpx.HTTPError:
         pass
     gw.stack.restart_worker(0)
-    return safe_key(server_id_of(headers["mcp-session-id"]) or "")
+    return recording_key(headers["mcp-session-id"])
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make test installs it)")
@@ -75,8 +73,8 @@ async def test_web_viewer_login_find_play_incomplete_and_refused(
     def token(who: str, *groups: str) -> str:
         return issuer.mint(who, aud=gw.endpoint, groups=list(groups))
 
-    played = safe_key(server_id_of((await run_session(gw.url("alpha"), token("bob"))).session_id or "") or "")
-    hidden = safe_key(server_id_of((await run_session(gw.url("beta"), token("bob"))).session_id or "") or "")
+    played = recording_key((await run_session(gw.url("alpha"), token("bob"))).session_id)
+    hidden = recording_key((await run_session(gw.url("beta"), token("bob"))).session_id)
     incomplete = await asyncio.to_thread(_kill_mid_call, gw, token("bob"))
 
     def indexed() -> bool:

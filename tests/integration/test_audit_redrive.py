@@ -6,11 +6,11 @@ import json
 import subprocess
 import sys
 
+from gateway_parts import recording_key
+
 from extproc.authn.dev_issuer import DevIssuer
-from extproc.authn.session_binding import server_id_of
 from extproc.demo.mcp_client import connect
 from extproc.launcher import wait_until
-from extproc.recording.store import safe_key
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -26,7 +26,7 @@ async def test_redrive_reports_identical_calls_and_names_the_changed_tool(
         await conn.client.list_tools()
         await conn.client.call_tool("echo", {"text": "hello"})
         await conn.client.call_tool("whoami", {})  # through the gateway it sees carol; directly, nobody
-        key = safe_key(server_id_of(conn.session_id or "") or "")
+        key = recording_key(conn.session_id)
     wait_until(lambda: key in gw.store.list_sessions(), 20, "the recording")
     config = str(gw.stack.config)
     before = len(server.seen())
