@@ -79,10 +79,25 @@ def _answer(r: httpx.Response, msg_id: Any) -> dict[str, Any] | None:
     return next((m for m in messages if isinstance(m, dict) and "method" not in m and m.get("id") == msg_id), None)
 
 
+def _mirrored_headers(session: Session) -> dict[str, dict[str, str]]:
+    """Per exchange, the MCP headers the client sent that mirror its body (2026-07-28: MCP-Protocol-Version,
+    Mcp-Method, Mcp-Name, Mcp-Param-*), as recorded: a stateless request is re-sent exactly as it was."""
+    out: dict[str, dict[str, str]] = {}
+    for ev in session.events:
+        if ev.get("type") == "exchange.start":
+            recorded = ev.get("headers") or {}
+            out[ev["exchange"]] = {
+                k: v for k, v in recorded.items() if k.startswith("mcp-") and k != "mcp-session-id"
+            }
+    return out
+
+
 def redrive(session: Session, to: str, allow_tools: set[str], token: str | None = None) -> list[Outcome]:
     """Re-send the session's client requests to ``to`` in a fresh session; compare every answer."""
     calls = [c for c in pair_messages(session) if c["from"] == "client"]
+    calls = [r for c in calls for r in (c, *c.get("rounds", []))]  # multi-round-trip retries as they were sent
     headers = {**_ACCEPT, **({"authorization": f"Bearer {token}"} if token else {})}
+    mirrored = _mirrored_headers(session)
     out: list[Outcome] = []
     with httpx.Client(timeout=60) as http:
         for call in calls:
@@ -93,7 +108,7 @@ def redrive(session: Session, to: str, allow_tools: set[str], token: str | None 
                 out.append(Outcome(method, name, "skipped", ["tool calls run only with --allow-tools " + name]))
                 continue
             try:
-                r = http.post(to, json=req, headers=headers)
+                r = http.post(to, json=req, headers={**headers, **mirrored.get(call["exchange"], {})})
             except httpx.HTTPError as e:
                 out.append(Outcome(method, name, "failed", [f"{type(e).__name__}: {e}"]))
                 continue

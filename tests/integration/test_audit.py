@@ -94,7 +94,8 @@ def audit(start_mcp_server, start_authed, issuer: DevIssuer, tmp_path: Path) -> 
 
 
 async def _record(a: Audit, who: str, server: str, *groups: str) -> str:
-    result = await run_session(a.gw.url(server), token=a.token(who, *groups), progress=False)
+    # The 2025 handshake: its session ends with DELETE, so the recording is final (2026 runs: test_mcp_2026.py).
+    result = await run_session(a.gw.url(server), token=a.token(who, *groups), progress=False, mode="legacy")
     assert result.session_id
     return recording_key(result.session_id)  # the recording key, as the API lists it
 
@@ -237,7 +238,8 @@ async def test_bad_input_and_bad_tokens_are_refused_clearly(audit: Audit) -> Non
     for trick in ("..", "%2e%2e", "a%20b", "..%2F..%2Fetc", "x%00y", "%2F"):
         r = a.get("carol", f"/api/sessions/{trick}")
         assert r.status_code in (400, 404), (trick, r.status_code)
-        assert r.headers["content-type"].startswith("application/json")
+        if "%2F" not in trick:  # an escaped slash is refused by Envoy itself (path_with_escaped_slashes_action)
+            assert r.headers["content-type"].startswith("application/json")
     r = a.get("carol", f"/api/sessions/{key}/replay", speed="fast")
     assert r.status_code == 400
 
@@ -286,7 +288,7 @@ async def test_bad_input_and_bad_tokens_are_refused_clearly(audit: Audit) -> Non
 
 
 async def _paced_session(a: Audit) -> str:
-    async with connect(a.gw.url("alpha"), a.token("carol")) as conn:
+    async with connect(a.gw.url("alpha"), a.token("carol"), mode="legacy") as conn:
         await conn.client.call_tool("echo", {"text": "one"})
         await asyncio.sleep(0.4)
         await conn.client.call_tool("echo", {"text": "two"})

@@ -22,7 +22,8 @@ async def test_redrive_reports_identical_calls_and_names_the_changed_tool(
 ) -> None:
     server = start_mcp_server("alpha")
     gw = start_authed([server])
-    async with connect(gw.url("alpha"), issuer.mint("carol", aud=gw.endpoint)) as conn:
+    # A 2025 session (initialize ... DELETE): the redrive opens a fresh one the same way.
+    async with connect(gw.url("alpha"), issuer.mint("carol", aud=gw.endpoint), mode="legacy") as conn:
         await conn.client.list_tools()
         await conn.client.call_tool("echo", {"text": "hello"})
         await conn.client.call_tool("whoami", {})  # through the gateway it sees carol; directly, nobody
