@@ -238,13 +238,14 @@ def check_processor(s: Settings) -> Iterator[Check]:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from extproc.server import SERVICE, listen_address
+    from extproc.launcher import processor_channel
+    from extproc.server import SERVICE
 
     for worker in range(s.processor.workers):
-        address = listen_address(s, worker)
+        address = s.processor.endpoint(worker)
         name = f"processor {worker}"
         try:
-            with _channel(s, address) as ch:
+            with processor_channel(s, address) as ch:
                 reply = health_pb2_grpc.HealthStub(ch).Check(
                     health_pb2.HealthCheckRequest(service=SERVICE), timeout=TIMEOUT
                 )
@@ -257,20 +258,6 @@ def check_processor(s: Settings) -> Iterator[Check]:
             yield _ok(name, f"{address}: SERVING")
         else:
             yield _fail(name, f"{address}: {state}", "it is shutting down or starting; see its log")
-
-
-def _channel(s: Settings, address: str):  # type: ignore[no-untyped-def]
-    """A channel to the processor as Envoy connects: plain, or mutual TLS with Envoy's client certificate."""
-    import grpc
-
-    tls = s.processor.tls
-    if tls is None:
-        return grpc.insecure_channel(address)
-    creds = grpc.ssl_channel_credentials(
-        tls.ca_file.read_bytes(), tls.client_key_file.read_bytes(), tls.client_cert_file.read_bytes()
-    )
-    options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
-    return grpc.secure_channel(address, creds, options=options)
 
 
 def check_metrics(s: Settings) -> Iterator[Check]:

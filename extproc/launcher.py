@@ -90,14 +90,26 @@ def _http_text(url: str, method: str = "GET") -> str | None:
         return None
 
 
-def grpc_serving(address: str) -> bool:
+def processor_channel(s: settings_mod.Settings, address: str) -> grpc.Channel:
+    """A channel to the processor as Envoy connects: plain, or mutual TLS with Envoy's client certificate."""
+    tls = s.processor.tls
+    if tls is None:
+        return grpc.insecure_channel(address)
+    creds = grpc.ssl_channel_credentials(
+        tls.ca_file.read_bytes(), tls.client_key_file.read_bytes(), tls.client_cert_file.read_bytes()
+    )
+    options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+    return grpc.secure_channel(address, creds, options=options)
+
+
+def grpc_serving(address: str, s: settings_mod.Settings | None = None) -> bool:
     """True when the processor at ``address`` answers its gRPC health check with SERVING.
 
     A TCP connect is not enough: it proves only that something accepts on the port, not that this processor
     (policy loaded, recorder open) serves ext_proc there.
     """
     try:
-        with grpc.insecure_channel(address) as channel:
+        with processor_channel(s, address) if s is not None else grpc.insecure_channel(address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=PROCESSOR_SERVICE), timeout=1
             )
@@ -219,7 +231,7 @@ class Stack:
 
         def ready() -> bool:
             mine = path.exists() and path.read_text() == str(pid)
-            return self._alive() and mine and grpc_serving(address)
+            return self._alive() and mine and grpc_serving(address, self.settings)
 
         wait_until(ready, 30, f"processor {worker}")
 

@@ -141,7 +141,7 @@ def test_not_running_processor_fails_and_exit_status_is_one(tmp_path: Path, issu
 
 def test_broken_config_is_the_only_line(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
-    path.write_text("servers: []\nlisten: {port: 0}\n")
+    path.write_text("servers: [{name: BAD, upstream: nope}]\nlisten: {port: 0}\n")  # every problem, in one run
     checks = run_checks(path)
     assert [c.name for c in checks] == ["config"] and checks[0].status == "fail"
     assert "servers" in checks[0].detail and "listen.port" in checks[0].detail

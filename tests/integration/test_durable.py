@@ -132,7 +132,7 @@ async def test_session_lands_in_s3_signed_verified_and_locked(
 ) -> None:
     key, pub = keys
     gw = start_gateway([start_mcp_server("demo")], recording=_s3_recording(moto, key, compression=compression))
-    result = await run_session(gw.url())
+    result = await run_session(gw.url(), mode="legacy")  # a 2025 session: initialize ... DELETE, then final
     gw.stop()
 
     session = load_session(moto.store(), safe_key(result.session_id), load_public_key(pub))

@@ -63,9 +63,9 @@ async def test_latency_histograms_backlog_and_jwks_age(start_mcp_server, start_a
     m = _scrape(f"{url}/metrics")
     for phase in ("request_headers", "request_body", "response_headers", "response_body"):
         assert m[("mcp_extproc_message_seconds_count", (("phase", phase),))] >= 1, phase
-    assert m[("mcp_extproc_policy_decision_seconds_count", ())] >= 4
+    assert m[("mcp_extproc_policy_decision_seconds_count", ())] >= 3  # discover, (list), call: one body each
     complete = (("outcome", "complete"), ("server", "demo"))
-    assert m[("mcp_extproc_exchange_duration_seconds_count", complete)] >= 4
+    assert m[("mcp_extproc_exchange_duration_seconds_count", complete)] >= 3
     assert m[("mcp_extproc_exchange_duration_seconds_sum", complete)] > 0
     assert 0 <= m[("mcp_extproc_jwks_age_seconds", (("issuer", issuer.url),))] < 60
     assert m[("mcp_extproc_jwks_keys_loaded", (("issuer", issuer.url),))] == 1
