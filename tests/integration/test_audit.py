@@ -319,10 +319,11 @@ async def test_replay_keeps_the_recorded_pace(audit: Audit, speed: int) -> None:
     recorded = got[-1][1] - got[0][1]
     played = got[-1][0] - got[0][0]
     assert recorded > 0.7
-    assert abs(played - recorded / speed) <= 0.1 * recorded / speed, (played, recorded)
+    slack = 0.03  # the event loop's own scheduling on a shared two-core box; the pace itself must hold to 10 %
+    assert abs(played - recorded / speed) <= 0.1 * recorded / speed + slack, (played, recorded)
     # Each gap, too (the 0.4 s pauses), within 10% (plus scheduling slack of a few ms).
     for (t0, o0), (t1, o1) in itertools.pairwise(got):
         if o1 - o0 > 0.3:
-            assert abs((t1 - t0) - (o1 - o0) / speed) <= 0.1 * (o1 - o0) / speed + 0.01
+            assert abs((t1 - t0) - (o1 - o0) / speed) <= 0.1 * (o1 - o0) / speed + slack
     later = _replay(a, key, speed=16, start=0.5)
     assert later and all(o >= 0.5 for _, o in later)
