@@ -164,7 +164,8 @@ class Rig:
         port = free_port()
         self.config = {
             "listen": {"address": "127.0.0.1", "port": port},
-            "processor": {"address": f"127.0.0.1:{free_port()}", "workers": self.workers},
+            # a unix socket: worker i binds <path>.i (TCP would need port+i free too, not just the port picked)
+            "processor": {"address": f"unix:{self.dir}/p.sock", "workers": self.workers},
             "admin": {"port": free_port()},
             "servers": [{"name": s.name, "upstream": s.upstream} for s in self.servers],
             "recording": {
@@ -188,7 +189,11 @@ class Rig:
         path = self.dir / "gateway.yaml"
         path.write_text(yaml.safe_dump(self.config))
         self.stack = Stack(config=path, workdir=self.dir / "run")
-        self.stack.start(log=self.log)
+        try:
+            self.stack.start(log=self.log)
+        except Exception as e:
+            tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+            raise RuntimeError(f"{e}\n--- gateway log (tail) ---\n{tail}") from e
         return self.stack
 
     def _secret(self) -> Path:
@@ -282,12 +287,17 @@ def verify_store(rig: Rig) -> Verified:
         out.events += len(s.events)
         ended = {e.get("exchange") for e in s.events if e.get("type") == "exchange.end"}
         responded = {e.get("exchange") for e in s.events if e.get("type") in ("mcp.response", "http.response")}
+        users = {
+            e.get("exchange"): (e.get("principal") or {}).get("username", "")
+            for e in s.events
+            if e.get("type") == "exchange.start"
+        }
         for e in s.events:
             t = e.get("type")
             if t == "exchange.start":
                 out.exchanges += 1
             elif t == "policy.decision":
-                out.decisions.append(e)
+                out.decisions.append({**e, "_user": users.get(e.get("exchange"), "")})
             elif t == "mcp.request":
                 for m in e.get("messages") or []:
                     text = ((m.get("params") or {}).get("arguments") or {}).get("text") if isinstance(m, dict) else None
