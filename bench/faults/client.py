@@ -5,7 +5,6 @@ Every call carries a unique ``text`` argument, so afterwards each answered call 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ META = {
     "io.modelcontextprotocol/clientCapabilities": {},
     "io.modelcontextprotocol/clientInfo": {"name": "faults", "version": "1"},
 }
+REFUSED = b"recording unavailable; request refused"
 _ids = itertools.count(1)
 
 
@@ -33,6 +33,7 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     answered: set[str] = field(default_factory=set)  # texts of calls answered 200 with a result
     denied: int = 0  # calls refused by policy (JSON-RPC error from the gateway)
+    refused: int = 0  # 503 "recording unavailable": the recorder's deliberate back-pressure (fail closed)
     errors: Counter[str] = field(default_factory=Counter)  # transport errors by kind
     five_xx: list[str] = field(default_factory=list)  # bodies of unexpected 5xx (first few)
     started: float = field(default_factory=time.monotonic)
@@ -45,13 +46,19 @@ class Tally:
     def requests(self) -> int:
         return sum(self.statuses.values())
 
+    @property
+    def undeliberate_5xx(self) -> int:
+        """5xx other than the recorder's deliberate refusals."""
+        return sum(n for s, n in self.statuses.items() if s >= 500) - self.refused
+
     def line(self, seconds: float) -> str:
         codes = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items()))
         errs = f"; transport errors {dict(self.errors)}" if self.errors else ""
         return (
             f"{self.requests} requests in {seconds:.0f} s = {self.requests / max(seconds, 1e-9):.0f} req/s, "
             f"p50 {self.percentile(0.5):.0f} ms, p99 {self.percentile(0.99):.0f} ms; status {{{codes}}}; "
-            f"{len(self.answered)} calls answered, {self.denied} denied by policy{errs}"
+            f"{len(self.answered)} calls answered, {self.denied} denied by policy, {self.refused} refused by the "
+            f"recorder's back-pressure (503){errs}"
         )
 
 
@@ -82,12 +89,14 @@ class Client:
             async with self.http.post(url, json=body, headers=headers) as r:
                 data = await r.read()
                 status, hdrs = r.status, dict(r.headers)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             self.tally.errors[type(e).__name__] += 1
             return 0, {}, b""
         self.tally.latencies.append(time.monotonic() - t0)
         self.tally.statuses[status] += 1
-        if status >= 500 and len(self.tally.five_xx) < 5:
+        if status == 503 and REFUSED in data:
+            self.tally.refused += 1
+        elif status >= 500 and len(self.tally.five_xx) < 5:
             self.tally.five_xx.append(f"{status} {data[:300]!r}")
         return status, hdrs, data
 

@@ -64,8 +64,13 @@ def run(scale: str) -> Outcome:
         rig.stop_gateway()
         v = verify_store(rig)
         out.check_recordings(rig, v)
-        expect = {"exp-inside": 200, "nbf-inside": 200, "exp-outside": 401, "nbf-outside": 401,
-                  "exp-inside-reused-later": 401}
+        expect = {
+            "exp-inside": 200,
+            "nbf-inside": 200,
+            "exp-outside": 401,
+            "nbf-outside": 401,
+            "exp-inside-reused-later": 401,
+        }
         for kind, status in expect.items():
             got = results.get(kind, Counter())
             out.check(set(got) == {status}, f"{kind}: expected all {status}, got {dict(got)}")

@@ -111,18 +111,25 @@ def run(scale: str) -> Outcome:
         out.check_recordings(rig, v)
         seen = sum(1 for s in servers for r in s.seen() if r["tool"] == "echo")
         out.check(phases["full"][503] > 0, f"no 503 while the spool disk was full: {dict(phases['full'])}")
-        out.check(refused_ok[0] == phases["full"][503] + phases["after"][503] + phases["before"][503],
-                  "a 503 without the recording-unavailable error body")
+        out.check(
+            refused_ok[0] == phases["full"][503] + phases["after"][503] + phases["before"][503],
+            "a 503 without the recording-unavailable error body",
+        )
         out.check(answered_by_phase["after"] > 0, "no call answered after space returned")
-        out.check(seen == len(v.requested_texts), f"{seen} echo calls reached the servers, {len(v.requested_texts)} recorded")
+        recorded = len(v.requested_texts)
+        out.check(seen == recorded, f"{seen} echo calls reached the servers, {recorded} recorded")
         unrecorded = tally.answered - v.responded_texts
         out.check(not unrecorded, f"{len(unrecorded)} answered calls without a recorded response")
         other = {s: n for p in phases.values() for s, n in p.items() if s not in (200, 202, 503)}
         out.check(not other, f"unexpected statuses {other}")
         out.figures.update(
-            tmpfs=TMPFS_SIZE, filler_mib=round(filled / (1 << 20), 1), sessions=sessions,
-            phases={p: dict(c) for p, c in phases.items()}, answered=dict(answered_by_phase),
-            forwarded_echo=seen, recorded_echo=len(v.requested_texts),
+            tmpfs=TMPFS_SIZE,
+            filler_mib=round(filled / (1 << 20), 1),
+            sessions=sessions,
+            phases={p: dict(c) for p, c in phases.items()},
+            answered=dict(answered_by_phase),
+            forwarded_echo=seen,
+            recorded_echo=len(v.requested_texts),
         )
         out.summary = (
             f"{sessions} sessions on a {TMPFS_SIZE} tmpfs spool, filled for {full_s:.0f} s: "

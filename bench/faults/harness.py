@@ -343,6 +343,10 @@ class Outcome:
         if not allow_incomplete:
             self.check(v.states.get("incomplete", 0) == 0, f"{v.states.get('incomplete')} incomplete sessions")
         self.figures.update(
-            sessions_recorded=v.sessions, exchanges_recorded=v.exchanges, events_recorded=v.events,
-            states=v.states, lost_events=lost, store_verify_rc=v.store_verify_rc,
+            sessions_recorded=v.sessions,
+            exchanges_recorded=v.exchanges,
+            events_recorded=v.events,
+            states=v.states,
+            lost_events=lost,
+            store_verify_rc=v.store_verify_rc,
         )

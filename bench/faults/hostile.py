@@ -13,7 +13,6 @@ import aiohttp
 
 from bench.faults.client import ACCEPT, Client, Tally, call_body
 from bench.faults.harness import Outcome, Rig, RssSampler, verify_store
-
 from extproc.recording.replay import load_session
 
 SCALES = {"small": 10, "full": 100}  # sessions per misbehaviour
@@ -70,7 +69,7 @@ def run(scale: str) -> Outcome:
                         else:
                             received[behaviour] += len(await r.read())
                         statuses[behaviour][str(r.status)] += 1
-                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                except (TimeoutError, aiohttp.ClientError) as e:
                     statuses[behaviour][type(e).__name__] += 1
 
             try:
@@ -83,7 +82,7 @@ def run(scale: str) -> Outcome:
         sampler.stop()
         stack = rig.stack
         assert stack is not None
-        alive = all(p.poll() is None for p in stack.processors) and stack.envoy is not None and stack.envoy.poll() is None
+        alive = all(p.poll() is None for p in [*stack.processors, stack.envoy] if p is not None)
         peak = max(p for _, p, _ in sampler.samples)
         rig.stop_gateway()
         v = verify_store(rig)
@@ -101,12 +100,16 @@ def run(scale: str) -> Outcome:
             out.check(faithful[b] == per, f"{b}: {faithful[b]} of {per} recorded with what the server sent")
             out.check(sum(statuses[b].values()) == per, f"{b}: {dict(statuses[b])}")
         out.figures.update(
-            per_behaviour=per, statuses={b: dict(c) for b, c in statuses.items()}, recorded_faithfully=dict(faithful),
-            processor_rss_mib_base=round(base / 1024), processor_rss_mib_peak=round(peak / 1024),
+            per_behaviour=per,
+            statuses={b: dict(c) for b, c in statuses.items()},
+            recorded_faithfully=dict(faithful),
+            processor_rss_mib_base=round(base / 1024),
+            processor_rss_mib_peak=round(peak / 1024),
             bytes_received=dict(received),
         )
         out.summary = (
-            f"{per} sessions per misbehaviour; client saw " + ", ".join(f"{b} {dict(c)}" for b, c in statuses.items())
+            f"{per} sessions per misbehaviour; client saw "
+            + ", ".join(f"{b} {dict(c)}" for b, c in statuses.items())
             + f"; all recorded as sent; processor RSS {base / 1024:.0f}→{peak / 1024:.0f} MiB peak (2 workers)"
         )
     finally:

@@ -40,13 +40,19 @@ async def mcp(request: web.Request) -> web.StreamResponse:
     if msg_id is None:
         return web.Response(status=202, headers=headers)
     if method == "initialize":
-        result = {"protocolVersion": body["params"]["protocolVersion"], "capabilities": {"tools": {}},
-                  "serverInfo": {"name": "hostile", "version": "1"}}
+        result = {
+            "protocolVersion": body["params"]["protocolVersion"],
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "hostile", "version": "1"},
+        }
         return web.json_response({"jsonrpc": "2.0", "id": msg_id, "result": result}, headers=headers)
     tool = (body.get("params") or {}).get("name") if method == "tools/call" else None
     if tool == "invalid_json":
-        return web.Response(body=b'{"jsonrpc": "2.0", "id": ' + str(msg_id).encode() + b', "result": {"oops',
-                            content_type="application/json", headers=headers)
+        return web.Response(
+            body=b'{"jsonrpc": "2.0", "id": ' + str(msg_id).encode() + b', "result": {"oops',
+            content_type="application/json",
+            headers=headers,
+        )
     if tool == "wrong_session":
         return web.json_response(_result(msg_id, "wrong"), headers={"mcp-session-id": secrets.token_hex(16)})
     if tool == "unasked_id":
@@ -63,8 +69,11 @@ async def mcp(request: web.Request) -> web.StreamResponse:
         try:
             while True:  # never ends; the client (or the gateway) hangs up
                 n += 1
-                note = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": msg_id,
-                                                                                         "progress": n}}
+                note = {
+                    "jsonrpc": "2.0",
+                    "method": "notifications/progress",
+                    "params": {"progressToken": msg_id, "progress": n},
+                }
                 await resp.write(_event(note))
                 await asyncio.sleep(0.01)
         except (ConnectionResetError, asyncio.CancelledError):

@@ -13,7 +13,6 @@ from typing import Any
 from bench.faults.client import Client, Tally
 from bench.faults.harness import Outcome, Rig, verify_store
 from bench.faults.soak import Mix
-
 from extproc.authn.dev_issuer import DevIssuer
 
 SCALES = {"small": (30, 8.0), "full": (200, 40.0)}  # sessions, seconds per phase
@@ -93,22 +92,27 @@ def run(scale: str) -> Outcome:
             t = tallies[name]
             # flat = no request waits for the IdP: p99 stays far under the JWKS delay and near the healthy phase
             limit = max(3 * base.percentile(0.99), base.percentile(0.99) + 1000)
-            out.check(t.percentile(0.99) < min(limit, JWKS_DELAY_S * 1000),
-                      f"{name}: p99 {t.percentile(0.99):.0f} ms vs healthy {base.percentile(0.99):.0f} ms")
+            out.check(
+                t.percentile(0.99) < min(limit, JWKS_DELAY_S * 1000),
+                f"{name}: p99 {t.percentile(0.99):.0f} ms vs healthy {base.percentile(0.99):.0f} ms",
+            )
         unrecorded = set().union(*(t.answered for t in tallies.values())) - v.responded_texts
         out.check(not unrecorded, f"{len(unrecorded)} answered calls without a recorded response")
         counts = [fetches.get(p, 0) for p in PHASES]
         per = {p: counts[i] - (counts[i - 1] if i else 0) for i, p in enumerate(PHASES)}
         out.check(per["slow"] > 0 and per["failing"] > 0, f"JWKS not fetched during slow/failing phases: {per}")
         out.figures.update(
-            sessions=sessions, seconds_per_phase=per_phase, jwks_delay_s=JWKS_DELAY_S, jwks_fetches=per,
+            sessions=sessions,
+            seconds_per_phase=per_phase,
+            jwks_delay_s=JWKS_DELAY_S,
+            jwks_fetches=per,
             **{f"{p}_p50_ms": round(tallies[p].percentile(0.5)) for p in PHASES},
             **{f"{p}_p99_ms": round(tallies[p].percentile(0.99)) for p in PHASES},
             **{f"{p}_statuses": dict(tallies[p].statuses) for p in PHASES},
         )
         out.summary = f"{sessions} sessions + a new token every 0.1 s; " + "; ".join(
             f"{p}: p50 {tallies[p].percentile(0.5):.0f} / p99 {tallies[p].percentile(0.99):.0f} ms, "
-            f"{len(tallies[p].answered)} answered, JWKS fetched {per[p]}×"
+            f"{len(tallies[p].answered)} answered, JWKS fetched {per[p]} times"
             for p in PHASES
         )
     finally:

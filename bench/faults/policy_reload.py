@@ -77,8 +77,11 @@ def run(scale: str) -> Outcome:
             by_rule[rule] = by_rule.get(rule, 0) + 1
             user = _user(d)
             if call.startswith("tools/call 'echo'"):
-                ok = (rule in ("eng-tools", "eng-tools-a", "eng-tools-b") and d["allowed"]) if user != "nogroup" else (
-                    rule == "default-deny" and not d["allowed"])
+                ok = (
+                    (rule in ("eng-tools", "eng-tools-a", "eng-tools-b") and d["allowed"])
+                    if user != "nogroup"
+                    else (rule == "default-deny" and not d["allowed"])
+                )
             elif call.startswith("tools/call 'add'"):
                 ok = rule == "nobody-adds" and not d["allowed"]
             else:
@@ -93,9 +96,16 @@ def run(scale: str) -> Outcome:
         out.check(rejected > 0, "no broken policy was ever rejected")
         out.check(reloaded > 0, "no good policy was ever reloaded")
         out.figures.update(
-            sessions=sessions, seconds=seconds, written=written, reloads_logged=reloaded, rejections_logged=rejected,
-            decisions=len(v.decisions), decisions_by_rule=by_rule, requests=tally.requests,
-            p50_ms=round(tally.percentile(0.5)), p99_ms=round(tally.percentile(0.99)),
+            sessions=sessions,
+            seconds=seconds,
+            written=written,
+            reloads_logged=reloaded,
+            rejections_logged=rejected,
+            decisions=len(v.decisions),
+            decisions_by_rule=by_rule,
+            requests=tally.requests,
+            p50_ms=round(tally.percentile(0.5)),
+            p99_ms=round(tally.percentile(0.99)),
         )
         out.summary = (
             f"{sessions} sessions, {written['good']} good + {written['broken']} broken policy writes (torn, "

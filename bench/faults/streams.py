@@ -65,7 +65,7 @@ def run(scale: str) -> Outcome:
                     else:
                         held[0] += 1
                     r.close()
-                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                except (TimeoutError, aiohttp.ClientError) as e:
                     tally.errors[type(e).__name__] += 1
                     if r is None:
                         settle()
@@ -74,7 +74,7 @@ def run(scale: str) -> Outcome:
             t_open = time.monotonic()
             try:
                 await asyncio.wait_for(all_open.wait(), 300)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             open_s = time.monotonic() - t_open
             await asyncio.sleep(2)  # let RSS settle
@@ -88,8 +88,11 @@ def run(scale: str) -> Outcome:
             await asyncio.gather(*tasks)
             await client.close()
             return {
-                "sessions": len(sessions), "open_s": open_s, "before": before[1] + before[2],
-                "proc_delta": during[1] - before[1], "envoy_delta": during[2] - before[2],
+                "sessions": len(sessions),
+                "open_s": open_s,
+                "before": before[1] + before[2],
+                "proc_delta": during[1] - before[1],
+                "envoy_delta": during[2] - before[2],
                 "late_total": late[1] + late[2],
             }
 
@@ -110,13 +113,16 @@ def run(scale: str) -> Outcome:
         per_proc = m["proc_delta"] / max(n, 1)
         per_envoy = m["envoy_delta"] / max(n, 1)
         out.figures.update(
-            streams_open=n, held_s=round(elapsed), open_all_s=round(m["open_s"], 1),
-            processor_kib_per_stream=round(per_proc, 1), envoy_kib_per_stream=round(per_envoy, 1),
+            streams_open=n,
+            held_s=round(elapsed),
+            open_all_s=round(m["open_s"], 1),
+            processor_kib_per_stream=round(per_proc, 1),
+            envoy_kib_per_stream=round(per_envoy, 1),
             statuses=dict(tally.statuses),
         )
         out.summary = (
             f"{n} GET SSE streams open at once (opened in {m['open_s']:.0f} s), held {hold:.0f} s, all still open at "
-            f"the end, 0 × 503; memory per open stream: processor {per_proc:.1f} KiB + Envoy {per_envoy:.1f} KiB "
+            f"the end, no 503; memory per open stream: processor {per_proc:.1f} KiB + Envoy {per_envoy:.1f} KiB "
             f"(RSS delta / streams, 2 workers)"
         )
     finally:

@@ -70,7 +70,7 @@ def run(scale: str) -> Outcome:
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
         t0 = time.monotonic()
-        mix = asyncio.run(drive())
+        asyncio.run(drive())
         elapsed = time.monotonic() - t0
         thread.join()
         sampler.stop()
@@ -79,31 +79,45 @@ def run(scale: str) -> Outcome:
         v = verify_store(rig)
         out.check_recordings(rig, v, allow_incomplete=True)
         out.check(bool(dead), "the dead writer's spool folder was not found")
-        out.check(shipped_after is not None,
-                  f"the dead writer's spool was not shipped {SHIP_WAIT_S:.0f} s after the restart")
+        out.check(
+            shipped_after is not None, f"the dead writer's spool was not shipped {SHIP_WAIT_S:.0f} s after the restart"
+        )
         left = [p for p in spool.rglob("*") if p.suffix in (".seg", ".manifest") and p.name != "head.manifest"]
         out.check(not left, f"{len(left)} segment files left in the spool: {left[:3]}")
         out.check("restart" in marks, "the dead worker was never restarted")
         out.check(windows.get("alone", 0) > 0, "no call answered while one worker was dead")
         out.check(v.states.get("incomplete", 0) > 0, "no exchange marked incomplete (none in flight at the kill?)")
         unrecorded = tally.answered - v.responded_texts
-        out.check(not unrecorded, f"{len(unrecorded)} answered calls without a recorded response: {list(unrecorded)[:3]}")
+        out.check(
+            not unrecorded,
+            f"{len(unrecorded)} answered calls without a recorded response, e.g. {sorted(unrecorded)[:3]}",
+        )
         no_end = tally.answered - v.ended_texts
         out.figures["answered_not_requested"] = sorted(tally.answered - v.requested_texts)[:20]
-        out.figures["answered_requested_no_response"] = sorted((tally.answered & v.requested_texts) - v.responded_texts)[:20]
+        no_response = (tally.answered & v.requested_texts) - v.responded_texts
+        out.figures["answered_requested_no_response"] = sorted(no_response)[:20]
         failed = sum(n for s, n in tally.statuses.items() if s >= 500) + sum(tally.errors.values())
         out.figures.update(
-            concurrent=sessions, seconds=round(elapsed), requests=tally.requests, statuses=dict(tally.statuses),
-            transport_errors=dict(tally.errors), failed_at_kill=failed, answered_while_alone=windows.get("alone"),
-            restart_s=round(marks.get("restart", 0) - marks.get("kill", 0), 1), incomplete=v.states.get("incomplete"),
-            answered_without_end=len(no_end), spool_shipped_s_after_kill=shipped_after and round(shipped_after, 1),
- processor_rss_mib=sampler.over_time(),
+            concurrent=sessions,
+            seconds=round(elapsed),
+            requests=tally.requests,
+            statuses=dict(tally.statuses),
+            transport_errors=dict(tally.errors),
+            failed_at_kill=failed,
+            answered_while_alone=windows.get("alone"),
+            restart_s=round(marks.get("restart", 0) - marks.get("kill", 0), 1),
+            incomplete=v.states.get("incomplete"),
+            answered_without_end=len(no_end),
+            spool_shipped_s_after_kill=shipped_after and round(shipped_after, 1),
+            processor_rss_mib=sampler.over_time(),
         )
         out.summary = (
             f"{sessions} sessions + long calls; worker 0 killed at {seconds / 3:.0f} s: {failed} requests failed "
-            f"(5xx/reset), {len(unrecorded)} answered without a recorded response, {windows.get('alone', 0)} calls answered by the survivor in "
-            f"{RESTART_AFTER:.0f} s alone, restarted after {out.figures['restart_s']} s, "
-            f"{v.states.get('incomplete', 0)} sessions marked incomplete, spool shipped (0 segments left); "
+            f"(5xx/reset), {len(unrecorded)} answered without a recorded response, {windows.get('alone', 0)} calls "
+            f"answered by the survivor in {RESTART_AFTER:.0f} s alone, restarted after {out.figures['restart_s']} s, "
+            f"{v.states.get('incomplete', 0)} sessions marked incomplete, its spool shipped "
+            f"{shipped_after and round(shipped_after)} s "
+            f"after the kill; "
             f"{tally.line(elapsed)}"
         )
     finally:
