@@ -14,6 +14,9 @@ from bench.faults.harness import Outcome, Rig, RssSampler, verify_store
 # sessions, seconds, think time between a session's calls (s, ±50%): at full scale 1,000 sessions stay open and
 # call like agents do (a call, then a few seconds of thinking); small runs closed-loop, as fast as answered.
 SCALES = {"small": (50, 20.0, 0.0), "full": (1000, 180.0, 3.0)}
+# The soak records with gateway.yaml's defaults (the other scenarios flush every 50 ms and cut segments every
+# 500 ms, as the integration tests do, so that faults meet sealed and shipped segments within seconds).
+PRODUCTION_RECORDING = {"flush_interval_ms": 200, "segment_max_age_ms": 2000}
 
 
 @dataclass
@@ -72,7 +75,7 @@ def start_rig(name: str, workers: int = 2, **gateway: object) -> Rig:
 def run(scale: str) -> Outcome:
     sessions, seconds, think = SCALES[scale]
     out = Outcome("soak", scale)
-    rig = start_rig("soak")
+    rig = start_rig("soak", recording=PRODUCTION_RECORDING)
     try:
         sampler = RssSampler(rig.stack).start()  # type: ignore[arg-type]
         tally = Tally()
