@@ -16,6 +16,7 @@ import importlib
 import json
 import logging
 import platform
+import signal
 import sys
 import time
 import traceback
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
     parser.add_argument("--scale", choices=["small", "full"], default="small")
     args = parser.parse_args(argv)
+    # SIGTERM (a CI timeout, `timeout`) unwinds like Ctrl-C: every scenario's finally stops what it started and
+    # unmounts what it mounted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     results = ROOT / "bench" / "results"
