@@ -16,9 +16,9 @@ from pathlib import Path
 from bench.faults.client import Client, Tally
 from bench.faults.harness import Outcome, Rig, verify_store
 
-SCALES = {"small": (10, 5.0, 6.0, 8.0), "full": (100, 20.0, 20.0, 30.0)}  # sessions, before, full, after (s)
+# sessions, seconds before / full / after, tmpfs size (room for the traffic's unshipped segments until it is filled)
+SCALES = {"small": (10, 5.0, 6.0, 8.0, "8m"), "full": (100, 20.0, 20.0, 30.0, "64m")}
 REFUSED = b"recording unavailable; request refused"
-TMPFS_SIZE = "8m"
 
 
 def fill(directory: Path, chunk_size: int = 256 << 10) -> int:
@@ -45,7 +45,7 @@ def keep_full(directory: Path, seconds: float) -> int:
 
 
 def run(scale: str) -> Outcome:
-    sessions, before_s, full_s, after_s = SCALES[scale]
+    sessions, before_s, full_s, after_s, tmpfs_size = SCALES[scale]
     out = Outcome("disk-full", scale)
     if os.geteuid() != 0:
         out.failures.append("needs root to mount a tmpfs")
@@ -53,7 +53,7 @@ def run(scale: str) -> Outcome:
     rig = Rig("diskfull")
     spool = rig.dir / "spool"
     spool.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(spool)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_size}", "tmpfs", str(spool)], check=True)
     try:
         servers = [rig.mcp_server("demo"), rig.mcp_server("demojson", True)]
         rig.gateway(recording={"spool_directory": str(spool)})
@@ -107,6 +107,9 @@ def run(scale: str) -> Outcome:
 
         filled = asyncio.run(both())
         rig.stop_gateway()
+        # what is still in the spool now would be lost with the tmpfs (a real spool keeps it for the next start)
+        left = [p for p in spool.rglob("*") if p.suffix in (".seg", ".manifest") and p.name != "head.manifest"]
+        out.check(not left, f"{len(left)} segment files still in the spool at shutdown")
         v = verify_store(rig)
         out.check_recordings(rig, v)
         seen = sum(1 for s in servers for r in s.seen() if r["tool"] == "echo")
@@ -123,7 +126,7 @@ def run(scale: str) -> Outcome:
         other = {s: n for p in phases.values() for s, n in p.items() if s not in (200, 202, 503)}
         out.check(not other, f"unexpected statuses {other}")
         out.figures.update(
-            tmpfs=TMPFS_SIZE,
+            tmpfs=tmpfs_size,
             filler_mib=round(filled / (1 << 20), 1),
             sessions=sessions,
             phases={p: dict(c) for p, c in phases.items()},
@@ -132,7 +135,7 @@ def run(scale: str) -> Outcome:
             recorded_echo=len(v.requested_texts),
         )
         out.summary = (
-            f"{sessions} sessions on a {TMPFS_SIZE} tmpfs spool, filled for {full_s:.0f} s: "
+            f"{sessions} sessions on a {tmpfs_size} tmpfs spool, filled for {full_s:.0f} s: "
             f"before {dict(phases['before'])}, full {dict(phases['full'])}, after {dict(phases['after'])}; "
             f"{seen} echo calls reached servers = {len(v.requested_texts)} recorded; chains and digests verify"
         )
