@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration conformance bench lint clean tools chromium
+.PHONY: demo test test-unit test-integration conformance bench faults faults-full lint clean tools chromium
 
 # Command-line tools the deploy checks run: promtool (Debian `prometheus`) and kubectl (Debian `kubectl`).
 APT_TOOLS := promtool:prometheus kubectl:kubectl
@@ -53,6 +53,14 @@ bench: $(STAMP)
 	$(BIN)/python bench/policy_bench.py
 	$(BIN)/python bench/audit_index_bench.py
 	$(BIN)/python bench/recorder_bench.py
+
+# Fault and load suite (bench/README.md): every scenario at small scale (a few minutes); faults-full: full scale.
+# disk-full mounts a tmpfs: needs root (CI runs as root).
+faults: $(STAMP)
+	$(BIN)/python bench/fault_suite.py all --scale small
+
+faults-full: $(STAMP)
+	$(BIN)/python bench/fault_suite.py all --scale full
 
 lint: $(STAMP)
 	$(BIN)/ruff check extproc tests bench

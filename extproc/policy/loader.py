@@ -201,7 +201,8 @@ class PolicyWatcher:
         self.reloads = 0
         self.reload_failures = 0
         self.last_error: str | None = None
-        self._seen = self.current.fingerprint
+        self._seen: str | None = self.current.fingerprint
+        self.settle = min(interval / 2, 0.25)  # how long a changed version must stay unchanged to be loaded
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -217,17 +218,29 @@ class PolicyWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def _fingerprint(self) -> str:
+        try:
+            return await asyncio.to_thread(fingerprint, self.directory)
+        except ConfigError as e:
+            return f"unreadable: {e}"
+
     async def check(self) -> bool:
         """Look once for a change; returns True if a new policy was installed."""
-        try:
-            seen = await asyncio.to_thread(fingerprint, self.directory)
-        except ConfigError as e:
-            seen = f"unreadable: {e}"
+        seen = await self._fingerprint()
         if seen == self._seen:
             return False
+        # A file being written (a copy, an editor saving in place) reads as a prefix, and a prefix that ends
+        # between two rules is a valid policy with rules missing. Load a version only once it has stayed the same
+        # for a moment, and only if what was loaded is that version (found by bench/faults/policy_reload.py).
+        await asyncio.sleep(self.settle)
+        if await self._fingerprint() != seen:
+            return False  # still changing: look again next round
         self._seen = seen  # remember even a bad version, so one bad edit is counted (and logged) once
         try:
             policy = await asyncio.to_thread(load_policy, self.directory, self.known_servers)
+            if policy.fingerprint != seen:
+                self._seen = None  # changed again while loading: not this version; look again next round
+                return False
         except Exception as e:
             self.reload_failures += 1
             self.last_error = str(e)
