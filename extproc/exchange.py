@@ -143,8 +143,6 @@ class Exchange:
             return refused
         if msg.end_of_stream and (held := self.log.cannot_hold()) is not None:
             return self._refuse(held)
-        if msg.end_of_stream:  # a GET or DELETE goes upstream now: its start must be on disk first
-            await self._durable()
         route = admission.route_headers
         remove = UPSTREAM_REMOVE if route else (*UPSTREAM_REMOVE, UPSTREAM_HEADER)
         return responses.request_headers({**self._upstream_headers(), **route}, remove, clear_route_cache=bool(route))
@@ -167,10 +165,8 @@ class Exchange:
             return self._refuse(e)
         if (refused := await self._decide(parsed)) is not None:
             return refused
-        if (held := self.log.cannot_hold()) is not None:
-            return self._refuse(held)
-        await self._durable()  # the server executes only what is on disk: a kill -9 now leaves it marked incomplete
-        return responses.request_body(forward)
+        held = self.log.cannot_hold()
+        return self._refuse(held) if held is not None else responses.request_body(forward)
 
     async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
         """Learn the recording unit (the server names its session) and how the body is framed."""
@@ -190,7 +186,6 @@ class Exchange:
             return self._refuse(EncodedResponse(encoding))
         if msg.end_of_stream:
             self.finish("complete")
-            await self._durable()
         ok = 200 <= self.status < 300 and not msg.end_of_stream
         content_type = headers.get("content-type", "")
         seal_sse = self._seal_state if ok and self._may_ask else None
@@ -218,7 +213,6 @@ class Exchange:
         reply = self._rewrite_buffered(chunk) if self._buffered else None
         if msg.end_of_stream:
             self.finish("complete")
-            await self._durable()  # the client gets the last bytes only once what it got is on disk
         if reply is not None:
             return reply
         return responses.streamed_body(released) if released is not None else responses.response_body()
@@ -257,13 +251,6 @@ class Exchange:
             ends_session=self.ends_session or is_synthetic_session(self.session or ""),
         )
         self.log.emit(end, must=False)
-
-    async def _durable(self) -> None:
-        """Fail closed: wait until this exchange's events are written and fsynced (group commit in the recorder).
-        A processor killed before that leaves the server unasked or the client without the end of its answer,
-        never an answered call without a record."""
-        if self.admitted is not None and self.gw.options.required:
-            await self.gw.sink.durable()
 
     # --- request side ----------------------------------------------------------------------------------------
 

@@ -38,7 +38,3 @@ class EventSink(Protocol):
     def emit(self, event: Event) -> bool:
         """Queue one event; False when it could not be taken."""
         ...
-
-    async def durable(self) -> None:
-        """Return once every event emitted so far is on disk; raise StoreError when it cannot be made so."""
-        ...

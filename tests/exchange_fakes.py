@@ -59,15 +59,11 @@ class FakeSink:
     accepting: bool = True
     takes: bool = True
     events: list[Event] = field(default_factory=list)
-    durable_calls: int = 0
 
     def emit(self, event: Event) -> bool:
         if self.takes:
             self.events.append(event)
         return self.takes
-
-    async def durable(self) -> None:
-        self.durable_calls += 1
 
     def types(self) -> list[str]:
         return [e.type for e in self.events]

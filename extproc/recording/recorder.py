@@ -144,10 +144,6 @@ class Recorder:
         self.wall_clock = wall_clock
         self._task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
-        # Group commit: exchanges that must not release anything before their events are on disk wait here.
-        self._accepted = 0  # events taken by emit()
-        self._durable = 0  # of those, how many are written and fsynced in the spool
-        self._durability: list[tuple[int, asyncio.Future[None]]] = []
 
     @property
     def accepting(self) -> bool:
@@ -175,7 +171,6 @@ class Recorder:
             self.lost_events += 1
             return False
         self._buf.append(event)
-        self._accepted += 1
         waiter = self._waiter
         if waiter is not None and not waiter.done():  # only the first event of a round wakes the writer
             waiter.set_result(None)
@@ -209,31 +204,6 @@ class Recorder:
             self.uploader.summary(),
         )
 
-    async def durable(self, within: float = 5.0) -> None:
-        """Return once every event emitted so far is written and fsynced in the spool (group commit: one fsync
-        serves every exchange waiting in the same round). Raises StoreError when that does not happen in time."""
-        target = self._accepted
-        if target <= self._durable:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._durability.append((target, fut))
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), within)
-        except TimeoutError:
-            raise StoreError(f"recording not durable within {within:.1f}s") from None
-
-    def _release_durable(self, upto: int) -> None:
-        self._durable = max(self._durable, upto)
-        waiting, self._durability = self._durability, []
-        for target, fut in waiting:
-            if target <= self._durable:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                self._durability.append((target, fut))
-
     async def flushed(self, within: float = 5.0) -> None:
         """Wait until everything emitted so far has been written and synced (for tests and shutdown)."""
         self._synced.clear()
@@ -255,11 +225,9 @@ class Recorder:
             await self._next_round(self._timeout(dirty, last_sync))
             stopping = self._stopping
             batch = self._take(everything=stopping)
-            upto = self._accepted - len(self._buf)  # every event emitted before this round's batch was taken
             ended = self._chain(batch)
             self._cut(ended, stopping)
-            waited_on = bool(self._durability)
-            sync_due = ended or stopping or waited_on or self._clock() - last_sync >= self.flush_interval
+            sync_due = ended or stopping or self._clock() - last_sync >= self.flush_interval
             wrote, synced = await self._write(sync=sync_due)
             dirty = (dirty or wrote) and not synced
             self._settle()
@@ -269,16 +237,10 @@ class Recorder:
                 dirty = not synced
             if synced:
                 last_sync = self._clock()
-            if not dirty and not any(isinstance(op, tuple) for st in self._active.values() for op in st.ops):
-                self._release_durable(upto)  # nothing of this round waits to be written or synced
             if not dirty and not self._has_ops() and not self._seal_due() and not self._buf:
                 self._synced.set()
             if stopping and not self._buf:
                 break
-        for _, fut in self._durability:  # stopped: whoever still waits is told so (their exchanges fail closed)
-            if not fut.done():
-                fut.set_exception(StoreError("recorder stopped before the events were durable"))
-        self._durability = []
         lost = sum(1 for s in [*self._streams.values(), *self._orphans] for op in s.ops if isinstance(op, tuple))
         if lost:  # the spool is still failing at shutdown: say exactly what could not be written
             self.lost_events += lost
@@ -298,7 +260,7 @@ class Recorder:
 
     async def _next_round(self, wake_after: float | None) -> None:
         """Sleep until an event is emitted (or ``wake_after`` seconds), then linger so the round gathers neighbours."""
-        if self._buf or self._stopping or (self._durability and self.healthy):  # someone waits for an fsync
+        if self._buf or self._stopping:
             return
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()

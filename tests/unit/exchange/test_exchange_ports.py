@@ -169,28 +169,3 @@ async def test_a_server_cannot_name_its_session_like_a_gateway_unit(policy: Fake
     )
     assert _status(reply) == 502
     assert {e.session for e in sink.events} == {"x-ex1"}
-
-
-async def test_nothing_is_released_before_its_events_are_durable(policy: FakePolicy) -> None:
-    """The server gets the request, and the client the end of the answer, only after the recorder's fsync."""
-    sink = FakeSink()
-    ex = Exchange(_gateway(sink, policy))
-    await ex.on_request_headers(_request(session=bind("s", ALICE, KEY, SCOPE)))
-    assert sink.durable_calls == 0  # a POST goes nowhere before its body
-    await ex.on_request_body(_body(_call("echo", text="hi")))
-    assert sink.durable_calls == 1
-    await ex.on_response_headers(_headers({":status": "200", "content-type": "application/json"}))
-    await ex.on_response_body(_body({"jsonrpc": "2.0", "id": 1, "result": {}}))
-    assert sink.durable_calls == 2
-
-
-async def test_a_recorder_that_cannot_make_events_durable_fails_the_exchange(policy: FakePolicy) -> None:
-    class Stuck(FakeSink):
-        async def durable(self) -> None:
-            raise StoreError("recording not durable within 5.0s")
-
-    sink = Stuck()
-    ex = Exchange(_gateway(sink, policy))
-    await ex.on_request_headers(_request(session=bind("s", ALICE, KEY, SCOPE)))
-    with pytest.raises(StoreError):  # the stream loop aborts: Envoy fails the request, nothing reaches the server
-        await ex.on_request_body(_body(_call("echo", text="hi")))

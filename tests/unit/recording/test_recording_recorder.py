@@ -9,8 +9,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from extproc.errors import StoreError
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
 from extproc.recording.recorder import GENESIS, Recorder, chain_line
@@ -301,29 +299,3 @@ async def test_file_store_under_a_regular_file_fails_then_recovers(tmp_path: Pat
     events, problems = verify_stream("w", (blocker / "recordings" / "s" / "w.jsonl").read_bytes())
     assert problems == []
     assert [e["index"] for e in events] == [0, 1, 2, 3]
-
-
-async def test_durable_waits_for_the_fsync_not_the_flush_interval(tmp_path: Path) -> None:
-    """Group commit: an exchange that must not release anything unrecorded gets its events on disk at once, even
-    with a long flush interval, and one fsync serves every waiter of the round."""
-    store = FileStore(tmp_path)
-    rec = Recorder(store, writer_id="w", flush_interval=60, queue_size=5000)
-    await rec.start()
-    for e in _events("s", 700):  # more than one round's batch
-        assert rec.emit(e)
-    started = time.monotonic()
-    await asyncio.gather(rec.durable(), rec.durable(), rec.durable())
-    assert time.monotonic() - started < 5  # not the 60 s flush interval
-    assert rec.written_events == 700
-    spooled = b"".join(p.read_bytes() for p in rec.spool.path.rglob("*.seg"))
-    assert spooled.count(b"\n") >= 700  # on disk in the spool, before any segment is sealed or shipped
-    await rec.durable()  # nothing new: returns at once
-    await rec.close()
-    await store.close()
-
-
-async def test_durable_fails_closed_when_the_recorder_stops_first(tmp_path: Path) -> None:
-    rec = Recorder(FileStore(tmp_path), writer_id="w", flush_interval=60)
-    rec.emit(_events("s", 1)[0])  # not started: nothing will write it
-    with pytest.raises(StoreError):
-        await rec.durable(within=0.2)
