@@ -46,19 +46,22 @@ def request_headers(
     )
 
 
-def request_body(replace: bytes | None = None) -> ep.ProcessingResponse:
-    """Let the (buffered) request body through, unchanged or replaced (Content-Length follows)."""
+def _body(replace: bytes | None) -> ep.BodyResponse:
+    """Continue with the body as it is, or replace a whole (buffered) body; Content-Length follows."""
     if replace is None:
-        return ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse()))
-    return ep.ProcessingResponse(
-        request_body=ep.BodyResponse(
-            response=ep.CommonResponse(
-                status=ep.CommonResponse.CONTINUE_AND_REPLACE,
-                body_mutation=ep.BodyMutation(body=replace),
-                header_mutation=header_mutation({"content-length": str(len(replace))}),
-            )
+        return ep.BodyResponse(response=ep.CommonResponse())
+    return ep.BodyResponse(
+        response=ep.CommonResponse(
+            status=ep.CommonResponse.CONTINUE_AND_REPLACE,
+            body_mutation=ep.BodyMutation(body=replace),
+            header_mutation=header_mutation({"content-length": str(len(replace))}),
         )
     )
+
+
+def request_body(replace: bytes | None = None) -> ep.ProcessingResponse:
+    """Let the (buffered) request body through, unchanged or replaced."""
+    return ep.ProcessingResponse(request_body=_body(replace))
 
 
 def streamed_body(replace: bytes) -> ep.ProcessingResponse:
@@ -84,17 +87,7 @@ def response_headers(
 
 def response_body(replace: bytes | None = None) -> ep.ProcessingResponse:
     """Let a response body chunk through, or replace the (buffered) body."""
-    if replace is None:
-        return ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse()))
-    return ep.ProcessingResponse(
-        response_body=ep.BodyResponse(
-            response=ep.CommonResponse(
-                status=ep.CommonResponse.CONTINUE_AND_REPLACE,
-                body_mutation=ep.BodyMutation(body=replace),
-                header_mutation=header_mutation({"content-length": str(len(replace))}),
-            )
-        )
-    )
+    return ep.ProcessingResponse(response_body=_body(replace))
 
 
 def immediate(
