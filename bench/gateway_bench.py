@@ -543,9 +543,14 @@ def envoy_and_processor(config: Path, upstream: Target, identities: list[Identit
         stack.stop()  # Envoy first, then the processor flushes its recording
 
 
-def run_load(ctx: mp.context.SpawnContext, target: Target, args: argparse.Namespace) -> LoadResult:
-    """Run one generator process against ``target`` and return what it measured."""
+def run_load(
+    ctx: mp.context.SpawnContext, target: Target, args: argparse.Namespace, profile: str | None = None
+) -> LoadResult:
+    """Run one generator process against ``target`` and return what it measured. With ``--profile`` and a
+    ``profile`` name, py-spy samples the processor during the measurement window into
+    ``bench/results/profile-<name>.txt`` (folded stacks, the input of flame graph tools)."""
     receive, send = ctx.Pipe(duplex=False)
+    spy: subprocess.Popen[bytes] | None = None
     gen = ctx.Process(
         target=run_generator,
         name="bench-generator",
@@ -555,10 +560,21 @@ def run_load(ctx: mp.context.SpawnContext, target: Target, args: argparse.Namesp
     gen.start()
     send.close()
     try:
+        if args.profile and profile and "processor" in target.pids:
+            time.sleep(args.warmup)
+            out = RESULTS.parent / f"profile-{profile}.txt"
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(target.pids["processor"]),
+                 "-d", str(int(args.seconds)), "-r", "200", "-f", "raw", "-o", str(out),
+                 *os.environ.get("PYSPY_ARGS", "").split()],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         if not receive.poll(args.warmup + args.seconds + 60):
             raise TimeoutError("the load generator did not report back")
         return receive.recv()
     finally:
+        if spy is not None:
+            spy.wait(30)
         stop_process(gen)
         receive.close()
 
@@ -754,12 +770,12 @@ def run_scenarios(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], 
         print(f"{NOOP} (--passthrough, nothing recorded) ...", flush=True)
         noop = write_anonymous_config(workdir / "noop", upstream.port)  # its own recording dir, to check it stays empty
         with envoy_and_noop_processor(noop, upstream) as target:
-            scenarios[NOOP] = summarize(run_load(ctx, target, args))
+            scenarios[NOOP] = summarize(run_load(ctx, target, args, "noop"))
         checks[NOOP] = empty_recording_check(noop)
 
         print(f"{ANONYMOUS}, recording on ...", flush=True)
         with envoy_and_processor(anonymous, upstream, upstream.identities) as target:
-            loaded = run_load(ctx, target, args)
+            loaded = run_load(ctx, target, args, "anonymous")
             scenarios[ANONYMOUS] = summarize(loaded)
         # The Stack is stopped here, so the processor has flushed every event it accepted.
         checks[ANONYMOUS] = recording_check(anonymous, loaded)
@@ -769,7 +785,7 @@ def run_scenarios(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], 
             authed = write_authed_config(workdir / "authed", upstream.port, issuer.url)
             identities = authed_identities(authed, issuer, args.concurrency)
             with envoy_and_processor(authed, upstream, identities) as target:
-                loaded = run_load(ctx, target, args)
+                loaded = run_load(ctx, target, args, "authed")
                 scenarios[AUTHED] = summarize(loaded)
         checks[AUTHED] = recording_check(authed, loaded)
     return scenarios, checks
@@ -787,6 +803,11 @@ def main(argv: list[str] | None = None) -> int:
         help="upstream pause before each SSE event; >0 makes each event its own body chunk (default 0)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results (default bench/results/gateway.json)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy samples the processor of N, B0 and B during their windows (bench/results/profile-*.txt)",
+    )
     args = parser.parse_args(argv)
     # SIGTERM (e.g. from CI) unwinds through the finally blocks, so no process outlives the run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
