@@ -36,6 +36,7 @@ from extproc.errors import (
     PolicyDenied,
     RemovedMethod,
     ReservedSessionId,
+    StoreError,
 )
 from extproc.gateway import Gateway
 from extproc.logs import access, verdict_fields
@@ -141,8 +142,8 @@ class Exchange:
         method = headers.get(":method", "")
         if method in HTTP_METHODS and (refused := self._authorize_http(HTTP_METHODS[method])) is not None:
             return refused
-        if msg.end_of_stream and (held := self.log.cannot_hold()) is not None:
-            return self._refuse(held)
+        if msg.end_of_stream and (refused := await self._commit()) is not None:  # a GET or DELETE goes upstream now
+            return refused
         route = admission.route_headers
         remove = UPSTREAM_REMOVE if route else (*UPSTREAM_REMOVE, UPSTREAM_HEADER)
         return responses.request_headers({**self._upstream_headers(), **route}, remove, clear_route_cache=bool(route))
@@ -165,8 +166,9 @@ class Exchange:
             return self._refuse(e)
         if (refused := await self._decide(parsed)) is not None:
             return refused
-        held = self.log.cannot_hold()
-        return self._refuse(held) if held is not None else responses.request_body(forward)
+        if (refused := await self._commit()) is not None:  # the server executes only what is on disk
+            return refused
+        return responses.request_body(forward)
 
     async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
         """Learn the recording unit (the server names its session) and how the body is framed."""
@@ -186,6 +188,7 @@ class Exchange:
             return self._refuse(EncodedResponse(encoding))
         if msg.end_of_stream:
             self.finish("complete")
+            await self.log.commit()
         ok = 200 <= self.status < 300 and not msg.end_of_stream
         content_type = headers.get("content-type", "")
         seal_sse = self._seal_state if ok and self._may_ask else None
@@ -213,6 +216,8 @@ class Exchange:
         reply = self._rewrite_buffered(chunk) if self._buffered else None
         if msg.end_of_stream:
             self.finish("complete")
+        if self.admitted is not None:
+            await self.log.commit()  # the client sees only what is on disk; a failing spool fails the stream
         if reply is not None:
             return reply
         return responses.streamed_body(released) if released is not None else responses.response_body()
@@ -251,6 +256,17 @@ class Exchange:
             ends_session=self.ends_session or is_synthetic_session(self.session or ""),
         )
         self.log.emit(end, must=False)
+
+    async def _commit(self) -> ep.ProcessingResponse | None:
+        """The request goes upstream only once its events are on disk: a processor killed after this leaves the
+        exchange recorded (marked incomplete), never executed unrecorded. Refused (503) when that cannot be."""
+        if (held := self.log.cannot_hold()) is not None:
+            return self._refuse(held)
+        try:
+            await self.log.commit()
+        except StoreError as e:
+            return self._refuse(e)
+        return None
 
     # --- request side ----------------------------------------------------------------------------------------
 

@@ -38,3 +38,8 @@ class EventSink(Protocol):
     def emit(self, event: Event) -> bool:
         """Queue one event; False when it could not be taken."""
         ...
+
+    async def written(self) -> None:
+        """Return once every event taken so far is on disk (survives the processor's death); ``StoreError``
+        when that cannot happen (spool failing, recorder stopped) or takes too long."""
+        ...

@@ -59,11 +59,18 @@ class FakeSink:
     accepting: bool = True
     takes: bool = True
     events: list[Event] = field(default_factory=list)
+    commits: list[int] = field(default_factory=list)  # len(events) at each commit point
+    write_error: Exception | None = None  # raised at a commit point (a failing spool)
 
     def emit(self, event: Event) -> bool:
         if self.takes:
             self.events.append(event)
         return self.takes
+
+    async def written(self) -> None:
+        self.commits.append(len(self.events))
+        if self.write_error is not None:
+            raise self.write_error
 
     def types(self) -> list[str]:
         return [e.type for e in self.events]

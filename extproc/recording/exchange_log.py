@@ -50,6 +50,14 @@ class ExchangeLog:
             ev.session = unit
             self._send(ev, must)
 
+    async def commit(self) -> None:
+        """A commit point: return once this exchange's events so far are on disk, so the data path may go on.
+
+        Events still held (the unit not known yet: an ``initialize`` before the server names its session) cannot
+        be written; they go out, and are committed, with the response. Without ``required`` nothing waits."""
+        if self._required and not self._held:
+            await self._sink.written()
+
     def cannot_hold(self) -> StoreError | None:
         """Held events are not queued yet: the request may go upstream only if the sink can still take them."""
         if self._held and self._required and not self._sink.accepting:

@@ -130,6 +130,7 @@ class Recorder:
         self._buf: list[Event] = []
         self._max_queue = queue_size
         self._waiter: asyncio.Future[None] | None = None
+        self._lingering = False  # the writer gathers a round: emit() does not wake it, a commit point does
         self._stopping = False
         self.linger = min(linger, flush_interval)
         self._streams: dict[str, _Stream] = {}
@@ -144,6 +145,10 @@ class Recorder:
         self.wall_clock = wall_clock
         self._task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
+        # Commit points (``written``): exchanges that must not go on before their events are in the spool file.
+        self._accepted = 0  # events taken by emit()
+        self._done = 0  # of those, how many are in the spool file (or were dropped by recording.required: false)
+        self._commits: list[tuple[int, asyncio.Future[None]]] = []
 
     @property
     def accepting(self) -> bool:
@@ -171,8 +176,9 @@ class Recorder:
             self.lost_events += 1
             return False
         self._buf.append(event)
+        self._accepted += 1
         waiter = self._waiter
-        if waiter is not None and not waiter.done():  # only the first event of a round wakes the writer
+        if waiter is not None and not self._lingering and not waiter.done():  # only a round's first event wakes it
             waiter.set_result(None)
         return True
 
@@ -204,6 +210,42 @@ class Recorder:
             self.uploader.summary(),
         )
 
+    async def written(self, within: float = 5.0) -> None:
+        """Return once every event emitted so far is written to the spool file: a commit point of the data path.
+
+        Written means in the operating system's hands: a processor killed (``kill -9``) from here on loses none of
+        these events; the fsync that also covers a machine crash follows within ``flush_interval``. Every exchange
+        waiting in the same round shares one thread hop (group commit), and a waiting round skips the linger.
+        Raises ``StoreError`` at once while the spool is failing, and when the write does not happen within
+        ``within`` seconds: the caller fails closed."""
+        target = self._accepted
+        if target <= self._done:
+            return
+        if not self.healthy or self._task is None:
+            raise StoreError("recording spool not writable; events not on disk")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commits.append((target, fut))
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), within)
+        except TimeoutError:
+            raise StoreError(f"recording events not written to the spool within {within:g}s") from None
+
+    def _settle_commits(self, upto: int, error: str | None) -> None:
+        """Release the commit waiters whose events are written; with ``error`` (spool failing) fail the others."""
+        self._done = max(self._done, upto)
+        waiting, self._commits = self._commits, []
+        for target, fut in waiting:
+            if fut.done():
+                continue
+            if target <= self._done:
+                fut.set_result(None)
+            elif error is not None:
+                fut.set_exception(StoreError(error))
+            else:
+                self._commits.append((target, fut))
+
     async def flushed(self, within: float = 5.0) -> None:
         """Wait until everything emitted so far has been written and synced (for tests and shutdown)."""
         self._synced.clear()
@@ -213,6 +255,10 @@ class Recorder:
 
     def _has_ops(self) -> bool:
         return any(s.ops for s in self._active.values()) or bool(self._orphans)
+
+    def _has_lines(self) -> bool:
+        """Chained lines not yet in the spool file (a manifest waiting alone does not hold a commit)."""
+        return any(isinstance(op, tuple) for s in [*self._active.values(), *self._orphans] for op in s.ops)
 
     def _seal_due(self) -> bool:
         """A segment whose seal is held back until the seal interval has passed."""
@@ -225,6 +271,7 @@ class Recorder:
             await self._next_round(self._timeout(dirty, last_sync))
             stopping = self._stopping
             batch = self._take(everything=stopping)
+            upto = self._accepted - len(self._buf)  # every event emitted before this round's batch was taken
             ended = self._chain(batch)
             self._cut(ended, stopping)
             sync_due = ended or stopping or self._clock() - last_sync >= self.flush_interval
@@ -237,10 +284,15 @@ class Recorder:
                 dirty = not synced
             if synced:
                 last_sync = self._clock()
+            if not self._has_lines():
+                self._settle_commits(upto, None)  # nothing of this round waits to be written
+            elif not self.healthy:
+                self._settle_commits(upto, "recording spool failing; events not on disk")
             if not dirty and not self._has_ops() and not self._seal_due() and not self._buf:
                 self._synced.set()
             if stopping and not self._buf:
                 break
+        self._settle_commits(self._done, "recorder stopped before the events were written")
         lost = sum(1 for s in [*self._streams.values(), *self._orphans] for op in s.ops if isinstance(op, tuple))
         if lost:  # the spool is still failing at shutdown: say exactly what could not be written
             self.lost_events += lost
@@ -259,20 +311,25 @@ class Recorder:
         return None
 
     async def _next_round(self, wake_after: float | None) -> None:
-        """Sleep until an event is emitted (or ``wake_after`` seconds), then linger so the round gathers neighbours."""
-        if self._buf or self._stopping:
-            return
+        """Sleep until an event is emitted (or ``wake_after`` seconds), then linger so the round gathers neighbours;
+        an exchange waiting at a commit point cuts the linger short."""
+        if not self._buf and not self._stopping:
+            await self._sleep(wake_after)
+        if self._buf and self.linger > 0 and not self._stopping and not self._commits:
+            await self._sleep(self.linger, lingering=True)
+
+    async def _sleep(self, seconds: float | None, lingering: bool = False) -> None:
+        """Sleep ``seconds`` (None: until woken). ``written`` wakes it; ``emit`` too, unless it is a linger."""
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(wake_after, _wake, waiter) if wake_after is not None else None
+        self._lingering = lingering
+        timer = loop.call_later(seconds, _wake, waiter) if seconds is not None else None
         try:
             await waiter
         finally:
-            self._waiter = None
+            self._waiter, self._lingering = None, False
             if timer is not None:
                 timer.cancel()
-        if self._buf and self.linger > 0 and not self._stopping:
-            await asyncio.sleep(self.linger)
 
     def _take(self, everything: bool) -> list[Event]:
         if everything or len(self._buf) <= _MAX_BATCH:
@@ -400,7 +457,7 @@ class Recorder:
             return False, False
         sync = sync and self.healthy and self.spool.is_open
         try:
-            done, error = await self.spool.write(batch, sync=sync)
+            done, error = await self.spool.write(batch, sync=sync, bounded=False)
         except StoreError as e:  # full (nothing was written), or the fsync failed
             self._set_health(False, str(e))
             return False, False

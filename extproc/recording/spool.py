@@ -145,8 +145,15 @@ class Spool:
 
     # --- writing -----------------------------------------------------------------------------------------------
 
-    async def write(self, ops: list[Append | Manifest], sync: bool = False) -> tuple[int, StoreError | None]:
+    async def write(
+        self, ops: list[Append | Manifest], sync: bool = False, bounded: bool = True
+    ) -> tuple[int, StoreError | None]:
         """Apply appends and seals in order, all in ONE thread hop; returns how many were done and the error, if any.
+
+        ``bounded``: refuse (``SpoolFull``) appends that would pass ``max_bytes``. The recorder writes unbounded:
+        it stops admitting new exchanges at the bound (``has_room``), and what exchanges already admitted record
+        must still reach the disk, or a refused line would hold back the seal behind it and the spool could never
+        drain (a full disk still fails the write, and the line waits).
 
         With ``sync``, everything written since the last sync is fsynced in the same hop once all ops are done
         (StoreError if that fails).
@@ -157,7 +164,7 @@ class Spool:
         if not self.is_open:
             await self.open()
         adding = sum(len(op.data) for op in ops if isinstance(op, Append))
-        if self.size and self.size + adding > self.max_bytes:
+        if bounded and self.size and self.size + adding > self.max_bytes:
             raise SpoolFull(f"spool {self.path} is full ({self.size} of {self.max_bytes} bytes): store not keeping up")
         done, error = await asyncio.to_thread(self._write_ops, ops, sync)
         for op in ops[:done]:

@@ -169,3 +169,38 @@ async def test_a_server_cannot_name_its_session_like_a_gateway_unit(policy: Fake
     )
     assert _status(reply) == 502
     assert {e.session for e in sink.events} == {"x-ex1"}
+
+
+async def test_commit_points_the_request_goes_upstream_and_the_answer_ends_only_once_on_disk(
+    policy: FakePolicy,
+) -> None:
+    sink = FakeSink()
+    ex = Exchange(_gateway(sink, policy))
+    await ex.on_request_headers(_request(session=bind("s", ALICE, KEY, SCOPE)))
+    assert sink.commits == []  # a POST's headers alone do not go upstream before its body
+    reply = await ex.on_request_body(_body(_call("echo", text="x")))
+    assert _status(reply) is None
+    assert sink.commits == [3]  # start, request and decision were on disk before the body was let through
+    await ex.on_response_headers(_headers({":status": "200", "content-type": "application/json"}))
+    await ex.on_response_body(_body({"jsonrpc": "2.0", "id": 1, "result": {}}))
+    assert sink.commits[-1] == len(sink.events) and sink.types()[-1] == "exchange.end"
+
+
+async def test_a_request_whose_events_cannot_be_written_is_refused_not_forwarded(policy: FakePolicy) -> None:
+    sink = FakeSink(write_error=StoreError("spool failing"))
+    ex = Exchange(_gateway(sink, policy))
+    await ex.on_request_headers(_request(session=bind("s", ALICE, KEY, SCOPE)))
+    reply = await ex.on_request_body(_body(_call("echo", text="x")))
+    assert _status(reply) == 503
+    assert sink.types()[-1] == "exchange.end"
+
+
+async def test_an_answer_whose_events_cannot_be_written_fails_the_stream(policy: FakePolicy) -> None:
+    sink = FakeSink()
+    ex = Exchange(_gateway(sink, policy))
+    await ex.on_request_headers(_request(session=bind("s", ALICE, KEY, SCOPE)))
+    await ex.on_request_body(_body(_call("echo", text="x")))
+    await ex.on_response_headers(_headers({":status": "200", "content-type": "text/event-stream"}))
+    sink.write_error = StoreError("spool failing")
+    with pytest.raises(StoreError):  # the stream loop aborts: Envoy fails the response, the client sees no more
+        await ex.on_response_body(_body(b'data: {"jsonrpc":"2.0","id":1,"result":{}}\n\n', end=False))

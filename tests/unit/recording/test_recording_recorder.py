@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from extproc.errors import StoreError
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
 from extproc.recording.recorder import GENESIS, Recorder, chain_line
@@ -252,7 +254,7 @@ async def test_spool_full_stops_accepting_until_the_store_drains_it(tmp_path: Pa
             break
 
     assert sent < 30
-    assert rec.spool.size <= 2000
+    assert rec.spool.size <= 2000 + 200  # past the bound by the last admitted event's line at most
     store.down = False
     await wait_for(lambda: rec.accepting and rec.written_events == sent)
     await rec.close()
@@ -299,3 +301,59 @@ async def test_file_store_under_a_regular_file_fails_then_recovers(tmp_path: Pat
     events, problems = verify_stream("w", (blocker / "recordings" / "s" / "w.jsonl").read_bytes())
     assert problems == []
     assert [e["index"] for e in events] == [0, 1, 2, 3]
+
+
+async def test_written_returns_once_the_events_are_in_the_spool_file_without_waiting_the_linger(
+    tmp_path: Path,
+) -> None:
+    rec = Recorder(FileStore(tmp_path), writer_id="w", flush_interval=5.0, linger=5.0)  # a round would linger 5 s
+    await rec.start()
+    for e in _events("s", 3):
+        rec.emit(e)
+    t0 = time.monotonic()
+    await rec.written()
+    took = time.monotonic() - t0
+
+    segment = next((tmp_path / ".spool").rglob("*.seg"))
+    lines = _lines(segment.read_bytes())  # in the file now: a kill -9 of the processor can no longer lose them
+    assert [line["seq"] for line in lines] == [0, 1, 2]
+    assert took < 2.0  # the commit point cut the linger short
+    await rec.written()  # nothing new: returns at once
+    await rec.close()
+
+
+async def test_written_fails_at_once_while_the_spool_is_failing(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    rec = Recorder(FileStore(tmp_path / "store"), writer_id="w", spool_dir=blocker / "spool", flush_interval=0.01)
+    await rec.start()  # the spool cannot be opened: unhealthy
+    rec.emit(_events("s", 1)[0])
+    t0 = time.monotonic()
+    with pytest.raises(StoreError):
+        await rec.written()
+    assert time.monotonic() - t0 < 1.0
+    await rec.close()
+
+
+async def test_a_full_spool_refuses_new_work_but_writes_and_seals_what_was_admitted(tmp_path: Path) -> None:
+    # Each event waits at its commit point, as an exchange does. The line that passes the bound must still be
+    # written: refused, it would hold back its segment's seal, and the spool could never drain (it used to hang).
+    store = FlakyStore(FileStore(tmp_path))
+    rec = Recorder(store, writer_id="w", flush_interval=0.01, segment_age=0.01, spool_max_bytes=2000)
+    rec.uploader.backoff = 0.001
+    await rec.start()
+    sent = 0
+    for e in _events("s", 60):
+        rec.emit(e)
+        sent += 1
+        await rec.written(within=2.0)
+        if not rec.accepting:  # new exchanges are refused from here on
+            break
+    assert sent < 60
+    store.down = False
+    await wait_for(lambda: rec.accepting)  # the store took the sealed segments: room again
+    rec.emit(_events("s", 1, exchange="after")[0])
+    await rec.written(within=5.0)
+    await rec.close()
+    events, problems = verify_stream("w", store.read_session("s")["w"].data)
+    assert problems == [] and len(events) == sent + 1
