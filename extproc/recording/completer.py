@@ -53,15 +53,20 @@ class Completer:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="completer")
 
-    async def stop(self) -> None:
+    async def stop(self, drain_within: float = 10.0) -> None:
+        """Stop adopting; ship what adopted spools still hold (within ``drain_within`` seconds), then let go of
+        them. Whatever the store did not take stays in the folder for the next completer, nothing is lost."""
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        for uploader in self._adopted.values():
-            await uploader.spool.close(remove_if_empty=False)
+        for folder, uploader in list(self._adopted.items()):
+            await uploader.stop()
+            drained = folder not in self._open_chains and await uploader.drain(drain_within)
+            await uploader.spool.close(remove_if_empty=drained)
+        self._adopted.clear()
 
     async def _run(self) -> None:
         while True:
@@ -86,15 +91,19 @@ class Completer:
                 log.warning("completing the recordings of dead writer %s", folder.name)
                 for stream in spool.streams():
                     await self._complete(spool, stream)
-                self._adopted[folder] = Uploader(spool, self.store, on_stored=self.on_stored)
+                # Shipping starts at once, in its own task beside the live traffic: a dead writer's segments do not
+                # wait for this loop's drain or its next round.
+                uploader = self._adopted[folder] = Uploader(spool, self.store, on_stored=self.on_stored)
+                uploader.start()
                 self._open_chains.add(folder)
-        for folder in sorted(self._open_chains):  # before shipping: the folder goes once it is empty
+        for folder in sorted(self._open_chains):  # before the folder goes (once it is empty)
             if await close_for_dead_writer(folder, folder.name, self.store, self.signer, self.recorder.writer_id):
                 self._open_chains.discard(folder)
         for folder, uploader in list(self._adopted.items()):
             if folder in self._open_chains:
                 continue  # its chain is closed first (the store refused: next round)
-            if await uploader.drain(drain_within):
+            if await uploader.drain(drain_within):  # mostly shipped already by its own task
+                await uploader.stop()
                 await uploader.spool.close()
                 del self._adopted[folder]
         return adopted

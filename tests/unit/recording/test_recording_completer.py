@@ -8,6 +8,7 @@ from pathlib import Path
 
 from recording_helpers import emit_exchanges
 
+from extproc.errors import StoreError
 from extproc.recording.audit import audit
 from extproc.recording.completer import Completer
 from extproc.recording.digest import Digest, DigestLog
@@ -136,3 +137,36 @@ async def test_a_dead_writers_digest_chain_is_closed_on_its_behalf(tmp_path: Pat
     assert result.findings == [] and not any("dead: no closing digest" in n for n in result.notes)
     shutil.rmtree(root / "s2")
     assert "session 's2' missing (deleted)" in " ".join(audit(store, load_public_key(pub)).findings)
+
+
+class _DownStore(FileStore):
+    """A file store that refuses segments while ``down``."""
+
+    down = True
+
+    async def put_segment(self, segment: Segment) -> None:
+        if self.down:
+            raise StoreError("store down")
+        await super().put_segment(segment)
+
+
+async def test_stopping_ships_what_an_adopted_spool_still_holds(tmp_path: Path) -> None:
+    # The store refuses during the adoption round; it is back when the processor stops. The dead writer's
+    # segments must go to the store then, not wait in the folder for some later process.
+    key, _ = generate_keys(tmp_path / "keys")
+    signer = Signer.from_file(key)
+    root = tmp_path / "rec"
+    await _dead_writer(root / ".spool")
+    store = _DownStore(root)
+    rec = Recorder(store, writer_id="live", flush_interval=0.01, signer=signer)
+    await rec.start()
+    completer = Completer(root / ".spool", store, rec, signer)
+
+    assert await completer.run_once(drain_within=0.05) == 1
+    assert "dead" not in store.read_session("s")
+    store.down = False
+    await completer.stop()
+    await rec.close()
+
+    assert store.read_session("s")["dead"].data.count(b"\n") == 4
+    assert not (root / ".spool" / "dead").exists()  # shipped and let go of
