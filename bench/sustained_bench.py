@@ -138,10 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         f"processor CPU {cpu.get('processor')} ms per request"
     )
     verdict = "ok" if check["ok"] else "MISMATCH"
-    print(f"recording check: {check['recorded_events']} events written, {check['expected_events']} expected ({verdict})")
+    written, expected = check["recorded_events"], check["expected_events"]
+    print(f"recording check: {written} events written, {expected} expected ({verdict})")
     peak_queue = max((r["events_queued"] for r in table), default=0)
     waiting = table[-1]["segments_waiting"] if table else 0
-    print(f"recorder backlog: at most {peak_queue:.0f} events queued at a sample; {waiting:.0f} segments waiting at the end")
+    print(f"recorder backlog: at most {peak_queue:.0f} events queued; {waiting:.0f} segments waiting at end")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": info, "args": {**vars(args), "out": str(args.out)}, "summary": summary, "samples": table}
     args.out.write_text(json.dumps({**report, "check": check}, indent=2, default=str))
