@@ -4,7 +4,9 @@
 event of a round wakes the writer, which then lingers a few milliseconds so the events of nearby exchanges
 share the round. A single writer task serializes each event once (orjson), chains it (each line carries the
 SHA-256 of the previous line of its stream) and appends the round to the spool in one thread hop, together with
-the ``fsync`` that runs on a short interval and whenever an exchange ends. Streams are cut into
+the ``fsync`` that runs on a short interval and whenever an exchange ends. An exchange at a commit point
+(``written``: before its request goes upstream, before a response chunk goes to the client) cuts the linger
+short and waits for that round's write: group commit. Streams are cut into
 segments (at an exchange end, a size or an age); each finished segment gets a signed manifest and is handed to
 the uploader. A stream ends, with a ``final`` manifest, when an exchange states that its session is over
 (``ExchangeEnd.ends_session``), when the session goes idle, or when the processor stops.
