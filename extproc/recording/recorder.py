@@ -225,14 +225,16 @@ class Recorder:
             return
         if not self.healthy or self._task is None:
             raise StoreError("recording spool not writable; events not on disk")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         self._commits.append((target, fut))
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        timer = loop.call_later(within, _expire, fut, within)  # a timer handle, not a wait_for task per commit
         try:
-            await asyncio.wait_for(asyncio.shield(fut), within)
-        except TimeoutError:
-            raise StoreError(f"recording events not written to the spool within {within:g}s") from None
+            await fut
+        finally:
+            timer.cancel()
 
     def _settle_commits(self, upto: int, error: str | None) -> None:
         """Release the commit waiters whose events are written; with ``error`` (spool failing) fail the others."""
@@ -277,7 +279,13 @@ class Recorder:
             ended = self._chain(batch)
             self._cut(ended, stopping)
             sync_due = ended or stopping or self._clock() - last_sync >= self.flush_interval
-            wrote, synced = await self._write(sync=sync_due)
+            # Exchanges waiting at a commit point go on once the lines are written; the fsync follows on its own.
+            waited_on = bool(self._commits)
+            wrote, synced = await self._write(sync=sync_due and not waited_on)
+            if not self._has_lines():
+                self._settle_commits(upto, None)  # nothing of this round waits to be written
+            elif not self.healthy:
+                self._settle_commits(upto, "recording spool failing; events not on disk")
             dirty = (dirty or wrote) and not synced
             self._settle()
             dirty = dirty or not self.healthy  # a sync attempt is also the health probe
@@ -286,10 +294,6 @@ class Recorder:
                 dirty = not synced
             if synced:
                 last_sync = self._clock()
-            if not self._has_lines():
-                self._settle_commits(upto, None)  # nothing of this round waits to be written
-            elif not self.healthy:
-                self._settle_commits(upto, "recording spool failing; events not on disk")
             if not dirty and not self._has_ops() and not self._seal_due() and not self._buf:
                 self._synced.set()
             if stopping and not self._buf:
@@ -497,6 +501,11 @@ class Recorder:
         if ok != self.healthy:
             (log.info if ok else log.error)("recording spool %s%s", "recovered" if ok else "failing: ", why)
         self.healthy = ok
+
+
+def _expire(fut: asyncio.Future[None], within: float) -> None:
+    if not fut.done():
+        fut.set_exception(StoreError(f"recording events not written to the spool within {within:g}s"))
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

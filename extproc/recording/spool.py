@@ -64,6 +64,9 @@ class Sealed:
         return self.folder / f"{self.number:08d}.manifest"
 
 
+SegmentKey = tuple[str, str, int]  # session, writer, segment
+
+
 def stream_folder(session: str, writer: str) -> str:
     return f"{safe_key(writer)}@{safe_key(session)}"
 
@@ -79,8 +82,9 @@ class Spool:
         self.ready: deque[Sealed] = deque()  # sealed, in seal order: each stream's segments stay in order
         self.changed = asyncio.Event()  # set when something was sealed (wakes the uploader)
         self._lock: IO[bytes] | None = None
-        self._handles: OrderedDict[Path, IO[bytes]] = OrderedDict()
-        self._dirty: set[Path] = set()
+        # Open segment files by (session, writer, segment): no path is built for an append to an open file.
+        self._handles: OrderedDict[SegmentKey, IO[bytes]] = OrderedDict()
+        self._dirty: set[SegmentKey] = set()
         self._max_open = max_open
 
     @classmethod
@@ -166,7 +170,10 @@ class Spool:
         adding = sum(len(op.data) for op in ops if isinstance(op, Append))
         if bounded and self.size and self.size + adding > self.max_bytes:
             raise SpoolFull(f"spool {self.path} is full ({self.size} of {self.max_bytes} bytes): store not keeping up")
-        done, error = await asyncio.to_thread(self._write_ops, ops, sync)
+        if not sync and self._inline(ops):
+            done, error = self._apply(ops)  # appends to open files: page-cache writes of microseconds, no thread hop
+        else:
+            done, error = await asyncio.to_thread(self._write_ops, ops, sync)
         for op in ops[:done]:
             if isinstance(op, Append):
                 self.size += len(op.data)
@@ -184,6 +191,11 @@ class Spool:
                 self.changed.set()
         return done, error
 
+    def _inline(self, ops: list[Append | Manifest]) -> bool:
+        """Only appends to segment files already open: no mkdir, no new file, no fsync (a seal fsyncs)."""
+        handles = self._handles
+        return all(isinstance(op, Append) and (op.session, op.writer, op.segment) in handles for op in ops)
+
     def _write_ops(self, ops: list[Append | Manifest], sync: bool) -> tuple[int, StoreError | None]:
         done, error = self._apply(ops)
         if sync and error is None:
@@ -198,13 +210,12 @@ class Spool:
     def _apply(self, ops: list[Append | Manifest]) -> tuple[int, StoreError | None]:
         for i, op in enumerate(ops):
             if isinstance(op, Append):
-                folder = self.path / stream_folder(op.session, op.writer)
-                path = folder / f"{op.segment:08d}.seg"
+                key = (op.session, op.writer, op.segment)
                 try:
-                    self._append(folder, path, op.session, op.writer, op.data)
+                    self._append(key, op.data)
                 except OSError as e:
-                    self._forget(path)
-                    return i, StoreError(f"cannot append to spool file {path}: {e.strerror or e}")
+                    self._forget(key)
+                    return i, StoreError(f"cannot append to spool file {self._segment_path(key)}: {e.strerror or e}")
             else:
                 folder = self.path / stream_folder(op.session, op.writer)
                 data_path = folder / f"{op.segment:08d}.seg"
@@ -214,14 +225,20 @@ class Spool:
                     return i, StoreError(f"cannot seal spool segment {data_path}: {e.strerror or e}")
         return len(ops), None
 
-    def _append(self, folder: Path, path: Path, session: str, writer: str, data: bytes) -> None:
-        f = self._handles.get(path)
+    def _segment_path(self, key: SegmentKey) -> Path:
+        session, writer, segment = key
+        return self.path / stream_folder(session, writer) / f"{segment:08d}.seg"
+
+    def _append(self, key: SegmentKey, data: bytes) -> None:
+        f = self._handles.get(key)
         if f is None:
+            path = self._segment_path(key)
+            folder = path.parent
             if not folder.is_dir():
                 folder.mkdir(parents=True)
-                write_atomic(folder / "meta.json", jsonio.dumps({"session": session, "writer": writer}))
+                write_atomic(folder / "meta.json", jsonio.dumps({"session": key[0], "writer": key[1]}))
             f = open(path, "ab", buffering=0)  # unbuffered: no bytes of a failed write linger to be flushed later
-            self._handles[path] = f
+            self._handles[key] = f
             while len(self._handles) > self._max_open:
                 old, h = self._handles.popitem(last=False)
                 if old in self._dirty:
@@ -229,7 +246,7 @@ class Spool:
                     self._dirty.discard(old)
                 h.close()
         else:
-            self._handles.move_to_end(path)
+            self._handles.move_to_end(key)
         end = os.fstat(f.fileno()).st_size
         try:
             view = memoryview(data)
@@ -240,11 +257,11 @@ class Spool:
             # partial copy in front would break the chain (found by bench/faults/disk_full.py on a full tmpfs).
             os.ftruncate(f.fileno(), end)
             raise
-        self._dirty.add(path)
+        self._dirty.add(key)
 
-    def _forget(self, path: Path) -> None:
-        f = self._handles.pop(path, None)
-        self._dirty.discard(path)
+    def _forget(self, key: SegmentKey) -> None:
+        f = self._handles.pop(key, None)
+        self._dirty.discard(key)
         if f is not None:
             try:
                 f.close()
@@ -260,9 +277,9 @@ class Spool:
             self._dirty |= dirty
             raise StoreError(f"cannot fsync spool {self.path}: {e.strerror or e}") from e
 
-    def _fsync(self, paths: set[Path]) -> None:
-        for p in paths:
-            f = self._handles.get(p)
+    def _fsync(self, keys: set[SegmentKey]) -> None:
+        for k in keys:
+            f = self._handles.get(k)
             if f is not None:
                 os.fsync(f.fileno())
 
@@ -280,11 +297,12 @@ class Spool:
         self.changed.set()
 
     def _seal(self, folder: Path, data_path: Path, manifest: Manifest, raw: bytes) -> None:
-        f = self._handles.pop(data_path, None)
+        key = (manifest.session, manifest.writer, manifest.segment)
+        f = self._handles.pop(key, None)
         if f is not None:
             os.fsync(f.fileno())
             f.close()
-            self._dirty.discard(data_path)
+            self._dirty.discard(key)
         elif not data_path.exists():  # an empty segment (a final manifest with nothing after the last one)
             folder.mkdir(parents=True, exist_ok=True)
             if not (folder / "meta.json").exists():

@@ -43,8 +43,9 @@ async def test_a_failed_append_leaves_no_partial_line_and_the_retry_lands_once(t
     batch = Append("s1", "w1", 0, b'{"seq":1,"text":"a fairly long line"}\n{"seq":2}\n')
     assert await spool.write([first]) == (1, None)
     path = next((tmp_path / "spool" / "w1").rglob("00000000.seg"))
-    real = spool._handles[path]
-    spool._handles[path] = FillsUp(real, room=12)  # the disk fills up 12 bytes into the batch
+    key = ("s1", "w1", 0)
+    real = spool._handles[key]
+    spool._handles[key] = FillsUp(real, room=12)  # the disk fills up 12 bytes into the batch
 
     done, error = await spool.write([batch])
     assert done == 0 and error is not None and "No space left" in str(error)
