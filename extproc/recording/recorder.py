@@ -4,7 +4,7 @@
 event of a round wakes the writer, which then lingers a few milliseconds so the events of nearby exchanges
 share the round. A single writer task serializes each event once (orjson), chains it (each line carries the
 SHA-256 of the previous line of its stream) and appends the round to the spool in one thread hop, together with
-the ``fsync`` that runs on a short interval and whenever an exchange ends. An exchange at a commit point
+the ``fsync`` that runs on a short interval. An exchange at a commit point
 (``written``: before its request goes upstream, before a response chunk goes to the client) cuts the linger
 short and waits for that round's write: group commit. Streams are cut into
 segments (at an exchange end, a size or an age); each finished segment gets a signed manifest and is handed to
@@ -278,7 +278,8 @@ class Recorder:
             upto = self._accepted - len(self._buf)  # every event emitted before this round's batch was taken
             ended = self._chain(batch)
             self._cut(ended, stopping)
-            sync_due = ended or stopping or self._clock() - last_sync >= self.flush_interval
+            # fsync on the interval: commit points already wait for the write, which survives the process dying
+            sync_due = stopping or self._clock() - last_sync >= self.flush_interval
             # Exchanges waiting at a commit point go on once the lines are written; the fsync follows on its own.
             waited_on = bool(self._commits)
             wrote, synced = await self._write(sync=sync_due and not waited_on)
