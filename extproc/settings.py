@@ -311,6 +311,10 @@ class Recording(_Model):
     # 5 x flush_interval_ms. Every event is in the fsynced spool before that: a longer interval delays only what
     # the store shows, never what survives a crash.
     seal_interval_ms: Annotated[int, Field(ge=1, le=600_000)] | None = None
+    # Seals (by exchange end or segment age) per second across all streams of a processor: with many busy sessions
+    # each one's segments are sealed less often instead of the recorder's cost growing with the session count.
+    # Size cuts (segment_max_bytes) and stream ends are never held back.
+    max_seals_per_second: Annotated[float, Field(gt=0)] = 100.0
     queue_size: Annotated[int, Field(ge=16)] = 10_000
     # A body (request, response, SSE event, chunk) over this is kept as size + SHA-256 only, at every level.
     max_event_body_bytes: Annotated[int, Field(ge=1024)] = 1 << 20

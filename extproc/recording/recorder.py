@@ -93,6 +93,7 @@ class Recorder:
         queue_size: int = 10_000,
         flush_interval: float = 0.2,
         seal_interval: float | None = None,
+        seal_rate: float = 100.0,
         spool_dir: Path | None = None,
         spool_max_bytes: int = 1 << 30,
         segment_bytes: int = 1 << 20,
@@ -112,6 +113,10 @@ class Recorder:
         # A segment is sealed (signed, shipped) when an exchange of its stream ends, at most once per this interval:
         # every seal costs a signature, fsyncs and a store write, and the spool already holds every event durably.
         self.seal_interval = seal_interval if seal_interval is not None else 5 * flush_interval
+        # A token bucket over those seals, across all streams: the oldest segments go first when it runs short.
+        self.seal_rate = seal_rate
+        self._seal_tokens = seal_rate
+        self._seal_refill = clock()
         self.segment_bytes = segment_bytes
         self.segment_age = segment_age
         self.idle_timeout = idle_timeout
@@ -395,6 +400,7 @@ class Recorder:
         if stopping or now >= self._next_idle_scan:  # idle streams have no work but may time out
             candidates = self._streams
             self._next_idle_scan = now + min(1.0, self.idle_timeout)
+        due: list[_Stream] = []
         for session, st in list(candidates.items()):
             final = stopping or (not st.open and (st.end_now or now - st.last_event >= self.idle_timeout))
             if final:
@@ -407,10 +413,18 @@ class Recorder:
             elif st.seg_size and (
                 (st.due and now - st.last_seal >= self.seal_interval) or now - st.seg_opened >= self.segment_age
             ):
-                # Sealing signs a manifest: once per stream per seal interval, not once per exchange, so a busy
-                # session costs one signature per interval. A crash before the seal loses nothing: the completer
-                # seals every complete line left in the spool.
-                self._seal(st, final=False)
+                due.append(st)
+        # Sealing signs a manifest and ships a segment: once per stream per seal interval, not once per exchange,
+        # and at most ``seal_rate`` a second in all, oldest segment first. A crash before the seal loses nothing:
+        # the completer seals every complete line left in the spool.
+        self._seal_tokens = min(self.seal_rate, self._seal_tokens + (now - self._seal_refill) * self.seal_rate)
+        self._seal_refill = now
+        if len(due) > self._seal_tokens:
+            due.sort(key=lambda st: st.seg_opened)
+            due = due[: int(self._seal_tokens)]
+        self._seal_tokens -= len(due)
+        for st in due:
+            self._seal(st, final=False)
 
     def _seal(self, st: _Stream, final: bool) -> None:
         if st.seg_size == 0 and not final:

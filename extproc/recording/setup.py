@@ -82,6 +82,7 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
         queue_size=rec.queue_size,
         flush_interval=rec.flush_interval_ms / 1000,
         seal_interval=rec.seal_interval_ms / 1000 if rec.seal_interval_ms is not None else None,
+        seal_rate=rec.max_seals_per_second,
         segment_bytes=rec.segment_max_bytes,
         segment_age=rec.segment_max_age_ms / 1000,
         idle_timeout=rec.session_idle_timeout_s,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +56,30 @@ async def test_close_drains_more_than_a_round(tmp_path: Path) -> None:
 
     assert rec.written_events == 10_000 and rec.lost_events == 0
     assert [e["index"] for e in load_session(store, "s").events] == list(range(10_000))
+
+
+async def test_seals_across_many_busy_sessions_keep_to_the_budget_oldest_first(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    rec = Recorder(store, writer_id="w", flush_interval=0.01, seal_interval=0.01, seal_rate=5, segment_age=60)
+    sealed: list[str] = []
+    seal = rec._seal
+
+    def counting(st: Any, final: bool) -> None:
+        if not final:
+            sealed.append(st.session)
+        seal(st, final)
+
+    rec._seal = counting  # type: ignore[method-assign]
+    await rec.start()
+    for n in range(20):  # 20 sessions, an exchange of each just ended: 20 seals due at once
+        rec.emit(ExchangeStart(session=f"s{n:02d}", exchange=f"e{n}", index=0, time=float(n)))
+        rec.emit(ExchangeEnd(session=f"s{n:02d}", exchange=f"e{n}", index=1, time=float(n)))
+        await asyncio.sleep(0.002)  # each session's segment opens a little later than the one before
+    await asyncio.sleep(0.3)
+    early = list(sealed)
+    await asyncio.sleep(4.0)
+    await rec.close()
+
+    assert 5 <= len(early) <= 8  # the burst of 5, then 5 a second; not 20 at once
+    assert early[:5] == sorted(early[:5]) and early[0] == "s00"  # oldest segments first
+    assert len(set(sealed)) == 20  # every due segment was sealed in the end, none skipped
