@@ -147,7 +147,10 @@ class Recorder:
         self._next_idle_scan = 0.0
         self._epochs: dict[str, int] = {}  # sessions whose stream this writer ended, and how often
         self._pending_bytes = 0  # chained, not yet in the spool
-        self._orphans: list[_Stream] = []  # streams ended (final) whose ops are not in the spool yet
+        # Streams with ops not yet in the spool (ended ones too), by identity: a round writes these and scans
+        # nothing else, however many sessions are open.
+        self._pending: dict[int, _Stream] = {}
+        self._next_seal_scan = 0.0
         self._clock = clock
         self.wall_clock = wall_clock
         self._task: asyncio.Task[None] | None = None
@@ -263,11 +266,11 @@ class Recorder:
         await asyncio.wait_for(self._synced.wait(), within)
 
     def _has_ops(self) -> bool:
-        return any(s.ops for s in self._active.values()) or bool(self._orphans)
+        return bool(self._pending)
 
     def _has_lines(self) -> bool:
         """Chained lines not yet in the spool file (a manifest waiting alone does not hold a commit)."""
-        return any(isinstance(op, tuple) for s in [*self._active.values(), *self._orphans] for op in s.ops)
+        return self._pending_bytes > 0
 
     def _seal_due(self) -> bool:
         """A segment whose seal is held back until the seal interval has passed."""
@@ -282,7 +285,7 @@ class Recorder:
             batch = self._take(everything=stopping)
             upto = self._accepted - len(self._buf)  # every event emitted before this round's batch was taken
             ended = self._chain(batch)
-            self._cut(ended, stopping)
+            scanned = self._cut(ended, stopping)
             # fsync on the interval: commit points already wait for the write, which survives the process dying
             sync_due = stopping or self._clock() - last_sync >= self.flush_interval
             # Exchanges waiting at a commit point go on once the lines are written; the fsync follows on its own.
@@ -293,7 +296,8 @@ class Recorder:
             elif not self.healthy:
                 self._settle_commits(upto, "recording spool failing; events not on disk")
             dirty = (dirty or wrote) and not synced
-            self._settle()
+            if scanned:
+                self._settle()
             dirty = dirty or not self.healthy  # a sync attempt is also the health probe
             if dirty and sync_due:
                 synced = await self._sync()
@@ -305,7 +309,7 @@ class Recorder:
             if stopping and not self._buf:
                 break
         self._settle_commits(self._done, "recorder stopped before the events were written")
-        lost = sum(1 for s in [*self._streams.values(), *self._orphans] for op in s.ops if isinstance(op, tuple))
+        lost = sum(1 for s in self._pending.values() for op in s.ops if isinstance(op, tuple))
         if lost:  # the spool is still failing at shutdown: say exactly what could not be written
             self.lost_events += lost
             log.error("recording spool failing at shutdown: %d events not written", lost)
@@ -360,9 +364,9 @@ class Recorder:
             st = self._streams[session] = _Stream(session, writer, seg_opened=self._clock())
         return st
 
-    def _chain(self, events: list[Event]) -> bool:
-        """Chain events into their streams' pending ops. True if an exchange ended (a segment boundary)."""
-        ended = False
+    def _chain(self, events: list[Event]) -> list[_Stream]:
+        """Chain events into their streams' pending ops. Returns the streams where an exchange ended."""
+        ended: list[_Stream] = []
         for e in events:
             st = self._active[e.session] = self._stream(e.session)
             line = event_line(st.seq, st.prev, e) + b"\n"
@@ -379,11 +383,13 @@ class Recorder:
             st.seg_size += len(line)
             st.last_event = self._clock()
             st.ops.append((st.segment, line))
+            self._pending[id(st)] = st
             if isinstance(e, ExchangeStart):
                 st.open.add(e.exchange)
             elif isinstance(e, ExchangeEnd):
                 st.open.discard(e.exchange)
-                st.due = ended = True
+                st.due = True
+                ended.append(st)
                 st.end_now = st.end_now or e.ends_session
             if st.seg_size >= self.segment_bytes:
                 self._seal(st, final=False)
@@ -393,13 +399,22 @@ class Recorder:
         spool = self.spool
         return self.healthy and spool.is_open and spool.size + self._pending_bytes + size <= spool.max_bytes
 
-    def _cut(self, ended: bool, stopping: bool) -> None:
-        """Seal segments at exchange ends, by age, and end streams whose session is over or idle."""
+    def _cut(self, ended: list[_Stream], stopping: bool) -> bool:
+        """Seal segments at exchange ends, by age, and end streams whose session is over or idle. A round looks at
+        the streams where an exchange ended; every stream with work once per flush interval (held-back seals, age),
+        every stream once a second (idle). Returns whether this was a scan of every stream with work."""
         now = self._clock()
-        candidates = self._active
+        scanned = True
         if stopping or now >= self._next_idle_scan:  # idle streams have no work but may time out
             candidates = self._streams
             self._next_idle_scan = now + min(1.0, self.idle_timeout)
+        elif now >= self._next_seal_scan:
+            candidates = self._active
+        else:
+            candidates = {st.session: st for st in ended if self._streams.get(st.session) is st}
+            scanned = False
+        if scanned:
+            self._next_seal_scan = now + self.flush_interval
         due: list[_Stream] = []
         for session, st in list(candidates.items()):
             final = stopping or (not st.open and (st.end_now or now - st.last_event >= self.idle_timeout))
@@ -408,8 +423,6 @@ class Recorder:
                 del self._streams[session]
                 self._active.pop(session, None)
                 self._epochs[session] = self._epochs.get(session, 0) + 1
-                if st.ops:
-                    self._orphans.append(st)
             elif st.seg_size and (
                 (st.due and now - st.last_seal >= self.seal_interval) or now - st.seg_opened >= self.segment_age
             ):
@@ -425,6 +438,7 @@ class Recorder:
         self._seal_tokens -= len(due)
         for st in due:
             self._seal(st, final=False)
+        return scanned
 
     def _seal(self, st: _Stream, final: bool) -> None:
         if st.seg_size == 0 and not final:
@@ -446,6 +460,7 @@ class Recorder:
         )
         self.signer.sign(manifest)
         st.ops.append(manifest)
+        self._pending[id(st)] = st
         st.due, st.last_seal = False, self._clock()
         st.prev_manifest = manifest.digest()
         st.segment += 1
@@ -459,7 +474,7 @@ class Recorder:
         Returns (something written, synced): with ``sync`` and a healthy spool the fsync shares the thread hop."""
         batch: list[Append | Manifest] = []
         owners: list[tuple[_Stream, int]] = []  # per batch op: its stream and how many of the stream's ops it covers
-        for st in [*self._active.values(), *self._orphans]:
+        for st in list(self._pending.values()):
             i = 0
             while i < len(st.ops):
                 op = st.ops[i]
@@ -489,7 +504,9 @@ class Recorder:
                 self._pending_bytes -= len(item.data)
         if error is not None:
             self._set_health(False, str(error))
-        self._orphans = [s for s in self._orphans if s.ops]
+        for st in list(self._pending.values()):
+            if not st.ops:
+                del self._pending[id(st)]
         if sync and error is None:
             self._set_health(not self._has_ops())
         return done > 0, sync and error is None
