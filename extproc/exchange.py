@@ -92,6 +92,7 @@ class Exchange:
         self.request_id = ""  # Envoy's x-request-id: joins our access line to Envoy's
         # Progress.
         self.finished = False
+        self.refused = False  # answered by the gateway itself (its record is committed before the answer goes)
         self.ends_session = False  # a DELETE, or the server answered 404 for the session (it no longer knows it)
         self.status = 0
         self.bytes_in = 0
@@ -256,6 +257,16 @@ class Exchange:
             ends_session=self.ends_session or is_synthetic_session(self.session or ""),
         )
         self.log.emit(end, must=False)
+
+    async def commit_refusal(self) -> None:
+        """A refusal's record (the decision, the end) goes to disk before the answer does. The answer goes either
+        way: nothing was forwarded, and failing it would only hide the refusal from the caller."""
+        if self.admitted is None:
+            return
+        try:
+            await self.log.commit()
+        except StoreError as e:
+            log.warning("exchange %s: refusal not on disk before the answer: %s", self.id, e)
 
     async def _commit(self) -> ep.ProcessingResponse | None:
         """The request goes upstream only once its events are on disk: a processor killed after this leaves the
@@ -503,6 +514,7 @@ class Exchange:
         log.info("exchange %s refused: %s %s", self.id, type(err).__name__, err)
         self.gw.metrics.refusals.labels(str(err.status), type(err).__name__).inc()
         self.status = err.status
+        self.refused = True
         self.finish("denied", f"{type(err).__name__}: {err.safe_message}")
         if doc is not None:
             return responses.json_reply(err.status, doc, headers, f"mcp_extproc_{type(err).__name__}")

@@ -62,6 +62,8 @@ class Processor(ep_grpc.ExternalProcessorServicer):
                     reply = await ex.on_response_body(req.response_body)
                 else:  # trailers are not requested (SKIP); answering keeps Envoy moving if config drifts
                     reply = _passthrough(phase)
+                if ex.refused:
+                    await ex.commit_refusal()
                 self.gw.metrics.message(phase, perf_counter() - t0)
                 yield reply
             outcome, detail = ("complete", "") if ex.finished else (outcome, detail)

@@ -96,3 +96,21 @@ async def test_a_complete_exchange_closes_cleanly(policy: FakePolicy) -> None:
     assert len(replies) == 4
     assert [e.type for e in sink.events][-1] == "exchange.end"
     assert sink.events[-1].outcome == "complete"  # type: ignore[attr-defined]
+
+
+async def test_a_refusal_is_on_disk_before_its_answer_goes(policy: FakePolicy) -> None:
+    sink = FakeSink()
+    loop = Processor(_gateway(sink, policy))
+    denied = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add", "arguments": {}}}
+    stream = loop.Process(
+        _stream(
+            ep.ProcessingRequest(request_headers=_request(session=bind("s", ALICE, KEY, SCOPE))),
+            ep.ProcessingRequest(request_body=_body(denied)),  # no rule allows add: denied by default
+        ),
+        Context(),  # type: ignore[arg-type]
+    )
+    await anext(stream)
+    reply = await anext(stream)
+    assert reply.immediate_response.status.code == 403
+    assert sink.commits[-1] == len(sink.events)  # when the answer was handed over, its record was committed
+    assert sink.types()[-2:] == ["policy.decision", "exchange.end"]
