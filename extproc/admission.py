@@ -1,4 +1,5 @@
-"""Admission of one request, in the security order: route -> origin -> token -> recorder -> backend -> session owner.
+"""Admission of one request, in the security order: load -> route -> origin -> token -> recorder -> backend -> session
+owner.
 
 Two kinds of refusal, on purpose: before an identity is verified (unknown path, bad origin, missing or bad token,
 recorder down) nothing is recorded, so anonymous floods cannot fill the store; from a verified identity on, a
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from extproc.authn.challenge import www_authenticate
 from extproc.authn.principal import Principal
 from extproc.authn.session_binding import unbind
-from extproc.errors import AuthError, GatewayError, MethodNotAllowed, NotFound, StoreError
+from extproc.errors import AuthError, GatewayError, MethodNotAllowed, NotFound, Overloaded, StoreError
 from extproc.gateway import Gateway
 from extproc.mcp.jsonrpc import TRANSPORT_METHODS
 from extproc.recording.events import synthetic_session_id
@@ -54,7 +55,11 @@ class Admitted:
 async def admit(gw: Gateway, headers: Mapping[str, str], exchange_id: str) -> Admitted | Unrecorded:
     """Decide whether this request may become an exchange, and under which identity, backend and session."""
     path = headers.get(":path", "")
+    gw.overload.busy()
     try:
+        if gw.overload.overloaded:  # shed before any work: exchanges already admitted get the loop back
+            gw.overload.shed += 1
+            raise Overloaded(f"event loop {gw.overload.lag * 1000:.0f} ms behind")
         server = gw.router.match(path)
         if server is None:
             raise NotFound(f"no server for path {path.split('?', 1)[0][:200]!r}")
@@ -65,6 +70,8 @@ async def admit(gw: Gateway, headers: Mapping[str, str], exchange_id: str) -> Ad
     except AuthError as e:
         challenge = {"www-authenticate": www_authenticate(e, gw.options.metadata_url)} if e.status == 401 else {}
         return Unrecorded(e, challenge)
+    except Overloaded as e:
+        return Unrecorded(e, {"retry-after": "1"})
     except GatewayError as e:
         return Unrecorded(e)
 

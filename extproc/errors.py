@@ -243,6 +243,14 @@ class EncodedResponse(GatewayError):
         super().__init__(f"upstream response has content-encoding {encoding[:40]!r}")
 
 
+class Overloaded(GatewayError):
+    """The worker's event loop runs too far behind: a new exchange is refused before it adds to the queue."""
+
+    status = 503
+    jsonrpc_code = -32005
+    client_message = "gateway overloaded; retry later"
+
+
 # --- recording (503) -----------------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from extproc.mcp.protocol import RunTracker
 from extproc.metrics import Metrics
+from extproc.overload import LagMonitor
 from extproc.policy.facts import GrantSource, Reviewer
 from extproc.ports import Authenticator, EventSink, PolicySource
 from extproc.routing import Router
@@ -38,6 +39,7 @@ class Gateway:
     runs: RunTracker = field(default_factory=lambda: RunTracker(300.0))  # recording units of stateless traffic
     reviewer: Reviewer | None = None  # Kubernetes SubjectAccessReviews for rules that require them
     grants: GrantSource | None = None  # signed just-in-time grants
+    overload: LagMonitor = field(default_factory=lambda: LagMonitor(0.0))  # load shedding (off unless built)
     clock: Callable[[], float] = time.time
     new_id: Callable[[], str] = field(default_factory=lambda: exchange_ids())
 
@@ -59,4 +61,5 @@ class Gateway:
             auth=auth,
             policy=policy,
             runs=RunTracker(options.run_idle_gap_s),
+            overload=LagMonitor(settings.limits.shed_lag_ms / 1000),
         )

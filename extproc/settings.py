@@ -357,6 +357,9 @@ class Limits(_Model):
     # Open requests per cluster (Envoy circuit breakers): an SSE stream holds one for its whole life, so this is
     # the number of MCP streams open at once per server (and toward the processor) before Envoy answers 503.
     max_concurrent_streams: Annotated[int, Field(ge=16, le=1_000_000)] = 10_000
+    # A worker whose event loop runs this far behind refuses new exchanges (503, Retry-After) instead of letting
+    # messages queue into Envoy's ext_proc timeout (504 mid-exchange); 0 turns shedding off. extproc/overload.py
+    shed_lag_ms: Annotated[int, Field(ge=0, le=60_000)] = 1000
 
 
 class Edge(_Model):

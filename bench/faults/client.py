@@ -22,6 +22,7 @@ META = {
     "io.modelcontextprotocol/clientInfo": {"name": "faults", "version": "1"},
 }
 REFUSED = b"recording unavailable; request refused"
+SHED = b"gateway overloaded; retry later"
 _ids = itertools.count(1)
 
 
@@ -34,6 +35,7 @@ class Tally:
     answered: set[str] = field(default_factory=set)  # texts of calls answered 200 with a result
     denied: int = 0  # calls refused by policy (JSON-RPC error from the gateway)
     refused: int = 0  # 503 "recording unavailable": the recorder's deliberate back-pressure (fail closed)
+    shed: int = 0  # 503 "gateway overloaded": a worker's load shedding (its event loop too far behind)
     errors: Counter[str] = field(default_factory=Counter)  # transport errors by kind
     five_xx: list[str] = field(default_factory=list)  # bodies of unexpected 5xx (first few)
     started: float = field(default_factory=time.monotonic)
@@ -48,8 +50,8 @@ class Tally:
 
     @property
     def undeliberate_5xx(self) -> int:
-        """5xx other than the recorder's deliberate refusals."""
-        return sum(n for s, n in self.statuses.items() if s >= 500) - self.refused
+        """5xx other than the gateway's deliberate refusals (recorder back-pressure, load shedding)."""
+        return sum(n for s, n in self.statuses.items() if s >= 500) - self.refused - self.shed
 
     def line(self, seconds: float) -> str:
         codes = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items()))
@@ -58,7 +60,7 @@ class Tally:
             f"{self.requests} requests in {seconds:.0f} s = {self.requests / max(seconds, 1e-9):.0f} req/s, "
             f"p50 {self.percentile(0.5):.0f} ms, p99 {self.percentile(0.99):.0f} ms; status {{{codes}}}; "
             f"{len(self.answered)} calls answered, {self.denied} denied by policy, {self.refused} refused by the "
-            f"recorder's back-pressure (503){errs}"
+            f"recorder's back-pressure (503), {self.shed} shed by overloaded workers (503){errs}"
         )
 
 
@@ -96,6 +98,8 @@ class Client:
         self.tally.statuses[status] += 1
         if status == 503 and REFUSED in data:
             self.tally.refused += 1
+        elif status == 503 and SHED in data:
+            self.tally.shed += 1
         elif status >= 500 and len(self.tally.five_xx) < 5:
             self.tally.five_xx.append(f"{status} {data[:300]!r}")
         return status, hdrs, data

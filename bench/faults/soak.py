@@ -97,14 +97,15 @@ def run(scale: str) -> Outcome:
         v = verify_store(rig)
         out.check_recordings(rig, v)
         five = tally.undeliberate_5xx
-        out.check(five == 0, f"{five} responses 5xx other than the recorder's refusals: {tally.five_xx}")
+        out.check(five == 0, f"{five} responses 5xx other than the gateway's deliberate refusals: {tally.five_xx}")
         out.check(not tally.errors, f"transport errors {dict(tally.errors)}")
         missing = [s for s in mix.sessions if not v.has_session(s)]
         out.check(not missing, f"{len(missing)} sessions not recorded: {missing[:3]}")
         unrecorded = tally.answered - v.ended_texts
         out.check(not unrecorded, f"{len(unrecorded)} answered calls not recorded to their end: {list(unrecorded)[:3]}")
-        # every response but the recorder's refusals (refused before anything could be recorded) is an exchange
-        answered = tally.requests - tally.refused
+        # every response but the deliberate refusals (the recorder's back-pressure, load shedding: refused before
+        # anything could be recorded) is an exchange
+        answered = tally.requests - tally.refused - tally.shed
         out.check(v.exchanges == answered, f"{v.exchanges} exchanges recorded for {answered} responses")
         out.check(tally.denied > 0, "no call was denied (the mix must include denials)")
         out.figures.update(
