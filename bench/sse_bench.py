@@ -41,7 +41,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.gateway_bench import (  # noqa: E402
-    SERVER,
     Identity,
     Target,
     authed_identities,
@@ -303,8 +302,6 @@ def run_size(
     finally:
         stop_process(upstream)
     return rows, check
-
-
 
 
 def main(argv: list[str] | None = None) -> int:

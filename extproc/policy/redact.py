@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ahocorasick_rs import BytesAhoCorasick
+
 from extproc.policy.model import Redaction as RedactionRule
 from extproc.secrets import SECRET_NAME_RULE, is_secret_name, marker
 
@@ -41,6 +43,20 @@ _HINTS: dict[str, tuple[str, ...]] = {
     "builtin-aws-secret-key": ("aws",),
     "builtin-password-assignment": ("password", "passwd", "pwd", "secret", "api", "token"),
 }
+# Where a match of each built-in pattern can start (lower case): in a long ASCII text one Aho-Corasick pass finds
+# every place any of them occurs, and each pattern is tried only there (``re.match``), never scanned position by
+# position over the whole text. Each pattern's match begins with one of them (see the patterns above); ASCII only,
+# so lower-casing keeps positions.
+_ANCHORS: dict[str, tuple[str, ...]] = {
+    "builtin-private-key": ("-----begin",),
+    "builtin-bearer-token": ("bearer",),
+    "builtin-jwt": ("eyj",),
+    "builtin-aws-access-key": ("akia", "asia", "abia", "acca"),
+    "builtin-github-token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    "builtin-aws-secret-key": ("aws",),
+    "builtin-password-assignment": ("password", "passwd", "pwd", "secret", "api", "token"),
+}
+_ANCHORED_FROM = 256  # shorter texts: one regex scan is as cheap
 # A key whose name says "credential" (password, api_key, clientSecret, x-github-pat ...): the one classifier that
 # also decides which headers and query parameters are never recorded.
 BUILTIN_KEYS: tuple[tuple[str, Callable[[str], bool]], ...] = ((SECRET_NAME_RULE, is_secret_name),)
@@ -65,17 +81,25 @@ class _Node:
     rule: str | None = None
 
 
+_Pattern = tuple[
+    str, re.Pattern[str], Callable[[re.Match[str]], str], int, tuple[str, ...] | None, tuple[str, ...] | None
+]
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Redactor:
     """The compiled redactions of one server."""
 
     paths: _Node | None
     keys: tuple[tuple[str, Callable[[str], object]], ...]  # (rule, does this key name match)
-    # (name, regex, replacement, shortest text it can match): shorter strings skip the regex entirely
-    patterns: tuple[tuple[str, re.Pattern[str], Callable[[re.Match[str]], str], int, tuple[str, ...] | None], ...]
+    # (name, regex, replacement, shortest match, hints, anchors): see _HINTS and _ANCHORS
+    patterns: tuple[_Pattern, ...]
     rules: tuple[str, ...]  # every rule name, for summaries
     # When every pattern has hints: one search for any hint decides whether a text needs the patterns at all.
     any_hint: tuple[str, ...] | None = None
+    # Every anchor of the patterns that have them, and for each anchor the patterns it starts (by index).
+    scanner: BytesAhoCorasick | None = None
+    anchor_patterns: tuple[tuple[int, ...], ...] = ()
     # Object keys repeat endlessly ("jsonrpc", "params", "text"): remember each key's rule, bounded because
     # keys come from clients and servers.
     key_memo: dict[str, str | None] = field(default_factory=dict)
@@ -152,6 +176,8 @@ class Redactor:
             return rule
 
     def _text(self, text: str, path: list[str], found: list[Redaction]) -> str:
+        if self.scanner is not None and len(text) >= _ANCHORED_FROM and text.isascii():
+            return self._long_text(text, path, found)
         low: str | None = None
         if self.any_hint is not None:
             low = text.lower()
@@ -160,7 +186,7 @@ class Redactor:
                     break
             else:
                 return text
-        for name, rx, replace, min_len, hints in self.patterns:
+        for name, rx, replace, min_len, hints, _ in self.patterns:
             if len(text) < min_len:
                 continue
             if hints is not None:
@@ -172,6 +198,32 @@ class Redactor:
                 found.append(Redaction(name, _pointer(path), "pattern", n))
                 low = None
         return text
+
+    def _long_text(self, text: str, path: list[str], found: list[Redaction]) -> str:
+        """``_text`` for a long ASCII text: anchored patterns tried only where one of their anchors occurs."""
+        starts: list[list[int]] | None = None
+        for index, (name, rx, replace, _, _, anchors) in enumerate(self.patterns):
+            if anchors is None:
+                text, n = rx.subn(replace, text)
+            else:
+                if starts is None:
+                    starts = self._starts(text)
+                if not starts[index]:
+                    continue
+                text, n = _subn_at(rx, replace, text, sorted(set(starts[index])))
+            if n:
+                found.append(Redaction(name, _pointer(path), "pattern", n))
+                starts = None  # the text changed: find the anchors again
+        return text
+
+    def _starts(self, text: str) -> list[list[int]]:
+        """For each pattern, where its anchors occur in ``text`` (ASCII)."""
+        assert self.scanner is not None
+        out: list[list[int]] = [[] for _ in self.patterns]
+        for anchor, start, _ in self.scanner.find_matches_as_indexes(text.lower().encode(), overlapping=True):
+            for index in self.anchor_patterns[anchor]:
+                out[index].append(start)
+        return out
 
 
 def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -> Redactor:
@@ -198,15 +250,18 @@ def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -
         patterns += BUILTIN_PATTERNS
     names = tuple(r.name for r in rules if r.path is not None) + tuple(n for n, _ in (*keys, *patterns))
     compiled = tuple(
-        (n, rx, _replacer(n), _min_length(rx), _HINTS.get(n) if n.startswith("builtin-") else None)
-        for n, rx in ((n, re.compile(p)) for n, p in patterns)
+        (n, rx, _replacer(n), _min_length(rx), *((_HINTS.get(n), _ANCHORS.get(n)) if builtin else (None, None)))
+        for n, rx, builtin in ((n, re.compile(p), (n, p) in BUILTIN_PATTERNS) for n, p in patterns)
     )
+    anchors = sorted({a for p in compiled if p[5] is not None for a in p[5]})
     return Redactor(
         paths=root if root.children or root.wild else None,
         keys=tuple(keys),
         patterns=compiled,
         any_hint=_any_hint(compiled),
         rules=names,
+        scanner=BytesAhoCorasick([a.encode() for a in anchors]) if anchors else None,
+        anchor_patterns=tuple(tuple(i for i, p in enumerate(compiled) if p[5] and a in p[5]) for a in anchors),
     )
 
 
@@ -218,6 +273,27 @@ def _any_hint(patterns: Sequence[tuple[Any, ...]]) -> tuple[str, ...] | None:
     if not patterns or any(p[4] is None for p in patterns):
         return None  # a pattern without hints must always run
     return tuple(sorted({h for p in patterns for h in p[4]}))
+
+
+def _subn_at(
+    rx: re.Pattern[str], replace: Callable[[re.Match[str]], str], text: str, starts: list[int]
+) -> tuple[str, int]:
+    """``rx.subn(replace, text)`` for a pattern whose every match starts at one of ``starts`` (ascending): the same
+    leftmost, non-overlapping matches, tried only at those places."""
+    out: list[str] = []
+    last = n = 0
+    for i in starts:
+        if i < last:
+            continue
+        m = rx.match(text, i)  # \b and look-behinds still see the text before i
+        if m is None or m.end() == m.start():
+            continue
+        out += (text[last:i], replace(m))
+        last, n = m.end(), n + 1
+    if not n:
+        return text, 0
+    out.append(text[last:])
+    return "".join(out), n
 
 
 def _min_length(rx: re.Pattern[str]) -> int:
