@@ -5,6 +5,8 @@ One `tools/call` POST whose answer is a `text/event-stream` body of N bytes: JSO
 upstream in chunks. Rows, for each body size (default 10 MB and 100 MB):
 
   envoy only                        client -> Envoy -> upstream (the gateway's bootstrap minus the ext_proc filter)
+  envoy + no-op processor           the same config, processor started with --passthrough (CONTINUE to every
+                                    ext_proc message, nothing recorded): what the gRPC transport alone costs
   envoy + processor (auth+policy)   the production path as bench/gateway_bench.py's scenario B runs it
                                     (launcher.Stack, a bearer token from a development issuer, a policy allowing
                                     the call, signed recording into a temp file store, 1 processor worker)
@@ -26,6 +28,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +48,7 @@ from bench.gateway_bench import (  # noqa: E402
     Target,
     authed_identities,
     cpu_seconds,
+    envoy_and_noop_processor,
     envoy_and_processor,
     envoy_only,
     machine_info,
@@ -62,7 +66,7 @@ from extproc.settings import load as load_settings  # noqa: E402
 MB = 1_000_000
 MIB = 1 << 20
 RESULTS = ROOT / "bench" / "results" / "sse.json"
-ENVOY, GATEWAY = "envoy only", "envoy + processor (auth + policy)"
+ENVOY, NOOP, GATEWAY = "envoy only", "envoy + no-op processor", "envoy + processor (auth + policy)"
 CALL = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"big"}}}'
 # Ordinary log-like text: a few of its words contain what the built-in redactions look for ("rapid" holds "api",
 # "tokenizer" holds "token"), so the redaction patterns run on these strings as they would on real output.
@@ -295,6 +299,9 @@ def run_size(
             with envoy_only(config, upstream_target) as target:
                 measure(target.port, target.path, who, expected, None, None)  # warm-up
                 rows[ENVOY] = measure(target.port, target.path, who, expected, None, None)
+            with envoy_and_noop_processor(config, upstream_target) as target:  # gRPC's own cost: CONTINUE to all
+                rows[NOOP] = measure(target.port, target.path, who, expected, target.pids["processor"], None)
+            shutil.rmtree(config.parent / "stack")
             with envoy_and_processor(config, upstream_target, [who]) as target:
                 spy = str(ROOT / "bench" / "results" / f"profile-sse-{total // MB}mb.txt") if args.profile else None
                 rows[GATEWAY] = measure(target.port, target.path, who, expected, target.pids["processor"], spy)

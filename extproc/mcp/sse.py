@@ -258,7 +258,7 @@ def parse_event(block: bytes, raw: bytes = b"") -> SseEvent | None:
     event_id: str | None = None
     retry: int | None = None
     named = False
-    for line in _LINE.split(block):
+    for line in block.splitlines():  # bytes split at CRLF, LF and CR only, as _LINE does
         if not line or line.startswith(b":"):
             continue
         name, sep, value = line.partition(b":")

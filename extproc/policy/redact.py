@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ahocorasick_rs import BytesAhoCorasick
+from ahocorasick_rs import BytesAhoCorasick, MatchKind
 
 from extproc.policy.model import Redaction as RedactionRule
 from extproc.secrets import SECRET_NAME_RULE, is_secret_name, marker
@@ -97,9 +97,13 @@ class Redactor:
     rules: tuple[str, ...]  # every rule name, for summaries
     # When every pattern has hints: one search for any hint decides whether a text needs the patterns at all.
     any_hint: tuple[str, ...] | None = None
-    # Every anchor of the patterns that have them, and for each anchor the patterns it starts (by index).
+    # Every anchor of the patterns that have them (leftmost-first search, which skips occurrences inside one it
+    # reports); for each anchor the patterns it starts (by index), and the (offset, anchor) pairs that may occur
+    # inside it (a suffix of it is a prefix of the other, or the other lies within it), checked one by one.
     scanner: BytesAhoCorasick | None = None
+    anchors: tuple[bytes, ...] = ()
     anchor_patterns: tuple[tuple[int, ...], ...] = ()
+    anchor_overlaps: tuple[tuple[tuple[int, int], ...], ...] = ()
     # Object keys repeat endlessly ("jsonrpc", "params", "text"): remember each key's rule, bounded because
     # keys come from clients and servers.
     key_memo: dict[str, str | None] = field(default_factory=dict)
@@ -210,20 +214,29 @@ class Redactor:
                     starts = self._starts(text)
                 if not starts[index]:
                     continue
-                text, n = _subn_at(rx, replace, text, sorted(set(starts[index])))
+                text, n = _subn_at(rx, replace, text, starts[index])
             if n:
                 found.append(Redaction(name, _pointer(path), "pattern", n))
                 starts = None  # the text changed: find the anchors again
         return text
 
     def _starts(self, text: str) -> list[list[int]]:
-        """For each pattern, where its anchors occur in ``text`` (ASCII)."""
+        """For each pattern, where its anchors occur in ``text`` (ASCII), ascending."""
         assert self.scanner is not None
+        low = text.lower().encode()
         out: list[list[int]] = [[] for _ in self.patterns]
-        for anchor, start, _ in self.scanner.find_matches_as_indexes(text.lower().encode(), overlapping=True):
-            for index in self.anchor_patterns[anchor]:
+        nested = False
+        patterns, overlaps = self.anchor_patterns, self.anchor_overlaps
+        for anchor, start, _ in self.scanner.find_matches_as_indexes(low):  # ascending, non-overlapping
+            for index in patterns[anchor]:
                 out[index].append(start)
-        return out
+            if overlaps[anchor]:
+                for offset, other in overlaps[anchor]:
+                    if low.startswith(self.anchors[other], start + offset):
+                        nested = True
+                        for index in patterns[other]:
+                            out[index].append(start + offset)
+        return [sorted(set(s)) for s in out] if nested else out
 
 
 def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -> Redactor:
@@ -260,9 +273,24 @@ def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -
         patterns=compiled,
         any_hint=_any_hint(compiled),
         rules=names,
-        scanner=BytesAhoCorasick([a.encode() for a in anchors]) if anchors else None,
+        scanner=BytesAhoCorasick([a.encode() for a in anchors], matchkind=MatchKind.LeftmostFirst) if anchors else None,
+        anchors=tuple(a.encode() for a in anchors),
         anchor_patterns=tuple(tuple(i for i, p in enumerate(compiled) if p[5] and a in p[5]) for a in anchors),
+        anchor_overlaps=tuple(_overlaps(a, anchors) for a in anchors),
     )
+
+
+def _overlaps(a: str, anchors: list[str]) -> tuple[tuple[int, int], ...]:
+    """Where another anchor (by index) can start inside an occurrence of ``a``: at an offset where it continues a
+    suffix of ``a`` or lies within ``a``, or at offset 0 when one is a prefix of the other."""
+    out = []
+    for offset in range(len(a)):
+        for j, b in enumerate(anchors):
+            if b == a and offset == 0:
+                continue
+            if a[offset:].startswith(b) or b.startswith(a[offset:]):
+                out.append((offset, j))
+    return tuple(out)
 
 
 _KEY_MEMO_MAX = 4096

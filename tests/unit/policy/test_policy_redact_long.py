@@ -7,7 +7,14 @@ import re
 
 import pytest
 
-from extproc.policy.redact import _ANCHORED_FROM, _ANCHORS, BUILTIN_PATTERNS, _replacer, _subn_at, compile_redactor
+from extproc.policy.redact import (
+    _ANCHORED_FROM,
+    _ANCHORS,
+    BUILTIN_PATTERNS,
+    _replacer,
+    _subn_at,
+    compile_redactor,
+)
 
 FRAGMENTS = [
     "the", "quick", "rapid", "tokenizer", "apiary", "Token", "TOKEN=abc123", "token: 'xyz'", "api_key=K3y",
@@ -16,7 +23,9 @@ FRAGMENTS = [
     "xeyJabcd.eyJabcd.x", "AKIAABCDEFGHIJKLMNOP", "ASIA0123456789ABCDEF", "xAKIAABCDEFGHIJKLMNOP",
     "ghp_" + "a" * 36, "github_pat_" + "b" * 22, "gho_short", "aws_secret_access_key=" + "c" * 40,
     "AWS SECRET ACCESS KEY: " + "d" * 40, "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----",
-    "-----BEGIN PRIVATE KEY----- unterminated", "-----begin lower", " ", "\n", ",", ";", "&", "}", "=", ":", "'",
+    "-----BEGIN PRIVATE KEY----- unterminated", "-----begin lower", "asiaws_secret_access_key=" + "e" * 40,
+    "secretoken=abc", "AKIAWS", "ASIAKIA" + "F" * 16, "passwordpwd=1", "awsecret=2",
+    "github_pat_ghp_" + "g" * 36, " ", "\n", ",", ";", "&", "}", "=", ":", "'",
 ]  # fmt: skip
 
 
@@ -51,6 +60,18 @@ def test_long_strings_redacted_as_before() -> None:
         out, found = redactor.apply({"text": text})
         assert out == {"text": expected}
         assert [(r.rule, r.count) for r in found] == hits
+
+
+def test_every_anchor_occurrence_is_found_even_inside_another() -> None:
+    redactor = compile_redactor([], defaults=True)
+    for text in _texts(11, 40):
+        text = text.replace(" ", "")  # anchors run into each other
+        low = text.lower()
+        starts = redactor._starts(text)
+        for index, (_, _, _, _, _, anchors) in enumerate(redactor.patterns):
+            assert anchors is not None
+            expected = sorted({i for a in anchors for i in range(len(low)) if low.startswith(a, i)})
+            assert starts[index] == expected
 
 
 def test_non_ascii_long_text_takes_the_full_scan() -> None:
