@@ -117,19 +117,28 @@ def parse_body(body: bytes, strict: bool = False) -> ParsedBody:
     return ParsedBody(messages=(doc,))
 
 
-_DIGITS = bytes.maketrans(b"123456789", b"000000000")
-_LONG_NUMBER = b"0" * 19  # 19+ digits may not fit 64 bits: orjson would read the number as a float
-
-
 def _loads(body: bytes) -> Any:
-    """orjson, with the standard parser for what orjson cannot read exactly: integers beyond 64 bits, NaN and
-    Infinity, lone surrogates. The digit check is two C passes (``bytes.translate``, a substring search)."""
-    if _LONG_NUMBER not in body.translate(_DIGITS):
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(body)
+    """orjson, with the standard parser for what orjson cannot read exactly: NaN and Infinity, lone surrogates, and
+    integers beyond 64 bits (orjson reads them as floats: a float that large and integral is parsed again)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+    return json.loads(body) if _maybe_long_integer(doc) else doc
+
+
+def _maybe_long_integer(doc: Any) -> bool:
+    """True if ``doc`` holds a float that may have been an integer beyond 64 bits (work per value, not per byte)."""
+    stack = [doc]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, float) and abs(v) >= 9.2e18 and v.is_integer():
+            return True
+    return False
 
 
 def _duplicate_request_id(batch: list[Message]) -> str | None:

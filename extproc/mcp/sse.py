@@ -175,9 +175,10 @@ class SseParser:
         """The block ending at ``end`` (its blank line ends at ``stop``), with the held bytes before it."""
         if self._skip is not None:
             return self._withheld(buf[start:stop])
-        piece = buf[start:stop]
+        piece = buf[start:stop] if start or stop < len(buf) else buf
         if self._head:
-            raw = b"".join(self._head) + piece
+            self._head.append(piece)
+            raw = b"".join(self._head)
             self._head, self._head_len = [], 0
         else:
             raw = piece
@@ -185,7 +186,7 @@ class SseParser:
         if self._max_event is not None and len(raw) > self._max_event:  # the same verdict however it was cut
             self._start_skip(raw, EVENT_TOO_BIG)
             return self._withheld(b"")
-        return parse_event(raw[: len(raw) - (stop - end)], raw)
+        return parse_event(raw, raw)  # its blank line adds only empty lines: no copy without it needed
 
     def _hold(self, piece: bytes) -> None:
         """Bytes of the unfinished block: kept, or (past a bound) only hashed."""
@@ -252,7 +253,8 @@ def _leading_fields(prefix: bytes) -> tuple[str, str | None]:
 
 
 def parse_event(block: bytes, raw: bytes = b"") -> SseEvent | None:
-    """Parse one event block (lines without the terminating blank line); None for a block with no effect."""
+    """Parse one event block (its lines; the terminating blank line may be included, it adds only empty lines,
+    which are ignored); None for a block with no effect."""
     data: list[str] = []
     event = ""
     event_id: str | None = None

@@ -43,19 +43,21 @@ _HINTS: dict[str, tuple[str, ...]] = {
     "builtin-aws-secret-key": ("aws",),
     "builtin-password-assignment": ("password", "passwd", "pwd", "secret", "api", "token"),
 }
-# Where a match of each built-in pattern can start (lower case): in a long ASCII text one Aho-Corasick pass finds
-# every place any of them occurs, and each pattern is tried only there (``re.match``), never scanned position by
-# position over the whole text. Each pattern's match begins with one of them (see the patterns above); ASCII only,
-# so lower-casing keeps positions.
-_ANCHORS: dict[str, tuple[str, ...]] = {
-    "builtin-private-key": ("-----begin",),
-    "builtin-bearer-token": ("bearer",),
-    "builtin-jwt": ("eyj",),
-    "builtin-aws-access-key": ("akia", "asia", "abia", "acca"),
-    "builtin-github-token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
-    "builtin-aws-secret-key": ("aws",),
-    "builtin-password-assignment": ("password", "passwd", "pwd", "secret", "api", "token"),
+# Where a match of each built-in pattern can start. In a long ASCII text one Aho-Corasick pass over its folded form
+# (letters lower-cased, every non-word character a space, one space in front: so " token" is "token" at the start
+# of a word, as the patterns' leading \b wants) finds every anchor, and each pattern is tried only where its
+# anchors put a match start (``re.match``), never position by position over the whole text. An anchor found at
+# folded index i puts the match start at text index i + offset (the folded text is one longer, in front).
+_ANCHORS: dict[str, tuple[tuple[str, int], ...]] = {
+    "builtin-private-key": ((" begin", -5),),  # "-----BEGIN": five dashes (folded: spaces), the last one here
+    "builtin-bearer-token": ((" bearer", 0),),
+    "builtin-jwt": ((" eyj", 0),),
+    "builtin-aws-access-key": ((" akia", 0), (" asia", 0), (" abia", 0), (" acca", 0)),
+    "builtin-github-token": tuple((f" {p}", 0) for p in ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")),
+    "builtin-aws-secret-key": (("aws", -1),),
+    "builtin-password-assignment": tuple((f" {w}", 0) for w in ("password", "passwd", "pwd", "secret", "api", "token")),
 }
+_FOLD = bytes(c + 32 if 65 <= c <= 90 else c if (c < 128 and chr(c).isalnum()) or c == 95 else 32 for c in range(256))
 _ANCHORED_FROM = 256  # shorter texts: one regex scan is as cheap
 # A key whose name says "credential" (password, api_key, clientSecret, x-github-pat ...): the one classifier that
 # also decides which headers and query parameters are never recorded.
@@ -82,7 +84,12 @@ class _Node:
 
 
 _Pattern = tuple[
-    str, re.Pattern[str], Callable[[re.Match[str]], str], int, tuple[str, ...] | None, tuple[str, ...] | None
+    str,
+    re.Pattern[str],
+    Callable[[re.Match[str]], str],
+    int,
+    tuple[str, ...] | None,
+    tuple[tuple[str, int], ...] | None,
 ]
 
 
@@ -102,6 +109,8 @@ class Redactor:
     # inside it (a suffix of it is a prefix of the other, or the other lies within it), checked one by one.
     scanner: BytesAhoCorasick | None = None
     anchors: tuple[bytes, ...] = ()
+    anchor_offsets: tuple[int, ...] = ()
+    words: tuple[bool, ...] = ()  # anchors written with a leading space: found only where a word starts
     anchor_patterns: tuple[tuple[int, ...], ...] = ()
     anchor_overlaps: tuple[tuple[tuple[int, int], ...], ...] = ()
     # Object keys repeat endlessly ("jsonrpc", "params", "text"): remember each key's rule, bounded because
@@ -221,22 +230,23 @@ class Redactor:
         return text
 
     def _starts(self, text: str) -> list[list[int]]:
-        """For each pattern, where its anchors occur in ``text`` (ASCII), ascending."""
+        """For each pattern, where its anchors put a match start in ``text`` (ASCII), ascending."""
         assert self.scanner is not None
-        low = text.lower().encode()
+        folded = b" " + text.encode().translate(_FOLD)
         out: list[list[int]] = [[] for _ in self.patterns]
-        nested = False
-        patterns, overlaps = self.anchor_patterns, self.anchor_overlaps
-        for anchor, start, _ in self.scanner.find_matches_as_indexes(low):  # ascending, non-overlapping
-            for index in patterns[anchor]:
-                out[index].append(start)
-            if overlaps[anchor]:
-                for offset, other in overlaps[anchor]:
-                    if low.startswith(self.anchors[other], start + offset):
-                        nested = True
-                        for index in patterns[other]:
-                            out[index].append(start + offset)
-        return [sorted(set(s)) for s in out] if nested else out
+        patterns, overlaps, offsets, words = self.anchor_patterns, self.anchor_overlaps, self.anchor_offsets, self.words
+        # The anchors are searched without their leading space (a space is everywhere: it would defeat the
+        # search's prefilter); whether a word starts there is checked here.
+        for anchor, at, _ in self.scanner.find_matches_as_indexes(folded):  # ascending, non-overlapping
+            if not words[anchor] or folded[at - 1] == 32:
+                for index in patterns[anchor]:
+                    out[index].append(at + offsets[anchor])
+            for shift, other in overlaps[anchor]:
+                nested = at + shift
+                if folded.startswith(self.anchors[other], nested) and (not words[other] or folded[nested - 1] == 32):
+                    for index in patterns[other]:
+                        out[index].append(nested + offsets[other])
+        return [sorted({i for i in s if i >= 0}) if s else s for s in out]
 
 
 def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -> Redactor:
@@ -266,7 +276,13 @@ def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -
         (n, rx, _replacer(n), _min_length(rx), *((_HINTS.get(n), _ANCHORS.get(n)) if builtin else (None, None)))
         for n, rx, builtin in ((n, re.compile(p), (n, p) in BUILTIN_PATTERNS) for n, p in patterns)
     )
-    anchors = sorted({a for p in compiled if p[5] is not None for a in p[5]})
+    written = sorted({a for p in compiled if p[5] is not None for a, _ in p[5]})
+    anchors = sorted({a.lstrip(" ") for a in written})
+    # An anchor " w" found at folded index i puts the match at i + offset; "w" is found one further on.
+    offsets = {a.lstrip(" "): offset - (len(a) - len(a.lstrip(" "))) for p in compiled if p[5] for a, offset in p[5]}
+    spaced = {a.lstrip(" ") for a in written if a.startswith(" ")}
+    if spaced & {a for a in written if not a.startswith(" ")}:
+        raise ValueError("an anchor is written both with and without a leading space")
     return Redactor(
         paths=root if root.children or root.wild else None,
         keys=tuple(keys),
@@ -275,7 +291,11 @@ def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -
         rules=names,
         scanner=BytesAhoCorasick([a.encode() for a in anchors], matchkind=MatchKind.LeftmostFirst) if anchors else None,
         anchors=tuple(a.encode() for a in anchors),
-        anchor_patterns=tuple(tuple(i for i, p in enumerate(compiled) if p[5] and a in p[5]) for a in anchors),
+        anchor_offsets=tuple(offsets[a] for a in anchors),
+        words=tuple(a in spaced for a in anchors),
+        anchor_patterns=tuple(
+            tuple(i for i, p in enumerate(compiled) if p[5] and a in {w.lstrip(" ") for w, _ in p[5]}) for a in anchors
+        ),
         anchor_overlaps=tuple(_overlaps(a, anchors) for a in anchors),
     )
 
