@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,15 @@ async def one_call(port: int, path: str, who: Identity, call: bytes = CALL) -> t
     return status, body, elapsed
 
 
+def cpu_split(pid: int | None) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` so far."""
+    if pid is None:
+        return 0.0, 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def rss_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -215,11 +225,34 @@ class Peak:
             self._thread.join()
 
 
-def measure(port: int, path: str, who: Identity, expected: bytes, pid: int | None, spy: str | None) -> dict[str, Any]:
+def body_messages(metrics_url: str | None) -> tuple[float, float]:
+    """(count, seconds) of response-body ext_proc messages the processor handled so far (its /metrics)."""
+    if metrics_url is None:
+        return 0.0, 0.0
+    with urllib.request.urlopen(metrics_url, timeout=5) as r:
+        text = r.read().decode()
+    found = dict.fromkeys(("count", "sum"), 0.0)
+    for line in text.splitlines():
+        for key in found:
+            if line.startswith(f'mcp_extproc_message_seconds_{key}{{phase="response_body"}}'):
+                found[key] = float(line.rsplit(" ", 1)[1])
+    return found["count"], found["sum"]
+
+
+def measure(
+    port: int,
+    path: str,
+    who: Identity,
+    expected: bytes,
+    pid: int | None,
+    spy: str | None,
+    metrics_url: str | None = None,
+) -> dict[str, Any]:
     """One call (after a small one); throughput, CPU and memory of the processor ``pid`` (None: Envoy alone)."""
     status, body, _ = asyncio.run(one_call(port, path, who, WARMUP))
     if (status, body) != (200, WARMUP_BODY):
         raise RuntimeError(f"warm-up call failed: {status} {body[:200]!r}")
+    messages0 = body_messages(metrics_url)
     profiler = None
     if spy and pid is not None:
         profiler = subprocess.Popen(
@@ -229,9 +262,11 @@ def measure(port: int, path: str, who: Identity, expected: bytes, pid: int | Non
         )  # fmt: skip
         time.sleep(1.0)
     cpu0 = cpu_seconds(pid) if pid is not None else 0.0
+    split0 = cpu_split(pid)
     with Peak(pid) as peak:
         status, body, elapsed = asyncio.run(one_call(port, path, who))
     cpu = (cpu_seconds(pid) - cpu0) if pid is not None else 0.0
+    user, system = (b - a for a, b in zip(split0, cpu_split(pid), strict=True))
     if profiler is not None:
         profiler.send_signal(signal.SIGINT)
         profiler.wait(60)
@@ -243,10 +278,19 @@ def measure(port: int, path: str, who: Identity, expected: bytes, pid: int | Non
         "seconds": round(elapsed, 3),
         "mib_per_s": round(mib / elapsed, 1),
     }
+    if metrics_url is not None:
+        count, seconds = (b - a for a, b in zip(messages0, body_messages(metrics_url), strict=True))
+        row.update(
+            body_messages=int(count),
+            body_message_kib=round(len(expected) / 1024 / count, 1) if count else None,
+            handler_ms_per_mib=round(seconds * 1000 / mib, 2),  # our code per body message, without gRPC transport
+        )
     if pid is not None:
         row.update(
             processor_cpu_s=round(cpu, 3),
             processor_cpu_ms_per_mib=round(cpu * 1000 / mib, 2),
+            processor_user_ms_per_mib=round(user * 1000 / mib, 2),
+            processor_system_ms_per_mib=round(system * 1000 / mib, 2),
             processor_mib_per_cpu_s=round(mib / cpu, 1) if cpu else None,
             rss_base_mib=round(peak.base / 1024, 1),
             rss_peak_growth_mib=round((peak.peak - peak.base) / 1024, 1),
@@ -304,6 +348,7 @@ def run_size(
             key, pub = generate_keys(workdir / "signing")
             doc = yaml.safe_load(config.read_text())
             doc["recording"]["signing_key"] = str(key)
+            doc["processor"]["metrics_port"] = metrics_port = free_port()
             config.write_text(yaml.safe_dump(doc, sort_keys=False))
             who = authed_identities(config, issuer, 1)[0]
             upstream_target = Target(port, "/mcp", {}, [who])
@@ -314,7 +359,8 @@ def run_size(
             shutil.rmtree(config.parent / "stack")
             with envoy_and_processor(config, upstream_target, [who]) as target:
                 spy = str(ROOT / "bench" / "results" / f"profile-sse-{total // MB}mb.txt") if args.profile else None
-                rows[GATEWAY] = measure(target.port, target.path, who, expected, target.pids["processor"], spy)
+                metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+                rows[GATEWAY] = measure(target.port, target.path, who, expected, target.pids["processor"], spy, metrics)
             check = recording_check(config, pub, events)
     finally:
         stop_process(upstream)
@@ -361,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(results: dict[str, Any]) -> None:
     print()
-    print(f"{'body':>6}  {'row':<34}{'MiB/s':>8}{'s':>8}{'CPU ms/MiB':>12}{'RSS +MiB':>10}{'body':>6}")
+    print(f"{'body':>6}  {'row':<34}{'MiB/s':>8}{'s':>8}{'CPU ms/MiB':>12}{'RSS +MiB':>10}{'body':>6}  handler")
     for size, r in results.items():
         for name, row in r["rows"].items():
             cpu = row.get("processor_cpu_ms_per_mib")
@@ -370,6 +416,12 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{size:>6}  {name:<34}{row['mib_per_s']:>8.1f}{row['seconds']:>8.2f}"
                 f"{'-' if cpu is None else f'{cpu:.1f}':>12}{'-' if rss is None else f'{rss:.1f}':>10}"
                 f"{'ok' if row['body_ok'] else 'BAD':>6}"
+                + (
+                    f"  {row['handler_ms_per_mib']:.1f} ms/MiB in {row['body_messages']} messages of "
+                    f"{row['body_message_kib']} KiB"
+                    if "handler_ms_per_mib" in row
+                    else ""
+                )
             )
         c = r["recording_check"]
         print(
