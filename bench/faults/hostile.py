@@ -77,7 +77,8 @@ def run(scale: str) -> Outcome:
                                 if time.monotonic() - t0 > ENDLESS_READ_S:
                                     break  # the client gives up; the server would go on for ever
                         else:
-                            received[behaviour] += len(await r.read())
+                            data = await r.read()  # read first: `x[k] += await ...` loses concurrent updates
+                            received[behaviour] += len(data)
                         statuses[behaviour][str(r.status)] += 1
                 except (TimeoutError, aiohttp.ClientError) as e:
                     statuses[behaviour][type(e).__name__] += 1
