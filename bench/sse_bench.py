@@ -225,6 +225,33 @@ class Peak:
             self._thread.join()
 
 
+def metric(metrics_url: str, name: str) -> float:
+    with urllib.request.urlopen(metrics_url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+class QueuePeak(threading.Thread):
+    """The recorder's queue (events emitted, not yet in the spool) every 50 ms: its peak."""
+
+    def __init__(self, metrics_url: str | None) -> None:
+        super().__init__(daemon=True)
+        self.url, self.peak = metrics_url, 0.0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while self.url is not None and not self._done.wait(0.05):
+            self.peak = max(self.peak, metric(self.url, "mcp_extproc_recording_queued_events"))
+
+    def stop(self) -> float:
+        self._done.set()
+        if self.is_alive():
+            self.join()
+        return self.peak
+
+
 def body_messages(metrics_url: str | None) -> tuple[float, float]:
     """(count, seconds) of response-body ext_proc messages the processor handled so far (its /metrics)."""
     if metrics_url is None:
@@ -263,8 +290,11 @@ def measure(
         time.sleep(1.0)
     cpu0 = cpu_seconds(pid) if pid is not None else 0.0
     split0 = cpu_split(pid)
+    queue = QueuePeak(metrics_url)
+    queue.start()
     with Peak(pid) as peak:
         status, body, elapsed = asyncio.run(one_call(port, path, who))
+    queued = queue.stop()
     cpu = (cpu_seconds(pid) - cpu0) if pid is not None else 0.0
     user, system = (b - a for a, b in zip(split0, cpu_split(pid), strict=True))
     if profiler is not None:
@@ -284,6 +314,7 @@ def measure(
             body_messages=int(count),
             body_message_kib=round(len(expected) / 1024 / count, 1) if count else None,
             handler_ms_per_mib=round(seconds * 1000 / mib, 2),  # our code per body message, without gRPC transport
+            recorder_queue_peak_events=int(queued),
         )
     if pid is not None:
         row.update(
