@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import takewhile
 from typing import Any
 
 from extproc.mcp.sse import HoldBudget, SseEvent, SseParser, format_event
@@ -63,28 +64,30 @@ class SseRewriter:
         events = self.parser.feed(chunk)
         if self.refused:
             return b"", events
-        if self.parser.skipping or any(e.withheld for e in events):
-            self.refused, self._parts = True, []
-            return b"", events
         if chunk:
             self._parts.append(chunk)
+        refuse = self.parser.skipping or any(e.withheld for e in events)
+        good = list(takewhile(lambda e: e.withheld is None, events))  # the events before one too big to check
         done = self.parser.consumed - self._released  # bytes of complete blocks among those held
-        if done <= 0:
+        if done <= 0 and not refuse:
             return b"", events
         pending = b"".join(self._parts)
         region, rest = pending[:done], pending[done:]
-        self._parts = [rest] if rest else []
-        self._released += done
         out = bytearray()
         pos = 0
-        for ev in events:
+        for ev in good:
             at = region.find(ev.raw, pos)
             if at < 0:  # cannot locate it: release everything up to here untouched rather than guess
                 break
             out += region[pos:at]
             out += self._rewrite(ev)
             pos = at + len(ev.raw)
+        if refuse:  # nothing from the unchecked event on
+            self.refused, self._parts = True, []
+            return bytes(out), events
         out += region[pos:]
+        self._parts = [rest] if rest else []
+        self._released += done
         return bytes(out), events
 
     def finish(self) -> bytes:
@@ -162,7 +165,7 @@ class ResponseBody:
             was_refused = self._rewriter.refused
             out, events = self._rewriter.feed(chunk)
             if self._rewriter.refused and not was_refused:
-                out = self._refusal()
+                out += self._refusal()
             return [Piece(e.raw, e) for e in events], out
         if self._parser is not None:
             return [Piece(e.raw, e) for e in self._parser.feed(chunk)], None

@@ -104,3 +104,14 @@ def test_json_bodies_share_the_worker_budget() -> None:
     assert [p.raw for p in pieces] == [b"y" * 2000]
     first.end()
     assert budget.held == 0
+
+
+def test_events_before_the_one_too_big_still_reach_the_client() -> None:
+    body = ResponseBody("text/event-stream", 4096, rewrite=lambda m: m, refusal=lambda: b"data: refused\n\n")
+    _, released = body.feed(SMALL_1 + BIG[:5000])  # one chunk: a whole small event, then the start of a big one
+    assert released == SMALL_1 + b"data: refused\n\n"
+    pieces, released = body.feed(BIG[5000:] + SMALL_3)
+    assert released == b""  # nothing more of the body
+    more, tail = body.end()  # SMALL_3 ends in a bare CR: its event completes at the end of the stream
+    assert tail == b""
+    assert [(p.event.withheld, p.event.id) for p in pieces + more if p.event] == [(EVENT_TOO_BIG, "2"), (None, "3")]
