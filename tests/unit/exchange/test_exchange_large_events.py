@@ -20,6 +20,7 @@ from exchange_fakes import (
     _gateway,
     _headers,
     _request,
+    _status,
     load_fake_policy,
 )
 
@@ -93,3 +94,39 @@ async def test_many_concurrent_huge_events_stay_within_the_worker_budget(policy:
     assert len(parsed) == 1 and len(withheld) == 19  # one fits the budget whole; the others are not held
     assert {e.body["withheld"] for e in withheld} == {BUDGET_SPENT}  # type: ignore[attr-defined]
     assert {e.body["sha256"] for e in withheld} == {hashlib.sha256(HUGE).hexdigest()}  # type: ignore[attr-defined]
+
+
+async def test_a_huge_event_in_a_body_that_must_be_rewritten_is_refused(policy: FakePolicy) -> None:
+    """A stateless call whose result may carry request state: its SSE events are rewritten (sealed) as they pass.
+    One too big to check never reaches the client: it gets a JSON-RPC error instead, and nothing after it."""
+    sink = FakeSink()
+    gw = _gateway(sink, policy)
+    ex = Exchange(gw)
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+    }
+    headers = {":method": "POST", ":path": "/demo/mcp", ":authority": "gw", "content-type": "application/json",
+               "authorization": "Bearer alice", "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call",
+               "mcp-name": "echo"}  # fmt: skip
+    await ex.on_request_headers(_headers(headers))
+    call = _call("echo", text="hi")
+    call["params"]["_meta"] = meta
+    assert _status(await ex.on_request_body(_body(call))) is None
+    await ex.on_response_headers(_headers({":status": "200", "content-type": "text/event-stream"}))
+    assert ex._body is not None and ex._body.rewriting
+    sent = b""
+    note = b'id: 0\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}\n\n'
+    stream = note + HUGE + RESULT
+    for i in range(0, len(stream), CHUNK):
+        reply = await ex.on_response_body(_body(stream[i : i + CHUNK], end=i + CHUNK >= len(stream)))
+        sent += reply.response_body.response.body_mutation.body
+    first, error = sent.split(b"\n\n", 1)
+    assert first + b"\n\n" == note  # what came before it passed
+    assert b"xxxx" not in sent
+    doc = json.loads(error.split(b"data: ", 1)[1])
+    assert (doc["id"], doc["error"]["code"]) == (1, -32603)  # the call is answered with an error
+    assert sent.count(b"data: ") == 2  # the event before it, the error; nothing of the rest
+    withheld = [e for e in sink.events if e.type == "mcp.response" and "withheld" in e.body]  # type: ignore[attr-defined]
+    assert [e.size for e in withheld] == [len(HUGE)]  # type: ignore[attr-defined]
