@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from extproc.mcp.body import ResponseBody
+from extproc.mcp.body import ResponseBody, SseRewriter
 from extproc.mcp.sse import BUDGET_SPENT, EVENT_TOO_BIG, HoldBudget, SseEvent, SseParser
 
 SMALL_1 = b'event: message\nid: 1\ndata: {"jsonrpc":"2.0","method":"notifications/progress"}\n\n'
@@ -115,3 +115,35 @@ def test_events_before_the_one_too_big_still_reach_the_client() -> None:
     more, tail = body.end()  # SMALL_3 ends in a bare CR: its event completes at the end of the stream
     assert tail == b""
     assert [(p.event.withheld, p.event.id) for p in pieces + more if p.event] == [(EVENT_TOO_BIG, "2"), (None, "3")]
+
+
+ATOMS = [
+    b"data: x",
+    b"data:y",
+    b"id: 1",
+    b"event: e",
+    b"retry: 10",
+    b": c",
+    b"",
+    b"\xef\xbb\xbf",
+    b"data",
+    b"\r",
+    b"\n",
+]
+
+
+def test_random_streams_parse_the_same_however_cut_and_pass_a_rewriter_unchanged() -> None:
+    rng = random.Random(2026)
+    for _ in range(3000):
+        stream = b"".join(rng.choice(ATOMS) for _ in range(rng.randint(0, 30)))
+        cuts = sorted(rng.sample(range(len(stream) + 1), min(len(stream) + 1, rng.randint(0, 6))))
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        whole = SseParser()
+        expected = whole.feed(stream)
+        last, tail = whole.finish()
+        cut = SseParser()
+        got = [e for c in chunks for e in cut.feed(c)]
+        got_last, got_tail = cut.finish()
+        assert (got + got_last, got_tail) == (expected + last, tail), chunks
+        rewriter = SseRewriter(lambda m: m, b"never")
+        assert b"".join(rewriter.feed(c)[0] for c in chunks) + rewriter.finish() == stream, chunks
