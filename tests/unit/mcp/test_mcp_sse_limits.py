@@ -129,6 +129,7 @@ ATOMS = [
     b"data",
     b"\r",
     b"\n",
+    b"\r\n",
 ]
 
 
