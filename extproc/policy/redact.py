@@ -111,6 +111,8 @@ class Redactor:
     anchors: tuple[bytes, ...] = ()
     anchor_offsets: tuple[int, ...] = ()
     words: tuple[bool, ...] = ()  # anchors written with a leading space: found only where a word starts
+    anchor_single: tuple[int, ...] = ()  # the one pattern an anchor starts, -1 when several
+    uniform: tuple[bool, ...] = ()  # per pattern: all its anchors put the start at one offset (starts ascend)
     anchor_patterns: tuple[tuple[int, ...], ...] = ()
     anchor_overlaps: tuple[tuple[tuple[int, int], ...], ...] = ()
     # Object keys repeat endlessly ("jsonrpc", "params", "text"): remember each key's rule, bounded because
@@ -234,19 +236,36 @@ class Redactor:
         assert self.scanner is not None
         folded = b" " + text.encode().translate(_FOLD)
         out: list[list[int]] = [[] for _ in self.patterns]
-        patterns, overlaps, offsets, words = self.anchor_patterns, self.anchor_overlaps, self.anchor_offsets, self.words
+        add = [o.append for o in out]
+        single, overlaps, offsets, words = self.anchor_single, self.anchor_overlaps, self.anchor_offsets, self.words
+        nested = False
         # The anchors are searched without their leading space (a space is everywhere: it would defeat the
-        # search's prefilter); whether a word starts there is checked here.
+        # search's prefilter); whether a word starts there is checked here. This loop runs per match: kept lean.
         for anchor, at, _ in self.scanner.find_matches_as_indexes(folded):  # ascending, non-overlapping
-            if not words[anchor] or folded[at - 1] == 32:
-                for index in patterns[anchor]:
-                    out[index].append(at + offsets[anchor])
-            for shift, other in overlaps[anchor]:
-                nested = at + shift
-                if folded.startswith(self.anchors[other], nested) and (not words[other] or folded[nested - 1] == 32):
-                    for index in patterns[other]:
-                        out[index].append(nested + offsets[other])
-        return [sorted({i for i in s if i >= 0}) if s else s for s in out]
+            if overlaps[anchor]:
+                nested |= self._nested(folded, anchor, at, out)
+            if words[anchor] and folded[at - 1] != 32:
+                continue
+            if single[anchor] >= 0:
+                add[single[anchor]](at + offsets[anchor])
+            else:
+                for index in self.anchor_patterns[anchor]:
+                    add[index](at + offsets[anchor])
+        return [
+            sorted({i for i in s if i >= 0}) if nested or not self.uniform[p] or (s and s[0] < 0) else s
+            for p, s in enumerate(out)
+        ]
+
+    def _nested(self, folded: bytes, anchor: int, at: int, out: list[list[int]]) -> bool:
+        """Anchors occurring inside the one found at ``at`` (the search reports none of them): added to ``out``."""
+        found = False
+        for shift, other in self.anchor_overlaps[anchor]:
+            i = at + shift
+            if folded.startswith(self.anchors[other], i) and (not self.words[other] or folded[i - 1] == 32):
+                found = True
+                for index in self.anchor_patterns[other]:
+                    out[index].append(i + self.anchor_offsets[other])
+        return found
 
 
 def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -> Redactor:
@@ -283,6 +302,9 @@ def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -
     spaced = {a.lstrip(" ") for a in written if a.startswith(" ")}
     if spaced & {a for a in written if not a.startswith(" ")}:
         raise ValueError("an anchor is written both with and without a leading space")
+    starts_of = tuple(
+        tuple(i for i, p in enumerate(compiled) if p[5] and a in {w.lstrip(" ") for w, _ in p[5]}) for a in anchors
+    )
     return Redactor(
         paths=root if root.children or root.wild else None,
         keys=tuple(keys),
@@ -293,9 +315,9 @@ def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -
         anchors=tuple(a.encode() for a in anchors),
         anchor_offsets=tuple(offsets[a] for a in anchors),
         words=tuple(a in spaced for a in anchors),
-        anchor_patterns=tuple(
-            tuple(i for i, p in enumerate(compiled) if p[5] and a in {w.lstrip(" ") for w, _ in p[5]}) for a in anchors
-        ),
+        anchor_single=tuple(single[0] if len(single) == 1 else -1 for single in starts_of),
+        uniform=tuple(p[5] is None or len({offsets[a.lstrip(" ")] for a, _ in p[5]}) <= 1 for p in compiled),
+        anchor_patterns=starts_of,
         anchor_overlaps=tuple(_overlaps(a, anchors) for a in anchors),
     )
 
