@@ -13,8 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ahocorasick_rs import BytesAhoCorasick, MatchKind
-
+from extproc.policy.anchors import ANCHORED_FROM, ANCHORS, AnchorScan, subn_at
 from extproc.policy.model import Redaction as RedactionRule
 from extproc.secrets import SECRET_NAME_RULE, is_secret_name, marker
 
@@ -43,22 +42,6 @@ _HINTS: dict[str, tuple[str, ...]] = {
     "builtin-aws-secret-key": ("aws",),
     "builtin-password-assignment": ("password", "passwd", "pwd", "secret", "api", "token"),
 }
-# Where a match of each built-in pattern can start. In a long ASCII text one Aho-Corasick pass over its folded form
-# (letters lower-cased, every non-word character a space, one space in front: so " token" is "token" at the start
-# of a word, as the patterns' leading \b wants) finds every anchor, and each pattern is tried only where its
-# anchors put a match start (``re.match``), never position by position over the whole text. An anchor found at
-# folded index i puts the match start at text index i + offset (the folded text is one longer, in front).
-_ANCHORS: dict[str, tuple[tuple[str, int], ...]] = {
-    "builtin-private-key": ((" begin", -5),),  # "-----BEGIN": five dashes (folded: spaces), the last one here
-    "builtin-bearer-token": ((" bearer", 0),),
-    "builtin-jwt": ((" eyj", 0),),
-    "builtin-aws-access-key": ((" akia", 0), (" asia", 0), (" abia", 0), (" acca", 0)),
-    "builtin-github-token": tuple((f" {p}", 0) for p in ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")),
-    "builtin-aws-secret-key": (("aws", -1),),
-    "builtin-password-assignment": tuple((f" {w}", 0) for w in ("password", "passwd", "pwd", "secret", "api", "token")),
-}
-_FOLD = bytes(c + 32 if 65 <= c <= 90 else c if (c < 128 and chr(c).isalnum()) or c == 95 else 32 for c in range(256))
-_ANCHORED_FROM = 256  # shorter texts: one regex scan is as cheap
 # A key whose name says "credential" (password, api_key, clientSecret, x-github-pat ...): the one classifier that
 # also decides which headers and query parameters are never recorded.
 BUILTIN_KEYS: tuple[tuple[str, Callable[[str], bool]], ...] = ((SECRET_NAME_RULE, is_secret_name),)
@@ -99,22 +82,13 @@ class Redactor:
 
     paths: _Node | None
     keys: tuple[tuple[str, Callable[[str], object]], ...]  # (rule, does this key name match)
-    # (name, regex, replacement, shortest match, hints, anchors): see _HINTS and _ANCHORS
+    # (name, regex, replacement, shortest match, hints, anchors): see _HINTS and policy/anchors.py
     patterns: tuple[_Pattern, ...]
     rules: tuple[str, ...]  # every rule name, for summaries
     # When every pattern has hints: one search for any hint decides whether a text needs the patterns at all.
     any_hint: tuple[str, ...] | None = None
-    # Every anchor of the patterns that have them (leftmost-first search, which skips occurrences inside one it
-    # reports); for each anchor the patterns it starts (by index), and the (offset, anchor) pairs that may occur
-    # inside it (a suffix of it is a prefix of the other, or the other lies within it), checked one by one.
-    scanner: BytesAhoCorasick | None = None
-    anchors: tuple[bytes, ...] = ()
-    anchor_offsets: tuple[int, ...] = ()
-    words: tuple[bool, ...] = ()  # anchors written with a leading space: found only where a word starts
-    anchor_single: tuple[int, ...] = ()  # the one pattern an anchor starts, -1 when several
-    uniform: tuple[bool, ...] = ()  # per pattern: all its anchors put the start at one offset (starts ascend)
-    anchor_patterns: tuple[tuple[int, ...], ...] = ()
-    anchor_overlaps: tuple[tuple[tuple[int, int], ...], ...] = ()
+    # Long ASCII texts: where the anchored (built-in) patterns can start, found in one pass (policy/anchors.py).
+    anchored: AnchorScan | None = None
     # Object keys repeat endlessly ("jsonrpc", "params", "text"): remember each key's rule, bounded because
     # keys come from clients and servers.
     key_memo: dict[str, str | None] = field(default_factory=dict)
@@ -191,7 +165,7 @@ class Redactor:
             return rule
 
     def _text(self, text: str, path: list[str], found: list[Redaction]) -> str:
-        if self.scanner is not None and len(text) >= _ANCHORED_FROM and text.isascii():
+        if self.anchored is not None and len(text) >= ANCHORED_FROM and text.isascii():
             return self._long_text(text, path, found)
         low: str | None = None
         if self.any_hint is not None:
@@ -216,56 +190,21 @@ class Redactor:
 
     def _long_text(self, text: str, path: list[str], found: list[Redaction]) -> str:
         """``_text`` for a long ASCII text: anchored patterns tried only where one of their anchors occurs."""
+        assert self.anchored is not None
         starts: list[list[int]] | None = None
         for index, (name, rx, replace, _, _, anchors) in enumerate(self.patterns):
             if anchors is None:
                 text, n = rx.subn(replace, text)
             else:
                 if starts is None:
-                    starts = self._starts(text)
+                    starts = self.anchored.starts(text)
                 if not starts[index]:
                     continue
-                text, n = _subn_at(rx, replace, text, starts[index])
+                text, n = subn_at(rx, replace, text, starts[index])
             if n:
                 found.append(Redaction(name, _pointer(path), "pattern", n))
                 starts = None  # the text changed: find the anchors again
         return text
-
-    def _starts(self, text: str) -> list[list[int]]:
-        """For each pattern, where its anchors put a match start in ``text`` (ASCII), ascending."""
-        assert self.scanner is not None
-        folded = b" " + text.encode().translate(_FOLD)
-        out: list[list[int]] = [[] for _ in self.patterns]
-        add = [o.append for o in out]
-        single, overlaps, offsets, words = self.anchor_single, self.anchor_overlaps, self.anchor_offsets, self.words
-        nested = False
-        # The anchors are searched without their leading space (a space is everywhere: it would defeat the
-        # search's prefilter); whether a word starts there is checked here. This loop runs per match: kept lean.
-        for anchor, at, _ in self.scanner.find_matches_as_indexes(folded):  # ascending, non-overlapping
-            if overlaps[anchor]:
-                nested |= self._nested(folded, anchor, at, out)
-            if words[anchor] and folded[at - 1] != 32:
-                continue
-            if single[anchor] >= 0:
-                add[single[anchor]](at + offsets[anchor])
-            else:
-                for index in self.anchor_patterns[anchor]:
-                    add[index](at + offsets[anchor])
-        return [
-            sorted({i for i in s if i >= 0}) if nested or not self.uniform[p] or (s and s[0] < 0) else s
-            for p, s in enumerate(out)
-        ]
-
-    def _nested(self, folded: bytes, anchor: int, at: int, out: list[list[int]]) -> bool:
-        """Anchors occurring inside the one found at ``at`` (the search reports none of them): added to ``out``."""
-        found = False
-        for shift, other in self.anchor_overlaps[anchor]:
-            i = at + shift
-            if folded.startswith(self.anchors[other], i) and (not self.words[other] or folded[i - 1] == 32):
-                found = True
-                for index in self.anchor_patterns[other]:
-                    out[index].append(i + self.anchor_offsets[other])
-        return found
 
 
 def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -> Redactor:
@@ -292,18 +231,8 @@ def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -
         patterns += BUILTIN_PATTERNS
     names = tuple(r.name for r in rules if r.path is not None) + tuple(n for n, _ in (*keys, *patterns))
     compiled = tuple(
-        (n, rx, _replacer(n), _min_length(rx), *((_HINTS.get(n), _ANCHORS.get(n)) if builtin else (None, None)))
+        (n, rx, _replacer(n), _min_length(rx), *((_HINTS.get(n), ANCHORS.get(n)) if builtin else (None, None)))
         for n, rx, builtin in ((n, re.compile(p), (n, p) in BUILTIN_PATTERNS) for n, p in patterns)
-    )
-    written = sorted({a for p in compiled if p[5] is not None for a, _ in p[5]})
-    anchors = sorted({a.lstrip(" ") for a in written})
-    # An anchor " w" found at folded index i puts the match at i + offset; "w" is found one further on.
-    offsets = {a.lstrip(" "): offset - (len(a) - len(a.lstrip(" "))) for p in compiled if p[5] for a, offset in p[5]}
-    spaced = {a.lstrip(" ") for a in written if a.startswith(" ")}
-    if spaced & {a for a in written if not a.startswith(" ")}:
-        raise ValueError("an anchor is written both with and without a leading space")
-    starts_of = tuple(
-        tuple(i for i, p in enumerate(compiled) if p[5] and a in {w.lstrip(" ") for w, _ in p[5]}) for a in anchors
     )
     return Redactor(
         paths=root if root.children or root.wild else None,
@@ -311,28 +240,8 @@ def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -
         patterns=compiled,
         any_hint=_any_hint(compiled),
         rules=names,
-        scanner=BytesAhoCorasick([a.encode() for a in anchors], matchkind=MatchKind.LeftmostFirst) if anchors else None,
-        anchors=tuple(a.encode() for a in anchors),
-        anchor_offsets=tuple(offsets[a] for a in anchors),
-        words=tuple(a in spaced for a in anchors),
-        anchor_single=tuple(single[0] if len(single) == 1 else -1 for single in starts_of),
-        uniform=tuple(p[5] is None or len({offsets[a.lstrip(" ")] for a, _ in p[5]}) <= 1 for p in compiled),
-        anchor_patterns=starts_of,
-        anchor_overlaps=tuple(_overlaps(a, anchors) for a in anchors),
+        anchored=AnchorScan([p[5] for p in compiled]) if any(p[5] for p in compiled) else None,
     )
-
-
-def _overlaps(a: str, anchors: list[str]) -> tuple[tuple[int, int], ...]:
-    """Where another anchor (by index) can start inside an occurrence of ``a``: at an offset where it continues a
-    suffix of ``a`` or lies within ``a``, or at offset 0 when one is a prefix of the other."""
-    out = []
-    for offset in range(len(a)):
-        for j, b in enumerate(anchors):
-            if b == a and offset == 0:
-                continue
-            if a[offset:].startswith(b) or b.startswith(a[offset:]):
-                out.append((offset, j))
-    return tuple(out)
 
 
 _KEY_MEMO_MAX = 4096
@@ -343,27 +252,6 @@ def _any_hint(patterns: Sequence[tuple[Any, ...]]) -> tuple[str, ...] | None:
     if not patterns or any(p[4] is None for p in patterns):
         return None  # a pattern without hints must always run
     return tuple(sorted({h for p in patterns for h in p[4]}))
-
-
-def _subn_at(
-    rx: re.Pattern[str], replace: Callable[[re.Match[str]], str], text: str, starts: list[int]
-) -> tuple[str, int]:
-    """``rx.subn(replace, text)`` for a pattern whose every match starts at one of ``starts`` (ascending): the same
-    leftmost, non-overlapping matches, tried only at those places."""
-    out: list[str] = []
-    last = n = 0
-    for i in starts:
-        if i < last:
-            continue
-        m = rx.match(text, i)  # \b and look-behinds still see the text before i
-        if m is None or m.end() == m.start():
-            continue
-        out += (text[last:i], replace(m))
-        last, n = m.end(), n + 1
-    if not n:
-        return text, 0
-    out.append(text[last:])
-    return "".join(out), n
 
 
 def _min_length(rx: re.Pattern[str]) -> int:

@@ -7,14 +7,8 @@ import re
 
 import pytest
 
-from extproc.policy.redact import (
-    _ANCHORED_FROM,
-    _FOLD,
-    BUILTIN_PATTERNS,
-    _replacer,
-    _subn_at,
-    compile_redactor,
-)
+from extproc.policy.anchors import ANCHORED_FROM, FOLD, subn_at
+from extproc.policy.redact import BUILTIN_PATTERNS, Redactor, _replacer, compile_redactor
 
 FRAGMENTS = [
     "the", "quick", "rapid", "tokenizer", "apiary", "Token", "TOKEN=abc123", "token: 'xyz'", "api_key=K3y",
@@ -27,6 +21,11 @@ FRAGMENTS = [
     "secretoken=abc", "AKIAWS", "ASIAKIA" + "F" * 16, "passwordpwd=1", "awsecret=2",
     "github_pat_ghp_" + "g" * 36, " ", "\n", ",", ";", "&", "}", "=", ":", "'",
 ]  # fmt: skip
+
+
+def _scan(redactor: Redactor, text: str) -> list[list[int]]:
+    assert redactor.anchored is not None
+    return redactor.anchored.starts(text)
 
 
 def _texts(seed: int, count: int) -> list[str]:
@@ -44,15 +43,15 @@ def test_anchored_substitution_equals_a_full_scan(name: str, pattern: str) -> No
     for text in _texts(len(name), 60):
         assert text.isascii()
         starts = [i for i in range(len(text)) if rx.match(text, i)]  # every place a match can start
-        anchored = compile_redactor([], defaults=True)._starts(text)[[n for n, _ in BUILTIN_PATTERNS].index(name)]
+        anchored = _scan(compile_redactor([], defaults=True), text)[[n for n, _ in BUILTIN_PATTERNS].index(name)]
         assert set(starts) <= set(anchored), text  # the anchors find every one of them
-        assert _subn_at(rx, replace, text, anchored) == rx.subn(replace, text), text
+        assert subn_at(rx, replace, text, anchored) == rx.subn(replace, text), text
 
 
 def test_long_strings_redacted_as_before() -> None:
     redactor = compile_redactor([], defaults=True)
     for text in _texts(7, 60):
-        assert len(text) >= _ANCHORED_FROM
+        assert len(text) >= ANCHORED_FROM
         expected, hits = text, []
         for name, pattern in BUILTIN_PATTERNS:  # the built-ins one by one, in order, over the whole text
             expected, n = re.compile(pattern).subn(_replacer(name), expected)
@@ -67,8 +66,8 @@ def test_every_anchor_occurrence_is_found_even_inside_another() -> None:
     redactor = compile_redactor([], defaults=True)
     for text in _texts(11, 40):
         text = text.replace(" ", "")  # anchors run into each other
-        folded = b" " + text.encode().translate(_FOLD)
-        starts = redactor._starts(text)
+        folded = b" " + text.encode().translate(FOLD)
+        starts = _scan(redactor, text)
         for index, (_, _, _, _, _, anchors) in enumerate(redactor.patterns):
             assert anchors is not None
             expected = {
