@@ -130,3 +130,17 @@ async def test_a_huge_event_in_a_body_that_must_be_rewritten_is_refused(policy: 
     assert sent.count(b"data: ") == 2  # the event before it, the error; nothing of the rest
     withheld = [e for e in sink.events if e.type == "mcp.response" and "withheld" in e.body]  # type: ignore[attr-defined]
     assert [e.size for e in withheld] == [len(HUGE)]  # type: ignore[attr-defined]
+
+
+async def test_an_exchange_cut_mid_event_gives_its_held_bytes_back(policy: FakePolicy) -> None:
+    sink = FakeSink()
+    gw = _gateway(sink, policy)
+    gw.options = replace(gw.options, max_event_body_bytes=1 << 20, held=HoldBudget(1 << 20))
+    ex = await _open(gw)
+    await ex.on_response_body(_body(HUGE[:30_000], end=False))
+    assert gw.options.held.held == 30_000
+    ex.finish("reset", "client went away")  # what the stream loop does when the stream dies
+    assert gw.options.held.held == 0
+    tail = [e for e in sink.events if e.type == "http.chunk"]
+    assert [e.size for e in tail] == [30_000]  # type: ignore[attr-defined]  # the unfinished event, recorded
+    assert sink.events[-1].outcome == "reset"  # type: ignore[attr-defined]
