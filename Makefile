@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration conformance bench faults faults-full lint clean tools chromium
+.PHONY: demo test test-unit test-integration conformance bench bench-sse faults faults-full lint clean tools chromium
 
 # Command-line tools the deploy checks run: promtool (Debian `prometheus`) and kubectl (Debian `kubectl`).
 APT_TOOLS := promtool:prometheus kubectl:kubectl
@@ -53,6 +53,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/policy_bench.py
 	$(BIN)/python bench/audit_index_bench.py
 	$(BIN)/python bench/recorder_bench.py
+	$(BIN)/python bench/sse_bench.py
+
+# A 10 MB and a 100 MB SSE response through auth + policy + signed recording (bench/README.md).
+bench-sse: $(STAMP)
+	$(BIN)/python bench/sse_bench.py
 
 # Fault and load suite (bench/README.md): every scenario at small scale (a few minutes); faults-full: full scale.
 # disk-full mounts a tmpfs: needs root (CI runs as root).

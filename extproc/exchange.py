@@ -40,10 +40,11 @@ from extproc.errors import (
 )
 from extproc.gateway import Gateway
 from extproc.logs import access, verdict_fields
-from extproc.mcp.body import Piece, ResponseBody, rewrite_json
+from extproc.mcp.body import Piece, ResponseBody, dumps, rewrite_json
 from extproc.mcp.jsonrpc import McpCall, ParsedBody, error_response, is_request, parse_body
 from extproc.mcp.methods import HTTP_METHODS, INPUT_REQUIRED
 from extproc.mcp.protocol import check_headers, classify, run_key
+from extproc.mcp.sse import format_event
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.enforce import Verdict, authorize, filter_body, record_redactor, redact_for_record, redact_text
 from extproc.policy.engine import describe_call
@@ -193,7 +194,8 @@ class Exchange:
         ok = 200 <= self.status < 300 and not msg.end_of_stream
         content_type = headers.get("content-type", "")
         seal_sse = self._seal_state if ok and self._may_ask else None
-        self._body = ResponseBody(content_type, self.gw.options.max_event_body_bytes, seal_sse)
+        opts = self.gw.options
+        self._body = ResponseBody(content_type, opts.max_event_body_bytes, seal_sse, opts.held, self._refusal)
         # List responses (and JSON results that may carry request state) are rewritten for the caller, so this one
         # body is buffered; all others keep streaming.
         if ok and self._lists:
@@ -468,9 +470,22 @@ class Exchange:
             self.log.emit(ListFiltered(method=method, message_id=msg_id, hidden=names))
         return responses.response_body(replace=filtered)
 
+    def _refusal(self) -> bytes:
+        """What the client gets instead of an SSE body that must be rewritten but holds an event too big to check:
+        an error for each request still unanswered, and nothing more of the body."""
+        log.warning("exchange %s: SSE event too big to check for request state; rest of the body withheld", self.id)
+        message = "the server's response holds an event too big for the gateway to check; withheld"
+        return b"".join(
+            format_event(dumps(error_response(json.loads(i), -32603, message))) for i in sorted(self._awaiting)
+        )
+
     def _record_piece(self, piece: Piece) -> None:
         """One SSE event or JSON document as mcp.response (parsed, redacted), or raw bytes as http.chunk."""
-        if piece.event is not None:
+        if piece.event is not None and piece.event.withheld:  # too big to hold: its bytes passed, size + hash kept
+            ev = piece.event
+            body = {"withheld": ev.withheld, "sha256": ev.sha256}
+            self.log.emit(McpResponse(body=body, size=ev.size, sse_event=ev.event, sse_id=ev.id))
+        elif piece.event is not None:
             parsed = parse_body(piece.event.data.encode()) if piece.event.data else None
             messages = list(parsed.messages) if parsed else []
             error = parsed.error if parsed else None
@@ -499,7 +514,7 @@ class Exchange:
         if self._body is not None and self._body.oversized and self.policy is not None:
             # Path and key redactions need the parsed document: an oversized JSON body under a policy is withheld
             # (size and SHA-256 kept), never stored raw.
-            body = {"withheld": "JSON body over recording.max_event_body_bytes", "sha256": sha256(raw).hexdigest()}
+            body = {"withheld": self._body.oversized_reason, "sha256": sha256(raw).hexdigest()}
             self.log.emit(ResponseChunk(body=body, size=len(raw)))
             return
         _, kept, _ = redact_for_record(self.policy, self.server_name, [], raw)  # text patterns still apply

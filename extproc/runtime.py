@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from extproc.authn.challenge import protected_resource_metadata, resource_metadata_url
 from extproc.authn.session_binding import load_key
+from extproc.mcp.sse import HoldBudget
 from extproc.settings import Settings
 
 
@@ -16,7 +17,8 @@ class ExchangeOptions:
     """What one exchange needs to know of the config."""
 
     required: bool = True  # fail closed: an exchange that cannot be recorded is refused (recording.required)
-    max_event_body_bytes: int = 1 << 20  # a JSON body past this is recorded chunk by chunk
+    max_event_body_bytes: int = 1 << 20  # a JSON body or SSE event past this is not held whole (size + SHA-256 kept)
+    held: HoldBudget = field(default_factory=lambda: HoldBudget(32 << 20))  # this worker's unfinished bodies
     forward_identity: bool = False  # set x-mcp-user / x-mcp-groups upstream
     session_key: bytes = b""  # binds session ids and request state to their owner
     metadata_url: str = ""  # RFC 9728 protected-resource metadata, served without a token ("" without auth)
@@ -32,6 +34,7 @@ def compile_options(settings: Settings) -> ExchangeOptions:
         "required": rec.required,
         "max_event_body_bytes": rec.max_event_body_bytes,
         "run_idle_gap_s": rec.run_idle_gap_s,
+        "held": HoldBudget(rec.max_held_body_bytes),
     }
     auth = settings.auth
     if auth is None:

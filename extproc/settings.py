@@ -318,6 +318,9 @@ class Recording(_Model):
     queue_size: Annotated[int, Field(ge=16)] = 10_000
     # A body (request, response, SSE event, chunk) over this is kept as size + SHA-256 only, at every level.
     max_event_body_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
+    # Per processor worker: bytes of unfinished response bodies (SSE events, JSON documents) held for parsing, over
+    # all its exchanges. Past it, a body's further bytes still stream on but are recorded as size + SHA-256 only.
+    max_held_body_bytes: Annotated[int, Field(ge=64 << 10)] = 32 << 20
     required: bool = True
     # Per server: full (default), metadata (no payloads: who, method, tool, decision, status, sizes, hashes), off.
     servers: dict[str, Literal["full", "metadata", "off"]] = {}

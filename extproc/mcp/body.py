@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import takewhile
 from typing import Any
 
-from extproc.mcp.sse import SseEvent, SseParser, format_event
+from extproc.mcp.sse import HoldBudget, SseEvent, SseParser, format_event
 
 Rewrite = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -46,35 +47,53 @@ class SseRewriter:
     ``fn`` changed one of its messages; an event split across chunks is held until its end arrives.
 
     Only events whose bytes contain ``needle`` are parsed as JSON at all, so a long stream costs a substring
-    search per event.
+    search per event. An event the parser withholds (too big to hold) cannot be checked: from then on nothing more
+    is released (``refused``), never an unchecked event.
     """
 
-    def __init__(self, fn: Rewrite, needle: bytes) -> None:
+    def __init__(self, fn: Rewrite, needle: bytes, parser: SseParser | None = None) -> None:
         self._fn = fn
         self._needle = needle
-        self.parser = SseParser()  # the events as the server sent them (what is recorded)
-        self._pending = b""  # bytes received and not yet released (an unfinished event, comments before it)
+        self.parser = parser or SseParser()  # the events as the server sent them (what is recorded)
+        self._parts: list[bytes] = []  # bytes received and not yet released (an unfinished event, comments before it)
+        self._released = 0  # bytes of the stream released (or refused) so far
+        self.refused = False
 
     def feed(self, chunk: bytes) -> tuple[bytes, list[SseEvent]]:
         """The bytes to release for this chunk, and the events it completed (as the server sent them)."""
-        self._pending += chunk
         events = self.parser.feed(chunk)
+        if self.refused:
+            return b"", events
+        if chunk:
+            self._parts.append(chunk)
+        refuse = self.parser.skipping or any(e.withheld for e in events)
+        good = list(takewhile(lambda e: e.withheld is None, events))  # the events before one too big to check
+        done = self.parser.consumed - self._released  # bytes of complete blocks among those held
+        if done <= 0 and not refuse:
+            return b"", events
+        pending = b"".join(self._parts)
+        region, rest = pending[:done], pending[done:]
         out = bytearray()
         pos = 0
-        for ev in events:
-            at = self._pending.find(ev.raw, pos)
+        for ev in good:
+            at = region.find(ev.raw, pos)
             if at < 0:  # cannot locate it: release everything up to here untouched rather than guess
                 break
-            out += self._pending[pos:at]
+            out += region[pos:at]
             out += self._rewrite(ev)
             pos = at + len(ev.raw)
-        self._pending = self._pending[pos:]
+        if refuse:  # nothing from the unchecked event on
+            self.refused, self._parts = True, []
+            return bytes(out), events
+        out += region[pos:]
+        self._parts = [rest] if rest else []
+        self._released += done
         return bytes(out), events
 
     def finish(self) -> bytes:
         """Whatever is still held at the end of the stream (an event the server never finished), untouched."""
-        rest, self._pending = self._pending, b""
-        return rest
+        rest, self._parts = b"".join(self._parts), []
+        return b"" if self.refused else rest
 
     def _rewrite(self, ev: SseEvent) -> bytes:
         if self._needle not in ev.raw:
@@ -99,17 +118,35 @@ class Piece:
 class ResponseBody:
     """Reads one response body as it streams, in the framing its Content-Type names.
 
-    SSE: events as they complete (optionally rewritten for the client as they pass, see ``SseRewriter``). JSON:
-    one document at the end; past ``max_json`` bytes it is too big to hold and goes on as raw chunks
-    (``oversized``). Anything else: raw chunks. Per chunk the work is proportional to the chunk.
+    SSE: events as they complete (optionally rewritten for the client as they pass, see ``SseRewriter``); an event
+    over ``max_json`` bytes, or one the worker's ``budget`` cannot hold, is withheld (size and SHA-256) while its
+    bytes stream on. JSON: one document at the end; past ``max_json`` bytes (or the budget) it is too big to hold
+    and goes on as raw chunks (``oversized``). Anything else: raw chunks. Per chunk the work is proportional to
+    the chunk.
+
+    When an event that must be rewritten is withheld, nothing more of the body reaches the client but the bytes
+    ``refusal()`` returns (``refused``).
     """
 
-    def __init__(self, content_type: str, max_json: int, rewrite: Rewrite | None = None) -> None:
+    def __init__(
+        self,
+        content_type: str,
+        max_json: int,
+        rewrite: Rewrite | None = None,
+        budget: HoldBudget | None = None,
+        refusal: Callable[[], bytes] = bytes,
+    ) -> None:
         self.sse = content_type.startswith("text/event-stream")
         self.oversized = False
+        self.oversized_reason = ""
         self._max_json = max_json
-        self._rewriter = SseRewriter(rewrite, b'"requestState"') if self.sse and rewrite is not None else None
-        self._parser = self._rewriter.parser if self._rewriter is not None else (SseParser() if self.sse else None)
+        self._budget = budget
+        self._charged = 0
+        self._refusal = refusal
+        self._parser = SseParser(max_json, budget) if self.sse else None
+        self._rewriter = (
+            SseRewriter(rewrite, b'"requestState"', self._parser) if self._parser is not None and rewrite else None
+        )
         self._json: bytearray | None = bytearray() if content_type.startswith("application/json") else None
         self._ended = False
 
@@ -118,18 +155,31 @@ class ResponseBody:
         """True when SSE events are rewritten as they pass: the client gets the bytes ``feed`` returns."""
         return self._rewriter is not None
 
+    @property
+    def refused(self) -> bool:
+        return self._rewriter is not None and self._rewriter.refused
+
     def feed(self, chunk: bytes) -> tuple[list[Piece], bytes | None]:
         """The pieces this chunk completes, and (when rewriting) the bytes to send in its place."""
         if self._rewriter is not None:
+            was_refused = self._rewriter.refused
             out, events = self._rewriter.feed(chunk)
+            if self._rewriter.refused and not was_refused:
+                out += self._refusal()
             return [Piece(e.raw, e) for e in events], out
         if self._parser is not None:
             return [Piece(e.raw, e) for e in self._parser.feed(chunk)], None
         if self._json is not None:
-            self._json += chunk
-            if len(self._json) <= self._max_json:
+            if len(self._json) + len(chunk) <= self._max_json and self._take(len(chunk)):
+                self._json += chunk
                 return [], None
-            raw, self._json, self.oversized = bytes(self._json), None, True
+            self.oversized_reason = (
+                "JSON body over recording.max_event_body_bytes"
+                if len(self._json) + len(chunk) > self._max_json
+                else "JSON body not held: the worker holds recording.max_held_body_bytes of unfinished bodies"
+            )
+            raw, self._json, self.oversized = bytes(self._json) + chunk, None, True
+            self._release()
             return [Piece(raw)], None
         return ([Piece(chunk)] if chunk else []), None
 
@@ -144,5 +194,19 @@ class ResponseBody:
             return [Piece(e.raw, e) for e in events] + ([Piece(tail)] if tail.strip() else []), release
         if self._json is not None:
             raw, self._json = bytes(self._json), None
+            self._release()
             return [Piece(raw, document=True)], release
         return [], release
+
+    def _take(self, n: int) -> bool:
+        if self._budget is None:
+            return True
+        if not self._budget.take(n):
+            return False
+        self._charged += n
+        return True
+
+    def _release(self) -> None:
+        if self._budget is not None and self._charged:
+            self._budget.give(self._charged)
+        self._charged = 0

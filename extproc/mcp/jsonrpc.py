@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 Message = dict[str, Any]
 
 
@@ -83,12 +85,12 @@ def parse_body(body: bytes, strict: bool = False) -> ParsedBody:
     """Parse a JSON-RPC body. Never raises: an unparseable body comes back with ``error`` set.
 
     ``strict`` (request bodies, which policy decides on) also refuses duplicate and case-folded keys and messages
-    whose shape another decoder could read as something else.
+    whose shape another decoder could read as something else. Otherwise (responses, recorded) orjson reads it.
     """
     if not body.strip():
         return ParsedBody(error="empty body")
     try:
-        doc = json.loads(body, object_pairs_hook=_strict_object) if strict else json.loads(body)
+        doc = json.loads(body, object_pairs_hook=_strict_object) if strict else _loads(body)
     except AmbiguousJson as e:
         return ParsedBody(error=f"ambiguous JSON: {e}")
     except (ValueError, UnicodeDecodeError) as e:
@@ -113,6 +115,30 @@ def parse_body(body: bytes, strict: bool = False) -> ParsedBody:
     if not _is_message(doc):
         return ParsedBody(error="not a JSON-RPC 2.0 message")
     return ParsedBody(messages=(doc,))
+
+
+def _loads(body: bytes) -> Any:
+    """orjson, with the standard parser for what orjson cannot read exactly: NaN and Infinity, lone surrogates, and
+    integers beyond 64 bits (orjson reads them as floats: a float that large and integral is parsed again)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+    return json.loads(body) if _maybe_long_integer(doc) else doc
+
+
+def _maybe_long_integer(doc: Any) -> bool:
+    """True if ``doc`` holds a float that may have been an integer beyond 64 bits (work per value, not per byte)."""
+    stack = [doc]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, float) and abs(v) >= 9.2e18 and v.is_integer():
+            return True
+    return False
 
 
 def _duplicate_request_id(batch: list[Message]) -> str | None:

@@ -1,8 +1,12 @@
 """Server-Sent Events, read and written as the WHATWG HTML standard's event-stream rules say.
 
-Reading (``SseParser``) survives events split across arbitrary body chunks: per chunk the work is proportional
-to the chunk; only the unterminated tail is carried over and only new bytes (plus a 3-byte overlap for a boundary
-split in two) are scanned for boundaries. The rules followed (html.spec.whatwg.org, "Parsing an event stream"):
+Reading (``SseParser``) survives events split across arbitrary body chunks, in time linear in the stream: each
+byte is scanned for line ends once (``bytes.find``), an unfinished event is kept as a list of its chunks and joined
+once when it completes. With ``max_event`` and a worker-wide ``HoldBudget``, an event is never held whole past either
+bound: the rest of its bytes are only hashed, and it comes out as a withheld marker (size and SHA-256, and its
+``event``/``id`` fields as far as they precede the data).
+
+The rules followed (html.spec.whatwg.org, "Parsing an event stream"):
 
 - one UTF-8 byte order mark at the very start of the stream is dropped;
 - a line ends with CRLF, LF or a bare CR; a CR at the end of a chunk may be half a CRLF, so it waits for the next
@@ -19,15 +23,16 @@ Writing (``format_event``) is the inverse: what it writes parses back to the sam
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
+from typing import Any
 
-# An event ends at a blank line: two line endings in a row, each CRLF, LF or CR (mixed is allowed: "\n\r\n").
-_EOL = rb"(?:\r\n|\r(?!\n)|\n)"
-_BOUNDARY = re.compile(_EOL + _EOL)
-_LINE = re.compile(rb"\r\n|\n|\r")
 _BOM = b"\xef\xbb\xbf"
+_LINE = re.compile(rb"\r\n|\n|\r")
 _NEWLINES = re.compile(r"\r\n|\n|\r")
+_FIELDS_PREFIX = 4096  # of a withheld event, the bytes read for its event/id fields
+LF, CR = 10, 13
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,9 @@ class SseEvent:
     ``dispatched`` is False for a block the client does not dispatch (no ``data`` field) that still changes the
     client's state (an ``id`` or ``retry`` field) or names an event type; such blocks are returned so a rewriter
     can keep their effect and a recorder can keep them.
+
+    ``withheld`` (a reason) marks an event too big to hold: ``raw`` and ``data`` are empty, ``size`` and ``sha256``
+    describe the bytes the server sent.
     """
 
     data: str
@@ -45,62 +53,215 @@ class SseEvent:
     raw: bytes = b""
     retry: int | None = None
     dispatched: bool = True
+    withheld: str | None = None
+    size: int = 0  # of a withheld event
+    sha256: str = ""  # of a withheld event
+
+
+class HoldBudget:
+    """Bytes of unfinished response bodies a worker holds for parsing, over all its exchanges."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> bool:
+        if self.held + n > self.limit:
+            return False
+        self.held += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
+EVENT_TOO_BIG = "SSE event over recording.max_event_body_bytes"
+BUDGET_SPENT = "SSE event not held: the worker holds recording.max_held_body_bytes of unfinished bodies"
 
 
 class SseParser:
-    """Incremental SSE parser: ``feed`` chunks, get complete event blocks; ``finish`` at the end of the stream."""
+    """Incremental SSE parser: ``feed`` chunks, get complete event blocks; ``finish`` at the end of the stream.
 
-    def __init__(self) -> None:
-        self._buf = b""
+    ``consumed``: bytes of the stream (BOM included) that belong to complete blocks, returned or not.
+    """
+
+    def __init__(self, max_event: int | None = None, budget: HoldBudget | None = None) -> None:
+        self._max_event = max_event
+        self._budget = budget
+        self._reset()
+
+    def _reset(self) -> None:
+        self._head: list[bytes] = []  # scanned bytes of the unfinished block (no boundary in them)
+        self._head_len = 0
+        self._tail = b""  # bytes from where scanning resumes: a line end whose meaning the next byte decides
         self._at_start = True  # the BOM is looked for only at the very start
+        self._charged = 0  # bytes of _head taken from the budget
+        self._skip: Any = None  # SHA-256 of a withheld block's bytes so far
+        self._skip_size = 0
+        self._skip_prefix = b""
+        self._skip_reason = ""
+        self.consumed = 0
+
+    @property
+    def skipping(self) -> bool:
+        """True while the unfinished block is withheld (its bytes are not kept)."""
+        return self._skip is not None
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         """Add a chunk; return the event blocks completed by it."""
         return self._scan(chunk, final=False)
 
     def finish(self) -> tuple[list[SseEvent], bytes]:
-        """End of stream: the blocks a final bare CR completes, and the discarded incomplete tail (not dispatched).
+        """End of stream: the blocks a final bare CR completes, and the discarded incomplete tail (not dispatched;
+        a withheld unfinished block comes back as a withheld event instead, with an empty tail).
 
         The parser is reset and can read a new stream afterwards.
         """
         events = self._scan(b"", final=True)
-        rest, self._buf, self._at_start = self._buf, b"", True
+        if self._skip is not None:
+            events.append(self._withheld(b""))
+            rest = b""
+        else:
+            rest = b"".join(self._head) + self._tail
+        self._release()
+        self._reset()
         return events, rest
 
     def _scan(self, chunk: bytes, final: bool) -> list[SseEvent]:
-        scan_from = max(0, len(self._buf) - 3)
-        buf = self._buf + chunk
+        buf = self._tail + chunk if self._tail else chunk
         if self._at_start:
             if not final and len(buf) < len(_BOM) and _BOM.startswith(buf):
-                self._buf = buf  # maybe a BOM cut in two: wait
+                self._tail = buf  # maybe a BOM cut in two: wait
                 return []
             self._at_start = False
             if buf.startswith(_BOM):
-                buf, scan_from = buf[len(_BOM) :], 0
+                buf = buf[len(_BOM) :]
+                self.consumed += len(_BOM)
         events: list[SseEvent] = []
-        start = 0
-        for m in _BOUNDARY.finditer(buf, scan_from):
-            if m.start() < start:  # overlap with a boundary already consumed
-                continue
-            if not final and m.end() == len(buf) and buf.endswith(b"\r"):  # maybe half a CRLF: wait for more
+        n = len(buf)
+        start = pos = 0
+        lf, cr = buf.find(b"\n"), buf.find(b"\r")  # the next LF / CR at or after pos (-1: none left in buf)
+        while True:
+            if 0 <= lf < pos:
+                lf = buf.find(b"\n", pos)
+            if 0 <= cr < pos:
+                cr = buf.find(b"\r", pos)
+            i = lf if cr < 0 else cr if lf < 0 else min(lf, cr)
+            if i < 0:
+                resume = n
                 break
-            block, raw = buf[start : m.start()], buf[start : m.end()]
-            start = m.end()
-            event = parse_event(block, raw)
-            if event is not None:
-                events.append(event)
-        self._buf = buf[start:]
+            j = _eol_end(buf, i, final)
+            if j < 0 or (j == n and not final):  # the next byte decides what this line end is: wait for it
+                resume = i
+                break
+            if j < n and buf[j] in (LF, CR):
+                k = _eol_end(buf, j, final)
+                if k < 0:
+                    resume = i
+                    break
+                self.consumed += (self._skip_size if self._skip is not None else self._head_len) + k - start
+                event = self._complete(buf, start, i, k)
+                if event is not None:
+                    events.append(event)
+                start = pos = k
+            else:
+                pos = j
+        if start < resume:
+            self._hold(buf[start:resume])
+        self._tail = buf[resume:]
         return events
+
+    def _complete(self, buf: bytes, start: int, end: int, stop: int) -> SseEvent | None:
+        """The block ending at ``end`` (its blank line ends at ``stop``), with the held bytes before it."""
+        if self._skip is not None:
+            return self._withheld(buf[start:stop])
+        piece = buf[start:stop] if start or stop < len(buf) else buf
+        if self._head:
+            self._head.append(piece)
+            raw = b"".join(self._head)
+            self._head, self._head_len = [], 0
+        else:
+            raw = piece
+        self._release()
+        if self._max_event is not None and len(raw) > self._max_event:  # the same verdict however it was cut
+            self._start_skip(raw, EVENT_TOO_BIG)
+            return self._withheld(b"")
+        return parse_event(raw, raw)  # its blank line adds only empty lines: no copy without it needed
+
+    def _hold(self, piece: bytes) -> None:
+        """Bytes of the unfinished block: kept, or (past a bound) only hashed."""
+        if self._skip is not None:
+            self._skip.update(piece)
+            self._skip_size += len(piece)
+            return
+        size = self._head_len + len(piece)
+        if self._max_event is not None and size > self._max_event:
+            self._start_skip(b"".join(self._head) + piece, EVENT_TOO_BIG)
+        elif self._budget is not None and not self._budget.take(len(piece)):
+            self._start_skip(b"".join(self._head) + piece, BUDGET_SPENT)
+        else:
+            self._head.append(piece)
+            self._head_len = size
+            self._charged += len(piece) if self._budget is not None else 0
+
+    def _start_skip(self, held: bytes, reason: str) -> None:
+        self._skip = hashlib.sha256(held)
+        self._skip_size = len(held)
+        self._skip_prefix = held[:_FIELDS_PREFIX]
+        self._skip_reason = reason
+        self._head, self._head_len = [], 0
+        self._release()
+
+    def _withheld(self, last: bytes) -> SseEvent:
+        self._skip.update(last)
+        size = self._skip_size + len(last)
+        event, event_id = _leading_fields(self._skip_prefix)
+        out = SseEvent(
+            data="", event=event, id=event_id, withheld=self._skip_reason, size=size, sha256=self._skip.hexdigest()
+        )
+        self._skip, self._skip_size, self._skip_prefix = None, 0, b""
+        return out
+
+    def _release(self) -> None:
+        if self._charged and self._budget is not None:
+            self._budget.give(self._charged)
+        self._charged = 0
+
+
+def _eol_end(buf: bytes, i: int, final: bool) -> int:
+    """Where the line end at ``i`` ends; -1 for a CR at the end of ``buf`` that may be half a CRLF."""
+    if buf[i] == LF:
+        return i + 1
+    if i + 1 < len(buf):
+        return i + 2 if buf[i + 1] == LF else i + 1
+    return i + 1 if final else -1
+
+
+def _leading_fields(prefix: bytes) -> tuple[str, str | None]:
+    """The ``event`` and ``id`` fields among the complete lines of a withheld block's first bytes."""
+    lines = _LINE.split(prefix)[:-1]  # the last piece may be cut mid-line
+    event, event_id = "", None
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if sep and value.startswith(b" "):
+            value = value[1:]
+        if name == b"event":
+            event = value.decode("utf-8", errors="replace")
+        elif name == b"id" and b"\x00" not in value:
+            event_id = value.decode("utf-8", errors="replace")
+    return event or "message", event_id
 
 
 def parse_event(block: bytes, raw: bytes = b"") -> SseEvent | None:
-    """Parse one event block (lines without the terminating blank line); None for a block with no effect."""
+    """Parse one event block (its lines; the terminating blank line may be included, it adds only empty lines,
+    which are ignored); None for a block with no effect."""
     data: list[str] = []
     event = ""
     event_id: str | None = None
     retry: int | None = None
     named = False
-    for line in _LINE.split(block):
+    # bytes.splitlines splits at CRLF, LF and CR only, as _LINE does; without a CR, split (memchr) is much faster.
+    for line in block.split(b"\n") if b"\r" not in block else block.splitlines():
         if not line or line.startswith(b":"):
             continue
         name, sep, value = line.partition(b":")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from extproc.policy.anchors import ANCHORED_FROM, ANCHORS, AnchorScan, subn_at
 from extproc.policy.model import Redaction as RedactionRule
 from extproc.secrets import SECRET_NAME_RULE, is_secret_name, marker
 
@@ -65,17 +66,29 @@ class _Node:
     rule: str | None = None
 
 
+_Pattern = tuple[
+    str,
+    re.Pattern[str],
+    Callable[[re.Match[str]], str],
+    int,
+    tuple[str, ...] | None,
+    tuple[tuple[str, int], ...] | None,
+]
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Redactor:
     """The compiled redactions of one server."""
 
     paths: _Node | None
     keys: tuple[tuple[str, Callable[[str], object]], ...]  # (rule, does this key name match)
-    # (name, regex, replacement, shortest text it can match): shorter strings skip the regex entirely
-    patterns: tuple[tuple[str, re.Pattern[str], Callable[[re.Match[str]], str], int, tuple[str, ...] | None], ...]
+    # (name, regex, replacement, shortest match, hints, anchors): see _HINTS and policy/anchors.py
+    patterns: tuple[_Pattern, ...]
     rules: tuple[str, ...]  # every rule name, for summaries
     # When every pattern has hints: one search for any hint decides whether a text needs the patterns at all.
     any_hint: tuple[str, ...] | None = None
+    # Long ASCII texts: where the anchored (built-in) patterns can start, found in one pass (policy/anchors.py).
+    anchored: AnchorScan | None = None
     # Object keys repeat endlessly ("jsonrpc", "params", "text"): remember each key's rule, bounded because
     # keys come from clients and servers.
     key_memo: dict[str, str | None] = field(default_factory=dict)
@@ -152,6 +165,8 @@ class Redactor:
             return rule
 
     def _text(self, text: str, path: list[str], found: list[Redaction]) -> str:
+        if self.anchored is not None and len(text) >= ANCHORED_FROM and text.isascii():
+            return self._long_text(text, path, found)
         low: str | None = None
         if self.any_hint is not None:
             low = text.lower()
@@ -160,7 +175,7 @@ class Redactor:
                     break
             else:
                 return text
-        for name, rx, replace, min_len, hints in self.patterns:
+        for name, rx, replace, min_len, hints, _ in self.patterns:
             if len(text) < min_len:
                 continue
             if hints is not None:
@@ -171,6 +186,24 @@ class Redactor:
             if n:
                 found.append(Redaction(name, _pointer(path), "pattern", n))
                 low = None
+        return text
+
+    def _long_text(self, text: str, path: list[str], found: list[Redaction]) -> str:
+        """``_text`` for a long ASCII text: anchored patterns tried only where one of their anchors occurs."""
+        assert self.anchored is not None
+        starts: list[list[int]] | None = None
+        for index, (name, rx, replace, _, _, anchors) in enumerate(self.patterns):
+            if anchors is None:
+                text, n = rx.subn(replace, text)
+            else:
+                if starts is None:
+                    starts = self.anchored.starts(text)
+                if not starts[index]:
+                    continue
+                text, n = subn_at(rx, replace, text, starts[index])
+            if n:
+                found.append(Redaction(name, _pointer(path), "pattern", n))
+                starts = None  # the text changed: find the anchors again
         return text
 
 
@@ -198,8 +231,8 @@ def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -
         patterns += BUILTIN_PATTERNS
     names = tuple(r.name for r in rules if r.path is not None) + tuple(n for n, _ in (*keys, *patterns))
     compiled = tuple(
-        (n, rx, _replacer(n), _min_length(rx), _HINTS.get(n) if n.startswith("builtin-") else None)
-        for n, rx in ((n, re.compile(p)) for n, p in patterns)
+        (n, rx, _replacer(n), _min_length(rx), *((_HINTS.get(n), ANCHORS.get(n)) if builtin else (None, None)))
+        for n, rx, builtin in ((n, re.compile(p), (n, p) in BUILTIN_PATTERNS) for n, p in patterns)
     )
     return Redactor(
         paths=root if root.children or root.wild else None,
@@ -207,6 +240,7 @@ def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -
         patterns=compiled,
         any_hint=_any_hint(compiled),
         rules=names,
+        anchored=AnchorScan([p[5] for p in compiled]) if any(p[5] for p in compiled) else None,
     )
 
 

@@ -93,7 +93,10 @@ class RecordingLevels:
     @staticmethod
     def _reduce(ev: McpRequest | McpResponse | ResponseChunk, why: str) -> None:
         messages = getattr(ev, "messages", [])
-        digest = _sha(ev.body, messages)
+        if "withheld" in ev.body and "sha256" in ev.body:  # withheld before (too big to hold): its hash is of the bytes
+            why, digest = ev.body["withheld"], ev.body["sha256"]
+        else:
+            digest = _sha(ev.body, messages)
         ev.body = {"withheld": why, "sha256": digest}
         if isinstance(ev, McpRequest | McpResponse):
             ev.messages = [_outline(m) for m in messages if isinstance(m, dict)]
