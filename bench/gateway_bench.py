@@ -15,6 +15,8 @@ The upstream and the generator each run in their own process, so neither shares 
 is measured. They do share the machine's cores with Envoy and the processor: see bench/README.md.
 
     python bench/gateway_bench.py [--seconds 10] [--concurrency 16] [--out bench/results/gateway.json]
+        [--scenarios upstream,envoy,noop,anonymous,authed] [--workers N]
+        [--rate R | --rate-of-b FRACTION]      open loop (R = 0: idle, CPU with no traffic)
 """
 
 from __future__ import annotations
