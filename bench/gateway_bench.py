@@ -15,6 +15,8 @@ The upstream and the generator each run in their own process, so neither shares 
 is measured. They do share the machine's cores with Envoy and the processor: see bench/README.md.
 
     python bench/gateway_bench.py [--seconds 10] [--concurrency 16] [--out bench/results/gateway.json]
+        [--scenarios upstream,envoy,noop,anonymous,authed] [--workers N]
+        [--rate R | --rate-of-b FRACTION]      open loop (R = 0: idle, CPU with no traffic)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -30,6 +33,7 @@ import platform
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -186,7 +190,7 @@ def run_upstream(port: int, sse_gap: float) -> None:
     asyncio.run(main())
 
 
-# --- load generator: N keep-alive connections, closed loop, per-request latency ------------------------------
+# --- load generator: keep-alive connections, closed loop (default) or open loop (--rate), per-request latency ---
 
 
 @dataclass
@@ -199,6 +203,8 @@ class LoadResult:
     failures: dict[str, int] = field(default_factory=dict)  # reason -> count, whole run
     cpu_s: dict[str, float] = field(default_factory=dict)  # process name -> CPU seconds in the window
     machine_busy: float = 0.0  # fraction of all cores busy in the window
+    late: int = 0  # open loop: requests of the window that waited > 1 ms for a free connection
+    behind: int = 0  # open loop: requests of the window the generator itself issued > 5 ms after their due time
 
 
 class BadResponse(Exception):
@@ -238,57 +244,134 @@ def check_response(status: int, session: bytes, body: bytes, kind: str, who: Ide
         raise BadResponse("response session id differs from the client's")
 
 
-async def _client(
-    n: int, port: int, path: str, who: Identity, measure_from: float, stop_at: float, result: LoadResult
-) -> None:
-    requests = {k: request_bytes(path, k, who) for k in KINDS}
-    kind_index = n % 2  # alternate kinds per connection, start half of them on each: an exact 50/50 mix
-    reader: asyncio.StreamReader | None = None
-    writer: asyncio.StreamWriter | None = None
+class Caller:
+    """One keep-alive connection of one caller; reconnects after a failure."""
+
+    def __init__(self, port: int, path: str, who: Identity) -> None:
+        self.port, self.who = port, who
+        self.requests = {k: request_bytes(path, k, who) for k in KINDS}
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def exchange(self, kind: str, result: LoadResult) -> bool:
+        """Send one request of ``kind`` and check the answer; a failure is counted by reason. True on success."""
+        result.issued[kind] += 1
+        try:
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+            assert self.reader is not None
+            self.writer.write(self.requests[kind])
+            check_response(*await read_response(self.reader), kind, self.who)
+            return True
+        except (OSError, asyncio.IncompleteReadError, BadResponse, ValueError) as e:
+            reason = str(e) if isinstance(e, BadResponse) else type(e).__name__
+            result.failures[reason] = result.failures.get(reason, 0) + 1
+            self.close()
+            return False
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def _client(conn: Caller, first_kind: int, measure_from: float, stop_at: float, result: LoadResult) -> None:
+    """Closed loop: send, read the whole response, repeat."""
+    kind_index = first_kind  # alternate kinds per connection, start half of them on each: an exact 50/50 mix
     try:
         while (start := time.perf_counter()) < stop_at:
             kind = KINDS[kind_index]
             kind_index ^= 1
-            result.issued[kind] += 1
-            try:
-                if writer is None:
-                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                assert reader is not None
-                writer.write(requests[kind])
-                check_response(*await read_response(reader), kind, who)
-            except (OSError, asyncio.IncompleteReadError, BadResponse, ValueError) as e:
-                reason = str(e) if isinstance(e, BadResponse) else type(e).__name__
-                result.failures[reason] = result.failures.get(reason, 0) + 1
-                if writer is not None:
-                    writer.close()
-                reader = writer = None
+            if not await conn.exchange(kind, result):
                 await asyncio.sleep(0.01)  # do not spin on a dead gateway
                 continue
             done = time.perf_counter()
             if measure_from <= done <= stop_at:
                 result.latencies[kind].append(done - start)
     finally:
-        if writer is not None:
-            writer.close()
+        conn.close()
+
+
+async def _open_loop(conns: list[Caller], rate: float, measure_from: float, stop_at: float, result: LoadResult) -> None:
+    """Open loop: request i is due at start + i/rate whatever the answers do, kinds alternate (exact 50/50).
+
+    A request takes a free connection (each connection is one caller; HTTP/1.1 carries one request at a time) and
+    waits for one if all are busy. Latency runs from when the request was issued, so waiting for a connection
+    counts (no coordinated omission); such requests are counted in ``late``. The generator's own timer lag (asyncio
+    wakes about 1-2 ms after the due time) is not counted: it is not the gateway's. Requests the generator issued
+    more than 5 ms late (a stalled generator on a busy box) are counted in ``behind``."""
+    idle: asyncio.Queue[Caller] = asyncio.Queue()
+    for conn in conns:
+        idle.put_nowait(conn)
+
+    async def one(kind: str, due: float, issued: float) -> None:
+        conn = await idle.get()
+        in_window = measure_from <= due < stop_at
+        if in_window and time.perf_counter() - issued > 0.001:
+            result.late += 1
+        try:
+            if await conn.exchange(kind, result) and in_window:
+                result.latencies[kind].append(time.perf_counter() - issued)
+        finally:
+            idle.put_nowait(conn)
+
+    tasks: set[asyncio.Task[None]] = set()
+    start = time.perf_counter()
+    for i in itertools.count():
+        due = start + i / rate
+        if due >= stop_at:
+            break
+        if (delay := due - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        issued = time.perf_counter()
+        if measure_from <= due < stop_at and issued - due > 0.005:
+            result.behind += 1
+        task = asyncio.create_task(one(KINDS[i % 2], due, issued))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    for conn in conns:
+        conn.close()
+
+
+async def _idle(conns: list[Caller], stop_at: float, result: LoadResult) -> None:
+    """No load in the window: one request per connection first (so sessions and tokens exist), then nothing."""
+    await asyncio.gather(*(conn.exchange(KINDS[n % 2], result) for n, conn in enumerate(conns)))
+    await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+    for conn in conns:
+        conn.close()
 
 
 async def generate(
-    port: int, path: str, identities: list[Identity], seconds: float, warmup: float, pids: dict[str, int]
+    port: int,
+    path: str,
+    identities: list[Identity],
+    seconds: float,
+    warmup: float,
+    pids: dict[str, list[int]],
+    rate: float | None = None,
 ) -> LoadResult:
-    """One connection per identity for warm-up + ``seconds``; CPU of ``pids`` is sampled over the window."""
+    """One connection per identity for warm-up + ``seconds``; CPU of ``pids`` is sampled over the window.
+
+    ``rate`` None: closed loop on every connection; > 0: open loop at ``rate`` requests/s over the connections;
+    0: idle (one request per connection during the warm-up, then none)."""
     now = time.perf_counter()
     measure_from, stop_at = now + warmup, now + warmup + seconds
     result = LoadResult(window_s=seconds)
-    clients = [
-        asyncio.create_task(_client(n, port, path, who, measure_from, stop_at, result))
-        for n, who in enumerate(identities)
-    ]
-    pids = {**pids, "generator": os.getpid()}
+    conns = [Caller(port, path, who) for who in identities]
+    load: asyncio.Future[Any]
+    if rate is None:
+        load = asyncio.gather(*(_client(c, n % 2, measure_from, stop_at, result) for n, c in enumerate(conns)))
+    elif rate > 0:
+        load = asyncio.ensure_future(_open_loop(conns, rate, measure_from, stop_at, result))
+    else:
+        load = asyncio.ensure_future(_idle(conns, stop_at, result))
+    pids = {**pids, "generator": [os.getpid()]}
     await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-    cpu0, busy0 = {k: cpu_seconds(p) for k, p in pids.items()}, machine_ticks()
+    cpu0, busy0 = {k: cpu_seconds(*p) for k, p in pids.items()}, machine_ticks()
     await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
-    cpu1, busy1 = {k: cpu_seconds(p) for k, p in pids.items()}, machine_ticks()
-    await asyncio.gather(*clients)  # let in-flight requests finish so the recording check can be exact
+    cpu1, busy1 = {k: cpu_seconds(*p) for k, p in pids.items()}, machine_ticks()
+    await load  # let in-flight requests finish so the recording check can be exact
     result.cpu_s = {k: round(cpu1[k] - cpu0[k], 3) for k in pids}
     busy, total = busy1[0] - busy0[0], busy1[1] - busy0[1]
     result.machine_busy = busy / total if total else 0.0
@@ -302,10 +385,11 @@ def run_generator(
     identities: list[Identity],
     seconds: float,
     warmup: float,
-    pids: dict[str, int],
+    pids: dict[str, list[int]],
+    rate: float | None = None,
 ) -> None:
     """Process entry: run the load and send the LoadResult back through ``out``."""
-    out.send(asyncio.run(generate(port, path, identities, seconds, warmup, pids)))
+    out.send(asyncio.run(generate(port, path, identities, seconds, warmup, pids, rate)))
     out.close()
 
 
@@ -314,13 +398,16 @@ def run_generator(
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+def cpu_seconds(*pids: int) -> float:
+    """User + system CPU time of processes (all their threads) so far."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / _TICK
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -343,7 +430,7 @@ class Target:
 
     port: int
     path: str
-    pids: dict[str, int]
+    pids: dict[str, list[int]]  # process name -> its pids (one per processor worker)
     identities: list[Identity]
 
 
@@ -352,14 +439,20 @@ def anonymous_identities(count: int) -> list[Identity]:
     return [Identity(f"bench-{n}") for n in range(count)]
 
 
-def _gateway_doc(workdir: Path, upstream_port: int) -> dict[str, Any]:
-    """One server, one processor worker, recording into ``workdir``/recordings."""
+RECORDING_OPTIONS: dict[str, Any] = {}  # --recording KEY=VALUE: extra keys of every processor row's recording:
+
+
+def _gateway_doc(workdir: Path, upstream_port: int, workers: int) -> dict[str, Any]:
+    """One server, ``workers`` processor workers, recording into ``workdir``/recordings."""
+    port = free_port()
+    while not all(can_bind(port + i) for i in range(1, workers)):  # worker i listens on port + i
+        port = free_port()
     return {
         "listen": {"address": "127.0.0.1", "port": free_port()},
-        "processor": {"address": f"127.0.0.1:{free_port()}", "workers": 1},
+        "processor": {"address": f"127.0.0.1:{port}", "workers": workers},
         "admin": {"port": free_port()},
         "servers": [{"name": SERVER, "upstream": f"127.0.0.1:{upstream_port}", "path": "/mcp"}],
-        "recording": {"directory": str(workdir / "recordings")},
+        "recording": {"directory": str(workdir / "recordings"), **RECORDING_OPTIONS},
     }
 
 
@@ -369,13 +462,22 @@ def _write_config(workdir: Path, doc: dict[str, Any]) -> Path:
     return path
 
 
-def write_anonymous_config(workdir: Path, upstream_port: int) -> Path:
+def can_bind(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def write_anonymous_config(workdir: Path, upstream_port: int, workers: int = 1) -> Path:
     """gateway.yaml without auth (allow_anonymous: true, so no policy either): the processor's floor."""
     workdir.mkdir()
-    return _write_config(workdir, {**_gateway_doc(workdir, upstream_port), "allow_anonymous": True})
+    return _write_config(workdir, {**_gateway_doc(workdir, upstream_port, workers), "allow_anonymous": True})
 
 
-def write_authed_config(workdir: Path, upstream_port: int, issuer_url: str) -> Path:
+def write_authed_config(workdir: Path, upstream_port: int, issuer_url: str, workers: int = 1) -> Path:
     """gateway.yaml as in production: one trusted issuer, a policy directory, a session-binding key file."""
     workdir.mkdir()
     policies = workdir / "policies"
@@ -386,7 +488,7 @@ def write_authed_config(workdir: Path, upstream_port: int, issuer_url: str) -> P
     key = workdir / "session.key"
     key.touch(mode=0o600)
     key.write_text(secrets.token_hex(32) + "\n")
-    doc = _gateway_doc(workdir, upstream_port)
+    doc = _gateway_doc(workdir, upstream_port, workers)
     listen = doc["listen"]
     doc["auth"] = {
         "public_url": f"http://{listen['address']}:{listen['port']}",  # tokens' audience = the listen URL
@@ -454,7 +556,7 @@ def upstream_process(ctx: mp.context.SpawnContext, sse_gap: float, concurrency: 
     try:
         wait_until(lambda: proc.is_alive() and can_connect(f"127.0.0.1:{port}"), 10, "the upstream")
         assert proc.pid is not None
-        yield Target(port, "/mcp", {"upstream": proc.pid}, anonymous_identities(concurrency))
+        yield Target(port, "/mcp", {"upstream": [proc.pid]}, anonymous_identities(concurrency))
     finally:
         stop_process(proc)
 
@@ -485,7 +587,7 @@ def envoy_only(config: Path, upstream: Target) -> Iterator[Target]:
     bootstrap.write_text(yaml.safe_dump(envoy_only_bootstrap(config), sort_keys=False))
     envoy = start_envoy(bootstrap, workdir / "envoy-only.log", settings.admin.port, "envoy only")
     try:
-        pids = {**upstream.pids, "envoy": envoy.pid}
+        pids = {**upstream.pids, "envoy": [envoy.pid]}
         yield Target(settings.listen.port, f"/{SERVER}/mcp", pids, upstream.identities)
     finally:
         stop_process(envoy)
@@ -495,35 +597,38 @@ def envoy_only(config: Path, upstream: Target) -> Iterator[Target]:
 def envoy_and_noop_processor(config: Path, upstream: Target) -> Iterator[Target]:
     """What ``Stack.start`` runs for ``config`` (same bootstrap, ext_proc filter and processing modes included,
     same worker command line), except that the processor is started with ``--passthrough``: it answers CONTINUE
-    to every ext_proc message and records nothing, so what it costs is gRPC's own."""
+    to every ext_proc message and records nothing, so what it costs is gRPC's own. As many workers as the config
+    names (``processor.workers``), each on its own endpoint, as ``Stack`` starts them."""
     settings = load_settings(config)
-    if settings.processor.workers != 1:
-        raise RuntimeError("the no-op scenario runs one processor worker, like the others")
     workdir = config.parent / "stack"  # where Stack would put its files
     workdir.mkdir()
     log = config.parent / "stack.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # as Stack._spawn
-    with log.open("ab") as out:
-        processor = subprocess.Popen([*worker_command(config, 0), "--passthrough"], stdout=out, stderr=out, env=env)
+    processors: list[subprocess.Popen[bytes]] = []
     envoy: subprocess.Popen[bytes] | None = None
     try:
-        address = listen_address(settings, 0)
+        with log.open("ab") as out:
+            for worker in range(settings.processor.workers):
+                command = [*worker_command(config, worker), "--passthrough"]
+                processors.append(subprocess.Popen(command, stdout=out, stderr=out, env=env))
 
         def listening() -> bool:
-            if processor.poll() is not None:  # fail at once, as Stack does, rather than after the timeout
-                raise RuntimeError(f"the no-op processor exited with status {processor.returncode}; see {log}")
-            return can_connect(address)
+            for processor in processors:  # fail at once, as Stack does, rather than after the timeout
+                if processor.poll() is not None:
+                    raise RuntimeError(f"a no-op processor exited with status {processor.returncode}; see {log}")
+            return all(can_connect(listen_address(settings, w)) for w in range(len(processors)))
 
         wait_until(listening, 20, "the no-op processor")
         bootstrap = workdir / "envoy.yaml"
         bootstrap.write_text(render_yaml(settings))  # what Stack.start writes
         envoy = start_envoy(bootstrap, log, settings.admin.port, "no-op processor")
-        pids = {**upstream.pids, "envoy": envoy.pid, "processor": processor.pid}
+        pids = {**upstream.pids, "envoy": [envoy.pid], "processor": [p.pid for p in processors]}
         yield Target(settings.listen.port, f"/{SERVER}/mcp", pids, upstream.identities)
     finally:
         if envoy is not None:  # Envoy first, as Stack.stop does
             stop_process(envoy)
-        stop_process(processor)
+        for processor in processors:
+            stop_process(processor)
 
 
 @contextmanager
@@ -532,30 +637,34 @@ def envoy_and_processor(config: Path, upstream: Target, identities: list[Identit
     stack = Stack(config=config, workdir=config.parent / "stack")
     try:
         stack.start(log=config.parent / "stack.log")
-        assert stack.envoy is not None and len(stack.processors) == 1
+        assert stack.envoy is not None and len(stack.processors) == stack.settings.processor.workers
         args = [str(a) for a in cast("list[str]", stack.envoy.args)]
         if args != envoy_command(Path(args[args.index("-c") + 1])):
             # The other Envoy scenarios start Envoy themselves: they must keep running what Stack runs.
             raise RuntimeError(f"Stack starts Envoy differently ({args}); update envoy_command / ENVOY_CONCURRENCY")
-        pids = {**upstream.pids, "envoy": stack.envoy.pid, "processor": stack.processors[0].pid}
+        pids = {**upstream.pids, "envoy": [stack.envoy.pid], "processor": [p.pid for p in stack.processors]}
         yield Target(stack.settings.listen.port, f"/{SERVER}/mcp", pids, identities)
     finally:
         stack.stop()  # Envoy first, then the processor flushes its recording
 
 
 def run_load(
-    ctx: mp.context.SpawnContext, target: Target, args: argparse.Namespace, profile: str | None = None
+    ctx: mp.context.SpawnContext,
+    target: Target,
+    args: argparse.Namespace,
+    profile: str | None = None,
+    rate: float | None = None,
 ) -> LoadResult:
-    """Run one generator process against ``target`` and return what it measured. With ``--profile`` and a
-    ``profile`` name, py-spy samples the processor during the measurement window into
-    ``bench/results/profile-<name>.txt`` (folded stacks, the input of flame graph tools)."""
+    """Run one generator process against ``target`` (closed loop, or open loop at ``rate``) and return what it
+    measured. With ``--profile`` and a ``profile`` name, py-spy samples the (first) processor during the
+    measurement window into ``bench/results/profile-<name>.txt`` (folded stacks, the input of flame graph tools)."""
     receive, send = ctx.Pipe(duplex=False)
     spy: subprocess.Popen[bytes] | None = None
     gen = ctx.Process(
         target=run_generator,
         name="bench-generator",
         daemon=True,
-        args=(send, target.port, target.path, target.identities, args.seconds, args.warmup, target.pids),
+        args=(send, target.port, target.path, target.identities, args.seconds, args.warmup, target.pids, rate),
     )
     gen.start()
     send.close()
@@ -564,7 +673,7 @@ def run_load(
             time.sleep(args.warmup)
             out = RESULTS.parent / f"profile-{profile}.txt"
             spy = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(target.pids["processor"]),
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(target.pids["processor"][0]),
                  "-d", str(int(args.seconds)), "-r", "200", "-f", "raw", "-o", str(out),
                  *os.environ.get("PYSPY_ARGS", "").split()],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -636,6 +745,8 @@ def summarize(result: LoadResult) -> dict[str, Any]:
         "cpu_s": result.cpu_s,
         "cpu_ms_per_request": {k: round(v * 1000 / max(completed, 1), 3) for k, v in result.cpu_s.items()},
         "machine_busy_pct": round(result.machine_busy * 100, 1),
+        "late": result.late,
+        "behind": result.behind,
     }
 
 
@@ -690,7 +801,19 @@ RATIOS = {
 def print_report(report: dict[str, Any]) -> None:
     rows = report["scenarios"]
     w = NAME_WIDTH
+    idle = report["parameters"]["load"] == "idle"
     print()
+    if idle:
+        print("No traffic in the window (one request per connection before it): CPU of each process, all threads")
+        names = ["generator", "upstream", "envoy", "processor"]
+        print(f"{'scenario':<{w}}" + "".join(f"{n + ' ms/s':>15}" for n in names))
+        for name, r in rows.items():
+            cells = [r["cpu_s"].get(n) for n in names]
+            window = report["parameters"]["seconds"]
+            print(f"{name:<{w}}" + "".join(f"{'-' if c is None else f'{c * 1000 / window:.1f}':>15}" for c in cells))
+        print()
+        print("Note: " + report["note"])
+        return
     print(
         f"{'scenario':<{w}}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
         f"{'json p50':>10}{'sse p50':>9}{'busy %':>8}{'failed':>8}"
@@ -709,6 +832,24 @@ def print_report(report: dict[str, Any]) -> None:
         cells = [r["cpu_ms_per_request"].get(n) for n in names]
         print(f"{name:<{w}}" + "".join(f"{'-' if c is None else f'{c:.3f}':>11}" for c in cells))
     print()
+    print("Cores used (CPU seconds per second of the window, all threads; processor: all workers):")
+    print(f"{'scenario':<{w}}" + "".join(f"{n:>11}" for n in names))
+    for name, r in rows.items():
+        cells = [r["cpu_s"].get(n) for n in names]
+        window = report["parameters"]["seconds"]
+        print(f"{name:<{w}}" + "".join(f"{'-' if c is None else f'{c / window:.2f}':>11}" for c in cells))
+    if report["parameters"]["load"] != "closed loop" and ENVOY in rows:
+        print()
+        print(f"Latency added over {ENVOY} (open loop, same offered rate; ms):")
+        heads = "".join(f"{h:>10}" for h in ("json p50", "json p99", "sse p50", "sse p99"))
+        print(f"{'scenario':<{w}}{heads}{'late':>7}{'behind':>8}")
+        base = rows[ENVOY]["by_kind"]
+        for name, r in rows.items():
+            if name in (UPSTREAM, ENVOY, CAPACITY):
+                continue
+            cells = [r["by_kind"][k][q] - base[k][q] for k in KINDS for q in ("p50_ms", "p99_ms")]
+            print(f"{name:<{w}}" + "".join(f"{c:>+10.2f}" for c in cells) + f"{r['late']:>7}{r['behind']:>8}")
+    print()
     for label, ratio in report["ratios"].items():
         over, under = RATIOS[label]
         cpu = ratio.get("processor_cpu_ms")
@@ -717,13 +858,16 @@ def print_report(report: dict[str, Any]) -> None:
             f"p50 x{ratio['p50_ms']:.2f}, p99 x{ratio['p99_ms']:.2f}"
             + (f", processor CPU/request x{cpu:.2f}" if cpu is not None else "")
         )
-    noop_cpu = rows[NOOP]["cpu_ms_per_request"]["processor"]
-    for name in (ANONYMOUS, AUTHED):
-        cpu = rows[name]["cpu_ms_per_request"]["processor"]
-        print(
-            f"processor CPU per exchange, {name}: {cpu:.3f} ms = {noop_cpu:.3f} ms gRPC transport (no-op) "
-            f"+ {cpu - noop_cpu:.3f} ms our processing"
-        )
+    if NOOP in rows:
+        noop_cpu = rows[NOOP]["cpu_ms_per_request"]["processor"]
+        for name in (ANONYMOUS, AUTHED):
+            if name not in rows:
+                continue
+            cpu = rows[name]["cpu_ms_per_request"]["processor"]
+            print(
+                f"processor CPU per exchange, {name}: {cpu:.3f} ms = {noop_cpu:.3f} ms gRPC transport (no-op) "
+                f"+ {cpu - noop_cpu:.3f} ms our processing"
+            )
     for name, check in report["recording_check"].items():
         if "files_in_recording_dir" in check:
             print(
@@ -745,50 +889,81 @@ def print_report(report: dict[str, Any]) -> None:
 # --- main ------------------------------------------------------------------------------------------------------
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gateway.json"
+CAPACITY = "B closed loop (capacity)"  # --rate-of-b: B's closed-loop run that sets the open-loop rate
+SCENARIOS = {"upstream": UPSTREAM, "envoy": ENVOY, "noop": NOOP, "anonymous": ANONYMOUS, "authed": AUTHED}
 
 
-def run_scenarios(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """The five rows, one after the other against one upstream; the checks that N recorded nothing and that B0 and
-    B recorded everything."""
+def run_scenarios(
+    args: argparse.Namespace,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], float | None]:
+    """The chosen rows (all five by default), one after the other against one upstream; the checks that N recorded
+    nothing and that B0 and B recorded everything. Returns the rows, the checks and the offered rate (open loop)."""
     ctx = mp.get_context("spawn")
+    chosen = set(args.scenarios)
     scenarios: dict[str, dict[str, Any]] = {}
     checks: dict[str, dict[str, Any]] = {}
+    rate: float | None = args.rate
     with (
         tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp,
         upstream_process(ctx, args.sse_gap_ms / 1000, args.concurrency) as upstream,
+        DevIssuer(Path(tmp) / "issuer-keys") as issuer,
     ):
         workdir = Path(tmp)
-        anonymous = write_anonymous_config(workdir / "anonymous", upstream.port)
+        workers = args.workers
 
-        print(f"{UPSTREAM} ...", flush=True)
-        scenarios[UPSTREAM] = summarize(run_load(ctx, upstream, args))
-
-        print(f"{ENVOY} ...", flush=True)
-        with envoy_only(anonymous, upstream) as target:
-            scenarios[ENVOY] = summarize(run_load(ctx, target, args))
-
-        print(f"{NOOP} (--passthrough, nothing recorded) ...", flush=True)
-        noop = write_anonymous_config(workdir / "noop", upstream.port)  # its own recording dir, to check it stays empty
-        with envoy_and_noop_processor(noop, upstream) as target:
-            scenarios[NOOP] = summarize(run_load(ctx, target, args, "noop"))
-        checks[NOOP] = empty_recording_check(noop)
-
-        print(f"{ANONYMOUS}, recording on ...", flush=True)
-        with envoy_and_processor(anonymous, upstream, upstream.identities) as target:
-            loaded = run_load(ctx, target, args, "anonymous")
-            scenarios[ANONYMOUS] = summarize(loaded)
-        # The Stack is stopped here, so the processor has flushed every event it accepted.
-        checks[ANONYMOUS] = recording_check(anonymous, loaded)
-
-        print(f"{AUTHED}, recording on ...", flush=True)
-        with DevIssuer(workdir / "issuer-keys") as issuer:
-            authed = write_authed_config(workdir / "authed", upstream.port, issuer.url)
+        def authed_run(name: str, rate: float | None) -> LoadResult:
+            authed = write_authed_config(workdir / name, upstream.port, issuer.url, workers)
             identities = authed_identities(authed, issuer, args.concurrency)
             with envoy_and_processor(authed, upstream, identities) as target:
-                loaded = run_load(ctx, target, args, "authed")
-                scenarios[AUTHED] = summarize(loaded)
-        checks[AUTHED] = recording_check(authed, loaded)
-    return scenarios, checks
+                loaded = run_load(ctx, target, args, "authed", rate)
+            checks[AUTHED if name == "authed" else CAPACITY] = recording_check(authed, loaded)
+            return loaded
+
+        if args.rate_of_b is not None:
+            print(f"{AUTHED}, closed loop, to measure its capacity ...", flush=True)
+            capacity = summarize(authed_run("authed-capacity", None))
+            scenarios[CAPACITY] = capacity
+            rate = round(args.rate_of_b * capacity["rps"], 1)
+            print(f"open loop at {args.rate_of_b:g} x {capacity['rps']:.0f} = {rate:g} req/s", flush=True)
+
+        if "upstream" in chosen:
+            print(f"{UPSTREAM} ...", flush=True)
+            scenarios[UPSTREAM] = summarize(run_load(ctx, upstream, args, rate=rate))
+
+        if "envoy" in chosen:
+            print(f"{ENVOY} ...", flush=True)
+            config = write_anonymous_config(workdir / "envoy", upstream.port, workers)
+            with envoy_only(config, upstream) as target:
+                scenarios[ENVOY] = summarize(run_load(ctx, target, args, rate=rate))
+
+        if "noop" in chosen:
+            print(f"{NOOP} (--passthrough, nothing recorded) ...", flush=True)
+            noop = write_anonymous_config(workdir / "noop", upstream.port, workers)  # own recording dir: stays empty
+            with envoy_and_noop_processor(noop, upstream) as target:
+                scenarios[NOOP] = summarize(run_load(ctx, target, args, "noop", rate))
+            checks[NOOP] = empty_recording_check(noop)
+
+        if "anonymous" in chosen:
+            print(f"{ANONYMOUS}, recording on ...", flush=True)
+            anonymous = write_anonymous_config(workdir / "anonymous", upstream.port, workers)
+            with envoy_and_processor(anonymous, upstream, upstream.identities) as target:
+                loaded = run_load(ctx, target, args, "anonymous", rate)
+                scenarios[ANONYMOUS] = summarize(loaded)
+            # The Stack is stopped here, so the processor has flushed every event it accepted.
+            checks[ANONYMOUS] = recording_check(anonymous, loaded)
+
+        if "authed" in chosen:
+            print(f"{AUTHED}, recording on ...", flush=True)
+            scenarios[AUTHED] = summarize(authed_run("authed", rate))
+    return scenarios, checks, rate
+
+
+def scenario_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -802,6 +977,35 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="upstream pause before each SSE event; >0 makes each event its own body chunk (default 0)",
     )
+    parser.add_argument(
+        "--scenarios",
+        type=scenario_list,
+        default=list(SCENARIOS),
+        help=f"comma-separated rows to run, in this order: {','.join(SCENARIOS)} (default: all)",
+    )
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument(
+        "--rate",
+        type=float,
+        help="open loop: requests per second over the connections, sent on schedule whatever the answers do "
+        "(default: closed loop); 0: idle, CPU with no traffic in the window",
+    )
+    load.add_argument(
+        "--rate-of-b",
+        type=float,
+        metavar="FRACTION",
+        help="open loop at FRACTION x the closed-loop req/s of auth + policy (B), measured first in the same run",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processor.workers of the processor rows (N starts as many, default 1)"
+    )
+    parser.add_argument(
+        "--recording",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra recording: key for the processor rows (YAML value), e.g. seal_interval_ms=10000; repeatable",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results (default bench/results/gateway.json)")
     parser.add_argument(
         "--profile",
@@ -809,16 +1013,24 @@ def main(argv: list[str] | None = None) -> int:
         help="py-spy samples the processor of N, B0 and B during their windows (bench/results/profile-*.txt)",
     )
     args = parser.parse_args(argv)
+    for option in args.recording:
+        key, sep, value = option.partition("=")
+        if not sep:
+            parser.error(f"--recording {option!r}: expected KEY=VALUE")
+        RECORDING_OPTIONS[key.strip()] = yaml.safe_load(value)
     # SIGTERM (e.g. from CI) unwinds through the finally blocks, so no process outlives the run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     info = machine_info()
+    mode = "closed loop" if args.rate is None and args.rate_of_b is None else "open loop"
+    if args.rate == 0:
+        mode = "idle"
     print(
         f"{info['cpu_count']} CPUs ({info['cpu_model']}), Python {info['python']}, Envoy {info['envoy']}; "
-        f"{args.concurrency} connections, {args.warmup:g}s warm-up + {args.seconds:g}s per scenario, "
-        "50/50 JSON and SSE tools/call"
+        f"{args.concurrency} connections ({mode}), {args.warmup:g}s warm-up + {args.seconds:g}s per scenario, "
+        f"50/50 JSON and SSE tools/call, {args.workers} processor worker(s)"
     )
-    scenarios, checks = run_scenarios(args)
+    scenarios, checks, rate = run_scenarios(args)
 
     def ratio(over: str, under: str) -> dict[str, float | None]:
         b, a = scenarios[over], scenarios[under]
@@ -834,20 +1046,28 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": args.seconds,
             "warmup_s": args.warmup,
             "concurrency": args.concurrency,
+            "load": mode,
+            "rate": rate,
+            "rate_of_b": args.rate_of_b,
             "mix": {"json": 0.5, "sse": 0.5},
             "sse_events_per_response": len(SSE_EVENTS),
             "sse_gap_ms": args.sse_gap_ms,
             "envoy_concurrency": ENVOY_CONCURRENCY,
-            "processor_workers": 1,
+            "processor_workers": args.workers,
             "recording": "file store in a temp dir",
+            "recording_options": RECORDING_OPTIONS,
             "sessions": "one Mcp-Session-Id per connection (as after initialize), echoed on every response",
             "auth": "B: one caller (token) per connection from a development issuer on loopback, session ids "
             "bound to it, one allow rule; B0: allow_anonymous",
             "noop": "N: the B0 config and bootstrap, processor started with --passthrough (CONTINUE to every "
-            "ext_proc message, nothing authenticated or recorded)",
+            "ext_proc message, nothing authenticated or recorded), as many workers as B0",
         },
         "scenarios": scenarios,
-        "ratios": {label: ratio(over, under) for label, (over, under) in RATIOS.items()},
+        "ratios": {
+            label: ratio(over, under)
+            for label, (over, under) in RATIOS.items()
+            if over in scenarios and under in scenarios and mode != "idle"
+        },
         "recording_check": checks,
         "note": cpu_note(info["cpu_count"]),
     }

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -183,6 +184,9 @@ class PolicyWatcher:
 
     Change detection hashes the contents of the resolved files, so a Kubernetes ConfigMap update (an atomic
     swap of the ``..data`` symlink to a new timestamped directory) is seen even though no file's mtime moves.
+    The polling runs in a thread of its own and wakes the event loop only when the fingerprint differs from the
+    version in force: an unchanged directory costs one short thread wake-up per interval and nothing on the
+    loop that carries the traffic (each loop wake-up and thread hop costs far more CPU than the hashing).
     """
 
     def __init__(
@@ -204,14 +208,20 @@ class PolicyWatcher:
         self._seen: str | None = self.current.fingerprint
         self.settle = min(interval / 2, 0.25)  # how long a changed version must stay unchanged to be loaded
         self._task: asyncio.Task[None] | None = None
+        self._stop = threading.Event()
 
     async def start(self) -> None:
-        """Start polling in a background task."""
+        """Start polling: a daemon thread looks, a task on the loop loads what it found changed."""
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="policy-watcher")
+            wake = asyncio.Event()
+            self._stop = threading.Event()
+            loop = asyncio.get_running_loop()
+            threading.Thread(target=self._poll, args=(loop, wake, self._stop), name="policy-poll", daemon=True).start()
+            self._task = asyncio.create_task(self._run(wake), name="policy-watcher")
 
     async def close(self) -> None:
-        """Stop polling."""
+        """Stop polling (the thread ends at its next look, at most one interval later, and never wakes the loop)."""
+        self._stop.set()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -255,10 +265,26 @@ class PolicyWatcher:
             self.on_change(policy)
         return True
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
+    def _poll(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event, stop: threading.Event) -> None:
+        """Thread: every interval, wake the loop if the directory differs from the version last seen there."""
+        while not stop.wait(self.interval):
             try:
-                await self.check()
+                seen = fingerprint(self.directory)
+            except ConfigError as e:
+                seen = f"unreadable: {e}"
+            except Exception:  # the poller must outlive any surprise; the loop's check reports it
+                seen = ""
+            if seen != self._seen and not stop.is_set():
+                try:
+                    loop.call_soon_threadsafe(wake.set)
+                except RuntimeError:  # the loop is closed: nothing left to wake
+                    return
+
+    async def _run(self, wake: asyncio.Event) -> None:
+        while True:
+            await wake.wait()
+            wake.clear()
+            try:
+                await self.check()  # settles, loads and installs (or looks again at the poller's next wake-up)
             except Exception:  # the watcher must outlive any surprise; the policy in force is untouched
                 log.exception("policy watcher check failed")

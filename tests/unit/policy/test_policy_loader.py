@@ -269,3 +269,28 @@ async def test_watcher_task_polls_until_closed(policy_dir: Path) -> None:
     finally:
         await watcher.close()
     assert watcher._task is None
+
+
+async def test_watcher_leaves_the_event_loop_alone_while_nothing_changes(policy_dir: Path) -> None:
+    """The poll runs in its own thread: an unchanged directory never wakes the loop that carries the traffic."""
+    write(policy_dir, "a.yaml", GOOD)
+    changed = asyncio.Event()
+    watcher = PolicyWatcher(policy_dir, SERVERS, interval=0.01, on_change=lambda _: changed.set())
+    checks = 0
+    check = watcher.check
+
+    async def counted() -> bool:
+        nonlocal checks
+        checks += 1
+        return await check()
+
+    watcher.check = counted  # type: ignore[method-assign]
+    await watcher.start()
+    try:
+        await asyncio.sleep(0.3)  # some 30 polls of an unchanged directory
+        assert checks == 0
+        write(policy_dir, "a.yaml", GOOD.replace('"get_*"', "search_code"))
+        await asyncio.wait_for(changed.wait(), timeout=5)  # a change still wakes it, and is installed
+        assert checks >= 1 and decide(watcher.current, ALICE_ENG, "github", SEARCH).allowed
+    finally:
+        await watcher.close()
