@@ -8,6 +8,7 @@ same field names appear in Envoy's JSON access log (``extproc/envoy/access_log.p
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sys
@@ -19,11 +20,14 @@ LogFormat = Literal["text", "json"]
 ACCESS = logging.getLogger("mcp_extproc.access")
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # LogRecord attributes that are not user fields: everything else given through ``extra`` is emitted as a field.
-_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
+_BASE = logging.LogRecord("", 0, "", 0, "", (), None).__dict__
+_STANDARD = frozenset(_BASE) | {"message", "asctime", "color_message"}
 
 
 def _extra(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+    # A record's own attributes come first in its __dict__, ``extra`` after them: only the tail is looked at.
+    d = record.__dict__
+    return {k: d[k] for k in itertools.islice(d, len(_BASE), None) if k not in _STANDARD and not k.startswith("_")}
 
 
 class TextFormatter(logging.Formatter):
@@ -67,6 +71,10 @@ def setup(log_format: LogFormat = "text", verbose: bool = False) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Neither format prints the caller's file, line, thread or process: do not look them up for every record (the
+    # access line is written once per exchange, on the hot path).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3"):  # their INFO lines carry full URLs
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
