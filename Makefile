@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration conformance bench bench-sse faults faults-full lint clean tools chromium
+.PHONY: demo test test-unit test-integration conformance bench bench-sse bench-sustained faults faults-full lint clean tools chromium
 
 # Command-line tools the deploy checks run: promtool (Debian `prometheus`) and kubectl (Debian `kubectl`).
 APT_TOOLS := promtool:prometheus kubectl:kubectl
@@ -58,6 +58,10 @@ bench: $(STAMP)
 # A 10 MB and a 100 MB SSE response through auth + policy + signed recording (bench/README.md).
 bench-sse: $(STAMP)
 	$(BIN)/python bench/sse_bench.py
+
+# Auth + policy + signed recording held 5 minutes: refusals and the recorder's backlog over time (bench/README.md).
+bench-sustained: $(STAMP)
+	$(BIN)/python bench/sustained_bench.py --minutes 5
 
 # Fault and load suite (bench/README.md): every scenario at small scale (a few minutes); faults-full: full scale.
 # disk-full mounts a tmpfs: needs root (CI runs as root).

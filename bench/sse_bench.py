@@ -377,12 +377,13 @@ def run_size(
             with envoy_only(config, upstream_target) as target:
                 rows[ENVOY] = measure(target.port, target.path, who, expected, None, None)
             with envoy_and_noop_processor(config, upstream_target) as target:  # gRPC's own cost: CONTINUE to all
-                rows[NOOP] = measure(target.port, target.path, who, expected, target.pids["processor"], None)
+                rows[NOOP] = measure(target.port, target.path, who, expected, target.pids["processor"][0], None)
             shutil.rmtree(config.parent / "stack")
             with envoy_and_processor(config, upstream_target, [who]) as target:
                 spy = str(ROOT / "bench" / "results" / f"profile-sse-{total // MB}mb.txt") if args.profile else None
                 metrics = f"http://127.0.0.1:{metrics_port}/metrics"
-                rows[GATEWAY] = measure(target.port, target.path, who, expected, target.pids["processor"], spy, metrics)
+                pid = target.pids["processor"][0]
+                rows[GATEWAY] = measure(target.port, target.path, who, expected, pid, spy, metrics)
             check = recording_check(config, pub, events)
     finally:
         stop_process(upstream)
