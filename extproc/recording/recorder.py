@@ -1,36 +1,35 @@
-"""The recorder: a bounded buffer in front of the spool, batched writes, one hash chain per (session, writer).
+"""The recorder: a bounded buffer in front of the spool, batched writes, commit points for the data path.
 
 ``emit`` never blocks the data path: it appends to a plain list or reports that it could not; only the first
-event of a round wakes the writer, which then lingers a few milliseconds so the events of nearby exchanges
-share the round. A single writer task serializes each event once (orjson), chains it (each line carries the
-SHA-256 of the previous line of its stream) and appends the round to the spool in one thread hop, together with
-the ``fsync`` that runs on a short interval. An exchange at a commit point
-(``written``: before its request goes upstream, before a response chunk goes to the client) cuts the linger
-short and waits for that round's write: group commit. Streams are cut into
-segments (at an exchange end, a size or an age); each finished segment gets a signed manifest and is handed to
-the uploader. A stream ends, with a ``final`` manifest, when an exchange states that its session is over
-(``ExchangeEnd.ends_session``), when the session goes idle, or when the processor stops.
+event of a round wakes the writer, which then lingers a few milliseconds so the events of nearby exchanges share
+the round. The writer task chains the round's events into their streams (``streams.py``: one hash chain per
+session and writer, segments, signed manifests), hands the ops to the spool (appends to open files on the loop,
+new files and seals in one thread hop) and fsyncs on the flush interval; the uploader ships sealed segments. An
+exchange at a commit point (``written``: before its request goes upstream, before a response chunk goes to the
+client) cuts the linger short and waits for that round's write: group commit. A stream ends, with a ``final``
+manifest, when an exchange states that its session is over (``ExchangeEnd.ends_session``), when the session goes
+idle, or when the processor stops.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from extproc.errors import StoreError
 from extproc.recording.chain import chain_line, event_line
-from extproc.recording.events import Event, ExchangeEnd, ExchangeStart
-from extproc.recording.manifest import GENESIS, Manifest, Signer
-from extproc.recording.spool import Append, Spool
+from extproc.recording.events import Event
+from extproc.recording.manifest import GENESIS, Signer
+from extproc.recording.spool import Spool
 from extproc.recording.store import Store
+from extproc.recording.streams import Stream, Streams
 from extproc.recording.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -42,28 +41,6 @@ _MAX_BATCH = 4096  # events chained per round (a round is one thread hop to the 
 def new_writer_id() -> str:
     """Unique per processor process: each writer owns its own stream per session, so no file is shared."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-@dataclass(slots=True)
-class _Stream:
-    """Chain and segment state of one (session, writer) stream."""
-
-    session: str
-    writer: str
-    seq: int = 0
-    prev: str = GENESIS
-    segment: int = 0
-    seg_first: int = 0
-    seg_size: int = 0
-    seg_opened: float = 0.0
-    seg_hash: hashlib._Hash = field(default_factory=hashlib.sha256)
-    prev_manifest: str = GENESIS
-    open: set[str] = field(default_factory=set)
-    end_now: bool = False  # the session is over: end the stream at the next cut
-    due: bool = False  # an exchange ended: seal the segment, at most once per flush interval
-    last_seal: float = 0.0
-    last_event: float = 0.0
-    ops: list[tuple[int, bytes] | Manifest] = field(default_factory=list)  # not yet in the spool, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,18 +87,25 @@ class Recorder:
         self.store = store
         self.writer_id = writer_id or new_writer_id()
         self.flush_interval = flush_interval
-        # A segment is sealed (signed, shipped) when an exchange of its stream ends, at most once per this interval:
-        # every seal costs a signature, fsyncs and a store write, and the spool already holds every event durably.
-        self.seal_interval = seal_interval if seal_interval is not None else 5 * flush_interval
-        # A token bucket over those seals, across all streams: the oldest segments go first when it runs short.
-        self.seal_rate = seal_rate
-        self._seal_tokens = seal_rate
-        self._seal_refill = clock()
-        self.segment_bytes = segment_bytes
         self.segment_age = segment_age
         self.idle_timeout = idle_timeout
         self.signer = signer or Signer(None)
         self.required = required
+        # A segment is sealed (signed, shipped) when an exchange of its stream ends, at most once per seal interval
+        # (default 5 x flush interval): every seal costs a signature, fsyncs and a store write, and the spool
+        # already holds every event.
+        self.streams = Streams(
+            self.writer_id,
+            self.signer,
+            segment_bytes=segment_bytes,
+            segment_age=segment_age,
+            seal_interval=seal_interval if seal_interval is not None else 5 * flush_interval,
+            seal_rate=seal_rate,
+            idle_timeout=idle_timeout,
+            scan_interval=flush_interval,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
         self.healthy = True
         self.lost_events = 0
         self.written_events = 0
@@ -140,17 +124,6 @@ class Recorder:
         self._lingering = False  # the writer gathers a round: emit() does not wake it, a commit point does
         self._stopping = False
         self.linger = min(linger, flush_interval)
-        self._streams: dict[str, _Stream] = {}
-        # Streams with work (lines not spooled, an open segment, a seal due, an end pending). Each round touches only
-        # these; all streams (idle SSE sessions can be many) are scanned for the idle timeout at most once a second.
-        self._active: dict[str, _Stream] = {}
-        self._next_idle_scan = 0.0
-        self._epochs: dict[str, int] = {}  # sessions whose stream this writer ended, and how often
-        self._pending_bytes = 0  # chained, not yet in the spool
-        # Streams with ops not yet in the spool (ended ones too), by identity: a round writes these and scans
-        # nothing else, however many sessions are open.
-        self._pending: dict[int, _Stream] = {}
-        self._next_seal_scan = 0.0
         self._clock = clock
         self.wall_clock = wall_clock
         self._task: asyncio.Task[None] | None = None
@@ -266,15 +239,10 @@ class Recorder:
         await asyncio.wait_for(self._synced.wait(), within)
 
     def _has_ops(self) -> bool:
-        return bool(self._pending)
-
-    def _has_lines(self) -> bool:
-        """Chained lines not yet in the spool file (a manifest waiting alone does not hold a commit)."""
-        return self._pending_bytes > 0
+        return bool(self.streams.pending)
 
     def _seal_due(self) -> bool:
-        """A segment whose seal is held back until the seal interval has passed."""
-        return any(s.due and s.seg_size for s in self._active.values())
+        return self.streams.seal_due()
 
     async def _run(self) -> None:
         last_sync = self._clock()
@@ -285,19 +253,19 @@ class Recorder:
             batch = self._take(everything=stopping)
             upto = self._accepted - len(self._buf)  # every event emitted before this round's batch was taken
             ended = self._chain(batch)
-            scanned = self._cut(ended, stopping)
+            scanned = self.streams.cut(ended, stopping)
             # fsync on the interval: commit points already wait for the write, which survives the process dying
             sync_due = stopping or self._clock() - last_sync >= self.flush_interval
             # Exchanges waiting at a commit point go on once the lines are written; the fsync follows on its own.
             waited_on = bool(self._commits)
             wrote, synced = await self._write(sync=sync_due and not waited_on)
-            if not self._has_lines():
+            if not self.streams.has_lines:
                 self._settle_commits(upto, None)  # nothing of this round waits to be written
             elif not self.healthy:
                 self._settle_commits(upto, "recording spool failing; events not on disk")
             dirty = (dirty or wrote) and not synced
             if scanned:
-                self._settle()
+                self.streams.settle()
             dirty = dirty or not self.healthy  # a sync attempt is also the health probe
             if dirty and sync_due:
                 synced = await self._sync()
@@ -309,7 +277,7 @@ class Recorder:
             if stopping and not self._buf:
                 break
         self._settle_commits(self._done, "recorder stopped before the events were written")
-        lost = sum(1 for s in self._pending.values() for op in s.ops if isinstance(op, tuple))
+        lost = self.streams.unwritten_lines()
         if lost:  # the spool is still failing at shutdown: say exactly what could not be written
             self.lost_events += lost
             log.error("recording spool failing at shutdown: %d events not written", lost)
@@ -322,7 +290,7 @@ class Recorder:
             return max(0.0, self.flush_interval - (self._clock() - last_sync))
         if self._seal_due():  # a held-back seal comes due within the interval
             return self.flush_interval
-        if self._streams:  # segments age and sessions go idle even without traffic
+        if self.streams.open:  # segments age and sessions go idle even without traffic
             return min(self.segment_age, self.idle_timeout, 1.0)
         return None
 
@@ -354,117 +322,17 @@ class Recorder:
             batch, self._buf = self._buf[:_MAX_BATCH], self._buf[_MAX_BATCH:]
         return batch
 
-    # --- chaining and segments ---------------------------------------------------------------------------------
-
-    def _stream(self, session: str) -> _Stream:
-        st = self._streams.get(session)
-        if st is None:
-            epoch = self._epochs.get(session, 0)
-            writer = self.writer_id if epoch == 0 else f"{self.writer_id}.{epoch}"
-            st = self._streams[session] = _Stream(session, writer, seg_opened=self._clock())
-        return st
-
-    def _chain(self, events: list[Event]) -> list[_Stream]:
-        """Chain events into their streams' pending ops. Returns the streams where an exchange ended."""
-        ended: list[_Stream] = []
-        for e in events:
-            st = self._active[e.session] = self._stream(e.session)
-            line = event_line(st.seq, st.prev, e) + b"\n"
-            if not self.required and not self._room_for(len(line)):
-                self.lost_events += 1  # counted and logged, never chained: what is kept still verifies
-                log.warning("recording event lost (recording.required is false): %s %s", e.exchange, e.type)
-                continue
-            self._pending_bytes += len(line)
-            if st.seg_size == 0:
-                st.seg_opened = self._clock()
-            st.seq += 1
-            st.prev = hashlib.sha256(line[:-1]).hexdigest()
-            st.seg_hash.update(line)
-            st.seg_size += len(line)
-            st.last_event = self._clock()
-            st.ops.append((st.segment, line))
-            self._pending[id(st)] = st
-            if isinstance(e, ExchangeStart):
-                st.open.add(e.exchange)
-            elif isinstance(e, ExchangeEnd):
-                st.open.discard(e.exchange)
-                st.due = True
-                ended.append(st)
-                st.end_now = st.end_now or e.ends_session
-            if st.seg_size >= self.segment_bytes:
-                self._seal(st, final=False)
+    def _chain(self, events: list[Event]) -> list[Stream]:
+        """Chain the round's events into their streams; returns the streams where an exchange ended."""
+        ended, dropped = self.streams.chain(events, None if self.required else self._room_for)
+        for e in dropped:
+            self.lost_events += 1  # counted and logged, never chained: what is kept still verifies
+            log.warning("recording event lost (recording.required is false): %s %s", e.exchange, e.type)
         return ended
 
     def _room_for(self, size: int) -> bool:
         spool = self.spool
-        return self.healthy and spool.is_open and spool.size + self._pending_bytes + size <= spool.max_bytes
-
-    def _cut(self, ended: list[_Stream], stopping: bool) -> bool:
-        """Seal segments at exchange ends, by age, and end streams whose session is over or idle. A round looks at
-        the streams where an exchange ended; every stream with work once per flush interval (held-back seals, age),
-        every stream once a second (idle). Returns whether this was a scan of every stream with work."""
-        now = self._clock()
-        scanned = True
-        if stopping or now >= self._next_idle_scan:  # idle streams have no work but may time out
-            candidates = self._streams
-            self._next_idle_scan = now + min(1.0, self.idle_timeout)
-        elif now >= self._next_seal_scan:
-            candidates = self._active
-        else:
-            candidates = {st.session: st for st in ended if self._streams.get(st.session) is st}
-            scanned = False
-        if scanned:
-            self._next_seal_scan = now + self.flush_interval
-        due: list[_Stream] = []
-        for session, st in list(candidates.items()):
-            final = stopping or (not st.open and (st.end_now or now - st.last_event >= self.idle_timeout))
-            if final:
-                self._seal(st, final=True)
-                del self._streams[session]
-                self._active.pop(session, None)
-                self._epochs[session] = self._epochs.get(session, 0) + 1
-            elif st.seg_size and (
-                (st.due and now - st.last_seal >= self.seal_interval) or now - st.seg_opened >= self.segment_age
-            ):
-                due.append(st)
-        # Sealing signs a manifest and ships a segment: once per stream per seal interval, not once per exchange,
-        # and at most ``seal_rate`` a second in all, oldest segment first. A crash before the seal loses nothing:
-        # the completer seals every complete line left in the spool.
-        self._seal_tokens = min(self.seal_rate, self._seal_tokens + (now - self._seal_refill) * self.seal_rate)
-        self._seal_refill = now
-        if len(due) > self._seal_tokens:
-            due.sort(key=lambda st: st.seg_opened)
-            due = due[: int(self._seal_tokens)]
-        self._seal_tokens -= len(due)
-        for st in due:
-            self._seal(st, final=False)
-        return scanned
-
-    def _seal(self, st: _Stream, final: bool) -> None:
-        if st.seg_size == 0 and not final:
-            return
-        manifest = Manifest(
-            session=st.session,
-            writer=st.writer,
-            segment=st.segment,
-            first=st.seg_first,
-            last=st.seq - 1,
-            count=st.seq - st.seg_first,
-            size=st.seg_size,
-            sha256=st.seg_hash.hexdigest(),
-            head=st.prev,
-            prev_manifest=st.prev_manifest,
-            final=final,
-            open=sorted(st.open),
-            created=self.wall_clock(),
-        )
-        self.signer.sign(manifest)
-        st.ops.append(manifest)
-        self._pending[id(st)] = st
-        st.due, st.last_seal = False, self._clock()
-        st.prev_manifest = manifest.digest()
-        st.segment += 1
-        st.seg_first, st.seg_size, st.seg_hash = st.seq, 0, hashlib.sha256()
+        return self.healthy and spool.is_open and spool.size + size <= spool.max_bytes
 
     # --- spool I/O ---------------------------------------------------------------------------------------------
 
@@ -472,23 +340,7 @@ class Recorder:
         """Move pending ops of every stream into the spool in one batch, in order; on failure keep the rest.
 
         Returns (something written, synced): with ``sync`` and a healthy spool the fsync shares the thread hop."""
-        batch: list[Append | Manifest] = []
-        owners: list[tuple[_Stream, int]] = []  # per batch op: its stream and how many of the stream's ops it covers
-        for st in list(self._pending.values()):
-            i = 0
-            while i < len(st.ops):
-                op = st.ops[i]
-                if isinstance(op, Manifest):
-                    batch.append(op)
-                    owners.append((st, 1))
-                    i += 1
-                    continue
-                n = i + 1  # consecutive lines of the same segment go in one append
-                while n < len(st.ops) and isinstance(st.ops[n], tuple) and st.ops[n][0] == op[0]:  # type: ignore[index]
-                    n += 1
-                batch.append(Append(st.session, st.writer, op[0], b"".join(o[1] for o in st.ops[i:n])))  # type: ignore[index]
-                owners.append((st, n - i))
-                i = n
+        batch, owners = self.streams.batch()
         if not batch:
             return False, False
         sync = sync and self.healthy and self.spool.is_open
@@ -497,25 +349,12 @@ class Recorder:
         except StoreError as e:  # full (nothing was written), or the fsync failed
             self._set_health(False, str(e))
             return False, False
-        for item, (st, count) in zip(batch[:done], owners[:done], strict=True):
-            del st.ops[:count]
-            if isinstance(item, Append):
-                self.written_events += count
-                self._pending_bytes -= len(item.data)
+        self.written_events += self.streams.spooled(batch, owners, done)
         if error is not None:
             self._set_health(False, str(error))
-        for st in list(self._pending.values()):
-            if not st.ops:
-                del self._pending[id(st)]
         if sync and error is None:
             self._set_health(not self._has_ops())
         return done > 0, sync and error is None
-
-    def _settle(self) -> None:
-        """Forget streams whose work is done until their next event."""
-        for session, st in list(self._active.items()):
-            if not (st.ops or st.seg_size or st.due or st.end_now):
-                del self._active[session]
 
     async def _sync(self) -> bool:
         try:

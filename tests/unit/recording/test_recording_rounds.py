@@ -62,14 +62,14 @@ async def test_seals_across_many_busy_sessions_keep_to_the_budget_oldest_first(t
     store = FileStore(tmp_path)
     rec = Recorder(store, writer_id="w", flush_interval=0.01, seal_interval=0.01, seal_rate=5, segment_age=60)
     sealed: list[str] = []
-    seal = rec._seal
+    seal = rec.streams.seal
 
     def counting(st: Any, final: bool) -> None:
         if not final:
             sealed.append(st.session)
         seal(st, final)
 
-    rec._seal = counting  # type: ignore[method-assign]
+    rec.streams.seal = counting  # type: ignore[method-assign]
     await rec.start()
     for n in range(20):  # 20 sessions, an exchange of each just ended: 20 seals due at once
         rec.emit(ExchangeStart(session=f"s{n:02d}", exchange=f"e{n}", index=0, time=float(n)))

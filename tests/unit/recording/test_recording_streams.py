@@ -1,0 +1,67 @@
+"""The recorder's streams, without a spool or an event loop: chaining, cuts and seals, and what goes to the spool."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
+from extproc.recording.manifest import GENESIS, Manifest, Signer
+from extproc.recording.spool import Append
+from extproc.recording.streams import Streams
+
+
+def _streams(now: list[float], **kw: float) -> Streams:
+    opts = {"segment_bytes": 1 << 20, "segment_age": 60.0, "seal_interval": 1.0, "seal_rate": 100.0}
+    opts.update(kw)
+    return Streams(
+        "w", Signer(None), idle_timeout=30.0, scan_interval=0.2, clock=lambda: now[0], wall_clock=lambda: 1e9, **opts
+    )
+
+
+def test_an_exchange_is_chained_sealed_at_its_end_and_handed_over_in_order() -> None:
+    now = [100.0]
+    streams = _streams(now)
+    events = [
+        ExchangeStart(session="s", exchange="e", index=0, time=1.0),
+        McpRequest(session="s", exchange="e", index=1, time=2.0),
+        ExchangeEnd(session="s", exchange="e", index=2, time=3.0),
+    ]
+    ended, dropped = streams.chain(events)
+    assert dropped == [] and [st.session for st in ended] == ["s"]
+    assert streams.cut(ended, stopping=False)  # the first round scans everything
+    batch, owners = streams.batch()
+    assert [type(op) for op in batch] == [Append, Manifest]
+    lines = batch[0].data.splitlines()  # type: ignore[union-attr]
+    assert [json.loads(line)["seq"] for line in lines] == [0, 1, 2]
+    assert json.loads(lines[0])["prev"] == GENESIS
+    assert json.loads(lines[1])["prev"] == hashlib.sha256(lines[0]).hexdigest()
+    manifest = batch[1]
+    assert isinstance(manifest, Manifest) and (manifest.first, manifest.last, manifest.open) == (0, 2, [])
+    assert streams.has_lines
+    assert streams.spooled(batch, owners, done=1) == 3  # the append went in, the seal did not: it stays pending
+    assert not streams.has_lines and streams.pending
+    streams.spooled(*streams.batch(), done=1)
+    assert not streams.pending
+
+
+def test_no_room_drops_the_event_before_it_is_chained() -> None:
+    now = [100.0]
+    streams = _streams(now)
+    ended, dropped = streams.chain([McpRequest(session="s", exchange="e", index=0, time=1.0)], room=lambda _: False)
+    assert ended == [] and len(dropped) == 1 and not streams.has_lines
+    assert streams.open["s"].seq == 0  # the chain did not move: what is kept still verifies
+
+
+def test_a_round_without_an_ended_exchange_does_not_scan_every_stream() -> None:
+    now = [100.0]
+    streams = _streams(now, segment_age=1.0)
+    for n in range(50):
+        streams.chain([McpRequest(session=f"s{n}", exchange="e", index=0, time=1.0)])
+    assert streams.cut([], stopping=False)  # first round: a full scan
+    now[0] += 1.05  # every segment is now older than segment_age
+    assert streams.cut([], stopping=False) is True  # the scan interval has passed: aged segments are sealed
+    sealed = sum(isinstance(op, Manifest) for st in streams.pending.values() for op in st.ops)
+    assert sealed == 50
+    now[0] += 0.01
+    assert streams.cut([], stopping=False) is False  # within the scan interval only ended streams are looked at
