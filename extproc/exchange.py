@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from hashlib import sha256
 from time import perf_counter
 from typing import Any
 
@@ -24,7 +23,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from extproc.admission import SESSION_HEADER, Admitted, Unrecorded, admit
 from extproc.authn.principal import Principal
 from extproc.authn.session_binding import bind
-from extproc.authn.state_binding import RequestStateNotYours, open_sealed, seal
+from extproc.authn.state_binding import RequestStateNotYours
 from extproc.authn.verify import identity_headers
 from extproc.envoy import responses
 from extproc.envoy.headers import recordable, to_dict
@@ -44,6 +43,7 @@ from extproc.mcp.body import Piece, ResponseBody, dumps, rewrite_json
 from extproc.mcp.jsonrpc import McpCall, ParsedBody, error_response, is_request, parse_body
 from extproc.mcp.methods import HTTP_METHODS, INPUT_REQUIRED
 from extproc.mcp.protocol import check_headers, classify, run_key
+from extproc.mcp.request_state import RequestState
 from extproc.mcp.sse import format_event
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.enforce import Verdict, authorize, filter_body, record_redactor, redact_for_record, redact_text
@@ -54,9 +54,7 @@ from extproc.recording.events import (
     ExchangeStart,
     ListFiltered,
     McpRequest,
-    McpResponse,
     PolicyDecision,
-    ResponseChunk,
     ResponseStart,
     body_fields,
     is_reserved_unit,
@@ -64,6 +62,7 @@ from extproc.recording.events import (
     synthetic_session_id,
 )
 from extproc.recording.exchange_log import ExchangeLog
+from extproc.recording.pieces import record_piece
 from extproc.routing import UPSTREAM_HEADER
 
 log = logging.getLogger(__name__)
@@ -105,6 +104,7 @@ class Exchange:
         self._header_names: list[str] = []  # as sent, repeats kept: a duplicated MCP header is refused
         self._run: str | None = None  # the recorded run of a stateless request
         self._may_ask = False  # a stateless call whose result may ask for input: its requestState gets sealed
+        self._state: RequestState | None = None
         self._awaiting: set[str] = set()  # ids of requests in the body still without a response
         self._lists: dict[str, str] = {}  # list requests whose responses are filtered
         self._facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
@@ -406,43 +406,20 @@ class Exchange:
         )
         return self.gw.runs.unit(key, self.gw.clock(), self._headers.get("traceparent"))
 
-    # --- multi-round-trip request state (2026-07-28) ---------------------------------------------------------
-
-    @property
-    def _state_scope(self) -> str:
-        assert self.admitted is not None
-        return self.admitted.scope or self.admitted.server.name
+    # --- multi-round-trip request state (2026-07-28, mcp/request_state.py) -------------------------------------
 
     def _open_request_state(self, messages: tuple[dict[str, Any], ...], body: bytes) -> bytes | None:
-        """For a stateless call by a known identity: note whether its result may ask for input (then the state in
-        it is sealed to this caller), and open the sealed state a retry carries. Returns the body to forward when
-        it changed (the server gets back exactly the state it issued), else None."""
-        if self._run is None or self.principal is None or len(messages) != 1:
+        """A stateless call by a known identity: a result that may ask for input gets its state sealed to this
+        caller, and a retry's sealed state is opened. Returns the body to forward when it changed, else None."""
+        if self._run is None or self.principal is None or self.admitted is None or len(messages) != 1:
             return None
-        message = messages[0]
-        self._may_ask = message.get("method") in INPUT_REQUIRED
-        params = message.get("params")
-        sealed = params.get("requestState") if isinstance(params, dict) else None
-        if sealed is None:
-            return None
-        if not isinstance(sealed, str):
-            raise InvalidRequest("params.requestState must be a string")
-        state = open_sealed(sealed, self.principal, self._state_scope, self.gw.options.session_key)
-        for ensure_ascii in (False, True):  # the client's own JSON spelling of the value, found exactly once
-            spelled = json.dumps(sealed, ensure_ascii=ensure_ascii).encode()
-            if body.count(spelled) == 1:
-                return body.replace(spelled, json.dumps(state, ensure_ascii=False).encode())
-        raise InvalidRequest("params.requestState is spelled ambiguously in the request body")
+        scope = self.admitted.scope or self.admitted.server.name
+        self._state = RequestState(self.principal, scope, self.gw.options.session_key)
+        self._may_ask = messages[0].get("method") in INPUT_REQUIRED
+        return self._state.open(messages[0], body)
 
     def _seal_state(self, message: dict[str, Any]) -> dict[str, Any]:
-        """An input_required result on its way to the client: its requestState sealed to the caller and server."""
-        result = message.get("result")
-        if not isinstance(result, dict) or not isinstance(state := result.get("requestState"), str):
-            return message
-        if self.principal is None:
-            return message
-        sealed = seal(state, self.principal, self._state_scope, self.gw.options.session_key)
-        return {**message, "result": {**result, "requestState": sealed}}
+        return self._state.seal(message) if self._state is not None else message
 
     # --- response side ---------------------------------------------------------------------------------------
 
@@ -480,45 +457,10 @@ class Exchange:
         )
 
     def _record_piece(self, piece: Piece) -> None:
-        """One SSE event or JSON document as mcp.response (parsed, redacted), or raw bytes as http.chunk."""
-        if piece.event is not None and piece.event.withheld:  # too big to hold: its bytes passed, size + hash kept
-            ev = piece.event
-            body = {"withheld": ev.withheld, "sha256": ev.sha256}
-            self.log.emit(McpResponse(body=body, size=ev.size, sse_event=ev.event, sse_id=ev.id))
-        elif piece.event is not None:
-            parsed = parse_body(piece.event.data.encode()) if piece.event.data else None
-            messages = list(parsed.messages) if parsed else []
-            error = parsed.error if parsed else None
-            sse = {"sse_event": piece.event.event, "sse_id": piece.event.id}
-            self._record_response(messages, error, piece.raw, keep_raw=error is not None, **sse)
-        elif piece.document:
-            parsed = parse_body(piece.raw)
-            self._record_response(list(parsed.messages), parsed.error, piece.raw, keep_raw=True)
-        else:
-            self._record_chunk(piece.raw)
-
-    def _record_response(
-        self, messages: list[dict[str, Any]], error: str | None, raw: bytes, keep_raw: bool, **sse: Any
-    ) -> None:
-        """One mcp.response event, redacted by the policy's recording rules before it is queued."""
-        for m in messages:
-            if "id" in m and "method" not in m:
-                self._awaiting.discard(json.dumps(m["id"]))
-        messages, kept, redactions = redact_for_record(self.policy, self.server_name, messages, raw)
-        body = {"raw_redacted": True} if kept is None else (body_fields(kept) if keep_raw else {})
-        self.log.emit(
-            McpResponse(messages=messages, error=error, body=body, size=len(raw), redactions=redactions, **sse)
-        )
-
-    def _record_chunk(self, raw: bytes) -> None:
-        if self._body is not None and self._body.oversized and self.policy is not None:
-            # Path and key redactions need the parsed document: an oversized JSON body under a policy is withheld
-            # (size and SHA-256 kept), never stored raw.
-            body = {"withheld": self._body.oversized_reason, "sha256": sha256(raw).hexdigest()}
-            self.log.emit(ResponseChunk(body=body, size=len(raw)))
-            return
-        _, kept, _ = redact_for_record(self.policy, self.server_name, [], raw)  # text patterns still apply
-        self.log.emit(ResponseChunk(body=body_fields(kept if kept is not None else b""), size=len(raw)))
+        """One SSE event, JSON document or raw chunk on the record (recording/pieces.py)."""
+        body = self._body
+        withheld = body.oversized_reason if body is not None and body.oversized and self.policy is not None else None
+        self._awaiting -= record_piece(self.log, self.policy, self.server_name, piece, withheld)
 
     # --- refusals --------------------------------------------------------------------------------------------
 
