@@ -379,6 +379,9 @@ class Edge(_Model):
     http2_initial_connection_window_bytes: Annotated[int, Field(ge=65_535, le=2_147_483_647)] = 1 << 20
     drain_time_s: Annotated[int, Field(ge=0, le=3600)] = 5  # listeners drain this long on shutdown
     compress_responses: bool = True  # gzip for clients that accept it, applied after the processor
+    # Envoy closes an idle connection to an MCP server after this, before the server's own keep-alive timeout
+    # (5 s in uvicorn and Node) can close it under a request Envoy is sending.
+    upstream_idle_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 4.0
 
 
 class Policy(_Model):

@@ -23,6 +23,11 @@ _T = "type.googleapis.com/envoy."
 PROCESSOR_CLUSTER = "mcp_extproc"
 PROCESSOR_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"  # gRPC health service name
 BACKENDS_CLUSTER = "mcp_backends"
+# A request whose upstream connection was reset before any of it was sent (the server closed an idle keep-alive
+# connection just as Envoy reused it) is sent once more on a new connection: the server never saw it, so this is
+# safe for any method. Anything later is never retried: an MCP call is not idempotent.
+SAFE_RETRY = {"retry_on": "reset-before-request", "num_retries": 1}
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 def _socket(host: str, port: int) -> dict[str, Any]:
@@ -38,7 +43,13 @@ def processor_addresses(settings: Settings) -> list[dict[str, Any]]:
     return [_socket(*split_hostport(e)) for e in endpoints]
 
 
-def _cluster(name: str, addresses: list[dict[str, Any]], http2: bool, tls_sni: str | None = None) -> dict[str, Any]:
+def _cluster(
+    name: str,
+    addresses: list[dict[str, Any]],
+    http2: bool,
+    tls_sni: str | None = None,
+    idle_timeout_s: float | None = None,
+) -> dict[str, Any]:
     is_ip = all("pipe" in a or _is_ip(a["socket_address"]["address"]) for a in addresses)
     cluster: dict[str, Any] = {
         "name": name,
@@ -49,13 +60,14 @@ def _cluster(name: str, addresses: list[dict[str, Any]], http2: bool, tls_sni: s
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": a}} for a in addresses]}],
         },
     }
-    if http2:
-        cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": _T + "extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
+    if http2 or idle_timeout_s is not None:
+        options: dict[str, Any] = {
+            "@type": _T + "extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}} if http2 else {"http_protocol_options": {}},
         }
+        if idle_timeout_s is not None:
+            options["common_http_protocol_options"] = {"idle_timeout": _seconds(idle_timeout_s)}
+        cluster["typed_extension_protocol_options"] = {_HTTP_OPTIONS: options}
     if tls_sni is not None:
         cluster["transport_socket"] = {
             "name": "envoy.transport_sockets.tls",
@@ -90,6 +102,7 @@ def _routes(server: Server) -> list[dict[str, Any]]:
         "cluster": server_cluster_name(server),
         "prefix_rewrite": server.path,
         "timeout": "0s",  # SSE streams live as long as the session; stream_idle_timeout still applies
+        "retry_policy": SAFE_RETRY,
     }
     authority = server.upstream_authority
     if authority is not None:
@@ -115,11 +128,11 @@ def _backends_route() -> dict[str, Any]:
     return {
         "name": "backends",
         "match": {"prefix": "/", "headers": [{"name": UPSTREAM_HEADER, "present_match": True}]},
-        "route": {"cluster": BACKENDS_CLUSTER, "timeout": "0s"},
+        "route": {"cluster": BACKENDS_CLUSTER, "timeout": "0s", "retry_policy": SAFE_RETRY},
     }
 
 
-def _backends_cluster() -> dict[str, Any]:
+def _backends_cluster(idle_timeout_s: float) -> dict[str, Any]:
     """One cluster for every backend reached by address: the processor names the IP:port per request."""
     return {
         "name": BACKENDS_CLUSTER,
@@ -127,6 +140,13 @@ def _backends_cluster() -> dict[str, Any]:
         "lb_policy": "CLUSTER_PROVIDED",
         "connect_timeout": "2s",
         "original_dst_lb_config": {"use_http_header": True, "http_header_name": UPSTREAM_HEADER},
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS: {
+                "@type": _T + "extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": {}},
+                "common_http_protocol_options": {"idle_timeout": _seconds(idle_timeout_s)},
+            }
+        },
     }
 
 
@@ -364,14 +384,15 @@ def render(settings: Settings, sds_dir: Path | None = None) -> dict[str, Any]:
     }
     processor = _cluster(PROCESSOR_CLUSTER, processor_addresses(settings), http2=True)
     processor["health_checks"] = [_processor_health_check()]
-    clusters = [processor, _backends_cluster(), *audit_parts(settings)[1]]
+    idle = settings.edge.upstream_idle_timeout_s
+    clusters = [processor, _backends_cluster(idle), *audit_parts(settings)[1]]
     for s in settings.servers:
         if s.upstream is None:  # backends: reached through BACKENDS_CLUSTER
             continue
         host, port = split_hostport(s.upstream)
-        clusters.append(
-            _cluster(server_cluster_name(s), [_socket(host, port)], http2=False, tls_sni=host if s.tls else None)
-        )
+        sni = host if s.tls else None
+        name = server_cluster_name(s)
+        clusters.append(_cluster(name, [_socket(host, port)], http2=False, tls_sni=sni, idle_timeout_s=idle))
     # Every exchange holds one ext_proc stream for its whole life, also while it waits for a connection to its
     # server: the processor carries every server's open and waiting requests (N each), so an overflow is always
     # the server cluster's 503, never a processor failure (500) that would also refuse other servers' requests.

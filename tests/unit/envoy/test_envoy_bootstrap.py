@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
-from extproc.envoy.bootstrap import BACKENDS_CLUSTER, PROCESSOR_CLUSTER, processor_addresses, render, render_yaml
+from extproc.envoy.bootstrap import (
+    BACKENDS_CLUSTER,
+    PROCESSOR_CLUSTER,
+    SAFE_RETRY,
+    processor_addresses,
+    render,
+    render_yaml,
+)
 from extproc.launcher import envoy_binary
 from extproc.routing import UPSTREAM_HEADER
 from extproc.server import listen_address
@@ -158,7 +165,7 @@ def test_exact_path_routes_per_server_then_405_then_404() -> None:
     assert all(r["route"]["timeout"] == "0s" for r in (routes[0], routes[2]))  # SSE streams must not be cut
     assert routes[1]["direct_response"]["status"] == 405
     assert routes[1]["response_headers_to_add"] == [{"header": {"key": "allow", "value": "POST, GET, DELETE"}}]
-    assert routes[4]["route"] == {"cluster": BACKENDS_CLUSTER, "timeout": "0s"}
+    assert routes[4]["route"] == {"cluster": BACKENDS_CLUSTER, "timeout": "0s", "retry_policy": SAFE_RETRY}
     assert routes[4]["match"]["headers"] == [{"name": UPSTREAM_HEADER, "present_match": True}]
     assert routes[5]["direct_response"]["status"] == 404
     assert vhost["request_headers_to_remove"] == ["accept-encoding", "x_mcp_user", "x_mcp_groups"]
@@ -297,3 +304,18 @@ def test_one_processor_endpoint_per_worker(processor: dict, expected: list[dict]
     assert cluster["type"] == "STATIC"
     http = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     assert http["explicit_http_config"] == {"http2_protocol_options": {}}  # gRPC needs HTTP/2
+
+
+def test_mcp_upstreams_retry_only_unsent_requests_and_close_idle_connections_first() -> None:
+    cfg = render(_settings({"servers": TWO_SERVERS, "edge": {"upstream_idle_timeout_s": 3}}))
+    (vhost,) = _hcm(cfg)["route_config"]["virtual_hosts"]
+    upstream_routes = [r["route"] for r in vhost["routes"] if "route" in r]
+    assert upstream_routes and all(r["retry_policy"] == SAFE_RETRY for r in upstream_routes)
+    assert SAFE_RETRY == {"retry_on": "reset-before-request", "num_retries": 1}  # never a retry of a sent call
+    clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
+    for name in ("mcp_server_weather", "mcp_server_github", BACKENDS_CLUSTER):
+        options = clusters[name]["typed_extension_protocol_options"][
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ]
+        assert options["common_http_protocol_options"] == {"idle_timeout": "3.000s"}
+        assert options["explicit_http_config"] == {"http_protocol_options": {}}  # HTTP/1.1, as before
