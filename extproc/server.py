@@ -199,4 +199,6 @@ async def _serve_grpc(
     log.info("shutting down: finishing in-flight exchanges")
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    t0 = perf_counter()
     await server.stop(grace=30)
+    log.info("in-flight exchanges done in %.1f s", perf_counter() - t0)

@@ -180,11 +180,14 @@ class Recorder:
         self._stopping = True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        t0 = time.monotonic()
         await self._task
         self._task = None
+        t1 = time.monotonic()
         await self.uploader.stop()
         if not await self.uploader.drain(drain_within):
             log.error("store unavailable at shutdown: %d segments stay in the spool", len(self.spool.ready))
+        log.info("recorder: streams ended in %.1f s, spool shipped in %.1f s", t1 - t0, time.monotonic() - t1)
         await self.spool.close()
         log.info(
             "recorder closed: written_events=%d lost_events=%d %s",
