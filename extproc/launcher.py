@@ -146,11 +146,25 @@ def envoy_command(bootstrap: Path, edge: settings_mod.Edge, log_level: str = "wa
     ]
 
 
-def free_port() -> int:
-    """A TCP port free on loopback right now (for tests and the demo)."""
+def free_port(block: int = 1) -> int:
+    """A TCP port free on loopback right now (for tests and the demo); with ``block``, the first of that many
+    consecutive free ports (processor workers listen on the port, the port + 1, …)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if all(_port_free(p) for p in range(port + 1, port + block)):
+            return port
+    raise RuntimeError(f"no {block} consecutive free ports on loopback")
+
+
+def _port_free(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass

@@ -75,7 +75,8 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         """``server_settings``: more keys for every ``servers[]`` entry (``host`` ...)."""
         workdir = tmp_path / f"gw{len(started)}"
         workdir.mkdir()
-        processor = f"unix:{workdir}/p.sock" if unix_socket else f"127.0.0.1:{free_port()}"
+        # Worker i listens on the port + i: the whole block must be free, not just its first port.
+        processor = f"unix:{workdir}/p.sock" if unix_socket else f"127.0.0.1:{free_port(block=8)}"
         config: dict[str, Any] = {
             "listen": {"address": "127.0.0.1", "port": free_port()},
             "processor": {"address": processor},
@@ -93,7 +94,11 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         path.write_text(yaml.safe_dump(config))
         gw = Gateway(Stack(config=path, workdir=workdir), config, workdir / "gateway.log")
         started.append(gw)
-        gw.stack.start(log=gw.log)
+        try:
+            gw.stack.start(log=gw.log)
+        except RuntimeError:  # a process died at start: its log says why (the folder is gone after the run)
+            print(gw.log.read_text(errors="replace")[-4000:])
+            raise
         return gw
 
     yield start
