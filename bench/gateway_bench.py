@@ -33,7 +33,6 @@ import platform
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -444,9 +443,7 @@ RECORDING_OPTIONS: dict[str, Any] = {}  # --recording KEY=VALUE: extra keys of e
 
 def _gateway_doc(workdir: Path, upstream_port: int, workers: int) -> dict[str, Any]:
     """One server, ``workers`` processor workers, recording into ``workdir``/recordings."""
-    port = free_port()
-    while not all(can_bind(port + i) for i in range(1, workers)):  # worker i listens on port + i
-        port = free_port()
+    port = free_port(block=workers)  # worker i listens on port + i
     return {
         "listen": {"address": "127.0.0.1", "port": free_port()},
         "processor": {"address": f"127.0.0.1:{port}", "workers": workers},
@@ -460,15 +457,6 @@ def _write_config(workdir: Path, doc: dict[str, Any]) -> Path:
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
-
-
-def can_bind(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def write_anonymous_config(workdir: Path, upstream_port: int, workers: int = 1) -> Path:
