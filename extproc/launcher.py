@@ -301,9 +301,10 @@ class Stack:
                 return
             time.sleep(0.1)  # polling Envoy's counter; there is no event to wait on
 
-    def stop(self, timeout: float = 30) -> None:
+    def stop(self, timeout: float = 60) -> None:
         """Drain Envoy, SIGTERM it, then the processors and the audit service (they finish in-flight exchanges and
-        flush recordings)."""
+        flush recordings). Each group gets ``timeout`` before it is killed: 60 s, as the Kubernetes manifests give a
+        pod, because a processor may take 30 s for in-flight streams and then ship every open stream's last segment."""
         self.drain()
         for group in ([self.envoy] if self.envoy else [], [*self.processors, *([self.audit] if self.audit else [])]):
             for p in group:
