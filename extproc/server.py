@@ -8,6 +8,7 @@ with a gRPC error instead, and Envoy (failure_mode_allow: false) fails the reque
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -163,6 +164,18 @@ async def serve(
     log.info("processor stopped; recordings flushed")
 
 
+def _settle_heap() -> None:
+    """Take what start-up built out of the garbage collector's reach (``gc.freeze``).
+
+    Modules, the compiled policy, clients and their caches live as long as the process: about 120,000 objects that
+    every full collection would scan again, on the event loop, while every in-flight exchange waits (a full
+    collection took 20-90 ms under load). Frozen, a full collection scans only what exchanges made since. A frozen
+    object that later becomes unreachable through a cycle is never freed; start-up objects are replaced rarely
+    (a policy reload), so that stays small."""
+    gc.collect()
+    gc.freeze()
+
+
 async def _serve_grpc(
     servicer: ep_grpc.ExternalProcessorServicer,
     address: str,
@@ -193,6 +206,7 @@ async def _serve_grpc(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    _settle_heap()
     if ready is not None:
         ready.set()
     await stop.wait()
