@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration conformance bench bench-sse bench-sustained faults faults-full lint clean tools chromium
+.PHONY: demo test test-unit test-integration conformance bench bench-sse bench-sustained bench-goals faults faults-full lint clean tools chromium
 
 # Command-line tools the deploy checks run: promtool (Debian `prometheus`) and kubectl (Debian `kubectl`).
 APT_TOOLS := promtool:prometheus kubectl:kubectl
@@ -62,6 +62,10 @@ bench-sse: $(STAMP)
 # Auth + policy + signed recording held 5 minutes: refusals and the recorder's backlog over time (bench/README.md).
 bench-sustained: $(STAMP)
 	$(BIN)/python bench/sustained_bench.py --minutes 5
+
+# Every goal of the hot path beside its figure, in one run (about 12 minutes; bench/README.md).
+bench-goals: $(STAMP)
+	$(BIN)/python bench/goals.py
 
 # Fault and load suite (bench/README.md): every scenario at small scale (a few minutes); faults-full: full scale.
 # disk-full mounts a tmpfs: needs root (CI runs as root).

@@ -1,0 +1,190 @@
+"""The hot path's goals in one run: each figure beside its goal, met or not (``make bench-goals``).
+
+Runs the benchmarks that measure them, one after the other on this machine, each as it runs on its own, and reads
+their JSON results:
+
+- ``gateway_bench.py`` closed loop, all five rows: B/N, B/A, B0/N (req/s) and processor CPU per exchange;
+- ``gateway_bench.py --rate 10``: CPU per exchange at 10 req/s against the closed loop's, for N and B;
+- ``gateway_bench.py --rate-of-b 0.5``: latency added over Envoy alone at half of B's capacity, JSON and SSE;
+- ``gateway_bench.py --workers 2``: CPU per exchange and req/s with two processor workers;
+- ``sse_bench.py``: a 10 MB and a 100 MB SSE response through B: MiB/s, RSS growth, every event verified;
+- ``sustained_bench.py``: B held for minutes: refusals and the recorder's backlog;
+- ``recorder_bench.py``'s ``run``: the recorder alone, against the most events/s the sustained run fed it.
+
+    python bench/goals.py [--minutes 5] [--out bench/results/goals.json]
+
+About 7 minutes plus ``--minutes``. Every figure depends on the machine and on what else runs on it: the table
+names the machine and the load average at the start, and bench/README.md says how to read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+sys.path.insert(0, str(BENCH))
+
+import gateway_bench as gb  # noqa: E402
+import recorder_bench  # noqa: E402
+
+N, A, B0, B, ENVOY = gb.NOOP, gb.ENVOY, gb.ANONYMOUS, gb.AUTHED, gb.ENVOY
+
+
+def run(script: str, out: Path, *args: str) -> dict[str, Any]:
+    """Run one benchmark script as a process of its own (as ``make bench`` does) and read its JSON result."""
+    command = [sys.executable, str(BENCH / script), *args, "--out", str(out)]
+    print(f"\n$ {' '.join(command[1:])}", flush=True)
+    subprocess.run(command, check=True)
+    return dict(json.loads(out.read_text()))
+
+
+def cpu(row: dict[str, Any]) -> float:
+    return float(row["cpu_ms_per_request"]["processor"])
+
+
+def goal(name: str, figure: str, target: str, met: bool | None) -> dict[str, Any]:
+    return {"goal": name, "figure": figure, "target": target, "met": met}
+
+
+def measure(minutes: float, workdir: Path, quick: bool = False) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    window = ("--seconds", "3") if quick else ()  # --quick: a smoke run of this script, not figures
+    closed = run("gateway_bench.py", workdir / "closed.json", *window)["scenarios"]
+    n, b = closed[N], closed[B]
+    rows.append(
+        goal(
+            "B/N on req/s (closed loop, 16 connections)",
+            f"x{b['rps'] / n['rps']:.2f} ({b['rps']:.0f} / {n['rps']:.0f} req/s); "
+            f"B/A x{b['rps'] / closed[A]['rps']:.2f}, B0/N x{closed[B0]['rps'] / n['rps']:.2f}; "
+            f"processor CPU per exchange B {cpu(b):.2f} ms = "
+            f"{cpu(n):.2f} transport (N) + {cpu(b) - cpu(n):.2f} ours",
+            "≥ x0.9",
+            b["rps"] / n["rps"] >= 0.9,
+        )
+    )
+    slow = run("gateway_bench.py", workdir / "rate10.json", "--rate", "10", "--seconds", "5" if quick else "30",
+               "--scenarios", "noop,authed")["scenarios"]  # fmt: skip
+    for key, name in ((N, "N"), (B, "B")):
+        ratio = cpu(slow[key]) / cpu(closed[key])
+        rows.append(
+            goal(
+                f"CPU per exchange at 10 req/s, {name}",
+                f"{cpu(slow[key]):.2f} ms against {cpu(closed[key]):.2f} ms saturated (x{ratio:.1f})",
+                "≤ x1.5",
+                ratio <= 1.5,
+            )
+        )
+    half = run(
+        "gateway_bench.py", workdir / "half.json", "--rate-of-b", "0.5", "--scenarios", "envoy,noop,authed", *window
+    )
+    at = half["scenarios"]
+    for kind in ("json", "sse"):
+        base = at[ENVOY]["by_kind"][kind]
+        added = {k: at[k]["by_kind"][kind] for k in (N, B)}
+        p50 = added[B]["p50_ms"] - base["p50_ms"]
+        p99 = added[B]["p99_ms"] - base["p99_ms"]
+        n50 = added[N]["p50_ms"] - base["p50_ms"]
+        rows.append(
+            goal(
+                f"latency added at half of B's capacity ({half['parameters']['rate']} req/s), {kind.upper()}",
+                f"B p50 +{p50:.1f} ms, p99 +{p99:.1f} ms (N alone: p50 +{n50:.1f} ms)",
+                "p50 ≤ +1 ms, p99 ≤ +5 ms",
+                p50 <= 1 and p99 <= 5,
+            )
+        )
+    two = run("gateway_bench.py", workdir / "workers2.json", "--workers", "2", "--scenarios", "noop,authed", *window)
+    w2 = two["scenarios"]
+    change = cpu(w2[B]) / cpu(b) - 1
+    rows.append(
+        goal(
+            "--workers 2 against 1 (B)",
+            f"CPU per exchange {cpu(w2[B]):.2f} against {cpu(b):.2f} ms ({change:+.0%}); {w2[B]['rps']:.0f} against "
+            f"{b['rps']:.0f} req/s; N {w2[N]['rps']:.0f} against {n['rps']:.0f}",
+            "CPU per exchange unchanged (±15%)",
+            abs(change) <= 0.15,
+        )
+    )
+    sse = run("sse_bench.py", workdir / "sse.json", *(("--sizes", "10") if quick else ()))["results"]
+    for size in sse:
+        row = sse[size]["rows"][B]
+        verified = bool(sse[size]["recording_check"]["ok"])
+        rows.append(
+            goal(
+                f"{size} SSE response through B",
+                f"{row['mib_per_s']:.1f} MiB/s, {row['processor_cpu_ms_per_mib']:.1f} ms CPU/MiB, RSS "
+                f"+{row['rss_peak_growth_mib']:.0f} MiB, every event verified: {'yes' if verified else 'NO'}",
+                "≥ 50 MiB/s (100 MB), RSS growth ≤ 64 MB, verified",
+                (row["mib_per_s"] >= 50 or size != "100MB") and row["rss_peak_growth_mib"] <= 64 and verified,
+            )
+        )
+    sustained = run("sustained_bench.py", workdir / "sustained.json", "--minutes", f"{minutes:g}")
+    samples = sustained["samples"]
+    refused = sum(s["refused_per_s"] for s in samples) * float(sustained["args"]["interval"])
+    queued = max((s["events_queued"] for s in samples), default=0)
+    waiting = samples[-1]["segments_waiting"] if samples else 0
+    s = sustained["summary"]
+    rows.append(
+        goal(
+            f"B held {minutes:g} min (closed loop)",
+            f"{s['rps']:.0f} req/s, {refused:.0f} refused, failures {s['failures'] or 'none'}, at most {queued:.0f} "
+            f"events queued, {waiting:.0f} segments waiting at the end, recording check "
+            f"{'ok' if sustained['check']['ok'] else 'FAILED'}",
+            "0 refusals, backlog flat",
+            refused == 0 and not s["failures"] and sustained["check"]["ok"] and waiting <= 2,
+        )
+    )
+    fed = max((x["events_written_per_s"] for x in samples), default=0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        alone = asyncio.run(recorder_bench.run(2_000 if quick else 20_000, 16, Path(tmp)))
+    rows.append(
+        goal(
+            "the recorder alone against the most the gateway fed it",
+            f"{alone['events_per_s']:,.0f} events/s ({alone['cpu_us_per_event']:.1f} µs CPU per event) against "
+            f"{fed:,.0f} events/s fed: x{alone['events_per_s'] / max(fed, 1):.1f}",
+            "≥ x5",
+            alone["events_per_s"] >= 5 * fed,
+        )
+    )
+    return {"machine": gb.machine_info(), "rows": rows}
+
+
+def print_table(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    print(f"\n{m['cpu_count']} CPUs ({m['cpu_model']}), Python {m['python']}, Envoy {m['envoy']}; "
+          f"load average at start {report['load_average']}")  # fmt: skip
+    print("| goal | figure | target | met |\n|---|---|---|---|")
+    for r in report["rows"]:
+        print(f"| {r['goal']} | {r['figure']} | {r['target']} | {'yes' if r['met'] else 'no'} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--minutes", type=float, default=5.0, help="length of the sustained run (default 5)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "goals.json")
+    parser.add_argument("--quick", action="store_true", help="short windows: checks this script, gives no figures")
+    args = parser.parse_args(argv)
+    load = "/".join(f"{x:.2f}" for x in os.getloadavg())
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-goals-") as tmp:
+        report = measure(args.minutes, Path(tmp), args.quick)
+    report["load_average"] = load
+    report["minutes_taken"] = round((time.monotonic() - t0) / 60, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    print_table(report)
+    print(f"\nresults written to {args.out} ({report['minutes_taken']} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
