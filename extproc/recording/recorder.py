@@ -237,9 +237,11 @@ class Recorder:
     async def flushed(self, within: float = 5.0) -> None:
         """Wait until everything emitted so far has been written and synced (for tests and shutdown)."""
         self._synced.clear()
-        if not self._buf and not self._has_ops() and not self._seal_due():
-            return
-        await asyncio.wait_for(self._synced.wait(), within)
+        if self._buf or self._has_ops() or self._seal_due():
+            await asyncio.wait_for(self._synced.wait(), within)
+        failure = await self.spool.behind.settled(within)  # seals and the fsync queued behind
+        if failure is not None:
+            raise failure
 
     def _has_ops(self) -> bool:
         return bool(self.streams.pending)
@@ -259,26 +261,28 @@ class Recorder:
             scanned = self.streams.cut(ended, stopping)
             # fsync on the interval: commit points already wait for the write, which survives the process dying
             sync_due = stopping or self._clock() - last_sync >= self.flush_interval
-            # Exchanges waiting at a commit point go on once the lines are written; the fsync follows on its own.
-            waited_on = bool(self._commits)
-            wrote, synced = await self._write(sync=sync_due and not waited_on)
+            # Appends now (what commit points wait for); seals and fsyncs queue behind, in order, off the data path.
+            wrote = await self._write()
             if not self.streams.has_lines:
                 self._settle_commits(upto, None)  # nothing of this round waits to be written
             elif not self.healthy:
                 self._settle_commits(upto, "recording spool failing; events not on disk")
-            dirty = (dirty or wrote) and not synced
+            dirty = dirty or wrote
             if scanned:
                 self.streams.settle()
-            dirty = dirty or not self.healthy  # a sync attempt is also the health probe
-            if dirty and sync_due:
-                synced = await self._sync()
-                dirty = not synced
-            if synced:
-                last_sync = self._clock()
+            if self.healthy and dirty and sync_due:
+                self.spool.sync_behind()
+                dirty, last_sync = False, self._clock()
+            elif not self.healthy and sync_due:  # a sync attempt is also the health probe
+                if await self._sync():
+                    dirty, last_sync = False, self._clock()
             if not dirty and not self._has_ops() and not self._seal_due() and not self._buf:
                 self._synced.set()
             if stopping and not self._buf:
                 break
+        failure = await self.spool.behind.settled(within=10.0)  # the last seals and the closing fsync
+        if failure is not None:
+            log.error("recording spool: seals not finished at shutdown (the completer finishes them): %s", failure)
         self._settle_commits(self._done, "recorder stopped before the events were written")
         lost = self.streams.unwritten_lines()
         if lost:  # the spool is still failing at shutdown: say exactly what could not be written
@@ -339,25 +343,32 @@ class Recorder:
 
     # --- spool I/O ---------------------------------------------------------------------------------------------
 
-    async def _write(self, sync: bool) -> tuple[bool, bool]:
+    async def _write(self) -> bool:
         """Move pending ops of every stream into the spool in one batch, in order; on failure keep the rest.
 
-        Returns (something written, synced): with ``sync`` and a healthy spool the fsync shares the thread hop."""
+        Appends are written when this returns; seals are queued behind (``Spool.write_behind``). A failure of the
+        work behind (a seal or an fsync that the disk refuses) makes the recorder unhealthy until it succeeds.
+        Returns whether something was written."""
         batch, owners = self.streams.batch()
+        behind = self.spool.behind.failure
         if not batch:
-            return False, False
-        sync = sync and self.healthy and self.spool.is_open
+            if behind is None and self.spool.is_open and not self.healthy:
+                self._set_health(not self._has_ops())
+            elif behind is not None:
+                self._set_health(False, str(behind))
+            return False
         try:
-            done, error = await self.spool.write(batch, sync=sync, bounded=False)
-        except StoreError as e:  # full (nothing was written), or the fsync failed
+            done, error = await self.spool.write_behind(batch)
+        except StoreError as e:  # the spool cannot be opened
             self._set_health(False, str(e))
-            return False, False
+            return False
         self.written_events += self.streams.spooled(batch, owners, done)
+        error = error or self.spool.behind.failure
         if error is not None:
             self._set_health(False, str(error))
-        if sync and error is None:
+        else:
             self._set_health(not self._has_ops())
-        return done > 0, sync and error is None
+        return done > 0
 
     async def _sync(self) -> bool:
         try:

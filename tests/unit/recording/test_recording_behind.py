@@ -1,0 +1,112 @@
+"""Seals and fsyncs run behind the data path: a commit point waits for appends only, never for a seal's fsyncs."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
+from extproc.recording.manifest import Manifest
+from extproc.recording.recorder import Recorder
+from extproc.recording.replay import load_session
+from extproc.recording.spool import Append, Spool, stream_folder
+from extproc.recording.store.file import FileStore
+
+
+class GatedSpool(Spool):
+    """A spool whose seals (fsync of the data, the manifest) block until ``gate`` is set, like a slow disk."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.gate = threading.Event()
+        self.fail = False
+        self.finished: list[int] = []
+
+    def _finish(self, folder: Path, data_path: Path, manifest: Manifest, raw: bytes, f: IO[bytes] | None) -> None:
+        if not self.gate.wait(10):
+            raise TimeoutError("gate never opened")
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        super()._finish(folder, data_path, manifest, raw, f)
+        self.finished.append(manifest.segment)
+
+
+def _exchange(session: str, n: int) -> list[Any]:
+    ex = f"e{n}"
+    return [
+        ExchangeStart(session=session, exchange=ex, index=0, method="POST"),
+        McpRequest(session=session, exchange=ex, index=1, messages=[{"id": n}], size=10),
+        ExchangeEnd(session=session, exchange=ex, index=2),
+    ]
+
+
+async def test_a_commit_point_does_not_wait_for_a_seal(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    spool = GatedSpool(tmp_path / ".spool", "w")
+    # Tiny segments: every exchange fills one, so each commit point comes with a seal of the segment before.
+    rec = Recorder(store, writer_id="w", spool=spool, segment_bytes=1024, flush_interval=0.01, segment_age=60)
+    await rec.start()
+    for n in range(5):
+        for e in _exchange("s", n):
+            assert rec.emit(e)
+        t0 = time.monotonic()
+        await rec.written(within=2.0)  # returns although no seal can finish (the gate is shut)
+        assert time.monotonic() - t0 < 1.0
+
+    folder = tmp_path / ".spool" / "w" / stream_folder("s", "w")
+    assert len(list(folder.glob("*.seg"))) >= 2  # later segments were appended while earlier seals waited
+    assert spool.finished == [] and not spool.ready
+    spool.gate.set()
+    await rec.flushed()
+    assert spool.finished == sorted(spool.finished) and len(spool.finished) >= 2  # in order, once the disk lets them
+    await rec.close()
+    session = load_session(store, "s")
+    assert session.problems == [] and len(session.events) == 15
+
+
+async def test_a_failing_seal_makes_the_recorder_unhealthy_until_it_is_retried_successfully(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    spool = GatedSpool(tmp_path / ".spool", "w")
+    spool.behind.retry = 0.02
+    spool.fail = True
+    spool.gate.set()
+    rec = Recorder(store, writer_id="w", spool=spool, segment_bytes=1024, flush_interval=0.01, segment_age=60)
+    await rec.start()
+    for e in _exchange("s", 0) + _exchange("s", 1):
+        rec.emit(e)
+    await rec.written(within=2.0)
+    deadline = time.monotonic() + 5
+    while rec.healthy or rec.accepting:  # the disk refuses the manifest: new exchanges are refused (fail closed)
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+
+    spool.fail = False  # the disk takes writes again: the queued seal is retried, in order
+    while not rec.healthy:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert rec.spool.behind.failure is None
+    await rec.close()
+    session = load_session(store, "s")
+    assert session.problems == [] and len(session.events) == 6
+
+
+async def test_seals_and_fsyncs_queued_together_share_one_thread_hop(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, "w")
+    await spool.open()
+    ops: list[Append | Manifest] = []
+    for n in range(4):
+        ops.append(Append("s", "w", n, b"%d\n" % n))
+        ops.append(Manifest("s", "w", n, n, n, 1, 2, "x" * 64, "y" * 64, "0" * 64, created=1.0))
+    ops.append(Append("s", "w", 4, b"4\n"))
+
+    assert await spool.write_behind(ops) == (len(ops), None)
+    spool.sync_behind()
+    assert await spool.behind.settled() is None
+
+    assert spool.behind.batches == 1  # four seals and the fsync: one hop
+    assert [r.number for r in spool.ready] == [0, 1, 2, 3]
+    assert spool.size == 10
+    await spool.close(remove_if_empty=False)
