@@ -9,7 +9,9 @@ closed (every segment sealed, signed, stored; the closing digest written). Then 
     python bench/recorder_bench.py [--exchanges 20000] [--sessions 16] [--rate EXCHANGES_PER_S]
 
 ``--rate`` paces the exchanges (open loop, the events of one exchange 1 ms apart, as a fast upstream answers)
-to show the CPU per event at a low rate, where a writer woken per event would cost the most.
+to show the CPU per event at a low rate, where a writer woken per event would cost the most. ``--commit`` waits,
+as an exchange does, until its events are written before its request goes on, before its response, and at its end
+(``Recorder.written``).
 """
 
 from __future__ import annotations
@@ -90,7 +92,9 @@ def exchange(session: str, n: int, t: float) -> list[Event]:
     ]
 
 
-async def run(exchanges: int, sessions: int, root: Path, rate: float | None = None) -> dict[str, float]:
+async def run(
+    exchanges: int, sessions: int, root: Path, rate: float | None = None, commit: bool = False
+) -> dict[str, float]:
     key, pub = generate_keys(root / "keys")
     rec = Recording(directory=root / "rec", signing_key=key)
     runtime = build_runtime(rec)
@@ -108,6 +112,8 @@ async def run(exchanges: int, sessions: int, root: Path, rate: float | None = No
             recorder.lost_events -= 1
             waits += 1
             await asyncio.sleep(0.001)  # not a busy loop: its CPU would be counted as the recorder's
+        if commit and i % 6 in (2, 4, 5):  # the gateway's commit points: request upstream, response chunk, end
+            await recorder.written()
     await recorder.flushed(within=600)
     written = time.perf_counter() - t0
     await runtime.close()
@@ -132,10 +138,12 @@ def main() -> None:
     ap.add_argument("--exchanges", type=int, default=20_000)
     ap.add_argument("--sessions", type=int, default=16)
     ap.add_argument("--rate", type=float, default=None, help="exchanges per second (default: as fast as it takes)")
+    ap.add_argument("--commit", action="store_true", help="wait at the three commit points of each exchange")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        r = asyncio.run(run(args.exchanges, args.sessions, Path(tmp), args.rate))
+        r = asyncio.run(run(args.exchanges, args.sessions, Path(tmp), args.rate, args.commit))
     pace = f"{args.rate:g} exchanges/s" if args.rate else "as fast as it takes"
+    pace += ", commit points" if args.commit else ""
     print(f"machine: {os.cpu_count()} CPUs; {args.exchanges} exchanges over {args.sessions} sessions, signed, {pace}")
     for k, v in r.items():
         print(f"  {k:18} {v:,.1f}" if isinstance(v, float) else f"  {k:18} {v:,}")

@@ -91,18 +91,18 @@ class Recorder:
         self.idle_timeout = idle_timeout
         self.signer = signer or Signer(None)
         self.required = required
-        # A segment is sealed (signed, shipped) when an exchange of its stream ends, at most once per seal interval
-        # (default 5 x flush interval): every seal costs a signature, fsyncs and a store write, and the spool
-        # already holds every event.
+        # A segment is sealed (signed, shipped) on the seal tick (every seal interval, default 5 x flush interval)
+        # after an exchange of its stream ended: every seal costs a signature, fsyncs and a store write, the spool
+        # already holds every event, and the seals of one tick share their disk work.
+        seal_interval = seal_interval if seal_interval is not None else 5 * flush_interval
         self.streams = Streams(
             self.writer_id,
             self.signer,
             segment_bytes=segment_bytes,
             segment_age=segment_age,
-            seal_interval=seal_interval if seal_interval is not None else 5 * flush_interval,
+            seal_interval=seal_interval,
             seal_rate=seal_rate,
             idle_timeout=idle_timeout,
-            scan_interval=flush_interval,
             clock=clock,
             wall_clock=wall_clock,
         )
@@ -295,8 +295,8 @@ class Recorder:
             return self.flush_interval
         if dirty:
             return max(0.0, self.flush_interval - (self._clock() - last_sync))
-        if self._seal_due():  # a held-back seal comes due within the interval
-            return self.flush_interval
+        if self._seal_due():  # a held-back seal comes due on the next tick
+            return self.streams.next_tick()
         if self.streams.open:  # segments age and sessions go idle even without traffic
             return min(self.segment_age, self.idle_timeout, 1.0)
         return None

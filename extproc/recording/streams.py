@@ -1,10 +1,13 @@
 """The recorder's streams: one hash chain per (session, writer), cut into segments, each sealed by a signed manifest.
 
 Chaining puts each event's line (serialized once, carrying the SHA-256 of the previous line) into its stream's
-pending ops; cutting seals segments (at an exchange end, by age, by size) and ends streams (the session is over or
-idle); ``batch`` hands the pending ops to the spool in order. Seals by exchange end or age keep to a processor-wide
-budget, oldest segment first, so the cost does not grow with the number of busy sessions. A round touches only the
-streams with work: those where an exchange ended, all with work once per ``scan_interval``, all once a second.
+pending ops; cutting seals segments (after an exchange end, by age, by size) and ends streams (the session is over
+or idle); ``batch`` hands the pending ops to the spool in order. Seals after an exchange end or by age happen on a
+tick, every ``seal_interval``, for every stream due at once: at a low rate the seals of many
+streams share one batch of disk work instead of one each per exchange. They keep to a processor-wide budget,
+oldest segment first, so the cost does not grow with the number of busy sessions. A segment that would pass its
+maximum age before the next tick is sealed on this one. A round touches only the streams with work: those where an
+exchange ended (for a session's end), all with work on each tick, all once a second (idle timeouts).
 """
 
 from __future__ import annotations
@@ -54,7 +57,6 @@ class Streams:
         seal_interval: float,
         seal_rate: float,
         idle_timeout: float,
-        scan_interval: float,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
     ) -> None:
@@ -65,7 +67,6 @@ class Streams:
         self.seal_interval = seal_interval
         self.seal_rate = seal_rate
         self.idle_timeout = idle_timeout
-        self.scan_interval = scan_interval
         self._clock = clock
         self._wall_clock = wall_clock
         self.open: dict[str, Stream] = {}  # by session
@@ -87,8 +88,12 @@ class Streams:
         return self.pending_bytes > 0
 
     def seal_due(self) -> bool:
-        """A segment whose seal is held back (seal interval, budget)."""
+        """A segment whose seal is held back (until the next tick, or by the budget)."""
         return any(s.due and s.seg_size for s in self.active.values())
+
+    def next_tick(self) -> float:
+        """Seconds until the next seal tick."""
+        return max(0.0, self._next_seal_scan - self._clock())
 
     def unwritten_lines(self) -> int:
         return sum(1 for s in self.pending.values() for op in s.ops if isinstance(op, tuple))
@@ -152,7 +157,7 @@ class Streams:
             candidates = {st.session: st for st in ended if self.open.get(st.session) is st}
             scanned = False
         if scanned:
-            self._next_seal_scan = now + self.scan_interval
+            self._next_seal_scan = now + self.seal_interval
         due: list[Stream] = []
         for session, st in list(candidates.items()):
             final = stopping or (not st.open and (st.end_now or now - st.last_event >= self.idle_timeout))
@@ -161,9 +166,7 @@ class Streams:
                 del self.open[session]
                 self.active.pop(session, None)
                 self._epochs[session] = self._epochs.get(session, 0) + 1
-            elif st.seg_size and (
-                (st.due and now - st.last_seal >= self.seal_interval) or now - st.seg_opened >= self.segment_age
-            ):
+            elif scanned and st.seg_size and (st.due or now - st.seg_opened >= self.segment_age - self.seal_interval):
                 due.append(st)
         # Sealing signs a manifest and ships a segment: once per stream per seal interval, not once per exchange,
         # and at most ``seal_rate`` a second in all, oldest segment first. A crash before the seal loses nothing:

@@ -12,10 +12,10 @@ from extproc.recording.streams import Streams
 
 
 def _streams(now: list[float], **kw: float) -> Streams:
-    opts = {"segment_bytes": 1 << 20, "segment_age": 60.0, "seal_interval": 1.0, "seal_rate": 100.0}
+    opts = {"segment_bytes": 1 << 20, "segment_age": 60.0, "seal_interval": 0.2, "seal_rate": 100.0}
     opts.update(kw)
     return Streams(
-        "w", Signer(None), idle_timeout=30.0, scan_interval=0.2, clock=lambda: now[0], wall_clock=lambda: 1e9, **opts
+        "w", Signer(None), idle_timeout=30.0, clock=lambda: now[0], wall_clock=lambda: 1e9, **opts
     )
 
 
