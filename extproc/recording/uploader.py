@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from extproc.errors import StoreError
 from extproc.recording.spool import Sealed, Spool
-from extproc.recording.store import Segment, Store
+from extproc.recording.store import BatchStore, Segment, Store, put_each
 
 log = logging.getLogger(__name__)
 _BATCH = 64  # segments per batch at most (``Spool.load_many`` also stops at a few MiB)
@@ -83,13 +83,14 @@ class Uploader:
             error: Exception | None = None
             stored: list[Sealed] = []
             try:
-                for segment in await self.spool.load_many(items):  # the first ones, up to a few MiB
-                    await self.store.put_segment(segment)
-                    if self.on_stored is not None:
-                        await self.on_stored(segment)
-                    stored.append(items[len(stored)])
+                segments = await self.spool.load_many(items)  # the first ones, up to a few MiB
             except (StoreError, OSError) as e:
-                error = e
+                segments, error = [], e
+            n, error = await self._put(segments) if segments else (0, error)
+            for segment in segments[:n]:
+                if self.on_stored is not None:
+                    await self.on_stored(segment)
+                stored.append(items[len(stored)])
             if stored:
                 await self.spool.shipped_many(stored)
                 self._count(stored)
@@ -100,6 +101,12 @@ class Uploader:
                 self.failing = True
                 return False
         return True
+
+    async def _put(self, segments: list[Segment]) -> tuple[int, Exception | None]:
+        """Store ``segments`` in order: how many were stored, and the error that stopped the rest."""
+        if isinstance(self.store, BatchStore):
+            return await self.store.put_segments(segments)
+        return await put_each(self.store, segments)
 
     def _count(self, stored: list[Sealed]) -> None:
         for item in stored:

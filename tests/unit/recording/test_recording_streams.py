@@ -14,9 +14,7 @@ from extproc.recording.streams import Streams
 def _streams(now: list[float], **kw: float) -> Streams:
     opts = {"segment_bytes": 1 << 20, "segment_age": 60.0, "seal_interval": 0.2, "seal_rate": 100.0}
     opts.update(kw)
-    return Streams(
-        "w", Signer(None), idle_timeout=30.0, clock=lambda: now[0], wall_clock=lambda: 1e9, **opts
-    )
+    return Streams("w", Signer(None), idle_timeout=30.0, clock=lambda: now[0], wall_clock=lambda: 1e9, **opts)
 
 
 def test_an_exchange_is_chained_sealed_at_its_end_and_handed_over_in_order() -> None:
