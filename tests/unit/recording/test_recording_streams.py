@@ -63,3 +63,34 @@ def test_a_round_without_an_ended_exchange_does_not_scan_every_stream() -> None:
     assert sealed == 50
     now[0] += 0.01
     assert streams.cut([], stopping=False) is False  # within the scan interval only ended streams are looked at
+
+
+def _sealed(streams: Streams) -> list[str]:
+    return sorted(st.session for st in streams.pending.values() for op in st.ops if isinstance(op, Manifest))
+
+
+def test_seals_after_exchange_ends_wait_for_the_tick_and_share_it() -> None:
+    now = [100.0]
+    streams = _streams(now)  # seal interval 0.2 s: the tick
+    assert streams.cut([], stopping=False)  # the first round is a tick
+    for n, session in enumerate(["a", "b", "c"]):  # three exchanges end between two ticks
+        now[0] += 0.05
+        ex = f"e{n}"
+        start, end = ExchangeStart(session=session, exchange=ex), ExchangeEnd(session=session, exchange=ex, index=1)
+        ended, _ = streams.chain([start, end])
+        assert streams.cut(ended, stopping=False) is False
+        assert _sealed(streams) == []  # not sealed at the exchange's end: the spool holds its lines already
+    assert 0 < streams.next_tick() <= 0.2
+    now[0] += 0.06  # the tick
+    assert streams.cut([], stopping=False)
+    assert _sealed(streams) == ["a", "b", "c"]  # every due stream on the same tick: one batch of disk work
+
+
+def test_a_segment_that_would_pass_its_age_before_the_next_tick_is_sealed_on_this_one() -> None:
+    now = [100.0]
+    streams = _streams(now, segment_age=1.0)
+    streams.chain([McpRequest(session="s", exchange="e", index=0)])  # no exchange ends: only the age seals it
+    assert streams.cut([], stopping=False) and _sealed(streams) == []
+    now[0] += 0.81  # 0.19 s before its maximum age: the next tick would be late
+    assert streams.cut([], stopping=False)
+    assert _sealed(streams) == ["s"]
