@@ -73,7 +73,7 @@ class Recorder:
         seal_rate: float = 100.0,
         spool_dir: Path | None = None,
         spool_max_bytes: int = 1 << 30,
-        segment_bytes: int = 1 << 20,
+        segment_bytes: int = 4 << 20,
         segment_age: float = 2.0,
         idle_timeout: float = 1800.0,
         signer: Signer | None = None,
