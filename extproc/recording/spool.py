@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import os
 import shutil
 from collections import OrderedDict, deque
@@ -25,7 +26,7 @@ from typing import IO
 from extproc.errors import StoreError
 from extproc.recording import jsonio
 from extproc.recording.behind import DiskWorker, Job, fsync_all
-from extproc.recording.manifest import Manifest
+from extproc.recording.manifest import Manifest, Signer
 from extproc.recording.store import LocalStore, Segment, Store, safe_key
 
 HEAD = "head.manifest"
@@ -43,6 +44,16 @@ class Append:
     writer: str
     segment: int
     data: bytes
+
+
+@dataclass(slots=True)
+class Unfinished:
+    """A seal finished behind the data path: the segment's SHA-256 is taken from its file once that is fsynced, then
+    the manifest is linked to the stream's previous one (``link``, kept by these seals in order) and signed."""
+
+    manifest: Manifest  # every field but sha256, prev_manifest and the signature
+    link: list[str]  # [SHA-256 of the stream's previous manifest]
+    signer: Signer
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +208,7 @@ class Spool:
                 self.changed.set()
         return done, error
 
-    async def write_behind(self, ops: list[Append | Manifest]) -> tuple[int, StoreError | None]:
+    async def write_behind(self, ops: list[Append | Unfinished]) -> tuple[int, StoreError | None]:
         """Appends now, seals behind: what commit points wait for, and nothing more.
 
         Appends (unbounded, as the recorder writes) go to their files on the event loop, page-cache writes of
@@ -244,17 +255,30 @@ class Spool:
         if files:
             self.behind.put(Job(lambda: fsync_all(files), None, f"cannot fsync spool {self.path}"))
 
-    def _seal_behind(self, manifest: Manifest) -> None:
+    def _seal_behind(self, seal: Unfinished) -> None:
+        manifest = seal.manifest
         key = (manifest.session, manifest.writer, manifest.segment)
         handle = [self._handles.pop(key, None)]
         self._dirty.discard(key)
         folder = self.path / stream_folder(manifest.session, manifest.writer)
         data_path = folder / f"{manifest.segment:08d}.seg"
-        raw = manifest.to_bytes()
 
         def run() -> None:
-            self._finish(folder, data_path, manifest, raw, handle[0])
-            handle[0] = None  # closed: a retry after a failed manifest write must not touch it again
+            f = handle[0]
+            if f is not None:
+                os.fsync(f.fileno())
+                f.close()
+                handle[0] = None  # closed: a retry after a failed manifest write must not touch it again
+            # Exactly the bytes appended to this segment (a failed append was cut off again); read back from the
+            # page cache and hashed here, beside the data path (hashlib lets go of the GIL).
+            data = data_path.read_bytes() if data_path.exists() else b""
+            if len(data) != manifest.size:
+                raise OSError(f"segment file holds {len(data)} bytes, {manifest.size} were appended")
+            manifest.sha256 = hashlib.sha256(data).hexdigest()
+            manifest.prev_manifest = seal.link[0]
+            raw = seal.signer.sign(manifest).to_bytes()
+            self._finish(folder, data_path, manifest, raw, None)
+            seal.link[0] = hashlib.sha256(raw).hexdigest()
 
         def done() -> None:
             m = manifest

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from extproc.recording.chain import event_line
 from extproc.recording.events import Event, ExchangeEnd, ExchangeStart
 from extproc.recording.manifest import GENESIS, Manifest, Signer
-from extproc.recording.spool import Append
+from extproc.recording.spool import Append, Unfinished
 
 
 @dataclass(slots=True)
@@ -34,14 +34,14 @@ class Stream:
     seg_first: int = 0
     seg_size: int = 0
     seg_opened: float = 0.0
-    seg_hash: hashlib._Hash = field(default_factory=hashlib.sha256)
-    prev_manifest: str = GENESIS
+    # SHA-256 of the stream's last manifest, kept by the seals behind the data path (they hash, sign and link)
+    link: list[str] = field(default_factory=lambda: [GENESIS])
     open: set[str] = field(default_factory=set)
     end_now: bool = False  # the session is over: end the stream at the next cut
     due: bool = False  # an exchange ended: seal the segment, at most once per seal interval
     last_seal: float = 0.0
     last_event: float = 0.0
-    ops: list[tuple[int, bytes] | Manifest] = field(default_factory=list)  # not yet in the spool, in order
+    ops: list[tuple[int, bytes] | Unfinished] = field(default_factory=list)  # not yet in the spool, in order
 
 
 class Streams:
@@ -117,7 +117,6 @@ class Streams:
                 st.seg_opened = now
             st.seq += 1
             st.prev = hashlib.sha256(line[:-1]).hexdigest()
-            st.seg_hash.update(line)
             st.seg_size += len(line)
             st.last_event = now
             st.ops.append((st.segment, line))
@@ -192,20 +191,18 @@ class Streams:
             last=st.seq - 1,
             count=st.seq - st.seg_first,
             size=st.seg_size,
-            sha256=st.seg_hash.hexdigest(),
+            sha256="",  # of the segment file, behind the data path (Spool.write_behind), then signed and linked
             head=st.prev,
-            prev_manifest=st.prev_manifest,
+            prev_manifest="",
             final=final,
             open=sorted(st.open),
             created=self._wall_clock(),
         )
-        self.signer.sign(manifest)
-        st.ops.append(manifest)
+        st.ops.append(Unfinished(manifest, st.link, self.signer))
         self.pending[id(st)] = st
         st.due, st.last_seal = False, self._clock()
-        st.prev_manifest = manifest.digest()
         st.segment += 1
-        st.seg_first, st.seg_size, st.seg_hash = st.seq, 0, hashlib.sha256()
+        st.seg_first, st.seg_size = st.seq, 0
 
     def settle(self) -> None:
         """Forget streams whose work is done until their next event."""
@@ -215,16 +212,16 @@ class Streams:
 
     # --- handing ops to the spool ------------------------------------------------------------------------------
 
-    def batch(self) -> tuple[list[Append | Manifest], list[tuple[Stream, int]]]:
+    def batch(self) -> tuple[list[Append | Unfinished], list[tuple[Stream, int]]]:
         """Every pending op, in order per stream; consecutive lines of one segment as one append. With each op: its
         stream and how many of the stream's ops it covers (for ``spooled``)."""
-        batch: list[Append | Manifest] = []
+        batch: list[Append | Unfinished] = []
         owners: list[tuple[Stream, int]] = []
         for st in self.pending.values():
             ops, i = st.ops, 0
             while i < len(ops):
                 op = ops[i]
-                if isinstance(op, Manifest):
+                if isinstance(op, Unfinished):
                     batch.append(op)
                     owners.append((st, 1))
                     i += 1
@@ -237,7 +234,7 @@ class Streams:
                 i = n
         return batch, owners
 
-    def spooled(self, batch: list[Append | Manifest], owners: list[tuple[Stream, int]], done: int) -> int:
+    def spooled(self, batch: list[Append | Unfinished], owners: list[tuple[Stream, int]], done: int) -> int:
         """The spool took the first ``done`` ops of ``batch``: drop them from their streams. Returns the lines."""
         lines = 0
         for item, (st, count) in zip(batch[:done], owners[:done], strict=True):

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from pathlib import Path
 from typing import IO, Any
 
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
-from extproc.recording.manifest import Manifest
+from extproc.recording.manifest import Manifest, Signer
 from extproc.recording.recorder import Recorder
 from extproc.recording.replay import load_session
-from extproc.recording.spool import Append, Spool, stream_folder
+from extproc.recording.spool import Append, Spool, Unfinished, stream_folder
 from extproc.recording.store.file import FileStore
 
 
@@ -96,10 +97,11 @@ async def test_a_failing_seal_makes_the_recorder_unhealthy_until_it_is_retried_s
 async def test_seals_and_fsyncs_queued_together_share_one_thread_hop(tmp_path: Path) -> None:
     spool = Spool(tmp_path, "w")
     await spool.open()
-    ops: list[Append | Manifest] = []
+    ops: list[Append | Unfinished] = []
+    link = ["0" * 64]
     for n in range(4):
         ops.append(Append("s", "w", n, b"%d\n" % n))
-        ops.append(Manifest("s", "w", n, n, n, 1, 2, "x" * 64, "y" * 64, "0" * 64, created=1.0))
+        ops.append(Unfinished(Manifest("s", "w", n, n, n, 1, 2, "", "y" * 64, "", created=1.0), link, Signer(None)))
     ops.append(Append("s", "w", 4, b"4\n"))
 
     assert await spool.write_behind(ops) == (len(ops), None)
@@ -109,4 +111,10 @@ async def test_seals_and_fsyncs_queued_together_share_one_thread_hop(tmp_path: P
     assert spool.behind.batches == 1  # four seals and the fsync: one hop
     assert [r.number for r in spool.ready] == [0, 1, 2, 3]
     assert spool.size == 10
+    prev = "0" * 64
+    for n in range(4):  # each manifest: the SHA-256 of its segment file, linked to the one before, in order
+        raw = (tmp_path / "w" / stream_folder("s", "w") / f"{n:08d}.manifest").read_bytes()
+        manifest = Manifest.from_bytes(raw)
+        assert manifest.sha256 == hashlib.sha256(b"%d\n" % n).hexdigest() and manifest.prev_manifest == prev
+        prev = hashlib.sha256(raw).hexdigest()
     await spool.close(remove_if_empty=False)

@@ -6,8 +6,8 @@ import hashlib
 import json
 
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
-from extproc.recording.manifest import GENESIS, Manifest, Signer
-from extproc.recording.spool import Append
+from extproc.recording.manifest import GENESIS, Signer
+from extproc.recording.spool import Append, Unfinished
 from extproc.recording.streams import Streams
 
 
@@ -29,13 +29,20 @@ def test_an_exchange_is_chained_sealed_at_its_end_and_handed_over_in_order() -> 
     assert dropped == [] and [st.session for st in ended] == ["s"]
     assert streams.cut(ended, stopping=False)  # the first round scans everything
     batch, owners = streams.batch()
-    assert [type(op) for op in batch] == [Append, Manifest]
+    assert [type(op) for op in batch] == [Append, Unfinished]
     lines = batch[0].data.splitlines()  # type: ignore[union-attr]
     assert [json.loads(line)["seq"] for line in lines] == [0, 1, 2]
     assert json.loads(lines[0])["prev"] == GENESIS
     assert json.loads(lines[1])["prev"] == hashlib.sha256(lines[0]).hexdigest()
-    manifest = batch[1]
-    assert isinstance(manifest, Manifest) and (manifest.first, manifest.last, manifest.open) == (0, 2, [])
+    seal = batch[1]
+    assert isinstance(seal, Unfinished)
+    manifest = seal.manifest  # its hash, link and signature are done behind the data path, from the file
+    assert (manifest.first, manifest.last, manifest.head, manifest.open) == (
+        0,
+        2,
+        hashlib.sha256(lines[2]).hexdigest(),
+        [],
+    )
     assert streams.has_lines
     assert streams.spooled(batch, owners, done=1) == 3  # the append went in, the seal did not: it stays pending
     assert not streams.has_lines and streams.pending
@@ -59,14 +66,14 @@ def test_a_round_without_an_ended_exchange_does_not_scan_every_stream() -> None:
     assert streams.cut([], stopping=False)  # first round: a full scan
     now[0] += 1.05  # every segment is now older than segment_age
     assert streams.cut([], stopping=False) is True  # the scan interval has passed: aged segments are sealed
-    sealed = sum(isinstance(op, Manifest) for st in streams.pending.values() for op in st.ops)
+    sealed = sum(isinstance(op, Unfinished) for st in streams.pending.values() for op in st.ops)
     assert sealed == 50
     now[0] += 0.01
     assert streams.cut([], stopping=False) is False  # within the scan interval only ended streams are looked at
 
 
 def _sealed(streams: Streams) -> list[str]:
-    return sorted(st.session for st in streams.pending.values() for op in st.ops if isinstance(op, Manifest))
+    return sorted(st.session for st in streams.pending.values() for op in st.ops if isinstance(op, Unfinished))
 
 
 def test_seals_after_exchange_ends_wait_for_the_tick_and_share_it() -> None:
