@@ -271,10 +271,10 @@ class Spool:
                 handle[0] = None  # closed: a retry after a failed manifest write must not touch it again
             # Exactly the bytes appended to this segment (a failed append was cut off again); read back from the
             # page cache and hashed here, beside the data path (hashlib lets go of the GIL).
-            data = data_path.read_bytes() if data_path.exists() else b""
-            if len(data) != manifest.size:
-                raise OSError(f"segment file holds {len(data)} bytes, {manifest.size} were appended")
-            manifest.sha256 = hashlib.sha256(data).hexdigest()
+            digest, size = _hash_file(data_path)
+            if size != manifest.size:
+                raise OSError(f"segment file holds {size} bytes, {manifest.size} were appended")
+            manifest.sha256 = digest
             manifest.prev_manifest = seal.link[0]
             raw = seal.signer.sign(manifest).to_bytes()
             self._finish(folder, data_path, manifest, raw, None)
@@ -476,6 +476,19 @@ class Spool:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of a file (absent: empty), read in pieces so a large segment is never held whole."""
+    h, size = hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 18):
+                h.update(chunk)
+                size += len(chunk)
+    except FileNotFoundError:
+        pass
+    return h.hexdigest(), size
 
 
 def _load_many(items: list[Sealed], max_bytes: int) -> list[Segment]:
