@@ -19,68 +19,34 @@ import hashlib
 import os
 import shutil
 from collections import OrderedDict, deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from extproc.errors import StoreError
 from extproc.recording import jsonio
 from extproc.recording.behind import DiskWorker, Job, fsync_all
-from extproc.recording.manifest import Manifest, Signer
+from extproc.recording.manifest import Manifest
+from extproc.recording.spool_files import (
+    Append,
+    Sealed,
+    SegmentKey,
+    Unfinished,
+    close_files,
+    hash_file,
+    read_meta,
+    read_segments,
+    stream_folder,
+    write_atomic,
+)
 from extproc.recording.store import LocalStore, Segment, Store, safe_key
+
+__all__ = ["HEAD", "Append", "Sealed", "Spool", "SpoolFull", "Unfinished", "read_meta", "stream_folder", "write_atomic"]
 
 HEAD = "head.manifest"
 
 
 class SpoolFull(StoreError):
     """The spool reached its size bound (the store has not taken segments for a while)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Append:
-    """Lines for one segment file of one stream."""
-
-    session: str
-    writer: str
-    segment: int
-    data: bytes
-
-
-@dataclass(slots=True)
-class Unfinished:
-    """A seal finished behind the data path: the segment's SHA-256 is taken from its file once that is fsynced, then
-    the manifest is linked to the stream's previous one (``link``, kept by these seals in order) and signed."""
-
-    manifest: Manifest  # every field but sha256, prev_manifest and the signature
-    link: list[str]  # [SHA-256 of the stream's previous manifest]
-    signer: Signer
-
-
-@dataclass(frozen=True, slots=True)
-class Sealed:
-    """A finished segment waiting in the spool for upload."""
-
-    folder: Path
-    session: str
-    writer: str
-    number: int
-    created: float
-    final: bool
-
-    @property
-    def data_path(self) -> Path:
-        return self.folder / f"{self.number:08d}.seg"
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.folder / f"{self.number:08d}.manifest"
-
-
-SegmentKey = tuple[str, str, int]  # session, writer, segment
-
-
-def stream_folder(session: str, writer: str) -> str:
-    return f"{safe_key(writer)}@{safe_key(session)}"
 
 
 class Spool:
@@ -246,7 +212,7 @@ class Spool:
             return len(ops), None
         finally:
             if retiring:
-                self.behind.put(Job(lambda: _close_files(retiring), None, f"cannot close spool files in {self.path}"))
+                self.behind.put(Job(lambda: close_files(retiring), None, f"cannot close spool files in {self.path}"))
 
     def sync_behind(self) -> None:
         """Queue an fsync of every segment file written since the last one (behind the seals queued before)."""
@@ -271,7 +237,7 @@ class Spool:
                 handle[0] = None  # closed: a retry after a failed manifest write must not touch it again
             # Exactly the bytes appended to this segment (a failed append was cut off again); read back from the
             # page cache and hashed here, beside the data path (hashlib lets go of the GIL).
-            digest, size = _hash_file(data_path)
+            digest, size = hash_file(data_path)
             if size != manifest.size:
                 raise OSError(f"segment file holds {size} bytes, {manifest.size} were appended")
             manifest.sha256 = digest
@@ -353,7 +319,7 @@ class Spool:
                 if retiring is not None:
                     retiring.append((h, dirty))
                 else:
-                    _close_files([(h, dirty)])
+                    close_files([(h, dirty)])
         else:
             self._handles.move_to_end(key)
         end = os.fstat(f.fileno()).st_size
@@ -431,7 +397,7 @@ class Spool:
 
     async def load_many(self, items: list[Sealed], max_bytes: int = 4 << 20) -> list[Segment]:
         """The first of ``items`` as segments, in one thread hop: at least one, then up to ``max_bytes`` of data."""
-        return await asyncio.to_thread(_load_many, items, max_bytes)
+        return await asyncio.to_thread(read_segments, items, max_bytes)
 
     async def shipped_many(self, items: list[Sealed]) -> None:
         """``shipped`` for each of ``items``, in order, in one thread hop."""
@@ -476,55 +442,3 @@ class Spool:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-
-
-def _hash_file(path: Path) -> tuple[str, int]:
-    """SHA-256 and size of a file (absent: empty), read in pieces so a large segment is never held whole."""
-    h, size = hashlib.sha256(), 0
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 18):
-                h.update(chunk)
-                size += len(chunk)
-    except FileNotFoundError:
-        pass
-    return h.hexdigest(), size
-
-
-def _load_many(items: list[Sealed], max_bytes: int) -> list[Segment]:
-    out: list[Segment] = []
-    size = 0
-    for item in items:
-        if out and size >= max_bytes:
-            break
-        data = item.data_path.read_bytes()
-        size += len(data)
-        out.append(Segment(item.session, item.writer, item.number, data, item.manifest_path.read_bytes(), item.created))
-    return out
-
-
-def _close_files(files: list[tuple[IO[bytes], bool]]) -> None:
-    """Close files pushed out of the open set, fsyncing those written since their last fsync."""
-    for f, dirty in files:
-        if f.closed:  # done by an earlier attempt of this job
-            continue
-        if dirty:
-            os.fsync(f.fileno())
-        f.close()
-
-
-def read_meta(folder: Path) -> dict[str, str]:
-    meta = jsonio.loads((folder / "meta.json").read_bytes())
-    if not isinstance(meta, dict):
-        raise ValueError(f"{folder / 'meta.json'}: not a JSON object")
-    return meta
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name, fsync, rename: readers see the whole file or none of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
