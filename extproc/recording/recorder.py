@@ -3,8 +3,9 @@
 ``emit`` never blocks the data path: it appends to a plain list or reports that it could not; only the first
 event of a round wakes the writer, which then lingers a few milliseconds so the events of nearby exchanges share
 the round. The writer task chains the round's events into their streams (``streams.py``: one hash chain per
-session and writer, segments, signed manifests), hands the ops to the spool (appends to open files on the loop,
-new files and seals in one thread hop) and fsyncs on the flush interval; the uploader ships sealed segments. An
+session and writer, segments cut on a seal tick), hands the ops to the spool (appends on the loop; a new stream's
+folder in one thread hop) and queues the seals (segment hash, signed manifest) and the fsync of the flush interval
+behind, off the data path (``behind.py``); the uploader ships sealed segments in batches. An
 exchange at a commit point (``written``: before its request goes upstream, before a response chunk goes to the
 client) cuts the linger short and waits for that round's write: group commit. A stream ends, with a ``final``
 manifest, when an exchange states that its session is over (``ExchangeEnd.ends_session``), when the session goes
