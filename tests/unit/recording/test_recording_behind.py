@@ -118,3 +118,53 @@ async def test_seals_and_fsyncs_queued_together_share_one_thread_hop(tmp_path: P
         assert manifest.sha256 == hashlib.sha256(b"%d\n" % n).hexdigest() and manifest.prev_manifest == prev
         prev = hashlib.sha256(raw).hexdigest()
     await spool.close(remove_if_empty=False)
+
+
+async def test_a_writer_killed_while_seals_wait_behind_loses_nothing_it_wrote(tmp_path: Path) -> None:
+    # Appends run ahead of the seals: a kill can leave several segment files after the last manifest. The completer
+    # seals each of them, in order, and every event a commit point waited for is in the store.
+    from extproc.recording.completer import Completer
+    from extproc.recording.manifest import generate_keys
+
+    key, _ = generate_keys(tmp_path / "keys")
+    signer = Signer.from_file(key)
+    root = tmp_path / "rec"
+    store = FileStore(root)
+    spool = GatedSpool(root / ".spool", "dead")
+    spool.gate.set()
+    dead = Recorder(store, writer_id="dead", spool=spool, segment_bytes=1024, signer=signer, flush_interval=0.01)
+    await dead.start()
+    sent = 0
+    for n in range(12):
+        for e in _exchange("s", n):
+            if isinstance(e, McpRequest):
+                e.messages = [{"id": n, "pad": "x" * 200}]
+            assert dead.emit(e)
+            sent += 1
+        await dead.written(within=2.0)
+        if n == 3:  # from here on the disk stalls: seals wait behind, appends go on
+            await dead.flushed()
+            spool.gate.clear()
+    assert len(spool.finished) >= 1 and len(list((root / ".spool" / "dead").rglob("*.seg"))) >= 3
+
+    spool.fail = True  # the process dies: no seal queued behind is ever finished
+    assert dead._task is not None and spool._lock is not None
+    dead._task.cancel()
+    spool._lock.close()  # the kernel drops the flock of a killed process
+    spool.gate.set()
+    await spool.behind.stop()
+
+    live = Recorder(store, writer_id="live", signer=signer, flush_interval=0.01)
+    await live.start()
+    completer = Completer(root / ".spool", store, live, signer)
+    assert await completer.run_once() == 1
+    await completer.stop()
+    await live.close()
+
+    session = load_session(store, "s")
+    assert session.problems == []
+    recorded = [e for e in session.events if e["type"] != "exchange.incomplete"]
+    assert len(recorded) == sent  # every event a commit point waited for
+    manifests = [Manifest.from_bytes(m) for m in store.read_session("s")["dead"].manifests]
+    assert [m.segment for m in manifests] == list(range(len(manifests))) and manifests[-1].final
+    assert [m.final for m in manifests[:-1]] == [False] * (len(manifests) - 1)
