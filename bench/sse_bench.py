@@ -370,15 +370,17 @@ def run_size(
             key, pub = generate_keys(workdir / "signing")
             doc = yaml.safe_load(config.read_text())
             doc["recording"]["signing_key"] = str(key)
+            doc["recording"].update(args.recording_options)
             doc["processor"]["metrics_port"] = metrics_port = free_port()
             config.write_text(yaml.safe_dump(doc, sort_keys=False))
             who = authed_identities(config, issuer, 1)[0]
             upstream_target = Target(port, "/mcp", {}, [who])
-            with envoy_only(config, upstream_target) as target:
-                rows[ENVOY] = measure(target.port, target.path, who, expected, None, None)
-            with envoy_and_noop_processor(config, upstream_target) as target:  # gRPC's own cost: CONTINUE to all
-                rows[NOOP] = measure(target.port, target.path, who, expected, target.pids["processor"][0], None)
-            shutil.rmtree(config.parent / "stack")
+            if not args.gateway_only:
+                with envoy_only(config, upstream_target) as target:
+                    rows[ENVOY] = measure(target.port, target.path, who, expected, None, None)
+                with envoy_and_noop_processor(config, upstream_target) as target:  # gRPC's own cost: CONTINUE to all
+                    rows[NOOP] = measure(target.port, target.path, who, expected, target.pids["processor"][0], None)
+                shutil.rmtree(config.parent / "stack")
             with envoy_and_processor(config, upstream_target, [who]) as target:
                 spy = str(ROOT / "bench" / "results" / f"profile-sse-{total // MB}mb.txt") if args.profile else None
                 metrics = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -397,7 +399,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-kib", type=int, default=16, help="upstream write size in KiB (default 16)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--profile", action="store_true", help="py-spy the processor: bench/results/profile-sse-*")
+    parser.add_argument("--gateway-only", action="store_true", help="only the gateway row (for A/B runs)")
+    parser.add_argument(
+        "--recording",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra recording: key (YAML value), e.g. segment_max_bytes=4194304; repeatable",
+    )
     args = parser.parse_args(argv)
+    args.recording_options = {}
+    for option in args.recording:
+        key, sep, value = option.partition("=")
+        if not sep:
+            parser.error(f"--recording {option!r}: expected KEY=VALUE")
+        args.recording_options[key.strip()] = yaml.safe_load(value)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     info = machine_info()
     print(f"{info['cpu_count']} CPUs ({info['cpu_model']}), Python {info['python']}, Envoy {info['envoy']}")
@@ -418,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             "upstream_chunk_kib": args.chunk_kib,
             "processor_workers": 1,
             "path": "auth (dev issuer token) + policy (one allow rule) + signed recording (file store)",
+            "recording_options": args.recording_options,
         },
         "results": results,
         "sha256_of_10MB_body": hashlib.sha256(b"".join(make_events(10 * MB, args.event_kib << 10))).hexdigest(),

@@ -296,7 +296,7 @@ class Recording(_Model):
     # Write-ahead spool: every event is on local disk before anything else; default <directory>/.spool.
     spool_directory: Path | None = None
     spool_max_bytes: Annotated[int, Field(ge=16 << 10)] = 1 << 30
-    segment_max_bytes: Annotated[int, Field(ge=1024, le=256 << 20)] = 1 << 20
+    segment_max_bytes: Annotated[int, Field(ge=1024, le=256 << 20)] = 4 << 20  # bench/README.md "Large SSE"
     segment_max_age_ms: Annotated[int, Field(ge=10, le=3_600_000)] = 2000
     compression: Literal["none", "gzip", "zstd"] = "none"  # of stored segments (s3 store)
     signing_key: Path | None = None  # Ed25519 private key (PEM) that signs segment manifests
@@ -307,9 +307,9 @@ class Recording(_Model):
     completer_interval_s: Annotated[float, Field(gt=0)] = 30.0
     digest_interval_s: Annotated[float, Field(gt=0)] = 300.0  # each writer's signed digest of what it stored
     flush_interval_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
-    # A stream's segment is sealed (signed, shipped) when an exchange ends, at most once per this interval; default
-    # 5 x flush_interval_ms. Every event is in the fsynced spool before that: a longer interval delays only what
-    # the store shows, never what survives a crash.
+    # A stream's segment is sealed (signed, shipped) on a tick every this interval once an exchange of it ended (all
+    # due streams together); default 5 x flush_interval_ms. Every event is in the spool before that: a longer
+    # interval delays only what the store shows, never what survives a crash.
     seal_interval_ms: Annotated[int, Field(ge=1, le=600_000)] | None = None
     # Seals (by exchange end or segment age) per second across all streams of a processor: with many busy sessions
     # each one's segments are sealed less often instead of the recorder's cost growing with the session count.

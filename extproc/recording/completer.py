@@ -117,8 +117,12 @@ class Completer:
         last = await asyncio.to_thread(_newest_manifest, stream)
         if last is not None and last.final:
             return  # the stream was ended properly; its segments only need shipping
-        manifest = await asyncio.to_thread(self._seal_tail, stream, meta, last)
-        await spool.seal(manifest, manifest.to_bytes())
+        # Seals run behind the data path, so a writer killed between cutting a segment and writing its manifest
+        # leaves more than one unsealed file: each is sealed in order, the last one final.
+        manifests = await asyncio.to_thread(self._seal_tails, stream, meta, last)
+        for manifest in manifests:
+            await spool.seal(manifest, manifest.to_bytes())
+        manifest = manifests[-1]
         for exchange in manifest.open:
             self.recorder.emit(
                 ExchangeIncomplete(
@@ -131,8 +135,19 @@ class Completer:
             )
             self.marked += 1
 
-    def _seal_tail(self, stream: Path, meta: dict[str, str], last: Manifest | None) -> Manifest:
-        """The final manifest for what follows ``last``: every intact line of the unsealed segment file."""
+    def _seal_tails(self, stream: Path, meta: dict[str, str], last: Manifest | None) -> list[Manifest]:
+        """Manifests for every segment file after ``last``, in order; the last of them final."""
+        out: list[Manifest] = []
+        while True:
+            segment = last.segment + 1 if last else 0
+            final = not (stream / f"{segment + 1:08d}.seg").exists()
+            last = self._seal_tail(stream, meta, last, final)
+            out.append(last)
+            if final:
+                return out
+
+    def _seal_tail(self, stream: Path, meta: dict[str, str], last: Manifest | None, final: bool = True) -> Manifest:
+        """The manifest for what follows ``last``: every intact line of the next segment file."""
         segment = last.segment + 1 if last else 0
         seq = last.last + 1 if last else 0
         prev = last.head if last else GENESIS
@@ -163,7 +178,7 @@ class Completer:
             sha256=hashlib.sha256(data[:kept]).hexdigest(),
             head=head,
             prev_manifest=last.digest() if last else GENESIS,
-            final=True,
+            final=final,
             open=sorted(open_),
             created=self.recorder.wall_clock(),
             sealed_by=self.recorder.writer_id,

@@ -3,8 +3,9 @@
 ``emit`` never blocks the data path: it appends to a plain list or reports that it could not; only the first
 event of a round wakes the writer, which then lingers a few milliseconds so the events of nearby exchanges share
 the round. The writer task chains the round's events into their streams (``streams.py``: one hash chain per
-session and writer, segments, signed manifests), hands the ops to the spool (appends to open files on the loop,
-new files and seals in one thread hop) and fsyncs on the flush interval; the uploader ships sealed segments. An
+session and writer, segments cut on a seal tick), hands the ops to the spool (appends on the loop; a new stream's
+folder in one thread hop) and queues the seals (segment hash, signed manifest) and the fsync of the flush interval
+behind, off the data path (``behind.py``); the uploader ships sealed segments in batches. An
 exchange at a commit point (``written``: before its request goes upstream, before a response chunk goes to the
 client) cuts the linger short and waits for that round's write: group commit. A stream ends, with a ``final``
 manifest, when an exchange states that its session is over (``ExchangeEnd.ends_session``), when the session goes
@@ -73,7 +74,7 @@ class Recorder:
         seal_rate: float = 100.0,
         spool_dir: Path | None = None,
         spool_max_bytes: int = 1 << 30,
-        segment_bytes: int = 1 << 20,
+        segment_bytes: int = 4 << 20,
         segment_age: float = 2.0,
         idle_timeout: float = 1800.0,
         signer: Signer | None = None,
@@ -91,18 +92,18 @@ class Recorder:
         self.idle_timeout = idle_timeout
         self.signer = signer or Signer(None)
         self.required = required
-        # A segment is sealed (signed, shipped) when an exchange of its stream ends, at most once per seal interval
-        # (default 5 x flush interval): every seal costs a signature, fsyncs and a store write, and the spool
-        # already holds every event.
+        # A segment is sealed (signed, shipped) on the seal tick (every seal interval, default 5 x flush interval)
+        # after an exchange of its stream ended: every seal costs a signature, fsyncs and a store write, the spool
+        # already holds every event, and the seals of one tick share their disk work.
+        seal_interval = seal_interval if seal_interval is not None else 5 * flush_interval
         self.streams = Streams(
             self.writer_id,
             self.signer,
             segment_bytes=segment_bytes,
             segment_age=segment_age,
-            seal_interval=seal_interval if seal_interval is not None else 5 * flush_interval,
+            seal_interval=seal_interval,
             seal_rate=seal_rate,
             idle_timeout=idle_timeout,
-            scan_interval=flush_interval,
             clock=clock,
             wall_clock=wall_clock,
         )
@@ -237,9 +238,11 @@ class Recorder:
     async def flushed(self, within: float = 5.0) -> None:
         """Wait until everything emitted so far has been written and synced (for tests and shutdown)."""
         self._synced.clear()
-        if not self._buf and not self._has_ops() and not self._seal_due():
-            return
-        await asyncio.wait_for(self._synced.wait(), within)
+        if self._buf or self._has_ops() or self._seal_due():
+            await asyncio.wait_for(self._synced.wait(), within)
+        failure = await self.spool.behind.settled(within)  # seals and the fsync queued behind
+        if failure is not None:
+            raise failure
 
     def _has_ops(self) -> bool:
         return bool(self.streams.pending)
@@ -259,26 +262,28 @@ class Recorder:
             scanned = self.streams.cut(ended, stopping)
             # fsync on the interval: commit points already wait for the write, which survives the process dying
             sync_due = stopping or self._clock() - last_sync >= self.flush_interval
-            # Exchanges waiting at a commit point go on once the lines are written; the fsync follows on its own.
-            waited_on = bool(self._commits)
-            wrote, synced = await self._write(sync=sync_due and not waited_on)
+            # Appends now (what commit points wait for); seals and fsyncs queue behind, in order, off the data path.
+            wrote = await self._write()
             if not self.streams.has_lines:
                 self._settle_commits(upto, None)  # nothing of this round waits to be written
             elif not self.healthy:
                 self._settle_commits(upto, "recording spool failing; events not on disk")
-            dirty = (dirty or wrote) and not synced
+            dirty = dirty or wrote
             if scanned:
                 self.streams.settle()
-            dirty = dirty or not self.healthy  # a sync attempt is also the health probe
-            if dirty and sync_due:
-                synced = await self._sync()
-                dirty = not synced
-            if synced:
-                last_sync = self._clock()
+            if self.healthy and dirty and sync_due:
+                self.spool.sync_behind()
+                dirty, last_sync = False, self._clock()
+            elif not self.healthy and sync_due:  # a sync attempt is also the health probe
+                if await self._sync():
+                    dirty, last_sync = False, self._clock()
             if not dirty and not self._has_ops() and not self._seal_due() and not self._buf:
                 self._synced.set()
             if stopping and not self._buf:
                 break
+        failure = await self.spool.behind.settled(within=10.0)  # the last seals and the closing fsync
+        if failure is not None:
+            log.error("recording spool: seals not finished at shutdown (the completer finishes them): %s", failure)
         self._settle_commits(self._done, "recorder stopped before the events were written")
         lost = self.streams.unwritten_lines()
         if lost:  # the spool is still failing at shutdown: say exactly what could not be written
@@ -291,8 +296,8 @@ class Recorder:
             return self.flush_interval
         if dirty:
             return max(0.0, self.flush_interval - (self._clock() - last_sync))
-        if self._seal_due():  # a held-back seal comes due within the interval
-            return self.flush_interval
+        if self._seal_due():  # a held-back seal comes due on the next tick
+            return self.streams.next_tick()
         if self.streams.open:  # segments age and sessions go idle even without traffic
             return min(self.segment_age, self.idle_timeout, 1.0)
         return None
@@ -339,25 +344,32 @@ class Recorder:
 
     # --- spool I/O ---------------------------------------------------------------------------------------------
 
-    async def _write(self, sync: bool) -> tuple[bool, bool]:
+    async def _write(self) -> bool:
         """Move pending ops of every stream into the spool in one batch, in order; on failure keep the rest.
 
-        Returns (something written, synced): with ``sync`` and a healthy spool the fsync shares the thread hop."""
+        Appends are written when this returns; seals are queued behind (``Spool.write_behind``). A failure of the
+        work behind (a seal or an fsync that the disk refuses) makes the recorder unhealthy until it succeeds.
+        Returns whether something was written."""
         batch, owners = self.streams.batch()
+        behind = self.spool.behind.failure
         if not batch:
-            return False, False
-        sync = sync and self.healthy and self.spool.is_open
+            if behind is None and self.spool.is_open and not self.healthy:
+                self._set_health(not self._has_ops())
+            elif behind is not None:
+                self._set_health(False, str(behind))
+            return False
         try:
-            done, error = await self.spool.write(batch, sync=sync, bounded=False)
-        except StoreError as e:  # full (nothing was written), or the fsync failed
+            done, error = await self.spool.write_behind(batch)
+        except StoreError as e:  # the spool cannot be opened
             self._set_health(False, str(e))
-            return False, False
+            return False
         self.written_events += self.streams.spooled(batch, owners, done)
+        error = error or self.spool.behind.failure
         if error is not None:
             self._set_health(False, str(error))
-        if sync and error is None:
+        else:
             self._set_health(not self._has_ops())
-        return done > 0, sync and error is None
+        return done > 0
 
     async def _sync(self) -> bool:
         try:

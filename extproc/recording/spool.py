@@ -15,60 +15,38 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import os
 import shutil
 from collections import OrderedDict, deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from extproc.errors import StoreError
 from extproc.recording import jsonio
+from extproc.recording.behind import DiskWorker, Job, fsync_all
 from extproc.recording.manifest import Manifest
+from extproc.recording.spool_files import (
+    Append,
+    Sealed,
+    SegmentKey,
+    Unfinished,
+    close_files,
+    hash_file,
+    read_meta,
+    read_segments,
+    stream_folder,
+    write_atomic,
+)
 from extproc.recording.store import LocalStore, Segment, Store, safe_key
+
+__all__ = ["HEAD", "Append", "Sealed", "Spool", "SpoolFull", "Unfinished", "read_meta", "stream_folder", "write_atomic"]
 
 HEAD = "head.manifest"
 
 
 class SpoolFull(StoreError):
     """The spool reached its size bound (the store has not taken segments for a while)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Append:
-    """Lines for one segment file of one stream."""
-
-    session: str
-    writer: str
-    segment: int
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Sealed:
-    """A finished segment waiting in the spool for upload."""
-
-    folder: Path
-    session: str
-    writer: str
-    number: int
-    created: float
-    final: bool
-
-    @property
-    def data_path(self) -> Path:
-        return self.folder / f"{self.number:08d}.seg"
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.folder / f"{self.number:08d}.manifest"
-
-
-SegmentKey = tuple[str, str, int]  # session, writer, segment
-
-
-def stream_folder(session: str, writer: str) -> str:
-    return f"{safe_key(writer)}@{safe_key(session)}"
 
 
 class Spool:
@@ -86,6 +64,9 @@ class Spool:
         self._handles: OrderedDict[SegmentKey, IO[bytes]] = OrderedDict()
         self._dirty: set[SegmentKey] = set()
         self._max_open = max_open
+        self._folders: set[str] = set()  # stream folders known to exist (with their meta.json)
+        # Seals, fsyncs and closes of ``write_behind`` run here, in order, off the data path.
+        self.behind = DiskWorker()
 
     @classmethod
     def beside(cls, store: Store, writer: str, max_bytes: int = 1 << 30) -> Spool:
@@ -136,6 +117,7 @@ class Spool:
         for folder in sorted(p for p in self.path.iterdir() if p.is_dir()):
             self.size += sum(p.stat().st_size for p in folder.glob("*.seg"))
             meta = read_meta(folder)
+            self._folders.add(folder.name)
             for m in sorted(folder.glob("[0-9]*.manifest")):
                 manifest = Manifest.from_bytes(m.read_bytes())
                 found.append(
@@ -167,6 +149,7 @@ class Spool:
         """
         if not self.is_open:
             await self.open()
+        await self.behind.settled()  # what ``write_behind`` queued comes first
         adding = sum(len(op.data) for op in ops if isinstance(op, Append))
         if bounded and self.size and self.size + adding > self.max_bytes:
             raise SpoolFull(f"spool {self.path} is full ({self.size} of {self.max_bytes} bytes): store not keeping up")
@@ -190,6 +173,95 @@ class Spool:
                 )
                 self.changed.set()
         return done, error
+
+    async def write_behind(self, ops: list[Append | Unfinished]) -> tuple[int, StoreError | None]:
+        """Appends now, seals behind: what commit points wait for, and nothing more.
+
+        Appends (unbounded, as the recorder writes) go to their files on the event loop, page-cache writes of
+        microseconds; a new segment file of a known stream is opened there too. Only a new stream's folder (and
+        its ``meta.json``) takes a thread hop first. A seal takes the segment's file out of the append set at once
+        and queues its fsync and its manifest to ``behind``, with the closing of files pushed out of the open set;
+        the segment joins ``ready`` once its manifest is written. Returns how many ops were taken and the error, if
+        any (an append that failed: it and the ops after it were not taken)."""
+        if not self.is_open:
+            await self.open()
+        new = {
+            (name, op.session, op.writer)
+            for op in ops
+            if isinstance(op, Append) and (name := stream_folder(op.session, op.writer)) not in self._folders
+        }
+        if new:
+            try:
+                await asyncio.to_thread(self._make_folders, sorted(new))
+            except OSError as e:
+                return 0, StoreError(f"cannot create spool folder in {self.path}: {e.strerror or e}")
+        retiring: list[tuple[IO[bytes], bool]] = []
+        try:
+            for i, op in enumerate(ops):
+                if isinstance(op, Append):
+                    key = (op.session, op.writer, op.segment)
+                    try:
+                        self._append(key, op.data, retiring)
+                    except OSError as e:
+                        self._forget(key)
+                        path = self._segment_path(key)
+                        return i, StoreError(f"cannot append to spool file {path}: {e.strerror or e}")
+                    self.size += len(op.data)
+                else:
+                    self._seal_behind(op)
+            return len(ops), None
+        finally:
+            if retiring:
+                self.behind.put(Job(lambda: close_files(retiring), None, f"cannot close spool files in {self.path}"))
+
+    def sync_behind(self) -> None:
+        """Queue an fsync of every segment file written since the last one (behind the seals queued before)."""
+        files = [self._handles[k] for k in self._dirty if k in self._handles]
+        self._dirty.clear()
+        if files:
+            self.behind.put(Job(lambda: fsync_all(files), None, f"cannot fsync spool {self.path}"))
+
+    def _seal_behind(self, seal: Unfinished) -> None:
+        manifest = seal.manifest
+        key = (manifest.session, manifest.writer, manifest.segment)
+        handle = [self._handles.pop(key, None)]
+        self._dirty.discard(key)
+        folder = self.path / stream_folder(manifest.session, manifest.writer)
+        data_path = folder / f"{manifest.segment:08d}.seg"
+
+        def run() -> None:
+            f = handle[0]
+            if f is not None:
+                os.fsync(f.fileno())
+                f.close()
+                handle[0] = None  # closed: a retry after a failed manifest write must not touch it again
+            # Exactly the bytes appended to this segment (a failed append was cut off again); read back from the
+            # page cache and hashed here, beside the data path (hashlib lets go of the GIL).
+            digest, size = hash_file(data_path)
+            if size != manifest.size:
+                raise OSError(f"segment file holds {size} bytes, {manifest.size} were appended")
+            manifest.sha256 = digest
+            manifest.prev_manifest = seal.link[0]
+            raw = seal.signer.sign(manifest).to_bytes()
+            self._finish(folder, data_path, manifest, raw, None)
+            seal.link[0] = hashlib.sha256(raw).hexdigest()
+
+        def done() -> None:
+            m = manifest
+            self.ready.append(Sealed(folder, m.session, m.writer, m.segment, m.created, m.final))
+            self.changed.set()
+
+        self.behind.put(Job(run, done, f"cannot seal spool segment {data_path}"))
+
+    def _make_folders(self, streams: list[tuple[str, str, str]]) -> None:
+        for name, session, writer in streams:
+            self._make_folder(self.path / name, session, writer)
+
+    def _make_folder(self, folder: Path, session: str, writer: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "meta.json").exists():
+            write_atomic(folder / "meta.json", jsonio.dumps({"session": session, "writer": writer}))
+        self._folders.add(folder.name)
 
     def _inline(self, ops: list[Append | Manifest]) -> bool:
         """Only appends to segment files already open: no mkdir, no new file, no fsync (a seal fsyncs)."""
@@ -229,22 +301,25 @@ class Spool:
         session, writer, segment = key
         return self.path / stream_folder(session, writer) / f"{segment:08d}.seg"
 
-    def _append(self, key: SegmentKey, data: bytes) -> None:
+    def _append(self, key: SegmentKey, data: bytes, retiring: list[tuple[IO[bytes], bool]] | None = None) -> None:
+        """Append ``data`` to the key's segment file. ``retiring``: files pushed out of the open set go there to be
+        fsynced and closed behind (None: here and now, on the blocking path)."""
         f = self._handles.get(key)
         if f is None:
             path = self._segment_path(key)
             folder = path.parent
-            if not folder.is_dir():
-                folder.mkdir(parents=True)
-                write_atomic(folder / "meta.json", jsonio.dumps({"session": key[0], "writer": key[1]}))
+            if folder.name not in self._folders and not folder.is_dir():  # never on the event loop (write_behind)
+                self._make_folder(folder, key[0], key[1])
             f = open(path, "ab", buffering=0)  # unbuffered: no bytes of a failed write linger to be flushed later
             self._handles[key] = f
             while len(self._handles) > self._max_open:
                 old, h = self._handles.popitem(last=False)
-                if old in self._dirty:
-                    os.fsync(h.fileno())
-                    self._dirty.discard(old)
-                h.close()
+                dirty = old in self._dirty
+                self._dirty.discard(old)
+                if retiring is not None:
+                    retiring.append((h, dirty))
+                else:
+                    close_files([(h, dirty)])
         else:
             self._handles.move_to_end(key)
         end = os.fstat(f.fileno()).st_size
@@ -269,7 +344,10 @@ class Spool:
                 pass
 
     async def sync(self) -> None:
-        """fsync every segment file written since the last sync."""
+        """fsync every segment file written since the last sync (after the work queued behind)."""
+        failure = await self.behind.settled()
+        if failure is not None:
+            raise failure
         dirty, self._dirty = self._dirty, set()
         try:
             await asyncio.to_thread(self._fsync, dirty)
@@ -298,16 +376,16 @@ class Spool:
 
     def _seal(self, folder: Path, data_path: Path, manifest: Manifest, raw: bytes) -> None:
         key = (manifest.session, manifest.writer, manifest.segment)
-        f = self._handles.pop(key, None)
+        self._dirty.discard(key)
+        self._finish(folder, data_path, manifest, raw, self._handles.pop(key, None))
+
+    def _finish(self, folder: Path, data_path: Path, manifest: Manifest, raw: bytes, f: IO[bytes] | None) -> None:
+        """The segment's data durable (``f``: its open file, fsynced and closed), then its manifest atomically."""
         if f is not None:
             os.fsync(f.fileno())
             f.close()
-            self._dirty.discard(key)
         elif not data_path.exists():  # an empty segment (a final manifest with nothing after the last one)
-            folder.mkdir(parents=True, exist_ok=True)
-            if not (folder / "meta.json").exists():
-                meta = {"session": manifest.session, "writer": manifest.writer}
-                write_atomic(folder / "meta.json", jsonio.dumps(meta))
+            self._make_folder(folder, manifest.session, manifest.writer)
             data_path.touch()
         write_atomic(folder / f"{manifest.segment:08d}.manifest", raw)
 
@@ -317,10 +395,22 @@ class Spool:
         data, manifest = await asyncio.to_thread(lambda: (item.data_path.read_bytes(), item.manifest_path.read_bytes()))
         return Segment(item.session, item.writer, item.number, data, manifest, item.created)
 
+    async def load_many(self, items: list[Sealed], max_bytes: int = 4 << 20) -> list[Segment]:
+        """The first of ``items`` as segments, in one thread hop: at least one, then up to ``max_bytes`` of data."""
+        return await asyncio.to_thread(read_segments, items, max_bytes)
+
+    async def shipped_many(self, items: list[Sealed]) -> None:
+        """``shipped`` for each of ``items``, in order, in one thread hop."""
+        size = await asyncio.to_thread(lambda: sum(self._shipped(item) for item in items))
+        self.size = max(0, self.size - size)
+        self._folders.difference_update(item.folder.name for item in items if item.final)
+
     async def shipped(self, item: Sealed) -> None:
         """The store confirmed the segment: delete it here, keep its manifest as the stream's head."""
         size = await asyncio.to_thread(self._shipped, item)
         self.size = max(0, self.size - size)
+        if item.final:
+            self._folders.discard(item.folder.name)
 
     @staticmethod
     def _shipped(item: Sealed) -> int:
@@ -339,6 +429,7 @@ class Spool:
         try:
             await self.sync()
         finally:
+            await self.behind.stop()
             await asyncio.to_thread(self._close, remove_if_empty)
             self.is_open = False
 
@@ -351,20 +442,3 @@ class Spool:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-
-
-def read_meta(folder: Path) -> dict[str, str]:
-    meta = jsonio.loads((folder / "meta.json").read_bytes())
-    if not isinstance(meta, dict):
-        raise ValueError(f"{folder / 'meta.json'}: not a JSON object")
-    return meta
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name, fsync, rename: readers see the whole file or none of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

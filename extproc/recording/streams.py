@@ -1,10 +1,13 @@
 """The recorder's streams: one hash chain per (session, writer), cut into segments, each sealed by a signed manifest.
 
 Chaining puts each event's line (serialized once, carrying the SHA-256 of the previous line) into its stream's
-pending ops; cutting seals segments (at an exchange end, by age, by size) and ends streams (the session is over or
-idle); ``batch`` hands the pending ops to the spool in order. Seals by exchange end or age keep to a processor-wide
-budget, oldest segment first, so the cost does not grow with the number of busy sessions. A round touches only the
-streams with work: those where an exchange ended, all with work once per ``scan_interval``, all once a second.
+pending ops; cutting seals segments (after an exchange end, by age, by size) and ends streams (the session is over
+or idle); ``batch`` hands the pending ops to the spool in order. Seals after an exchange end or by age happen on a
+tick, every ``seal_interval``, for every stream due at once: at a low rate the seals of many
+streams share one batch of disk work instead of one each per exchange. They keep to a processor-wide budget,
+oldest segment first, so the cost does not grow with the number of busy sessions. A segment that would pass its
+maximum age before the next tick is sealed on this one. A round touches only the streams with work: those where an
+exchange ended (for a session's end), all with work on each tick, all once a second (idle timeouts).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 from extproc.recording.chain import event_line
 from extproc.recording.events import Event, ExchangeEnd, ExchangeStart
 from extproc.recording.manifest import GENESIS, Manifest, Signer
-from extproc.recording.spool import Append
+from extproc.recording.spool import Append, Unfinished
 
 
 @dataclass(slots=True)
@@ -31,14 +34,14 @@ class Stream:
     seg_first: int = 0
     seg_size: int = 0
     seg_opened: float = 0.0
-    seg_hash: hashlib._Hash = field(default_factory=hashlib.sha256)
-    prev_manifest: str = GENESIS
+    # SHA-256 of the stream's last manifest, kept by the seals behind the data path (they hash, sign and link)
+    link: list[str] = field(default_factory=lambda: [GENESIS])
     open: set[str] = field(default_factory=set)
     end_now: bool = False  # the session is over: end the stream at the next cut
     due: bool = False  # an exchange ended: seal the segment, at most once per seal interval
     last_seal: float = 0.0
     last_event: float = 0.0
-    ops: list[tuple[int, bytes] | Manifest] = field(default_factory=list)  # not yet in the spool, in order
+    ops: list[tuple[int, bytes] | Unfinished] = field(default_factory=list)  # not yet in the spool, in order
 
 
 class Streams:
@@ -54,7 +57,6 @@ class Streams:
         seal_interval: float,
         seal_rate: float,
         idle_timeout: float,
-        scan_interval: float,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
     ) -> None:
@@ -65,7 +67,6 @@ class Streams:
         self.seal_interval = seal_interval
         self.seal_rate = seal_rate
         self.idle_timeout = idle_timeout
-        self.scan_interval = scan_interval
         self._clock = clock
         self._wall_clock = wall_clock
         self.open: dict[str, Stream] = {}  # by session
@@ -87,8 +88,12 @@ class Streams:
         return self.pending_bytes > 0
 
     def seal_due(self) -> bool:
-        """A segment whose seal is held back (seal interval, budget)."""
+        """A segment whose seal is held back (until the next tick, or by the budget)."""
         return any(s.due and s.seg_size for s in self.active.values())
+
+    def next_tick(self) -> float:
+        """Seconds until the next seal tick."""
+        return max(0.0, self._next_seal_scan - self._clock())
 
     def unwritten_lines(self) -> int:
         return sum(1 for s in self.pending.values() for op in s.ops if isinstance(op, tuple))
@@ -112,7 +117,6 @@ class Streams:
                 st.seg_opened = now
             st.seq += 1
             st.prev = hashlib.sha256(line[:-1]).hexdigest()
-            st.seg_hash.update(line)
             st.seg_size += len(line)
             st.last_event = now
             st.ops.append((st.segment, line))
@@ -152,7 +156,7 @@ class Streams:
             candidates = {st.session: st for st in ended if self.open.get(st.session) is st}
             scanned = False
         if scanned:
-            self._next_seal_scan = now + self.scan_interval
+            self._next_seal_scan = now + self.seal_interval
         due: list[Stream] = []
         for session, st in list(candidates.items()):
             final = stopping or (not st.open and (st.end_now or now - st.last_event >= self.idle_timeout))
@@ -161,9 +165,7 @@ class Streams:
                 del self.open[session]
                 self.active.pop(session, None)
                 self._epochs[session] = self._epochs.get(session, 0) + 1
-            elif st.seg_size and (
-                (st.due and now - st.last_seal >= self.seal_interval) or now - st.seg_opened >= self.segment_age
-            ):
+            elif scanned and st.seg_size and (st.due or now - st.seg_opened >= self.segment_age - self.seal_interval):
                 due.append(st)
         # Sealing signs a manifest and ships a segment: once per stream per seal interval, not once per exchange,
         # and at most ``seal_rate`` a second in all, oldest segment first. A crash before the seal loses nothing:
@@ -189,20 +191,18 @@ class Streams:
             last=st.seq - 1,
             count=st.seq - st.seg_first,
             size=st.seg_size,
-            sha256=st.seg_hash.hexdigest(),
+            sha256="",  # of the segment file, behind the data path (Spool.write_behind), then signed and linked
             head=st.prev,
-            prev_manifest=st.prev_manifest,
+            prev_manifest="",
             final=final,
             open=sorted(st.open),
             created=self._wall_clock(),
         )
-        self.signer.sign(manifest)
-        st.ops.append(manifest)
+        st.ops.append(Unfinished(manifest, st.link, self.signer))
         self.pending[id(st)] = st
         st.due, st.last_seal = False, self._clock()
-        st.prev_manifest = manifest.digest()
         st.segment += 1
-        st.seg_first, st.seg_size, st.seg_hash = st.seq, 0, hashlib.sha256()
+        st.seg_first, st.seg_size = st.seq, 0
 
     def settle(self) -> None:
         """Forget streams whose work is done until their next event."""
@@ -212,16 +212,16 @@ class Streams:
 
     # --- handing ops to the spool ------------------------------------------------------------------------------
 
-    def batch(self) -> tuple[list[Append | Manifest], list[tuple[Stream, int]]]:
+    def batch(self) -> tuple[list[Append | Unfinished], list[tuple[Stream, int]]]:
         """Every pending op, in order per stream; consecutive lines of one segment as one append. With each op: its
         stream and how many of the stream's ops it covers (for ``spooled``)."""
-        batch: list[Append | Manifest] = []
+        batch: list[Append | Unfinished] = []
         owners: list[tuple[Stream, int]] = []
         for st in self.pending.values():
             ops, i = st.ops, 0
             while i < len(ops):
                 op = ops[i]
-                if isinstance(op, Manifest):
+                if isinstance(op, Unfinished):
                     batch.append(op)
                     owners.append((st, 1))
                     i += 1
@@ -234,7 +234,7 @@ class Streams:
                 i = n
         return batch, owners
 
-    def spooled(self, batch: list[Append | Manifest], owners: list[tuple[Stream, int]], done: int) -> int:
+    def spooled(self, batch: list[Append | Unfinished], owners: list[tuple[Stream, int]], done: int) -> int:
         """The spool took the first ``done`` ops of ``batch``: drop them from their streams. Returns the lines."""
         lines = 0
         for item, (st, count) in zip(batch[:done], owners[:done], strict=True):

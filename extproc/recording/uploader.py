@@ -1,22 +1,25 @@
 """The uploader: ships sealed segments from a spool to the store, in order, and deletes them only once stored.
 
 A failing store is retried with exponential backoff and full jitter (so N workers that lost S3 together do not
-come back in lockstep); meanwhile the spool grows, up to its bound.
+come back in lockstep); meanwhile the spool grows, up to its bound. Segments go in batches: the ready ones are read
+from the spool in one thread hop (up to a few MiB), put one by one, and deleted from the spool in one more hop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
 
 from extproc.errors import StoreError
-from extproc.recording.spool import Spool
-from extproc.recording.store import Segment, Store
+from extproc.recording.spool import Sealed, Spool
+from extproc.recording.store import BatchStore, Segment, Store, put_each
 
 log = logging.getLogger(__name__)
+_BATCH = 64  # segments per batch at most (``Spool.load_many`` also stops at a few MiB)
 
 
 class Uploader:
@@ -74,31 +77,48 @@ class Uploader:
 
     async def _ship(self) -> bool:
         while self.spool.ready:
-            item = self.spool.ready[0]
-            key = (item.session, item.writer, item.number)
-            queued = self._queued_at.setdefault(key, self._clock())
+            items = list(itertools.islice(self.spool.ready, _BATCH))
+            for item in items:
+                self._queued_at.setdefault((item.session, item.writer, item.number), self._clock())
+            error: Exception | None = None
+            stored: list[Sealed] = []
             try:
-                segment = await self.spool.load(item)
-                await self.store.put_segment(segment)
+                segments = await self.spool.load_many(items)  # the first ones, up to a few MiB
             except (StoreError, OSError) as e:
+                segments, error = [], e
+            n, error = await self._put(segments) if segments else (0, error)
+            for segment in segments[:n]:
+                if self.on_stored is not None:
+                    await self.on_stored(segment)
+                stored.append(items[len(stored)])
+            if stored:
+                await self.spool.shipped_many(stored)
+                self._count(stored)
+            if error is not None:
                 self.failures += 1
                 if not self.failing:
-                    log.error("recording store failing, segments stay in the spool: %s", e)
+                    log.error("recording store failing, segments stay in the spool: %s", error)
                 self.failing = True
                 return False
-            if self.on_stored is not None:
-                await self.on_stored(segment)
-            await self.spool.shipped(item)
+        return True
+
+    async def _put(self, segments: list[Segment]) -> tuple[int, Exception | None]:
+        """Store ``segments`` in order: how many were stored, and the error that stopped the rest."""
+        if isinstance(self.store, BatchStore):
+            return await self.store.put_segments(segments)
+        return await put_each(self.store, segments)
+
+    def _count(self, stored: list[Sealed]) -> None:
+        for item in stored:
             self.spool.ready.popleft()
-            self._queued_at.pop(key, None)
+            queued = self._queued_at.pop((item.session, item.writer, item.number), self._clock())
             self.uploaded += 1
             self.latencies = [*self.latencies[-999:], self._clock() - queued]
             for observe in self.on_uploaded:
                 observe(self.latencies[-1])
-            if self.failing:
-                log.info("recording store recovered; spool at %d bytes", self.spool.size)
-            self.failing = False
-        return True
+        if self.failing:
+            log.info("recording store recovered; spool at %d bytes", self.spool.size)
+        self.failing = False
 
     def summary(self) -> str:
         """For the shutdown log line: segments shipped and their upload latency."""

@@ -71,6 +71,27 @@ class Store(Protocol):
 
 
 @runtime_checkable
+class BatchStore(Protocol):
+    """A store that takes several segments in one call (the file store: one thread hop for a batch)."""
+
+    async def put_segments(self, segments: list[Segment]) -> tuple[int, Exception | None]:
+        """``put_segment`` of each, in order; returns how many were stored and the error that stopped the rest."""
+        ...
+
+
+async def put_each(store: Store, segments: list[Segment]) -> tuple[int, Exception | None]:
+    """``put_segment`` of each segment in order (a store without batches); as ``BatchStore.put_segments``."""
+    from extproc.errors import StoreError
+
+    for n, segment in enumerate(segments):
+        try:
+            await store.put_segment(segment)
+        except (StoreError, OSError) as e:
+            return n, e
+    return len(segments), None
+
+
+@runtime_checkable
 class LocalStore(Protocol):
     """A store on the local disk: its spool defaults to a folder inside it."""
 

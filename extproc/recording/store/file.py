@@ -40,6 +40,22 @@ class FileStore:
             self._shipped.pop(data_path, None)
             raise StoreError(f"cannot append to {data_path}: {e.strerror or e}") from e
 
+    async def put_segments(self, segments: list[Segment]) -> tuple[int, Exception | None]:
+        """Every segment in one thread hop, in order; stops at the first that fails."""
+        return await asyncio.to_thread(self._put_many, segments)
+
+    def _put_many(self, segments: list[Segment]) -> tuple[int, Exception | None]:
+        for i, segment in enumerate(segments):
+            data_path, manifest_path = self._paths(segment.session, segment.writer)
+            try:
+                self._put(segment, data_path, manifest_path)
+            except OSError as e:
+                self._shipped.pop(data_path, None)
+                return i, StoreError(f"cannot append to {data_path}: {e.strerror or e}")
+            except StoreError as e:
+                return i, e
+        return len(segments), None
+
     def _put(self, segment: Segment, data_path: Path, manifest_path: Path) -> None:
         with self._lock:
             self._put_locked(segment, data_path, manifest_path)

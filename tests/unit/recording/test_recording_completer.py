@@ -17,7 +17,7 @@ from extproc.recording.manifest import Manifest, Signer, generate_keys, load_pub
 from extproc.recording.recorder import Recorder, event_line
 from extproc.recording.replay import load_session
 from extproc.recording.spool import Append, Spool
-from extproc.recording.store import Segment
+from extproc.recording.store import Segment, put_each
 from extproc.recording.store.file import FileStore
 from extproc.recording.uploader import Uploader
 
@@ -148,6 +148,9 @@ class _DownStore(FileStore):
         if self.down:
             raise StoreError("store down")
         await super().put_segment(segment)
+
+    async def put_segments(self, segments: list[Segment]) -> tuple[int, Exception | None]:
+        return await put_each(self, segments)  # one by one through put_segment, which refuses
 
 
 async def test_stopping_ships_what_an_adopted_spool_still_holds(tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ class CountingSpool(Spool):
         super().__init__(*args)
         self.writes: list[int] = []
 
-    async def write(self, ops: list, sync: bool = False, bounded: bool = True) -> Any:  # type: ignore[override]
+    async def write_behind(self, ops: list) -> Any:
         self.writes.append(len(ops))
-        return await super().write(ops, sync, bounded)
+        return await super().write_behind(ops)
 
 
 async def test_a_burst_of_exchanges_is_one_round(tmp_path: Path) -> None:

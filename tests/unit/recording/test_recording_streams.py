@@ -6,17 +6,15 @@ import hashlib
 import json
 
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
-from extproc.recording.manifest import GENESIS, Manifest, Signer
-from extproc.recording.spool import Append
+from extproc.recording.manifest import GENESIS, Signer
+from extproc.recording.spool import Append, Unfinished
 from extproc.recording.streams import Streams
 
 
 def _streams(now: list[float], **kw: float) -> Streams:
-    opts = {"segment_bytes": 1 << 20, "segment_age": 60.0, "seal_interval": 1.0, "seal_rate": 100.0}
+    opts = {"segment_bytes": 1 << 20, "segment_age": 60.0, "seal_interval": 0.2, "seal_rate": 100.0}
     opts.update(kw)
-    return Streams(
-        "w", Signer(None), idle_timeout=30.0, scan_interval=0.2, clock=lambda: now[0], wall_clock=lambda: 1e9, **opts
-    )
+    return Streams("w", Signer(None), idle_timeout=30.0, clock=lambda: now[0], wall_clock=lambda: 1e9, **opts)
 
 
 def test_an_exchange_is_chained_sealed_at_its_end_and_handed_over_in_order() -> None:
@@ -31,13 +29,20 @@ def test_an_exchange_is_chained_sealed_at_its_end_and_handed_over_in_order() -> 
     assert dropped == [] and [st.session for st in ended] == ["s"]
     assert streams.cut(ended, stopping=False)  # the first round scans everything
     batch, owners = streams.batch()
-    assert [type(op) for op in batch] == [Append, Manifest]
+    assert [type(op) for op in batch] == [Append, Unfinished]
     lines = batch[0].data.splitlines()  # type: ignore[union-attr]
     assert [json.loads(line)["seq"] for line in lines] == [0, 1, 2]
     assert json.loads(lines[0])["prev"] == GENESIS
     assert json.loads(lines[1])["prev"] == hashlib.sha256(lines[0]).hexdigest()
-    manifest = batch[1]
-    assert isinstance(manifest, Manifest) and (manifest.first, manifest.last, manifest.open) == (0, 2, [])
+    seal = batch[1]
+    assert isinstance(seal, Unfinished)
+    manifest = seal.manifest  # its hash, link and signature are done behind the data path, from the file
+    assert (manifest.first, manifest.last, manifest.head, manifest.open) == (
+        0,
+        2,
+        hashlib.sha256(lines[2]).hexdigest(),
+        [],
+    )
     assert streams.has_lines
     assert streams.spooled(batch, owners, done=1) == 3  # the append went in, the seal did not: it stays pending
     assert not streams.has_lines and streams.pending
@@ -61,7 +66,38 @@ def test_a_round_without_an_ended_exchange_does_not_scan_every_stream() -> None:
     assert streams.cut([], stopping=False)  # first round: a full scan
     now[0] += 1.05  # every segment is now older than segment_age
     assert streams.cut([], stopping=False) is True  # the scan interval has passed: aged segments are sealed
-    sealed = sum(isinstance(op, Manifest) for st in streams.pending.values() for op in st.ops)
+    sealed = sum(isinstance(op, Unfinished) for st in streams.pending.values() for op in st.ops)
     assert sealed == 50
     now[0] += 0.01
     assert streams.cut([], stopping=False) is False  # within the scan interval only ended streams are looked at
+
+
+def _sealed(streams: Streams) -> list[str]:
+    return sorted(st.session for st in streams.pending.values() for op in st.ops if isinstance(op, Unfinished))
+
+
+def test_seals_after_exchange_ends_wait_for_the_tick_and_share_it() -> None:
+    now = [100.0]
+    streams = _streams(now)  # seal interval 0.2 s: the tick
+    assert streams.cut([], stopping=False)  # the first round is a tick
+    for n, session in enumerate(["a", "b", "c"]):  # three exchanges end between two ticks
+        now[0] += 0.05
+        ex = f"e{n}"
+        start, end = ExchangeStart(session=session, exchange=ex), ExchangeEnd(session=session, exchange=ex, index=1)
+        ended, _ = streams.chain([start, end])
+        assert streams.cut(ended, stopping=False) is False
+        assert _sealed(streams) == []  # not sealed at the exchange's end: the spool holds its lines already
+    assert 0 < streams.next_tick() <= 0.2
+    now[0] += 0.06  # the tick
+    assert streams.cut([], stopping=False)
+    assert _sealed(streams) == ["a", "b", "c"]  # every due stream on the same tick: one batch of disk work
+
+
+def test_a_segment_that_would_pass_its_age_before_the_next_tick_is_sealed_on_this_one() -> None:
+    now = [100.0]
+    streams = _streams(now, segment_age=1.0)
+    streams.chain([McpRequest(session="s", exchange="e", index=0)])  # no exchange ends: only the age seals it
+    assert streams.cut([], stopping=False) and _sealed(streams) == []
+    now[0] += 0.81  # 0.19 s before its maximum age: the next tick would be late
+    assert streams.cut([], stopping=False)
+    assert _sealed(streams) == ["s"]

@@ -8,8 +8,8 @@ import pytest
 
 from extproc.errors import StoreError
 from extproc.recording.manifest import Manifest
-from extproc.recording.spool import Append, Spool
-from extproc.recording.store import Segment
+from extproc.recording.spool import Append, Spool, stream_folder
+from extproc.recording.store import Segment, put_each
 from extproc.recording.store.file import FileStore
 from extproc.recording.uploader import Uploader
 
@@ -28,6 +28,9 @@ class Store(FileStore):
             self.failures -= 1
             raise StoreError("connection refused")
         await super().put_segment(segment)
+
+    async def put_segments(self, segments: list[Segment]) -> tuple[int, Exception | None]:
+        return await put_each(self, segments)  # one by one through put_segment, which refuses
 
 
 def _manifest(segment: int, final: bool = False) -> Manifest:
@@ -108,3 +111,51 @@ async def test_stop_cancels_the_idle_task(tmp_path: Path) -> None:
 
     assert up._task is None
     await spool.close()
+
+
+class BatchCounting(FileStore):
+    """The real file store (a batch store), counting its batches; the segment ``refuse`` fails (a full disk)."""
+
+    def __init__(self, root: Path, refuse: int | None = None) -> None:
+        super().__init__(root)
+        self.batches: list[list[int]] = []
+        self.refuse = refuse
+
+    def _put(self, segment: Segment, data_path: Path, manifest_path: Path) -> None:
+        if segment.number == self.refuse:
+            raise OSError(28, "No space left on device")
+        super()._put(segment, data_path, manifest_path)
+
+    async def put_segments(self, segments: list[Segment]) -> tuple[int, Exception | None]:
+        self.batches.append([s.number for s in segments])
+        return await super().put_segments(segments)
+
+
+async def test_ready_segments_go_to_a_batch_store_in_one_call(tmp_path: Path) -> None:
+    spool = await _spool(tmp_path, 5)
+    store = BatchCounting(tmp_path / "store")
+    up = Uploader(spool, store)
+
+    assert await up.ship_once()
+
+    assert store.batches == [[0, 1, 2, 3, 4]]  # one thread hop for the five, not one each
+    assert store.read_session("s")["w"].data == b"0\n1\n2\n3\n4\n"
+    assert not spool.ready and up.uploaded == 5
+
+
+async def test_a_batch_that_fails_half_way_keeps_the_rest_in_order(tmp_path: Path) -> None:
+    spool = await _spool(tmp_path, 4)
+    store = BatchCounting(tmp_path / "store", refuse=2)
+    stored: list[int] = []
+
+    async def on_stored(seg: Segment) -> None:
+        stored.append(seg.number)
+
+    up = Uploader(spool, store, on_stored=on_stored)
+
+    assert not await up.ship_once()
+    assert stored == [0, 1] and [r.number for r in spool.ready] == [2, 3]  # stored ones left the spool, in order
+    assert not (tmp_path / "spool" / "w" / stream_folder("s", "w") / "00000001.seg").exists()
+    store.refuse = None
+    assert await up.ship_once()
+    assert stored == [0, 1, 2, 3] and store.read_session("s")["w"].data == b"0\n1\n2\n3\n"

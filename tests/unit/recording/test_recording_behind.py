@@ -1,0 +1,170 @@
+"""Seals and fsyncs run behind the data path: a commit point waits for appends only, never for a seal's fsyncs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
+from extproc.recording.manifest import Manifest, Signer
+from extproc.recording.recorder import Recorder
+from extproc.recording.replay import load_session
+from extproc.recording.spool import Append, Spool, Unfinished, stream_folder
+from extproc.recording.store.file import FileStore
+
+
+class GatedSpool(Spool):
+    """A spool whose seals (fsync of the data, the manifest) block until ``gate`` is set, like a slow disk."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.gate = threading.Event()
+        self.fail = False
+        self.finished: list[int] = []
+
+    def _finish(self, folder: Path, data_path: Path, manifest: Manifest, raw: bytes, f: IO[bytes] | None) -> None:
+        if not self.gate.wait(10):
+            raise TimeoutError("gate never opened")
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        super()._finish(folder, data_path, manifest, raw, f)
+        self.finished.append(manifest.segment)
+
+
+def _exchange(session: str, n: int) -> list[Any]:
+    ex = f"e{n}"
+    return [
+        ExchangeStart(session=session, exchange=ex, index=0, method="POST"),
+        McpRequest(session=session, exchange=ex, index=1, messages=[{"id": n}], size=10),
+        ExchangeEnd(session=session, exchange=ex, index=2),
+    ]
+
+
+async def test_a_commit_point_does_not_wait_for_a_seal(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    spool = GatedSpool(tmp_path / ".spool", "w")
+    # Tiny segments: every exchange fills one, so each commit point comes with a seal of the segment before.
+    rec = Recorder(store, writer_id="w", spool=spool, segment_bytes=1024, flush_interval=0.01, segment_age=60)
+    await rec.start()
+    for n in range(5):
+        for e in _exchange("s", n):
+            assert rec.emit(e)
+        t0 = time.monotonic()
+        await rec.written(within=2.0)  # returns although no seal can finish (the gate is shut)
+        assert time.monotonic() - t0 < 1.0
+
+    folder = tmp_path / ".spool" / "w" / stream_folder("s", "w")
+    assert len(list(folder.glob("*.seg"))) >= 2  # later segments were appended while earlier seals waited
+    assert spool.finished == [] and not spool.ready
+    spool.gate.set()
+    await rec.flushed()
+    assert spool.finished == sorted(spool.finished) and len(spool.finished) >= 2  # in order, once the disk lets them
+    await rec.close()
+    session = load_session(store, "s")
+    assert session.problems == [] and len(session.events) == 15
+
+
+async def test_a_failing_seal_makes_the_recorder_unhealthy_until_it_is_retried_successfully(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    spool = GatedSpool(tmp_path / ".spool", "w")
+    spool.behind.retry = 0.02
+    spool.fail = True
+    spool.gate.set()
+    rec = Recorder(store, writer_id="w", spool=spool, segment_bytes=1024, flush_interval=0.01, segment_age=60)
+    await rec.start()
+    for e in _exchange("s", 0) + _exchange("s", 1):
+        rec.emit(e)
+    await rec.written(within=2.0)
+    deadline = time.monotonic() + 5
+    while rec.healthy or rec.accepting:  # the disk refuses the manifest: new exchanges are refused (fail closed)
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+
+    spool.fail = False  # the disk takes writes again: the queued seal is retried, in order
+    while not rec.healthy:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert rec.spool.behind.failure is None
+    await rec.close()
+    session = load_session(store, "s")
+    assert session.problems == [] and len(session.events) == 6
+
+
+async def test_seals_and_fsyncs_queued_together_share_one_thread_hop(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, "w")
+    await spool.open()
+    ops: list[Append | Unfinished] = []
+    link = ["0" * 64]
+    for n in range(4):
+        ops.append(Append("s", "w", n, b"%d\n" % n))
+        ops.append(Unfinished(Manifest("s", "w", n, n, n, 1, 2, "", "y" * 64, "", created=1.0), link, Signer(None)))
+    ops.append(Append("s", "w", 4, b"4\n"))
+
+    assert await spool.write_behind(ops) == (len(ops), None)
+    spool.sync_behind()
+    assert await spool.behind.settled() is None
+
+    assert spool.behind.batches == 1  # four seals and the fsync: one hop
+    assert [r.number for r in spool.ready] == [0, 1, 2, 3]
+    assert spool.size == 10
+    prev = "0" * 64
+    for n in range(4):  # each manifest: the SHA-256 of its segment file, linked to the one before, in order
+        raw = (tmp_path / "w" / stream_folder("s", "w") / f"{n:08d}.manifest").read_bytes()
+        manifest = Manifest.from_bytes(raw)
+        assert manifest.sha256 == hashlib.sha256(b"%d\n" % n).hexdigest() and manifest.prev_manifest == prev
+        prev = hashlib.sha256(raw).hexdigest()
+    await spool.close(remove_if_empty=False)
+
+
+async def test_a_writer_killed_while_seals_wait_behind_loses_nothing_it_wrote(tmp_path: Path) -> None:
+    # Appends run ahead of the seals: a kill can leave several segment files after the last manifest. The completer
+    # seals each of them, in order, and every event a commit point waited for is in the store.
+    from extproc.recording.completer import Completer
+    from extproc.recording.manifest import generate_keys
+
+    key, _ = generate_keys(tmp_path / "keys")
+    signer = Signer.from_file(key)
+    root = tmp_path / "rec"
+    store = FileStore(root)
+    spool = GatedSpool(root / ".spool", "dead")
+    spool.gate.set()
+    dead = Recorder(store, writer_id="dead", spool=spool, segment_bytes=1024, signer=signer, flush_interval=0.01)
+    await dead.start()
+    sent = 0
+    for n in range(12):
+        for e in _exchange("s", n):
+            if isinstance(e, McpRequest):
+                e.messages = [{"id": n, "pad": "x" * 200}]
+            assert dead.emit(e)
+            sent += 1
+        await dead.written(within=2.0)
+        if n == 3:  # from here on the disk stalls: seals wait behind, appends go on
+            await dead.flushed()
+            spool.gate.clear()
+    assert len(spool.finished) >= 1 and len(list((root / ".spool" / "dead").rglob("*.seg"))) >= 3
+
+    spool.fail = True  # the process dies: no seal queued behind is ever finished
+    assert dead._task is not None and spool._lock is not None
+    dead._task.cancel()
+    spool._lock.close()  # the kernel drops the flock of a killed process
+    spool.gate.set()
+    await spool.behind.stop()
+
+    live = Recorder(store, writer_id="live", signer=signer, flush_interval=0.01)
+    await live.start()
+    completer = Completer(root / ".spool", store, live, signer)
+    assert await completer.run_once() == 1
+    await completer.stop()
+    await live.close()
+
+    session = load_session(store, "s")
+    assert session.problems == []
+    recorded = [e for e in session.events if e["type"] != "exchange.incomplete"]
+    assert len(recorded) == sent  # every event a commit point waited for
+    manifests = [Manifest.from_bytes(m) for m in store.read_session("s")["dead"].manifests]
+    assert [m.segment for m in manifests] == list(range(len(manifests))) and manifests[-1].final
+    assert [m.final for m in manifests[:-1]] == [False] * (len(manifests) - 1)
