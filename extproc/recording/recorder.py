@@ -133,6 +133,9 @@ class Recorder:
         self._accepted = 0  # events taken by emit()
         self._done = 0  # of those, how many are in the spool file (or were dropped by recording.required: false)
         self._commits: list[tuple[int, asyncio.Future[None]]] = []
+        self._in_round = False  # the writer is between taking a batch and settling it (it may await a thread)
+        self._wrote_inline = False  # commit points wrote to the spool since the writer last looked: fsync owed
+        self.inline_commits = 0  # commit points written at once, without waiting for the writer (tests, benchmarks)
 
     @property
     def accepting(self) -> bool:
@@ -210,6 +213,12 @@ class Recorder:
             return
         if not self.healthy or self._task is None:
             raise StoreError("recording spool not writable; events not on disk")
+        if self._write_now():
+            if target <= self._done:
+                self.inline_commits += 1
+                return
+            if not self.healthy:
+                raise StoreError("recording spool not writable; events not on disk")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._commits.append((target, fut))
@@ -220,6 +229,42 @@ class Recorder:
             await fut
         finally:
             timer.cancel()
+
+    def _write_now(self) -> bool:
+        """The writer's round for a commit point, done here and now when it needs no thread hop: the queued events
+        are chained and appended to their open segment files (page-cache writes; seals go behind, as in a round).
+        The exchange goes on without waiting for the writer's task: no future, no timer, no extra turn of the
+        event loop. Not while the writer is in a round of its own (it may be waiting on a thread with a batch in
+        hand), nor when a stream's folder must be created first, nor at shutdown: then the writer does it.
+        Returns whether it wrote."""
+        if self._in_round or self._stopping or not self._buf or len(self._buf) > _MAX_BATCH or not self.spool.is_open:
+            return False
+        batch = self._take(everything=False)
+        upto = self._accepted - len(self._buf)
+        scanned = self.streams.cut(self._chain(batch), stopping=False)
+        ops, owners = self.streams.batch()
+        if ops and self.spool.new_folders(ops):
+            self._wake()  # chained already; the writer makes the folder (a thread hop) and writes
+            return False
+        done, error = self.spool.write_known(ops) if ops else (0, None)
+        self.written_events += self.streams.spooled(ops, owners, done)
+        if scanned:
+            self.streams.settle()
+        error = error or self.spool.behind.failure
+        if error is not None:
+            self._set_health(False, str(error))
+            self._wake()  # the writer retries and settles the waiters
+            return False
+        if not self.streams.has_lines:
+            self._settle_commits(upto, None)
+        # The writer owes these lines an fsync within flush_interval. It hears of them in its next round: the emit()
+        # of these events woke it already (or it lingers, or it is in a round), so no wake-up of its own is needed.
+        self._wrote_inline = self._wrote_inline or done > 0
+        return True
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def _settle_commits(self, upto: int, error: str | None) -> None:
         """Release the commit waiters whose events are written; with ``error`` (spool failing) fail the others."""
@@ -238,7 +283,7 @@ class Recorder:
     async def flushed(self, within: float = 5.0) -> None:
         """Wait until everything emitted so far has been written and synced (for tests and shutdown)."""
         self._synced.clear()
-        if self._buf or self._has_ops() or self._seal_due():
+        if self._buf or self._has_ops() or self._seal_due() or self._wrote_inline:
             await asyncio.wait_for(self._synced.wait(), within)
         failure = await self.spool.behind.settled(within)  # seals and the fsync queued behind
         if failure is not None:
@@ -254,7 +299,8 @@ class Recorder:
         last_sync = self._clock()
         dirty = False  # written to the spool, not yet fsynced
         while True:
-            await self._next_round(self._timeout(dirty, last_sync))
+            await self._next_round(self._timeout(dirty or self._wrote_inline, last_sync))
+            self._in_round = True
             stopping = self._stopping
             batch = self._take(everything=stopping)
             upto = self._accepted - len(self._buf)  # every event emitted before this round's batch was taken
@@ -268,7 +314,7 @@ class Recorder:
                 self._settle_commits(upto, None)  # nothing of this round waits to be written
             elif not self.healthy:
                 self._settle_commits(upto, "recording spool failing; events not on disk")
-            dirty = dirty or wrote
+            dirty, self._wrote_inline = dirty or wrote or self._wrote_inline, False
             if scanned:
                 self.streams.settle()
             if self.healthy and dirty and sync_due:
@@ -277,6 +323,7 @@ class Recorder:
             elif not self.healthy and sync_due:  # a sync attempt is also the health probe
                 if await self._sync():
                     dirty, last_sync = False, self._clock()
+            self._in_round = False
             if not dirty and not self._has_ops() and not self._seal_due() and not self._buf:
                 self._synced.set()
             if stopping and not self._buf:
@@ -305,7 +352,8 @@ class Recorder:
     async def _next_round(self, wake_after: float | None) -> None:
         """Sleep until an event is emitted (or ``wake_after`` seconds), then linger so the round gathers neighbours;
         an exchange waiting at a commit point cuts the linger short."""
-        if not self._buf and not self._stopping:
+        # A commit point that could not write at once (a new stream's folder) left chained lines for this round.
+        if not self._buf and not self._stopping and not (self._commits and self.streams.has_lines):
             await self._sleep(wake_after)
         if self._buf and self.linger > 0 and not self._stopping and not self._commits:
             await self._sleep(self.linger, lingering=True)

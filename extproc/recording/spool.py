@@ -185,16 +185,25 @@ class Spool:
         any (an append that failed: it and the ops after it were not taken)."""
         if not self.is_open:
             await self.open()
+        new = self.new_folders(ops)
+        if new:
+            try:
+                await asyncio.to_thread(self._make_folders, new)
+            except OSError as e:
+                return 0, StoreError(f"cannot create spool folder in {self.path}: {e.strerror or e}")
+        return self.write_known(ops)
+
+    def new_folders(self, ops: list[Append | Manifest]) -> list[tuple[str, str, str]]:
+        """The stream folders ``ops`` append to that do not exist yet (creating them takes a thread hop)."""
         new = {
             (name, op.session, op.writer)
             for op in ops
             if isinstance(op, Append) and (name := stream_folder(op.session, op.writer)) not in self._folders
         }
-        if new:
-            try:
-                await asyncio.to_thread(self._make_folders, sorted(new))
-            except OSError as e:
-                return 0, StoreError(f"cannot create spool folder in {self.path}: {e.strerror or e}")
+        return sorted(new)
+
+    def write_known(self, ops: list[Append | Manifest]) -> tuple[int, StoreError | None]:
+        """``write_behind`` once every folder of ``ops`` exists (``new_folders`` is empty), on the event loop."""
         retiring: list[tuple[IO[bytes], bool]] = []
         try:
             for i, op in enumerate(ops):
