@@ -193,7 +193,7 @@ class Spool:
                 return 0, StoreError(f"cannot create spool folder in {self.path}: {e.strerror or e}")
         return self.write_known(ops)
 
-    def new_folders(self, ops: list[Append | Manifest]) -> list[tuple[str, str, str]]:
+    def new_folders(self, ops: list[Append | Unfinished]) -> list[tuple[str, str, str]]:
         """The stream folders ``ops`` append to that do not exist yet (creating them takes a thread hop)."""
         new = {
             (name, op.session, op.writer)
@@ -202,7 +202,7 @@ class Spool:
         }
         return sorted(new)
 
-    def write_known(self, ops: list[Append | Manifest]) -> tuple[int, StoreError | None]:
+    def write_known(self, ops: list[Append | Unfinished]) -> tuple[int, StoreError | None]:
         """``write_behind`` once every folder of ``ops`` exists (``new_folders`` is empty), on the event loop."""
         retiring: list[tuple[IO[bytes], bool]] = []
         try:
