@@ -15,15 +15,15 @@ import logging
 import time
 from collections.abc import Callable
 
+from extproc.tasks import cancel
+
 log = logging.getLogger(__name__)
 
 
 class LagMonitor:
     """How far behind the event loop runs, sampled every ``interval`` seconds while there is traffic."""
 
-    def __init__(
-        self, threshold: float, interval: float = 0.1, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, threshold: float, interval: float = 0.1, clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold = threshold  # seconds of lag from which new exchanges are refused; 0: never
         self.interval = interval
         self.lag = 0.0  # the latest reading; a sample below it halves it (one slow wake-up fades quickly)
@@ -61,9 +61,4 @@ class LagMonitor:
         self.lag = 0.0
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel(self._task)

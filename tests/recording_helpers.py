@@ -17,6 +17,16 @@ from extproc.recording.store.file import FileStore
 from extproc.recording.uploader import Uploader
 
 
+def exchange_events(session: str, n: int) -> list[ExchangeStart | McpRequest | ExchangeEnd]:
+    """The three events of one small exchange ``e<n>`` of ``session``: start, request, end."""
+    ex = f"e{n}"
+    return [
+        ExchangeStart(session=session, exchange=ex, index=0, method="POST"),
+        McpRequest(session=session, exchange=ex, index=1, messages=[{"id": n}], size=10),
+        ExchangeEnd(session=session, exchange=ex, index=2),
+    ]
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "250"}  # one problem per line, unwrapped
     return subprocess.run([sys.executable, "-m", "extproc", *args], capture_output=True, text=True, timeout=60, env=env)

@@ -10,7 +10,6 @@ Rules, in the order they matter:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -23,6 +22,7 @@ import jwt
 
 from extproc.authn.config import IssuerConfig
 from extproc.errors import IssuerUnavailable, MalformedToken, UnknownKeyId
+from extproc.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +162,8 @@ class KeySet:
             self._task = asyncio.create_task(self._run(), name=f"jwks-refresh {self.cfg.issuer}")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel(task)
 
     # --- internals ---------------------------------------------------------------------------------------
 

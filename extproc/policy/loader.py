@@ -8,7 +8,6 @@ good policy stays in force, the failure is logged with its reason and counted in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import threading
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from extproc.errors import ConfigError
 from extproc.policy.compiled import CompiledPolicy, LoadedFile, compile_policy
 from extproc.policy.model import ALL_KEYS, API_VERSION, PolicyFile
+from extproc.tasks import cancel
 from extproc.yamlfile import did_you_mean, line_of, parse_yaml
 
 log = logging.getLogger(__name__)
@@ -223,10 +223,7 @@ class PolicyWatcher:
         """Stop polling (the thread ends at its next look, at most one interval later, and never wakes the loop)."""
         self._stop.set()
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
 
     async def _fingerprint(self) -> str:
         try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from extproc.errors import StoreError
+from extproc.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +96,8 @@ class DiskWorker:
             self._idle.clear()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel(task)
 
 
 def _run_jobs(jobs: list[Job]) -> tuple[int, StoreError | None]:

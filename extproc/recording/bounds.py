@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -36,6 +35,7 @@ from extproc.recording.events import (
     body_bytes,
 )
 from extproc.recording.recorder import Recorder
+from extproc.tasks import cancel
 
 log = logging.getLogger(__name__)
 RETENTION_SESSION = "mcp-extproc-retention"
@@ -174,11 +174,8 @@ class Retention:
         self._task = asyncio.create_task(self._run(), name="retention")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel(task)
 
     async def _run(self) -> None:
         while True:

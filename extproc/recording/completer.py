@@ -23,6 +23,7 @@ from extproc.recording.recorder import Recorder
 from extproc.recording.spool import HEAD, Spool, read_meta
 from extproc.recording.store import Segment, Store
 from extproc.recording.uploader import Uploader
+from extproc.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,7 @@ class Completer:
     async def stop(self, drain_within: float = 10.0) -> None:
         """Stop adopting; ship what adopted spools still hold (within ``drain_within`` seconds), then let go of
         them. Whatever the store did not take stays in the folder for the next completer, nothing is lost."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel(self._task)
         for folder, uploader in list(self._adopted.items()):
             await uploader.stop()
             drained = folder not in self._open_chains and await uploader.drain(drain_within)

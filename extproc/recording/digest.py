@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,7 +28,9 @@ from typing import Any
 from extproc.errors import StoreError
 from extproc.recording import jsonio
 from extproc.recording.manifest import GENESIS, Manifest, Signer
+from extproc.recording.spool_files import write_atomic
 from extproc.recording.store import Segment, Store
+from extproc.tasks import cancel
 
 log = logging.getLogger(__name__)
 VERSION = 1
@@ -148,13 +149,8 @@ class DigestLog:
 
     async def close(self) -> bool:
         """Write the closing digest (and any still queued). False if the store refused (logged)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel(task)
         return await self.flush(final=True)
 
     def seal(self, final: bool = False) -> Digest:
@@ -205,21 +201,12 @@ def _append(path: Path, line: bytes) -> None:
         pass
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _journal_sealed(folder: Path, number: int, raw: bytes, next_number: int, prev: str) -> None:
     """The sealed digest waits as a file until stored; the head moves on; the period starts empty."""
     if not folder.is_dir():
         return
-    _write_atomic(folder / f"digest.{number:08d}.json", raw)
-    _write_atomic(folder / HEAD, jsonio.dumps({"next": next_number, "prev": prev}))
+    write_atomic(folder / f"digest.{number:08d}.json", raw)
+    write_atomic(folder / HEAD, jsonio.dumps({"next": next_number, "prev": prev}))
     (folder / PERIOD).unlink(missing_ok=True)
 
 

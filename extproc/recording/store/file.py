@@ -13,6 +13,7 @@ from pathlib import Path
 
 from extproc.errors import StoreError
 from extproc.recording import jsonio
+from extproc.recording.spool_files import write_atomic
 from extproc.recording.store import Segment, StreamData, safe_key
 
 SUFFIX = ".jsonl"
@@ -132,11 +133,6 @@ class FileStore:
 
 
 def _write_new(path: Path, data: bytes) -> None:
-    """Write whole (temporary name, fsync, rename); the same bytes again are a no-op."""
+    """Write whole (temporary name, fsync, rename), its folder made first; the same bytes again are a no-op."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, data)

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
+from recording_helpers import exchange_events
+
+from extproc.recording.events import McpRequest
 from extproc.recording.manifest import Manifest, Signer
 from extproc.recording.recorder import Recorder
 from extproc.recording.replay import load_session
@@ -35,15 +37,6 @@ class GatedSpool(Spool):
         self.finished.append(manifest.segment)
 
 
-def _exchange(session: str, n: int) -> list[Any]:
-    ex = f"e{n}"
-    return [
-        ExchangeStart(session=session, exchange=ex, index=0, method="POST"),
-        McpRequest(session=session, exchange=ex, index=1, messages=[{"id": n}], size=10),
-        ExchangeEnd(session=session, exchange=ex, index=2),
-    ]
-
-
 async def test_a_commit_point_does_not_wait_for_a_seal(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     spool = GatedSpool(tmp_path / ".spool", "w")
@@ -51,7 +44,7 @@ async def test_a_commit_point_does_not_wait_for_a_seal(tmp_path: Path) -> None:
     rec = Recorder(store, writer_id="w", spool=spool, segment_bytes=1024, flush_interval=0.01, segment_age=60)
     await rec.start()
     for n in range(5):
-        for e in _exchange("s", n):
+        for e in exchange_events("s", n):
             assert rec.emit(e)
         t0 = time.monotonic()
         await rec.written(within=2.0)  # returns although no seal can finish (the gate is shut)
@@ -76,7 +69,7 @@ async def test_a_failing_seal_makes_the_recorder_unhealthy_until_it_is_retried_s
     spool.gate.set()
     rec = Recorder(store, writer_id="w", spool=spool, segment_bytes=1024, flush_interval=0.01, segment_age=60)
     await rec.start()
-    for e in _exchange("s", 0) + _exchange("s", 1):
+    for e in exchange_events("s", 0) + exchange_events("s", 1):
         rec.emit(e)
     await rec.written(within=2.0)
     deadline = time.monotonic() + 5
@@ -136,7 +129,7 @@ async def test_a_writer_killed_while_seals_wait_behind_loses_nothing_it_wrote(tm
     await dead.start()
     sent = 0
     for n in range(12):
-        for e in _exchange("s", n):
+        for e in exchange_events("s", n):
             if isinstance(e, McpRequest):
                 e.messages = [{"id": n, "pad": "x" * 200}]
             assert dead.emit(e)
@@ -150,6 +143,7 @@ async def test_a_writer_killed_while_seals_wait_behind_loses_nothing_it_wrote(tm
     spool.fail = True  # the process dies: no seal queued behind is ever finished
     assert dead._task is not None and spool._lock is not None
     dead._task.cancel()
+    await dead.uploader.stop()  # its uploader dies with it (it would ship, and delete, what the completer adopts)
     spool._lock.close()  # the kernel drops the flock of a killed process
     spool.gate.set()
     await spool.behind.stop()

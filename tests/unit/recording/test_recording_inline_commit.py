@@ -9,20 +9,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
+from recording_helpers import exchange_events
+
 from extproc.recording.recorder import Recorder
 from extproc.recording.replay import load_session
 from extproc.recording.spool import stream_folder
 from extproc.recording.store.file import FileStore
-
-
-def _exchange(session: str, n: int) -> list[Any]:
-    ex = f"e{n}"
-    return [
-        ExchangeStart(session=session, exchange=ex, index=0, method="POST"),
-        McpRequest(session=session, exchange=ex, index=1, messages=[{"id": n}], size=10),
-        ExchangeEnd(session=session, exchange=ex, index=2),
-    ]
 
 
 def _seqs(folder: Path) -> list[int]:
@@ -33,14 +25,14 @@ async def test_a_commit_on_a_known_stream_is_written_without_the_writer(tmp_path
     # The writer lingers 5 s and syncs every 5 s: a commit that waited for its round would take seconds.
     rec = Recorder(FileStore(tmp_path), writer_id="w", flush_interval=5.0, linger=5.0, segment_age=60)
     await rec.start()
-    for e in _exchange("s", 0):
+    for e in exchange_events("s", 0):
         rec.emit(e)
     await rec.written()  # a new stream: its folder takes the writer's thread hop
     assert rec.inline_commits == 0
     folder = tmp_path / ".spool" / "w" / stream_folder("s", "w")
 
     for n in range(1, 4):
-        for e in _exchange("s", n):
+        for e in exchange_events("s", n):
             rec.emit(e)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -59,12 +51,12 @@ async def test_what_a_commit_wrote_is_fsynced_within_the_flush_interval(tmp_path
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
     rec = Recorder(FileStore(tmp_path), writer_id="w", flush_interval=0.2, linger=0.0, segment_age=60)
     await rec.start()
-    for e in _exchange("s", 0):
+    for e in exchange_events("s", 0):
         rec.emit(e)
     await rec.written()
     await asyncio.sleep(0.5)  # the first exchange's round and its fsync are done
     synced.clear()
-    for e in _exchange("s", 1):
+    for e in exchange_events("s", 1):
         rec.emit(e)
     await rec.written()
     assert rec.inline_commits == 1
@@ -76,11 +68,11 @@ async def test_what_a_commit_wrote_is_fsynced_within_the_flush_interval(tmp_path
 async def test_a_commit_while_the_writer_is_in_a_round_waits_for_that_round(tmp_path: Path) -> None:
     rec = Recorder(FileStore(tmp_path), writer_id="w", flush_interval=0.05, linger=0.0, segment_age=60)
     await rec.start()
-    for e in _exchange("s", 0):
+    for e in exchange_events("s", 0):
         rec.emit(e)
     await rec.written()
     rec._in_round = True  # as when the writer awaits a thread with a batch in hand
-    for e in _exchange("s", 1):
+    for e in exchange_events("s", 1):
         rec.emit(e)
     assert rec._write_now() is False  # never beside a round: its batch is not in the file yet
     assert rec.inline_commits == 0
