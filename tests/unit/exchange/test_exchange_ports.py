@@ -204,4 +204,3 @@ async def test_an_answer_whose_events_cannot_be_written_fails_the_stream(policy:
     sink.write_error = StoreError("spool failing")
     with pytest.raises(StoreError):  # the stream loop aborts: Envoy fails the response, the client sees no more
         await ex.on_response_body(_body(b'data: {"jsonrpc":"2.0","id":1,"result":{}}\n\n', end=False))
-
