@@ -44,6 +44,8 @@ class RecorderReading(Protocol):
     @property
     def segments_waiting(self) -> int: ...
     @property
+    def disk_jobs_waiting(self) -> int: ...
+    @property
     def spool_bytes(self) -> int: ...
     @property
     def uploads(self) -> int: ...
@@ -224,6 +226,11 @@ class _Readings(Collector):
             "mcp_extproc_recording_segments_waiting",
             "Sealed segments in the spool, not yet stored",
             st.segments_waiting,
+        )
+        yield _gauge(
+            "mcp_extproc_recording_disk_jobs_waiting",
+            "Seals, fsyncs and file closes of the spool queued behind the data path",
+            st.disk_jobs_waiting,
         )
         yield _counter("mcp_extproc_recording_uploads", "Segments stored", st.uploads)
         yield _counter("mcp_extproc_recording_upload_failures", "Segment uploads the store refused", st.upload_failures)

@@ -54,6 +54,7 @@ class RecorderStats:
     lost_events: int
     queued_events: int  # emitted, not yet in the spool
     segments_waiting: int  # sealed in the spool, not yet in the store
+    disk_jobs_waiting: int  # seals, fsyncs and file closes queued behind the data path (spool.behind)
     spool_bytes: int
     uploads: int
     upload_failures: int
@@ -150,7 +151,7 @@ class Recorder:
         up = self.uploader
         return RecorderStats(
             self.healthy, self.accepting, self.written_events, self.lost_events, len(self._buf),
-            len(self.spool.ready), self.spool.size, up.uploaded, up.failures, up.failing,
+            len(self.spool.ready), self.spool.behind.pending, self.spool.size, up.uploaded, up.failures, up.failing,
         )  # fmt: skip
 
     def on_uploaded(self, observe: Callable[[float], None]) -> None:

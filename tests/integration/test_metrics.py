@@ -70,6 +70,7 @@ async def test_latency_histograms_backlog_and_jwks_age(start_mcp_server, start_a
     assert 0 <= m[("mcp_extproc_jwks_age_seconds", (("issuer", issuer.url),))] < 60
     assert m[("mcp_extproc_jwks_keys_loaded", (("issuer", issuer.url),))] == 1
     assert m[("mcp_extproc_recording_queued_events", ())] >= 0
+    assert m[("mcp_extproc_recording_disk_jobs_waiting", ())] >= 0
     assert m[("mcp_extproc_recording_store_failing", ())] == 0
 
     def uploaded() -> bool:  # the file store takes segments once they are sealed (age 2 s or the stream's end)

@@ -53,8 +53,11 @@ async def test_a_commit_point_does_not_wait_for_a_seal(tmp_path: Path) -> None:
     folder = tmp_path / ".spool" / "w" / stream_folder("s", "w")
     assert len(list(folder.glob("*.seg"))) >= 2  # later segments were appended while earlier seals waited
     assert spool.finished == [] and not spool.ready
+    stats = rec.stats()  # what metrics show operators: the seals are not ready segments yet, but they are waiting
+    assert stats.segments_waiting == 0 and stats.disk_jobs_waiting >= 1
     spool.gate.set()
     await rec.flushed()
+    assert rec.stats().disk_jobs_waiting == 0
     assert spool.finished == sorted(spool.finished) and len(spool.finished) >= 2  # in order, once the disk lets them
     await rec.close()
     session = load_session(store, "s")
