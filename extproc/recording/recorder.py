@@ -28,7 +28,7 @@ from extproc.errors import StoreError
 from extproc.recording.chain import chain_line, event_line
 from extproc.recording.events import Event
 from extproc.recording.manifest import GENESIS, Signer
-from extproc.recording.spool import Spool
+from extproc.recording.spool import Append, Spool, Unfinished
 from extproc.recording.store import Store
 from extproc.recording.streams import Stream, Streams
 from extproc.recording.uploader import Uploader
@@ -240,20 +240,16 @@ class Recorder:
         Returns whether it wrote."""
         if self._in_round or self._stopping or not self._buf or len(self._buf) > _MAX_BATCH or not self.spool.is_open:
             return False
-        batch = self._take(everything=False)
-        upto = self._accepted - len(self._buf)
-        scanned = self.streams.cut(self._chain(batch), stopping=False)
+        upto, scanned = self._chain_queued(stopping=False)
         ops, owners = self.streams.batch()
         if ops and self.spool.new_folders(ops):
             self._wake()  # chained already; the writer makes the folder (a thread hop) and writes
             return False
         done, error = self.spool.write_known(ops) if ops else (0, None)
-        self.written_events += self.streams.spooled(ops, owners, done)
+        error = self._spooled(ops, owners, done, error)
         if scanned:
             self.streams.settle()
-        error = error or self.spool.behind.failure
         if error is not None:
-            self._set_health(False, str(error))
             self._wake()  # the writer retries and settles the waiters
             return False
         if not self.streams.has_lines:
@@ -303,10 +299,7 @@ class Recorder:
             await self._next_round(self._timeout(dirty or self._wrote_inline, last_sync))
             self._in_round = True
             stopping = self._stopping
-            batch = self._take(everything=stopping)
-            upto = self._accepted - len(self._buf)  # every event emitted before this round's batch was taken
-            ended = self._chain(batch)
-            scanned = self.streams.cut(ended, stopping)
+            upto, scanned = self._chain_queued(stopping)
             # fsync on the interval: commit points already wait for the write, which survives the process dying
             sync_due = stopping or self._clock() - last_sync >= self.flush_interval
             # Appends now (what commit points wait for); seals and fsyncs queue behind, in order, off the data path.
@@ -372,6 +365,13 @@ class Recorder:
             if timer is not None:
                 timer.cancel()
 
+    def _chain_queued(self, stopping: bool) -> tuple[int, bool]:
+        """Chain the queued events (a batch of them) into their streams and cut segments: the first half of a round.
+        Returns how many emitted events are now chained or dropped, and whether ``cut`` scanned every stream."""
+        batch = self._take(everything=stopping)
+        upto = self._accepted - len(self._buf)  # every event emitted before this batch was taken
+        return upto, self.streams.cut(self._chain(batch), stopping)
+
     def _take(self, everything: bool) -> list[Event]:
         if everything or len(self._buf) <= _MAX_BATCH:
             batch, self._buf = self._buf, []
@@ -412,13 +412,18 @@ class Recorder:
         except StoreError as e:  # the spool cannot be opened
             self._set_health(False, str(e))
             return False
-        self.written_events += self.streams.spooled(batch, owners, done)
-        error = error or self.spool.behind.failure
-        if error is not None:
-            self._set_health(False, str(error))
-        else:
-            self._set_health(not self._has_ops())
+        self._spooled(batch, owners, done, error)
         return done > 0
+
+    def _spooled(
+        self, ops: list[Append | Unfinished], owners: list[tuple[Stream, int]], done: int, error: StoreError | None
+    ) -> StoreError | None:
+        """The spool took the first ``done`` ops: drop them from their streams, and say the recorder's health (the
+        work queued behind counts too). Returns the error that makes it unhealthy, if any."""
+        self.written_events += self.streams.spooled(ops, owners, done)
+        error = error or self.spool.behind.failure
+        self._set_health(error is None and not self._has_ops(), str(error or ""))
+        return error
 
     async def _sync(self) -> bool:
         try:

@@ -40,13 +40,9 @@ from extproc.recording.spool_files import (
 )
 from extproc.recording.store import LocalStore, Segment, Store, safe_key
 
-__all__ = ["HEAD", "Append", "Sealed", "Spool", "SpoolFull", "Unfinished", "read_meta", "stream_folder", "write_atomic"]
+__all__ = ["HEAD", "Append", "Sealed", "Spool", "Unfinished", "read_meta", "stream_folder", "write_atomic"]
 
 HEAD = "head.manifest"
-
-
-class SpoolFull(StoreError):
-    """The spool reached its size bound (the store has not taken segments for a while)."""
 
 
 class Spool:
@@ -131,53 +127,12 @@ class Spool:
 
     # --- writing -----------------------------------------------------------------------------------------------
 
-    async def write(
-        self, ops: list[Append | Manifest], sync: bool = False, bounded: bool = True
-    ) -> tuple[int, StoreError | None]:
-        """Apply appends and seals in order, all in ONE thread hop; returns how many were done and the error, if any.
-
-        ``bounded``: refuse (``SpoolFull``) appends that would pass ``max_bytes``. The recorder writes unbounded:
-        it stops admitting new exchanges at the bound (``has_room``), and what exchanges already admitted record
-        must still reach the disk, or a refused line would hold back the seal behind it and the spool could never
-        drain (a full disk still fails the write, and the line waits).
-
-        With ``sync``, everything written since the last sync is fsynced in the same hop once all ops are done
-        (StoreError if that fails).
-
-        The recorder hands over everything chained since its last round; a thread hop per stream per round would
-        cost more than the writes themselves. Ops after a failure are not attempted, so order is kept.
-        """
-        if not self.is_open:
-            await self.open()
-        await self.behind.settled()  # what ``write_behind`` queued comes first
-        adding = sum(len(op.data) for op in ops if isinstance(op, Append))
-        if bounded and self.size and self.size + adding > self.max_bytes:
-            raise SpoolFull(f"spool {self.path} is full ({self.size} of {self.max_bytes} bytes): store not keeping up")
-        if not sync and self._inline(ops):
-            done, error = self._apply(ops)  # appends to open files: page-cache writes of microseconds, no thread hop
-        else:
-            done, error = await asyncio.to_thread(self._write_ops, ops, sync)
-        for op in ops[:done]:
-            if isinstance(op, Append):
-                self.size += len(op.data)
-            else:
-                self.ready.append(
-                    Sealed(
-                        self.path / stream_folder(op.session, op.writer),
-                        op.session,
-                        op.writer,
-                        op.segment,
-                        op.created,
-                        op.final,
-                    )
-                )
-                self.changed.set()
-        return done, error
-
     async def write_behind(self, ops: list[Append | Unfinished]) -> tuple[int, StoreError | None]:
         """Appends now, seals behind: what commit points wait for, and nothing more.
 
-        Appends (unbounded, as the recorder writes) go to their files on the event loop, page-cache writes of
+        Appends are never refused for size: ``max_bytes`` stops the admission of new exchanges (``has_room``), and
+        what exchanges already admitted record must reach the disk, or the seal queued behind a refused line could
+        never come and the spool never drain. They go to their files on the event loop, page-cache writes of
         microseconds; a new segment file of a known stream is opened there too. Only a new stream's folder (and
         its ``meta.json``) takes a thread hop first. A seal takes the segment's file out of the append set at once
         and queues its fsync and its manifest to ``behind``, with the closing of files pushed out of the open set;
@@ -198,7 +153,9 @@ class Spool:
         new = {
             (name, op.session, op.writer)
             for op in ops
-            if isinstance(op, Append) and (name := stream_folder(op.session, op.writer)) not in self._folders
+            if isinstance(op, Append)
+            and (op.session, op.writer, op.segment) not in self._handles  # an open segment file: its folder exists
+            and (name := stream_folder(op.session, op.writer)) not in self._folders
         }
         return sorted(new)
 
@@ -271,40 +228,6 @@ class Spool:
         if not (folder / "meta.json").exists():
             write_atomic(folder / "meta.json", jsonio.dumps({"session": session, "writer": writer}))
         self._folders.add(folder.name)
-
-    def _inline(self, ops: list[Append | Manifest]) -> bool:
-        """Only appends to segment files already open: no mkdir, no new file, no fsync (a seal fsyncs)."""
-        handles = self._handles
-        return all(isinstance(op, Append) and (op.session, op.writer, op.segment) in handles for op in ops)
-
-    def _write_ops(self, ops: list[Append | Manifest], sync: bool) -> tuple[int, StoreError | None]:
-        done, error = self._apply(ops)
-        if sync and error is None:
-            dirty, self._dirty = self._dirty, set()
-            try:
-                self._fsync(dirty)
-            except OSError as e:
-                self._dirty |= dirty
-                return done, StoreError(f"cannot fsync spool {self.path}: {e.strerror or e}")
-        return done, error
-
-    def _apply(self, ops: list[Append | Manifest]) -> tuple[int, StoreError | None]:
-        for i, op in enumerate(ops):
-            if isinstance(op, Append):
-                key = (op.session, op.writer, op.segment)
-                try:
-                    self._append(key, op.data)
-                except OSError as e:
-                    self._forget(key)
-                    return i, StoreError(f"cannot append to spool file {self._segment_path(key)}: {e.strerror or e}")
-            else:
-                folder = self.path / stream_folder(op.session, op.writer)
-                data_path = folder / f"{op.segment:08d}.seg"
-                try:
-                    self._seal(folder, data_path, op, op.to_bytes())
-                except OSError as e:
-                    return i, StoreError(f"cannot seal spool segment {data_path}: {e.strerror or e}")
-        return len(ops), None
 
     def _segment_path(self, key: SegmentKey) -> Path:
         session, writer, segment = key
@@ -400,10 +323,6 @@ class Spool:
 
     # --- uploading ---------------------------------------------------------------------------------------------
 
-    async def load(self, item: Sealed) -> Segment:
-        data, manifest = await asyncio.to_thread(lambda: (item.data_path.read_bytes(), item.manifest_path.read_bytes()))
-        return Segment(item.session, item.writer, item.number, data, manifest, item.created)
-
     async def load_many(self, items: list[Sealed], max_bytes: int = 4 << 20) -> list[Segment]:
         """The first of ``items`` as segments, in one thread hop: at least one, then up to ``max_bytes`` of data."""
         return await asyncio.to_thread(read_segments, items, max_bytes)
@@ -413,13 +332,6 @@ class Spool:
         size = await asyncio.to_thread(lambda: sum(self._shipped(item) for item in items))
         self.size = max(0, self.size - size)
         self._folders.difference_update(item.folder.name for item in items if item.final)
-
-    async def shipped(self, item: Sealed) -> None:
-        """The store confirmed the segment: delete it here, keep its manifest as the stream's head."""
-        size = await asyncio.to_thread(self._shipped, item)
-        self.size = max(0, self.size - size)
-        if item.final:
-            self._folders.discard(item.folder.name)
 
     @staticmethod
     def _shipped(item: Sealed) -> int:

@@ -45,7 +45,7 @@ async def _dead_writer(spool_root: Path) -> None:
             McpRequest(session="s", exchange="cut", index=1, time=4.0),
         ]
     )
-    await spool.write([Append("s", "dead", 0, data + b'{"seq":4,"prev":"tor')])
+    await spool.write_behind([Append("s", "dead", 0, data + b'{"seq":4,"prev":"tor')])
     await spool.close(remove_if_empty=False)  # the lock goes, as when the kernel reaps a killed process
 
 

@@ -41,7 +41,9 @@ async def _spool(tmp_path: Path, segments: int) -> Spool:
     spool = Spool(tmp_path / "spool", "w")
     await spool.open()
     for n in range(segments):
-        await spool.write([Append("s", "w", n, b"%d\n" % n), _manifest(n, final=n == segments - 1)])
+        await spool.write_behind([Append("s", "w", n, b"%d\n" % n)])
+        manifest = _manifest(n, final=n == segments - 1)
+        await spool.seal(manifest, manifest.to_bytes())
     return spool
 
 

@@ -41,16 +41,16 @@ async def test_a_failed_append_leaves_no_partial_line_and_the_retry_lands_once(t
     spool = Spool(tmp_path / "spool", "w1")
     first = Append("s1", "w1", 0, b'{"seq":0}\n')
     batch = Append("s1", "w1", 0, b'{"seq":1,"text":"a fairly long line"}\n{"seq":2}\n')
-    assert await spool.write([first]) == (1, None)
+    assert await spool.write_behind([first]) == (1, None)
     path = next((tmp_path / "spool" / "w1").rglob("00000000.seg"))
     key = ("s1", "w1", 0)
     real = spool._handles[key]
     spool._handles[key] = FillsUp(real, room=12)  # the disk fills up 12 bytes into the batch
 
-    done, error = await spool.write([batch])
+    done, error = await spool.write_behind([batch])
     assert done == 0 and error is not None and "No space left" in str(error)
     assert path.read_bytes() == first.data  # the 12 bytes that fit were taken back
 
-    assert await spool.write([batch]) == (1, None)  # space returned: the recorder appends the batch again
+    assert await spool.write_behind([batch]) == (1, None)  # space returned: the recorder appends the batch again
     assert path.read_bytes() == first.data + batch.data
     await spool.close()
