@@ -19,8 +19,9 @@ from extproc.errors import StoreError
 from extproc.exchange import Exchange
 from extproc.gateway import Gateway
 from extproc.recording.events import McpRequest, body_bytes
-from extproc.recording.recorder import Recorder
+from extproc.recording.recorder import Recorder, RecorderOptions
 from extproc.recording.replay import load_session
+from extproc.recording.spool import Spool
 from extproc.recording.store.file import FileStore
 from extproc.settings import parse
 
@@ -91,7 +92,7 @@ def _gateway(recorder: Recorder, clock: Clock, required: bool = True) -> Gateway
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     root = tmp_path / "rec"
     store = FileStore(root)
-    recorder = Recorder(store, writer_id="w", flush_interval=0.01)
+    recorder = Recorder(store, Spool.beside(store, "w"), RecorderOptions(flush_interval=0.01))
     await recorder.start()
     clock = Clock()
     yield Rig(_gateway(recorder, clock), store, recorder, clock, root)
@@ -533,7 +534,7 @@ async def _store_failing(tmp_path: Path) -> Unwell:
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the recordings folder should be")
     store = FileStore(blocker / "rec")
-    rec = Recorder(store, writer_id="w", flush_interval=0.01)
+    rec = Recorder(store, Spool.beside(store, "w"), RecorderOptions(flush_interval=0.01))
     await rec.start()
     rec.emit(McpRequest(session="probe"))
     deadline = time.monotonic() + 5
@@ -549,7 +550,7 @@ async def _store_failing(tmp_path: Path) -> Unwell:
 
 async def _queue_full(tmp_path: Path) -> Unwell:
     store = FileStore(tmp_path / "rec")
-    rec = Recorder(store, writer_id="w", queue_size=1)  # not started: nothing drains
+    rec = Recorder(store, Spool.beside(store, "w"), RecorderOptions(queue_size=1))  # not started: nothing drains
     rec.emit(McpRequest(session="probe"))
     return Unwell(rec, store, rec.start)
 
@@ -593,7 +594,9 @@ async def test_recorder_not_accepting_is_let_through_when_recording_is_optional(
 
 async def test_queue_full_mid_exchange_fails_closed_when_recording_is_required(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "rec")
-    rec = Recorder(store, writer_id="w", queue_size=1)  # not started: the second event finds the queue full
+    rec = Recorder(
+        store, Spool.beside(store, "w"), RecorderOptions(queue_size=1)
+    )  # not started: the second event finds the queue full
     ex = Exchange(_gateway(rec, Clock(), required=True))
     await ex.on_request_headers(request_headers(session="s"))
 

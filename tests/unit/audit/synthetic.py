@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from extproc.recording.chain import chain_line
 from extproc.recording.manifest import GENESIS, Manifest, Signer
-from extproc.recording.recorder import chain_line
 from extproc.recording.store import Segment
 
 
