@@ -420,7 +420,7 @@ def render(settings: Settings, sds_dir: Path | None = None) -> dict[str, Any]:
         "static_resources": {"listeners": [listener, *stats_listeners], "clusters": [*clusters, *stats_clusters]},
     }
     if listener_tls is not None:
-        bootstrap["node"] = SDS_NODE
+        bootstrap["node"] = dict(SDS_NODE)
     return bootstrap
 
 
