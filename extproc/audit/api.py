@@ -10,7 +10,6 @@ import math
 import tarfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -33,6 +32,7 @@ from extproc.errors import AuthError
 from extproc.recording.replay import Session, load_session
 from extproc.recording.report import session_doc
 from extproc.recording.store import safe_key
+from extproc.timespec import parse_time
 
 Handler = Callable[[AuditContext, Request, Principal], Awaitable[Response]]
 LIST_PARAMS = ("server", "user", "since", "until", "state", "tool", "limit", "cursor")
@@ -112,22 +112,14 @@ def _text(request: Request, name: str) -> str | None:
 
 
 def _time(request: Request, name: str) -> float | None:
+    """The same forms as the CLI's ``--since`` (one parser: ``extproc.timespec``), ``24h`` included."""
     value = request.query_params.get(name)
     if value is None:
         return None
     try:
-        t = float(value)
-    except ValueError:
-        try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise BadQuery(f"{name}: expected an ISO 8601 time (2026-12-01T10:00:00Z) or Unix seconds") from None
-        if dt.tzinfo is None:
-            raise BadQuery(f"{name}: give a time zone (Z or +hh:mm)") from None
-        t = dt.timestamp()
-    if not math.isfinite(t) or t < 0:
-        raise BadQuery(f"{name}: must be a time after 1970")
-    return t
+        return parse_time(value[:200])
+    except ValueError as e:
+        raise BadQuery(f"{name}: {e}") from None
 
 
 def _number(request: Request, name: str, default: float, low: float, high: float) -> float:

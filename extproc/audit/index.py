@@ -35,14 +35,14 @@ STATES = ("complete", "incomplete", "open")
 MAX_LIMIT = 500
 _COLUMNS = (
     "key, id, server, owner_issuer, owner_subject, user, started, ended, state, verified, final, exchanges, "
-    "events, tools"
+    "events, tools, denied"
 )
-_MARKS = ",".join("?" * 15)
+_MARKS = ",".join("?" * 16)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     key TEXT PRIMARY KEY, id TEXT, server TEXT, owner_issuer TEXT, owner_subject TEXT, user TEXT,
     started REAL, ended REAL, state TEXT, verified INTEGER, final INTEGER, exchanges INTEGER, events INTEGER,
-    tools TEXT, mark TEXT
+    tools TEXT, denied INTEGER, mark TEXT
 );
 CREATE TABLE IF NOT EXISTS session_tools (key TEXT, tool TEXT, PRIMARY KEY (tool, key)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tools_by_key ON session_tools (key);
@@ -53,6 +53,25 @@ CREATE INDEX IF NOT EXISTS by_user ON sessions (user, started DESC, key DESC);
 CREATE INDEX IF NOT EXISTS by_state ON sessions (state, started DESC, key DESC);
 CREATE INDEX IF NOT EXISTS by_owner ON sessions (owner_subject, started DESC, key DESC);
 """
+SCHEMA_VERSION = 1  # PRAGMA user_version; _migrate brings an older index up to it
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring an index written by an older version up to ``SCHEMA_VERSION`` in place; it keeps answering meanwhile.
+
+    1: ``denied`` (refused exchanges per session). Old rows get NULL (read as 0) and their marks are cleared, with
+    the watermark, so the next refresh re-reads every session from the store and fills the column in."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version >= SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    columns = {r[1] for r in db.execute("PRAGMA table_info(sessions)")}
+    if "denied" not in columns:
+        db.execute("ALTER TABLE sessions ADD COLUMN denied INTEGER")
+        db.execute("UPDATE sessions SET mark = ''")
+        db.execute("DELETE FROM meta WHERE name = 'watermark'")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    db.execute("COMMIT")
 
 
 class BadQuery(ValueError):
@@ -109,6 +128,7 @@ class SessionIndex:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        _migrate(self._db)
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()
 
@@ -167,7 +187,7 @@ class SessionIndex:
         values = [
             (
                 r.key, r.id, r.server, r.owner_issuer, r.owner_subject, r.user, r.started, r.ended, r.state,
-                int(r.verified), int(r.final), r.exchanges, r.events, json.dumps(r.tools), mark,
+                int(r.verified), int(r.final), r.exchanges, r.events, json.dumps(r.tools), r.denied, mark,
             )
             for r, mark in rows
         ]  # fmt: skip
