@@ -123,7 +123,9 @@ class WebViewer:
         issuer = next((i for i in auth.issuers if i.issuer == audit.login_issuer), auth.issuers[0])
         self.issuer = issuer
         self.secret = audit.client_secret_file.read_text().strip() if audit.client_secret_file else None
-        self._page = (static_dir() / "index.html").read_text().replace("{{PREFIX}}", self.prefix)
+        page = (static_dir() / "index.html").read_text().replace("{{PREFIX}}", self.prefix)
+        # Without a client the viewer shows how to turn login on instead of a Log in link that cannot work.
+        self._page = page.replace("{{LOGIN}}", "on" if audit.client_id else "off")
         self.id_tokens: Authenticator | None = None
         if audit.client_id:
             # ID tokens are checked by the gateway's own verifier, with the viewer's client id as the audience.
@@ -183,7 +185,7 @@ class WebViewer:
 
     async def login(self, request: Request) -> Response:
         if not self.audit.client_id:
-            return error_response(404, "web login not configured (audit.client_id in gateway.yaml)")
+            return RedirectResponse(self.prefix, status_code=303)  # the viewer's page says how to turn it on
         try:
             endpoints = await self._endpoints()
         except (httpx.HTTPError, ValueError) as e:
