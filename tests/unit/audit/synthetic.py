@@ -41,14 +41,15 @@ def session_segments(
                 {"type": "policy.decision", "session": key, "exchange": ex, "index": 2, "time": t + 0.01,
                  "allowed": False, "rule": f"no-{tool}", "reason": "denied", "message_id": n},
                 {"type": "exchange.end", "session": key, "exchange": ex, "index": 3, "time": t + 0.02,
-                 "outcome": "denied", "status": 403, "detail": f"denied by policy rule 'no-{tool}': tools/call {tool}"},
+                 "outcome": "denied", "status": 403, "duration_ms": 1.0,
+                 "detail": f"denied by policy rule 'no-{tool}': tools/call {tool}"},
             ]  # fmt: skip
         else:
             events += [
                 {"type": "policy.decision", "session": key, "exchange": ex, "index": 2, "time": t + 0.01,
                  "allowed": True, "rule": "allow-all"},
                 {"type": "exchange.end", "session": key, "exchange": ex, "index": 3, "time": t + 0.02,
-                 "outcome": "complete", "status": 200},
+                 "outcome": "complete", "status": 200, "duration_ms": 10.0},
             ]  # fmt: skip
         t += 0.1
     prev, lines = GENESIS, []
