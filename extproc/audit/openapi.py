@@ -31,6 +31,7 @@ _SESSION = {
         "exchanges": {"type": "integer"},
         "events": {"type": "integer"},
         "tools": {"type": "array", "items": {"type": "string"}},
+        "denied": {"type": "integer", "description": "exchanges the gateway refused (policy denials and others)"},
     },
 }
 
