@@ -278,6 +278,7 @@ async def test_viewer_first_hour_login_off_denials_times_since_and_narrow_screen
                 await page.click(f'tr[data-session="{refused}"] a')
                 await page.wait_for_selector("#calls .callwrap")
                 await page.screenshot(path=str(FIRST_HOUR / f"session-{width}.png"), full_page=True)
+                await page.screenshot(path=str(FIRST_HOUR / f"session-{width}-top.png"))
                 layout = await page.evaluate(LAYOUT)
                 check(layout["scroll"] <= layout["inner"], f"session at {width}px overflows: {layout}")
                 check(
@@ -286,7 +287,10 @@ async def test_viewer_first_hour_login_off_denials_times_since_and_narrow_screen
                 )
                 check(not await page.evaluate(STRAY_NULL), "session page shows a stray 'null'")
                 denied = page.locator("#calls .callwrap", has_text="tools/call add")
-                text = await denied.text_content() if await denied.count() == 1 else ""
+                text = ""
+                if await denied.count() == 1:
+                    text = await denied.text_content()
+                    await denied.screenshot(path=str(FIRST_HOUR / f"refused-call-{width}.png"))
                 check("refused 403" in (text or "") and "no-add" in (text or ""), f"refused call unexplained: {text!r}")
                 check("no response" not in (text or ""), "the refused call says 'no response'")
                 summary = await page.text_content("#summary") or ""
