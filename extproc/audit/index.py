@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 STATES = ("complete", "incomplete", "open")
 MAX_LIMIT = 500
+MAX_CURSOR = 512  # a cursor names a time and a key (at most 128 characters): ~220 characters in base64
 _COLUMNS = (
     "key, id, server, owner_issuer, owner_subject, user, started, ended, state, verified, final, exchanges, "
     "events, tools"
@@ -82,15 +84,18 @@ def encode_cursor(row: SessionRow) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
+    if not cursor or len(cursor) > MAX_CURSOR:
+        raise BadQuery("cursor is not one this service issued (copy next_cursor from the previous page)")
     try:
         doc = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):  # RecursionError: thousands of nested brackets
         raise BadQuery("cursor is not one this service issued (copy next_cursor from the previous page)") from None
     if (
         not isinstance(doc, list)
         or len(doc) != 2
         or not isinstance(doc[0], int | float)
         or isinstance(doc[0], bool)
+        or not math.isfinite(doc[0])
         or not isinstance(doc[1], str)
     ):
         raise BadQuery("cursor is not one this service issued (copy next_cursor from the previous page)")

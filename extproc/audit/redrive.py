@@ -86,9 +86,7 @@ def _mirrored_headers(session: Session) -> dict[str, dict[str, str]]:
     for ev in session.events:
         if ev.get("type") == "exchange.start":
             recorded = ev.get("headers") or {}
-            out[ev["exchange"]] = {
-                k: v for k, v in recorded.items() if k.startswith("mcp-") and k != "mcp-session-id"
-            }
+            out[ev["exchange"]] = {k: v for k, v in recorded.items() if k.startswith("mcp-") and k != "mcp-session-id"}
     return out
 
 
