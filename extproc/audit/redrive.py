@@ -151,7 +151,7 @@ def _routing_headers(req: dict[str, Any], schemas: dict[str, Any]) -> dict[str, 
     arguments = params.get("arguments")
     if schema is not None and isinstance(arguments, dict):
         try:
-            out.update(mcp_param_headers(x_mcp_header_map(schema), arguments))
+            out.update({k.lower(): v for k, v in mcp_param_headers(x_mcp_header_map(schema), arguments).items()})
         except (ValueError, TypeError):
             pass  # a schema the SDK cannot map: the server answers for itself
     return out
