@@ -80,3 +80,18 @@ def test_grants_filters_and_cursor_pages(index: SessionIndex) -> None:
 def test_cursors_not_issued_here_are_refused(cursor: str) -> None:
     with pytest.raises(BadQuery, match="cursor"):
         decode_cursor(cursor)
+
+
+async def test_an_idle_index_does_not_write(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "rec")
+    await _put(store, "s1", server="alpha", user="bob", started=100.0)
+    index = SessionIndex(tmp_path / "idx.sqlite", store)
+    assert index.refresh() == 1
+    wal = tmp_path / "idx.sqlite-wal"
+    changes, size = index._db.total_changes, wal.stat().st_size
+    for _ in range(50):  # fifty idle rounds: at the default interval, most of a minute of an idle service
+        assert index.refresh() == 0
+    assert index._db.total_changes == changes and wal.stat().st_size == size
+    await _put(store, "s2", server="alpha", user="carol", started=200.0)
+    assert index.refresh() == 1 and index.count() == 2  # a change is still seen, and written
+    index.close()
