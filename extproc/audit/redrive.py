@@ -133,12 +133,16 @@ def _without_request_state(req: dict[str, Any]) -> dict[str, Any]:
     return {**req, "params": {k: v for k, v in params.items() if k != "requestState"}}
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _routing_headers(req: dict[str, Any], schemas: dict[str, Any]) -> dict[str, str]:
     """The 2026-07-28 headers that mirror a stateless request's body, derived from the body being sent (never the
     recorded ones, which the client chose): MCP-Protocol-Version, Mcp-Method, Mcp-Name, Mcp-Param-* (from the
     tool's input schema as this re-drive's own tools/list returned it)."""
-    params = req.get("params") if isinstance(req.get("params"), dict) else {}
-    meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+    params = _dict(req.get("params"))
+    meta = _dict(params.get("_meta"))
     method = str(req.get("method", ""))
     out = {METHOD_HEADER: method}
     version = meta.get(META_VERSION)
@@ -242,7 +246,7 @@ def redrive(
             if got is None:
                 out.append(Outcome(method, name, "failed", [f"no JSON-RPC answer (HTTP {r.status_code})"]))
                 continue
-            result = got.get("result") if isinstance(got.get("result"), dict) else {}
+            result = _dict(got.get("result"))
             if method == "initialize" and isinstance(result.get("protocolVersion"), str):
                 headers["mcp-protocol-version"] = result["protocolVersion"]  # as the fresh session agreed it
             if method == "tools/list":
