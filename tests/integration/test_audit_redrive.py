@@ -8,7 +8,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import httpx2
 from gateway_parts import open_session, recording_key
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp_types import ElicitResult
 
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.demo.mcp_client import connect
@@ -126,3 +130,35 @@ def test_redrive_without_a_policy_sends_nothing(start_mcp_server, start_authed, 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no policy to decide it by today" in done.stdout
     assert server.seen()[before:] == []
+
+
+async def test_redrive_of_a_stateless_run_strips_the_sealed_request_state(
+    start_mcp_server, start_authed, issuer: DevIssuer
+) -> None:
+    server = start_mcp_server("demo", mrtr=True)
+    gw = start_authed([server])
+    runs: list[str] = []
+
+    async def tap(response: httpx2.Response) -> None:
+        runs.append(response.headers.get("mcp-extproc-recording", ""))
+
+    async def accept(ctx, params):  # type: ignore[no-untyped-def]
+        return ElicitResult(action="accept", content={"ok": True})
+
+    token = issuer.mint("alice", aud=gw.endpoint)
+    async with httpx2.AsyncClient(headers={"authorization": f"Bearer {token}"}, event_hooks={"response": [tap]}) as h:
+        async with Client(streamable_http_client(gw.url("demo"), http_client=h), elicitation_callback=accept) as c:
+            result = await c.call_tool("approve", {"action": "deploy"})
+    assert result.structured_content == {"result": "deploy: approved (state pending:deploy)"}
+    [key] = {r for r in runs if r}
+    wait_until(lambda: key in gw.store.list_sessions(), 20, "the recording")
+    gw.stack.stop()  # the run's stream sealed
+
+    done = _cli("sessions", "redrive", key, "--to", server.mcp_url, "--config", str(gw.stack.config),
+                "--allow-tools", "approve")  # fmt: skip
+    out = done.stdout
+    # The retry round went out without the state the gateway sealed for alice: the server saw none.
+    assert "(state None)" in out and "mxs1." not in out, out
+    seen = [r for r in server.seen() if r["tool"] == "approve"]
+    assert len(seen) == 4  # two rounds recorded, two re-driven
+    assert all(r["headers"].get("mcp-name") == "approve" for r in seen[2:])  # derived from the body
