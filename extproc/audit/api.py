@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import math
 import tarfile
 import time
@@ -34,13 +35,22 @@ from extproc.recording.report import session_doc
 from extproc.recording.store import safe_key
 from extproc.timespec import parse_time
 
+log = logging.getLogger(__name__)
+
 Handler = Callable[[AuditContext, Request, Principal], Awaitable[Response]]
 LIST_PARAMS = ("server", "user", "since", "until", "state", "tool", "limit", "cursor")
 REPLAY_PARAMS = ("speed", "start")
 
 
-def audited(action: str, params: tuple[str, ...] = ()) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
-    """Identify the caller, run the handler, record the access (who, what, when, from where, result)."""
+def audited(
+    action: str, params: tuple[str, ...] = (), record_ok: bool = True
+) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """Identify the caller, run the handler, record the access (who, what, when, from where, result).
+
+    Every refusal is a JSON error on the trail: bad input 400, unknown or hidden 404, and anything unforeseen a
+    500 (logged with its stack) rather than a bare crash. ``record_ok=False``: only refusals are recorded (``me``
+    reads no recording).
+    """
 
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -54,9 +64,8 @@ def audited(action: str, params: tuple[str, ...] = ()) -> Callable[[Handler], Ca
                 unknown = sorted(set(request.query_params) - set(params))
                 who = await ctx.identify(request)
                 if unknown:
-                    raise ApiError(
-                        400, f"unknown parameter {unknown[0]!r}; known: {', '.join(params) or 'none'}", "bad_request"
-                    )
+                    known = ", ".join(params) or "none"
+                    raise ApiError(400, f"unknown parameter {unknown[0][:100]!r}; known: {known}", "bad_request")
                 response = await handler(ctx, request, who)
                 result, status = "ok", response.status_code
             except AuthError as e:
@@ -65,6 +74,11 @@ def audited(action: str, params: tuple[str, ...] = ()) -> Callable[[Handler], Ca
                 response, result, status = error_response(e.status, e.message), e.result, e.status
             except BadQuery as e:
                 response, result, status = error_response(400, str(e)), "bad_request", 400
+            except Exception:  # a bug, not the caller's fault: say so in JSON, keep the stack in the log
+                log.exception("audit %s %s failed", action, target)
+                response, result, status = error_response(500, "request failed (logged)"), "error", 500
+            if result == "ok" and not record_ok:
+                return response
             if not ctx.trail.record(who, client_of(request), action, target, query, result, status):
                 return error_response(503, "audit trail unavailable: nothing is served unrecorded")
             return response
@@ -142,7 +156,10 @@ async def list_sessions(ctx: AuditContext, request: Request, who: Principal) -> 
     if state is not None and state not in STATES:
         raise BadQuery(f"state: expected one of {', '.join(STATES)}")
     limit_text = request.query_params.get("limit", "50")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not (limit_text.isascii() and limit_text.isdigit() and len(limit_text) <= 6) or not (
+        1 <= int(limit_text) <= MAX_LIMIT
+    ):
         raise BadQuery(f"limit: expected a whole number from 1 to {MAX_LIMIT}")
     filters = Filters(
         server=_text(request, "server"),
@@ -255,16 +272,12 @@ async def replay_stream(
     yield b"event: end\ndata: {}\n\n"
 
 
-async def me(request: Request) -> Response:
-    """Who the caller is and which viewer rules match (not an access to recordings: not on the trail)."""
+@audited("me", record_ok=False)
+async def me(ctx: AuditContext, request: Request, who: Principal) -> Response:
+    """Who the caller is and which viewer rules match (not an access to recordings: on the trail only if refused)."""
     from extproc.audit.authz import grant_names
     from extproc.audit.web import me_extra
 
-    ctx: AuditContext = request.app.state.ctx
-    try:
-        who = await ctx.identify(request)
-    except AuthError as e:
-        return auth_error_response(e, ctx.metadata_url)
     return JSONResponse(
         {
             "username": who.username,

@@ -14,17 +14,20 @@ from pathlib import Path
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, Router
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from extproc.audit.api import api_routes
-from extproc.audit.context import AuditContext, error_response
+from extproc.audit.context import AuditContext, client_of, error_response
 from extproc.audit.index import SessionIndex
 from extproc.audit.openapi import openapi_document
 from extproc.audit.trail import AuditTrail
 from extproc.authn.challenge import resource_metadata_url
 from extproc.authn.verify import Authenticator
+from extproc.errors import AuthError
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.manifest import Signer
 from extproc.recording.setup import build_runtime, build_store
@@ -38,17 +41,67 @@ def index_path(settings: Settings) -> Path:
     return audit.index or settings.recording.directory / ".audit-index.sqlite"
 
 
+# Every answer that is not the viewer's page (which sets its own policy): JSON, NDJSON, SSE, tar.gz, redirects,
+# static files. Nothing of it is to be rendered, sniffed into HTML or framed.
+NOT_A_PAGE_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+]
+
+
+class NotAPageHeaders:
+    """ASGI middleware: ``nosniff`` and a deny-all CSP on every response that is not HTML."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+                if not ctype.startswith(b"text/html"):
+                    headers += [(k, v) for k, v in NOT_A_PAGE_HEADERS if k not in names]
+                elif b"x-content-type-options" not in names:
+                    headers.append(NOT_A_PAGE_HEADERS[0])
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def build_app(ctx: AuditContext, prefix: str, extra_routes: list[Route | Mount] | None = None) -> Starlette:
     """The service under ``prefix``: API, OpenAPI document and (when given) the web viewer's routes."""
     document = openapi_document(prefix)
+    api_prefix = f"{prefix}api/"
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
 
     async def http_error(request: Request, exc: Exception) -> Response:
+        """No such route (or method): a JSON error; under the API, on the trail like any refused access."""
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         message = {404: "no such path", 405: "method not allowed"}.get(status, "request failed")
+        if request.url.path.startswith(api_prefix):
+            try:
+                who = await ctx.identify(request)
+            except AuthError:
+                who = None
+            result = "not_found" if status == 404 else "bad_request"
+            path = request.url.path[:200]
+            if not ctx.trail.record(who, client_of(request), "api", path, {}, result, status):
+                return error_response(503, "audit trail unavailable: nothing is served unrecorded")
         return error_response(status, message)
+
+    async def crashed(request: Request, exc: Exception) -> Response:
+        """A bug outside the API's own handling (the viewer's login routes): JSON, never a bare page. (Answered
+        outside the middleware stack, so the headers are set here.)"""
+        headers = {k.decode(): v.decode() for k, v in NOT_A_PAGE_HEADERS}
+        return error_response(500, "request failed (logged)", headers)
 
     async def to_prefix(request: Request) -> Response:
         return RedirectResponse(prefix, status_code=308)
@@ -59,7 +112,8 @@ def build_app(ctx: AuditContext, prefix: str, extra_routes: list[Route | Mount] 
             Route(prefix.rstrip("/"), to_prefix),
             Mount(prefix.rstrip("/"), app=Router(routes, redirect_slashes=False)),
         ],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, Exception: crashed},
+        middleware=[Middleware(NotAPageHeaders)],
     )
     app.state.ctx = ctx
     return app

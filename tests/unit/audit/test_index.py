@@ -124,3 +124,18 @@ async def test_denied_counts_and_an_index_from_before_them_is_migrated(tmp_path:
     rows_json = [r.to_json() for r in SessionIndex(tmp_path / "old.sqlite", store).query(
         everything, ("", ""), Filters(), None, 10)[0]]  # fmt: skip
     assert [(r["session"], r["denied"]) for r in rows_json] == [("s2", 0), ("s1", 2)]
+
+
+async def test_an_idle_index_does_not_write(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "rec")
+    await _put(store, "s1", server="alpha", user="bob", started=100.0)
+    index = SessionIndex(tmp_path / "idx.sqlite", store)
+    assert index.refresh() == 1
+    wal = tmp_path / "idx.sqlite-wal"
+    changes, size = index._db.total_changes, wal.stat().st_size
+    for _ in range(50):  # fifty idle rounds: at the default interval, most of a minute of an idle service
+        assert index.refresh() == 0
+    assert index._db.total_changes == changes and wal.stat().st_size == size
+    await _put(store, "s2", server="alpha", user="carol", started=200.0)
+    assert index.refresh() == 1 and index.count() == 2  # a change is still seen, and written
+    index.close()
