@@ -29,9 +29,7 @@ def sessions_table(rows: list[dict[str, Any]]) -> Table:
     # Session ids are what users copy into `sessions show`: never wrapped. The rest is kept narrow so a row fits
     # 80 columns for the usual ids (one space between columns, the start to the minute in UTC); long server and
     # user names fold. `--json` has everything in full.
-    table = Table(
-        title="recorded MCP sessions", box=box.SIMPLE_HEAD, pad_edge=False, padding=0, title_justify="left"
-    )
+    table = Table(title="recorded MCP sessions", box=box.SIMPLE_HEAD, pad_edge=False, padding=0, title_justify="left")
     longest = max((len(r["session"]) for r in rows), default=7)
     table.add_column("session", no_wrap=True, min_width=longest)
     table.add_column("server", overflow="fold", min_width=6)
@@ -48,9 +46,16 @@ def sessions_table(rows: list[dict[str, Any]]) -> Table:
             _ts(r["started"])[5:16],  # MM-DD HH:MM; the full time is in --json
             str(r["exchanges"]),
             "[yellow]incomplete[/yellow]" if r["state"] == "incomplete" else r["state"],
-            "[red]NO[/red]" if r["verified"] == "no" else r["verified"],
+            verified_label(r),
         )
     return table
+
+
+def verified_label(row: dict[str, Any]) -> str:
+    """The `verified` cell: NO, yes (signatures checked too) or hashes only (also when the source did not say)."""
+    if not row["verified"]:
+        return "[red]NO[/red]"
+    return "yes" if row.get("signatures_checked") else "hashes only"
 
 
 def session_doc(session: Session) -> dict[str, Any]:
@@ -89,10 +94,12 @@ def print_session(console: Console, session: Session) -> None:
     """Exchanges in order, then every JSON-RPC request with its response and any progress it streamed."""
     doc = session_doc(session)
     s = doc["summary"]
-    verified = {
-        "yes": "[green]signatures and chains verified[/green]",
-        "hashes only": "[green]chains verified[/green] (signatures not checked)",
-    }.get(s["verified"], "[red]VERIFICATION FAILED[/red]")
+    if not s["verified"]:
+        verified = "[red]VERIFICATION FAILED[/red]"
+    elif s["signatures_checked"]:
+        verified = "[green]signatures and chains verified[/green]"
+    else:
+        verified = "[green]chains verified[/green] (signatures not checked)"
     console.print(f"[bold]session {s['session']}[/bold]  server={s['server']}  user={s['user'] or '-'}  {verified}")
     console.print(f"  {s['exchanges']} exchanges, {s['events']} events, state {s['state']}")
     for note in doc["notes"]:

@@ -80,3 +80,14 @@ def test_grants_filters_and_cursor_pages(index: SessionIndex) -> None:
 def test_cursors_not_issued_here_are_refused(cursor: str) -> None:
     with pytest.raises(BadQuery, match="cursor"):
         decode_cursor(cursor)
+
+
+@pytest.mark.parametrize(("problems", "verified"), [([], True), (["w: line 2: hash chain broken"], False)])
+def test_the_index_row_of_a_session_that_fails_verification_is_not_verified(problems: list, verified: bool) -> None:
+    from extproc.audit.summary import summarize
+    from extproc.recording.replay import Session
+    from extproc.recording.verify import Problem
+
+    session = Session(id="s", events=[{"type": "exchange.start", "exchange": "e", "time": 1.0, "server": "alpha"}])
+    session.problems = [Problem("w", 2, p) for p in problems]
+    assert summarize("s", session).verified is verified

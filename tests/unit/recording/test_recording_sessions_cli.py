@@ -20,8 +20,9 @@ async def test_list_says_yes_only_when_signatures_were_checked(tmp_path: Path) -
     checked = _cli("sessions", "list", "--dir", str(root), "--json", "--public-key", str(pub))
     table = _cli("sessions", "list", "--dir", str(root))
 
-    assert [r["verified"] for r in json.loads(unchecked.stdout)] == ["hashes only"]
-    assert [r["verified"] for r in json.loads(checked.stdout)] == ["yes"]
+    # JSON: the audit API's booleans; the table says "yes" only with signatures checked
+    assert [(r["verified"], r["signatures_checked"]) for r in json.loads(unchecked.stdout)] == [(True, False)]
+    assert [(r["verified"], r["signatures_checked"]) for r in json.loads(checked.stdout)] == [(True, True)]
     assert "hashes only" in table.stdout and " yes " not in table.stdout
 
 
@@ -34,7 +35,7 @@ async def test_list_says_no_when_a_check_fails(tmp_path: Path) -> None:
 
     rows = json.loads(_cli("sessions", "list", "--dir", str(root), "--json", "--public-key", str(pub)).stdout)
 
-    assert [r["verified"] for r in rows] == ["no"]
+    assert [r["verified"] for r in rows] == [False]
 
 
 def test_missing_directory_is_an_error(tmp_path: Path) -> None:
