@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -44,7 +45,19 @@ app.command("token")(token)
 app.command("doctor")(doctor)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml")]
-console = Console()
+# Lines hold commands, paths and session ids people copy: never broken (soft_wrap; a terminal folds them visually
+# and copies them whole). Into a pipe or file rich would assume 80 columns and fold table cells mid-word
+# ("mallo/ry"): there, tables get the width they need instead.
+_PIPE_WIDTH = 1000
+
+
+def _console() -> Console:
+    """The CLI's stdout console: soft-wrapped; as wide as needed when stdout is not a terminal."""
+    tty = sys.stdout.isatty()
+    return Console(soft_wrap=True, width=None if tty or os.environ.get("COLUMNS") else _PIPE_WIDTH)
+
+
+console = _console()
 
 
 def _version(value: bool) -> None:
