@@ -58,6 +58,7 @@ def _console() -> Console:
 
 
 console = _console()
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)  # notes beside --json output
 
 
 def _version(value: bool) -> None:
@@ -192,9 +193,6 @@ def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None
             stack.stop()
     if failed:
         raise typer.Exit(1)
-
-
-err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 def _config_in_use(config: Path | None, directory: Path | None) -> Path | None:
