@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -44,7 +45,20 @@ app.command("token")(token)
 app.command("doctor")(doctor)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml")]
-console = Console()
+# Lines hold commands, paths and session ids people copy: never broken (soft_wrap; a terminal folds them visually
+# and copies them whole). Into a pipe or file rich would assume 80 columns and fold table cells mid-word
+# ("mallo/ry"): there, tables get the width they need instead.
+_PIPE_WIDTH = 1000
+
+
+def _console() -> Console:
+    """The CLI's stdout console: soft-wrapped; as wide as needed when stdout is not a terminal."""
+    tty = sys.stdout.isatty()
+    return Console(soft_wrap=True, width=None if tty or os.environ.get("COLUMNS") else _PIPE_WIDTH)
+
+
+console = _console()
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)  # notes beside --json output
 
 
 def _version(value: bool) -> None:
@@ -181,6 +195,14 @@ def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None
         raise typer.Exit(1)
 
 
+def _config_in_use(config: Path | None, directory: Path | None) -> Path | None:
+    """The gateway.yaml a store command reads: --config, else ./gateway.yaml unless --dir names the recordings
+    (then an unrelated ./gateway.yaml is not read behind the user's back)."""
+    if config is not None:
+        return config
+    return Path("gateway.yaml") if directory is None and Path("gateway.yaml").exists() else None
+
+
 def _store(config: Path | None, directory: Path | None):  # type: ignore[no-untyped-def]
     from extproc.recording.setup import build_store
     from extproc.recording.store.file import FileStore
@@ -190,25 +212,43 @@ def _store(config: Path | None, directory: Path | None):  # type: ignore[no-unty
             console.print(f"[red]no recording directory {directory}[/red]", highlight=False)
             raise typer.Exit(2)
         return FileStore(directory)
-    if config is not None or Path("gateway.yaml").exists():
-        return build_store(_load(config or Path("gateway.yaml")).recording)
+    if (used := _config_in_use(config, None)) is not None:
+        return build_store(_load(used).recording)
     return FileStore(Path("recordings"))
 
 
-def _public_key(config: Path | None, public_key: Path | None):  # type: ignore[no-untyped-def]
-    """The key manifests must be signed with: --public-key, else the public half of the configured signing key."""
+def _store_where(config: Path | None, directory: Path | None) -> str:
+    """Where ``_store`` looks, in words: what `sessions list` names when it finds nothing."""
+    if directory is not None:
+        return f"directory {directory}"
+    if (used := _config_in_use(config, None)) is None:
+        return "directory recordings (no --dir, --config or ./gateway.yaml)"
+    rec = _load(used).recording
+    if rec.store == "s3" and rec.s3 is not None:
+        return f"s3://{rec.s3.bucket}/{rec.s3.prefix} (recording.s3 in {used})"
+    return f"directory {rec.directory} (recording.directory in {used})"
+
+
+def _public_key(config: Path | None, public_key: Path | None, directory: Path | None = None):  # type: ignore[no-untyped-def]
+    """The key manifests must be signed with: --public-key, else the public half of the configured signing key
+    (of --config, or of ./gateway.yaml when no --dir is given). Says on stderr which key it used, and from where."""
     from extproc.recording.manifest import load_public_key
 
-    path = public_key
-    if path is None and (config is not None or Path("gateway.yaml").exists()):
-        path = _load(config or Path("gateway.yaml")).recording.signing_key
+    path, source = public_key, "--public-key"
+    used = _config_in_use(config, directory) if path is None else None
+    if used is not None:
+        path, source = _load(used).recording.signing_key, f"recording.signing_key in {used}"
     if path is None:
+        why = f"no --public-key and no recording.signing_key in {used}" if used else "no --public-key given"
+        err_console.print(f"signatures not checked: {why}", markup=False)
         return None
     try:
-        return load_public_key(path)
+        key = load_public_key(path)
     except (OSError, ValueError) as e:
         console.print(f"[red]cannot read public key {path}: {e}[/red]")
         raise typer.Exit(2) from None
+    err_console.print(f"signatures checked with the key in {path} ({source})", markup=False)
+    return key
 
 
 ConfigOptional = Annotated[Path | None, typer.Option("--config", "-c", help="gateway.yaml (for the store)")]
@@ -265,13 +305,17 @@ def sessions_list(
     from extproc.recording.report import sessions_table
 
     store = _store(config, dir)
-    key = _public_key(config if dir is None else None, public_key)
+    key = _public_key(config, public_key, dir)
     rows = sorted(
         (load_session(store, k, key).summary() for k in store.list_sessions()), key=lambda r: r["started"] or 0
     )
+    if not rows:
+        (err_console if json_out else console).print(
+            f"no recorded sessions in {_store_where(config, dir)}", markup=False
+        )
     if json_out:
         print(json.dumps(rows, indent=2))
-    else:
+    elif rows:
         console.print(sessions_table(rows))
 
 
@@ -290,7 +334,7 @@ def sessions_show(
         return _remote(lambda r, a: r.remote_show(console, a, session_id, json_out), api, token)
     from extproc.recording.report import print_session, session_doc
 
-    key = _public_key(config if dir is None else None, public_key)
+    key = _public_key(config, public_key, dir)
     session = _session(_store(config, dir), session_id, key)
     if json_out:
         print(json.dumps(session_doc(session), indent=2, ensure_ascii=False))
@@ -315,7 +359,7 @@ def sessions_verify(
         if not _remote(lambda r, a: r.remote_verify(console, a, session_id, allow_open), api, token):
             raise typer.Exit(1)
         return
-    key = _public_key(config if dir is None else None, public_key)
+    key = _public_key(config, public_key, dir)
     session = _session(_store(config, dir), session_id, key)
     for note in session.notes:
         console.print(f"[yellow]NOTE[/yellow] {note}", highlight=False)

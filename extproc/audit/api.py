@@ -173,7 +173,10 @@ async def list_sessions(ctx: AuditContext, request: Request, who: Principal) -> 
     rows, next_cursor = await asyncio.to_thread(
         ctx.index.query, ctx.grants(who), _ident(who), filters, cursor, int(limit_text)
     )
-    return JSONResponse({"sessions": [r.to_json() for r in rows], "next_cursor": next_cursor})
+    checked = ctx.public_key is not None  # the index verified each session with the configured key, if any
+    return JSONResponse(
+        {"sessions": [r.to_json() for r in rows], "next_cursor": next_cursor, "signatures_checked": checked}
+    )
 
 
 def _verification(session: Session) -> dict[str, Any]:

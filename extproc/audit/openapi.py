@@ -136,6 +136,10 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                                                 "items": {"$ref": "#/components/schemas/Session"},
                                             },
                                             "next_cursor": {"type": ["string", "null"]},
+                                            "signatures_checked": {
+                                                "type": "boolean",
+                                                "description": "verified includes manifest signatures",
+                                            },
                                         },
                                     }
                                 }

@@ -34,7 +34,7 @@ def store_verify(
     from extproc.recording.audit import audit
 
     after = parse_since(since) if since is not None else None
-    key = _public_key(config if dir is None else None, public_key)
+    key = _public_key(config, public_key, dir)
     result = audit(_store(config, dir), key, after)
     for note in result.notes:
         console.print(f"[yellow]NOTE[/yellow] {note}", highlight=False)

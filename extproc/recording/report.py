@@ -46,7 +46,7 @@ def sessions_table(rows: list[dict[str, Any]]) -> Table:
             _ts(r["started"])[5:16],  # MM-DD HH:MM; the full time is in --json
             str(r["exchanges"]),
             "[yellow]incomplete[/yellow]" if r["state"] == "incomplete" else r["state"],
-            "[red]NO[/red]" if r["verified"] == "no" else r["verified"],
+            verified_label(r),
         )
     return table
 
@@ -87,6 +87,13 @@ def _mark_refused(calls: list[dict[str, Any]], refused: dict[Any, dict[str, Any]
             }
 
 
+def verified_label(row: dict[str, Any]) -> str:
+    """The `verified` cell: NO, yes (signatures checked too) or hashes only (also when the source did not say)."""
+    if not row["verified"]:
+        return "[red]NO[/red]"
+    return "yes" if row.get("signatures_checked") else "hashes only"
+
+
 def session_doc(session: Session) -> dict[str, Any]:
     """Everything `sessions show --json` prints."""
     exchanges = []
@@ -125,10 +132,12 @@ def print_session(console: Console, session: Session) -> None:
     """Exchanges in order, then every JSON-RPC request with its response and any progress it streamed."""
     doc = session_doc(session)
     s = doc["summary"]
-    verified = {
-        "yes": "[green]signatures and chains verified[/green]",
-        "hashes only": "[green]chains verified[/green] (signatures not checked)",
-    }.get(s["verified"], "[red]VERIFICATION FAILED[/red]")
+    if not s["verified"]:
+        verified = "[red]VERIFICATION FAILED[/red]"
+    elif s["signatures_checked"]:
+        verified = "[green]signatures and chains verified[/green]"
+    else:
+        verified = "[green]chains verified[/green] (signatures not checked)"
     console.print(f"[bold]session {s['session']}[/bold]  server={s['server']}  user={s['user'] or '-'}  {verified}")
     console.print(f"  {s['exchanges']} exchanges, {s['events']} events, state {s['state']}")
     for note in doc["notes"]:

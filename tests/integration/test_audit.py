@@ -330,3 +330,30 @@ async def test_replay_keeps_the_recorded_pace(audit: Audit, speed: int) -> None:
             assert abs((t1 - t0) - (o1 - o0) / speed) <= 0.1 * (o1 - o0) / speed + slack
     later = _replay(a, key, speed=16, start=0.5)
     assert later and all(o >= 0.5 for _, o in later)
+
+
+async def test_remote_sessions_commands_print_tables_and_agree_with_local_ones(audit: Audit) -> None:
+    """`sessions list --api` prints its table (it crashed on the API's boolean `verified`); local and remote JSON
+    say `verified` the same way; remote `show` and `verify` agree that signatures were checked."""
+    a = audit
+    key = await _record(a, "carol", "alpha")
+    _wait_listed(a, {key})
+    env = {**os.environ, "MCP_EXTPROC_TOKEN": a.token("carol"), "COLUMNS": "200"}
+    cli = [sys.executable, "-m", "extproc", "sessions"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([*cli, *args], capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    table = run("list", "--api", a.base).stdout
+    row = next(line for line in table.splitlines() if key in line)
+    assert row.split()[-1] == "yes", table  # chains intact and signatures checked by the service
+    remote = json.loads(run("list", "--api", a.base, "--json").stdout)
+    directory = a.gw.config["recording"]["directory"]
+    local = json.loads(run("list", "--dir", directory, "--public-key", str(a.pub), "--json").stdout)
+    assert [(r["verified"], r["signatures_checked"]) for r in remote] == [(True, True)]
+    assert [(r["verified"], r["signatures_checked"]) for r in local if r["session"] == key] == [(True, True)]
+    shown = run("show", key, "--api", a.base).stdout
+    assert "signatures and chains verified" in shown and "not checked" not in shown, shown
+    assert "signatures checked" in run("verify", key, "--api", a.base).stdout

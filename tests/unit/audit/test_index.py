@@ -139,3 +139,14 @@ async def test_an_idle_index_does_not_write(tmp_path: Path) -> None:
     await _put(store, "s2", server="alpha", user="carol", started=200.0)
     assert index.refresh() == 1 and index.count() == 2  # a change is still seen, and written
     index.close()
+
+
+@pytest.mark.parametrize(("problems", "verified"), [([], True), (["w: line 2: hash chain broken"], False)])
+def test_the_index_row_of_a_session_that_fails_verification_is_not_verified(problems: list, verified: bool) -> None:
+    from extproc.audit.summary import summarize
+    from extproc.recording.replay import Session
+    from extproc.recording.verify import Problem
+
+    session = Session(id="s", events=[{"type": "exchange.start", "exchange": "e", "time": 1.0, "server": "alpha"}])
+    session.problems = [Problem("w", 2, p) for p in problems]
+    assert summarize("s", session).verified is verified
