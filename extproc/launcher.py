@@ -214,7 +214,8 @@ class Stack:
         for worker in range(s.processor.workers):
             self._wait_worker(worker)
         if s.audit is not None:
-            self.audit = subprocess.Popen(audit_command(self.config), stdout=out, stderr=out)
+            # Its own process group, like the other parts: a Ctrl-C reaches only the launcher, which stops it last.
+            self.audit = subprocess.Popen(audit_command(self.config), stdout=out, stderr=out, process_group=0)
             address = f"{s.audit.address}:{s.audit.port}"
             wait_until(lambda: self._alive() and can_connect(address), 30, "the audit service")
         bootstrap = self.workdir / "envoy.yaml"

@@ -117,3 +117,60 @@ async def test_up_restarts_a_dead_processor_and_stops_cleanly_on_group_sigterm(s
     assert "Traceback" not in err.read_text() + out.read_text()
     events = [json.loads(x) for p in (tmp_path / "rec").rglob("*.jsonl") for x in p.read_bytes().splitlines()]
     assert "exchange.incomplete" in {e["type"] for e in events}  # the successor's completer closed the dead one's
+
+
+def test_up_closes_the_audit_trail_on_ctrl_c_to_its_group(start_mcp_server, issuer, tmp_path: Path) -> None:
+    """Ctrl-C in the terminal reaches `up`'s whole process group; the audit service must still close its trail
+    (last segment, closing digest) instead of dying when uvicorn re-raises the signal."""
+    import httpx
+
+    from extproc.recording.audit import audit
+    from extproc.recording.manifest import generate_keys, load_public_key
+    from extproc.recording.store.file import FileStore
+
+    server = start_mcp_server("demo")
+    generate_keys(tmp_path / "keys")
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.yaml").write_text(
+        "apiVersion: mcp-extproc/v1\nrules:\n  - name: all\n    effect: allow\n"
+        "    subjects: {users: ['*']}\n    targets: {servers: ['*'], methods: ['*']}\n"
+        "viewers:\n  - name: everyone-sees-all\n    subjects: {users: ['*']}\n    servers: ['*']\n    sessions: all\n"
+    )
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen": {"port": port},
+                "processor": {"address": f"unix:{tmp_path}/p.sock"},
+                "admin": {"port": free_port()},
+                "servers": [{"name": "demo", "upstream": server.upstream}],
+                "recording": {"directory": "rec", "signing_key": str(tmp_path / "keys" / "signing.key")},
+                "auth": {"public_url": f"http://127.0.0.1:{port}", "issuers": [{"issuer": issuer.url}]},
+                "policy": {"directory": "policies"},
+                "audit": {"port": free_port()},
+                "edge": {"drain_time_s": 1},
+            }
+        )
+    )
+    out, err = tmp_path / "up.out", tmp_path / "up.err"
+    with out.open("wb") as o, err.open("wb") as e:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "extproc", "up", "--config", str(config)], stdout=o, stderr=e, start_new_session=True
+        )
+    try:
+        wait_until(lambda: "gateway up" in out.read_text(), 60, "`up` to report the gateway up")
+        token = issuer.mint("alice", aud=f"http://127.0.0.1:{port}")
+        r = httpx.get(
+            f"http://127.0.0.1:{port}/audit/api/sessions", headers={"authorization": f"Bearer {token}"}, timeout=30
+        )
+        assert r.status_code == 200, r.text  # one access on the trail
+        os.killpg(up.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+    result = audit(FileStore(tmp_path / "rec"), load_public_key(tmp_path / "keys" / "signing.pub"))
+    assert result.findings == []
+    assert not [n for n in result.notes if "no closing digest" in n], result.notes
+    assert result.sessions >= 1  # the trail's day session is listed by a digest
