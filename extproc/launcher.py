@@ -146,6 +146,17 @@ def envoy_command(bootstrap: Path, edge: settings_mod.Edge, log_level: str = "wa
     ]
 
 
+def run_until(stack: Stack, stopped: Callable[[], bool], tick: Callable[[], None] | None = None) -> None:
+    """The supervisor loop of `up` and `demo --keep`: until ``stopped()``, restart processors that die
+    (``Stack.supervise``) and call ``tick`` (the demo's live feed). Raises RuntimeError when Envoy died."""
+    while not stopped():
+        time.sleep(0.2)  # a supervisor's poll; the signal handler only sets a flag
+        if tick is not None:
+            tick()
+        if not stopped():
+            stack.supervise()
+
+
 def free_port(block: int = 1) -> int:
     """A TCP port free on loopback right now (for tests and the demo); with ``block``, the first of that many
     consecutive free ports (processor workers listen on the port, the port + 1, …)."""
