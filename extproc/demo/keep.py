@@ -200,7 +200,6 @@ def keep_demo(opts: KeepOptions, console: Console) -> int:
     """Run the local stack until Ctrl-C/SIGTERM; returns the exit code."""
     from extproc.workers import StopSignal
 
-    stop = StopSignal()  # before anything starts: a Ctrl-C during start-up still stops what already runs
     workdir = opts.workdir
     _prepare(workdir)
     log = workdir / "gateway.log"
@@ -211,6 +210,7 @@ def keep_demo(opts: KeepOptions, console: Console) -> int:
     except (DemoError, OSError) as e:
         console.print(f"[red]demo failed:[/red] {e}", highlight=False)
         return 1
+    stop = StopSignal()  # before anything starts: a Ctrl-C during start-up still stops what already runs
     issuer.start()
     stack: Stack | None = None
     try:
@@ -236,7 +236,10 @@ def keep_demo(opts: KeepOptions, console: Console) -> int:
                 console.print(f"[red]demo failed:[/red] {e} (see {log})", highlight=False)
                 failed = True
             finally:
-                console.print("stopping: Envoy drains, then the processor and the audit service close their recordings")
+                console.print(
+                    "stopping: Envoy drains, then the processor and the audit service close their recordings",
+                    soft_wrap=True,
+                )
                 stack.stop()
     except TimeoutError as e:  # a sample server that did not start
         console.print(f"[red]demo failed:[/red] {e} (see {workdir / 'servers.log'})", highlight=False)
