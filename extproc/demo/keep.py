@@ -76,7 +76,8 @@ def _sample_servers(workdir: Path) -> Iterator[dict[str, int]]:
     ]
     try:
         for name, port in ports.items():
-            wait_until(lambda p=port: can_connect(f"127.0.0.1:{p}"), 30, f"the sample MCP server {name!r}")
+            address = f"127.0.0.1:{port}"
+            wait_until(lambda: can_connect(address), 30, f"the sample MCP server {name!r} on {address}")  # noqa: B023
         yield ports
     finally:
         for p in procs:
