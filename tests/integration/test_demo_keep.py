@@ -4,6 +4,7 @@ policy's denial shows, the live feed prints each exchange, and Ctrl-C stops ever
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -50,6 +51,23 @@ def _gone(pid: int) -> bool:
     return state == "Z"
 
 
+def _viewer_login_as_the_banner_says(viewer: str) -> None:
+    """The viewer's real login: its redirect to the dev issuer's login page, the form filled in as the banner
+    says, the callback; then /api/me names the auditor."""
+    with httpx.Client(timeout=30) as http:
+        page = http.get(f"{viewer}login", follow_redirects=True)
+        assert page.status_code == 200 and "Development login" in page.text, page.text
+        form = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page.text))
+        form = {k: html.unescape(v) for k, v in form.items()}
+        signed_in = http.post(
+            str(page.url.copy_with(query=None)), data={**form, "username": "auditor", "groups": "security"}
+        )
+        assert signed_in.status_code == 302
+        http.get(signed_in.headers["location"], follow_redirects=True)
+        me = http.get(f"{viewer}api/me")
+        assert me.status_code == 200 and "auditor" in me.text, me.text
+
+
 async def test_demo_keep_serves_until_ctrl_c_and_leaves_a_verified_store(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     out = tmp_path / "demo.out"
@@ -87,6 +105,8 @@ async def test_demo_keep_serves_until_ctrl_c_and_leaves_a_verified_store(tmp_pat
             return bool(r.json()["sessions"])
 
         wait_until(auditor_sees_sessions, 30, "the auditor to see alice's sessions in the audit API")
+
+        _viewer_login_as_the_banner_says(viewer)
 
         feed = r"alice\s+github\s+tools/call delete_repository\s+deny \(github-no-destructive\) 403 \d+ ms"
         wait_until(lambda: re.search(feed, out.read_text()) is not None, 30, "the denial in the live feed")
