@@ -165,6 +165,7 @@ def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None
             console.print(f"processors {pids}; Envoy pid {stack.envoy.pid if stack.envoy else '-'}")
             if stack.settings.audit is not None:
                 console.print(f"audit viewer at {stack.endpoint}{stack.settings.audit.prefix}")
+            _warn_unreachable(stack.settings)
             console.print("gateway up; Ctrl-C to stop")
             run_until(stack, lambda: stop.requested)  # restarts a dead processor; raises if Envoy died
         except (RuntimeError, TimeoutError) as e:
@@ -175,6 +176,18 @@ def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None
             stack.stop()
     if failed:
         raise typer.Exit(1)
+
+
+def _warn_unreachable(settings: settings_mod.Settings) -> None:
+    """Name, once at start, each issuer and upstream MCP server nobody answers for (doctor's checks): otherwise
+    the first sign is a log line every few seconds or a client's 503."""
+    from extproc.doctor import check_issuers, check_upstreams
+
+    down = [c for c in [*check_issuers(settings), *check_upstreams(settings)] if c.status == "fail"]
+    for c in down:
+        console.print(f"[yellow]WARNING[/yellow] {c.name}: {c.detail}  [dim]fix: {c.hint}[/dim]", highlight=False)
+    if down:
+        console.print("(to try the gateway with stand-ins for all of these: mcp-extproc demo --keep)", highlight=False)
 
 
 def _store(config: Path | None, directory: Path | None):  # type: ignore[no-untyped-def]

@@ -174,3 +174,27 @@ def test_up_closes_the_audit_trail_on_ctrl_c_to_its_group(start_mcp_server, issu
     assert result.findings == []
     assert not [n for n in result.notes if "no closing digest" in n], result.notes
     assert result.sessions >= 1  # the trail's day session is listed by a digest
+
+
+def test_up_names_an_upstream_nothing_answers_for(start_mcp_server, tmp_path: Path) -> None:
+    """A newcomer's `up` against servers that are not running says so once, with the way out, at start."""
+    server = start_mcp_server("demo")
+    missing = f"127.0.0.1:{free_port()}"
+    config, _ = _write_config(tmp_path, server.upstream)
+    doc = yaml.safe_load(config.read_text())
+    doc["servers"].append({"name": "github", "upstream": missing})
+    config.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "up.out"
+    with out.open("wb") as o:
+        up = subprocess.Popen([sys.executable, "-m", "extproc", "up", "--config", str(config)], stdout=o, stderr=o)
+    try:
+        wait_until(lambda: "gateway up" in out.read_text(), 60, "`up` to report the gateway up")
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+    text = " ".join(out.read_text().split())  # rich wraps long lines
+    assert f"WARNING upstream github: {missing}: TCP connect failed" in text
+    assert "upstream demo" not in text
+    assert "mcp-extproc demo --keep" in text
