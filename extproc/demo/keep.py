@@ -202,18 +202,18 @@ def keep_demo(opts: KeepOptions, console: Console) -> int:
     from extproc.workers import StopSignal
 
     workdir = opts.workdir
-    _prepare(workdir)
     log = workdir / "gateway.log"
     failed = False
     try:
         port = _port(opts.port, "the gateway", "--port")
-        issuer = DevIssuer(workdir / "issuer", port=_port(opts.issuer_port, "the dev issuer", "--issuer-port"))
+        issuer_port = _port(opts.issuer_port, "the dev issuer", "--issuer-port")
+        _prepare(workdir)
+        issuer = DevIssuer(workdir / "issuer", port=issuer_port)
     except (DemoError, OSError) as e:
         console.print(f"[red]demo failed:[/red] {e}", highlight=False)
         return 1
     stop = StopSignal()  # before anything starts: a Ctrl-C during start-up still stops what already runs
     issuer.start()
-    stack: Stack | None = None
     try:
         with _sample_servers(workdir) as ports:
             audit: dict[str, Any] = {"port": free_port(), "client_id": VIEWER_CLIENT}
