@@ -68,7 +68,8 @@ def _viewer_login_as_the_banner_says(viewer: str) -> None:
         assert me.status_code == 200 and "auditor" in me.text, me.text
 
 
-async def test_demo_keep_serves_until_ctrl_c_and_leaves_a_verified_store(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+async def test_demo_keep_serves_until_ctrl_c_and_leaves_a_verified_store(tmp_path: Path, stop: str) -> None:
     workdir = tmp_path / "demo"
     out = tmp_path / "demo.out"
     cmd = [sys.executable, "-m", "extproc", "demo", "--keep", "--workdir", str(workdir)]
@@ -114,7 +115,10 @@ async def test_demo_keep_serves_until_ctrl_c_and_leaves_a_verified_store(tmp_pat
 
         children = _descendants(proc.pid)
         assert len(children) >= 5  # two sample servers, processor, Envoy, audit service
-        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
+        if stop == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
+        else:
+            proc.send_signal(signal.SIGTERM)  # a service manager or `kill`: the demo process alone
         assert proc.wait(90) == 0, out.read_text()[-3000:]
     finally:
         if proc.poll() is None:
