@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from extproc.authn.principal import Principal
-from extproc.mcp.jsonrpc import McpCall, Message, error_response, is_request, to_call
+from extproc.mcp.jsonrpc import McpCall, Message, error_response, is_request, loads, to_call
 from extproc.mcp.methods import LISTINGS
 from extproc.mcp.sse import SseParser, format_event
 from extproc.policy.compiled import CompiledPolicy
@@ -103,7 +103,7 @@ def filter_body(
 
     if not sse:
         try:  # a leading BOM is skipped, as lenient clients skip it
-            doc = json.loads(body.removeprefix(_BOM))
+            doc = loads(body.removeprefix(_BOM))
         except (ValueError, RecursionError):
             # Not JSON to us, but maybe to a more lenient client: never passed on unfiltered. The client gets an
             # error for each list request instead; the recording keeps what the server sent.
@@ -130,7 +130,7 @@ def filter_body(
         data = event.data
         if data:  # an empty data field (a resumption priming event) is understood as it is
             try:
-                data = json.dumps(rewrite(json.loads(data)), separators=(",", ":"), ensure_ascii=False)
+                data = json.dumps(rewrite(loads(data)), separators=(",", ":"), ensure_ascii=False)
             except (ValueError, RecursionError):
                 dropped += len(event.raw)
                 continue
