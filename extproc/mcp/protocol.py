@@ -153,7 +153,8 @@ def _check_param_headers(headers: Mapping[str, str], message: Message) -> None:
         return
     if message.get("method") != "tools/call":
         raise HeaderMismatch(f"{params[0]} header on a request that is not tools/call")
-    args = message.get("params", {}).get("arguments")
+    params_obj = message.get("params")  # any JSON value a client sent: only an object has arguments
+    args = params_obj.get("arguments") if isinstance(params_obj, dict) else None
     carried = _scalars(args, set()) if isinstance(args, dict) else set()
     for h in params:
         decoded = decode_header_value(headers[h])

@@ -1,0 +1,106 @@
+"""Request bodies and headers a parser, a policy or a server could read differently, through real Envoy."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from gateway_parts import ACCEPT
+
+V = "2026-07-28"
+META = {
+    "io.modelcontextprotocol/protocolVersion": V,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+}
+POLICY = """
+apiVersion: mcp-extproc/v1
+rules:
+  - name: basics
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: ["*"], methods: [initialize, "notifications/*", tools/list]}
+  - name: slow-counting
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [count_slowly]}
+    arguments: {n: {min: 1, max: 3}, delay: {min: 0, max: 1}}
+  - name: echo
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [echo]}
+  - name: no-secrets
+    effect: deny
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [echo]}
+    arguments: {text: {pattern: ".*secret.*", optional: true}}
+"""
+
+
+def _headers(token: str, name: str = "count_slowly", **extra: str) -> dict[str, str]:
+    return {
+        **ACCEPT,
+        "content-type": "application/json",
+        "authorization": f"Bearer {token}",
+        "mcp-protocol-version": V,
+        "mcp-method": "tools/call",
+        "mcp-name": name,
+        **extra,
+    }
+
+
+def _call(args: str, msg_id: int = 7, name: str = "count_slowly") -> bytes:
+    """A tools/call body with ``args`` spliced in as written (json.dumps would never write NaN)."""
+    params = {"name": name, "arguments": {"@": 0}, "_meta": META}
+    body = {"jsonrpc": "2.0", "id": msg_id, "method": "tools/call", "params": params}
+    return json.dumps(body).replace('{"@": 0}', args).encode()
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "[NaN]"])
+async def test_non_finite_numbers_are_refused_and_never_reach_the_server(
+    start_mcp_server, start_authed, issuer, number: str
+) -> None:
+    server = start_mcp_server("demo", json_response=True)
+    gw = start_authed([server], policy=POLICY)
+    token = issuer.mint("alice", aud=gw.endpoint)
+
+    r = httpx.post(gw.url(), content=_call(f'{{"n": 1, "delay": {number}}}'), headers=_headers(token), timeout=10)
+
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == -32700 and "is not a JSON number" in r.json()["error"]["message"]
+    assert server.seen() == []
+    ok = httpx.post(gw.url(), content=_call('{"n": 1, "delay": 0}'), headers=_headers(token), timeout=10)
+    assert ok.status_code == 200 and ok.json()["result"]["isError"] is False, ok.text  # the range itself works
+    assert [s["tool"] for s in server.seen()] == ["count_slowly"]
+
+
+@pytest.mark.parametrize("version", [V, None])
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param("[1]", id="list"),
+        pytest.param('"x"', id="string"),
+        pytest.param("null", id="null"),
+        pytest.param(json.dumps({"name": "echo", "arguments": ["x"], "_meta": META}), id="arguments-a-list"),
+    ],
+)
+async def test_odd_params_with_a_param_header_are_a_client_error(
+    start_mcp_server, start_authed, issuer, params: str, version: str | None
+) -> None:
+    server = start_mcp_server("demo", json_response=True)
+    gw = start_authed([server], policy=POLICY)
+    token = issuer.mint("alice", aud=gw.endpoint)
+    body = b'{"jsonrpc":"2.0","id":11,"method":"tools/call","params":%s}' % params.encode()
+    headers = _headers(token, **{"mcp-param-x": "1"})
+    del headers["mcp-name"]  # nothing to name: params holds no name
+    if version is None:
+        del headers["mcp-protocol-version"]
+    else:
+        headers["mcp-protocol-version"] = version
+
+    r = httpx.post(gw.url(), content=body, headers=headers, timeout=10)
+
+    assert r.status_code == 400, r.text
+    assert r.json()["id"] == 11 and r.json()["error"]["code"] in (-32020, -32602)
+    assert server.seen() == []
