@@ -163,7 +163,7 @@ class Exchange:
             return self._refuse(InvalidRequest(f"request body is not valid JSON-RPC ({parsed.error})"))
         try:  # the headers Envoy and the server read must say what the decided body says
             check_headers(self._header_names, self._headers, parsed.messages, parsed.batch)
-            forward = self._open_request_state(parsed.messages, body)  # a retry continues only its own round
+            forward = self._open_request_state(parsed.messages)  # a retry continues only its own round
         except (InvalidRequest, RemovedMethod, RequestStateNotYours) as e:
             return self._refuse(e)
         if (refused := await self._decide(parsed)) is not None:
@@ -408,7 +408,7 @@ class Exchange:
 
     # --- multi-round-trip request state (2026-07-28, mcp/request_state.py) -------------------------------------
 
-    def _open_request_state(self, messages: tuple[dict[str, Any], ...], body: bytes) -> bytes | None:
+    def _open_request_state(self, messages: tuple[dict[str, Any], ...]) -> bytes | None:
         """A stateless call by a known identity: a result that may ask for input gets its state sealed to this
         caller, and a retry's sealed state is opened. Returns the body to forward when it changed, else None."""
         if self._run is None or self.principal is None or self.admitted is None or len(messages) != 1:
@@ -416,7 +416,7 @@ class Exchange:
         scope = self.admitted.scope or self.admitted.server.name
         self._state = RequestState(self.principal, scope, self.gw.options.session_key)
         self._may_ask = messages[0].get("method") in INPUT_REQUIRED
-        return self._state.open(messages[0], body)
+        return self._state.open(messages[0])
 
     def _seal_state(self, message: dict[str, Any]) -> dict[str, Any]:
         return self._state.seal(message) if self._state is not None else message

@@ -104,3 +104,76 @@ async def test_odd_params_with_a_param_header_are_a_client_error(
     assert r.status_code == 400, r.text
     assert r.json()["id"] == 11 and r.json()["error"]["code"] in (-32020, -32602)
     assert server.seen() == []
+
+
+MRTR_POLICY = (
+    POLICY
+    + """
+  - name: approve
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [approve]}
+  - name: never-pending
+    effect: deny
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [approve]}
+    arguments: {action: {pattern: "pending:.*"}}
+"""
+)
+
+
+def _messages(r: httpx.Response) -> list[dict]:
+    """The JSON-RPC messages of a JSON or SSE response."""
+    if r.headers.get("content-type", "").startswith("text/event-stream"):
+        return [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:") and line[5:].strip()]
+    return [r.json()]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [pytest.param("request\\u0053tate", id="escaped-key"), pytest.param("requestState", id="plain-key")],
+)
+async def test_request_state_is_opened_only_at_params_request_state(
+    start_mcp_server, start_authed, issuer, key: str
+) -> None:
+    """The sealed state, spelled plainly elsewhere in the request (the sample server binds its state to the
+    arguments, so here: in the elicitation answer) and escaped at params.requestState: the state must be opened
+    only at params.requestState, and the rest reach the server as the policy and the recording saw it."""
+    server = start_mcp_server("demo", mrtr=True)
+    gw = start_authed([server], policy=MRTR_POLICY)
+    token = issuer.mint("alice", aud=gw.endpoint)
+    first = httpx.post(gw.url(), content=_call('{"action": "x"}', 1, "approve"), headers=_headers(token, "approve"))
+    [asked] = [m for m in _messages(first) if m.get("id") == 1]
+    sealed = asked["result"]["requestState"]
+    assert sealed.startswith("mxs1.")
+
+    escaped = "".join(f"\\u{ord(c):04x}" for c in sealed)  # the same string, spelled differently
+    answers = {"approval": {"action": "accept", "content": {"ok": True, "note": sealed}}}
+    body = _call('{"action": "x"}', 2, "approve").replace(
+        b'"_meta"', f'"{key}": "{escaped}", "inputResponses": {json.dumps(answers)}, "_meta"'.encode()
+    )
+    r = httpx.post(gw.url(), content=body, headers=_headers(token, "approve"), timeout=10)
+
+    assert r.status_code == 200, r.text
+    [done] = [m for m in _messages(r) if m.get("id") == 2]
+    assert done["result"]["structuredContent"] == {"result": "x: approved (state pending:x)"}
+    gw.stop()
+    recorded = [
+        m["params"]
+        for p in gw.store.root.rglob("*.jsonl")
+        for line in p.read_bytes().splitlines()
+        if (e := json.loads(line))["type"] == "mcp.request"
+        for m in e["messages"]
+        if m.get("id") == 2
+    ]
+    assert [p["inputResponses"] for p in recorded] == [answers]
+
+
+async def test_a_folded_spelling_of_request_state_is_refused(start_mcp_server, start_authed, issuer) -> None:
+    server = start_mcp_server("demo", mrtr=True)
+    gw = start_authed([server], policy=MRTR_POLICY)
+    token = issuer.mint("alice", aud=gw.endpoint)
+    body = _call('{"action": "x"}', 3, "approve").replace(b'"_meta"', b'"RequestState": "mxs1.x", "_meta"')
+    r = httpx.post(gw.url(), content=body, headers=_headers(token, "approve"), timeout=10)
+    assert r.status_code == 400 and r.json()["id"] == 3 and "ambiguous" in r.json()["error"]["message"], r.text
+    assert server.seen() == []
