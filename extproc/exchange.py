@@ -105,6 +105,7 @@ class Exchange:
         self._run: str | None = None  # the recorded run of a stateless request
         self._may_ask = False  # a stateless call whose result may ask for input: its requestState gets sealed
         self._state: RequestState | None = None
+        self._deferred: tuple[GatewayError, dict[str, str]] | None = None  # an admission refusal awaiting the body
         self._awaiting: set[str] = set()  # ids of requests in the body still without a response
         self._lists: dict[str, str] = {}  # list requests whose responses are filtered
         self._facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
@@ -140,7 +141,12 @@ class Exchange:
             return self._refuse(admission.error, dict(admission.headers))
         self._admit(admission, msg, attributes)
         if admission.refusal is not None:
-            return self._refuse(admission.refusal, dict(admission.refusal_headers))
+            if msg.end_of_stream or headers.get(":method") != "POST":
+                return self._refuse(admission.refusal, dict(admission.refusal_headers))
+            # Answered once the (buffered) body is read, so the error names the request's id. Envoy holds these
+            # headers until the body's answer, which is this refusal: nothing reaches the server.
+            self._deferred = (admission.refusal, dict(admission.refusal_headers))
+            return responses.request_headers(None, (*UPSTREAM_REMOVE, UPSTREAM_HEADER))
         method = headers.get(":method", "")
         if method in HTTP_METHODS and (refused := self._authorize_http(HTTP_METHODS[method])) is not None:
             return refused
@@ -158,6 +164,8 @@ class Exchange:
         self.bytes_in += len(body)
         parsed = parse_body(body, strict=True)  # what the policy decides on must be what the server reads
         self._note_request(parsed)
+        if self._deferred is not None:  # refused at admission (someone else's session...): only the id was missing
+            return self._refuse(*self._deferred)
         self._record_request(parsed, body)
         if parsed.error:  # what cannot be parsed cannot be authorized: refuse it, recorded
             return self._refuse(InvalidRequest(f"request body is not valid JSON-RPC ({parsed.error})"))

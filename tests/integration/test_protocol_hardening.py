@@ -177,3 +177,36 @@ async def test_a_folded_spelling_of_request_state_is_refused(start_mcp_server, s
     r = httpx.post(gw.url(), content=body, headers=_headers(token, "approve"), timeout=10)
     assert r.status_code == 400 and r.json()["id"] == 3 and "ambiguous" in r.json()["error"]["message"], r.text
     assert server.seen() == []
+
+
+@pytest.mark.parametrize("msg_id", [2, "req-2"])
+async def test_a_session_of_another_identity_is_refused_with_the_request_id(
+    start_mcp_server, start_authed, issuer, msg_id: int | str
+) -> None:
+    server = start_mcp_server("demo", json_response=True)
+    gw = start_authed([server], policy=POLICY)
+    alice, bob = issuer.mint("alice", aud=gw.endpoint), issuer.mint("bob", aud=gw.endpoint)
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    r = httpx.post(gw.url(), json=init, headers={**ACCEPT, "authorization": f"Bearer {alice}"}, timeout=10)
+    session = r.headers["mcp-session-id"]
+    before = len(server.seen())
+    headers = {**ACCEPT, "mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
+    ping = {"jsonrpc": "2.0", "id": msg_id, "method": "ping"}
+
+    stolen = httpx.post(gw.url(), json=ping, headers={**headers, "authorization": f"Bearer {bob}"}, timeout=10)
+
+    assert stolen.status_code == 403, stolen.text
+    assert stolen.json()["id"] == msg_id
+    assert stolen.json()["error"]["message"] == "session belongs to another identity"
+    listen = httpx.get(gw.url(), headers={**headers, "authorization": f"Bearer {bob}"}, timeout=10)
+    assert listen.status_code == 403 and listen.json()["id"] is None  # a GET has no request to name
+    assert len(server.seen()) == before  # neither reached the server
+    gw.stop()
+    events = [json.loads(x) for p in gw.store.root.rglob("*.jsonl") for x in p.read_bytes().splitlines()]
+    denials = [e for e in events if e["type"] == "exchange.end" and e["outcome"] == "denied"]
+    assert len(denials) == 2 and all("SessionNotYours" in d["detail"] for d in denials)
