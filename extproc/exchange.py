@@ -42,6 +42,7 @@ from extproc.logs import access, verdict_fields
 from extproc.mcp.body import Piece, ResponseBody, dumps, rewrite_json
 from extproc.mcp.jsonrpc import McpCall, ParsedBody, error_response, is_request, parse_body
 from extproc.mcp.methods import HTTP_METHODS, INPUT_REQUIRED
+from extproc.mcp.param_headers import ToolHeaders
 from extproc.mcp.protocol import check_headers, classify, run_key
 from extproc.mcp.request_state import RequestState
 from extproc.mcp.sse import format_event
@@ -170,7 +171,7 @@ class Exchange:
         if parsed.error:  # what cannot be parsed cannot be authorized: refuse it, recorded
             return self._refuse(InvalidRequest(f"request body is not valid JSON-RPC ({parsed.error})"))
         try:  # the headers Envoy and the server read must say what the decided body says
-            check_headers(self._header_names, self._headers, parsed.messages, parsed.batch)
+            check_headers(self._header_names, self._headers, parsed.messages, parsed.batch, self._declared_headers)
             forward = self._open_request_state(parsed.messages)  # a retry continues only its own round
         except (InvalidRequest, RemovedMethod, RequestStateNotYours) as e:
             return self._refuse(e)
@@ -426,6 +427,18 @@ class Exchange:
         self._may_ask = messages[0].get("method") in INPUT_REQUIRED
         return self._state.open(messages[0])
 
+    # --- Mcp-Param-* headers against the tools' x-mcp-header maps (mcp/param_headers.py) -------------------------
+
+    def _scope(self) -> str:
+        return (self.admitted.scope or self.admitted.server.name) if self.admitted is not None else ""
+
+    def _declared_headers(self, tool: str) -> ToolHeaders | None:
+        return self.gw.param_headers.get(self._scope(), tool)
+
+    def _learn_list(self, method: str, result: dict[str, Any]) -> None:
+        if method == "tools/list":
+            self.gw.param_headers.learn(self._scope(), result)
+
     def _seal_state(self, message: dict[str, Any]) -> dict[str, Any]:
         return self._state.seal(message) if self._state is not None else message
 
@@ -449,7 +462,7 @@ class Exchange:
             return None
         sse = self._body is not None and self._body.sse
         filtered, hidden = filter_body(
-            self.policy, self.principal, self.server_name, self._lists, body, sse, self._facts
+            self.policy, self.principal, self.server_name, self._lists, body, sse, self._facts, self._learn_list
         )
         for method, msg_id, names in hidden:
             self.log.emit(ListFiltered(method=method, message_id=msg_id, hidden=names))

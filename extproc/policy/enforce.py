@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -82,8 +83,10 @@ def filter_body(
     body: bytes,
     sse: bool,
     facts: Facts | None = None,
+    on_list: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> tuple[bytes, list[tuple[str, Any, list[str]]]]:
-    """Rewrite list results in a whole response body (JSON or SSE); returns the body and what was hidden."""
+    """Rewrite list results in a whole response body (JSON or SSE); returns the body and what was hidden.
+    ``on_list`` sees each list result as the caller gets it (method, result)."""
     hidden: list[tuple[str, Any, list[str]]] = []
 
     def rewrite(msg: Any) -> Any:
@@ -95,6 +98,8 @@ def filter_body(
         if method is None:
             return msg
         result = filter_list(policy, who, server, method, msg["result"], facts)
+        if on_list is not None:
+            on_list(method, result)
         listing = LISTINGS[method]
         before = [i.get(listing.item) for i in msg["result"].get(listing.key, []) if isinstance(i, dict)]
         after = {i.get(listing.item) for i in result.get(listing.key, []) if isinstance(i, dict)}

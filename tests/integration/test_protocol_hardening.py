@@ -8,6 +8,8 @@ import httpx
 import pytest
 from gateway_parts import ACCEPT
 
+from extproc.demo.mcp_client import connect
+
 V = "2026-07-28"
 META = {
     "io.modelcontextprotocol/protocolVersion": V,
@@ -20,7 +22,7 @@ rules:
   - name: basics
     effect: allow
     subjects: {users: ["*"]}
-    targets: {servers: ["*"], methods: [initialize, "notifications/*", tools/list]}
+    targets: {servers: ["*"], methods: [server/discover, initialize, "notifications/*", tools/list]}
   - name: slow-counting
     effect: allow
     subjects: {users: ["*"]}
@@ -210,3 +212,44 @@ async def test_a_session_of_another_identity_is_refused_with_the_request_id(
     events = [json.loads(x) for p in gw.store.root.rglob("*.jsonl") for x in p.read_bytes().splitlines()]
     denials = [e for e in events if e["type"] == "exchange.end" and e["outcome"] == "denied"]
     assert len(denials) == 2 and all("SessionNotYours" in d["detail"] for d in denials)
+
+
+HEADER_POLICY = (
+    POLICY
+    + """
+  - name: regional
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [regional_echo]}
+"""
+)
+
+
+async def test_param_headers_are_checked_against_the_listed_x_mcp_header_map(
+    start_mcp_server, start_authed, issuer
+) -> None:
+    server = start_mcp_server("demo", True, "--param-headers")
+    gw = start_authed([server], policy=HEADER_POLICY)
+    token = issuer.mint("alice", aud=gw.endpoint)
+    args = '{"region": "eu", "text": "hi"}'
+
+    def call(**headers: str) -> httpx.Response:
+        h = _headers(token, "regional_echo", **headers)
+        return httpx.post(gw.url(), content=_call(args, 5, "regional_echo"), headers=h, timeout=10)
+
+    # The official client lists the tools, then mirrors region into Mcp-Param-Region: the gateway lets it through.
+    async with connect(gw.url(), token=token) as conn:
+        assert conn.client.protocol_version == V
+        result = await conn.client.call_tool("regional_echo", {"region": "eu", "text": "hi"})
+        assert result.structured_content == {"result": "eu: hi"}
+    assert any(s["headers"].get("mcp-param-region") == "eu" for s in server.seen())
+    seen = len(server.seen())
+
+    undeclared = call(**{"mcp-param-region": "eu", "mcp-param-zone": "eu"})  # its value is an argument: not enough
+    missing = call()
+    other = call(**{"mcp-param-region": "us"})
+    for r, why in ((undeclared, "not declared"), (missing, "missing"), (other, "does not match")):
+        assert r.status_code == 400, r.text
+        assert r.json()["id"] == 5 and r.json()["error"]["code"] == -32020 and why in r.json()["error"]["message"]
+    assert len(server.seen()) == seen  # none reached the server
+    assert call(**{"mcp-param-region": "eu"}).status_code == 200
