@@ -55,41 +55,60 @@ def tool_headers(input_schema: Any) -> ToolHeaders | None:
 
 
 class ParamHeaderMaps:
-    """Per server (scope), the tools' header maps from the latest ``tools/list`` passed; bounded in entries and
-    bytes (the oldest learned go first), one dictionary lookup per call."""
+    """Per server (scope), the tools' header maps from the latest ``tools/list`` passed, one dictionary lookup per
+    call. Bounded per server in tools and bytes (its oldest learned tools go first, so one server's huge list
+    cannot push out another's), and in servers (the least recently listed goes first)."""
 
-    def __init__(self, max_tools: int = 20_000, max_bytes: int = 8 << 20) -> None:
-        self.max_tools, self.max_bytes = max_tools, max_bytes
-        self.bytes = 0
-        self._tools: OrderedDict[tuple[str, str], ToolHeaders | None] = OrderedDict()
+    def __init__(self, max_tools: int = 5_000, max_bytes: int = 1 << 20, max_servers: int = 64) -> None:
+        self.max_tools, self.max_bytes, self.max_servers = max_tools, max_bytes, max_servers
+        self._servers: OrderedDict[str, _ServerMaps] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._tools)
+        return sum(len(m.tools) for m in self._servers.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(m.bytes for m in self._servers.values())
 
     def learn(self, scope: str, result: Any) -> None:
         """Remember the maps of the tools a ``tools/list`` result lists (a page replaces only its own tools)."""
         tools = result.get("tools") if isinstance(result, dict) else None
-        for tool in tools if isinstance(tools, list) else []:
+        if not isinstance(tools, list):
+            return
+        maps = self._servers.pop(scope, None) or _ServerMaps()
+        self._servers[scope] = maps  # most recently listed last
+        while len(self._servers) > self.max_servers:
+            self._servers.popitem(last=False)
+        for tool in tools:
             name = tool.get("name") if isinstance(tool, dict) else None
             if isinstance(name, str):
-                self._put((scope, name), tool_headers(tool.get("inputSchema")))
+                maps.put(name, tool_headers(tool.get("inputSchema")), self.max_tools, self.max_bytes)
 
     def get(self, scope: str, tool: str) -> ToolHeaders | None:
         """The tool's map, or None when unknown (never listed, evicted) or invalid."""
-        return self._tools.get((scope, tool))
+        maps = self._servers.get(scope)
+        return maps.tools.get(tool) if maps is not None else None
 
-    def _put(self, key: tuple[str, str], value: ToolHeaders | None) -> None:
-        if key in self._tools:
-            self.bytes -= _size(key, self._tools.pop(key))
-        size = _size(key, value)
-        if size > self.max_bytes:
+
+class _ServerMaps:
+    __slots__ = ("bytes", "tools")
+
+    def __init__(self) -> None:
+        self.tools: OrderedDict[str, ToolHeaders | None] = OrderedDict()
+        self.bytes = 0
+
+    def put(self, name: str, value: ToolHeaders | None, max_tools: int, max_bytes: int) -> None:
+        if name in self.tools:
+            self.bytes -= _size(name, self.tools.pop(name))
+        size = _size(name, value)
+        if size > max_bytes:
             return
-        self._tools[key] = value
+        self.tools[name] = value
         self.bytes += size
-        while len(self._tools) > self.max_tools or self.bytes > self.max_bytes:
-            k, v = self._tools.popitem(last=False)
+        while len(self.tools) > max_tools or self.bytes > max_bytes:
+            k, v = self.tools.popitem(last=False)
             self.bytes -= _size(k, v)
 
 
-def _size(key: tuple[str, str], value: ToolHeaders | None) -> int:
-    return len(key[0]) + len(key[1]) + (value.size if value is not None else 16)
+def _size(name: str, value: ToolHeaders | None) -> int:
+    return len(name) + (value.size if value is not None else 16)

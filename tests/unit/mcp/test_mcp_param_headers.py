@@ -90,17 +90,22 @@ def test_invalid_annotations_are_not_enforced() -> None:
     assert tool_headers({"type": "object", "properties": {"a": {"type": "string"}}}).names == frozenset()
 
 
-def test_the_remembered_maps_are_bounded_in_count_and_bytes() -> None:
-    maps = ParamHeaderMaps(max_tools=3, max_bytes=10_000)
+def test_the_remembered_maps_are_bounded_per_server_in_count_and_bytes_and_in_servers() -> None:
+    maps = ParamHeaderMaps(max_tools=3, max_bytes=10_000, max_servers=2)
     for i in range(10):
         maps.learn("demo", {"tools": [{"name": f"t{i}", "inputSchema": SCHEMA}]})
     assert len(maps) == 3 and maps.get("demo", "t9") is not None and maps.get("demo", "t0") is None
 
-    small = ParamHeaderMaps(max_tools=1000, max_bytes=1000)
-    for i in range(50):
-        small.learn(f"server-{i}", LISTED)
-    assert 0 < small.bytes <= 1000 and len(small) < 100
-    assert small.get("server-49", "route") is not None and small.get("server-0", "route") is None
+    one = tool_headers(SCHEMA)
+    assert one is not None
+    small = ParamHeaderMaps(max_tools=1000, max_bytes=3 * (one.size + 10), max_servers=2)
+    small.learn("quiet", LISTED)
+    small.learn("noisy", {"tools": [{"name": f"t{i:03}", "inputSchema": SCHEMA} for i in range(500)]})
+    assert small.get("quiet", "route") is not None  # one server's huge list never pushes out another's
+    assert small.get("noisy", "t499") is not None and small.get("noisy", "t000") is None
+    assert len(small) <= 2 + 3 and small.bytes <= 2 * 3 * (one.size + 10)
+    small.learn("third", LISTED)
+    assert small.get("quiet", "route") is None and small.get("third", "route") is not None  # least recent server
 
 
 def test_the_latest_listing_replaces_a_tools_map() -> None:
