@@ -1,10 +1,11 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Both bootstrap .venv themselves.
+# Two commands on a fresh machine: `make demo` and `make test` (`make up` keeps the demo stack running). All
+# bootstrap .venv themselves.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration conformance bench bench-sse bench-sustained bench-goals faults faults-full lint clean tools chromium
+.PHONY: demo up test test-unit test-integration conformance bench bench-sse bench-sustained bench-goals faults faults-full lint clean tools chromium
 
 # Command-line tools the deploy checks run: promtool (Debian `prometheus`) and kubectl (Debian `kubectl`).
 APT_TOOLS := promtool:prometheus kubectl:kubectl
@@ -19,6 +20,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/mcp-extproc demo
+
+# The demo's whole stack kept running until Ctrl-C (gateway on :8080, dev issuer on :9400): tokens, client
+# snippets and a live feed of exchanges (README: Running a gateway).
+up: $(STAMP)
+	$(BIN)/mcp-extproc demo --keep
 
 tools:
 	@missing=""; for t in $(APT_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
