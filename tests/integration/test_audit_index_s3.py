@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,13 +10,11 @@ from pathlib import Path
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
+from synthetic import session_segments
 
 from extproc.audit.index import SessionIndex
 from extproc.launcher import free_port
 from extproc.recording.store.s3 import S3Store
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "audit"))
-from synthetic import session_segments
 
 
 @pytest.fixture

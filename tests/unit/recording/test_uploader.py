@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,21 @@ def _manifest(segment: int, final: bool = False) -> Manifest:
     return Manifest("s", "w", segment, segment, segment, 1, 2, "x" * 64, "y" * 64, "0" * 64, final=final, created=1.0)
 
 
+_opened: list[Spool] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_spools() -> AsyncIterator[None]:
+    """Each test's spools are closed after it (their lock files open otherwise until the GC finds them)."""
+    yield
+    while _opened:
+        await _opened.pop().close(remove_if_empty=False)
+
+
 async def _spool(tmp_path: Path, segments: int) -> Spool:
     spool = Spool(tmp_path / "spool", "w")
     await spool.open()
+    _opened.append(spool)
     for n in range(segments):
         await spool.write_behind([Append("s", "w", n, b"%d\n" % n)])
         manifest = _manifest(n, final=n == segments - 1)

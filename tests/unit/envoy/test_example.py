@@ -11,7 +11,7 @@ from extproc import settings
 from extproc.envoy.bootstrap import render
 from extproc.launcher import envoy_binary
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_example_matches_renderer() -> None:
