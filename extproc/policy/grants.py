@@ -242,7 +242,7 @@ def revoke(directory: Path, private: Ed25519PrivateKey, grant_id: str, by: str, 
         return _write(directory, LOG_NAME, _sign(private, log_))
 
 
-class _log_lock:  # noqa: N801 - used as a plain ``with`` block
+class _log_lock:  # a plain ``with`` block
     """An exclusive flock on ``.revocations.lock`` so two ``grant revoke`` runs cannot lose each other's entry."""
 
     def __init__(self, directory: Path) -> None:

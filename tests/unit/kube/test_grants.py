@@ -238,7 +238,7 @@ async def test_grants_with_no_revocation_log_are_not_honoured(tmp_path: Path) ->
 
 async def test_an_in_place_edit_of_a_grant_file_is_noticed(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    g, path = _grant(tmp_path)
+    _, path = _grant(tmp_path)
     assert len(await store.active(NOW + 1)) == 1
     d = path.parent
     before = d.stat().st_mtime_ns
