@@ -56,7 +56,7 @@ def _kill_mid_call(gw: Gateway, token: str) -> str:
     except httpx.HTTPError:
         pass
     gw.stack.restart_worker(0)
-    return recording_key(headers["mcp-session-id"])
+    return recording_key(headers["mcp-session-id"], "alpha")
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make test installs it)")
@@ -73,8 +73,8 @@ async def test_web_viewer_login_find_play_incomplete_and_refused(
     def token(who: str, *groups: str) -> str:
         return issuer.mint(who, aud=gw.endpoint, groups=list(groups))
 
-    played = recording_key((await run_session(gw.url("alpha"), token("bob"))).session_id)
-    hidden = recording_key((await run_session(gw.url("beta"), token("bob"))).session_id)
+    played = recording_key((await run_session(gw.url("alpha"), token("bob"))).session_id, "alpha")
+    hidden = recording_key((await run_session(gw.url("beta"), token("bob"))).session_id, "beta")
     incomplete = await asyncio.to_thread(_kill_mid_call, gw, token("bob"))
 
     def indexed() -> bool:

@@ -27,7 +27,7 @@ async def test_redrive_reports_identical_calls_and_names_the_changed_tool(
         await conn.client.list_tools()
         await conn.client.call_tool("echo", {"text": "hello"})
         await conn.client.call_tool("whoami", {})  # through the gateway it sees carol; directly, nobody
-        key = recording_key(conn.session_id)
+        key = recording_key(conn.session_id, "alpha")
     wait_until(lambda: key in gw.store.list_sessions(), 20, "the recording")
     config = str(gw.stack.config)
     before = len(server.seen())

@@ -22,6 +22,7 @@ from extproc.recording.events import McpRequest, body_bytes
 from extproc.recording.recorder import Recorder
 from extproc.recording.replay import load_session
 from extproc.recording.store.file import FileStore
+from extproc.reserved import parse_server_unit
 from extproc.settings import parse
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.sig-7f3a9b"
@@ -62,7 +63,10 @@ class Rig:
         for key in self.store.list_sessions():
             session = load_session(self.store, key)
             assert session.problems == []
-            out[session.id] = session.events
+            # A server's session is recorded under u_<server>_<backend>_<id>: keyed here by the server's id.
+            unit = parse_server_unit(session.id)
+            assert unit is None or unit[:2] == ("weather", ""), session.id
+            out[unit[2] if unit else session.id] = session.events
         return out
 
     def written_bytes(self) -> bytes:
@@ -179,7 +183,7 @@ async def test_initialize_is_recorded_under_the_session_the_server_names(rig: Ri
     assert list(recorded) == ["sess-abc"]
     events = recorded["sess-abc"]
     assert _types(events) == ["exchange.start", "mcp.request", "http.response", "mcp.response", "exchange.end"]
-    assert {(e["session"], e["exchange"]) for e in events} == {("sess-abc", "ex1")}
+    assert {(e["session"], e["exchange"]) for e in events} == {("u_weather__sess-abc", "ex1")}  # server and backend
     assert [e["index"] for e in events] == [0, 1, 2, 3, 4]
     # Events held until the session was known keep the time they happened, not the time they were written.
     assert [e["time"] for e in events] == [1000.1, 1000.2, 1000.5, 1000.75, 1000.75]
