@@ -483,6 +483,8 @@ class Exchange:
         self.status = err.status
         self.refused = True
         self.finish("denied", f"{type(err).__name__}: {err.safe_message}")
+        # The request id joins the client's report to our access line and log (why, for an operator), never detail.
+        headers = {**(headers or {}), "x-request-id": self.request_id or self.id}
         if doc is not None:
             return responses.json_reply(err.status, doc, headers, f"mcp_extproc_{type(err).__name__}")
         msg_id = self.request_ids[0] if len(self.request_ids) == 1 else None

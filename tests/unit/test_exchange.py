@@ -568,11 +568,11 @@ async def test_recorder_not_accepting_refuses_with_503_when_recording_is_require
     assert not unwell.recorder.accepting
     ex = Exchange(_gateway(unwell.recorder, Clock(), required=True))
 
-    resp = await ex.on_request_headers(request_headers(session="s"))
+    resp = await ex.on_request_headers(request_headers(session="s", **{"x-request-id": "req-42"}))
     ex.finish("reset")  # as the stream loop does when Envoy ends the stream
 
-    status, doc, _ = _immediate(resp)
-    assert status == 503
+    status, doc, hdrs = _immediate(resp)
+    assert status == 503 and hdrs["x-request-id"] == "req-42"  # what the operator finds the reason by in the log
     assert doc == {
         "jsonrpc": "2.0",
         "id": None,
@@ -628,8 +628,9 @@ async def test_session_less_request_is_refused_when_its_held_events_could_not_be
 
     resp = await ex.on_request_body(body(json.dumps(INIT).encode()))
 
-    status, doc, _ = _immediate(resp)
+    status, doc, hdrs = _immediate(resp)
     assert status == 503 and doc["error"]["message"] == "recording unavailable; request refused"
+    assert hdrs["x-request-id"] == ex.id  # no x-request-id from Envoy: the exchange id, as in the access line
 
 
 async def test_a_token_in_the_query_string_is_not_recorded(rig: Rig) -> None:
