@@ -87,7 +87,7 @@ def run(scale: str) -> Outcome:
                         answered_by_phase[phase[0]] += len(tally.answered) - before
                     elif status == 503 and REFUSED in body:
                         refused_ok[0] += 1
-                        without_id[0] += not reply_headers.get("x-request-id")  # aiohttp: case-insensitive
+                        without_id[0] += not {k.lower() for k in reply_headers} & {"x-request-id"}
                         await asyncio.sleep(0.05)
 
             try:

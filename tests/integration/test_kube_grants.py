@@ -100,7 +100,8 @@ def test_deleting_or_editing_files_never_widens_access(start_mcp_server, start_a
     headers = open_session(url, bob)
     assert _echo(url, headers).status_code == 200
     grants.revoke(directory, key, g.id, "alice", "done", time.time())
-    assert _echo(url, headers).status_code == 403
+    refused = _echo(url, headers)
+    assert refused.status_code == 403 and refused.headers.get("x-request-id")  # a refusal names its request
     log_path = directory / grants.LOG_NAME
     signed = log_path.read_text()
     log_path.write_text(signed.replace('"seq": 1', '"seq": 2'))  # edited: the signature no longer matches

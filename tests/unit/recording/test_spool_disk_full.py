@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from extproc.metrics import _Readings
+from extproc.recording import digest
 from extproc.recording.events import McpRequest
 from extproc.recording.recorder import Recorder
 from extproc.recording.spool import Append, Spool
@@ -125,3 +126,19 @@ async def test_a_spool_that_refuses_writes_otherwise_is_named_by_its_errno(tmp_p
     reason, detail = rec.unavailable() or ("", "")
     assert reason == "spool_unwritable" and "ENOTDIR" in detail and str(blocker) in detail
     await rec.close()
+
+
+def test_a_full_disk_under_the_digest_journal_does_not_stop_the_uploader(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The uploader writes a journal line per stored segment; ENOSPC there used to end the uploader's task, so the
+    spool never drained and the disk stayed full after space returned (bench/faults/disk_full.py)."""
+    full = Path("/dev/full")  # every write: ENOSPC
+    for _ in range(3):
+        digest._append(full, b'{"segment":1}\n')  # no exception: the uploader goes on
+    journal = tmp_path / "period.jsonl"
+    digest._append(journal, b'{"segment":2}\n')
+    assert journal.read_bytes() == b'{"segment":2}\n'
+    failed = [r for r in caplog.records if "line not written" in r.getMessage()]
+    assert len(failed) == 1 and "ENOSPC" in failed[0].getMessage()  # once per state change
+    assert any("writable again" in r.getMessage() for r in caplog.records)
