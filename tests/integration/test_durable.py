@@ -33,6 +33,7 @@ from extproc.launcher import free_port, wait_until
 from extproc.recording.manifest import generate_keys, load_public_key
 from extproc.recording.replay import Session, load_session
 from extproc.recording.store.s3 import S3Store
+from extproc.reserved import server_unit
 
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 REFUSED = "recording unavailable; request refused"
@@ -148,7 +149,8 @@ async def test_session_lands_in_s3_signed_verified_and_locked(
 
     versions = moto.client.list_object_versions(Bucket=moto.bucket, Prefix="rec/")["Versions"]
     ext = {"zstd": r"\.zst", "gzip": r"\.gz"}[compression]
-    shape = rf"rec/\d{{4}}/\d{{2}}/\d{{2}}/{re.escape(result.session_id)}/[^/]+/\d{{8}}\.(jsonl{ext}|manifest\.json)"
+    unit = re.escape(server_unit("demo", "", result.session_id))
+    shape = rf"rec/\d{{4}}/\d{{2}}/\d{{2}}/{unit}/[^/]+/\d{{8}}\.(jsonl{ext}|manifest\.json)"
     assert versions and all(re.fullmatch(shape, v["Key"]) for v in versions), [v["Key"] for v in versions]
     for v in versions[:4]:
         head = moto.client.head_object(Bucket=moto.bucket, Key=v["Key"], ChecksumMode="ENABLED")
@@ -249,7 +251,7 @@ def test_killed_processor_leaves_an_incomplete_exchange_with_everything_written(
     progress = [e for e in incomplete["events"] if e["type"] == "mcp.response"]
     assert len(progress) >= 1  # the partial log of the killed call stays
     rows = json.loads(_cli("sessions", "list", "--dir", str(gw.store.root), "--json").stdout)
-    assert next(r for r in rows if r["session"] == sid)["state"] == "incomplete"
+    assert next(r for r in rows if r["session"] == server_unit("demo", "", sid))["state"] == "incomplete"
     verify = _cli("sessions", "verify", sid, "--dir", str(gw.store.root), "--public-key", str(pub))
     assert verify.returncode == 0, verify.stdout
 
