@@ -293,7 +293,7 @@ class Exchange:
         self.ends_session = headers.get(":method") == "DELETE"
         self.client = _client_address(attributes, headers)
         self._header_names = [h.key for h in msg.headers.headers]
-        if admission.session is not None and is_synthetic_session(admission.session):
+        if admission.refusal is not None and admission.session == synthetic_session_id(self.id):
             self.log.set_unit(admission.session)  # refused: a unit of its own (admission.py), never the named one
         elif admission.session is not None:
             self._server_session = admission.session
