@@ -214,6 +214,17 @@ async def test_request_with_session_header_is_recorded_under_it(rig: Rig) -> Non
     assert _types(recorded["sess-1"])[-1] == "exchange.end"
 
 
+@pytest.mark.parametrize("named", ["x-ex2", "u_other__s1", "mcp-extproc-retention"])
+async def test_a_session_id_naming_a_gateway_unit_stays_inside_its_servers_unit(rig: Rig, named: str) -> None:
+    """A client-sent session id (anonymous: not bound) is recorded under its server's unit whatever it names: the
+    synthetic unit of another exchange, another server's unit, the gateway's own sessions."""
+    ex = rig.exchange()
+    await ex.on_request_headers(request_headers(session=named))
+    ex.finish("reset")
+    await rig.recorded()
+    assert rig.store.list_sessions() == [f"u_weather__{named}"]
+
+
 def _chunks(data: bytes, sizes: list[int]) -> list[bytes]:
     out, i, k = [], 0, 0
     while i < len(data):
