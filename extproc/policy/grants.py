@@ -222,7 +222,7 @@ def create(
     )
     with _log_lock(directory):
         if not (directory / LOG_NAME).exists():  # the log comes first: grants with no log beside are refused
-            _write(directory, LOG_NAME, _sign(private, RevocationLog(seq=0, revoked={})))
+            _write(directory, LOG_NAME, _sign(private, RevocationLog(v=1, seq=0, revoked={})))
         return g, _write(directory, f"{g.id}.json", _sign(private, g))
 
 
@@ -236,9 +236,9 @@ def revoke(directory: Path, private: Ed25519PrivateKey, grant_id: str, by: str, 
         current, problem = read_log(directory, private.public_key())
         if problem is not None:
             raise ConfigError(problem)
-        old = current or RevocationLog(seq=0, revoked={})
+        old = current or RevocationLog(v=1, seq=0, revoked={})
         entry = RevocationEntry(at=now, by=by, reason=reason)
-        log_ = RevocationLog(seq=old.seq + 1, revoked={**old.revoked, grant_id: entry})
+        log_ = RevocationLog(v=1, seq=old.seq + 1, revoked={**old.revoked, grant_id: entry})
         return _write(directory, LOG_NAME, _sign(private, log_))
 
 
