@@ -10,7 +10,7 @@ from pathlib import Path
 from extproc.recording.digest import DigestLog
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
 from extproc.recording.manifest import Signer
-from extproc.recording.recorder import Recorder
+from extproc.recording.recorder import Recorder, RecorderOptions
 from extproc.recording.spool import Spool
 from extproc.recording.store import Store
 from extproc.recording.store.file import FileStore
@@ -45,7 +45,9 @@ async def emit_exchanges(rec: Recorder, session: str, exchanges: int, t: float =
 
 async def record(root: Path, key: Path, session: str, exchanges: int = 4, store: Store | None = None) -> None:
     store = store or FileStore(root)
-    rec = Recorder(store, writer_id="w", flush_interval=0.01, signer=Signer.from_file(key), spool_dir=root / ".spool")
+    rec = Recorder(
+        store, Spool(root / ".spool", "w"), RecorderOptions(flush_interval=0.01), signer=Signer.from_file(key)
+    )
     await rec.start()
     await emit_exchanges(rec, session, exchanges)
     await rec.close()
@@ -60,7 +62,7 @@ async def record_with_digests(
     digests = DigestLog(store, writer, signer, interval=3600)
     spool_ = Spool(spool, writer)
     uploader = Uploader(spool_, store, on_stored=digests.stored)
-    rec = Recorder(store, writer_id=writer, flush_interval=0.01, signer=signer, spool=spool_, uploader=uploader)
+    rec = Recorder(store, spool_, RecorderOptions(flush_interval=0.01), signer=signer, uploader=uploader)
     await rec.start()
     digests.start()
     for session in sessions:

@@ -63,6 +63,22 @@ def build_mcp(name: str, log_level: LogLevel = "WARNING") -> MCPServer:
     return mcp
 
 
+def add_github_stand_in_tools(mcp: MCPServer) -> None:
+    """Two tools named like github-mcp-server's, so the example policy's github rules have something to decide:
+    ``list_issues`` (engineers may: github-read-eng) and ``delete_repository`` (nobody may: github-no-destructive).
+    They touch nothing; they only answer."""
+
+    @mcp.tool()
+    def list_issues(owner: str, repo: str) -> list[dict[str, Any]]:
+        """List a repository's open issues (stand-in data)."""
+        return [{"number": 1, "title": f"first issue of {owner}/{repo}", "state": "open"}]
+
+    @mcp.tool()
+    def delete_repository(owner: str, repo: str) -> str:
+        """Delete a repository (a stand-in: deletes nothing; the example policy denies it anyway)."""
+        return f"{owner}/{repo} would have been deleted"
+
+
 def _summarize(body: bytes) -> tuple[str | None, str | None]:
     """JSON-RPC method and tool name of a request body (first message of a batch); (None, None) if not JSON-RPC."""
     try:
@@ -240,13 +256,15 @@ def build_app(
     mrtr: bool = False,
     bare_cr: bool = False,
     session_id: str | None = None,
+    github_stand_in: bool = False,
 ) -> SeenRecorder:
     """The sample server as an ASGI app: MCP at /mcp (stateful sessions), request log at GET /_seen.
 
     ``gzip`` compresses JSON responses for clients that accept it ("negotiated") or always ("always").
     ``dns_rebinding_protection`` turns on the SDK's localhost-only Host check, the default of SDK servers bound
     to localhost (the gateway sends the server its own host name, so it passes). ``mrtr`` adds the
-    multi-round-trip ``approve`` tool; ``bare_cr`` ends SSE lines with a bare CR.
+    multi-round-trip ``approve`` tool; ``bare_cr`` ends SSE lines with a bare CR; ``github_stand_in`` adds
+    ``list_issues`` and ``delete_repository`` (what `demo --keep` serves as its `github` server).
     """
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=dns_rebinding_protection,
@@ -256,6 +274,8 @@ def build_app(
     mcp = build_mcp(name, log_level)
     if mrtr:
         add_approval_tool(mcp)
+    if github_stand_in:
+        add_github_stand_in_tools(mcp)
     app: ASGIApp = mcp.streamable_http_app(
         streamable_http_path=MCP_PATH, json_response=json_response, transport_security=security
     )
@@ -279,6 +299,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mrtr", action="store_true", help="add the multi-round-trip `approve` tool (2026-07-28)")
     parser.add_argument("--bare-cr", action="store_true", help="end SSE lines with a bare CR (for tests)")
     parser.add_argument("--session-id", help="name every session this (for tests of predictable or hostile ids)")
+    parser.add_argument(
+        "--github-stand-in", action="store_true", help="add list_issues and delete_repository (demo --keep's github)"
+    )
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
     parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate chain (tests of upstream TLS)")
     parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
@@ -293,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         mrtr=args.mrtr,
         bare_cr=args.bare_cr,
         session_id=args.session_id,
+        github_stand_in=args.github_stand_in,
     )
     if args.log_format == "json":  # uvicorn's loggers then propagate to our JSON handler
         from extproc.logs import setup

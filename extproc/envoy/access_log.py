@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from extproc.envoy.fields import T
 from extproc.settings import Settings
-
-_T = "type.googleapis.com/envoy."
 
 # Field names shared with the processor's access line (extproc/logs.py): time, level, logger, msg, request_id,
 # server, status, duration_ms, bytes_in, bytes_out.
@@ -47,14 +46,14 @@ def access_logs(settings: Settings) -> list[dict[str, Any]]:
     log_format["formatters"] = [
         {
             "name": "envoy.formatter.req_without_query",
-            "typed_config": {"@type": _T + "extensions.formatter.req_without_query.v3.ReqWithoutQuery"},
+            "typed_config": {"@type": T + "extensions.formatter.req_without_query.v3.ReqWithoutQuery"},
         }
     ]
     return [
         {
             "name": "envoy.access_loggers.stdout",
             "typed_config": {
-                "@type": _T + "extensions.access_loggers.stream.v3.StdoutAccessLog",
+                "@type": T + "extensions.access_loggers.stream.v3.StdoutAccessLog",
                 "log_format": log_format,
             },
         }

@@ -1,25 +1,25 @@
 """Render the Envoy bootstrap for a gateway.yaml: one listener, one route per MCP server, the ext_proc filter.
 
 A plain dict template keeps every Envoy field visible in one place; `envoy --mode validate` checks the result
-in the test suite, so a typo here fails CI rather than a deploy.
+in the test suite, so a typo here fails CI rather than a deploy. Each listener's and cluster's transport socket
+comes from ``tls.py``'s builders as the listener or cluster is built: one writer per field, no second pass.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from extproc.envoy.access_log import access_logs
-from extproc.envoy.stats import add_stats_listener
-from extproc.envoy.tls import apply_tls
+from extproc.envoy.fields import T, is_ip, seconds, socket_address
+from extproc.envoy.stats import stats_parts
+from extproc.envoy.tls import SDS_NODE, listener_transport_socket, processor_transport_socket, upstream_transport_socket
 from extproc.mcp.jsonrpc import TRANSPORT_METHODS
 from extproc.routing import UPSTREAM_HEADER
 from extproc.settings import Server, Settings, split_hostport
 
-_T = "type.googleapis.com/envoy."
 PROCESSOR_CLUSTER = "mcp_extproc"
 PROCESSOR_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"  # gRPC health service name
 BACKENDS_CLUSTER = "mcp_backends"
@@ -30,30 +30,27 @@ SAFE_RETRY = {"retry_on": "reset-before-request", "num_retries": 1}
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
-def _socket(host: str, port: int) -> dict[str, Any]:
-    return {"socket_address": {"address": host, "port_value": port}}
-
-
 def processor_addresses(settings: Settings) -> list[dict[str, Any]]:
     """One endpoint per processor worker: Envoy balances streams across its connections to each of them."""
     proc = settings.processor
     endpoints = [proc.endpoint(i) for i in range(proc.workers)]
     if proc.unix_path:
         return [{"pipe": {"path": e.removeprefix("unix:")}} for e in endpoints]
-    return [_socket(*split_hostport(e)) for e in endpoints]
+    return [socket_address(*split_hostport(e)) for e in endpoints]
 
 
 def _cluster(
     name: str,
     addresses: list[dict[str, Any]],
     http2: bool,
-    tls_sni: str | None = None,
+    transport_socket: dict[str, Any] | None = None,
     idle_timeout_s: float | None = None,
 ) -> dict[str, Any]:
-    is_ip = all("pipe" in a or _is_ip(a["socket_address"]["address"]) for a in addresses)
+    """A cluster over fixed addresses; ``transport_socket`` (from ``tls.py``'s builders) when it speaks TLS."""
+    static = all("pipe" in a or is_ip(a["socket_address"]["address"]) for a in addresses)
     cluster: dict[str, Any] = {
         "name": name,
-        "type": "STATIC" if is_ip else "STRICT_DNS",
+        "type": "STATIC" if static else "STRICT_DNS",
         "connect_timeout": "2s",
         "load_assignment": {
             "cluster_name": name,
@@ -62,33 +59,44 @@ def _cluster(
     }
     if http2 or idle_timeout_s is not None:
         options: dict[str, Any] = {
-            "@type": _T + "extensions.upstreams.http.v3.HttpProtocolOptions",
+            "@type": T + "extensions.upstreams.http.v3.HttpProtocolOptions",
             "explicit_http_config": {"http2_protocol_options": {}} if http2 else {"http_protocol_options": {}},
         }
         if idle_timeout_s is not None:
-            options["common_http_protocol_options"] = {"idle_timeout": _seconds(idle_timeout_s)}
+            options["common_http_protocol_options"] = {"idle_timeout": seconds(idle_timeout_s)}
         cluster["typed_extension_protocol_options"] = {_HTTP_OPTIONS: options}
-    if tls_sni is not None:
-        cluster["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": _T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": tls_sni,
-            },
-        }
+    if transport_socket is not None:
+        cluster["transport_socket"] = transport_socket
     return cluster
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def server_cluster_name(server: Server) -> str:
     return f"mcp_server_{server.name}"
+
+
+def server_cluster(server: Server, idle_timeout_s: float) -> dict[str, Any]:
+    """The cluster of a server with an ``upstream``: HTTP/1.1, verified TLS when ``tls: true``."""
+    assert server.upstream is not None  # servers with backends are reached through BACKENDS_CLUSTER
+    host, port = split_hostport(server.upstream)
+    return _cluster(
+        server_cluster_name(server),
+        [socket_address(host, port)],
+        http2=False,
+        transport_socket=upstream_transport_socket(server),
+        idle_timeout_s=idle_timeout_s,
+    )
+
+
+def processor_cluster(settings: Settings) -> dict[str, Any]:
+    """The processor's workers over HTTP/2, health-checked; mutual TLS when ``processor.tls`` is set."""
+    cluster = _cluster(
+        PROCESSOR_CLUSTER,
+        processor_addresses(settings),
+        http2=True,
+        transport_socket=processor_transport_socket(settings),
+    )
+    cluster["health_checks"] = [_processor_health_check()]
+    return cluster
 
 
 def _routes(server: Server) -> list[dict[str, Any]]:
@@ -142,9 +150,9 @@ def _backends_cluster(idle_timeout_s: float) -> dict[str, Any]:
         "original_dst_lb_config": {"use_http_header": True, "http_header_name": UPSTREAM_HEADER},
         "typed_extension_protocol_options": {
             _HTTP_OPTIONS: {
-                "@type": _T + "extensions.upstreams.http.v3.HttpProtocolOptions",
+                "@type": T + "extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {"http_protocol_options": {}},
-                "common_http_protocol_options": {"idle_timeout": _seconds(idle_timeout_s)},
+                "common_http_protocol_options": {"idle_timeout": seconds(idle_timeout_s)},
             }
         },
     }
@@ -155,7 +163,7 @@ def _strip_routing_header() -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.header_mutation",
         "typed_config": {
-            "@type": _T + "extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "@type": T + "extensions.filters.http.header_mutation.v3.HeaderMutation",
             "mutations": {"request_mutations": [{"remove": UPSTREAM_HEADER}]},
         },
     }
@@ -166,7 +174,7 @@ def _ext_proc_filter(settings: Settings) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
-            "@type": _T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "@type": T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
             "grpc_service": {"envoy_grpc": {"cluster_name": PROCESSOR_CLUSTER}},
             # Fail closed: if the processor is unreachable or errors, the request fails. Never unrecorded traffic.
             "failure_mode_allow": False,
@@ -235,12 +243,12 @@ def audit_parts(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str
         "route": {"cluster": AUDIT_CLUSTER, "timeout": "0s"},  # replay streams last as long as the playback
         "typed_per_filter_config": {
             "envoy.filters.http.ext_proc": {
-                "@type": _T + "extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+                "@type": T + "extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
                 "disabled": True,
             }
         },
     }
-    return [route], [_cluster(AUDIT_CLUSTER, [_socket(audit.address, audit.port)], http2=False)]
+    return [route], [_cluster(AUDIT_CLUSTER, [socket_address(audit.address, audit.port)], http2=False)]
 
 
 def _virtual_host(settings: Settings) -> dict[str, Any]:
@@ -273,7 +281,7 @@ def _http_filters(settings: Settings) -> list[dict[str, Any]]:
     if settings.edge.compress_responses:
         filters.append(_compressor_filter())
     filters.append(_ext_proc_filter(settings))
-    router = {"@type": _T + "extensions.filters.http.router.v3.Router"}
+    router = {"@type": T + "extensions.filters.http.router.v3.Router"}
     return [*filters, {"name": "envoy.filters.http.router", "typed_config": router}]
 
 
@@ -283,11 +291,11 @@ def _compressor_filter() -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.compressor",
         "typed_config": {
-            "@type": _T + "extensions.filters.http.compressor.v3.Compressor",
+            "@type": T + "extensions.filters.http.compressor.v3.Compressor",
             "response_direction_config": {"common_config": {"min_content_length": 256}},
             "compressor_library": {
                 "name": "gzip",
-                "typed_config": {"@type": _T + "extensions.compression.gzip.compressor.v3.Gzip"},
+                "typed_config": {"@type": T + "extensions.compression.gzip.compressor.v3.Gzip"},
             },
         },
     }
@@ -303,8 +311,8 @@ def _edge_hcm(settings: Settings) -> dict[str, Any]:
         "normalize_path": True,
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "REJECT_REQUEST",
-        "stream_idle_timeout": _seconds(edge.stream_idle_timeout_s),
-        "request_headers_timeout": _seconds(edge.request_headers_timeout_s),
+        "stream_idle_timeout": seconds(edge.stream_idle_timeout_s),
+        "request_headers_timeout": seconds(edge.request_headers_timeout_s),
         "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
         "http2_protocol_options": {
             "max_concurrent_streams": edge.http2_max_concurrent_streams,
@@ -324,14 +332,14 @@ def _overload_manager(settings: Settings) -> dict[str, Any]:
             {
                 "name": heap,
                 "typed_config": {
-                    "@type": _T + "extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                    "@type": T + "extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
                     "max_heap_size_bytes": edge.max_heap_bytes,
                 },
             },
             {
                 "name": "envoy.resource_monitors.global_downstream_max_connections",
                 "typed_config": {
-                    "@type": _T + "extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    "@type": T + "extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
                     "max_active_downstream_connections": edge.max_downstream_connections,
                 },
             },
@@ -365,15 +373,11 @@ def _processor_health_check() -> dict[str, Any]:
     }
 
 
-def _seconds(value: float) -> str:
-    return f"{value:.3f}s"
-
-
 def render(settings: Settings, sds_dir: Path | None = None) -> dict[str, Any]:
     """The Envoy bootstrap for ``settings`` as a plain dict (TLS SDS files referred to in ``sds_dir``)."""
     limit = settings.limits.max_request_body_bytes
     hcm = {
-        "@type": _T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "mcp",
         "codec_type": "AUTO",
         **_edge_hcm(settings),
@@ -382,17 +386,11 @@ def render(settings: Settings, sds_dir: Path | None = None) -> dict[str, Any]:
         "local_reply_config": _local_replies(),
         "access_log": access_logs(settings),
     }
-    processor = _cluster(PROCESSOR_CLUSTER, processor_addresses(settings), http2=True)
-    processor["health_checks"] = [_processor_health_check()]
+    processor = processor_cluster(settings)
     idle = settings.edge.upstream_idle_timeout_s
     clusters = [processor, _backends_cluster(idle), *audit_parts(settings)[1]]
-    for s in settings.servers:
-        if s.upstream is None:  # backends: reached through BACKENDS_CLUSTER
-            continue
-        host, port = split_hostport(s.upstream)
-        sni = host if s.tls else None
-        name = server_cluster_name(s)
-        clusters.append(_cluster(name, [_socket(host, port)], http2=False, tls_sni=sni, idle_timeout_s=idle))
+    # Servers with backends are reached through BACKENDS_CLUSTER.
+    clusters += [server_cluster(s, idle) for s in settings.servers if s.upstream is not None]
     # Every exchange holds one ext_proc stream for its whole life, also while it waits for a connection to its
     # server: the processor carries every server's open and waiting requests (N each), so an overflow is always
     # the server cluster's 503, never a processor failure (500) that would also refuse other servers' requests.
@@ -400,27 +398,30 @@ def render(settings: Settings, sds_dir: Path | None = None) -> dict[str, Any]:
     processor_streams = 2 * streams * max(1, len(settings.servers))  # discovered servers: at least one's worth
     for c in clusters:
         c["circuit_breakers"] = _circuit_breakers(processor_streams if c is processor else streams)
-    bootstrap = {
-        "admin": {"address": _socket("127.0.0.1", settings.admin.port)},  # loopback only, never exposed
-        "overload_manager": _overload_manager(settings),
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "mcp",
-                    "address": _socket(settings.listen.address, settings.listen.port),
-                    # The request body is buffered for the processor; over this Envoy answers 413 itself.
-                    "per_connection_buffer_limit_bytes": limit,
-                    # A port another process already holds is a start-up error, never a silently shared socket.
-                    "enable_reuse_port": False,
-                    "filter_chains": [
-                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
-                    ],
-                }
-            ],
-            "clusters": clusters,
-        },
+    chain: dict[str, Any] = {
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
     }
-    return apply_tls(add_stats_listener(bootstrap, settings), settings, sds_dir)
+    listener_tls = listener_transport_socket(settings.listen.tls, sds_dir)
+    if listener_tls is not None:
+        chain["transport_socket"] = listener_tls
+    listener = {
+        "name": "mcp",
+        "address": socket_address(settings.listen.address, settings.listen.port),
+        # The request body is buffered for the processor; over this Envoy answers 413 itself.
+        "per_connection_buffer_limit_bytes": limit,
+        # A port another process already holds is a start-up error, never a silently shared socket.
+        "enable_reuse_port": False,
+        "filter_chains": [chain],
+    }
+    stats_listeners, stats_clusters = stats_parts(settings)
+    bootstrap: dict[str, Any] = {
+        "admin": {"address": socket_address("127.0.0.1", settings.admin.port)},  # loopback only, never exposed
+        "overload_manager": _overload_manager(settings),
+        "static_resources": {"listeners": [listener, *stats_listeners], "clusters": [*clusters, *stats_clusters]},
+    }
+    if listener_tls is not None:
+        bootstrap["node"] = dict(SDS_NODE)
+    return bootstrap
 
 
 def render_yaml(settings: Settings, sds_dir: Path | None = None) -> str:

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from extproc.envoy.fields import T, socket_address
 from extproc.settings import Settings
 
-_T = "type.googleapis.com/envoy."
 ADMIN_CLUSTER = "envoy_admin"
 
 
-def add_stats_listener(bootstrap: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """``bootstrap`` with the stats listener and the admin cluster added when ``admin.stats_port`` is set."""
+def stats_parts(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The stats listener and the admin cluster when ``admin.stats_port`` is set (else none of either)."""
     port = settings.admin.stats_port
     if port is None:
-        return bootstrap
+        return [], []
     route = {"match": {"path": "/stats/prometheus"}, "route": {"cluster": ADMIN_CLUSTER}}
     hcm = {
-        "@type": _T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "envoy_stats",
         "route_config": {
             "name": "envoy_stats",
@@ -36,18 +36,18 @@ def add_stats_listener(bootstrap: dict[str, Any], settings: Settings) -> dict[st
         "http_filters": [
             {
                 "name": "envoy.filters.http.router",
-                "typed_config": {"@type": _T + "extensions.filters.http.router.v3.Router"},
+                "typed_config": {"@type": T + "extensions.filters.http.router.v3.Router"},
             }
         ],
     }
     listener = {
         "name": "envoy_stats",
-        "address": {"socket_address": {"address": settings.listen.address, "port_value": port}},
+        "address": socket_address(settings.listen.address, port),
         "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
     }
-    admin = {"socket_address": {"address": "127.0.0.1", "port_value": settings.admin.port}}
+    admin = socket_address("127.0.0.1", settings.admin.port)
     cluster = {
         "name": ADMIN_CLUSTER,
         "type": "STATIC",
@@ -57,7 +57,4 @@ def add_stats_listener(bootstrap: dict[str, Any], settings: Settings) -> dict[st
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": admin}}]}],
         },
     }
-    resources = bootstrap["static_resources"]
-    resources["listeners"].append(listener)
-    resources["clusters"].append(cluster)
-    return bootstrap
+    return [listener], [cluster]

@@ -1,7 +1,9 @@
 """TLS in the Envoy bootstrap: the listener (certificates reloaded from files through SDS, optional client
 certificates), verified upstream TLS to MCP servers, and mutual TLS to a processor reached over TCP.
 
-Kept apart from ``bootstrap.py``: ``apply_tls`` takes the rendered bootstrap and adds transport sockets.
+Kept apart from ``bootstrap.py``, which asks these builders for each listener's and cluster's transport socket
+while it builds them: one writer per field, and nothing patches a rendered bootstrap afterwards. Every upstream
+TLS context built here verifies the peer's certificate, unless a server opted out (``tls_insecure_skip_verify``).
 
 Certificate rotation: the listener's certificate comes from an SDS file (``path_config_source``) whose secret
 names the cert and key *files*; Envoy watches ``watch_directory`` and re-reads both when a file is moved into it
@@ -18,10 +20,10 @@ from typing import Any
 
 import yaml
 
+from extproc.envoy.fields import T, is_ip
 from extproc.settings import ListenTls, Server, Settings, split_hostport
 
 log = logging.getLogger(__name__)
-_T = "type.googleapis.com/envoy."
 TLS_SOCKET = "envoy.transport_sockets.tls"
 LISTENER_CERT = "listener_cert"
 LISTENER_CA = "listener_client_ca"
@@ -48,7 +50,7 @@ def sds_files(settings: Settings) -> dict[str, str]:
     tls = settings.listen.tls
     if tls is None:
         return {}
-    secret = {"@type": _T + "extensions.transport_sockets.tls.v3.Secret"}
+    secret = {"@type": T + "extensions.transport_sockets.tls.v3.Secret"}
     docs = {
         LISTENER_CERT: {
             **secret,
@@ -88,8 +90,17 @@ def _watch(tls: ListenTls) -> Path:
     return tls.watch_directory or tls.cert_file.parent
 
 
-def listener_transport_socket(tls: ListenTls, sds_dir: Path) -> dict[str, Any]:
-    """DownstreamTlsContext: TLS 1.2+, ALPN h2 and http/1.1, certificate (and client CA) from SDS files."""
+SDS_NODE = {"id": "mcp-extproc", "cluster": "mcp-extproc"}  # the bootstrap's node: SDS requires one
+
+
+def listener_transport_socket(tls: ListenTls | None, sds_dir: Path | None = None) -> dict[str, Any] | None:
+    """DownstreamTlsContext: TLS 1.2+, ALPN h2 and http/1.1, certificate (and client CA) from SDS files.
+
+    None for a plain-text listener. ``sds_dir`` is where the SDS files are written (default: ``default_sds_dir``).
+    """
+    if tls is None:
+        return None
+    sds_dir = sds_dir or default_sds_dir()
     common: dict[str, Any] = {
         "tls_params": TLS_PARAMS,
         "alpn_protocols": ["h2", "http/1.1"],
@@ -100,32 +111,40 @@ def listener_transport_socket(tls: ListenTls, sds_dir: Path) -> dict[str, Any]:
     return {
         "name": TLS_SOCKET,
         "typed_config": {
-            "@type": _T + "extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "@type": T + "extensions.transport_sockets.tls.v3.DownstreamTlsContext",
             "require_client_certificate": tls.require_client_cert,
             "common_tls_context": common,
         },
     }
 
 
-def upstream_transport_socket(server: Server) -> dict[str, Any]:
-    """UpstreamTlsContext for an MCP server: SNI, and the certificate verified (CA bundle, SAN) unless opted out."""
+def upstream_transport_socket(server: Server) -> dict[str, Any] | None:
+    """UpstreamTlsContext for an MCP server: SNI, and the certificate verified (CA bundle, SAN) unless opted out.
+
+    None for a server without ``tls: true`` (plain HTTP upstream)."""
+    if not server.tls:
+        return None
     assert server.upstream is not None  # servers with backends are refused tls: in settings
     host, _ = split_hostport(server.upstream)
     name = server.tls_server_name or host
     common: dict[str, Any] = {"tls_params": TLS_PARAMS}
     if not server.tls_insecure_skip_verify:  # the opt-out is logged by every processor at start (server_credentials)
         validation: dict[str, Any] = {"trusted_ca": {"filename": str(server.tls_ca_file or system_ca_bundle())}}
-        san_type = "IP_ADDRESS" if _is_ip(name) else "DNS"
-        validation["match_typed_subject_alt_names"] = [{"san_type": san_type, "matcher": {"exact": name}}]
+        validation["match_typed_subject_alt_names"] = [_san(name)]
         common["validation_context"] = validation
     return {
         "name": TLS_SOCKET,
         "typed_config": {
-            "@type": _T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "@type": T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             "sni": name,
             "common_tls_context": common,
         },
     }
+
+
+def _san(name: str) -> dict[str, Any]:
+    """The subject alternative name the peer's certificate must carry: ``name`` exactly, as an IP or DNS name."""
+    return {"san_type": "IP_ADDRESS" if is_ip(name) else "DNS", "matcher": {"exact": name}}
 
 
 SYSTEM_CA_BUNDLES = (
@@ -155,7 +174,7 @@ def processor_transport_socket(settings: Settings) -> dict[str, Any] | None:
     return {
         "name": TLS_SOCKET,
         "typed_config": {
-            "@type": _T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "@type": T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             "sni": name,
             "common_tls_context": {
                 "tls_params": TLS_PARAMS,
@@ -168,43 +187,11 @@ def processor_transport_socket(settings: Settings) -> dict[str, Any] | None:
                 ],
                 "validation_context": {
                     "trusted_ca": {"filename": str(tls.ca_file)},
-                    "match_typed_subject_alt_names": [
-                        {"san_type": "IP_ADDRESS" if _is_ip(name) else "DNS", "matcher": {"exact": name}}
-                    ],
+                    "match_typed_subject_alt_names": [_san(name)],
                 },
             },
         },
     }
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def apply_tls(bootstrap: dict[str, Any], settings: Settings, sds_dir: Path | None = None) -> dict[str, Any]:
-    """Add the transport sockets ``settings`` asks for to a rendered bootstrap (listener, upstreams, processor)."""
-    resources = bootstrap["static_resources"]
-    if settings.listen.tls is not None:
-        bootstrap.setdefault("node", {"id": "mcp-extproc", "cluster": "mcp-extproc"})  # SDS requires a node
-        listener = next(x for x in resources["listeners"] if x["name"] == "mcp")
-        socket = listener_transport_socket(settings.listen.tls, sds_dir or default_sds_dir())
-        for chain in listener["filter_chains"]:
-            chain["transport_socket"] = socket
-    clusters = {c["name"]: c for c in resources["clusters"]}
-    from extproc.envoy.bootstrap import PROCESSOR_CLUSTER, server_cluster_name
-
-    for server in settings.servers:
-        if server.tls:
-            clusters[server_cluster_name(server)]["transport_socket"] = upstream_transport_socket(server)
-    if (proc := processor_transport_socket(settings)) is not None:
-        clusters[PROCESSOR_CLUSTER]["transport_socket"] = proc
-    return bootstrap
 
 
 def server_credentials(settings: Settings) -> Any:

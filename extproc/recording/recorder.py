@@ -22,13 +22,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from extproc.errors import StoreError
 from extproc.recording.behind import SpoolWriteError
-from extproc.recording.chain import chain_line, event_line
 from extproc.recording.events import Event
-from extproc.recording.manifest import GENESIS, Signer
+from extproc.recording.manifest import Signer
 from extproc.recording.spool import Append, Spool, Unfinished
 from extproc.recording.store import Store
 from extproc.recording.streams import Stream, Streams
@@ -36,13 +34,35 @@ from extproc.recording.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GENESIS", "Recorder", "chain_line", "event_line", "new_writer_id"]
 _MAX_BATCH = 4096  # events chained per round (a round is one thread hop to the spool)
 
 
 def new_writer_id() -> str:
     """Unique per processor process: each writer owns its own stream per session, so no file is shared."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderOptions:
+    """How the recorder batches, seals and bounds its work, in seconds and bytes (``setup.recorder_options`` builds
+    it once from ``recording:``, where the units are converted; like ``runtime.ExchangeOptions`` for an exchange)."""
+
+    queue_size: int = 10_000  # events emitted and not yet chained; past it emit() refuses (and counts the loss)
+    flush_interval: float = 0.2  # s between fsyncs of the spool: what a crash of the host can lose
+    # s between seal ticks (a segment is sealed on the tick after an exchange of its stream ended: every seal costs
+    # a signature, fsyncs and a store write, and the seals of one tick share their disk work); None: 5 x flush.
+    seal_interval: float | None = None
+    seal_rate: float = 100.0  # seals per second at most
+    segment_bytes: int = 4 << 20  # a segment is cut past this size
+    segment_age: float = 2.0  # s: ... or this age
+    idle_timeout: float = 1800.0  # s of silence that end a session's stream (final manifest)
+    required: bool = True  # fail closed: a full spool refuses events; False drops them (counted) instead
+    linger: float = 0.005  # s the writer gathers a round before writing it (at most flush_interval)
+
+    @property
+    def seal_every(self) -> float:
+        """The seal tick in seconds: ``seal_interval``, else five flush intervals."""
+        return self.seal_interval if self.seal_interval is not None else 5 * self.flush_interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,65 +89,43 @@ class Recorder:
     def __init__(
         self,
         store: Store,
+        spool: Spool,
+        options: RecorderOptions | None = None,
         *,
-        writer_id: str | None = None,
-        queue_size: int = 10_000,
-        flush_interval: float = 0.2,
-        seal_interval: float | None = None,
-        seal_rate: float = 100.0,
-        spool_dir: Path | None = None,
-        spool_max_bytes: int = 1 << 30,
-        segment_bytes: int = 4 << 20,
-        segment_age: float = 2.0,
-        idle_timeout: float = 1800.0,
         signer: Signer | None = None,
-        required: bool = True,
-        spool: Spool | None = None,
         uploader: Uploader | None = None,
-        linger: float = 0.005,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """Records into ``spool`` (whose writer id it records as), ships to ``store`` through ``uploader``."""
+        options = options or RecorderOptions()
         self.store = store
-        self.writer_id = writer_id or new_writer_id()
-        self.flush_interval = flush_interval
-        self.segment_age = segment_age
-        self.idle_timeout = idle_timeout
+        self.options = options
+        self.writer_id = spool.writer
         self.signer = signer or Signer(None)
-        self.required = required
-        # A segment is sealed (signed, shipped) on the seal tick (every seal interval, default 5 x flush interval)
-        # after an exchange of its stream ended: every seal costs a signature, fsyncs and a store write, the spool
-        # already holds every event, and the seals of one tick share their disk work.
-        seal_interval = seal_interval if seal_interval is not None else 5 * flush_interval
         self.streams = Streams(
             self.writer_id,
             self.signer,
-            segment_bytes=segment_bytes,
-            segment_age=segment_age,
-            seal_interval=seal_interval,
-            seal_rate=seal_rate,
-            idle_timeout=idle_timeout,
+            segment_bytes=options.segment_bytes,
+            segment_age=options.segment_age,
+            seal_interval=options.seal_every,
+            seal_rate=options.seal_rate,
+            idle_timeout=options.idle_timeout,
             clock=clock,
             wall_clock=wall_clock,
         )
         self.healthy = True
         self.lost_events = 0
         self.written_events = 0
-        if spool is None:
-            spool = (
-                Spool(spool_dir, self.writer_id, spool_max_bytes)
-                if spool_dir is not None
-                else Spool.beside(store, self.writer_id, spool_max_bytes)
-            )
         self.spool = spool
         self.uploader = uploader or Uploader(spool, store)
         # Events not yet chained. A list, not an asyncio.Queue: the writer is woken once per round, not per event.
         self._buf: list[Event] = []
-        self._max_queue = queue_size
+        self._max_queue = options.queue_size
         self._waiter: asyncio.Future[None] | None = None
         self._lingering = False  # the writer gathers a round: emit() does not wake it, a commit point does
         self._stopping = False
-        self.linger = min(linger, flush_interval)
+        self.linger = min(options.linger, options.flush_interval)
         self._clock = clock
         self.wall_clock = wall_clock
         self._task: asyncio.Task[None] | None = None
@@ -329,7 +327,7 @@ class Recorder:
             stopping = self._stopping
             upto, scanned = self._chain_queued(stopping)
             # fsync on the interval: commit points already wait for the write, which survives the process dying
-            sync_due = stopping or self._clock() - last_sync >= self.flush_interval
+            sync_due = stopping or self._clock() - last_sync >= self.options.flush_interval
             # Appends now (what commit points wait for); seals and fsyncs queue behind, in order, off the data path.
             wrote = await self._write()
             if not self.streams.has_lines:
@@ -363,13 +361,13 @@ class Recorder:
     def _timeout(self, dirty: bool, last_sync: float) -> float | None:
         """How long the writer may sleep with nothing emitted: it still owes retries, syncs, seals and idle ends."""
         if self._has_ops() or not self.healthy:  # the spool failed: retry once per interval, not in a tight loop
-            return self.flush_interval
+            return self.options.flush_interval
         if dirty:
-            return max(0.0, self.flush_interval - (self._clock() - last_sync))
+            return max(0.0, self.options.flush_interval - (self._clock() - last_sync))
         if self._seal_due():  # a held-back seal comes due on the next tick
             return self.streams.next_tick()
         if self.streams.open:  # segments age and sessions go idle even without traffic
-            return min(self.segment_age, self.idle_timeout, 1.0)
+            return min(self.options.segment_age, self.options.idle_timeout, 1.0)
         return None
 
     async def _next_round(self, wake_after: float | None) -> None:
@@ -410,7 +408,7 @@ class Recorder:
 
     def _chain(self, events: list[Event]) -> list[Stream]:
         """Chain the round's events into their streams; returns the streams where an exchange ended."""
-        ended, dropped = self.streams.chain(events, None if self.required else self._room_for)
+        ended, dropped = self.streams.chain(events, None if self.options.required else self._room_for)
         for e in dropped:
             self.lost_events += 1  # counted and logged, never chained: what is kept still verifies
             log.warning("recording event lost (recording.required is false): %s %s", e.exchange, e.type)

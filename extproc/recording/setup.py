@@ -9,7 +9,7 @@ from extproc.recording.bounds import BoundedRecorder, RecordingLevels, Retention
 from extproc.recording.completer import Completer
 from extproc.recording.digest import DigestLog
 from extproc.recording.manifest import Signer
-from extproc.recording.recorder import Recorder, new_writer_id
+from extproc.recording.recorder import Recorder, RecorderOptions, new_writer_id
 from extproc.recording.spool import Spool
 from extproc.recording.store import Store
 from extproc.recording.store.file import FileStore
@@ -64,6 +64,20 @@ class RecordingRuntime:
         await self.store.close()
 
 
+def recorder_options(rec: Recording) -> RecorderOptions:
+    """The recorder's options from ``recording:`` (gateway.yaml's milliseconds become seconds here, once)."""
+    return RecorderOptions(
+        queue_size=rec.queue_size,
+        flush_interval=rec.flush_interval_ms / 1000,
+        seal_interval=rec.seal_interval_ms / 1000 if rec.seal_interval_ms is not None else None,
+        seal_rate=rec.max_seals_per_second,
+        segment_bytes=rec.segment_max_bytes,
+        segment_age=rec.segment_max_age_ms / 1000,
+        idle_timeout=rec.session_idle_timeout_s,
+        required=rec.required,
+    )
+
+
 def build_runtime(rec: Recording) -> RecordingRuntime:
     store = build_store(rec)
     signer = Signer.from_file(rec.signing_key)
@@ -75,19 +89,11 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
     log_unrecorded(dict(rec.servers), rec.off_acknowledged)
     recorder = BoundedRecorder(
         store,
+        spool,
+        recorder_options(rec),
         levels=RecordingLevels(dict(rec.servers), rec.max_event_body_bytes),
-        writer_id=writer,
-        spool=spool,
-        uploader=Uploader(spool, store, on_stored=digests.stored),
-        queue_size=rec.queue_size,
-        flush_interval=rec.flush_interval_ms / 1000,
-        seal_interval=rec.seal_interval_ms / 1000 if rec.seal_interval_ms is not None else None,
-        seal_rate=rec.max_seals_per_second,
-        segment_bytes=rec.segment_max_bytes,
-        segment_age=rec.segment_max_age_ms / 1000,
-        idle_timeout=rec.session_idle_timeout_s,
         signer=signer,
-        required=rec.required,
+        uploader=Uploader(spool, store, on_stored=digests.stored),
     )
     completer = Completer(
         rec.spool, store, recorder, signer, interval=rec.completer_interval_s, on_stored=digests.stored

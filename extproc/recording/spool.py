@@ -49,6 +49,7 @@ class Spool:
     """One writer's spool folder. Blocking file work runs in a thread; the event loop never waits on a disk."""
 
     def __init__(self, root: Path, writer: str, max_bytes: int = 1 << 30, max_open: int = 256) -> None:
+        self.writer = writer  # the writer id whose streams this folder holds (the recorder's)
         self.path = Path(root) / safe_key(writer)
         self.max_bytes = max_bytes
         self.size = 0

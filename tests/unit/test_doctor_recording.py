@@ -8,7 +8,8 @@ from pathlib import Path
 from extproc.doctor import check_recording_available
 from extproc.launcher import free_port
 from extproc.metrics import Metrics
-from extproc.recording.recorder import Recorder
+from extproc.recording.recorder import Recorder, RecorderOptions
+from extproc.recording.spool import Spool
 from extproc.recording.store.file import FileStore
 from extproc.settings import load
 
@@ -25,7 +26,7 @@ def _settings(tmp_path: Path, port: int):  # type: ignore[no-untyped-def]
 async def test_a_processor_that_cannot_record_is_named_with_its_reason(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    rec = Recorder(FileStore(tmp_path / "store"), writer_id="w", spool_dir=blocker / "spool", flush_interval=0.01)
+    rec = Recorder(FileStore(tmp_path / "store"), Spool(blocker / "spool", "w"), RecorderOptions(flush_interval=0.01))
     await rec.start()  # its spool cannot be made: unavailable (ENOTDIR)
     metrics, port = Metrics(), free_port()
     metrics.watch(rec)
@@ -41,7 +42,7 @@ async def test_a_processor_that_cannot_record_is_named_with_its_reason(tmp_path:
 
 
 async def test_an_available_recording_is_ok(tmp_path: Path) -> None:
-    rec = Recorder(FileStore(tmp_path / "store"), writer_id="w", spool_dir=tmp_path / "spool", flush_interval=0.01)
+    rec = Recorder(FileStore(tmp_path / "store"), Spool(tmp_path / "spool", "w"), RecorderOptions(flush_interval=0.01))
     await rec.start()
     metrics, port = Metrics(), free_port()
     metrics.watch(rec)

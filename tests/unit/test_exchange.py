@@ -19,8 +19,9 @@ from extproc.errors import StoreError
 from extproc.exchange import Exchange
 from extproc.gateway import Gateway
 from extproc.recording.events import McpRequest, body_bytes
-from extproc.recording.recorder import Recorder
+from extproc.recording.recorder import Recorder, RecorderOptions
 from extproc.recording.replay import load_session
+from extproc.recording.spool import Spool
 from extproc.recording.store.file import FileStore
 from extproc.reserved import parse_server_unit
 from extproc.settings import parse
@@ -95,7 +96,7 @@ def _gateway(recorder: Recorder, clock: Clock, required: bool = True) -> Gateway
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     root = tmp_path / "rec"
     store = FileStore(root)
-    recorder = Recorder(store, writer_id="w", flush_interval=0.01)
+    recorder = Recorder(store, Spool.beside(store, "w"), RecorderOptions(flush_interval=0.01))
     await recorder.start()
     clock = Clock()
     yield Rig(_gateway(recorder, clock), store, recorder, clock, root)
@@ -548,7 +549,7 @@ async def _store_failing(tmp_path: Path) -> Unwell:
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the recordings folder should be")
     store = FileStore(blocker / "rec")
-    rec = Recorder(store, writer_id="w", flush_interval=0.01)
+    rec = Recorder(store, Spool.beside(store, "w"), RecorderOptions(flush_interval=0.01))
     await rec.start()
     rec.emit(McpRequest(session="probe"))
     deadline = time.monotonic() + 5
@@ -564,7 +565,7 @@ async def _store_failing(tmp_path: Path) -> Unwell:
 
 async def _queue_full(tmp_path: Path) -> Unwell:
     store = FileStore(tmp_path / "rec")
-    rec = Recorder(store, writer_id="w", queue_size=1)  # not started: nothing drains
+    rec = Recorder(store, Spool.beside(store, "w"), RecorderOptions(queue_size=1))  # not started: nothing drains
     rec.emit(McpRequest(session="probe"))
     return Unwell(rec, store, rec.start)
 
@@ -608,7 +609,9 @@ async def test_recorder_not_accepting_is_let_through_when_recording_is_optional(
 
 async def test_queue_full_mid_exchange_fails_closed_when_recording_is_required(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "rec")
-    rec = Recorder(store, writer_id="w", queue_size=1)  # not started: the second event finds the queue full
+    rec = Recorder(
+        store, Spool.beside(store, "w"), RecorderOptions(queue_size=1)
+    )  # not started: the second event finds the queue full
     ex = Exchange(_gateway(rec, Clock(), required=True))
     await ex.on_request_headers(request_headers(session="s"))
 
@@ -759,3 +762,30 @@ async def test_encoded_response_without_a_policy_passes_as_recorded_bytes(rig: R
     await ex.on_request_headers(request_headers(session="s"))
     resp = await ex.on_response_headers(response_headers("application/json", **{"content-encoding": "gzip"}))
     assert resp.WhichOneof("response") == "response_headers"
+
+
+async def test_progress_notifications_are_recorded_unredacted_under_the_builtin_redactions(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """progressToken is MCP's name for a progress stream, not a credential: recorded as sent, with no redaction."""
+    from extproc.policy.loader import load_policy
+
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "pol" / "p.yaml").write_text("apiVersion: mcp-extproc/v1\nrules: []\n")  # built-in redactions on
+    call = {**CALL, "params": {**CALL["params"], "_meta": {"progressToken": "p-7"}}}
+    result = {"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": "password=hunter2"}]}}
+    ex = rig.exchange()
+    await ex.on_request_headers(request_headers(session="s"))
+    ex.policy = load_policy(tmp_path / "pol", {"weather"})
+    await ex.on_request_body(body(json.dumps(call).encode()))
+    await ex.on_response_headers(response_headers("text/event-stream"))
+    await ex.on_response_body(body(_sse(_progress(1), _progress(2), result)))
+
+    events = (await rig.recorded())["s"]
+    request = next(e for e in events if e["type"] == "mcp.request")
+    assert (request["messages"], request["redactions"]) == ([call], [])
+    responses = [e for e in events if e["type"] == "mcp.response"]
+    assert [r["messages"] for r in responses[:2]] == [[_progress(1)], [_progress(2)]]
+    assert [r["redactions"] for r in responses[:2]] == [[], []]
+    # the built-ins are on: the real secret in the result is still redacted
+    assert [r["rule"] for r in responses[2]["redactions"]] == ["builtin-password-assignment"]

@@ -13,7 +13,7 @@ from recording_helpers import exchange_events
 
 from extproc.recording.events import McpRequest
 from extproc.recording.manifest import Manifest, Signer
-from extproc.recording.recorder import Recorder
+from extproc.recording.recorder import Recorder, RecorderOptions
 from extproc.recording.replay import load_session
 from extproc.recording.spool import Append, Spool, Unfinished, stream_folder
 from extproc.recording.store.file import FileStore
@@ -41,7 +41,7 @@ async def test_a_commit_point_does_not_wait_for_a_seal(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     spool = GatedSpool(tmp_path / ".spool", "w")
     # Tiny segments: every exchange fills one, so each commit point comes with a seal of the segment before.
-    rec = Recorder(store, writer_id="w", spool=spool, segment_bytes=1024, flush_interval=0.01, segment_age=60)
+    rec = Recorder(store, spool, RecorderOptions(segment_bytes=1024, flush_interval=0.01, segment_age=60))
     await rec.start()
     for n in range(5):
         for e in exchange_events("s", n):
@@ -70,7 +70,7 @@ async def test_a_failing_seal_makes_the_recorder_unhealthy_until_it_is_retried_s
     spool.behind.retry = 0.02
     spool.fail = True
     spool.gate.set()
-    rec = Recorder(store, writer_id="w", spool=spool, segment_bytes=1024, flush_interval=0.01, segment_age=60)
+    rec = Recorder(store, spool, RecorderOptions(segment_bytes=1024, flush_interval=0.01, segment_age=60))
     await rec.start()
     for e in exchange_events("s", 0) + exchange_events("s", 1):
         rec.emit(e)
@@ -128,7 +128,7 @@ async def test_a_writer_killed_while_seals_wait_behind_loses_nothing_it_wrote(tm
     store = FileStore(root)
     spool = GatedSpool(root / ".spool", "dead")
     spool.gate.set()
-    dead = Recorder(store, writer_id="dead", spool=spool, segment_bytes=1024, signer=signer, flush_interval=0.01)
+    dead = Recorder(store, spool, RecorderOptions(segment_bytes=1024, flush_interval=0.01), signer=signer)
     await dead.start()
     sent = 0
     for n in range(12):
@@ -151,7 +151,7 @@ async def test_a_writer_killed_while_seals_wait_behind_loses_nothing_it_wrote(tm
     spool.gate.set()
     await spool.behind.stop()
 
-    live = Recorder(store, writer_id="live", signer=signer, flush_interval=0.01)
+    live = Recorder(store, Spool.beside(store, "live"), RecorderOptions(flush_interval=0.01), signer=signer)
     await live.start()
     completer = Completer(root / ".spool", store, live, signer)
     assert await completer.run_once() == 1

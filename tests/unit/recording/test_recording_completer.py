@@ -10,11 +10,12 @@ from recording_helpers import emit_exchanges
 
 from extproc.errors import StoreError
 from extproc.recording.audit import audit
+from extproc.recording.chain import event_line
 from extproc.recording.completer import Completer
 from extproc.recording.digest import Digest, DigestLog
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
 from extproc.recording.manifest import Manifest, Signer, generate_keys, load_public_key
-from extproc.recording.recorder import Recorder, event_line
+from extproc.recording.recorder import Recorder, RecorderOptions
 from extproc.recording.replay import load_session
 from extproc.recording.spool import Append, Spool
 from extproc.recording.store import Segment, put_each
@@ -55,7 +56,7 @@ async def test_a_dead_writers_stream_is_sealed_shipped_and_its_open_exchange_mar
     root = tmp_path / "rec"
     await _dead_writer(root / ".spool")
     store = FileStore(root)
-    rec = Recorder(store, writer_id="live", flush_interval=0.01, signer=signer)
+    rec = Recorder(store, Spool.beside(store, "live"), RecorderOptions(flush_interval=0.01), signer=signer)
     await rec.start()
     stored: list[Segment] = []
 
@@ -88,7 +89,7 @@ async def test_a_live_writers_folder_is_left_alone(tmp_path: Path) -> None:
     live_other = Spool(root / ".spool", "other")
     await live_other.open()
     store = FileStore(root)
-    rec = Recorder(store, writer_id="me", flush_interval=0.01)
+    rec = Recorder(store, Spool.beside(store, "me"), RecorderOptions(flush_interval=0.01))
     await rec.start()
 
     assert await Completer(root / ".spool", store, rec, Signer(None)).run_once() == 0
@@ -107,10 +108,9 @@ async def test_a_dead_writers_digest_chain_is_closed_on_its_behalf(tmp_path: Pat
     digests = DigestLog(store, "dead", signer, interval=3600, journal=spool.path)
     dead = Recorder(
         store,
-        writer_id="dead",
-        flush_interval=0.01,
+        spool,
+        RecorderOptions(flush_interval=0.01),
         signer=signer,
-        spool=spool,
         uploader=Uploader(spool, store, on_stored=digests.stored),
     )
     await dead.start()
@@ -124,7 +124,7 @@ async def test_a_dead_writers_digest_chain_is_closed_on_its_behalf(tmp_path: Pat
     await dead.uploader.stop()
     await spool.close(remove_if_empty=False)
 
-    live = Recorder(store, writer_id="live", flush_interval=0.01, signer=signer)
+    live = Recorder(store, Spool.beside(store, "live"), RecorderOptions(flush_interval=0.01), signer=signer)
     await live.start()
     await Completer(root / ".spool", store, live, signer).run_once()
     await live.close()
@@ -161,7 +161,7 @@ async def test_stopping_ships_what_an_adopted_spool_still_holds(tmp_path: Path) 
     root = tmp_path / "rec"
     await _dead_writer(root / ".spool")
     store = _DownStore(root)
-    rec = Recorder(store, writer_id="live", flush_interval=0.01, signer=signer)
+    rec = Recorder(store, Spool.beside(store, "live"), RecorderOptions(flush_interval=0.01), signer=signer)
     await rec.start()
     completer = Completer(root / ".spool", store, rec, signer)
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from recording_helpers import exchange_events
 
-from extproc.recording.recorder import Recorder
+from extproc.recording.recorder import Recorder, RecorderOptions
 from extproc.recording.replay import load_session
-from extproc.recording.spool import stream_folder
+from extproc.recording.spool import Spool, stream_folder
 from extproc.recording.store.file import FileStore
 
 
@@ -23,7 +23,8 @@ def _seqs(folder: Path) -> list[int]:
 
 async def test_a_commit_on_a_known_stream_is_written_without_the_writer(tmp_path: Path) -> None:
     # The writer lingers 5 s and syncs every 5 s: a commit that waited for its round would take seconds.
-    rec = Recorder(FileStore(tmp_path), writer_id="w", flush_interval=5.0, linger=5.0, segment_age=60)
+    store = FileStore(tmp_path)
+    rec = Recorder(store, Spool.beside(store, "w"), RecorderOptions(flush_interval=5.0, linger=5.0, segment_age=60))
     await rec.start()
     for e in exchange_events("s", 0):
         rec.emit(e)
@@ -49,7 +50,8 @@ async def test_what_a_commit_wrote_is_fsynced_within_the_flush_interval(tmp_path
     synced: list[int] = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
-    rec = Recorder(FileStore(tmp_path), writer_id="w", flush_interval=0.2, linger=0.0, segment_age=60)
+    store = FileStore(tmp_path)
+    rec = Recorder(store, Spool.beside(store, "w"), RecorderOptions(flush_interval=0.2, linger=0.0, segment_age=60))
     await rec.start()
     for e in exchange_events("s", 0):
         rec.emit(e)
@@ -66,7 +68,8 @@ async def test_what_a_commit_wrote_is_fsynced_within_the_flush_interval(tmp_path
 
 
 async def test_a_commit_while_the_writer_is_in_a_round_waits_for_that_round(tmp_path: Path) -> None:
-    rec = Recorder(FileStore(tmp_path), writer_id="w", flush_interval=0.05, linger=0.0, segment_age=60)
+    store = FileStore(tmp_path)
+    rec = Recorder(store, Spool.beside(store, "w"), RecorderOptions(flush_interval=0.05, linger=0.0, segment_age=60))
     await rec.start()
     for e in exchange_events("s", 0):
         rec.emit(e)

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from extproc.recording import jsonio
+from extproc.recording.chain import chain_line, event_line
 from extproc.recording.events import (
     Event,
     ExchangeEnd,
@@ -17,7 +18,6 @@ from extproc.recording.events import (
     synthetic_session_id,
 )
 from extproc.recording.manifest import GENESIS
-from extproc.recording.recorder import chain_line, event_line
 
 
 @pytest.mark.parametrize(

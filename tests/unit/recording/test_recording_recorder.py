@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 
 from extproc.errors import StoreError
+from extproc.recording.chain import chain_line
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
-from extproc.recording.recorder import GENESIS, Recorder, chain_line
+from extproc.recording.manifest import GENESIS
+from extproc.recording.recorder import Recorder, RecorderOptions
 from extproc.recording.replay import load_session, verify_stream
+from extproc.recording.spool import Spool
 from extproc.recording.store import Segment, StreamData
 from extproc.recording.store.file import FileStore
 
@@ -51,7 +54,7 @@ def test_chain_line_puts_chain_fields_first_and_keeps_unicode() -> None:
 
 async def test_events_are_written_in_order_with_a_valid_chain(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    rec = Recorder(store, writer_id="w1", flush_interval=0.01)
+    rec = Recorder(store, Spool.beside(store, "w1"), RecorderOptions(flush_interval=0.01))
     await rec.start()
     sent = [ExchangeStart(session="s1", exchange="e", index=0, time=1.0, server="weather"), *_events("s1", 5)]
     sent.append(ExchangeEnd(session="s1", exchange="e", index=9, time=9.0, outcome="complete"))
@@ -76,7 +79,7 @@ async def test_events_are_written_in_order_with_a_valid_chain(tmp_path: Path) ->
 
 async def test_each_session_has_its_own_file_and_chain(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    rec = Recorder(store, writer_id="w1", flush_interval=0.01)
+    rec = Recorder(store, Spool.beside(store, "w1"), RecorderOptions(flush_interval=0.01))
     await rec.start()
     for a, b in zip(_events("alpha", 3), _events("beta", 3), strict=True):  # interleaved
         rec.emit(a)
@@ -97,8 +100,8 @@ async def test_each_session_has_its_own_file_and_chain(tmp_path: Path) -> None:
 
 async def test_two_writers_on_one_session_are_merged_in_time_order(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    rec_a = Recorder(store, writer_id="proc-a", flush_interval=0.01)
-    rec_b = Recorder(store, writer_id="proc-b", flush_interval=0.01)
+    rec_a = Recorder(store, Spool.beside(store, "proc-a"), RecorderOptions(flush_interval=0.01))
+    rec_b = Recorder(store, Spool.beside(store, "proc-b"), RecorderOptions(flush_interval=0.01))
     await rec_a.start()
     await rec_b.start()
     # Two processor workers handle alternate exchanges of the same MCP session.
@@ -121,7 +124,8 @@ async def test_two_writers_on_one_session_are_merged_in_time_order(tmp_path: Pat
 
 
 def test_emit_when_queue_full_returns_false_and_counts() -> None:
-    rec = Recorder(FileStore("/nonexistent-never-written"), writer_id="w", queue_size=2)  # not started: nothing drains
+    store = FileStore("/nonexistent-never-written")
+    rec = Recorder(store, Spool.beside(store, "w"), RecorderOptions(queue_size=2))  # not started: nothing drains
 
     results = [rec.emit(e) for e in _events("s", 5)]
 
@@ -133,7 +137,7 @@ def test_emit_when_queue_full_returns_false_and_counts() -> None:
 async def test_close_flushes_everything(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     # A long flush interval and no exchange.end: only close() makes these reach the file.
-    rec = Recorder(store, writer_id="w", flush_interval=60, queue_size=5000)
+    rec = Recorder(store, Spool.beside(store, "w"), RecorderOptions(flush_interval=60, queue_size=5000))
     await rec.start()
     for e in _events("s", 1300):  # more than one batch
         assert rec.emit(e)
@@ -148,7 +152,8 @@ async def test_close_flushes_everything(tmp_path: Path) -> None:
 
 
 async def test_close_without_start_is_a_no_op(tmp_path: Path) -> None:
-    rec = Recorder(FileStore(tmp_path), writer_id="w")
+    store = FileStore(tmp_path)
+    rec = Recorder(store, Spool.beside(store, "w"))
 
     await rec.close()
 
@@ -157,7 +162,7 @@ async def test_close_without_start_is_a_no_op(tmp_path: Path) -> None:
 
 async def test_flushed_waits_until_durable_in_the_spool(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    rec = Recorder(store, writer_id="w", flush_interval=0.01, segment_age=60)
+    rec = Recorder(store, Spool.beside(store, "w"), RecorderOptions(flush_interval=0.01, segment_age=60))
     await rec.start()
     for e in _events("s", 10):
         rec.emit(e)
@@ -197,7 +202,7 @@ class FlakyStore:
 
 async def test_store_down_spool_holds_everything_and_ships_it_once_it_recovers(tmp_path: Path) -> None:
     store = FlakyStore(FileStore(tmp_path))
-    rec = Recorder(store, writer_id="w", flush_interval=0.01, segment_age=0.01)
+    rec = Recorder(store, Spool.beside(store, "w"), RecorderOptions(flush_interval=0.01, segment_age=0.01))
     rec.uploader.backoff = 0.001
     await rec.start()
     for e in _events("s", 3):
@@ -225,7 +230,7 @@ async def test_store_down_spool_holds_everything_and_ships_it_once_it_recovers(t
 
 async def test_store_down_is_retried_with_backoff_not_in_a_tight_loop(tmp_path: Path) -> None:
     store = FlakyStore(FileStore(tmp_path))
-    rec = Recorder(store, writer_id="w", flush_interval=0.01, segment_age=0.01)
+    rec = Recorder(store, Spool.beside(store, "w"), RecorderOptions(flush_interval=0.01, segment_age=0.01))
     rec.uploader.backoff = 0.02
     rec.uploader._rand = lambda: 1.0  # the jitter's ceiling: 0.04, 0.08, 0.16 s
     await rec.start()
@@ -242,7 +247,7 @@ async def test_store_down_is_retried_with_backoff_not_in_a_tight_loop(tmp_path: 
 
 async def test_spool_full_stops_accepting_until_the_store_drains_it(tmp_path: Path) -> None:
     store = FlakyStore(FileStore(tmp_path))
-    rec = Recorder(store, writer_id="w", flush_interval=0.01, segment_age=0.01, spool_max_bytes=2000)
+    rec = Recorder(store, Spool.beside(store, "w", 2000), RecorderOptions(flush_interval=0.01, segment_age=0.01))
     rec.uploader.backoff = 0.001
     await rec.start()
     sent = 0
@@ -265,7 +270,9 @@ async def test_spool_full_stops_accepting_until_the_store_drains_it(tmp_path: Pa
 
 async def test_spool_full_with_recording_optional_drops_and_counts(tmp_path: Path) -> None:
     store = FlakyStore(FileStore(tmp_path))
-    rec = Recorder(store, writer_id="w", flush_interval=0.01, segment_age=0.01, spool_max_bytes=2000, required=False)
+    rec = Recorder(
+        store, Spool.beside(store, "w", 2000), RecorderOptions(flush_interval=0.01, segment_age=0.01, required=False)
+    )
     rec.uploader.backoff = 0.001
     await rec.start()
     for n, e in enumerate(_events("s", 30), start=1):
@@ -285,7 +292,7 @@ async def test_file_store_under_a_regular_file_fails_then_recovers(tmp_path: Pat
     blocker = tmp_path / "blocker"
     blocker.write_text("I am a file, not a directory")
     store = FileStore(blocker / "recordings")
-    rec = Recorder(store, writer_id="w", flush_interval=0.01)
+    rec = Recorder(store, Spool.beside(store, "w"), RecorderOptions(flush_interval=0.01))
     await rec.start()
     for e in _events("s", 4):
         rec.emit(e)
@@ -306,7 +313,10 @@ async def test_file_store_under_a_regular_file_fails_then_recovers(tmp_path: Pat
 async def test_written_returns_once_the_events_are_in_the_spool_file_without_waiting_the_linger(
     tmp_path: Path,
 ) -> None:
-    rec = Recorder(FileStore(tmp_path), writer_id="w", flush_interval=5.0, linger=5.0)  # a round would linger 5 s
+    store = FileStore(tmp_path)
+    rec = Recorder(
+        store, Spool.beside(store, "w"), RecorderOptions(flush_interval=5.0, linger=5.0)
+    )  # a round would linger 5 s
     await rec.start()
     for e in _events("s", 3):
         rec.emit(e)
@@ -325,7 +335,7 @@ async def test_written_returns_once_the_events_are_in_the_spool_file_without_wai
 async def test_written_fails_at_once_while_the_spool_is_failing(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    rec = Recorder(FileStore(tmp_path / "store"), writer_id="w", spool_dir=blocker / "spool", flush_interval=0.01)
+    rec = Recorder(FileStore(tmp_path / "store"), Spool(blocker / "spool", "w"), RecorderOptions(flush_interval=0.01))
     await rec.start()  # the spool cannot be opened: unhealthy
     rec.emit(_events("s", 1)[0])
     t0 = time.monotonic()
@@ -339,7 +349,7 @@ async def test_a_full_spool_refuses_new_work_but_writes_and_seals_what_was_admit
     # Each event waits at its commit point, as an exchange does. The line that passes the bound must still be
     # written: refused, it would hold back its segment's seal, and the spool could never drain (it used to hang).
     store = FlakyStore(FileStore(tmp_path))
-    rec = Recorder(store, writer_id="w", flush_interval=0.01, segment_age=0.01, spool_max_bytes=2000)
+    rec = Recorder(store, Spool.beside(store, "w", 2000), RecorderOptions(flush_interval=0.01, segment_age=0.01))
     rec.uploader.backoff = 0.001
     await rec.start()
     sent = 0

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
-from extproc.recording.recorder import Recorder
+from extproc.recording.recorder import Recorder, RecorderOptions
 from extproc.recording.replay import load_session
 from extproc.recording.spool import Spool
 from extproc.recording.store.file import FileStore
@@ -26,7 +26,7 @@ class CountingSpool(Spool):
 async def test_a_burst_of_exchanges_is_one_round(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     spool = CountingSpool(tmp_path / ".spool", "w")
-    rec = Recorder(store, writer_id="w", spool=spool, flush_interval=0.05, linger=0.02, segment_age=60)
+    rec = Recorder(store, spool, RecorderOptions(flush_interval=0.05, linger=0.02, segment_age=60))
     await rec.start()
     for n in range(50):  # 50 exchanges of 5 sessions, emitted as the event loop's callbacks would
         sid, ex = f"s{n % 5}", f"e{n}"
@@ -47,7 +47,7 @@ async def test_a_burst_of_exchanges_is_one_round(tmp_path: Path) -> None:
 
 async def test_close_drains_more_than_a_round(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    rec = Recorder(store, writer_id="w", queue_size=20_000, flush_interval=60)
+    rec = Recorder(store, Spool.beside(store, "w"), RecorderOptions(queue_size=20_000, flush_interval=60))
     await rec.start()
     for n in range(10_000):
         assert rec.emit(McpRequest(session="s", exchange="e", index=n))
@@ -60,7 +60,11 @@ async def test_close_drains_more_than_a_round(tmp_path: Path) -> None:
 
 async def test_seals_across_many_busy_sessions_keep_to_the_budget_oldest_first(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    rec = Recorder(store, writer_id="w", flush_interval=0.01, seal_interval=0.01, seal_rate=5, segment_age=60)
+    rec = Recorder(
+        store,
+        Spool.beside(store, "w"),
+        RecorderOptions(flush_interval=0.01, seal_interval=0.01, seal_rate=5, segment_age=60),
+    )
     sealed: list[str] = []
     seal = rec.streams.seal
 

@@ -13,7 +13,8 @@ import pytest
 
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
 from extproc.recording.manifest import Signer, generate_keys
-from extproc.recording.recorder import Recorder
+from extproc.recording.recorder import Recorder, RecorderOptions
+from extproc.recording.spool import Spool
 from extproc.recording.store.file import FileStore
 
 
@@ -25,7 +26,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 async def _record(root: Path, key: Path, session: str, exchanges: int = 4) -> None:
     """``exchanges`` exchanges of one session: one segment each (a segment ends at every exchange end)."""
     store = FileStore(root)
-    rec = Recorder(store, writer_id="w", flush_interval=0.01, signer=Signer.from_file(key))
+    rec = Recorder(store, Spool.beside(store, "w"), RecorderOptions(flush_interval=0.01), signer=Signer.from_file(key))
     await rec.start()
     t = 1000.0
     for x in range(exchanges):

@@ -20,7 +20,7 @@ import pytest
 from extproc.metrics import _Readings
 from extproc.recording import digest
 from extproc.recording.events import McpRequest
-from extproc.recording.recorder import Recorder
+from extproc.recording.recorder import Recorder, RecorderOptions
 from extproc.recording.spool import Append, Spool
 from extproc.recording.store.file import FileStore
 
@@ -92,7 +92,7 @@ async def test_a_full_disk_is_named_once_in_the_log_the_metric_and_recorder_stat
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool_dir = tmp_path / "spool"
-    rec = Recorder(FileStore(tmp_path / "store"), writer_id="w", spool_dir=spool_dir, flush_interval=0.01)
+    rec = Recorder(FileStore(tmp_path / "store"), Spool(spool_dir, "w"), RecorderOptions(flush_interval=0.01))
     await rec.start()
     disk = FullDisk(rec.spool)
     caplog.set_level(logging.INFO)
@@ -121,7 +121,7 @@ async def test_a_full_disk_is_named_once_in_the_log_the_metric_and_recorder_stat
 async def test_a_spool_that_refuses_writes_otherwise_is_named_by_its_errno(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    rec = Recorder(FileStore(tmp_path / "store"), writer_id="w", spool_dir=blocker / "spool", flush_interval=0.01)
+    rec = Recorder(FileStore(tmp_path / "store"), Spool(blocker / "spool", "w"), RecorderOptions(flush_interval=0.01))
     await rec.start()
     reason, detail = rec.unavailable() or ("", "")
     assert reason == "spool_unwritable" and "ENOTDIR" in detail and str(blocker) in detail
