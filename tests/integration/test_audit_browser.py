@@ -193,7 +193,7 @@ async def _refused_session(url: str, token: str) -> str:
             await conn.client.call_tool("add", {"a": 1, "b": 2})
         except Exception:  # the SDK raises the JSON-RPC error the gateway answered with
             pass
-        return recording_key(conn.session_id)
+        return recording_key(conn.session_id, "alpha")
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make test installs it)")
@@ -209,7 +209,7 @@ async def test_viewer_first_hour_login_off_denials_times_since_and_narrow_screen
     gw = start_authed([start_mcp_server("alpha")], policy=DENY_ADD, gateway=gateway)
     viewer = issuer.mint("alice", aud=gw.endpoint, groups=["team-a"])
     plain = recording_key(
-        (await run_session(gw.url("alpha"), issuer.mint("bob", aud=gw.endpoint), mode="legacy")).session_id
+        (await run_session(gw.url("alpha"), issuer.mint("bob", aud=gw.endpoint), mode="legacy")).session_id, "alpha"
     )
     refused = await _refused_session(gw.url("alpha"), issuer.mint("bob", aud=gw.endpoint))
 
