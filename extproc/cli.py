@@ -273,14 +273,17 @@ KeyOpt = Annotated[
 
 
 def _session(store, session_id: str, public_key=None):  # type: ignore[no-untyped-def]
-    from extproc.authn.session_binding import server_id_of
     from extproc.recording.replay import load_session
-    from extproc.recording.store import safe_key
+    from extproc.recording.units import unit_keys
 
-    # Recordings are kept under the MCP server's session id; a client holds the gateway-bound form of it.
-    for key in dict.fromkeys([session_id, server_id_of(session_id) or session_id]):
+    # A unit key, or a server's session id (recorded under its server's unit), or a client's bound form of it.
+    keys = unit_keys(store, session_id)
+    if len(keys) > 1 and keys[0] != session_id:
+        console.print(f"[red]{session_id!r} names recordings of several servers: {', '.join(keys)}[/red]")
+        raise typer.Exit(1)
+    for key in keys:
         try:
-            return load_session(store, safe_key(key), public_key)
+            return load_session(store, key, public_key)
         except KeyError:
             continue
     console.print(f"[red]no recorded session {session_id!r}[/red]")

@@ -279,6 +279,44 @@ def check_metrics(s: Settings) -> Iterator[Check]:
             yield _ok(f"metrics {worker}", url)
 
 
+def check_recording_available(s: Settings) -> Iterator[Check]:
+    """Is there room to record: free space on the spool's disk, and why a running processor refuses, if it does."""
+    import os
+    import re
+
+    spool = s.recording.spool
+    existing = next((p for p in (spool, *spool.parents) if p.exists()), Path("/"))  # the spool may not exist yet
+    try:
+        st = os.statvfs(existing)
+    except OSError as e:
+        yield _fail("recording room", f"{existing}: {e.strerror}", "mount a writable volume there (emptyDir or PVC)")
+    else:
+        free, need = st.f_bavail * st.f_frsize, s.recording.spool_max_bytes
+        room = f"{free >> 20} MiB free on the spool's disk ({spool}), spool bound {need >> 20} MiB"
+        if free < 1 << 20:
+            yield _fail("recording room", f"disk full (ENOSPC): {room}", "free space or grow the spool's volume")
+        elif free < need:
+            yield Check("recording room", "warn", room, "the disk fills before recording.spool_max_bytes is reached")
+        else:
+            yield _ok("recording room", room)
+    proc = s.processor
+    for worker in range(proc.workers if proc.metrics_port is not None else 0):
+        url = f"http://{proc.metrics_address}:{proc.metrics_port + worker}/metrics"  # type: ignore[operator]
+        try:
+            text = httpx.get(url, timeout=TIMEOUT).text
+        except httpx.HTTPError:
+            continue  # check_metrics says the processor cannot be reached
+        reasons = re.findall(r'^mcp_extproc_recording_unavailable\{reason="([a-z_]+)"\} 1\.0$', text, re.M)
+        if reasons:
+            yield _fail(
+                f"recording {worker}",
+                f"recording unavailable ({', '.join(reasons)}): new exchanges are refused with 503",
+                'the processor\'s log names the errno and path ("recording unavailable")',
+            )
+        elif "mcp_extproc_recording_unavailable" in text:
+            yield _ok(f"recording {worker}", "recording available")
+
+
 def _upstreams(s: Settings) -> Iterator[tuple[str, str, str, Server]]:
     """(check name, host:port, MCP path, server) for each upstream: a server's own, or each of its backends."""
     for srv in s.servers:
@@ -356,6 +394,7 @@ def run_checks(config: Path, running: bool = True) -> list[Check]:
         check_policy,
         check_issuers,
         check_store,
+        check_recording_available,
         check_keys,
         check_envoy,
     ]

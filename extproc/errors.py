@@ -233,7 +233,7 @@ class AuthorizationUnavailable(GatewayError):
 
 
 class ReservedSessionId(GatewayError):
-    """The server named its session like a recording unit the gateway names itself (x-, r-, t-, audit-)."""
+    """The server named its session like a name the gateway reserves (see extproc/reserved.py)."""
 
     status = 502
     jsonrpc_code = -32603

@@ -60,6 +60,7 @@ from extproc.recording.events import (
     body_fields,
     is_reserved_unit,
     is_synthetic_session,
+    server_unit,
     synthetic_session_id,
 )
 from extproc.recording.exchange_log import ExchangeLog
@@ -104,6 +105,7 @@ class Exchange:
         self._headers: dict[str, str] = {}
         self._header_names: list[str] = []  # as sent, repeats kept: a duplicated MCP header is refused
         self._run: str | None = None  # the recorded run of a stateless request
+        self._server_session: str | None = None  # the server's own session id (the unit adds server and backend)
         self._may_ask = False  # a stateless call whose result may ask for input: its requestState gets sealed
         self._state: RequestState | None = None
         self._deferred: tuple[GatewayError, dict[str, str]] | None = None  # an admission refusal awaiting the body
@@ -189,7 +191,7 @@ class Exchange:
         if server_session and is_reserved_unit(server_session):  # it would write into another recording unit
             return self._refuse(ReservedSessionId(server_session))
         if self.session is None:
-            self.log.set_unit(server_session or synthetic_session_id(self.id))
+            self.log.set_unit(self._server_unit(server_session) if server_session else synthetic_session_id(self.id))
         self.ends_session |= self.status == 404 and not is_synthetic_session(self.session or "")
         kept, dropped, found = recordable(headers, record_redactor(self.policy, self.server_name))
         self.log.emit(ResponseStart(status=self.status, headers=kept, credentials_removed=dropped, redactions=found))
@@ -300,8 +302,11 @@ class Exchange:
         self.ends_session = headers.get(":method") == "DELETE"
         self.client = _client_address(attributes, headers)
         self._header_names = [h.key for h in msg.headers.headers]
-        if admission.session is not None:
-            self.log.set_unit(admission.session)
+        if admission.refusal is not None and admission.session == synthetic_session_id(self.id):
+            self.log.set_unit(admission.session)  # refused: a unit of its own (admission.py), never the named one
+        elif admission.session is not None:
+            self._server_session = admission.session
+            self.log.set_unit(self._server_unit(admission.session))
         kept, dropped, found = recordable(headers, record_redactor(self.policy, admission.server.name))
         self.log.emit(
             ExchangeStart(
@@ -320,8 +325,8 @@ class Exchange:
     def _upstream_headers(self) -> dict[str, str]:
         """What the MCP server gets instead of the caller's token: the server's own session id, maybe who."""
         out = {}
-        if self.principal is not None and self.session is not None:
-            out[SESSION_HEADER] = self.session
+        if self.principal is not None and self._server_session is not None:
+            out[SESSION_HEADER] = self._server_session  # the server's own id, never the unit it is recorded under
         if self.principal is not None and self.gw.options.forward_identity:
             out.update(identity_headers(self.principal))
         return out
@@ -402,6 +407,11 @@ class Exchange:
         """'tools/call x on server y' with the server's redactions applied: a resource URI may carry a secret."""
         text = describe_call(self.server_name, call)
         return redact_text(self.policy, self.server_name, text) if self.policy is not None else text
+
+    def _server_unit(self, session: str) -> str:
+        """The recording unit of a server's session: keyed by server and backend, so no upstream reaches another's."""
+        backend = self.admitted.backend.name if self.admitted is not None and self.admitted.backend else ""
+        return server_unit(self.server_name, backend, session)
 
     def _run_unit(self, client_info: Mapping[str, Any] | None) -> str:
         """The recorded run a stateless request belongs to (extproc/mcp/protocol.py RunTracker)."""
@@ -494,6 +504,8 @@ class Exchange:
         self.status = err.status
         self.refused = True
         self.finish("denied", f"{type(err).__name__}: {err.safe_message}")
+        # The request id joins the client's report to our access line and log (why, for an operator), never detail.
+        headers = {**(headers or {}), "x-request-id": self.request_id or self.id}
         if doc is not None:
             return responses.json_reply(err.status, doc, headers, f"mcp_extproc_{type(err).__name__}")
         msg_id = self.request_ids[0] if len(self.request_ids) == 1 else None

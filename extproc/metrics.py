@@ -18,6 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from extproc.recording.behind import UNAVAILABLE_REASONS
+
 log = logging.getLogger(__name__)
 
 # Per ext_proc message our work is ~0.1-1 ms; a policy decision a few µs; an exchange up to minutes (SSE).
@@ -53,6 +55,8 @@ class RecorderReading(Protocol):
     def upload_failures(self) -> int: ...
     @property
     def store_failing(self) -> bool: ...
+    @property
+    def unavailable(self) -> str: ...  # why new exchanges are refused ("" while available)
 
 
 class RecordingSource(Protocol):
@@ -235,6 +239,14 @@ class _Readings(Collector):
         yield _counter("mcp_extproc_recording_uploads", "Segments stored", st.uploads)
         yield _counter("mcp_extproc_recording_upload_failures", "Segment uploads the store refused", st.upload_failures)
         yield _gauge("mcp_extproc_recording_store_failing", "1 while the store refuses segments", st.store_failing)
+        unavailable = GaugeMetricFamily(
+            "mcp_extproc_recording_unavailable",
+            "1 for the reason new exchanges are refused (disk_full, spool_unwritable, spool_full, store_refusing)",
+            labels=["reason"],
+        )
+        for reason in UNAVAILABLE_REASONS:
+            unavailable.add_metric([reason], 1.0 if st.unavailable == reason else 0.0)
+        yield unavailable
         if self.policy is not None:
             yield _counter("mcp_extproc_policy_reloads", "Valid policy edits applied", self.policy.reloads)
             yield _counter(

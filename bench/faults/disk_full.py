@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import re
 import subprocess
 import time
 from collections import Counter
@@ -59,7 +60,7 @@ def run(scale: str) -> Outcome:
         rig.gateway(recording={"spool_directory": str(spool)})
         phases: dict[str, Counter[int]] = {p: Counter() for p in ("before", "full", "after")}
         answered_by_phase: Counter[str] = Counter()
-        tally, phase, refused_ok = Tally(), ["before"], [0]
+        tally, phase, refused_ok, without_id = Tally(), ["before"], [0], [0]
 
         async def drive() -> None:
             client = Client(tally)
@@ -79,13 +80,14 @@ def run(scale: str) -> Outcome:
                     n += 1
                     text = f"d{i}-{n}-" + "x" * 2000
                     before = len(tally.answered)
-                    status, _, body = await client.post(url, _echo(text), headers)
+                    status, reply_headers, body = await client.post(url, _echo(text), headers)
                     phases[phase[0]][status] += 1
                     if status == 200 and b'"result"' in body:
                         tally.answered.add(text)
                         answered_by_phase[phase[0]] += len(tally.answered) - before
                     elif status == 503 and REFUSED in body:
                         refused_ok[0] += 1
+                        without_id[0] += not {k.lower() for k in reply_headers} & {"x-request-id"}
                         await asyncio.sleep(0.05)
 
             try:
@@ -124,6 +126,13 @@ def run(scale: str) -> Outcome:
         out.check(not unrecorded, f"{len(unrecorded)} answered calls without a recorded response")
         other = {s: n for p in phases.values() for s, n in p.items() if s not in (200, 202, 503)}
         out.check(not other, f"unexpected statuses {other}")
+        # The operator is told why: the log names the reason, errno and path on entering and on leaving the state.
+        text = rig.log.read_text(errors="replace")
+        entering = re.findall(r"recording unavailable \(disk_full\): .*\(ENOSPC\)", text)
+        leaving = len(re.findall(r"recording available again \(was disk_full", text))
+        out.check(bool(entering) and all(str(spool) in e for e in entering), "the log does not name ENOSPC and path")
+        out.check(leaving > 0, "the log never says the recording is available again")
+        out.check(without_id[0] == 0, f"{without_id[0]} refusals (503) without an x-request-id")
         out.figures.update(
             tmpfs=tmpfs_size,
             filler_mib=round(filled / (1 << 20), 1),
@@ -133,6 +142,8 @@ def run(scale: str) -> Outcome:
             forwarded_echo=seen,
             upstream_503=upstream_503,
             recorded_echo=len(v.requested_texts),
+            unavailable_logged=len(entering),
+            available_again_logged=leaving,
         )
         out.summary = (
             f"{sessions} sessions on a {tmpfs_size} tmpfs spool, filled for {full_s:.0f} s: "

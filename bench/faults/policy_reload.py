@@ -17,6 +17,7 @@ from bench.faults.soak import Mix, start_rig
 
 SCALES = {"small": (30, 25.0), "full": (300, 120.0)}
 RELOADS = 100
+LONG_PAUSE = 0.6  # longer than the watcher's interval and settle time: only "open for writing" can tell
 BROKEN = [
     "apiVersion: mcp-extproc/v1\nrules:\n  - name: [unclosed\n",  # YAML syntax error
     POLICY.format(suffix="-x").replace("effect: deny", "effect: maybe"),  # schema error
@@ -25,13 +26,13 @@ BROKEN = [
 ]
 
 
-async def write_torn(path, text: str) -> None:  # type: ignore[no-untyped-def]
+async def write_torn(path, text: str, pause: float = 0.03) -> None:  # type: ignore[no-untyped-def]
     """Write ``text`` in two halves with a pause between (what an editor or a slow copy does)."""
     data = text.encode()
     with path.open("wb") as f:
         f.write(data[: len(data) // 2])
         f.flush()
-        await asyncio.sleep(0.03)
+        await asyncio.sleep(pause)
         f.write(data[len(data) // 2 :])
 
 
@@ -52,11 +53,12 @@ def run(scale: str) -> Outcome:
                 gap = (seconds - 2) / RELOADS
                 for i in range(RELOADS):
                     await asyncio.sleep(gap)
+                    pause = LONG_PAUSE if i % 10 == 0 else 0.03  # some pauses outlast the watcher's settle time
                     if i % 2:
-                        await write_torn(target, BROKEN[(i // 2) % len(BROKEN)])
+                        await write_torn(target, BROKEN[(i // 2) % len(BROKEN)], pause)
                         written["broken"] += 1
                     else:
-                        await write_torn(target, POLICY.format(suffix="-a" if i % 4 == 0 else "-b"))
+                        await write_torn(target, POLICY.format(suffix="-a" if i % 4 == 0 else "-b"), pause)
                         written["good"] += 1
                 # end on a good version, so the last state is known
                 await write_torn(target, POLICY.format(suffix="-a"))

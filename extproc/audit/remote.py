@@ -16,6 +16,7 @@ from extproc.recording.replay import Session
 from extproc.recording.report import print_session, sessions_table
 from extproc.recording.store import safe_key
 from extproc.recording.verify import Problem
+from extproc.reserved import parse_server_unit
 
 
 class RemoteError(Exception):
@@ -42,13 +43,17 @@ class AuditApi:
 
     def fetch(self, session_id: str, suffix: str = "") -> tuple[str, httpx.Response]:
         """A session's resource; a client-held (gateway-bound) id is tried as the server's id after a 404."""
-        keys = list(dict.fromkeys([safe_key(session_id), safe_key(server_id_of(session_id) or session_id)]))
-        for key in keys:
+        ids = list(dict.fromkeys([session_id, server_id_of(session_id) or session_id]))
+        for key in dict.fromkeys(safe_key(i) for i in ids):
             try:
                 return f"sessions/{key}", self.get(f"sessions/{key}{suffix}")
             except RemoteError as e:
-                if not str(e).startswith("404") or key == keys[-1]:
+                if not str(e).startswith("404"):
                     raise
+        # A server's id is recorded under its server's unit (u_<server>_<backend>_<id>): one listed unit, or none.
+        units = [r["session"] for r in self.rows() if (u := parse_server_unit(r["session"])) and u[2] in ids]
+        if len(units) == 1:
+            return f"sessions/{units[0]}", self.get(f"sessions/{units[0]}{suffix}")
         raise RemoteError("404: no such session")
 
     def rows(self) -> list[dict[str, Any]]:

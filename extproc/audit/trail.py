@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 from extproc.authn.principal import Principal
 from extproc.recording.events import Event
 from extproc.recording.recorder import Recorder
+from extproc.reserved import TRAIL_PREFIX as TRAIL_PREFIX
 
-TRAIL_PREFIX = "audit-"
 ACTIONS = ("list", "show", "events", "replay", "export", "verify", "redrive", "login", "logout", "me", "api")
 
 

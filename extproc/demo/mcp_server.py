@@ -212,6 +212,35 @@ class BareCrLineEnds:
         await self.app(scope, receive, send_cr)
 
 
+class FixedSessionId:
+    """ASGI wrapper: the server names every session ``fixed`` (a predictable or hostile upstream, for tests).
+
+    The SDK's own id is kept behind it: the latest one is what ``fixed`` means on the way in.
+    """
+
+    def __init__(self, app: ASGIApp, fixed: str) -> None:
+        self.app, self.fixed, self.real = app, fixed.encode(), b""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        name = b"mcp-session-id"
+        headers = [(k, self.real if k.lower() == name and v == self.fixed else v) for k, v in scope["headers"]]
+
+        async def send_fixed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                out = []
+                for k, v in message["headers"]:
+                    if k.lower() == name:
+                        self.real, v = v, self.fixed
+                    out.append((k, v))
+                message = {**message, "headers": out}
+            await send(message)
+
+        await self.app({**scope, "headers": headers}, receive, send_fixed)
+
+
 Gzip = Literal["off", "negotiated", "always"]
 
 
@@ -238,6 +267,7 @@ def build_app(
     mrtr: bool = False,
     bare_cr: bool = False,
     param_headers: bool = False,
+    session_id: str | None = None,
     github_stand_in: bool = False,
 ) -> SeenRecorder:
     """The sample server as an ASGI app: MCP at /mcp (stateful sessions), request log at GET /_seen.
@@ -267,7 +297,8 @@ def build_app(
     if gzip != "off":
         app = GZipMiddleware(app, minimum_size=200)
         app = ForceGzip(app) if gzip == "always" else app
-    return SeenRecorder(BareCrLineEnds(app) if bare_cr else app, name)
+    app = BareCrLineEnds(app) if bare_cr else app
+    return SeenRecorder(FixedSessionId(app, session_id) if session_id else app, name)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -283,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mrtr", action="store_true", help="add the multi-round-trip `approve` tool (2026-07-28)")
     parser.add_argument("--param-headers", action="store_true", help="add `regional_echo` (an x-mcp-header tool)")
     parser.add_argument("--bare-cr", action="store_true", help="end SSE lines with a bare CR (for tests)")
+    parser.add_argument("--session-id", help="name every session this (for tests of predictable or hostile ids)")
     parser.add_argument(
         "--github-stand-in", action="store_true", help="add list_issues and delete_repository (demo --keep's github)"
     )
@@ -300,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         mrtr=args.mrtr,
         bare_cr=args.bare_cr,
         param_headers=args.param_headers,
+        session_id=args.session_id,
         github_stand_in=args.github_stand_in,
     )
     if args.log_format == "json":  # uvicorn's loggers then propagate to our JSON handler

@@ -25,6 +25,7 @@ from extproc.recording.replay import load_session
 from extproc.recording.report import print_session
 from extproc.recording.store import safe_key
 from extproc.recording.store.file import FileStore
+from extproc.recording.units import unit_keys
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
@@ -130,7 +131,7 @@ def run_demo(workdir: Path, console: Console) -> int:
     console.print("[bold]5.[/bold] everything stopped; the recording, as `mcp-extproc sessions show` prints it:\n")
     store = FileStore(workdir / "recordings")
     public_key = load_public_key(workdir / "keys" / "signing.pub")  # what an auditor would be given
-    session = load_session(store, safe_key(server_session_id(session_id)), public_key)
+    session = load_session(store, (unit_keys(store, str(session_id)) or [safe_key(str(session_id))])[0], public_key)
     print_session(console, session)
     console.print(
         f"\nTry: .venv/bin/mcp-extproc sessions list --dir {workdir / 'recordings'}"

@@ -112,9 +112,12 @@ def revoke(
     reason: Annotated[str, typer.Option("--reason")] = "",
     config: Config = Path("gateway.yaml"),
 ) -> None:
-    """End a grant now (a signed revocation; the next request no longer uses it)."""
+    """End a grant now (one more entry in the signed revocation log; the next request no longer uses it)."""
     directory, key = _setup(config)
     if not (directory / f"{grant_id}.json").exists():
         _fail(f"no grant {grant_id} in {directory}")
-    path = grants.revoke(directory, _private(key), grant_id, getpass.getuser(), reason, time.time())
+    try:
+        path = grants.revoke(directory, _private(key), grant_id, getpass.getuser(), reason, time.time())
+    except ConfigError as e:
+        _fail(f"not revoked: {e} (restore the revocation log from a backup, never re-create it)")
     typer.echo(f"{grant_id} revoked ({path})")

@@ -3,15 +3,22 @@
 A grant lets one user call some tools of one server (plus the calls a session needs: initialize, ping,
 notifications, tools/list, which the grant then filters) from ``not_before`` until ``until``, for a stated reason,
 approved by someone other than the user. It is a JSON file in the grants directory, signed with the gateway's
-Ed25519 key (the key that signs recording manifests), so a file written by hand is refused. A signed revocation
-file ends a grant at once. The store notices any change of the directory on the next request (one stat), so
-nothing waits for a poll; reading the files happens off the event loop.
+Ed25519 key (the key that signs recording manifests), so a file written by hand is refused.
+
+Revocations live in one signed log, ``revocations.json``, whose sequence number only grows: each ``grant revoke``
+re-signs it with one more entry. Deleting files must never widen access, so the store remembers every revocation
+and the highest sequence it has seen; a log that is missing, unsigned, edited, or older than that is refused
+(logged) and the store keeps what it knew. Grant files with no log beside them are not honoured at all (the log is
+written with the first grant). Legacy ``*.revoked.json`` files still revoke. The store notices a change of any
+file (stat of each: name, size, mtime, inode) on the next request, so nothing waits for a poll and an in-place
+edit is seen; reading the files happens off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import json
 import logging
 import os
@@ -45,6 +52,7 @@ SESSION_METHODS = frozenset(
     }
 )
 _ID = re.compile(r"^g-[0-9a-f]{16}$")
+LOG_NAME = "revocations.json"
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 MAX_FOR_S = 7 * 86400
 
@@ -100,6 +108,31 @@ class Revocation(BaseModel):
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
+class RevocationEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    at: float
+    by: str = ""
+    reason: str = ""
+
+
+class RevocationLog(BaseModel):
+    """Every revocation, signed as a whole; ``seq`` grows by one with each entry (a rollback is refused)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    v: int = Field(1, ge=1, le=1)
+    seq: Annotated[int, Field(ge=0)]
+    revoked: dict[Annotated[str, Field(pattern=_ID.pattern)], RevocationEntry]
+    key_id: str = ""
+    sig: str = ""
+
+    def signed_part(self) -> bytes:
+        doc = self.model_dump()
+        doc.pop("sig")
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Grant:
     """A verified grant, ready for the engine (``extproc.policy.facts.GrantLike``)."""
@@ -134,12 +167,15 @@ def parse_duration(text: str) -> float:
     return float(seconds)
 
 
-def _sign(private: Ed25519PrivateKey, doc: GrantFile | Revocation) -> dict[str, Any]:
+Signed = GrantFile | Revocation | RevocationLog
+
+
+def _sign(private: Ed25519PrivateKey, doc: Signed) -> dict[str, Any]:
     doc = doc.model_copy(update={"key_id": key_id(private.public_key()), "sig": ""})
     return {**doc.model_dump(), "sig": base64.b64encode(private.sign(doc.signed_part())).decode()}
 
 
-def _verify(public: Ed25519PublicKey, doc: GrantFile | Revocation) -> str | None:
+def _verify(public: Ed25519PublicKey, doc: Signed) -> str | None:
     if not doc.sig:
         return "unsigned"
     try:
@@ -184,13 +220,62 @@ def create(
         approved_by=approved_by,
         created_by=created_by,
     )
-    return g, _write(directory, f"{g.id}.json", _sign(private, g))
+    with _log_lock(directory):
+        if not (directory / LOG_NAME).exists():  # the log comes first: grants with no log beside are refused
+            _write(directory, LOG_NAME, _sign(private, RevocationLog(v=1, seq=0, revoked={})))
+        return g, _write(directory, f"{g.id}.json", _sign(private, g))
 
 
 def revoke(directory: Path, private: Ed25519PrivateKey, grant_id: str, by: str, reason: str, now: float) -> Path:
-    """Write a signed revocation for ``grant_id`` (the grant stops at the next request)."""
-    r = Revocation(v=1, revokes=grant_id, at=now, by=by, reason=reason)
-    return _write(directory, f"{grant_id}.revoked.json", _sign(private, r))
+    """Add ``grant_id`` to the signed revocation log, one sequence number up (the grant stops at the next request).
+
+    A log that does not verify is not extended (ConfigError): restore it from a backup first, since re-signing a
+    shortened log would make a deleted revocation legitimate.
+    """
+    with _log_lock(directory):
+        current, problem = read_log(directory, private.public_key())
+        if problem is not None:
+            raise ConfigError(problem)
+        old = current or RevocationLog(v=1, seq=0, revoked={})
+        entry = RevocationEntry(at=now, by=by, reason=reason)
+        log_ = RevocationLog(v=1, seq=old.seq + 1, revoked={**old.revoked, grant_id: entry})
+        return _write(directory, LOG_NAME, _sign(private, log_))
+
+
+class _log_lock:  # a plain ``with`` block
+    """An exclusive flock on ``.revocations.lock`` so two ``grant revoke`` runs cannot lose each other's entry."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.directory / ".revocations.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def read_log(directory: Path, public: Ed25519PublicKey) -> tuple[RevocationLog | None, str | None]:
+    """The verified revocation log (None when there is none), or a ``file:line: why`` problem."""
+    path = directory / LOG_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f"{path}:1: cannot read: {e.strerror}"
+    try:
+        doc, lines = parse_yaml(data, str(path))
+        log_ = validate(RevocationLog, doc, str(path), lines)
+    except ConfigError as e:
+        return None, str(e).replace("\n", "; ")
+    why = _verify(public, log_)
+    if why is not None:
+        return None, f"{path}:1: refused: {why}"
+    return log_, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +283,7 @@ class Loaded:
     grants: tuple[Grant, ...]
     revoked: frozenset[str]
     problems: tuple[str, ...]  # file:line: why a file was refused
+    log_seq: int = -1  # the verified revocation log's sequence number; -1: no log, or a refused one
 
 
 def load_dir(directory: Path, public: Ed25519PublicKey) -> Loaded:
@@ -207,8 +293,13 @@ def load_dir(directory: Path, public: Ed25519PublicKey) -> Loaded:
     problems: list[str] = []
     if not directory.is_dir():
         return Loaded((), frozenset(), ())
+    log_, problem = read_log(directory, public)
+    if problem is not None:
+        problems.append(problem)
+    if log_ is not None:
+        revoked.update(log_.revoked)
     for path in sorted(directory.glob("*.json")):
-        if path.name.startswith("."):
+        if path.name.startswith(".") or path.name == LOG_NAME:
             continue
         source = str(path)
         try:
@@ -231,35 +322,63 @@ def load_dir(directory: Path, public: Ed25519PublicKey) -> Loaded:
                 Grant(item.id, item.user, item.server, compile_globs(item.tools), item.not_before, item.until,
                       item.reason, item.approved_by, item)
             )  # fmt: skip
-    return Loaded(tuple(g for g in grants if g.id not in revoked), frozenset(revoked), tuple(problems))
+    if grants and log_ is None and problem is None:
+        problems.append(f"{directory / LOG_NAME}:1: refused every grant: the revocation log is missing (deleted?)")
+        grants = []  # without the log we cannot know what was revoked: honour nothing
+    elif problem is not None:
+        grants = []  # a log that does not verify says nothing trustworthy about what was revoked
+    seq = log_.seq if log_ is not None else -1
+    return Loaded(tuple(g for g in grants if g.id not in revoked), frozenset(revoked), tuple(problems), seq)
+
+
+Stamp = tuple[tuple[str, int, int, int], ...]
 
 
 class GrantStore:
-    """The grants in force; re-read whenever the directory changes (checked on every request with one stat)."""
+    """The grants in force; re-read whenever any file changes (a stat of each on every request).
+
+    Revocations only accumulate here: once seen, a revocation stays in force for the life of the process, and a
+    revocation log older than the newest one seen (a lower sequence), or missing after one was seen, is refused.
+    """
 
     def __init__(self, directory: Path, public: Ed25519PublicKey) -> None:
         self.directory = directory
         self.public = public
         self.loaded = Loaded((), frozenset(), ())
-        self._seen: int | None = None
+        self._seen: Stamp | None = None
         self.reloads = 0
+        self.revoked: set[str] = set()  # every revocation ever seen: deleting a file never brings a grant back
+        self.log_seq = -1  # the highest revocation-log sequence seen
 
-    def _stamp(self) -> int:
+    def _stamp(self) -> Stamp:
         try:
-            st = os.stat(self.directory)
+            with os.scandir(self.directory) as it:
+                entries = [(e.name, e.stat()) for e in it if e.name.endswith(".json") and not e.name.startswith(".")]
         except OSError:
-            return -1
-        return st.st_mtime_ns ^ st.st_ino
+            return ()
+        return tuple(sorted((n, st.st_size, st.st_mtime_ns, st.st_ino) for n, st in entries))
 
     async def refresh(self) -> None:
-        """Re-read the directory if anything in it changed since the last look."""
+        """Re-read the directory if any file in it changed (in place too) since the last look."""
         stamp = self._stamp()
         if stamp == self._seen:
             return
         loaded = await asyncio.to_thread(load_dir, self.directory, self.public)
-        self._seen, self.loaded = stamp, loaded
+        problems = list(loaded.problems)
+        if self.log_seq >= 0 and loaded.log_seq < self.log_seq:
+            problems.append(
+                f"{self.directory / LOG_NAME}:1: refused every grant: revocation log "
+                + ("missing or refused" if loaded.log_seq < 0 else f"rolled back to {loaded.log_seq}")
+                + f" after sequence {self.log_seq} was seen; keeping the revocations known"
+            )
+            loaded = Loaded((), loaded.revoked, tuple(problems), loaded.log_seq)
+        self.log_seq = max(self.log_seq, loaded.log_seq)
+        self.revoked |= loaded.revoked
+        kept = tuple(g for g in loaded.grants if g.id not in self.revoked)
+        self._seen = stamp
+        self.loaded = Loaded(kept, frozenset(self.revoked), tuple(problems), loaded.log_seq)
         self.reloads += 1
-        for p in loaded.problems:
+        for p in problems:
             log.error("grant refused: %s", p)
 
     async def active(self, now: float) -> tuple[Grant, ...]:

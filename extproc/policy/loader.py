@@ -8,8 +8,12 @@ good policy stays in force, the failure is logged with its reason and counted in
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import hashlib
 import logging
+import os
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -52,7 +56,7 @@ def load_policy(directory: str | Path, known_servers: set[str] | None = None) ->
     paths = policy_files(directory)
     if not paths:
         raise ConfigError(f"{directory}: no policy files (*.yaml)")
-    contents = [(p, _read(p)) for p in paths]
+    contents = [(p, read_stable(p)) for p in paths]  # FileChanging when one is being written: nothing compiled
     loaded: list[LoadedFile] = []
     errors: list[str] = []
     salvaged: list[LoadedFile] = []
@@ -126,6 +130,74 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+
+
+class FileChanging(ConfigError):
+    """A policy file was being written while it was read: never compiled; the watcher looks again later."""
+
+
+Reader = Callable[[int], bytes]
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_stable(path: Path, reader: Reader = _read_fd) -> bytes:
+    """The bytes of a file that no process holds open for writing and that read to the same bytes twice.
+
+    A settle time alone cannot tell a finished file from a writer paused between two halves (the half can be a
+    valid policy with rules missing), so each read first asks the kernel whether the file is open for writing
+    anywhere (a read lease is refused then), and compares size, mtime_ns and inode before and after each read
+    and the bytes of two reads. Raises FileChanging when any of these moves, ConfigError when unreadable.
+    """
+    try:
+        first, stat1 = _read_once(path, reader)
+        second, stat2 = _read_once(path, reader)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    if first != second or stat1 != stat2:
+        raise FileChanging(f"{path}: changed while it was read; not compiled, will look again")
+    return first
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
+
+
+def _read_once(path: Path, reader: Reader) -> tuple[bytes, tuple[int, int, int, int]]:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        before = _identity(os.fstat(fd))
+        if _open_for_writing(fd):
+            raise FileChanging(f"{path}: open for writing by a process; not compiled until it is closed")
+        data = reader(fd)
+        after = _identity(os.fstat(fd))
+        if before != after or _identity(os.stat(path)) != after:  # written to, or replaced, during the read
+            raise FileChanging(f"{path}: changed while it was read; not compiled, will look again")
+        return data, after
+    finally:
+        os.close(fd)
+
+
+def _open_for_writing(fd: int) -> bool:
+    """True when some process has the file open for writing (Linux refuses a read lease then).
+
+    The lease is released at once. Should a writer open the file in that instant, the kernel signals the lease
+    holder: the signal is set to SIGURG (ignored by default) so it cannot end the process, as SIGIO would.
+    Where leases are unavailable (a file owned by another user, a filesystem without them) this answers False
+    and the double read and stat comparison are the only defence; write policy files atomically.
+    """
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as e:
+        return e.errno in (errno.EAGAIN, errno.EBUSY)
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False
 
 
 def validate(model: type[M], doc: Any, source: str, lines: dict[tuple[str, ...], int]) -> M:
@@ -248,6 +320,10 @@ class PolicyWatcher:
             if policy.fingerprint != seen:
                 self._seen = None  # changed again while loading: not this version; look again next round
                 return False
+        except FileChanging as e:  # being written: not a bad policy, just not finished; look again next round
+            self._seen = None
+            log.info("policy reload postponed: %s", e)
+            return False
         except Exception as e:
             self.reload_failures += 1
             self.last_error = str(e)

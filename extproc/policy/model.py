@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 
 from extproc.mcp.methods import KNOWN_METHODS
 from extproc.policy.globs import check_glob, compile_globs
+from extproc.reserved import is_reserved_rule_name
 
 API_VERSION = "mcp-extproc/v1"
 
@@ -30,7 +31,7 @@ _POINTER_SEGMENT = re.compile(r"^([^~]|~[01])*$")
 def _rule_name(v: str) -> str:
     if not _RULE_NAME.match(v):
         raise ValueError("must start with a letter or digit and use only letters, digits, '.', '_' and '-'")
-    if v == "default-deny" or v.startswith("builtin-"):
+    if is_reserved_rule_name(v):
         raise ValueError(f"{v!r} is reserved (default-deny and builtin-* are names the gateway uses)")
     return v
 

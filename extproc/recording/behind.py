@@ -10,6 +10,7 @@ meanwhile (the recorder reports itself unhealthy: new exchanges are refused).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -18,6 +19,28 @@ from typing import IO
 
 from extproc.errors import StoreError
 from extproc.tasks import cancel
+
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Why the recording refuses new exchanges, as the reason label of mcp_extproc_recording_unavailable: the spool's
+# disk is full (ENOSPC, EDQUOT), refuses writes otherwise (EACCES, EROFS, EIO...), the spool reached
+# recording.spool_max_bytes, or did so because the store refuses segments.
+UNAVAILABLE_REASONS = ("disk_full", "spool_unwritable", "spool_full", "store_refusing")
+
+
+class SpoolWriteError(StoreError):
+    """The spool's disk refused an operation: the errno and the path are kept for the operator (log, metric,
+    doctor); the client still reads only "recording unavailable"."""
+
+    def __init__(self, what: str, e: OSError) -> None:
+        self.errno = e.errno or 0
+        name = errno.errorcode.get(self.errno, "")
+        super().__init__(f"{what}: {e.strerror or e}" + (f" ({name})" if name else ""))
+
+    @property
+    def reason(self) -> str:
+        """The ``reason`` label of mcp_extproc_recording_unavailable."""
+        return "disk_full" if self.errno in DISK_FULL else "spool_unwritable"
+
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +128,7 @@ def _run_jobs(jobs: list[Job]) -> tuple[int, StoreError | None]:
         try:
             job.run()
         except OSError as e:
-            return i, StoreError(f"{job.what}: {e.strerror or e}")
+            return i, SpoolWriteError(job.what, e)
     return len(jobs), None
 
 

@@ -35,10 +35,10 @@ from extproc.recording.events import (
     body_bytes,
 )
 from extproc.recording.recorder import Recorder
+from extproc.reserved import RETENTION_SESSION
 from extproc.tasks import cancel
 
 log = logging.getLogger(__name__)
-RETENTION_SESSION = "mcp-extproc-retention"
 _KEEP_PARAMS = ("name", "uri")  # what a metadata record keeps of params: the tool, prompt or resource named
 
 

@@ -17,8 +17,10 @@ its queued digests and closes its chain on its behalf (``close_for_dead_writer``
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -193,12 +195,36 @@ def sign(digest: Digest, signer: Signer) -> bytes:
     return digest.to_bytes()
 
 
+_journal_failing: list[str] = []  # the journal write failure last logged (at most one)
+
+
 def _append(path: Path, line: bytes) -> None:
+    """Append a journal line. A disk that refuses it (full) must not stop the uploader that calls this, since
+    shipping segments is what frees that disk: the journal only helps after a kill (the digest itself is in
+    memory), so the failure is logged once per state change and the line taken back, never torn."""
     try:
-        with open(path, "ab") as f:  # no fsync: a killed process loses nothing the kernel has
-            f.write(line)
+        with open(path, "ab", buffering=0) as f:  # no fsync: a killed process loses nothing the kernel has
+            end = os.fstat(f.fileno()).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[f.write(view) or 0 :]
+            except OSError:
+                try:
+                    os.ftruncate(f.fileno(), end)
+                except OSError:
+                    pass
+                raise
     except FileNotFoundError:  # the folder went with a clean close; the closing digest is in memory
-        pass
+        return
+    except OSError as e:
+        if not _journal_failing:
+            name = errno.errorcode.get(e.errno or 0, "")
+            log.error("digest journal %s: line not written: %s (%s); kept in memory", path, e.strerror, name)
+            _journal_failing.append(str(path))
+        return
+    if _journal_failing:
+        log.warning("digest journal %s: writable again", _journal_failing.pop())
 
 
 def _journal_sealed(folder: Path, number: int, raw: bytes, next_number: int, prev: str) -> None:

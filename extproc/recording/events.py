@@ -9,6 +9,12 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+# The reserved names live in extproc/reserved.py (one place); re-exported here for the recording's users.
+from extproc.reserved import RESERVED_UNIT_PREFIXES as RESERVED_UNIT_PREFIXES
+from extproc.reserved import SYNTHETIC_PREFIX
+from extproc.reserved import is_reserved_unit as is_reserved_unit
+from extproc.reserved import server_unit as server_unit
+
 
 def body_fields(raw: bytes) -> dict[str, Any]:
     """Raw bytes as JSON-safe fields: text when it is UTF-8, base64 otherwise. Nothing is dropped."""
@@ -25,9 +31,6 @@ def body_bytes(fields: dict[str, Any]) -> bytes:
     return str(fields.get("raw", "")).encode()
 
 
-SYNTHETIC_PREFIX = "x-"
-
-
 def synthetic_session_id(exchange_id: str) -> str:
     """The recording unit of an exchange no server session covers (refused early, or a stateless server): its own."""
     return SYNTHETIC_PREFIX + exchange_id
@@ -35,16 +38,6 @@ def synthetic_session_id(exchange_id: str) -> str:
 
 def is_synthetic_session(session: str) -> bool:
     return session.startswith(SYNTHETIC_PREFIX)
-
-
-# Recording units the gateway names itself: an exchange alone (x-), a stateless run (r-, t-), the auditors' trail
-# (audit-). An MCP server naming its session like one of them could write into a unit that is not its own.
-RESERVED_UNIT_PREFIXES = (SYNTHETIC_PREFIX, "r-", "t-", "audit-")
-
-
-def is_reserved_unit(session: str) -> bool:
-    """True for a session id only the gateway may give a recording unit."""
-    return session.startswith(RESERVED_UNIT_PREFIXES)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from extproc.errors import StoreError
+from extproc.recording.behind import SpoolWriteError
 from extproc.recording.events import Event
 from extproc.recording.manifest import Signer
 from extproc.recording.spool import Append, Spool, Unfinished
@@ -79,6 +80,7 @@ class RecorderStats:
     uploads: int
     upload_failures: int
     store_failing: bool
+    unavailable: str = ""  # why new exchanges are refused (behind.UNAVAILABLE_REASONS), "" while available
 
 
 class Recorder:
@@ -135,6 +137,8 @@ class Recorder:
         self._in_round = False  # the writer is between taking a batch and settling it (it may await a thread)
         self._wrote_inline = False  # commit points wrote to the spool since the writer last looked: fsync owed
         self.inline_commits = 0  # commit points written at once, without waiting for the writer (tests, benchmarks)
+        self._failure: StoreError | None = None  # the last spool failure (the reason of an unhealthy recorder)
+        self._unavailable: tuple[str, str] | None = None  # the state last logged
 
     @property
     def accepting(self) -> bool:
@@ -150,7 +154,31 @@ class Recorder:
         return RecorderStats(
             self.healthy, self.accepting, self.written_events, self.lost_events, len(self._buf),
             len(self.spool.ready), self.spool.behind.pending, self.spool.size, up.uploaded, up.failures, up.failing,
+            self._note_unavailable(),
         )  # fmt: skip
+
+    def unavailable(self) -> tuple[str, str] | None:
+        """Why new exchanges are refused now, as (reason, detail naming errno and path); None while available."""
+        if not self.healthy:
+            err = self._failure
+            reason = err.reason if isinstance(err, SpoolWriteError) else "spool_unwritable"
+            return reason, str(err or "recording spool failing")
+        if self.spool.is_open and not self.spool.has_room:
+            full = f"spool {self.spool.path} holds {self.spool.size} of {self.spool.max_bytes} bytes"
+            if self.uploader.failing:
+                return "store_refusing", f"the store refuses segments and the {full}"
+            return "spool_full", full
+        return None
+
+    def _note_unavailable(self) -> str:
+        """Log entering and leaving (and changing) an unavailable state, once each; returns the reason or ""."""
+        now = self.unavailable()
+        before, self._unavailable = self._unavailable, now
+        if now is not None and (before is None or before[0] != now[0]):
+            log.error("recording unavailable (%s): %s; new exchanges are refused with 503", now[0], now[1])
+        elif now is None and before is not None:
+            log.warning("recording available again (was %s: %s)", before[0], before[1])
+        return now[0] if now is not None else ""
 
     def on_uploaded(self, observe: Callable[[float], None]) -> None:
         """Call ``observe`` with each stored segment's latency (sealed to stored, seconds)."""
@@ -172,7 +200,7 @@ class Recorder:
         try:
             await self.spool.open()
         except StoreError as e:  # the loop retries; until then nothing is admitted (fail closed)
-            self._set_health(False, str(e))
+            self._set_health(False, e)
         self.uploader.start()
         self._task = asyncio.create_task(self._run(), name="recorder")
 
@@ -316,6 +344,7 @@ class Recorder:
                 if await self._sync():
                     dirty, last_sync = False, self._clock()
             self._in_round = False
+            self._note_unavailable()  # a spool fills and drains with no health change: say when it does
             if not dirty and not self._has_ops() and not self._seal_due() and not self._buf:
                 self._synced.set()
             if stopping and not self._buf:
@@ -403,12 +432,12 @@ class Recorder:
             if behind is None and self.spool.is_open and not self.healthy:
                 self._set_health(not self._has_ops())
             elif behind is not None:
-                self._set_health(False, str(behind))
+                self._set_health(False, behind)
             return False
         try:
             done, error = await self.spool.write_behind(batch)
         except StoreError as e:  # the spool cannot be opened
-            self._set_health(False, str(e))
+            self._set_health(False, e)
             return False
         self._spooled(batch, owners, done, error)
         return done > 0
@@ -420,7 +449,7 @@ class Recorder:
         work queued behind counts too). Returns the error that makes it unhealthy, if any."""
         self.written_events += self.streams.spooled(ops, owners, done)
         error = error or self.spool.behind.failure
-        self._set_health(error is None and not self._has_ops(), str(error or ""))
+        self._set_health(error is None and not self._has_ops(), error)
         return error
 
     async def _sync(self) -> bool:
@@ -429,16 +458,19 @@ class Recorder:
                 await self.spool.open()
             await self.spool.sync()
         except StoreError as e:
-            self._set_health(False, str(e))
+            self._set_health(False, e)
             return False
         # Healthy again only once everything chained is durable in the spool, not merely when a sync works.
         self._set_health(not self._has_ops())
         return True
 
-    def _set_health(self, ok: bool, why: str = "") -> None:
+    def _set_health(self, ok: bool, error: StoreError | None = None) -> None:
+        if error is not None:
+            self._failure = error
         if ok != self.healthy:
-            (log.info if ok else log.error)("recording spool %s%s", "recovered" if ok else "failing: ", why)
+            (log.info if ok else log.error)("recording spool %s%s", "recovered" if ok else "failing: ", error or "")
         self.healthy = ok
+        self._note_unavailable()
 
 
 def _expire(fut: asyncio.Future[None], within: float) -> None:

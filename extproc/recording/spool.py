@@ -24,7 +24,7 @@ from typing import IO
 
 from extproc.errors import StoreError
 from extproc.recording import jsonio
-from extproc.recording.behind import DiskWorker, Job, fsync_all
+from extproc.recording.behind import DiskWorker, Job, SpoolWriteError, fsync_all
 from extproc.recording.manifest import Manifest
 from extproc.recording.spool_files import (
     Append,
@@ -83,7 +83,7 @@ class Spool:
         try:
             await asyncio.to_thread(self._open)
         except OSError as e:
-            raise StoreError(f"cannot open spool {self.path}: {e.strerror or e}") from e
+            raise SpoolWriteError(f"cannot open spool {self.path}", e) from e
         self.is_open = True
 
     def _open(self) -> None:
@@ -146,7 +146,7 @@ class Spool:
             try:
                 await asyncio.to_thread(self._make_folders, new)
             except OSError as e:
-                return 0, StoreError(f"cannot create spool folder in {self.path}: {e.strerror or e}")
+                return 0, SpoolWriteError(f"cannot create spool folder in {self.path}", e)
         return self.write_known(ops)
 
     def new_folders(self, ops: list[Append | Unfinished]) -> list[tuple[str, str, str]]:
@@ -172,7 +172,7 @@ class Spool:
                     except OSError as e:
                         self._forget(key)
                         path = self._segment_path(key)
-                        return i, StoreError(f"cannot append to spool file {path}: {e.strerror or e}")
+                        return i, SpoolWriteError(f"cannot append to spool file {path}", e)
                     self.size += len(op.data)
                 else:
                     self._seal_behind(op)
@@ -286,7 +286,7 @@ class Spool:
             await asyncio.to_thread(self._fsync, dirty)
         except OSError as e:
             self._dirty |= dirty
-            raise StoreError(f"cannot fsync spool {self.path}: {e.strerror or e}") from e
+            raise SpoolWriteError(f"cannot fsync spool {self.path}", e) from e
 
     def _fsync(self, keys: set[SegmentKey]) -> None:
         for k in keys:
@@ -301,7 +301,7 @@ class Spool:
         try:
             await asyncio.to_thread(self._seal, folder, data_path, manifest, raw)
         except OSError as e:
-            raise StoreError(f"cannot seal spool segment {data_path}: {e.strerror or e}") from e
+            raise SpoolWriteError(f"cannot seal spool segment {data_path}", e) from e
         self.ready.append(
             Sealed(folder, manifest.session, manifest.writer, manifest.segment, manifest.created, manifest.final)
         )

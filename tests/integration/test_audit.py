@@ -97,7 +97,7 @@ async def _record(a: Audit, who: str, server: str, *groups: str) -> str:
     # The 2025 handshake: its session ends with DELETE, so the recording is final (2026 runs: test_mcp_2026.py).
     result = await run_session(a.gw.url(server), token=a.token(who, *groups), progress=False, mode="legacy")
     assert result.session_id
-    return recording_key(result.session_id)  # the recording key, as the API lists it
+    return recording_key(result.session_id, server)  # the recording key, as the API lists it
 
 
 def _wait_listed(a: Audit, keys: set[str]) -> None:
@@ -298,7 +298,7 @@ async def _paced_session(a: Audit) -> str:
         await asyncio.sleep(0.4)
         await conn.client.call_tool("echo", {"text": "three"})
         assert conn.session_id
-        return recording_key(conn.session_id)
+        return recording_key(conn.session_id, "alpha")
 
 
 def _replay(a: Audit, key: str, **params: Any) -> list[tuple[float, float]]:

@@ -103,7 +103,7 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             stack = Stack(config=work / "gateway.yaml", workdir=work).start(log=work / "gateway.log")
             service = Service(stack, issuer)
             result = asyncio.run(run_session(stack.url("alpha"), service.token("bob"), progress=False, mode="legacy"))
-            service.key = recording_key(result.session_id)
+            service.key = recording_key(result.session_id, "alpha")
 
             def listed() -> bool:
                 r = service.get("/api/sessions")

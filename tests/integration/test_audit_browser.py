@@ -57,7 +57,7 @@ def _kill_mid_call(gw: Gateway, token: str) -> str:
     except httpx.HTTPError:
         pass
     gw.stack.restart_worker(0)
-    return recording_key(headers["mcp-session-id"])
+    return recording_key(headers["mcp-session-id"], "alpha")
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make test installs it)")
@@ -74,8 +74,8 @@ async def test_web_viewer_login_find_play_incomplete_and_refused(
     def token(who: str, *groups: str) -> str:
         return issuer.mint(who, aud=gw.endpoint, groups=list(groups))
 
-    played = recording_key((await run_session(gw.url("alpha"), token("bob"))).session_id)
-    hidden = recording_key((await run_session(gw.url("beta"), token("bob"))).session_id)
+    played = recording_key((await run_session(gw.url("alpha"), token("bob"))).session_id, "alpha")
+    hidden = recording_key((await run_session(gw.url("beta"), token("bob"))).session_id, "beta")
     incomplete = await asyncio.to_thread(_kill_mid_call, gw, token("bob"))
 
     def indexed() -> bool:
@@ -193,7 +193,7 @@ async def _refused_session(url: str, token: str) -> str:
             await conn.client.call_tool("add", {"a": 1, "b": 2})
         except Exception:  # the SDK raises the JSON-RPC error the gateway answered with
             pass
-        return recording_key(conn.session_id)
+        return recording_key(conn.session_id, "alpha")
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make test installs it)")
@@ -209,7 +209,7 @@ async def test_viewer_first_hour_login_off_denials_times_since_and_narrow_screen
     gw = start_authed([start_mcp_server("alpha")], policy=DENY_ADD, gateway=gateway)
     viewer = issuer.mint("alice", aud=gw.endpoint, groups=["team-a"])
     plain = recording_key(
-        (await run_session(gw.url("alpha"), issuer.mint("bob", aud=gw.endpoint), mode="legacy")).session_id
+        (await run_session(gw.url("alpha"), issuer.mint("bob", aud=gw.endpoint), mode="legacy")).session_id, "alpha"
     )
     refused = await _refused_session(gw.url("alpha"), issuer.mint("bob", aud=gw.endpoint))
 

@@ -33,7 +33,7 @@ async def test_redrive_reports_identical_calls_and_names_the_changed_tool(
         await conn.client.list_tools()
         await conn.client.call_tool("echo", {"text": "hello"})
         await conn.client.call_tool("whoami", {})  # through the gateway it sees carol; directly, nobody
-        key = recording_key(conn.session_id)
+        key = recording_key(conn.session_id, "alpha")
     wait_until(lambda: key in gw.store.list_sessions(), 20, "the recording")
     config = str(gw.stack.config)
     before = len(server.seen())
@@ -95,7 +95,7 @@ def test_redrive_sends_only_what_the_gateway_allowed_and_today_s_policy_allows(
     assert post({"id": 4, "method": "prompts/get", "params": {"name": "greet", "arguments": {"who": "x"}}}) == 403
     assert post({"id": 5, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "hi"}}}) == 200
     httpx.delete(url, headers=headers, timeout=10)
-    key = recording_key(headers["mcp-session-id"])
+    key = recording_key(headers["mcp-session-id"], "alpha")
     wait_until(lambda: key in gw.store.list_sessions(), 20, "the recording")
 
     # Today's policy no longer allows echo for anyone.
@@ -123,7 +123,7 @@ def test_redrive_without_a_policy_sends_nothing(start_mcp_server, start_authed, 
     gw = start_authed([server])
     headers = open_session(gw.url("alpha"), issuer.mint("carol", aud=gw.endpoint))
     httpx.delete(gw.url("alpha"), headers=headers, timeout=10)
-    key = recording_key(headers["mcp-session-id"])
+    key = recording_key(headers["mcp-session-id"], "alpha")
     wait_until(lambda: key in gw.store.list_sessions(), 20, "the recording")
     before = len(server.seen())
     done = _cli("sessions", "redrive", key, "--to", server.mcp_url, "--dir", gw.config["recording"]["directory"])

@@ -25,15 +25,15 @@ import boto3
 import httpx
 import pytest
 from botocore.exceptions import ClientError
-from gateway_parts import open_session
+from gateway_parts import open_session, unit_key
 from moto.server import ThreadedMotoServer
 
 from extproc.demo.mcp_client import run_session
 from extproc.launcher import free_port, wait_until
 from extproc.recording.manifest import generate_keys, load_public_key
 from extproc.recording.replay import Session, load_session
-from extproc.recording.store import safe_key
 from extproc.recording.store.s3 import S3Store
+from extproc.reserved import server_unit
 
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 REFUSED = "recording unavailable; request refused"
@@ -135,7 +135,7 @@ async def test_session_lands_in_s3_signed_verified_and_locked(
     result = await run_session(gw.url(), mode="legacy")  # a 2025 session: initialize ... DELETE, then final
     gw.stop()
 
-    session = load_session(moto.store(), safe_key(result.session_id), load_public_key(pub))
+    session = load_session(moto.store(), unit_key(moto.store(), result.session_id), load_public_key(pub))
     assert session.problems == [] and session.unfinished == []
     assert [m.get("method") for m in _requests(session)][:3] == [
         "initialize",
@@ -149,7 +149,8 @@ async def test_session_lands_in_s3_signed_verified_and_locked(
 
     versions = moto.client.list_object_versions(Bucket=moto.bucket, Prefix="rec/")["Versions"]
     ext = {"zstd": r"\.zst", "gzip": r"\.gz"}[compression]
-    shape = rf"rec/\d{{4}}/\d{{2}}/\d{{2}}/{re.escape(result.session_id)}/[^/]+/\d{{8}}\.(jsonl{ext}|manifest\.json)"
+    unit = re.escape(server_unit("demo", "", result.session_id))
+    shape = rf"rec/\d{{4}}/\d{{2}}/\d{{2}}/{unit}/[^/]+/\d{{8}}\.(jsonl{ext}|manifest\.json)"
     assert versions and all(re.fullmatch(shape, v["Key"]) for v in versions), [v["Key"] for v in versions]
     for v in versions[:4]:
         head = moto.client.head_object(Bucket=moto.bucket, Key=v["Key"], ChecksumMode="ENABLED")
@@ -190,7 +191,7 @@ async def test_s3_outage_loses_nothing_and_duplicates_nothing(
     httpx.request("DELETE", gw.url(), headers=headers, timeout=10)
     gw.stop()
 
-    session = load_session(moto.store(), safe_key(sid), load_public_key(pub))
+    session = load_session(moto.store(), unit_key(moto.store(), sid), load_public_key(pub))
     assert session.problems == [] and session.unfinished == []
     expected = [f"before-{i}" for i in range(3)] + [f"during-{i}" for i in range(10)] + [f"after-{i}" for i in range(3)]
     assert _echo_texts(session) == expected  # every event arrived, in order, once
@@ -232,14 +233,14 @@ def test_killed_processor_leaves_an_incomplete_exchange_with_everything_written(
 
     def marked() -> bool:
         sessions = {s for s in gw.store.list_sessions()}
-        return safe_key(sid) in sessions and gw.session(sid).summary()["state"] == "incomplete"
+        return unit_key(gw.store, sid) in sessions and gw.session(sid).summary()["state"] == "incomplete"
 
     wait_until(marked, 30, "the exchange to be marked incomplete")
     gw.stop()
 
-    session = load_session(gw.store, safe_key(sid), load_public_key(pub))
+    session = load_session(gw.store, unit_key(gw.store, sid), load_public_key(pub))
     assert session.problems == [] and session.unfinished == []
-    stored = {ln for s in gw.store.read_session(safe_key(sid)).values() for ln in s.data.splitlines()}
+    stored = {ln for s in gw.store.read_session(unit_key(gw.store, sid)).values() for ln in s.data.splitlines()}
     assert [ln for ln in written if ln not in stored] == []  # every event written before the kill is kept
     doc = json.loads(_cli("sessions", "show", sid, "--dir", str(gw.store.root), "--json").stdout)
     [incomplete] = [x for x in doc["exchanges"] if x["outcome"] == "incomplete"]
@@ -250,7 +251,7 @@ def test_killed_processor_leaves_an_incomplete_exchange_with_everything_written(
     progress = [e for e in incomplete["events"] if e["type"] == "mcp.response"]
     assert len(progress) >= 1  # the partial log of the killed call stays
     rows = json.loads(_cli("sessions", "list", "--dir", str(gw.store.root), "--json").stdout)
-    assert next(r for r in rows if r["session"] == sid)["state"] == "incomplete"
+    assert next(r for r in rows if r["session"] == server_unit("demo", "", sid))["state"] == "incomplete"
     verify = _cli("sessions", "verify", sid, "--dir", str(gw.store.root), "--public-key", str(pub))
     assert verify.returncode == 0, verify.stdout
 

@@ -11,6 +11,7 @@ import httpx
 from gateway_parts import SampleServer, open_session
 
 from extproc.demo.mcp_client import call_tool, run_session
+from extproc.reserved import server_unit
 
 SECRET = "Bearer s3cr3t-token-value-never-stored"
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -35,8 +36,9 @@ async def test_full_session_is_recorded_in_order(sample_server: SampleServer, st
 
     session = gw.session(result.session_id)
     assert session.problems == []
-    assert session.id == result.session_id
-    assert {e["session"] for e in session.events} == {result.session_id}
+    unit = server_unit("demo", "", result.session_id)  # the server's id, in its server's and backend's unit
+    assert session.id == unit
+    assert {e["session"] for e in session.events} == {unit}
 
     # Client -> server: every POSTed JSON-RPC message, in the order the server received them.
     sent = [m.get("method") for m in _messages(session, "mcp.request")]

@@ -79,3 +79,46 @@ def test_grant_opens_and_closes_access_on_its_own(start_mcp_server, start_authed
     used = {(d["grant"]["id"], d["grant"]["reason"]) for d in decisions if d.get("grant")}
     assert used == {(g.id, "INC-123"), (g2.id, "INC-124")}
     assert all(d["rule"] == f"grant:{d['grant']['id']}" for d in decisions if d.get("grant"))
+
+
+def test_deleting_or_editing_files_never_widens_access(start_mcp_server, start_authed, issuer, tmp_path: Path) -> None:
+    """Someone who can write the grants directory but lacks the key: deleting or editing the revocation log keeps
+    the grant revoked, and an in-place edit of a grant file (the directory's mtime does not move) is noticed."""
+    key_path, _ = generate_keys(tmp_path / "keys")
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    directory = tmp_path / "grants"
+    server = start_mcp_server("prod")
+    gw = start_authed(
+        [server],
+        policy=BASICS_ONLY,
+        gateway={"recording": {"signing_key": str(key_path)}, "grants": {"directory": str(directory)}},
+    )
+    url = gw.url("prod")
+    bob = issuer.mint("bob", aud=gw.endpoint, groups=("eng",))
+    g, _ = grants.create(directory, key, user="bob", server="prod", tools=["echo"], seconds=3600, reason="INC-1",
+                         approved_by="alice", now=time.time())  # fmt: skip
+    headers = open_session(url, bob)
+    assert _echo(url, headers).status_code == 200
+    grants.revoke(directory, key, g.id, "alice", "done", time.time())
+    refused = _echo(url, headers)
+    assert refused.status_code == 403 and refused.headers.get("x-request-id")  # a refusal names its request
+    log_path = directory / grants.LOG_NAME
+    signed = log_path.read_text()
+    log_path.write_text(signed.replace('"seq": 1', '"seq": 2'))  # edited: the signature no longer matches
+    assert _echo(url, headers).status_code == 403
+    log_path.unlink()  # deleted
+    assert _echo(url, headers).status_code == 403
+    log_path.write_text(signed)  # the genuine log back: still revoked
+
+    _, path = grants.create(directory, key, user="bob", server="prod", tools=["echo"], seconds=3600, reason="INC-2",
+                            approved_by="alice", now=time.time())  # fmt: skip
+    assert _echo(url, headers).status_code == 200
+    mtime = directory.stat().st_mtime_ns
+    with path.open("r+") as f:  # in place: same inode, the directory is not touched
+        doc = json.loads(f.read())
+        f.seek(0)
+        f.write(json.dumps({**doc, "tools": ["*"]}))
+        f.truncate()
+    assert directory.stat().st_mtime_ns == mtime
+    assert _echo(url, headers).status_code == 403  # the edited grant no longer verifies: refused at once
+    gw.stop()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from gateway_parts import unit_key
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.server import ThreadedMotoServer
 from moto.sts.models import sts_backends
@@ -18,7 +19,6 @@ from extproc.demo.mcp_client import run_session
 from extproc.launcher import free_port, wait_until
 from extproc.recording.manifest import generate_keys, load_public_key
 from extproc.recording.replay import load_session
-from extproc.recording.store import safe_key
 from extproc.recording.store.s3 import S3Store
 
 ROLE = "arn:aws:iam::123456789012:role/mcp-extproc-recordings"
@@ -70,7 +70,7 @@ async def test_session_lands_in_s3_with_web_identity_credentials(
         store = S3Store(bucket, "rec", endpoint_url=url, region="us-east-1",
                         client=admin)  # fmt: skip
         wait_until(lambda: bool(store.list_sessions()), 10, "session in the bucket")
-        session = load_session(store, safe_key(result.session_id), load_public_key(pub))
+        session = load_session(store, unit_key(store, result.session_id), load_public_key(pub))
         assert session.problems == [] and any(e["type"] == "mcp.request" for e in session.events)
     finally:
         moto.stop()

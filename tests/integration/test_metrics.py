@@ -72,6 +72,7 @@ async def test_latency_histograms_backlog_and_jwks_age(start_mcp_server, start_a
     assert m[("mcp_extproc_recording_queued_events", ())] >= 0
     assert m[("mcp_extproc_recording_disk_jobs_waiting", ())] >= 0
     assert m[("mcp_extproc_recording_store_failing", ())] == 0
+    assert m[("mcp_extproc_recording_unavailable", (("reason", "disk_full"),))] == 0
 
     def uploaded() -> bool:  # the file store takes segments once they are sealed (age 2 s or the stream's end)
         return _scrape(f"{url}/metrics").get(("mcp_extproc_recording_upload_seconds_count", ()), 0) >= 1

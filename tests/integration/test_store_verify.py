@@ -5,11 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from gateway_parts import unit_key
 from recording_helpers import cli
 
 from extproc.demo.mcp_client import run_session
 from extproc.recording.manifest import generate_keys
-from extproc.recording.store import safe_key
 
 
 async def test_processor_writes_signed_digests_and_store_verify_names_a_deleted_session(
@@ -27,7 +27,7 @@ async def test_processor_writes_signed_digests_and_store_verify_names_a_deleted_
     assert "signatures checked" in ok.stdout
     assert "no closing digest" not in ok.stdout
 
-    shutil.rmtree(root / safe_key(second.session_id))
+    shutil.rmtree(root / unit_key(gw.store, second.session_id))
     gone = cli("store", "verify", "--dir", str(root), "--public-key", str(pub))
 
     assert gone.returncode == 1

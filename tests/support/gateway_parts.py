@@ -64,19 +64,32 @@ class Gateway:
         return FileStore(self.config["recording"]["directory"])
 
     def session(self, session_id: str) -> Session:
-        """A recorded session, read back as `sessions show` reads it."""
-        return load_session(self.store, safe_key(session_id))
+        """A recorded session, read back as `sessions show` reads it (a server's id: its u_<server>_... unit)."""
+        return load_session(self.store, unit_key(self.store, session_id))
 
     def stop(self) -> None:
         self.stack.stop()
 
 
-def recording_key(client_session: str | None) -> str:
-    """The recording a client's session id names: a 2025 session's bound id carries the server's id; a stateless
-    client holds its recorded run (the ``mcp-extproc-recording`` header) as it is."""
+def recording_key(client_session: str | None, server: str = "demo", backend: str = "") -> str:
+    """The recording a client's session id names: a 2025 session's bound id carries the server's id, recorded
+    under its server's and backend's unit; a stateless client holds its recorded run (the ``mcp-extproc-recording``
+    header) as it is."""
     from extproc.authn.session_binding import server_id_of
+    from extproc.reserved import server_unit
 
-    return safe_key(server_id_of(client_session or "") or client_session or "")
+    server_id = server_id_of(client_session or "")
+    return safe_key(server_unit(server, backend, server_id) if server_id else client_session or "")
+
+
+def unit_key(store: Any, session_id: str) -> str:
+    """The store key of the unit recording ``session_id``: itself (a run, an exchange, a legacy recording) or the
+    one server unit (u_<server>_<backend>_<id>) whose server named it so."""
+    from extproc.recording.units import unit_keys
+
+    found = unit_keys(store, session_id)
+    assert len(found) <= 1, f"{session_id!r} names units of several servers: {found}"
+    return found[0] if found else safe_key(session_id)
 
 
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}

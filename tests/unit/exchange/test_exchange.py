@@ -23,6 +23,7 @@ from extproc.recording.recorder import Recorder, RecorderOptions
 from extproc.recording.replay import load_session
 from extproc.recording.spool import Spool
 from extproc.recording.store.file import FileStore
+from extproc.reserved import parse_server_unit
 from extproc.settings import parse
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.sig-7f3a9b"
@@ -63,7 +64,10 @@ class Rig:
         for key in self.store.list_sessions():
             session = load_session(self.store, key)
             assert session.problems == []
-            out[session.id] = session.events
+            # A server's session is recorded under u_<server>_<backend>_<id>: keyed here by the server's id.
+            unit = parse_server_unit(session.id)
+            assert unit is None or unit[:2] == ("weather", ""), session.id
+            out[unit[2] if unit else session.id] = session.events
         return out
 
     def written_bytes(self) -> bytes:
@@ -180,7 +184,7 @@ async def test_initialize_is_recorded_under_the_session_the_server_names(rig: Ri
     assert list(recorded) == ["sess-abc"]
     events = recorded["sess-abc"]
     assert _types(events) == ["exchange.start", "mcp.request", "http.response", "mcp.response", "exchange.end"]
-    assert {(e["session"], e["exchange"]) for e in events} == {("sess-abc", "ex1")}
+    assert {(e["session"], e["exchange"]) for e in events} == {("u_weather__sess-abc", "ex1")}  # server and backend
     assert [e["index"] for e in events] == [0, 1, 2, 3, 4]
     # Events held until the session was known keep the time they happened, not the time they were written.
     assert [e["time"] for e in events] == [1000.1, 1000.2, 1000.5, 1000.75, 1000.75]
@@ -209,6 +213,17 @@ async def test_request_with_session_header_is_recorded_under_it(rig: Rig) -> Non
     recorded = await rig.recorded()
     assert list(recorded) == ["sess-1"]
     assert _types(recorded["sess-1"])[-1] == "exchange.end"
+
+
+@pytest.mark.parametrize("named", ["x-ex2", "u_other__s1", "mcp-extproc-retention"])
+async def test_a_session_id_naming_a_gateway_unit_stays_inside_its_servers_unit(rig: Rig, named: str) -> None:
+    """A client-sent session id (anonymous: not bound) is recorded under its server's unit whatever it names: the
+    synthetic unit of another exchange, another server's unit, the gateway's own sessions."""
+    ex = rig.exchange()
+    await ex.on_request_headers(request_headers(session=named))
+    ex.finish("reset")
+    await rig.recorded()
+    assert rig.store.list_sessions() == [f"u_weather__{named}"]
 
 
 def _chunks(data: bytes, sizes: list[int]) -> list[bytes]:
@@ -565,11 +580,11 @@ async def test_recorder_not_accepting_refuses_with_503_when_recording_is_require
     assert not unwell.recorder.accepting
     ex = Exchange(_gateway(unwell.recorder, Clock(), required=True))
 
-    resp = await ex.on_request_headers(request_headers(session="s"))
+    resp = await ex.on_request_headers(request_headers(session="s", **{"x-request-id": "req-42"}))
     ex.finish("reset")  # as the stream loop does when Envoy ends the stream
 
-    status, doc, _ = _immediate(resp)
-    assert status == 503
+    status, doc, hdrs = _immediate(resp)
+    assert status == 503 and hdrs["x-request-id"] == "req-42"  # what the operator finds the reason by in the log
     assert doc == {
         "jsonrpc": "2.0",
         "id": None,
@@ -627,8 +642,9 @@ async def test_session_less_request_is_refused_when_its_held_events_could_not_be
 
     resp = await ex.on_request_body(body(json.dumps(INIT).encode()))
 
-    status, doc, _ = _immediate(resp)
+    status, doc, hdrs = _immediate(resp)
     assert status == 503 and doc["error"]["message"] == "recording unavailable; request refused"
+    assert hdrs["x-request-id"] == ex.id  # no x-request-id from Envoy: the exchange id, as in the access line
 
 
 async def test_a_token_in_the_query_string_is_not_recorded(rig: Rig) -> None:

@@ -47,7 +47,7 @@ async def test_authenticated_admission_records_the_start_under_the_caller(policy
     reply = await ex.on_request_headers(_request(session=bind("srv-1", ALICE, KEY, SCOPE)))
     assert _status(reply) is None
     [start] = sink.events
-    assert start.type == "exchange.start" and start.session == "srv-1"
+    assert start.type == "exchange.start" and start.session == "u_demo__srv-1"  # the unit names server and backend
     assert start.principal["subject"] == "alice"  # type: ignore[attr-defined]
     mutation = reply.request_headers.response.header_mutation
     assert "authorization" in mutation.remove_headers
@@ -123,7 +123,7 @@ async def test_events_are_held_until_the_server_names_the_session(policy: FakePo
         _headers({":status": "200", "content-type": "application/json", "mcp-session-id": "srv-9"})
     )
     assert sink.types() == ["exchange.start", "mcp.request", "policy.decision", "http.response"]
-    assert {e.session for e in sink.events} == {"srv-9"}
+    assert {e.session for e in sink.events} == {"u_demo__srv-9"}
     bound = {
         h.header.key: h.header.raw_value.decode() for h in reply.response_headers.response.header_mutation.set_headers
     }

@@ -170,3 +170,83 @@ def test_cli_create_list_revoke(tmp_path: Path) -> None:
     r = run(app, ["grant", "revoke", gid, "--reason", "done", "--config", str(cfg)])
     assert r.exit_code == 0 and "revoked" in r.output
     assert grants.load_dir(tmp_path / "grants", load_public_key(key)).grants == ()
+
+
+def _legacy_revoke(tmp_path: Path, grant_id: str) -> Path:
+    """A revocation as the previous release wrote it: one signed ``*.revoked.json`` file."""
+    r = grants.Revocation(v=1, revokes=grant_id, at=NOW + 2, by="carol", reason="done")
+    path = tmp_path / "grants" / f"{grant_id}.revoked.json"
+    path.write_text(json.dumps(grants._sign(KEY, r)))
+    return path
+
+
+def _log(tmp_path: Path) -> Path:
+    return tmp_path / "grants" / grants.LOG_NAME
+
+
+@pytest.mark.parametrize(
+    "undo",
+    [
+        pytest.param(lambda p: p.unlink(), id="log-deleted"),
+        pytest.param(lambda p: p.write_text(p.read_text().replace('"seq": 1', '"seq": 7')), id="log-edited"),
+        pytest.param(lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "revoked": {}})), id="shrunk"),
+        pytest.param(lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "sig": ""})), id="unsigned"),
+        pytest.param(lambda p: p.write_text("{\n"), id="truncated"),
+    ],
+)
+async def test_undoing_the_revocation_log_never_brings_a_grant_back(tmp_path: Path, undo) -> None:
+    store = _store(tmp_path)
+    g, _ = _grant(tmp_path)
+    assert len(await store.active(NOW + 1)) == 1
+    grants.revoke(tmp_path / "grants", KEY, g.id, "carol", "done", NOW + 2)
+    assert await store.active(NOW + 3) == ()
+    undo(_log(tmp_path))
+    assert await store.active(NOW + 4) == ()
+    assert g.id in store.loaded.revoked and any(grants.LOG_NAME in p for p in store.loaded.problems)
+    fresh = _store(tmp_path)  # a restarted processor that never saw the log: fails closed too
+    assert await fresh.active(NOW + 4) == ()
+
+
+async def test_a_rolled_back_revocation_log_is_refused(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    g, _ = _grant(tmp_path)
+    older = _log(tmp_path).read_bytes()  # a signed copy kept from before the revocation
+    grants.revoke(tmp_path / "grants", KEY, g.id, "carol", "done", NOW + 2)
+    assert await store.active(NOW + 3) == ()
+    _log(tmp_path).write_bytes(older)
+    assert await store.active(NOW + 4) == ()
+    assert any("rolled back to 0 after sequence 1" in p for p in store.loaded.problems)
+
+
+async def test_deleting_a_legacy_revocation_file_never_brings_a_grant_back(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    g, _ = _grant(tmp_path)
+    assert len(await store.active(NOW + 1)) == 1
+    _legacy_revoke(tmp_path, g.id)
+    assert await store.active(NOW + 3) == ()
+    _legacy_revoke(tmp_path, g.id).unlink()
+    assert await store.active(NOW + 4) == ()
+
+
+async def test_grants_with_no_revocation_log_are_not_honoured(tmp_path: Path) -> None:
+    _grant(tmp_path)
+    _log(tmp_path).unlink()
+    store = _store(tmp_path)
+    assert await store.active(NOW + 1) == ()
+    assert "revocation log is missing" in store.loaded.problems[0]
+
+
+async def test_an_in_place_edit_of_a_grant_file_is_noticed(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _, path = _grant(tmp_path)
+    assert len(await store.active(NOW + 1)) == 1
+    d = path.parent
+    before = d.stat().st_mtime_ns
+    with path.open("r+") as f:  # same inode, same directory entry: the directory's mtime does not move
+        doc = json.loads(f.read())
+        f.seek(0)
+        f.write(json.dumps({**doc, "until": doc["until"] + 86400}))
+        f.truncate()
+    assert d.stat().st_mtime_ns == before
+    assert await store.active(NOW + 2) == ()
+    assert any("signature does not match" in p and str(path) in p for p in store.loaded.problems)
