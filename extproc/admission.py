@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from extproc.authn.challenge import www_authenticate
 from extproc.authn.principal import Principal
 from extproc.authn.session_binding import unbind
+from extproc.envoy.config import Server
 from extproc.errors import AuthError, GatewayError, MethodNotAllowed, NotFound, Overloaded, StoreError
 from extproc.gateway import Gateway
 from extproc.mcp.jsonrpc import TRANSPORT_METHODS
 from extproc.recording.events import synthetic_session_id
 from extproc.routing import Backend
-from extproc.settings import Server
 
 SESSION_HEADER = "mcp-session-id"
 

@@ -18,8 +18,10 @@ from typing import Literal
 
 import httpx
 
+from extproc.envoy.config import Server
 from extproc.errors import ConfigError
-from extproc.settings import Server, Settings, split_hostport
+from extproc.sections import split_hostport
+from extproc.settings import Settings
 
 Status = Literal["ok", "warn", "fail", "skip"]
 TIMEOUT = 5.0

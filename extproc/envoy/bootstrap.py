@@ -13,12 +13,14 @@ from typing import Any
 import yaml
 
 from extproc.envoy.access_log import access_logs
+from extproc.envoy.config import Server
 from extproc.envoy.fields import T, is_ip, seconds, socket_address
 from extproc.envoy.stats import stats_parts
 from extproc.envoy.tls import SDS_NODE, listener_transport_socket, processor_transport_socket, upstream_transport_socket
 from extproc.mcp.jsonrpc import TRANSPORT_METHODS
 from extproc.routing import UPSTREAM_HEADER
-from extproc.settings import Server, Settings, split_hostport
+from extproc.sections import split_hostport
+from extproc.settings import Settings
 
 PROCESSOR_CLUSTER = "mcp_extproc"
 PROCESSOR_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"  # gRPC health service name

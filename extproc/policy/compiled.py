@@ -14,10 +14,10 @@ from extproc.errors import ConfigError
 from extproc.policy.globs import Matcher, compile_globs
 from extproc.policy.model import KNOWN_METHODS, PROMPT_METHODS, RESOURCE_METHODS, TOOL_METHODS, PolicyFile, Subjects
 from extproc.policy.redact import Redactor, compile_redactor
+from extproc.reserved import AUDIT_SERVER as AUDIT_SERVER
+from extproc.reserved import RESERVED_SERVERS as RESERVED_SERVERS
 
 ANY_SERVER = "*"
-AUDIT_SERVER = "audit"  # the auditors' own trail: a viewer rule naming it grants reading who looked at what
-RESERVED_SERVERS = frozenset({AUDIT_SERVER})
 # A list request is filtered with the decisions of the call that uses an item: it needs that call's reviews too.
 _USES = {"tools/list": ("tools/call",), "resources/list": ("resources/read",), "prompts/list": ("prompts/get",)}
 
