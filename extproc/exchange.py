@@ -33,6 +33,7 @@ from extproc.errors import (
     GatewayError,
     InvalidRequest,
     PolicyDenied,
+    RecordingUnavailable,
     RemovedMethod,
     ReservedSessionId,
     StoreError,
@@ -274,11 +275,11 @@ class Exchange:
         """The request goes upstream only once its events are on disk: a processor killed after this leaves the
         exchange recorded (marked incomplete), never executed unrecorded. Refused (503) when that cannot be."""
         if (held := self.log.cannot_hold()) is not None:
-            return self._refuse(held)
+            return self._refuse(RecordingUnavailable(str(held)))
         try:
             await self.log.commit()
         except StoreError as e:
-            return self._refuse(e)
+            return self._refuse(RecordingUnavailable(str(e)))
         return None
 
     # --- request side ----------------------------------------------------------------------------------------
@@ -468,13 +469,13 @@ class Exchange:
         self, err: GatewayError, headers: dict[str, str] | None = None, doc: object = None
     ) -> ep.ProcessingResponse:
         """Answer the client ourselves; Envoy sends nothing upstream. Recorded if the exchange is."""
-        log.info("exchange %s refused: %s %s", self.id, type(err).__name__, err)
-        self.gw.metrics.refusals.labels(str(err.status), type(err).__name__).inc()
+        log.info("exchange %s refused: %s %s", self.id, err.refusal_name, err)
+        self.gw.metrics.refusals.labels(str(err.status), err.refusal_name).inc()
         self.status = err.status
         self.refused = True
-        self.finish("denied", f"{type(err).__name__}: {err.safe_message}")
+        self.finish("denied", f"{err.refusal_name}: {err.safe_message}")
         if doc is not None:
-            return responses.json_reply(err.status, doc, headers, f"mcp_extproc_{type(err).__name__}")
+            return responses.json_reply(err.status, doc, headers, f"mcp_extproc_{err.refusal_name}")
         msg_id = self.request_ids[0] if len(self.request_ids) == 1 else None
         return responses.error_reply(err, msg_id, headers)
 
