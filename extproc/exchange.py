@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Mapping
 from time import perf_counter
-from typing import Any
+from typing import Any, Literal
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
@@ -55,6 +55,7 @@ from extproc.recording.events import (
     ExchangeStart,
     ListFiltered,
     McpRequest,
+    Outcome,
     PolicyDecision,
     ResponseStart,
     body_fields,
@@ -111,7 +112,7 @@ class Exchange:
         self._facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
         # The response.
         self._body: ResponseBody | None = None
-        self._buffered: str | None = None  # "filter" or "seal": the whole body comes in one message
+        self._buffered: Literal["filter", "seal"] | None = None  # the whole body comes in one message
 
     @property
     def session(self) -> str | None:
@@ -226,7 +227,7 @@ class Exchange:
             return reply
         return responses.streamed_body(released) if released is not None else responses.response_body()
 
-    def finish(self, outcome: str, detail: str = "") -> None:
+    def finish(self, outcome: Outcome, detail: str = "") -> None:
         """Record the end exactly once. Called at the last body chunk, or by the stream loop when it stops."""
         if self.finished:
             return

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 
 def body_fields(raw: bytes) -> dict[str, Any]:
@@ -148,10 +148,13 @@ class ResponseChunk(Event):
     size: int = 0
 
 
+Outcome = Literal["complete", "denied", "reset", "error"]  # how an exchange ended
+
+
 @dataclass(slots=True, kw_only=True)
 class ExchangeEnd(Event):
     type: ClassVar[str] = "exchange.end"
-    outcome: str = "complete"  # complete | denied | reset | error
+    outcome: Outcome = "complete"
     status: int = 0
     duration_ms: float = 0.0
     bytes_in: int = 0
