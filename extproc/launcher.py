@@ -23,7 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc import settings as settings_mod
 from extproc.envoy.access_log import envoy_log_args
-from extproc.envoy.bootstrap import PROCESSOR_CLUSTER, PROCESSOR_SERVICE, render_yaml
+from extproc.envoy.bootstrap import render_yaml
+from extproc.envoy.clusters import PROCESSOR_CLUSTER, PROCESSOR_SERVICE
 from extproc.envoy.config import Edge
 from extproc.envoy.tls import write_sds_files
 from extproc.server import listen_address
