@@ -26,6 +26,7 @@ from extproc.authn.session_binding import bind
 from extproc.authn.state_binding import RequestStateNotYours
 from extproc.authn.verify import identity_headers
 from extproc.envoy import responses
+from extproc.envoy.fields import UPSTREAM_HEADER
 from extproc.envoy.headers import recordable, to_dict
 from extproc.errors import (
     AuthorizationUnavailable,
@@ -65,7 +66,6 @@ from extproc.recording.events import (
 )
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import record_piece
-from extproc.routing import UPSTREAM_HEADER
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,10 @@ import yaml
 from extproc.envoy.access_log import access_logs
 from extproc.envoy.clusters import AUDIT_CLUSTER, BACKENDS_CLUSTER, PROCESSOR_CLUSTER, clusters, server_cluster_name
 from extproc.envoy.config import Server
-from extproc.envoy.fields import T, seconds, socket_address
+from extproc.envoy.fields import UPSTREAM_HEADER, T, seconds, socket_address
 from extproc.envoy.stats import stats_parts
 from extproc.envoy.tls import SDS_NODE, listener_transport_socket
 from extproc.mcp.jsonrpc import TRANSPORT_METHODS
-from extproc.routing import UPSTREAM_HEADER
 from extproc.settings import Settings
 
 # A request whose upstream connection was reset before any of it was sent (the server closed an idle keep-alive

@@ -6,9 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from extproc.envoy.config import Server
-from extproc.envoy.fields import T, is_ip, seconds, socket_address
+from extproc.envoy.fields import UPSTREAM_HEADER, T, is_ip, seconds, socket_address
 from extproc.envoy.tls import processor_transport_socket, upstream_transport_socket
-from extproc.routing import UPSTREAM_HEADER
 from extproc.sections import split_hostport
 from extproc.settings import Settings
 
