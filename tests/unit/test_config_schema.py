@@ -118,3 +118,41 @@ def test_loading_a_config_compiles_and_records_nothing(module: str) -> None:
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_every_relative_path_of_every_section_resolves_against_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ``resolved(base)`` per section: recording, policy, grants and audit paths all follow the file."""
+    from extproc.settings import load
+
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "gateway.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "servers": [{"name": "a", "upstream": "127.0.0.1:1"}],
+                "auth": {"public_url": "https://gw.example", "issuers": [{"issuer": "https://idp.example"}]},
+                "policy": {"directory": "pol"},
+                "grants": {"directory": "grants"},
+                "recording": {"directory": "rec", "spool_directory": "spool", "signing_key": "keys/signing.key"},
+                "audit": {"client_secret_file": "secret", "index": "idx.sqlite"},
+            }
+        )
+    )
+    monkeypatch.chdir(tmp_path)  # not the config's folder: a path resolved against the cwd would show
+
+    s = load(folder / "gateway.yaml")
+
+    assert s.policy is not None and s.grants is not None and s.audit is not None
+    paths = {
+        "policy.directory": s.policy.directory,
+        "grants.directory": s.grants.directory,
+        "recording.directory": s.recording.directory,
+        "recording.spool_directory": s.recording.spool_directory,
+        "recording.signing_key": s.recording.signing_key,
+        "audit.client_secret_file": s.audit.client_secret_file,
+        "audit.index": s.audit.index,
+    }
+    wrong = {k: v for k, v in paths.items() if v is None or v.parent not in (folder, folder / "keys")}
+    assert wrong == {}
