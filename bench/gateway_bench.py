@@ -50,11 +50,12 @@ import yaml
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.authn.principal import Principal
 from extproc.authn.session_binding import bind, load_key
-from extproc.envoy.bootstrap import PROCESSOR_CLUSTER, render, render_yaml
+from extproc.envoy.bootstrap import render, render_yaml
+from extproc.envoy.clusters import PROCESSOR_CLUSTER
+from extproc.envoy.config import Edge
 from extproc.launcher import Stack, can_connect, envoy_binary, free_port, http_ok, wait_until
 from extproc.launcher import envoy_command as launcher_envoy_command
 from extproc.server import listen_address
-from extproc.settings import Edge
 from extproc.settings import load as load_settings
 from extproc.workers import worker_command
 

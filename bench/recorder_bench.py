@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from extproc.recording.audit import audit
+from extproc.recording.config import Recording
 from extproc.recording.events import (
     Event,
     ExchangeEnd,
@@ -40,7 +41,6 @@ from extproc.recording.events import (
 )
 from extproc.recording.manifest import generate_keys, load_public_key
 from extproc.recording.setup import build_runtime
-from extproc.settings import Recording
 
 CALL = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "hi"}}}
 RESULT = {"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": "hi"}], "isError": False}}

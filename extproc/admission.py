@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from extproc.authn.challenge import www_authenticate
 from extproc.authn.principal import Principal
 from extproc.authn.session_binding import unbind
-from extproc.errors import AuthError, GatewayError, MethodNotAllowed, NotFound, Overloaded, StoreError
+from extproc.envoy.config import Server
+from extproc.errors import AuthError, GatewayError, MethodNotAllowed, NotFound, Overloaded, RecordingUnavailable
 from extproc.gateway import Gateway
 from extproc.mcp.jsonrpc import TRANSPORT_METHODS
 from extproc.recording.events import synthetic_session_id
 from extproc.routing import Backend
-from extproc.settings import Server
 
 SESSION_HEADER = "mcp-session-id"
 
@@ -66,7 +66,7 @@ async def admit(gw: Gateway, headers: Mapping[str, str], exchange_id: str) -> Ad
         gw.router.check_origin(headers.get("origin"))  # in every mode: the server sees its own host name
         principal = await gw.auth.authenticate(headers.get("authorization")) if gw.auth is not None else None
         if gw.options.required and not gw.sink.accepting:
-            raise StoreError("recorder not accepting events")
+            raise RecordingUnavailable("recorder not accepting events")
     except AuthError as e:
         challenge = {"www-authenticate": www_authenticate(e, gw.options.metadata_url)} if e.status == 401 else {}
         return Unrecorded(e, challenge)

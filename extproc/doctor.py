@@ -1,27 +1,27 @@
-"""`mcp-extproc doctor`: check every part a gateway needs and say, per part, what is wrong and how to fix it.
+"""The checks behind `mcp-extproc doctor` (``extproc.cli.doctor``): every part a gateway needs, and per part what
+is wrong and how to fix it.
 
 Each check is a plain function returning one ``Check`` (or several); a failing check never stops the others,
-except a config that does not load (nothing else can be checked without it). Exit status 1 on any failure.
+except a config that does not load (nothing else can be checked without it).
 """
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import httpx
-import typer
 
+from extproc.envoy.config import Server
 from extproc.errors import ConfigError
-from extproc.settings import Server, Settings, split_hostport
+from extproc.sections import split_hostport
+from extproc.settings import Settings
 
 Status = Literal["ok", "warn", "fail", "skip"]
 TIMEOUT = 5.0
@@ -405,36 +405,3 @@ def run_checks(config: Path, running: bool = True) -> list[Check]:
         result = step(s)
         out.extend([result] if isinstance(result, Check) else result)
     return out
-
-
-_MARK = {"ok": "[green] OK [/green]", "warn": "[yellow]WARN[/yellow]", "fail": "[red]FAIL[/red]", "skip": "SKIP"}
-
-
-def doctor(
-    config: Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml")] = Path("gateway.yaml"),
-    json_out: Annotated[bool, typer.Option("--json", help="one JSON document for automation")] = False,
-    offline: Annotated[
-        bool,
-        typer.Option(
-            "--offline", help="skip the running processor, metrics, upstream and audit checks (before start-up)"
-        ),
-    ] = False,
-) -> None:
-    """Check config, policies, issuers, store, keys, Envoy, processor, metrics, upstream MCP servers and the audit
-    service; exit 1 if anything fails."""
-    from rich.console import Console
-
-    started = time.monotonic()
-    checks = run_checks(config, running=not offline)
-    failed = [c for c in checks if c.status == "fail"]
-    if json_out:
-        doc = {"ok": not failed, "seconds": round(time.monotonic() - started, 3), "checks": [asdict(c) for c in checks]}
-        print(json.dumps(doc, indent=2))
-    else:
-        console = Console(highlight=False, soft_wrap=True)  # one line per check, however long
-        for c in checks:
-            hint = f"  [dim]fix: {c.hint}[/dim]" if c.hint and c.status in ("fail", "warn") else ""
-            console.print(f"{_MARK[c.status]} {c.name}: {c.detail}{hint}")
-        console.print(f"{len(failed)} failure(s)" if failed else "all checks passed")
-    if failed:
-        raise typer.Exit(1)

@@ -1,10 +1,54 @@
-"""One error hierarchy. Each class knows its safe client message, HTTP status and JSON-RPC code.
+"""Two error hierarchies: refusals the client reads, and failures only the operator can fix.
 
-Internal detail (stack, upstream text, key ids) goes to the log bound to the exchange id; only
-``client_message`` ever leaves the gateway. The mapping to an HTTP reply lives in ``extproc.envoy.responses``.
+A ``GatewayError`` knows its safe client message, HTTP status and JSON-RPC code. Internal detail (stack, upstream
+text, key ids) goes to the log bound to the exchange id; only ``client_message`` ever leaves the gateway. The
+mapping to an HTTP reply lives in ``extproc.envoy.responses``. An ``OperatorError`` never reaches a client as
+itself: it stops a load (``ConfigError``) or fails a write (``StoreError``), and where a request depends on it the
+exchange answers with the matching refusal (``RecordingUnavailable``) instead.
+
+    Exception
+    ├── OperatorError                   no HTTP status: a file, a disk or a bucket to fix
+    │   ├── ConfigError                 gateway.yaml, a policy, a grant, a key: names the file and the key
+    │   └── StoreError                  the spool or the store failed a write
+    └── GatewayError                    a refusal: status, JSON-RPC code, safe client message
+        ├── NotFound                    404 no MCP server at this path
+        ├── MethodNotAllowed            405
+        ├── BodyTooLarge                413
+        ├── InvalidRequest              400 not JSON-RPC we can forward
+        │   ├── HeaderMismatch          400 stateless headers disagree with the body
+        │   └── InvalidEnvelope         400 stateless request without params._meta
+        ├── RemovedMethod               404 a method the request's revision removed
+        ├── AuthError                   401 (WWW-Authenticate)
+        │   ├── MissingToken
+        │   ├── TokenError              TokenTooLarge, MalformedToken, TokenExpired, TokenNotYetValid,
+        │   │                           WrongAudience, WrongIssuer, BadSignature, AlgorithmNotAllowed,
+        │   │                           MissingClaim, UnknownKeyId
+        │   └── IssuerUnavailable       503 no signing keys from the issuer
+        ├── Forbidden                   403 OriginNotAllowed, SessionNotYours, PolicyDenied
+        ├── AuthorizationUnavailable    503 a SubjectAccessReview gave no answer
+        ├── ReservedSessionId           502 the server named its session like a gateway recording unit
+        ├── EncodedResponse             502 a Content-Encoding the processor cannot read
+        ├── Overloaded                  503 the worker's event loop is too far behind
+        ├── RecordingUnavailable        503 with recording.required, the exchange cannot be recorded
+        └── (routing.UpstreamUnresolved, and refusals of other modules)
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
+
+
+class OperatorError(Exception):
+    """Base class: a failure the operator fixes (a file, a disk, a bucket); it has no HTTP status."""
+
+
+class ConfigError(OperatorError):
+    """gateway.yaml (or another config file) is invalid; the message names the file and key."""
+
+
+class StoreError(OperatorError):
+    """The recording spool or store failed; with recording.required a request depending on it is refused
+    (``RecordingUnavailable``)."""
 
 
 class GatewayError(Exception):
@@ -13,6 +57,9 @@ class GatewayError(Exception):
     status: int = 500
     jsonrpc_code: int = -32603  # JSON-RPC "internal error"
     client_message: str = "internal gateway error"
+    # The refusal's name in the refusals metric, the recorded reason and Envoy's response details; default: the
+    # class name. Set only to keep a published name when a class is renamed.
+    published_name: ClassVar[str] = ""
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail or self.client_message)
@@ -22,11 +69,10 @@ class GatewayError(Exception):
         """What the client may read."""
         return self.client_message
 
-
-class ConfigError(GatewayError):
-    """gateway.yaml (or another config file) is invalid; the message names the file and key."""
-
-    client_message = "gateway misconfigured"
+    @property
+    def refusal_name(self) -> str:
+        """The name metrics, recordings and Envoy's response details give this refusal."""
+        return self.published_name or type(self).__name__
 
 
 # --- request shape -------------------------------------------------------------------------------------------
@@ -265,9 +311,11 @@ class Overloaded(GatewayError):
 # --- recording (503) -----------------------------------------------------------------------------------------
 
 
-class StoreError(GatewayError):
-    """The recording store failed; with recording.required the exchange is refused."""
+class RecordingUnavailable(GatewayError):
+    """With recording.required, the exchange cannot be recorded (the spool or store failed, or the recorder is
+    not accepting events): it is refused before anything goes upstream."""
 
     status = 503
     jsonrpc_code = -32004
     client_message = "recording unavailable; request refused"
+    published_name = "StoreError"  # the refusal's name in metrics and replies before operator errors had a base

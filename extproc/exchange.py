@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Mapping
 from time import perf_counter
-from typing import Any
+from typing import Any, Literal
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
@@ -26,6 +26,7 @@ from extproc.authn.session_binding import bind
 from extproc.authn.state_binding import RequestStateNotYours
 from extproc.authn.verify import identity_headers
 from extproc.envoy import responses
+from extproc.envoy.fields import UPSTREAM_HEADER
 from extproc.envoy.headers import recordable, to_dict
 from extproc.errors import (
     AuthorizationUnavailable,
@@ -33,6 +34,7 @@ from extproc.errors import (
     GatewayError,
     InvalidRequest,
     PolicyDenied,
+    RecordingUnavailable,
     RemovedMethod,
     ReservedSessionId,
     StoreError,
@@ -55,6 +57,7 @@ from extproc.recording.events import (
     ExchangeStart,
     ListFiltered,
     McpRequest,
+    Outcome,
     PolicyDecision,
     ResponseStart,
     body_fields,
@@ -65,7 +68,6 @@ from extproc.recording.events import (
 )
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import record_piece
-from extproc.routing import UPSTREAM_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,7 @@ class Exchange:
         self._facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
         # The response.
         self._body: ResponseBody | None = None
-        self._buffered: str | None = None  # "filter" or "seal": the whole body comes in one message
+        self._buffered: Literal["filter", "seal"] | None = None  # the whole body comes in one message
 
     @property
     def session(self) -> str | None:
@@ -236,7 +238,7 @@ class Exchange:
             return reply
         return responses.streamed_body(released) if released is not None else responses.response_body()
 
-    def finish(self, outcome: str, detail: str = "") -> None:
+    def finish(self, outcome: Outcome, detail: str = "") -> None:
         """Record the end exactly once. Called at the last body chunk, or by the stream loop when it stops."""
         if self.finished:
             return
@@ -285,11 +287,11 @@ class Exchange:
         """The request goes upstream only once its events are on disk: a processor killed after this leaves the
         exchange recorded (marked incomplete), never executed unrecorded. Refused (503) when that cannot be."""
         if (held := self.log.cannot_hold()) is not None:
-            return self._refuse(held)
+            return self._refuse(RecordingUnavailable(str(held)))
         try:
             await self.log.commit()
         except StoreError as e:
-            return self._refuse(e)
+            return self._refuse(RecordingUnavailable(str(e)))
         return None
 
     # --- request side ----------------------------------------------------------------------------------------
@@ -499,15 +501,15 @@ class Exchange:
         self, err: GatewayError, headers: dict[str, str] | None = None, doc: object = None
     ) -> ep.ProcessingResponse:
         """Answer the client ourselves; Envoy sends nothing upstream. Recorded if the exchange is."""
-        log.info("exchange %s refused: %s %s", self.id, type(err).__name__, err)
-        self.gw.metrics.refusals.labels(str(err.status), type(err).__name__).inc()
+        log.info("exchange %s refused: %s %s", self.id, err.refusal_name, err)
+        self.gw.metrics.refusals.labels(str(err.status), err.refusal_name).inc()
         self.status = err.status
         self.refused = True
-        self.finish("denied", f"{type(err).__name__}: {err.safe_message}")
+        self.finish("denied", f"{err.refusal_name}: {err.safe_message}")
         # The request id joins the client's report to our access line and log (why, for an operator), never detail.
         headers = {**(headers or {}), "x-request-id": self.request_id or self.id}
         if doc is not None:
-            return responses.json_reply(err.status, doc, headers, f"mcp_extproc_{type(err).__name__}")
+            return responses.json_reply(err.status, doc, headers, f"mcp_extproc_{err.refusal_name}")
         msg_id = self.request_ids[0] if len(self.request_ids) == 1 else None
         return responses.error_reply(err, msg_id, headers)
 

@@ -23,7 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc import settings as settings_mod
 from extproc.envoy.access_log import envoy_log_args
-from extproc.envoy.bootstrap import PROCESSOR_CLUSTER, PROCESSOR_SERVICE, render_yaml
+from extproc.envoy.bootstrap import render_yaml
+from extproc.envoy.clusters import PROCESSOR_CLUSTER, PROCESSOR_SERVICE
+from extproc.envoy.config import Edge
 from extproc.envoy.tls import write_sds_files
 from extproc.server import listen_address
 from extproc.workers import READY_FILE_ENV, RESTART_BACKOFF, STABLE_AFTER, worker_command
@@ -128,7 +130,7 @@ def envoy_sees_processors(admin_port: int, count: int) -> bool:
     return len(flags) == count and all(f == "healthy" for f in flags)
 
 
-def envoy_command(bootstrap: Path, edge: settings_mod.Edge, log_level: str = "warning") -> list[str]:
+def envoy_command(bootstrap: Path, edge: Edge, log_level: str = "warning") -> list[str]:
     """Envoy's command line for a rendered bootstrap (`up`, the tests and the benchmark run the same)."""
     return [
         str(envoy_binary()),

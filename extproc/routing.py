@@ -18,13 +18,14 @@ from typing import Protocol
 
 from extproc.authn.config import origin_of
 from extproc.authn.principal import ANONYMOUS, Principal
+from extproc.envoy.config import Server
+from extproc.envoy.fields import UPSTREAM_HEADER
 from extproc.errors import Forbidden, GatewayError, OriginNotAllowed
 from extproc.policy.compiled import CompiledSubjects, compile_subjects
 from extproc.policy.engine import subjects_miss
-from extproc.settings import Server, Settings, split_hostport
+from extproc.sections import split_hostport
+from extproc.settings import Settings
 
-# The header the per-request cluster reads its destination from. Only the processor ever sets it.
-UPSTREAM_HEADER = "x-mcp-extproc-upstream"
 RESOLVE_TTL_S = 10.0
 
 

@@ -29,6 +29,7 @@ from extproc.kube import sar
 from extproc.kube.discovery import start_discovery
 from extproc.policy.grants import grant_store
 from extproc.policy.loader import PolicyWatcher
+from extproc.recording.events import Outcome
 from extproc.recording.setup import build_runtime
 from extproc.routing import Router
 from extproc.settings import Settings
@@ -48,7 +49,8 @@ class Processor(ep_grpc.ExternalProcessorServicer):
     ) -> AsyncIterator[ep.ProcessingResponse]:
         ex = Exchange(self.gw)
         self.gw.metrics.active.inc()
-        outcome, detail = "reset", "stream closed before the exchange ended"
+        outcome: Outcome = "reset"
+        detail = "stream closed before the exchange ended"
         try:
             async for req in request_iterator:
                 phase = req.WhichOneof("request")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from mcp.shared.inbound import encode_header_value, mcp_param_headers, x_mcp_header_map
@@ -30,13 +30,16 @@ _ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "app
 _VOLATILE = {"_meta"}  # per-call metadata (timestamps, progress tokens) is not a difference in behaviour
 
 
+Verdict = Literal["identical", "differs", "skipped", "failed", "sent"]
+
+
 @dataclass(slots=True)
 class Outcome:
     """One re-sent request: identical, different (with the paths that differ), skipped or failed."""
 
     method: str
     name: str
-    verdict: str  # identical | differs | skipped | failed | sent (notifications: nothing to compare)
+    verdict: Verdict  # sent: a notification, nothing to compare
     differences: list[str] = field(default_factory=list)
 
     def line(self) -> str:

@@ -24,6 +24,7 @@ from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from extproc.audit.api import api_routes
+from extproc.audit.config import Audit
 from extproc.audit.context import AuditContext, client_of, error_response
 from extproc.audit.index import SessionIndex
 from extproc.audit.openapi import openapi_document
@@ -34,7 +35,7 @@ from extproc.errors import AuthError
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.manifest import Signer
 from extproc.recording.setup import build_runtime, build_store
-from extproc.settings import Audit, Settings
+from extproc.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from extproc.audit.config import Audit
 from extproc.audit.context import AuditContext, client_of, error_response
 from extproc.authn.config import AuthConfig
 from extproc.authn.principal import Principal
 from extproc.authn.verify import Authenticator
 from extproc.errors import AuthError
-from extproc.settings import Audit, Settings
+from extproc.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Render the Envoy bootstrap for a gateway.yaml: one listener, one route per MCP server, the ext_proc filter.
+"""Render the Envoy bootstrap for a gateway.yaml: one listener, one route per MCP server, the ext_proc filter
+(the clusters are built in ``clusters.py``).
 
 A plain dict template keeps every Envoy field visible in one place; `envoy --mode validate` checks the result
 in the test suite, so a typo here fails CI rather than a deploy. Each listener's and cluster's transport socket
@@ -13,90 +14,18 @@ from typing import Any
 import yaml
 
 from extproc.envoy.access_log import access_logs
-from extproc.envoy.fields import T, is_ip, seconds, socket_address
+from extproc.envoy.clusters import AUDIT_CLUSTER, BACKENDS_CLUSTER, PROCESSOR_CLUSTER, clusters, server_cluster_name
+from extproc.envoy.config import Server
+from extproc.envoy.fields import UPSTREAM_HEADER, T, seconds, socket_address
 from extproc.envoy.stats import stats_parts
-from extproc.envoy.tls import SDS_NODE, listener_transport_socket, processor_transport_socket, upstream_transport_socket
+from extproc.envoy.tls import SDS_NODE, listener_transport_socket
 from extproc.mcp.jsonrpc import TRANSPORT_METHODS
-from extproc.routing import UPSTREAM_HEADER
-from extproc.settings import Server, Settings, split_hostport
+from extproc.settings import Settings
 
-PROCESSOR_CLUSTER = "mcp_extproc"
-PROCESSOR_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"  # gRPC health service name
-BACKENDS_CLUSTER = "mcp_backends"
 # A request whose upstream connection was reset before any of it was sent (the server closed an idle keep-alive
 # connection just as Envoy reused it) is sent once more on a new connection: the server never saw it, so this is
 # safe for any method. Anything later is never retried: an MCP call is not idempotent.
 SAFE_RETRY = {"retry_on": "reset-before-request", "num_retries": 1}
-_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-
-
-def processor_addresses(settings: Settings) -> list[dict[str, Any]]:
-    """One endpoint per processor worker: Envoy balances streams across its connections to each of them."""
-    proc = settings.processor
-    endpoints = [proc.endpoint(i) for i in range(proc.workers)]
-    if proc.unix_path:
-        return [{"pipe": {"path": e.removeprefix("unix:")}} for e in endpoints]
-    return [socket_address(*split_hostport(e)) for e in endpoints]
-
-
-def _cluster(
-    name: str,
-    addresses: list[dict[str, Any]],
-    http2: bool,
-    transport_socket: dict[str, Any] | None = None,
-    idle_timeout_s: float | None = None,
-) -> dict[str, Any]:
-    """A cluster over fixed addresses; ``transport_socket`` (from ``tls.py``'s builders) when it speaks TLS."""
-    static = all("pipe" in a or is_ip(a["socket_address"]["address"]) for a in addresses)
-    cluster: dict[str, Any] = {
-        "name": name,
-        "type": "STATIC" if static else "STRICT_DNS",
-        "connect_timeout": "2s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": a}} for a in addresses]}],
-        },
-    }
-    if http2 or idle_timeout_s is not None:
-        options: dict[str, Any] = {
-            "@type": T + "extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}} if http2 else {"http_protocol_options": {}},
-        }
-        if idle_timeout_s is not None:
-            options["common_http_protocol_options"] = {"idle_timeout": seconds(idle_timeout_s)}
-        cluster["typed_extension_protocol_options"] = {_HTTP_OPTIONS: options}
-    if transport_socket is not None:
-        cluster["transport_socket"] = transport_socket
-    return cluster
-
-
-def server_cluster_name(server: Server) -> str:
-    return f"mcp_server_{server.name}"
-
-
-def server_cluster(server: Server, idle_timeout_s: float) -> dict[str, Any]:
-    """The cluster of a server with an ``upstream``: HTTP/1.1, verified TLS when ``tls: true``."""
-    assert server.upstream is not None  # servers with backends are reached through BACKENDS_CLUSTER
-    host, port = split_hostport(server.upstream)
-    return _cluster(
-        server_cluster_name(server),
-        [socket_address(host, port)],
-        http2=False,
-        transport_socket=upstream_transport_socket(server),
-        idle_timeout_s=idle_timeout_s,
-    )
-
-
-def processor_cluster(settings: Settings) -> dict[str, Any]:
-    """The processor's workers over HTTP/2, health-checked; mutual TLS when ``processor.tls`` is set."""
-    cluster = _cluster(
-        PROCESSOR_CLUSTER,
-        processor_addresses(settings),
-        http2=True,
-        transport_socket=processor_transport_socket(settings),
-    )
-    cluster["health_checks"] = [_processor_health_check()]
-    return cluster
 
 
 def _routes(server: Server) -> list[dict[str, Any]]:
@@ -137,24 +66,6 @@ def _backends_route() -> dict[str, Any]:
         "name": "backends",
         "match": {"prefix": "/", "headers": [{"name": UPSTREAM_HEADER, "present_match": True}]},
         "route": {"cluster": BACKENDS_CLUSTER, "timeout": "0s", "retry_policy": SAFE_RETRY},
-    }
-
-
-def _backends_cluster(idle_timeout_s: float) -> dict[str, Any]:
-    """One cluster for every backend reached by address: the processor names the IP:port per request."""
-    return {
-        "name": BACKENDS_CLUSTER,
-        "type": "ORIGINAL_DST",
-        "lb_policy": "CLUSTER_PROVIDED",
-        "connect_timeout": "2s",
-        "original_dst_lb_config": {"use_http_header": True, "http_header_name": UPSTREAM_HEADER},
-        "typed_extension_protocol_options": {
-            _HTTP_OPTIONS: {
-                "@type": T + "extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http_protocol_options": {}},
-                "common_http_protocol_options": {"idle_timeout": seconds(idle_timeout_s)},
-            }
-        },
     }
 
 
@@ -228,15 +139,12 @@ def _local_replies() -> dict[str, Any]:
     }
 
 
-AUDIT_CLUSTER = "mcp_extproc_audit"
-
-
-def audit_parts(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The audit service's route and cluster. ext_proc is off on that route: auditors' traffic is not MCP traffic
-    and is never recorded as such (the audit service keeps its own trail)."""
+def _audit_routes(settings: Settings) -> list[dict[str, Any]]:
+    """The audit service's route. ext_proc is off on it: auditors' traffic is not MCP traffic and is never
+    recorded as such (the audit service keeps its own trail)."""
     audit = settings.audit
     if audit is None:
-        return [], []
+        return []
     route = {
         "name": "audit",
         "match": {"path_separated_prefix": audit.prefix.rstrip("/")},
@@ -248,12 +156,11 @@ def audit_parts(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str
             }
         },
     }
-    return [route], [_cluster(AUDIT_CLUSTER, [socket_address(audit.address, audit.port)], http2=False)]
+    return [route]
 
 
 def _virtual_host(settings: Settings) -> dict[str, Any]:
-    audit_routes, _ = audit_parts(settings)
-    routes = [*audit_routes, *(r for s in settings.servers if s.upstream is not None for r in _routes(s))]
+    routes = [*_audit_routes(settings), *(r for s in settings.servers if s.upstream is not None for r in _routes(s))]
     routes.append(_backends_route())
     routes.append(
         {
@@ -355,24 +262,6 @@ def _threshold(monitor: str, value: float) -> dict[str, Any]:
     return {"name": monitor, "threshold": {"value": value}}
 
 
-def _circuit_breakers(n: int) -> dict[str, Any]:
-    """Envoy's default (1,024 requests per cluster) would refuse the 1,025th open SSE stream with a 503."""
-    limits = {"max_connections": n, "max_pending_requests": n, "max_requests": n, "max_retries": 3}
-    return {"thresholds": [{"priority": "DEFAULT", **limits}]}
-
-
-def _processor_health_check() -> dict[str, Any]:
-    """gRPC health of each worker: a worker that died leaves the rotation at once, and comes back when serving."""
-    return {
-        "timeout": "1s",
-        "interval": "1s",
-        "no_traffic_interval": "1s",
-        "unhealthy_threshold": 1,
-        "healthy_threshold": 1,
-        "grpc_health_check": {"service_name": PROCESSOR_SERVICE},
-    }
-
-
 def render(settings: Settings, sds_dir: Path | None = None) -> dict[str, Any]:
     """The Envoy bootstrap for ``settings`` as a plain dict (TLS SDS files referred to in ``sds_dir``)."""
     limit = settings.limits.max_request_body_bytes
@@ -386,18 +275,6 @@ def render(settings: Settings, sds_dir: Path | None = None) -> dict[str, Any]:
         "local_reply_config": _local_replies(),
         "access_log": access_logs(settings),
     }
-    processor = processor_cluster(settings)
-    idle = settings.edge.upstream_idle_timeout_s
-    clusters = [processor, _backends_cluster(idle), *audit_parts(settings)[1]]
-    # Servers with backends are reached through BACKENDS_CLUSTER.
-    clusters += [server_cluster(s, idle) for s in settings.servers if s.upstream is not None]
-    # Every exchange holds one ext_proc stream for its whole life, also while it waits for a connection to its
-    # server: the processor carries every server's open and waiting requests (N each), so an overflow is always
-    # the server cluster's 503, never a processor failure (500) that would also refuse other servers' requests.
-    streams = settings.limits.max_concurrent_streams
-    processor_streams = 2 * streams * max(1, len(settings.servers))  # discovered servers: at least one's worth
-    for c in clusters:
-        c["circuit_breakers"] = _circuit_breakers(processor_streams if c is processor else streams)
     chain: dict[str, Any] = {
         "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
     }
@@ -417,7 +294,10 @@ def render(settings: Settings, sds_dir: Path | None = None) -> dict[str, Any]:
     bootstrap: dict[str, Any] = {
         "admin": {"address": socket_address("127.0.0.1", settings.admin.port)},  # loopback only, never exposed
         "overload_manager": _overload_manager(settings),
-        "static_resources": {"listeners": [listener, *stats_listeners], "clusters": [*clusters, *stats_clusters]},
+        "static_resources": {
+            "listeners": [listener, *stats_listeners],
+            "clusters": [*clusters(settings), *stats_clusters],
+        },
     }
     if listener_tls is not None:
         bootstrap["node"] = dict(SDS_NODE)

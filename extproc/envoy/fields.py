@@ -8,6 +8,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+# The header the per-request backends cluster reads its destination from: only the processor (routing.py) ever
+# sets it, and the listener strips a client's copy before the processor runs.
+UPSTREAM_HEADER = "x-mcp-extproc-upstream"
 T = "type.googleapis.com/envoy."  # prefix of every ``@type`` in the bootstrap: T + "extensions...v3.Name"
 
 

@@ -121,5 +121,5 @@ def error_reply(
 ) -> ep.ProcessingResponse:
     """The one place a GatewayError becomes what the client sees: HTTP status + JSON-RPC error body."""
     doc = error_response(msg_id, err.jsonrpc_code, err.safe_message)
-    details = f"mcp_extproc_{type(err).__name__}"
+    details = f"mcp_extproc_{err.refusal_name}"
     return json_reply(err.status, doc, headers, details)

@@ -20,8 +20,10 @@ from typing import Any
 
 import yaml
 
+from extproc.envoy.config import ListenTls, Server
 from extproc.envoy.fields import T, is_ip
-from extproc.settings import ListenTls, Server, Settings, split_hostport
+from extproc.sections import split_hostport
+from extproc.settings import Settings
 
 log = logging.getLogger(__name__)
 TLS_SOCKET = "envoy.transport_sockets.tls"

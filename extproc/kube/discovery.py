@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from extproc.envoy.config import Server
 from extproc.kube.config import (
     ANNOTATION_GROUPS,
     ANNOTATION_PATH,
@@ -31,7 +32,7 @@ from extproc.kube.config import (
 from extproc.policy.compiled import compile_subjects
 from extproc.policy.model import Subjects
 from extproc.routing import Backend, Route
-from extproc.settings import Server, Settings
+from extproc.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from extproc.recording.events import (
     Event,
@@ -133,7 +133,7 @@ class RetentionDeleted(Event):
 
     type: ClassVar[str] = "retention.deleted"
     deleted_session: str = ""
-    reason: str = ""  # "age" or "size"
+    reason: Literal["", "age", "size"] = ""
     files: list[str] = field(default_factory=list)
     bytes: int = 0
     last_written: float = 0.0
@@ -206,6 +206,7 @@ class Retention:
             sessions = self._sessions()
             total = sum(s.size for s in sessions)
             now, deleted = self.clock(), 0
+            reason: Literal["age", "size"]
             for s in sessions:
                 if self.max_age_s is not None and now - s.last_written > self.max_age_s:
                     reason = "age"
@@ -220,7 +221,7 @@ class Retention:
             self.deleted += deleted
             return deleted
 
-    def _delete(self, s: _Stored, reason: str) -> bool:
+    def _delete(self, s: _Stored, reason: Literal["age", "size"]) -> bool:
         files = sorted(p.name for p in s.path.iterdir())
         digests = {
             p.name.removesuffix(".manifests"): hashlib.sha256(p.read_bytes()).hexdigest()

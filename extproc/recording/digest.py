@@ -29,8 +29,8 @@ from typing import Any
 
 from extproc.errors import StoreError
 from extproc.recording import jsonio
+from extproc.recording.atomic import write_atomic
 from extproc.recording.manifest import GENESIS, Manifest, Signer
-from extproc.recording.spool_files import write_atomic
 from extproc.recording.store import Segment, Store
 from extproc.tasks import cancel
 

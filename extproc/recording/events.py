@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 # The reserved names live in extproc/reserved.py (one place); re-exported here for the recording's users.
 from extproc.reserved import RESERVED_UNIT_PREFIXES as RESERVED_UNIT_PREFIXES
@@ -141,10 +141,13 @@ class ResponseChunk(Event):
     size: int = 0
 
 
+Outcome = Literal["complete", "denied", "reset", "error"]  # how an exchange ended
+
+
 @dataclass(slots=True, kw_only=True)
 class ExchangeEnd(Event):
     type: ClassVar[str] = "exchange.end"
-    outcome: str = "complete"  # complete | denied | reset | error
+    outcome: Outcome = "complete"
     status: int = 0
     duration_ms: float = 0.0
     bytes_in: int = 0

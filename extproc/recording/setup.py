@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from extproc.recording.bounds import BoundedRecorder, RecordingLevels, Retention, log_unrecorded
 from extproc.recording.completer import Completer
+from extproc.recording.config import Recording
 from extproc.recording.digest import DigestLog
 from extproc.recording.manifest import Signer
 from extproc.recording.recorder import Recorder, RecorderOptions, new_writer_id
@@ -14,7 +15,6 @@ from extproc.recording.spool import Spool
 from extproc.recording.store import Store
 from extproc.recording.store.file import FileStore
 from extproc.recording.uploader import Uploader
-from extproc.settings import Recording
 
 log = logging.getLogger(__name__)
 

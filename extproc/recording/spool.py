@@ -24,6 +24,7 @@ from typing import IO
 
 from extproc.errors import StoreError
 from extproc.recording import jsonio
+from extproc.recording.atomic import write_atomic
 from extproc.recording.behind import DiskWorker, Job, SpoolWriteError, fsync_all
 from extproc.recording.manifest import Manifest
 from extproc.recording.spool_files import (
@@ -36,11 +37,10 @@ from extproc.recording.spool_files import (
     read_meta,
     read_segments,
     stream_folder,
-    write_atomic,
 )
 from extproc.recording.store import LocalStore, Segment, Store, safe_key
 
-__all__ = ["HEAD", "Append", "Sealed", "Spool", "Unfinished", "read_meta", "stream_folder", "write_atomic"]
+__all__ = ["HEAD", "Append", "Sealed", "Spool", "Unfinished", "read_meta", "stream_folder"]
 
 HEAD = "head.manifest"
 

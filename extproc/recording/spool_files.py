@@ -101,13 +101,3 @@ def read_meta(folder: Path) -> dict[str, str]:
     if not isinstance(meta, dict):
         raise ValueError(f"{folder / 'meta.json'}: not a JSON object")
     return meta
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name, fsync, rename: readers see the whole file or none of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

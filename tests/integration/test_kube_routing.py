@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 from gateway_parts import ACCEPT, Gateway, SampleServer, open_session
 
-from extproc.routing import UPSTREAM_HEADER
+from extproc.envoy.fields import UPSTREAM_HEADER
 
 LIST = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
 

@@ -30,6 +30,7 @@ from extproc import settings
 from extproc.envoy.bootstrap import render_yaml
 from extproc.launcher import can_connect, envoy_binary, wait_until
 from extproc.policy.loader import load_policy, policy_files
+from extproc.sections import split_hostport
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -468,7 +469,7 @@ def test_compose_wires_gateway_config() -> None:
     assert services["envoy"]["healthcheck"]["test"][-1] == f"http://127.0.0.1:{s.admin.port}/ready"
     assert services["envoy"]["ports"] == [f"127.0.0.1:{s.listen.port}:{s.listen.port}"]
     for server in s.servers:
-        host, port = settings.split_hostport(server.upstream)
+        host, port = split_hostport(server.upstream)
         assert host in services and str(port) in services[host]["command"], f"upstream {server.upstream}"
     for name, svc in services.items():
         if name in GATEWAY_SERVICES - {"client"}:
@@ -716,7 +717,7 @@ def test_dev_overlay_makes_its_own_keys_and_issuer() -> None:
     kinds = {o["kind"] for o in _rendered("dev")}
     assert "HorizontalPodAutoscaler" not in kinds and "PodDisruptionBudget" not in kinds, "one replica, file store"
     for server in _config_of("dev").servers:  # the demo upstream is the demo-mcp Service shipped alongside
-        host, port = settings.split_hostport(server.upstream)
+        host, port = split_hostport(server.upstream)
         svc = _one("Service", host, "dev")
         assert port in [p["port"] for p in svc["spec"]["ports"]]
         backend = next(o for o in _rendered("dev") if o["kind"] == "Deployment" and o["metadata"]["name"] == host)

@@ -35,6 +35,7 @@ async def test_a_processor_that_cannot_record_is_named_with_its_reason(tmp_path:
         checks = {c.name: c for c in check_recording_available(_settings(tmp_path, port))}
     finally:
         server.shutdown()
+        server.server_close()
         await rec.close()
     assert checks["recording room"].status in ("ok", "warn")
     failed = checks["recording 0"]
@@ -51,5 +52,6 @@ async def test_an_available_recording_is_ok(tmp_path: Path) -> None:
         checks = {c.name: c for c in check_recording_available(_settings(tmp_path, port))}
     finally:
         server.shutdown()
+        server.server_close()
         await rec.close()
     assert checks["recording 0"].status == "ok", checks

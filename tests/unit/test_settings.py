@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from extproc.errors import ConfigError
-from extproc.settings import Settings, load, parse, split_hostport
+from extproc.sections import split_hostport
+from extproc.settings import Settings, load, parse
 
 SERVER = {"name": "weather", "upstream": "127.0.0.1:8000"}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from extproc.errors import StoreError
 from extproc.recording import jsonio
-from extproc.recording.spool_files import write_atomic
+from extproc.recording.atomic import write_atomic
 from extproc.recording.store import Segment, StreamData, safe_key
 
 SUFFIX = ".jsonl"

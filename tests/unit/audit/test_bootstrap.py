@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from extproc.envoy.bootstrap import AUDIT_CLUSTER, render, render_yaml
+from extproc.envoy.bootstrap import render, render_yaml
+from extproc.envoy.clusters import AUDIT_CLUSTER
 from extproc.errors import ConfigError
 from extproc.launcher import envoy_binary
 from extproc.settings import Settings, parse

@@ -8,9 +8,9 @@ import jwt
 import typer
 from typer.testing import CliRunner
 
-from extproc.authn.cli import dev_issuer, token
 from extproc.authn.dev_issuer import DEFAULT_ISSUER, DevIssuer, mint_token
 from extproc.authn.verify import Authenticator
+from extproc.cli.auth import dev_issuer, token
 
 AUD = "https://gw.example.test"
 

@@ -9,16 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from extproc.envoy.bootstrap import (
-    BACKENDS_CLUSTER,
-    PROCESSOR_CLUSTER,
-    SAFE_RETRY,
-    processor_addresses,
-    render,
-    render_yaml,
-)
+from extproc.envoy.bootstrap import SAFE_RETRY, render, render_yaml
+from extproc.envoy.clusters import BACKENDS_CLUSTER, PROCESSOR_CLUSTER, processor_addresses
+from extproc.envoy.fields import UPSTREAM_HEADER
 from extproc.launcher import envoy_binary
-from extproc.routing import UPSTREAM_HEADER
 from extproc.server import listen_address
 from extproc.settings import Settings, parse
 

@@ -15,7 +15,8 @@ from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import UpstreamTlsContext
 from google.protobuf import json_format
 
-from extproc.envoy.bootstrap import PROCESSOR_CLUSTER, processor_cluster, render, server_cluster, server_cluster_name
+from extproc.envoy.bootstrap import render
+from extproc.envoy.clusters import PROCESSOR_CLUSTER, processor_cluster, server_cluster, server_cluster_name
 from extproc.envoy.fields import T
 from extproc.envoy.tls import sds_files
 from extproc.settings import Settings, parse

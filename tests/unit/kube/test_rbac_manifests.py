@@ -52,7 +52,7 @@ AWS = RBAC.parents[1] / "aws"
 def test_recordings_iam_policy_puts_under_the_prefix_and_never_deletes() -> None:
     import json
 
-    from extproc.settings import S3
+    from extproc.recording.config import S3
 
     policy = json.loads((AWS / "recordings-iam-policy.json").read_text())
     s3 = [s for s in policy["Statement"] if any(a.startswith("s3:") for a in s["Action"])]

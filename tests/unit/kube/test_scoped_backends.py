@@ -8,8 +8,9 @@ import pytest
 
 from extproc.authn.principal import Principal
 from extproc.authn.session_binding import bind, unbind
+from extproc.envoy.fields import UPSTREAM_HEADER
 from extproc.errors import ConfigError, SessionNotYours
-from extproc.routing import UPSTREAM_HEADER, NoBackend, Router
+from extproc.routing import NoBackend, Router
 from extproc.settings import load, parse
 
 KEY = b"k" * 32

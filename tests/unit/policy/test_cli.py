@@ -10,7 +10,7 @@ import pytest
 from policy_helpers import write
 from typer.testing import CliRunner
 
-from extproc.policy.cli import app
+from extproc.cli.policy import app
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = str(REPO / "policies")

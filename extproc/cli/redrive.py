@@ -1,4 +1,4 @@
-"""``mcp-extproc audit``: run the audit service; ``audit reindex`` rebuilds its session index from the store."""
+"""``mcp-extproc sessions redrive``: re-send a recorded session against a staging MCP server, on the audit trail."""
 
 from __future__ import annotations
 
@@ -8,44 +8,8 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="The audit service: recordings for the viewers the policy names.", invoke_without_command=True)
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml")]
-
-
-def _settings(config: Path):  # type: ignore[no-untyped-def]
-    from extproc.cli import _load
-
-    settings = _load(config)
-    if settings.auth is None or settings.policy is None:
-        typer.secho(f"{config}: the audit service needs auth: and policy: (viewers rules)", fg="red", err=True)
-        raise typer.Exit(2)
-    return settings
-
-
-@app.callback()
-def audit(ctx: typer.Context, config: ConfigOpt = Path("gateway.yaml"), verbose: bool = False) -> None:
-    """Serve the audit API and web viewer (default prefix /audit/)."""
-    ctx.obj = config
-    if ctx.invoked_subcommand is not None:
-        return
-    from extproc.audit.service import serve_audit
-    from extproc.cli import _logging
-
-    _logging(verbose)
-    asyncio.run(serve_audit(_settings(config)))
-
-
-@app.command("reindex")
-def reindex_command(
-    ctx: typer.Context,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="gateway.yaml")] = None,
-) -> None:
-    """Rebuild the session index from the store (the store is the source of truth)."""
-    from extproc.audit.service import index_path, reindex
-
-    settings = _settings(config or ctx.obj)
-    n = reindex(settings)
-    typer.echo(f"indexed {n} sessions into {index_path(settings)}")
+from extproc.authn.principal import Principal
+from extproc.cli._common import ConfigOptional, console, find_session, load_settings, open_store
 
 
 def redrive_command(
@@ -56,7 +20,7 @@ def redrive_command(
     allow_tools: Annotated[
         str, typer.Option("--allow-tools", help="comma-separated tools that may be called again (side effects!)")
     ] = "",
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="gateway.yaml (store and audit trail)")] = None,
+    config: ConfigOptional = None,
     dir: Annotated[
         Path | None, typer.Option("--dir", help="recording directory (no audit trail without --config)")
     ] = None,
@@ -71,18 +35,16 @@ def redrive_command(
     import getpass
 
     from extproc.audit.redrive import redrive
-    from extproc.authn.principal import Principal
-    from extproc.cli import _load, _session, _store, console
     from extproc.errors import ConfigError
     from extproc.policy.loader import load_policy
 
-    session = _session(_store(config, dir), session_id)
+    session = find_session(open_store(config, dir), session_id)
     allowed = {t.strip() for t in allow_tools.split(",") if t.strip()}
     user = getpass.getuser()
     who = Principal(issuer="local-cli", subject=user, username=user)
     policy = None
     if config is not None:
-        settings = _load(config)
+        settings = load_settings(config)
         if settings.policy is not None:
             try:
                 policy = load_policy(settings.policy.directory, {s.name for s in settings.servers})
@@ -102,12 +64,11 @@ def redrive_command(
         raise typer.Exit(1)
 
 
-async def _record(config: Path, who, target: str, query: dict[str, str]) -> bool:  # type: ignore[no-untyped-def]
+async def _record(config: Path, who: Principal, target: str, query: dict[str, str]) -> bool:
     from extproc.audit.trail import AuditTrail
-    from extproc.cli import _load
     from extproc.recording.setup import build_runtime
 
-    runtime = build_runtime(_load(config).recording)
+    runtime = build_runtime(load_settings(config).recording)
     await runtime.recorder.start()
     try:
         ok = AuditTrail(runtime.recorder).record(who, "local", "redrive", target, query, "ok", 0)

@@ -6,7 +6,7 @@ import getpass
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from cryptography.hazmat.primitives import serialization
@@ -14,14 +14,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 from rich.console import Console
 
+from extproc.cli._common import ConfigOpt
 from extproc.errors import ConfigError
 from extproc.policy import grants
 
 app = typer.Typer(help="Just-in-time grants: signed, time-bound access.", no_args_is_help=True)
-Config = Annotated[Path, typer.Option("--config", help="gateway.yaml (grants.directory, recording.signing_key)")]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]{message}[/red]")
     raise typer.Exit(2)
 
@@ -49,7 +49,7 @@ def _private(path: Path) -> Ed25519PrivateKey:
         _fail(f"cannot load signing key {path}: {e}")
     if not isinstance(key, Ed25519PrivateKey):
         _fail(f"{path} is not an Ed25519 private key")
-    return key  # type: ignore[return-value]
+    return key
 
 
 @app.command("create")
@@ -60,7 +60,7 @@ def create(
     duration: Annotated[str, typer.Option("--for", help="how long: 90m, 2h, 1d (at most 7d)")],
     reason: Annotated[str, typer.Option("--reason", help="why (ticket, incident): recorded with every use")],
     approved_by: Annotated[str, typer.Option("--approved-by", help="who approved (not the user)")] = "",
-    config: Config = Path("gateway.yaml"),
+    config: ConfigOpt = Path("gateway.yaml"),
 ) -> None:
     """Sign and write a grant; it is honoured from now until it expires, with no reload."""
     directory, key = _setup(config, server)
@@ -84,7 +84,7 @@ def create(
 
 
 @app.command("list")
-def list_(config: Config = Path("gateway.yaml"), all_: Annotated[bool, typer.Option("--all")] = False) -> None:
+def list_(config: ConfigOpt = Path("gateway.yaml"), all_: Annotated[bool, typer.Option("--all")] = False) -> None:
     """Grants in force (with --all: expired and revoked too), and any refused file."""
     from extproc.recording.manifest import load_public_key
 
@@ -110,7 +110,7 @@ def list_(config: Config = Path("gateway.yaml"), all_: Annotated[bool, typer.Opt
 def revoke(
     grant_id: Annotated[str, typer.Argument(help="the grant id (g-...)")],
     reason: Annotated[str, typer.Option("--reason")] = "",
-    config: Config = Path("gateway.yaml"),
+    config: ConfigOpt = Path("gateway.yaml"),
 ) -> None:
     """End a grant now (one more entry in the signed revocation log; the next request no longer uses it)."""
     directory, key = _setup(config)

@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
+from extproc.cli._common import ConfigOptional, DirOpt, console, open_store, public_key
 from extproc.timespec import parse_time
 
-store_app = typer.Typer(help="Check the recording store as a whole.", no_args_is_help=True)
+app = typer.Typer(help="Check the recording store as a whole.", no_args_is_help=True)
 
 
 def parse_since(text: str, now: float | None = None) -> float:
@@ -20,22 +21,21 @@ def parse_since(text: str, now: float | None = None) -> float:
         raise typer.BadParameter(str(e)) from None
 
 
-@store_app.command("verify")
+@app.command("verify")
 def store_verify(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="gateway.yaml (for the store)")] = None,
-    dir: Annotated[Path | None, typer.Option("--dir", help="recording directory (instead of --config)")] = None,
-    public_key: Annotated[
+    config: ConfigOptional = None,
+    dir: DirOpt = None,
+    key_path: Annotated[
         Path | None, typer.Option("--public-key", help="Ed25519 public key (PEM) digests and manifests are signed with")
     ] = None,
     since: Annotated[str | None, typer.Option("--since", help="only digests of periods ending after this time")] = None,
 ) -> None:
     """Walk every writer's digest chain; name each missing session, stream, segment and digest; exit 1 on any."""
-    from extproc.cli import _public_key, _store, console
     from extproc.recording.audit import audit
 
     after = parse_since(since) if since is not None else None
-    key = _public_key(config, public_key, dir)
-    result = audit(_store(config, dir), key, after)
+    key = public_key(config, key_path, dir)
+    result = audit(open_store(config, dir), key, after)
     for note in result.notes:
         console.print(f"[yellow]NOTE[/yellow] {note}", highlight=False)
     for finding in result.findings:

@@ -1,4 +1,4 @@
-"""CLI commands of the DEVELOPMENT-ONLY issuer; the main CLI registers them (``app.command("dev-issuer")(...)``)."""
+"""``mcp-extproc dev-issuer | token``: the DEVELOPMENT-ONLY OIDC issuer and the tokens it signs."""
 
 from __future__ import annotations
 

@@ -1,0 +1,48 @@
+"""The ``audit:`` section of gateway.yaml: where the audit service listens and how its web viewer logs in."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+
+from extproc.sections import Port, Section, resolve_paths
+
+
+class Audit(Section):
+    """The audit service: recordings served to the people the policy's ``viewers`` rules allow."""
+
+    prefix: str = Field(default="/audit/", description="its public path behind the gateway's listener")
+    address: str = "127.0.0.1"
+    port: Port = 8090
+    client_id: str | None = Field(
+        default=None,
+        description="OIDC client of the web viewer (Authorization Code + PKCE). Unset: web login off, the viewer "
+        "says how to turn it on (no default id: an IdP only knows the clients registered with it; the dev issuer "
+        "accepts any name)",
+    )
+    client_secret_file: Path | None = Field(
+        default=None, description="a confidential client's secret, read from this file"
+    )
+    login_issuer: str | None = Field(
+        default=None, description="which configured issuer the web viewer logs in with; default: the first"
+    )
+    index: Path | None = Field(
+        default=None, description="SQLite session index; default <recording.directory>/.audit-index.sqlite"
+    )
+    index_interval_ms: Annotated[
+        int, Field(ge=50, le=600_000, description="how often the index looks for new manifests")
+    ] = 2000
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"/([A-Za-z0-9._-]+/)+", v) or any(p in (".", "..") for p in v.split("/")):
+            raise ValueError("must look like /audit/ (slashes at both ends, letters, digits, '.', '_', '-')")
+        return v
+
+    def resolved(self, base: Path) -> Audit:
+        """Relative paths resolve against the config file's folder."""
+        return resolve_paths(self, base, "client_secret_file", "index")

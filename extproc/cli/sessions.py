@@ -1,0 +1,131 @@
+"""``mcp-extproc sessions list | show | verify``: recorded sessions, from the store or through the audit API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, TypeVar
+
+import typer
+
+from extproc.cli._common import (
+    ConfigOptional,
+    DirOpt,
+    JsonOpt,
+    KeyOpt,
+    TokenOpt,
+    console,
+    err_console,
+    find_session,
+    open_store,
+    public_key,
+    store_where,
+)
+
+if TYPE_CHECKING:
+    from extproc.audit.remote import AuditApi
+
+T = TypeVar("T")
+app = typer.Typer(help="List, show and verify recorded MCP sessions.", no_args_is_help=True)
+ApiOpt = Annotated[
+    str | None, typer.Option("--api", help="audit service URL (e.g. https://gw/audit/) instead of a store")
+]
+
+
+def _remote(run: Callable[[ModuleType, AuditApi], T], api: str, token: str | None) -> T:
+    """Run a sessions command through the audit API; its refusal (401, 404, …) is printed, exit 1."""
+    from extproc.audit import remote
+
+    try:
+        return run(remote, remote.AuditApi(api, token))
+    except remote.RemoteError as e:
+        console.print(f"[red]{e}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@app.command("list")
+def sessions_list(
+    config: ConfigOptional = None,
+    dir: DirOpt = None,
+    json_out: JsonOpt = False,
+    key_path: KeyOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """List recorded sessions (state: complete, open, or incomplete when a processor died mid-exchange)."""
+    if api is not None:
+        return _remote(lambda r, a: r.remote_list(console, a, json_out), api, token)
+    from extproc.recording.replay import load_session
+    from extproc.recording.report import sessions_table
+
+    store = open_store(config, dir)
+    key = public_key(config, key_path, dir)
+    rows = sorted(
+        (load_session(store, k, key).summary() for k in store.list_sessions()), key=lambda r: r["started"] or 0
+    )
+    if not rows:
+        (err_console if json_out else console).print(
+            f"no recorded sessions in {store_where(config, dir)}", markup=False
+        )
+    if json_out:
+        print(json.dumps(rows, indent=2))
+    elif rows:
+        console.print(sessions_table(rows))
+
+
+@app.command("show")
+def sessions_show(
+    session_id: str,
+    config: ConfigOptional = None,
+    dir: DirOpt = None,
+    json_out: JsonOpt = False,
+    key_path: KeyOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Show every exchange of a session, JSON-RPC requests paired with their responses."""
+    if api is not None:
+        return _remote(lambda r, a: r.remote_show(console, a, session_id, json_out), api, token)
+    from extproc.recording.report import print_session, session_doc
+
+    key = public_key(config, key_path, dir)
+    session = find_session(open_store(config, dir), session_id, key)
+    if json_out:
+        print(json.dumps(session_doc(session), indent=2, ensure_ascii=False))
+    else:
+        print_session(console, session)
+
+
+@app.command("verify")
+def sessions_verify(
+    session_id: str,
+    config: ConfigOptional = None,
+    dir: DirOpt = None,
+    key_path: KeyOpt = None,
+    allow_open: Annotated[
+        bool, typer.Option("--allow-open", help="a stream still being written (no final manifest) is not a failure")
+    ] = False,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Check signatures, manifests and hash chains; exit 1 and name exactly what is wrong if anything is."""
+    if api is not None:
+        if not _remote(lambda r, a: r.remote_verify(console, a, session_id, allow_open), api, token):
+            raise typer.Exit(1)
+        return
+    key = public_key(config, key_path, dir)
+    session = find_session(open_store(config, dir), session_id, key)
+    for note in session.notes:
+        console.print(f"[yellow]NOTE[/yellow] {note}", highlight=False)
+    for why in session.unfinished:
+        console.print(f"[yellow]OPEN[/yellow] {why}" if allow_open else f"[red]FAIL[/red] {why}", highlight=False)
+    if session.problems or (session.unfinished and not allow_open):
+        for p in session.problems:
+            console.print(f"[red]FAIL[/red] {p}", highlight=False)
+        raise typer.Exit(1)
+    signed = "signatures checked, " if key is not None else ""
+    console.print(
+        f"OK: {len(session.events)} events in {len(session.writers)} stream(s), {signed}every chain and manifest "
+        f"intact; state {session.summary()['state']}"
+    )

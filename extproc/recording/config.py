@@ -1,0 +1,167 @@
+"""The ``recording:`` section of gateway.yaml: the store, the write-ahead spool, segments, signing and retention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from extproc.sections import Section, resolve_paths
+
+_CREDENTIAL_KEYS = ("access_key", "secret", "session_token", "password", "credentials", "profile")
+
+
+class ObjectLock(Section):
+    """S3 Object Lock retention applied to every object (the bucket must have Object Lock enabled)."""
+
+    mode: Literal["GOVERNANCE", "COMPLIANCE"]
+    retain_days: Annotated[int, Field(ge=1, le=36_500)]
+
+
+class S3(Section):
+    """S3 (or S3-compatible) bucket. Credentials come only from boto3's default chain, never from this file."""
+
+    bucket: Annotated[str, Field(min_length=3, max_length=63)]
+    prefix: str = "mcp-recordings"
+    region: str | None = None
+    endpoint_url: str | None = Field(default=None, description="S3-compatible stores (MinIO, Ceph, a test server)")
+    object_lock: ObjectLock | None = None
+    kms_key_id: str | None = Field(
+        default=None, description="SSE-KMS key id or ARN; unset: the bucket's default encryption"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for key in data:
+                if any(word in str(key).lower() for word in _CREDENTIAL_KEYS):
+                    raise ValueError(
+                        f"{key}: credentials are never read from gateway.yaml; use the AWS default chain "
+                        "(IRSA, EKS pod identity, instance role, environment)"
+                    )
+        return data
+
+
+class Retention(Section):
+    """File store retention: whole sessions deleted by age, then oldest first over a total size; each recorded."""
+
+    max_age_days: Annotated[float, Field(gt=0)] | None = None
+    max_total_bytes: Annotated[int, Field(ge=1 << 20)] | None = None
+    interval_s: Annotated[float, Field(gt=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> Retention:
+        if self.max_age_days is None and self.max_total_bytes is None:
+            raise ValueError("retention: set max_age_days, max_total_bytes or both")
+        return self
+
+
+class Recording(Section):
+    """Where and how every exchange is recorded; relative paths resolve against the config file's folder."""
+
+    store: Literal["file", "s3"] = "file"
+    directory: Path = Field(default=Path("recordings"), description="the file store")
+    s3: S3 | None = None
+    spool_directory: Path | None = Field(
+        default=None,
+        description="write-ahead spool: every event is on local disk before anything else; default <directory>/.spool",
+    )
+    spool_max_bytes: Annotated[int, Field(ge=16 << 10)] = 1 << 30
+    segment_max_bytes: Annotated[int, Field(ge=1024, le=256 << 20, description='see bench/README.md "Large SSE"')] = (
+        4 << 20
+    )
+    segment_max_age_ms: Annotated[int, Field(ge=10, le=3_600_000)] = 2000
+    compression: Literal["none", "gzip", "zstd"] = Field(default="none", description="of stored segments (s3 store)")
+    signing_key: Path | None = Field(default=None, description="Ed25519 private key (PEM) that signs segment manifests")
+    session_idle_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
+    run_idle_gap_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=86_400,
+            description="stateless (2026-07-28) traffic has no session id: one client's requests are one recorded "
+            "run until it stays silent this long (a W3C traceparent overrides the gap)",
+        ),
+    ] = 300.0
+    completer_interval_s: Annotated[float, Field(gt=0)] = 30.0
+    digest_interval_s: Annotated[
+        float, Field(gt=0, description="each writer's signed digest of what it stored, this often")
+    ] = 300.0
+    flush_interval_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
+    seal_interval_ms: (
+        Annotated[
+            int,
+            Field(
+                ge=1,
+                le=600_000,
+                description="a stream's segment is sealed (signed, shipped) on a tick every this interval once an "
+                "exchange of it ended (all due streams together); default 5 x flush_interval_ms. Every event is in the "
+                "spool before that: a longer interval delays only what the store shows, never what survives a crash",
+            ),
+        ]
+        | None
+    ) = None
+    max_seals_per_second: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="seals (by exchange end or segment age) per second across all streams of a processor: with "
+            "many busy sessions each one's segments are sealed less often instead of the recorder's cost growing "
+            "with the session count. Size cuts (segment_max_bytes) and stream ends are never held back",
+        ),
+    ] = 100.0
+    queue_size: Annotated[int, Field(ge=16)] = 10_000
+    max_event_body_bytes: Annotated[
+        int,
+        Field(
+            ge=1024,
+            description="a body (request, response, SSE event, chunk) over this is kept as size + SHA-256 only, at "
+            "every level",
+        ),
+    ] = 1 << 20
+    max_held_body_bytes: Annotated[
+        int,
+        Field(
+            ge=64 << 10,
+            description="per processor worker: bytes of unfinished response bodies (SSE events, JSON documents) "
+            "held for parsing, over all its exchanges. Past it, a body's further bytes still stream on but are "
+            "recorded as size + SHA-256 only",
+        ),
+    ] = 32 << 20
+    required: bool = Field(
+        default=True,
+        description="refuse (503) exchanges that cannot be recorded; false lets them pass, lost events counted",
+    )
+    servers: dict[str, Literal["full", "metadata", "off"]] = Field(
+        default={},
+        description="per server: full (default), metadata (no payloads: who, method, tool, decision, status, "
+        "sizes, hashes), off",
+    )
+    off_acknowledged: str = Field(
+        default="", description="why some servers are not recorded at all: required for `off`, logged at start"
+    )
+    retention: Retention | None = Field(default=None, description="file store only (S3: lifecycle rules on the bucket)")
+
+    @model_validator(mode="after")
+    def _store_settings(self) -> Recording:
+        if self.store == "s3" and self.s3 is None:
+            raise ValueError("store: s3 needs an s3: section (bucket, prefix, …)")
+        if self.store == "file" and self.s3 is not None:
+            raise ValueError("s3: given but store is 'file'")
+        if "off" in self.servers.values() and not self.off_acknowledged.strip():
+            raise ValueError(
+                "servers: 'off' records nothing for a server; say why in recording.off_acknowledged (it is logged)"
+            )
+        if self.retention is not None and self.store != "file":
+            raise ValueError("retention: file store only; for S3 use lifecycle rules on the bucket")
+        return self
+
+    @property
+    def spool(self) -> Path:
+        return self.spool_directory or self.directory / ".spool"
+
+    def resolved(self, base: Path) -> Recording:
+        """Relative paths resolve against the config file's folder."""
+        return resolve_paths(self, base, "directory", "spool_directory", "signing_key")
