@@ -64,6 +64,7 @@ from extproc.recording.events import (
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import record_piece
 from extproc.routing import UPSTREAM_HEADER
+from extproc.upstream.base import ExchangeContext
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,9 @@ class Exchange:
         if opts.metadata and headers.get(":path", "").split("?", 1)[0] == opts.metadata_path:
             self.finished = True  # RFC 9728 metadata: public, and not an exchange
             return responses.json_reply(200, dict(opts.metadata))
+        if self.gw.upstream is not None and self.gw.upstream.serves_jwks(headers.get(":path", "")):
+            self.finished = True  # the public keys of the gateway's identity assertions: public, not an exchange
+            return responses.json_reply(200, self.gw.upstream.jwks)
         admission = await admit(self.gw, headers, self.id)
         if isinstance(admission, Unrecorded):
             return self._refuse(admission.error, dict(admission.headers))
@@ -144,11 +148,17 @@ class Exchange:
         method = headers.get(":method", "")
         if method in HTTP_METHODS and (refused := self._authorize_http(HTTP_METHODS[method])) is not None:
             return refused
+        try:  # the server's own credential for this caller (extproc/upstream/); none to be had: refused, recorded
+            credentials = await self._upstream_credentials()
+        except GatewayError as e:
+            return self._refuse(e)
         if msg.end_of_stream and (refused := await self._commit()) is not None:  # a GET or DELETE goes upstream now
             return refused
         route = admission.route_headers
         remove = UPSTREAM_REMOVE if route else (*UPSTREAM_REMOVE, UPSTREAM_HEADER)
-        return responses.request_headers({**self._upstream_headers(), **route}, remove, clear_route_cache=bool(route))
+        set_headers = {**self._upstream_headers(), **credentials, **route}
+        remove = tuple(h for h in remove if h not in set_headers)  # the gateway's own Authorization stays
+        return responses.request_headers(set_headers, remove, clear_route_cache=bool(route))
 
     async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
         """Parse, record and authorize the (buffered) JSON-RPC body; allowed bodies go upstream as decided."""
@@ -316,6 +326,15 @@ class Exchange:
         if self.principal is not None and self.gw.options.forward_identity:
             out.update(identity_headers(self.principal))
         return out
+
+    async def _upstream_credentials(self) -> dict[str, str]:
+        """What the server's ``upstream_auth`` sets on the request; the caller's token is only ever the subject of a
+        token exchange at its own issuer."""
+        if self.gw.upstream is None:
+            return {}
+        token = self._headers.get("authorization", "").strip().partition(" ")[2].strip()
+        ctx = ExchangeContext(self.id, self.request_id, self.session, token, self.log.emit)
+        return await self.gw.upstream.headers_for(self.principal, self.server_name, ctx)
 
     def _note_request(self, parsed: ParsedBody) -> None:
         """Request ids (to pair responses) and, for a stateless request, the run it belongs to."""

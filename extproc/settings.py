@@ -14,6 +14,7 @@ from extproc.errors import ConfigError
 from extproc.kube.config import Discovery, KubernetesAuthz
 from extproc.policy.compiled import RESERVED_SERVERS
 from extproc.policy.model import Subjects
+from extproc.upstream.config import UpstreamAuth
 from extproc.yamlfile import Lines, did_you_mean, line_of, parse_yaml
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -167,6 +168,8 @@ class Server(_Model):
     tls_server_name: str | None = None  # the name the certificate must carry (and SNI); default: upstream's host
     # Skip verifying the upstream's certificate: anyone on the path can impersonate the server. Logged loudly.
     tls_insecure_skip_verify: bool = False
+    # How the gateway authenticates to the server for the caller (extproc/upstream/config.py); none: it does not.
+    upstream_auth: UpstreamAuth | None = None
 
     _ca = field_validator("tls_ca_file")(_absolute)
 
