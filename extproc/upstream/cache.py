@@ -14,7 +14,6 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 CacheKey = tuple[str, str, str, tuple[str, ...]]  # issuer, subject, server, scopes
 
@@ -28,7 +27,7 @@ class Issued:
     audience: tuple[str, ...] = ()
     scopes: tuple[str, ...] = ()
     delegation: tuple[str, ...] = ()
-    info: dict[str, Any] = field(default_factory=dict, compare=False)
+    sha256: str = ""  # of ``token``, computed once at issuance (recorded with every use)
 
 
 class CredentialCache:

@@ -114,7 +114,7 @@ class TokenExchanger:
                 server=server,
                 kind=self.kind,
                 header="authorization",
-                sha256=digest(issued.token),
+                sha256=issued.sha256,
                 expires_at=issued.expires_at,
                 cached=cached,
                 audience=list(issued.audience),
@@ -195,7 +195,7 @@ class TokenExchanger:
         scopes = tuple(scope.split()) if isinstance(scope, str) else tuple(self.cfg.scopes)
         # For the record only (who acted for whom, as the issuer wrote it); the server verifies the token itself.
         chain = delegation_chain(who.subject, claims) if claims else (who.subject, f"client:{self.cfg.client_id}")
-        return Issued(token=token, expires_at=expires, audience=self.audience, scopes=scopes, delegation=chain)
+        return Issued(token, expires, self.audience, scopes, chain, digest(token))
 
     def _authenticate(self, form: dict[str, str], headers: dict[str, str], endpoint: str) -> None:
         """client_secret_basic (RFC 6749 §2.3.1: both parts form-encoded first) or private_key_jwt (RFC 7523)."""
