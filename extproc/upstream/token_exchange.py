@@ -127,7 +127,7 @@ class TokenExchanger:
     # --- one exchange ----------------------------------------------------------------------------------------
 
     async def _exchange(self, who: Principal, ctx: ExchangeContext) -> Issued:
-        endpoint = await self._token_endpoint(who.issuer, ctx)
+        endpoint = await self.token_endpoint(who.issuer, ctx)
         form: dict[str, str] = {
             "grant_type": GRANT_TYPE,
             "subject_token": ctx.subject_token,
@@ -142,7 +142,7 @@ class TokenExchanger:
             form["scope"] = " ".join(self.cfg.scopes)
         headers = {"accept": "application/json"}
         try:
-            self._authenticate(form, headers, endpoint)
+            self.client_authentication(form, headers, endpoint)
         except (OSError, ValueError) as e:
             raise _unavailable(f"client credentials for {self.server!r} unreadable: {e}", "client_credentials") from e
         t0 = time.perf_counter()
@@ -155,7 +155,7 @@ class TokenExchanger:
             raise _unavailable(f"token endpoint {endpoint}: {type(e).__name__}: {e}", "unreachable") from e
         log.debug("token exchange for %s at %s: HTTP %d in %.1f ms", self.server, endpoint, resp.status_code,
                   (time.perf_counter() - t0) * 1000)  # fmt: skip
-        doc = _json(body)
+        doc = json_document(body)
         if resp.status_code != 200:
             code = doc.get("error") if isinstance(doc, dict) else None
             code = code if isinstance(code, str) and _ERROR_CODE.match(code) else None
@@ -197,7 +197,7 @@ class TokenExchanger:
         chain = delegation_chain(who.subject, claims) if claims else (who.subject, f"client:{self.cfg.client_id}")
         return Issued(token, expires, self.audience, scopes, chain, digest(token))
 
-    def _authenticate(self, form: dict[str, str], headers: dict[str, str], endpoint: str) -> None:
+    def client_authentication(self, form: dict[str, str], headers: dict[str, str], endpoint: str) -> None:
         """client_secret_basic (RFC 6749 §2.3.1: both parts form-encoded first) or private_key_jwt (RFC 7523)."""
         if self._secret is not None:
             user, password = quote(self.cfg.client_id, safe=""), quote(self._secret.value(), safe="")
@@ -219,7 +219,7 @@ class TokenExchanger:
         form["client_assertion_type"] = JWT_BEARER
         form["client_assertion"] = jwt.encode(claims, key, algorithm=alg, headers=kid)
 
-    async def _token_endpoint(self, issuer: str, ctx: ExchangeContext) -> str:
+    async def token_endpoint(self, issuer: str, ctx: ExchangeContext) -> str:
         """The configured endpoint, else the issuer's discovery document's (fetched once per issuer)."""
         if self.cfg.token_endpoint:
             return self.cfg.token_endpoint
@@ -230,7 +230,7 @@ class TokenExchanger:
             resp = await self._http.get(url, timeout=self.cfg.timeout_s)
         except httpx.HTTPError as e:
             raise _unavailable(f"discovery {url}: {type(e).__name__}: {e}", "discovery") from e
-        doc = _json(resp.content[:MAX_RESPONSE_BYTES])
+        doc = json_document(resp.content[:MAX_RESPONSE_BYTES])
         endpoint = doc.get("token_endpoint") if resp.status_code == 200 and isinstance(doc, dict) else None
         schemes = ("https://",) if issuer.startswith("https://") else ("https://", "http://")
         if not isinstance(endpoint, str) or not endpoint.startswith(schemes) or doc.get("issuer") != issuer:
@@ -255,7 +255,7 @@ def _for_request(
     return UpstreamIdentityUnavailable(str(e), rid)
 
 
-def _json(body: bytes) -> Any:
+def json_document(body: bytes) -> Any:
     if len(body) > MAX_RESPONSE_BYTES:
         return None
     try:
