@@ -109,6 +109,8 @@ async def test_alice_reaches_the_server_as_herself_with_a_token_for_it_alone(
     assert issuer.token_exchange.exchanges == 2  # one per user: the session's later requests used the cache
 
     gw.stop()
+    for sid in {r["headers"]["mcp-session-id"] for r in requests if "mcp-session-id" in r["headers"]}:
+        assert gw.session(sid).problems == []  # the new event verifies in the hash chain like any other
     creds = _events(gw, "upstream.credential")
     assert len(creds) == len(requests)
     assert {c["sha256"] for c in creds} == {hashlib.sha256(t.encode()).hexdigest() for t in tokens}
