@@ -155,9 +155,9 @@ class Exchange:
         if msg.end_of_stream and (refused := await self._commit()) is not None:  # a GET or DELETE goes upstream now
             return refused
         route = admission.route_headers
-        remove = UPSTREAM_REMOVE if route else (*UPSTREAM_REMOVE, UPSTREAM_HEADER)
         set_headers = {**self._upstream_headers(), **credentials, **route}
-        remove = tuple(h for h in remove if h not in set_headers)  # the gateway's own Authorization stays
+        # Never remove what the gateway itself sets (its own Authorization), whatever order Envoy applies them in.
+        remove = tuple(h for h in (*UPSTREAM_REMOVE, *(() if route else (UPSTREAM_HEADER,))) if h not in set_headers)
         return responses.request_headers(set_headers, remove, clear_route_cache=bool(route))
 
     async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:

@@ -221,8 +221,13 @@ class DevIssuer:
         if not isinstance(kid, str) or not (self.keys.path / f"{kid}.pem").exists():
             raise jwt.InvalidKeyError("unknown key id")
         key = self.keys.private_key(kid).public_key()
-        options = {"verify_aud": False, "require": ["iss", "sub", "exp"]}
-        return jwt.decode(token, key, algorithms=["RS256"], issuer=self.url, options=options)
+        return jwt.decode(
+            token,
+            key,
+            algorithms=["RS256"],
+            issuer=self.url,
+            options={"verify_aud": False, "require": ["iss", "sub", "exp"]},
+        )
 
     # --- endpoints ---------------------------------------------------------------------------------------
 
