@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from extproc.authn.dev_login import DevLogin
 from extproc.authn.dev_token_exchange import GRANT_TYPE as TOKEN_EXCHANGE
-from extproc.authn.dev_token_exchange import DevTokenExchange
+from extproc.authn.dev_token_exchange import GRANT_TYPES, JWT_BEARER_GRANT, DevTokenExchange
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class DevIssuer:
                 "response_types_supported": ["code"],
                 "authorization_endpoint": f"{self.url}/authorize",
                 "token_endpoint": f"{self.url}/token",
-                "grant_types_supported": ["authorization_code", TOKEN_EXCHANGE],
+                "grant_types_supported": ["authorization_code", TOKEN_EXCHANGE, JWT_BEARER_GRANT],
                 "token_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
                 "code_challenge_methods_supported": ["S256"],
                 "x-warning": WARNING,
@@ -278,7 +278,7 @@ def _handler(issuer: DevIssuer) -> type[BaseHTTPRequestHandler]:
                 status, doc = issuer.login.authorize(form)
                 if status == 302:
                     return self._send(302, b"", "text/plain", {"location": doc["location"]})
-            elif path == "/token" and form.get("grant_type") == TOKEN_EXCHANGE:
+            elif path == "/token" and form.get("grant_type") in GRANT_TYPES:
                 status, doc = issuer.token_exchange.token(form, self.headers.get("authorization"))
             elif path == "/token":
                 status, doc = issuer.login.token(form)

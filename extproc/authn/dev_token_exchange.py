@@ -30,6 +30,12 @@ import jwt
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# Identity Assertion JWT Authorization Grant (enterprise-managed authorization): the IdP issues an ID-JAG by token
+# exchange; the server's authorization server takes it in the JWT bearer grant (RFC 7523).
+ID_JAG = "urn:ietf:params:oauth:token-type:id-jag"
+ID_JAG_TYP = "oauth-id-jag+jwt"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+GRANT_TYPES = (GRANT_TYPE, JWT_BEARER_GRANT)
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class DevTarget:
     name: str
     scopes: frozenset[str] = frozenset()
     ttl: int = 300
+    clients: Mapping[str, str] = field(default_factory=dict)  # an authorization server: our client -> its client id
 
 
 class _Refusal(Exception):
@@ -66,6 +73,7 @@ class DevTokenExchange:
     clients: dict[str, DevClient] = field(default_factory=dict)
     targets: dict[str, DevTarget] = field(default_factory=dict)
     require_may_act: bool = False
+    trusted_idps: dict[str, str] = field(default_factory=dict)  # as an authorization server: IdP issuer -> JWKS URL
     state: str = "up"  # test control: "up", "down" (503), "hang" (answers only when set up again)
     exchanges: int = 0  # token requests answered 200
     requests: int = 0
@@ -77,8 +85,11 @@ class DevTokenExchange:
     def register_client(self, client_id: str, *, secret: str | None = None, public_key: Any = None) -> None:
         self.clients[client_id] = DevClient(client_id, secret, public_key)
 
-    def add_target(self, name: str, scopes: Iterable[str] = (), ttl: int = 300) -> None:
-        self.targets[name] = DevTarget(name, frozenset(scopes), ttl)
+    def add_target(
+        self, name: str, scopes: Iterable[str] = (), ttl: int = 300, clients: Mapping[str, str] | None = None
+    ) -> None:
+        """``clients``: for an authorization server ID-JAGs are issued for, who each client is known as there."""
+        self.targets[name] = DevTarget(name, frozenset(scopes), ttl, dict(clients or {}))
 
     def set_state(self, state: str) -> None:
         self.state = state
@@ -157,9 +168,15 @@ class DevTokenExchange:
             self._seen_jti.add(claims["jti"])
         return client
 
+    def trust_idp(self, issuer: str, jwks_url: str) -> None:
+        """As the server's authorization server: accept ID-JAGs of this enterprise IdP."""
+        self.trusted_idps[issuer] = jwks_url
+
     def _exchange(self, form: Mapping[str, str], client: DevClient, entry: dict[str, Any]) -> dict[str, Any]:
+        if form.get("grant_type") == JWT_BEARER_GRANT:
+            return self._jwt_bearer(form, client, entry)
         if form.get("grant_type") != GRANT_TYPE:
-            raise _Refusal(400, "unsupported_grant_type", "only token exchange here")
+            raise _Refusal(400, "unsupported_grant_type", "only token exchange and the JWT bearer grant here")
         if form.get("subject_token_type") not in (ACCESS_TOKEN, "urn:ietf:params:oauth:token-type:jwt"):
             raise _Refusal(400, "invalid_request", "subject_token_type must be an access token")
         if "actor_token" in form:
@@ -190,6 +207,8 @@ class DevTokenExchange:
             raise _Refusal(400, "invalid_scope", f"scope {' '.join(sorted(requested - allowed))} not allowed")
         granted = requested or allowed
         now = int(time.time())
+        if form.get("requested_token_type") == ID_JAG:
+            return self._id_jag(form, client, subject, names, granted, now)
         exp = min(now + min(t.ttl for t in targets), int(subject["exp"]))
         act: dict[str, Any] = {"sub": client.client_id}
         if isinstance(subject.get("act"), dict):
@@ -213,6 +232,69 @@ class DevTokenExchange:
             "expires_in": exp - now,
             "scope": " ".join(sorted(granted)),
         }
+
+    def _id_jag(
+        self,
+        form: Mapping[str, str],
+        client: DevClient,
+        subject: dict[str, Any],
+        names: list[str],
+        granted: frozenset[str],
+        now: int,
+    ) -> dict[str, Any]:
+        """An ID-JAG for the authorization server named in ``audience`` (the targets were checked)."""
+        audience, resource = form.get("audience"), form.get("resource")
+        if not audience or not resource:
+            raise _Refusal(400, "invalid_request", "an ID-JAG needs audience (the authorization server) and resource")
+        jag = self.mint(
+            subject["sub"],
+            aud=audience,
+            groups=subject.get("groups") or [],
+            ttl=min(300, int(subject["exp"]) - now),
+            headers={"typ": ID_JAG_TYP},
+            extra_claims={
+                "client_id": self.targets[audience].clients.get(client.client_id, client.client_id),
+                "resource": resource,
+                "scope": " ".join(sorted(granted)),
+            },
+        )
+        return {"access_token": jag, "issued_token_type": ID_JAG, "token_type": "N_A", "expires_in": 300}
+
+    def _jwt_bearer(self, form: Mapping[str, str], client: DevClient, entry: dict[str, Any]) -> dict[str, Any]:
+        """As the server's authorization server: an ID-JAG of a trusted IdP in, an access token for its resource out.
+        The ID-JAG must be for this server (aud), typed as one, and issued to the client presenting it."""
+        assertion = form.get("assertion", "")
+        try:
+            header = jwt.get_unverified_header(assertion)
+            iss = jwt.decode(assertion, options={"verify_signature": False}).get("iss")
+            if header.get("typ") != ID_JAG_TYP:
+                raise jwt.InvalidTokenError(f"typ {header.get('typ')!r} is not {ID_JAG_TYP}")
+            jwks = self.trusted_idps.get(str(iss))
+            if jwks is None:
+                raise jwt.InvalidIssuerError(f"issuer {iss!r} not trusted")
+            key = jwt.PyJWKClient(jwks).get_signing_key_from_jwt(assertion).key
+            claims = jwt.decode(
+                assertion, key, algorithms=["RS256"], audience=self.issuer(), issuer=iss,
+                options={"require": ["exp", "sub", "aud", "client_id", "resource"]},
+            )  # fmt: skip
+        except jwt.PyJWTError as e:
+            raise _Refusal(400, "invalid_grant", f"assertion rejected: {e}") from None
+        entry["sub"], entry["targets"] = claims["sub"], [claims["resource"]]
+        if claims["client_id"] != client.client_id:
+            raise _Refusal(400, "invalid_grant", "the ID-JAG was issued to another client")
+        target = self.targets.get(claims["resource"])
+        if target is None:
+            raise _Refusal(400, "invalid_target", f"unknown resource {claims['resource']!r}")
+        scopes = frozenset(str(claims.get("scope", "")).split()) & target.scopes
+        token = self.mint(
+            claims["sub"],
+            aud=target.name,
+            groups=claims.get("groups") or [],
+            ttl=target.ttl,
+            extra_claims={"scope": " ".join(sorted(scopes)), "client_id": client.client_id, "src_iss": iss},
+        )
+        return {"access_token": token, "issued_token_type": ACCESS_TOKEN, "token_type": "Bearer",
+                "expires_in": target.ttl, "scope": " ".join(sorted(scopes))}  # fmt: skip
 
 
 def _equal(a: str, b: str) -> bool:

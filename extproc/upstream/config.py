@@ -6,7 +6,8 @@ Four kinds, chosen by ``kind``; the caller's own token never goes upstream which
   server alone (``audience`` / ``resource``, RFC 8707), sent as ``Authorization: Bearer``.
 - ``static``: a service credential read from a file (a mounted Secret), re-read when it changes.
 - ``assertion``: a short-lived JWT the gateway signs itself (sub, groups, session, exchange id), JWKS published.
-- ``id_jag`` is not built yet (a config naming it is refused at load, not at a request).
+- ``id_jag``: enterprise-managed authorization; the IdP issues an ID-JAG for the server's authorization server,
+  which turns it into the access token (RFC 7523 JWT bearer grant).
 """
 
 from __future__ import annotations
@@ -111,17 +112,33 @@ class Assertion(_Model):
     _header = field_validator("header")(_header_name)
 
 
-class IdJag(_Model):
-    """Enterprise-managed authorization (ID-JAG). Not built: refused at load so nobody believes it is on."""
+class IdJag(TokenExchange):
+    """Enterprise-managed authorization (Identity Assertion JWT Authorization Grant): the caller's token is
+    exchanged at its IdP for an ID-JAG naming the server's authorization server, which is presented there in the
+    JWT bearer grant (RFC 7523) for the access token the server gets. The subject token is the caller's access
+    token (the gateway never holds an ID token); the IdP must accept that."""
 
-    kind: Literal["id_jag"]
+    kind: Literal["id_jag"]  # type: ignore[assignment]
+    authorization_server: str = Field(description="issuer URL of the server's authorization server (ID-JAG aud)")
+    as_client_id: str | None = Field(None, description="the gateway's client id there; default: client_id")
+    as_client_secret_file: Path = Field(description="the gateway's client secret there (client_secret_basic)")
+    as_token_endpoint: str | None = Field(None, description="skip its discovery and use this token endpoint")
+
+    _as_file = field_validator("as_client_secret_file")(_absolute_file)
+
+    @field_validator("authorization_server", "as_token_endpoint")
+    @classmethod
+    def _as_url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url(v, "authorization_server")
 
     @model_validator(mode="after")
-    def _not_built(self) -> IdJag:
-        raise ValueError("kind id_jag is not implemented yet; use token_exchange, static or assertion")
+    def _id_jag(self) -> IdJag:
+        if self.resource is None or self.audience is not None:
+            raise ValueError("id_jag: give resource (the server) and authorization_server, not audience")
+        return self
 
 
-UpstreamAuth = Annotated[TokenExchange | Static | Assertion | IdJag, Field(discriminator="kind")]
+UpstreamAuth = Annotated[IdJag | TokenExchange | Static | Assertion, Field(discriminator="kind")]
 
 # Where the gateway publishes the public keys of its identity assertions (answered by the processor).
 JWKS_PATH = "/.well-known/mcp-extproc/jwks.json"

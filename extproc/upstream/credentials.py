@@ -13,9 +13,9 @@ from extproc.authn.principal import Principal
 from extproc.errors import ConfigError
 from extproc.upstream.assertion import AssertionKey, GatewayAssertion
 from extproc.upstream.base import ExchangeContext, UpstreamCredentials
-from extproc.upstream.config import JWKS_PATH, Assertion, Static, TokenExchange
+from extproc.upstream.config import JWKS_PATH, Assertion, IdJag, Static, TokenExchange
 from extproc.upstream.static import StaticCredential
-from extproc.upstream.token_exchange import TokenExchanger
+from extproc.upstream.token_exchange import IdJagExchanger, TokenExchanger
 
 if TYPE_CHECKING:
     from extproc.settings import Settings
@@ -44,7 +44,10 @@ class Upstream:
         out: dict[str, UpstreamCredentials] = {}
         for name, cfg in configured:
             try:
-                if isinstance(cfg, TokenExchange):
+                if isinstance(cfg, IdJag):  # before TokenExchange: it is one, with a second step
+                    http = http or httpx.AsyncClient(follow_redirects=False, headers={"user-agent": "mcp-extproc"})
+                    out[name] = IdJagExchanger(name, cfg, http, clock=clock)
+                elif isinstance(cfg, TokenExchange):
                     http = http or httpx.AsyncClient(follow_redirects=False, headers={"user-agent": "mcp-extproc"})
                     out[name] = TokenExchanger(name, cfg, http, clock=clock)
                 elif isinstance(cfg, Static):

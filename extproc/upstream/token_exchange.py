@@ -20,6 +20,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -32,13 +33,15 @@ from extproc.authn.principal import Principal
 from extproc.errors import Forbidden, UpstreamIdentityRefused, UpstreamIdentityUnavailable
 from extproc.upstream.base import ExchangeContext, UpstreamCredential, digest, emit
 from extproc.upstream.cache import CredentialCache, Issued
-from extproc.upstream.config import TokenExchange
+from extproc.upstream.config import IdJag, TokenExchange
 from extproc.upstream.files import WatchedFile
 
 log = logging.getLogger(__name__)
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+ID_JAG = "urn:ietf:params:oauth:token-type:id-jag"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 ISSUED_TYPES = (ACCESS_TOKEN, "urn:ietf:params:oauth:token-type:jwt")
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _ERROR_CODE = re.compile(r"^[a-z_]{1,64}$")
@@ -140,9 +143,16 @@ class TokenExchanger:
             form["resource"] = self.cfg.resource
         if self.cfg.scopes:
             form["scope"] = " ".join(self.cfg.scopes)
+        return self._issued(await self._post(endpoint, form, who), who)
+
+    async def _post(
+        self, endpoint: str, form: dict[str, str], who: Principal, client: tuple[str, WatchedFile] | None = None
+    ) -> dict[str, Any]:
+        """One token request, authenticated as the gateway's client (``client``: another id and secret); its answer,
+        or the error it maps to (unavailable: 503; refused: 403 naming the IdP's code)."""
         headers = {"accept": "application/json"}
         try:
-            self.client_authentication(form, headers, endpoint)
+            self.client_authentication(form, headers, endpoint, client)
         except (OSError, ValueError) as e:
             raise _unavailable(f"client credentials for {self.server!r} unreadable: {e}", "client_credentials") from e
         t0 = time.perf_counter()
@@ -153,29 +163,30 @@ class TokenExchanger:
             raise _unavailable(f"token endpoint {endpoint} timed out after {self.cfg.timeout_s}s", "timeout") from e
         except httpx.HTTPError as e:
             raise _unavailable(f"token endpoint {endpoint}: {type(e).__name__}: {e}", "unreachable") from e
-        log.debug("token exchange for %s at %s: HTTP %d in %.1f ms", self.server, endpoint, resp.status_code,
+        log.debug("token request for %s at %s: HTTP %d in %.1f ms", self.server, endpoint, resp.status_code,
                   (time.perf_counter() - t0) * 1000)  # fmt: skip
         doc = json_document(body)
         if resp.status_code != 200:
             code = doc.get("error") if isinstance(doc, dict) else None
             code = code if isinstance(code, str) and _ERROR_CODE.match(code) else None
             desc = str(doc.get("error_description", ""))[:500] if isinstance(doc, dict) else ""
-            refused = {"error": code or f"http_{resp.status_code}", "description": desc, "status": resp.status_code}
+            refused = {"error": code or f"http_{resp.status_code}", "description": desc, "status": resp.status_code,
+                       "endpoint": endpoint}  # fmt: skip
             if code is None or resp.status_code >= 500 or code in _GATEWAY_SIDE:
                 err: UpstreamIdentityRefused | UpstreamIdentityUnavailable = _unavailable(
-                    f"token endpoint answered HTTP {resp.status_code} {code}: {desc}", ""
+                    f"token endpoint {endpoint} answered HTTP {resp.status_code} {code}: {desc}", ""
                 )
             else:
                 err = UpstreamIdentityRefused(code, self.server)
             err.refused = refused
-            log.warning("token exchange for %s (caller %s) refused: %s", self.server, who.username, refused)
+            log.warning("token request for %s (caller %s) refused: %s", self.server, who.username, refused)
             raise err
-        return self._issued(doc, who)
-
-    def _issued(self, doc: Any, who: Principal) -> Issued:
-        """Check the token response (RFC 8693 §2.2.1) and what is recorded about the token."""
         if not isinstance(doc, dict):
-            raise _unavailable("token endpoint answered 200 without a JSON object", "bad_response")
+            raise _unavailable(f"token endpoint {endpoint} answered 200 without a JSON object", "bad_response")
+        return doc
+
+    def _issued(self, doc: dict[str, Any], who: Principal) -> Issued:
+        """Check the token response (RFC 8693 §2.2.1) and what is recorded about the token."""
         token = doc.get("access_token")
         kind = str(doc.get("token_type", "")).lower()
         if not isinstance(token, str) or not token or any(c in token for c in "\r\n\0 ") or len(token) > 16384:
@@ -197,8 +208,18 @@ class TokenExchanger:
         chain = delegation_chain(who.subject, claims) if claims else (who.subject, f"client:{self.cfg.client_id}")
         return Issued(token, expires, self.audience, scopes, chain, digest(token))
 
-    def client_authentication(self, form: dict[str, str], headers: dict[str, str], endpoint: str) -> None:
+    def client_authentication(
+        self,
+        form: dict[str, str],
+        headers: dict[str, str],
+        endpoint: str,
+        client: tuple[str, WatchedFile] | None = None,
+    ) -> None:
         """client_secret_basic (RFC 6749 §2.3.1: both parts form-encoded first) or private_key_jwt (RFC 7523)."""
+        if client is not None:
+            user, password = quote(client[0], safe=""), quote(client[1].value(), safe="")
+            headers["authorization"] = "Basic " + _b64(f"{user}:{password}")
+            return
         if self._secret is not None:
             user, password = quote(self.cfg.client_id, safe=""), quote(self._secret.value(), safe="")
             headers["authorization"] = "Basic " + _b64(f"{user}:{password}")
@@ -275,3 +296,46 @@ def _unverified_claims(token: str) -> dict[str, Any]:
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+class IdJagExchanger(TokenExchanger):
+    """``upstream_auth: {kind: id_jag}``: ID-JAG from the caller's IdP, then the server's authorization server's
+    access token for it. Same cache, failures and records as token exchange."""
+
+    kind = "id_jag"
+
+    def __init__(
+        self,
+        server: str,
+        cfg: IdJag,
+        http: httpx.AsyncClient,
+        *,
+        clock: Callable[[], float] = time.time,
+        cache: CredentialCache | None = None,
+    ) -> None:
+        super().__init__(server, cfg, http, clock=clock, cache=cache)
+        self.jag = cfg
+        self._as_client = (cfg.as_client_id or cfg.client_id, WatchedFile(cfg.as_client_secret_file, clock))
+        self.audience = (cfg.resource,) if cfg.resource else ()
+
+    async def _exchange(self, who: Principal, ctx: ExchangeContext) -> Issued:
+        cfg = self.jag
+        form = {
+            "grant_type": GRANT_TYPE,
+            "requested_token_type": ID_JAG,
+            "subject_token": ctx.subject_token,
+            "subject_token_type": ACCESS_TOKEN,
+            "audience": cfg.authorization_server,
+            "resource": cfg.resource or "",
+        }
+        if cfg.scopes:
+            form["scope"] = " ".join(cfg.scopes)
+        doc = await self._post(await self.token_endpoint(who.issuer, ctx), form, who)
+        jag = doc.get("access_token")
+        if not isinstance(jag, str) or not jag or doc.get("issued_token_type") != ID_JAG:
+            raise _unavailable("the IdP answered the ID-JAG request without an ID-JAG", "bad_response")
+        endpoint = cfg.as_token_endpoint or await self.token_endpoint(cfg.authorization_server, ctx)
+        grant = {"grant_type": JWT_BEARER_GRANT, "assertion": jag}
+        issued = self._issued(await self._post(endpoint, grant, who, self._as_client), who)
+        # Who acted for whom: the gateway's client at the IdP obtained the grant, its client at the server's AS used it.
+        return replace(issued, delegation=(who.subject, self._as_client[0]))

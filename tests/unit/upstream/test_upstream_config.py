@@ -16,6 +16,12 @@ def _load(upstream_auth: dict) -> object:
 
 
 EXCHANGE = {"kind": "token_exchange", "client_id": "gw", "client_secret_file": "/run/secret", "audience": "gh"}
+JAG = {**EXCHANGE, "kind": "id_jag", "audience": None, "resource": "https://mcp.test", "as_client_secret_file": "/s",
+       "authorization_server": "https://as.test"}  # fmt: skip
+
+
+def test_a_complete_id_jag_loads() -> None:
+    assert _load(JAG).servers[0].upstream_auth.kind == "id_jag"
 
 
 def test_a_complete_token_exchange_loads() -> None:
@@ -36,7 +42,9 @@ def test_a_complete_token_exchange_loads() -> None:
         pytest.param({"kind": "static", "file": "/s", "header": "host"}, "cannot carry", id="static-into-host"),
         pytest.param({"kind": "static", "file": "/s", "header": "mcp-session-id"}, "cannot carry", id="into-session"),
         pytest.param({"kind": "assertion", "key_file": "/k.pem"}, "audience", id="assertion-no-audience"),
-        pytest.param({"kind": "id_jag"}, "not implemented", id="id-jag-not-built"),
+        pytest.param({**JAG, "audience": "gh"}, "not audience", id="id-jag-audience"),
+        pytest.param({**JAG, "authorization_server": None}, "authorization_server", id="id-jag-no-as"),
+        pytest.param({**JAG, "as_client_secret_file": "s"}, "absolute path", id="id-jag-relative-secret"),
         pytest.param({"kind": "passthrough"}, "kind", id="unknown-kind"),
     ],
 )
