@@ -311,3 +311,41 @@ def test_gateway_assertion_verifies_with_its_jwks_and_only_at_its_audience(
 async def _whoami(url: str, token: str) -> dict[str, Any]:
     async with connect(url, token=token, mode="legacy") as conn:
         return (await conn.client.call_tool("whoami", {})).structured_content
+
+
+async def test_id_jag_the_server_sees_alice_through_its_own_authorization_server(
+    start_mcp_server, start_authed, issuer, key_dir_template, tmp_path: Path
+) -> None:
+    import shutil
+
+    resource = "https://demo-mcp.example.test/mcp"
+    shutil.copytree(key_dir_template, tmp_path / "server-as")
+    with DevIssuer(tmp_path / "server-as") as server_as:
+        server_as.token_exchange.trust_idp(issuer.url, issuer.url + "/jwks")
+        server_as.token_exchange.register_client("gw-at-as", secret="as-secret")
+        server_as.token_exchange.add_target(resource, scopes=("repo:read",))
+        issuer.token_exchange.register_client(CLIENT_ID, secret="idp-secret")
+        issuer.token_exchange.add_target(server_as.url, scopes=("repo:read",), clients={CLIENT_ID: "gw-at-as"})
+        issuer.token_exchange.add_target(resource, scopes=("repo:read",))
+        (tmp_path / "idp-secret").write_text("idp-secret")
+        (tmp_path / "as-secret").write_text("as-secret")
+        verify = ["--verify-jwks", f"{server_as.url}/jwks", "--verify-issuer", server_as.url]
+        server = start_mcp_server("demo", False, *verify, "--verify-audience", resource)
+        gw = _start(
+            start_authed, server,
+            {"kind": "id_jag", "client_id": CLIENT_ID, "client_secret_file": str(tmp_path / "idp-secret"),
+             "authorization_server": server_as.url, "resource": resource, "scopes": ["repo:read"],
+             "as_client_id": "gw-at-as", "as_client_secret_file": str(tmp_path / "as-secret")},
+        )  # fmt: skip
+        alice = issuer.mint("alice", aud=gw.endpoint)
+
+        async with connect(gw.url(), token=alice, mode="legacy") as conn:
+            who = (await conn.client.call_tool("whoami", {})).structured_content
+
+        assert who["verified"]["sub"] == "alice" and who["verified"]["iss"] == server_as.url
+        assert who["verified"]["aud"] == resource and who["verified"]["scope"] == "repo:read"
+        assert issuer.token_exchange.exchanges == 1 and server_as.token_exchange.exchanges == 1  # then cached
+        assert all(_bearer(r) != alice for r in server.seen())
+        gw.stop()
+        kinds = {(e["kind"], tuple(e["delegation"])) for e in _events(gw, "upstream.credential")}
+        assert kinds == {("id_jag", ("alice", "gw-at-as"))}
