@@ -323,8 +323,9 @@ class Exchange:
         out = {}
         if self.principal is not None and self.session is not None:
             out[SESSION_HEADER] = self.session
-        if self.principal is not None and self.gw.options.forward_identity:
-            out.update(identity_headers(self.principal))
+        signed = self.gw.upstream is not None and self.gw.upstream.asserts_identity(self.server_name)
+        if self.principal is not None and self.gw.options.forward_identity and not signed:
+            out.update(identity_headers(self.principal))  # trust-me headers; a signed assertion replaces them
         return out
 
     async def _upstream_credentials(self) -> dict[str, str]:

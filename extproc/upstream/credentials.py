@@ -59,6 +59,10 @@ class Upstream:
                 raise ConfigError(f"servers[{name}].upstream_auth: {e}") from e
         return cls(out, list(keys.values()), http)
 
+    def asserts_identity(self, server: str) -> bool:
+        """Does this server get the gateway's signed assertion (which then replaces x-mcp-user/x-mcp-groups)?"""
+        return isinstance(self.by_server.get(server), GatewayAssertion)
+
     def serves_jwks(self, path: str) -> bool:
         """Is this request for the gateway's JWKS (only when some server gets identity assertions)?"""
         return bool(self.jwks["keys"]) and path.split("?", 1)[0] == JWKS_PATH

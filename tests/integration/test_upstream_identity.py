@@ -287,7 +287,7 @@ def test_gateway_assertion_verifies_with_its_jwks_and_only_at_its_audience(
     ]  # fmt: skip
     gw = start_gateway(
         [], listen={"port": port}, server_entries=entries,
-        auth={"public_url": public, "issuers": [{"issuer": issuer.url}], "forward_identity_headers": False},
+        auth={"public_url": public, "issuers": [{"issuer": issuer.url}], "forward_identity_headers": True},
         policy={"directory": str(policies), "reload_interval_ms": 200},
     )  # fmt: skip
     alice = issuer.mint("alice", aud=gw.endpoint, groups=("eng",))
@@ -298,6 +298,7 @@ def test_gateway_assertion_verifies_with_its_jwks_and_only_at_its_audience(
     assert async_result["verified"]["sub"] == "alice" and async_result["verified"]["aud"] == "demo-server"
     assert async_result["verified"]["groups"] == ["eng"] and async_result["verified"]["sid"]
 
+    assert all("x-mcp-user" not in r["headers"] for r in demo.seen())  # the signed assertion replaces it
     assertion = demo.seen()[-1]["headers"]["x-mcp-identity"]
     claims = jwt.decode(assertion, options={"verify_signature": False})
     assert claims["exchange_id"] and claims["exp"] - claims["iat"] == 60
