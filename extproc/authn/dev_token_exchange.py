@@ -73,6 +73,7 @@ class DevTokenExchange:
     clients: dict[str, DevClient] = field(default_factory=dict)
     targets: dict[str, DevTarget] = field(default_factory=dict)
     require_may_act: bool = False
+    cap_to_subject: bool = True  # issued tokens expire no later than the subject token (some IdPs do not)
     trusted_idps: dict[str, str] = field(default_factory=dict)  # as an authorization server: IdP issuer -> JWKS URL
     state: str = "up"  # test control: "up", "down" (503), "hang" (answers only when set up again)
     exchanges: int = 0  # token requests answered 200
@@ -209,7 +210,8 @@ class DevTokenExchange:
         now = int(time.time())
         if form.get("requested_token_type") == ID_JAG:
             return self._id_jag(form, client, subject, names, granted, now)
-        exp = min(now + min(t.ttl for t in targets), int(subject["exp"]))
+        exp = now + min(t.ttl for t in targets)
+        exp = min(exp, int(subject["exp"])) if self.cap_to_subject else exp
         act: dict[str, Any] = {"sub": client.client_id}
         if isinstance(subject.get("act"), dict):
             act["act"] = subject["act"]

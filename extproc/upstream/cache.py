@@ -28,6 +28,7 @@ class Issued:
     scopes: tuple[str, ...] = ()
     delegation: tuple[str, ...] = ()
     sha256: str = ""  # of ``token``, computed once at issuance (recorded with every use)
+    reuse_until: float | None = None  # no later than this, whatever the token's own lifetime (the caller's login)
 
 
 class CredentialCache:
@@ -69,6 +70,8 @@ class CredentialCache:
             del self._flights[key]
         now = self._clock()
         until = min(issued.expires_at - self._refresh_before, now + self._max_age)
+        if issued.reuse_until is not None:
+            until = min(until, issued.reuse_until)
         if until > now:
             self._entries[key] = (issued, until)
             if len(self._entries) > self._size:

@@ -206,7 +206,11 @@ class TokenExchanger:
         scopes = tuple(scope.split()) if isinstance(scope, str) else tuple(self.cfg.scopes)
         # For the record only (who acted for whom, as the issuer wrote it); the server verifies the token itself.
         chain = delegation_chain(who.subject, claims) if claims else (who.subject, f"client:{self.cfg.client_id}")
-        return Issued(token, expires, self.audience, scopes, chain, digest(token))
+        # Reused no longer than the login it was exchanged from: a new login (other groups, fewer scopes) is exchanged
+        # anew rather than served a token issued for the old one.
+        login = who.claims.get("exp")
+        reuse = float(login) if isinstance(login, int | float) and not isinstance(login, bool) else None
+        return Issued(token, expires, self.audience, scopes, chain, digest(token), reuse)
 
     def client_authentication(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -165,3 +166,28 @@ def test_upstream_auth_without_auth_fails_the_start() -> None:
     settings = parse({"servers": [server], "allow_anonymous": True})
     with pytest.raises(ConfigError, match="needs auth"):
         Upstream.from_settings(settings)
+
+
+async def test_a_token_is_reused_no_longer_than_the_login_it_came_from(http, issuer, secret) -> None:
+    """An IdP that issues tokens outliving the subject token: the cache still stops at the caller's login."""
+    issuer.token_exchange.cap_to_subject = False
+    issuer.token_exchange.add_target("gh", scopes=("repo",), ttl=3600)
+    token = issuer.mint("alice", aud="https://gw.test", ttl=120)
+    who = Principal(issuer.url, "alice", "alice", claims=jwt.decode(token, options={"verify_signature": False}))
+    offset = 0.0
+    tx = TokenExchanger(
+        "github",
+        TokenExchange.model_validate(
+            {"kind": "token_exchange", "client_id": "gw", "client_secret_file": str(secret), "audience": "gh"}
+        ),
+        http,
+        clock=lambda: time.time() + offset,
+    )
+
+    await _call(tx, who, token)
+    offset = 100.0
+    (_, (ev,)) = await _call(tx, who, token)
+    assert ev.cached and issuer.token_exchange.exchanges == 1
+    offset = 125.0  # past the login's exp, long before the issued token's
+    (_, (ev,)) = await _call(tx, who, token)
+    assert not ev.cached and issuer.token_exchange.exchanges == 2
