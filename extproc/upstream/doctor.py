@@ -81,7 +81,7 @@ async def _probe_exchange(server: str, cfg: TokenExchange, issuer: str, subject_
             issued = headers["authorization"].removeprefix("Bearer ")
             return Finding(name, "ok", f"exchanged the test identity's token for one of {len(issued)} bytes")
         try:
-            endpoint = await tx.token_endpoint(issuer, ctx)
+            endpoint = await tx.token_endpoint(issuer)
             form = {"grant_type": GRANT_TYPE, "subject_token": "doctor-probe", "subject_token_type": ACCESS_TOKEN}
             form.update({k: v for k, v in (("audience", cfg.audience), ("resource", cfg.resource)) if v})
             headers = {"accept": "application/json"}

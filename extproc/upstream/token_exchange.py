@@ -130,7 +130,7 @@ class TokenExchanger:
     # --- one exchange ----------------------------------------------------------------------------------------
 
     async def _exchange(self, who: Principal, ctx: ExchangeContext) -> Issued:
-        endpoint = await self.token_endpoint(who.issuer, ctx)
+        endpoint = await self.token_endpoint(who.issuer)
         form: dict[str, str] = {
             "grant_type": GRANT_TYPE,
             "subject_token": ctx.subject_token,
@@ -191,7 +191,7 @@ class TokenExchanger:
         kind = str(doc.get("token_type", "")).lower()
         if not isinstance(token, str) or not token or any(c in token for c in "\r\n\0 ") or len(token) > 16384:
             raise _unavailable("token endpoint answered 200 without a usable access_token", "bad_response")
-        if kind not in ("bearer", "n_a") or doc.get("issued_token_type", ACCESS_TOKEN) not in ISSUED_TYPES:
+        if kind != "bearer" or doc.get("issued_token_type", ACCESS_TOKEN) not in ISSUED_TYPES:
             raise _unavailable(f"token endpoint issued a {kind!r} token, not a bearer access token", "bad_response")
         lifetime = doc.get("expires_in")
         now = self._clock()
@@ -244,10 +244,12 @@ class TokenExchanger:
         form["client_assertion_type"] = JWT_BEARER
         form["client_assertion"] = jwt.encode(claims, key, algorithm=alg, headers=kid)
 
-    async def token_endpoint(self, issuer: str, ctx: ExchangeContext) -> str:
-        """The configured endpoint, else the issuer's discovery document's (fetched once per issuer)."""
-        if self.cfg.token_endpoint:
-            return self.cfg.token_endpoint
+    async def token_endpoint(self, issuer: str) -> str:
+        """The configured endpoint, else the issuer's discovery document's."""
+        return self.cfg.token_endpoint or await self.discover(issuer)
+
+    async def discover(self, issuer: str) -> str:
+        """The token endpoint in ``issuer``'s discovery document (fetched once per issuer; a failure is not kept)."""
         if (known := self._endpoints.get(issuer)) is not None:
             return known
         url = issuer.rstrip("/") + "/.well-known/openid-configuration"
@@ -334,11 +336,11 @@ class IdJagExchanger(TokenExchanger):
         }
         if cfg.scopes:
             form["scope"] = " ".join(cfg.scopes)
-        doc = await self._post(await self.token_endpoint(who.issuer, ctx), form, who)
+        doc = await self._post(await self.token_endpoint(who.issuer), form, who)
         jag = doc.get("access_token")
         if not isinstance(jag, str) or not jag or doc.get("issued_token_type") != ID_JAG:
             raise _unavailable("the IdP answered the ID-JAG request without an ID-JAG", "bad_response")
-        endpoint = cfg.as_token_endpoint or await self.token_endpoint(cfg.authorization_server, ctx)
+        endpoint = cfg.as_token_endpoint or await self.discover(cfg.authorization_server)
         grant = {"grant_type": JWT_BEARER_GRANT, "assertion": jag}
         issued = self._issued(await self._post(endpoint, grant, who, self._as_client), who)
         # Who acted for whom: the gateway's client at the IdP obtained the grant, its client at the server's AS used it.

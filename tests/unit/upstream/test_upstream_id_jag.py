@@ -45,9 +45,13 @@ def _exchanger(http: httpx.AsyncClient, tmp_path: Path, issuer: DevIssuer, as_: 
     return IdJagExchanger("github", cfg, http)
 
 
-async def test_the_server_gets_its_authorization_servers_token_for_the_caller(tmp_path, issuer, server_as) -> None:
+@pytest.mark.parametrize("idp_endpoint", [False, True], ids=["discovered", "idp-endpoint-configured"])
+async def test_the_server_gets_its_authorization_servers_token_for_the_caller(
+    tmp_path, issuer, server_as, idp_endpoint: bool
+) -> None:
     async with httpx.AsyncClient() as http:
-        tx = _exchanger(http, tmp_path, issuer, server_as)
+        over = {"token_endpoint": issuer.url + "/token"} if idp_endpoint else {}
+        tx = _exchanger(http, tmp_path, issuer, server_as, **over)
         who = Principal(issuer=issuer.url, subject="alice", username="alice")
         events: list = []
         ctx = ExchangeContext("ex", "req", None, issuer.mint("alice", aud="https://gw.test"), events.append)
