@@ -21,6 +21,7 @@ from gateway_parts import Gateway, SampleServer
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.demo.mcp_client import connect
 from extproc.launcher import free_port, wait_until
+from extproc.recording.report import session_doc
 from extproc.upstream.config import JWKS_PATH
 
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -111,6 +112,8 @@ async def test_alice_reaches_the_server_as_herself_with_a_token_for_it_alone(
     gw.stop()
     for sid in {r["headers"]["mcp-session-id"] for r in requests if "mcp-session-id" in r["headers"]}:
         assert gw.session(sid).problems == []  # the new event verifies in the hash chain like any other
+        shown = session_doc(gw.session(sid))  # what `sessions show --json` prints: each exchange names its credential
+        assert all(any(e["type"] == "upstream.credential" for e in x["events"]) for x in shown["exchanges"])
     creds = _events(gw, "upstream.credential")
     assert len(creds) == len(requests)
     assert {c["sha256"] for c in creds} == {hashlib.sha256(t.encode()).hexdigest() for t in tokens}
