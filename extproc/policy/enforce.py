@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from extproc.authn.principal import Principal
-from extproc.mcp.jsonrpc import McpCall, Message, error_response, is_request, to_call
+from extproc.mcp.jsonrpc import McpCall, Message, error_response, is_request, loads, to_call
 from extproc.mcp.methods import LISTINGS
 from extproc.mcp.sse import SseParser, format_event
 from extproc.policy.compiled import CompiledPolicy
@@ -82,8 +83,10 @@ def filter_body(
     body: bytes,
     sse: bool,
     facts: Facts | None = None,
+    on_list: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> tuple[bytes, list[tuple[str, Any, list[str]]]]:
-    """Rewrite list results in a whole response body (JSON or SSE); returns the body and what was hidden."""
+    """Rewrite list results in a whole response body (JSON or SSE); returns the body and what was hidden.
+    ``on_list`` sees each list result as the caller gets it (method, result)."""
     hidden: list[tuple[str, Any, list[str]]] = []
 
     def rewrite(msg: Any) -> Any:
@@ -95,6 +98,8 @@ def filter_body(
         if method is None:
             return msg
         result = filter_list(policy, who, server, method, msg["result"], facts)
+        if on_list is not None:
+            on_list(method, result)
         listing = LISTINGS[method]
         before = [i.get(listing.item) for i in msg["result"].get(listing.key, []) if isinstance(i, dict)]
         after = {i.get(listing.item) for i in result.get(listing.key, []) if isinstance(i, dict)}
@@ -103,7 +108,7 @@ def filter_body(
 
     if not sse:
         try:  # a leading BOM is skipped, as lenient clients skip it
-            doc = json.loads(body.removeprefix(_BOM))
+            doc = loads(body.removeprefix(_BOM))
         except (ValueError, RecursionError):
             # Not JSON to us, but maybe to a more lenient client: never passed on unfiltered. The client gets an
             # error for each list request instead; the recording keeps what the server sent.
@@ -130,7 +135,7 @@ def filter_body(
         data = event.data
         if data:  # an empty data field (a resumption priming event) is understood as it is
             try:
-                data = json.dumps(rewrite(json.loads(data)), separators=(",", ":"), ensure_ascii=False)
+                data = json.dumps(rewrite(loads(data)), separators=(",", ":"), ensure_ascii=False)
             except (ValueError, RecursionError):
                 dropped += len(event.raw)
                 continue
