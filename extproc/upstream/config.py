@@ -58,7 +58,8 @@ class TokenExchange(_Model):
     scopes: list[str] = Field([], description="scopes asked for (the issuer may grant fewer, never more)")
     issuer: str | None = Field(None, description="only callers of this issuer; default: whichever issuer verified them")
     token_endpoint: str | None = Field(None, description="skip discovery and use this token endpoint")
-    timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # The whole exchange (discovery, every token request): below processor.message_timeout_ms, or Envoy gives up first.
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 3.0
     refresh_before_s: Annotated[float, Field(ge=0, le=3600, description="renew this long before expiry")] = 30.0
     max_cache_s: Annotated[float, Field(gt=0, le=86_400, description="never reuse a token longer than this")] = 3600.0
 

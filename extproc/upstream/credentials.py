@@ -42,7 +42,13 @@ class Upstream:
         http = None
         keys: dict[Path, AssertionKey] = {}
         out: dict[str, UpstreamCredentials] = {}
+        deadline = settings.processor.message_timeout_ms / 1000
         for name, cfg in configured:
+            if isinstance(cfg, TokenExchange) and cfg.timeout_s >= deadline:
+                raise ConfigError(
+                    f"servers[{name}].upstream_auth.timeout_s: {cfg.timeout_s:g}s must be below "
+                    f"processor.message_timeout_ms ({deadline:g}s), or Envoy gives up on the request before we answer"
+                )
             try:
                 if isinstance(cfg, IdJag):  # before TokenExchange: it is one, with a second step
                     http = http or httpx.AsyncClient(follow_redirects=False, headers={"user-agent": "mcp-extproc"})

@@ -13,6 +13,7 @@ Per request, in order:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -106,7 +107,7 @@ class TokenExchanger:
             raise Forbidden(f"server {server!r} accepts only callers of issuer {self.cfg.issuer}")
         key = (principal.issuer, principal.subject, server, tuple(self.cfg.scopes))
         try:
-            issued, cached = await self.cache.get(key, lambda: self._exchange(principal, ctx))
+            issued, cached = await self.cache.get(key, lambda: self._within_deadline(principal, ctx))
         except (UpstreamIdentityRefused, UpstreamIdentityUnavailable) as e:
             refused = e.refused or {"error": type(e).__name__, "description": str(e)[:500]}
             emit(ctx, UpstreamCredential(server=server, kind=self.kind, header="authorization", refused=refused))
@@ -128,6 +129,15 @@ class TokenExchanger:
         return {"authorization": f"Bearer {issued.token}"}
 
     # --- one exchange ----------------------------------------------------------------------------------------
+
+    async def _within_deadline(self, who: Principal, ctx: ExchangeContext) -> Issued:
+        """All the exchange's requests within ``timeout_s`` together: the answer must reach Envoy before its
+        message timeout, as ours (503) rather than Envoy's."""
+        try:
+            async with asyncio.timeout(self.cfg.timeout_s):
+                return await self._exchange(who, ctx)
+        except TimeoutError as e:
+            raise _unavailable(f"exchange for {self.server!r} took over {self.cfg.timeout_s}s", "timeout") from e
 
     async def _exchange(self, who: Principal, ctx: ExchangeContext) -> Issued:
         endpoint = await self.token_endpoint(who.issuer)

@@ -191,3 +191,13 @@ async def test_a_token_is_reused_no_longer_than_the_login_it_came_from(http, iss
     offset = 125.0  # past the login's exp, long before the issued token's
     (_, (ev,)) = await _call(tx, who, token)
     assert not ev.cached and issuer.token_exchange.exchanges == 2
+
+
+def test_an_exchange_slower_than_envoys_message_timeout_fails_the_start(tmp_path) -> None:
+    exchange = {"kind": "token_exchange", "client_id": "gw", "client_secret_file": "/s", "audience": "a"}
+    exchange["timeout_s"] = 5
+    server = {"name": "github", "upstream": "127.0.0.1:9000", "upstream_auth": exchange}
+    auth = {"public_url": "https://gw.test", "issuers": [{"issuer": "https://idp.test"}]}
+    settings = parse({"servers": [server], "auth": auth, "policy": {"directory": "/tmp"}})
+    with pytest.raises(ConfigError, match=r"timeout_s: 5s must be below processor.message_timeout_ms \(5s\)"):
+        Upstream.from_settings(settings)
