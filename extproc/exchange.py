@@ -65,7 +65,7 @@ from extproc.recording.events import (
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import record_piece
 from extproc.routing import UPSTREAM_HEADER
-from extproc.upstream.base import ExchangeContext
+from extproc.upstream.base import ExchangeContext, UpstreamCredential
 
 log = logging.getLogger(__name__)
 
@@ -343,8 +343,13 @@ class Exchange:
         if self.gw.upstream is None:
             return {}
         token = self._headers.get("authorization", "").strip().partition(" ")[2].strip()
-        ctx = ExchangeContext(self.id, self.request_id, self.session, token, self.log.emit)
+        ctx = ExchangeContext(self.id, self.request_id, self.session, token, self._record_credential)
         return await self.gw.upstream.headers_for(self.principal, self.server_name, ctx)
+
+    def _record_credential(self, ev: UpstreamCredential) -> None:
+        outcome = "refused" if ev.refused else "cached" if ev.cached else "issued"
+        self.gw.metrics.upstream_credentials.labels(ev.server, ev.kind, outcome).inc()
+        self.log.emit(ev)
 
     def _note_request(self, parsed: ParsedBody) -> None:
         """Request ids (to pair responses) and, for a stateless request, the run it belongs to."""

@@ -20,7 +20,7 @@ class ExchangeContext:
     request_id: str = ""
     session: str | None = None
     subject_token: str = field(default="", repr=False)
-    record: Callable[[Event], None] | None = None  # the exchange's log: the credential used (or refused) goes in
+    record: Callable[[UpstreamCredential], None] | None = None  # the exchange's log: what was used or refused
 
 
 @dataclass(slots=True, kw_only=True)

@@ -56,9 +56,9 @@ def _exchange_cfg(secret: Path, **over: Any) -> dict[str, Any]:
             "scopes": ["repo:read"], **over}  # fmt: skip
 
 
-def _start(start_authed: Any, server: SampleServer, upstream_auth: dict[str, Any]) -> Gateway:
+def _start(start_authed: Any, server: SampleServer, upstream_auth: dict[str, Any], **gateway: Any) -> Gateway:
     entry = {"name": server.name, "upstream": server.upstream, "upstream_auth": upstream_auth}
-    return start_authed([server], gateway={"server_entries": [entry]})
+    return start_authed([server], gateway={"server_entries": [entry], **gateway})
 
 
 def _post(gw: Gateway, token: str) -> httpx.Response:
@@ -128,7 +128,8 @@ async def test_alice_reaches_the_server_as_herself_with_a_token_for_it_alone(
 async def test_many_users_concurrently_never_get_anothers_token(start_mcp_server, start_authed, idp) -> None:
     issuer, secret = idp
     server = _verifying_server(start_mcp_server, issuer)
-    gw = _start(start_authed, server, _exchange_cfg(secret))
+    metrics = free_port()
+    gw = _start(start_authed, server, _exchange_cfg(secret), processor={"metrics_port": metrics})
     users = [f"user{i}" for i in range(12)]
     tokens = {u: issuer.mint(u, aud=gw.endpoint) for u in users}
 
@@ -148,6 +149,9 @@ async def test_many_users_concurrently_never_get_anothers_token(start_mcp_server
     # Concurrent requests of one user shared one exchange (single flight); users never shared one.
     assert issuer.token_exchange.exchanges == len(users)
     assert sorted(e["sub"] for e in issuer.token_exchange.log) == sorted(users)
+    scraped = httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=5).text.splitlines()
+    counted = 'mcp_extproc_upstream_credentials_total{kind="token_exchange",outcome="%s",server="demo"} %s'
+    assert counted % ("issued", "12.0") in scraped and counted % ("cached", "36.0") in scraped
 
 
 def test_expiry_triggers_a_new_exchange(start_mcp_server, start_authed, idp) -> None:
