@@ -106,6 +106,14 @@ def check_issuers(s: Settings) -> Iterator[Check]:
             yield _ok(name, f"discovery and JWKS ({len(keys)} key(s)) from {uri}")
 
 
+def check_upstream_auth(s: Settings) -> Iterator[Check]:
+    """Each server's upstream credential can be had (extproc/upstream/doctor.py)."""
+    from extproc.upstream.doctor import check_upstream_auth as findings
+
+    for f in findings(s):
+        yield Check(f.name, f.status, f.detail, f.hint)
+
+
 def check_store(s: Settings) -> Iterator[Check]:
     rec = s.recording
     if rec.store == "file":
@@ -393,6 +401,7 @@ def run_checks(config: Path, running: bool = True) -> list[Check]:
     steps: list[Callable[[Settings], Check | Iterator[Check]]] = [
         check_policy,
         check_issuers,
+        check_upstream_auth,
         check_store,
         check_recording_available,
         check_keys,

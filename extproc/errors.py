@@ -24,12 +24,14 @@ exchange answers with the matching refusal (``RecordingUnavailable``) instead.
         │   │                           WrongAudience, WrongIssuer, BadSignature, AlgorithmNotAllowed,
         │   │                           MissingClaim, UnknownKeyId
         │   └── IssuerUnavailable       503 no signing keys from the issuer
-        ├── Forbidden                   403 OriginNotAllowed, SessionNotYours, PolicyDenied
+        ├── Forbidden                   403 OriginNotAllowed, SessionNotYours, PolicyDenied,
+        │                               UpstreamIdentityRefused (the IdP refused the server's credential)
         ├── AuthorizationUnavailable    503 a SubjectAccessReview gave no answer
         ├── ReservedSessionId           502 the server named its session like a gateway recording unit
         ├── EncodedResponse             502 a Content-Encoding the processor cannot read
         ├── Overloaded                  503 the worker's event loop is too far behind
         ├── RecordingUnavailable        503 with recording.required, the exchange cannot be recorded
+        ├── UpstreamIdentityUnavailable 503 no credential for the server (IdP down, secret unreadable)
         └── (routing.UpstreamUnresolved, and refusals of other modules)
 """
 
@@ -319,3 +321,30 @@ class RecordingUnavailable(GatewayError):
     jsonrpc_code = -32004
     client_message = "recording unavailable; request refused"
     published_name = "StoreError"  # the refusal's name in metrics and replies before operator errors had a base
+
+
+# --- identity to the upstream (extproc/upstream/) -----------------------------------------------------------
+
+
+class UpstreamIdentityUnavailable(GatewayError):
+    """The credential for the server could not be obtained (the IdP down, slow or answering nonsense, a secret
+    file unreadable): the call is refused, never sent with a weaker identity."""
+
+    status = 503
+    jsonrpc_code = -32005
+
+    def __init__(self, detail: str, request_id: str = "") -> None:
+        super().__init__(detail)
+        self.refused: dict[str, object] | None = None  # what is recorded: the IdP's answer, or why there was none
+        self.client_message = "upstream identity unavailable" + (f" (request {request_id[:64]})" if request_id else "")
+
+
+class UpstreamIdentityRefused(Forbidden):
+    """The identity provider refused to issue a credential for this caller and server (RFC 6749 error code)."""
+
+    def __init__(self, code: str, server: str, request_id: str = "") -> None:
+        GatewayError.__init__(self, f"identity provider refused a credential for server {server!r}: {code}")
+        self.code, self.server = code, server
+        self.refused: dict[str, object] | None = None
+        rid = f" (request {request_id[:64]})" if request_id else ""
+        self.client_message = f"identity provider refused a credential for server {server!r}: {code}{rid}"

@@ -68,6 +68,7 @@ from extproc.recording.events import (
 )
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import record_piece
+from extproc.upstream.base import ExchangeContext, UpstreamCredential
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,9 @@ class Exchange:
         if opts.metadata and headers.get(":path", "").split("?", 1)[0] == opts.metadata_path:
             self.finished = True  # RFC 9728 metadata: public, and not an exchange
             return responses.json_reply(200, dict(opts.metadata))
+        if self.gw.upstream is not None and self.gw.upstream.serves_jwks(headers.get(":path", "")):
+            self.finished = True  # the public keys of the gateway's identity assertions: public, not an exchange
+            return responses.json_reply(200, self.gw.upstream.jwks)
         admission = await admit(self.gw, headers, self.id)
         if isinstance(admission, Unrecorded):
             return self._refuse(admission.error, dict(admission.headers))
@@ -155,11 +159,17 @@ class Exchange:
         method = headers.get(":method", "")
         if method in HTTP_METHODS and (refused := self._authorize_http(HTTP_METHODS[method])) is not None:
             return refused
+        try:  # the server's own credential for this caller (extproc/upstream/); none to be had: refused, recorded
+            credentials = await self._upstream_credentials()
+        except GatewayError as e:
+            return self._refuse(e)
         if msg.end_of_stream and (refused := await self._commit()) is not None:  # a GET or DELETE goes upstream now
             return refused
         route = admission.route_headers
-        remove = UPSTREAM_REMOVE if route else (*UPSTREAM_REMOVE, UPSTREAM_HEADER)
-        return responses.request_headers({**self._upstream_headers(), **route}, remove, clear_route_cache=bool(route))
+        set_headers = {**self._upstream_headers(), **credentials, **route}
+        # Never remove what the gateway itself sets (its own Authorization), whatever order Envoy applies them in.
+        remove = tuple(h for h in (*UPSTREAM_REMOVE, *(() if route else (UPSTREAM_HEADER,))) if h not in set_headers)
+        return responses.request_headers(set_headers, remove, clear_route_cache=bool(route))
 
     async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
         """Parse, record and authorize the (buffered) JSON-RPC body; allowed bodies go upstream as decided."""
@@ -329,9 +339,24 @@ class Exchange:
         out = {}
         if self.principal is not None and self._server_session is not None:
             out[SESSION_HEADER] = self._server_session  # the server's own id, never the unit it is recorded under
-        if self.principal is not None and self.gw.options.forward_identity:
-            out.update(identity_headers(self.principal))
+        signed = self.gw.upstream is not None and self.gw.upstream.asserts_identity(self.server_name)
+        if self.principal is not None and self.gw.options.forward_identity and not signed:
+            out.update(identity_headers(self.principal))  # trust-me headers; a signed assertion replaces them
         return out
+
+    async def _upstream_credentials(self) -> dict[str, str]:
+        """What the server's ``upstream_auth`` sets on the request; the caller's token is only ever the subject of a
+        token exchange at its own issuer."""
+        if self.gw.upstream is None:
+            return {}
+        token = self._headers.get("authorization", "").strip().partition(" ")[2].strip()
+        ctx = ExchangeContext(self.id, self.request_id, self.session, token, self._record_credential)
+        return await self.gw.upstream.headers_for(self.principal, self.server_name, ctx)
+
+    def _record_credential(self, ev: UpstreamCredential) -> None:
+        outcome = "refused" if ev.refused else "cached" if ev.cached else "issued"
+        self.gw.metrics.upstream_credentials.labels(ev.server, ev.kind, outcome).inc()
+        self.log.emit(ev)
 
     def _note_request(self, parsed: ParsedBody) -> None:
         """Request ids (to pair responses) and, for a stateless request, the run it belongs to."""

@@ -109,6 +109,12 @@ class Metrics:
             ["status", "reason"],
             registry=r,
         )
+        self.upstream_credentials = Counter(
+            "mcp_extproc_upstream_credentials",
+            "Credentials toward servers with upstream_auth, by server, kind and outcome (issued, cached, refused)",
+            ["server", "kind", "outcome"],
+            registry=r,
+        )
         self.decisions = Counter(
             "mcp_extproc_policy_decisions", "Policy decisions per JSON-RPC request", ["server", "allowed"], registry=r
         )

@@ -33,6 +33,7 @@ from extproc.recording.events import Outcome
 from extproc.recording.setup import build_runtime
 from extproc.routing import Router
 from extproc.settings import Settings
+from extproc.upstream.credentials import Upstream
 
 log = logging.getLogger(__name__)
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -137,6 +138,7 @@ async def serve(
     discovery = await start_discovery(settings)
     recording = build_runtime(settings.recording)
     auth = Authenticator(settings.auth) if settings.auth is not None else None
+    upstream = Upstream.from_settings(settings)  # key files read now: a bad one fails the start
     await recording.start()
     try:
         if auth is not None:
@@ -149,6 +151,7 @@ async def serve(
         gw.metrics.watch(recording.recorder, policy, auth)
         gw.reviewer = sar.from_settings(settings.kubernetes)
         gw.grants = grant_store(settings)
+        gw.upstream = upstream
         log.info("recording as writer %s", recording.recorder.writer_id)
         if settings.processor.metrics_port is not None:
             port = settings.processor.metrics_port + worker
@@ -163,6 +166,8 @@ async def serve(
             await policy.close()
         if discovery is not None:
             discovery.close()
+        if upstream is not None:
+            await upstream.close()
     log.info("processor stopped; recordings flushed")
 
 

@@ -27,12 +27,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from extproc.authn.dev_login import DevLogin
+from extproc.authn.dev_token_exchange import GRANT_TYPE as TOKEN_EXCHANGE
+from extproc.authn.dev_token_exchange import GRANT_TYPES, JWT_BEARER_GRANT, DevTokenExchange
 
 log = logging.getLogger(__name__)
 
 WARNING = "DEVELOPMENT-ONLY issuer: mints tokens for anyone, keys unprotected on disk. NEVER USE IN PRODUCTION."
 DEFAULT_ISSUER = "http://127.0.0.1:9400"
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]  # token exchange only
 
 
 class KeyDir:
@@ -154,6 +157,7 @@ class DevIssuer:
         (self.keys.path / "issuer.url").write_text(self.url + "\n")
         self._thread: threading.Thread | None = None
         self.login = DevLogin(self.mint)
+        self.token_exchange = DevTokenExchange(lambda: self.url, self.verify, self.mint)
 
     # --- serving -----------------------------------------------------------------------------------------
 
@@ -211,6 +215,20 @@ class DevIssuer:
         kwargs.setdefault("issuer", self.url)
         return self.keys.mint(sub, aud=aud, **kwargs)
 
+    def verify(self, token: str) -> dict[str, Any]:
+        """The claims of a token this issuer signed (any audience); raises ``jwt.PyJWTError``."""
+        kid = jwt.get_unverified_header(token).get("kid")
+        if not isinstance(kid, str) or not (self.keys.path / f"{kid}.pem").exists():
+            raise jwt.InvalidKeyError("unknown key id")
+        key = self.keys.private_key(kid).public_key()
+        return jwt.decode(
+            token,
+            key,
+            algorithms=["RS256"],
+            issuer=self.url,
+            options={"verify_aud": False, "require": ["iss", "sub", "exp"]},
+        )
+
     # --- endpoints ---------------------------------------------------------------------------------------
 
     def respond(self, path: str) -> tuple[int, dict[str, Any]]:
@@ -224,7 +242,8 @@ class DevIssuer:
                 "response_types_supported": ["code"],
                 "authorization_endpoint": f"{self.url}/authorize",
                 "token_endpoint": f"{self.url}/token",
-                "grant_types_supported": ["authorization_code"],
+                "grant_types_supported": ["authorization_code", TOKEN_EXCHANGE, JWT_BEARER_GRANT],
+                "token_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
                 "code_challenge_methods_supported": ["S256"],
                 "x-warning": WARNING,
             }
@@ -259,6 +278,8 @@ def _handler(issuer: DevIssuer) -> type[BaseHTTPRequestHandler]:
                 status, doc = issuer.login.authorize(form)
                 if status == 302:
                     return self._send(302, b"", "text/plain", {"location": doc["location"]})
+            elif path == "/token" and form.get("grant_type") in GRANT_TYPES:
+                status, doc = issuer.token_exchange.token(form, self.headers.get("authorization"))
             elif path == "/token":
                 status, doc = issuer.login.token(form)
             else:

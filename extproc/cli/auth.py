@@ -17,15 +17,43 @@ def dev_issuer(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 9400,
     key_dir: KeyDirOption = Path(".demo/issuer"),
     log_format: Annotated[str, typer.Option("--log-format", help="text or json")] = "text",
+    exchange_client: Annotated[
+        list[str] | None,
+        typer.Option(help="Token exchange client ID=SECRET_FILE (the gateway's client_secret_file). Repeatable."),
+    ] = None,
+    exchange_target: Annotated[
+        list[str] | None,
+        typer.Option(help="Audience/resource tokens may be exchanged for, NAME=SCOPE,SCOPE. Repeatable."),
+    ] = None,
 ) -> None:
-    """Serve a DEVELOPMENT-ONLY OIDC issuer (discovery + JWKS) until Ctrl-C. Never use in production."""
+    """Serve a DEVELOPMENT-ONLY OIDC issuer (discovery + JWKS, RFC 8693 token exchange) until Ctrl-C. Never use in
+    production."""
     from extproc.logs import setup
 
     setup("json" if log_format == "json" else "text")
     typer.secho(WARNING, fg=typer.colors.RED, bold=True, err=True)
     issuer = DevIssuer(key_dir, host=host, port=port)
+    configure_exchange(issuer, exchange_client or [], exchange_target or [])
     typer.echo(f"issuer {issuer.url}  jwks {issuer.url}/jwks  keys in {key_dir}", err=True)
     issuer.serve_forever()
+
+
+def configure_exchange(issuer: DevIssuer, clients: list[str], targets: list[str]) -> None:
+    """``--exchange-client ID=SECRET_FILE`` and ``--exchange-target NAME=SCOPES`` onto the issuer's token endpoint."""
+    for spec in clients:
+        client_id, sep, path = spec.partition("=")
+        if not sep or not client_id or not path:
+            _fail(f"--exchange-client {spec!r}: expected ID=SECRET_FILE")
+        try:
+            secret = Path(path).read_text().strip()
+        except OSError as e:
+            _fail(f"--exchange-client {spec!r}: cannot read {path}: {e.strerror}")
+        issuer.token_exchange.register_client(client_id, secret=secret)
+    for spec in targets:
+        name, _, scopes = spec.partition("=")
+        if not name:
+            _fail(f"--exchange-target {spec!r}: expected NAME=SCOPE,SCOPE")
+        issuer.token_exchange.add_target(name, [x.strip() for x in scopes.split(",") if x.strip()])
 
 
 def token(

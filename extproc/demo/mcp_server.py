@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
 import anyio
+import jwt
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -21,6 +23,52 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 MCP_PATH = "/mcp"
 SEEN_PATH = "/_seen"
+VERIFIED_HEADER = "x-sample-verified"  # set by VerifyCredential only (a client's copy is dropped)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What the server requires of the credential it receives: a JWT from ``issuer`` for ``audience`` (itself),
+    signed by a key in ``jwks_url``, in ``header`` (``authorization``: as a bearer token)."""
+
+    jwks_url: str
+    issuer: str
+    audience: str
+    header: str = "authorization"
+
+
+class VerifyCredential:
+    """ASGI wrapper: every /mcp request must carry a credential that verifies (else 401, nothing reaches the MCP
+    app); the verified claims go to the tools in ``x-sample-verified``. The server's own check, as a server that
+    calls an API on the user's behalf would make."""
+
+    def __init__(self, app: ASGIApp, check: Verification) -> None:
+        self.app = app
+        self.check = check
+        self.jwks = jwt.PyJWKClient(check.jwks_url, cache_keys=True, lifespan=30)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].rstrip("/") != MCP_PATH:
+            await self.app(scope, receive, send)
+            return
+        name = self.check.header.encode()
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != VERIFIED_HEADER.encode()]
+        value = next((v.decode("latin-1") for k, v in headers if k.lower() == name), "")
+        if self.check.header == "authorization":
+            scheme, _, value = value.partition(" ")
+            value = value.strip() if scheme.lower() == "bearer" else ""
+        try:
+            key = await anyio.to_thread.run_sync(self.jwks.get_signing_key_from_jwt, value)
+            claims = jwt.decode(
+                value, key.key, algorithms=["RS256", "ES256", "EdDSA"], audience=self.check.audience,
+                issuer=self.check.issuer, options={"require": ["exp", "iss", "aud", "sub"]},
+            )  # fmt: skip
+        except jwt.PyJWTError as e:
+            await JSONResponse({"error": "invalid_token", "error_description": str(e)}, 401)(scope, receive, send)
+            return
+        seen = {k: claims.get(k) for k in ("iss", "sub", "aud", "act", "scope", "groups", "preferred_username", "sid")}
+        headers.append((VERIFIED_HEADER.encode(), json.dumps(seen).encode()))
+        await self.app({**scope, "headers": headers}, receive, send)
 
 
 def build_mcp(name: str, log_level: LogLevel = "WARNING") -> MCPServer:
@@ -46,10 +94,14 @@ def build_mcp(name: str, log_level: LogLevel = "WARNING") -> MCPServer:
         return f"counted to {n}"
 
     @mcp.tool()
-    def whoami(ctx: Context) -> dict[str, str | None]:
-        """Return the identity headers the gateway forwarded (x-mcp-user, x-mcp-groups)."""
+    def whoami(ctx: Context) -> dict[str, Any]:
+        """Return the identity headers the gateway forwarded (x-mcp-user, x-mcp-groups), and with --verify-jwks
+        the claims of the credential this server verified (who it sees)."""
         headers = ctx.headers or {}
-        return {"user": headers.get("x-mcp-user"), "groups": headers.get("x-mcp-groups")}
+        out: dict[str, Any] = {"user": headers.get("x-mcp-user"), "groups": headers.get("x-mcp-groups")}
+        if VERIFIED_HEADER in headers:
+            out["verified"] = json.loads(headers[VERIFIED_HEADER])
+        return out
 
     @mcp.resource("demo://server-name")
     def server_name() -> str:
@@ -269,6 +321,7 @@ def build_app(
     param_headers: bool = False,
     session_id: str | None = None,
     github_stand_in: bool = False,
+    verify: Verification | None = None,
 ) -> SeenRecorder:
     """The sample server as an ASGI app: MCP at /mcp (stateful sessions), request log at GET /_seen.
 
@@ -277,7 +330,8 @@ def build_app(
     to localhost (the gateway sends the server its own host name, so it passes). ``mrtr`` adds the
     multi-round-trip ``approve`` tool; ``bare_cr`` ends SSE lines with a bare CR; ``github_stand_in`` adds
     ``list_issues`` and ``delete_repository`` (what `demo --keep` serves as its `github` server); ``param_headers``
-    adds ``regional_echo``, whose ``region`` is mirrored into an ``Mcp-Param-Region`` header.
+    adds ``regional_echo``, whose ``region`` is mirrored into an ``Mcp-Param-Region`` header. ``verify`` makes the
+    server refuse requests without a credential issued for it (token exchange, identity assertion).
     """
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=dns_rebinding_protection,
@@ -298,7 +352,8 @@ def build_app(
         app = GZipMiddleware(app, minimum_size=200)
         app = ForceGzip(app) if gzip == "always" else app
     app = BareCrLineEnds(app) if bare_cr else app
-    return SeenRecorder(FixedSessionId(app, session_id) if session_id else app, name)
+    app = FixedSessionId(app, session_id) if session_id else app
+    return SeenRecorder(VerifyCredential(app, verify) if verify is not None else app, name)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -318,6 +373,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--github-stand-in", action="store_true", help="add list_issues and delete_repository (demo --keep's github)"
     )
+    parser.add_argument("--verify-jwks", help="refuse requests without a JWT that verifies with this JWKS URL")
+    parser.add_argument("--verify-issuer", default="", help="the JWT's required iss (with --verify-jwks)")
+    parser.add_argument("--verify-audience", default="", help="the JWT's required aud: this server (--verify-jwks)")
+    parser.add_argument("--verify-header", default="authorization", help="the header carrying it (bearer if auth.)")
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
     parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate chain (tests of upstream TLS)")
     parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
@@ -334,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
         param_headers=args.param_headers,
         session_id=args.session_id,
         github_stand_in=args.github_stand_in,
+        verify=Verification(args.verify_jwks, args.verify_issuer, args.verify_audience, args.verify_header.lower())
+        if args.verify_jwks
+        else None,
     )
     if args.log_format == "json":  # uvicorn's loggers then propagate to our JSON handler
         from extproc.logs import setup

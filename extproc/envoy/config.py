@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from extproc.authn.config import origin_of
 from extproc.policy.model import Subjects
 from extproc.sections import Port, Section, absolute, split_hostport
+from extproc.upstream.config import UpstreamAuth
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+/?$")
@@ -164,6 +165,11 @@ class Server(Section):
         default=False,
         description="skip verifying the upstream's certificate: anyone on the path can impersonate the server. "
         "Logged loudly",
+    )
+    upstream_auth: UpstreamAuth | None = Field(
+        default=None,
+        description="how the gateway authenticates to the server for the caller (token_exchange, id_jag, static, "
+        "assertion; extproc/upstream/config.py); none: it does not, and the caller's token never goes upstream",
     )
 
     _ca = field_validator("tls_ca_file")(absolute)

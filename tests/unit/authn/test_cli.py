@@ -81,3 +81,22 @@ def test_token_refuses_an_issuer_serving_other_keys_and_a_missing_key_dir(issuer
     missing = _token(tmp_path / "nope")
     assert missing.exit_code == 2 and "no development issuer keys in" in missing.stderr
     assert not (tmp_path / "nope").exists()  # nothing created on the way
+
+
+def test_dev_issuer_exchange_options_register_a_client_and_a_target(issuer: DevIssuer, tmp_path: Path) -> None:
+    import httpx
+    import pytest
+    from extproc.authn.cli import configure_exchange
+
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    configure_exchange(issuer, [f"gw={secret}"], ["demo-api=repo:read, repo:write"])
+    form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "audience": "demo-api",
+            "subject_token": issuer.mint("alice", aud=AUD), "scope": "repo:read",
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token"}  # fmt: skip
+    resp = httpx.post(issuer.url + "/token", data=form, auth=("gw", "s3cret"))
+    assert resp.status_code == 200 and resp.json()["scope"] == "repo:read"
+    with pytest.raises(typer.Exit):
+        configure_exchange(issuer, ["gw"], [])
+    with pytest.raises(typer.Exit):
+        configure_exchange(issuer, [f"gw={tmp_path / 'absent'}"], [])

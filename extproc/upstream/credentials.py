@@ -1,0 +1,83 @@
+"""Every configured server's upstream credentials, built once at start-up; the one call the exchange makes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from extproc.authn.principal import Principal
+from extproc.errors import ConfigError
+from extproc.upstream.assertion import AssertionKey, GatewayAssertion
+from extproc.upstream.base import ExchangeContext, UpstreamCredentials
+from extproc.upstream.config import JWKS_PATH, Assertion, IdJag, Static, TokenExchange
+from extproc.upstream.static import StaticCredential
+from extproc.upstream.token_exchange import IdJagExchanger, TokenExchanger
+
+if TYPE_CHECKING:
+    from extproc.settings import Settings
+
+
+class Upstream:
+    """Server name -> its credentials; the gateway's JWKS for identity assertions."""
+
+    def __init__(
+        self, by_server: Mapping[str, UpstreamCredentials], keys: list[AssertionKey], http: Any = None
+    ) -> None:
+        self.by_server = dict(by_server)
+        self.jwks: dict[str, Any] = {"keys": [k.jwk for k in keys]}
+        self._http = http
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Callable[[], float] = time.time) -> Upstream | None:
+        """None when no server has ``upstream_auth``. Key files are read now: a bad one fails the start."""
+        configured = [(s.name, s.upstream_auth) for s in settings.servers if s.upstream_auth is not None]
+        if not configured:
+            return None
+        if settings.auth is None:
+            raise ConfigError("servers[].upstream_auth: needs auth (the upstream credential is issued for the caller)")
+        http = None
+        keys: dict[Path, AssertionKey] = {}
+        out: dict[str, UpstreamCredentials] = {}
+        deadline = settings.processor.message_timeout_ms / 1000
+        for name, cfg in configured:
+            if isinstance(cfg, TokenExchange) and cfg.timeout_s >= deadline:
+                raise ConfigError(
+                    f"servers[{name}].upstream_auth.timeout_s: {cfg.timeout_s:g}s must be below "
+                    f"processor.message_timeout_ms ({deadline:g}s), or Envoy gives up on the request before we answer"
+                )
+            try:
+                if isinstance(cfg, IdJag):  # before TokenExchange: it is one, with a second step
+                    http = http or httpx.AsyncClient(follow_redirects=False, headers={"user-agent": "mcp-extproc"})
+                    out[name] = IdJagExchanger(name, cfg, http, clock=clock)
+                elif isinstance(cfg, TokenExchange):
+                    http = http or httpx.AsyncClient(follow_redirects=False, headers={"user-agent": "mcp-extproc"})
+                    out[name] = TokenExchanger(name, cfg, http, clock=clock)
+                elif isinstance(cfg, Static):
+                    out[name] = StaticCredential(cfg, time.monotonic)
+                elif isinstance(cfg, Assertion):
+                    key = keys.get(cfg.key_file) or keys.setdefault(cfg.key_file, AssertionKey(cfg.key_file))
+                    out[name] = GatewayAssertion(cfg, key, settings.auth.public_url, clock)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"servers[{name}].upstream_auth: {e}") from e
+        return cls(out, list(keys.values()), http)
+
+    def asserts_identity(self, server: str) -> bool:
+        """Does this server get the gateway's signed assertion (which then replaces x-mcp-user/x-mcp-groups)?"""
+        return isinstance(self.by_server.get(server), GatewayAssertion)
+
+    def serves_jwks(self, path: str) -> bool:
+        """Is this request for the gateway's JWKS (only when some server gets identity assertions)?"""
+        return bool(self.jwks["keys"]) and path.split("?", 1)[0] == JWKS_PATH
+
+    async def headers_for(self, principal: Principal | None, server: str, ctx: ExchangeContext) -> dict[str, str]:
+        """The headers the request toward ``server`` gets (none for a server without ``upstream_auth``)."""
+        creds = self.by_server.get(server)
+        return {} if creds is None else await creds.headers_for(principal, server, ctx)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
