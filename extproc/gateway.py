@@ -16,6 +16,7 @@ from extproc.ports import Authenticator, EventSink, PolicySource
 from extproc.routing import Router
 from extproc.runtime import ExchangeOptions, compile_options
 from extproc.settings import Settings
+from extproc.tools.surface import Surface
 
 
 def exchange_ids() -> Callable[[], str]:
@@ -39,6 +40,7 @@ class Gateway:
     runs: RunTracker = field(default_factory=lambda: RunTracker(300.0))  # recording units of stateless traffic
     reviewer: Reviewer | None = None  # Kubernetes SubjectAccessReviews for rules that require them
     grants: GrantSource | None = None  # signed just-in-time grants
+    surface: Surface | None = None  # tool-surface integrity: pins, screens, what each unit was shown
     overload: LagMonitor = field(default_factory=lambda: LagMonitor(0.0))  # load shedding (off unless built)
     clock: Callable[[], float] = time.time
     new_id: Callable[[], str] = field(default_factory=lambda: exchange_ids())

@@ -32,6 +32,7 @@ from extproc.policy.loader import PolicyWatcher
 from extproc.recording.setup import build_runtime
 from extproc.routing import Router
 from extproc.settings import Settings
+from extproc.tools.surface import build_surface
 
 log = logging.getLogger(__name__)
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -147,6 +148,7 @@ async def serve(
         gw.metrics.watch(recording.recorder, policy, auth)
         gw.reviewer = sar.from_settings(settings.kubernetes)
         gw.grants = grant_store(settings)
+        gw.surface = build_surface(settings)
         log.info("recording as writer %s", recording.recorder.writer_id)
         if settings.processor.metrics_port is not None:
             port = settings.processor.metrics_port + worker

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -82,8 +83,10 @@ def filter_body(
     body: bytes,
     sse: bool,
     facts: Facts | None = None,
+    review: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> tuple[bytes, list[tuple[str, Any, list[str]]]]:
-    """Rewrite list results in a whole response body (JSON or SSE); returns the body and what was hidden."""
+    """Rewrite list results in a whole response body (JSON or SSE); returns the body and what was hidden.
+    ``review`` (tool-surface integrity, extproc/tools/) sees each list result first, before the caller's filter."""
     hidden: list[tuple[str, Any, list[str]]] = []
 
     def rewrite(msg: Any) -> Any:
@@ -94,8 +97,11 @@ def filter_body(
         method = lists.get(json.dumps(msg.get("id")))
         if method is None:
             return msg
-        result = filter_list(policy, who, server, method, msg["result"], facts)
-        listing = LISTINGS[method]
+        reviewed = review(method, msg["result"]) if review is not None else msg["result"]
+        result = filter_list(policy, who, server, method, reviewed, facts)
+        listing = LISTINGS.get(method)
+        if listing is None:  # not filtered per caller (resource templates): reviewed only
+            return {**msg, "result": private(result)} if result is not msg["result"] else msg
         before = [i.get(listing.item) for i in msg["result"].get(listing.key, []) if isinstance(i, dict)]
         after = {i.get(listing.item) for i in result.get(listing.key, []) if isinstance(i, dict)}
         hidden.append((method, msg.get("id"), [str(n) for n in before if n not in after]))

@@ -238,3 +238,28 @@ class Surface:
                 what = f"{pin.kind} {pin.name!r} changed since pinned, not approved ({pin.candidate.fingerprint})"
                 return f"server {server!r} blocked: {what}" if action == "block" else what
         return None
+
+
+def build_surface(settings: Any) -> Surface:
+    """The processor's surface: pins in ``<recording.directory>/.pins`` signed with recording.signing_key; without a
+    signing key nothing can be pinned (a pin nobody can verify protects nothing), so only the screens apply."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from extproc.errors import ConfigError
+
+    key_path = settings.recording.signing_key
+    if key_path is None:
+        return Surface(None)
+    try:
+        private = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"pins: cannot load recording.signing_key {key_path}: {e}") from e
+    if not isinstance(private, Ed25519PrivateKey):
+        raise ConfigError(f"pins: recording.signing_key {key_path} is not an Ed25519 private key")
+    return Surface(PinStore(pins_directory(settings), private.public_key(), private))
+
+
+def pins_directory(settings: Any) -> Any:
+    """Where the pins live: beside the recordings."""
+    return settings.recording.directory / ".pins"

@@ -45,7 +45,10 @@ def test_round_trip(tmp_path: Path) -> None:
     loaded = pins.load_dir(tmp_path, KEY.public_key())
     assert loaded.problems == ()
     assert loaded.pins[("demo", "tool", "echo")] == pin.model_copy(
-        update={"key_id": loaded.pins[("demo", "tool", "echo")].key_id, "sig": loaded.pins[("demo", "tool", "echo")].sig}
+        update={
+            "key_id": loaded.pins[("demo", "tool", "echo")].key_id,
+            "sig": loaded.pins[("demo", "tool", "echo")].sig,
+        }
     )
 
 
