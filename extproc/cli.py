@@ -24,6 +24,7 @@ from extproc.errors import ConfigError
 from extproc.policy.cli import app as policy_app
 from extproc.policy.grant_cli import app as grant_app
 from extproc.recording.cli import store_app
+from extproc.tools.cli import app as pins_app
 
 app = typer.Typer(
     help="Envoy external processor that authenticates, authorizes and records MCP traffic.",
@@ -39,6 +40,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(store_app, name="store")
 app.add_typer(audit_app, name="audit")
 app.add_typer(grant_app, name="grant")
+app.add_typer(pins_app, name="pins")
 app.command("dev-issuer")(dev_issuer)
 app.command("token")(token)
 app.command("doctor")(doctor)

@@ -148,12 +148,14 @@ def reject(pin: PinFile, who: str, now: float) -> PinFile:
 class Loaded:
     pins: dict[tuple[str, str, str], PinFile]  # (server, kind, name) -> pin
     problems: tuple[str, ...]  # file:line: why a file was refused
+    refused: frozenset[str] = frozenset()  # "<server>/<file name>" of every refused file
 
 
 def load_server(directory: Path, server: str, public: Ed25519PublicKey) -> Loaded:
     """Every pin of one server, verified; refused files are listed with the reason."""
     pins: dict[tuple[str, str, str], PinFile] = {}
     problems: list[str] = []
+    refused: set[str] = set()
     folder = directory / server
     if not folder.is_dir():
         return Loaded({}, ())
@@ -166,27 +168,32 @@ def load_server(directory: Path, server: str, public: Ed25519PublicKey) -> Loade
             pin = validate(PinFile, doc, source, lines)
         except (ConfigError, OSError) as e:
             problems.extend(str(e).splitlines())
+            refused.add(f"{server}/{path.name}")
             continue
         why = verify_doc(public, pin)  # type: ignore[arg-type]
         if why is not None:
             problems.append(f"{source}:1: refused: {why}")
+            refused.add(f"{server}/{path.name}")
         elif pin.server != server or path.name != file_name(pin.kind, pin.name):
             problems.append(f"{source}:1: refused: file name or folder does not match {pin.kind} {pin.name!r}")
+            refused.add(f"{server}/{path.name}")
         else:
             pins[(pin.server, pin.kind, pin.name)] = pin
-    return Loaded(pins, tuple(problems))
+    return Loaded(pins, tuple(problems), frozenset(refused))
 
 
 def load_dir(directory: Path, public: Ed25519PublicKey) -> Loaded:
     """Every server's pins (for the CLI)."""
     pins: dict[tuple[str, str, str], PinFile] = {}
     problems: list[str] = []
+    refused: set[str] = set()
     if directory.is_dir():
         for folder in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
             loaded = load_server(directory, folder.name, public)
             pins.update(loaded.pins)
             problems.extend(loaded.problems)
-    return Loaded(pins, tuple(problems))
+            refused |= loaded.refused
+    return Loaded(pins, tuple(problems), frozenset(refused))
 
 
 def write(directory: Path, private: Ed25519PrivateKey, pin: PinFile) -> Path:
@@ -209,6 +216,7 @@ class PinStore:
     private: Ed25519PrivateKey | None  # None: read-only (pins are then never written; new items stay unpinned)
     pins: dict[tuple[str, str, str], PinFile] = field(default_factory=dict)
     _pending: dict[str, tuple[PinFile, ...]] = field(default_factory=dict)  # server -> pins with a candidate
+    _refused: dict[str, frozenset[str]] = field(default_factory=dict)  # server -> refused "<server>/<file>"
     _seen: dict[str, int] = field(default_factory=dict)
 
     def _stamp(self, server: str) -> int:
@@ -236,6 +244,7 @@ class PinStore:
         for key in [k for k in self.pins if k[0] == server]:
             del self.pins[key]
         self.pins.update(loaded.pins)
+        self._refused[server] = loaded.refused
         self._seen[server] = stamp
         self._reindex(server)
         for p in loaded.problems:
@@ -246,6 +255,12 @@ class PinStore:
 
     def get(self, server: str, kind: str, name: str) -> PinFile | None:
         return self.pins.get((server, kind, name))
+
+    def forged(self, server: str, kind: str, name: str) -> bool:
+        """True when the item's pin file exists but was refused (unsigned, edited, another key): it is never
+        overwritten (it is evidence), and the item is judged as changed until someone removes the file."""
+        refused = self._refused.get(server)
+        return bool(refused) and f"{server}/{file_name(kind, name)}" in refused  # type: ignore[operator]
 
     def pending(self, server: str) -> tuple[PinFile, ...]:
         """Pins of ``server`` with a change waiting for a person."""

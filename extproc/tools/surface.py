@@ -148,6 +148,8 @@ class Surface:
             return None
         pin = self.pins.get(server, kind, name) if self.pins is not None else None
         standing = judge(pin, fp) if self.pins is not None else "unpinned"
+        if self.pins is not None and pin is None and self.pins.forged(server, kind, name):
+            standing = "forged"  # a pin file is there but nobody signed it: fail closed, keep it as evidence
         findings = scan(item, cross)
         verdict: Withheld | None = None
         out: dict[str, Any] = item
@@ -163,6 +165,14 @@ class Surface:
                 verdict = Withheld("block", f"{f.screen} screen: {f.rule} at {f.path}", fp, False)
         if standing == "new" and self.pins is not None:
             review.pins.append(first_pin(server, kind, name, item, fp, now))
+        elif standing == "forged":
+            if settings.on_change != "alarm":
+                reason = f"{kind} {name!r}: its pin file is not signed by this gateway's key (refused)"
+                verdict = Withheld("block" if settings.on_change == "block" else "hide", reason, fp, False)
+            review.events.append(
+                DefinitionChanged(server=server, kind=kind, name=name, old="forged-pin", new=fp,
+                                  decision=settings.on_change, rule=settings.source)
+            )  # fmt: skip
         elif standing in ("changed", "rejected") and pin is not None:
             decision = "rejected" if standing == "rejected" else settings.on_change
             if standing == "changed":

@@ -28,7 +28,7 @@ def test_invisible_found_with_span(text: str, rule: str) -> None:
     first = found[0]
     assert all(not ch.isprintable() or ord(ch) >= 0xE0000 or ch in "\u200b\ufeff\u202e\u2066\u2069"
                for ch in text[first.start:first.end])  # fmt: skip
-    assert strip_invisible(text) == "".join(c for c in text if c.isascii() and c.isprintable() or c.isalpha())
+    assert strip_invisible(text) == "".join(c for c in text if (c.isascii() and c.isprintable()) or c.isalpha())
 
 
 def test_tag_smuggled_instructions_are_decoded_and_screened() -> None:

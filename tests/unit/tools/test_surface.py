@@ -151,5 +151,5 @@ def test_integrity_validation_errors(policy) -> None:  # type: ignore[no-untyped
         policy("integrity:\n  - servers: [demo]\n    screens: {instructions: strip}\n")
     with pytest.raises(ConfigError, match="on_change"):
         policy("integrity:\n  - servers: [demo]\n    on_change: ignore\n")
-    with pytest.raises(ConfigError, match="not defined in gateway.yaml"):
+    with pytest.raises(ConfigError, match=r"not defined in gateway\.yaml"):
         policy("integrity:\n  - servers: [nosuch]\n")
