@@ -78,6 +78,11 @@ async def test_rug_pull_caught_in_each_mode(start_mcp_server, start_authed, issu
         assert "echo" in {t.name for t in (await conn.client.list_tools()).tools}
         units = list(conn.runs) if client == "auto" else [recording_key(conn.session_id)]
     gw.stop()
+    for unit in units:  # sessions verify proves each call's fingerprint names a recorded definition hashing to it
+        cmd = [sys.executable, "-m", "extproc", "sessions", "verify", unit, "--config", str(gw.stack.config)]
+        verified = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert gw.session(unit).problems == []
     events = [e for u in units for e in gw.session(u).events]
     changed = [e for e in events if e["type"] == "definition.changed"]
     assert changed and changed[0]["decision"] == mode and changed[0]["name"] == "echo"
