@@ -103,11 +103,12 @@ def judge(pin: PinFile | None, fp: str) -> Judgement:
 
 
 def first_pin(server: str, kind: str, name: str, definition: dict[str, Any], fp: str, now: float) -> PinFile:
-    """The pin of a definition seen for the first time."""
-    return PinFile(
+    """The pin of a definition seen for the first time (built from values just computed: not re-validated, the
+    hash check is for files read back)."""
+    return PinFile.model_construct(
         server=server, kind=kind, name=name, fingerprint=fp, definition=definition,
         first_seen=now, pinned_at=now, approved_by=FIRST_SEEN,
-    )  # type: ignore[arg-type]  # fmt: skip
+    )  # fmt: skip
 
 
 def with_candidate(pin: PinFile, definition: dict[str, Any], fp: str, now: float) -> PinFile:

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import ahocorasick_rs
+
 SCREENS = ("invisible", "instructions", "cross_server")
 
 # rule name -> character class. Tag characters first: the most common smuggling channel.
@@ -51,6 +53,31 @@ INSTRUCTION_PATTERNS: dict[str, str] = {
 _INSTRUCTIONS = re.compile(
     "|".join(f"(?P<{name.replace('-', '_')}>{p})" for name, p in INSTRUCTION_PATTERNS.items()), re.IGNORECASE
 )
+# Every instruction pattern starts with one of these (lower case). One Aho-Corasick pass finds where they occur and
+# the patterns are tried there only, anchored: a 500-tool list costs a few ms instead of ~40 ms for the patterns
+# tried at every position. A test holds the fast path equal to a full search.
+STARTS = ("<", "[", "ignore", "disregard", "forget", "override", "do", "never", "without", "you", "new", "from",
+          "~/", "id_", "mcp.")  # fmt: skip
+_STARTS = ahocorasick_rs.AhoCorasick(STARTS)
+
+
+def instructions(text: str) -> list[re.Match[str]]:
+    """Non-overlapping instruction-marker matches in ``text``, leftmost first (as ``finditer`` would give)."""
+    low = text.lower()
+    if len(low) != len(text):  # a character whose lower case is longer: offsets would drift, search it all
+        return list(_INSTRUCTIONS.finditer(text))
+    out: list[re.Match[str]] = []
+    end = 0
+    for _, start, _ in _STARTS.find_matches_as_indexes(low):
+        if start < end:
+            continue
+        m = _INSTRUCTIONS.match(text, start)
+        if m is not None and m.end() > m.start():
+            out.append(m)
+            end = m.end()
+    return out
+
+
 _DISTINCTIVE = re.compile(r"[_\-./0-9]|[a-z][A-Z]")
 _TEXT_KEYS = frozenset({"description", "title"})
 
@@ -70,20 +97,53 @@ class Finding:
         return asdict(self)
 
 
-def cross_server_pattern(names: Iterable[str]) -> re.Pattern[str] | None:
+class CrossNames:
+    """Other servers' distinctive tool names, found as whole words (not inside a longer name) in one
+    Aho-Corasick pass, leftmost-longest."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self._ac = ahocorasick_rs.AhoCorasick(names, matchkind=ahocorasick_rs.MatchKind.LeftmostLongest)
+
+    def finditer(self, text: str) -> list[tuple[int, int]]:
+        out = []
+        for _, start, end in self._ac.find_matches_as_indexes(text):
+            before = text[start - 1] if start > 0 else " "
+            after = text[end] if end < len(text) else " "
+            if not (before.isalnum() or before in "_-") and not (after.isalnum() or after in "_-"):
+                out.append((start, end))
+        return out
+
+
+def cross_server_pattern(names: Iterable[str]) -> CrossNames | None:
     """A matcher for the distinctive tool names of other servers (None when there is none)."""
-    picked = sorted({n for n in names if isinstance(n, str) and len(n) >= 3 and _DISTINCTIVE.search(n)}, key=len)
-    if not picked:
-        return None
-    alternatives = "|".join(re.escape(n) for n in reversed(picked))  # longest first
-    return re.compile(rf"(?<![\w-])(?:{alternatives})(?![\w-])")
+    picked = sorted({n for n in names if isinstance(n, str) and len(n) >= 3 and _DISTINCTIVE.search(n)})
+    return CrossNames(picked) if picked else None
 
 
-def scan(definition: Any, cross: re.Pattern[str] | None = None) -> list[Finding]:
+def scan(definition: Any, cross: CrossNames | None = None) -> list[Finding]:
     """Every finding of every screen in one definition (strings and object keys, recursively)."""
+    texts: list[str] = []
+    _collect(definition, texts)
+    joined = "\x00".join(texts)  # one pass over all of it first: most definitions have nothing to find
+    if not (_INVISIBLE.search(joined) or instructions(joined) or (cross is not None and cross.finditer(joined))):
+        return []
     found: list[Finding] = []
     _walk(definition, "", cross, found, None)
     return found
+
+
+def _collect(node: Any, texts: list[str]) -> None:
+    if isinstance(node, str):
+        texts.append(node)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            if isinstance(k, str):
+                texts.append(k)
+            _collect(v, texts)
+    elif isinstance(node, list):
+        for v in node:
+            _collect(v, texts)
 
 
 def strip_invisible(definition: Any) -> Any:
@@ -100,7 +160,7 @@ def strip_invisible(definition: Any) -> Any:
     return definition
 
 
-def _walk(node: Any, path: str, cross: re.Pattern[str] | None, found: list[Finding], key: str | None) -> None:
+def _walk(node: Any, path: str, cross: CrossNames | None, found: list[Finding], key: str | None) -> None:
     if isinstance(node, str):
         _text(node, path, cross if key in _TEXT_KEYS else None, found)
     elif isinstance(node, dict):
@@ -114,7 +174,7 @@ def _walk(node: Any, path: str, cross: re.Pattern[str] | None, found: list[Findi
             _walk(v, f"{path}/{i}", cross, found, key)
 
 
-def _text(text: str, path: str, cross: re.Pattern[str] | None, found: list[Finding]) -> None:
+def _text(text: str, path: str, cross: CrossNames | None, found: list[Finding]) -> None:
     # Instruction and cross-server spans are offsets in the text with invisible characters removed (what a
     # reviewer sees); ASCII smuggled in tag characters is decoded and screened too (path suffix "#tags").
     text_seen = text
@@ -124,12 +184,12 @@ def _text(text: str, path: str, cross: re.Pattern[str] | None, found: list[Findi
         smuggled = "".join(chr(ord(c) - 0xE0000) for c in text if 0xE0020 <= ord(c) <= 0xE007E)
         if smuggled:
             _text(smuggled, path + "#tags", cross, found)
-    for m in _INSTRUCTIONS.finditer(text_seen):
+    for m in instructions(text_seen):
         rule = (m.lastgroup or "").replace("_", "-")
         found.append(Finding("instructions", rule, path, m.start(), m.end(), m.group(0)[:80]))
     if cross is not None:
-        for m in cross.finditer(text_seen):
-            found.append(Finding("cross_server", "other-server-tool", path, m.start(), m.end(), m.group(0)[:80]))
+        for start, end in cross.finditer(text_seen):
+            found.append(Finding("cross_server", "other-server-tool", path, start, end, text_seen[start:end][:80]))
 
 
 def _invisible(text: str, path: str, found: list[Finding]) -> None:

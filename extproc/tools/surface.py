@@ -20,18 +20,20 @@ hidden or blocking and why (shared by every caller: it is the server's surface, 
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from extproc.policy.compiled import CompiledPolicy
 from extproc.recording.events import DefinitionChanged, Event, ToolDefinition
 from extproc.tools.fingerprint import BY_USE, KINDS, DefinitionError, fingerprint
 from extproc.tools.pins import PinFile, PinStore, first_pin, judge, with_candidate
-from extproc.tools.screens import cross_server_pattern, scan, strip_invisible
+from extproc.tools.screens import CrossNames, Finding, cross_server_pattern, scan, strip_invisible
 
 MAX_UNITS = 10_000
+MAX_KNOWN = 50_000  # definitions whose fingerprint and findings are remembered (a server re-lists the same ones)
 Key = tuple[str, str]  # (kind, name)
 
 
@@ -72,8 +74,11 @@ class Surface:
     # server -> (kind, name) -> why withheld, from the last list that had the item
     withheld: dict[str, dict[Key, Withheld]] = field(default_factory=dict)
     names: dict[str, frozenset[str]] = field(default_factory=dict)  # server -> its tool names (cross-server screen)
-    _cross: dict[str, tuple[int, re.Pattern[str] | None]] = field(default_factory=dict)
+    _cross: dict[str, tuple[int, CrossNames | None]] = field(default_factory=dict)
     _version: int = 0
+    # (the item's orjson bytes, cross-server names version) -> (fingerprint, findings). Equal bytes are an equal
+    # JSON value, so an equal canonical form: the fingerprint is computed by rfc8785 once per distinct definition.
+    _known: dict[tuple[bytes, int], tuple[str, list[Finding]]] = field(default_factory=dict)
 
     def unit(self, unit: str) -> Shown:
         shown = self.units.get(unit)
@@ -85,7 +90,7 @@ class Surface:
             self.units.move_to_end(unit)
         return shown
 
-    def cross(self, server: str) -> re.Pattern[str] | None:
+    def cross(self, server: str) -> CrossNames | None:
         """The other servers' distinctive tool names, compiled once per change of what is known."""
         cached = self._cross.get(server)
         if cached is not None and cached[0] == self._version:
@@ -136,13 +141,13 @@ class Surface:
         item: dict[str, Any],
         shown: Shown,
         withheld: dict[Key, Withheld],
-        cross: re.Pattern[str] | None,
+        cross: CrossNames | None,
         now: float,
         review: ListReview,
     ) -> dict[str, Any] | None:
         settings = policy.integrity(server, name)
         try:
-            fp = fingerprint(item)
+            fp, findings = self._examine(item, cross)
         except DefinitionError as e:  # no canonical form: nothing can be pinned or proven about it
             withheld[(kind, name)] = Withheld("hide", str(e), "", False)
             return None
@@ -150,7 +155,6 @@ class Surface:
         standing = judge(pin, fp) if self.pins is not None else "unpinned"
         if self.pins is not None and pin is None and self.pins.forged(server, kind, name):
             standing = "forged"  # a pin file is there but nobody signed it: fail closed, keep it as evidence
-        findings = scan(item, cross)
         verdict: Withheld | None = None
         out: dict[str, Any] = item
         records: list[dict[str, Any]] = []
@@ -202,6 +206,22 @@ class Surface:
         withheld.pop((kind, name), None)
         shown.last[(server, kind, name)] = (fp, now)
         return out
+
+    def _examine(self, item: dict[str, Any], cross: CrossNames | None) -> tuple[str, list[Finding]]:
+        """Fingerprint and screen findings of one item, remembered per distinct definition."""
+        try:
+            key: tuple[bytes, int] | None = (orjson.dumps(item), self._version if cross is not None else -1)
+        except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits: computed, not remembered
+            key = None
+        known = self._known.get(key) if key is not None else None
+        if known is not None:
+            return known
+        result = fingerprint(item), scan(item, cross)
+        if key is not None:
+            if len(self._known) >= MAX_KNOWN:
+                self._known.clear()
+            self._known[key] = result
+        return result
 
     def check_call(
         self, policy: CompiledPolicy, server: str, method: str, name: str | None, unit: str | None
