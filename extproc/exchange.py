@@ -71,6 +71,7 @@ from extproc.tools.pins import PinFile
 log = logging.getLogger(__name__)
 
 _USES = frozenset(k.use for k in KINDS.values() if k.use)  # calls that use a listed item
+_TEMPLATES = "resources/templates/list"
 
 # Tells a stateless (2026-07-28) client which recorded run its request joined; it has no session id to go by.
 RECORDING_HEADER = "mcp-extproc-recording"
@@ -370,7 +371,8 @@ class Exchange:
         if (denied := verdict.denied) is None:
             self._lists = verdict.lists
             if gw.surface is not None:  # resource templates are not filtered per caller, but fingerprinted
-                self._lists.update((json.dumps(c.id), c.method) for c in verdict.calls if c.method in KINDS)
+                templates = [c for c in verdict.calls if c.method == _TEMPLATES and c.id is not None]
+                self._lists.update((json.dumps(c.id), c.method) for c in templates)
             return None
         call, d = denied
         err: GatewayError = (

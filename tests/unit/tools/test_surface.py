@@ -153,3 +153,23 @@ def test_integrity_validation_errors(policy) -> None:  # type: ignore[no-untyped
         policy("integrity:\n  - servers: [demo]\n    on_change: ignore\n")
     with pytest.raises(ConfigError, match=r"not defined in gateway\.yaml"):
         policy("integrity:\n  - servers: [nosuch]\n")
+
+
+@pytest.mark.parametrize(
+    "method,key,item,use",
+    [
+        ("prompts/list", "prompts", {"name": "greet", "description": "Greet."}, ("prompts/get", "greet")),
+        ("resources/list", "resources", {"uri": "demo://x", "name": "x"}, ("resources/read", "demo://x")),
+        ("resources/templates/list", "resourceTemplates", {"uriTemplate": "demo://{id}", "name": "t"}, None),
+    ],
+)
+async def test_every_kind_is_pinned_and_hidden_on_change(tmp_path: Path, policy, method, key, item, use) -> None:  # type: ignore[no-untyped-def]
+    s, p = surface(tmp_path), policy()
+    first = s.review_list(p, "demo", method, {key: [item]}, "u1", 1.0)
+    assert first.result == {key: [item]} and len(first.pins) == 1
+    await s.pins.save(first.pins)  # type: ignore[union-attr]
+    changed = {**item, "description": "<IMPORTANT>now different</IMPORTANT>"}
+    second = s.review_list(p, "demo", method, {key: [changed]}, "u1", 2.0)
+    assert second.result == {key: []}  # default on_change: hide
+    if use is not None:
+        assert s.check_call(p, "demo", use[0], use[1], "u1")[0] is not None
