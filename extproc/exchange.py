@@ -395,7 +395,7 @@ class Exchange:
         surface = self.gw.surface
         if surface is None or self.policy is None or not any(c.method in _USES for c in calls):
             return None, {}
-        if surface.pins is not None:
+        if surface.pins is not None and surface.needs_pins(self.server_name):
             await surface.pins.refresh(self.server_name)  # one stat: an approval counts at once
         shown: dict[int, dict[str, Any]] = {}
         refused = None

@@ -207,6 +207,13 @@ class Surface:
         shown.last[(server, kind, name)] = (fp, now)
         return out
 
+    def needs_pins(self, server: str) -> bool:
+        """Whether a call to ``server`` must look at the pins first (one stat): only while something of it is
+        withheld (an approval lifts it) or before this processor listed it. Otherwise a call costs dict lookups; a
+        change another replica saw counts here from this processor's next list of the server."""
+        withheld = self.withheld.get(server)
+        return self.pins is not None and (withheld is None or bool(withheld))
+
     def _examine(self, item: dict[str, Any], cross: CrossNames | None) -> tuple[str, list[Finding]]:
         """Fingerprint and screen findings of one item, remembered per distinct definition."""
         try:

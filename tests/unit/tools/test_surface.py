@@ -173,3 +173,12 @@ async def test_every_kind_is_pinned_and_hidden_on_change(tmp_path: Path, policy,
     assert second.result == {key: []}  # default on_change: hide
     if use is not None:
         assert s.check_call(p, "demo", use[0], use[1], "u1")[0] is not None
+
+
+async def test_a_clean_server_needs_no_pin_lookup_per_call(tmp_path: Path, policy) -> None:  # type: ignore[no-untyped-def]
+    s, p = surface(tmp_path), policy()
+    assert s.needs_pins("demo")  # never listed here: the pins may say something is pending
+    await listed(s, p, [ECHO])
+    assert not s.needs_pins("demo")  # listed, nothing withheld: a call is dict lookups only
+    await listed(s, p, [ECHO2])
+    assert s.needs_pins("demo")  # echo withheld: an approval must count at once
