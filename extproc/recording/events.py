@@ -188,7 +188,7 @@ class ToolDefinition(Event):
     name: str = ""
     fingerprint: str = ""
     definition: dict[str, Any] = field(default_factory=dict)
-    pin: str = ""  # new | same | changed | rejected | unpinned
+    pin: str = ""  # new | same | changed | rejected | forged (its pin file refused) | unpinned (no signing key)
     shown: bool = True  # False: hidden from the caller (changed, rejected, or a screen)
     findings: list[dict[str, Any]] = field(default_factory=list)  # screen, rule, path, span, and what was done
 

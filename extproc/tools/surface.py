@@ -152,7 +152,7 @@ class Surface:
             withheld[(kind, name)] = Withheld("hide", str(e), "", False)
             return None
         pin = self.pins.get(server, kind, name) if self.pins is not None else None
-        standing = judge(pin, fp) if self.pins is not None else "unpinned"
+        standing: str = judge(pin, fp) if self.pins is not None else "unpinned"
         if self.pins is not None and pin is None and self.pins.forged(server, kind, name):
             standing = "forged"  # a pin file is there but nobody signed it: fail closed, keep it as evidence
         verdict: Withheld | None = None
@@ -258,7 +258,7 @@ class Surface:
                 }  # fmt: skip
         elif withheld is None and self.pins is not None and (why := self._pending(policy, server, kind.name, name)):
             return why, {"kind": kind.name, "name": name, "withheld": "pending"}
-        last = self.units[unit].last.get((server, kind.name, name)) if unit in self.units else None
+        last = self.units[unit].last.get((server, kind.name, name)) if unit is not None and unit in self.units else None
         if last is None:
             return None, {"kind": kind.name, "name": name, "fingerprint": approved, "listed": False}
         record = {"kind": kind.name, "name": name, "fingerprint": last[0], "listed_at": last[1]}
