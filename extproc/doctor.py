@@ -7,6 +7,7 @@ except a config that does not load (nothing else can be checked without it). Exi
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import tempfile
 import time
@@ -20,7 +21,7 @@ import httpx
 import typer
 
 from extproc.errors import ConfigError
-from extproc.settings import Settings
+from extproc.settings import Server, Settings, split_hostport
 
 Status = Literal["ok", "warn", "fail", "skip"]
 TIMEOUT = 5.0
@@ -278,6 +279,74 @@ def check_metrics(s: Settings) -> Iterator[Check]:
             yield _ok(f"metrics {worker}", url)
 
 
+def _upstreams(s: Settings) -> Iterator[tuple[str, str, str, Server]]:
+    """(check name, host:port, MCP path, server) for each upstream: a server's own, or each of its backends."""
+    for srv in s.servers:
+        if srv.upstream is not None:
+            yield f"upstream {srv.name}", srv.upstream, srv.path, srv
+        for b in srv.backends or []:
+            yield f"upstream {srv.name}/{b.name}", b.upstream, b.path or srv.path, srv
+
+
+def check_upstreams(s: Settings) -> Iterator[Check]:
+    """Each MCP server the gateway routes to: a TCP connect, then one GET of its MCP path.
+
+    Any HTTP answer below 500 passes (an MCP server answers a bare GET with 400, 405 or an SSE stream): it proves
+    a web server listens there, which is what the gateway needs before a client's call can reach it.
+    """
+    for name, upstream, path, srv in _upstreams(s):
+        host, port = split_hostport(upstream)
+        hint = f"start MCP server {srv.name!r} at {upstream}, or fix servers[].upstream (a firewall? the wrong port?)"
+        try:
+            socket.create_connection((host, port), timeout=TIMEOUT).close()
+        except OSError as e:
+            yield _fail(name, f"{upstream}: TCP connect failed: {e.strerror or type(e).__name__}", hint)
+            continue
+        yield _http_probe(name, upstream, path, srv, hint)
+
+
+def _http_probe(name: str, upstream: str, path: str, srv: Server, hint: str) -> Check:
+    host, port = split_hostport(upstream)
+    scheme = "https" if srv.tls else "http"
+    url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}{path}"
+    verify: bool | str = not srv.tls_insecure_skip_verify and (str(srv.tls_ca_file) if srv.tls_ca_file else True)
+    headers = {"accept": "text/event-stream"}
+    if srv.host not in ("upstream", "client"):  # the literal Host the gateway sends (else the upstream's own)
+        headers["host"] = srv.host
+    extensions = {"sni_hostname": srv.tls_server_name} if srv.tls and srv.tls_server_name else {}
+    try:
+        with httpx.Client(timeout=TIMEOUT, verify=verify, follow_redirects=False) as http:
+            with http.stream("GET", url, headers=headers, extensions=extensions) as r:
+                status = r.status_code  # headers only: a 200 here is an SSE stream that would not end
+    except httpx.HTTPError as e:
+        return _fail(name, f"{upstream}: TCP connects, but GET {path} failed: {type(e).__name__}: {e}", hint)
+    if status >= 500:
+        return _fail(name, f"{upstream}: GET {path} answered {status}", f"see MCP server {srv.name!r}'s log")
+    return _ok(name, f"{upstream}: TCP connect, GET {path} answered {status}")
+
+
+def check_audit(s: Settings) -> Iterator[Check]:
+    """The audit service, when configured: it answers its OpenAPI document (no login needed) on its port."""
+    audit = s.audit
+    if audit is None:
+        return
+    url = f"http://{audit.address}:{audit.port}{audit.prefix}api/openapi.json"
+    try:
+        r = httpx.get(url, timeout=TIMEOUT)
+        ok = r.status_code == 200 and "openapi" in r.json()
+        why = f"answered {r.status_code}"
+    except (httpx.HTTPError, ValueError) as e:
+        ok, why = False, f"{type(e).__name__}: {e}"
+    if ok:
+        yield _ok("audit service", f"{url}: answers")
+    else:
+        yield _fail(
+            "audit service",
+            f"{url}: {why}",
+            "start it: mcp-extproc audit --config gateway.yaml (up starts it when audit: is set); see its log",
+        )
+
+
 def run_checks(config: Path, running: bool = True) -> list[Check]:
     """Every check, in the order a start-up needs them; ``running`` adds the live processor and metrics."""
     first, s = check_config(config)
@@ -291,7 +360,7 @@ def run_checks(config: Path, running: bool = True) -> list[Check]:
         check_envoy,
     ]
     if running:
-        steps += [check_processor, check_metrics]
+        steps += [check_processor, check_metrics, check_upstreams, check_audit]
     out = [first]
     for step in steps:
         result = step(s)
@@ -306,10 +375,14 @@ def doctor(
     config: Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml")] = Path("gateway.yaml"),
     json_out: Annotated[bool, typer.Option("--json", help="one JSON document for automation")] = False,
     offline: Annotated[
-        bool, typer.Option("--offline", help="skip the running processor and metrics checks (before start-up)")
+        bool,
+        typer.Option(
+            "--offline", help="skip the running processor, metrics, upstream and audit checks (before start-up)"
+        ),
     ] = False,
 ) -> None:
-    """Check config, policies, issuers, store, keys, Envoy, processor and metrics; exit 1 if anything fails."""
+    """Check config, policies, issuers, store, keys, Envoy, processor, metrics, upstream MCP servers and the audit
+    service; exit 1 if anything fails."""
     from rich.console import Console
 
     started = time.monotonic()

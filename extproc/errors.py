@@ -145,7 +145,18 @@ class WrongAudience(TokenError):
 
 
 class WrongIssuer(TokenError):
+    """The token's ``iss`` is none of the configured issuers. The client reads its own token's issuer back; the
+    log (the exception text) also names the trusted ones, which are configuration and stay inside."""
+
     client_message = "token issuer is not trusted"
+
+    def __init__(self, issuer: str | None = None, trusted: tuple[str, ...] = ()) -> None:
+        if issuer is None:
+            GatewayError.__init__(self, self.client_message)
+            return
+        named = repr(issuer[:200])  # the caller's own claim: safe to echo, shortened (it is attacker-chosen)
+        GatewayError.__init__(self, f"token issuer {named} is not trusted; trusted: {', '.join(trusted) or 'none'}")
+        self.client_message = f"token issuer {named} is not trusted"
 
 
 class BadSignature(TokenError):

@@ -146,6 +146,17 @@ def envoy_command(bootstrap: Path, edge: settings_mod.Edge, log_level: str = "wa
     ]
 
 
+def run_until(stack: Stack, stopped: Callable[[], bool], tick: Callable[[], None] | None = None) -> None:
+    """The supervisor loop of `up` and `demo --keep`: until ``stopped()``, restart processors that die
+    (``Stack.supervise``) and call ``tick`` (the demo's live feed). Raises RuntimeError when Envoy died."""
+    while not stopped():
+        time.sleep(0.2)  # a supervisor's poll; the signal handler only sets a flag
+        if tick is not None:
+            tick()
+        if not stopped():
+            stack.supervise()
+
+
 def free_port(block: int = 1) -> int:
     """A TCP port free on loopback right now (for tests and the demo); with ``block``, the first of that many
     consecutive free ports (processor workers listen on the port, the port + 1, …)."""
@@ -214,7 +225,8 @@ class Stack:
         for worker in range(s.processor.workers):
             self._wait_worker(worker)
         if s.audit is not None:
-            self.audit = subprocess.Popen(audit_command(self.config), stdout=out, stderr=out)
+            # Its own process group, like the other parts: a Ctrl-C reaches only the launcher, which stops it last.
+            self.audit = subprocess.Popen(audit_command(self.config), stdout=out, stderr=out, process_group=0)
             address = f"{s.audit.address}:{s.audit.port}"
             wait_until(lambda: self._alive() and can_connect(address), 30, "the audit service")
         bootstrap = self.workdir / "envoy.yaml"

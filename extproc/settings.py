@@ -408,7 +408,9 @@ class Audit(_Model):
     prefix: str = "/audit/"  # its public path behind the gateway's listener
     address: str = "127.0.0.1"
     port: Port = 8090
-    client_id: str | None = None  # OIDC client of the web viewer (Authorization Code + PKCE)
+    # OIDC client of the web viewer (Authorization Code + PKCE). None: web login off, the viewer says how to turn it on
+    # (no default id: an IdP only knows the clients registered with it; the dev issuer accepts any name)
+    client_id: str | None = None
     client_secret_file: Path | None = None  # a confidential client's secret, read from this file
     login_issuer: str | None = None  # which configured issuer the web viewer logs in with; default: the first
     index: Path | None = None  # SQLite session index; default <recording.directory>/.audit-index.sqlite

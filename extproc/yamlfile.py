@@ -27,8 +27,7 @@ def parse_yaml(data: bytes, source: str) -> tuple[Any, dict[tuple[str, ...], int
         node = loader.get_single_node()
         doc = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as e:
-        line = e.problem_mark.line + 1 if e.problem_mark else 1
-        raise ConfigError(f"{source}:{line}: not valid YAML: {e.problem}") from None
+        raise ConfigError(f"{source}:{_syntax_error(e)}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}:1: not valid YAML: {e}") from None
     finally:
@@ -41,6 +40,20 @@ def parse_yaml(data: bytes, source: str) -> tuple[Any, dict[tuple[str, ...], int
     if errors:
         raise ConfigError("\n".join(errors))
     return doc, lines
+
+
+# Errors the scanner notices only where the next token starts, past blank and comment lines: a key missing its ':'
+# is reported at the next key, an unclosed quote at the end of the file. The context mark is the line to fix.
+_AT_CONTEXT = ("while scanning a simple key", "while scanning a quoted scalar")
+
+
+def _syntax_error(e: yaml.MarkedYAMLError) -> str:
+    """``line: not valid YAML: problem`` at the line that holds the mistake, with the parser's context."""
+    problem = e.problem_mark.line + 1 if e.problem_mark else 1
+    context = e.context_mark.line + 1 if e.context_mark else None
+    line = context if context is not None and e.context in _AT_CONTEXT else problem
+    where = f" ({e.context} at line {context})" if e.context and context is not None and context != line else ""
+    return f"{line}: not valid YAML: {e.problem}{where}"
 
 
 def _mark_lines(

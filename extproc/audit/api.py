@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import math
 import tarfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -33,14 +33,24 @@ from extproc.errors import AuthError
 from extproc.recording.replay import Session, load_session
 from extproc.recording.report import session_doc
 from extproc.recording.store import safe_key
+from extproc.timespec import parse_time
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[AuditContext, Request, Principal], Awaitable[Response]]
 LIST_PARAMS = ("server", "user", "since", "until", "state", "tool", "limit", "cursor")
 REPLAY_PARAMS = ("speed", "start")
 
 
-def audited(action: str, params: tuple[str, ...] = ()) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
-    """Identify the caller, run the handler, record the access (who, what, when, from where, result)."""
+def audited(
+    action: str, params: tuple[str, ...] = (), record_ok: bool = True
+) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """Identify the caller, run the handler, record the access (who, what, when, from where, result).
+
+    Every refusal is a JSON error on the trail: bad input 400, unknown or hidden 404, and anything unforeseen a
+    500 (logged with its stack) rather than a bare crash. ``record_ok=False``: only refusals are recorded (``me``
+    reads no recording).
+    """
 
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -54,9 +64,8 @@ def audited(action: str, params: tuple[str, ...] = ()) -> Callable[[Handler], Ca
                 unknown = sorted(set(request.query_params) - set(params))
                 who = await ctx.identify(request)
                 if unknown:
-                    raise ApiError(
-                        400, f"unknown parameter {unknown[0]!r}; known: {', '.join(params) or 'none'}", "bad_request"
-                    )
+                    known = ", ".join(params) or "none"
+                    raise ApiError(400, f"unknown parameter {unknown[0][:100]!r}; known: {known}", "bad_request")
                 response = await handler(ctx, request, who)
                 result, status = "ok", response.status_code
             except AuthError as e:
@@ -65,6 +74,11 @@ def audited(action: str, params: tuple[str, ...] = ()) -> Callable[[Handler], Ca
                 response, result, status = error_response(e.status, e.message), e.result, e.status
             except BadQuery as e:
                 response, result, status = error_response(400, str(e)), "bad_request", 400
+            except Exception:  # a bug, not the caller's fault: say so in JSON, keep the stack in the log
+                log.exception("audit %s %s failed", action, target)
+                response, result, status = error_response(500, "request failed (logged)"), "error", 500
+            if result == "ok" and not record_ok:
+                return response
             if not ctx.trail.record(who, client_of(request), action, target, query, result, status):
                 return error_response(503, "audit trail unavailable: nothing is served unrecorded")
             return response
@@ -112,22 +126,14 @@ def _text(request: Request, name: str) -> str | None:
 
 
 def _time(request: Request, name: str) -> float | None:
+    """The same forms as the CLI's ``--since`` (one parser: ``extproc.timespec``), ``24h`` included."""
     value = request.query_params.get(name)
     if value is None:
         return None
     try:
-        t = float(value)
-    except ValueError:
-        try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise BadQuery(f"{name}: expected an ISO 8601 time (2026-12-01T10:00:00Z) or Unix seconds") from None
-        if dt.tzinfo is None:
-            raise BadQuery(f"{name}: give a time zone (Z or +hh:mm)") from None
-        t = dt.timestamp()
-    if not math.isfinite(t) or t < 0:
-        raise BadQuery(f"{name}: must be a time after 1970")
-    return t
+        return parse_time(value[:200])
+    except ValueError as e:
+        raise BadQuery(f"{name}: {e}") from None
 
 
 def _number(request: Request, name: str, default: float, low: float, high: float) -> float:
@@ -150,7 +156,10 @@ async def list_sessions(ctx: AuditContext, request: Request, who: Principal) -> 
     if state is not None and state not in STATES:
         raise BadQuery(f"state: expected one of {', '.join(STATES)}")
     limit_text = request.query_params.get("limit", "50")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not (limit_text.isascii() and limit_text.isdigit() and len(limit_text) <= 6) or not (
+        1 <= int(limit_text) <= MAX_LIMIT
+    ):
         raise BadQuery(f"limit: expected a whole number from 1 to {MAX_LIMIT}")
     filters = Filters(
         server=_text(request, "server"),
@@ -164,7 +173,10 @@ async def list_sessions(ctx: AuditContext, request: Request, who: Principal) -> 
     rows, next_cursor = await asyncio.to_thread(
         ctx.index.query, ctx.grants(who), _ident(who), filters, cursor, int(limit_text)
     )
-    return JSONResponse({"sessions": [r.to_json() for r in rows], "next_cursor": next_cursor})
+    checked = ctx.public_key is not None  # the index verified each session with the configured key, if any
+    return JSONResponse(
+        {"sessions": [r.to_json() for r in rows], "next_cursor": next_cursor, "signatures_checked": checked}
+    )
 
 
 def _verification(session: Session) -> dict[str, Any]:
@@ -263,16 +275,12 @@ async def replay_stream(
     yield b"event: end\ndata: {}\n\n"
 
 
-async def me(request: Request) -> Response:
-    """Who the caller is and which viewer rules match (not an access to recordings: not on the trail)."""
+@audited("me", record_ok=False)
+async def me(ctx: AuditContext, request: Request, who: Principal) -> Response:
+    """Who the caller is and which viewer rules match (not an access to recordings: on the trail only if refused)."""
     from extproc.audit.authz import grant_names
     from extproc.audit.web import me_extra
 
-    ctx: AuditContext = request.app.state.ctx
-    try:
-        who = await ctx.identify(request)
-    except AuthError as e:
-        return auth_error_response(e, ctx.metadata_url)
     return JSONResponse(
         {
             "username": who.username,

@@ -64,23 +64,38 @@ def redrive_command(
         str | None, typer.Option("--token", envvar="MCP_EXTPROC_TOKEN", help="bearer token for --to")
     ] = None,
 ) -> None:
-    """Re-send a session's recorded requests, in order, in a fresh session; print per call identical or the diff."""
+    """Re-send a session's recorded requests, in order, in a fresh session; print per call identical or the diff.
+
+    Only requests the gateway allowed when recorded and today's policy (from --config) allows you are sent; every
+    other one is listed as skipped, with the reason."""
     import getpass
 
     from extproc.audit.redrive import redrive
     from extproc.authn.principal import Principal
-    from extproc.cli import _session, _store, console
+    from extproc.cli import _load, _session, _store, console
+    from extproc.errors import ConfigError
+    from extproc.policy.loader import load_policy
 
     session = _session(_store(config, dir), session_id)
     allowed = {t.strip() for t in allow_tools.split(",") if t.strip()}
+    user = getpass.getuser()
+    who = Principal(issuer="local-cli", subject=user, username=user)
+    policy = None
+    if config is not None:
+        settings = _load(config)
+        if settings.policy is not None:
+            try:
+                policy = load_policy(settings.policy.directory, {s.name for s in settings.servers})
+            except ConfigError as e:
+                console.print("[red]policy error: nothing re-driven[/red]")
+                console.print(str(e), highlight=False, markup=False)
+                raise typer.Exit(2) from None
     if config is not None:  # on the audit trail before anything is sent
-        user = getpass.getuser()
-        who = Principal(issuer="local-cli", subject=user, username=user)
         query = {"to": to[:200], "allow_tools": ",".join(sorted(allowed))[:200]}
         if not asyncio.run(_record(config, who, session.id, query)):
             console.print("[red]cannot write the audit trail; nothing re-driven[/red]")
             raise typer.Exit(1)
-    outcomes = redrive(session, to, allowed, token)
+    outcomes = redrive(session, to, allowed, token, policy=policy, operator=who)
     for o in outcomes:
         console.print(o.line(), highlight=False, markup=False, soft_wrap=True)
     if any(o.verdict in ("differs", "failed") for o in outcomes):

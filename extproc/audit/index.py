@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -33,16 +34,18 @@ log = logging.getLogger(__name__)
 
 STATES = ("complete", "incomplete", "open")
 MAX_LIMIT = 500
+WATERMARK_STEP = 3600.0  # seconds between watermark writes while nothing changes
+MAX_CURSOR = 512  # a cursor names a time and a key (at most 128 characters): ~220 characters in base64
 _COLUMNS = (
     "key, id, server, owner_issuer, owner_subject, user, started, ended, state, verified, final, exchanges, "
-    "events, tools"
+    "events, tools, denied"
 )
-_MARKS = ",".join("?" * 15)
+_MARKS = ",".join("?" * 16)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     key TEXT PRIMARY KEY, id TEXT, server TEXT, owner_issuer TEXT, owner_subject TEXT, user TEXT,
     started REAL, ended REAL, state TEXT, verified INTEGER, final INTEGER, exchanges INTEGER, events INTEGER,
-    tools TEXT, mark TEXT
+    tools TEXT, denied INTEGER, mark TEXT
 );
 CREATE TABLE IF NOT EXISTS session_tools (key TEXT, tool TEXT, PRIMARY KEY (tool, key)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tools_by_key ON session_tools (key);
@@ -53,6 +56,25 @@ CREATE INDEX IF NOT EXISTS by_user ON sessions (user, started DESC, key DESC);
 CREATE INDEX IF NOT EXISTS by_state ON sessions (state, started DESC, key DESC);
 CREATE INDEX IF NOT EXISTS by_owner ON sessions (owner_subject, started DESC, key DESC);
 """
+SCHEMA_VERSION = 1  # PRAGMA user_version; _migrate brings an older index up to it
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring an index written by an older version up to ``SCHEMA_VERSION`` in place; it keeps answering meanwhile.
+
+    1: ``denied`` (refused exchanges per session). Old rows get NULL (read as 0) and their marks are cleared, with
+    the watermark, so the next refresh re-reads every session from the store and fills the column in."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version >= SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    columns = {r[1] for r in db.execute("PRAGMA table_info(sessions)")}
+    if "denied" not in columns:
+        db.execute("ALTER TABLE sessions ADD COLUMN denied INTEGER")
+        db.execute("UPDATE sessions SET mark = ''")
+        db.execute("DELETE FROM meta WHERE name = 'watermark'")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    db.execute("COMMIT")
 
 
 class BadQuery(ValueError):
@@ -82,15 +104,18 @@ def encode_cursor(row: SessionRow) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
+    if not cursor or len(cursor) > MAX_CURSOR:
+        raise BadQuery("cursor is not one this service issued (copy next_cursor from the previous page)")
     try:
         doc = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):  # RecursionError: thousands of nested brackets
         raise BadQuery("cursor is not one this service issued (copy next_cursor from the previous page)") from None
     if (
         not isinstance(doc, list)
         or len(doc) != 2
         or not isinstance(doc[0], int | float)
         or isinstance(doc[0], bool)
+        or not math.isfinite(doc[0])
         or not isinstance(doc[1], str)
     ):
         raise BadQuery("cursor is not one this service issued (copy next_cursor from the previous page)")
@@ -108,7 +133,9 @@ class SessionIndex:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA journal_size_limit={1 << 20}")  # a checkpointed WAL shrinks back to 1 MB
         self._db.executescript(_SCHEMA)
+        _migrate(self._db)
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()
 
@@ -125,10 +152,14 @@ class SessionIndex:
                 marks = dict(self._db.execute("SELECT key, mark FROM sessions").fetchall())
                 watermark = self._db.execute("SELECT value FROM meta WHERE name = 'watermark'").fetchone()
             started = time.time()
-            changed = self._changes(marks, float(watermark[0]) if watermark else 0.0)
+            old = float(watermark[0]) if watermark else 0.0
+            changed = self._changes(marks, old)
             n = self._update(changed)
-            with self._lock:
-                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('watermark', ?)", (str(started),))
+            # Idle rounds write nothing: a watermark rewritten every round grew the WAL by a page per round. It
+            # only narrows the S3 listing to recent days (by the day), so moving it hourly is as good.
+            if n or started - old >= WATERMARK_STEP:
+                with self._lock:
+                    self._db.execute("INSERT OR REPLACE INTO meta VALUES ('watermark', ?)", (str(started),))
             return n
 
     def reindex(self) -> int:
@@ -167,7 +198,7 @@ class SessionIndex:
         values = [
             (
                 r.key, r.id, r.server, r.owner_issuer, r.owner_subject, r.user, r.started, r.ended, r.state,
-                int(r.verified), int(r.final), r.exchanges, r.events, json.dumps(r.tools), mark,
+                int(r.verified), int(r.final), r.exchanges, r.events, json.dumps(r.tools), r.denied, mark,
             )
             for r, mark in rows
         ]  # fmt: skip

@@ -31,6 +31,7 @@ _SESSION = {
         "exchanges": {"type": "integer"},
         "events": {"type": "integer"},
         "tools": {"type": "array", "items": {"type": "string"}},
+        "denied": {"type": "integer", "description": "exchanges the gateway refused (policy denials and others)"},
     },
 }
 
@@ -108,8 +109,11 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                     "parameters": [
                         _q("server", "MCP server name ('audit' for the audit trail)"),
                         _q("user", "username of the session's owner"),
-                        _q("since", "started at or after: ISO 8601 with zone, or Unix seconds"),
-                        _q("until", "started before: ISO 8601 with zone, or Unix seconds"),
+                        _q(
+                            "since",
+                            "started at or after: ISO 8601 (no zone = UTC), Unix seconds, or an age (30m, 24h, 7d)",
+                        ),
+                        _q("until", "started before: ISO 8601 (no zone = UTC), Unix seconds, or an age (30m, 24h, 7d)"),
                         _q("state", "complete, incomplete or open", {"enum": ["complete", "incomplete", "open"]}),
                         _q("tool", "a tool called in the session"),
                         _q(
@@ -132,6 +136,10 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                                                 "items": {"$ref": "#/components/schemas/Session"},
                                             },
                                             "next_cursor": {"type": ["string", "null"]},
+                                            "signatures_checked": {
+                                                "type": "boolean",
+                                                "description": "verified includes manifest signatures",
+                                            },
                                         },
                                     }
                                 }

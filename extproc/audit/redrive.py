@@ -1,8 +1,11 @@
 """Re-drive a recorded session against a given MCP server (a staging copy), for forensics.
 
 The recorded client requests are sent again, in order, in a fresh session; each response is compared with the
-recorded one (a JSON diff of ``result``/``error``). Tool calls can have side effects: they are skipped unless
-their tool is listed explicitly. Only an explicit ``--to`` URL is ever contacted.
+recorded one (a JSON diff of ``result``/``error``). A recording is what a client chose to send, refused requests
+included: only requests the gateway allowed when recorded (its ``policy.decision`` events) and today's policy
+allows the operator are re-sent, with headers derived here (never the recorded client's ``mcp-*`` or routing
+headers) and, for stateless runs, without the recorded server's sealed ``requestState``. Tool calls can have side
+effects: they are skipped unless their tool is listed explicitly. Only an explicit ``--to`` URL is ever contacted.
 """
 
 from __future__ import annotations
@@ -13,8 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from mcp.shared.inbound import encode_header_value, mcp_param_headers, x_mcp_header_map
 
+from extproc.authn.principal import Principal
+from extproc.mcp.methods import NAME_BEARING
+from extproc.mcp.protocol import META_VERSION, METHOD_HEADER, NAME_HEADER, VERSION_HEADER, classify
 from extproc.mcp.sse import SseParser
+from extproc.policy.compiled import CompiledPolicy
+from extproc.policy.enforce import authorize
 from extproc.recording.replay import Session, pair_messages
 
 _ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -79,53 +88,170 @@ def _answer(r: httpx.Response, msg_id: Any) -> dict[str, Any] | None:
     return next((m for m in messages if isinstance(m, dict) and "method" not in m and m.get("id") == msg_id), None)
 
 
-def _mirrored_headers(session: Session) -> dict[str, dict[str, str]]:
-    """Per exchange, the MCP headers the client sent that mirror its body (2026-07-28: MCP-Protocol-Version,
-    Mcp-Method, Mcp-Name, Mcp-Param-*), as recorded: a stateless request is re-sent exactly as it was."""
-    out: dict[str, dict[str, str]] = {}
+def recorded_verdicts(session: Session) -> dict[tuple[str, str], str | None]:
+    """Per (exchange, JSON id) of a client message: None when the gateway let it through when recorded, else why
+    not. Only recorded ``policy.decision`` events count: one denied element refused the whole body, an exchange
+    that ended ``denied`` was refused, and a message without a decision of its own was never shown to be allowed."""
+    decisions: dict[str, list[dict[str, Any]]] = {}
+    refused: set[str] = set()
     for ev in session.events:
-        if ev.get("type") == "exchange.start":
-            recorded = ev.get("headers") or {}
-            out[ev["exchange"]] = {
-                k: v for k, v in recorded.items() if k.startswith("mcp-") and k != "mcp-session-id"
-            }
+        kind, exchange = ev.get("type"), str(ev.get("exchange", ""))
+        if kind == "policy.decision":
+            decisions.setdefault(exchange, []).append(ev)
+        elif kind == "exchange.end" and ev.get("outcome") == "denied":
+            refused.add(exchange)
+    out: dict[tuple[str, str], str | None] = {}
+    for exchange, evs in decisions.items():
+        denied = next((d for d in evs if not d.get("allowed")), None)
+        for d in evs:
+            key = (exchange, json.dumps(d.get("message_id")))
+            if denied is not None:
+                out[key] = f"refused when recorded (rule {denied.get('rule')!r}: {denied.get('call', '')})"
+            elif exchange in refused:
+                out[key] = "refused when recorded (the exchange ended denied)"
+            else:
+                out.setdefault(key, None)
     return out
 
 
-def redrive(session: Session, to: str, allow_tools: set[str], token: str | None = None) -> list[Outcome]:
-    """Re-send the session's client requests to ``to`` in a fresh session; compare every answer."""
+def _server_of(session: Session) -> dict[str, str]:
+    return {
+        str(ev["exchange"]): str(ev.get("server", "")) for ev in session.events if ev.get("type") == "exchange.start"
+    }
+
+
+def _stateless(req: dict[str, Any]) -> bool:
+    return classify({}, [req]).stateless
+
+
+def _without_request_state(req: dict[str, Any]) -> dict[str, Any]:
+    """A stateless request without ``params.requestState``: that state was sealed by the recorded server for the
+    recorded caller, and is never handed to another server or in another's name."""
+    params = req.get("params")
+    if not isinstance(params, dict) or "requestState" not in params:
+        return req
+    return {**req, "params": {k: v for k, v in params.items() if k != "requestState"}}
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _routing_headers(req: dict[str, Any], schemas: dict[str, Any]) -> dict[str, str]:
+    """The 2026-07-28 headers that mirror a stateless request's body, derived from the body being sent (never the
+    recorded ones, which the client chose): MCP-Protocol-Version, Mcp-Method, Mcp-Name, Mcp-Param-* (from the
+    tool's input schema as this re-drive's own tools/list returned it)."""
+    params = _dict(req.get("params"))
+    meta = _dict(params.get("_meta"))
+    method = str(req.get("method", ""))
+    out = {METHOD_HEADER: method}
+    version = meta.get(META_VERSION)
+    if isinstance(version, str):
+        out[VERSION_HEADER] = version
+    key = NAME_BEARING.get(method)
+    if key is not None and isinstance(params.get(key), str):
+        out[NAME_HEADER] = encode_header_value(params[key])
+    schema = schemas.get(str(params.get("name"))) if method == "tools/call" else None
+    arguments = params.get("arguments")
+    if schema is not None and isinstance(arguments, dict):
+        try:
+            out.update({k.lower(): v for k, v in mcp_param_headers(x_mcp_header_map(schema), arguments).items()})
+        except (ValueError, TypeError):
+            pass  # a schema the SDK cannot map: the server answers for itself
+    return out
+
+
+def _learn_schemas(answer: dict[str, Any], schemas: dict[str, Any]) -> None:
+    tools = (answer.get("result") or {}).get("tools") if isinstance(answer.get("result"), dict) else None
+    for tool in tools if isinstance(tools, list) else []:
+        if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+            schemas[tool["name"]] = tool.get("inputSchema")
+
+
+def _why_not(
+    call: dict[str, Any],
+    recorded: dict[tuple[str, str], str | None],
+    servers: dict[str, str],
+    policy: CompiledPolicy | None,
+    operator: Principal,
+    allow_tools: set[str],
+) -> str | None:
+    """Why this recorded request is not re-sent, or None to send it. The order: allowed when recorded, allowed
+    by today's policy for the operator, and a tool call only when its tool is listed."""
+    req, exchange = call["request"], str(call["exchange"])
+    key = (exchange, json.dumps(req.get("id")))
+    if key not in recorded:
+        return "no recorded policy decision allowed it"
+    if recorded[key] is not None:
+        return recorded[key]
+    if policy is None:
+        return "no policy to decide it by today (give --config)"
+    verdict = authorize(policy, operator, servers.get(exchange, ""), (req,))
+    if not verdict.calls:
+        return "not a request the policy decides"
+    if (denied := verdict.denied) is not None:
+        return f"denied by today's policy for {operator.username} (rule {denied[1].rule!r}: {denied[1].reason})"
+    method = str(req.get("method", ""))
+    name = str((req.get("params") or {}).get("name", "")) if method == "tools/call" else ""
+    if method == "tools/call" and name not in allow_tools:
+        return "tool calls run only with --allow-tools " + name
+    return None
+
+
+def redrive(
+    session: Session,
+    to: str,
+    allow_tools: set[str],
+    token: str | None = None,
+    *,
+    policy: CompiledPolicy | None,
+    operator: Principal,
+) -> list[Outcome]:
+    """Re-send the session's client requests to ``to`` in a fresh session; compare every answer.
+
+    Only what the gateway allowed when it was recorded and today's ``policy`` allows ``operator`` is sent, with
+    headers this re-drive derives itself (none of the recorded client's); each skip says why.
+    """
     calls = [c for c in pair_messages(session) if c["from"] == "client"]
     calls = [r for c in calls for r in (c, *c.get("rounds", []))]  # multi-round-trip retries as they were sent
     headers = {**_ACCEPT, **({"authorization": f"Bearer {token}"} if token else {})}
-    mirrored = _mirrored_headers(session)
+    recorded = recorded_verdicts(session)
+    servers = _server_of(session)
+    schemas: dict[str, Any] = {}
     out: list[Outcome] = []
     with httpx.Client(timeout=60) as http:
         for call in calls:
             req = call["request"]
             method = str(req.get("method", ""))
             name = str((req.get("params") or {}).get("name", "")) if method == "tools/call" else ""
-            if method == "tools/call" and name not in allow_tools:
-                out.append(Outcome(method, name, "skipped", ["tool calls run only with --allow-tools " + name]))
+            why = _why_not(call, recorded, servers, policy, operator, allow_tools)
+            if why is not None:
+                out.append(Outcome(method, name, "skipped", [why]))
                 continue
+            extra: dict[str, str] = {}
+            if _stateless(req):
+                req = _without_request_state(req)
+                extra = _routing_headers(req, schemas)
             try:
-                r = http.post(to, json=req, headers={**headers, **mirrored.get(call["exchange"], {})})
+                r = http.post(to, json=req, headers={**headers, **extra})
             except httpx.HTTPError as e:
                 out.append(Outcome(method, name, "failed", [f"{type(e).__name__}: {e}"]))
                 continue
             if method == "initialize" and "mcp-session-id" in r.headers:  # the fresh session's id, for what follows
                 headers["mcp-session-id"] = r.headers["mcp-session-id"]
-                version = ((call["response"] or {}).get("result") or {}).get("protocolVersion")
-                if version:
-                    headers["mcp-protocol-version"] = version
             if "id" not in req:
                 out.append(Outcome(method, name, "sent" if r.status_code < 400 else "failed"))
                 continue
             got = _answer(r, req["id"])
-            recorded = call["response"]
             if got is None:
                 out.append(Outcome(method, name, "failed", [f"no JSON-RPC answer (HTTP {r.status_code})"]))
                 continue
-            old = {k: v for k, v in (recorded or {}).items() if k in ("result", "error")}
+            result = _dict(got.get("result"))
+            if method == "initialize" and isinstance(result.get("protocolVersion"), str):
+                headers["mcp-protocol-version"] = result["protocolVersion"]  # as the fresh session agreed it
+            if method == "tools/list":
+                _learn_schemas(got, schemas)
+            old = {k: v for k, v in (call["response"] or {}).items() if k in ("result", "error")}
             new = {k: v for k, v in got.items() if k in ("result", "error")}
             diffs = list(json_diff(old, new))
             out.append(Outcome(method, name, "differs" if diffs else "identical", diffs))

@@ -56,7 +56,8 @@ class AuditApi:
         cursor: str | None = None
         while True:
             doc = self.get("sessions", limit="500", **({"cursor": cursor} if cursor else {})).json()
-            out += doc["sessions"]
+            # the same row as a local `sessions list`: whether `verified` includes signatures is said per row
+            out += [{**row, "signatures_checked": bool(doc.get("signatures_checked"))} for row in doc["sessions"]]
             cursor = doc["next_cursor"]
             if cursor is None:
                 return sorted(out, key=lambda r: r["started"] or 0)
@@ -82,6 +83,7 @@ def remote_show(console: Console, api: AuditApi, session_id: str, json_out: bool
     session = Session(id=path.rsplit("/", 1)[-1], events=events, notes=verify["notes"])
     session.problems = [Problem("api", 0, p) for p in verify["problems"]]
     session.unfinished = verify["unfinished"]
+    session.signatures_checked = bool(verify["signatures_checked"])  # as the service checked, as `verify` says
     print_session(console, session)
 
 

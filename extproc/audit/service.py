@@ -9,22 +9,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, Router
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from extproc.audit.api import api_routes
-from extproc.audit.context import AuditContext, error_response
+from extproc.audit.context import AuditContext, client_of, error_response
 from extproc.audit.index import SessionIndex
 from extproc.audit.openapi import openapi_document
 from extproc.audit.trail import AuditTrail
 from extproc.authn.challenge import resource_metadata_url
 from extproc.authn.verify import Authenticator
+from extproc.errors import AuthError
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.manifest import Signer
 from extproc.recording.setup import build_runtime, build_store
@@ -38,17 +44,67 @@ def index_path(settings: Settings) -> Path:
     return audit.index or settings.recording.directory / ".audit-index.sqlite"
 
 
+# Every answer that is not the viewer's page (which sets its own policy): JSON, NDJSON, SSE, tar.gz, redirects,
+# static files. Nothing of it is to be rendered, sniffed into HTML or framed.
+NOT_A_PAGE_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+]
+
+
+class NotAPageHeaders:
+    """ASGI middleware: ``nosniff`` and a deny-all CSP on every response that is not HTML."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+                if not ctype.startswith(b"text/html"):
+                    headers += [(k, v) for k, v in NOT_A_PAGE_HEADERS if k not in names]
+                elif b"x-content-type-options" not in names:
+                    headers.append(NOT_A_PAGE_HEADERS[0])
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def build_app(ctx: AuditContext, prefix: str, extra_routes: list[Route | Mount] | None = None) -> Starlette:
     """The service under ``prefix``: API, OpenAPI document and (when given) the web viewer's routes."""
     document = openapi_document(prefix)
+    api_prefix = f"{prefix}api/"
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
 
     async def http_error(request: Request, exc: Exception) -> Response:
+        """No such route (or method): a JSON error; under the API, on the trail like any refused access."""
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         message = {404: "no such path", 405: "method not allowed"}.get(status, "request failed")
+        if request.url.path.startswith(api_prefix):
+            try:
+                who = await ctx.identify(request)
+            except AuthError:
+                who = None
+            result = "not_found" if status == 404 else "bad_request"
+            path = request.url.path[:200]
+            if not ctx.trail.record(who, client_of(request), "api", path, {}, result, status):
+                return error_response(503, "audit trail unavailable: nothing is served unrecorded")
         return error_response(status, message)
+
+    async def crashed(request: Request, exc: Exception) -> Response:
+        """A bug outside the API's own handling (the viewer's login routes): JSON, never a bare page. (Answered
+        outside the middleware stack, so the headers are set here.)"""
+        headers = {k.decode(): v.decode() for k, v in NOT_A_PAGE_HEADERS}
+        return error_response(500, "request failed (logged)", headers)
 
     async def to_prefix(request: Request) -> Response:
         return RedirectResponse(prefix, status_code=308)
@@ -59,7 +115,8 @@ def build_app(ctx: AuditContext, prefix: str, extra_routes: list[Route | Mount] 
             Route(prefix.rstrip("/"), to_prefix),
             Mount(prefix.rstrip("/"), app=Router(routes, redirect_slashes=False)),
         ],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, Exception: crashed},
+        middleware=[Middleware(NotAPageHeaders)],
     )
     app.state.ctx = ctx
     return app
@@ -75,6 +132,41 @@ async def keep_index(index: SessionIndex, interval: float) -> None:
         except Exception:
             log.exception("index refresh failed")
         await asyncio.sleep(interval)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, but a SIGTERM/SIGINT only asks it to stop.
+
+    uvicorn restores the previous handlers when ``serve`` returns and raises the caught signal again: with the
+    default SIGTERM handler back, that kills the process before the trail's last segment and closing digest are
+    written (``store verify``: "no closing digest"). ``serve_audit`` handles the signals itself instead, until the
+    recorder is closed.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.contextmanager
+def _stop_on_signals(server: uvicorn.Server) -> Iterator[None]:
+    """While inside, SIGTERM and SIGINT (once or again) stop ``server`` gracefully; outside the main thread
+    (tests serving in-process) signals are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) -> None:
@@ -103,32 +195,33 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
     web = WebViewer.build(settings, ctx)
     ctx.logins = web.logins
     app = build_app(ctx, audit.prefix, web.routes())
-    await runtime.start()
+    config = uvicorn.Config(
+        app, host=audit.address, port=audit.port, log_level="warning", lifespan="off", proxy_headers=False
+    )  # the peer stays the peer; x-forwarded-for is recorded beside it
+    server = _Server(config)
     refresher: asyncio.Task[None] | None = None
-    try:
-        await authenticator.start()
-        await policy.start()
-        # The first refresh runs in the background too: a large store without an index takes minutes to read,
-        # and the service answers (with what is indexed so far) meanwhile.
-        refresher = asyncio.create_task(keep_index(index, audit.index_interval_ms / 1000), name="audit-index")
-        config = uvicorn.Config(
-            app, host=audit.address, port=audit.port, log_level="warning", lifespan="off", proxy_headers=False
-        )  # the peer stays the peer; x-forwarded-for is recorded beside it
-        server = uvicorn.Server(config)
-        if ready is not None:
-            ready.set()
-        log.info("audit service on http://%s:%d%s", audit.address, audit.port, audit.prefix)
-        await server.serve()
-    finally:
-        if refresher is not None:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
-        await web.close()
-        await runtime.close()
-        await authenticator.close()
-        await policy.close()
-        index.close()
+    with _stop_on_signals(server):  # a signal during start-up or close still ends in a closed trail
+        await runtime.start()
+        try:
+            await authenticator.start()
+            await policy.start()
+            # The first refresh runs in the background too: a large store without an index takes minutes to read,
+            # and the service answers (with what is indexed so far) meanwhile.
+            refresher = asyncio.create_task(keep_index(index, audit.index_interval_ms / 1000), name="audit-index")
+            if ready is not None:
+                ready.set()
+            log.info("audit service on http://%s:%d%s", audit.address, audit.port, audit.prefix)
+            await server.serve()
+        finally:
+            if refresher is not None:
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresher
+            await web.close()
+            await runtime.close()  # the trail's last segment and the writer's closing digest
+            await authenticator.close()
+            await policy.close()
+            index.close()
 
 
 def reindex(settings: Settings) -> int:

@@ -29,6 +29,7 @@ class SessionRow:
     exchanges: int
     events: int
     tools: tuple[str, ...]
+    denied: int = 0  # exchanges the gateway refused (policy denials and other refusals)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,6 +44,7 @@ class SessionRow:
             "exchanges": self.exchanges,
             "events": self.events,
             "tools": list(self.tools),
+            "denied": self.denied,
         }
 
 
@@ -62,6 +64,7 @@ def summarize(key: str, session: Session) -> SessionRow:
     servers: set[str] = set()
     owners: set[tuple[str, str]] = set()
     tools: set[str] = set()
+    denied = 0
     for ev in session.events:
         kind = ev.get("type", "")
         if kind == "exchange.start":
@@ -73,6 +76,8 @@ def summarize(key: str, session: Session) -> SessionRow:
             owners.add(("", ""))  # the trail belongs to nobody: only `all` rules grant it
         elif kind == "mcp.request":
             tools.update(_tool_names(ev))
+        elif kind == "exchange.end" and ev.get("outcome") == "denied":
+            denied += 1
     owner = next(iter(owners)) if len(owners) == 1 else ("", "")
     audit = AUDIT_SERVER in servers
     return SessionRow(
@@ -90,11 +95,12 @@ def summarize(key: str, session: Session) -> SessionRow:
         exchanges=s["exchanges"],
         events=s["events"],
         tools=tuple(sorted(tools)),
+        denied=denied,
     )
 
 
 def row_from_db(r: tuple[Any, ...]) -> SessionRow:
-    (key, sid, server, iss, sub, user, started, ended, state, verified, final, exchanges, events, tools) = r
+    (key, sid, server, iss, sub, user, started, ended, state, verified, final, exchanges, events, tools, denied) = r
     return SessionRow(
         key,
         sid,
@@ -110,4 +116,5 @@ def row_from_db(r: tuple[Any, ...]) -> SessionRow:
         exchanges,
         events,
         tuple(json.loads(tools)),
+        int(denied or 0),  # NULL: a row from before the column, until the migration's re-read reaches it
     )

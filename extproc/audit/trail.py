@@ -17,7 +17,7 @@ from extproc.recording.events import Event
 from extproc.recording.recorder import Recorder
 
 TRAIL_PREFIX = "audit-"
-ACTIONS = ("list", "show", "events", "replay", "export", "verify", "redrive", "login", "logout")
+ACTIONS = ("list", "show", "events", "replay", "export", "verify", "redrive", "login", "logout", "me", "api")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -27,7 +27,7 @@ class AuditAccess(Event):
     type: ClassVar[str] = "audit.access"
     principal: dict[str, Any] | None = None
     client: str = ""  # the peer address; behind the gateway's listener, the caller's address as Envoy saw it
-    action: str = ""
+    action: str = ""  # one of ACTIONS; "me" only when refused, "api" for a path no route serves
     target: str = ""  # the session key, or "" for a list
     query: dict[str, str] = field(default_factory=dict)
     result: str = ""  # ok | denied | not_found | bad_request | unauthenticated | error

@@ -14,6 +14,8 @@ import hmac
 import logging
 import secrets
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -39,6 +41,12 @@ SESSION_COOKIE = "mcp_audit"
 LOGIN_COOKIE = "mcp_audit_login"
 LOGIN_TTL = 600.0
 MAX_LOGIN_SECONDS = 8 * 3600.0
+# Started logins are unauthenticated state: anyone may start one. Bounded in count (oldest evicted first) and in
+# bytes (``next`` at most MAX_NEXT characters; the rest is fixed-size): at most ~3.5 MB whatever the callers do.
+MAX_PENDING_LOGINS = 1024
+MAX_NEXT = 2048
+# Finished logins need an ID token from the issuer, but one user can log in over and over: bounded as well.
+MAX_LOGINS = 4096
 
 
 def static_dir() -> Path:
@@ -65,14 +73,49 @@ class _Pending:
     expires: float
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time equality; as bytes, since ``hmac.compare_digest`` raises on non-ASCII text (a 500)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
+
+
+class PendingLogins:
+    """Started logins by ``state``, until the callback or LOGIN_TTL: O(1) per login, at most ``limit`` held.
+
+    Every entry lives the same TTL, so insertion order is expiry order: expired ones are dropped from the front,
+    and past the limit the oldest goes first (its browser gets "login expired; start again").
+    """
+
+    def __init__(self, limit: int = MAX_PENDING_LOGINS, ttl: float = LOGIN_TTL, clock: Callable[[], float] = time.time):
+        self.limit, self.ttl, self.clock = limit, ttl, clock
+        self._by_state: OrderedDict[str, _Pending] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._by_state)
+
+    def add(self, state: str, verifier: str, nonce: str, next_path: str) -> None:
+        now = self.clock()
+        while self._by_state:
+            oldest = next(iter(self._by_state.values()))
+            if oldest.expires > now and len(self._by_state) < self.limit:
+                break
+            self._by_state.popitem(last=False)
+        self._by_state[state] = _Pending(verifier, nonce, next_path, now + self.ttl)
+
+    def take(self, state: str) -> _Pending | None:
+        """The login started with ``state``, once; None when unknown, evicted or expired."""
+        pending = self._by_state.pop(state, None)
+        return pending if pending is not None and pending.expires > self.clock() else None
+
+
 @dataclass
 class Logins:
-    """Server-side logins keyed by the cookie's random id."""
+    """Server-side logins keyed by the cookie's random id, at most ``limit`` (the oldest login ends first)."""
 
     cookie_path: str
     secure: bool
     clock: Any = time.time
-    _logins: dict[str, _Login] = field(default_factory=dict)
+    limit: int = MAX_LOGINS
+    _logins: OrderedDict[str, _Login] = field(default_factory=OrderedDict)
 
     def principal(self, request: Request) -> Principal | None:
         login = self._get(request)
@@ -90,10 +133,17 @@ class Logins:
             return None
         return login
 
+    def __len__(self) -> int:
+        return len(self._logins)
+
     def create(self, who: Principal, expires: float) -> tuple[str, _Login]:
         now = self.clock()
-        for sid in [s for s, v in self._logins.items() if v.expires <= now]:
-            del self._logins[sid]
+        # Oldest first; expired ones further in are dropped when next used (``_get``), and the count is capped.
+        while self._logins:
+            oldest = next(iter(self._logins.values()))
+            if oldest.expires > now and len(self._logins) < self.limit:
+                break
+            self._logins.popitem(last=False)
         sid = secrets.token_urlsafe(32)
         login = self._logins[sid] = _Login(who, secrets.token_urlsafe(24), min(expires, now + MAX_LOGIN_SECONDS))
         return sid, login
@@ -105,7 +155,7 @@ class Logins:
         """A state-changing request carries the login's CSRF token (header or form field)."""
         login = self._get(request)
         token = request.headers.get("x-csrf-token") or form_token
-        return login is not None and token is not None and hmac.compare_digest(token, login.csrf)
+        return login is not None and token is not None and _same(token, login.csrf)
 
 
 class WebViewer:
@@ -117,13 +167,15 @@ class WebViewer:
         self.ctx = ctx
         self.public_base = auth.public_url.rstrip("/")
         self.logins = Logins(audit.prefix, auth.public_url.startswith("https://"))
-        self._pending: dict[str, _Pending] = {}
+        self.pending = PendingLogins()
         self._discovery: dict[str, Any] | None = None
         self._http = httpx.AsyncClient(timeout=10)
         issuer = next((i for i in auth.issuers if i.issuer == audit.login_issuer), auth.issuers[0])
         self.issuer = issuer
         self.secret = audit.client_secret_file.read_text().strip() if audit.client_secret_file else None
-        self._page = (static_dir() / "index.html").read_text().replace("{{PREFIX}}", self.prefix)
+        page = (static_dir() / "index.html").read_text().replace("{{PREFIX}}", self.prefix)
+        # Without a client the viewer shows how to turn login on instead of a Log in link that cannot work.
+        self._page = page.replace("{{LOGIN}}", "on" if audit.client_id else "off")
         self.id_tokens: Authenticator | None = None
         if audit.client_id:
             # ID tokens are checked by the gateway's own verifier, with the viewer's client id as the audience.
@@ -175,24 +227,30 @@ class WebViewer:
             self._discovery = doc
         return self._discovery
 
-    def _next(self, value: str | None) -> str:
-        """Only a path under our own prefix: never an open redirect."""
-        if value and value.startswith(self.prefix) and "//" not in value and "\\" not in value:
+    def _next(self, value: str | None) -> str | None:
+        """Where to go after the login: a path under our own prefix (never an open redirect), at most MAX_NEXT
+        characters; None for anything else (the caller answers 400)."""
+        if value is None:
+            return self.prefix
+        if 0 < len(value) <= MAX_NEXT and value.startswith(self.prefix) and "//" not in value and "\\" not in value:
             return value
-        return self.prefix
+        return None
 
     async def login(self, request: Request) -> Response:
         if not self.audit.client_id:
-            return error_response(404, "web login not configured (audit.client_id in gateway.yaml)")
+            return RedirectResponse(self.prefix, status_code=303)  # the viewer's page says how to turn it on
+        next_path = self._next(request.query_params.get("next"))
+        if next_path is None:
+            return error_response(
+                400, f"next: must be a path under {self.prefix} of at most {MAX_NEXT} characters (no '//' or '\\')"
+            )
         try:
             endpoints = await self._endpoints()
         except (httpx.HTTPError, ValueError) as e:
             log.warning("login: issuer discovery failed: %s", e)
             return error_response(503, "identity provider unavailable; try again later")
         state, verifier, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(48), secrets.token_urlsafe(16)
-        now = time.time()
-        self._pending = {s: p for s, p in self._pending.items() if p.expires > now}
-        self._pending[state] = _Pending(verifier, nonce, self._next(request.query_params.get("next")), now + LOGIN_TTL)
+        self.pending.add(state, verifier, nonce, next_path)
         query = {
             "response_type": "code",
             "client_id": self.audit.client_id,
@@ -213,11 +271,12 @@ class WebViewer:
     async def callback(self, request: Request) -> Response:
         state = request.query_params.get("state", "")
         bound = request.cookies.get(LOGIN_COOKIE, "")
-        pending = self._pending.pop(state, None) if state and hmac.compare_digest(state, bound) else None
-        if pending is None or pending.expires < time.time() or self.id_tokens is None:
+        pending = self.pending.take(state) if state and _same(state, bound) else None
+        if pending is None or self.id_tokens is None:
             return error_response(400, "login expired or not started in this browser; start again")
         if "code" not in request.query_params:
-            return error_response(401, f"login refused by the identity provider: {request.query_params.get('error')}")
+            why = request.query_params.get("error", "")[:200]
+            return error_response(401, f"login refused by the identity provider: {why}")
         form = {
             "grant_type": "authorization_code",
             "code": request.query_params["code"],

@@ -148,7 +148,9 @@ class Authenticator:
         iss = unverified.get("iss")
         keyset = self.keysets.get(iss) if isinstance(iss, str) else None
         if keyset is None:
-            raise WrongIssuer()
+            if not isinstance(iss, str):
+                raise MissingClaim("iss") if iss is None else MalformedToken("token claim 'iss' must be a string")
+            raise WrongIssuer(iss, tuple(self.keysets))
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in keyset.cfg.algorithms:
             raise AlgorithmNotAllowed(str(alg)[:32])

@@ -85,9 +85,7 @@ def _plain(result: CallToolResult) -> dict[str, Any]:
     return result.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
-async def run_session(
-    url: str, token: str | None = None, progress: bool = True, mode: str = "auto"
-) -> SessionResult:
+async def run_session(url: str, token: str | None = None, progress: bool = True, mode: str = "auto") -> SessionResult:
     """Connect, list tools, call echo and count_slowly (collecting progress), then close the session."""
     notes: list[dict[str, Any]] = []
 

@@ -63,6 +63,22 @@ def build_mcp(name: str, log_level: LogLevel = "WARNING") -> MCPServer:
     return mcp
 
 
+def add_github_stand_in_tools(mcp: MCPServer) -> None:
+    """Two tools named like github-mcp-server's, so the example policy's github rules have something to decide:
+    ``list_issues`` (engineers may: github-read-eng) and ``delete_repository`` (nobody may: github-no-destructive).
+    They touch nothing; they only answer."""
+
+    @mcp.tool()
+    def list_issues(owner: str, repo: str) -> list[dict[str, Any]]:
+        """List a repository's open issues (stand-in data)."""
+        return [{"number": 1, "title": f"first issue of {owner}/{repo}", "state": "open"}]
+
+    @mcp.tool()
+    def delete_repository(owner: str, repo: str) -> str:
+        """Delete a repository (a stand-in: deletes nothing; the example policy denies it anyway)."""
+        return f"{owner}/{repo} would have been deleted"
+
+
 def _summarize(body: bytes) -> tuple[str | None, str | None]:
     """JSON-RPC method and tool name of a request body (first message of a batch); (None, None) if not JSON-RPC."""
     try:
@@ -252,6 +268,7 @@ def build_app(
     dns_rebinding_protection: bool = False,
     mrtr: bool = False,
     bare_cr: bool = False,
+    github_stand_in: bool = False,
     poisoned: bool = False,
     rug_pull: bool = False,
 ) -> SeenRecorder:
@@ -260,9 +277,10 @@ def build_app(
     ``gzip`` compresses JSON responses for clients that accept it ("negotiated") or always ("always").
     ``dns_rebinding_protection`` turns on the SDK's localhost-only Host check, the default of SDK servers bound
     to localhost (the gateway sends the server its own host name, so it passes). ``mrtr`` adds the
-    multi-round-trip ``approve`` tool; ``bare_cr`` ends SSE lines with a bare CR. ``poisoned`` adds tools whose
-    descriptions carry instructions (tag characters, ``<IMPORTANT>``); ``rug_pull`` makes ``echo`` change its
-    description after its first call and send tools/list_changed.
+    multi-round-trip ``approve`` tool; ``bare_cr`` ends SSE lines with a bare CR; ``github_stand_in`` adds
+    ``list_issues`` and ``delete_repository`` (what `demo --keep` serves as its `github` server). ``poisoned`` adds
+    tools whose descriptions carry instructions (tag characters, ``<IMPORTANT>``); ``rug_pull`` makes ``echo``
+    change its description after its first call and send tools/list_changed.
     """
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=dns_rebinding_protection,
@@ -272,6 +290,8 @@ def build_app(
     mcp = build_mcp(name, log_level)
     if mrtr:
         add_approval_tool(mcp)
+    if github_stand_in:
+        add_github_stand_in_tools(mcp)
     if poisoned:
         add_poisoned_tools(mcp)
     if rug_pull:
@@ -297,6 +317,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dns-rebinding-protection", action="store_true", help="accept only localhost Host headers")
     parser.add_argument("--mrtr", action="store_true", help="add the multi-round-trip `approve` tool (2026-07-28)")
     parser.add_argument("--bare-cr", action="store_true", help="end SSE lines with a bare CR (for tests)")
+    parser.add_argument(
+        "--github-stand-in", action="store_true", help="add list_issues and delete_repository (demo --keep's github)"
+    )
     parser.add_argument("--poisoned", action="store_true", help="add tools with instructions in their descriptions")
     parser.add_argument("--rug-pull", action="store_true", help="echo changes its description after its first call")
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
@@ -312,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         dns_rebinding_protection=args.dns_rebinding_protection,
         mrtr=args.mrtr,
         bare_cr=args.bare_cr,
+        github_stand_in=args.github_stand_in,
         poisoned=args.poisoned,
         rug_pull=args.rug_pull,
     )

@@ -29,16 +29,26 @@ from extproc.recording.store.file import FileStore
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 
-def write_config(workdir: Path, mcp_port: int, issuer_url: str) -> Path:
-    """A gateway.yaml for the demo on free loopback ports, trusting the dev issuer, enforcing the example policy."""
-    port = free_port()
-    config = {
+def write_config(
+    workdir: Path,
+    mcp_port: int,
+    issuer_url: str,
+    *,
+    port: int | None = None,
+    github_port: int | None = None,
+    audit: dict[str, Any] | None = None,
+) -> Path:
+    """A gateway.yaml for the demo on loopback ports (free ones unless given), trusting the dev issuer, enforcing
+    the example policy; ``github_port`` is where the `github` server runs (by default nothing does), ``audit`` the
+    audit: section, if any."""
+    port = port or free_port()
+    config: dict[str, Any] = {
         "listen": {"address": "127.0.0.1", "port": port},
         "processor": {"address": f"unix:{workdir / 'processor.sock'}"},
         "admin": {"port": free_port()},
         "servers": [
             {"name": "demo", "upstream": f"127.0.0.1:{mcp_port}"},
-            {"name": "github", "upstream": f"127.0.0.1:{free_port()}"},  # named by the example policy; not running
+            {"name": "github", "upstream": f"127.0.0.1:{github_port or free_port()}"},  # named by the example policy
         ],
         "recording": {"directory": str(workdir / "recordings"), "signing_key": str(workdir / "keys" / "signing.key")},
         "auth": {
@@ -48,6 +58,8 @@ def write_config(workdir: Path, mcp_port: int, issuer_url: str) -> Path:
         },
         "policy": {"directory": str(POLICIES)},
     }
+    if audit is not None:
+        config["audit"] = audit
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -121,7 +133,8 @@ def run_demo(workdir: Path, console: Console) -> int:
     session = load_session(store, safe_key(server_session_id(session_id)), public_key)
     print_session(console, session)
     console.print(
-        f"\nTry: .venv/bin/mcp-extproc sessions list --dir {workdir / 'recordings'}\n"
+        f"\nTry: .venv/bin/mcp-extproc sessions list --dir {workdir / 'recordings'}"
+        f" --public-key {workdir / 'keys' / 'signing.pub'}\n"
         f"     .venv/bin/mcp-extproc sessions verify {session.id} --dir {workdir / 'recordings'}"
         f" --public-key {workdir / 'keys' / 'signing.pub'}"
     )

@@ -42,9 +42,21 @@ _HINTS: dict[str, tuple[str, ...]] = {
     "builtin-aws-secret-key": ("aws",),
     "builtin-password-assignment": ("password", "passwd", "pwd", "secret", "api", "token"),
 }
+# Field names the MCP schema itself defines whose words sound like a credential but whose values are protocol
+# identifiers: ``progressToken`` names the progress stream of one request (every notifications/progress carries
+# it). Redacting them blanks every progress event of every recording and hides nothing secret.
+# tests/unit/policy/test_policy_redact.py runs the built-ins against every field name of the installed SDK's schema.
+MCP_PROTOCOL_FIELDS: frozenset[str] = frozenset({"progressToken"})
+
+
+def is_secret_field(name: str) -> bool:
+    """True when a JSON key's name says its value is a credential, MCP's own protocol fields excepted."""
+    return name not in MCP_PROTOCOL_FIELDS and is_secret_name(name)
+
+
 # A key whose name says "credential" (password, api_key, clientSecret, x-github-pat ...): the one classifier that
 # also decides which headers and query parameters are never recorded.
-BUILTIN_KEYS: tuple[tuple[str, Callable[[str], bool]], ...] = ((SECRET_NAME_RULE, is_secret_name),)
+BUILTIN_KEYS: tuple[tuple[str, Callable[[str], bool]], ...] = ((SECRET_NAME_RULE, is_secret_field),)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import re
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-store_app = typer.Typer(help="Check the recording store as a whole.", no_args_is_help=True)
+from extproc.timespec import parse_time
 
-_DURATION = re.compile(r"^(?P<n>\d+(?:\.\d+)?)(?P<unit>[smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+store_app = typer.Typer(help="Check the recording store as a whole.", no_args_is_help=True)
 
 
 def parse_since(text: str, now: float | None = None) -> float:
-    """``2026-12-01T10:00:00Z`` (naive = UTC), ``1764583200`` (epoch seconds) or ``24h`` / ``7d`` / ``30m`` ago."""
-    text = text.strip()
-    if (m := _DURATION.match(text)) is not None:
-        return (now if now is not None else time.time()) - float(m["n"]) * _UNITS[m["unit"]]
+    """The shared time parser (``extproc.timespec``) as a CLI option: a bad value is a usage error."""
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise typer.BadParameter(f"{text!r}: give an ISO time (2026-12-01T10:00Z), epoch seconds or 24h/7d") from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+        return parse_time(text, now)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 @store_app.command("verify")
@@ -46,7 +34,7 @@ def store_verify(
     from extproc.recording.audit import audit
 
     after = parse_since(since) if since is not None else None
-    key = _public_key(config if dir is None else None, public_key)
+    key = _public_key(config, public_key, dir)
     result = audit(_store(config, dir), key, after)
     for note in result.notes:
         console.print(f"[yellow]NOTE[/yellow] {note}", highlight=False)

@@ -29,9 +29,7 @@ def sessions_table(rows: list[dict[str, Any]]) -> Table:
     # Session ids are what users copy into `sessions show`: never wrapped. The rest is kept narrow so a row fits
     # 80 columns for the usual ids (one space between columns, the start to the minute in UTC); long server and
     # user names fold. `--json` has everything in full.
-    table = Table(
-        title="recorded MCP sessions", box=box.SIMPLE_HEAD, pad_edge=False, padding=0, title_justify="left"
-    )
+    table = Table(title="recorded MCP sessions", box=box.SIMPLE_HEAD, pad_edge=False, padding=0, title_justify="left")
     longest = max((len(r["session"]) for r in rows), default=7)
     table.add_column("session", no_wrap=True, min_width=longest)
     table.add_column("server", overflow="fold", min_width=6)
@@ -48,9 +46,52 @@ def sessions_table(rows: list[dict[str, Any]]) -> Table:
             _ts(r["started"])[5:16],  # MM-DD HH:MM; the full time is in --json
             str(r["exchanges"]),
             "[yellow]incomplete[/yellow]" if r["state"] == "incomplete" else r["state"],
-            "[red]NO[/red]" if r["verified"] == "no" else r["verified"],
+            verified_label(r),
         )
     return table
+
+
+def _refusals(session: Session) -> dict[Any, dict[str, Any]]:
+    """Per denied exchange: when, the status and detail the gateway answered, and the denying decision's rule."""
+    decisions: dict[Any, list[dict[str, Any]]] = {}
+    out: dict[Any, dict[str, Any]] = {}
+    for e in session.events:
+        if e["type"] == "policy.decision" and not e.get("allowed"):
+            decisions.setdefault(e.get("exchange"), []).append(e)
+        elif e["type"] == "exchange.end" and e.get("outcome") == "denied":
+            out[e.get("exchange")] = {"time": e["time"], "status": e.get("status"), "detail": e.get("detail", "")}
+    for ex, refusal in out.items():
+        refusal["decisions"] = decisions.get(ex, [])
+    return out
+
+
+def _mark_refused(calls: list[dict[str, Any]], refused: dict[Any, dict[str, Any]]) -> None:
+    """A call the gateway refused gets ``refusal``: time, status, detail, and the rule that denied it (by the
+    request's id; for a batch element allowed itself, the rule that refused a sibling: the batch went as one)."""
+    for first in calls:
+        for call in [first, *first.get("rounds", [])]:
+            refusal = refused.get(call["exchange"]) if call["response"] is None else None
+            if refusal is None:
+                call["refusal"] = None
+                continue
+            own = jsonio.dumps(call["request"].get("id"))
+            decisions = refusal["decisions"]
+            decision = next((d for d in decisions if jsonio.dumps(d.get("message_id")) == own), None)
+            decision = decision or (decisions[0] if decisions else {})
+            call["refusal"] = {
+                "time": refusal["time"],
+                "status": refusal["status"],
+                "detail": refusal["detail"],
+                "rule": decision.get("rule") or None,
+                "reason": decision.get("reason") or None,
+            }
+
+
+def verified_label(row: dict[str, Any]) -> str:
+    """The `verified` cell: NO, yes (signatures checked too) or hashes only (also when the source did not say)."""
+    if not row["verified"]:
+        return "[red]NO[/red]"
+    return "yes" if row.get("signatures_checked") else "hashes only"
 
 
 def session_doc(session: Session) -> dict[str, Any]:
@@ -76,12 +117,14 @@ def session_doc(session: Session) -> dict[str, Any]:
                 "events": [{k: v for k, v in e.items() if k != "_writer"} for e in events],
             }
         )
+    calls = pair_messages(session)
+    _mark_refused(calls, _refusals(session))
     return {
         "summary": session.summary(),
         "problems": [str(p) for p in session.problems],
         "notes": session.notes,
         "exchanges": exchanges,
-        "calls": pair_messages(session),
+        "calls": calls,
     }
 
 
@@ -89,10 +132,12 @@ def print_session(console: Console, session: Session) -> None:
     """Exchanges in order, then every JSON-RPC request with its response and any progress it streamed."""
     doc = session_doc(session)
     s = doc["summary"]
-    verified = {
-        "yes": "[green]signatures and chains verified[/green]",
-        "hashes only": "[green]chains verified[/green] (signatures not checked)",
-    }.get(s["verified"], "[red]VERIFICATION FAILED[/red]")
+    if not s["verified"]:
+        verified = "[red]VERIFICATION FAILED[/red]"
+    elif s["signatures_checked"]:
+        verified = "[green]signatures and chains verified[/green]"
+    else:
+        verified = "[green]chains verified[/green] (signatures not checked)"
     console.print(f"[bold]session {s['session']}[/bold]  server={s['server']}  user={s['user'] or '-'}  {verified}")
     console.print(f"  {s['exchanges']} exchanges, {s['events']} events, state {s['state']}")
     for note in doc["notes"]:
@@ -110,14 +155,13 @@ def print_session(console: Console, session: Session) -> None:
             highlight=False,
             soft_wrap=True,
         )
-    refused = {e["exchange"]: e for e in session.events if e["type"] == "exchange.end" and e["outcome"] == "denied"}
     console.print("\n[bold]JSON-RPC[/bold]")
     for first in doc["calls"]:
         for n, call in enumerate([first, *first.get("rounds", [])]):
-            _print_call(console, call, refused, f"round {n + 1} " if first.get("rounds") else "")
+            _print_call(console, call, f"round {n + 1} " if first.get("rounds") else "")
 
 
-def _print_call(console: Console, call: dict[str, Any], refused: dict[str, dict[str, Any]], label: str) -> None:
+def _print_call(console: Console, call: dict[str, Any], label: str) -> None:
     """One JSON-RPC call: request, the notifications under it, its response or the gateway's refusal."""
     req = call["request"]
     arrow = "->" if call["from"] == "client" else "<-"
@@ -142,7 +186,7 @@ def _print_call(console: Console, call: dict[str, Any], refused: dict[str, dict[
         console.print(
             f"  {_ts(call['response_time'])}     <= {_short(body)}", highlight=False, markup=False, soft_wrap=True
         )
-    elif (refusal := refused.get(call["exchange"])) is not None:
+    elif (refusal := call.get("refusal")) is not None:
         console.print(
             f"  {_ts(refusal['time'])}     <= refused by the gateway ({refusal['status']}): {refusal['detail']}",
             highlight=False,

@@ -7,6 +7,7 @@ Screenshots are kept under tests/artifacts/audit/ (gitignored).
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from gateway_parts import Gateway, open_session, recording_key
 
 from extproc.authn.dev_issuer import DevIssuer
-from extproc.demo.mcp_client import run_session
+from extproc.demo.mcp_client import connect, run_session
 from extproc.launcher import free_port, wait_until
 from extproc.recording.manifest import generate_keys
 
@@ -152,3 +153,160 @@ async def test_web_viewer_login_find_play_incomplete_and_refused(
             await page.wait_for_selector("#login")
         finally:
             await browser.close()
+
+
+DENY_ADD = """
+apiVersion: mcp-extproc/v1
+rules:
+  - name: allow-everything
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: ["*"], methods: ["*"]}
+  - name: no-add
+    effect: deny
+    subjects: {users: ["*"]}
+    targets: {servers: [alpha], tools: [add]}
+viewers:
+  - name: team-a-sees-alpha
+    subjects: {groups: [team-a]}
+    servers: [alpha]
+    sessions: all
+"""
+FIRST_HOUR = ARTIFACTS / "first-hour"
+UTC_TIME = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$"
+# A page that is wider than the screen, or whose header stops short of its right edge.
+LAYOUT = """() => ({scroll: document.documentElement.scrollWidth, inner: window.innerWidth,
+                    header: Math.round(document.querySelector("header").getBoundingClientRect().width)})"""
+# Text under <main> outside the JSON blocks (where a null is data): the viewer itself must never print "null".
+STRAY_NULL = """() => { const w = document.createTreeWalker(document.getElementById("main"), NodeFilter.SHOW_TEXT);
+                        for (let n = w.nextNode(); n; n = w.nextNode()) {
+                          if (!n.parentElement.closest("pre") && /\\bnull\\b/.test(n.textContent)) return true;
+                        }
+                        return false; }"""
+
+
+async def _refused_session(url: str, token: str) -> str:
+    """echo (allowed), then add (denied by rule no-add: 403, no upstream response), then the session's end."""
+    async with connect(url, token, "legacy") as conn:  # legacy: DELETE at the end, the session is complete
+        await conn.client.call_tool("echo", {"text": "hello"})
+        try:
+            await conn.client.call_tool("add", {"a": 1, "b": 2})
+        except Exception:  # the SDK raises the JSON-RPC error the gateway answered with
+            pass
+        return recording_key(conn.session_id)
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make test installs it)")
+async def test_viewer_first_hour_login_off_denials_times_since_and_narrow_screens(
+    start_mcp_server, start_authed, issuer: DevIssuer, tmp_path: Path
+) -> None:
+    """What a newcomer meets in the first hour, each a check of its own (all failures are reported together)."""
+    key, _ = generate_keys(tmp_path / "keys")
+    gateway = {
+        "recording": {"signing_key": str(key), "segment_max_age_ms": 100, "completer_interval_s": 0.5},
+        "audit": {"port": free_port(), "index_interval_ms": 100},  # no client_id: the default
+    }
+    gw = start_authed([start_mcp_server("alpha")], policy=DENY_ADD, gateway=gateway)
+    viewer = issuer.mint("alice", aud=gw.endpoint, groups=["team-a"])
+    plain = recording_key(
+        (await run_session(gw.url("alpha"), issuer.mint("bob", aud=gw.endpoint), mode="legacy")).session_id
+    )
+    refused = await _refused_session(gw.url("alpha"), issuer.mint("bob", aud=gw.endpoint))
+
+    def indexed() -> bool:
+        r = httpx.get(f"{gw.endpoint}/audit/api/sessions", headers={"authorization": f"Bearer {viewer}"})
+        rows = {s["session"]: s["state"] for s in r.json()["sessions"]}
+        return rows.get(plain) == "complete" and rows.get(refused) == "complete"
+
+    await asyncio.to_thread(wait_until, indexed, 30, "the sessions in the index", 0.2)
+    shutil.rmtree(FIRST_HOUR, ignore_errors=True)
+    FIRST_HOUR.mkdir(parents=True)
+    base = f"{gw.endpoint}/audit/"
+    problems: list[str] = []
+
+    def check(ok: object, what: str) -> None:
+        if not ok:
+            problems.append(what)
+
+    async with async_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )  # fmt: skip
+        try:
+            # 1. Login is off (no audit.client_id): no Log in link that cannot work, but how to turn it on.
+            anon = await (await browser.new_context(viewport={"width": 1280, "height": 900})).new_page()
+            anon.set_default_timeout(15_000)
+            await anon.goto(base)
+            await anon.wait_for_selector("main h1")
+            await anon.screenshot(path=str(FIRST_HOUR / "login-off-1280.png"))
+            check(await anon.locator("#login").count() == 0, "login off: the page still offers a Log in link")
+            check(await anon.locator("#login-off").count() == 1, "login off: no explanation of how to turn it on")
+            check("audit.client_id" in (await anon.text_content("main") or ""), "login off: audit.client_id unnamed")
+            r = await anon.goto(base + "login")
+            check(r is not None and r.ok and "html" in r.headers.get("content-type", ""), "login off: /login not HTML")
+
+            for width, height in ((1280, 900), (420, 860)):
+                ctx = await browser.new_context(
+                    viewport={"width": width, "height": height},
+                    extra_http_headers={"authorization": f"Bearer {viewer}"},
+                )
+                page = await ctx.new_page()
+                page.set_default_timeout(15_000)
+                # The list: a denial count on the session holding one; times in UTC, local time on hover.
+                await page.goto(base)
+                await page.wait_for_selector(f'tr[data-session="{refused}"]')
+                await page.screenshot(path=str(FIRST_HOUR / f"list-{width}.png"), full_page=True)
+                layout = await page.evaluate(LAYOUT)
+                check(layout["scroll"] <= layout["inner"], f"list at {width}px overflows: {layout}")
+                check(
+                    layout["header"] >= max(layout["inner"], layout["scroll"]),
+                    f"list at {width}px: header short of the width: {layout}",
+                )
+                badge = page.locator(f'tr[data-session="{refused}"] .denied-count')
+                check(await badge.count() == 1 and "1 denied" in (await badge.text_content() or ""), "no denial badge")
+                check(await page.locator(f'tr[data-session="{plain}"] .denied-count').count() == 0, "badge w/o denial")
+                started = page.locator(f'tr[data-session="{refused}"] time')
+                if await started.count() != 1:
+                    problems.append("list: the start is not a <time>")
+                else:
+                    check(re.match(UTC_TIME, (await started.text_content() or "").strip()), "list: time not in UTC")
+                    check(await started.get_attribute("title"), "list: no local time on hover")
+
+                # The session page: no stray "null"; the refused call with its status and rule.
+                await page.click(f'tr[data-session="{refused}"] a')
+                await page.wait_for_selector("#calls .callwrap")
+                await page.screenshot(path=str(FIRST_HOUR / f"session-{width}.png"), full_page=True)
+                await page.screenshot(path=str(FIRST_HOUR / f"session-{width}-top.png"))
+                layout = await page.evaluate(LAYOUT)
+                check(layout["scroll"] <= layout["inner"], f"session at {width}px overflows: {layout}")
+                check(
+                    layout["header"] >= max(layout["inner"], layout["scroll"]),
+                    f"session at {width}px: header short: {layout}",
+                )
+                check(not await page.evaluate(STRAY_NULL), "session page shows a stray 'null'")
+                denied = page.locator("#calls .callwrap", has_text="tools/call add")
+                text = ""
+                if await denied.count() == 1:
+                    text = await denied.text_content()
+                    await denied.screenshot(path=str(FIRST_HOUR / f"refused-call-{width}.png"))
+                check("refused 403" in (text or "") and "no-add" in (text or ""), f"refused call unexplained: {text!r}")
+                check("no response" not in (text or ""), "the refused call says 'no response'")
+                summary = await page.text_content("#summary") or ""
+                check(re.search(r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", summary), f"summary time: {summary!r}")
+
+                # since=24h, as the CLI accepts it, through the filter form.
+                await page.goto(base)
+                await page.wait_for_selector(f'tr[data-session="{refused}"]')
+                await page.fill("#f-since", "24h")
+                await page.keyboard.press("Enter")
+                await page.wait_for_url("**/audit/?since=24h")
+                await page.wait_for_selector(f'tr[data-session="{refused}"], .error')
+                check(
+                    await page.locator(".error").count() == 0, f"since=24h refused: {await page.text_content('main')}"
+                )
+                await ctx.close()
+        finally:
+            await browser.close()
+    assert not problems, "\n".join(problems)

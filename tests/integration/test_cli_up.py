@@ -117,3 +117,84 @@ async def test_up_restarts_a_dead_processor_and_stops_cleanly_on_group_sigterm(s
     assert "Traceback" not in err.read_text() + out.read_text()
     events = [json.loads(x) for p in (tmp_path / "rec").rglob("*.jsonl") for x in p.read_bytes().splitlines()]
     assert "exchange.incomplete" in {e["type"] for e in events}  # the successor's completer closed the dead one's
+
+
+def test_up_closes_the_audit_trail_on_ctrl_c_to_its_group(start_mcp_server, issuer, tmp_path: Path) -> None:
+    """Ctrl-C in the terminal reaches `up`'s whole process group; the audit service must still close its trail
+    (last segment, closing digest) instead of dying when uvicorn re-raises the signal."""
+    import httpx
+
+    from extproc.recording.audit import audit
+    from extproc.recording.manifest import generate_keys, load_public_key
+    from extproc.recording.store.file import FileStore
+
+    server = start_mcp_server("demo")
+    generate_keys(tmp_path / "keys")
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.yaml").write_text(
+        "apiVersion: mcp-extproc/v1\nrules:\n  - name: all\n    effect: allow\n"
+        "    subjects: {users: ['*']}\n    targets: {servers: ['*'], methods: ['*']}\n"
+        "viewers:\n  - name: everyone-sees-all\n    subjects: {users: ['*']}\n    servers: ['*']\n    sessions: all\n"
+    )
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen": {"port": port},
+                "processor": {"address": f"unix:{tmp_path}/p.sock"},
+                "admin": {"port": free_port()},
+                "servers": [{"name": "demo", "upstream": server.upstream}],
+                "recording": {"directory": "rec", "signing_key": str(tmp_path / "keys" / "signing.key")},
+                "auth": {"public_url": f"http://127.0.0.1:{port}", "issuers": [{"issuer": issuer.url}]},
+                "policy": {"directory": "policies"},
+                "audit": {"port": free_port()},
+                "edge": {"drain_time_s": 1},
+            }
+        )
+    )
+    out, err = tmp_path / "up.out", tmp_path / "up.err"
+    with out.open("wb") as o, err.open("wb") as e:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "extproc", "up", "--config", str(config)], stdout=o, stderr=e, start_new_session=True
+        )
+    try:
+        wait_until(lambda: "gateway up" in out.read_text(), 60, "`up` to report the gateway up")
+        token = issuer.mint("alice", aud=f"http://127.0.0.1:{port}")
+        r = httpx.get(
+            f"http://127.0.0.1:{port}/audit/api/sessions", headers={"authorization": f"Bearer {token}"}, timeout=30
+        )
+        assert r.status_code == 200, r.text  # one access on the trail
+        os.killpg(up.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+    result = audit(FileStore(tmp_path / "rec"), load_public_key(tmp_path / "keys" / "signing.pub"))
+    assert result.findings == []
+    assert not [n for n in result.notes if "no closing digest" in n], result.notes
+    assert result.sessions >= 1  # the trail's day session is listed by a digest
+
+
+def test_up_names_an_upstream_nothing_answers_for(start_mcp_server, tmp_path: Path) -> None:
+    """A newcomer's `up` against servers that are not running says so once, with the way out, at start."""
+    server = start_mcp_server("demo")
+    missing = f"127.0.0.1:{free_port()}"
+    config, _ = _write_config(tmp_path, server.upstream)
+    doc = yaml.safe_load(config.read_text())
+    doc["servers"].append({"name": "github", "upstream": missing})
+    config.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "up.out"
+    with out.open("wb") as o:
+        up = subprocess.Popen([sys.executable, "-m", "extproc", "up", "--config", str(config)], stdout=o, stderr=o)
+    try:
+        wait_until(lambda: "gateway up" in out.read_text(), 60, "`up` to report the gateway up")
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+    text = " ".join(out.read_text().split())  # rich wraps long lines
+    assert f"WARNING upstream github: {missing}: TCP connect failed" in text
+    assert "upstream demo" not in text
+    assert "mcp-extproc demo --keep" in text

@@ -76,9 +76,77 @@ def test_healthy_running_gateway_passes_every_check(start_mcp_server, start_auth
     assert run.returncode == 0, run.stdout + run.stderr
     assert doc["ok"] is True
     statuses = {c["name"]: c["status"] for c in doc["checks"]}
-    for name in ("config", "policy", "store", "spool", "signing key", "envoy", "processor 0", "metrics 0"):
+    for name in (
+        "config",
+        "policy",
+        "store",
+        "spool",
+        "signing key",
+        "envoy",
+        "processor 0",
+        "metrics 0",
+        "upstream demo",
+    ):
         assert statuses[name] == "ok", doc
     assert any(n.startswith("issuer ") and s == "ok" for n, s in statuses.items())
+
+
+def test_a_down_upstream_is_named_with_its_address(start_mcp_server, start_gateway, tmp_path: Path) -> None:
+    """The gateway runs and one MCP server answers; the other was stopped: doctor names it, not "all passed"."""
+    up, down = start_mcp_server("demo"), start_mcp_server("github")
+    gw = start_gateway([up, down])
+    assert _failed(run_checks(gw.stack.config)) == set()
+    down.proc.terminate()
+    down.proc.wait(10)
+    run = subprocess.run(
+        [sys.executable, "-m", "extproc", "doctor", "--config", str(gw.stack.config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1, run.stdout
+    line = next(x for x in run.stdout.splitlines() if "upstream github" in x)
+    assert line.startswith("FAIL") and down.upstream in line and "fix: start MCP server 'github'" in line
+    assert next(x for x in run.stdout.splitlines() if "upstream demo" in x).startswith(" OK")
+    assert "all checks passed" not in run.stdout and "1 failure(s)" in run.stdout
+
+
+def test_a_listening_port_that_is_not_http_fails_the_upstream_check(start_gateway, tmp_path: Path) -> None:
+    """A TCP connect alone would pass here; the HTTP request finds nothing serves MCP."""
+    import socket
+    import threading
+
+    with socket.socket() as raw:
+        raw.bind(("127.0.0.1", 0))
+        raw.listen()
+        stop = threading.Event()
+
+        def answer_garbage() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = raw.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(1024)
+                    conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+        threading.Thread(target=answer_garbage, daemon=True).start()
+        address = f"127.0.0.1:{raw.getsockname()[1]}"
+        gw = start_gateway([], server_entries=[{"name": "demo", "upstream": address}])
+        checks = _by_name(run_checks(gw.stack.config))
+        stop.set()
+    assert checks["upstream demo"].status == "fail"
+    assert "TCP connects, but GET /mcp failed" in checks["upstream demo"].detail
+
+
+def test_audit_service_down_is_named(tmp_path: Path, issuer) -> None:
+    config = _config(tmp_path, issuer.url)
+    doc = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**doc, "audit": {"port": free_port()}}))  # configured, not running
+    checks = _by_name(run_checks(config))
+    assert checks["audit service"].status == "fail"
+    assert "/audit/api/openapi.json" in checks["audit service"].detail
 
 
 def test_plain_output_names_the_failure_with_a_fix(tmp_path: Path, issuer) -> None:
@@ -136,7 +204,8 @@ def test_not_running_processor_fails_and_exit_status_is_one(tmp_path: Path, issu
     run = _doctor(config)
     assert run.returncode == 1
     doc = json.loads(run.stdout)
-    assert {c["name"] for c in doc["checks"] if c["status"] == "fail"} == {"processor 0"}
+    # _config's upstream 127.0.0.1:9 (discard) runs nothing either
+    assert {c["name"] for c in doc["checks"] if c["status"] == "fail"} == {"processor 0", "upstream demo"}
 
 
 def test_broken_config_is_the_only_line(tmp_path: Path) -> None:

@@ -218,3 +218,19 @@ def test_protected_resource_metadata_is_served_and_readable_by_the_sdk(start_mcp
     assert str(metadata.resource).rstrip("/") == gw.endpoint
     assert [str(u).rstrip("/") for u in metadata.authorization_servers] == [issuer.url]
     assert metadata.bearer_methods_supported == ["header"]
+
+
+def test_untrusted_issuer_is_named_in_the_answer_and_with_the_trusted_ones_in_the_log(
+    start_mcp_server, start_authed, issuer
+) -> None:
+    """A token minted from a stopped demo issuer: the client reads its token's issuer back, the log also names the
+    trusted ones (configuration, never sent to the client)."""
+    gw = start_authed([start_mcp_server("demo")])
+    dead = "http://127.0.0.1:9/demo-issuer-gone"
+    r = _post(gw, f"Bearer {_token(gw, issuer, issuer=dead)}")
+
+    assert r.status_code == 401
+    assert f"token issuer '{dead}' is not trusted" in r.headers["www-authenticate"]
+    assert issuer.url not in r.headers["www-authenticate"] and issuer.url not in r.text
+    line = f"WrongIssuer token issuer '{dead}' is not trusted; trusted: {issuer.url}"
+    wait_until(lambda: line in gw.log.read_text(errors="replace"), 10, "the refusal in the processor's log")

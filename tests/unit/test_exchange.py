@@ -746,3 +746,30 @@ async def test_encoded_response_without_a_policy_passes_as_recorded_bytes(rig: R
     await ex.on_request_headers(request_headers(session="s"))
     resp = await ex.on_response_headers(response_headers("application/json", **{"content-encoding": "gzip"}))
     assert resp.WhichOneof("response") == "response_headers"
+
+
+async def test_progress_notifications_are_recorded_unredacted_under_the_builtin_redactions(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """progressToken is MCP's name for a progress stream, not a credential: recorded as sent, with no redaction."""
+    from extproc.policy.loader import load_policy
+
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "pol" / "p.yaml").write_text("apiVersion: mcp-extproc/v1\nrules: []\n")  # built-in redactions on
+    call = {**CALL, "params": {**CALL["params"], "_meta": {"progressToken": "p-7"}}}
+    result = {"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": "password=hunter2"}]}}
+    ex = rig.exchange()
+    await ex.on_request_headers(request_headers(session="s"))
+    ex.policy = load_policy(tmp_path / "pol", {"weather"})
+    await ex.on_request_body(body(json.dumps(call).encode()))
+    await ex.on_response_headers(response_headers("text/event-stream"))
+    await ex.on_response_body(body(_sse(_progress(1), _progress(2), result)))
+
+    events = (await rig.recorded())["s"]
+    request = next(e for e in events if e["type"] == "mcp.request")
+    assert (request["messages"], request["redactions"]) == ([call], [])
+    responses = [e for e in events if e["type"] == "mcp.response"]
+    assert [r["messages"] for r in responses[:2]] == [[_progress(1)], [_progress(2)]]
+    assert [r["redactions"] for r in responses[:2]] == [[], []]
+    # the built-ins are on: the real secret in the result is still redacted
+    assert [r["rule"] for r in responses[2]["redactions"]] == ["builtin-password-assignment"]

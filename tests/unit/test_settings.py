@@ -194,6 +194,16 @@ def test_load_keeps_absolute_recording_directory(tmp_path: Path) -> None:
     ("text", "message"),
     [
         pytest.param("servers:\n  - name: a\n   upstream: [\n", ":3: not valid YAML: ", id="syntax-error"),
+        pytest.param(  # the scanner notices the missing ':' only at the next key, past blank and comment lines
+            "servers:\n  - name: a\n    upstream 127.0.0.1:1\n\n    # the port\n    upstream_tls: true\n",
+            ":3: not valid YAML: could not find expected ':'",
+            id="key-without-colon",
+        ),
+        pytest.param(
+            "servers: [{name: a, upstream: '127.0.0.1:1'}]\nrecording:\n  directory: \"recs\n\nlog_format: json\n",
+            ":3: not valid YAML: found unexpected end of stream",
+            id="unclosed-quote",
+        ),
         pytest.param("- just\n- a list\n", ":1: expected a mapping at the top level", id="list-at-top"),
         pytest.param("", ":1: empty file; expected a mapping at the top level", id="empty-file"),
         pytest.param(

@@ -21,10 +21,21 @@
     }
     return node;
   }
-  const fmt = (t) => (t ? new Date(t * 1000).toISOString().replace("T", " ").replace("Z", "") : "-");
+  // Times are shown in UTC, saying so (the CLI and the API filters speak UTC too); the viewer's local time is on
+  // hover. fmt is for text that already sits inside a sentence; when() is the element to use everywhere else.
+  const fmt = (t) => (t ? new Date(t * 1000).toISOString().slice(0, 19).replace("T", " ") + " UTC" : "-");
+  const when = (t) => (t
+    ? el("time", { datetime: new Date(t * 1000).toISOString(),
+                   title: new Date(t * 1000).toLocaleString(undefined, { timeZoneName: "short" }) + " (your time)" },
+         fmt(t))
+    : "-");
+  // replaceChildren(…, null) would print "null": every page is built through show(), which drops the absent parts.
+  const show = (...nodes) => main.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
   const json = (v) => JSON.stringify(v, null, 2);
   const badge = (cls, text, title) => el("span", { class: "badge " + cls, title: title || null }, text);
   const stateBadge = (s) => badge("state-" + s, s, s === "incomplete" ? "a processor stopped mid-exchange" : null);
+  const deniedBadge = (n) => el("span", { class: "badge denied denied-count", title: `${n} exchange(s) refused by the gateway` },
+    `${n} denied`);
   const verifiedBadge = (v) => badge(v ? "verified-yes" : "verified-no", v ? "verified" : "NOT verified");
 
   async function api(path, opts) {
@@ -40,13 +51,32 @@
 
   function showLogin() {
     const next = location.pathname + location.search;
-    main.replaceChildren(
+    if (document.body.dataset.login !== "on") {
+      // No OIDC client configured: a Log in link would only lead to an error. Say how to turn login on instead.
+      const api = location.origin + PREFIX;
+      show(
+        el("h1", {}, "Web login is not turned on"),
+        el("div", { id: "login-off", class: "notice" },
+          el("p", {}, "This audit service has no OIDC client for the web viewer, so nobody can log in here yet. " +
+            "The API works with a bearer token meanwhile:"),
+          el("pre", {}, `mcp-extproc sessions list --api ${api} --token "$TOKEN"`),
+          el("p", {}, "To turn the web login on, an operator:"),
+          el("ol", {},
+            el("li", {}, "registers a public OIDC client (Authorization Code + PKCE) at the identity provider, " +
+              "with the redirect URI ", el("code", {}, api + "callback"),
+              " (the development issuer, mcp-extproc dev-issuer, accepts any client name);"),
+            el("li", {}, "sets ", el("code", {}, "audit.client_id"), " to that client's id in gateway.yaml " +
+              "(and audit.client_secret_file for a confidential client);"),
+            el("li", {}, "restarts the audit service."))));
+      return;
+    }
+    show(
       el("h1", {}, "Log in to see recorded sessions"),
       el("p", {}, el("a", { id: "login", href: PREFIX + "login?next=" + encodeURIComponent(next) }, "Log in")));
   }
 
   function showError(e) {
-    main.replaceChildren(el("h1", {}, e.status === 404 ? "Not found" : "Error"),
+    show(el("h1", {}, e.status === 404 ? "Not found" : "Error"),
       el("p", { class: "error", role: "alert", id: "error" }, e.message),
       el("p", {}, el("a", { href: PREFIX }, "Back to the session list")));
   }
@@ -73,7 +103,9 @@
           ? el("select", { name: f, id: "f-" + f }, ["", "complete", "incomplete", "open"].map(
               (s) => el("option", { value: s, selected: q.get(f) === s }, s || "any")))
           : el("input", { name: f, id: "f-" + f, value: q.get(f) || "",
-                          placeholder: f === "since" || f === "until" ? "2026-12-01T10:00Z" : "" }))),
+                          placeholder: f === "since" ? "24h or 2026-12-01" : f === "until" ? "2026-12-01T10:00Z" : "",
+                          title: f === "since" || f === "until"
+                            ? "UTC time (2026-12-01T10:00Z), Unix seconds, or an age like 30m, 24h, 7d" : null }))),
       el("button", { type: "submit" }, "Filter"));
     form.addEventListener("submit", (ev) => {
       ev.preventDefault();
@@ -83,11 +115,13 @@
       route();
     });
     const body = el("tbody");
-    const table = el("table", { id: "sessions" }, el("caption", { class: "muted" }, "newest first"),
-      el("thead", {}, el("tr", {}, ["session", "server", "user", "started", "exchanges", "tools", "state", "verified"]
-        .map((h) => el("th", { scope: "col" }, h)))), body);
+    const COLS = ["session", "server", "user", "started", "exchanges", "tools", "state", "verified"];
+    const table = el("table", { id: "sessions", class: "cards" }, el("caption", { class: "muted" }, "newest first"),
+      el("thead", {}, el("tr", {}, COLS.map((h) => el("th", { scope: "col" }, h)))), body);
     const more = el("button", { id: "more", hidden: true }, "More");
-    main.replaceChildren(el("h1", {}, "Recorded sessions"), form, table, more);
+    show(el("h1", {}, "Recorded sessions"), form, table, more);
+    // data-label: on narrow screens each row is a card and each cell names its column (style.css).
+    const cell = (n, ...c) => el("td", { "data-label": COLS[n] }, ...c);
     let cursor = null;
     async function load() {
       const p = new URLSearchParams();
@@ -98,12 +132,12 @@
       catch (e) { if (e.status) main.append(el("p", { class: "error", role: "alert" }, e.message)); return; }
       for (const s of doc.sessions) {
         body.append(el("tr", { "data-session": s.session },
-          el("td", {}, el("a", { href: PREFIX + "s/" + encodeURIComponent(s.session) }, s.session)),
-          el("td", {}, s.server || "-"), el("td", {}, s.user || "-"), el("td", {}, fmt(s.started)),
-          el("td", {}, s.exchanges), el("td", {}, s.tools.join(", ")),
-          el("td", {}, stateBadge(s.state)), el("td", {}, verifiedBadge(s.verified))));
+          cell(0, el("a", { href: PREFIX + "s/" + encodeURIComponent(s.session) }, s.session)),
+          cell(1, s.server || "-"), cell(2, s.user || "-"), cell(3, when(s.started)),
+          cell(4, s.exchanges, s.denied ? [" ", deniedBadge(s.denied)] : null), cell(5, s.tools.join(", ") || "-"),
+          cell(6, stateBadge(s.state)), cell(7, verifiedBadge(s.verified))));
       }
-      if (!body.children.length) body.append(el("tr", {}, el("td", { colspan: 8 }, "No sessions you may see.")));
+      if (!body.children.length) body.append(el("tr", { class: "empty" }, el("td", { colspan: 8 }, "No sessions you may see.")));
       cursor = doc.next_cursor;
       more.hidden = !cursor;
     }
@@ -144,18 +178,36 @@
     return li;
   }
 
+  // The other side of a call: its result, the gateway's refusal (status, rule, what it answered; the same data
+  // `sessions show` prints as "refused by the gateway"), or nothing at all.
+  function outcomeOf(c) {
+    const res = c.response, ref = c.refusal;
+    if (res) {
+      return el("div", {}, el("div", { class: "muted" }, "result at ", when(c.response_time)),
+        el("pre", {}, json(res.result !== undefined ? res.result : { error: res.error })));
+    }
+    if (ref) {
+      return el("div", { class: "refusal" },
+        el("div", { class: "muted" }, "refused by the gateway at ", when(ref.time)),
+        el("p", {}, badge("denied", "refused " + ref.status), " ",
+          ref.rule ? ["rule ", el("strong", { class: "rule" }, ref.rule)] : "no rule allowed it (default deny)"),
+        ref.detail ? el("pre", {}, ref.detail) : null);
+    }
+    if (c.request.id === undefined) return el("div", {}, el("div", { class: "muted" }, "notification: no response expected"));
+    return el("div", {}, el("div", { class: "muted" }, "no response"), el("pre", {}, "-"));
+  }
+
   function callBlock(c) {
-    const req = c.request, res = c.response;
-    const result = res ? (res.result !== undefined ? res.result : { error: res.error }) : null;
-    return el("div", { class: "callwrap" },
-      el("h3", {}, `${fmt(c.time)} ${c.from === "client" ? "→" : "←"} ${req.method}` +
+    const req = c.request;
+    return el("div", { class: "callwrap" + (c.refusal ? " refused" : ""), "data-exchange": c.exchange },
+      el("h3", {}, when(c.time), ` ${c.from === "client" ? "→" : "←"} ${req.method}` +
         (req.params && req.params.name ? " " + req.params.name : "")),
       el("div", { class: "call" },
         el("div", {}, el("div", { class: "muted" }, "arguments"), el("pre", {}, json(req.params || {}))),
-        el("div", {}, el("div", { class: "muted" }, res ? "result at " + fmt(c.response_time) : "no response"),
-          el("pre", {}, result === null ? "-" : json(result)))),
+        outcomeOf(c)),
       c.notifications.length ? el("ul", {}, c.notifications.map((n) =>
-        el("li", {}, `${fmt(n.time)} ${n.message.method} ${json(n.message.params || {})}`))) : null);
+        el("li", {}, when(n.time), ` ${n.message.method} ${json(n.message.params || {})}`))) : null,
+      (c.rounds || []).length ? el("div", { class: "rounds" }, c.rounds.map(callBlock)) : null);
   }
 
   async function sessionPage(key) {
@@ -225,12 +277,13 @@
       if (ev.key === " " || ev.key === "k") { ev.preventDefault(); play.click(); }
       else if (ev.key === "." || ev.key === "ArrowRight" || ev.key === "l") { ev.preventDefault(); step.click(); }
     };
-    main.replaceChildren(
+    show(
       el("p", {}, el("a", { href: PREFIX }, "← all sessions")),
       el("h1", {}, "Session " + s.session),
       el("div", { class: "summary", id: "summary" }, stateBadge(s.state), verifiedBadge(s.verified),
-        ...[`server ${s.server || "-"}`, `user ${s.user || "-"}`, `started ${fmt(s.started)}`,
-          `${s.exchanges} exchanges`, `${s.events} events`].map((t) => el("span", {}, t)), verifyBtn),
+        ...[`server ${s.server || "-"}`, `user ${s.user || "-"}`, ["started ", when(s.started)],
+          `${s.exchanges} exchanges`, `${s.events} events`].map((t) => el("span", {}, t)),
+        s.denied ? deniedBadge(s.denied) : null, verifyBtn),
       s.state === "incomplete"
         ? el("p", { class: "state-incomplete", id: "incomplete-note" },
             "Incomplete: a processor stopped before some exchanges ended; what it wrote before is kept.") : null,

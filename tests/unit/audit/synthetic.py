@@ -21,8 +21,10 @@ def session_segments(
     final: bool = True,
     signer: Signer | None = None,
     issuer: str = "https://issuer.test",
+    denied: tuple[str, ...] = (),
 ) -> list[Segment]:
-    """One exchange per tool call, all in one segment; optionally the stream's final manifest."""
+    """One exchange per tool call, all in one segment; optionally the stream's final manifest. A call of a tool
+    in ``denied`` is refused by the gateway (rule ``no-<tool>``, 403, no upstream response)."""
     events: list[dict[str, Any]] = []
     t = started
     for n, tool in enumerate(tools):
@@ -33,11 +35,22 @@ def session_segments(
              "method": "POST", "path": f"/{server}/mcp", "principal": principal},
             {"type": "mcp.request", "session": key, "exchange": ex, "index": 1, "time": t + 0.01,
              "messages": [{"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {"name": tool}}]},
-            {"type": "policy.decision", "session": key, "exchange": ex, "index": 2, "time": t + 0.01,
-             "allowed": True, "rule": "allow-all"},
-            {"type": "exchange.end", "session": key, "exchange": ex, "index": 3, "time": t + 0.02,
-             "outcome": "complete", "status": 200},
         ]  # fmt: skip
+        if tool in denied:
+            events += [
+                {"type": "policy.decision", "session": key, "exchange": ex, "index": 2, "time": t + 0.01,
+                 "allowed": False, "rule": f"no-{tool}", "reason": "denied", "message_id": n},
+                {"type": "exchange.end", "session": key, "exchange": ex, "index": 3, "time": t + 0.02,
+                 "outcome": "denied", "status": 403, "duration_ms": 1.0,
+                 "detail": f"denied by policy rule 'no-{tool}': tools/call {tool}"},
+            ]  # fmt: skip
+        else:
+            events += [
+                {"type": "policy.decision", "session": key, "exchange": ex, "index": 2, "time": t + 0.01,
+                 "allowed": True, "rule": "allow-all"},
+                {"type": "exchange.end", "session": key, "exchange": ex, "index": 3, "time": t + 0.02,
+                 "outcome": "complete", "status": 200, "duration_ms": 10.0},
+            ]  # fmt: skip
         t += 0.1
     prev, lines = GENESIS, []
     for seq, ev in enumerate(events):

@@ -80,3 +80,73 @@ def test_grants_filters_and_cursor_pages(index: SessionIndex) -> None:
 def test_cursors_not_issued_here_are_refused(cursor: str) -> None:
     with pytest.raises(BadQuery, match="cursor"):
         decode_cursor(cursor)
+
+
+_V0_SCHEMA = """
+CREATE TABLE sessions (
+    key TEXT PRIMARY KEY, id TEXT, server TEXT, owner_issuer TEXT, owner_subject TEXT, user TEXT,
+    started REAL, ended REAL, state TEXT, verified INTEGER, final INTEGER, exchanges INTEGER, events INTEGER,
+    tools TEXT, mark TEXT
+);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+async def test_denied_counts_and_an_index_from_before_them_is_migrated(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "rec")
+    await _put(store, "s1", server="alpha", user="bob", started=100.0, tools=("echo", "rm", "rm"), denied=("rm",))
+    await _put(store, "s2", server="alpha", user="bob", started=200.0)
+    # An index written before the denied column: its rows were current (their marks say so) and stay listed.
+    old = SessionIndex(tmp_path / "new.sqlite", store)
+    old.refresh()
+    with old._lock:
+        rows = old._db.execute("SELECT key, id, server, owner_issuer, owner_subject, user, started, ended, state, "
+                               "verified, final, exchanges, events, tools, mark FROM sessions").fetchall()  # fmt: skip
+    old.close()
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "old.sqlite")
+    db.executescript(_V0_SCHEMA)
+    db.executemany(f"INSERT INTO sessions VALUES ({','.join('?' * 15)})", rows)
+    db.execute("INSERT INTO meta VALUES ('watermark', ?)", (str(10**10),))
+    db.commit()
+    db.close()
+
+    migrated = SessionIndex(tmp_path / "old.sqlite", store)
+    assert migrated.get("s1").denied == 0  # type: ignore[union-attr]  # not known yet, still served
+    assert migrated.refresh() == 2  # the migration made every session due for a re-read
+    assert migrated.get("s1").denied == 2  # type: ignore[union-attr]
+    assert migrated.get("s2").denied == 0  # type: ignore[union-attr]
+    assert migrated.refresh() == 0
+    migrated.close()
+    assert SessionIndex(tmp_path / "old.sqlite", store).refresh() == 0  # migrated once, not at every start
+    everything = [Grant(None, True)]
+    rows_json = [r.to_json() for r in SessionIndex(tmp_path / "old.sqlite", store).query(
+        everything, ("", ""), Filters(), None, 10)[0]]  # fmt: skip
+    assert [(r["session"], r["denied"]) for r in rows_json] == [("s2", 0), ("s1", 2)]
+
+
+async def test_an_idle_index_does_not_write(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "rec")
+    await _put(store, "s1", server="alpha", user="bob", started=100.0)
+    index = SessionIndex(tmp_path / "idx.sqlite", store)
+    assert index.refresh() == 1
+    wal = tmp_path / "idx.sqlite-wal"
+    changes, size = index._db.total_changes, wal.stat().st_size
+    for _ in range(50):  # fifty idle rounds: at the default interval, most of a minute of an idle service
+        assert index.refresh() == 0
+    assert index._db.total_changes == changes and wal.stat().st_size == size
+    await _put(store, "s2", server="alpha", user="carol", started=200.0)
+    assert index.refresh() == 1 and index.count() == 2  # a change is still seen, and written
+    index.close()
+
+
+@pytest.mark.parametrize(("problems", "verified"), [([], True), (["w: line 2: hash chain broken"], False)])
+def test_the_index_row_of_a_session_that_fails_verification_is_not_verified(problems: list, verified: bool) -> None:
+    from extproc.audit.summary import summarize
+    from extproc.recording.replay import Session
+    from extproc.recording.verify import Problem
+
+    session = Session(id="s", events=[{"type": "exchange.start", "exchange": "e", "time": 1.0, "server": "alpha"}])
+    session.problems = [Problem("w", 2, p) for p in problems]
+    assert summarize("s", session).verified is verified

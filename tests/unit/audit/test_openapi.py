@@ -11,3 +11,11 @@ def test_openapi_paths_are_the_routes() -> None:
     routes = {"/audit" + r.path for r in api_routes()} | {"/audit/api/openapi.json"}
     assert set(doc["paths"]) == routes
     assert doc["openapi"].startswith("3.1")
+
+
+def test_the_session_schema_names_every_field_a_row_has() -> None:
+    from extproc.audit.summary import SessionRow
+
+    row = SessionRow("k", "i", "s", "iss", "sub", "u", 1.0, 2.0, "complete", True, True, 1, 2, ("t",), 1)
+    schema = openapi_document("/audit/")["components"]["schemas"]["Session"]["properties"]
+    assert set(row.to_json()) == set(schema)

@@ -46,3 +46,38 @@ def test_dev_issuer_help_says_development_only() -> None:
     assert result.exit_code == 0
     assert "DEVELOPMENT-ONLY" in result.output
     assert "--key-dir" in result.output and "--port" in result.output
+
+
+def _token(key_dir: Path, *extra: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(_app(), ["token", "--aud", AUD, "--key-dir", str(key_dir), *extra])
+
+
+def test_token_refuses_to_mint_from_an_issuer_that_is_not_running(tmp_path: Path, key_dir_template: Path) -> None:
+    """After `make demo` its issuer is gone but .demo/issuer/issuer.url still names it: say so, and how to start
+    one, instead of printing a token every gateway answers with "token issuer is not trusted"."""
+    import shutil
+
+    shutil.copytree(key_dir_template, tmp_path / "issuer")
+    with DevIssuer(tmp_path / "issuer") as dead:
+        url = dead.url
+    result = _token(tmp_path / "issuer")
+    assert result.exit_code == 2 and result.stdout == ""
+    message = " ".join(result.stderr.split())
+    assert f"the development issuer {url} (from {tmp_path / 'issuer' / 'issuer.url'}) is not running" in message
+    assert f"mcp-extproc dev-issuer --key-dir {tmp_path / 'issuer'}" in message
+
+    forced = _token(tmp_path / "issuer", "--issuer", "https://idp.example.test")  # explicit: minted unchecked
+    assert forced.exit_code == 0, forced.output
+    assert jwt.decode(forced.stdout.strip(), options={"verify_signature": False})["iss"] == "https://idp.example.test"
+
+
+def test_token_refuses_an_issuer_serving_other_keys_and_a_missing_key_dir(issuer: DevIssuer, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    mint_token(other, "x", aud=AUD)  # another key directory ...
+    (other / "issuer.url").write_text(issuer.url + "\n")  # ... naming the running issuer, which has other keys
+    result = _token(other)
+    assert result.exit_code == 2 and "does not publish the key in" in " ".join(result.stderr.split())
+
+    missing = _token(tmp_path / "nope")
+    assert missing.exit_code == 2 and "no development issuer keys in" in missing.stderr
+    assert not (tmp_path / "nope").exists()  # nothing created on the way

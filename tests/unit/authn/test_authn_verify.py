@@ -188,6 +188,34 @@ REJECTED = [
 ]
 
 
+async def test_an_untrusted_issuer_is_named_to_the_client_and_the_trusted_ones_only_in_the_log(
+    issuer: DevIssuer, auth: Authenticator
+) -> None:
+    with pytest.raises(WrongIssuer) as caught:
+        await auth.authenticate(_bearer(issuer.mint("a", aud=AUD, issuer="http://127.0.0.1:1/dead-demo-issuer")))
+    assert caught.value.safe_message == "token issuer 'http://127.0.0.1:1/dead-demo-issuer' is not trusted"
+    assert issuer.url not in caught.value.safe_message  # configuration stays inside
+    # the processor logs the exception text ("exchange … refused: WrongIssuer …")
+    assert str(caught.value) == (
+        f"token issuer 'http://127.0.0.1:1/dead-demo-issuer' is not trusted; trusted: {issuer.url}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("iss", "error", "message"),
+    [
+        (None, MissingClaim, "token is missing required claim 'iss'"),
+        ("x" * 5000, WrongIssuer, "token issuer '" + "x" * 200 + "' is not trusted"),
+    ],
+)
+async def test_a_missing_or_odd_issuer_claim_is_named_precisely(
+    issuer: DevIssuer, auth: Authenticator, iss: object, error: type[AuthError], message: str
+) -> None:
+    with pytest.raises(error) as caught:
+        await auth.authenticate(_bearer(issuer.mint("a", aud=AUD, extra_claims={"iss": iss})))
+    assert caught.value.safe_message == message
+
+
 @pytest.mark.parametrize(("make_header", "error"), REJECTED)
 async def test_rejected(issuer: DevIssuer, auth: Authenticator, make_header, error: type[AuthError]) -> None:
     with pytest.raises(error) as caught:

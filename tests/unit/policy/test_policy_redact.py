@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from extproc.policy import CompiledPolicy, redact
+from extproc.policy.redact import compile_redactor
 
 POLICY = r"""
 apiVersion: mcp-extproc/v1
@@ -172,3 +173,49 @@ def test_redaction_error_stores_nothing(policy: CompiledPolicy) -> None:
         deep = [deep]
     out, found = redact(policy, "demo", deep)
     assert out == "[REDACTED:redaction-error]" and found[0].rule == "redaction-error"
+
+
+def _mcp_wire_field_names() -> list[str]:
+    """Every field name of the installed MCP SDK's schema as it is spelled on the wire (the alias when it has one)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import mcp.types
+    import pydantic
+
+    modules = [
+        mcp.types,
+        *(importlib.import_module(f"mcp.types.{m.name}") for m in pkgutil.iter_modules(mcp.types.__path__)),
+    ]
+    names = {
+        f.alias or name
+        for module in modules
+        for cls in vars(module).values()
+        if inspect.isclass(cls) and issubclass(cls, pydantic.BaseModel)
+        for name, f in cls.model_fields.items()
+    }
+    # _meta keys the SDK reserves, and fields of drafts the gateway already speaks (mcp/request_state.py)
+    names |= {"io.modelcontextprotocol/subscriptionId", "io.modelcontextprotocol/ui", "requestState"}
+    assert {"progressToken", "cursor", "nextCursor", "_meta", "maxTokens"} <= names  # the schema was found
+    return sorted(names)
+
+
+@pytest.mark.parametrize("name", _mcp_wire_field_names())
+def test_no_builtin_rule_redacts_an_mcp_schema_field(name: str) -> None:
+    """The built-ins must not blank MCP's own fields (progressToken made every progress event a redaction)."""
+    builtins = compile_redactor([])
+    message = {"jsonrpc": "2.0", "method": "m", "params": {name: "opaque-41d2", "_meta": {name: 7}}}
+    out, found = builtins.apply(message)
+    assert (out, found) == (message, [])
+    for text in (name, f"{name}: opaque-41d2", f"{name}=opaque-41d2"):
+        assert builtins.text(text, "/t") == (text, [])
+
+
+@pytest.mark.parametrize(
+    "name", ["password", "apiKey", "api_key", "clientSecret", "access_token", "token", "refreshToken", "authorization"]
+)
+def test_credential_names_are_still_redacted_by_the_builtins(name: str) -> None:
+    out, found = compile_redactor([]).apply({"params": {name: "hunter2"}})
+    assert out == {"params": {name: "[REDACTED:builtin-password-field]"}}
+    assert [(r.rule, r.pointer) for r in found] == [("builtin-password-field", f"/params/{name}")]

@@ -18,7 +18,8 @@ def _row(session: str, user: str = "alice") -> dict:
         "started": 1_796_000_000.123,
         "exchanges": 12,
         "state": "complete",
-        "verified": "hashes only",
+        "verified": True,
+        "signatures_checked": False,
     }
 
 

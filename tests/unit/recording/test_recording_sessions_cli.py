@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from recording_helpers import cli as _cli
@@ -20,8 +23,9 @@ async def test_list_says_yes_only_when_signatures_were_checked(tmp_path: Path) -
     checked = _cli("sessions", "list", "--dir", str(root), "--json", "--public-key", str(pub))
     table = _cli("sessions", "list", "--dir", str(root))
 
-    assert [r["verified"] for r in json.loads(unchecked.stdout)] == ["hashes only"]
-    assert [r["verified"] for r in json.loads(checked.stdout)] == ["yes"]
+    # JSON: the audit API's booleans; the table says "yes" only with signatures checked
+    assert [(r["verified"], r["signatures_checked"]) for r in json.loads(unchecked.stdout)] == [(True, False)]
+    assert [(r["verified"], r["signatures_checked"]) for r in json.loads(checked.stdout)] == [(True, True)]
     assert "hashes only" in table.stdout and " yes " not in table.stdout
 
 
@@ -34,7 +38,7 @@ async def test_list_says_no_when_a_check_fails(tmp_path: Path) -> None:
 
     rows = json.loads(_cli("sessions", "list", "--dir", str(root), "--json", "--public-key", str(pub)).stdout)
 
-    assert [r["verified"] for r in rows] == ["no"]
+    assert [r["verified"] for r in rows] == [False]
 
 
 def test_missing_directory_is_an_error(tmp_path: Path) -> None:
@@ -43,3 +47,41 @@ def test_missing_directory_is_an_error(tmp_path: Path) -> None:
 
         assert result.returncode == 2, (command, result.stdout)
         assert f"no recording directory {tmp_path / 'nope'}" in result.stdout.replace("\n", "")
+
+
+def _cli_in(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "250"}
+    cmd = [sys.executable, "-m", "extproc", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=cwd)
+
+
+def test_list_of_a_directory_without_recordings_says_where_it_looked(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    table = _cli("sessions", "list", "--dir", str(tmp_path / "empty"))
+    as_json = _cli("sessions", "list", "--dir", str(tmp_path / "empty"), "--json")
+
+    assert table.returncode == 0 and f"no recorded sessions in directory {tmp_path / 'empty'}" in table.stdout
+    assert "recorded MCP sessions" not in table.stdout  # no empty table
+    assert json.loads(as_json.stdout) == [] and "no recorded sessions in directory" in as_json.stderr
+
+
+async def test_dir_does_not_read_an_unrelated_gateway_yaml_for_the_key_and_says_which_key_it_used(
+    tmp_path: Path,
+) -> None:
+    key, pub = generate_keys(tmp_path / "keys")
+    root = tmp_path / "rec"
+    await _record(root, key, "sess-a")
+    (tmp_path / "gateway.yaml").write_text(
+        f"servers: [{{name: a, upstream: '127.0.0.1:1'}}]\nallow_anonymous: true\nrecording: {{signing_key: {key}}}\n"
+    )
+
+    implicit = _cli_in(tmp_path, "sessions", "list", "--dir", str(root), "--json")
+    given = _cli_in(tmp_path, "sessions", "list", "--dir", str(root), "--json", "--public-key", str(pub))
+    named = _cli_in(tmp_path, "sessions", "list", "--dir", str(root), "--json", "--config", "gateway.yaml")
+
+    assert [r["signatures_checked"] for r in json.loads(implicit.stdout)] == [False]
+    assert "signatures not checked: no --public-key given" in implicit.stderr
+    assert [r["signatures_checked"] for r in json.loads(given.stdout)] == [True]
+    assert f"signatures checked with the key in {pub} (--public-key)" in given.stderr
+    assert [r["signatures_checked"] for r in json.loads(named.stdout)] == [True]
+    assert f"signatures checked with the key in {key} (recording.signing_key in gateway.yaml)" in named.stderr

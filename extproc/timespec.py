@@ -1,0 +1,33 @@
+"""One parser for the times people type (``--since`` on the CLI, ``since``/``until`` in the audit API and viewer)."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from datetime import UTC, datetime
+
+_DURATION = re.compile(r"^(?P<n>\d+(?:\.\d+)?)(?P<unit>[smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+FORMS = "an ISO time (2026-12-01T10:00Z; no zone = UTC), Unix seconds, or an age like 30m, 24h, 7d"
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """``2026-12-01T10:00:00Z`` (naive = UTC), ``1764583200`` (Unix seconds) or ``24h`` / ``7d`` / ``30m`` ago.
+
+    Raises ValueError naming the accepted forms; never returns a time before 1970 or a non-finite one."""
+    text = text.strip()
+    if (m := _DURATION.match(text)) is not None:
+        t = (now if now is not None else time.time()) - float(m["n"]) * _UNITS[m["unit"]]
+    else:
+        try:
+            t = float(text)
+        except ValueError:
+            try:
+                when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            except ValueError:
+                raise ValueError(f"{text!r}: give {FORMS}") from None
+            t = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(f"{text!r}: must be a time after 1970 ({FORMS})")
+    return t
