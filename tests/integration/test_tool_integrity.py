@@ -83,11 +83,11 @@ async def test_rug_pull_caught_in_each_mode(start_mcp_server, start_authed, issu
         verified = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert verified.returncode == 0, verified.stdout + verified.stderr
         assert gw.session(unit).problems == []
-        shown = subprocess.run([*cmd[:3], "show", *cmd[4:]], capture_output=True, text=True, timeout=60)
+        shown = subprocess.run([*cmd[:4], "show", *cmd[5:]], capture_output=True, text=True, timeout=60)
         assert shown.returncode == 0, shown.stdout + shown.stderr
         assert client != "legacy" or "as listed at" in shown.stdout, shown.stdout
         if mode != "alarm" and client == "legacy":  # the approved call: the caller was shown the old definition
-            assert "CHANGED since" in shown.stdout and "withheld: " in shown.stdout, shown.stdout
+            assert "CHANGED since" in shown.stdout and "WITHHELD" in shown.stdout, shown.stdout
     events = [e for u in units for e in gw.session(u).events]
     changed = [e for e in events if e["type"] == "definition.changed"]
     assert changed and changed[0]["decision"] == mode and changed[0]["name"] == "echo"
