@@ -239,14 +239,14 @@ class Surface:
         if kind is None or name is None:
             return None, None
         withheld = self.withheld.get(server)
-        approved: str | None = None
+        approved: dict[str, Any] | None = None
         if withheld:
             for key, w in list(withheld.items()):
                 pin = self.pins.get(server, *key) if self.pins is not None and w.change else None
                 if pin is not None and pin.fingerprint == w.fingerprint:  # approved since it was listed
                     del withheld[key]
-                    if key == (kind.name, name):
-                        approved = w.fingerprint
+                    if key == (kind.name, name):  # the approval goes on the record with the first call it lets by
+                        approved = {"fingerprint": w.fingerprint, "by": pin.approved_by, "at": pin.pinned_at}
             found = withheld.get((kind.name, name))
             if found is not None:
                 return found.reason, {"kind": kind.name, "name": name, "fingerprint": found.fingerprint,
@@ -260,7 +260,9 @@ class Surface:
             return why, {"kind": kind.name, "name": name, "withheld": "pending"}
         last = self.units[unit].last.get((server, kind.name, name)) if unit is not None and unit in self.units else None
         if last is None:
-            return None, {"kind": kind.name, "name": name, "fingerprint": approved, "listed": False}
+            fp = approved["fingerprint"] if approved is not None else None
+            record = {"kind": kind.name, "name": name, "fingerprint": fp, "listed": False}
+            return None, record if approved is None else {**record, "approved": approved}
         record = {"kind": kind.name, "name": name, "fingerprint": last[0], "listed_at": last[1]}
         return None, record if approved is None else {**record, "approved": approved}
 

@@ -97,6 +97,8 @@ async def test_rug_pull_caught_in_each_mode(start_mcp_server, start_authed, issu
         assert fingerprint(ev["definition"]) == fp  # the recording proves what was shown
     calls = [e for e in events if e["type"] == "policy.decision" and e["call"].startswith("tools/call 'echo'")]
     assert calls[0]["definition"]["fingerprint"] == changed[0]["old"]
+    if mode != "alarm" and client == "legacy":  # the approval is recorded with the call it let through
+        assert calls[-1]["definition"]["approved"]["by"] == "carol"
     refusals = [e for e in events if e["type"] == "exchange.end" and "ToolWithheld" in e["detail"]]
     assert bool(refusals) == (mode != "alarm")
     if client == "legacy":  # the server's list_changed notification is on the record

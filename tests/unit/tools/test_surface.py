@@ -73,7 +73,10 @@ async def test_change_each_mode(tmp_path: Path, policy, mode: str) -> None:  # t
     # A person approves (the CLI writes the signed pin); the next call passes without a new list.
     pins.write(tmp_path / "pins", KEY, pins.approve(s.pins.get("demo", "tool", "echo"), "alice", 11.0))  # type: ignore[arg-type]
     await s.pins.refresh("demo")
-    assert s.check_call(p, "demo", "tools/call", "echo", "u1")[0] is None
+    why, record = s.check_call(p, "demo", "tools/call", "echo", "u1")
+    assert why is None and record is not None
+    if mode != "alarm":  # the approval is on the record of the first call it lets through
+        assert record["approved"] == {"fingerprint": fingerprint(ECHO2), "by": "alice", "at": 11.0}
     assert s.check_call(p, "demo", "tools/call", "add", "u1")[0] is None
 
 
