@@ -114,7 +114,7 @@ def main() -> None:
             def review(method: str, result: dict[str, Any]) -> dict[str, Any]:
                 return surface.review_list(policy, "demo", method, result, "w", 4.0).result
 
-            filter_body(policy, who, "demo", lists, body, False, None, review)
+            filter_body(policy, who, "demo", lists, body, False, None, review=review)
 
         whole_ms = cpu_ms(whole, args.rounds)
         baseline_ms = cpu_ms(lambda: filter_body(policy, who, "demo", lists, body, False), args.rounds)

@@ -43,6 +43,7 @@ from extproc.logs import access, verdict_fields
 from extproc.mcp.body import Piece, ResponseBody, dumps, rewrite_json
 from extproc.mcp.jsonrpc import McpCall, ParsedBody, error_response, is_request, parse_body
 from extproc.mcp.methods import HTTP_METHODS, INPUT_REQUIRED
+from extproc.mcp.param_headers import ToolHeaders
 from extproc.mcp.protocol import check_headers, classify, run_key
 from extproc.mcp.request_state import RequestState
 from extproc.mcp.sse import format_event
@@ -111,6 +112,7 @@ class Exchange:
         self._run: str | None = None  # the recorded run of a stateless request
         self._may_ask = False  # a stateless call whose result may ask for input: its requestState gets sealed
         self._state: RequestState | None = None
+        self._deferred: tuple[GatewayError, dict[str, str]] | None = None  # an admission refusal awaiting the body
         self._awaiting: set[str] = set()  # ids of requests in the body still without a response
         self._lists: dict[str, str] = {}  # list requests whose responses are filtered
         self._facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
@@ -147,7 +149,12 @@ class Exchange:
             return self._refuse(admission.error, dict(admission.headers))
         self._admit(admission, msg, attributes)
         if admission.refusal is not None:
-            return self._refuse(admission.refusal, dict(admission.refusal_headers))
+            if msg.end_of_stream or headers.get(":method") != "POST":
+                return self._refuse(admission.refusal, dict(admission.refusal_headers))
+            # Answered once the (buffered) body is read, so the error names the request's id. Envoy holds these
+            # headers until the body's answer, which is this refusal: nothing reaches the server.
+            self._deferred = (admission.refusal, dict(admission.refusal_headers))
+            return responses.request_headers(None, (*UPSTREAM_REMOVE, UPSTREAM_HEADER))
         method = headers.get(":method", "")
         if method in HTTP_METHODS and (refused := self._authorize_http(HTTP_METHODS[method])) is not None:
             return refused
@@ -165,12 +172,14 @@ class Exchange:
         self.bytes_in += len(body)
         parsed = parse_body(body, strict=True)  # what the policy decides on must be what the server reads
         self._note_request(parsed)
+        if self._deferred is not None:  # refused at admission (someone else's session...): only the id was missing
+            return self._refuse(*self._deferred)
         self._record_request(parsed, body)
         if parsed.error:  # what cannot be parsed cannot be authorized: refuse it, recorded
             return self._refuse(InvalidRequest(f"request body is not valid JSON-RPC ({parsed.error})"))
         try:  # the headers Envoy and the server read must say what the decided body says
-            check_headers(self._header_names, self._headers, parsed.messages, parsed.batch)
-            forward = self._open_request_state(parsed.messages, body)  # a retry continues only its own round
+            check_headers(self._header_names, self._headers, parsed.messages, parsed.batch, self._declared_headers)
+            forward = self._open_request_state(parsed.messages)  # a retry continues only its own round
         except (InvalidRequest, RemovedMethod, RequestStateNotYours) as e:
             return self._refuse(e)
         if (refused := await self._decide(parsed)) is not None:
@@ -443,7 +452,7 @@ class Exchange:
 
     # --- multi-round-trip request state (2026-07-28, mcp/request_state.py) -------------------------------------
 
-    def _open_request_state(self, messages: tuple[dict[str, Any], ...], body: bytes) -> bytes | None:
+    def _open_request_state(self, messages: tuple[dict[str, Any], ...]) -> bytes | None:
         """A stateless call by a known identity: a result that may ask for input gets its state sealed to this
         caller, and a retry's sealed state is opened. Returns the body to forward when it changed, else None."""
         if self._run is None or self.principal is None or self.admitted is None or len(messages) != 1:
@@ -451,7 +460,19 @@ class Exchange:
         scope = self.admitted.scope or self.admitted.server.name
         self._state = RequestState(self.principal, scope, self.gw.options.session_key)
         self._may_ask = messages[0].get("method") in INPUT_REQUIRED
-        return self._state.open(messages[0], body)
+        return self._state.open(messages[0])
+
+    # --- Mcp-Param-* headers against the tools' x-mcp-header maps (mcp/param_headers.py) -------------------------
+
+    def _scope(self) -> str:
+        return (self.admitted.scope or self.admitted.server.name) if self.admitted is not None else ""
+
+    def _declared_headers(self, tool: str) -> ToolHeaders | None:
+        return self.gw.param_headers.get(self._scope(), tool)
+
+    def _learn_list(self, method: str, result: dict[str, Any]) -> None:
+        if method == "tools/list":
+            self.gw.param_headers.learn(self._scope(), result)
 
     def _seal_state(self, message: dict[str, Any]) -> dict[str, Any]:
         return self._state.seal(message) if self._state is not None else message
@@ -477,7 +498,7 @@ class Exchange:
         sse = self._body is not None and self._body.sse
         review = self._review_list if self.gw.surface is not None else None
         filtered, hidden = filter_body(
-            self.policy, self.principal, self.server_name, self._lists, body, sse, self._facts, review
+            self.policy, self.principal, self.server_name, self._lists, body, sse, self._facts, self._learn_list, review
         )
         for method, msg_id, names in hidden:
             self.log.emit(ListFiltered(method=method, message_id=msg_id, hidden=names))

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from extproc.mcp.param_headers import ParamHeaderMaps
 from extproc.mcp.protocol import RunTracker
 from extproc.metrics import Metrics
 from extproc.overload import LagMonitor
@@ -38,6 +39,7 @@ class Gateway:
     policy: PolicySource | None = None  # exchanges read ``policy.current`` once each
     metrics: Metrics = field(default_factory=Metrics)
     runs: RunTracker = field(default_factory=lambda: RunTracker(300.0))  # recording units of stateless traffic
+    param_headers: ParamHeaderMaps = field(default_factory=ParamHeaderMaps)  # x-mcp-header maps of listed tools
     reviewer: Reviewer | None = None  # Kubernetes SubjectAccessReviews for rules that require them
     grants: GrantSource | None = None  # signed just-in-time grants
     surface: Surface | None = None  # tool-surface integrity: pins, screens, what each unit was shown

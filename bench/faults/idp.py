@@ -20,6 +20,11 @@ JWKS_DELAY_S = 4.0  # under the fetcher's 5 s timeout: the slow answer does arri
 PHASES = ("healthy", "slow", "failing")
 
 
+def _sources(bodies: list[str]) -> str:
+    """Where the first few unexpected 5xx came from, by their body (Envoy's own text, the server's, the gateway's)."""
+    return "; ".join(sorted({b[:80] for b in bodies})) or "none"
+
+
 class FlakyIssuer(DevIssuer):
     """The dev issuer with a JWKS endpoint that can be made slow (``delay``) or failing (``set_jwks_down``)."""
 
@@ -115,8 +120,9 @@ def run(scale: str) -> Outcome:
         )
         out.summary = f"{sessions} sessions + a new token every 0.1 s; " + "; ".join(
             f"{p}: p50 {tallies[p].percentile(0.5):.0f} / p99 {tallies[p].percentile(0.99):.0f} ms, "
-            f"{len(tallies[p].answered)} answered, {tallies[p].refused} refused by the recorder (503), "
-            f"JWKS fetched {per[p]} times"
+            f"{len(tallies[p].answered)} answered, 503s: {tallies[p].refused} by the recorder's back-pressure, "
+            f"{tallies[p].shed} shed by an overloaded worker, {tallies[p].undeliberate_5xx} other 5xx "
+            f"({_sources(tallies[p].five_xx)}); JWKS fetched {per[p]} times"
             for p in PHASES
         )
     finally:

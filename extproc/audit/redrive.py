@@ -192,10 +192,19 @@ def _why_not(
     if (denied := verdict.denied) is not None:
         return f"denied by today's policy for {operator.username} (rule {denied[1].rule!r}: {denied[1].reason})"
     method = str(req.get("method", ""))
-    name = str((req.get("params") or {}).get("name", "")) if method == "tools/call" else ""
+    name = _tool_name(req) if method == "tools/call" else ""
+    if method == "tools/call" and not name:
+        return "a tool call that names no tool (its params are not an object with a name)"
     if method == "tools/call" and name not in allow_tools:
         return "tool calls run only with --allow-tools " + name
     return None
+
+
+def _tool_name(req: dict[str, Any]) -> str:
+    """The called tool's name; a recorded request whose ``params`` is no object names none (it is still re-driven
+    as it was recorded, or skipped with its reason)."""
+    params = req.get("params")
+    return str(params.get("name", "")) if isinstance(params, dict) else ""
 
 
 def redrive(
@@ -223,7 +232,7 @@ def redrive(
         for call in calls:
             req = call["request"]
             method = str(req.get("method", ""))
-            name = str((req.get("params") or {}).get("name", "")) if method == "tools/call" else ""
+            name = _tool_name(req) if method == "tools/call" else ""
             why = _why_not(call, recorded, servers, policy, operator, allow_tools)
             if why is not None:
                 out.append(Outcome(method, name, "skipped", [why]))

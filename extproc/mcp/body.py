@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from itertools import takewhile
 from typing import Any
 
+from extproc.mcp.jsonrpc import loads
 from extproc.mcp.sse import HoldBudget, SseEvent, SseParser, format_event
 
 Rewrite = Callable[[dict[str, Any]], dict[str, Any]]
@@ -35,7 +36,7 @@ def dumps(doc: Any) -> str:
 def rewrite_json(body: bytes, fn: Rewrite) -> bytes:
     """A whole JSON body with ``fn`` applied to each message; unparseable or unchanged bodies come back as is."""
     try:
-        doc = json.loads(body)
+        doc = loads(body)
     except ValueError:
         return body
     new, changed = _apply(doc, fn)
@@ -99,7 +100,7 @@ class SseRewriter:
         if self._needle not in ev.raw:
             return ev.raw
         try:
-            doc = json.loads(ev.data)
+            doc = loads(ev.data)
         except ValueError:
             return ev.raw
         new, changed = _apply(doc, self._fn)

@@ -55,6 +55,15 @@ def fold_key(key: str) -> str:
     return key.replace("\x00", "").casefold()
 
 
+class NonFiniteNumber(ValueError):
+    """``NaN``, ``Infinity`` or ``-Infinity``: not JSON (RFC 8259), though Python's parser reads them as floats."""
+
+
+def _refuse_constant(name: str) -> Any:
+    """parse_constant: a NaN compares false with every bound, so a ``min``/``max`` condition would let it pass."""
+    raise NonFiniteNumber(f"{name} is not a JSON number")
+
+
 def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """object_pairs_hook: refuse duplicate keys and keys that fold onto each other (at any depth)."""
     out: dict[str, Any] = {}
@@ -90,7 +99,11 @@ def parse_body(body: bytes, strict: bool = False) -> ParsedBody:
     if not body.strip():
         return ParsedBody(error="empty body")
     try:
-        doc = json.loads(body, object_pairs_hook=_strict_object) if strict else _loads(body)
+        doc = (
+            json.loads(body, object_pairs_hook=_strict_object, parse_constant=_refuse_constant)
+            if strict
+            else loads(body)
+        )
     except AmbiguousJson as e:
         return ParsedBody(error=f"ambiguous JSON: {e}")
     except (ValueError, UnicodeDecodeError) as e:
@@ -117,14 +130,15 @@ def parse_body(body: bytes, strict: bool = False) -> ParsedBody:
     return ParsedBody(messages=(doc,))
 
 
-def _loads(body: bytes) -> Any:
-    """orjson, with the standard parser for what orjson cannot read exactly: NaN and Infinity, lone surrogates, and
-    integers beyond 64 bits (orjson reads them as floats: a float that large and integral is parsed again)."""
+def loads(body: bytes | str) -> Any:
+    """Parse a body a client or server sent: orjson, with the standard parser for what orjson cannot read exactly
+    (lone surrogates, integers beyond 64 bits, which orjson reads as floats: a float that large and integral is
+    parsed again). ``NaN`` and ``Infinity`` are refused by both (``NonFiniteNumber``, a ValueError)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return json.loads(body)
-    return json.loads(body) if _maybe_long_integer(doc) else doc
+        return json.loads(body, parse_constant=_refuse_constant)
+    return json.loads(body, parse_constant=_refuse_constant) if _maybe_long_integer(doc) else doc
 
 
 def _maybe_long_integer(doc: Any) -> bool:

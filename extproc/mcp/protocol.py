@@ -12,7 +12,7 @@ Both generations pass one gateway, decided per request:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,10 @@ from mcp_types.jsonrpc import HEADER_MISMATCH
 from extproc.errors import HeaderMismatch, InvalidEnvelope, RemovedMethod
 from extproc.mcp.jsonrpc import Message
 from extproc.mcp.methods import NAME_BEARING, is_stateless, removed_in
+from extproc.mcp.param_headers import ToolHeaders
+
+# The x-mcp-header map of a tool (by name) at the request's server, when the gateway has seen it listed.
+Declared = Callable[[str], ToolHeaders | None]
 
 VERSION_HEADER = "mcp-protocol-version"
 METHOD_HEADER = "mcp-method"
@@ -58,7 +62,11 @@ def classify(headers: Mapping[str, str], messages: Sequence[Message]) -> Request
 
 
 def check_headers(
-    names: Iterable[str], headers: Mapping[str, str], messages: Sequence[Message], batch: bool
+    names: Iterable[str],
+    headers: Mapping[str, str],
+    messages: Sequence[Message],
+    batch: bool,
+    declared: Declared | None = None,
 ) -> RequestRevision:
     """Refuse a request whose headers could make Envoy or the server see something other than the decided body.
 
@@ -78,7 +86,7 @@ def check_headers(
         if claims:
             if batch or len(messages) != 1:
                 raise HeaderMismatch(f"{claims[0]} header on a batch, which it cannot describe")
-            _check_claims(headers, messages[0])
+            _check_claims(headers, messages[0], declared, stateless=False)
         return rev
     if batch or len(messages) != 1:
         raise InvalidEnvelope(f"{rev.revision} requests are single JSON-RPC messages, not batches")
@@ -99,11 +107,11 @@ def check_headers(
     )
     if isinstance(verdict, InboundLadderRejection):
         raise (HeaderMismatch if verdict.code == HEADER_MISMATCH else InvalidEnvelope)(verdict.message)
-    _check_claims(headers, message)
+    _check_claims(headers, message, declared, stateless=True)
     return rev
 
 
-def _check_claims(headers: Mapping[str, str], message: Message) -> None:
+def _check_claims(headers: Mapping[str, str], message: Message, declared: Declared | None, stateless: bool) -> None:
     """``Mcp-Method``, ``Mcp-Name`` and ``Mcp-Param-*`` equal to what the body says, and only where they apply."""
     method = message.get("method")
     if METHOD_HEADER in headers and headers[METHOD_HEADER] != method:
@@ -116,7 +124,7 @@ def _check_claims(headers: Mapping[str, str], message: Message) -> None:
         target = params.get(key) if isinstance(params, dict) else None
         if decode_header_value(headers[NAME_HEADER]) != target:
             raise HeaderMismatch(f"{NAME_HEADER} header does not match the request body's {key!r} parameter")
-    _check_param_headers(headers, message)
+    _check_param_headers(headers, message, declared, stateless)
 
 
 def _refuse_duplicates(names: Iterable[str]) -> None:
@@ -142,18 +150,32 @@ def _scalars(value: Any, out: set[str]) -> set[str]:
     return out
 
 
-def _check_param_headers(headers: Mapping[str, str], message: Message) -> None:
+def _check_param_headers(
+    headers: Mapping[str, str], message: Message, declared: Declared | None, stateless: bool
+) -> None:
     """``Mcp-Param-*`` headers exist only on tools/call and must mirror a value the body's arguments carry.
 
-    The exact header-to-argument map lives in the tool's input schema (``x-mcp-header``); whatever the map, a
-    header value the arguments do not carry is a claim the body does not back, and is refused.
+    When the gateway has seen the tool listed, its input schema's ``x-mcp-header`` map decides exactly, as the
+    server does: each declared header equal to its argument and present exactly when the argument is (a 2026
+    request omitting one is refused too), no undeclared one. Otherwise a header value the arguments do not carry is
+    a claim the body does not back, and is refused.
     """
     params = [h for h in headers if h.startswith(PARAM_PREFIX)]
-    if not params:
-        return
-    if message.get("method") != "tools/call":
+    method = message.get("method")
+    if params and method != "tools/call":
         raise HeaderMismatch(f"{params[0]} header on a request that is not tools/call")
-    args = message.get("params", {}).get("arguments")
+    if method != "tools/call":
+        return
+    body = message.get("params")  # any JSON value a client sent: only an object has a name and arguments
+    name = body.get("name") if isinstance(body, dict) else None
+    args = body.get("arguments") if isinstance(body, dict) else None
+    known = declared(name) if declared is not None and isinstance(name, str) else None
+    if known is not None and (params or stateless):
+        why = known.mismatch(headers, args if isinstance(args, dict) else {})
+        if why is not None:
+            raise HeaderMismatch(why)
+    if not params or known is not None:
+        return
     carried = _scalars(args, set()) if isinstance(args, dict) else set()
     for h in params:
         decoded = decode_header_value(headers[h])

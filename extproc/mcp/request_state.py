@@ -12,6 +12,10 @@ from typing import Any
 from extproc.authn.principal import Principal
 from extproc.authn.state_binding import open_sealed, seal
 from extproc.errors import InvalidRequest
+from extproc.mcp.jsonrpc import fold_key
+
+_KEY = "requestState"
+_FOLDED = fold_key(_KEY)
 
 
 class RequestState:
@@ -20,21 +24,27 @@ class RequestState:
     def __init__(self, principal: Principal, scope: str, key: bytes) -> None:
         self.principal, self.scope, self.key = principal, scope, key
 
-    def open(self, message: dict[str, Any], body: bytes) -> bytes | None:
+    def open(self, message: dict[str, Any]) -> bytes | None:
         """The body to forward with the state the server issued in place of the sealed one a retry carries; None
-        when the request carries none. ``RequestStateNotYours`` / ``InvalidRequest`` refuse it."""
+        when the request carries none. ``RequestStateNotYours`` / ``InvalidRequest`` refuse it.
+
+        The state is put back exactly at ``params.requestState`` of the message the policy decided on, and that
+        message is what the server gets: a search of the body's bytes for the sealed value could land anywhere else
+        it is spelled (an argument), where policy and recording would have seen the sealed value.
+        """
         params = message.get("params")
-        sealed = params.get("requestState") if isinstance(params, dict) else None
+        if not isinstance(params, dict):
+            return None
+        for key in params:  # a decoder that folds case would read this as requestState: the gateway would not
+            if key != _KEY and fold_key(key) == _FOLDED:
+                raise InvalidRequest(f"params key {key[:40]!r} is ambiguous (case or Unicode folding of {_KEY!r})")
+        sealed = params.get(_KEY)
         if sealed is None:
             return None
         if not isinstance(sealed, str):
             raise InvalidRequest("params.requestState must be a string")
         state = open_sealed(sealed, self.principal, self.scope, self.key)
-        for ensure_ascii in (False, True):  # the client's own JSON spelling of the value, found exactly once
-            spelled = json.dumps(sealed, ensure_ascii=ensure_ascii).encode()
-            if body.count(spelled) == 1:
-                return body.replace(spelled, json.dumps(state, ensure_ascii=False).encode())
-        raise InvalidRequest("params.requestState is spelled ambiguously in the request body")
+        return _dumps({**message, "params": {**params, _KEY: state}})
 
     def seal(self, message: dict[str, Any]) -> dict[str, Any]:
         """An input_required result on its way to the client: its requestState sealed to the caller and server."""
@@ -43,3 +53,11 @@ class RequestState:
             return message
         sealed = seal(state, self.principal, self.scope, self.key)
         return {**message, "result": {**result, "requestState": sealed}}
+
+
+def _dumps(message: dict[str, Any]) -> bytes:
+    """Compact JSON of a parsed request; a lone surrogate (from a ``\\ud800`` escape) keeps its escape."""
+    try:
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(message, separators=(",", ":")).encode()

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from extproc.errors import ConfigError
+from extproc.mcp.jsonrpc import loads
 from extproc.policy.cases import Call, Who, load_cases, run_cases
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.engine import describe_call
@@ -125,7 +126,7 @@ def _json_option(value: str | None, what: str) -> dict[str, Any]:
     if not value:
         return {}
     try:
-        parsed = json.loads(value)
+        parsed = loads(value)  # as the gateway reads bodies: NaN and Infinity are not JSON
     except ValueError as e:
         _err().print(f"[red]error[/red] {what} is not JSON: {escape(str(e))}")
         raise typer.Exit(2) from None

@@ -6,6 +6,7 @@ Everything here runs once per load. Cross-file checks (unique names, servers kno
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -339,7 +340,8 @@ def value_key(v: object) -> tuple[str, object] | None:
     if isinstance(v, bool):
         return ("b", v)
     if isinstance(v, int | float):
-        return ("n", v)
+        # NaN equals nothing, and a non-finite number is not JSON: treated as no scalar (a condition on it fails closed)
+        return ("n", v) if isinstance(v, int) or math.isfinite(v) else None
     if isinstance(v, str):
         return ("s", v)
     return None

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from extproc.authn.principal import Principal
-from extproc.mcp.jsonrpc import McpCall, Message, error_response, is_request, to_call
+from extproc.mcp.jsonrpc import McpCall, Message, error_response, is_request, loads, to_call
 from extproc.mcp.methods import LISTINGS
 from extproc.mcp.sse import SseParser, format_event
 from extproc.policy.compiled import CompiledPolicy
@@ -83,10 +83,12 @@ def filter_body(
     body: bytes,
     sse: bool,
     facts: Facts | None = None,
+    on_list: Callable[[str, dict[str, Any]], None] | None = None,
     review: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> tuple[bytes, list[tuple[str, Any, list[str]]]]:
     """Rewrite list results in a whole response body (JSON or SSE); returns the body and what was hidden.
-    ``review`` (tool-surface integrity, extproc/tools/) sees each list result first, before the caller's filter."""
+    ``review`` (tool-surface integrity, extproc/tools/) sees each list result first, before the caller's filter;
+    ``on_list`` sees each list result as the caller gets it (method, result)."""
     hidden: list[tuple[str, Any, list[str]]] = []
 
     def rewrite(msg: Any) -> Any:
@@ -99,6 +101,8 @@ def filter_body(
             return msg
         reviewed = review(method, msg["result"]) if review is not None else msg["result"]
         result = filter_list(policy, who, server, method, reviewed, facts)
+        if on_list is not None:
+            on_list(method, result)
         listing = LISTINGS.get(method)
         if listing is None:  # not filtered per caller (resource templates): reviewed only
             return {**msg, "result": private(result)} if result is not msg["result"] else msg
@@ -109,7 +113,7 @@ def filter_body(
 
     if not sse:
         try:  # a leading BOM is skipped, as lenient clients skip it
-            doc = json.loads(body.removeprefix(_BOM))
+            doc = loads(body.removeprefix(_BOM))
         except (ValueError, RecursionError):
             # Not JSON to us, but maybe to a more lenient client: never passed on unfiltered. The client gets an
             # error for each list request instead; the recording keeps what the server sent.
@@ -136,7 +140,7 @@ def filter_body(
         data = event.data
         if data:  # an empty data field (a resumption priming event) is understood as it is
             try:
-                data = json.dumps(rewrite(json.loads(data)), separators=(",", ":"), ensure_ascii=False)
+                data = json.dumps(rewrite(loads(data)), separators=(",", ":"), ensure_ascii=False)
             except (ValueError, RecursionError):
                 dropped += len(event.raw)
                 continue

@@ -7,6 +7,7 @@ No I/O and no gRPC here. ``decide`` is what the request path calls; ``explain`` 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -260,6 +261,8 @@ def _check_argument(a: ArgCheck, v: Any) -> tuple[str, str]:
     if a.min is not None or a.max is not None:
         if not is_num:
             return "", "is not a number (min/max)"
+        if not math.isfinite(v):  # NaN compares false with every bound: it would pass any range
+            return "", "is not a finite number (min/max)"
         if (a.min is not None and v < a.min) or (a.max is not None and v > a.max):
             return f"is outside [{a.min}, {a.max}]", ""
     if a.max_length is not None:

@@ -82,3 +82,14 @@ def test_stateless_requests_lose_their_sealed_state_and_get_headers_from_the_bod
     assert headers == {"mcp-method": "tools/call", "mcp-protocol-version": V, "mcp-name": "approve"}
     schema = {"type": "object", "properties": {"action": {"type": "string", "x-mcp-header": "Action"}}}
     assert _routing_headers(stripped, {"approve": schema})["mcp-param-action"] == "x"
+
+
+def test_a_recorded_tool_call_whose_params_are_no_object_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    odd = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": [1, 2]}
+    (tmp_path / "policy.yaml").write_text(ALLOW_ALL)
+    session = Session("s", events=_exchange(1, [odd], [(5, True)], "complete"))
+    outcomes = redrive(session, "http://127.0.0.1:9/mcp", set(), policy=load_policy(tmp_path), operator=OPERATOR)
+    assert [(o.method, o.name, o.verdict) for o in outcomes] == [("tools/call", "", "skipped")]
+    assert outcomes[0].differences == [
+        "denied by today's policy for op (rule 'default-deny': tools/call without a name)"
+    ]

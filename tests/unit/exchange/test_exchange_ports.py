@@ -58,8 +58,10 @@ async def test_someone_elses_session_is_refused_and_recorded(policy: FakePolicy)
     sink = FakeSink()
     bob = Principal(issuer="https://idp", subject="bob", username="bob")
     ex = Exchange(_gateway(sink, policy))
-    reply = await ex.on_request_headers(_request(session=bind("srv-1", bob, KEY, SCOPE)))
-    assert _status(reply) == 403
+    held = await ex.on_request_headers(_request(session=bind("srv-1", bob, KEY, SCOPE)))
+    assert _status(held) is None  # a POST is answered once its body names the request
+    reply = await ex.on_request_body(_body(_call("echo", 4, text="a")))
+    assert _status(reply) == 403 and json.loads(reply.immediate_response.body)["id"] == 4
     assert sink.types() == ["exchange.start", "exchange.end"]
     assert {e.session for e in sink.events} == {"x-ex1"}  # never joins the session it named
 

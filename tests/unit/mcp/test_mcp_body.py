@@ -98,3 +98,12 @@ def test_rewrite_json_documents_and_batches() -> None:
     untouched = b'{"jsonrpc":"2.0", "id":1, "result":{}}'
     assert rewrite_json(untouched, _mark) is untouched  # unchanged bytes pass exactly as sent
     assert rewrite_json(b"not json", _mark) == b"not json"
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_finite_numbers_are_not_json_in_response_bodies(number: bytes) -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"result":{"requestState":"a","v":%s}}' % number
+    assert rewrite_json(body, _mark) is body  # not JSON: passed as sent, never re-encoded as if it were
+    event = b"data: " + body + b"\n\n"
+    out, events = _through([event])
+    assert out == event and [e.data.encode() for e in events] == [body]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from extproc.mcp.jsonrpc import McpCall, error_response, is_request, parse_body, to_call
+from extproc.mcp.jsonrpc import McpCall, error_response, is_request, loads, parse_body, to_call
 
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}
 NOTE = {"jsonrpc": "2.0", "method": "notifications/initialized"}
@@ -289,3 +289,44 @@ def test_strict_parse_accepts_batches_with_distinct_request_ids(batch: list) -> 
     parsed = parse_body(json.dumps(batch).encode(), strict=True)
 
     assert parsed.error is None and len(parsed.messages) == len(batch)
+
+
+CALL_NAN = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"sleep","arguments":{"delay":%s}}}'
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["request", "response-or-recorded"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(CALL_NAN % b"NaN", id="nan"),
+        pytest.param(CALL_NAN % b"Infinity", id="inf"),
+        pytest.param(CALL_NAN % b"-Infinity", id="-inf"),
+        pytest.param(CALL_NAN % b"[1, NaN]", id="nan-in-list"),
+        pytest.param(
+            b"[" + CALL_NAN % b"1" + b"," + CALL_NAN.replace(b'"id":1', b'"id":2') % b"NaN" + b"]", id="batch"
+        ),
+        pytest.param(b'{"jsonrpc":"2.0","id":1,"result":{"v":NaN}}', id="result"),
+        pytest.param(CALL_NAN % b"[12345678901234567890, NaN]", id="nan-beside-a-long-integer"),
+        pytest.param(CALL_NAN % b'"\\ud800", "x": NaN', id="nan-beside-a-lone-surrogate"),
+    ],
+)
+def test_non_finite_numbers_are_not_json(body: bytes, strict: bool) -> None:
+    # Python's json reads NaN as a float that every min/max comparison lets through; RFC 8259 has no such number.
+    parsed = parse_body(body, strict=strict)
+
+    assert parsed.messages == ()
+    assert parsed.error is not None and parsed.error.startswith("not JSON") and "is not a JSON number" in parsed.error
+
+
+@pytest.mark.parametrize("data", ["NaN", '{"a": Infinity}', "[-Infinity]", b'{"big": 123456789012345678901, "x": NaN}'])
+def test_loads_refuses_non_finite_numbers(data: str | bytes) -> None:
+    with pytest.raises(ValueError, match="is not a JSON number"):
+        loads(data)
+
+
+def test_loads_keeps_what_orjson_cannot_read_exactly() -> None:
+    assert loads(b'{"big": 123456789012345678901, "s": "\\ud800", "f": 1.5e300}') == {
+        "big": 123456789012345678901,
+        "s": "\ud800",
+        "f": 1.5e300,
+    }

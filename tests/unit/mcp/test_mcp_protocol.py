@@ -190,3 +190,44 @@ def test_removed_methods_are_named_per_revision() -> None:
     assert removed_in("2026-07-28") >= {"initialize", "ping", "resources/subscribe", "resources/unsubscribe"}
     assert "tools/call" not in removed_in("2026-07-28")
     assert removed_in("2025-11-25") == frozenset()
+
+
+# --- odd shapes: every one is a client error (400), never a crash (500) -----------------------------------------
+
+_ODD_PARAMS: list[Any] = [[1], [], "x", 5, 1.5, True, None]
+_ODD_ARGUMENTS: list[Any] = [["hi"], "hi", 7, None, True]
+
+
+def _odd(params: Any = "absent", arguments: Any = "absent", meta: bool = True, method: Any = "tools/call") -> dict:
+    m: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": method}
+    if params != "absent":
+        m["params"] = params
+    elif arguments != "absent":
+        m["params"] = {"name": "echo", "arguments": arguments, **({"_meta": META} if meta else {})}
+    return m
+
+
+@pytest.mark.parametrize("modern", [True, False], ids=["2026", "2025"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param({"mcp-param-x": "1"}, id="param"),
+        pytest.param({"mcp-name": "echo"}, id="name"),
+        pytest.param({"mcp-method": "tools/call"}, id="method"),
+    ],
+)
+@pytest.mark.parametrize(
+    "message",
+    [pytest.param(_odd(params=p), id=f"params-{type(p).__name__}-{p!r}") for p in _ODD_PARAMS]
+    + [pytest.param(_odd(params="absent"), id="params-absent")]
+    + [pytest.param(_odd(arguments=a), id=f"arguments-{type(a).__name__}-{a!r}") for a in _ODD_ARGUMENTS]
+    + [pytest.param(_odd(params={"name": ["echo"], "arguments": {}, "_meta": META}), id="name-a-list")]
+    + [pytest.param(_odd(params={"name": "echo", "_meta": "x"}), id="meta-a-string")]
+    + [pytest.param(_odd(params={"name": "echo", "_meta": [META]}), id="meta-a-list")],
+)
+def test_odd_shapes_are_client_errors(message: dict, header: dict[str, str], modern: bool) -> None:
+    headers = {"mcp-protocol-version": V, **header} if modern else header
+    try:
+        _check(headers, message)
+    except (HeaderMismatch, InvalidEnvelope) as e:
+        assert e.status == 400

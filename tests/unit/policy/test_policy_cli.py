@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from policy_helpers import write
 from typer.testing import CliRunner
 
@@ -80,6 +81,15 @@ def test_explain_default_deny_with_claims() -> None:
 def test_explain_rejects_bad_json() -> None:
     result = runner.invoke(app, ["explain", EXAMPLE, "--user", "a", "--server", "github", "--args", "{nope"])
     assert result.exit_code == 2 and "--args is not JSON" in result.output
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+def test_explain_refuses_non_finite_numbers_as_the_gateway_does(number: str) -> None:
+    args = ["explain", EXAMPLE, "--user", "a", "--server", "demo", "--tool", "count_slowly"]
+    result = runner.invoke(app, [*args, "--args", f'{{"n": 2, "delay": {number}}}'])
+    assert result.exit_code == 2, result.output
+    assert "--args is not JSON" in result.output and f"{number} is not a JSON number" in result.output
+    assert runner.invoke(app, [*args, "--args", '{"n": 2, "delay": 0.5}']).exit_code == 0
 
 
 def test_test_runs_the_example_cases() -> None:

@@ -148,6 +148,8 @@ def test_a_json_list_behind_a_bom_is_filtered(tmp_path: Path) -> None:
         pytest.param(b'{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"delete_repo"},]},}', id="trailing-commas"),
         pytest.param(b"{'jsonrpc':'2.0','id':5,'result':{'tools':[{'name':'delete_repo'}]}}", id="single-quotes"),
         pytest.param(b"[" * 100_000, id="too-deep"),
+        pytest.param(b'{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"delete_repo","x":NaN}]}}', id="nan"),
+        pytest.param(b'{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"delete_repo"}],"n":-Infinity}}', id="-inf"),
     ],
 )
 def test_a_json_list_the_filter_cannot_read_is_withheld(tmp_path: Path, body: bytes) -> None:

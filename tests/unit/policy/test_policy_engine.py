@@ -62,6 +62,11 @@ TABLE: list[tuple[str, Principal, str, McpCall, bool, str]] = [
     ("args-above-max", ENG, "github", tool("create_issue", **ISSUE, priority=4), False, DEFAULT_DENY),
     ("args-number-as-string", ENG, "github", tool("create_issue", **ISSUE, priority="2"), False, DEFAULT_DENY),
     ("args-bool-is-not-number", ENG, "github", tool("create_issue", **ISSUE, priority=True), False, DEFAULT_DENY),
+    # NaN compares false with both bounds, infinities are not JSON: a non-finite number never satisfies min/max
+    ("args-nan-not-in-range", ENG, "github", tool("create_issue", **ISSUE, priority=float("nan")), False, DEFAULT_DENY),
+    ("args-inf-not-in-range", ENG, "github", tool("create_issue", **ISSUE, priority=float("inf")), False, DEFAULT_DENY),
+    ("args-neg-inf-not-in-range", ENG, "github", tool("create_issue", **ISSUE, priority=float("-inf")), False,
+     DEFAULT_DENY),
     ("args-pattern-ok", ENG, "github", tool("create_issue", **ISSUE, branch="feature/x-1"), True,
      "eng-github-issues"),
     ("args-pattern-full-match", ENG, "github", tool("create_issue", **ISSUE, branch="feature/x; rm -rf"), False,
@@ -346,3 +351,55 @@ def test_distinct_argument_names_are_decided_normally(
     decision = decide(compile_yaml(FOLDING_POLICY), NOBODY, "demo", tool(tool_name, **arguments))
 
     assert decision.allowed and not decision.invalid
+
+
+# --- non-finite numbers (the JSON parsers refuse them; the engine does not trust that) ----------------------------
+
+NON_FINITE_POLICY = """
+apiVersion: mcp-extproc/v1
+rules:
+  - name: slow-ok
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [sleep]}
+    arguments: {delay: {min: 0, max: 1}}
+  - name: no-huge-pages
+    effect: deny
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [sleep]}
+    arguments: {pages: {min: 100, optional: true}}
+  - name: no-level-3
+    effect: deny
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [sleep]}
+    arguments: {level: {values: [3], optional: true}}
+"""
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize(
+    ("arguments", "rule"),
+    [
+        pytest.param({"delay": "N"}, DEFAULT_DENY, id="allow-range-does-not-hold"),
+        pytest.param({"delay": 0.5, "pages": "N"}, "no-huge-pages", id="deny-range-applies"),
+        pytest.param({"delay": 0.5, "level": "N"}, "no-level-3", id="deny-values-applies"),
+    ],
+)
+def test_non_finite_numbers_fail_closed(
+    compile_yaml: Callable[..., CompiledPolicy], number: float, arguments: dict, rule: str
+) -> None:
+    policy = compile_yaml(NON_FINITE_POLICY)
+    call = tool("sleep", **{k: number if v == "N" else v for k, v in arguments.items()})
+
+    decision = decide(policy, NOBODY, "demo", call)
+    explained, _ = explain(policy, NOBODY, "demo", call)
+
+    assert (decision.allowed, decision.rule) == (False, rule)
+    assert explained == decision
+    assert decide(policy, NOBODY, "demo", tool("sleep", delay=0.5)).allowed
+
+
+def test_finite_numbers_still_match_values(compile_yaml: Callable[..., CompiledPolicy]) -> None:
+    policy = compile_yaml(NON_FINITE_POLICY)
+    assert decide(policy, NOBODY, "demo", tool("sleep", delay=0.5, level=3.0)).rule == "no-level-3"
+    assert decide(policy, NOBODY, "demo", tool("sleep", delay=1, level=2)).rule == "slow-ok"
