@@ -173,10 +173,12 @@ class Surface:
             if settings.on_change != "alarm":
                 reason = f"{kind} {name!r}: its pin file is not signed by this gateway's key (refused)"
                 verdict = Withheld("block" if settings.on_change == "block" else "hide", reason, fp, False)
-            review.events.append(
-                DefinitionChanged(server=server, kind=kind, name=name, old="forged-pin", new=fp,
-                                  decision=settings.on_change, rule=settings.source)
-            )  # fmt: skip
+            if ("forged-pin", fp) not in shown.changes:
+                shown.changes.add(("forged-pin", fp))
+                review.events.append(
+                    DefinitionChanged(server=server, kind=kind, name=name, old="forged-pin", new=fp,
+                                      decision=settings.on_change, rule=settings.source)
+                )  # fmt: skip
         elif standing in ("changed", "rejected") and pin is not None:
             decision = "rejected" if standing == "rejected" else settings.on_change
             if standing == "changed":
@@ -187,7 +189,10 @@ class Surface:
                 block = settings.on_change == "block"
                 why = "rejected by a person" if standing == "rejected" else "changed since pinned, not approved"
                 reason = f"{kind} {name!r} {why} ({pin.fingerprint} -> {fp})"
-                verdict = Withheld("block" if block else "hide", reason, fp, standing == "changed")
+                # Lifted by an approval only when nothing else withholds it too (a screen's verdict waits for the
+                # next list, which judges the approved definition again).
+                lift = standing == "changed" and verdict is None
+                verdict = Withheld("block" if block else "hide", reason, fp, lift)
             if (pin.fingerprint, fp) not in shown.changes:
                 shown.changes.add((pin.fingerprint, fp))
                 review.events.append(
