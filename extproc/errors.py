@@ -269,6 +269,14 @@ class PolicyDenied(Forbidden):
         self.rule = rule
 
 
+class ToolWithheld(Forbidden):
+    """Tool-surface integrity: the item's definition changed since it was pinned (or a screen flagged it) and is
+    hidden, or its server is blocked, until a person approves (``mcp-extproc pins approve``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"refused by tool-surface integrity: {reason[:300]}")
+
+
 class AuthorizationUnavailable(GatewayError):
     """A policy rule needs an outside authority's answer (a Kubernetes SubjectAccessReview) and it gave none."""
 

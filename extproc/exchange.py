@@ -38,6 +38,7 @@ from extproc.errors import (
     RemovedMethod,
     ReservedSessionId,
     StoreError,
+    ToolWithheld,
 )
 from extproc.gateway import Gateway
 from extproc.logs import access, verdict_fields
@@ -68,9 +69,14 @@ from extproc.recording.events import (
 )
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import record_piece
+from extproc.tools.fingerprint import KINDS
+from extproc.tools.pins import PinFile
 from extproc.upstream.base import ExchangeContext, UpstreamCredential
 
 log = logging.getLogger(__name__)
+
+_USES = frozenset(k.use for k in KINDS.values() if k.use)  # calls that use a listed item
+_TEMPLATES = "resources/templates/list"
 
 # Tells a stateless (2026-07-28) client which recorded run its request joined; it has no session id to go by.
 RECORDING_HEADER = "mcp-extproc-recording"
@@ -115,6 +121,7 @@ class Exchange:
         self._awaiting: set[str] = set()  # ids of requests in the body still without a response
         self._lists: dict[str, str] = {}  # list requests whose responses are filtered
         self._facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
+        self._pins: list[PinFile] = []  # pins the list path wants signed and written (extproc/tools/)
         # The response.
         self._body: ResponseBody | None = None
         self._buffered: Literal["filter", "seal"] | None = None  # the whole body comes in one message
@@ -239,7 +246,10 @@ class Exchange:
             pieces, released = pieces + more, (released + tail if released is not None else None)
         for piece in pieces:
             self._record_piece(piece)
+        if self._buffered == "filter" and self.gw.surface is not None and self.gw.surface.pins is not None:
+            await self.gw.surface.pins.refresh(self.server_name)  # the list is judged against today's pins
         reply = self._rewrite_buffered(chunk) if self._buffered else None
+        await self._save_pins()
         if msg.end_of_stream:
             self.finish("complete")
         if self.admitted is not None:
@@ -393,10 +403,17 @@ class Exchange:
         t0 = perf_counter()
         verdict = self.verdict = authorize(self.policy, self.principal, self.server_name, parsed.messages, self._facts)
         gw.metrics.decision_seconds.observe(perf_counter() - t0)
-        for call, d in zip(verdict.calls, verdict.decisions, strict=True):
-            self._record_decision(call, d.allowed, d.rule, d.reason, kubernetes=d.kubernetes, grant=d.grant)
+        withheld, shown = await self._surface(verdict.calls) if verdict.denied is None else (None, {})
+        for i, (call, d) in enumerate(zip(verdict.calls, verdict.decisions, strict=True)):
+            outside = {"kubernetes": d.kubernetes, "grant": d.grant, "definition": shown.get(i)}
+            self._record_decision(call, d.allowed, d.rule, d.reason, **outside)
+        if withheld is not None:
+            return self._refuse(ToolWithheld(redact_text(self.policy, self.server_name, withheld)))
         if (denied := verdict.denied) is None:
             self._lists = verdict.lists
+            if gw.surface is not None:  # resource templates are not filtered per caller, but fingerprinted
+                templates = [c for c in verdict.calls if c.method == _TEMPLATES and c.id is not None]
+                self._lists.update((json.dumps(c.id), c.method) for c in templates)
             return None
         call, d = denied
         err: GatewayError = (
@@ -412,6 +429,24 @@ class Exchange:
             ]
             return self._refuse(err, doc=errors)
         return self._refuse(err)
+
+    async def _surface(self, calls: tuple[McpCall, ...]) -> tuple[str | None, dict[int, dict[str, Any]]]:
+        """Tool-surface integrity on the call path (extproc/tools/surface.py): per call, the definition it was last
+        shown (recorded with its decision), and why it is refused when its item is hidden or its server blocked."""
+        surface = self.gw.surface
+        if surface is None or self.policy is None or not any(c.method in _USES for c in calls):
+            return None, {}
+        if surface.pins is not None and surface.needs_pins(self.server_name):
+            await surface.pins.refresh(self.server_name)  # one stat: an approval counts at once
+        shown: dict[int, dict[str, Any]] = {}
+        refused = None
+        for i, c in enumerate(calls):
+            why, record = surface.check_call(self.policy, self.server_name, c.method, c.tool or c.prompt or c.uri,
+                                             self.session)  # fmt: skip
+            if record is not None:
+                shown[i] = record
+            refused = refused or why
+        return refused, shown
 
     def _authorize_http(self, name: str) -> ep.ProcessingResponse | None:
         """GET (open the server's stream) and DELETE (end the session) are decided like methods, named ``name``."""
@@ -498,12 +533,33 @@ class Exchange:
         if self.policy is None or self.principal is None:
             return None
         sse = self._body is not None and self._body.sse
+        review = self._review_list if self.gw.surface is not None else None
         filtered, hidden = filter_body(
-            self.policy, self.principal, self.server_name, self._lists, body, sse, self._facts, self._learn_list
+            self.policy, self.principal, self.server_name, self._lists, body, sse, self._facts, self._learn_list, review
         )
         for method, msg_id, names in hidden:
             self.log.emit(ListFiltered(method=method, message_id=msg_id, hidden=names))
         return responses.response_body(replace=filtered)
+
+    def _review_list(self, method: str, result: dict[str, Any]) -> dict[str, Any]:
+        """One list result fingerprinted, screened and judged against the pins (extproc/tools/surface.py)."""
+        assert self.gw.surface is not None and self.policy is not None
+        unit = self.session or synthetic_session_id(self.id)
+        review = self.gw.surface.review_list(self.policy, self.server_name, method, result, unit, self.gw.clock())
+        for ev in review.events:
+            self.log.emit(ev)
+        self._pins.extend(review.pins)
+        return review.result
+
+    async def _save_pins(self) -> None:
+        """Pins first seen or changed, signed and written off the loop; a failure is logged, never the caller's."""
+        pins, self._pins = self._pins, []
+        if not pins or self.gw.surface is None or self.gw.surface.pins is None:
+            return
+        try:
+            await self.gw.surface.pins.save(pins)
+        except OSError as e:
+            log.error("exchange %s: cannot write %d pins: %s", self.id, len(pins), e)
 
     def _refusal(self) -> bytes:
         """What the client gets instead of an SSE body that must be rewritten but holds an event too big to check:

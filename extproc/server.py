@@ -33,6 +33,7 @@ from extproc.recording.events import Outcome
 from extproc.recording.setup import build_runtime
 from extproc.routing import Router
 from extproc.settings import Settings
+from extproc.tools.surface import build_surface
 from extproc.upstream.credentials import Upstream
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,8 @@ async def serve(
         gw.reviewer = sar.from_settings(settings.kubernetes)
         gw.grants = grant_store(settings)
         gw.upstream = upstream
+
+        gw.surface = build_surface(settings)
         log.info("recording as writer %s", recording.recorder.writer_id)
         if settings.processor.metrics_port is not None:
             port = settings.processor.metrics_port + worker

@@ -123,6 +123,22 @@ class CompiledViewer:
     all_sessions: bool
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledIntegrity:
+    """One ``integrity`` entry ready to apply (extproc/tools/surface.py reads it)."""
+
+    source: str
+    servers: frozenset[str] | None
+    items: Matcher | None  # None: every item of the servers
+    on_change: str
+    screens: dict[str, str]  # screen -> action
+
+
+DEFAULT_INTEGRITY = CompiledIntegrity(
+    "default", None, None, "hide", {"invisible": "strip", "instructions": "alarm", "cross_server": "alarm"}
+)
+
+
 Candidates = tuple[tuple[CompiledRule, ...], tuple[str, ...]]
 """Rules in evaluation order and their names (precomputed, so a Decision's ``considered`` is a slice)."""
 
@@ -153,6 +169,20 @@ class CompiledPolicy:
     index: dict[tuple[str, str], Bucket] = field(repr=False)
     redactors: dict[str, Redactor] = field(repr=False)
     checks: dict[str, tuple[KubeCheck, ...]] = field(default_factory=dict, repr=False)
+    integrity_entries: tuple[CompiledIntegrity, ...] = ()
+
+    def integrity(self, server: str, item: str | None = None) -> CompiledIntegrity:
+        """The integrity settings for an item of ``server``: an entry naming the item beats a server-wide one,
+        then policy order; none: the defaults (hide changes, strip invisible characters, alarm the rest)."""
+        server_wide = None
+        for e in self.integrity_entries:
+            if e.servers is not None and server not in e.servers:
+                continue
+            if e.items is None:
+                server_wide = server_wide or e
+            elif item is not None and e.items(item):
+                return e
+        return server_wide or DEFAULT_INTEGRITY
 
     def bucket(self, server: str, method: str) -> Bucket:
         """Candidate rules for a server and method; unknown methods take the (rare) slow path."""
@@ -193,6 +223,7 @@ def compile_policy(
     seen: dict[str, str] = {}
     rules: list[CompiledRule] = []
     viewers: list[CompiledViewer] = []
+    integrity: list[CompiledIntegrity] = []
     named: set[str] = set()
 
     def claim_name(name: str, where: str) -> None:
@@ -255,6 +286,14 @@ def compile_policy(
             check_servers(lf, rec.servers, "recording", i, "servers")
             for j, red in enumerate(rec.redact):
                 claim_name(red.name, lf.where("recording", i, "redact", j))
+        for i, ig in enumerate(lf.doc.integrity):
+            servers = check_servers(lf, ig.servers, "integrity", i, "servers")
+            integrity.append(
+                CompiledIntegrity(
+                    lf.where("integrity", i), servers, compile_globs(ig.tools) if ig.tools else None,
+                    ig.on_change, ig.screens.model_dump(),
+                )
+            )  # fmt: skip
     if errors:
         raise ConfigError("\n".join(errors))
 
@@ -273,6 +312,7 @@ def compile_policy(
             )
             for s in (*servers, ANY_SERVER)
         },
+        integrity_entries=tuple(integrity),
     )
 
 

@@ -84,8 +84,10 @@ def filter_body(
     sse: bool,
     facts: Facts | None = None,
     on_list: Callable[[str, dict[str, Any]], None] | None = None,
+    review: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> tuple[bytes, list[tuple[str, Any, list[str]]]]:
     """Rewrite list results in a whole response body (JSON or SSE); returns the body and what was hidden.
+    ``review`` (tool-surface integrity, extproc/tools/) sees each list result first, before the caller's filter;
     ``on_list`` sees each list result as the caller gets it (method, result)."""
     hidden: list[tuple[str, Any, list[str]]] = []
 
@@ -97,10 +99,13 @@ def filter_body(
         method = lists.get(json.dumps(msg.get("id")))
         if method is None:
             return msg
-        result = filter_list(policy, who, server, method, msg["result"], facts)
+        reviewed = review(method, msg["result"]) if review is not None else msg["result"]
+        result = filter_list(policy, who, server, method, reviewed, facts)
         if on_list is not None:
             on_list(method, result)
-        listing = LISTINGS[method]
+        listing = LISTINGS.get(method)
+        if listing is None:  # not filtered per caller (resource templates): reviewed only
+            return {**msg, "result": private(result)} if result is not msg["result"] else msg
         before = [i.get(listing.item) for i in msg["result"].get(listing.key, []) if isinstance(i, dict)]
         after = {i.get(listing.item) for i in result.get(listing.key, []) if isinstance(i, dict)}
         hidden.append((method, msg.get("id"), [str(n) for n in before if n not in after]))

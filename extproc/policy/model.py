@@ -255,6 +255,42 @@ class Viewer(_Model):
     sessions: Literal["own", "all"] = Field(description="own: only sessions the viewer made; all: everyone's.")
 
 
+ScreenAction = Literal["alarm", "strip", "hide", "refuse"]
+
+
+class Screens(_Model):
+    """What each built-in screen does with a finding (extproc/tools/screens.py): alarm (pass, recorded), strip
+    (remove the characters, recorded), hide (the item leaves the list, calls to it refused), refuse (every call
+    to the server refused while the finding is listed)."""
+
+    invisible: ScreenAction = Field("strip", description="Tag characters, zero-width and bidi controls.")
+    instructions: ScreenAction = Field("alarm", description="Instruction markers addressed to the model.")
+    cross_server: ScreenAction = Field("alarm", description="A description naming another server's tool.")
+
+    @model_validator(mode="after")
+    def _strip_only_characters(self) -> Screens:
+        for name in ("instructions", "cross_server"):
+            if getattr(self, name) == "strip":
+                raise ValueError(f"{name}: strip applies to invisible characters only; use alarm, hide or refuse")
+        return self
+
+
+class Integrity(_Model):
+    """Tool-surface integrity for some servers (and optionally some of their tools, prompts, resources): what a
+    definition that changed since it was pinned leads to, and what the screens do."""
+
+    servers: list[ServerName] = Field(min_length=1)
+    tools: list[NameGlob] | None = Field(
+        None, min_length=1, description="Only these item names (tools, prompts, resource URIs); beats server-wide."
+    )
+    on_change: Literal["alarm", "hide", "block"] = Field(
+        "hide",
+        description="alarm: pass and record; hide: the item leaves lists and calls to it are refused until "
+        "approved; block: every call to the server is refused until approved.",
+    )
+    screens: Screens = Field(default_factory=Screens)  # type: ignore[arg-type]
+
+
 class PolicyFile(_Model):
     """One file under policies/. Files are merged; every name is unique across them."""
 
@@ -265,6 +301,7 @@ class PolicyFile(_Model):
     rules: list[Rule] = []
     recording: list[RecordingRules] = []
     viewers: list[Viewer] = []
+    integrity: list[Integrity] = []
 
 
 def json_schema() -> dict[str, Any]:
@@ -288,6 +325,8 @@ ALL_KEYS: frozenset[str] = frozenset(
         Redaction,
         RecordingRules,
         Viewer,
+        Screens,
+        Integrity,
         PolicyFile,
     )
     for n, f in m.model_fields.items()

@@ -97,6 +97,7 @@ class PolicyDecision(Event):
     message_id: str | int | None = None
     kubernetes: dict[str, Any] | None = None  # the SubjectAccessReview the rule required: outcome, reason, cached
     grant: dict[str, Any] | None = None  # the just-in-time grant used: id, reason, approver, until
+    definition: dict[str, Any] | None = None  # tools/call, prompts/get, resources/read: the fingerprint last shown
 
 
 @dataclass(slots=True, kw_only=True)
@@ -169,3 +170,34 @@ class ExchangeIncomplete(Event):
     writer: str = ""  # the stream that holds the exchange's events
     last_seq: int = -1  # the last event of that stream that was saved
     reason: str = "processor stopped before the exchange ended"
+
+
+@dataclass(slots=True, kw_only=True)
+class ToolDefinition(Event):
+    """A listed definition (tool, prompt, resource, resource template) as the server sent it, with its RFC 8785
+    SHA-256 fingerprint: recorded once per recording unit per fingerprint, so every call's fingerprint can be
+    checked offline against the definition the caller was shown (extproc/tools/)."""
+
+    type: ClassVar[str] = "tool.definition"
+    server: str = ""
+    kind: str = ""  # tool | prompt | resource | resource_template
+    name: str = ""
+    fingerprint: str = ""
+    definition: dict[str, Any] = field(default_factory=dict)
+    pin: str = ""  # new | same | changed | rejected | forged (its pin file refused) | unpinned (no signing key)
+    shown: bool = True  # False: hidden from the caller (changed, rejected, or a screen)
+    findings: list[dict[str, Any]] = field(default_factory=list)  # screen, rule, path, span, and what was done
+
+
+@dataclass(slots=True, kw_only=True)
+class DefinitionChanged(Event):
+    """A listed definition differs from its pin: old and new fingerprints and what the policy decided."""
+
+    type: ClassVar[str] = "definition.changed"
+    server: str = ""
+    kind: str = ""
+    name: str = ""
+    old: str = ""
+    new: str = ""
+    decision: str = ""  # alarm | hide | block | rejected
+    rule: str = ""  # the integrity entry that decided (file:line) or "default"

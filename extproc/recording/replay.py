@@ -12,6 +12,7 @@ from extproc.recording import chain, jsonio
 from extproc.recording.chain import Problem
 from extproc.recording.store import Store
 from extproc.recording.verify import check_parsed
+from extproc.tools.provenance import definition_links
 
 __all__ = ["Problem", "Session", "load_session", "pair_messages", "verify_stream"]
 
@@ -91,6 +92,7 @@ def load_session(store: Store, key: str, public_key: Ed25519PublicKey | None = N
     if not session.writers:
         raise KeyError(key)
     session.events.sort(key=lambda e: (e.get("time", 0.0), e["_writer"], e.get("seq", 0)))
+    session.problems.extend(definition_links(session.events))  # what each call was shown (extproc/tools/)
     real_id = next((e.get("session") for e in session.events if e.get("session")), None)
     session.id = real_id or key
     return session

@@ -119,6 +119,7 @@ def session_doc(session: Session) -> dict[str, Any]:
         )
     calls = pair_messages(session)
     _mark_refused(calls, _refusals(session))
+    _mark_listed(calls, session)
     return {
         "summary": session.summary(),
         "problems": [str(p) for p in session.problems],
@@ -126,6 +127,38 @@ def session_doc(session: Session) -> dict[str, Any]:
         "exchanges": exchanges,
         "calls": calls,
     }
+
+
+def _mark_listed(calls: list[dict[str, Any]], session: Session) -> None:
+    """tools/call, prompts/get, resources/read get ``definition``: the fingerprint the caller was last shown and when
+    it was listed (extproc/tools/), flagged ``changed`` when the server changed that definition before the call,
+    ``unlisted`` when the caller was never shown one, ``withheld`` when the gateway hid it."""
+    shown: dict[tuple[Any, bytes], dict[str, Any]] = {}
+    changed: dict[str, float] = {}  # old fingerprint -> when a change of it was first seen
+    for e in session.events:
+        if e["type"] == "policy.decision" and isinstance(e.get("definition"), dict):
+            shown[(e.get("exchange"), jsonio.dumps(e.get("message_id")))] = e["definition"]
+        elif e["type"] == "definition.changed":
+            changed.setdefault(str(e.get("old")), e["time"])
+    for first in calls:
+        for call in [first, *first.get("rounds", [])]:
+            d = shown.get((call["exchange"], jsonio.dumps(call["request"].get("id"))))
+            if d is None:
+                continue
+            fp = d.get("fingerprint")
+            flag = (
+                "withheld" if d.get("withheld") else "unlisted" if fp is None
+                else "changed" if fp in changed and changed[fp] <= call["time"] else ""
+            )  # fmt: skip
+            call["definition"] = {**d, "flag": flag}
+
+
+def _listed_line(d: dict[str, Any]) -> str:
+    if d.get("fingerprint") is None:
+        return f"not listed to this caller{' (withheld: ' + str(d['withheld']) + ')' if d.get('withheld') else ''}"
+    at = f"as listed at {_ts(d['listed_at'])}, " if d.get("listed_at") is not None else "not listed, "
+    flag = {"changed": "  CHANGED since", "withheld": "  WITHHELD"}.get(d.get("flag", ""), "")
+    return f"{at}fingerprint {d['fingerprint']}{flag}"
 
 
 def print_session(console: Console, session: Session) -> None:
@@ -180,6 +213,8 @@ def _print_call(console: Console, call: dict[str, Any], label: str) -> None:
             markup=False,
             soft_wrap=True,
         )
+    if (shown := call.get("definition")) is not None:
+        console.print(f"               {_listed_line(shown)}", highlight=False, markup=False, soft_wrap=True)
     if call["response"] is not None:
         r = call["response"]
         body = r.get("result") if "result" in r else {"error": r.get("error")}

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from gateway_parts import Gateway, SampleServer
+from gateway_parts import ALLOW_ALL, Gateway, SampleServer
 
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.launcher import Stack, free_port, http_ok, wait_until
@@ -104,16 +104,6 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     yield start
     for gw in started:
         gw.stop()
-
-
-ALLOW_ALL = """
-apiVersion: mcp-extproc/v1
-rules:
-  - name: allow-everything
-    effect: allow
-    subjects: {users: ["*"]}
-    targets: {servers: ["*"], methods: ["*"]}
-"""
 
 
 @pytest.fixture

@@ -13,10 +13,9 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from conftest import ALLOW_ALL
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from gateway_parts import Gateway, SampleServer
+from gateway_parts import ALLOW_ALL, Gateway, SampleServer
 
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.demo.mcp_client import connect

@@ -109,3 +109,13 @@ def open_session(url: str, token: str | None = None) -> dict[str, str]:
     headers = {**base, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
     httpx.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers, timeout=10)
     return headers
+
+
+ALLOW_ALL = """
+apiVersion: mcp-extproc/v1
+rules:
+  - name: allow-everything
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: ["*"], methods: ["*"]}
+"""
