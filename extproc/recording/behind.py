@@ -61,6 +61,7 @@ class DiskWorker:
         self.retry = retry
         self.failure: StoreError | None = None
         self.batches = 0  # thread hops taken (for tests and benchmarks)
+        self.completed = 0  # jobs done (a shutdown waits while this moves)
         self._jobs: list[Job] = []
         self._task: asyncio.Task[None] | None = None
         self._kick: asyncio.Event | None = None
@@ -102,6 +103,7 @@ class DiskWorker:
             jobs = list(self._jobs)
             done, error = await asyncio.to_thread(_run_jobs, jobs)
             self.batches += 1
+            self.completed += done
             del self._jobs[:done]
             for job in jobs[:done]:
                 if job.done is not None:

@@ -35,6 +35,9 @@ from extproc.recording.uploader import Uploader
 log = logging.getLogger(__name__)
 
 _MAX_BATCH = 4096  # events chained per round (a round is one thread hop to the spool)
+# At shutdown the seals queued behind get SETTLE_STEP_S at a time while they keep moving, SETTLE_BUDGET_S in all: a
+# pod has 60 s to stop, and the uploader ships what they sealed afterwards.
+SETTLE_STEP_S, SETTLE_BUDGET_S = 5.0, 35.0
 
 
 def new_writer_id() -> str:
@@ -312,6 +315,17 @@ class Recorder:
         if failure is not None:
             raise failure
 
+    async def _settle_behind(self) -> StoreError | None:
+        """Wait for the last seals and the closing fsync while the queue behind shrinks (a busy disk or CPU can
+        leave thousands), at most ``SETTLE_BUDGET_S`` in all; a queue that stops moving is left to the completer."""
+        behind, deadline = self.spool.behind, self._clock() + SETTLE_BUDGET_S
+        while True:
+            before = behind.completed
+            failure = await behind.settled(within=SETTLE_STEP_S)
+            moved = behind.completed > before
+            if failure is None or behind.failure is not None or not moved or self._clock() > deadline:
+                return failure
+
     def _has_ops(self) -> bool:
         return bool(self.streams.pending)
 
@@ -349,7 +363,7 @@ class Recorder:
                 self._synced.set()
             if stopping and not self._buf:
                 break
-        failure = await self.spool.behind.settled(within=10.0)  # the last seals and the closing fsync
+        failure = await self._settle_behind()
         if failure is not None:
             log.error("recording spool: seals not finished at shutdown (the completer finishes them): %s", failure)
         self._settle_commits(self._done, "recorder stopped before the events were written")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import pytest
 from recording_helpers import exchange_events
 
 from extproc.recording.events import McpRequest
@@ -170,3 +171,28 @@ async def test_a_writer_killed_while_seals_wait_behind_loses_nothing_it_wrote(tm
     manifests = [Manifest.from_bytes(m) for m in store.read_session("s")["dead"].manifests]
     assert [m.segment for m in manifests] == list(range(len(manifests))) and manifests[-1].final
     assert [m.final for m in manifests[:-1]] == [False] * (len(manifests) - 1)
+
+
+async def test_close_waits_for_the_seals_behind_while_they_keep_moving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A busy disk or CPU can leave thousands of seals queued at shutdown: close waits as long as they move (a fixed
+    # 10 s left them to a completer that a stopping gateway never runs, and the store missed what they sealed).
+    from extproc.recording import recorder as recorder_mod
+    from extproc.recording.behind import Job
+
+    monkeypatch.setattr(recorder_mod, "SETTLE_STEP_S", 0.1)
+    store = FileStore(tmp_path / "rec")
+    spool = Spool.beside(store, "w")
+    rec = Recorder(store, spool, RecorderOptions(flush_interval=0.01))
+    await rec.start()
+    done: list[int] = []
+
+    def chain(n: int) -> None:  # each job queues the next when it is done: one at a time, 30 ms each
+        done.append(n)
+        if n < 19:
+            spool.behind.put(Job(lambda: time.sleep(0.03), lambda: chain(n + 1), "slow seal"))
+
+    spool.behind.put(Job(lambda: time.sleep(0.03), lambda: chain(0), "slow seal"))
+    await rec.close()
+    assert done == list(range(20))
