@@ -25,7 +25,8 @@ exchange answers with the matching refusal (``RecordingUnavailable``) instead.
         │   │                           MissingClaim, UnknownKeyId
         │   └── IssuerUnavailable       503 no signing keys from the issuer
         ├── Forbidden                   403 OriginNotAllowed, SessionNotYours, PolicyDenied,
-        │                               UpstreamIdentityRefused (the IdP refused the server's credential)
+        │                               UpstreamIdentityRefused (the IdP refused the server's credential),
+        │                               ToolWithheld (a changed or unapproved tool, prompt or resource)
         ├── AuthorizationUnavailable    503 a SubjectAccessReview gave no answer
         ├── ReservedSessionId           502 the server named its session like a gateway recording unit
         ├── EncodedResponse             502 a Content-Encoding the processor cannot read

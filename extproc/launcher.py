@@ -159,13 +159,30 @@ def run_until(stack: Stack, stopped: Callable[[], bool], tick: Callable[[], None
             stack.supervise()
 
 
+# Where free_port looks when set ("20000-23999"): parallel test processes each get their own range below the kernel's
+# ephemeral ports, so neither another test process nor an outgoing connection takes a port between pick and bind.
+PORT_RANGE_ENV = "MCP_EXTPROC_PORT_RANGE"
+_next_in_range: dict[str, int] = {}
+
+
 def free_port(block: int = 1) -> int:
     """A TCP port free on loopback right now (for tests and the demo); with ``block``, the first of that many
     consecutive free ports (processor workers listen on the port, the port + 1, …)."""
+    if span := os.environ.get(PORT_RANGE_ENV):
+        low, high = (int(x) for x in span.split("-"))
+        port: int = _next_in_range.get(span, low + os.getpid() % (high - low))  # child processes start elsewhere
+        for _ in range(high - low):
+            if port + block > high:
+                port = low
+            if all(_port_free(p) for p in range(port, port + block)):
+                _next_in_range[span] = port + block  # handed out once per process, in turn
+                return port
+            port += 1
+        raise RuntimeError(f"no {block} consecutive free ports in {PORT_RANGE_ENV}={span}")
     for _ in range(100):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
+            port = s.getsockname()[1]
         if all(_port_free(p) for p in range(port + 1, port + block)):
             return port
     raise RuntimeError(f"no {block} consecutive free ports on loopback")
@@ -219,7 +236,6 @@ class Stack:
     def start(self, log: Path | None = None, envoy_log_level: str = "warning") -> Stack:
         s = self.settings
         self.workdir.mkdir(parents=True, exist_ok=True)
-        out = open(log, "ab") if log else None
         self._log = log
         self.processors = [self._spawn(worker) for worker in range(s.processor.workers)]
         self._started = [time.monotonic()] * s.processor.workers
@@ -228,14 +244,14 @@ class Stack:
             self._wait_worker(worker)
         if s.audit is not None:
             # Its own process group, like the other parts: a Ctrl-C reaches only the launcher, which stops it last.
-            self.audit = subprocess.Popen(audit_command(self.config), stdout=out, stderr=out, process_group=0)
+            self.audit = self._popen(audit_command(self.config))
             address = f"{s.audit.address}:{s.audit.port}"
             wait_until(lambda: self._alive() and can_connect(address), 30, "the audit service")
         bootstrap = self.workdir / "envoy.yaml"
         write_sds_files(s, self.workdir / "sds")
         bootstrap.write_text(render_yaml(s, self.workdir / "sds"))
         cmd = [*envoy_command(bootstrap, s.edge, envoy_log_level), *envoy_log_args(s)]
-        self.envoy = subprocess.Popen(cmd, stdout=out, stderr=out, process_group=0)
+        self.envoy = self._popen(cmd)
         ready = f"http://127.0.0.1:{s.admin.port}/ready"
         wait_until(lambda: self._alive() and http_ok(ready), 30, "Envoy to be ready")
         count = s.processor.workers
@@ -245,12 +261,18 @@ class Stack:
     def _ready_file(self, worker: int) -> Path:
         return self.workdir / f"processor-{worker}.ready"
 
+    def _popen(self, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start a part in its own process group, its output appended to the log; the child keeps the log open,
+        the launcher closes its own copy (a restarted worker would otherwise leak one descriptor each time)."""
+        if self._log is None:
+            return subprocess.Popen(cmd, env=env, process_group=0)
+        with open(self._log, "ab") as out:
+            return subprocess.Popen(cmd, stdout=out, stderr=out, env=env, process_group=0)
+
     def _spawn(self, worker: int) -> subprocess.Popen:
-        out = open(self._log, "ab") if self._log else None
         self._ready_file(worker).unlink(missing_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", READY_FILE_ENV: str(self._ready_file(worker))}
-        cmd = worker_command(self.config, worker, log_format=self.log_format)
-        return subprocess.Popen(cmd, stdout=out, stderr=out, env=env, process_group=0)
+        return self._popen(worker_command(self.config, worker, log_format=self.log_format), env)
 
     def _wait_worker(self, worker: int) -> None:
         """Until this worker process (not another one on its address) serves, and answers its health check."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,14 @@ from pathlib import Path
 import pytest
 
 from extproc.authn.dev_issuer import DevIssuer, KeyDir
+from extproc.launcher import PORT_RANGE_ENV
+
+# Each pytest-xdist worker picks its ports from its own range, below the kernel's ephemeral ports (32768 and up):
+# two workers never pick the same port between choosing and binding it, nor does an outgoing connection.
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+if _worker.startswith("gw") and _worker[2:].isdigit() and int(_worker[2:]) < 10:
+    _low = 17_000 + 1_500 * int(_worker[2:])
+    os.environ[PORT_RANGE_ENV] = f"{_low}-{_low + 1_500}"
 
 
 @pytest.fixture(scope="session")

@@ -131,7 +131,7 @@ def _time(request: Request, name: str) -> float | None:
     if value is None:
         return None
     try:
-        return parse_time(value[:200])
+        return parse_time(value)
     except ValueError as e:
         raise BadQuery(f"{name}: {e}") from None
 

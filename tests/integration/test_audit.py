@@ -230,7 +230,7 @@ async def test_bad_input_and_bad_tokens_are_refused_clearly(audit: Audit) -> Non
         ({"cursor": "WzEsMl0"}, "cursor"),  # base64 of [1,2]: well-formed, not ours
         ({"limit": "0"}, "limit"),
         ({"since": "yesterday"}, "since"),
-        ({"until": "-5"}, "after 1970"),  # no zone is UTC, as for the CLI's --since (one parser)
+        ({"until": "-5"}, "from 1970"),  # no zone is UTC, as for the CLI's --since (one parser)
         ({"colour": "red"}, "colour"),
     ]:
         r = a.get("carol", "/api/sessions", **params)

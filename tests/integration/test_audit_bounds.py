@@ -125,6 +125,11 @@ def _rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def _cookie(name: str, value: str) -> dict[str, str]:
+    """One cookie sent with one request (httpx deprecates per-request cookie jars)."""
+    return {"cookie": f"{name}={value}"}
+
+
 def _start_login(http: httpx.Client, base: str, next_path: str | None = None) -> httpx.Response:
     return http.get(f"{base}/login", params={"next": next_path} if next_path is not None else {})
 
@@ -137,7 +142,7 @@ def _finish_login(http: httpx.Client, started: httpx.Response, username: str, gr
     issuer_url = started.headers["location"].split("?", 1)[0]
     back = httpx.post(issuer_url, data=form, timeout=10)
     assert back.status_code == 302, back.text
-    return http.get(back.headers["location"], cookies={LOGIN_COOKIE: params["state"]})
+    return http.get(back.headers["location"], headers=_cookie(LOGIN_COOKIE, params["state"]))
 
 
 def test_a_login_flood_stays_bounded_and_a_real_login_still_completes(svc: Service) -> None:
@@ -167,15 +172,14 @@ def test_a_login_flood_stays_bounded_and_a_real_login_still_completes(svc: Servi
         # A real login after the flood completes, lands on its `next`, and works.
         done = _finish_login(http, _start_login(http, base, "/audit/?state=open"), "alice", "team-a")
         assert done.status_code == 303 and done.headers["location"] == "/audit/?state=open", done.text
-        me = http.get(f"{base}/api/me", cookies={SESSION_COOKIE: done.cookies[SESSION_COOKIE]})
+        me = http.get(f"{base}/api/me", headers=_cookie(SESSION_COOKIE, done.cookies[SESSION_COOKIE]))
         assert me.status_code == 200 and me.json()["username"] == "alice"
         # A non-ASCII state or CSRF token is refused like any wrong one (it was a 500).
-        r = http.get(f"{base}/callback", params={"state": "²", "code": "x"}, cookies={LOGIN_COOKIE: "a"})
+        r = http.get(f"{base}/callback", params={"state": "²", "code": "x"}, headers=_cookie(LOGIN_COOKIE, "a"))
         assert r.status_code == 400
         r = http.post(
             f"{base}/logout",
-            headers={"x-csrf-token": "\u00b2".encode()},
-            cookies={SESSION_COOKIE: done.cookies[SESSION_COOKIE]},
+            headers={"x-csrf-token": "\u00b2".encode(), **_cookie(SESSION_COOKIE, done.cookies[SESSION_COOKIE])},
         )
         assert r.status_code == 403
 
@@ -205,7 +209,7 @@ BAD_QUERIES = [
     pytest.param(LIST, {"since": "nan"}, 400, "since", id="since-nan"),
     pytest.param(LIST, {"since": "1e999"}, 400, "since", id="since-infinite"),
     pytest.param(LIST, {"since": "-5"}, 400, "since", id="since-negative"),
-    pytest.param(LIST, {"until": "2026-01-01T00:00:00"}, 400, "until", id="until-no-zone"),
+    pytest.param(LIST, {"until": "99999999999999"}, 400, "until", id="until-after-9999"),
     pytest.param(LIST, {"until": "9" * 5000}, 400, "until", id="until-huge"),
     pytest.param(LIST, {"until": "²"}, 400, "until", id="until-superscript"),
     pytest.param(LIST, {"state": "bogus"}, 400, "state", id="state-unknown"),

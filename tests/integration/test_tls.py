@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,10 @@ async def test_sdk_client_over_tls_https_public_url_and_rotation(
             ctx.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
         ):
             assert conn.selected_alpn_protocol() == chosen
-    old = _ssl(ca)  # TLS 1.2 is the floor
-    old.minimum_version, old.maximum_version = ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1
+    old = _ssl(ca)  # TLS 1.2 is the floor: a client that offers only 1.0/1.1 (deprecated names, on purpose)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "ssl.TLSVersion.TLSv1", DeprecationWarning)
+        old.minimum_version, old.maximum_version = ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1
     with pytest.raises(ssl.SSLError), socket.create_connection(("127.0.0.1", port)) as raw:
         old.wrap_socket(raw, server_hostname="127.0.0.1")
 
