@@ -114,12 +114,17 @@ def session_doc(session: Session) -> dict[str, Any]:
                 "outcome": end["outcome"] if end else "incomplete" if marker else "open",
                 "incomplete": marker.get("reason") if marker and not end else None,
                 "duration_ms": end["duration_ms"] if end else None,
+                "upstream": _credentials(events),
                 "events": [{k: v for k, v in e.items() if k != "_writer"} for e in events],
             }
         )
     calls = pair_messages(session)
     _mark_refused(calls, _refusals(session))
     _mark_listed(calls, session)
+    upstream = {x["exchange"]: x["upstream"] for x in exchanges}
+    for first in calls:
+        for call in [first, *first.get("rounds", [])]:
+            call["upstream"] = upstream.get(call["exchange"], [])
     return {
         "summary": session.summary(),
         "problems": [str(p) for p in session.problems],
@@ -131,33 +136,78 @@ def session_doc(session: Session) -> dict[str, Any]:
 
 def _mark_listed(calls: list[dict[str, Any]], session: Session) -> None:
     """tools/call, prompts/get, resources/read get ``definition``: the fingerprint the caller was last shown and when
-    it was listed (extproc/tools/), flagged ``changed`` when the server changed that definition before the call,
-    ``unlisted`` when the caller was never shown one, ``withheld`` when the gateway hid it."""
+    it was listed (extproc/tools/), with ``flag``: ``withheld`` when the gateway hid it, ``unlisted`` when the caller
+    was never shown one, ``changed`` when the server changed that definition before the call or the caller was
+    shown a definition that differs from its pin (alarm mode; until a person approves it), ``unpinned`` when the
+    gateway could not pin it (no signing key), else ``""``. Also ``changes``: that item's definition.changed events
+    seen up to the call (old and new fingerprints, the decision)."""
     shown: dict[tuple[Any, bytes], dict[str, Any]] = {}
     changed: dict[str, float] = {}  # old fingerprint -> when a change of it was first seen
+    standing: dict[str, str] = {}  # fingerprint -> its pin standing when it was first listed (tool.definition)
+    changes: list[dict[str, Any]] = []
     for e in session.events:
         if e["type"] == "policy.decision" and isinstance(e.get("definition"), dict):
             shown[(e.get("exchange"), jsonio.dumps(e.get("message_id")))] = e["definition"]
         elif e["type"] == "definition.changed":
             changed.setdefault(str(e.get("old")), e["time"])
+            changes.append(e)
+        elif e["type"] == "tool.definition":
+            standing.setdefault(str(e.get("fingerprint")), str(e.get("pin", "")))
+    approved: dict[str, float] = {}  # fingerprint -> the first call an approval of it let through
+    for first in calls:
+        for call in [first, *first.get("rounds", [])]:
+            d = shown.get((call["exchange"], jsonio.dumps(call["request"].get("id"))))
+            if d is not None and isinstance(d.get("approved"), dict):
+                approved.setdefault(str(d["approved"].get("fingerprint")), call["time"])
     for first in calls:
         for call in [first, *first.get("rounds", [])]:
             d = shown.get((call["exchange"], jsonio.dumps(call["request"].get("id"))))
             if d is None:
                 continue
             fp = d.get("fingerprint")
+            differs = standing.get(str(fp)) in ("changed", "rejected", "forged") and not (
+                fp in approved and approved[fp] <= call["time"]
+            )
             flag = (
                 "withheld" if d.get("withheld") else "unlisted" if fp is None
-                else "changed" if fp in changed and changed[fp] <= call["time"] else ""
+                else "changed" if (fp in changed and changed[fp] <= call["time"]) or differs
+                else "unpinned" if standing.get(str(fp)) == "unpinned" else ""
             )  # fmt: skip
-            call["definition"] = {**d, "flag": flag}
+            mine = [
+                {k: c.get(k) for k in ("time", "old", "new", "decision", "rule")}
+                for c in changes
+                if c.get("name") == d.get("name") and c.get("kind") == d.get("kind") and c["time"] <= call["time"]
+            ]
+            call["definition"] = {**d, "flag": flag, "changes": mine}
+
+
+def _credentials(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An exchange's upstream.credential events as shown: kind, header, the token's SHA-256 (never the token),
+    expiry, audience, scopes, whether cached, who acted for whom, and the IdP's refusal if there was one."""
+    keys = ("server", "kind", "header", "sha256", "expires_at", "cached", "audience", "scopes", "delegation", "refused")
+    return [{k: e.get(k) for k in keys} for e in events if e["type"] == "upstream.credential"]
+
+
+def credential_line(c: dict[str, Any]) -> str:
+    """One upstream credential as `sessions show` prints it (the viewer builds the same line from the same data)."""
+    if c.get("refused"):
+        r = c["refused"]
+        return f"upstream {c['kind']}: REFUSED {r.get('error', '')}: {r.get('description', '')}".rstrip(": ")
+    parts = [f"upstream {c['kind']} in {c['header']}", f"sha256 {(c.get('sha256') or '-')[:12]}"]
+    if c.get("expires_at") is not None:
+        parts.append(f"expires {_ts(c['expires_at'])}")
+    if c.get("delegation"):
+        parts.append(" acting for ".join(reversed(c["delegation"])))  # the last actor first, the subject last
+    if c.get("cached"):
+        parts.append("cached")
+    return ", ".join(parts)
 
 
 def _listed_line(d: dict[str, Any]) -> str:
     if d.get("fingerprint") is None:
         return f"not listed to this caller{' (withheld: ' + str(d['withheld']) + ')' if d.get('withheld') else ''}"
     at = f"as listed at {_ts(d['listed_at'])}, " if d.get("listed_at") is not None else "not listed, "
-    flag = {"changed": "  CHANGED since", "withheld": "  WITHHELD"}.get(d.get("flag", ""), "")
+    flag = {"changed": "  CHANGED since", "withheld": "  WITHHELD", "unpinned": "  UNPINNED"}.get(d.get("flag", ""), "")
     return f"{at}fingerprint {d['fingerprint']}{flag}"
 
 
@@ -188,6 +238,8 @@ def print_session(console: Console, session: Session) -> None:
             highlight=False,
             soft_wrap=True,
         )
+        for cred in ex["upstream"]:
+            console.print(f"      {credential_line(cred)}", highlight=False, markup=False, soft_wrap=True)
     console.print("\n[bold]JSON-RPC[/bold]")
     for first in doc["calls"]:
         for n, call in enumerate([first, *first.get("rounds", [])]):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -21,6 +23,13 @@ from extproc.launcher import free_port, wait_until
 from extproc.recording.manifest import generate_keys
 
 CHROMIUM = "/usr/bin/chromium"
+ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "audit"
 POLICY = """
 apiVersion: mcp-extproc/v1
@@ -306,6 +315,157 @@ async def test_viewer_first_hour_login_off_denials_times_since_and_narrow_screen
                 check(
                     await page.locator(".error").count() == 0, f"since=24h refused: {await page.text_content('main')}"
                 )
+                await ctx.close()
+        finally:
+            await browser.close()
+    assert not problems, "\n".join(problems)
+
+
+INTEGRITY = """
+apiVersion: mcp-extproc/v1
+rules:
+  - name: allow-everything
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: ["*"], methods: ["*"]}
+integrity:
+  - servers: [demo]
+    on_change: hide
+viewers:
+  - name: team-a-sees-all
+    subjects: {groups: [team-a]}
+    servers: [demo, beta]
+    sessions: all
+"""
+TX_CLIENT, TX_API = "mcp-gateway", "demo-api"  # the gateway at the issuer; the sample server's audience there
+HEX12 = r"[0-9a-f]{12}"
+
+
+async def _rug_pull_session(gw: Gateway, token: str) -> str:
+    """echo as listed; the server changes echo (hidden: the call is refused); a person approves the change; echo
+    again (the caller was shown the old definition: flagged changed)."""
+    async with connect(gw.url(), token, "legacy") as conn:
+        await conn.client.list_tools()
+        assert (await conn.client.call_tool("echo", {"text": "hi"})).structured_content == {"result": "hi"}
+        assert "echo" not in {t.name for t in (await conn.client.list_tools()).tools}
+        with pytest.raises(Exception, match="tool-surface integrity"):
+            await conn.client.call_tool("echo", {"text": "b"})
+        cmd = [sys.executable, "-m", "extproc", "pins", "approve", "--server", "demo", "--tool", "echo"]
+        ok = subprocess.run([*cmd, "--by", "carol", "--config", str(gw.stack.config)], capture_output=True, text=True)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert (await conn.client.call_tool("echo", {"text": "c"})).structured_content == {"result": "c"}
+        return recording_key(conn.session_id)
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make test installs it)")
+async def test_viewer_shows_listed_definitions_changes_and_upstream_credentials(
+    start_mcp_server, start_authed, issuer: DevIssuer, tmp_path: Path
+) -> None:
+    """Per call: "as listed at <time> UTC, fingerprint <short>", flagged when withheld or changed; the change in the
+    timeline with old and new fingerprints; the upstream credential (kind, hash, expiry, who acted for whom) and
+    the IdP's refusal, never a token. At 1280 and 420 px."""
+    secret = tmp_path / "client-secret"
+    secret.write_text("s3cret-of-the-gateway\n")
+    issuer.token_exchange.register_client(TX_CLIENT, secret="s3cret-of-the-gateway")
+    issuer.token_exchange.add_target(TX_API, scopes=("repo:read",), ttl=300)
+    verify = ["--verify-jwks", f"{issuer.url}/jwks", "--verify-issuer", issuer.url, "--verify-audience", TX_API]
+    demo = start_mcp_server("demo", False, "--rug-pull", *verify)
+    beta = start_mcp_server("beta")
+    exchange = {"kind": "token_exchange", "client_id": TX_CLIENT, "client_secret_file": str(secret), "scopes": ["repo:read"]}  # fmt: skip
+    entries = [
+        {"name": "demo", "upstream": demo.upstream, "upstream_auth": {**exchange, "audience": TX_API}},
+        {"name": "beta", "upstream": beta.upstream, "upstream_auth": {**exchange, "audience": "unknown-api"}},
+    ]
+    key, _ = generate_keys(tmp_path / "keys")
+    gateway = {
+        "server_entries": entries,
+        "recording": {"signing_key": str(key), "segment_max_age_ms": 100},
+        "audit": {"port": free_port(), "index_interval_ms": 100},
+    }
+    gw = start_authed([demo, beta], policy=INTEGRITY, gateway=gateway)
+    viewer = issuer.mint("alice", aud=gw.endpoint, groups=["team-a"])
+    bob = issuer.mint("bob", aud=gw.endpoint)
+    pulled = await _rug_pull_session(gw, bob)
+    refused = httpx.post(gw.url("beta"), json=INIT, headers={**ACCEPT, "authorization": f"Bearer {bob}"}, timeout=10)
+    assert refused.status_code == 403 and "invalid_target" in refused.text
+    rows: dict[str, dict] = {}
+
+    def indexed() -> bool:
+        r = httpx.get(f"{gw.endpoint}/audit/api/sessions", headers={"authorization": f"Bearer {viewer}"})
+        rows.update({s["server"]: s for s in r.json()["sessions"]})
+        return "beta" in rows and any(s["session"] == pulled and s["state"] == "complete" for s in r.json()["sessions"])
+
+    await asyncio.to_thread(wait_until, indexed, 30, "the sessions in the index", 0.2)
+    out = ARTIFACTS / "integrity"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    base = f"{gw.endpoint}/audit/"
+    problems: list[str] = []
+
+    def check(ok: object, what: str) -> None:
+        if not ok:
+            problems.append(what)
+
+    async with async_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )  # fmt: skip
+        try:
+            for width, height in ((1280, 900), (420, 860)):
+                ctx = await browser.new_context(
+                    viewport={"width": width, "height": height},
+                    extra_http_headers={"authorization": f"Bearer {viewer}"},
+                )
+                page = await ctx.new_page()
+                page.set_default_timeout(15_000)
+                blocked: list[str] = []  # the CSP stays strict: nothing inline was needed
+                page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+                await page.goto(base + f"s/{pulled}")
+                await page.wait_for_selector("#calls .callwrap")
+                await page.screenshot(path=str(out / f"rug-pull-{width}.png"), full_page=True)
+                layout = await page.evaluate(LAYOUT)
+                check(layout["scroll"] <= layout["inner"], f"session at {width}px overflows: {layout}")
+                check(not await page.evaluate(STRAY_NULL), "session page shows a stray 'null'")
+                echoes = page.locator("#calls .callwrap", has_text="tools/call echo")
+                check(await echoes.count() == 3, f"{await echoes.count()} echo calls, expected 3")
+                texts = [
+                    await echoes.nth(i).locator(".listed").text_content() or "" for i in range(await echoes.count())
+                ]
+                listed = rf"as listed at \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC, fingerprint {HEX12}"
+                check(texts and re.match(listed + "$", texts[0]), f"first call: {texts[:1]}")
+                check(len(texts) > 1 and "WITHHELD" in texts[1], f"the refused call is not flagged: {texts[1:2]}")
+                check(
+                    len(texts) > 2 and re.match(listed + " CHANGED", texts[2]) and "decision hide" in texts[2],
+                    f"the approved call against the old definition is not flagged changed: {texts[2:]}",
+                )
+                first = echoes.nth(0).locator(".credential")
+                cred = await first.text_content() if await first.count() == 1 else ""
+                check(
+                    re.match(rf"upstream token_exchange in authorization, sha256 {HEX12}, expires .* UTC, "
+                             rf"{TX_CLIENT} acting for bob", cred or ""),
+                    f"credential line: {cred!r}",
+                )  # fmt: skip
+                change = page.locator('#timeline li[data-type="definition.changed"]')
+                ctext = await change.text_content() if await change.count() == 1 else ""
+                check(
+                    re.search(rf"echo on demo: {HEX12} → {HEX12} decision hide \(policy.yaml:\d+\)$", ctext or ""),
+                    f"timeline: {ctext!r}",
+                )
+                await echoes.nth(2).screenshot(path=str(out / f"changed-call-{width}.png"))
+                await change.screenshot(path=str(out / f"timeline-change-{width}.png"))
+
+                await page.goto(base + f"s/{rows['beta']['session']}")
+                await page.wait_for_selector("#timeline li")
+                await page.screenshot(path=str(out / f"idp-refused-{width}.png"), full_page=True)
+                await page.locator("#exchanges").screenshot(path=str(out / f"idp-refused-exchange-{width}.png"))
+                idp = page.locator("#exchanges .refused-credential")
+                itext = await idp.first.text_content() if await idp.count() else ""
+                check("IdP refused invalid_target" in (itext or ""), f"IdP refusal: {itext!r}")
+                main = await page.text_content("main") or ""
+                check(bob.split(".")[2] not in main, "a token is on the page")
+                check(not blocked, f"CSP violations: {blocked}")
                 await ctx.close()
         finally:
             await browser.close()

@@ -15,7 +15,7 @@
       else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
       else node.setAttribute(k, v === true ? "" : v);
     }
-    for (const c of children.flat()) {
+    for (const c of children.flat(Infinity)) {
       if (c === null || c === undefined || c === false) continue;
       node.append(c instanceof Node ? c : document.createTextNode(String(c)));
     }
@@ -172,6 +172,15 @@
         li.append(el("pre", {}, (m.method ? m.method + " " : "") + json(m.params || m.result || m.error || {})));
       }
       if (ev.sse_event || ev.sse_id) head.append(`SSE event ${ev.sse_event || ""} id ${ev.sse_id || ""}`);
+    } else if (ev.type === "definition.changed") {
+      li.classList.add("changed");
+      head.append(badge("flag-changed", "definition changed"), ` ${ev.kind} ${ev.name} on ${ev.server}: `,
+        shortFp(ev.old), " → ", shortFp(ev.new), ` decision ${ev.decision}`, ...(ev.rule ? [" (", ruleRef(ev.rule), ")"] : []));
+    } else if (ev.type === "tool.definition") {
+      head.append(`${ev.kind} ${ev.name} on ${ev.server}, fingerprint `, shortFp(ev.fingerprint),
+        ` pin ${ev.pin}` + (ev.shown === false ? ", withheld from the caller" : ""));
+    } else if (ev.type === "upstream.credential") {
+      head.append(credentialLine(ev));
     } else if (ev.type === "audit.access") {
       head.append(`${(ev.principal || {}).username || "anonymous"} ${ev.action} ${ev.target} → ${ev.result} (${ev.client})`);
     }
@@ -197,17 +206,73 @@
     return el("div", {}, el("div", { class: "muted" }, "no response"), el("pre", {}, "-"));
   }
 
+  // Fingerprints are "sha256:" and 64 hex digits; 12 digits tell two apart on screen (the whole one is on hover).
+  const shortFp = (fp) => el("code", { class: "fp", title: fp }, String(fp).replace(/^sha256:/, "").slice(0, 12));
+  // An integrity rule is "file:line" (or "default"): the file's name is enough on screen, its path on hover.
+  const ruleRef = (r) => el("span", { class: "rule", title: r }, String(r).split("/").pop());
+  const FLAGS = {
+    changed: ["changed", "CHANGED", "the server changed this definition (or it differs from its pin) and no one approved it"],
+    withheld: ["withheld", "WITHHELD", "the gateway withheld this definition from the caller"],
+    unpinned: ["unpinned", "UNPINNED", "the gateway could not pin this definition (no signing key)"],
+    unlisted: ["unlisted", "NOT LISTED", "the caller was never shown this definition"],
+  };
+
+  // What the caller was shown of the tool it called (session_doc's call.definition, as `sessions show` prints it).
+  function listedLine(d) {
+    const f = FLAGS[d.flag];
+    const flag = f ? [" ", el("span", { class: "badge flag-" + f[0], title: f[2] }, f[1])] : null;
+    let what;
+    if (d.fingerprint === null || d.fingerprint === undefined) {
+      what = ["not listed to this caller", d.withheld ? ` (withheld: ${d.withheld})` : ""];
+    } else {
+      what = [d.listed_at !== undefined && d.listed_at !== null ? ["as listed at ", when(d.listed_at), ", "] : "not listed, ",
+        "fingerprint ", shortFp(d.fingerprint)];
+    }
+    return el("div", { class: "listed" + (f ? " flagged" : ""), "data-flag": d.flag || "" }, what, flag,
+      d.approved ? ` · approved by ${d.approved.by}` : null,
+      (d.changes || []).map((x) => el("div", { class: "muted" }, "changed at ", when(x.time), ": ", shortFp(x.old),
+        " → ", shortFp(x.new), `, decision ${x.decision}`, x.rule ? [" (", ruleRef(x.rule), ")"] : "")));
+  }
+
+  // Who the server saw: the upstream credential of the call's exchange (session_doc's upstream). Never a token:
+  // the recording holds only its SHA-256.
+  function credentialLine(u) {
+    if (u.refused) {
+      return el("div", { class: "credential refused-credential" }, `upstream ${u.kind}: `,
+        badge("denied", "IdP refused"), ` ${u.refused.error || ""}${u.refused.description ? ": " + u.refused.description : ""}`);
+    }
+    return el("div", { class: "credential" }, `upstream ${u.kind} in ${u.header}, sha256 `,
+      el("code", { title: u.sha256 || "" }, (u.sha256 || "-").slice(0, 12)),
+      u.expires_at ? [", expires ", when(u.expires_at)] : null,
+      (u.delegation || []).length ? ", " + u.delegation.slice().reverse().join(" acting for ") : null,
+      (u.audience || []).length ? `, audience ${u.audience.join(" ")}` : null,
+      (u.scopes || []).length ? `, scopes ${u.scopes.join(" ")}` : null,
+      u.cached ? ", cached" : null);
+  }
+
   function callBlock(c) {
     const req = c.request;
     return el("div", { class: "callwrap" + (c.refusal ? " refused" : ""), "data-exchange": c.exchange },
       el("h3", {}, when(c.time), ` ${c.from === "client" ? "→" : "←"} ${req.method}` +
         (req.params && req.params.name ? " " + req.params.name : "")),
+      c.definition ? listedLine(c.definition) : null,
+      (c.upstream || []).map(credentialLine),
       el("div", { class: "call" },
         el("div", {}, el("div", { class: "muted" }, "arguments"), el("pre", {}, json(req.params || {}))),
         outcomeOf(c)),
       c.notifications.length ? el("ul", {}, c.notifications.map((n) =>
         el("li", {}, when(n.time), ` ${n.message.method} ${json(n.message.params || {})}`))) : null,
       (c.rounds || []).length ? el("div", { class: "rounds" }, c.rounds.map(callBlock)) : null);
+  }
+
+  // One HTTP exchange: what was asked, how it ended, and the credential the server got for it (or the IdP's
+  // refusal: such an exchange never reached the server, so it has no call below).
+  function exchangeItem(x) {
+    return el("li", { "data-exchange": x.exchange, class: x.outcome === "denied" ? "refused" : null },
+      when(x.time), ` ${x.method || "?"} ${x.path || ""} → ${x.status || "-"} `,
+      x.outcome === "denied" ? badge("denied", "refused") : x.outcome,
+      x.duration_ms !== null && x.duration_ms !== undefined ? ` ${x.duration_ms} ms` : null,
+      (x.upstream || []).map(credentialLine));
   }
 
   async function sessionPage(key) {
@@ -291,6 +356,7 @@
       el("div", { class: "controls", role: "group", "aria-label": "playback" }, play, step,
         el("label", {}, "speed ", speed), status,
         el("span", { class: "muted" }, "keys: space play/pause, → step")),
+      el("h2", {}, "Exchanges"), el("ol", { class: "exchanges", id: "exchanges" }, doc.exchanges.map(exchangeItem)),
       el("h2", {}, "Timeline"), timeline,
       el("h2", {}, "Calls (arguments and results)"), el("div", { id: "calls" }, doc.calls.map(callBlock)));
     mark(0);
