@@ -371,10 +371,18 @@ async def test_viewer_shows_listed_definitions_changes_and_upstream_credentials(
     verify = ["--verify-jwks", f"{issuer.url}/jwks", "--verify-issuer", issuer.url, "--verify-audience", TX_API]
     demo = start_mcp_server("demo", False, "--rug-pull", *verify)
     beta = start_mcp_server("beta")
-    exchange = {"kind": "token_exchange", "client_id": TX_CLIENT, "client_secret_file": str(secret), "scopes": ["repo:read"]}  # fmt: skip
+    exchange = {"kind": "token_exchange", "client_id": TX_CLIENT, "client_secret_file": str(secret)}
     entries = [
-        {"name": "demo", "upstream": demo.upstream, "upstream_auth": {**exchange, "audience": TX_API}},
-        {"name": "beta", "upstream": beta.upstream, "upstream_auth": {**exchange, "audience": "unknown-api"}},
+        {
+            "name": "demo",
+            "upstream": demo.upstream,
+            "upstream_auth": {**exchange, "audience": TX_API, "scopes": ["repo:read"]},
+        },
+        {
+            "name": "beta",
+            "upstream": beta.upstream,
+            "upstream_auth": {**exchange, "audience": "unknown-api", "scopes": ["repo:read"]},
+        },
     ]
     key, _ = generate_keys(tmp_path / "keys")
     gateway = {
@@ -406,6 +414,8 @@ async def test_viewer_shows_listed_definitions_changes_and_upstream_credentials(
         if not ok:
             problems.append(what)
 
+    blocked: list[str] = []  # the CSP stays strict: nothing inline was needed
+
     async with async_api.async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM,
@@ -420,7 +430,6 @@ async def test_viewer_shows_listed_definitions_changes_and_upstream_credentials(
                 )
                 page = await ctx.new_page()
                 page.set_default_timeout(15_000)
-                blocked: list[str] = []  # the CSP stays strict: nothing inline was needed
                 page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
                 await page.goto(base + f"s/{pulled}")
                 await page.wait_for_selector("#calls .callwrap")
