@@ -438,10 +438,9 @@ async def test_viewer_shows_listed_definitions_changes_and_upstream_credentials(
                 check(layout["scroll"] <= layout["inner"], f"session at {width}px overflows: {layout}")
                 check(not await page.evaluate(STRAY_NULL), "session page shows a stray 'null'")
                 echoes = page.locator("#calls .callwrap", has_text="tools/call echo")
+                await echoes.nth(2).wait_for()
                 check(await echoes.count() == 3, f"{await echoes.count()} echo calls, expected 3")
-                texts = [
-                    await echoes.nth(i).locator(".listed").text_content() or "" for i in range(await echoes.count())
-                ]
+                texts = ["".join(await echoes.nth(i).locator(".listed").all_text_contents()) for i in range(3)]
                 listed = rf"as listed at \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC, fingerprint {HEX12}"
                 check(texts and re.match(listed + "$", texts[0]), f"first call: {texts[:1]}")
                 check(len(texts) > 1 and "WITHHELD" in texts[1], f"the refused call is not flagged: {texts[1:2]}")

@@ -7,7 +7,8 @@ import io
 import pytest
 from rich.console import Console
 
-from extproc.recording.report import sessions_table
+from extproc.recording.replay import Session
+from extproc.recording.report import print_session, session_doc, sessions_table
 
 
 def _row(session: str, user: str = "alice") -> dict:
@@ -37,3 +38,94 @@ def test_session_ids_are_never_wrapped(width: int) -> None:
     for r in rows:
         assert r["session"] in text  # whole, on one line
     assert "11-30 00:53" in text and "github" in text and "complete" in text
+
+
+def _call_events(ex: str, t: float, definition: dict, msg_id: int) -> list[dict]:
+    call = {"jsonrpc": "2.0", "id": msg_id, "method": "tools/call", "params": {"name": "echo"}}
+    decision = {"type": "policy.decision", "exchange": ex, "time": t, "message_id": msg_id, "allowed": True}
+    return [
+        {"type": "exchange.start", "exchange": ex, "time": t},
+        {"type": "mcp.request", "exchange": ex, "time": t, "messages": [call]},
+        {**decision, "definition": {"kind": "tool", "name": "echo", **definition}},
+        {"type": "mcp.response", "exchange": ex, "time": t + 0.1, "messages": [{"jsonrpc": "2.0", "id": msg_id}]},
+    ]
+
+
+def _definition(fp: str, pin: str, t: float) -> dict:
+    return {"type": "tool.definition", "exchange": "l", "time": t, "kind": "tool", "name": "echo", "fingerprint": fp,
+            "pin": pin}  # fmt: skip
+
+
+PRINTED = {"changed": "CHANGED since", "withheld": "WITHHELD", "unpinned": "UNPINNED", "": "as listed at 1970",
+           "unlisted": "not listed to this caller"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("listed", "definition", "flag"),
+    [
+        pytest.param([_definition("A", "new", 1)], {"fingerprint": "A", "listed_at": 1}, "", id="pinned"),
+        pytest.param(
+            [_definition("A", "unpinned", 1)], {"fingerprint": "A", "listed_at": 1}, "unpinned", id="unpinned"
+        ),
+        # alarm mode: the caller was shown (and called) a definition that differs from its pin
+        pytest.param(
+            [
+                _definition("B", "changed", 1),
+                {
+                    "type": "definition.changed",
+                    "exchange": "l",
+                    "time": 1,
+                    "kind": "tool",
+                    "name": "echo",
+                    "old": "A",
+                    "new": "B",
+                    "decision": "alarm",
+                    "rule": "p.yaml:3",
+                },
+            ],
+            {"fingerprint": "B", "listed_at": 1},
+            "changed",
+            id="changed-alarm",
+        ),
+        pytest.param(
+            [_definition("B", "changed", 1)],
+            {"fingerprint": "B", "listed_at": 1, "approved": {"fingerprint": "B", "by": "carol", "at": 1.5}},
+            "",
+            id="changed-then-approved",
+        ),
+        pytest.param([], {"fingerprint": "B", "withheld": "hide"}, "withheld", id="withheld"),
+        pytest.param([], {"fingerprint": None, "listed": False}, "unlisted", id="unlisted"),
+    ],
+)
+def test_each_call_says_what_it_was_shown_and_flags_it(listed: list, definition: dict, flag: str) -> None:
+    session = Session("s", events=[*listed, *_call_events("x1", 2.0, definition, 7)])
+    (call,) = session_doc(session)["calls"]
+    assert call["definition"]["flag"] == flag
+    changes = [e for e in listed if e["type"] == "definition.changed"]
+    assert [(c["old"], c["new"], c["decision"]) for c in call["definition"]["changes"]] == [
+        (c["old"], c["new"], c["decision"]) for c in changes
+    ]
+    out = io.StringIO()
+    print_session(Console(file=out, width=200, color_system=None), session)
+    assert PRINTED[flag] in (out.getvalue())
+
+
+def test_each_exchange_names_its_upstream_credential_never_a_token() -> None:
+    base = {"type": "upstream.credential", "server": "demo", "kind": "token_exchange", "header": "authorization"}
+    used = {**base, "exchange": "x1", "time": 2.0, "sha256": "ab" * 32, "expires_at": 1_796_000_300.0}
+    used |= {"cached": False, "audience": ["api"], "scopes": ["repo:read"], "delegation": ["alice", "mcp-gateway"]}
+    refused = {**base, "exchange": "x2", "time": 3.0}
+    refused["refused"] = {"error": "invalid_target", "description": "unknown target"}
+    events = [*_call_events("x1", 2.0, {"fingerprint": "A", "listed_at": 1}, 7), used]
+    events += [{"type": "exchange.start", "exchange": "x2", "time": 3.0}, refused]
+    doc = session_doc(Session("s", events=events))
+    by_ex = {x["exchange"]: x["upstream"] for x in doc["exchanges"]}
+    assert by_ex["x1"][0]["sha256"] == "ab" * 32 and by_ex["x1"][0]["delegation"] == ["alice", "mcp-gateway"]
+    assert by_ex["x2"][0]["refused"]["error"] == "invalid_target"
+    assert doc["calls"][0]["upstream"] == by_ex["x1"]
+    out = io.StringIO()
+    print_session(Console(file=out, width=200, color_system=None), Session("s", events=events))
+    text = out.getvalue()
+    assert "upstream token_exchange in authorization, sha256 abababababab, expires 2026-11-30" in text
+    assert "mcp-gateway acting for alice" in text
+    assert "upstream token_exchange: REFUSED invalid_target: unknown target" in text
