@@ -351,7 +351,9 @@ async def _rug_pull_session(gw: Gateway, token: str) -> str:
         with pytest.raises(Exception, match="tool-surface integrity"):
             await conn.client.call_tool("echo", {"text": "b"})
         cmd = [sys.executable, "-m", "extproc", "pins", "approve", "--server", "demo", "--tool", "echo"]
-        ok = subprocess.run([*cmd, "--by", "carol", "--config", str(gw.stack.config)], capture_output=True, text=True)
+        ok = subprocess.run(
+            [*cmd, "--by", "carol", "--config", str(gw.stack.config)], capture_output=True, text=True, timeout=60
+        )
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert (await conn.client.call_tool("echo", {"text": "c"})).structured_content == {"result": "c"}
         return recording_key(conn.session_id)
