@@ -150,8 +150,9 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                 }
             },
             f"{p}/api/sessions/{{key}}": _session_op(
-                "one session: exchanges, JSON-RPC calls paired with responses and progress, decisions, refusals, "
-                "redaction markers, verification",
+                "one session: exchanges (each with its upstream credential: kind, SHA-256, expiry, delegation, "
+                "IdP refusal), JSON-RPC calls paired with responses and progress, decisions, refusals, the tool "
+                "definition each call was listed (fingerprint, listed_at, flag), redaction markers, verification",
                 "application/json",
                 {"type": "object"},
             ),

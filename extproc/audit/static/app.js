@@ -358,7 +358,8 @@
         el("span", { class: "muted" }, "keys: space play/pause, → step")),
       el("h2", {}, "Exchanges"), el("ol", { class: "exchanges", id: "exchanges" }, doc.exchanges.map(exchangeItem)),
       el("h2", {}, "Timeline"), timeline,
-      el("h2", {}, "Calls (arguments and results)"), el("div", { id: "calls" }, doc.calls.map(callBlock)));
+      el("h2", {}, "Calls (arguments and results)"), el("div", { id: "calls" }, doc.calls.length ? doc.calls.map(callBlock)
+        : el("p", { class: "muted" }, "No JSON-RPC message was recorded (see the exchanges above).")));
     mark(0);
   }
 
