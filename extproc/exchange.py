@@ -600,6 +600,7 @@ def _client_address(attributes: Any, headers: dict[str, str]) -> str:
     if attributes is not None:
         struct = attributes.get("envoy.filters.http.ext_proc")
         if struct is not None and "source.address" in struct.fields:
-            return struct.fields["source.address"].string_value
+            address: str = struct.fields["source.address"].string_value  # protobuf Struct (untyped generated code)
+            return address
     xff = headers.get("x-forwarded-for", "")
     return xff.rsplit(",", 1)[-1].strip()
