@@ -1,6 +1,7 @@
-"""One HTTP exchange = one ext_proc stream (``Exchange``, phases.py), and the two jobs it hands off whole:
+"""One HTTP exchange = one ext_proc stream (``Exchange``, phases.py), and the jobs it hands off whole:
 
 phases.py   the exchange: a method per phase, owns the state (admission, decisions, recording, the response)
+decide.py   the authorization step: each request decided (policy, outside authorities), recorded, refused
 surface.py  tool-surface integrity for the exchange: calls checked against what was shown, lists reviewed, pins
 upstream.py what the MCP server gets instead of the caller's token: its own credential, the gateway's headers
 """

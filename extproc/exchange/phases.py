@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from time import perf_counter
 from typing import Any, Literal
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -28,40 +27,35 @@ from extproc.envoy import responses
 from extproc.envoy.fields import UPSTREAM_HEADER
 from extproc.envoy.headers import recordable, to_dict
 from extproc.errors import (
-    AuthorizationUnavailable,
     EncodedResponse,
     GatewayError,
     InvalidRequest,
-    PolicyDenied,
     RecordingUnavailable,
     RemovedMethod,
     ReservedSessionId,
     StoreError,
-    ToolWithheld,
 )
 from extproc.exchange import upstream
+from extproc.exchange.decide import Decisions
 from extproc.exchange.surface import SurfaceCheck
 from extproc.exchange.upstream import UPSTREAM_REMOVE, caller_token, credential_recorder
 from extproc.gateway import Gateway
 from extproc.logs import access, verdict_fields
 from extproc.mcp.body import Piece, ResponseBody, dumps, rewrite_json
-from extproc.mcp.jsonrpc import McpCall, ParsedBody, error_response, is_request, parse_body
+from extproc.mcp.jsonrpc import ParsedBody, error_response, is_request, parse_body
 from extproc.mcp.methods import HTTP_METHODS, INPUT_REQUIRED
 from extproc.mcp.param_headers import ToolHeaders
 from extproc.mcp.protocol import check_headers, classify, run_key
 from extproc.mcp.request_state import RequestState
 from extproc.mcp.sse import format_event
 from extproc.policy.compiled import CompiledPolicy
-from extproc.policy.enforce import Verdict, authorize, filter_body, record_redactor, redact_for_record, redact_text
-from extproc.policy.engine import describe_call
-from extproc.policy.facts import Facts, gather
+from extproc.policy.enforce import Verdict, filter_body, record_redactor, redact_for_record
 from extproc.recording.events import (
     ExchangeEnd,
     ExchangeStart,
     ListFiltered,
     McpRequest,
     Outcome,
-    PolicyDecision,
     ResponseStart,
     body_fields,
     is_reserved_unit,
@@ -102,7 +96,6 @@ class Exchange:
         self.bytes_in = 0
         self.bytes_out = 0
         self.request_ids: list[Any] = []
-        self.verdict: Verdict | None = None
         # What the request asked for, that shapes the response.
         self._headers: dict[str, str] = {}
         self._header_names: list[str] = []  # as sent, repeats kept: a duplicated MCP header is refused
@@ -112,9 +105,8 @@ class Exchange:
         self._state: RequestState | None = None
         self._deferred: tuple[GatewayError, dict[str, str]] | None = None  # an admission refusal awaiting the body
         self._awaiting: set[str] = set()  # ids of requests in the body still without a response
-        self._lists: dict[str, str] = {}  # list requests whose responses are filtered
-        self._facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
         self._tools = SurfaceCheck(gw.surface, self.id, self.log, gw.clock)  # tool-surface integrity (surface.py)
+        self._decisions = Decisions(gw, self.log, self._tools)  # the verdict, its facts, the lists to filter
         # The response.
         self._body: ResponseBody | None = None
         self._buffered: Literal["filter", "seal"] | None = None  # the whole body comes in one message
@@ -123,6 +115,11 @@ class Exchange:
     def session(self) -> str | None:
         """The recording unit: the server's session id, a stateless run, or the exchange alone (None until known)."""
         return self.log.unit
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """What the policy decided for the body's requests (None until decided)."""
+        return self._decisions.verdict
 
     @property
     def recording(self) -> bool:
@@ -223,7 +220,7 @@ class Exchange:
         self._body = ResponseBody(content_type, opts.max_event_body_bytes, seal_sse, opts.held, self._refusal)
         # List responses (and JSON results that may carry request state) are rewritten for the caller, so this one
         # body is buffered; all others keep streaming.
-        if ok and self._lists:
+        if ok and self._decisions.lists:
             self._buffered = "filter"
         elif ok and self._may_ask and content_type.startswith("application/json"):
             self._buffered = "seal"
@@ -363,67 +360,18 @@ class Exchange:
         )
 
     async def _decide(self, parsed: ParsedBody) -> ep.ProcessingResponse | None:
-        """Every request of the body decided and recorded; one denial refuses the whole body."""
+        """Every request of the body decided and recorded (decide.py); one denial refuses the whole body."""
         if self.policy is None or self.principal is None:
             return None
-        gw = self.gw
-        methods = {str(m.get("method")) for m in parsed.messages if is_request(m)}
-        self._facts = await gather(
-            self.policy, self.server_name, self.principal, gw.clock(), gw.reviewer, gw.grants, methods
-        )
-        t0 = perf_counter()
-        verdict = self.verdict = authorize(self.policy, self.principal, self.server_name, parsed.messages, self._facts)
-        gw.metrics.decision_seconds.observe(perf_counter() - t0)
-        withheld, shown = (
-            await self._tools.check_calls(self.policy, self.server_name, self.session, verdict.calls)
-            if verdict.denied is None
-            else (None, {})
-        )
-        for i, (call, d) in enumerate(zip(verdict.calls, verdict.decisions, strict=True)):
-            outside = {"kubernetes": d.kubernetes, "grant": d.grant, "definition": shown.get(i)}
-            self._record_decision(call, d.allowed, d.rule, d.reason, **outside)
-        if withheld is not None:
-            return self._refuse(ToolWithheld(redact_text(self.policy, self.server_name, withheld)))
-        if (denied := verdict.denied) is None:
-            self._lists = verdict.lists
-            self._lists.update(self._tools.templates(verdict.calls))
-            return None
-        call, d = denied
-        err: GatewayError = (
-            InvalidRequest(d.reason)
-            if d.invalid
-            else AuthorizationUnavailable()
-            if d.unavailable
-            else PolicyDenied(d.rule, self._describe(call))
-        )
-        if parsed.batch:  # one denied element denies the batch: every request gets the error
-            errors = [
-                error_response(c.id, err.jsonrpc_code, err.safe_message) for c in verdict.calls if c.id is not None
-            ]
-            return self._refuse(err, doc=errors)
-        return self._refuse(err)
+        refusal = await self._decisions.body(self.policy, self.principal, self.server_name, self.session, parsed)
+        return self._refuse(refusal[0], doc=refusal[1]) if refusal is not None else None
 
     def _authorize_http(self, name: str) -> ep.ProcessingResponse | None:
         """GET (open the server's stream) and DELETE (end the session) are decided like methods, named ``name``."""
         if self.policy is None or self.principal is None:
             return None
-        verdict = authorize(self.policy, self.principal, self.server_name, ({"method": name},))
-        call, d = verdict.calls[0], verdict.decisions[0]
-        self._record_decision(call, d.allowed, d.rule, d.reason)
-        return None if d.allowed else self._refuse(PolicyDenied(d.rule, self._describe(call)))
-
-    def _record_decision(self, call: McpCall, allowed: bool, rule: str, reason: str, **outside: Any) -> None:
-        """One policy.decision; ``outside``: what an outside authority said (a SubjectAccessReview, a grant)."""
-        self.gw.metrics.decisions.labels(self.server_name, "true" if allowed else "false").inc()
-        desc = self._describe(call)
-        self.log.emit(
-            PolicyDecision(allowed=allowed, rule=rule, reason=reason, call=desc, message_id=call.id, **outside)
-        )
-
-    def _describe(self, call: McpCall) -> str:
-        """'tools/call x on server y' with the server's redactions applied: a resource URI may carry a secret."""
-        text = describe_call(self.server_name, call)
-        return redact_text(self.policy, self.server_name, text) if self.policy is not None else text
+        err = self._decisions.http(self.policy, self.principal, self.server_name, name)
+        return self._refuse(err) if err is not None else None
 
     def _server_unit(self, session: str) -> str:
         """The recording unit of a server's session: keyed by server and backend, so no upstream reaches another's."""
@@ -489,8 +437,9 @@ class Exchange:
             return None
         sse = self._body is not None and self._body.sse
         review = self._review_list if self._tools.surface is not None else None
+        d = self._decisions
         filtered, hidden = filter_body(
-            self.policy, self.principal, self.server_name, self._lists, body, sse, self._facts, self._learn_list, review
+            self.policy, self.principal, self.server_name, d.lists, body, sse, d.facts, self._learn_list, review
         )
         for method, msg_id, names in hidden:
             self.log.emit(ListFiltered(method=method, message_id=msg_id, hidden=names))
