@@ -85,9 +85,12 @@ faults: $(STAMP)
 faults-full: $(STAMP)
 	$(BIN)/python bench/fault_suite.py all --scale full
 
+# The same checks run inside `make test` (tests/unit/test_static_checks.py, test_import_contracts.py).
 lint: $(STAMP)
 	$(BIN)/ruff check extproc tests bench
-	$(BIN)/mypy extproc
+	$(BIN)/ruff format --check extproc tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .conformance

@@ -79,7 +79,8 @@ def can_connect(address: str) -> bool:
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as r:
-            return r.status == 200
+            status: int = r.status  # typeshed types urlopen's reply as Any (an HTTPResponse for http URLs)
+            return status == 200
     except OSError:
         return False
 
@@ -117,7 +118,7 @@ def grpc_serving(address: str, s: settings_mod.Settings | None = None) -> bool:
             )
     except grpc.RpcError:
         return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)  # the generated gRPC code is untyped
 
 
 def envoy_sees_processors(admin_port: int, count: int) -> bool:
@@ -211,10 +212,10 @@ class Stack:
 
     config: Path
     workdir: Path
-    processors: list[subprocess.Popen] = field(default_factory=list)
-    envoy: subprocess.Popen | None = None
+    processors: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    envoy: subprocess.Popen[bytes] | None = None
     log_format: str | None = None  # overrides the config's log_format for every process started
-    audit: subprocess.Popen | None = None  # the audit service, when gateway.yaml has an audit: section
+    audit: subprocess.Popen[bytes] | None = None  # the audit service, when gateway.yaml has an audit: section
     _log: Path | None = None
     _started: list[float] = field(default_factory=list)
     _deaths: list[int] = field(default_factory=list)
@@ -261,7 +262,7 @@ class Stack:
     def _ready_file(self, worker: int) -> Path:
         return self.workdir / f"processor-{worker}.ready"
 
-    def _popen(self, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    def _popen(self, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start a part in its own process group, its output appended to the log; the child keeps the log open,
         the launcher closes its own copy (a restarted worker would otherwise leak one descriptor each time)."""
         if self._log is None:
@@ -269,7 +270,7 @@ class Stack:
         with open(self._log, "ab") as out:
             return subprocess.Popen(cmd, stdout=out, stderr=out, env=env, process_group=0)
 
-    def _spawn(self, worker: int) -> subprocess.Popen:
+    def _spawn(self, worker: int) -> subprocess.Popen[bytes]:
         self._ready_file(worker).unlink(missing_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", READY_FILE_ENV: str(self._ready_file(worker))}
         return self._popen(worker_command(self.config, worker, log_format=self.log_format), env)

@@ -73,7 +73,7 @@ def setup(log_format: LogFormat = "text", verbose: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # Neither format prints the caller's file, line, thread or process: do not look them up for every record (the
     # access line is written once per exchange, on the hot path).
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3"):  # their INFO lines carry full URLs
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -14,6 +14,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from time import perf_counter
+from typing import Protocol
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -40,7 +41,18 @@ log = logging.getLogger(__name__)
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 
-class Processor(ep_grpc.ExternalProcessorServicer):
+class Servicer(Protocol):
+    """What ``add_ExternalProcessorServicer_to_server`` calls: the one streaming method of ext_proc.
+
+    The generated ``ExternalProcessorServicer`` base adds only an UNIMPLEMENTED ``Process`` and is untyped (the
+    generated code ships no stubs), so the servicers below implement this Protocol instead of subclassing it."""
+
+    def Process(
+        self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ep.ProcessingResponse]: ...
+
+
+class Processor:
     """The stream loop: one Exchange per stream, one handler per phase."""
 
     def __init__(self, gw: Gateway) -> None:
@@ -87,7 +99,7 @@ class Processor(ep_grpc.ExternalProcessorServicer):
                 log.exception("exchange %s: recording its end failed", ex.id)
 
 
-class PassThrough(ep_grpc.ExternalProcessorServicer):
+class PassThrough:
     """CONTINUE to every message, nothing else: the benchmark's baseline for the cost of gRPC itself.
 
     Never deploy it: it authenticates, authorizes and records nothing (`serve --passthrough`, benchmarks only).
@@ -105,7 +117,7 @@ class PassThrough(ep_grpc.ExternalProcessorServicer):
     ) -> AsyncIterator[ep.ProcessingResponse]:
         async for req in request_iterator:
             phase = req.WhichOneof("request")
-            yield self._CONTINUE.get(phase) or _passthrough(phase)  # type: ignore[arg-type]
+            yield self._CONTINUE.get(phase) or _passthrough(phase)
 
 
 def _passthrough(phase: str | None) -> ep.ProcessingResponse:
@@ -187,7 +199,7 @@ def _settle_heap() -> None:
 
 
 async def _serve_grpc(
-    servicer: ep_grpc.ExternalProcessorServicer,
+    servicer: Servicer,
     address: str,
     ready: asyncio.Event | None,
     credentials: grpc.ServerCredentials | None = None,

@@ -67,7 +67,9 @@ _KEY = {
 }
 
 
-def _session_op(summary: str, media: str, schema: dict[str, Any], extra: list[dict[str, Any]] | None = None) -> dict:
+def _session_op(
+    summary: str, media: str, schema: dict[str, Any], extra: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     return {
         "get": {
             "summary": summary,

@@ -12,10 +12,10 @@ import httpx
 from rich.console import Console
 
 from extproc.authn.session_binding import server_id_of
+from extproc.recording.chain import Problem
 from extproc.recording.replay import Session
 from extproc.recording.report import print_session, sessions_table
 from extproc.recording.store import safe_key
-from extproc.recording.verify import Problem
 from extproc.reserved import parse_server_unit
 
 

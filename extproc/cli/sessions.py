@@ -55,7 +55,8 @@ def sessions_list(
 ) -> None:
     """List recorded sessions (state: complete, open, or incomplete when a processor died mid-exchange)."""
     if api is not None:
-        return _remote(lambda r, a: r.remote_list(console, a, json_out), api, token)
+        _remote(lambda r, a: r.remote_list(console, a, json_out), api, token)
+        return
     from extproc.recording.replay import load_session
     from extproc.recording.report import sessions_table
 
@@ -86,7 +87,8 @@ def sessions_show(
 ) -> None:
     """Show every exchange of a session, JSON-RPC requests paired with their responses."""
     if api is not None:
-        return _remote(lambda r, a: r.remote_show(console, a, session_id, json_out), api, token)
+        _remote(lambda r, a: r.remote_show(console, a, session_id, json_out), api, token)
+        return
     from extproc.recording.report import print_session, session_doc
 
     key = public_key(config, key_path, dir)

@@ -151,7 +151,9 @@ def _prepare(workdir: Path) -> None:
 
 
 def _banner(console: Console, stack: Stack, issuer: DevIssuer, opts: KeepOptions) -> None:
-    out = lambda text="": console.print(text, soft_wrap=True, highlight=False, markup=False)  # noqa: E731
+    def out(text: str = "") -> None:
+        console.print(text, soft_wrap=True, highlight=False, markup=False)
+
     url = stack.url("demo")
     expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() + opts.token_ttl_s))
     out(f"MCP endpoint (Streamable HTTP): {url}")

@@ -9,7 +9,7 @@ comes from ``tls.py``'s builders as the listener or cluster is built: one writer
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -307,4 +307,5 @@ def render(settings: Settings, sds_dir: Path | None = None) -> dict[str, Any]:
 def render_yaml(settings: Settings, sds_dir: Path | None = None) -> str:
     """The bootstrap as YAML, with a header saying where it came from."""
     head = "# Rendered by `mcp-extproc envoy-config`; edit gateway.yaml instead of this file.\n"
-    return head + yaml.safe_dump(render(settings, sds_dir), sort_keys=False, width=120)
+    # cast: PyYAML ships no types; safe_dump without a stream returns the document as str.
+    return head + cast(str, yaml.safe_dump(render(settings, sds_dir), sort_keys=False, width=120))

@@ -12,8 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from extproc.errors import ConfigError
+from extproc.mcp.methods import KNOWN_METHODS
 from extproc.policy.globs import Matcher, compile_globs
-from extproc.policy.model import KNOWN_METHODS, PROMPT_METHODS, RESOURCE_METHODS, TOOL_METHODS, PolicyFile, Subjects
+from extproc.policy.model import PROMPT_METHODS, RESOURCE_METHODS, TOOL_METHODS, PolicyFile, Subjects
 from extproc.policy.redact import Redactor, compile_redactor
 from extproc.reserved import AUDIT_SERVER as AUDIT_SERVER
 from extproc.reserved import RESERVED_SERVERS as RESERVED_SERVERS

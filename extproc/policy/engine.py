@@ -18,7 +18,8 @@ from extproc.mcp.jsonrpc import McpCall, fold_key
 from extproc.mcp.methods import LISTINGS, Listing
 from extproc.policy.compiled import OBJECT_FIELD, ArgCheck, CompiledPolicy, CompiledRule, CompiledSubjects, value_key
 from extproc.policy.facts import Facts
-from extproc.policy.redact import Redaction, marker
+from extproc.policy.redact import Redaction
+from extproc.secrets import marker
 
 log = logging.getLogger(__name__)
 
@@ -298,8 +299,8 @@ def _use(listing: Listing, name: str) -> McpCall:
 
 
 def filter_list(
-    policy: CompiledPolicy, who: Principal, server: str, method: str, result: dict, facts: Facts | None = None
-) -> dict:
+    policy: CompiledPolicy, who: Principal, server: str, method: str, result: dict[str, Any], facts: Facts | None = None
+) -> dict[str, Any]:
     """Keep only the list items the caller may use (argument conditions not considered); others pass unchanged."""
     listing = LISTINGS.get(method)
     if listing is None or not isinstance(result, dict) or not isinstance(result.get(listing.key), list):

@@ -35,8 +35,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from extproc.authn.principal import Principal
 from extproc.errors import ConfigError
 from extproc.policy.globs import Matcher, check_glob, compile_globs
-from extproc.policy.loader import parse_yaml, validate
+from extproc.policy.loader import validate
 from extproc.recording.manifest import key_id
+from extproc.yamlfile import parse_yaml
 
 log = logging.getLogger(__name__)
 

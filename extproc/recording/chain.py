@@ -18,7 +18,7 @@ from extproc.recording.events import Event
 from extproc.recording.manifest import GENESIS
 
 
-def chain_line(seq: int, prev: str, event: dict) -> bytes:
+def chain_line(seq: int, prev: str, event: dict[str, Any]) -> bytes:
     """One JSON line with its chain fields first; the hash of these exact bytes is the next ``prev``."""
     return jsonio.dumps({"seq": seq, "prev": prev, **event})
 

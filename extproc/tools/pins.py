@@ -29,8 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from extproc.errors import ConfigError
 from extproc.policy.grants import _sign as sign_doc  # one signing scheme for every signed file the gateway trusts
 from extproc.policy.grants import _verify as verify_doc
-from extproc.policy.loader import parse_yaml, validate
+from extproc.policy.loader import validate
 from extproc.tools.fingerprint import DefinitionError, fingerprint
+from extproc.yamlfile import parse_yaml
 
 log = logging.getLogger(__name__)
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import gzip
-from typing import Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import zstandard
 
 Compression = Literal["none", "gzip", "zstd"]
 EXTENSIONS: dict[str, str] = {"none": "", "gzip": ".gz", "zstd": ".zst"}
 
 
-def _zstd():  # type: ignore[no-untyped-def]
+def _zstd() -> ModuleType:
     try:
         import zstandard
     except ImportError as e:  # optional: only needed when configured or when reading .zst segments
@@ -22,7 +26,8 @@ def compress(data: bytes, kind: Compression) -> bytes:
     if kind == "gzip":
         return gzip.compress(data, compresslevel=6, mtime=0)  # mtime=0: the same segment always gives the same bytes
     if kind == "zstd":
-        return _zstd().ZstdCompressor(level=3).compress(data)
+        compressor: zstandard.ZstdCompressor = _zstd().ZstdCompressor(level=3)
+        return compressor.compress(data)
     return data
 
 
@@ -31,5 +36,6 @@ def decompress(data: bytes, name: str) -> bytes:
     if name.endswith(".gz"):
         return gzip.decompress(data)
     if name.endswith(".zst"):
-        return _zstd().ZstdDecompressor().decompressobj().decompress(data)
+        decompressor: zstandard.ZstdDecompressor = _zstd().ZstdDecompressor()
+        return decompressor.decompressobj().decompress(data)
     return data

@@ -17,7 +17,7 @@ import hashlib
 import re
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from extproc.errors import StoreError
 from extproc.recording.store import Segment, StreamData, safe_key
@@ -170,4 +170,5 @@ class S3Store:
         return out
 
     def _get(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        # cast: boto3's client is untyped (Any); get_object's Body is a botocore StreamingBody, whose read() is bytes.
+        return cast(bytes, self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())

@@ -86,6 +86,7 @@ def test_token_refuses_an_issuer_serving_other_keys_and_a_missing_key_dir(issuer
 def test_dev_issuer_exchange_options_register_a_client_and_a_target(issuer: DevIssuer, tmp_path: Path) -> None:
     import httpx
     import pytest
+
     from extproc.cli.auth import configure_exchange
 
     secret = tmp_path / "secret"

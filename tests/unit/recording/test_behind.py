@@ -178,7 +178,7 @@ async def test_close_waits_for_the_seals_behind_while_they_keep_moving(
 ) -> None:
     # A busy disk or CPU can leave thousands of seals queued at shutdown: close waits as long as they move (a fixed
     # 10 s left them to a completer that a stopping gateway never runs, and the store missed what they sealed).
-    from extproc.recording import recorder as recorder_mod
+    from extproc.recording import writer as recorder_mod
     from extproc.recording.behind import Job
 
     monkeypatch.setattr(recorder_mod, "SETTLE_STEP_S", 0.1)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from time import perf_counter
 from typing import Any, Literal
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -24,42 +23,39 @@ from extproc.admission import SESSION_HEADER, Admitted, Unrecorded, admit
 from extproc.authn.principal import Principal
 from extproc.authn.session_binding import bind
 from extproc.authn.state_binding import RequestStateNotYours
-from extproc.authn.verify import identity_headers
 from extproc.envoy import responses
 from extproc.envoy.fields import UPSTREAM_HEADER
 from extproc.envoy.headers import recordable, to_dict
 from extproc.errors import (
-    AuthorizationUnavailable,
     EncodedResponse,
     GatewayError,
     InvalidRequest,
-    PolicyDenied,
     RecordingUnavailable,
     RemovedMethod,
     ReservedSessionId,
     StoreError,
-    ToolWithheld,
 )
+from extproc.exchange import upstream
+from extproc.exchange.decide import Decisions
+from extproc.exchange.surface import SurfaceCheck
+from extproc.exchange.upstream import UPSTREAM_REMOVE, caller_token, credential_recorder
 from extproc.gateway import Gateway
 from extproc.logs import access, verdict_fields
 from extproc.mcp.body import Piece, ResponseBody, dumps, rewrite_json
-from extproc.mcp.jsonrpc import McpCall, ParsedBody, error_response, is_request, parse_body
+from extproc.mcp.jsonrpc import ParsedBody, error_response, is_request, parse_body
 from extproc.mcp.methods import HTTP_METHODS, INPUT_REQUIRED
 from extproc.mcp.param_headers import ToolHeaders
 from extproc.mcp.protocol import check_headers, classify, run_key
 from extproc.mcp.request_state import RequestState
 from extproc.mcp.sse import format_event
 from extproc.policy.compiled import CompiledPolicy
-from extproc.policy.enforce import Verdict, authorize, filter_body, record_redactor, redact_for_record, redact_text
-from extproc.policy.engine import describe_call
-from extproc.policy.facts import Facts, gather
+from extproc.policy.enforce import Verdict, filter_body, record_redactor, redact_for_record
 from extproc.recording.events import (
     ExchangeEnd,
     ExchangeStart,
     ListFiltered,
     McpRequest,
     Outcome,
-    PolicyDecision,
     ResponseStart,
     body_fields,
     is_reserved_unit,
@@ -69,21 +65,12 @@ from extproc.recording.events import (
 )
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import record_piece
-from extproc.tools.fingerprint import KINDS
-from extproc.tools.pins import PinFile
-from extproc.upstream.base import ExchangeContext, UpstreamCredential
+from extproc.upstream.base import ExchangeContext
 
 log = logging.getLogger(__name__)
 
-_USES = frozenset(k.use for k in KINDS.values() if k.use)  # calls that use a listed item
-_TEMPLATES = "resources/templates/list"
-
 # Tells a stateless (2026-07-28) client which recorded run its request joined; it has no session id to go by.
 RECORDING_HEADER = "mcp-extproc-recording"
-# Never forwarded as the client sent them: the token stays at the gateway (no token passthrough, per the MCP
-# spec) and identity headers are only ever set by the gateway itself, in neither spelling (a WSGI server reads
-# x_mcp_user as x-mcp-user; Envoy also rejects underscore names).
-UPSTREAM_REMOVE = ("authorization", "x-mcp-user", "x-mcp-groups", "x_mcp_user", "x_mcp_groups")
 IDENTITY_ENCODINGS = ("", "identity")
 
 
@@ -109,7 +96,6 @@ class Exchange:
         self.bytes_in = 0
         self.bytes_out = 0
         self.request_ids: list[Any] = []
-        self.verdict: Verdict | None = None
         # What the request asked for, that shapes the response.
         self._headers: dict[str, str] = {}
         self._header_names: list[str] = []  # as sent, repeats kept: a duplicated MCP header is refused
@@ -119,9 +105,8 @@ class Exchange:
         self._state: RequestState | None = None
         self._deferred: tuple[GatewayError, dict[str, str]] | None = None  # an admission refusal awaiting the body
         self._awaiting: set[str] = set()  # ids of requests in the body still without a response
-        self._lists: dict[str, str] = {}  # list requests whose responses are filtered
-        self._facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
-        self._pins: list[PinFile] = []  # pins the list path wants signed and written (extproc/tools/)
+        self._tools = SurfaceCheck(gw.surface, self.id, self.log, gw.clock)  # tool-surface integrity (surface.py)
+        self._decisions = Decisions(gw, self.log, self._tools)  # the verdict, its facts, the lists to filter
         # The response.
         self._body: ResponseBody | None = None
         self._buffered: Literal["filter", "seal"] | None = None  # the whole body comes in one message
@@ -130,6 +115,11 @@ class Exchange:
     def session(self) -> str | None:
         """The recording unit: the server's session id, a stateless run, or the exchange alone (None until known)."""
         return self.log.unit
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """What the policy decided for the body's requests (None until decided)."""
+        return self._decisions.verdict
 
     @property
     def recording(self) -> bool:
@@ -167,15 +157,17 @@ class Exchange:
         if method in HTTP_METHODS and (refused := self._authorize_http(HTTP_METHODS[method])) is not None:
             return refused
         try:  # the server's own credential for this caller (extproc/upstream/); none to be had: refused, recorded
-            credentials = await self._upstream_credentials()
+            ctx = ExchangeContext(
+                self.id, self.request_id, self.session, caller_token(headers), credential_recorder(self.gw, self.log)
+            )
+            credentials = await upstream.credentials(self.gw, self.principal, self.server_name, ctx)
         except GatewayError as e:
             return self._refuse(e)
         if msg.end_of_stream and (refused := await self._commit()) is not None:  # a GET or DELETE goes upstream now
             return refused
         route = admission.route_headers
-        set_headers = {**self._upstream_headers(), **credentials, **route}
-        # Never remove what the gateway itself sets (its own Authorization), whatever order Envoy applies them in.
-        remove = tuple(h for h in (*UPSTREAM_REMOVE, *(() if route else (UPSTREAM_HEADER,))) if h not in set_headers)
+        ours = upstream.gateway_headers(self.gw, self.principal, self.server_name, self._server_session)
+        set_headers, remove = upstream.request_headers({**ours, **credentials}, route)
         return responses.request_headers(set_headers, remove, clear_route_cache=bool(route))
 
     async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
@@ -228,7 +220,7 @@ class Exchange:
         self._body = ResponseBody(content_type, opts.max_event_body_bytes, seal_sse, opts.held, self._refusal)
         # List responses (and JSON results that may carry request state) are rewritten for the caller, so this one
         # body is buffered; all others keep streaming.
-        if ok and self._lists:
+        if ok and self._decisions.lists:
             self._buffered = "filter"
         elif ok and self._may_ask and content_type.startswith("application/json"):
             self._buffered = "seal"
@@ -246,10 +238,10 @@ class Exchange:
             pieces, released = pieces + more, (released + tail if released is not None else None)
         for piece in pieces:
             self._record_piece(piece)
-        if self._buffered == "filter" and self.gw.surface is not None and self.gw.surface.pins is not None:
-            await self.gw.surface.pins.refresh(self.server_name)  # the list is judged against today's pins
+        if self._buffered == "filter":
+            await self._tools.refresh_pins(self.server_name)  # the list is judged against today's pins
         reply = self._rewrite_buffered(chunk) if self._buffered else None
-        await self._save_pins()
+        await self._tools.save_pins()
         if msg.end_of_stream:
             self.finish("complete")
         if self.admitted is not None:
@@ -344,30 +336,6 @@ class Exchange:
             )
         )
 
-    def _upstream_headers(self) -> dict[str, str]:
-        """What the MCP server gets instead of the caller's token: the server's own session id, maybe who."""
-        out = {}
-        if self.principal is not None and self._server_session is not None:
-            out[SESSION_HEADER] = self._server_session  # the server's own id, never the unit it is recorded under
-        signed = self.gw.upstream is not None and self.gw.upstream.asserts_identity(self.server_name)
-        if self.principal is not None and self.gw.options.forward_identity and not signed:
-            out.update(identity_headers(self.principal))  # trust-me headers; a signed assertion replaces them
-        return out
-
-    async def _upstream_credentials(self) -> dict[str, str]:
-        """What the server's ``upstream_auth`` sets on the request; the caller's token is only ever the subject of a
-        token exchange at its own issuer."""
-        if self.gw.upstream is None:
-            return {}
-        token = self._headers.get("authorization", "").strip().partition(" ")[2].strip()
-        ctx = ExchangeContext(self.id, self.request_id, self.session, token, self._record_credential)
-        return await self.gw.upstream.headers_for(self.principal, self.server_name, ctx)
-
-    def _record_credential(self, ev: UpstreamCredential) -> None:
-        outcome = "refused" if ev.refused else "cached" if ev.cached else "issued"
-        self.gw.metrics.upstream_credentials.labels(ev.server, ev.kind, outcome).inc()
-        self.log.emit(ev)
-
     def _note_request(self, parsed: ParsedBody) -> None:
         """Request ids (to pair responses) and, for a stateless request, the run it belongs to."""
         self.request_ids = [m.get("id") for m in parsed.messages if "id" in m]
@@ -392,83 +360,18 @@ class Exchange:
         )
 
     async def _decide(self, parsed: ParsedBody) -> ep.ProcessingResponse | None:
-        """Every request of the body decided and recorded; one denial refuses the whole body."""
+        """Every request of the body decided and recorded (decide.py); one denial refuses the whole body."""
         if self.policy is None or self.principal is None:
             return None
-        gw = self.gw
-        methods = {str(m.get("method")) for m in parsed.messages if is_request(m)}
-        self._facts = await gather(
-            self.policy, self.server_name, self.principal, gw.clock(), gw.reviewer, gw.grants, methods
-        )
-        t0 = perf_counter()
-        verdict = self.verdict = authorize(self.policy, self.principal, self.server_name, parsed.messages, self._facts)
-        gw.metrics.decision_seconds.observe(perf_counter() - t0)
-        withheld, shown = await self._surface(verdict.calls) if verdict.denied is None else (None, {})
-        for i, (call, d) in enumerate(zip(verdict.calls, verdict.decisions, strict=True)):
-            outside = {"kubernetes": d.kubernetes, "grant": d.grant, "definition": shown.get(i)}
-            self._record_decision(call, d.allowed, d.rule, d.reason, **outside)
-        if withheld is not None:
-            return self._refuse(ToolWithheld(redact_text(self.policy, self.server_name, withheld)))
-        if (denied := verdict.denied) is None:
-            self._lists = verdict.lists
-            if gw.surface is not None:  # resource templates are not filtered per caller, but fingerprinted
-                templates = [c for c in verdict.calls if c.method == _TEMPLATES and c.id is not None]
-                self._lists.update((json.dumps(c.id), c.method) for c in templates)
-            return None
-        call, d = denied
-        err: GatewayError = (
-            InvalidRequest(d.reason)
-            if d.invalid
-            else AuthorizationUnavailable()
-            if d.unavailable
-            else PolicyDenied(d.rule, self._describe(call))
-        )
-        if parsed.batch:  # one denied element denies the batch: every request gets the error
-            errors = [
-                error_response(c.id, err.jsonrpc_code, err.safe_message) for c in verdict.calls if c.id is not None
-            ]
-            return self._refuse(err, doc=errors)
-        return self._refuse(err)
-
-    async def _surface(self, calls: tuple[McpCall, ...]) -> tuple[str | None, dict[int, dict[str, Any]]]:
-        """Tool-surface integrity on the call path (extproc/tools/surface.py): per call, the definition it was last
-        shown (recorded with its decision), and why it is refused when its item is hidden or its server blocked."""
-        surface = self.gw.surface
-        if surface is None or self.policy is None or not any(c.method in _USES for c in calls):
-            return None, {}
-        if surface.pins is not None and surface.needs_pins(self.server_name):
-            await surface.pins.refresh(self.server_name)  # one stat: an approval counts at once
-        shown: dict[int, dict[str, Any]] = {}
-        refused = None
-        for i, c in enumerate(calls):
-            why, record = surface.check_call(self.policy, self.server_name, c.method, c.tool or c.prompt or c.uri,
-                                             self.session)  # fmt: skip
-            if record is not None:
-                shown[i] = record
-            refused = refused or why
-        return refused, shown
+        refusal = await self._decisions.body(self.policy, self.principal, self.server_name, self.session, parsed)
+        return self._refuse(refusal[0], doc=refusal[1]) if refusal is not None else None
 
     def _authorize_http(self, name: str) -> ep.ProcessingResponse | None:
         """GET (open the server's stream) and DELETE (end the session) are decided like methods, named ``name``."""
         if self.policy is None or self.principal is None:
             return None
-        verdict = authorize(self.policy, self.principal, self.server_name, ({"method": name},))
-        call, d = verdict.calls[0], verdict.decisions[0]
-        self._record_decision(call, d.allowed, d.rule, d.reason)
-        return None if d.allowed else self._refuse(PolicyDenied(d.rule, self._describe(call)))
-
-    def _record_decision(self, call: McpCall, allowed: bool, rule: str, reason: str, **outside: Any) -> None:
-        """One policy.decision; ``outside``: what an outside authority said (a SubjectAccessReview, a grant)."""
-        self.gw.metrics.decisions.labels(self.server_name, "true" if allowed else "false").inc()
-        desc = self._describe(call)
-        self.log.emit(
-            PolicyDecision(allowed=allowed, rule=rule, reason=reason, call=desc, message_id=call.id, **outside)
-        )
-
-    def _describe(self, call: McpCall) -> str:
-        """'tools/call x on server y' with the server's redactions applied: a resource URI may carry a secret."""
-        text = describe_call(self.server_name, call)
-        return redact_text(self.policy, self.server_name, text) if self.policy is not None else text
+        err = self._decisions.http(self.policy, self.principal, self.server_name, name)
+        return self._refuse(err) if err is not None else None
 
     def _server_unit(self, session: str) -> str:
         """The recording unit of a server's session: keyed by server and backend, so no upstream reaches another's."""
@@ -533,9 +436,10 @@ class Exchange:
         if self.policy is None or self.principal is None:
             return None
         sse = self._body is not None and self._body.sse
-        review = self._review_list if self.gw.surface is not None else None
+        review = self._review_list if self._tools.surface is not None else None
+        d = self._decisions
         filtered, hidden = filter_body(
-            self.policy, self.principal, self.server_name, self._lists, body, sse, self._facts, self._learn_list, review
+            self.policy, self.principal, self.server_name, d.lists, body, sse, d.facts, self._learn_list, review
         )
         for method, msg_id, names in hidden:
             self.log.emit(ListFiltered(method=method, message_id=msg_id, hidden=names))
@@ -543,23 +447,9 @@ class Exchange:
 
     def _review_list(self, method: str, result: dict[str, Any]) -> dict[str, Any]:
         """One list result fingerprinted, screened and judged against the pins (extproc/tools/surface.py)."""
-        assert self.gw.surface is not None and self.policy is not None
+        assert self.policy is not None
         unit = self.session or synthetic_session_id(self.id)
-        review = self.gw.surface.review_list(self.policy, self.server_name, method, result, unit, self.gw.clock())
-        for ev in review.events:
-            self.log.emit(ev)
-        self._pins.extend(review.pins)
-        return review.result
-
-    async def _save_pins(self) -> None:
-        """Pins first seen or changed, signed and written off the loop; a failure is logged, never the caller's."""
-        pins, self._pins = self._pins, []
-        if not pins or self.gw.surface is None or self.gw.surface.pins is None:
-            return
-        try:
-            await self.gw.surface.pins.save(pins)
-        except OSError as e:
-            log.error("exchange %s: cannot write %d pins: %s", self.id, len(pins), e)
+        return self._tools.review_list(self.policy, self.server_name, unit, method, result)
 
     def _refusal(self) -> bytes:
         """What the client gets instead of an SSE body that must be rewritten but holds an event too big to check:
@@ -600,6 +490,7 @@ def _client_address(attributes: Any, headers: dict[str, str]) -> str:
     if attributes is not None:
         struct = attributes.get("envoy.filters.http.ext_proc")
         if struct is not None and "source.address" in struct.fields:
-            return struct.fields["source.address"].string_value
+            address: str = struct.fields["source.address"].string_value  # protobuf Struct (untyped generated code)
+            return address
     xff = headers.get("x-forwarded-for", "")
     return xff.rsplit(",", 1)[-1].strip()

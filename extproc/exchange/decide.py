@@ -1,0 +1,98 @@
+"""The exchange's authorization step (policy/enforce.py and policy/engine.py decide): every request of a body
+decided with the facts of outside authorities (SubjectAccessReviews, grants) and the tool surface, each decision
+on the record, and the refusal chosen when one is denied. Deny wins: one denied request refuses the whole body.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import Any
+
+from extproc.authn.principal import Principal
+from extproc.errors import AuthorizationUnavailable, GatewayError, InvalidRequest, PolicyDenied, ToolWithheld
+from extproc.exchange.surface import SurfaceCheck
+from extproc.gateway import Gateway
+from extproc.mcp.jsonrpc import McpCall, ParsedBody, error_response, is_request
+from extproc.policy.compiled import CompiledPolicy
+from extproc.policy.enforce import Verdict, authorize, redact_text
+from extproc.policy.engine import describe_call
+from extproc.policy.facts import Facts, gather
+from extproc.recording.events import PolicyDecision
+from extproc.recording.exchange_log import ExchangeLog
+
+# A refusal: the error, and for a refused batch the JSON-RPC errors that answer it (one per request).
+Refusal = tuple[GatewayError, list[dict[str, Any]] | None]
+
+
+def describe(policy: CompiledPolicy | None, server: str, call: McpCall) -> str:
+    """'tools/call x on server y' with the server's redactions applied: a resource URI may carry a secret."""
+    text = describe_call(server, call)
+    return redact_text(policy, server, text) if policy is not None else text
+
+
+class Decisions:
+    """The decisions of one exchange: the verdict, the facts it used and the lists its response filters."""
+
+    def __init__(self, gw: Gateway, log: ExchangeLog, tools: SurfaceCheck) -> None:
+        self.gw = gw
+        self.log = log
+        self.tools = tools
+        self.verdict: Verdict | None = None
+        self.facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
+        self.lists: dict[str, str] = {}  # list requests whose responses are filtered
+
+    async def body(
+        self, policy: CompiledPolicy, who: Principal, server: str, session: str | None, parsed: ParsedBody
+    ) -> Refusal | None:
+        """Every request of the body decided and recorded; one denial refuses the whole body."""
+        gw = self.gw
+        methods = {str(m.get("method")) for m in parsed.messages if is_request(m)}
+        self.facts = await gather(policy, server, who, gw.clock(), gw.reviewer, gw.grants, methods)
+        t0 = perf_counter()
+        verdict = self.verdict = authorize(policy, who, server, parsed.messages, self.facts)
+        gw.metrics.decision_seconds.observe(perf_counter() - t0)
+        withheld, shown = (
+            await self.tools.check_calls(policy, server, session, verdict.calls)
+            if verdict.denied is None
+            else (None, {})
+        )
+        for i, (call, d) in enumerate(zip(verdict.calls, verdict.decisions, strict=True)):
+            outside = {"kubernetes": d.kubernetes, "grant": d.grant, "definition": shown.get(i)}
+            self.record(policy, server, call, d.allowed, d.rule, d.reason, **outside)
+        if withheld is not None:
+            return ToolWithheld(redact_text(policy, server, withheld)), None
+        if (denied := verdict.denied) is None:
+            self.lists = verdict.lists
+            self.lists.update(self.tools.templates(verdict.calls))
+            return None
+        call, d = denied
+        err: GatewayError = (
+            InvalidRequest(d.reason)
+            if d.invalid
+            else AuthorizationUnavailable()
+            if d.unavailable
+            else PolicyDenied(d.rule, describe(policy, server, call))
+        )
+        if parsed.batch:  # one denied element denies the batch: every request gets the error
+            errors = [
+                error_response(c.id, err.jsonrpc_code, err.safe_message) for c in verdict.calls if c.id is not None
+            ]
+            return err, errors
+        return err, None
+
+    def http(self, policy: CompiledPolicy, who: Principal, server: str, name: str) -> GatewayError | None:
+        """GET (open the server's stream) and DELETE (end the session) are decided like methods, named ``name``."""
+        verdict = authorize(policy, who, server, ({"method": name},))
+        call, d = verdict.calls[0], verdict.decisions[0]
+        self.record(policy, server, call, d.allowed, d.rule, d.reason)
+        return None if d.allowed else PolicyDenied(d.rule, describe(policy, server, call))
+
+    def record(
+        self, policy: CompiledPolicy, server: str, call: McpCall, allowed: bool, rule: str, reason: str, **outside: Any
+    ) -> None:
+        """One policy.decision; ``outside``: what an outside authority said (a SubjectAccessReview, a grant)."""
+        self.gw.metrics.decisions.labels(server, "true" if allowed else "false").inc()
+        desc = describe(policy, server, call)
+        self.log.emit(
+            PolicyDecision(allowed=allowed, rule=rule, reason=reason, call=desc, message_id=call.id, **outside)
+        )
