@@ -72,10 +72,7 @@ class WriterRound:
     _in_round: bool
     _wrote_inline: bool
     _failure: StoreError | None
-
-    def _note_unavailable(self) -> str:
-        """Log a change of availability; the Recorder implements it (its public ``unavailable``)."""
-        raise NotImplementedError
+    _note_unavailable: Callable[[], str]  # logs a change of availability; the Recorder's method (``unavailable``)
 
     def _write_now(self) -> bool:
         """The writer's round for a commit point, done here and now when it needs no thread hop: the queued events
