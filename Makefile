@@ -7,8 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo up test test-unit test-integration conformance bench bench-sse bench-sustained bench-goals faults faults-full lint clean tools chromium
 
-# Command-line tools the deploy checks run: promtool (Debian `prometheus`) and kubectl (Debian `kubectl`).
-APT_TOOLS := promtool:prometheus kubectl:kubectl
+# Command-line tools the tests run: promtool (Debian `prometheus`) and kubectl (Debian `kubectl`) for the deploy
+# checks; Redis (budgets shared across workers and replicas) and PostgreSQL (the shared audit index), both started
+# by the tests in a temp directory.
+APT_TOOLS := promtool:prometheus kubectl:kubectl redis-server:redis-server pg_ctlcluster:postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
