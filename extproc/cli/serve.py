@@ -109,7 +109,8 @@ def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None
 def _warn_unreachable(settings: Settings) -> None:
     """Name, once at start, each issuer and upstream MCP server nobody answers for (doctor's checks): otherwise
     the first sign is a log line every few seconds or a client's 503."""
-    from extproc.doctor import check_issuers, check_upstreams
+    from extproc.doctor.live import check_upstreams
+    from extproc.doctor.setup import check_issuers
 
     down = [c for c in [*check_issuers(settings), *check_upstreams(settings)] if c.status == "fail"]
     for c in down:
