@@ -131,6 +131,11 @@ class Backend(Section):
     upstream: str
     path: str | None = Field(default=None, description="default: the server's path")
     subjects: Subjects
+    upstream_auth: UpstreamAuth | None = Field(
+        default=None,
+        description="how the gateway authenticates to this backend for the caller; default: the server's "
+        "upstream_auth (a backend that is another deployment often needs its own audience)",
+    )
 
     @field_validator("name")
     @classmethod

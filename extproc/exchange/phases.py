@@ -160,13 +160,14 @@ class Exchange:
             ctx = ExchangeContext(
                 self.id, self.request_id, self.session, caller_token(headers), credential_recorder(self.gw, self.log)
             )
-            credentials = await upstream.credentials(self.gw, self.principal, self.server_name, ctx)
+            backend = admission.backend.name if admission.backend else None
+            credentials = await upstream.credentials(self.gw, self.principal, self.server_name, ctx, backend)
         except GatewayError as e:
             return self._refuse(e)
         if msg.end_of_stream and (refused := await self._commit()) is not None:  # a GET or DELETE goes upstream now
             return refused
         route = admission.route_headers
-        ours = upstream.gateway_headers(self.gw, self.principal, self.server_name, self._server_session)
+        ours = upstream.gateway_headers(self.gw, self.principal, self.server_name, self._server_session, backend)
         set_headers, remove = upstream.request_headers({**ours, **credentials}, route)
         return responses.request_headers(set_headers, remove, clear_route_cache=bool(route))
 
