@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 FIRST_SEEN = "first-seen"
 Judgement = Literal["new", "same", "changed", "rejected"]
-_SERVER = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+_NAME = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_SERVER = rf"^{_NAME}(@{_NAME})?$"  # a server, or server@backend (see scope)
 _FP = r"^sha256:[0-9a-f]{64}$"
 
 
@@ -78,6 +79,17 @@ class PinFile(signed.SignedDoc):
             if actual != fp:
                 raise ValueError(f"{what} does not hash to its fingerprint ({actual} != {fp})")
         return self
+
+
+def scope(server: str, backend: str | None) -> str:
+    """Whose surface a list shows and whose pins judge it: the server, or ``server@backend`` for a server with
+    identity-scoped backends (each may be another deployment serving other definitions)."""
+    return f"{server}@{backend}" if backend else server
+
+
+def server_of(scope: str) -> str:
+    """The server of a scope (what the policy's rules name)."""
+    return scope.partition("@")[0]
 
 
 def file_name(kind: str, name: str) -> str:
