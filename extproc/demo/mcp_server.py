@@ -247,7 +247,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
     parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate chain (tests of upstream TLS)")
     parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    parser.add_argument("--stdio", action="store_true", help="speak MCP over stdin/stdout (a stdio server)")
     args = parser.parse_args(argv)
+    if args.stdio:  # the same tools, no HTTP: for a stdio bridge (servers[].stdio) to serve
+        build_mcp(args.name, args.log_level).run("stdio")
+        return
     tls = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key} if args.tls_cert else {}
     app = build_app(
         args.name,
