@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from extproc.authn.config import origin_of
 from extproc.policy.model import Subjects
 from extproc.sections import Port, Section, absolute, split_hostport
+from extproc.tools.config import Guardrail
 from extproc.upstream.config import UpstreamAuth
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -198,6 +199,12 @@ class Server(Section):
         default=None,
         description="how the gateway authenticates to the server for the caller (token_exchange, id_jag, static, "
         "assertion; extproc/upstream/config.py); none: it does not, and the caller's token never goes upstream",
+    )
+
+    guardrail: Guardrail | None = Field(
+        default=None,
+        description="an outside service asked allow/deny/modify for each call the policy allowed "
+        "(extproc/tools/guardrail.py); fail closed by default",
     )
 
     _ca = field_validator("tls_ca_file")(absolute)
