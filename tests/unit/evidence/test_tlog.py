@@ -1,0 +1,155 @@
+"""The transparency log as the processor runs it: every segment of a session proven from the tiles and a checkpoint,
+consistency between checkpoints, and a rewritten history re-signed with the same key caught by a witness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from recording_helpers import emit_exchanges
+
+from extproc.evidence.config import TransparencyLogConfig
+from extproc.evidence.note import NoteSigner, open_checkpoint
+from extproc.evidence.proofs import (
+    check_checkpoint,
+    log_keys,
+    prove_consistency,
+    prove_session,
+    verifier_for,
+    verify_bundle,
+)
+from extproc.evidence.tiles import FileBlobs
+from extproc.evidence.tlog import TransparencyLog
+from extproc.recording.config import Recording
+from extproc.recording.manifest import generate_keys, load_public_key
+from extproc.recording.setup import build_runtime
+from extproc.recording.store.file import FileStore
+
+ORIGIN = "gw.example/mcp-log"
+
+
+async def record(root: Path, sessions: dict[str, int]) -> Ed25519PublicKey:
+    key, pub = generate_keys(root / "keys")
+    rec = Recording(
+        directory=root / "rec",
+        signing_key=key,
+        flush_interval_ms=10,
+        transparency_log=TransparencyLogConfig(origin=ORIGIN, checkpoint_interval_s=3600),
+    )
+    runtime = build_runtime(rec)
+    await runtime.start()
+    for session, n in sessions.items():
+        await emit_exchanges(runtime.recorder, session, n)
+    await runtime.close()
+    return load_public_key(pub)
+
+
+async def test_every_segment_of_a_session_is_proven_from_the_tiles_and_the_checkpoint(tmp_path: Path) -> None:
+    public = await record(tmp_path, {"s-one": 3, "s-two": 5})
+    store, blobs = FileStore(tmp_path / "rec"), FileBlobs(tmp_path / "rec" / ".tlog")
+
+    [log] = log_keys(blobs)
+    checked = check_checkpoint(blobs, log, public)
+    assert checked.problems == [] and checked.checkpoint is not None
+    assert checked.checkpoint.origin == f"{ORIGIN}/{log}"
+    proof = prove_session(store, blobs, "s-two", public)
+    assert proof.ok, [s.problem for s in proof.segments]
+    assert len(proof.segments) == sum(len(d.manifests) for d in store.read_session("s-two").values()) >= 5
+    assert verify_bundle(proof.bundle(), public) == []
+    # The closing digest is a leaf too: segments (both sessions) + digests.
+    assert checked.checkpoint.size > len(proof.segments) + len(prove_session(store, blobs, "s-one", public).segments)
+
+
+async def test_an_edited_manifest_or_tile_fails_the_proof(tmp_path: Path) -> None:
+    public = await record(tmp_path, {"s": 2})
+    store, blobs = FileStore(tmp_path / "rec"), FileBlobs(tmp_path / "rec" / ".tlog")
+    [manifests] = list((tmp_path / "rec" / "s").glob("*.manifests"))
+    manifests.write_bytes(manifests.read_bytes().replace(b'"count":3', b'"count":4', 1))
+    assert not prove_session(store, blobs, "s", public).ok
+
+    public = await record(tmp_path / "b", {"s": 2})
+    store, blobs = FileStore(tmp_path / "b/rec"), FileBlobs(tmp_path / "b/rec/.tlog")
+    [log] = log_keys(blobs)
+    [tile] = list((tmp_path / "b/rec/.tlog" / log / "tile/0").glob("000.p/*"))
+    tile.write_bytes(bytes(32) + tile.read_bytes()[32:])
+    assert not prove_session(store, blobs, "s", public).ok
+    assert check_checkpoint(blobs, log, public).problems
+
+
+def test_a_bundle_checked_with_another_key_or_edited_fails(tmp_path: Path) -> None:
+    signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+    tlog = TransparencyLog(FileBlobs(tmp_path), ORIGIN, "w", signer)
+    tlog.publish([(b'{"a":1}', None)])
+    note = (tmp_path / "w/checkpoint").read_bytes()
+    cp = open_checkpoint(note, verifier_for(note, signer.private.public_key()))
+    bundle = {
+        "checkpoints": {"w": note.decode()},
+        "segments": [{"stream": "x", "segment": 0, "log": "w", "index": 0, "size": 1, "entry": '{"a":1}', "proof": []}],
+    }
+    assert cp.size == 1 and verify_bundle(bundle, signer.private.public_key()) == []
+    assert verify_bundle(bundle, Ed25519PrivateKey.generate().public_key())
+    bundle["segments"][0]["entry"] = '{"a":2}'  # type: ignore[index]
+    assert verify_bundle(bundle, signer.private.public_key())
+
+
+def entries(first: int, last: int, tag: str = "") -> list[tuple[bytes, str | None]]:
+    return [(f'{{"n":{i}{tag}}}'.encode(), None) for i in range(first, last)]
+
+
+@pytest.mark.parametrize("rewrite_from", [0, 5, 9])
+def test_a_history_rewritten_and_resigned_with_the_same_key_fails_consistency_with_a_witness(
+    tmp_path: Path, rewrite_from: int
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    blobs = FileBlobs(tmp_path)
+    honest = TransparencyLog(blobs, ORIGIN, "w", NoteSigner(ORIGIN, key))
+    honest.publish(entries(0, 10))
+    witness = (tmp_path / "w/checkpoint").read_bytes()  # what an outside witness kept
+    verifier = verifier_for(witness, key.public_key())
+    old = open_checkpoint(witness, verifier)
+
+    honest.publish(entries(10, 300))
+    new = open_checkpoint((tmp_path / "w/checkpoint").read_bytes(), verifier)
+    assert prove_consistency(blobs, "w", old, new).ok
+
+    # The key holder rewrites the log from leaf `rewrite_from` and re-signs it, same origin, same key.
+    forged = TransparencyLog(blobs, ORIGIN, "w", NoteSigner(ORIGIN, key))
+    forged.publish(entries(0, rewrite_from) + entries(rewrite_from, 300, tag=',"x":1'))
+    rewritten = open_checkpoint((tmp_path / "w/checkpoint").read_bytes(), verifier)  # signed: looks fine alone
+    assert rewritten.size == 300 and check_checkpoint(blobs, "w", key.public_key()).problems == []
+    assert not prove_consistency(blobs, "w", old, rewritten).ok
+
+
+def test_a_log_that_shrank_is_inconsistent(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    blobs = FileBlobs(tmp_path)
+    TransparencyLog(blobs, ORIGIN, "w", NoteSigner(ORIGIN, key)).publish(entries(0, 10))
+    verifier = verifier_for((tmp_path / "w/checkpoint").read_bytes(), key.public_key())
+    old = open_checkpoint((tmp_path / "w/checkpoint").read_bytes(), verifier)
+    TransparencyLog(blobs, ORIGIN, "w", NoteSigner(ORIGIN, key)).publish(entries(0, 4))
+    new = open_checkpoint((tmp_path / "w/checkpoint").read_bytes(), verifier)
+    assert not prove_consistency(blobs, "w", old, new).ok
+
+
+class Refusing(FileBlobs):
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.refuse = True
+
+    def put(self, path: str, data: bytes) -> None:
+        if self.refuse:
+            raise OSError(28, "No space left on device")
+        super().put(path, data)
+
+
+def test_a_refused_write_is_retried_first_next_round_and_nothing_is_lost(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    blobs = Refusing(tmp_path)
+    tlog = TransparencyLog(blobs, ORIGIN, "w", NoteSigner(ORIGIN, key))
+    assert not tlog.publish(entries(0, 300))
+    assert not (tmp_path / "w").exists()
+    blobs.refuse = False
+    assert tlog.publish(entries(300, 310))
+    assert check_checkpoint(blobs, "w", key.public_key()).checkpoint.size == 310  # type: ignore[union-attr]
+    assert check_checkpoint(blobs, "w", key.public_key()).problems == []
