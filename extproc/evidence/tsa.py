@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cryptography import x509
 from rfc3161_client import (
+    HashAlgorithm,
     PKIStatus,
     TimestampRequestBuilder,
     VerificationError,
@@ -39,7 +40,14 @@ class TsaClient(Stamper):
 
     def stamp(self, data: bytes) -> bytes:
         """The DER ``TimeStampResp`` over SHA-256(``data``); TsaError unless granted for exactly that."""
-        request = TimestampRequestBuilder().data(data).nonce(nonce=True).cert_request(cert_request=True).build()
+        request = (
+            TimestampRequestBuilder()
+            .data(data)
+            .hash_algorithm(HashAlgorithm.SHA256)
+            .nonce(nonce=True)
+            .cert_request(cert_request=True)
+            .build()
+        )
         post = urllib.request.Request(
             self.url,
             data=request.as_bytes(),
