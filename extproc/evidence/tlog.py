@@ -29,7 +29,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from extproc.evidence.note import NoteSigner
 from extproc.evidence.tiles import Blobs, TileBuilder
@@ -37,6 +38,9 @@ from extproc.recording import jsonio
 from extproc.recording.manifest import Manifest
 from extproc.recording.store import Segment, Store, safe_key
 from extproc.tasks import cancel
+
+if TYPE_CHECKING:
+    from extproc.evidence.config import TransparencyLogConfig
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +212,14 @@ class LoggedDigests:
         return getattr(self._store, name)
 
 
-def build_log(cfg: Any, recording_key: Any, store: Store, writer: str) -> TransparencyLog:
-    """The log of ``writer`` as ``recording.transparency_log`` configures it (``cfg``: TransparencyLogConfig)."""
+def build_log(cfg: TransparencyLogConfig, recording_key: Path | None, store: Store, writer: str) -> TransparencyLog:
+    """The log of ``writer`` as ``recording.transparency_log`` configures it."""
     from extproc.evidence.tiles import blobs_for
 
-    signer = load_note_signer(cfg.origin, cfg.signing_key or recording_key)
+    path = cfg.signing_key or recording_key
+    if path is None:  # the config refuses this; a hand-built one must not start an unsigned log
+        raise ValueError("recording.transparency_log needs a signing key")
+    signer = load_note_signer(cfg.origin, path)
     stamper = None
     if cfg.tsa_url is not None:
         from extproc.evidence.tsa import TsaClient
@@ -223,7 +230,7 @@ def build_log(cfg: Any, recording_key: Any, store: Store, writer: str) -> Transp
     )
 
 
-def load_note_signer(name: str, path: Any) -> NoteSigner:
+def load_note_signer(name: str, path: Path) -> NoteSigner:
     """The checkpoint signer: the Ed25519 key at ``path`` under the key name ``name``."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

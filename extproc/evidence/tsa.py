@@ -55,7 +55,7 @@ class TsaClient(Stamper):
             method="POST",
         )
         try:
-            with urllib.request.urlopen(post, timeout=self.timeout) as reply:  # noqa: S310 (configured http(s) URL)
+            with urllib.request.urlopen(post, timeout=self.timeout) as reply:
                 body: bytes = reply.read()
         except OSError as e:
             raise TsaError(f"TSA {self.url}: {e}") from e
