@@ -185,6 +185,15 @@ class TransparencyLog:
         return out
 
     def _flush(self) -> bool:
+        put_many = getattr(self.blobs, "put_many", None)
+        if put_many is not None and len(self._unwritten) > 2:  # all but the checkpoint at once, made durable once
+            try:
+                put_many(self._unwritten[:-1])
+            except Exception as e:  # as below: retried next round (every write is idempotent)
+                self.failures += 1
+                log.error("transparency log %s: cannot store tiles (retried next round): %s", self.origin, e)
+                return False
+            del self._unwritten[:-1]
         while self._unwritten:
             path, data = self._unwritten[0]
             try:
