@@ -142,6 +142,11 @@ class Refusing(FileBlobs):
             raise OSError(28, "No space left on device")
         super().put(path, data)
 
+    def put_many(self, items: list[tuple[str, bytes]]) -> None:
+        if self.refuse:
+            raise OSError(28, "No space left on device")
+        super().put_many(items)
+
 
 def test_a_refused_write_is_retried_first_next_round_and_nothing_is_lost(tmp_path: Path) -> None:
     key = Ed25519PrivateKey.generate()
