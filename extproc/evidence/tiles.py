@@ -181,6 +181,7 @@ class TileHashes:
     def __init__(self, blobs: Blobs, log: str, size: int) -> None:
         self.blobs, self.log, self.size = blobs, log, size
         self._tiles: dict[tuple[int, int], bytes] = {}
+        self._perfect: dict[tuple[int, int], bytes] = {}
 
     def tile(self, level: int, index: int) -> bytes:
         key = (level, index)
@@ -205,10 +206,15 @@ class TileHashes:
     def perfect(self, start: int, size: int) -> bytes:
         if start + size > self.size:
             raise MissingTile(f"leaves {start}..{start + size} are past the tree of size {self.size}")
-        k = size.bit_length() - 1
-        level, rest = divmod(k, HEIGHT)
-        first = start >> (HEIGHT * level)
-        return perfect_root([self.hash_at(level, first + i) for i in range(1 << rest)])
+        known = self._perfect.get((start, size))
+        if known is None:  # the proofs of one session's segments share most of their upper nodes
+            k = size.bit_length() - 1
+            level, rest = divmod(k, HEIGHT)
+            first = start >> (HEIGHT * level)
+            known = self._perfect[start, size] = perfect_root(
+                [self.hash_at(level, first + i) for i in range(1 << rest)]
+            )
+        return known
 
 
 class TileBuilder:

@@ -52,15 +52,15 @@ HISTORY = "checkpoints"  # every checkpoint this log published, by size: what a 
 def segment_entry(manifest: bytes) -> bytes:
     """The leaf entry of a stored manifest line."""
     m = Manifest.from_bytes(manifest)
-    return jsonio.dumps_sorted(
-        {
-            "kind": "segment",
-            "session": safe_key(m.session),
-            "stream": safe_key(m.writer),
-            "segment": m.segment,
-            "manifest": hashlib.sha256(manifest).hexdigest(),
-        }
-    )
+    return _segment_entry(hashlib.sha256(manifest).hexdigest(), m.segment, safe_key(m.session), safe_key(m.writer))
+
+
+def _segment_entry(digest: str, segment: int, session: str, stream: str) -> bytes:
+    # Exactly jsonio.dumps_sorted of the five keys (safe keys and hex need no escaping), without building a dict:
+    # the processor pays this once per stored segment.
+    return (
+        f'{{"kind":"segment","manifest":"{digest}","segment":{segment},"session":"{session}","stream":"{stream}"}}'
+    ).encode()
 
 
 def digest_entry(writer: str, number: int, raw: bytes) -> bytes:
@@ -111,7 +111,8 @@ class TransparencyLog:
         self.published: Published | None = None
         self._wall = wall_clock
         self._tree = TileBuilder()
-        self._queued: list[tuple[bytes, str | None]] = []  # entry, session (None: a digest)
+        # entry, and for a segment where it belongs (session, stream key, segment number); None for a digest
+        self._queued: list[tuple[bytes, tuple[str, str, int] | None]] = []
         self._unwritten: list[tuple[str, bytes]] = []  # blobs the storage refused, oldest first
         self._lock = threading.Lock()  # one publisher at a time (the interval task, close)
         self._task: asyncio.Task[None] | None = None
@@ -122,8 +123,12 @@ class TransparencyLog:
         return self._tree.size
 
     async def segment_stored(self, segment: Segment) -> None:
-        """An uploader's ``on_stored``: one leaf for the manifest the store confirmed."""
-        self._queued.append((segment_entry(segment.manifest), segment.session))
+        """An uploader's ``on_stored``: one leaf for the manifest the store confirmed (a segment's session, writer
+        and number are its manifest's; ``segment_entry`` of the stored manifest gives the same bytes)."""
+        stream = safe_key(segment.writer)
+        digest = hashlib.sha256(segment.manifest).hexdigest()
+        entry = _segment_entry(digest, segment.number, safe_key(segment.session), stream)
+        self._queued.append((entry, (segment.session, stream, segment.number)))
 
     def digest_stored(self, writer: str, number: int, raw: bytes) -> None:
         self._queued.append((digest_entry(writer, number, raw), None))
@@ -147,17 +152,16 @@ class TransparencyLog:
         batch, self._queued = self._queued, []
         return await asyncio.to_thread(self.publish, batch, final)
 
-    def publish(self, batch: list[tuple[bytes, str | None]], final: bool = False) -> bool:
+    def publish(self, batch: list[tuple[bytes, tuple[str, str, int] | None]], final: bool = False) -> bool:
         with self._lock:
             first = self._tree.size
             writes: list[tuple[str, bytes]] = []
             where: dict[str, list[list[Any]]] = {}
-            for entry, session in batch:
+            for entry, place in batch:
                 index = self._tree.size
                 writes += [(f"{self.key}/{path}", data) for path, data in self._tree.add(entry)]
-                if session is not None:
-                    doc = jsonio.loads(entry)
-                    where.setdefault(session, []).append([index, doc["stream"], doc["segment"]])
+                if place is not None:
+                    where.setdefault(place[0], []).append([index, place[1], place[2]])
             if batch or self.published is None or final:
                 writes += [(f"{self.key}/{path}", data) for path, data in self._tree.partials()]
                 for session, leaves in where.items():

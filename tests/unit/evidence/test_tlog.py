@@ -20,10 +20,12 @@ from extproc.evidence.proofs import (
     verify_bundle,
 )
 from extproc.evidence.tiles import FileBlobs
-from extproc.evidence.tlog import TransparencyLog
+from extproc.evidence.tlog import TransparencyLog, segment_entry
+from extproc.recording import jsonio
 from extproc.recording.config import Recording
-from extproc.recording.manifest import generate_keys, load_public_key
+from extproc.recording.manifest import Manifest, generate_keys, load_public_key
 from extproc.recording.setup import build_runtime
+from extproc.recording.store import Segment
 from extproc.recording.store.file import FileStore
 
 ORIGIN = "gw.example/mcp-log"
@@ -93,7 +95,18 @@ def test_a_bundle_checked_with_another_key_or_edited_fails(tmp_path: Path) -> No
     assert verify_bundle(bundle, signer.private.public_key())
 
 
-def entries(first: int, last: int, tag: str = "") -> list[tuple[bytes, str | None]]:
+@pytest.mark.parametrize("session", ["plain-id", "a session/with ../odd chars", "x" * 300])
+async def test_the_entry_logged_for_a_stored_segment_is_rebuilt_from_its_stored_manifest(session: str) -> None:
+    manifest = Manifest(session, "host-1-ab", 2, 5, 9, 5, 400, "a" * 64, "b" * 64, "c" * 64, created=1.5)
+    raw = manifest.to_bytes()
+    tlog = TransparencyLog(FileBlobs("/nonexistent"), ORIGIN, "w", NoteSigner(ORIGIN, Ed25519PrivateKey.generate()))
+    await tlog.segment_stored(Segment(session, "host-1-ab", 2, b"", raw, 1.5))
+    [(entry, place)] = tlog._queued
+    assert entry == segment_entry(raw) == jsonio.dumps_sorted(jsonio.loads(entry))
+    assert place == (session, "host-1-ab", 2)
+
+
+def entries(first: int, last: int, tag: str = "") -> list[tuple[bytes, tuple[str, str, int] | None]]:
     return [(f'{{"n":{i}{tag}}}'.encode(), None) for i in range(first, last)]
 
 
