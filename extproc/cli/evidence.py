@@ -211,15 +211,23 @@ def verify_command(
     from extproc.evidence.proofs import verifier_for, verify_bundle
 
     public = _key(config, key_path, None)
-    raw = file.read_bytes()
+    try:
+        raw = file.read_bytes()
+    except OSError as e:
+        raise _fail(f"cannot read {file}: {e.strerror or e}", 2) from None
     if raw.lstrip().startswith(b"{"):
-        bundle: dict[str, Any] = json.loads(raw)
+        try:
+            bundle: Any = json.loads(raw)
+        except ValueError as e:
+            raise _fail(f"{file} is not a proof bundle (JSON): {e}", 2) from None
+        if not isinstance(bundle, dict):
+            raise _fail(f"{file} is not a proof bundle (a JSON object)", 2)
         problems = verify_bundle(bundle, public)
         for p in problems:
             console.print(f"[red]{escape(p)}[/red]", highlight=False)
         if problems:
             raise typer.Exit(1)
-        n = len(bundle["segments"])
+        n = len(bundle.get("segments", []))
         console.print(f"[green]ok[/green] {n} segments of {escape(str(bundle.get('session')))} proven", highlight=False)
         return
     try:
@@ -227,7 +235,7 @@ def verify_command(
     except NoteError as e:
         raise _fail(f"checkpoint does not verify: {e}") from None
     token_path = token or file.with_name(file.name + ".tsr")
-    stamp = token_path.read_bytes() if token_path.is_file() else None
+    stamp = (token_path.read_bytes() or None) if token_path.is_file() else None
     line, problem = _tsa_time(stamp, raw, tsa_ca)
     console.print(f"signed checkpoint of {escape(cp.origin)}, size {cp.size}", highlight=False)
     console.print(escape(line), highlight=False)

@@ -66,7 +66,7 @@ def check_checkpoint(blobs: Blobs, log: str, public: Ed25519PublicKey, note: byt
     if root != cp.root:
         out.problems.append(f"the tiles give root {root.hex()}, the checkpoint signs {cp.root.hex()}")
     token_path = f"{log}/{TOKEN}" if note is None else f"{log}/{HISTORY}/{cp.size:012d}.tsr"
-    out.token = blobs.get(token_path)
+    out.token = blobs.get(token_path) or None  # empty: the TSA failed for this checkpoint
     return out
 
 
@@ -119,7 +119,11 @@ def prove_session(store: Store, blobs: Blobs, session: str, public: Ed25519Publi
     for log in blobs.list(""):
         for name in blobs.list(f"{log}/where/{safe_key(session)}"):
             raw = blobs.get(where_path(log, session, int(name))) if name.isdigit() else None
-            for index, stream, segment in jsonio.loads(raw)["leaves"] if raw else []:
+            try:
+                listed = [(int(i), str(st), int(sg)) for i, st, sg in jsonio.loads(raw)["leaves"]] if raw else []
+            except (ValueError, TypeError, KeyError):  # an edited index: its segments show as "not in any log"
+                listed = []
+            for index, stream, segment in listed:
                 leaves.setdefault((stream, segment), (log, index))
     trees: dict[str, tuple[Checkpoint, TileHashes] | str] = {}
     out = SessionProof(session, [], {})
@@ -177,7 +181,8 @@ def verify_bundle(bundle: dict[str, Any], public: Ed25519PublicKey) -> list[str]
     """Problems with a bundle written by ``prove``: checked from the bundle and the key alone."""
     problems: list[str] = []
     checkpoints: dict[str, Checkpoint] = {}
-    for log, note in bundle.get("checkpoints", {}).items():
+    notes = bundle.get("checkpoints")
+    for log, note in notes.items() if isinstance(notes, dict) else []:
         try:
             checkpoints[log] = open_checkpoint(note, verifier_for(note, public))
         except NoteError as e:
@@ -185,17 +190,23 @@ def verify_bundle(bundle: dict[str, Any], public: Ed25519PublicKey) -> list[str]
     segments = bundle.get("segments", [])
     if not segments:
         problems.append("the bundle proves no segment")
-    for s in segments:
+    for s in segments if isinstance(segments, list) else [None]:
+        if not isinstance(s, dict):
+            problems.append("the bundle's segments are not a list of objects")
+            continue
         what = f"segment {s.get('segment')} of stream {s.get('stream')}"
-        cp = checkpoints.get(s.get("log", ""))
+        cp = checkpoints.get(str(s.get("log", "")))
         if cp is None:
             problems.append(f"{what}: {s.get('problem') or 'no verified checkpoint for its log'}")
             continue
-        entry = str(s["entry"]).encode()
-        proof = [base64.b64decode(p) for p in s["proof"]]
-        if int(s["size"]) != cp.size or not merkle.verify_inclusion(
-            int(s["index"]), cp.size, merkle.leaf_hash(entry), proof, cp.root
-        ):
+        try:
+            entry = str(s["entry"]).encode()
+            proof = [base64.b64decode(p, validate=True) for p in s["proof"]]
+            index, size = int(s["index"]), int(s["size"])
+        except (KeyError, TypeError, ValueError):
+            problems.append(f"{what}: malformed (entry, proof, index and size are needed)")
+            continue
+        if size != cp.size or not merkle.verify_inclusion(index, cp.size, merkle.leaf_hash(entry), proof, cp.root):
             problems.append(f"{what}: inclusion proof fails against the checkpoint of {cp.origin}")
     return problems
 

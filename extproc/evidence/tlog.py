@@ -181,6 +181,7 @@ class TransparencyLog:
                 token = self.stamper.stamp(note)
             except Exception as e:  # the TSA is outside: its failure costs the timestamp, never the checkpoint
                 log.error("transparency log %s: no timestamp for checkpoint %d: %s", self.origin, size, e)
+                out.append((f"{self.key}/{TOKEN}", b""))  # empty: "not timestamped", never an older checkpoint's
             else:
                 out.append((f"{self.key}/{HISTORY}/{size:012d}.tsr", token))
                 out.append((f"{self.key}/{TOKEN}", token))

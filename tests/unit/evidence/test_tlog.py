@@ -171,3 +171,25 @@ def test_a_refused_write_is_retried_first_next_round_and_nothing_is_lost(tmp_pat
     assert tlog.publish(entries(300, 310))
     assert check_checkpoint(blobs, "w", key.public_key()).checkpoint.size == 310  # type: ignore[union-attr]
     assert check_checkpoint(blobs, "w", key.public_key()).problems == []
+
+
+@pytest.mark.parametrize(
+    "bundle",
+    [
+        pytest.param({}, id="empty"),
+        pytest.param({"checkpoints": [], "segments": {}}, id="wrong-types"),
+        pytest.param({"checkpoints": {"w": "not a note"}, "segments": [{"log": "w"}]}, id="bad-note"),
+        pytest.param({"segments": ["x"]}, id="segment-not-an-object"),
+    ],
+)
+def test_a_malformed_bundle_is_a_finding_not_a_crash(bundle: dict[str, object]) -> None:
+    assert verify_bundle(bundle, Ed25519PrivateKey.generate().public_key())
+
+
+def test_a_malformed_segment_in_a_signed_bundle_is_a_finding(tmp_path: Path) -> None:
+    signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+    TransparencyLog(FileBlobs(tmp_path), ORIGIN, "w", signer).publish([(b"x", None)])
+    note = (tmp_path / "w/checkpoint").read_text()
+    seg = {"log": "w", "entry": "x", "index": "zero", "size": 1, "proof": []}
+    problems = verify_bundle({"checkpoints": {"w": note}, "segments": [seg]}, signer.private.public_key())
+    assert problems and "malformed" in problems[0]

@@ -66,4 +66,18 @@ def test_a_tsa_failure_costs_the_timestamp_never_the_checkpoint(tmp_path: Path) 
     key = Ed25519PrivateKey.generate()
     tlog = TransparencyLog(FileBlobs(tmp_path), "o", "w", NoteSigner("o", key), stamper=TsaClient(url, timeout=5))
     assert tlog.publish([(b"leaf", None)])
-    assert (tmp_path / "w/checkpoint").is_file() and not (tmp_path / "w/checkpoint.tsr").exists()
+    assert (tmp_path / "w/checkpoint").is_file() and not (tmp_path / "w/checkpoints/000000000001.tsr").exists()
+    assert (tmp_path / "w/checkpoint.tsr").read_bytes() == b""  # "not timestamped", never an older token
+    assert check_checkpoint(FileBlobs(tmp_path), "w", key.public_key()).token is None
+
+
+def test_after_a_tsa_failure_the_latest_checkpoint_never_shows_an_older_token(tsa: LocalTsa, tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    blobs = FileBlobs(tmp_path / "log")
+    tlog = TransparencyLog(blobs, "o", "w", NoteSigner("o", key), stamper=TsaClient(tsa.url))
+    assert tlog.publish([(b"one", None)]) and (tmp_path / "log/w/checkpoint.tsr").read_bytes()
+    with LocalTsa(tmp_path / "gone") as gone:
+        tlog.stamper = TsaClient(gone.url, timeout=5)
+    assert tlog.publish([(b"two", None)])
+    checked = check_checkpoint(blobs, "w", key.public_key())
+    assert checked.checkpoint is not None and checked.checkpoint.size == 2 and checked.token is None
