@@ -193,3 +193,27 @@ def test_a_malformed_segment_in_a_signed_bundle_is_a_finding(tmp_path: Path) -> 
     seg = {"log": "w", "entry": "x", "index": "zero", "size": 1, "proof": []}
     problems = verify_bundle({"checkpoints": {"w": note}, "segments": [seg]}, signer.private.public_key())
     assert problems and "malformed" in problems[0]
+
+
+async def test_two_writers_keep_two_logs_and_a_session_across_both_is_proven(tmp_path: Path) -> None:
+    """Workers never share a log: each appends its own, with no lock; a session they both served is proven from
+    both."""
+    key, pub = generate_keys(tmp_path / "keys")
+    rec = Recording(
+        directory=tmp_path / "rec",
+        signing_key=key,
+        flush_interval_ms=10,
+        transparency_log=TransparencyLogConfig(origin=ORIGIN, checkpoint_interval_s=3600),
+    )
+    first, second = build_runtime(rec), build_runtime(rec)
+    await first.start()
+    await second.start()
+    await emit_exchanges(first.recorder, "shared", 2)
+    await emit_exchanges(second.recorder, "shared", 2, t=2000.0)
+    await first.close()
+    await second.close()
+    blobs = FileBlobs(tmp_path / "rec" / ".tlog")
+    public = load_public_key(pub)
+    assert len(log_keys(blobs)) == 2
+    proof = prove_session(FileStore(tmp_path / "rec"), blobs, "shared", public)
+    assert proof.ok and {s.log for s in proof.segments} == set(log_keys(blobs))
