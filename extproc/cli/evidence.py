@@ -88,12 +88,23 @@ def checkpoint_command(
     tiles: TilesOpt = None,
     key_path: KeyOpt = None,
     tsa_ca: TsaCaOpt = None,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="also: every earlier checkpoint consistent with the latest, every entry on its leaf, every logged "
+            "segment still stored unchanged (reads the whole store)",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Each writer's latest checkpoint: signature, root recomputed from the tiles, trusted time."""
-    from extproc.evidence.proofs import check_checkpoint, log_keys
+    from extproc.evidence.proofs import audit_log, check_checkpoint, log_keys
 
+    if full and tiles is not None:
+        raise _fail("--full reads the entries and the store: use --dir or --config, not --tiles", 2)
     public, blobs = _key(config, key_path, dir), _blobs(config, dir, tiles)
+    store = open_store(config, dir) if full else None
     logs = log_keys(blobs)
     if not logs:
         raise _fail("no transparency log found (recording.transparency_log not set, or nothing published yet)")
@@ -104,6 +115,8 @@ def checkpoint_command(
         cp = checked.checkpoint
         line, problem = _tsa_time(checked.token, checked.note, tsa_ca) if cp else ("", "")
         problems = checked.problems + ([problem] if problem else [])
+        if full and not checked.problems:
+            problems += audit_log(blobs, log, public, store)
         bad = bad or bool(problems)
         rows.append(
             {

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from extproc.evidence import merkle
 from extproc.evidence.note import Checkpoint, NoteError, Verifier, open_checkpoint, split_note
-from extproc.evidence.tiles import Blobs, MissingTile, TileHashes
+from extproc.evidence.tiles import Blobs, MissingTile, TileHashes, tile_path, unbundle
 from extproc.evidence.tlog import CHECKPOINT, HISTORY, TOKEN, segment_entry, where_path
 from extproc.recording import jsonio
 from extproc.recording.store import Store, safe_key
@@ -236,3 +236,87 @@ def log_of(blobs: Blobs, origin: str) -> str:
         if note is not None and note.split(b"\n", 1)[0].decode(errors="replace") == origin:
             return key
     raise KeyError(origin)
+
+
+def audit_log(blobs: Blobs, log: str, public: Ed25519PublicKey, store: Store | None = None) -> list[str]:
+    """Everything a monitor checks in one log, beyond its latest checkpoint: every earlier checkpoint it published
+    is consistent with the latest, every entry hashes to its leaf, and (with ``store``) every logged segment is
+    still stored, unchanged. A session deleted from the store, or a manifest edited there, is named here."""
+    checked = check_checkpoint(blobs, log, public)
+    if checked.checkpoint is None or checked.problems:
+        return checked.problems
+    latest = checked.checkpoint
+    problems: list[str] = []
+    for name in blobs.list(f"{log}/{HISTORY}"):
+        if not name.isdigit():
+            continue
+        note = blobs.get(f"{log}/{HISTORY}/{name}") or b""
+        try:
+            old = open_checkpoint(note, verifier_for(note, public), latest.origin)
+            ok = prove_consistency(blobs, log, old, latest).ok
+        except (NoteError, MissingTile) as e:
+            problems.append(f"checkpoint {name}: {e}")
+            continue
+        if not ok:
+            problems.append(f"checkpoint of size {old.size} is not consistent with the latest (log rewritten)")
+    hashes = TileHashes(blobs, log, latest.size)
+    logged: dict[str, dict[tuple[str, int], str]] = {}  # session key -> (stream, segment) -> manifest SHA-256
+    index = 0
+    for n in range((latest.size + 255) // 256):
+        width = min(256, latest.size - n * 256)
+        raw = blobs.get(f"{log}/{tile_path('entries', n, width)}")
+        if raw is None and width < 256:
+            raw = blobs.get(f"{log}/{tile_path('entries', n)}")
+        try:
+            entries = unbundle(raw)[:width] if raw is not None else []
+        except ValueError as e:
+            problems.append(f"entry bundle {n}: {e}")
+            entries = []
+        if len(entries) != width:
+            problems.append(f"entry bundle {n}: {len(entries)} entries, the checkpoint needs {width}")
+            index = (n + 1) * 256
+            continue
+        for entry in entries:
+            if merkle.leaf_hash(entry) != hashes.hash_at(0, index):
+                problems.append(f"entry {index} does not hash to its leaf (entry bundle edited)")
+            else:
+                try:
+                    doc = jsonio.loads(entry)
+                except ValueError:
+                    doc = {}  # not an entry this gateway writes; its hash is all that is checked
+                if isinstance(doc, dict) and doc.get("kind") == "segment":
+                    logged.setdefault(doc["session"], {})[doc["stream"], doc["segment"]] = doc["manifest"]
+            index += 1
+    if store is not None:
+        problems += _missing_from_store(store, logged)
+    return problems
+
+
+def _missing_from_store(store: Store, logged: dict[str, dict[tuple[str, int], str]]) -> list[str]:
+    import hashlib
+
+    problems: list[str] = []
+    stored_sessions = set(store.list_sessions())
+    for session, segments in sorted(logged.items()):
+        if session not in stored_sessions:
+            problems.append(f"session {session!r}: {len(segments)} logged segments, none stored (deleted)")
+            continue
+        stored: dict[tuple[str, int], str] = {}
+        for data in store.read_session(session).values():
+            for raw in data.manifests:
+                try:
+                    m = jsonio.loads(raw)
+                    stored[safe_key(m["writer"]), int(m["segment"])] = hashlib.sha256(raw).hexdigest()
+                except (ValueError, KeyError, TypeError):
+                    continue
+        for (stream, segment), digest in sorted(segments.items()):
+            found = stored.get((stream, segment))
+            if found is None:
+                problems.append(
+                    f"session {session!r}: segment {segment} of stream {stream} logged, not stored (deleted)"
+                )
+            elif found != digest:
+                problems.append(
+                    f"session {session!r}: segment {segment} of stream {stream}: manifest edited since logged"
+                )
+    return problems

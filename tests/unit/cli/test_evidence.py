@@ -26,6 +26,9 @@ async def test_prove_verify_and_consistency_and_a_rewritten_log_is_caught(tmp_pa
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"ok {ORIGIN}/{log} size" in r.stdout
 
+    r = cli("evidence", "checkpoint", "--full", "--dir", str(rec), "--public-key", str(pub))
+    assert r.returncode == 0, r.stdout + r.stderr
+
     witness = tmp_path / "witness.checkpoint"
     shutil.copy(tlog / log / "checkpoint", witness)
 
@@ -52,6 +55,8 @@ async def test_prove_verify_and_consistency_and_a_rewritten_log_is_caught(tmp_pa
     assert r.returncode == 0, "alone, the rewritten log looks fine: " + r.stdout
     r = cli("evidence", "consistency", str(witness), "--dir", str(rec), "--public-key", str(pub))
     assert r.returncode == 1 and "INCONSISTENT" in r.stdout, r.stdout + r.stderr
+    r = cli("evidence", "checkpoint", "--full", "--dir", str(rec), "--public-key", str(pub))
+    assert r.returncode == 1 and "not consistent with the latest (log rewritten)" in r.stdout, r.stdout + r.stderr
 
 
 def _entries(folder: Path) -> list[bytes]:

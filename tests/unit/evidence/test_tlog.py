@@ -3,6 +3,7 @@ consistency between checkpoints, and a rewritten history re-signed with the same
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from recording_helpers import emit_exchanges
 from extproc.evidence.config import TransparencyLogConfig
 from extproc.evidence.note import NoteSigner, open_checkpoint
 from extproc.evidence.proofs import (
+    audit_log,
     check_checkpoint,
     log_keys,
     prove_consistency,
@@ -217,3 +219,34 @@ async def test_two_writers_keep_two_logs_and_a_session_across_both_is_proven(tmp
     assert len(log_keys(blobs)) == 2
     proof = prove_session(FileStore(tmp_path / "rec"), blobs, "shared", public)
     assert proof.ok and {s.log for s in proof.segments} == set(log_keys(blobs))
+
+
+async def test_a_full_audit_names_a_deleted_session_an_edited_manifest_and_an_edited_entry(tmp_path: Path) -> None:
+    public = await record(tmp_path, {"kept": 2, "gone": 2, "edited": 1})
+    store, blobs = FileStore(tmp_path / "rec"), FileBlobs(tmp_path / "rec" / ".tlog")
+    [log] = log_keys(blobs)
+    assert audit_log(blobs, log, public, store) == []
+
+    shutil.rmtree(tmp_path / "rec" / "gone")
+    [manifests] = list((tmp_path / "rec" / "edited").glob("*.manifests"))
+    manifests.write_bytes(manifests.read_bytes().replace(b'"count":3', b'"count":4', 1))
+    problems = audit_log(blobs, log, public, store)
+    assert problems == [
+        "session 'edited': segment 0 of stream " + log + ": manifest edited since logged",
+        "session 'gone': 3 logged segments, none stored (deleted)",
+    ]
+
+    [bundle] = list((tmp_path / "rec" / ".tlog" / log / "tile" / "entries").glob("000.p/*"))
+    bundle.write_bytes(bundle.read_bytes().replace(b'"segment":1,', b'"segment":7,', 1))
+    assert any("does not hash to its leaf" in p for p in audit_log(blobs, log, public))
+
+
+def test_a_full_audit_finds_an_earlier_checkpoint_the_latest_does_not_extend(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    blobs = FileBlobs(tmp_path)
+    TransparencyLog(blobs, ORIGIN, "w", NoteSigner(ORIGIN, key)).publish(entries(0, 10))
+    assert audit_log(blobs, "w", key.public_key()) == []
+    TransparencyLog(blobs, ORIGIN, "w", NoteSigner(ORIGIN, key)).publish(entries(0, 20, tag=',"x":1'))
+    assert audit_log(blobs, "w", key.public_key()) == [
+        "checkpoint of size 10 is not consistent with the latest (log rewritten)"
+    ]
