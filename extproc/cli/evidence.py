@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from extproc.cli._common import ConfigOptional, DirOpt, JsonOpt, config_in_use, console, load_settings, open_store
+from extproc.cli._common import (
+    ConfigOptional,
+    DirOpt,
+    JsonOpt,
+    TokenOpt,
+    config_in_use,
+    console,
+    load_settings,
+    open_store,
+)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -207,6 +216,48 @@ def consistency_command(
     if not result.ok:
         raise _fail(f"INCONSISTENT {sizes}: the log was rewritten since the earlier checkpoint")
     console.print(f"[green]consistent[/green] {escape(sizes)} ({len(result.proof)} hashes)", highlight=False)
+
+
+@app.command("witness")
+def witness_command(
+    api: Annotated[str, typer.Option("--api", help="audit service URL, e.g. https://gw.example/audit/")],
+    mirror: Annotated[Path, typer.Option("--mirror", help="the witness's folder: checkpoints and tiles it kept")],
+    key_path: Annotated[Path, typer.Option("--public-key", help="Ed25519 public key (PEM) of the checkpoints")],
+    token: TokenOpt = None,
+) -> None:
+    """Follow every log through the audit API: keep each new checkpoint only if it extends the one kept before."""
+    import httpx
+
+    from extproc.evidence.tiles import FileBlobs
+    from extproc.evidence.witness import follow
+
+    public = _key(None, key_path, None)
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    base = api.rstrip("/") + "/api/log"
+    with httpx.Client(headers=headers, timeout=30) as client:
+
+        def fetch(path: str) -> bytes | None:
+            r = client.get(f"{base}/{path}" if path else base)
+            if r.status_code == 404:
+                return None
+            if r.status_code != 200:
+                raise _fail(f"{r.request.url}: HTTP {r.status_code} {r.text[:200]}")
+            return r.content
+
+        try:
+            results = follow(fetch, FileBlobs(mirror), public)
+        except httpx.HTTPError as e:
+            raise _fail(f"audit API {api}: {e}") from None
+    if not results:
+        raise _fail("the audit API lists no transparency log")
+    for f in results:
+        sizes = f"{f.old.size if f.old else '-'} -> {f.new.size if f.new else '?'}"
+        mark = "[red]FAIL[/red]" if f.problems else "[green]ok[/green]"
+        console.print(f"{mark} {escape(f.log)}: size {sizes}, {f.fetched} new tiles", highlight=False)
+        for p in f.problems:
+            console.print(f"   [red]{escape(p)}[/red]", highlight=False)
+    if any(f.problems for f in results):
+        raise typer.Exit(1)
 
 
 @app.command("verify")
