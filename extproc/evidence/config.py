@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from extproc.sections import Section, resolve_paths
+
+
+class CheckpointBucket(Section):
+    """A second, write-once home for checkpoints: an S3 bucket with Object Lock, apart from the recordings."""
+
+    bucket: Annotated[str, Field(min_length=3, max_length=63)]
+    prefix: str = "mcp-checkpoints"
+    region: str | None = None
+    endpoint_url: str | None = None
+    lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] = Field(
+        default="COMPLIANCE", description="COMPLIANCE: nobody, not even the account root, deletes a copy early"
+    )
+    retain_days: Annotated[int, Field(ge=1, le=36_500)]
 
 
 class TransparencyLogConfig(Section):
@@ -27,6 +40,11 @@ class TransparencyLogConfig(Section):
         default=None, description="RFC 3161 Time-Stamp Authority: each checkpoint is timestamped, the token stored"
     )
     tsa_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    checkpoint_bucket: CheckpointBucket | None = Field(
+        default=None,
+        description="each checkpoint (and its timestamp) is also written to this bucket under Object Lock "
+        "(the bucket must have Object Lock enabled)",
+    )
 
     @field_validator("origin")
     @classmethod

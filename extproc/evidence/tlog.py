@@ -100,6 +100,7 @@ class TransparencyLog:
         *,
         interval: float = 60.0,
         stamper: Stamper | None = None,
+        copies: Blobs | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.blobs = blobs
@@ -108,6 +109,8 @@ class TransparencyLog:
         self.signer = signer
         self.interval = interval
         self.stamper = stamper
+        self.copies = copies  # a write-once second home for checkpoints (Object Lock bucket), or None
+        self._uncopied: list[tuple[str, bytes]] = []
         self.published: Published | None = None
         self._wall = wall_clock
         self._tree = TileBuilder()
@@ -168,7 +171,19 @@ class TransparencyLog:
                     writes.append((where_path(self.key, session, first), jsonio.dumps({"leaves": leaves})))
                 writes += self._signed()
             self._unwritten += writes
-            return self._flush()
+            return self._flush() and self._copy()
+
+    def _copy(self) -> bool:
+        while self._uncopied and self.copies is not None:
+            path, data = self._uncopied[0]
+            try:
+                self.copies.put(path, data)
+            except Exception as e:  # as for the tiles: retried next round
+                self.failures += 1
+                log.error("transparency log %s: cannot copy %s to the checkpoint bucket: %s", self.origin, path, e)
+                return False
+            self._uncopied.pop(0)
+        return True
 
     def _signed(self) -> list[tuple[str, bytes]]:
         from extproc.evidence.note import Checkpoint
@@ -185,6 +200,8 @@ class TransparencyLog:
             else:
                 out.append((f"{self.key}/{HISTORY}/{size:012d}.tsr", token))
                 out.append((f"{self.key}/{TOKEN}", token))
+        if self.copies is not None:  # immutable names only: a locked object is never overwritten
+            self._uncopied += [item for item in out if f"/{HISTORY}/" in item[0]]
         out.append((f"{self.key}/{CHECKPOINT}", note))  # last: it never names tiles that are not there
         self.published = Published(size, note)
         return out
@@ -239,8 +256,22 @@ def build_log(cfg: TransparencyLogConfig, recording_key: Path | None, store: Sto
         from extproc.evidence.tsa import TsaClient
 
         stamper = TsaClient(cfg.tsa_url, timeout=cfg.tsa_timeout_s)
+    copies = None
+    if (b := cfg.checkpoint_bucket) is not None:
+        from extproc.evidence.tiles import S3Blobs
+        from extproc.recording.store.s3 import S3Store
+
+        locked = S3Store(
+            b.bucket,
+            b.prefix,
+            region=b.region,
+            endpoint_url=b.endpoint_url,
+            object_lock_mode=b.lock_mode,
+            object_lock_days=b.retain_days,
+        )
+        copies = S3Blobs(locked, b.prefix)
     return TransparencyLog(
-        blobs_for(store), cfg.origin, writer, signer, interval=cfg.checkpoint_interval_s, stamper=stamper
+        blobs_for(store), cfg.origin, writer, signer, interval=cfg.checkpoint_interval_s, stamper=stamper, copies=copies
     )
 
 

@@ -11,11 +11,12 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from evidence_helpers import ORIGIN
 from moto.server import ThreadedMotoServer
 from recording_helpers import cli, emit_exchanges
 
-from extproc.evidence.config import TransparencyLogConfig
+from extproc.evidence.config import CheckpointBucket, TransparencyLogConfig
 from extproc.evidence.proofs import check_checkpoint, log_keys, prove_session
 from extproc.evidence.tiles import blobs_for
 from extproc.launcher import free_port
@@ -39,6 +40,7 @@ def s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[str, s
     url = f"http://127.0.0.1:{port}"
     client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
     client.create_bucket(Bucket=bucket)
+    client.create_bucket(Bucket=f"{bucket}-cp", ObjectLockEnabledForBucket=True)
     yield url, bucket, client
     server.stop()
 
@@ -52,7 +54,13 @@ async def test_the_log_on_s3_proves_a_session_and_the_cli_reads_it(s3: tuple[str
         spool_directory=tmp_path / "spool",
         signing_key=key,
         flush_interval_ms=10,
-        transparency_log=TransparencyLogConfig(origin=ORIGIN, checkpoint_interval_s=3600),
+        transparency_log=TransparencyLogConfig(
+            origin=ORIGIN,
+            checkpoint_interval_s=3600,
+            checkpoint_bucket=CheckpointBucket(
+                bucket=f"{bucket}-cp", prefix="cp", endpoint_url=url, region="us-east-1", retain_days=1
+            ),
+        ),
     )
     runtime = build_runtime(rec)
     await runtime.start()
@@ -76,3 +84,14 @@ async def test_the_log_on_s3_proves_a_session_and_the_cli_reads_it(s3: tuple[str
     )
     r = cli("evidence", "prove", "sess-s3", "--config", str(config))
     assert r.returncode == 0 and "4/4 segments proven" in r.stdout, r.stdout + r.stderr
+
+    # Every checkpoint also went to the Object Lock bucket, write-once: not even its owner deletes it early.
+    latest = check_checkpoint(blobs, log, public).checkpoint
+    assert latest is not None
+    copy_key = f"cp/{log}/checkpoints/{latest.size:012d}"
+    head = client.head_object(Bucket=f"{bucket}-cp", Key=copy_key)
+    assert head["ObjectLockMode"] == "COMPLIANCE"
+    body = client.get_object(Bucket=f"{bucket}-cp", Key=copy_key)["Body"].read()
+    assert body == blobs.get(f"{log}/checkpoint")
+    with pytest.raises(ClientError):
+        client.delete_object(Bucket=f"{bucket}-cp", Key=copy_key, VersionId=head["VersionId"])
