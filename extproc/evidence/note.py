@@ -173,7 +173,10 @@ class Checkpoint:
             raw = b""
         if len(raw) != 32:
             raise NoteError(f"checkpoint root hash {root!r} is not 32 bytes of base64")
-        return cls(origin, int(size), raw, tuple(lines[3:-1]))
+        extensions = tuple(lines[3:-1])
+        if "" in extensions:
+            raise NoteError("checkpoint extension lines must not be empty")
+        return cls(origin, int(size), raw, extensions)
 
 
 def open_checkpoint(note: str | bytes, verifier: Verifier, origin: str | None = None) -> Checkpoint:

@@ -106,7 +106,9 @@ class TransparencyLog:
         self.blobs = blobs
         self.key = safe_key(writer)
         self.origin = f"{origin.rstrip('/')}/{self.key}"
-        self.signer = signer
+        # tlog-checkpoint: "the log's key name in its signature line SHOULD match the origin line". One key signs
+        # every writer's log, each under its own origin (a verifier derives the name from the line and the key).
+        self.signer = NoteSigner(self.origin, signer.private)
         self.interval = interval
         self.stamper = stamper
         self.copies = copies  # a write-once second home for checkpoints (Object Lock bucket), or None

@@ -70,7 +70,13 @@ def test_a_checkpoint_body_is_origin_size_root_and_round_trips() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    ["log\n012\nAAAA\n", "log\nten\n" + base64.b64encode(bytes(32)).decode() + "\n", "log\n1\nAAAA\n", "log\n1\n"],
+    [
+        "log\n012\nAAAA\n",
+        "log\n1\n" + base64.b64encode(bytes(32)).decode() + "\n\nx\n",
+        "log\nten\n" + base64.b64encode(bytes(32)).decode() + "\n",
+        "log\n1\nAAAA\n",
+        "log\n1\n",
+    ],
 )
 def test_a_malformed_checkpoint_is_refused(body: str) -> None:
     signer = NoteSigner("log", Ed25519PrivateKey.generate())

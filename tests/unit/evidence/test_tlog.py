@@ -57,6 +57,8 @@ async def test_every_segment_of_a_session_is_proven_from_the_tiles_and_the_check
     checked = check_checkpoint(blobs, log, public)
     assert checked.problems == [] and checked.checkpoint is not None
     assert checked.checkpoint.origin == f"{ORIGIN}/{log}"
+    # tlog-checkpoint: the key name in the signature line matches the origin line
+    assert checked.note.decode().endswith(f"\n\n\u2014 {ORIGIN}/{log} " + checked.note.decode().rsplit(" ", 1)[1])
     proof = prove_session(store, blobs, "s-two", public)
     assert proof.ok, [s.problem for s in proof.segments]
     assert len(proof.segments) == sum(len(d.manifests) for d in store.read_session("s-two").values()) >= 5
