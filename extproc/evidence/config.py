@@ -27,8 +27,8 @@ class TransparencyLogConfig(Section):
     """A C2SP tiled transparency log per writer over every stored segment manifest and digest (docs/evidence.md)."""
 
     origin: str = Field(
-        description="the log's name, a schema-less URL (e.g. gateway.example.com/mcp-log): the checkpoints' key name; "
-        "each writer's log is <origin>/<writer>"
+        description="the logs' name, a schema-less URL (e.g. gateway.example.com/mcp-log): each writer's log has "
+        "the origin <origin>/<writer>, and its checkpoints are signed under that name"
     )
     checkpoint_interval_s: Annotated[float, Field(gt=0, le=86_400)] = Field(
         default=60.0, description="a signed checkpoint this often (and at shutdown)"
