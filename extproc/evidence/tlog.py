@@ -144,7 +144,11 @@ class TransparencyLog:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            await self.checkpoint()
+            try:
+                await self.checkpoint()
+            except Exception:  # a bug must not end checkpoints for the rest of the process's life
+                self.failures += 1
+                log.exception("transparency log %s: checkpoint failed (next one in %g s)", self.origin, self.interval)
 
     async def close(self) -> bool:
         """The last checkpoint (everything stored so far); False if the storage refused it (logged)."""

@@ -3,6 +3,7 @@ consistency between checkpoints, and a rewritten history re-signed with the same
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from extproc.evidence.proofs import (
 )
 from extproc.evidence.tiles import FileBlobs
 from extproc.evidence.tlog import TransparencyLog, segment_entry
+from extproc.launcher import wait_until
 from extproc.recording import jsonio
 from extproc.recording.config import Recording
 from extproc.recording.manifest import Manifest, generate_keys, load_public_key
@@ -252,3 +254,19 @@ def test_a_full_audit_finds_an_earlier_checkpoint_the_latest_does_not_extend(tmp
     assert audit_log(blobs, "w", key.public_key()) == [
         "checkpoint of size 10 is not consistent with the latest (log rewritten)"
     ]
+
+
+async def test_a_checkpoint_that_fails_unexpectedly_does_not_end_the_checkpoints(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    class Broken(TransparencyLog):
+        def publish(self, batch: list[tuple[bytes, tuple[str, str, int] | None]], final: bool = False) -> bool:
+            calls.append(len(batch))
+            if len(calls) == 1:
+                raise RuntimeError("a bug")
+            return super().publish(batch, final)
+
+    tlog = Broken(FileBlobs(tmp_path), ORIGIN, "w", NoteSigner(ORIGIN, Ed25519PrivateKey.generate()), interval=0.01)
+    tlog.start()
+    await asyncio.to_thread(wait_until, lambda: len(calls) >= 3, 10, "checkpoints after the failed one")
+    assert await tlog.close() and tlog.failures == 1 and (tmp_path / "w/checkpoint").is_file()
