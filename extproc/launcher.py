@@ -27,6 +27,7 @@ from extproc.envoy.bootstrap import render_yaml
 from extproc.envoy.clusters import PROCESSOR_CLUSTER, PROCESSOR_SERVICE
 from extproc.envoy.config import Edge
 from extproc.envoy.tls import write_sds_files
+from extproc.kube.discovery import DISCOVERY_FILE_ENV, KubeDiscovery, watch_for_workers
 from extproc.server import listen_address
 from extproc.workers import READY_FILE_ENV, RESTART_BACKOFF, STABLE_AFTER, worker_command
 
@@ -216,6 +217,7 @@ class Stack:
     envoy: subprocess.Popen[bytes] | None = None
     log_format: str | None = None  # overrides the config's log_format for every process started
     audit: subprocess.Popen[bytes] | None = None  # the audit service, when gateway.yaml has an audit: section
+    discovery: KubeDiscovery | None = None  # the one Kubernetes watch of this stack, shared by its workers
     _log: Path | None = None
     _started: list[float] = field(default_factory=list)
     _deaths: list[int] = field(default_factory=list)
@@ -238,6 +240,7 @@ class Stack:
         s = self.settings
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = log
+        self.discovery = watch_for_workers(s, self._discovery_file)  # workers read its snapshot (one watch per pod)
         self.processors = [self._spawn(worker) for worker in range(s.processor.workers)]
         self._started = [time.monotonic()] * s.processor.workers
         self._deaths = [0] * s.processor.workers
@@ -259,6 +262,10 @@ class Stack:
         wait_until(lambda: self._alive() and envoy_sees_processors(s.admin.port, count), 30, "Envoy to see processors")
         return self
 
+    @property
+    def _discovery_file(self) -> Path:
+        return self.workdir / "discovery.json"
+
     def _ready_file(self, worker: int) -> Path:
         return self.workdir / f"processor-{worker}.ready"
 
@@ -273,6 +280,8 @@ class Stack:
     def _spawn(self, worker: int) -> subprocess.Popen[bytes]:
         self._ready_file(worker).unlink(missing_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", READY_FILE_ENV: str(self._ready_file(worker))}
+        if self.discovery is not None:
+            env[DISCOVERY_FILE_ENV] = str(self._discovery_file)
         return self._popen(worker_command(self.config, worker, log_format=self.log_format), env)
 
     def _wait_worker(self, worker: int) -> None:
@@ -355,6 +364,9 @@ class Stack:
                     p.wait()
         self.envoy = self.audit = None
         self.processors = []
+        if self.discovery is not None:
+            self.discovery.close()
+            self.discovery = None
 
     def __enter__(self) -> Stack:
         return self

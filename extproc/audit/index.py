@@ -250,9 +250,11 @@ class SessionIndex:
             args += [started, started, key]
         sql = (
             f"SELECT {', '.join('s.' + c.strip() for c in _COLUMNS.split(','))} FROM sessions s "
-            f"WHERE {' AND '.join(where)} ORDER BY s.started DESC, s.key DESC LIMIT ?"
+            f"WHERE {' AND '.join(where)} ORDER BY s.started DESC, s.key DESC LIMIT {int(limit) + 1}"
         )
-        rows = [row_from_db(r) for r in self.backend.read(sql, [*args, limit + 1])]
+        # LIMIT as a literal, not a parameter: PostgreSQL's generic plan for a prepared statement (psycopg prepares
+        # after 5 runs) cannot see a small LIMIT and sorted the whole table (55 ms at 100k rows, 0.1 ms with it).
+        rows = [row_from_db(r) for r in self.backend.read(sql, args)]
         more = len(rows) > limit
         rows = rows[:limit]
         return rows, encode_cursor(rows[-1]) if more and rows else None
