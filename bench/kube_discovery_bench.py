@@ -67,12 +67,12 @@ def main() -> None:
                     parts: list[KubeDiscovery | SharedDiscovery] = [KubeDiscovery(cfg, set()) for _ in range(w)]
                     views = parts
                 else:
-                    launcher = KubeDiscovery(cfg, set(), on_change=lambda e: write_snapshot(snapshot, e))
+                    launcher = KubeDiscovery(cfg, set(), on_change=lambda e, f=snapshot: write_snapshot(f, e))
                     views = [SharedDiscovery(snapshot, set(), poll_s=0.2) for _ in range(w)]
                     parts = [launcher, *views]
                 for p in parts:
                     p.start()
-                wait_until(lambda: all(len(v.routes) == n for v in views), 120, "every worker's full set", 0.01)
+                wait_until(lambda vs=views: all(len(v.routes) == n for v in vs), 120, "every worker's full set", 0.01)
                 synced = time.perf_counter() - t0
                 time.sleep(max(0.0, args.window - synced))  # a fixed observation window, not a wait for a condition
                 lists, watches = _counts(api, start)
