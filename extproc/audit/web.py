@@ -10,6 +10,7 @@ sharing the index (PostgreSQL) all refuse the cookie from then on.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -352,7 +353,11 @@ class WebViewer:
         if not self.logins.check_csrf(request, token if isinstance(token, str) else None):
             return error_response(403, "missing or wrong CSRF token")
         who = self.logins.principal(request)
-        self.logins.end(request)
+        try:
+            await asyncio.to_thread(self.logins.end, request)
+        except Exception:  # the index is away: the cookie would keep working elsewhere, so say it did not work
+            log.exception("logout: cannot record the revocation")
+            return error_response(503, "logout could not be recorded; try again")
         self.ctx.trail.record(who, client_of(request), "logout", "", {}, "ok", 303)
         response = RedirectResponse(self.prefix, status_code=303)
         response.delete_cookie(SESSION_COOKIE, path=self.prefix)
