@@ -12,6 +12,7 @@ once, in order, under a lock (so replicas starting together do not race).
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -187,9 +188,11 @@ class PostgresBackend:
         # prepare_threshold=None: no server-side prepared statements. Their generic plans cannot see the filter's
         # value (state = $1 planned as "many rows": 44 ms for a state with no session at 100k rows, 0.2 ms planned
         # per call), and a PgBouncer in transaction mode between the replicas and the database refuses them.
+        # application_name: an operator (and the failover test) sees which process holds the indexer's lock.
         return self._psycopg.connect(
-            self.url, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)), prepare_threshold=None
-        )
+            self.url, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)), prepare_threshold=None,
+            application_name=f"mcp-extproc audit index pid {os.getpid()}",
+        )  # fmt: skip
 
     def _db(self) -> Any:
         if self._conn is None or self._conn.closed or self._conn.broken:

@@ -13,10 +13,12 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
+import psycopg
 import pytest
 import yaml
 from gateway_parts import recording_key
 
+from extproc.audit.index_db import LEADER_LOCK
 from extproc.audit.sealed import new_key_line
 from extproc.audit.web import LOGIN_COOKIE, SESSION_COOKIE
 from extproc.authn.dev_issuer import DevIssuer
@@ -40,9 +42,22 @@ viewers:
 
 
 class Replicas:
-    def __init__(self, stack: Stack, issuer: DevIssuer, ports: tuple[int, int], key: str) -> None:
-        self.stack, self.issuer, self.key = stack, issuer, key
+    def __init__(
+        self, stack: Stack, issuer: DevIssuer, ports: tuple[int, int], key: str, second: subprocess.Popen[bytes],
+        url: str,
+    ) -> None:  # fmt: skip
+        self.stack, self.issuer, self.key, self.second, self.url = stack, issuer, key, second, url
         self.bases = [f"http://127.0.0.1:{p}/audit" for p in ports]
+
+    def indexer_pid(self) -> int | None:
+        """The OS process holding the indexer's advisory lock (named in its connection's application_name)."""
+        with psycopg.connect(self.url) as db:
+            rows = db.execute(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objid = %s",
+                (LEADER_LOCK & 0xFFFFFFFF,),
+            ).fetchall()
+        return int(rows[0][0].rsplit(" ", 1)[1]) if rows else None
 
 
 @pytest.fixture
@@ -91,7 +106,7 @@ def replicas(tmp_path: Path, postgres_url: str) -> Iterator[Replicas]:
             wait_until(lambda: can_connect(f"127.0.0.1:{ports[1]}"), 30, "the second audit replica")
             token = issuer.mint("bob", aud=stack.endpoint, groups=[])
             result = asyncio.run(run_session(stack.url("alpha"), token, progress=False, mode="legacy"))
-            yield Replicas(stack, issuer, ports, recording_key(result.session_id, "alpha"))
+            yield Replicas(stack, issuer, ports, recording_key(result.session_id, "alpha"), second, postgres_url)
     finally:
         if second is not None:
             second.terminate()
@@ -148,3 +163,29 @@ def test_a_login_on_one_replica_works_on_the_other_and_a_logout_ends_it_on_both(
         assert out.status_code == 303
         for base in (one, two):
             assert http.get(f"{base}/api/me", headers=_cookie(SESSION_COOKIE, login)).status_code == 401
+
+
+def test_one_replica_indexes_and_the_other_takes_over_when_it_is_killed(replicas: Replicas) -> None:
+    assert replicas.stack.audit is not None
+    pids = {replicas.stack.audit.pid: 0, replicas.second.pid: 1}
+    wait_until(lambda: replicas.indexer_pid() in pids, 30, "one replica to hold the indexer's lock", 0.1)
+    leader = replicas.indexer_pid()
+    assert leader is not None
+    survivor = replicas.bases[1 - pids[leader]]
+    headers = {
+        "authorization": f"Bearer {replicas.issuer.mint('alice', aud=replicas.stack.endpoint, groups=['team-a'])}"
+    }
+
+    def listed(key: str) -> bool:
+        r = httpx.get(f"{survivor}/api/sessions", headers=headers, timeout=10)
+        return r.status_code == 200 and key in {s["session"] for s in r.json()["sessions"]}
+
+    wait_until(lambda: listed(replicas.key), 30, "the first session indexed", 0.2)
+    # The indexer dies (kill -9: no goodbye); its connection ends, the lock goes with it.
+    (replicas.stack.audit if replicas.stack.audit.pid == leader else replicas.second).kill()
+    wait_until(lambda: replicas.indexer_pid() not in (None, leader), 30, "the survivor to take the lock", 0.1)
+    token = replicas.issuer.mint("bob", aud=replicas.stack.endpoint, groups=[])
+    result = asyncio.run(run_session(replicas.stack.url("alpha"), token, progress=False, mode="legacy"))
+    wait_until(
+        lambda: listed(recording_key(result.session_id, "alpha")), 30, "a new session indexed by the survivor", 0.2
+    )
