@@ -342,11 +342,18 @@ def _s3_late_changes(store: Any, meta: dict[str, str]) -> tuple[set[str], dict[s
 
     Costs one listing of the writers, one listing per writer whose chain is still open (``StartAfter`` its last
     seen digest) and one GET per new digest; a closed chain (its final digest seen) is never listed again. On a
-    fresh index the date listing reads every day anyway, so the digests are only listed to note where each
-    writer is, not read."""
+    fresh index the date listing reads every day anyway, so of each writer's digests only the newest is read (to
+    note where the writer is, and whether its chain is closed)."""
     from extproc.recording.digest import Digest
     from extproc.recording.store import safe_key
     from extproc.recording.store.s3 import _DIGEST
+
+    def read(key: str) -> Digest | None:
+        try:
+            return Digest.from_bytes(store._get(key))
+        except ValueError:
+            log.warning("index: digest %s is not one; skipped (verify reports it)", key)
+            return None
 
     root = f"{store.digest_prefix}/"
     fresh = "watermark" not in meta
@@ -358,7 +365,7 @@ def _s3_late_changes(store: Any, meta: dict[str, str]) -> tuple[set[str], dict[s
         if last.endswith("F"):
             continue  # the writer closed its chain: nothing more comes from it
         after = f"{prefix}{int(last):08d}.json" if last else ""
-        newest = None
+        newest, newest_key, closed = -1, "", False
         for page in store.client.get_paginator("list_objects_v2").paginate(
             Bucket=store.bucket, Prefix=prefix, StartAfter=after
         ):
@@ -366,16 +373,13 @@ def _s3_late_changes(store: Any, meta: dict[str, str]) -> tuple[set[str], dict[s
                 m = _DIGEST.match(obj["Key"].removeprefix(prefix))
                 if m is None:
                     continue
-                final = False
-                if not fresh:
-                    try:
-                        digest = Digest.from_bytes(store._get(obj["Key"]))
-                    except ValueError:
-                        log.warning("index: digest %s is not one; skipped (verify reports it)", obj["Key"])
-                        continue
+                newest, newest_key = int(m["n"]), obj["Key"]
+                if not fresh and (digest := read(obj["Key"])) is not None:
                     late.update(safe_key(s.session) for s in digest.segments)
-                    final = digest.final
-                newest = f"{int(m['n'])}{'F' if final else ''}"
-        if newest is not None:
-            seen[f"digest:{writer}"] = newest
+                    closed = digest.final
+        if newest < 0:
+            continue
+        if fresh:
+            closed = (digest := read(newest_key)) is not None and digest.final
+        seen[f"digest:{writer}"] = f"{newest}{'F' if closed else ''}"
     return late, seen
