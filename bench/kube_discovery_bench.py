@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"
 from kube_api import TOKEN, FakeKubeApi
 
 from extproc.kube.config import KubernetesDiscovery
-from extproc.kube.discovery import KubeDiscovery, SharedDiscovery, write_snapshot
+from extproc.kube.discovery import KubeDiscovery
+from extproc.kube.snapshot import SharedDiscovery, write_snapshot
 from extproc.launcher import wait_until
 
 

@@ -27,7 +27,8 @@ from extproc.envoy.bootstrap import render_yaml
 from extproc.envoy.clusters import PROCESSOR_CLUSTER, PROCESSOR_SERVICE
 from extproc.envoy.config import Edge
 from extproc.envoy.tls import write_sds_files
-from extproc.kube.discovery import DISCOVERY_FILE_ENV, KubeDiscovery, watch_for_workers
+from extproc.kube.discovery import KubeDiscovery, watch_for_workers
+from extproc.kube.snapshot import DISCOVERY_FILE_ENV
 from extproc.server import listen_address
 from extproc.workers import READY_FILE_ENV, RESTART_BACKOFF, STABLE_AFTER, worker_command
 

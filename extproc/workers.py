@@ -85,7 +85,8 @@ def serve_workers(config: Path, count: int, verbose: bool = False, log_format: s
     import tempfile
 
     from extproc import settings as settings_mod
-    from extproc.kube.discovery import DISCOVERY_FILE_ENV, watch_for_workers
+    from extproc.kube.discovery import watch_for_workers
+    from extproc.kube.snapshot import DISCOVERY_FILE_ENV
 
     stop = StopSignal()
     shared = Path(tempfile.mkdtemp(prefix="mcp-extproc-discovery-"))

@@ -9,7 +9,8 @@ import pytest
 from kube_api import FakeKubeApi
 
 from extproc.kube.config import KubernetesDiscovery
-from extproc.kube.discovery import KubeDiscovery, SharedDiscovery, write_snapshot
+from extproc.kube.discovery import KubeDiscovery
+from extproc.kube.snapshot import SharedDiscovery, write_snapshot
 from extproc.launcher import wait_until
 
 LABEL = {"mcp-extproc.io/server": "tickets"}
