@@ -48,6 +48,8 @@ MAX_LOGIN_SECONDS = 8 * 3600.0
 # Started logins are sealed into the login cookie too (nothing held per caller, whatever the callers do); ``next``
 # is bounded so the cookie stays under a browser's ~4 KB.
 MAX_NEXT = 2048
+REVOCATION_CHECK_S = 1.0
+MAX_CHECKED = 10_000  # revocation answers kept (one per login seen in the last second)
 
 
 def static_dir() -> Path:
@@ -144,6 +146,9 @@ class Logins:
     sealer: Sealer = field(default_factory=Sealer)
     revocations: Revocations = field(default_factory=LocalRevocations)
     clock: Callable[[], float] = time.time
+    # A revocation lookup is a database read (over the network on PostgreSQL): kept REVOCATION_CHECK_S, so the
+    # lookups of one request (identity, CSRF token) cost one read. A logout elsewhere is seen within that time.
+    _checked: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
     def principal(self, request: Request) -> Principal | None:
         login = self._get(request)
@@ -160,13 +165,26 @@ class Logins:
         who, csrf, login_id = _principal_of(doc), doc.get("csrf"), doc.get("id")
         if who is None or not isinstance(csrf, str) or not isinstance(login_id, str):
             return None
-        try:
-            if self.revocations.login_revoked(login_id):
-                return None
-        except Exception:  # the shared store is away: a logout cannot be checked, so no login is honoured
-            log.exception("cannot check login revocations; refusing the cookie login")
+        if self._revoked(login_id):
             return None
         return _Login(who, csrf, login_id, float(doc["exp"]))
+
+    def _revoked(self, login_id: str) -> bool:
+        now = self.clock()
+        hit = self._checked.get(login_id)
+        if hit is not None and now - hit[0] < REVOCATION_CHECK_S:
+            return hit[1]
+        try:
+            revoked = self.revocations.login_revoked(login_id)
+        except Exception:  # the shared store is away: a logout cannot be checked, so no login is honoured
+            log.exception("cannot check login revocations; refusing the cookie login")
+            return True
+        if len(self._checked) >= MAX_CHECKED:
+            self._checked = {k: v for k, v in self._checked.items() if now - v[0] < REVOCATION_CHECK_S}
+            if len(self._checked) >= MAX_CHECKED:
+                self._checked.clear()
+        self._checked[login_id] = (now, revoked)
+        return revoked
 
     def create(self, who: Principal, expires: float) -> str:
         """The cookie value of a new login ending at ``expires`` (the ID token's), at most MAX_LOGIN_SECONDS."""
@@ -181,6 +199,7 @@ class Logins:
         login = self._get(request)
         if login is not None:
             self.revocations.revoke_login(login.login_id, login.expires)
+            self._checked[login.login_id] = (self.clock(), True)
 
     def check_csrf(self, request: Request, form_token: str | None = None) -> bool:
         """A state-changing request carries the login's CSRF token (header or form field)."""
@@ -350,7 +369,8 @@ class WebViewer:
     async def logout(self, request: Request) -> Response:
         form = await request.form()
         token = form.get("csrf")
-        if not self.logins.check_csrf(request, token if isinstance(token, str) else None):
+        checked = await asyncio.to_thread(self.logins.check_csrf, request, token if isinstance(token, str) else None)
+        if not checked:
             return error_response(403, "missing or wrong CSRF token")
         who = self.logins.principal(request)
         try:

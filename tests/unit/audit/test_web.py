@@ -9,7 +9,7 @@ from pathlib import Path
 from starlette.requests import Request
 
 from extproc.audit.sealed import Sealer, new_key_line
-from extproc.audit.web import SESSION_COOKIE, LocalRevocations, Logins, _same, _Started
+from extproc.audit.web import REVOCATION_CHECK_S, SESSION_COOKIE, LocalRevocations, Logins, _same, _Started
 from extproc.authn.principal import Principal
 
 
@@ -44,7 +44,9 @@ def test_a_login_made_by_one_replica_works_on_another_and_a_logout_ends_it_on_bo
     csrf = two.csrf(_request(cookie))
     assert csrf and one.check_csrf(_request(cookie, csrf)) and not one.check_csrf(_request(cookie, csrf + "x"))
     assert not one.check_csrf(_request(cookie))  # no token: refused
-    two.end(_request(cookie))  # logout on replica two
+    two.end(_request(cookie))  # logout on replica two: refused there at once ...
+    assert two.principal(_request(cookie)) is None
+    clock.now += REVOCATION_CHECK_S  # ... and on replica one once its last lookup (kept a second) is stale
     assert one.principal(_request(cookie)) is None and not one.check_csrf(_request(cookie, csrf))
 
 
@@ -67,6 +69,24 @@ def test_a_revocation_store_that_is_away_refuses_cookie_logins() -> None:
     logins = Logins("/audit/", False, Sealer(), Away())
     cookie = logins.create(Principal("i", "s", "u"), 2e9)
     assert logins.principal(_request(cookie)) is None  # a logout cannot be checked: fail closed
+
+
+def test_one_revocation_lookup_per_login_and_second() -> None:
+    class Counting(LocalRevocations):
+        reads = 0
+
+        def login_revoked(self, login_id: str) -> bool:
+            self.reads += 1
+            return super().login_revoked(login_id)
+
+    clock, store = Clock(), Counting()
+    logins = Logins("/audit/", False, Sealer(clock=clock), store, clock)
+    cookie = logins.create(Principal("i", "s", "u"), clock.now + 3600)
+    for _ in range(5):
+        assert logins.principal(_request(cookie)) is not None and logins.csrf(_request(cookie))
+    assert store.reads == 1
+    clock.now += REVOCATION_CHECK_S
+    assert logins.principal(_request(cookie)) is not None and store.reads == 2
 
 
 def test_a_started_login_needs_every_part() -> None:
