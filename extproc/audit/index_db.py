@@ -168,7 +168,7 @@ class PostgresBackend:
     """A PostgreSQL database shared by the audit replicas (psycopg 3). A dropped connection is opened again on the
     next call; the advisory lock that makes this replica the indexer lives on a connection of its own."""
 
-    def __init__(self, url: str, connect_timeout: float = 10.0) -> None:
+    def __init__(self, url: str, connect_timeout: float = 3.0) -> None:
         import psycopg
 
         self._psycopg = psycopg
