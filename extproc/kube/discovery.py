@@ -127,6 +127,7 @@ class KubeDiscovery:
         self.lists = 0  # full lists done (start-up, 410 Gone, watch failures), both resources
         self.connected = False
         self.synced = threading.Event()  # every namespace listed once, both resources
+        self._complete = False  # both resources listed: routes may be published
         self._unsynced: set[tuple[Resource, str | None]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -184,9 +185,10 @@ class KubeDiscovery:
                     self.connected = True
                     with self._lock:
                         self._unsynced.discard((resource, ns))
-                        if not self._unsynced and not self.synced.is_set():
-                            self.synced.set()
+                        if not self._unsynced and not self._complete:
+                            self._complete = True
                             self._publish()  # the first whole picture: Services and their endpoints
+                            self.synced.set()  # after it: whoever waits on it reads the routes
                 w = watch.Watch()
                 self._watches.append(w)
                 try:
@@ -266,7 +268,7 @@ class KubeDiscovery:
             )
 
     def _publish(self) -> None:
-        if not self.synced.is_set():
+        if not self._complete:
             return  # Services listed before their EndpointSlices would all look unready for a moment
         ready: dict[Key, int] = {}
         for service, n in self._ready.values():
