@@ -69,6 +69,6 @@ class Gateway:
             router=router or Router(settings),
             auth=auth,
             policy=policy,
-            runs=RunTracker(options.run_idle_gap_s),
+            runs=RunTracker(options.run_idle_gap_s, options.session_key),
             overload=LagMonitor(settings.limits.shed_lag_ms / 1000),
         )

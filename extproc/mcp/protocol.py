@@ -12,6 +12,8 @@ Both generations pass one gateway, decided per request:
 from __future__ import annotations
 
 import hashlib
+import hmac
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -183,48 +185,30 @@ def _check_param_headers(
             raise HeaderMismatch(f"{h} header does not match any argument of the request body")
 
 
-@dataclass
-class _Run:
-    unit: str
-    last: float
-
-
 class RunTracker:
-    """The recording unit of stateless traffic: one *run* of one client.
+    """The recording unit of stateless traffic: one *run* of one client, the same on every worker and replica.
 
-    A run is every request with the same issuer + subject, server, access token (hash) and client info, until the
-    client stays silent longer than ``idle_gap_s``. A W3C ``traceparent`` overrides the gap: requests of one trace
-    are one run (whatever their timing), requests of another trace another. The unit id names no identity (it is a
-    hash) and is path-safe. State is per processor: with several workers and no traceparent a run may be recorded
-    as one unit per worker (``sessions show`` of either names the other by the same key hash).
+    A run is every request with the same issuer + subject, server, access token (hash) and client info within one
+    window of ``window_s`` seconds (``recording.run_idle_gap_s``), windows aligned to the epoch. The id is computed
+    from the request alone (no state), so every worker of every replica sharing ``auth.session_secret_file`` names
+    the same unit and each writes its own signed stream of it. A W3C ``traceparent`` overrides the window: requests
+    of one trace are one run (whatever their timing), requests of another trace another. The id is an HMAC with the
+    session key (names no identity, cannot be guessed or computed by a client) and is path-safe. Limit: a client
+    active across a window boundary continues in the next window's run (same key part, ``r-<key>-<window start>``).
     """
 
-    def __init__(self, idle_gap_s: float, max_runs: int = 100_000) -> None:
-        self.idle_gap_s = idle_gap_s
-        self.max_runs = max_runs
-        self._runs: dict[str, _Run] = {}
+    def __init__(self, window_s: float, secret: bytes = b"") -> None:
+        self.window_s = window_s
+        self._secret = secret
 
     def unit(self, key: Sequence[str], now: float, traceparent: str | None = None) -> str:
-        """The run this request belongs to (opening a new one when there is none or the last went idle)."""
-        digest = _digest(key)
+        """The run this request belongs to: its key's run of the window ``now`` falls in, or of its trace."""
+        digest = _digest(key, self._secret)
         trace = _trace_id(traceparent)
         if trace is not None:
             return f"t-{digest[:16]}-{trace}"
-        run = self._runs.get(digest)
-        if run is None or now - run.last > self.idle_gap_s:
-            if len(self._runs) >= self.max_runs:
-                self._evict(now)
-            run = self._runs[digest] = _Run(f"r-{digest[:16]}-{int(now * 1000):x}", now)
-        run.last = now
-        return run.unit
-
-    def _evict(self, now: float) -> None:
-        """Forget idle runs; if all are live, the oldest half (a new run starts for those clients)."""
-        idle = [k for k, r in self._runs.items() if now - r.last > self.idle_gap_s]
-        if not idle:
-            idle = sorted(self._runs, key=lambda k: self._runs[k].last)[: len(self._runs) // 2]
-        for k in idle:
-            del self._runs[k]
+        start = math.floor(now / self.window_s) * self.window_s
+        return f"r-{digest[:16]}-{round(start * 1000):x}"
 
 
 def run_key(
@@ -242,8 +226,8 @@ def run_key(
     )
 
 
-def _digest(parts: Sequence[str]) -> str:
-    h = hashlib.sha256()
+def _digest(parts: Sequence[str], secret: bytes) -> str:
+    h = hmac.new(secret, digestmod=hashlib.sha256)
     for p in parts:
         b = p.encode()
         h.update(len(b).to_bytes(4, "big") + b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 
 import httpx
 import httpx2
@@ -15,6 +16,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import ElicitResult
 
 from extproc.demo.mcp_client import connect, run_session
+from extproc.launcher import wait_until
 from extproc.recording.replay import pair_messages
 
 
@@ -208,6 +210,9 @@ async def test_runs_split_by_identity_gap_and_trace(start_mcp_server, start_auth
         assert r.status_code == 200, r.text
         return r.headers["mcp-extproc-recording"]
 
+    # Runs are windows of run_idle_gap_s aligned to the epoch: start just after a window opens, so the calls
+    # below share it.
+    wait_until(lambda: time.time() % 1.5 < 0.3, 3, "a fresh run window")
     first = run_of(alice)
     assert run_of(alice) == first
     assert run_of(bob) != first
@@ -215,8 +220,8 @@ async def test_runs_split_by_identity_gap_and_trace(start_mcp_server, start_auth
     traced = run_of(alice, traceparent=trace)
     assert traced != first
 
-    await asyncio.sleep(2)  # the idle gap itself is what is tested
-    assert run_of(alice) != first  # silent longer than the gap: a new run
+    await asyncio.sleep(2)  # the window itself is what is tested
+    assert run_of(alice) != first  # the next window: a new run
     assert run_of(alice, traceparent=trace) == traced  # one trace stays one run across the gap
 
 

@@ -135,13 +135,25 @@ def test_body_meta_alone_makes_a_request_stateless() -> None:
 KEY = run_key("https://idp", "alice", "demo", "Bearer t1", {"name": "agent", "version": "1"})
 
 
-def test_requests_within_the_idle_gap_are_one_run() -> None:
-    runs = RunTracker(idle_gap_s=60)
-    first = runs.unit(KEY, now=1000.0)
+def test_requests_of_one_window_are_one_run() -> None:
+    runs = RunTracker(window_s=60, secret=b"k" * 32)
+    first = runs.unit(KEY, now=1020.0)
     assert runs.unit(KEY, now=1030.0) == first
-    assert runs.unit(KEY, now=1089.0) == first  # the gap counts from the last request
-    assert runs.unit(KEY, now=1150.0) != first  # silent for 61 s: a new run
-    assert first.startswith("r-") and "/" not in first and "alice" not in first
+    assert runs.unit(KEY, now=1079.9) == first  # the window [1020, 1080)
+    assert runs.unit(KEY, now=1080.0) != first  # the next window: the next run
+    assert first.startswith("r-") and first.endswith(f"-{1020_000:x}") and "/" not in first and "alice" not in first
+
+
+def test_every_worker_and_replica_names_the_same_run() -> None:
+    """No state: two trackers (two workers, two replicas) sharing the session key compute one id per run."""
+    worker_1, worker_2 = RunTracker(60, b"k" * 32), RunTracker(60, b"k" * 32)
+    assert worker_1.unit(KEY, 1021.0) == worker_2.unit(KEY, 1077.0)
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert worker_1.unit(KEY, 0.0, trace) == worker_2.unit(KEY, 9000.0, trace)
+
+
+def test_run_ids_cannot_be_computed_without_the_session_key() -> None:
+    assert RunTracker(60, b"k" * 32).unit(KEY, 1.0) != RunTracker(60, b"j" * 32).unit(KEY, 1.0)
 
 
 @pytest.mark.parametrize(
@@ -156,12 +168,12 @@ def test_requests_within_the_idle_gap_are_one_run() -> None:
     ids=["subject", "issuer", "server", "token", "client"],
 )
 def test_any_key_field_makes_another_run(other: tuple[str, ...]) -> None:
-    runs = RunTracker(idle_gap_s=60)
+    runs = RunTracker(window_s=60)
     assert runs.unit(KEY, 1.0) != runs.unit(other, 1.0)
 
 
 def test_traceparent_joins_across_gaps_and_splits_traces() -> None:
-    runs = RunTracker(idle_gap_s=1)
+    runs = RunTracker(window_s=1)
     t1 = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     t2 = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     a = runs.unit(KEY, 0.0, t1)
@@ -169,13 +181,6 @@ def test_traceparent_joins_across_gaps_and_splits_traces() -> None:
     assert runs.unit(KEY, 500.5, t2) != a
     assert a.endswith("4bf92f3577b34da6a3ce929d0e0e4736")
     assert runs.unit(KEY, 0.0, "garbage") == runs.unit(KEY, 0.1, None)  # an invalid traceparent is ignored
-
-
-def test_tracker_is_bounded() -> None:
-    runs = RunTracker(idle_gap_s=1000, max_runs=10)
-    for i in range(100):
-        runs.unit((str(i),), float(i))
-    assert len(runs._runs) <= 10
 
 
 @pytest.mark.parametrize("method", ["resources/subscribe", "initialize", "ping", "logging/setLevel"])
