@@ -188,6 +188,7 @@ def _verification(session: Session) -> dict[str, Any]:
         "problems": [str(p) for p in session.problems],
         "unfinished": session.unfinished,
         "notes": session.notes,
+        "writers": sorted(session.writers),  # every writer's stream checked (several workers and replicas)
     }
 
 

@@ -199,10 +199,18 @@ def test_a_session_or_run_across_two_replicas_is_one_session(replicas: Replicas,
         return all(len(r) == 1 and r[0]["exchanges"] == len(balancer.landed) for r in rows)
 
     wait_until(one_row_each, 30, "both audit replicas to list the session once, whole", 0.2)
+    writers = replicas.writers_of(unit)
+    for i in (0, 1):  # either replica's API proves every writer's part of it
+        audit = replicas.gateways[i].config["audit"]["port"]
+        r = httpx.get(
+            f"http://127.0.0.1:{audit}/audit/api/sessions/{unit}/verify",
+            headers={"authorization": f"Bearer {replicas.auditor}"},
+            timeout=30,
+        )
+        assert r.status_code == 200 and r.json()["verified"] and r.json()["writers"] == sorted(writers), r.text
     for gw in replicas.gateways:
         gw.stack.stop()  # each writer's final manifest: the unit is complete
 
-    writers = replicas.writers_of(unit)
     assert set(writers.values()) == {0, 1}, writers  # both replicas wrote their own stream of the one unit
     session = load_session(replicas.store, unit, None)
     starts = [e for e in session.events if e["type"] == "exchange.start"]
