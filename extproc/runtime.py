@@ -24,7 +24,7 @@ class ExchangeOptions:
     metadata_url: str = ""  # RFC 9728 protected-resource metadata, served without a token ("" without auth)
     metadata_path: str = ""  # the path Envoy sees for metadata_url (RFC 9728 puts public_url's path after it)
     metadata: Mapping[str, object] = field(default_factory=dict)
-    run_idle_gap_s: float = 300.0  # stateless traffic: silence that ends a recorded run
+    run_idle_gap_s: float = 300.0  # stateless traffic: the window of one recorded run (mcp/protocol.py RunTracker)
 
 
 def compile_options(settings: Settings) -> ExchangeOptions:

@@ -82,8 +82,9 @@ class Recording(Section):
         Field(
             gt=0,
             le=86_400,
-            description="stateless (2026-07-28) traffic has no session id: one client's requests are one recorded "
-            "run until it stays silent this long (a W3C traceparent overrides the gap)",
+            description="stateless (2026-07-28) traffic has no session id: one client's requests within one window "
+            "of this length (aligned to the epoch) are one recorded run, the same unit on every worker and replica "
+            "sharing auth.session_secret_file (a W3C traceparent overrides the window)",
         ),
     ] = 300.0
     completer_interval_s: Annotated[float, Field(gt=0)] = 30.0
