@@ -1,5 +1,6 @@
 """Two full gateways (two Envoys, two processors with two workers each) behind a round-robin "load balancer": they
-share the session key file, one file recording store and one PostgreSQL audit index. The official SDK's clients
+share the session key file, one recording store (a file directory, or a bucket on moto's S3) and one PostgreSQL
+audit index. The official SDK's clients
 alternate between them: a 2025 session and a 2026-07-28 run are each one session in both audit replicas' API and
 one verified unit holding every writer's signed stream; a replica killed in the middle of a run loses no recorded
 exchange, and the run is incomplete only at the call that was cut."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 import subprocess
@@ -17,19 +19,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import httpx2
 import pytest
 from gateway_parts import ACCEPT, Gateway, SampleServer, recording_key
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from moto.server import ThreadedMotoServer
 
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.demo.mcp_client import RECORDING_HEADER
 from extproc.launcher import free_port, wait_until
 from extproc.recording.manifest import generate_keys
 from extproc.recording.replay import load_session
+from extproc.recording.store import Store
 from extproc.recording.store.file import FileStore
+from extproc.recording.store.s3 import S3Store
 
 POLICY = """
 apiVersion: mcp-extproc/v1
@@ -71,7 +77,7 @@ class RoundRobin(httpx2.AsyncBaseTransport):
 @dataclass
 class Replicas:
     gateways: list[Gateway]
-    store: FileStore
+    store: Store
     public_key: Path
     token: str  # a caller's
     auditor: str  # an auditor's token for the audit API
@@ -101,7 +107,29 @@ class Replicas:
 
 
 @pytest.fixture
+def bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """A bucket on a moto S3 server on loopback; the ``recording.s3`` section naming it."""
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(k, v)  # the processors, audit services and CLI find credentials here
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket="recordings")
+        yield {"bucket": "recordings", "prefix": "rec", "endpoint_url": url, "region": "us-east-1"}
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["file", "s3"])
 def replicas(
+    request: pytest.FixtureRequest,
     start_mcp_server: Callable[..., SampleServer],
     start_gateway: Callable[..., Gateway],
     issuer: DevIssuer,
@@ -114,6 +142,12 @@ def replicas(
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "policy.yaml").write_text(POLICY)
     shared = tmp_path / "recordings"
+    s3: dict[str, Any] = request.getfixturevalue("bucket") if request.param == "s3" else {}
+    store: Store = (
+        FileStore(shared)
+        if not s3
+        else S3Store(s3["bucket"], s3["prefix"], endpoint_url=s3["endpoint_url"], region="us-east-1")
+    )
     public_url = f"http://127.0.0.1:{free_port()}"  # the load balancer's address: the tokens' audience
     gateways = []
     for _ in range(2):
@@ -135,13 +169,14 @@ def replicas(
                     "segment_max_age_ms": 100,
                     "completer_interval_s": 0.5,
                     "run_idle_gap_s": 86_400,  # one run per day: this test never straddles two
+                    **({"store": "s3", "s3": s3} if s3 else {}),  # the spool stays in the shared directory
                 },
                 audit={"port": free_port(), "index": postgres_url, "index_interval_ms": 100},
             )
         )
     yield Replicas(
         gateways,
-        FileStore(shared),
+        store,
         pub,
         issuer.mint("alice", aud=public_url, groups=["eng"]),
         issuer.mint("auditor", aud=public_url, groups=["auditors"]),
@@ -149,7 +184,9 @@ def replicas(
     )
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(replicas: Replicas, *args: str) -> subprocess.CompletedProcess[str]:
+    """A ``sessions`` command reading the shared store as gateway one's config names it."""
+    args = (*args, "--config", str(replicas.gateways[0].stack.config))
     env = {**os.environ, "COLUMNS": "250"}
     return subprocess.run([sys.executable, "-m", "extproc", *args], capture_output=True, text=True, timeout=60, env=env)
 
@@ -180,7 +217,7 @@ async def _client_calls(replicas: Replicas, balancer: RoundRobin, mode: str, cal
 
 
 def _verified(replicas: Replicas, unit: str) -> str:
-    done = _cli("sessions", "verify", unit, "--dir", str(replicas.store.root), "--public-key", str(replicas.public_key))
+    done = _cli(replicas, "sessions", "verify", unit, "--public-key", str(replicas.public_key))
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -217,7 +254,7 @@ def test_a_session_or_run_across_two_replicas_is_one_session(replicas: Replicas,
     sent = [m["method"] for e in session.events if e["type"] == "mcp.request" for m in e["messages"]]
     assert sent.count("tools/call") == 8 and session.summary()["state"] == "complete"
     assert f"in {len(writers)} stream(s), signatures checked" in _verified(replicas, unit)
-    shown = json.loads(_cli("sessions", "show", unit, "--dir", str(replicas.store.root), "--json").stdout)
+    shown = json.loads(_cli(replicas, "sessions", "show", unit, "--json").stdout)
     assert len(shown["exchanges"]) == len(starts)  # one session, every writer's exchanges merged in time order
 
 
@@ -270,7 +307,7 @@ def test_a_replica_killed_mid_run_loses_no_recorded_exchange(replicas: Replicas)
     survivor.stack.stop()
     session = load_session(replicas.store, unit, None)
     assert session.problems == [] and session.unfinished == []
-    shown = json.loads(_cli("sessions", "show", unit, "--dir", str(replicas.store.root), "--json").stdout)
+    shown = json.loads(_cli(replicas, "sessions", "show", unit, "--json").stdout)
     outcomes = [(x["method"], x["outcome"]) for x in shown["exchanges"]]
     [cut] = [x for x in shown["exchanges"] if x["outcome"] != "complete"]
     assert cut["outcome"] == "incomplete", outcomes
