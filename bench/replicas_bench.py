@@ -134,8 +134,13 @@ def main(argv: list[str] | None = None) -> int:
             configs = [config] if n == 1 else [config, second_replica(config)]
             identities = authed_identities(config, issuer, args.concurrency)
             print(f"{n} replica(s) x {args.workers} workers ...", flush=True)
-            with replicas(configs, upstream, identities) as targets:
-                loaded = run_load(ctx, targets, args.seconds, args.warmup)
+            try:
+                with replicas(configs, upstream, identities) as targets:
+                    loaded = run_load(ctx, targets, args.seconds, args.warmup)
+            except RuntimeError:  # a part died: its log says why (the folder goes with the temporary directory)
+                for c in configs:
+                    print((c.parent / "stack.log").read_text(errors="replace")[-3000:], file=sys.stderr)
+                raise
             row = summarize(loaded)
             row["recording"] = recording_check(config, loaded)
             rows[f"{n} replica(s) x {args.workers} workers"] = row
