@@ -138,7 +138,7 @@ def public_key(config: Path | None, key_path: Path | None, directory: Path | Non
 def find_session(store: Store, session_id: str, key: Ed25519PublicKey | None = None) -> Session:
     """The recorded session a user names, by the MCP server's id or the gateway-bound one; none is exit 1."""
     from extproc.recording.replay import load_session
-    from extproc.recording.units import unit_keys
+    from extproc.recording.units import run_windows, unit_keys
 
     # A unit key, or a server's session id (recorded under its server's unit), or a client's bound form of it.
     keys = unit_keys(store, session_id)
@@ -147,8 +147,12 @@ def find_session(store: Store, session_id: str, key: Ed25519PublicKey | None = N
         raise typer.Exit(1)
     for name in keys:
         try:
-            return load_session(store, name, key)
+            session = load_session(store, name, key)
         except KeyError:
             continue
+        before, after = run_windows(store.list_sessions(), name) if name.startswith("r-") else (None, None)
+        session.notes += [f"this client's run of the window before: {before}"] if before else []
+        session.notes += [f"this client's run of the window after: {after}"] if after else []
+        return session
     console.print(f"[red]no recorded session {session_id!r}[/red]")
     raise typer.Exit(1)

@@ -7,6 +7,7 @@ stay readable: the bare key is tried first.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from extproc.authn.session_binding import server_id_of
@@ -25,3 +26,19 @@ def unit_keys(store: Any, session_id: str) -> list[str]:
         if unit is not None and unit[2] in ids and k not in out:
             out.append(k)
     return out
+
+
+_RUN = re.compile(r"r-([0-9a-f]{16})-([0-9a-f]+)")  # a stateless run's window unit (extproc/mcp/protocol.py)
+
+
+def run_windows(keys: list[str], unit: str) -> tuple[str | None, str | None]:
+    """For a stateless run's unit ``r-<client key>-<window start>``: the same client's runs of the nearest earlier
+    and later windows among ``keys`` (a client busy across a window boundary continues in the next one)."""
+    this = _RUN.fullmatch(unit)
+    if this is None:
+        return None, None
+    starts = sorted((int(m[2], 16), k) for k in keys if (m := _RUN.fullmatch(k)) and m[1] == this[1])
+    at = starts.index((int(this[2], 16), unit)) if (int(this[2], 16), unit) in starts else -1
+    before = starts[at - 1][1] if at > 0 else None
+    after = starts[at + 1][1] if 0 <= at < len(starts) - 1 else None
+    return before, after

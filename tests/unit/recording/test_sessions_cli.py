@@ -85,3 +85,24 @@ async def test_dir_does_not_read_an_unrelated_gateway_yaml_for_the_key_and_says_
     assert f"signatures checked with the key in {pub} (--public-key)" in given.stderr
     assert [r["signatures_checked"] for r in json.loads(named.stdout)] == [True]
     assert f"signatures checked with the key in {key} (recording.signing_key in gateway.yaml)" in named.stderr
+
+
+async def test_show_of_a_run_names_the_same_clients_runs_of_the_windows_around_it(tmp_path: Path) -> None:
+    """A client busy across a run window's boundary continues in the next window's unit: `show` names both."""
+    key, pub = generate_keys(tmp_path / "keys")
+    root = tmp_path / "rec"
+    client, other = "0123456789abcdef", "fedcba9876543210"
+    runs = [f"r-{client}-{start:x}" for start in (300_000, 600_000, 1_200_000)]
+    for unit in [*runs, f"r-{other}-{600_000:x}"]:
+        await _record(root, key, unit, exchanges=1)
+
+    def show(unit: str) -> dict:
+        return json.loads(_cli("sessions", "show", unit, "--dir", str(root), "--public-key", str(pub), "--json").stdout)
+
+    doc, first = show(runs[1]), show(runs[0])
+
+    assert doc["notes"] == [
+        f"this client's run of the window before: {runs[0]}",
+        f"this client's run of the window after: {runs[2]}",
+    ]
+    assert first["notes"] == [f"this client's run of the window after: {runs[1]}"]
