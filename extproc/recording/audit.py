@@ -97,10 +97,13 @@ def _walk_chain(
         return []
     out = []
     unsigned = signed = 0
-    for n in range(window[0], max(raw) + 1):
+    # A whole chain starts at digest 0: a deleted first digest is a gap like any other (a --since window starts at
+    # its first digest, since the ones before it are not asked about).
+    for n in range(0 if since is None else window[0], max(raw) + 1):
         where = _Where(writer, n)
         if n not in raw:
-            bad(f"{where}: missing (deleted): the chain jumps from {n - 1} to the next digest")
+            gap = "the chain does not start at digest 0" if n == 0 else f"the chain jumps from {n - 1} to the next digest"
+            bad(f"{where}: missing (deleted): {gap}")
             continue
         d = parsed.get(n)
         if d is None:
