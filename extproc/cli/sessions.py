@@ -1,4 +1,4 @@
-"""``mcp-extproc sessions list | show | verify | export``: recorded sessions, from the store or through the audit API."""
+"""``mcp-extproc sessions list | show | verify | export``: recorded sessions, from the store or the audit API."""
 
 from __future__ import annotations
 

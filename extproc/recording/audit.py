@@ -102,7 +102,9 @@ def _walk_chain(
     for n in range(0 if since is None else window[0], max(raw) + 1):
         where = _Where(writer, n)
         if n not in raw:
-            gap = "the chain does not start at digest 0" if n == 0 else f"the chain jumps from {n - 1} to the next digest"
+            gap = (
+                "the chain does not start at digest 0" if n == 0 else f"the chain jumps from {n - 1} to the next digest"
+            )
             bad(f"{where}: missing (deleted): {gap}")
             continue
         d = parsed.get(n)

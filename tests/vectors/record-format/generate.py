@@ -59,14 +59,20 @@ ATTACKER = key("attacker")
 def exchange(n: int, t: float) -> list[Event]:
     """One tools/call exchange, as the processor records it (non-ASCII on purpose: lines are UTF-8)."""
     ex = f"ex{n}"
-    req = {"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {"name": "note", "arguments": {"text": "café ✓"}}}
+    req = {
+        "jsonrpc": "2.0",
+        "id": n,
+        "method": "tools/call",
+        "params": {"name": "note", "arguments": {"text": "café ✓"}},
+    }
     raw = json.dumps(req, ensure_ascii=False).encode()
     res = {"jsonrpc": "2.0", "id": n, "result": {"content": [{"type": "text", "text": f"saved {n}"}]}}
     raw_res = json.dumps(res).encode()
     who = {"issuer": "https://id.example", "subject": "u-42", "username": "alice", "groups": ["dev"], "token_id": "j1"}
     return [
         ExchangeStart(
-            session=SESSION, exchange=ex, index=0, time=t, client="10.0.0.7", server="notes", method="POST", path="/mcp",
+            session=SESSION, exchange=ex, index=0, time=t, client="10.0.0.7", server="notes", method="POST",
+            path="/mcp",
             headers={"content-type": "application/json"}, credentials_removed=["authorization"], principal=who,
         ),
         McpRequest(
@@ -113,7 +119,9 @@ def digests(writer: str, periods: list[list[bytes]], signer: Signer, start: floa
     out, prev = {}, GENESIS
     for number, listed in enumerate(periods):
         segs = [Listed.of(Manifest.from_bytes(raw)) for raw in listed]
-        d = Digest(writer, number, start + 300 * number, start + 300 * (number + 1), prev, segs, number == len(periods) - 1)
+        d = Digest(
+            writer, number, start + 300 * number, start + 300 * (number + 1), prev, segs, number == len(periods) - 1
+        )
         raw = sign_digest(d, signer)
         out[number], prev = raw, digest_hash(raw)
     return out
