@@ -45,7 +45,11 @@ def export(
     else:
         from extproc.evidence import sep3004
 
-        doc = sep3004.export(store, key, pub)
+        try:
+            doc = sep3004.export(store, key, pub)
+        except ValueError as e:  # the session does not verify, or a value the SEP's canonical form refuses
+            console.print(f"[red]cannot export {key} as SEP-3004 records: {e}[/red]", highlight=False)
+            raise typer.Exit(1) from None
     data = json.dumps(doc, indent=1, ensure_ascii=False).encode() + b"\n"
     try:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
