@@ -40,7 +40,7 @@ from extproc.recording.events import (
     body_fields,
 )
 from extproc.recording.manifest import GENESIS, Manifest, Signer
-from extproc.recording.store import StreamData
+from extproc.recording.store import StreamData, safe_key
 
 HERE = Path(__file__).resolve().parent
 SESSION = "s-vectors-1"
@@ -56,7 +56,7 @@ PUBLISHED = key("published")
 ATTACKER = key("attacker")
 
 
-def exchange(n: int, t: float) -> list[Event]:
+def exchange(n: int, t: float, session: str = SESSION) -> list[Event]:
     """One tools/call exchange, as the processor records it (non-ASCII on purpose: lines are UTF-8)."""
     ex = f"ex{n}"
     req = {
@@ -71,31 +71,33 @@ def exchange(n: int, t: float) -> list[Event]:
     who = {"issuer": "https://id.example", "subject": "u-42", "username": "alice", "groups": ["dev"], "token_id": "j1"}
     return [
         ExchangeStart(
-            session=SESSION, exchange=ex, index=0, time=t, client="10.0.0.7", server="notes", method="POST",
+            session=session, exchange=ex, index=0, time=t, client="10.0.0.7", server="notes", method="POST",
             path="/mcp",
             headers={"content-type": "application/json"}, credentials_removed=["authorization"], principal=who,
         ),
         McpRequest(
-            session=SESSION, exchange=ex, index=1, time=t + 0.001, messages=[req], body=body_fields(raw), size=len(raw)
+            session=session, exchange=ex, index=1, time=t + 0.001, messages=[req], body=body_fields(raw), size=len(raw)
         ),
         PolicyDecision(
-            session=SESSION, exchange=ex, index=2, time=t + 0.002, allowed=True, rule="notes-writers",
+            session=session, exchange=ex, index=2, time=t + 0.002, allowed=True, rule="notes-writers",
             reason="group dev may call note", call="tools/call note", message_id=n,
         ),
         ResponseStart(
-            session=SESSION, exchange=ex, index=3, time=t + 0.05, status=200,
+            session=session, exchange=ex, index=3, time=t + 0.05, status=200,
             headers={"content-type": "application/json"},
         ),
         McpResponse(
-            session=SESSION, exchange=ex, index=4, time=t + 0.051, messages=[res], body=body_fields(raw_res),
+            session=session, exchange=ex, index=4, time=t + 0.051, messages=[res], body=body_fields(raw_res),
             size=len(raw_res),
         ),
-        ExchangeEnd(session=SESSION, exchange=ex, index=5, time=t + 0.052, status=200, duration_ms=52.0,
+        ExchangeEnd(session=session, exchange=ex, index=5, time=t + 0.052, status=200, duration_ms=52.0,
                     bytes_in=len(raw), bytes_out=len(raw_res), ends_session=False),
     ]  # fmt: skip
 
 
-def stream(writer: str, segments: list[list[Event]], signer: Signer, sealed: float) -> tuple[bytes, list[bytes]]:
+def stream(
+    writer: str, segments: list[list[Event]], signer: Signer, sealed: float, session: str = SESSION
+) -> tuple[bytes, list[bytes]]:
     """A writer stream cut into ``segments``, each sealed by a signed manifest, as streams.py + spool.py do."""
     data, manifests, seq, prev, link = b"", [], 0, GENESIS, GENESIS
     for number, events in enumerate(segments):
@@ -104,7 +106,7 @@ def stream(writer: str, segments: list[list[Event]], signer: Signer, sealed: flo
             line = event_line(seq, prev, ev)
             prev, seq, seg = hashlib.sha256(line).hexdigest(), seq + 1, seg + line + b"\n"
         m = Manifest(
-            session=SESSION, writer=writer, segment=number, first=first, last=seq - 1, count=seq - first,
+            session=session, writer=writer, segment=number, first=first, last=seq - 1, count=seq - first,
             size=len(seg), sha256=hashlib.sha256(seg).hexdigest(), head=prev, prev_manifest=link,
             final=number == len(segments) - 1, open=[], created=sealed + number,
         )  # fmt: skip
@@ -130,30 +132,32 @@ def digests(writer: str, periods: list[list[bytes]], signer: Signer, start: floa
 class MemoryStore:
     """Just enough of a Store for ``bundle.export``."""
 
-    def __init__(self, streams: dict[str, StreamData], digest_chains: dict[str, dict[int, bytes]]) -> None:
-        self.streams, self.digest_chains = streams, digest_chains
+    def __init__(self, key: str, streams: dict[str, StreamData], digest_chains: dict[str, dict[int, bytes]]) -> None:
+        self.key, self.streams, self.digest_chains = key, streams, digest_chains
 
     def read_session(self, session: str) -> dict[str, StreamData]:
-        return self.streams if session == SESSION else {}
+        return self.streams if session == self.key else {}
 
     def read_digests(self) -> dict[str, dict[int, bytes]]:
         return self.digest_chains
 
     def list_sessions(self) -> list[str]:
-        return [SESSION]
+        return [self.key]
 
 
-def recorded(private: Ed25519PrivateKey) -> dict[str, Any]:
+def recorded(private: Ed25519PrivateKey, session: str = SESSION) -> dict[str, Any]:
     """The session: writer w1 (three exchanges, a segment each), writer w2 (one exchange); both chains closed."""
     signer = Signer(private)
-    w1 = stream("w1", [exchange(0, T0), exchange(1, T0 + 10), exchange(2, T0 + 20)], signer, T0 + 1)
-    w2 = stream("w2", [exchange(3, T0 + 5)], signer, T0 + 6)
+    segments = [exchange(0, T0, session), exchange(1, T0 + 10, session), exchange(2, T0 + 20, session)]
+    w1 = stream("w1", segments, signer, T0 + 1, session)
+    w2 = stream("w2", [exchange(3, T0 + 5, session)], signer, T0 + 6, session)
     chains = {
         "w1": digests("w1", [w1[1][:2], w1[1][2:]], signer, T0 - 100),
         "w2": digests("w2", [w2[1]], signer, T0 - 100),
     }
-    store = MemoryStore({"w1": StreamData(*w1), "w2": StreamData(*w2)}, chains)
-    return bundle.export(store, SESSION, private.public_key())  # type: ignore[arg-type]
+    key = safe_key(session)
+    store = MemoryStore(key, {"w1": StreamData(*w1), "w2": StreamData(*w2)}, chains)
+    return bundle.export(store, key, private.public_key())  # type: ignore[arg-type]
 
 
 # --- breaking a bundle --------------------------------------------------------------------------------------------
@@ -254,6 +258,21 @@ def unsigned(doc: dict[str, Any]) -> None:
     _get(doc, "w1")["manifests"] = [base64.b64encode(m).decode() for m in w1[1]]
 
 
+def unicode_session(doc: dict[str, Any]) -> None:
+    """Not broken: a session id that is no file name (stored under its hash) and holds non-ASCII, so manifests
+    escape it (\\u00fc) while lines and digests keep it as UTF-8."""
+    doc.clear()
+    doc.update(recorded(PUBLISHED, "sess:\u00fcber/\u2603"))
+
+
+def spliced_stream(doc: dict[str, Any]) -> None:
+    """w2's stream replaced by w2's stream of another session, correctly signed (a splice across sessions)."""
+    other = recorded(PUBLISHED, "s-vectors-2")
+    for i, st in enumerate(doc["streams"]):
+        if st["writer"] == "w2":
+            doc["streams"][i] = _get(other, "w2")
+
+
 # name -> (how it breaks, the finding it exists for: a substring the reference verifier must report)
 CASES: dict[str, tuple[Callable[[dict[str, Any]], None] | None, str]] = {
     "good": (None, ""),
@@ -269,6 +288,8 @@ CASES: dict[str, tuple[Callable[[dict[str, Any]], None] | None, str]] = {
     "deleted-digest": (deleted_digest, "digest 0 of writer w1: missing (deleted)"),
     "wrong-key": (wrong_key, "manifest signed by another key"),
     "unsigned": (unsigned, "manifest unsigned"),
+    "unicode-session": (unicode_session, ""),
+    "spliced-stream": (spliced_stream, "manifest belongs to session 's-vectors-2' (spliced from another session)"),
 }
 
 
@@ -316,11 +337,11 @@ def generate(out: Path) -> None:
         if want and not any(want in f for f in every):
             raise SystemExit(f"{name}: the verifier did not report {want!r}; it said {every}")
         if not want and every:
-            raise SystemExit(f"{name}: the good case has findings: {every}")
+            raise SystemExit(f"{name}: a good case has findings: {every}")
         folder = out / "cases" / name
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "bundle.json").write_bytes(dumps(doc))
-        why = breaker.__doc__ if breaker is not None else "The session as recorded: every check passes."
+        why = " ".join((breaker.__doc__ or "").split()) if breaker else "The session as recorded: every check passes."
         expected = {"case": name, "what": why, "want": want, "ok": verdict.ok(), **verdict.to_json()}
         (folder / "expected.json").write_bytes(dumps(expected))
     (out / "cases" / "good" / "steps.json").write_bytes(dumps(steps(good)))
