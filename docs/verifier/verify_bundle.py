@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import bisect
 import hashlib
+import itertools
 import json
 import re
 import sys
@@ -198,10 +200,33 @@ def check_manifests(
         )
 
 
+def locator(manifests: list[dict[str, Any]]) -> Any:
+    """seq -> the first segment, in stored order, whose first..last holds it (bisection when the ranges are disjoint
+    integers, as written by the recorder; a scan otherwise, which gives the same answer)."""
+    ranges = [(m["first"], m["last"], i) for i, m in enumerate(manifests)]
+
+    def scan(seq: int) -> int | None:
+        return next((i for first, last, i in ranges if first <= seq <= last), None)
+
+    if not all(type(first) is int and type(last) is int for first, last, _ in ranges):
+        return scan
+    ordered = sorted(r for r in ranges if r[0] <= r[1])
+    if any(a[1] >= b[0] for a, b in itertools.pairwise(ordered)):
+        return scan
+    firsts = [r[0] for r in ordered]
+
+    def find(seq: int) -> int | None:
+        k = bisect.bisect_right(firsts, seq) - 1
+        return ordered[k][2] if k >= 0 and seq <= ordered[k][1] else None
+
+    return find
+
+
 def check_segments(
     key: str, writer: str, manifests: list[dict[str, Any]], lines: list[tuple[int, bytes, Any, str]], out: Report
 ) -> None:
     bad = out.findings.append
+    segment_of = locator(manifests)
     groups: dict[int, list[tuple[int, bytes, Any, str]]] = {i: [] for i in range(len(manifests))}
     uncovered: list[int] = []
     current: int | None = None
@@ -213,7 +238,7 @@ def check_segments(
             bad(problem(writer, number, f"event of session {session!r} (spliced from another session)"))
             continue
         if seq is not None:
-            current = next((i for i, m in enumerate(manifests) if m["first"] <= seq <= m["last"]), None)
+            current = segment_of(seq)
         if current is None:
             uncovered.append(number)
         else:

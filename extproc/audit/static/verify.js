@@ -359,8 +359,30 @@ async function checkManifests(key, writer, rawManifests, lines, pub, out) {
   }
 }
 
+// seq -> the first segment, in stored order, whose first..last holds it: bisection when the ranges are disjoint
+// integers (as the recorder writes them), else a scan in stored order (the same answer).
+function locator(manifests) {
+  const ranges = manifests.map((m, i) => [m.first, m.last, i]);
+  const scan = (seq) => {
+    const at = ranges.findIndex(([first, last]) => num(first) <= seq && seq <= num(last));
+    return at < 0 ? null : at;
+  };
+  const isInt = (v) => v instanceof PyNum && !v.isFloat;
+  if (!ranges.every(([first, last]) => isInt(first) && isInt(last))) return scan;
+  const ordered = ranges.map(([f, l, i]) => [f.value, l.value, i]).filter(([f, l]) => f <= l);
+  ordered.sort((a, b) => a[0] - b[0] || a[1] - b[1] || a[2] - b[2]);
+  for (let k = 1; k < ordered.length; k++) if (ordered[k - 1][1] >= ordered[k][0]) return scan;
+  return (seq) => {
+    let lo = 0, hi = ordered.length;
+    while (lo < hi) { const mid = (lo + hi) >> 1; if (ordered[mid][0] <= seq) lo = mid + 1; else hi = mid; }
+    const k = lo - 1;
+    return k >= 0 && seq <= ordered[k][1] ? ordered[k][2] : null;
+  };
+}
+
 async function checkSegments(key, writer, manifests, lines, out) {
   const bad = (m) => out.findings.push(m);
+  const segmentOf = locator(manifests);
   const groups = manifests.map(() => []);
   const uncovered = [];
   let current = null;
@@ -371,10 +393,7 @@ async function checkSegments(key, writer, manifests, lines, out) {
       bad(problem(writer, ln.number, `event of session ${pyRepr(session)} (spliced from another session)`));
       continue;
     }
-    if (seq !== null) {
-      const at = manifests.findIndex((m) => num(m.first) <= seq && seq <= num(m.last));
-      current = at < 0 ? null : at;
-    }
+    if (seq !== null) current = segmentOf(seq);
     if (current === null) uncovered.push(ln.number);
     else groups[current].push(ln);
   }

@@ -79,5 +79,6 @@ def test_standalone_verifier_imports_nothing_from_extproc() -> None:
     imports = [ln for ln in STANDALONE.read_text().splitlines() if ln.startswith(("import ", "from "))]
     assert all("extproc" not in ln for ln in imports), imports
     assert {ln.split()[1].split(".")[0] for ln in imports} <= {
-        "__future__", "argparse", "base64", "binascii", "hashlib", "json", "re", "sys", "typing", "cryptography"
+        "__future__", "argparse", "base64", "binascii", "bisect", "hashlib", "itertools", "json", "re", "sys",
+        "typing", "cryptography",
     }  # fmt: skip
