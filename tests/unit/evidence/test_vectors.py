@@ -13,7 +13,10 @@ import pytest
 from recording_helpers import cli
 
 from extproc.evidence import bundle
+from extproc.recording.audit import audit
 from extproc.recording.manifest import load_public_key
+from extproc.recording.replay import load_session
+from extproc.recording.store.file import FileStore
 
 ROOT = Path(__file__).resolve().parents[3]
 VECTORS = ROOT / "tests" / "vectors" / "record-format"
@@ -82,3 +85,37 @@ def test_standalone_verifier_imports_nothing_from_extproc() -> None:
         "__future__", "argparse", "base64", "binascii", "bisect", "hashlib", "itertools", "json", "re", "sys",
         "typing", "cryptography",
     }  # fmt: skip
+
+
+def _to_file_store(doc: dict[str, object], root: Path) -> None:
+    """A bundle's bytes laid out as the file store keeps them."""
+    import base64
+
+    folder = root / str(doc["session"])
+    folder.mkdir(parents=True)
+    for st in doc["streams"]:  # type: ignore[attr-defined]
+        (folder / f"{st['writer']}.jsonl").write_bytes(base64.b64decode(st["data"]))
+        (folder / f"{st['writer']}.manifests").write_bytes(
+            b"".join(base64.b64decode(m) + b"\n" for m in st["manifests"])
+        )
+    for d in doc["digests"]:  # type: ignore[attr-defined]
+        path = root / ".digests" / d["writer"] / f"{d['number']:08d}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(d["data"]))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_store_checks_agree_on_the_same_bytes(case: str, tmp_path: Path) -> None:
+    """``sessions verify`` (load_session) and ``store verify`` (audit) on the bundle's bytes in a file store name
+    exactly the bundle verifier's findings: the bundle adds nothing and hides nothing."""
+    doc = json.loads((VECTORS / "cases" / case / "bundle.json").read_bytes())
+    _to_file_store(doc, tmp_path)
+    store, key = FileStore(tmp_path), doc["session"]
+    session = load_session(store, key, load_public_key(PUB)) if store.read_session(key) else None
+    problems = [str(p) for p in session.problems] if session else []
+    sid = session.id if session else ""
+    whole = audit(store, load_public_key(PUB)).findings
+    listing = [f for f in whole if not any(f == f"session {sid!r}: {p}" for p in problems)]
+    want = _expected(case)
+    assert sorted(problems + listing) == want["findings"]
+    assert sorted(session.unfinished if session else []) == want["open"]
