@@ -281,11 +281,12 @@ async function readLines(data) {
   for (let i = 0; i < data.length; i++) if (data[i] === 10) { pieces.push(data.slice(start, i)); start = i + 1; }
   const terminated = start === data.length;
   if (!terminated) pieces.push(data.slice(start));
+  const digests = await Promise.all(pieces.map(sha256)); // WebCrypto hashes them concurrently
   const lines = [];
   for (let n = 0; n < pieces.length; n++) {
     let ev = null;
     try { ev = loads(pieces[n]); } catch (e) { ev = null; }
-    lines.push({ number: n + 1, raw: pieces[n], ev: isObject(ev) ? ev : null, digest: await sha256(pieces[n]) });
+    lines.push({ number: n + 1, raw: pieces[n], ev: isObject(ev) ? ev : null, digest: digests[n] });
   }
   return { lines, terminated };
 }
