@@ -11,8 +11,11 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from bundle_mutations import comparable, mutations
 
 from extproc.audit.web import static_dir
+from extproc.evidence import bundle
+from extproc.recording.manifest import load_public_key
 
 CHROMIUM = "/usr/bin/chromium"
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "record-format"
@@ -84,5 +87,31 @@ async def test_every_vector_verifies_in_the_browser_as_expected(served: str, tmp
             await page.wait_for_selector("#result-json:not(:empty)", state="attached")
             assert "not a session bundle" in (await page.text_content("#verdict") or "")
             assert requests == [], requests  # every verification ran in the page
+        finally:
+            await browser.close()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make test installs it)")
+async def test_the_browser_agrees_on_random_edits(served: str, tmp_path: Path) -> None:
+    """Beyond the named vectors: 60 seeded one-byte edits of the good bundle, the page against the library."""
+    key = load_public_key(VECTORS / "published.pub")
+    async with async_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = await (await browser.new_context()).new_page()
+            page.set_default_timeout(20_000)
+            await page.goto(served + "verify.html")
+            await page.fill("#key", (VECTORS / "published.pub").read_text())
+            for n, doc in enumerate(mutations(seed=2026, count=60)):
+                path = tmp_path / f"m{n}.json"
+                path.write_text(json.dumps(doc))
+                await page.set_input_files("#bundle", str(path))
+                await page.click("#verify")
+                await page.wait_for_selector("#result-json:not(:empty)", state="attached")
+                got = json.loads(await page.text_content("#result-json") or "")
+                ours = bundle.verify(doc, key)
+                assert (comparable(got["findings"]), got["open"]) == (comparable(ours.findings), sorted(ours.open)), n
         finally:
             await browser.close()

@@ -4,12 +4,14 @@ findings on every case, good and broken."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bundle_mutations import comparable, mutations
 from recording_helpers import cli
 
 from extproc.evidence import bundle
@@ -128,3 +130,16 @@ def test_the_store_checks_agree_on_the_same_bytes(case: str, tmp_path: Path) -> 
     want = _expected(case)
     assert sorted(problems + listing) == want["findings"]
     assert sorted(session.unfinished if session else []) == want["open"]
+
+
+def test_the_standalone_verifier_agrees_on_random_edits() -> None:
+    """Beyond the named cases: 400 seeded one-byte edits of the good bundle, library against standalone."""
+    spec = importlib.util.spec_from_file_location("verify_bundle", STANDALONE)
+    assert spec is not None and spec.loader is not None
+    standalone = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(standalone)
+    key = load_public_key(PUB)
+    for n, doc in enumerate(mutations(seed=3004, count=400)):
+        ours = bundle.verify(doc, key)
+        theirs = standalone.verify(doc, key)
+        assert (comparable(ours.findings), sorted(ours.open)) == (comparable(theirs.findings), sorted(theirs.open)), n
