@@ -65,12 +65,17 @@ def normalize(s: str) -> str:
     return n
 
 
+_SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _string(s: str, normalized: bool) -> str:
+    """``JSON.stringify`` of a string (the reference's form): short escapes, other controls and lone surrogates as
+    ``\\uXXXX``, everything else as itself (UTF-8)."""
     out = ['"']
     for ch in normalize(s) if normalized else s:
-        if ch == '"' or ch == "\\":
-            out.append("\\" + ch)
-        elif "\ud800" <= ch <= "\udfff":  # a lone surrogate: JSON.stringify writes its escape
+        if ch in _SHORT:
+            out.append(_SHORT[ch])
+        elif ch < " " or "\ud800" <= ch <= "\udfff":
             out.append(f"\\u{ord(ch):04x}")
         else:
             out.append(ch)

@@ -265,3 +265,13 @@ async def test_a_tampered_session_is_not_exported(recorded: tuple[Path, Path], t
               "--out", str(out))  # fmt: skip
     assert run.returncode == 1 and "does not verify" in run.stdout
     assert not out.exists()
+
+
+def test_keys_are_written_as_json_stringify_writes_them_and_values_are_refused_or_normalized() -> None:
+    # Node's JSON.stringify over these sorted keys gives exactly this (checked by hand: node -e …).
+    doc = {"a\nb\u0001": "x", "\u00e9": True, 'q"\\': None}
+    assert sep3004.canonicalize(doc) == '{"a\\nb\\u0001":"x","q\\"\\\\":null,"é":true}'
+    assert sep3004.canonicalize({"k": " cafe\u0301 "}) == '{"k":"café"}'
+    for bad in ({"k": "tab\there"}, {"k": 1}, {"k": 1.5}, {"k": "x" * 8193}):
+        with pytest.raises(sep3004.NotConforming):
+            sep3004.canonicalize(bad)
