@@ -64,6 +64,14 @@ function parseJson(text) {
     if (text.startsWith("true", i)) { i += 4; return true; }
     if (text.startsWith("false", i)) { i += 5; return false; }
     if (text.startsWith("null", i)) { i += 4; return null; }
+    for (const [word, v] of [["NaN", NaN], ["Infinity", Infinity], ["-Infinity", -Infinity]]) {
+      if (text.startsWith(word, i)) { // Python's json reads these (as floats); so must we
+        i += word.length;
+        const n = new PyNum("0.0");
+        n.value = v;
+        return n;
+      }
+    }
     const m = /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/.exec(text.slice(i, i + 400));
     if (!m || !m[0]) fail("unexpected character");
     i += m[0].length;
