@@ -1,9 +1,10 @@
-"""``mcp-extproc sessions list | show | verify``: recorded sessions, from the store or through the audit API."""
+"""``mcp-extproc sessions list | show | verify | export``: recorded sessions, from the store or the audit API."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
@@ -99,9 +100,26 @@ def sessions_show(
         print_session(console, session)
 
 
+@app.command("export")
+def sessions_export(
+    session_id: str,
+    out: Annotated[Path, typer.Option("--out", help="file to write (refused if it exists)")],
+    config: ConfigOptional = None,
+    dir: DirOpt = None,
+    key_path: KeyOpt = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="bundle (the stored bytes, verifiable offline) or sep-3004 (audit records)")
+    ] = "bundle",
+) -> None:
+    """Export one session as a self-contained file: a verifiable bundle, or SEP-3004 audit records."""
+    from extproc.cli import _evidence
+
+    _evidence.export(session_id, out, config, dir, key_path, fmt)
+
+
 @app.command("verify")
 def sessions_verify(
-    session_id: str,
+    session_id: Annotated[str | None, typer.Argument(help="the session (omit with --bundle)")] = None,
     config: ConfigOptional = None,
     dir: DirOpt = None,
     key_path: KeyOpt = None,
@@ -110,8 +128,23 @@ def sessions_verify(
     ] = False,
     api: ApiOpt = None,
     token: TokenOpt = None,
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", help="verify an exported bundle (sessions export) instead of a store")
+    ] = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Check signatures, manifests and hash chains; exit 1 and name exactly what is wrong if anything is."""
+    if bundle is not None:
+        from extproc.cli import _evidence
+
+        if session_id is not None or api is not None or dir is not None:
+            console.print("[red]--bundle verifies the file alone: give no session, --dir or --api[/red]")
+            raise typer.Exit(2)
+        _evidence.verify_bundle(bundle, config, key_path, allow_open, json_out)
+        return
+    if session_id is None:
+        console.print("[red]name a session, or give --bundle FILE[/red]")
+        raise typer.Exit(2)
     if api is not None:
         if not _remote(lambda r, a: r.remote_verify(console, a, session_id, allow_open), api, token):
             raise typer.Exit(1)
