@@ -22,6 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.authn.verify import Authenticator
+from extproc.controls.budgets import Budgets
 from extproc.envoy import responses
 from extproc.envoy.tls import server_credentials
 from extproc.exchange import Exchange
@@ -152,6 +153,9 @@ async def serve(
     recording = build_runtime(settings.recording)
     auth = Authenticator(settings.auth) if settings.auth is not None else None
     upstream = Upstream.from_settings(settings)  # key files read now: a bad one fails the start
+    budgets = Budgets.from_config(settings.budgets)
+    if worker == 0 and settings.processor.workers > 1 and (settings.budgets is None or not settings.budgets.shared):
+        log.warning("budgets: store is local, so policy limits are counted per worker (budgets.store: redis://...)")
     await recording.start()
     try:
         if auth is not None:
@@ -165,6 +169,7 @@ async def serve(
         gw.reviewer = sar.from_settings(settings.kubernetes)
         gw.grants = grant_store(settings)
         gw.upstream = upstream
+        gw.budgets = budgets
 
         gw.surface = build_surface(settings)
         log.info("recording as writer %s", recording.recorder.writer_id)
@@ -183,6 +188,7 @@ async def serve(
             discovery.close()
         if upstream is not None:
             await upstream.close()
+        await budgets.close()
     log.info("processor stopped; recordings flushed")
 
 

@@ -35,3 +35,16 @@ def parse_time(text: str, now: float | None = None) -> float:
     if not math.isfinite(t) or t < 0 or t > _LAST:
         raise ValueError(f"{text!r}: must be a time from 1970 to 9999 ({FORMS})")
     return t
+
+
+def parse_duration(text: str) -> float:
+    """A length of time in seconds: ``30s``, ``1m``, ``1.5h``, ``1d`` (policy limits' ``per``, approvals' ``ttl``).
+
+    Raises ValueError naming the form; zero and longer than a year are refused (a limit's window, not a date)."""
+    m = _DURATION.match(text.strip()) if len(text) <= _MAX_CHARS else None
+    if m is None:
+        raise ValueError(f"{text[:20]!r}: give a duration like 30s, 1m, 1h or 1d")
+    seconds = float(m["n"]) * _UNITS[m["unit"]]
+    if not 0 < seconds <= 366 * 86400:
+        raise ValueError(f"{text!r}: must be longer than 0 and at most 366d")
+    return seconds

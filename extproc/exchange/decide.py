@@ -40,6 +40,7 @@ class Decisions:
         self.verdict: Verdict | None = None
         self.facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
         self.lists: dict[str, str] = {}  # list requests whose responses are filtered
+        self.reply_headers: dict[str, str] = {}  # headers of a refusal (a budget's Retry-After)
 
     async def body(
         self, policy: CompiledPolicy, who: Principal, server: str, session: str | None, parsed: ParsedBody
@@ -56,9 +57,24 @@ class Decisions:
             if verdict.denied is None
             else (None, {})
         )
+        spent = (  # budgets (extproc/controls/budgets.py): charged only for a body that would go upstream
+            await gw.budgets.charge(policy, who, server, verdict.calls, verdict.decisions, gw.metrics)
+            if verdict.denied is None and withheld is None and policy.budgets
+            else None
+        )
         for i, (call, d) in enumerate(zip(verdict.calls, verdict.decisions, strict=True)):
             outside = {"kubernetes": d.kubernetes, "grant": d.grant, "definition": shown.get(i)}
-            self.record(policy, server, call, d.allowed, d.rule, d.reason, **outside)
+            allowed, reason = d.allowed, d.reason
+            if spent is not None and (budget := spent.records.get(i)) is not None:
+                outside["budget"] = budget
+                if spent.refused_call == i:
+                    allowed, reason = False, str(spent.refusal)
+            self.record(policy, server, call, allowed, d.rule, reason, **outside)
+        if spent is not None and spent.refusal is not None:  # over a limit (429) or the store down, rule closed (503)
+            self.reply_headers = spent.headers
+            e = spent.refusal
+            batch = [error_response(c.id, e.jsonrpc_code, e.safe_message) for c in verdict.calls if c.id is not None]
+            return e, batch if parsed.batch else None
         if withheld is not None:
             return ToolWithheld(redact_text(policy, server, withheld)), None
         if (denied := verdict.denied) is None:
