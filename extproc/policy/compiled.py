@@ -105,10 +105,14 @@ class CompiledLimit:
     by_tool: bool = False
     by_server: bool = False
 
+    @property
+    def by(self) -> list[str]:
+        """What the counter is kept per besides the caller: server and/or tool."""
+        return [*(["server"] if self.by_server else []), *(["tool"] if self.by_tool else [])]
+
     def describe(self) -> str:
         """'30 calls per 1m (per caller, tool)': how a refusal and ``policy explain`` name it."""
-        by = ", ".join(["caller", *(["server"] if self.by_server else []), *(["tool"] if self.by_tool else [])])
-        return f"{self.calls} calls per {self.per} (per {by})"
+        return f"{self.calls} calls per {self.per} (per {', '.join(['caller', *self.by])})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.timespec import parse_time
+from extproc.timespec import parse_duration, parse_time
 
 NOW = 1_800_000_000.0
 
@@ -33,3 +33,17 @@ def test_accepted_forms(text: str, expected: float) -> None:
 def test_refused_forms_name_what_is_accepted(text: str) -> None:
     with pytest.raises(ValueError, match="24h"):
         parse_time(text, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("1m", 60), ("1.5h", 5400), ("1d", 86400), (" 7d ", 604800), ("366d", 366 * 86400)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "1", "1w", "-1m", "0s", "367d", "1m30s", "m", "1" * 70 + "s"])
+def test_bad_durations_name_the_form(text: str) -> None:
+    with pytest.raises(ValueError, match=r"duration like 30s|longer than 0"):
+        parse_duration(text)
