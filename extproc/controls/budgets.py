@@ -109,27 +109,31 @@ class LocalCounter:
     """Counters in this processor's memory. Exact within the processor: the event loop runs one spend at a time."""
 
     name = "local"
-    _SWEEP_EVERY = 4096  # spends between sweeps of idle callers' counters
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, sweep_every: int = 4096) -> None:
         self._clock = clock
-        self._windows: dict[str, deque[float]] = {}
+        self._windows: dict[str, tuple[float, deque[float]]] = {}  # key -> (window, times of its calls, oldest first)
+        self._sweep_every = sweep_every  # spends between sweeps of idle callers' counters
         self._spends = 0
+
+    def __len__(self) -> int:
+        """Counters held (idle ones are forgotten at the next sweep)."""
+        return len(self._windows)
 
     async def spend(self, charges: Sequence[Charge]) -> Spent:
         """Charge every counter, or none if one would go over."""
         now = self._clock()
         self._spends += 1
-        if self._spends % self._SWEEP_EVERY == 0:
+        if self._spends % self._sweep_every == 0:
             self._sweep(now)
         seen: dict[str, int] = {}
         counts: list[int] = []
         for i, c in enumerate(charges):
-            times = self._windows.get(c.key)
+            held = self._windows.get(c.key)
+            times = held[1] if held is not None else None
             if c.key not in seen:
-                if times is not None:
-                    while times and times[0] <= now - c.limit.window:
-                        times.popleft()
+                while times and times[0] <= now - c.limit.window:
+                    times.popleft()
                 seen[c.key] = len(times) if times is not None else 0
             if seen[c.key] + 1 > c.limit.calls:
                 rank = seen[c.key] - c.limit.calls
@@ -138,12 +142,12 @@ class LocalCounter:
             seen[c.key] += 1
             counts.append(seen[c.key])
         for c in charges:
-            self._windows.setdefault(c.key, deque()).append(now)
+            self._windows.setdefault(c.key, (c.limit.window, deque()))[1].append(now)
         return Spent(True, tuple(counts))
 
     def _sweep(self, now: float) -> None:
-        """Forget counters whose every call has left the longest window any policy may use."""
-        for key in [k for k, t in self._windows.items() if not t or t[-1] <= now - 366 * 86400]:
+        """Forget counters whose every call has left their window: memory follows active callers only."""
+        for key in [k for k, (window, t) in self._windows.items() if not t or t[-1] <= now - window]:
             del self._windows[key]
 
     async def close(self) -> None:

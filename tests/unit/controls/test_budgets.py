@@ -136,6 +136,18 @@ async def test_local_counter_slides_exactly_on_its_clock() -> None:
     assert (await c.spend(_charges("k"))).counts == (3,)
 
 
+async def test_local_counter_forgets_idle_callers() -> None:
+    clock = FakeClock()
+    c = LocalCounter(clock, sweep_every=10)
+    for n in range(9):
+        assert (await c.spend(_charges(f"caller-{n}"))).ok
+    assert len(c) == 9
+    clock.now += 61  # every one of those calls has left its 1m window
+    assert (await c.spend(_charges("busy"))).ok  # the 10th spend sweeps
+
+    assert len(c) == 1
+
+
 async def test_redis_never_exceeds_the_limit_under_many_concurrent_clients(redis_server: RedisServer) -> None:
     limit = CompiledLimit(30, 60.0, "1m")
     clients = [RedisCounter(redis_server.url, timeout=5.0) for _ in range(4)]
