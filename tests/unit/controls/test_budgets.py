@@ -174,6 +174,21 @@ async def test_redis_down_raises_store_unavailable_and_counting_resumes_after(
     assert (await redis_counter.spend(_charges("k"))).counts == (2,)
 
 
+async def test_spends_in_flight_together_are_pipelined_and_survive_a_restarted_redis(
+    redis_server: RedisServer, redis_counter: RedisCounter
+) -> None:
+    """Spends queued while one is in flight go together (one pipeline, each its own atomic script run); a fresh
+    Redis has no script: the pipeline loads it and runs them again (NOSCRIPT refuses before running anything)."""
+    first = await asyncio.gather(*(redis_counter.spend(_charges("k")) for _ in range(5)))
+    redis_server.stop()
+    redis_server.start()
+
+    again = await asyncio.gather(*(redis_counter.spend(_charges("k")) for _ in range(5)))
+
+    assert sorted(s.counts[0] for s in first if s.ok) == [1, 2, 3] and sum(not s.ok for s in first) == 2
+    assert sorted(s.counts[0] for s in again if s.ok) == [1, 2, 3] and sum(not s.ok for s in again) == 2
+
+
 async def test_redis_timeout_is_bounded(tmp_path: Path) -> None:
     """A store that accepts but never answers costs at most the timeout (then the rule's on_store_error)."""
     import socket
