@@ -18,6 +18,7 @@ call, so counting resumes as soon as Redis answers again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -25,9 +26,9 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from extproc.authn.principal import Principal
 from extproc.controls.budgets_config import Budgets as BudgetsConfig
@@ -37,6 +38,7 @@ from extproc.policy.compiled import CompiledLimit, CompiledPolicy
 from extproc.policy.engine import Decision
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # KEYS: the counters of one request body (a key may repeat: two calls of a batch on the same counter).
 # ARGV[1]: a token unique to this charge; then per key i: ARGV[2i] its limit, ARGV[2i+1] its window (ms).
@@ -177,40 +179,54 @@ class RedisCounter:
         self._timeout = timeout
         self._token = secrets.token_hex(8)
         self._seq = 0
-        self._queue: list[tuple[list[str], list[Any], asyncio.Future[list[Any]]]] = []
+        self._queue: list[tuple[list[str], list[Any], asyncio.Future[list[Any]]]] = []  # waiting behind one in flight
+        self._busy = False  # a script run or a pipeline is in flight
         self._sender: asyncio.Task[None] | None = None
 
     async def spend(self, charges: Sequence[Charge]) -> Spent:
         """Charge every counter, or none if one would go over; StoreUnavailable when Redis does not answer."""
+        import redis
+
         self._seq += 1
+        keys = [c.key for c in charges]
         args: list[Any] = [f"{self._token}{self._seq:x}"]
         for c in charges:
             args += [c.limit.calls, max(1, round(c.limit.window * 1000))]
-        reply: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._queue.append(([c.key for c in charges], args, reply))
-        if self._sender is None:
-            self._sender = asyncio.create_task(self._send())
         try:
             async with asyncio.timeout(self._timeout):
-                values = [int(v) for v in await reply]
-        except TimeoutError as e:
-            raise StoreUnavailable(f"no answer within {self._timeout:g} s") from e
+                if self._busy:  # one is in flight: wait for it, then go with the others that waited
+                    reply: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+                    self._queue.append((keys, args, reply))
+                    result = await reply
+                else:  # nothing in flight: straight to Redis, no extra hop through a task
+                    self._busy = True
+                    try:
+                        result = await self._fresh(lambda: self._script(keys=keys, args=args))
+                    finally:
+                        self._hand_over()
+        except (redis.RedisError, OSError, TimeoutError) as e:
+            raise StoreUnavailable(f"{type(e).__name__}: {e}"[:300]) from e
+        values = [int(v) for v in result]
         if values[0] == 1:
             return Spent(True, tuple(values[1:]))
         return Spent(False, over=values[1] - 1, count=values[2], retry_after=values[3] / 1000)
 
+    def _hand_over(self) -> None:
+        """The call in flight is done: what queued behind it goes in one pipeline (a task), or nothing is busy."""
+        if self._queue:
+            self._sender = asyncio.create_task(self._send())
+        else:
+            self._busy = False
+
     async def _send(self) -> None:
-        """Send what is queued, one script run or one pipeline at a time, until nothing is left."""
+        """Send what is queued, one pipeline at a time, until nothing is left."""
         import redis
 
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
                 try:
-                    if len(batch) == 1:
-                        results: list[Any] = [await self._script(keys=batch[0][0], args=batch[0][1])]
-                    else:
-                        results = await self._pipelined(batch)
+                    results = await self._fresh(functools.partial(self._pipelined, batch))
                 except (redis.RedisError, OSError, TimeoutError) as e:
                     results = [e] * len(batch)
                 for (_, _, reply), result in zip(batch, results, strict=True):
@@ -221,7 +237,19 @@ class RedisCounter:
                     else:
                         reply.set_result(result)
         finally:
+            self._busy = False
             self._sender = None
+
+    async def _fresh(self, run: Callable[[], Awaitable[T]]) -> T:
+        """``run`` once more on new connections if the connection broke: after a Redis restart every idle pooled
+        connection is stale, and redis-py's own retry only renews the one it holds."""
+        import redis
+
+        try:
+            return await run()
+        except redis.ConnectionError:
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
+            return await run()
 
     async def _pipelined(self, batch: list[tuple[list[str], list[Any], asyncio.Future[list[Any]]]]) -> list[Any]:
         """Several script runs in one round trip; a Redis that lost the script (restarted) gets it loaded first."""

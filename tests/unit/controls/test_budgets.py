@@ -121,7 +121,7 @@ async def test_the_window_slides_calls_leave_after_per(counter: Counter) -> None
     while not (spent := await counter.spend(_charges("k", limit=short))).ok:
         assert asyncio.get_running_loop().time() < deadline, "the window never slid"
         await asyncio.sleep(0.02)  # polling a condition: the window is real time on the Redis server
-    assert spent.counts == (1,)
+    assert spent.counts[0] in (1, 2)  # 1 when both earlier calls left together, 2 when the second is younger
 
 
 async def test_local_counter_slides_exactly_on_its_clock() -> None:
