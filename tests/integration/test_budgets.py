@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from gateway_parts import Gateway, SampleServer, open_session
+from prometheus_client.parser import text_string_to_metric_families
 from redis_server import RedisServer
 
 from extproc.authn.dev_issuer import DevIssuer
@@ -44,7 +45,9 @@ def start_budgeted(start_gateway, issuer: DevIssuer, tmp_path: Path) -> Callable
     secret = tmp_path / "session.key"
     secret.write_text(secrets.token_hex(32))
 
-    def start(servers: list[SampleServer], policy: str, workers: int = 1, store: str | None = None) -> Gateway:
+    def start(
+        servers: list[SampleServer], policy: str, workers: int = 1, store: str | None = None, metrics_port: int = 0
+    ) -> Gateway:
         port = free_port()
         policies = tmp_path / f"policies-{port}"
         policies.mkdir()
@@ -54,13 +57,20 @@ def start_budgeted(start_gateway, issuer: DevIssuer, tmp_path: Path) -> Callable
             "issuers": [{"issuer": issuer.url}],
             "session_secret_file": str(secret),
         }
-        extra: dict[str, Any] = {"processor": {"workers": workers}}
+        extra: dict[str, Any] = {
+            "processor": {"workers": workers, **({"metrics_port": metrics_port} if metrics_port else {})}
+        }
         if store is not None:
-            extra["budgets"] = {"store": store, "timeout_ms": 500}
+            extra["budgets"] = {"store": store, "timeout_ms": 2000}  # a loaded box: reconnect + script load
         policy_cfg = {"directory": str(policies), "reload_interval_ms": 200}
         return start_gateway(servers, listen={"port": port}, auth=auth, policy=policy_cfg, **extra)
 
     return start
+
+
+def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    families = text_string_to_metric_families(httpx.get(url, timeout=5).text)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
 
 
 def _events(gw: Gateway) -> list[dict[str, Any]]:
@@ -173,7 +183,8 @@ async def test_redis_outage_closed_rule_503_open_rule_passes_recorded_then_count
     on_store_error: open
 """
     )
-    gw = start_budgeted([server], policy, store=redis_server.url)
+    metrics_port = free_port()
+    gw = start_budgeted([server], policy, store=redis_server.url, metrics_port=metrics_port)
     headers = open_session(gw.url(), issuer.mint("alice", aud=gw.endpoint))
 
     def post(tool: str, args: dict[str, Any]) -> httpx.Response:
@@ -187,6 +198,12 @@ async def test_redis_outage_closed_rule_503_open_rule_passes_recorded_then_count
     redis_server.start()  # a fresh, empty Redis on the same port
 
     assert [post("echo", {"text": str(i)}).status_code for i in range(4)] == [200, 200, 200, 429]
+    metrics = _scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+    assert metrics[("mcp_extproc_budget_store_errors_total", (("outcome", "closed"),))] == 1
+    assert metrics[("mcp_extproc_budget_store_errors_total", (("outcome", "open"),))] == 1
+    assert metrics[("mcp_extproc_budget_refusals_total", (("rule", "echo-closed"),))] == 1
+    assert metrics[("mcp_extproc_refusals_total", (("reason", "BudgetExceeded"), ("status", "429")))] == 1
+    assert metrics[("mcp_extproc_refusals_total", (("reason", "BudgetUnavailable"), ("status", "503")))] == 1
     gw.stop()
     decisions = [e for e in _events(gw) if e["type"] == "policy.decision" and e.get("budget")]
     outcomes = [(e["rule"], e["allowed"], e["budget"]["outcome"]) for e in decisions]
