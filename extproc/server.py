@@ -35,6 +35,7 @@ from extproc.recording.events import Outcome
 from extproc.recording.setup import build_runtime
 from extproc.routing import Router
 from extproc.settings import Settings
+from extproc.tools.guardrail import Guardrails
 from extproc.tools.surface import build_surface
 from extproc.upstream.credentials import Upstream
 
@@ -156,6 +157,7 @@ async def serve(
     budgets = Budgets.from_config(settings.budgets)
     if worker == 0 and settings.processor.workers > 1 and (settings.budgets is None or not settings.budgets.shared):
         log.warning("budgets: store is local, so policy limits are counted per worker (budgets.store: redis://...)")
+    guardrails = Guardrails.from_servers({s.name: s.guardrail for s in settings.servers})  # token files too
     await recording.start()
     try:
         if auth is not None:
@@ -170,6 +172,7 @@ async def serve(
         gw.grants = grant_store(settings)
         gw.upstream = upstream
         gw.budgets = budgets
+        gw.guardrails = guardrails
 
         gw.surface = build_surface(settings)
         log.info("recording as writer %s", recording.recorder.writer_id)
@@ -189,6 +192,8 @@ async def serve(
         if upstream is not None:
             await upstream.close()
         await budgets.close()
+        if guardrails is not None:
+            await guardrails.close()
     log.info("processor stopped; recordings flushed")
 
 

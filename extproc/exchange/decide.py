@@ -24,6 +24,14 @@ from extproc.recording.exchange_log import ExchangeLog
 Refusal = tuple[GatewayError, list[dict[str, Any]] | None]
 
 
+CallKey = tuple[str, str, str | None]
+
+
+def call_key(call: McpCall) -> CallKey:
+    """A call's id, method and item: what finds it again among a body's calls (McpCall holds a dict: no hash)."""
+    return repr(call.id), call.method, call.tool or call.prompt or call.uri
+
+
 def describe(policy: CompiledPolicy | None, server: str, call: McpCall) -> str:
     """'tools/call x on server y' with the server's redactions applied: a resource URI may carry a secret."""
     text = describe_call(server, call)
@@ -41,6 +49,8 @@ class Decisions:
         self.facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
         self.lists: dict[str, str] = {}  # list requests whose responses are filtered
         self.reply_headers: dict[str, str] = {}  # headers of a refusal (a budget's Retry-After)
+        self.charged = False  # this exchange's calls were charged against their rules' limits
+        self.shown: dict[CallKey, dict[str, Any]] = {}  # per call, the definition its caller was last shown
 
     async def body(
         self, policy: CompiledPolicy, who: Principal, server: str, session: str | None, parsed: ParsedBody
@@ -57,11 +67,16 @@ class Decisions:
             if verdict.denied is None
             else (None, {})
         )
-        spent = (  # budgets (extproc/controls/budgets.py): charged only for a body that would go upstream
+        # Budgets (extproc/controls/budgets.py): charged for a body that would go upstream, once per exchange: a
+        # body the server's guardrail modified is decided again but not charged again (the operator's guardrail
+        # rewrote it; the client's call was charged as sent).
+        spent = (
             await gw.budgets.charge(policy, who, server, verdict.calls, verdict.decisions, gw.metrics)
-            if verdict.denied is None and withheld is None and policy.budgets
+            if verdict.denied is None and withheld is None and policy.budgets and not self.charged
             else None
         )
+        self.charged |= spent is not None
+        self.shown = {call_key(verdict.calls[i]): record for i, record in shown.items()}
         for i, (call, d) in enumerate(zip(verdict.calls, verdict.decisions, strict=True)):
             outside = {"kubernetes": d.kubernetes, "grant": d.grant, "definition": shown.get(i)}
             allowed, reason = d.allowed, d.reason

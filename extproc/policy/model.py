@@ -194,7 +194,8 @@ class KubernetesCheck(_Model):
 
 
 def _per(v: str) -> str:
-    parse_duration(v)  # raises ValueError naming the form
+    if parse_duration(v) > 366 * 86400:  # raises ValueError naming the form
+        raise ValueError(f"per {v!r}: at most 366d (a budget's window, not a date)")
     return v
 
 

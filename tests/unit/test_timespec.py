@@ -35,15 +35,12 @@ def test_refused_forms_name_what_is_accepted(text: str) -> None:
         parse_time(text, now=NOW)
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("30s", 30), ("1m", 60), ("1.5h", 5400), ("1d", 86400), (" 7d ", 604800), ("366d", 366 * 86400)],
-)
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90.0), ("15m", 900.0), ("2h", 7200.0), ("1d", 86400.0)])
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "1", "1w", "-1m", "0s", "367d", "1m30s", "m", "1" * 70 + "s"])
-def test_bad_durations_name_the_form(text: str) -> None:
-    with pytest.raises(ValueError, match=r"duration like 30s|longer than 0"):
+@pytest.mark.parametrize("text", ["0s", "", "2", "2w", "-1h", "1e9999d", "9" * 400 + "d"])
+def test_refused_durations_name_the_form(text: str) -> None:
+    with pytest.raises(ValueError, match="s, m, h or d"):
         parse_duration(text)
