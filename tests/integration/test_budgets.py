@@ -219,3 +219,35 @@ async def test_redis_outage_closed_rule_503_open_rule_passes_recorded_then_count
     assert decisions[2]["budget"]["on_store_error"] == "open" and decisions[1]["budget"]["on_store_error"] == "closed"
     assert [e["budget"]["limits"][0]["count"] for e in decisions[3:6]] == [1, 2, 3]  # counting resumed
     assert [r["tool"] for r in server.seen() if r["method"] == "tools/call"] == ["echo", "add", "echo", "echo", "echo"]
+
+
+async def test_a_call_the_guardrail_modified_is_charged_once(start_mcp_server, start_authed, issuer, tmp_path) -> None:
+    """The modified body is decided again by the policy, but the call spends its budget once, not twice."""
+    from guardrail_server import GuardrailServer
+
+    policy = (
+        BASICS
+        + """
+  - name: echo-budget
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [echo]}
+    limits:
+      - {calls: 2, per: 1m}
+"""
+    )
+    with GuardrailServer({"echo": "modify"}) as guard:
+        server = start_mcp_server("demo", json_response=True)
+        entry = {"name": "demo", "upstream": server.upstream, "guardrail": {"url": guard.url, "timeout_ms": 2000}}
+        gw = start_authed([server], policy=policy, gateway={"server_entries": [entry]})
+        headers = open_session(gw.url(), issuer.mint("alice", aud=gw.endpoint))
+        statuses = [
+            httpx.post(gw.url(), json=_call("echo", {"text": str(i)}), headers=headers, timeout=10).status_code
+            for i in range(3)
+        ]
+    assert statuses == [200, 200, 429]
+    gw.stop()
+    counted = [e["budget"] for e in _events(gw) if e["type"] == "policy.decision" and e.get("budget")]
+    assert [(b["outcome"], b.get("limits", [{}])[0].get("count")) for b in counted] == [
+        ("counted", 1), ("counted", 2), ("exceeded", None),
+    ]  # fmt: skip
