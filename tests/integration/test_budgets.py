@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_parts import Gateway, SampleServer, open_session
+from gateway_parts import Gateway, SampleServer, open_session, recording_key
 from prometheus_client.parser import text_string_to_metric_families
 from redis_server import RedisServer
 
@@ -251,3 +251,64 @@ async def test_a_call_the_guardrail_modified_is_charged_once(start_mcp_server, s
     assert [(b["outcome"], b.get("limits", [{}])[0].get("count")) for b in counted] == [
         ("counted", 1), ("counted", 2), ("exceeded", None),
     ]  # fmt: skip
+
+
+async def test_the_viewer_timeline_shows_each_decisions_budget(
+    start_mcp_server, start_authed, issuer: DevIssuer, tmp_path: Path
+) -> None:
+    """The web viewer (Chromium) shows a counted call's counter and the refused call's limit on its timeline."""
+    from playwright.async_api import async_playwright
+
+    from extproc.launcher import wait_until
+    from extproc.recording.manifest import generate_keys
+
+    policy = (
+        BASICS
+        + """
+  - name: echo-budget
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [echo]}
+    limits:
+      - {calls: 1, per: 1m}
+viewers:
+  - {name: auditors, subjects: {groups: [audit]}, servers: [demo], sessions: all}
+"""
+    )
+    key, _ = generate_keys(tmp_path / "keys")
+    gateway = {
+        "recording": {"signing_key": str(key), "segment_max_age_ms": 100, "completer_interval_s": 0.5},
+        "audit": {"port": free_port(), "index_interval_ms": 100},
+    }
+    gw = start_authed([start_mcp_server("demo", json_response=True)], policy=policy, gateway=gateway)
+    async with connect(gw.url(), token=issuer.mint("bob", aud=gw.endpoint), mode="legacy") as conn:
+        await conn.client.call_tool("echo", {"text": "one"})
+        with pytest.raises(Exception, match="echo-budget"):
+            await conn.client.call_tool("echo", {"text": "two"})
+        unit = recording_key(conn.session_id)
+    viewer = issuer.mint("alice", aud=gw.endpoint, groups=["audit"])
+
+    def indexed() -> bool:
+        r = httpx.get(f"{gw.endpoint}/audit/api/sessions", headers={"authorization": f"Bearer {viewer}"})
+        return {s["session"]: s["state"] for s in r.json()["sessions"]}.get(unit) == "complete"
+
+    await asyncio.to_thread(wait_until, indexed, 30, "the session in the index", 0.2)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            ctx = await browser.new_context(extra_http_headers={"authorization": f"Bearer {viewer}"})
+            page = await ctx.new_page()
+            page.set_default_timeout(15_000)
+            await page.goto(f"{gw.endpoint}/audit/")
+            await page.click(f'tr[data-session="{unit}"] a')
+            await page.wait_for_selector("#timeline li")
+            decisions = page.locator('#timeline li[data-type="policy.decision"]', has_text="echo-budget")
+            texts = [t or "" for t in await decisions.all_text_contents()]
+        finally:
+            await browser.close()
+    assert len(texts) == 2, texts
+    assert "budget: 1 of 1 calls per 1m (per caller)" in texts[0]
+    assert "over budget: 1 calls per 1m (per caller), counter 1" in texts[1] and "denied" in texts[1]
