@@ -29,6 +29,8 @@ exchange answers with the matching refusal (``RecordingUnavailable``) instead.
         │                               ToolWithheld (a changed or unapproved tool, prompt or resource),
         │                               GuardrailDenied (the server's outside guardrail said deny)
         ├── AuthorizationUnavailable    503 a SubjectAccessReview gave no answer
+        ├── BudgetExceeded              429 a rule's limit is spent (Retry-After)
+        ├── BudgetUnavailable           503 the budget counter store failed, the rule fails closed
         ├── GuardrailUnavailable        503 the server's guardrail gave no valid answer in time (on_error: closed)
         ├── ReservedSessionId           502 the server named its session like a gateway recording unit
         ├── EncodedResponse             502 a Content-Encoding the processor cannot read
@@ -301,6 +303,30 @@ class AuthorizationUnavailable(GatewayError):
     status = 503
     jsonrpc_code = -32005
     client_message = "authorization service unavailable; request refused"
+
+
+# --- budgets (extproc/controls/budgets.py) -------------------------------------------------------------------
+
+
+class BudgetExceeded(GatewayError):
+    """The call would spend more than one of its rule's limits allow (``limits:``): HTTP 429 with Retry-After."""
+
+    status = 429
+    jsonrpc_code = -32029
+    client_message = "budget exceeded"
+
+    def __init__(self, rule: str, limit: str, retry_after: int) -> None:
+        super().__init__(f"budget of policy rule {rule!r} exceeded: {limit}; retry after {retry_after} s")
+        self.client_message = str(self)
+        self.rule, self.limit, self.retry_after = rule, limit, retry_after
+
+
+class BudgetUnavailable(GatewayError):
+    """The shared budget counter (Redis) did not answer and the rule says ``on_store_error: closed``."""
+
+    status = 503
+    jsonrpc_code = -32005
+    client_message = "budget counter unavailable; request refused"
 
 
 # --- upstream (502) -----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from extproc.controls.budgets import Budgets, LocalCounter
 from extproc.mcp.param_headers import ParamHeaderMaps
 from extproc.mcp.protocol import RunTracker
 from extproc.metrics import Metrics
@@ -45,6 +46,7 @@ class Gateway:
     reviewer: Reviewer | None = None  # Kubernetes SubjectAccessReviews for rules that require them
     grants: GrantSource | None = None  # signed just-in-time grants
     upstream: Upstream | None = None  # credentials toward servers with upstream_auth (None: no server has one)
+    budgets: Budgets = field(default_factory=lambda: Budgets(LocalCounter()))  # policy limits' counters
 
     surface: Surface | None = None  # tool-surface integrity: pins, screens, what each unit was shown
     guardrails: Guardrails | None = None  # outside guardrails of servers that have one (None: no server has one)

@@ -22,6 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.authn.verify import Authenticator
+from extproc.controls.budgets import Budgets
 from extproc.envoy import responses
 from extproc.envoy.tls import server_credentials
 from extproc.exchange import Exchange
@@ -153,6 +154,9 @@ async def serve(
     recording = build_runtime(settings.recording)
     auth = Authenticator(settings.auth) if settings.auth is not None else None
     upstream = Upstream.from_settings(settings)  # key files read now: a bad one fails the start
+    budgets = Budgets.from_config(settings.budgets)
+    if worker == 0 and settings.processor.workers > 1 and (settings.budgets is None or not settings.budgets.shared):
+        log.warning("budgets: store is local, so policy limits are counted per worker (budgets.store: redis://...)")
     guardrails = Guardrails.from_servers({s.name: s.guardrail for s in settings.servers})  # token files too
     await recording.start()
     try:
@@ -167,6 +171,7 @@ async def serve(
         gw.reviewer = sar.from_settings(settings.kubernetes)
         gw.grants = grant_store(settings)
         gw.upstream = upstream
+        gw.budgets = budgets
         gw.guardrails = guardrails
 
         gw.surface = build_surface(settings)
@@ -186,6 +191,7 @@ async def serve(
             discovery.close()
         if upstream is not None:
             await upstream.close()
+        await budgets.close()
         if guardrails is not None:
             await guardrails.close()
     log.info("processor stopped; recordings flushed")

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from extproc.audit.config import Audit
 from extproc.authn.config import AuthConfig
+from extproc.controls.budgets_config import Budgets
 from extproc.envoy.config import Admin, Edge, Limits, Listen, Processor, Server
 from extproc.errors import ConfigError
 from extproc.kube.config import Discovery, KubernetesAuthz
@@ -43,6 +44,7 @@ class Settings(Section):
         default=None, description="SubjectAccessReviews for policy rules with `kubernetes:`"
     )
     grants: Grants | None = None
+    budgets: Budgets | None = Field(default=None, description="where policy limits are counted (default: locally)")
     allow_anonymous: bool = Field(
         default=False,
         description="without `auth`, the gateway refuses to start unless this says, explicitly, that anonymous "

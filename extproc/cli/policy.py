@@ -168,6 +168,7 @@ def explain(
     call = Call(method=method, tool=tool, uri=uri, prompt=prompt, arguments=_json_option(args, "--args")).mcp_call()
     decision, trace = explain_call(policy, who, server, call)
     source = next((t.source for t in trace if t.rule == decision.rule), "")
+    budget = policy.budgets.get(decision.rule) if decision.allowed else None  # the allowing rule's limits
     if json_out:
         doc = {
             "allowed": decision.allowed,
@@ -182,6 +183,12 @@ def explain(
                 for t in trace
             ],
         }
+        if budget is not None:
+            doc["limits"] = [
+                {"calls": lim.calls, "per": lim.per, "by": ["caller", *lim.by], "limit": lim.describe()}
+                for lim in budget.limits
+            ]
+            doc["on_store_error"] = "open" if budget.fail_open else "closed"
         typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
         raise typer.Exit(0 if decision.allowed else 1)
     out = _out()
@@ -192,6 +199,10 @@ def explain(
     out.print(f"  caller:  {escape(who.username)} (groups: {escape(', '.join(who.groups) or '-')})")
     out.print(f"  decided by: [bold]{escape(decision.rule)}[/bold]" + (f" ({escape(source)})" if source else ""))
     out.print(f"  reason:  {escape(decision.reason)}")
+    if budget is not None:
+        limits = "; ".join(lim.describe() for lim in budget.limits)
+        store = "passes uncounted (open)" if budget.fail_open else "refused with 503 (closed)"
+        out.print(f"  limits:  {escape(limits)}; over a limit: 429; counter store down: {store}")
     if not trace:
         out.print("  no rule was evaluated (see the reason above)")
     else:

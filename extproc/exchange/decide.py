@@ -48,6 +48,8 @@ class Decisions:
         self.verdict: Verdict | None = None
         self.facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
         self.lists: dict[str, str] = {}  # list requests whose responses are filtered
+        self.reply_headers: dict[str, str] = {}  # headers of a refusal (a budget's Retry-After)
+        self.charged = False  # this exchange's calls were charged against their rules' limits
         self.shown: dict[CallKey, dict[str, Any]] = {}  # per call, the definition its caller was last shown
 
     async def body(
@@ -65,10 +67,29 @@ class Decisions:
             if verdict.denied is None
             else (None, {})
         )
+        # Budgets (extproc/controls/budgets.py): charged for a body that would go upstream, once per exchange: a
+        # body the server's guardrail modified is decided again but not charged again (the operator's guardrail
+        # rewrote it; the client's call was charged as sent).
+        spent = (
+            await gw.budgets.charge(policy, who, server, verdict.calls, verdict.decisions, gw.metrics)
+            if verdict.denied is None and withheld is None and policy.budgets and not self.charged
+            else None
+        )
+        self.charged |= spent is not None
         self.shown = {call_key(verdict.calls[i]): record for i, record in shown.items()}
         for i, (call, d) in enumerate(zip(verdict.calls, verdict.decisions, strict=True)):
             outside = {"kubernetes": d.kubernetes, "grant": d.grant, "definition": shown.get(i)}
-            self.record(policy, server, call, d.allowed, d.rule, d.reason, **outside)
+            allowed, reason = d.allowed, d.reason
+            if spent is not None and (budget := spent.records.get(i)) is not None:
+                outside["budget"] = budget
+                if spent.refused_call == i:
+                    allowed, reason = False, str(spent.refusal)
+            self.record(policy, server, call, allowed, d.rule, reason, **outside)
+        if spent is not None and spent.refusal is not None:  # over a limit (429) or the store down, rule closed (503)
+            self.reply_headers = spent.headers
+            e = spent.refusal
+            batch = [error_response(c.id, e.jsonrpc_code, e.safe_message) for c in verdict.calls if c.id is not None]
+            return e, batch if parsed.batch else None
         if withheld is not None:
             return ToolWithheld(redact_text(policy, server, withheld)), None
         if (denied := verdict.denied) is None:

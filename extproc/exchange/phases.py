@@ -405,7 +405,8 @@ class Exchange:
         if self.policy is None or self.principal is None:
             return None
         refusal = await self._decisions.body(self.policy, self.principal, self.server_name, self.session, parsed)
-        return self._refuse(refusal[0], doc=refusal[1]) if refusal is not None else None
+        headers = self._decisions.reply_headers
+        return self._refuse(refusal[0], headers, doc=refusal[1]) if refusal is not None else None
 
     def _authorize_http(self, name: str) -> ep.ProcessingResponse | None:
         """GET (open the server's stream) and DELETE (end the session) are decided like methods, named ``name``."""

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from extproc.errors import ConfigError
 from extproc.mcp.methods import KNOWN_METHODS
 from extproc.policy.globs import Matcher, compile_globs
-from extproc.policy.model import PROMPT_METHODS, RESOURCE_METHODS, TOOL_METHODS, PolicyFile, Subjects
+from extproc.policy.model import PROMPT_METHODS, RESOURCE_METHODS, TOOL_METHODS, Limit, PolicyFile, Subjects
 from extproc.policy.redact import Redactor, compile_redactor
 from extproc.reserved import AUDIT_SERVER as AUDIT_SERVER
 from extproc.reserved import RESERVED_SERVERS as RESERVED_SERVERS
+from extproc.timespec import parse_duration
 
 ANY_SERVER = "*"
 # A list request is filtered with the decisions of the call that uses an item: it needs that call's reviews too.
@@ -92,6 +93,35 @@ class KubeCheck:
 
     def to_record(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if getattr(self, k) is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledLimit:
+    """One budget of a rule: at most ``calls`` in any ``window`` seconds; ``per`` as written (for messages)."""
+
+    calls: int
+    window: float
+    per: str
+    by_tool: bool = False
+    by_server: bool = False
+
+    @property
+    def by(self) -> list[str]:
+        """What the counter is kept per besides the caller: server and/or tool."""
+        return [*(["server"] if self.by_server else []), *(["tool"] if self.by_tool else [])]
+
+    def describe(self) -> str:
+        """'30 calls per 1m (per caller, tool)': how a refusal and ``policy explain`` name it."""
+        return f"{self.calls} calls per {self.per} (per {', '.join(['caller', *self.by])})"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleBudget:
+    """The limits of one allow rule, and what a failing counter store means for it."""
+
+    rule: str
+    limits: tuple[CompiledLimit, ...]
+    fail_open: bool = False  # on_store_error: open
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -175,6 +205,7 @@ class CompiledPolicy:
     redactors: dict[str, Redactor] = field(repr=False)
     checks: dict[str, tuple[KubeCheck, ...]] = field(default_factory=dict, repr=False)
     integrity_entries: tuple[CompiledIntegrity, ...] = ()
+    budgets: dict[str, RuleBudget] = field(default_factory=dict, repr=False)  # rule name -> its limits
 
     def integrity(self, server: str, item: str | None = None) -> CompiledIntegrity:
         """The integrity settings for an item of ``server``: an entry naming the item beats a server-wide one,
@@ -229,6 +260,7 @@ def compile_policy(
     rules: list[CompiledRule] = []
     viewers: list[CompiledViewer] = []
     integrity: list[CompiledIntegrity] = []
+    budgets: dict[str, RuleBudget] = {}
     named: set[str] = set()
 
     def claim_name(name: str, where: str) -> None:
@@ -267,6 +299,8 @@ def compile_policy(
                 )
                 for n, c in (rule.arguments or {}).items()
             )
+            if rule.limits is not None:
+                budgets[rule.name] = _budget(rule.name, rule.limits, rule.on_store_error == "open")
             rules.append(
                 CompiledRule(
                     name=rule.name,
@@ -318,7 +352,16 @@ def compile_policy(
             for s in (*servers, ANY_SERVER)
         },
         integrity_entries=tuple(integrity),
+        budgets=budgets,
     )
+
+
+def _budget(rule: str, limits: Sequence[Limit], fail_open: bool) -> RuleBudget:
+    compiled = tuple(
+        CompiledLimit(lim.calls, parse_duration(lim.per), lim.per, "tool" in lim.by, "server" in lim.by)
+        for lim in limits
+    )
+    return RuleBudget(rule, compiled, fail_open)
 
 
 def compile_subjects(s: Subjects) -> CompiledSubjects:

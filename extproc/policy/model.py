@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 from extproc.mcp.methods import KNOWN_METHODS
 from extproc.policy.globs import check_glob, compile_globs
 from extproc.reserved import is_reserved_rule_name
+from extproc.timespec import parse_duration
 
 API_VERSION = "mcp-extproc/v1"
 
@@ -192,6 +193,26 @@ class KubernetesCheck(_Model):
     subresource: str | None = None
 
 
+def _per(v: str) -> str:
+    if parse_duration(v) > 366 * 86400:  # raises ValueError naming the form
+        raise ValueError(f"per {v!r}: at most 366d (a budget's window, not a date)")
+    return v
+
+
+Per = Annotated[str, AfterValidator(_per), WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?[smhd]$"})]
+
+
+class Limit(_Model):
+    """A budget: at most ``calls`` calls in any window of ``per`` (sliding), counted per caller (issuer+subject)
+    and, with ``by``, per tool and/or server too."""
+
+    calls: int = Field(ge=1, le=1_000_000, description="Calls allowed in any window of `per`.")
+    per: Per = Field(description="The window: 30s, 1m, 1h, 1d.")
+    by: list[Literal["tool", "server"]] = Field(
+        [], description="Count separately per tool and/or server (always per caller); default: all the rule allows."
+    )
+
+
 class Rule(_Model):
     """One allow or deny rule."""
 
@@ -206,6 +227,20 @@ class Rule(_Model):
     kubernetes: KubernetesCheck | None = Field(
         None, description="allow rules only: also require this Kubernetes authorization (SubjectAccessReview)."
     )
+    limits: list[Limit] | None = Field(
+        None, min_length=1, description="allow rules only: budgets for the calls this rule allows (HTTP 429 over)."
+    )
+    on_store_error: Literal["closed", "open"] = Field(
+        "closed", description="With limits, when the shared counter store (Redis) fails: closed = 503, open = pass."
+    )
+
+    @model_validator(mode="after")
+    def _limits_on_allow(self) -> Rule:
+        if self.limits is not None and self.effect != "allow":
+            raise ValueError("limits apply to allow rules only (a denied call spends no budget)")
+        if self.limits is None and "on_store_error" in self.model_fields_set:
+            raise ValueError("on_store_error applies only to a rule with limits")
+        return self
 
     @model_validator(mode="after")
     def _kubernetes_on_allow(self) -> Rule:
@@ -327,6 +362,7 @@ ALL_KEYS: frozenset[str] = frozenset(
         Targets,
         ArgConstraint,
         KubernetesCheck,
+        Limit,
         Rule,
         Redaction,
         RecordingRules,

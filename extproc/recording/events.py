@@ -98,6 +98,7 @@ class PolicyDecision(Event):
     kubernetes: dict[str, Any] | None = None  # the SubjectAccessReview the rule required: outcome, reason, cached
     grant: dict[str, Any] | None = None  # the just-in-time grant used: id, reason, approver, until
     definition: dict[str, Any] | None = None  # tools/call, prompts/get, resources/read: the fingerprint last shown
+    budget: dict[str, Any] | None = None  # the rule's limits: counter values, or over a limit, or the store down
 
 
 @dataclass(slots=True, kw_only=True)

@@ -146,6 +146,13 @@
   }
 
   // --- one session ------------------------------------------------------------------------------------------
+  // A policy.decision's budget (extproc/controls/budgets.py): the counters after the call, the limit it went
+  // over, or the counter store down (and whether the rule let the call pass).
+  function budgetText(b) {
+    if (b.outcome === "counted") return "budget: " + (b.limits || []).map((l) => `${l.count} of ${l.limit}`).join("; ");
+    if (b.outcome === "exceeded") return `over budget: ${b.limit}, counter ${b.count}`;
+    return `budget store unavailable (${b.store}), on_store_error: ${b.on_store_error}`;
+  }
   function redactionsOf(ev) { return (ev.redactions || []).map((r) => r.rule || r.name || "redaction"); }
 
   function timelineItem(ev, base) {
@@ -160,6 +167,7 @@
     } else if (ev.type === "policy.decision") {
       head.append(ev.allowed ? badge("verified-yes", "allowed") : badge("denied", "denied"),
         ` rule ${ev.rule || "(default deny)"}: ${ev.call || ""} ${ev.reason || ""}`);
+      if (ev.budget) head.append(" ", badge(ev.budget.outcome === "counted" ? "verified-yes" : "denied", budgetText(ev.budget)));
     } else if (ev.type === "exchange.end") {
       head.append(ev.outcome === "denied" ? badge("denied", "refused " + ev.status) : `${ev.outcome} ${ev.status}`,
         ` ${ev.duration_ms} ms ${ev.detail || ""}`);

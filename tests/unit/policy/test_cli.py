@@ -68,6 +68,37 @@ def test_explain_shows_decision_rule_and_every_candidate() -> None:
     assert "other rule(s) target other servers, methods or tools" in body
 
 
+_BUDGETED = """
+apiVersion: mcp-extproc/v1
+rules:
+  - name: search-budget
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [github], tools: [search]}
+    limits: [{calls: 30, per: 1m}, {calls: 1000, per: 1d, by: [tool]}]
+    on_store_error: open
+"""
+
+
+def test_explain_names_the_limits_of_the_allowing_rule(tmp_path: Path) -> None:
+    write(tmp_path, "p.yaml", _BUDGETED)
+    args = ["explain", str(tmp_path), "--user", "a", "--server", "github", "--tool", "search"]
+
+    text = runner.invoke(app, args)
+    doc = json.loads(runner.invoke(app, [*args, "--json"]).output)
+
+    assert text.exit_code == 0, text.output
+    assert "limits:  30 calls per 1m (per caller); 1000 calls per 1d (per caller, tool); over a limit: 429; " in (
+        text.output
+    )
+    assert "counter store down: passes uncounted (open)" in text.output
+    assert doc["on_store_error"] == "open" and doc["limits"][1] == {
+        "calls": 1000, "per": "1d", "by": ["caller", "tool"], "limit": "1000 calls per 1d (per caller, tool)"
+    }  # fmt: skip
+    denied = runner.invoke(app, ["explain", str(tmp_path), "--user", "a", "--server", "github", "--tool", "x"])
+    assert denied.exit_code == 1 and "limits:" not in denied.output  # a denied call spends no budget
+
+
 def test_explain_default_deny_with_claims() -> None:
     args = ["explain", EXAMPLE, "--user", "rita", "--groups", "release-managers", "--server", "github"]
     args += ["--tool", "merge_pull_request", "--args", '{"merge_method": "squash"}', "--claims", '{"amr": ["pwd"]}']
