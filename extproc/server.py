@@ -25,6 +25,7 @@ from extproc.authn.verify import Authenticator
 from extproc.envoy import responses
 from extproc.envoy.tls import server_credentials
 from extproc.exchange import Exchange
+from extproc.export.exporter import attach
 from extproc.gateway import Gateway
 from extproc.kube import sar
 from extproc.kube.discovery import start_discovery
@@ -150,10 +151,12 @@ async def serve(
         )
     discovery = await start_discovery(settings)
     recording = build_runtime(settings.recording)
+    exporter = None
     auth = Authenticator(settings.auth) if settings.auth is not None else None
     upstream = Upstream.from_settings(settings)  # key files read now: a bad one fails the start
     await recording.start()
     try:
+        exporter = attach(settings.export, recording.recorder.streams)  # SIEM export (extproc/export/)
         if auth is not None:
             await auth.start()  # warms the JWKS cache; an unreachable IdP means 503s until it answers, never open
         else:
@@ -162,6 +165,8 @@ async def serve(
             await policy.start()
         gw = Gateway.build(settings, recording.recorder, auth, policy, Router(settings, discovery))
         gw.metrics.watch(recording.recorder, policy, auth)
+        if exporter is not None:
+            gw.metrics.registry.register(exporter.collector())
         gw.reviewer = sar.from_settings(settings.kubernetes)
         gw.grants = grant_store(settings)
         gw.upstream = upstream
@@ -175,6 +180,8 @@ async def serve(
         await _serve_grpc(Processor(gw), listen_address(settings, worker), ready, server_credentials(settings))
     finally:  # also when start-up fails half-way (port in use, unreadable key): flush and release the spool
         await recording.close()  # after the last stream ended: everything it recorded is flushed
+        if exporter is not None:
+            await exporter.close()  # after the recorder: the last exchanges' events are exported too
         if auth is not None:
             await auth.close()
         if policy is not None:

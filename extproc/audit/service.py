@@ -32,6 +32,7 @@ from extproc.audit.trail import AuditTrail
 from extproc.authn.challenge import resource_metadata_url
 from extproc.authn.verify import Authenticator
 from extproc.errors import AuthError
+from extproc.export.exporter import attach
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.manifest import Signer
 from extproc.recording.setup import build_runtime, build_store
@@ -203,6 +204,7 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
     refresher: asyncio.Task[None] | None = None
     with _stop_on_signals(server):  # a signal during start-up or close still ends in a closed trail
         await runtime.start()
+        exporter = attach(settings.export, runtime.recorder.streams)  # the trail's accesses to the SIEM
         try:
             await authenticator.start()
             await policy.start()
@@ -220,6 +222,8 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
                     await refresher
             await web.close()
             await runtime.close()  # the trail's last segment and the writer's closing digest
+            if exporter is not None:
+                await exporter.close()
             await authenticator.close()
             await policy.close()
             index.close()

@@ -1,0 +1,1 @@
+"""OpenTelemetry traces of exchanges (off by default)."""
