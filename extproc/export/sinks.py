@@ -129,7 +129,8 @@ class Sink:
 
 
 class FileOutput(Sink):
-    """JSON lines, appended; past ``max_bytes`` the file becomes ``.1`` (older ones shift, ``keep`` are kept)."""
+    """JSON lines, appended; a batch that would take the file past ``max_bytes`` goes to a fresh one, the full file
+    becoming ``.1`` (older ones shift, ``keep`` are kept)."""
 
     name = "file"
 
@@ -144,11 +145,14 @@ class FileOutput(Sink):
     def _append(self, data: bytes) -> None:
         path = self.config.path
         path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size and size + len(data) > self.config.max_bytes:  # rotate first: the named file always exists
+            rotate(path, self.config.keep)
         with open(path, "ab") as f:
             f.write(data)
-            size = f.tell()
-        if size >= self.config.max_bytes:
-            rotate(path, self.config.keep)
 
 
 def rotate(path: Path, keep: int) -> None:
@@ -214,7 +218,9 @@ class HecOutput(Sink):
 
 class SyslogOutput(Sink):
     """RFC 5424 over TCP, octet-counted framing (RFC 6587 3.4.1); with ``tls``, RFC 5425 (server certificate and
-    name checked against ``ca_file``). One connection, reopened after a failure."""
+    name checked against ``ca_file``). One connection, reopened after a failure or once the collector closed it.
+    Syslog over TCP has no acknowledgement: what the kernel took just before a collector died can be lost; HEC
+    (which answers each batch) is the output for delivery that is confirmed."""
 
     name = "syslog"
 
@@ -225,6 +231,7 @@ class SyslogOutput(Sink):
         self._ssl: ssl.SSLContext | None = None
         if config.tls:
             self._ssl = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+        self._reader: asyncio.StreamReader | None = None  # never read: it tells when the collector closed
         self._writer: asyncio.StreamWriter | None = None
         self._hostname = socket.gethostname()
         self._procid = str(os.getpid())
@@ -232,8 +239,10 @@ class SyslogOutput(Sink):
     async def send(self, batch: list[dict[str, Any]]) -> None:
         data = b"".join(_framed(self.format(ev)) for ev in batch)
         try:
-            if self._writer is None or self._writer.is_closing():
-                _, self._writer = await asyncio.open_connection(
+            await asyncio.sleep(0)  # let the loop read a close the collector sent meanwhile (its FIN, close_notify)
+            if self._writer is None or self._writer.is_closing() or self._reader is None or self._reader.at_eof():
+                await self.aclose()
+                self._reader, self._writer = await asyncio.open_connection(
                     self.host, self.port, ssl=self._ssl, server_hostname=self.host if self._ssl else None
                 )
             self._writer.write(data)
@@ -258,7 +267,7 @@ class SyslogOutput(Sink):
         return head.encode() + orjson.dumps(ev)
 
     async def aclose(self) -> None:
-        writer, self._writer = self._writer, None
+        writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
             writer.close()
             try:

@@ -35,6 +35,7 @@ class HecReceiver:
         self.envelopes: list[dict[str, Any]] = []
         self.refused: list[int] = []  # statuses answered other than 200
         self.down = False  # answer 503 (the indexer is busy / down) to every request
+        self.invalid = False  # answer 400 (invalid data format) to every request
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -68,7 +69,7 @@ class HecReceiver:
                 if self.headers.get("authorization") != f"Splunk {receiver.token}":
                     return self._answer(401, {"text": "Invalid authorization", "code": 3})
                 envelopes = _envelopes(body)
-                if envelopes is None:
+                if envelopes is None or receiver.invalid:
                     return self._answer(400, {"text": "Invalid data format", "code": 6})
                 with receiver._lock:
                     receiver.envelopes.extend(envelopes)
