@@ -11,7 +11,22 @@ from typing import Annotated
 import typer
 
 from extproc import __version__
-from extproc.cli import audit, auth, config, demo, doctor, grant, keys, pins, policy, redrive, serve, sessions, store
+from extproc.cli import (
+    audit,
+    auth,
+    config,
+    demo,
+    doctor,
+    export,
+    grant,
+    keys,
+    pins,
+    policy,
+    redrive,
+    serve,
+    sessions,
+    store,
+)
 
 app = typer.Typer(
     help="Envoy external processor that authenticates, authorizes and records MCP traffic.",
@@ -44,6 +59,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(grant.app, name="grant")
 app.add_typer(config.app, name="config")
 app.add_typer(pins.app, name="pins")
+app.add_typer(export.app, name="export")
 app.command("dev-issuer")(auth.dev_issuer)
 app.command("token")(auth.token)
 app.command("doctor")(doctor.doctor)

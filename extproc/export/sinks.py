@@ -52,6 +52,7 @@ class Sink:
         self.failures_in_a_row = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # the queue is empty (close waits on it)
+        self._room = asyncio.Event()  # a batch left the queue (``put`` waits on it)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -64,6 +65,13 @@ class Sink:
         self._idle.clear()
         self._wake.set()
         return True
+
+    async def put(self, event: dict[str, Any]) -> None:
+        """Queue one event, waiting for room: for a backfill, which may wait (the live path uses ``offer``)."""
+        while len(self.queue) >= self.delivery.queue_size:
+            self._room.clear()
+            await self._room.wait()
+        self.offer(event)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"export-{self.name}")
@@ -98,9 +106,6 @@ class Sink:
             batch = list(islice(self.queue, self.delivery.batch_size))
             try:
                 await self.send(batch)
-            except Refused as e:
-                self.dropped["refused"] += len(batch)
-                log.error("export %s: collector refused %d events: %s", self.name, len(batch), e)
             except (SendFailed, OSError, httpx.HTTPError, ssl.SSLError) as e:
                 self.failures += 1
                 self.failures_in_a_row += 1
@@ -113,11 +118,18 @@ class Sink:
                     pass
                 backoff = min(backoff * 2, self.delivery.retry_max_ms / 1000)
                 continue
+            except Exception as e:  # refused as malformed (or a bug encoding it): retrying would not help
+                self.dropped["refused"] += len(batch)
+                log.error(
+                    "export %s: %d events dropped: %s", self.name, len(batch), e, exc_info=not isinstance(e, Refused)
+                )
+            else:
+                self.sent += len(batch)
+                if self.failures_in_a_row:
+                    log.warning("export %s recovered after %d failed attempts", self.name, self.failures_in_a_row)
             for _ in batch:
                 self.queue.popleft()
-            if self.failures_in_a_row:
-                log.warning("export %s recovered after %d failed attempts", self.name, self.failures_in_a_row)
-            self.sent += len(batch)
+            self._room.set()
             self.failures_in_a_row = 0
             backoff = self.delivery.retry_initial_ms / 1000
 

@@ -127,6 +127,17 @@ async def test_one_valid_ocsf_event_per_exchange_whose_pointer_verify_finds(tmp_
     trail_proof = audits[0]["unmapped"]["proof"]
     assert locate(store, safe_key(trail_proof["session"]), trail_proof["sha256"]) is not None
 
+    # The backfill folds the stored lines as the tap folded the chained ones: the same events, pointers included.
+    again = cli("export", "backfill", "--dir", str(tmp_path / "rec"), "--since", "1700000000", "--until", "0s")
+    assert again.returncode == 0, again.stderr
+    backfilled = [json.loads(line) for line in again.stdout.splitlines()]
+    key = lambda e: e["unmapped"]["proof"]["sha256"]  # noqa: E731
+    assert sorted(backfilled, key=key) == sorted(events, key=key)
+    window = cli(
+        "export", "backfill", "--dir", str(tmp_path / "rec"), "--since", "1700000001", "--until", "1700000001.5"
+    )
+    assert [json.loads(line)["metadata"]["uid"] for line in window.stdout.splitlines()] == ["s-1-e1"]
+
 
 def test_fold_forgets_nothing_it_was_not_given_and_never_raises_into_the_recorder() -> None:
     exporter = Exporter([], Fold())

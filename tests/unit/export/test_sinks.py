@@ -103,7 +103,7 @@ async def test_hec_wrong_token_is_retried_and_never_delivered_a_refused_batch_is
         sink.offer(_event(2))
         await _until(lambda: sink.sent == 1, "the next event delivered")
         await sink.close()
-    assert [e["metadata"]["uid"] for e in hec.events] == ["e2"] and sink.failures == 0
+    assert [e["metadata"]["uid"] for e in hec.events] == ["e2"] and sink.failures == 0 and sink.sent == 1
 
 
 async def test_syslog_over_tcp_rfc5424_with_the_proof_as_structured_data() -> None:
