@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from extproc.mcp.param_headers import ParamHeaderMaps
 from extproc.mcp.protocol import RunTracker
@@ -19,6 +20,9 @@ from extproc.runtime import ExchangeOptions, compile_options
 from extproc.settings import Settings
 from extproc.tools.surface import Surface
 from extproc.upstream.credentials import Upstream
+
+if TYPE_CHECKING:
+    from extproc.telemetry.tracing import Tracing
 
 
 def exchange_ids() -> Callable[[], str]:
@@ -46,6 +50,7 @@ class Gateway:
     upstream: Upstream | None = None  # credentials toward servers with upstream_auth (None: no server has one)
 
     surface: Surface | None = None  # tool-surface integrity: pins, screens, what each unit was shown
+    tracing: Tracing | None = None  # OpenTelemetry spans per exchange (extproc/telemetry/); None: off
     overload: LagMonitor = field(default_factory=lambda: LagMonitor(0.0))  # load shedding (off unless built)
     clock: Callable[[], float] = time.time
     new_id: Callable[[], str] = field(default_factory=lambda: exchange_ids())

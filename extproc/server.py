@@ -35,6 +35,7 @@ from extproc.recording.events import Outcome
 from extproc.recording.setup import build_runtime
 from extproc.routing import Router
 from extproc.settings import Settings
+from extproc.telemetry.tracing import Tracing
 from extproc.tools.surface import build_surface
 from extproc.upstream.credentials import Upstream
 
@@ -152,6 +153,7 @@ async def serve(
     discovery = await start_discovery(settings)
     recording = build_runtime(settings.recording)
     exporter = None
+    tracing: Tracing | None = None
     auth = Authenticator(settings.auth) if settings.auth is not None else None
     upstream = Upstream.from_settings(settings)  # key files read now: a bad one fails the start
     await recording.start()
@@ -172,6 +174,10 @@ async def serve(
         gw.upstream = upstream
 
         gw.surface = build_surface(settings)
+        if settings.telemetry is not None and settings.telemetry.endpoint is not None:
+            tracing = gw.tracing = Tracing(settings.telemetry)
+            gw.metrics.registry.register(tracing.collector())
+            log.info("tracing exchanges to %s", settings.telemetry.endpoint)
         log.info("recording as writer %s", recording.recorder.writer_id)
         if settings.processor.metrics_port is not None:
             port = settings.processor.metrics_port + worker
@@ -182,6 +188,8 @@ async def serve(
         await recording.close()  # after the last stream ended: everything it recorded is flushed
         if exporter is not None:
             await exporter.close()  # after the recorder: the last exchanges' events are exported too
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)  # the last spans exported (the SDK's thread joins)
         if auth is not None:
             await auth.close()
         if policy is not None:

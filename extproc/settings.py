@@ -23,6 +23,7 @@ from extproc.policy.config import Grants, Policy
 from extproc.recording.config import Recording
 from extproc.reserved import RESERVED_SERVERS
 from extproc.sections import Section
+from extproc.telemetry.config import Telemetry
 from extproc.yamlfile import Lines, did_you_mean, line_of, parse_yaml
 
 
@@ -56,6 +57,9 @@ class Settings(Section):
     audit: Audit | None = None
     export: Export | None = Field(
         default=None, description="SIEM export: OCSF events of every exchange and audit access (extproc/export/)"
+    )
+    telemetry: Telemetry | None = Field(
+        default=None, description="OpenTelemetry traces of exchanges (extproc/telemetry/); off without an endpoint"
     )
 
     # A field validator (not a model validator) so the error is reported under the key ``servers``.

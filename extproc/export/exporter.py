@@ -25,7 +25,9 @@ from extproc.recording.streams import Streams
 
 log = logging.getLogger(__name__)
 
-FOLDED = frozenset({"exchange.start", "mcp.request", "policy.decision", "exchange.end", "audit.access"})
+FOLDED = frozenset(
+    {"exchange.start", "mcp.request", "policy.decision", "trace.context", "exchange.end", "audit.access"}
+)
 
 
 class Exporter:

@@ -13,7 +13,8 @@ actor.authorizations one per policy decision: decision allow|deny, policy.name =
 api.operation      the MCP method (the first of a batch; all under unmapped.mcp.operations), api.service = server
 resources          the tools, prompts and resources called (type mcp.tool | mcp.prompt | mcp.resource)
 status_id          1 Success: allowed and answered below 400; 2 Failure otherwise; status_code = HTTP status
-trace              the W3C trace id of the exchange's traceparent (trace profile), when the client sent one
+trace              the exchange's trace (trace profile): its own span when tracing is on (``trace.context``), else the
+                   trace id of the client's traceparent header
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class _Open:
     resources: list[tuple[str, str]] = field(default_factory=list)
     request_ids: list[Any] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    trace_id: str = ""
+    span_id: str = ""
 
 
 class Fold:
@@ -124,6 +127,8 @@ class Fold:
                     "call": get("call") or "",
                 }
             )
+        elif kind == "trace.context":  # tracing on: the exchange's own span (extproc/telemetry/)
+            ex.trace_id, ex.span_id = str(get("trace_id") or ""), str(get("span_id") or "")
         elif kind == "exchange.end":
             del self._open[exchange]
             return exchange_event(ex, get, at, exchange)
@@ -236,6 +241,9 @@ def exchange_event(ex: _Open, end: Get, at: Pointer, exchange: str) -> dict[str,
     what = f"{operation}{f' {ex.resources[0][1]!r}' if ex.resources else ''} on server {ex.server!r}"
     verdict = "denied" if denied else outcome
     trace = _trace(ex.traceparent)
+    if ex.trace_id:
+        span = {"uid": ex.span_id, "start_time": int(ex.time * 1000), "end_time": int(end_time * 1000)}
+        trace = {"uid": ex.trace_id, "span": span}
     api: dict[str, Any] = {"operation": operation, "service": {"name": ex.server}}
     if ex.request_ids:
         api["request"] = {"uid": str(ex.request_ids[0])}
