@@ -287,7 +287,8 @@ class Exchange:
         )  # fmt: skip
         if self.trace is not None:
             fields = verdict_fields(self.verdict)
-            self.trace.finish(outcome, self.status, fields.get("decision", ""), fields.get("rule", ""), detail)
+            decision, rule = fields.get("decision", ""), fields.get("rule", "")
+            self.trace.finish(outcome, self.status, decision, rule, detail, self.session or "")
         if self.admitted is None:
             return
         self.gw.metrics.exchange_ended(self.server_name, outcome, duration)

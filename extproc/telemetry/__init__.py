@@ -6,7 +6,8 @@ tracing.py  the tracer provider and OTLP/HTTP exporter; one ``ExchangeTrace`` pe
 Span tree of one exchange (attributes follow OpenTelemetry's MCP semantic conventions where they exist: span name
 ``{mcp.method.name} {target}``, ``mcp.method.name``, ``mcp.session.id``, ``mcp.resource.uri``,
 ``jsonrpc.request.id``, ``gen_ai.tool.name``, ``gen_ai.prompt.name``, ``error.type``; the gateway's own under
-``mcp_extproc.*``: ``exchange``, ``server``, ``outcome``, ``decision``, ``rule``, ``http.status``):
+``mcp_extproc.*``: ``exchange``, ``server``, ``outcome``, ``decision``, ``rule``, ``http.status``, ``recording``
+(the recording unit: ``sessions show`` / ``verify`` take it)):
 
     {method} {target}          SERVER  the whole exchange: request headers to the end of the response
       authenticate             INTERNAL admission: the bearer token verified, the session's owner checked

@@ -189,13 +189,18 @@ class ExchangeTrace:
             self.upstream.set_attribute("http.response.status_code", status)
             self.upstream.end()
 
-    def finish(self, outcome: str, status: int, decision: str = "", rule: str = "", detail: str = "") -> None:
-        """The exchange ended: its span gets the outcome, and ends (a refused exchange's span is opened here)."""
+    def finish(
+        self, outcome: str, status: int, decision: str = "", rule: str = "", detail: str = "", recording: str = ""
+    ) -> None:
+        """The exchange ended: its span gets the outcome and the recording unit it is in (the way from the trace to
+        the recording), and ends (a refused exchange's span is opened here)."""
         self.begin()
         assert self.root is not None
         if self.upstream is not None and self.upstream.is_recording():
             self.upstream.end()
         root = self.root
+        if recording:
+            root.set_attribute("mcp_extproc.recording", recording)
         root.set_attribute("mcp_extproc.outcome", outcome)
         root.set_attribute("mcp_extproc.http.status", status)
         if decision:
