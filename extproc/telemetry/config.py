@@ -35,6 +35,6 @@ class Telemetry(Section):
     @field_validator("trace_link")
     @classmethod
     def _link(cls, v: str | None) -> str | None:
-        if v is not None and "{trace_id}" not in v:
-            raise ValueError("must contain {trace_id}")
+        if v is not None and ("{trace_id}" not in v or not v.startswith(("http://", "https://"))):
+            raise ValueError("must be an http:// or https:// URL containing {trace_id}")
         return v
