@@ -17,6 +17,9 @@ class Delivery(Section):
         default=10_000, description="events waiting per sink; past it new events are dropped (and counted)"
     )
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = Field(default=500, description="events sent per write")
+    linger_ms: Annotated[int, Field(ge=0, le=60_000)] = Field(
+        default=200, description="how long a sink gathers events before a write that is not a full batch"
+    )
     retry_initial_ms: Annotated[int, Field(ge=1, le=60_000)] = Field(
         default=200, description="first wait after a failed send; doubles up to retry_max_ms"
     )

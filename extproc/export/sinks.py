@@ -53,6 +53,7 @@ class Sink:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # the queue is empty (close waits on it)
         self._room = asyncio.Event()  # a batch left the queue (``put`` waits on it)
+        self._full = asyncio.Event()  # a whole batch is queued: the linger ends
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -64,6 +65,8 @@ class Sink:
         self.queue.append(event)
         self._idle.clear()
         self._wake.set()
+        if len(self.queue) >= self.delivery.batch_size:
+            self._full.set()
         return True
 
     async def put(self, event: dict[str, Any]) -> None:
@@ -87,6 +90,7 @@ class Sink:
                 pass
         self._stopping.set()
         self._wake.set()
+        self._full.set()
         await self._task
         self._task = None
         if self.queue:
@@ -103,6 +107,7 @@ class Sink:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            await self._linger()
             batch = list(islice(self.queue, self.delivery.batch_size))
             try:
                 await self.send(batch)
@@ -132,6 +137,20 @@ class Sink:
             self._room.set()
             self.failures_in_a_row = 0
             backoff = self.delivery.retry_initial_ms / 1000
+
+    async def _linger(self) -> None:
+        """Gather a batch for up to ``linger_ms``: one write (a thread hop, an HTTP request) per batch, not per
+        event. A full batch, a backlog from failed attempts, or shutdown skips it."""
+        linger = self.delivery.linger_ms / 1000
+        if linger <= 0 or len(self.queue) >= self.delivery.batch_size or self.failures_in_a_row:
+            return
+        self._full.clear()
+        if self._stopping.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._full.wait(), linger)
+        except TimeoutError:
+            pass
 
     async def send(self, batch: list[dict[str, Any]]) -> None:
         raise NotImplementedError

@@ -170,18 +170,18 @@ class ExchangeTrace:
         assert self.root is not None
         ctx = trace.set_span_in_context(self.root)
         self.upstream = self._tracing.tracer.start_span("upstream", context=ctx, kind=SpanKind.CLIENT)
-        carrier: dict[str, str] = {}
-        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(self.upstream))
+        up = self.upstream.get_span_context()
         sc = self.root.get_span_context()
         log_.emit(
             TraceContext(
                 trace_id=format(sc.trace_id, "032x"),
                 span_id=format(sc.span_id, "016x"),
                 parent=self.parent,
-                upstream_span_id=format(self.upstream.get_span_context().span_id, "016x"),
+                upstream_span_id=format(up.span_id, "016x"),
             )
         )
-        return {TRACEPARENT: carrier[TRACEPARENT]} if TRACEPARENT in carrier else {}
+        # W3C traceparent, version 00 (what the propagator's inject writes, without its context plumbing)
+        return {TRACEPARENT: f"00-{up.trace_id:032x}-{up.span_id:016x}-{int(up.trace_flags):02x}"}
 
     def answered(self, status: int) -> None:
         """The server's response headers arrived: the upstream span ends."""
