@@ -72,7 +72,9 @@ class _EncodeOnly(SpanExporter):
         pass
 
 
-async def run(exchanges: int, workdir: Path, profile: bool, observed: bool = False) -> dict[str, float]:
+async def run(
+    exchanges: int, workdir: Path, profile: bool, observed: bool = False, sample_ratio: float = 1.0
+) -> dict[str, float]:
     settings = parse(
         {
             "servers": [{"name": "demo", "upstream": "127.0.0.1:9"}, {"name": "github", "upstream": "127.0.0.1:9"}],
@@ -89,7 +91,8 @@ async def run(exchanges: int, workdir: Path, profile: bool, observed: bool = Fal
     if observed:  # SIEM export to a file and a span tree per exchange, as a deployment with both turned on
         export = Export(file=FileSink(path=workdir / "ocsf.jsonl"))
         exporter = attach(export, runtime.recorder.streams)
-        tracing = gw.tracing = Tracing(Telemetry(endpoint="http://127.0.0.1:4318/v1/traces"), exporter=_EncodeOnly())
+        telemetry = Telemetry(endpoint="http://127.0.0.1:4318/v1/traces", sample_ratio=sample_ratio)
+        tracing = gw.tracing = Tracing(telemetry, exporter=_EncodeOnly())
     session = bind("sess-1", ALICE, gw.options.session_key, "demo/")
     req_headers = _headers(
         {
@@ -145,9 +148,10 @@ def main() -> None:
         action="store_true",
         help="compare with OCSF file export and tracing on (off, on, off, on)",
     )
+    parser.add_argument("--sample-ratio", type=float, default=1.0, help="telemetry.sample_ratio for --export-and-trace")
     args = parser.parse_args()
     if args.export_and_trace:
-        return compare(args.exchanges)
+        return compare(args.exchanges, args.sample_ratio)
     with tempfile.TemporaryDirectory() as tmp:
         result = asyncio.run(run(args.exchanges, Path(tmp), args.profile))
     print(
@@ -159,17 +163,25 @@ def main() -> None:
     (results / "exchange.json").write_text(json.dumps(result, indent=2))
 
 
-def compare(exchanges: int) -> None:
+def compare(exchanges: int, sample_ratio: float) -> None:
     """Off, on, off, on in one process: the CPU per exchange of each, and the ratio of the sums."""
     runs: dict[bool, list[float]] = {False: [], True: []}
     for observed in (False, True, False, True):
         with tempfile.TemporaryDirectory() as tmp:
-            runs[observed].append(asyncio.run(run(exchanges, Path(tmp), False, observed))["cpu_ms_per_exchange"])
+            result = asyncio.run(run(exchanges, Path(tmp), False, observed, sample_ratio))
+            runs[observed].append(round(result["cpu_ms_per_exchange"], 3))
     off, on = sum(runs[False]) / 2, sum(runs[True]) / 2
-    result = {"exchanges": exchanges, "cpu_ms_off": off, "cpu_ms_on": on, "ratio": on / off, "runs": runs}
+    result = {
+        "exchanges": exchanges,
+        "sample_ratio": sample_ratio,
+        "off": off,
+        "on": on,
+        "ratio": on / off,
+        "runs": runs,
+    }
     print(
         f"{exchanges} exchanges x2 each: {off:.3f} ms CPU per exchange with export and tracing off, {on:.3f} ms on "
-        f"(x{on / off:.3f}; runs off {runs[False]}, on {runs[True]})"
+        f"with sample_ratio {sample_ratio} (x{on / off:.3f}; runs off {runs[False]}, on {runs[True]})"
     )
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
