@@ -213,6 +213,8 @@ class ExchangeTrace:
 
     def _child(self, name: str, start_ns: int, end_ns: int) -> None:
         assert self.root is not None
+        if not self.root.is_recording():  # not sampled: neither are its children (parent-based), skip the work
+            return
         ctx = trace.set_span_in_context(self.root)
         self._tracing.tracer.start_span(name, context=ctx, start_time=start_ns).end(end_time=end_ns)
 
