@@ -18,4 +18,6 @@ Span tree of one exchange (attributes follow OpenTelemetry's MCP semantic conven
 
 The parent is the client's W3C ``traceparent`` header, else ``params._meta.traceparent`` of the (first) request
 (SEP-414), else a new trace. The trace id and span id are recorded in the exchange's events (``trace.context``).
+An exchange the sampler leaves out (``sample_ratio``, or a client's unsampled flag) gets no spans, no event and no
+header change: its request goes upstream with the client's own traceparent.
 """

@@ -168,6 +168,10 @@ class ExchangeTrace:
         trace context in the exchange's events (``log_.emit``), and return the headers the server gets."""
         self.begin(messages, session, server)
         assert self.root is not None
+        if not self.root.is_recording():
+            # Not sampled: the request goes on as a proxy that records nothing would pass it, with the client's own
+            # traceparent (recorded in exchange.start's headers), and costs no span, no event, no header.
+            return {}
         ctx = trace.set_span_in_context(self.root)
         self.upstream = self._tracing.tracer.start_span("upstream", context=ctx, kind=SpanKind.CLIENT)
         up = self.upstream.get_span_context()

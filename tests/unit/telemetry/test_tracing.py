@@ -122,3 +122,18 @@ def test_export_failures_are_counted(policy: FakePolicy) -> None:
     trace.finish("complete", 200)  # the OTLP exporter cannot reach port 1: counted, never raised
     assert tracing.exporter.errors == 1 and tracing.exporter.exported == 0
     tracing.shutdown()
+
+
+async def test_an_unsampled_exchange_passes_the_clients_traceparent_and_records_nothing(policy: FakePolicy) -> None:
+    sink, spans = FakeSink(), InMemorySpanExporter()
+    gw = _gateway(sink, policy)
+    gw.tracing = Tracing(
+        Telemetry(endpoint="http://127.0.0.1:1/v1/traces", sample_ratio=1.0), exporter=spans, batch=False
+    )
+    ex = Exchange(gw)
+    await ex.on_request_headers(_request_with(f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"))  # the client did not sample
+    reply = await ex.on_request_body(_body(_call("echo", 1)))
+    ex.finish("complete")
+    assert spans.get_finished_spans() == ()
+    assert not reply.request_body.response.HasField("header_mutation")
+    assert "trace.context" not in sink.types()
