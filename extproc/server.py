@@ -36,6 +36,7 @@ from extproc.recording.setup import build_runtime
 from extproc.routing import Router
 from extproc.settings import Settings
 from extproc.telemetry.tracing import Tracing
+from extproc.tools.guardrail import Guardrails
 from extproc.tools.surface import build_surface
 from extproc.upstream.credentials import Upstream
 
@@ -156,6 +157,7 @@ async def serve(
     tracing: Tracing | None = None
     auth = Authenticator(settings.auth) if settings.auth is not None else None
     upstream = Upstream.from_settings(settings)  # key files read now: a bad one fails the start
+    guardrails = Guardrails.from_servers({s.name: s.guardrail for s in settings.servers})  # token files too
     await recording.start()
     try:
         exporter = attach(settings.export, recording.recorder.streams)  # SIEM export (extproc/export/)
@@ -172,6 +174,7 @@ async def serve(
         gw.reviewer = sar.from_settings(settings.kubernetes)
         gw.grants = grant_store(settings)
         gw.upstream = upstream
+        gw.guardrails = guardrails
 
         gw.surface = build_surface(settings)
         if settings.telemetry is not None and settings.telemetry.endpoint is not None:
@@ -198,6 +201,8 @@ async def serve(
             discovery.close()
         if upstream is not None:
             await upstream.close()
+        if guardrails is not None:
+            await guardrails.close()
     log.info("processor stopped; recordings flushed")
 
 

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
+from time import perf_counter
 from typing import Any, Literal
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -36,7 +37,7 @@ from extproc.errors import (
     ReservedSessionId,
     StoreError,
 )
-from extproc.exchange import upstream
+from extproc.exchange import guard, upstream
 from extproc.exchange.decide import Decisions
 from extproc.exchange.surface import SurfaceCheck
 from extproc.exchange.upstream import UPSTREAM_REMOVE, caller_token, credential_recorder
@@ -112,6 +113,7 @@ class Exchange:
         # The response.
         self._body: ResponseBody | None = None
         self._buffered: Literal["filter", "seal"] | None = None  # the whole body comes in one message
+        self._guard_ms: float | None = None  # how long the server's outside guardrail took, when it was asked
         self.trace: ExchangeTrace | None = None  # OpenTelemetry spans (extproc/telemetry/), when tracing is on
 
     @property
@@ -168,13 +170,14 @@ class Exchange:
             ctx = ExchangeContext(
                 self.id, self.request_id, self.session, caller_token(headers), credential_recorder(self.gw, self.log)
             )
-            credentials = await upstream.credentials(self.gw, self.principal, self.server_name, ctx)
+            backend = admission.backend.name if admission.backend else None
+            credentials = await upstream.credentials(self.gw, self.principal, self.server_name, ctx, backend)
         except GatewayError as e:
             return self._refuse(e)
         if msg.end_of_stream and (refused := await self._commit()) is not None:  # a GET or DELETE goes upstream now
             return refused
         route = admission.route_headers
-        ours = upstream.gateway_headers(self.gw, self.principal, self.server_name, self._server_session)
+        ours = upstream.gateway_headers(self.gw, self.principal, self.server_name, self._server_session, backend)
         set_headers, remove = upstream.request_headers({**ours, **credentials}, route)
         if self.trace is not None and msg.end_of_stream:  # a GET or DELETE: its trace context goes upstream now
             set_headers.update(self.trace.forward((), self.session, self.server_name, self.log))
@@ -202,6 +205,10 @@ class Exchange:
             return self._refuse(e)
         if (refused := await self._decide(parsed)) is not None:
             return refused
+        if self.gw.guardrails is not None:  # the server's outside guardrail, when it has one (guard.py)
+            refused, forward = await self._guard(parsed, forward)
+            if refused is not None:
+                return refused
         if (refused := await self._commit()) is not None:  # the server executes only what is on disk
             return refused
         if self.trace is not None:
@@ -210,6 +217,31 @@ class Exchange:
                 self.trace.forward(parsed.messages, self.session, self.server_name, self.log),
             )
         return responses.request_body(forward)
+
+    async def _guard(
+        self, parsed: ParsedBody, forward: bytes | None
+    ) -> tuple[ep.ProcessingResponse | None, bytes | None]:
+        """Each allowed call asked of the server's guardrail; a body it modified is checked and decided again."""
+        if self.policy is None or self.admitted is None:
+            return None, forward
+        base = parse_body(forward, strict=True) if forward is not None else parsed
+        backend = self.admitted.backend.name if self.admitted.backend else ""
+        t0 = perf_counter()
+        err, changed = await guard.ask(self.gw, self.log, self.policy, self.principal, (self.server_name, backend),
+                                       (self.id, self.request_id), base.messages, self._decisions.shown)  # fmt: skip
+        self._guard_ms = (perf_counter() - t0) * 1000
+        if err is not None:
+            return self._refuse(err), None
+        if changed is None:
+            return None, forward
+        modified = ParsedBody(tuple(changed), base.batch)
+        try:
+            check_headers(self._header_names, self._headers, modified.messages, modified.batch, self._declared_headers)
+        except InvalidRequest as e:
+            return self._refuse(e), None
+        if (refused := await self._decide(modified)) is not None:  # what the server executes is decided on
+            return refused, None
+        return None, dumps(changed if base.batch else changed[0]).encode()
 
     async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
         """Learn the recording unit (the server names its session) and how the body is framed."""
@@ -283,7 +315,7 @@ class Exchange:
             exchange=self.id, request_id=self.request_id, session=self.session, server=self.server_name,
             user=self.principal.username if self.principal else "", status=self.status, outcome=outcome,
             duration_ms=duration * 1000, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
-            detail=detail, **verdict_fields(self.verdict),
+            detail=detail, guardrail_ms=self._guard_ms, **verdict_fields(self.verdict),
         )  # fmt: skip
         if self.trace is not None:
             fields = verdict_fields(self.verdict)
@@ -338,6 +370,7 @@ class Exchange:
         """From here on the exchange is recorded: who, where, which session; then its start."""
         headers = self._headers
         self.admitted, self.principal = admission, admission.principal
+        self._tools.backend = admission.backend.name if admission.backend else None
         self.policy = self.gw.policy.current if self.gw.policy is not None else None
         self.ends_session = headers.get(":method") == "DELETE"
         self.client = _client_address(attributes, headers)

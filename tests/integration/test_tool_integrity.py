@@ -140,3 +140,35 @@ async def test_hand_written_pin_refused_and_poison_stripped(start_mcp_server, st
     assert ("invisible", "tag-characters", "/description", "strip") in marks
     assert ("instructions", "override-previous", "/description#tags", "alarm") in marks
     assert {f["rule"] for f in defs["notes"]["findings"]} >= {"authority-tag", "conceal-from-user"}
+
+
+async def test_each_backend_has_its_own_surface(start_mcp_server, start_authed, issuer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A server with identity-scoped backends: backend b's echo changes (rug pull) and is hidden for b's callers,
+    while a's unchanged echo keeps working for a's; each backend's pins live apart (server@backend)."""
+    a = start_mcp_server("a", False)
+    b = start_mcp_server("b", False, "--rug-pull")
+    key, _ = generate_keys(tmp_path / "keys")
+    entry = {"name": "team", "backends": [
+        {"name": "a", "upstream": a.upstream, "subjects": {"groups": ["team-a"]}},
+        {"name": "b", "upstream": b.upstream, "subjects": {"groups": ["team-b"]}},
+    ]}  # fmt: skip
+    policy = POLICY.replace("servers: [demo]", "servers: [team]").replace("MODE", "hide")
+    gw = start_authed(
+        [a, b], policy=policy, gateway={"recording": {"signing_key": str(key)}, "server_entries": [entry]}
+    )
+    alice = issuer.mint("alice", aud=gw.endpoint, groups=("team-a",))
+    bob = issuer.mint("bob", aud=gw.endpoint, groups=("team-b",))
+
+    async with connect(gw.url("team"), token=alice, mode="legacy") as conn_a:
+        assert "echo" in {t.name for t in (await conn_a.client.list_tools()).tools}
+        async with connect(gw.url("team"), token=bob, mode="legacy") as conn_b:
+            await conn_b.client.list_tools()
+            await conn_b.client.call_tool("echo", {"text": "hi"})  # b changes echo's description now
+            assert "echo" not in {t.name for t in (await conn_b.client.list_tools()).tools}
+            assert "tool-surface integrity" in await refused(conn_b, "echo", {"text": "again"})
+        # a's echo never changed: listed and callable, whatever b did
+        assert "echo" in {t.name for t in (await conn_a.client.list_tools()).tools}
+        assert (await conn_a.client.call_tool("echo", {"text": "a"})).structured_content == {"result": "a"}
+    gw.stop()
+    listed = pins_cli(gw, "list")
+    assert "team@a" in listed.stdout and "team@b" in listed.stdout, listed
