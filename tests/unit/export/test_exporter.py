@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from ocsf_schema import schema
 from recording_helpers import cli
+from siem_receivers import HecReceiver
 
 from extproc.audit.trail import AuditTrail
 from extproc.authn.principal import Principal
@@ -167,3 +168,27 @@ def test_source_endpoint_forms_validate(client: str, endpoint: dict) -> None:
     out = fold.feed("exchange.end", {"exchange": "x", "status": 200, "outcome": "complete"}.get, at)
     assert out is not None and out["src_endpoint"] == endpoint
     assert schema().validate(out) == []
+
+
+async def test_backfill_to_the_configured_sinks(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "rec")
+    rec = Recorder(store, Spool(tmp_path / "spool", "w1"), RecorderOptions(flush_interval=0.01))
+    await rec.start()
+    for n in range(3):
+        for ev in _exchange("s-2", n, "list_repos", True, 1_700_000_000.0 + n):
+            assert rec.emit(ev)
+    await rec.flushed()
+    await rec.close()
+    token = tmp_path / "hec.token"
+    token.write_text("tok")
+    with HecReceiver("tok") as hec:
+        config = tmp_path / "gateway.yaml"
+        config.write_text(
+            "servers: [{name: github, upstream: '127.0.0.1:1'}]\nallow_anonymous: true\n"
+            f"recording: {{directory: {tmp_path / 'rec'}}}\n"
+            f"export: {{hec: {{url: '{hec.url}', token_file: {token}}}, delivery: {{linger_ms: 0}}}}\n"
+        )
+        done = cli("export", "backfill", "-c", str(config), "--since", "1700000000", "--to-sinks")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "backfill: 3 events delivered, 0 dropped" in done.stderr
+        assert sorted(e["metadata"]["uid"] for e in hec.events) == ["s-2-e0", "s-2-e1", "s-2-e2"]
