@@ -3,28 +3,28 @@ exchange; the span tree and its attributes are described in ``extproc/telemetry/
 
 The exchange span starts when the exchange does but is opened only once its parent is known: the client's
 ``traceparent`` header is there at the request headers, ``params._meta.traceparent`` only with the body. Phases
-that ran before (authentication) are kept as (name, start, end) and become child spans with their own times once
-the exchange span exists. Span export happens in the SDK's thread, never on the event loop; an export that fails
-is counted (``mcp_extproc_trace_export_errors_total``) and logged, and costs the exchange nothing.
+are kept as (name, start, end); at the exchange's end every span is built at once as an SDK ``ReadableSpan`` and
+handed to the span processor (the SDK's span API costs tens of microseconds a span in Python).
+Span export happens in the SDK's thread, never on the event loop; an export that fails is counted
+(``mcp_extproc_trace_export_errors_total``) and logged, and costs the exchange nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
-from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -36,7 +36,6 @@ from extproc.telemetry.config import Telemetry
 
 log = logging.getLogger(__name__)
 
-_PROPAGATOR = TraceContextTextMapPropagator()
 TRACEPARENT = "traceparent"
 
 
@@ -91,11 +90,13 @@ class Tracing:
         self.exporter = CountingExporter(inner)
         self.provider = TracerProvider(
             resource=Resource.create({"service.name": config.service_name, "service.version": __version__}),
-            sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
         )
-        processor = BatchSpanProcessor(self.exporter) if batch else SimpleSpanProcessor(self.exporter)
-        self.provider.add_span_processor(processor)
-        self.tracer = self.provider.get_tracer("mcp-extproc", __version__)
+        self.processor = BatchSpanProcessor(self.exporter) if batch else SimpleSpanProcessor(self.exporter)
+        self.provider.add_span_processor(self.processor)
+        self.resource = self.provider.resource
+        self.scope = InstrumentationScope("mcp-extproc", __version__)
+        self.ids = RandomIdGenerator()
+        self.bound = round(config.sample_ratio * (_TRACE_ID_LIMIT + 1))  # TraceIdRatioBased's bound
 
     def exchange(self, exchange_id: str, traceparent: str | None) -> ExchangeTrace:
         """The trace of one exchange, started now; ``traceparent``: the client's header, if any."""
@@ -112,54 +113,67 @@ class Tracing:
 
 
 class ExchangeTrace:
-    """The spans of one exchange (see the package docstring for the tree)."""
+    """The spans of one exchange (see the package docstring for the tree), built when the exchange ends.
 
-    __slots__ = ("_marks", "_tracing", "exchange_id", "header", "parent", "root", "start_ns", "upstream")
+    Every span's times are known by then, so each is handed to the span processor whole (an SDK ``ReadableSpan``)
+    instead of living through the SDK's span API: the ids are drawn and the sampling decided (parent-based, then
+    the trace-id ratio, as ``ParentBased(TraceIdRatioBased)``) when the exchange span opens, because the ids go
+    upstream and into the record before the exchange ends."""
+
+    __slots__ = (
+        "_children", "_tracing", "attributes", "exchange_id", "header", "name", "opened", "parent", "parent_span",
+        "sampled", "span_id", "start_ns", "trace_id", "up_end", "up_start", "up_status", "upstream_id",
+    )  # fmt: skip
 
     def __init__(self, tracing: Tracing, exchange_id: str, header: str | None) -> None:
         self._tracing = tracing
         self.exchange_id = exchange_id
         self.header = header
         self.start_ns = time.time_ns()
-        self.root: Span | None = None
-        self.upstream: Span | None = None
-        self.parent = ""
-        self._marks: list[tuple[str, int, int]] = []
+        self.opened = False
+        self.sampled = False
+        self.trace_id = self.span_id = self.parent_span = self.upstream_id = 0
+        self.up_start = self.up_end = self.up_status = 0
+        self.parent = ""  # header | meta | new
+        self.name = "mcp"
+        self.attributes: dict[str, Any] = {}
+        self._children: list[tuple[str, int, int]] = []
 
     @property
-    def trace_id(self) -> str:
-        return format(self.root.get_span_context().trace_id, "032x") if self.root is not None else ""
+    def trace_hex(self) -> str:
+        return format(self.trace_id, "032x") if self.opened else ""
 
     def mark(self, name: str, start_ns: int, end_ns: int | None = None) -> None:
         """A phase (authenticate, policy, recording commit) that ran from ``start_ns`` until now."""
-        end = end_ns if end_ns is not None else time.time_ns()
-        if self.root is None:
-            self._marks.append((name, start_ns, end))
-        else:
-            self._child(name, start_ns, end)
+        self._children.append((name, start_ns, end_ns if end_ns is not None else time.time_ns()))
 
     def begin(self, messages: Sequence[Mapping[str, Any]] = (), session: str | None = None, server: str = "") -> None:
         """Open the exchange span under its parent: the header's traceparent, else the first request's
-        ``params._meta.traceparent``, else a new trace."""
-        if self.root is not None:
+        ``params._meta.traceparent``, else a new trace; draw its ids and decide whether it is sampled."""
+        if self.opened:
             return
-        parent_tp, self.parent = (self.header, "header") if _valid(self.header) else (_meta(messages), "meta")
-        if not _valid(parent_tp):
-            parent_tp, self.parent = None, "new"
-        ctx = _PROPAGATOR.extract({TRACEPARENT: parent_tp}) if parent_tp else Context()
-        name, attrs = describe(messages)
+        self.opened = True
+        parent = _parse(self.header)
+        self.parent = "header"
+        if parent is None:
+            parent, self.parent = _parse(_meta(messages)), "meta"
+        ids = self._tracing.ids
+        if parent is None:
+            self.parent, self.trace_id = "new", ids.generate_trace_id()
+            self.sampled = self.trace_id & _TRACE_ID_LIMIT < self._tracing.bound
+        else:
+            self.trace_id, self.parent_span, flags = parent
+            self.sampled = bool(flags & 1)
+        self.span_id = ids.generate_span_id()
+        if not self.sampled:
+            return
+        self.name, attrs = describe(messages)
         attrs["mcp_extproc.exchange"] = self.exchange_id
         if server:
             attrs["mcp_extproc.server"] = server
         if session:
             attrs["mcp.session.id"] = session
-        tracer = self._tracing.tracer
-        self.root = tracer.start_span(
-            name, context=ctx, kind=SpanKind.SERVER, attributes=attrs, start_time=self.start_ns
-        )
-        for mark in self._marks:
-            self._child(*mark)
-        self._marks.clear()
+        self.attributes = attrs
 
     def forward(
         self, messages: Sequence[Mapping[str, Any]], session: str | None, server: str, log_: EventSink | Any
@@ -167,60 +181,98 @@ class ExchangeTrace:
         """The request goes upstream now: open the exchange span if needed, start the upstream span, record the
         trace context in the exchange's events (``log_.emit``), and return the headers the server gets."""
         self.begin(messages, session, server)
-        assert self.root is not None
-        if not self.root.is_recording():
+        if not self.sampled:
             # Not sampled: the request goes on as a proxy that records nothing would pass it, with the client's own
             # traceparent (recorded in exchange.start's headers), and costs no span, no event, no header.
             return {}
-        ctx = trace.set_span_in_context(self.root)
-        self.upstream = self._tracing.tracer.start_span("upstream", context=ctx, kind=SpanKind.CLIENT)
-        up = self.upstream.get_span_context()
-        sc = self.root.get_span_context()
+        self.upstream_id = self._tracing.ids.generate_span_id()
+        self.up_start = time.time_ns()
         log_.emit(
             TraceContext(
-                trace_id=format(sc.trace_id, "032x"),
-                span_id=format(sc.span_id, "016x"),
+                trace_id=format(self.trace_id, "032x"),
+                span_id=format(self.span_id, "016x"),
                 parent=self.parent,
-                upstream_span_id=format(up.span_id, "016x"),
+                upstream_span_id=format(self.upstream_id, "016x"),
             )
         )
-        # W3C traceparent, version 00 (what the propagator's inject writes, without its context plumbing)
-        return {TRACEPARENT: f"00-{up.trace_id:032x}-{up.span_id:016x}-{int(up.trace_flags):02x}"}
+        return {TRACEPARENT: f"00-{self.trace_id:032x}-{self.upstream_id:016x}-01"}
 
     def answered(self, status: int) -> None:
         """The server's response headers arrived: the upstream span ends."""
-        if self.upstream is not None and self.upstream.is_recording():
-            self.upstream.set_attribute("http.response.status_code", status)
-            self.upstream.end()
+        if self.upstream_id and not self.up_end:
+            self.up_end, self.up_status = time.time_ns(), status
 
     def finish(
         self, outcome: str, status: int, decision: str = "", rule: str = "", detail: str = "", recording: str = ""
     ) -> None:
         """The exchange ended: its span gets the outcome and the recording unit it is in (the way from the trace to
-        the recording), and ends (a refused exchange's span is opened here)."""
+        the recording), and every span of the exchange goes to the span processor."""
         self.begin()
-        assert self.root is not None
-        if self.upstream is not None and self.upstream.is_recording():
-            self.upstream.end()
-        root = self.root
-        if recording:
-            root.set_attribute("mcp_extproc.recording", recording)
-        root.set_attribute("mcp_extproc.outcome", outcome)
-        root.set_attribute("mcp_extproc.http.status", status)
-        if decision:
-            root.set_attribute("mcp_extproc.decision", decision)
-            root.set_attribute("mcp_extproc.rule", rule)
-        if outcome != "complete" or status >= 500 or decision == "deny":
-            root.set_attribute("error.type", detail.split(":", 1)[0] or outcome)
-            root.set_status(Status(StatusCode.ERROR, detail[:200] or outcome))
-        root.end()
-
-    def _child(self, name: str, start_ns: int, end_ns: int) -> None:
-        assert self.root is not None
-        if not self.root.is_recording():  # not sampled: neither are its children (parent-based), skip the work
+        if not self.sampled:
             return
-        ctx = trace.set_span_in_context(self.root)
-        self._tracing.tracer.start_span(name, context=ctx, start_time=start_ns).end(end_time=end_ns)
+        now = time.time_ns()
+        attrs = self.attributes
+        attrs["mcp_extproc.outcome"] = outcome
+        attrs["mcp_extproc.http.status"] = status
+        if recording:
+            attrs["mcp_extproc.recording"] = recording
+        if decision:
+            attrs["mcp_extproc.decision"] = decision
+            attrs["mcp_extproc.rule"] = rule
+        state = _OK
+        if outcome != "complete" or status >= 500 or decision == "deny":
+            attrs["error.type"] = detail.split(":", 1)[0] or outcome
+            state = Status(StatusCode.ERROR, detail[:200] or outcome)
+        tracing = self._tracing
+        root = SpanContext(self.trace_id, self.span_id, is_remote=False, trace_flags=_SAMPLED)
+        parent = SpanContext(self.trace_id, self.parent_span, is_remote=True, trace_flags=_SAMPLED)
+        spans = [
+            _span(tracing, self.name, root, parent if self.parent_span else None, SpanKind.SERVER,
+                  self.start_ns, now, attrs, state),
+        ]  # fmt: skip
+        ids = tracing.ids
+        for name, start, end in self._children:
+            ctx = SpanContext(self.trace_id, ids.generate_span_id(), is_remote=False, trace_flags=_SAMPLED)
+            spans.append(_span(tracing, name, ctx, root, SpanKind.INTERNAL, start, end, None, _OK))
+        if self.upstream_id:
+            ctx = SpanContext(self.trace_id, self.upstream_id, is_remote=False, trace_flags=_SAMPLED)
+            up_attrs = {"http.response.status_code": self.up_status} if self.up_status else None
+            spans.append(_span(tracing, "upstream", ctx, root, SpanKind.CLIENT, self.up_start, self.up_end or now,
+                               up_attrs, _OK))  # fmt: skip
+        for span in spans:
+            tracing.processor.on_end(span)
+
+
+_TRACE_ID_LIMIT = (1 << 64) - 1
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_OK = Status(StatusCode.UNSET)
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def _parse(traceparent: str | None) -> tuple[int, int, int] | None:
+    """(trace id, parent span id, flags) of a W3C traceparent (version 00, non-zero ids); None otherwise."""
+    m = _TRACEPARENT.match(traceparent.strip().lower()) if traceparent else None
+    if m is None:
+        return None
+    trace_id, span_id = int(m[1], 16), int(m[2], 16)
+    return (trace_id, span_id, int(m[3], 16)) if trace_id and span_id else None
+
+
+def _span(
+    tracing: Tracing,
+    name: str,
+    ctx: SpanContext,
+    parent: SpanContext | None,
+    kind: SpanKind,
+    start: int,
+    end: int,
+    attributes: dict[str, Any] | None,
+    status: Status,
+) -> ReadableSpan:
+    return ReadableSpan(
+        name, ctx, parent, tracing.resource, attributes, kind=kind, status=status, start_time=start, end_time=end,
+        instrumentation_scope=tracing.scope,
+    )  # fmt: skip
 
 
 def with_headers(reply: ep.ProcessingResponse, headers: Mapping[str, str]) -> ep.ProcessingResponse:
@@ -261,14 +313,6 @@ def _meta(messages: Sequence[Mapping[str, Any]]) -> str | None:
         if isinstance(meta, Mapping) and isinstance(meta.get(TRACEPARENT), str):
             return str(meta[TRACEPARENT])
     return None
-
-
-def _valid(traceparent: str | None) -> bool:
-    """A W3C traceparent a propagator would accept (version 00 form, non-zero ids)."""
-    if not traceparent:
-        return False
-    ctx = trace.get_current_span(_PROPAGATOR.extract({TRACEPARENT: traceparent})).get_span_context()
-    return ctx.is_valid
 
 
 class _Readings(Collector):
