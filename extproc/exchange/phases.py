@@ -37,7 +37,7 @@ from extproc.errors import (
     ReservedSessionId,
     StoreError,
 )
-from extproc.exchange import guard, upstream
+from extproc.exchange import guard, results, upstream
 from extproc.exchange.decide import Decisions
 from extproc.exchange.surface import SurfaceCheck
 from extproc.exchange.upstream import UPSTREAM_REMOVE, caller_token, credential_recorder
@@ -68,6 +68,7 @@ from extproc.recording.events import (
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import record_piece
 from extproc.telemetry.tracing import ExchangeTrace, with_headers
+from extproc.tools.screens import strip_invisible_bytes
 from extproc.upstream.base import ExchangeContext
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class Exchange:
         self._buffered: Literal["filter", "seal"] | None = None  # the whole body comes in one message
         self._guard_ms: float | None = None  # how long the server's outside guardrail took, when it was asked
         self.trace: ExchangeTrace | None = None  # OpenTelemetry spans (extproc/telemetry/), when tracing is on
+        self._screen: results.ResultScreen | None = None  # invisible characters in results: found, maybe stripped
 
     @property
     def session(self) -> str | None:
@@ -269,13 +271,15 @@ class Exchange:
         seal_sse = self._seal_state if ok and self._may_ask else None
         opts = self.gw.options
         self._body = ResponseBody(content_type, opts.max_event_body_bytes, seal_sse, opts.held, self._refusal)
+        self._screen = self._results_screen() if ok else None  # invisible characters in results (results.py)
         # List responses (and JSON results that may carry request state) are rewritten for the caller, so this one
         # body is buffered; all others keep streaming.
         if ok and self._decisions.lists:
             self._buffered = "filter"
         elif ok and self._may_ask and content_type.startswith("application/json"):
             self._buffered = "seal"
-        remove = ("content-length",) if self._body.rewriting else ()
+        stripping = self._screen is not None and self._screen.stripper is not None and not self._buffered
+        remove = ("content-length",) if self._body.rewriting or stripping else ()
         return responses.response_headers(self._client_headers(server_session), remove, self._buffered is not None)
 
     async def on_response_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
@@ -289,6 +293,10 @@ class Exchange:
             pieces, released = pieces + more, (released + tail if released is not None else None)
         for piece in pieces:
             self._record_piece(piece)
+        stripper = self._screen.stripper if self._screen is not None and not self._buffered else None
+        if stripper is not None:  # invisible characters out of results as the body streams (results.py)
+            stripped = stripper.feed(chunk if released is None else released, final=msg.end_of_stream)
+            released = stripped if stripped is not None else released
         if self._buffered == "filter":
             await self._tools.refresh_pins(self.server_name)  # the list is judged against today's pins
         reply = self._rewrite_buffered(chunk) if self._buffered else None
@@ -476,6 +484,12 @@ class Exchange:
         if method == "tools/list":
             self.gw.param_headers.learn(self._scope(), result)
 
+    def _results_screen(self) -> results.ResultScreen | None:
+        verdict = self._decisions.verdict
+        if self.policy is None or verdict is None:
+            return None
+        return results.ResultScreen.of(self.policy, self.server_name, self.log, verdict.calls)
+
     def _seal_state(self, message: dict[str, Any]) -> dict[str, Any]:
         return self._state.seal(message) if self._state is not None else message
 
@@ -494,7 +508,9 @@ class Exchange:
         """The whole (buffered) body rewritten for the caller: lists filtered, or request state sealed."""
         if self._buffered == "seal":
             sealed = rewrite_json(body, self._seal_state)
-            return responses.response_body(replace=sealed) if sealed is not body else None
+            if self._screen is not None and self._screen.stripper is not None:
+                sealed = strip_invisible_bytes(sealed)  # results screened with strip (results.py)
+            return responses.response_body(replace=sealed) if sealed != body else None
         if self.policy is None or self.principal is None:
             return None
         sse = self._body is not None and self._body.sse
@@ -527,6 +543,8 @@ class Exchange:
         body = self._body
         withheld = body.oversized_reason if body is not None and body.oversized and self.policy is not None else None
         self._awaiting -= record_piece(self.log, self.policy, self.server_name, piece, withheld)
+        if self._screen is not None:
+            self._screen.note(piece)
 
     # --- refusals --------------------------------------------------------------------------------------------
 

@@ -115,6 +115,18 @@ class GuardrailVerdict(Event):
 
 
 @dataclass(slots=True, kw_only=True)
+class ResultScreened(Event):
+    """Invisible characters found in what a call returned (tool-surface screens): where, and what was done. The
+    response event keeps what the server sent; with ``action`` strip the client got it without them."""
+
+    type: ClassVar[str] = "result.screened"
+    message_id: str | int | None = None
+    call: str = ""  # the call whose result it is, as policy.decision names it
+    action: str = ""  # strip (removed before the client saw it) or alarm (passed, recorded)
+    findings: list[dict[str, Any]] = field(default_factory=list)  # screen, rule, path (in the result), span
+
+
+@dataclass(slots=True, kw_only=True)
 class ListFiltered(Event):
     """A list response rewritten so the caller sees only what it may use; names of what was hidden."""
 
