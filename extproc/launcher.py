@@ -27,6 +27,8 @@ from extproc.envoy.bootstrap import render_yaml
 from extproc.envoy.clusters import PROCESSOR_CLUSTER, PROCESSOR_SERVICE
 from extproc.envoy.config import Edge, Server
 from extproc.envoy.tls import write_sds_files
+from extproc.kube.discovery import KubeDiscovery, watch_for_workers
+from extproc.kube.snapshot import DISCOVERY_FILE_ENV
 from extproc.server import listen_address
 from extproc.stdio import bridge_command, bridge_env
 from extproc.workers import READY_FILE_ENV, RESTART_BACKOFF, STABLE_AFTER, worker_command
@@ -223,6 +225,7 @@ class Stack:
     envoy: subprocess.Popen[bytes] | None = None
     log_format: str | None = None  # overrides the config's log_format for every process started
     audit: subprocess.Popen[bytes] | None = None  # the audit service, when gateway.yaml has an audit: section
+    discovery: KubeDiscovery | None = None  # the one Kubernetes watch of this stack, shared by its workers
     bridges: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # stdio servers' bridges, by server
     _log: Path | None = None
     # Per supervised part (a worker's index, a bridge's server name): when it started, deaths in a row, restart due.
@@ -247,6 +250,7 @@ class Stack:
         s = self.settings
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = log
+        self.discovery = watch_for_workers(s, self._discovery_file)  # workers read its snapshot (one watch per pod)
         for server in s.servers:  # first: a processor's warm-up and doctor's probes find them listening
             if server.stdio is not None:
                 self.bridges[server.name] = self._spawn_bridge(server)
@@ -274,6 +278,10 @@ class Stack:
         wait_until(lambda: self._alive() and envoy_sees_processors(s.admin.port, count), 30, "Envoy to see processors")
         return self
 
+    @property
+    def _discovery_file(self) -> Path:
+        return self.workdir / "discovery.json"
+
     def _ready_file(self, worker: int) -> Path:
         return self.workdir / f"processor-{worker}.ready"
 
@@ -297,6 +305,8 @@ class Stack:
     def _spawn(self, worker: int) -> subprocess.Popen[bytes]:
         self._ready_file(worker).unlink(missing_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", READY_FILE_ENV: str(self._ready_file(worker))}
+        if self.discovery is not None:
+            env[DISCOVERY_FILE_ENV] = str(self._discovery_file)
         return self._popen(worker_command(self.config, worker, log_format=self.log_format), env)
 
     def _wait_worker(self, worker: int) -> None:
@@ -394,6 +404,9 @@ class Stack:
                     p.wait()
         self.envoy = self.audit = None
         self.processors = []
+        if self.discovery is not None:
+            self.discovery.close()
+            self.discovery = None
         self.bridges = {}
 
     def __enter__(self) -> Stack:

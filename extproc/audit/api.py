@@ -104,7 +104,7 @@ async def load_allowed(ctx: AuditContext, who: Principal, key: str) -> tuple[Ses
     """A session the caller may see, read and verified; 404 (never 403) for one outside the grant."""
     _check_key(key)
     grants = ctx.grants(who)
-    row = ctx.index.get(key)
+    row = await asyncio.to_thread(ctx.index.get, key)  # PostgreSQL: a network read
     if row is None or not allowed(grants, _ident(who), row):
         raise not_found()
     try:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from extproc.evidence.note import NoteSigner
 from extproc.evidence.tiles import Blobs, TileBuilder
@@ -75,11 +75,10 @@ def where_path(log_key: str, session: str, first: int) -> str:
     return f"{log_key}/where/{safe_key(session)}/{first:012d}"
 
 
-class Stamper:
+class Stamper(Protocol):
     """Something that timestamps checkpoint notes (``tsa.TsaClient``): returns the DER TimeStampResp."""
 
-    def stamp(self, data: bytes) -> bytes:  # pragma: no cover - interface
-        raise NotImplementedError
+    def stamp(self, data: bytes) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)

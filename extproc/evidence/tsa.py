@@ -24,14 +24,12 @@ from rfc3161_client import (
     decode_timestamp_response,
 )
 
-from extproc.evidence.tlog import Stamper
-
 
 class TsaError(Exception):
     """The TSA did not grant a timestamp, or its token does not verify."""
 
 
-class TsaClient(Stamper):
+class TsaClient:
     """Asks one TSA for timestamps (blocking: the log calls it from its worker thread)."""
 
     def __init__(self, url: str, timeout: float = 10.0) -> None:
