@@ -54,8 +54,11 @@ class Pointer:
             "seq": self.seq,
             "line": self.seq + 1,
             "sha256": self.sha256,
-            "checkpoint": None,  # the transparency-log checkpoint covering the segment, once one exists
+            # The transparency-log checkpoint covering the segment: null here, the segment is not stored yet when
+            # its line is chained; ``prove`` gives the inclusion proof once a checkpoint covers it (extproc/evidence/).
+            "checkpoint": None,
             "verify": f"mcp-extproc sessions verify {self.session} --event {self.sha256}",
+            "prove": f"mcp-extproc evidence prove {self.session}",
         }
         if first_seq is not None:
             out["first_seq"] = first_seq
