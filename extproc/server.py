@@ -160,7 +160,8 @@ async def serve(
     guardrails = Guardrails.from_servers({s.name: s.guardrail for s in settings.servers})  # token files too
     await recording.start()
     try:
-        exporter = attach(settings.export, recording.recorder.streams)  # SIEM export (extproc/export/)
+        several = settings.processor.workers > 1  # each worker its own export file
+        exporter = attach(settings.export, recording.recorder.streams, f"worker-{worker}" if several else "")
         if auth is not None:
             await auth.start()  # warms the JWKS cache; an unreachable IdP means 503s until it answers, never open
         else:

@@ -209,7 +209,7 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
     refresher: asyncio.Task[None] | None = None
     with _stop_on_signals(server):  # a signal during start-up or close still ends in a closed trail
         await runtime.start()
-        exporter = attach(settings.export, runtime.recorder.streams)  # the trail's accesses to the SIEM
+        exporter = attach(settings.export, runtime.recorder.streams, "audit")  # the trail's accesses, own file
         try:
             await authenticator.start()
             await policy.start()

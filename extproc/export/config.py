@@ -33,6 +33,13 @@ class FileSink(Section):
     max_bytes: Annotated[int, Field(ge=1024)] = Field(default=100 << 20, description="rotate past this size")
     keep: Annotated[int, Field(ge=0, le=1000)] = Field(default=5, description="rotated files kept")
 
+    def for_writer(self, writer: str) -> FileSink:
+        """Each process appends and rotates a file of its own: ``ocsf.jsonl`` -> ``ocsf.worker-1.jsonl`` (processor
+        workers), ``ocsf.audit.jsonl`` (the audit service). Two processes rotating one file would lose one."""
+        if not writer:
+            return self
+        return self.model_copy(update={"path": self.path.with_name(f"{self.path.stem}.{writer}{self.path.suffix}")})
+
 
 class HecSink(Section):
     """Splunk HTTP Event Collector (``/services/collector/event``), token read from a file."""

@@ -40,11 +40,12 @@ class Exporter:
         self.errors = 0  # events the fold could not read (a bug: logged)
 
     @classmethod
-    def from_config(cls, config: Export) -> Exporter:
+    def from_config(cls, config: Export, writer: str = "") -> Exporter:
+        """The sinks of ``config``; ``writer`` names this process's own file when several processes export."""
         d = config.delivery
         sinks: list[Sink] = []
         if config.file is not None:
-            sinks.append(FileOutput(config.file, d))
+            sinks.append(FileOutput(config.file.for_writer(writer), d))
         if config.hec is not None:
             sinks.append(HecOutput(config.hec, d))
         if config.syslog is not None:
@@ -86,11 +87,12 @@ class Exporter:
         return _Readings(self)
 
 
-def attach(config: Export | None, streams: Streams) -> Exporter | None:
-    """Start exporting what ``streams`` (a recorder's) chains, when gateway.yaml has an ``export:`` section."""
+def attach(config: Export | None, streams: Streams, writer: str = "") -> Exporter | None:
+    """Start exporting what ``streams`` (a recorder's) chains, when gateway.yaml has an ``export:`` section.
+    ``writer``: "" for the only process writing ``export.file``, else a name of its own (worker 2, audit)."""
     if config is None:
         return None
-    exporter = Exporter.from_config(config)
+    exporter = Exporter.from_config(config, writer)
     streams.tap = exporter.chained
     exporter.start()
     log.info("exporting OCSF events to %s", ", ".join(s.name for s in exporter.sinks))

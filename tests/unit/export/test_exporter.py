@@ -13,7 +13,7 @@ from siem_receivers import HecReceiver
 
 from extproc.audit.trail import AuditTrail
 from extproc.authn.principal import Principal
-from extproc.export.config import Delivery, FileSink
+from extproc.export.config import Delivery, Export, FileSink
 from extproc.export.exporter import Exporter
 from extproc.export.ocsf import Fold, Pointer
 from extproc.export.proof import locate
@@ -192,3 +192,9 @@ async def test_backfill_to_the_configured_sinks(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout + done.stderr
         assert "backfill: 3 events delivered, 0 dropped" in done.stderr
         assert sorted(e["metadata"]["uid"] for e in hec.events) == ["s-2-e0", "s-2-e1", "s-2-e2"]
+
+
+def test_each_exporting_process_has_a_file_of_its_own(tmp_path: Path) -> None:
+    export = Export(file=FileSink(path=tmp_path / "ocsf.jsonl"))
+    paths = [Exporter.from_config(export, w).sinks[0].config.path for w in ("", "worker-1", "audit")]  # type: ignore[attr-defined]
+    assert [p.name for p in paths] == ["ocsf.jsonl", "ocsf.worker-1.jsonl", "ocsf.audit.jsonl"]
