@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from extproc.controls.budgets import Budgets, LocalCounter
 from extproc.mcp.param_headers import ParamHeaderMaps
@@ -21,6 +22,9 @@ from extproc.settings import Settings
 from extproc.tools.guardrail import Guardrails
 from extproc.tools.surface import Surface
 from extproc.upstream.credentials import Upstream
+
+if TYPE_CHECKING:
+    from extproc.telemetry.tracing import Tracing
 
 
 def exchange_ids() -> Callable[[], str]:
@@ -50,6 +54,7 @@ class Gateway:
 
     surface: Surface | None = None  # tool-surface integrity: pins, screens, what each unit was shown
     guardrails: Guardrails | None = None  # outside guardrails of servers that have one (None: no server has one)
+    tracing: Tracing | None = None  # OpenTelemetry spans per exchange (extproc/telemetry/); None: off
     overload: LagMonitor = field(default_factory=lambda: LagMonitor(0.0))  # load shedding (off unless built)
     clock: Callable[[], float] = time.time
     new_id: Callable[[], str] = field(default_factory=lambda: exchange_ids())

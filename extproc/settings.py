@@ -18,11 +18,13 @@ from extproc.authn.config import AuthConfig
 from extproc.controls.budgets_config import Budgets
 from extproc.envoy.config import Admin, Edge, Limits, Listen, Processor, Server
 from extproc.errors import ConfigError
+from extproc.export.config import Export
 from extproc.kube.config import Discovery, KubernetesAuthz
 from extproc.policy.config import Grants, Policy
 from extproc.recording.config import Recording
 from extproc.reserved import RESERVED_SERVERS
 from extproc.sections import Section
+from extproc.telemetry.config import Telemetry
 from extproc.yamlfile import Lines, did_you_mean, line_of, parse_yaml
 
 
@@ -55,6 +57,12 @@ class Settings(Section):
         default="text", description="json: one object per line, for every process the gateway starts"
     )
     audit: Audit | None = None
+    export: Export | None = Field(
+        default=None, description="SIEM export: OCSF events of every exchange and audit access (extproc/export/)"
+    )
+    telemetry: Telemetry | None = Field(
+        default=None, description="OpenTelemetry traces of exchanges (extproc/telemetry/); off without an endpoint"
+    )
 
     # A field validator (not a model validator) so the error is reported under the key ``servers``.
     @field_validator("servers")
@@ -107,7 +115,7 @@ class Settings(Section):
     def resolved(self, base: Path) -> Settings:
         """Every section's relative paths resolved against ``base`` (the config file's folder)."""
         update: dict[str, Any] = {"recording": self.recording.resolved(base)}
-        for name in ("policy", "grants", "audit"):
+        for name in ("policy", "grants", "audit", "export"):
             section = getattr(self, name)
             if section is not None:
                 update[name] = section.resolved(base)

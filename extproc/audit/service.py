@@ -33,6 +33,7 @@ from extproc.audit.trail import AuditTrail
 from extproc.authn.challenge import resource_metadata_url
 from extproc.authn.verify import Authenticator
 from extproc.errors import AuthError
+from extproc.export.exporter import attach
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.manifest import Signer
 from extproc.recording.setup import build_runtime, build_store
@@ -208,6 +209,7 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
     refresher: asyncio.Task[None] | None = None
     with _stop_on_signals(server):  # a signal during start-up or close still ends in a closed trail
         await runtime.start()
+        exporter = attach(settings.export, runtime.recorder.streams, "audit")  # the trail's accesses, own file
         try:
             await authenticator.start()
             await policy.start()
@@ -225,6 +227,8 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
                     await refresher
             await web.close()
             await runtime.close()  # the trail's last segment and the writer's closing digest
+            if exporter is not None:
+                await exporter.close()
             await authenticator.close()
             await policy.close()
             index.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from time import perf_counter
 from typing import Any, Literal
@@ -66,6 +67,7 @@ from extproc.recording.events import (
 )
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import record_piece
+from extproc.telemetry.tracing import ExchangeTrace, with_headers
 from extproc.tools.screens import strip_invisible_bytes
 from extproc.upstream.base import ExchangeContext
 
@@ -113,6 +115,7 @@ class Exchange:
         self._body: ResponseBody | None = None
         self._buffered: Literal["filter", "seal"] | None = None  # the whole body comes in one message
         self._guard_ms: float | None = None  # how long the server's outside guardrail took, when it was asked
+        self.trace: ExchangeTrace | None = None  # OpenTelemetry spans (extproc/telemetry/), when tracing is on
         self._screen: results.ResultScreen | None = None  # invisible characters in results: found, maybe stripped
 
     @property
@@ -139,6 +142,8 @@ class Exchange:
         """Admit the request (admission.py) and record its start; a refusal of a known caller is recorded too."""
         headers = self._headers = to_dict(msg.headers)
         self.request_id = headers.get("x-request-id", "")[:128]
+        if self.gw.tracing is not None:
+            self.trace = self.gw.tracing.exchange(self.id, headers.get("traceparent"))
         opts = self.gw.options
         if opts.metadata and headers.get(":path", "").split("?", 1)[0] == opts.metadata_path:
             self.finished = True  # RFC 9728 metadata: public, and not an exchange
@@ -146,7 +151,10 @@ class Exchange:
         if self.gw.upstream is not None and self.gw.upstream.serves_jwks(headers.get(":path", "")):
             self.finished = True  # the public keys of the gateway's identity assertions: public, not an exchange
             return responses.json_reply(200, self.gw.upstream.jwks)
+        t0 = time.time_ns()
         admission = await admit(self.gw, headers, self.id)
+        if self.trace is not None:
+            self.trace.mark("authenticate", t0)
         if isinstance(admission, Unrecorded):
             return self._refuse(admission.error, dict(admission.headers))
         self._admit(admission, msg, attributes)
@@ -173,6 +181,8 @@ class Exchange:
         route = admission.route_headers
         ours = upstream.gateway_headers(self.gw, self.principal, self.server_name, self._server_session, backend)
         set_headers, remove = upstream.request_headers({**ours, **credentials}, route)
+        if self.trace is not None and msg.end_of_stream:  # a GET or DELETE: its trace context goes upstream now
+            set_headers.update(self.trace.forward((), self.session, self.server_name, self.log))
         return responses.request_headers(set_headers, remove, clear_route_cache=bool(route))
 
     async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
@@ -182,6 +192,8 @@ class Exchange:
         body = msg.body
         self.bytes_in += len(body)
         parsed = parse_body(body, strict=True)  # what the policy decides on must be what the server reads
+        if self.trace is not None:  # its parent may be the request's params._meta.traceparent (SEP-414)
+            self.trace.begin(parsed.messages, self.session, self.server_name)
         self._note_request(parsed)
         if self._deferred is not None:  # refused at admission (someone else's session...): only the id was missing
             return self._refuse(*self._deferred)
@@ -201,6 +213,11 @@ class Exchange:
                 return refused
         if (refused := await self._commit()) is not None:  # the server executes only what is on disk
             return refused
+        if self.trace is not None:
+            return with_headers(
+                responses.request_body(forward),
+                self.trace.forward(parsed.messages, self.session, self.server_name, self.log),
+            )
         return responses.request_body(forward)
 
     async def _guard(
@@ -232,6 +249,8 @@ class Exchange:
         """Learn the recording unit (the server names its session) and how the body is framed."""
         headers = to_dict(msg.headers)
         self.status = int(headers.get(":status", "0") or 0)
+        if self.trace is not None:
+            self.trace.answered(self.status)
         server_session = headers.get(SESSION_HEADER)
         if server_session and is_reserved_unit(server_session):  # it would write into another recording unit
             return self._refuse(ReservedSessionId(server_session))
@@ -306,6 +325,10 @@ class Exchange:
             duration_ms=duration * 1000, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
             detail=detail, guardrail_ms=self._guard_ms, **verdict_fields(self.verdict),
         )  # fmt: skip
+        if self.trace is not None:
+            fields = verdict_fields(self.verdict)
+            decision, rule = fields.get("decision", ""), fields.get("rule", "")
+            self.trace.finish(outcome, self.status, decision, rule, detail, self.session or "")
         if self.admitted is None:
             return
         self.gw.metrics.exchange_ended(self.server_name, outcome, duration)
@@ -340,10 +363,13 @@ class Exchange:
         exchange recorded (marked incomplete), never executed unrecorded. Refused (503) when that cannot be."""
         if (held := self.log.cannot_hold()) is not None:
             return self._refuse(RecordingUnavailable(str(held)))
+        t0 = time.time_ns()
         try:
             await self.log.commit()
         except StoreError as e:
             return self._refuse(RecordingUnavailable(str(e)))
+        if self.trace is not None:
+            self.trace.mark("recording commit", t0)
         return None
 
     # --- request side ----------------------------------------------------------------------------------------
@@ -404,7 +430,10 @@ class Exchange:
         """Every request of the body decided and recorded (decide.py); one denial refuses the whole body."""
         if self.policy is None or self.principal is None:
             return None
+        t0 = time.time_ns()
         refusal = await self._decisions.body(self.policy, self.principal, self.server_name, self.session, parsed)
+        if self.trace is not None:
+            self.trace.mark("policy", t0)
         headers = self._decisions.reply_headers
         return self._refuse(refusal[0], headers, doc=refusal[1]) if refusal is not None else None
 

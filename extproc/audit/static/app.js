@@ -4,6 +4,7 @@
 (function () {
   const PREFIX = document.body.dataset.prefix;
   const API = PREFIX + "api/";
+  const TRACE_LINK = document.body.dataset.traceLink || "";  // telemetry.trace_link: "...{trace_id}..."
   const main = document.getElementById("main");
   const FILTERS = ["server", "user", "since", "until", "state", "tool"];
 
@@ -155,6 +156,12 @@
   }
   function redactionsOf(ev) { return (ev.redactions || []).map((r) => r.rule || r.name || "redaction"); }
 
+  // A trace id, linked to the tracing backend when telemetry.trace_link is set.
+  function traceRef(id) {
+    if (!TRACE_LINK || !/^[0-9a-f]{32}$/.test(id || "")) return el("code", {}, id || "");
+    return el("a", { class: "trace", href: TRACE_LINK.split("{trace_id}").join(id), rel: "noreferrer" }, id);
+  }
+
   function timelineItem(ev, base) {
     const off = ((ev.time - base)).toFixed(3) + " s";
     const li = el("li", { "data-offset": ev.time - base, "data-seq": ev.seq, "data-type": ev.type });
@@ -164,6 +171,10 @@
     if (red.length) head.append(badge("redacted", "redacted: " + red.join(", ")));
     if (ev.type === "exchange.start") {
       head.append(`${ev.method} ${ev.path} by ${(ev.principal || {}).username || "anonymous"} from ${ev.client || "?"}`);
+      const tp = ((ev.headers || {}).traceparent || "").split("-");
+      if (tp.length === 4 && /^[0-9a-f]{32}$/.test(tp[1])) head.append(" trace ", traceRef(tp[1]));
+    } else if (ev.type === "trace.context") {
+      head.append("trace ", traceRef(ev.trace_id), ` span ${ev.span_id} (parent: ${ev.parent})`);
     } else if (ev.type === "policy.decision") {
       head.append(ev.allowed ? badge("verified-yes", "allowed") : badge("denied", "denied"),
         ` rule ${ev.rule || "(default deny)"}: ${ev.call || ""} ${ev.reason || ""}`);
