@@ -26,8 +26,10 @@ exchange answers with the matching refusal (``RecordingUnavailable``) instead.
         │   └── IssuerUnavailable       503 no signing keys from the issuer
         ├── Forbidden                   403 OriginNotAllowed, SessionNotYours, PolicyDenied,
         │                               UpstreamIdentityRefused (the IdP refused the server's credential),
-        │                               ToolWithheld (a changed or unapproved tool, prompt or resource)
+        │                               ToolWithheld (a changed or unapproved tool, prompt or resource),
+        │                               ApprovalRequired (an approve rule holds the call until a person approves)
         ├── AuthorizationUnavailable    503 a SubjectAccessReview gave no answer
+        ├── ApprovalsUnavailable        503 an approve rule holds the call and the approvals store cannot be used
         ├── ReservedSessionId           502 the server named its session like a gateway recording unit
         ├── EncodedResponse             502 a Content-Encoding the processor cannot read
         ├── Overloaded                  503 the worker's event loop is too far behind
@@ -284,6 +286,27 @@ class AuthorizationUnavailable(GatewayError):
     status = 503
     jsonrpc_code = -32005
     client_message = "authorization service unavailable; request refused"
+
+
+class ApprovalRequired(Forbidden):
+    """An ``effect: approve`` rule holds the call: it passes once a person approves this exact call (the error
+    names the approval id and where to approve it); an identical retry after that passes."""
+
+    jsonrpc_code = -32006
+
+    def __init__(self, approval_id: str, message: str, url: str | None) -> None:
+        where = f"; approve at {url}" if url else f"; approve with `mcp-extproc approvals approve {approval_id}`"
+        super().__init__(f"approval required: {message[:600]}{where}; then retry the identical call")
+        self.approval_id = approval_id
+        self.url = url
+
+
+class ApprovalsUnavailable(GatewayError):
+    """An approve rule holds the call and the approvals store is not configured or cannot be written: refused."""
+
+    status = 503
+    jsonrpc_code = -32005
+    client_message = "approvals unavailable; a call that needs approval is refused"
 
 
 # --- upstream (502) -----------------------------------------------------------------------------------------

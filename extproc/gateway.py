@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from extproc.controls.hold import Approvals
 from extproc.mcp.param_headers import ParamHeaderMaps
 from extproc.mcp.protocol import RunTracker
 from extproc.metrics import Metrics
@@ -44,6 +45,7 @@ class Gateway:
     reviewer: Reviewer | None = None  # Kubernetes SubjectAccessReviews for rules that require them
     grants: GrantSource | None = None  # signed just-in-time grants
     upstream: Upstream | None = None  # credentials toward servers with upstream_auth (None: no server has one)
+    approvals: Approvals | None = None  # held calls and their approvals (effect: approve); None: refused (503)
 
     surface: Surface | None = None  # tool-surface integrity: pins, screens, what each unit was shown
     overload: LagMonitor = field(default_factory=lambda: LagMonitor(0.0))  # load shedding (off unless built)

@@ -22,6 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.authn.verify import Authenticator
+from extproc.controls.hold import approvals_from_settings
 from extproc.envoy import responses
 from extproc.envoy.tls import server_credentials
 from extproc.exchange import Exchange
@@ -164,6 +165,7 @@ async def serve(
         gw.metrics.watch(recording.recorder, policy, auth)
         gw.reviewer = sar.from_settings(settings.kubernetes)
         gw.grants = grant_store(settings)
+        gw.approvals = approvals_from_settings(settings)
         gw.upstream = upstream
 
         gw.surface = build_surface(settings)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from extproc.audit.config import Audit
 from extproc.authn.config import AuthConfig
+from extproc.controls.config import Approvals
 from extproc.envoy.config import Admin, Edge, Limits, Listen, Processor, Server
 from extproc.errors import ConfigError
 from extproc.kube.config import Discovery, KubernetesAuthz
@@ -43,6 +44,7 @@ class Settings(Section):
         default=None, description="SubjectAccessReviews for policy rules with `kubernetes:`"
     )
     grants: Grants | None = None
+    approvals: Approvals | None = Field(default=None, description="approvals of one exact call (effect: approve)")
     allow_anonymous: bool = Field(
         default=False,
         description="without `auth`, the gateway refuses to start unless this says, explicitly, that anonymous "
@@ -97,6 +99,8 @@ class Settings(Section):
     def _grants_need_key(self) -> Settings:
         if self.grants is not None and (self.recording.signing_key is None or self.policy is None):
             raise ValueError("grants: need recording.signing_key (grants are signed with it) and a policy")
+        if self.approvals is not None and (self.recording.signing_key is None or self.policy is None):
+            raise ValueError("approvals: need recording.signing_key (approvals are signed with it) and a policy")
         return self
 
     def server(self, name: str) -> Server | None:
@@ -105,7 +109,7 @@ class Settings(Section):
     def resolved(self, base: Path) -> Settings:
         """Every section's relative paths resolved against ``base`` (the config file's folder)."""
         update: dict[str, Any] = {"recording": self.recording.resolved(base)}
-        for name in ("policy", "grants", "audit"):
+        for name in ("policy", "grants", "audit", "approvals"):
             section = getattr(self, name)
             if section is not None:
                 update[name] = section.resolved(base)

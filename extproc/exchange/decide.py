@@ -9,6 +9,7 @@ from time import perf_counter
 from typing import Any
 
 from extproc.authn.principal import Principal
+from extproc.controls.hold import hold
 from extproc.errors import AuthorizationUnavailable, GatewayError, InvalidRequest, PolicyDenied, ToolWithheld
 from extproc.exchange.surface import SurfaceCheck
 from extproc.gateway import Gateway
@@ -21,7 +22,7 @@ from extproc.recording.events import PolicyDecision
 from extproc.recording.exchange_log import ExchangeLog
 
 # A refusal: the error, and for a refused batch the JSON-RPC errors that answer it (one per request).
-Refusal = tuple[GatewayError, list[dict[str, Any]] | None]
+Refusal = tuple[GatewayError, list[dict[str, Any]] | dict[str, Any] | None]
 
 
 def describe(policy: CompiledPolicy | None, server: str, call: McpCall) -> str:
@@ -40,6 +41,7 @@ class Decisions:
         self.verdict: Verdict | None = None
         self.facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
         self.lists: dict[str, str] = {}  # list requests whose responses are filtered
+        self.backend = ""  # the backend the exchange was routed to (an approval is bound to it)
 
     async def body(
         self, policy: CompiledPolicy, who: Principal, server: str, session: str | None, parsed: ParsedBody
@@ -51,6 +53,13 @@ class Decisions:
         t0 = perf_counter()
         verdict = self.verdict = authorize(policy, who, server, parsed.messages, self.facts)
         gw.metrics.decision_seconds.observe(perf_counter() - t0)
+        held: Refusal | None = None
+        approval: dict[int, dict[str, Any]] = {}  # an approve rule held a call: its request or the approval used
+        if any(d.approval is not None for d in verdict.decisions):
+            args = (gw.approvals, policy, who, server, self.backend, parsed.batch, verdict, self.log.exchange_id)
+            verdict, refusal, answer, approval = await hold(*args)
+            self.verdict = verdict
+            held = (refusal, answer) if refusal is not None else None
         withheld, shown = (
             await self.tools.check_calls(policy, server, session, verdict.calls)
             if verdict.denied is None
@@ -58,7 +67,9 @@ class Decisions:
         )
         for i, (call, d) in enumerate(zip(verdict.calls, verdict.decisions, strict=True)):
             outside = {"kubernetes": d.kubernetes, "grant": d.grant, "definition": shown.get(i)}
-            self.record(policy, server, call, d.allowed, d.rule, d.reason, **outside)
+            self.record(policy, server, call, d.allowed, d.rule, d.reason, approval=approval.get(i), **outside)
+        if held is not None:
+            return held
         if withheld is not None:
             return ToolWithheld(redact_text(policy, server, withheld)), None
         if (denied := verdict.denied) is None:

@@ -312,6 +312,7 @@ class Exchange:
         """From here on the exchange is recorded: who, where, which session; then its start."""
         headers = self._headers
         self.admitted, self.principal = admission, admission.principal
+        self._decisions.backend = admission.backend.name if admission.backend else ""
         self.policy = self.gw.policy.current if self.gw.policy is not None else None
         self.ends_session = headers.get(":method") == "DELETE"
         self.client = _client_address(attributes, headers)

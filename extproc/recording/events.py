@@ -98,6 +98,7 @@ class PolicyDecision(Event):
     kubernetes: dict[str, Any] | None = None  # the SubjectAccessReview the rule required: outcome, reason, cached
     grant: dict[str, Any] | None = None  # the just-in-time grant used: id, reason, approver, until
     definition: dict[str, Any] | None = None  # tools/call, prompts/get, resources/read: the fingerprint last shown
+    approval: dict[str, Any] | None = None  # an approve rule held the call: the request, or the approval it used
 
 
 @dataclass(slots=True, kw_only=True)
