@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from extproc.audit.openapi import openapi_document
 from extproc.audit.trail import AuditTrail
 from extproc.authn.challenge import resource_metadata_url
 from extproc.authn.verify import Authenticator
+from extproc.controls.approvals import ApprovalStore
 from extproc.errors import AuthError
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.manifest import Signer
@@ -182,7 +184,9 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
     signer = Signer.from_file(settings.recording.signing_key)
     index = SessionIndex(index_path(settings), runtime.store, signer.public)
     authenticator = Authenticator(auth_cfg)
+    approvals = settings.approvals
     ctx = AuditContext(
+        approvals=ApprovalStore(approvals.directory, signer, time.time) if approvals is not None else None,
         authenticator=authenticator,
         policy=policy,
         index=index,

@@ -260,7 +260,7 @@ def test_check_reports_every_problem_once_in_one_run(tmp_path: Path) -> None:
     lines = result.output.splitlines()
     assert len(lines) == len(set(lines)) == 4, result.output
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
-    assert f"error {a}:4: rule 'broken': effect: must be 'allow' or 'deny', not 'maybe'" in lines
+    assert f"error {a}:4: rule 'broken': effect: must be 'allow', 'deny' or 'approve', not 'maybe'" in lines
     assert f"error {b}:11: rule 'bad-regex': arguments.title: pattern: invalid regular expression" in result.output
     # the cross-file checks ran on the valid rules of both invalid files
     assert f"error {a}:10: server 'gitlab' is not defined in gateway.yaml (known: github)" in lines
