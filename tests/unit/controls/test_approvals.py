@@ -69,11 +69,11 @@ def test_identical_retry_passes_exactly_once(store: ApprovalStore) -> None:
         pytest.param(
             Binding("https://other-idp", "sub-alice", "demo", "", "delete_repo", args_digest({"repo": "x"}), "v1"),
             id="same-subject-other-issuer",
-        ),  # fmt: skip
+        ),
         pytest.param(
             Binding(ALICE.issuer, ALICE.subject, "demo", "b2", "delete_repo", args_digest({"repo": "x"}), "v1"),
             id="other-backend",
-        ),  # fmt: skip
+        ),
         pytest.param(_binding(version="v2"), id="policy-changed"),
     ],
 )
