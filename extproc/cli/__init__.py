@@ -11,7 +11,22 @@ from typing import Annotated
 import typer
 
 from extproc import __version__
-from extproc.cli import audit, auth, config, demo, doctor, grant, keys, pins, policy, redrive, serve, sessions, store
+from extproc.cli import (
+    approvals,
+    audit,
+    auth,
+    config,
+    demo,
+    doctor,
+    grant,
+    keys,
+    pins,
+    policy,
+    redrive,
+    serve,
+    sessions,
+    store,
+)
 
 app = typer.Typer(
     help="Envoy external processor that authenticates, authorizes and records MCP traffic.",
@@ -42,6 +57,7 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(store.app, name="store")
 app.add_typer(audit.app, name="audit")
 app.add_typer(grant.app, name="grant")
+app.add_typer(approvals.app, name="approvals")
 app.add_typer(config.app, name="config")
 app.add_typer(pins.app, name="pins")
 app.command("dev-issuer")(auth.dev_issuer)

@@ -1,0 +1,196 @@
+"""Approvals through real Envoy: the mcp SDK client as the caller, the dev issuer's tokens, the audit service, and
+`mcp-extproc approvals` as the approver. A held call passes exactly once after a person approves it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from gateway_parts import Gateway
+
+from extproc.authn.dev_issuer import DevIssuer
+from extproc.demo.mcp_client import connect
+from extproc.launcher import free_port, wait_until
+from extproc.recording.manifest import generate_keys
+
+POLICY = """
+apiVersion: mcp-extproc/v1
+rules:
+  - name: everyone
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: ["*"], methods: [initialize, ping, "notifications/*", tools/list, http/get, http/delete]}
+  - name: echo-for-all
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [echo, add]}
+  - name: adding-needs-sre
+    effect: approve
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [add]}
+    approvers: {groups: [sre]}
+    ttl: 10m
+  - name: echo-needs-sre-briefly
+    effect: approve
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [echo]}
+    arguments: {text: {values: [brief]}}
+    approvers: {groups: [sre]}
+    ttl: 3s
+viewers:
+  - name: sre-sees-demo
+    subjects: {groups: [sre]}
+    servers: [demo]
+    sessions: all
+  - name: everyone-sees-own
+    subjects: {users: ["*"]}
+    servers: [demo]
+    sessions: own
+"""
+ID = re.compile(r"ap-[0-9a-f]{20}")
+
+
+def approval_gateway(start_authed, start_mcp_server, tmp_path: Path, policy: str = POLICY) -> Gateway:
+    key, _ = generate_keys(tmp_path / "keys")
+    gateway = {
+        "recording": {"signing_key": str(key)},
+        "audit": {"port": free_port(), "index_interval_ms": 200},
+        "approvals": {"directory": str(tmp_path / "approvals")},
+    }
+    return start_authed([start_mcp_server("demo")], policy=policy, gateway=gateway)
+
+
+async def call(gw: Gateway, token: str, tool: str, args: dict) -> tuple[bool, str]:
+    """(passed, result text or the JSON-RPC error's message) of one tools/call through the gateway."""
+    async with connect(gw.url(), token=token) as conn:
+        try:
+            result = await conn.client.call_tool(tool, args)
+        except Exception as e:  # the SDK raises its MCPError carrying the JSON-RPC error
+            return False, str(e)
+        return True, json.dumps(result.structured_content)
+
+
+def cli(gw: Gateway, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "extproc", "approvals", *args, "--api", f"{gw.endpoint}/audit/", "--token", token]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def events(gw: Gateway) -> list[dict]:
+    return [json.loads(x) for p in gw.store.root.rglob("*.jsonl") for x in p.read_bytes().splitlines()]
+
+
+async def test_held_call_passes_once_after_an_approver_approves_it(
+    start_authed, start_mcp_server, issuer: DevIssuer, tmp_path: Path
+) -> None:
+    gw = approval_gateway(start_authed, start_mcp_server, tmp_path)
+    alice = issuer.mint("alice", aud=gw.endpoint, groups=["eng"])
+    bob = issuer.mint("bob", aud=gw.endpoint, groups=["sre"])
+    carol = issuer.mint("carol", aud=gw.endpoint, groups=["eng"])
+    dave = issuer.mint("dave", aud=gw.endpoint, groups=["eng"])
+    selfish = issuer.mint("alice", aud=gw.endpoint, groups=["sre"])  # alice in sre still may not approve herself
+
+    passed, held = await call(gw, alice, "add", {"a": 1, "b": 2})
+    assert not passed and "approval required" in held and f"{gw.endpoint}/audit/approvals/ap-" in held
+    aid = ID.search(held)[0]  # type: ignore[index]
+    passed, again = await call(gw, alice, "add", {"a": 1, "b": 2})
+    assert not passed and f"approval {aid} is still pending" in again  # the same request, not a second one
+
+    listed = cli(gw, bob, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["id"], r["tool"], r["caller"]["username"], r["may_decide"]) for r in rows] == [
+        (aid, "add", "alice", True)
+    ]
+    assert json.loads(rows[0]["arguments"]) == {"a": 1, "b": 2}
+
+    own = cli(gw, selfish, "approve", aid)
+    assert own.returncode == 1 and "403" in own.stderr and "their own call" in own.stderr
+    other = cli(gw, carol, "approve", aid)  # not in sre; not her session either: not even shown
+    assert other.returncode == 1 and "404" in other.stderr
+    ok = cli(gw, bob, "approve", aid, "--reason", "one addition is fine")
+    assert ok.returncode == 0 and f"{aid}: approved by bob" in ok.stdout, ok.stderr
+
+    passed, changed = await call(gw, alice, "add", {"a": 1, "b": 3})  # other arguments
+    assert not passed and "approval required" in changed and aid not in changed
+    passed, stranger = await call(gw, dave, "add", {"a": 1, "b": 2})  # another caller, the same arguments
+    assert not passed and "approval required" in stranger and aid not in stranger
+    assert await call(gw, alice, "add", {"a": 1, "b": 2}) == (True, json.dumps({"result": 3}))
+    passed, used = await call(gw, alice, "add", {"a": 1, "b": 2})
+    assert not passed and f"approval {aid} was already used" in used
+
+    twice = cli(gw, bob, "approve", aid)
+    assert twice.returncode == 1 and "409" in twice.stderr
+    new_id = ID.search(used)[0]  # type: ignore[index]
+    denied = cli(gw, bob, "deny", new_id, "--reason", "once is enough")
+    assert denied.returncode == 0 and f"{new_id}: denied by bob" in denied.stdout
+    passed, after_denial = await call(gw, alice, "add", {"a": 1, "b": 2})
+    assert not passed and "denied by bob: once is enough" in after_denial
+
+    gw.stop()
+    decisions = [e for e in events(gw) if e["type"] == "policy.decision" and e.get("approval")]
+    states = [(e["approval"]["id"] == aid, e["approval"]["state"], e["allowed"]) for e in decisions]
+    assert (True, "pending", False) in states and (True, "consumed", True) in states
+    consumed = next(e for e in decisions if e["approval"]["state"] == "consumed")
+    assert consumed["approval"]["by"] == "bob" and consumed["rule"] == "adding-needs-sre"
+    trail = [e for e in events(gw) if e.get("server") == "audit" or "action" in e]
+    actions = json.dumps(trail)
+    assert '"approve"' in actions and '"deny"' in actions and "once is enough" in actions
+
+
+async def test_expired_approval_and_changed_policy_are_refused(
+    start_authed, start_mcp_server, issuer: DevIssuer, tmp_path: Path
+) -> None:
+    gw = approval_gateway(start_authed, start_mcp_server, tmp_path)
+    alice = issuer.mint("alice", aud=gw.endpoint, groups=["eng"])
+    bob = {"authorization": f"Bearer {issuer.mint('bob', aud=gw.endpoint, groups=['sre'])}"}
+    api = f"{gw.endpoint}/audit/api/approvals"
+
+    # expired: a 3 s approval, used after its expiry
+    passed, held = await call(gw, alice, "echo", {"text": "brief"})
+    aid = ID.search(held)[0]  # type: ignore[index]
+    r = httpx.post(f"{api}/{aid}/approve", headers=bob, timeout=10)
+    assert r.status_code == 200, r.text
+    until = r.json()["decision"]["until"]
+    await asyncio.to_thread(wait_until, lambda: time.time() > until + 0.05, 10, "the approval's expiry", 0.05)
+    passed, late = await call(gw, alice, "echo", {"text": "brief"})
+    assert not passed and f"approval {aid} expired" in late
+
+    # a policy change: an approval given under the old version does not pass under the new one
+    passed, held = await call(gw, alice, "add", {"a": 2, "b": 2})
+    aid = ID.search(held)[0]  # type: ignore[index]
+    assert httpx.post(f"{api}/{aid}/approve", headers=bob, timeout=10).status_code == 200
+    policies = Path(gw.config["policy"]["directory"])
+    (policies / "policy.yaml").write_text(POLICY.replace("tools: [echo, add]", "tools: [echo, add, whoami]"))
+
+    async def reloaded() -> bool:
+        return (await call(gw, alice, "whoami", {}))[0]
+
+    deadline = time.monotonic() + 20
+    while not await reloaded():
+        assert time.monotonic() < deadline, "the processor did not load the changed policy"
+        await asyncio.sleep(0.2)
+    passed, changed = await call(gw, alice, "add", {"a": 2, "b": 2})
+    assert not passed and "policy changed" in changed
+    # and a request held under the old version cannot be approved under the new one
+    passed, held = await call(gw, alice, "add", {"a": 5, "b": 5})
+    fresh = ID.search(held)[0]  # type: ignore[index]
+    assert httpx.post(f"{api}/{fresh}/approve", headers=bob, timeout=10).status_code == 200
+    assert await call(gw, alice, "add", {"a": 5, "b": 5}) == (True, json.dumps({"result": 10}))
+
+
+async def test_an_approve_rule_without_an_approvals_section_refuses(
+    start_authed, start_mcp_server, issuer: DevIssuer, tmp_path: Path
+) -> None:
+    key, _ = generate_keys(tmp_path / "keys")
+    gateway = {"recording": {"signing_key": str(key)}}  # an approve rule, but no approvals section
+    gw = start_authed([start_mcp_server("demo")], policy=POLICY, gateway=gateway)
+    alice = issuer.mint("alice", aud=gw.endpoint, groups=["eng"])
+    passed, refused = await call(gw, alice, "add", {"a": 1, "b": 2})
+    assert not passed and "approvals unavailable" in refused
