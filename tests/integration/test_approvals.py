@@ -194,3 +194,55 @@ async def test_an_approve_rule_without_an_approvals_section_refuses(
     alice = issuer.mint("alice", aud=gw.endpoint, groups=["eng"])
     passed, refused = await call(gw, alice, "add", {"a": 1, "b": 2})
     assert not passed and "approvals unavailable" in refused
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make test installs it)")
+async def test_approver_approves_in_the_web_viewer(
+    start_authed, start_mcp_server, issuer: DevIssuer, tmp_path: Path
+) -> None:
+    async_api = pytest.importorskip("playwright.async_api")
+    key, _ = generate_keys(tmp_path / "keys")
+    gateway = {
+        "recording": {"signing_key": str(key)},
+        "audit": {"port": free_port(), "index_interval_ms": 200, "client_id": "audit-viewer"},
+        "approvals": {"directory": str(tmp_path / "approvals")},
+    }
+    gw = start_authed([start_mcp_server("demo")], policy=POLICY, gateway=gateway)
+    alice = issuer.mint("alice", aud=gw.endpoint, groups=["eng"])
+    passed, held = await call(gw, alice, "add", {"a": 20, "b": 22})
+    aid = ID.search(held)[0]  # type: ignore[index]
+    url = f"{gw.endpoint}/audit/approvals/{aid}"
+    assert url in held
+
+    async with async_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )  # fmt: skip
+        try:
+            page = await (await browser.new_context(viewport={"width": 1280, "height": 900})).new_page()
+            page.set_default_timeout(15_000)
+            await page.goto(url)  # the link the caller got
+            await page.click("#login")
+            await page.fill("#username", "bob")
+            await page.fill("#groups", "sre")
+            await page.click("#sign-in")
+            item = page.locator(f'li[data-approval="{aid}"]')
+            await item.wait_for()
+            assert "alice asks to call add on demo" in await item.inner_text()
+            assert json.loads(await item.locator("pre.arguments").inner_text()) == {"a": 20, "b": 22}
+            # the cookie alone does not decide: a cross-site POST has no CSRF token
+            forged = await page.request.post(f"{gw.endpoint}/audit/api/approvals/{aid}/approve")
+            assert forged.status == 403 and "CSRF" in (await forged.json())["error"]["message"]
+            await item.locator("input.reason").fill("the answer")
+            await item.locator("button.approve").click()
+            await page.wait_for_selector("p.decision:has-text('approved by bob')")
+        finally:
+            await browser.close()
+    assert await call(gw, alice, "add", {"a": 20, "b": 22}) == (True, json.dumps({"result": 42}))
+    passed, used = await call(gw, alice, "add", {"a": 20, "b": 22})
+    assert not passed and f"approval {aid} was already used" in used
