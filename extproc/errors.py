@@ -27,7 +27,9 @@ exchange answers with the matching refusal (``RecordingUnavailable``) instead.
         ├── Forbidden                   403 OriginNotAllowed, SessionNotYours, PolicyDenied,
         │                               UpstreamIdentityRefused (the IdP refused the server's credential),
         │                               ToolWithheld (a changed or unapproved tool, prompt or resource),
-        │                               ApprovalRequired (an approve rule holds the call until a person approves)
+        │                               ApprovalRequired (an approve rule holds the call until a person approves;
+        │                               ApprovalInputRequired: 200, to a 2026-07-28 client an input_required result
+        │                               with a URL elicitation instead of the error)
         ├── AuthorizationUnavailable    503 a SubjectAccessReview gave no answer
         ├── ApprovalsUnavailable        503 an approve rule holds the call and the approvals store cannot be used
         ├── ReservedSessionId           502 the server named its session like a gateway recording unit
@@ -299,6 +301,13 @@ class ApprovalRequired(Forbidden):
         super().__init__(f"approval required: {message[:600]}{where}; then retry the identical call")
         self.approval_id = approval_id
         self.url = url
+
+
+class ApprovalInputRequired(ApprovalRequired):
+    """The same hold, answered to a 2026-07-28 client that can open URLs as an ``input_required`` result (HTTP 200)
+    asking it to open the approval page: its SDK shows the URL and retries the call by itself."""
+
+    status = 200
 
 
 class ApprovalsUnavailable(GatewayError):

@@ -294,11 +294,9 @@ async def me(ctx: AuditContext, request: Request, who: Principal) -> Response:
 
 
 def api_routes() -> list[Route]:
-    """The API routes, relative to the service prefix (``openapi.py`` documents exactly these)."""
-    from extproc.audit.approvals import approval_routes  # it uses ``audited`` from here
-
+    """The API routes, relative to the service prefix (``openapi.py`` documents exactly these, and the
+    approvals' routes, ``extproc.audit.approvals.approval_routes``)."""
     return [
-        *approval_routes(),
         Route("/api/me", me),
         Route("/api/sessions", list_sessions),
         Route("/api/sessions/{key}", show_session),

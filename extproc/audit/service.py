@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from extproc.audit.api import api_routes
+from extproc.audit.approvals import approval_routes
 from extproc.audit.config import Audit
 from extproc.audit.context import AuditContext, client_of, error_response
 from extproc.audit.index import SessionIndex
@@ -112,7 +113,7 @@ def build_app(ctx: AuditContext, prefix: str, extra_routes: list[Route | Mount] 
     async def to_prefix(request: Request) -> Response:
         return RedirectResponse(prefix, status_code=308)
 
-    routes = [*api_routes(), Route("/api/openapi.json", openapi), *(extra_routes or [])]
+    routes = [*api_routes(), *approval_routes(), Route("/api/openapi.json", openapi), *(extra_routes or [])]
     app = Starlette(
         routes=[
             Route(prefix.rstrip("/"), to_prefix),

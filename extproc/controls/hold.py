@@ -8,8 +8,10 @@ policy without approve rules costs nothing here. The store's file work runs off 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,8 +19,17 @@ import httpx
 
 from extproc.authn.principal import Principal
 from extproc.controls.approvals import ApprovalStore, Binding, Outcome, args_digest, encode_arguments, viewer_url
-from extproc.errors import ApprovalRequired, ApprovalsUnavailable, GatewayError, InvalidRequest, PolicyDenied
+from extproc.errors import (
+    ApprovalInputRequired,
+    ApprovalRequired,
+    ApprovalsUnavailable,
+    GatewayError,
+    InvalidRequest,
+    PolicyDenied,
+)
 from extproc.mcp.jsonrpc import error_response
+from extproc.mcp.methods import is_stateless
+from extproc.mcp.protocol import META_VERSION
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.enforce import Verdict
 from extproc.policy.engine import redact
@@ -81,6 +92,55 @@ def webhook_notice(outcome: Outcome, url: str | None) -> dict[str, Any]:
     }
 
 
+# The key of the gateway's own input request in a 2026-07-28 input_required result (and of the client's answer in
+# the retry's inputResponses, which is taken out before the server sees the call: the server never asked).
+INPUT_KEY = "mcp-extproc/approval"
+_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+
+
+def asks_by_url(message: Mapping[str, Any]) -> bool:
+    """A 2026-07-28 request from a client that can open a URL elicitation (``elicitation.url`` in the capabilities
+    its ``_meta`` declares): it gets an ``input_required`` result instead of an error, and retries by itself."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict) or not is_stateless(v if isinstance(v := meta.get(META_VERSION), str) else None):
+        return False
+    caps = meta.get(_CAPABILITIES)
+    elicitation = caps.get("elicitation") if isinstance(caps, dict) else None
+    return isinstance(elicitation, dict) and isinstance(elicitation.get("url"), dict)
+
+
+def declined(message: Mapping[str, Any]) -> bool:
+    """The retry answers the gateway's URL elicitation with decline or cancel: the caller gave up waiting."""
+    params = message.get("params")
+    responses = params.get("inputResponses") if isinstance(params, dict) else None
+    answer = responses.get(INPUT_KEY) if isinstance(responses, dict) else None
+    return isinstance(answer, dict) and answer.get("action") in ("decline", "cancel")
+
+
+def strip_input_response(body: bytes) -> bytes | None:
+    """The body without the gateway's own entry in ``params.inputResponses`` (None when it has none)."""
+    doc = json.loads(body)
+    params = doc.get("params") if isinstance(doc, dict) else None
+    responses = params.get("inputResponses") if isinstance(params, dict) else None
+    if not isinstance(responses, dict) or INPUT_KEY not in responses:
+        return None
+    assert isinstance(params, dict)
+    rest = {k: v for k, v in responses.items() if k != INPUT_KEY}
+    kept = {k: v for k, v in params.items() if k != "inputResponses"} | ({"inputResponses": rest} if rest else {})
+    return json.dumps({**doc, "params": kept}, separators=(",", ":")).encode()  # ASCII: a lone surrogate stays escaped
+
+
+def input_required(msg_id: object, approval_id: str, message: str, url: str) -> dict[str, Any]:
+    """The 2026-07-28 answer to a held call: an input_required result with one URL elicitation (the viewer's page)."""
+    ask = {"mode": "url", "message": message, "url": url, "elicitationId": approval_id}
+    result = {
+        "resultType": "input_required",
+        "inputRequests": {INPUT_KEY: {"method": "elicitation/create", "params": ask}},
+    }
+    return {"jsonrpc": "2.0", "id": msg_id, "result": result}
+
+
 Held = tuple[Verdict, GatewayError | None, Any, dict[int, dict[str, Any]]]
 """The verdict (a consumed approval turns its decision into an allow), the refusal and its JSON-RPC answer (None
 when the call passes), and the ``approval`` record of each decision by index."""
@@ -95,6 +155,7 @@ async def hold(
     batch: bool,
     verdict: Verdict,
     exchange: str,
+    message: Mapping[str, Any] | None = None,
 ) -> Held:
     """The first held call of ``verdict``: pass it on an approval of exactly this call, or refuse it."""
     i, call, d = next((i, c, d) for i, (c, d) in enumerate(zip(verdict.calls, verdict.decisions, strict=True))
@@ -133,6 +194,14 @@ async def hold(
     approvals.notify(outcome)
     approval_id = outcome.entry.request.id
     url = approvals.url(approval_id)
+    if url is not None and message is not None and asks_by_url(message) and not declined(message):
+        text = f"{d.reason[:300]}. Open the page, ask an approver; the call is retried once it is approved."
+        return (
+            verdict,
+            ApprovalInputRequired(approval_id, outcome.message, url),
+            input_required(call.id, approval_id, text, url),
+            record,
+        )
     err = ApprovalRequired(approval_id, outcome.message, url)
     data = {"approval_id": approval_id, "url": url, "state": outcome.entry.state(approvals.store.clock())}
     doc = error_response(call.id, err.jsonrpc_code, err.safe_message, data) if call.id is not None else None

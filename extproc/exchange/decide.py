@@ -42,6 +42,7 @@ class Decisions:
         self.facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
         self.lists: dict[str, str] = {}  # list requests whose responses are filtered
         self.backend = ""  # the backend the exchange was routed to (an approval is bound to it)
+        self.approved_retry = False  # a held call passed on an approval (its answer to our elicitation is removed)
 
     async def body(
         self, policy: CompiledPolicy, who: Principal, server: str, session: str | None, parsed: ParsedBody
@@ -56,8 +57,10 @@ class Decisions:
         held: Refusal | None = None
         approval: dict[int, dict[str, Any]] = {}  # an approve rule held a call: its request or the approval used
         if any(d.approval is not None for d in verdict.decisions):
-            args = (gw.approvals, policy, who, server, self.backend, parsed.batch, verdict, self.log.exchange_id)
+            first = parsed.messages[0] if len(parsed.messages) == 1 else None
+            args = (gw.approvals, policy, who, server, self.backend, parsed.batch, verdict, self.log.exchange_id, first)
             verdict, refusal, answer, approval = await hold(*args)
+            self.approved_retry = refusal is None
             self.verdict = verdict
             held = (refusal, answer) if refusal is not None else None
         withheld, shown = (

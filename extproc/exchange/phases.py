@@ -23,6 +23,7 @@ from extproc.admission import SESSION_HEADER, Admitted, Unrecorded, admit
 from extproc.authn.principal import Principal
 from extproc.authn.session_binding import bind
 from extproc.authn.state_binding import RequestStateNotYours
+from extproc.controls.hold import strip_input_response
 from extproc.envoy import responses
 from extproc.envoy.fields import UPSTREAM_HEADER
 from extproc.envoy.headers import recordable, to_dict
@@ -190,6 +191,8 @@ class Exchange:
             return self._refuse(e)
         if (refused := await self._decide(parsed)) is not None:
             return refused
+        if self._decisions.approved_retry:  # the server never asked for the answer to the gateway's elicitation
+            forward = strip_input_response(forward if forward is not None else body) or forward
         if (refused := await self._commit()) is not None:  # the server executes only what is on disk
             return refused
         return responses.request_body(forward)

@@ -26,7 +26,8 @@ rules:
   - name: everyone
     effect: allow
     subjects: {users: ["*"]}
-    targets: {servers: ["*"], methods: [initialize, ping, "notifications/*", tools/list, http/get, http/delete]}
+    targets: {servers: ["*"], methods: [initialize, server/discover, ping, "notifications/*", tools/list, http/get,
+                                        http/delete]}
   - name: echo-for-all
     effect: allow
     subjects: {users: ["*"]}
@@ -246,3 +247,50 @@ async def test_approver_approves_in_the_web_viewer(
     assert await call(gw, alice, "add", {"a": 20, "b": 22}) == (True, json.dumps({"result": 42}))
     passed, used = await call(gw, alice, "add", {"a": 20, "b": 22})
     assert not passed and f"approval {aid} was already used" in used
+
+
+async def test_a_2026_client_gets_a_url_elicitation_and_retries_by_itself(
+    start_authed, start_mcp_server, issuer: DevIssuer, tmp_path: Path
+) -> None:
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp_types import ElicitResult
+
+    server = start_mcp_server("demo")
+    key, _ = generate_keys(tmp_path / "keys")
+    gateway = {
+        "recording": {"signing_key": str(key)},
+        "audit": {"port": free_port()},
+        "approvals": {"directory": str(tmp_path / "approvals")},
+    }
+    gw = start_authed([server], policy=POLICY, gateway=gateway)
+    alice = issuer.mint("alice", aud=gw.endpoint, groups=["eng"])
+    bob = {"authorization": f"Bearer {issuer.mint('bob', aud=gw.endpoint, groups=['sre'])}"}
+    asked: list[dict] = []
+
+    async def approver_opens_the_page(ctx, params) -> ElicitResult:  # the user follows the URL; bob approves
+        asked.append(params.model_dump(by_alias=True))
+        async with httpx2.AsyncClient() as http:
+            r = await http.post(
+                f"{params.url.replace('/audit/approvals/', '/audit/api/approvals/')}/approve", headers=bob
+            )
+        assert r.status_code == 200, r.text
+        return ElicitResult(action="accept")
+
+    async with httpx2.AsyncClient(headers={"authorization": f"Bearer {alice}"}) as http:
+        async with Client(
+            streamable_http_client(gw.url(), http_client=http), elicitation_callback=approver_opens_the_page, cache=None
+        ) as client:
+            result = await client.call_tool("add", {"a": 40, "b": 2})
+    assert result.structured_content == {"result": 42}
+    [ask] = asked
+    assert ask["mode"] == "url" and ID.fullmatch(ask["elicitationId"]) and ask["url"].endswith(ask["elicitationId"])
+    calls = [r for r in server.seen() if r["method"] == "tools/call"]
+    assert [c["tool"] for c in calls] == ["add"]  # the held round never reached the server, the retry did once
+    gw.stop()
+    decisions = [e for e in events(gw) if e["type"] == "policy.decision" and e.get("approval")]
+    assert [(e["approval"]["state"], e["allowed"]) for e in decisions] == [("pending", False), ("consumed", True)]
+    requests = [m for e in events(gw) if e["type"] == "mcp.request" for m in e["messages"]]
+    retry = [m for m in requests if m.get("params", {}).get("inputResponses")]
+    assert retry and "mcp-extproc/approval" in retry[0]["params"]["inputResponses"]  # recorded as the client sent it
