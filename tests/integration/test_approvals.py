@@ -242,11 +242,29 @@ async def test_approver_approves_in_the_web_viewer(
             await item.locator("input.reason").fill("the answer")
             await item.locator("button.approve").click()
             await page.wait_for_selector("p.decision:has-text('approved by bob')")
+            assert await call(gw, alice, "add", {"a": 20, "b": 22}) == (True, json.dumps({"result": 42}))
+            passed, used = await call(gw, alice, "add", {"a": 20, "b": 22})
+            assert not passed and f"approval {aid} was already used" in used
+
+            # the session's timeline shows the hold and the approval used, linked to its page
+            bob = {"authorization": f"Bearer {issuer.mint('bob', aud=gw.endpoint, groups=['sre'])}"}
+
+            def session_with_approval() -> str | None:
+                r = httpx.get(f"{gw.endpoint}/audit/api/sessions", params={"tool": "add"}, headers=bob, timeout=10)
+                for row in r.json()["sessions"]:
+                    events = httpx.get(f"{gw.endpoint}/audit/api/sessions/{row['session']}/events", headers=bob)
+                    if '"consumed"' in events.text:
+                        return str(row["session"])
+                return None
+
+            ready = lambda: session_with_approval() is not None  # noqa: E731
+            await asyncio.to_thread(wait_until, ready, 30, "the used approval in the index", 0.2)
+            await page.goto(f"{gw.endpoint}/audit/s/{session_with_approval()}")
+            used_badge = page.locator("li[data-type='policy.decision'] .approval-consumed")
+            await used_badge.first.wait_for()
+            assert await page.locator(f"li[data-type='policy.decision'] a[href$='approvals/{aid}']").count() >= 2
         finally:
             await browser.close()
-    assert await call(gw, alice, "add", {"a": 20, "b": 22}) == (True, json.dumps({"result": 42}))
-    passed, used = await call(gw, alice, "add", {"a": 20, "b": 22})
-    assert not passed and f"approval {aid} was already used" in used
 
 
 async def test_a_2026_client_gets_a_url_elicitation_and_retries_by_itself(

@@ -160,6 +160,9 @@
     } else if (ev.type === "policy.decision") {
       head.append(ev.allowed ? badge("verified-yes", "allowed") : badge("denied", "denied"),
         ` rule ${ev.rule || "(default deny)"}: ${ev.call || ""} ${ev.reason || ""}`);
+      const ap = ev.approval;  // an approve rule held the call: the request, or the approval it used
+      if (ap) head.append(" ", badge("approval approval-" + ap.state, `approval ${ap.state}`), " ",
+        el("a", { href: PREFIX + "approvals/" + encodeURIComponent(ap.id) }, ap.id), ap.by ? ` by ${ap.by}` : "");
     } else if (ev.type === "exchange.end") {
       head.append(ev.outcome === "denied" ? badge("denied", "refused " + ev.status) : `${ev.outcome} ${ev.status}`,
         ` ${ev.duration_ms} ms ${ev.detail || ""}`);
