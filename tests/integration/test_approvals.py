@@ -8,7 +8,10 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -58,12 +61,42 @@ viewers:
 ID = re.compile(r"ap-[0-9a-f]{20}")
 
 
-def approval_gateway(start_authed, start_mcp_server, tmp_path: Path, policy: str = POLICY) -> Gateway:
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict]]]:
+    """A receiver on loopback for the approvals webhook: its URL and the JSON bodies it got."""
+    got: list[dict] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", got
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def approval_gateway(
+    start_authed, start_mcp_server, tmp_path: Path, policy: str = POLICY, webhook_url: str | None = None
+) -> Gateway:
     key, _ = generate_keys(tmp_path / "keys")
     gateway = {
         "recording": {"signing_key": str(key)},
         "audit": {"port": free_port(), "index_interval_ms": 200},
-        "approvals": {"directory": str(tmp_path / "approvals")},
+        "approvals": {
+            "directory": str(tmp_path / "approvals"),
+            **({"webhook_url": webhook_url} if webhook_url else {}),
+        },
     }
     return start_authed([start_mcp_server("demo")], policy=policy, gateway=gateway)
 
@@ -88,9 +121,9 @@ def events(gw: Gateway) -> list[dict]:
 
 
 async def test_held_call_passes_once_after_an_approver_approves_it(
-    start_authed, start_mcp_server, issuer: DevIssuer, tmp_path: Path
+    start_authed, start_mcp_server, issuer: DevIssuer, tmp_path: Path, webhook: tuple[str, list[dict]]
 ) -> None:
-    gw = approval_gateway(start_authed, start_mcp_server, tmp_path)
+    gw = approval_gateway(start_authed, start_mcp_server, tmp_path, webhook_url=webhook[0])
     alice = issuer.mint("alice", aud=gw.endpoint, groups=["eng"])
     bob = issuer.mint("bob", aud=gw.endpoint, groups=["sre"])
     carol = issuer.mint("carol", aud=gw.endpoint, groups=["eng"])
@@ -102,6 +135,11 @@ async def test_held_call_passes_once_after_an_approver_approves_it(
     aid = ID.search(held)[0]  # type: ignore[index]
     passed, again = await call(gw, alice, "add", {"a": 1, "b": 2})
     assert not passed and f"approval {aid} is still pending" in again  # the same request, not a second one
+    await asyncio.to_thread(wait_until, lambda: bool(webhook[1]), 10, "the webhook notice", 0.05)
+    [notice] = webhook[1]  # one per new request, none for the pending retry
+    assert notice["type"] == "approval.requested" and notice["approval_id"] == aid and notice["tool"] == "add"
+    assert notice["caller"]["username"] == "alice" and notice["url"].endswith(f"/audit/approvals/{aid}")
+    assert "arguments" not in notice
 
     listed = cli(gw, bob, "list", "--json")
     assert listed.returncode == 0, listed.stderr
