@@ -15,6 +15,7 @@ one use, and an approval cannot be turned into a denial or back. Layout of the d
     <id>.request.json    who asked for which exact call, under which policy version, until when
     <id>.decision.json   approved or denied, by whom, why, usable until when
     <id>.use.<n>.json    the n-th identical call that passed (n = 1 .. count)
+    <call>.<id>.call     empty: an index from the call (caller, server, backend, tool, arguments) to its requests
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ class Binding:
     tool: str
     args_sha256: str
     policy_version: str
+
+    def call_key(self) -> str:
+        """Names the call (not the policy version) in the index file names: a held call reads only its own
+        requests, however many others the directory holds."""
+        parts = (self.issuer, self.subject, self.server, self.backend, self.tool, self.args_sha256)
+        return hashlib.sha256(rfc8785.dumps(list(parts))).hexdigest()[:32]
 
     def same_call(self, other: Binding) -> bool:
         """Everything but the policy version (to say "the policy changed" rather than "no approval")."""
@@ -281,6 +288,17 @@ class ApprovalStore:
         found = [e for n in names if (e := self.entry(n.removesuffix(".request.json"))) is not None]
         return sorted(found, key=lambda e: -e.request.requested_at)
 
+    def _same_call(self, binding: Binding) -> list[Entry]:
+        """The requests indexed under this call (``<call key>.<id>.call``, empty files). The index only narrows
+        what is read: each request is verified and compared in full, so a stray index file widens nothing."""
+        prefix = binding.call_key() + "."
+        try:
+            names = [n for n in os.listdir(self.directory) if n.startswith(prefix) and n.endswith(".call")]
+        except FileNotFoundError:
+            return []
+        found = [e for n in names if (e := self.entry(n[len(prefix) : -len(".call")])) is not None]
+        return sorted(found, key=lambda e: -e.request.requested_at)
+
     # --- the processor's side --------------------------------------------------------------------------------
 
     def settle(
@@ -300,7 +318,7 @@ class ApprovalStore:
         now = self.clock()
         notes: list[str] = []
         waiting: Entry | None = None
-        for e in self.entries():
+        for e in self._same_call(binding):
             r = e.request
             if not r.binding().same_call(binding):
                 continue
@@ -345,6 +363,7 @@ class ApprovalStore:
             exchange=exchange,
         )
         self._create(f"{request.id}.request.json", request)
+        (self.directory / f"{binding.call_key()}.{request.id}.call").touch()  # the index entry: after the request
         signed = self._read(self.directory / f"{request.id}.request.json", Request)
         if signed is None:
             raise OSError(f"approval request {request.id} could not be written or read back")
