@@ -286,3 +286,48 @@ def test_policy_test_cases_see_folded_arguments_as_the_gateway_does(tmp_path: Pa
 
     assert result.exit_code == 1
     assert "expected allow, got deny by 'default-deny'" in result.output
+
+
+def test_explain_and_test_cases_say_when_an_approval_is_required(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "p.yaml",
+        """
+        apiVersion: mcp-extproc/v1
+        rules:
+          - name: deletes-need-sre
+            effect: approve
+            subjects: {users: ["*"]}
+            targets: {servers: [github], tools: ["delete_*"]}
+            approvers: {groups: [sre]}
+            ttl: 15m
+    """,
+    )
+    write(
+        tmp_path,
+        "p.tests.yaml",
+        """
+        apiVersion: mcp-extproc/v1
+        cases:
+          - name: held
+            who: {user: erin}
+            server: github
+            call: {method: tools/call, tool: delete_repo}
+            expect: approve
+            rule: deletes-need-sre
+          - name: not held
+            who: {user: erin}
+            server: github
+            call: {method: tools/call, tool: delete_repo}
+            expect: deny
+    """,
+    )
+    explained = runner.invoke(app, ["explain", str(tmp_path), "--user", "erin", "--server", "github",
+                                    "--tool", "delete_repo", "--json"])  # fmt: skip
+    assert explained.exit_code == 1
+    doc = json.loads(explained.output)
+    assert doc["approval"] == {"required": True, "approvers": "groups ['sre']", "ttl_s": 900.0, "count": 1}
+    tested = runner.invoke(app, ["test", str(tmp_path)])
+    assert tested.exit_code == 1
+    assert "expected deny, got approve by 'deletes-need-sre'" in tested.output
+    assert "PASS held" in tested.output
