@@ -205,8 +205,12 @@ async def test_expired_approval_and_changed_policy_are_refused(
     passed, held = await call(gw, alice, "add", {"a": 2, "b": 2})
     aid = ID.search(held)[0]  # type: ignore[index]
     assert httpx.post(f"{api}/{aid}/approve", headers=bob, timeout=10).status_code == 200
+    passed, waiting = await call(gw, alice, "add", {"a": 7, "b": 7})  # held, still pending when the policy changes
+    stale = ID.search(waiting)[0]  # type: ignore[index]
     policies = Path(gw.config["policy"]["directory"])
-    (policies / "policy.yaml").write_text(POLICY.replace("tools: [echo, add]", "tools: [echo, add, whoami]"))
+    changed_policy = POLICY.replace("tools: [echo, add]", "tools: [echo, add, whoami]")
+    changed_policy += "  - {name: sre-new, subjects: {groups: [sre]}, servers: [demo], sessions: all}\n"
+    (policies / "policy.yaml").write_text(changed_policy)
 
     async def reloaded() -> bool:
         return (await call(gw, alice, "whoami", {}))[0]
@@ -217,6 +221,14 @@ async def test_expired_approval_and_changed_policy_are_refused(
         await asyncio.sleep(0.2)
     passed, changed = await call(gw, alice, "add", {"a": 2, "b": 2})
     assert not passed and "policy changed" in changed
+
+    def audit_reloaded() -> bool:  # the audit service reloads the policy on its own schedule
+        me = httpx.get(f"{gw.endpoint}/audit/api/me", headers=bob, timeout=10).json()
+        return "sre-new" in me["viewer_rules"]
+
+    await asyncio.to_thread(wait_until, audit_reloaded, 20, "the audit service on the changed policy", 0.2)
+    r = httpx.post(f"{api}/{stale}/approve", headers=bob, timeout=10)
+    assert r.status_code == 403 and "policy changed" in r.json()["error"]["message"]
     # and a request held under the old version cannot be approved under the new one
     passed, held = await call(gw, alice, "add", {"a": 5, "b": 5})
     fresh = ID.search(held)[0]  # type: ignore[index]
