@@ -35,6 +35,7 @@ from extproc.recording.events import Outcome
 from extproc.recording.setup import build_runtime
 from extproc.routing import Router
 from extproc.settings import Settings
+from extproc.tools.guardrail import Guardrails
 from extproc.tools.surface import build_surface
 from extproc.upstream.credentials import Upstream
 
@@ -153,6 +154,7 @@ async def serve(
     recording = build_runtime(settings.recording)
     auth = Authenticator(settings.auth) if settings.auth is not None else None
     upstream = Upstream.from_settings(settings)  # key files read now: a bad one fails the start
+    guardrails = Guardrails.from_servers({s.name: s.guardrail for s in settings.servers})  # token files too
     await recording.start()
     try:
         if auth is not None:
@@ -167,6 +169,7 @@ async def serve(
         gw.grants = grant_store(settings)
         gw.approvals = approvals_from_settings(settings)
         gw.upstream = upstream
+        gw.guardrails = guardrails
 
         gw.surface = build_surface(settings)
         log.info("recording as writer %s", recording.recorder.writer_id)
@@ -185,6 +188,8 @@ async def serve(
             discovery.close()
         if upstream is not None:
             await upstream.close()
+        if guardrails is not None:
+            await guardrails.close()
     log.info("processor stopped; recordings flushed")
 
 
