@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from extproc.controls.budgets import Budgets, LocalCounter
+from extproc.controls.hold import Approvals
 from extproc.mcp.param_headers import ParamHeaderMaps
 from extproc.mcp.protocol import RunTracker
 from extproc.metrics import Metrics
@@ -51,6 +52,8 @@ class Gateway:
     grants: GrantSource | None = None  # signed just-in-time grants
     upstream: Upstream | None = None  # credentials toward servers with upstream_auth (None: no server has one)
     budgets: Budgets = field(default_factory=lambda: Budgets(LocalCounter()))  # policy limits' counters
+
+    approvals: Approvals | None = None  # held calls and their approvals (effect: approve); None: refused (503)
 
     surface: Surface | None = None  # tool-surface integrity: pins, screens, what each unit was shown
     guardrails: Guardrails | None = None  # outside guardrails of servers that have one (None: no server has one)

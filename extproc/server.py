@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.authn.verify import Authenticator
 from extproc.controls.budgets import Budgets
+from extproc.controls.hold import approvals_from_settings
 from extproc.envoy import responses
 from extproc.envoy.tls import server_credentials
 from extproc.exchange import Exchange
@@ -178,6 +179,7 @@ async def serve(
             gw.metrics.registry.register(exporter.collector())
         gw.reviewer = sar.from_settings(settings.kubernetes)
         gw.grants = grant_store(settings)
+        gw.approvals = approvals_from_settings(settings)
         gw.upstream = upstream
         gw.budgets = budgets
         gw.guardrails = guardrails

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from extproc.audit.config import Audit
 from extproc.authn.config import AuthConfig
 from extproc.controls.budgets_config import Budgets
+from extproc.controls.config import Approvals
 from extproc.envoy.config import Admin, Edge, Limits, Listen, Processor, Server
 from extproc.errors import ConfigError
 from extproc.export.config import Export
@@ -47,6 +48,7 @@ class Settings(Section):
     )
     grants: Grants | None = None
     budgets: Budgets | None = Field(default=None, description="where policy limits are counted (default: locally)")
+    approvals: Approvals | None = Field(default=None, description="approvals of one exact call (effect: approve)")
     allow_anonymous: bool = Field(
         default=False,
         description="without `auth`, the gateway refuses to start unless this says, explicitly, that anonymous "
@@ -107,6 +109,8 @@ class Settings(Section):
     def _grants_need_key(self) -> Settings:
         if self.grants is not None and (self.recording.signing_key is None or self.policy is None):
             raise ValueError("grants: need recording.signing_key (grants are signed with it) and a policy")
+        if self.approvals is not None and (self.recording.signing_key is None or self.policy is None):
+            raise ValueError("approvals: need recording.signing_key (approvals are signed with it) and a policy")
         return self
 
     def server(self, name: str) -> Server | None:
@@ -115,7 +119,7 @@ class Settings(Section):
     def resolved(self, base: Path) -> Settings:
         """Every section's relative paths resolved against ``base`` (the config file's folder)."""
         update: dict[str, Any] = {"recording": self.recording.resolved(base)}
-        for name in ("policy", "grants", "audit", "export"):
+        for name in ("policy", "grants", "audit", "export", "approvals"):
             section = getattr(self, name)
             if section is not None:
                 update[name] = section.resolved(base)

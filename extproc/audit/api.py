@@ -338,7 +338,8 @@ async def log_file(ctx: AuditContext, request: Request, who: Principal) -> Respo
 
 
 def api_routes() -> list[Route]:
-    """The API routes, relative to the service prefix (``openapi.py`` documents exactly these)."""
+    """The API routes, relative to the service prefix (``openapi.py`` documents exactly these, and the
+    approvals' routes, ``extproc.audit.approvals.approval_routes``)."""
     return [
         Route("/api/me", me),
         Route("/api/sessions", list_sessions),

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from extproc.audit.api import api_routes
+from extproc.audit.approvals import approval_routes
 from extproc.audit.config import Audit
 from extproc.audit.context import AuditContext, client_of, error_response
 from extproc.audit.index import SessionIndex
@@ -32,6 +34,7 @@ from extproc.audit.openapi import openapi_document
 from extproc.audit.trail import AuditTrail
 from extproc.authn.challenge import resource_metadata_url
 from extproc.authn.verify import Authenticator
+from extproc.controls.approvals import ApprovalStore
 from extproc.errors import AuthError
 from extproc.export.exporter import attach
 from extproc.policy.loader import PolicyWatcher
@@ -115,7 +118,7 @@ def build_app(ctx: AuditContext, prefix: str, extra_routes: list[Route | Mount] 
     async def to_prefix(request: Request) -> Response:
         return RedirectResponse(prefix, status_code=308)
 
-    routes = [*api_routes(), Route("/api/openapi.json", openapi), *(extra_routes or [])]
+    routes = [*api_routes(), *approval_routes(), Route("/api/openapi.json", openapi), *(extra_routes or [])]
     app = Starlette(
         routes=[
             Route(prefix.rstrip("/"), to_prefix),
@@ -188,7 +191,9 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
     signer = Signer.from_file(settings.recording.signing_key)
     index = SessionIndex(index_target(settings), runtime.store, signer.public)
     authenticator = Authenticator(auth_cfg)
+    approvals = settings.approvals
     ctx = AuditContext(
+        approvals=ApprovalStore(approvals.directory, signer, time.time) if approvals is not None else None,
         authenticator=authenticator,
         policy=policy,
         index=index,

@@ -258,6 +258,8 @@ class WebViewer:
         return [
             Route("/", self.page),
             Route("/s/{key}", self.page),
+            Route("/approvals", self.page),
+            Route("/approvals/{key}", self.page),
             Route("/login", self.login),
             Route("/callback", self.callback),
             Route("/logout", self.logout, methods=["POST"]),

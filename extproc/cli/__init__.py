@@ -12,6 +12,7 @@ import typer
 
 from extproc import __version__
 from extproc.cli import (
+    approvals,
     audit,
     auth,
     config,
@@ -58,6 +59,7 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(store.app, name="store")
 app.add_typer(audit.app, name="audit")
 app.add_typer(grant.app, name="grant")
+app.add_typer(approvals.app, name="approvals")
 app.add_typer(config.app, name="config")
 app.add_typer(pins.app, name="pins")
 app.add_typer(evidence.app, name="evidence")

@@ -167,8 +167,8 @@ class RedisCounter:
 
     def __init__(self, url: str, timeout: float = 0.25) -> None:
         import redis.asyncio as aioredis
-        from redis.backoff import NoBackoff
         from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         # One immediate retry on a fresh connection (a pooled one may predate a Redis restart), no backoff: a
         # call must not wait seconds for a store that is down; ``timeout`` bounds each spend anyway.

@@ -25,6 +25,7 @@ from extproc.admission import SESSION_HEADER, Admitted, Unrecorded, admit
 from extproc.authn.principal import Principal
 from extproc.authn.session_binding import bind
 from extproc.authn.state_binding import RequestStateNotYours
+from extproc.controls.hold import strip_input_response
 from extproc.envoy import responses
 from extproc.envoy.fields import UPSTREAM_HEADER
 from extproc.envoy.headers import recordable, to_dict
@@ -207,6 +208,9 @@ class Exchange:
             return self._refuse(e)
         if (refused := await self._decide(parsed)) is not None:
             return refused
+        if self._decisions.approved_retry:  # the server never asked for the answer to the gateway's elicitation
+            forward = strip_input_response(forward if forward is not None else body) or forward
+
         if self.gw.guardrails is not None:  # the server's outside guardrail, when it has one (guard.py)
             refused, forward = await self._guard(parsed, forward)
             if refused is not None:
@@ -378,6 +382,8 @@ class Exchange:
         """From here on the exchange is recorded: who, where, which session; then its start."""
         headers = self._headers
         self.admitted, self.principal = admission, admission.principal
+        self._decisions.backend = admission.backend.name if admission.backend else ""
+
         self._tools.backend = admission.backend.name if admission.backend else None
         self.policy = self.gw.policy.current if self.gw.policy is not None else None
         self.ends_session = headers.get(":method") == "DELETE"

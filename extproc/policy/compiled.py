@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from extproc.errors import ConfigError
 from extproc.mcp.methods import KNOWN_METHODS
 from extproc.policy.globs import Matcher, compile_globs
-from extproc.policy.model import PROMPT_METHODS, RESOURCE_METHODS, TOOL_METHODS, Limit, PolicyFile, Subjects
+from extproc.policy.model import PROMPT_METHODS, RESOURCE_METHODS, TOOL_METHODS, Limit, PolicyFile, Rule, Subjects
 from extproc.policy.redact import Redactor, compile_redactor
 from extproc.reserved import AUDIT_SERVER as AUDIT_SERVER
 from extproc.reserved import RESERVED_SERVERS as RESERVED_SERVERS
@@ -124,6 +124,16 @@ class RuleBudget:
     fail_open: bool = False  # on_store_error: open
 
 
+@dataclass(frozen=True, slots=True)
+class ApprovalNeed:
+    """What an ``effect: approve`` rule asks for: who may approve, for how long, how many identical calls."""
+
+    approvers: CompiledSubjects
+    ttl: float
+    count: int
+    text: str  # the approvers as written, for explain and the caller's error ("groups [sre]")
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class CompiledRule:
     """A rule ready to evaluate; ``order`` is its position across all files (file name order)."""
@@ -139,10 +149,11 @@ class CompiledRule:
     arguments: tuple[ArgCheck, ...]
     description: str = ""
     kubernetes: KubeCheck | None = None
+    approval: ApprovalNeed | None = None  # effect: approve (``deny`` is False: it is not a denial)
 
     @property
     def effect(self) -> str:
-        return "deny" if self.deny else "allow"
+        return "deny" if self.deny else "approve" if self.approval is not None else "allow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +191,8 @@ Candidates = tuple[tuple[CompiledRule, ...], tuple[str, ...]]
 
 @dataclass(frozen=True, slots=True)
 class Bucket:
-    """Candidate rules for one (server, method): deny rules first, then allow rules, each in policy order."""
+    """Candidate rules for one (server, method): deny rules first, then approve rules, then allow rules, each in
+    policy order."""
 
     generic: Candidates
     by_object: dict[str, Candidates]  # exact object name -> its rules merged with ``generic``
@@ -314,6 +326,7 @@ def compile_policy(
                     arguments=args,
                     description=rule.description or "",
                     kubernetes=KubeCheck(**rule.kubernetes.model_dump()) if rule.kubernetes is not None else None,
+                    approval=_approval(rule),
                 )
             )
         for i, v in enumerate(lf.doc.viewers):
@@ -364,6 +377,16 @@ def _budget(rule: str, limits: Sequence[Limit], fail_open: bool) -> RuleBudget:
     return RuleBudget(rule, compiled, fail_open)
 
 
+def _approval(rule: Rule) -> ApprovalNeed | None:
+    if rule.effect != "approve" or rule.approvers is None:
+        return None
+    a = rule.approvers
+    text = "; ".join(
+        f"{k} {v}" for k, v in (("users", a.users), ("groups", a.groups), ("claims", [c.claim for c in a.claims])) if v
+    )
+    return ApprovalNeed(_subjects(a), rule.ttl_seconds() or 0.0, rule.count or 1, text)
+
+
 def compile_subjects(s: Subjects) -> CompiledSubjects:
     """Subjects ready for ``engine.subjects_miss`` (also used by gateway.yaml backends and grants)."""
     return _subjects(s)
@@ -404,7 +427,7 @@ def _split_pointer(pointer: str) -> tuple[str, ...]:
 
 
 def _bucket(rules: Sequence[CompiledRule], obj_field: str | None) -> Bucket:
-    ordered = sorted(rules, key=lambda r: (not r.deny, r.order))
+    ordered = sorted(rules, key=lambda r: (0 if r.deny else 1 if r.approval is not None else 2, r.order))
     if obj_field is None:
         return Bucket(generic=_named(ordered), by_object={})
     # A rule listing only exact names is filed under each name; one with a glob (or no filter) is generic.

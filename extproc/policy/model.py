@@ -213,12 +213,30 @@ class Limit(_Model):
     )
 
 
+_TTL = re.compile(r"^[1-9][0-9]{0,6}[smhd]$")
+
+
+def _ttl(v: str) -> str:
+    if not _TTL.match(v):
+        raise ValueError(f"ttl {v!r}: use a number and s, m, h or d (e.g. 15m)")
+    if _ttl_seconds(v) > 7 * 86400:
+        raise ValueError(f"ttl {v!r}: an approval lasts at most 7 days")
+    return v
+
+
+def _ttl_seconds(v: str) -> float:
+    return float(int(v[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[v[-1]])
+
+
+Ttl = Annotated[str, AfterValidator(_ttl), WithJsonSchema({"type": "string", "pattern": _TTL.pattern})]
+
+
 class Rule(_Model):
-    """One allow or deny rule."""
+    """One allow, deny or approve rule (approve: the call runs once a person in ``approvers`` approves it)."""
 
     name: RuleName
     description: str | None = None
-    effect: Literal["allow", "deny"]
+    effect: Literal["allow", "deny", "approve"]
     subjects: Subjects
     targets: Targets
     arguments: dict[str, ArgConstraint] | None = Field(
@@ -241,6 +259,33 @@ class Rule(_Model):
         if self.limits is None and "on_store_error" in self.model_fields_set:
             raise ValueError("on_store_error applies only to a rule with limits")
         return self
+
+    approvers: Subjects | None = Field(
+        None, description="approve rules only: who may approve a held call (never the caller themself)."
+    )
+    ttl: Ttl | None = Field(
+        None, description="approve rules only: how long a request waits, and an approval stays usable (e.g. 15m)."
+    )
+    count: int | None = Field(
+        None, ge=1, le=100, description="approve rules only: how many identical calls one approval lets pass (1)."
+    )
+
+    @model_validator(mode="after")
+    def _approval_fields(self) -> Rule:
+        given = [k for k in ("approvers", "ttl", "count") if getattr(self, k) is not None]
+        if self.effect != "approve" and given:
+            raise ValueError(f"{', '.join(given)}: only for effect: approve")
+        if self.effect == "approve" and (self.approvers is None or self.ttl is None):
+            raise ValueError("effect: approve needs approvers (who may approve) and ttl (e.g. 15m)")
+        if self.effect == "approve":
+            covers = compile_globs(self.targets.effective_methods())
+            if [m for m in KNOWN_METHODS if covers(m)] != ["tools/call"]:
+                raise ValueError("effect: approve applies to tools/call only: list tools, or set methods: [tools/call]")
+        return self
+
+    def ttl_seconds(self) -> float | None:
+        """``ttl`` in seconds (None when not given)."""
+        return _ttl_seconds(self.ttl) if self.ttl is not None else None
 
     @model_validator(mode="after")
     def _kubernetes_on_allow(self) -> Rule:

@@ -100,6 +100,8 @@ class PolicyDecision(Event):
     definition: dict[str, Any] | None = None  # tools/call, prompts/get, resources/read: the fingerprint last shown
     budget: dict[str, Any] | None = None  # the rule's limits: counter values, or over a limit, or the store down
 
+    approval: dict[str, Any] | None = None  # an approve rule held the call: the request, or the approval it used
+
 
 @dataclass(slots=True, kw_only=True)
 class GuardrailVerdict(Event):

@@ -291,7 +291,7 @@ def test_check_reports_every_problem_once_in_one_run(tmp_path: Path) -> None:
     lines = result.output.splitlines()
     assert len(lines) == len(set(lines)) == 4, result.output
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
-    assert f"error {a}:4: rule 'broken': effect: must be 'allow' or 'deny', not 'maybe'" in lines
+    assert f"error {a}:4: rule 'broken': effect: must be 'allow', 'deny' or 'approve', not 'maybe'" in lines
     assert f"error {b}:11: rule 'bad-regex': arguments.title: pattern: invalid regular expression" in result.output
     # the cross-file checks ran on the valid rules of both invalid files
     assert f"error {a}:10: server 'gitlab' is not defined in gateway.yaml (known: github)" in lines
@@ -317,3 +317,48 @@ def test_policy_test_cases_see_folded_arguments_as_the_gateway_does(tmp_path: Pa
 
     assert result.exit_code == 1
     assert "expected allow, got deny by 'default-deny'" in result.output
+
+
+def test_explain_and_test_cases_say_when_an_approval_is_required(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "p.yaml",
+        """
+        apiVersion: mcp-extproc/v1
+        rules:
+          - name: deletes-need-sre
+            effect: approve
+            subjects: {users: ["*"]}
+            targets: {servers: [github], tools: ["delete_*"]}
+            approvers: {groups: [sre]}
+            ttl: 15m
+    """,
+    )
+    write(
+        tmp_path,
+        "p.tests.yaml",
+        """
+        apiVersion: mcp-extproc/v1
+        cases:
+          - name: held
+            who: {user: erin}
+            server: github
+            call: {method: tools/call, tool: delete_repo}
+            expect: approve
+            rule: deletes-need-sre
+          - name: not held
+            who: {user: erin}
+            server: github
+            call: {method: tools/call, tool: delete_repo}
+            expect: deny
+    """,
+    )
+    explained = runner.invoke(app, ["explain", str(tmp_path), "--user", "erin", "--server", "github",
+                                    "--tool", "delete_repo", "--json"])  # fmt: skip
+    assert explained.exit_code == 1
+    doc = json.loads(explained.output)
+    assert doc["approval"] == {"required": True, "approvers": "groups ['sre']", "ttl_s": 900.0, "count": 1}
+    tested = runner.invoke(app, ["test", str(tmp_path)])
+    assert tested.exit_code == 1
+    assert "expected deny, got approve by 'deletes-need-sre'" in tested.output
+    assert "PASS held" in tested.output

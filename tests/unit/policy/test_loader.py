@@ -100,7 +100,9 @@ def test_all_problems_of_all_files_are_reported(policy_dir: Path) -> None:
     a, b, c = load_error(policy_dir)
     assert a == f"{policy_dir / 'a.yaml'}:1: apiVersion: must be 'mcp-extproc/v1', not 'mcp-extproc/v2'"
     assert b.startswith(f"{policy_dir / 'b.yaml'}:3: not valid YAML: ")  # the parser's own words follow
-    assert c == f"{policy_dir / 'c.yaml'}:4: rule 'eng-read': effect: must be 'allow' or 'deny', not 'permit'"
+    assert (
+        c == f"{policy_dir / 'c.yaml'}:4: rule 'eng-read': effect: must be 'allow', 'deny' or 'approve', not 'permit'"
+    )
 
 
 @pytest.mark.parametrize(
