@@ -209,6 +209,7 @@ async def verify_session(ctx: AuditContext, request: Request, who: Principal) ->
     doc["state"] = row.state
     doc["events"] = len(session.events)
     doc["streams"] = len(session.writers)
+    doc["capture"] = session.capture()  # the capture level(s) it was recorded at
     return JSONResponse(doc)
 
 

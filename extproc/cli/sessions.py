@@ -129,5 +129,5 @@ def sessions_verify(
     signed = "signatures checked, " if key is not None else ""
     console.print(
         f"OK: {len(session.events)} events in {len(session.writers)} stream(s), {signed}every chain and manifest "
-        f"intact; state {session.summary()['state']}"
+        f"intact; state {session.summary()['state']}; capture {session.capture() or '-'}"
     )

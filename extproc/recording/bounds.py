@@ -78,6 +78,8 @@ class RecordingLevels:
             level = self.levels.get(ev.server, "full")
             if level != "full":
                 self._by_exchange[ev.exchange] = level
+            if level == "metadata":  # the session says what it was recorded at (policy/capture.py names the levels)
+                ev.capture = "metadata"
         else:
             level = self._by_exchange.get(ev.exchange, "full")
         if isinstance(ev, ExchangeEnd):

@@ -75,6 +75,12 @@ class Recording(Section):
     segment_max_age_ms: Annotated[int, Field(ge=10, le=3_600_000)] = 2000
     compression: Literal["none", "gzip", "zstd"] = Field(default="none", description="of stored segments (s3 store)")
     signing_key: Path | None = Field(default=None, description="Ed25519 private key (PEM) that signs segment manifests")
+    capture_salt_file: Path | None = Field(
+        default=None,
+        description="secret (>= 32 bytes, e.g. `openssl rand -hex 32`) salting the hashes of values that capture "
+        "level `shape` keeps instead of the values; one per deployment, shared by every processor. Unset: a random "
+        "salt per process (hashes then match only within one process's life)",
+    )
     session_idle_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
     run_idle_gap_s: Annotated[
         float,
@@ -164,4 +170,4 @@ class Recording(Section):
 
     def resolved(self, base: Path) -> Recording:
         """Relative paths resolve against the config file's folder."""
-        return resolve_paths(self, base, "directory", "spool_directory", "signing_key")
+        return resolve_paths(self, base, "directory", "spool_directory", "signing_key", "capture_salt_file")

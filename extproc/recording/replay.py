@@ -14,6 +14,13 @@ from extproc.recording.store import Store
 from extproc.recording.verify import check_parsed
 from extproc.tools.provenance import definition_links
 
+_LEVEL_ORDER = ["full", "redacted", "shape", "metadata"]
+
+
+def _level_rank(level: str) -> int:
+    return _LEVEL_ORDER.index(level) if level in _LEVEL_ORDER else len(_LEVEL_ORDER)
+
+
 __all__ = ["Problem", "Session", "load_session", "pair_messages", "verify_stream"]
 
 
@@ -69,7 +76,22 @@ class Session:
             # signatures_checked: hashes alone can be recomputed by whoever edits the files.
             "verified": not self.problems,
             "signatures_checked": self.signatures_checked,
+            "capture": self.capture(),
         }
+
+    def capture(self) -> str:
+        """The capture level(s) the session was recorded at (policy/capture.py), e.g. ``shape`` or
+        ``redacted+metadata`` when a policy change or a per-tool level mixed them; ``redacted`` for recordings
+        made before levels were recorded (they kept what the redaction rules allowed)."""
+        seen: dict[str, None] = {}
+        for e in self.events:
+            if e.get("type") == "exchange.start":
+                seen[e.get("capture") or "redacted"] = None
+            elif e.get("type") in ("mcp.request", "mcp.response", "http.chunk"):
+                level = (e.get("body") or {}).get("capture")
+                if isinstance(level, str):
+                    seen[level] = None
+        return "+".join(sorted(seen, key=_level_rank)) if seen else ""
 
 
 def load_session(store: Store, key: str, public_key: Ed25519PublicKey | None = None) -> Session:

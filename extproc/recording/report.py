@@ -222,7 +222,7 @@ def print_session(console: Console, session: Session) -> None:
     else:
         verified = "[green]chains verified[/green] (signatures not checked)"
     console.print(f"[bold]session {s['session']}[/bold]  server={s['server']}  user={s['user'] or '-'}  {verified}")
-    console.print(f"  {s['exchanges']} exchanges, {s['events']} events, state {s['state']}")
+    console.print(f"  {s['exchanges']} exchanges, {s['events']} events, state {s['state']}, capture {s['capture']}")
     for note in doc["notes"]:
         console.print(f"  [yellow]note:[/yellow] {note}", highlight=False)
     for p in doc["problems"]:
