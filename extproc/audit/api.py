@@ -107,7 +107,7 @@ async def load_allowed(ctx: AuditContext, who: Principal, key: str) -> tuple[Ses
     if row is None or not allowed(grants, _ident(who), row):
         raise not_found()
     try:
-        session = await asyncio.to_thread(load_session, ctx.store, key, ctx.public_key)
+        session = await asyncio.to_thread(load_session, ctx.store, key, ctx.public_key, ctx.keyring)
     except KeyError:
         raise not_found() from None
     fresh = summarize(key, session)  # authorize on what the store holds now, not only on the index

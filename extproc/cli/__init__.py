@@ -11,7 +11,22 @@ from typing import Annotated
 import typer
 
 from extproc import __version__
-from extproc.cli import audit, auth, config, demo, doctor, grant, keys, pins, policy, redrive, serve, sessions, store
+from extproc.cli import (
+    audit,
+    auth,
+    config,
+    demo,
+    doctor,
+    erase,
+    grant,
+    keys,
+    pins,
+    policy,
+    redrive,
+    serve,
+    sessions,
+    store,
+)
 
 app = typer.Typer(
     help="Envoy external processor that authenticates, authorizes and records MCP traffic.",
@@ -37,6 +52,7 @@ def _main(
 
 app.add_typer(sessions.app, name="sessions")
 sessions.app.command("redrive")(redrive.redrive_command)
+app.command("erase")(erase.erase_command)
 app.add_typer(keys.app, name="keys")
 app.add_typer(policy.app, name="policy")
 app.add_typer(store.app, name="store")

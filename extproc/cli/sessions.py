@@ -18,6 +18,7 @@ from extproc.cli._common import (
     console,
     err_console,
     find_session,
+    keyring_of,
     open_store,
     public_key,
     store_where,
@@ -92,7 +93,7 @@ def sessions_show(
     from extproc.recording.report import print_session, session_doc
 
     key = public_key(config, key_path, dir)
-    session = find_session(open_store(config, dir), session_id, key)
+    session = find_session(open_store(config, dir), session_id, key, keyring_of(config, dir))
     if json_out:
         print(json.dumps(session_doc(session), indent=2, ensure_ascii=False))
     else:

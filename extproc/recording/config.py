@@ -44,6 +44,28 @@ class S3(Section):
         return data
 
 
+class PayloadKeys(Section):
+    """Where the data keys of ``encrypt_payloads: per_subject`` live and what wraps them (docs/payload-protection.md)"""
+
+    kek_file: Path | None = Field(
+        default=None, description="key-encryption key: 32 bytes, or 64 hex characters (`openssl rand -hex 32`)"
+    )
+    kms_key_id: str | None = Field(default=None, description="or an AWS KMS key id/ARN wrapping the data keys")
+    kms_region: str | None = None
+    kms_endpoint_url: str | None = Field(default=None, description="a KMS-compatible endpoint (tests)")
+    directory: Path | None = Field(
+        default=None,
+        description="file store: the wrapped data keys (default <recording.directory>/.payload-keys); S3 store: "
+        "they live under <s3.prefix>-payload-keys/ in the bucket, never under Object Lock",
+    )
+
+    @model_validator(mode="after")
+    def _one_kek(self) -> PayloadKeys:
+        if (self.kek_file is None) == (self.kms_key_id is None):
+            raise ValueError("payload_keys: give exactly one of kek_file or kms_key_id")
+        return self
+
+
 class Retention(Section):
     """File store retention: whole sessions deleted by age, then oldest first over a total size; each recorded."""
 
@@ -149,6 +171,12 @@ class Recording(Section):
         default="", description="why some servers are not recorded at all: required for `off`, logged at start"
     )
     retention: Retention | None = Field(default=None, description="file store only (S3: lifecycle rules on the bucket)")
+    encrypt_payloads: Literal["off", "per_subject"] = Field(
+        default="off",
+        description="per_subject: payloads are encrypted before chaining with a data key per caller (issuer#subject), "
+        "so `mcp-extproc erase` can make one person's payloads unreadable while every proof still verifies",
+    )
+    payload_keys: PayloadKeys | None = None
 
     @model_validator(mode="after")
     def _store_settings(self) -> Recording:
@@ -160,6 +188,8 @@ class Recording(Section):
             raise ValueError(
                 "servers: 'off' records nothing for a server; say why in recording.off_acknowledged (it is logged)"
             )
+        if self.encrypt_payloads == "per_subject" and self.payload_keys is None:
+            raise ValueError("encrypt_payloads: per_subject needs payload_keys (kek_file or kms_key_id)")
         if self.retention is not None and self.store != "file":
             raise ValueError("retention: file store only; for S3 use lifecycle rules on the bucket")
         return self
@@ -170,4 +200,8 @@ class Recording(Section):
 
     def resolved(self, base: Path) -> Recording:
         """Relative paths resolve against the config file's folder."""
-        return resolve_paths(self, base, "directory", "spool_directory", "signing_key", "capture_salt_file")
+        out = resolve_paths(self, base, "directory", "spool_directory", "signing_key", "capture_salt_file")
+        if out.payload_keys is not None:
+            keys = resolve_paths(out.payload_keys, base, "kek_file", "directory")
+            out = out.model_copy(update={"payload_keys": keys})
+        return out

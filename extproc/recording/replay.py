@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from extproc.authn.state_binding import unsealed_view
 from extproc.recording import chain, jsonio
 from extproc.recording.chain import Problem
+from extproc.recording.shred import Keyring, open_events
 from extproc.recording.store import Store
 from extproc.recording.verify import check_parsed
 from extproc.tools.provenance import definition_links
@@ -94,8 +95,12 @@ class Session:
         return "+".join(sorted(seen, key=_level_rank)) if seen else ""
 
 
-def load_session(store: Store, key: str, public_key: Ed25519PublicKey | None = None) -> Session:
-    """Read, verify (chains, manifests, signatures when a key is given) and merge one session in time order."""
+def load_session(
+    store: Store, key: str, public_key: Ed25519PublicKey | None = None, keyring: Keyring | None = None
+) -> Session:
+    """Read, verify (chains, manifests, signatures when a key is given) and merge one session in time order.
+    Payloads sealed per subject (``shred.py``) are opened with ``keyring`` once the chains were checked over the
+    ciphertext; an erased subject's payloads say when and by whom they were erased."""
     session = Session(id=key)
     session.signatures_checked = public_key is not None
     for writer, stream in store.read_session(key).items():
@@ -114,6 +119,7 @@ def load_session(store: Store, key: str, public_key: Ed25519PublicKey | None = N
     if not session.writers:
         raise KeyError(key)
     session.events.sort(key=lambda e: (e.get("time", 0.0), e["_writer"], e.get("seq", 0)))
+    open_events(session.events, keyring)  # after every check: chains and manifests cover the ciphertext
     session.problems.extend(definition_links(session.events))  # what each call was shown (extproc/tools/)
     real_id = next((e.get("session") for e in session.events if e.get("session")), None)
     session.id = real_id or key

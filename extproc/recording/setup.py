@@ -11,6 +11,7 @@ from extproc.recording.config import Recording
 from extproc.recording.digest import DigestLog
 from extproc.recording.manifest import Signer
 from extproc.recording.recorder import Recorder, RecorderOptions, new_writer_id
+from extproc.recording.shred import PayloadSealer, build_keyring
 from extproc.recording.spool import Spool
 from extproc.recording.store import Store
 from extproc.recording.store.file import FileStore
@@ -92,6 +93,7 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
         spool,
         recorder_options(rec),
         levels=RecordingLevels(dict(rec.servers), rec.max_event_body_bytes),
+        sealer=PayloadSealer(keyring) if (keyring := build_keyring(rec)) is not None else None,
         signer=signer,
         uploader=Uploader(spool, store, on_stored=digests.stored),
     )

@@ -272,7 +272,9 @@
       when(x.time), ` ${x.method || "?"} ${x.path || ""} → ${x.status || "-"} `,
       x.outcome === "denied" ? badge("denied", "refused") : x.outcome,
       x.duration_ms !== null && x.duration_ms !== undefined ? ` ${x.duration_ms} ms` : null,
-      (x.upstream || []).map(credentialLine));
+      (x.upstream || []).map(credentialLine),
+      x.erased ? el("div", { class: "erased" }, "payloads erased on ", when(x.erased.time),
+        ` by ${x.erased.by || "?"} (${x.erased.reason || "no reason given"})`) : null);
   }
 
   async function sessionPage(key) {

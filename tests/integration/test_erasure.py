@@ -1,0 +1,105 @@
+"""Crypto-shredding through real Envoy and the mcp SDK: payloads sealed per subject, `erase` makes one subject's
+unreadable (file store with a key file; S3 with AWS KMS, both on moto), the others' stay readable, and every
+session, the erasure's own record included, still verifies."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from gateway_parts import ALLOW_ALL, Gateway
+from moto.server import ThreadedMotoServer
+from recording_helpers import cli
+
+from extproc.authn.dev_issuer import DevIssuer
+from extproc.demo.mcp_client import connect
+from extproc.launcher import free_port
+from extproc.recording.manifest import generate_keys
+
+ALICE_TEXT, BOB_TEXT = "alice-secret-Hq73Lm", "bob-secret-Pz58Kd"
+
+
+@pytest.fixture
+def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    for k, v in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+async def _calls(gw: Gateway, issuer: DevIssuer) -> None:
+    for who, text in (("alice", ALICE_TEXT), ("bob", BOB_TEXT)):
+        async with connect(gw.url(), token=issuer.mint(who, aud=gw.endpoint)) as conn:
+            assert (await conn.client.call_tool("echo", {"text": text})).structured_content == {"result": text}
+
+
+def _config(gw: Gateway, tmp_path: Path) -> Path:
+    """The gateway's own config for the CLI (the running one's file names the same store and keys)."""
+    path = tmp_path / "cli-gateway.yaml"
+    path.write_text(yaml.safe_dump(gw.config))
+    return path
+
+
+def _show_all(config: Path, sessions: list[str]) -> str:
+    out = []
+    for sid in sessions:
+        shown = cli("sessions", "show", sid, "--config", str(config), "--json")
+        assert shown.returncode == 0, shown.stderr
+        out.append(shown.stdout)
+    return "\n".join(out)
+
+
+def _verify_all(config: Path, sessions: list[str], pub: Path) -> None:
+    for sid in sessions:
+        verify = cli("sessions", "verify", sid, "--config", str(config), "--public-key", str(pub))
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def _file_sessions(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _file_bytes(root: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in root.rglob("*.jsonl"))
+
+
+async def test_erase_makes_one_subjects_payloads_unreadable_and_every_proof_still_verifies(
+    start_mcp_server, start_authed, issuer: DevIssuer, tmp_path: Path
+) -> None:
+    key, pub = generate_keys(tmp_path / "keys")
+    kek = tmp_path / "kek.hex"
+    kek.write_text("ab" * 32)
+    rec = {"signing_key": str(key), "encrypt_payloads": "per_subject", "payload_keys": {"kek_file": str(kek)}}
+    gw = start_authed([start_mcp_server("demo")], policy=ALLOW_ALL, gateway={"recording": rec})
+    await _calls(gw, issuer)
+    gw.stop()
+    root = gw.store.root
+    config = _config(gw, tmp_path)
+    sessions = _file_sessions(root)
+
+    assert ALICE_TEXT.encode() not in _file_bytes(root) and BOB_TEXT.encode() not in _file_bytes(root)  # sealed
+    before = _show_all(config, sessions)
+    assert ALICE_TEXT in before and BOB_TEXT in before  # readable with the key store
+    keyless = [cli("sessions", "show", s, "--dir", str(root), "--json").stdout for s in sessions]
+    assert all(ALICE_TEXT not in k and BOB_TEXT not in k for k in keyless)
+    assert any('"name": "echo"' in k for k in keyless)  # what was called stays readable without any key
+
+    erased = cli(
+        "erase", "--subject", f"{issuer.url}#alice", "--reason", "GDPR art. 17 #42", "--by", "dpo", "-c", str(config)
+    )
+    assert erased.returncode == 0, erased.stdout + erased.stderr
+    assert "1 data key(s) destroyed" in erased.stdout
+
+    after = _show_all(config, _file_sessions(root))
+    assert ALICE_TEXT not in after and BOB_TEXT in after
+    assert "erasures" in " ".join(_file_sessions(root))
+    _verify_all(config, _file_sessions(root), pub)  # alice's sessions, bob's and the erasure's own record
+    shown = [cli("sessions", "show", s, "--config", str(config)).stdout for s in sessions]
+    assert any("payloads erased on " in s and "by dpo (GDPR art. 17 #42)" in s for s in shown), shown
