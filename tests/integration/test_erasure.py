@@ -4,12 +4,17 @@ session, the erasure's own record included, still verifies."""
 
 from __future__ import annotations
 
+import json
 import logging
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 import yaml
+import zstandard
 from gateway_parts import ALLOW_ALL, Gateway
 from moto.server import ThreadedMotoServer
 from recording_helpers import cli
@@ -103,3 +108,52 @@ async def test_erase_makes_one_subjects_payloads_unreadable_and_every_proof_stil
     _verify_all(config, _file_sessions(root), pub)  # alice's sessions, bob's and the erasure's own record
     shown = [cli("sessions", "show", s, "--config", str(config)).stdout for s in sessions]
     assert any("payloads erased on " in s and "by dpo (GDPR art. 17 #42)" in s for s in shown), shown
+
+
+def _s3_bytes(client: Any, bucket: str) -> bytes:
+    out = []
+    for o in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+        data = client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+        out.append(
+            zstandard.ZstdDecompressor().decompressobj().decompress(data) if data[:4] == b"\x28\xb5\x2f\xfd" else data
+        )
+    return b"".join(out)
+
+
+async def test_erase_on_s3_with_kms_wrapped_keys(
+    start_mcp_server, start_authed, issuer: DevIssuer, tmp_path: Path, moto: str
+) -> None:
+    s3 = boto3.client("s3", endpoint_url=moto, region_name="us-east-1")
+    bucket = f"shred-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)  # versioned: erasure must delete every version
+    kms_key = boto3.client("kms", endpoint_url=moto, region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
+    key, pub = generate_keys(tmp_path / "keys")
+    rec = {
+        "store": "s3",
+        "s3": {"bucket": bucket, "prefix": "rec", "endpoint_url": moto, "region": "us-east-1"},
+        "compression": "zstd",
+        "signing_key": str(key),
+        "segment_max_age_ms": 200,
+        "encrypt_payloads": "per_subject",
+        "payload_keys": {"kms_key_id": kms_key, "kms_endpoint_url": moto, "kms_region": "us-east-1"},
+    }
+    gw = start_authed([start_mcp_server("demo")], policy=ALLOW_ALL, gateway={"recording": rec})
+    await _calls(gw, issuer)
+    gw.stop()
+    config = _config(gw, tmp_path)
+    stored = _s3_bytes(s3, bucket)
+    assert b'"sealed"' in stored and ALICE_TEXT.encode() not in stored and BOB_TEXT.encode() not in stored
+    listed = cli("sessions", "list", "--config", str(config), "--json")
+    sessions = [r["session"] for r in json.loads(listed.stdout)]
+    assert ALICE_TEXT in _show_all(config, sessions)
+
+    erased = cli("erase", "--subject", f"{issuer.url}#alice", "--reason", "request 7", "--by", "dpo", "-c", str(config))
+    assert erased.returncode == 0, erased.stdout + erased.stderr
+    keys_left = s3.list_object_versions(Bucket=bucket, Prefix="rec-payload-keys/").get("Versions", [])
+    assert len([v for v in keys_left if "/erased/" not in v["Key"]]) == 1  # bob's key only, no old version of alice's
+
+    after = _show_all(config, sessions)
+    assert ALICE_TEXT not in after and BOB_TEXT in after and '"by": "dpo"' in after
+    all_sessions = [r["session"] for r in json.loads(cli("sessions", "list", "-c", str(config), "--json").stdout)]
+    assert len(all_sessions) == len(sessions) + 1  # the erasure's own record
+    _verify_all(config, all_sessions, pub)
