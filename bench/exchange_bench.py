@@ -48,11 +48,15 @@ def _headers(values: dict[str, str], end: bool = False) -> ep.HttpHeaders:
     return ep.HttpHeaders(headers=hm, end_of_stream=end)
 
 
-async def run(exchanges: int, workdir: Path, profile: bool) -> dict[str, float]:
+async def run(exchanges: int, workdir: Path, profile: bool, encrypt: bool = False) -> dict[str, float]:
+    recording: dict[str, object] = {"directory": str(workdir / "rec")}
+    if encrypt:  # payloads sealed per subject (recording/shred.py), data keys wrapped by a key file
+        (workdir / "kek").write_text("ab" * 32)
+        recording.update(encrypt_payloads="per_subject", payload_keys={"kek_file": str(workdir / "kek")})
     settings = parse(
         {
             "servers": [{"name": "demo", "upstream": "127.0.0.1:9"}, {"name": "github", "upstream": "127.0.0.1:9"}],
-            "recording": {"directory": str(workdir / "rec")},
+            "recording": recording,
             "auth": {"public_url": "https://gw.example", "issuers": [{"issuer": "https://idp.example"}]},
             "policy": {"directory": str(ROOT / "policies")},
         }
@@ -107,9 +111,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--exchanges", type=int, default=5000)
     parser.add_argument("--profile", action="store_true", help="print the top extproc functions (slows it down)")
+    parser.add_argument("--encrypt", action="store_true", help="recording.encrypt_payloads: per_subject")
+    parser.add_argument(
+        "--ab-encrypt", type=int, default=0, metavar="ROUNDS", help="alternate off/on ROUNDS times; print the ratio"
+    )
     args = parser.parse_args()
+    if args.ab_encrypt:
+        ab_encrypt(args.exchanges, args.ab_encrypt)
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        result = asyncio.run(run(args.exchanges, Path(tmp), args.profile))
+        result = asyncio.run(run(args.exchanges, Path(tmp), args.profile, args.encrypt))
     print(
         f"{result['exchanges']} exchanges (auth cache hit, example policy, redaction, recording with signed "
         f"segments): {result['cpu_ms_per_exchange']:.3f} ms CPU per exchange in mcp-extproc's own code"
@@ -117,6 +128,21 @@ def main() -> None:
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "exchange.json").write_text(json.dumps(result, indent=2))
+
+
+def ab_encrypt(exchanges: int, rounds: int) -> None:
+    """Payload encryption's CPU per exchange: off and on alternated in one process (a shared box drifts; the ratio
+    of neighbouring runs drifts less), each in a fresh temp store."""
+    got: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):
+        for encrypt in (False, True):
+            with tempfile.TemporaryDirectory() as tmp:
+                got[encrypt].append(asyncio.run(run(exchanges, Path(tmp), False, encrypt))["cpu_ms_per_exchange"])
+    off, on = sorted(got[False])[rounds // 2], sorted(got[True])[rounds // 2]
+    print(f"off {[round(x, 3) for x in got[False]]} ms, per_subject {[round(x, 3) for x in got[True]]} ms")
+    print(
+        f"median: off {off:.3f} ms, per_subject {on:.3f} ms CPU per exchange: x{on / off:.3f} ({(on / off - 1):+.1%})"
+    )
 
 
 if __name__ == "__main__":
