@@ -362,7 +362,7 @@ class PayloadSealer:
         nonce = self._nonces.next()
         aad = f"{ev.type}\n{ev.session}\n{ev.exchange}\n{ev.index}".encode()
         ct = cipher.encrypt(nonce, orjson.dumps(secret), aad)
-        sealed = {"alg": ALGORITHM, "key": ref, "nonce": _b64(nonce), "ct": _b64(ct)}
+        sealed = {"alg": ALGORITHM, "key": ref, "ct": _b64(nonce + ct)}  # the 12-byte nonce, then the ciphertext
         if "body" in secret:
             ev.body = {"sealed": sealed}  # type: ignore[attr-defined]
         else:
@@ -420,9 +420,8 @@ def open_events(events: Iterable[dict[str, Any]], keyring: Keyring | None) -> No
                 ev["unreadable"] = "no key-store access" if keyring is None else f"data key {ref} not found"
             continue
         try:
-            plain = cipher.decrypt(
-                base64.b64decode(sealed["nonce"]), base64.b64decode(sealed["ct"]), _aad(ev, str(ev.get("type")))
-            )
+            blob = base64.b64decode(sealed["ct"])
+            plain = cipher.decrypt(blob[:12], blob[12:], _aad(ev, str(ev.get("type"))))
         except (InvalidTag, KeyError, ValueError):
             ev["unreadable"] = f"payload does not decrypt with data key {ref}"
             continue
