@@ -11,7 +11,7 @@ from extproc.recording.config import Recording
 from extproc.recording.digest import DigestLog
 from extproc.recording.manifest import Signer
 from extproc.recording.recorder import Recorder, RecorderOptions, new_writer_id
-from extproc.recording.shred import PayloadSealer, build_keyring
+from extproc.recording.shred import KeyWatch, PayloadSealer, build_keyring
 from extproc.recording.spool import Spool
 from extproc.recording.store import Store
 from extproc.recording.store.file import FileStore
@@ -48,15 +48,20 @@ class RecordingRuntime:
     completer: Completer
     digests: DigestLog
     retention: Retention | None = None
+    keys: KeyWatch | None = None  # encrypt_payloads: forgets the keys of subjects erased meanwhile
 
     async def start(self) -> None:
         await self.recorder.start()
+        if self.keys is not None:
+            self.keys.start()
         self.completer.start()  # first round at once: a predecessor's leftovers are shipped and marked
         self.digests.start()
         if self.retention is not None:
             self.retention.start()
 
     async def close(self) -> None:
+        if self.keys is not None:
+            await self.keys.stop()
         if self.retention is not None:
             await self.retention.stop()
         await self.completer.stop()
@@ -110,4 +115,5 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
             max_total_bytes=rec.retention.max_total_bytes,
             interval=rec.retention.interval_s,
         )
-    return RecordingRuntime(store, recorder, completer, digests, retention)
+    keys = KeyWatch(keyring) if keyring is not None else None
+    return RecordingRuntime(store, recorder, completer, digests, retention, keys)

@@ -17,6 +17,7 @@ in a process pays one key-store read, or one write when the subject is new (and 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -48,6 +49,7 @@ from extproc.recording.events import (
     ResponseStart,
 )
 from extproc.recording.manifest import Signer
+from extproc.tasks import cancel
 
 if TYPE_CHECKING:
     from extproc.recording.config import Recording
@@ -274,14 +276,38 @@ class Keyring:
             log.warning("data key %s/%s does not unwrap with KEK %s", sid, doc.get("kid"), self.kek.name)
             return None
 
-    def for_reading(self, key_ref: str) -> AESGCM | None:
-        """The cipher of ``sid/kid``, or None when that key no longer exists (erased) or does not unwrap."""
+    def for_reading(self, key_ref: str, seen: dict[str, dict[str, bytes]] | None = None) -> AESGCM | None:
+        """The cipher of ``sid/kid``, or None when that key no longer exists (erased) or does not unwrap. The key
+        store is asked again for every reading (``seen``: its answers within one reading), so a long-running
+        reader (the audit service) stops opening a subject's payloads as soon as the subject is erased; unwrapping
+        (a KMS call) is cached."""
         sid, _, kid = key_ref.partition("/")
+        listed = seen.get(sid) if seen is not None else None
+        if listed is None:
+            listed = self.store.keys(sid)
+            if seen is not None:
+                seen[sid] = listed
+        record = listed.get(kid)
+        if record is None:
+            self._read.pop((sid, kid), None)
+            return None
         if (sid, kid) not in self._read:
-            record = self.store.keys(sid).get(kid)
-            key = self._unwrap(sid, record) if record is not None else None
+            key = self._unwrap(sid, record)
             self._read[(sid, kid)] = AESGCM(key) if key is not None else None
         return self._read[(sid, kid)]
+
+    def revalidate(self) -> int:
+        """Forget the writing keys of subjects erased since they were loaded (a background round, never on the
+        data path): their next exchange gets a new key. Returns how many were forgotten."""
+        forgotten = 0
+        for subject, (ref, _) in list(self._cache.items()):
+            sid, _, kid = ref.partition("/")
+            if kid not in self.store.keys(sid):
+                with self._lock:
+                    if self._cache.get(subject, (None,))[0] == ref:
+                        self._cache.pop(subject)
+                        forgotten += 1
+        return forgotten
 
     def erase(self, subject: str) -> tuple[str, list[str]]:
         """Destroy the subject's data keys (every copy the store holds); its id and the key ids destroyed."""
@@ -317,6 +343,30 @@ def build_keyring(rec: Recording) -> Keyring | None:
     else:
         store = FileKeyStore(keys.directory or rec.directory / ".payload-keys")
     return Keyring(store, kek)
+
+
+class KeyWatch:
+    """Every ``interval`` s, in a thread: ``Keyring.revalidate`` (a processor stops writing with an erased key)."""
+
+    def __init__(self, keyring: Keyring, interval: float = 30.0) -> None:
+        self.keyring, self.interval = keyring, interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="payload-keys")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        await cancel(task)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                if forgotten := await asyncio.to_thread(self.keyring.revalidate):
+                    log.info("payload keys: %d erased subject(s) get a new key from now on", forgotten)
+            except Exception:  # the key store is unreachable: keep the keys, try again next round
+                log.exception("payload keys: revalidation failed")
 
 
 # --- sealing events (writing) and opening them (reading) --------------------------------------------------------
@@ -406,12 +456,13 @@ def open_events(events: Iterable[dict[str, Any]], keyring: Keyring | None) -> No
     """Restore sealed payload fields in place (after the chains were verified over the ciphertext). A payload whose
     key was erased gets ``erased``: when, by whom and why, from the signed erasure record; one whose key is missing
     without a record, or that does not decrypt, gets ``unreadable`` and why."""
+    seen: dict[str, dict[str, bytes]] = {}
     for ev in events:
         sealed = _sealed(ev)
         if sealed is None:
             continue
         ref = str(sealed.get("key", ""))
-        cipher = keyring.for_reading(ref) if keyring is not None else None
+        cipher = keyring.for_reading(ref, seen) if keyring is not None else None
         if cipher is None:
             record = keyring.erasure(ref.partition("/")[0]) if keyring is not None else None
             if record is not None:

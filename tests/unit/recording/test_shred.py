@@ -107,3 +107,20 @@ def test_a_bad_kek_file_is_a_config_error(tmp_path: Path, content: str) -> None:
     (tmp_path / "kek").write_text(content)
     with pytest.raises(ConfigError, match="kek_file"):
         FileKek(tmp_path / "kek")
+
+
+def test_a_long_running_reader_and_writer_stop_using_a_key_erased_elsewhere(keyring: Keyring) -> None:
+    sealer = PayloadSealer(keyring)  # the processor
+    reader = Keyring(keyring.store, keyring.kek)  # the audit service
+    first = _exchange(sealer, "e1", ALICE)
+    open_events(copy := json.loads(json.dumps(first)), reader)
+    assert copy[1]["messages"] == [CALL]  # the reader has unwrapped (and cached) alice's key
+
+    Keyring(keyring.store, keyring.kek).erase("https://idp#alice")  # `mcp-extproc erase`, another process
+
+    open_events(first, reader)
+    assert "s3cr3t" not in json.dumps(first) and "unreadable" in first[1]
+    assert keyring.revalidate() == 1  # the processor's background round forgets the erased key
+    later = _exchange(sealer, "e2", ALICE)
+    open_events(later, reader)
+    assert later[1]["messages"] == [CALL]  # alice's new exchanges are readable, under a new key
