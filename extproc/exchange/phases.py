@@ -323,10 +323,11 @@ class Exchange:
         elif admission.session is not None:
             self._server_session = admission.session
             self.log.set_unit(self._server_unit(admission.session))
-        level = self.policy.header_capture(admission.server.name) if self.policy is not None else "full"
+        # Without a policy: the default level (the built-in header redactions, as before levels existed).
+        level = self.policy.header_capture(admission.server.name) if self.policy is not None else "redacted"
         self._header_capture = Capture(level, self.gw.options.capture_salt)
         self.capture = Capture(
-            self.policy.capture(admission.server.name) if self.policy is not None else "full",
+            self.policy.capture(admission.server.name) if self.policy is not None else "redacted",
             self.gw.options.capture_salt,
         )
         kept, dropped, found = self._recordable_headers(headers, admission.server.name)
