@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 import yaml
 import zstandard
@@ -21,7 +22,7 @@ from recording_helpers import cli
 
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.demo.mcp_client import connect
-from extproc.launcher import free_port
+from extproc.launcher import free_port, wait_until
 from extproc.recording.manifest import generate_keys
 
 ALICE_TEXT, BOB_TEXT = "alice-secret-Hq73Lm", "bob-secret-Pz58Kd"
@@ -157,3 +158,56 @@ async def test_erase_on_s3_with_kms_wrapped_keys(
     all_sessions = [r["session"] for r in json.loads(cli("sessions", "list", "-c", str(config), "--json").stdout)]
     assert len(all_sessions) == len(sessions) + 1  # the erasure's own record
     _verify_all(config, all_sessions, pub)
+
+
+VIEWER_POLICY = (
+    ALLOW_ALL
+    + """viewers:
+  - name: dpo-sees-all
+    subjects: {users: [dpo]}
+    servers: ["*"]
+    sessions: all
+"""
+)
+
+
+async def test_the_audit_service_shows_an_erasure_made_while_it_runs(
+    start_mcp_server, start_authed, issuer: DevIssuer, tmp_path: Path
+) -> None:
+    key, _ = generate_keys(tmp_path / "keys")
+    kek = tmp_path / "kek.hex"
+    kek.write_text("cd" * 32)
+    rec = {
+        "signing_key": str(key),
+        "segment_max_age_ms": 100,
+        "flush_interval_ms": 20,
+        "encrypt_payloads": "per_subject",
+        "payload_keys": {"kek_file": str(kek)},
+    }
+    audit = {"port": free_port(), "index_interval_ms": 100}
+    gw = start_authed([start_mcp_server("demo")], policy=VIEWER_POLICY, gateway={"recording": rec, "audit": audit})
+    await _calls(gw, issuer)
+    headers = {"authorization": f"Bearer {issuer.mint('dpo', aud=gw.endpoint)}"}
+
+    def show(key: str) -> dict[str, Any]:
+        r = httpx.get(f"{gw.endpoint}/audit/api/sessions/{key}", headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def by_user() -> dict[str, str]:
+        r = httpx.get(f"{gw.endpoint}/audit/api/sessions", headers=headers, timeout=30)
+        return {s["user"]: s["session"] for s in r.json()["sessions"]} if r.status_code == 200 else {}
+
+    wait_until(lambda: {"alice", "bob"} <= set(by_user()), 20, "both sessions indexed", interval=0.2)
+    sessions = by_user()
+    wait_until(lambda: ALICE_TEXT in json.dumps(show(sessions["alice"])), 20, "alice's echo call stored")
+
+    config = _config(gw, tmp_path)
+    erased = cli("erase", "--subject", f"{issuer.url}#alice", "--reason", "art. 17", "--by", "dpo", "-c", str(config))
+    assert erased.returncode == 0, erased.stdout + erased.stderr
+
+    alice, bob = show(sessions["alice"]), show(sessions["bob"])
+    assert ALICE_TEXT not in json.dumps(alice) and BOB_TEXT in json.dumps(bob)
+    marks = [x["erased"] for x in alice["exchanges"] if x["erased"]]
+    assert marks and all(m["by"] == "dpo" and m["reason"] == "art. 17" for m in marks)
+    assert alice["verification"]["verified"] and alice["summary"]["capture"] == "redacted"
