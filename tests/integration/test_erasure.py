@@ -184,7 +184,7 @@ async def test_the_audit_service_shows_an_erasure_made_while_it_runs(
         "encrypt_payloads": "per_subject",
         "payload_keys": {"kek_file": str(kek)},
     }
-    audit = {"port": free_port(), "index_interval_ms": 100}
+    audit = {"port": free_port(), "index_interval_ms": 100, "client_id": "audit-viewer"}
     gw = start_authed([start_mcp_server("demo")], policy=VIEWER_POLICY, gateway={"recording": rec, "audit": audit})
     await _calls(gw, issuer)
     headers = {"authorization": f"Bearer {issuer.mint('dpo', aud=gw.endpoint)}"}
@@ -211,3 +211,32 @@ async def test_the_audit_service_shows_an_erasure_made_while_it_runs(
     marks = [x["erased"] for x in alice["exchanges"] if x["erased"]]
     assert marks and all(m["by"] == "dpo" and m["reason"] == "art. 17" for m in marks)
     assert alice["verification"]["verified"] and alice["summary"]["capture"] == "redacted"
+    await _viewer_shows_the_erasure(f"{gw.endpoint}/audit/", sessions["alice"])
+
+
+async def _viewer_shows_the_erasure(base: str, key: str) -> None:
+    """The web viewer in headless Chromium (as tests/integration/test_audit_browser.py drives it)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )  # fmt: skip
+        try:
+            page = await (await browser.new_context()).new_page()
+            page.set_default_timeout(15_000)
+            await page.goto(base)
+            await page.click("#login")
+            await page.fill("#username", "dpo")
+            await page.click("#sign-in")
+            await page.wait_for_selector(f'tr[data-session="{key}"]')
+            await page.goto(f"{base}s/{key}")
+            await page.wait_for_selector("#exchanges .erased")
+            erased = await page.locator("#exchanges .erased").first.text_content() or ""
+            assert erased.startswith("payloads erased on ") and erased.endswith(" by dpo (art. 17)"), erased
+            assert (await page.text_content("#capture")) == "capture redacted"
+            assert ALICE_TEXT not in (await page.content())
+        finally:
+            await browser.close()
