@@ -24,7 +24,7 @@ def erase_command(
 ) -> None:
     """Destroy a subject's payload data keys (recording.encrypt_payloads: per_subject) and record a signed erasure:
     its payloads become unreadable in every store and viewer; chains, manifests and digests still verify."""
-    issuer, sep, sub = subject.rpartition("#")
+    issuer, sep, sub = subject.partition("#")  # an issuer URL has no fragment; a subject may hold a "#"
     if not sep or not issuer or not sub:
         console.print("[red]--subject must be issuer#subject (e.g. https://idp.example#alice)[/red]")
         raise typer.Exit(2)
