@@ -26,8 +26,10 @@ exchange answers with the matching refusal (``RecordingUnavailable``) instead.
         │   └── IssuerUnavailable       503 no signing keys from the issuer
         ├── Forbidden                   403 OriginNotAllowed, SessionNotYours, PolicyDenied,
         │                               UpstreamIdentityRefused (the IdP refused the server's credential),
-        │                               ToolWithheld (a changed or unapproved tool, prompt or resource)
+        │                               ToolWithheld (a changed or unapproved tool, prompt or resource),
+        │                               GuardrailDenied (the server's outside guardrail said deny)
         ├── AuthorizationUnavailable    503 a SubjectAccessReview gave no answer
+        ├── GuardrailUnavailable        503 the server's guardrail gave no valid answer in time (on_error: closed)
         ├── ReservedSessionId           502 the server named its session like a gateway recording unit
         ├── EncodedResponse             502 a Content-Encoding the processor cannot read
         ├── Overloaded                  503 the worker's event loop is too far behind
@@ -276,6 +278,21 @@ class ToolWithheld(Forbidden):
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"refused by tool-surface integrity: {reason[:300]}")
+
+
+class GuardrailDenied(Forbidden):
+    """The server's outside guardrail (``servers[].guardrail``) denied a call the policy allowed."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"denied by the guardrail: {what}" + (f" ({reason[:300]})" if reason else ""))
+
+
+class GuardrailUnavailable(GatewayError):
+    """The server's guardrail gave no valid answer in time and fails closed: the call is refused."""
+
+    status = 503
+    jsonrpc_code = -32005
+    client_message = "guardrail unavailable; request refused"
 
 
 class AuthorizationUnavailable(GatewayError):

@@ -17,6 +17,7 @@ from extproc.ports import Authenticator, EventSink, PolicySource
 from extproc.routing import Router
 from extproc.runtime import ExchangeOptions, compile_options
 from extproc.settings import Settings
+from extproc.tools.guardrail import Guardrails
 from extproc.tools.surface import Surface
 from extproc.upstream.credentials import Upstream
 
@@ -46,6 +47,7 @@ class Gateway:
     upstream: Upstream | None = None  # credentials toward servers with upstream_auth (None: no server has one)
 
     surface: Surface | None = None  # tool-surface integrity: pins, screens, what each unit was shown
+    guardrails: Guardrails | None = None  # outside guardrails of servers that have one (None: no server has one)
     overload: LagMonitor = field(default_factory=lambda: LagMonitor(0.0))  # load shedding (off unless built)
     clock: Callable[[], float] = time.time
     new_id: Callable[[], str] = field(default_factory=lambda: exchange_ids())

@@ -124,6 +124,13 @@ class Metrics:
             buckets=DECISION_BUCKETS,
             registry=r,
         )
+        self.guardrail_seconds = Histogram(
+            "mcp_extproc_guardrail_seconds",
+            "Time for a server's outside guardrail to answer one call, by server and verdict (error: none in time)",
+            ["server", "verdict"],
+            buckets=EXCHANGE_BUCKETS,
+            registry=r,
+        )
         message = Histogram(
             "mcp_extproc_message_seconds",
             "Processing time of one ext_proc message, by phase (our code, not gRPC transport)",

@@ -34,6 +34,7 @@ from extproc.recording.events import Outcome
 from extproc.recording.setup import build_runtime
 from extproc.routing import Router
 from extproc.settings import Settings
+from extproc.tools.guardrail import Guardrails
 from extproc.tools.surface import build_surface
 from extproc.upstream.credentials import Upstream
 
@@ -152,6 +153,7 @@ async def serve(
     recording = build_runtime(settings.recording)
     auth = Authenticator(settings.auth) if settings.auth is not None else None
     upstream = Upstream.from_settings(settings)  # key files read now: a bad one fails the start
+    guardrails = Guardrails.from_servers({s.name: s.guardrail for s in settings.servers})  # token files too
     await recording.start()
     try:
         if auth is not None:
@@ -165,6 +167,7 @@ async def serve(
         gw.reviewer = sar.from_settings(settings.kubernetes)
         gw.grants = grant_store(settings)
         gw.upstream = upstream
+        gw.guardrails = guardrails
 
         gw.surface = build_surface(settings)
         log.info("recording as writer %s", recording.recorder.writer_id)
@@ -183,6 +186,8 @@ async def serve(
             discovery.close()
         if upstream is not None:
             await upstream.close()
+        if guardrails is not None:
+            await guardrails.close()
     log.info("processor stopped; recordings flushed")
 
 

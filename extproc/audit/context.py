@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -62,7 +63,7 @@ class AuditContext:
     async def identify(self, request: Request) -> Principal:
         """The caller: a web viewer login (cookie) or a bearer token, verified by the gateway's own code."""
         if self.logins is not None and "authorization" not in request.headers:
-            who = self.logins.principal(request)
+            who = await asyncio.to_thread(self.logins.principal, request)  # may read the shared index
             if who is not None:
                 return who
         return await self.authenticator.authenticate(request.headers.get("authorization"))

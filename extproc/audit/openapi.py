@@ -179,6 +179,20 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                     _q("start", "skip the first N seconds of the session (default 0)", {"type": "number"}),
                 ],
             ),
+            f"{p}/api/log": {
+                "get": {
+                    "summary": "the transparency logs (one per writer) with a published checkpoint",
+                    "responses": {"200": {"description": "ok: {logs: [name, ...]}"}, **_errors(401, 503)},
+                }
+            },
+            f"{p}/api/log/{{path}}": {
+                "get": {
+                    "summary": "read-only for witnesses: <log>/checkpoint (signed note), <log>/checkpoint.tsr "
+                    "(RFC 3161), <log>/checkpoints/<size>[.tsr], <log>/tile/<L>/<N>[.p/<W>] (c2sp.org/tlog-tiles)",
+                    "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "ok"}, **_errors(401, 404, 503)},
+                }
+            },
             f"{p}/api/openapi.json": {
                 "get": {"summary": "this document", "security": [], "responses": {"200": {"description": "ok"}}}
             },

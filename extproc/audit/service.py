@@ -27,6 +27,7 @@ from extproc.audit.api import api_routes
 from extproc.audit.config import Audit
 from extproc.audit.context import AuditContext, client_of, error_response
 from extproc.audit.index import SessionIndex
+from extproc.audit.index_db import is_url
 from extproc.audit.openapi import openapi_document
 from extproc.audit.trail import AuditTrail
 from extproc.authn.challenge import resource_metadata_url
@@ -41,9 +42,12 @@ from extproc.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def index_path(settings: Settings) -> Path:
+def index_target(settings: Settings) -> Path | str:
+    """The index's SQLite file or PostgreSQL URL."""
     audit = settings.audit or Audit()
-    return audit.index or settings.recording.directory / ".audit-index.sqlite"
+    if audit.index is None:
+        return settings.recording.directory / ".audit-index.sqlite"
+    return audit.index if is_url(audit.index) else Path(audit.index)
 
 
 # Every answer that is not the viewer's page (which sets its own policy): JSON, NDJSON, SSE, tar.gz, redirects,
@@ -125,10 +129,11 @@ def build_app(ctx: AuditContext, prefix: str, extra_routes: list[Route | Mount] 
 
 
 async def keep_index(index: SessionIndex, interval: float) -> None:
-    """Refresh the index from the store forever; a failing round is logged and retried."""
+    """Refresh the index from the store forever, while this replica is the indexer (on PostgreSQL one replica is;
+    the others try for the role every round and take over when its holder dies); a failing round is retried."""
     while True:
         try:
-            n = await asyncio.to_thread(index.refresh)
+            n = await asyncio.to_thread(lambda: index.refresh() if index.leads() else 0)
             if n:
                 log.debug("index: %d sessions updated", n)
         except Exception:
@@ -181,7 +186,7 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
     )
     runtime = build_runtime(settings.recording)
     signer = Signer.from_file(settings.recording.signing_key)
-    index = SessionIndex(index_path(settings), runtime.store, signer.public)
+    index = SessionIndex(index_target(settings), runtime.store, signer.public)
     authenticator = Authenticator(auth_cfg)
     ctx = AuditContext(
         authenticator=authenticator,
@@ -230,7 +235,7 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
 def reindex(settings: Settings) -> int:
     """Rebuild the index from the store; returns the number of sessions indexed."""
     signer = Signer.from_file(settings.recording.signing_key)
-    index = SessionIndex(index_path(settings), build_store(settings.recording), signer.public)
+    index = SessionIndex(index_target(settings), build_store(settings.recording), signer.public)
     try:
         return index.reindex()
     finally:

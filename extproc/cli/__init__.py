@@ -18,6 +18,7 @@ from extproc.cli import (
     demo,
     doctor,
     erase,
+    evidence,
     grant,
     keys,
     pins,
@@ -60,6 +61,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(grant.app, name="grant")
 app.add_typer(config.app, name="config")
 app.add_typer(pins.app, name="pins")
+app.add_typer(evidence.app, name="evidence")
 app.command("dev-issuer")(auth.dev_issuer)
 app.command("token")(auth.token)
 app.command("doctor")(doctor.doctor)

@@ -24,6 +24,14 @@ from extproc.recording.exchange_log import ExchangeLog
 Refusal = tuple[GatewayError, list[dict[str, Any]] | None]
 
 
+CallKey = tuple[str, str, str | None]
+
+
+def call_key(call: McpCall) -> CallKey:
+    """A call's id, method and item: what finds it again among a body's calls (McpCall holds a dict: no hash)."""
+    return repr(call.id), call.method, call.tool or call.prompt or call.uri
+
+
 def describe(policy: CompiledPolicy | None, server: str, call: McpCall) -> str:
     """'tools/call x on server y' with the server's redactions applied: a resource URI may carry a secret."""
     text = describe_call(server, call)
@@ -40,6 +48,7 @@ class Decisions:
         self.verdict: Verdict | None = None
         self.facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
         self.lists: dict[str, str] = {}  # list requests whose responses are filtered
+        self.shown: dict[CallKey, dict[str, Any]] = {}  # per call, the definition its caller was last shown
 
     async def body(
         self, policy: CompiledPolicy, who: Principal, server: str, session: str | None, parsed: ParsedBody
@@ -56,6 +65,7 @@ class Decisions:
             if verdict.denied is None
             else (None, {})
         )
+        self.shown = {call_key(verdict.calls[i]): record for i, record in shown.items()}
         for i, (call, d) in enumerate(zip(verdict.calls, verdict.decisions, strict=True)):
             outside = {"kubernetes": d.kubernetes, "grant": d.grant, "definition": shown.get(i)}
             self.record(policy, server, call, d.allowed, d.rule, d.reason, **outside)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from time import perf_counter
 from typing import Any, Literal
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -35,7 +36,7 @@ from extproc.errors import (
     ReservedSessionId,
     StoreError,
 )
-from extproc.exchange import upstream
+from extproc.exchange import guard, results, upstream
 from extproc.exchange.decide import Decisions
 from extproc.exchange.surface import SurfaceCheck
 from extproc.exchange.upstream import UPSTREAM_REMOVE, caller_token, credential_recorder
@@ -65,6 +66,7 @@ from extproc.recording.events import (
 )
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import payload_for_record, record_piece
+from extproc.tools.screens import strip_invisible_bytes
 from extproc.upstream.base import ExchangeContext
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,8 @@ class Exchange:
         # The response.
         self._body: ResponseBody | None = None
         self._buffered: Literal["filter", "seal"] | None = None  # the whole body comes in one message
+        self._guard_ms: float | None = None  # how long the server's outside guardrail took, when it was asked
+        self._screen: results.ResultScreen | None = None  # invisible characters in results: found, maybe stripped
 
     @property
     def session(self) -> str | None:
@@ -162,13 +166,14 @@ class Exchange:
             ctx = ExchangeContext(
                 self.id, self.request_id, self.session, caller_token(headers), credential_recorder(self.gw, self.log)
             )
-            credentials = await upstream.credentials(self.gw, self.principal, self.server_name, ctx)
+            backend = admission.backend.name if admission.backend else None
+            credentials = await upstream.credentials(self.gw, self.principal, self.server_name, ctx, backend)
         except GatewayError as e:
             return self._refuse(e)
         if msg.end_of_stream and (refused := await self._commit()) is not None:  # a GET or DELETE goes upstream now
             return refused
         route = admission.route_headers
-        ours = upstream.gateway_headers(self.gw, self.principal, self.server_name, self._server_session)
+        ours = upstream.gateway_headers(self.gw, self.principal, self.server_name, self._server_session, backend)
         set_headers, remove = upstream.request_headers({**ours, **credentials}, route)
         return responses.request_headers(set_headers, remove, clear_route_cache=bool(route))
 
@@ -192,9 +197,38 @@ class Exchange:
             return self._refuse(e)
         if (refused := await self._decide(parsed)) is not None:
             return refused
+        if self.gw.guardrails is not None:  # the server's outside guardrail, when it has one (guard.py)
+            refused, forward = await self._guard(parsed, forward)
+            if refused is not None:
+                return refused
         if (refused := await self._commit()) is not None:  # the server executes only what is on disk
             return refused
         return responses.request_body(forward)
+
+    async def _guard(
+        self, parsed: ParsedBody, forward: bytes | None
+    ) -> tuple[ep.ProcessingResponse | None, bytes | None]:
+        """Each allowed call asked of the server's guardrail; a body it modified is checked and decided again."""
+        if self.policy is None or self.admitted is None:
+            return None, forward
+        base = parse_body(forward, strict=True) if forward is not None else parsed
+        backend = self.admitted.backend.name if self.admitted.backend else ""
+        t0 = perf_counter()
+        err, changed = await guard.ask(self.gw, self.log, self.policy, self.principal, (self.server_name, backend),
+                                       (self.id, self.request_id), base.messages, self._decisions.shown)  # fmt: skip
+        self._guard_ms = (perf_counter() - t0) * 1000
+        if err is not None:
+            return self._refuse(err), None
+        if changed is None:
+            return None, forward
+        modified = ParsedBody(tuple(changed), base.batch)
+        try:
+            check_headers(self._header_names, self._headers, modified.messages, modified.batch, self._declared_headers)
+        except InvalidRequest as e:
+            return self._refuse(e), None
+        if (refused := await self._decide(modified)) is not None:  # what the server executes is decided on
+            return refused, None
+        return None, dumps(changed if base.batch else changed[0]).encode()
 
     async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
         """Learn the recording unit (the server names its session) and how the body is framed."""
@@ -220,13 +254,15 @@ class Exchange:
         seal_sse = self._seal_state if ok and self._may_ask else None
         opts = self.gw.options
         self._body = ResponseBody(content_type, opts.max_event_body_bytes, seal_sse, opts.held, self._refusal)
+        self._screen = self._results_screen() if ok else None  # invisible characters in results (results.py)
         # List responses (and JSON results that may carry request state) are rewritten for the caller, so this one
         # body is buffered; all others keep streaming.
         if ok and self._decisions.lists:
             self._buffered = "filter"
         elif ok and self._may_ask and content_type.startswith("application/json"):
             self._buffered = "seal"
-        remove = ("content-length",) if self._body.rewriting else ()
+        stripping = self._screen is not None and self._screen.stripper is not None and not self._buffered
+        remove = ("content-length",) if self._body.rewriting or stripping else ()
         return responses.response_headers(self._client_headers(server_session), remove, self._buffered is not None)
 
     async def on_response_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
@@ -240,6 +276,10 @@ class Exchange:
             pieces, released = pieces + more, (released + tail if released is not None else None)
         for piece in pieces:
             self._record_piece(piece)
+        stripper = self._screen.stripper if self._screen is not None and not self._buffered else None
+        if stripper is not None:  # invisible characters out of results as the body streams (results.py)
+            stripped = stripper.feed(chunk if released is None else released, final=msg.end_of_stream)
+            released = stripped if stripped is not None else released
         if self._buffered == "filter":
             await self._tools.refresh_pins(self.server_name)  # the list is judged against today's pins
         reply = self._rewrite_buffered(chunk) if self._buffered else None
@@ -266,7 +306,7 @@ class Exchange:
             exchange=self.id, request_id=self.request_id, session=self.session, server=self.server_name,
             user=self.principal.username if self.principal else "", status=self.status, outcome=outcome,
             duration_ms=duration * 1000, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
-            detail=detail, **verdict_fields(self.verdict),
+            detail=detail, guardrail_ms=self._guard_ms, **verdict_fields(self.verdict),
         )  # fmt: skip
         if self.admitted is None:
             return
@@ -314,6 +354,7 @@ class Exchange:
         """From here on the exchange is recorded: who, where, which session; then its start."""
         headers = self._headers
         self.admitted, self.principal = admission, admission.principal
+        self._tools.backend = admission.backend.name if admission.backend else None
         self.policy = self.gw.policy.current if self.gw.policy is not None else None
         self.ends_session = headers.get(":method") == "DELETE"
         self.client = _client_address(attributes, headers)
@@ -441,6 +482,12 @@ class Exchange:
         if method == "tools/list":
             self.gw.param_headers.learn(self._scope(), result)
 
+    def _results_screen(self) -> results.ResultScreen | None:
+        verdict = self._decisions.verdict
+        if self.policy is None or verdict is None:
+            return None
+        return results.ResultScreen.of(self.policy, self.server_name, self.log, verdict.calls)
+
     def _seal_state(self, message: dict[str, Any]) -> dict[str, Any]:
         return self._state.seal(message) if self._state is not None else message
 
@@ -459,7 +506,9 @@ class Exchange:
         """The whole (buffered) body rewritten for the caller: lists filtered, or request state sealed."""
         if self._buffered == "seal":
             sealed = rewrite_json(body, self._seal_state)
-            return responses.response_body(replace=sealed) if sealed is not body else None
+            if self._screen is not None and self._screen.stripper is not None:
+                sealed = strip_invisible_bytes(sealed)  # results screened with strip (results.py)
+            return responses.response_body(replace=sealed) if sealed != body else None
         if self.policy is None or self.principal is None:
             return None
         sse = self._body is not None and self._body.sse
@@ -492,6 +541,8 @@ class Exchange:
         body = self._body
         withheld = body.oversized_reason if body is not None and body.oversized and self.policy is not None else None
         self._awaiting -= record_piece(self.log, self.policy, self.server_name, piece, withheld, self.capture)
+        if self._screen is not None:
+            self._screen.note(piece)
 
     # --- refusals --------------------------------------------------------------------------------------------
 

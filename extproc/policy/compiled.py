@@ -137,7 +137,11 @@ class CompiledIntegrity:
 
 
 DEFAULT_INTEGRITY = CompiledIntegrity(
-    "default", None, None, "hide", {"invisible": "strip", "instructions": "alarm", "cross_server": "alarm"}
+    "default",
+    None,
+    None,
+    "hide",
+    {"invisible": "strip", "instructions": "alarm", "cross_server": "alarm", "results": "strip"},
 )
 
 

@@ -281,6 +281,12 @@ class Screens(_Model):
     invisible: ScreenAction = Field("strip", description="Tag characters, zero-width and bidi controls.")
     instructions: ScreenAction = Field("alarm", description="Instruction markers addressed to the model.")
     cross_server: ScreenAction = Field("alarm", description="A description naming another server's tool.")
+    results: Literal["strip", "alarm", "ignore"] = Field(
+        "strip",
+        description="Invisible characters in what a call returns (tools/call, prompts/get, resources/read): strip "
+        "removes them before the client sees the result, recorded with where; alarm records them; ignore: not "
+        "screened.",
+    )
 
     @model_validator(mode="after")
     def _strip_only_characters(self) -> Screens:

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from extproc.evidence.config import TransparencyLogConfig
 from extproc.sections import Section, resolve_paths
 
 _CREDENTIAL_KEYS = ("access_key", "secret", "session_token", "password", "credentials", "profile")
@@ -177,6 +178,9 @@ class Recording(Section):
         "so `mcp-extproc erase` can make one person's payloads unreadable while every proof still verifies",
     )
     payload_keys: PayloadKeys | None = None
+    transparency_log: TransparencyLogConfig | None = Field(
+        default=None, description="a Merkle log over every stored manifest and digest, with signed checkpoints"
+    )
 
     @model_validator(mode="after")
     def _store_settings(self) -> Recording:
@@ -190,6 +194,8 @@ class Recording(Section):
             )
         if self.encrypt_payloads == "per_subject" and self.payload_keys is None:
             raise ValueError("encrypt_payloads: per_subject needs payload_keys (kek_file or kms_key_id)")
+        if self.transparency_log is not None and (self.transparency_log.signing_key or self.signing_key) is None:
+            raise ValueError("transparency_log: needs a signing key (its own signing_key, or recording.signing_key)")
         if self.retention is not None and self.store != "file":
             raise ValueError("retention: file store only; for S3 use lifecycle rules on the bucket")
         return self
@@ -200,8 +206,11 @@ class Recording(Section):
 
     def resolved(self, base: Path) -> Recording:
         """Relative paths resolve against the config file's folder."""
-        out = resolve_paths(self, base, "directory", "spool_directory", "signing_key", "capture_salt_file")
-        if out.payload_keys is not None:
-            keys = resolve_paths(out.payload_keys, base, "kek_file", "directory")
-            out = out.model_copy(update={"payload_keys": keys})
-        return out
+        rec = resolve_paths(self, base, "directory", "spool_directory", "signing_key", "capture_salt_file")
+        if rec.payload_keys is not None:
+            rec = rec.model_copy(
+                update={"payload_keys": resolve_paths(rec.payload_keys, base, "kek_file", "directory")}
+            )
+        if rec.transparency_log is not None:
+            rec = rec.model_copy(update={"transparency_log": rec.transparency_log.resolved(base)})
+        return rec

@@ -43,6 +43,7 @@ from extproc.recording.events import (
     Event,
     ExchangeEnd,
     ExchangeStart,
+    GuardrailVerdict,
     McpRequest,
     McpResponse,
     ResponseChunk,
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 
 ALGORITHM = "aes-256-gcm"
 _OUTLINE = Capture("metadata")
-_SEALED_TYPES = frozenset({McpRequest, McpResponse, ResponseChunk, ExchangeStart, ResponseStart})
+_SEALED_TYPES = frozenset({McpRequest, McpResponse, ResponseChunk, ExchangeStart, ResponseStart, GuardrailVerdict})
 
 
 def subject_of(principal: dict[str, Any] | None) -> str | None:
@@ -407,6 +408,11 @@ class PayloadSealer:
             x = cast(ExchangeStart, ev)
             secret = {"headers": x.headers, "path": x.path}
             x.path = x.path.partition("?")[0]
+        elif kind is GuardrailVerdict:
+            g = cast(GuardrailVerdict, ev)
+            if g.arguments is None:
+                return
+            secret = {"arguments": g.arguments}
         else:
             secret = {"headers": cast(ResponseStart, ev).headers}
         nonce = self._nonces.next()
@@ -415,6 +421,8 @@ class PayloadSealer:
         sealed = {"alg": ALGORITHM, "key": ref, "ct": _b64(nonce + ct)}  # the 12-byte nonce, then the ciphertext
         if "body" in secret:
             ev.body = {"sealed": sealed}  # type: ignore[attr-defined]
+        elif "arguments" in secret:
+            ev.arguments = {"sealed": sealed}  # type: ignore[attr-defined]
         else:
             ev.headers = {"sealed": orjson.dumps(sealed).decode()}  # type: ignore[attr-defined]
 
@@ -439,9 +447,10 @@ def _b64(b: bytes) -> str:
 
 
 def _sealed(ev: dict[str, Any]) -> dict[str, Any] | None:
-    body = ev.get("body")
-    if isinstance(body, dict) and isinstance(found := body.get("sealed"), dict):
-        return dict(found)
+    for where in ("body", "arguments"):
+        part = ev.get(where)
+        if isinstance(part, dict) and isinstance(found := part.get("sealed"), dict):
+            return dict(found)
     headers = ev.get("headers")
     if isinstance(headers, dict) and isinstance(headers.get("sealed"), str):
         try:

@@ -20,7 +20,8 @@ import pytest
 import yaml
 from moto.server import ThreadedMotoServer
 
-from extproc.doctor import Check, run_checks
+from extproc.doctor.check import Check
+from extproc.doctor.run import run_checks
 from extproc.launcher import free_port
 from extproc.recording.manifest import generate_keys
 
