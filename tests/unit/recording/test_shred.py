@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from extproc.errors import ConfigError
-from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest, McpResponse
+from extproc.recording.events import ExchangeEnd, ExchangeStart, GuardrailVerdict, McpRequest, McpResponse
 from extproc.recording.manifest import Signer, generate_keys
 from extproc.recording.shred import (
     FileKek,
@@ -124,3 +124,15 @@ def test_a_long_running_reader_and_writer_stop_using_a_key_erased_elsewhere(keyr
     later = _exchange(sealer, "e2", ALICE)
     open_events(later, reader)
     assert later[1]["messages"] == [CALL]  # alice's new exchanges are readable, under a new key
+
+
+def test_a_guardrails_modified_arguments_are_sealed(keyring: Keyring) -> None:
+    sealer = PayloadSealer(keyring)
+    start = ExchangeStart(session="s", exchange="g", index=0, principal=ALICE)
+    verdict = GuardrailVerdict(session="s", exchange="g", index=1, verdict="modify", arguments={"text": "s3cr3t"})
+    for ev in (start, verdict):
+        sealer.seal(ev)
+    stored = [json.loads(json.dumps(ev.to_dict())) for ev in (start, verdict)]
+    assert "s3cr3t" not in json.dumps(stored) and stored[1]["verdict"] == "modify"
+    open_events(stored, keyring)
+    assert stored[1]["arguments"] == {"text": "s3cr3t"}
