@@ -73,12 +73,21 @@ class _EncodeOnly(SpanExporter):
 
 
 async def run(
-    exchanges: int, workdir: Path, profile: bool, observed: bool = False, sample_ratio: float = 1.0
+    exchanges: int,
+    workdir: Path,
+    profile: bool,
+    observed: bool = False,
+    sample_ratio: float = 1.0,
+    encrypt: bool = False,
 ) -> dict[str, float]:
+    recording: dict[str, object] = {"directory": str(workdir / "rec")}
+    if encrypt:  # payloads sealed per subject (recording/shred.py), data keys wrapped by a key file
+        (workdir / "kek").write_text("ab" * 32)
+        recording.update(encrypt_payloads="per_subject", payload_keys={"kek_file": str(workdir / "kek")})
     settings = parse(
         {
             "servers": [{"name": "demo", "upstream": "127.0.0.1:9"}, {"name": "github", "upstream": "127.0.0.1:9"}],
-            "recording": {"directory": str(workdir / "rec")},
+            "recording": recording,
             "auth": {"public_url": "https://gw.example", "issuers": [{"issuer": "https://idp.example"}]},
             "policy": {"directory": str(ROOT / "policies")},
         }
@@ -149,11 +158,18 @@ def main() -> None:
         help="compare with OCSF file export and tracing on (off, on, off, on)",
     )
     parser.add_argument("--sample-ratio", type=float, default=1.0, help="telemetry.sample_ratio for --export-and-trace")
+    parser.add_argument("--encrypt", action="store_true", help="recording.encrypt_payloads: per_subject")
+    parser.add_argument(
+        "--ab-encrypt", type=int, default=0, metavar="ROUNDS", help="alternate off/on ROUNDS times; print the ratio"
+    )
     args = parser.parse_args()
     if args.export_and_trace:
         return compare(args.exchanges, args.sample_ratio)
+    if args.ab_encrypt:
+        ab_encrypt(args.exchanges, args.ab_encrypt)
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        result = asyncio.run(run(args.exchanges, Path(tmp), args.profile))
+        result = asyncio.run(run(args.exchanges, Path(tmp), args.profile, encrypt=args.encrypt))
     print(
         f"{result['exchanges']} exchanges (auth cache hit, example policy, redaction, recording with signed "
         f"segments): {result['cpu_ms_per_exchange']:.3f} ms CPU per exchange in mcp-extproc's own code"
@@ -186,6 +202,23 @@ def compare(exchanges: int, sample_ratio: float) -> None:
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "exchange_export_trace.json").write_text(json.dumps(result, indent=2))
+
+
+def ab_encrypt(exchanges: int, rounds: int) -> None:
+    """Payload encryption's CPU per exchange: off and on alternated in one process (a shared box drifts; the ratio
+    of neighbouring runs drifts less), each in a fresh temp store."""
+    got: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):
+        for encrypt in (False, True):
+            with tempfile.TemporaryDirectory() as tmp:
+                got[encrypt].append(
+                    asyncio.run(run(exchanges, Path(tmp), False, encrypt=encrypt))["cpu_ms_per_exchange"]
+                )
+    off, on = sorted(got[False])[rounds // 2], sorted(got[True])[rounds // 2]
+    print(f"off {[round(x, 3) for x in got[False]]} ms, per_subject {[round(x, 3) for x in got[True]]} ms")
+    print(
+        f"median: off {off:.3f} ms, per_subject {on:.3f} ms CPU per exchange: x{on / off:.3f} ({(on / off - 1):+.1%})"
+    )
 
 
 if __name__ == "__main__":

@@ -368,6 +368,9 @@ def run_size(
         with DevIssuer(workdir / "issuer-keys") as issuer:
             config = write_authed_config(workdir / "gw", port, issuer.url)
             key, pub = generate_keys(workdir / "signing")
+            if args.capture is not None:  # the policy's capture level for every server (policy/capture.py)
+                with (config.parent / "policies" / "bench.yaml").open("a") as policy:
+                    policy.write(f'recording:\n  - servers: ["*"]\n    capture: {args.capture}\n')
             doc = yaml.safe_load(config.read_text())
             doc["recording"]["signing_key"] = str(key)
             doc["recording"].update(args.recording_options)
@@ -400,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--profile", action="store_true", help="py-spy the processor: bench/results/profile-sse-*")
     parser.add_argument("--gateway-only", action="store_true", help="only the gateway row (for A/B runs)")
+    parser.add_argument(
+        "--capture", choices=["full", "redacted", "shape", "metadata"], help="policy capture level of every server"
+    )
     parser.add_argument(
         "--recording",
         action="append",
@@ -435,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             "processor_workers": 1,
             "path": "auth (dev issuer token) + policy (one allow rule) + signed recording (file store)",
             "recording_options": args.recording_options,
+            "capture": args.capture or "redacted (default)",
         },
         "results": results,
         "sha256_of_10MB_body": hashlib.sha256(b"".join(make_events(10 * MB, args.event_kib << 10))).hexdigest(),

@@ -40,6 +40,7 @@ from extproc.export.exporter import attach
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.manifest import Signer
 from extproc.recording.setup import build_runtime, build_store
+from extproc.recording.shred import build_keyring
 from extproc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,7 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
         trail=AuditTrail(runtime.recorder),
         public_key=signer.public,
         metadata_url=resource_metadata_url(auth_cfg),
+        keyring=build_keyring(settings.recording),
     )
     from extproc.audit.web import WebViewer
 

@@ -18,6 +18,7 @@ from extproc.cli import (
     config,
     demo,
     doctor,
+    erase,
     evidence,
     export,
     grant,
@@ -54,6 +55,7 @@ def _main(
 
 app.add_typer(sessions.app, name="sessions")
 sessions.app.command("redrive")(redrive.redrive_command)
+app.command("erase")(erase.erase_command)
 app.add_typer(keys.app, name="keys")
 app.add_typer(policy.app, name="policy")
 app.add_typer(store.app, name="store")

@@ -19,6 +19,7 @@ from extproc.cli._common import (
     console,
     err_console,
     find_session,
+    keyring_of,
     open_store,
     public_key,
     store_where,
@@ -94,7 +95,7 @@ def sessions_show(
     from extproc.recording.report import print_session, session_doc
 
     key = public_key(config, key_path, dir)
-    session = find_session(open_store(config, dir), session_id, key)
+    session = find_session(open_store(config, dir), session_id, key, keyring_of(config, dir))
     if json_out:
         print(json.dumps(session_doc(session), indent=2, ensure_ascii=False))
     else:
@@ -173,7 +174,7 @@ def sessions_verify(
     signed = "signatures checked, " if key is not None else ""
     console.print(
         f"OK: {len(session.events)} events in {len(session.writers)} stream(s), {signed}every chain and manifest "
-        f"intact; state {session.summary()['state']}"
+        f"intact; state {session.summary()['state']}; capture {session.capture() or '-'}"
     )
 
 

@@ -51,8 +51,9 @@ from extproc.mcp.param_headers import ToolHeaders
 from extproc.mcp.protocol import check_headers, classify, run_key
 from extproc.mcp.request_state import RequestState
 from extproc.mcp.sse import format_event
+from extproc.policy.capture import Capture
 from extproc.policy.compiled import CompiledPolicy
-from extproc.policy.enforce import Verdict, filter_body, record_redactor, redact_for_record
+from extproc.policy.enforce import Verdict, filter_body, record_redactor
 from extproc.recording.events import (
     ExchangeEnd,
     ExchangeStart,
@@ -60,14 +61,13 @@ from extproc.recording.events import (
     McpRequest,
     Outcome,
     ResponseStart,
-    body_fields,
     is_reserved_unit,
     is_synthetic_session,
     server_unit,
     synthetic_session_id,
 )
 from extproc.recording.exchange_log import ExchangeLog
-from extproc.recording.pieces import record_piece
+from extproc.recording.pieces import payload_for_record, record_piece
 from extproc.telemetry.tracing import ExchangeTrace, with_headers
 from extproc.tools.screens import strip_invisible_bytes
 from extproc.upstream.base import ExchangeContext
@@ -91,6 +91,8 @@ class Exchange:
         self.admitted: Admitted | None = None
         self.principal: Principal | None = None
         self.policy: CompiledPolicy | None = None  # one snapshot per exchange: a reload never splits a decision
+        self.capture = Capture()  # how much of the payloads is recorded (policy/capture.py), set at admission
+        self._header_capture = Capture()
         self.client = ""  # downstream address
         self.request_id = ""  # Envoy's x-request-id: joins our access line to Envoy's
         # Progress.
@@ -261,7 +263,7 @@ class Exchange:
         if self.session is None:
             self.log.set_unit(self._server_unit(server_session) if server_session else synthetic_session_id(self.id))
         self.ends_session |= self.status == 404 and not is_synthetic_session(self.session or "")
-        kept, dropped, found = recordable(headers, record_redactor(self.policy, self.server_name))
+        kept, dropped, found = self._recordable_headers(headers)
         self.log.emit(ResponseStart(status=self.status, headers=kept, credentials_removed=dropped, redactions=found))
         encoding = headers.get("content-encoding", "").strip().lower()
         if encoding not in IDENTITY_ENCODINGS and self.policy is not None and not msg.end_of_stream:
@@ -394,7 +396,14 @@ class Exchange:
         elif admission.session is not None:
             self._server_session = admission.session
             self.log.set_unit(self._server_unit(admission.session))
-        kept, dropped, found = recordable(headers, record_redactor(self.policy, admission.server.name))
+        # Without a policy: the default level (the built-in header redactions, as before levels existed).
+        level = self.policy.header_capture(admission.server.name) if self.policy is not None else "redacted"
+        self._header_capture = Capture(level, self.gw.options.capture_salt)
+        self.capture = Capture(
+            self.policy.capture(admission.server.name) if self.policy is not None else "redacted",
+            self.gw.options.capture_salt,
+        )
+        kept, dropped, found = self._recordable_headers(headers, admission.server.name)
         self.log.emit(
             ExchangeStart(
                 client=self.client,
@@ -406,8 +415,19 @@ class Exchange:
                 credentials_removed=dropped,
                 redactions=found,
                 principal=self.principal.to_record() if self.principal else None,
+                capture=self._header_capture.level,
             )
         )
+
+    def _recordable_headers(
+        self, headers: dict[str, str], server: str | None = None
+    ) -> tuple[dict[str, str], list[str], list[dict[str, Any]]]:
+        """Headers as recorded at this exchange's capture level: credentials always left out; no redaction rule
+        at ``full``; protocol headers only (others shaped or dropped) at ``shape`` and ``metadata``."""
+        capture = self._header_capture
+        redactor = None if capture.level == "full" else record_redactor(self.policy, server or self.server_name)
+        kept, dropped, found = recordable(headers, redactor)
+        return capture.headers(kept), dropped, found
 
     def _note_request(self, parsed: ParsedBody) -> None:
         """Request ids (to pair responses) and, for a stateless request, the run it belongs to."""
@@ -420,13 +440,20 @@ class Exchange:
                 self.log.set_unit(self._run)
 
     def _record_request(self, parsed: ParsedBody, body: bytes) -> None:
-        messages, raw, redactions = redact_for_record(self.policy, self.server_name, list(parsed.messages), body)
+        if self.policy is not None:  # a per-tool level applies to the call's bodies, both ways
+            tools = [str(m["params"].get("name")) for m in parsed.messages if _calls_tool(m)]
+            if tools:
+                level = self.policy.capture(self.server_name, tools)
+                self.capture = Capture(level, self.gw.options.capture_salt)
+        messages, fields, redactions = payload_for_record(
+            self.policy, self.server_name, self.capture, list(parsed.messages), body
+        )
         self.log.emit(
             McpRequest(
                 messages=messages,
                 batch=parsed.batch,
                 error=parsed.error,
-                body=body_fields(raw) if raw is not None else {"raw_redacted": True},
+                body=fields,
                 size=len(body),
                 redactions=redactions,
             )
@@ -549,7 +576,7 @@ class Exchange:
         """One SSE event, JSON document or raw chunk on the record (recording/pieces.py)."""
         body = self._body
         withheld = body.oversized_reason if body is not None and body.oversized and self.policy is not None else None
-        self._awaiting -= record_piece(self.log, self.policy, self.server_name, piece, withheld)
+        self._awaiting -= record_piece(self.log, self.policy, self.server_name, piece, withheld, self.capture)
         if self._screen is not None:
             self._screen.note(piece)
 
@@ -581,3 +608,7 @@ def _client_address(attributes: Any, headers: dict[str, str]) -> str:
             return address
     xff = headers.get("x-forwarded-for", "")
     return xff.rsplit(",", 1)[-1].strip()
+
+
+def _calls_tool(m: dict[str, Any]) -> bool:
+    return m.get("method") == "tools/call" and isinstance(m.get("params"), dict) and "name" in m["params"]

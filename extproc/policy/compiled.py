@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from extproc.errors import ConfigError
 from extproc.mcp.methods import KNOWN_METHODS
+from extproc.policy.capture import DEFAULT_LEVEL, CaptureLevel, stricter
 from extproc.policy.globs import Matcher, compile_globs
 from extproc.policy.model import PROMPT_METHODS, RESOURCE_METHODS, TOOL_METHODS, Limit, PolicyFile, Rule, Subjects
 from extproc.policy.redact import Redactor, compile_redactor
@@ -219,6 +220,9 @@ class CompiledPolicy:
     integrity_entries: tuple[CompiledIntegrity, ...] = ()
     budgets: dict[str, RuleBudget] = field(default_factory=dict, repr=False)  # rule name -> its limits
 
+    captures: dict[str, CaptureLevel] = field(default_factory=dict)  # server -> level named by server-wide entries
+    tool_captures: tuple[ToolCapture, ...] = ()  # per-tool entries, in policy order
+
     def integrity(self, server: str, item: str | None = None) -> CompiledIntegrity:
         """The integrity settings for an item of ``server``: an entry naming the item beats a server-wide one,
         then policy order; none: the defaults (hide changes, strip invisible characters, alarm the rest)."""
@@ -262,6 +266,32 @@ class CompiledPolicy:
         """The redactions that apply to recordings of ``server``."""
         return self.redactors.get(server) or self.redactors[ANY_SERVER]
 
+    def capture(self, server: str, tools: Iterable[str] = ()) -> CaptureLevel:
+        """The capture level for ``server`` (and, for tools/call, these tools): the strictest entry wins."""
+        level = self.captures.get(server) or self.captures.get(ANY_SERVER) or DEFAULT_LEVEL
+        for tc in self.tool_captures:
+            if (tc.servers is None or server in tc.servers) and any(tc.tools(t) for t in tools):
+                level = stricter(level, tc.level)
+        return level
+
+    def header_capture(self, server: str) -> CaptureLevel:
+        """The level for what is recorded before the body is read (headers carry arguments: Mcp-Param-*): the
+        strictest of the server's own level and every per-tool level of the server."""
+        level = self.capture(server)
+        for tc in self.tool_captures:
+            if tc.servers is None or server in tc.servers:
+                level = stricter(level, tc.level)
+        return level
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCapture:
+    """A per-tool capture entry: servers (None: any), tool globs, level."""
+
+    servers: frozenset[str] | None
+    tools: Callable[[str], bool]
+    level: CaptureLevel
+
 
 def compile_policy(
     files: Sequence[LoadedFile], known_servers: set[str] | None, fingerprint: str = ""
@@ -274,6 +304,8 @@ def compile_policy(
     integrity: list[CompiledIntegrity] = []
     budgets: dict[str, RuleBudget] = {}
     named: set[str] = set()
+    captures: dict[str, CaptureLevel] = {}
+    tool_captures: list[ToolCapture] = []
 
     def claim_name(name: str, where: str) -> None:
         if name in seen:
@@ -335,7 +367,12 @@ def compile_policy(
             servers = check_servers(lf, v.servers, "viewers", i, "servers")
             viewers.append(CompiledViewer(v.name, where, _subjects(v.subjects), servers, v.sessions == "all"))
         for i, rec in enumerate(lf.doc.recording):
-            check_servers(lf, rec.servers, "recording", i, "servers")
+            rec_servers = check_servers(lf, rec.servers, "recording", i, "servers")
+            if rec.capture is not None and rec.tools is not None:
+                tool_captures.append(ToolCapture(rec_servers, compile_globs(rec.tools), rec.capture))
+            elif rec.capture is not None:
+                for s in rec.servers:
+                    captures[s] = stricter(captures.get(s, rec.capture), rec.capture)
             for j, red in enumerate(rec.redact):
                 claim_name(red.name, lf.where("recording", i, "redact", j))
         for i, ig in enumerate(lf.doc.integrity):
@@ -366,6 +403,8 @@ def compile_policy(
         },
         integrity_entries=tuple(integrity),
         budgets=budgets,
+        captures=_captures(captures),
+        tool_captures=tuple(tool_captures),
     )
 
 
@@ -451,6 +490,14 @@ def _index(rules: list[CompiledRule], servers: frozenset[str]) -> dict[tuple[str
         for method in KNOWN_METHODS:
             index[(server, method)] = _bucket([r for r in for_server if r.methods(method)], OBJECT_FIELD.get(method))
     return index
+
+
+def _captures(named: dict[str, CaptureLevel]) -> dict[str, CaptureLevel]:
+    """Server-wide levels: an entry for every server (``*``) also bounds each server named on its own."""
+    anyone = named.get(ANY_SERVER)
+    if anyone is None:
+        return named
+    return {s: stricter(level, anyone) for s, level in named.items()}
 
 
 def _redactors(files: Sequence[LoadedFile], servers: frozenset[str]) -> dict[str, Redactor]:

@@ -318,11 +318,26 @@ class Redaction(_Model):
 
 
 class RecordingRules(_Model):
-    """Redactions for the recordings of some servers."""
+    """Redactions and the capture level for the recordings of some servers (and optionally some of their tools)."""
 
     servers: list[ServerName] = Field(min_length=1)
     defaults: bool = Field(True, description="Apply the built-in redactions (tokens, keys, passwords).")
     redact: list[Redaction] = []
+    capture: Literal["full", "redacted", "shape", "metadata"] | None = Field(
+        None,
+        description="How much of the payloads is kept: full (no redaction), redacted (the default), shape (names, "
+        "types, sizes and salted hashes; no values), metadata (who, when, what, decision, status, sizes). Where "
+        "several entries apply, the strictest wins.",
+    )
+    tools: list[NameGlob] | None = Field(
+        None, min_length=1, description="Only tools/call of these tools: the entry may then set capture only."
+    )
+
+    @model_validator(mode="after")
+    def _tools_only_capture(self) -> RecordingRules:
+        if self.tools is not None and (self.capture is None or self.redact or not self.defaults):
+            raise ValueError("tools: a per-tool entry sets capture only (redactions apply to the whole server)")
+        return self
 
 
 class Viewer(_Model):

@@ -70,6 +70,9 @@ class ExchangeStart(Event):
     credentials_removed: list[str] = field(default_factory=list)
     principal: dict[str, Any] | None = None
     redactions: list[dict[str, Any]] = field(default_factory=list)  # in header values and the path, by rule
+    # How much of this exchange's payloads is kept (policy/capture.py): full | redacted | shape | metadata. A
+    # tools/call whose tool has a stricter per-tool level says so in its bodies ({"capture": level}).
+    capture: str = ""
 
 
 @dataclass(slots=True, kw_only=True)

@@ -296,7 +296,9 @@
       when(x.time), ` ${x.method || "?"} ${x.path || ""} → ${x.status || "-"} `,
       x.outcome === "denied" ? badge("denied", "refused") : x.outcome,
       x.duration_ms !== null && x.duration_ms !== undefined ? ` ${x.duration_ms} ms` : null,
-      (x.upstream || []).map(credentialLine));
+      (x.upstream || []).map(credentialLine),
+      x.erased ? el("div", { class: "erased" }, "payloads erased on ", when(x.erased.time),
+        ` by ${x.erased.by || "?"} (${x.erased.reason || "no reason given"})`) : null);
   }
 
   async function sessionPage(key) {
@@ -316,7 +318,8 @@
         const v = await (await api("sessions/" + encodeURIComponent(key) + "/verify")).json();
         findings.replaceChildren(
           el("p", {}, v.verified ? badge("verified-yes", "verified") : badge("verified-no", "verification FAILED"),
-            ` ${v.events} events in ${v.streams} stream(s); signatures ${v.signatures_checked ? "checked" : "not checked"}`),
+            ` ${v.events} events in ${v.streams} stream(s); signatures ${v.signatures_checked ? "checked" : "not checked"}`
+            + (v.capture ? `; capture ${v.capture}` : "")),
           ...v.problems.map((p) => el("p", { class: "error" }, "FAIL " + p)),
           ...v.unfinished.map((p) => el("p", { class: "state-open" }, "OPEN " + p)),
           ...v.notes.map((p) => el("p", { class: "muted" }, "note: " + p)));
@@ -372,6 +375,7 @@
       el("div", { class: "summary", id: "summary" }, stateBadge(s.state), verifiedBadge(s.verified),
         ...[`server ${s.server || "-"}`, `user ${s.user || "-"}`, ["started ", when(s.started)],
           `${s.exchanges} exchanges`, `${s.events} events`].map((t) => el("span", {}, t)),
+        doc.summary && doc.summary.capture ? el("span", { id: "capture" }, "capture " + doc.summary.capture) : null,
         s.denied ? deniedBadge(s.denied) : null, verifyBtn),
       s.state === "incomplete"
         ? el("p", { class: "state-incomplete", id: "incomplete-note" },
