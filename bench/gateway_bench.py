@@ -660,7 +660,7 @@ def run_load(
     try:
         if args.profile and profile and "processor" in target.pids:
             time.sleep(args.warmup)
-            out = RESULTS.parent / f"profile-{profile}.txt"
+            out = profile_path(args.out, profile)
             spy = subprocess.Popen(
                 [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(target.pids["processor"][0]),
                  "-d", str(int(args.seconds)), "-r", "200", "-f", "raw", "-o", str(out),
@@ -675,6 +675,13 @@ def run_load(
             spy.wait(30)
         stop_process(gen)
         receive.close()
+
+
+def profile_path(out: Path, name: str) -> Path:
+    """Where a row's py-spy profile goes: beside the JSON results (``--out``), the folder made if need be (py-spy
+    writes nothing into a folder that does not exist)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent / f"profile-{name}.txt"
 
 
 def count_recorded_events(directory: Path) -> int:
