@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -46,7 +47,10 @@ def _ms(f) -> float:  # type: ignore[no-untyped-def]
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sessions", type=int, default=100_000)
-    n = ap.parse_args().sessions
+    ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON (bench/goals.py reads it)")
+    args = ap.parse_args()
+    n = args.sessions
+    figures: dict[str, float] = {"sessions": n}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t = time.perf_counter()
@@ -55,6 +59,7 @@ def main() -> None:
         index = SessionIndex(root / "index.sqlite", store)
         t = time.perf_counter()
         index.reindex()
+        figures["reindex_s"] = round(time.perf_counter() - t, 2)
         print(f"reindex: {time.perf_counter() - t:.1f} s ({(time.perf_counter() - t) / n * 1e6:.0f} us/session)")
         who = ("https://issuer.test", USERS[3])
         cases = {
@@ -70,7 +75,8 @@ def main() -> None:
             times = sorted(_ms(lambda g=grants, f=filters: index.query(g, who, f, None, 50)) for _ in range(20))
             print(f"first page (50) {name:32s} median {times[10]:6.2f} ms  max {times[-1]:6.2f} ms")
         # Incremental: one refresh with nothing new, then with k new segments.
-        print(f"refresh, nothing new: {_ms(index.refresh):.0f} ms (one scan of {n} session folders)")
+        figures["refresh_nothing_new_ms"] = round(_ms(index.refresh))
+        print(f"refresh, nothing new: {figures['refresh_nothing_new_ms']:.0f} ms (one scan of {n} session folders)")
         k = 100
 
         async def add() -> None:
@@ -82,6 +88,10 @@ def main() -> None:
         ms = _ms(index.refresh)
         empty = _ms(index.refresh)
         print(f"refresh with {k} new segments: {ms:.0f} ms; per new segment {(ms - empty) / k:.2f} ms over the scan")
+        figures["refresh_new_segment_ms"] = round((ms - empty) / k, 2)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":
