@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from exchange_bench import ALICE, CALL, RESULT, CachedAuth, _headers
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from exchange_bench import ALICE, CALL, RESULT, CachedAuth, _headers
 
 from extproc.authn.session_binding import bind
 from extproc.exchange import Exchange
