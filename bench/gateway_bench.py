@@ -684,6 +684,18 @@ def profile_path(out: Path, name: str) -> Path:
     return out.parent / f"profile-{name}.txt"
 
 
+def print_profiles(out: Path, scenarios: dict[str, dict[str, Any]]) -> None:
+    """Each profiled row's samples per phase and per component, in ms per exchange (bench/profile_summary.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from profile_summary import report
+
+    for name, row in (("noop", NOOP), ("anonymous", ANONYMOUS), ("authed", AUTHED)):
+        path = profile_path(out, name)
+        if row in scenarios and path.exists():
+            print()
+            print(report(path, int(scenarios[row]["requests"])))
+
+
 def count_recorded_events(directory: Path) -> int:
     return sum(len(p.read_bytes().splitlines()) for p in directory.rglob("*.jsonl"))
 
@@ -1068,6 +1080,8 @@ def main(argv: list[str] | None = None) -> int:
         "note": cpu_note(info["cpu_count"]),
     }
     print_report(report)
+    if args.profile:
+        print_profiles(args.out, scenarios)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nresults written to {args.out}")

@@ -70,26 +70,29 @@ def summarize(path: Path) -> tuple[int, Counter[str], Counter[str], int]:
     return total, phases, components, transport
 
 
+def report(path: Path, requests: int = 0, rate: int = 200) -> str:
+    """The table: each share of the samples, and with ``requests`` the milliseconds per exchange it stands for."""
+    total, phases, components, transport = summarize(path)
+
+    def line(name: str, n: int) -> str:
+        ms = f"{n * 1000 / rate / requests:7.3f} ms" if requests else ""
+        return f"  {name:<48}{100 * n / max(total, 1):6.1f} %{ms}"
+
+    lines = [f"{path}: {total} samples", line("transport (no frame of ours: grpc.aio, protobuf)", transport)]
+    lines.append("per phase (inclusive):")
+    lines += [line(name, phases[name]) for name in PHASES]
+    lines.append("per component (inclusive, may overlap):")
+    lines += [line(name, components[name]) for name in COMPONENTS]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("profile", type=Path)
     parser.add_argument("--requests", type=int, default=0, help="exchanges answered in the profiled window")
     parser.add_argument("--rate", type=int, default=200, help="py-spy's sampling rate (Hz)")
     args = parser.parse_args()
-    total, phases, components, transport = summarize(args.profile)
-
-    def line(name: str, n: int) -> str:
-        ms = f"{n * 1000 / args.rate / args.requests:7.3f} ms" if args.requests else ""
-        return f"  {name:<48}{100 * n / max(total, 1):6.1f} %{ms}"
-
-    print(f"{args.profile}: {total} samples")
-    print(line("transport (no frame of ours: grpc.aio, protobuf)", transport))
-    print("per phase (inclusive):")
-    for name in PHASES:
-        print(line(name, phases[name]))
-    print("per component (inclusive, may overlap):")
-    for name in COMPONENTS:
-        print(line(name, components[name]))
+    print(report(args.profile, args.requests, args.rate))
 
 
 if __name__ == "__main__":
