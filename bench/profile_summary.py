@@ -7,7 +7,8 @@ GIL). Shares are of all samples; with ``--requests`` (the exchanges answered in 
 says how many milliseconds per exchange that is (one sample = 1/rate s; py-spy's default rate here is 200 Hz).
 A component is counted where any frame of the sample's stack matches it (inclusive), so components can overlap
 (the access line inside ``finish``); "transport" is what runs with no frame of ours below the event loop: grpc.aio's
-Cython callbacks and protobuf (de)serialization.
+Cython callbacks and protobuf (de)serialization (with the standard loop the leaf is ``Handle._run``, with uvloop
+``Runner.run``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,17 @@ COMPONENTS = {
 }
 
 
+# Leaves with no frame of ours below the loop: the asyncio loop's Handle._run; uvloop's loop is C, so its callbacks
+# (grpc.aio's Cython) run with Runner.run / run_until_complete as the last Python frame.
+_TRANSPORT_LEAVES = (
+    "Handle._run ",
+    "Runner.run ",
+    "BaseEventLoop.run_until_complete ",
+    "BaseEventLoop.run_forever ",
+    "PassThrough.Process ",
+)
+
+
 def summarize(path: Path) -> tuple[int, Counter[str], Counter[str], int]:
     """(samples, per phase, per component, transport) of one folded profile."""
     total, transport = 0, 0
@@ -59,7 +71,7 @@ def summarize(path: Path) -> tuple[int, Counter[str], Counter[str], int]:
         leaf = frames[-1]
         if leaf.startswith("Processor.Process "):
             phases["stream loop (Processor.Process self)"] += n
-        if leaf.startswith("Handle._run ") or leaf.startswith("PassThrough.Process "):
+        if leaf.startswith(_TRANSPORT_LEAVES):
             transport += n
         for name, marker in PHASES.items():
             if marker is not None and any(f.startswith(marker) for f in frames):
