@@ -543,7 +543,7 @@ def upstream_process(ctx: mp.context.SpawnContext, sse_gap: float, concurrency: 
     proc = ctx.Process(target=run_upstream, args=(port, sse_gap), name="bench-upstream", daemon=True)
     proc.start()
     try:
-        wait_until(lambda: proc.is_alive() and can_connect(f"127.0.0.1:{port}"), 10, "the upstream")
+        wait_until(lambda: proc.is_alive() and can_connect(f"127.0.0.1:{port}"), 30, "the upstream")  # a busy box: slow
         assert proc.pid is not None
         yield Target(port, "/mcp", {"upstream": [proc.pid]}, anonymous_identities(concurrency))
     finally:
