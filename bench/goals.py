@@ -131,7 +131,7 @@ def measure(minutes: float, workdir: Path, quick: bool = False) -> dict[str, Any
             f"{index['reindex_s']:.1f} s; refresh with nothing new {index['refresh_nothing_new_ms']:.0f} ms, "
             f"{index['refresh_new_segment_ms']:.2f} ms per new segment",
             "≤ 30 s (100k)",
-            index["reindex_s"] <= 30,
+            index["reindex_s"] <= 30 if sessions == 100_000 else None,  # --quick: no figure
         )
     )
     two = run("gateway_bench.py", workdir / "workers2.json", "--workers", "2", "--scenarios", "noop,authed", *window)
@@ -183,7 +183,8 @@ def print_table(report: dict[str, Any]) -> None:
           f"load average at start {report['load_average']}")  # fmt: skip
     print("| goal | figure | target | met |\n|---|---|---|---|")
     for r in report["rows"]:
-        print(f"| {r['goal']} | {r['figure']} | {r['target']} | {'yes' if r['met'] else 'no'} |")
+        met = "n/a" if r["met"] is None else "yes" if r["met"] else "no"
+        print(f"| {r['goal']} | {r['figure']} | {r['target']} | {met} |")
 
 
 def main(argv: list[str] | None = None) -> int:
