@@ -16,8 +16,8 @@ from extproc.mcp.jsonrpc import error_response
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 # Built in place (attribute by attribute) rather than through nested keyword constructors: about 3x cheaper per
-# reply, and every exchange builds four. The bare "continue" replies are built once and shared: nothing mutates
-# a reply after its builder returns (gRPC only serializes it).
+# reply, and every exchange builds four. Never shared: a caller may add to a reply (the trace context headers of
+# extproc/telemetry/ go into a request body's reply), so each call builds its own.
 
 
 def _mutate(m: ep.HeaderMutation, set_headers: Mapping[str, str] | None, remove: Iterable[str]) -> None:
@@ -72,16 +72,8 @@ def _body(body: ep.BodyResponse, replace: bytes | None) -> None:
     _mutate(common.header_mutation, {"content-length": str(len(replace))}, ())
 
 
-_CONTINUE_REQUEST_BODY = ep.ProcessingResponse()
-_body(_CONTINUE_REQUEST_BODY.request_body, None)
-_CONTINUE_RESPONSE_BODY = ep.ProcessingResponse()
-_body(_CONTINUE_RESPONSE_BODY.response_body, None)
-
-
 def request_body(replace: bytes | None = None) -> ep.ProcessingResponse:
     """Let the (buffered) request body through, unchanged or replaced."""
-    if replace is None:
-        return _CONTINUE_REQUEST_BODY
     resp = ep.ProcessingResponse()
     _body(resp.request_body, replace)
     return resp
@@ -109,8 +101,6 @@ def response_headers(
 
 def response_body(replace: bytes | None = None) -> ep.ProcessingResponse:
     """Let a response body chunk through, or replace the (buffered) body."""
-    if replace is None:
-        return _CONTINUE_RESPONSE_BODY
     resp = ep.ProcessingResponse()
     _body(resp.response_body, replace)
     return resp

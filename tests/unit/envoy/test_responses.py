@@ -158,3 +158,13 @@ def test_body_replies_equal_the_keyword_built_messages() -> None:
     assert responses.response_body(b"{}") == ep.ProcessingResponse(response_body=replaced)
     streamed = ep.BodyResponse(response=ep.CommonResponse(body_mutation=ep.BodyMutation(body=b"")))
     assert responses.streamed_body(b"") == ep.ProcessingResponse(response_body=streamed)
+
+
+def test_each_reply_is_its_own_message() -> None:
+    """A caller may add to a reply (trace context headers on a request body's reply): never a shared message."""
+    first = responses.request_body()
+    first.request_body.response.header_mutation.MergeFrom(responses.header_mutation({"traceparent": "00-x"}))
+    assert responses.request_body() == ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse()))
+    second = responses.response_body()
+    second.response_body.response.status = ep.CommonResponse.CONTINUE_AND_REPLACE
+    assert responses.response_body().response_body.response.status == ep.CommonResponse.CONTINUE
