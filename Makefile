@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo up test test-unit test-integration conformance bench bench-sse bench-sustained bench-goals faults faults-full lint clean tools chromium
+.PHONY: stdio-bridge demo up test test-unit test-integration conformance bench bench-sse bench-sustained bench-goals faults faults-full lint clean tools chromium
 
 # Command-line tools the tests run: promtool (Debian `prometheus`) and kubectl (Debian `kubectl`) for the deploy
 # checks; Redis (budgets shared across workers and replicas) and PostgreSQL (the shared audit index), both started
@@ -41,17 +41,28 @@ chromium:
 	@test -x /usr/bin/chromium || { $$(command -v sudo) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$(command -v sudo) apt-get install -y -qq chromium chromium-driver; }
 
+# stdio MCP servers run behind a kept bridge (extproc/stdio.py): supergateway from npm and mcp-proxy from PyPI (in
+# a virtualenv of its own: it needs the 1.x MCP SDK), both installed into .stdio-bridge/ for `up` and the tests.
+stdio-bridge: .stdio-bridge/node_modules/.bin/supergateway .stdio-bridge/mcp-proxy/bin/mcp-proxy
+
+.stdio-bridge/node_modules/.bin/supergateway:
+	npm install --prefix .stdio-bridge --no-save --no-audit --no-fund --silent supergateway@4.0.0
+
+.stdio-bridge/mcp-proxy/bin/mcp-proxy:
+	$(PYTHON) -m venv .stdio-bridge/mcp-proxy
+	.stdio-bridge/mcp-proxy/bin/pip install -q mcp-proxy==0.13.0
+
 # Tests run in TEST_WORKERS processes (pytest-xdist): most of an integration test's time is spent waiting on the
 # processes it started (Envoy, processor, SDK servers), so more workers than cores still pays on 2 cores.
 TEST_WORKERS ?= 4
 
-test: $(STAMP) tools chromium
+test: $(STAMP) tools chromium stdio-bridge
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests/unit
 
-test-integration: $(STAMP) tools chromium
+test-integration: $(STAMP) tools chromium stdio-bridge
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests/integration
 
 # The official MCP conformance suite, direct vs through the gateway (README: Conformance). Installs the pinned
@@ -59,17 +70,23 @@ test-integration: $(STAMP) tools chromium
 conformance: $(STAMP)
 	$(BIN)/python tests/conformance/run.py
 
-bench: $(STAMP)
+bench: $(STAMP) stdio-bridge
 	$(BIN)/python bench/gateway_bench.py
 	$(BIN)/python bench/exchange_bench.py
 	$(BIN)/python bench/policy_bench.py
 	$(BIN)/python bench/audit_index_bench.py
 	$(BIN)/python bench/recorder_bench.py
 	$(BIN)/python bench/sse_bench.py
+	$(BIN)/python bench/upstream_bench.py
+	$(BIN)/python bench/stdio_bench.py
+	$(BIN)/python bench/evidence_bench.py
 
 # A 10 MB and a 100 MB SSE response through auth + policy + signed recording (bench/README.md).
 bench-sse: $(STAMP)
 	$(BIN)/python bench/sse_bench.py
+	$(BIN)/python bench/upstream_bench.py
+	$(BIN)/python bench/stdio_bench.py
+	$(BIN)/python bench/evidence_bench.py
 
 # Auth + policy + signed recording held 5 minutes: refusals and the recorder's backlog over time (bench/README.md).
 bench-sustained: $(STAMP)

@@ -25,9 +25,12 @@ from extproc import settings as settings_mod
 from extproc.envoy.access_log import envoy_log_args
 from extproc.envoy.bootstrap import render_yaml
 from extproc.envoy.clusters import PROCESSOR_CLUSTER, PROCESSOR_SERVICE
-from extproc.envoy.config import Edge
+from extproc.envoy.config import Edge, Server
 from extproc.envoy.tls import write_sds_files
+from extproc.kube.discovery import KubeDiscovery, watch_for_workers
+from extproc.kube.snapshot import DISCOVERY_FILE_ENV
 from extproc.server import listen_address
+from extproc.stdio import bridge_command, bridge_env
 from extproc.workers import READY_FILE_ENV, RESTART_BACKOFF, STABLE_AFTER, worker_command
 
 log = logging.getLogger(__name__)
@@ -198,6 +201,12 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _running(p: subprocess.Popen[bytes], what: str) -> bool:
+    if p.poll() is not None:
+        raise RuntimeError(f"{what} exited with status {p.returncode}; see its log")
+    return True
+
+
 @dataclass
 class Stack:
     """Running processor worker(s) and Envoy; ``stop`` drains and ends Envoy first, then lets the processor flush.
@@ -216,10 +225,13 @@ class Stack:
     envoy: subprocess.Popen[bytes] | None = None
     log_format: str | None = None  # overrides the config's log_format for every process started
     audit: subprocess.Popen[bytes] | None = None  # the audit service, when gateway.yaml has an audit: section
+    discovery: KubeDiscovery | None = None  # the one Kubernetes watch of this stack, shared by its workers
+    bridges: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # stdio servers' bridges, by server
     _log: Path | None = None
-    _started: list[float] = field(default_factory=list)
-    _deaths: list[int] = field(default_factory=list)
-    _restart_at: dict[int, float] = field(default_factory=dict)
+    # Per supervised part (a worker's index, a bridge's server name): when it started, deaths in a row, restart due.
+    _started: dict[int | str, float] = field(default_factory=dict)
+    _deaths: dict[int | str, int] = field(default_factory=dict)
+    _restart_at: dict[int | str, float] = field(default_factory=dict)
 
     @property
     def settings(self) -> settings_mod.Settings:
@@ -238,9 +250,16 @@ class Stack:
         s = self.settings
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = log
+        self.discovery = watch_for_workers(s, self._discovery_file)  # workers read its snapshot (one watch per pod)
+        for server in s.servers:  # first: a processor's warm-up and doctor's probes find them listening
+            if server.stdio is not None:
+                self.bridges[server.name] = self._spawn_bridge(server)
+        for server in s.servers:
+            if server.stdio is not None:
+                self._wait_bridge(self.bridges[server.name], f"127.0.0.1:{server.stdio.port}", server.name)
         self.processors = [self._spawn(worker) for worker in range(s.processor.workers)]
-        self._started = [time.monotonic()] * s.processor.workers
-        self._deaths = [0] * s.processor.workers
+        self._started.update({worker: time.monotonic() for worker in range(s.processor.workers)})
+        self._deaths = {}
         for worker in range(s.processor.workers):
             self._wait_worker(worker)
         if s.audit is not None:
@@ -259,6 +278,10 @@ class Stack:
         wait_until(lambda: self._alive() and envoy_sees_processors(s.admin.port, count), 30, "Envoy to see processors")
         return self
 
+    @property
+    def _discovery_file(self) -> Path:
+        return self.workdir / "discovery.json"
+
     def _ready_file(self, worker: int) -> Path:
         return self.workdir / f"processor-{worker}.ready"
 
@@ -270,9 +293,20 @@ class Stack:
         with open(self._log, "ab") as out:
             return subprocess.Popen(cmd, stdout=out, stderr=out, env=env, process_group=0)
 
+    @staticmethod
+    def _wait_bridge(bridge: subprocess.Popen[bytes], address: str, name: str) -> None:
+        wait_until(lambda: _running(bridge, f"{name}'s stdio bridge") and can_connect(address), 30, f"{name}'s bridge")
+
+    def _spawn_bridge(self, server: Server) -> subprocess.Popen[bytes]:
+        assert server.stdio is not None
+        self._started[server.name] = time.monotonic()
+        return self._popen(bridge_command(server), bridge_env(server.stdio))
+
     def _spawn(self, worker: int) -> subprocess.Popen[bytes]:
         self._ready_file(worker).unlink(missing_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", READY_FILE_ENV: str(self._ready_file(worker))}
+        if self.discovery is not None:
+            env[DISCOVERY_FILE_ENV] = str(self._discovery_file)
         return self._popen(worker_command(self.config, worker, log_format=self.log_format), env)
 
     def _wait_worker(self, worker: int) -> None:
@@ -294,26 +328,39 @@ class Stack:
         self._wait_worker(worker)
 
     def supervise(self) -> None:
-        """One supervisor round: a dead worker is started again after a growing backoff (logged); its successor's
-        completer marks the exchanges it left open incomplete. A dead Envoy is fatal (RuntimeError)."""
+        """One supervisor round: a dead worker or stdio bridge is started again after a growing backoff (logged);
+        a worker's successor's completer marks the exchanges it left open incomplete. A dead Envoy is fatal
+        (RuntimeError)."""
         if self.envoy is not None and self.envoy.poll() is not None:
             raise RuntimeError(f"Envoy exited with status {self.envoy.returncode}; see its log")
         now = time.monotonic()
         for i, p in enumerate(self.processors):
-            if p.poll() is None:
-                continue
-            if i not in self._restart_at:
-                if now - self._started[i] > STABLE_AFTER:
-                    self._deaths[i] = 0
-                delay = RESTART_BACKOFF[min(self._deaths[i], len(RESTART_BACKOFF) - 1)]
-                self._deaths[i] += 1
-                self._restart_at[i] = now + delay
-                log.error("processor %d (pid %d) exited with %s; restarting in %.1fs", i, p.pid, p.returncode, delay)
-            elif now >= self._restart_at[i]:
-                del self._restart_at[i]
+            if p.poll() is not None and self._restart_due(i, p, now, f"processor {i}"):
                 self.processors[i] = self._spawn(i)
-                self._started[i] = now
                 log.warning("processor %d restarted (pid %d)", i, self.processors[i].pid)
+        servers = {s.name: s for s in self.settings.servers} if self.bridges else {}
+        for name, p in list(self.bridges.items()):
+            if p.poll() is not None and self._restart_due(name, p, now, f"stdio bridge of {name}"):
+                self.bridges[name] = self._spawn_bridge(servers[name])
+                log.warning("stdio bridge of %s restarted (pid %d)", name, self.bridges[name].pid)
+
+    def _restart_due(self, key: int | str, p: subprocess.Popen[bytes], now: float, what: str) -> bool:
+        """For a part found dead: schedule its restart after a backoff that grows while it keeps dying (logged
+        once); True when that time has come."""
+        if key not in self._restart_at:
+            if now - self._started.get(key, now) > STABLE_AFTER:
+                self._deaths[key] = 0
+            deaths = self._deaths.get(key, 0)
+            delay = RESTART_BACKOFF[min(deaths, len(RESTART_BACKOFF) - 1)]
+            self._deaths[key] = deaths + 1
+            self._restart_at[key] = now + delay
+            log.error("%s (pid %d) exited with %s; restarting in %.1fs", what, p.pid, p.returncode, delay)
+            return False
+        if now < self._restart_at[key]:
+            return False
+        del self._restart_at[key]
+        self._started[key] = now
+        return True
 
     def _alive(self) -> bool:
         for p in [*self.processors, *([self.envoy] if self.envoy else []), *([self.audit] if self.audit else [])]:
@@ -340,10 +387,12 @@ class Stack:
 
     def stop(self, timeout: float = 60) -> None:
         """Drain Envoy, SIGTERM it, then the processors and the audit service (they finish in-flight exchanges and
-        flush recordings). Each group gets ``timeout`` before it is killed: 60 s, as the Kubernetes manifests give a
-        pod, because a processor may take 30 s for in-flight streams and then ship every open stream's last segment."""
+        flush recordings), then the stdio servers' bridges. Each group gets ``timeout`` before it is killed: 60 s,
+        as the Kubernetes manifests give a pod, because a processor may take 30 s for in-flight streams and then
+        ship every open stream's last segment."""
         self.drain()
-        for group in ([self.envoy] if self.envoy else [], [*self.processors, *([self.audit] if self.audit else [])]):
+        last = [*self.processors, *([self.audit] if self.audit else [])]
+        for group in ([self.envoy] if self.envoy else [], last, list(self.bridges.values())):
             for p in group:
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
@@ -355,6 +404,10 @@ class Stack:
                     p.wait()
         self.envoy = self.audit = None
         self.processors = []
+        if self.discovery is not None:
+            self.discovery.close()
+            self.discovery = None
+        self.bridges = {}
 
     def __enter__(self) -> Stack:
         return self

@@ -155,8 +155,10 @@ def access(
     bytes_in: int = 0,
     bytes_out: int = 0,
     detail: str = "",
+    guardrail_ms: float | None = None,
 ) -> None:
-    """Log the access line of one finished exchange (called once, from the exchange's end)."""
+    """Log the access line of one finished exchange (called once, from the exchange's end); ``guardrail_ms`` only
+    when the server's outside guardrail was asked."""
     if not ACCESS.isEnabledFor(logging.INFO):
         return
     fields = {
@@ -176,6 +178,8 @@ def access(
         "bytes_out": bytes_out,
         "detail": detail,
     }
+    if guardrail_ms is not None:
+        fields["guardrail_ms"] = round(guardrail_ms, 3)
     direct = _DIRECT
     if direct is not None and direct.usable(logging.root) and direct.write(fields):
         return

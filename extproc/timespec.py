@@ -35,3 +35,12 @@ def parse_time(text: str, now: float | None = None) -> float:
     if not math.isfinite(t) or t < 0 or t > _LAST:
         raise ValueError(f"{text!r}: must be a time from 1970 to 9999 ({FORMS})")
     return t
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``15m``, ``2h``, ``1d`` -> seconds (more than 0); ValueError naming the form otherwise."""
+    m = _DURATION.match(text.strip()[:_MAX_CHARS])
+    seconds = float(m["n"]) * _UNITS[m["unit"]] if m is not None else 0.0
+    if m is None or not 0 < seconds < math.inf:
+        raise ValueError(f"duration {text!r}: use a number more than 0 and s, m, h or d (e.g. 90s, 15m, 2h, 1d)")
+    return seconds

@@ -70,14 +70,40 @@ def worker_command(config: Path, worker: int, verbose: bool = False, log_format:
     return cmd + (["--verbose"] if verbose else []) + (["--log-format", log_format] if log_format else [])
 
 
-def _start(config: Path, worker: int, verbose: bool, log_format: str | None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(worker_command(config, worker, verbose, log_format))
+def _start(
+    config: Path, worker: int, verbose: bool, log_format: str | None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(worker_command(config, worker, verbose, log_format), env=env)
 
 
 def serve_workers(config: Path, count: int, verbose: bool = False, log_format: str | None = None) -> int:
-    """Run ``count`` workers until SIGTERM/SIGINT, restarting any that dies (with backoff); then stop them all."""
+    """Run ``count`` workers until SIGTERM/SIGINT, restarting any that dies (with backoff); then stop them all.
+
+    With Kubernetes discovery this process runs the one watch of the pod and hands the workers its snapshot
+    (``extproc.kube.discovery``): the API server sees one watch per pod, not one per worker."""
+    import shutil
+    import tempfile
+
+    from extproc import settings as settings_mod
+    from extproc.kube.discovery import watch_for_workers
+    from extproc.kube.snapshot import DISCOVERY_FILE_ENV
+
     stop = StopSignal()
-    procs = {i: _start(config, i, verbose, log_format) for i in range(count)}
+    shared = Path(tempfile.mkdtemp(prefix="mcp-extproc-discovery-"))
+    discovery = watch_for_workers(settings_mod.load(config), shared / "discovery.json")
+    env = {**os.environ, DISCOVERY_FILE_ENV: str(shared / "discovery.json")} if discovery is not None else None
+    try:
+        return _supervise(config, count, verbose, log_format, env, stop)
+    finally:
+        if discovery is not None:
+            discovery.close()
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _supervise(
+    config: Path, count: int, verbose: bool, log_format: str | None, env: dict[str, str] | None, stop: StopSignal
+) -> int:
+    procs = {i: _start(config, i, verbose, log_format, env) for i in range(count)}
     started = dict.fromkeys(procs, time.monotonic())
     deaths = dict.fromkeys(procs, 0)
     restart_at: dict[int, float] = {}
@@ -96,7 +122,7 @@ def serve_workers(config: Path, count: int, verbose: bool = False, log_format: s
                 log.error("worker %d (pid %d) exited with %s; restarting in %.1fs", i, p.pid, p.returncode, delay)
             elif now >= restart_at[i]:
                 del restart_at[i]
-                procs[i], started[i] = _start(config, i, verbose, log_format), now
+                procs[i], started[i] = _start(config, i, verbose, log_format, env), now
     for p in procs.values():
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)

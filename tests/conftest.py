@@ -34,3 +34,21 @@ def issuer(tmp_path: Path, key_dir_template: Path) -> Iterator[DevIssuer]:
     shutil.copytree(key_dir_template, tmp_path / "issuer")
     with DevIssuer(tmp_path / "issuer") as iss:
         yield iss
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """Debian's PostgreSQL 15 in a temp dir, once per test session (per xdist worker); see tests/support."""
+    from postgres import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: object) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    return postgres_server.database()  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import math
+import re
 import tarfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -103,7 +104,7 @@ async def load_allowed(ctx: AuditContext, who: Principal, key: str) -> tuple[Ses
     """A session the caller may see, read and verified; 404 (never 403) for one outside the grant."""
     _check_key(key)
     grants = ctx.grants(who)
-    row = ctx.index.get(key)
+    row = await asyncio.to_thread(ctx.index.get, key)  # PostgreSQL: a network read
     if row is None or not allowed(grants, _ident(who), row):
         raise not_found()
     try:
@@ -293,8 +294,52 @@ async def me(ctx: AuditContext, request: Request, who: Principal) -> Response:
     )
 
 
+# The transparency log, read-only, for witnesses: checkpoints, their RFC 3161 tokens and hash tiles. Entry bundles
+# and the per-session index name sessions, so they stay in the store (`mcp-extproc evidence prove` reads them).
+_LOG_FILE = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}/"
+    r"(checkpoint(\.tsr)?|checkpoints/[0-9]{12}(\.tsr)?|tile/[0-9]{1,2}/(x[0-9]{3}/)*[0-9]{3}(\.p/[0-9]{1,3})?)$"
+)
+
+
+@audited("log")
+async def log_index(ctx: AuditContext, request: Request, who: Principal) -> Response:
+    """The transparency logs (one per writer) that published a checkpoint."""
+    from extproc.evidence.proofs import log_keys
+    from extproc.evidence.tiles import blobs_for
+
+    try:
+        blobs = blobs_for(ctx.store)
+    except TypeError:
+        return JSONResponse({"logs": []})
+    return JSONResponse({"logs": await asyncio.to_thread(log_keys, blobs)})
+
+
+@audited("log")
+async def log_file(ctx: AuditContext, request: Request, who: Principal) -> Response:
+    """One checkpoint, timestamp token or hash tile (c2sp.org/tlog-tiles paths under the log's name)."""
+    from extproc.evidence.tiles import blobs_for
+
+    path = request.path_params["path"]
+    if not _LOG_FILE.match(path):
+        raise ApiError(404, "not a checkpoint or hash tile of a log", "not_found")
+    try:
+        data = await asyncio.to_thread(blobs_for(ctx.store).get, path)
+    except TypeError:
+        data = None
+    if data is None:
+        raise ApiError(404, "no such log file", "not_found")
+    mutable = path.endswith(("/checkpoint", "/checkpoint.tsr"))
+    media = "application/timestamp-reply" if path.endswith(".tsr") else "application/octet-stream"
+    if "/tile/" not in path and not path.endswith(".tsr"):
+        media = "text/plain; charset=utf-8"
+    cache = "no-cache" if mutable else "public, max-age=31536000, immutable"
+    return Response(data, media_type=media, headers={"cache-control": cache})
+
+
 def api_routes() -> list[Route]:
-    """The API routes, relative to the service prefix (``openapi.py`` documents exactly these)."""
+    """The API routes, relative to the service prefix (``openapi.py`` documents exactly these, and the
+    approvals' routes, ``extproc.audit.approvals.approval_routes``)."""
     return [
         Route("/api/me", me),
         Route("/api/sessions", list_sessions),
@@ -303,4 +348,6 @@ def api_routes() -> list[Route]:
         Route("/api/sessions/{key}/verify", verify_session),
         Route("/api/sessions/{key}/export", export_session),
         Route("/api/sessions/{key}/replay", replay_session),
+        Route("/api/log", log_index),
+        Route("/api/log/{path:path}", log_file),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from extproc.audit.trail import AuditTrail
 from extproc.authn.challenge import www_authenticate
 from extproc.authn.principal import Principal
 from extproc.authn.verify import Authenticator
+from extproc.controls.approvals import ApprovalStore
 from extproc.errors import AuthError
 from extproc.policy.compiled import CompiledPolicy
 from extproc.recording.store import Store
@@ -56,11 +58,12 @@ class AuditContext:
     public_key: Ed25519PublicKey | None
     metadata_url: str  # the gateway's resource metadata URL, named in every 401 challenge
     logins: CookieLogins | None = None
+    approvals: ApprovalStore | None = None  # held calls (effect: approve) people approve here
 
     async def identify(self, request: Request) -> Principal:
         """The caller: a web viewer login (cookie) or a bearer token, verified by the gateway's own code."""
         if self.logins is not None and "authorization" not in request.headers:
-            who = self.logins.principal(request)
+            who = await asyncio.to_thread(self.logins.principal, request)  # may read the shared index
             if who is not None:
                 return who
         return await self.authenticator.authenticate(request.headers.get("authorization"))

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,14 +25,18 @@ from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from extproc.audit.api import api_routes
+from extproc.audit.approvals import approval_routes
 from extproc.audit.config import Audit
 from extproc.audit.context import AuditContext, client_of, error_response
 from extproc.audit.index import SessionIndex
+from extproc.audit.index_db import is_url
 from extproc.audit.openapi import openapi_document
 from extproc.audit.trail import AuditTrail
 from extproc.authn.challenge import resource_metadata_url
 from extproc.authn.verify import Authenticator
+from extproc.controls.approvals import ApprovalStore
 from extproc.errors import AuthError
+from extproc.export.exporter import attach
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.manifest import Signer
 from extproc.recording.setup import build_runtime, build_store
@@ -40,9 +45,12 @@ from extproc.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def index_path(settings: Settings) -> Path:
+def index_target(settings: Settings) -> Path | str:
+    """The index's SQLite file or PostgreSQL URL."""
     audit = settings.audit or Audit()
-    return audit.index or settings.recording.directory / ".audit-index.sqlite"
+    if audit.index is None:
+        return settings.recording.directory / ".audit-index.sqlite"
+    return audit.index if is_url(audit.index) else Path(audit.index)
 
 
 # Every answer that is not the viewer's page (which sets its own policy): JSON, NDJSON, SSE, tar.gz, redirects,
@@ -110,7 +118,7 @@ def build_app(ctx: AuditContext, prefix: str, extra_routes: list[Route | Mount] 
     async def to_prefix(request: Request) -> Response:
         return RedirectResponse(prefix, status_code=308)
 
-    routes = [*api_routes(), Route("/api/openapi.json", openapi), *(extra_routes or [])]
+    routes = [*api_routes(), *approval_routes(), Route("/api/openapi.json", openapi), *(extra_routes or [])]
     app = Starlette(
         routes=[
             Route(prefix.rstrip("/"), to_prefix),
@@ -124,10 +132,11 @@ def build_app(ctx: AuditContext, prefix: str, extra_routes: list[Route | Mount] 
 
 
 async def keep_index(index: SessionIndex, interval: float) -> None:
-    """Refresh the index from the store forever; a failing round is logged and retried."""
+    """Refresh the index from the store forever, while this replica is the indexer (on PostgreSQL one replica is;
+    the others try for the role every round and take over when its holder dies); a failing round is retried."""
     while True:
         try:
-            n = await asyncio.to_thread(index.refresh)
+            n = await asyncio.to_thread(lambda: index.refresh() if index.leads() else 0)
             if n:
                 log.debug("index: %d sessions updated", n)
         except Exception:
@@ -180,9 +189,11 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
     )
     runtime = build_runtime(settings.recording)
     signer = Signer.from_file(settings.recording.signing_key)
-    index = SessionIndex(index_path(settings), runtime.store, signer.public)
+    index = SessionIndex(index_target(settings), runtime.store, signer.public)
     authenticator = Authenticator(auth_cfg)
+    approvals = settings.approvals
     ctx = AuditContext(
+        approvals=ApprovalStore(approvals.directory, signer, time.time) if approvals is not None else None,
         authenticator=authenticator,
         policy=policy,
         index=index,
@@ -203,6 +214,7 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
     refresher: asyncio.Task[None] | None = None
     with _stop_on_signals(server):  # a signal during start-up or close still ends in a closed trail
         await runtime.start()
+        exporter = attach(settings.export, runtime.recorder.streams, "audit")  # the trail's accesses, own file
         try:
             await authenticator.start()
             await policy.start()
@@ -220,6 +232,8 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
                     await refresher
             await web.close()
             await runtime.close()  # the trail's last segment and the writer's closing digest
+            if exporter is not None:
+                await exporter.close()
             await authenticator.close()
             await policy.close()
             index.close()
@@ -228,7 +242,7 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
 def reindex(settings: Settings) -> int:
     """Rebuild the index from the store; returns the number of sessions indexed."""
     signer = Signer.from_file(settings.recording.signing_key)
-    index = SessionIndex(index_path(settings), build_store(settings.recording), signer.public)
+    index = SessionIndex(index_target(settings), build_store(settings.recording), signer.public)
     try:
         return index.reindex()
     finally:

@@ -1,25 +1,28 @@
 """The web viewer: static assets shipped in the package, and the login (OIDC Authorization Code + PKCE).
 
-The login is held server-side; the browser holds only a random id in an HttpOnly, SameSite=Lax cookie (Secure
-when the public URL is https). State-changing requests (logout, re-drive) need the login's CSRF token in the
-``x-csrf-token`` header or a ``csrf`` form field. Logins live in this process's memory: a restart logs everyone
-out, and several replicas need sticky routing.
+The login (and a started one, until the callback) is sealed into an HttpOnly, SameSite=Lax cookie (Secure when
+the public URL is https) with authenticated encryption under a key file the replicas share (``sealed.py``): no
+replica holds login state, so any replica answers any request and no sticky routing is needed. State-changing
+requests (logout, re-drive) need the login's CSRF token (sealed in the cookie) in the ``x-csrf-token`` header or a
+``csrf`` form field. A logout is recorded in the session index until the login would have expired: replicas
+sharing the index (PostgreSQL) all refuse the cookie from then on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import html
 import logging
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import httpx
@@ -30,6 +33,7 @@ from starlette.staticfiles import StaticFiles
 
 from extproc.audit.config import Audit
 from extproc.audit.context import AuditContext, client_of, error_response
+from extproc.audit.sealed import Sealer
 from extproc.authn.config import AuthConfig
 from extproc.authn.principal import Principal
 from extproc.authn.verify import Authenticator
@@ -42,12 +46,11 @@ SESSION_COOKIE = "mcp_audit"
 LOGIN_COOKIE = "mcp_audit_login"
 LOGIN_TTL = 600.0
 MAX_LOGIN_SECONDS = 8 * 3600.0
-# Started logins are unauthenticated state: anyone may start one. Bounded in count (oldest evicted first) and in
-# bytes (``next`` at most MAX_NEXT characters; the rest is fixed-size): at most ~3.5 MB whatever the callers do.
-MAX_PENDING_LOGINS = 1024
+# Started logins are sealed into the login cookie too (nothing held per caller, whatever the callers do); ``next``
+# is bounded so the cookie stays under a browser's ~4 KB.
 MAX_NEXT = 2048
-# Finished logins need an ID token from the issuer, but one user can log in over and over: bounded as well.
-MAX_LOGINS = 4096
+REVOCATION_CHECK_S = 1.0
+MAX_CHECKED = 10_000  # revocation answers kept (one per login seen in the last second)
 
 
 def static_dir() -> Path:
@@ -59,19 +62,22 @@ def pkce_challenge(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
-@dataclass(slots=True)
-class _Login:
-    principal: Principal
-    csrf: str
-    expires: float
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """A started login, as sealed into the login cookie until the callback."""
 
-
-@dataclass(slots=True)
-class _Pending:
     verifier: str
     nonce: str
     next: str
-    expires: float
+
+    @classmethod
+    def of(cls, doc: dict[str, Any] | None) -> _Started | None:
+        if doc is None:
+            return None
+        values = (doc.get("verifier"), doc.get("nonce"), doc.get("next"))
+        if not all(isinstance(v, str) for v in values):
+            return None
+        return cls(*values)  # type: ignore[arg-type]
 
 
 def _same(given: str, expected: str) -> bool:
@@ -79,44 +85,71 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
 
 
-class PendingLogins:
-    """Started logins by ``state``, until the callback or LOGIN_TTL: O(1) per login, at most ``limit`` held.
+class Revocations(Protocol):
+    """Where logouts are kept until the login would have expired: shared by the replicas that share it."""
 
-    Every entry lives the same TTL, so insertion order is expiry order: expired ones are dropped from the front,
-    and past the limit the oldest goes first (its browser gets "login expired; start again").
-    """
+    def revoke_login(self, login_id: str, until: float) -> None: ...
 
-    def __init__(self, limit: int = MAX_PENDING_LOGINS, ttl: float = LOGIN_TTL, clock: Callable[[], float] = time.time):
-        self.limit, self.ttl, self.clock = limit, ttl, clock
-        self._by_state: OrderedDict[str, _Pending] = OrderedDict()
+    def login_revoked(self, login_id: str) -> bool: ...
 
-    def __len__(self) -> int:
-        return len(self._by_state)
 
-    def add(self, state: str, verifier: str, nonce: str, next_path: str) -> None:
+class LocalRevocations:
+    """Logouts held in this process only (tests, and a viewer without an index)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._until: dict[str, float] = {}
+
+    def revoke_login(self, login_id: str, until: float) -> None:
         now = self.clock()
-        while self._by_state:
-            oldest = next(iter(self._by_state.values()))
-            if oldest.expires > now and len(self._by_state) < self.limit:
-                break
-            self._by_state.popitem(last=False)
-        self._by_state[state] = _Pending(verifier, nonce, next_path, now + self.ttl)
+        self._until = {k: t for k, t in self._until.items() if t > now}
+        self._until[login_id] = until
 
-    def take(self, state: str) -> _Pending | None:
-        """The login started with ``state``, once; None when unknown, evicted or expired."""
-        pending = self._by_state.pop(state, None)
-        return pending if pending is not None and pending.expires > self.clock() else None
+    def login_revoked(self, login_id: str) -> bool:
+        return self._until.get(login_id, 0.0) > self.clock()
+
+
+# Claims of the ID token that say nothing about who the user is (policy subjects never match on them): left out of
+# the sealed cookie to keep it small.
+_TRANSIENT_CLAIMS = frozenset({"nonce", "at_hash", "c_hash", "iat", "nbf", "exp", "auth_time", "azp", "sid"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Login:
+    principal: Principal
+    csrf: str
+    login_id: str
+    expires: float
+
+
+def _principal_of(doc: dict[str, Any]) -> Principal | None:
+    p = doc.get("p")
+    if not isinstance(p, dict):
+        return None
+    try:
+        return Principal(
+            issuer=str(p["issuer"]), subject=str(p["subject"]), username=str(p["username"]),
+            groups=tuple(str(g) for g in p["groups"]), token_id=str(p["token_id"]), claims=dict(p["claims"]),
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 @dataclass
 class Logins:
-    """Server-side logins keyed by the cookie's random id, at most ``limit`` (the oldest login ends first)."""
+    """Logins sealed into the session cookie (see ``sealed.py``): any replica holding the key file reads them.
+
+    Nothing is held per login; a logout is remembered in ``revocations`` (the session index, shared by replicas
+    that share the index) until the login would have expired anyway."""
 
     cookie_path: str
     secure: bool
-    clock: Any = time.time
-    limit: int = MAX_LOGINS
-    _logins: OrderedDict[str, _Login] = field(default_factory=OrderedDict)
+    sealer: Sealer = field(default_factory=Sealer)
+    revocations: Revocations = field(default_factory=LocalRevocations)
+    clock: Callable[[], float] = time.time
+    # A revocation lookup is a database read (over the network on PostgreSQL): kept REVOCATION_CHECK_S, so the
+    # lookups of one request (identity, CSRF token) cost one read. A logout elsewhere is seen within that time.
+    _checked: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
     def principal(self, request: Request) -> Principal | None:
         login = self._get(request)
@@ -127,30 +160,47 @@ class Logins:
         return login.csrf if login else None
 
     def _get(self, request: Request) -> _Login | None:
-        sid = request.cookies.get(SESSION_COOKIE)
-        login = self._logins.get(sid) if sid else None
-        if login is not None and login.expires <= self.clock():
-            self._logins.pop(sid or "", None)
+        doc = self.sealer.open("login", request.cookies.get(SESSION_COOKIE))
+        if doc is None:
             return None
-        return login
+        who, csrf, login_id = _principal_of(doc), doc.get("csrf"), doc.get("id")
+        if who is None or not isinstance(csrf, str) or not isinstance(login_id, str):
+            return None
+        if self._revoked(login_id):
+            return None
+        return _Login(who, csrf, login_id, float(doc["exp"]))
 
-    def __len__(self) -> int:
-        return len(self._logins)
-
-    def create(self, who: Principal, expires: float) -> tuple[str, _Login]:
+    def _revoked(self, login_id: str) -> bool:
         now = self.clock()
-        # Oldest first; expired ones further in are dropped when next used (``_get``), and the count is capped.
-        while self._logins:
-            oldest = next(iter(self._logins.values()))
-            if oldest.expires > now and len(self._logins) < self.limit:
-                break
-            self._logins.popitem(last=False)
-        sid = secrets.token_urlsafe(32)
-        login = self._logins[sid] = _Login(who, secrets.token_urlsafe(24), min(expires, now + MAX_LOGIN_SECONDS))
-        return sid, login
+        hit = self._checked.get(login_id)
+        if hit is not None and now - hit[0] < REVOCATION_CHECK_S:
+            return hit[1]
+        try:
+            revoked = self.revocations.login_revoked(login_id)
+        except Exception:  # the shared store is away: a logout cannot be checked, so no login is honoured
+            log.exception("cannot check login revocations; refusing the cookie login")
+            return True
+        if len(self._checked) >= MAX_CHECKED:
+            self._checked = {k: v for k, v in self._checked.items() if now - v[0] < REVOCATION_CHECK_S}
+            if len(self._checked) >= MAX_CHECKED:
+                self._checked.clear()
+        self._checked[login_id] = (now, revoked)
+        return revoked
+
+    def create(self, who: Principal, expires: float) -> str:
+        """The cookie value of a new login ending at ``expires`` (the ID token's), at most MAX_LOGIN_SECONDS."""
+        ttl = min(expires - self.clock(), MAX_LOGIN_SECONDS)
+        claims = {k: v for k, v in who.claims.items() if k not in _TRANSIENT_CLAIMS}
+        p = {**who.to_record(), "claims": claims}
+        return self.sealer.seal(
+            "login", {"p": p, "csrf": secrets.token_urlsafe(24), "id": secrets.token_urlsafe(16)}, ttl
+        )
 
     def end(self, request: Request) -> None:
-        self._logins.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+        login = self._get(request)
+        if login is not None:
+            self.revocations.revoke_login(login.login_id, login.expires)
+            self._checked[login.login_id] = (self.clock(), True)
 
     def check_csrf(self, request: Request, form_token: str | None = None) -> bool:
         """A state-changing request carries the login's CSRF token (header or form field)."""
@@ -162,13 +212,15 @@ class Logins:
 class WebViewer:
     """Static UI plus login/callback/logout against the configured issuer."""
 
-    def __init__(self, audit: Audit, auth: AuthConfig, ctx: AuditContext) -> None:
+    def __init__(self, audit: Audit, auth: AuthConfig, ctx: AuditContext, trace_link: str = "") -> None:
         self.audit = audit
         self.prefix = audit.prefix
         self.ctx = ctx
         self.public_base = auth.public_url.rstrip("/")
-        self.logins = Logins(audit.prefix, auth.public_url.startswith("https://"))
-        self.pending = PendingLogins()
+        self.sealer = Sealer(audit.login_keys_file)
+        self.logins = Logins(
+            audit.prefix, auth.public_url.startswith("https://"), self.sealer, ctx.index
+        )  # logouts go to the index: replicas sharing it share them
         self._discovery: dict[str, Any] | None = None
         self._http = httpx.AsyncClient(timeout=10)
         issuer = next((i for i in auth.issuers if i.issuer == audit.login_issuer), auth.issuers[0])
@@ -177,6 +229,8 @@ class WebViewer:
         page = (static_dir() / "index.html").read_text().replace("{{PREFIX}}", self.prefix)
         # Without a client the viewer shows how to turn login on instead of a Log in link that cannot work.
         self._page = page.replace("{{LOGIN}}", "on" if audit.client_id else "off")
+        # telemetry.trace_link: the viewer links an exchange's trace id to the tracing backend (Jaeger, Tempo...).
+        self._page = self._page.replace("{{TRACE_LINK}}", html.escape(trace_link, quote=True))
         self.id_tokens: Authenticator | None = None
         if audit.client_id:
             # ID tokens are checked by the gateway's own verifier, with the viewer's client id as the audience.
@@ -188,7 +242,8 @@ class WebViewer:
     @classmethod
     def build(cls, settings: Settings, ctx: AuditContext) -> WebViewer:
         assert settings.auth is not None
-        return cls(settings.audit or Audit(), settings.auth, ctx)
+        link = settings.telemetry.trace_link if settings.telemetry is not None else None
+        return cls(settings.audit or Audit(), settings.auth, ctx, link or "")
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -203,6 +258,8 @@ class WebViewer:
         return [
             Route("/", self.page),
             Route("/s/{key}", self.page),
+            Route("/approvals", self.page),
+            Route("/approvals/{key}", self.page),
             Route("/login", self.login),
             Route("/callback", self.callback),
             Route("/logout", self.logout, methods=["POST"]),
@@ -251,7 +308,6 @@ class WebViewer:
             log.warning("login: issuer discovery failed: %s", e)
             return error_response(503, "identity provider unavailable; try again later")
         state, verifier, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(48), secrets.token_urlsafe(16)
-        self.pending.add(state, verifier, nonce, next_path)
         query = {
             "response_type": "code",
             "client_id": self.audit.client_id,
@@ -263,16 +319,18 @@ class WebViewer:
             "code_challenge_method": "S256",
         }
         response = RedirectResponse(f"{endpoints['authorization_endpoint']}?{urlencode(query)}", status_code=302)
+        started = {"state": state, "verifier": verifier, "nonce": nonce, "next": next_path}
         response.set_cookie(
-            LOGIN_COOKIE, state, max_age=int(LOGIN_TTL), path=self.prefix, httponly=True,
-            secure=self.logins.secure, samesite="lax",
+            LOGIN_COOKIE, self.sealer.seal("started", started, LOGIN_TTL), max_age=int(LOGIN_TTL), path=self.prefix,
+            httponly=True, secure=self.logins.secure, samesite="lax",
         )  # fmt: skip
         return response
 
     async def callback(self, request: Request) -> Response:
         state = request.query_params.get("state", "")
-        bound = request.cookies.get(LOGIN_COOKIE, "")
-        pending = self.pending.take(state) if state and _same(state, bound) else None
+        started = self.sealer.open("started", request.cookies.get(LOGIN_COOKIE))
+        bound = started.get("state") if started is not None else None
+        pending = _Started.of(started) if isinstance(bound, str) and state and _same(state, bound) else None
         if pending is None or self.id_tokens is None:
             return error_response(400, "login expired or not started in this browser; start again")
         if "code" not in request.query_params:
@@ -302,7 +360,11 @@ class WebViewer:
             return error_response(401, "ID token refused: nonce does not match this login")
         if not self.ctx.trail.record(who, client_of(request), "login", "", {}, "ok", 303):
             return error_response(503, "audit trail unavailable: no login without a record of it")
-        sid, _ = self.logins.create(who, float(who.claims.get("exp", 0)))  # type: ignore[arg-type]
+        try:
+            sid = self.logins.create(who, float(who.claims.get("exp", 0)))  # type: ignore[arg-type]
+        except ValueError as e:  # claims too large for a cookie
+            log.warning("login of %s: %s", who.username, e)
+            return error_response(400, "this login's identity is too large for a cookie; ask for fewer claims")
         response = RedirectResponse(pending.next, status_code=303)
         response.delete_cookie(LOGIN_COOKIE, path=self.prefix)
         response.set_cookie(
@@ -313,10 +375,15 @@ class WebViewer:
     async def logout(self, request: Request) -> Response:
         form = await request.form()
         token = form.get("csrf")
-        if not self.logins.check_csrf(request, token if isinstance(token, str) else None):
+        checked = await asyncio.to_thread(self.logins.check_csrf, request, token if isinstance(token, str) else None)
+        if not checked:
             return error_response(403, "missing or wrong CSRF token")
         who = self.logins.principal(request)
-        self.logins.end(request)
+        try:
+            await asyncio.to_thread(self.logins.end, request)
+        except Exception:  # the index is away: the cookie would keep working elsewhere, so say it did not work
+            log.exception("logout: cannot record the revocation")
+            return error_response(503, "logout could not be recorded; try again")
         self.ctx.trail.record(who, client_of(request), "logout", "", {}, "ok", 303)
         response = RedirectResponse(self.prefix, status_code=303)
         response.delete_cookie(SESSION_COOKIE, path=self.prefix)

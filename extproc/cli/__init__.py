@@ -11,7 +11,24 @@ from typing import Annotated
 import typer
 
 from extproc import __version__
-from extproc.cli import audit, auth, config, demo, doctor, grant, keys, pins, policy, redrive, serve, sessions, store
+from extproc.cli import (
+    approvals,
+    audit,
+    auth,
+    config,
+    demo,
+    doctor,
+    evidence,
+    export,
+    grant,
+    keys,
+    pins,
+    policy,
+    redrive,
+    serve,
+    sessions,
+    store,
+)
 
 app = typer.Typer(
     help="Envoy external processor that authenticates, authorizes and records MCP traffic.",
@@ -42,8 +59,11 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(store.app, name="store")
 app.add_typer(audit.app, name="audit")
 app.add_typer(grant.app, name="grant")
+app.add_typer(approvals.app, name="approvals")
 app.add_typer(config.app, name="config")
 app.add_typer(pins.app, name="pins")
+app.add_typer(evidence.app, name="evidence")
+app.add_typer(export.app, name="export")
 app.command("dev-issuer")(auth.dev_issuer)
 app.command("token")(auth.token)
 app.command("doctor")(doctor.doctor)

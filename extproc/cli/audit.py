@@ -42,8 +42,8 @@ def reindex_command(
     config: ConfigOptional = None,
 ) -> None:
     """Rebuild the session index from the store (the store is the source of truth)."""
-    from extproc.audit.service import index_path, reindex
+    from extproc.audit.service import index_target, reindex
 
     settings = _settings(config or ctx.obj)
     n = reindex(settings)
-    typer.echo(f"indexed {n} sessions into {index_path(settings)}")
+    typer.echo(f"indexed {n} sessions into {index_target(settings)}")

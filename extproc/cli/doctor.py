@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from extproc.cli._common import ConfigOpt
-from extproc.doctor import run_checks
+from extproc.doctor.run import run_checks
 
 _MARK = {"ok": "[green] OK [/green]", "warn": "[yellow]WARN[/yellow]", "fail": "[red]FAIL[/red]", "skip": "SKIP"}
 

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from extproc.cli._common import ConfigOpt
 from extproc.errors import ConfigError
-from extproc.policy import grants
+from extproc.policy import grant_files, grants
 
 app = typer.Typer(help="Just-in-time grants: signed, time-bound access.", no_args_is_help=True)
 
@@ -66,9 +66,9 @@ def create(
     directory, key = _setup(config, server)
     approver = approved_by or getpass.getuser()
     try:
-        seconds = grants.parse_duration(duration)
+        seconds = grant_files.parse_duration(duration)
         names = [t.strip() for t in tools.split(",") if t.strip()]
-        g, path = grants.create(
+        g, path = grant_files.create(
             directory, _private(key), user=user, server=server, tools=names,
             seconds=seconds, reason=reason, approved_by=approver, created_by=getpass.getuser(), now=time.time(),
         )  # fmt: skip
@@ -117,7 +117,7 @@ def revoke(
     if not (directory / f"{grant_id}.json").exists():
         _fail(f"no grant {grant_id} in {directory}")
     try:
-        path = grants.revoke(directory, _private(key), grant_id, getpass.getuser(), reason, time.time())
+        path = grant_files.revoke(directory, _private(key), grant_id, getpass.getuser(), reason, time.time())
     except ConfigError as e:
         _fail(f"not revoked: {e} (restore the revocation log from a backup, never re-create it)")
     typer.echo(f"{grant_id} revoked ({path})")

@@ -92,7 +92,10 @@ def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None
         try:
             stack.start()
             for s in stack.settings.servers:
-                console.print(f"MCP server [bold]{s.name}[/bold] at {stack.url(s.name)}  (upstream {s.upstream})")
+                via = (
+                    f"stdio via {s.stdio.bridge}: {' '.join(s.stdio.command)}" if s.stdio else f"upstream {s.upstream}"
+                )
+                console.print(f"MCP server [bold]{s.name}[/bold] at {stack.url(s.name)}  ({via})", highlight=False)
             pids = ", ".join(f"{i}: pid {p.pid}" for i, p in enumerate(stack.processors))
             console.print(f"processors {pids}; Envoy pid {stack.envoy.pid if stack.envoy else '-'}")
             if stack.settings.audit is not None:
@@ -113,7 +116,8 @@ def up(config: ConfigOpt = Path("gateway.yaml"), log_format: LogFormatOpt = None
 def _warn_unreachable(settings: Settings) -> None:
     """Name, once at start, each issuer and upstream MCP server nobody answers for (doctor's checks): otherwise
     the first sign is a log line every few seconds or a client's 503."""
-    from extproc.doctor import check_issuers, check_upstreams
+    from extproc.doctor.live import check_upstreams
+    from extproc.doctor.setup import check_issuers
 
     down = [c for c in [*check_issuers(settings), *check_upstreams(settings)] if c.status == "fail"]
     for c in down:

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from extproc.authn.config import origin_of
 from extproc.policy.model import Subjects
 from extproc.sections import Port, Section, absolute, split_hostport
+from extproc.tools.config import Guardrail
 from extproc.upstream.config import UpstreamAuth
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -136,6 +137,11 @@ class Backend(Section):
     upstream: str
     path: str | None = Field(default=None, description="default: the server's path")
     subjects: Subjects
+    upstream_auth: UpstreamAuth | None = Field(
+        default=None,
+        description="how the gateway authenticates to this backend for the caller; default: the server's "
+        "upstream_auth (a backend that is another deployment often needs its own audience)",
+    )
 
     @field_validator("name")
     @classmethod
@@ -151,6 +157,26 @@ class Backend(Section):
         return v
 
 
+class Stdio(Section):
+    """A stdio MCP server run behind a kept bridge (mcp-proxy from PyPI by default, or supergateway from npm) that
+    serves it as Streamable HTTP on loopback ``port``; `up` starts and supervises both (extproc/stdio.py). In
+    Compose and Kubernetes, run the bridge as a sidecar instead and give the server an ``upstream``."""
+
+    command: list[str] = Field(min_length=1, description="the server's command line, e.g. [npx, -y, some-mcp-server]")
+    port: Port = Field(description="the loopback port the bridge listens on (the server's upstream)")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment for the server")
+    bridge: Literal["mcp-proxy", "supergateway"] = Field(
+        default="mcp-proxy", description="mcp-proxy (PyPI, in a virtualenv of its own) or supergateway (npm)"
+    )
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str]) -> list[str]:
+        if not v[0].strip() or any("\0" in a for a in v):
+            raise ValueError("the first item is the program to run")
+        return v
+
+
 class Server(Section):
     """One MCP server behind the gateway, reached by clients at /<name>/mcp: one upstream, or identity-scoped
     backends (the first whose subjects match the caller is used; none matching is a 403)."""
@@ -158,6 +184,9 @@ class Server(Section):
     name: str = Field(description="lowercase name; clients use /<name>/mcp")
     upstream: str | None = Field(default=None, description="host:port of the MCP server")
     backends: list[Backend] | None = None
+    stdio: Stdio | None = Field(
+        default=None, description="a stdio server `up` runs behind a bridge on 127.0.0.1:<port> (sets upstream)"
+    )
     path: str = Field(default="/mcp", description="the server's MCP path (the public prefix is rewritten to it)")
     tls: bool = Field(default=False, description="TLS to the upstream, its certificate verified (CA bundle, SAN, SNI)")
     tls_ca_file: Path | None = Field(
@@ -175,6 +204,12 @@ class Server(Section):
         default=None,
         description="how the gateway authenticates to the server for the caller (token_exchange, id_jag, static, "
         "assertion; extproc/upstream/config.py); none: it does not, and the caller's token never goes upstream",
+    )
+
+    guardrail: Guardrail | None = Field(
+        default=None,
+        description="an outside service asked allow/deny/modify for each call the policy allowed "
+        "(extproc/tools/guardrail.py); fail closed by default",
     )
 
     _ca = field_validator("tls_ca_file")(absolute)
@@ -204,8 +239,20 @@ class Server(Section):
         host = f"[{host}]" if ":" in host else host
         return host if port == (443 if self.tls else 80) else f"{host}:{port}"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _stdio_upstream(cls, data: object) -> object:
+        """A stdio server's upstream is its bridge on loopback."""
+        if isinstance(data, dict) and isinstance(data.get("stdio"), dict) and "upstream" not in data:
+            port = data["stdio"].get("port")
+            if isinstance(port, int) and not isinstance(port, bool):
+                return {**data, "upstream": f"127.0.0.1:{port}"}
+        return data
+
     @model_validator(mode="after")
     def _one_target(self) -> Server:
+        if self.stdio is not None and (self.backends is not None or self.upstream != f"127.0.0.1:{self.stdio.port}"):
+            raise ValueError("stdio: the server's upstream is its bridge (127.0.0.1:<stdio.port>); drop upstream")
         if (self.upstream is None) == (self.backends is None):
             raise ValueError("give exactly one of upstream or backends")
         if self.backends is not None:

@@ -13,7 +13,9 @@ known, sent fail-closed.
 from __future__ import annotations
 
 import logging
+import time
 from functools import partial
+from time import perf_counter
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -21,6 +23,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from extproc.admission import SESSION_HEADER, Admitted, Unrecorded, admit
 from extproc.authn.principal import Principal
 from extproc.authn.state_binding import RequestStateNotYours
+from extproc.controls.hold import strip_input_response
 from extproc.envoy import responses
 from extproc.envoy.fields import UPSTREAM_HEADER
 from extproc.envoy.headers import recordable, to_dict
@@ -33,14 +36,14 @@ from extproc.errors import (
     ReservedSessionId,
     StoreError,
 )
-from extproc.exchange import request, response, upstream
+from extproc.exchange import guard, request, response, results, upstream
 from extproc.exchange.decide import Decisions
 from extproc.exchange.response import RECORDING_HEADER
 from extproc.exchange.surface import SurfaceCheck
 from extproc.exchange.upstream import UPSTREAM_REMOVE, caller_token, credential_recorder
 from extproc.gateway import Gateway
 from extproc.logs import access, verdict_fields
-from extproc.mcp.body import Piece, ResponseBody, rewrite_json
+from extproc.mcp.body import Piece, ResponseBody, dumps, rewrite_json
 from extproc.mcp.jsonrpc import ParsedBody, parse_body
 from extproc.mcp.methods import HTTP_METHODS
 from extproc.mcp.protocol import check_headers, classify
@@ -56,6 +59,8 @@ from extproc.recording.events import (
 )
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import record_piece
+from extproc.telemetry.tracing import ExchangeTrace, with_headers
+from extproc.tools.screens import strip_invisible_bytes
 from extproc.upstream.base import ExchangeContext
 
 log = logging.getLogger(__name__)
@@ -101,6 +106,9 @@ class Exchange:
         # The response.
         self._body: ResponseBody | None = None
         self._buffered: response.Buffered = None  # the whole body comes in one message
+        self._guard_ms: float | None = None  # how long the server's outside guardrail took, when it was asked
+        self.trace: ExchangeTrace | None = None  # OpenTelemetry spans (extproc/telemetry/), when tracing is on
+        self._screen: results.ResultScreen | None = None  # invisible characters in results: found, maybe stripped
 
     @property
     def session(self) -> str | None:
@@ -126,10 +134,15 @@ class Exchange:
         """Admit the request (admission.py) and record its start; a refusal of a known caller is recorded too."""
         headers = self._headers = to_dict(msg.headers)
         self.request_id = headers.get("x-request-id", "")[:128]
+        if self.gw.tracing is not None:
+            self.trace = self.gw.tracing.exchange(self.id, headers.get("traceparent"))
         if (public := request.public_document(self.gw, headers.get(":path", ""))) is not None:
             self.finished = True  # public, and not an exchange
             return public
+        t0 = time.time_ns()
         admission = await admit(self.gw, headers, self.id)
+        if self.trace is not None:
+            self.trace.mark("authenticate", t0)
         if isinstance(admission, Unrecorded):
             return self._refuse(admission.error, dict(admission.headers))
         self._admit(admission, msg, attributes)
@@ -147,14 +160,17 @@ class Exchange:
             ctx = ExchangeContext(
                 self.id, self.request_id, self.session, caller_token(headers), credential_recorder(self.gw, self.log)
             )
-            credentials = await upstream.credentials(self.gw, self.principal, self.server_name, ctx)
+            backend = admission.backend.name if admission.backend else None
+            credentials = await upstream.credentials(self.gw, self.principal, self.server_name, ctx, backend)
         except GatewayError as e:
             return self._refuse(e)
         if msg.end_of_stream and (refused := await self._commit()) is not None:  # a GET or DELETE goes upstream now
             return refused
         route = admission.route_headers
-        ours = upstream.gateway_headers(self.gw, self.principal, self.server_name, self._server_session)
+        ours = upstream.gateway_headers(self.gw, self.principal, self.server_name, self._server_session, backend)
         set_headers, remove = upstream.request_headers({**ours, **credentials}, route)
+        if self.trace is not None and msg.end_of_stream:  # a GET or DELETE: its trace context goes upstream now
+            set_headers.update(self.trace.forward((), self.session, self.server_name, self.log))
         return responses.request_headers(set_headers, remove, clear_route_cache=bool(route))
 
     async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
@@ -164,6 +180,8 @@ class Exchange:
         body = msg.body
         self.bytes_in += len(body)
         parsed = parse_body(body, strict=True)  # what the policy decides on must be what the server reads
+        if self.trace is not None:  # its parent may be the request's params._meta.traceparent (SEP-414)
+            self.trace.begin(parsed.messages, self.session, self.server_name)
         self._note_request(parsed)
         if self._deferred is not None:  # refused at admission (someone else's session...): only the id was missing
             return self._refuse(*self._deferred)
@@ -178,14 +196,54 @@ class Exchange:
             return self._refuse(e)
         if (refused := await self._decide(parsed)) is not None:
             return refused
+        if self._decisions.approved_retry:  # the server never asked for the answer to the gateway's elicitation
+            forward = strip_input_response(forward if forward is not None else body) or forward
+
+        if self.gw.guardrails is not None:  # the server's outside guardrail, when it has one (guard.py)
+            refused, forward = await self._guard(parsed, forward)
+            if refused is not None:
+                return refused
         if (refused := await self._commit()) is not None:  # the server executes only what is on disk
             return refused
+        if self.trace is not None:
+            return with_headers(
+                responses.request_body(forward),
+                self.trace.forward(parsed.messages, self.session, self.server_name, self.log),
+            )
         return responses.request_body(forward)
+
+    async def _guard(
+        self, parsed: ParsedBody, forward: bytes | None
+    ) -> tuple[ep.ProcessingResponse | None, bytes | None]:
+        """Each allowed call asked of the server's guardrail; a body it modified is checked and decided again."""
+        if self.policy is None or self.admitted is None:
+            return None, forward
+        base = parse_body(forward, strict=True) if forward is not None else parsed
+        backend = self.admitted.backend.name if self.admitted.backend else ""
+        t0 = perf_counter()
+        err, changed = await guard.ask(self.gw, self.log, self.policy, self.principal, (self.server_name, backend),
+                                       (self.id, self.request_id), base.messages, self._decisions.shown)  # fmt: skip
+        self._guard_ms = (perf_counter() - t0) * 1000
+        if err is not None:
+            return self._refuse(err), None
+        if changed is None:
+            return None, forward
+        modified = ParsedBody(tuple(changed), base.batch)
+        declared = partial(self.gw.param_headers.get, self._scope)
+        try:
+            check_headers(self._header_names, self._headers, modified.messages, modified.batch, declared)
+        except InvalidRequest as e:
+            return self._refuse(e), None
+        if (refused := await self._decide(modified)) is not None:  # what the server executes is decided on
+            return refused, None
+        return None, dumps(changed if base.batch else changed[0]).encode()
 
     async def on_response_headers(self, msg: ep.HttpHeaders) -> ep.ProcessingResponse:
         """Learn the recording unit (the server names its session) and how the body is framed."""
         headers = to_dict(msg.headers)
         self.status = int(headers.get(":status", "0") or 0)
+        if self.trace is not None:
+            self.trace.answered(self.status)
         server_session = headers.get(SESSION_HEADER)
         if server_session and is_reserved_unit(server_session):  # it would write into another recording unit
             return self._refuse(ReservedSessionId(server_session))
@@ -205,7 +263,9 @@ class Exchange:
         withheld = lambda: response.withheld_body(self.id, self._awaiting)  # noqa: E731
         framing = response.framing(self.gw.options, headers, ok, self._seal, bool(self._decisions.lists), withheld)
         self._body, self._buffered = framing
-        remove = ("content-length",) if self._body.rewriting else ()
+        self._screen = self._results_screen() if ok else None  # invisible characters in results (results.py)
+        stripping = self._screen is not None and self._screen.stripper is not None and not self._buffered
+        remove = ("content-length",) if self._body.rewriting or stripping else ()
         who, key = self.principal, self.gw.options.session_key
         set_headers = response.client_headers(key, who, self.admitted, server_session, self._run)
         return responses.response_headers(set_headers, remove, self._buffered is not None)
@@ -221,6 +281,10 @@ class Exchange:
             pieces, released = pieces + more, (released + tail if released is not None else None)
         for piece in pieces:
             self._record_piece(piece)
+        stripper = self._screen.stripper if self._screen is not None and not self._buffered else None
+        if stripper is not None:  # invisible characters out of results as the body streams (results.py)
+            stripped = stripper.feed(chunk if released is None else released, final=msg.end_of_stream)
+            released = stripped if stripped is not None else released
         if self._buffered == "filter":
             await self._tools.refresh_pins(self.server_name)  # the list is judged against today's pins
         reply = self._rewrite_buffered(chunk) if self._buffered else None
@@ -247,8 +311,12 @@ class Exchange:
             exchange=self.id, request_id=self.request_id, session=self.session, server=self.server_name,
             user=self.principal.username if self.principal else "", status=self.status, outcome=outcome,
             duration_ms=duration * 1000, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
-            detail=detail, **verdict_fields(self.verdict),
+            detail=detail, guardrail_ms=self._guard_ms, **verdict_fields(self.verdict),
         )  # fmt: skip
+        if self.trace is not None:
+            fields = verdict_fields(self.verdict)
+            decision, rule = fields.get("decision", ""), fields.get("rule", "")
+            self.trace.finish(outcome, self.status, decision, rule, detail, self.session or "")
         if self.admitted is None:
             return
         self.gw.metrics.exchange_ended(self.server_name, outcome, duration)
@@ -283,10 +351,13 @@ class Exchange:
         exchange recorded (marked incomplete), never executed unrecorded. Refused (503) when that cannot be."""
         if (held := self.log.cannot_hold()) is not None:
             return self._refuse(RecordingUnavailable(str(held)))
+        t0 = time.time_ns()
         try:
             await self.log.commit()
         except StoreError as e:
             return self._refuse(RecordingUnavailable(str(e)))
+        if self.trace is not None:
+            self.trace.mark("recording commit", t0)
         return None
 
     # --- request side ----------------------------------------------------------------------------------------
@@ -295,6 +366,8 @@ class Exchange:
         """From here on the exchange is recorded: who, where, which session; then its start."""
         headers = self._headers
         self.admitted, self.principal = admission, admission.principal
+        self._decisions.backend = admission.backend.name if admission.backend else ""
+        self._tools.backend = admission.backend.name if admission.backend else None
         self._scope = admission.scope or admission.server.name  # whose tools' x-mcp-header maps, request state
         self.policy = self.gw.policy.current if self.gw.policy is not None else None
         self.ends_session = headers.get(":method") == "DELETE"
@@ -322,8 +395,12 @@ class Exchange:
         """Every request of the body decided and recorded (decide.py); one denial refuses the whole body."""
         if self.policy is None or self.principal is None:
             return None
+        t0 = time.time_ns()
         refusal = await self._decisions.body(self.policy, self.principal, self.server_name, self.session, parsed)
-        return self._refuse(refusal[0], doc=refusal[1]) if refusal is not None else None
+        if self.trace is not None:
+            self.trace.mark("policy", t0)
+        headers = self._decisions.reply_headers
+        return self._refuse(refusal[0], headers, doc=refusal[1]) if refusal is not None else None
 
     def _authorize_http(self, name: str) -> ep.ProcessingResponse | None:
         """GET (open the server's stream) and DELETE (end the session) are decided like methods, named ``name``."""
@@ -348,7 +425,9 @@ class Exchange:
         """The whole (buffered) body rewritten for the caller: lists filtered, or request state sealed."""
         if self._buffered == "seal" and self._seal is not None:
             sealed = rewrite_json(body, self._seal)
-            return responses.response_body(replace=sealed) if sealed is not body else None
+            if self._screen is not None and self._screen.stripper is not None:
+                sealed = strip_invisible_bytes(sealed)  # results screened with strip (results.py)
+            return responses.response_body(replace=sealed) if sealed != body else None
         if self.policy is None or self.principal is None:
             return None
         sse = self._body is not None and self._body.sse
@@ -368,6 +447,14 @@ class Exchange:
         body = self._body
         withheld = body.oversized_reason if body is not None and body.oversized and self.policy is not None else None
         self._awaiting -= record_piece(self.log, self.policy, self.server_name, piece, withheld)
+        if self._screen is not None:
+            self._screen.note(piece)
+
+    def _results_screen(self) -> results.ResultScreen | None:
+        verdict = self._decisions.verdict
+        if self.policy is None or verdict is None:
+            return None
+        return results.ResultScreen.of(self.policy, self.server_name, self.log, verdict.calls)
 
     # --- refusals --------------------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from extproc.mcp.jsonrpc import McpCall
 from extproc.policy.compiled import CompiledPolicy
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.tools.fingerprint import KINDS
-from extproc.tools.pins import PinFile
+from extproc.tools.pins import PinFile, scope
 from extproc.tools.surface import Surface
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class SurfaceCheck:
         self._log = log
         self._clock = clock
         self._pins: list[PinFile] = []  # pins the list path wants signed and written (extproc/tools/)
+        self.backend: str | None = None  # the identity-scoped backend admission chose: its surface is its own
 
     async def check_calls(
         self, policy: CompiledPolicy, server: str, session: str | None, calls: tuple[McpCall, ...]
@@ -43,6 +44,7 @@ class SurfaceCheck:
         surface = self.surface
         if surface is None or not any(c.method in _USES for c in calls):
             return None, {}
+        server = scope(server, self.backend)
         if surface.pins is not None and surface.needs_pins(server):
             await surface.pins.refresh(server)  # one stat: an approval counts at once
         shown: dict[int, dict[str, Any]] = {}
@@ -63,14 +65,14 @@ class SurfaceCheck:
     async def refresh_pins(self, server: str) -> None:
         """Before a list is judged: against today's pins."""
         if self.surface is not None and self.surface.pins is not None:
-            await self.surface.pins.refresh(server)
+            await self.surface.pins.refresh(scope(server, self.backend))
 
     def review_list(
         self, policy: CompiledPolicy, server: str, unit: str, method: str, result: dict[str, Any]
     ) -> dict[str, Any]:
         """One list result fingerprinted, screened and judged against the pins; its events go on the record."""
         assert self.surface is not None
-        review = self.surface.review_list(policy, server, method, result, unit, self._clock())
+        review = self.surface.review_list(policy, scope(server, self.backend), method, result, unit, self._clock())
         for ev in review.events:
             self._log.emit(ev)
         self._pins.extend(review.pins)

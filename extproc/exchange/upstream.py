@@ -39,20 +39,25 @@ def credential_recorder(gw: Gateway, log: ExchangeLog) -> Callable[[UpstreamCred
     return record
 
 
-async def credentials(gw: Gateway, who: Principal | None, server: str, ctx: ExchangeContext) -> dict[str, str]:
-    """What the server's ``upstream_auth`` sets on the request; the caller's token is only ever the subject of a
-    token exchange at its own issuer. Raises the GatewayError that refuses the request when none can be had."""
+async def credentials(
+    gw: Gateway, who: Principal | None, server: str, ctx: ExchangeContext, backend: str | None = None
+) -> dict[str, str]:
+    """What the server's (or its backend's) ``upstream_auth`` sets on the request; the caller's token is only ever
+    the subject of a token exchange at its own issuer. Raises the GatewayError that refuses the request when none
+    can be had."""
     if gw.upstream is None:
         return {}
-    return await gw.upstream.headers_for(who, server, ctx)
+    return await gw.upstream.headers_for(who, server, ctx, backend)
 
 
-def gateway_headers(gw: Gateway, who: Principal | None, server: str, server_session: str | None) -> dict[str, str]:
+def gateway_headers(
+    gw: Gateway, who: Principal | None, server: str, server_session: str | None, backend: str | None = None
+) -> dict[str, str]:
     """What the MCP server gets instead of the caller's token: the server's own session id, maybe who."""
     out = {}
     if who is not None and server_session is not None:
         out[SESSION_HEADER] = server_session  # the server's own id, never the unit it is recorded under
-    signed = gw.upstream is not None and gw.upstream.asserts_identity(server)
+    signed = gw.upstream is not None and gw.upstream.asserts_identity(server, backend)
     if who is not None and gw.options.forward_identity and not signed:
         out.update(identity_headers(who))  # trust-me headers; a signed assertion replaces them
     return out

@@ -1,21 +1,36 @@
-"""Servers discovered from Kubernetes Services, kept current with a list + watch (official ``kubernetes`` client).
+"""Servers discovered from Kubernetes Services and their EndpointSlices, kept current with list + watch (official
+``kubernetes`` client).
 
 A Service labelled ``mcp-extproc.io/server: <name>`` is a backend of server ``<name>``, reached at its clusterIP
-and port (annotations: path, port, and optional groups/users that scope it). Several Services may serve one name
-(one per team namespace, say): scoped ones are tried first, in namespace/name order.
+and port (annotations: path, port, and optional groups/users that scope it), **while its EndpointSlices
+(discovery.k8s.io/v1) list at least one ready endpoint**: a Service whose pods are all unready (or gone) is
+withdrawn from routing until one is ready again, so its traffic goes to another backend of the same name or gets
+a clear 404 instead of a connect timeout. Traffic still goes through the clusterIP: kube-proxy spreads connections
+over the same ready endpoints and Envoy's connection reuse stays per Service. EndpointSlices are watched with the
+same label selector: the EndpointSlice controller copies a Service's labels onto its slices (a Service without a
+selector needs slices written with that label by their owner). A missing ``ready`` condition counts as ready, as
+the API documents. Several Services may serve one name (one per team namespace, say): scoped ones are tried
+first, in namespace/name order.
 
 The watch resumes from the last resourceVersion it saw (events and BOOKMARKs), re-lists on 410 Gone, and retries
 when the API server is away. While it is away nothing is dropped: routing keeps the last known set (the policy
 still decides every call). The snapshot ``routes`` is replaced whole, so the event loop reads it without locks.
+
+One watch per pod: with several workers, the launcher (``serve --workers``, ``Stack``) runs the watch and writes
+every change as a JSON snapshot file (atomically replaced); each worker reads it when it changes
+(``SharedDiscovery``, told where by ``MCP_EXTPROC_DISCOVERY_FILE``). A pod costs the API server two watches
+(Services, EndpointSlices; per namespace when namespaces are listed), whatever its number of workers.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -29,18 +44,19 @@ from extproc.kube.config import (
     KubernetesDiscovery,
     api_client,
 )
-from extproc.policy.compiled import compile_subjects
-from extproc.policy.model import Subjects
+from extproc.kube.snapshot import DISCOVERY_FILE_ENV, Entry, SharedDiscovery, routes_of, write_snapshot
 from extproc.routing import Backend, Route
 from extproc.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, service name)
+Resource = Literal["services", "slices"]
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # on an EndpointSlice: the Service it belongs to
 
 
-def backend_of(svc: Any) -> tuple[str, Backend]:
-    """(server name, backend) for a labelled Service; ValueError saying what is wrong with it."""
+def entry_of(svc: Any) -> Entry:
+    """The entry of a labelled Service; ValueError saying what is wrong with it."""
     meta, spec = svc.metadata, svc.spec
     labels, ann = meta.labels or {}, meta.annotations or {}
     where = f"Service {meta.namespace}/{meta.name}"
@@ -58,45 +74,61 @@ def backend_of(svc: Any) -> tuple[str, Backend]:
     path = ann.get(ANNOTATION_PATH, "/mcp")
     try:
         server = Server(name=name, upstream=f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}", path=path)
-        subjects = compile_subjects(Subjects(users=users, groups=groups, claims=[])) if users or groups else None
+        entry = Entry(server.name, f"{meta.namespace}/{meta.name}", server.upstream or "", server.path,
+                      tuple(users), tuple(groups))  # fmt: skip
+        entry.backend()  # the subjects compile
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'labels'}: {x['msg']}" for x in e.errors())
         raise ValueError(f"{where}: {problems}") from None
-    assert server.upstream is not None
-    return server.name, Backend(f"{meta.namespace}/{meta.name}", server.upstream, server.path, subjects)
+    return entry
 
 
-def build_routes(entries: Iterable[tuple[str, Backend]], reserved: set[str]) -> dict[str, Route]:
-    """Group backends by server name; scoped backends first (namespace/name order), then unscoped ones."""
-    grouped: dict[str, list[Backend]] = {}
-    for name, backend in entries:
-        if name in reserved:
-            continue  # gateway.yaml defines it: a labelled Service never takes over a configured server
-        grouped.setdefault(name, []).append(backend)
-    out = {}
-    for name, backends in grouped.items():
-        backends.sort(key=lambda b: (b.subjects is None, b.name))
-        first = backends[0]
-        out[name] = Route(Server(name=name, upstream=first.upstream, path=first.path), tuple(backends))
-    return out
+def backend_of(svc: Any) -> tuple[str, Backend]:
+    """(server name, backend) for a labelled Service; ValueError saying what is wrong with it."""
+    entry = entry_of(svc)
+    return entry.server, entry.backend()
+
+
+def ready_endpoints(eps: Any) -> int:
+    """Ready endpoints of one EndpointSlice (``conditions.ready`` unset counts as ready, as the API says)."""
+    n = 0
+    for ep in eps.endpoints or []:
+        ready = ep.conditions.ready if ep.conditions is not None else None
+        if ready is None or ready:
+            n += 1
+    return n
 
 
 class KubeDiscovery:
-    """Watches labelled Services in the configured namespaces; ``routes`` is the current snapshot."""
+    """Watches labelled Services and their EndpointSlices in the configured namespaces; ``routes`` is the current
+    snapshot of the Services with a ready endpoint. ``on_change`` (the launcher's snapshot writer) gets every
+    routable entry after each change."""
 
-    def __init__(self, cfg: KubernetesDiscovery, reserved: set[str], api: Any = None) -> None:
+    def __init__(
+        self,
+        cfg: KubernetesDiscovery,
+        reserved: set[str],
+        api: Any = None,
+        on_change: Callable[[list[Entry]], None] | None = None,
+    ) -> None:
         from kubernetes import client
 
         self.cfg = cfg
         self.reserved = reserved
-        self.core = client.CoreV1Api(api if api is not None else api_client(cfg))
+        self.on_change = on_change
+        api = api if api is not None else api_client(cfg)
+        self.core = client.CoreV1Api(api)
+        self.slices_api = client.DiscoveryV1Api(api)
         self._routes: Mapping[str, Route] = MappingProxyType({})
-        self._entries: dict[Key, tuple[str, Backend]] = {}
+        self._entries: dict[Key, Entry] = {}
+        self._ready: dict[Key, tuple[Key, int]] = {}  # EndpointSlice -> (its Service, ready endpoints)
+        self.unready: set[Key] = set()  # labelled Services withdrawn: no ready endpoint
         self.problems: dict[Key, str] = {}  # Services we could not use, and why (their last good entry stays)
-        self.lists = 0  # full lists done (start-up, 410 Gone, watch failures)
+        self.lists = 0  # full lists done (start-up, 410 Gone, watch failures), both resources
         self.connected = False
-        self.synced = threading.Event()  # every namespace listed once
-        self._unsynced: set[str | None] = set()
+        self.synced = threading.Event()  # every namespace listed once, both resources
+        self._complete = False  # both resources listed: routes may be published
+        self._unsynced: set[tuple[Resource, str | None]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -107,13 +139,17 @@ class KubeDiscovery:
         return self._routes
 
     def start(self) -> None:
-        """One watcher thread per namespace (one for all namespaces when none are listed)."""
+        """Two watcher threads (Services, EndpointSlices) per namespace (for all namespaces when none are listed)."""
         namespaces: list[str | None] = [*self.cfg.namespaces] or [None]
-        self._unsynced = set(namespaces)
-        for ns in namespaces:
-            t = threading.Thread(target=self._run, args=(ns,), name=f"kube-discovery-{ns or 'all'}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        resources: tuple[Resource, ...] = ("services", "slices")
+        self._unsynced = {(r, ns) for r in resources for ns in namespaces}
+        for resource in resources:
+            for ns in namespaces:
+                t = threading.Thread(
+                    target=self._run, args=(resource, ns), name=f"kube-{resource}-{ns or 'all'}", daemon=True
+                )
+                t.start()
+                self._threads.append(t)
 
     def close(self) -> None:
         """Stop watching (threads end at their next event or timeout; they are daemons)."""
@@ -121,31 +157,38 @@ class KubeDiscovery:
         for w in list(self._watches):
             w.stop()
 
-    # --- the watch loop (one thread per namespace) -----------------------------------------------------------
+    # --- the watch loop (one thread per resource and namespace) ----------------------------------------------
 
-    def _list_call(self, ns: str | None) -> tuple[Callable[..., Any], tuple[str, ...]]:
+    def _list_call(self, resource: Resource, ns: str | None) -> tuple[Callable[..., Any], tuple[str, ...]]:
         # The function itself (not a wrapper): Watch finds the type to decode events into from its docstring.
+        if resource == "slices":
+            if ns is None:
+                return self.slices_api.list_endpoint_slice_for_all_namespaces, ()
+            return self.slices_api.list_namespaced_endpoint_slice, (ns,)
         if ns is None:
             return self.core.list_service_for_all_namespaces, ()
         return self.core.list_namespaced_service, (ns,)
 
-    def _run(self, ns: str | None) -> None:
+    def _run(self, resource: Resource, ns: str | None) -> None:
         from kubernetes import watch
         from kubernetes.client.rest import ApiException
 
-        (list_fn, args), rv = self._list_call(ns), None
+        (list_fn, args), rv = self._list_call(resource, ns), None
         timeout = self.cfg.request_timeout_s
         while not self._stop.is_set():
             try:
                 if rv is None:
                     listed = list_fn(*args, label_selector=self.cfg.label_selector, _request_timeout=timeout)
-                    self._replace(ns, listed.items)
+                    self._replace(resource, ns, listed.items)
                     rv = listed.metadata.resource_version
                     self.lists += 1
                     self.connected = True
-                    self._unsynced.discard(ns)
-                    if not self._unsynced:
-                        self.synced.set()
+                    with self._lock:
+                        self._unsynced.discard((resource, ns))
+                        if not self._unsynced and not self._complete:
+                            self._complete = True
+                            self._publish()  # the first whole picture: Services and their endpoints
+                            self.synced.set()  # after it: whoever waits on it reads the routes
                 w = watch.Watch()
                 self._watches.append(w)
                 try:
@@ -158,14 +201,15 @@ class KubeDiscovery:
                         timeout_seconds=self.cfg.watch_timeout_s,
                         _request_timeout=(timeout, self.cfg.watch_timeout_s + timeout),
                     ):
-                        self._apply(event["type"], event["object"])
+                        self._apply(resource, event["type"], event["object"])
                         self.connected = True
                 finally:
                     self._watches.remove(w)
                 rv = w.resource_version or rv  # the last event or BOOKMARK: resume from there
             except ApiException as e:
                 if e.status == 410:
-                    log.info("kubernetes watch of %s: resourceVersion %s expired (410 Gone); re-listing", ns, rv)
+                    log.info("kubernetes watch of %s in %s: resourceVersion %s expired (410 Gone); re-listing",
+                             resource, ns, rv)  # fmt: skip
                     rv = None
                     continue
                 self._away(ns, f"API error {e.status} {e.reason}")
@@ -180,50 +224,98 @@ class KubeDiscovery:
 
     # --- state -------------------------------------------------------------------------------------------------
 
-    def _apply(self, kind: str, svc: Any) -> None:
-        if kind in ("ADDED", "MODIFIED"):
-            with self._lock:
-                self._put(svc)
-                self._publish()
-        elif kind == "DELETED":
-            key = (svc.metadata.namespace, svc.metadata.name)
-            with self._lock:
-                self._entries.pop(key, None)
-                self.problems.pop(key, None)
-                self._publish()
-
-    def _replace(self, ns: str | None, items: list[Any]) -> None:
+    def _apply(self, resource: Resource, kind: str, obj: Any) -> None:
+        if kind not in ("ADDED", "MODIFIED", "DELETED"):
+            return
+        key = (obj.metadata.namespace, obj.metadata.name)
         with self._lock:
-            for key in [k for k in self._entries if ns is None or k[0] == ns]:
-                del self._entries[key]
-            for svc in items:
-                self._put(svc)
+            if kind == "DELETED":
+                if resource == "slices":
+                    self._ready.pop(key, None)
+                else:
+                    self._entries.pop(key, None)
+                    self.problems.pop(key, None)
+            elif resource == "slices":
+                self._put_slice(obj)
+            else:
+                self._put(obj)
+            self._publish()
+
+    def _replace(self, resource: Resource, ns: str | None, items: list[Any]) -> None:
+        with self._lock:
+            held: dict[Key, Any] = self._ready if resource == "slices" else self._entries
+            for key in [k for k in held if ns is None or k[0] == ns]:
+                del held[key]
+            for obj in items:
+                self._put_slice(obj) if resource == "slices" else self._put(obj)
             self._publish()
 
     def _put(self, svc: Any) -> None:
         key = (svc.metadata.namespace, svc.metadata.name)
         try:
-            self._entries[key] = backend_of(svc)
+            self._entries[key] = entry_of(svc)
             self.problems.pop(key, None)
         except ValueError as e:
             self.problems[key] = str(e)
             log.error("ignoring %s%s", e, " (its last good entry stays)" if key in self._entries else "")
 
+    def _put_slice(self, eps: Any) -> None:
+        service = (eps.metadata.labels or {}).get(SERVICE_NAME_LABEL)
+        if service:
+            self._ready[(eps.metadata.namespace, eps.metadata.name)] = (
+                (eps.metadata.namespace, service),
+                ready_endpoints(eps),
+            )
+
     def _publish(self) -> None:
-        routes = build_routes(sorted(self._entries.values(), key=lambda e: e[1].name), self.reserved)
+        if not self._complete:
+            return  # Services listed before their EndpointSlices would all look unready for a moment
+        ready: dict[Key, int] = {}
+        for service, n in self._ready.values():
+            ready[service] = ready.get(service, 0) + n
+        routable = [e for key, e in self._entries.items() if ready.get(key, 0) > 0]
+        unready = {key for key in self._entries if ready.get(key, 0) == 0}
+        for key in sorted(unready - self.unready):
+            log.warning("Service %s/%s has no ready endpoint: withdrawn from routing until one is ready", *key)
+        for key in sorted(self.unready - unready):
+            if key in self._entries:
+                log.info("Service %s/%s has a ready endpoint again: routed", *key)
+        self.unready = unready
+        routes = routes_of(routable, self.reserved)
         if set(routes) != set(self._routes):
             log.info("discovered MCP servers: %s", ", ".join(sorted(routes)) or "none")
         self._routes = MappingProxyType(routes)
+        if self.on_change is not None:
+            try:
+                self.on_change(sorted(routable, key=lambda e: e.name))
+            except OSError:
+                log.exception("cannot hand the discovered servers to the workers")
 
 
-async def start_discovery(settings: Settings) -> KubeDiscovery | None:
-    """Start watching when ``discovery.kubernetes`` is set; waits briefly for the first list (empty until then)."""
+def watch_for_workers(settings: Settings, path: Path) -> KubeDiscovery | None:
+    """The launcher's watch (when ``discovery.kubernetes`` is set), writing each change to ``path`` for its
+    workers; None without discovery. Workers started with ``DISCOVERY_FILE_ENV=path`` read it."""
+    cfg = settings.discovery.kubernetes if settings.discovery is not None else None
+    if cfg is None:
+        return None
+    d = KubeDiscovery(cfg, reserved={s.name for s in settings.servers}, on_change=lambda e: write_snapshot(path, e))
+    d.start()
+    return d
+
+
+async def start_discovery(settings: Settings) -> KubeDiscovery | SharedDiscovery | None:
+    """Start watching when ``discovery.kubernetes`` is set (or read the launcher's snapshot when it runs the watch
+    for its workers); waits briefly for the first list (empty until then)."""
     import asyncio
 
     cfg = settings.discovery.kubernetes if settings.discovery is not None else None
     if cfg is None:
         return None
-    d = KubeDiscovery(cfg, reserved={s.name for s in settings.servers})
+    reserved = {s.name for s in settings.servers}
+    shared = os.environ.get(DISCOVERY_FILE_ENV)
+    d: KubeDiscovery | SharedDiscovery = (
+        SharedDiscovery(Path(shared), reserved) if shared else KubeDiscovery(cfg, reserved)
+    )
     d.start()
     if not await asyncio.to_thread(d.synced.wait, cfg.request_timeout_s):
         log.warning("kubernetes discovery: no first list yet; serving gateway.yaml servers only until it arrives")

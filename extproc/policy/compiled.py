@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from extproc.errors import ConfigError
 from extproc.mcp.methods import KNOWN_METHODS
 from extproc.policy.globs import Matcher, compile_globs
-from extproc.policy.model import PROMPT_METHODS, RESOURCE_METHODS, TOOL_METHODS, PolicyFile, Subjects
+from extproc.policy.model import PROMPT_METHODS, RESOURCE_METHODS, TOOL_METHODS, Limit, PolicyFile, Rule, Subjects
 from extproc.policy.redact import Redactor, compile_redactor
 from extproc.reserved import AUDIT_SERVER as AUDIT_SERVER
 from extproc.reserved import RESERVED_SERVERS as RESERVED_SERVERS
+from extproc.timespec import parse_duration
 
 ANY_SERVER = "*"
 # A list request is filtered with the decisions of the call that uses an item: it needs that call's reviews too.
@@ -94,6 +95,45 @@ class KubeCheck:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if getattr(self, k) is not None}
 
 
+@dataclass(frozen=True, slots=True)
+class CompiledLimit:
+    """One budget of a rule: at most ``calls`` in any ``window`` seconds; ``per`` as written (for messages)."""
+
+    calls: int
+    window: float
+    per: str
+    by_tool: bool = False
+    by_server: bool = False
+
+    @property
+    def by(self) -> list[str]:
+        """What the counter is kept per besides the caller: server and/or tool."""
+        return [*(["server"] if self.by_server else []), *(["tool"] if self.by_tool else [])]
+
+    def describe(self) -> str:
+        """'30 calls per 1m (per caller, tool)': how a refusal and ``policy explain`` name it."""
+        return f"{self.calls} calls per {self.per} (per {', '.join(['caller', *self.by])})"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleBudget:
+    """The limits of one allow rule, and what a failing counter store means for it."""
+
+    rule: str
+    limits: tuple[CompiledLimit, ...]
+    fail_open: bool = False  # on_store_error: open
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalNeed:
+    """What an ``effect: approve`` rule asks for: who may approve, for how long, how many identical calls."""
+
+    approvers: CompiledSubjects
+    ttl: float
+    count: int
+    text: str  # the approvers as written, for explain and the caller's error ("groups [sre]")
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class CompiledRule:
     """A rule ready to evaluate; ``order`` is its position across all files (file name order)."""
@@ -109,10 +149,11 @@ class CompiledRule:
     arguments: tuple[ArgCheck, ...]
     description: str = ""
     kubernetes: KubeCheck | None = None
+    approval: ApprovalNeed | None = None  # effect: approve (``deny`` is False: it is not a denial)
 
     @property
     def effect(self) -> str:
-        return "deny" if self.deny else "allow"
+        return "deny" if self.deny else "approve" if self.approval is not None else "allow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +177,11 @@ class CompiledIntegrity:
 
 
 DEFAULT_INTEGRITY = CompiledIntegrity(
-    "default", None, None, "hide", {"invisible": "strip", "instructions": "alarm", "cross_server": "alarm"}
+    "default",
+    None,
+    None,
+    "hide",
+    {"invisible": "strip", "instructions": "alarm", "cross_server": "alarm", "results": "strip"},
 )
 
 
@@ -146,7 +191,8 @@ Candidates = tuple[tuple[CompiledRule, ...], tuple[str, ...]]
 
 @dataclass(frozen=True, slots=True)
 class Bucket:
-    """Candidate rules for one (server, method): deny rules first, then allow rules, each in policy order."""
+    """Candidate rules for one (server, method): deny rules first, then approve rules, then allow rules, each in
+    policy order."""
 
     generic: Candidates
     by_object: dict[str, Candidates]  # exact object name -> its rules merged with ``generic``
@@ -171,6 +217,7 @@ class CompiledPolicy:
     redactors: dict[str, Redactor] = field(repr=False)
     checks: dict[str, tuple[KubeCheck, ...]] = field(default_factory=dict, repr=False)
     integrity_entries: tuple[CompiledIntegrity, ...] = ()
+    budgets: dict[str, RuleBudget] = field(default_factory=dict, repr=False)  # rule name -> its limits
 
     def integrity(self, server: str, item: str | None = None) -> CompiledIntegrity:
         """The integrity settings for an item of ``server``: an entry naming the item beats a server-wide one,
@@ -225,6 +272,7 @@ def compile_policy(
     rules: list[CompiledRule] = []
     viewers: list[CompiledViewer] = []
     integrity: list[CompiledIntegrity] = []
+    budgets: dict[str, RuleBudget] = {}
     named: set[str] = set()
 
     def claim_name(name: str, where: str) -> None:
@@ -263,6 +311,8 @@ def compile_policy(
                 )
                 for n, c in (rule.arguments or {}).items()
             )
+            if rule.limits is not None:
+                budgets[rule.name] = _budget(rule.name, rule.limits, rule.on_store_error == "open")
             rules.append(
                 CompiledRule(
                     name=rule.name,
@@ -276,6 +326,7 @@ def compile_policy(
                     arguments=args,
                     description=rule.description or "",
                     kubernetes=KubeCheck(**rule.kubernetes.model_dump()) if rule.kubernetes is not None else None,
+                    approval=_approval(rule),
                 )
             )
         for i, v in enumerate(lf.doc.viewers):
@@ -314,7 +365,26 @@ def compile_policy(
             for s in (*servers, ANY_SERVER)
         },
         integrity_entries=tuple(integrity),
+        budgets=budgets,
     )
+
+
+def _budget(rule: str, limits: Sequence[Limit], fail_open: bool) -> RuleBudget:
+    compiled = tuple(
+        CompiledLimit(lim.calls, parse_duration(lim.per), lim.per, "tool" in lim.by, "server" in lim.by)
+        for lim in limits
+    )
+    return RuleBudget(rule, compiled, fail_open)
+
+
+def _approval(rule: Rule) -> ApprovalNeed | None:
+    if rule.effect != "approve" or rule.approvers is None:
+        return None
+    a = rule.approvers
+    text = "; ".join(
+        f"{k} {v}" for k, v in (("users", a.users), ("groups", a.groups), ("claims", [c.claim for c in a.claims])) if v
+    )
+    return ApprovalNeed(_subjects(a), rule.ttl_seconds() or 0.0, rule.count or 1, text)
 
 
 def compile_subjects(s: Subjects) -> CompiledSubjects:
@@ -357,7 +427,7 @@ def _split_pointer(pointer: str) -> tuple[str, ...]:
 
 
 def _bucket(rules: Sequence[CompiledRule], obj_field: str | None) -> Bucket:
-    ordered = sorted(rules, key=lambda r: (not r.deny, r.order))
+    ordered = sorted(rules, key=lambda r: (0 if r.deny else 1 if r.approval is not None else 2, r.order))
     if obj_field is None:
         return Bucket(generic=_named(ordered), by_object={})
     # A rule listing only exact names is filed under each name; one with a glob (or no filter) is generic.

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from extproc.evidence.config import TransparencyLogConfig
 from extproc.sections import Section, resolve_paths
 
 _CREDENTIAL_KEYS = ("access_key", "secret", "session_token", "password", "credentials", "profile")
@@ -143,6 +144,9 @@ class Recording(Section):
         default="", description="why some servers are not recorded at all: required for `off`, logged at start"
     )
     retention: Retention | None = Field(default=None, description="file store only (S3: lifecycle rules on the bucket)")
+    transparency_log: TransparencyLogConfig | None = Field(
+        default=None, description="a Merkle log over every stored manifest and digest, with signed checkpoints"
+    )
 
     @model_validator(mode="after")
     def _store_settings(self) -> Recording:
@@ -154,6 +158,8 @@ class Recording(Section):
             raise ValueError(
                 "servers: 'off' records nothing for a server; say why in recording.off_acknowledged (it is logged)"
             )
+        if self.transparency_log is not None and (self.transparency_log.signing_key or self.signing_key) is None:
+            raise ValueError("transparency_log: needs a signing key (its own signing_key, or recording.signing_key)")
         if self.retention is not None and self.store != "file":
             raise ValueError("retention: file store only; for S3 use lifecycle rules on the bucket")
         return self
@@ -164,4 +170,7 @@ class Recording(Section):
 
     def resolved(self, base: Path) -> Recording:
         """Relative paths resolve against the config file's folder."""
-        return resolve_paths(self, base, "directory", "spool_directory", "signing_key")
+        rec = resolve_paths(self, base, "directory", "spool_directory", "signing_key")
+        if rec.transparency_log is not None:
+            rec = rec.model_copy(update={"transparency_log": rec.transparency_log.resolved(base)})
+        return rec

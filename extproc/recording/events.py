@@ -98,6 +98,35 @@ class PolicyDecision(Event):
     kubernetes: dict[str, Any] | None = None  # the SubjectAccessReview the rule required: outcome, reason, cached
     grant: dict[str, Any] | None = None  # the just-in-time grant used: id, reason, approver, until
     definition: dict[str, Any] | None = None  # tools/call, prompts/get, resources/read: the fingerprint last shown
+    budget: dict[str, Any] | None = None  # the rule's limits: counter values, or over a limit, or the store down
+
+    approval: dict[str, Any] | None = None  # an approve rule held the call: the request, or the approval it used
+
+
+@dataclass(slots=True, kw_only=True)
+class GuardrailVerdict(Event):
+    """What the server's outside guardrail answered for one call (extproc/tools/guardrail.py)."""
+
+    type: ClassVar[str] = "guardrail.verdict"
+    message_id: str | int | None = None
+    call: str = ""  # as policy.decision names it (redactions applied)
+    verdict: str = ""  # allow, deny, modify, error
+    reason: str = ""
+    latency_ms: float = 0.0
+    outcome: str = ""  # what the gateway did: passed, refused, modified, passed (fail open)
+    arguments: dict[str, Any] | None = None  # with modify: the arguments the call went on with (redactions applied)
+
+
+@dataclass(slots=True, kw_only=True)
+class ResultScreened(Event):
+    """Invisible characters found in what a call returned (tool-surface screens): where, and what was done. The
+    response event keeps what the server sent; with ``action`` strip the client got it without them."""
+
+    type: ClassVar[str] = "result.screened"
+    message_id: str | int | None = None
+    call: str = ""  # the call whose result it is, as policy.decision names it
+    action: str = ""  # strip (removed before the client saw it) or alarm (passed, recorded)
+    findings: list[dict[str, Any]] = field(default_factory=list)  # screen, rule, path (in the result), span
 
 
 @dataclass(slots=True, kw_only=True)

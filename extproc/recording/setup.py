@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from extproc.recording.bounds import BoundedRecorder, RecordingLevels, Retention, log_unrecorded
 from extproc.recording.completer import Completer
@@ -15,6 +17,10 @@ from extproc.recording.spool import Spool
 from extproc.recording.store import Store
 from extproc.recording.store.file import FileStore
 from extproc.recording.uploader import Uploader
+
+if TYPE_CHECKING:
+    from extproc.evidence.tlog import TransparencyLog
+    from extproc.recording.store import Segment
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +53,14 @@ class RecordingRuntime:
     completer: Completer
     digests: DigestLog
     retention: Retention | None = None
+    tlog: TransparencyLog | None = None
 
     async def start(self) -> None:
         await self.recorder.start()
         self.completer.start()  # first round at once: a predecessor's leftovers are shipped and marked
         self.digests.start()
+        if self.tlog is not None:
+            self.tlog.start()
         if self.retention is not None:
             self.retention.start()
 
@@ -61,6 +70,8 @@ class RecordingRuntime:
         await self.completer.stop()
         await self.recorder.close()
         await self.digests.close()  # after the last segments were shipped: the closing digest lists them
+        if self.tlog is not None:
+            await self.tlog.close()  # after the closing digest: the last checkpoint covers it
         await self.store.close()
 
 
@@ -85,7 +96,19 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
         log.warning("recording.signing_key not set: segment manifests are hashed and chained but not signed")
     writer = new_writer_id()
     spool = Spool(rec.spool, writer, rec.spool_max_bytes)
-    digests = DigestLog(store, writer, signer, interval=rec.digest_interval_s, journal=spool.path)
+    tlog = None
+    on_stored: Callable[[Segment], Awaitable[None]]
+    if rec.transparency_log is not None:
+        from extproc.evidence.tlog import LoggedDigests, build_log
+
+        tlog = build_log(rec.transparency_log, rec.signing_key, store, writer)
+        digests = DigestLog(
+            LoggedDigests(store, tlog), writer, signer, interval=rec.digest_interval_s, journal=spool.path
+        )
+        on_stored = _both(digests.stored, tlog.segment_stored)
+    else:
+        digests = DigestLog(store, writer, signer, interval=rec.digest_interval_s, journal=spool.path)
+        on_stored = digests.stored
     log_unrecorded(dict(rec.servers), rec.off_acknowledged)
     recorder = BoundedRecorder(
         store,
@@ -93,11 +116,9 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
         recorder_options(rec),
         levels=RecordingLevels(dict(rec.servers), rec.max_event_body_bytes),
         signer=signer,
-        uploader=Uploader(spool, store, on_stored=digests.stored),
+        uploader=Uploader(spool, store, on_stored=on_stored),
     )
-    completer = Completer(
-        rec.spool, store, recorder, signer, interval=rec.completer_interval_s, on_stored=digests.stored
-    )
+    completer = Completer(rec.spool, store, recorder, signer, interval=rec.completer_interval_s, on_stored=on_stored)
     retention = None
     if rec.retention is not None and rec.store == "file":
         days = rec.retention.max_age_days
@@ -108,4 +129,16 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
             max_total_bytes=rec.retention.max_total_bytes,
             interval=rec.retention.interval_s,
         )
-    return RecordingRuntime(store, recorder, completer, digests, retention)
+    return RecordingRuntime(store, recorder, completer, digests, retention, tlog)
+
+
+def _both(
+    first: Callable[[Segment], Awaitable[None]], second: Callable[[Segment], Awaitable[None]]
+) -> Callable[[Segment], Awaitable[None]]:
+    """An ``on_stored`` that tells the digest log, then the transparency log."""
+
+    async def stored(segment: Segment) -> None:
+        await first(segment)
+        await second(segment)
+
+    return stored

@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from extproc.errors import ConfigError
-from extproc.policy.grants import _sign as sign_doc  # one signing scheme for every signed file the gateway trusts
-from extproc.policy.grants import _verify as verify_doc
+from extproc.policy import signed
 from extproc.policy.loader import validate
 from extproc.tools.fingerprint import DefinitionError, fingerprint
 from extproc.yamlfile import parse_yaml
@@ -37,7 +35,8 @@ log = logging.getLogger(__name__)
 
 FIRST_SEEN = "first-seen"
 Judgement = Literal["new", "same", "changed", "rejected"]
-_SERVER = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+_NAME = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_SERVER = rf"^{_NAME}(@{_NAME})?$"  # a server, or server@backend (see scope)
 _FP = r"^sha256:[0-9a-f]{64}$"
 
 
@@ -49,10 +48,10 @@ class Candidate(BaseModel):
     seen_at: float
 
 
-class PinFile(BaseModel):
+class PinFile(signed.SignedDoc):
     """The on-disk form of one pin. ``sig`` covers every other field."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    ascii_only: ClassVar[bool] = False
 
     v: int = Field(1, ge=1, le=1)
     server: Annotated[str, Field(pattern=_SERVER)]
@@ -66,8 +65,6 @@ class PinFile(BaseModel):
     candidate: Candidate | None = None
     rejected: list[Annotated[str, Field(pattern=_FP)]] = []
     history: list[dict[str, Any]] = []  # earlier pins: fingerprint, approved_by, pinned_at, replaced_at, replaced_by
-    key_id: str = ""
-    sig: str = ""
 
     @model_validator(mode="after")
     def _hashes(self) -> PinFile:
@@ -83,10 +80,16 @@ class PinFile(BaseModel):
                 raise ValueError(f"{what} does not hash to its fingerprint ({actual} != {fp})")
         return self
 
-    def signed_part(self) -> bytes:
-        doc = self.model_dump()
-        doc.pop("sig")
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+def scope(server: str, backend: str | None) -> str:
+    """Whose surface a list shows and whose pins judge it: the server, or ``server@backend`` for a server with
+    identity-scoped backends (each may be another deployment serving other definitions)."""
+    return f"{server}@{backend}" if backend else server
+
+
+def server_of(scope: str) -> str:
+    """The server of a scope (what the policy's rules name)."""
+    return scope.partition("@")[0]
 
 
 def file_name(kind: str, name: str) -> str:
@@ -172,7 +175,7 @@ def load_server(directory: Path, server: str, public: Ed25519PublicKey) -> Loade
             problems.extend(str(e).splitlines())
             refused.add(f"{server}/{path.name}")
             continue
-        why = verify_doc(public, pin)  # type: ignore[arg-type]
+        why = signed.verify(public, pin)
         if why is not None:
             problems.append(f"{source}:1: refused: {why}")
             refused.add(f"{server}/{path.name}")
@@ -203,10 +206,7 @@ def write(directory: Path, private: Ed25519PrivateKey, pin: PinFile) -> Path:
     folder = directory / pin.server
     folder.mkdir(parents=True, exist_ok=True)
     name = file_name(pin.kind, pin.name)
-    path, tmp = folder / name, folder / f".{name}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(sign_doc(private, pin), indent=2, sort_keys=True, ensure_ascii=False) + "\n")  # type: ignore[arg-type]
-    os.replace(tmp, path)
-    return path
+    return signed.write(folder / name, signed.sign(private, pin), ascii_only=False)
 
 
 @dataclass

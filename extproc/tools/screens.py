@@ -17,6 +17,7 @@ Pure functions on plain JSON data; nothing here knows where the definition came 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -34,6 +35,96 @@ _INVISIBLE_CLASSES = {
 }
 _INVISIBLE = re.compile("[" + "".join(_INVISIBLE_CLASSES.values()) + "]+")
 _INVISIBLE_RULE = [(re.compile(f"[{cls}]"), rule) for rule, cls in _INVISIBLE_CLASSES.items()]
+
+
+@functools.cache
+def _invisible_bytes() -> tuple[tuple[bytes, ...], re.Pattern[bytes]]:
+    """(the first bytes of the UTF-8 forms of the invisible characters; those whole forms)."""
+    chars = [chr(c) for r in (range(0x80, 0x10000), range(0xE0000, 0xE0080)) for c in r if _INVISIBLE.match(chr(c))]
+    encoded = sorted({ch.encode() for ch in chars})
+    return tuple(bytes([b]) for b in sorted({e[0] for e in encoded})), re.compile(b"|".join(map(re.escape, encoded)))
+
+
+@functools.cache
+def _strip_pattern() -> re.Pattern[bytes]:
+    """An escaped backslash (group 1, kept), or an invisible character in any form JSON text can carry it: its
+    UTF-8 bytes, its ``\\uXXXX`` escape, or (tag characters, outside the BMP) its escaped surrogate pair. Matched
+    left to right, a backslash pair is one token, so ``\\\\u200b`` (a backslash, then the text u200b) stays."""
+    _, utf8 = _invisible_bytes()
+    bmp = [c for r in (range(0x80, 0x10000),) for c in r if _INVISIBLE.match(chr(c))]
+    escapes = b"|".join(rb"\\u" + f"{c:04x}".encode() for c in bmp)
+    tags = rb"\\udb40\\udc[0-7][0-9a-f]"
+    return re.compile(rb"(\\\\)|" + escapes + b"|" + tags + b"|" + utf8.pattern, re.IGNORECASE)
+
+
+class ByteStripper:
+    """Removes invisible characters from JSON text as it streams, chunk by chunk, without parsing it: every form
+    ``_strip_pattern`` knows. Removing them never breaks the JSON (they only ever occur inside strings). What may
+    be the start of a character or an escape that the next chunk completes is held back until it comes (at most
+    a few bytes, or a run of backslashes)."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self.stripped = 0  # bytes removed so far
+
+    def feed(self, chunk: bytes, final: bool = False) -> bytes | None:
+        """The bytes to send for ``chunk`` (held bytes included), or None when that is ``chunk`` unchanged."""
+        if not self._tail and chunk.isascii() and b"\\u" not in chunk and b"\\" not in chunk[-12:]:
+            return None  # no invisible character, and nothing that a next chunk could complete into one
+        data = self._tail + chunk
+        hold = len(data) if final else len(data) - _unfinished(data)
+        out, pos = bytearray(), 0
+        for m in _strip_pattern().finditer(data):
+            if m.start() >= hold:
+                break
+            out += data[pos : m.start()]
+            out += m.group(1) or b""  # a match begun before the held part is whole in data: taken now
+            pos = m.end()
+        end = max(hold, pos)
+        out += data[pos:end]
+        self._tail = data[end:]
+        self.stripped += end - len(out)
+        return None if out == chunk else bytes(out)
+
+
+def strip_invisible_bytes(data: bytes) -> bytes:
+    """A whole JSON text without invisible characters (``ByteStripper`` in one go)."""
+    out = ByteStripper().feed(data, final=True)
+    return data if out is None else out
+
+
+def _unfinished(data: bytes) -> int:
+    """How many bytes at the end of ``data`` may be the start of what the next chunk completes: a UTF-8 character
+    missing bytes, or an escape (from the first backslash of the run that reaches into the last 12 bytes: an
+    escaped surrogate pair is 12 bytes long, and a backslash pair must not be split from its first half)."""
+    n = 0
+    back = data.find(b"\\", max(0, len(data) - 12))
+    if back >= 0:
+        while back > 0 and data[back - 1] == 0x5C:
+            back -= 1
+        n = len(data) - back
+    for i in range(1, min(4, len(data)) + 1):
+        b = data[-i]
+        if b < 0x80:
+            break
+        if b >= 0xC0:
+            if (2 if b < 0xE0 else 3 if b < 0xF0 else 4) > i:
+                n = max(n, i)
+            break
+    return n
+
+
+def may_hold_invisible(raw: bytes) -> bool:
+    """Could this JSON text hold an invisible character? False is certain; True is checked by parsing it. A JSON
+    ``\\u`` escape may spell one; otherwise ASCII text holds none (both memchr-fast), and other text is searched
+    for the characters' UTF-8 forms only where one of their lead bytes occurs."""
+    if b"\\u" in raw:
+        return True
+    if raw.isascii():
+        return False
+    leads, exact = _invisible_bytes()
+    return any(b in raw for b in leads) and exact.search(raw) is not None
+
 
 # Instruction markers addressed to the model. Not complete (see the module docstring); each is tested.
 INSTRUCTION_PATTERNS: dict[str, str] = {

@@ -15,7 +15,9 @@ calls to hidden items, and every use call to a blocked server, are refused. List
 client keeps seeing what is still trusted.
 
 State: what each recording unit was shown (bounded, least recently used dropped), and per server which items are
-hidden or blocking and why (shared by every caller: it is the server's surface, not the caller's).
+hidden or blocking and why (shared by every caller: it is the server's surface, not the caller's). Where a server
+has identity-scoped backends, "server" here is the scope ``server@backend`` (pins.scope): each backend has its own
+pins and state, judged by the server's policy.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import orjson
 from extproc.policy.compiled import CompiledPolicy
 from extproc.recording.events import DefinitionChanged, Event, ToolDefinition
 from extproc.tools.fingerprint import BY_USE, KINDS, DefinitionError, fingerprint
-from extproc.tools.pins import PinFile, PinStore, first_pin, judge, with_candidate
+from extproc.tools.pins import PinFile, PinStore, first_pin, judge, server_of, with_candidate
 from extproc.tools.screens import CrossNames, Finding, cross_server_pattern, scan, strip_invisible
 
 MAX_UNITS = 10_000
@@ -111,12 +113,13 @@ class Surface:
             return ListReview(result, [], [], [])
         shown = self.unit(unit)
         withheld = self.withheld.setdefault(server, {})
-        if kind.name == "tool":
+        if kind.name == "tool":  # backends of one server are one server here: their names are not "another's"
             names = frozenset(i["name"] for i in items if isinstance(i, dict) and isinstance(i.get("name"), str))
-            if not names <= self.names.get(server, frozenset()):
-                self.names[server] = self.names.get(server, frozenset()) | names
+            own = server_of(server)
+            if not names <= self.names.get(own, frozenset()):
+                self.names[own] = self.names.get(own, frozenset()) | names
                 self._version += 1
-        cross = self.cross(server) if kind.name == "tool" else None
+        cross = self.cross(server_of(server)) if kind.name == "tool" else None
         review = ListReview(result, [], [], [])
         kept: list[Any] = []
         for item in items:
@@ -145,7 +148,7 @@ class Surface:
         now: float,
         review: ListReview,
     ) -> dict[str, Any] | None:
-        settings = policy.integrity(server, name)
+        settings = policy.integrity(server_of(server), name)
         try:
             fp, findings = self._examine(item, cross)
         except DefinitionError as e:  # no canonical form: nothing can be pinned or proven about it
@@ -276,7 +279,7 @@ class Surface:
         what is pending: a change under hide refuses its item, under block every use of the server."""
         assert self.pins is not None
         for pin in self.pins.pending(server):
-            action = policy.integrity(server, pin.name).on_change
+            action = policy.integrity(server_of(server), pin.name).on_change
             if action == "block" or (action == "hide" and (pin.kind, pin.name) == (kind, name)):
                 assert pin.candidate is not None
                 what = f"{pin.kind} {pin.name!r} changed since pinned, not approved ({pin.candidate.fingerprint})"

@@ -21,8 +21,13 @@ if TYPE_CHECKING:
     from extproc.settings import Settings
 
 
+def target(server: str, backend: str | None) -> str:
+    """The credentials' key: ``server``, or ``server/backend`` for a backend with an ``upstream_auth`` of its own."""
+    return f"{server}/{backend}" if backend else server
+
+
 class Upstream:
-    """Server name -> its credentials; the gateway's JWKS for identity assertions."""
+    """Server (or server/backend) -> its credentials; the gateway's JWKS for identity assertions."""
 
     def __init__(
         self, by_server: Mapping[str, UpstreamCredentials], keys: list[AssertionKey], http: Any = None
@@ -34,7 +39,12 @@ class Upstream:
     @classmethod
     def from_settings(cls, settings: Settings, clock: Callable[[], float] = time.time) -> Upstream | None:
         """None when no server has ``upstream_auth``. Key files are read now: a bad one fails the start."""
-        configured = [(s.name, s.upstream_auth) for s in settings.servers if s.upstream_auth is not None]
+        configured = [(s.name, s.upstream_auth) for s in settings.servers if s.upstream_auth is not None] + [
+            (target(s.name, b.name), b.upstream_auth)
+            for s in settings.servers
+            for b in s.backends or []
+            if b.upstream_auth is not None
+        ]
         if not configured:
             return None
         if settings.auth is None:
@@ -65,18 +75,28 @@ class Upstream:
                 raise ConfigError(f"servers[{name}].upstream_auth: {e}") from e
         return cls(out, list(keys.values()), http)
 
-    def asserts_identity(self, server: str) -> bool:
-        """Does this server get the gateway's signed assertion (which then replaces x-mcp-user/x-mcp-groups)?"""
-        return isinstance(self.by_server.get(server), GatewayAssertion)
+    def _for(self, server: str, backend: str | None) -> tuple[str, UpstreamCredentials | None]:
+        """A backend's own credentials, else its server's."""
+        key = target(server, backend)
+        if key in self.by_server:
+            return key, self.by_server[key]
+        return server, self.by_server.get(server)
+
+    def asserts_identity(self, server: str, backend: str | None = None) -> bool:
+        """Does this upstream get the gateway's signed assertion (which then replaces x-mcp-user/x-mcp-groups)?"""
+        return isinstance(self._for(server, backend)[1], GatewayAssertion)
 
     def serves_jwks(self, path: str) -> bool:
         """Is this request for the gateway's JWKS (only when some server gets identity assertions)?"""
         return bool(self.jwks["keys"]) and path.split("?", 1)[0] == JWKS_PATH
 
-    async def headers_for(self, principal: Principal | None, server: str, ctx: ExchangeContext) -> dict[str, str]:
-        """The headers the request toward ``server`` gets (none for a server without ``upstream_auth``)."""
-        creds = self.by_server.get(server)
-        return {} if creds is None else await creds.headers_for(principal, server, ctx)
+    async def headers_for(
+        self, principal: Principal | None, server: str, ctx: ExchangeContext, backend: str | None = None
+    ) -> dict[str, str]:
+        """The headers the request toward ``server`` (its ``backend``) gets; none without ``upstream_auth``. A
+        backend's own credentials are cached and recorded under ``server/backend``."""
+        key, creds = self._for(server, backend)
+        return {} if creds is None else await creds.headers_for(principal, key, ctx)
 
     async def close(self) -> None:
         if self._http is not None:

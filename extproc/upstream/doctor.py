@@ -24,6 +24,7 @@ from extproc.errors import GatewayError
 from extproc.upstream.assertion import AssertionKey
 from extproc.upstream.base import ExchangeContext
 from extproc.upstream.config import Assertion, Static, TokenExchange
+from extproc.upstream.credentials import target
 from extproc.upstream.files import WatchedFile
 from extproc.upstream.token_exchange import ACCESS_TOKEN, GRANT_TYPE, MAX_RESPONSE_BYTES, TokenExchanger, json_document
 
@@ -43,10 +44,13 @@ class Finding:
 
 
 def check_upstream_auth(s: Settings) -> Iterator[Finding]:
-    """One finding per server with ``upstream_auth``."""
+    """One finding per server (and backend) with ``upstream_auth``."""
     token = os.environ.get(SUBJECT_TOKEN_ENV, "").strip()
-    for server in s.servers:
-        cfg, name = server.upstream_auth, f"upstream_auth {server.name}"
+    configured = [(srv.name, srv.upstream_auth) for srv in s.servers] + [
+        (target(srv.name, b.name), b.upstream_auth) for srv in s.servers for b in srv.backends or []
+    ]
+    for upstream, cfg in configured:
+        name = f"upstream_auth {upstream}"
         if cfg is None:
             continue
         try:
@@ -59,7 +63,7 @@ def check_upstream_auth(s: Settings) -> Iterator[Finding]:
             elif isinstance(cfg, TokenExchange):
                 issuers = [cfg.issuer] if cfg.issuer else [i.issuer for i in (s.auth.issuers if s.auth else [])]
                 for issuer in issuers:
-                    yield asyncio.run(_probe_exchange(server.name, cfg, issuer, token))
+                    yield asyncio.run(_probe_exchange(upstream, cfg, issuer, token))
         except (OSError, ValueError) as e:
             yield Finding(name, "fail", f"{type(e).__name__}: {e}", "fix the file named (mounted Secret, mode)")
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from gateway_parts import recording_key
 
-from extproc.audit.web import LOGIN_COOKIE, MAX_NEXT, MAX_PENDING_LOGINS, SESSION_COOKIE
+from extproc.audit.web import LOGIN_COOKIE, MAX_NEXT, SESSION_COOKIE
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.demo.mcp_client import run_session
 from extproc.launcher import Stack, free_port, http_ok, wait_until
@@ -142,7 +142,7 @@ def _finish_login(http: httpx.Client, started: httpx.Response, username: str, gr
     issuer_url = started.headers["location"].split("?", 1)[0]
     back = httpx.post(issuer_url, data=form, timeout=10)
     assert back.status_code == 302, back.text
-    return http.get(back.headers["location"], headers=_cookie(LOGIN_COOKIE, params["state"]))
+    return http.get(back.headers["location"], headers=_cookie(LOGIN_COOKIE, started.cookies[LOGIN_COOKIE]))
 
 
 def test_a_login_flood_stays_bounded_and_a_real_login_still_completes(svc: Service) -> None:
@@ -156,18 +156,24 @@ def test_a_login_flood_stays_bounded_and_a_real_login_still_completes(svc: Servi
             assert r.status_code == 400 and "next" in r.json()["error"]["message"], (bad[:30], r.text[:200])
             assert LOGIN_COOKIE not in r.cookies
 
-        first = _start_login(http, base, "/audit/?user=bob")  # started, never finished: must be evicted
+        first = _start_login(http, base, "/audit/?user=bob")
         rss_before = _rss_kb(pid)
         longest = "/audit/?q=" + "x" * (MAX_NEXT - len("/audit/?q="))
-        for _ in range(MAX_PENDING_LOGINS + 200):
+        flood = 1224
+        for _ in range(flood):
             assert _start_login(http, base, longest).status_code == 302
         rss_after = _rss_kb(pid)
-        print(f"\naudit service RSS {rss_before} kB -> {rss_after} kB after {MAX_PENDING_LOGINS + 200} logins")
+        print(f"\naudit service RSS {rss_before} kB -> {rss_after} kB after {flood} logins")
+        assert rss_after - rss_before < 4096  # a started login is sealed into its cookie: nothing held per caller
 
-        # The flood pushed the first login out (the oldest goes first): the count is bounded.
-        evicted = _finish_login(http, first, "alice", "team-a")
-        assert evicted.status_code == 400 and "start again" in evicted.json()["error"]["message"]
-        assert SESSION_COOKIE not in evicted.cookies
+        # So the flood pushed nothing out: the first login still completes.
+        assert _finish_login(http, first, "alice", "team-a").status_code == 303
+        # A started login's cookie from another browser (another state) is refused.
+        other = _start_login(http, base, "/audit/")
+        params = dict(parse_qsl(urlsplit(other.headers["location"]).query))
+        r = http.get(f"{base}/callback", params={"state": params["state"], "code": "x"},
+                     headers=_cookie(LOGIN_COOKIE, first.cookies[LOGIN_COOKIE]))  # fmt: skip
+        assert r.status_code == 400 and "start again" in r.json()["error"]["message"]
 
         # A real login after the flood completes, lands on its `next`, and works.
         done = _finish_login(http, _start_login(http, base, "/audit/?state=open"), "alice", "team-a")
@@ -287,3 +293,10 @@ def test_the_page_keeps_its_own_policy(svc: Service) -> None:
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert r.headers["x-content-type-options"] == "nosniff"
     assert r.headers["content-security-policy"].startswith("default-src 'self'")
+
+
+def test_the_bundle_verify_page_is_served_and_may_call_nothing(svc: Service) -> None:
+    r = httpx.get(f"{svc.base}/static/verify.html", timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert "connect-src 'none'" in r.text and 'src="verify.js"' in r.text  # the page's own policy: no request

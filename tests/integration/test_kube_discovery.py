@@ -9,10 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_parts import ACCEPT, open_session
+from gateway_parts import ACCEPT, ALLOW_ALL, open_session
 from kube_api import FakeKubeApi
 
-from extproc.launcher import wait_until
+from extproc.launcher import free_port, wait_until
 
 LIST = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
 
@@ -138,3 +138,37 @@ def test_subject_access_review_gates_calls_and_fails_closed(
     assert (True, "allowed") in outcomes and (False, "unavailable") in outcomes
     allowed = next(d for d in gated if d["allowed"])
     assert allowed["kubernetes"]["reason"] == 'RBAC: allowed by RoleBinding "mcp-users/team-a"'
+
+
+def test_two_workers_share_the_launchers_one_watch_and_follow_readiness(
+    start_mcp_server, start_gateway, issuer, kube_api: FakeKubeApi, tmp_path: Path
+) -> None:
+    server = start_mcp_server("tickets")
+    kube_api.put_service("team-a", "tickets", server.port, {"mcp-extproc.io/server": "tickets"})
+    secret = tmp_path / "session-secret"
+    secret.write_text("s" * 64)
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "policy.yaml").write_text(ALLOW_ALL)
+    port = free_port()
+    auth = {
+        "public_url": f"http://127.0.0.1:{port}",
+        "issuers": [{"issuer": issuer.url}],
+        "session_secret_file": str(secret),
+    }
+    gw = start_gateway(
+        [], listen={"port": port}, auth=auth, policy={"directory": str(policies), "reload_interval_ms": 200},
+        server_entries=[], discovery=discovery(kube_api, tmp_path), processor={"workers": 2},
+    )  # fmt: skip
+    token = issuer.mint("alice", aud=gw.endpoint, groups=("team-a",))
+    url = gw.url("tickets")
+    # Both workers route it (Envoy spreads the requests over them), from one watch: the API server saw one list
+    # per resource (the launcher's), none per worker.
+    wait_until(lambda: all(_status(url, token) == 200 for _ in range(6)), 10, "every worker routes it")
+    lists = sorted(r.split("?")[0] for r in kube_api.requests if "watch=" not in r.lower())
+    assert lists == ["/api/v1/namespaces/team-a/services", "/apis/discovery.k8s.io/v1/namespaces/team-a/endpointslices"]
+    # Every pod behind the Service turns unready: no worker routes it any more; one ready pod brings it back.
+    kube_api.set_endpoints("team-a", "tickets", [("10.0.0.1", False)])
+    wait_until(lambda: all(_status(url, token) == 404 for _ in range(6)), 10, "withdrawn in every worker")
+    kube_api.set_endpoints("team-a", "tickets", [("10.0.0.1", True)])
+    wait_until(lambda: all(_status(url, token) == 200 for _ in range(6)), 10, "back in every worker")

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from gateway_parts import open_session
 
 from extproc.launcher import wait_until
-from extproc.policy import grants
+from extproc.policy.grant_files import LOG_NAME, create, revoke
 from extproc.recording.manifest import generate_keys
 
 BASICS_ONLY = """
@@ -56,17 +56,17 @@ def test_grant_opens_and_closes_access_on_its_own(start_mcp_server, start_authed
         httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=init, timeout=10).status_code == 403
     )
 
-    g, _ = grants.create(directory, key, user="bob", server="prod", tools=["echo"], seconds=4, reason="INC-123",
+    g, _ = create(directory, key, user="bob", server="prod", tools=["echo"], seconds=4, reason="INC-123",
                          approved_by="alice", now=time.time())  # fmt: skip
     headers = open_session(url, bob)  # the grant covers what a session needs
     assert _echo(url, headers).status_code == 200
     wait_until(lambda: _echo(url, headers).status_code == 403, 8, "grant expiry closes the open session's calls")
     assert time.time() >= g.until
 
-    g2, _ = grants.create(directory, key, user="bob", server="prod", tools=["echo"], seconds=3600, reason="INC-124",
+    g2, _ = create(directory, key, user="bob", server="prod", tools=["echo"], seconds=3600, reason="INC-124",
                           approved_by="alice", now=time.time())  # fmt: skip
     assert _echo(url, headers).status_code == 200
-    grants.revoke(directory, key, g2.id, "alice", "done", time.time())
+    revoke(directory, key, g2.id, "alice", "done", time.time())
     assert _echo(url, headers).status_code == 403  # at once: the very next call
     gw.stop()
 
@@ -95,14 +95,14 @@ def test_deleting_or_editing_files_never_widens_access(start_mcp_server, start_a
     )
     url = gw.url("prod")
     bob = issuer.mint("bob", aud=gw.endpoint, groups=("eng",))
-    g, _ = grants.create(directory, key, user="bob", server="prod", tools=["echo"], seconds=3600, reason="INC-1",
+    g, _ = create(directory, key, user="bob", server="prod", tools=["echo"], seconds=3600, reason="INC-1",
                          approved_by="alice", now=time.time())  # fmt: skip
     headers = open_session(url, bob)
     assert _echo(url, headers).status_code == 200
-    grants.revoke(directory, key, g.id, "alice", "done", time.time())
+    revoke(directory, key, g.id, "alice", "done", time.time())
     refused = _echo(url, headers)
     assert refused.status_code == 403 and refused.headers.get("x-request-id")  # a refusal names its request
-    log_path = directory / grants.LOG_NAME
+    log_path = directory / LOG_NAME
     signed = log_path.read_text()
     log_path.write_text(signed.replace('"seq": 1', '"seq": 2'))  # edited: the signature no longer matches
     assert _echo(url, headers).status_code == 403
@@ -110,7 +110,7 @@ def test_deleting_or_editing_files_never_widens_access(start_mcp_server, start_a
     assert _echo(url, headers).status_code == 403
     log_path.write_text(signed)  # the genuine log back: still revoked
 
-    _, path = grants.create(directory, key, user="bob", server="prod", tools=["echo"], seconds=3600, reason="INC-2",
+    _, path = create(directory, key, user="bob", server="prod", tools=["echo"], seconds=3600, reason="INC-2",
                             approved_by="alice", now=time.time())  # fmt: skip
     assert _echo(url, headers).status_code == 200
     mtime = directory.stat().st_mtime_ns

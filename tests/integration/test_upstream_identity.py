@@ -356,3 +356,38 @@ async def test_id_jag_the_server_sees_alice_through_its_own_authorization_server
         gw.stop()
         kinds = {(e["kind"], tuple(e["delegation"])) for e in _events(gw, "upstream.credential")}
         assert kinds == {("id_jag", ("alice", "gw-at-as"))}
+
+
+async def test_each_backend_gets_a_token_for_itself_alone(start_mcp_server, start_authed, idp) -> None:
+    """Identity-scoped backends that are separate deployments: alice (team-a) reaches backend a with a token whose
+    audience is a's, bob (team-b) reaches b with b's; a backend without its own upstream_auth uses the server's."""
+    issuer, secret = idp
+    issuer.token_exchange.add_target("api-a", scopes=("repo:read",), ttl=300)
+    issuer.token_exchange.add_target("api-b", scopes=("repo:read",), ttl=300)
+    verify = ["--verify-jwks", f"{issuer.url}/jwks", "--verify-issuer", issuer.url, "--verify-audience"]
+    a = start_mcp_server("a", False, *verify, "api-a")
+    b = start_mcp_server("b", False, *verify, "api-b")
+    c = start_mcp_server("c", False, *verify, API)
+    backends = [
+        {"name": "a", "upstream": a.upstream, "subjects": {"groups": ["team-a"]},
+         "upstream_auth": _exchange_cfg(secret, audience="api-a")},
+        {"name": "b", "upstream": b.upstream, "subjects": {"groups": ["team-b"]},
+         "upstream_auth": _exchange_cfg(secret, audience="api-b")},
+        {"name": "c", "upstream": c.upstream, "subjects": {"groups": ["team-c"]}},
+    ]  # fmt: skip
+    entry = {"name": "team", "backends": backends, "upstream_auth": _exchange_cfg(secret)}
+    gw = start_authed([a, b, c], gateway={"server_entries": [entry]})
+    seen = {}
+    for user, group in (("alice", "team-a"), ("bob", "team-b"), ("carol", "team-c")):
+        token = issuer.mint(user, aud=gw.endpoint, groups=(group,))
+        async with connect(gw.url("team"), token=token, mode="legacy") as conn:
+            seen[user] = (await conn.client.call_tool("whoami", {})).structured_content["verified"]
+
+    assert (seen["alice"]["sub"], seen["alice"]["aud"]) == ("alice", "api-a")
+    assert (seen["bob"]["sub"], seen["bob"]["aud"]) == ("bob", "api-b")
+    assert (seen["carol"]["sub"], seen["carol"]["aud"]) == ("carol", API)  # the server's own upstream_auth
+    auds = {jwt.decode(_bearer(r), options={"verify_signature": False})["aud"] for r in a.seen()}
+    assert auds == {"api-a"}  # b's token never reached a (nor the other way round: b verifies its audience)
+    gw.stop()
+    creds = _events(gw, "upstream.credential")
+    assert {c["server"] for c in creds} == {"team/a", "team/b", "team"}  # recorded under the backend that used it

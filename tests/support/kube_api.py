@@ -1,7 +1,9 @@
 """A loopback stand-in for the Kubernetes API server, for the official client (no real API server can be had here).
 
-Responses are shaped like the API's documented objects: ServiceList / Service (core/v1) for list and watch (with
-resourceVersion, BOOKMARK events, and a 410 Gone ERROR event when asked to resume from a compacted version),
+Responses are shaped like the API's documented objects: ServiceList / Service (core/v1) and EndpointSliceList /
+EndpointSlice (discovery.k8s.io/v1, as the EndpointSlice controller writes them: the Service's labels copied,
+``kubernetes.io/service-name``, endpoint ``conditions``) for list and watch (with resourceVersion, BOOKMARK events,
+and a 410 Gone ERROR event when asked to resume from a compacted version),
 SubjectAccessReview (authorization.k8s.io/v1) create, and Status objects for errors. Start/stop it to play an API
 server that goes away and comes back on the same port.
 """
@@ -51,7 +53,8 @@ class FakeKubeApi:
         self.port = port
         self.rv = 100
         self.services: dict[tuple[str, str], dict[str, Any]] = {}
-        self.events: list[tuple[int, str, dict[str, Any]]] = []
+        self.slices: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, slice name)
+        self.events: list[tuple[int, str, dict[str, Any]]] = []  # the object's "kind" tells which resource
         self.compacted = 0  # events at or below this resourceVersion are gone: resuming from them is 410
         self.sar: SarAnswer = lambda spec: {"allowed": False, "reason": "no RBAC policy matched"}
         self.reviews: list[dict[str, Any]] = []
@@ -120,7 +123,10 @@ class FakeKubeApi:
         labels: dict[str, str] | None = None,
         annotations: dict[str, str] | None = None,
         cluster_ip: str = "127.0.0.1",
+        ready: bool | None = True,
     ) -> None:
+        """A Service; with ``ready`` (not None) also its EndpointSlice, one pod in that readiness (as the
+        controller keeps it for a Service with a selector)."""
         with self._cond:
             self.rv += 1
             key = (namespace, name)
@@ -153,13 +159,60 @@ class FakeKubeApi:
             self.services[key] = svc
             self.events.append((self.rv, kind, svc))
             self._cond.notify_all()
+        if ready is not None:
+            self.set_endpoints(namespace, name, [("10.0.0.1", ready)])
+
+    def set_endpoints(self, namespace: str, name: str, endpoints: list[tuple[str, bool | None]]) -> None:
+        """The Service's EndpointSlice (``<name>-abcde``): these pod addresses and their ``ready`` conditions
+        (None: the condition left out, which consumers read as ready); an empty list keeps the slice, no endpoints."""
+        with self._cond:
+            svc = self.services[(namespace, name)]
+            self.rv += 1
+            key = (namespace, f"{name}-abcde")
+            kind = "MODIFIED" if key in self.slices else "ADDED"
+            port = svc["spec"]["ports"][0]
+            labels = {
+                **svc["metadata"]["labels"],
+                "kubernetes.io/service-name": name,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+            }
+            items = []
+            for n, (ip, ready) in enumerate(endpoints):
+                conditions: dict[str, Any] = {"serving": bool(ready), "terminating": False}
+                if ready is not None:
+                    conditions["ready"] = ready
+                items.append({
+                    "addresses": [ip], "conditions": conditions, "nodeName": "node-1",
+                    "targetRef": {"kind": "Pod", "namespace": namespace, "name": f"{name}-{n}", "uid": f"pod-{n}"},
+                })  # fmt: skip
+            self.slices[key] = {
+                "kind": "EndpointSlice",
+                "apiVersion": "discovery.k8s.io/v1",
+                "metadata": {
+                    "name": key[1], "generateName": f"{name}-", "namespace": namespace,
+                    "uid": f"uid-slice-{namespace}-{name}", "resourceVersion": str(self.rv),
+                    "creationTimestamp": "2026-12-01T00:00:00Z", "labels": labels,
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name,
+                                         "uid": svc["metadata"]["uid"], "controller": True,
+                                         "blockOwnerDeletion": True}],
+                },
+                "addressType": "IPv4",
+                "endpoints": items or None,
+                "ports": [{"name": port["name"], "protocol": "TCP", "port": port["targetPort"]}],
+            }  # fmt: skip
+            self.events.append((self.rv, kind, self.slices[key]))
+            self._cond.notify_all()
 
     def delete_service(self, namespace: str, name: str) -> None:
+        """The Service, and its EndpointSlice (garbage-collected through its owner reference)."""
         with self._cond:
-            svc = self.services.pop((namespace, name))
-            self.rv += 1
-            gone = {**svc, "metadata": {**svc["metadata"], "resourceVersion": str(self.rv)}}
-            self.events.append((self.rv, "DELETED", gone))
+            for store, key in ((self.slices, (namespace, f"{name}-abcde")), (self.services, (namespace, name))):
+                obj = store.pop(key, None)
+                if obj is None:
+                    continue
+                self.rv += 1
+                gone = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.rv)}}
+                self.events.append((self.rv, "DELETED", gone))
             self._cond.notify_all()
 
     def compact(self) -> None:
@@ -170,10 +223,11 @@ class FakeKubeApi:
 
     # --- what the handler serves -----------------------------------------------------------------------------
 
-    def matching(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+    def matching(self, kind: str, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        objects = self.services if kind == "Service" else self.slices
         return [
             s
-            for (ns, _), s in sorted(self.services.items())
+            for (ns, _), s in sorted(objects.items())
             if (namespace is None or ns == namespace) and _selects(selector, s["metadata"]["labels"])
         ]
 
@@ -228,31 +282,36 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         parts = url.path.strip("/").split("/")
-        if parts == ["api", "v1", "services"]:
+        group = {("api", "v1"): ("Service", "v1", "services"),
+                 ("apis", "discovery.k8s.io"): ("EndpointSlice", "discovery.k8s.io/v1", "endpointslices")}  # fmt: skip
+        prefix = parts[:3] if parts[:1] == ["apis"] else parts[:2]
+        kind, api_version, plural = group.get((parts[0], parts[1]) if len(parts) > 1 else ("", ""), ("", "", ""))
+        rest = parts[len(prefix) :]
+        if kind and prefix[-1] == "v1" and rest == [plural]:
             namespace = None
-        elif len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "services":
-            namespace = parts[3]
+        elif kind and prefix[-1] == "v1" and len(rest) == 3 and rest[0] == "namespaces" and rest[2] == plural:
+            namespace = rest[1]
         else:
             self._json(404, status(404, "NotFound", "the server could not find the requested resource"))
             return
         selector = q.get("labelSelector", "")
         if q.get("watch", "").lower() in ("true", "1"):
-            self._watch(namespace, selector, int(q.get("resourceVersion") or 0), q)
+            self._watch(kind, namespace, selector, int(q.get("resourceVersion") or 0), q)
             return
         with self.fake._cond:
             items = [
                 {k: v for k, v in s.items() if k not in ("kind", "apiVersion")}
-                for s in self.fake.matching(namespace, selector)
+                for s in self.fake.matching(kind, namespace, selector)
             ]
             doc = {
-                "kind": "ServiceList",
-                "apiVersion": "v1",
+                "kind": f"{kind}List",
+                "apiVersion": api_version,
                 "metadata": {"resourceVersion": str(self.fake.rv)},
                 "items": items,
             }
         self._json(200, doc)
 
-    def _watch(self, namespace: str | None, selector: str, since: int, q: dict[str, str]) -> None:
+    def _watch(self, kind: str, namespace: str | None, selector: str, since: int, q: dict[str, str]) -> None:
         fake = self.fake
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -279,14 +338,17 @@ class _Handler(BaseHTTPRequestHandler):
                     current = fake.rv  # examined up to here, atomically with ``fresh``
                     if not fresh:
                         fake._cond.wait(0.1)
-                for rv, kind, obj in fresh:
+                for rv, change, obj in fresh:
                     sent = rv
                     ns = obj["metadata"]["namespace"]
+                    if obj["kind"] != kind:
+                        continue
                     if (namespace is None or ns == namespace) and _selects(selector, obj["metadata"]["labels"]):
-                        send({"type": kind, "object": obj})
+                        send({"type": change, "object": obj})
                 if not fresh and bookmarks and time.monotonic() - last_bookmark > fake.bookmark_interval:
                     sent = max(sent, current)
-                    mark = {"kind": "Service", "apiVersion": "v1", "metadata": {"resourceVersion": str(sent)}}
+                    version = "v1" if kind == "Service" else "discovery.k8s.io/v1"
+                    mark = {"kind": kind, "apiVersion": version, "metadata": {"resourceVersion": str(sent)}}
                     send({"type": "BOOKMARK", "object": mark})
                     last_bookmark = time.monotonic()
             if fake._closing:

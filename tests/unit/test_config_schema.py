@@ -136,7 +136,7 @@ def test_every_relative_path_of_every_section_resolves_against_the_config_folder
                 "policy": {"directory": "pol"},
                 "grants": {"directory": "grants"},
                 "recording": {"directory": "rec", "spool_directory": "spool", "signing_key": "keys/signing.key"},
-                "audit": {"client_secret_file": "secret", "index": "idx.sqlite"},
+                "audit": {"client_secret_file": "secret", "index": "idx.sqlite", "login_keys_file": "login-keys"},
             }
         )
     )
@@ -152,7 +152,29 @@ def test_every_relative_path_of_every_section_resolves_against_the_config_folder
         "recording.spool_directory": s.recording.spool_directory,
         "recording.signing_key": s.recording.signing_key,
         "audit.client_secret_file": s.audit.client_secret_file,
-        "audit.index": s.audit.index,
+        "audit.index": Path(s.audit.index) if s.audit.index else None,  # a file path, or a postgresql:// URL
+        "audit.login_keys_file": s.audit.login_keys_file,
     }
     wrong = {k: v for k, v in paths.items() if v is None or v.parent not in (folder, folder / "keys")}
     assert wrong == {}
+
+
+@pytest.mark.parametrize(
+    ("index", "error"),
+    [
+        ("postgresql://audit@db.internal/audit", None),
+        ("postgres://audit@db.internal:5433/audit?sslmode=verify-full", None),
+        ("postgresql://audit:hunter2@db.internal/audit", "PGPASSFILE"),
+        ("mysql://db/audit", "SQLite file path or a postgresql:// URL"),
+    ],
+)
+def test_the_audit_index_is_a_file_or_a_postgresql_url_without_a_password(index: str, error: str | None) -> None:
+    from pydantic import ValidationError
+
+    from extproc.audit.config import Audit
+
+    if error is None:
+        assert Audit(index=index).resolved(Path("/etc/gw")).index == index  # a URL is not a path to resolve
+    else:
+        with pytest.raises(ValidationError, match=error):
+            Audit(index=index)

@@ -260,7 +260,21 @@ def _image_commands() -> set[str]:
     """Executables the image provides: the package's console scripts, the COPYed scripts, Python and coreutils."""
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     copied = {PurePosixPath(dest).name for _, dest in _copies() if dest.startswith("/usr/local/bin/")}
-    return set(scripts) | copied | {"python", "sleep"}
+    bridge = {"mcp-proxy"} if _mcp_proxy_pin() else set()  # in its own virtualenv, on the PATH
+    return set(scripts) | copied | bridge | {"python", "sleep"}
+
+
+def _mcp_proxy_pin() -> str | None:
+    line = next((ln for ln in _dockerfile() if "pip install mcp-proxy==" in ln), None)
+    return line.split("mcp-proxy==", 1)[1].split()[0] if line else None
+
+
+def test_the_image_bridges_stdio_servers_with_the_pinned_mcp_proxy() -> None:
+    from extproc.stdio import MCP_PROXY_VERSION
+
+    assert _mcp_proxy_pin() == MCP_PROXY_VERSION
+    assert any(ln.startswith("ENV PATH=") and "/opt/mcp-proxy/bin" in ln for ln in _dockerfile())
+    assert f"mcp-proxy=={MCP_PROXY_VERSION}" in (ROOT / "Makefile").read_text()
 
 
 def test_dockerfile_default_command_serves_the_mounted_config() -> None:
@@ -434,7 +448,7 @@ def _compose_mounts(service: dict[str, Any]) -> dict[str, str]:
     return {_interpolate(v).split(":")[1]: _interpolate(v).split(":")[0] for v in service.get("volumes", [])}
 
 
-GATEWAY_SERVICES = {"processor", "envoy", "keys", "dev-issuer", "demo-mcp", "client", "minio-bucket"}
+GATEWAY_SERVICES = {"processor", "envoy", "keys", "dev-issuer", "demo-mcp", "stdio-mcp", "client", "minio-bucket"}
 
 
 def test_compose_references_files_that_exist() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.timespec import parse_time
+from extproc.timespec import parse_duration, parse_time
 
 NOW = 1_800_000_000.0
 
@@ -33,3 +33,14 @@ def test_accepted_forms(text: str, expected: float) -> None:
 def test_refused_forms_name_what_is_accepted(text: str) -> None:
     with pytest.raises(ValueError, match="24h"):
         parse_time(text, now=NOW)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90.0), ("15m", 900.0), ("2h", 7200.0), ("1d", 86400.0)])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0s", "", "2", "2w", "-1h", "1e9999d", "9" * 400 + "d"])
+def test_refused_durations_name_the_form(text: str) -> None:
+    with pytest.raises(ValueError, match="s, m, h or d"):
+        parse_duration(text)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 from synthetic import session_segments
 
 from extproc.audit.index import BadQuery, Filters, Grant, SessionIndex, decode_cursor
+from extproc.audit.index_db import SQLiteBackend
 from extproc.recording.store.file import FileStore
 
 
@@ -16,9 +18,13 @@ async def _put(store: FileStore, key: str, **kw: object) -> None:
         await store.put_segment(seg)
 
 
+def _sqlite(index: SessionIndex) -> sqlite3.Connection:
+    assert isinstance(index.backend, SQLiteBackend)
+    return index.backend.db
+
+
 def _dump(index: SessionIndex) -> list[tuple]:
-    with index._lock:
-        return index._db.execute("SELECT * FROM sessions ORDER BY key").fetchall()
+    return index.dump()
 
 
 async def test_incremental_updates_equal_a_fresh_reindex(tmp_path: Path) -> None:
@@ -99,12 +105,9 @@ async def test_denied_counts_and_an_index_from_before_them_is_migrated(tmp_path:
     # An index written before the denied column: its rows were current (their marks say so) and stay listed.
     old = SessionIndex(tmp_path / "new.sqlite", store)
     old.refresh()
-    with old._lock:
-        rows = old._db.execute("SELECT key, id, server, owner_issuer, owner_subject, user, started, ended, state, "
-                               "verified, final, exchanges, events, tools, mark FROM sessions").fetchall()  # fmt: skip
+    rows = _sqlite(old).execute("SELECT key, id, server, owner_issuer, owner_subject, user, started, ended, state, "
+                                "verified, final, exchanges, events, tools, mark FROM sessions").fetchall()  # fmt: skip
     old.close()
-    import sqlite3
-
     db = sqlite3.connect(tmp_path / "old.sqlite")
     db.executescript(_V0_SCHEMA)
     db.executemany(f"INSERT INTO sessions VALUES ({','.join('?' * 15)})", rows)
@@ -132,10 +135,10 @@ async def test_an_idle_index_does_not_write(tmp_path: Path) -> None:
     index = SessionIndex(tmp_path / "idx.sqlite", store)
     assert index.refresh() == 1
     wal = tmp_path / "idx.sqlite-wal"
-    changes, size = index._db.total_changes, wal.stat().st_size
+    changes, size = _sqlite(index).total_changes, wal.stat().st_size
     for _ in range(50):  # fifty idle rounds: at the default interval, most of a minute of an idle service
         assert index.refresh() == 0
-    assert index._db.total_changes == changes and wal.stat().st_size == size
+    assert _sqlite(index).total_changes == changes and wal.stat().st_size == size
     await _put(store, "s2", server="alpha", user="carol", started=200.0)
     assert index.refresh() == 1 and index.count() == 2  # a change is still seen, and written
     index.close()

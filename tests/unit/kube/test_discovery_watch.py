@@ -10,6 +10,7 @@ from kube_api import FakeKubeApi
 
 from extproc.kube.config import KubernetesDiscovery
 from extproc.kube.discovery import KubeDiscovery
+from extproc.kube.snapshot import SharedDiscovery, write_snapshot
 from extproc.launcher import wait_until
 
 LABEL = {"mcp-extproc.io/server": "tickets"}
@@ -71,7 +72,7 @@ def test_watch_resumes_from_bookmarks_and_relists_after_410(api: FakeKubeApi, tm
             10,
             "resume",
         )
-        assert d.lists == 1  # resumed by resourceVersion, never re-listed
+        assert d.lists == 2  # Services and EndpointSlices listed once each, then resumed by resourceVersion
         api.stop()  # the API server goes away ...
         api.put_service("ns", "tickets2", 8001, {"mcp-extproc.io/server": "fresh"})
         api.compact()  # ... and its history is compacted meanwhile
@@ -79,7 +80,7 @@ def test_watch_resumes_from_bookmarks_and_relists_after_410(api: FakeKubeApi, tm
         assert _upstreams(d, "tickets") == ["127.0.0.1:8000"]  # last known set kept
         api.start()
         wait_until(lambda: "fresh" in d.routes, 10, "re-listed after 410 Gone")
-        assert d.lists == 2 and d.connected
+        assert d.lists == 4 and d.connected  # both re-listed
     finally:
         d.close()
 
@@ -108,3 +109,63 @@ def test_all_namespaces_and_headless(api: FakeKubeApi, tmp_path: Path) -> None:
         assert any(r.startswith("/api/v1/services?") for r in api.requests)
     finally:
         d.close()
+
+
+def test_a_service_whose_pods_are_all_unready_stops_receiving_traffic(api: FakeKubeApi, tmp_path: Path) -> None:
+    api.put_service("team-a", "tickets", 8000, LABEL, {"mcp-extproc.io/groups": "team-a"})
+    api.put_service("team-b", "tickets", 8002, LABEL)
+    api.put_service("team-b", "starting", 8003, {"mcp-extproc.io/server": "starting"}, ready=False)
+    api.put_service("team-b", "no-slice", 8004, {"mcp-extproc.io/server": "no-slice"}, ready=None)
+    d = _discovery(api, tmp_path, namespaces=["team-a", "team-b"])
+    try:
+        assert set(d.routes) == {"tickets"}  # no ready endpoint (or no EndpointSlice at all): not routed
+        assert d.unready == {("team-b", "starting"), ("team-b", "no-slice")}
+        assert [b.name for b in d.routes["tickets"].backends] == ["team-a/tickets", "team-b/tickets"]
+        # Every pod of team-a's Service turns unready (one terminating, one failing its probe): its traffic goes
+        # to the other backend of the same name; a pod ready again brings it back.
+        api.set_endpoints("team-a", "tickets", [("10.0.0.1", False), ("10.0.0.2", False)])
+        wait_until(lambda: _upstreams(d, "tickets") == ["127.0.0.1:8002"], 5, "team-a withdrawn")
+        api.set_endpoints("team-a", "tickets", [("10.0.0.1", False), ("10.0.0.2", True)])
+        wait_until(lambda: len(_upstreams(d, "tickets")) == 2, 5, "team-a back")
+        api.set_endpoints("team-b", "starting", [("10.0.0.3", None)])  # no ready condition: read as ready
+        wait_until(lambda: "starting" in d.routes, 5, "ready without a condition")
+        api.set_endpoints("team-b", "starting", [])  # scaled to zero
+        wait_until(lambda: "starting" not in d.routes, 5, "scaled to zero")
+        api.delete_service("team-a", "tickets")
+        api.delete_service("team-b", "tickets")
+        wait_until(lambda: "tickets" not in d.routes, 5, "deleted with its slice")
+    finally:
+        d.close()
+
+
+def test_one_watch_per_pod_handed_to_its_workers(api: FakeKubeApi, tmp_path: Path) -> None:
+    for i in range(50):
+        api.put_service("ns", f"svc-{i:02d}", 8000 + i, {"mcp-extproc.io/server": f"s{i:02d}"})
+    snapshot = tmp_path / "discovery.json"
+    cfg = KubernetesDiscovery(
+        kubeconfig=api.kubeconfig(tmp_path / "kubeconfig"), watch_timeout_s=2, retry_s=0.1, request_timeout_s=2,
+        namespaces=["ns"],
+    )  # fmt: skip
+    launcher = KubeDiscovery(cfg, reserved=set(), on_change=lambda entries: write_snapshot(snapshot, entries))
+    workers = [SharedDiscovery(snapshot, reserved={"s00"}, poll_s=0.02) for _ in range(4)]
+    launcher.start()
+    try:
+        assert launcher.synced.wait(10)
+        for w in workers:
+            w.start()
+        wait_until(lambda: all(len(w.routes) == 49 for w in workers), 5, "every worker has the set")  # s00 static
+        api.set_endpoints("ns", "svc-07", [("10.0.0.7", False)])
+        api.put_service("ns", "late", 9000, {"mcp-extproc.io/server": "late"})
+        wait_until(lambda: all("late" in w.routes and "s07" not in w.routes for w in workers), 5, "a change")
+        assert workers[0].routes["s01"].backends[0].upstream == "127.0.0.1:8001"
+        # The API server saw one list and one watch per resource: not one per worker.
+        lists = [r for r in api.requests if "watch=" not in r.lower()]
+        assert sorted(r.split("?")[0] for r in lists) == [
+            "/api/v1/namespaces/ns/services", "/apis/discovery.k8s.io/v1/namespaces/ns/endpointslices",
+        ]  # fmt: skip
+        snapshot.write_text("not json")  # a broken snapshot keeps the last good set
+        assert not workers[0].check() and "late" in workers[0].routes
+    finally:
+        launcher.close()
+        for w in workers:
+            w.close()

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from extproc.authn.principal import Principal
 from extproc.cli import app
 from extproc.mcp.jsonrpc import McpCall
-from extproc.policy import grants
+from extproc.policy import grant_files, grants, signed
 from extproc.policy.engine import decide, filter_list
 from extproc.policy.facts import Facts
 from extproc.policy.loader import load_policy
@@ -31,9 +31,9 @@ rules:
 """
 
 
-def _grant(tmp_path: Path, **kw: object) -> tuple[grants.GrantFile, Path]:
+def _grant(tmp_path: Path, **kw: object) -> tuple[grant_files.GrantFile, Path]:
     args: dict = dict(user="bob", server="prod", tools=["query_*"], seconds=3600, reason="INC-123", approved_by="alice")
-    return grants.create(tmp_path / "grants", KEY, now=NOW, **{**args, **kw})
+    return grant_files.create(tmp_path / "grants", KEY, now=NOW, **{**args, **kw})
 
 
 def _store(tmp_path: Path) -> grants.GrantStore:
@@ -80,7 +80,7 @@ async def test_revocation_stops_a_grant_at_the_next_request(tmp_path: Path) -> N
     store = _store(tmp_path)
     g, _ = _grant(tmp_path)
     assert len(await store.active(NOW + 1)) == 1
-    grants.revoke(tmp_path / "grants", KEY, g.id, "carol", "done", NOW + 2)
+    grant_files.revoke(tmp_path / "grants", KEY, g.id, "carol", "done", NOW + 2)
     assert await store.active(NOW + 3) == ()
     assert store.loaded.revoked == {g.id}
 
@@ -103,7 +103,7 @@ async def test_hand_made_or_edited_grants_are_refused(tmp_path: Path, tamper, pr
 
 async def test_a_grant_signed_by_another_key_is_refused(tmp_path: Path) -> None:
     other = Ed25519PrivateKey.generate()
-    grants.create(tmp_path / "grants", other, user="bob", server="prod", tools=["*"], seconds=60, reason="x",
+    grant_files.create(tmp_path / "grants", other, user="bob", server="prod", tools=["*"], seconds=60, reason="x",
                   approved_by="alice", now=NOW)  # fmt: skip
     store = _store(tmp_path)
     assert await store.active(NOW + 1) == () and "signature does not match" in store.loaded.problems[0]
@@ -174,14 +174,14 @@ def test_cli_create_list_revoke(tmp_path: Path) -> None:
 
 def _legacy_revoke(tmp_path: Path, grant_id: str) -> Path:
     """A revocation as the previous release wrote it: one signed ``*.revoked.json`` file."""
-    r = grants.Revocation(v=1, revokes=grant_id, at=NOW + 2, by="carol", reason="done")
+    r = grant_files.Revocation(v=1, revokes=grant_id, at=NOW + 2, by="carol", reason="done")
     path = tmp_path / "grants" / f"{grant_id}.revoked.json"
-    path.write_text(json.dumps(grants._sign(KEY, r)))
+    path.write_text(json.dumps(signed.sign(KEY, r)))
     return path
 
 
 def _log(tmp_path: Path) -> Path:
-    return tmp_path / "grants" / grants.LOG_NAME
+    return tmp_path / "grants" / grant_files.LOG_NAME
 
 
 @pytest.mark.parametrize(
@@ -198,11 +198,11 @@ async def test_undoing_the_revocation_log_never_brings_a_grant_back(tmp_path: Pa
     store = _store(tmp_path)
     g, _ = _grant(tmp_path)
     assert len(await store.active(NOW + 1)) == 1
-    grants.revoke(tmp_path / "grants", KEY, g.id, "carol", "done", NOW + 2)
+    grant_files.revoke(tmp_path / "grants", KEY, g.id, "carol", "done", NOW + 2)
     assert await store.active(NOW + 3) == ()
     undo(_log(tmp_path))
     assert await store.active(NOW + 4) == ()
-    assert g.id in store.loaded.revoked and any(grants.LOG_NAME in p for p in store.loaded.problems)
+    assert g.id in store.loaded.revoked and any(grant_files.LOG_NAME in p for p in store.loaded.problems)
     fresh = _store(tmp_path)  # a restarted processor that never saw the log: fails closed too
     assert await fresh.active(NOW + 4) == ()
 
@@ -211,7 +211,7 @@ async def test_a_rolled_back_revocation_log_is_refused(tmp_path: Path) -> None:
     store = _store(tmp_path)
     g, _ = _grant(tmp_path)
     older = _log(tmp_path).read_bytes()  # a signed copy kept from before the revocation
-    grants.revoke(tmp_path / "grants", KEY, g.id, "carol", "done", NOW + 2)
+    grant_files.revoke(tmp_path / "grants", KEY, g.id, "carol", "done", NOW + 2)
     assert await store.active(NOW + 3) == ()
     _log(tmp_path).write_bytes(older)
     assert await store.active(NOW + 4) == ()

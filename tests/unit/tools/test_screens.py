@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+
 import pytest
 
-from extproc.tools.screens import INSTRUCTION_PATTERNS, cross_server_pattern, scan, strip_invisible
+from extproc.tools.screens import (
+    INSTRUCTION_PATTERNS,
+    ByteStripper,
+    cross_server_pattern,
+    may_hold_invisible,
+    scan,
+    strip_invisible,
+    strip_invisible_bytes,
+)
 
 
 def tags(text: str) -> str:
@@ -140,3 +151,43 @@ def test_fast_path_equals_a_full_search() -> None:
         fast = [(m.start(), m.end()) for m in instructions(text)]
         full = [(m.start(), m.end()) for m in _INSTRUCTIONS.finditer(text)]
         assert fast == full, text
+
+
+# --- invisible characters out of a JSON byte stream (results) ----------------------------------------------------
+
+STREAMS = [
+    json.dumps({"t": "he\u200bllo \U000e0041\U000e0042 ok"}, ensure_ascii=False),
+    json.dumps({"t": "he\u200bllo \U000e0041\U000e0042 ok"}, ensure_ascii=True),  # escapes, a surrogate pair
+    r'{"t":"a\\u200b b\u200B c\\\u200b d\udb40\udc41e\\\\\\\\\u200b f\\\\\\\\u200b"}',  # escaped backslashes
+    json.dumps({"t": "caf\u00e9 \u202e rtl \u00ad soft \\u200b literal", "x": "\\" * 30 + "\u200b"}),
+]
+
+
+@pytest.mark.parametrize("text", STREAMS)
+def test_stripping_bytes_equals_stripping_the_parsed_document(text: str) -> None:
+    raw = text.encode()
+    stripped = strip_invisible_bytes(raw)
+    assert json.loads(stripped) == strip_invisible(json.loads(raw))
+    assert not [f for f in scan(json.loads(stripped)) if f.screen == "invisible"]
+    assert may_hold_invisible(raw)  # the byte scan never misses one (it may see one where there is none)
+
+
+@pytest.mark.parametrize("text", STREAMS)
+def test_any_chunking_strips_the_same(text: str) -> None:
+    raw = text.encode()
+    whole = strip_invisible_bytes(raw)
+    for cuts in [*itertools.combinations(range(1, len(raw)), 1), *itertools.combinations(range(1, len(raw), 3), 2)]:
+        chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+        stripper, out = ByteStripper(), b""
+        for i, chunk in enumerate(chunks):
+            released = stripper.feed(chunk, final=i == len(chunks) - 1)
+            out += chunk if released is None else released
+        assert out == whole, cuts
+
+
+def test_clean_text_passes_untouched_and_unheld() -> None:
+    stripper = ByteStripper()
+    assert (
+        stripper.feed(b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"caf\xc3\xa9"}]}}') is None
+    )
+    assert stripper.feed(b"event: message\ndata: {}\n\n") is None and stripper.stripped == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from extproc.doctor import check_recording_available
+from extproc.doctor.live import check_recording_available
 from extproc.launcher import free_port
 from extproc.metrics import Metrics
 from extproc.recording.recorder import Recorder, RecorderOptions

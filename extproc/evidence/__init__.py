@@ -1,0 +1,1 @@
+"""Evidence anyone can check: the transparency log, trusted time, the published record format."""
