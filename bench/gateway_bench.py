@@ -561,7 +561,7 @@ def upstream_process(ctx: mp.context.SpawnContext, sse_gap: float, concurrency: 
     proc = ctx.Process(target=run_upstream, args=(port, sse_gap), name="bench-upstream", daemon=True)
     proc.start()
     try:
-        wait_until(lambda: proc.is_alive() and can_connect(f"127.0.0.1:{port}"), 10, "the upstream")
+        wait_until(lambda: proc.is_alive() and can_connect(f"127.0.0.1:{port}"), 30, "the upstream")  # a busy box: slow
         assert proc.pid is not None
         yield Target(port, "/mcp", {"upstream": [proc.pid]}, anonymous_identities(concurrency))
     finally:
@@ -678,7 +678,7 @@ def run_load(
     try:
         if args.profile and profile and "processor" in target.pids:
             time.sleep(args.warmup)
-            out = RESULTS.parent / f"profile-{profile}.txt"
+            out = profile_path(args.out, profile)
             spy = subprocess.Popen(
                 [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(target.pids["processor"][0]),
                  "-d", str(int(args.seconds)), "-r", "200", "-f", "raw", "-o", str(out),
@@ -693,6 +693,25 @@ def run_load(
             spy.wait(30)
         stop_process(gen)
         receive.close()
+
+
+def profile_path(out: Path, name: str) -> Path:
+    """Where a row's py-spy profile goes: beside the JSON results (``--out``), the folder made if need be (py-spy
+    writes nothing into a folder that does not exist)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent / f"profile-{name}.txt"
+
+
+def print_profiles(out: Path, scenarios: dict[str, dict[str, Any]]) -> None:
+    """Each profiled row's samples per phase and per component, in ms per exchange (bench/profile_summary.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from profile_summary import report
+
+    for name, row in (("noop", NOOP), ("anonymous", ANONYMOUS), ("authed", AUTHED)):
+        path = profile_path(out, name)
+        if row in scenarios and path.exists():
+            print()
+            print(report(path, int(scenarios[row]["requests"])))
 
 
 def count_recorded_events(directory: Path) -> int:
@@ -1127,6 +1146,8 @@ def main(argv: list[str] | None = None) -> int:
         "note": cpu_note(info["cpu_count"]),
     }
     print_report(report)
+    if args.profile:
+        print_profiles(args.out, scenarios)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nresults written to {args.out}")

@@ -54,6 +54,7 @@ from bench.gateway_bench import (  # noqa: E402
     envoy_and_processor,
     envoy_only,
     machine_info,
+    profile_path,
     read_response,
     stop_process,
     write_authed_config,
@@ -385,7 +386,7 @@ def run_size(
                     rows[NOOP] = measure(target.port, target.path, who, expected, target.pids["processor"][0], None)
                 shutil.rmtree(config.parent / "stack")
             with envoy_and_processor(config, upstream_target, [who]) as target:
-                spy = str(ROOT / "bench" / "results" / f"profile-sse-{total // MB}mb.txt") if args.profile else None
+                spy = str(profile_path(args.out, f"sse-{total // MB}mb")) if args.profile else None
                 metrics = f"http://127.0.0.1:{metrics_port}/metrics"
                 pid = target.pids["processor"][0]
                 rows[GATEWAY] = measure(target.port, target.path, who, expected, pid, spy, metrics)

@@ -251,10 +251,9 @@ async def _serve_grpc(
     await server.start()
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("processor listening on %s", address)
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    log.info("processor listening on %s (event loop: %s)", address, type(loop).__module__.split(".")[0])
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     _settle_heap()
