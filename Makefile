@@ -79,12 +79,14 @@ bench: $(STAMP) stdio-bridge
 	$(BIN)/python bench/sse_bench.py
 	$(BIN)/python bench/upstream_bench.py
 	$(BIN)/python bench/stdio_bench.py
+	$(BIN)/python bench/evidence_bench.py
 
 # A 10 MB and a 100 MB SSE response through auth + policy + signed recording (bench/README.md).
 bench-sse: $(STAMP)
 	$(BIN)/python bench/sse_bench.py
 	$(BIN)/python bench/upstream_bench.py
 	$(BIN)/python bench/stdio_bench.py
+	$(BIN)/python bench/evidence_bench.py
 
 # Auth + policy + signed recording held 5 minutes: refusals and the recorder's backlog over time (bench/README.md).
 bench-sustained: $(STAMP)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -123,11 +124,13 @@ def main() -> None:
     ap.add_argument("--postgres", action="store_true", help="SQLite against PostgreSQL (a throwaway cluster)")
     ap.add_argument("--postgres-url", default=None, help="an empty PostgreSQL database to use instead")
     ap.add_argument("--reindex-sessions", type=int, default=5_000, help="store size for the reindex comparison")
+    ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON (bench/goals.py reads it)")
     args = ap.parse_args()
     n = args.sessions
     if args.postgres or args.postgres_url:
         postgres_main(n, args.reindex_sessions, args.postgres_url)
         return
+    figures: dict[str, float] = {"sessions": n}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t = time.perf_counter()
@@ -136,6 +139,7 @@ def main() -> None:
         index = SessionIndex(root / "index.sqlite", store)
         t = time.perf_counter()
         index.reindex()
+        figures["reindex_s"] = round(time.perf_counter() - t, 2)
         print(f"reindex: {time.perf_counter() - t:.1f} s ({(time.perf_counter() - t) / n * 1e6:.0f} us/session)")
         who = ("https://issuer.test", USERS[3])
         cases = {
@@ -151,7 +155,8 @@ def main() -> None:
             times = sorted(_ms(lambda g=grants, f=filters: index.query(g, who, f, None, 50)) for _ in range(20))
             print(f"first page (50) {name:32s} median {times[10]:6.2f} ms  max {times[-1]:6.2f} ms")
         # Incremental: one refresh with nothing new, then with k new segments.
-        print(f"refresh, nothing new: {_ms(index.refresh):.0f} ms (one scan of {n} session folders)")
+        figures["refresh_nothing_new_ms"] = round(_ms(index.refresh))
+        print(f"refresh, nothing new: {figures['refresh_nothing_new_ms']:.0f} ms (one scan of {n} session folders)")
         k = 100
 
         async def add() -> None:
@@ -163,6 +168,10 @@ def main() -> None:
         ms = _ms(index.refresh)
         empty = _ms(index.refresh)
         print(f"refresh with {k} new segments: {ms:.0f} ms; per new segment {(ms - empty) / k:.2f} ms over the scan")
+        figures["refresh_new_segment_ms"] = round((ms - empty) / k, 2)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ real recorder chaining, spooling and sealing into a file store. What it prints i
 per exchange on top of grpc.aio's own cost; compare with "CPU ms per request" of bench/gateway_bench.py.
 
     python bench/exchange_bench.py [--exchanges 5000] [--profile]
+    python bench/exchange_bench.py --exchanges 2000 --export-and-trace   # off, on, off, on: the cost ratio
+
+With ``--export-and-trace`` the same exchanges run alternately without and with the OCSF file export
+(extproc/export/) and OpenTelemetry tracing (extproc/telemetry/; every span built, sampled and encoded as OTLP
+protobuf by the SDK's batch processor, only the network send left out), and it prints the CPU ratio.
 """
 
 from __future__ import annotations
@@ -17,18 +22,26 @@ import json
 import pstats
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from extproc.authn.principal import Principal
 from extproc.authn.session_binding import bind
 from extproc.exchange import Exchange
+from extproc.export.config import Export, FileSink
+from extproc.export.exporter import attach
 from extproc.gateway import Gateway
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.setup import build_runtime
 from extproc.settings import parse
+from extproc.telemetry.config import Telemetry
+from extproc.telemetry.tracing import Tracing
 
 ROOT = Path(__file__).resolve().parents[1]
 ALICE = Principal(issuer="https://idp.example", subject="alice", username="alice", groups=("eng",))
@@ -48,11 +61,33 @@ def _headers(values: dict[str, str], end: bool = False) -> ep.HttpHeaders:
     return ep.HttpHeaders(headers=hm, end_of_stream=end)
 
 
-async def run(exchanges: int, workdir: Path, profile: bool) -> dict[str, float]:
+class _EncodeOnly(SpanExporter):
+    """What the OTLP/HTTP exporter does before the network: the spans encoded as an OTLP protobuf request."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        encode_spans(spans).SerializeToString()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+async def run(
+    exchanges: int,
+    workdir: Path,
+    profile: bool,
+    observed: bool = False,
+    sample_ratio: float = 1.0,
+    encrypt: bool = False,
+) -> dict[str, float]:
+    recording: dict[str, object] = {"directory": str(workdir / "rec")}
+    if encrypt:  # payloads sealed per subject (recording/shred.py), data keys wrapped by a key file
+        (workdir / "kek").write_text("ab" * 32)
+        recording.update(encrypt_payloads="per_subject", payload_keys={"kek_file": str(workdir / "kek")})
     settings = parse(
         {
             "servers": [{"name": "demo", "upstream": "127.0.0.1:9"}, {"name": "github", "upstream": "127.0.0.1:9"}],
-            "recording": {"directory": str(workdir / "rec")},
+            "recording": recording,
             "auth": {"public_url": "https://gw.example", "issuers": [{"issuer": "https://idp.example"}]},
             "policy": {"directory": str(ROOT / "policies")},
         }
@@ -61,6 +96,12 @@ async def run(exchanges: int, workdir: Path, profile: bool) -> dict[str, float]:
     await runtime.start()
     policy = PolicyWatcher(ROOT / "policies", {"demo", "github"})
     gw = Gateway.build(settings, runtime.recorder, CachedAuth(), policy)  # type: ignore[arg-type]
+    exporter = tracing = None
+    if observed:  # SIEM export to a file and a span tree per exchange, as a deployment with both turned on
+        export = Export(file=FileSink(path=workdir / "ocsf.jsonl"))
+        exporter = attach(export, runtime.recorder.streams)
+        telemetry = Telemetry(endpoint="http://127.0.0.1:4318/v1/traces", sample_ratio=sample_ratio)
+        tracing = gw.tracing = Tracing(telemetry, exporter=_EncodeOnly())
     session = bind("sess-1", ALICE, gw.options.session_key, "demo/")
     req_headers = _headers(
         {
@@ -91,9 +132,13 @@ async def run(exchanges: int, workdir: Path, profile: bool) -> dict[str, float]:
         while not runtime.recorder.accepting:  # noqa: ASYNC110 (back-pressure: where the gateway would answer 503)
             await asyncio.sleep(0.001)
     await runtime.recorder.flushed(within=60)
+    if exporter is not None:
+        await exporter.close(drain_within=60)  # every OCSF event written
+    if tracing is not None:
+        tracing.shutdown()  # every span encoded
     if prof:
         prof.disable()
-    cpu = time.process_time() - cpu0
+    cpu = time.process_time() - cpu0  # every thread of the process: the export's and the span processor's too
     await runtime.close()
     await policy.close()
     if prof:
@@ -107,9 +152,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--exchanges", type=int, default=5000)
     parser.add_argument("--profile", action="store_true", help="print the top extproc functions (slows it down)")
+    parser.add_argument(
+        "--export-and-trace",
+        action="store_true",
+        help="compare with OCSF file export and tracing on (off, on, off, on)",
+    )
+    parser.add_argument("--sample-ratio", type=float, default=1.0, help="telemetry.sample_ratio for --export-and-trace")
+    parser.add_argument("--encrypt", action="store_true", help="recording.encrypt_payloads: per_subject")
+    parser.add_argument(
+        "--ab-encrypt", type=int, default=0, metavar="ROUNDS", help="alternate off/on ROUNDS times; print the ratio"
+    )
     args = parser.parse_args()
+    if args.export_and_trace:
+        return compare(args.exchanges, args.sample_ratio)
+    if args.ab_encrypt:
+        ab_encrypt(args.exchanges, args.ab_encrypt)
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        result = asyncio.run(run(args.exchanges, Path(tmp), args.profile))
+        result = asyncio.run(run(args.exchanges, Path(tmp), args.profile, encrypt=args.encrypt))
     print(
         f"{result['exchanges']} exchanges (auth cache hit, example policy, redaction, recording with signed "
         f"segments): {result['cpu_ms_per_exchange']:.3f} ms CPU per exchange in mcp-extproc's own code"
@@ -117,6 +177,48 @@ def main() -> None:
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "exchange.json").write_text(json.dumps(result, indent=2))
+
+
+def compare(exchanges: int, sample_ratio: float) -> None:
+    """Off, on, off, on in one process: the CPU per exchange of each, and the ratio of the sums."""
+    runs: dict[bool, list[float]] = {False: [], True: []}
+    for observed in (False, True, False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = asyncio.run(run(exchanges, Path(tmp), False, observed, sample_ratio))
+            runs[observed].append(round(result["cpu_ms_per_exchange"], 3))
+    off, on = sum(runs[False]) / 2, sum(runs[True]) / 2
+    result = {
+        "exchanges": exchanges,
+        "sample_ratio": sample_ratio,
+        "off": off,
+        "on": on,
+        "ratio": on / off,
+        "runs": runs,
+    }
+    print(
+        f"{exchanges} exchanges x2 each: {off:.3f} ms CPU per exchange with export and tracing off, {on:.3f} ms on "
+        f"with sample_ratio {sample_ratio} (x{on / off:.3f}; runs off {runs[False]}, on {runs[True]})"
+    )
+    results = ROOT / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "exchange_export_trace.json").write_text(json.dumps(result, indent=2))
+
+
+def ab_encrypt(exchanges: int, rounds: int) -> None:
+    """Payload encryption's CPU per exchange: off and on alternated in one process (a shared box drifts; the ratio
+    of neighbouring runs drifts less), each in a fresh temp store."""
+    got: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):
+        for encrypt in (False, True):
+            with tempfile.TemporaryDirectory() as tmp:
+                got[encrypt].append(
+                    asyncio.run(run(exchanges, Path(tmp), False, encrypt=encrypt))["cpu_ms_per_exchange"]
+                )
+    off, on = sorted(got[False])[rounds // 2], sorted(got[True])[rounds // 2]
+    print(f"off {[round(x, 3) for x in got[False]]} ms, per_subject {[round(x, 3) for x in got[True]]} ms")
+    print(
+        f"median: off {off:.3f} ms, per_subject {on:.3f} ms CPU per exchange: x{on / off:.3f} ({(on / off - 1):+.1%})"
+    )
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ application/json, and tools/call answered with a 3-event text/event-stream):
   envoy + processor, anonymous (B0)  generator -> Envoy <-> processor (recording, allow_anonymous) -> upstream
   envoy + processor, auth+policy (B) the production path: bearer tokens from a development issuer on loopback,
                                      a policy directory with one allow rule, session ids bound to their owner
+  B + budget (local), (redis)        B with a limit on the rule (never reached), counted in the processor's memory,
+                                     or in a redis-server on loopback (one EVALSHA per request)
 
 The upstream and the generator each run in their own process, so neither shares an event loop with what
 is measured. They do share the machine's cores with Envoy and the processor: see bench/README.md.
 
     python bench/gateway_bench.py [--seconds 10] [--concurrency 16] [--out bench/results/gateway.json]
-        [--scenarios upstream,envoy,noop,anonymous,authed] [--workers N]
+        [--scenarios upstream,envoy,noop,anonymous,authed,budget-local,budget-redis] [--workers N]
         [--rate R | --rate-of-b FRACTION]      open loop (R = 0: idle, CPU with no traffic)
 """
 
@@ -69,6 +71,8 @@ UPSTREAM, ENVOY, NOOP, ANONYMOUS, AUTHED = (
     "envoy + processor (anonymous)",
     "envoy + processor (auth + policy)",
 )
+BUDGET_LOCAL, BUDGET_REDIS = "B + budget (local)", "B + budget (redis)"
+REDIS_SERVER = "/usr/bin/redis-server"
 BENCH_GROUP = "bench"  # every bench caller's token carries it; the policy's one rule allows this group
 # One allow rule for exactly what the generator calls: with deny by default, anything else would be refused.
 POLICY = f"""\
@@ -80,6 +84,10 @@ rules:
     subjects: {{groups: [{BENCH_GROUP}]}}
     targets: {{servers: [{SERVER}], methods: [tools/call], tools: [echo, slow_echo]}}
 """
+
+# The same rule with a budget no bench caller reaches (16 callers at ~40 req/s each): what counting costs, not
+# what refusing does. Sliding window: every call of the last hour is an entry of the caller's counter.
+BUDGETED_POLICY = POLICY + "    limits: [{calls: 1000000, per: 1h}]\n"
 
 # --- the request mix: fixed bytes, so the upstream does no JSON work and the generator can check bodies -------
 
@@ -466,12 +474,20 @@ def write_anonymous_config(workdir: Path, upstream_port: int, workers: int = 1) 
     return _write_config(workdir, {**_gateway_doc(workdir, upstream_port, workers), "allow_anonymous": True})
 
 
-def write_authed_config(workdir: Path, upstream_port: int, issuer_url: str, workers: int = 1) -> Path:
-    """gateway.yaml as in production: one trusted issuer, a policy directory, a session-binding key file."""
+def write_authed_config(
+    workdir: Path,
+    upstream_port: int,
+    issuer_url: str,
+    workers: int = 1,
+    policy: str = POLICY,
+    budgets: dict[str, Any] | None = None,
+) -> Path:
+    """gateway.yaml as in production: one trusted issuer, a policy directory, a session-binding key file;
+    ``budgets``: the budgets section (the budget rows)."""
     workdir.mkdir()
     policies = workdir / "policies"
     policies.mkdir()
-    (policies / "bench.yaml").write_text(POLICY)
+    (policies / "bench.yaml").write_text(policy)
     # 32 random bytes written as hex, as `openssl rand -hex 32` would: load_key strips surrounding whitespace,
     # so raw random bytes could lose some. The bench reads the key back with load_key, as the processor does.
     key = workdir / "session.key"
@@ -485,6 +501,8 @@ def write_authed_config(workdir: Path, upstream_port: int, issuer_url: str, work
         "session_secret_file": str(key),
     }
     doc["policy"] = {"directory": str(policies)}
+    if budgets is not None:
+        doc["budgets"] = budgets
     return _write_config(workdir, doc)
 
 
@@ -543,7 +561,7 @@ def upstream_process(ctx: mp.context.SpawnContext, sse_gap: float, concurrency: 
     proc = ctx.Process(target=run_upstream, args=(port, sse_gap), name="bench-upstream", daemon=True)
     proc.start()
     try:
-        wait_until(lambda: proc.is_alive() and can_connect(f"127.0.0.1:{port}"), 10, "the upstream")
+        wait_until(lambda: proc.is_alive() and can_connect(f"127.0.0.1:{port}"), 30, "the upstream")  # a busy box: slow
         assert proc.pid is not None
         yield Target(port, "/mcp", {"upstream": [proc.pid]}, anonymous_identities(concurrency))
     finally:
@@ -660,7 +678,7 @@ def run_load(
     try:
         if args.profile and profile and "processor" in target.pids:
             time.sleep(args.warmup)
-            out = RESULTS.parent / f"profile-{profile}.txt"
+            out = profile_path(args.out, profile)
             spy = subprocess.Popen(
                 [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(target.pids["processor"][0]),
                  "-d", str(int(args.seconds)), "-r", "200", "-f", "raw", "-o", str(out),
@@ -675,6 +693,25 @@ def run_load(
             spy.wait(30)
         stop_process(gen)
         receive.close()
+
+
+def profile_path(out: Path, name: str) -> Path:
+    """Where a row's py-spy profile goes: beside the JSON results (``--out``), the folder made if need be (py-spy
+    writes nothing into a folder that does not exist)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent / f"profile-{name}.txt"
+
+
+def print_profiles(out: Path, scenarios: dict[str, dict[str, Any]]) -> None:
+    """Each profiled row's samples per phase and per component, in ms per exchange (bench/profile_summary.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from profile_summary import report
+
+    for name, row in (("noop", NOOP), ("anonymous", ANONYMOUS), ("authed", AUTHED)):
+        path = profile_path(out, name)
+        if row in scenarios and path.exists():
+            print()
+            print(report(path, int(scenarios[row]["requests"])))
 
 
 def count_recorded_events(directory: Path) -> int:
@@ -784,6 +821,8 @@ RATIOS = {
     "B0/N": (ANONYMOUS, NOOP),  # what our processing costs on top of the transport
     "B/N": (AUTHED, NOOP),
     "B/B0": (AUTHED, ANONYMOUS),
+    "Bl/B": (BUDGET_LOCAL, AUTHED),  # what counting a budget in memory costs (goal: within 2%)
+    "Br/B": (BUDGET_REDIS, AUTHED),  # one Redis round trip per request on loopback (goal: within 10%)
 }
 
 
@@ -849,7 +888,7 @@ def print_report(report: dict[str, Any]) -> None:
         )
     if NOOP in rows:
         noop_cpu = rows[NOOP]["cpu_ms_per_request"]["processor"]
-        for name in (ANONYMOUS, AUTHED):
+        for name in (ANONYMOUS, AUTHED, BUDGET_LOCAL, BUDGET_REDIS):
             if name not in rows:
                 continue
             cpu = rows[name]["cpu_ms_per_request"]["processor"]
@@ -857,6 +896,10 @@ def print_report(report: dict[str, Any]) -> None:
                 f"processor CPU per exchange, {name}: {cpu:.3f} ms = {noop_cpu:.3f} ms gRPC transport (no-op) "
                 f"+ {cpu - noop_cpu:.3f} ms our processing"
             )
+    if BUDGET_REDIS in rows and "redis" in rows[BUDGET_REDIS]["cpu_ms_per_request"]:
+        print(
+            f"redis-server CPU per exchange, {BUDGET_REDIS}: {rows[BUDGET_REDIS]['cpu_ms_per_request']['redis']:.3f} ms"
+        )
     for name, check in report["recording_check"].items():
         if "files_in_recording_dir" in check:
             print(
@@ -879,7 +922,15 @@ def print_report(report: dict[str, Any]) -> None:
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gateway.json"
 CAPACITY = "B closed loop (capacity)"  # --rate-of-b: B's closed-loop run that sets the open-loop rate
-SCENARIOS = {"upstream": UPSTREAM, "envoy": ENVOY, "noop": NOOP, "anonymous": ANONYMOUS, "authed": AUTHED}
+SCENARIOS = {
+    "upstream": UPSTREAM,
+    "envoy": ENVOY,
+    "noop": NOOP,
+    "anonymous": ANONYMOUS,
+    "authed": AUTHED,
+    "budget-local": BUDGET_LOCAL,
+    "budget-redis": BUDGET_REDIS,
+}
 
 
 def run_scenarios(
@@ -900,12 +951,20 @@ def run_scenarios(
         workdir = Path(tmp)
         workers = args.workers
 
-        def authed_run(name: str, rate: float | None) -> LoadResult:
-            authed = write_authed_config(workdir / name, upstream.port, issuer.url, workers)
+        def authed_run(
+            name: str,
+            rate: float | None,
+            label: str = AUTHED,
+            policy: str = POLICY,
+            budgets: dict[str, Any] | None = None,
+            more_pids: dict[str, list[int]] | None = None,
+        ) -> LoadResult:
+            authed = write_authed_config(workdir / name, upstream.port, issuer.url, workers, policy, budgets)
             identities = authed_identities(authed, issuer, args.concurrency)
             with envoy_and_processor(authed, upstream, identities) as target:
-                loaded = run_load(ctx, target, args, "authed", rate)
-            checks[AUTHED if name == "authed" else CAPACITY] = recording_check(authed, loaded)
+                target.pids.update(more_pids or {})  # the redis-server's CPU is the budget's too
+                loaded = run_load(ctx, target, args, name, rate)
+            checks[label if name != "authed-capacity" else CAPACITY] = recording_check(authed, loaded)
             return loaded
 
         if args.rate_of_b is not None:
@@ -944,7 +1003,33 @@ def run_scenarios(
         if "authed" in chosen:
             print(f"{AUTHED}, recording on ...", flush=True)
             scenarios[AUTHED] = summarize(authed_run("authed", rate))
+
+        if "budget-local" in chosen:
+            print(f"{BUDGET_LOCAL}: {AUTHED} with a limit on its rule, counted in memory ...", flush=True)
+            scenarios[BUDGET_LOCAL] = summarize(authed_run("budget-local", rate, BUDGET_LOCAL, BUDGETED_POLICY))
+
+        if "budget-redis" in chosen:
+            print(f"{BUDGET_REDIS}: the same limit counted in a redis-server on loopback ...", flush=True)
+            with redis_server(workdir / "redis") as (url, pid):
+                loaded = authed_run(
+                    "budget-redis", rate, BUDGET_REDIS, BUDGETED_POLICY, {"store": url}, {"redis": [pid]}
+                )
+                scenarios[BUDGET_REDIS] = summarize(loaded)
     return scenarios, checks, rate
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[tuple[str, int]]:
+    """A redis-server on a free loopback port (no persistence), for the budget row: its URL and pid."""
+    workdir.mkdir()
+    port = free_port()
+    cmd = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", ""]
+    proc = subprocess.Popen([*cmd, "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: can_connect(f"127.0.0.1:{port}"), 20, "redis-server")
+        yield f"redis://127.0.0.1:{port}/0", proc.pid
+    finally:
+        stop_process(proc)
 
 
 def scenario_list(text: str) -> list[str]:
@@ -1061,6 +1146,8 @@ def main(argv: list[str] | None = None) -> int:
         "note": cpu_note(info["cpu_count"]),
     }
     print_report(report)
+    if args.profile:
+        print_profiles(args.out, scenarios)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nresults written to {args.out}")

@@ -54,6 +54,7 @@ from bench.gateway_bench import (  # noqa: E402
     envoy_and_processor,
     envoy_only,
     machine_info,
+    profile_path,
     read_response,
     stop_process,
     write_authed_config,
@@ -368,6 +369,9 @@ def run_size(
         with DevIssuer(workdir / "issuer-keys") as issuer:
             config = write_authed_config(workdir / "gw", port, issuer.url)
             key, pub = generate_keys(workdir / "signing")
+            if args.capture is not None:  # the policy's capture level for every server (policy/capture.py)
+                with (config.parent / "policies" / "bench.yaml").open("a") as policy:
+                    policy.write(f'recording:\n  - servers: ["*"]\n    capture: {args.capture}\n')
             doc = yaml.safe_load(config.read_text())
             doc["recording"]["signing_key"] = str(key)
             doc["recording"].update(args.recording_options)
@@ -382,7 +386,7 @@ def run_size(
                     rows[NOOP] = measure(target.port, target.path, who, expected, target.pids["processor"][0], None)
                 shutil.rmtree(config.parent / "stack")
             with envoy_and_processor(config, upstream_target, [who]) as target:
-                spy = str(ROOT / "bench" / "results" / f"profile-sse-{total // MB}mb.txt") if args.profile else None
+                spy = str(profile_path(args.out, f"sse-{total // MB}mb")) if args.profile else None
                 metrics = f"http://127.0.0.1:{metrics_port}/metrics"
                 pid = target.pids["processor"][0]
                 rows[GATEWAY] = measure(target.port, target.path, who, expected, pid, spy, metrics)
@@ -400,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--profile", action="store_true", help="py-spy the processor: bench/results/profile-sse-*")
     parser.add_argument("--gateway-only", action="store_true", help="only the gateway row (for A/B runs)")
+    parser.add_argument(
+        "--capture", choices=["full", "redacted", "shape", "metadata"], help="policy capture level of every server"
+    )
     parser.add_argument(
         "--recording",
         action="append",
@@ -435,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             "processor_workers": 1,
             "path": "auth (dev issuer token) + policy (one allow rule) + signed recording (file store)",
             "recording_options": args.recording_options,
+            "capture": args.capture or "redacted (default)",
         },
         "results": results,
         "sha256_of_10MB_body": hashlib.sha256(b"".join(make_events(10 * MB, args.event_kib << 10))).hexdigest(),

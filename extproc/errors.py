@@ -27,8 +27,16 @@ exchange answers with the matching refusal (``RecordingUnavailable``) instead.
         ├── Forbidden                   403 OriginNotAllowed, SessionNotYours, PolicyDenied,
         │                               UpstreamIdentityRefused (the IdP refused the server's credential),
         │                               ToolWithheld (a changed or unapproved tool, prompt or resource),
+        │                               ApprovalRequired (an approve rule holds the call until a person approves;
+        │                               ApprovalInputRequired: 200, to a 2026-07-28 client an input_required result
+        │                               with a URL elicitation instead of the error),
         │                               GuardrailDenied (the server's outside guardrail said deny)
         ├── AuthorizationUnavailable    503 a SubjectAccessReview gave no answer
+        ├── BudgetExceeded              429 a rule's limit is spent (Retry-After)
+        ├── BudgetUnavailable           503 the budget counter store failed, the rule fails closed
+
+
+        ├── ApprovalsUnavailable        503 an approve rule holds the call and the approvals store cannot be used
         ├── GuardrailUnavailable        503 the server's guardrail gave no valid answer in time (on_error: closed)
         ├── ReservedSessionId           502 the server named its session like a gateway recording unit
         ├── EncodedResponse             502 a Content-Encoding the processor cannot read
@@ -301,6 +309,58 @@ class AuthorizationUnavailable(GatewayError):
     status = 503
     jsonrpc_code = -32005
     client_message = "authorization service unavailable; request refused"
+
+
+# --- budgets (extproc/controls/budgets.py) -------------------------------------------------------------------
+
+
+class BudgetExceeded(GatewayError):
+    """The call would spend more than one of its rule's limits allow (``limits:``): HTTP 429 with Retry-After."""
+
+    status = 429
+    jsonrpc_code = -32029
+    client_message = "budget exceeded"
+
+    def __init__(self, rule: str, limit: str, retry_after: int) -> None:
+        super().__init__(f"budget of policy rule {rule!r} exceeded: {limit}; retry after {retry_after} s")
+        self.client_message = str(self)
+        self.rule, self.limit, self.retry_after = rule, limit, retry_after
+
+
+class BudgetUnavailable(GatewayError):
+    """The shared budget counter (Redis) did not answer and the rule says ``on_store_error: closed``."""
+
+    status = 503
+    jsonrpc_code = -32005
+    client_message = "budget counter unavailable; request refused"
+
+
+class ApprovalRequired(Forbidden):
+    """An ``effect: approve`` rule holds the call: it passes once a person approves this exact call (the error
+    names the approval id and where to approve it); an identical retry after that passes."""
+
+    jsonrpc_code = -32006
+
+    def __init__(self, approval_id: str, message: str, url: str | None) -> None:
+        where = f"; approve at {url}" if url else f"; approve with `mcp-extproc approvals approve {approval_id}`"
+        super().__init__(f"approval required: {message[:600]}{where}; then retry the identical call")
+        self.approval_id = approval_id
+        self.url = url
+
+
+class ApprovalInputRequired(ApprovalRequired):
+    """The same hold, answered to a 2026-07-28 client that can open URLs as an ``input_required`` result (HTTP 200)
+    asking it to open the approval page: its SDK shows the URL and retries the call by itself."""
+
+    status = 200
+
+
+class ApprovalsUnavailable(GatewayError):
+    """An approve rule holds the call and the approvals store is not configured or cannot be written: refused."""
+
+    status = 503
+    jsonrpc_code = -32005
+    client_message = "approvals unavailable; a call that needs approval is refused"
 
 
 # --- upstream (502) -----------------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from extproc.controls.budgets import Budgets, LocalCounter
+from extproc.controls.hold import Approvals
 from extproc.mcp.param_headers import ParamHeaderMaps
 from extproc.mcp.protocol import RunTracker
 from extproc.metrics import Metrics
@@ -20,6 +23,9 @@ from extproc.settings import Settings
 from extproc.tools.guardrail import Guardrails
 from extproc.tools.surface import Surface
 from extproc.upstream.credentials import Upstream
+
+if TYPE_CHECKING:
+    from extproc.telemetry.tracing import Tracing
 
 
 def exchange_ids() -> Callable[[], str]:
@@ -45,9 +51,13 @@ class Gateway:
     reviewer: Reviewer | None = None  # Kubernetes SubjectAccessReviews for rules that require them
     grants: GrantSource | None = None  # signed just-in-time grants
     upstream: Upstream | None = None  # credentials toward servers with upstream_auth (None: no server has one)
+    budgets: Budgets = field(default_factory=lambda: Budgets(LocalCounter()))  # policy limits' counters
+
+    approvals: Approvals | None = None  # held calls and their approvals (effect: approve); None: refused (503)
 
     surface: Surface | None = None  # tool-surface integrity: pins, screens, what each unit was shown
     guardrails: Guardrails | None = None  # outside guardrails of servers that have one (None: no server has one)
+    tracing: Tracing | None = None  # OpenTelemetry spans per exchange (extproc/telemetry/); None: off
     overload: LagMonitor = field(default_factory=lambda: LagMonitor(0.0))  # load shedding (off unless built)
     clock: Callable[[], float] = time.time
     new_id: Callable[[], str] = field(default_factory=lambda: exchange_ids())

@@ -145,6 +145,15 @@ class Metrics:
             buckets=UPLOAD_BUCKETS,
             registry=r,
         )
+        self.budget_refusals = Counter(
+            "mcp_extproc_budget_refusals", "Calls refused over a policy limit (429), by rule", ["rule"], registry=r
+        )
+        self.budget_store_errors = Counter(
+            "mcp_extproc_budget_store_errors",
+            "Budget counter store failures, by what the rules made of them (closed: 503, open: passed uncounted)",
+            ["outcome"],
+            registry=r,
+        )
         self.active = Gauge("mcp_extproc_active_streams", "ext_proc streams in progress", registry=r)
         self._ended: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.ready: Callable[[], list[str]] = lambda: ["not started"]
@@ -154,6 +163,14 @@ class Metrics:
         child = self._message.get(phase)
         if child is not None:
             child.observe(seconds)
+
+    def budget_refused(self, rule: str) -> None:
+        """Count a call refused over one of ``rule``'s limits."""
+        self.budget_refusals.labels(rule).inc()
+
+    def budget_store_error(self, outcome: str) -> None:
+        """Count a budget store failure: ``closed`` (refused) or ``open`` (passed uncounted)."""
+        self.budget_store_errors.labels(outcome).inc()
 
     def exchange_ended(self, server: str, outcome: str, seconds: float) -> None:
         """Count a recorded exchange and observe its duration (label children cached: servers x outcomes is small)."""

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from extproc.authn.challenge import protected_resource_metadata, resource_metadata_url
 from extproc.authn.session_binding import load_key
 from extproc.mcp.sse import HoldBudget
+from extproc.secrets import load_salt
 from extproc.settings import Settings
 
 
@@ -25,6 +26,7 @@ class ExchangeOptions:
     metadata_path: str = ""  # the path Envoy sees for metadata_url (RFC 9728 puts public_url's path after it)
     metadata: Mapping[str, object] = field(default_factory=dict)
     run_idle_gap_s: float = 300.0  # stateless traffic: the window of one recorded run (mcp/protocol.py RunTracker)
+    capture_salt: bytes = b""  # salts the value hashes of capture level shape (recording.capture_salt_file)
 
 
 def compile_options(settings: Settings) -> ExchangeOptions:
@@ -35,6 +37,7 @@ def compile_options(settings: Settings) -> ExchangeOptions:
         "max_event_body_bytes": rec.max_event_body_bytes,
         "run_idle_gap_s": rec.run_idle_gap_s,
         "held": HoldBudget(rec.max_held_body_bytes),
+        "capture_salt": load_salt(rec.capture_salt_file),
     }
     auth = settings.auth
     if auth is None:

@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import re
+import secrets
+from pathlib import Path
+
+from extproc.errors import ConfigError
 
 SECRET_NAME_RULE = "builtin-password-field"
 """The rule name recorded when a value was redacted because of its name."""
@@ -49,3 +54,21 @@ def is_secret_name(name: str) -> bool:
     if any(w in _WORDS for w in words):
         return True
     return any(a + b in _WORDS for a, b in itertools.pairwise(words))
+
+
+MIN_SALT_BYTES = 32
+log = logging.getLogger(__name__)
+
+
+def load_salt(path: Path | None, key: str = "recording.capture_salt_file") -> bytes:
+    """The deployment's capture salt from a secret file (``key`` names it in errors), or a random per-process one."""
+    if path is None:
+        log.info("%s is not set: hashes of shape-level recordings use a random salt of this process", key)
+        return secrets.token_bytes(MIN_SALT_BYTES)
+    try:
+        salt = Path(path).read_bytes().strip()
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from e
+    if len(salt) < MIN_SALT_BYTES:
+        raise ConfigError(f"{key}: {path} must hold at least {MIN_SALT_BYTES} bytes")
+    return salt

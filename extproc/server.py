@@ -22,9 +22,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.authn.verify import Authenticator
+from extproc.controls.budgets import Budgets
+from extproc.controls.hold import approvals_from_settings
 from extproc.envoy import responses
 from extproc.envoy.tls import server_credentials
 from extproc.exchange import Exchange
+from extproc.export.exporter import attach
 from extproc.gateway import Gateway
 from extproc.kube import sar
 from extproc.kube.discovery import start_discovery
@@ -34,6 +37,7 @@ from extproc.recording.events import Outcome
 from extproc.recording.setup import build_runtime
 from extproc.routing import Router
 from extproc.settings import Settings
+from extproc.telemetry.tracing import Tracing
 from extproc.tools.guardrail import Guardrails
 from extproc.tools.surface import build_surface
 from extproc.upstream.credentials import Upstream
@@ -151,11 +155,18 @@ async def serve(
         )
     discovery = await start_discovery(settings)
     recording = build_runtime(settings.recording)
+    exporter = None
+    tracing: Tracing | None = None
     auth = Authenticator(settings.auth) if settings.auth is not None else None
     upstream = Upstream.from_settings(settings)  # key files read now: a bad one fails the start
+    budgets = Budgets.from_config(settings.budgets)
+    if worker == 0 and settings.processor.workers > 1 and (settings.budgets is None or not settings.budgets.shared):
+        log.warning("budgets: store is local, so policy limits are counted per worker (budgets.store: redis://...)")
     guardrails = Guardrails.from_servers({s.name: s.guardrail for s in settings.servers})  # token files too
     await recording.start()
     try:
+        several = settings.processor.workers > 1  # each worker its own export file
+        exporter = attach(settings.export, recording.recorder.streams, f"worker-{worker}" if several else "")
         if auth is not None:
             await auth.start()  # warms the JWKS cache; an unreachable IdP means 503s until it answers, never open
         else:
@@ -164,12 +175,20 @@ async def serve(
             await policy.start()
         gw = Gateway.build(settings, recording.recorder, auth, policy, Router(settings, discovery))
         gw.metrics.watch(recording.recorder, policy, auth)
+        if exporter is not None:
+            gw.metrics.registry.register(exporter.collector())
         gw.reviewer = sar.from_settings(settings.kubernetes)
         gw.grants = grant_store(settings)
+        gw.approvals = approvals_from_settings(settings)
         gw.upstream = upstream
+        gw.budgets = budgets
         gw.guardrails = guardrails
 
         gw.surface = build_surface(settings)
+        if settings.telemetry is not None and settings.telemetry.endpoint is not None:
+            tracing = gw.tracing = Tracing(settings.telemetry)
+            gw.metrics.registry.register(tracing.collector())
+            log.info("tracing exchanges to %s", settings.telemetry.endpoint)
         log.info("recording as writer %s", recording.recorder.writer_id)
         if settings.processor.metrics_port is not None:
             port = settings.processor.metrics_port + worker
@@ -178,6 +197,10 @@ async def serve(
         await _serve_grpc(Processor(gw), listen_address(settings, worker), ready, server_credentials(settings))
     finally:  # also when start-up fails half-way (port in use, unreadable key): flush and release the spool
         await recording.close()  # after the last stream ended: everything it recorded is flushed
+        if exporter is not None:
+            await exporter.close()  # after the recorder: the last exchanges' events are exported too
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)  # the last spans exported (the SDK's thread joins)
         if auth is not None:
             await auth.close()
         if policy is not None:
@@ -186,6 +209,7 @@ async def serve(
             discovery.close()
         if upstream is not None:
             await upstream.close()
+        await budgets.close()
         if guardrails is not None:
             await guardrails.close()
     log.info("processor stopped; recordings flushed")
@@ -227,10 +251,9 @@ async def _serve_grpc(
     await server.start()
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("processor listening on %s", address)
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    log.info("processor listening on %s (event loop: %s)", address, type(loop).__module__.split(".")[0])
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     _settle_heap()

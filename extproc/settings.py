@@ -15,13 +15,17 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from extproc.audit.config import Audit
 from extproc.authn.config import AuthConfig
+from extproc.controls.budgets_config import Budgets
+from extproc.controls.config import Approvals
 from extproc.envoy.config import Admin, Edge, Limits, Listen, Processor, Server
 from extproc.errors import ConfigError
+from extproc.export.config import Export
 from extproc.kube.config import Discovery, KubernetesAuthz
 from extproc.policy.config import Grants, Policy
 from extproc.recording.config import Recording
 from extproc.reserved import RESERVED_SERVERS
 from extproc.sections import Section
+from extproc.telemetry.config import Telemetry
 from extproc.yamlfile import Lines, did_you_mean, line_of, parse_yaml
 
 
@@ -43,6 +47,8 @@ class Settings(Section):
         default=None, description="SubjectAccessReviews for policy rules with `kubernetes:`"
     )
     grants: Grants | None = None
+    budgets: Budgets | None = Field(default=None, description="where policy limits are counted (default: locally)")
+    approvals: Approvals | None = Field(default=None, description="approvals of one exact call (effect: approve)")
     allow_anonymous: bool = Field(
         default=False,
         description="without `auth`, the gateway refuses to start unless this says, explicitly, that anonymous "
@@ -53,6 +59,12 @@ class Settings(Section):
         default="text", description="json: one object per line, for every process the gateway starts"
     )
     audit: Audit | None = None
+    export: Export | None = Field(
+        default=None, description="SIEM export: OCSF events of every exchange and audit access (extproc/export/)"
+    )
+    telemetry: Telemetry | None = Field(
+        default=None, description="OpenTelemetry traces of exchanges (extproc/telemetry/); off without an endpoint"
+    )
 
     # A field validator (not a model validator) so the error is reported under the key ``servers``.
     @field_validator("servers")
@@ -97,6 +109,8 @@ class Settings(Section):
     def _grants_need_key(self) -> Settings:
         if self.grants is not None and (self.recording.signing_key is None or self.policy is None):
             raise ValueError("grants: need recording.signing_key (grants are signed with it) and a policy")
+        if self.approvals is not None and (self.recording.signing_key is None or self.policy is None):
+            raise ValueError("approvals: need recording.signing_key (approvals are signed with it) and a policy")
         return self
 
     def server(self, name: str) -> Server | None:
@@ -105,7 +119,7 @@ class Settings(Section):
     def resolved(self, base: Path) -> Settings:
         """Every section's relative paths resolved against ``base`` (the config file's folder)."""
         update: dict[str, Any] = {"recording": self.recording.resolved(base)}
-        for name in ("policy", "grants", "audit"):
+        for name in ("policy", "grants", "audit", "export", "approvals"):
             section = getattr(self, name)
             if section is not None:
                 update[name] = section.resolved(base)

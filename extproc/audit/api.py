@@ -108,7 +108,7 @@ async def load_allowed(ctx: AuditContext, who: Principal, key: str) -> tuple[Ses
     if row is None or not allowed(grants, _ident(who), row):
         raise not_found()
     try:
-        session = await asyncio.to_thread(load_session, ctx.store, key, ctx.public_key)
+        session = await asyncio.to_thread(load_session, ctx.store, key, ctx.public_key, ctx.keyring)
     except KeyError:
         raise not_found() from None
     fresh = summarize(key, session)  # authorize on what the store holds now, not only on the index
@@ -211,6 +211,7 @@ async def verify_session(ctx: AuditContext, request: Request, who: Principal) ->
     doc["state"] = row.state
     doc["events"] = len(session.events)
     doc["streams"] = len(session.writers)
+    doc["capture"] = session.capture()  # the capture level(s) it was recorded at
     return JSONResponse(doc)
 
 
@@ -339,7 +340,8 @@ async def log_file(ctx: AuditContext, request: Request, who: Principal) -> Respo
 
 
 def api_routes() -> list[Route]:
-    """The API routes, relative to the service prefix (``openapi.py`` documents exactly these)."""
+    """The API routes, relative to the service prefix (``openapi.py`` documents exactly these, and the
+    approvals' routes, ``extproc.audit.approvals.approval_routes``)."""
     return [
         Route("/api/me", me),
         Route("/api/sessions", list_sessions),

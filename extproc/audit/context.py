@@ -17,8 +17,10 @@ from extproc.audit.trail import AuditTrail
 from extproc.authn.challenge import www_authenticate
 from extproc.authn.principal import Principal
 from extproc.authn.verify import Authenticator
+from extproc.controls.approvals import ApprovalStore
 from extproc.errors import AuthError
 from extproc.policy.compiled import CompiledPolicy
+from extproc.recording.shred import Keyring
 from extproc.recording.store import Store
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,9 @@ class AuditContext:
     public_key: Ed25519PublicKey | None
     metadata_url: str  # the gateway's resource metadata URL, named in every 401 challenge
     logins: CookieLogins | None = None
+    approvals: ApprovalStore | None = None  # held calls (effect: approve) people approve here
+
+    keyring: Keyring | None = None  # opens payloads sealed per subject (recording.encrypt_payloads)
 
     async def identify(self, request: Request) -> Principal:
         """The caller: a web viewer login (cookie) or a bearer token, verified by the gateway's own code."""

@@ -82,6 +82,33 @@ def _session_op(
     }
 
 
+def _approval_paths(p: str) -> dict[str, Any]:
+    """Held calls (policy rules with ``effect: approve``); approving and denying are on the audit trail."""
+    decide = [_KEY, _q("reason", "why (required to deny; at most 500 characters)")]
+    errors = {**_errors(400, 401, 404, 503), "403": {"description": "not an approver, own call, or CSRF token missing"},
+              "409": {"description": "already decided, or the request expired"}}  # fmt: skip
+    one = {"200": {"description": "the request with its decision", "content": {"application/json": {}}}}
+    return {
+        f"{p}/api/approvals": {
+            "get": {
+                "summary": "held calls the caller may see (caller, tool, redacted arguments, state, may_decide)",
+                "parameters": [_q("state", "pending (default), approved, denied, expired, used or all")],
+                "responses": {"200": {"description": "ok"}, **_errors(400, 401, 503)},
+            }
+        },
+        f"{p}/api/approvals/{{key}}": {
+            "get": {"summary": "one held call", "parameters": [_KEY], "responses": {**one, **_errors(401, 404, 503)}}
+        },
+        f"{p}/api/approvals/{{key}}/approve": {
+            "post": {"summary": "approve one exact call (never one's own)", "parameters": decide,
+                     "responses": {**one, **errors}}
+        },
+        f"{p}/api/approvals/{{key}}/deny": {
+            "post": {"summary": "deny one exact call", "parameters": decide, "responses": {**one, **errors}}
+        },
+    }  # fmt: skip
+
+
 def openapi_document(prefix: str) -> dict[str, Any]:
     """The document for a service mounted at ``prefix`` (e.g. ``/audit/``)."""
     p = prefix.rstrip("/")
@@ -179,6 +206,7 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                     _q("start", "skip the first N seconds of the session (default 0)", {"type": "number"}),
                 ],
             ),
+            **_approval_paths(p),
             f"{p}/api/log": {
                 "get": {
                     "summary": "the transparency logs (one per writer) with a published checkpoint",

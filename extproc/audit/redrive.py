@@ -203,6 +203,23 @@ def _why_not(
     return None
 
 
+def _capture_levels(session: Session) -> dict[str, str]:
+    """Exchanges recorded without their values (capture level shape or metadata, policy/capture.py): level."""
+    out: dict[str, str] = {}
+    for ev in session.events:
+        level = ev.get("capture") if ev.get("type") == "exchange.start" else None
+        if ev.get("type") == "mcp.request":
+            level = (ev.get("body") or {}).get("capture")
+        if level in ("shape", "metadata"):
+            out[str(ev.get("exchange"))] = str(level)
+    return out
+
+
+def _not_kept(call: dict[str, Any], levels: dict[str, str]) -> str | None:
+    level = levels.get(str(call["exchange"]))
+    return f"recorded at capture level {level}: its values were not kept, so it cannot be re-sent" if level else None
+
+
 def _tool_name(req: dict[str, Any]) -> str:
     """The called tool's name; a recorded request whose ``params`` is no object names none (it is still re-driven
     as it was recorded, or skipped with its reason)."""
@@ -231,12 +248,13 @@ def redrive(
     servers = _server_of(session)
     schemas: dict[str, Any] = {}
     out: list[Outcome] = []
+    levels = _capture_levels(session)
     with httpx.Client(timeout=60) as http:
         for call in calls:
             req = call["request"]
             method = str(req.get("method", ""))
             name = _tool_name(req) if method == "tools/call" else ""
-            why = _why_not(call, recorded, servers, policy, operator, allow_tools)
+            why = _not_kept(call, levels) or _why_not(call, recorded, servers, policy, operator, allow_tools)
             if why is not None:
                 out.append(Outcome(method, name, "skipped", [why]))
                 continue

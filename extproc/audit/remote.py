@@ -105,6 +105,6 @@ def remote_verify(console: Console, api: AuditApi, session_id: str, allow_open: 
     signed = "signatures checked, " if doc["signatures_checked"] else ""
     console.print(
         f"OK: {doc['events']} events in {doc['streams']} stream(s), {signed}every chain and manifest intact "
-        f"(checked by the audit service); state {doc['state']}"
+        f"(checked by the audit service); state {doc['state']}; capture {doc.get('capture') or '-'}"
     )
     return True

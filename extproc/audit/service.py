@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from extproc.audit.api import api_routes
+from extproc.audit.approvals import approval_routes
 from extproc.audit.config import Audit
 from extproc.audit.context import AuditContext, client_of, error_response
 from extproc.audit.index import SessionIndex
@@ -32,10 +34,13 @@ from extproc.audit.openapi import openapi_document
 from extproc.audit.trail import AuditTrail
 from extproc.authn.challenge import resource_metadata_url
 from extproc.authn.verify import Authenticator
+from extproc.controls.approvals import ApprovalStore
 from extproc.errors import AuthError
+from extproc.export.exporter import attach
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.manifest import Signer
 from extproc.recording.setup import build_runtime, build_store
+from extproc.recording.shred import build_keyring
 from extproc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -114,7 +119,7 @@ def build_app(ctx: AuditContext, prefix: str, extra_routes: list[Route | Mount] 
     async def to_prefix(request: Request) -> Response:
         return RedirectResponse(prefix, status_code=308)
 
-    routes = [*api_routes(), Route("/api/openapi.json", openapi), *(extra_routes or [])]
+    routes = [*api_routes(), *approval_routes(), Route("/api/openapi.json", openapi), *(extra_routes or [])]
     app = Starlette(
         routes=[
             Route(prefix.rstrip("/"), to_prefix),
@@ -187,7 +192,9 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
     signer = Signer.from_file(settings.recording.signing_key)
     index = SessionIndex(index_target(settings), runtime.store, signer.public)
     authenticator = Authenticator(auth_cfg)
+    approvals = settings.approvals
     ctx = AuditContext(
+        approvals=ApprovalStore(approvals.directory, signer, time.time) if approvals is not None else None,
         authenticator=authenticator,
         policy=policy,
         index=index,
@@ -195,6 +202,7 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
         trail=AuditTrail(runtime.recorder),
         public_key=signer.public,
         metadata_url=resource_metadata_url(auth_cfg),
+        keyring=build_keyring(settings.recording),
     )
     from extproc.audit.web import WebViewer
 
@@ -208,6 +216,7 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
     refresher: asyncio.Task[None] | None = None
     with _stop_on_signals(server):  # a signal during start-up or close still ends in a closed trail
         await runtime.start()
+        exporter = attach(settings.export, runtime.recorder.streams, "audit")  # the trail's accesses, own file
         try:
             await authenticator.start()
             await policy.start()
@@ -225,6 +234,8 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
                     await refresher
             await web.close()
             await runtime.close()  # the trail's last segment and the writer's closing digest
+            if exporter is not None:
+                await exporter.close()
             await authenticator.close()
             await policy.close()
             index.close()

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import html
 import logging
 import secrets
 import time
@@ -211,7 +212,7 @@ class Logins:
 class WebViewer:
     """Static UI plus login/callback/logout against the configured issuer."""
 
-    def __init__(self, audit: Audit, auth: AuthConfig, ctx: AuditContext) -> None:
+    def __init__(self, audit: Audit, auth: AuthConfig, ctx: AuditContext, trace_link: str = "") -> None:
         self.audit = audit
         self.prefix = audit.prefix
         self.ctx = ctx
@@ -228,6 +229,8 @@ class WebViewer:
         page = (static_dir() / "index.html").read_text().replace("{{PREFIX}}", self.prefix)
         # Without a client the viewer shows how to turn login on instead of a Log in link that cannot work.
         self._page = page.replace("{{LOGIN}}", "on" if audit.client_id else "off")
+        # telemetry.trace_link: the viewer links an exchange's trace id to the tracing backend (Jaeger, Tempo...).
+        self._page = self._page.replace("{{TRACE_LINK}}", html.escape(trace_link, quote=True))
         self.id_tokens: Authenticator | None = None
         if audit.client_id:
             # ID tokens are checked by the gateway's own verifier, with the viewer's client id as the audience.
@@ -239,7 +242,8 @@ class WebViewer:
     @classmethod
     def build(cls, settings: Settings, ctx: AuditContext) -> WebViewer:
         assert settings.auth is not None
-        return cls(settings.audit or Audit(), settings.auth, ctx)
+        link = settings.telemetry.trace_link if settings.telemetry is not None else None
+        return cls(settings.audit or Audit(), settings.auth, ctx, link or "")
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -254,6 +258,8 @@ class WebViewer:
         return [
             Route("/", self.page),
             Route("/s/{key}", self.page),
+            Route("/approvals", self.page),
+            Route("/approvals/{key}", self.page),
             Route("/login", self.login),
             Route("/callback", self.callback),
             Route("/logout", self.logout, methods=["POST"]),

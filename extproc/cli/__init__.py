@@ -12,12 +12,15 @@ import typer
 
 from extproc import __version__
 from extproc.cli import (
+    approvals,
     audit,
     auth,
     config,
     demo,
     doctor,
+    erase,
     evidence,
+    export,
     grant,
     keys,
     pins,
@@ -52,14 +55,17 @@ def _main(
 
 app.add_typer(sessions.app, name="sessions")
 sessions.app.command("redrive")(redrive.redrive_command)
+app.command("erase")(erase.erase_command)
 app.add_typer(keys.app, name="keys")
 app.add_typer(policy.app, name="policy")
 app.add_typer(store.app, name="store")
 app.add_typer(audit.app, name="audit")
 app.add_typer(grant.app, name="grant")
+app.add_typer(approvals.app, name="approvals")
 app.add_typer(config.app, name="config")
 app.add_typer(pins.app, name="pins")
 app.add_typer(evidence.app, name="evidence")
+app.add_typer(export.app, name="export")
 app.command("dev-issuer")(auth.dev_issuer)
 app.command("token")(auth.token)
 app.command("doctor")(doctor.doctor)

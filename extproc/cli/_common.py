@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from extproc.recording.replay import Session
+    from extproc.recording.shred import Keyring
     from extproc.recording.store import Store
 
 # One --config/-c for every command: required-with-a-default where the command needs a gateway.yaml, optional where
@@ -135,7 +136,17 @@ def public_key(config: Path | None, key_path: Path | None, directory: Path | Non
     return key
 
 
-def find_session(store: Store, session_id: str, key: Ed25519PublicKey | None = None) -> Session:
+def keyring_of(config: Path | None, directory: Path | None) -> Keyring | None:
+    """The payload keyring of the gateway.yaml in use (``encrypt_payloads: per_subject``), else None."""
+    from extproc.recording.shred import build_keyring
+
+    used = config_in_use(config, directory)
+    return build_keyring(load_settings(used).recording) if used is not None else None
+
+
+def find_session(
+    store: Store, session_id: str, key: Ed25519PublicKey | None = None, keyring: Keyring | None = None
+) -> Session:
     """The recorded session a user names, by the MCP server's id or the gateway-bound one; none is exit 1."""
     from extproc.recording.replay import load_session
     from extproc.recording.units import run_windows, unit_keys
@@ -147,7 +158,7 @@ def find_session(store: Store, session_id: str, key: Ed25519PublicKey | None = N
         raise typer.Exit(1)
     for name in keys:
         try:
-            session = load_session(store, name, key)
+            session = load_session(store, name, key, keyring)
         except KeyError:
             continue
         before, after = run_windows(store.list_sessions(), name) if name.startswith("r-") else (None, None)

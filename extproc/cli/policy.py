@@ -16,7 +16,7 @@ from rich.markup import escape
 from extproc.errors import ConfigError
 from extproc.mcp.jsonrpc import loads
 from extproc.policy.cases import Call, Who, load_cases, run_cases
-from extproc.policy.compiled import CompiledPolicy
+from extproc.policy.compiled import ApprovalNeed, CompiledPolicy
 from extproc.policy.engine import describe_call
 from extproc.policy.engine import explain as explain_call
 from extproc.policy.loader import load_policy
@@ -107,7 +107,7 @@ def check(directory: Dir, servers: Servers = None, gateway: Gateway = None, json
             "ok": True,
             "directory": str(directory),
             "files": list(policy.files),
-            "rules": {"allow": effects["allow"], "deny": effects["deny"]},
+            "rules": {"allow": effects["allow"], "deny": effects["deny"], "approve": effects["approve"]},
             "redactions": sorted(redactions),
             "viewers": [v.name for v in policy.viewers],
             "servers": sorted(policy.servers),
@@ -117,7 +117,8 @@ def check(directory: Dir, servers: Servers = None, gateway: Gateway = None, json
         return
     _out().print(
         f"[green]OK[/green] {escape(str(directory))}: {len(policy.files)} file(s), {len(policy.rules)} rules "
-        f"({effects['allow']} allow, {effects['deny']} deny), {len(redactions)} redactions, "
+        f"({effects['allow']} allow, {effects['deny']} deny, {effects['approve']} approve), "
+        f"{len(redactions)} redactions, "
         f"{len(policy.viewers)} viewer rules; servers: {', '.join(sorted(policy.servers)) or '-'}"
     )
 
@@ -168,6 +169,7 @@ def explain(
     call = Call(method=method, tool=tool, uri=uri, prompt=prompt, arguments=_json_option(args, "--args")).mcp_call()
     decision, trace = explain_call(policy, who, server, call)
     source = next((t.source for t in trace if t.rule == decision.rule), "")
+    budget = policy.budgets.get(decision.rule) if decision.allowed else None  # the allowing rule's limits
     if json_out:
         doc = {
             "allowed": decision.allowed,
@@ -177,25 +179,44 @@ def explain(
             "rule": decision.rule,
             "source": source or None,
             "reason": decision.reason,
+            "approval": _approval_doc(decision.approval),
             "considered": [
                 {"rule": t.rule, "effect": t.effect, "source": t.source, "applies": t.matched, "why": t.why}
                 for t in trace
             ],
         }
+        if budget is not None:
+            doc["limits"] = [
+                {"calls": lim.calls, "per": lim.per, "by": ["caller", *lim.by], "limit": lim.describe()}
+                for lim in budget.limits
+            ]
+            doc["on_store_error"] = "open" if budget.fail_open else "closed"
         typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
         raise typer.Exit(0 if decision.allowed else 1)
     out = _out()
     verdict = "[bold green]ALLOW[/bold green]" if decision.allowed else "[bold red]DENY[/bold red]"
+    if decision.approval is not None:
+        verdict = "[bold yellow]APPROVAL REQUIRED[/bold yellow]"
     if decision.invalid:
         verdict += " [red](invalid request: the gateway answers 400)[/red]"
     out.print(f"{verdict} {escape(describe_call(server, call))}")
     out.print(f"  caller:  {escape(who.username)} (groups: {escape(', '.join(who.groups) or '-')})")
     out.print(f"  decided by: [bold]{escape(decision.rule)}[/bold]" + (f" ({escape(source)})" if source else ""))
     out.print(f"  reason:  {escape(decision.reason)}")
+    if budget is not None:
+        limits = "; ".join(lim.describe() for lim in budget.limits)
+        store = "passes uncounted (open)" if budget.fail_open else "refused with 503 (closed)"
+        out.print(f"  limits:  {escape(limits)}; over a limit: 429; counter store down: {store}")
+
+    if (need := decision.approval) is not None:
+        out.print(
+            f"  approval: by {escape(need.text)} (never the caller), usable {need.ttl:g}s for {need.count} identical "
+            "call(s) with these exact arguments"
+        )
     if not trace:
         out.print("  no rule was evaluated (see the reason above)")
     else:
-        out.print("  rules considered (deny rules first, then allow rules, each in policy order):")
+        out.print("  rules considered (deny rules first, then approve, then allow rules, each in policy order):")
         width = max(len(t.rule) for t in trace)
         src_width = max(len(t.source) for t in trace)
         for t in trace:
@@ -208,6 +229,13 @@ def explain(
     if skipped:
         out.print(f"  {skipped} other rule(s) target other servers, methods or tools")
     raise typer.Exit(0 if decision.allowed else 1)
+
+
+def _approval_doc(need: ApprovalNeed | None) -> dict[str, Any] | None:
+    """What an approve rule asks for, as ``explain --json`` shows it."""
+    if need is None:
+        return None
+    return {"required": True, "approvers": need.text, "ttl_s": need.ttl, "count": need.count}
 
 
 @app.command("test")

@@ -57,6 +57,7 @@ def redrive_command(
         if not asyncio.run(_record(config, who, session.id, query)):
             console.print("[red]cannot write the audit trail; nothing re-driven[/red]")
             raise typer.Exit(1)
+    console.print(f"session {session.id}: recorded at capture level {session.capture() or '-'}", highlight=False)
     outcomes = redrive(session, to, allowed, token, policy=policy, operator=who)
     for o in outcomes:
         console.print(o.line(), highlight=False, markup=False, soft_wrap=True)

@@ -38,6 +38,10 @@ def serve(
     if log_format is not None:
         settings = settings.model_copy(update={"log_format": log_format_value(log_format)})
     setup_logging(verbose, settings.log_format)
+    if settings.processor.event_loop == "uvloop":  # every worker runs this too (serve --worker i)
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if worker is not None or passthrough:
         asyncio.run(serve_and_announce(settings, worker or 0, passthrough))
         return

@@ -1,9 +1,10 @@
-"""``mcp-extproc sessions list | show | verify``: recorded sessions, from the store or through the audit API."""
+"""``mcp-extproc sessions list | show | verify | export``: recorded sessions, from the store or the audit API."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
@@ -18,6 +19,7 @@ from extproc.cli._common import (
     console,
     err_console,
     find_session,
+    keyring_of,
     open_store,
     public_key,
     store_where,
@@ -25,6 +27,7 @@ from extproc.cli._common import (
 
 if TYPE_CHECKING:
     from extproc.audit.remote import AuditApi
+    from extproc.recording.store import Store
 
 T = TypeVar("T")
 app = typer.Typer(help="List, show and verify recorded MCP sessions.", no_args_is_help=True)
@@ -92,16 +95,33 @@ def sessions_show(
     from extproc.recording.report import print_session, session_doc
 
     key = public_key(config, key_path, dir)
-    session = find_session(open_store(config, dir), session_id, key)
+    session = find_session(open_store(config, dir), session_id, key, keyring_of(config, dir))
     if json_out:
         print(json.dumps(session_doc(session), indent=2, ensure_ascii=False))
     else:
         print_session(console, session)
 
 
+@app.command("export")
+def sessions_export(
+    session_id: str,
+    out: Annotated[Path, typer.Option("--out", help="file to write (refused if it exists)")],
+    config: ConfigOptional = None,
+    dir: DirOpt = None,
+    key_path: KeyOpt = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="bundle (the stored bytes, verifiable offline) or sep-3004 (audit records)")
+    ] = "bundle",
+) -> None:
+    """Export one session as a self-contained file: a verifiable bundle, or SEP-3004 audit records."""
+    from extproc.cli import _evidence
+
+    _evidence.export(session_id, out, config, dir, key_path, fmt)
+
+
 @app.command("verify")
 def sessions_verify(
-    session_id: str,
+    session_id: Annotated[str | None, typer.Argument(help="the session (omit with --bundle)")] = None,
     config: ConfigOptional = None,
     dir: DirOpt = None,
     key_path: KeyOpt = None,
@@ -110,14 +130,37 @@ def sessions_verify(
     ] = False,
     api: ApiOpt = None,
     token: TokenOpt = None,
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", help="verify an exported bundle (sessions export) instead of a store")
+    ] = None,
+    json_out: JsonOpt = False,
+    event: Annotated[
+        str | None,
+        typer.Option("--event", help="SHA-256 of one event (an export's proof pointer): say where it is, or fail"),
+    ] = None,
 ) -> None:
     """Check signatures, manifests and hash chains; exit 1 and name exactly what is wrong if anything is."""
+    if bundle is not None:
+        from extproc.cli import _evidence
+
+        if session_id is not None or api is not None or dir is not None or event is not None:
+            console.print("[red]--bundle verifies the file alone: give no session, --dir, --api or --event[/red]")
+            raise typer.Exit(2)
+        _evidence.verify_bundle(bundle, config, key_path, allow_open, json_out)
+        return
+    if session_id is None:
+        console.print("[red]name a session, or give --bundle FILE[/red]")
+        raise typer.Exit(2)
+    if api is not None and event is not None:
+        err_console.print("--event needs the store (--config or --dir), not --api")
+        raise typer.Exit(2)
     if api is not None:
         if not _remote(lambda r, a: r.remote_verify(console, a, session_id, allow_open), api, token):
             raise typer.Exit(1)
         return
     key = public_key(config, key_path, dir)
-    session = find_session(open_store(config, dir), session_id, key)
+    store = open_store(config, dir)
+    session = find_session(store, session_id, key)
     for note in session.notes:
         console.print(f"[yellow]NOTE[/yellow] {note}", highlight=False)
     for why in session.unfinished:
@@ -126,8 +169,33 @@ def sessions_verify(
         for p in session.problems:
             console.print(f"[red]FAIL[/red] {p}", highlight=False)
         raise typer.Exit(1)
+    if event is not None:
+        _verify_event(store, session.id, event, allow_open)
     signed = "signatures checked, " if key is not None else ""
     console.print(
         f"OK: {len(session.events)} events in {len(session.writers)} stream(s), {signed}every chain and manifest "
-        f"intact; state {session.summary()['state']}"
+        f"intact; state {session.summary()['state']}; capture {session.capture() or '-'}"
     )
+
+
+def _verify_event(store: Store, session: str, sha256: str, allow_open: bool) -> None:
+    """The event an export's proof pointer names: its line in the verified chain, and the manifest covering it."""
+    from extproc.export.proof import locate
+    from extproc.recording.store import safe_key
+
+    found = locate(store, safe_key(session), sha256)
+    if found is None:
+        console.print(f"[red]FAIL[/red] no event of session {session} hashes to {sha256}", highlight=False)
+        raise typer.Exit(1)
+    ev = found.event
+    where = f"{found.writer} line {found.line} (seq {found.seq})"
+    if found.segment is None:
+        tag = "[yellow]OPEN[/yellow]" if allow_open else "[red]FAIL[/red]"
+        console.print(f"{tag} event {sha256} at {where} is not covered by a signed manifest yet", highlight=False)
+        if not allow_open:
+            raise typer.Exit(1)
+    else:
+        console.print(
+            f"EVENT {sha256}: {ev.get('type')} of exchange {ev.get('exchange')} at {where}, segment {found.segment}",
+            highlight=False,
+        )

@@ -8,6 +8,7 @@ from pathlib import Path
 from extproc.doctor.check import Check
 from extproc.doctor.live import check_audit, check_metrics, check_processor, check_recording_available, check_upstreams
 from extproc.doctor.setup import (
+    check_budgets,
     check_config,
     check_envoy,
     check_issuers,
@@ -29,6 +30,7 @@ def run_checks(config: Path, running: bool = True) -> list[Check]:
         check_issuers,
         check_upstream_auth,
         check_store,
+        check_budgets,
         check_recording_available,
         check_keys,
         check_envoy,

@@ -18,6 +18,30 @@ from extproc.errors import ConfigError
 from extproc.settings import Settings
 
 
+def check_budgets(s: Settings) -> Iterator[Check]:
+    """With budgets.store in Redis: it answers and accepts the counting script (a Redis without Lua cannot count)."""
+    if s.budgets is None or not s.budgets.shared:
+        return
+    import redis
+
+    from extproc.controls.budgets import SLIDING_WINDOW
+
+    url = s.budgets.store
+    shown = url.split("@", 1)[-1]  # never print a password from the URL
+    client = redis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+    try:
+        client.ping()
+        client.script_load(SLIDING_WINDOW)
+    except (redis.RedisError, OSError) as e:
+        hint = "start redis-server there (or remove budgets: to count in each processor's memory); until it "
+        hint += "answers, rules with limits answer 503 (on_store_error: closed) or pass uncounted (open)"
+        yield _fail("budgets store", f"{shown}: {type(e).__name__}: {str(e)[:200]}", hint)
+        return
+    finally:
+        client.close()
+    yield _ok("budgets store", f"{shown}: answers, counting script loaded")
+
+
 def check_config(path: Path) -> tuple[Check, Settings | None]:
     from extproc import settings as settings_mod
 

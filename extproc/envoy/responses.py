@@ -15,60 +15,75 @@ from extproc.mcp.jsonrpc import error_response
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
+# Built in place (attribute by attribute) rather than through nested keyword constructors: about 3x cheaper per
+# reply, and every exchange builds four. Never shared: a caller may add to a reply (the trace context headers of
+# extproc/telemetry/ go into a request body's reply), so each call builds its own.
+
+
+def _mutate(m: ep.HeaderMutation, set_headers: Mapping[str, str] | None, remove: Iterable[str]) -> None:
+    """Fill ``m``: overwrite ``set_headers``, remove ``remove``."""
+    m.SetInParent()
+    for k, v in (set_headers or {}).items():
+        option = m.set_headers.add()
+        option.header.key = k
+        option.header.raw_value = v.encode()
+        option.append_action = _OVERWRITE
+    m.remove_headers.extend(remove)
+
 
 def header_mutation(set_headers: Mapping[str, str] | None = None, remove: Iterable[str] = ()) -> ep.HeaderMutation:
     """A mutation that overwrites ``set_headers`` and removes ``remove``."""
-    return ep.HeaderMutation(
-        set_headers=[
-            base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key=k, raw_value=v.encode()), append_action=_OVERWRITE
-            )
-            for k, v in (set_headers or {}).items()
-        ],
-        remove_headers=list(remove),
-    )
+    m = ep.HeaderMutation()
+    _mutate(m, set_headers, remove)
+    return m
 
 
 def _common(
-    set_headers: Mapping[str, str] | None, remove: Iterable[str], clear_route_cache: bool = False
-) -> ep.CommonResponse:
+    common: ep.CommonResponse,
+    set_headers: Mapping[str, str] | None,
+    remove: Iterable[str],
+    clear_route_cache: bool = False,
+) -> None:
+    common.SetInParent()
+    remove = tuple(remove)
     if not set_headers and not remove and not clear_route_cache:
-        return ep.CommonResponse()
-    return ep.CommonResponse(header_mutation=header_mutation(set_headers, remove), clear_route_cache=clear_route_cache)
+        return
+    _mutate(common.header_mutation, set_headers, remove)
+    common.clear_route_cache = clear_route_cache
 
 
 def request_headers(
     set_headers: Mapping[str, str] | None = None, remove: Iterable[str] = (), clear_route_cache: bool = False
 ) -> ep.ProcessingResponse:
     """Let the request headers through, optionally mutated; ``clear_route_cache`` makes Envoy route them again."""
-    return ep.ProcessingResponse(
-        request_headers=ep.HeadersResponse(response=_common(set_headers, remove, clear_route_cache))
-    )
+    resp = ep.ProcessingResponse()
+    _common(resp.request_headers.response, set_headers, remove, clear_route_cache)
+    return resp
 
 
-def _body(replace: bytes | None) -> ep.BodyResponse:
+def _body(body: ep.BodyResponse, replace: bytes | None) -> None:
     """Continue with the body as it is, or replace a whole (buffered) body; Content-Length follows."""
+    common = body.response
+    common.SetInParent()
     if replace is None:
-        return ep.BodyResponse(response=ep.CommonResponse())
-    return ep.BodyResponse(
-        response=ep.CommonResponse(
-            status=ep.CommonResponse.CONTINUE_AND_REPLACE,
-            body_mutation=ep.BodyMutation(body=replace),
-            header_mutation=header_mutation({"content-length": str(len(replace))}),
-        )
-    )
+        return
+    common.status = ep.CommonResponse.CONTINUE_AND_REPLACE
+    common.body_mutation.body = replace
+    _mutate(common.header_mutation, {"content-length": str(len(replace))}, ())
 
 
 def request_body(replace: bytes | None = None) -> ep.ProcessingResponse:
     """Let the (buffered) request body through, unchanged or replaced."""
-    return ep.ProcessingResponse(request_body=_body(replace))
+    resp = ep.ProcessingResponse()
+    _body(resp.request_body, replace)
+    return resp
 
 
 def streamed_body(replace: bytes) -> ep.ProcessingResponse:
     """A STREAMED response chunk replaced by ``replace`` (possibly empty: held back for a later chunk)."""
-    return ep.ProcessingResponse(
-        response_body=ep.BodyResponse(response=ep.CommonResponse(body_mutation=ep.BodyMutation(body=replace)))
-    )
+    resp = ep.ProcessingResponse()
+    resp.response_body.response.body_mutation.body = replace
+    return resp
 
 
 def response_headers(
@@ -77,17 +92,18 @@ def response_headers(
     buffer_body: bool = False,
 ) -> ep.ProcessingResponse:
     """Let response headers through; ``buffer_body`` switches this exchange's response body to BUFFERED."""
-    resp = ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=_common(set_headers, remove)))
+    resp = ep.ProcessingResponse()
+    _common(resp.response_headers.response, set_headers, remove)
     if buffer_body:
-        resp.mode_override.CopyFrom(
-            processing_mode_pb2.ProcessingMode(response_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED)
-        )
+        resp.mode_override.response_body_mode = processing_mode_pb2.ProcessingMode.BUFFERED
     return resp
 
 
 def response_body(replace: bytes | None = None) -> ep.ProcessingResponse:
     """Let a response body chunk through, or replace the (buffered) body."""
-    return ep.ProcessingResponse(response_body=_body(replace))
+    resp = ep.ProcessingResponse()
+    _body(resp.response_body, replace)
+    return resp
 
 
 def immediate(

@@ -9,6 +9,7 @@ from time import perf_counter
 from typing import Any
 
 from extproc.authn.principal import Principal
+from extproc.controls.hold import hold
 from extproc.errors import AuthorizationUnavailable, GatewayError, InvalidRequest, PolicyDenied, ToolWithheld
 from extproc.exchange.surface import SurfaceCheck
 from extproc.gateway import Gateway
@@ -21,7 +22,7 @@ from extproc.recording.events import PolicyDecision
 from extproc.recording.exchange_log import ExchangeLog
 
 # A refusal: the error, and for a refused batch the JSON-RPC errors that answer it (one per request).
-Refusal = tuple[GatewayError, list[dict[str, Any]] | None]
+Refusal = tuple[GatewayError, list[dict[str, Any]] | dict[str, Any] | None]
 
 
 CallKey = tuple[str, str, str | None]
@@ -48,6 +49,10 @@ class Decisions:
         self.verdict: Verdict | None = None
         self.facts: Facts | None = None  # SubjectAccessReviews and grants the decisions used (list filtering too)
         self.lists: dict[str, str] = {}  # list requests whose responses are filtered
+        self.reply_headers: dict[str, str] = {}  # headers of a refusal (a budget's Retry-After)
+        self.charged = False  # this exchange's calls were charged against their rules' limits
+        self.backend = ""  # the backend the exchange was routed to (an approval is bound to it)
+        self.approved_retry = False  # a held call passed on an approval (its answer to our elicitation is removed)
         self.shown: dict[CallKey, dict[str, Any]] = {}  # per call, the definition its caller was last shown
 
     async def body(
@@ -60,15 +65,46 @@ class Decisions:
         t0 = perf_counter()
         verdict = self.verdict = authorize(policy, who, server, parsed.messages, self.facts)
         gw.metrics.decision_seconds.observe(perf_counter() - t0)
+        held: Refusal | None = None
+        approval: dict[int, dict[str, Any]] = {}  # an approve rule held a call: its request or the approval used
+        if any(d.approval is not None for d in verdict.decisions):
+            first = parsed.messages[0] if len(parsed.messages) == 1 else None
+            args = (gw.approvals, policy, who, server, self.backend, parsed.batch, verdict, self.log.exchange_id, first)
+            verdict, refusal, answer, approval = await hold(*args)
+            self.approved_retry = refusal is None
+            self.verdict = verdict
+            held = (refusal, answer) if refusal is not None else None
         withheld, shown = (
             await self.tools.check_calls(policy, server, session, verdict.calls)
             if verdict.denied is None
             else (None, {})
         )
+        # Budgets (extproc/controls/budgets.py): charged for a body that would go upstream, once per exchange: a
+        # body the server's guardrail modified is decided again but not charged again (the operator's guardrail
+        # rewrote it; the client's call was charged as sent).
+        spent = (
+            await gw.budgets.charge(policy, who, server, verdict.calls, verdict.decisions, gw.metrics)
+            if verdict.denied is None and withheld is None and held is None and policy.budgets and not self.charged
+            else None
+        )
+        self.charged |= spent is not None
         self.shown = {call_key(verdict.calls[i]): record for i, record in shown.items()}
         for i, (call, d) in enumerate(zip(verdict.calls, verdict.decisions, strict=True)):
             outside = {"kubernetes": d.kubernetes, "grant": d.grant, "definition": shown.get(i)}
-            self.record(policy, server, call, d.allowed, d.rule, d.reason, **outside)
+            allowed, reason = d.allowed, d.reason
+            if spent is not None and (budget := spent.records.get(i)) is not None:
+                outside["budget"] = budget
+                if spent.refused_call == i:
+                    allowed, reason = False, str(spent.refusal)
+            self.record(policy, server, call, allowed, d.rule, reason, **outside)
+        if spent is not None and spent.refusal is not None:  # over a limit (429) or the store down, rule closed (503)
+            self.reply_headers = spent.headers
+            e = spent.refusal
+            batch = [error_response(c.id, e.jsonrpc_code, e.safe_message) for c in verdict.calls if c.id is not None]
+            return e, batch if parsed.batch else None
+            self.record(policy, server, call, d.allowed, d.rule, d.reason, approval=approval.get(i), **outside)
+        if held is not None:
+            return held
         if withheld is not None:
             return ToolWithheld(redact_text(policy, server, withheld)), None
         if (denied := verdict.denied) is None:

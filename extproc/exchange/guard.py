@@ -18,6 +18,7 @@ from extproc.errors import GatewayError, GuardrailDenied, GuardrailUnavailable
 from extproc.exchange.decide import CallKey, call_key, describe
 from extproc.gateway import Gateway
 from extproc.mcp.jsonrpc import Message, is_request, to_call
+from extproc.policy.capture import Capture
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.enforce import redact_for_record, redact_text
 from extproc.recording.events import GuardrailVerdict
@@ -77,9 +78,11 @@ async def ask(
             changed[i] = _with_arguments(m, a.arguments or {})
         else:
             outcome = "passed (fail open)" if verdict == "error" else "passed"
-        recorded = _recorded_arguments(policy, server, changed[i]) if verdict == "modify" and changed else None
+        capture = Capture(policy.capture(server, [c.tool] if c.tool else ()), gw.options.capture_salt)
+        recorded = _recorded_arguments(policy, server, changed[i], capture) if verdict == "modify" and changed else None
+        reason = capture.leaf(reason) if capture.drops_values else redact_text(policy, server, reason)
         log.emit(
-            GuardrailVerdict(message_id=c.id, call=what, verdict=verdict, reason=redact_text(policy, server, reason),
+            GuardrailVerdict(message_id=c.id, call=what, verdict=verdict, reason=reason,
                              latency_ms=round(a.latency_ms, 3), outcome=outcome, arguments=recorded)
         )  # fmt: skip
     return refusal, (changed if refusal is None else None)
@@ -91,8 +94,13 @@ def _with_arguments(m: Message, arguments: dict[str, Any]) -> Message:
     return out
 
 
-def _recorded_arguments(policy: CompiledPolicy, server: str, m: Message) -> dict[str, Any] | None:
-    """The modified call's arguments as the recording keeps a request: with the server's redactions applied."""
+def _recorded_arguments(policy: CompiledPolicy, server: str, m: Message, capture: Capture) -> dict[str, Any] | None:
+    """The modified call's arguments as the recording keeps a request: at the call's capture level (shape: their
+    shape, metadata: none, full: as they are), else with the server's redactions applied."""
+    if capture.drops_values or capture.level == "full":
+        kept = capture.message(m) if capture.drops_values else m
+        arguments = (kept.get("params") or {}).get("arguments")
+        return arguments if isinstance(arguments, dict) else None
     (redacted,), _, _ = redact_for_record(policy, server, [m], b"")
     arguments = redacted.get("params", {}).get("arguments")
     return arguments if isinstance(arguments, dict) else None

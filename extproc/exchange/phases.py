@@ -12,21 +12,21 @@ known, sent fail-closed.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping
+import time
+from functools import partial
 from time import perf_counter
-from typing import Any, Literal
+from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc.admission import SESSION_HEADER, Admitted, Unrecorded, admit
 from extproc.authn.principal import Principal
-from extproc.authn.session_binding import bind
 from extproc.authn.state_binding import RequestStateNotYours
+from extproc.controls.hold import strip_input_response
 from extproc.envoy import responses
 from extproc.envoy.fields import UPSTREAM_HEADER
-from extproc.envoy.headers import recordable, to_dict
+from extproc.envoy.headers import to_dict
 from extproc.errors import (
     EncodedResponse,
     GatewayError,
@@ -36,43 +36,38 @@ from extproc.errors import (
     ReservedSessionId,
     StoreError,
 )
-from extproc.exchange import guard, results, upstream
+from extproc.exchange import guard, request, response, results, upstream
 from extproc.exchange.decide import Decisions
+from extproc.exchange.response import RECORDING_HEADER
 from extproc.exchange.surface import SurfaceCheck
 from extproc.exchange.upstream import UPSTREAM_REMOVE, caller_token, credential_recorder
 from extproc.gateway import Gateway
 from extproc.logs import access, verdict_fields
 from extproc.mcp.body import Piece, ResponseBody, dumps, rewrite_json
-from extproc.mcp.jsonrpc import ParsedBody, error_response, is_request, parse_body
-from extproc.mcp.methods import HTTP_METHODS, INPUT_REQUIRED
-from extproc.mcp.param_headers import ToolHeaders
-from extproc.mcp.protocol import check_headers, classify, run_key
-from extproc.mcp.request_state import RequestState
-from extproc.mcp.sse import format_event
+from extproc.mcp.jsonrpc import ParsedBody, parse_body
+from extproc.mcp.methods import HTTP_METHODS
+from extproc.mcp.protocol import check_headers, classify
+from extproc.policy.capture import Capture
 from extproc.policy.compiled import CompiledPolicy
-from extproc.policy.enforce import Verdict, filter_body, record_redactor, redact_for_record
+from extproc.policy.enforce import Verdict
 from extproc.recording.events import (
     ExchangeEnd,
-    ExchangeStart,
-    ListFiltered,
-    McpRequest,
     Outcome,
     ResponseStart,
-    body_fields,
     is_reserved_unit,
     is_synthetic_session,
-    server_unit,
     synthetic_session_id,
 )
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import record_piece
+from extproc.telemetry.tracing import ExchangeTrace, with_headers
 from extproc.tools.screens import strip_invisible_bytes
 from extproc.upstream.base import ExchangeContext
 
 log = logging.getLogger(__name__)
 
-# Tells a stateless (2026-07-28) client which recorded run its request joined; it has no session id to go by.
-RECORDING_HEADER = "mcp-extproc-recording"
+__all__ = ["IDENTITY_ENCODINGS", "RECORDING_HEADER", "Exchange"]
+
 IDENTITY_ENCODINGS = ("", "identity")
 
 
@@ -88,6 +83,8 @@ class Exchange:
         self.admitted: Admitted | None = None
         self.principal: Principal | None = None
         self.policy: CompiledPolicy | None = None  # one snapshot per exchange: a reload never splits a decision
+        self.capture = Capture()  # how much of the payloads is recorded (policy/capture.py), set at admission
+        self._header_capture = Capture()
         self.client = ""  # downstream address
         self.request_id = ""  # Envoy's x-request-id: joins our access line to Envoy's
         # Progress.
@@ -102,17 +99,18 @@ class Exchange:
         self._headers: dict[str, str] = {}
         self._header_names: list[str] = []  # as sent, repeats kept: a duplicated MCP header is refused
         self._run: str | None = None  # the recorded run of a stateless request
+        self._scope = ""  # the admitted scope, else the server (mcp/param_headers.py, mcp/request_state.py)
         self._server_session: str | None = None  # the server's own session id (the unit adds server and backend)
-        self._may_ask = False  # a stateless call whose result may ask for input: its requestState gets sealed
-        self._state: RequestState | None = None
+        self._seal: request.Seal | None = None  # a stateless call whose result may ask for input: its state sealed
         self._deferred: tuple[GatewayError, dict[str, str]] | None = None  # an admission refusal awaiting the body
         self._awaiting: set[str] = set()  # ids of requests in the body still without a response
         self._tools = SurfaceCheck(gw.surface, self.id, self.log, gw.clock)  # tool-surface integrity (surface.py)
         self._decisions = Decisions(gw, self.log, self._tools)  # the verdict, its facts, the lists to filter
         # The response.
         self._body: ResponseBody | None = None
-        self._buffered: Literal["filter", "seal"] | None = None  # the whole body comes in one message
+        self._buffered: response.Buffered = None  # the whole body comes in one message
         self._guard_ms: float | None = None  # how long the server's outside guardrail took, when it was asked
+        self.trace: ExchangeTrace | None = None  # OpenTelemetry spans (extproc/telemetry/), when tracing is on
         self._screen: results.ResultScreen | None = None  # invisible characters in results: found, maybe stripped
 
     @property
@@ -139,14 +137,15 @@ class Exchange:
         """Admit the request (admission.py) and record its start; a refusal of a known caller is recorded too."""
         headers = self._headers = to_dict(msg.headers)
         self.request_id = headers.get("x-request-id", "")[:128]
-        opts = self.gw.options
-        if opts.metadata and headers.get(":path", "").split("?", 1)[0] == opts.metadata_path:
-            self.finished = True  # RFC 9728 metadata: public, and not an exchange
-            return responses.json_reply(200, dict(opts.metadata))
-        if self.gw.upstream is not None and self.gw.upstream.serves_jwks(headers.get(":path", "")):
-            self.finished = True  # the public keys of the gateway's identity assertions: public, not an exchange
-            return responses.json_reply(200, self.gw.upstream.jwks)
+        if self.gw.tracing is not None:
+            self.trace = self.gw.tracing.exchange(self.id, headers.get("traceparent"))
+        if (public := request.public_document(self.gw, headers.get(":path", ""))) is not None:
+            self.finished = True  # public, and not an exchange
+            return public
+        t0 = time.time_ns()
         admission = await admit(self.gw, headers, self.id)
+        if self.trace is not None:
+            self.trace.mark("authenticate", t0)
         if isinstance(admission, Unrecorded):
             return self._refuse(admission.error, dict(admission.headers))
         self._admit(admission, msg, attributes)
@@ -173,6 +172,8 @@ class Exchange:
         route = admission.route_headers
         ours = upstream.gateway_headers(self.gw, self.principal, self.server_name, self._server_session, backend)
         set_headers, remove = upstream.request_headers({**ours, **credentials}, route)
+        if self.trace is not None and msg.end_of_stream:  # a GET or DELETE: its trace context goes upstream now
+            set_headers.update(self.trace.forward((), self.session, self.server_name, self.log))
         return responses.request_headers(set_headers, remove, clear_route_cache=bool(route))
 
     async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
@@ -182,6 +183,8 @@ class Exchange:
         body = msg.body
         self.bytes_in += len(body)
         parsed = parse_body(body, strict=True)  # what the policy decides on must be what the server reads
+        if self.trace is not None:  # its parent may be the request's params._meta.traceparent (SEP-414)
+            self.trace.begin(parsed.messages, self.session, self.server_name)
         self._note_request(parsed)
         if self._deferred is not None:  # refused at admission (someone else's session...): only the id was missing
             return self._refuse(*self._deferred)
@@ -189,18 +192,27 @@ class Exchange:
         if parsed.error:  # what cannot be parsed cannot be authorized: refuse it, recorded
             return self._refuse(InvalidRequest(f"request body is not valid JSON-RPC ({parsed.error})"))
         try:  # the headers Envoy and the server read must say what the decided body says
-            check_headers(self._header_names, self._headers, parsed.messages, parsed.batch, self._declared_headers)
+            declared = partial(self.gw.param_headers.get, self._scope)  # the tools' x-mcp-header maps
+            check_headers(self._header_names, self._headers, parsed.messages, parsed.batch, declared)
             forward = self._open_request_state(parsed.messages)  # a retry continues only its own round
         except (InvalidRequest, RemovedMethod, RequestStateNotYours) as e:
             return self._refuse(e)
         if (refused := await self._decide(parsed)) is not None:
             return refused
+        if self._decisions.approved_retry:  # the server never asked for the answer to the gateway's elicitation
+            forward = strip_input_response(forward if forward is not None else body) or forward
+
         if self.gw.guardrails is not None:  # the server's outside guardrail, when it has one (guard.py)
             refused, forward = await self._guard(parsed, forward)
             if refused is not None:
                 return refused
         if (refused := await self._commit()) is not None:  # the server executes only what is on disk
             return refused
+        if self.trace is not None:
+            return with_headers(
+                responses.request_body(forward),
+                self.trace.forward(parsed.messages, self.session, self.server_name, self.log),
+            )
         return responses.request_body(forward)
 
     async def _guard(
@@ -220,8 +232,9 @@ class Exchange:
         if changed is None:
             return None, forward
         modified = ParsedBody(tuple(changed), base.batch)
+        declared = partial(self.gw.param_headers.get, self._scope)
         try:
-            check_headers(self._header_names, self._headers, modified.messages, modified.batch, self._declared_headers)
+            check_headers(self._header_names, self._headers, modified.messages, modified.batch, declared)
         except InvalidRequest as e:
             return self._refuse(e), None
         if (refused := await self._decide(modified)) is not None:  # what the server executes is decided on
@@ -232,13 +245,15 @@ class Exchange:
         """Learn the recording unit (the server names its session) and how the body is framed."""
         headers = to_dict(msg.headers)
         self.status = int(headers.get(":status", "0") or 0)
+        if self.trace is not None:
+            self.trace.answered(self.status)
         server_session = headers.get(SESSION_HEADER)
         if server_session and is_reserved_unit(server_session):  # it would write into another recording unit
             return self._refuse(ReservedSessionId(server_session))
         if self.session is None:
             self.log.set_unit(self._server_unit(server_session) if server_session else synthetic_session_id(self.id))
         self.ends_session |= self.status == 404 and not is_synthetic_session(self.session or "")
-        kept, dropped, found = recordable(headers, record_redactor(self.policy, self.server_name))
+        kept, dropped, found = request.recordable_headers(self.policy, self.server_name, headers, self._header_capture)
         self.log.emit(ResponseStart(status=self.status, headers=kept, credentials_removed=dropped, redactions=found))
         encoding = headers.get("content-encoding", "").strip().lower()
         if encoding not in IDENTITY_ENCODINGS and self.policy is not None and not msg.end_of_stream:
@@ -248,20 +263,15 @@ class Exchange:
             self.finish("complete")
             await self.log.commit()
         ok = 200 <= self.status < 300 and not msg.end_of_stream
-        content_type = headers.get("content-type", "")
-        seal_sse = self._seal_state if ok and self._may_ask else None
-        opts = self.gw.options
-        self._body = ResponseBody(content_type, opts.max_event_body_bytes, seal_sse, opts.held, self._refusal)
+        withheld = lambda: response.withheld_body(self.id, self._awaiting)  # noqa: E731
+        framing = response.framing(self.gw.options, headers, ok, self._seal, bool(self._decisions.lists), withheld)
+        self._body, self._buffered = framing
         self._screen = self._results_screen() if ok else None  # invisible characters in results (results.py)
-        # List responses (and JSON results that may carry request state) are rewritten for the caller, so this one
-        # body is buffered; all others keep streaming.
-        if ok and self._decisions.lists:
-            self._buffered = "filter"
-        elif ok and self._may_ask and content_type.startswith("application/json"):
-            self._buffered = "seal"
         stripping = self._screen is not None and self._screen.stripper is not None and not self._buffered
         remove = ("content-length",) if self._body.rewriting or stripping else ()
-        return responses.response_headers(self._client_headers(server_session), remove, self._buffered is not None)
+        who, key = self.principal, self.gw.options.session_key
+        set_headers = response.client_headers(key, who, self.admitted, server_session, self._run)
+        return responses.response_headers(set_headers, remove, self._buffered is not None)
 
     async def on_response_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
         """Record one chunk: SSE events as they complete, a JSON body at its end, other bytes as they are."""
@@ -306,6 +316,10 @@ class Exchange:
             duration_ms=duration * 1000, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
             detail=detail, guardrail_ms=self._guard_ms, **verdict_fields(self.verdict),
         )  # fmt: skip
+        if self.trace is not None:
+            fields = verdict_fields(self.verdict)
+            decision, rule = fields.get("decision", ""), fields.get("rule", "")
+            self.trace.finish(outcome, self.status, decision, rule, detail, self.session or "")
         if self.admitted is None:
             return
         self.gw.metrics.exchange_ended(self.server_name, outcome, duration)
@@ -340,10 +354,13 @@ class Exchange:
         exchange recorded (marked incomplete), never executed unrecorded. Refused (503) when that cannot be."""
         if (held := self.log.cannot_hold()) is not None:
             return self._refuse(RecordingUnavailable(str(held)))
+        t0 = time.time_ns()
         try:
             await self.log.commit()
         except StoreError as e:
             return self._refuse(RecordingUnavailable(str(e)))
+        if self.trace is not None:
+            self.trace.mark("recording commit", t0)
         return None
 
     # --- request side ----------------------------------------------------------------------------------------
@@ -352,60 +369,51 @@ class Exchange:
         """From here on the exchange is recorded: who, where, which session; then its start."""
         headers = self._headers
         self.admitted, self.principal = admission, admission.principal
+        self._decisions.backend = admission.backend.name if admission.backend else ""
         self._tools.backend = admission.backend.name if admission.backend else None
+        self._scope = admission.scope or admission.server.name  # whose tools' x-mcp-header maps, request state
         self.policy = self.gw.policy.current if self.gw.policy is not None else None
         self.ends_session = headers.get(":method") == "DELETE"
-        self.client = _client_address(attributes, headers)
+        self.client = request.client_address(attributes, headers)
         self._header_names = [h.key for h in msg.headers.headers]
         if admission.refusal is not None and admission.session == synthetic_session_id(self.id):
             self.log.set_unit(admission.session)  # refused: a unit of its own (admission.py), never the named one
         elif admission.session is not None:
             self._server_session = admission.session
             self.log.set_unit(self._server_unit(admission.session))
-        kept, dropped, found = recordable(headers, record_redactor(self.policy, admission.server.name))
-        self.log.emit(
-            ExchangeStart(
-                client=self.client,
-                server=admission.server.name,
-                backend=admission.backend.name if admission.backend else "",
-                method=headers.get(":method", ""),
-                path=kept.get(":path", ""),
-                headers=kept,
-                credentials_removed=dropped,
-                redactions=found,
-                principal=self.principal.to_record() if self.principal else None,
-            )
-        )
+        # Without a policy: the default level (the built-in header redactions, as before levels existed).
+        salt = self.gw.options.capture_salt
+        server = admission.server.name
+        self._header_capture = Capture(self.policy.header_capture(server) if self.policy else "redacted", salt)
+        self.capture = Capture(self.policy.capture(server) if self.policy else "redacted", salt)
+        self.log.emit(request.start_event(self.policy, admission, headers, self.client, self._header_capture))
 
     def _note_request(self, parsed: ParsedBody) -> None:
         """Request ids (to pair responses) and, for a stateless request, the run it belongs to."""
-        self.request_ids = [m.get("id") for m in parsed.messages if "id" in m]
-        self._awaiting = {json.dumps(m["id"]) for m in parsed.messages if "id" in m and is_request(m)}
+        self.request_ids, self._awaiting = request.request_ids(parsed)
         if self.session is None and not parsed.error:
             rev = classify(self._headers, parsed.messages)
             if rev.stateless:  # no session id at 2026-07-28: the unit is the client's run, known before recording
-                self._run = self._run_unit(rev.client_info)
+                self._run = request.run_unit(
+                    self.gw, self.principal, self.client, self.server_name, self._headers, rev.client_info
+                )
                 self.log.set_unit(self._run)
 
     def _record_request(self, parsed: ParsedBody, body: bytes) -> None:
-        messages, raw, redactions = redact_for_record(self.policy, self.server_name, list(parsed.messages), body)
-        self.log.emit(
-            McpRequest(
-                messages=messages,
-                batch=parsed.batch,
-                error=parsed.error,
-                body=body_fields(raw) if raw is not None else {"raw_redacted": True},
-                size=len(body),
-                redactions=redactions,
-            )
-        )
+        salt = self.gw.options.capture_salt
+        self.capture = request.request_capture(self.policy, self.server_name, parsed, salt) or self.capture
+        self.log.emit(request.request_event(self.policy, self.server_name, parsed, body, self.capture))
 
     async def _decide(self, parsed: ParsedBody) -> ep.ProcessingResponse | None:
         """Every request of the body decided and recorded (decide.py); one denial refuses the whole body."""
         if self.policy is None or self.principal is None:
             return None
+        t0 = time.time_ns()
         refusal = await self._decisions.body(self.policy, self.principal, self.server_name, self.session, parsed)
-        return self._refuse(refusal[0], doc=refusal[1]) if refusal is not None else None
+        if self.trace is not None:
+            self.trace.mark("policy", t0)
+        headers = self._decisions.reply_headers
+        return self._refuse(refusal[0], headers, doc=refusal[1]) if refusal is not None else None
 
     def _authorize_http(self, name: str) -> ep.ProcessingResponse | None:
         """GET (open the server's stream) and DELETE (end the session) are decided like methods, named ``name``."""
@@ -415,70 +423,21 @@ class Exchange:
         return self._refuse(err) if err is not None else None
 
     def _server_unit(self, session: str) -> str:
-        """The recording unit of a server's session: keyed by server and backend, so no upstream reaches another's."""
-        backend = self.admitted.backend.name if self.admitted is not None and self.admitted.backend else ""
-        return server_unit(self.server_name, backend, session)
-
-    def _run_unit(self, client_info: Mapping[str, Any] | None) -> str:
-        """The recorded run a stateless request belongs to (extproc/mcp/protocol.py RunTracker)."""
-        who = self.principal
-        key = run_key(
-            who.issuer if who else "",
-            who.subject if who else f"anonymous@{self.client}",
-            self.server_name,
-            self._headers.get("authorization", ""),
-            client_info,
-        )
-        return self.gw.runs.unit(key, self.gw.clock(), self._headers.get("traceparent"))
-
-    # --- multi-round-trip request state (2026-07-28, mcp/request_state.py) -------------------------------------
+        return request.server_unit_of(self.admitted, session)
 
     def _open_request_state(self, messages: tuple[dict[str, Any], ...]) -> bytes | None:
-        """A stateless call by a known identity: a result that may ask for input gets its state sealed to this
-        caller, and a retry's sealed state is opened. Returns the body to forward when it changed, else None."""
-        if self._run is None or self.principal is None or self.admitted is None or len(messages) != 1:
+        """A stateless call by a known identity (request.open_state); the body to forward when it changed."""
+        if self._run is None or self.principal is None or len(messages) != 1:
             return None
-        scope = self.admitted.scope or self.admitted.server.name
-        self._state = RequestState(self.principal, scope, self.gw.options.session_key)
-        self._may_ask = messages[0].get("method") in INPUT_REQUIRED
-        return self._state.open(messages[0])
-
-    # --- Mcp-Param-* headers against the tools' x-mcp-header maps (mcp/param_headers.py) -------------------------
-
-    def _scope(self) -> str:
-        return (self.admitted.scope or self.admitted.server.name) if self.admitted is not None else ""
-
-    def _declared_headers(self, tool: str) -> ToolHeaders | None:
-        return self.gw.param_headers.get(self._scope(), tool)
-
-    def _learn_list(self, method: str, result: dict[str, Any]) -> None:
-        if method == "tools/list":
-            self.gw.param_headers.learn(self._scope(), result)
-
-    def _results_screen(self) -> results.ResultScreen | None:
-        verdict = self._decisions.verdict
-        if self.policy is None or verdict is None:
-            return None
-        return results.ResultScreen.of(self.policy, self.server_name, self.log, verdict.calls)
-
-    def _seal_state(self, message: dict[str, Any]) -> dict[str, Any]:
-        return self._state.seal(message) if self._state is not None else message
+        self._seal, forward = request.open_state(self.gw.options.session_key, self.principal, self._scope, messages[0])
+        return forward
 
     # --- response side ---------------------------------------------------------------------------------------
 
-    def _client_headers(self, server_session: str | None) -> dict[str, str]:
-        """The client only ever sees the bound session id; a stateless client learns its recorded run."""
-        out = {}
-        if server_session and self.principal is not None and self.admitted is not None:
-            out[SESSION_HEADER] = bind(server_session, self.principal, self.gw.options.session_key, self.admitted.scope)
-        if self._run is not None:
-            out[RECORDING_HEADER] = self._run
-        return out
-
     def _rewrite_buffered(self, body: bytes) -> ep.ProcessingResponse | None:
         """The whole (buffered) body rewritten for the caller: lists filtered, or request state sealed."""
-        if self._buffered == "seal":
-            sealed = rewrite_json(body, self._seal_state)
+        if self._buffered == "seal" and self._seal is not None:
+            sealed = rewrite_json(body, self._seal)
             if self._screen is not None and self._screen.stripper is not None:
                 sealed = strip_invisible_bytes(sealed)  # results screened with strip (results.py)
             return responses.response_body(replace=sealed) if sealed != body else None
@@ -486,13 +445,9 @@ class Exchange:
             return None
         sse = self._body is not None and self._body.sse
         review = self._review_list if self._tools.surface is not None else None
-        d = self._decisions
-        filtered, hidden = filter_body(
-            self.policy, self.principal, self.server_name, d.lists, body, sse, d.facts, self._learn_list, review
-        )
-        for method, msg_id, names in hidden:
-            self.log.emit(ListFiltered(method=method, message_id=msg_id, hidden=names))
-        return responses.response_body(replace=filtered)
+        who, server = self.principal, self.server_name
+        learn = response.learn_tools(self.gw.param_headers, self._scope)
+        return response.filtered_lists(self.policy, who, server, self._decisions, body, sse, learn, review)
 
     def _review_list(self, method: str, result: dict[str, Any]) -> dict[str, Any]:
         """One list result fingerprinted, screened and judged against the pins (extproc/tools/surface.py)."""
@@ -500,22 +455,19 @@ class Exchange:
         unit = self.session or synthetic_session_id(self.id)
         return self._tools.review_list(self.policy, self.server_name, unit, method, result)
 
-    def _refusal(self) -> bytes:
-        """What the client gets instead of an SSE body that must be rewritten but holds an event too big to check:
-        an error for each request still unanswered, and nothing more of the body."""
-        log.warning("exchange %s: SSE event too big to check for request state; rest of the body withheld", self.id)
-        message = "the server's response holds an event too big for the gateway to check; withheld"
-        return b"".join(
-            format_event(dumps(error_response(json.loads(i), -32603, message))) for i in sorted(self._awaiting)
-        )
-
     def _record_piece(self, piece: Piece) -> None:
         """One SSE event, JSON document or raw chunk on the record (recording/pieces.py)."""
         body = self._body
         withheld = body.oversized_reason if body is not None and body.oversized and self.policy is not None else None
-        self._awaiting -= record_piece(self.log, self.policy, self.server_name, piece, withheld)
+        self._awaiting -= record_piece(self.log, self.policy, self.server_name, piece, withheld, self.capture)
         if self._screen is not None:
             self._screen.note(piece)
+
+    def _results_screen(self) -> results.ResultScreen | None:
+        verdict = self._decisions.verdict
+        if self.policy is None or verdict is None:
+            return None
+        return results.ResultScreen.of(self.policy, self.server_name, self.log, verdict.calls)
 
     # --- refusals --------------------------------------------------------------------------------------------
 
@@ -534,14 +486,3 @@ class Exchange:
             return responses.json_reply(err.status, doc, headers, f"mcp_extproc_{err.refusal_name}")
         msg_id = self.request_ids[0] if len(self.request_ids) == 1 else None
         return responses.error_reply(err, msg_id, headers)
-
-
-def _client_address(attributes: Any, headers: dict[str, str]) -> str:
-    """The downstream address Envoy saw (ext_proc attribute), else the last X-Forwarded-For hop."""
-    if attributes is not None:
-        struct = attributes.get("envoy.filters.http.ext_proc")
-        if struct is not None and "source.address" in struct.fields:
-            address: str = struct.fields["source.address"].string_value  # protobuf Struct (untyped generated code)
-            return address
-    xff = headers.get("x-forwarded-for", "")
-    return xff.rsplit(",", 1)[-1].strip()

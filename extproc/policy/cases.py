@@ -65,7 +65,7 @@ class Case(_Model):
     call: Call | None = None
     batch: list[Call] | None = Field(None, min_length=1)
     view: View | None = None
-    expect: Literal["allow", "deny"]
+    expect: Literal["allow", "deny", "approve"] = Field(description="approve: an approve rule holds the call")
     rule: str | None = Field(None, description="Expected deciding rule (calls and batches).")
 
     @model_validator(mode="after")
@@ -120,6 +120,7 @@ def run_case(policy: CompiledPolicy, lc: LocatedCase) -> CaseResult:
     """Evaluate one case against the policy."""
     c = lc.case
     who = c.who.principal()
+    held = False  # a call an approve rule holds (a batch holding one is refused whole: deny)
     if c.view is not None:
         allowed, rule = may_view(policy, who, c.server, c.view.owner), None
     elif c.batch is not None:
@@ -129,7 +130,8 @@ def run_case(policy: CompiledPolicy, lc: LocatedCase) -> CaseResult:
         assert c.call is not None
         d = decide(policy, who, c.server, c.call.mcp_call())
         allowed, rule = d.allowed, d.rule
-    got = "allow" if allowed else "deny"
+        held = d.approval is not None
+    got = "approve" if held else "allow" if allowed else "deny"
     by = f" by {rule!r}" if rule is not None else ""
     if got != c.expect:
         return CaseResult(lc.source, c.name, False, f"expected {c.expect}, got {got}{by}")

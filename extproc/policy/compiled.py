@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from extproc.errors import ConfigError
 from extproc.mcp.methods import KNOWN_METHODS
+from extproc.policy.capture import DEFAULT_LEVEL, CaptureLevel, stricter
 from extproc.policy.globs import Matcher, compile_globs
-from extproc.policy.model import PROMPT_METHODS, RESOURCE_METHODS, TOOL_METHODS, PolicyFile, Subjects
+from extproc.policy.model import PROMPT_METHODS, RESOURCE_METHODS, TOOL_METHODS, Limit, PolicyFile, Rule, Subjects
 from extproc.policy.redact import Redactor, compile_redactor
 from extproc.reserved import AUDIT_SERVER as AUDIT_SERVER
 from extproc.reserved import RESERVED_SERVERS as RESERVED_SERVERS
+from extproc.timespec import parse_duration
 
 ANY_SERVER = "*"
 # A list request is filtered with the decisions of the call that uses an item: it needs that call's reviews too.
@@ -94,6 +96,45 @@ class KubeCheck:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if getattr(self, k) is not None}
 
 
+@dataclass(frozen=True, slots=True)
+class CompiledLimit:
+    """One budget of a rule: at most ``calls`` in any ``window`` seconds; ``per`` as written (for messages)."""
+
+    calls: int
+    window: float
+    per: str
+    by_tool: bool = False
+    by_server: bool = False
+
+    @property
+    def by(self) -> list[str]:
+        """What the counter is kept per besides the caller: server and/or tool."""
+        return [*(["server"] if self.by_server else []), *(["tool"] if self.by_tool else [])]
+
+    def describe(self) -> str:
+        """'30 calls per 1m (per caller, tool)': how a refusal and ``policy explain`` name it."""
+        return f"{self.calls} calls per {self.per} (per {', '.join(['caller', *self.by])})"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleBudget:
+    """The limits of one allow rule, and what a failing counter store means for it."""
+
+    rule: str
+    limits: tuple[CompiledLimit, ...]
+    fail_open: bool = False  # on_store_error: open
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalNeed:
+    """What an ``effect: approve`` rule asks for: who may approve, for how long, how many identical calls."""
+
+    approvers: CompiledSubjects
+    ttl: float
+    count: int
+    text: str  # the approvers as written, for explain and the caller's error ("groups [sre]")
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class CompiledRule:
     """A rule ready to evaluate; ``order`` is its position across all files (file name order)."""
@@ -109,10 +150,11 @@ class CompiledRule:
     arguments: tuple[ArgCheck, ...]
     description: str = ""
     kubernetes: KubeCheck | None = None
+    approval: ApprovalNeed | None = None  # effect: approve (``deny`` is False: it is not a denial)
 
     @property
     def effect(self) -> str:
-        return "deny" if self.deny else "allow"
+        return "deny" if self.deny else "approve" if self.approval is not None else "allow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +192,8 @@ Candidates = tuple[tuple[CompiledRule, ...], tuple[str, ...]]
 
 @dataclass(frozen=True, slots=True)
 class Bucket:
-    """Candidate rules for one (server, method): deny rules first, then allow rules, each in policy order."""
+    """Candidate rules for one (server, method): deny rules first, then approve rules, then allow rules, each in
+    policy order."""
 
     generic: Candidates
     by_object: dict[str, Candidates]  # exact object name -> its rules merged with ``generic``
@@ -175,6 +218,10 @@ class CompiledPolicy:
     redactors: dict[str, Redactor] = field(repr=False)
     checks: dict[str, tuple[KubeCheck, ...]] = field(default_factory=dict, repr=False)
     integrity_entries: tuple[CompiledIntegrity, ...] = ()
+    budgets: dict[str, RuleBudget] = field(default_factory=dict, repr=False)  # rule name -> its limits
+
+    captures: dict[str, CaptureLevel] = field(default_factory=dict)  # server -> level named by server-wide entries
+    tool_captures: tuple[ToolCapture, ...] = ()  # per-tool entries, in policy order
 
     def integrity(self, server: str, item: str | None = None) -> CompiledIntegrity:
         """The integrity settings for an item of ``server``: an entry naming the item beats a server-wide one,
@@ -219,6 +266,32 @@ class CompiledPolicy:
         """The redactions that apply to recordings of ``server``."""
         return self.redactors.get(server) or self.redactors[ANY_SERVER]
 
+    def capture(self, server: str, tools: Iterable[str] = ()) -> CaptureLevel:
+        """The capture level for ``server`` (and, for tools/call, these tools): the strictest entry wins."""
+        level = self.captures.get(server) or self.captures.get(ANY_SERVER) or DEFAULT_LEVEL
+        for tc in self.tool_captures:
+            if (tc.servers is None or server in tc.servers) and any(tc.tools(t) for t in tools):
+                level = stricter(level, tc.level)
+        return level
+
+    def header_capture(self, server: str) -> CaptureLevel:
+        """The level for what is recorded before the body is read (headers carry arguments: Mcp-Param-*): the
+        strictest of the server's own level and every per-tool level of the server."""
+        level = self.capture(server)
+        for tc in self.tool_captures:
+            if tc.servers is None or server in tc.servers:
+                level = stricter(level, tc.level)
+        return level
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCapture:
+    """A per-tool capture entry: servers (None: any), tool globs, level."""
+
+    servers: frozenset[str] | None
+    tools: Callable[[str], bool]
+    level: CaptureLevel
+
 
 def compile_policy(
     files: Sequence[LoadedFile], known_servers: set[str] | None, fingerprint: str = ""
@@ -229,7 +302,10 @@ def compile_policy(
     rules: list[CompiledRule] = []
     viewers: list[CompiledViewer] = []
     integrity: list[CompiledIntegrity] = []
+    budgets: dict[str, RuleBudget] = {}
     named: set[str] = set()
+    captures: dict[str, CaptureLevel] = {}
+    tool_captures: list[ToolCapture] = []
 
     def claim_name(name: str, where: str) -> None:
         if name in seen:
@@ -267,6 +343,8 @@ def compile_policy(
                 )
                 for n, c in (rule.arguments or {}).items()
             )
+            if rule.limits is not None:
+                budgets[rule.name] = _budget(rule.name, rule.limits, rule.on_store_error == "open")
             rules.append(
                 CompiledRule(
                     name=rule.name,
@@ -280,6 +358,7 @@ def compile_policy(
                     arguments=args,
                     description=rule.description or "",
                     kubernetes=KubeCheck(**rule.kubernetes.model_dump()) if rule.kubernetes is not None else None,
+                    approval=_approval(rule),
                 )
             )
         for i, v in enumerate(lf.doc.viewers):
@@ -288,7 +367,12 @@ def compile_policy(
             servers = check_servers(lf, v.servers, "viewers", i, "servers")
             viewers.append(CompiledViewer(v.name, where, _subjects(v.subjects), servers, v.sessions == "all"))
         for i, rec in enumerate(lf.doc.recording):
-            check_servers(lf, rec.servers, "recording", i, "servers")
+            rec_servers = check_servers(lf, rec.servers, "recording", i, "servers")
+            if rec.capture is not None and rec.tools is not None:
+                tool_captures.append(ToolCapture(rec_servers, compile_globs(rec.tools), rec.capture))
+            elif rec.capture is not None:
+                for s in rec.servers:
+                    captures[s] = stricter(captures.get(s, rec.capture), rec.capture)
             for j, red in enumerate(rec.redact):
                 claim_name(red.name, lf.where("recording", i, "redact", j))
         for i, ig in enumerate(lf.doc.integrity):
@@ -318,7 +402,28 @@ def compile_policy(
             for s in (*servers, ANY_SERVER)
         },
         integrity_entries=tuple(integrity),
+        budgets=budgets,
+        captures=_captures(captures),
+        tool_captures=tuple(tool_captures),
     )
+
+
+def _budget(rule: str, limits: Sequence[Limit], fail_open: bool) -> RuleBudget:
+    compiled = tuple(
+        CompiledLimit(lim.calls, parse_duration(lim.per), lim.per, "tool" in lim.by, "server" in lim.by)
+        for lim in limits
+    )
+    return RuleBudget(rule, compiled, fail_open)
+
+
+def _approval(rule: Rule) -> ApprovalNeed | None:
+    if rule.effect != "approve" or rule.approvers is None:
+        return None
+    a = rule.approvers
+    text = "; ".join(
+        f"{k} {v}" for k, v in (("users", a.users), ("groups", a.groups), ("claims", [c.claim for c in a.claims])) if v
+    )
+    return ApprovalNeed(_subjects(a), rule.ttl_seconds() or 0.0, rule.count or 1, text)
 
 
 def compile_subjects(s: Subjects) -> CompiledSubjects:
@@ -361,7 +466,7 @@ def _split_pointer(pointer: str) -> tuple[str, ...]:
 
 
 def _bucket(rules: Sequence[CompiledRule], obj_field: str | None) -> Bucket:
-    ordered = sorted(rules, key=lambda r: (not r.deny, r.order))
+    ordered = sorted(rules, key=lambda r: (0 if r.deny else 1 if r.approval is not None else 2, r.order))
     if obj_field is None:
         return Bucket(generic=_named(ordered), by_object={})
     # A rule listing only exact names is filed under each name; one with a glob (or no filter) is generic.
@@ -385,6 +490,14 @@ def _index(rules: list[CompiledRule], servers: frozenset[str]) -> dict[tuple[str
         for method in KNOWN_METHODS:
             index[(server, method)] = _bucket([r for r in for_server if r.methods(method)], OBJECT_FIELD.get(method))
     return index
+
+
+def _captures(named: dict[str, CaptureLevel]) -> dict[str, CaptureLevel]:
+    """Server-wide levels: an entry for every server (``*``) also bounds each server named on its own."""
+    anyone = named.get(ANY_SERVER)
+    if anyone is None:
+        return named
+    return {s: stricter(level, anyone) for s, level in named.items()}
 
 
 def _redactors(files: Sequence[LoadedFile], servers: frozenset[str]) -> dict[str, Redactor]:

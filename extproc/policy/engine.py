@@ -16,7 +16,15 @@ from typing import Any
 from extproc.authn.principal import Principal
 from extproc.mcp.jsonrpc import McpCall, fold_key
 from extproc.mcp.methods import LISTINGS, Listing
-from extproc.policy.compiled import OBJECT_FIELD, ArgCheck, CompiledPolicy, CompiledRule, CompiledSubjects, value_key
+from extproc.policy.compiled import (
+    OBJECT_FIELD,
+    ApprovalNeed,
+    ArgCheck,
+    CompiledPolicy,
+    CompiledRule,
+    CompiledSubjects,
+    value_key,
+)
 from extproc.policy.facts import Facts
 from extproc.policy.redact import Redaction
 from extproc.secrets import marker
@@ -42,6 +50,7 @@ class Decision:
     kubernetes: dict[str, object] | None = None  # the SubjectAccessReview the deciding rule required, and its answer
     grant: dict[str, object] | None = None  # the just-in-time grant that allowed the call (id, reason, approver, ...)
     unavailable: bool = False  # denied because an authority (the Kubernetes API server) did not answer: a 503
+    approval: ApprovalNeed | None = None  # held by an approve rule: the call passes once a person approves it
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +105,9 @@ def _evaluate(
     3. A candidate applies when its subjects match the caller, its tools/resources/prompts match the call's
        object (when the method has one), and all its argument conditions hold (tools/call only).
     4. The first deny rule that applies denies: an explicit deny wins over any allow.
+    4a. Otherwise the first approve rule that applies holds the call (``approval`` set, not allowed): the exchange
+       lets it pass only with a person's approval of this exact call (extproc/controls/approvals.py). A list
+       shows what an approve rule covers (the caller may ask for it).
     5. Otherwise the first allow rule that applies allows. A rule requiring a Kubernetes authorization applies only
        if the API server's SubjectAccessReview (in ``facts``) allowed it; an unanswered review denies right there,
        marked ``unavailable`` (503): fail closed, never skipped.
@@ -135,7 +147,11 @@ def _evaluate(
         if why is None and decision is None:
             what = f"rule {rule.name!r} {_verb(rule)} {describe_call(server, call)}"
             k8s = review.to_record(rule.kubernetes) if review is not None and rule.kubernetes is not None else None
-            decision = Decision(not rule.deny, rule.name, what, names[: i + 1], kubernetes=k8s)
+            if rule.approval is not None:
+                what = f"{what} once one of {rule.approval.text} approves it"
+                decision = Decision(listing, rule.name, what, names[: i + 1], approval=rule.approval)
+            else:
+                decision = Decision(not rule.deny, rule.name, what, names[: i + 1], kubernetes=k8s)
             if trace is None:
                 return decision
     if decision is not None:
@@ -168,7 +184,7 @@ def ambiguous_arguments(rules: Sequence[CompiledRule], args: Mapping[str, Any]) 
 
 
 def _verb(rule: CompiledRule) -> str:
-    return "denies" if rule.deny else "allows"
+    return "denies" if rule.deny else "holds for approval" if rule.approval is not None else "allows"
 
 
 def _applies(rule: CompiledRule, decided: Decision | None) -> str:
@@ -232,17 +248,18 @@ def _arguments_miss(rule: CompiledRule, args: Mapping[str, Any], detail: bool) -
 
     Allow rules need every condition to hold. Deny rules apply unless a condition definitely fails: an absent
     or wrongly typed argument cannot prove the call harmless. ``optional`` makes an absent argument harmless
-    (an allow rule still applies, a deny rule does not).
+    (an allow rule still applies, a deny rule does not). Approve rules restrict, so they fail closed like deny.
     """
+    restrictive = rule.deny or rule.approval is not None
     for a in rule.arguments:
         value = args.get(a.name, _MISSING)
         if value is _MISSING:
             # allow+required or deny+optional: the rule does not apply; allow+optional, deny+required: it may.
-            if a.optional == rule.deny:
+            if a.optional == restrictive:
                 return f"argument {a.name!r} is absent" + (" (optional)" if a.optional else "")
             continue
         failed, unknown = _check_argument(a, value)
-        if failed or (unknown and not rule.deny):
+        if failed or (unknown and not restrictive):
             return f"argument {a.name!r} {failed or unknown}"
     return None
 

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 from extproc.mcp.methods import KNOWN_METHODS
 from extproc.policy.globs import check_glob, compile_globs
 from extproc.reserved import is_reserved_rule_name
+from extproc.timespec import parse_duration
 
 API_VERSION = "mcp-extproc/v1"
 
@@ -192,12 +193,50 @@ class KubernetesCheck(_Model):
     subresource: str | None = None
 
 
+def _per(v: str) -> str:
+    if parse_duration(v) > 366 * 86400:  # raises ValueError naming the form
+        raise ValueError(f"per {v!r}: at most 366d (a budget's window, not a date)")
+    return v
+
+
+Per = Annotated[str, AfterValidator(_per), WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?[smhd]$"})]
+
+
+class Limit(_Model):
+    """A budget: at most ``calls`` calls in any window of ``per`` (sliding), counted per caller (issuer+subject)
+    and, with ``by``, per tool and/or server too."""
+
+    calls: int = Field(ge=1, le=1_000_000, description="Calls allowed in any window of `per`.")
+    per: Per = Field(description="The window: 30s, 1m, 1h, 1d.")
+    by: list[Literal["tool", "server"]] = Field(
+        [], description="Count separately per tool and/or server (always per caller); default: all the rule allows."
+    )
+
+
+_TTL = re.compile(r"^[1-9][0-9]{0,6}[smhd]$")
+
+
+def _ttl(v: str) -> str:
+    if not _TTL.match(v):
+        raise ValueError(f"ttl {v!r}: use a number and s, m, h or d (e.g. 15m)")
+    if _ttl_seconds(v) > 7 * 86400:
+        raise ValueError(f"ttl {v!r}: an approval lasts at most 7 days")
+    return v
+
+
+def _ttl_seconds(v: str) -> float:
+    return float(int(v[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[v[-1]])
+
+
+Ttl = Annotated[str, AfterValidator(_ttl), WithJsonSchema({"type": "string", "pattern": _TTL.pattern})]
+
+
 class Rule(_Model):
-    """One allow or deny rule."""
+    """One allow, deny or approve rule (approve: the call runs once a person in ``approvers`` approves it)."""
 
     name: RuleName
     description: str | None = None
-    effect: Literal["allow", "deny"]
+    effect: Literal["allow", "deny", "approve"]
     subjects: Subjects
     targets: Targets
     arguments: dict[str, ArgConstraint] | None = Field(
@@ -206,6 +245,47 @@ class Rule(_Model):
     kubernetes: KubernetesCheck | None = Field(
         None, description="allow rules only: also require this Kubernetes authorization (SubjectAccessReview)."
     )
+    limits: list[Limit] | None = Field(
+        None, min_length=1, description="allow rules only: budgets for the calls this rule allows (HTTP 429 over)."
+    )
+    on_store_error: Literal["closed", "open"] = Field(
+        "closed", description="With limits, when the shared counter store (Redis) fails: closed = 503, open = pass."
+    )
+
+    @model_validator(mode="after")
+    def _limits_on_allow(self) -> Rule:
+        if self.limits is not None and self.effect != "allow":
+            raise ValueError("limits apply to allow rules only (a denied call spends no budget)")
+        if self.limits is None and "on_store_error" in self.model_fields_set:
+            raise ValueError("on_store_error applies only to a rule with limits")
+        return self
+
+    approvers: Subjects | None = Field(
+        None, description="approve rules only: who may approve a held call (never the caller themself)."
+    )
+    ttl: Ttl | None = Field(
+        None, description="approve rules only: how long a request waits, and an approval stays usable (e.g. 15m)."
+    )
+    count: int | None = Field(
+        None, ge=1, le=100, description="approve rules only: how many identical calls one approval lets pass (1)."
+    )
+
+    @model_validator(mode="after")
+    def _approval_fields(self) -> Rule:
+        given = [k for k in ("approvers", "ttl", "count") if getattr(self, k) is not None]
+        if self.effect != "approve" and given:
+            raise ValueError(f"{', '.join(given)}: only for effect: approve")
+        if self.effect == "approve" and (self.approvers is None or self.ttl is None):
+            raise ValueError("effect: approve needs approvers (who may approve) and ttl (e.g. 15m)")
+        if self.effect == "approve":
+            covers = compile_globs(self.targets.effective_methods())
+            if [m for m in KNOWN_METHODS if covers(m)] != ["tools/call"]:
+                raise ValueError("effect: approve applies to tools/call only: list tools, or set methods: [tools/call]")
+        return self
+
+    def ttl_seconds(self) -> float | None:
+        """``ttl`` in seconds (None when not given)."""
+        return _ttl_seconds(self.ttl) if self.ttl is not None else None
 
     @model_validator(mode="after")
     def _kubernetes_on_allow(self) -> Rule:
@@ -238,11 +318,26 @@ class Redaction(_Model):
 
 
 class RecordingRules(_Model):
-    """Redactions for the recordings of some servers."""
+    """Redactions and the capture level for the recordings of some servers (and optionally some of their tools)."""
 
     servers: list[ServerName] = Field(min_length=1)
     defaults: bool = Field(True, description="Apply the built-in redactions (tokens, keys, passwords).")
     redact: list[Redaction] = []
+    capture: Literal["full", "redacted", "shape", "metadata"] | None = Field(
+        None,
+        description="How much of the payloads is kept: full (no redaction), redacted (the default), shape (names, "
+        "types, sizes and salted hashes; no values), metadata (who, when, what, decision, status, sizes). Where "
+        "several entries apply, the strictest wins.",
+    )
+    tools: list[NameGlob] | None = Field(
+        None, min_length=1, description="Only tools/call of these tools: the entry may then set capture only."
+    )
+
+    @model_validator(mode="after")
+    def _tools_only_capture(self) -> RecordingRules:
+        if self.tools is not None and (self.capture is None or self.redact or not self.defaults):
+            raise ValueError("tools: a per-tool entry sets capture only (redactions apply to the whole server)")
+        return self
 
 
 class Viewer(_Model):
@@ -327,6 +422,7 @@ ALL_KEYS: frozenset[str] = frozenset(
         Targets,
         ArgConstraint,
         KubernetesCheck,
+        Limit,
         Rule,
         Redaction,
         RecordingRules,

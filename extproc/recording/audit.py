@@ -52,6 +52,32 @@ def audit(store: Store, public_key: Ed25519PublicKey | None = None, since: float
     return result
 
 
+def audit_session(store: Store, key: str, public_key: Ed25519PublicKey | None = None) -> Audit:
+    """The digest chains' word on one session (an exported bundle holds it and its writers' digests): the chains
+    intact, and every segment of the session they list present and unchanged. The session's own chains and
+    manifests are ``load_session``'s to check."""
+    result = Audit()
+    listed: dict[str, dict[int, tuple[Listed, _Where]]] = defaultdict(dict)
+    for writer, raw_digests in sorted(store.read_digests().items()):
+        for where, digest in _walk_chain(writer, raw_digests, public_key, None, result):
+            for s in digest.segments:
+                if safe_key(s.session) == key:
+                    listed[s.stream][s.segment] = (s, where)
+    if result.digests == 0:
+        result.findings.append("no digests: nothing shows which segments were stored")
+    session = next((s.session for segs in listed.values() for s, _ in segs.values()), key)
+    if listed:
+        _check_session(store, session, listed, public_key, result, load=False)
+    for stream, data in store.read_session(key).items():
+        extra = len(data.manifests) - len({n for st, segs in listed.items() if safe_key(st) == stream for n in segs})
+        if extra > 0:
+            result.notes.append(
+                f"session {key}: stream {stream}: {extra} stored segments not listed in any digest yet "
+                "(written since its writer's last digest, or that writer's digests were removed)"
+            )
+    return result
+
+
 def _walk_chain(
     writer: str,
     raw: dict[int, bytes],
@@ -71,10 +97,15 @@ def _walk_chain(
         return []
     out = []
     unsigned = signed = 0
-    for n in range(window[0], max(raw) + 1):
+    # A whole chain starts at digest 0: a deleted first digest is a gap like any other (a --since window starts at
+    # its first digest, since the ones before it are not asked about).
+    for n in range(0 if since is None else window[0], max(raw) + 1):
         where = _Where(writer, n)
         if n not in raw:
-            bad(f"{where}: missing (deleted): the chain jumps from {n - 1} to the next digest")
+            gap = (
+                "the chain does not start at digest 0" if n == 0 else f"the chain jumps from {n - 1} to the next digest"
+            )
+            bad(f"{where}: missing (deleted): {gap}")
             continue
         d = parsed.get(n)
         if d is None:
@@ -114,6 +145,7 @@ def _check_session(
     streams: dict[str, dict[int, tuple[Listed, _Where]]],
     public_key: Ed25519PublicKey | None,
     result: Audit,
+    load: bool = True,
 ) -> None:
     bad = result.findings.append
     result.sessions += 1
@@ -148,6 +180,8 @@ def _check_session(
                 bad(f"session {session!r}: stream {stream}: segment {n} missing (deleted), listed by {where}")
             elif m.sha256 != entry.sha256 or (m.first, m.last) != (entry.first, entry.last):
                 bad(f"session {session!r}: stream {stream}: segment {n} differs from {where} (replaced)")
+    if not load:
+        return
     try:
         loaded = load_session(store, key, public_key)
     except KeyError:

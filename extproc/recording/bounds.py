@@ -35,6 +35,7 @@ from extproc.recording.events import (
     body_bytes,
 )
 from extproc.recording.recorder import Recorder
+from extproc.recording.shred import PayloadSealer
 from extproc.reserved import RETENTION_SESSION
 from extproc.tasks import cancel
 
@@ -78,6 +79,8 @@ class RecordingLevels:
             level = self.levels.get(ev.server, "full")
             if level != "full":
                 self._by_exchange[ev.exchange] = level
+            if level == "metadata":  # the session says what it was recorded at (policy/capture.py names the levels)
+                ev.capture = "metadata"
         else:
             level = self._by_exchange.get(ev.exchange, "full")
         if isinstance(ev, ExchangeEnd):
@@ -103,15 +106,26 @@ class RecordingLevels:
 
 
 class BoundedRecorder(Recorder):
-    """The recorder with levels and the body cap applied to every event it is given."""
+    """The recorder with levels and the body cap applied to every event it is given, then (``sealer``) its payload
+    fields encrypted with its subject's data key (``shred.py``): the chain is computed over the ciphertext."""
 
-    def __init__(self, *args: Any, levels: RecordingLevels, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, levels: RecordingLevels, sealer: PayloadSealer | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.levels = levels
+        self.sealer = sealer
 
     def emit(self, event: Event) -> bool:
         kept = self.levels.apply(event)
-        return True if kept is None else super().emit(kept)
+        if kept is None:
+            return True
+        if self.sealer is not None:
+            try:
+                self.sealer.seal(kept)
+            except Exception:  # fail closed: a payload that cannot be sealed is not recorded in the clear
+                log.exception("cannot seal the payload of %s %s; event not recorded", kept.type, kept.exchange)
+                self.lost_events += 1
+                return False
+        return super().emit(kept)
 
 
 def log_unrecorded(levels: dict[str, str], reason: str) -> None:

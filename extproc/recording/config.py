@@ -45,6 +45,28 @@ class S3(Section):
         return data
 
 
+class PayloadKeys(Section):
+    """Where the data keys of ``encrypt_payloads: per_subject`` live and what wraps them (docs/payload-protection.md)"""
+
+    kek_file: Path | None = Field(
+        default=None, description="key-encryption key: 32 bytes, or 64 hex characters (`openssl rand -hex 32`)"
+    )
+    kms_key_id: str | None = Field(default=None, description="or an AWS KMS key id/ARN wrapping the data keys")
+    kms_region: str | None = None
+    kms_endpoint_url: str | None = Field(default=None, description="a KMS-compatible endpoint (tests)")
+    directory: Path | None = Field(
+        default=None,
+        description="file store: the wrapped data keys (default <recording.directory>/.payload-keys); S3 store: "
+        "they live under <s3.prefix>-payload-keys/ in the bucket, never under Object Lock",
+    )
+
+    @model_validator(mode="after")
+    def _one_kek(self) -> PayloadKeys:
+        if (self.kek_file is None) == (self.kms_key_id is None):
+            raise ValueError("payload_keys: give exactly one of kek_file or kms_key_id")
+        return self
+
+
 class Retention(Section):
     """File store retention: whole sessions deleted by age, then oldest first over a total size; each recorded."""
 
@@ -76,6 +98,12 @@ class Recording(Section):
     segment_max_age_ms: Annotated[int, Field(ge=10, le=3_600_000)] = 2000
     compression: Literal["none", "gzip", "zstd"] = Field(default="none", description="of stored segments (s3 store)")
     signing_key: Path | None = Field(default=None, description="Ed25519 private key (PEM) that signs segment manifests")
+    capture_salt_file: Path | None = Field(
+        default=None,
+        description="secret (>= 32 bytes, e.g. `openssl rand -hex 32`) salting the hashes of values that capture "
+        "level `shape` keeps instead of the values; one per deployment, shared by every processor. Unset: a random "
+        "salt per process (hashes then match only within one process's life)",
+    )
     session_idle_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
     run_idle_gap_s: Annotated[
         float,
@@ -145,6 +173,12 @@ class Recording(Section):
         default="", description="why some servers are not recorded at all: required for `off`, logged at start"
     )
     retention: Retention | None = Field(default=None, description="file store only (S3: lifecycle rules on the bucket)")
+    encrypt_payloads: Literal["off", "per_subject"] = Field(
+        default="off",
+        description="per_subject: payloads are encrypted before chaining with a data key per caller (issuer#subject), "
+        "so `mcp-extproc erase` can make one person's payloads unreadable while every proof still verifies",
+    )
+    payload_keys: PayloadKeys | None = None
     transparency_log: TransparencyLogConfig | None = Field(
         default=None, description="a Merkle log over every stored manifest and digest, with signed checkpoints"
     )
@@ -159,6 +193,8 @@ class Recording(Section):
             raise ValueError(
                 "servers: 'off' records nothing for a server; say why in recording.off_acknowledged (it is logged)"
             )
+        if self.encrypt_payloads == "per_subject" and self.payload_keys is None:
+            raise ValueError("encrypt_payloads: per_subject needs payload_keys (kek_file or kms_key_id)")
         if self.transparency_log is not None and (self.transparency_log.signing_key or self.signing_key) is None:
             raise ValueError("transparency_log: needs a signing key (its own signing_key, or recording.signing_key)")
         if self.retention is not None and self.store != "file":
@@ -171,7 +207,11 @@ class Recording(Section):
 
     def resolved(self, base: Path) -> Recording:
         """Relative paths resolve against the config file's folder."""
-        rec = resolve_paths(self, base, "directory", "spool_directory", "signing_key")
+        rec = resolve_paths(self, base, "directory", "spool_directory", "signing_key", "capture_salt_file")
+        if rec.payload_keys is not None:
+            rec = rec.model_copy(
+                update={"payload_keys": resolve_paths(rec.payload_keys, base, "kek_file", "directory")}
+            )
         if rec.transparency_log is not None:
             rec = rec.model_copy(update={"transparency_log": rec.transparency_log.resolved(base)})
         return rec

@@ -70,6 +70,9 @@ class ExchangeStart(Event):
     credentials_removed: list[str] = field(default_factory=list)
     principal: dict[str, Any] | None = None
     redactions: list[dict[str, Any]] = field(default_factory=list)  # in header values and the path, by rule
+    # How much of this exchange's payloads is kept (policy/capture.py): full | redacted | shape | metadata. A
+    # tools/call whose tool has a stricter per-tool level says so in its bodies ({"capture": level}).
+    capture: str = ""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -98,6 +101,9 @@ class PolicyDecision(Event):
     kubernetes: dict[str, Any] | None = None  # the SubjectAccessReview the rule required: outcome, reason, cached
     grant: dict[str, Any] | None = None  # the just-in-time grant used: id, reason, approver, until
     definition: dict[str, Any] | None = None  # tools/call, prompts/get, resources/read: the fingerprint last shown
+    budget: dict[str, Any] | None = None  # the rule's limits: counter values, or over a limit, or the store down
+
+    approval: dict[str, Any] | None = None  # an approve rule held the call: the request, or the approval it used
 
 
 @dataclass(slots=True, kw_only=True)

@@ -10,9 +10,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from extproc.authn.state_binding import unsealed_view
 from extproc.recording import chain, jsonio
 from extproc.recording.chain import Problem
+from extproc.recording.shred import Keyring, open_events
 from extproc.recording.store import Store
 from extproc.recording.verify import check_parsed
 from extproc.tools.provenance import definition_links
+
+_LEVEL_ORDER = ["full", "redacted", "shape", "metadata"]
+
+
+def _level_rank(level: str) -> int:
+    return _LEVEL_ORDER.index(level) if level in _LEVEL_ORDER else len(_LEVEL_ORDER)
+
 
 __all__ = ["Problem", "Session", "load_session", "pair_messages", "verify_stream"]
 
@@ -69,11 +77,30 @@ class Session:
             # signatures_checked: hashes alone can be recomputed by whoever edits the files.
             "verified": not self.problems,
             "signatures_checked": self.signatures_checked,
+            "capture": self.capture(),
         }
 
+    def capture(self) -> str:
+        """The capture level(s) the session was recorded at (policy/capture.py), e.g. ``shape`` or
+        ``redacted+metadata`` when a policy change or a per-tool level mixed them; ``redacted`` for recordings
+        made before levels were recorded (they kept what the redaction rules allowed)."""
+        seen: dict[str, None] = {}
+        for e in self.events:
+            if e.get("type") == "exchange.start":
+                seen[e.get("capture") or "redacted"] = None
+            elif e.get("type") in ("mcp.request", "mcp.response", "http.chunk"):
+                level = (e.get("body") or {}).get("capture")
+                if isinstance(level, str):
+                    seen[level] = None
+        return "+".join(sorted(seen, key=_level_rank)) if seen else ""
 
-def load_session(store: Store, key: str, public_key: Ed25519PublicKey | None = None) -> Session:
-    """Read, verify (chains, manifests, signatures when a key is given) and merge one session in time order."""
+
+def load_session(
+    store: Store, key: str, public_key: Ed25519PublicKey | None = None, keyring: Keyring | None = None
+) -> Session:
+    """Read, verify (chains, manifests, signatures when a key is given) and merge one session in time order.
+    Payloads sealed per subject (``shred.py``) are opened with ``keyring`` once the chains were checked over the
+    ciphertext; an erased subject's payloads say when and by whom they were erased."""
     session = Session(id=key)
     session.signatures_checked = public_key is not None
     for writer, stream in store.read_session(key).items():
@@ -92,6 +119,7 @@ def load_session(store: Store, key: str, public_key: Ed25519PublicKey | None = N
     if not session.writers:
         raise KeyError(key)
     session.events.sort(key=lambda e: (e.get("time", 0.0), e["_writer"], e.get("seq", 0)))
+    open_events(session.events, keyring)  # after every check: chains and manifests cover the ciphertext
     session.problems.extend(definition_links(session.events))  # what each call was shown (extproc/tools/)
     real_id = next((e.get("session") for e in session.events if e.get("session")), None)
     session.id = real_id or key

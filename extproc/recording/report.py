@@ -115,6 +115,8 @@ def session_doc(session: Session) -> dict[str, Any]:
                 "incomplete": marker.get("reason") if marker and not end else None,
                 "duration_ms": end["duration_ms"] if end else None,
                 "upstream": _credentials(events),
+                # Sealed payloads whose subject was erased (shred.py): when, by whom, why; else None
+                "erased": next((e["erased"] for e in events if e.get("erased")), None),
                 "events": [{k: v for k, v in e.items() if k != "_writer"} for e in events],
             }
         )
@@ -222,7 +224,7 @@ def print_session(console: Console, session: Session) -> None:
     else:
         verified = "[green]chains verified[/green] (signatures not checked)"
     console.print(f"[bold]session {s['session']}[/bold]  server={s['server']}  user={s['user'] or '-'}  {verified}")
-    console.print(f"  {s['exchanges']} exchanges, {s['events']} events, state {s['state']}")
+    console.print(f"  {s['exchanges']} exchanges, {s['events']} events, state {s['state']}, capture {s['capture']}")
     for note in doc["notes"]:
         console.print(f"  [yellow]note:[/yellow] {note}", highlight=False)
     for p in doc["problems"]:
@@ -240,10 +242,18 @@ def print_session(console: Console, session: Session) -> None:
         )
         for cred in ex["upstream"]:
             console.print(f"      {credential_line(cred)}", highlight=False, markup=False, soft_wrap=True)
+        if (erased := ex.get("erased")) is not None:
+            console.print(f"      payloads {erased_line(erased)}", highlight=False, markup=False, soft_wrap=True)
     console.print("\n[bold]JSON-RPC[/bold]")
     for first in doc["calls"]:
         for n, call in enumerate([first, *first.get("rounds", [])]):
             _print_call(console, call, f"round {n + 1} " if first.get("rounds") else "")
+
+
+def erased_line(erased: dict[str, Any]) -> str:
+    """'erased on 2026-12-07 18:30:00 UTC by dpo (GDPR art. 17 request 42)'."""
+    when = _ts(erased["time"]) if isinstance(erased.get("time"), int | float) else "?"
+    return f"erased on {when} by {erased.get('by') or '?'} ({erased.get('reason') or 'no reason given'})"
 
 
 def _print_call(console: Console, call: dict[str, Any], label: str) -> None:

@@ -13,6 +13,7 @@ from extproc.recording.config import Recording
 from extproc.recording.digest import DigestLog
 from extproc.recording.manifest import Signer
 from extproc.recording.recorder import Recorder, RecorderOptions, new_writer_id
+from extproc.recording.shred import KeyWatch, PayloadSealer, build_keyring
 from extproc.recording.spool import Spool
 from extproc.recording.store import Store
 from extproc.recording.store.file import FileStore
@@ -54,9 +55,12 @@ class RecordingRuntime:
     digests: DigestLog
     retention: Retention | None = None
     tlog: TransparencyLog | None = None
+    keys: KeyWatch | None = None  # encrypt_payloads: forgets the keys of subjects erased meanwhile
 
     async def start(self) -> None:
         await self.recorder.start()
+        if self.keys is not None:
+            self.keys.start()
         self.completer.start()  # first round at once: a predecessor's leftovers are shipped and marked
         self.digests.start()
         if self.tlog is not None:
@@ -65,6 +69,8 @@ class RecordingRuntime:
             self.retention.start()
 
     async def close(self) -> None:
+        if self.keys is not None:
+            await self.keys.stop()
         if self.retention is not None:
             await self.retention.stop()
         await self.completer.stop()
@@ -115,6 +121,7 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
         spool,
         recorder_options(rec),
         levels=RecordingLevels(dict(rec.servers), rec.max_event_body_bytes),
+        sealer=PayloadSealer(keyring) if (keyring := build_keyring(rec)) is not None else None,
         signer=signer,
         uploader=Uploader(spool, store, on_stored=on_stored),
     )
@@ -129,7 +136,8 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
             max_total_bytes=rec.retention.max_total_bytes,
             interval=rec.retention.interval_s,
         )
-    return RecordingRuntime(store, recorder, completer, digests, retention, tlog)
+    keys = KeyWatch(keyring) if keyring is not None else None
+    return RecordingRuntime(store, recorder, completer, digests, retention, tlog, keys)
 
 
 def _both(

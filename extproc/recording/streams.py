@@ -81,6 +81,9 @@ class Streams:
         self._next_seal_scan = 0.0
         self._seal_tokens = seal_rate  # a token bucket over seals by exchange end or age
         self._seal_refill = clock()
+        # Told of every chained line (event, writer, segment, seq, SHA-256): the SIEM export's proof pointers
+        # (extproc/export/). Must not raise; None: nobody listens.
+        self.tap: Callable[[Event, str, int, int, str], None] | None = None
 
     @property
     def has_lines(self) -> bool:
@@ -117,6 +120,8 @@ class Streams:
                 st.seg_opened = now
             st.seq += 1
             st.prev = hashlib.sha256(line[:-1]).hexdigest()
+            if self.tap is not None:
+                self.tap(e, st.writer, st.segment, st.seq - 1, st.prev)
             st.seg_size += len(line)
             st.last_event = now
             st.ops.append((st.segment, line))

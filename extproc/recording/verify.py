@@ -8,7 +8,10 @@ checks run for every backend, because every store returns a stream as its lines 
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -97,12 +100,35 @@ def _check_signatures(
         result.notes.append(f"{writer}: manifests are not signed; integrity rests on hashes only")
 
 
+def _locator(manifests: list[Manifest]) -> Callable[[int], int | None]:
+    """seq -> the first segment (in stored order) whose ``first..last`` holds it. A bisection when the ranges are
+    disjoint, as every stream the recorder wrote has them (a long session is then O(lines log segments), not
+    O(lines x segments)); a scan in stored order otherwise, which is what the bisection answers too."""
+    ranges = [(m.first, m.last, i) for i, m in enumerate(manifests)]
+
+    def scan(seq: int) -> int | None:
+        return next((i for first, last, i in ranges if first <= seq <= last), None)
+
+    if not all(type(first) is int and type(last) is int for first, last, _ in ranges):
+        return scan  # an edited manifest: compared exactly as written (bool and float too)
+    ordered = sorted(r for r in ranges if r[0] <= r[1])  # an empty segment holds no line
+    if any(a[1] >= b[0] for a, b in pairwise(ordered)):
+        return scan  # overlapping ranges (edited manifests): the first in stored order wins
+    firsts = [first for first, _, _ in ordered]
+
+    def find(seq: int) -> int | None:
+        k = bisect_right(firsts, seq) - 1
+        return ordered[k][2] if k >= 0 and seq <= ordered[k][1] else None
+
+    return find
+
+
 def _check_lines(
     key: str, writer: str, manifests: list[Manifest], lines: list[chain.Line], result: StreamCheck
 ) -> None:
     """Assign every line to the segment its ``seq`` falls in, then compare each segment with its manifest."""
     bad = result.problems.append
-    ranges = [(m.first, m.last, i) for i, m in enumerate(manifests)]
+    segment_of = _locator(manifests)
     groups: dict[int, list[chain.Line]] = {i: [] for i in range(len(manifests))}
     unsigned: list[chain.Line] = []
     current: int | None = None
@@ -110,8 +136,9 @@ def _check_lines(
         if ln.session is not None and safe_key(ln.session) != key:
             bad(Problem(writer, ln.number, f"event of session {ln.session!r} (spliced from another session)"))
             continue
-        if ln.seq is not None:
-            current = next((i for first, last, i in ranges if first <= ln.seq <= last), None)
+        seq = ln.seq
+        if seq is not None:
+            current = segment_of(seq)
         if current is None:
             unsigned.append(ln)
         else:

@@ -77,3 +77,5 @@ async def test_json_logs_parse_join_on_request_id_and_hold_no_secrets(start_mcp_
     unauthenticated = next(d for d in ours if d["status"] == 401)
     assert unauthenticated["user"] == "" and unauthenticated["outcome"] == "denied"
     assert any(d["logger"].startswith("extproc.") for d in docs)  # the processor's own lines are JSON too
+    # processor.event_loop's default: grpc.aio serves on uvloop (bench/README.md: less CPU per message)
+    assert any(d["msg"].endswith("(event loop: uvloop)") for d in docs if d["logger"] == "extproc.server")

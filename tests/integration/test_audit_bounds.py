@@ -293,3 +293,10 @@ def test_the_page_keeps_its_own_policy(svc: Service) -> None:
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert r.headers["x-content-type-options"] == "nosniff"
     assert r.headers["content-security-policy"].startswith("default-src 'self'")
+
+
+def test_the_bundle_verify_page_is_served_and_may_call_nothing(svc: Service) -> None:
+    r = httpx.get(f"{svc.base}/static/verify.html", timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert "connect-src 'none'" in r.text and 'src="verify.js"' in r.text  # the page's own policy: no request

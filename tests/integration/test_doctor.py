@@ -263,3 +263,19 @@ def test_s3_store_and_object_lock(tmp_path: Path, issuer, moto_s3: tuple[str, An
     else:
         assert _failed(checks) == {"object lock"}
         assert "object-lock-enabled-for-bucket" in by["object lock"].hint
+
+
+def test_budgets_store_up_and_down_is_named(tmp_path: Path, issuer) -> None:
+    from redis_server import RedisServer
+
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        config = _config(tmp_path, issuer.url)
+        config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "budgets": {"store": redis.url}}))
+        up = _by_name(run_checks(config, running=False))["budgets store"]
+        redis.stop()
+        down = _by_name(run_checks(config, running=False))["budgets store"]
+    finally:
+        redis.stop()
+    assert up.status == "ok" and "counting script loaded" in up.detail
+    assert down.status == "fail" and f"127.0.0.1:{redis.port}" in down.detail and "on_store_error" in down.hint

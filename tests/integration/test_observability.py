@@ -8,11 +8,13 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from otlp_receiver import OtlpReceiver
 
 from extproc.demo.mcp_client import connect
 from extproc.launcher import free_port, wait_until
@@ -56,6 +58,13 @@ def test_alert_rules_pass_promtool() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+def test_alert_rules_fire_as_their_unit_tests_say() -> None:
+    """alerts.test.yaml: recording unavailable, SIEM export dropping and failing, trace export errors."""
+    run = subprocess.run(["promtool", "test", "rules", "alerts.test.yaml"], capture_output=True, text=True, cwd=OBS)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
 def test_every_alert_has_a_summary_and_severity() -> None:
     rules = yaml.safe_load((OBS / "alerts.yaml").read_text())
     names = {r["alert"] for g in rules["groups"] for r in g["rules"]}
@@ -66,12 +75,26 @@ def test_every_alert_has_a_summary_and_severity() -> None:
         assert any(topic in n for n in names), topic
 
 
-async def test_dashboard_and_alerts_name_only_exported_metrics(start_mcp_server, start_authed, issuer) -> None:
+@pytest.fixture
+def otlp() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+async def test_dashboard_and_alerts_name_only_exported_metrics(
+    start_mcp_server, start_authed, issuer, otlp: OtlpReceiver, tmp_path: Path
+) -> None:
     metrics_port, stats_port = free_port(), free_port()
+    # With export and tracing on: their series exist only then.
     gw = start_authed(
         [start_mcp_server("demo")],
         policy=POLICY,
-        gateway={"processor": {"metrics_port": metrics_port}, "admin": {"stats_port": stats_port}},
+        gateway={
+            "processor": {"metrics_port": metrics_port},
+            "admin": {"stats_port": stats_port},
+            "export": {"file": {"path": str(tmp_path / "ocsf.jsonl")}},
+            "telemetry": {"endpoint": otlp.endpoint},
+        },
     )
     async with connect(gw.url(), token=issuer.mint("alice", aud=gw.endpoint)) as conn:
         await conn.client.list_tools()

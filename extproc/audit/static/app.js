@@ -4,6 +4,7 @@
 (function () {
   const PREFIX = document.body.dataset.prefix;
   const API = PREFIX + "api/";
+  const TRACE_LINK = document.body.dataset.traceLink || "";  // telemetry.trace_link: "...{trace_id}..."
   const main = document.getElementById("main");
   const FILTERS = ["server", "user", "since", "until", "state", "tool"];
 
@@ -146,7 +147,20 @@
   }
 
   // --- one session ------------------------------------------------------------------------------------------
+  // A policy.decision's budget (extproc/controls/budgets.py): the counters after the call, the limit it went
+  // over, or the counter store down (and whether the rule let the call pass).
+  function budgetText(b) {
+    if (b.outcome === "counted") return "budget: " + (b.limits || []).map((l) => `${l.count} of ${l.limit}`).join("; ");
+    if (b.outcome === "exceeded") return `over budget: ${b.limit}, counter ${b.count}`;
+    return `budget store unavailable (${b.store}), on_store_error: ${b.on_store_error}`;
+  }
   function redactionsOf(ev) { return (ev.redactions || []).map((r) => r.rule || r.name || "redaction"); }
+
+  // A trace id, linked to the tracing backend when telemetry.trace_link is set.
+  function traceRef(id) {
+    if (!TRACE_LINK || !/^[0-9a-f]{32}$/.test(id || "")) return el("code", {}, id || "");
+    return el("a", { class: "trace", href: TRACE_LINK.split("{trace_id}").join(id), rel: "noreferrer" }, id);
+  }
 
   function timelineItem(ev, base) {
     const off = ((ev.time - base)).toFixed(3) + " s";
@@ -157,9 +171,19 @@
     if (red.length) head.append(badge("redacted", "redacted: " + red.join(", ")));
     if (ev.type === "exchange.start") {
       head.append(`${ev.method} ${ev.path} by ${(ev.principal || {}).username || "anonymous"} from ${ev.client || "?"}`);
+      const tp = ((ev.headers || {}).traceparent || "").split("-");
+      if (tp.length === 4 && /^[0-9a-f]{32}$/.test(tp[1])) head.append(" trace ", traceRef(tp[1]));
+    } else if (ev.type === "trace.context") {
+      head.append("trace ", traceRef(ev.trace_id), ` span ${ev.span_id} (parent: ${ev.parent})`);
     } else if (ev.type === "policy.decision") {
       head.append(ev.allowed ? badge("verified-yes", "allowed") : badge("denied", "denied"),
         ` rule ${ev.rule || "(default deny)"}: ${ev.call || ""} ${ev.reason || ""}`);
+      if (ev.budget) head.append(" ", badge(ev.budget.outcome === "counted" ? "verified-yes" : "denied", budgetText(ev.budget)));
+
+
+      const ap = ev.approval;  // an approve rule held the call: the request, or the approval it used
+      if (ap) head.append(" ", badge("approval approval-" + ap.state, `approval ${ap.state}`), " ",
+        el("a", { href: PREFIX + "approvals/" + encodeURIComponent(ap.id) }, ap.id), ap.by ? ` by ${ap.by}` : "");
     } else if (ev.type === "exchange.end") {
       head.append(ev.outcome === "denied" ? badge("denied", "refused " + ev.status) : `${ev.outcome} ${ev.status}`,
         ` ${ev.duration_ms} ms ${ev.detail || ""}`);
@@ -272,7 +296,9 @@
       when(x.time), ` ${x.method || "?"} ${x.path || ""} → ${x.status || "-"} `,
       x.outcome === "denied" ? badge("denied", "refused") : x.outcome,
       x.duration_ms !== null && x.duration_ms !== undefined ? ` ${x.duration_ms} ms` : null,
-      (x.upstream || []).map(credentialLine));
+      (x.upstream || []).map(credentialLine),
+      x.erased ? el("div", { class: "erased" }, "payloads erased on ", when(x.erased.time),
+        ` by ${x.erased.by || "?"} (${x.erased.reason || "no reason given"})`) : null);
   }
 
   async function sessionPage(key) {
@@ -292,7 +318,8 @@
         const v = await (await api("sessions/" + encodeURIComponent(key) + "/verify")).json();
         findings.replaceChildren(
           el("p", {}, v.verified ? badge("verified-yes", "verified") : badge("verified-no", "verification FAILED"),
-            ` ${v.events} events in ${v.streams} stream(s); signatures ${v.signatures_checked ? "checked" : "not checked"}`),
+            ` ${v.events} events in ${v.streams} stream(s); signatures ${v.signatures_checked ? "checked" : "not checked"}`
+            + (v.capture ? `; capture ${v.capture}` : "")),
           ...v.problems.map((p) => el("p", { class: "error" }, "FAIL " + p)),
           ...v.unfinished.map((p) => el("p", { class: "state-open" }, "OPEN " + p)),
           ...v.notes.map((p) => el("p", { class: "muted" }, "note: " + p)));
@@ -348,6 +375,7 @@
       el("div", { class: "summary", id: "summary" }, stateBadge(s.state), verifiedBadge(s.verified),
         ...[`server ${s.server || "-"}`, `user ${s.user || "-"}`, ["started ", when(s.started)],
           `${s.exchanges} exchanges`, `${s.events} events`].map((t) => el("span", {}, t)),
+        doc.summary && doc.summary.capture ? el("span", { id: "capture" }, "capture " + doc.summary.capture) : null,
         s.denied ? deniedBadge(s.denied) : null, verifyBtn),
       s.state === "incomplete"
         ? el("p", { class: "state-incomplete", id: "incomplete-note" },
@@ -363,12 +391,55 @@
     mark(0);
   }
 
+  // --- held calls (policy rules with effect: approve) ---------------------------------------------------------
+  // Approve/deny POST with the login's CSRF token in x-csrf-token, as logout sends it in its form.
+  async function approvalsPage(id, me) {
+    let rows;
+    try {
+      rows = id ? [await (await api("approvals/" + encodeURIComponent(id))).json()]
+                : (await (await api("approvals?state=pending")).json()).approvals;
+    } catch (e) { if (e.status) showError(e); return; }
+    const item = (a) => {
+      const reason = el("input", { name: "reason", class: "reason", "aria-label": "reason", maxlength: 500,
+                                   placeholder: "reason (required to deny)" });
+      const result = el("p", { class: "decision", role: "status" });
+      const decide = (verb) => async () => {
+        try {
+          const r = await api(`approvals/${encodeURIComponent(a.id)}/${verb}?reason=` + encodeURIComponent(reason.value),
+            { method: "POST", headers: { "x-csrf-token": me.csrf || "" } });
+          const d = (await r.json()).decision;
+          result.textContent = `${d.approved ? "approved" : "denied"} by ${d.by}`;
+          form.hidden = true;
+        } catch (e) { result.textContent = e.message; result.classList.add("error"); }
+      };
+      const form = el("div", { class: "decide", role: "group", "aria-label": "decide", hidden: !a.may_decide },
+        reason, el("button", { class: "approve", onclick: decide("approve") }, "Approve"),
+        el("button", { class: "deny", onclick: decide("deny") }, "Deny"));
+      const d = a.decision;
+      return el("li", { class: "approval", "data-approval": a.id },
+        el("h2", {}, `${a.caller.username} asks to call ${a.tool} on ${a.server}`),
+        el("p", {}, badge("state-" + a.state, a.state), " ", `requested `, when(a.requested_at),
+          ` · rule ${a.rule} · approvers: ${a.approvers} · ${a.count} identical call(s)`),
+        el("p", { class: "muted" }, `caller ${a.caller.subject} (${a.caller.issuer}) · id ${a.id}`),
+        el("pre", { class: "arguments" }, (() => { try { return json(JSON.parse(a.arguments)); } catch (e) { return a.arguments; } })()),
+        d ? el("p", {}, `${d.approved ? "approved" : "denied"} by ${d.by}`, d.reason ? `: ${d.reason}` : "") : null,
+        form, result);
+    };
+    show(el("p", {}, el("a", { href: PREFIX }, "← all sessions")),
+      el("h1", {}, id ? "Approval " + id : "Calls waiting for approval"),
+      rows.length ? el("ul", { id: "approvals", class: "approvals" }, rows.map(item))
+                  : el("p", { class: "muted", id: "no-approvals" }, "No call is waiting for your approval."));
+  }
+
   async function route() {
     document.onkeydown = null;
     const me = await whoami();
     if (!me) return;
-    const m = location.pathname.slice(PREFIX.length).match(/^s\/([^/]+)$/);
+    const path = location.pathname.slice(PREFIX.length);
+    const m = path.match(/^s\/([^/]+)$/);
+    const a = path.match(/^approvals(?:\/([^/]+))?$/);
     if (m) await sessionPage(decodeURIComponent(m[1]));
+    else if (a) await approvalsPage(a[1] ? decodeURIComponent(a[1]) : null, me);
     else await listPage();
     main.focus();
   }

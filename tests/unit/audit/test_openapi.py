@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from extproc.audit.api import api_routes
+from extproc.audit.approvals import approval_routes
 from extproc.audit.openapi import openapi_document
 
 
 def test_openapi_paths_are_the_routes() -> None:
     doc = openapi_document("/audit/")
     # Starlette's {name:path} (a parameter that spans slashes) is OpenAPI's plain {name}.
-    routes = {"/audit" + r.path.replace(":path}", "}") for r in api_routes()} | {"/audit/api/openapi.json"}
+    routes = {"/audit" + r.path.replace(":path}", "}") for r in [*api_routes(), *approval_routes()]}
+    routes |= {"/audit/api/openapi.json"}
     assert set(doc["paths"]) == routes
     assert doc["openapi"].startswith("3.1")
 

@@ -93,3 +93,24 @@ def test_a_recorded_tool_call_whose_params_are_no_object_is_skipped_with_its_rea
     assert outcomes[0].differences == [
         "denied by today's policy for op (rule 'default-deny': tools/call without a name)"
     ]
+
+
+def test_requests_recorded_at_shape_or_metadata_are_skipped_with_the_level(tmp_path: Path) -> None:
+    call = {
+        "jsonrpc": "2.0",
+        "id": 5,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"t": "[shape:"}},
+    }
+    (tmp_path / "policy.yaml").write_text(ALLOW_ALL)
+    shape = _exchange(1, [call], [(5, True)], "complete")
+    shape[0]["capture"] = "shape"
+    per_tool = _exchange(2, [{**call, "id": 6}], [(6, True)], "complete")
+    per_tool[1]["body"] = {"capture": "metadata"}  # a stricter per-tool level marks the call's bodies
+    session = Session("s", events=[*shape, *per_tool])
+    outcomes = redrive(session, "http://127.0.0.1:9/mcp", {"echo"}, policy=load_policy(tmp_path), operator=OPERATOR)
+    assert [o.verdict for o in outcomes] == ["skipped", "skipped"]
+    assert [o.differences[0].split(":")[0] for o in outcomes] == [
+        "recorded at capture level shape",
+        "recorded at capture level metadata",
+    ]

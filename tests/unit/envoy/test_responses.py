@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -100,3 +101,70 @@ def test_an_error_reply_is_a_json_rpc_error_with_the_errors_status_and_safe_mess
     assert doc["jsonrpc"] == "2.0" and doc["id"] == 7
     assert doc["error"] == {"code": err.jsonrpc_code, "message": err.safe_message}
     assert imm.details == "mcp_extproc_Forbidden"
+
+
+def _reference_mutation(set_headers: dict[str, str], remove: list[str]) -> ep.HeaderMutation:
+    """The mutation as the nested keyword constructors build it (the builders build it in place, cheaper)."""
+    overwrite = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    options = [
+        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, raw_value=v.encode()), append_action=overwrite)
+        for k, v in set_headers.items()
+    ]
+    return ep.HeaderMutation(set_headers=options, remove_headers=remove)
+
+
+@pytest.mark.parametrize(
+    ("set_headers", "remove", "reroute"),
+    [
+        pytest.param({}, [], False, id="plain"),
+        pytest.param({}, [], True, id="reroute-only"),
+        pytest.param({"mcp-session-id": "s1", "x-mcp-user": "alice"}, [], False, id="set"),
+        pytest.param({}, ["authorization", "x-mcp-user"], False, id="remove"),
+        pytest.param({"authorization": "Bearer t"}, ["x-mcp-groups"], True, id="all"),
+    ],
+)
+def test_builders_equal_the_keyword_built_messages(
+    set_headers: dict[str, str], remove: list[str], reroute: bool
+) -> None:
+    """Built in place, each reply is the very message the nested keyword constructors give (byte for byte)."""
+    mutated = bool(set_headers or remove or reroute)
+    common = (
+        ep.CommonResponse(header_mutation=_reference_mutation(set_headers, remove), clear_route_cache=reroute)
+        if mutated
+        else ep.CommonResponse()
+    )
+    want = ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=common))
+    got = responses.request_headers(set_headers, remove, reroute)
+    assert got == want and got.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True)
+    if not reroute:
+        buffered = processing_mode_pb2.ProcessingMode(response_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED)
+        want = ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=common), mode_override=buffered)
+        assert responses.response_headers(set_headers, remove, buffer_body=True) == want
+    assert responses.header_mutation(set_headers, remove) == _reference_mutation(set_headers, remove)
+
+
+def test_body_replies_equal_the_keyword_built_messages() -> None:
+    cont = ep.BodyResponse(response=ep.CommonResponse())
+    assert responses.request_body() == ep.ProcessingResponse(request_body=cont)
+    assert responses.response_body() == ep.ProcessingResponse(response_body=cont)
+    replaced = ep.BodyResponse(
+        response=ep.CommonResponse(
+            status=ep.CommonResponse.CONTINUE_AND_REPLACE,
+            body_mutation=ep.BodyMutation(body=b"{}"),
+            header_mutation=_reference_mutation({"content-length": "2"}, []),
+        )
+    )
+    assert responses.request_body(b"{}") == ep.ProcessingResponse(request_body=replaced)
+    assert responses.response_body(b"{}") == ep.ProcessingResponse(response_body=replaced)
+    streamed = ep.BodyResponse(response=ep.CommonResponse(body_mutation=ep.BodyMutation(body=b"")))
+    assert responses.streamed_body(b"") == ep.ProcessingResponse(response_body=streamed)
+
+
+def test_each_reply_is_its_own_message() -> None:
+    """A caller may add to a reply (trace context headers on a request body's reply): never a shared message."""
+    first = responses.request_body()
+    first.request_body.response.header_mutation.MergeFrom(responses.header_mutation({"traceparent": "00-x"}))
+    assert responses.request_body() == ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse()))
+    second = responses.response_body()
+    second.response_body.response.status = ep.CommonResponse.CONTINUE_AND_REPLACE
+    assert responses.response_body().response_body.response.status == ep.CommonResponse.CONTINUE

@@ -68,6 +68,37 @@ def test_explain_shows_decision_rule_and_every_candidate() -> None:
     assert "other rule(s) target other servers, methods or tools" in body
 
 
+_BUDGETED = """
+apiVersion: mcp-extproc/v1
+rules:
+  - name: search-budget
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [github], tools: [search]}
+    limits: [{calls: 30, per: 1m}, {calls: 1000, per: 1d, by: [tool]}]
+    on_store_error: open
+"""
+
+
+def test_explain_names_the_limits_of_the_allowing_rule(tmp_path: Path) -> None:
+    write(tmp_path, "p.yaml", _BUDGETED)
+    args = ["explain", str(tmp_path), "--user", "a", "--server", "github", "--tool", "search"]
+
+    text = runner.invoke(app, args)
+    doc = json.loads(runner.invoke(app, [*args, "--json"]).output)
+
+    assert text.exit_code == 0, text.output
+    assert "limits:  30 calls per 1m (per caller); 1000 calls per 1d (per caller, tool); over a limit: 429; " in (
+        text.output
+    )
+    assert "counter store down: passes uncounted (open)" in text.output
+    assert doc["on_store_error"] == "open" and doc["limits"][1] == {
+        "calls": 1000, "per": "1d", "by": ["caller", "tool"], "limit": "1000 calls per 1d (per caller, tool)"
+    }  # fmt: skip
+    denied = runner.invoke(app, ["explain", str(tmp_path), "--user", "a", "--server", "github", "--tool", "x"])
+    assert denied.exit_code == 1 and "limits:" not in denied.output  # a denied call spends no budget
+
+
 def test_explain_default_deny_with_claims() -> None:
     args = ["explain", EXAMPLE, "--user", "rita", "--groups", "release-managers", "--server", "github"]
     args += ["--tool", "merge_pull_request", "--args", '{"merge_method": "squash"}', "--claims", '{"amr": ["pwd"]}']
@@ -260,7 +291,7 @@ def test_check_reports_every_problem_once_in_one_run(tmp_path: Path) -> None:
     lines = result.output.splitlines()
     assert len(lines) == len(set(lines)) == 4, result.output
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
-    assert f"error {a}:4: rule 'broken': effect: must be 'allow' or 'deny', not 'maybe'" in lines
+    assert f"error {a}:4: rule 'broken': effect: must be 'allow', 'deny' or 'approve', not 'maybe'" in lines
     assert f"error {b}:11: rule 'bad-regex': arguments.title: pattern: invalid regular expression" in result.output
     # the cross-file checks ran on the valid rules of both invalid files
     assert f"error {a}:10: server 'gitlab' is not defined in gateway.yaml (known: github)" in lines
@@ -286,3 +317,48 @@ def test_policy_test_cases_see_folded_arguments_as_the_gateway_does(tmp_path: Pa
 
     assert result.exit_code == 1
     assert "expected allow, got deny by 'default-deny'" in result.output
+
+
+def test_explain_and_test_cases_say_when_an_approval_is_required(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "p.yaml",
+        """
+        apiVersion: mcp-extproc/v1
+        rules:
+          - name: deletes-need-sre
+            effect: approve
+            subjects: {users: ["*"]}
+            targets: {servers: [github], tools: ["delete_*"]}
+            approvers: {groups: [sre]}
+            ttl: 15m
+    """,
+    )
+    write(
+        tmp_path,
+        "p.tests.yaml",
+        """
+        apiVersion: mcp-extproc/v1
+        cases:
+          - name: held
+            who: {user: erin}
+            server: github
+            call: {method: tools/call, tool: delete_repo}
+            expect: approve
+            rule: deletes-need-sre
+          - name: not held
+            who: {user: erin}
+            server: github
+            call: {method: tools/call, tool: delete_repo}
+            expect: deny
+    """,
+    )
+    explained = runner.invoke(app, ["explain", str(tmp_path), "--user", "erin", "--server", "github",
+                                    "--tool", "delete_repo", "--json"])  # fmt: skip
+    assert explained.exit_code == 1
+    doc = json.loads(explained.output)
+    assert doc["approval"] == {"required": True, "approvers": "groups ['sre']", "ttl_s": 900.0, "count": 1}
+    tested = runner.invoke(app, ["test", str(tmp_path)])
+    assert tested.exit_code == 1
+    assert "expected deny, got approve by 'deletes-need-sre'" in tested.output
+    assert "PASS held" in tested.output

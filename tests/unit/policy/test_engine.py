@@ -403,3 +403,83 @@ def test_finite_numbers_still_match_values(compile_yaml: Callable[..., CompiledP
     policy = compile_yaml(NON_FINITE_POLICY)
     assert decide(policy, NOBODY, "demo", tool("sleep", delay=0.5, level=3.0)).rule == "no-level-3"
     assert decide(policy, NOBODY, "demo", tool("sleep", delay=1, level=2)).rule == "slow-ok"
+
+
+APPROVE = """
+apiVersion: mcp-extproc/v1
+rules:
+  - name: everyone
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: ["*"], methods: ["*"]}
+  - name: deletes-need-sre
+    effect: approve
+    subjects: {users: ["*"]}
+    targets: {servers: [github], tools: ["delete_*"]}
+    arguments: {force: {values: [true]}}
+    approvers: {groups: [sre]}
+    ttl: 15m
+    count: 2
+  - name: nobody-drops
+    effect: deny
+    subjects: {users: ["*"]}
+    targets: {servers: [github], tools: [delete_db]}
+"""
+
+
+def test_approve_holds_after_deny_and_before_allow(compile_yaml: Callable[..., CompiledPolicy]) -> None:
+    policy = compile_yaml(APPROVE)
+    held = decide(policy, who("alice"), "github", tool("delete_repo", force=True))
+    assert not held.allowed and held.rule == "deletes-need-sre" and held.approval is not None
+    assert (held.approval.ttl, held.approval.count, held.approval.text) == (900.0, 2, "groups ['sre']")
+    assert "approves it" in held.reason and held.considered == ("nobody-drops", "deletes-need-sre")[1:]
+    denied = decide(policy, who("alice"), "github", tool("delete_db", force=True))
+    assert denied.rule == "nobody-drops" and denied.approval is None  # deny wins over approve
+    # approve rules fail closed like deny: an absent or odd argument cannot prove the call needs no approval
+    assert decide(policy, who("alice"), "github", tool("delete_repo")).approval is not None
+    assert decide(policy, who("alice"), "github", tool("delete_repo", force=[True])).approval is not None
+    assert decide(policy, who("alice"), "github", tool("delete_repo", force=False)).allowed
+    listed = filter_list(policy, who("alice"), "github", "tools/list", {"tools": [{"name": "delete_repo"}]})
+    assert listed["tools"] == [{"name": "delete_repo"}]  # a held tool stays listed: the caller may ask for it
+    _, trace = explain(policy, who("alice"), "github", tool("delete_repo", force=True))
+    assert [(t.rule, t.effect, t.matched) for t in trace][:1] == [("deletes-need-sre", "approve", True)]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        pytest.param("approvers: {groups: [sre]}", "needs approvers", id="approve-without-ttl"),
+        pytest.param("ttl: 15m", "needs approvers", id="approve-without-approvers"),
+        pytest.param("approvers: {groups: [sre]}\n    ttl: 8d", "at most 7 days", id="ttl-too-long"),
+        pytest.param("approvers: {groups: [sre]}\n    ttl: soon", "ttl 'soon'", id="ttl-not-a-duration"),
+    ],
+)
+def test_approve_rules_are_checked_at_load(
+    compile_yaml: Callable[..., CompiledPolicy], extra: str, message: str
+) -> None:
+    from extproc.errors import ConfigError
+
+    text = f"""
+apiVersion: mcp-extproc/v1
+rules:
+  - name: held
+    effect: approve
+    subjects: {{users: ["*"]}}
+    targets: {{servers: [github], tools: [x]}}
+    {extra}
+"""
+    with pytest.raises(ConfigError, match=message):
+        compile_yaml(text)
+
+
+def test_approval_fields_only_on_approve_and_tools_call(compile_yaml: Callable[..., CompiledPolicy]) -> None:
+    from extproc.errors import ConfigError
+
+    base = 'apiVersion: mcp-extproc/v1\nrules:\n  - name: r\n    effect: {e}\n    subjects: {{users: ["*"]}}\n'
+    with pytest.raises(ConfigError, match="only for effect: approve"):
+        compile_yaml(base.format(e="allow") + "    targets: {servers: [github], tools: [x]}\n    ttl: 1m\n")
+    with pytest.raises(ConfigError, match="tools/call only"):
+        compile_yaml(
+            base.format(e="approve")
+            + "    targets: {servers: [github], resources: ['file:///*']}\n    approvers: {users: [b]}\n    ttl: 1m\n"
+        )

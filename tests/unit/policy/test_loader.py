@@ -100,7 +100,9 @@ def test_all_problems_of_all_files_are_reported(policy_dir: Path) -> None:
     a, b, c = load_error(policy_dir)
     assert a == f"{policy_dir / 'a.yaml'}:1: apiVersion: must be 'mcp-extproc/v1', not 'mcp-extproc/v2'"
     assert b.startswith(f"{policy_dir / 'b.yaml'}:3: not valid YAML: ")  # the parser's own words follow
-    assert c == f"{policy_dir / 'c.yaml'}:4: rule 'eng-read': effect: must be 'allow' or 'deny', not 'permit'"
+    assert (
+        c == f"{policy_dir / 'c.yaml'}:4: rule 'eng-read': effect: must be 'allow', 'deny' or 'approve', not 'permit'"
+    )
 
 
 @pytest.mark.parametrize(
@@ -117,12 +119,38 @@ def test_all_problems_of_all_files_are_reported(policy_dir: Path) -> None:
             "tools only apply to tools/call",
             id="tools-unreachable",
         ),
+        pytest.param(GOOD + "    limits: [{calls: 3, per: 1w}]\n", "s, m, h or d", id="limit-per-unit"),
+        pytest.param(GOOD + "    limits: [{calls: 0, per: 1m}]\n", "greater than or equal to 1", id="limit-zero"),
+        pytest.param(GOOD + "    limits: [{calls: 3, per: 0s}]\n", "more than 0", id="limit-empty-window"),
+        pytest.param(GOOD + "    limits: [{calls: 3, per: 367d}]\n", "at most 366d", id="limit-window-too-long"),
+        pytest.param(GOOD + "    limits: [{calls: 3, per: 1m, by: [user]}]\n", "'tool' or 'server'",
+                     id="limit-by-unknown"),
+        pytest.param(GOOD + "    limits: []\n", "at least 1 item", id="limits-empty"),
+        pytest.param(GOOD.replace("effect: allow", "effect: deny") + "    limits: [{calls: 3, per: 1m}]\n",
+                     "limits apply to allow rules only", id="limits-on-deny"),
+        pytest.param(GOOD + "    on_store_error: open\n", "on_store_error applies only to a rule with limits",
+                     id="store-error-without-limits"),
+        pytest.param(GOOD + "    limits: [{calls: 3, per: 1m}]\n    on_store_error: maybe\n", "'closed' or 'open'",
+                     id="store-error-unknown"),
     ],
 )  # fmt: skip
 def test_other_validation_errors(policy_dir: Path, text: str, message: str) -> None:
     write(policy_dir, "a.yaml", text)
     [err] = load_error(policy_dir)
     assert err.startswith(str(policy_dir / "a.yaml") + ":") and message in err
+
+
+def test_limits_compile_into_the_rules_budget(policy_dir: Path) -> None:
+    write(
+        policy_dir, "a.yaml", GOOD + "    limits: [{calls: 30, per: 1m}, {calls: 1000, per: 1d, by: [tool, server]}]\n"
+    )
+    budget = load_policy(policy_dir, SERVERS).budgets["eng-read"]
+
+    assert not budget.fail_open
+    assert [(lim.calls, lim.window, lim.describe()) for lim in budget.limits] == [
+        (30, 60.0, "30 calls per 1m (per caller)"),
+        (1000, 86400.0, "1000 calls per 1d (per caller, server, tool)"),
+    ]
 
 
 def test_test_files_dotfiles_and_other_files_are_ignored(policy_dir: Path) -> None:

@@ -64,6 +64,10 @@ def delete_a_digest(root: Path) -> None:
     _digest(root, "w", 1).unlink()
 
 
+def delete_the_first_digest(root: Path) -> None:
+    _digest(root, "w", 0).unlink()
+
+
 def delete_the_closing_digest_and_a_session(root: Path) -> None:
     _digest(root, "w", 3).unlink()
     delete_a_session(root)
@@ -88,6 +92,11 @@ def delete_the_closing_digest_and_a_session(root: Path) -> None:
             id="edited-digest",
         ),
         pytest.param(delete_a_digest, ["digest 1 of writer w: missing (deleted)"], id="deleted-digest"),
+        pytest.param(
+            delete_the_first_digest,
+            ["digest 0 of writer w: missing (deleted): the chain does not start at digest 0"],
+            id="deleted-first-digest",
+        ),
     ],
 )
 async def test_store_verify_names_what_was_removed(

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from hashlib import sha256
+from pathlib import Path
+
+import pytest
 
 from extproc.mcp.body import Piece
 from extproc.mcp.sse import SseEvent
+from extproc.policy.capture import Capture, CaptureLevel
+from extproc.policy.compiled import CompiledPolicy
+from extproc.policy.loader import load_policy
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import record_piece
 
@@ -50,3 +57,35 @@ def test_raw_bytes_are_a_chunk_and_a_withheld_body_keeps_only_size_and_hash() ->
     assert kept.type == "http.chunk" and kept.size == 10
     assert withheld.body == {"withheld": "JSON body over the limit", "sha256": sha256(b"secret" * 10).hexdigest()}
     assert b"secret" not in repr(withheld.to_dict()).encode()
+
+
+POLICY = """
+apiVersion: mcp-extproc/v1
+recording:
+  - servers: [demo]
+    redact: [{name: pin, pattern: 'PIN \\d{4}'}]
+"""
+
+
+def _policy(tmp_path: Path) -> CompiledPolicy:
+    (tmp_path / "p.yaml").write_text(POLICY)
+    return load_policy(tmp_path, {"demo"})
+
+
+@pytest.mark.parametrize(
+    ("level", "text"),
+    [("full", "PIN 1234"), ("redacted", "[REDACTED:pin]"), ("shape", "[shape:string:8:"), ("metadata", None)],
+)
+def test_each_capture_level_keeps_what_it_names(tmp_path: Path, level: CaptureLevel, text: str | None) -> None:
+    log, sink = _log()
+    data = '{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"PIN 1234"}],"isError":false}}'
+    piece = Piece(raw=data.encode(), document=True)
+    record_piece(log, _policy(tmp_path), "demo", piece, capture=Capture(level, b"k" * 32))
+    [ev] = sink.events
+    result = ev.messages[0]["result"]
+    if text is None:
+        assert result == {"isError": False}
+    else:
+        assert result["content"][0]["text"].startswith(text)
+    assert ("PIN 1234" in json.dumps(ev.to_dict())) == (level == "full")
+    assert ev.body.get("capture") == (level if level in ("shape", "metadata") else None)

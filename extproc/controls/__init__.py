@@ -1,0 +1,1 @@
+"""Call controls between allow and deny: approvals of one exact call, budgets."""

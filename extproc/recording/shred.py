@@ -1,0 +1,511 @@
+"""Erasure that keeps proofs (crypto-shredding): ``recording.encrypt_payloads: per_subject``.
+
+Before an event is chained, its payload fields are encrypted (AES-256-GCM) with a data key of the subject the
+exchange ran as (``issuer#subject``); the chain, manifests and digests are computed over the ciphertext. Data keys
+are wrapped by a key-encryption key (a 32-byte key file, AES key wrap RFC 3394; or AWS KMS) and kept in a key
+store beside the recordings (a folder, or a prefix of the S3 bucket written without Object Lock). Erasing a
+subject deletes its wrapped data keys and stores a signed erasure record: its payloads can no longer be read
+anywhere, and every chain, manifest and digest still verifies because none of them ever covered the plaintext.
+
+What stays readable is listed field by field in docs/payload-protection.md. Each JSON-RPC message keeps its outline
+(jsonrpc, id, method, the tool or prompt name, an error's code, a result's isError: capture level ``metadata``);
+the whole message list, the raw body and the header values are sealed into ``sealed``.
+
+Keys are looked up once per subject and process and cached (unwrapped) in memory; the first exchange of a subject
+in a process pays one key-store read, or one write when the subject is new (and one KMS call with KMS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
+
+from extproc.errors import ConfigError, StoreError
+from extproc.policy.capture import Capture
+from extproc.recording.events import (
+    Event,
+    ExchangeEnd,
+    ExchangeStart,
+    GuardrailVerdict,
+    McpRequest,
+    McpResponse,
+    ResponseChunk,
+    ResponseStart,
+)
+from extproc.recording.manifest import Signer
+from extproc.tasks import cancel
+
+if TYPE_CHECKING:
+    from extproc.recording.config import Recording
+
+log = logging.getLogger(__name__)
+
+ALGORITHM = "aes-256-gcm"
+_OUTLINE = Capture("metadata")
+_SEALED_TYPES = frozenset({McpRequest, McpResponse, ResponseChunk, ExchangeStart, ResponseStart, GuardrailVerdict})
+
+
+def subject_of(principal: dict[str, Any] | None) -> str | None:
+    """``issuer#subject`` of a recorded principal; None for an anonymous exchange (nobody to erase)."""
+    if not principal or not principal.get("subject"):
+        return None
+    return f"{principal.get('issuer', '')}#{principal['subject']}"
+
+
+def subject_id(subject: str) -> str:
+    """The subject as a key-store name: a hash, so the store's listing does not name people."""
+    return hashlib.sha256(subject.encode()).hexdigest()[:40]
+
+
+def _aad(ev: dict[str, Any], kind: str) -> bytes:
+    """Binds a ciphertext to its place (as ``PayloadSealer.seal`` writes it): moved to another event, it fails."""
+    return f"{kind}\n{ev.get('session', '')}\n{ev.get('exchange', '')}\n{ev.get('index', 0)}".encode()
+
+
+# --- key-encryption keys --------------------------------------------------------------------------------------
+
+
+class Kek(Protocol):
+    """Wraps and unwraps data keys; ``name`` says which KEK (stored beside each wrapped key)."""
+
+    name: str
+
+    def wrap(self, key: bytes, sid: str) -> bytes: ...
+
+    def unwrap(self, wrapped: bytes, sid: str) -> bytes: ...
+
+
+class FileKek:
+    """A 32-byte key from a file (64 hex characters, or 32 raw bytes); AES key wrap (RFC 3394)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            raw = Path(path).read_bytes().strip()
+        except OSError as e:
+            raise ConfigError(f"recording.payload_keys.kek_file: cannot read {path}: {e.strerror}") from e
+        try:
+            key = bytes.fromhex(raw.decode()) if len(raw) == 64 else raw
+        except (UnicodeDecodeError, ValueError):
+            key = raw
+        if len(key) != 32:
+            raise ConfigError(f"recording.payload_keys.kek_file: {path} must hold 32 bytes (or 64 hex characters)")
+        self._key = key
+        self.name = "file:" + hashlib.sha256(key).hexdigest()[:16]
+
+    def wrap(self, key: bytes, sid: str) -> bytes:
+        return aes_key_wrap(self._key, key)
+
+    def unwrap(self, wrapped: bytes, sid: str) -> bytes:
+        return aes_key_unwrap(self._key, wrapped)
+
+
+class KmsKek:
+    """AWS KMS: Encrypt/Decrypt with the subject's id as encryption context (boto3's default credential chain)."""
+
+    def __init__(self, key_id: str, region: str | None = None, endpoint_url: str | None = None) -> None:
+        import boto3
+
+        self._client = boto3.client("kms", region_name=region, endpoint_url=endpoint_url)
+        self._key_id = key_id
+        self.name = "kms:" + key_id
+
+    def wrap(self, key: bytes, sid: str) -> bytes:
+        out = self._client.encrypt(KeyId=self._key_id, Plaintext=key, EncryptionContext={"subject": sid})
+        return bytes(out["CiphertextBlob"])
+
+    def unwrap(self, wrapped: bytes, sid: str) -> bytes:
+        return bytes(self._client.decrypt(CiphertextBlob=wrapped, EncryptionContext={"subject": sid})["Plaintext"])
+
+
+# --- key stores -----------------------------------------------------------------------------------------------
+
+
+class KeyStore(Protocol):
+    """Wrapped data keys by subject id and key id; erasure records."""
+
+    def keys(self, sid: str) -> dict[str, bytes]:
+        """Every wrapped key record of a subject, by key id."""
+        ...
+
+    def create(self, sid: str, kid: str, record: bytes) -> None: ...
+
+    def destroy(self, sid: str) -> list[str]:
+        """Delete every key of a subject (every version); the key ids destroyed."""
+        ...
+
+    def put_erasure(self, sid: str, record: bytes) -> None: ...
+
+    def erasure(self, sid: str) -> bytes | None: ...
+
+
+class FileKeyStore:
+    """``<directory>/<subject id>/<key id>.json``; erasures in ``<directory>/erased/<subject id>.json``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.root = Path(directory)
+
+    def keys(self, sid: str) -> dict[str, bytes]:
+        folder = self.root / sid
+        if not folder.is_dir():
+            return {}
+        return {p.stem: p.read_bytes() for p in sorted(folder.glob("*.json"))}
+
+    def create(self, sid: str, kid: str, record: bytes) -> None:
+        folder = self.root / sid
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = folder / f".{kid}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(record)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / f"{kid}.json")
+
+    def destroy(self, sid: str) -> list[str]:
+        folder = self.root / sid
+        gone = []
+        for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            p.write_bytes(b"\0" * p.stat().st_size)  # best effort on file systems that overwrite in place
+            p.unlink()
+            gone.append(p.stem)
+        return gone
+
+    def put_erasure(self, sid: str, record: bytes) -> None:
+        (self.root / "erased").mkdir(parents=True, exist_ok=True)
+        (self.root / "erased" / f"{sid}.json").write_bytes(record)
+
+    def erasure(self, sid: str) -> bytes | None:
+        p = self.root / "erased" / f"{sid}.json"
+        return p.read_bytes() if p.is_file() else None
+
+
+class S3KeyStore:
+    """``<prefix>/<subject id>/<key id>.json`` in the recordings' bucket, never under Object Lock (an erasure must
+    be able to delete them); ``destroy`` deletes every version."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
+        self.client, self.bucket, self.prefix = client, bucket, prefix.rstrip("/")
+
+    def keys(self, sid: str) -> dict[str, bytes]:
+        found = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/{sid}/").get("Contents", [])
+        out = {}
+        for o in sorted(found, key=lambda o: o["Key"]):
+            kid = o["Key"].rsplit("/", 1)[-1].removesuffix(".json")
+            out[kid] = self.client.get_object(Bucket=self.bucket, Key=o["Key"])["Body"].read()
+        return out
+
+    def create(self, sid: str, kid: str, record: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}/{sid}/{kid}.json", Body=record)
+
+    def destroy(self, sid: str) -> list[str]:
+        listed = self.client.list_object_versions(Bucket=self.bucket, Prefix=f"{self.prefix}/{sid}/")
+        gone: dict[str, None] = {}
+        for v in [*listed.get("Versions", []), *listed.get("DeleteMarkers", [])]:
+            self.client.delete_object(Bucket=self.bucket, Key=v["Key"], VersionId=v["VersionId"])
+            gone[v["Key"].rsplit("/", 1)[-1].removesuffix(".json")] = None
+        return list(gone)
+
+    def put_erasure(self, sid: str, record: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}/erased/{sid}.json", Body=record)
+
+    def erasure(self, sid: str) -> bytes | None:
+        try:
+            return bytes(
+                self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/erased/{sid}.json")["Body"].read()
+            )
+        except self.client.exceptions.NoSuchKey:
+            return None
+
+
+# --- the keyring: cached data keys ----------------------------------------------------------------------------
+
+
+@dataclass
+class Keyring:
+    """Data keys by subject: created on first use, cached unwrapped; erased on request."""
+
+    store: KeyStore
+    kek: Kek
+    _cache: dict[str, tuple[str, AESGCM]] = field(default_factory=dict)  # subject -> (sid/kid, cipher) for writing
+    _read: dict[tuple[str, str], AESGCM | None] = field(default_factory=dict)  # (sid, kid) -> cipher, None: gone
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def for_writing(self, subject: str) -> tuple[str, AESGCM]:
+        """``(sid/kid, cipher)`` of the subject's data key; one key-store round trip per subject and process."""
+        found = self._cache.get(subject)
+        if found is not None:
+            return found
+        with self._lock:
+            if (found := self._cache.get(subject)) is None:
+                found = self._cache[subject] = self._load_or_create(subject_id(subject))
+        return found
+
+    def _load_or_create(self, sid: str) -> tuple[str, AESGCM]:
+        for kid, record in self.store.keys(sid).items():
+            key = self._unwrap(sid, record)
+            if key is not None:
+                return f"{sid}/{kid}", AESGCM(key)
+        kid, key = secrets.token_hex(8), AESGCM.generate_key(bit_length=256)
+        doc = {"kid": kid, "kek": self.kek.name, "wrapped": base64.b64encode(self.kek.wrap(key, sid)).decode()}
+        try:
+            self.store.create(sid, kid, json.dumps({**doc, "created": time.time()}).encode())
+        except Exception as e:
+            raise StoreError(f"cannot store a data key for subject {sid}") from e
+        return f"{sid}/{kid}", AESGCM(key)
+
+    def _unwrap(self, sid: str, record: bytes) -> bytes | None:
+        doc = json.loads(record)
+        try:
+            return self.kek.unwrap(base64.b64decode(doc["wrapped"]), sid)
+        except Exception:
+            log.warning("data key %s/%s does not unwrap with KEK %s", sid, doc.get("kid"), self.kek.name)
+            return None
+
+    def for_reading(self, key_ref: str, seen: dict[str, dict[str, bytes]] | None = None) -> AESGCM | None:
+        """The cipher of ``sid/kid``, or None when that key no longer exists (erased) or does not unwrap. The key
+        store is asked again for every reading (``seen``: its answers within one reading), so a long-running
+        reader (the audit service) stops opening a subject's payloads as soon as the subject is erased; unwrapping
+        (a KMS call) is cached."""
+        sid, _, kid = key_ref.partition("/")
+        listed = seen.get(sid) if seen is not None else None
+        if listed is None:
+            listed = self.store.keys(sid)
+            if seen is not None:
+                seen[sid] = listed
+        record = listed.get(kid)
+        if record is None:
+            self._read.pop((sid, kid), None)
+            return None
+        if (sid, kid) not in self._read:
+            key = self._unwrap(sid, record)
+            self._read[(sid, kid)] = AESGCM(key) if key is not None else None
+        return self._read[(sid, kid)]
+
+    def revalidate(self) -> int:
+        """Forget the writing keys of subjects erased since they were loaded (a background round, never on the
+        data path): their next exchange gets a new key. Returns how many were forgotten."""
+        forgotten = 0
+        for subject, (ref, _) in list(self._cache.items()):
+            sid, _, kid = ref.partition("/")
+            if kid not in self.store.keys(sid):
+                with self._lock:
+                    if self._cache.get(subject, (None,))[0] == ref:
+                        self._cache.pop(subject)
+                        forgotten += 1
+        return forgotten
+
+    def erase(self, subject: str) -> tuple[str, list[str]]:
+        """Destroy the subject's data keys (every copy the store holds); its id and the key ids destroyed."""
+        sid = subject_id(subject)
+        with self._lock:
+            self._cache.pop(subject, None)
+            for k in [k for k in self._read if k[0] == sid]:
+                self._read.pop(k)
+            return sid, self.store.destroy(sid)
+
+    def erasure(self, sid: str) -> dict[str, Any] | None:
+        record = self.store.erasure(sid)
+        doc = json.loads(record) if record is not None else None
+        return doc if isinstance(doc, dict) else None
+
+
+def build_keyring(rec: Recording) -> Keyring | None:
+    """The keyring of ``recording:`` (None unless ``encrypt_payloads: per_subject``)."""
+    keys = rec.payload_keys
+    if rec.encrypt_payloads != "per_subject" or keys is None:
+        return None
+    kek: Kek = (
+        FileKek(keys.kek_file)
+        if keys.kek_file is not None
+        else KmsKek(str(keys.kms_key_id), keys.kms_region, keys.kms_endpoint_url)
+    )
+    store: KeyStore
+    if rec.store == "s3" and rec.s3 is not None and keys.directory is None:
+        import boto3
+
+        client = boto3.client("s3", region_name=rec.s3.region, endpoint_url=rec.s3.endpoint_url)
+        store = S3KeyStore(client, rec.s3.bucket, rec.s3.prefix.rstrip("/") + "-payload-keys")
+    else:
+        store = FileKeyStore(keys.directory or rec.directory / ".payload-keys")
+    return Keyring(store, kek)
+
+
+class KeyWatch:
+    """Every ``interval`` s, in a thread: ``Keyring.revalidate`` (a processor stops writing with an erased key)."""
+
+    def __init__(self, keyring: Keyring, interval: float = 30.0) -> None:
+        self.keyring, self.interval = keyring, interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="payload-keys")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        await cancel(task)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                if forgotten := await asyncio.to_thread(self.keyring.revalidate):
+                    log.info("payload keys: %d erased subject(s) get a new key from now on", forgotten)
+            except Exception:  # the key store is unreachable: keep the keys, try again next round
+                log.exception("payload keys: revalidation failed")
+
+
+# --- sealing events (writing) and opening them (reading) --------------------------------------------------------
+
+
+class PayloadSealer:
+    """Encrypts the payload fields of each event of an exchange with its subject's data key, before chaining."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+        self._subjects: dict[str, str] = {}  # exchange -> subject (from its exchange.start)
+        self._nonces = _Nonces()
+
+    def seal(self, ev: Event) -> None:
+        """Seal ``ev``'s payload fields in place (O(event): one AES-GCM pass, no I/O once the key is cached)."""
+        kind = type(ev)
+        if kind is ExchangeStart:
+            subject = subject_of(ev.principal)  # type: ignore[attr-defined]
+            if subject is None:
+                return
+            self._subjects[ev.exchange] = subject
+        else:
+            subject = self._subjects.get(ev.exchange)
+            if kind is ExchangeEnd:
+                self._subjects.pop(ev.exchange, None)
+            if subject is None or kind not in _SEALED_TYPES:
+                return
+        ref, cipher = self.keyring.for_writing(subject)
+        secret: dict[str, Any]
+        if kind is McpRequest or kind is McpResponse:
+            r = cast(McpRequest, ev)
+            secret = {"messages": r.messages, "body": r.body}
+            r.messages, r.body = _OUTLINE.messages(r.messages), {}
+        elif kind is ResponseChunk:
+            c = cast(ResponseChunk, ev)
+            secret, c.body = {"body": c.body}, {}
+        elif kind is ExchangeStart:
+            x = cast(ExchangeStart, ev)
+            secret = {"headers": x.headers, "path": x.path}
+            x.path = x.path.partition("?")[0]
+        elif kind is GuardrailVerdict:
+            g = cast(GuardrailVerdict, ev)
+            if g.arguments is None:
+                return
+            secret = {"arguments": g.arguments}
+        else:
+            secret = {"headers": cast(ResponseStart, ev).headers}
+        nonce = self._nonces.next()
+        aad = f"{ev.type}\n{ev.session}\n{ev.exchange}\n{ev.index}".encode()
+        ct = cipher.encrypt(nonce, orjson.dumps(secret), aad)
+        sealed = {"alg": ALGORITHM, "key": ref, "ct": _b64(nonce + ct)}  # the 12-byte nonce, then the ciphertext
+        if "body" in secret:
+            ev.body = {"sealed": sealed}  # type: ignore[attr-defined]
+        elif "arguments" in secret:
+            ev.arguments = {"sealed": sealed}  # type: ignore[attr-defined]
+        else:
+            ev.headers = {"sealed": orjson.dumps(sealed).decode()}  # type: ignore[attr-defined]
+
+
+class _Nonces:
+    """96-bit GCM nonces without a system call per event: a random 64-bit prefix per process (drawn again before the
+    32-bit counter wraps), then the counter. Processors share a subject's key; their prefixes differ with
+    overwhelming probability, and within a process no nonce repeats."""
+
+    def __init__(self) -> None:
+        self._prefix, self._n = secrets.token_bytes(8), 0
+
+    def next(self) -> bytes:
+        self._n += 1
+        if self._n >= 1 << 32:
+            self._prefix, self._n = secrets.token_bytes(8), 1
+        return self._prefix + self._n.to_bytes(4, "big")
+
+
+def _b64(b: bytes) -> str:
+    return binascii.b2a_base64(b, newline=False).decode()
+
+
+def _sealed(ev: dict[str, Any]) -> dict[str, Any] | None:
+    for where in ("body", "arguments"):
+        part = ev.get(where)
+        if isinstance(part, dict) and isinstance(found := part.get("sealed"), dict):
+            return dict(found)
+    headers = ev.get("headers")
+    if isinstance(headers, dict) and isinstance(headers.get("sealed"), str):
+        try:
+            doc = json.loads(headers["sealed"])
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+    return None
+
+
+def open_events(events: Iterable[dict[str, Any]], keyring: Keyring | None) -> None:
+    """Restore sealed payload fields in place (after the chains were verified over the ciphertext). A payload whose
+    key was erased gets ``erased``: when, by whom and why, from the signed erasure record; one whose key is missing
+    without a record, or that does not decrypt, gets ``unreadable`` and why."""
+    seen: dict[str, dict[str, bytes]] = {}
+    for ev in events:
+        sealed = _sealed(ev)
+        if sealed is None:
+            continue
+        ref = str(sealed.get("key", ""))
+        cipher = keyring.for_reading(ref, seen) if keyring is not None else None
+        if cipher is None:
+            record = keyring.erasure(ref.partition("/")[0]) if keyring is not None else None
+            if record is not None:
+                ev["erased"] = {k: record.get(k) for k in ("time", "by", "reason")}
+            else:
+                ev["unreadable"] = "no key-store access" if keyring is None else f"data key {ref} not found"
+            continue
+        try:
+            blob = base64.b64decode(sealed["ct"])
+            plain = cipher.decrypt(blob[:12], blob[12:], _aad(ev, str(ev.get("type"))))
+        except (InvalidTag, KeyError, ValueError):
+            ev["unreadable"] = f"payload does not decrypt with data key {ref}"
+            continue
+        ev.update(json.loads(plain))
+
+
+# --- erasure --------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, kw_only=True)
+class PayloadErased(Event):
+    """A subject's data keys were destroyed: its sealed payloads are unreadable from now on, every proof intact."""
+
+    type: ClassVar[str] = "payload.erased"
+    subject: str = ""  # issuer#subject
+    subject_id: str = ""  # the key-store name of the subject (a hash)
+    keys: list[str] = field(default_factory=list)  # the data key ids destroyed
+    by: str = ""
+    reason: str = ""
+
+
+def erasure_record(ev: PayloadErased, signer: Signer) -> bytes:
+    """The signed erasure record kept in the key store (readers show it where the payloads were)."""
+    doc = {k: v for k, v in ev.to_dict().items() if k not in ("session", "exchange", "index")}
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    sig = signer.sign_bytes(body) if signer.public is not None else ""
+    return json.dumps({**doc, "key_id": signer.key_id, "sig": sig}, sort_keys=True).encode()

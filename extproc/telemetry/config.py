@@ -1,0 +1,40 @@
+"""The ``telemetry:`` section of gateway.yaml: OpenTelemetry traces of exchanges, and the viewer's trace links."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+
+from extproc.sections import Section
+
+
+class Telemetry(Section):
+    """Traces over OTLP/HTTP (off unless ``endpoint`` is set); ``trace_link`` turns trace ids into links."""
+
+    endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP traces URL, e.g. http://otel-collector:4318/v1/traces; unset: no traces"
+    )
+    service_name: str = "mcp-extproc"
+    sample_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=1.0, description="share of new traces sampled; a client's sampled flag is followed (parent-based)"
+    )
+    timeout_ms: Annotated[int, Field(ge=10, le=120_000)] = 5000
+    trace_link: str | None = Field(
+        default=None,
+        description="URL template the viewer shows for an exchange's trace, e.g. http://jaeger:16686/trace/{trace_id}",
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {v!r}")
+        return v
+
+    @field_validator("trace_link")
+    @classmethod
+    def _link(cls, v: str | None) -> str | None:
+        if v is not None and ("{trace_id}" not in v or not v.startswith(("http://", "https://"))):
+            raise ValueError("must be an http:// or https:// URL containing {trace_id}")
+        return v

@@ -1,0 +1,164 @@
+"""Approval records: bound to the exact call, signed, single use (O_EXCL), decided by someone else."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from extproc.authn.principal import Principal
+from extproc.controls.approvals import ApprovalError, ApprovalStore, Binding, args_digest
+from extproc.recording.manifest import Signer, generate_keys
+
+ALICE = Principal("https://idp", "sub-alice", "alice")
+BOB = Principal("https://idp", "sub-bob", "bob", ("sre",))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ApprovalStore:
+    key, _ = generate_keys(tmp_path / "keys")
+    return ApprovalStore(tmp_path / "approvals", Signer.from_file(key), Clock())
+
+
+def _binding(who: Principal = ALICE, args: dict | None = None, version: str = "v1") -> Binding:
+    return Binding(who.issuer, who.subject, "demo", "", "delete_repo", args_digest(args or {"repo": "x"}), version)
+
+
+def _settle(store: ApprovalStore, b: Binding, who: Principal = ALICE, count: int = 1):
+    return store.settle(b, who, rule="r", approvers="groups ['sre']", ttl=600, count=count, arguments="{}")
+
+
+def _approve(store: ApprovalStore, approval_id: str, who: Principal = BOB) -> None:
+    store.decide(approval_id, who, True, "looks fine", lambda r: None)
+
+
+def test_args_digest_is_canonical() -> None:
+    assert args_digest({"b": 1, "a": [1.0, "x"]}) == args_digest({"a": [1, "x"], "b": 1})
+    assert args_digest({"a": 1}) != args_digest({"a": "1"})
+
+
+def test_identical_retry_passes_exactly_once(store: ApprovalStore) -> None:
+    held = _settle(store, _binding())
+    assert not held.passed and held.created
+    again = _settle(store, _binding())
+    assert not again.passed and again.entry.request.id == held.entry.request.id  # the pending one, not a new one
+    _approve(store, held.entry.request.id)
+
+    first = _settle(store, _binding())
+    assert first.passed and first.entry.used == 1
+    second = _settle(store, _binding())
+    assert not second.passed and "already used" in second.message
+    assert second.entry.request.id != held.entry.request.id
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        pytest.param(_binding(args={"repo": "y"}), id="other-arguments"),
+        pytest.param(_binding(who=Principal("https://idp", "sub-carol", "carol")), id="other-caller"),
+        pytest.param(
+            Binding("https://other-idp", "sub-alice", "demo", "", "delete_repo", args_digest({"repo": "x"}), "v1"),
+            id="same-subject-other-issuer",
+        ),
+        pytest.param(
+            Binding(ALICE.issuer, ALICE.subject, "demo", "b2", "delete_repo", args_digest({"repo": "x"}), "v1"),
+            id="other-backend",
+        ),
+        pytest.param(_binding(version="v2"), id="policy-changed"),
+    ],
+)
+def test_an_approval_covers_only_its_exact_call(store: ApprovalStore, changed: Binding) -> None:
+    held = _settle(store, _binding())
+    _approve(store, held.entry.request.id)
+    other = _settle(store, changed)
+    assert not other.passed and other.entry.request.id != held.entry.request.id
+    if changed.policy_version == "v2":
+        assert "policy changed" in other.message
+    assert _settle(store, _binding()).passed  # the approval itself is still unused
+
+
+def test_expired_approval_refused(store: ApprovalStore) -> None:
+    held = _settle(store, _binding())
+    _approve(store, held.entry.request.id)
+    store.clock.now += 601  # type: ignore[attr-defined]
+    late = _settle(store, _binding())
+    assert not late.passed and "expired" in late.message
+
+
+def test_count_lets_that_many_identical_calls_pass(store: ApprovalStore) -> None:
+    held = _settle(store, _binding(), count=2)
+    _approve(store, held.entry.request.id)
+    assert [_settle(store, _binding()).passed for _ in range(3)] == [True, True, False]
+
+
+def test_deciding_rules(store: ApprovalStore) -> None:
+    held = _settle(store, _binding())
+    aid = held.entry.request.id
+    with pytest.raises(ApprovalError, match="their own call") as own:
+        _approve(store, aid, ALICE)
+    assert own.value.status == 403
+    with pytest.raises(ApprovalError, match="not an approver"):
+        store.decide(aid, BOB, True, "", lambda r: "not an approver")
+    with pytest.raises(ApprovalError, match="needs a reason"):
+        store.decide(aid, BOB, False, " ", lambda r: None)
+    store.decide(aid, BOB, False, "no deletes on Fridays", lambda r: None)
+    with pytest.raises(ApprovalError, match="already denied") as twice:
+        _approve(store, aid)
+    assert twice.value.status == 409
+    denied = _settle(store, _binding())
+    assert not denied.passed and "denied by bob: no deletes on Fridays" in denied.message
+    with pytest.raises(ApprovalError) as missing:
+        _approve(store, "ap-00000000000000000000")
+    assert missing.value.status == 404
+
+
+def test_an_expired_request_cannot_be_approved(store: ApprovalStore) -> None:
+    held = _settle(store, _binding())
+    store.clock.now += 601  # type: ignore[attr-defined]
+    with pytest.raises(ApprovalError, match="expired"):
+        _approve(store, held.entry.request.id)
+
+
+def test_files_written_by_hand_are_refused(store: ApprovalStore, tmp_path: Path) -> None:
+    held = _settle(store, _binding())
+    aid = held.entry.request.id
+    _approve(store, aid)
+    decision = store.directory / f"{aid}.decision.json"
+    doc = json.loads(decision.read_text())
+    doc["until"] += 86400  # stretch the approval: the signature no longer matches
+    decision.write_text(json.dumps(doc))
+    assert store.entry(aid).decision is None  # type: ignore[union-attr]
+    assert not _settle(store, _binding()).passed
+    # files signed with another key are not the gateway's
+    other_key, _ = generate_keys(tmp_path / "other")
+    forger = ApprovalStore(store.directory, Signer.from_file(other_key), store.clock)
+    assert forger.entry(aid) is None
+
+
+def test_two_workers_cannot_both_consume_one_approval(store: ApprovalStore) -> None:
+    held = _settle(store, _binding())
+    _approve(store, held.entry.request.id)
+    workers = [ApprovalStore(store.directory, store.signer, store.clock) for _ in range(8)]
+    start = threading.Barrier(len(workers))
+    passed: list[bool] = []
+
+    def run(s: ApprovalStore) -> None:
+        start.wait()
+        passed.append(_settle(s, _binding()).passed)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert passed.count(True) == 1

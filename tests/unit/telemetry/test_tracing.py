@@ -1,0 +1,139 @@
+"""Spans of an exchange driven through its phases with real ext_proc messages, exported to the SDK's in-memory
+exporter: the documented tree, the parent from the client (header or params._meta), the upstream's traceparent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from exchange_fakes import FakePolicy, FakeSink, _body, _call, _gateway, _headers, _request, load_fake_policy
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from extproc.exchange import Exchange
+from extproc.telemetry.config import Telemetry
+from extproc.telemetry.tracing import Tracing
+
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> FakePolicy:
+    return load_fake_policy(tmp_path)
+
+
+def _traced(policy: FakePolicy) -> tuple[Exchange, FakeSink, InMemorySpanExporter]:
+    sink, spans = FakeSink(), InMemorySpanExporter()
+    gw = _gateway(sink, policy)
+    gw.tracing = Tracing(Telemetry(endpoint="http://127.0.0.1:1/v1/traces"), exporter=spans, batch=False)
+    return Exchange(gw), sink, spans
+
+
+def _request_with(traceparent: str | None) -> object:
+    h = {":method": "POST", ":path": "/demo/mcp", ":authority": "gw", "authorization": "Bearer alice"}
+    if traceparent:
+        h["traceparent"] = traceparent
+    return _headers(h)
+
+
+def _upstream_traceparent(reply) -> str:  # type: ignore[no-untyped-def]
+    mutation = reply.request_body.response.header_mutation
+    return {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}["traceparent"]
+
+
+async def test_allowed_call_has_the_documented_tree_under_the_clients_trace(policy: FakePolicy) -> None:
+    ex, sink, spans = _traced(policy)
+    await ex.on_request_headers(_request_with(TRACEPARENT))
+    reply = await ex.on_request_body(_body(_call("echo", 5, text="hi")))
+    await ex.on_response_headers(_headers({":status": "200", "content-type": "application/json"}, end=True))
+
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    root = finished["tools/call echo"]
+    assert root.kind is SpanKind.SERVER
+    assert format(root.context.trace_id, "032x") == CLIENT_TRACE
+    assert root.parent is not None and format(root.parent.span_id, "016x") == CLIENT_SPAN
+    assert root.attributes["mcp.method.name"] == "tools/call" and root.attributes["gen_ai.tool.name"] == "echo"
+    assert root.attributes["jsonrpc.request.id"] == "5" and root.attributes["mcp_extproc.outcome"] == "complete"
+    assert root.attributes["mcp_extproc.decision"] == "allow" and root.status.status_code is StatusCode.UNSET
+    children = {
+        name for name, s in finished.items() if s.parent is not None and s.parent.span_id == root.context.span_id
+    }
+    assert children == {"authenticate", "policy", "recording commit", "upstream"}
+    assert finished["upstream"].kind is SpanKind.CLIENT
+    assert all(finished[c].start_time >= root.start_time and finished[c].end_time <= root.end_time for c in children)
+
+    # The server is sent the upstream span as its parent, in the client's trace; the record says so too.
+    upstream = finished["upstream"].context
+    assert _upstream_traceparent(reply) == f"00-{CLIENT_TRACE}-{upstream.span_id:016x}-01"
+    [context] = [e for e in sink.events if e.type == "trace.context"]
+    assert context.trace_id == CLIENT_TRACE and context.parent == "header"  # type: ignore[attr-defined]
+    assert context.span_id == f"{root.context.span_id:016x}"  # type: ignore[attr-defined]
+
+
+async def test_parent_from_params_meta_traceparent_when_no_header(policy: FakePolicy) -> None:
+    ex, sink, spans = _traced(policy)
+    call = _call("echo", 1)
+    call["params"]["_meta"] = {"traceparent": TRACEPARENT}
+    await ex.on_request_headers(_request_with(None))
+    reply = await ex.on_request_body(_body(call))
+    ex.finish("complete")
+    root = next(s for s in spans.get_finished_spans() if s.name == "tools/call echo")
+    assert format(root.context.trace_id, "032x") == CLIENT_TRACE
+    assert _upstream_traceparent(reply).startswith(f"00-{CLIENT_TRACE}-")
+    assert [e.parent for e in sink.events if e.type == "trace.context"] == ["meta"]  # type: ignore[attr-defined]
+
+
+async def test_without_a_parent_a_new_trace_is_started(policy: FakePolicy) -> None:
+    ex, sink, spans = _traced(policy)
+    await ex.on_request_headers(_request_with("00-zz-not-valid"))
+    reply = await ex.on_request_body(_body(_call("echo", 1)))
+    ex.finish("complete")
+    root = next(s for s in spans.get_finished_spans() if s.name == "tools/call echo")
+    assert root.parent is None and format(root.context.trace_id, "032x") != CLIENT_TRACE
+    assert _upstream_traceparent(reply).split("-")[1] == format(root.context.trace_id, "032x")
+    assert [e.parent for e in sink.events if e.type == "trace.context"] == ["new"]  # type: ignore[attr-defined]
+
+
+async def test_denied_call_is_an_error_span_with_no_upstream(policy: FakePolicy) -> None:
+    ex, _, spans = _traced(policy)
+    await ex.on_request_headers(_request_with(TRACEPARENT))
+    await ex.on_request_body(_body(_call("delete_everything", 2)))
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    root = finished["tools/call delete_everything"]
+    assert root.status.status_code is StatusCode.ERROR and root.attributes["mcp_extproc.decision"] == "deny"
+    assert root.attributes["error.type"] == "PolicyDenied"
+    assert "upstream" not in finished and {"authenticate", "policy"} <= set(finished)
+
+
+async def test_tracing_off_changes_nothing(policy: FakePolicy) -> None:
+    sink = FakeSink()
+    ex = Exchange(_gateway(sink, policy))
+    await ex.on_request_headers(_request())
+    reply = await ex.on_request_body(_body(_call("echo", 1)))
+    assert not reply.request_body.response.HasField("header_mutation")
+    assert "trace.context" not in sink.types()
+
+
+def test_export_failures_are_counted(policy: FakePolicy) -> None:
+    tracing = Tracing(Telemetry(endpoint="http://127.0.0.1:1/v1/traces", timeout_ms=200), batch=False)
+    trace = tracing.exchange("x", None)
+    trace.finish("complete", 200)  # the OTLP exporter cannot reach port 1: counted, never raised
+    assert tracing.exporter.errors == 1 and tracing.exporter.exported == 0
+    tracing.shutdown()
+
+
+async def test_an_unsampled_exchange_passes_the_clients_traceparent_and_records_nothing(policy: FakePolicy) -> None:
+    sink, spans = FakeSink(), InMemorySpanExporter()
+    gw = _gateway(sink, policy)
+    gw.tracing = Tracing(
+        Telemetry(endpoint="http://127.0.0.1:1/v1/traces", sample_ratio=1.0), exporter=spans, batch=False
+    )
+    ex = Exchange(gw)
+    await ex.on_request_headers(_request_with(f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"))  # the client did not sample
+    reply = await ex.on_request_body(_body(_call("echo", 1)))
+    ex.finish("complete")
+    assert spans.get_finished_spans() == ()
+    assert not reply.request_body.response.HasField("header_mutation")
+    assert "trace.context" not in sink.types()
