@@ -1,9 +1,17 @@
 """Definition fingerprints: SHA-256 over the RFC 8785 (JSON Canonicalization Scheme) form of one listed item.
 
 The whole item the server listed is hashed (name, title, description, input and output schema, annotations, icons,
-``_meta``: everything a client may put in front of a model), so no field can change unnoticed. Canonical JSON comes
-from the ``rfc8785`` library, never from ``json.dumps(sort_keys=True)``: JCS also fixes number formatting and string
-escaping, which is what makes the hash reproducible by another implementation.
+``_meta``: everything a client may put in front of a model), so no field can change unnoticed. The canonical form is
+RFC 8785's, never ``json.dumps(sort_keys=True)``: JCS also fixes number formatting and string escaping, which is what
+makes the hash reproducible by another implementation.
+
+Fast path: for the values tool definitions are made of (objects with ASCII keys, strings, booleans, null, integers
+within JCS's safe range, arrays) the RFC 8785 form is exactly ``orjson.dumps(..., OPT_SORT_KEYS)``: no whitespace,
+keys sorted (ASCII: byte order is UTF-16 order), the same string escaping (quote, backslash, the five short escapes
+b f n r t, other control characters as lowercase u00xx escapes, everything else as UTF-8), integers in decimal. It
+is ~20 times faster than the ``rfc8785`` library, which walks the value in Python. Anything else (a float: ECMAScript
+number formatting; a non-ASCII key: UTF-16 key order; an integer out of range; any other type) goes to ``rfc8785``,
+which stays the reference: the tests hold the fast path byte-equal to it on a corpus and on generated values.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import rfc8785
 
 PREFIX = "sha256:"
@@ -44,8 +53,36 @@ class DefinitionError(ValueError):
     """A listed item that has no canonical form (not an object, a NaN, an integer beyond 2**53)."""
 
 
+_SAFE = 2**53 - 1  # JCS integers: exactly representable as an IEEE 754 double (rfc8785's own bounds)
+
+
+def _plain(node: Any) -> bool:
+    """Whether ``node`` holds only values whose RFC 8785 form is orjson's sorted-keys form (see the docstring)."""
+    t = type(node)
+    if t is str or t is bool or node is None:
+        return True
+    if t is int:
+        return -_SAFE <= node <= _SAFE
+    if t is dict:
+        for k, v in node.items():
+            if type(k) is not str or not k.isascii() or not _plain(v):
+                return False
+        return True
+    if t is list:
+        for v in node:
+            if not _plain(v):
+                return False
+        return True
+    return False  # float, tuple, subclasses, anything else: rfc8785 decides
+
+
 def canonical(definition: Any) -> bytes:
     """The RFC 8785 bytes of ``definition``; DefinitionError when JSON has no canonical form for it."""
+    try:
+        if _plain(definition):
+            return orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONEncodeError, RecursionError):  # e.g. a lone surrogate: rfc8785 says why it has no form
+        pass
     try:
         return rfc8785.dumps(definition)
     except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError) as e:
