@@ -62,7 +62,7 @@ def _plain(node: Any) -> bool:
     if t is str or t is bool or node is None:
         return True
     if t is int:
-        return -_SAFE <= node <= _SAFE
+        return bool(-_SAFE <= node <= _SAFE)
     if t is dict:
         for k, v in node.items():
             if type(k) is not str or not k.isascii() or not _plain(v):
@@ -76,21 +76,56 @@ def _plain(node: Any) -> bool:
     return False  # float, tuple, subclasses, anything else: rfc8785 decides
 
 
-def canonical(definition: Any) -> bytes:
-    """The RFC 8785 bytes of ``definition``; DefinitionError when JSON has no canonical form for it."""
+def _plain_strings(node: Any, out: list[str]) -> bool:
+    """``_plain``, appending every string of ``node`` (object keys too, document order) to ``out`` on the way: the
+    screens read them (screens.strings gives the same list), so a definition is walked once, not twice."""
+    t = type(node)
+    if t is str:
+        out.append(node)
+        return True
+    if t is dict:
+        plain = True
+        for k, v in node.items():
+            if isinstance(k, str):
+                out.append(k)
+                plain = plain and type(k) is str and k.isascii()
+            else:
+                plain = False
+            plain = _plain_strings(v, out) and plain  # walked whatever ``plain`` is: every string is wanted
+        return plain
+    if t is list:
+        plain = True
+        for v in node:
+            plain = _plain_strings(v, out) and plain
+        return plain
+    if isinstance(node, str):  # a subclass: its strings all the same, its canonical form by rfc8785
+        out.append(node)
+        return False
+    if isinstance(node, dict | list):
+        _plain_strings(dict(node) if isinstance(node, dict) else list(node), out)
+        return False
+    return _plain(node)
+
+
+def canonical(definition: Any, strings: list[str] | None = None) -> bytes:
+    """The RFC 8785 bytes of ``definition``; DefinitionError when JSON has no canonical form for it. ``strings``:
+    every string of it is appended there, from the same walk."""
     try:
-        if _plain(definition):
+        if _plain(definition) if strings is None else _plain_strings(definition, strings):
             return orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)
-    except (orjson.JSONEncodeError, RecursionError):  # e.g. a lone surrogate: rfc8785 says why it has no form
+    except orjson.JSONEncodeError:  # e.g. a lone surrogate: rfc8785 says why it has no form
         pass
+    except RecursionError:  # the walk stopped part way: its strings are not all there, say none are
+        if strings is not None:
+            strings.clear()
     try:
         return rfc8785.dumps(definition)
     except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError) as e:
         raise DefinitionError(f"definition has no canonical JSON form: {e}") from e
 
 
-def fingerprint(definition: dict[str, Any]) -> str:
-    """'sha256:<hex>' of the canonical form of one listed definition."""
+def fingerprint(definition: dict[str, Any], strings: list[str] | None = None) -> str:
+    """'sha256:<hex>' of the canonical form of one listed definition (``strings``: as for ``canonical``)."""
     if not isinstance(definition, dict):
         raise DefinitionError("a listed definition must be a JSON object")
-    return PREFIX + hashlib.sha256(canonical(definition)).hexdigest()
+    return PREFIX + hashlib.sha256(canonical(definition, strings)).hexdigest()

@@ -219,16 +219,24 @@ def cross_server_pattern(names: Iterable[str]) -> CrossNames | None:
     return CrossNames(picked) if picked else None
 
 
-def scan(definition: Any, cross: CrossNames | None = None) -> list[Finding]:
-    """Every finding of every screen in one definition (strings and object keys, recursively)."""
-    texts: list[str] = []
-    _collect(definition, texts)
+def scan(definition: Any, cross: CrossNames | None = None, texts: list[str] | None = None) -> list[Finding]:
+    """Every finding of every screen in one definition (strings and object keys, recursively). ``texts``: its
+    strings as ``strings`` gives them, when a walk already collected them (fingerprint.fingerprint does)."""
+    if not texts:  # not collected (or nothing to screen: collecting again costs nothing)
+        texts = strings(definition)
     joined = "\x00".join(texts)  # one pass over all of it first: most definitions have nothing to find
     if not (has_invisible(joined) or instructions(joined) or (cross is not None and cross.finditer(joined))):
         return []
     found: list[Finding] = []
     _walk(definition, "", cross, found, None)
     return found
+
+
+def strings(definition: Any) -> list[str]:
+    """Every string of ``definition``, object keys too, in document order."""
+    texts: list[str] = []
+    _collect(definition, texts)
+    return texts
 
 
 def _collect(node: Any, texts: list[str]) -> None:

@@ -231,7 +231,8 @@ class Surface:
         known = self._known.get(key) if key is not None else None
         if known is not None:
             return known
-        result = fingerprint(item), scan(item, cross)
+        texts: list[str] = []
+        result = fingerprint(item, texts), scan(item, cross, texts)  # one walk gives both their strings
         if key is not None:
             if len(self._known) >= MAX_KNOWN:
                 self._known.clear()

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from extproc.tools import fingerprint as fingerprint_module
 from extproc.tools.fingerprint import DefinitionError, canonical, fingerprint
+from extproc.tools.screens import strings
 
 TOOL = {
     "name": "echo",
@@ -170,3 +171,20 @@ def test_canonical_equals_rfc8785_on_generated_values(value: dict[str, Any]) -> 
             canonical(value)
     else:
         assert canonical(value) == expected
+
+
+@pytest.mark.parametrize("name", list(CORPUS))
+def test_one_walk_gives_the_fingerprint_and_the_screens_strings(name: str) -> None:
+    # The surface fingerprints and screens each definition from one walk: the strings the fingerprint's walk hands
+    # over are exactly what the screens would collect themselves, for plain definitions and for rfc8785's alike.
+    definition, digest = CORPUS[name]
+    texts: list[str] = []
+    assert fingerprint(definition, texts) == f"sha256:{digest}"
+    assert texts == strings(definition)
+
+
+def test_the_strings_of_a_definition_with_no_canonical_form_are_still_all_there() -> None:
+    texts: list[str] = []
+    with pytest.raises(DefinitionError):
+        fingerprint({"a": float("nan"), "b": ["x", {"c": "y"}]}, texts)
+    assert texts == ["a", "b", "x", "c", "y"]

@@ -228,3 +228,9 @@ def test_ascii_text_is_not_searched_for_invisible_characters(monkeypatch: pytest
     assert counting.scans == 0
     assert [f.rule for f in scan({"name": "x", "description": "zero\u200bwidth"})] == ["zero-width"]
     assert counting.scans > 0
+
+
+def test_scan_of_strings_collected_elsewhere_equals_its_own() -> None:
+    cross = cross_server_pattern(["send_email"])
+    definition = {"name": "t", "description": "zero\u200bwidth, then send_email. <IMPORTANT>", "x": {"k\u202e": [1]}}
+    assert scan(definition, cross, screens.strings(definition)) == scan(definition, cross) != []
