@@ -79,7 +79,7 @@ class Surface:
     _cross: dict[str, tuple[int, CrossNames | None]] = field(default_factory=dict)
     _version: int = 0
     # (the item's orjson bytes, cross-server names version) -> (fingerprint, findings). Equal bytes are an equal
-    # JSON value, so an equal canonical form: the fingerprint is computed by rfc8785 once per distinct definition.
+    # JSON value, so an equal canonical form: fingerprint and screens run once per distinct definition.
     _known: dict[tuple[bytes, int], tuple[str, list[Finding]]] = field(default_factory=dict)
 
     def unit(self, unit: str) -> Shown:
