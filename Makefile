@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	@# xds-protos (Envoy's protos) ships its own older copy of opentelemetry/proto/**: whichever wheel pip installs
+	@# last owns those files. The OTLP exporter needs opentelemetry-proto's, so it is written again, last.
+	$(BIN)/pip install -q --force-reinstall --no-deps "opentelemetry-proto==$$($(BIN)/python -c \
+		'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	@touch $@
 
 demo: $(STAMP)

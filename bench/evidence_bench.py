@@ -49,10 +49,11 @@ async def _record_session(root: Path, tlog: TransparencyLog, key: Path, captured
     from recording_helpers import emit_exchanges
 
     from extproc.recording.manifest import Signer
-    from extproc.recording.recorder import Recorder, RecorderOptions
+    from extproc.recording.recorder import Recorder
     from extproc.recording.spool import Spool
     from extproc.recording.store.file import FileStore
     from extproc.recording.uploader import Uploader
+    from extproc.recording.writer import RecorderOptions
 
     store, signer = FileStore(root), Signer.from_file(key)
     spool = Spool(root / ".spool", "bench-writer")

@@ -10,6 +10,11 @@ per exchange on top of grpc.aio's own cost; compare with "CPU ms per request" of
 With ``--export-and-trace`` the same exchanges run alternately without and with the OCSF file export
 (extproc/export/) and OpenTelemetry tracing (extproc/telemetry/; every span built, sampled and encoded as OTLP
 protobuf by the SDK's batch processor, only the network send left out), and it prints the CPU ratio.
+
+``--ab-surface ROUNDS``: tool-surface integrity's cost on tools/call (issue 22: no more than a dict lookup). Runs
+without ``gw.surface`` and with it (pins signed with an Ed25519 key, as ``build_surface`` makes them from
+``recording.signing_key``) alternate, off on / on off (a drifting shared box favours neither); with it, the session
+lists its tools first, so each call finds the definition it was shown and records its fingerprint. Medians.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ import cProfile
 import io
 import json
 import pstats
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -42,11 +49,28 @@ from extproc.recording.setup import build_runtime
 from extproc.settings import parse
 from extproc.telemetry.config import Telemetry
 from extproc.telemetry.tracing import Tracing
+from extproc.tools.pins import PinStore
+from extproc.tools.surface import Surface
 
 ROOT = Path(__file__).resolve().parents[1]
 ALICE = Principal(issuer="https://idp.example", subject="alice", username="alice", groups=("eng",))
 CALL = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "hi"}}}
 RESULT = {"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": "hi"}], "isError": False}}
+LIST = {"jsonrpc": "2.0", "id": 6, "method": "tools/list"}
+TOOLS = {
+    "jsonrpc": "2.0",
+    "id": 6,
+    "result": {
+        "tools": [
+            {
+                "name": name,
+                "description": f"Return the text unchanged ({name}).",
+                "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+            }
+            for name in ("echo", "add", "search")
+        ]
+    },
+}
 
 
 class CachedAuth:
@@ -79,6 +103,7 @@ async def run(
     observed: bool = False,
     sample_ratio: float = 1.0,
     encrypt: bool = False,
+    surface: bool = False,
 ) -> dict[str, float]:
     recording: dict[str, object] = {"directory": str(workdir / "rec")}
     if encrypt:  # payloads sealed per subject (recording/shred.py), data keys wrapped by a key file
@@ -117,6 +142,18 @@ async def run(
     req_body = ep.HttpBody(body=json.dumps(CALL).encode(), end_of_stream=True)
     resp_headers = _headers({":status": "200", "content-type": "text/event-stream", "mcp-session-id": "sess-1"})
     resp_body = ep.HttpBody(body=f"event: message\ndata: {json.dumps(RESULT)}\n\n".encode(), end_of_stream=True)
+    if surface:  # tool-surface integrity on, and the session has listed its tools (--ab-surface)
+        key = Ed25519PrivateKey.generate()
+        gw.surface = Surface(PinStore(workdir / "pins", key.public_key(), key))
+        ex = Exchange(gw)
+        await ex.on_request_headers(req_headers)
+        await ex.on_request_body(ep.HttpBody(body=json.dumps(LIST).encode(), end_of_stream=True))
+        await ex.on_response_headers(
+            _headers({":status": "200", "content-type": "application/json", "mcp-session-id": "sess-1"})
+        )
+        await ex.on_response_body(ep.HttpBody(body=json.dumps(TOOLS).encode(), end_of_stream=True))
+        ((unit, shown),) = gw.surface.units.items()
+        assert any(name == "echo" for _, _, name in shown.last), f"{unit}: the tools/list was not reviewed"
 
     prof = cProfile.Profile() if profile else None
     cpu0 = time.process_time()
@@ -160,6 +197,9 @@ def main() -> None:
     parser.add_argument("--sample-ratio", type=float, default=1.0, help="telemetry.sample_ratio for --export-and-trace")
     parser.add_argument("--encrypt", action="store_true", help="recording.encrypt_payloads: per_subject")
     parser.add_argument(
+        "--ab-surface", type=int, default=0, metavar="ROUNDS", help="tool surface off/on ROUNDS times; the ratio"
+    )
+    parser.add_argument(
         "--ab-encrypt", type=int, default=0, metavar="ROUNDS", help="alternate off/on ROUNDS times; print the ratio"
     )
     args = parser.parse_args()
@@ -167,6 +207,9 @@ def main() -> None:
         return compare(args.exchanges, args.sample_ratio)
     if args.ab_encrypt:
         ab_encrypt(args.exchanges, args.ab_encrypt)
+        return
+    if args.ab_surface:
+        ab_surface(args.exchanges, args.ab_surface)
         return
     with tempfile.TemporaryDirectory() as tmp:
         result = asyncio.run(run(args.exchanges, Path(tmp), args.profile, encrypt=args.encrypt))
@@ -219,6 +262,20 @@ def ab_encrypt(exchanges: int, rounds: int) -> None:
     print(
         f"median: off {off:.3f} ms, per_subject {on:.3f} ms CPU per exchange: x{on / off:.3f} ({(on / off - 1):+.1%})"
     )
+
+
+def ab_surface(exchanges: int, rounds: int) -> None:
+    """Tool-surface integrity's CPU per tools/call exchange: off and on alternated in one process, each run in a
+    fresh temp store, ordered off on / on off so that a drifting load favours neither."""
+    got: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(rounds):
+        for on in (False, True) if r % 2 == 0 else (True, False):
+            with tempfile.TemporaryDirectory() as tmp:
+                got[on].append(asyncio.run(run(exchanges, Path(tmp), False, surface=on))["cpu_ms_per_exchange"])
+    off, on_ms = statistics.median(got[False]), statistics.median(got[True])
+    print(f"off {[round(x, 3) for x in got[False]]} ms, on {[round(x, 3) for x in got[True]]} ms")
+    print(f"median: off {off:.3f} ms, surface on {on_ms:.3f} ms CPU per exchange: x{on_ms / off:.3f} "
+          f"({(on_ms / off - 1):+.1%})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -96,15 +96,14 @@ class Decisions:
                 outside["budget"] = budget
                 if spent.refused_call == i:
                     allowed, reason = False, str(spent.refusal)
-            self.record(policy, server, call, allowed, d.rule, reason, **outside)
+            self.record(policy, server, call, allowed, d.rule, reason, approval=approval.get(i), **outside)
+        if held is not None:
+            return held
         if spent is not None and spent.refusal is not None:  # over a limit (429) or the store down, rule closed (503)
             self.reply_headers = spent.headers
             e = spent.refusal
             batch = [error_response(c.id, e.jsonrpc_code, e.safe_message) for c in verdict.calls if c.id is not None]
             return e, batch if parsed.batch else None
-            self.record(policy, server, call, d.allowed, d.rule, d.reason, approval=approval.get(i), **outside)
-        if held is not None:
-            return held
         if withheld is not None:
             return ToolWithheld(redact_text(policy, server, withheld)), None
         if (denied := verdict.denied) is None:

@@ -54,12 +54,12 @@ from extproc.recording.events import (
     ExchangeEnd,
     Outcome,
     ResponseStart,
-    is_reserved_unit,
     is_synthetic_session,
     synthetic_session_id,
 )
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import record_piece
+from extproc.reserved import is_reserved_unit
 from extproc.telemetry.tracing import ExchangeTrace, with_headers
 from extproc.tools.screens import strip_invisible_bytes
 from extproc.upstream.base import ExchangeContext

@@ -23,8 +23,9 @@ from extproc.mcp.request_state import RequestState
 from extproc.policy.capture import Capture
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.enforce import record_redactor
-from extproc.recording.events import ExchangeStart, McpRequest, server_unit
+from extproc.recording.events import ExchangeStart, McpRequest
 from extproc.recording.pieces import payload_for_record
+from extproc.reserved import server_unit
 
 Seal = Callable[[dict[str, Any]], dict[str, Any]]
 

@@ -20,7 +20,8 @@ from extproc.recording.digest import close_for_dead_writer
 from extproc.recording.events import ExchangeIncomplete
 from extproc.recording.manifest import GENESIS, Manifest, Signer
 from extproc.recording.recorder import Recorder
-from extproc.recording.spool import HEAD, Spool, read_meta
+from extproc.recording.spool import HEAD, Spool
+from extproc.recording.spool_files import read_meta
 from extproc.recording.store import Segment, Store
 from extproc.recording.uploader import Uploader
 from extproc.tasks import cancel

@@ -9,11 +9,7 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-# The reserved names live in extproc/reserved.py (one place); re-exported here for the recording's users.
-from extproc.reserved import RESERVED_UNIT_PREFIXES as RESERVED_UNIT_PREFIXES
 from extproc.reserved import SYNTHETIC_PREFIX
-from extproc.reserved import is_reserved_unit as is_reserved_unit
-from extproc.reserved import server_unit as server_unit
 
 
 def body_fields(raw: bytes) -> dict[str, Any]:

@@ -35,8 +35,6 @@ from extproc.recording.streams import Streams
 from extproc.recording.uploader import Uploader
 from extproc.recording.writer import RecorderOptions, WriterRound
 
-__all__ = ["Recorder", "RecorderOptions", "RecorderStats", "new_writer_id"]
-
 log = logging.getLogger(__name__)
 
 

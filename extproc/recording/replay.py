@@ -22,9 +22,6 @@ def _level_rank(level: str) -> int:
     return _LEVEL_ORDER.index(level) if level in _LEVEL_ORDER else len(_LEVEL_ORDER)
 
 
-__all__ = ["Problem", "Session", "load_session", "pair_messages", "verify_stream"]
-
-
 def verify_stream(writer: str, data: bytes) -> tuple[list[dict[str, Any]], list[Problem]]:
     """Parse one writer's stream and check its chain: every line's ``prev`` is the SHA-256 of the line before."""
     stream = chain.read(data)

@@ -12,12 +12,13 @@ from extproc.recording.completer import Completer
 from extproc.recording.config import Recording
 from extproc.recording.digest import DigestLog
 from extproc.recording.manifest import Signer
-from extproc.recording.recorder import Recorder, RecorderOptions, new_writer_id
+from extproc.recording.recorder import Recorder, new_writer_id
 from extproc.recording.shred import KeyWatch, PayloadSealer, build_keyring
 from extproc.recording.spool import Spool
 from extproc.recording.store import Store
 from extproc.recording.store.file import FileStore
 from extproc.recording.uploader import Uploader
+from extproc.recording.writer import RecorderOptions
 
 if TYPE_CHECKING:
     from extproc.evidence.tlog import TransparencyLog

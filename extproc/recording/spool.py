@@ -40,8 +40,6 @@ from extproc.recording.spool_files import (
 )
 from extproc.recording.store import LocalStore, Segment, Store, safe_key
 
-__all__ = ["HEAD", "Append", "Sealed", "Spool", "Unfinished", "read_meta", "stream_folder"]
-
 HEAD = "head.manifest"
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from extproc.recording.chain import event_line
 from extproc.recording.events import Event, ExchangeEnd, ExchangeStart
 from extproc.recording.manifest import GENESIS, Manifest, Signer
-from extproc.recording.spool import Append, Unfinished
+from extproc.recording.spool_files import Append, Unfinished
 
 
 @dataclass(slots=True)

@@ -15,7 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from extproc.errors import StoreError
-from extproc.recording.spool import Sealed, Spool
+from extproc.recording.spool import Spool
+from extproc.recording.spool_files import Sealed
 from extproc.recording.store import BatchStore, Segment, Store, put_each
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from extproc.errors import StoreError
 from extproc.recording.events import Event
-from extproc.recording.spool import Append, Spool, Unfinished
+from extproc.recording.spool import Spool
+from extproc.recording.spool_files import Append, Unfinished
 from extproc.recording.streams import Stream, Streams
 
 log = logging.getLogger("extproc.recording.recorder")  # one logger for the recorder, whichever half speaks

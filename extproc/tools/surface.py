@@ -79,7 +79,7 @@ class Surface:
     _cross: dict[str, tuple[int, CrossNames | None]] = field(default_factory=dict)
     _version: int = 0
     # (the item's orjson bytes, cross-server names version) -> (fingerprint, findings). Equal bytes are an equal
-    # JSON value, so an equal canonical form: the fingerprint is computed by rfc8785 once per distinct definition.
+    # JSON value, so an equal canonical form: fingerprint and screens run once per distinct definition.
     _known: dict[tuple[bytes, int], tuple[str, list[Finding]]] = field(default_factory=dict)
 
     def unit(self, unit: str) -> Shown:
@@ -231,7 +231,8 @@ class Surface:
         known = self._known.get(key) if key is not None else None
         if known is not None:
             return known
-        result = fingerprint(item), scan(item, cross)
+        texts: list[str] = []
+        result = fingerprint(item, texts), scan(item, cross, texts)  # one walk gives both their strings
         if key is not None:
             if len(self._known) >= MAX_KNOWN:
                 self._known.clear()

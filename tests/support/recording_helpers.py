@@ -10,11 +10,12 @@ from pathlib import Path
 from extproc.recording.digest import DigestLog
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
 from extproc.recording.manifest import Signer
-from extproc.recording.recorder import Recorder, RecorderOptions
+from extproc.recording.recorder import Recorder
 from extproc.recording.spool import Spool
 from extproc.recording.store import Store
 from extproc.recording.store.file import FileStore
 from extproc.recording.uploader import Uploader
+from extproc.recording.writer import RecorderOptions
 
 
 def exchange_events(session: str, n: int) -> list[ExchangeStart | McpRequest | ExchangeEnd]:

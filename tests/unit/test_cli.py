@@ -36,9 +36,10 @@ def test_output_into_a_pipe_never_breaks_a_line_mid_word(tmp_path: Path) -> None
     import sys
 
     from extproc.recording.events import ExchangeEnd, ExchangeStart
-    from extproc.recording.recorder import Recorder, RecorderOptions
+    from extproc.recording.recorder import Recorder
     from extproc.recording.spool import Spool
     from extproc.recording.store.file import FileStore
+    from extproc.recording.writer import RecorderOptions
 
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     out = tmp_path / ("a-folder-with-a-long-name-" * 3) / "keys"

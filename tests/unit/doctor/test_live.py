@@ -8,9 +8,10 @@ from pathlib import Path
 from extproc.doctor.live import check_recording_available
 from extproc.launcher import free_port
 from extproc.metrics import Metrics
-from extproc.recording.recorder import Recorder, RecorderOptions
+from extproc.recording.recorder import Recorder
 from extproc.recording.spool import Spool
 from extproc.recording.store.file import FileStore
+from extproc.recording.writer import RecorderOptions
 from extproc.settings import load
 
 

@@ -18,9 +18,10 @@ from recording_helpers import cli
 from extproc.evidence import sep3004
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest, PolicyDecision
 from extproc.recording.manifest import Signer, generate_keys
-from extproc.recording.recorder import Recorder, RecorderOptions
+from extproc.recording.recorder import Recorder
 from extproc.recording.spool import Spool
 from extproc.recording.store.file import FileStore
+from extproc.recording.writer import RecorderOptions
 
 HERE = Path(__file__).resolve().parents[2] / "vectors" / "sep-3004"
 FIX = json.loads((HERE / "fixtures.json").read_bytes())

@@ -19,10 +19,11 @@ from extproc.errors import StoreError
 from extproc.exchange import Exchange
 from extproc.gateway import Gateway
 from extproc.recording.events import McpRequest, body_bytes
-from extproc.recording.recorder import Recorder, RecorderOptions
+from extproc.recording.recorder import Recorder
 from extproc.recording.replay import load_session
 from extproc.recording.spool import Spool
 from extproc.recording.store.file import FileStore
+from extproc.recording.writer import RecorderOptions
 from extproc.reserved import parse_server_unit
 from extproc.settings import parse
 

@@ -20,10 +20,11 @@ from extproc.export.proof import locate
 from extproc.export.sinks import FileOutput
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest, PolicyDecision, ResponseStart
 from extproc.recording.manifest import Signer, generate_keys
-from extproc.recording.recorder import Recorder, RecorderOptions
+from extproc.recording.recorder import Recorder
 from extproc.recording.spool import Spool
 from extproc.recording.store import safe_key
 from extproc.recording.store.file import FileStore
+from extproc.recording.writer import RecorderOptions
 
 ALICE = {"issuer": "https://idp.test", "subject": "u-1", "username": "alice", "groups": ["dev"], "token_id": "t"}
 

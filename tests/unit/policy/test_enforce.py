@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -164,3 +166,39 @@ def test_a_json_list_the_filter_cannot_read_is_withheld(tmp_path: Path, body: by
     assert b"delete_repo" not in out
     doc = json.loads(out)
     assert doc["id"] == 5 and doc["error"]["code"] == -32603
+
+
+class _CountingJson:
+    """The json module as enforce.py sees it, counting whole bodies written by json.dumps (ensure_ascii=False)."""
+
+    def __init__(self) -> None:
+        self.bodies = 0
+
+    def dumps(self, obj: object, **kw: Any) -> str:
+        if kw.get("ensure_ascii") is False:
+            self.bodies += 1
+        return json.dumps(obj, **kw)
+
+    loads = staticmethod(json.loads)
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["json", "sse"])
+def test_a_filtered_list_is_written_by_orjson_and_what_it_cannot_write_by_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sse: bool
+) -> None:
+    # json.dumps took ~3.3 ms of the ~10 ms a 500-tool list spent in the filter; orjson writes it in ~0.6 ms. An
+    # integer beyond 64 bits (which the parser keeps exact) still goes out exactly, through json.dumps.
+    from extproc.policy import enforce
+
+    counting = _CountingJson()
+    monkeypatch.setattr(enforce, "json", counting)
+    policy, who = _listing(tmp_path)
+    tools = [{"name": "echo", "description": 'd\u00e9j\u00e0 "q" \\ \n \x1f \u2028', "x": 1.5}, {"name": "delete_repo"}]
+    for big, written_by_json in ((7, 0), (2**70, 1)):
+        msg = {"jsonrpc": "2.0", "id": 5, "result": {"tools": tools, "big": big}}
+        body = (f"data: {json.dumps(msg)}\n\n" if sse else json.dumps(msg)).encode()
+        out, hidden = enforce.filter_body(policy, who, "demo", {"5": "tools/list"}, body, sse=sse)
+        data = out.decode().removeprefix("data: ").strip() if sse else out.decode()
+        assert json.loads(data) == {**msg, "result": {"tools": tools[:1], "big": big}}
+        assert hidden == [("tools/list", 5, ["delete_repo"])]
+        assert counting.bodies == written_by_json

@@ -16,10 +16,12 @@ from recording_helpers import exchange_events
 
 from extproc.recording.events import McpRequest
 from extproc.recording.manifest import Manifest, Signer
-from extproc.recording.recorder import Recorder, RecorderOptions
+from extproc.recording.recorder import Recorder
 from extproc.recording.replay import load_session
-from extproc.recording.spool import Append, Spool, Unfinished, stream_folder
+from extproc.recording.spool import Spool
+from extproc.recording.spool_files import Append, Unfinished, stream_folder
 from extproc.recording.store.file import FileStore
+from extproc.recording.writer import RecorderOptions
 
 
 class GatedSpool(Spool):

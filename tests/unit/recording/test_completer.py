@@ -15,12 +15,14 @@ from extproc.recording.completer import Completer
 from extproc.recording.digest import Digest, DigestLog
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
 from extproc.recording.manifest import Manifest, Signer, generate_keys, load_public_key
-from extproc.recording.recorder import Recorder, RecorderOptions
+from extproc.recording.recorder import Recorder
 from extproc.recording.replay import load_session
-from extproc.recording.spool import Append, Spool
+from extproc.recording.spool import Spool
+from extproc.recording.spool_files import Append
 from extproc.recording.store import Segment, put_each
 from extproc.recording.store.file import FileStore
 from extproc.recording.uploader import Uploader
+from extproc.recording.writer import RecorderOptions
 
 GENESIS = "0" * 64
 

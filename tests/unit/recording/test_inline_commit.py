@@ -11,10 +11,12 @@ from typing import Any
 
 from recording_helpers import exchange_events
 
-from extproc.recording.recorder import Recorder, RecorderOptions
+from extproc.recording.recorder import Recorder
 from extproc.recording.replay import load_session
-from extproc.recording.spool import Spool, stream_folder
+from extproc.recording.spool import Spool
+from extproc.recording.spool_files import stream_folder
 from extproc.recording.store.file import FileStore
+from extproc.recording.writer import RecorderOptions
 
 
 def _seqs(folder: Path) -> list[int]:

@@ -15,11 +15,12 @@ from extproc.errors import StoreError
 from extproc.recording.chain import chain_line
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
 from extproc.recording.manifest import GENESIS
-from extproc.recording.recorder import Recorder, RecorderOptions
+from extproc.recording.recorder import Recorder
 from extproc.recording.replay import load_session, verify_stream
 from extproc.recording.spool import Spool
 from extproc.recording.store import Segment, StreamData
 from extproc.recording.store.file import FileStore
+from extproc.recording.writer import RecorderOptions
 
 
 async def wait_for(check: Callable[[], bool], within: float = 5.0) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from extproc.recording.chain import chain_line
+from extproc.recording.chain import Problem, chain_line
 from extproc.recording.manifest import GENESIS
-from extproc.recording.replay import Problem, Session, load_session, pair_messages, verify_stream
+from extproc.recording.replay import Session, load_session, pair_messages, verify_stream
 from extproc.recording.store.file import FileStore
 
 

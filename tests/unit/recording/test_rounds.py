@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
-from extproc.recording.recorder import Recorder, RecorderOptions
+from extproc.recording.recorder import Recorder
 from extproc.recording.replay import load_session
 from extproc.recording.spool import Spool
 from extproc.recording.store.file import FileStore
+from extproc.recording.writer import RecorderOptions
 
 
 class CountingSpool(Spool):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from extproc.recording.config import Recording
-from extproc.recording.recorder import RecorderOptions
 from extproc.recording.setup import build_runtime, recorder_options
+from extproc.recording.writer import RecorderOptions
 
 
 def test_options_come_from_recording_in_seconds(tmp_path: Path) -> None:

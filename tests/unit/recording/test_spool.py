@@ -8,7 +8,8 @@ import pytest
 
 from extproc.errors import StoreError
 from extproc.recording.manifest import Manifest
-from extproc.recording.spool import HEAD, Append, Spool, stream_folder
+from extproc.recording.spool import HEAD, Spool
+from extproc.recording.spool_files import Append, stream_folder
 from extproc.recording.store.file import FileStore
 
 

@@ -20,9 +20,11 @@ import pytest
 from extproc.metrics import _Readings
 from extproc.recording import digest
 from extproc.recording.events import McpRequest
-from extproc.recording.recorder import Recorder, RecorderOptions
-from extproc.recording.spool import Append, Spool
+from extproc.recording.recorder import Recorder
+from extproc.recording.spool import Spool
+from extproc.recording.spool_files import Append
 from extproc.recording.store.file import FileStore
+from extproc.recording.writer import RecorderOptions
 
 
 class FillsUp:

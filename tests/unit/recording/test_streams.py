@@ -7,7 +7,7 @@ import json
 
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
 from extproc.recording.manifest import GENESIS, Signer
-from extproc.recording.spool import Append, Unfinished
+from extproc.recording.spool_files import Append, Unfinished
 from extproc.recording.streams import Streams
 
 

@@ -13,9 +13,10 @@ import pytest
 
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
 from extproc.recording.manifest import Signer, generate_keys
-from extproc.recording.recorder import Recorder, RecorderOptions
+from extproc.recording.recorder import Recorder
 from extproc.recording.spool import Spool
 from extproc.recording.store.file import FileStore
+from extproc.recording.writer import RecorderOptions
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,8 @@ import pytest
 
 from extproc.errors import StoreError
 from extproc.recording.manifest import Manifest
-from extproc.recording.spool import Append, Spool, stream_folder
+from extproc.recording.spool import Spool
+from extproc.recording.spool_files import Append, stream_folder
 from extproc.recording.store import Segment, put_each
 from extproc.recording.store.file import FileStore
 from extproc.recording.uploader import Uploader

@@ -98,3 +98,12 @@ async def test_store_sees_a_cli_approval(tmp_path: Path) -> None:
     pins.write(tmp_path, KEY, pins.approve(other.get("demo", "tool", "echo"), "alice", 3.0))  # type: ignore[arg-type]
     await store.refresh("demo")
     assert store.pending("demo") == () and store.get("demo", "tool", "echo").approved_by == "alice"  # type: ignore[union-attr]
+
+
+def test_a_first_pin_gives_every_field_and_equals_a_validated_one() -> None:
+    # Built without validation (a first list of 500 tools builds 500), and without pydantic copying defaults in
+    # (a third of the cost): every field given, so a field added to PinFile must be added here too.
+    pin = first()
+    assert pin.model_fields_set == set(pins.PinFile.model_fields)
+    assert pins.PinFile.model_validate(pin.model_dump()) == pin
+    assert pin.rejected == [] and pin.rejected is not first().rejected  # no list shared between pins

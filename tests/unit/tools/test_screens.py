@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+from collections.abc import Iterator
 
 import pytest
 
+from extproc.tools import screens
 from extproc.tools.screens import (
     INSTRUCTION_PATTERNS,
     ByteStripper,
@@ -191,3 +194,43 @@ def test_clean_text_passes_untouched_and_unheld() -> None:
         stripper.feed(b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"caf\xc3\xa9"}]}}') is None
     )
     assert stripper.feed(b"event: message\ndata: {}\n\n") is None and stripper.stripped == 0
+
+
+class _CountingPattern:
+    """The invisible-character regex, counting the character-by-character scans it is asked for."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+        self.scans = 0
+
+    def search(self, text: str) -> re.Match[str] | None:
+        self.scans += 1
+        return self.pattern.search(text)
+
+    def sub(self, repl: str, text: str) -> str:
+        self.scans += 1
+        return self.pattern.sub(repl, text)
+
+    def finditer(self, text: str) -> Iterator[re.Match[str]]:
+        self.scans += 1
+        return self.pattern.finditer(text)
+
+
+def test_ascii_text_is_not_searched_for_invisible_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every invisible character is outside ASCII, and str.isascii() is a flag CPython keeps: an ASCII definition
+    # (most are) is cleared without the regex, which cost ~6 µs per tool description, half of screening a list.
+    assert not any(screens._INVISIBLE.search(chr(c)) for c in range(0x80))
+    counting = _CountingPattern(screens._INVISIBLE)
+    monkeypatch.setattr(screens, "_INVISIBLE", counting)
+    tool = {"name": "echo", "description": "Return the text. <IMPORTANT>x</IMPORTANT>", "inputSchema": {"a": ["b"]}}
+    assert {f.screen for f in scan(tool)} == {"instructions"}
+    assert strip_invisible(tool) is tool
+    assert counting.scans == 0
+    assert [f.rule for f in scan({"name": "x", "description": "zero\u200bwidth"})] == ["zero-width"]
+    assert counting.scans > 0
+
+
+def test_scan_of_strings_collected_elsewhere_equals_its_own() -> None:
+    cross = cross_server_pattern(["send_email"])
+    definition = {"name": "t", "description": "zero\u200bwidth, then send_email. <IMPORTANT>", "x": {"k\u202e": [1]}}
+    assert scan(definition, cross, screens.strings(definition)) == scan(definition, cross) != []
