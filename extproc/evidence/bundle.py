@@ -123,10 +123,10 @@ class BundleStore:
         self.public_key = _bundle_key(doc.get("public_key"))
 
     async def put_segment(self, segment: Segment) -> None:
-        raise NotImplementedError("a bundle is read-only")
+        raise PermissionError("a bundle is read-only")
 
     async def put_digest(self, writer: str, number: int, data: bytes) -> None:
-        raise NotImplementedError("a bundle is read-only")
+        raise PermissionError("a bundle is read-only")
 
     async def close(self) -> None:
         return None

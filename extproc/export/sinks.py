@@ -9,6 +9,7 @@ malformed (HEC 400) is dropped and counted, not retried forever; what is still q
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import os
@@ -37,7 +38,7 @@ class Refused(Exception):
     """The collector refuses the batch as such (malformed): retrying would not help; it is dropped and counted."""
 
 
-class Sink:
+class Sink(abc.ABC):
     """A bounded queue in front of one output, drained by one task with retries and backoff."""
 
     name = "sink"
@@ -152,11 +153,12 @@ class Sink:
         except TimeoutError:
             pass
 
+    @abc.abstractmethod
     async def send(self, batch: list[dict[str, Any]]) -> None:
-        raise NotImplementedError
+        """Deliver one batch (each output its own way); raising counts a failure and retries it."""
 
-    async def aclose(self) -> None:
-        """Release connections and files."""
+    async def aclose(self) -> None:  # noqa: B027 (an optional hook: most outputs hold nothing)
+        """Release connections and files (nothing to release by default)."""
 
 
 class FileOutput(Sink):
