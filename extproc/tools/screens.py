@@ -53,6 +53,15 @@ def _invisible_bytes() -> tuple[tuple[bytes, ...], re.Pattern[bytes]]:
 
 
 @functools.cache
+def _escapes() -> re.Pattern[bytes]:
+    """The JSON escapes of invisible characters alone: most ``\\u`` in a body spell ordinary text (non-ASCII that a
+    server escaped), which needs no parsing for the screen."""
+    bmp = [c for c in range(0x80, 0x10000) if _INVISIBLE.match(chr(c))]
+    forms = b"|".join(rb"\\u" + f"{c:04x}".encode() for c in bmp)
+    return re.compile(forms + rb"|\\udb40\\udc[0-7][0-9a-f]", re.IGNORECASE)
+
+
+@functools.cache
 def _strip_pattern() -> re.Pattern[bytes]:
     """An escaped backslash (group 1, kept), or an invisible character in any form JSON text can carry it: its
     UTF-8 bytes, its ``\\uXXXX`` escape, or (tag characters, outside the BMP) its escaped surrogate pair. Matched
@@ -125,8 +134,8 @@ def may_hold_invisible(raw: bytes) -> bool:
     """Could this JSON text hold an invisible character? False is certain; True is checked by parsing it. A JSON
     ``\\u`` escape may spell one; otherwise ASCII text holds none (both memchr-fast), and other text is searched
     for the characters' UTF-8 forms only where one of their lead bytes occurs."""
-    if b"\\u" in raw:
-        return True
+    if b"\\u" in raw and _escapes().search(raw) is not None:
+        return True  # maybe an escaped invisible character (or a literal backslash before one: parsed, then known)
     if raw.isascii():
         return False
     leads, exact = _invisible_bytes()
