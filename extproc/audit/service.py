@@ -33,9 +33,9 @@ from extproc.audit.index_db import is_url
 from extproc.audit.openapi import openapi_document
 from extproc.audit.trail import AuditTrail
 from extproc.authn.challenge import resource_metadata_url
+from extproc.authn.errors import AuthError
 from extproc.authn.verify import Authenticator
 from extproc.controls.approvals import ApprovalStore
-from extproc.errors import AuthError
 from extproc.export.exporter import attach
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.manifest import Signer

@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from extproc.errors import ConfigError
-from extproc.policy.compiled import CompiledPolicy, LoadedFile, compile_policy
+from extproc.policy.compiled import CompiledPolicy
+from extproc.policy.compiler import LoadedFile, compile_policy
 from extproc.policy.model import ALL_KEYS, API_VERSION, PolicyFile
 from extproc.tasks import cancel
 from extproc.yamlfile import did_you_mean, line_of, parse_yaml

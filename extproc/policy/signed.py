@@ -52,7 +52,7 @@ def verify(public: Ed25519PublicKey, doc: SignedDoc) -> str | None:
     if not doc.sig:
         return "unsigned"
     if doc.key_id and doc.key_id != key_id(public):
-        return f"signed by another key ({doc.key_id})"
+        return f"signature does not match: signed by another key ({doc.key_id})"
     try:
         public.verify(base64.b64decode(doc.sig), doc.signed_part())
     except (InvalidSignature, ValueError):
