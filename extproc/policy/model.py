@@ -271,11 +271,11 @@ class Screens(_Model):
     (remove the characters, recorded), hide (the item leaves the list, calls to it refused), refuse (every call
     to the server refused while the finding is listed)."""
 
-    invisible: ScreenAction = Field("strip", description="Tag characters, zero-width and bidi controls.")
-    instructions: ScreenAction = Field("alarm", description="Instruction markers addressed to the model.")
-    cross_server: ScreenAction = Field("alarm", description="A description naming another server's tool.")
+    invisible: ScreenAction = Field(default="strip", description="Tag characters, zero-width and bidi controls.")
+    instructions: ScreenAction = Field(default="alarm", description="Instruction markers addressed to the model.")
+    cross_server: ScreenAction = Field(default="alarm", description="A description naming another server's tool.")
     results: Literal["strip", "alarm", "ignore"] = Field(
-        "strip",
+        default="strip",
         description="Invisible characters in what a call returns (tools/call, prompts/get, resources/read): strip "
         "removes them before the client sees the result, recorded with where; alarm records them; ignore: not "
         "screened.",
@@ -302,7 +302,7 @@ class Integrity(_Model):
         description="alarm: pass and record; hide: the item leaves lists and calls to it are refused until "
         "approved; block: every call to the server is refused until approved.",
     )
-    screens: Screens = Field(default_factory=Screens)  # type: ignore[arg-type]
+    screens: Screens = Field(default_factory=Screens)
 
 
 class PolicyFile(_Model):
