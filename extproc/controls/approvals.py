@@ -19,7 +19,8 @@ cannot be turned into a denial or back. Layout of the directory::
     <call>.<id>.call     empty: an index from the call (caller, server, backend, tool, arguments) to its requests
 
 An entry's files are removed ``retention`` after nothing can happen to it any more (no longer decidable nor
-usable): the processor sweeps the directory at most every ``SWEEP_EVERY`` seconds, when it writes a new request.
+usable): a processor sweeps the directory in the background, at most every ``SWEEP_EVERY`` seconds, after it wrote
+a new request.
 """
 
 from __future__ import annotations
@@ -225,8 +226,6 @@ class ApprovalStore:
         written = self._read(self.directory / f"{request.id}.request.json", Request)
         if written is None:
             raise OSError(f"approval request {request.id} could not be written or read back")
-        if now - self._swept >= SWEEP_EVERY:
-            self.sweep()
         entry = Entry(written, None, 0, self.keyring)
         return Outcome(False, entry, "; ".join([f"approval {request.id} requested", *notes]), created=True)
 
@@ -237,6 +236,14 @@ class ApprovalStore:
             if self._create(f"{e.request.id}.use.{n}.json", Use(id=e.request.id, n=n, at=now, exchange=exchange)):
                 return Entry(e.request, e.decision, n, self.keyring)
         return None
+
+    def sweep_due(self) -> bool:
+        """True (once per ``SWEEP_EVERY``) when this store should sweep: the caller runs ``sweep`` off the request."""
+        now = self.clock()
+        if now - self._swept < SWEEP_EVERY:
+            return False
+        self._swept = now
+        return True
 
     def sweep(self) -> list[str]:
         """Remove the files of every entry that ended more than ``retention`` ago (and index files and temporary

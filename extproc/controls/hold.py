@@ -56,6 +56,23 @@ class Approvals:
     def url(self, approval_id: str) -> str | None:
         return viewer_url(self.public_url, self.prefix, approval_id)
 
+    def sweep_later(self) -> None:
+        """Sweep the directory in a thread when due (``ApprovalStore.sweep_due``): a held call never waits for it."""
+        if not self.store.sweep_due():
+            return
+        task = asyncio.create_task(self._sweep())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _sweep(self) -> None:
+        try:
+            removed = await asyncio.to_thread(self.store.sweep)
+        except OSError as e:
+            log.warning("approvals store %s: sweep failed: %s", self.store.directory, e)
+            return
+        if removed:
+            log.info("approvals: removed %d entries past their retention", len(removed))
+
     def notify(self, outcome: Outcome) -> None:
         """POST the new request to the webhook in the background: bounded, never awaited by the request."""
         if self.webhook_url is None or not outcome.created:
@@ -196,6 +213,8 @@ async def hold(
         decisions[i] = replace(d, allowed=True, reason=f"{d.reason}: {outcome.message}", approval=None)
         return Verdict(verdict.calls, tuple(decisions)), None, None, record
     approvals.notify(outcome)
+    if outcome.created:
+        approvals.sweep_later()
     approval_id = outcome.entry.request.id
     url = approvals.url(approval_id)
     if url is not None and message is not None and asks_by_url(message) and not declined(message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -261,12 +262,18 @@ def test_old_requests_are_swept_after_the_retention(store: ApprovalStore) -> Non
     assert _settle(store, _binding(args={"repo": "old"})).passed
     stray = store.directory / f"{'0' * 32}.ap-ffffffffffffffffffff.call"  # an index entry without its request
     stray.touch()
+    assert store.sweep_due() and not store.sweep_due()  # at most once per SWEEP_EVERY
     clock.now += 600 + DEFAULT_RETENTION + 1  # type: ignore[attr-defined]
-    live = _settle(store, _binding(args={"repo": "new"}))  # a new request sweeps (at most every SWEEP_EVERY)
-    os_names = sorted(p.name for p in store.directory.iterdir())
-    assert all(done.entry.request.id not in n for n in os_names)
-    assert any(live.entry.request.id in n for n in os_names)
-    assert stray.exists()  # the stray's age is its file time: not past the retention in real time
+    live = _settle(store, _binding(args={"repo": "new"}))
+    assert store.sweep_due()
+    assert store.sweep() == [done.entry.request.id]
+    names = sorted(p.name for p in store.directory.iterdir())
+    assert all(done.entry.request.id not in n for n in names)  # request, decision, use and index: all gone
+    assert any(live.entry.request.id in n for n in names)
+    assert stray.exists()  # a stray's age is its file time: not past the retention in real time
     clock.now += SWEEP_EVERY  # type: ignore[attr-defined]
     assert store.sweep() == []  # the live request is pending, then usable: kept
     assert store.entry(live.entry.request.id) is not None
+    os.utime(stray, (0, 0))  # older than the retention by the store's clock
+    store.sweep()
+    assert not stray.exists()
