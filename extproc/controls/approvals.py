@@ -262,17 +262,17 @@ class ApprovalStore:
                 if e is None:  # refused (logged): removed by age like a stray file
                     self._remove_stray(name, now)
                 elif now - e.ends() > self.retention:
-                    self._remove(e, names)
+                    self._remove(e)
                     removed.append(e.request.id)
             elif name.endswith((".call", ".tmp")):
                 self._remove_stray(name, now)
         return removed
 
-    def _remove(self, e: Entry, names: list[str]) -> None:
+    def _remove(self, e: Entry) -> None:
         rid = e.request.id
-        index = [n for n in names if n.endswith(f".{rid}.call")]
         uses = [f"{rid}.use.{n}.json" for n in range(e.used, 0, -1)]
-        for name in [*index, *uses, f"{rid}.decision.json", f"{rid}.request.json"]:
+        index = f"{e.request.binding().call_key()}.{rid}.call"
+        for name in [index, *uses, f"{rid}.decision.json", f"{rid}.request.json"]:
             (self.directory / name).unlink(missing_ok=True)
 
     def _remove_stray(self, name: str, now: float) -> None:
