@@ -74,11 +74,12 @@ def load_policy(directory: str | Path, known_servers: set[str] | None = None) ->
             if (partial := _salvage(doc, lines, str(path))) is not None:
                 salvaged.append(partial)
     digest = _digest([(p.name, d) for p, d in contents])
+    policy: CompiledPolicy | None = None
     try:
         policy = compile_policy(loaded + salvaged, known_servers, fingerprint=digest)
     except ConfigError as e:  # cross-file problems (names, servers), also of the valid parts of invalid files
         errors.extend(str(e).splitlines())
-    if errors or salvaged:
+    if policy is None or errors or salvaged:
         raise ConfigError("\n".join(dict.fromkeys(errors)))  # once each, in the order found
     return policy
 
