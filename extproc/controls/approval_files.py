@@ -149,7 +149,7 @@ def seal_arguments(keyring: Keyring, subject: str, approval_id: str, args_sha256
 def shown_arguments(r: Request, keyring: Keyring | None) -> str:
     """The arguments for the approver's page: as stored, opened when sealed, or why they cannot be read."""
     if r.sealed is None:
-        return r.arguments
+        return r.arguments if r.capture != "metadata" else "[not kept: capture level metadata]"
     ref = r.sealed.get("key", "")
     cipher = keyring.for_reading(ref) if keyring is not None else None
     if cipher is None:

@@ -253,6 +253,7 @@ def test_metadata_capture_keeps_no_arguments(store: ApprovalStore) -> None:
     )
     r = held.entry.request
     assert (r.arguments, r.capture) == ("", "metadata")
+    assert held.entry.to_json(0)["arguments"] == "[not kept: capture level metadata]"  # what the approver reads
 
 
 def test_old_requests_are_swept_after_the_retention(store: ApprovalStore) -> None:
