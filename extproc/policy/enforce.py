@@ -183,7 +183,9 @@ def redact_for_record(
         return [], (str(text).encode() if found else raw), [asdict(r) for r in found]
     if not found:
         return messages, raw, []
-    return list(redacted), None, [asdict(r) for r in found]  # type: ignore[call-overload]
+    if not isinstance(redacted, list):  # redaction failed: its placeholder is kept, never a message of it
+        return [], None, [asdict(r) for r in found]
+    return redacted, None, [asdict(r) for r in found]
 
 
 _BUILTIN = compile_redactor([], defaults=True)
