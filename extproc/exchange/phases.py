@@ -61,7 +61,6 @@ from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import record_piece
 from extproc.reserved import is_reserved_unit
 from extproc.telemetry.tracing import ExchangeTrace, with_headers
-from extproc.tools.screens import strip_invisible_bytes
 from extproc.upstream.base import ExchangeContext
 
 log = logging.getLogger(__name__)
@@ -264,9 +263,13 @@ class Exchange:
             await self.log.commit()
         ok = 200 <= self.status < 300 and not msg.end_of_stream
         withheld = lambda: response.withheld_body(self.id, self._awaiting)  # noqa: E731
-        framing = response.framing(self.gw.options, headers, ok, self._seal, bool(self._decisions.lists), withheld)
+        self._screen = self._results_screen() if ok else None  # what results hold, found and dealt with (results.py)
+        refusing = self._screen.sse_rewrite() if self._screen is not None else None
+        lists = bool(self._decisions.lists)
+        framing = response.framing(self.gw.options, headers, ok, self._seal, lists, withheld, refusing)
         self._body, self._buffered = framing
-        self._screen = self._results_screen() if ok else None  # invisible characters in results (results.py)
+        if self._screen is not None:
+            self._screen.buffering = self._buffered in ("seal", "screen")
         stripping = self._screen is not None and self._screen.stripper is not None and not self._buffered
         remove = ("content-length",) if self._body.rewriting or stripping else ()
         who, key = self.principal, self.gw.options.session_key
@@ -436,10 +439,10 @@ class Exchange:
 
     def _rewrite_buffered(self, body: bytes) -> ep.ProcessingResponse | None:
         """The whole (buffered) body rewritten for the caller: lists filtered, or request state sealed."""
-        if self._buffered == "seal" and self._seal is not None:
-            sealed = rewrite_json(body, self._seal)
-            if self._screen is not None and self._screen.stripper is not None:
-                sealed = strip_invisible_bytes(sealed)  # results screened with strip (results.py)
+        if self._buffered in ("seal", "screen"):
+            sealed = rewrite_json(body, self._seal) if self._seal is not None else body
+            if self._screen is not None:
+                sealed = self._screen.buffered(sealed)  # results screened: refused, stripped (results.py)
             return responses.response_body(replace=sealed) if sealed != body else None
         if self.policy is None or self.principal is None:
             return None
@@ -467,7 +470,7 @@ class Exchange:
         verdict = self._decisions.verdict
         if self.policy is None or verdict is None:
             return None
-        return results.ResultScreen.of(self.policy, self.server_name, self.log, verdict.calls)
+        return results.ResultScreen.of(self.policy, self.server_name, self.log, verdict.calls, self._tools.surface)
 
     # --- refusals --------------------------------------------------------------------------------------------
 
