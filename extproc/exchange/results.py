@@ -96,7 +96,11 @@ class ResultScreen:
         return cls(policy, server, log, screened, cross)
 
     def may_hold(self, text: bytes) -> bool:
-        """Whether ``text`` (a piece, an event) may hold something a screen of these calls finds."""
+        """Whether ``text`` (a piece, an event) may hold something a screen of these calls finds. A notification
+        (progress, log lines: most events of a long stream) has no ``"result"`` key, spelled plainly or with an
+        escape of an ASCII letter: two memchr-fast checks leave it."""
+        if b'"result"' not in text and b"\\u00" not in text:
+            return False
         return (self._invisible and may_hold_invisible(text)) or (self._markers and may_hold_markers(text, self._cross))
 
     def note(self, piece: Piece) -> None:

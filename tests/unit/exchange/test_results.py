@@ -11,7 +11,7 @@ import pytest
 from extproc.exchange.results import REFUSED_CODE, ResultScreen
 from extproc.mcp.body import Piece, ResponseBody, dumps
 from extproc.mcp.jsonrpc import to_call
-from extproc.mcp.sse import SseEvent, format_event
+from extproc.mcp.sse import format_event
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.loader import load_policy
 from extproc.recording.exchange_log import ExchangeLog
@@ -134,3 +134,14 @@ def test_ignore_leaves_results_unscreened(tmp_path: Path) -> None:
     screen, sink = _screen(tmp_path, "ignore")
     screen.note(Piece(dumps(_result(1, POISON)).encode(), document=True))
     assert sink.events == []
+
+
+def test_a_result_key_spelled_with_an_escape_is_still_screened(tmp_path: Path) -> None:
+    """Events without a ``"result"`` key are skipped unparsed; an escaped key is not a way around the screen."""
+    screen, sink = _screen(tmp_path, "alarm")
+    note = dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": POISON}}).encode()
+    escaped = dumps(_result(1, POISON)).replace('"result"', '"res\\u0075lt"').encode()
+    assert not screen.may_hold(note) and screen.may_hold(escaped)
+    screen.note(Piece(escaped, document=True))
+    (ev,) = sink.events
+    assert ev.action == "alarm"
