@@ -111,6 +111,7 @@ class Exchange:
         self._guard_ms: float | None = None  # how long the server's outside guardrail took, when it was asked
         self.trace: ExchangeTrace | None = None  # OpenTelemetry spans (extproc/telemetry/), when tracing is on
         self._screen: results.ResultScreen | None = None  # invisible characters in results: found, maybe stripped
+        self._result_guard: guard.ResultGuard | None = None  # the guardrail asked about results (guard.py)
 
     @property
     def session(self) -> str | None:
@@ -265,6 +266,10 @@ class Exchange:
         withheld = lambda: response.withheld_body(self.id, self._awaiting)  # noqa: E731
         self._screen = self._results_screen() if ok else None  # what results hold, found and dealt with (results.py)
         refusing = self._screen.sse_rewrite() if self._screen is not None else None
+        if ok and self._decisions.verdict is not None:  # the server's guardrail asked about results too (guard.py)
+            calls = self._decisions.verdict.calls
+            self._result_guard = guard.ResultGuard.of(self.gw, self.log, self.policy, self.server_name, calls)
+            refusing = refusing or (guard.HOLD_EVENTS if self._result_guard is not None else None)
         lists = bool(self._decisions.lists)
         framing = response.framing(self.gw.options, headers, ok, self._seal, lists, withheld, refusing)
         self._body, self._buffered = framing
@@ -287,6 +292,11 @@ class Exchange:
             pieces, released = pieces + more, (released + tail if released is not None else None)
         for piece in pieces:
             self._record_piece(piece)
+        if self._result_guard is not None and pieces:  # asked before the result's bytes go (guard.py)
+            backend = self.admitted.backend.name if self.admitted and self.admitted.backend else ""
+            where, ids = (self.server_name, backend), (self.id, self.request_id)
+            await self._result_guard.review(pieces, self.principal, where, ids)
+            released = self._result_guard.sse(released) if released is not None else None
         stripper = self._screen.stripper if self._screen is not None and not self._buffered else None
         if stripper is not None:  # invisible characters out of results as the body streams (results.py)
             stripped = stripper.feed(chunk if released is None else released, final=msg.end_of_stream)
@@ -441,6 +451,8 @@ class Exchange:
         """The whole (buffered) body rewritten for the caller: lists filtered, or request state sealed."""
         if self._buffered in ("seal", "screen"):
             sealed = rewrite_json(body, self._seal) if self._seal is not None else body
+            if self._result_guard is not None:
+                sealed = self._result_guard.json_body(sealed)  # the guardrail's answers about results (guard.py)
             if self._screen is not None:
                 sealed = self._screen.buffered(sealed)  # results screened: refused, stripped (results.py)
             return responses.response_body(replace=sealed) if sealed != body else None
