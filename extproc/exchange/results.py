@@ -27,6 +27,7 @@ from typing import Any
 from extproc.exchange.decide import describe
 from extproc.mcp.body import Piece, Screen, rewrite_json
 from extproc.mcp.jsonrpc import McpCall, error_response, loads
+from extproc.policy.capture import drops_values
 from extproc.policy.compiled import CompiledPolicy
 from extproc.recording.events import ResultScreened
 from extproc.recording.exchange_log import ExchangeLog
@@ -125,6 +126,8 @@ class ResultScreen:
                 action = "strip" if self.stripper is not None else "alarm"
                 self._log.emit(ResultScreened(message_id=call.id, call=what, action=action, findings=invisible))
             marked = [f.to_record() for f in _markers(found)] if markers != "ignore" else []
+            if marked and drops_values(self._policy.capture(self._server, [call.tool] if call.tool else ())):
+                marked = [{**f, "excerpt": ""} for f in marked]  # shape/metadata: no text of the result is kept
             if marked:
                 # an SSE event was rewritten before it is recorded; a buffered body is, once it is recorded
                 refused = key in self._refused or (self.buffering and markers == "refuse")

@@ -145,3 +145,14 @@ def test_a_result_key_spelled_with_an_escape_is_still_screened(tmp_path: Path) -
     screen.note(Piece(escaped, document=True))
     (ev,) = sink.events
     assert ev.action == "alarm"
+
+
+def test_marker_excerpts_are_not_kept_at_levels_without_values(tmp_path: Path) -> None:
+    screen, sink = _screen(tmp_path, "alarm")
+    (tmp_path / "p.yaml").write_text(
+        POLICY.replace("ACTION", "alarm") + "recording:\n  - {servers: [demo], capture: shape}\n"
+    )
+    screen._policy = load_policy(tmp_path, {"demo"})
+    screen.note(Piece(dumps(_result(1, POISON)).encode(), document=True))
+    (ev,) = sink.events
+    assert ev.findings and all(f["excerpt"] == "" for f in ev.findings) and "IMPORTANT" not in str(ev.to_dict())
