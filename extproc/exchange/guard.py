@@ -229,8 +229,8 @@ def _who(who: Principal | None) -> dict[str, Any] | None:
 
 def _recorded_result(policy: CompiledPolicy, server: str, m: Message | None, capture: Capture) -> dict[str, Any] | None:
     """A modified result as the recording keeps a response: at the call's capture level, else redacted."""
-    if m is None:
-        return None
+    if m is None or capture.level == "metadata":
+        return None  # metadata keeps no payload
     if capture.drops_values or capture.level == "full":
         kept = capture.message(m) if capture.drops_values else m
     else:
