@@ -18,7 +18,7 @@ from extproc.authn.principal import Principal
 from extproc.errors import GatewayError, GuardrailDenied, GuardrailUnavailable
 from extproc.exchange.decide import CallKey, call_key, describe
 from extproc.gateway import Gateway
-from extproc.mcp.body import Piece, Screen, dumps, rewrite_json
+from extproc.mcp.body import Piece, Screen, dumps, rewrite_json, rewrite_sse
 from extproc.mcp.jsonrpc import McpCall, Message, error_response, is_request, loads, to_call
 from extproc.mcp.sse import SseEvent, format_event
 from extproc.policy.capture import Capture
@@ -113,6 +113,10 @@ def _never(raw: bytes) -> bool:
     return False
 
 
+def _always(raw: bytes) -> bool:
+    return True
+
+
 # Turns on releasing an SSE body a complete event at a time (mcp/body.py SseRewriter) without rewriting any.
 HOLD_EVENTS: Screen = (_same, _never)
 
@@ -201,11 +205,16 @@ class ResultGuard:
                 if piece.event is not None:
                     self._events.append((piece.event, replacement))
 
-    def json_body(self, body: bytes) -> bytes:
-        """A buffered JSON body with the replaced results in place."""
+    def whole(self, body: bytes, sse: bool = False) -> bytes:
+        """A buffered body (JSON, or SSE when a list in the same batch buffered it) with the replaced results."""
         if not self._replaced:
             return body
-        return rewrite_json(body, lambda m: self._replaced.get(json.dumps(m.get("id")), m))
+        self._events = []  # placed here, not in released bytes
+
+        def replace(m: Message) -> Message:
+            return self._replaced.get(json.dumps(m.get("id")), m)
+
+        return rewrite_sse(body, (replace, _always)) if sse else rewrite_json(body, replace)
 
     def sse(self, released: bytes) -> bytes:
         """Released SSE bytes with each replaced result's event rewritten (the event is whole in them: the body is

@@ -274,7 +274,7 @@ class Exchange:
         framing = response.framing(self.gw.options, headers, ok, self._seal, lists, withheld, refusing)
         self._body, self._buffered = framing
         if self._screen is not None:
-            self._screen.buffering = self._buffered in ("seal", "screen")
+            self._screen.buffering = self._buffered is not None
         stripping = self._screen is not None and self._screen.stripper is not None and not self._buffered
         remove = ("content-length",) if self._body.rewriting or stripping else ()
         who, key = self.principal, self.gw.options.session_key
@@ -451,10 +451,7 @@ class Exchange:
         """The whole (buffered) body rewritten for the caller: lists filtered, or request state sealed."""
         if self._buffered in ("seal", "screen"):
             sealed = rewrite_json(body, self._seal) if self._seal is not None else body
-            if self._result_guard is not None:
-                sealed = self._result_guard.json_body(sealed)  # the guardrail's answers about results (guard.py)
-            if self._screen is not None:
-                sealed = self._screen.buffered(sealed)  # results screened: refused, stripped (results.py)
+            sealed = self._results_whole(sealed, False)
             return responses.response_body(replace=sealed) if sealed != body else None
         if self.policy is None or self.principal is None:
             return None
@@ -462,7 +459,17 @@ class Exchange:
         review = self._review_list if self._tools.surface is not None else None
         who, server = self.principal, self.server_name
         learn = response.learn_tools(self.gw.param_headers, self._scope)
-        return response.filtered_lists(self.policy, who, server, self._decisions, body, sse, learn, review)
+        after = self._results_whole if self._screen is not None or self._result_guard is not None else None
+        return response.filtered_lists(self.policy, who, server, self._decisions, body, sse, learn, review, after)
+
+    def _results_whole(self, body: bytes, sse: bool) -> bytes:
+        """A whole buffered body's call results as the client gets them: the guardrail's answers (guard.py), then
+        the screens' refusals and strips (results.py)."""
+        if self._result_guard is not None:
+            body = self._result_guard.whole(body, sse)
+        if self._screen is not None:
+            body = self._screen.buffered(body, sse)
+        return body
 
     def _review_list(self, method: str, result: dict[str, Any]) -> dict[str, Any]:
         """One list result fingerprinted, screened and judged against the pins (extproc/tools/surface.py)."""

@@ -82,9 +82,12 @@ def filtered_lists(
     sse: bool,
     learn: ListHook,
     review: ListReview | None,
+    after: Callable[[bytes, bool], bytes] | None = None,
 ) -> ep.ProcessingResponse:
-    """A buffered list response filtered for its caller; what was hidden goes on the record."""
+    """A buffered list response filtered for its caller; what was hidden goes on the record. ``after``: what the
+    body's other results go through (results.py, guard.py), when the batch holds calls too."""
     filtered, hidden = filter_body(policy, who, server, decisions.lists, body, sse, decisions.facts, learn, review)
+    filtered = after(filtered, sse) if after is not None else filtered
     for method, msg_id, names in hidden:
         decisions.log.emit(ListFiltered(method=method, message_id=msg_id, hidden=names))
     return responses.response_body(replace=filtered)

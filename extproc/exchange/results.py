@@ -25,7 +25,7 @@ import json
 from typing import Any
 
 from extproc.exchange.decide import describe
-from extproc.mcp.body import Piece, Screen, rewrite_json
+from extproc.mcp.body import Piece, Screen, rewrite_json, rewrite_sse
 from extproc.mcp.jsonrpc import McpCall, error_response, loads
 from extproc.policy.capture import drops_values
 from extproc.policy.compiled import CompiledPolicy
@@ -145,10 +145,11 @@ class ResultScreen:
         self._refused.add(key)
         return error_response(message.get("id"), REFUSED_CODE, REFUSED_MESSAGE)
 
-    def buffered(self, body: bytes) -> bytes:
-        """A whole JSON body as the client gets it: refused results replaced, invisible characters stripped."""
+    def buffered(self, body: bytes, sse: bool = False) -> bytes:
+        """A whole body (JSON, or SSE when a list in the same batch buffered it) as the client gets it: refused
+        results replaced, invisible characters stripped."""
         if self.refuses and self.may_hold(body):
-            body = rewrite_json(body, self.refuse)
+            body = rewrite_sse(body, (self.refuse, self.may_hold)) if sse else rewrite_json(body, self.refuse)
         if self.stripper is not None:
             body = strip_invisible_bytes(body)
         return body

@@ -44,6 +44,13 @@ def rewrite_json(body: bytes, fn: Rewrite) -> bytes:
     return dumps(new).encode() if changed else body
 
 
+def rewrite_sse(body: bytes, screen: Screen) -> bytes:
+    """A whole SSE body with ``screen``'s rewrite applied to the events its test picks (others as they are)."""
+    rewriter = SseRewriter(_same, None, None, screen)
+    out, _ = rewriter.feed(body)
+    return out + rewriter.finish()
+
+
 class SseRewriter:
     """Streams SSE through ``fn``: each complete event leaves as soon as it is complete, rewritten only when
     ``fn`` changed one of its messages; an event split across chunks is held until its end arrives.

@@ -156,3 +156,27 @@ def test_marker_excerpts_are_not_kept_at_levels_without_values(tmp_path: Path) -
     screen.note(Piece(dumps(_result(1, POISON)).encode(), document=True))
     (ev,) = sink.events
     assert ev.findings and all(f["excerpt"] == "" for f in ev.findings) and "IMPORTANT" not in str(ev.to_dict())
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["json", "sse"])
+async def test_a_batch_with_a_list_still_refuses_and_strips_the_call_result(tmp_path: Path, sse: bool) -> None:
+    """A list in the batch buffers the body for the list filter: the call's result beside it is screened too
+    (before, the filter path neither refused nor stripped it)."""
+    from exchange_fakes import ALICE, KEY, SCOPE, FakePolicy, FakeSink, _body, _call, _gateway, _headers, _request
+
+    from extproc.authn.session_binding import bind
+    from extproc.exchange import Exchange
+
+    (tmp_path / "p.yaml").write_text(POLICY.replace("ACTION", "refuse"))
+    gw = _gateway(FakeSink(), FakePolicy(load_policy(tmp_path, {"demo"})))
+    ex = Exchange(gw)
+    await ex.on_request_headers(_request(session=bind("s", ALICE, KEY, SCOPE)))
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    assert (await ex.on_request_body(_body([_call("echo", 1, text="x"), listing]))).HasField("request_body")
+    kind = "text/event-stream" if sse else "application/json"
+    await ex.on_response_headers(_headers({":status": "200", "content-type": kind, "mcp-session-id": "s"}))
+    answers = [_result(1, POISON + " \u200b"), {"jsonrpc": "2.0", "id": 2, "result": {"tools": []}}]
+    raw = b"".join(format_event(dumps(a)) for a in answers) if sse else dumps(answers).encode()
+    reply = await ex.on_response_body(_body(raw))
+    sent = reply.response_body.response.body_mutation.body
+    assert b"IMPORTANT" not in sent and b"withheld this result" in sent and "\u200b".encode() not in sent
