@@ -163,7 +163,13 @@ DEFAULT_INTEGRITY = CompiledIntegrity(
     None,
     None,
     "hide",
-    {"invisible": "strip", "instructions": "alarm", "cross_server": "alarm", "results": "strip"},
+    {
+        "invisible": "strip",
+        "instructions": "alarm",
+        "cross_server": "alarm",
+        "results": "strip",
+        "result_markers": "alarm",
+    },
 )
 
 

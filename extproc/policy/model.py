@@ -280,6 +280,13 @@ class Screens(_Model):
         "removes them before the client sees the result, recorded with where; alarm records them; ignore: not "
         "screened.",
     )
+    result_markers: Literal["alarm", "refuse", "ignore"] = Field(
+        "alarm",
+        description="Instruction markers and other servers' tool names in what a call returns (the instructions "
+        "and cross_server screens on results): alarm records them; refuse replaces the result with a JSON-RPC "
+        "error before the client sees it (a streamed SSE result: its event is held until complete, then replaced); "
+        "ignore: not screened.",
+    )
 
     @model_validator(mode="after")
     def _strip_only_characters(self) -> Screens:
