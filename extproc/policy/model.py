@@ -281,7 +281,7 @@ class Screens(_Model):
         "screened.",
     )
     result_markers: Literal["alarm", "refuse", "ignore"] = Field(
-        "alarm",
+        default="alarm",
         description="Instruction markers and other servers' tool names in what a call returns (the instructions "
         "and cross_server screens on results): alarm records them; refuse replaces the result with a JSON-RPC "
         "error before the client sees it (a streamed SSE result: its event is held until complete, then replaced); "
