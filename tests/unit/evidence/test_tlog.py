@@ -24,7 +24,7 @@ from extproc.evidence.proofs import (
     verify_bundle,
 )
 from extproc.evidence.tiles import FileBlobs
-from extproc.evidence.tlog import TransparencyLog, segment_entry
+from extproc.evidence.tlog import JOURNAL, TransparencyLog, digest_entry, segment_entry
 from extproc.launcher import wait_until
 from extproc.recording import jsonio
 from extproc.recording.config import Recording
@@ -316,3 +316,24 @@ async def test_a_killed_writers_unpublished_leaves_and_its_closing_digest_end_up
     assert stored - logged_entries(blobs, public) == set()  # every manifest and digest is a leaf of a log
     for session in ("before", "after"):
         assert prove_session(store, blobs, session, public).ok
+
+
+async def test_the_journal_holds_what_no_checkpoint_has_and_an_adopter_logs_it_torn_line_skipped(
+    tmp_path: Path,
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    blobs, journal = FileBlobs(tmp_path / "tlog"), tmp_path / "w" / JOURNAL
+    journal.parent.mkdir()
+    tlog = TransparencyLog(blobs, ORIGIN, "w", NoteSigner(ORIGIN, key), journal=journal.parent)
+    tlog.digest_stored("w", 0, b"d0")
+    assert len(journal.read_bytes().splitlines()) == 1
+    assert await tlog.checkpoint() and not journal.exists()  # published: nothing left for an adopter
+    tlog.digest_stored("w", 1, b"d1")
+    journal.write_bytes(journal.read_bytes() + b'{"entry":"{\\"kind')  # killed in the middle of a line
+
+    (tmp_path / "x").mkdir()
+    adopter = TransparencyLog(blobs, ORIGIN, "x", NoteSigner(ORIGIN, key), journal=tmp_path / "x")
+    assert await adopter.adopt(journal.parent) == 1 and not journal.exists()
+    assert (tmp_path / "x" / JOURNAL).exists()  # journaled by the adopter before the dead one's went
+    assert await adopter.checkpoint()
+    assert {digest_entry("w", 0, b"d0"), digest_entry("w", 1, b"d1")} <= logged_entries(blobs, key.public_key())
