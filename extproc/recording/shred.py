@@ -227,6 +227,7 @@ class PayloadSealer:
         self.keyring = keyring
         self._subjects: dict[str, str] = {}  # exchange -> subject (from its exchange.start)
         self._nonce = _nonce_prefix()
+        self._head: dict[str, str] = {}  # key ref -> the start of its seal as JSON text (the ref escaped once)
 
     def _next_nonce(self) -> bytes:
         """A 96-bit GCM nonce that never repeats within the process: a random 64-bit prefix, then a 32-bit counter;
@@ -270,10 +271,12 @@ class PayloadSealer:
             plain = orjson.dumps({"headers": cast(ResponseStart, ev).headers})
         nonce = self._next_nonce()
         aad = f"{kind.type}\n{ev.session}\n{ev.exchange}\n{ev.index}".encode()
-        # the 12-byte nonce, then the ciphertext and its tag; key ids and base64 need no JSON escaping
+        # the 12-byte nonce, then the ciphertext and its tag (base64 needs no JSON escaping)
         ct = binascii.b2a_base64(nonce + cipher.encrypt(nonce, plain, aad), newline=False).decode()
         if kind is ExchangeStart or kind is ResponseStart:  # headers are str -> str: the seal as JSON text
-            ev.headers = {"sealed": f'{{"alg":"{ALGORITHM}","key":"{ref}","ct":"{ct}"}}'}  # type: ignore[attr-defined]
+            if (head := self._head.get(ref)) is None:
+                head = self._head[ref] = f'{{"alg":"{ALGORITHM}","key":{orjson.dumps(ref).decode()},"ct":"'
+            ev.headers = {"sealed": head + ct + '"}'}  # type: ignore[attr-defined]
         elif kind is GuardrailVerdict:
             ev.arguments = {"sealed": {"alg": ALGORITHM, "key": ref, "ct": ct}}  # type: ignore[attr-defined]
         else:

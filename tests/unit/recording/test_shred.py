@@ -178,3 +178,15 @@ def test_every_seal_uses_a_fresh_nonce_and_the_documented_form(keyring: Keyring)
     seals += [ev["body"]["sealed"] for ev in stored if "sealed" in ev.get("body", {})]
     assert len(seals) == 6 and {tuple(s) for s in seals} == {("alg", "key", "ct")}
     assert len({base64.b64decode(s["ct"])[:12] for s in seals}) == 6
+
+
+def test_a_key_id_with_json_characters_still_seals_headers_that_open(keyring: Keyring) -> None:
+    keyring.for_writing("https://idp#alice")  # creates alice's key, then renamed as a foreign store might name it
+    [folder] = [p for p in keyring.store.root.iterdir() if p.is_dir()]  # type: ignore[attr-defined]
+    [key] = list(folder.glob("*.json"))
+    key.rename(folder / 'we"ird\\.json')
+    fresh = Keyring(keyring.store, keyring.kek)
+    stored = _exchange(PayloadSealer(fresh), "e1", ALICE)
+    assert json.loads(stored[0]["headers"]["sealed"])["key"].endswith('/we"ird\\')
+    open_events(stored, fresh)
+    assert stored[0]["headers"] == {"a": "b"}
