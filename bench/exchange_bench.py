@@ -249,15 +249,16 @@ def compare(exchanges: int, sample_ratio: float) -> None:
 
 def ab_encrypt(exchanges: int, rounds: int) -> None:
     """Payload encryption's CPU per exchange: off and on alternated in one process (a shared box drifts; the ratio
-    of neighbouring runs drifts less), each in a fresh temp store."""
+    of neighbouring runs drifts less), ordered off on / on off so that a drifting load favours neither, each in a
+    fresh temp store. Medians."""
     got: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(rounds):
-        for encrypt in (False, True):
+    for r in range(rounds):
+        for encrypt in (False, True) if r % 2 == 0 else (True, False):
             with tempfile.TemporaryDirectory() as tmp:
                 got[encrypt].append(
                     asyncio.run(run(exchanges, Path(tmp), False, encrypt=encrypt))["cpu_ms_per_exchange"]
                 )
-    off, on = sorted(got[False])[rounds // 2], sorted(got[True])[rounds // 2]
+    off, on = statistics.median(got[False]), statistics.median(got[True])
     print(f"off {[round(x, 3) for x in got[False]]} ms, per_subject {[round(x, 3) for x in got[True]]} ms")
     print(
         f"median: off {off:.3f} ms, per_subject {on:.3f} ms CPU per exchange: x{on / off:.3f} ({(on / off - 1):+.1%})"

@@ -15,6 +15,12 @@ partial tiles and entry bundle of the new size, a per-session index (``where/``)
 optionally timestamped by an RFC 3161 authority (``tsa.py``): all in a worker thread. A write the storage
 refuses is retried first next round (tiles are immutable and deterministic, so a rewrite is harmless).
 
+**Nothing stored is left out after a kill.** Leaves wait in memory until the next checkpoint, so each is also
+appended to a journal in the writer's spool folder (``tlog.queued``: one line per leaf, no fsync, trimmed after each
+published checkpoint). The completer that adopts a killed writer's folder hands that journal to its own log
+(``adopt``): every manifest and digest the dead writer stored after its last checkpoint becomes a leaf of the
+adopter's log. A writer killed while publishing may so have a leaf in both logs; none in neither.
+
 An entry is the canonical JSON ``{"kind":"segment","session","stream","segment","manifest"}`` (``manifest``: the
 SHA-256 of the stored manifest line) or ``{"kind":"digest","writer","number","digest"}``; session and writer
 are written as the store names them (``safe_key``). So anyone holding a manifest or digest rebuilds its entry.
@@ -25,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +54,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
 TOKEN = "checkpoint.tsr"  # the RFC 3161 token of the checkpoint beside it (the DER TimeStampResp)
 HISTORY = "checkpoints"  # every checkpoint this log published, by size: what a witness would have kept
+JOURNAL = "tlog.queued"  # in the writer's spool folder: the leaves queued since the last published checkpoint
 
 
 def segment_entry(manifest: bytes) -> bytes:
@@ -101,8 +109,10 @@ class TransparencyLog:
         stamper: Stamper | None = None,
         copies: Blobs | None = None,
         wall_clock: Callable[[], float] = time.time,
+        journal: Path | None = None,
     ) -> None:
         self.blobs = blobs
+        self.journal = journal / JOURNAL if journal is not None else None  # None: leaves kept in memory only
         self.key = safe_key(writer)
         self.origin = f"{origin.rstrip('/')}/{self.key}"
         # tlog-checkpoint: "the log's key name in its signature line SHOULD match the origin line". One key signs
@@ -132,10 +142,29 @@ class TransparencyLog:
         stream = safe_key(segment.writer)
         digest = hashlib.sha256(segment.manifest).hexdigest()
         entry = _segment_entry(digest, segment.number, safe_key(segment.session), stream)
-        self._queued.append((entry, (segment.session, stream, segment.number)))
+        self._queue(entry, (segment.session, stream, segment.number))
 
     def digest_stored(self, writer: str, number: int, raw: bytes) -> None:
-        self._queued.append((digest_entry(writer, number, raw), None))
+        self._queue(digest_entry(writer, number, raw), None)
+
+    def _queue(self, entry: bytes, place: tuple[str, str, int] | None) -> None:
+        self._queued.append((entry, place))
+        if self.journal is not None:  # a line into the page cache, as the digest journal does: no thread hop
+            _journal_append(self.journal, jsonio.dumps({"entry": entry.decode(), "place": place}) + b"\n")
+
+    async def adopt(self, folder: Path) -> int:
+        """The completer's hook: the leaves a killed writer had queued (its journal in its spool ``folder``) join
+        this log, journaled here before the dead writer's journal goes. Returns how many."""
+        path = folder / JOURNAL
+        found = await asyncio.to_thread(_read_journal, path)
+        for entry, place in found:
+            self._queue(entry, place)
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        if found:
+            log.warning(
+                "transparency log %s: %d leaves of dead writer %s appended", self.origin, len(found), folder.name
+            )
+        return len(found)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="transparency-log")
@@ -158,7 +187,10 @@ class TransparencyLog:
     async def checkpoint(self, final: bool = False) -> bool:
         """Append what was queued and publish a signed checkpoint of the new size. False if storage refused."""
         batch, self._queued = self._queued, []
-        return await asyncio.to_thread(self.publish, batch, final)
+        published = await asyncio.to_thread(self.publish, batch, final)
+        if published and self.journal is not None:  # on the loop, so no leaf is queued while the journal is trimmed
+            _journal_rewrite(self.journal, self._queued)
+        return published
 
     def publish(self, batch: list[tuple[bytes, tuple[str, str, int] | None]], final: bool = False) -> bool:
         with self._lock:
@@ -233,6 +265,46 @@ class TransparencyLog:
         return True
 
 
+def _journal_append(path: Path, line: bytes) -> None:
+    try:
+        with open(path, "ab", buffering=0) as f:  # no fsync: a killed process loses nothing the kernel has
+            f.write(line)
+    except FileNotFoundError:  # the spool folder went with a clean close: the final checkpoint is in memory
+        pass
+    except OSError as e:  # a full disk: the leaf is still in memory, only a kill could lose it now
+        log.error("transparency log journal %s: leaf not journaled: %s", path, e.strerror)
+
+
+def _journal_rewrite(path: Path, queued: list[tuple[bytes, tuple[str, str, int] | None]]) -> None:
+    """The journal after a published checkpoint: only the leaves queued since (usually none)."""
+    try:
+        if not queued:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(b"".join(jsonio.dumps({"entry": e.decode(), "place": p}) + b"\n" for e, p in queued))
+        os.replace(tmp, path)
+    except OSError as e:  # kept as it was: at worst a killed writer's published leaves are logged once more
+        log.error("transparency log journal %s: cannot trim: %s", path, e.strerror)
+
+
+def _read_journal(path: Path) -> list[tuple[bytes, tuple[str, str, int] | None]]:
+    """A dead writer's journaled leaves; a torn last line (killed mid-write) is skipped."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    out: list[tuple[bytes, tuple[str, str, int] | None]] = []
+    for line in raw.split(b"\n"):
+        try:
+            doc = jsonio.loads(line)
+            place = doc["place"]
+            out.append((doc["entry"].encode(), (str(place[0]), str(place[1]), int(place[2])) if place else None))
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            continue
+    return out
+
+
 class LoggedDigests:
     """The store the digest log writes through: a digest the store confirmed becomes a leaf of the log."""
 
@@ -248,8 +320,10 @@ class LoggedDigests:
         return getattr(self._store, name)
 
 
-def build_log(cfg: TransparencyLogConfig, recording_key: Path | None, store: Store, writer: str) -> TransparencyLog:
-    """The log of ``writer`` as ``recording.transparency_log`` configures it."""
+def build_log(
+    cfg: TransparencyLogConfig, recording_key: Path | None, store: Store, writer: str, journal: Path | None = None
+) -> TransparencyLog:
+    """The log of ``writer`` as ``recording.transparency_log`` configures it (``journal``: its spool folder)."""
     from extproc.evidence.tiles import blobs_for
 
     path = cfg.signing_key or recording_key
@@ -276,7 +350,14 @@ def build_log(cfg: TransparencyLogConfig, recording_key: Path | None, store: Sto
         )
         copies = S3Blobs(locked, b.prefix)
     return TransparencyLog(
-        blobs_for(store), cfg.origin, writer, signer, interval=cfg.checkpoint_interval_s, stamper=stamper, copies=copies
+        blobs_for(store),
+        cfg.origin,
+        writer,
+        signer,
+        interval=cfg.checkpoint_interval_s,
+        stamper=stamper,
+        copies=copies,
+        journal=journal,
     )
 
 

@@ -5,6 +5,10 @@ however it dies. The completer adopts every unlocked folder: it seals the unfini
 complete line written before the kill is kept, a torn last line is dropped), with a final manifest signed on the
 dead writer's behalf, ships everything to the store, and records an ``exchange.incomplete`` marker, in its own
 stream, for every exchange that started but never ended. The partial log stays exactly as it was written.
+
+With a transparency log, the dead writer's digests (its queued ones and the closing one) go through
+``digest_store`` (the live writer's ``LoggedDigests``: each stored digest becomes a leaf of the live log), and
+``adopt_leaves`` hands the leaves the dead writer had queued but not yet checkpointed to the live log.
 """
 
 from __future__ import annotations
@@ -40,10 +44,14 @@ class Completer:
         signer: Signer,
         interval: float = 30.0,
         on_stored: Callable[[Segment], Awaitable[None]] | None = None,
+        digest_store: Store | None = None,
+        adopt_leaves: Callable[[Path], Awaitable[int]] | None = None,
     ) -> None:
         self.root = Path(root)
         self.on_stored = on_stored  # adopted segments go into this writer's digests
         self.store = store
+        self.digest_store = digest_store or store  # where a dead writer's digests are stored (and logged)
+        self.adopt_leaves = adopt_leaves  # the transparency log takes a dead writer's unpublished leaves
         self.recorder = recorder
         self.signer = signer
         self.interval = interval
@@ -86,6 +94,8 @@ class Completer:
                     continue  # its writer is alive
                 adopted += 1
                 log.warning("completing the recordings of dead writer %s", folder.name)
+                if self.adopt_leaves is not None:
+                    await self.adopt_leaves(folder)
                 for stream in spool.streams():
                     await self._complete(spool, stream)
                 # Shipping starts at once, in its own task beside the live traffic: a dead writer's segments do not
@@ -94,7 +104,9 @@ class Completer:
                 uploader.start()
                 self._open_chains.add(folder)
         for folder in sorted(self._open_chains):  # before the folder goes (once it is empty)
-            if await close_for_dead_writer(folder, folder.name, self.store, self.signer, self.recorder.writer_id):
+            if await close_for_dead_writer(
+                folder, folder.name, self.digest_store, self.signer, self.recorder.writer_id
+            ):
                 self._open_chains.discard(folder)
         for folder, uploader in list(self._adopted.items()):
             if folder in self._open_chains:

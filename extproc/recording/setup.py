@@ -108,7 +108,7 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
     if rec.transparency_log is not None:
         from extproc.evidence.tlog import LoggedDigests, build_log
 
-        tlog = build_log(rec.transparency_log, rec.signing_key, store, writer)
+        tlog = build_log(rec.transparency_log, rec.signing_key, store, writer, journal=spool.path)
         digests = DigestLog(
             LoggedDigests(store, tlog), writer, signer, interval=rec.digest_interval_s, journal=spool.path
         )
@@ -126,7 +126,16 @@ def build_runtime(rec: Recording) -> RecordingRuntime:
         signer=signer,
         uploader=Uploader(spool, store, on_stored=on_stored),
     )
-    completer = Completer(rec.spool, store, recorder, signer, interval=rec.completer_interval_s, on_stored=on_stored)
+    completer = Completer(
+        rec.spool,
+        store,
+        recorder,
+        signer,
+        interval=rec.completer_interval_s,
+        on_stored=on_stored,
+        digest_store=digests.store,  # with a transparency log: a dead writer's digests become leaves too
+        adopt_leaves=tlog.adopt if tlog is not None else None,
+    )
     retention = None
     if rec.retention is not None and rec.store == "file":
         days = rec.retention.max_age_days

@@ -2,8 +2,7 @@
 
 Before an event is chained, its payload fields are encrypted (AES-256-GCM) with a data key of the subject the
 exchange ran as (``issuer#subject``); the chain, manifests and digests are computed over the ciphertext. Data keys
-are wrapped by a key-encryption key (a 32-byte key file, AES key wrap RFC 3394; or AWS KMS) and kept in a key
-store beside the recordings (a folder, or a prefix of the S3 bucket written without Object Lock). Erasing a
+are wrapped by a key-encryption key and kept in a key store beside the recordings (``key_stores.py``). Erasing a
 subject deletes its wrapped data keys and stores a signed erasure record: its payloads can no longer be read
 anywhere, and every chain, manifest and digest still verifies because none of them ever covered the plaintext.
 
@@ -23,21 +22,18 @@ import binascii
 import hashlib
 import json
 import logging
-import os
 import secrets
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 
-from extproc.errors import ConfigError, StoreError
+from extproc.errors import StoreError
 from extproc.policy.capture import Capture
 from extproc.recording.events import (
     Event,
@@ -49,6 +45,7 @@ from extproc.recording.events import (
     ResponseChunk,
     ResponseStart,
 )
+from extproc.recording.key_stores import FileKek, FileKeyStore, Kek, KeyStore, KmsKek, S3KeyStore
 from extproc.recording.manifest import Signer
 from extproc.tasks import cancel
 
@@ -77,160 +74,6 @@ def subject_id(subject: str) -> str:
 def _aad(ev: dict[str, Any], kind: str) -> bytes:
     """Binds a ciphertext to its place (as ``PayloadSealer.seal`` writes it): moved to another event, it fails."""
     return f"{kind}\n{ev.get('session', '')}\n{ev.get('exchange', '')}\n{ev.get('index', 0)}".encode()
-
-
-# --- key-encryption keys --------------------------------------------------------------------------------------
-
-
-class Kek(Protocol):
-    """Wraps and unwraps data keys; ``name`` says which KEK (stored beside each wrapped key)."""
-
-    name: str
-
-    def wrap(self, key: bytes, sid: str) -> bytes: ...
-
-    def unwrap(self, wrapped: bytes, sid: str) -> bytes: ...
-
-
-class FileKek:
-    """A 32-byte key from a file (64 hex characters, or 32 raw bytes); AES key wrap (RFC 3394)."""
-
-    def __init__(self, path: Path) -> None:
-        try:
-            raw = Path(path).read_bytes().strip()
-        except OSError as e:
-            raise ConfigError(f"recording.payload_keys.kek_file: cannot read {path}: {e.strerror}") from e
-        try:
-            key = bytes.fromhex(raw.decode()) if len(raw) == 64 else raw
-        except (UnicodeDecodeError, ValueError):
-            key = raw
-        if len(key) != 32:
-            raise ConfigError(f"recording.payload_keys.kek_file: {path} must hold 32 bytes (or 64 hex characters)")
-        self._key = key
-        self.name = "file:" + hashlib.sha256(key).hexdigest()[:16]
-
-    def wrap(self, key: bytes, sid: str) -> bytes:
-        return aes_key_wrap(self._key, key)
-
-    def unwrap(self, wrapped: bytes, sid: str) -> bytes:
-        return aes_key_unwrap(self._key, wrapped)
-
-
-class KmsKek:
-    """AWS KMS: Encrypt/Decrypt with the subject's id as encryption context (boto3's default credential chain)."""
-
-    def __init__(self, key_id: str, region: str | None = None, endpoint_url: str | None = None) -> None:
-        import boto3
-
-        self._client = boto3.client("kms", region_name=region, endpoint_url=endpoint_url)
-        self._key_id = key_id
-        self.name = "kms:" + key_id
-
-    def wrap(self, key: bytes, sid: str) -> bytes:
-        out = self._client.encrypt(KeyId=self._key_id, Plaintext=key, EncryptionContext={"subject": sid})
-        return bytes(out["CiphertextBlob"])
-
-    def unwrap(self, wrapped: bytes, sid: str) -> bytes:
-        return bytes(self._client.decrypt(CiphertextBlob=wrapped, EncryptionContext={"subject": sid})["Plaintext"])
-
-
-# --- key stores -----------------------------------------------------------------------------------------------
-
-
-class KeyStore(Protocol):
-    """Wrapped data keys by subject id and key id; erasure records."""
-
-    def keys(self, sid: str) -> dict[str, bytes]:
-        """Every wrapped key record of a subject, by key id."""
-        ...
-
-    def create(self, sid: str, kid: str, record: bytes) -> None: ...
-
-    def destroy(self, sid: str) -> list[str]:
-        """Delete every key of a subject (every version); the key ids destroyed."""
-        ...
-
-    def put_erasure(self, sid: str, record: bytes) -> None: ...
-
-    def erasure(self, sid: str) -> bytes | None: ...
-
-
-class FileKeyStore:
-    """``<directory>/<subject id>/<key id>.json``; erasures in ``<directory>/erased/<subject id>.json``."""
-
-    def __init__(self, directory: Path) -> None:
-        self.root = Path(directory)
-
-    def keys(self, sid: str) -> dict[str, bytes]:
-        folder = self.root / sid
-        if not folder.is_dir():
-            return {}
-        return {p.stem: p.read_bytes() for p in sorted(folder.glob("*.json"))}
-
-    def create(self, sid: str, kid: str, record: bytes) -> None:
-        folder = self.root / sid
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = folder / f".{kid}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(record)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / f"{kid}.json")
-
-    def destroy(self, sid: str) -> list[str]:
-        folder = self.root / sid
-        gone = []
-        for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            p.write_bytes(b"\0" * p.stat().st_size)  # best effort on file systems that overwrite in place
-            p.unlink()
-            gone.append(p.stem)
-        return gone
-
-    def put_erasure(self, sid: str, record: bytes) -> None:
-        (self.root / "erased").mkdir(parents=True, exist_ok=True)
-        (self.root / "erased" / f"{sid}.json").write_bytes(record)
-
-    def erasure(self, sid: str) -> bytes | None:
-        p = self.root / "erased" / f"{sid}.json"
-        return p.read_bytes() if p.is_file() else None
-
-
-class S3KeyStore:
-    """``<prefix>/<subject id>/<key id>.json`` in the recordings' bucket, never under Object Lock (an erasure must
-    be able to delete them); ``destroy`` deletes every version."""
-
-    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
-        self.client, self.bucket, self.prefix = client, bucket, prefix.rstrip("/")
-
-    def keys(self, sid: str) -> dict[str, bytes]:
-        found = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/{sid}/").get("Contents", [])
-        out = {}
-        for o in sorted(found, key=lambda o: o["Key"]):
-            kid = o["Key"].rsplit("/", 1)[-1].removesuffix(".json")
-            out[kid] = self.client.get_object(Bucket=self.bucket, Key=o["Key"])["Body"].read()
-        return out
-
-    def create(self, sid: str, kid: str, record: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}/{sid}/{kid}.json", Body=record)
-
-    def destroy(self, sid: str) -> list[str]:
-        listed = self.client.list_object_versions(Bucket=self.bucket, Prefix=f"{self.prefix}/{sid}/")
-        gone: dict[str, None] = {}
-        for v in [*listed.get("Versions", []), *listed.get("DeleteMarkers", [])]:
-            self.client.delete_object(Bucket=self.bucket, Key=v["Key"], VersionId=v["VersionId"])
-            gone[v["Key"].rsplit("/", 1)[-1].removesuffix(".json")] = None
-        return list(gone)
-
-    def put_erasure(self, sid: str, record: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}/erased/{sid}.json", Body=record)
-
-    def erasure(self, sid: str) -> bytes | None:
-        try:
-            return bytes(
-                self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/erased/{sid}.json")["Body"].read()
-            )
-        except self.client.exceptions.NoSuchKey:
-            return None
 
 
 # --- the keyring: cached data keys ----------------------------------------------------------------------------
@@ -374,12 +217,25 @@ class KeyWatch:
 
 
 class PayloadSealer:
-    """Encrypts the payload fields of each event of an exchange with its subject's data key, before chaining."""
+    """Encrypts the payload fields of each event of an exchange with its subject's data key, before chaining.
+
+    On the request path, so it does the least Python per event: one dispatch on the event's class, one AES-GCM call
+    over one serialization of the sealed fields, one base64 pass; the key is the keyring's cached cipher and the
+    nonce a counter (``_next_nonce``)."""
 
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
         self._subjects: dict[str, str] = {}  # exchange -> subject (from its exchange.start)
-        self._nonces = _Nonces()
+        self._nonce = _nonce_prefix()
+        self._head: dict[str, str] = {}  # key ref -> the start of its seal as JSON text (the ref escaped once)
+
+    def _next_nonce(self) -> bytes:
+        """A 96-bit GCM nonce that never repeats within the process: a random 64-bit prefix, then a 32-bit counter;
+        a fresh prefix before the counter wraps. Processors share a subject's key; their prefixes differ with
+        overwhelming probability. No system call per event."""
+        n = self._nonce
+        self._nonce = n + 1 if (n + 1) & 0xFFFFFFFF else _nonce_prefix()
+        return n.to_bytes(12, "big")
 
     def seal(self, ev: Event) -> None:
         """Seal ``ev``'s payload fields in place (O(event): one AES-GCM pass, no I/O once the key is cached)."""
@@ -389,61 +245,69 @@ class PayloadSealer:
             if subject is None:
                 return
             self._subjects[ev.exchange] = subject
-        else:
-            subject = self._subjects.get(ev.exchange)
+        elif kind not in _SEALED_TYPES:
             if kind is ExchangeEnd:
                 self._subjects.pop(ev.exchange, None)
-            if subject is None or kind not in _SEALED_TYPES:
-                return
+            return
+        elif (subject := self._subjects.get(ev.exchange)) is None:
+            return
         ref, cipher = self.keyring.for_writing(subject)
-        secret: dict[str, Any]
         if kind is McpRequest or kind is McpResponse:
             r = cast(McpRequest, ev)
-            secret = {"messages": r.messages, "body": r.body}
-            r.messages, r.body = _OUTLINE.messages(r.messages), {}
+            plain = orjson.dumps({"messages": r.messages, "body": r.body})
+            r.messages = [_outline(m) for m in r.messages]
         elif kind is ResponseChunk:
-            c = cast(ResponseChunk, ev)
-            secret, c.body = {"body": c.body}, {}
+            plain = orjson.dumps({"body": cast(ResponseChunk, ev).body})
         elif kind is ExchangeStart:
             x = cast(ExchangeStart, ev)
-            secret = {"headers": x.headers, "path": x.path}
+            plain = orjson.dumps({"headers": x.headers, "path": x.path})
             x.path = x.path.partition("?")[0]
         elif kind is GuardrailVerdict:
             g = cast(GuardrailVerdict, ev)
             if g.arguments is None:
                 return
-            secret = {"arguments": g.arguments}
+            plain = orjson.dumps({"arguments": g.arguments})
         else:
-            secret = {"headers": cast(ResponseStart, ev).headers}
-        nonce = self._nonces.next()
-        aad = f"{ev.type}\n{ev.session}\n{ev.exchange}\n{ev.index}".encode()
-        ct = cipher.encrypt(nonce, orjson.dumps(secret), aad)
-        sealed = {"alg": ALGORITHM, "key": ref, "ct": _b64(nonce + ct)}  # the 12-byte nonce, then the ciphertext
-        if "body" in secret:
-            ev.body = {"sealed": sealed}  # type: ignore[attr-defined]
-        elif "arguments" in secret:
-            ev.arguments = {"sealed": sealed}  # type: ignore[attr-defined]
+            plain = orjson.dumps({"headers": cast(ResponseStart, ev).headers})
+        nonce = self._next_nonce()
+        aad = f"{kind.type}\n{ev.session}\n{ev.exchange}\n{ev.index}".encode()
+        # the 12-byte nonce, then the ciphertext and its tag (base64 needs no JSON escaping)
+        ct = binascii.b2a_base64(nonce + cipher.encrypt(nonce, plain, aad), newline=False).decode()
+        if kind is ExchangeStart or kind is ResponseStart:  # headers are str -> str: the seal as JSON text
+            if (head := self._head.get(ref)) is None:
+                head = self._head[ref] = f'{{"alg":"{ALGORITHM}","key":{orjson.dumps(ref).decode()},"ct":"'
+            ev.headers = {"sealed": head + ct + '"}'}  # type: ignore[attr-defined]
+        elif kind is GuardrailVerdict:
+            ev.arguments = {"sealed": {"alg": ALGORITHM, "key": ref, "ct": ct}}  # type: ignore[attr-defined]
         else:
-            ev.headers = {"sealed": orjson.dumps(sealed).decode()}  # type: ignore[attr-defined]
+            ev.body = {"sealed": {"alg": ALGORITHM, "key": ref, "ct": ct}}  # type: ignore[attr-defined]
 
 
-class _Nonces:
-    """96-bit GCM nonces without a system call per event: a random 64-bit prefix per process (drawn again before the
-    32-bit counter wraps), then the counter. Processors share a subject's key; their prefixes differ with
-    overwhelming probability, and within a process no nonce repeats."""
+def _outline(msg: Any) -> Any:
+    """``Capture("metadata").message(msg)`` (policy/capture.py: what stays readable of a sealed message), written
+    out for the request path (a third of its cost); tests hold the two equal."""
+    if type(msg) is not dict:
+        return _OUTLINE.message(msg)
+    out: dict[str, Any] = {}
+    for k in ("jsonrpc", "id", "method"):
+        if k in msg:
+            out[k] = msg[k]
+    method = msg.get("method")
+    if method == "tools/call" or method == "prompts/get":  # the name of what is called stays readable
+        params = msg.get("params")
+        if isinstance(params, dict) and isinstance(name := params.get("name"), str):
+            out["params"] = {"name": name}
+    if "result" in msg:
+        result = msg["result"]
+        flag = result.get("isError") if isinstance(result, dict) else None
+        out["result"] = {"isError": flag} if type(flag) is bool else {}
+    if isinstance(error := msg.get("error"), dict):
+        out["error"] = {"code": error.get("code")}
+    return out
 
-    def __init__(self) -> None:
-        self._prefix, self._n = secrets.token_bytes(8), 0
 
-    def next(self) -> bytes:
-        self._n += 1
-        if self._n >= 1 << 32:
-            self._prefix, self._n = secrets.token_bytes(8), 1
-        return self._prefix + self._n.to_bytes(4, "big")
-
-
-def _b64(b: bytes) -> str:
-    return binascii.b2a_base64(b, newline=False).decode()
+def _nonce_prefix() -> int:
+    return int.from_bytes(secrets.token_bytes(8), "big") << 32
 
 
 def _sealed(ev: dict[str, Any]) -> dict[str, Any] | None:

@@ -25,10 +25,12 @@ import boto3
 import httpx
 import pytest
 from botocore.exceptions import ClientError
+from evidence_helpers import ORIGIN, logged_entries, stored_entries
 from gateway_parts import open_session, unit_key
 from moto.server import ThreadedMotoServer
 
 from extproc.demo.mcp_client import run_session
+from extproc.evidence.tiles import blobs_for
 from extproc.launcher import free_port, wait_until
 from extproc.recording.manifest import generate_keys, load_public_key
 from extproc.recording.replay import Session, load_session
@@ -205,7 +207,13 @@ def test_killed_processor_leaves_an_incomplete_exchange_with_everything_written(
     start_mcp_server, start_gateway, keys: tuple[Path, Path]
 ) -> None:
     key, pub = keys
-    gw = start_gateway([start_mcp_server("demo")], recording={"signing_key": str(key), "segment_max_age_ms": 200})
+    recording = {
+        "signing_key": str(key),
+        "segment_max_age_ms": 200,
+        "digest_interval_s": 0.5,  # the writer stores digests too before it is killed
+        "transparency_log": {"origin": ORIGIN, "checkpoint_interval_s": 3600},  # no checkpoint before the kill
+    }
+    gw = start_gateway([start_mcp_server("demo")], recording=recording)
     spool = Path(gw.config["recording"]["directory"]) / ".spool"
     headers = open_session(gw.url())
     sid = headers["mcp-session-id"]
@@ -254,6 +262,9 @@ def test_killed_processor_leaves_an_incomplete_exchange_with_everything_written(
     assert next(r for r in rows if r["session"] == server_unit("demo", "", sid))["state"] == "incomplete"
     verify = _cli("sessions", "verify", sid, "--dir", str(gw.store.root), "--public-key", str(pub))
     assert verify.returncode == 0, verify.stdout
+    # The transparency log lost nothing with the processor: what it stored after its last checkpoint (and the
+    # closing digest the completer stored for it) are leaves of the restarted worker's log; every log audits.
+    assert stored_entries(gw.store) - logged_entries(blobs_for(gw.store), load_public_key(pub)) == set()
 
 
 async def test_spool_full_refuses_with_503_and_forwards_nothing(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from evidence_helpers import logged_entries, stored_entries
 from recording_helpers import emit_exchanges
 
 from extproc.evidence.config import TransparencyLogConfig
@@ -23,14 +24,15 @@ from extproc.evidence.proofs import (
     verify_bundle,
 )
 from extproc.evidence.tiles import FileBlobs
-from extproc.evidence.tlog import TransparencyLog, segment_entry
+from extproc.evidence.tlog import JOURNAL, TransparencyLog, digest_entry, segment_entry
 from extproc.launcher import wait_until
 from extproc.recording import jsonio
 from extproc.recording.config import Recording
 from extproc.recording.manifest import Manifest, generate_keys, load_public_key
-from extproc.recording.setup import build_runtime
+from extproc.recording.setup import RecordingRuntime, build_runtime
 from extproc.recording.store import Segment
 from extproc.recording.store.file import FileStore
+from extproc.tasks import cancel
 
 ORIGIN = "gw.example/mcp-log"
 
@@ -270,3 +272,68 @@ async def test_a_checkpoint_that_fails_unexpectedly_does_not_end_the_checkpoints
     tlog.start()
     await asyncio.to_thread(wait_until, lambda: len(calls) >= 3, 10, "checkpoints after the failed one")
     assert await tlog.close() and tlog.failures == 1 and (tmp_path / "w/checkpoint").is_file()
+
+
+async def _killed(runtime: RecordingRuntime) -> None:
+    """What kill -9 leaves of a processor: no closing digest, no last checkpoint; its spool folder, unlocked."""
+    for task in (runtime.completer._task, runtime.digests._task, runtime.tlog and runtime.tlog._task):
+        await cancel(task or None)
+    await cancel(runtime.recorder._task)
+    assert runtime.recorder.uploader is not None
+    await runtime.recorder.uploader.stop()
+    await runtime.recorder.spool.close(remove_if_empty=False)  # the lock goes, as when the kernel reaps it
+
+
+async def test_a_killed_writers_unpublished_leaves_and_its_closing_digest_end_up_in_the_log(tmp_path: Path) -> None:
+    key, pub = generate_keys(tmp_path / "keys")
+    rec = Recording(
+        directory=tmp_path / "rec",
+        signing_key=key,
+        flush_interval_ms=10,
+        transparency_log=TransparencyLogConfig(origin=ORIGIN, checkpoint_interval_s=3600),
+    )
+    dead = build_runtime(rec)
+    await dead.start()
+    await emit_exchanges(dead.recorder, "before", 2)
+    assert dead.recorder.uploader is not None and await dead.recorder.uploader.drain(5)
+    assert await dead.digests.flush()  # digest 0 stored: a leaf queued, like the segments, for a checkpoint
+    await emit_exchanges(dead.recorder, "after", 2)
+    assert await dead.recorder.uploader.drain(5)  # stored, in no checkpoint and no digest yet: then it dies
+    await _killed(dead)
+
+    live = build_runtime(rec)
+    await live.start()  # its completer adopts the dead writer's folder at once
+    async with asyncio.timeout(10):  # adopted, shipped, its chain closed: the folder is gone
+        while dead.recorder.spool.path.exists():  # noqa: ASYNC110 (the completer task works; this polls what it leaves)
+            await asyncio.sleep(0.01)
+    await live.close()
+
+    store, blobs = FileStore(tmp_path / "rec"), FileBlobs(tmp_path / "rec" / ".tlog")
+    public = load_public_key(pub)
+    stored = stored_entries(store)
+    dead_digests = store.read_digests()[dead.digests.writer]
+    assert sorted(dead_digests) == [0, 1]  # its own, and the closing one the completer stored on its behalf
+    assert stored - logged_entries(blobs, public) == set()  # every manifest and digest is a leaf of a log
+    for session in ("before", "after"):
+        assert prove_session(store, blobs, session, public).ok
+
+
+async def test_the_journal_holds_what_no_checkpoint_has_and_an_adopter_logs_it_torn_line_skipped(
+    tmp_path: Path,
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    blobs, journal = FileBlobs(tmp_path / "tlog"), tmp_path / "w" / JOURNAL
+    journal.parent.mkdir()
+    tlog = TransparencyLog(blobs, ORIGIN, "w", NoteSigner(ORIGIN, key), journal=journal.parent)
+    tlog.digest_stored("w", 0, b"d0")
+    assert len(journal.read_bytes().splitlines()) == 1
+    assert await tlog.checkpoint() and not journal.exists()  # published: nothing left for an adopter
+    tlog.digest_stored("w", 1, b"d1")
+    journal.write_bytes(journal.read_bytes() + b'{"entry":"{\\"kind')  # killed in the middle of a line
+
+    (tmp_path / "x").mkdir()
+    adopter = TransparencyLog(blobs, ORIGIN, "x", NoteSigner(ORIGIN, key), journal=tmp_path / "x")
+    assert await adopter.adopt(journal.parent) == 1 and not journal.exists()
+    assert (tmp_path / "x" / JOURNAL).exists()  # journaled by the adopter before the dead one's went
+    assert await adopter.checkpoint()
+    assert {digest_entry("w", 0, b"d0"), digest_entry("w", 1, b"d1")} <= logged_entries(blobs, key.public_key())

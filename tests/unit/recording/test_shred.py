@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -9,14 +10,15 @@ from typing import Any
 import pytest
 
 from extproc.errors import ConfigError
+from extproc.policy.capture import Capture
 from extproc.recording.events import ExchangeEnd, ExchangeStart, GuardrailVerdict, McpRequest, McpResponse
+from extproc.recording.key_stores import FileKek, FileKeyStore
 from extproc.recording.manifest import Signer, generate_keys
 from extproc.recording.shred import (
-    FileKek,
-    FileKeyStore,
     Keyring,
     PayloadErased,
     PayloadSealer,
+    _outline,
     erasure_record,
     open_events,
     subject_id,
@@ -136,3 +138,55 @@ def test_a_guardrails_modified_arguments_are_sealed(keyring: Keyring) -> None:
     assert "s3cr3t" not in json.dumps(stored) and stored[1]["verdict"] == "modify"
     open_events(stored, keyring)
     assert stored[1]["arguments"] == {"text": "s3cr3t"}
+
+
+OUTLINED = [
+    CALL,
+    RESULT,
+    {"jsonrpc": "2.0", "id": 4, "method": "prompts/get", "params": {"name": "p", "arguments": {"a": "b"}}},
+    {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": 7}},  # a name that is not a string
+    {"jsonrpc": "2.0", "id": 6, "method": "resources/read", "params": {"uri": "file:///secret"}},
+    {"jsonrpc": "2.0", "id": 7, "result": {"isError": True, "content": []}},
+    {"jsonrpc": "2.0", "id": 8, "result": {"isError": "yes"}},
+    {"jsonrpc": "2.0", "id": 9, "result": ["not", "an", "object"]},
+    {"jsonrpc": "2.0", "id": 10, "error": {"code": -32602, "message": "s3cr3t", "data": {"x": 1}}},
+    {"jsonrpc": "2.0", "id": 11, "error": "not an object"},
+    {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}},
+    {"id": 12, "method": "tools/call", "params": "not an object"},
+    ["a", "batch", "element", "that", "is", "not", "an", "object"],
+    "text",
+    {},
+]
+
+
+@pytest.mark.parametrize("msg", OUTLINED, ids=[f"m{i}" for i in range(len(OUTLINED))])
+def test_the_sealers_outline_is_the_metadata_capture_level(msg: Any) -> None:
+    assert _outline(msg) == Capture("metadata").message(msg)
+
+
+def test_nonces_never_repeat_across_the_counters_wrap(keyring: Keyring) -> None:
+    sealer = PayloadSealer(keyring)
+    sealer._nonce |= 0xFFFFFFFF - 2  # three nonces before the 32-bit counter wraps
+    nonces = [sealer._next_nonce() for _ in range(6)]
+    assert len(set(nonces)) == 6 and all(len(n) == 12 for n in nonces)
+    assert nonces[3][:8] != nonces[2][:8] and nonces[3][8:] == bytes(4)  # a fresh prefix, the counter from 0
+
+
+def test_every_seal_uses_a_fresh_nonce_and_the_documented_form(keyring: Keyring) -> None:
+    stored = _exchange(PayloadSealer(keyring), "e1", ALICE) + _exchange(PayloadSealer(keyring), "e2", ALICE)
+    seals = [json.loads(ev["headers"]["sealed"]) for ev in stored if "headers" in ev]
+    seals += [ev["body"]["sealed"] for ev in stored if "sealed" in ev.get("body", {})]
+    assert len(seals) == 6 and {tuple(s) for s in seals} == {("alg", "key", "ct")}
+    assert len({base64.b64decode(s["ct"])[:12] for s in seals}) == 6
+
+
+def test_a_key_id_with_json_characters_still_seals_headers_that_open(keyring: Keyring) -> None:
+    keyring.for_writing("https://idp#alice")  # creates alice's key, then renamed as a foreign store might name it
+    [folder] = [p for p in keyring.store.root.iterdir() if p.is_dir()]  # type: ignore[attr-defined]
+    [key] = list(folder.glob("*.json"))
+    key.rename(folder / 'we"ird\\.json')
+    fresh = Keyring(keyring.store, keyring.kek)
+    stored = _exchange(PayloadSealer(fresh), "e1", ALICE)
+    assert json.loads(stored[0]["headers"]["sealed"])["key"].endswith('/we"ird\\')
+    open_events(stored, fresh)
+    assert stored[0]["headers"] == {"a": "b"}
