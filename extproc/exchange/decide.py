@@ -136,7 +136,7 @@ class Decisions:
         self, policy: CompiledPolicy, server: str, call: McpCall, allowed: bool, rule: str, reason: str, **outside: Any
     ) -> None:
         """One policy.decision; ``outside``: what an outside authority said (a SubjectAccessReview, a grant)."""
-        self.gw.metrics.decisions.labels(server, "true" if allowed else "false").inc()
+        self.gw.metrics.decided(server, allowed)
         desc = describe(policy, server, call)
         self.log.emit(
             PolicyDecision(allowed=allowed, rule=rule, reason=reason, call=desc, message_id=call.id, **outside)

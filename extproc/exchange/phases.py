@@ -76,14 +76,15 @@ class Exchange(ExchangeState):
         method = headers.get(":method", "")
         if method in HTTP_METHODS and (refused := self._authorize_http(HTTP_METHODS[method])) is not None:
             return refused
-        try:  # the server's own credential for this caller (extproc/upstream/); none to be had: refused, recorded
-            ctx = ExchangeContext(
-                self.id, self.request_id, self.session, caller_token(headers), credential_recorder(self.gw, self.log)
-            )
-            backend = admission.backend.name if admission.backend else None
-            credentials = await upstream.credentials(self.gw, self.principal, self.server_name, ctx, backend)
-        except GatewayError as e:
-            return self._refuse(e)
+        backend = admission.backend.name if admission.backend else None
+        credentials: dict[str, str] = {}
+        if self.gw.upstream is not None:  # the server's own credential for this caller (extproc/upstream/)
+            try:  # none to be had: refused, recorded
+                ctx = ExchangeContext(self.id, self.request_id, self.session, caller_token(headers),
+                                      credential_recorder(self.gw, self.log))  # fmt: skip
+                credentials = await upstream.credentials(self.gw, self.principal, self.server_name, ctx, backend)
+            except GatewayError as e:
+                return self._refuse(e)
         if msg.end_of_stream and (refused := await self._commit()) is not None:  # a GET or DELETE goes upstream now
             return refused
         route = admission.route_headers
