@@ -117,18 +117,21 @@ class Streams:
         dropped because ``room`` (recording.required: false) said the spool could not take their line."""
         ended: list[Stream] = []
         dropped: list[Event] = []
+        now = self._clock()  # one reading per batch: its events are chained within microseconds
+        sha256, active, open_streams = hashlib.sha256, self.active, self.open
         for e in events:
-            st = self.active[e.session] = self._stream(e.session)
-            line = event_line(st.seq, st.prev, e) + b"\n"
+            st = open_streams.get(e.session) or self._stream(e.session)
+            active[e.session] = st
+            body = event_line(st.seq, st.prev, e)
+            line = body + b"\n"
             if room is not None and not room(self.pending_bytes + len(line)):
                 dropped.append(e)  # never chained: what is kept still verifies
                 continue
             self.pending_bytes += len(line)
-            now = self._clock()
             if st.seg_size == 0:
                 st.seg_opened = now
             st.seq += 1
-            st.prev = hashlib.sha256(line[:-1]).hexdigest()
+            st.prev = sha256(body).hexdigest()
             if self.tap is not None:
                 self.tap(e, st.writer, st.segment, st.seq - 1, st.prev)
             st.seg_size += len(line)
