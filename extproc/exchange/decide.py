@@ -76,7 +76,7 @@ class Decisions:
             held = (refusal, answer) if refusal is not None else None
         withheld, shown = (
             await self.tools.check_calls(policy, server, session, verdict.calls)
-            if verdict.denied is None
+            if verdict.denied is None and self.tools.surface is not None
             else (None, {})
         )
         # Budgets (extproc/controls/budgets.py): charged for a body that would go upstream, once per exchange: a

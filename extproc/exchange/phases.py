@@ -209,7 +209,8 @@ class Exchange(ExchangeState):
         if self._buffered == "filter":
             await self._tools.refresh_pins(self.server_name)  # the list is judged against today's pins
         reply = self._rewrite_buffered(chunk) if self._buffered else None
-        await self._tools.save_pins()
+        if self._tools.surface is not None:  # tool-surface integrity off: nothing to save (an attribute test)
+            await self._tools.save_pins()
         if msg.end_of_stream:
             self.finish("complete")
         if self.admitted is not None:
