@@ -23,7 +23,7 @@ PHASES = {
     "request body": "Exchange.on_request_body ",
     "response headers": "Exchange.on_response_headers ",
     "response body": "Exchange.on_response_body ",
-    "end (finish)": "Exchange.finish ",
+    "end (finish)": "ExchangeState.finish ",
     "stream loop (Processor.Process self)": None,  # the leaf is Processor.Process itself
     "recorder round (off the exchange)": "WriterRound._run ",
 }

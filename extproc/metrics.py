@@ -156,6 +156,7 @@ class Metrics:
         )
         self.active = Gauge("mcp_extproc_active_streams", "ext_proc streams in progress", registry=r)
         self._ended: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._decided: dict[tuple[str, bool], Any] = {}
         self.ready: Callable[[], list[str]] = lambda: ["not started"]
 
     def message(self, phase: str, seconds: float) -> None:
@@ -171,6 +172,13 @@ class Metrics:
     def budget_store_error(self, outcome: str) -> None:
         """Count a budget store failure: ``closed`` (refused) or ``open`` (passed uncounted)."""
         self.budget_store_errors.labels(outcome).inc()
+
+    def decided(self, server: str, allowed: bool) -> None:
+        """Count one policy decision (label children cached: servers x 2)."""
+        child = self._decided.get((server, allowed))
+        if child is None:
+            child = self._decided[(server, allowed)] = self.decisions.labels(server, "true" if allowed else "false")
+        child.inc()
 
     def exchange_ended(self, server: str, outcome: str, seconds: float) -> None:
         """Count a recorded exchange and observe its duration (label children cached: servers x outcomes is small)."""

@@ -46,12 +46,29 @@ def _mac(server_id: bytes, who: Principal, key: bytes, scope: str) -> bytes:
     return hmac.new(key, msg, hashlib.sha256).digest()
 
 
+# The MACs of the sessions in use: every exchange of a session checks its id (admission) and binds the server's id
+# again (the response), two HMACs per exchange for the same inputs. A memo of the pure function, keyed by every
+# input; bounded (client-chosen ids fill it): emptied when full.
+_MEMO_SIZE = 4096
+_memo: dict[tuple[bytes, bytes, str, str, str], str] = {}
+
+
+def _mac_text(server_id: bytes, who: Principal, key: bytes, scope: str) -> str:
+    memo_key = (key, server_id, who.issuer, who.subject, scope)
+    text = _memo.get(memo_key)
+    if text is None:
+        if len(_memo) >= _MEMO_SIZE:
+            _memo.clear()
+        text = _memo[memo_key] = _b64(_mac(server_id, who, key, scope))
+    return text
+
+
 def bind(server_session_id: str, who: Principal, key: bytes, scope: str = "") -> str:
     """The session id handed to the client for the server's ``server_session_id`` (URL- and header-safe)."""
     if not server_session_id:
         raise ValueError("empty server session id")
     sid = server_session_id.encode()
-    return f"{_b64(sid)}.{_b64(_mac(sid, who, key, scope))}"
+    return f"{_b64(sid)}.{_mac_text(sid, who, key, scope)}"
 
 
 def unbind(client_value: str, who: Principal, key: bytes, scope: str = "") -> str:
@@ -65,7 +82,7 @@ def unbind(client_value: str, who: Principal, key: bytes, scope: str = "") -> st
     except (binascii.Error, ValueError):
         raise SessionNotYours() from None
     # Compare the canonical encodings, so no second spelling of the same MAC is accepted.
-    if not hmac.compare_digest(m[2].encode(), _b64(_mac(sid, who, key, scope)).encode()):
+    if not hmac.compare_digest(m[2].encode(), _mac_text(sid, who, key, scope).encode()):
         raise SessionNotYours()
     return server_id
 

@@ -1,6 +1,7 @@
 """One HTTP exchange = one ext_proc stream (``Exchange``, phases.py), and the jobs it hands off whole:
 
-phases.py   the exchange: a method per phase, owns the state (admission, decisions, recording, the response)
+phases.py   the exchange: a method per phase (admission, decisions, recording, the response)
+state.py    what the phases share: the exchange's state, its end on the record, commit points, refusals
 request.py  the request side as plain functions: its records (start, body), the client, the stateless run
 response.py the response side as plain functions: the client's headers, framing, buffered bodies rewritten
 decide.py   the authorization step: each request decided (policy, outside authorities), recorded, refused

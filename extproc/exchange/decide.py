@@ -76,7 +76,7 @@ class Decisions:
             held = (refusal, answer) if refusal is not None else None
         withheld, shown = (
             await self.tools.check_calls(policy, server, session, verdict.calls)
-            if verdict.denied is None
+            if verdict.denied is None and self.tools.surface is not None
             else (None, {})
         )
         # Budgets (extproc/controls/budgets.py): charged for a body that would go upstream, once per exchange: a
@@ -136,7 +136,7 @@ class Decisions:
         self, policy: CompiledPolicy, server: str, call: McpCall, allowed: bool, rule: str, reason: str, **outside: Any
     ) -> None:
         """One policy.decision; ``outside``: what an outside authority said (a SubjectAccessReview, a grant)."""
-        self.gw.metrics.decisions.labels(server, "true" if allowed else "false").inc()
+        self.gw.metrics.decided(server, allowed)
         desc = describe(policy, server, call)
         self.log.emit(
             PolicyDecision(allowed=allowed, rule=rule, reason=reason, call=desc, message_id=call.id, **outside)

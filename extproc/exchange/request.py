@@ -5,7 +5,6 @@ stateless (2026-07-28) request belongs to.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,7 +15,7 @@ from extproc.authn.principal import Principal
 from extproc.envoy import responses
 from extproc.envoy.headers import recordable
 from extproc.gateway import Gateway
-from extproc.mcp.jsonrpc import ParsedBody, is_request
+from extproc.mcp.jsonrpc import ParsedBody, id_text, is_request
 from extproc.mcp.methods import INPUT_REQUIRED
 from extproc.mcp.protocol import run_key
 from extproc.mcp.request_state import RequestState
@@ -94,7 +93,7 @@ def _calls_tool(m: dict[str, Any]) -> bool:
 def request_ids(parsed: ParsedBody) -> tuple[list[Any], set[str]]:
     """Every message id of the body (to pair responses), and the JSON ids of requests still without a response."""
     ids = [m.get("id") for m in parsed.messages if "id" in m]
-    awaiting = {json.dumps(m["id"]) for m in parsed.messages if "id" in m and is_request(m)}
+    awaiting = {id_text(m["id"]) for m in parsed.messages if "id" in m and is_request(m)}
     return ids, awaiting
 
 

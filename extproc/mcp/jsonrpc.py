@@ -192,6 +192,14 @@ def _is_message(m: object) -> bool:
     return "result" in m or "error" in m
 
 
+def id_text(msg_id: Any) -> str:
+    """A message id as JSON text (``json.dumps``), what pairs a response with its request: an integer id, the
+    common case, without the encoder."""
+    if type(msg_id) is int:
+        return str(msg_id)  # json.dumps of an int (never a bool: type() is exact) is its decimal text
+    return json.dumps(msg_id)
+
+
 def is_request(m: Message) -> bool:
     """A request or notification (has a method), as opposed to a response."""
     return isinstance(m.get("method"), str)

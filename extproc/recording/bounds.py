@@ -65,6 +65,9 @@ def _outline(msg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_BODIES = (McpRequest, McpResponse, ResponseChunk)
+
+
 class RecordingLevels:
     """Applies the per-server level and the body cap to events before they are queued (O(event))."""
 
@@ -75,6 +78,10 @@ class RecordingLevels:
 
     def apply(self, ev: Event) -> Event | None:
         """The event to record (maybe reduced), or None to record nothing."""
+        if not self.levels:  # every server at `full` (the default): only the body cap, checked on bodies alone
+            if isinstance(ev, _BODIES) and ev.size > self.max_body:
+                self._reduce(ev, "over recording.max_event_body_bytes")
+            return ev
         if isinstance(ev, ExchangeStart):
             level = self.levels.get(ev.server, "full")
             if level != "full":

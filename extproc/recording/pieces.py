@@ -7,12 +7,11 @@ and SHA-256 only. Returns which requests the piece answered, so the exchange kno
 
 from __future__ import annotations
 
-import json
 from hashlib import sha256
 from typing import Any
 
 from extproc.mcp.body import Piece
-from extproc.mcp.jsonrpc import parse_body
+from extproc.mcp.jsonrpc import id_text, parse_body
 from extproc.policy.capture import Capture
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.enforce import redact_for_record
@@ -81,7 +80,7 @@ def _response(
     **sse: Any,
 ) -> set[str]:
     """One mcp.response event, redacted by the policy's recording rules (or reduced to its capture level)."""
-    answered = {json.dumps(m["id"]) for m in messages if "id" in m and "method" not in m}
+    answered = {id_text(m["id"]) for m in messages if "id" in m and "method" not in m}
     messages, body, redactions = payload_for_record(policy, server, capture, messages, raw, keep_raw)
     log.emit(McpResponse(messages=messages, error=error, body=body, size=len(raw), redactions=redactions, **sse))
     return answered

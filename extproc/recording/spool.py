@@ -57,6 +57,7 @@ class Spool:
         self._lock: IO[bytes] | None = None
         # Open segment files by (session, writer, segment): no path is built for an append to an open file.
         self._handles: OrderedDict[SegmentKey, IO[bytes]] = OrderedDict()
+        self._ends: dict[SegmentKey, int] = {}  # each open segment file's size: no fstat per append
         self._dirty: set[SegmentKey] = set()
         self._max_open = max_open
         self._folders: set[str] = set()  # stream folders known to exist (with their meta.json)
@@ -190,6 +191,7 @@ class Spool:
         manifest = seal.manifest
         key = (manifest.session, manifest.writer, manifest.segment)
         handle = [self._handles.pop(key, None)]
+        self._ends.pop(key, None)
         self._dirty.discard(key)
         folder = self.path / stream_folder(manifest.session, manifest.writer)
         data_path = folder / f"{manifest.segment:08d}.seg"
@@ -245,6 +247,7 @@ class Spool:
             self._handles[key] = f
             while len(self._handles) > self._max_open:
                 old, h = self._handles.popitem(last=False)
+                self._ends.pop(old, None)
                 dirty = old in self._dirty
                 self._dirty.discard(old)
                 if retiring is not None:
@@ -253,7 +256,9 @@ class Spool:
                     close_files([(h, dirty)])
         else:
             self._handles.move_to_end(key)
-        end = os.fstat(f.fileno()).st_size
+        end = self._ends.get(key)
+        if end is None:
+            end = os.fstat(f.fileno()).st_size
         try:
             view = memoryview(data)
             while view:  # a raw write may take only part of the data (a disk filling up)
@@ -263,10 +268,12 @@ class Spool:
             # partial copy in front would break the chain (found by bench/faults/disk_full.py on a full tmpfs).
             os.ftruncate(f.fileno(), end)
             raise
+        self._ends[key] = end + len(data)
         self._dirty.add(key)
 
     def _forget(self, key: SegmentKey) -> None:
         f = self._handles.pop(key, None)
+        self._ends.pop(key, None)
         self._dirty.discard(key)
         if f is not None:
             try:
@@ -308,6 +315,7 @@ class Spool:
     def _seal(self, folder: Path, data_path: Path, manifest: Manifest, raw: bytes) -> None:
         key = (manifest.session, manifest.writer, manifest.segment)
         self._dirty.discard(key)
+        self._ends.pop(key, None)
         self._finish(folder, data_path, manifest, raw, self._handles.pop(key, None))
 
     def _finish(self, folder: Path, data_path: Path, manifest: Manifest, raw: bytes, f: IO[bytes] | None) -> None:
@@ -357,6 +365,7 @@ class Spool:
         for f in self._handles.values():
             f.close()
         self._handles.clear()
+        self._ends.clear()
         if remove_if_empty and not any(p.is_dir() for p in self.path.iterdir()):
             shutil.rmtree(self.path, ignore_errors=True)
         if self._lock is not None:

@@ -21,6 +21,8 @@ from extproc.recording.events import Event, ExchangeEnd, ExchangeStart
 from extproc.recording.manifest import GENESIS, Manifest, Signer
 from extproc.recording.spool_files import Append, Unfinished
 
+MAX_ENDED = 16_384  # ended sessions remembered per generation (about 2 MB); see Streams._epochs
+
 
 @dataclass(slots=True)
 class Stream:
@@ -59,6 +61,7 @@ class Streams:
         idle_timeout: float,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
+        max_ended: int = MAX_ENDED,
     ) -> None:
         self.writer_id = writer_id
         self.signer = signer
@@ -76,7 +79,13 @@ class Streams:
         # Streams with ops not yet in the spool (ended ones too), by identity: a round writes these and nothing else.
         self.pending: dict[int, Stream] = {}
         self.pending_bytes = 0  # chained lines not yet in the spool
-        self._epochs: dict[str, int] = {}  # sessions whose stream this writer ended, and how often
+        # Sessions whose stream this writer ended in this generation, and how often: a later event opens a stream
+        # under a name never used before. Bounded: when it holds ``max_ended`` sessions it is dropped and the
+        # generation moves on, so every stream opened afterwards is named with the new generation (a name no
+        # earlier stream had), whether or not its session ended before.
+        self._epochs: dict[str, int] = {}
+        self.max_ended = max_ended
+        self._generation = 0
         self._next_idle_scan = 0.0
         self._next_seal_scan = 0.0
         self._seal_tokens = seal_rate  # a token bucket over seals by exchange end or age
@@ -108,18 +117,21 @@ class Streams:
         dropped because ``room`` (recording.required: false) said the spool could not take their line."""
         ended: list[Stream] = []
         dropped: list[Event] = []
+        now = self._clock()  # one reading per batch: its events are chained within microseconds
+        sha256, active, open_streams = hashlib.sha256, self.active, self.open
         for e in events:
-            st = self.active[e.session] = self._stream(e.session)
-            line = event_line(st.seq, st.prev, e) + b"\n"
+            st = open_streams.get(e.session) or self._stream(e.session)
+            active[e.session] = st
+            body = event_line(st.seq, st.prev, e)
+            line = body + b"\n"
             if room is not None and not room(self.pending_bytes + len(line)):
                 dropped.append(e)  # never chained: what is kept still verifies
                 continue
             self.pending_bytes += len(line)
-            now = self._clock()
             if st.seg_size == 0:
                 st.seg_opened = now
             st.seq += 1
-            st.prev = hashlib.sha256(line[:-1]).hexdigest()
+            st.prev = sha256(body).hexdigest()
             if self.tap is not None:
                 self.tap(e, st.writer, st.segment, st.seq - 1, st.prev)
             st.seg_size += len(line)
@@ -140,8 +152,9 @@ class Streams:
     def _stream(self, session: str) -> Stream:
         st = self.open.get(session)
         if st is None:
-            epoch = self._epochs.get(session, 0)
-            writer = self.writer_id if epoch == 0 else f"{self.writer_id}.{epoch}"
+            epoch, gen = self._epochs.get(session, 0), self._generation
+            writer = self.writer_id if gen == 0 else f"{self.writer_id}.g{gen}"
+            writer = writer if epoch == 0 else f"{writer}.{epoch}"
             st = self.open[session] = Stream(session, writer, seg_opened=self._clock())
         return st
 
@@ -169,7 +182,7 @@ class Streams:
                 self.seal(st, final=True)
                 del self.open[session]
                 self.active.pop(session, None)
-                self._epochs[session] = self._epochs.get(session, 0) + 1
+                self._ended(session)
             elif scanned and st.seg_size and (st.due or now - st.seg_opened >= self.segment_age - self.seal_interval):
                 due.append(st)
         # Sealing signs a manifest and ships a segment: once per stream per seal interval, not once per exchange,
@@ -184,6 +197,13 @@ class Streams:
         for st in due:
             self.seal(st, final=False)
         return scanned
+
+    def _ended(self, session: str) -> None:
+        """This writer ended ``session``'s stream: its next one needs a new name (see ``_epochs``)."""
+        if len(self._epochs) >= self.max_ended and session not in self._epochs:
+            self._epochs.clear()
+            self._generation += 1
+        self._epochs[session] = self._epochs.get(session, 0) + 1
 
     def seal(self, st: Stream, final: bool) -> None:
         if st.seg_size == 0 and not final:

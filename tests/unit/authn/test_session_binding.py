@@ -103,3 +103,25 @@ def test_load_key_without_file_is_random_and_warns(caplog: pytest.LogCaptureFixt
         a, b = load_key(None), load_key(None)
     assert len(a) == 32 and a != b
     assert "replicas" in caplog.text
+
+
+def test_a_session_in_use_costs_one_hmac_and_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from extproc.authn import session_binding
+
+    computed: list[bytes] = []
+    real = session_binding._mac
+    monkeypatch.setattr(session_binding, "_mac", lambda sid, *rest: computed.append(sid) or real(sid, *rest))
+    value = bind("sid-memo", ALICE, KEY, "demo/")
+    for _ in range(3):  # each exchange: the id checked at admission, the server's id bound again on the response
+        assert unbind(value, ALICE, KEY, "demo/") == "sid-memo"
+        assert bind("sid-memo", ALICE, KEY, "demo/") == value
+    assert computed == [b"sid-memo"]
+    for other in ("other/", "demo/b"):  # another scope, key or identity is its own input: still refused
+        with pytest.raises(SessionNotYours):
+            unbind(value, ALICE, KEY, other)
+    with pytest.raises(SessionNotYours):
+        unbind(value, ALICE, b"z" * 32, "demo/")
+    monkeypatch.setattr(session_binding, "_MEMO_SIZE", 16)  # (4,096 in use)
+    for i in range(40):  # ids a client makes up fill it: emptied, never grown
+        bind(f"sid-{i}", ALICE, KEY)
+    assert len(session_binding._memo) <= 16

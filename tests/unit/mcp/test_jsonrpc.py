@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from extproc.mcp.jsonrpc import McpCall, error_response, is_request, loads, parse_body, to_call
+from extproc.mcp.jsonrpc import McpCall, error_response, id_text, is_request, loads, parse_body, to_call
 
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}
 NOTE = {"jsonrpc": "2.0", "method": "notifications/initialized"}
@@ -346,3 +346,8 @@ def test_integers_beyond_64_bits_stay_exact_with_the_byte_precheck(body: bytes) 
 
 def _values(doc: object) -> list[object]:
     return list(doc.values()) if isinstance(doc, dict) else list(doc) if isinstance(doc, list) else [doc]
+
+
+@pytest.mark.parametrize("msg_id", [7, 0, -3, 2**70, True, False, None, "7", "é", 1.5, 'a"b'])
+def test_id_text_is_the_json_text_that_pairs_responses(msg_id: object) -> None:
+    assert id_text(msg_id) == json.dumps(msg_id)  # a request's id and its response's id must give the same key

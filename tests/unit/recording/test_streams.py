@@ -101,3 +101,23 @@ def test_a_segment_that_would_pass_its_age_before_the_next_tick_is_sealed_on_thi
     now[0] += 0.81  # 0.19 s before its maximum age: the next tick would be late
     assert streams.cut([], stopping=False)
     assert _sealed(streams) == ["s"]
+
+
+def test_ended_sessions_are_remembered_within_a_bound_and_no_stream_name_is_reused() -> None:
+    now = [100.0]
+    streams = _streams(now)
+    streams.max_ended = 4  # (default MAX_ENDED)
+    names: list[tuple[str, str]] = []
+    for rnd in range(3):  # 30 sessions, each ended and later reopened by a late exchange
+        for i in range(10):
+            s, ex = f"s{i}", f"e{rnd}-{i}"
+            names.append((s, streams._stream(s).writer))
+            ended, _ = streams.chain(
+                [ExchangeStart(session=s, exchange=ex), ExchangeEnd(session=s, exchange=ex, ends_session=True)]
+            )
+            streams.cut(ended, stopping=False)
+            assert s not in streams.open  # the stream ended with its session
+    assert len(streams._epochs) <= 4  # unbounded before: one entry per session this writer ever ended
+    assert len(set(names)) == len(names)  # a late exchange never writes into a stream that has ended
+    assert [w for _, w in names[:4]] == ["w"] * 4  # the first generation keeps today's names
+    assert next(w for s, w in names if s == "s9") == "w.g2"  # a new generation: its own names for every session
