@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
-from exchange_bench import CALL, RESULT, _headers
+from exchange_bench import RESULT, _headers
 
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.authn.principal import Principal
@@ -37,6 +37,10 @@ from extproc.upstream.credentials import Upstream
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT_ID = "mcp-gateway"
+# A call the example policy allows on github (engineers read it): a refused call would measure a refusal, which
+# never goes upstream with the credential at all.
+READ = {"owner": "acme", "repo": "web", "path": "README.md"}
+CALL = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "get_file_contents", "arguments": READ}}
 
 
 class CachedAuth:
@@ -71,7 +75,8 @@ async def _exchanges(gw: Gateway, recorder: Recorder, server: str, token: str, w
         ex = Exchange(gw)
         first = await ex.on_request_headers(req_headers)
         assert not first.HasField("immediate_response"), first  # a refusal would measure nothing
-        await ex.on_request_body(req_body)
+        body = await ex.on_request_body(req_body)
+        assert not body.HasField("immediate_response"), body
         await ex.on_response_headers(resp_headers)
         await ex.on_response_body(resp_body)
         await asyncio.sleep(0)

@@ -112,6 +112,7 @@ class Exchange:
         self._guard_ms: float | None = None  # how long the server's outside guardrail took, when it was asked
         self.trace: ExchangeTrace | None = None  # OpenTelemetry spans (extproc/telemetry/), when tracing is on
         self._screen: results.ResultScreen | None = None  # invisible characters in results: found, maybe stripped
+        self._credentials: upstream.CredentialRecorder | None = None  # the upstream credential used, for the end
 
     @property
     def session(self) -> str | None:
@@ -160,9 +161,8 @@ class Exchange:
         if method in HTTP_METHODS and (refused := self._authorize_http(HTTP_METHODS[method])) is not None:
             return refused
         try:  # the server's own credential for this caller (extproc/upstream/); none to be had: refused, recorded
-            ctx = ExchangeContext(
-                self.id, self.request_id, self.session, caller_token(headers), credential_recorder(self.gw, self.log)
-            )
+            self._credentials = credential_recorder(self.gw, self.log)
+            ctx = ExchangeContext(self.id, self.request_id, self.session, caller_token(headers), self._credentials)
             backend = admission.backend.name if admission.backend else None
             credentials = await upstream.credentials(self.gw, self.principal, self.server_name, ctx, backend)
         except GatewayError as e:
@@ -337,7 +337,7 @@ class Exchange:
             detail=detail,
             ends_session=self.ends_session or is_synthetic_session(self.session or ""),
         )
-        self.log.emit(end, must=False)
+        self.log.emit(upstream.ending(end, self._credentials), must=False)
 
     async def commit_refusal(self) -> None:
         """A refusal's record (the decision, the end) goes to disk before the answer does. The answer goes either

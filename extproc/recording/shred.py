@@ -391,7 +391,7 @@ class PayloadSealer:
             self._subjects[ev.exchange] = subject
         else:
             subject = self._subjects.get(ev.exchange)
-            if kind is ExchangeEnd:
+            if isinstance(ev, ExchangeEnd):  # also ExchangeEndNaming (extproc/upstream/base.py)
                 self._subjects.pop(ev.exchange, None)
             if subject is None or kind not in _SEALED_TYPES:
                 return

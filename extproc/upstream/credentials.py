@@ -13,6 +13,7 @@ from extproc.authn.principal import Principal
 from extproc.errors import ConfigError
 from extproc.upstream.assertion import AssertionKey, GatewayAssertion
 from extproc.upstream.base import ExchangeContext, UpstreamCredentials
+from extproc.upstream.cache import RecordedCredentials
 from extproc.upstream.config import JWKS_PATH, Assertion, IdJag, Static, TokenExchange
 from extproc.upstream.static import StaticCredential
 from extproc.upstream.token_exchange import IdJagExchanger, TokenExchanger
@@ -35,6 +36,7 @@ class Upstream:
         self.by_server = dict(by_server)
         self.jwks: dict[str, Any] = {"keys": [k.jwk for k in keys]}
         self._http = http
+        self.recorded = RecordedCredentials()  # recorded in full per unit; later uses in that unit only name it
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Callable[[], float] = time.time) -> Upstream | None:
