@@ -31,6 +31,9 @@ def caller_token(headers: Mapping[str, str]) -> str:
     return headers.get("authorization", "").strip().partition(" ")[2].strip()
 
 
+_END_FIELDS = tuple(f.name for f in fields(ExchangeEnd))
+
+
 class CredentialRecorder:
     """Where an exchange's credential use (issued, cached, refused) goes: the metrics, and the exchange's record.
 
@@ -49,8 +52,13 @@ class CredentialRecorder:
 
     def __call__(self, ev: UpstreamCredential) -> None:
         outcome = "refused" if ev.refused else "cached" if ev.cached else "issued"
-        self._gw.metrics.upstream_credentials.labels(ev.server, ev.kind, outcome).inc()
         upstream, unit = self._gw.upstream, self._log.unit
+        counter = upstream.counters.get((ev.server, ev.kind, outcome)) if upstream is not None else None
+        if counter is None:  # the labelled child looked up once per (server, kind, outcome), not per exchange
+            counter = self._gw.metrics.upstream_credentials.labels(ev.server, ev.kind, outcome)
+            if upstream is not None:
+                upstream.counters[(ev.server, ev.kind, outcome)] = counter
+        counter.inc()
         if upstream is None or unit is None or ev.refused is not None or not ev.sha256:
             self._log.emit(ev)
             if upstream is not None and unit is None and ev.refused is None and ev.sha256:
@@ -82,7 +90,7 @@ def ending(end: ExchangeEnd, credentials: CredentialRecorder | None) -> Exchange
     credentials.ended()
     if credentials.named is None:
         return end
-    return ExchangeEndNaming(**{f.name: getattr(end, f.name) for f in fields(end)}, credential=credentials.named)
+    return ExchangeEndNaming(**{name: getattr(end, name) for name in _END_FIELDS}, credential=credentials.named)
 
 
 async def credentials(
