@@ -241,11 +241,11 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
             index.close()
 
 
-def reindex(settings: Settings) -> int:
+def reindex(settings: Settings, workers: int = 1) -> int:
     """Rebuild the index from the store; returns the number of sessions indexed."""
     signer = Signer.from_file(settings.recording.signing_key)
     index = SessionIndex(index_target(settings), build_store(settings.recording), signer.public)
     try:
-        return index.reindex()
+        return index.reindex(workers)
     finally:
         index.close()
