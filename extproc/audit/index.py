@@ -18,6 +18,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -33,6 +34,7 @@ from extproc.audit.summary import SessionRow, row_from_db, summarize
 from extproc.recording.replay import load_session
 from extproc.recording.store import Store
 from extproc.recording.store.file import MANIFESTS, FileStore
+from extproc.recording.units import run_windows
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ _MARKS = ",".join("?" * 16)
 _UPSERT = f"INSERT INTO sessions ({_COLUMNS}, mark) VALUES ({_MARKS}) ON CONFLICT (key) DO UPDATE SET " + ", ".join(
     f"{c.strip()} = excluded.{c.strip()}" for c in [*_COLUMNS.split(",")[1:], "mark"]
 )
+_RUN_CLIENT = re.compile(r"r-([0-9a-f]{16})-[0-9a-f]+")  # a stateless run's window unit (recording/units.py)
 _SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
 
 
@@ -233,6 +236,20 @@ class SessionIndex:
                 ("INSERT INTO revoked_logins VALUES (?, ?) ON CONFLICT (id) DO NOTHING", [(login_id, until)]),
             ]
         )
+
+    def run_windows(self, key: str, grants: list[Grant], who: tuple[str, str]) -> tuple[str | None, str | None]:
+        """A stateless run's units of the same client in the nearest earlier and later windows that this caller
+        may see (``recording/units.py``: a client busy across a window boundary continues in the next one)."""
+        client = _RUN_CLIENT.fullmatch(key)
+        if client is None:
+            return None, None
+        prefix = f"r-{client[1]}-"  # 16 hex digits: nothing LIKE would read as a wildcard
+        rows = [
+            row_from_db(r)
+            for r in self.backend.read(f"SELECT {_COLUMNS} FROM sessions WHERE key LIKE ?", (prefix + "%",))
+        ]
+        keys = [r.key for r in rows if r.key == key or allowed(grants, who, r)]
+        return run_windows(keys, key)
 
     def login_revoked(self, login_id: str) -> bool:
         return bool(self.backend.read("SELECT 1 FROM revoked_logins WHERE id = ?", (login_id,)))

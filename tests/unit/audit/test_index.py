@@ -175,3 +175,23 @@ def test_the_index_row_of_a_session_that_fails_verification_is_not_verified(prob
     session = Session(id="s", events=[{"type": "exchange.start", "exchange": "e", "time": 1.0, "server": "alpha"}])
     session.problems = [Problem("w", 2, p) for p in problems]
     assert summarize("s", session).verified is verified
+
+
+async def test_a_runs_neighbouring_windows_are_named_only_where_the_caller_may_see_them(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "rec")
+    client, other = "0123456789abcdef", "fedcba9876543210"
+    units = {f"r-{client}-{w:x}": u for w, u in ((0x100, "bob"), (0x200, "bob"), (0x500, "carol"), (0x600, "bob"))}
+    units[f"r-{other}-300"] = "bob"  # another client's run, between them in time
+    for key, user in units.items():
+        await _put(store, key, server="alpha", user=user, started=100.0)
+    index = SessionIndex(tmp_path / "i.sqlite", store)
+    index.refresh()
+    everyone, own = [Grant(None, True)], [Grant(None, False)]
+    bob = ("https://issuer.test", "bob")
+
+    assert index.run_windows(f"r-{client}-200", everyone, bob) == (f"r-{client}-100", f"r-{client}-500")
+    assert index.run_windows(f"r-{client}-200", own, bob) == (f"r-{client}-100", f"r-{client}-600")  # not carol's
+    assert index.run_windows(f"r-{client}-100", everyone, bob) == (None, f"r-{client}-200")
+    assert index.run_windows(f"r-{other}-300", everyone, bob) == (None, None)
+    assert index.run_windows("s01", everyone, bob) == (None, None)  # not a run
+    index.close()
