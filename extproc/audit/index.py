@@ -145,7 +145,7 @@ class SessionIndex:
 
     def reindex(self, workers: int = 1) -> int:
         """Forget everything and index the whole store again; a file store's sessions read by ``workers``
-        processes (``audit reindex`` uses every core; the service's background refresh stays on one)."""
+        processes (``audit reindex --workers``; the service's background refresh stays on one)."""
         with self._refreshing:
             self.backend.write([(f"DELETE FROM {t}", [()]) for t in ("sessions", "session_tools", "meta")])
             return self._refresh(workers)
