@@ -199,6 +199,10 @@ async def show_session(ctx: AuditContext, request: Request, who: Principal) -> R
     doc = session_doc(session)
     doc["session"] = row.to_json()
     doc["verification"] = {**_verification(session), "signatures_checked": ctx.public_key is not None}
+    # A stateless run is one unit per window: the same client's units just before and after (that this caller may
+    # see), as `sessions show` names them, so a run busy across a boundary reads on.
+    before, after = await asyncio.to_thread(ctx.index.run_windows, row.key, ctx.grants(who), _ident(who))
+    doc["windows"] = {"before": before, "after": after}
     body = json.dumps(doc, default=json_default, ensure_ascii=False)
     return Response(body, media_type="application/json")
 

@@ -45,6 +45,15 @@ class Audit(Section):
     index_interval_ms: Annotated[
         int, Field(ge=50, le=600_000, description="how often the index looks for new manifests")
     ] = 2000
+    max_connections: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=100_000,
+            description="connections and requests in progress at once; beyond it the service answers 503 at "
+            "once instead of holding more (a flood must not exhaust its memory or file descriptors)",
+        ),
+    ] = 256
 
     @field_validator("index")
     @classmethod

@@ -16,10 +16,13 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
+import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +34,16 @@ from extproc.audit.summary import SessionRow, row_from_db, summarize
 from extproc.recording.replay import load_session
 from extproc.recording.store import Store
 from extproc.recording.store.file import MANIFESTS, FileStore
+from extproc.recording.units import run_windows
 
 log = logging.getLogger(__name__)
 
 STATES = ("complete", "incomplete", "open")
 MAX_LIMIT = 500
 WATERMARK_STEP = 3600.0  # seconds between watermark writes while nothing changes
+BATCH = 500  # sessions per transaction (and per job of a worker process)
+PARALLEL_FROM = 2_000  # changed sessions from which a file store is read by one process per core
+MAX_WORKERS = 8
 MAX_CURSOR = 512  # a cursor names a time and a key (at most 128 characters): ~220 characters in base64
 _COLUMNS = (
     'key, id, server, owner_issuer, owner_subject, "user", started, ended, state, verified, final, exchanges, '
@@ -46,6 +53,7 @@ _MARKS = ",".join("?" * 16)
 _UPSERT = f"INSERT INTO sessions ({_COLUMNS}, mark) VALUES ({_MARKS}) ON CONFLICT (key) DO UPDATE SET " + ", ".join(
     f"{c.strip()} = excluded.{c.strip()}" for c in [*_COLUMNS.split(",")[1:], "mark"]
 )
+_RUN_CLIENT = re.compile(r"r-([0-9a-f]{16})-[0-9a-f]+")  # a stateless run's window unit (recording/units.py)
 _SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
 
 
@@ -116,45 +124,54 @@ class SessionIndex:
     def refresh(self) -> int:
         """Re-read the sessions that changed since the last refresh; returns how many."""
         with self._refreshing:
-            marks: dict[str, str] = dict(self.backend.read("SELECT key, mark FROM sessions"))
-            meta: dict[str, str] = dict(self.backend.read("SELECT name, value FROM meta"))
-            watermark = meta.get("watermark")
-            started = time.time()
-            old = float(watermark) if watermark else 0.0
-            changed, seen = self._changes(marks, old, meta)
-            n = self._update(changed)
-            # Idle rounds write nothing: a watermark rewritten every round grew the WAL by a page per round. It
-            # only narrows the S3 listing to recent days (by the day), so moving it hourly is as good.
-            if n or started - old >= WATERMARK_STEP:
-                seen["watermark"] = str(started)
-            if seen:
-                self.backend.write([(_SET_META, list(seen.items()))])
-            return n
+            return self._refresh(1)
 
-    def reindex(self) -> int:
-        """Forget everything and index the whole store again."""
+    def _refresh(self, workers: int) -> int:
+        """One refresh, the lock held by the caller."""
+        marks: dict[str, str] = dict(self.backend.read("SELECT key, mark FROM sessions"))
+        meta: dict[str, str] = dict(self.backend.read("SELECT name, value FROM meta"))
+        watermark = meta.get("watermark")
+        started = time.time()
+        old = float(watermark) if watermark else 0.0
+        changed, seen = self._changes(marks, old, meta)
+        n = self._update(changed, workers)
+        # Idle rounds write nothing: a watermark rewritten every round grew the WAL by a page per round. It
+        # only narrows the S3 listing to recent days (by the day), so moving it hourly is as good.
+        if n or started - old >= WATERMARK_STEP:
+            seen["watermark"] = str(started)
+        if seen:
+            self.backend.write([(_SET_META, list(seen.items()))])
+        return n
+
+    def reindex(self, workers: int = 1) -> int:
+        """Forget everything and index the whole store again; a file store's sessions read by ``workers``
+        processes (``audit reindex --workers``; the service's background refresh stays on one)."""
         with self._refreshing:
             self.backend.write([(f"DELETE FROM {t}", [()]) for t in ("sessions", "session_tools", "meta")])
-        return self.refresh()
+            return self._refresh(workers)
 
-    def _update(self, changed: dict[str, str]) -> int:
+    def _update(self, changed: dict[str, str], workers: int = 1) -> int:
         done = 0
-        batch: list[tuple[SessionRow, str]] = []
-        for key, mark in changed.items():
-            try:
-                row = summarize(key, load_session(self.store, key, self.public_key))
-            except KeyError:
-                continue  # listed but nothing readable yet (a segment still being stored)
-            except Exception:  # one unreadable session must not stop the index for the others
-                log.exception("cannot index session %s", key)
-                continue
-            batch.append((row, ("F" if row.final else "") + mark))  # F: final, skipped until its folder changes
-            done += 1
-            if len(batch) >= 500:
-                self.put_many(batch)
-                batch = []
-        self.put_many(batch)
+        for batch in self._summaries(changed, workers):
+            self.put_many(batch)
+            done += len(batch)
         return done
+
+    def _summaries(self, changed: dict[str, str], workers: int) -> Iterator[list[tuple[SessionRow, str]]]:
+        """Rows of the changed sessions, in batches of ``BATCH``. With ``workers`` > 1, many sessions of a file
+        store are read and checked by that many processes: reading is CPU-bound (the hash chains), and one thread
+        leaves the other cores idle for the half minute a 100,000-session store takes."""
+        items = list(changed.items())
+        workers = min(workers, MAX_WORKERS)
+        if isinstance(self.store, FileStore) and workers > 1 and len(items) >= PARALLEL_FROM:
+            key = self.public_key.public_bytes_raw() if self.public_key is not None else None
+            chunks = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
+            # spawn: the audit service calls this from a thread; a forked copy of a threaded process can deadlock
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                yield from pool.map(_summarize_files, [(self.store.root, key, c) for c in chunks])
+            return
+        for i in range(0, len(items), BATCH):
+            yield _summarize(self.store, self.public_key, items[i : i + BATCH])
 
     def put(self, row: SessionRow, mark: str) -> None:
         self.put_many([(row, mark)])
@@ -219,6 +236,20 @@ class SessionIndex:
                 ("INSERT INTO revoked_logins VALUES (?, ?) ON CONFLICT (id) DO NOTHING", [(login_id, until)]),
             ]
         )
+
+    def run_windows(self, key: str, grants: list[Grant], who: tuple[str, str]) -> tuple[str | None, str | None]:
+        """A stateless run's units of the same client in the nearest earlier and later windows that this caller
+        may see (``recording/units.py``: a client busy across a window boundary continues in the next one)."""
+        client = _RUN_CLIENT.fullmatch(key)
+        if client is None:
+            return None, None
+        prefix = f"r-{client[1]}-"  # 16 hex digits: nothing LIKE would read as a wildcard
+        rows = [
+            row_from_db(r)
+            for r in self.backend.read(f"SELECT {_COLUMNS} FROM sessions WHERE key LIKE ?", (prefix + "%",))
+        ]
+        keys = [r.key for r in rows if r.key == key or allowed(grants, who, r)]
+        return run_windows(keys, key)
 
     def login_revoked(self, login_id: str) -> bool:
         return bool(self.backend.read("SELECT 1 FROM revoked_logins WHERE id = ?", (login_id,)))
@@ -285,6 +316,29 @@ def allowed(grants: Iterable[Grant], who: tuple[str, str], row: SessionRow) -> b
         and (g.all_sessions or (row.owner_subject != "" and (row.owner_issuer, row.owner_subject) == who))
         for g in grants
     )
+
+
+def _summarize(
+    store: Store, public_key: Ed25519PublicKey | None, items: list[tuple[str, str]]
+) -> list[tuple[SessionRow, str]]:
+    out = []
+    for key, mark in items:
+        try:
+            row = summarize(key, load_session(store, key, public_key))
+        except KeyError:
+            continue  # listed but nothing readable yet (a segment still being stored)
+        except Exception:  # one unreadable session must not stop the index for the others
+            log.exception("cannot index session %s", key)
+            continue
+        out.append((row, ("F" if row.final else "") + mark))  # F: final, skipped until its folder changes
+    return out
+
+
+def _summarize_files(job: tuple[Path, bytes | None, list[tuple[str, str]]]) -> list[tuple[SessionRow, str]]:
+    """``_summarize`` in a worker process, over a file store at ``root`` (the key as raw bytes: it pickles)."""
+    root, key, items = job
+    public_key = Ed25519PublicKey.from_public_bytes(key) if key is not None else None
+    return _summarize(FileStore(root), public_key, items)
 
 
 def _file_changes(root: Path, marks: dict[str, str]) -> dict[str, str]:

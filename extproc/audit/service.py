@@ -145,6 +145,20 @@ async def keep_index(index: SessionIndex, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+def server_config(app: ASGIApp, audit: Audit) -> uvicorn.Config:
+    """uvicorn for the audit service: the peer stays the peer (x-forwarded-for is recorded beside it), and at most
+    ``audit.max_connections`` connections and requests at once (503 beyond)."""
+    return uvicorn.Config(
+        app,
+        host=audit.address,
+        port=audit.port,
+        log_level="warning",
+        lifespan="off",
+        proxy_headers=False,
+        limit_concurrency=audit.max_connections,
+    )
+
+
 class _Server(uvicorn.Server):
     """uvicorn, but a SIGTERM/SIGINT only asks it to stop.
 
@@ -213,10 +227,7 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
     web = WebViewer.build(settings, ctx)
     ctx.logins = web.logins
     app = build_app(ctx, audit.prefix, web.routes())
-    config = uvicorn.Config(
-        app, host=audit.address, port=audit.port, log_level="warning", lifespan="off", proxy_headers=False
-    )  # the peer stays the peer; x-forwarded-for is recorded beside it
-    server = _Server(config)
+    server = _Server(server_config(app, audit))
     refresher: asyncio.Task[None] | None = None
     with _stop_on_signals(server):  # a signal during start-up or close still ends in a closed trail
         await runtime.start()
@@ -245,11 +256,11 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
             index.close()
 
 
-def reindex(settings: Settings) -> int:
+def reindex(settings: Settings, workers: int = 1) -> int:
     """Rebuild the index from the store; returns the number of sessions indexed."""
     signer = Signer.from_file(settings.recording.signing_key)
     index = SessionIndex(index_target(settings), build_store(settings.recording), signer.public)
     try:
-        return index.reindex()
+        return index.reindex(workers)
     finally:
         index.close()

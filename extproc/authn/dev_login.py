@@ -10,12 +10,14 @@ import hashlib
 import html
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 CODE_TTL = 60.0
+MAX_CODES = 1024  # codes not yet exchanged: a flood of sign-ins evicts the oldest, never grows the process
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
@@ -35,7 +37,7 @@ class DevLogin:
 
     def __init__(self, mint: Callable[..., str]) -> None:
         self._mint = mint
-        self._codes: dict[str, _Code] = {}
+        self._codes: OrderedDict[str, _Code] = OrderedDict()  # in issue order, so in expiry order (one TTL)
 
     @staticmethod
     def _check(params: dict[str, str]) -> str | None:
@@ -76,7 +78,10 @@ class DevLogin:
             return 400, {"error": why}
         code = secrets.token_urlsafe(24)
         now = time.time()
-        self._codes = {c: v for c, v in self._codes.items() if v.expires > now}
+        while self._codes and next(iter(self._codes.values())).expires <= now:  # the expired ones, oldest first
+            self._codes.popitem(last=False)
+        while len(self._codes) >= MAX_CODES:
+            self._codes.popitem(last=False)
         groups = [g.strip() for g in form.get("groups", "").split(",") if g.strip()]
         self._codes[code] = _Code(
             form["client_id"], form["redirect_uri"], form["code_challenge"], form.get("nonce"), form["username"],

@@ -79,8 +79,8 @@ class Exchange(ExchangeState):
         credentials: dict[str, str] = {}
         if self.gw.upstream is not None:  # the server's own credential for this caller (extproc/upstream/)
             try:  # none to be had: refused, recorded
-                ctx = ExchangeContext(self.id, self.request_id, self.session, caller_token(headers),
-                                      credential_recorder(self.gw, self.log))  # fmt: skip
+                self._credentials = credential_recorder(self.gw, self.log)
+                ctx = ExchangeContext(self.id, self.request_id, self.session, caller_token(headers), self._credentials)
                 credentials = await upstream.credentials(self.gw, self.principal, self.server_name, ctx, backend)
             except GatewayError as e:
                 return self._refuse(e)

@@ -14,7 +14,7 @@ from extproc.admission import Admitted
 from extproc.authn.principal import Principal
 from extproc.envoy import responses
 from extproc.errors import GatewayError, RecordingUnavailable, StoreError
-from extproc.exchange import guard, request, response, results
+from extproc.exchange import guard, request, response, results, upstream
 from extproc.exchange.decide import Decisions
 from extproc.exchange.surface import SurfaceCheck
 from extproc.gateway import Gateway
@@ -73,6 +73,7 @@ class ExchangeState:
         self.trace: ExchangeTrace | None = None  # OpenTelemetry spans (extproc/telemetry/), when tracing is on
         self._screen: results.ResultScreen | None = None  # invisible characters in results: found, maybe stripped
         self._result_guard: guard.ResultGuard | None = None  # the guardrail asked about results (guard.py)
+        self._credentials: upstream.CredentialRecorder | None = None  # the upstream credential used, for the end
 
     @property
     def session(self) -> str | None:
@@ -131,7 +132,7 @@ class ExchangeState:
             detail=detail,
             ends_session=self.ends_session or is_synthetic_session(self.session or ""),
         )
-        self.log.emit(end, must=False)
+        self.log.emit(upstream.ending(end, self._credentials), must=False)
 
     async def commit_refusal(self) -> None:
         """A refusal's record (the decision, the end) goes to disk before the answer does. The answer goes either

@@ -7,15 +7,18 @@ the gateway sets them itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
 
 from extproc.admission import SESSION_HEADER
 from extproc.authn.principal import Principal
 from extproc.authn.verify import identity_headers
 from extproc.envoy.fields import UPSTREAM_HEADER
 from extproc.gateway import Gateway
+from extproc.recording.events import ExchangeEnd
 from extproc.recording.exchange_log import ExchangeLog
-from extproc.upstream.base import ExchangeContext, UpstreamCredential
+from extproc.upstream.base import ExchangeContext, ExchangeEndNaming, UpstreamCredential
 
 # Never forwarded as the client sent them: the token stays at the gateway (no token passthrough, per the MCP
 # spec) and identity headers are only ever set by the gateway itself, in neither spelling (a WSGI server reads
@@ -28,15 +31,66 @@ def caller_token(headers: Mapping[str, str]) -> str:
     return headers.get("authorization", "").strip().partition(" ")[2].strip()
 
 
-def credential_recorder(gw: Gateway, log: ExchangeLog) -> Callable[[UpstreamCredential], None]:
-    """Where a credential's use (issued, cached, refused) goes: the metrics and the exchange's record."""
+_END_FIELDS = tuple(f.name for f in fields(ExchangeEnd))
 
-    def record(ev: UpstreamCredential) -> None:
+
+class CredentialRecorder:
+    """Where an exchange's credential use (issued, cached, refused) goes: the metrics, and the exchange's record.
+
+    A credential is recorded in full (``upstream.credential``: kind, SHA-256, expiry, audience, scopes, who acted
+    for whom) the first time this process uses it in a recording unit; later exchanges of that unit name it in
+    their ``exchange.end`` (server, kind, SHA-256, expiry) and readers join the two (recording/report.py). A refusal
+    is always recorded in full, and so is a use whose unit is not known yet (it has no unit to be found in)."""
+
+    __slots__ = ("_gw", "_held", "_log", "named")
+
+    def __init__(self, gw: Gateway, log: ExchangeLog) -> None:
+        self._gw = gw
+        self._log = log
+        self.named: dict[str, Any] | None = None  # what exchange.end names instead of a second full record
+        self._held: tuple[str, str, str] | None = None  # recorded in full before the unit was known (initialize)
+
+    def __call__(self, ev: UpstreamCredential) -> None:
         outcome = "refused" if ev.refused else "cached" if ev.cached else "issued"
-        gw.metrics.upstream_credentials.labels(ev.server, ev.kind, outcome).inc()
-        log.emit(ev)
+        upstream, unit = self._gw.upstream, self._log.unit
+        counter = upstream.counters.get((ev.server, ev.kind, outcome)) if upstream is not None else None
+        if counter is None:  # the labelled child looked up once per (server, kind, outcome), not per exchange
+            counter = self._gw.metrics.upstream_credentials.labels(ev.server, ev.kind, outcome)
+            if upstream is not None:
+                upstream.counters[(ev.server, ev.kind, outcome)] = counter
+        counter.inc()
+        if upstream is None or unit is None or ev.refused is not None or not ev.sha256:
+            self._log.emit(ev)
+            if upstream is not None and unit is None and ev.refused is None and ev.sha256:
+                self._held = (ev.server, ev.kind, ev.sha256)  # goes out under the unit once it is known
+            return
+        key = (unit, ev.server, ev.kind, ev.sha256)
+        if upstream.recorded.seen(key):
+            self.named = {"server": ev.server, "kind": ev.kind, "sha256": ev.sha256, "expires_at": ev.expires_at}
+            return
+        self._log.emit(ev)
+        upstream.recorded.add(key)
 
-    return record
+    def ended(self) -> None:
+        """The exchange ends: a credential recorded before its unit was known now counts as recorded in it."""
+        upstream, unit = self._gw.upstream, self._log.unit
+        if self._held is not None and upstream is not None and unit is not None:
+            upstream.recorded.add((unit, *self._held))
+
+
+def credential_recorder(gw: Gateway, log: ExchangeLog) -> CredentialRecorder:
+    """The exchange's ``ExchangeContext.record``."""
+    return CredentialRecorder(gw, log)
+
+
+def ending(end: ExchangeEnd, credentials: CredentialRecorder | None) -> ExchangeEnd:
+    """``end``, naming the credential the exchange used when it was recorded in full earlier in the unit."""
+    if credentials is None:
+        return end
+    credentials.ended()
+    if credentials.named is None:
+        return end
+    return ExchangeEndNaming(**{name: getattr(end, name) for name in _END_FIELDS}, credential=credentials.named)
 
 
 async def credentials(

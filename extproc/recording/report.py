@@ -97,6 +97,7 @@ def verified_label(row: dict[str, Any]) -> str:
 def session_doc(session: Session) -> dict[str, Any]:
     """Everything `sessions show --json` prints."""
     exchanges = []
+    recorded = _recorded_credentials(session)
     for ex_id, events in session.exchanges.items():
         start = next((e for e in events if e["type"] == "exchange.start"), {})
         end = next((e for e in events if e["type"] == "exchange.end"), None)
@@ -114,7 +115,7 @@ def session_doc(session: Session) -> dict[str, Any]:
                 "outcome": end["outcome"] if end else "incomplete" if marker else "open",
                 "incomplete": marker.get("reason") if marker and not end else None,
                 "duration_ms": end["duration_ms"] if end else None,
-                "upstream": _credentials(events),
+                "upstream": _credentials(events, recorded),
                 # Sealed payloads whose subject was erased (shred.py): when, by whom, why; else None
                 "erased": next((e["erased"] for e in events if e.get("erased")), None),
                 "events": [{k: v for k, v in e.items() if k != "_writer"} for e in events],
@@ -183,11 +184,36 @@ def _mark_listed(calls: list[dict[str, Any]], session: Session) -> None:
             call["definition"] = {**d, "flag": flag, "changes": mine}
 
 
-def _credentials(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """An exchange's upstream.credential events as shown: kind, header, the token's SHA-256 (never the token),
-    expiry, audience, scopes, whether cached, who acted for whom, and the IdP's refusal if there was one."""
-    keys = ("server", "kind", "header", "sha256", "expires_at", "cached", "audience", "scopes", "delegation", "refused")
-    return [{k: e.get(k) for k in keys} for e in events if e["type"] == "upstream.credential"]
+_CREDENTIAL_KEYS = (
+    "server", "kind", "header", "sha256", "expires_at", "cached", "audience", "scopes", "delegation", "refused"
+)  # fmt: skip
+
+
+def _recorded_credentials(session: Session) -> dict[tuple[Any, Any, Any], dict[str, Any]]:
+    """The session's full upstream.credential records by (server, kind, SHA-256): what a later exchange.end names."""
+    out: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
+    for ex_id, events in session.exchanges.items():
+        for e in events:
+            if e["type"] == "upstream.credential" and not e.get("refused") and e.get("sha256"):
+                out.setdefault((e.get("server"), e.get("kind"), e["sha256"]), {**e, "exchange": ex_id})
+    return out
+
+
+def _credentials(
+    events: list[dict[str, Any]], recorded: dict[tuple[Any, Any, Any], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """An exchange's upstream credentials as shown: kind, header, the token's SHA-256 (never the token), expiry,
+    audience, scopes, whether cached, who acted for whom, and the IdP's refusal if there was one. A credential its
+    exchange.end only names (recorded in full earlier in the session) is joined to that record: ``recorded_in`` is
+    the exchange that holds it (None when no such record is found: then only what the end names is shown)."""
+    out = [{k: e.get(k) for k in _CREDENTIAL_KEYS} for e in events if e["type"] == "upstream.credential"]
+    for e in events:
+        named = e.get("credential") if e["type"] == "exchange.end" else None
+        if isinstance(named, dict):
+            full = recorded.get((named.get("server"), named.get("kind"), named.get("sha256")))
+            shown = {k: (full or {}).get(k) for k in _CREDENTIAL_KEYS}
+            out.append({**shown, **named, "cached": True, "recorded_in": full["exchange"] if full else None})
+    return out
 
 
 def credential_line(c: dict[str, Any]) -> str:
@@ -195,7 +221,7 @@ def credential_line(c: dict[str, Any]) -> str:
     if c.get("refused"):
         r = c["refused"]
         return f"upstream {c['kind']}: REFUSED {r.get('error', '')}: {r.get('description', '')}".rstrip(": ")
-    parts = [f"upstream {c['kind']} in {c['header']}", f"sha256 {(c.get('sha256') or '-')[:12]}"]
+    parts = [f"upstream {c['kind']} in {c.get('header') or '?'}", f"sha256 {(c.get('sha256') or '-')[:12]}"]
     if c.get("expires_at") is not None:
         parts.append(f"expires {_ts(c['expires_at'])}")
     if c.get("delegation"):

@@ -246,7 +246,7 @@ class PayloadSealer:
                 return
             self._subjects[ev.exchange] = subject
         elif kind not in _SEALED_TYPES:
-            if kind is ExchangeEnd:
+            if isinstance(ev, ExchangeEnd):  # also ExchangeEndNaming (extproc/upstream/base.py)
                 self._subjects.pop(ev.exchange, None)
             return
         elif (subject := self._subjects.get(ev.exchange)) is None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from extproc.authn.principal import Principal
-from extproc.recording.events import Event
+from extproc.recording.events import Event, ExchangeEnd
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,15 @@ class UpstreamCredential(Event):
     scopes: list[str] = field(default_factory=list)
     delegation: list[str] = field(default_factory=list)  # who acted for whom: subject first, then each actor
     refused: dict[str, Any] | None = None  # the IdP's error code and description, or why it was unavailable
+
+
+@dataclass(slots=True, kw_only=True)
+class ExchangeEndNaming(ExchangeEnd):
+    """``exchange.end`` of an exchange whose credential this writer already recorded in full in the same recording
+    unit (an ``upstream.credential`` of the same server, kind and SHA-256): the exchange names it here instead of
+    recording it again. One event less per exchange is what a warm cache must cost (issue: at most 2% CPU)."""
+
+    credential: dict[str, Any] = field(default_factory=dict)  # server, kind, sha256, expires_at
 
 
 class UpstreamCredentials(Protocol):

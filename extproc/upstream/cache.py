@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 CacheKey = tuple[str, str, str, tuple[str, ...]]  # issuer, subject, server, scopes
+RecordedKey = tuple[str, str, str, str]  # recording unit, server, kind, SHA-256 of the credential
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +81,28 @@ class CredentialCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+
+class RecordedCredentials:
+    """Which credential this process has recorded in full in which recording unit, so that later exchanges of the
+    unit only name it (``ExchangeEndNaming``). Bounded LRU: a key forgotten only means one more full record. Per
+    process on purpose: each writer's stream holds the full record of every credential it names."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._size = size
+        self._keys: OrderedDict[RecordedKey, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def seen(self, key: RecordedKey) -> bool:
+        if key not in self._keys:
+            return False
+        self._keys.move_to_end(key)
+        return True
+
+    def add(self, key: RecordedKey) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        if len(self._keys) > self._size:
+            self._keys.popitem(last=False)

@@ -13,6 +13,7 @@ from extproc.authn.principal import Principal
 from extproc.errors import ConfigError
 from extproc.upstream.assertion import AssertionKey, GatewayAssertion
 from extproc.upstream.base import ExchangeContext, UpstreamCredentials
+from extproc.upstream.cache import RecordedCredentials
 from extproc.upstream.config import JWKS_PATH, Assertion, IdJag, Static, TokenExchange
 from extproc.upstream.static import StaticCredential
 from extproc.upstream.token_exchange import IdJagExchanger, TokenExchanger
@@ -35,6 +36,9 @@ class Upstream:
         self.by_server = dict(by_server)
         self.jwks: dict[str, Any] = {"keys": [k.jwk for k in keys]}
         self._http = http
+        self.recorded = RecordedCredentials()  # recorded in full per unit; later uses in that unit only name it
+        self.counters: dict[tuple[str, str, str], Any] = {}  # (server, kind, outcome) -> its metric child
+        self._routes: dict[tuple[str, str | None], tuple[str, UpstreamCredentials | None]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Callable[[], float] = time.time) -> Upstream | None:
@@ -76,11 +80,14 @@ class Upstream:
         return cls(out, list(keys.values()), http)
 
     def _for(self, server: str, backend: str | None) -> tuple[str, UpstreamCredentials | None]:
-        """A backend's own credentials, else its server's."""
-        key = target(server, backend)
-        if key in self.by_server:
-            return key, self.by_server[key]
-        return server, self.by_server.get(server)
+        """A backend's own credentials, else its server's (worked out once per server and backend)."""
+        found = self._routes.get((server, backend))
+        if found is None:
+            key = target(server, backend)
+            found = (key, self.by_server[key]) if key in self.by_server else (server, self.by_server.get(server))
+            if len(self._routes) < 100_000:  # server and backend names come from the config, never from a client
+                self._routes[(server, backend)] = found
+        return found
 
     def asserts_identity(self, server: str, backend: str | None = None) -> bool:
         """Does this upstream get the gateway's signed assertion (which then replaces x-mcp-user/x-mcp-groups)?"""

@@ -98,6 +98,7 @@ class TokenExchanger:
         self._key = _signing_key(cfg.private_key_file) if cfg.private_key_file else None  # fails at start-up
         self._endpoints: dict[str, str] = {}  # issuer -> token endpoint, from discovery
         self.audience = tuple(x for x in (cfg.audience, cfg.resource) if x)
+        self._scopes = tuple(cfg.scopes)  # the cache key's, made once
 
     async def headers_for(self, principal: Principal | None, server: str, ctx: ExchangeContext) -> dict[str, str]:
         """``Authorization: Bearer <a token for this server alone>``, issued for the caller."""
@@ -105,7 +106,7 @@ class TokenExchanger:
             raise Forbidden(f"server {server!r} needs a verified caller to exchange a token for")
         if self.cfg.issuer is not None and principal.issuer != self.cfg.issuer:
             raise Forbidden(f"server {server!r} accepts only callers of issuer {self.cfg.issuer}")
-        key = (principal.issuer, principal.subject, server, tuple(self.cfg.scopes))
+        key = (principal.issuer, principal.subject, server, self._scopes)
         try:
             issued, cached = await self.cache.get(key, lambda: self._within_deadline(principal, ctx))
         except (UpstreamIdentityRefused, UpstreamIdentityUnavailable) as e:

@@ -16,11 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 from gateway_parts import Gateway, open_session, recording_key
+from synthetic import session_segments
 
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.demo.mcp_client import connect, run_session
 from extproc.launcher import free_port, wait_until
-from extproc.recording.manifest import generate_keys
+from extproc.recording.manifest import Signer, generate_keys
 
 CHROMIUM = "/usr/bin/chromium"
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -86,11 +87,16 @@ async def test_web_viewer_login_find_play_incomplete_and_refused(
     played = recording_key((await run_session(gw.url("alpha"), token("bob"))).session_id, "alpha")
     hidden = recording_key((await run_session(gw.url("beta"), token("bob"))).session_id, "beta")
     incomplete = await asyncio.to_thread(_kill_mid_call, gw, token("bob"))
+    # A stateless client's run across three windows (one unit per window; recording/units.py), written as stored.
+    runs = [f"r-0123456789abcdef-{w:x}" for w in (0x6000, 0x6100, 0x6200)]
+    for i, unit in enumerate(runs):
+        for seg in session_segments(unit, server="alpha", user="bob", started=1.7e9 + i, signer=Signer.from_file(key)):
+            await gw.store.put_segment(seg)
 
     def indexed() -> bool:
         r = httpx.get(f"{gw.endpoint}/audit/api/sessions", headers={"authorization": f"Bearer {token('x', 'team-a')}"})
         rows = {s["session"]: s["state"] for s in r.json()["sessions"]}
-        return rows.get(played) == "complete" and rows.get(incomplete) == "incomplete"
+        return rows.get(played) == "complete" and rows.get(incomplete) == "incomplete" and set(runs) <= set(rows)
 
     await asyncio.to_thread(wait_until, indexed, 30, "the sessions in the index", 0.2)
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
@@ -145,6 +151,15 @@ async def test_web_viewer_login_find_play_incomplete_and_refused(
             await row.locator("a").click()
             await page.wait_for_selector("#incomplete-note")
             await page.screenshot(path=str(ARTIFACTS / "4-incomplete.png"), full_page=True)
+
+            # A run's unit links the same client's units of the windows before and after; following one goes on.
+            await page.goto(base + f"s/{runs[1]}")
+            links = page.locator("#run-windows a")
+            await links.nth(1).wait_for()
+            assert [await a.get_attribute("href") for a in await links.all()] == [f"/audit/s/{u}" for u in runs[::2]]
+            await links.nth(1).click()
+            await page.wait_for_selector(f"h1:has-text('{runs[2]}')")
+            assert await page.locator("#run-windows a").all_text_contents() == ["← window before"]
 
             # A session outside the grant: the same "no such session" as one that does not exist.
             await page.goto(base + f"s/{hidden}")

@@ -27,6 +27,7 @@ from gateway_parts import ACCEPT, Gateway, SampleServer, recording_key
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from moto.server import ThreadedMotoServer
+from redis_server import RedisServer
 
 from extproc.authn.dev_issuer import DevIssuer
 from extproc.demo.mcp_client import RECORDING_HEADER
@@ -40,6 +41,12 @@ from extproc.recording.store.s3 import S3Store
 POLICY = """
 apiVersion: mcp-extproc/v1
 rules:
+  - name: add-budget
+    effect: allow
+    subjects: {users: ["*"]}
+    targets: {servers: [demo], tools: [add]}
+    limits:
+      - {calls: 3, per: 1m}
   - name: allow-everything
     effect: allow
     subjects: {users: ["*"]}
@@ -137,6 +144,8 @@ def replicas(
     tmp_path: Path,
 ) -> Iterator[Replicas]:
     server = start_mcp_server("demo")
+    redis = RedisServer(tmp_path / "redis").start()  # the budgets both replicas count in (policy rule add-budget)
+    request.addfinalizer(redis.stop)
     key, pub = generate_keys(tmp_path / "keys")
     (tmp_path / "session.key").write_text(secrets.token_hex(32))
     (tmp_path / "policies").mkdir()
@@ -172,6 +181,7 @@ def replicas(
                     **({"store": "s3", "s3": s3} if s3 else {}),  # the spool stays in the shared directory
                 },
                 audit={"port": free_port(), "index": postgres_url, "index_interval_ms": 100},
+                budgets={"store": redis.url, "timeout_ms": 2000},
             )
         )
     yield Replicas(
@@ -191,8 +201,11 @@ def _cli(replicas: Replicas, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "extproc", *args], capture_output=True, text=True, timeout=60, env=env)
 
 
-async def _client_calls(replicas: Replicas, balancer: RoundRobin, mode: str, calls: int) -> tuple[str, list[str]]:
-    """An SDK client through the balancer: list tools, then ``calls`` echo calls; its unit and the runs named."""
+async def _client_calls(
+    replicas: Replicas, balancer: RoundRobin, mode: str, calls: int, adds: list[bool] | None = None
+) -> tuple[str, list[str]]:
+    """An SDK client through the balancer: list tools, then ``calls`` echo calls, then (``adds``) add calls, each
+    one's outcome appended (passed or refused by its budget); its unit and the runs named."""
     runs: list[str] = []
     session: list[str] = []
 
@@ -213,6 +226,13 @@ async def _client_calls(replicas: Replicas, balancer: RoundRobin, mode: str, cal
             for i in range(calls):
                 result = await client.call_tool("echo", {"text": f"call {i}"})
                 assert result.structured_content == {"result": f"call {i}"}
+            for i in range(len(adds or [])):
+                try:
+                    passed = (await client.call_tool("add", {"a": i, "b": 1})).structured_content == {"result": i + 1}
+                except Exception as e:  # the SDK raises the gateway's JSON-RPC refusal
+                    assert "add-budget" in str(e), e
+                    passed = False
+                adds[i] = passed  # type: ignore[index]  # only reached with adds
     return (recording_key(session[0]) if session else runs[0]), runs
 
 
@@ -225,8 +245,13 @@ def _verified(replicas: Replicas, unit: str) -> str:
 @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
 def test_a_session_or_run_across_two_replicas_is_one_session(replicas: Replicas, mode: str) -> None:
     balancer = RoundRobin(replicas.ports)
-    unit, runs = asyncio.run(_client_calls(replicas, balancer, mode, calls=8))
+    adds = [False] * (5 if mode == "legacy" else 0)
+    unit, runs = asyncio.run(_client_calls(replicas, balancer, mode, calls=8, adds=adds))
     assert set(balancer.landed) == set(replicas.ports)  # every other request on each replica
+    # One budget across both replicas and their workers (one Redis): 3 of 5 add calls pass, wherever they land
+    # (each worker counting alone would let every one of them through).
+    if mode == "legacy":
+        assert adds == [True] * 3 + [False] * 2
     if mode != "legacy":
         assert set(runs) == {unit}  # every worker of both replicas named the same run
 
@@ -252,7 +277,7 @@ def test_a_session_or_run_across_two_replicas_is_one_session(replicas: Replicas,
     session = load_session(replicas.store, unit, None)
     starts = [e for e in session.events if e["type"] == "exchange.start"]
     sent = [m["method"] for e in session.events if e["type"] == "mcp.request" for m in e["messages"]]
-    assert sent.count("tools/call") == 8 and session.summary()["state"] == "complete"
+    assert sent.count("tools/call") == 8 + len(adds) and session.summary()["state"] == "complete"
     assert f"in {len(writers)} stream(s), signatures checked" in _verified(replicas, unit)
     shown = json.loads(_cli(replicas, "sessions", "show", unit, "--json").stdout)
     assert len(shown["exchanges"]) == len(starts)  # one session, every writer's exchanges merged in time order

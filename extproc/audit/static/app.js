@@ -258,6 +258,15 @@
         " → ", shortFp(x.new), `, decision ${x.decision}`, x.rule ? [" (", ruleRef(x.rule), ")"] : "")));
   }
 
+  // A stateless run is recorded one unit per window: the same client's units of the windows before and after.
+  function windowLinks(w) {
+    if (!w || (!w.before && !w.after)) return null;
+    const link = (key, text) => el("a", { href: PREFIX + "s/" + encodeURIComponent(key), class: "window-link" }, text);
+    return el("p", { id: "run-windows", class: "muted" }, "This client's run continues: ",
+      w.before ? link(w.before, "← window before") : null, w.before && w.after ? " · " : null,
+      w.after ? link(w.after, "window after →") : null);
+  }
+
   // Who the server saw: the upstream credential of the call's exchange (session_doc's upstream). Never a token:
   // the recording holds only its SHA-256.
   function credentialLine(u) {
@@ -377,6 +386,7 @@
           `${s.exchanges} exchanges`, `${s.events} events`].map((t) => el("span", {}, t)),
         doc.summary && doc.summary.capture ? el("span", { id: "capture" }, "capture " + doc.summary.capture) : null,
         s.denied ? deniedBadge(s.denied) : null, verifyBtn),
+      windowLinks(doc.windows),
       s.state === "incomplete"
         ? el("p", { class: "state-incomplete", id: "incomplete-note" },
             "Incomplete: a processor stopped before some exchanges ended; what it wrote before is kept.") : null,

@@ -123,12 +123,17 @@ class FileStore:
 
     def read_session(self, session: str) -> dict[str, StreamData]:
         folder = self.root / safe_key(session)
+        try:  # one listing, no glob (a reindex reads 100,000 folders: glob's pattern machinery was 10% of it)
+            with os.scandir(folder) as entries:
+                names = {e.name for e in entries}
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
         out = {}
-        for p in sorted(folder.glob("*" + SUFFIX)):
-            writer = p.name.removesuffix(SUFFIX)
-            manifests = folder / (writer + MANIFESTS)
-            lines = manifests.read_bytes().splitlines() if manifests.exists() else []
-            out[writer] = StreamData(p.read_bytes(), lines)
+        for name in sorted(n for n in names if n.endswith(SUFFIX) and not n.startswith(".")):  # as glob('*')
+            writer = name.removesuffix(SUFFIX)
+            manifests = writer + MANIFESTS
+            lines = (folder / manifests).read_bytes().splitlines() if manifests in names else []
+            out[writer] = StreamData((folder / name).read_bytes(), lines)
         return out
 
 

@@ -10,6 +10,7 @@ from synthetic import session_segments
 
 from extproc.audit.index import BadQuery, Filters, Grant, SessionIndex, decode_cursor
 from extproc.audit.index_db import SQLiteBackend
+from extproc.recording.manifest import Signer, generate_keys
 from extproc.recording.store.file import FileStore
 
 
@@ -46,6 +47,27 @@ async def test_incremental_updates_equal_a_fresh_reindex(tmp_path: Path) -> None
     strip = [row[:-1] for row in _dump(inc)]  # all but the change mark
     assert strip == [row[:-1] for row in _dump(fresh)]
     assert inc.get("s1").events == 8  # type: ignore[union-attr]
+
+
+async def test_a_reindex_by_several_processes_equals_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`audit reindex` reads a file store with one process per core: the same rows, the signatures checked with
+    the key in each process, a broken session indexed as unverified there too."""
+    monkeypatch.setattr("extproc.audit.index.PARALLEL_FROM", 1)
+    monkeypatch.setattr("extproc.audit.index.BATCH", 3)  # several jobs per process
+    key, _ = generate_keys(tmp_path / "keys")
+    store, signer = FileStore(tmp_path / "rec"), Signer.from_file(key)
+    for i in range(8):
+        await _put(store, f"s{i}", server="alpha", user=f"u{i}", started=100.0 + i, signer=signer, tools=("a",))
+    (tmp_path / "rec" / "s3" / "w1.jsonl").write_bytes(b"not a chain\n")
+    one = SessionIndex(tmp_path / "one.sqlite", store, Signer.from_file(key).public)
+    many = SessionIndex(tmp_path / "many.sqlite", store, Signer.from_file(key).public)
+    assert one.reindex() == many.reindex(workers=2) == 8
+    assert _dump(one) == _dump(many)
+    rows = {k: many.get(k) for k in (f"s{i}" for i in range(8))}
+    assert [k for k, r in rows.items() if r is None or not r.verified] == ["s3"]
+    one.close(), many.close()
 
 
 @pytest.fixture
@@ -153,3 +175,23 @@ def test_the_index_row_of_a_session_that_fails_verification_is_not_verified(prob
     session = Session(id="s", events=[{"type": "exchange.start", "exchange": "e", "time": 1.0, "server": "alpha"}])
     session.problems = [Problem("w", 2, p) for p in problems]
     assert summarize("s", session).verified is verified
+
+
+async def test_a_runs_neighbouring_windows_are_named_only_where_the_caller_may_see_them(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "rec")
+    client, other = "0123456789abcdef", "fedcba9876543210"
+    units = {f"r-{client}-{w:x}": u for w, u in ((0x100, "bob"), (0x200, "bob"), (0x500, "carol"), (0x600, "bob"))}
+    units[f"r-{other}-300"] = "bob"  # another client's run, between them in time
+    for key, user in units.items():
+        await _put(store, key, server="alpha", user=user, started=100.0)
+    index = SessionIndex(tmp_path / "i.sqlite", store)
+    index.refresh()
+    everyone, own = [Grant(None, True)], [Grant(None, False)]
+    bob = ("https://issuer.test", "bob")
+
+    assert index.run_windows(f"r-{client}-200", everyone, bob) == (f"r-{client}-100", f"r-{client}-500")
+    assert index.run_windows(f"r-{client}-200", own, bob) == (f"r-{client}-100", f"r-{client}-600")  # not carol's
+    assert index.run_windows(f"r-{client}-100", everyone, bob) == (None, f"r-{client}-200")
+    assert index.run_windows(f"r-{other}-300", everyone, bob) == (None, None)
+    assert index.run_windows("s01", everyone, bob) == (None, None)  # not a run
+    index.close()

@@ -8,7 +8,7 @@ import jwt
 import pytest
 
 from extproc.audit.web import pkce_challenge
-from extproc.authn.dev_login import DevLogin
+from extproc.authn.dev_login import MAX_CODES, DevLogin
 
 VERIFIER = "v" * 50
 REQUEST = {
@@ -79,3 +79,11 @@ def test_authorization_requests_without_pkce_or_off_loopback_are_refused(over: d
     login = _login()
     assert login.login_page({**REQUEST, **over})[0] == 400
     assert login.authorize({**REQUEST, **over, "username": "a"})[0] == 400
+
+
+def test_a_flood_of_sign_ins_keeps_at_most_max_codes_the_oldest_evicted() -> None:
+    login = _login()
+    codes = [_code(login) for _ in range(MAX_CODES + 10)]  # none exchanged: before, every one was kept a minute
+    assert len(login._codes) == MAX_CODES
+    assert login.token(_token_form(codes[0]))[1]["error"] == "invalid_grant"  # evicted, the oldest first
+    assert login.token(_token_form(codes[-1]))[0] == 200  # the latest still works

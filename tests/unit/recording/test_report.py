@@ -129,3 +129,27 @@ def test_each_exchange_names_its_upstream_credential_never_a_token() -> None:
     assert "upstream token_exchange in authorization, sha256 abababababab, expires 2026-11-30" in text
     assert "mcp-gateway acting for alice" in text
     assert "upstream token_exchange: REFUSED invalid_target: unknown target" in text
+
+
+def test_an_exchange_end_naming_a_credential_is_joined_to_its_full_record() -> None:
+    """A credential recorded in full once per unit; later exchanges' ends name it (extproc/exchange/upstream.py)."""
+    full = {"type": "upstream.credential", "server": "demo", "kind": "token_exchange", "header": "authorization"}
+    full |= {"exchange": "x1", "time": 2.0, "sha256": "ab" * 32, "expires_at": 1_796_000_300.0, "cached": False}
+    full |= {"audience": ["api"], "scopes": ["repo:read"], "delegation": ["alice", "mcp-gateway"]}
+    named = {"server": "demo", "kind": "token_exchange", "sha256": "ab" * 32, "expires_at": 1_796_000_300.0}
+    lost = {**named, "sha256": "cd" * 32}  # its full record is not in the session (a lost or foreign line)
+    events = [{"type": "exchange.start", "exchange": "x1", "time": 1.0}, full]
+    for ex, credential in (("x2", named), ("x3", lost)):
+        end = {"type": "exchange.end", "exchange": ex, "time": 3.1, "outcome": "complete", "duration_ms": 1.0}
+        events += [{"type": "exchange.start", "exchange": ex, "time": 3.0}, {**end, "credential": credential}]
+    by_ex = {x["exchange"]: x["upstream"] for x in session_doc(Session("s", events=events))["exchanges"]}
+    (joined,) = by_ex["x2"]
+    kept = {k: v for k, v in full.items() if k not in ("type", "exchange", "time")}
+    assert joined == {**kept, "refused": None, "cached": True, "recorded_in": "x1"}
+    (alone,) = by_ex["x3"]
+    assert alone["sha256"] == "cd" * 32 and alone["kind"] == "token_exchange" and alone["recorded_in"] is None
+    assert alone["delegation"] is None
+    out = io.StringIO()
+    print_session(Console(file=out, width=200, color_system=None), Session("s", events=events))
+    assert out.getvalue().count("upstream token_exchange in authorization, sha256 abababababab") == 2
+    assert "upstream token_exchange in ?, sha256 cdcdcdcdcdcd" in out.getvalue()
