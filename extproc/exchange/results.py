@@ -51,9 +51,9 @@ class ResultScreen:
 
     def note(self, piece: Piece) -> None:
         """Record where a recorded piece (an SSE event, a JSON document) holds invisible characters in a result."""
-        text = piece.event.data.encode() if piece.event is not None else piece.raw
-        if not may_hold_invisible(text):
+        if not may_hold_invisible(piece.raw):  # an event's raw bytes hold every form its data holds: no copy
             return
+        text = piece.event.data.encode() if piece.event is not None else piece.raw
         try:
             doc = loads(text)
         except ValueError:
