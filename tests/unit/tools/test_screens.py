@@ -227,6 +227,32 @@ def test_generated_streams_strip_like_the_parsed_document_in_any_chunking(pieces
     assert out == whole
 
 
+def _case_forms(hex4: str) -> set[str]:
+    return {"".join(v) for v in itertools.product(*[(c.lower(), c.upper()) for c in hex4])}
+
+
+def test_every_form_of_every_invisible_character_is_found_and_stripped() -> None:
+    # The byte search looks for a short list of prefixes (hex in either case): none may be missing.
+    forms: list[bytes] = []
+    for c in [*range(0x80, 0x10000), *range(0xE0000, 0xE0080)]:
+        if not screens._INVISIBLE.match(chr(c)):
+            continue
+        forms.append(chr(c).encode())
+        if c < 0x10000:
+            forms += [f"\\u{v}".encode() for v in _case_forms(f"{c:04x}")]
+        else:
+            low = 0xDC00 + (c - 0xE0000)
+            forms += [f"\\u{h}\\u{v}".encode() for h in _case_forms("db40") for v in _case_forms(f"{low:04x}")]
+    assert len(forms) > 1000
+    for form in forms:
+        raw = b'{"t":"a' + form + b'b"}'
+        assert may_hold_invisible(raw), form
+        assert strip_invisible_bytes(raw) == b'{"t":"ab"}', form
+        if form.startswith(b"\\"):  # after an escaped backslash, the same letters are text
+            text = raw.replace(b"\\u", b"\\\\u")
+            assert strip_invisible_bytes(text) == text and not may_hold_invisible(text), form
+
+
 def test_long_clean_text_costs_a_byte_search_not_a_pattern_scan() -> None:
     # The stripper ran its pattern over every chunk that was not plain ASCII (or held a "\u"): ~1 s per MiB of
     # text with a curly quote or an accent in it, where a search in C needs ~1 ms. Measured against one
