@@ -375,6 +375,12 @@ def run_size(
             doc = yaml.safe_load(config.read_text())
             doc["recording"]["signing_key"] = str(key)
             doc["recording"].update(args.recording_options)
+            for dotted, value in args.settings.items():  # e.g. limits.max_request_body_bytes: Envoy's buffer
+                *parents, leaf = dotted.split(".")
+                node = doc
+                for key in parents:
+                    node = node.setdefault(key, {})
+                node[leaf] = value
             doc["processor"]["metrics_port"] = metrics_port = free_port()
             config.write_text(yaml.safe_dump(doc, sort_keys=False))
             who = authed_identities(config, issuer, 1)[0]
@@ -414,7 +420,21 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="extra recording: key (YAML value), e.g. segment_max_bytes=4194304; repeatable",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="DOTTED.KEY=VALUE",
+        help="any gateway config key (YAML value), e.g. limits.max_request_body_bytes=262144 (Envoy's per-connection "
+        "buffer, so the largest response-body message the processor gets); repeatable",
+    )
     args = parser.parse_args(argv)
+    args.settings = {}
+    for option in args.set:
+        key, sep, value = option.partition("=")
+        if not sep:
+            parser.error(f"--set {option!r}: expected DOTTED.KEY=VALUE")
+        args.settings[key.strip()] = yaml.safe_load(value)
     args.recording_options = {}
     for option in args.recording:
         key, sep, value = option.partition("=")
@@ -442,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
             "processor_workers": 1,
             "path": "auth (dev issuer token) + policy (one allow rule) + signed recording (file store)",
             "recording_options": args.recording_options,
+            "settings": args.settings,
             "capture": args.capture or "redacted (default)",
         },
         "results": results,
