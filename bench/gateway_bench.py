@@ -55,8 +55,9 @@ from extproc.authn.session_binding import bind, load_key
 from extproc.envoy.bootstrap import render, render_yaml
 from extproc.envoy.clusters import PROCESSOR_CLUSTER
 from extproc.envoy.config import Edge
-from extproc.launcher import Stack, can_connect, envoy_binary, free_port, http_ok, wait_until
-from extproc.launcher import envoy_command as launcher_envoy_command
+from extproc.envoy.process import envoy_binary
+from extproc.envoy.process import envoy_command as launcher_envoy_command
+from extproc.launcher import Stack, can_connect, free_port, http_ok, wait_until
 from extproc.server import listen_address
 from extproc.settings import load as load_settings
 from extproc.workers import worker_command

@@ -26,7 +26,7 @@ import yaml
 from extproc.authn.principal import Principal
 from extproc.mcp.jsonrpc import McpCall
 from extproc.policy import decide, filter_list, load_policy
-from extproc.policy.compiled import LoadedFile, compile_policy
+from extproc.policy.compiler import LoadedFile, compile_policy
 from extproc.policy.loader import parse_yaml, policy_files, validate
 from extproc.policy.model import PolicyFile
 

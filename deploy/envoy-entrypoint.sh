@@ -13,7 +13,7 @@ bootstrap="${ENVOY_BOOTSTRAP:-/tmp/envoy.yaml}"
 
 # A bad gateway.yaml stops here with the file and key named, before Envoy sees anything.
 mcp-extproc envoy-config --config "$config" --output "$bootstrap"
-envoy="$(python -c 'from extproc.launcher import envoy_binary; print(envoy_binary())')"
+envoy="$(python -c 'from extproc.envoy.process import envoy_binary; print(envoy_binary())')"
 
 # log_format: json in gateway.yaml -> Envoy's own lines in the same JSON shape as the processor's (no spaces in it).
 log_format="$(python -c 'import sys; from extproc import settings; from extproc.envoy.access_log import envoy_log_args

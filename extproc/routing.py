@@ -21,7 +21,8 @@ from extproc.authn.principal import ANONYMOUS, Principal
 from extproc.envoy.config import Server
 from extproc.envoy.fields import UPSTREAM_HEADER
 from extproc.errors import Forbidden, GatewayError, OriginNotAllowed
-from extproc.policy.compiled import CompiledSubjects, compile_subjects
+from extproc.policy.compiled import CompiledSubjects
+from extproc.policy.compiler import compile_subjects
 from extproc.policy.engine import subjects_miss
 from extproc.sections import split_hostport
 from extproc.settings import Settings

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from extproc.authn.challenge import protected_resource_metadata, resource_metadata_url
@@ -32,19 +32,19 @@ class ExchangeOptions:
 def compile_options(settings: Settings) -> ExchangeOptions:
     """The exchange's options from ``settings`` (reads the session key file: a missing one is a ConfigError)."""
     rec = settings.recording
-    common = {
-        "required": rec.required,
-        "max_event_body_bytes": rec.max_event_body_bytes,
-        "run_idle_gap_s": rec.run_idle_gap_s,
-        "held": HoldBudget(rec.max_held_body_bytes),
-        "capture_salt": load_salt(rec.capture_salt_file),
-    }
+    options = ExchangeOptions(
+        required=rec.required,
+        max_event_body_bytes=rec.max_event_body_bytes,
+        run_idle_gap_s=rec.run_idle_gap_s,
+        held=HoldBudget(rec.max_held_body_bytes),
+        capture_salt=load_salt(rec.capture_salt_file),
+    )
     auth = settings.auth
     if auth is None:
-        return ExchangeOptions(**common)  # type: ignore[arg-type]
+        return options
     url = resource_metadata_url(auth)
-    return ExchangeOptions(
-        **common,  # type: ignore[arg-type]
+    return replace(
+        options,
         forward_identity=auth.forward_identity_headers,
         session_key=load_key(auth.session_secret_file),
         metadata_url=url,

@@ -29,8 +29,8 @@ from extproc.audit.context import (
 )
 from extproc.audit.index import MAX_LIMIT, STATES, BadQuery, Filters, allowed
 from extproc.audit.summary import SessionRow, summarize
+from extproc.authn.errors import AuthError
 from extproc.authn.principal import Principal
-from extproc.errors import AuthError
 from extproc.recording.replay import Session, load_session
 from extproc.recording.report import session_doc
 from extproc.recording.store import safe_key

@@ -17,8 +17,9 @@ from starlette.routing import Route
 from extproc.audit.api import audited
 from extproc.audit.context import ApiError, AuditContext
 from extproc.authn.principal import Principal
-from extproc.controls.approvals import ApprovalError, ApprovalStore, Entry
-from extproc.controls.approvals import Request as HeldCall
+from extproc.controls.approval_files import Entry
+from extproc.controls.approval_files import Request as HeldCall
+from extproc.controls.approvals import ApprovalError, ApprovalStore
 from extproc.policy.engine import subjects_miss
 
 STATES = ("pending", "approved", "denied", "expired", "used", "all")

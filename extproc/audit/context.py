@@ -15,10 +15,10 @@ from extproc.audit.authz import grants_for
 from extproc.audit.index import Grant, SessionIndex
 from extproc.audit.trail import AuditTrail
 from extproc.authn.challenge import www_authenticate
+from extproc.authn.errors import AuthError
 from extproc.authn.principal import Principal
 from extproc.authn.verify import Authenticator
 from extproc.controls.approvals import ApprovalStore
-from extproc.errors import AuthError
 from extproc.policy.compiled import CompiledPolicy
 from extproc.recording.shred import Keyring
 from extproc.recording.store import Store

@@ -33,9 +33,9 @@ from extproc.audit.index_db import is_url
 from extproc.audit.openapi import openapi_document
 from extproc.audit.trail import AuditTrail
 from extproc.authn.challenge import resource_metadata_url
+from extproc.authn.errors import AuthError
 from extproc.authn.verify import Authenticator
 from extproc.controls.approvals import ApprovalStore
-from extproc.errors import AuthError
 from extproc.export.exporter import attach
 from extproc.policy.loader import PolicyWatcher
 from extproc.recording.manifest import Signer
@@ -192,9 +192,13 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
     signer = Signer.from_file(settings.recording.signing_key)
     index = SessionIndex(index_target(settings), runtime.store, signer.public)
     authenticator = Authenticator(auth_cfg)
-    approvals = settings.approvals
+    approvals, keyring = settings.approvals, build_keyring(settings.recording)
     ctx = AuditContext(
-        approvals=ApprovalStore(approvals.directory, signer, time.time) if approvals is not None else None,
+        approvals=ApprovalStore(
+            approvals.directory, signer, time.time, keyring=keyring, retention=approvals.retention_s()
+        )
+        if approvals is not None
+        else None,
         authenticator=authenticator,
         policy=policy,
         index=index,
@@ -202,7 +206,7 @@ async def serve_audit(settings: Settings, ready: asyncio.Event | None = None) ->
         trail=AuditTrail(runtime.recorder),
         public_key=signer.public,
         metadata_url=resource_metadata_url(auth_cfg),
-        keyring=build_keyring(settings.recording),
+        keyring=keyring,
     )
     from extproc.audit.web import WebViewer
 

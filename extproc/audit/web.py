@@ -35,9 +35,9 @@ from extproc.audit.config import Audit
 from extproc.audit.context import AuditContext, client_of, error_response
 from extproc.audit.sealed import Sealer
 from extproc.authn.config import AuthConfig
+from extproc.authn.errors import AuthError
 from extproc.authn.principal import Principal
 from extproc.authn.verify import Authenticator
-from extproc.errors import AuthError
 from extproc.settings import Settings
 
 log = logging.getLogger(__name__)

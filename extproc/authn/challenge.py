@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from extproc.authn.config import AuthConfig
-from extproc.errors import AuthError
+from extproc.authn.errors import AuthError
 
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 

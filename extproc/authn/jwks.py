@@ -21,7 +21,7 @@ import httpx
 import jwt
 
 from extproc.authn.config import IssuerConfig
-from extproc.errors import IssuerUnavailable, MalformedToken, UnknownKeyId
+from extproc.authn.errors import IssuerUnavailable, MalformedToken, UnknownKeyId
 from extproc.tasks import cancel
 
 log = logging.getLogger(__name__)

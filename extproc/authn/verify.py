@@ -29,9 +29,7 @@ import jwt.exceptions as jex
 from jwt.utils import base64url_decode
 
 from extproc.authn.config import AuthConfig, IssuerConfig
-from extproc.authn.jwks import Clock, FetchJson, HttpFetcher, KeySet, SigningKey, Sleep
-from extproc.authn.principal import Principal
-from extproc.errors import (
+from extproc.authn.errors import (
     AlgorithmNotAllowed,
     BadSignature,
     MalformedToken,
@@ -44,6 +42,8 @@ from extproc.errors import (
     WrongAudience,
     WrongIssuer,
 )
+from extproc.authn.jwks import Clock, FetchJson, HttpFetcher, KeySet, SigningKey, Sleep
+from extproc.authn.principal import Principal
 
 log = logging.getLogger(__name__)
 

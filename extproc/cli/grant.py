@@ -35,7 +35,6 @@ def _setup(config: Path, server: str | None = None) -> tuple[Path, Path]:
         _fail(str(e))
     if s.grants is None or s.recording.signing_key is None:
         _fail(f"{config}: no grants section (grants: {{directory: ...}}) or no recording.signing_key")
-    assert s.grants is not None and s.recording.signing_key is not None
     if server is not None and s.discovery is None and s.server(server) is None:
         known = ", ".join(x.name for x in s.servers)
         _fail(f"{config}: server {server!r} is not defined in gateway.yaml (known: {known})")

@@ -7,7 +7,7 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from cryptography.hazmat.primitives import serialization
@@ -27,7 +27,7 @@ ToolOpt = Annotated[str | None, typer.Option("--tool", help="tool or prompt name
 console = Console(highlight=False, soft_wrap=True)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]{escape(message)}[/red]")
     raise typer.Exit(2)
 
@@ -53,7 +53,7 @@ def _private(path: Path) -> Ed25519PrivateKey:
         _fail(f"cannot load signing key {path}: {e}")
     if not isinstance(key, Ed25519PrivateKey):
         _fail(f"{path} is not an Ed25519 private key")
-    return key  # type: ignore[return-value]
+    return key
 
 
 def _load(config: Path, server: str | None, tool: str | None) -> tuple[Path, Ed25519PrivateKey, list[pins.PinFile]]:

@@ -8,41 +8,56 @@ signed *decision* beside the request. The identical retry then passes ``count`` 
 decision's expiry; each pass is a signed *use* file.
 
 Every file is signed with the gateway's Ed25519 key (recording.signing_key, the key that signs manifests; the audit
-service holds it too), so a file written by hand is refused. Writes are atomic (temporary file, rename) and the
-decision and every use are created with O_EXCL: two workers (or replicas sharing the directory) cannot both consume
-one use, and an approval cannot be turned into a denial or back. Layout of the directory::
+service holds it too) in the scheme of every signed file (``policy/signed.py``; the files themselves are in
+``approval_files.py``), so a file written by hand is refused. Writes are atomic and the decision and every use are
+created exclusively: two workers (or replicas sharing the directory) cannot both consume one use, and an approval
+cannot be turned into a denial or back. Layout of the directory::
 
     <id>.request.json    who asked for which exact call, under which policy version, until when
     <id>.decision.json   approved or denied, by whom, why, usable until when
     <id>.use.<n>.json    the n-th identical call that passed (n = 1 .. count)
     <call>.<id>.call     empty: an index from the call (caller, server, backend, tool, arguments) to its requests
+
+An entry's files are removed ``retention`` after nothing can happen to it any more (no longer decidable nor
+usable): a processor sweeps the directory in the background, at most every ``SWEEP_EVERY`` seconds, after it wrote
+a new request.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 import secrets
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TypeVar
 
-import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from extproc.authn.principal import Principal
-from extproc.recording.manifest import Signer, check_signed
+from extproc.controls.approval_files import (
+    ID,
+    MAX_ARGUMENTS_SHOWN,
+    ApprovalDoc,
+    Binding,
+    Decision,
+    Entry,
+    Outcome,
+    Request,
+    Use,
+    seal_arguments,
+)
+from extproc.policy import signed
+from extproc.policy.capture import CaptureLevel
+from extproc.recording.manifest import Signer
+from extproc.recording.shred import Keyring
 
 log = logging.getLogger(__name__)
 
-ID = re.compile(r"^ap-[0-9a-f]{20}$")
-State = Literal["pending", "approved", "denied", "expired", "used"]
-MAX_ARGUMENTS_SHOWN = 16_384  # characters of the (redacted) arguments kept in a request for the approver to read
+DEFAULT_RETENTION = 7 * 86400.0
+SWEEP_EVERY = 600.0  # seconds between two sweeps of the directory by one store
+_T = TypeVar("_T", bound=ApprovalDoc)
 
 
 class ApprovalError(Exception):
@@ -54,185 +69,29 @@ class ApprovalError(Exception):
         self.message = message
 
 
-def args_digest(arguments: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of the arguments' canonical JSON (RFC 8785): the same call always has the same digest."""
-    return hashlib.sha256(rfc8785.dumps(dict(arguments))).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class Binding:
-    """What an approval is bound to: the exact call, by this caller, under this policy version."""
-
-    issuer: str
-    subject: str
-    server: str
-    backend: str
-    tool: str
-    args_sha256: str
-    policy_version: str
-
-    def call_key(self) -> str:
-        """Names the call (not the policy version) in the index file names: a held call reads only its own
-        requests, however many others the directory holds."""
-        parts = (self.issuer, self.subject, self.server, self.backend, self.tool, self.args_sha256)
-        return hashlib.sha256(rfc8785.dumps(list(parts))).hexdigest()[:32]
-
-    def same_call(self, other: Binding) -> bool:
-        """Everything but the policy version (to say "the policy changed" rather than "no approval")."""
-        return (self.issuer, self.subject, self.server, self.backend, self.tool, self.args_sha256) == (
-            other.issuer, other.subject, other.server, other.backend, other.tool, other.args_sha256,
-        )  # fmt: skip
-
-
-class _Signed(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-    key_id: str = ""
-    sig: str = ""
-
-    def signed_part(self) -> bytes:
-        doc = self.model_dump()
-        doc.pop("sig")
-        return rfc8785.dumps(doc)
-
-
-_T = TypeVar("_T", bound=_Signed)
-
-
-class Request(_Signed):
-    """``<id>.request.json``: a held call, as the processor saw it (arguments as the recording shows them)."""
-
-    v: int = Field(1, ge=1, le=1)
-    id: Annotated[str, Field(pattern=ID.pattern)]
-    issuer: str
-    subject: str
-    username: str
-    server: str
-    backend: str
-    tool: str
-    args_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    policy_version: str
-    rule: str
-    approvers: str  # as the rule wrote them, for the approver's page
-    ttl: float
-    count: Annotated[int, Field(ge=1, le=100)]
-    requested_at: float
-    pending_until: float
-    arguments: str  # redacted arguments (JSON text, cut at MAX_ARGUMENTS_SHOWN)
-    exchange: str = ""
-
-    def binding(self) -> Binding:
-        return Binding(
-            self.issuer, self.subject, self.server, self.backend, self.tool, self.args_sha256, self.policy_version
-        )
-
-
-class Decision(_Signed):
-    """``<id>.decision.json``: the approver's answer, bound to the request by its signature."""
-
-    v: int = Field(1, ge=1, le=1)
-    id: Annotated[str, Field(pattern=ID.pattern)]
-    request_sig: str
-    approved: bool
-    by_issuer: str
-    by_subject: str
-    by_username: str
-    reason: Annotated[str, Field(max_length=500)]
-    at: float
-    until: float  # approved: usable until then
-
-
-class Use(_Signed):
-    """``<id>.use.<n>.json``: the n-th identical call that passed on this approval."""
-
-    v: int = Field(1, ge=1, le=1)
-    id: Annotated[str, Field(pattern=ID.pattern)]
-    n: Annotated[int, Field(ge=1)]
-    at: float
-    exchange: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One request with its decision and uses, verified."""
-
-    request: Request
-    decision: Decision | None
-    used: int
-
-    def state(self, now: float) -> State:
-        d = self.decision
-        if d is None:
-            return "pending" if now < self.request.pending_until else "expired"
-        if not d.approved:
-            return "denied"
-        if self.used >= self.request.count:
-            return "used"
-        return "approved" if now < d.until else "expired"
-
-    def to_json(self, now: float) -> dict[str, Any]:
-        """The API's and the viewer's form (arguments as recorded, redactions applied)."""
-        r, d = self.request, self.decision
-        return {
-            "id": r.id,
-            "state": self.state(now),
-            "caller": {"issuer": r.issuer, "subject": r.subject, "username": r.username},
-            "server": r.server,
-            "backend": r.backend,
-            "tool": r.tool,
-            "arguments": r.arguments,
-            "args_sha256": r.args_sha256,
-            "policy_version": r.policy_version,
-            "rule": r.rule,
-            "approvers": r.approvers,
-            "count": r.count,
-            "used": self.used,
-            "requested_at": r.requested_at,
-            "pending_until": r.pending_until,
-            "decision": None
-            if d is None
-            else {"approved": d.approved, "by": d.by_username, "by_subject": d.by_subject, "reason": d.reason,
-                  "at": d.at, "until": d.until},
-        }  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What the processor does with a held call: pass it (``passed``), or refuse it naming ``entry``."""
-
-    passed: bool
-    entry: Entry
-    message: str  # for the caller (and the record): why it is held, or which approval let it pass
-    created: bool = False  # a new request was written
-
-    def to_record(self, now: float) -> dict[str, Any]:
-        """The ``approval`` field of the call's policy.decision event."""
-        r, d = self.entry.request, self.entry.decision
-        doc: dict[str, Any] = {"id": r.id, "state": "consumed" if self.passed else self.entry.state(now)}
-        doc.update(args_sha256=r.args_sha256, policy_version=r.policy_version, requested=self.created)
-        if d is not None:
-            doc.update(approved=d.approved, by=d.by_username, by_subject=d.by_subject, until=d.until)
-            if self.passed:
-                doc["use"] = self.entry.used
-        return doc
-
-
 class ApprovalStore:
     """The approvals directory, shared by every processor worker, replica and the audit service."""
 
-    def __init__(self, directory: Path, signer: Signer, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        signer: Signer,
+        clock: Callable[[], float],
+        *,
+        keyring: Keyring | None = None,
+        retention: float = DEFAULT_RETENTION,
+    ) -> None:
         if signer.public is None:
             raise ValueError("approvals need recording.signing_key (every approval file is signed with it)")
         self.directory = directory
         self.signer = signer
         self.public: Ed25519PublicKey = signer.public
         self.clock = clock
+        self.keyring = keyring  # recording.encrypt_payloads: arguments sealed per caller
+        self.retention = retention
+        self._swept = float("-inf")
 
     # --- files -----------------------------------------------------------------------------------------------
-
-    def _sign(self, doc: _Signed) -> dict[str, Any]:
-        doc = doc.model_copy(update={"key_id": self.signer.key_id, "sig": ""})
-        return {**doc.model_dump(), "sig": self.signer.sign_bytes(doc.signed_part())}
 
     def _read(self, path: Path, model: type[_T]) -> _T | None:
         """A verified file, or None (missing; unreadable, invalid or unsigned ones are logged and ignored)."""
@@ -243,25 +102,15 @@ class ApprovalStore:
         except (OSError, ValidationError) as e:
             log.error("approval file %s refused: %s", path, str(e).splitlines()[0])
             return None
-        why = check_signed(doc.sig, doc.key_id, doc.signed_part(), self.public, "approval file")
+        why = signed.verify(self.public, doc)
         if why is not None:
             log.error("approval file %s refused: %s", path, why)
             return None
         return doc
 
-    def _create(self, name: str, doc: _Signed) -> bool:
-        """Write ``name`` only if it does not exist yet (O_EXCL on a link of a complete temporary file): False
-        when someone else wrote it first."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / f".{name}.{secrets.token_hex(6)}.tmp"
-        tmp.write_text(json.dumps(self._sign(doc), sort_keys=True) + "\n")
-        try:
-            os.link(tmp, self.directory / name)  # atomic and exclusive: fails when the name exists
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            tmp.unlink(missing_ok=True)
+    def _create(self, name: str, doc: ApprovalDoc) -> bool:
+        """Write ``name`` only if it does not exist yet: False when someone else wrote it first."""
+        return signed.create(self.directory / name, signed.sign(self.signer, doc))
 
     def entry(self, approval_id: str) -> Entry | None:
         """The request ``approval_id`` with its decision and uses, or None when there is no (valid) such request."""
@@ -277,7 +126,7 @@ class ApprovalStore:
         used = 0
         while (self.directory / f"{approval_id}.use.{used + 1}.json").exists():
             used += 1
-        return Entry(request, decision, used)
+        return Entry(request, decision, used, self.keyring)
 
     def entries(self) -> list[Entry]:
         """Every valid request, newest first."""
@@ -311,10 +160,12 @@ class ApprovalStore:
         ttl: float,
         count: int,
         arguments: str,
+        capture: CaptureLevel = "redacted",
         exchange: str = "",
     ) -> Outcome:
         """Pass the call on a matching approval (one use, taken exclusively), else say why it is held: a pending
-        request for the same call is reused, otherwise a new one is written."""
+        request for the same call is reused, otherwise a new one is written (``arguments``: JSON text already at
+        the ``capture`` level; sealed here when payloads are encrypted)."""
         now = self.clock()
         notes: list[str] = []
         waiting: Entry | None = None
@@ -327,10 +178,10 @@ class ApprovalStore:
                 if state in ("pending", "approved"):
                     notes.append(f"approval {r.id} was asked under another policy version (the policy changed)")
                 continue
-            if state == "approved":
+            if state == "approved" and e.decision is not None:
                 taken = self._take(e, exchange, now)
                 if taken is not None:
-                    return Outcome(True, taken, f"approval {r.id} by {e.decision.by_username} (use {taken.used})")  # type: ignore[union-attr]
+                    return Outcome(True, taken, f"approval {r.id} by {e.decision.by_username} (use {taken.used})")
                 state = "used"
             if state == "pending" and waiting is None:
                 waiting = e
@@ -342,9 +193,15 @@ class ApprovalStore:
                 notes.append(f"approval {r.id} was denied by {e.decision.by_username}: {e.decision.reason[:200]}")
         if waiting is not None:
             return Outcome(False, waiting, "; ".join([f"approval {waiting.request.id} is still pending", *notes]))
+        approval_id = f"ap-{secrets.token_hex(10)}"
+        shown = arguments[:MAX_ARGUMENTS_SHOWN] if capture != "metadata" else ""
+        sealed = None
+        if self.keyring is not None and shown:
+            subject = f"{binding.issuer}#{binding.subject}"  # as recordings name it (shred.subject_of)
+            sealed = seal_arguments(self.keyring, subject, approval_id, binding.args_sha256, shown)
+            shown = ""
         request = Request(
-            v=1,
-            id=f"ap-{secrets.token_hex(10)}",
+            id=approval_id,
             issuer=binding.issuer,
             subject=binding.subject,
             username=who.username,
@@ -359,24 +216,76 @@ class ApprovalStore:
             count=count,
             requested_at=now,
             pending_until=now + ttl,
-            arguments=arguments[:MAX_ARGUMENTS_SHOWN],
+            arguments=shown,
             exchange=exchange,
+            capture=capture,
+            sealed=sealed,
         )
         self._create(f"{request.id}.request.json", request)
         (self.directory / f"{binding.call_key()}.{request.id}.call").touch()  # the index entry: after the request
-        signed = self._read(self.directory / f"{request.id}.request.json", Request)
-        if signed is None:
+        written = self._read(self.directory / f"{request.id}.request.json", Request)
+        if written is None:
             raise OSError(f"approval request {request.id} could not be written or read back")
-        entry = Entry(signed, None, 0)
+        entry = Entry(written, None, 0, self.keyring)
         return Outcome(False, entry, "; ".join([f"approval {request.id} requested", *notes]), created=True)
 
     def _take(self, e: Entry, exchange: str, now: float) -> Entry | None:
         """Consume the next free use of an approved entry (O_EXCL per use: exactly one taker each); None if none is
         left."""
         for n in range(e.used + 1, e.request.count + 1):
-            if self._create(f"{e.request.id}.use.{n}.json", Use(v=1, id=e.request.id, n=n, at=now, exchange=exchange)):
-                return Entry(e.request, e.decision, n)
+            if self._create(f"{e.request.id}.use.{n}.json", Use(id=e.request.id, n=n, at=now, exchange=exchange)):
+                return Entry(e.request, e.decision, n, self.keyring)
         return None
+
+    def sweep_due(self) -> bool:
+        """True (once per ``SWEEP_EVERY``) when this store should sweep: the caller runs ``sweep`` off the request."""
+        now = self.clock()
+        if now - self._swept < SWEEP_EVERY:
+            return False
+        self._swept = now
+        return True
+
+    def sweep(self) -> list[str]:
+        """Remove the files of every entry that ended more than ``retention`` ago (and index files and temporary
+        files left without a request that long); the removed approval ids. The request goes last, so a sweep cut
+        short is finished by the next one."""
+        now = self.clock()
+        self._swept = now
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        removed: list[str] = []
+        for name in names:
+            if name.endswith(".request.json"):
+                e = self.entry(name.removesuffix(".request.json"))
+                if e is None:  # refused (logged): removed by age like a stray file
+                    self._remove_stray(name, now)
+                elif now - e.ends() > self.retention:
+                    self._remove(e)
+                    removed.append(e.request.id)
+            elif name.endswith((".call", ".tmp")):
+                self._remove_stray(name, now)
+        return removed
+
+    def _remove(self, e: Entry) -> None:
+        rid = e.request.id
+        uses = [f"{rid}.use.{n}.json" for n in range(e.used, 0, -1)]
+        index = f"{e.request.binding().call_key()}.{rid}.call"
+        for name in [index, *uses, f"{rid}.decision.json", f"{rid}.request.json"]:
+            (self.directory / name).unlink(missing_ok=True)
+
+    def _remove_stray(self, name: str, now: float) -> None:
+        """An index or temporary file whose request is gone (or was never written), or a refused request file,
+        older than the retention."""
+        path = self.directory / name
+        if name.endswith(".call") and (self.directory / f"{name.split('.')[1]}.request.json").exists():
+            return
+        try:
+            if now - path.stat().st_mtime > self.retention:
+                path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
 
     # --- the approver's side ---------------------------------------------------------------------------------
 
@@ -408,7 +317,7 @@ class ApprovalStore:
         if not approve and not reason.strip():
             raise ApprovalError(400, "a denial needs a reason")
         decision = Decision(
-            v=1, id=r.id, request_sig=r.sig, approved=approve, by_issuer=who.issuer, by_subject=who.subject,
+            id=r.id, request_sig=r.sig, approved=approve, by_issuer=who.issuer, by_subject=who.subject,
             by_username=who.username, reason=reason, at=now, until=now + r.ttl if approve else now,
         )  # fmt: skip
         if not self._create(f"{r.id}.decision.json", decision):
@@ -424,8 +333,3 @@ def viewer_url(public_url: str | None, prefix: str | None, approval_id: str) -> 
     if not public_url or prefix is None:
         return None
     return f"{public_url.rstrip('/')}{prefix}approvals/{approval_id}"
-
-
-def encode_arguments(arguments: object) -> str:
-    """Redacted arguments as JSON text for the approver's page."""
-    return json.dumps(arguments, ensure_ascii=False, sort_keys=True, default=str)

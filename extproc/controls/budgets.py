@@ -359,9 +359,11 @@ class Budgets:
             if metrics is not None:
                 metrics.budget_refused(rule)
             return out
+        counted: dict[int, list[dict[str, object]]] = {}  # call index -> its limits, in charge order
         for j, (i, c) in enumerate(zip(owners, charges, strict=True)):
-            entry = out.records.setdefault(i, {"outcome": "counted", "store": self.counter.name, "limits": []})
-            entry["limits"].append({"limit": c.limit.describe(), "count": spent.counts[j]})  # type: ignore[attr-defined]
+            counted.setdefault(i, []).append({"limit": c.limit.describe(), "count": spent.counts[j]})
+        for i, limits in counted.items():
+            out.records[i] = {"outcome": "counted", "store": self.counter.name, "limits": limits}
         return out
 
     def _store_failed(

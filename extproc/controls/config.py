@@ -23,6 +23,10 @@ class Approvals(Section):
         "bounded, never delays the caller",
     )
     webhook_timeout_ms: Annotated[int, Field(ge=100, le=10_000)] = 2000
+    retention_hours: Annotated[int, Field(ge=1, le=24 * 366)] = Field(
+        default=168,
+        description="the files of a request are removed this long after it can no longer be decided or used",
+    )
 
     @field_validator("webhook_url")
     @classmethod
@@ -30,6 +34,9 @@ class Approvals(Section):
         if v is not None and not v.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return v
+
+    def retention_s(self) -> float:
+        return self.retention_hours * 3600.0
 
     def resolved(self, base: Path) -> Approvals:
         """Relative paths resolve against the config file's folder."""

@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 
 from extproc.authn.principal import Principal
-from extproc.controls.approvals import ApprovalStore, Binding, Outcome, args_digest, encode_arguments, viewer_url
+from extproc.controls.approval_files import Binding, Outcome, args_digest, encode_arguments
+from extproc.controls.approvals import ApprovalStore, viewer_url
 from extproc.errors import (
     ApprovalInputRequired,
     ApprovalRequired,
@@ -30,6 +31,7 @@ from extproc.errors import (
 from extproc.mcp.jsonrpc import error_response
 from extproc.mcp.methods import is_stateless
 from extproc.mcp.protocol import META_VERSION
+from extproc.policy.capture import Capture
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.enforce import Verdict
 from extproc.policy.engine import redact
@@ -48,10 +50,28 @@ class Approvals:
     prefix: str | None = None  # the audit service's prefix (None: no audit service configured)
     webhook_url: str | None = None
     webhook_timeout: float = 2.0
+    capture_salt: bytes = b""  # recording.capture_salt_file: the arguments of a request at capture level shape
     _sending: set[asyncio.Task[None]] = field(default_factory=set)
 
     def url(self, approval_id: str) -> str | None:
         return viewer_url(self.public_url, self.prefix, approval_id)
+
+    def sweep_later(self) -> None:
+        """Sweep the directory in a thread when due (``ApprovalStore.sweep_due``): a held call never waits for it."""
+        if not self.store.sweep_due():
+            return
+        task = asyncio.create_task(self._sweep())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _sweep(self) -> None:
+        try:
+            removed = await asyncio.to_thread(self.store.sweep)
+        except OSError as e:
+            log.warning("approvals store %s: sweep failed: %s", self.store.directory, e)
+            return
+        if removed:
+            log.info("approvals: removed %d entries past their retention", len(removed))
 
     def notify(self, outcome: Outcome) -> None:
         """POST the new request to the webhook in the background: bounded, never awaited by the request."""
@@ -177,11 +197,12 @@ async def hold(
     except Exception as e:  # rfc8785 refuses integers beyond 2**53 and non-finite floats: no exact binding, no pass
         return verdict, InvalidRequest(f"arguments cannot be canonicalized for an approval: {e}"), None, {}
     binding = Binding(who.issuer, who.subject, server, backend, call.tool or "", digest, policy.fingerprint)
-    shown, _ = redact(policy, server, dict(call.arguments))
+    capture = Capture(policy.capture(server, [call.tool] if call.tool else ()), approvals.capture_salt)
     try:
         outcome = await asyncio.to_thread(
             approvals.store.settle, binding, who, rule=d.rule, approvers=need.text, ttl=need.ttl, count=need.count,
-            arguments=encode_arguments(shown), exchange=exchange,
+            arguments=shown_arguments(policy, server, capture, call.arguments), capture=capture.level,
+            exchange=exchange,
         )  # fmt: skip
     except OSError as e:
         log.error("approvals store %s: %s; refused", approvals.store.directory, e)
@@ -192,6 +213,8 @@ async def hold(
         decisions[i] = replace(d, allowed=True, reason=f"{d.reason}: {outcome.message}", approval=None)
         return Verdict(verdict.calls, tuple(decisions)), None, None, record
     approvals.notify(outcome)
+    if outcome.created:
+        approvals.sweep_later()
     approval_id = outcome.entry.request.id
     url = approvals.url(approval_id)
     if url is not None and message is not None and asks_by_url(message) and not declined(message):
@@ -208,9 +231,22 @@ async def hold(
     return verdict, err, doc, record
 
 
+def shown_arguments(policy: CompiledPolicy, server: str, capture: Capture, arguments: Mapping[str, Any]) -> str:
+    """The arguments a request keeps for the approver's page, at the call's capture level (as its recording)."""
+    if capture.level == "metadata":
+        return ""
+    if capture.level == "full":
+        return encode_arguments(dict(arguments))
+    shown, _ = redact(policy, server, dict(arguments))
+    return encode_arguments(capture.shape(shown) if capture.level == "shape" else shown)
+
+
 def approvals_from_settings(settings: Any) -> Approvals | None:
-    """gateway.yaml's ``approvals`` section, signing with recording.signing_key (None: no section)."""
+    """gateway.yaml's ``approvals`` section, signing with recording.signing_key (None: no section); request
+    arguments sealed per caller when recording.encrypt_payloads is on."""
     from extproc.recording.manifest import Signer
+    from extproc.recording.shred import build_keyring
+    from extproc.secrets import load_salt
 
     cfg = settings.approvals
     if cfg is None:
@@ -218,9 +254,12 @@ def approvals_from_settings(settings: Any) -> Approvals | None:
     signer = Signer.from_file(settings.recording.signing_key)
     audit = settings.audit
     return Approvals(
-        store=ApprovalStore(cfg.directory, signer, clock=time.time),
+        store=ApprovalStore(
+            cfg.directory, signer, time.time, keyring=build_keyring(settings.recording), retention=cfg.retention_s()
+        ),
         public_url=settings.auth.public_url if settings.auth is not None else None,
         prefix=audit.prefix if audit is not None else None,
         webhook_url=cfg.webhook_url,
         webhook_timeout=cfg.webhook_timeout_ms / 1000,
+        capture_salt=load_salt(settings.recording.capture_salt_file),
     )

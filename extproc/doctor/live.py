@@ -83,7 +83,8 @@ def check_recording_available(s: Settings) -> Iterator[Check]:
             yield _ok("recording room", room)
     proc = s.processor
     for worker in range(proc.workers if proc.metrics_port is not None else 0):
-        url = f"http://{proc.metrics_address}:{proc.metrics_port + worker}/metrics"  # type: ignore[operator]
+        assert proc.metrics_port is not None  # the range is empty otherwise
+        url = f"http://{proc.metrics_address}:{proc.metrics_port + worker}/metrics"
         try:
             text = httpx.get(url, timeout=TIMEOUT).text
         except httpx.HTTPError:

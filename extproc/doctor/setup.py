@@ -214,7 +214,7 @@ def check_keys(s: Settings) -> Iterator[Check]:
 
 def check_envoy(s: Settings) -> Check:
     from extproc.envoy.bootstrap import render_yaml
-    from extproc.launcher import envoy_binary
+    from extproc.envoy.process import envoy_binary
 
     try:
         binary = envoy_binary()

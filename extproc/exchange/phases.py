@@ -61,7 +61,6 @@ from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import record_piece
 from extproc.reserved import is_reserved_unit
 from extproc.telemetry.tracing import ExchangeTrace, with_headers
-from extproc.tools.screens import strip_invisible_bytes
 from extproc.upstream.base import ExchangeContext
 
 log = logging.getLogger(__name__)
@@ -112,6 +111,7 @@ class Exchange:
         self._guard_ms: float | None = None  # how long the server's outside guardrail took, when it was asked
         self.trace: ExchangeTrace | None = None  # OpenTelemetry spans (extproc/telemetry/), when tracing is on
         self._screen: results.ResultScreen | None = None  # invisible characters in results: found, maybe stripped
+        self._result_guard: guard.ResultGuard | None = None  # the guardrail asked about results (guard.py)
 
     @property
     def session(self) -> str | None:
@@ -264,9 +264,17 @@ class Exchange:
             await self.log.commit()
         ok = 200 <= self.status < 300 and not msg.end_of_stream
         withheld = lambda: response.withheld_body(self.id, self._awaiting)  # noqa: E731
-        framing = response.framing(self.gw.options, headers, ok, self._seal, bool(self._decisions.lists), withheld)
+        self._screen = self._results_screen() if ok else None  # what results hold, found and dealt with (results.py)
+        refusing = self._screen.sse_rewrite() if self._screen is not None else None
+        if ok and self._decisions.verdict is not None:  # the server's guardrail asked about results too (guard.py)
+            calls = self._decisions.verdict.calls
+            self._result_guard = guard.ResultGuard.of(self.gw, self.log, self.policy, self.server_name, calls)
+            refusing = refusing or (guard.HOLD_EVENTS if self._result_guard is not None else None)
+        lists = bool(self._decisions.lists)
+        framing = response.framing(self.gw.options, headers, ok, self._seal, lists, withheld, refusing)
         self._body, self._buffered = framing
-        self._screen = self._results_screen() if ok else None  # invisible characters in results (results.py)
+        if self._screen is not None:
+            self._screen.buffering = self._buffered is not None
         stripping = self._screen is not None and self._screen.stripper is not None and not self._buffered
         remove = ("content-length",) if self._body.rewriting or stripping else ()
         who, key = self.principal, self.gw.options.session_key
@@ -284,6 +292,11 @@ class Exchange:
             pieces, released = pieces + more, (released + tail if released is not None else None)
         for piece in pieces:
             self._record_piece(piece)
+        if self._result_guard is not None and pieces:  # asked before the result's bytes go (guard.py)
+            backend = self.admitted.backend.name if self.admitted and self.admitted.backend else ""
+            where, ids = (self.server_name, backend), (self.id, self.request_id)
+            await self._result_guard.review(pieces, self.principal, where, ids)
+            released = self._result_guard.sse(released) if released is not None else None
         stripper = self._screen.stripper if self._screen is not None and not self._buffered else None
         if stripper is not None:  # invisible characters out of results as the body streams (results.py)
             stripped = stripper.feed(chunk if released is None else released, final=msg.end_of_stream)
@@ -436,10 +449,9 @@ class Exchange:
 
     def _rewrite_buffered(self, body: bytes) -> ep.ProcessingResponse | None:
         """The whole (buffered) body rewritten for the caller: lists filtered, or request state sealed."""
-        if self._buffered == "seal" and self._seal is not None:
-            sealed = rewrite_json(body, self._seal)
-            if self._screen is not None and self._screen.stripper is not None:
-                sealed = strip_invisible_bytes(sealed)  # results screened with strip (results.py)
+        if self._buffered in ("seal", "screen"):
+            sealed = rewrite_json(body, self._seal) if self._seal is not None else body
+            sealed = self._results_whole(sealed, False)
             return responses.response_body(replace=sealed) if sealed != body else None
         if self.policy is None or self.principal is None:
             return None
@@ -447,7 +459,17 @@ class Exchange:
         review = self._review_list if self._tools.surface is not None else None
         who, server = self.principal, self.server_name
         learn = response.learn_tools(self.gw.param_headers, self._scope)
-        return response.filtered_lists(self.policy, who, server, self._decisions, body, sse, learn, review)
+        after = self._results_whole if self._screen is not None or self._result_guard is not None else None
+        return response.filtered_lists(self.policy, who, server, self._decisions, body, sse, learn, review, after)
+
+    def _results_whole(self, body: bytes, sse: bool) -> bytes:
+        """A whole buffered body's call results as the client gets them: the guardrail's answers (guard.py), then
+        the screens' refusals and strips (results.py)."""
+        if self._result_guard is not None:
+            body = self._result_guard.whole(body, sse)
+        if self._screen is not None:
+            body = self._screen.buffered(body, sse)
+        return body
 
     def _review_list(self, method: str, result: dict[str, Any]) -> dict[str, Any]:
         """One list result fingerprinted, screened and judged against the pins (extproc/tools/surface.py)."""
@@ -467,7 +489,7 @@ class Exchange:
         verdict = self._decisions.verdict
         if self.policy is None or verdict is None:
             return None
-        return results.ResultScreen.of(self.policy, self.server_name, self.log, verdict.calls)
+        return results.ResultScreen.of(self.policy, self.server_name, self.log, verdict.calls, self._tools.surface)
 
     # --- refusals --------------------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from extproc.authn.session_binding import bind
 from extproc.envoy import responses
 from extproc.exchange.decide import Decisions
 from extproc.exchange.request import Seal
-from extproc.mcp.body import ResponseBody, dumps
+from extproc.mcp.body import ResponseBody, Screen, dumps
 from extproc.mcp.jsonrpc import error_response
 from extproc.mcp.param_headers import ParamHeaderMaps
 from extproc.mcp.sse import format_event
@@ -34,7 +34,7 @@ RECORDING_HEADER = "mcp-extproc-recording"
 
 ListHook = Callable[[str, dict[str, Any]], None]
 ListReview = Callable[[str, dict[str, Any]], dict[str, Any]]
-Buffered = Literal["filter", "seal"] | None  # the whole body comes in one message, to be rewritten
+Buffered = Literal["filter", "seal", "screen"] | None  # the whole body comes in one message, to be rewritten
 
 
 def framing(
@@ -44,15 +44,20 @@ def framing(
     seal: Seal | None,
     filtering: bool,
     withheld: Callable[[], bytes],
+    screen: Screen | None = None,
 ) -> tuple[ResponseBody, Buffered]:
     """How the response body is read and rewritten. List responses (and JSON results that may carry request
-    state) are rewritten for the caller, so this one body is buffered; all others keep streaming."""
+    state, or that a result screen may refuse: ``screen``, exchange/results.py) are rewritten for the caller, so
+    this one body is buffered; all others keep streaming (SSE events through ``screen`` as they complete)."""
     content_type = headers.get("content-type", "")
-    body = ResponseBody(content_type, opts.max_event_body_bytes, seal if ok else None, opts.held, withheld)
+    screen = screen if ok else None
+    body = ResponseBody(content_type, opts.max_event_body_bytes, seal if ok else None, opts.held, withheld, screen)
     if ok and filtering:
         return body, "filter"
     if ok and seal is not None and content_type.startswith("application/json"):
         return body, "seal"
+    if screen is not None and content_type.startswith("application/json"):
+        return body, "screen"
     return body, None
 
 
@@ -77,9 +82,12 @@ def filtered_lists(
     sse: bool,
     learn: ListHook,
     review: ListReview | None,
+    after: Callable[[bytes, bool], bytes] | None = None,
 ) -> ep.ProcessingResponse:
-    """A buffered list response filtered for its caller; what was hidden goes on the record."""
+    """A buffered list response filtered for its caller; what was hidden goes on the record. ``after``: what the
+    body's other results go through (results.py, guard.py), when the batch holds calls too."""
     filtered, hidden = filter_body(policy, who, server, decisions.lists, body, sse, decisions.facts, learn, review)
+    filtered = after(filtered, sse) if after is not None else filtered
     for method, msg_id, names in hidden:
         decisions.log.emit(ListFiltered(method=method, message_id=msg_id, hidden=names))
     return responses.response_body(replace=filtered)

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from extproc.envoy.config import Server
-from extproc.policy.compiled import compile_subjects
+from extproc.policy.compiler import compile_subjects
 from extproc.policy.model import Subjects
 from extproc.routing import Backend, Route
 

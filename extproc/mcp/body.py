@@ -16,6 +16,7 @@ from extproc.mcp.jsonrpc import loads
 from extproc.mcp.sse import HoldBudget, SseEvent, SseParser, format_event
 
 Rewrite = Callable[[dict[str, Any]], dict[str, Any]]
+Screen = tuple[Rewrite, Callable[[bytes], bool]]  # a rewrite, and which events' bytes it must see (results.py)
 
 
 def _apply(doc: Any, fn: Rewrite) -> tuple[Any, bool]:
@@ -43,6 +44,13 @@ def rewrite_json(body: bytes, fn: Rewrite) -> bytes:
     return dumps(new).encode() if changed else body
 
 
+def rewrite_sse(body: bytes, screen: Screen) -> bytes:
+    """A whole SSE body with ``screen``'s rewrite applied to the events its test picks (others as they are)."""
+    rewriter = SseRewriter(_same, None, None, screen)
+    out, _ = rewriter.feed(body)
+    return out + rewriter.finish()
+
+
 class SseRewriter:
     """Streams SSE through ``fn``: each complete event leaves as soon as it is complete, rewritten only when
     ``fn`` changed one of its messages; an event split across chunks is held until its end arrives.
@@ -52,9 +60,12 @@ class SseRewriter:
     is released (``refused``), never an unchecked event.
     """
 
-    def __init__(self, fn: Rewrite, needle: bytes, parser: SseParser | None = None) -> None:
+    def __init__(
+        self, fn: Rewrite, needle: bytes | None, parser: SseParser | None = None, screen: Screen | None = None
+    ) -> None:
         self._fn = fn
         self._needle = needle
+        self._screen = screen  # a second rewrite (after fn), for the events its test picks
         self.parser = parser or SseParser()  # the events as the server sent them (what is recorded)
         self._parts: list[bytes] = []  # bytes received and not yet released (an unfinished event, comments before it)
         self._released = 0  # bytes of the stream released (or refused) so far
@@ -97,14 +108,23 @@ class SseRewriter:
         return b"" if self.refused else rest
 
     def _rewrite(self, ev: SseEvent) -> bytes:
-        if self._needle not in ev.raw:
+        needed = self._needle is not None and self._needle in ev.raw
+        screened = self._screen is not None and self._screen[1](ev.raw)
+        if not (needed or screened):
             return ev.raw
         try:
             doc = loads(ev.data)
         except ValueError:
             return ev.raw
-        new, changed = _apply(doc, self._fn)
+        new, changed = _apply(doc, self._fn) if needed else (doc, False)
+        if screened and self._screen is not None:
+            new, more = _apply(new, self._screen[0])
+            changed = changed or more
         return format_event(dumps(new), ev.event, ev.id) if changed else ev.raw
+
+
+def _same(message: dict[str, Any]) -> dict[str, Any]:
+    return message
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +156,7 @@ class ResponseBody:
         rewrite: Rewrite | None = None,
         budget: HoldBudget | None = None,
         refusal: Callable[[], bytes] = bytes,
+        screen: Screen | None = None,
     ) -> None:
         self.sse = content_type.startswith("text/event-stream")
         self.oversized = False
@@ -146,7 +167,9 @@ class ResponseBody:
         self._refusal = refusal
         self._parser = SseParser(max_json, budget) if self.sse else None
         self._rewriter = (
-            SseRewriter(rewrite, b'"requestState"', self._parser) if self._parser is not None and rewrite else None
+            SseRewriter(rewrite or _same, b'"requestState"' if rewrite else None, self._parser, screen)
+            if self._parser is not None and (rewrite or screen)
+            else None
         )
         self._json: bytearray | None = bytearray() if content_type.startswith("application/json") else None
         self._ended = False

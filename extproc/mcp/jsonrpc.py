@@ -138,7 +138,15 @@ def loads(body: bytes | str) -> Any:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         return json.loads(body, parse_constant=_refuse_constant)
+    if isinstance(body, bytes) and _LONG_RUN not in body.translate(_DIGITS):
+        return doc  # no run of 19 digits: no integer literal beyond 64 bits (C-speed, ~5x the walk's speed)
     return json.loads(body, parse_constant=_refuse_constant) if _maybe_long_integer(doc) else doc
+
+
+# Digits to "0", every other byte to " ": an integer literal of magnitude 2**63 or more has at least 19 digits in a
+# row. (A float written with an exponent, which the walk also flags, parses to the same float either way.)
+_DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_RUN = b"0" * 19
 
 
 def _maybe_long_integer(doc: Any) -> bool:

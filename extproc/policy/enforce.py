@@ -5,11 +5,13 @@ Pure functions on plain data (messages, bytes), called by the exchange; nothing 
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 
@@ -21,6 +23,9 @@ from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.engine import Decision, decide_batch, filter_list, redact
 from extproc.policy.facts import Facts
 from extproc.policy.redact import Redactor, compile_redactor
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,25 @@ def _dumps(doc: Any) -> str:
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
 
 
+def _gc_paused(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` run with the cyclic garbage collector paused (a list body's parse allocates ~20 containers per tool,
+    all freed right after: collections during it promoted them and cost 1-2 ms per 500-tool list, a full
+    collection 30-60 ms). Only synchronous code runs meanwhile; the previous state is restored."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        if not gc.isenabled():
+            return fn(*args, **kwargs)
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return run
+
+
+@_gc_paused
 def filter_body(
     policy: CompiledPolicy,
     who: Principal,
@@ -183,7 +207,9 @@ def redact_for_record(
         return [], (str(text).encode() if found else raw), [asdict(r) for r in found]
     if not found:
         return messages, raw, []
-    return list(redacted), None, [asdict(r) for r in found]  # type: ignore[call-overload]
+    if not isinstance(redacted, list):  # redaction failed: its placeholder is kept, never a message of it
+        return [], None, [asdict(r) for r in found]
+    return redacted, None, [asdict(r) for r in found]
 
 
 _BUILTIN = compile_redactor([], defaults=True)

@@ -156,8 +156,9 @@ def _evaluate(
                 return decision
     if decision is not None:
         return decision
-    for g in facts.grants if facts is not None else ():
-        if g.covers(who, server, call.method, call.tool, facts.now):  # type: ignore[union-attr]
+    grants, now = (facts.grants, facts.now) if facts is not None else ((), 0.0)
+    for g in grants:
+        if g.covers(who, server, call.method, call.tool, now):
             what = f"grant {g.id} ({g.reason[:200]}) allows {describe_call(server, call)}"
             return Decision(True, f"grant:{g.id}", what, names, grant=g.to_record())
     return Decision(False, DEFAULT_DENY, f"no rule allows {describe_call(server, call)}", names)
@@ -222,7 +223,9 @@ def subjects_miss(s: CompiledSubjects, who: Principal, detail: bool = False) -> 
         value = _claim(who.claims, c.claim, c.pointer)
         items = value if isinstance(value, list) else [value]
         if value is _MISSING or not any(
-            (value_key(v) in c.values) if c.values is not None else (isinstance(v, str) and c.regex.fullmatch(v))  # type: ignore[union-attr]
+            (value_key(v) in c.values)
+            if c.values is not None
+            else (isinstance(v, str) and c.regex is not None and c.regex.fullmatch(v))
             for v in items
         ):
             return f"claim {c.claim!r} {'is absent' if value is _MISSING else 'does not match'}"

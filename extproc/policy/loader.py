@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from extproc.errors import ConfigError
-from extproc.policy.compiled import CompiledPolicy, LoadedFile, compile_policy
+from extproc.policy.compiled import CompiledPolicy
+from extproc.policy.compiler import LoadedFile, compile_policy
 from extproc.policy.model import ALL_KEYS, API_VERSION, PolicyFile
 from extproc.tasks import cancel
 from extproc.yamlfile import did_you_mean, line_of, parse_yaml
@@ -73,11 +74,12 @@ def load_policy(directory: str | Path, known_servers: set[str] | None = None) ->
             if (partial := _salvage(doc, lines, str(path))) is not None:
                 salvaged.append(partial)
     digest = _digest([(p.name, d) for p, d in contents])
+    policy: CompiledPolicy | None = None
     try:
         policy = compile_policy(loaded + salvaged, known_servers, fingerprint=digest)
     except ConfigError as e:  # cross-file problems (names, servers), also of the valid parts of invalid files
         errors.extend(str(e).splitlines())
-    if errors or salvaged:
+    if policy is None or errors or salvaged:
         raise ConfigError("\n".join(dict.fromkeys(errors)))  # once each, in the order found
     return policy
 

@@ -1,20 +1,32 @@
 """The policy file format (apiVersion mcp-extproc/v1) as strict pydantic models; also the JSON Schema source.
 
 These models only validate one file. Cross-file checks (unique names, servers known to gateway.yaml) and the
-lookup structures used per request live in ``compiled.py``; per-request code never touches these models.
+lookup structures used per request live in ``compiler.py`` and ``compiled.py``; per-request code never touches
+these models. The constrained field types are in ``fields.py``.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from extproc.mcp.methods import KNOWN_METHODS
-from extproc.policy.globs import check_glob, compile_globs
-from extproc.reserved import is_reserved_rule_name
-from extproc.timespec import parse_duration
+from extproc.policy.fields import (
+    MethodGlob,
+    NameGlob,
+    Per,
+    Pointer,
+    Regex,
+    RuleName,
+    Scalars,
+    ServerName,
+    Ttl,
+    UriGlob,
+    check_pointer,
+    ttl_seconds,
+)
+from extproc.policy.globs import compile_globs
 
 API_VERSION = "mcp-extproc/v1"
 
@@ -23,78 +35,6 @@ API_VERSION = "mcp-extproc/v1"
 TOOL_METHODS = ("tools/call",)
 RESOURCE_METHODS = ("resources/read", "resources/subscribe", "resources/unsubscribe")
 PROMPT_METHODS = ("prompts/get",)
-
-_RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SERVER = re.compile(r"^(\*|[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)$")
-_POINTER_SEGMENT = re.compile(r"^([^~]|~[01])*$")
-
-
-def _rule_name(v: str) -> str:
-    if not _RULE_NAME.match(v):
-        raise ValueError("must start with a letter or digit and use only letters, digits, '.', '_' and '-'")
-    if is_reserved_rule_name(v):
-        raise ValueError(f"{v!r} is reserved (default-deny and builtin-* are names the gateway uses)")
-    return v
-
-
-def _regex(v: str) -> str:
-    try:
-        re.compile(v)
-    except re.error as e:
-        raise ValueError(f"invalid regular expression {v!r}: {e}") from None
-    return v
-
-
-def _server(v: str) -> str:
-    if not _SERVER.match(v):
-        raise ValueError(f"server {v!r} is not a server name from gateway.yaml (lowercase, digits, '-') or '*'")
-    return v
-
-
-def _method(v: str) -> str:
-    matcher = compile_globs([check_glob(v)])
-    if not any(matcher(m) for m in KNOWN_METHODS):  # a pattern that can never fire is almost always a typo
-        raise ValueError(f"method {v!r} matches no MCP method (e.g. tools/call, resources/read, notifications/*)")
-    return v
-
-
-def _pointer(v: str) -> str:
-    if not v.startswith("/"):
-        raise ValueError(f"JSON pointer {v!r} must start with '/', e.g. /params/arguments/token")
-    if not all(_POINTER_SEGMENT.match(s) for s in v[1:].split("/")):
-        raise ValueError(f"JSON pointer {v!r}: '~' must be followed by 0 or 1 (RFC 6901)")
-    return v
-
-
-def _scalars(v: list[Any] | None) -> list[Any] | None:
-    if v is not None and not v:
-        raise ValueError("values must list at least one value")
-    if v is not None and not all(isinstance(x, str | int | float | bool) for x in v):
-        raise ValueError("values must be strings, numbers or booleans")
-    return v
-
-
-# The WithJsonSchema annotations only shape policies/schema.json (editor hints); validation is the AfterValidator.
-RuleName = Annotated[
-    str,
-    AfterValidator(_rule_name),
-    WithJsonSchema({"type": "string", "pattern": _RULE_NAME.pattern, "description": "Unique across all files."}),
-]
-Regex = Annotated[str, AfterValidator(_regex), WithJsonSchema({"type": "string", "format": "regex"})]
-ServerName = Annotated[str, AfterValidator(_server), WithJsonSchema({"type": "string", "pattern": _SERVER.pattern})]
-NameGlob = Annotated[str, AfterValidator(check_glob)]
-UriGlob = Annotated[str, AfterValidator(lambda v: check_glob(v, uri=True))]
-MethodGlob = Annotated[
-    str,
-    AfterValidator(_method),
-    WithJsonSchema({"anyOf": [{"enum": list(KNOWN_METHODS)}, {"type": "string", "pattern": r"[*?\[]"}]}),
-]
-Pointer = Annotated[str, AfterValidator(_pointer)]
-Scalars = Annotated[
-    list[Any] | None,
-    AfterValidator(_scalars),
-    WithJsonSchema({"type": "array", "items": {"type": ["string", "number", "boolean"]}, "minItems": 1}),
-]
 
 
 class _Model(BaseModel):
@@ -113,7 +53,7 @@ class ClaimMatch(_Model):
         if (self.values is None) == (self.pattern is None):
             raise ValueError("give exactly one of values or pattern")
         if self.claim.startswith("/"):
-            _pointer(self.claim)
+            check_pointer(self.claim)
         return self
 
 
@@ -193,15 +133,6 @@ class KubernetesCheck(_Model):
     subresource: str | None = None
 
 
-def _per(v: str) -> str:
-    if parse_duration(v) > 366 * 86400:  # raises ValueError naming the form
-        raise ValueError(f"per {v!r}: at most 366d (a budget's window, not a date)")
-    return v
-
-
-Per = Annotated[str, AfterValidator(_per), WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?[smhd]$"})]
-
-
 class Limit(_Model):
     """A budget: at most ``calls`` calls in any window of ``per`` (sliding), counted per caller (issuer+subject)
     and, with ``by``, per tool and/or server too."""
@@ -211,24 +142,6 @@ class Limit(_Model):
     by: list[Literal["tool", "server"]] = Field(
         [], description="Count separately per tool and/or server (always per caller); default: all the rule allows."
     )
-
-
-_TTL = re.compile(r"^[1-9][0-9]{0,6}[smhd]$")
-
-
-def _ttl(v: str) -> str:
-    if not _TTL.match(v):
-        raise ValueError(f"ttl {v!r}: use a number and s, m, h or d (e.g. 15m)")
-    if _ttl_seconds(v) > 7 * 86400:
-        raise ValueError(f"ttl {v!r}: an approval lasts at most 7 days")
-    return v
-
-
-def _ttl_seconds(v: str) -> float:
-    return float(int(v[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[v[-1]])
-
-
-Ttl = Annotated[str, AfterValidator(_ttl), WithJsonSchema({"type": "string", "pattern": _TTL.pattern})]
 
 
 class Rule(_Model):
@@ -285,7 +198,7 @@ class Rule(_Model):
 
     def ttl_seconds(self) -> float | None:
         """``ttl`` in seconds (None when not given)."""
-        return _ttl_seconds(self.ttl) if self.ttl is not None else None
+        return ttl_seconds(self.ttl) if self.ttl is not None else None
 
     @model_validator(mode="after")
     def _kubernetes_on_allow(self) -> Rule:
@@ -358,14 +271,21 @@ class Screens(_Model):
     (remove the characters, recorded), hide (the item leaves the list, calls to it refused), refuse (every call
     to the server refused while the finding is listed)."""
 
-    invisible: ScreenAction = Field("strip", description="Tag characters, zero-width and bidi controls.")
-    instructions: ScreenAction = Field("alarm", description="Instruction markers addressed to the model.")
-    cross_server: ScreenAction = Field("alarm", description="A description naming another server's tool.")
+    invisible: ScreenAction = Field(default="strip", description="Tag characters, zero-width and bidi controls.")
+    instructions: ScreenAction = Field(default="alarm", description="Instruction markers addressed to the model.")
+    cross_server: ScreenAction = Field(default="alarm", description="A description naming another server's tool.")
     results: Literal["strip", "alarm", "ignore"] = Field(
-        "strip",
+        default="strip",
         description="Invisible characters in what a call returns (tools/call, prompts/get, resources/read): strip "
         "removes them before the client sees the result, recorded with where; alarm records them; ignore: not "
         "screened.",
+    )
+    result_markers: Literal["alarm", "refuse", "ignore"] = Field(
+        default="alarm",
+        description="Instruction markers and other servers' tool names in what a call returns (the instructions "
+        "and cross_server screens on results): alarm records them; refuse replaces the result with a JSON-RPC "
+        "error before the client sees it (a streamed SSE result: its event is held until complete, then replaced); "
+        "ignore: not screened.",
     )
 
     @model_validator(mode="after")
@@ -389,7 +309,7 @@ class Integrity(_Model):
         description="alarm: pass and record; hide: the item leaves lists and calls to it are refused until "
         "approved; block: every call to the server is refused until approved.",
     )
-    screens: Screens = Field(default_factory=Screens)  # type: ignore[arg-type]
+    screens: Screens = Field(default_factory=Screens)
 
 
 class PolicyFile(_Model):

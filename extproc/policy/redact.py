@@ -59,13 +59,16 @@ def is_secret_field(name: str) -> bool:
 BUILTIN_KEYS: tuple[tuple[str, Callable[[str], bool]], ...] = ((SECRET_NAME_RULE, is_secret_field),)
 
 
+RedactionKind = Literal["path", "key", "pattern"]
+
+
 @dataclass(frozen=True, slots=True)
 class Redaction:
     """One replacement: which rule replaced what (a JSON pointer into the payload), never the secret itself."""
 
     rule: str
     pointer: str
-    kind: Literal["path", "key", "pattern"]
+    kind: RedactionKind
     count: int = 1  # pattern redactions: matches replaced in that string
 
 
@@ -104,7 +107,7 @@ class Redactor:
     # Object keys repeat endlessly ("jsonrpc", "params", "text"): remember each key's rule, bounded because
     # keys come from clients and servers.
     key_memo: dict[str, str | None] = field(default_factory=dict)
-    text_memo: dict[str, tuple[str, tuple[tuple[str, str, int], ...]]] = field(default_factory=dict)
+    text_memo: dict[str, tuple[str, tuple[tuple[str, RedactionKind, int], ...]]] = field(default_factory=dict)
 
     def apply(self, payload: Any) -> tuple[Any, list[Redaction]]:
         """Return a redacted copy of ``payload`` and what was redacted."""
@@ -158,7 +161,7 @@ class Redactor:
         out, hits = memo
         if not hits:
             return out, []
-        return out, [Redaction(rule, pointer, kind, count) for rule, kind, count in hits]  # type: ignore[arg-type]
+        return out, [Redaction(rule, pointer, kind, count) for rule, kind, count in hits]
 
     def field(self, name: str, text: str, pointer: str) -> tuple[str, list[Redaction]]:
         """A named value (a header, a query parameter): replaced whole when a key rule names it, else ``text``."""

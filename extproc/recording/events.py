@@ -114,6 +114,8 @@ class GuardrailVerdict(Event):
     latency_ms: float = 0.0
     outcome: str = ""  # what the gateway did: passed, refused, modified, passed (fail open)
     arguments: dict[str, Any] | None = None  # with modify: the arguments the call went on with (redactions applied)
+    phase: str = "request"  # asked about the call (request) or about its result (result)
+    result: dict[str, Any] | None = None  # with modify of a result: the result the client got (redactions applied)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -29,6 +29,12 @@ class Guardrail(Section):
     methods: list[GuardedMethod] = Field(
         default_factory=_tools_call, min_length=1, description="the calls it is asked about"
     )
+    results: bool = Field(
+        default=False,
+        description="also ask about each result of those calls before the client gets it (allow, deny: an error in "
+        "its place, modify: the guardrail's result in its place); a JSON body is then buffered, an SSE result's "
+        "event held until complete",
+    )
     token_file: Path | None = Field(
         default=None, description="a bearer token for the guardrail (absolute path; re-read on every start)"
     )

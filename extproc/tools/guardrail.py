@@ -13,6 +13,12 @@ and takes one JSON answer within ``timeout_ms``:
     {"verdict": "deny", "reason": "shown to the caller and recorded"}
     {"verdict": "modify", "arguments": {...}, "reason": "..."}    (the call goes on with these arguments)
 
+With ``results: true`` it is asked again about each of those calls' results before the client gets one: the same
+document with ``"phase": "result"`` and ``"result": {...}`` (the JSON-RPC result as the server sent it) added, and
+answers allow, deny (the client gets a JSON-RPC error in its place) or ``{"verdict": "modify", "result": {...}}``
+(the client gets that result). A JSON body is buffered for it; an SSE body is released event by event, each event
+held until it is complete, and the one carrying the result is replaced when the answer is not allow.
+
 Anything else (a timeout, a connection error, a status other than 200, an answer that is not one of those) is an
 error: ``on_error: closed`` (the default) refuses the call with 503, ``open`` lets it pass; either way recorded.
 Each answer is recorded (``guardrail.verdict``) with its latency; the histogram
@@ -39,6 +45,7 @@ class Answer:
     verdict: Verdict
     reason: str = ""
     arguments: dict[str, Any] | None = None  # with modify: the arguments the call goes on with
+    result: dict[str, Any] | None = None  # with modify of a result: the result the client gets
     latency_ms: float = 0.0
 
 
@@ -65,6 +72,10 @@ class Guardrails:
         g = self.by_server.get(server)
         return g is not None and method in g.methods
 
+    def asks_results(self, server: str, method: str) -> bool:
+        g = self.by_server.get(server)
+        return g is not None and g.results and method in g.methods
+
     def fails_open(self, server: str) -> bool:
         return self.by_server[server].on_error == "open"
 
@@ -84,7 +95,7 @@ class Guardrails:
                 return Answer("error", f"answered HTTP {resp.status_code}", latency_ms=elapsed)
             if len(resp.content) > MAX_ANSWER_BYTES:
                 return Answer("error", f"answer over {MAX_ANSWER_BYTES} bytes", latency_ms=elapsed)
-            return _parse(orjson.loads(resp.content), elapsed)
+            return _parse(orjson.loads(resp.content), elapsed, "result" if "result" in question else "arguments")
         except httpx.TimeoutException:
             return Answer("error", f"no answer within {g.timeout_ms} ms", latency_ms=(time.perf_counter() - t0) * 1000)
         except (httpx.HTTPError, orjson.JSONDecodeError) as e:
@@ -94,14 +105,16 @@ class Guardrails:
         await self._http.aclose()
 
 
-def _parse(doc: Any, latency_ms: float) -> Answer:
+def _parse(doc: Any, latency_ms: float, changes: str = "arguments") -> Answer:
     if not isinstance(doc, dict) or doc.get("verdict") not in ("allow", "deny", "modify"):
         return Answer("error", "answer is not {verdict: allow|deny|modify}", latency_ms=latency_ms)
     reason = doc.get("reason", "")
     reason = reason[:500] if isinstance(reason, str) else ""
     if doc["verdict"] == "modify":
-        arguments = doc.get("arguments")
-        if not isinstance(arguments, dict):
-            return Answer("error", "modify without an arguments object", latency_ms=latency_ms)
-        return Answer("modify", reason, arguments, latency_ms)
+        changed = doc.get(changes)  # a request's arguments, or a result
+        if not isinstance(changed, dict):
+            return Answer("error", f"modify without an object at {changes!r}", latency_ms=latency_ms)
+        if changes == "result":
+            return Answer("modify", reason, latency_ms=latency_ms, result=changed)
+        return Answer("modify", reason, changed, latency_ms=latency_ms)
     return Answer(doc["verdict"], reason, latency_ms=latency_ms)

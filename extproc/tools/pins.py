@@ -110,11 +110,21 @@ def first_pin(server: str, kind: str, name: str, definition: dict[str, Any], fp:
     """The pin of a definition seen for the first time (built from values just computed: not re-validated, the
     hash check is for files read back). Every field is given: pydantic copying defaults in was a third of the cost,
     and a first list of 500 tools builds 500 of these."""
+    return _FIRST.model_copy(  # a shallow copy of a template, every per-pin value (lists too) given anew: ~2x faster
+        update={"server": server, "kind": kind, "name": name, "fingerprint": fp, "definition": definition,
+                "first_seen": now, "pinned_at": now, "rejected": [], "history": []}
+    )  # fmt: skip
+
+
+def _first_pin_template() -> PinFile:
     return PinFile.model_construct(
-        server=server, kind=kind, name=name, fingerprint=fp, definition=definition,
-        first_seen=now, pinned_at=now, approved_by=FIRST_SEEN,
+        server="", kind="tool", name="", fingerprint="", definition={},
+        first_seen=0.0, pinned_at=0.0, approved_by=FIRST_SEEN,
         v=1, candidate=None, rejected=[], history=[], key_id="", sig="",
     )  # fmt: skip
+
+
+_FIRST = _first_pin_template()
 
 
 def with_candidate(pin: PinFile, definition: dict[str, Any], fp: str, now: float) -> PinFile:

@@ -235,12 +235,17 @@ _INSTRUCTIONS = re.compile(
 STARTS = ("<", "[", "ignore", "disregard", "forget", "override", "do", "never", "without", "you", "new", "from",
           "~/", "id_", "mcp.")  # fmt: skip
 _STARTS = ahocorasick_rs.AhoCorasick(STARTS)
+# Characters that IGNORECASE matches to an ASCII letter but str.lower() leaves outside ASCII (re's case-folding
+# equivalences: U+0131 dotless i ~ i, U+017F long s ~ s). Checked only in text that is not ASCII.
+_FOLDS = re.compile("[\u0131\u017f]")
 
 
 def instructions(text: str) -> list[re.Match[str]]:
     """Non-overlapping instruction-marker matches in ``text``, leftmost first (as ``finditer`` would give)."""
     low = text.lower()
-    if len(low) != len(text):  # a character whose lower case is longer: offsets would drift, search it all
+    if len(low) != len(text) or (not text.isascii() and _FOLDS.search(text) is not None):
+        # a character whose lower case is longer (offsets would drift), or one the patterns match case-blind
+        # without lower() giving ASCII (dotless i, long s): search it all
         return list(_INSTRUCTIONS.finditer(text))
     out: list[re.Match[str]] = []
     end = 0
@@ -252,6 +257,39 @@ def instructions(text: str) -> list[re.Match[str]]:
             out.append(m)
             end = m.end()
     return out
+
+
+# --- the same markers in results: a byte prefilter ----------------------------------------------------------------
+# A call's result streams as bytes (a JSON document, SSE events); parsing each to screen it would cost more than the
+# rest of the path. Every instruction pattern needs one of these words (lower case: ``authority-tag`` one of its
+# tag words, ``override-previous`` its verb, ``conceal-from-user`` "user", ``role-override`` "now" or
+# "instruction", ``secret-files`` its file's name); a test holds each pattern to it. One DFA Aho-Corasick pass over
+# the lower-cased bytes finds them; only a piece where one occurs is parsed and screened exactly.
+MARKER_ANCHORS = ("important", "system", "instruction", "admin", "critical", "secret", "ignore", "disregard",
+                  "forget", "override", "user", "now", "ssh", "id_rsa", "id_ed25519", "credentials", "mcp.json",
+                  "cursor")  # fmt: skip
+_DFA = ahocorasick_rs.Implementation.DFA
+# What the byte pass cannot see, so the piece is parsed: a JSON escape of an ASCII character (``\u0069gnore``
+# reads "ignore") or of a character matched case-blind to an ASCII letter, and those characters' UTF-8 forms
+# (dotless i, capital I with dot, long s, Kelvin sign).
+_ESCAPED_LETTERS = re.compile(rb"\\u(?:00[0-7]|013[01]|017f|212a)", re.IGNORECASE)
+_FOLD_BYTES = re.compile(rb"\xc4[\xb0\xb1]|\xc5\xbf|\xe2\x84\xaa")
+
+
+@functools.cache
+def _marker_anchors() -> ahocorasick_rs.BytesAhoCorasick:
+    return ahocorasick_rs.BytesAhoCorasick([w.encode() for w in MARKER_ANCHORS], implementation=_DFA)
+
+
+def may_hold_markers(raw: bytes, cross: CrossNames | None = None) -> bool:
+    """Could this JSON text hold an instruction marker (or, with ``cross``, another server's tool name)? False is
+    certain; True is checked by parsing it and screening its strings (``scan``)."""
+    if b"\\u" in raw and _ESCAPED_LETTERS.search(raw) is not None:
+        return True
+    if not raw.isascii() and (_FOLD_BYTES.search(raw) is not None or may_hold_invisible(raw)):
+        return True  # (invisible: tag characters may smuggle a marker, decoded by the screen)
+    anchors = cross.anchors() if cross is not None else _marker_anchors()
+    return bool(anchors.find_matches_as_indexes(raw.lower()))
 
 
 _DISTINCTIVE = re.compile(r"[_\-./0-9]|[a-z][A-Z]")
@@ -280,6 +318,14 @@ class CrossNames:
     def __init__(self, names: list[str]) -> None:
         self.names = names
         self._ac = ahocorasick_rs.AhoCorasick(names, matchkind=ahocorasick_rs.MatchKind.LeftmostLongest)
+        self._anchors: ahocorasick_rs.BytesAhoCorasick | None = None
+
+    def anchors(self) -> ahocorasick_rs.BytesAhoCorasick:
+        """The result prefilter's words with these names added (``may_hold_markers``), built on first use."""
+        if self._anchors is None:
+            words = {*MARKER_ANCHORS, *(n.lower() for n in self.names)}
+            self._anchors = ahocorasick_rs.BytesAhoCorasick([w.encode() for w in sorted(words)], implementation=_DFA)
+        return self._anchors
 
     def finditer(self, text: str) -> list[tuple[int, int]]:
         out = []
@@ -297,16 +343,20 @@ def cross_server_pattern(names: Iterable[str]) -> CrossNames | None:
     return CrossNames(picked) if picked else None
 
 
-def scan(definition: Any, cross: CrossNames | None = None, texts: list[str] | None = None) -> list[Finding]:
+def scan(
+    definition: Any, cross: CrossNames | None = None, texts: list[str] | None = None, everywhere: bool = False
+) -> list[Finding]:
     """Every finding of every screen in one definition (strings and object keys, recursively). ``texts``: its
-    strings as ``strings`` gives them, when a walk already collected them (fingerprint.fingerprint does)."""
+    strings as ``strings`` gives them, when a walk already collected them (fingerprint.fingerprint does).
+    Other servers' tool names are looked for in descriptions and titles, or (``everywhere``: a result) in every
+    string."""
     if not texts:  # not collected (or nothing to screen: collecting again costs nothing)
         texts = strings(definition)
     joined = "\x00".join(texts)  # one pass over all of it first: most definitions have nothing to find
     if not (has_invisible(joined) or instructions(joined) or (cross is not None and cross.finditer(joined))):
         return []
     found: list[Finding] = []
-    _walk(definition, "", cross, found, None)
+    _walk(definition, "", cross, found, None, everywhere)
     return found
 
 
@@ -344,18 +394,20 @@ def strip_invisible(definition: Any) -> Any:
     return definition
 
 
-def _walk(node: Any, path: str, cross: CrossNames | None, found: list[Finding], key: str | None) -> None:
+def _walk(
+    node: Any, path: str, cross: CrossNames | None, found: list[Finding], key: str | None, everywhere: bool = False
+) -> None:
     if isinstance(node, str):
-        _text(node, path, cross if key in _TEXT_KEYS else None, found)
+        _text(node, path, cross if everywhere or key in _TEXT_KEYS else None, found)
     elif isinstance(node, dict):
         for k, v in node.items():
             sub = f"{path}/{_escape(str(k))}"
             if isinstance(k, str) and has_invisible(k):
                 _invisible(k, sub + "#key", found)
-            _walk(v, sub, cross, found, k)
+            _walk(v, sub, cross, found, k, everywhere)
     elif isinstance(node, list):
         for i, v in enumerate(node):
-            _walk(v, f"{path}/{i}", cross, found, key)
+            _walk(v, f"{path}/{i}", cross, found, key, everywhere)
 
 
 def _text(text: str, path: str, cross: CrossNames | None, found: list[Finding]) -> None:

@@ -147,7 +147,9 @@ async def test_held_call_passes_once_after_an_approver_approves_it(
     assert [(r["id"], r["tool"], r["caller"]["username"], r["may_decide"]) for r in rows] == [
         (aid, "add", "alice", True)
     ]
-    assert json.loads(rows[0]["arguments"]) == {"a": 1, "b": 2}
+    assert json.loads(rows[0]["arguments"]) == {"a": 1, "b": 2} and rows[0]["capture"] == "redacted"
+    request = json.loads((tmp_path / "approvals" / f"{aid}.request.json").read_text())
+    assert request["v"] == 2 and request["sealed"] is None  # the shared signed-file scheme; no encrypt_payloads
 
     own = cli(gw, selfish, "approve", aid)
     assert own.returncode == 1 and "403" in own.stderr and "their own call" in own.stderr

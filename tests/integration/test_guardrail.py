@@ -99,3 +99,45 @@ async def test_no_valid_answer_fails_closed_or_open(
     (verdict,) = [e for e in gw.session(unit).events if e["type"] == "guardrail.verdict"]
     expected = "refused" if on_error == "closed" else "passed (fail open)"
     assert verdict["verdict"] == "error" and verdict["outcome"] == expected and verdict["reason"]
+
+
+async def test_results_asked_before_the_client_gets_them_json_and_sse(  # type: ignore[no-untyped-def]
+    start_mcp_server, start_authed, issuer
+) -> None:
+    """``results: true``: each result is asked about before the client gets it; deny, modify and no answer (fail
+    closed) replace it, for a JSON body (buffered) and an SSE body (each event held until complete)."""
+    with GuardrailServer({}, result_rules={"add": "deny", "echo": "modify", "whoami": "broken"}) as guard:
+        servers = [start_mcp_server("demo", False), start_mcp_server("jdemo", True)]
+        guardrail = {"url": guard.url, "timeout_ms": 1000, "results": True}
+        entries = [{"name": s.name, "upstream": s.upstream, "guardrail": guardrail} for s in servers]
+        gw = start_authed(servers, policy=POLICY, gateway={"server_entries": entries})
+        token = issuer.mint("alice", aud=gw.endpoint)
+        units = []
+        for name in ("demo", "jdemo"):
+            async with connect(gw.url(name), token=token, mode="legacy") as conn:
+                with pytest.raises(Exception, match="denied by the guardrail"):
+                    await conn.client.call_tool("add", {"a": 1, "b": 2})
+                echoed = await conn.client.call_tool("echo", {"text": "the original"})
+                assert echoed.structured_content == {"result": MODIFIED_TEXT}  # the guardrail's result
+                with pytest.raises(Exception, match="guardrail unavailable"):
+                    await conn.client.call_tool("whoami", {})
+                units.append(recording_key(conn.session_id, name))
+        for s in servers:
+            assert len(_called(s, "add")) == 1  # asked after the server ran it: the result is what was judged
+        gw.stop()
+
+    results = [q for q in guard.questions if q["phase"] == "result"]
+    assert [(q["server"], q["name"]) for q in results] == [
+        (s, t) for s in ("demo", "jdemo") for t in ("add", "echo", "whoami")
+    ]
+    assert results[0]["result"]["structuredContent"] == {"result": 3} and results[0]["arguments"] == {"a": 1, "b": 2}
+    for unit in units:
+        session = gw.session(unit)
+        assert session.problems == []
+        verdicts = [e for e in session.events if e["type"] == "guardrail.verdict" and e["phase"] == "result"]
+        assert [(v["verdict"], v["outcome"]) for v in verdicts] == [
+            ("deny", "refused"), ("modify", "modified"), ("error", "refused"),
+        ]  # fmt: skip
+        assert verdicts[1]["result"]["structuredContent"] == {"result": MODIFIED_TEXT}
+        sent = [e for e in session.events if e["type"] == "mcp.response" and e["messages"]]
+        assert any("the original" in str(e["messages"]) for e in sent)  # the record keeps what the server sent

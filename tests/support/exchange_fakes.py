@@ -11,8 +11,8 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
+from extproc.authn.errors import MissingToken
 from extproc.authn.principal import Principal
-from extproc.errors import MissingToken
 from extproc.gateway import Gateway
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.loader import load_policy

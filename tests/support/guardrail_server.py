@@ -15,8 +15,11 @@ MODIFIED_TEXT = "[guarded]"
 
 
 class GuardrailServer:
-    def __init__(self, rules: dict[str, str] | None = None, slow_s: float = 2.0) -> None:
+    def __init__(
+        self, rules: dict[str, str] | None = None, slow_s: float = 2.0, result_rules: dict[str, str] | None = None
+    ) -> None:
         self.rules = dict(DEFAULT_RULES if rules is None else rules)
+        self.result_rules = dict(result_rules or {})  # the same answers, about results ("phase": "result")
         self.slow_s = slow_s
         self.questions: list[dict[str, Any]] = []
         self.authorization: list[str] = []
@@ -27,7 +30,8 @@ class GuardrailServer:
                 question = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 owner.questions.append(question)
                 owner.authorization.append(self.headers.get("authorization", ""))
-                rule = owner.rules.get(question.get("name"), "allow")
+                rules = owner.result_rules if question.get("phase") == "result" else owner.rules
+                rule = rules.get(question.get("name"), "allow")
                 if rule == "slow":
                     time.sleep(owner.slow_s)
                     rule = "allow"
@@ -36,7 +40,11 @@ class GuardrailServer:
                     self.end_headers()
                     return
                 answer: dict[str, Any] = {"verdict": rule, "reason": f"rule {rule} for {question.get('name')}"}
-                if rule == "modify":
+                if rule == "modify" and question.get("phase") == "result":
+                    text = owner.modified_text
+                    content = [{"type": "text", "text": text}]
+                    answer["result"] = {"content": content, "structuredContent": {"result": text}}
+                elif rule == "modify":
                     answer["arguments"] = {**question["arguments"], "text": owner.modified_text}
                 if rule == "nonsense":
                     answer = {"verdict": "maybe"}

@@ -28,7 +28,8 @@ import yaml
 
 from extproc import settings
 from extproc.envoy.bootstrap import render_yaml
-from extproc.launcher import can_connect, envoy_binary, wait_until
+from extproc.envoy.process import envoy_binary
+from extproc.launcher import can_connect, wait_until
 from extproc.policy.loader import load_policy, policy_files
 from extproc.sections import split_hostport
 

@@ -9,8 +9,8 @@ import pytest
 
 from extproc.envoy.bootstrap import render, render_yaml
 from extproc.envoy.clusters import AUDIT_CLUSTER
+from extproc.envoy.process import envoy_binary
 from extproc.errors import ConfigError
-from extproc.launcher import envoy_binary
 from extproc.settings import Settings, parse
 
 BASE = {

@@ -11,7 +11,7 @@ from extproc.authn.challenge import (
     www_authenticate,
 )
 from extproc.authn.config import AuthConfig
-from extproc.errors import AuthError, IssuerUnavailable, MissingToken, TokenExpired, UnknownKeyId, WrongAudience
+from extproc.authn.errors import AuthError, IssuerUnavailable, MissingToken, TokenExpired, UnknownKeyId, WrongAudience
 
 META = "https://gw.example.test/.well-known/oauth-protected-resource"
 

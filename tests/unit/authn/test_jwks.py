@@ -10,9 +10,9 @@ import pytest
 
 from extproc.authn.config import IssuerConfig
 from extproc.authn.dev_issuer import DevIssuer
+from extproc.authn.errors import IssuerUnavailable, UnknownKeyId
 from extproc.authn.jwks import KeySet, parse_jwks
 from extproc.authn.verify import Authenticator
-from extproc.errors import IssuerUnavailable, UnknownKeyId
 
 AUD = "https://gw.example.test"
 

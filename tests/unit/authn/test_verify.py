@@ -12,9 +12,7 @@ import tokens
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from extproc.authn.dev_issuer import DevIssuer
-from extproc.authn.principal import Principal
-from extproc.authn.verify import Authenticator, claim_at, identity_headers
-from extproc.errors import (
+from extproc.authn.errors import (
     AlgorithmNotAllowed,
     AuthError,
     BadSignature,
@@ -28,6 +26,8 @@ from extproc.errors import (
     WrongAudience,
     WrongIssuer,
 )
+from extproc.authn.principal import Principal
+from extproc.authn.verify import Authenticator, claim_at, identity_headers
 
 AUD = "https://gw.example.test"
 

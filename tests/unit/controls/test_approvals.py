@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
 import pytest
+import rfc8785
 
 from extproc.authn.principal import Principal
-from extproc.controls.approvals import ApprovalError, ApprovalStore, Binding, args_digest
+from extproc.controls.approval_files import Binding, Request, args_digest
+from extproc.controls.approvals import DEFAULT_RETENTION, SWEEP_EVERY, ApprovalError, ApprovalStore
+from extproc.policy import signed
 from extproc.recording.manifest import Signer, generate_keys
+from extproc.recording.shred import FileKek, FileKeyStore, Keyring, subject_of
 
 ALICE = Principal("https://idp", "sub-alice", "alice")
 BOB = Principal("https://idp", "sub-bob", "bob", ("sre",))
@@ -34,8 +39,8 @@ def _binding(who: Principal = ALICE, args: dict | None = None, version: str = "v
     return Binding(who.issuer, who.subject, "demo", "", "delete_repo", args_digest(args or {"repo": "x"}), version)
 
 
-def _settle(store: ApprovalStore, b: Binding, who: Principal = ALICE, count: int = 1):
-    return store.settle(b, who, rule="r", approvers="groups ['sre']", ttl=600, count=count, arguments="{}")
+def _settle(store: ApprovalStore, b: Binding, who: Principal = ALICE, count: int = 1, arguments: str = "{}"):
+    return store.settle(b, who, rule="r", approvers="groups ['sre']", ttl=600, count=count, arguments=arguments)
 
 
 def _approve(store: ApprovalStore, approval_id: str, who: Principal = BOB) -> None:
@@ -162,3 +167,114 @@ def test_two_workers_cannot_both_consume_one_approval(store: ApprovalStore) -> N
     for t in threads:
         t.join()
     assert passed.count(True) == 1
+
+
+def test_approval_files_use_the_one_signed_file_scheme(store: ApprovalStore) -> None:
+    held = _settle(store, _binding())
+    aid = held.entry.request.id
+    _approve(store, aid)
+    assert _settle(store, _binding()).passed
+    for name in (f"{aid}.request.json", f"{aid}.decision.json", f"{aid}.use.1.json"):
+        doc = json.loads((store.directory / name).read_text())
+        assert doc["v"] == 2 and doc["key_id"] == store.signer.key_id
+    request = Request.model_validate_json((store.directory / f"{aid}.request.json").read_bytes())
+    assert signed.verify(store.public, request) is None  # policy/signed.py's verify, as grants and pins
+
+
+@pytest.mark.parametrize(
+    ("suffix", "field", "value"),
+    [
+        pytest.param("request.json", "tool", "drop_database", id="request-tool"),
+        pytest.param("request.json", "count", 100, id="request-count"),
+        pytest.param("request.json", "subject", "sub-mallory", id="request-caller"),
+        pytest.param("decision.json", "approved", False, id="decision-flipped"),
+        pytest.param("decision.json", "by_username", "carol", id="decision-approver"),
+    ],
+)
+def test_a_tampered_approval_file_is_refused(store: ApprovalStore, suffix: str, field: str, value: object) -> None:
+    held = _settle(store, _binding())
+    aid = held.entry.request.id
+    _approve(store, aid)
+    path = store.directory / f"{aid}.{suffix}"
+    doc = json.loads(path.read_text())
+    doc[field] = value
+    path.write_text(json.dumps(doc))
+    entry = store.entry(aid)
+    assert entry is None or entry.decision is None  # the edited file is refused as if absent
+    assert not _settle(store, _binding()).passed
+
+
+def _legacy(store: ApprovalStore, doc: dict) -> dict:
+    """A format-1 file as the store wrote them before approvals shared the scheme: signed over RFC 8785 JSON."""
+    doc = {**doc, "v": 1, "key_id": store.signer.key_id, "sig": ""}
+    del doc["sig"]
+    return {**doc, "sig": store.signer.sign_bytes(rfc8785.dumps(doc))}
+
+
+def test_format_1_files_are_still_read_and_checked(store: ApprovalStore) -> None:
+    b = _binding()
+    aid = "ap-0123456789abcdef0123"
+    request = {
+        "id": aid, "issuer": b.issuer, "subject": b.subject, "username": "alice", "server": b.server,
+        "backend": b.backend, "tool": b.tool, "args_sha256": b.args_sha256, "policy_version": b.policy_version,
+        "rule": "r", "approvers": "groups ['sre']", "ttl": 600.0, "count": 1, "requested_at": 1000.0,
+        "pending_until": 1600.0, "arguments": "{}", "exchange": "",
+    }  # fmt: skip
+    old = _legacy(store, request)
+    store.directory.mkdir(parents=True)
+    (store.directory / f"{aid}.request.json").write_text(json.dumps(old))
+    (store.directory / f"{b.call_key()}.{aid}.call").touch()
+    _approve(store, aid)  # the decision is written in format 2, bound to the format-1 request's signature
+    assert _settle(store, b).passed
+    (store.directory / f"{aid}.request.json").write_text(json.dumps({**old, "count": 5}))
+    assert store.entry(aid) is None
+
+
+def _keyring(tmp_path: Path) -> Keyring:
+    (tmp_path / "kek").write_bytes(b"k" * 32)
+    return Keyring(FileKeyStore(tmp_path / "keys-store"), FileKek(tmp_path / "kek"))
+
+
+def test_arguments_are_sealed_per_caller_when_payloads_are_encrypted(store: ApprovalStore, tmp_path: Path) -> None:
+    keyring = _keyring(tmp_path)
+    sealing = ApprovalStore(store.directory, store.signer, store.clock, keyring=keyring)
+    held = _settle(sealing, _binding(), arguments='{"repo": "x-secret-repo"}')
+    aid = held.entry.request.id
+    assert "x-secret-repo" not in "".join(p.read_text() for p in store.directory.iterdir())
+    assert sealing.entry(aid).to_json(0)["arguments"] == '{"repo": "x-secret-repo"}'  # type: ignore[union-attr]
+    assert store.entry(aid).to_json(0)["arguments"].startswith("[sealed")  # type: ignore[union-attr]
+    keyring.erase(subject_of({"issuer": ALICE.issuer, "subject": ALICE.subject}) or "")
+    assert sealing.entry(aid).to_json(0)["arguments"].startswith("[erased")  # type: ignore[union-attr]
+
+
+def test_metadata_capture_keeps_no_arguments(store: ApprovalStore) -> None:
+    held = store.settle(
+        _binding(), ALICE, rule="r", approvers="a", ttl=600, count=1, arguments='{"repo": "x"}', capture="metadata"
+    )
+    r = held.entry.request
+    assert (r.arguments, r.capture) == ("", "metadata")
+    assert held.entry.to_json(0)["arguments"] == "[not kept: capture level metadata]"  # what the approver reads
+
+
+def test_old_requests_are_swept_after_the_retention(store: ApprovalStore) -> None:
+    clock = store.clock
+    done = _settle(store, _binding(args={"repo": "old"}))
+    _approve(store, done.entry.request.id)
+    assert _settle(store, _binding(args={"repo": "old"})).passed
+    stray = store.directory / f"{'0' * 32}.ap-ffffffffffffffffffff.call"  # an index entry without its request
+    stray.touch()
+    assert store.sweep_due() and not store.sweep_due()  # at most once per SWEEP_EVERY
+    clock.now += 600 + DEFAULT_RETENTION + 1  # type: ignore[attr-defined]
+    live = _settle(store, _binding(args={"repo": "new"}))
+    assert store.sweep_due()
+    assert store.sweep() == [done.entry.request.id]
+    names = sorted(p.name for p in store.directory.iterdir())
+    assert all(done.entry.request.id not in n for n in names)  # request, decision, use and index: all gone
+    assert any(live.entry.request.id in n for n in names)
+    assert stray.exists()  # a stray's age is its file time: not past the retention in real time
+    clock.now += SWEEP_EVERY  # type: ignore[attr-defined]
+    assert store.sweep() == []  # the live request is pending, then usable: kept
+    assert store.entry(live.entry.request.id) is not None
+    os.utime(stray, (0, 0))  # older than the retention by the store's clock
+    store.sweep()
+    assert not stray.exists()

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+from policy_helpers import SERVERS, write
 
-from extproc.controls.hold import INPUT_KEY, asks_by_url, declined, input_required, strip_input_response
+from extproc.controls.hold import (
+    INPUT_KEY,
+    asks_by_url,
+    declined,
+    input_required,
+    shown_arguments,
+    strip_input_response,
+)
+from extproc.policy import load_policy
+from extproc.policy.capture import Capture
 
 CAPS = "io.modelcontextprotocol/clientCapabilities"
 VERSION = "io.modelcontextprotocol/protocolVersion"
@@ -58,3 +69,35 @@ def test_input_required_asks_to_open_the_approval_page() -> None:
     url = "https://gw/audit/approvals/ap-0123456789abcdef0123"
     params = {"mode": "url", "message": "why", "url": url, "elicitationId": "ap-0123456789abcdef0123"}
     assert ask == {"method": "elicitation/create", "params": params}
+
+
+CAPTURE_POLICY = """
+apiVersion: mcp-extproc/v1
+recording:
+  - servers: [github]
+    capture: full
+  - servers: [jira]
+    capture: shape
+  - servers: [demo]
+    tools: [delete_*]
+    capture: metadata
+"""
+
+
+@pytest.mark.parametrize(
+    ("server", "tool", "keeps", "drops"),
+    [
+        pytest.param("github", "create_issue", ["secret plan", "hunter2"], [], id="full"),
+        pytest.param("demo", "create_issue", ["secret plan"], ["hunter2"], id="redacted"),
+        pytest.param("jira", "create_issue", ["[shape:string:11:", '"title"'], ["secret plan", "hunter2"], id="shape"),
+        pytest.param("demo", "delete_repo", [], ["secret plan", "hunter2", "title"], id="metadata"),
+    ],
+)
+def test_a_request_keeps_the_arguments_at_the_calls_capture_level(
+    tmp_path: Path, server: str, tool: str, keeps: list[str], drops: list[str]
+) -> None:
+    write(tmp_path, "policy.yaml", CAPTURE_POLICY)
+    policy = load_policy(tmp_path, SERVERS)
+    capture = Capture(policy.capture(server, [tool]), b"s" * 32)
+    shown = shown_arguments(policy, server, capture, {"title": "secret plan", "password": "hunter2"})
+    assert all(k in shown for k in keeps) and not any(d in shown for d in drops)

@@ -12,7 +12,7 @@ import yaml
 from extproc.envoy.bootstrap import SAFE_RETRY, render, render_yaml
 from extproc.envoy.clusters import BACKENDS_CLUSTER, PROCESSOR_CLUSTER, processor_addresses
 from extproc.envoy.fields import UPSTREAM_HEADER
-from extproc.launcher import envoy_binary
+from extproc.envoy.process import envoy_binary
 from extproc.server import listen_address
 from extproc.settings import Settings, parse
 

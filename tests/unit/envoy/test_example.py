@@ -9,7 +9,7 @@ import yaml
 
 from extproc import settings
 from extproc.envoy.bootstrap import render
-from extproc.launcher import envoy_binary
+from extproc.envoy.process import envoy_binary
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -330,3 +330,19 @@ def test_loads_keeps_what_orjson_cannot_read_exactly() -> None:
         "s": "\ud800",
         "f": 1.5e300,
     }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[9223372036854775807, -9223372036854775808]", b"[9223372036854775808]", b"[-18446744073709551617]",
+     b"[1e19, 12345678901234567890.0, 1234567890123456789]", b'{"s": "12345678901234567890123", "n": 1}',
+     b"[123456789012345678901234567890]"],
+)  # fmt: skip
+def test_integers_beyond_64_bits_stay_exact_with_the_byte_precheck(body: bytes) -> None:
+    """The digit-run check before the walk gives what the standard parser gives, numbers exactly."""
+    got, want = loads(body), json.loads(body)
+    assert got == want and [type(v) for v in _values(got)] == [type(v) for v in _values(want)]
+
+
+def _values(doc: object) -> list[object]:
+    return list(doc.values()) if isinstance(doc, dict) else list(doc) if isinstance(doc, list) else [doc]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from extproc.policy import CompiledPolicy, redact
+from extproc.policy.enforce import redact_for_record
 from extproc.policy.redact import compile_redactor
 
 POLICY = r"""
@@ -173,6 +174,15 @@ def test_redaction_error_stores_nothing(policy: CompiledPolicy) -> None:
         deep = [deep]
     out, found = redact(policy, "demo", deep)
     assert out == "[REDACTED:redaction-error]" and found[0].rule == "redaction-error"
+
+
+def test_a_failed_redaction_records_no_message(policy: CompiledPolicy) -> None:
+    deep: Any = "secret"
+    for _ in range(5000):
+        deep = [deep]
+    message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t", "arguments": {"a": deep}}}
+    messages, raw, found = redact_for_record(policy, "demo", [message], b"{...}")
+    assert (messages, raw) == ([], None) and found[0]["rule"] == "redaction-error"
 
 
 def _mcp_wire_field_names() -> list[str]:
