@@ -101,7 +101,10 @@ def _strip_pattern() -> re.Pattern[bytes]:
     pair = (*_hex("db40"), frozenset(b"\\"), frozenset(b"u"), *_hex("dc"), frozenset(b"01234567"))
     escapes.append((*pair, frozenset(b"0123456789abcdefABCDEF")))  # a tag character: its escaped surrogate pair
     utf8 = [tuple(frozenset([b]) for b in ch.encode()) for ch in chars]
-    escape = rb"\\(?<!\\\\)((?:\\\\)*)u(?:" + _alternation(escapes) + b")"
+    # A lone high surrogate of the tag plane (not followed by a low one) goes too: were an invisible form between it
+    # and a lone low surrogate removed, the two would join into a tag character (\udb40\u200b\udc41).
+    lone = rb"[dD][bB]40(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    escape = rb"\\(?<!\\\\)((?:\\\\)*)u(?:" + _alternation(escapes) + b"|" + lone + b")"
     return re.compile(escape + b"|" + _alternation(utf8))
 
 
