@@ -87,10 +87,16 @@ WORDS = (
 # --- the body: JSON-RPC events of about event_size bytes, then the result --------------------------------------
 
 
-def make_events(total: int, event_size: int, seed: int = 1) -> list[bytes]:
-    """SSE events summing to about ``total`` bytes; the last one is the tools/call result."""
+# With --unicode: words a server writes as UTF-8 (curly quotes, accents, CJK), one in eight.
+UNICODE_WORDS = ["\u201cquoted\u201d", "caf\u00e9", "na\u00efve", "\u4e2d\u6587", "\u2014", "r\u00e9sum\u00e9"]
+
+
+def make_events(total: int, event_size: int, seed: int = 1, unicode: bool = False) -> list[bytes]:
+    """SSE events summing to about ``total`` bytes; the last one is the tools/call result. ``unicode``: some
+    words outside ASCII, written as UTF-8 (not escaped), as most servers do."""
     rng = random.Random(seed)
-    text = " ".join(rng.choice(WORDS) for _ in range(event_size // 4))
+    words = WORDS + UNICODE_WORDS * (len(WORDS) // 8 // len(UNICODE_WORDS) + 1) if unicode else WORDS
+    text = " ".join(rng.choice(words) for _ in range(event_size // 4))
     events: list[bytes] = []
     size, n = 0, 0
     while size < total:
@@ -108,7 +114,8 @@ def make_events(total: int, event_size: int, seed: int = 1) -> list[bytes]:
                 "method": "notifications/progress",
                 "params": {"progressToken": "p7", "progress": n, "message": f"{n} {filler}"},
             }
-        ev = b"event: message\nid: %d\ndata: %s\n\n" % (n, json.dumps(msg, separators=(",", ":")).encode())
+        data = json.dumps(msg, separators=(",", ":"), ensure_ascii=not unicode).encode()
+        ev = b"event: message\nid: %d\ndata: %s\n\n" % (n, data)
         events.append(ev)
         size += len(ev)
     result = {"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": f"{n} events"}]}}
@@ -152,8 +159,8 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, bod
         writer.close()
 
 
-def run_upstream(port: int, total: int, event_size: int, chunk: int) -> None:
-    body = b"".join(make_events(total, event_size))
+def run_upstream(port: int, total: int, event_size: int, chunk: int, unicode: bool = False) -> None:
+    body = b"".join(make_events(total, event_size, unicode=unicode))
 
     async def main() -> None:
         server = await asyncio.start_server(functools.partial(_serve, body=body, chunk=chunk), "127.0.0.1", port)
@@ -356,11 +363,13 @@ def recording_check(config: Path, pub: Path, events: list[bytes]) -> dict[str, A
 def run_size(
     ctx: Any, workdir: Path, total: int, args: argparse.Namespace
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    events = make_events(total, args.event_kib << 10)
+    events = make_events(total, args.event_kib << 10, unicode=args.unicode)
     expected = b"".join(events)
     port = free_port()
     upstream = ctx.Process(
-        target=run_upstream, args=(port, total, args.event_kib << 10, args.chunk_kib << 10), daemon=True
+        target=run_upstream,
+        args=(port, total, args.event_kib << 10, args.chunk_kib << 10, args.unicode),
+        daemon=True,
     )
     upstream.start()
     rows: dict[str, dict[str, Any]] = {}
@@ -375,6 +384,12 @@ def run_size(
             doc = yaml.safe_load(config.read_text())
             doc["recording"]["signing_key"] = str(key)
             doc["recording"].update(args.recording_options)
+            for dotted, value in args.settings.items():  # e.g. limits.max_request_body_bytes: Envoy's buffer
+                *parents, leaf = dotted.split(".")
+                node = doc
+                for key in parents:
+                    node = node.setdefault(key, {})
+                node[leaf] = value
             doc["processor"]["metrics_port"] = metrics_port = free_port()
             config.write_text(yaml.safe_dump(doc, sort_keys=False))
             who = authed_identities(config, issuer, 1)[0]
@@ -404,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--profile", action="store_true", help="py-spy the processor: bench/results/profile-sse-*")
     parser.add_argument("--gateway-only", action="store_true", help="only the gateway row (for A/B runs)")
+    parser.add_argument("--unicode", action="store_true", help="one word in eight outside ASCII, as UTF-8")
     parser.add_argument(
         "--capture", choices=["full", "redacted", "shape", "metadata"], help="policy capture level of every server"
     )
@@ -414,7 +430,21 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="extra recording: key (YAML value), e.g. segment_max_bytes=4194304; repeatable",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="DOTTED.KEY=VALUE",
+        help="any gateway config key (YAML value), e.g. limits.max_request_body_bytes=262144 (Envoy's per-connection "
+        "buffer, so the largest response-body message the processor gets); repeatable",
+    )
     args = parser.parse_args(argv)
+    args.settings = {}
+    for option in args.set:
+        key, sep, value = option.partition("=")
+        if not sep:
+            parser.error(f"--set {option!r}: expected DOTTED.KEY=VALUE")
+        args.settings[key.strip()] = yaml.safe_load(value)
     args.recording_options = {}
     for option in args.recording:
         key, sep, value = option.partition("=")
@@ -442,7 +472,9 @@ def main(argv: list[str] | None = None) -> int:
             "processor_workers": 1,
             "path": "auth (dev issuer token) + policy (one allow rule) + signed recording (file store)",
             "recording_options": args.recording_options,
+            "settings": args.settings,
             "capture": args.capture or "redacted (default)",
+            "unicode": args.unicode,
         },
         "results": results,
         "sha256_of_10MB_body": hashlib.sha256(b"".join(make_events(10 * MB, args.event_kib << 10))).hexdigest(),

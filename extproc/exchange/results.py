@@ -106,9 +106,9 @@ class ResultScreen:
 
     def note(self, piece: Piece) -> None:
         """Record what a recorded piece (an SSE event, a JSON document) holds in a result, and what was done."""
-        text = piece.event.data.encode() if piece.event is not None else piece.raw
-        if not self.may_hold(text):
+        if not self.may_hold(piece.raw):  # an event's raw bytes hold every form its data holds: no copy
             return
+        text = piece.event.data.encode() if piece.event is not None else piece.raw
         try:
             doc = loads(text)
         except ValueError:

@@ -26,7 +26,11 @@ ANCHORS: dict[str, tuple[tuple[str, int], ...]] = {
     "builtin-aws-access-key": ((" akia", 0), (" asia", 0), (" abia", 0), (" acca", 0)),
     "builtin-github-token": tuple((f" {p}", 0) for p in ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")),
     "builtin-aws-secret-key": (("aws", -1),),
-    "builtin-password-assignment": tuple((f" {w}", 0) for w in ("password", "passwd", "pwd", "secret", "api", "token")),
+    # Whole words: the pattern wants \b after the word, which in the folded text is a space. A word that only
+    # begins so ("tokenizer", "secretary") is no place to try the pattern: in ordinary text most anchor hits were.
+    "builtin-password-assignment": tuple(
+        (f" {w} ", 0) for w in ("password", "passwd", "pwd", "secret", "api_key", "api key", "apikey", "token")
+    ),
 }
 FOLD = bytes(c + 32 if 65 <= c <= 90 else c if (c < 128 and chr(c).isalnum()) or c == 95 else 32 for c in range(256))
 ANCHORED_FROM = 256  # shorter texts: one regex scan is as cheap

@@ -5,8 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from extproc.mcp.sse import SseEvent, SseParser, format_event
+from extproc.mcp.sse import SseEvent, SseParser, format_event, parse_event
 
 # A stream with everything MCP servers send: priming event with only an id, comments/keepalives, named events,
 # multi-line data, a field without a space after the colon, non-ASCII text, and an unterminated tail.
@@ -275,3 +277,15 @@ def test_format_event_without_data_is_not_dispatched() -> None:
 def test_format_event_refuses_fields_a_line_end_would_split(event: str | None, event_id: str | None) -> None:
     with pytest.raises(ValueError):
         format_event("x", event, event_id)
+
+
+_BLOCK_PIECES = [b"data", b"event", b"id", b"retry", b":", b" ", b"  ", b"\n"]
+_BLOCK_PIECES += [b"x", b"12", b"\x00", b"\xc3\xa9", b"\xff"]  # a NUL (ids refuse it), UTF-8, a bad byte
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(st.sampled_from(_BLOCK_PIECES), max_size=30))
+def test_lf_blocks_parse_as_their_crlf_twins(pieces: list[bytes]) -> None:
+    # Without a CR the lines are found by bytes.find and values are views; with CRLF, by splitlines: same fields.
+    block = b"".join(pieces)
+    assert parse_event(block, b"raw") == parse_event(block.replace(b"\n", b"\r\n"), b"raw")
