@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from extproc.export.config import Export
 from extproc.export.ocsf import Fold, Pointer
-from extproc.export.sinks import FileOutput, HecOutput, Sink, SyslogOutput
+from extproc.export.sinks import FileOutput, HecOutput, Sink, SyslogOutput, prepare
 from extproc.recording.events import Event
 from extproc.recording.streams import Streams
 
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 FOLDED = frozenset(
     {"exchange.start", "mcp.request", "policy.decision", "trace.context", "exchange.end", "audit.access"}
 )
+
+_POINTED = frozenset({"exchange.start", "exchange.end", "audit.access"})
+_ELSEWHERE = Pointer("", "", 0, 0, "")
 
 
 class Exporter:
@@ -58,10 +61,10 @@ class Exporter:
         kind = event.type
         if kind not in FOLDED:
             return
+        # Where the line is matters to the fold only at an exchange's start and end (and for an audit access).
+        at = Pointer(event.session, writer, segment, seq, sha256) if kind in _POINTED else _ELSEWHERE
         try:
-            out = self.fold.feed(
-                kind, lambda name: getattr(event, name, None), Pointer(event.session, writer, segment, seq, sha256)
-            )
+            out = self.fold.feed(kind, lambda name: getattr(event, name, None), at)
         except Exception:
             self.errors += 1
             log.exception("export: cannot fold %s of exchange %s", kind, event.exchange)
@@ -70,9 +73,11 @@ class Exporter:
             self.offer(out)
 
     def offer(self, event: dict[str, Any]) -> None:
+        """Serialize ``event`` once and queue the same bytes at every sink."""
         self.exported += 1
+        entry = prepare(event)
         for sink in self.sinks:
-            sink.offer(event)
+            sink.offer(entry)
 
     def start(self) -> None:
         for sink in self.sinks:

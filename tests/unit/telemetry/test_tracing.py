@@ -120,7 +120,7 @@ def test_export_failures_are_counted(policy: FakePolicy) -> None:
     tracing = Tracing(Telemetry(endpoint="http://127.0.0.1:1/v1/traces", timeout_ms=200), batch=False)
     trace = tracing.exchange("x", None)
     trace.finish("complete", 200)  # the OTLP exporter cannot reach port 1: counted, never raised
-    assert tracing.exporter.errors == 1 and tracing.exporter.exported == 0
+    assert tracing.errors == 1 and tracing.exported == 0
     tracing.shutdown()
 
 
