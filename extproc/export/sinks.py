@@ -34,17 +34,16 @@ from extproc.sections import split_hostport
 log = logging.getLogger(__name__)
 
 
-# One prepared event: (OCSF JSON, time in ms, severity_id, metadata.log_name, proof (session, writer, seq, sha256)).
-# A plain tuple of atoms: the garbage collector stops tracking it.
-Entry = tuple[bytes, int, int, str, tuple[str, str, str, str] | None]
+# One prepared event: (OCSF JSON, time in ms, severity_id, metadata.log_name, the proof pointer's syslog parameters
+# ((name, value) pairs of those in SD_PROOF it has)). Plain tuples of atoms: the garbage collector stops tracking them.
+Entry = tuple[bytes, int, int, str, tuple[tuple[str, str], ...]]
+SD_PROOF = ("session", "writer", "segment", "seq", "sha256")
 
 
 def prepare(event: dict[str, Any]) -> Entry:
     """An OCSF event serialized once, with what the outputs' envelopes and headers need."""
-    proof = (event.get("unmapped") or {}).get("proof") or None
-    pointer = None
-    if proof:
-        pointer = (str(proof["session"]), str(proof["writer"]), str(proof["seq"]), str(proof["sha256"]))
+    proof = (event.get("unmapped") or {}).get("proof") or {}
+    pointer = tuple((k, str(proof[k])) for k in SD_PROOF if k in proof)
     return (
         orjson.dumps(event),
         int(event.get("time", 0)),
@@ -307,8 +306,7 @@ class SyslogOutput(Sink):
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t / 1000)) + f".{t % 1000:03d}Z"
         sd = "-"
         if proof:
-            names = ("session", "writer", "seq", "sha256")
-            params = " ".join(f'{k}="{_sd_escape(v)}"' for k, v in zip(names, proof, strict=True))
+            params = " ".join(f'{k}="{_sd_escape(v)}"' for k, v in proof)
             sd = f"[proof@32473 {params}]"  # 32473: the example enterprise number of RFC 5612
         head = f"<{pri}>1 {ts} {self._hostname} {self.config.app_name} {self._procid} {msgid or '-'} {sd} "
         return head.encode() + data
