@@ -256,3 +256,9 @@ async def test_a_checkpoint_covering_a_segment_is_exported_and_verify_proves_the
     tile.write_bytes(bytes(32) + tile.read_bytes()[32:])
     bad = CliRunner().invoke(app, [*args, "--event", pointer["sha256"]], env={"COLUMNS": "250"})
     assert bad.exit_code == 1 and "FAIL" in bad.output and "checkpoint of segment" in bad.output, bad.output
+
+    # No checkpoint names the segment (yet): the event itself is proven; the checkpoint is a note, not a failure.
+    for index in (tmp_path / "rec" / ".tlog").glob("*/where/s-cp/*"):
+        index.unlink()
+    later = CliRunner().invoke(app, [*args, "--event", pointer["sha256"]], env={"COLUMNS": "250"})
+    assert later.exit_code == 0 and "is in no checkpoint yet" in later.output, later.output
