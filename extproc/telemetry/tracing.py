@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
 import threading
 import time
 from collections import deque
@@ -29,10 +30,7 @@ from typing import Any, ClassVar
 
 import httpx
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
-from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -75,47 +73,81 @@ class TraceContext(Event):
 
 
 class OtlpEncoder:
-    """Span records -> one serialized OTLP ``ExportTraceServiceRequest`` (protobuf), built straight from the tuples."""
+    """Span records -> one serialized OTLP ``ExportTraceServiceRequest``, written as protobuf wire format straight
+    from the tuples (building the generated messages field by field cost more than the rest of tracing). The
+    resource and scope are encoded once; an attribute's bytes are kept for the next span with the same key and
+    value (method, server, tool, outcome repeat). ``tests/unit/telemetry`` holds it equal to the SDK's encoder."""
 
     def __init__(self, resource: Resource, scope: InstrumentationScope) -> None:
-        self._resource = [_kv(k, v) for k, v in resource.attributes.items()]
-        self._scope = (scope.name, scope.version or "")
+        self._cache: dict[tuple[int, str, type, Any], bytes] = {}
+        resource_pb = b"".join(_ld(1, self._kv(k, v)) for k, v in resource.attributes.items())
+        scope_pb = _ld(1, scope.name.encode()) + _ld(2, (scope.version or "").encode())
+        self._head = (_ld(1, resource_pb), _ld(1, scope_pb))
 
     def encode(self, records: Sequence[SpanRecord]) -> bytes:
-        req = ExportTraceServiceRequest()
-        rs = req.resource_spans.add()
-        rs.resource.attributes.extend(self._resource)
-        ss = rs.scope_spans.add()
-        ss.scope.name, ss.scope.version = self._scope
-        spans = ss.spans
+        field, pack = self._field, _FIXED64.pack
+        spans = []
         for trace_id, span_id, parent, name, kind, start, end, attrs, error in records:
-            sp = spans.add(
-                trace_id=trace_id.to_bytes(16, "big"),
-                span_id=span_id.to_bytes(8, "big"),
-                name=name,
-                kind=kind,
-                start_time_unix_nano=start,
-                end_time_unix_nano=end,
-                flags=0x301 if kind == _SERVER and parent else 0x101,  # sampled; whether the parent is remote
-            )
-            if parent:
-                sp.parent_span_id = parent.to_bytes(8, "big")
+            parts = [
+                b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big"),
+                b"\x22\x08" + parent.to_bytes(8, "big") if parent else b"",
+                field(5, name), b"\x30", _varint(kind), b"\x39", pack(start), b"\x41", pack(end),
+            ]  # fmt: skip
             if attrs:
-                sp.attributes.extend([_kv(k, v) for k, v in attrs.items()])
+                parts += [field(9, k, v) for k, v in attrs.items()]
             if error is not None:
-                sp.status.code, sp.status.message = PbStatus.STATUS_CODE_ERROR, error
-        data: bytes = req.SerializeToString()
-        return data
+                parts.append(_ld(15, _ld(2, error.encode()) + b"\x18\x02"))  # message, STATUS_CODE_ERROR
+            parts.append(b"\x85\x01\x01\x03\x00\x00" if kind == _SERVER and parent else b"\x85\x01\x01\x01\x00\x00")
+            body = b"".join(parts)  # flags (fixed32) above: sampled, and whether the parent is remote
+            spans.append(b"\x12" + _varint(len(body)) + body)
+        resource, scope = self._head
+        return _ld(1, resource + _ld(2, scope + b"".join(spans)))
+
+    def _field(self, number: int, key: str, value: Any = None) -> bytes:
+        """Field ``number`` of a span: its name (a string), or one attribute (a ``KeyValue``); kept, because the
+        same name or attribute repeats on most spans."""
+        ck = (number, key, type(value), value)
+        out = self._cache.get(ck)
+        if out is None:
+            out = _ld(number, self._kv(key, value) if number == 9 else key.encode())
+            if len(self._cache) >= 4096:  # exchange ids never repeat: start over rather than grow
+                self._cache.clear()
+            self._cache[ck] = out
+        return out
+
+    @staticmethod
+    def _kv(key: str, value: Any) -> bytes:
+        if isinstance(value, bool):
+            any_value = b"\x10\x01" if value else b"\x10\x00"
+        elif isinstance(value, int):
+            any_value = b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)  # int64: two's complement
+        elif isinstance(value, float):
+            any_value = b"\x21" + _DOUBLE.pack(value)
+        else:
+            any_value = _ld(1, str(value).encode())
+        return _ld(1, key.encode()) + _ld(2, any_value)
 
 
-def _kv(key: str, value: Any) -> KeyValue:
-    if isinstance(value, bool):
-        return KeyValue(key=key, value=AnyValue(bool_value=value))
-    if isinstance(value, int):
-        return KeyValue(key=key, value=AnyValue(int_value=value))
-    if isinstance(value, float):
-        return KeyValue(key=key, value=AnyValue(double_value=value))
-    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
+_FIXED64, _FIXED32, _DOUBLE = struct.Struct("<Q"), struct.Struct("<I"), struct.Struct("<d")
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _ld(field: int, payload: bytes) -> bytes:
+    """A length-delimited field (numbers below 16: a one-byte tag)."""
+    return _TAGS[field] + _varint(len(payload)) + payload
+
+
+_TAGS = [bytes(((n << 3) | 2,)) for n in range(16)]
 
 
 class OtlpHttpPost:
