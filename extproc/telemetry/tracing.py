@@ -97,8 +97,8 @@ class OtlpEncoder:
                 parts += [field(9, k, v) for k, v in attrs.items()]
             if error is not None:
                 parts.append(_ld(15, _ld(2, error.encode()) + b"\x18\x02"))  # message, STATUS_CODE_ERROR
-            parts.append(b"\x85\x01\x01\x03\x00\x00" if kind == _SERVER and parent else b"\x85\x01\x01\x01\x00\x00")
-            body = b"".join(parts)  # flags (fixed32) above: sampled, and whether the parent is remote
+            parts.append(b"\x85\x01\x00\x03\x00\x00" if kind == _SERVER and parent else b"\x85\x01\x00\x01\x00\x00")
+            body = b"".join(parts)  # flags (fixed32) above: whether the parent is remote, as the SDK sets them
             spans.append(b"\x12" + _varint(len(body)) + body)
         resource, scope = self._head
         return _ld(1, resource + _ld(2, scope + b"".join(spans)))

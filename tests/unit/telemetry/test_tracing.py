@@ -167,7 +167,7 @@ def test_the_otlp_request_is_the_one_the_sdk_encoder_makes_of_the_same_spans() -
         [ss] = rs.scope_spans
         out = []
         for s in ss.spans:
-            d = {f.name: v for f, v in s.ListFields() if f.name not in ("attributes", "status", "flags")}
+            d = {f.name: v for f, v in s.ListFields() if f.name not in ("attributes", "status")}
             d["attributes"] = {a.key: a.value for a in s.attributes}
             d["status"] = (s.status.code, s.status.message)
             out.append(d)
