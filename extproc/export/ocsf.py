@@ -177,6 +177,7 @@ def _activity(operation: str) -> int:
     return 99
 
 
+@functools.cache  # five activities: the same members every time (callers unpack it into a fresh dict)
 def _classification(activity: int) -> dict[str, Any]:
     name = _ACTIVITIES[activity]
     return {
@@ -191,10 +192,13 @@ def _classification(activity: int) -> dict[str, Any]:
     }
 
 
+_PRODUCT = {"name": "mcp-extproc", "vendor_name": "mcp-extproc", "version": __version__}  # never edited: shared
+
+
 def _metadata(uid: str, session: str, log_name: str, profiles: list[str]) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "version": OCSF_VERSION,
-        "product": {"name": "mcp-extproc", "vendor_name": "mcp-extproc", "version": __version__},
+        "product": _PRODUCT,
         "uid": uid,
         "correlation_uid": session,
         "log_name": log_name,

@@ -217,7 +217,7 @@ class Tracing:
         self.queue.extend(records)
         if not self._batch:
             self._ship()
-        elif len(self.queue) >= BATCH:
+        elif len(self.queue) >= BATCH and not self._wake.is_set():  # is_set: an attribute read, set: a lock
             self._wake.set()
 
     def _run(self) -> None:
