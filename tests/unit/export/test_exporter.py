@@ -251,6 +251,14 @@ async def test_a_checkpoint_covering_a_segment_is_exported_and_verify_proves_the
     assert f"size {checkpoint['size']}: segment {pointer['segment']} is leaf {checkpoint['leaf_index']}" in ok.output
     assert "inclusion proven" in ok.output
 
+    # A backfill reads the store after the fact: its pointers carry the checkpoint the follow-up named.
+    again = CliRunner().invoke(app, ["export", "backfill", "--dir", str(tmp_path / "rec"), "--since", "900"])
+    assert again.exit_code == 0, again.output
+    backfilled = [json.loads(line) for line in again.stdout.splitlines() if line.startswith("{")]
+    assert [e["unmapped"]["proof"]["checkpoint"] for e in backfilled] == [
+        proofs[(safe_key(e["unmapped"]["proof"]["writer"]), e["unmapped"]["proof"]["segment"])] for e in exchanges
+    ]
+
     # A tile rewritten after the fact: the signed manifests still verify, the checkpoint's proof does not.
     [tile] = list((tmp_path / "rec" / ".tlog").glob("*/tile/0/000.p/*"))
     tile.write_bytes(bytes(32) + tile.read_bytes()[32:])
