@@ -30,7 +30,6 @@ from typing import Any, ClassVar
 
 import httpx
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
-from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -55,9 +54,9 @@ INTERVAL_S = 1.0  # the shipper sends what it has at least this often
 
 # (trace id, span id, parent span id or 0, name, kind, start ns, end ns, attributes or None, error message or None)
 SpanRecord = tuple[int, int, int, str, int, int, int, dict[str, Any] | None, str | None]
-_SERVER: int = PbSpan.SPAN_KIND_SERVER
-_INTERNAL: int = PbSpan.SPAN_KIND_INTERNAL
-_CLIENT: int = PbSpan.SPAN_KIND_CLIENT
+# OTLP's Span.SpanKind numbers (opentelemetry/proto/trace/v1/trace.proto). Not imported from opentelemetry-proto:
+# xds-protos ships an older copy of those modules that may own the files, and the hot path must import regardless.
+_INTERNAL, _SERVER, _CLIENT = 1, 2, 3
 _SDK_KIND: dict[int, SpanKind] = {_SERVER: SpanKind.SERVER, _INTERNAL: SpanKind.INTERNAL, _CLIENT: SpanKind.CLIENT}
 
 
