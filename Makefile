@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	@# xds-protos (Envoy's protos) ships its own older copy of opentelemetry/proto/**: whichever wheel pip installs
-	@# last owns those files. The OTLP exporter needs opentelemetry-proto's, so it is written again, last.
+	@# last owns those files. The tests' OTLP receiver and encoder need opentelemetry-proto's, so they go again, last.
 	$(BIN)/pip install -q --force-reinstall --no-deps "opentelemetry-proto==$$($(BIN)/python -c \
 		'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	@touch $@
@@ -80,6 +80,7 @@ conformance: $(STAMP)
 bench: $(STAMP) stdio-bridge
 	$(BIN)/python bench/gateway_bench.py
 	$(BIN)/python bench/exchange_bench.py
+	$(BIN)/python bench/exchange_bench.py --exchanges 2000 --export-and-trace --rounds 4
 	$(BIN)/python bench/policy_bench.py
 	$(BIN)/python bench/audit_index_bench.py
 	$(BIN)/python bench/recorder_bench.py

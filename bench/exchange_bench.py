@@ -5,11 +5,11 @@ real recorder chaining, spooling and sealing into a file store. What it prints i
 per exchange on top of grpc.aio's own cost; compare with "CPU ms per request" of bench/gateway_bench.py.
 
     python bench/exchange_bench.py [--exchanges 5000] [--profile]
-    python bench/exchange_bench.py --exchanges 2000 --export-and-trace   # off, on, off, on: the cost ratio
+    python bench/exchange_bench.py --exchanges 2000 --export-and-trace   # off/on alternated: the cost ratio
 
 With ``--export-and-trace`` the same exchanges run alternately without and with the OCSF file export
 (extproc/export/) and OpenTelemetry tracing (extproc/telemetry/; every span built, sampled and encoded as OTLP
-protobuf by the SDK's batch processor, only the network send left out), and it prints the CPU ratio.
+protobuf by the span shipper's thread, only the network send left out), and it prints the CPU ratio.
 
 ``--ab-surface ROUNDS``: tool-surface integrity's cost on tools/call (issue 22: no more than a dict lookup). Runs
 without ``gw.surface`` and with it (pins signed with an Ed25519 key, as ``build_surface`` makes them from
@@ -28,15 +28,11 @@ import pstats
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from extproc.authn.principal import Principal
 from extproc.authn.session_binding import bind
@@ -85,22 +81,15 @@ def _headers(values: dict[str, str], end: bool = False) -> ep.HttpHeaders:
     return ep.HttpHeaders(headers=hm, end_of_stream=end)
 
 
-class _EncodeOnly(SpanExporter):
-    """What the OTLP/HTTP exporter does before the network: the spans encoded as an OTLP protobuf request."""
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        encode_spans(spans).SerializeToString()
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
+def _no_network(data: bytes) -> None:
+    """What the OTLP/HTTP exporter does after encoding: the POST, left out (the spans are encoded as for a send)."""
 
 
 async def run(
     exchanges: int,
     workdir: Path,
     profile: bool,
-    observed: bool = False,
+    observed: bool | str = False,
     sample_ratio: float = 1.0,
     encrypt: bool = False,
     surface: bool = False,
@@ -122,11 +111,13 @@ async def run(
     policy = PolicyWatcher(ROOT / "policies", {"demo", "github"})
     gw = Gateway.build(settings, runtime.recorder, CachedAuth(), policy)  # type: ignore[arg-type]
     exporter = tracing = None
-    if observed:  # SIEM export to a file and a span tree per exchange, as a deployment with both turned on
+    # observed: True or "both" = SIEM export to a file and a span tree per exchange; "export" or "trace": one of them
+    if observed in (True, "both", "export"):
         export = Export(file=FileSink(path=workdir / "ocsf.jsonl"))
         exporter = attach(export, runtime.recorder.streams)
+    if observed in (True, "both", "trace"):
         telemetry = Telemetry(endpoint="http://127.0.0.1:4318/v1/traces", sample_ratio=sample_ratio)
-        tracing = gw.tracing = Tracing(telemetry, exporter=_EncodeOnly())
+        tracing = gw.tracing = Tracing(telemetry, post=_no_network)
     session = bind("sess-1", ALICE, gw.options.session_key, "demo/")
     req_headers = _headers(
         {
@@ -195,6 +186,7 @@ def main() -> None:
         help="compare with OCSF file export and tracing on (off, on, off, on)",
     )
     parser.add_argument("--sample-ratio", type=float, default=1.0, help="telemetry.sample_ratio for --export-and-trace")
+    parser.add_argument("--rounds", type=int, default=4, help="alternated rounds for --export-and-trace")
     parser.add_argument("--encrypt", action="store_true", help="recording.encrypt_payloads: per_subject")
     parser.add_argument(
         "--ab-surface", type=int, default=0, metavar="ROUNDS", help="tool surface off/on ROUNDS times; the ratio"
@@ -204,7 +196,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.export_and_trace:
-        return compare(args.exchanges, args.sample_ratio)
+        return compare(args.exchanges, args.sample_ratio, args.rounds)
     if args.ab_encrypt:
         ab_encrypt(args.exchanges, args.ab_encrypt)
         return
@@ -222,29 +214,30 @@ def main() -> None:
     (results / "exchange.json").write_text(json.dumps(result, indent=2))
 
 
-def compare(exchanges: int, sample_ratio: float) -> None:
-    """Off, on, off, on in one process: the CPU per exchange of each, and the ratio of the sums."""
-    runs: dict[bool, list[float]] = {False: [], True: []}
-    for observed in (False, True, False, True):
-        with tempfile.TemporaryDirectory() as tmp:
-            result = asyncio.run(run(exchanges, Path(tmp), False, observed, sample_ratio))
-            runs[observed].append(round(result["cpu_ms_per_exchange"], 3))
-    off, on = sum(runs[False]) / 2, sum(runs[True]) / 2
-    result = {
-        "exchanges": exchanges,
-        "sample_ratio": sample_ratio,
-        "off": off,
-        "on": on,
-        "ratio": on / off,
-        "runs": runs,
-    }
+def compare(exchanges: int, sample_ratio: float, rounds: int = 4) -> None:
+    """Off and on alternated in one process (off on / on off: a drifting shared box favours neither), each run in a
+    fresh temp store: the median CPU per exchange of each and their ratio; then export alone and tracing alone."""
+    modes = ("off", "both", "export", "trace")
+    runs: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(rounds):
+        for mode in modes if r % 2 == 0 else modes[::-1]:
+            with tempfile.TemporaryDirectory() as tmp:
+                observed: bool | str = False if mode == "off" else mode
+                result = asyncio.run(run(exchanges, Path(tmp), False, observed, sample_ratio))
+                runs[mode].append(round(result["cpu_ms_per_exchange"], 3))
+    med = {m: statistics.median(v) for m, v in runs.items()}
+    off = med["off"]
+    out = {"exchanges": exchanges, "sample_ratio": sample_ratio, "rounds": rounds, "median_ms": med, "runs": runs}
+    out["ratio"] = {m: round(med[m] / off, 3) for m in modes}
     print(
-        f"{exchanges} exchanges x2 each: {off:.3f} ms CPU per exchange with export and tracing off, {on:.3f} ms on "
-        f"with sample_ratio {sample_ratio} (x{on / off:.3f}; runs off {runs[False]}, on {runs[True]})"
+        f"{exchanges} exchanges x{rounds} rounds, sample_ratio {sample_ratio}: {off:.3f} ms CPU per exchange with "
+        f"export and tracing off, {med['both']:.3f} ms with both on (x{med['both'] / off:.3f}); export alone "
+        f"x{med['export'] / off:.3f}, tracing alone x{med['trace'] / off:.3f} (medians; runs {runs})"
     )
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "exchange_export_trace.json").write_text(json.dumps(result, indent=2))
+    name = "exchange_export_trace.json" if sample_ratio == 1.0 else f"exchange_export_trace_{sample_ratio:g}.json"
+    (results / name).write_text(json.dumps(out, indent=2))
 
 
 def ab_encrypt(exchanges: int, rounds: int) -> None:

@@ -166,7 +166,9 @@ async def serve(
     await recording.start()
     try:
         several = settings.processor.workers > 1  # each worker its own export file
-        exporter = attach(settings.export, recording.recorder.streams, f"worker-{worker}" if several else "")
+        exporter = attach(
+            settings.export, recording.recorder.streams, f"worker-{worker}" if several else "", recording.tlog
+        )
         if auth is not None:
             await auth.start()  # warms the JWKS cache; an unreachable IdP means 503s until it answers, never open
         else:

@@ -30,12 +30,13 @@ def export_backfill(
     import orjson
 
     from extproc.export.backfill import backfill
+    from extproc.export.proof import covering
 
     lo, hi = parse_since(since), parse_since(until)
     if lo > hi:
         raise typer.BadParameter(f"--since ({since}) is after --until ({until})")
     store = open_store(config, dir)
-    events = backfill(store, lo, hi)
+    events = backfill(store, lo, hi, checkpoints=covering(store))
     if to_sinks:
         if config is None:
             raise typer.BadParameter("--to-sinks needs --config (the gateway.yaml whose export: section to use)")

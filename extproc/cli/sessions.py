@@ -6,9 +6,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from extproc.cli._common import (
     ConfigOptional,
@@ -170,7 +171,7 @@ def sessions_verify(
             console.print(f"[red]FAIL[/red] {p}", highlight=False)
         raise typer.Exit(1)
     if event is not None:
-        _verify_event(store, session.id, event, allow_open)
+        _verify_event(store, session.id, event, allow_open, key)
     signed = "signatures checked, " if key is not None else ""
     console.print(
         f"OK: {len(session.events)} events in {len(session.writers)} stream(s), {signed}every chain and manifest "
@@ -178,8 +179,9 @@ def sessions_verify(
     )
 
 
-def _verify_event(store: Store, session: str, sha256: str, allow_open: bool) -> None:
-    """The event an export's proof pointer names: its line in the verified chain, and the manifest covering it."""
+def _verify_event(store: Store, session: str, sha256: str, allow_open: bool, key: Any = None) -> None:
+    """The event an export's proof pointer names: its line in the verified chain, the manifest covering it, and
+    (with a transparency log) the checkpoint covering that manifest, proven by inclusion."""
     from extproc.export.proof import locate
     from extproc.recording.store import safe_key
 
@@ -199,3 +201,38 @@ def _verify_event(store: Store, session: str, sha256: str, allow_open: bool) -> 
             f"EVENT {sha256}: {ev.get('type')} of exchange {ev.get('exchange')} at {where}, segment {found.segment}",
             highlight=False,
         )
+        _verify_checkpoint(store, session, found.writer, found.segment, key)
+
+
+def _verify_checkpoint(store: Store, session: str, writer: str, segment: int, key: Any) -> None:
+    """The pointer's ``checkpoint`` (the follow-up proof event's): the segment's leaf proven against its log's
+    checkpoint. Nothing to say without a transparency log; not yet checkpointed is a NOTE, a failed proof FAIL."""
+    from extproc.evidence.proofs import log_keys, prove_session
+    from extproc.evidence.tiles import blobs_for
+    from extproc.recording.store import safe_key
+
+    try:
+        blobs = blobs_for(store)
+    except TypeError:
+        return
+    if not log_keys(blobs):
+        return  # no transparency log: the manifest's signature is the proof
+    if key is None:
+        console.print("[yellow]NOTE[/yellow] no public key: the checkpoint covering the segment is not checked")
+        return
+    proof = prove_session(store, blobs, safe_key(session), key)
+    mine = [s for s in proof.segments if s.stream == safe_key(writer) and s.segment == segment]
+    if not mine or "not in any log" in mine[0].problem:  # the log appends every interval: not a failure (yet)
+        console.print(
+            f"[yellow]NOTE[/yellow] segment {segment} of {writer} is in no checkpoint yet (the export's follow-up "
+            "proofs event names it once one is stored)",
+            highlight=False,
+        )
+        return
+    s = mine[0]
+    if s.problem:
+        console.print(f"[red]FAIL[/red] checkpoint of segment {segment}: {escape(s.problem)}", highlight=False)
+        raise typer.Exit(1)
+    console.print(
+        f"CHECKPOINT {s.log} size {s.size}: segment {segment} is leaf {s.index}, inclusion proven", highlight=False
+    )

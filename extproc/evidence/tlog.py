@@ -131,6 +131,11 @@ class TransparencyLog:
         self._lock = threading.Lock()  # one publisher at a time (the interval task, close)
         self._task: asyncio.Task[None] | None = None
         self.failures = 0
+        # Told, on the event loop, of the segments a stored checkpoint newly covers: (origin, checkpoint size,
+        # [(session, stream key, segment, leaf index)]). The SIEM export's follow-up proof events (extproc/export/).
+        self.on_covered: Callable[[str, int, list[tuple[str, str, int, int]]], None] | None = None
+        self._uncovered: list[tuple[str, str, int, int]] = []  # appended, the checkpoint not stored yet
+        self._covered: list[tuple[str, str, int, int]] = []  # covered by a stored checkpoint, not told yet
 
     @property
     def size(self) -> int:
@@ -190,6 +195,12 @@ class TransparencyLog:
         published = await asyncio.to_thread(self.publish, batch, final)
         if published and self.journal is not None:  # on the loop, so no leaf is queued while the journal is trimmed
             _journal_rewrite(self.journal, self._queued)
+        covered, self._covered = self._covered, []
+        if covered and self.on_covered is not None and self.published is not None:
+            try:
+                self.on_covered(self.origin, self.published.size, covered)
+            except Exception:  # a listener's bug costs its news, never the log
+                log.exception("transparency log %s: on_covered failed", self.origin)
         return published
 
     def publish(self, batch: list[tuple[bytes, tuple[str, str, int] | None]], final: bool = False) -> bool:
@@ -202,13 +213,19 @@ class TransparencyLog:
                 writes += [(f"{self.key}/{path}", data) for path, data in self._tree.add(entry)]
                 if place is not None:
                     where.setdefault(place[0], []).append([index, place[1], place[2]])
+                    if self.on_covered is not None:
+                        self._uncovered.append((place[0], place[1], place[2], index))
             if batch or self.published is None or final:
                 writes += [(f"{self.key}/{path}", data) for path, data in self._tree.partials()]
                 for session, leaves in where.items():
                     writes.append((where_path(self.key, session, first), jsonio.dumps({"leaves": leaves})))
                 writes += self._signed()
             self._unwritten += writes
-            return self._flush() and self._copy()
+            stored = self._flush()  # the checkpoint is the last write: stored means it covers every leaf so far
+            if stored and self._uncovered:
+                self._covered += self._uncovered
+                self._uncovered = []
+            return stored and self._copy()
 
     def _copy(self) -> bool:
         while self._uncopied and self.copies is not None:

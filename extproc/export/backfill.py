@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from extproc.export.ocsf import Fold, Pointer
+from extproc.export.proof import Covering
 from extproc.recording import chain
 from extproc.recording.manifest import Manifest
 from extproc.recording.store import Store
@@ -27,8 +28,12 @@ def _segments(manifests: list[bytes]) -> list[tuple[int, int, int]]:
     return out
 
 
-def backfill(store: Store, since: float, until: float, fold: Fold | None = None) -> Iterator[dict[str, Any]]:
+def backfill(
+    store: Store, since: float, until: float, fold: Fold | None = None, checkpoints: Covering | None = None
+) -> Iterator[dict[str, Any]]:
     """OCSF events of every stored session, one stream at a time, whose time falls in ``[since, until]``.
+    ``checkpoints`` (``proof.covering``): fill in each pointer's ``checkpoint`` when the log covers its segment
+    by now (the live export could not know it yet; it sent a follow-up ``proofs`` event instead).
 
     A stream whose hash chain is broken is still exported (the SIEM should see it) with ``proof.chain_ok: false``;
     ``sessions verify`` names what is wrong with it."""
@@ -50,6 +55,9 @@ def backfill(store: Store, since: float, until: float, fold: Fold | None = None)
                 out = fold.feed(ev["type"], ev.get, at)
                 if out is None or not lo <= out["time"] <= hi:
                     continue
+                proof = out["unmapped"]["proof"]
                 if not ok:
-                    out["unmapped"]["proof"]["chain_ok"] = False
+                    proof["chain_ok"] = False
+                if checkpoints is not None and proof.get("segment", -1) >= 0:
+                    proof["checkpoint"] = checkpoints(proof["session"], proof["writer"], proof["segment"])
                 yield out

@@ -11,23 +11,30 @@ recorder.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from extproc.export.config import Export
-from extproc.export.ocsf import Fold, Pointer
-from extproc.export.sinks import FileOutput, HecOutput, Sink, SyslogOutput
+from extproc.export.ocsf import Fold, Pointer, checkpoint_event
+from extproc.export.sinks import FileOutput, HecOutput, Sink, SyslogOutput, prepare
 from extproc.recording.events import Event
 from extproc.recording.streams import Streams
+
+if TYPE_CHECKING:
+    from extproc.evidence.tlog import TransparencyLog
 
 log = logging.getLogger(__name__)
 
 FOLDED = frozenset(
     {"exchange.start", "mcp.request", "policy.decision", "trace.context", "exchange.end", "audit.access"}
 )
+
+_POINTED = frozenset({"exchange.start", "exchange.end", "audit.access"})
+_ELSEWHERE = Pointer("", "", 0, 0, "")
 
 
 class Exporter:
@@ -58,10 +65,10 @@ class Exporter:
         kind = event.type
         if kind not in FOLDED:
             return
+        # Where the line is matters to the fold only at an exchange's start and end (and for an audit access).
+        at = Pointer(event.session, writer, segment, seq, sha256) if kind in _POINTED else _ELSEWHERE
         try:
-            out = self.fold.feed(
-                kind, lambda name: getattr(event, name, None), Pointer(event.session, writer, segment, seq, sha256)
-            )
+            out = self.fold.feed(kind, lambda name: getattr(event, name, None), at)
         except Exception:
             self.errors += 1
             log.exception("export: cannot fold %s of exchange %s", kind, event.exchange)
@@ -69,10 +76,23 @@ class Exporter:
         if out is not None:
             self.offer(out)
 
+    def covered(self, origin: str, size: int, leaves: list[tuple[str, str, int, int]]) -> None:
+        """The transparency log's ``on_covered``: one ``proofs`` event per segment its new checkpoint covers (the
+        checkpoint the exchange events of that segment pointed to as null). Never raises."""
+        now = time.time()
+        for session, stream, segment, index in leaves:
+            try:
+                self.offer(checkpoint_event(origin, size, session, stream, segment, index, now))
+            except Exception:
+                self.errors += 1
+                log.exception("export: cannot make the proof event of %s segment %d", session, segment)
+
     def offer(self, event: dict[str, Any]) -> None:
+        """Serialize ``event`` once and queue the same bytes at every sink."""
         self.exported += 1
+        entry = prepare(event)
         for sink in self.sinks:
-            sink.offer(event)
+            sink.offer(entry)
 
     def start(self) -> None:
         for sink in self.sinks:
@@ -87,13 +107,18 @@ class Exporter:
         return _Readings(self)
 
 
-def attach(config: Export | None, streams: Streams, writer: str = "") -> Exporter | None:
-    """Start exporting what ``streams`` (a recorder's) chains, when gateway.yaml has an ``export:`` section.
+def attach(
+    config: Export | None, streams: Streams, writer: str = "", tlog: TransparencyLog | None = None
+) -> Exporter | None:
+    """Start exporting what ``streams`` (a recorder's) chains, when gateway.yaml has an ``export:`` section, and
+    the checkpoints of ``tlog`` (the recorder's transparency log, if any) as follow-up proof events.
     ``writer``: "" for the only process writing ``export.file``, else a name of its own (worker 2, audit)."""
     if config is None:
         return None
     exporter = Exporter.from_config(config, writer)
     streams.tap = exporter.chained
+    if tlog is not None and "exchanges" in config.include:
+        tlog.on_covered = exporter.covered
     exporter.start()
     log.info("exporting OCSF events to %s", ", ".join(s.name for s in exporter.sinks))
     return exporter

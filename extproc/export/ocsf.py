@@ -5,7 +5,16 @@ start (who, from where, which server), the request (which MCP methods and tools)
 end (status, outcome). At the end it yields one OCSF event whose ``unmapped.proof`` points at the exchange's
 ``exchange.end`` line: session key, writer stream, segment, sequence number and the line's SHA-256, so
 ``mcp-extproc sessions verify <session> --event <sha256>`` proves exactly that event (its chain holds every
-earlier event of the exchange). ``checkpoint`` stays null until a transparency log covers the segment.
+earlier event of the exchange).
+
+``checkpoint`` is null in the exchange's event: it is exported as soon as its end line is chained, and no
+transparency-log checkpoint can cover a segment that is not even sealed yet. Holding every event back until one
+does (a segment upload plus a checkpoint interval, a minute by default) would blind the SIEM for that long, exactly
+when an analyst's alert rules need it. So when the log publishes a checkpoint covering a segment, the exporter
+sends one follow-up ``proofs`` event per segment (``checkpoint_event``): the same session, writer and segment as
+the pointers it completes, with the checkpoint (log origin, size, leaf index). An analyst joins the two on
+``unmapped.proof.{session,writer,segment}``; ``sessions verify --event`` proves the inclusion itself.
+A backfill reads the store after the fact and fills ``checkpoint`` in directly when the log covers the segment.
 
 Mapping (closest OCSF fields; the rest under ``unmapped.mcp``):
 actor.user         the verified identity (subject, username, groups); actor.idp its issuer
@@ -46,7 +55,7 @@ class Pointer:
     seq: int
     sha256: str
 
-    def to_dict(self, first_seq: int | None = None) -> dict[str, Any]:
+    def to_dict(self, first_seq: int | None = None, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
             "session": self.session,
             "writer": self.writer,
@@ -54,9 +63,9 @@ class Pointer:
             "seq": self.seq,
             "line": self.seq + 1,
             "sha256": self.sha256,
-            # The transparency-log checkpoint covering the segment: null here, the segment is not stored yet when
-            # its line is chained; ``prove`` gives the inclusion proof once a checkpoint covers it (extproc/evidence/).
-            "checkpoint": None,
+            # The transparency-log checkpoint covering the segment: null when exported live (the segment is not
+            # stored yet when its line is chained: a follow-up ``proofs`` event brings it, see the module docstring).
+            "checkpoint": checkpoint,
             "verify": f"mcp-extproc sessions verify {self.session} --event {self.sha256}",
             "prove": f"mcp-extproc evidence prove {self.session}",
         }
@@ -168,6 +177,7 @@ def _activity(operation: str) -> int:
     return 99
 
 
+@functools.cache  # five activities: the same members every time (callers unpack it into a fresh dict)
 def _classification(activity: int) -> dict[str, Any]:
     name = _ACTIVITIES[activity]
     return {
@@ -182,10 +192,13 @@ def _classification(activity: int) -> dict[str, Any]:
     }
 
 
+_PRODUCT = {"name": "mcp-extproc", "vendor_name": "mcp-extproc", "version": __version__}  # never edited: shared
+
+
 def _metadata(uid: str, session: str, log_name: str, profiles: list[str]) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "version": OCSF_VERSION,
-        "product": {"name": "mcp-extproc", "vendor_name": "mcp-extproc", "version": __version__},
+        "product": _PRODUCT,
         "uid": uid,
         "correlation_uid": session,
         "log_name": log_name,
@@ -344,3 +357,33 @@ def audit_event(get: Get, at: Pointer) -> dict[str, Any]:
     if target:
         event["resources"] = [{"uid": target, "type": "mcp.recording"}]
     return event
+
+
+def checkpoint_event(
+    origin: str, size: int, session: str, stream: str, segment: int, index: int, now: float
+) -> dict[str, Any]:
+    """The follow-up of the exchange events of one segment: a transparency-log checkpoint now covers it."""
+    checkpoint = {"log": origin, "size": size, "leaf_index": index}
+    return {
+        **_classification(99),
+        "severity_id": 1,
+        "severity": "Informational",
+        "time": int(now * 1000),
+        "status_id": 1,
+        "status": "Success",
+        "message": f"segment {segment} of session {session} (writer {stream}) is in checkpoint {size} of log {origin}",
+        "metadata": _metadata(f"{session}/{stream}/{segment}", session, "proofs", []),
+        "actor": {"app_name": "mcp-extproc"},
+        "api": {"operation": "evidence/checkpoint", "service": {"name": "transparency-log"}},
+        "src_endpoint": {"svc_name": "mcp-extproc"},
+        "unmapped": {
+            "proof": {
+                "session": session,
+                "writer": stream,
+                "segment": segment,
+                "checkpoint": checkpoint,
+                "verify": f"mcp-extproc sessions verify {session} --event <sha256 of a pointer of this segment>",
+                "prove": f"mcp-extproc evidence prove {session}",
+            }
+        },
+    }

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from extproc.recording import chain
+from extproc.recording import chain, jsonio
 from extproc.recording.manifest import Manifest
 from extproc.recording.store import Store
 
@@ -39,3 +40,48 @@ def locate(store: Store, key: str, sha256: str) -> Located | None:
                     break
             return Located(writer, ln.number, ln.seq, segment, ln.event)
     return None
+
+
+Covering = Callable[[str, str, int], dict[str, Any] | None]
+
+
+def covering(store: Store) -> Covering:
+    """For a backfill: ``(session, writer, segment) -> {log, size, leaf_index}`` of the checkpoint of the store's
+    transparency log that covers that stored segment (None: no log, or no checkpoint covers it yet). Read, not
+    verified: ``sessions verify --event`` proves the inclusion."""
+    from extproc.evidence.tiles import blobs_for
+    from extproc.evidence.tlog import CHECKPOINT
+    from extproc.recording.store import safe_key
+
+    try:
+        blobs = blobs_for(store)
+    except TypeError:  # a store kind with no log storage
+        return lambda session, writer, segment: None
+    heads: dict[str, tuple[str, int]] = {}  # log key -> (origin, size) of its current checkpoint
+    for key in blobs.list(""):
+        lines = (blobs.get(f"{key}/{CHECKPOINT}") or b"").decode(errors="replace").split("\n")
+        if len(lines) > 2 and lines[1].isdigit():
+            heads[key] = (lines[0], int(lines[1]))
+    leaves: dict[str, dict[tuple[str, int], tuple[str, int]]] = {}  # session -> (stream, segment) -> (log, leaf)
+
+    def lookup(session: str, writer: str, segment: int) -> dict[str, Any] | None:
+        if not heads:
+            return None
+        known = leaves.get(session)
+        if known is None:
+            known = leaves[session] = {}
+            for key in heads:
+                for name in blobs.list(f"{key}/where/{safe_key(session)}"):
+                    raw = blobs.get(f"{key}/where/{safe_key(session)}/{name}") if name.isdigit() else None
+                    try:
+                        for index, stream, seg in jsonio.loads(raw)["leaves"] if raw else []:
+                            known.setdefault((str(stream), int(seg)), (key, int(index)))
+                    except (ValueError, TypeError, KeyError):
+                        continue  # an edited index: the segment shows as not covered; verify says why
+        found = known.get((safe_key(writer), segment))
+        if found is None or found[1] >= heads[found[0]][1]:
+            return None
+        origin, size = heads[found[0]]
+        return {"log": origin, "size": size, "leaf_index": found[1]}
+
+    return lookup

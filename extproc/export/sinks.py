@@ -1,5 +1,9 @@
 """The export outputs: a JSON lines file (rotated), Splunk HEC, syslog RFC 5424 over TCP or TLS.
 
+The exporter serializes each OCSF event once (``prepare``: the JSON bytes and the few header fields an output
+puts around them) and offers the same entry to every sink: queues hold bytes, not nested dicts, so a backlog costs
+the garbage collector nothing and no output encodes an event again.
+
 Each sink owns a bounded queue and one task. ``offer`` never blocks and never raises: a full queue drops the event
 and counts it (``dropped["queue_full"]``). The task sends batches from the head of the queue; a batch leaves the
 queue only once sent, so a collector that is down holds the queue at its bound while the task retries with
@@ -30,6 +34,25 @@ from extproc.sections import split_hostport
 log = logging.getLogger(__name__)
 
 
+# One prepared event: (OCSF JSON, time in ms, severity_id, metadata.log_name, the proof pointer's syslog parameters
+# ((name, value) pairs of those in SD_PROOF it has)). Plain tuples of atoms: the garbage collector stops tracking them.
+Entry = tuple[bytes, int, int, str, tuple[tuple[str, str], ...]]
+SD_PROOF = ("session", "writer", "segment", "seq", "sha256")
+
+
+def prepare(event: dict[str, Any]) -> Entry:
+    """An OCSF event serialized once, with what the outputs' envelopes and headers need."""
+    proof = (event.get("unmapped") or {}).get("proof") or {}
+    pointer = tuple((k, str(proof[k])) for k in SD_PROOF if k in proof)
+    return (
+        orjson.dumps(event),
+        int(event.get("time", 0)),
+        int(event.get("severity_id", 1)),
+        str((event.get("metadata") or {}).get("log_name") or "-"),
+        pointer,
+    )
+
+
 class SendFailed(Exception):
     """A batch could not be delivered now; it stays queued and is retried."""
 
@@ -45,7 +68,7 @@ class Sink(abc.ABC):
 
     def __init__(self, delivery: Delivery) -> None:
         self.delivery = delivery
-        self.queue: deque[dict[str, Any]] = deque()
+        self.queue: deque[Entry] = deque()
         self.sent = 0
         self.failures = 0  # failed attempts (each retried)
         self.dropped: dict[str, int] = {"queue_full": 0, "refused": 0, "shutdown": 0}
@@ -58,19 +81,19 @@ class Sink(abc.ABC):
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def offer(self, event: dict[str, Any]) -> bool:
-        """Queue one event without waiting; False (and counted) when the queue is full."""
+    def offer(self, event: Entry | dict[str, Any]) -> bool:
+        """Queue one event (prepared, or an OCSF dict) without waiting; False (and counted) when the queue is full."""
         if len(self.queue) >= self.delivery.queue_size:
             self.dropped["queue_full"] += 1
             return False
-        self.queue.append(event)
+        self.queue.append(prepare(event) if isinstance(event, dict) else event)
         self._idle.clear()
         self._wake.set()
         if len(self.queue) >= self.delivery.batch_size:
             self._full.set()
         return True
 
-    async def put(self, event: dict[str, Any]) -> None:
+    async def put(self, event: Entry | dict[str, Any]) -> None:
         """Queue one event, waiting for room: for a backfill, which may wait (the live path uses ``offer``)."""
         while len(self.queue) >= self.delivery.queue_size:
             self._room.clear()
@@ -154,7 +177,7 @@ class Sink(abc.ABC):
             pass
 
     @abc.abstractmethod
-    async def send(self, batch: list[dict[str, Any]]) -> None:
+    async def send(self, batch: list[Entry]) -> None:
         """Deliver one batch (each output its own way); raising counts a failure and retries it."""
 
     async def aclose(self) -> None:  # noqa: B027 (an optional hook: most outputs hold nothing)
@@ -171,8 +194,8 @@ class FileOutput(Sink):
         super().__init__(delivery)
         self.config = config
 
-    async def send(self, batch: list[dict[str, Any]]) -> None:
-        data = b"".join(orjson.dumps(ev) + b"\n" for ev in batch)
+    async def send(self, batch: list[Entry]) -> None:
+        data = b"\n".join([e[0] for e in batch]) + b"\n"
         await asyncio.to_thread(self._append, data)
 
     def _append(self, data: bytes) -> None:
@@ -223,22 +246,13 @@ class HecOutput(Sink):
             verify = ssl.create_default_context(cafile=str(config.ca_file))
         self._client = httpx.AsyncClient(timeout=config.timeout_ms / 1000, verify=verify)
         self._host = socket.gethostname()
+        extra = {"index": config.index} if config.index else {}
+        fields = {"host": self._host, "source": "mcp-extproc", "sourcetype": config.sourcetype, **extra}
+        self._fields = orjson.dumps(fields)[1:-1] + b","  # the envelope's constant members
 
-    async def send(self, batch: list[dict[str, Any]]) -> None:
-        extra = {"index": self.config.index} if self.config.index else {}
-        body = b"".join(
-            orjson.dumps(
-                {
-                    "time": ev.get("time", 0) / 1000,
-                    "host": self._host,
-                    "source": "mcp-extproc",
-                    "sourcetype": self.config.sourcetype,
-                    **extra,
-                    "event": ev,
-                }
-            )
-            for ev in batch
-        )
+    async def send(self, batch: list[Entry]) -> None:
+        # The envelope around the event's JSON as it is: '{"time":...,...,"event":' + event + '}'.
+        body = b"".join(b'{"time":%s,%s"event":%s}' % (orjson.dumps(e[1] / 1000), self._fields, e[0]) for e in batch)
         r = await self._client.post(self.url, content=body, headers=self._headers)
         if r.status_code == 400:
             raise Refused(f"HTTP 400: {r.text[:200]}")
@@ -269,8 +283,8 @@ class SyslogOutput(Sink):
         self._hostname = socket.gethostname()
         self._procid = str(os.getpid())
 
-    async def send(self, batch: list[dict[str, Any]]) -> None:
-        data = b"".join(_framed(self.format(ev)) for ev in batch)
+    async def send(self, batch: list[Entry]) -> None:
+        data = b"".join(_framed(self.format(e)) for e in batch)
         try:
             await asyncio.sleep(0)  # let the loop read a close the collector sent meanwhile (its FIN, close_notify)
             if self._writer is None or self._writer.is_closing() or self._reader is None or self._reader.at_eof():
@@ -284,20 +298,18 @@ class SyslogOutput(Sink):
             await self.aclose()
             raise SendFailed(f"syslog {self.config.address}: {e}") from e
 
-    def format(self, ev: dict[str, Any]) -> bytes:
+    def format(self, entry: Entry | dict[str, Any]) -> bytes:
         """One RFC 5424 message: header, the proof pointer as structured data, the OCSF event as MSG."""
-        severity = 4 if ev.get("severity_id", 1) >= 3 else 6  # warning for denials and failed accesses, else info
+        data, t, severity_id, msgid, proof = prepare(entry) if isinstance(entry, dict) else entry
+        severity = 4 if severity_id >= 3 else 6  # warning for denials and failed accesses, else info
         pri = self.config.facility * 8 + severity
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ev.get("time", 0) / 1000))
-        ts += f".{int(ev.get('time', 0)) % 1000:03d}Z"
-        msgid = str(ev.get("metadata", {}).get("log_name", "-")) or "-"
-        proof = ev.get("unmapped", {}).get("proof") or {}
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t / 1000)) + f".{t % 1000:03d}Z"
         sd = "-"
         if proof:
-            params = " ".join(f'{k}="{_sd_escape(str(proof[k]))}"' for k in ("session", "writer", "seq", "sha256"))
+            params = " ".join(f'{k}="{_sd_escape(v)}"' for k, v in proof)
             sd = f"[proof@32473 {params}]"  # 32473: the example enterprise number of RFC 5612
-        head = f"<{pri}>1 {ts} {self._hostname} {self.config.app_name} {self._procid} {msgid} {sd} "
-        return head.encode() + orjson.dumps(ev)
+        head = f"<{pri}>1 {ts} {self._hostname} {self.config.app_name} {self._procid} {msgid or '-'} {sd} "
+        return head.encode() + data
 
     async def aclose(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None

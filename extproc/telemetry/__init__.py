@@ -1,7 +1,7 @@
 """OpenTelemetry traces of exchanges (off by default: only with a ``telemetry:`` section naming an endpoint).
 
 config.py   the ``telemetry:`` section of gateway.yaml
-tracing.py  the tracer provider and OTLP/HTTP exporter; one ``ExchangeTrace`` per exchange
+tracing.py  sampling, one ``ExchangeTrace`` per exchange, the span shipper thread and its OTLP/HTTP protobuf encoder
 
 Span tree of one exchange (attributes follow OpenTelemetry's MCP semantic conventions where they exist: span name
 ``{mcp.method.name} {target}``, ``mcp.method.name``, ``mcp.session.id``, ``mcp.resource.uri``,

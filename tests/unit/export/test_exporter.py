@@ -8,19 +8,24 @@ from pathlib import Path
 
 import pytest
 from ocsf_schema import schema
-from recording_helpers import cli
+from recording_helpers import cli, emit_exchanges
 from siem_receivers import HecReceiver
+from typer.testing import CliRunner
 
 from extproc.audit.trail import AuditTrail
 from extproc.authn.principal import Principal
+from extproc.cli import app
+from extproc.evidence.config import TransparencyLogConfig
 from extproc.export.config import Delivery, Export, FileSink
-from extproc.export.exporter import Exporter
+from extproc.export.exporter import Exporter, attach
 from extproc.export.ocsf import Fold, Pointer
 from extproc.export.proof import locate
 from extproc.export.sinks import FileOutput
+from extproc.recording.config import Recording
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest, PolicyDecision, ResponseStart
 from extproc.recording.manifest import Signer, generate_keys
 from extproc.recording.recorder import Recorder
+from extproc.recording.setup import build_runtime
 from extproc.recording.spool import Spool
 from extproc.recording.store import safe_key
 from extproc.recording.store.file import FileStore
@@ -199,3 +204,69 @@ def test_each_exporting_process_has_a_file_of_its_own(tmp_path: Path) -> None:
     export = Export(file=FileSink(path=tmp_path / "ocsf.jsonl"))
     paths = [Exporter.from_config(export, w).sinks[0].config.path for w in ("", "worker-1", "audit")]  # type: ignore[attr-defined]
     assert [p.name for p in paths] == ["ocsf.jsonl", "ocsf.worker-1.jsonl", "ocsf.audit.jsonl"]
+
+
+async def test_a_checkpoint_covering_a_segment_is_exported_and_verify_proves_the_pointer_through_it(
+    tmp_path: Path,
+) -> None:
+    """The live exchange event is sent at once with ``checkpoint: null``; when the transparency log stores a
+    checkpoint covering the segment, one ``proofs`` event per segment names it (log, size, leaf), and
+    ``sessions verify --event`` proves the segment's leaf against that log's checkpoint."""
+    key, pub = generate_keys(tmp_path / "keys")
+    rec = Recording(
+        directory=tmp_path / "rec",
+        signing_key=key,
+        flush_interval_ms=10,
+        transparency_log=TransparencyLogConfig(origin="gw.test/log", checkpoint_interval_s=3600),
+    )
+    runtime = build_runtime(rec)
+    out = tmp_path / "siem" / "ocsf.jsonl"
+    exporter = attach(Export(file=FileSink(path=out)), runtime.recorder.streams, tlog=runtime.tlog)
+    assert exporter is not None
+    await runtime.start()
+    await emit_exchanges(runtime.recorder, "s-cp", 2)
+    await runtime.close()  # the last checkpoint: it covers both segments
+    await exporter.close()
+
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    for e in events:
+        assert schema().validate(e) == [], e
+    exchanges = [e for e in events if e["metadata"]["log_name"] == "exchanges"]
+    proofs = {
+        (p["unmapped"]["proof"]["writer"], p["unmapped"]["proof"]["segment"]): p["unmapped"]["proof"]["checkpoint"]
+        for p in events
+        if p["metadata"]["log_name"] == "proofs"
+    }
+    assert len(exchanges) == 2 and all(e["unmapped"]["proof"]["checkpoint"] is None for e in exchanges)
+    for e in exchanges:  # every pointer's segment has its follow-up, in the same session
+        pointer = e["unmapped"]["proof"]
+        checkpoint = proofs[(safe_key(pointer["writer"]), pointer["segment"])]
+        assert checkpoint["log"].startswith("gw.test/log/") and checkpoint["size"] > checkpoint["leaf_index"] >= 0
+
+    pointer = exchanges[1]["unmapped"]["proof"]
+    args = ("sessions", "verify", "s-cp", "--dir", str(tmp_path / "rec"), "--public-key", str(pub))
+    ok = CliRunner().invoke(app, [*args, "--event", pointer["sha256"]], env={"COLUMNS": "250"})  # in process: cheap
+    assert ok.exit_code == 0, ok.output
+    checkpoint = proofs[(safe_key(pointer["writer"]), pointer["segment"])]
+    assert f"size {checkpoint['size']}: segment {pointer['segment']} is leaf {checkpoint['leaf_index']}" in ok.output
+    assert "inclusion proven" in ok.output
+
+    # A backfill reads the store after the fact: its pointers carry the checkpoint the follow-up named.
+    again = CliRunner().invoke(app, ["export", "backfill", "--dir", str(tmp_path / "rec"), "--since", "900"])
+    assert again.exit_code == 0, again.output
+    backfilled = [json.loads(line) for line in again.stdout.splitlines() if line.startswith("{")]
+    assert [e["unmapped"]["proof"]["checkpoint"] for e in backfilled] == [
+        proofs[(safe_key(e["unmapped"]["proof"]["writer"]), e["unmapped"]["proof"]["segment"])] for e in exchanges
+    ]
+
+    # A tile rewritten after the fact: the signed manifests still verify, the checkpoint's proof does not.
+    [tile] = list((tmp_path / "rec" / ".tlog").glob("*/tile/0/000.p/*"))
+    tile.write_bytes(bytes(32) + tile.read_bytes()[32:])
+    bad = CliRunner().invoke(app, [*args, "--event", pointer["sha256"]], env={"COLUMNS": "250"})
+    assert bad.exit_code == 1 and "FAIL" in bad.output and "checkpoint of segment" in bad.output, bad.output
+
+    # No checkpoint names the segment (yet): the event itself is proven; the checkpoint is a note, not a failure.
+    for index in (tmp_path / "rec" / ".tlog").glob("*/where/s-cp/*"):
+        index.unlink()
+    later = CliRunner().invoke(app, [*args, "--event", pointer["sha256"]], env={"COLUMNS": "250"})
+    assert later.exit_code == 0 and "is in no checkpoint yet" in later.output, later.output

@@ -154,3 +154,19 @@ async def test_syslog_tls_refuses_a_collector_the_ca_did_not_sign(tmp_path: Path
         await _until(lambda: sink.failures >= 1, "a refused TLS handshake")
         await sink.close(drain_within=0.1)
     assert listener.messages == [] and "CERTIFICATE_VERIFY_FAILED" in sink.last_error
+
+
+async def test_the_exporter_serializes_an_event_once_and_every_sink_queues_those_bytes(tmp_path: Path) -> None:
+    """No nested dicts wait in a queue (a backlog would cost the garbage collector) and no sink encodes again."""
+    from extproc.export.exporter import Exporter
+
+    a = FileOutput(FileSink(path=tmp_path / "a.jsonl"), FAST)
+    b = FileOutput(FileSink(path=tmp_path / "b.jsonl"), FAST)
+    exporter = Exporter([a, b])
+    exporter.offer(_event(1))
+    [(data_a, *_)], [(data_b, *_)] = a.queue, b.queue
+    assert isinstance(data_a, bytes) and data_a is data_b
+    assert json.loads(data_a) == _event(1)
+    exporter.start()
+    await exporter.close()
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes() == data_a + b"\n"

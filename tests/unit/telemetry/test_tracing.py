@@ -4,6 +4,7 @@ exporter: the documented tree, the parent from the client (header or params._met
 from __future__ import annotations
 
 from pathlib import Path
+from threading import current_thread
 
 import pytest
 from exchange_fakes import FakePolicy, FakeSink, _body, _call, _gateway, _headers, _request, load_fake_policy
@@ -120,7 +121,7 @@ def test_export_failures_are_counted(policy: FakePolicy) -> None:
     tracing = Tracing(Telemetry(endpoint="http://127.0.0.1:1/v1/traces", timeout_ms=200), batch=False)
     trace = tracing.exchange("x", None)
     trace.finish("complete", 200)  # the OTLP exporter cannot reach port 1: counted, never raised
-    assert tracing.exporter.errors == 1 and tracing.exporter.exported == 0
+    assert tracing.errors == 1 and tracing.exported == 0
     tracing.shutdown()
 
 
@@ -137,3 +138,74 @@ async def test_an_unsampled_exchange_passes_the_clients_traceparent_and_records_
     assert spans.get_finished_spans() == ()
     assert not reply.request_body.response.HasField("header_mutation")
     assert "trace.context" not in sink.types()
+
+
+def _one_exchange(tracing: Tracing, traceparent: str | None = TRACEPARENT) -> None:
+    trace = tracing.exchange("ex-1", traceparent)
+    trace.mark("authenticate", 1)
+    trace.forward([_call("echo", 3, text="hi")], "sess", "demo", FakeSink())
+    trace.answered(200)
+    trace.finish("denied", 403, "deny", "policies/p.yaml:3", "PolicyDenied: no", "sess")
+
+
+def test_the_otlp_request_is_the_one_the_sdk_encoder_makes_of_the_same_spans() -> None:
+    """Spans are encoded straight from their tuples; an OTLP receiver sees what the SDK's encoder would send."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    sent: list[bytes] = []
+    tracing = Tracing(Telemetry(endpoint="http://127.0.0.1:1/v1/traces"), batch=False, post=sent.append)
+    records: list = []
+    real_submit = tracing.submit
+    tracing.submit = lambda r: (records.extend(r), real_submit(r))  # type: ignore[method-assign]
+    _one_exchange(tracing)
+    ours = ExportTraceServiceRequest.FromString(sent[0])
+    sdk = encode_spans([tracing._readable(r) for r in records])
+
+    def spans(req: ExportTraceServiceRequest) -> list[dict]:
+        [rs] = req.resource_spans
+        [ss] = rs.scope_spans
+        out = []
+        for s in ss.spans:
+            d = {f.name: v for f, v in s.ListFields() if f.name not in ("attributes", "status")}
+            d["attributes"] = {a.key: a.value for a in s.attributes}
+            d["status"] = (s.status.code, s.status.message)
+            out.append(d)
+        resource = {a.key: a.value for a in rs.resource.attributes}
+        return [resource, (ss.scope.name, ss.scope.version), *out]
+
+    assert len(records) == 3 and spans(ours) == spans(sdk)
+    assert tracing.exported == 3 and tracing.errors == 0
+
+
+def test_an_unsampled_exchange_draws_no_span_id_and_keeps_no_phase() -> None:
+    sent: list[bytes] = []
+    tracing = Tracing(
+        Telemetry(endpoint="http://127.0.0.1:1/v1/traces", sample_ratio=0.0), batch=False, post=sent.append
+    )
+    trace = tracing.exchange("ex-1", None)
+    trace.mark("authenticate", 1)
+    trace.begin([_call("echo", 1)], "sess", "demo")
+    trace.mark("policy", 2)
+    assert not trace.sampled and trace.span_id == 0 and trace._children == [] and trace.attributes == {}
+    assert trace.forward([_call("echo", 1)], "sess", "demo", FakeSink()) == {}
+    trace.finish("complete", 200)
+    assert sent == [] and len(tracing.queue) == 0
+
+
+def test_spans_are_shipped_by_one_background_thread_and_a_full_queue_drops_and_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from extproc.telemetry import tracing as module
+
+    monkeypatch.setattr(module, "MAX_QUEUED", 4)
+    monkeypatch.setattr(module, "INTERVAL_S", 60.0)  # only shutdown ships: the queue fills first
+    threads: list[str] = []
+    tracing = Tracing(
+        Telemetry(endpoint="http://127.0.0.1:1/v1/traces"), post=lambda data: threads.append(current_thread().name)
+    )
+    _one_exchange(tracing)  # 3 spans queued (the exchange, authenticate, upstream)
+    _one_exchange(tracing)  # 3 more would pass the bound: dropped whole, counted
+    assert len(tracing.queue) == 3 and tracing.dropped == 3
+    tracing.shutdown()
+    assert threads == ["mcp-extproc-spans"] and tracing.exported == 3 and len(tracing.queue) == 0

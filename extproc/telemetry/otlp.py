@@ -1,0 +1,114 @@
+"""Spans as OTLP: one ``ExportTraceServiceRequest`` encoded from plain span tuples, and its POST (OTLP/HTTP protobuf).
+
+Used by the shipper thread of ``extproc/telemetry/tracing.py``; ``tests/unit/telemetry`` holds the bytes equal to
+the OpenTelemetry SDK's own encoder for the same spans."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+# (trace id, span id, parent span id or 0, name, kind, start ns, end ns, attributes or None, error message or None)
+SpanRecord = tuple[int, int, int, str, int, int, int, dict[str, Any] | None, str | None]
+# OTLP's Span.SpanKind numbers (opentelemetry/proto/trace/v1/trace.proto). Not imported from opentelemetry-proto:
+# xds-protos ships an older copy of those modules that may own the files, and the hot path must import regardless.
+INTERNAL, SERVER, CLIENT = 1, 2, 3
+
+
+class OtlpEncoder:
+    """Span records -> one serialized OTLP ``ExportTraceServiceRequest``, written as protobuf wire format straight
+    from the tuples (building the generated messages field by field cost more than the rest of tracing). The
+    resource and scope are encoded once; an attribute's bytes are kept for the next span with the same key and
+    value (method, server, tool, outcome repeat). ``tests/unit/telemetry`` holds it equal to the SDK's encoder."""
+
+    def __init__(self, resource: Resource, scope: InstrumentationScope) -> None:
+        self._cache: dict[tuple[int, str, type, Any], bytes] = {}
+        resource_pb = b"".join(_ld(1, self._kv(k, v)) for k, v in resource.attributes.items())
+        scope_pb = _ld(1, scope.name.encode()) + _ld(2, (scope.version or "").encode())
+        self._head = (_ld(1, resource_pb), _ld(1, scope_pb))
+
+    def encode(self, records: Sequence[SpanRecord]) -> bytes:
+        field, pack = self._field, _FIXED64.pack
+        spans = []
+        for trace_id, span_id, parent, name, kind, start, end, attrs, error in records:
+            parts = [
+                b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big"),
+                b"\x22\x08" + parent.to_bytes(8, "big") if parent else b"",
+                field(5, name), b"\x30", _varint(kind), b"\x39", pack(start), b"\x41", pack(end),
+            ]  # fmt: skip
+            if attrs:
+                parts += [field(9, k, v) for k, v in attrs.items()]
+            if error is not None:
+                parts.append(_ld(15, _ld(2, error.encode()) + b"\x18\x02"))  # message, STATUS_CODE_ERROR
+            parts.append(b"\x85\x01\x00\x03\x00\x00" if kind == SERVER and parent else b"\x85\x01\x00\x01\x00\x00")
+            body = b"".join(parts)  # flags (fixed32) above: whether the parent is remote, as the SDK sets them
+            spans.append(b"\x12" + _varint(len(body)) + body)
+        resource, scope = self._head
+        return _ld(1, resource + _ld(2, scope + b"".join(spans)))
+
+    def _field(self, number: int, key: str, value: Any = None) -> bytes:
+        """Field ``number`` of a span: its name (a string), or one attribute (a ``KeyValue``); kept, because the
+        same name or attribute repeats on most spans."""
+        ck = (number, key, type(value), value)
+        out = self._cache.get(ck)
+        if out is None:
+            out = _ld(number, self._kv(key, value) if number == 9 else key.encode())
+            if len(self._cache) >= 4096:  # exchange ids never repeat: start over rather than grow
+                self._cache.clear()
+            self._cache[ck] = out
+        return out
+
+    @staticmethod
+    def _kv(key: str, value: Any) -> bytes:
+        if isinstance(value, bool):
+            any_value = b"\x10\x01" if value else b"\x10\x00"
+        elif isinstance(value, int):
+            any_value = b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)  # int64: two's complement
+        elif isinstance(value, float):
+            any_value = b"\x21" + _DOUBLE.pack(value)
+        else:
+            any_value = _ld(1, str(value).encode())
+        return _ld(1, key.encode()) + _ld(2, any_value)
+
+
+_FIXED64, _FIXED32, _DOUBLE = struct.Struct("<Q"), struct.Struct("<I"), struct.Struct("<d")
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _ld(field: int, payload: bytes) -> bytes:
+    """A length-delimited field (numbers below 16: a one-byte tag)."""
+    return _TAGS[field] + _varint(len(payload)) + payload
+
+
+_TAGS = [bytes(((n << 3) | 2,)) for n in range(16)]
+
+
+class OtlpHttpPost:
+    """POST one encoded request to the OTLP/HTTP endpoint; raises on failure (the shipper counts it)."""
+
+    def __init__(self, endpoint: str, timeout_s: float) -> None:
+        self.endpoint = endpoint
+        self._client = httpx.Client(timeout=timeout_s)
+
+    def __call__(self, data: bytes) -> None:
+        r = self._client.post(self.endpoint, content=data, headers={"content-type": "application/x-protobuf"})
+        if r.status_code // 100 != 2:
+            raise httpx.HTTPStatusError(f"HTTP {r.status_code} from {self.endpoint}", request=r.request, response=r)
+
+    def close(self) -> None:
+        self._client.close()
