@@ -25,7 +25,7 @@ class SampleServer:
     name: str
     port: int
     json_response: bool
-    proc: subprocess.Popen
+    proc: subprocess.Popen | Any  # a zygote.ZygoteProcess (forked) has the same poll/wait/terminate/kill
 
     @property
     def base_url(self) -> str:
