@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 import yaml
-from gateway_parts import ALLOW_ALL, Gateway, SampleServer
+from gateway_parts import ALLOW_ALL, ForkedStack, Gateway, SampleServer
 from zygote import ZygoteProcess, spawn
 
 from extproc.authn.dev_issuer import DevIssuer
-from extproc.launcher import Stack, free_port, http_ok, wait_until
+from extproc.launcher import free_port, http_ok, wait_until
 
 
 def _stop(proc: subprocess.Popen | ZygoteProcess) -> None:
@@ -92,7 +92,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
             config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
         path = workdir / "gateway.yaml"
         path.write_text(yaml.safe_dump(config))
-        gw = Gateway(Stack(config=path, workdir=workdir), config, workdir / "gateway.log")
+        gw = Gateway(ForkedStack(config=path, workdir=workdir), config, workdir / "gateway.log")
         started.append(gw)
         try:
             gw.stack.start(log=gw.log)

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-PRELOAD = ("extproc.cli", "extproc.demo.mcp_server")
+PRELOAD = ("extproc.cli", "extproc.server", "extproc.audit.service", "extproc.demo.mcp_server")
 
 
 class Zygote:
@@ -53,14 +53,16 @@ class Zygote:
             raise RuntimeError(f"the test zygote: {reply['error']}")
         return reply
 
-    def spawn(self, module: str, args: list[str], stdout: Path, stderr: Path | None = None,
-              env: dict[str, str] | None = None) -> ZygoteProcess:  # fmt: skip
+    def spawn(self, module: str, args: list[str], stdout: Path | None, stderr: Path | None = None,
+              env: dict[str, str] | None = None, process_group: bool = False) -> ZygoteProcess:  # fmt: skip
+        """``stdout``/``stderr`` None: the test process's stderr; ``process_group``: as Popen(process_group=0)."""
         request = {
             "op": "spawn",
             "module": module,
             "args": args,
-            "stdout": str(stdout),
-            "stderr": str(stderr or stdout),
+            "stdout": None if stdout is None else str(stdout),
+            "stderr": None if stdout is None else str(stderr or stdout),
+            "process_group": process_group,
             "env": dict(os.environ if env is None else env),
             "cwd": os.getcwd(),
         }
@@ -181,6 +183,7 @@ def run(module: str, args: list[str], env: dict[str, str] | None = None, timeout
 
 def _child(request: dict[str, Any], control: tuple[int, int]) -> None:
     """In the forked child: become ``python -m module *args`` and exit with its status (never returns)."""
+    import io
     import random
     import runpy
     import traceback
@@ -192,17 +195,36 @@ def _child(request: dict[str, Any], control: tuple[int, int]) -> None:
             os.close(fd)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if request["process_group"]:
+            os.setpgid(0, 0)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        out = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        err = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(out, 1)
-        os.dup2(err, 2)
-        for fd in {null, out, err}:
-            os.close(fd)
+        os.close(null)
+        if request["stdout"] is not None:
+            out = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            err = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(out, 1)
+            os.dup2(err, 2)
+            for fd in {out, err}:
+                os.close(fd)
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        # Python chose the streams' buffering at the zygote's start; choose again as this child's start would.
+        unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
+        sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+            io.FileIO(1, "w", closefd=False) if unbuffered else io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
+            encoding=sys.stdout.encoding,
+            errors=sys.stdout.errors,
+            write_through=unbuffered,
+        )
+        sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+            io.FileIO(2, "w", closefd=False) if unbuffered else io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
+            encoding=sys.stderr.encoding,
+            errors="backslashreplace",
+            line_buffering=True,
+            write_through=unbuffered,
+        )
         sys.path[0] = os.getcwd()  # as `python -m` sets it
         sys.argv = [request["module"], *request["args"]]
         random.seed()  # not the zygote's sequence
@@ -243,8 +265,10 @@ def _serve(preload: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the test process; it closes the pipe
     for name in preload:
         importlib.import_module(name)
-    if threading.active_count() != 1:  # forking a process with threads could copy a held lock
-        raise RuntimeError(f"importing {preload} started threads: {threading.enumerate()}")
+    # Forking a process with threads (Python's or a C library's) could copy a lock another thread holds.
+    threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else threading.active_count()
+    if threads != 1:
+        raise RuntimeError(f"importing {preload} started threads: {threads}")
     reader = os.fdopen(control[0], "rb", buffering=0)
     children: dict[int, int | None] = {}
 
