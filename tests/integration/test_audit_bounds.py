@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 import yaml
-from gateway_parts import recording_key
+from gateway_parts import ForkedStack, recording_key
 
 from extproc.audit.web import LOGIN_COOKIE, MAX_NEXT, SESSION_COOKIE
 from extproc.authn.dev_issuer import DevIssuer
@@ -100,7 +100,7 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
                 "audit": {"port": free_port(), "index_interval_ms": 100, "client_id": "audit-viewer"},
             }  # fmt: skip
             (work / "gateway.yaml").write_text(yaml.safe_dump(config))
-            stack = Stack(config=work / "gateway.yaml", workdir=work).start(log=work / "gateway.log")
+            stack = ForkedStack(config=work / "gateway.yaml", workdir=work).start(log=work / "gateway.log")
             service = Service(stack, issuer)
             result = asyncio.run(run_session(stack.url("alpha"), service.token("bob"), progress=False, mode="legacy"))
             service.key = recording_key(result.session_id, "alpha")

@@ -16,7 +16,7 @@ import httpx
 import psycopg
 import pytest
 import yaml
-from gateway_parts import recording_key
+from gateway_parts import ForkedStack, recording_key
 
 from extproc.audit.index_db import LEADER_LOCK
 from extproc.audit.sealed import new_key_line
@@ -97,7 +97,7 @@ def replicas(tmp_path: Path, postgres_url: str) -> Iterator[Replicas]:
                 "audit": audit,
             }  # fmt: skip
             (work / "gateway.yaml").write_text(yaml.safe_dump(config))
-            stack = Stack(config=work / "gateway.yaml", workdir=work).start(log=work / "gateway.log")
+            stack = ForkedStack(config=work / "gateway.yaml", workdir=work).start(log=work / "gateway.log")
             # The second replica: the same configuration on another port (as a second pod would run it).
             config["audit"] = {**audit, "port": ports[1]}
             (work / "replica2.yaml").write_text(yaml.safe_dump(config))

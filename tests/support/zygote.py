@@ -178,6 +178,14 @@ def run(module: str, args: list[str], env: dict[str, str] | None = None, timeout
         )
 
 
+def run_command(cmd: list[str], timeout: float = 60, env: dict[str, str] | None = None,
+                ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """``subprocess.run(cmd, capture_output=True, text=True, ...)``, forked when ``cmd`` is ``python -m module``."""
+    if cmd[:2] == [sys.executable, "-m"]:
+        return run(cmd[2], cmd[3:], env=env, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
 # ---- the zygote process itself ----------------------------------------------------------------------------------
 
 
