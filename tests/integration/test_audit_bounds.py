@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 import yaml
+import zygote
 from gateway_parts import ForkedStack, recording_key
 
 from extproc.audit.web import LOGIN_COOKIE, MAX_NEXT, SESSION_COOKIE
@@ -73,11 +72,7 @@ class Service:
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     work = tmp_path_factory.mktemp("audit-bounds")
     port = free_port()
-    mcp = subprocess.Popen(
-        [sys.executable, "-m", "extproc.demo.mcp_server", "--port", str(port), "--name", "alpha"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    mcp = zygote.spawn("extproc.demo.mcp_server", ["--port", str(port), "--name", "alpha"], work / "mcp.log")
     stack: Stack | None = None
     try:
         with DevIssuer(work / "issuer") as issuer:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import httpx
 import psycopg
 import pytest
 import yaml
+import zygote
 from gateway_parts import ForkedStack, recording_key
 
 from extproc.audit.index_db import LEADER_LOCK
@@ -64,11 +64,7 @@ class Replicas:
 def replicas(tmp_path: Path, postgres_url: str) -> Iterator[Replicas]:
     work = tmp_path
     port = free_port()
-    mcp = subprocess.Popen(
-        [sys.executable, "-m", "extproc.demo.mcp_server", "--port", str(port), "--name", "alpha"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    mcp = zygote.spawn("extproc.demo.mcp_server", ["--port", str(port), "--name", "alpha"], work / "mcp.log")
     stack: Stack | None = None
     second: subprocess.Popen[bytes] | None = None
     try:
