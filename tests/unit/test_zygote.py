@@ -14,6 +14,12 @@ import zygote
 from extproc.launcher import free_port, http_ok, wait_until
 
 
+@pytest.fixture(autouse=True)
+def _forked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the zygote: not started cold even in a run with MCP_TEST_ZYGOTE=0."""
+    monkeypatch.delenv("MCP_TEST_ZYGOTE", raising=False)
+
+
 @pytest.mark.parametrize(
     "args",
     [
