@@ -54,7 +54,8 @@ class Zygote:
         return reply
 
     def spawn(self, module: str, args: list[str], stdout: Path | None, stderr: Path | None = None,
-              env: dict[str, str] | None = None, process_group: bool = False) -> ZygoteProcess:  # fmt: skip
+              env: dict[str, str] | None = None, process_group: bool = False,
+              cwd: Path | None = None) -> ZygoteProcess:  # fmt: skip
         """``stdout``/``stderr`` None: the test process's stderr; ``process_group``: as Popen(process_group=0)."""
         request = {
             "op": "spawn",
@@ -64,7 +65,7 @@ class Zygote:
             "stderr": None if stdout is None else str(stderr or stdout),
             "process_group": process_group,
             "env": dict(os.environ if env is None else env),
-            "cwd": os.getcwd(),
+            "cwd": str(cwd or os.getcwd()),
         }
         pid = int(self._ask(request)["pid"])
         return ZygoteProcess(self, pid, [sys.executable, "-m", module, *args])
@@ -158,15 +159,15 @@ def spawn(
     return zygote().spawn(module, args, log, env=env)
 
 
-def run(module: str, args: list[str], env: dict[str, str] | None = None, timeout: float = 60,
+def run(module: str, args: list[str], env: dict[str, str] | None = None, timeout: float = 60, cwd: Path | None = None,
         ) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """As ``subprocess.run([python, "-m", module, *args], capture_output=True, text=True, timeout=...)``."""
     if _cold():
         cmd = [sys.executable, "-m", module, *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     with tempfile.TemporaryDirectory(prefix="zygote-") as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-        proc = zygote().spawn(module, args, out, err, env=env)
+        proc = zygote().spawn(module, args, out, err, env=env, cwd=cwd)
         try:
             code = proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -178,12 +179,12 @@ def run(module: str, args: list[str], env: dict[str, str] | None = None, timeout
         )
 
 
-def run_command(cmd: list[str], timeout: float = 60, env: dict[str, str] | None = None,
+def run_command(cmd: list[str], timeout: float = 60, env: dict[str, str] | None = None, cwd: Path | None = None,
                 ) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """``subprocess.run(cmd, capture_output=True, text=True, ...)``, forked when ``cmd`` is ``python -m module``."""
     if cmd[:2] == [sys.executable, "-m"]:
-        return run(cmd[2], cmd[3:], env=env, timeout=timeout)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        return run(cmd[2], cmd[3:], env=env, timeout=timeout, cwd=cwd)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
 # ---- the zygote process itself ----------------------------------------------------------------------------------
