@@ -60,6 +60,8 @@ stdio-bridge: .stdio-bridge/node_modules/.bin/supergateway .stdio-bridge/mcp-pro
 # processes it started (Envoy, processor, SDK servers), so more workers than cores still pays on 2 cores. Work
 # stealing keeps the long tests (conformance, the two-replica runs) from forming a tail on one worker; the slowest
 # are listed at the end.
+# The tests fork their Python helper processes from a pre-imported zygote (tests/support/zygote.py);
+# MCP_TEST_ZYGOTE=0 starts them cold instead.
 TEST_WORKERS ?= 6
 XDIST := -n $(TEST_WORKERS) --dist worksteal
 

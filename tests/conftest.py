@@ -52,3 +52,11 @@ def postgres_server() -> Iterator[object]:
 def postgres_url(postgres_server: object) -> str:
     """A fresh, empty PostgreSQL database for one test."""
     return postgres_server.database()  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the zygote the helper processes were forked from (tests/support/zygote.py), if this process used one."""
+    import sys
+
+    if (zygote := sys.modules.get("zygote")) is not None:
+        zygote.close()

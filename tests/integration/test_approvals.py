@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import zygote
 from gateway_parts import Gateway
 
 from extproc.authn.dev_issuer import DevIssuer
@@ -113,7 +114,7 @@ async def call(gw: Gateway, token: str, tool: str, args: dict) -> tuple[bool, st
 
 def cli(gw: Gateway, token: str, *args: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "extproc", "approvals", *args, "--api", f"{gw.endpoint}/audit/", "--token", token]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    return zygote.run_command(cmd, timeout=60)
 
 
 def events(gw: Gateway) -> list[dict]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,8 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 import yaml
-from gateway_parts import recording_key
+import zygote
+from gateway_parts import ForkedStack, recording_key
 
 from extproc.audit.web import LOGIN_COOKIE, MAX_NEXT, SESSION_COOKIE
 from extproc.authn.dev_issuer import DevIssuer
@@ -73,11 +72,7 @@ class Service:
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     work = tmp_path_factory.mktemp("audit-bounds")
     port = free_port()
-    mcp = subprocess.Popen(
-        [sys.executable, "-m", "extproc.demo.mcp_server", "--port", str(port), "--name", "alpha"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    mcp = zygote.spawn("extproc.demo.mcp_server", ["--port", str(port), "--name", "alpha"], work / "mcp.log")
     stack: Stack | None = None
     try:
         with DevIssuer(work / "issuer") as issuer:
@@ -100,7 +95,7 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
                 "audit": {"port": free_port(), "index_interval_ms": 100, "client_id": "audit-viewer"},
             }  # fmt: skip
             (work / "gateway.yaml").write_text(yaml.safe_dump(config))
-            stack = Stack(config=work / "gateway.yaml", workdir=work).start(log=work / "gateway.log")
+            stack = ForkedStack(config=work / "gateway.yaml", workdir=work).start(log=work / "gateway.log")
             service = Service(stack, issuer)
             result = asyncio.run(run_session(stack.url("alpha"), service.token("bob"), progress=False, mode="legacy"))
             service.key = recording_key(result.session_id, "alpha")

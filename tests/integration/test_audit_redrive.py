@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import httpx2
+import zygote
 from gateway_parts import open_session, recording_key
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -20,7 +21,7 @@ from extproc.launcher import wait_until
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "extproc", *args], capture_output=True, text=True, timeout=120)
+    return zygote.run_command([sys.executable, "-m", "extproc", *args], timeout=120)
 
 
 async def test_redrive_reports_identical_calls_and_names_the_changed_tool(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ import httpx
 import psycopg
 import pytest
 import yaml
-from gateway_parts import recording_key
+import zygote
+from gateway_parts import ForkedStack, recording_key
 
 from extproc.audit.index_db import LEADER_LOCK
 from extproc.audit.sealed import new_key_line
@@ -64,11 +64,7 @@ class Replicas:
 def replicas(tmp_path: Path, postgres_url: str) -> Iterator[Replicas]:
     work = tmp_path
     port = free_port()
-    mcp = subprocess.Popen(
-        [sys.executable, "-m", "extproc.demo.mcp_server", "--port", str(port), "--name", "alpha"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    mcp = zygote.spawn("extproc.demo.mcp_server", ["--port", str(port), "--name", "alpha"], work / "mcp.log")
     stack: Stack | None = None
     second: subprocess.Popen[bytes] | None = None
     try:
@@ -97,7 +93,7 @@ def replicas(tmp_path: Path, postgres_url: str) -> Iterator[Replicas]:
                 "audit": audit,
             }  # fmt: skip
             (work / "gateway.yaml").write_text(yaml.safe_dump(config))
-            stack = Stack(config=work / "gateway.yaml", workdir=work).start(log=work / "gateway.log")
+            stack = ForkedStack(config=work / "gateway.yaml", workdir=work).start(log=work / "gateway.log")
             # The second replica: the same configuration on another port (as a second pod would run it).
             config["audit"] = {**audit, "port": ports[1]}
             (work / "replica2.yaml").write_text(yaml.safe_dump(config))

@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 import pytest
 import yaml
+import zygote
 from moto.server import ThreadedMotoServer
 
 from extproc.doctor.check import Check
@@ -28,7 +29,7 @@ from extproc.recording.manifest import generate_keys
 
 def _doctor(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "extproc", "doctor", "--config", str(config), "--json", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return zygote.run_command(cmd, timeout=120)
 
 
 def _by_name(checks: list[Check]) -> dict[str, Check]:

@@ -24,6 +24,7 @@ from typing import Any
 import boto3
 import httpx
 import pytest
+import zygote
 from botocore.exceptions import ClientError
 from evidence_helpers import ORIGIN, logged_entries, stored_entries
 from gateway_parts import open_session, unit_key
@@ -43,7 +44,7 @@ REFUSED = "recording unavailable; request refused"
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "250"}
-    return subprocess.run([sys.executable, "-m", "extproc", *args], capture_output=True, text=True, timeout=60, env=env)
+    return zygote.run_command([sys.executable, "-m", "extproc", *args], timeout=60, env=env)
 
 
 @dataclass

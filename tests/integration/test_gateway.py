@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import httpx
+import zygote
 from gateway_parts import SampleServer, open_session
 
 from extproc.demo.mcp_client import call_tool, run_session
@@ -18,7 +19,7 @@ ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "appl
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "extproc", *args], capture_output=True, text=True, timeout=60)
+    return zygote.run_command([sys.executable, "-m", "extproc", *args], timeout=60)
 
 
 def _messages(session, event_type: str) -> list[dict]:

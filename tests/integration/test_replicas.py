@@ -23,6 +23,7 @@ import boto3
 import httpx
 import httpx2
 import pytest
+import zygote
 from gateway_parts import ACCEPT, Gateway, SampleServer, recording_key
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -198,7 +199,7 @@ def _cli(replicas: Replicas, *args: str) -> subprocess.CompletedProcess[str]:
     """A ``sessions`` command reading the shared store as gateway one's config names it."""
     args = (*args, "--config", str(replicas.gateways[0].stack.config))
     env = {**os.environ, "COLUMNS": "250"}
-    return subprocess.run([sys.executable, "-m", "extproc", *args], capture_output=True, text=True, timeout=60, env=env)
+    return zygote.run_command([sys.executable, "-m", "extproc", *args], timeout=60, env=env)
 
 
 async def _client_calls(

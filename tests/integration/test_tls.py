@@ -18,12 +18,12 @@ import httpx
 import pytest
 import yaml
 from cryptography import x509
-from gateway_parts import ACCEPT, Gateway, open_session
+from gateway_parts import ACCEPT, ForkedStack, Gateway, open_session
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tls_certs import TestCA
 
 from extproc.demo.mcp_client import call_tool
-from extproc.launcher import Stack, free_port, wait_until
+from extproc.launcher import free_port, wait_until
 
 INIT = {
     "jsonrpc": "2.0",
@@ -175,7 +175,7 @@ def _gateway_for(tmp_path: Path, server: dict[str, Any], request: pytest.Fixture
     }
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
-    gw = Gateway(Stack(config=path, workdir=workdir), config, workdir / "gateway.log")
+    gw = Gateway(ForkedStack(config=path, workdir=workdir), config, workdir / "gateway.log")
     request.addfinalizer(gw.stop)
     gw.stack.start(log=gw.log)
     return gw

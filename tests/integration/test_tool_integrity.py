@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import zygote
 from gateway_parts import Gateway, recording_key
 
 from extproc.demo.mcp_client import connect
@@ -39,7 +40,7 @@ def start(start_mcp_server, start_authed, tmp_path: Path, mode: str, json_respon
 def pins_cli(gw: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
     config = gw.stack.config
     cmd = [sys.executable, "-m", "extproc", "pins", *args, "--config", str(config)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    return zygote.run_command(cmd, timeout=60)
 
 
 async def refused(conn, tool: str, args: dict) -> str:  # type: ignore[no-untyped-def]
@@ -81,7 +82,7 @@ async def test_rug_pull_caught_in_each_mode(start_mcp_server, start_authed, issu
     gw.stop()
     for unit in units:  # sessions verify proves each call's fingerprint names a recorded definition hashing to it
         cmd = [sys.executable, "-m", "extproc", "sessions", "verify", unit, "--config", str(gw.stack.config)]
-        verified = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        verified = zygote.run_command(cmd, timeout=60)
         assert verified.returncode == 0, verified.stdout + verified.stderr
         assert gw.session(unit).problems == []
         shown = subprocess.run([*cmd[:4], "show", *cmd[5:]], capture_output=True, text=True, timeout=60)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
+
+import zygote
 
 from extproc.recording.digest import DigestLog
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
@@ -29,8 +30,9 @@ def exchange_events(session: str, n: int) -> list[ExchangeStart | McpRequest | E
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m extproc *args`` (forked from a pre-imported process: tests/support/zygote.py)."""
     env = {**os.environ, "COLUMNS": "250"}  # one problem per line, unwrapped
-    return subprocess.run([sys.executable, "-m", "extproc", *args], capture_output=True, text=True, timeout=60, env=env)
+    return zygote.run("extproc", list(args), env=env, timeout=60)
 
 
 async def emit_exchanges(rec: Recorder, session: str, exchanges: int, t: float = 1000.0) -> None:

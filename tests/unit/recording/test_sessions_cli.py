@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import zygote
 from recording_helpers import cli as _cli
 from recording_helpers import record as _record
 
@@ -52,7 +53,7 @@ def test_missing_directory_is_an_error(tmp_path: Path) -> None:
 def _cli_in(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "250"}
     cmd = [sys.executable, "-m", "extproc", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=cwd)
+    return zygote.run_command(cmd, timeout=60, env=env, cwd=cwd)
 
 
 def test_list_of_a_directory_without_recordings_says_where_it_looked(tmp_path: Path) -> None:

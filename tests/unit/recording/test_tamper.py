@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import zygote
 
 from extproc.recording.events import ExchangeEnd, ExchangeStart, McpRequest
 from extproc.recording.manifest import Signer, generate_keys
@@ -21,7 +22,7 @@ from extproc.recording.writer import RecorderOptions
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "250"}  # one problem per line, unwrapped
-    return subprocess.run([sys.executable, "-m", "extproc", *args], capture_output=True, text=True, timeout=60, env=env)
+    return zygote.run_command([sys.executable, "-m", "extproc", *args], timeout=60, env=env)
 
 
 async def _record(root: Path, key: Path, session: str, exchanges: int = 4) -> None:
