@@ -58,12 +58,12 @@ with tempfile.TemporaryDirectory() as tmp:
     n[0] = 0
     idx.refresh()
     idle = n[0]
-    orig = ix._s3_late_changes
-    ix._s3_late_changes = lambda store, meta: (set(), {})
+    orig = ix.s3_late_changes
+    ix.s3_late_changes = lambda store, meta: (set(), {})
     n[0] = 0
     idx.refresh()
     dates_only = n[0]
-    ix._s3_late_changes = orig
+    ix.s3_late_changes = orig
 
     # a late segment 10 days old, named by a new digest of an open writer
     async def late():

@@ -31,15 +31,8 @@ from extproc.policy.capture import drops_values
 from extproc.policy.compiled import CompiledPolicy
 from extproc.recording.events import ResultScreened
 from extproc.recording.exchange_log import ExchangeLog
-from extproc.tools.screens import (
-    ByteStripper,
-    CrossNames,
-    Finding,
-    may_hold_invisible,
-    may_hold_markers,
-    scan,
-    strip_invisible_bytes,
-)
+from extproc.tools.invisible import ByteStripper, may_hold_invisible, strip_invisible_bytes
+from extproc.tools.screens import CrossNames, Finding, may_hold_markers, scan
 from extproc.tools.surface import Surface
 
 SCREENED = frozenset({"tools/call", "prompts/get", "resources/read"})

@@ -12,17 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.tools import screens
-from extproc.tools.screens import (
-    INSTRUCTION_PATTERNS,
-    ByteStripper,
-    cross_server_pattern,
-    has_invisible,
-    may_hold_invisible,
-    scan,
-    strip_invisible,
-    strip_invisible_bytes,
-)
+from extproc.tools import invisible, screens
+from extproc.tools.invisible import ByteStripper, has_invisible, may_hold_invisible, strip_invisible_bytes
+from extproc.tools.screens import INSTRUCTION_PATTERNS, cross_server_pattern, scan, strip_invisible
 
 
 def tags(text: str) -> str:
@@ -238,7 +230,7 @@ def test_every_form_of_every_invisible_character_is_found_and_stripped() -> None
     # The byte search looks for a short list of prefixes (hex in either case): none may be missing.
     forms: list[bytes] = []
     for c in [*range(0x80, 0x10000), *range(0xE0000, 0xE0080)]:
-        if not screens._INVISIBLE.match(chr(c)):
+        if not invisible.INVISIBLE.match(chr(c)):
             continue
         forms.append(chr(c).encode())
         if c < 0x10000:
@@ -317,9 +309,10 @@ class _CountingPattern:
 def test_ascii_text_is_not_searched_for_invisible_characters(monkeypatch: pytest.MonkeyPatch) -> None:
     # Every invisible character is outside ASCII, and str.isascii() is a flag CPython keeps: an ASCII definition
     # (most are) is cleared without the regex, which cost ~6 µs per tool description, half of screening a list.
-    assert not any(screens._INVISIBLE.search(chr(c)) for c in range(0x80))
-    counting = _CountingPattern(screens._INVISIBLE)
-    monkeypatch.setattr(screens, "_INVISIBLE", counting)
+    assert not any(invisible.INVISIBLE.search(chr(c)) for c in range(0x80))
+    counting = _CountingPattern(invisible.INVISIBLE)
+    monkeypatch.setattr(invisible, "INVISIBLE", counting)
+    monkeypatch.setattr(screens, "INVISIBLE", counting)
     tool = {"name": "echo", "description": "Return the text. <IMPORTANT>x</IMPORTANT>", "inputSchema": {"a": ["b"]}}
     assert {f.screen for f in scan(tool)} == {"instructions"}
     assert strip_invisible(tool) is tool
