@@ -5,6 +5,7 @@ Used by `mcp-extproc up`, the demo and the integration tests, so all three run t
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import signal
@@ -72,7 +73,7 @@ def http_ok(url: str) -> bool:
         with urllib.request.urlopen(url, timeout=1) as r:
             status: int = r.status  # typeshed types urlopen's reply as Any (an HTTPResponse for http URLs)
             return status == 200
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not up yet, or the port still held by a peer that is not HTTP/1
         return False
 
 
