@@ -200,8 +200,9 @@ def _collect(node: Any, texts: list[str]) -> None:
 
 def strip_invisible(definition: Any) -> Any:
     """A copy of ``definition`` without invisible and bidi-control characters (the same object if it has none)."""
-    if isinstance(definition, str):
-        return INVISIBLE.sub("", definition) if has_invisible(definition) else definition
+    if isinstance(definition, str):  # a lone high half of the tag characters goes too, as the byte stripper's: with
+        # what lay after it gone, it and a low half would serialize as one pair, a tag ("\udb40\u200b\udc41": U+E0041)
+        return INVISIBLE.sub("", definition).replace("\udb40", "") if has_invisible(definition) else definition
     if isinstance(definition, dict):
         out = {strip_invisible(k): strip_invisible(v) for k, v in definition.items()}
         same = len(out) == len(definition) and all(k in definition and definition[k] is v for k, v in out.items())

@@ -365,3 +365,13 @@ def test_the_result_prefilter_never_misses_what_the_screen_finds() -> None:
             if found:
                 assert may_hold_markers(raw, cross), raw
     assert not may_hold_markers(b'{"t":"the weather in Paris is fine"}', cross)
+
+
+def test_stripping_parsed_text_never_joins_lone_surrogate_halves_into_a_tag_character() -> None:
+    """Between two lone halves, an invisible character: stripped, the halves would serialize as one escaped pair, the
+    tag character U+E0041 the client reads. The lone high half of the tags goes with it (as in the byte stripper)."""
+    definition = {"description": json.loads(r'"a\udb40\u200b\udc41b"'), "x": [json.loads(r'"\udb40\u2060\udc7f"')]}
+    stripped = strip_invisible(definition)
+    back = json.loads(json.dumps(stripped))
+    assert back == {"description": "a\udc41b", "x": ["\udc7f"]}
+    assert not any(has_invisible(s) for s in screens.strings(back))
