@@ -116,7 +116,7 @@ def flatten(node: Any, path: str = "") -> dict[str, str]:
         return out
     if isinstance(node, list) and node:
         return {k: v for i, item in enumerate(node) for k, v in flatten(item, f"{path}/{i}").items()}
-    return {path or "/": json.dumps(node, ensure_ascii=True)}  # ASCII: invisible characters show as \\uXXXX
+    return {path or "/": json.dumps(node, ensure_ascii=True)}  # ASCII: invisible characters show as \\uHHHH
 
 
 def diff_rows(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -70,7 +70,7 @@ _SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r":
 
 def _string(s: str, normalized: bool) -> str:
     """``JSON.stringify`` of a string (the reference's form): short escapes, other controls and lone surrogates as
-    ``\\uXXXX``, everything else as itself (UTF-8)."""
+    ``\\uHHHH``, everything else as itself (UTF-8)."""
     out = ['"']
     for ch in normalize(s) if normalized else s:
         if ch in _SHORT:

@@ -123,7 +123,7 @@ class Finding:
     path: str
     start: int
     end: int
-    excerpt: str  # the matched text (invisible characters as U+XXXX), at most 80 characters
+    excerpt: str  # the matched text (invisible characters as U+HHHH), at most 80 characters
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
