@@ -286,6 +286,9 @@ async def test_stop_drains_so_an_open_sse_stream_finishes_and_is_recorded_comple
     async def slow_call() -> None:
         try:
             async with connect(gw.url()) as conn:
+                # The SDK validates a structured result against the tool's outputSchema, listing the tools after the
+                # result when it has not yet: listed now, before the drain, so no new request meets the draining gateway
+                await conn.client.list_tools()
                 results.append(
                     (await conn.client.call_tool("count_slowly", {"n": 20, "delay": 0.15})).structured_content
                 )
