@@ -11,7 +11,9 @@ from typing import Any
 
 import httpx
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 # (trace id, span id, parent span id or 0, name, kind, start ns, end ns, attributes or None, error message or None)
 SpanRecord = tuple[int, int, int, str, int, int, int, dict[str, Any] | None, str | None]
@@ -74,6 +76,25 @@ class OtlpEncoder:
         else:
             any_value = _ld(1, str(value).encode())
         return _ld(1, key.encode()) + _ld(2, any_value)
+
+
+_SDK_KIND = {SERVER: SpanKind.SERVER, INTERNAL: SpanKind.INTERNAL, CLIENT: SpanKind.CLIENT}
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_OK = Status(StatusCode.UNSET)
+
+
+def readable(record: SpanRecord, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
+    """A span record as the SDK's ``ReadableSpan`` (for an SDK span exporter: the tests' in-memory one)."""
+    trace_id, span_id, parent, name, kind, start, end, attrs, error = record
+    ctx = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
+    parent_ctx = None
+    if parent:
+        parent_ctx = SpanContext(trace_id, parent, is_remote=kind == SERVER, trace_flags=_SAMPLED)
+    status = Status(StatusCode.ERROR, error) if error is not None else _OK
+    return ReadableSpan(
+        name, ctx, parent_ctx, resource, attrs, kind=_SDK_KIND[kind], status=status, start_time=start,
+        end_time=end, instrumentation_scope=scope,
+    )  # fmt: skip
 
 
 _FIXED64, _FIXED32, _DOUBLE = struct.Struct("<Q"), struct.Struct("<I"), struct.Struct("<d")

@@ -24,28 +24,26 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from extproc import __version__
-from extproc.ports import EventSink
-from extproc.recording.events import Event
+from extproc.recording.events import ExchangeEnd
 from extproc.telemetry.config import Telemetry
 from extproc.telemetry.otlp import CLIENT as _CLIENT
 from extproc.telemetry.otlp import INTERNAL as _INTERNAL
 from extproc.telemetry.otlp import SERVER as _SERVER
-from extproc.telemetry.otlp import OtlpEncoder, OtlpHttpPost, SpanRecord
+from extproc.telemetry.otlp import OtlpEncoder, OtlpHttpPost, SpanRecord, readable
+from extproc.upstream.base import ExchangeEndNaming
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +52,23 @@ MAX_QUEUED = 16_384  # spans waiting for the shipper; past it a span is dropped 
 BATCH = 2048  # spans per OTLP request
 INTERVAL_S = 1.0  # the shipper sends what it has at least this often
 
-_SDK_KIND: dict[int, SpanKind] = {_SERVER: SpanKind.SERVER, _INTERNAL: SpanKind.INTERNAL, _CLIENT: SpanKind.CLIENT}
+
+@dataclass(slots=True, kw_only=True)
+class TracedEnd(ExchangeEnd):
+    """``exchange.end`` of a traced exchange: ``trace`` names its place in the trace (``trace_id``, ``span_id``,
+    ``parent``: header | meta | new, ``upstream_span_id``: the parent span the MCP server's traceparent names, ""
+    if nothing went upstream). Carried here rather than in an event of its own (``trace.context``, still read in
+    older records): the spans are shipped only when the exchange ends, so an exchange whose end is never recorded
+    has no trace in the backend to link to either."""
+
+    trace: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True, kw_only=True)
-class TraceContext(Event):
-    """The exchange's place in a trace: its span, where its parent came from, the span the server was sent."""
+class TracedNamingEnd(ExchangeEndNaming):
+    """``TracedEnd`` of an exchange that also names its upstream credential (extproc/upstream/base.py)."""
 
-    type: ClassVar[str] = "trace.context"
-    trace_id: str = ""
-    span_id: str = ""
-    parent: str = ""  # header (the client's traceparent) | meta (params._meta.traceparent, SEP-414) | new
-    upstream_span_id: str = ""  # the parent span the MCP server's traceparent names ("" if nothing went upstream)
+    trace: dict[str, str] = field(default_factory=dict)
 
 
 class Tracing:
@@ -144,23 +147,12 @@ class Tracing:
 
     def _export(self, records: list[SpanRecord]) -> None:
         if self.span_exporter is not None:
-            if self.span_exporter.export([self._readable(r) for r in records]) is not SpanExportResult.SUCCESS:
+            spans = [readable(r, self.resource, self.scope) for r in records]
+            if self.span_exporter.export(spans) is not SpanExportResult.SUCCESS:
                 raise RuntimeError("the span exporter failed")
             return
         assert self._post is not None
         self._post(self.encoder.encode(records))
-
-    def _readable(self, record: SpanRecord) -> ReadableSpan:
-        trace_id, span_id, parent, name, kind, start, end, attrs, error = record
-        ctx = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
-        parent_ctx = None
-        if parent:
-            parent_ctx = SpanContext(trace_id, parent, is_remote=kind == _SERVER, trace_flags=_SAMPLED)
-        status = Status(StatusCode.ERROR, error) if error is not None else _OK
-        return ReadableSpan(
-            name, ctx, parent_ctx, self.resource, attrs, kind=_SDK_KIND[kind], status=status, start_time=start,
-            end_time=end, instrumentation_scope=self.scope,
-        )  # fmt: skip
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Ship what is queued now (in the caller's thread); True when the queue is empty after it."""
@@ -210,10 +202,6 @@ class ExchangeTrace:
         self.attributes: dict[str, Any] = {}
         self._children: list[tuple[str, int, int]] = []
 
-    @property
-    def trace_hex(self) -> str:
-        return format(self.trace_id, "032x") if self.opened else ""
-
     def mark(self, name: str, start_ns: int, end_ns: int | None = None) -> None:
         """A phase (authenticate, policy, recording commit) that ran from ``start_ns`` until now."""
         if self.opened and not self.sampled:
@@ -249,29 +237,31 @@ class ExchangeTrace:
             attrs["mcp.session.id"] = session
         self.attributes = attrs
 
-    def forward(
-        self, messages: Sequence[Mapping[str, Any]], session: str | None, server: str, log_: EventSink | Any
-    ) -> dict[str, str]:
-        """The request goes upstream now: open the exchange span if needed, start the upstream span, record the
-        trace context in the exchange's events (``log_.emit``), and return the headers the server gets."""
+    def forward(self, messages: Sequence[Mapping[str, Any]], session: str | None, server: str) -> dict[str, str]:
+        """The request goes upstream now: open the exchange span if needed, start the upstream span, and return the
+        headers the server gets (its ids go into the record with the exchange's end: ``ended``)."""
         self.begin(messages, session, server)
         if not self.sampled:
             # Not sampled: the request goes on as a proxy that records nothing would pass it, with the client's own
-            # traceparent (recorded in exchange.start's headers), and costs no span, no event, no header.
+            # traceparent (recorded in exchange.start's headers), and costs no span, no record field, no header.
             return {}
         self.upstream_id = self._tracing.ids.generate_span_id()
         self.up_start = time.time_ns()
-        trace_hex = format(self.trace_id, "032x")
-        upstream_hex = format(self.upstream_id, "016x")
-        log_.emit(
-            TraceContext(
-                trace_id=trace_hex,
-                span_id=format(self.span_id, "016x"),
-                parent=self.parent,
-                upstream_span_id=upstream_hex,
-            )
-        )
-        return {TRACEPARENT: f"00-{trace_hex}-{upstream_hex}-01"}
+        return {TRACEPARENT: f"00-{self.trace_id:032x}-{self.upstream_id:016x}-01"}
+
+    def ended(self, end: ExchangeEnd) -> ExchangeEnd:
+        """``end`` carrying the exchange's trace context when it is sampled (``TracedEnd``), else ``end`` itself."""
+        if not self.sampled:
+            return end
+        trace = {
+            "trace_id": f"{self.trace_id:032x}",
+            "span_id": f"{self.span_id:016x}",
+            "parent": self.parent,
+            "upstream_span_id": f"{self.upstream_id:016x}" if self.upstream_id else "",
+        }
+        if isinstance(end, ExchangeEndNaming):
+            return TracedNamingEnd(**{n: getattr(end, n) for n in _NAMING_FIELDS}, trace=trace)
+        return TracedEnd(**{n: getattr(end, n) for n in _END_FIELDS}, trace=trace)
 
     def answered(self, status: int) -> None:
         """The server's response headers arrived: the upstream span ends."""
@@ -316,9 +306,9 @@ class ExchangeTrace:
 
 
 _TRACE_ID_LIMIT = (1 << 64) - 1
+_END_FIELDS = tuple(f.name for f in fields(ExchangeEnd))
+_NAMING_FIELDS = tuple(f.name for f in fields(ExchangeEndNaming))
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_OK = Status(StatusCode.UNSET)
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 
