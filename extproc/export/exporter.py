@@ -31,11 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# trace.context: records before the trace ids went into exchange.end (a processor of an older version, sharing the
-# store, may still write it)
-FOLDED = frozenset(
-    {"exchange.start", "mcp.request", "policy.decision", "trace.context", "exchange.end", "audit.access"}
-)
+FOLDED = frozenset({"exchange.start", "mcp.request", "policy.decision", "exchange.end", "audit.access"})
 
 _POINTED = frozenset({"exchange.start", "exchange.end", "audit.access"})
 _ELSEWHERE = Pointer("", "", 0, 0, "")

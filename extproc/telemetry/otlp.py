@@ -5,8 +5,10 @@ the OpenTelemetry SDK's own encoder for the same spans."""
 
 from __future__ import annotations
 
+import gzip
 import struct
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -119,17 +121,67 @@ def _ld(field: int, payload: bytes) -> bytes:
 _TAGS = [bytes(((n << 3) | 2,)) for n in range(16)]
 
 
-class OtlpHttpPost:
-    """POST one encoded request to the OTLP/HTTP endpoint; raises on failure (the shipper counts it)."""
+RETRYABLE = frozenset({429, 502, 503, 504})  # OTLP/HTTP: the collector asks the client to come back later
+MAX_RETRY_AFTER_S = 30.0
 
-    def __init__(self, endpoint: str, timeout_s: float) -> None:
+
+class OtlpHttpPost:
+    """POST one encoded request to the OTLP/HTTP endpoint, gzipped when ``compress`` (``Content-Encoding: gzip``,
+    which OTLP/HTTP servers must accept); raises on failure (the shipper counts it).
+
+    A 429, 502, 503 or 504 and a connection failure are retried up to ``retries`` times, after ``backoff_s``
+    doubling each time (a ``Retry-After`` in seconds replaces it, up to 30 s), as the OTLP/HTTP spec asks; any other
+    status is final. ``wait(seconds)`` sleeps between tries and returns True when the process is stopping (the
+    shipper's stop event): the batch is then given up at once."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout_s: float,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        compress: bool = False,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
         self.endpoint = endpoint
+        self.retries, self.backoff_s, self.compress = retries, backoff_s, compress
+        self.retried = 0  # tries repeated (each after a wait)
+        self._wait = wait or threading.Event().wait
+        self._headers = {"content-type": "application/x-protobuf"}
+        if compress:
+            self._headers["content-encoding"] = "gzip"
         self._client = httpx.Client(timeout=timeout_s)
 
     def __call__(self, data: bytes) -> None:
-        r = self._client.post(self.endpoint, content=data, headers={"content-type": "application/x-protobuf"})
-        if r.status_code // 100 != 2:
-            raise httpx.HTTPStatusError(f"HTTP {r.status_code} from {self.endpoint}", request=r.request, response=r)
+        body = gzip.compress(data, compresslevel=1) if self.compress else data  # level 1: most of the saving
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                r = self._client.post(self.endpoint, content=body, headers=self._headers)
+            except httpx.TransportError:
+                if attempt == self.retries:
+                    raise
+                wait = delay
+            else:
+                if r.status_code // 100 == 2:
+                    return
+                if r.status_code not in RETRYABLE or attempt == self.retries:
+                    raise httpx.HTTPStatusError(
+                        f"HTTP {r.status_code} from {self.endpoint}", request=r.request, response=r
+                    )
+                wait = _retry_after(r.headers.get("retry-after"), delay)
+            self.retried += 1
+            if self._wait(wait):
+                raise RuntimeError(f"stopping: gave up a span batch for {self.endpoint} after {attempt + 1} tries")
+            delay *= 2
 
     def close(self) -> None:
         self._client.close()
+
+
+def _retry_after(value: str | None, default: float) -> float:
+    """A ``Retry-After`` of delay seconds (an HTTP date is not worth parsing here: the default backoff then)."""
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S) if value else default
+    except ValueError:
+        return default

@@ -94,8 +94,12 @@ class Tracing:
         self.encoder = OtlpEncoder(self.resource, self.scope)
         self._post: Callable[[bytes], None] | None = post
         self._http: OtlpHttpPost | None = None
+        self._stopping = threading.Event()  # set at shutdown: the shipper ends, a retry's wait is cut short
         if exporter is None and post is None:
-            self._http = OtlpHttpPost(config.endpoint or "", config.timeout_ms / 1000)
+            self._http = OtlpHttpPost(
+                config.endpoint or "", config.timeout_ms / 1000, config.retries, config.retry_initial_ms / 1000,
+                config.compression == "gzip", self._stopping.wait,
+            )  # fmt: skip
             self._post = self._http
         self.exported = 0  # spans delivered
         self.errors = 0  # batches that failed (dropped)
@@ -103,7 +107,6 @@ class Tracing:
         self.queue: deque[SpanRecord] = deque()
         self._batch = batch
         self._wake = threading.Event()
-        self._stop = False
         self._ship_lock = threading.Lock()  # the shipper's, and a flush's: never taken on the exchange path
         self._thread: threading.Thread | None = None
         if batch:
@@ -126,7 +129,7 @@ class Tracing:
             self._wake.set()
 
     def _run(self) -> None:
-        while not self._stop:
+        while not self._stopping.is_set():
             self._wake.wait(INTERVAL_S)
             self._wake.clear()
             self._ship()
@@ -161,7 +164,7 @@ class Tracing:
 
     def shutdown(self) -> None:
         """Ship what is queued, stop the shipper, release the HTTP client."""
-        self._stop = True
+        self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(self.config.timeout_ms / 1000 * 4 + 5)
@@ -383,3 +386,5 @@ class _Readings(Collector):
         yield CounterMetricFamily(
             "mcp_extproc_trace_spans_dropped", "Spans dropped because the shipper's queue was full", value=t.dropped
         )
+        retried = t._http.retried if t._http is not None else 0
+        yield CounterMetricFamily("mcp_extproc_trace_export_retries", "Span batch sends tried again", value=retried)
