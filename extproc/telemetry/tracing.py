@@ -183,8 +183,9 @@ class ExchangeTrace:
     """The spans of one exchange (see the package docstring for the tree), built when the exchange ends.
 
     The ids are drawn and the sampling decided (parent-based, then the trace-id ratio, as
-    ``ParentBased(TraceIdRatioBased)``) when the exchange span opens, because the ids go upstream and into the
-    record before the exchange ends; an unsampled exchange draws no span id and builds nothing."""
+    ``ParentBased(TraceIdRatioBased)``) when the exchange span opens, because the ids go upstream before the
+    exchange ends (and into its ``exchange.end``); an unsampled exchange draws no span id and builds nothing. Ids
+    stay ints until the shipper encodes them; hex is written only for the upstream header and the record."""
 
     __slots__ = (
         "_children", "_tracing", "attributes", "exchange_id", "header", "name", "opened", "parent", "parent_span",
