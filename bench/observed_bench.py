@@ -86,10 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="round pairs, alternated B obs / obs B (default 2)")
     parser.add_argument("--sample-ratio", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="also rows whose processor runs another tree (PYTHONPATH=BASE, e.g. a plain copy of main) with both on",
+    )
     args = parser.parse_args(argv)
     args.profile, args.sse_gap_ms = False, 0.0  # what gateway_bench.run_load reads
     ctx = mp.get_context("spawn")
-    order = [m for i in range(args.rounds) for m in (("off", "on") if i % 2 == 0 else ("on", "off"))]
+    modes = ("off", "base", "on") if args.base else ("off", "on")
+    order = [m for i in range(args.rounds) for m in (modes if i % 2 == 0 else modes[::-1])]
     rows: list[dict[str, Any]] = []
     info = gb.machine_info()
     print(f"{info['cpu_count']} CPUs ({info['cpu_model']}), load {os.getloadavg()[0]:.1f}; rows {' '.join(order)}")
@@ -101,11 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     ):
         for n, mode in enumerate(order):
             config = gb.write_authed_config(Path(tmp) / f"{mode}-{n}", upstream.port, issuer.url)
-            ocsf = observe(config, endpoint, args.sample_ratio) if mode == "on" else None
+            ocsf = observe(config, endpoint, args.sample_ratio) if mode != "off" else None
             identities = gb.authed_identities(config, issuer, args.concurrency)
             before = dict(received)
-            with gb.envoy_and_processor(config, upstream, identities) as target:
-                loaded = gb.run_load(ctx, target, args, None, None)
+            path = os.environ.get("PYTHONPATH")
+            if mode == "base":  # the processor (python -m extproc) imports the other tree
+                os.environ["PYTHONPATH"] = str(args.base.resolve())
+            try:
+                with gb.envoy_and_processor(config, upstream, identities) as target:
+                    loaded = gb.run_load(ctx, target, args, None, None)
+            finally:
+                if path is None:
+                    os.environ.pop("PYTHONPATH", None)
+                else:
+                    os.environ["PYTHONPATH"] = path
             row = gb.summarize(loaded)
             check = gb.recording_check(config, loaded)
             # Tracing may add one event per exchange (``trace.context``, the record format before the ids went
@@ -119,22 +134,22 @@ def main(argv: list[str] | None = None) -> int:
                 row["otlp_bytes"] = received["bytes"] - before["bytes"]
             rows.append(row)
             cpu = row["cpu_ms_per_request"]["processor"]
-            print(f"  {mode:>3}: {row['rps']:7.1f} req/s, processor {cpu:.3f} ms/exchange, p50 {row['p50_ms']} ms"
+            print(f"  {mode:>4}: {row['rps']:7.1f} req/s, processor {cpu:.3f} ms/exchange, p50 {row['p50_ms']} ms"
                   + (f", {row['ocsf_events']} OCSF events, {row['otlp_requests']} OTLP posts" if ocsf else ""),
                   flush=True)  # fmt: skip
-    med = {
-        m: statistics.median(r["cpu_ms_per_request"]["processor"] for r in rows if r["mode"] == m)
-        for m in ("off", "on")
-    }
-    rps = {m: statistics.median(r["rps"] for r in rows if r["mode"] == m) for m in ("off", "on")}
+    med = {m: statistics.median(r["cpu_ms_per_request"]["processor"] for r in rows if r["mode"] == m) for m in modes}
+    rps = {m: statistics.median(r["rps"] for r in rows if r["mode"] == m) for m in modes}
     ratio = med["on"] / med["off"]
+    if args.base:
+        print(f"base tree, both on: {med['base']:.3f} ms, x{med['base'] / med['off']:.3f} of B (this tree's on/base: "
+              f"x{med['on'] / med['base']:.3f})")  # fmt: skip
     print(f"B {med['off']:.3f} ms, B + export + tracing {med['on']:.3f} ms of processor CPU per exchange: x{ratio:.3f} "
           f"(req/s x{rps['on'] / rps['off']:.3f}); goal x1.10")  # fmt: skip
     report = {"machine": info, "parameters": vars(args) | {"out": str(args.out)}, "rows": rows, "cpu_ratio": ratio}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     ok = all(r["recording_ok"] and not r["failures"] for r in rows)
-    ok = ok and all(r["ocsf_events"] >= r["requests"] and r["otlp_requests"] for r in rows if r["mode"] == "on")
+    ok = ok and all(r["ocsf_events"] >= r["requests"] and r["otlp_requests"] for r in rows if r["mode"] != "off")
     return 0 if ok else 1
 
 
