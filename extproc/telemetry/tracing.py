@@ -19,6 +19,7 @@ costs the exchange nothing.
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
 import time
@@ -31,7 +32,6 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -88,7 +88,6 @@ class Tracing:
         self.config = config
         self.resource = Resource.create({"service.name": config.service_name, "service.version": __version__})
         self.scope = InstrumentationScope("mcp-extproc", __version__)
-        self.ids = RandomIdGenerator()
         self.bound = round(config.sample_ratio * (_TRACE_ID_LIMIT + 1))  # TraceIdRatioBased's bound
         self.span_exporter = exporter
         self.encoder = OtlpEncoder(self.resource, self.scope)
@@ -224,7 +223,7 @@ class ExchangeTrace:
         if parent is None:
             parent, self.parent = _parse(_meta(messages)), "meta"
         if parent is None:
-            self.parent, self.trace_id = "new", self._tracing.ids.generate_trace_id()
+            self.parent, self.trace_id = "new", _random_id(128)
             self.sampled = self.trace_id & _TRACE_ID_LIMIT < self._tracing.bound
         else:
             self.trace_id, self.parent_span, flags = parent
@@ -232,7 +231,7 @@ class ExchangeTrace:
         if not self.sampled:
             self._children.clear()
             return
-        self.span_id = self._tracing.ids.generate_span_id()
+        self.span_id = _random_id(64)
         self.name, attrs = describe(messages)
         attrs["mcp_extproc.exchange"] = self.exchange_id
         if server:
@@ -249,7 +248,7 @@ class ExchangeTrace:
             # Not sampled: the request goes on as a proxy that records nothing would pass it, with the client's own
             # traceparent (recorded in exchange.start's headers), and costs no span, no record field, no header.
             return {}
-        self.upstream_id = self._tracing.ids.generate_span_id()
+        self.upstream_id = _random_id(64)
         self.up_start = time.time_ns()
         return {TRACEPARENT: f"00-{self.trace_id:032x}-{self.upstream_id:016x}-01"}
 
@@ -297,9 +296,8 @@ class ExchangeTrace:
         records: list[SpanRecord] = [
             (trace_id, root, self.parent_span, self.name, _SERVER, self.start_ns, now, attrs, error)
         ]
-        gen = tracing.ids.generate_span_id
         for name, start, end in self._children:
-            records.append((trace_id, gen(), root, name, _INTERNAL, start, end, None, None))
+            records.append((trace_id, _random_id(64), root, name, _INTERNAL, start, end, None, None))
         if self.upstream_id:
             up_attrs = {"http.response.status_code": self.up_status} if self.up_status else None
             records.append(
@@ -310,6 +308,13 @@ class ExchangeTrace:
 
 
 _TRACE_ID_LIMIT = (1 << 64) - 1
+
+
+def _random_id(bits: int) -> int:
+    """A random trace (128 bits) or span (64 bits) id, never 0 (invalid); RandomIdGenerator's draw, inlined."""
+    return random.getrandbits(bits) or 1
+
+
 _END_FIELDS = tuple(f.name for f in fields(ExchangeEnd))
 _NAMING_FIELDS = tuple(f.name for f in fields(ExchangeEndNaming))
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
