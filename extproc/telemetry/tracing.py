@@ -19,6 +19,7 @@ costs the exchange nothing.
 from __future__ import annotations
 
 import logging
+import operator
 import random
 import re
 import threading
@@ -263,8 +264,8 @@ class ExchangeTrace:
             "upstream_span_id": f"{self.upstream_id:016x}" if self.upstream_id else "",
         }
         if isinstance(end, ExchangeEndNaming):
-            return TracedNamingEnd(**{n: getattr(end, n) for n in _NAMING_FIELDS}, trace=trace)
-        return TracedEnd(**{n: getattr(end, n) for n in _END_FIELDS}, trace=trace)
+            return TracedNamingEnd(**dict(zip(_NAMING_FIELDS, _NAMING_VALUES(end), strict=True)), trace=trace)
+        return TracedEnd(**dict(zip(_END_FIELDS, _END_VALUES(end), strict=True)), trace=trace)
 
     def answered(self, status: int) -> None:
         """The server's response headers arrived: the upstream span ends."""
@@ -317,6 +318,7 @@ def _random_id(bits: int) -> int:
 
 _END_FIELDS = tuple(f.name for f in fields(ExchangeEnd))
 _NAMING_FIELDS = tuple(f.name for f in fields(ExchangeEndNaming))
+_END_VALUES, _NAMING_VALUES = operator.attrgetter(*_END_FIELDS), operator.attrgetter(*_NAMING_FIELDS)
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
