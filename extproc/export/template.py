@@ -26,9 +26,10 @@ from extproc.export.ocsf import (
     _http_operation,
     _Open,
     _parsed_endpoint,
+    exchange_event,
     exchange_trace,
 )
-from extproc.export.sinks import Entry
+from extproc.export.sinks import Entry, prepare
 
 KEEP = 4096  # distinct values kept per part; past it the part's cache starts over (never grows without bound)
 _Fragment, _dumps = orjson.Fragment, orjson.dumps
@@ -76,6 +77,13 @@ def _actor_part(principal: dict[str, Any] | None, decisions: list[dict[str, Any]
 
 def exchange_entry(ex: _Open, end: Get, at: Pointer, exchange: str) -> Entry:
     """``prepare(exchange_event(ex, end, at, exchange))``, made from kept parts."""
+    try:
+        return _entry(ex, end, at, exchange)
+    except TypeError:  # a value that cannot be a key (a principal's group that is not a string): the long way
+        return prepare(exchange_event(ex, end, at, exchange))
+
+
+def _entry(ex: _Open, end: Get, at: Pointer, exchange: str) -> Entry:
     operation = ex.operations[0] if ex.operations else _http_operation(ex.http_method)
     status = int(end("status") or 0)
     outcome = str(end("outcome") or "")

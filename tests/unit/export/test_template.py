@@ -70,6 +70,7 @@ CASES = {
         "e7", messages=[_call(7, "x")], more=[{"type": "trace.context", "exchange": "e7", **TRACE}]
     ),
     "server error": _exchange("e8", messages=[_call(8, "x")], status=502, outcome="error", detail="upstream: 502"),
+    "a group that is no string": _exchange("e9", {**BOB, "groups": [{"odd": 1}]}, messages=[_call(9, "x")]),
 }
 
 
