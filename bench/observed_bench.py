@@ -7,7 +7,8 @@ one processor worker, a fresh recording directory); the receiver runs in this pr
 rows' CPU is the processor's, every thread of it). Each observed row checks that the OCSF file holds one event per
 recorded exchange and that the receiver got spans.
 
-    python bench/observed_bench.py [--seconds 8] [--rounds 2] [--concurrency 16] [--sample-ratio 1.0]
+    python bench/observed_bench.py [--seconds 8] [--rounds 2] [--concurrency 16] [--sample-ratio 1.0] [--rate R]
+        [--base DIR]     also rows whose processor runs another tree (a plain copy of main), both on
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2, help="round pairs, alternated B obs / obs B (default 2)")
     parser.add_argument("--sample-ratio", type=float, default=1.0)
+    parser.add_argument(
+        "--rate", type=float, help="open loop at this many req/s (every row the same load; default: closed loop)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--base",
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ["PYTHONPATH"] = str(args.base.resolve())
             try:
                 with gb.envoy_and_processor(config, upstream, identities) as target:
-                    loaded = gb.run_load(ctx, target, args, None, None)
+                    loaded = gb.run_load(ctx, target, args, None, args.rate)
             finally:
                 if path is None:
                     os.environ.pop("PYTHONPATH", None)
