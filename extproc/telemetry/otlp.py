@@ -37,13 +37,18 @@ class OtlpEncoder:
         self._head = (_ld(1, resource_pb), _ld(1, scope_pb))
 
     def encode(self, records: Sequence[SpanRecord]) -> bytes:
-        field, pack = self._field, _FIXED64.pack
+        field, times = self._field, _TIMES.pack
         spans = []
+        last_trace = last_parent = -1
+        trace_pb = parent_pb = b""
         for trace_id, span_id, parent, name, kind, start, end, attrs, error in records:
+            if trace_id != last_trace:  # an exchange's spans come together: its trace id is written once
+                last_trace, trace_pb = trace_id, b"\x0a\x10" + trace_id.to_bytes(16, "big")
+            if parent != last_parent:  # and its children share their parent, the exchange span
+                last_parent, parent_pb = parent, b"\x22\x08" + parent.to_bytes(8, "big") if parent else b""
             parts = [
-                b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big"),
-                b"\x22\x08" + parent.to_bytes(8, "big") if parent else b"",
-                field(5, name), b"\x30", _varint(kind), b"\x39", pack(start), b"\x41", pack(end),
+                trace_pb, b"\x12\x08", span_id.to_bytes(8, "big"), parent_pb, field(5, name), _KIND[kind],
+                times(0x39, start, 0x41, end),
             ]  # fmt: skip
             if attrs:
                 parts += [field(9, k, v) for k, v in attrs.items()]
@@ -99,7 +104,9 @@ def readable(record: SpanRecord, resource: Resource, scope: InstrumentationScope
     )  # fmt: skip
 
 
-_FIXED64, _FIXED32, _DOUBLE = struct.Struct("<Q"), struct.Struct("<I"), struct.Struct("<d")
+_DOUBLE = struct.Struct("<d")
+_TIMES = struct.Struct("<BQBQ")  # start (field 7) and end (field 8) time, fixed64 each, with their tags
+_KIND = {k: bytes((0x30, k)) for k in (INTERNAL, SERVER, CLIENT)}  # field 6, a one-byte varint
 
 
 def _varint(n: int) -> bytes:

@@ -226,6 +226,14 @@ def test_the_otlp_request_is_the_one_the_sdk_encoder_makes_of_the_same_spans() -
 
     assert len(records) == 3 and spans(ours) == spans(sdk)
     assert tracing.exported == 3 and tracing.errors == 0
+    # Several exchanges in one request (a new trace: a root without parent; the client's again), as the shipper
+    # sends them: what one span shares with the one before (trace id, parent) is written the same way.
+    _one_exchange(tracing, None)
+    _one_exchange(tracing)
+    many = ExportTraceServiceRequest.FromString(tracing.encoder.encode(records))
+    assert len(records) == 9 and spans(many) == spans(
+        encode_spans([readable(r, tracing.resource, tracing.scope) for r in records])
+    )
 
 
 def test_an_unsampled_exchange_draws_no_span_id_and_keeps_no_phase() -> None:
