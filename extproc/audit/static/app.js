@@ -203,6 +203,10 @@
     } else if (ev.type === "tool.definition") {
       head.append(`${ev.kind} ${ev.name} on ${ev.server}, fingerprint `, shortFp(ev.fingerprint),
         ` pin ${ev.pin}` + (ev.shown === false ? ", withheld from the caller" : ""));
+    } else if (ev.type === "result.screened") {
+      head.append(screenedLine(ev));
+    } else if (ev.type === "guardrail.verdict") {
+      head.append(guardrailLine(ev));
     } else if (ev.type === "upstream.credential") {
       head.append(credentialLine(ev));
     } else if (ev.type === "audit.access") {
@@ -283,6 +287,29 @@
       u.cached ? ", cached" : null);
   }
 
+  // What a result screen found in the call's result and what was done (session_doc's screened), and what the
+  // server's guardrail answered about the call or its result (session_doc's guardrail): the lines `sessions show`
+  // prints, from the same data. The result shown beside them is what the server sent.
+  const SCREEN_ACTIONS = {
+    strip: ["verified-yes", "stripped", "stripped before the client saw it"],
+    alarm: ["flag-unpinned", "alarm", "alarm: passed, recorded"],
+    refuse: ["denied", "refused", "refused: the client got an error instead"],
+  };
+  function screenedLine(s) {
+    const a = SCREEN_ACTIONS[s.action] || ["", s.action, s.action];
+    const found = (s.findings || []).map((f) => `${f.screen} ${f.rule} at ${f.path || "/"} [${f.start}:${f.end}]` +
+      (f.excerpt ? " " + JSON.stringify(f.excerpt) : "")).join("; ");
+    return el("div", { class: "screened", "data-action": s.action || "" }, badge(a[0], a[1]), " ",
+      `result screened, ${a[2]}: ${found || "-"}`);
+  }
+  const GUARD = { passed: "verified-yes", modified: "flag-unpinned" };
+  function guardrailLine(g) {
+    return el("div", { class: "guardrail", "data-phase": g.phase || "request", "data-verdict": g.verdict || "" },
+      badge(GUARD[g.outcome] || "denied", g.verdict), " ",
+      `guardrail on the ${g.phase || "request"}: ${g.verdict}${g.reason ? ` (${g.reason})` : ""} -> ` +
+      `${g.outcome || "-"}, ${g.latency_ms} ms`);
+  }
+
   function callBlock(c) {
     const req = c.request;
     return el("div", { class: "callwrap" + (c.refusal ? " refused" : ""), "data-exchange": c.exchange },
@@ -290,6 +317,8 @@
         (req.params && req.params.name ? " " + req.params.name : "")),
       c.definition ? listedLine(c.definition) : null,
       (c.upstream || []).map(credentialLine),
+      (c.guardrail || []).map(guardrailLine),
+      (c.screened || []).map(screenedLine),
       el("div", { class: "call" },
         el("div", {}, el("div", { class: "muted" }, "arguments"), el("pre", {}, json(req.params || {}))),
         outcomeOf(c)),
@@ -306,6 +335,8 @@
       x.outcome === "denied" ? badge("denied", "refused") : x.outcome,
       x.duration_ms !== null && x.duration_ms !== undefined ? ` ${x.duration_ms} ms` : null,
       (x.upstream || []).map(credentialLine),
+      (x.guardrail || []).map(guardrailLine),
+      (x.screened || []).map(screenedLine),
       x.erased ? el("div", { class: "erased" }, "payloads erased on ", when(x.erased.time),
         ` by ${x.erased.by || "?"} (${x.erased.reason || "no reason given"})`) : null);
   }

@@ -153,3 +153,39 @@ def test_an_exchange_end_naming_a_credential_is_joined_to_its_full_record() -> N
     print_session(Console(file=out, width=200, color_system=None), Session("s", events=events))
     assert out.getvalue().count("upstream token_exchange in authorization, sha256 abababababab") == 2
     assert "upstream token_exchange in ?, sha256 cdcdcdcdcdcd" in out.getvalue()
+
+
+def test_screened_results_and_guardrail_verdicts_are_shown_on_the_call_and_its_exchange() -> None:
+    """result.screened (what a screen found in a result, where, and what was done) and guardrail.verdict (both
+    phases) are in the record: `sessions show` prints them under the exchange and the call (before, neither)."""
+    events = _call_events("x1", 2.0, {"fingerprint": "A", "listed_at": 1}, 7)
+    found = {"screen": "invisible", "rule": "zero-width", "path": "/content/0/text", "start": 3, "end": 4}
+    events += [
+        {"type": "guardrail.verdict", "exchange": "x1", "time": 2.01, "message_id": 7, "call": "tools/call 'echo'",
+         "verdict": "allow", "reason": "fine", "outcome": "passed", "latency_ms": 1.5, "phase": "request"},
+        {"type": "guardrail.verdict", "exchange": "x1", "time": 2.2, "message_id": 7, "call": "tools/call 'echo'",
+         "verdict": "modify", "reason": "", "outcome": "modified", "latency_ms": 2.25, "phase": "result",
+         "result": {"content": []}},
+        {"type": "result.screened", "exchange": "x1", "time": 2.2, "message_id": 7, "call": "tools/call 'echo'",
+         "action": "strip", "findings": [{**found, "excerpt": "U+200B"}]},
+        {"type": "result.screened", "exchange": "x1", "time": 2.2, "message_id": 8, "call": "tools/call 'echo'",
+         "action": "refuse", "findings": [{**found, "screen": "instructions", "rule": "authority-tag", "excerpt": ""}]},
+    ]  # fmt: skip
+    doc = session_doc(Session("s", events=events))
+    (call,) = doc["calls"]
+    assert [g["phase"] for g in call["guardrail"]] == ["request", "result"]
+    assert [s["action"] for s in call["screened"]] == ["strip"]  # id 8 is no call of the list: its exchange's only
+    assert [s["message_id"] for s in doc["exchanges"][0]["screened"]] == [7, 8]
+    out = io.StringIO()
+    print_session(Console(file=out, width=250, color_system=None), Session("s", events=events))
+    lines = [line.strip() for line in out.getvalue().splitlines()]
+    stripped = (
+        'result screened, stripped before the client saw it: invisible zero-width at /content/0/text [3:4] "U+200B"'
+    )
+    assert lines.count(stripped) == 2  # under the exchange and under the call
+    assert lines.count("guardrail on the request: allow (fine) -> passed, 1.5 ms") == 2
+    assert lines.count("guardrail on the result: modify -> modified, 2.25 ms") == 2
+    refused = (
+        "result screened, refused: the client got an error instead: instructions authority-tag at /content/0/text [3:4]"
+    )
+    assert lines.count(refused) == 1
