@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,7 +186,7 @@ async def test_a_batch_with_a_list_still_refuses_and_strips_the_call_result(tmp_
 ZW = "\u200b"
 
 
-async def _batch_reply(tmp_path: Path, policy: str, requests: list, answers: list, sse: bool) -> bytes:
+async def _batch_reply(tmp_path: Path, policy: str, requests: Any, answers: Any, sse: bool) -> bytes:
     """What the client gets for ``answers`` to the batch ``requests``, through a real exchange and ``policy``."""
     from exchange_fakes import ALICE, KEY, SCOPE, FakePolicy, FakeSink, _body, _gateway, _headers, _request
 
@@ -199,7 +200,8 @@ async def _batch_reply(tmp_path: Path, policy: str, requests: list, answers: lis
     assert (await ex.on_request_body(_body(requests))).HasField("request_body")
     kind = "text/event-stream" if sse else "application/json"
     reply = await ex.on_response_headers(_headers({":status": "200", "content-type": kind, "mcp-session-id": "s"}))
-    raw = b"".join(format_event(dumps(a)) for a in answers) if sse else dumps(answers).encode()
+    each = answers if isinstance(answers, list) else [answers]  # a batch, or one message
+    raw = b"".join(format_event(dumps(a)) for a in each) if sse else dumps(answers).encode()
     size = len(raw) if reply.HasField("mode_override") else 40  # buffered: one message; else streamed in chunks
     sent = b""
     for i in range(0, len(raw), size):
@@ -215,10 +217,13 @@ def _texts(sent: bytes, sse: bool) -> dict:
         docs = [json.loads(line[6:]) for line in sent.splitlines() if line.startswith(b"data: ")]
     else:
         docs = json.loads(sent)
+        docs = docs if isinstance(docs, list) else [docs]
     out = {}
     for m in docs:
         r = m["result"]
-        out[m["id"]] = [t["description"] for t in r["tools"]] if "tools" in r else [c["text"] for c in r["content"]]
+        out[m["id"]] = (
+            [t["description"] for t in r["tools"]] if "tools" in r else [c["text"] for c in r.get("content", [])]
+        )
     return out
 
 
@@ -256,3 +261,38 @@ async def test_a_batch_of_calls_strips_each_result_as_its_own_setting_says(tmp_p
     requests = [_call("echo", 1, text="x"), _call("quiet", 2, text="y")]
     sent = await _batch_reply(tmp_path, ALARM_LIST, requests, answers, sse)
     assert _texts(sent, sse) == {1: ["ab"], 2: [f"c{ZW}d"]}
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("shape", ["call", "call+ping", "call+list"])
+async def test_a_lone_surrogate_in_a_result_or_a_list_is_passed_on_escaped(
+    tmp_path: Path, shape: str, sse: bool
+) -> None:
+    """JSON may carry a lone surrogate (an escape); UTF-8 cannot. Before, the result screen's matcher and every
+    rewrite of the body (a batch stripped per element, a filtered list) failed on one, and so the exchange."""
+    from exchange_fakes import _call
+
+    result = _result(1, f"a{ZW}b\ud800")
+    tools = [{"name": "echo", "description": "Echo\udc00", "inputSchema": {"type": "object"}}]
+    other = {
+        "call": [],
+        "call+ping": [({"jsonrpc": "2.0", "id": 2, "method": "ping"}, {"jsonrpc": "2.0", "id": 2, "result": {}})],
+        "call+list": [
+            (
+                {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                {"jsonrpc": "2.0", "id": 2, "result": {"tools": tools}},
+            )
+        ],
+    }[shape]
+    requests, answers = [_call("echo", 1, text="x")] + [r for r, _ in other], [result] + [a for _, a in other]
+    global dumps
+    plain, dumps = dumps, (lambda doc: json.dumps(doc))  # as a server may write it: the surrogate as \ud800
+    try:
+        sent = await _batch_reply(
+            tmp_path, ALARM_LIST, requests if other else requests[0], answers if other else result, sse
+        )
+    finally:
+        dumps = plain
+    texts = _texts(sent, sse)
+    assert texts[1] == ["ab\ud800"]
+    assert shape != "call+list" or texts[2] == ["Echo\udc00"]
