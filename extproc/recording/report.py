@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +11,7 @@ from rich.table import Table
 
 from extproc.recording import jsonio
 from extproc.recording.replay import Session, pair_messages
+from extproc.recording.screened import definition_line, filtered_line, guardrail_line, mark_screened, screened_line
 
 
 def _ts(t: float | None) -> str:
@@ -125,7 +125,7 @@ def session_doc(session: Session) -> dict[str, Any]:
     calls = pair_messages(session)
     _mark_refused(calls, _refusals(session))
     _mark_listed(calls, session)
-    _mark_screened(calls, exchanges)
+    mark_screened(calls, exchanges)
     upstream = {x["exchange"]: x["upstream"] for x in exchanges}
     for first in calls:
         for call in [first, *first.get("rounds", [])]:
@@ -184,59 +184,6 @@ def _mark_listed(calls: list[dict[str, Any]], session: Session) -> None:
                 if c.get("name") == d.get("name") and c.get("kind") == d.get("kind") and c["time"] <= call["time"]
             ]
             call["definition"] = {**d, "flag": flag, "changes": mine}
-
-
-_SCREEN_KEYS = {
-    "result.screened": ("time", "call", "action", "findings"),
-    "guardrail.verdict": ("time", "call", "phase", "verdict", "reason", "outcome", "latency_ms", "arguments", "result"),
-}
-
-
-def _mark_screened(calls: list[dict[str, Any]], exchanges: list[dict[str, Any]]) -> None:
-    """Each call gets ``screened`` (its result.screened events: what a result screen found, where, and what was
-    done) and ``guardrail`` (its guardrail.verdict events, request and result phase), matched by exchange and
-    JSON-RPC id; each exchange gets all of its own (a verdict on a batch element the call list does not hold
-    stays visible there)."""
-    found: dict[tuple[Any, bytes], dict[str, list[dict[str, Any]]]] = {}
-    for x in exchanges:
-        x["screened"], x["guardrail"] = [], []
-        for e in x["events"]:
-            if (keys := _SCREEN_KEYS.get(e["type"])) is not None:
-                shown = {k: e.get(k) for k in keys} | {"message_id": e.get("message_id")}
-                where = "screened" if e["type"] == "result.screened" else "guardrail"
-                x[where].append(shown)
-                mine = found.setdefault((x["exchange"], jsonio.dumps(e.get("message_id"))), {})
-                mine.setdefault(where, []).append(shown)
-    for first in calls:
-        for call in [first, *first.get("rounds", [])]:
-            mine = found.get((call["exchange"], jsonio.dumps(call["request"].get("id"))), {})
-            call["screened"], call["guardrail"] = mine.get("screened", []), mine.get("guardrail", [])
-
-
-_ACTIONS = {
-    "strip": "stripped before the client saw it",
-    "alarm": "alarm: passed, recorded",
-    "refuse": "refused: the client got an error instead",
-}
-
-
-def screened_line(s: dict[str, Any]) -> str:
-    """One result.screened as `sessions show` prints it (the viewer builds the same line from the same data)."""
-    findings = "; ".join(
-        f"{f.get('screen')} {f.get('rule')} at {f.get('path') or '/'} [{f.get('start')}:{f.get('end')}]"
-        + (f" {json.dumps(f['excerpt'], ensure_ascii=False)}" if f.get("excerpt") else "")
-        for f in s.get("findings") or []
-    )
-    return f"result screened, {_ACTIONS.get(s.get('action') or '', s.get('action'))}: {findings or '-'}"
-
-
-def guardrail_line(g: dict[str, Any]) -> str:
-    """One guardrail.verdict: the phase, the verdict and reason, what the gateway did, how long it took."""
-    reason = f" ({g['reason']})" if g.get("reason") else ""
-    return (
-        f"guardrail on the {g.get('phase') or 'request'}: {g.get('verdict')}{reason} -> {g.get('outcome') or '-'}"
-        f", {g.get('latency_ms')} ms"
-    )
 
 
 _CREDENTIAL_KEYS = (
@@ -325,10 +272,10 @@ def print_session(console: Console, session: Session) -> None:
             console.print(f"      {credential_line(cred)}", highlight=False, markup=False, soft_wrap=True)
         if (erased := ex.get("erased")) is not None:
             console.print(f"      payloads {erased_line(erased)}", highlight=False, markup=False, soft_wrap=True)
-        for g in ex["guardrail"]:
-            console.print(f"      {guardrail_line(g)}", highlight=False, markup=False, soft_wrap=True)
-        for sc in ex["screened"]:
-            console.print(f"      {screened_line(sc)}", highlight=False, markup=False, soft_wrap=True)
+        lines = [*map(filtered_line, ex["filtered"]), *map(definition_line, ex["definitions"])]
+        lines += [*map(guardrail_line, ex["guardrail"]), *map(screened_line, ex["screened"])]
+        for line in lines:
+            console.print(f"      {line}", highlight=False, markup=False, soft_wrap=True)
     console.print("\n[bold]JSON-RPC[/bold]")
     for first in doc["calls"]:
         for n, call in enumerate([first, *first.get("rounds", [])]):

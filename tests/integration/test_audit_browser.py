@@ -495,6 +495,13 @@ async def test_viewer_shows_listed_definitions_changes_and_upstream_credentials(
                 )
                 timeline_screens = page.locator('#timeline li[data-type="result.screened"] .screened')
                 check(await timeline_screens.count() == 1, "the timeline does not show result.screened")
+                found = await page.locator("#exchanges .definition-screened").all_text_contents()
+                check(
+                    [f for f in found if re.match(
+                        r"screened tool echo screened \(withheld from the caller, pin changed\): instructions "
+                        r"authority-tag at /description \[\d+:\d+\] \"<IMPORTANT>\" -> alarm", f)],
+                    f"the changed echo's description screened: {found}",
+                )  # fmt: skip
                 first = echoes.nth(0).locator(".credential")
                 cred = await first.text_content() if await first.count() == 1 else ""
                 check(

@@ -203,6 +203,9 @@
     } else if (ev.type === "tool.definition") {
       head.append(`${ev.kind} ${ev.name} on ${ev.server}, fingerprint `, shortFp(ev.fingerprint),
         ` pin ${ev.pin}` + (ev.shown === false ? ", withheld from the caller" : ""));
+      if ((ev.findings || []).length) li.append(definitionLine(ev));
+    } else if (ev.type === "policy.list_filtered") {
+      head.append(filteredLine(ev));
     } else if (ev.type === "result.screened") {
       head.append(screenedLine(ev));
     } else if (ev.type === "guardrail.verdict") {
@@ -295,12 +298,26 @@
     alarm: ["flag-unpinned", "alarm", "alarm: passed, recorded"],
     refuse: ["denied", "refused", "refused: the client got an error instead"],
   };
+  const findingText = (f) => `${f.screen} ${f.rule} at ${f.path || "/"} [${f.start}:${f.end}]` +
+    (f.excerpt ? " " + JSON.stringify(f.excerpt) : "") + (f.action ? ` -> ${f.action}` : "");
   function screenedLine(s) {
     const a = SCREEN_ACTIONS[s.action] || ["", s.action, s.action];
-    const found = (s.findings || []).map((f) => `${f.screen} ${f.rule} at ${f.path || "/"} [${f.start}:${f.end}]` +
-      (f.excerpt ? " " + JSON.stringify(f.excerpt) : "")).join("; ");
+    const found = (s.findings || []).map(findingText).join("; ");
     return el("div", { class: "screened", "data-action": s.action || "" }, badge(a[0], a[1]), " ",
       `result screened, ${a[2]}: ${found || "-"}`);
+  }
+  // On the exchange: what a list hid from its caller, and listed definitions a description screen found
+  // something in (each finding with what it led to: strip, alarm, hide, refuse).
+  function filteredLine(f) {
+    const hidden = f.hidden || [];
+    const more = hidden.length > 10 ? `, and ${hidden.length - 10} more` : "";
+    return el("div", { class: "filtered" },
+      `${f.method} filtered for the caller: ${hidden.length} hidden (${hidden.slice(0, 10).join(", ")}${more})`);
+  }
+  function definitionLine(d) {
+    const shown = d.shown === false ? "withheld from the caller" : "shown";
+    return el("div", { class: "definition-screened" }, badge("flag-unpinned", "screened"), " ",
+      `${d.kind} ${d.name} screened (${shown}, pin ${d.pin}): ${(d.findings || []).map(findingText).join("; ")}`);
   }
   const GUARD = { passed: "verified-yes", modified: "flag-unpinned" };
   function guardrailLine(g) {
@@ -335,6 +352,8 @@
       x.outcome === "denied" ? badge("denied", "refused") : x.outcome,
       x.duration_ms !== null && x.duration_ms !== undefined ? ` ${x.duration_ms} ms` : null,
       (x.upstream || []).map(credentialLine),
+      (x.filtered || []).map(filteredLine),
+      (x.definitions || []).map(definitionLine),
       (x.guardrail || []).map(guardrailLine),
       (x.screened || []).map(screenedLine),
       x.erased ? el("div", { class: "erased" }, "payloads erased on ", when(x.erased.time),

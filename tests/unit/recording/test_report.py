@@ -189,3 +189,26 @@ def test_screened_results_and_guardrail_verdicts_are_shown_on_the_call_and_its_e
         "result screened, refused: the client got an error instead: instructions authority-tag at /content/0/text [3:4]"
     )
     assert lines.count(refused) == 1
+
+
+def test_a_lists_hidden_names_and_its_screened_definitions_are_shown_on_its_exchange() -> None:
+    """policy.list_filtered (what the caller was not shown) and tool.definition findings (a description screen's
+    hits and what each led to) were recorded but not printed."""
+    hit = {"screen": "instructions", "rule": "authority-tag", "path": "/description", "start": 15, "end": 26}
+    events = [
+        {"type": "exchange.start", "exchange": "l1", "time": 1.0},
+        {"type": "policy.list_filtered", "exchange": "l1", "time": 1.1, "method": "tools/list", "message_id": 1,
+         "hidden": [f"t{i}" for i in range(12)]},
+        {"type": "tool.definition", "exchange": "l1", "time": 1.1, "kind": "tool", "name": "plain", "fingerprint": "A",
+         "pin": "new", "shown": True, "findings": []},
+        {"type": "tool.definition", "exchange": "l1", "time": 1.1, "kind": "tool", "name": "notes", "fingerprint": "B",
+         "pin": "new", "shown": False, "findings": [{**hit, "excerpt": "<IMPORTANT>", "action": "hide"}]},
+    ]  # fmt: skip
+    (x,) = session_doc(Session("s", events=events))["exchanges"]
+    assert [d["name"] for d in x["definitions"]] == ["notes"]  # a definition nothing was found in: not repeated
+    out = io.StringIO()
+    print_session(Console(file=out, width=250, color_system=None), Session("s", events=events))
+    lines = [line.strip() for line in out.getvalue().splitlines()]
+    assert "tools/list filtered for the caller: 12 hidden (t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, and 2 more)" in lines
+    screened = "tool notes screened (withheld from the caller, pin new): instructions authority-tag at /description"
+    assert screened + ' [15:26] "<IMPORTANT>" -> hide' in lines

@@ -1,0 +1,88 @@
+"""What the tool-surface screens and the guardrail did, as `sessions show` and the viewer show it (report.py):
+result.screened and guardrail.verdict on each call and its exchange, and on the exchange what a list hid
+(policy.list_filtered) and which listed definitions a description screen found something in (tool.definition).
+The viewer (audit/static/app.js) builds the same lines from the same data."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from extproc.recording import jsonio
+
+_SHOWN = {  # event type -> the exchange's list it is shown in (and a call's, for the first two), with what
+    "result.screened": ("screened", ("time", "call", "action", "findings")),
+    "guardrail.verdict": (
+        "guardrail",
+        ("time", "call", "phase", "verdict", "reason", "outcome", "latency_ms", "arguments", "result"),
+    ),
+    "policy.list_filtered": ("filtered", ("time", "method", "hidden")),
+    "tool.definition": ("definitions", ("time", "kind", "name", "fingerprint", "pin", "shown", "findings")),
+}
+
+
+def mark_screened(calls: list[dict[str, Any]], exchanges: list[dict[str, Any]]) -> None:
+    """Each call gets ``screened`` (its result.screened events: what a result screen found, where, and what was
+    done) and ``guardrail`` (its guardrail.verdict events, request and result phase), matched by exchange and
+    JSON-RPC id; each exchange gets all of its own (a verdict on a batch element the call list does not hold
+    stays visible there), with ``filtered`` (what a list hid from the caller) and ``definitions`` (listed
+    definitions a description screen found something in)."""
+    found: dict[tuple[Any, bytes], dict[str, list[dict[str, Any]]]] = {}
+    for x in exchanges:
+        x |= {"screened": [], "guardrail": [], "filtered": [], "definitions": []}
+        for e in x["events"]:
+            where, keys = _SHOWN.get(e["type"], ("", ()))
+            if not where or (where == "definitions" and not e.get("findings")):
+                continue
+            shown = {k: e.get(k) for k in keys} | {"message_id": e.get("message_id")}
+            x[where].append(shown)
+            if where in ("screened", "guardrail"):
+                mine = found.setdefault((x["exchange"], jsonio.dumps(e.get("message_id"))), {})
+                mine.setdefault(where, []).append(shown)
+    for first in calls:
+        for call in [first, *first.get("rounds", [])]:
+            mine = found.get((call["exchange"], jsonio.dumps(call["request"].get("id"))), {})
+            call["screened"], call["guardrail"] = mine.get("screened", []), mine.get("guardrail", [])
+
+
+_ACTIONS = {
+    "strip": "stripped before the client saw it",
+    "alarm": "alarm: passed, recorded",
+    "refuse": "refused: the client got an error instead",
+}
+
+
+def _finding(f: dict[str, Any]) -> str:
+    excerpt = f" {json.dumps(f['excerpt'], ensure_ascii=False)}" if f.get("excerpt") else ""
+    action = f" -> {f['action']}" if f.get("action") else ""  # a definition's findings say what each led to
+    span = f"[{f.get('start')}:{f.get('end')}]"
+    return f"{f.get('screen')} {f.get('rule')} at {f.get('path') or '/'} {span}{excerpt}{action}"
+
+
+def screened_line(s: dict[str, Any]) -> str:
+    """One result.screened as `sessions show` prints it (the viewer builds the same line from the same data)."""
+    findings = "; ".join(_finding(f) for f in s.get("findings") or [])
+    return f"result screened, {_ACTIONS.get(s.get('action') or '', s.get('action'))}: {findings or '-'}"
+
+
+def filtered_line(f: dict[str, Any]) -> str:
+    """One policy.list_filtered: what the list hid from the caller (the first 10 names; --json has all)."""
+    hidden = f.get("hidden") or []
+    more = f", and {len(hidden) - 10} more" if len(hidden) > 10 else ""
+    return f"{f.get('method')} filtered for the caller: {len(hidden)} hidden ({', '.join(hidden[:10])}{more})"
+
+
+def definition_line(d: dict[str, Any]) -> str:
+    """A listed definition a description screen found something in: where, and what each finding led to."""
+    shown = "shown" if d.get("shown", True) else "withheld from the caller"
+    findings = "; ".join(_finding(f) for f in d.get("findings") or [])
+    return f"{d.get('kind')} {d.get('name')} screened ({shown}, pin {d.get('pin')}): {findings}"
+
+
+def guardrail_line(g: dict[str, Any]) -> str:
+    """One guardrail.verdict: the phase, the verdict and reason, what the gateway did, how long it took."""
+    reason = f" ({g['reason']})" if g.get("reason") else ""
+    return (
+        f"guardrail on the {g.get('phase') or 'request'}: {g.get('verdict')}{reason} -> {g.get('outcome') or '-'}"
+        f", {g.get('latency_ms')} ms"
+    )
