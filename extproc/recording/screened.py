@@ -82,7 +82,14 @@ def definition_line(d: dict[str, Any]) -> str:
 def guardrail_line(g: dict[str, Any]) -> str:
     """One guardrail.verdict: the phase, the verdict and reason, what the gateway did, how long it took."""
     reason = f" ({g['reason']})" if g.get("reason") else ""
-    return (
+    line = (
         f"guardrail on the {g.get('phase') or 'request'}: {g.get('verdict')}{reason} -> {g.get('outcome') or '-'}"
         f", {g.get('latency_ms')} ms"
     )
+    # a modify: what the call went on with, or what the client got in place of the result (at the capture level)
+    changed = g.get("arguments") if g.get("arguments") is not None else g.get("result")
+    if changed is None:
+        return line
+    text = jsonio.dumps(changed).decode()
+    what = "arguments" if g.get("arguments") is not None else "result"
+    return f"{line}; {what} now {text if len(text) <= 160 else text[:159] + '…'}"

@@ -321,10 +321,14 @@
   }
   const GUARD = { passed: "verified-yes", modified: "flag-unpinned" };
   function guardrailLine(g) {
+    // a modify: what the call went on with, or what the client got in place of the result
+    const changed = g.arguments !== null && g.arguments !== undefined ? ["arguments", g.arguments]
+      : g.result !== null && g.result !== undefined ? ["result", g.result] : null;
     return el("div", { class: "guardrail", "data-phase": g.phase || "request", "data-verdict": g.verdict || "" },
       badge(GUARD[g.outcome] || "denied", g.verdict), " ",
       `guardrail on the ${g.phase || "request"}: ${g.verdict}${g.reason ? ` (${g.reason})` : ""} -> ` +
-      `${g.outcome || "-"}, ${g.latency_ms} ms`);
+      `${g.outcome || "-"}, ${g.latency_ms} ms`,
+      changed ? [`; ${changed[0]} now`, el("pre", {}, json(changed[1]))] : null);
   }
 
   function callBlock(c) {

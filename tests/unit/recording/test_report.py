@@ -184,7 +184,7 @@ def test_screened_results_and_guardrail_verdicts_are_shown_on_the_call_and_its_e
     )
     assert lines.count(stripped) == 2  # under the exchange and under the call
     assert lines.count("guardrail on the request: allow (fine) -> passed, 1.5 ms") == 2
-    assert lines.count("guardrail on the result: modify -> modified, 2.25 ms") == 2
+    assert lines.count('guardrail on the result: modify -> modified, 2.25 ms; result now {"content":[]}') == 2
     refused = (
         "result screened, refused: the client got an error instead: instructions authority-tag at /content/0/text [3:4]"
     )
