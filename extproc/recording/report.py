@@ -11,7 +11,15 @@ from rich.table import Table
 
 from extproc.recording import jsonio
 from extproc.recording.replay import Session, pair_messages
-from extproc.recording.screened import definition_line, filtered_line, guardrail_line, mark_screened, screened_line
+from extproc.recording.screened import (
+    decision_line,
+    definition_line,
+    filtered_line,
+    guardrail_line,
+    mark_decided,
+    mark_screened,
+    screened_line,
+)
 
 
 def _ts(t: float | None) -> str:
@@ -126,6 +134,7 @@ def session_doc(session: Session) -> dict[str, Any]:
     _mark_refused(calls, _refusals(session))
     _mark_listed(calls, session)
     mark_screened(calls, exchanges)
+    mark_decided(calls, session.events)
     upstream = {x["exchange"]: x["upstream"] for x in exchanges}
     for first in calls:
         for call in [first, *first.get("rounds", [])]:
@@ -309,6 +318,8 @@ def _print_call(console: Console, call: dict[str, Any], label: str) -> None:
         )
     if (shown := call.get("definition")) is not None:
         console.print(f"               {_listed_line(shown)}", highlight=False, markup=False, soft_wrap=True)
+    if call.get("decision") and (decided := decision_line(call["decision"])) is not None:
+        console.print(f"               {decided}", highlight=False, markup=False, soft_wrap=True)
     for g in call.get("guardrail", []):
         console.print(f"               {guardrail_line(g)}", highlight=False, markup=False, soft_wrap=True)
     for sc in call.get("screened", []):

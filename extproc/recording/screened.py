@@ -1,7 +1,8 @@
-"""What the tool-surface screens and the guardrail did, as `sessions show` and the viewer show it (report.py):
-result.screened and guardrail.verdict on each call and its exchange, and on the exchange what a list hid
-(policy.list_filtered) and which listed definitions a description screen found something in (tool.definition).
-The viewer (audit/static/app.js) builds the same lines from the same data."""
+"""What the tool-surface screens, the guardrail and the controls did, as `sessions show` and the viewer show it
+(report.py): result.screened and guardrail.verdict on each call and its exchange, and on the exchange what a list
+hid (policy.list_filtered) and which listed definitions a description screen found something in (tool.definition);
+under each call what beside its rule decided it (policy.decision's grant, kubernetes, budget, approval; the viewer
+shows them on the decision in its timeline). The viewer (audit/static/app.js) builds the same lines."""
 
 from __future__ import annotations
 
@@ -93,3 +94,45 @@ def guardrail_line(g: dict[str, Any]) -> str:
     text = jsonio.dumps(changed).decode()
     what = "arguments" if g.get("arguments") is not None else "result"
     return f"{line}; {what} now {text if len(text) <= 160 else text[:159] + '…'}"
+
+
+_DECIDED = ("allowed", "rule", "grant", "kubernetes", "budget", "approval")
+
+
+def mark_decided(calls: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+    """Each call gets ``decision``: its policy.decision's outcome and rule, with what else decided it (a
+    just-in-time grant, a Kubernetes review, a budget, an approval), or None when none was recorded."""
+    decided = {
+        (e.get("exchange"), jsonio.dumps(e.get("message_id"))): {k: e.get(k) for k in _DECIDED}
+        for e in events
+        if e["type"] == "policy.decision"
+    }
+    for first in calls:
+        for call in [first, *first.get("rounds", [])]:
+            call["decision"] = decided.get((call["exchange"], jsonio.dumps(call["request"].get("id"))))
+
+
+def decision_line(d: dict[str, Any]) -> str | None:
+    """What beside the rule decided a call (printed only then): the grant, the Kubernetes review, the budget's
+    counters, the approval."""
+    parts = []
+    if g := d.get("grant"):
+        parts.append(f"grant {g.get('id')} approved by {g.get('approved_by') or '?'} ({g.get('reason') or '-'})")
+    if k := d.get("kubernetes"):
+        what = " ".join(str(k[f]) for f in ("verb", "resource") if k.get(f))
+        parts.append(
+            f"kubernetes {k.get('outcome')}{': ' + what if what else ''}{' (cached)' if k.get('cached') else ''}"
+        )
+    if b := d.get("budget"):
+        if b.get("outcome") == "counted":
+            parts.append("budget " + "; ".join(f"{x.get('count')} of {x.get('limit')}" for x in b.get("limits") or []))
+        elif b.get("outcome") == "exceeded":
+            parts.append(f"over budget {b.get('limit')}, counter {b.get('count')}")
+        else:
+            parts.append(f"budget store unavailable ({b.get('store')}), on_store_error {b.get('on_store_error')}")
+    if a := d.get("approval"):
+        parts.append(f"approval {a.get('id')} {a.get('state')}" + (f" by {a['by']}" if a.get("by") else ""))
+    if not parts:
+        return None
+    rule = d.get("rule") or "(default deny)"
+    return f"{'allowed' if d.get('allowed') else 'denied'} by rule {rule}: " + "; ".join(parts)

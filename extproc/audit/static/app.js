@@ -179,6 +179,10 @@
       head.append(ev.allowed ? badge("verified-yes", "allowed") : badge("denied", "denied"),
         ` rule ${ev.rule || "(default deny)"}: ${ev.call || ""} ${ev.reason || ""}`);
       if (ev.budget) head.append(" ", badge(ev.budget.outcome === "counted" ? "verified-yes" : "denied", budgetText(ev.budget)));
+      const g = ev.grant, k = ev.kubernetes;  // a just-in-time grant let it through; a Kubernetes review decided
+      if (g) head.append(" ", badge("verified-yes", "grant"), ` ${g.id} approved by ${g.approved_by || "?"} (${g.reason || "-"})`);
+      if (k) head.append(" ", badge(k.outcome === "allowed" ? "verified-yes" : "denied", "kubernetes " + k.outcome),
+        [k.verb, k.resource].filter(Boolean).map((x) => " " + x).join(""), k.cached ? " (cached)" : "");
 
 
       const ap = ev.approval;  // an approve rule held the call: the request, or the approval it used

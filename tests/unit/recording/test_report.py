@@ -212,3 +212,22 @@ def test_a_lists_hidden_names_and_its_screened_definitions_are_shown_on_its_exch
     assert "tools/list filtered for the caller: 12 hidden (t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, and 2 more)" in lines
     screened = "tool notes screened (withheld from the caller, pin new): instructions authority-tag at /description"
     assert screened + ' [15:26] "<IMPORTANT>" -> hide' in lines
+
+
+def test_what_beside_its_rule_decided_a_call_is_printed_under_it() -> None:
+    """policy.decision's grant, Kubernetes review, budget and approval were recorded; `sessions show` printed none."""
+    events = _call_events("x1", 2.0, {"fingerprint": "A", "listed_at": 1}, 7)
+    events[2] |= {"rule": "grant:g-1", "grant": {"id": "g-1", "reason": "INC-42", "approved_by": "carol", "until": 9.0},
+                  "kubernetes": {"outcome": "allowed", "reason": "", "cached": True, "verb": "get", "resource": "pods"},
+                  "budget": {"outcome": "counted", "store": "local", "limits": [{"limit": "10/1h", "count": 3}]},
+                  "approval": {"id": "a-9", "state": "consumed", "by": "dave"}}  # fmt: skip
+    plain = _call_events("x2", 3.0, {"fingerprint": "A", "listed_at": 1}, 8)
+    doc = session_doc(Session("s", events=events + plain))
+    assert [c["decision"]["rule"] for c in doc["calls"]] == ["grant:g-1", None]
+    out = io.StringIO()
+    print_session(Console(file=out, width=250, color_system=None), Session("s", events=events + plain))
+    lines = [line.strip() for line in out.getvalue().splitlines() if line.strip().startswith("allowed by rule")]
+    assert lines == [
+        "allowed by rule grant:g-1: grant g-1 approved by carol (INC-42); kubernetes allowed: get pods (cached); "
+        "budget 3 of 10/1h; approval a-9 consumed by dave"
+    ]  # and nothing for a call its rule alone decided
