@@ -19,6 +19,7 @@ from extproc.recording.screened import (
     mark_decided,
     mark_screened,
     screened_line,
+    unreadable_line,
 )
 
 
@@ -281,7 +282,8 @@ def print_session(console: Console, session: Session) -> None:
             console.print(f"      {credential_line(cred)}", highlight=False, markup=False, soft_wrap=True)
         if (erased := ex.get("erased")) is not None:
             console.print(f"      payloads {erased_line(erased)}", highlight=False, markup=False, soft_wrap=True)
-        lines = [*map(filtered_line, ex["filtered"]), *map(definition_line, ex["definitions"])]
+        lines = [*map(unreadable_line, ex["unreadable"]), *map(filtered_line, ex["filtered"])]
+        lines += map(definition_line, ex["definitions"])
         lines += [*map(guardrail_line, ex["guardrail"]), *map(screened_line, ex["screened"])]
         for line in lines:
             console.print(f"      {line}", highlight=False, markup=False, soft_wrap=True)

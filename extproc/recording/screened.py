@@ -19,21 +19,24 @@ _SHOWN = {  # event type -> the exchange's list it is shown in (and a call's, fo
     ),
     "policy.list_filtered": ("filtered", ("time", "method", "hidden")),
     "tool.definition": ("definitions", ("time", "kind", "name", "fingerprint", "pin", "shown", "findings")),
+    "mcp.request": ("unreadable", ("time", "type", "error", "size")),  # a body not read as JSON-RPC (kept as sent)
+    "mcp.response": ("unreadable", ("time", "type", "error", "size")),
 }
+_ONLY_WITH = {"definitions": "findings", "unreadable": "error"}  # shown only when the event has that field set
 
 
 def mark_screened(calls: list[dict[str, Any]], exchanges: list[dict[str, Any]]) -> None:
     """Each call gets ``screened`` (its result.screened events: what a result screen found, where, and what was
     done) and ``guardrail`` (its guardrail.verdict events, request and result phase), matched by exchange and
     JSON-RPC id; each exchange gets all of its own (a verdict on a batch element the call list does not hold
-    stays visible there), with ``filtered`` (what a list hid from the caller) and ``definitions`` (listed
-    definitions a description screen found something in)."""
+    stays visible there), with ``filtered`` (what a list hid from the caller), ``definitions`` (listed
+    definitions a description screen found something in) and ``unreadable`` (bodies not read as JSON-RPC)."""
     found: dict[tuple[Any, bytes], dict[str, list[dict[str, Any]]]] = {}
     for x in exchanges:
-        x |= {"screened": [], "guardrail": [], "filtered": [], "definitions": []}
+        x |= {"screened": [], "guardrail": [], "filtered": [], "definitions": [], "unreadable": []}
         for e in x["events"]:
             where, keys = _SHOWN.get(e["type"], ("", ()))
-            if not where or (where == "definitions" and not e.get("findings")):
+            if not where or (where in _ONLY_WITH and not e.get(_ONLY_WITH[where])):
                 continue
             shown = {k: e.get(k) for k in keys} | {"message_id": e.get("message_id")}
             x[where].append(shown)
@@ -64,6 +67,12 @@ def screened_line(s: dict[str, Any]) -> str:
     """One result.screened as `sessions show` prints it (the viewer builds the same line from the same data)."""
     findings = "; ".join(_finding(f) for f in s.get("findings") or [])
     return f"result screened, {_ACTIONS.get(s.get('action') or '', s.get('action'))}: {findings or '-'}"
+
+
+def unreadable_line(u: dict[str, Any]) -> str:
+    """A body the gateway could not read as JSON-RPC (recorded as sent, with the parse error)."""
+    side = "request" if u.get("type") == "mcp.request" else "response"
+    return f"{side} body ({u.get('size')} bytes) not read as JSON-RPC: {u.get('error')}"
 
 
 def filtered_line(f: dict[str, Any]) -> str:

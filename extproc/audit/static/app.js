@@ -200,6 +200,7 @@
         li.append(el("pre", {}, (m.method ? m.method + " " : "") + json(m.params || m.result || m.error || {})));
       }
       if (ev.sse_event || ev.sse_id) head.append(`SSE event ${ev.sse_event || ""} id ${ev.sse_id || ""}`);
+      if (ev.error) head.append(" ", badge("denied", "not JSON-RPC"), ` ${ev.size} bytes: ${ev.error}`);
     } else if (ev.type === "definition.changed") {
       li.classList.add("changed");
       head.append(badge("flag-changed", "definition changed"), ` ${ev.kind} ${ev.name} on ${ev.server}: `,

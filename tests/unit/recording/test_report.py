@@ -231,3 +231,15 @@ def test_what_beside_its_rule_decided_a_call_is_printed_under_it() -> None:
         "allowed by rule grant:g-1: grant g-1 approved by carol (INC-42); kubernetes allowed: get pods (cached); "
         "budget 3 of 10/1h; approval a-9 consumed by dave"
     ]  # and nothing for a call its rule alone decided
+
+
+def test_a_body_not_read_as_json_rpc_is_named_on_its_exchange() -> None:
+    """mcp.request/mcp.response keep a parse error with the body as sent; `sessions show` printed nothing of it."""
+    events = [
+        {"type": "exchange.start", "exchange": "x1", "time": 1.0},
+        {"type": "mcp.request", "exchange": "x1", "time": 1.0, "messages": [], "error": "Expecting value", "size": 9},
+        {"type": "exchange.end", "exchange": "x1", "time": 1.1, "outcome": "denied", "status": 400, "duration_ms": 1},
+    ]
+    out = io.StringIO()
+    print_session(Console(file=out, width=250, color_system=None), Session("s", events=events))
+    assert "request body (9 bytes) not read as JSON-RPC: Expecting value" in out.getvalue()
