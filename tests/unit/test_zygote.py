@@ -121,25 +121,36 @@ def test_a_zygote_killed_outright_takes_its_children_along(tmp_path: Path) -> No
         z.close()
 
 
-def test_a_cancelled_run_stops_the_zygote_and_what_its_children_started(tmp_path: Path) -> None:
-    """SIGTERM to the test process's group (a cancelled run): the zygote kills its children's process groups,
-    grandchildren included, and exits (before, it died at once and left a child in its own group running)."""
+@pytest.mark.parametrize("end", ["cancelled", "killed-while-forked"])
+def test_when_the_run_ends_the_zygote_stops_with_what_its_children_started(tmp_path: Path, end: str) -> None:
+    """``cancelled``: SIGTERM to the test process's group; the zygote kills its children's process groups,
+    grandchildren included, and exits (before, it died at once and left a child in its own group running).
+    ``killed-while-forked``: the test process is killed while a fork of it holds the zygote's pipe open, so no
+    end of file comes; the zygote sees its parent gone (before, it waited on the pipe for ever)."""
     code = (
-        "import sys, time, zygote\n"
+        "import os, sys, time, zygote\n"
         "z = zygote.Zygote(preload=())\n"
         f"p = z.spawn('sleeper', [], {str(_sleeper(tmp_path))!r}, cwd={str(tmp_path)!r}, process_group=True)\n"
-        "print(z.pid, p.pid, flush=True)\n"
+        f"holder = os.fork() if {end == 'killed-while-forked'} else -1\n"
+        "if holder == 0:\n"
+        "    time.sleep(120)\n"
+        "    os._exit(0)\n"
+        "print(z.pid, p.pid, holder, flush=True)\n"
         "time.sleep(120)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(zygote.__file__).parent)}
     runner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, start_new_session=True)
     assert runner.stdout is not None
     with runner.stdout:
-        helper, child = map(int, runner.stdout.readline().split())
+        helper, child, holder = map(int, runner.stdout.readline().split())
     grandchild = _started(tmp_path / "sleeper.log")
     try:
-        os.killpg(runner.pid, signal.SIGTERM)
-        assert runner.wait(10) == -signal.SIGTERM
+        if end == "cancelled":
+            os.killpg(runner.pid, signal.SIGTERM)
+            assert runner.wait(10) == -signal.SIGTERM
+        else:
+            runner.kill()
+            assert runner.wait(10) == -signal.SIGKILL
         wait_until(lambda: _gone(helper) and _gone(child) and _gone(grandchild), 10, "the zygote and its children")
     finally:
-        _kill(helper, child, grandchild)
+        _kill(helper, child, grandchild, *([holder] if holder > 0 else []))
