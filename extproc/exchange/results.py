@@ -56,7 +56,7 @@ class ResultScreen:
         log: ExchangeLog,
         calls: dict[str, tuple[McpCall, str, str]],
         cross: CrossNames | None,
-        answered: int = 1,
+        answered: int | None = None,  # responses the body holds (requests with an id); None: one per call here
     ) -> None:
         self._policy = policy
         self._server = server
@@ -70,7 +70,7 @@ class ResultScreen:
         strips = {k for k, (_, r, _) in calls.items() if r == "strip"}
         # The whole body is the stripped results only when the exchange expects no other response (a list, a
         # result screened otherwise): then it is stripped as it streams, bytes only. Else per message.
-        whole = bool(strips) and len(strips) == answered
+        whole = bool(strips) and len(strips) == (len(calls) if answered is None else answered)
         self.stripper = ByteStripper() if whole else None
         self._strips = frozenset() if whole else frozenset(strips)  # ids whose results ``rewrite`` strips
         self.rewrites = any(m == "refuse" for _, _, m in calls.values()) or bool(self._strips)
