@@ -26,6 +26,7 @@ import io
 import json
 import pstats
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -93,6 +94,7 @@ async def run(
     sample_ratio: float = 1.0,
     encrypt: bool = False,
     surface: bool = False,
+    mix: str = "bench",
 ) -> dict[str, float]:
     recording: dict[str, object] = {"directory": str(workdir / "rec")}
     if encrypt:  # payloads sealed per subject (recording/shred.py), data keys wrapped by a key file
@@ -146,16 +148,24 @@ async def run(
         ((unit, shown),) = gw.surface.units.items()
         assert any(name == "echo" for _, _, name in shown.last), f"{unit}: the tools/list was not reviewed"
 
+    plan = [(req_headers, req_body, resp_headers, (resp_body,))] if mix == "bench" else _gateway_mix(session, exchanges)
     prof = cProfile.Profile() if profile else None
+    refused = 0
     cpu0 = time.process_time()
     if prof:
         prof.enable()
-    for _ in range(exchanges):
+    for i in range(exchanges):
+        rq_headers, rq_body, rs_headers, rs_bodies = plan[i % len(plan)]
         ex = Exchange(gw)
-        await ex.on_request_headers(req_headers)
-        await ex.on_request_body(req_body)
-        await ex.on_response_headers(resp_headers)
-        await ex.on_response_body(resp_body)
+        await ex.on_request_headers(rq_headers)
+        if ex.refused:  # the recorder not accepting (a loaded box): answered 503 at admission, as the gateway would
+            refused += 1
+            await asyncio.sleep(0.001)
+            continue
+        await ex.on_request_body(rq_body)
+        await ex.on_response_headers(rs_headers)
+        for chunk in rs_bodies:
+            await ex.on_response_body(chunk)
         await asyncio.sleep(0)  # the recorder task runs between exchanges, as between gRPC messages
         while not runtime.recorder.accepting:  # noqa: ASYNC110 (back-pressure: where the gateway would answer 503)
             await asyncio.sleep(0.001)
@@ -173,13 +183,54 @@ async def run(
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(r"extproc", 20)
         print(out.getvalue())
-    return {"exchanges": exchanges, "cpu_ms_per_exchange": cpu * 1000 / exchanges}
+    if refused:
+        print(f"{refused} of {exchanges} exchanges refused at admission (recorder not accepting)")
+    return {"exchanges": exchanges - refused, "cpu_ms_per_exchange": cpu * 1000 / max(1, exchanges - refused)}
+
+
+def _gateway_mix(session: str, exchanges: int) -> list[tuple[ep.HttpHeaders, ep.HttpBody, ep.HttpHeaders, tuple]]:
+    """``--mix gateway``: what ``gateway_bench.py`` sends through Envoy, as Envoy hands it over. JSON and SSE calls
+    alternate; the SSE answer holds two progress notifications and the result (three events, one body chunk and
+    Envoy's empty end); the headers are Envoy's (its own added: x-forwarded-proto, x-request-id, a new one per
+    exchange, x-envoy-expected-rq-timeout-ms; the response's x-envoy-upstream-service-time)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from gateway_bench import JSON_CALL, JSON_RESULT, SSE_CALL, SSE_EVENTS
+
+    plan = []
+    for i in range(exchanges):
+        sse = i % 2 == 1
+        call = SSE_CALL.replace(b"slow_echo", b"echo") if sse else JSON_CALL  # both allowed by the example policy
+        request = {
+            ":authority": "bench", ":path": "/demo/mcp", ":method": "POST", ":scheme": "http",
+            "content-type": "application/json", "accept": "application/json, text/event-stream",
+            "authorization": "Bearer " + "x" * 600, "mcp-session-id": session,
+            "x-bench-response": "sse" if sse else "json", "content-length": str(len(call)),
+            "x-forwarded-proto": "http", "x-request-id": f"6b1f3c1e-0c0e-4c5e-9a1d-{i:012d}",
+            "x-envoy-expected-rq-timeout-ms": "60000",
+        }  # fmt: skip
+        kind = "text/event-stream" if sse else "application/json"
+        response = {":status": "200", "content-type": kind, "mcp-session-id": "sess-1", "date": "Tue, 08 Dec 2026",
+                    "x-envoy-upstream-service-time": "1"}  # fmt: skip
+        if sse:
+            response["cache-control"] = "no-cache"
+            bodies = (ep.HttpBody(body=b"".join(SSE_EVENTS)), ep.HttpBody(body=b"", end_of_stream=True))
+        else:
+            response["content-length"] = str(len(JSON_RESULT))
+            bodies = (ep.HttpBody(body=JSON_RESULT, end_of_stream=True),)
+        plan.append((_headers(request), ep.HttpBody(body=call, end_of_stream=True), _headers(response), bodies))
+    return plan
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--exchanges", type=int, default=5000)
     parser.add_argument("--profile", action="store_true", help="print the top extproc functions (slows it down)")
+    parser.add_argument(
+        "--mix",
+        choices=("bench", "gateway"),
+        default="bench",
+        help="bench: one tools/call with a one-event SSE answer; gateway: gateway_bench.py's JSON/SSE mix and headers",
+    )
     parser.add_argument(
         "--export-and-trace",
         action="store_true",
@@ -204,7 +255,7 @@ def main() -> None:
         ab_surface(args.exchanges, args.ab_surface)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        result = asyncio.run(run(args.exchanges, Path(tmp), args.profile, encrypt=args.encrypt))
+        result = asyncio.run(run(args.exchanges, Path(tmp), args.profile, encrypt=args.encrypt, mix=args.mix))
     print(
         f"{result['exchanges']} exchanges (auth cache hit, example policy, redaction, recording with signed "
         f"segments): {result['cpu_ms_per_exchange']:.3f} ms CPU per exchange in mcp-extproc's own code"
