@@ -124,7 +124,7 @@ def test_the_start_path_is_sealed_only_when_it_is_not_the_path_header(keyring: K
 def _form1(keyring: Keyring, ev: Event, fields: dict[str, Any]) -> dict[str, Any]:
     """An event as the form-1 sealer wrote it (before this change): every sealed field, no ``v``."""
     ref, cipher = keyring.for_writing("https://idp#alice")
-    doc = json.loads(json.dumps(ev.to_dict()))
+    doc: dict[str, Any] = json.loads(json.dumps(ev.to_dict()))
     nonce = secrets.token_bytes(12)
     ct = base64.b64encode(nonce + cipher.encrypt(nonce, orjson.dumps(fields), _aad(doc, doc["type"]))).decode()
     seal = {"alg": ALGORITHM, "key": ref, "ct": ct}
