@@ -11,8 +11,8 @@ What stays readable is listed field by field in docs/payload-protection.md. Each
 the whole message list, the raw body and the header values are sealed into ``sealed``. Form 2 (``"v": 2``) leaves
 out what the reader rebuilds: messages beside their raw body (re-parsed), a path equal to ``:path``; form 1 is read.
 
-Keys are looked up once per subject and process and cached (unwrapped) in memory; the first exchange of a subject
-in a process pays one key-store read, or one write when the subject is new (and one KMS call with KMS).
+Keys are looked up once per subject and process and cached (unwrapped); a subject's first exchange in a process
+pays one key-store read, or one write when the subject is new (and one KMS call with KMS).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from extproc.errors import StoreError
-from extproc.mcp.jsonrpc import parse_body
+from extproc.mcp.jsonrpc import loads
 from extproc.policy.capture import Capture
 from extproc.recording.events import (
     Event,
@@ -220,11 +220,9 @@ class KeyWatch:
 
 
 class PayloadSealer:
-    """Encrypts the payload fields of each event of an exchange with its subject's data key, before chaining.
-
-    On the request path, so it does the least Python per event: one dispatch on the event's class, one AES-GCM call
-    over one serialization of the sealed fields, one base64 pass; the key is the keyring's cached cipher and the
-    nonce a counter (``_next_nonce``)."""
+    """Encrypts each event's payload fields with its subject's data key, before chaining. On the request path, so
+    the least Python per event: one dispatch on its class, one AES-GCM call over one serialization of the sealed
+    fields, one base64 pass, the keyring's cached cipher, a counter as nonce (``_next_nonce``)."""
 
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
@@ -321,11 +319,9 @@ def _nonce_prefix() -> int:
 
 def _sealed(ev: dict[str, Any]) -> dict[str, Any] | None:
     for where in ("body", "arguments"):
-        part = ev.get(where)
-        if isinstance(part, dict) and isinstance(found := part.get("sealed"), dict):
+        if isinstance(part := ev.get(where), dict) and isinstance(found := part.get("sealed"), dict):
             return dict(found)
-    headers = ev.get("headers")
-    if isinstance(headers, dict) and isinstance(headers.get("sealed"), str):
+    if isinstance(headers := ev.get("headers"), dict) and isinstance(headers.get("sealed"), str):
         try:
             doc = json.loads(headers["sealed"])
         except ValueError:
@@ -366,11 +362,15 @@ def open_events(events: Iterable[dict[str, Any]], keyring: Keyring | None) -> No
 
 
 def _restored(ev: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-    """Form 2's plaintext completed with what it leaves out: a body's messages parsed again from its raw bytes (as
-    the processor parsed them: strictly for a request), exchange.start's path from its ``:path`` header."""
+    """Form 2's plaintext completed: a body's messages are its raw bytes' JSON value (a batch's elements; left out
+    only where they parsed without error), exchange.start's path its ``:path`` header. Defined by the bytes alone."""
     kind, body, headers = ev.get("type"), fields.get("body"), fields.get("headers")
     if kind in ("mcp.request", "mcp.response") and "messages" not in fields and isinstance(body, dict):
-        fields["messages"] = list(parse_body(body_bytes(body), strict=kind == "mcp.request").messages)
+        try:
+            doc = loads(body_bytes(body))
+        except (ValueError, RecursionError):  # not what a form-2 writer leaves out: show no messages, never guess
+            doc = []
+        fields["messages"] = doc if isinstance(doc, list) else [doc]
     elif kind == "exchange.start" and "path" not in fields and isinstance(headers, dict):
         fields["path"] = headers.get(":path", "")
     return fields

@@ -151,3 +151,14 @@ def test_a_form_this_reader_does_not_know_is_unreadable(keyring: Keyring) -> Non
     stored[1]["body"]["sealed"]["v"] = 3
     open_events(stored, keyring)
     assert "sealed form 3" in stored[1]["unreadable"] and "s3cr3t" not in json.dumps(stored)
+
+
+def test_reopened_messages_are_the_bodys_json_whatever_the_parser_accepts_today(keyring: Keyring) -> None:
+    """A record written by a processor that accepted a body today's strict parser refuses (a case-folded key):
+    its messages are the body's JSON value, defined by the bytes alone, never emptied by a later parser."""
+    raw = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","Method":"x","params":{"name":"t","s3cr3t":1}}'
+    assert parse_body(raw, strict=True).error  # refused today
+    ev = McpRequest(messages=[json.loads(raw)], body=body_fields(raw))  # as that processor recorded it
+    stored = _sealed(keyring, ev)
+    open_events(stored, keyring)
+    assert stored[1]["messages"] == [json.loads(raw)]
