@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from envoy.config.core.v3 import base_pb2
@@ -95,6 +96,7 @@ async def run(
     encrypt: bool = False,
     surface: bool = False,
     mix: str = "bench",
+    seal_blocks: dict[bool, list[float]] | None = None,
 ) -> dict[str, float]:
     recording: dict[str, object] = {"directory": str(workdir / "rec")}
     if encrypt:  # payloads sealed per subject (recording/shred.py), data keys wrapped by a key file
@@ -154,8 +156,16 @@ async def run(
     cpu0 = time.process_time()
     if prof:
         prof.enable()
-    for i in range(exchanges):
-        rq_headers, rq_body, rs_headers, rs_bodies = plan[i % len(plan)]
+    recorder: Any = runtime.recorder  # a BoundedRecorder: its sealer
+    sealer, block_cpu = recorder.sealer, time.process_time()
+    for n in range(exchanges):
+        rq_headers, rq_body, rs_headers, rs_bodies = plan[n % len(plan)]
+        if seal_blocks is not None and n % SEAL_BLOCK == 0:  # --ab-seal: sealing toggled per block, ABBA
+            if n:
+                seal_blocks[recorder.sealer is not None].append((time.process_time() - block_cpu) * 1000)
+            block = n // SEAL_BLOCK
+            recorder.sealer = sealer if (block % 2 == 0) == (block // 2 % 2 == 0) else None
+            block_cpu = time.process_time()
         ex = Exchange(gw)
         await ex.on_request_headers(rq_headers)
         if ex.refused:  # the recorder not accepting (a loaded box): answered 503 at admission, as the gateway would
@@ -245,9 +255,15 @@ def main() -> None:
     parser.add_argument(
         "--ab-encrypt", type=int, default=0, metavar="ROUNDS", help="alternate off/on ROUNDS times; print the ratio"
     )
+    parser.add_argument(
+        "--ab-seal", action="store_true", help="one encrypted run, sealing toggled every 50 exchanges; the ratio"
+    )
     args = parser.parse_args()
     if args.export_and_trace:
         return compare(args.exchanges, args.sample_ratio, args.rounds)
+    if args.ab_seal:
+        ab_seal(args.exchanges)
+        return
     if args.ab_encrypt:
         ab_encrypt(args.exchanges, args.ab_encrypt)
         return
@@ -307,6 +323,22 @@ def ab_encrypt(exchanges: int, rounds: int) -> None:
     print(
         f"median: off {off:.3f} ms, per_subject {on:.3f} ms CPU per exchange: x{on / off:.3f} ({(on / off - 1):+.1%})"
     )
+
+
+SEAL_BLOCK = 50  # exchanges per block of --ab-seal
+
+
+def ab_seal(exchanges: int) -> None:
+    """Sealing's CPU per exchange, toggled every ``SEAL_BLOCK`` exchanges of one run (on off off on ...): drift on a
+    shared box cancels far better than between whole runs. Encryption configured throughout; "off" blocks only
+    skip ``PayloadSealer.seal`` (the recorder's sealer set to None). CPU of each block, medians per exchange."""
+    blocks: dict[bool, list[float]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(run(exchanges, Path(tmp), False, encrypt=True, seal_blocks=blocks))
+    off, on = (statistics.median(blocks[k]) / SEAL_BLOCK for k in (False, True))
+    print(f"{len(blocks[True])} + {len(blocks[False])} blocks of {SEAL_BLOCK} exchanges, sealing on / off")
+    print(f"median: off {off:.3f} ms, sealed {on:.3f} ms CPU per exchange: x{on / off:.3f} ({on / off - 1:+.1%}), "
+          f"+{(on - off) * 1000:.1f} us")  # fmt: skip
 
 
 def ab_surface(exchanges: int, rounds: int) -> None:
