@@ -91,7 +91,7 @@ class Exchange(ExchangeState):
         ours = upstream.gateway_headers(self.gw, self.principal, self.server_name, self._server_session, backend)
         set_headers, remove = upstream.request_headers({**ours, **credentials}, route)
         if self.trace is not None and msg.end_of_stream:  # a GET or DELETE: its trace context goes upstream now
-            set_headers.update(self.trace.forward((), self.session, self.server_name, self.log))
+            set_headers.update(self.trace.forward((), self.session, self.server_name))
         return responses.request_headers(set_headers, remove, clear_route_cache=bool(route))
 
     async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
@@ -129,7 +129,7 @@ class Exchange(ExchangeState):
         if self.trace is not None:
             return with_headers(
                 responses.request_body(forward),
-                self.trace.forward(parsed.messages, self.session, self.server_name, self.log),
+                self.trace.forward(parsed.messages, self.session, self.server_name),
             )
         return responses.request_body(forward)
 

@@ -132,7 +132,8 @@ class ExchangeState:
             detail=detail,
             ends_session=self.ends_session or is_synthetic_session(self.session or ""),
         )
-        self.log.emit(upstream.ending(end, self._credentials), must=False)
+        ended = upstream.ending(end, self._credentials)
+        self.log.emit(ended if self.trace is None else self.trace.ended(ended), must=False)  # its trace ids too
 
     async def commit_refusal(self) -> None:
         """A refusal's record (the decision, the end) goes to disk before the answer does. The answer goes either

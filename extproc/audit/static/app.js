@@ -191,6 +191,8 @@
     } else if (ev.type === "exchange.end") {
       head.append(ev.outcome === "denied" ? badge("denied", "refused " + ev.status) : `${ev.outcome} ${ev.status}`,
         ` ${ev.duration_ms} ms ${ev.detail || ""}`);
+      const tr = ev.trace;  // a traced exchange's ids (older records: a trace.context event, above)
+      if (tr && tr.trace_id) head.append(" trace ", traceRef(tr.trace_id), ` span ${tr.span_id} (parent: ${tr.parent})`);
     } else if (ev.type === "exchange.incomplete") {
       head.append(badge("state-incomplete", "incomplete"), " " + ev.reason);
     } else if (ev.type === "http.response") {
