@@ -201,3 +201,25 @@ def test_an_exchange_slower_than_envoys_message_timeout_fails_the_start(tmp_path
     settings = parse({"servers": [server], "auth": auth, "policy": {"directory": "/tmp"}})
     with pytest.raises(ConfigError, match=r"timeout_s: 5s must be below processor.message_timeout_ms \(5s\)"):
         Upstream.from_settings(settings)
+
+
+async def test_the_warm_path_answers_only_the_callers_own_cached_token(http, issuer, secret) -> None:
+    """Upstream.warm (no await, no event built once the unit has it): the caller's own cached token, else None and
+    headers_for decides (exchanges or refuses); never another caller's token."""
+    alice, alice_token = _who(issuer)
+    bob, bob_token = _who(issuer, "bob")
+    up = Upstream({"github": _tx(http, client_secret_file=str(secret), audience="gh")}, [])
+    events: list[Any] = []
+
+    def ctx(token: str) -> ExchangeContext:
+        return ExchangeContext("ex", "", None, token, events.append)
+
+    assert up.warm(alice, "github", ctx(alice_token)) is None  # nothing cached yet
+    issued = await up.headers_for(alice, "github", ctx(alice_token))
+    assert up.warm(alice, "github", ctx(alice_token)) == issued and events[-1].cached  # a plain callable: the event
+    assert up.warm(bob, "github", ctx(bob_token)) is None
+    other = Principal(issuer="https://other.test", subject="alice", username="alice")
+    assert up.warm(other, "github", ctx(alice_token)) is None
+    assert up.warm(None, "github", ctx(alice_token)) is None and up.warm(alice, "github", ctx("")) is None
+    assert up.warm(alice, "demo", ctx(alice_token)) == {}  # no upstream_auth there
+    assert await up.headers_for(bob, "github", ctx(bob_token)) != issued and issuer.token_exchange.exchanges == 2
