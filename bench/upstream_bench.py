@@ -102,6 +102,7 @@ async def run(exchanges: int, rounds: int, workdir: Path, control: bool = False)
                 "recording": {"directory": str(workdir / "rec")},
                 "auth": {"public_url": "https://gw.example", "issuers": [{"issuer": issuer.url}]},
                 "policy": {"directory": str(ROOT / "policies")},
+                "limits": {"shed_lag_ms": 0},  # CPU is measured: a loaded box's lag must not shed the bench's calls
             }
         )
         who = Principal(issuer=issuer.url, subject="alice", username="alice", groups=("eng",))
