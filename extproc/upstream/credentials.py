@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import sniffio  # noqa: F401  (see pyproject.toml: httpcore looks for it on every request)
 
 from extproc.authn.principal import Principal
 from extproc.errors import ConfigError

@@ -323,10 +323,15 @@ def json_document(body: bytes) -> Any:
 
 
 def _unverified_claims(token: str) -> dict[str, Any]:
-    """The issued token's claims if it is a JWT (read for the record: exp, act), else {}. Not trusted for anything."""
+    """The issued token's claims if it is a JWT (read for the record: exp, act), else {}. Not trusted for anything,
+    so not checked either: one base64 and one JSON pass (PyJWT's unverified decode checks the alphabet character
+    by character in Python, ~0.3 ms for a typical token)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
     try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:  # binascii.Error, UnicodeDecodeError and JSONDecodeError are all ValueErrors
         return {}
     return claims if isinstance(claims, dict) else {}
 
