@@ -12,12 +12,14 @@ application/json, and tools/call answered with a 3-event text/event-stream):
                                      a policy directory with one allow rule, session ids bound to their owner
   B + budget (local), (redis)        B with a limit on the rule (never reached), counted in the processor's memory,
                                      or in a redis-server on loopback (one EVALSHA per request)
+  B + token exchange (warm)          B whose server has upstream_auth: token_exchange at the development issuer
+                                     (one RFC 8693 exchange per caller in the warm-up, then its cached token)
 
 The upstream and the generator each run in their own process, so neither shares an event loop with what
 is measured. They do share the machine's cores with Envoy and the processor: see bench/README.md.
 
     python bench/gateway_bench.py [--seconds 10] [--concurrency 16] [--out bench/results/gateway.json]
-        [--scenarios upstream,envoy,noop,anonymous,authed,budget-local,budget-redis] [--workers N]
+        [--scenarios upstream,envoy,noop,anonymous,authed,budget-local,budget-redis,token-exchange] [--workers N]
         [--rate R | --rate-of-b FRACTION]      open loop (R = 0: idle, CPU with no traffic)
 """
 
@@ -74,6 +76,7 @@ UPSTREAM, ENVOY, NOOP, ANONYMOUS, AUTHED = (
     "envoy + processor (auth + policy)",
 )
 BUDGET_LOCAL, BUDGET_REDIS = "B + budget (local)", "B + budget (redis)"
+TOKEN_EXCHANGE = "B + token exchange (warm)"  # issue 23: at most 2% CPU per exchange over B
 REDIS_SERVER = "/usr/bin/redis-server"
 BENCH_GROUP = "bench"  # every bench caller's token carries it; the policy's one rule allows this group
 # One allow rule for exactly what the generator calls: with deny by default, anything else would be refused.
@@ -483,9 +486,10 @@ def write_authed_config(
     workers: int = 1,
     policy: str = POLICY,
     budgets: dict[str, Any] | None = None,
+    upstream_auth: dict[str, Any] | None = None,
 ) -> Path:
     """gateway.yaml as in production: one trusted issuer, a policy directory, a session-binding key file;
-    ``budgets``: the budgets section (the budget rows)."""
+    ``budgets``: the budgets section (the budget rows); ``upstream_auth``: the server's (the token exchange row)."""
     workdir.mkdir()
     policies = workdir / "policies"
     policies.mkdir()
@@ -505,6 +509,8 @@ def write_authed_config(
     doc["policy"] = {"directory": str(policies)}
     if budgets is not None:
         doc["budgets"] = budgets
+    if upstream_auth is not None:
+        doc["servers"][0]["upstream_auth"] = upstream_auth
     return _write_config(workdir, doc)
 
 
@@ -720,12 +726,13 @@ def count_recorded_events(directory: Path) -> int:
     return sum(len(p.read_bytes().splitlines()) for p in directory.rglob("*.jsonl"))
 
 
-def recording_check(config: Path, loaded: LoadResult) -> dict[str, Any]:
-    """Events in the store (read once the Stack has stopped, so everything is flushed) against the expected count."""
+def recording_check(config: Path, loaded: LoadResult, extra: int = 0) -> dict[str, Any]:
+    """Events in the store (read once the Stack has stopped, so everything is flushed) against the expected count;
+    ``extra``: events beyond the exchanges' own (the token exchange row: one upstream.credential per session)."""
     settings = load_settings(config)
     decisions = DECISIONS_PER_EXCHANGE if settings.policy is not None else 0
     recorded = count_recorded_events(settings.recording.directory)
-    expected = sum((EVENTS_PER_EXCHANGE[k] + decisions) * n for k, n in loaded.issued.items())
+    expected = extra + sum((EVENTS_PER_EXCHANGE[k] + decisions) * n for k, n in loaded.issued.items())
     # Exact only when no request failed: a failed one may have been partly recorded.
     ok = recorded == expected and not loaded.failures
     return {"recorded_events": recorded, "expected_events": expected, "ok": ok}
@@ -825,6 +832,7 @@ RATIOS = {
     "B/B0": (AUTHED, ANONYMOUS),
     "Bl/B": (BUDGET_LOCAL, AUTHED),  # what counting a budget in memory costs (goal: within 2%)
     "Br/B": (BUDGET_REDIS, AUTHED),  # one Redis round trip per request on loopback (goal: within 10%)
+    "Bt/B": (TOKEN_EXCHANGE, AUTHED),  # the server's own token per caller, from the cache (goal: within 2%)
 }
 
 
@@ -932,6 +940,7 @@ SCENARIOS = {
     "authed": AUTHED,
     "budget-local": BUDGET_LOCAL,
     "budget-redis": BUDGET_REDIS,
+    "token-exchange": TOKEN_EXCHANGE,
 }
 
 
@@ -960,13 +969,18 @@ def run_scenarios(
             policy: str = POLICY,
             budgets: dict[str, Any] | None = None,
             more_pids: dict[str, list[int]] | None = None,
+            upstream_auth: dict[str, Any] | None = None,
         ) -> LoadResult:
-            authed = write_authed_config(workdir / name, upstream.port, issuer.url, workers, policy, budgets)
+            authed = write_authed_config(
+                workdir / name, upstream.port, issuer.url, workers, policy, budgets, upstream_auth
+            )
             identities = authed_identities(authed, issuer, args.concurrency)
             with envoy_and_processor(authed, upstream, identities) as target:
                 target.pids.update(more_pids or {})  # the redis-server's CPU is the budget's too
                 loaded = run_load(ctx, target, args, name, rate)
-            checks[label if name != "authed-capacity" else CAPACITY] = recording_check(authed, loaded)
+            # A credential is recorded in full once per recording unit (each connection's session), then named.
+            extra = len(identities) if upstream_auth is not None else 0
+            checks[label if name != "authed-capacity" else CAPACITY] = recording_check(authed, loaded, extra)
             return loaded
 
         if args.rate_of_b is not None:
@@ -1017,6 +1031,17 @@ def run_scenarios(
                     "budget-redis", rate, BUDGET_REDIS, BUDGETED_POLICY, {"store": url}, {"redis": [pid]}
                 )
                 scenarios[BUDGET_REDIS] = summarize(loaded)
+
+        if "token-exchange" in chosen:
+            print(f"{TOKEN_EXCHANGE}: {AUTHED} whose server gets a token exchanged per caller ...", flush=True)
+            secret = workdir / "token-exchange.secret"
+            secret.write_text("bench-secret\n")
+            issuer.token_exchange.register_client("mcp-gateway", secret="bench-secret")
+            issuer.token_exchange.add_target("bench-api", scopes=("bench:call",), ttl=3600)
+            exchange = {"kind": "token_exchange", "client_id": "mcp-gateway", "client_secret_file": str(secret),
+                        "audience": "bench-api", "scopes": ["bench:call"]}  # fmt: skip
+            loaded = authed_run("token-exchange", rate, TOKEN_EXCHANGE, upstream_auth=exchange)
+            scenarios[TOKEN_EXCHANGE] = summarize(loaded)
     return scenarios, checks, rate
 
 
