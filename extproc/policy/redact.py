@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from extproc.policy.anchors import ANCHORED_FROM, ANCHORS, AnchorScan, subn_at
+from extproc.policy.anchors import ANCHORED_FROM, ANCHORS, AnchorScan, folds_to_ascii, subn_at
 from extproc.policy.model import Redaction as RedactionRule
 from extproc.secrets import SECRET_NAME_RULE, is_secret_name, marker
 
@@ -102,7 +102,7 @@ class Redactor:
     rules: tuple[str, ...]  # every rule name, for summaries
     # When every pattern has hints: one search for any hint decides whether a text needs the patterns at all.
     any_hint: tuple[str, ...] | None = None
-    # Long ASCII texts: where the anchored (built-in) patterns can start, found in one pass (policy/anchors.py).
+    # Long texts: where the anchored (built-in) patterns can start, found in one pass (policy/anchors.py).
     anchored: AnchorScan | None = None
     # Object keys repeat endlessly ("jsonrpc", "params", "text"): remember each key's rule, bounded because
     # keys come from clients and servers.
@@ -180,7 +180,7 @@ class Redactor:
             return rule
 
     def _text(self, text: str, path: list[str], found: list[Redaction]) -> str:
-        if self.anchored is not None and len(text) >= ANCHORED_FROM and text.isascii():
+        if self.anchored is not None and len(text) >= ANCHORED_FROM and not folds_to_ascii(text):
             return self._long_text(text, path, found)
         low: str | None = None
         if self.any_hint is not None:
@@ -204,7 +204,7 @@ class Redactor:
         return text
 
     def _long_text(self, text: str, path: list[str], found: list[Redaction]) -> str:
-        """``_text`` for a long ASCII text: anchored patterns tried only where one of their anchors occurs."""
+        """``_text`` for a long text: anchored patterns tried only where one of their anchors occurs."""
         assert self.anchored is not None
         starts: list[list[int]] | None = None
         for index, (name, rx, replace, _, _, anchors) in enumerate(self.patterns):

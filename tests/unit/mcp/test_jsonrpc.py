@@ -336,12 +336,15 @@ def test_loads_keeps_what_orjson_cannot_read_exactly() -> None:
     "body",
     [b"[9223372036854775807, -9223372036854775808]", b"[9223372036854775808]", b"[-18446744073709551617]",
      b"[1e19, 12345678901234567890.0, 1234567890123456789]", b'{"s": "12345678901234567890123", "n": 1}',
-     b"[123456789012345678901234567890]"],
+     b"[123456789012345678901234567890]",
+     b"[" + b"1," * 600 + b"123456789012345678901]", b'{"t": "' + b"x" * 9000 + b'", "n": 123456789012345678901}',
+     b"[" + b"1," * 600 + b"2]", b'{"t": "' + b"x" * 9000 + b'", "n": 1e19}'],
 )  # fmt: skip
 def test_integers_beyond_64_bits_stay_exact_with_the_byte_precheck(body: bytes) -> None:
     """The digit-run check before the walk gives what the standard parser gives, numbers exactly."""
-    got, want = loads(body), json.loads(body)
-    assert got == want and [type(v) for v in _values(got)] == [type(v) for v in _values(want)]
+    for text in (body, body.decode()):  # bytes, and a str (an SSE event's data)
+        got, want = loads(text), json.loads(body)
+        assert got == want and [type(v) for v in _values(got)] == [type(v) for v in _values(want)]
 
 
 def _values(doc: object) -> list[object]:
