@@ -190,6 +190,13 @@ async def one_call(port: int, path: str, who: Identity, call: bytes = CALL) -> t
     return status, body, elapsed
 
 
+def faults(pid: int | None) -> int:
+    """Minor page faults of ``pid`` so far (fresh memory the kernel maps and zeroes: part of the system CPU)."""
+    if pid is None:
+        return 0
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
 def cpu_split(pid: int | None) -> tuple[float, float]:
     """(user, system) CPU seconds of ``pid`` so far."""
     if pid is None:
@@ -287,8 +294,15 @@ def measure(
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(1.0)
+    perf = None
+    if pid is not None and os.environ.get("SSE_PERF"):  # SSE_PERF=file: `perf record` (kernel frames too)
+        perf = subprocess.Popen(
+            ["perf", "record", "-F", "499", "-g", "-p", str(pid), "-o", os.environ["SSE_PERF"]],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(1.0)
     cpu0 = cpu_seconds(pid) if pid is not None else 0.0
-    split0 = cpu_split(pid)
+    split0, faults0 = cpu_split(pid), faults(pid)
     queue = QueuePeak(metrics_url)
     queue.start()
     with Peak(pid) as peak:
@@ -296,6 +310,10 @@ def measure(
     queued = queue.stop()
     cpu = (cpu_seconds(pid) - cpu0) if pid is not None else 0.0
     user, system = (b - a for a, b in zip(split0, cpu_split(pid), strict=True))
+    minor_faults = faults(pid) - faults0
+    if perf is not None:
+        perf.send_signal(signal.SIGINT)
+        perf.wait(60)
     if profiler is not None:
         profiler.send_signal(signal.SIGINT)
         profiler.wait(60)
@@ -322,6 +340,7 @@ def measure(
             processor_user_ms_per_mib=round(user * 1000 / mib, 2),
             processor_system_ms_per_mib=round(system * 1000 / mib, 2),
             processor_mib_per_cpu_s=round(mib / cpu, 1) if cpu else None,
+            processor_minor_faults_per_mib=round(minor_faults / mib),
             rss_base_mib=round(peak.base / 1024, 1),
             rss_peak_growth_mib=round((peak.peak - peak.base) / 1024, 1),
         )
