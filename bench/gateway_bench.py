@@ -35,6 +35,7 @@ import platform
 import re
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -1019,6 +1020,70 @@ def run_scenarios(
     return scenarios, checks, rate
 
 
+def ab_encrypt(args: argparse.Namespace) -> dict[str, Any]:
+    """B against B with ``recording.encrypt_payloads: per_subject`` (data keys wrapped by a key file), alternated
+    off on / on off for ``--ab-encrypt`` rounds in one run (a drifting shared box favours neither): the processor's
+    CPU per exchange and req/s, medians, and their ratios (issue 25: "payload encryption adds under 5% CPU")."""
+    ctx = mp.get_context("spawn")
+    rows: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    with (
+        tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp,
+        upstream_process(ctx, args.sse_gap_ms / 1000, args.concurrency) as upstream,
+        DevIssuer(Path(tmp) / "issuer-keys") as issuer,
+    ):
+        (kek := Path(tmp) / "payload-kek.hex").write_text(secrets.token_hex(32) + "\n")
+        encrypted = {"encrypt_payloads": "per_subject", "payload_keys": {"kek_file": str(kek)}}
+        for r in range(args.ab_encrypt):
+            for on in (False, True) if r % 2 == 0 else (True, False):
+                name = f"{'encrypted' if on else 'plain'}-{r}"
+                print(f"{AUTHED}, payload encryption {'on' if on else 'off'} (round {r + 1}) ...", flush=True)
+                saved = dict(RECORDING_OPTIONS)
+                RECORDING_OPTIONS.update(encrypted if on else {})
+                try:
+                    config = write_authed_config(Path(tmp) / name, upstream.port, issuer.url, args.workers)
+                finally:
+                    RECORDING_OPTIONS.clear()
+                    RECORDING_OPTIONS.update(saved)
+                with envoy_and_processor(config, upstream, authed_identities(config, issuer, args.concurrency)) as t:
+                    loaded = run_load(ctx, t, args, name, args.rate)
+                check = recording_check(config, loaded)
+                if not check["ok"]:
+                    raise SystemExit(f"{name}: {check['recorded_events']} events recorded, {check['expected_events']}")
+                lines = [f.read_bytes() for f in (Path(tmp) / name / "recordings").rglob("*.jsonl")]
+                if on != any(b'"sealed"' in data for data in lines):
+                    raise SystemExit(f"{name}: payloads {'not ' if on else ''}sealed")
+                rows[on].append(
+                    summarize(loaded) | {"bytes": sum(map(len, lines)) / max(sum(loaded.issued.values()), 1)}
+                )
+    med = {
+        on: {
+            "cpu_ms": statistics.median(r["cpu_ms_per_request"]["processor"] for r in rows[on]),
+            "rps": statistics.median(r["rps"] for r in rows[on]),
+        }
+        for on in (False, True)
+    }
+    out = {
+        "rounds": args.ab_encrypt,
+        "off": [r["cpu_ms_per_request"]["processor"] for r in rows[False]],
+        "on": [r["cpu_ms_per_request"]["processor"] for r in rows[True]],
+        "rps_off": [r["rps"] for r in rows[False]],
+        "rps_on": [r["rps"] for r in rows[True]],
+        "cpu_ratio": round(med[True]["cpu_ms"] / med[False]["cpu_ms"], 3),
+        "rps_ratio": round(med[True]["rps"] / med[False]["rps"], 3),
+        "recorded_bytes_per_exchange": {
+            k: round(statistics.median(r["bytes"] for r in rows[on])) for k, on in (("off", False), ("on", True))
+        },
+    }
+    print(f"processor CPU ms per exchange, off {out['off']}, per_subject {out['on']}")
+    print(f"req/s, off {out['rps_off']}, per_subject {out['rps_on']}")
+    print(f"recorded bytes per exchange (medians): {out['recorded_bytes_per_exchange']}")
+    print(
+        f"medians: off {med[False]['cpu_ms']:.3f} ms, per_subject {med[True]['cpu_ms']:.3f} ms CPU per exchange: "
+        f"x{out['cpu_ratio']:.3f} ({out['cpu_ratio'] - 1:+.1%}); req/s x{out['rps_ratio']:.3f}"
+    )
+    return out
+
+
 @contextmanager
 def redis_server(workdir: Path) -> Iterator[tuple[str, int]]:
     """A redis-server on a free loopback port (no persistence), for the budget row: its URL and pid."""
@@ -1081,6 +1146,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="extra recording: key for the processor rows (YAML value), e.g. seal_interval_ms=10000; repeatable",
     )
+    parser.add_argument(
+        "--ab-encrypt",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only B, alternated without and with recording.encrypt_payloads: per_subject, ROUNDS times; the ratio",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results (default bench/results/gateway.json)")
     parser.add_argument(
         "--profile",
@@ -1096,6 +1168,12 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (e.g. from CI) unwinds through the finally blocks, so no process outlives the run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
+    if args.ab_encrypt:
+        result = ab_encrypt(args)
+        out = args.out.with_name("gateway_encrypt.json") if args.out == RESULTS else args.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"machine": machine_info(), **result}, indent=2) + "\n")
+        return 0
     info = machine_info()
     mode = "closed loop" if args.rate is None and args.rate_of_b is None else "open loop"
     if args.rate == 0:
