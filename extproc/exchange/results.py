@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ahocorasick_rs import BytesAhoCorasick
+
 from extproc.exchange.decide import describe
 from extproc.mcp.body import Piece, Screen, rewrite_json, rewrite_sse
 from extproc.mcp.jsonrpc import McpCall, error_response, loads
@@ -37,6 +39,7 @@ from extproc.tools.invisible import ByteStripper, may_hold_invisible, strip_invi
 from extproc.tools.screens import CrossNames, Finding, may_hold_markers, scan, strip_invisible
 from extproc.tools.surface import Surface
 
+_RESULT_KEY = BytesAhoCorasick([b'"result"'])
 SCREENED = frozenset({"tools/call", "prompts/get", "resources/read"})
 REFUSED_MESSAGE = "the gateway withheld this result: it holds instructions addressed to the model (recorded)"
 REFUSED_CODE = -32603
@@ -101,8 +104,10 @@ class ResultScreen:
     def may_hold(self, text: bytes) -> bool:
         """Whether ``text`` (a piece, an event) may hold something a screen of these calls finds. A notification
         (progress, log lines: most events of a long stream) has no ``"result"`` key, spelled plainly or with an
-        escape of an ASCII letter: two memchr-fast checks leave it."""
-        if b'"result"' not in text and b"\\u00" not in text:
+        escape of an ASCII letter. CPython's substring search runs at ~1 ms per MiB on such text (it keys on one
+        byte of the needle, frequent in words): the key is found in C by one SIMD search, the escape only where a
+        backslash is (memchr)."""
+        if not _RESULT_KEY.find_matches_as_indexes(text) and not (b"\\" in text and b"\\u00" in text):
             return False
         return (self._invisible and may_hold_invisible(text)) or (self._markers and may_hold_markers(text, self._cross))
 

@@ -5,8 +5,13 @@ secret at all. Each built-in pattern's match begins with one of a few words (its
 multi-string search (``ahocorasick-rs``, leftmost-first so that its prefilter works) over a folded copy of the text
 (ASCII letters lower-cased, every non-word character a space, one space in front) finds every anchor, and each
 pattern is then tried only where its anchors put a match start (``re.match``). Leftmost-first search reports no
-anchor inside another it reported; those few places are checked one by one (``_nested``). Only for ASCII texts,
-where folding keeps every position.
+anchor inside another it reported; those few places are checked one by one (``_nested``).
+
+A text outside ASCII is searched in its UTF-8 bytes (each non-ASCII byte folds to a space, as a non-word
+character: the anchors that want a word start find more places, never fewer, and the regex's own ``\b`` then
+decides), and the byte offsets found are turned into code points (``_code_points``). Four characters outside ASCII
+match an ASCII letter under ``(?i)`` (U+0130 and U+0131 match "i", U+017F "s", U+212A "k"): a text holding one of
+them could match where no anchor is, so it is not searched here (``folds_to_ascii``: the caller scans it whole).
 """
 
 from __future__ import annotations
@@ -34,6 +39,14 @@ ANCHORS: dict[str, tuple[tuple[str, int], ...]] = {
 }
 FOLD = bytes(c + 32 if 65 <= c <= 90 else c if (c < 128 and chr(c).isalnum()) or c == 95 else 32 for c in range(256))
 ANCHORED_FROM = 256  # shorter texts: one regex scan is as cheap
+# The code points that ``re`` with IGNORECASE matches to an ASCII letter or digit (all of Unicode scanned once).
+ASCII_FOLDING = ("\u0130", "\u0131", "\u017f", "\u212a")
+_CONTINUATION = bytes(range(0x80, 0xC0))  # UTF-8 bytes that do not begin a character
+
+
+def folds_to_ascii(text: str) -> bool:
+    """True if ``text`` holds a character a case-insensitive pattern matches to an ASCII letter."""
+    return not text.isascii() and any(c in text for c in ASCII_FOLDING)
 
 
 class AnchorScan:
@@ -61,8 +74,14 @@ class AnchorScan:
         self.scanner = BytesAhoCorasick(list(self.anchors), matchkind=MatchKind.LeftmostFirst)
 
     def starts(self, text: str) -> list[list[int]]:
-        """For each pattern, where its anchors put a match start in ``text`` (ASCII), ascending."""
-        folded = b" " + text.encode().translate(FOLD)
+        """For each pattern, where its anchors put a match start in ``text`` (code points), ascending. ``text``
+        holds none of ``ASCII_FOLDING``."""
+        raw = text.encode()
+        found = self._byte_starts(raw)
+        return found if len(raw) == len(text) else [_code_points(raw, s) for s in found]
+
+    def _byte_starts(self, raw: bytes) -> list[list[int]]:
+        folded = b" " + raw.translate(FOLD)
         out: list[list[int]] = [[] for _ in range(self.patterns)]
         add = [o.append for o in out]
         single, overlaps, offsets, words = self.single, self.overlaps, self.offsets, self.words
@@ -92,6 +111,21 @@ class AnchorScan:
                 for index in self.starts_of[other]:
                     out[index].append(i + self.offsets[other])
         return found
+
+
+def _code_points(raw: bytes, offsets: list[int]) -> list[int]:
+    """Byte offsets into the UTF-8 ``raw`` (ascending) as code point offsets: each less the continuation bytes
+    before it, counted once over the text. An offset inside a character lands on the next one; no match starts
+    there (every match start is found at a character's first byte)."""
+    out: list[int] = []
+    last = skipped = 0
+    for at in offsets:
+        if at > last:
+            piece = raw[last:at]
+            skipped += len(piece) - len(piece.translate(None, _CONTINUATION))
+            last = at
+        out.append(at - skipped)
+    return out
 
 
 def _overlaps(a: str, anchors: list[str]) -> tuple[tuple[int, int], ...]:

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from extproc.policy.anchors import ANCHORED_FROM, ANCHORS, AnchorScan, subn_at
+from extproc.policy.anchors import ANCHORED_FROM, ANCHORS, AnchorScan, folds_to_ascii, subn_at
+from extproc.policy.literals import Requirement, may_match, requirements
 from extproc.policy.model import Redaction as RedactionRule
 from extproc.secrets import SECRET_NAME_RULE, is_secret_name, marker
 
@@ -102,8 +103,10 @@ class Redactor:
     rules: tuple[str, ...]  # every rule name, for summaries
     # When every pattern has hints: one search for any hint decides whether a text needs the patterns at all.
     any_hint: tuple[str, ...] | None = None
-    # Long ASCII texts: where the anchored (built-in) patterns can start, found in one pass (policy/anchors.py).
+    # Long texts: where the anchored (built-in) patterns can start, found in one pass (policy/anchors.py).
     anchored: AnchorScan | None = None
+    # Per pattern: substrings its every match holds (a policy's own patterns, policy/literals.py); () for none.
+    requires: tuple[tuple[Requirement, ...], ...] = ()
     # Object keys repeat endlessly ("jsonrpc", "params", "text"): remember each key's rule, bounded because
     # keys come from clients and servers.
     key_memo: dict[str, str | None] = field(default_factory=dict)
@@ -180,7 +183,7 @@ class Redactor:
             return rule
 
     def _text(self, text: str, path: list[str], found: list[Redaction]) -> str:
-        if self.anchored is not None and len(text) >= ANCHORED_FROM and text.isascii():
+        if self.anchored is not None and len(text) >= ANCHORED_FROM and not folds_to_ascii(text):
             return self._long_text(text, path, found)
         low: str | None = None
         if self.any_hint is not None:
@@ -190,8 +193,8 @@ class Redactor:
                     break
             else:
                 return text
-        for name, rx, replace, min_len, hints, _ in self.patterns:
-            if len(text) < min_len:
+        for index, (name, rx, replace, min_len, hints, _) in enumerate(self.patterns):
+            if len(text) < min_len or (self.requires[index] and not may_match(self.requires[index], text)):
                 continue
             if hints is not None:
                 low = text.lower() if low is None else low
@@ -204,11 +207,13 @@ class Redactor:
         return text
 
     def _long_text(self, text: str, path: list[str], found: list[Redaction]) -> str:
-        """``_text`` for a long ASCII text: anchored patterns tried only where one of their anchors occurs."""
+        """``_text`` for a long text: anchored patterns tried only where one of their anchors occurs."""
         assert self.anchored is not None
         starts: list[list[int]] | None = None
         for index, (name, rx, replace, _, _, anchors) in enumerate(self.patterns):
             if anchors is None:
+                if self.requires[index] and not may_match(self.requires[index], text):
+                    continue
                 text, n = rx.subn(replace, text)
             else:
                 if starts is None:
@@ -256,6 +261,7 @@ def compile_redactor(rules: Sequence[RedactionRule], *, defaults: bool = True) -
         any_hint=_any_hint(compiled),
         rules=names,
         anchored=AnchorScan([p[5] for p in compiled]) if any(p[5] for p in compiled) else None,
+        requires=tuple(requirements(p[1].pattern) if p[4] is None else () for p in compiled),
     )
 
 

@@ -56,7 +56,7 @@ def record_piece(
         log.emit(McpResponse(body=body, size=ev.size, sse_event=ev.event, sse_id=ev.id))
         return set()
     if piece.event is not None:
-        parsed = parse_body(piece.event.data.encode()) if piece.event.data else None
+        parsed = parse_body(piece.event.data) if piece.event.data else None  # no copy: orjson reads a str
         messages = list(parsed.messages) if parsed else []
         error = parsed.error if parsed else None
         sse = {"sse_event": piece.event.event, "sse_id": piece.event.id}

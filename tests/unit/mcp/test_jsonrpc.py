@@ -318,7 +318,9 @@ def test_non_finite_numbers_are_not_json(body: bytes, strict: bool) -> None:
     assert parsed.error is not None and parsed.error.startswith("not JSON") and "is not a JSON number" in parsed.error
 
 
-@pytest.mark.parametrize("data", ["NaN", '{"a": Infinity}', "[-Infinity]", b'{"big": 123456789012345678901, "x": NaN}'])
+@pytest.mark.parametrize(
+    "data", ["NaN", '{"a": Infinity}', "[-Infinity]", b'{"big": 123456789012345678901, "x": NaN}', '{"\u00e9": NaN}']
+)
 def test_loads_refuses_non_finite_numbers(data: str | bytes) -> None:
     with pytest.raises(ValueError, match="is not a JSON number"):
         loads(data)
@@ -336,12 +338,16 @@ def test_loads_keeps_what_orjson_cannot_read_exactly() -> None:
     "body",
     [b"[9223372036854775807, -9223372036854775808]", b"[9223372036854775808]", b"[-18446744073709551617]",
      b"[1e19, 12345678901234567890.0, 1234567890123456789]", b'{"s": "12345678901234567890123", "n": 1}',
-     b"[123456789012345678901234567890]"],
+     b"[123456789012345678901234567890]",
+     b"[" + b"1," * 600 + b"123456789012345678901]", b'{"t": "' + b"x" * 9000 + b'", "n": 123456789012345678901}',
+     b"[" + b"1," * 600 + b"2]", b'{"t": "' + b"x" * 9000 + b'", "n": 1e19}',
+     '{"t": "caf\u00e9 \u4e2d\u6587", "n": 123456789012345678901, "f": 1.5, "s": "\\ud800"}'.encode()],
 )  # fmt: skip
 def test_integers_beyond_64_bits_stay_exact_with_the_byte_precheck(body: bytes) -> None:
     """The digit-run check before the walk gives what the standard parser gives, numbers exactly."""
-    got, want = loads(body), json.loads(body)
-    assert got == want and [type(v) for v in _values(got)] == [type(v) for v in _values(want)]
+    for text in (body, body.decode()):  # bytes, and a str (an SSE event's data)
+        got, want = loads(text), json.loads(body)
+        assert got == want and [type(v) for v in _values(got)] == [type(v) for v in _values(want)]
 
 
 def _values(doc: object) -> list[object]:
