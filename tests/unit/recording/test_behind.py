@@ -9,7 +9,7 @@ import io
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from recording_helpers import exchange_events
@@ -19,7 +19,7 @@ from extproc.recording.manifest import Manifest, Signer
 from extproc.recording.recorder import Recorder
 from extproc.recording.replay import load_session
 from extproc.recording.spool import Spool
-from extproc.recording.spool_files import Append, Unfinished, stream_folder
+from extproc.recording.spool_files import Append, Sealing, Unfinished, stream_folder
 from extproc.recording.store.file import FileStore
 from extproc.recording.writer import RecorderOptions
 
@@ -33,13 +33,13 @@ class GatedSpool(Spool):
         self.fail = False
         self.finished: list[int] = []
 
-    def _finish(self, folder: Path, data_path: Path, manifest: Manifest, raw: bytes, f: IO[bytes] | None) -> None:
+    def _seal_all(self, items: list[Sealing]) -> None:
         if not self.gate.wait(10):
             raise TimeoutError("gate never opened")
         if self.fail:
             raise OSError(28, "No space left on device")
-        super()._finish(folder, data_path, manifest, raw, f)
-        self.finished.append(manifest.segment)
+        super()._seal_all(items)
+        self.finished.extend(it.seal.manifest.segment for it in items)
 
 
 async def test_a_commit_point_does_not_wait_for_a_seal(tmp_path: Path) -> None:
