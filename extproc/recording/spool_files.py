@@ -135,20 +135,20 @@ def seal_all(items: list[Sealing], make_folder: Callable[[Path, str, str], None]
                     m.sha256, m.prev_manifest = digest, links.get(id(seal.link), seal.link[0])
                     raw = seal.signer.sign(m).to_bytes()
                     tmp = it.folder / f"{m.segment:08d}.manifest.tmp"
-                    f = open(tmp, "wb")
-                    staged.append((it, raw, f, tmp))
-                    f.write(raw)
-                    f.flush()
+                    out: IO[bytes] = open(tmp, "wb")
+                    staged.append((it, raw, out, tmp))
+                    out.write(raw)
+                    out.flush()
                 links[id(seal.link)] = hashlib.sha256(it.raw if it.raw is not None else raw).hexdigest()
-            for _, _, f, _ in staged:
-                os.fsync(f.fileno())
-            for it, raw, f, tmp in staged:
-                f.close()
+            for _, _, out, _ in staged:
+                os.fsync(out.fileno())
+            for it, raw, out, tmp in staged:
+                out.close()
                 os.replace(tmp, tmp.with_suffix(""))
                 it.raw = raw
         finally:
-            for _, _, f, _ in staged:
-                f.close()
+            for _, _, out, _ in staged:
+                out.close()
     for it in items:  # in order: each stream's link ends at its newest manifest
         assert it.raw is not None
         it.seal.link[0] = hashlib.sha256(it.raw).hexdigest()
