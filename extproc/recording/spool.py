@@ -59,6 +59,7 @@ class Spool:
         self._handles: OrderedDict[SegmentKey, IO[bytes]] = OrderedDict()
         self._ends: dict[SegmentKey, int] = {}  # each open segment file's size: no fstat per append
         self._dirty: set[SegmentKey] = set()
+        self._syncing: set[SegmentKey] = set()  # the keys of a ``sync`` in progress (a thread fsyncs them)
         self._max_open = max_open
         self._folders: set[str] = set()  # stream folders known to exist (with their meta.json)
         # Seals, fsyncs and closes of ``write_behind`` run here, in order, off the data path.
@@ -197,8 +198,12 @@ class Spool:
             m = seal.manifest
             key = (m.session, m.writer, m.segment)
             self._ends.pop(key, None)
+            # Written since the last fsync queued behind (which runs before this seal), or in one still running
+            # beside it (``sync``): else the file owes no fsync.
+            written = key in self._dirty or key in self._syncing
             self._dirty.discard(key)
-            items.append(Sealing(seal, self.path / stream_folder(m.session, m.writer), self._handles.pop(key, None)))
+            folder = self.path / stream_folder(m.session, m.writer)
+            items.append(Sealing(seal, folder, self._handles.pop(key, None), fsync=written))
 
         def done() -> None:
             for it in items:
@@ -278,11 +283,14 @@ class Spool:
         if failure is not None:
             raise failure
         dirty, self._dirty = self._dirty, set()
+        self._syncing = dirty
         try:
             await asyncio.to_thread(self._fsync, dirty)
         except OSError as e:
             self._dirty |= dirty
             raise SpoolWriteError(f"cannot fsync spool {self.path}", e) from e
+        finally:
+            self._syncing = set()
 
     def _fsync(self, keys: set[SegmentKey]) -> None:
         for k in keys:

@@ -95,6 +95,7 @@ class Sealing:
     seal: Unfinished
     folder: Path
     file: IO[bytes] | None
+    fsync: bool = True  # the file was written since its last fsync
     raw: bytes | None = None
 
     @property
@@ -114,7 +115,8 @@ def seal_all(items: list[Sealing], make_folder: Callable[[Path, str, str], None]
     streams' links move on only once every seal of the batch is done."""
     for it in items:
         if it.file is not None:
-            os.fsync(it.file.fileno())
+            if it.fsync:
+                os.fsync(it.file.fileno())
             it.file.close()
             it.file = None  # closed: a retry must not touch it again
     links: dict[int, str] = {}  # id(stream link) -> SHA-256 of the stream's newest manifest in this batch
