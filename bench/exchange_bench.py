@@ -97,8 +97,9 @@ async def run(
     spacing: float = 0.0,
     sessions: int = 1,
     record: bool = True,
+    extra: dict[str, object] | None = None,
 ) -> dict[str, float]:
-    recording: dict[str, object] = {"directory": str(workdir / "rec")}
+    recording: dict[str, object] = {"directory": str(workdir / "rec"), **(extra or {})}
     if not record:  # attribution only: the server is not recorded at all
         recording.update(servers={"demo": "off"}, off_acknowledged="bench attribution")
     if encrypt:  # payloads sealed per subject (recording/shred.py), data keys wrapped by a key file
@@ -225,6 +226,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1, help="sessions the exchanges rotate over (gateway: 16)")
     parser.add_argument("--no-record", action="store_true", help="recording.servers demo: off (attribution)")
     parser.add_argument(
+        "--recording", action="append", default=[], metavar="KEY=JSON", help="a recording: key (repeatable)"
+    )
+    parser.add_argument(
         "--ab-encrypt", type=int, default=0, metavar="ROUNDS", help="alternate off/on ROUNDS times; print the ratio"
     )
     args = parser.parse_args()
@@ -241,6 +245,7 @@ def main() -> None:
             run(
                 args.exchanges, Path(tmp), args.profile, encrypt=args.encrypt, spacing=args.spacing,
                 sessions=args.sessions, record=not args.no_record,
+                extra={k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.recording)},
             )
         )  # fmt: skip
     print(
