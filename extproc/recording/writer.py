@@ -44,7 +44,8 @@ class RecorderOptions:
     segment_age: float = 2.0  # s: ... or this age
     idle_timeout: float = 1800.0  # s of silence that end a session's stream (final manifest)
     required: bool = True  # fail closed: a full spool refuses events; False drops them (counted) instead
-    linger: float = 0.005  # s the writer gathers a round before writing it (at most flush_interval)
+    linger: float = 0.005  # s a round gathers before it writes (at most flush_interval); with ``required``, a
+    # round started by an emit waits flush_interval instead: commit points write, the round comes for the fsync
 
     @property
     def seal_every(self) -> float:

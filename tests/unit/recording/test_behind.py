@@ -198,3 +198,41 @@ async def test_close_waits_for_the_seals_behind_while_they_keep_moving(
     spool.behind.put(Job(lambda: time.sleep(0.03), lambda: chain(0), "slow seal"))
     await rec.close()
     assert done == list(range(20))
+
+
+async def test_a_batch_of_seals_failing_half_way_is_retried_with_the_same_links(tmp_path: Path) -> None:
+    # Three seals of one stream in one job; the second manifest cannot be renamed into place (a non-empty folder
+    # holds its name, as a disk refusing a write would). The first is in place; the retry keeps it and links the
+    # others to it, exactly as one uninterrupted batch would have.
+    spool = Spool(tmp_path, "w")
+    spool.behind.retry = 0.01
+    await spool.open()
+    link = ["0" * 64]
+    ops: list[Append | Unfinished] = []
+    for n in range(3):
+        ops.append(Append("s", "w", n, b"%d\n" % n))
+        ops.append(Unfinished(Manifest("s", "w", n, n, n, 1, 2, "", "y" * 64, "", created=1.0), link, Signer(None)))
+    folder = tmp_path / "w" / stream_folder("s", "w")
+    blocker = folder / "00000001.manifest"
+    (blocker / "x").mkdir(parents=True)
+
+    assert await spool.write_behind(ops) == (len(ops), None)
+    deadline = time.monotonic() + 5
+    while spool.behind.failure is None:  # the job fails at the second rename and waits for its retry
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+    assert (folder / "00000000.manifest").exists() and not spool.ready
+    (blocker / "x").rmdir()
+    blocker.rmdir()
+    while spool.behind.failure is not None or spool.behind.pending:  # retried every 10 ms: now it goes through
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+
+    assert [r.number for r in spool.ready] == [0, 1, 2]
+    prev = "0" * 64
+    for n in range(3):
+        raw = (folder / f"{n:08d}.manifest").read_bytes()
+        assert Manifest.from_bytes(raw).prev_manifest == prev
+        prev = hashlib.sha256(raw).hexdigest()
+    assert link == [prev] and not list(folder.glob("*.tmp"))
+    await spool.close(remove_if_empty=False)
