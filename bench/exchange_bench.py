@@ -23,8 +23,8 @@ import argparse
 import asyncio
 import cProfile
 import io
-import os
 import json
+import os
 import pstats
 import statistics
 import tempfile
@@ -98,6 +98,7 @@ async def run(
     sessions: int = 1,
     record: bool = True,
     extra: dict[str, object] | None = None,
+    upstream: float = 0.0,
 ) -> dict[str, float]:
     recording: dict[str, object] = {"directory": str(workdir / "rec"), **(extra or {})}
     if not record:  # attribution only: the server is not recorded at all
@@ -177,6 +178,8 @@ async def run(
         ex = Exchange(gw)
         await ex.on_request_headers(heads[i % sessions])
         await ex.on_request_body(req_body)
+        if upstream:  # the server's answer takes this long (the gateway's exchanges wait between the two halves)
+            await asyncio.sleep(upstream)
         await ex.on_response_headers(resp_heads[i % sessions])
         await ex.on_response_body(resp_body)
         # the recorder task runs between exchanges, as between gRPC messages; --spacing: open loop, i / rate
@@ -226,6 +229,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1, help="sessions the exchanges rotate over (gateway: 16)")
     parser.add_argument("--no-record", action="store_true", help="recording.servers demo: off (attribution)")
     parser.add_argument(
+        "--upstream-ms", type=float, default=0.0, help="ms between request and response (with --spacing)"
+    )
+    parser.add_argument(
         "--recording", action="append", default=[], metavar="KEY=JSON", help="a recording: key (repeatable)"
     )
     parser.add_argument(
@@ -246,6 +252,7 @@ def main() -> None:
                 args.exchanges, Path(tmp), args.profile, encrypt=args.encrypt, spacing=args.spacing,
                 sessions=args.sessions, record=not args.no_record,
                 extra={k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.recording)},
+                upstream=args.upstream_ms / 1000,
             )
         )  # fmt: skip
     print(
