@@ -83,6 +83,7 @@ bench: $(STAMP) stdio-bridge
 	$(BIN)/python bench/gateway_bench.py
 	$(BIN)/python bench/exchange_bench.py
 	$(BIN)/python bench/exchange_bench.py --exchanges 2000 --export-and-trace --rounds 4
+	$(BIN)/python bench/observed_bench.py --seconds 8 --rounds 2
 	$(BIN)/python bench/policy_bench.py
 	$(BIN)/python bench/audit_index_bench.py
 	$(BIN)/python bench/recorder_bench.py

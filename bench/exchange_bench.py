@@ -27,9 +27,11 @@ import json
 import os
 import pstats
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from envoy.config.core.v3 import base_pb2
@@ -99,6 +101,8 @@ async def run(
     record: bool = True,
     extra: dict[str, object] | None = None,
     upstream: float = 0.0,
+    mix: str = "bench",
+    seal_blocks: dict[bool, list[float]] | None = None,
 ) -> dict[str, float]:
     recording: dict[str, object] = {"directory": str(workdir / "rec"), **(extra or {})}
     if not record:  # attribution only: the server is not recorded at all
@@ -140,7 +144,7 @@ async def run(
         )
         for k in range(sessions)
     ]
-    req_headers = heads[0]
+    req_headers, session = heads[0], bind("sess-1", ALICE, gw.options.session_key, "demo/")
     req_body = ep.HttpBody(body=json.dumps(CALL).encode(), end_of_stream=True)
     resp_heads = [
         _headers({":status": "200", "content-type": "text/event-stream", "mcp-session-id": f"sess-{k + 1}"})
@@ -160,6 +164,8 @@ async def run(
         ((unit, shown),) = gw.surface.units.items()
         assert any(name == "echo" for _, _, name in shown.last), f"{unit}: the tools/list was not reviewed"
 
+    bench_plan = [(heads[k], req_body, resp_heads[k], (resp_body,)) for k in range(sessions)]
+    plan = bench_plan if mix == "bench" else _gateway_mix(session, exchanges)
     if spacing:  # low rate: warm every session (first-call caches, streams, spool folders) outside the window
         for k in range(2 * sessions):
             ex = Exchange(gw)
@@ -170,20 +176,35 @@ async def run(
         await runtime.recorder.flushed(within=60)
         await asyncio.sleep(2 * spacing)
     prof = cProfile.Profile(time.thread_time) if profile else None  # CPU of the loop thread, not wall
+    refused = 0
     cpu0, main0 = time.process_time(), time.thread_time()
     if prof:
         prof.enable()
+    recorder: Any = runtime.recorder  # a BoundedRecorder: its sealer
+    sealer, block_cpu = recorder.sealer, time.process_time()
     t0 = time.monotonic()
-    for i in range(exchanges):
+    for n in range(exchanges):
+        rq_headers, rq_body, rs_headers, rs_bodies = plan[n % len(plan)]
+        if seal_blocks is not None and n % SEAL_BLOCK == 0:  # --ab-seal: sealing toggled per block, ABBA
+            if n:
+                seal_blocks[recorder.sealer is not None].append((time.process_time() - block_cpu) * 1000)
+            block = n // SEAL_BLOCK
+            recorder.sealer = sealer if (block % 2 == 0) == (block // 2 % 2 == 0) else None
+            block_cpu = time.process_time()
         ex = Exchange(gw)
-        await ex.on_request_headers(heads[i % sessions])
-        await ex.on_request_body(req_body)
+        await ex.on_request_headers(rq_headers)
+        if ex.refused:  # the recorder not accepting (a loaded box): answered 503 at admission, as the gateway would
+            refused += 1
+            await asyncio.sleep(0.001)
+            continue
+        await ex.on_request_body(rq_body)
         if upstream:  # the server's answer takes this long (the gateway's exchanges wait between the two halves)
             await asyncio.sleep(upstream)
-        await ex.on_response_headers(resp_heads[i % sessions])
-        await ex.on_response_body(resp_body)
-        # the recorder task runs between exchanges, as between gRPC messages; --spacing: open loop, i / rate
-        await asyncio.sleep(max(0.0, t0 + (i + 1) * spacing - time.monotonic()) if spacing else 0)
+        await ex.on_response_headers(rs_headers)
+        for chunk in rs_bodies:
+            await ex.on_response_body(chunk)
+        # the recorder task runs between exchanges, as between gRPC messages; --spacing: open loop, n / rate
+        await asyncio.sleep(max(0.0, t0 + (n + 1) * spacing - time.monotonic()) if spacing else 0)
         while not runtime.recorder.accepting:  # noqa: ASYNC110 (back-pressure: where the gateway would answer 503)
             await asyncio.sleep(0.001)
     await runtime.recorder.flushed(within=60)
@@ -203,17 +224,59 @@ async def run(
             int(os.environ.get("BENCH_TOP", "20"))
         )
         print(out.getvalue())
+    if refused:
+        print(f"{refused} of {exchanges} exchanges refused at admission (recorder not accepting)")
+    done = max(1, exchanges - refused)
     return {
-        "exchanges": exchanges,
-        "cpu_ms_per_exchange": cpu * 1000 / exchanges,
-        "loop_ms_per_exchange": main * 1000 / exchanges,
+        "exchanges": exchanges - refused,
+        "cpu_ms_per_exchange": cpu * 1000 / done,
+        "loop_ms_per_exchange": main * 1000 / done,
     }
+
+
+def _gateway_mix(session: str, exchanges: int) -> list[tuple[ep.HttpHeaders, ep.HttpBody, ep.HttpHeaders, tuple]]:
+    """``--mix gateway``: what ``gateway_bench.py`` sends through Envoy, as Envoy hands it over. JSON and SSE calls
+    alternate; the SSE answer holds two progress notifications and the result (three events, one body chunk and
+    Envoy's empty end); the headers are Envoy's (its own added: x-forwarded-proto, x-request-id, a new one per
+    exchange, x-envoy-expected-rq-timeout-ms; the response's x-envoy-upstream-service-time)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from gateway_bench import JSON_CALL, JSON_RESULT, SSE_CALL, SSE_EVENTS
+
+    plan = []
+    for i in range(exchanges):
+        sse = i % 2 == 1
+        call = SSE_CALL.replace(b"slow_echo", b"echo") if sse else JSON_CALL  # both allowed by the example policy
+        request = {
+            ":authority": "bench", ":path": "/demo/mcp", ":method": "POST", ":scheme": "http",
+            "content-type": "application/json", "accept": "application/json, text/event-stream",
+            "authorization": "Bearer " + "x" * 600, "mcp-session-id": session,
+            "x-bench-response": "sse" if sse else "json", "content-length": str(len(call)),
+            "x-forwarded-proto": "http", "x-request-id": f"6b1f3c1e-0c0e-4c5e-9a1d-{i:012d}",
+            "x-envoy-expected-rq-timeout-ms": "60000",
+        }  # fmt: skip
+        kind = "text/event-stream" if sse else "application/json"
+        response = {":status": "200", "content-type": kind, "mcp-session-id": "sess-1", "date": "Tue, 08 Dec 2026",
+                    "x-envoy-upstream-service-time": "1"}  # fmt: skip
+        if sse:
+            response["cache-control"] = "no-cache"
+            bodies = (ep.HttpBody(body=b"".join(SSE_EVENTS)), ep.HttpBody(body=b"", end_of_stream=True))
+        else:
+            response["content-length"] = str(len(JSON_RESULT))
+            bodies = (ep.HttpBody(body=JSON_RESULT, end_of_stream=True),)
+        plan.append((_headers(request), ep.HttpBody(body=call, end_of_stream=True), _headers(response), bodies))
+    return plan
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--exchanges", type=int, default=5000)
     parser.add_argument("--profile", action="store_true", help="print the top extproc functions (slows it down)")
+    parser.add_argument(
+        "--mix",
+        choices=("bench", "gateway"),
+        default="bench",
+        help="bench: one tools/call with a one-event SSE answer; gateway: gateway_bench.py's JSON/SSE mix and headers",
+    )
     parser.add_argument(
         "--export-and-trace",
         action="store_true",
@@ -237,9 +300,15 @@ def main() -> None:
     parser.add_argument(
         "--ab-encrypt", type=int, default=0, metavar="ROUNDS", help="alternate off/on ROUNDS times; print the ratio"
     )
+    parser.add_argument(
+        "--ab-seal", action="store_true", help="one encrypted run, sealing toggled every 50 exchanges; the ratio"
+    )
     args = parser.parse_args()
     if args.export_and_trace:
         return compare(args.exchanges, args.sample_ratio, args.rounds)
+    if args.ab_seal:
+        ab_seal(args.exchanges)
+        return
     if args.ab_encrypt:
         ab_encrypt(args.exchanges, args.ab_encrypt)
         return
@@ -252,7 +321,7 @@ def main() -> None:
                 args.exchanges, Path(tmp), args.profile, encrypt=args.encrypt, spacing=args.spacing,
                 sessions=args.sessions, record=not args.no_record,
                 extra={k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.recording)},
-                upstream=args.upstream_ms / 1000,
+                upstream=args.upstream_ms / 1000, mix=args.mix,
             )
         )  # fmt: skip
     print(
@@ -307,6 +376,22 @@ def ab_encrypt(exchanges: int, rounds: int) -> None:
     print(
         f"median: off {off:.3f} ms, per_subject {on:.3f} ms CPU per exchange: x{on / off:.3f} ({(on / off - 1):+.1%})"
     )
+
+
+SEAL_BLOCK = 50  # exchanges per block of --ab-seal
+
+
+def ab_seal(exchanges: int) -> None:
+    """Sealing's CPU per exchange, toggled every ``SEAL_BLOCK`` exchanges of one run (on off off on ...): drift on a
+    shared box cancels far better than between whole runs. Encryption configured throughout; "off" blocks only
+    skip ``PayloadSealer.seal`` (the recorder's sealer set to None). CPU of each block, medians per exchange."""
+    blocks: dict[bool, list[float]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(run(exchanges, Path(tmp), False, encrypt=True, seal_blocks=blocks))
+    off, on = (statistics.median(blocks[k]) / SEAL_BLOCK for k in (False, True))
+    print(f"{len(blocks[True])} + {len(blocks[False])} blocks of {SEAL_BLOCK} exchanges, sealing on / off")
+    print(f"median: off {off:.3f} ms, sealed {on:.3f} ms CPU per exchange: x{on / off:.3f} ({on / off - 1:+.1%}), "
+          f"+{(on - off) * 1000:.1f} us")  # fmt: skip
 
 
 def ab_surface(exchanges: int, rounds: int) -> None:

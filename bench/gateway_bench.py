@@ -12,12 +12,14 @@ application/json, and tools/call answered with a 3-event text/event-stream):
                                      a policy directory with one allow rule, session ids bound to their owner
   B + budget (local), (redis)        B with a limit on the rule (never reached), counted in the processor's memory,
                                      or in a redis-server on loopback (one EVALSHA per request)
+  B + token exchange (warm)          B whose server has upstream_auth: token_exchange at the development issuer
+                                     (one RFC 8693 exchange per caller in the warm-up, then its cached token)
 
 The upstream and the generator each run in their own process, so neither shares an event loop with what
 is measured. They do share the machine's cores with Envoy and the processor: see bench/README.md.
 
     python bench/gateway_bench.py [--seconds 10] [--concurrency 16] [--out bench/results/gateway.json]
-        [--scenarios upstream,envoy,noop,anonymous,authed,budget-local,budget-redis] [--workers N]
+        [--scenarios upstream,envoy,noop,anonymous,authed,budget-local,budget-redis,token-exchange] [--workers N]
         [--rate R | --rate-of-b FRACTION]      open loop (R = 0: idle, CPU with no traffic)
 """
 
@@ -35,6 +37,7 @@ import platform
 import re
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,6 +76,7 @@ UPSTREAM, ENVOY, NOOP, ANONYMOUS, AUTHED = (
     "envoy + processor (auth + policy)",
 )
 BUDGET_LOCAL, BUDGET_REDIS = "B + budget (local)", "B + budget (redis)"
+TOKEN_EXCHANGE = "B + token exchange (warm)"  # issue 23: at most 2% CPU per exchange over B
 REDIS_SERVER = "/usr/bin/redis-server"
 BENCH_GROUP = "bench"  # every bench caller's token carries it; the policy's one rule allows this group
 # One allow rule for exactly what the generator calls: with deny by default, anything else would be refused.
@@ -482,9 +486,10 @@ def write_authed_config(
     workers: int = 1,
     policy: str = POLICY,
     budgets: dict[str, Any] | None = None,
+    upstream_auth: dict[str, Any] | None = None,
 ) -> Path:
     """gateway.yaml as in production: one trusted issuer, a policy directory, a session-binding key file;
-    ``budgets``: the budgets section (the budget rows)."""
+    ``budgets``: the budgets section (the budget rows); ``upstream_auth``: the server's (the token exchange row)."""
     workdir.mkdir()
     policies = workdir / "policies"
     policies.mkdir()
@@ -504,6 +509,8 @@ def write_authed_config(
     doc["policy"] = {"directory": str(policies)}
     if budgets is not None:
         doc["budgets"] = budgets
+    if upstream_auth is not None:
+        doc["servers"][0]["upstream_auth"] = upstream_auth
     return _write_config(workdir, doc)
 
 
@@ -719,12 +726,13 @@ def count_recorded_events(directory: Path) -> int:
     return sum(len(p.read_bytes().splitlines()) for p in directory.rglob("*.jsonl"))
 
 
-def recording_check(config: Path, loaded: LoadResult) -> dict[str, Any]:
-    """Events in the store (read once the Stack has stopped, so everything is flushed) against the expected count."""
+def recording_check(config: Path, loaded: LoadResult, extra: int = 0) -> dict[str, Any]:
+    """Events in the store (read once the Stack has stopped, so everything is flushed) against the expected count;
+    ``extra``: events beyond the exchanges' own (the token exchange row: one upstream.credential per session)."""
     settings = load_settings(config)
     decisions = DECISIONS_PER_EXCHANGE if settings.policy is not None else 0
     recorded = count_recorded_events(settings.recording.directory)
-    expected = sum((EVENTS_PER_EXCHANGE[k] + decisions) * n for k, n in loaded.issued.items())
+    expected = extra + sum((EVENTS_PER_EXCHANGE[k] + decisions) * n for k, n in loaded.issued.items())
     # Exact only when no request failed: a failed one may have been partly recorded.
     ok = recorded == expected and not loaded.failures
     return {"recorded_events": recorded, "expected_events": expected, "ok": ok}
@@ -824,6 +832,7 @@ RATIOS = {
     "B/B0": (AUTHED, ANONYMOUS),
     "Bl/B": (BUDGET_LOCAL, AUTHED),  # what counting a budget in memory costs (goal: within 2%)
     "Br/B": (BUDGET_REDIS, AUTHED),  # one Redis round trip per request on loopback (goal: within 10%)
+    "Bt/B": (TOKEN_EXCHANGE, AUTHED),  # the server's own token per caller, from the cache (goal: within 2%)
 }
 
 
@@ -931,6 +940,7 @@ SCENARIOS = {
     "authed": AUTHED,
     "budget-local": BUDGET_LOCAL,
     "budget-redis": BUDGET_REDIS,
+    "token-exchange": TOKEN_EXCHANGE,
 }
 
 
@@ -959,13 +969,18 @@ def run_scenarios(
             policy: str = POLICY,
             budgets: dict[str, Any] | None = None,
             more_pids: dict[str, list[int]] | None = None,
+            upstream_auth: dict[str, Any] | None = None,
         ) -> LoadResult:
-            authed = write_authed_config(workdir / name, upstream.port, issuer.url, workers, policy, budgets)
+            authed = write_authed_config(
+                workdir / name, upstream.port, issuer.url, workers, policy, budgets, upstream_auth
+            )
             identities = authed_identities(authed, issuer, args.concurrency)
             with envoy_and_processor(authed, upstream, identities) as target:
                 target.pids.update(more_pids or {})  # the redis-server's CPU is the budget's too
                 loaded = run_load(ctx, target, args, name, rate)
-            checks[label if name != "authed-capacity" else CAPACITY] = recording_check(authed, loaded)
+            # A credential is recorded in full once per recording unit (each connection's session), then named.
+            extra = len(identities) if upstream_auth is not None else 0
+            checks[label if name != "authed-capacity" else CAPACITY] = recording_check(authed, loaded, extra)
             return loaded
 
         if args.rate_of_b is not None:
@@ -1016,7 +1031,82 @@ def run_scenarios(
                     "budget-redis", rate, BUDGET_REDIS, BUDGETED_POLICY, {"store": url}, {"redis": [pid]}
                 )
                 scenarios[BUDGET_REDIS] = summarize(loaded)
+
+        if "token-exchange" in chosen:
+            print(f"{TOKEN_EXCHANGE}: {AUTHED} whose server gets a token exchanged per caller ...", flush=True)
+            secret = workdir / "token-exchange.secret"
+            secret.write_text("bench-secret\n")
+            issuer.token_exchange.register_client("mcp-gateway", secret="bench-secret")
+            issuer.token_exchange.add_target("bench-api", scopes=("bench:call",), ttl=3600)
+            exchange = {"kind": "token_exchange", "client_id": "mcp-gateway", "client_secret_file": str(secret),
+                        "audience": "bench-api", "scopes": ["bench:call"]}  # fmt: skip
+            loaded = authed_run("token-exchange", rate, TOKEN_EXCHANGE, upstream_auth=exchange)
+            scenarios[TOKEN_EXCHANGE] = summarize(loaded)
     return scenarios, checks, rate
+
+
+def ab_encrypt(args: argparse.Namespace) -> dict[str, Any]:
+    """B against B with ``recording.encrypt_payloads: per_subject`` (data keys wrapped by a key file), alternated
+    off on / on off for ``--ab-encrypt`` rounds in one run (a drifting shared box favours neither): the processor's
+    CPU per exchange and req/s, medians, and their ratios (issue 25: "payload encryption adds under 5% CPU")."""
+    ctx = mp.get_context("spawn")
+    rows: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    with (
+        tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp,
+        upstream_process(ctx, args.sse_gap_ms / 1000, args.concurrency) as upstream,
+        DevIssuer(Path(tmp) / "issuer-keys") as issuer,
+    ):
+        (kek := Path(tmp) / "payload-kek.hex").write_text(secrets.token_hex(32) + "\n")
+        encrypted = {"encrypt_payloads": "per_subject", "payload_keys": {"kek_file": str(kek)}}
+        for r in range(args.ab_encrypt):
+            for on in (False, True) if r % 2 == 0 else (True, False):
+                name = f"{'encrypted' if on else 'plain'}-{r}"
+                print(f"{AUTHED}, payload encryption {'on' if on else 'off'} (round {r + 1}) ...", flush=True)
+                saved = dict(RECORDING_OPTIONS)
+                RECORDING_OPTIONS.update(encrypted if on else {})
+                try:
+                    config = write_authed_config(Path(tmp) / name, upstream.port, issuer.url, args.workers)
+                finally:
+                    RECORDING_OPTIONS.clear()
+                    RECORDING_OPTIONS.update(saved)
+                with envoy_and_processor(config, upstream, authed_identities(config, issuer, args.concurrency)) as t:
+                    loaded = run_load(ctx, t, args, name, args.rate)
+                check = recording_check(config, loaded)
+                if not check["ok"]:
+                    raise SystemExit(f"{name}: {check['recorded_events']} events recorded, {check['expected_events']}")
+                lines = [f.read_bytes() for f in (Path(tmp) / name / "recordings").rglob("*.jsonl")]
+                if on != any(b'"sealed"' in data for data in lines):
+                    raise SystemExit(f"{name}: payloads {'not ' if on else ''}sealed")
+                rows[on].append(
+                    summarize(loaded) | {"bytes": sum(map(len, lines)) / max(sum(loaded.issued.values()), 1)}
+                )
+    med = {
+        on: {
+            "cpu_ms": statistics.median(r["cpu_ms_per_request"]["processor"] for r in rows[on]),
+            "rps": statistics.median(r["rps"] for r in rows[on]),
+        }
+        for on in (False, True)
+    }
+    out = {
+        "rounds": args.ab_encrypt,
+        "off": [r["cpu_ms_per_request"]["processor"] for r in rows[False]],
+        "on": [r["cpu_ms_per_request"]["processor"] for r in rows[True]],
+        "rps_off": [r["rps"] for r in rows[False]],
+        "rps_on": [r["rps"] for r in rows[True]],
+        "cpu_ratio": round(med[True]["cpu_ms"] / med[False]["cpu_ms"], 3),
+        "rps_ratio": round(med[True]["rps"] / med[False]["rps"], 3),
+        "recorded_bytes_per_exchange": {
+            k: round(statistics.median(r["bytes"] for r in rows[on])) for k, on in (("off", False), ("on", True))
+        },
+    }
+    print(f"processor CPU ms per exchange, off {out['off']}, per_subject {out['on']}")
+    print(f"req/s, off {out['rps_off']}, per_subject {out['rps_on']}")
+    print(f"recorded bytes per exchange (medians): {out['recorded_bytes_per_exchange']}")
+    print(
+        f"medians: off {med[False]['cpu_ms']:.3f} ms, per_subject {med[True]['cpu_ms']:.3f} ms CPU per exchange: "
+        f"x{out['cpu_ratio']:.3f} ({out['cpu_ratio'] - 1:+.1%}); req/s x{out['rps_ratio']:.3f}"
+    )
+    return out
 
 
 @contextmanager
@@ -1081,6 +1171,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="extra recording: key for the processor rows (YAML value), e.g. seal_interval_ms=10000; repeatable",
     )
+    parser.add_argument(
+        "--ab-encrypt",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only B, alternated without and with recording.encrypt_payloads: per_subject, ROUNDS times; the ratio",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results (default bench/results/gateway.json)")
     parser.add_argument(
         "--profile",
@@ -1096,6 +1193,12 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (e.g. from CI) unwinds through the finally blocks, so no process outlives the run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
+    if args.ab_encrypt:
+        result = ab_encrypt(args)
+        out = args.out.with_name("gateway_encrypt.json") if args.out == RESULTS else args.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"machine": machine_info(), **result}, indent=2) + "\n")
+        return 0
     info = machine_info()
     mode = "closed loop" if args.rate is None and args.rate_of_b is None else "open loop"
     if args.rate == 0:

@@ -9,14 +9,18 @@ scrapes, through the small Protocols below (this module imports none of the part
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from extproc.recording.behind import UNAVAILABLE_REASONS
 
@@ -96,13 +100,13 @@ class Metrics:
         self.exchanges = Counter(
             "mcp_extproc_exchanges", "Exchanges recorded, by server and outcome", ["server", "outcome"], registry=r
         )
-        self.exchange_seconds = Histogram(
+        self.exchange_seconds = LoopHistogram(
             "mcp_extproc_exchange_duration_seconds",
             "Exchange duration (request headers to end of response), by server and outcome",
-            ["server", "outcome"],
-            buckets=EXCHANGE_BUCKETS,
-            registry=r,
+            ("server", "outcome"),
+            EXCHANGE_BUCKETS,
         )
+        r.register(self.exchange_seconds)
         self.refusals = Counter(
             "mcp_extproc_refusals",
             "Requests the gateway answered itself, by HTTP status and reason (error class)",
@@ -118,12 +122,12 @@ class Metrics:
         self.decisions = Counter(
             "mcp_extproc_policy_decisions", "Policy decisions per JSON-RPC request", ["server", "allowed"], registry=r
         )
-        self.decision_seconds = Histogram(
-            "mcp_extproc_policy_decision_seconds",
-            "Time to authorize one request body (every call in it)",
-            buckets=DECISION_BUCKETS,
-            registry=r,
-        )
+        decision = LoopHistogram(
+            "mcp_extproc_policy_decision_seconds", "Time to authorize one request body (every call in it)", (),
+            DECISION_BUCKETS,
+        )  # fmt: skip
+        r.register(decision)
+        self.decision_seconds = decision.labels()
         self.guardrail_seconds = Histogram(
             "mcp_extproc_guardrail_seconds",
             "Time for a server's outside guardrail to answer one call, by server and verdict (error: none in time)",
@@ -131,13 +135,13 @@ class Metrics:
             buckets=EXCHANGE_BUCKETS,
             registry=r,
         )
-        message = Histogram(
+        message = LoopHistogram(
             "mcp_extproc_message_seconds",
             "Processing time of one ext_proc message, by phase (our code, not gRPC transport)",
-            ["phase"],
-            buckets=MESSAGE_BUCKETS,
-            registry=r,
+            ("phase",),
+            MESSAGE_BUCKETS,
         )
+        r.register(message)
         self._message = {p: message.labels(p) for p in PHASES}  # children bound once: no label lookup per message
         self.upload_seconds = Histogram(
             "mcp_extproc_recording_upload_seconds",
@@ -155,7 +159,7 @@ class Metrics:
             registry=r,
         )
         self.active = Gauge("mcp_extproc_active_streams", "ext_proc streams in progress", registry=r)
-        self._ended: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._ended: dict[tuple[str, str], tuple[Any, Buckets]] = {}
         self._decided: dict[tuple[str, bool], Any] = {}
         self.ready: Callable[[], list[str]] = lambda: ["not started"]
 
@@ -208,6 +212,58 @@ class Metrics:
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         return server
+
+
+class Buckets:
+    """One histogram child, observed on the event loop alone: a bisect and two adds, no lock. prometheus_client's
+    child takes two locks and walks its buckets (2-2.5 µs); the hot path observes six times per exchange."""
+
+    __slots__ = ("bounds", "counts", "created", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds  # ends with +Inf: every value has a bucket
+        self.counts = [0] * len(bounds)  # per bucket, not cumulative
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1  # the first bound >= the value: ``le`` is inclusive
+        self.sum += seconds
+
+
+class LoopHistogram(Collector):
+    """A labelled histogram of ``Buckets`` children, exposed at scrape time exactly as a prometheus_client
+    ``Histogram`` is (``_bucket``, ``_count``, ``_sum``, ``_created``). Observed from one thread (the event loop);
+    a scrape from the HTTP thread copies each child's counts, a reading at most one observation behind."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labels
+        self.bounds = (*buckets, math.inf)
+        go_string = cast(Callable[[float], str], floatToGoString)  # the bucket names prometheus_client writes
+        self._le = tuple(go_string(b) for b in self.bounds)
+        self._children: dict[tuple[str, ...], Buckets] = {}
+
+    def labels(self, *values: str) -> Buckets:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: labels {self.labelnames}, got {values}")
+            child = self._children[values] = Buckets(self.bounds)
+        return child
+
+    def collect(self) -> Iterator[HistogramMetricFamily | GaugeMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        created = GaugeMetricFamily(f"{self.name}_created", self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            counts, total, cumulative = list(child.counts), child.sum, []
+            running = 0
+            for le, n in zip(self._le, counts, strict=True):
+                running += n
+                cumulative.append((le, float(running)))
+            family.add_metric(list(values), cumulative, total)
+            created.add_metric(list(values), child.created)
+        yield family
+        yield created
 
 
 def not_ready(recording: RecordingSource, identity: IdentitySource | None) -> list[str]:

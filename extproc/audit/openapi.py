@@ -181,7 +181,10 @@ def openapi_document(prefix: str) -> dict[str, Any]:
             f"{p}/api/sessions/{{key}}": _session_op(
                 "one session: exchanges (each with its upstream credential: kind, SHA-256, expiry, delegation, "
                 "IdP refusal), JSON-RPC calls paired with responses and progress, decisions, refusals, the tool "
-                "definition each call was listed (fingerprint, listed_at, flag), redaction markers, verification",
+                "definition each call was listed (fingerprint, listed_at, flag), what the result screens found "
+                "and did (screened) and the guardrail's verdicts (guardrail) per call and exchange, what a list hid "
+                "(filtered) and screened listed definitions (definitions) per exchange, redaction markers, "
+                "verification",
                 "application/json",
                 {"type": "object"},
             ),

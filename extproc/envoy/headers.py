@@ -15,10 +15,24 @@ def to_dict(header_map: base_pb2.HeaderMap) -> dict[str, str]:
     """Flatten a HeaderMap; repeated names are joined with ', ' as HTTP allows."""
     out: dict[str, str] = {}
     for h in header_map.headers:
-        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        raw = h.raw_value
+        value = raw.decode("utf-8", "replace") if raw else h.value
         key = h.key.lower()
         out[key] = f"{out[key]}, {value}" if key in out else value
     return out
+
+
+def to_dict_and_names(header_map: base_pb2.HeaderMap) -> tuple[dict[str, str], list[str]]:
+    """``to_dict``, and the names as sent (repeats kept), read in the same pass over the protobuf."""
+    out: dict[str, str] = {}
+    names: list[str] = []
+    for h in header_map.headers:
+        raw, name = h.raw_value, h.key
+        value = raw.decode("utf-8", "replace") if raw else h.value
+        names.append(name)
+        key = name.lower()
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return out, names
 
 
 def is_credential(name: str) -> bool:

@@ -36,7 +36,30 @@ def call_key(call: McpCall) -> CallKey:
 def describe(policy: CompiledPolicy | None, server: str, call: McpCall) -> str:
     """'tools/call x on server y' with the server's redactions applied: a resource URI may carry a secret."""
     text = describe_call(server, call)
-    return redact_text(policy, server, text) if policy is not None else text
+    if policy is None:
+        return text
+    memo = _described if _described_by[0] is policy else _new_memo(policy)
+    key = (server, text)
+    found = memo.get(key)
+    if found is None:
+        found = redact_text(policy, server, text)
+        if len(memo) < _DESCRIBED_MAX:
+            memo[key] = found
+    return found
+
+
+# A call is described on every decision (policy.decision, refusals, result screens) and the descriptions repeat
+# (a method, a tool, a server): each redacted once per policy snapshot. A reload starts a new memo, so no text is
+# kept past the policy that redacted it; bounded because tool names and URIs come from clients.
+_DESCRIBED_MAX = 4096
+_described: dict[tuple[str, str], str] = {}
+_described_by: list[CompiledPolicy | None] = [None]
+
+
+def _new_memo(policy: CompiledPolicy) -> dict[tuple[str, str], str]:
+    _described.clear()
+    _described_by[0] = policy
+    return _described
 
 
 class Decisions:

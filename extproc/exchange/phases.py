@@ -24,7 +24,7 @@ from extproc.authn.state_binding import RequestStateNotYours
 from extproc.controls.hold import strip_input_response
 from extproc.envoy import responses
 from extproc.envoy.fields import UPSTREAM_HEADER
-from extproc.envoy.headers import to_dict
+from extproc.envoy.headers import to_dict, to_dict_and_names
 from extproc.errors import EncodedResponse, GatewayError, InvalidRequest, RemovedMethod, ReservedSessionId
 from extproc.exchange import guard, request, response, results, upstream
 from extproc.exchange.state import ExchangeState
@@ -51,7 +51,8 @@ class Exchange(ExchangeState):
 
     async def on_request_headers(self, msg: ep.HttpHeaders, attributes: Any = None) -> ep.ProcessingResponse:
         """Admit the request (admission.py) and record its start; a refusal of a known caller is recorded too."""
-        headers = self._headers = to_dict(msg.headers)
+        headers, names = to_dict_and_names(msg.headers)
+        self._headers = headers
         self.request_id = headers.get("x-request-id", "")[:128]
         if self.gw.tracing is not None:
             self.trace = self.gw.tracing.exchange(self.id, headers.get("traceparent"))
@@ -64,7 +65,7 @@ class Exchange(ExchangeState):
             self.trace.mark("authenticate", t0)
         if isinstance(admission, Unrecorded):
             return self._refuse(admission.error, dict(admission.headers))
-        self._admit(admission, msg, attributes)
+        self._admit(admission, names, attributes)
         if admission.refusal is not None:
             if msg.end_of_stream or headers.get(":method") != "POST":
                 return self._refuse(admission.refusal, dict(admission.refusal_headers))
@@ -90,7 +91,7 @@ class Exchange(ExchangeState):
         ours = upstream.gateway_headers(self.gw, self.principal, self.server_name, self._server_session, backend)
         set_headers, remove = upstream.request_headers({**ours, **credentials}, route)
         if self.trace is not None and msg.end_of_stream:  # a GET or DELETE: its trace context goes upstream now
-            set_headers.update(self.trace.forward((), self.session, self.server_name, self.log))
+            set_headers.update(self.trace.forward((), self.session, self.server_name))
         return responses.request_headers(set_headers, remove, clear_route_cache=bool(route))
 
     async def on_request_body(self, msg: ep.HttpBody) -> ep.ProcessingResponse:
@@ -128,7 +129,7 @@ class Exchange(ExchangeState):
         if self.trace is not None:
             return with_headers(
                 responses.request_body(forward),
-                self.trace.forward(parsed.messages, self.session, self.server_name, self.log),
+                self.trace.forward(parsed.messages, self.session, self.server_name),
             )
         return responses.request_body(forward)
 
@@ -233,7 +234,7 @@ class Exchange(ExchangeState):
 
     # --- request side ----------------------------------------------------------------------------------------
 
-    def _admit(self, admission: Admitted, msg: ep.HttpHeaders, attributes: Any) -> None:
+    def _admit(self, admission: Admitted, names: list[str], attributes: Any) -> None:
         """From here on the exchange is recorded: who, where, which session; then its start."""
         headers = self._headers
         self.admitted, self.principal = admission, admission.principal
@@ -243,7 +244,7 @@ class Exchange(ExchangeState):
         self.policy = self.gw.policy.current if self.gw.policy is not None else None
         self.ends_session = headers.get(":method") == "DELETE"
         self.client = request.client_address(attributes, headers)
-        self._header_names = [h.key for h in msg.headers.headers]
+        self._header_names = names
         if admission.refusal is not None and admission.session == synthetic_session_id(self.id):
             self.log.set_unit(admission.session)  # refused: a unit of its own (admission.py), never the named one
         elif admission.session is not None:

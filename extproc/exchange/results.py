@@ -4,7 +4,9 @@ A tools/call, prompts/get or resources/read result is text a model reads. Two po
 
 ``screens.results`` (invisible characters): tag characters, zero-width and bidi controls are never legitimate text
 for a model. At ``strip`` (the default) they are removed from the response body as it streams (``ByteStripper``:
-their UTF-8 bytes and their JSON escapes, without parsing or holding the body); at ``alarm`` they pass.
+their UTF-8 bytes and their JSON escapes, without parsing or holding the body); at ``alarm`` they pass. A batch
+whose body holds other responses too (a list, a result screened with ``alarm``) is screened per element instead,
+as each single message would be: a JSON body is buffered and only the results at ``strip`` are stripped.
 
 ``screens.result_markers`` (instruction markers addressed to the model, other servers' tool names: the rules the
 description screens use): at ``alarm`` (the default) they pass; at ``refuse`` the client gets a JSON-RPC error in
@@ -32,7 +34,7 @@ from extproc.policy.compiled import CompiledPolicy
 from extproc.recording.events import ResultScreened
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.tools.invisible import ByteStripper, may_hold_invisible, strip_invisible_bytes
-from extproc.tools.screens import CrossNames, Finding, may_hold_markers, scan
+from extproc.tools.screens import CrossNames, Finding, may_hold_markers, scan, strip_invisible
 from extproc.tools.surface import Surface
 
 SCREENED = frozenset({"tools/call", "prompts/get", "resources/read"})
@@ -42,9 +44,10 @@ REFUSED_CODE = -32603
 
 class ResultScreen:
     """The results of one exchange's calls: what is found in them goes on the record; ``stripper`` cleans the
-    body for the client when any of them is screened with ``strip`` (a batch is stripped whole); ``refuses``: a
-    result with markers is replaced by an error (``refuse`` for a buffered JSON body, ``sse_rewrite`` as SSE
-    streams)."""
+    whole body for the client as it streams when every response it holds is a result screened with ``strip``;
+    otherwise (a batch that also holds a list, or calls screened otherwise) each result is stripped as its own
+    setting says, as the single message would be: ``rewrite`` per message, in a buffered JSON body or SSE events
+    as they stream. A result with markers is replaced by an error the same way."""
 
     def __init__(
         self,
@@ -53,6 +56,7 @@ class ResultScreen:
         log: ExchangeLog,
         calls: dict[str, tuple[McpCall, str, str]],
         cross: CrossNames | None,
+        answered: int | None = None,  # responses the body holds (requests with an id); None: one per call here
     ) -> None:
         self._policy = policy
         self._server = server
@@ -61,10 +65,15 @@ class ResultScreen:
         self._cross = cross
         self._invisible = any(r != "ignore" for _, r, _ in calls.values())
         self._markers = any(m != "ignore" for _, _, m in calls.values())
-        self.refuses = any(m == "refuse" for _, _, m in calls.values())
         self._refused: set[str] = set()  # ids whose result the client got as an error
         self.buffering = False  # the whole JSON body is screened before it is sent (``buffered``)
-        self.stripper = ByteStripper() if any(r == "strip" for _, r, _ in calls.values()) else None
+        strips = {k for k, (_, r, _) in calls.items() if r == "strip"}
+        # The whole body is the stripped results only when the exchange expects no other response (a list, a
+        # result screened otherwise): then it is stripped as it streams, bytes only. Else per message.
+        whole = bool(strips) and len(strips) == (len(calls) if answered is None else answered)
+        self.stripper = ByteStripper() if whole else None
+        self._strips = frozenset() if whole else frozenset(strips)  # ids whose results ``rewrite`` strips
+        self.rewrites = any(m == "refuse" for _, _, m in calls.values()) or bool(self._strips)
 
     @classmethod
     def of(
@@ -87,7 +96,7 @@ class ResultScreen:
         if not screened:
             return None
         cross = surface.cross(server) if surface is not None else None
-        return cls(policy, server, log, screened, cross)
+        return cls(policy, server, log, screened, cross, sum(c.id is not None for c in calls))
 
     def may_hold(self, text: bytes) -> bool:
         """Whether ``text`` (a piece, an event) may hold something a screen of these calls finds. A notification
@@ -116,7 +125,7 @@ class ResultScreen:
             what = describe(self._policy, self._server, call)
             invisible = [f.to_record() for f in found if f.screen == "invisible"] if results != "ignore" else []
             if invisible:
-                action = "strip" if self.stripper is not None else "alarm"
+                action = results  # strip: out before the client saw it (the whole body, or this result)
                 self._log.emit(ResultScreened(message_id=call.id, call=what, action=action, findings=invisible))
             marked = [f.to_record() for f in _markers(found)] if markers != "ignore" else []
             if marked and drops_values(self._policy.capture(self._server, [call.tool] if call.tool else ())):
@@ -127,29 +136,34 @@ class ResultScreen:
                 action = "refuse" if refused else "alarm"
                 self._log.emit(ResultScreened(message_id=call.id, call=what, action=action, findings=marked))
 
-    def refuse(self, message: dict[str, Any]) -> dict[str, Any]:
-        """``message`` as the client gets it: an error in place of a result whose markers its policy refuses."""
+    def rewrite(self, message: dict[str, Any]) -> dict[str, Any]:
+        """``message`` as the client gets it: an error in place of a result whose markers its policy refuses; a
+        result screened with ``strip`` in a body not stripped whole, without its invisible characters."""
         key = json.dumps(message.get("id"))
         entry = self._calls.get(key)
-        if entry is None or entry[2] != "refuse" or "result" not in message:
+        if entry is None or "result" not in message:
             return message
-        if not _markers(scan(message["result"], self._cross, everywhere=True)):
-            return message
-        self._refused.add(key)
-        return error_response(message.get("id"), REFUSED_CODE, REFUSED_MESSAGE)
+        if entry[2] == "refuse" and _markers(scan(message["result"], self._cross, everywhere=True)):
+            self._refused.add(key)
+            return error_response(message.get("id"), REFUSED_CODE, REFUSED_MESSAGE)
+        if key in self._strips:
+            stripped = strip_invisible(message["result"])
+            return message if stripped is message["result"] else {**message, "result": stripped}
+        return message
 
     def buffered(self, body: bytes, sse: bool = False) -> bytes:
         """A whole body (JSON, or SSE when a list in the same batch buffered it) as the client gets it: refused
         results replaced, invisible characters stripped."""
-        if self.refuses and self.may_hold(body):
-            body = rewrite_sse(body, (self.refuse, self.may_hold)) if sse else rewrite_json(body, self.refuse)
+        if self.rewrites and self.may_hold(body):
+            body = rewrite_sse(body, (self.rewrite, self.may_hold)) if sse else rewrite_json(body, self.rewrite)
         if self.stripper is not None:
             body = strip_invisible_bytes(body)
         return body
 
     def sse_rewrite(self) -> Screen | None:
-        """(rewrite, which events to parse for it) for an SSE body, when a result may have to be refused."""
-        return (self.refuse, self.may_hold) if self.refuses else None
+        """(rewrite, which events to parse for it) for an SSE body, when a result may have to be refused (or
+        stripped on its own: a batch not stripped whole)."""
+        return (self.rewrite, self.may_hold) if self.rewrites else None
 
 
 def _markers(found: list[Finding]) -> list[Finding]:

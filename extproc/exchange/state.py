@@ -23,7 +23,7 @@ from extproc.mcp.body import Piece, ResponseBody
 from extproc.policy.capture import Capture
 from extproc.policy.compiled import CompiledPolicy
 from extproc.policy.enforce import Verdict
-from extproc.recording.events import ExchangeEnd, Outcome, is_synthetic_session, synthetic_session_id
+from extproc.recording.events import Outcome, is_synthetic_session, synthetic_session_id
 from extproc.recording.exchange_log import ExchangeLog
 from extproc.recording.pieces import record_piece
 from extproc.telemetry.tracing import ExchangeTrace
@@ -123,7 +123,7 @@ class ExchangeState:
         if self._body is not None and outcome != "complete":
             for piece in self._body.end()[0]:
                 self._record_piece(piece)
-        end = ExchangeEnd(
+        end = upstream.end_type(self._credentials)(
             outcome=outcome,
             status=self.status,
             duration_ms=round(duration * 1000, 3),
@@ -132,7 +132,8 @@ class ExchangeState:
             detail=detail,
             ends_session=self.ends_session or is_synthetic_session(self.session or ""),
         )
-        self.log.emit(upstream.ending(end, self._credentials), must=False)
+        ended = upstream.ending(end, self._credentials)
+        self.log.emit(ended if self.trace is None else self.trace.ended(ended), must=False)  # its trace ids too
 
     async def commit_refusal(self) -> None:
         """A refusal's record (the decision, the end) goes to disk before the answer does. The answer goes either

@@ -18,7 +18,7 @@ from extproc.envoy.fields import UPSTREAM_HEADER
 from extproc.gateway import Gateway
 from extproc.recording.events import ExchangeEnd
 from extproc.recording.exchange_log import ExchangeLog
-from extproc.upstream.base import ExchangeContext, ExchangeEndNaming, UpstreamCredential
+from extproc.upstream.base import CredentialLog, ExchangeContext, ExchangeEndNaming, UpstreamCredential
 
 # Never forwarded as the client sent them: the token stays at the gateway (no token passthrough, per the MCP
 # spec) and identity headers are only ever set by the gateway itself, in neither spelling (a WSGI server reads
@@ -34,7 +34,7 @@ def caller_token(headers: Mapping[str, str]) -> str:
 _END_FIELDS = tuple(f.name for f in fields(ExchangeEnd))
 
 
-class CredentialRecorder:
+class CredentialRecorder(CredentialLog):
     """Where an exchange's credential use (issued, cached, refused) goes: the metrics, and the exchange's record.
 
     A credential is recorded in full (``upstream.credential``: kind, SHA-256, expiry, audience, scopes, who acted
@@ -50,15 +50,28 @@ class CredentialRecorder:
         self.named: dict[str, Any] | None = None  # what exchange.end names instead of a second full record
         self._held: tuple[str, str, str] | None = None  # recorded in full before the unit was known (initialize)
 
-    def __call__(self, ev: UpstreamCredential) -> None:
-        outcome = "refused" if ev.refused else "cached" if ev.cached else "issued"
-        upstream, unit = self._gw.upstream, self._log.unit
-        counter = upstream.counters.get((ev.server, ev.kind, outcome)) if upstream is not None else None
+    def _count(self, server: str, kind: str, outcome: str) -> None:
+        upstream = self._gw.upstream
+        counter = upstream.counters.get((server, kind, outcome)) if upstream is not None else None
         if counter is None:  # the labelled child looked up once per (server, kind, outcome), not per exchange
-            counter = self._gw.metrics.upstream_credentials.labels(ev.server, ev.kind, outcome)
+            counter = self._gw.metrics.upstream_credentials.labels(server, kind, outcome)
             if upstream is not None:
-                upstream.counters[(ev.server, ev.kind, outcome)] = counter
+                upstream.counters[(server, kind, outcome)] = counter
         counter.inc()
+
+    def name(self, server: str, kind: str, sha256: str, expires_at: float | None, cached: bool) -> bool:
+        """The warm path: a credential this writer recorded in full in the unit is only named by exchange.end (no
+        event is built for it)."""
+        upstream, unit = self._gw.upstream, self._log.unit
+        if upstream is None or unit is None or not sha256 or not upstream.recorded.seen((unit, server, kind, sha256)):
+            return False
+        self._count(server, kind, "cached" if cached else "issued")
+        self.named = {"server": server, "kind": kind, "sha256": sha256, "expires_at": expires_at}
+        return True
+
+    def __call__(self, ev: UpstreamCredential) -> None:
+        self._count(ev.server, ev.kind, "refused" if ev.refused else "cached" if ev.cached else "issued")
+        upstream, unit = self._gw.upstream, self._log.unit
         if upstream is None or unit is None or ev.refused is not None or not ev.sha256:
             self._log.emit(ev)
             if upstream is not None and unit is None and ev.refused is None and ev.sha256:
@@ -83,12 +96,21 @@ def credential_recorder(gw: Gateway, log: ExchangeLog) -> CredentialRecorder:
     return CredentialRecorder(gw, log)
 
 
+def end_type(credentials: CredentialRecorder | None) -> type[ExchangeEnd]:
+    """The class of the exchange's ``exchange.end``: built as the one that names its credential when it will (one
+    event built, not a second copy of it)."""
+    return ExchangeEndNaming if credentials is not None and credentials.named is not None else ExchangeEnd
+
+
 def ending(end: ExchangeEnd, credentials: CredentialRecorder | None) -> ExchangeEnd:
     """``end``, naming the credential the exchange used when it was recorded in full earlier in the unit."""
     if credentials is None:
         return end
     credentials.ended()
     if credentials.named is None:
+        return end
+    if isinstance(end, ExchangeEndNaming):  # built by end_type: filled in place
+        end.credential = credentials.named
         return end
     return ExchangeEndNaming(**{name: getattr(end, name) for name in _END_FIELDS}, credential=credentials.named)
 
@@ -101,7 +123,8 @@ async def credentials(
     can be had."""
     if gw.upstream is None:
         return {}
-    return await gw.upstream.headers_for(who, server, ctx, backend)
+    warm = gw.upstream.warm(who, server, ctx, backend)  # a cached token: no coroutine below this one
+    return warm if warm is not None else await gw.upstream.headers_for(who, server, ctx, backend)
 
 
 def gateway_headers(

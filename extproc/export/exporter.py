@@ -19,8 +19,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from extproc.export.config import Export
-from extproc.export.ocsf import Fold, Pointer, checkpoint_event
-from extproc.export.sinks import FileOutput, HecOutput, Sink, SyslogOutput, prepare
+from extproc.export.ocsf import Fold, Pointer
+from extproc.export.proof import checkpoint_event
+from extproc.export.sinks import Entry, FileOutput, HecOutput, Sink, SyslogOutput, prepare
+from extproc.export.template import exchange_entry
 from extproc.recording.events import Event
 from extproc.recording.streams import Streams
 
@@ -29,9 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FOLDED = frozenset(
-    {"exchange.start", "mcp.request", "policy.decision", "trace.context", "exchange.end", "audit.access"}
-)
+FOLDED = frozenset({"exchange.start", "mcp.request", "policy.decision", "exchange.end", "audit.access"})
 
 _POINTED = frozenset({"exchange.start", "exchange.end", "audit.access"})
 _ELSEWHERE = Pointer("", "", 0, 0, "")
@@ -42,7 +42,7 @@ class Exporter:
 
     def __init__(self, sinks: list[Sink], fold: Fold | None = None) -> None:
         self.sinks = sinks
-        self.fold = fold or Fold()
+        self.fold = fold or Fold(make=exchange_entry)
         self.exported = 0  # OCSF events made (each offered to every sink)
         self.errors = 0  # events the fold could not read (a bug: logged)
 
@@ -57,7 +57,8 @@ class Exporter:
             sinks.append(HecOutput(config.hec, d))
         if config.syslog is not None:
             sinks.append(SyslogOutput(config.syslog, d))
-        return cls(sinks, Fold(exchanges="exchanges" in config.include, audit="audit" in config.include))
+        include = config.include
+        return cls(sinks, Fold(exchanges="exchanges" in include, audit="audit" in include, make=exchange_entry))
 
     def chained(self, event: Event, writer: str, segment: int, seq: int, sha256: str) -> None:
         """The recorder chained ``event`` as line ``seq`` of ``writer``'s stream, in ``segment``, hashing to
@@ -87,10 +88,11 @@ class Exporter:
                 self.errors += 1
                 log.exception("export: cannot make the proof event of %s segment %d", session, segment)
 
-    def offer(self, event: dict[str, Any]) -> None:
-        """Serialize ``event`` once and queue the same bytes at every sink."""
+    def offer(self, event: dict[str, Any] | Entry) -> None:
+        """Serialize ``event`` once (an exchange's comes serialized: export/template.py) and queue the same bytes at
+        every sink."""
         self.exported += 1
-        entry = prepare(event)
+        entry = prepare(event) if isinstance(event, dict) else event
         for sink in self.sinks:
             sink.offer(entry)
 

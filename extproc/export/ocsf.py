@@ -11,7 +11,7 @@ earlier event of the exchange).
 transparency-log checkpoint can cover a segment that is not even sealed yet. Holding every event back until one
 does (a segment upload plus a checkpoint interval, a minute by default) would blind the SIEM for that long, exactly
 when an analyst's alert rules need it. So when the log publishes a checkpoint covering a segment, the exporter
-sends one follow-up ``proofs`` event per segment (``checkpoint_event``): the same session, writer and segment as
+sends one follow-up ``proofs`` event per segment (``proof.checkpoint_event``): the same session, writer and segment as
 the pointers it completes, with the checkpoint (log origin, size, leaf index). An analyst joins the two on
 ``unmapped.proof.{session,writer,segment}``; ``sessions verify --event`` proves the inclusion itself.
 A backfill reads the store after the fact and fills ``checkpoint`` in directly when the log covers the segment.
@@ -22,8 +22,8 @@ actor.authorizations one per policy decision: decision allow|deny, policy.name =
 api.operation      the MCP method (the first of a batch; all under unmapped.mcp.operations), api.service = server
 resources          the tools, prompts and resources called (type mcp.tool | mcp.prompt | mcp.resource)
 status_id          1 Success: allowed and answered below 400; 2 Failure otherwise; status_code = HTTP status
-trace              the exchange's trace (trace profile): its own span when tracing is on (``trace.context``), else the
-                   trace id of the client's traceparent header
+trace              the exchange's trace (trace profile): its own span when tracing is on (``exchange.end``'s
+                   ``trace``; ``trace.context`` in older records), else the trace id of the client's traceparent
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ _READS = ("tools/list", "prompts/list", "resources/list", "resources/templates/l
 MAX_OPEN = 100_000  # exchanges folded at once; past it the oldest is forgotten (its end never came: a crash)
 
 Get = Callable[[str], Any]  # a field of an event: getattr on a live Event, dict.get on a stored line
+Make = Callable[["_Open", Get, "Pointer", str], Any]  # an exchange's OCSF event from what the fold knows of it
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,15 +96,17 @@ class _Open:
 
 
 class Fold:
-    """Feed it a stream's events in chain order; it returns the OCSF events they complete."""
+    """Feed it a stream's events in chain order; it returns the OCSF events they complete (``make``: how an
+    exchange's is made, by default ``exchange_event``; the live exporter's writes its bytes, export/template.py)."""
 
-    def __init__(self, exchanges: bool = True, audit: bool = True) -> None:
+    def __init__(self, exchanges: bool = True, audit: bool = True, make: Make | None = None) -> None:
         self.exchanges = exchanges
         self.audit = audit
+        self.make: Make = make or exchange_event
         self._open: dict[str, _Open] = {}
         self.forgotten = 0  # exchanges dropped unfinished (MAX_OPEN)
 
-    def feed(self, kind: str, get: Get, at: Pointer) -> dict[str, Any] | None:
+    def feed(self, kind: str, get: Get, at: Pointer) -> Any:
         """One event (its type, a field getter, where it is); an OCSF event when this completes one."""
         if kind == "audit.access":
             return audit_event(get, at) if self.audit else None
@@ -140,11 +143,11 @@ class Fold:
                     "call": get("call") or "",
                 }
             )
-        elif kind == "trace.context":  # tracing on: the exchange's own span (extproc/telemetry/)
+        elif kind == "trace.context":  # an older record's trace ids (exchange.end carries them now: ``trace``)
             ex.trace_id, ex.span_id = str(get("trace_id") or ""), str(get("span_id") or "")
         elif kind == "exchange.end":
             del self._open[exchange]
-            return exchange_event(ex, get, at, exchange)
+            return self.make(ex, get, at, exchange)
         return None
 
 
@@ -251,6 +254,19 @@ def _trace(traceparent: str) -> dict[str, Any] | None:
     return {"uid": parts[1].lower(), "flags": [parts[3]]}
 
 
+def exchange_trace(ex: _Open, end: Get, start_ms: int, end_ms: int) -> dict[str, Any] | None:
+    """The exchange's own span when it was traced (``exchange.end``'s ``trace``, or an older record's
+    ``trace.context``), else the trace of the client's traceparent header, else None."""
+    traced = end("trace")
+    if isinstance(traced, dict) and traced.get("trace_id"):
+        trace_id, span_id = str(traced["trace_id"]), str(traced.get("span_id") or "")
+    else:
+        trace_id, span_id = ex.trace_id, ex.span_id
+    if trace_id:
+        return {"uid": trace_id, "span": {"uid": span_id, "start_time": start_ms, "end_time": end_ms}}
+    return _trace(ex.traceparent)
+
+
 def exchange_event(ex: _Open, end: Get, at: Pointer, exchange: str) -> dict[str, Any]:
     """The OCSF event of one finished exchange."""
     operation = ex.operations[0] if ex.operations else _http_operation(ex.http_method)
@@ -263,10 +279,7 @@ def exchange_event(ex: _Open, end: Get, at: Pointer, exchange: str) -> dict[str,
     user = (ex.principal or {}).get("username") or "anonymous"
     what = f"{operation}{f' {ex.resources[0][1]!r}' if ex.resources else ''} on server {ex.server!r}"
     verdict = "denied" if denied else outcome
-    trace = _trace(ex.traceparent)
-    if ex.trace_id:
-        span = {"uid": ex.span_id, "start_time": int(ex.time * 1000), "end_time": int(end_time * 1000)}
-        trace = {"uid": ex.trace_id, "span": span}
+    trace = exchange_trace(ex, end, int(ex.time * 1000), int(end_time * 1000))
     api: dict[str, Any] = {"operation": operation, "service": {"name": ex.server}}
     if ex.request_ids:
         api["request"] = {"uid": str(ex.request_ids[0])}
@@ -357,33 +370,3 @@ def audit_event(get: Get, at: Pointer) -> dict[str, Any]:
     if target:
         event["resources"] = [{"uid": target, "type": "mcp.recording"}]
     return event
-
-
-def checkpoint_event(
-    origin: str, size: int, session: str, stream: str, segment: int, index: int, now: float
-) -> dict[str, Any]:
-    """The follow-up of the exchange events of one segment: a transparency-log checkpoint now covers it."""
-    checkpoint = {"log": origin, "size": size, "leaf_index": index}
-    return {
-        **_classification(99),
-        "severity_id": 1,
-        "severity": "Informational",
-        "time": int(now * 1000),
-        "status_id": 1,
-        "status": "Success",
-        "message": f"segment {segment} of session {session} (writer {stream}) is in checkpoint {size} of log {origin}",
-        "metadata": _metadata(f"{session}/{stream}/{segment}", session, "proofs", []),
-        "actor": {"app_name": "mcp-extproc"},
-        "api": {"operation": "evidence/checkpoint", "service": {"name": "transparency-log"}},
-        "src_endpoint": {"svc_name": "mcp-extproc"},
-        "unmapped": {
-            "proof": {
-                "session": session,
-                "writer": stream,
-                "segment": segment,
-                "checkpoint": checkpoint,
-                "verify": f"mcp-extproc sessions verify {session} --event <sha256 of a pointer of this segment>",
-                "prove": f"mcp-extproc evidence prove {session}",
-            }
-        },
-    }

@@ -1,4 +1,5 @@
-"""From a proof pointer back to its line: which stream, line and segment of a stored session hash to it."""
+"""From a proof pointer back to its line: which stream, line and segment of a stored session hash to it; and the
+follow-up OCSF event that brings a pointer its checkpoint."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from extproc.export.ocsf import _classification, _metadata
 from extproc.recording import chain, jsonio
 from extproc.recording.manifest import Manifest
 from extproc.recording.store import Store
@@ -85,3 +87,33 @@ def covering(store: Store) -> Covering:
         return {"log": origin, "size": size, "leaf_index": found[1]}
 
     return lookup
+
+
+def checkpoint_event(
+    origin: str, size: int, session: str, stream: str, segment: int, index: int, now: float
+) -> dict[str, Any]:
+    """The follow-up of the exchange events of one segment: a transparency-log checkpoint now covers it."""
+    checkpoint = {"log": origin, "size": size, "leaf_index": index}
+    return {
+        **_classification(99),
+        "severity_id": 1,
+        "severity": "Informational",
+        "time": int(now * 1000),
+        "status_id": 1,
+        "status": "Success",
+        "message": f"segment {segment} of session {session} (writer {stream}) is in checkpoint {size} of log {origin}",
+        "metadata": _metadata(f"{session}/{stream}/{segment}", session, "proofs", []),
+        "actor": {"app_name": "mcp-extproc"},
+        "api": {"operation": "evidence/checkpoint", "service": {"name": "transparency-log"}},
+        "src_endpoint": {"svc_name": "mcp-extproc"},
+        "unmapped": {
+            "proof": {
+                "session": session,
+                "writer": stream,
+                "segment": segment,
+                "checkpoint": checkpoint,
+                "verify": f"mcp-extproc sessions verify {session} --event <sha256 of a pointer of this segment>",
+                "prove": f"mcp-extproc evidence prove {session}",
+            }
+        },
+    }

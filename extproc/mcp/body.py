@@ -7,6 +7,7 @@ change; unchanged bytes pass exactly as the server sent them.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import takewhile
@@ -29,9 +30,16 @@ def _apply(doc: Any, fn: Rewrite) -> tuple[Any, bool]:
     return doc, False
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def dumps(doc: Any) -> str:
-    """Compact JSON as MCP servers write it."""
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON as MCP servers write it; all in ``\\u`` escapes when a string holds a lone surrogate (JSON may
+    carry one as an escape, UTF-8 cannot: before, writing it failed the exchange)."""
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    if not text.isascii() and _LONE_SURROGATE.search(text) is not None:
+        return json.dumps(doc, separators=(",", ":"))
+    return text
 
 
 def rewrite_json(body: bytes, fn: Rewrite) -> bytes:

@@ -89,7 +89,12 @@ def _dumps(doc: Any) -> str:
     try:
         return orjson.dumps(doc).decode()
     except orjson.JSONEncodeError:
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: JSON may carry one (an escape), UTF-8 cannot (before: a failure)
+        return json.dumps(doc, separators=(",", ":"))
+    return text
 
 
 def _gc_paused(fn: Callable[P, R]) -> Callable[P, R]:

@@ -29,8 +29,14 @@ def event_line(seq: int, prev: str, event: Event) -> bytes:
         body = orjson.dumps(event)  # a dataclass: its fields in declaration order, as to_dict gives them
     except TypeError:  # an integer beyond 64 bits or a non-string key (client-controlled JSON): the exact fallback
         return chain_line(seq, prev, event.to_dict())
-    head = b'{"seq":%d,"prev":"%s","type":%s' % (seq, prev.encode(), orjson.dumps(event.type))
+    kind = _TYPES.get(event.type)
+    if kind is None:
+        kind = _TYPES[event.type] = orjson.dumps(event.type)  # a class constant: a handful of types in all
+    head = b'{"seq":%d,"prev":"%s","type":%s' % (seq, prev.encode(), kind)
     return head + (b"," + body[1:] if len(body) > 2 else b"}")
+
+
+_TYPES: dict[str, bytes] = {}  # an event type as JSON (``Event.type``: the classes' names, never client text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,16 @@ from rich.table import Table
 
 from extproc.recording import jsonio
 from extproc.recording.replay import Session, pair_messages
+from extproc.recording.screened import (
+    decision_line,
+    definition_line,
+    filtered_line,
+    guardrail_line,
+    mark_decided,
+    mark_screened,
+    screened_line,
+    unreadable_line,
+)
 
 
 def _ts(t: float | None) -> str:
@@ -124,6 +134,8 @@ def session_doc(session: Session) -> dict[str, Any]:
     calls = pair_messages(session)
     _mark_refused(calls, _refusals(session))
     _mark_listed(calls, session)
+    mark_screened(calls, exchanges)
+    mark_decided(calls, session.events)
     upstream = {x["exchange"]: x["upstream"] for x in exchanges}
     for first in calls:
         for call in [first, *first.get("rounds", [])]:
@@ -270,6 +282,11 @@ def print_session(console: Console, session: Session) -> None:
             console.print(f"      {credential_line(cred)}", highlight=False, markup=False, soft_wrap=True)
         if (erased := ex.get("erased")) is not None:
             console.print(f"      payloads {erased_line(erased)}", highlight=False, markup=False, soft_wrap=True)
+        lines = [*map(unreadable_line, ex["unreadable"]), *map(filtered_line, ex["filtered"])]
+        lines += map(definition_line, ex["definitions"])
+        lines += [*map(guardrail_line, ex["guardrail"]), *map(screened_line, ex["screened"])]
+        for line in lines:
+            console.print(f"      {line}", highlight=False, markup=False, soft_wrap=True)
     console.print("\n[bold]JSON-RPC[/bold]")
     for first in doc["calls"]:
         for n, call in enumerate([first, *first.get("rounds", [])]):
@@ -303,6 +320,12 @@ def _print_call(console: Console, call: dict[str, Any], label: str) -> None:
         )
     if (shown := call.get("definition")) is not None:
         console.print(f"               {_listed_line(shown)}", highlight=False, markup=False, soft_wrap=True)
+    if call.get("decision") and (decided := decision_line(call["decision"])) is not None:
+        console.print(f"               {decided}", highlight=False, markup=False, soft_wrap=True)
+    for g in call.get("guardrail", []):
+        console.print(f"               {guardrail_line(g)}", highlight=False, markup=False, soft_wrap=True)
+    for sc in call.get("screened", []):
+        console.print(f"               {screened_line(sc)}", highlight=False, markup=False, soft_wrap=True)
     if call["response"] is not None:
         r = call["response"]
         body = r.get("result") if "result" in r else {"error": r.get("error")}

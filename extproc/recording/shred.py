@@ -8,10 +8,11 @@ anywhere, and every chain, manifest and digest still verifies because none of th
 
 What stays readable is listed field by field in docs/payload-protection.md. Each JSON-RPC message keeps its outline
 (jsonrpc, id, method, the tool or prompt name, an error's code, a result's isError: capture level ``metadata``);
-the whole message list, the raw body and the header values are sealed into ``sealed``.
+the whole message list, the raw body and the header values are sealed into ``sealed``. Form 2 (``"v": 2``) leaves
+out what the reader rebuilds: messages beside their raw body (re-parsed), a path equal to ``:path``; form 1 is read.
 
-Keys are looked up once per subject and process and cached (unwrapped) in memory; the first exchange of a subject
-in a process pays one key-store read, or one write when the subject is new (and one KMS call with KMS).
+Keys are looked up once per subject and process and cached (unwrapped); a subject's first exchange in a process
+pays one key-store read, or one write when the subject is new (and one KMS call with KMS).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from extproc.errors import StoreError
+from extproc.mcp.jsonrpc import loads
 from extproc.policy.capture import Capture
 from extproc.recording.events import (
     Event,
@@ -44,6 +46,7 @@ from extproc.recording.events import (
     McpResponse,
     ResponseChunk,
     ResponseStart,
+    body_bytes,
 )
 from extproc.recording.key_stores import FileKek, FileKeyStore, Kek, KeyStore, KmsKek, S3KeyStore
 from extproc.recording.manifest import Signer
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ALGORITHM = "aes-256-gcm"
+FORM = 2  # the sealed form written (``v``); a seal without ``v`` is form 1
 _OUTLINE = Capture("metadata")
 _SEALED_TYPES = frozenset({McpRequest, McpResponse, ResponseChunk, ExchangeStart, ResponseStart, GuardrailVerdict})
 
@@ -121,10 +125,9 @@ class Keyring:
             return None
 
     def for_reading(self, key_ref: str, seen: dict[str, dict[str, bytes]] | None = None) -> AESGCM | None:
-        """The cipher of ``sid/kid``, or None when that key no longer exists (erased) or does not unwrap. The key
-        store is asked again for every reading (``seen``: its answers within one reading), so a long-running
-        reader (the audit service) stops opening a subject's payloads as soon as the subject is erased; unwrapping
-        (a KMS call) is cached."""
+        """The cipher of ``sid/kid``, or None when it no longer exists (erased) or does not unwrap. The key store
+        is asked on every reading (``seen``: its answers within one), so a long-running reader (the audit service)
+        stops opening a subject's payloads once it is erased; unwrapping (a KMS call) is cached."""
         sid, _, kid = key_ref.partition("/")
         listed = seen.get(sid) if seen is not None else None
         if listed is None:
@@ -217,11 +220,9 @@ class KeyWatch:
 
 
 class PayloadSealer:
-    """Encrypts the payload fields of each event of an exchange with its subject's data key, before chaining.
-
-    On the request path, so it does the least Python per event: one dispatch on the event's class, one AES-GCM call
-    over one serialization of the sealed fields, one base64 pass; the key is the keyring's cached cipher and the
-    nonce a counter (``_next_nonce``)."""
+    """Encrypts each event's payload fields with its subject's data key, before chaining. On the request path, so
+    the least Python per event: one dispatch on its class, one AES-GCM call over one serialization of the sealed
+    fields, one base64 pass, the keyring's cached cipher, a counter as nonce (``_next_nonce``)."""
 
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
@@ -230,9 +231,8 @@ class PayloadSealer:
         self._head: dict[str, str] = {}  # key ref -> the start of its seal as JSON text (the ref escaped once)
 
     def _next_nonce(self) -> bytes:
-        """A 96-bit GCM nonce that never repeats within the process: a random 64-bit prefix, then a 32-bit counter;
-        a fresh prefix before the counter wraps. Processors share a subject's key; their prefixes differ with
-        overwhelming probability. No system call per event."""
+        """A 96-bit GCM nonce never repeated in the process: a random 64-bit prefix (redrawn before the counter
+        wraps; processors sharing a key differ in it), then a 32-bit counter. No system call per event."""
         n = self._nonce
         self._nonce = n + 1 if (n + 1) & 0xFFFFFFFF else _nonce_prefix()
         return n.to_bytes(12, "big")
@@ -254,33 +254,40 @@ class PayloadSealer:
         ref, cipher = self.keyring.for_writing(subject)
         if kind is McpRequest or kind is McpResponse:
             r = cast(McpRequest, ev)
-            plain = orjson.dumps({"messages": r.messages, "body": r.body})
+            # form 2: messages beside their raw body are its parse (redacted, shaped, withheld, SSE: no raw body)
+            kept = r.error is None and ("raw" in r.body or "raw_b64" in r.body)
+            fields: dict[str, Any] = {"body": r.body} if kept else {"messages": r.messages, "body": r.body}
             r.messages = [_outline(m) for m in r.messages]
         elif kind is ResponseChunk:
-            plain = orjson.dumps({"body": cast(ResponseChunk, ev).body})
+            fields = {"body": cast(ResponseChunk, ev).body}
         elif kind is ExchangeStart:
             x = cast(ExchangeStart, ev)
-            plain = orjson.dumps({"headers": x.headers, "path": x.path})
+            same = x.headers.get(":path", "") == x.path  # form 2: the path only when it is not the :path header
+            fields = {"headers": x.headers} if same else {"headers": x.headers, "path": x.path}
             x.path = x.path.partition("?")[0]
         elif kind is GuardrailVerdict:
             g = cast(GuardrailVerdict, ev)
             if g.arguments is None:
                 return
-            plain = orjson.dumps({"arguments": g.arguments})
+            fields = {"arguments": g.arguments}
         else:
-            plain = orjson.dumps({"headers": cast(ResponseStart, ev).headers})
+            fields = {"headers": cast(ResponseStart, ev).headers}
+        try:
+            plain = orjson.dumps(fields)
+        except TypeError:  # an integer beyond 64 bits or a lone surrogate (client-controlled JSON): the exact fallback
+            plain = json.dumps(fields, separators=(",", ":")).encode()
         nonce = self._next_nonce()
         aad = f"{kind.type}\n{ev.session}\n{ev.exchange}\n{ev.index}".encode()
         # the 12-byte nonce, then the ciphertext and its tag (base64 needs no JSON escaping)
         ct = binascii.b2a_base64(nonce + cipher.encrypt(nonce, plain, aad), newline=False).decode()
         if kind is ExchangeStart or kind is ResponseStart:  # headers are str -> str: the seal as JSON text
             if (head := self._head.get(ref)) is None:
-                head = self._head[ref] = f'{{"alg":"{ALGORITHM}","key":{orjson.dumps(ref).decode()},"ct":"'
+                head = self._head[ref] = f'{{"v":{FORM},"alg":"{ALGORITHM}","key":{orjson.dumps(ref).decode()},"ct":"'
             ev.headers = {"sealed": head + ct + '"}'}  # type: ignore[attr-defined]
         elif kind is GuardrailVerdict:
-            ev.arguments = {"sealed": {"alg": ALGORITHM, "key": ref, "ct": ct}}  # type: ignore[attr-defined]
+            ev.arguments = {"sealed": {"v": FORM, "alg": ALGORITHM, "key": ref, "ct": ct}}  # type: ignore[attr-defined]
         else:
-            ev.body = {"sealed": {"alg": ALGORITHM, "key": ref, "ct": ct}}  # type: ignore[attr-defined]
+            ev.body = {"sealed": {"v": FORM, "alg": ALGORITHM, "key": ref, "ct": ct}}  # type: ignore[attr-defined]
 
 
 def _outline(msg: Any) -> Any:
@@ -312,11 +319,9 @@ def _nonce_prefix() -> int:
 
 def _sealed(ev: dict[str, Any]) -> dict[str, Any] | None:
     for where in ("body", "arguments"):
-        part = ev.get(where)
-        if isinstance(part, dict) and isinstance(found := part.get("sealed"), dict):
+        if isinstance(part := ev.get(where), dict) and isinstance(found := part.get("sealed"), dict):
             return dict(found)
-    headers = ev.get("headers")
-    if isinstance(headers, dict) and isinstance(headers.get("sealed"), str):
+    if isinstance(headers := ev.get("headers"), dict) and isinstance(headers.get("sealed"), str):
         try:
             doc = json.loads(headers["sealed"])
         except ValueError:
@@ -328,11 +333,15 @@ def _sealed(ev: dict[str, Any]) -> dict[str, Any] | None:
 def open_events(events: Iterable[dict[str, Any]], keyring: Keyring | None) -> None:
     """Restore sealed payload fields in place (after the chains were verified over the ciphertext). A payload whose
     key was erased gets ``erased``: when, by whom and why, from the signed erasure record; one whose key is missing
-    without a record, or that does not decrypt, gets ``unreadable`` and why."""
+    without a record, or that does not decrypt, gets ``unreadable`` and why. Reads sealed forms 1 and 2."""
     seen: dict[str, dict[str, bytes]] = {}
     for ev in events:
         sealed = _sealed(ev)
         if sealed is None:
+            continue
+        form = sealed.get("v", 1)
+        if form not in (1, 2):  # a later form: never guess at its plaintext
+            ev["unreadable"] = f"sealed form {form!r} is not known to this reader"
             continue
         ref = str(sealed.get("key", ""))
         cipher = keyring.for_reading(ref, seen) if keyring is not None else None
@@ -349,7 +358,22 @@ def open_events(events: Iterable[dict[str, Any]], keyring: Keyring | None) -> No
         except (InvalidTag, KeyError, ValueError):
             ev["unreadable"] = f"payload does not decrypt with data key {ref}"
             continue
-        ev.update(json.loads(plain))
+        ev.update(_restored(ev, json.loads(plain)) if form == 2 else json.loads(plain))
+
+
+def _restored(ev: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """Form 2's plaintext completed: a body's messages are its raw bytes' JSON value (a batch's elements; left out
+    only where they parsed without error), exchange.start's path its ``:path`` header. Defined by the bytes alone."""
+    kind, body, headers = ev.get("type"), fields.get("body"), fields.get("headers")
+    if kind in ("mcp.request", "mcp.response") and "messages" not in fields and isinstance(body, dict):
+        try:
+            doc = loads(body_bytes(body))
+        except (ValueError, RecursionError):  # not what a form-2 writer leaves out: show no messages, never guess
+            doc = []
+        fields["messages"] = doc if isinstance(doc, list) else [doc]
+    elif kind == "exchange.start" and "path" not in fields and isinstance(headers, dict):
+        fields["path"] = headers.get(":path", "")
+    return fields
 
 
 # --- erasure --------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """OpenTelemetry traces of exchanges (off by default: only with a ``telemetry:`` section naming an endpoint).
 
 config.py   the ``telemetry:`` section of gateway.yaml
-tracing.py  sampling, one ``ExchangeTrace`` per exchange, the span shipper thread and its OTLP/HTTP protobuf encoder
+tracing.py  sampling, one ``ExchangeTrace`` per exchange, the span shipper thread
+otlp.py     span records encoded as one OTLP/HTTP protobuf request, and its POST (retries, gzip)
 
 Span tree of one exchange (attributes follow OpenTelemetry's MCP semantic conventions where they exist: span name
 ``{mcp.method.name} {target}``, ``mcp.method.name``, ``mcp.session.id``, ``mcp.resource.uri``,
@@ -17,7 +18,7 @@ Span tree of one exchange (attributes follow OpenTelemetry's MCP semantic conven
                                         ``traceparent`` the server receives
 
 The parent is the client's W3C ``traceparent`` header, else ``params._meta.traceparent`` of the (first) request
-(SEP-414), else a new trace. The trace id and span id are recorded in the exchange's events (``trace.context``).
-An exchange the sampler leaves out (``sample_ratio``, or a client's unsampled flag) gets no spans, no event and no
-header change: its request goes upstream with the client's own traceparent.
+(SEP-414), else a new trace. The trace id and span id are recorded in the exchange's ``exchange.end`` (``trace``).
+An exchange the sampler leaves out (``sample_ratio``, or a client's unsampled flag) gets no spans, no record field
+and no header change: its request goes upstream with the client's own traceparent.
 """

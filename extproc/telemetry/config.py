@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -20,6 +20,15 @@ class Telemetry(Section):
         default=1.0, description="share of new traces sampled; a client's sampled flag is followed (parent-based)"
     )
     timeout_ms: Annotated[int, Field(ge=10, le=120_000)] = 5000
+    compression: Literal["none", "gzip"] = Field(
+        default="none", description="gzip: span batches sent with Content-Encoding: gzip (less network, more CPU)"
+    )
+    retries: Annotated[int, Field(ge=0, le=10)] = Field(
+        default=3, description="tries again after 429/502/503/504 or a connection failure, backing off (Retry-After)"
+    )
+    retry_initial_ms: Annotated[int, Field(ge=1, le=60_000)] = Field(
+        default=500, description="first wait before a retry; doubles on each further one"
+    )
     trace_link: str | None = Field(
         default=None,
         description="URL template the viewer shows for an exchange's trace, e.g. http://jaeger:16686/trace/{trace_id}",

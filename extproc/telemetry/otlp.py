@@ -5,13 +5,17 @@ the OpenTelemetry SDK's own encoder for the same spans."""
 
 from __future__ import annotations
 
+import gzip
 import struct
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 # (trace id, span id, parent span id or 0, name, kind, start ns, end ns, attributes or None, error message or None)
 SpanRecord = tuple[int, int, int, str, int, int, int, dict[str, Any] | None, str | None]
@@ -33,13 +37,18 @@ class OtlpEncoder:
         self._head = (_ld(1, resource_pb), _ld(1, scope_pb))
 
     def encode(self, records: Sequence[SpanRecord]) -> bytes:
-        field, pack = self._field, _FIXED64.pack
+        field, times = self._field, _TIMES.pack
         spans = []
+        last_trace = last_parent = -1
+        trace_pb = parent_pb = b""
         for trace_id, span_id, parent, name, kind, start, end, attrs, error in records:
+            if trace_id != last_trace:  # an exchange's spans come together: its trace id is written once
+                last_trace, trace_pb = trace_id, b"\x0a\x10" + trace_id.to_bytes(16, "big")
+            if parent != last_parent:  # and its children share their parent, the exchange span
+                last_parent, parent_pb = parent, b"\x22\x08" + parent.to_bytes(8, "big") if parent else b""
             parts = [
-                b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big"),
-                b"\x22\x08" + parent.to_bytes(8, "big") if parent else b"",
-                field(5, name), b"\x30", _varint(kind), b"\x39", pack(start), b"\x41", pack(end),
+                trace_pb, b"\x12\x08", span_id.to_bytes(8, "big"), parent_pb, field(5, name), _KIND[kind],
+                times(0x39, start, 0x41, end),
             ]  # fmt: skip
             if attrs:
                 parts += [field(9, k, v) for k, v in attrs.items()]
@@ -76,7 +85,28 @@ class OtlpEncoder:
         return _ld(1, key.encode()) + _ld(2, any_value)
 
 
-_FIXED64, _FIXED32, _DOUBLE = struct.Struct("<Q"), struct.Struct("<I"), struct.Struct("<d")
+_SDK_KIND = {SERVER: SpanKind.SERVER, INTERNAL: SpanKind.INTERNAL, CLIENT: SpanKind.CLIENT}
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_OK = Status(StatusCode.UNSET)
+
+
+def readable(record: SpanRecord, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
+    """A span record as the SDK's ``ReadableSpan`` (for an SDK span exporter: the tests' in-memory one)."""
+    trace_id, span_id, parent, name, kind, start, end, attrs, error = record
+    ctx = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
+    parent_ctx = None
+    if parent:
+        parent_ctx = SpanContext(trace_id, parent, is_remote=kind == SERVER, trace_flags=_SAMPLED)
+    status = Status(StatusCode.ERROR, error) if error is not None else _OK
+    return ReadableSpan(
+        name, ctx, parent_ctx, resource, attrs, kind=_SDK_KIND[kind], status=status, start_time=start,
+        end_time=end, instrumentation_scope=scope,
+    )  # fmt: skip
+
+
+_DOUBLE = struct.Struct("<d")
+_TIMES = struct.Struct("<BQBQ")  # start (field 7) and end (field 8) time, fixed64 each, with their tags
+_KIND = {k: bytes((0x30, k)) for k in (INTERNAL, SERVER, CLIENT)}  # field 6, a one-byte varint
 
 
 def _varint(n: int) -> bytes:
@@ -98,17 +128,67 @@ def _ld(field: int, payload: bytes) -> bytes:
 _TAGS = [bytes(((n << 3) | 2,)) for n in range(16)]
 
 
-class OtlpHttpPost:
-    """POST one encoded request to the OTLP/HTTP endpoint; raises on failure (the shipper counts it)."""
+RETRYABLE = frozenset({429, 502, 503, 504})  # OTLP/HTTP: the collector asks the client to come back later
+MAX_RETRY_AFTER_S = 30.0
 
-    def __init__(self, endpoint: str, timeout_s: float) -> None:
+
+class OtlpHttpPost:
+    """POST one encoded request to the OTLP/HTTP endpoint, gzipped when ``compress`` (``Content-Encoding: gzip``,
+    which OTLP/HTTP servers must accept); raises on failure (the shipper counts it).
+
+    A 429, 502, 503 or 504 and a connection failure are retried up to ``retries`` times, after ``backoff_s``
+    doubling each time (a ``Retry-After`` in seconds replaces it, up to 30 s), as the OTLP/HTTP spec asks; any other
+    status is final. ``wait(seconds)`` sleeps between tries and returns True when the process is stopping (the
+    shipper's stop event): the batch is then given up at once."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout_s: float,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        compress: bool = False,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
         self.endpoint = endpoint
+        self.retries, self.backoff_s, self.compress = retries, backoff_s, compress
+        self.retried = 0  # tries repeated (each after a wait)
+        self._wait = wait or threading.Event().wait
+        self._headers = {"content-type": "application/x-protobuf"}
+        if compress:
+            self._headers["content-encoding"] = "gzip"
         self._client = httpx.Client(timeout=timeout_s)
 
     def __call__(self, data: bytes) -> None:
-        r = self._client.post(self.endpoint, content=data, headers={"content-type": "application/x-protobuf"})
-        if r.status_code // 100 != 2:
-            raise httpx.HTTPStatusError(f"HTTP {r.status_code} from {self.endpoint}", request=r.request, response=r)
+        body = gzip.compress(data, compresslevel=1) if self.compress else data  # level 1: most of the saving
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                r = self._client.post(self.endpoint, content=body, headers=self._headers)
+            except httpx.TransportError:
+                if attempt == self.retries:
+                    raise
+                wait = delay
+            else:
+                if r.status_code // 100 == 2:
+                    return
+                if r.status_code not in RETRYABLE or attempt == self.retries:
+                    raise httpx.HTTPStatusError(
+                        f"HTTP {r.status_code} from {self.endpoint}", request=r.request, response=r
+                    )
+                wait = _retry_after(r.headers.get("retry-after"), delay)
+            self.retried += 1
+            if self._wait(wait):
+                raise RuntimeError(f"stopping: gave up a span batch for {self.endpoint} after {attempt + 1} tries")
+            delay *= 2
 
     def close(self) -> None:
         self._client.close()
+
+
+def _retry_after(value: str | None, default: float) -> float:
+    """A ``Retry-After`` of delay seconds (an HTTP date is not worth parsing here: the default backoff then)."""
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S) if value else default
+    except ValueError:
+        return default

@@ -19,33 +19,32 @@ costs the exchange nothing.
 from __future__ import annotations
 
 import logging
+import operator
+import random
 import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from extproc import __version__
-from extproc.ports import EventSink
-from extproc.recording.events import Event
+from extproc.recording.events import ExchangeEnd
 from extproc.telemetry.config import Telemetry
 from extproc.telemetry.otlp import CLIENT as _CLIENT
 from extproc.telemetry.otlp import INTERNAL as _INTERNAL
 from extproc.telemetry.otlp import SERVER as _SERVER
-from extproc.telemetry.otlp import OtlpEncoder, OtlpHttpPost, SpanRecord
+from extproc.telemetry.otlp import OtlpEncoder, OtlpHttpPost, SpanRecord, readable
+from extproc.upstream.base import ExchangeEndNaming
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +53,23 @@ MAX_QUEUED = 16_384  # spans waiting for the shipper; past it a span is dropped 
 BATCH = 2048  # spans per OTLP request
 INTERVAL_S = 1.0  # the shipper sends what it has at least this often
 
-_SDK_KIND: dict[int, SpanKind] = {_SERVER: SpanKind.SERVER, _INTERNAL: SpanKind.INTERNAL, _CLIENT: SpanKind.CLIENT}
+
+@dataclass(slots=True, kw_only=True)
+class TracedEnd(ExchangeEnd):
+    """``exchange.end`` of a traced exchange: ``trace`` names its place in the trace (``trace_id``, ``span_id``,
+    ``parent``: header | meta | new, ``upstream_span_id``: the parent span the MCP server's traceparent names, ""
+    if nothing went upstream). Carried here rather than in an event of its own (``trace.context``, still read in
+    older records): the spans are shipped only when the exchange ends, so an exchange whose end is never recorded
+    has no trace in the backend to link to either."""
+
+    trace: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True, kw_only=True)
-class TraceContext(Event):
-    """The exchange's place in a trace: its span, where its parent came from, the span the server was sent."""
+class TracedNamingEnd(ExchangeEndNaming):
+    """``TracedEnd`` of an exchange that also names its upstream credential (extproc/upstream/base.py)."""
 
-    type: ClassVar[str] = "trace.context"
-    trace_id: str = ""
-    span_id: str = ""
-    parent: str = ""  # header (the client's traceparent) | meta (params._meta.traceparent, SEP-414) | new
-    upstream_span_id: str = ""  # the parent span the MCP server's traceparent names ("" if nothing went upstream)
+    trace: dict[str, str] = field(default_factory=dict)
 
 
 class Tracing:
@@ -85,14 +89,17 @@ class Tracing:
         self.config = config
         self.resource = Resource.create({"service.name": config.service_name, "service.version": __version__})
         self.scope = InstrumentationScope("mcp-extproc", __version__)
-        self.ids = RandomIdGenerator()
         self.bound = round(config.sample_ratio * (_TRACE_ID_LIMIT + 1))  # TraceIdRatioBased's bound
         self.span_exporter = exporter
         self.encoder = OtlpEncoder(self.resource, self.scope)
         self._post: Callable[[bytes], None] | None = post
         self._http: OtlpHttpPost | None = None
+        self._stopping = threading.Event()  # set at shutdown: the shipper ends, a retry's wait is cut short
         if exporter is None and post is None:
-            self._http = OtlpHttpPost(config.endpoint or "", config.timeout_ms / 1000)
+            self._http = OtlpHttpPost(
+                config.endpoint or "", config.timeout_ms / 1000, config.retries, config.retry_initial_ms / 1000,
+                config.compression == "gzip", self._stopping.wait,
+            )  # fmt: skip
             self._post = self._http
         self.exported = 0  # spans delivered
         self.errors = 0  # batches that failed (dropped)
@@ -100,7 +107,6 @@ class Tracing:
         self.queue: deque[SpanRecord] = deque()
         self._batch = batch
         self._wake = threading.Event()
-        self._stop = False
         self._ship_lock = threading.Lock()  # the shipper's, and a flush's: never taken on the exchange path
         self._thread: threading.Thread | None = None
         if batch:
@@ -123,7 +129,7 @@ class Tracing:
             self._wake.set()
 
     def _run(self) -> None:
-        while not self._stop:
+        while not self._stopping.is_set():
             self._wake.wait(INTERVAL_S)
             self._wake.clear()
             self._ship()
@@ -144,23 +150,12 @@ class Tracing:
 
     def _export(self, records: list[SpanRecord]) -> None:
         if self.span_exporter is not None:
-            if self.span_exporter.export([self._readable(r) for r in records]) is not SpanExportResult.SUCCESS:
+            spans = [readable(r, self.resource, self.scope) for r in records]
+            if self.span_exporter.export(spans) is not SpanExportResult.SUCCESS:
                 raise RuntimeError("the span exporter failed")
             return
         assert self._post is not None
         self._post(self.encoder.encode(records))
-
-    def _readable(self, record: SpanRecord) -> ReadableSpan:
-        trace_id, span_id, parent, name, kind, start, end, attrs, error = record
-        ctx = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
-        parent_ctx = None
-        if parent:
-            parent_ctx = SpanContext(trace_id, parent, is_remote=kind == _SERVER, trace_flags=_SAMPLED)
-        status = Status(StatusCode.ERROR, error) if error is not None else _OK
-        return ReadableSpan(
-            name, ctx, parent_ctx, self.resource, attrs, kind=_SDK_KIND[kind], status=status, start_time=start,
-            end_time=end, instrumentation_scope=self.scope,
-        )  # fmt: skip
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Ship what is queued now (in the caller's thread); True when the queue is empty after it."""
@@ -169,7 +164,7 @@ class Tracing:
 
     def shutdown(self) -> None:
         """Ship what is queued, stop the shipper, release the HTTP client."""
-        self._stop = True
+        self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(self.config.timeout_ms / 1000 * 4 + 5)
@@ -188,8 +183,9 @@ class ExchangeTrace:
     """The spans of one exchange (see the package docstring for the tree), built when the exchange ends.
 
     The ids are drawn and the sampling decided (parent-based, then the trace-id ratio, as
-    ``ParentBased(TraceIdRatioBased)``) when the exchange span opens, because the ids go upstream and into the
-    record before the exchange ends; an unsampled exchange draws no span id and builds nothing."""
+    ``ParentBased(TraceIdRatioBased)``) when the exchange span opens, because the ids go upstream before the
+    exchange ends (and into its ``exchange.end``); an unsampled exchange draws no span id and builds nothing. Ids
+    stay ints until the shipper encodes them; hex is written only for the upstream header and the record."""
 
     __slots__ = (
         "_children", "_tracing", "attributes", "exchange_id", "header", "name", "opened", "parent", "parent_span",
@@ -210,10 +206,6 @@ class ExchangeTrace:
         self.attributes: dict[str, Any] = {}
         self._children: list[tuple[str, int, int]] = []
 
-    @property
-    def trace_hex(self) -> str:
-        return format(self.trace_id, "032x") if self.opened else ""
-
     def mark(self, name: str, start_ns: int, end_ns: int | None = None) -> None:
         """A phase (authenticate, policy, recording commit) that ran from ``start_ns`` until now."""
         if self.opened and not self.sampled:
@@ -232,7 +224,7 @@ class ExchangeTrace:
         if parent is None:
             parent, self.parent = _parse(_meta(messages)), "meta"
         if parent is None:
-            self.parent, self.trace_id = "new", self._tracing.ids.generate_trace_id()
+            self.parent, self.trace_id = "new", _random_id(128)
             self.sampled = self.trace_id & _TRACE_ID_LIMIT < self._tracing.bound
         else:
             self.trace_id, self.parent_span, flags = parent
@@ -240,7 +232,7 @@ class ExchangeTrace:
         if not self.sampled:
             self._children.clear()
             return
-        self.span_id = self._tracing.ids.generate_span_id()
+        self.span_id = _random_id(64)
         self.name, attrs = describe(messages)
         attrs["mcp_extproc.exchange"] = self.exchange_id
         if server:
@@ -249,29 +241,31 @@ class ExchangeTrace:
             attrs["mcp.session.id"] = session
         self.attributes = attrs
 
-    def forward(
-        self, messages: Sequence[Mapping[str, Any]], session: str | None, server: str, log_: EventSink | Any
-    ) -> dict[str, str]:
-        """The request goes upstream now: open the exchange span if needed, start the upstream span, record the
-        trace context in the exchange's events (``log_.emit``), and return the headers the server gets."""
+    def forward(self, messages: Sequence[Mapping[str, Any]], session: str | None, server: str) -> dict[str, str]:
+        """The request goes upstream now: open the exchange span if needed, start the upstream span, and return the
+        headers the server gets (its ids go into the record with the exchange's end: ``ended``)."""
         self.begin(messages, session, server)
         if not self.sampled:
             # Not sampled: the request goes on as a proxy that records nothing would pass it, with the client's own
-            # traceparent (recorded in exchange.start's headers), and costs no span, no event, no header.
+            # traceparent (recorded in exchange.start's headers), and costs no span, no record field, no header.
             return {}
-        self.upstream_id = self._tracing.ids.generate_span_id()
+        self.upstream_id = _random_id(64)
         self.up_start = time.time_ns()
-        trace_hex = format(self.trace_id, "032x")
-        upstream_hex = format(self.upstream_id, "016x")
-        log_.emit(
-            TraceContext(
-                trace_id=trace_hex,
-                span_id=format(self.span_id, "016x"),
-                parent=self.parent,
-                upstream_span_id=upstream_hex,
-            )
-        )
-        return {TRACEPARENT: f"00-{trace_hex}-{upstream_hex}-01"}
+        return {TRACEPARENT: f"00-{self.trace_id:032x}-{self.upstream_id:016x}-01"}
+
+    def ended(self, end: ExchangeEnd) -> ExchangeEnd:
+        """``end`` carrying the exchange's trace context when it is sampled (``TracedEnd``), else ``end`` itself."""
+        if not self.sampled:
+            return end
+        trace = {
+            "trace_id": f"{self.trace_id:032x}",
+            "span_id": f"{self.span_id:016x}",
+            "parent": self.parent,
+            "upstream_span_id": f"{self.upstream_id:016x}" if self.upstream_id else "",
+        }
+        if isinstance(end, ExchangeEndNaming):
+            return TracedNamingEnd(**dict(zip(_NAMING_FIELDS, _NAMING_VALUES(end), strict=True)), trace=trace)
+        return TracedEnd(**dict(zip(_END_FIELDS, _END_VALUES(end), strict=True)), trace=trace)
 
     def answered(self, status: int) -> None:
         """The server's response headers arrived: the upstream span ends."""
@@ -303,9 +297,8 @@ class ExchangeTrace:
         records: list[SpanRecord] = [
             (trace_id, root, self.parent_span, self.name, _SERVER, self.start_ns, now, attrs, error)
         ]
-        gen = tracing.ids.generate_span_id
         for name, start, end in self._children:
-            records.append((trace_id, gen(), root, name, _INTERNAL, start, end, None, None))
+            records.append((trace_id, _random_id(64), root, name, _INTERNAL, start, end, None, None))
         if self.upstream_id:
             up_attrs = {"http.response.status_code": self.up_status} if self.up_status else None
             records.append(
@@ -316,9 +309,17 @@ class ExchangeTrace:
 
 
 _TRACE_ID_LIMIT = (1 << 64) - 1
+
+
+def _random_id(bits: int) -> int:
+    """A random trace (128 bits) or span (64 bits) id, never 0 (invalid); RandomIdGenerator's draw, inlined."""
+    return random.getrandbits(bits) or 1
+
+
+_END_FIELDS = tuple(f.name for f in fields(ExchangeEnd))
+_NAMING_FIELDS = tuple(f.name for f in fields(ExchangeEndNaming))
+_END_VALUES, _NAMING_VALUES = operator.attrgetter(*_END_FIELDS), operator.attrgetter(*_NAMING_FIELDS)
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_OK = Status(StatusCode.UNSET)
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 
@@ -393,3 +394,5 @@ class _Readings(Collector):
         yield CounterMetricFamily(
             "mcp_extproc_trace_spans_dropped", "Spans dropped because the shipper's queue was full", value=t.dropped
         )
+        retried = t._http.retried if t._http is not None else 0
+        yield CounterMetricFamily("mcp_extproc_trace_export_retries", "Span batch sends tried again", value=retried)

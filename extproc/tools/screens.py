@@ -56,6 +56,13 @@ _STARTS = ahocorasick_rs.AhoCorasick(STARTS)
 # Characters that IGNORECASE matches to an ASCII letter but str.lower() leaves outside ASCII (re's case-folding
 # equivalences: U+0131 dotless i ~ i, U+017F long s ~ s). Checked only in text that is not ASCII.
 _FOLDS = re.compile("[\u0131\u017f]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _matchable(text: str) -> str:
+    """``text`` as the Aho-Corasick matchers take it (valid UTF-8): a lone surrogate, which JSON may carry (a
+    ``\\ud800`` escape), becomes U+FFFD one for one, so offsets hold. Before, one crashed the screen."""
+    return text if text.isascii() else _SURROGATES.sub("\ufffd", text)
 
 
 def instructions(text: str) -> list[re.Match[str]]:
@@ -67,7 +74,7 @@ def instructions(text: str) -> list[re.Match[str]]:
         return list(_INSTRUCTIONS.finditer(text))
     out: list[re.Match[str]] = []
     end = 0
-    for _, start, _ in _STARTS.find_matches_as_indexes(low):
+    for _, start, _ in _STARTS.find_matches_as_indexes(_matchable(low)):
         if start < end:
             continue
         m = _INSTRUCTIONS.match(text, start)
@@ -147,7 +154,7 @@ class CrossNames:
 
     def finditer(self, text: str) -> list[tuple[int, int]]:
         out = []
-        for _, start, end in self._ac.find_matches_as_indexes(text):
+        for _, start, end in self._ac.find_matches_as_indexes(_matchable(text)):
             before = text[start - 1] if start > 0 else " "
             after = text[end] if end < len(text) else " "
             if not (before.isalnum() or before in "_-") and not (after.isalnum() or after in "_-"):

@@ -20,7 +20,9 @@ class ExchangeContext:
     request_id: str = ""
     session: str | None = None
     subject_token: str = field(default="", repr=False)
-    record: Callable[[UpstreamCredential], None] | None = None  # the exchange's log: what was used or refused
+    # The exchange's log: what was used or refused. A CredentialLog can also name a credential it recorded in full
+    # earlier in the unit (no event built at all); any other callable gets every use as an event.
+    record: Callable[[UpstreamCredential], None] | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -49,6 +51,20 @@ class ExchangeEndNaming(ExchangeEnd):
     credential: dict[str, Any] = field(default_factory=dict)  # server, kind, sha256, expires_at
 
 
+class CredentialLog:
+    """An exchange's record of its credential use (extproc/exchange/upstream.py's CredentialRecorder)."""
+
+    __slots__ = ()
+
+    def __call__(self, event: UpstreamCredential) -> None:
+        raise NotImplementedError
+
+    def name(self, server: str, kind: str, sha256: str, expires_at: float | None, cached: bool) -> bool:
+        """Count a use and name it when this credential is already recorded in full in the exchange's unit: True,
+        and no event is needed (the warm path builds none). False: the caller records it in full."""
+        return False
+
+
 class UpstreamCredentials(Protocol):
     """One server's way to authenticate to it on the caller's behalf."""
 
@@ -68,3 +84,9 @@ def digest(secret: str) -> str:
 def emit(ctx: ExchangeContext, event: UpstreamCredential) -> None:
     if ctx.record is not None:
         ctx.record(event)
+
+
+def named(ctx: ExchangeContext, server: str, kind: str, sha256: str, expires_at: float | None, cached: bool) -> bool:
+    """Was this use only named in the exchange's record (see CredentialLog.name)? Else the caller emits it."""
+    record = ctx.record
+    return isinstance(record, CredentialLog) and record.name(server, kind, sha256, expires_at, cached)

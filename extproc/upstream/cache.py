@@ -30,6 +30,11 @@ class Issued:
     delegation: tuple[str, ...] = ()
     sha256: str = ""  # of ``token``, computed once at issuance (recorded with every use)
     reuse_until: float | None = None  # no later than this, whatever the token's own lifetime (the caller's login)
+    # The Authorization header's value, made once per issuance rather than once per request that reuses it.
+    bearer: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bearer", f"Bearer {self.token}")
 
 
 class CredentialCache:
@@ -49,12 +54,9 @@ class CredentialCache:
 
     async def get(self, key: CacheKey, issue: Callable[[], Awaitable[Issued]]) -> tuple[Issued, bool]:
         """The credential for ``key`` and whether it came from the cache (or a flight already under way)."""
-        hit = self._entries.get(key)
+        hit = self.peek(key)
         if hit is not None:
-            if self._clock() < hit[1]:
-                self._entries.move_to_end(key)
-                return hit[0], True
-            del self._entries[key]
+            return hit, True
         flight = self._flights.get(key)
         joined = flight is not None
         if flight is None:
@@ -62,6 +64,18 @@ class CredentialCache:
             flight = self._flights[key] = asyncio.create_task(self._issue(key, issue), name="upstream-credential")
             flight.add_done_callback(lambda t: t.cancelled() or t.exception())  # failures reach the waiters
         return await asyncio.shield(flight), joined
+
+    def peek(self, key: CacheKey) -> Issued | None:
+        """The cached credential for ``key`` while it is still good, else None (an expired entry is dropped). No
+        await: a warm request is answered without a coroutine (token_exchange.py's ``warm``)."""
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        if self._clock() < hit[1]:
+            self._entries.move_to_end(key)
+            return hit[0]
+        del self._entries[key]
+        return None
 
     async def _issue(self, key: CacheKey, issue: Callable[[], Awaitable[Issued]]) -> Issued:
         self.issued += 1

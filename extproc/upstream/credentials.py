@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import sniffio  # noqa: F401  (see pyproject.toml: httpcore looks for it on every request)
 
 from extproc.authn.principal import Principal
 from extproc.errors import ConfigError
@@ -96,6 +97,16 @@ class Upstream:
     def serves_jwks(self, path: str) -> bool:
         """Is this request for the gateway's JWKS (only when some server gets identity assertions)?"""
         return bool(self.jwks["keys"]) and path.split("?", 1)[0] == JWKS_PATH
+
+    def warm(
+        self, principal: Principal | None, server: str, ctx: ExchangeContext, backend: str | None = None
+    ) -> dict[str, str] | None:
+        """``headers_for``'s answer when it needs no await (no ``upstream_auth``, or a token exchange's cached
+        token), else None."""
+        key, creds = self._for(server, backend)
+        if creds is None:
+            return {}
+        return creds.warm(principal, key, ctx) if isinstance(creds, TokenExchanger) else None
 
     async def headers_for(
         self, principal: Principal | None, server: str, ctx: ExchangeContext, backend: str | None = None

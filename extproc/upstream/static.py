@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from extproc.authn.principal import Principal
 from extproc.errors import UpstreamIdentityUnavailable
-from extproc.upstream.base import ExchangeContext, UpstreamCredential, digest, emit
+from extproc.upstream.base import ExchangeContext, UpstreamCredential, digest, emit, named
 from extproc.upstream.config import Static
 from extproc.upstream.files import WatchedFile
 
@@ -36,5 +36,6 @@ class StaticCredential:
             raise UpstreamIdentityUnavailable(str(e), ctx.request_id or ctx.exchange_id) from None
         if self._sha[0] != value:
             self._sha = (value, digest(value))
-        emit(ctx, UpstreamCredential(server=server, kind=self.kind, header=self.cfg.header, sha256=self._sha[1]))
+        if not named(ctx, server, self.kind, self._sha[1], None, False):
+            emit(ctx, UpstreamCredential(server=server, kind=self.kind, header=self.cfg.header, sha256=self._sha[1]))
         return {self.cfg.header: self.cfg.prefix + value}

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from extproc.authn.principal import Principal
 from extproc.errors import Forbidden, UpstreamIdentityRefused, UpstreamIdentityUnavailable
-from extproc.upstream.base import ExchangeContext, UpstreamCredential, digest, emit
+from extproc.upstream.base import CredentialLog, ExchangeContext, UpstreamCredential, digest, emit
 from extproc.upstream.cache import CredentialCache, Issued
 from extproc.upstream.config import IdJag, TokenExchange
 from extproc.upstream.files import WatchedFile
@@ -113,6 +113,27 @@ class TokenExchanger:
             refused = e.refused or {"error": type(e).__name__, "description": str(e)[:500]}
             emit(ctx, UpstreamCredential(server=server, kind=self.kind, header="authorization", refused=refused))
             raise _for_request(e, ctx) from None
+        self._used(server, issued, cached, ctx)
+        return {"authorization": issued.bearer}
+
+    def warm(self, principal: Principal | None, server: str, ctx: ExchangeContext) -> dict[str, str] | None:
+        """``headers_for``'s answer from the cache, without a coroutine; None when it needs ``headers_for`` (a miss,
+        or a caller it refuses). The same key, so the same rule: the caller's own entry or none."""
+        if principal is None or not principal.issuer or not ctx.subject_token:
+            return None
+        if self.cfg.issuer is not None and principal.issuer != self.cfg.issuer:
+            return None
+        issued = self.cache.peek((principal.issuer, principal.subject, server, self._scopes))
+        if issued is None:
+            return None
+        self._used(server, issued, True, ctx)
+        return {"authorization": issued.bearer}
+
+    def _used(self, server: str, issued: Issued, cached: bool, ctx: ExchangeContext) -> None:
+        """Named in the exchange's end when already recorded in full in its unit, else recorded in full."""
+        rec = ctx.record
+        if isinstance(rec, CredentialLog) and rec.name(server, self.kind, issued.sha256, issued.expires_at, cached):
+            return
         emit(
             ctx,
             UpstreamCredential(
@@ -127,7 +148,6 @@ class TokenExchanger:
                 delegation=list(issued.delegation),
             ),
         )
-        return {"authorization": f"Bearer {issued.token}"}
 
     # --- one exchange ----------------------------------------------------------------------------------------
 
@@ -303,10 +323,15 @@ def json_document(body: bytes) -> Any:
 
 
 def _unverified_claims(token: str) -> dict[str, Any]:
-    """The issued token's claims if it is a JWT (read for the record: exp, act), else {}. Not trusted for anything."""
+    """The issued token's claims if it is a JWT (read for the record: exp, act), else {}. Not trusted for anything,
+    so not checked either: one base64 and one JSON pass (PyJWT's unverified decode checks the alphabet character
+    by character in Python, ~0.3 ms for a typical token)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
     try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:  # binascii.Error, UnicodeDecodeError and JSONDecodeError are all ValueErrors
         return {}
     return claims if isinstance(claims, dict) else {}
 

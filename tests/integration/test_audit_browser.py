@@ -11,11 +11,13 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from gateway_parts import Gateway, open_session, recording_key
+from guardrail_server import GuardrailServer
 from synthetic import session_segments
 
 from extproc.authn.dev_issuer import DevIssuer
@@ -356,12 +358,20 @@ TX_CLIENT, TX_API = "mcp-gateway", "demo-api"  # the gateway at the issuer; the 
 HEX12 = r"[0-9a-f]{12}"
 
 
+@pytest.fixture
+def guard() -> Iterator[GuardrailServer]:
+    """A guardrail that allows every call and result: its verdicts are recorded and shown."""
+    with GuardrailServer({}) as g:
+        yield g
+
+
 async def _rug_pull_session(gw: Gateway, token: str) -> str:
     """echo as listed; the server changes echo (hidden: the call is refused); a person approves the change; echo
     again (the caller was shown the old definition: flagged changed)."""
     async with connect(gw.url(), token, "legacy") as conn:
         await conn.client.list_tools()
-        assert (await conn.client.call_tool("echo", {"text": "hi"})).structured_content == {"result": "hi"}
+        hidden = await conn.client.call_tool("echo", {"text": "h\u200bi"})  # screened: the caller gets it stripped
+        assert hidden.structured_content == {"result": "hi"}
         assert "echo" not in {t.name for t in (await conn.client.list_tools()).tools}
         with pytest.raises(Exception, match="tool-surface integrity"):
             await conn.client.call_tool("echo", {"text": "b"})
@@ -376,11 +386,12 @@ async def _rug_pull_session(gw: Gateway, token: str) -> str:
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make test installs it)")
 async def test_viewer_shows_listed_definitions_changes_and_upstream_credentials(
-    start_mcp_server, start_authed, issuer: DevIssuer, tmp_path: Path
+    start_mcp_server, start_authed, issuer: DevIssuer, tmp_path: Path, guard: GuardrailServer
 ) -> None:
     """Per call: "as listed at <time> UTC, fingerprint <short>", flagged when withheld or changed; the change in the
     timeline with old and new fingerprints; the upstream credential (kind, hash, expiry, who acted for whom) and
-    the IdP's refusal, never a token. At 1280 and 420 px."""
+    the IdP's refusal, never a token; what a result screen found and did, and the guardrail's verdicts on the call
+    and on its result. At 1280 and 420 px."""
     secret = tmp_path / "client-secret"
     secret.write_text("s3cret-of-the-gateway\n")
     issuer.token_exchange.register_client(TX_CLIENT, secret="s3cret-of-the-gateway")
@@ -394,6 +405,7 @@ async def test_viewer_shows_listed_definitions_changes_and_upstream_credentials(
             "name": "demo",
             "upstream": demo.upstream,
             "upstream_auth": {**exchange, "audience": TX_API, "scopes": ["repo:read"]},
+            "guardrail": {"url": guard.url, "timeout_ms": 5000, "results": True},
         },
         {
             "name": "beta",
@@ -465,6 +477,31 @@ async def test_viewer_shows_listed_definitions_changes_and_upstream_credentials(
                     len(texts) > 2 and re.match(listed + " CHANGED", texts[2]) and "decision hide" in texts[2],
                     f"the approved call against the old definition is not flagged changed: {texts[2:]}",
                 )
+                screened = echoes.nth(0).locator(".screened")
+                stext = await screened.first.text_content() if await screened.count() == 1 else ""
+                check(
+                    re.match(r"stripped result screened, stripped before the client saw it: invisible zero-width at "
+                             r"/\S+ \[1:2\] \"U\+200B\"", stext or ""),
+                    f"screened line: {stext!r}",
+                )  # fmt: skip
+                verdicts = await echoes.nth(0).locator(".guardrail").all_text_contents()
+                check(
+                    [v.split(", ")[0] for v in verdicts]
+                    == [
+                        f"allow guardrail on the {phase}: allow (rule allow for echo) -> passed"
+                        for phase in ("request", "result")
+                    ],
+                    f"guardrail lines: {verdicts}",
+                )
+                timeline_screens = page.locator('#timeline li[data-type="result.screened"] .screened')
+                check(await timeline_screens.count() == 1, "the timeline does not show result.screened")
+                found = await page.locator("#exchanges .definition-screened").all_text_contents()
+                check(
+                    [f for f in found if re.match(
+                        r"screened tool echo screened \(withheld from the caller, pin changed\): instructions "
+                        r"authority-tag at /description \[\d+:\d+\] \"<IMPORTANT>\" -> alarm", f)],
+                    f"the changed echo's description screened: {found}",
+                )  # fmt: skip
                 first = echoes.nth(0).locator(".credential")
                 cred = await first.text_content() if await first.count() == 1 else ""
                 check(

@@ -72,15 +72,31 @@ async def test_every_exchange_reaches_file_hec_and_syslog_as_valid_ocsf_with_a_p
             "hec": {"url": hec.url, "token_file": str(token)},
             "syslog": {"address": f"127.0.0.1:{syslog.port}"},
         }
-        gw = start_authed([start_mcp_server("demo")], policy=POLICY, gateway={"export": export})
+        # The audit service too (issue 26 item 1): its accesses go to the same sinks (the file: one of its own).
+        audit = {"port": free_port(), "index_interval_ms": 100, "client_id": "audit-viewer"}
+        gw = start_authed([start_mcp_server("demo")], policy=POLICY, gateway={"export": export, "audit": audit})
         await _traffic(gw, issuer)
+        viewer = {"authorization": f"Bearer {issuer.mint('bob', aud=gw.endpoint)}"}
+        assert httpx.get(f"{gw.endpoint}/audit/api/sessions", headers=viewer, timeout=10).status_code == 200
         gw.stop()  # the recorder drains, then the sinks: every exchange's event is out
         exchanges = _recorded_exchanges(gw)
         events = [json.loads(line) for line in out.read_text().splitlines()]
         assert sorted(e["metadata"]["uid"] for e in events) == sorted(exchanges)  # one per exchange, no more
-        assert sorted(e["metadata"]["uid"] for e in hec.events) == sorted(exchanges)
-        assert sorted(m["event"]["metadata"]["uid"] for m in syslog.messages) == sorted(exchanges)
+        received = [e for e in hec.events if e["metadata"]["log_name"] == "exchanges"]
+        assert sorted(e["metadata"]["uid"] for e in received) == sorted(exchanges)
+        sent = [m["event"] for m in syslog.messages]
+        assert sorted(e["metadata"]["uid"] for e in sent if e["metadata"]["log_name"] == "exchanges") == sorted(
+            exchanges
+        )
         assert hec.refused == [] and syslog.errors == []
+        audits = [json.loads(line) for line in out.with_name("ocsf.audit.jsonl").read_text().splitlines()]
+        [listed] = [e for e in audits if e["api"]["operation"] == "audit/list"]
+        assert listed["actor"]["user"]["name"] == "bob" and listed["metadata"]["log_name"] == "audit"
+        for got in (hec.events, sent):
+            assert [e["metadata"]["uid"] for e in got if e["api"]["operation"] == "audit/list"] == [
+                listed["metadata"]["uid"]
+            ]
+        events += audits
 
     for e in events:
         assert schema().validate(e) == [], e

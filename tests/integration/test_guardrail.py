@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from gateway_parts import Gateway, recording_key
 from guardrail_server import MODIFIED_TEXT, GuardrailServer
+from recording_helpers import cli
 
 from extproc.demo.mcp_client import connect
 
@@ -141,3 +142,11 @@ async def test_results_asked_before_the_client_gets_them_json_and_sse(  # type: 
         assert verdicts[1]["result"]["structuredContent"] == {"result": MODIFIED_TEXT}
         sent = [e for e in session.events if e["type"] == "mcp.response" and e["messages"]]
         assert any("the original" in str(e["messages"]) for e in sent)  # the record keeps what the server sent
+    shown = cli("sessions", "show", units[1], "--dir", gw.config["recording"]["directory"])
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    lines = [line.strip() for line in shown.stdout.splitlines()]  # under each exchange and each call
+    for verdict in ("deny (rule deny for add) -> refused", "modify (rule modify for echo) -> modified"):
+        assert sum(line.startswith(f"guardrail on the result: {verdict}, ") for line in lines) == 2, shown.stdout
+    assert (
+        sum(line.startswith("guardrail on the request: allow (rule allow for echo) -> passed") for line in lines) == 2
+    )

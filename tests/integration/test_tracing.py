@@ -58,8 +58,11 @@ async def test_client_trace_reaches_the_upstream_and_the_span_tree_is_exported(
     [event] = [json.loads(line) for line in out.read_text().splitlines() if '"echo"' in line]
     assert event["trace"]["uid"] == CLIENT_TRACE and event["trace"]["span"]["uid"] == root["span_id"]
     assert root["attributes"]["mcp_extproc.recording"] == event["unmapped"]["mcp"]["session"]
-    context = [e for e in gw.session(event["unmapped"]["mcp"]["session"]).events if e["type"] == "trace.context"]
-    assert {c["trace_id"] for c in context} == {CLIENT_TRACE}
+    events = gw.session(event["unmapped"]["mcp"]["session"]).events
+    traced = [e["trace"] for e in events if e["type"] == "exchange.end" and "trace" in e]
+    assert "trace.context" not in {e["type"] for e in events}  # the ids ride on exchange.end
+    assert {t["trace_id"] for t in traced} == {CLIENT_TRACE}
+    assert children["upstream"]["span_id"] in {t["upstream_span_id"] for t in traced}
 
 
 VIEWER_POLICY = """
@@ -113,7 +116,7 @@ async def test_viewer_links_the_exchange_to_its_trace(start_mcp_server, start_au
                 await page.click("#sign-in")
                 await page.wait_for_selector(f'tr[data-session="{key}"]')
                 await page.click(f'tr[data-session="{key}"] a')
-                links = page.locator('#timeline li[data-type="trace.context"] a.trace')
+                links = page.locator('#timeline li[data-type="exchange.end"] a.trace')
                 await links.first.wait_for()
                 hrefs = {await links.nth(i).get_attribute("href") for i in range(await links.count())}
             finally:

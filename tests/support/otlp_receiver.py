@@ -3,6 +3,7 @@ spans decoded (opentelemetry-proto's generated classes) and kept as plain dicts.
 
 from __future__ import annotations
 
+import gzip
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -16,11 +17,15 @@ from extproc.launcher import wait_until
 
 
 class OtlpReceiver:
-    """Every span received, as {name, trace_id, span_id, parent_span_id (hex), kind, attributes, service}."""
+    """Every span received, as {name, trace_id, span_id, parent_span_id (hex), kind, attributes, service}.
+    ``refuse``: statuses (and their Retry-After, or None) to answer the first requests with, one each, before
+    accepting any; ``encodings``: each request's Content-Encoding (a gzip body is decompressed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: list[tuple[int, str | None]] | None = None) -> None:
         self.spans: list[dict[str, Any]] = []
         self.bad: list[str] = []
+        self.refuse = list(refuse or [])
+        self.encodings: list[str] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}/v1/traces"
@@ -45,6 +50,17 @@ class OtlpReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                receiver.encodings.append(self.headers.get("content-encoding", ""))
+                if receiver.refuse:
+                    status, retry_after = receiver.refuse.pop(0)
+                    self.send_response(status)
+                    if retry_after is not None:
+                        self.send_header("retry-after", retry_after)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                if self.headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
                 if self.path != "/v1/traces" or self.headers.get("content-type") != "application/x-protobuf":
                     receiver.bad.append(f"{self.path} {self.headers.get('content-type')}")
                     self.send_response(415)

@@ -8,6 +8,11 @@ would (``runpy``, ``__main__``, its own argv, environment, working directory, st
 module's exit status. The zygote reaps its children and reports their status, so ``poll``/``wait`` behave as
 ``subprocess.Popen``'s do, and their CPU time counts as the test run's.
 
+Nothing outlives the test process: an answer not given within ``ASK_TIMEOUT`` fails the request, saying so, and
+the zygote is killed (a new one starts on next use). The zygote kills its children's process groups and exits when
+its pipe closes, its parent dies, or on SIGTERM/SIGHUP (a cancelled run); a child dies with the zygote, however
+that dies (Linux: PR_SET_PDEATHSIG). A killed pytest run leaves no sample server or processor running.
+
     proc = spawn("extproc.demo.mcp_server", ["--port", "8000"], log=path)   # Popen-like: poll, wait, terminate
     done = run("extproc", ["sessions", "list", "--json"], env=env, timeout=60)   # CompletedProcess[str]
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -27,26 +33,44 @@ from pathlib import Path
 from typing import Any
 
 PRELOAD = ("extproc.cli", "extproc.server", "extproc.audit.service", "extproc.demo.mcp_server")
+ASK_TIMEOUT = 60.0  # seconds for any answer: a fork, a waitpid, a getrusage take milliseconds
 
 
 class Zygote:
     """The parent side: one zygote process, asked over a pipe (one request, one reply, one line of JSON each)."""
 
-    def __init__(self) -> None:
+    def __init__(self, preload: tuple[str, ...] = PRELOAD, timeout: float = ASK_TIMEOUT) -> None:
         code = f"import runpy; runpy.run_path({__file__!r}, run_name='__zygote__')"
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", code, *PRELOAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
+            [sys.executable, "-c", code, *preload], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
         )
         self._lock = threading.Lock()
         self._owner = os.getpid()
-        assert self._ask({"op": "ping"}) == {"ok": True}
+        self.timeout = timeout
+        self.broken: str | None = None  # why this zygote was killed: every later request fails with it
+        assert self._ask({"op": "ping"}, max(timeout, ASK_TIMEOUT)) == {"ok": True}  # after the imports: seconds
 
-    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def _ask(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         assert self._proc.stdin is not None and self._proc.stdout is not None
+        wait = self.timeout if timeout is None else timeout
         with self._lock:
+            if self.broken is not None:
+                raise RuntimeError(self.broken)
             self._proc.stdin.write(json.dumps(request).encode() + b"\n")
-            line = self._proc.stdout.readline()
-        if not line:
+            line = _read_line(self._proc.stdout.fileno(), time.monotonic() + wait)
+            if line is None:  # hung (or stopped): a test waiting on it would hang with it
+                self.broken = (
+                    f"the test zygote (pid {self._proc.pid}) did not answer {request['op']!r} within {wait:g} s; "
+                    "it was killed, and its children with it (MCP_TEST_ZYGOTE=0 starts helpers cold)"
+                )
+                self._proc.kill()
+                self._proc.wait()
+                raise RuntimeError(self.broken)
+        if not line.endswith(b"\n"):
             raise RuntimeError(f"the test zygote exited with status {self._proc.wait()}")
         reply: dict[str, Any] = json.loads(line)
         if "error" in reply:
@@ -124,13 +148,27 @@ class ZygoteProcess:
         self.send_signal(signal.SIGKILL)
 
 
+def _read_line(fd: int, deadline: float) -> bytes | None:
+    """One reply line from the zygote's pipe (what it read if the pipe closed first); None past ``deadline``."""
+    data = b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 _zygote: Zygote | None = None
 
 
 def zygote() -> Zygote:
-    """This process's zygote, started on first use and stopped at exit."""
+    """This process's zygote, started on first use (again after one was killed) and stopped at exit."""
     global _zygote
-    if _zygote is None or _zygote._owner != os.getpid():
+    if _zygote is None or _zygote._owner != os.getpid() or _zygote.broken is not None:
         _zygote = Zygote()
         atexit.register(_zygote.close)
     return _zygote
@@ -190,7 +228,18 @@ def run_command(cmd: list[str], timeout: float = 60, env: dict[str, str] | None 
 # ---- the zygote process itself ----------------------------------------------------------------------------------
 
 
-def _child(request: dict[str, Any], control: tuple[int, int]) -> None:
+def _die_with_parent(sig: int) -> None:
+    """Linux: this process gets ``sig`` when the one that forked it dies (PR_SET_PDEATHSIG); elsewhere nothing."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, sig, 0, 0, 0) != 0:  # 1: PR_SET_PDEATHSIG
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+
+
+def _child(request: dict[str, Any], control: tuple[int, int], zygote_pid: int) -> None:
     """In the forked child: become ``python -m module *args`` and exit with its status (never returns)."""
     import io
     import random
@@ -200,9 +249,13 @@ def _child(request: dict[str, Any], control: tuple[int, int]) -> None:
 
     code = 1
     try:
+        _die_with_parent(signal.SIGKILL)
+        if os.getppid() != zygote_pid:  # the zygote died before the line above: nobody to report to
+            os._exit(1)
         for fd in control:
             os.close(fd)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if request["process_group"]:
             os.setpgid(0, 0)
@@ -266,6 +319,13 @@ def _serve(preload: list[str]) -> None:
     import importlib
     import resource
 
+    parent = os.getppid()  # (not PR_SET_PDEATHSIG here: it fires when the *thread* that started the zygote ends)
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
     control = (os.dup(0), os.dup(1))  # the pipes to the parent, off fds 0 and 1 (children get their own)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
@@ -280,6 +340,7 @@ def _serve(preload: list[str]) -> None:
         raise RuntimeError(f"importing {preload} started threads: {threads}")
     reader = os.fdopen(control[0], "rb", buffering=0)
     children: dict[int, int | None] = {}
+    groups: set[int] = set()  # children that lead a process group of their own (what they start is in it)
 
     def reply(obj: dict[str, Any]) -> None:
         os.write(control[1], json.dumps(obj).encode() + b"\n")
@@ -291,33 +352,47 @@ def _serve(preload: list[str]) -> None:
                 children[pid] = os.waitstatus_to_exitcode(status)
         return children[pid]
 
-    for line in iter(reader.readline, b""):
-        request = json.loads(line)
-        try:
-            if request["op"] == "ping":
-                reply({"ok": True})
-            elif request["op"] == "spawn":
-                pid = os.fork()
-                if pid == 0:
-                    _child(request, control)
-                children[pid] = None
-                reply({"pid": pid})
-            elif request["op"] == "cpu":
-                me, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-                reply({"seconds": me.ru_utime + me.ru_stime + reaped.ru_utime + reaped.ru_stime})
-            elif request["op"] == "poll":
-                reply({"returncode": reap(int(request["pid"]))})
-            else:
-                reply({"error": f"unknown op {request['op']!r}"})
-        except Exception as e:
-            reply({"error": repr(e)})
-    for pid, code in children.items():  # the parent is gone: stop what it left running
-        if code is None:
+    zygote_pid = os.getpid()
+    try:
+        while True:
+            if not select.select([reader], [], [], 1.0)[0]:
+                if os.getppid() != parent:  # the test process died and something else holds the pipe open
+                    break
+                continue
+            line = reader.readline()
+            if not line:
+                break
+            request = json.loads(line)
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(pid, 0)
+                if request["op"] == "ping":
+                    reply({"ok": True})
+                elif request["op"] == "spawn":
+                    pid = os.fork()
+                    if pid == 0:
+                        _child(request, control, zygote_pid)
+                    children[pid] = None
+                    if request["process_group"]:
+                        groups.add(pid)
+                    reply({"pid": pid})
+                elif request["op"] == "cpu":
+                    me, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+                    reply({"seconds": me.ru_utime + me.ru_stime + reaped.ru_utime + reaped.ru_stime})
+                elif request["op"] == "poll":
+                    reply({"returncode": reap(int(request["pid"]))})
+                else:
+                    reply({"error": f"unknown op {request['op']!r}"})
+            except Exception as e:
+                reply({"error": repr(e)})
+    finally:  # the parent is gone (or sent a stop): stop what it left running, with what those started
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        for pid, code in children.items():
+            if code is None:  # not reaped: the pid (and its group's id) is still this child's
+                try:
+                    os.killpg(pid, signal.SIGKILL) if pid in groups else os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                os.waitpid(pid, 0)
 
 
 if __name__ == "__zygote__":

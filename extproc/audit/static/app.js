@@ -179,6 +179,10 @@
       head.append(ev.allowed ? badge("verified-yes", "allowed") : badge("denied", "denied"),
         ` rule ${ev.rule || "(default deny)"}: ${ev.call || ""} ${ev.reason || ""}`);
       if (ev.budget) head.append(" ", badge(ev.budget.outcome === "counted" ? "verified-yes" : "denied", budgetText(ev.budget)));
+      const g = ev.grant, k = ev.kubernetes;  // a just-in-time grant let it through; a Kubernetes review decided
+      if (g) head.append(" ", badge("verified-yes", "grant"), ` ${g.id} approved by ${g.approved_by || "?"} (${g.reason || "-"})`);
+      if (k) head.append(" ", badge(k.outcome === "allowed" ? "verified-yes" : "denied", "kubernetes " + k.outcome),
+        [k.verb, k.resource].filter(Boolean).map((x) => " " + x).join(""), k.cached ? " (cached)" : "");
 
 
       const ap = ev.approval;  // an approve rule held the call: the request, or the approval it used
@@ -187,6 +191,8 @@
     } else if (ev.type === "exchange.end") {
       head.append(ev.outcome === "denied" ? badge("denied", "refused " + ev.status) : `${ev.outcome} ${ev.status}`,
         ` ${ev.duration_ms} ms ${ev.detail || ""}`);
+      const tr = ev.trace;  // a traced exchange's ids (older records: a trace.context event, above)
+      if (tr && tr.trace_id) head.append(" trace ", traceRef(tr.trace_id), ` span ${tr.span_id} (parent: ${tr.parent})`);
     } else if (ev.type === "exchange.incomplete") {
       head.append(badge("state-incomplete", "incomplete"), " " + ev.reason);
     } else if (ev.type === "http.response") {
@@ -196,6 +202,7 @@
         li.append(el("pre", {}, (m.method ? m.method + " " : "") + json(m.params || m.result || m.error || {})));
       }
       if (ev.sse_event || ev.sse_id) head.append(`SSE event ${ev.sse_event || ""} id ${ev.sse_id || ""}`);
+      if (ev.error) head.append(" ", badge("denied", "not JSON-RPC"), ` ${ev.size} bytes: ${ev.error}`);
     } else if (ev.type === "definition.changed") {
       li.classList.add("changed");
       head.append(badge("flag-changed", "definition changed"), ` ${ev.kind} ${ev.name} on ${ev.server}: `,
@@ -203,6 +210,13 @@
     } else if (ev.type === "tool.definition") {
       head.append(`${ev.kind} ${ev.name} on ${ev.server}, fingerprint `, shortFp(ev.fingerprint),
         ` pin ${ev.pin}` + (ev.shown === false ? ", withheld from the caller" : ""));
+      if ((ev.findings || []).length) li.append(definitionLine(ev));
+    } else if (ev.type === "policy.list_filtered") {
+      head.append(filteredLine(ev));
+    } else if (ev.type === "result.screened") {
+      head.append(screenedLine(ev));
+    } else if (ev.type === "guardrail.verdict") {
+      head.append(guardrailLine(ev));
     } else if (ev.type === "upstream.credential") {
       head.append(credentialLine(ev));
     } else if (ev.type === "audit.access") {
@@ -283,6 +297,47 @@
       u.cached ? ", cached" : null);
   }
 
+  // What a result screen found in the call's result and what was done (session_doc's screened), and what the
+  // server's guardrail answered about the call or its result (session_doc's guardrail): the lines `sessions show`
+  // prints, from the same data. The result shown beside them is what the server sent.
+  const SCREEN_ACTIONS = {
+    strip: ["verified-yes", "stripped", "stripped before the client saw it"],
+    alarm: ["flag-unpinned", "alarm", "alarm: passed, recorded"],
+    refuse: ["denied", "refused", "refused: the client got an error instead"],
+  };
+  const findingText = (f) => `${f.screen} ${f.rule} at ${f.path || "/"} [${f.start}:${f.end}]` +
+    (f.excerpt ? " " + JSON.stringify(f.excerpt) : "") + (f.action ? ` -> ${f.action}` : "");
+  function screenedLine(s) {
+    const a = SCREEN_ACTIONS[s.action] || ["", s.action, s.action];
+    const found = (s.findings || []).map(findingText).join("; ");
+    return el("div", { class: "screened", "data-action": s.action || "" }, badge(a[0], a[1]), " ",
+      `result screened, ${a[2]}: ${found || "-"}`);
+  }
+  // On the exchange: what a list hid from its caller, and listed definitions a description screen found
+  // something in (each finding with what it led to: strip, alarm, hide, refuse).
+  function filteredLine(f) {
+    const hidden = f.hidden || [];
+    const more = hidden.length > 10 ? `, and ${hidden.length - 10} more` : "";
+    return el("div", { class: "filtered" },
+      `${f.method} filtered for the caller: ${hidden.length} hidden (${hidden.slice(0, 10).join(", ")}${more})`);
+  }
+  function definitionLine(d) {
+    const shown = d.shown === false ? "withheld from the caller" : "shown";
+    return el("div", { class: "definition-screened" }, badge("flag-unpinned", "screened"), " ",
+      `${d.kind} ${d.name} screened (${shown}, pin ${d.pin}): ${(d.findings || []).map(findingText).join("; ")}`);
+  }
+  const GUARD = { passed: "verified-yes", modified: "flag-unpinned" };
+  function guardrailLine(g) {
+    // a modify: what the call went on with, or what the client got in place of the result
+    const changed = g.arguments !== null && g.arguments !== undefined ? ["arguments", g.arguments]
+      : g.result !== null && g.result !== undefined ? ["result", g.result] : null;
+    return el("div", { class: "guardrail", "data-phase": g.phase || "request", "data-verdict": g.verdict || "" },
+      badge(GUARD[g.outcome] || "denied", g.verdict), " ",
+      `guardrail on the ${g.phase || "request"}: ${g.verdict}${g.reason ? ` (${g.reason})` : ""} -> ` +
+      `${g.outcome || "-"}, ${g.latency_ms} ms`,
+      changed ? [`; ${changed[0]} now`, el("pre", {}, json(changed[1]))] : null);
+  }
+
   function callBlock(c) {
     const req = c.request;
     return el("div", { class: "callwrap" + (c.refusal ? " refused" : ""), "data-exchange": c.exchange },
@@ -290,6 +345,8 @@
         (req.params && req.params.name ? " " + req.params.name : "")),
       c.definition ? listedLine(c.definition) : null,
       (c.upstream || []).map(credentialLine),
+      (c.guardrail || []).map(guardrailLine),
+      (c.screened || []).map(screenedLine),
       el("div", { class: "call" },
         el("div", {}, el("div", { class: "muted" }, "arguments"), el("pre", {}, json(req.params || {}))),
         outcomeOf(c)),
@@ -306,6 +363,10 @@
       x.outcome === "denied" ? badge("denied", "refused") : x.outcome,
       x.duration_ms !== null && x.duration_ms !== undefined ? ` ${x.duration_ms} ms` : null,
       (x.upstream || []).map(credentialLine),
+      (x.filtered || []).map(filteredLine),
+      (x.definitions || []).map(definitionLine),
+      (x.guardrail || []).map(guardrailLine),
+      (x.screened || []).map(screenedLine),
       x.erased ? el("div", { class: "erased" }, "payloads erased on ", when(x.erased.time),
         ` by ${x.erased.by || "?"} (${x.erased.reason || "no reason given"})`) : null);
   }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from envoy.config.core.v3 import base_pb2
 
-from extproc.envoy.headers import is_credential, recordable, recordable_path, to_dict
+from extproc.envoy.headers import is_credential, recordable, recordable_path, to_dict, to_dict_and_names
 
 
 def _map(*headers: base_pb2.HeaderValue) -> base_pb2.HeaderMap:
@@ -43,6 +43,20 @@ def test_to_dict_lowercases_and_joins_repeated_headers_in_order() -> None:
 
 def test_to_dict_empty() -> None:
     assert to_dict(base_pb2.HeaderMap()) == {}
+
+
+def test_to_dict_and_names_keeps_the_names_as_sent_repeats_included() -> None:
+    """One pass gives the dict and the names a duplicated MCP header is refused by (mcp/protocol.check_headers)."""
+    hm = _map(
+        base_pb2.HeaderValue(key="Mcp-Method", raw_value=b"tools/call"),
+        base_pb2.HeaderValue(key="x-other", value="1"),
+        base_pb2.HeaderValue(key="mcp-method", raw_value=b"tools/list"),
+    )
+
+    headers, names = to_dict_and_names(hm)
+
+    assert headers == to_dict(hm) == {"mcp-method": "tools/call, tools/list", "x-other": "1"}
+    assert names == ["Mcp-Method", "x-other", "mcp-method"]
 
 
 @pytest.mark.parametrize(

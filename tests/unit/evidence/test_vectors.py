@@ -143,3 +143,36 @@ def test_the_standalone_verifier_agrees_on_random_edits() -> None:
         ours = bundle.verify(doc, key)
         theirs = standalone.verify(doc, key)
         assert (comparable(ours.findings), sorted(ours.open)) == (comparable(theirs.findings), sorted(theirs.open)), n
+
+
+SEALED = [c for c in CASES if (VECTORS / "cases" / c / "opened.json").exists()]
+
+
+@pytest.mark.parametrize("case", SEALED)
+def test_sealed_vectors_open_to_the_published_events(case: str, tmp_path: Path) -> None:
+    """Forms 1 and 2 open with the published data key (wrapped into a real key store, read by a real keyring) to
+    exactly ``opened.json``; without the key nothing of a payload is readable."""
+    import base64
+
+    from extproc.recording.key_stores import FileKek, FileKeyStore
+    from extproc.recording.shred import Keyring, open_events
+
+    want = json.loads((VECTORS / "cases" / case / "opened.json").read_bytes())
+    sid, kid = want["key"].split("/")
+    (tmp_path / "kek").write_text("5e" * 32)
+    kek, store = FileKek(tmp_path / "kek"), FileKeyStore(tmp_path / "keys")
+    data_key = bytes.fromhex((VECTORS / "payload-data-key.hex").read_text())
+    store.create(
+        sid, kid, json.dumps({"kid": kid, "wrapped": base64.b64encode(kek.wrap(data_key, sid)).decode()}).encode()
+    )
+    doc = json.loads((VECTORS / "cases" / case / "bundle.json").read_bytes())
+    for st in doc["streams"]:
+        lines = [json.loads(ln) for ln in base64.b64decode(st["data"]).splitlines()]
+        sealed = [{k: v for k, v in ev.items() if k not in ("seq", "prev")} for ev in lines]
+        assert "café" not in json.dumps(sealed, ensure_ascii=False)
+        locked = json.loads(json.dumps(sealed))
+        open_events(sealed, Keyring(store, kek))
+        assert sealed == want["events"][st["writer"]]
+        open_events(locked, None)
+        assert "café" not in json.dumps(locked, ensure_ascii=False)
+        assert all(ev["unreadable"] == "no key-store access" for ev in locked if "unreadable" in ev)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,3 +181,118 @@ async def test_a_batch_with_a_list_still_refuses_and_strips_the_call_result(tmp_
     reply = await ex.on_response_body(_body(raw))
     sent = reply.response_body.response.body_mutation.body
     assert b"IMPORTANT" not in sent and b"withheld this result" in sent and "\u200b".encode() not in sent
+
+
+ZW = "\u200b"
+
+
+async def _batch_reply(tmp_path: Path, policy: str, requests: Any, answers: Any, sse: bool) -> bytes:
+    """What the client gets for ``answers`` to the batch ``requests``, through a real exchange and ``policy``."""
+    from exchange_fakes import ALICE, KEY, SCOPE, FakePolicy, FakeSink, _body, _gateway, _headers, _request
+
+    from extproc.authn.session_binding import bind
+    from extproc.exchange import Exchange
+
+    (tmp_path / "p.yaml").write_text(policy)
+    gw = _gateway(FakeSink(), FakePolicy(load_policy(tmp_path, {"demo"})))
+    ex = Exchange(gw)
+    await ex.on_request_headers(_request(session=bind("s", ALICE, KEY, SCOPE)))
+    assert (await ex.on_request_body(_body(requests))).HasField("request_body")
+    kind = "text/event-stream" if sse else "application/json"
+    reply = await ex.on_response_headers(_headers({":status": "200", "content-type": kind, "mcp-session-id": "s"}))
+    each = answers if isinstance(answers, list) else [answers]  # a batch, or one message
+    raw = b"".join(format_event(dumps(a)) for a in each) if sse else dumps(answers).encode()
+    size = len(raw) if reply.HasField("mode_override") else 40  # buffered: one message; else streamed in chunks
+    sent = b""
+    for i in range(0, len(raw), size):
+        r = await ex.on_response_body(_body(raw[i : i + size], end=i + size >= len(raw)))
+        mutation = r.response_body.response.body_mutation
+        sent += mutation.body if mutation.HasField("body") else raw[i : i + size]
+    return sent
+
+
+def _texts(sent: bytes, sse: bool) -> dict:
+    """Per response id, the texts the client got (descriptions of listed tools, a result's text content)."""
+    if sse:
+        docs = [json.loads(line[6:]) for line in sent.splitlines() if line.startswith(b"data: ")]
+    else:
+        docs = json.loads(sent)
+        docs = docs if isinstance(docs, list) else [docs]
+    out = {}
+    for m in docs:
+        r = m["result"]
+        out[m["id"]] = (
+            [t["description"] for t in r["tools"]] if "tools" in r else [c["text"] for c in r.get("content", [])]
+        )
+    return out
+
+
+ALARM_LIST = """
+apiVersion: mcp-extproc/v1
+rules:
+  - {name: all, effect: allow, subjects: {users: ["*"]}, targets: {servers: ["*"], methods: ["*"]}}
+integrity:
+  - {servers: [demo], tools: [quiet], screens: {results: alarm}}
+  - {servers: [demo], screens: {invisible: alarm}}
+"""
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["json", "sse"])
+async def test_a_batch_with_a_list_strips_only_the_results_set_to_strip(tmp_path: Path, sse: bool) -> None:
+    """A batch gets per element what the single message would: the call's result (``results: strip``) loses
+    its invisible characters, the listed description beside it (``invisible: alarm``) keeps them (before, the
+    whole buffered body was stripped)."""
+    from exchange_fakes import _call
+
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    tools = [{"name": "echo", "description": f"Echo{ZW} text", "inputSchema": {"type": "object"}}]
+    answers = [_result(1, f"a{ZW}b"), {"jsonrpc": "2.0", "id": 2, "result": {"tools": tools}}]
+    sent = await _batch_reply(tmp_path, ALARM_LIST, [_call("echo", 1, text="x"), listing], answers, sse)
+    assert _texts(sent, sse) == {1: ["ab"], 2: [f"Echo{ZW} text"]}
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["json", "sse"])
+async def test_a_batch_of_calls_strips_each_result_as_its_own_setting_says(tmp_path: Path, sse: bool) -> None:
+    """Sibling without a list: 'echo' strips, 'quiet' (``results: alarm``) keeps what the server sent (before,
+    the streaming stripper took them out of the whole body)."""
+    from exchange_fakes import _call
+
+    answers = [_result(1, f"a{ZW}b"), _result(2, f"c{ZW}d")]
+    requests = [_call("echo", 1, text="x"), _call("quiet", 2, text="y")]
+    sent = await _batch_reply(tmp_path, ALARM_LIST, requests, answers, sse)
+    assert _texts(sent, sse) == {1: ["ab"], 2: [f"c{ZW}d"]}
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("shape", ["call", "call+ping", "call+list"])
+async def test_a_lone_surrogate_in_a_result_or_a_list_is_passed_on_escaped(
+    tmp_path: Path, shape: str, sse: bool
+) -> None:
+    """JSON may carry a lone surrogate (an escape); UTF-8 cannot. Before, the result screen's matcher and every
+    rewrite of the body (a batch stripped per element, a filtered list) failed on one, and so the exchange."""
+    from exchange_fakes import _call
+
+    result = _result(1, f"a{ZW}b\ud800")
+    tools = [{"name": "echo", "description": "Echo\udc00", "inputSchema": {"type": "object"}}]
+    other = {
+        "call": [],
+        "call+ping": [({"jsonrpc": "2.0", "id": 2, "method": "ping"}, {"jsonrpc": "2.0", "id": 2, "result": {}})],
+        "call+list": [
+            (
+                {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                {"jsonrpc": "2.0", "id": 2, "result": {"tools": tools}},
+            )
+        ],
+    }[shape]
+    requests, answers = [_call("echo", 1, text="x")] + [r for r, _ in other], [result] + [a for _, a in other]
+    global dumps
+    plain, dumps = dumps, (lambda doc: json.dumps(doc))  # as a server may write it: the surrogate as \ud800
+    try:
+        sent = await _batch_reply(
+            tmp_path, ALARM_LIST, requests if other else requests[0], answers if other else result, sse
+        )
+    finally:
+        dumps = plain
+    texts = _texts(sent, sse)
+    assert texts[1] == ["ab\ud800"]
+    assert shape != "call+list" or texts[2] == ["Echo\udc00"]

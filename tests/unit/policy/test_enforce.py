@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from extproc.exchange.decide import describe
 from extproc.mcp.jsonrpc import McpCall
 from extproc.policy.enforce import redact_text
 from extproc.policy.engine import describe_call
@@ -36,6 +37,29 @@ def test_a_secret_in_a_resource_uri_is_redacted_from_the_call_description(tmp_pa
 
     assert "SECRETKEY123456" not in text
     assert "[REDACTED:" in text and text.startswith("resources/read")  # a built-in rule may win
+
+
+def test_a_call_description_follows_the_policy_it_is_described_under(tmp_path: Path) -> None:
+    """Descriptions are memoized per policy snapshot (exchange/decide.py): a reload with another redaction rule
+    is applied to the very next description, and the old snapshot's answer is not reused."""
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    old_dir.mkdir()
+    new_dir.mkdir()
+    (old_dir / "p.yaml").write_text(POLICY.replace("api_key=", "qa="))
+    (new_dir / "p.yaml").write_text(POLICY.replace("api_key=", "qb="))
+    old, new = load_policy(old_dir, {"files"}), load_policy(new_dir, {"files"})
+    keyed = McpCall("resources/read", id=1, uri="https://api.example/x?qa=SECRETKEY123456")
+    token = McpCall("resources/read", id=2, uri="https://api.example/x?qb=OTHERSECRET9876")
+
+    first = [describe(old, "files", keyed), describe(old, "files", token)]
+    again = [describe(old, "files", keyed), describe(new, "files", keyed), describe(new, "files", token)]
+
+    assert first == [redact_text(old, "files", describe_call("files", c)) for c in (keyed, token)]
+    assert "SECRETKEY123456" not in first[0] and "OTHERSECRET9876" in first[1]
+    assert again[0] == first[0]
+    assert again[1:] == [redact_text(new, "files", describe_call("files", c)) for c in (keyed, token)]
+    assert "SECRETKEY123456" in again[1] and "OTHERSECRET9876" not in again[2]
+    assert describe(None, "files", keyed) == describe_call("files", keyed)
 
 
 LISTS = """

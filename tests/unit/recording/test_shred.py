@@ -176,7 +176,7 @@ def test_every_seal_uses_a_fresh_nonce_and_the_documented_form(keyring: Keyring)
     stored = _exchange(PayloadSealer(keyring), "e1", ALICE) + _exchange(PayloadSealer(keyring), "e2", ALICE)
     seals = [json.loads(ev["headers"]["sealed"]) for ev in stored if "headers" in ev]
     seals += [ev["body"]["sealed"] for ev in stored if "sealed" in ev.get("body", {})]
-    assert len(seals) == 6 and {tuple(s) for s in seals} == {("alg", "key", "ct")}
+    assert len(seals) == 6 and {tuple(s) for s in seals} == {("v", "alg", "key", "ct")}
     assert len({base64.b64decode(s["ct"])[:12] for s in seals}) == 6
 
 

@@ -3,6 +3,7 @@ exporter: the documented tree, the parent from the client (header or params._met
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from threading import current_thread
 
@@ -10,10 +11,14 @@ import pytest
 from exchange_fakes import FakePolicy, FakeSink, _body, _call, _gateway, _headers, _request, load_fake_policy
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from otlp_receiver import OtlpReceiver
 
 from extproc.exchange import Exchange
+from extproc.recording.events import ExchangeEnd
 from extproc.telemetry.config import Telemetry
+from extproc.telemetry.otlp import readable
 from extproc.telemetry.tracing import Tracing
+from extproc.upstream.base import ExchangeEndNaming
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -68,9 +73,15 @@ async def test_allowed_call_has_the_documented_tree_under_the_clients_trace(poli
     # The server is sent the upstream span as its parent, in the client's trace; the record says so too.
     upstream = finished["upstream"].context
     assert _upstream_traceparent(reply) == f"00-{CLIENT_TRACE}-{upstream.span_id:016x}-01"
-    [context] = [e for e in sink.events if e.type == "trace.context"]
-    assert context.trace_id == CLIENT_TRACE and context.parent == "header"  # type: ignore[attr-defined]
-    assert context.span_id == f"{root.context.span_id:016x}"  # type: ignore[attr-defined]
+    assert "trace.context" not in sink.types()  # the ids are in exchange.end: one event less per exchange
+    [end] = [e for e in sink.events if e.type == "exchange.end"]
+    assert end.trace == {  # type: ignore[attr-defined]
+        "trace_id": CLIENT_TRACE,
+        "span_id": f"{root.context.span_id:016x}",
+        "parent": "header",
+        "upstream_span_id": f"{upstream.span_id:016x}",
+    }
+    assert end.to_dict()["trace"]["trace_id"] == CLIENT_TRACE
 
 
 async def test_parent_from_params_meta_traceparent_when_no_header(policy: FakePolicy) -> None:
@@ -83,7 +94,7 @@ async def test_parent_from_params_meta_traceparent_when_no_header(policy: FakePo
     root = next(s for s in spans.get_finished_spans() if s.name == "tools/call echo")
     assert format(root.context.trace_id, "032x") == CLIENT_TRACE
     assert _upstream_traceparent(reply).startswith(f"00-{CLIENT_TRACE}-")
-    assert [e.parent for e in sink.events if e.type == "trace.context"] == ["meta"]  # type: ignore[attr-defined]
+    assert [e.trace["parent"] for e in sink.events if e.type == "exchange.end"] == ["meta"]  # type: ignore[attr-defined]
 
 
 async def test_without_a_parent_a_new_trace_is_started(policy: FakePolicy) -> None:
@@ -94,7 +105,7 @@ async def test_without_a_parent_a_new_trace_is_started(policy: FakePolicy) -> No
     root = next(s for s in spans.get_finished_spans() if s.name == "tools/call echo")
     assert root.parent is None and format(root.context.trace_id, "032x") != CLIENT_TRACE
     assert _upstream_traceparent(reply).split("-")[1] == format(root.context.trace_id, "032x")
-    assert [e.parent for e in sink.events if e.type == "trace.context"] == ["new"]  # type: ignore[attr-defined]
+    assert [e.trace["parent"] for e in sink.events if e.type == "exchange.end"] == ["new"]  # type: ignore[attr-defined]
 
 
 async def test_denied_call_is_an_error_span_with_no_upstream(policy: FakePolicy) -> None:
@@ -115,14 +126,35 @@ async def test_tracing_off_changes_nothing(policy: FakePolicy) -> None:
     reply = await ex.on_request_body(_body(_call("echo", 1)))
     assert not reply.request_body.response.HasField("header_mutation")
     assert "trace.context" not in sink.types()
+    ex.finish("complete")
+    assert [type(e) for e in sink.events if e.type == "exchange.end"] == [ExchangeEnd]  # no trace field
 
 
 def test_export_failures_are_counted(policy: FakePolicy) -> None:
-    tracing = Tracing(Telemetry(endpoint="http://127.0.0.1:1/v1/traces", timeout_ms=200), batch=False)
+    telemetry = Telemetry(endpoint="http://127.0.0.1:1/v1/traces", timeout_ms=200, retries=2, retry_initial_ms=1)
+    tracing = Tracing(telemetry, batch=False)
     trace = tracing.exchange("x", None)
-    trace.finish("complete", 200)  # the OTLP exporter cannot reach port 1: counted, never raised
-    assert tracing.errors == 1 and tracing.exported == 0
+    trace.finish("complete", 200)  # the OTLP exporter cannot reach port 1: tried 3 times, counted, never raised
+    assert tracing.errors == 1 and tracing.exported == 0 and tracing._http is not None and tracing._http.retried == 2
     tracing.shutdown()
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_a_busy_collector_is_retried_with_backoff_and_gets_the_spans_gzipped(compression: str) -> None:
+    """429 and 503 (OTLP/HTTP's "come back later", Retry-After honoured) are tried again; the batch arrives once,
+    with Content-Encoding: gzip when configured; a refusal past the retries is counted, not raised."""
+    with OtlpReceiver(refuse=[(503, None), (429, "0")]) as otlp:
+        telemetry = Telemetry(endpoint=otlp.endpoint, retries=2, retry_initial_ms=1, compression=compression)
+        tracing = Tracing(telemetry, batch=False)
+        _one_exchange(tracing)
+        assert tracing.exported == 3 and tracing.errors == 0 and tracing._http is not None
+        assert tracing._http.retried == 2 and len(otlp.spans) == 3
+        assert otlp.encodings == ["gzip" if compression == "gzip" else ""] * 3 and otlp.bad == []
+        otlp.refuse = [(503, None)] * 3 + [(400, None)]
+        _one_exchange(tracing)  # three 503s: retries spent
+        _one_exchange(tracing)  # a 400 is final: not retried
+        assert tracing.errors == 2 and tracing._http.retried == 4 and len(otlp.spans) == 3
+        tracing.shutdown()
 
 
 async def test_an_unsampled_exchange_passes_the_clients_traceparent_and_records_nothing(policy: FakePolicy) -> None:
@@ -138,12 +170,30 @@ async def test_an_unsampled_exchange_passes_the_clients_traceparent_and_records_
     assert spans.get_finished_spans() == ()
     assert not reply.request_body.response.HasField("header_mutation")
     assert "trace.context" not in sink.types()
+    assert [type(e) for e in sink.events if e.type == "exchange.end"] == [ExchangeEnd]
+
+
+def test_the_end_of_a_traced_exchange_keeps_every_field_and_the_credential_it_names() -> None:
+    tracing = Tracing(Telemetry(endpoint="http://127.0.0.1:1/v1/traces"), exporter=InMemorySpanExporter(), batch=False)
+    trace = tracing.exchange("ex-1", TRACEPARENT)
+    trace.begin([_call("echo", 1)])  # refused before it went upstream: no upstream span
+    plain = ExchangeEnd(session="s", exchange="ex-1", index=4, time=2.0, outcome="denied", status=403, detail="no")
+    named = ExchangeEndNaming(**{f.name: getattr(plain, f.name) for f in fields(plain)}, credential={"kind": "k"})
+    for end in (plain, named):
+        traced = trace.ended(end)
+        assert isinstance(traced, type(end)) and traced.type == "exchange.end"
+        line = traced.to_dict()
+        assert {k: v for k, v in line.items() if k != "trace"} == end.to_dict()
+        assert line["trace"] == {
+            "trace_id": CLIENT_TRACE, "span_id": f"{trace.span_id:016x}", "parent": "header", "upstream_span_id": "",
+        }  # fmt: skip
+    tracing.shutdown()
 
 
 def _one_exchange(tracing: Tracing, traceparent: str | None = TRACEPARENT) -> None:
     trace = tracing.exchange("ex-1", traceparent)
     trace.mark("authenticate", 1)
-    trace.forward([_call("echo", 3, text="hi")], "sess", "demo", FakeSink())
+    trace.forward([_call("echo", 3, text="hi")], "sess", "demo")
     trace.answered(200)
     trace.finish("denied", 403, "deny", "policies/p.yaml:3", "PolicyDenied: no", "sess")
 
@@ -160,7 +210,7 @@ def test_the_otlp_request_is_the_one_the_sdk_encoder_makes_of_the_same_spans() -
     tracing.submit = lambda r: (records.extend(r), real_submit(r))  # type: ignore[method-assign]
     _one_exchange(tracing)
     ours = ExportTraceServiceRequest.FromString(sent[0])
-    sdk = encode_spans([tracing._readable(r) for r in records])
+    sdk = encode_spans([readable(r, tracing.resource, tracing.scope) for r in records])
 
     def spans(req: ExportTraceServiceRequest) -> list[dict]:
         [rs] = req.resource_spans
@@ -176,6 +226,14 @@ def test_the_otlp_request_is_the_one_the_sdk_encoder_makes_of_the_same_spans() -
 
     assert len(records) == 3 and spans(ours) == spans(sdk)
     assert tracing.exported == 3 and tracing.errors == 0
+    # Several exchanges in one request (a new trace: a root without parent; the client's again), as the shipper
+    # sends them: what one span shares with the one before (trace id, parent) is written the same way.
+    _one_exchange(tracing, None)
+    _one_exchange(tracing)
+    many = ExportTraceServiceRequest.FromString(tracing.encoder.encode(records))
+    assert len(records) == 9 and spans(many) == spans(
+        encode_spans([readable(r, tracing.resource, tracing.scope) for r in records])
+    )
 
 
 def test_an_unsampled_exchange_draws_no_span_id_and_keeps_no_phase() -> None:
@@ -188,7 +246,7 @@ def test_an_unsampled_exchange_draws_no_span_id_and_keeps_no_phase() -> None:
     trace.begin([_call("echo", 1)], "sess", "demo")
     trace.mark("policy", 2)
     assert not trace.sampled and trace.span_id == 0 and trace._children == [] and trace.attributes == {}
-    assert trace.forward([_call("echo", 1)], "sess", "demo", FakeSink()) == {}
+    assert trace.forward([_call("echo", 1)], "sess", "demo") == {}
     trace.finish("complete", 200)
     assert sent == [] and len(tracing.queue) == 0
 

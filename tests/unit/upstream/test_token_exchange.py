@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.abc
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +24,7 @@ from extproc.settings import parse
 from extproc.upstream.base import ExchangeContext, UpstreamCredential
 from extproc.upstream.config import TokenExchange
 from extproc.upstream.credentials import Upstream
-from extproc.upstream.token_exchange import TokenExchanger, delegation_chain
+from extproc.upstream.token_exchange import TokenExchanger, _unverified_claims, delegation_chain
 
 
 @pytest.fixture
@@ -201,3 +203,61 @@ def test_an_exchange_slower_than_envoys_message_timeout_fails_the_start(tmp_path
     settings = parse({"servers": [server], "auth": auth, "policy": {"directory": "/tmp"}})
     with pytest.raises(ConfigError, match=r"timeout_s: 5s must be below processor.message_timeout_ms \(5s\)"):
         Upstream.from_settings(settings)
+
+
+async def test_the_warm_path_answers_only_the_callers_own_cached_token(http, issuer, secret) -> None:
+    """Upstream.warm (no await, no event built once the unit has it): the caller's own cached token, else None and
+    headers_for decides (exchanges or refuses); never another caller's token."""
+    alice, alice_token = _who(issuer)
+    bob, bob_token = _who(issuer, "bob")
+    up = Upstream({"github": _tx(http, client_secret_file=str(secret), audience="gh")}, [])
+    events: list[Any] = []
+
+    def ctx(token: str) -> ExchangeContext:
+        return ExchangeContext("ex", "", None, token, events.append)
+
+    assert up.warm(alice, "github", ctx(alice_token)) is None  # nothing cached yet
+    issued = await up.headers_for(alice, "github", ctx(alice_token))
+    assert up.warm(alice, "github", ctx(alice_token)) == issued and events[-1].cached  # a plain callable: the event
+    assert up.warm(bob, "github", ctx(bob_token)) is None
+    other = Principal(issuer="https://other.test", subject="alice", username="alice")
+    assert up.warm(other, "github", ctx(alice_token)) is None
+    assert up.warm(None, "github", ctx(alice_token)) is None and up.warm(alice, "github", ctx("")) is None
+    assert up.warm(alice, "demo", ctx(alice_token)) == {}  # no upstream_auth there
+    assert await up.headers_for(bob, "github", ctx(bob_token)) != issued and issuer.token_exchange.exchanges == 2
+
+
+async def test_a_token_request_attempts_no_import(http, issuer, secret) -> None:
+    """httpcore looks for sniffio on every request: while it was not installed, each look searched sys.path again
+    (six failed imports per exchange, about half of a cold exchange's CPU)."""
+
+    class Spy(importlib.abc.MetaPathFinder):
+        asked: list[str] = []
+
+        def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+            self.asked.append(name)
+
+    tx = _tx(http, client_secret_file=str(secret), audience="gh")
+    await _call(tx, *_who(issuer))  # whatever is imported once, on first use
+    spy = Spy()
+    sys.meta_path.insert(0, spy)
+    try:
+        for user in ("bob", "carol"):
+            await _call(tx, *_who(issuer, user))
+    finally:
+        sys.meta_path.remove(spy)
+    assert spy.asked == [] and issuer.token_exchange.exchanges == 3
+
+
+@pytest.mark.parametrize(
+    ("token", "claims"),
+    [
+        pytest.param("a.eyJzdWIiOiJhbGljZSIsImFjdCI6eyJzdWIiOiJib3QifX0.c", {"sub": "alice", "act": {"sub": "bot"}}),
+        pytest.param("opaque-token", {}, id="not-a-jwt"),
+        pytest.param("a.!!!.c", {}, id="not-base64"),
+        pytest.param("a.WzFd.c", {}, id="not-an-object"),
+        pytest.param("a.bm90IGpzb24.c", {}, id="not-json"),
+    ],
+)
+def test_unverified_claims_are_read_for_the_record_only(token: str, claims: dict[str, Any]) -> None:
+    assert _unverified_claims(token) == claims

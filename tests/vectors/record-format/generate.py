@@ -8,6 +8,10 @@ breaks copies of it one way each. Every case gets ``bundle.json`` and ``expected
 verifiers must report, sorted); ``good/steps.json`` spells out every intermediate hash, signed byte string and
 signature. Each broken case also names, by hand, the finding it exists for (``WANT``); generation fails if the
 reference verifier does not report it. tests/unit/evidence/test_vectors.py regenerates and compares byte for byte.
+
+The ``sealed-*`` cases record the same exchanges with ``recording.encrypt_payloads: per_subject`` (sealing.py: the
+data key is ``payload-data-key.hex``), in sealed form 1 (older records) and form 2 (written today); each gets
+``opened.json``, the events every reader must get back after opening them (generation fails otherwise).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import sealing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -40,6 +45,7 @@ from extproc.recording.events import (
     body_fields,
 )
 from extproc.recording.manifest import GENESIS, Manifest, Signer
+from extproc.recording.shred import open_events
 from extproc.recording.store import StreamData, safe_key
 
 HERE = Path(__file__).resolve().parent
@@ -145,12 +151,19 @@ class MemoryStore:
         return [self.key]
 
 
-def recorded(private: Ed25519PrivateKey, session: str = SESSION) -> dict[str, Any]:
-    """The session: writer w1 (three exchanges, a segment each), writer w2 (one exchange); both chains closed."""
+def recorded(
+    private: Ed25519PrivateKey, session: str = SESSION, seal: Callable[[Event], None] | None = None
+) -> dict[str, Any]:
+    """The session: writer w1 (three exchanges, a segment each), writer w2 (one exchange); both chains closed.
+    ``seal``: each event's payload sealed before it is chained, as the recorder does."""
     signer = Signer(private)
     segments = [exchange(0, T0, session), exchange(1, T0 + 10, session), exchange(2, T0 + 20, session)]
+    last = exchange(3, T0 + 5, session)
+    for ev in (ev for events in [*segments, last] for ev in events):
+        if seal is not None:
+            seal(ev)
     w1 = stream("w1", segments, signer, T0 + 1, session)
-    w2 = stream("w2", [exchange(3, T0 + 5, session)], signer, T0 + 6, session)
+    w2 = stream("w2", [last], signer, T0 + 6, session)
     chains = {
         "w1": digests("w1", [w1[1][:2], w1[1][2:]], signer, T0 - 100),
         "w2": digests("w2", [w2[1]], signer, T0 - 100),
@@ -273,6 +286,33 @@ def spliced_stream(doc: dict[str, Any]) -> None:
             doc["streams"][i] = _get(other, "w2")
 
 
+SEALED_1, SEALED_2 = "s-vectors-sealed-1", "s-vectors-sealed-2"
+
+
+def sealed_form_1(doc: dict[str, Any]) -> None:
+    """Not broken: the session recorded with payloads sealed in form 1 (no "v": the plaintext holds every sealed
+    field), as records written before form 2 are; chains and manifests cover the ciphertext."""
+    doc.clear()
+    doc.update(recorded(PUBLISHED, SEALED_1, sealing.Form1(prefix=1).seal))
+
+
+def sealed_form_2(doc: dict[str, Any]) -> None:
+    """Not broken: the session recorded with payloads sealed in form 2 ("v": 2; a raw body's parsed messages are
+    not in the plaintext), as the processor writes them."""
+    doc.clear()
+    doc.update(recorded(PUBLISHED, SEALED_2, sealing.form_2(prefix=2).seal))
+
+
+def sealed_edited_ciphertext(doc: dict[str, Any]) -> None:
+    """Form 2, line 8 of w1 (exchange 1's sealed request): one base64 character of its ciphertext changed."""
+    sealed_form_2(doc)
+    st = _get(doc, "w1")
+    lines = _lines(st)
+    at = lines[7].index(b'"ct":"') + 10
+    lines[7] = lines[7][:at] + (b"A" if lines[7][at : at + 1] != b"A" else b"B") + lines[7][at + 1 :]
+    _set_lines(st, lines)
+
+
 # name -> (how it breaks, the finding it exists for: a substring the reference verifier must report)
 CASES: dict[str, tuple[Callable[[dict[str, Any]], None] | None, str]] = {
     "good": (None, ""),
@@ -290,7 +330,29 @@ CASES: dict[str, tuple[Callable[[dict[str, Any]], None] | None, str]] = {
     "unsigned": (unsigned, "manifest unsigned"),
     "unicode-session": (unicode_session, ""),
     "spliced-stream": (spliced_stream, "manifest belongs to session 's-vectors-2' (spliced from another session)"),
+    "sealed-form-1": (sealed_form_1, ""),
+    "sealed-form-2": (sealed_form_2, ""),
+    "sealed-edited-ciphertext": (sealed_edited_ciphertext, "segment 1: content differs from its signed manifest"),
 }
+PLAIN = {"sealed-form-1": SEALED_1, "sealed-form-2": SEALED_2}  # sealed case -> its session id
+
+
+def events(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Each stream's events as stored (without ``seq`` and ``prev``), by writer."""
+    out = {}
+    for st in doc["streams"]:
+        out[st["writer"]] = [{k: v for k, v in json.loads(ln).items() if k not in ("seq", "prev")} for ln in _lines(st)]
+    return out
+
+
+def opened(doc: dict[str, Any], session: str) -> dict[str, list[dict[str, Any]]]:
+    """The sealed session's events opened with the data key; generation fails unless they are the plain events."""
+    got = events(doc)
+    for evs in got.values():
+        open_events(evs, sealing.keyring())
+    if got != events(recorded(PUBLISHED, session)):
+        raise SystemExit(f"session {session}: the sealed events do not open to the events as recorded in the clear")
+    return got
 
 
 def dumps(doc: Any) -> bytes:
@@ -328,6 +390,7 @@ def generate(out: Path) -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     (out / "published.pub").write_bytes(pem)
+    (out / "payload-data-key.hex").write_text(sealing.DATA_KEY.hex() + "\n")
     for name, (breaker, want) in CASES.items():
         doc = copy.deepcopy(good)
         if breaker is not None:
@@ -344,6 +407,8 @@ def generate(out: Path) -> None:
         why = " ".join((breaker.__doc__ or "").split()) if breaker else "The session as recorded: every check passes."
         expected = {"case": name, "what": why, "want": want, "ok": verdict.ok(), **verdict.to_json()}
         (folder / "expected.json").write_bytes(dumps(expected))
+        if name in PLAIN:
+            (folder / "opened.json").write_bytes(dumps({"key": sealing.KEY_REF, "events": opened(doc, PLAIN[name])}))
     (out / "cases" / "good" / "steps.json").write_bytes(dumps(steps(good)))
 
 
