@@ -33,7 +33,7 @@ from extproc.recording.spool import Spool
 from extproc.recording.store import Store
 from extproc.recording.streams import Streams
 from extproc.recording.uploader import Uploader
-from extproc.recording.writer import _WAKE_AT, RecorderOptions, WriterRound
+from extproc.recording.writer import WAKE_AT, RecorderOptions, WriterRound
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class Recorder(WriterRound):
         self._accepted += 1
         waiter = self._waiter
         # Only a round's first event wakes it, and only from a long sleep (see ``WriterRound._next_round``).
-        if waiter is not None and (not self._lingering or len(self._buf) >= _WAKE_AT) and not waiter.done():
+        if waiter is not None and (not self._lingering or len(self._buf) >= WAKE_AT) and not waiter.done():
             self._woken_by_emit = True
             waiter.set_result(None)
         return True

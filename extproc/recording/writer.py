@@ -23,7 +23,7 @@ from extproc.recording.streams import Stream, Streams
 log = logging.getLogger("extproc.recording.recorder")  # one logger for the recorder, whichever half speaks
 
 _MAX_BATCH = 4096  # events chained per round (a round is one thread hop to the spool)
-_WAKE_AT = 1024  # events queued that wake a writer even while it lingers (``Recorder.emit``)
+WAKE_AT = 1024  # events queued that wake a writer even while it lingers (``Recorder.emit``)
 # At shutdown the seals queued behind get SETTLE_STEP_S at a time while they keep moving, SETTLE_BUDGET_S in all: a
 # pod has 60 s to stop, and the uploader ships what they sealed afterwards.
 SETTLE_STEP_S, SETTLE_BUDGET_S = 5.0, 35.0
@@ -200,14 +200,14 @@ class WriterRound:
         With ``required`` the commit points write the events themselves (``_write_now``): a round started by an
         emit then waits a whole flush interval, and comes for what is left (events no commit point covers) and the
         fsync, which thus covers every exchange of the interval: at a low rate one timer and one thread hop per
-        interval instead of a linger and an fsync per exchange. A queue of ``_WAKE_AT`` events cuts it short."""
+        interval instead of a linger and an fsync per exchange. A queue of ``WAKE_AT`` events cuts it short."""
         # A commit point that could not write at once (a new stream's folder) left chained lines for this round.
         by_emit = False
         if not self._buf and not self._stopping and not (self._commits and self.streams.has_lines):
             self._woken_by_emit = False
             await self._sleep(wake_after)
             by_emit = self._woken_by_emit
-        if not self._buf or self._stopping or self._commits or len(self._buf) >= _WAKE_AT:
+        if not self._buf or self._stopping or self._commits or len(self._buf) >= WAKE_AT:
             return
         wait = self.options.flush_interval if by_emit and self.options.required else self.linger
         if wait > 0:

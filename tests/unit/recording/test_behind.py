@@ -236,3 +236,40 @@ async def test_a_batch_of_seals_failing_half_way_is_retried_with_the_same_links(
         prev = hashlib.sha256(raw).hexdigest()
     assert link == [prev] and not list(folder.glob("*.tmp"))
     await spool.close(remove_if_empty=False)
+
+
+@pytest.mark.parametrize(
+    ("appends", "synced_after", "seg_fsyncs"),
+    [
+        pytest.param(1, 1, 1, id="fsynced-then-sealed: the seal owes none"),
+        pytest.param(1, 0, 1, id="never-fsynced: the seal fsyncs it"),
+        pytest.param(2, 1, 2, id="written-after-the-fsync: the seal fsyncs it again"),
+    ],
+)
+async def test_a_seal_fsyncs_its_segment_file_exactly_when_it_was_written_since_the_last_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, appends: int, synced_after: int, seg_fsyncs: int
+) -> None:
+    import os
+
+    real, inodes = os.fsync, []
+
+    def counting(fd: int) -> None:  # the real fsync, noting which file it was for
+        inodes.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    spool = Spool(tmp_path, "w")
+    await spool.open()
+    monkeypatch.setattr(os, "fsync", counting)
+    link = ["0" * 64]
+    for n in range(appends):
+        assert await spool.write_behind([Append("s", "w", 0, b"%d\n" % n)]) == (1, None)
+        if n < synced_after:
+            spool.sync_behind()
+    size = 2 * appends
+    manifest = Manifest("s", "w", 0, 0, appends - 1, appends, size, "", "y" * 64, "", created=1.0)
+    assert await spool.write_behind([Unfinished(manifest, link, Signer(None))]) == (1, None)
+    assert await spool.behind.settled() is None
+
+    seg = (tmp_path / "w" / stream_folder("s", "w") / "00000000.seg").stat().st_ino
+    assert inodes.count(seg) == seg_fsyncs
+    await spool.close(remove_if_empty=False)
