@@ -24,6 +24,7 @@ import asyncio
 import cProfile
 import io
 import json
+import os
 import pstats
 import statistics
 import sys
@@ -95,10 +96,17 @@ async def run(
     sample_ratio: float = 1.0,
     encrypt: bool = False,
     surface: bool = False,
+    spacing: float = 0.0,
+    sessions: int = 1,
+    record: bool = True,
+    extra: dict[str, object] | None = None,
+    upstream: float = 0.0,
     mix: str = "bench",
     seal_blocks: dict[bool, list[float]] | None = None,
 ) -> dict[str, float]:
-    recording: dict[str, object] = {"directory": str(workdir / "rec")}
+    recording: dict[str, object] = {"directory": str(workdir / "rec"), **(extra or {})}
+    if not record:  # attribution only: the server is not recorded at all
+        recording.update(servers={"demo": "off"}, off_acknowledged="bench attribution")
     if encrypt:  # payloads sealed per subject (recording/shred.py), data keys wrapped by a key file
         (workdir / "kek").write_text("ab" * 32)
         recording.update(encrypt_payloads="per_subject", payload_keys={"kek_file": str(workdir / "kek")})
@@ -122,20 +130,26 @@ async def run(
     if observed in (True, "both", "trace"):
         telemetry = Telemetry(endpoint="http://127.0.0.1:4318/v1/traces", sample_ratio=sample_ratio)
         tracing = gw.tracing = Tracing(telemetry, post=_no_network)
-    session = bind("sess-1", ALICE, gw.options.session_key, "demo/")
-    req_headers = _headers(
-        {
-            ":method": "POST",
-            ":path": "/demo/mcp",
-            ":authority": "gw",
-            "content-type": "application/json",
-            "accept": "application/json, text/event-stream",
-            "authorization": "Bearer x" * 40,
-            "mcp-session-id": session,
-        }
-    )
+    heads = [
+        _headers(
+            {
+                ":method": "POST",
+                ":path": "/demo/mcp",
+                ":authority": "gw",
+                "content-type": "application/json",
+                "accept": "application/json, text/event-stream",
+                "authorization": "Bearer x" * 40,
+                "mcp-session-id": bind(f"sess-{k + 1}", ALICE, gw.options.session_key, "demo/"),
+            }
+        )
+        for k in range(sessions)
+    ]
+    req_headers, session = heads[0], bind("sess-1", ALICE, gw.options.session_key, "demo/")
     req_body = ep.HttpBody(body=json.dumps(CALL).encode(), end_of_stream=True)
-    resp_headers = _headers({":status": "200", "content-type": "text/event-stream", "mcp-session-id": "sess-1"})
+    resp_heads = [
+        _headers({":status": "200", "content-type": "text/event-stream", "mcp-session-id": f"sess-{k + 1}"})
+        for k in range(sessions)
+    ]
     resp_body = ep.HttpBody(body=f"event: message\ndata: {json.dumps(RESULT)}\n\n".encode(), end_of_stream=True)
     if surface:  # tool-surface integrity on, and the session has listed its tools (--ab-surface)
         key = Ed25519PrivateKey.generate()
@@ -150,14 +164,25 @@ async def run(
         ((unit, shown),) = gw.surface.units.items()
         assert any(name == "echo" for _, _, name in shown.last), f"{unit}: the tools/list was not reviewed"
 
-    plan = [(req_headers, req_body, resp_headers, (resp_body,))] if mix == "bench" else _gateway_mix(session, exchanges)
-    prof = cProfile.Profile() if profile else None
+    bench_plan = [(heads[k], req_body, resp_heads[k], (resp_body,)) for k in range(sessions)]
+    plan = bench_plan if mix == "bench" else _gateway_mix(session, exchanges)
+    if spacing:  # low rate: warm every session (first-call caches, streams, spool folders) outside the window
+        for k in range(2 * sessions):
+            ex = Exchange(gw)
+            await ex.on_request_headers(heads[k % sessions])
+            await ex.on_request_body(req_body)
+            await ex.on_response_headers(resp_heads[k % sessions])
+            await ex.on_response_body(resp_body)
+        await runtime.recorder.flushed(within=60)
+        await asyncio.sleep(2 * spacing)
+    prof = cProfile.Profile(time.thread_time) if profile else None  # CPU of the loop thread, not wall
     refused = 0
-    cpu0 = time.process_time()
+    cpu0, main0 = time.process_time(), time.thread_time()
     if prof:
         prof.enable()
     recorder: Any = runtime.recorder  # a BoundedRecorder: its sealer
     sealer, block_cpu = recorder.sealer, time.process_time()
+    t0 = time.monotonic()
     for n in range(exchanges):
         rq_headers, rq_body, rs_headers, rs_bodies = plan[n % len(plan)]
         if seal_blocks is not None and n % SEAL_BLOCK == 0:  # --ab-seal: sealing toggled per block, ABBA
@@ -173,10 +198,13 @@ async def run(
             await asyncio.sleep(0.001)
             continue
         await ex.on_request_body(rq_body)
+        if upstream:  # the server's answer takes this long (the gateway's exchanges wait between the two halves)
+            await asyncio.sleep(upstream)
         await ex.on_response_headers(rs_headers)
         for chunk in rs_bodies:
             await ex.on_response_body(chunk)
-        await asyncio.sleep(0)  # the recorder task runs between exchanges, as between gRPC messages
+        # the recorder task runs between exchanges, as between gRPC messages; --spacing: open loop, n / rate
+        await asyncio.sleep(max(0.0, t0 + (n + 1) * spacing - time.monotonic()) if spacing else 0)
         while not runtime.recorder.accepting:  # noqa: ASYNC110 (back-pressure: where the gateway would answer 503)
             await asyncio.sleep(0.001)
     await runtime.recorder.flushed(within=60)
@@ -187,15 +215,23 @@ async def run(
     if prof:
         prof.disable()
     cpu = time.process_time() - cpu0  # every thread of the process: the export's and the span processor's too
+    main = time.thread_time() - main0  # the event loop's thread alone
     await runtime.close()
     await policy.close()
     if prof:
         out = io.StringIO()
-        pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(r"extproc", 20)
+        pstats.Stats(prof, stream=out).sort_stats(os.environ.get("BENCH_SORT", "cumulative")).print_stats(
+            int(os.environ.get("BENCH_TOP", "20"))
+        )
         print(out.getvalue())
     if refused:
         print(f"{refused} of {exchanges} exchanges refused at admission (recorder not accepting)")
-    return {"exchanges": exchanges - refused, "cpu_ms_per_exchange": cpu * 1000 / max(1, exchanges - refused)}
+    done = max(1, exchanges - refused)
+    return {
+        "exchanges": exchanges - refused,
+        "cpu_ms_per_exchange": cpu * 1000 / done,
+        "loop_ms_per_exchange": main * 1000 / done,
+    }
 
 
 def _gateway_mix(session: str, exchanges: int) -> list[tuple[ep.HttpHeaders, ep.HttpBody, ep.HttpHeaders, tuple]]:
@@ -252,6 +288,15 @@ def main() -> None:
     parser.add_argument(
         "--ab-surface", type=int, default=0, metavar="ROUNDS", help="tool surface off/on ROUNDS times; the ratio"
     )
+    parser.add_argument("--spacing", type=float, default=0.0, help="s between exchange starts (0.1: 10 req/s)")
+    parser.add_argument("--sessions", type=int, default=1, help="sessions the exchanges rotate over (gateway: 16)")
+    parser.add_argument("--no-record", action="store_true", help="recording.servers demo: off (attribution)")
+    parser.add_argument(
+        "--upstream-ms", type=float, default=0.0, help="ms between request and response (with --spacing)"
+    )
+    parser.add_argument(
+        "--recording", action="append", default=[], metavar="KEY=JSON", help="a recording: key (repeatable)"
+    )
     parser.add_argument(
         "--ab-encrypt", type=int, default=0, metavar="ROUNDS", help="alternate off/on ROUNDS times; print the ratio"
     )
@@ -271,10 +316,18 @@ def main() -> None:
         ab_surface(args.exchanges, args.ab_surface)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        result = asyncio.run(run(args.exchanges, Path(tmp), args.profile, encrypt=args.encrypt, mix=args.mix))
+        result = asyncio.run(
+            run(
+                args.exchanges, Path(tmp), args.profile, encrypt=args.encrypt, spacing=args.spacing,
+                sessions=args.sessions, record=not args.no_record,
+                extra={k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.recording)},
+                upstream=args.upstream_ms / 1000, mix=args.mix,
+            )
+        )  # fmt: skip
     print(
         f"{result['exchanges']} exchanges (auth cache hit, example policy, redaction, recording with signed "
-        f"segments): {result['cpu_ms_per_exchange']:.3f} ms CPU per exchange in mcp-extproc's own code"
+        f"segments): {result['cpu_ms_per_exchange']:.3f} ms CPU per exchange in mcp-extproc's own code "
+        f"({result['loop_ms_per_exchange']:.3f} ms on the event loop's thread)"
     )
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ from extproc.recording.spool import Spool
 from extproc.recording.store import Store
 from extproc.recording.streams import Streams
 from extproc.recording.uploader import Uploader
-from extproc.recording.writer import RecorderOptions, WriterRound
+from extproc.recording.writer import WAKE_AT, RecorderOptions, WriterRound
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class Recorder(WriterRound):
         self._max_queue = options.queue_size
         self._waiter: asyncio.Future[None] | None = None
         self._lingering = False  # the writer gathers a round: emit() does not wake it, a commit point does
+        self._woken_by_emit = False  # the writer's last sleep was ended by emit() (a round's first event)
         self._stopping = False
         self.linger = min(options.linger, options.flush_interval)
         self._clock = clock
@@ -170,7 +171,9 @@ class Recorder(WriterRound):
         self._buf.append(event)
         self._accepted += 1
         waiter = self._waiter
-        if waiter is not None and not self._lingering and not waiter.done():  # only a round's first event wakes it
+        # Only a round's first event wakes it, and only from a long sleep (see ``WriterRound._next_round``).
+        if waiter is not None and (not self._lingering or len(self._buf) >= WAKE_AT) and not waiter.done():
+            self._woken_by_emit = True
             waiter.set_result(None)
         return True
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import hashlib
 import os
 import shutil
 from collections import OrderedDict, deque
@@ -30,12 +29,13 @@ from extproc.recording.manifest import Manifest
 from extproc.recording.spool_files import (
     Append,
     Sealed,
+    Sealing,
     SegmentKey,
     Unfinished,
     close_files,
-    hash_file,
     read_meta,
     read_segments,
+    seal_all,
     stream_folder,
 )
 from extproc.recording.store import LocalStore, Segment, Store, safe_key
@@ -59,6 +59,7 @@ class Spool:
         self._handles: OrderedDict[SegmentKey, IO[bytes]] = OrderedDict()
         self._ends: dict[SegmentKey, int] = {}  # each open segment file's size: no fstat per append
         self._dirty: set[SegmentKey] = set()
+        self._syncing: set[SegmentKey] = set()  # the keys of a ``sync`` in progress (a thread fsyncs them)
         self._max_open = max_open
         self._folders: set[str] = set()  # stream folders known to exist (with their meta.json)
         # Seals, fsyncs and closes of ``write_behind`` run here, in order, off the data path.
@@ -162,6 +163,7 @@ class Spool:
     def write_known(self, ops: list[Append | Unfinished]) -> tuple[int, StoreError | None]:
         """``write_behind`` once every folder of ``ops`` exists (``new_folders`` is empty), on the event loop."""
         retiring: list[tuple[IO[bytes], bool]] = []
+        seals: list[Unfinished] = []
         try:
             for i, op in enumerate(ops):
                 if isinstance(op, Append):
@@ -174,11 +176,13 @@ class Spool:
                         return i, SpoolWriteError(f"cannot append to spool file {path}", e)
                     self.size += len(op.data)
                 else:
-                    self._seal_behind(op)
+                    seals.append(op)
             return len(ops), None
         finally:
-            if retiring:
+            if retiring:  # before the seals: a retired file's data is fsynced before any manifest over it
                 self.behind.put(Job(lambda: close_files(retiring), None, f"cannot close spool files in {self.path}"))
+            if seals:
+                self._seal_behind(seals)
 
     def sync_behind(self) -> None:
         """Queue an fsync of every segment file written since the last one (behind the seals queued before)."""
@@ -187,38 +191,30 @@ class Spool:
         if files:
             self.behind.put(Job(lambda: fsync_all(files), None, f"cannot fsync spool {self.path}"))
 
-    def _seal_behind(self, seal: Unfinished) -> None:
-        manifest = seal.manifest
-        key = (manifest.session, manifest.writer, manifest.segment)
-        handle = [self._handles.pop(key, None)]
-        self._ends.pop(key, None)
-        self._dirty.discard(key)
-        folder = self.path / stream_folder(manifest.session, manifest.writer)
-        data_path = folder / f"{manifest.segment:08d}.seg"
-
-        def run() -> None:
-            f = handle[0]
-            if f is not None:
-                os.fsync(f.fileno())
-                f.close()
-                handle[0] = None  # closed: a retry after a failed manifest write must not touch it again
-            # Exactly the bytes appended to this segment (a failed append was cut off again); read back from the
-            # page cache and hashed here, beside the data path (hashlib lets go of the GIL).
-            digest, size = hash_file(data_path)
-            if size != manifest.size:
-                raise OSError(f"segment file holds {size} bytes, {manifest.size} were appended")
-            manifest.sha256 = digest
-            manifest.prev_manifest = seal.link[0]
-            raw = seal.signer.sign(manifest).to_bytes()
-            self._finish(folder, data_path, manifest, raw, None)
-            seal.link[0] = hashlib.sha256(raw).hexdigest()
+    def _seal_behind(self, seals: list[Unfinished]) -> None:
+        """Queue the seals of one write as one job (``seal_all``): each segment's file leaves the append set now."""
+        items: list[Sealing] = []
+        for seal in seals:
+            m = seal.manifest
+            key = (m.session, m.writer, m.segment)
+            self._ends.pop(key, None)
+            # Written since the last fsync queued behind (which runs before this seal), or in one still running
+            # beside it (``sync``): else the file owes no fsync.
+            written = key in self._dirty or key in self._syncing
+            self._dirty.discard(key)
+            folder = self.path / stream_folder(m.session, m.writer)
+            items.append(Sealing(seal, folder, self._handles.pop(key, None), fsync=written))
 
         def done() -> None:
-            m = manifest
-            self.ready.append(Sealed(folder, m.session, m.writer, m.segment, m.created, m.final))
+            for it in items:
+                m = it.seal.manifest
+                self.ready.append(Sealed(it.folder, m.session, m.writer, m.segment, m.created, m.final))
             self.changed.set()
 
-        self.behind.put(Job(run, done, f"cannot seal spool segment {data_path}"))
+        self.behind.put(Job(lambda: self._seal_all(items), done, f"cannot seal spool segments in {self.path}"))
+
+    def _seal_all(self, items: list[Sealing]) -> None:
+        seal_all(items, self._make_folder)
 
     def _make_folders(self, streams: list[tuple[str, str, str]]) -> None:
         for name, session, writer in streams:
@@ -287,11 +283,14 @@ class Spool:
         if failure is not None:
             raise failure
         dirty, self._dirty = self._dirty, set()
+        self._syncing = dirty
         try:
             await asyncio.to_thread(self._fsync, dirty)
         except OSError as e:
             self._dirty |= dirty
             raise SpoolWriteError(f"cannot fsync spool {self.path}", e) from e
+        finally:
+            self._syncing = set()
 
     def _fsync(self, keys: set[SegmentKey]) -> None:
         for k in keys:

@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 
 from extproc.errors import StoreError
 from extproc.recording.spool import Spool
-from extproc.recording.spool_files import Sealed
-from extproc.recording.store import BatchStore, Segment, Store, put_each
+from extproc.recording.spool_files import Sealed, read_segments
+from extproc.recording.store import BatchStore, BlockingBatchStore, Segment, Store, put_each
 
 log = logging.getLogger(__name__)
 _BATCH = 64  # segments per batch at most (``Spool.load_many`` also stops at a few MiB)
@@ -81,13 +81,8 @@ class Uploader:
             items = list(itertools.islice(self.spool.ready, _BATCH))
             for item in items:
                 self._queued_at.setdefault((item.session, item.writer, item.number), self._clock())
-            error: Exception | None = None
             stored: list[Sealed] = []
-            try:
-                segments = await self.spool.load_many(items)  # the first ones, up to a few MiB
-            except (StoreError, OSError) as e:
-                segments, error = [], e
-            n, error = await self._put(segments) if segments else (0, error)
+            segments, n, error = await self._load_and_put(items)
             for segment in segments[:n]:
                 if self.on_stored is not None:
                     await self.on_stored(segment)
@@ -102,6 +97,19 @@ class Uploader:
                 self.failing = True
                 return False
         return True
+
+    async def _load_and_put(self, items: list[Sealed]) -> tuple[list[Segment], int, Exception | None]:
+        """The first of ``items`` (up to a few MiB) read from the spool and stored in order: the segments read, how
+        many were stored and the error that stopped the rest. A file store takes both in one thread hop."""
+        store = self.store
+        if isinstance(store, BlockingBatchStore):
+            return await asyncio.to_thread(_load_and_put_blocking, store, items)
+        try:
+            segments = await self.spool.load_many(items)
+        except (StoreError, OSError) as e:
+            return [], 0, e
+        n, error = await self._put(segments)
+        return segments, n, error
 
     async def _put(self, segments: list[Segment]) -> tuple[int, Exception | None]:
         """Store ``segments`` in order: how many were stored, and the error that stopped the rest."""
@@ -150,3 +158,14 @@ class Uploader:
             except asyncio.CancelledError:
                 pass
             self._task = None
+
+
+def _load_and_put_blocking(
+    store: BlockingBatchStore, items: list[Sealed]
+) -> tuple[list[Segment], int, Exception | None]:
+    try:
+        segments = read_segments(items, 4 << 20)
+    except OSError as e:
+        return [], 0, e
+    n, error = store.put_segments_blocking(segments)
+    return segments, n, error

@@ -23,6 +23,7 @@ from extproc.recording.streams import Stream, Streams
 log = logging.getLogger("extproc.recording.recorder")  # one logger for the recorder, whichever half speaks
 
 _MAX_BATCH = 4096  # events chained per round (a round is one thread hop to the spool)
+WAKE_AT = 1024  # events queued that wake a writer even while it lingers (``Recorder.emit``)
 # At shutdown the seals queued behind get SETTLE_STEP_S at a time while they keep moving, SETTLE_BUDGET_S in all: a
 # pod has 60 s to stop, and the uploader ships what they sealed afterwards.
 SETTLE_STEP_S, SETTLE_BUDGET_S = 5.0, 35.0
@@ -43,7 +44,8 @@ class RecorderOptions:
     segment_age: float = 2.0  # s: ... or this age
     idle_timeout: float = 1800.0  # s of silence that end a session's stream (final manifest)
     required: bool = True  # fail closed: a full spool refuses events; False drops them (counted) instead
-    linger: float = 0.005  # s the writer gathers a round before writing it (at most flush_interval)
+    linger: float = 0.005  # s a round gathers before it writes (at most flush_interval); with ``required``, a
+    # round started by an emit waits flush_interval instead: commit points write, the round comes for the fsync
 
     @property
     def seal_every(self) -> float:
@@ -67,6 +69,7 @@ class WriterRound:
     _commits: list[tuple[int, asyncio.Future[None]]]
     _waiter: asyncio.Future[None] | None
     _lingering: bool
+    _woken_by_emit: bool
     _stopping: bool
     _clock: Callable[[], float]
     _synced: asyncio.Event
@@ -192,18 +195,30 @@ class WriterRound:
 
     async def _next_round(self, wake_after: float | None) -> None:
         """Sleep until an event is emitted (or ``wake_after`` seconds), then linger so the round gathers neighbours;
-        an exchange waiting at a commit point cuts the linger short."""
+        an exchange waiting at a commit point cuts the linger short.
+
+        With ``required`` the commit points write the events themselves (``_write_now``): a round started by an
+        emit then waits a whole flush interval, and comes for what is left (events no commit point covers) and the
+        fsync, which thus covers every exchange of the interval: at a low rate one timer and one thread hop per
+        interval instead of a linger and an fsync per exchange. A queue of ``WAKE_AT`` events cuts it short."""
         # A commit point that could not write at once (a new stream's folder) left chained lines for this round.
+        by_emit = False
         if not self._buf and not self._stopping and not (self._commits and self.streams.has_lines):
+            self._woken_by_emit = False
             await self._sleep(wake_after)
-        if self._buf and self.linger > 0 and not self._stopping and not self._commits:
-            await self._sleep(self.linger, lingering=True)
+            by_emit = self._woken_by_emit
+        if not self._buf or self._stopping or self._commits or len(self._buf) >= WAKE_AT:
+            return
+        wait = self.options.flush_interval if by_emit and self.options.required else self.linger
+        if wait > 0:
+            await self._sleep(wait, lingering=True)
 
     async def _sleep(self, seconds: float | None, lingering: bool = False) -> None:
-        """Sleep ``seconds`` (None: until woken). ``written`` wakes it; ``emit`` too, unless it is a linger."""
+        """Sleep ``seconds`` (None: until woken). ``written`` wakes it; ``emit`` only if the sleep is a long one: a
+        writer back within a flush interval (a linger, an fsync due) writes what was emitted meanwhile then."""
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        self._lingering = lingering
+        self._lingering = lingering or (seconds is not None and seconds <= self.options.flush_interval)
         timer = loop.call_later(seconds, _wake, waiter) if seconds is not None else None
         try:
             await waiter

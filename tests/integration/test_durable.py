@@ -268,6 +268,33 @@ def test_killed_processor_leaves_an_incomplete_exchange_with_everything_written(
     assert stored_entries(gw.store) - logged_entries(blobs_for(gw.store), load_public_key(pub)) == set()
 
 
+def test_an_exchange_answered_just_before_a_kill_is_recorded_whole(start_mcp_server, start_gateway) -> None:
+    # Flush and seal intervals far longer than the test: the writer neither writes nor fsyncs nor seals anything of
+    # the exchange before the kill. What the client got must be on disk all the same: its commit points wrote it.
+    recording = {"flush_interval_ms": 30_000, "seal_interval_ms": 60_000, "segment_max_age_ms": 60_000}
+    gw = start_gateway([start_mcp_server("demo")], recording=recording)
+    headers = open_session(gw.url())
+    sid = headers["mcp-session-id"]
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "k"}}}
+    r = httpx.post(gw.url(), json=call, headers=headers, timeout=10)
+    assert r.status_code == 200 and '"k"' in r.text
+    gw.stack.processors[0].kill()  # kill -9 as soon as the answer is in
+
+    gw.stack.restart_worker(0)  # its completer adopts the dead writer's spool at start-up and ships it
+
+    def echo_ended() -> list[dict[str, Any]]:
+        if unit_key(gw.store, sid) not in set(gw.store.list_sessions()):
+            return []
+        session = load_session(gw.store, unit_key(gw.store, sid))
+        echo = {e["exchange"] for e in session.events if e["type"] == "mcp.request" and "echo" in json.dumps(e)}
+        return [e for e in session.events if e["type"] == "exchange.end" and e["exchange"] in echo]
+
+    wait_until(lambda: bool(echo_ended()), 30, "the echo exchange in the store")
+    [end] = echo_ended()
+    assert end["outcome"] == "complete"  # whole: its end too, not an exchange the completer marked incomplete
+    gw.stop()
+
+
 async def test_spool_full_refuses_with_503_and_forwards_nothing(
     start_mcp_server, start_gateway, moto: Moto, keys: tuple[Path, Path]
 ) -> None:

@@ -79,6 +79,16 @@ class BatchStore(Protocol):
         ...
 
 
+@runtime_checkable
+class BlockingBatchStore(Protocol):
+    """A store whose batch put is blocking file work (the file store): the uploader reads the segments from the
+    spool and stores them in one thread hop."""
+
+    def put_segments_blocking(self, segments: list[Segment]) -> tuple[int, Exception | None]:
+        """``BatchStore.put_segments`` in the calling (worker) thread."""
+        ...
+
+
 async def put_each(store: Store, segments: list[Segment]) -> tuple[int, Exception | None]:
     """``put_segment`` of each segment in order (a store without batches); as ``BatchStore.put_segments``."""
     from extproc.errors import StoreError

@@ -43,9 +43,10 @@ class FileStore:
 
     async def put_segments(self, segments: list[Segment]) -> tuple[int, Exception | None]:
         """Every segment in one thread hop, in order; stops at the first that fails."""
-        return await asyncio.to_thread(self._put_many, segments)
+        return await asyncio.to_thread(self.put_segments_blocking, segments)
 
-    def _put_many(self, segments: list[Segment]) -> tuple[int, Exception | None]:
+    def put_segments_blocking(self, segments: list[Segment]) -> tuple[int, Exception | None]:
+        """``put_segments`` in the calling thread (the uploader's hop that also reads them from the spool)."""
         for i, segment in enumerate(segments):
             data_path, manifest_path = self._paths(segment.session, segment.writer)
             try:

@@ -9,7 +9,7 @@ import io
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from recording_helpers import exchange_events
@@ -19,7 +19,7 @@ from extproc.recording.manifest import Manifest, Signer
 from extproc.recording.recorder import Recorder
 from extproc.recording.replay import load_session
 from extproc.recording.spool import Spool
-from extproc.recording.spool_files import Append, Unfinished, stream_folder
+from extproc.recording.spool_files import Append, Sealing, Unfinished, stream_folder
 from extproc.recording.store.file import FileStore
 from extproc.recording.writer import RecorderOptions
 
@@ -33,13 +33,13 @@ class GatedSpool(Spool):
         self.fail = False
         self.finished: list[int] = []
 
-    def _finish(self, folder: Path, data_path: Path, manifest: Manifest, raw: bytes, f: IO[bytes] | None) -> None:
+    def _seal_all(self, items: list[Sealing]) -> None:
         if not self.gate.wait(10):
             raise TimeoutError("gate never opened")
         if self.fail:
             raise OSError(28, "No space left on device")
-        super()._finish(folder, data_path, manifest, raw, f)
-        self.finished.append(manifest.segment)
+        super()._seal_all(items)
+        self.finished.extend(it.seal.manifest.segment for it in items)
 
 
 async def test_a_commit_point_does_not_wait_for_a_seal(tmp_path: Path) -> None:
@@ -198,3 +198,78 @@ async def test_close_waits_for_the_seals_behind_while_they_keep_moving(
     spool.behind.put(Job(lambda: time.sleep(0.03), lambda: chain(0), "slow seal"))
     await rec.close()
     assert done == list(range(20))
+
+
+async def test_a_batch_of_seals_failing_half_way_is_retried_with_the_same_links(tmp_path: Path) -> None:
+    # Three seals of one stream in one job; the second manifest cannot be renamed into place (a non-empty folder
+    # holds its name, as a disk refusing a write would). The first is in place; the retry keeps it and links the
+    # others to it, exactly as one uninterrupted batch would have.
+    spool = Spool(tmp_path, "w")
+    spool.behind.retry = 0.01
+    await spool.open()
+    link = ["0" * 64]
+    ops: list[Append | Unfinished] = []
+    for n in range(3):
+        ops.append(Append("s", "w", n, b"%d\n" % n))
+        ops.append(Unfinished(Manifest("s", "w", n, n, n, 1, 2, "", "y" * 64, "", created=1.0), link, Signer(None)))
+    folder = tmp_path / "w" / stream_folder("s", "w")
+    blocker = folder / "00000001.manifest"
+    (blocker / "x").mkdir(parents=True)
+
+    assert await spool.write_behind(ops) == (len(ops), None)
+    deadline = time.monotonic() + 5
+    while spool.behind.failure is None:  # the job fails at the second rename and waits for its retry
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+    assert (folder / "00000000.manifest").exists() and not spool.ready
+    (blocker / "x").rmdir()
+    blocker.rmdir()
+    while spool.behind.failure is not None or spool.behind.pending:  # retried every 10 ms: now it goes through
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+
+    assert [r.number for r in spool.ready] == [0, 1, 2]
+    prev = "0" * 64
+    for n in range(3):
+        raw = (folder / f"{n:08d}.manifest").read_bytes()
+        assert Manifest.from_bytes(raw).prev_manifest == prev
+        prev = hashlib.sha256(raw).hexdigest()
+    assert link == [prev] and not list(folder.glob("*.tmp"))
+    await spool.close(remove_if_empty=False)
+
+
+@pytest.mark.parametrize(
+    ("appends", "synced_after", "seg_fsyncs"),
+    [
+        pytest.param(1, 1, 1, id="fsynced-then-sealed: the seal owes none"),
+        pytest.param(1, 0, 1, id="never-fsynced: the seal fsyncs it"),
+        pytest.param(2, 1, 2, id="written-after-the-fsync: the seal fsyncs it again"),
+    ],
+)
+async def test_a_seal_fsyncs_its_segment_file_exactly_when_it_was_written_since_the_last_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, appends: int, synced_after: int, seg_fsyncs: int
+) -> None:
+    import os
+
+    real, inodes = os.fsync, []
+
+    def counting(fd: int) -> None:  # the real fsync, noting which file it was for
+        inodes.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    spool = Spool(tmp_path, "w")
+    await spool.open()
+    monkeypatch.setattr(os, "fsync", counting)
+    link = ["0" * 64]
+    for n in range(appends):
+        assert await spool.write_behind([Append("s", "w", 0, b"%d\n" % n)]) == (1, None)
+        if n < synced_after:
+            spool.sync_behind()
+    size = 2 * appends
+    manifest = Manifest("s", "w", 0, 0, appends - 1, appends, size, "", "y" * 64, "", created=1.0)
+    assert await spool.write_behind([Unfinished(manifest, link, Signer(None))]) == (1, None)
+    assert await spool.behind.settled() is None
+
+    seg = (tmp_path / "w" / stream_folder("s", "w") / "00000000.seg").stat().st_ino
+    assert inodes.count(seg) == seg_fsyncs
+    await spool.close(remove_if_empty=False)

@@ -154,6 +154,12 @@ class _DownStore(FileStore):
     async def put_segments(self, segments: list[Segment]) -> tuple[int, Exception | None]:
         return await put_each(self, segments)  # one by one through put_segment, which refuses
 
+    def put_segments_blocking(self, segments: list[Segment]) -> tuple[int, Exception | None]:
+        """The uploader's path for a file store (read and stored in one thread hop), refusing the same way."""
+        if self.down:
+            return 0, StoreError("store down")
+        return super().put_segments_blocking(segments)
+
 
 async def test_stopping_ships_what_an_adopted_spool_still_holds(tmp_path: Path) -> None:
     # The store refuses during the adoption round; it is back when the processor stops. The dead writer's

@@ -88,3 +88,33 @@ async def test_seals_across_many_busy_sessions_keep_to_the_budget_oldest_first(t
     assert 5 <= len(early) <= 8  # the burst of 5, then 5 a second; not 20 at once
     assert early[:5] == sorted(early[:5]) and early[0] == "s00"  # oldest segments first
     assert len(set(sealed)) == 20  # every due segment was sealed in the end, none skipped
+
+
+class CountingRounds(Recorder):
+    rounds = 0
+
+    async def _next_round(self, wake_after: float | None) -> None:
+        await super()._next_round(wake_after)
+        self.rounds += 1  # the writer's rounds (the commit points' inline writes do not come here)
+
+
+async def test_at_a_low_rate_commit_points_cost_the_writer_one_round_per_flush_interval(tmp_path: Path) -> None:
+    # Exchanges 20 ms apart, each writing its events at its commit points: the writer comes once per flush interval
+    # (for the fsync), not once per exchange (a linger timer and a round each, an fsync hop for most).
+    store = FileStore(tmp_path)
+    rec = CountingRounds(store, Spool.beside(store, "w"), RecorderOptions(flush_interval=1.0, segment_age=60))
+    await rec.start()
+    for e in [ExchangeStart(session="s", exchange="e0", index=0, method="POST")]:  # the stream's folder exists
+        rec.emit(e)
+    await rec.flushed()
+    before = rec.rounds
+    for n in range(1, 6):
+        rec.emit(ExchangeStart(session="s", exchange=f"e{n}", index=0, method="POST"))
+        await rec.written()
+        rec.emit(ExchangeEnd(session="s", exchange=f"e{n}", index=1))
+        await rec.written()
+        await asyncio.sleep(0.02)
+    assert rec.inline_commits == 10
+    assert rec.rounds - before <= 1  # within the second: at most the round that comes for the interval's fsync
+    await rec.close()
+    assert len(load_session(store, "s").events) == 11

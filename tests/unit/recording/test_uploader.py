@@ -34,6 +34,18 @@ class Store(FileStore):
     async def put_segments(self, segments: list[Segment]) -> tuple[int, Exception | None]:
         return await put_each(self, segments)  # one by one through put_segment, which refuses
 
+    def put_segments_blocking(self, segments: list[Segment]) -> tuple[int, Exception | None]:
+        """The uploader's path for a file store (read and stored in one thread hop), refusing the same way."""
+        for n, segment in enumerate(segments):
+            self.puts.append(segment.number)
+            if self.failures:
+                self.failures -= 1
+                return n, StoreError("connection refused")
+            _, error = super().put_segments_blocking([segment])
+            if error is not None:
+                return n, error
+        return len(segments), None
+
 
 def _manifest(segment: int, final: bool = False) -> Manifest:
     return Manifest("s", "w", segment, segment, segment, 1, 2, "x" * 64, "y" * 64, "0" * 64, final=final, created=1.0)
@@ -142,9 +154,9 @@ class BatchCounting(FileStore):
             raise OSError(28, "No space left on device")
         super()._put(segment, data_path, manifest_path)
 
-    async def put_segments(self, segments: list[Segment]) -> tuple[int, Exception | None]:
-        self.batches.append([s.number for s in segments])
-        return await super().put_segments(segments)
+    def put_segments_blocking(self, segments: list[Segment]) -> tuple[int, Exception | None]:
+        self.batches.append([s.number for s in segments])  # the uploader's one thread hop per batch
+        return super().put_segments_blocking(segments)
 
 
 async def test_ready_segments_go_to_a_batch_store_in_one_call(tmp_path: Path) -> None:
