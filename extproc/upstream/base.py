@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -51,13 +52,14 @@ class ExchangeEndNaming(ExchangeEnd):
     credential: dict[str, Any] = field(default_factory=dict)  # server, kind, sha256, expires_at
 
 
-class CredentialLog:
+class CredentialLog(ABC):
     """An exchange's record of its credential use (extproc/exchange/upstream.py's CredentialRecorder)."""
 
     __slots__ = ()
 
+    @abstractmethod
     def __call__(self, event: UpstreamCredential) -> None:
-        raise NotImplementedError
+        """Record a use or a refusal in full."""
 
     def name(self, server: str, kind: str, sha256: str, expires_at: float | None, cached: bool) -> bool:
         """Count a use and name it when this credential is already recorded in full in the exchange's unit: True,
