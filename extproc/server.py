@@ -56,9 +56,10 @@ class Servicer(Protocol):
     generated code ships no stubs), so the servicers below implement this Protocol instead of subclassing it.
 
     ``Process`` is a coroutine on grpc.aio's reader-writer API (``context.read()`` / ``context.write()``), not an
-    async generator over ``request_iterator``: grpc.aio wraps the iterator and a generator's replies in an async
-    generator each, two more layers per message. Server CPU per exchange of the no-op processor x0.83 measured
-    alternated (bench/README.md, "Transport and latency (s8)"). ``request_iterator`` is still passed, and unused."""
+    async generator over ``request_iterator``: grpc.aio reads the iterator through an async generator of its own
+    and drives a handler's generator per reply, two coroutine frames and a generator step more per message. The
+    no-op processor's CPU per exchange, alternated rounds: median x0.95 (bench/README.md, "Transport and latency,
+    s8"). ``request_iterator`` is still passed, and unused."""
 
     async def Process(self, request_iterator: object, context: Context) -> None: ...
 

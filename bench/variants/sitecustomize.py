@@ -78,12 +78,15 @@ def _count_turns(server, folder):  # type: ignore[no-untyped-def]
     import collections
     import inspect
     import json
+    import time
 
     import uvloop
 
     uvloop.EventLoopPolicy = asyncio.DefaultEventLoopPolicy  # serve.py installs "uvloop": the counted loop instead
     counts = {"turns": 0, "streams": 0}
     callbacks: collections.Counter[str] = collections.Counter()
+    seconds: collections.Counter[str] = collections.Counter()  # time spent in each kind of callback
+    longest: collections.Counter[str] = collections.Counter()  # the longest single run of each kind
     run_once = asyncio.base_events.BaseEventLoop._run_once
     handle_run = asyncio.events.Handle._run
 
@@ -99,7 +102,14 @@ def _count_turns(server, folder):  # type: ignore[no-untyped-def]
         else:
             name = getattr(cb, "__qualname__", type(cb).__name__)
         callbacks[name] += 1
-        return handle_run(self)
+        t0 = time.perf_counter()
+        try:
+            return handle_run(self)
+        finally:
+            took = time.perf_counter() - t0
+            seconds[name] += took
+            if took > longest[name]:
+                longest[name] = took
 
     asyncio.base_events.BaseEventLoop._run_once = counted_run_once
     asyncio.events.Handle._run = counted_run
@@ -120,7 +130,12 @@ def _count_turns(server, folder):  # type: ignore[no-untyped-def]
         cls.Process = wrapped
 
     def dump() -> None:
-        out = {**counts, "callbacks": dict(callbacks.most_common(40))}
+        out = {
+            **counts,
+            "callbacks": dict(callbacks.most_common(40)),
+            "ms": {k: round(v * 1000, 3) for k, v in seconds.most_common(40)},
+            "longest_ms": {k: round(v * 1000, 3) for k, v in longest.most_common(40)},
+        }
         with open(f"{folder}/turns-{os.getpid()}.json", "w") as f:
             json.dump(out, f, indent=1)
 
