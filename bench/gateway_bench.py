@@ -21,6 +21,8 @@ is measured. They do share the machine's cores with Envoy and the processor: see
     python bench/gateway_bench.py [--seconds 10] [--concurrency 16] [--out bench/results/gateway.json]
         [--scenarios upstream,envoy,noop,anonymous,authed,budget-local,budget-redis,token-exchange] [--workers N]
         [--rate R | --rate-of-b FRACTION]      open loop (R = 0: idle, CPU with no traffic)
+        [--variants 'base;switch=0.001;switch=0.001;base']   each row once per processor variant, alternated
+                                               (knobs: bench/variants/sitecustomize.py)
 """
 
 from __future__ import annotations
