@@ -57,9 +57,9 @@ class Servicer(Protocol):
 
     ``Process`` is a coroutine on grpc.aio's reader-writer API (``context.read()`` / ``context.write()``), not an
     async generator over ``request_iterator``: grpc.aio reads the iterator through an async generator of its own
-    and drives a handler's generator per reply, two coroutine frames and a generator step more per message. The
-    no-op processor's CPU per exchange, alternated rounds: median x0.95 (bench/README.md, "Transport and latency,
-    s8"). ``request_iterator`` is still passed, and unused."""
+    and drives a handler's generator per reply, two coroutine frames and a generator step more per message. Measured in
+    alternated rounds: a few µs per message, x0.95-0.99 of CPU per exchange, at the edge of what the shared box
+    resolves (bench/README.md, "Transport and latency, s8"). ``request_iterator`` is still passed, and unused."""
 
     async def Process(self, request_iterator: object, context: Context) -> None: ...
 
