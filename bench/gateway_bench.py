@@ -21,6 +21,8 @@ is measured. They do share the machine's cores with Envoy and the processor: see
     python bench/gateway_bench.py [--seconds 10] [--concurrency 16] [--out bench/results/gateway.json]
         [--scenarios upstream,envoy,noop,anonymous,authed,budget-local,budget-redis,token-exchange] [--workers N]
         [--rate R | --rate-of-b FRACTION]      open loop (R = 0: idle, CPU with no traffic)
+        [--variants 'base;switch=0.001;switch=0.001;base']   each row once per processor variant, alternated
+                                               (knobs: bench/variants/sitecustomize.py)
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ from extproc.settings import load as load_settings
 from extproc.workers import worker_command
 
 SERVER = "bench"
+VARIANTS_DIR = Path(__file__).resolve().parent / "variants"  # sitecustomize.py: --variants' knobs
+PROCESSOR_ENV: dict[str, str] = {}  # --variants: added to the environment of processor processes only
+UNIX_SOCKET = False  # --variants' knob "unix": Envoy reaches the processor over a Unix socket instead of TCP
 ENVOY_CONCURRENCY = 2  # what Stack.start passes; all Envoy scenarios must run the same number of workers
 
 UPSTREAM, ENVOY, NOOP, ANONYMOUS, AUTHED = (
@@ -453,14 +458,16 @@ def anonymous_identities(count: int) -> list[Identity]:
 
 
 RECORDING_OPTIONS: dict[str, Any] = {}  # --recording KEY=VALUE: extra keys of every processor row's recording:
+CLI_RECORDING_OPTIONS: dict[str, Any] = {}  # those of --recording alone (a --variants knob rec:KEY=VALUE adds its own)
 
 
 def _gateway_doc(workdir: Path, upstream_port: int, workers: int) -> dict[str, Any]:
     """One server, ``workers`` processor workers, recording into ``workdir``/recordings."""
     port = free_port(block=workers)  # worker i listens on port + i
+    address = f"unix:{workdir / 'processor.sock'}" if UNIX_SOCKET else f"127.0.0.1:{port}"
     return {
         "listen": {"address": "127.0.0.1", "port": free_port()},
-        "processor": {"address": f"127.0.0.1:{port}", "workers": workers},
+        "processor": {"address": address, "workers": workers},
         "admin": {"port": free_port()},
         "servers": [{"name": SERVER, "upstream": f"127.0.0.1:{upstream_port}", "path": "/mcp"}],
         "recording": {"directory": str(workdir / "recordings"), **RECORDING_OPTIONS},
@@ -618,7 +625,7 @@ def envoy_and_noop_processor(config: Path, upstream: Target) -> Iterator[Target]
     workdir = config.parent / "stack"  # where Stack would put its files
     workdir.mkdir()
     log = config.parent / "stack.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # as Stack._spawn
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **PROCESSOR_ENV}  # as Stack._spawn
     processors: list[subprocess.Popen[bytes]] = []
     envoy: subprocess.Popen[bytes] | None = None
     try:
@@ -651,7 +658,8 @@ def envoy_and_processor(config: Path, upstream: Target, identities: list[Identit
     """``launcher.Stack`` as ``mcp-extproc up`` runs it, for ``config``; its files go next to the config."""
     stack = Stack(config=config, workdir=config.parent / "stack")
     try:
-        stack.start(log=config.parent / "stack.log")
+        with processor_env():
+            stack.start(log=config.parent / "stack.log")
         assert stack.envoy is not None and len(stack.processors) == stack.settings.processor.workers
         args = [str(a) for a in cast("list[str]", stack.envoy.args)]
         if args != envoy_command(Path(args[args.index("-c") + 1])):
@@ -661,6 +669,39 @@ def envoy_and_processor(config: Path, upstream: Target, identities: list[Identit
         yield Target(stack.settings.listen.port, f"/{SERVER}/mcp", pids, identities)
     finally:
         stack.stop()  # Envoy first, then the processor flushes its recording
+
+
+@contextmanager
+def processor_env() -> Iterator[None]:
+    """``PROCESSOR_ENV`` in os.environ while ``Stack`` starts the processor (it passes os.environ on), then not."""
+    saved = {k: os.environ.get(k) for k in PROCESSOR_ENV}
+    os.environ.update(PROCESSOR_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def set_variant(spec: str) -> None:
+    """Processor processes started from now on load bench/variants/sitecustomize.py with this spec."""
+    global UNIX_SOCKET
+    PROCESSOR_ENV.clear()
+    knobs = [k.strip() for k in spec.split(",")]
+    UNIX_SOCKET = "unix" in knobs  # config knobs: the rows' gateway.yaml
+    for key in [k for k in RECORDING_OPTIONS if k not in CLI_RECORDING_OPTIONS]:
+        del RECORDING_OPTIONS[key]
+    RECORDING_OPTIONS.update(CLI_RECORDING_OPTIONS)
+    for knob in knobs:
+        if knob.startswith("rec:"):
+            key, _, value = knob[4:].partition("=")
+            RECORDING_OPTIONS[key] = yaml.safe_load(value)
+    if spec != "base":
+        path = os.pathsep.join(p for p in (str(VARIANTS_DIR), os.environ.get("PYTHONPATH", "")) if p)
+        PROCESSOR_ENV.update(MCP_BENCH_VARIANT=spec, PYTHONPATH=path)
 
 
 def run_load(
@@ -1178,6 +1219,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ROUNDS",
         help="only B, alternated without and with recording.encrypt_payloads: per_subject, ROUNDS times; the ratio",
     )
+    parser.add_argument(
+        "--variants",
+        metavar="SPEC;SPEC;...",
+        help="run the chosen rows once per processor variant, in this order (alternate them: base;X;X;base), e.g. "
+        "'base;switch=0.001;sync;stream=iter': knobs in bench/variants/sitecustomize.py; with --rate-of-b, "
+        "the first variant's capacity sets the rate for all",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results (default bench/results/gateway.json)")
     parser.add_argument(
         "--profile",
@@ -1190,6 +1238,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"--recording {option!r}: expected KEY=VALUE")
         RECORDING_OPTIONS[key.strip()] = yaml.safe_load(value)
+    CLI_RECORDING_OPTIONS.update(RECORDING_OPTIONS)
     # SIGTERM (e.g. from CI) unwinds through the finally blocks, so no process outlives the run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -1208,6 +1257,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.concurrency} connections ({mode}), {args.warmup:g}s warm-up + {args.seconds:g}s per scenario, "
         f"50/50 JSON and SSE tools/call, {args.workers} processor worker(s)"
     )
+    if args.variants:
+        return run_variants(args, info, mode)
     scenarios, checks, rate = run_scenarios(args)
 
     def ratio(over: str, under: str) -> dict[str, float | None]:
@@ -1257,6 +1308,39 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nresults written to {args.out}")
     ok = all(c["ok"] for c in checks.values()) and not any(s["failures"] for s in scenarios.values())
     return 0 if ok else 1
+
+
+def run_variants(args: argparse.Namespace, info: dict[str, Any], mode: str) -> int:
+    """``--variants``: every chosen row once per processor variant, in the order given; one table of them all."""
+    runs: list[dict[str, Any]] = []
+    for i, spec in enumerate(s.strip() for s in args.variants.split(";")):
+        set_variant(spec)
+        print(f"--- variant {i + 1}: {spec} (load average {os.getloadavg()[0]:.1f})", flush=True)
+        scenarios, checks, rate = run_scenarios(args)
+        if args.rate_of_b is not None:  # one offered rate for every variant: the first one's half of B
+            args.rate, args.rate_of_b = rate, None
+        runs.append({"variant": spec, "rate": rate, "scenarios": scenarios, "recording_check": checks})
+    w = NAME_WIDTH + 26
+    print()
+    heads = ("req/s", "json p50", "json p99", "sse p50", "sse p99", "proc ms")
+    print(f"{'row [variant]':<{w}}" + "".join(f"{h:>10}" for h in heads))
+    for i, run in enumerate(runs):
+        for name, r in run["scenarios"].items():
+            kinds = r["by_kind"]
+            cells = [kinds[k][q] for k in KINDS for q in ("p50_ms", "p99_ms")]
+            cpu = r["cpu_ms_per_request"].get("processor")
+            label = f"{name} [{run['variant']}] #{i + 1}"
+            print(
+                f"{label:<{w}}{r['rps']:>10.0f}"
+                + "".join(f"{c:>10.2f}" for c in cells)
+                + f"{'-' if cpu is None else f'{cpu:.3f}':>10}"
+            )
+    report = {"machine": info, "load": mode, "seconds": args.seconds, "variants": runs, "note": cpu_note(None)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nresults written to {args.out}")
+    checks_ok = all(c["ok"] for run in runs for c in run["recording_check"].values())
+    return 0 if checks_ok and not any(r["failures"] for run in runs for r in run["scenarios"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -23,7 +24,7 @@ from exchange_fakes import (
 )
 
 from extproc.authn.session_binding import bind
-from extproc.server import Processor
+from extproc.server import PassThrough, Processor
 
 
 class Aborted(Exception):
@@ -31,19 +32,26 @@ class Aborted(Exception):
 
 
 class Context:
-    """The bits of grpc.aio's ServicerContext the loop uses."""
+    """The bits of grpc.aio's ServicerContext the loop uses: read() hands out Envoy's messages then EOF, write()
+    collects the replies (``on_write`` sees the state when each is handed over)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *messages: ep.ProcessingRequest, on_write: Callable[[], None] | None = None) -> None:
+        self.messages = list(messages)
+        self.replies: list[ep.ProcessingResponse] = []
         self.aborted: tuple[grpc.StatusCode, str] | None = None
+        self.on_write = on_write
+
+    async def read(self) -> object:
+        return self.messages.pop(0) if self.messages else grpc.aio.EOF
+
+    async def write(self, reply: ep.ProcessingResponse) -> None:
+        if self.on_write is not None:
+            self.on_write()
+        self.replies.append(reply)
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         self.aborted = (code, details)
         raise Aborted(details)  # grpc.aio's abort never returns either
-
-
-async def _stream(*messages: ep.ProcessingRequest) -> AsyncIterator[ep.ProcessingRequest]:
-    for m in messages:
-        yield m
 
 
 @pytest.fixture
@@ -51,34 +59,50 @@ def policy(tmp_path: Path) -> FakePolicy:
     return load_fake_policy(tmp_path)
 
 
+def test_the_stream_loops_are_coroutines_on_grpc_aio_reader_writer_api() -> None:
+    # grpc.aio runs an async generator handler through two more async generators per message (request iterator,
+    # replies): the reader-writer API costs less per message (bench/README.md, "Transport and latency (s8)")
+    for servicer in (Processor, PassThrough):
+        assert inspect.iscoroutinefunction(servicer.Process), servicer
+        assert not inspect.isasyncgenfunction(servicer.Process), servicer
+
+
+async def test_the_passthrough_answers_continue_to_every_phase() -> None:
+    ctx = Context(
+        ep.ProcessingRequest(request_headers=_request()),
+        ep.ProcessingRequest(request_body=_body({"jsonrpc": "2.0", "id": 1, "method": "ping"})),
+        ep.ProcessingRequest(response_headers=_headers({":status": "200"})),
+        ep.ProcessingRequest(response_body=ep.HttpBody(body=b"{}", end_of_stream=True)),
+        ep.ProcessingRequest(response_trailers=ep.HttpTrailers()),
+    )
+    await PassThrough().Process(None, ctx)  # type: ignore[arg-type]
+    phases = ["request_headers", "request_body", "response_headers", "response_body", "response_trailers"]
+    assert [r.WhichOneof("response") for r in ctx.replies] == phases
+    assert all(not r.HasField("immediate_response") for r in ctx.replies)
+
+
 async def test_a_stream_that_ends_before_the_exchange_records_a_reset(policy: FakePolicy) -> None:
     sink = FakeSink()
     loop = Processor(_gateway(sink, policy))
     init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {}}
-    replies = [
-        r
-        async for r in loop.Process(
-            _stream(
-                ep.ProcessingRequest(request_headers=_request()),
-                ep.ProcessingRequest(request_body=_body(init)),
-            ),
-            Context(),  # type: ignore[arg-type]
-        )
-    ]
-    assert [r.WhichOneof("response") for r in replies] == ["request_headers", "request_body"]
+    ctx = Context(
+        ep.ProcessingRequest(request_headers=_request()),
+        ep.ProcessingRequest(request_body=_body(init)),
+    )
+    await loop.Process(None, ctx)  # type: ignore[arg-type]
+    assert [r.WhichOneof("response") for r in ctx.replies] == ["request_headers", "request_body"]
     end = sink.events[-1]
     assert end.type == "exchange.end" and end.outcome == "reset"  # type: ignore[attr-defined]
 
 
 async def test_an_internal_error_aborts_the_stream_never_a_clean_close(policy: FakePolicy) -> None:
     sink = FakeSink(takes=False)  # the recorder refuses: recording is required, so the exchange must fail
-    ctx = Context()
+    ctx = Context(ep.ProcessingRequest(request_headers=_request(session=bind("s", ALICE, KEY, SCOPE))))
     loop = Processor(_gateway(sink, policy))
     with pytest.raises(Aborted):
-        request = ep.ProcessingRequest(request_headers=_request(session=bind("s", ALICE, KEY, SCOPE)))
-        async for _ in loop.Process(_stream(request), ctx):  # type: ignore[arg-type]
-            pass
+        await loop.Process(None, ctx)  # type: ignore[arg-type]
     assert ctx.aborted is not None and ctx.aborted[0] == grpc.StatusCode.INTERNAL
+    assert ctx.replies == []  # nothing was answered before the abort
 
 
 async def test_a_complete_exchange_closes_cleanly(policy: FakePolicy) -> None:
@@ -86,14 +110,14 @@ async def test_a_complete_exchange_closes_cleanly(policy: FakePolicy) -> None:
     loop = Processor(_gateway(sink, policy))
     call = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     result = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"tools": []}}).encode()
-    msgs = [
+    ctx = Context(
         ep.ProcessingRequest(request_headers=_request(session=bind("s", ALICE, KEY, SCOPE))),
         ep.ProcessingRequest(request_body=_body(call)),
         ep.ProcessingRequest(response_headers=_headers({":status": "200", "content-type": "application/json"})),
         ep.ProcessingRequest(response_body=ep.HttpBody(body=result, end_of_stream=True)),
-    ]
-    replies = [r async for r in loop.Process(_stream(*msgs), Context())]  # type: ignore[arg-type]
-    assert len(replies) == 4
+    )
+    await loop.Process(None, ctx)  # type: ignore[arg-type]
+    assert len(ctx.replies) == 4 and ctx.aborted is None
     assert [e.type for e in sink.events][-1] == "exchange.end"
     assert sink.events[-1].outcome == "complete"  # type: ignore[attr-defined]
 
@@ -102,15 +126,14 @@ async def test_a_refusal_is_on_disk_before_its_answer_goes(policy: FakePolicy) -
     sink = FakeSink()
     loop = Processor(_gateway(sink, policy))
     denied = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add", "arguments": {}}}
-    stream = loop.Process(
-        _stream(
-            ep.ProcessingRequest(request_headers=_request(session=bind("s", ALICE, KEY, SCOPE))),
-            ep.ProcessingRequest(request_body=_body(denied)),  # no rule allows add: denied by default
-        ),
-        Context(),  # type: ignore[arg-type]
+    committed_at_write: list[bool] = []
+    ctx = Context(
+        ep.ProcessingRequest(request_headers=_request(session=bind("s", ALICE, KEY, SCOPE))),
+        ep.ProcessingRequest(request_body=_body(denied)),  # no rule allows add: denied by default
+        on_write=lambda: committed_at_write.append(bool(sink.commits) and sink.commits[-1] == len(sink.events)),
     )
-    await anext(stream)
-    reply = await anext(stream)
+    await loop.Process(None, ctx)  # type: ignore[arg-type]
+    reply = ctx.replies[1]
     assert reply.immediate_response.status.code == 403
-    assert sink.commits[-1] == len(sink.events)  # when the answer was handed over, its record was committed
+    assert committed_at_write[1]  # when the answer was handed over, its record was committed
     assert sink.types()[-2:] == ["policy.decision", "exchange.end"]
