@@ -155,7 +155,7 @@ def cpu_bench(exchanges: int, rounds: int, workdir: Path) -> dict[str, Any]:
 
     results: dict[str, list[float]] = {"off": [], "on": []}
     for r in range(rounds):
-        for mode in ("off", "on"):
+        for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):  # ABBA: neither side always runs second
             exchange_bench.parse = with_log(mode == "on")
             folder = workdir / f"cpu-{mode}-{r}"
             folder.mkdir()
