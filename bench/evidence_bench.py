@@ -136,7 +136,7 @@ def log_bench(leaves: int, workdir: Path) -> dict[str, Any]:
     }
 
 
-def cpu_bench(exchanges: int, rounds: int, workdir: Path) -> dict[str, Any]:
+def cpu_bench(exchanges: int, rounds: int, workdir: Path, interval: float = 0.5) -> dict[str, Any]:
     import exchange_bench
 
     from extproc.recording.manifest import generate_keys
@@ -148,7 +148,7 @@ def cpu_bench(exchanges: int, rounds: int, workdir: Path) -> dict[str, Any]:
         def patched(doc: dict[str, Any]) -> Any:
             rec = {**doc["recording"], "signing_key": str(key)}
             if on:
-                rec["transparency_log"] = {"origin": ORIGIN, "checkpoint_interval_s": 0.5}
+                rec["transparency_log"] = {"origin": ORIGIN, "checkpoint_interval_s": interval}
             return parse({**doc, "recording": rec})
 
         return patched
@@ -181,13 +181,19 @@ def main() -> None:
     parser.add_argument("--exchanges", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=0.5,
+        help="seconds (0.5: several signed checkpoints per run; 60 by default in a gateway)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
     with tempfile.TemporaryDirectory() as tmp:
         result: dict[str, Any] = {"log": log_bench(args.leaves, Path(tmp))}
         print(json.dumps(result["log"], indent=2), flush=True)
         if not args.skip_cpu:
-            result["cpu"] = cpu_bench(args.exchanges, args.rounds, Path(tmp))
+            result["cpu"] = cpu_bench(args.exchanges, args.rounds, Path(tmp), args.checkpoint_interval)
             print(json.dumps(result["cpu"], indent=2))
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
