@@ -8,7 +8,6 @@ the gateway sets them itself.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields
 from typing import Any
 
 from extproc.admission import SESSION_HEADER
@@ -29,9 +28,6 @@ UPSTREAM_REMOVE = ("authorization", "x-mcp-user", "x-mcp-groups", "x_mcp_user", 
 def caller_token(headers: Mapping[str, str]) -> str:
     """The caller's bearer token, as sent (already verified at admission)."""
     return headers.get("authorization", "").strip().partition(" ")[2].strip()
-
-
-_END_FIELDS = tuple(f.name for f in fields(ExchangeEnd))
 
 
 class CredentialRecorder(CredentialLog):
@@ -107,12 +103,9 @@ def ending(end: ExchangeEnd, credentials: CredentialRecorder | None) -> Exchange
     if credentials is None:
         return end
     credentials.ended()
-    if credentials.named is None:
-        return end
-    if isinstance(end, ExchangeEndNaming):  # built by end_type: filled in place
+    if isinstance(end, ExchangeEndNaming) and credentials.named is not None:  # built so by end_type: filled in place
         end.credential = credentials.named
-        return end
-    return ExchangeEndNaming(**{name: getattr(end, name) for name in _END_FIELDS}, credential=credentials.named)
+    return end
 
 
 async def credentials(
